@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= runs/demo
 
-.PHONY: setup demo test bench clean
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: setup demo test bench clean chromium
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +23,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/revlens reproduce reversal --out $(OUT)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest
+
+# the HTML report test renders pages in headless Chromium (Debian's package)
+chromium:
+	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 bench: $(STAMP)
 	$(PY) benchmarks/trainer_throughput.py

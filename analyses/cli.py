@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--out", type=Path, required=True, help="output folder (created)")
     probe.add_argument("--controls", type=_positive_int, default=16, help="random control answers per fact")
     probe.add_argument("--device", default=None)
+
+    report = commands.add_parser("report", help="one self-contained HTML page (figures, tables, views) from run folders")
+    report.add_argument("--runs", type=Path, nargs="+", required=True,
+                        help="run folders (each with a summary.json), or a folder of them (reproduce all)")
+    report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    report.add_argument("--max-rows", type=_positive_int, default=20, help="rows shown per table (default 20)")
     return parser
 
 
@@ -151,6 +157,14 @@ def _probe(args: argparse.Namespace) -> int:
     print(f"\nmost asymmetric circuit: {summary['most_asymmetric_circuit']} "
           f"(mean asymmetry index over circuits {summary['mean_asymmetry_index']:.2f})")
     print(f"wrote {args.out}/: logits.csv circuits.csv summary.json margins.png circuits.png")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from analyses.report import write_report
+
+    runs = write_report(args.runs, args.out, max_rows=args.max_rows)
+    print(f"wrote {args.out}: {len(runs)} runs ({', '.join(run.label for run in runs)})")
     return 0
 
 
@@ -237,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _make_facts(args)
         if args.command == "probe":
             return _probe(args)
+        if args.command == "report":
+            return _report(args)
     except (ValueError, RuntimeError) as error:  # our errors subclass these and name the problem
         print(f"revlens: error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,496 @@
+"""`revlens report`: run folders → one self-contained HTML page.
+
+A *run folder* is any folder holding a ``summary.json``: every ``revlens`` command writes it
+last, so its presence marks a finished run. A folder without one whose subfolders are runs
+(``revlens reproduce all --out OUT`` writes ``OUT/<name>/``) is expanded into them, and runs
+nested inside a run (the sweeps' ``OUT/k2/``, ``OUT/rotary/``) follow their parent.
+
+What a run shows is read from its files, so new kinds of run render without code changes:
+
+* a title and what the paper predicts, for the kinds in :data:`KINDS` (``summary["experiment"]``,
+  or ``"probe"`` for ``revlens probe`` folders); the command's own one-screen text where it has
+  a formatter;
+* ``summary.json`` as tables: its scalars (nested dicts flattened to ``a.b`` keys), each list of
+  records and each dict of records as a table of its own, the config folded away;
+* every ``*.png`` (inlined as a base64 ``data:`` URI), ``*.csv`` (first ``max_rows`` rows) and
+  ``*.html`` circuitsvis view (written by :func:`probes.views.save_html`; inlined as an
+  ``<iframe srcdoc>``), each with a caption: ``summary["captions"][file]`` if the run gives one,
+  else the known caption of that kind and file name, else a generic line.
+
+The page references nothing outside itself (no URL, CDN or web font) and is written atomically
+(temporary file, then rename). A folder that does not exist, is empty or is half-written
+(no or unreadable ``summary.json``, a figure that the summary or the kind names missing, a
+truncated PNG, an unreadable CSV, a view that would load from the network) raises
+:class:`ReportError` naming the folder and what is wrong, before anything is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from probes.views import remote_references
+
+SUMMARY = "summary.json"
+MAX_ROWS = 20
+VIEW_HEIGHT_PX = 640
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"
+_NAMED_FILE = re.compile(r"^[\w.-]+\.(?:png|html)$")
+
+
+class ReportError(ValueError):
+    """A run folder cannot be reported; the message names the folder and what is missing."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a kind of run is, what the paper predicts for it, the files it always writes and the
+    function (``module:name``) that prints its summary as one screen of text."""
+
+    title: str
+    prediction: str
+    files: tuple[str, ...] = ()
+    formatter: str | None = None
+
+
+KINDS = {
+    "reversal": Kind(
+        "Reversal curse on the token world",
+        "Zhu et al. §4: trained sentences reach p > 0.99, while the held-out reverse direction stays at "
+        "chance (log p ≈ −log #entities, accuracy ≈ 0).",
+        ("curves.png", "heatmap.png", "logits.csv"), "analyses.reproduce:format_summary"),
+    "bilinear": Kind(
+        "Bilinear model against Theorem 1",
+        "Zhu et al. Theorem 1: as the training loss L(t) → 0, L_rev(t)/L_rev(0) ≥ (L(t)/L(0))^ε with ε → 0 as "
+        "d grows, so the held-out reverse loss stays put; Θ becomes asymmetric from the first step."),
+    "chain": Kind(
+        "Chain-of-thought intransitivity",
+        "Zhu et al. §4: trained on x → y and y → z, the held-out x ⇝ z stays at chance while the two-step "
+        "chain x → ŷ → ẑ succeeds; the OV circuit Y[x, z] grows only for trained x ⇝ z.",
+        ("curves.png", "heatmap.png", "circuits.png"), "analyses.paper:format_chain"),
+    "in-context": Kind(
+        "Reversal in context",
+        "Zhu et al. §4: with the fact in the prompt there is no curse, the held-out reverse is copied from "
+        "context (high accuracy); a world where each x has one partner is memorised instead and fails.",
+        ("curves.png", "logits.csv"), "analyses.paper:format_in_context"),
+    "multi-token": Kind(
+        "Reversal with multi-token entities",
+        "Zhu et al. §4: the curse holds for k = 2, 3 tokens per entity: trained p > 0.99, held-out reverse "
+        "at chance.", ("comparison.png",), "analyses.paper:format_multi_token"),
+    "positional": Kind(
+        "Reversal with each positional encoding",
+        "Zhu et al. §4: the curse does not depend on the positional encoding (absolute, rotary, none).",
+        ("comparison.png",), "analyses.paper:format_positional"),
+    "embeddings": Kind(
+        "Embedding similarity of paired entities",
+        "Zhu et al. §4: training leaves no pairing structure in the embeddings: cos(W_E[A_i], W_E[B_i]) is "
+        "distributed like the cosines of unpaired entities.",
+        ("curves.png", "cosines.png"), "analyses.paper:format_embeddings"),
+    "asymmetry": Kind(
+        "Celebrity parents on a pretrained model",
+        "Berglund et al. 2023: GPT-4 names a celebrity's parent 79% of the time but the parent's child only "
+        "33%: knowing child → parent does not give parent → child.",
+        ("asymmetry.png", "pairs.csv"), "analyses.asymmetry:format_summary"),
+    "probe": Kind(
+        "Logit and circuit probes",
+        "Zhu et al. §3: trained directions get a large margin over random answers and a large OV entry "
+        "Y[A, B]; held-out reverse directions get neither (margin ≈ 0, Y[B, A] ≈ 0).",
+        ("logits.csv", "circuits.csv", "margins.png", "circuits.png")),
+}
+
+CAPTIONS = {
+    "curves.png": "Mean log-probability of the answer over training for trained (blue) and held-out (red) "
+                  "statements, chance in grey. Paper: the trained curve climbs to 0 (p > 0.99) while the held-out "
+                  "reverse stays at or below chance.",
+    "heatmap.png": "log p(candidate | given entity): rows are given entities, columns candidate answers, the "
+                   "diagonal is the truth. Paper: a bright diagonal for train-forward, train-backward and the "
+                   "held-out pairs' seen direction, none for the unseen (reverse) direction.",
+    "circuits.png": "Per circuit (direct path, and OV and QK per head), the mean z-score of the entry in the "
+                    "trained direction (blue) and in the held-out direction (red) of one-way facts, against "
+                    "random controls of the same row. Paper: the OV entry Y[A, B] grows for trained A → B while "
+                    "Y[B, A] stays near 0.",
+    "margins.png": "Mean log-probability margin of the true answer over random answers of the same kind, per "
+                   "split and direction, with 95% intervals. Paper: large for trained directions, ≈ 0 for the "
+                   "held-out reverse.",
+    "loss_ratios.png": "Held-out reverse loss ratio L_rev(t)/L_rev(0) against the training loss ratio L(t)/L(0), "
+                       "one curve per d, with the bound x^ε in grey. Theorem 1: the curves hug 1 more closely as "
+                       "d grows.",
+    "theta_asymmetry.png": "‖Θ − Θᵀ‖/‖Θ‖ over training for each d. Paper: gradient steps add u_A u_Bᵀ terms, "
+                           "so Θ is asymmetric from the first step.",
+    "scores.png": "u_Aᵀ Θ u_B (trained A → B) against u_Bᵀ Θ u_A (held-out B → A) for one-way facts at the "
+                  "largest d. Paper: trained scores grow while reverse scores stay near 0, far below the diagonal.",
+    "comparison.png": "Per setting, mean log p of trained sentences and of the held-out reverse, chance as a grey "
+                      "tick. Paper: the curse holds in every setting.",
+    "cosines.png": "Histograms of cos(W_E[A_i], W_E[B_j]) for paired (j = i) and unpaired (j ≠ i) entities. "
+                   "Paper: the two distributions overlap: no pairing structure.",
+    "asymmetry.png": "Per direction: exact-match accuracy beside GPT-4's, mean rank of the truth among random "
+                     "answers of the same kind (chance dashed) and the log-probability margin over them; lighter "
+                     "bars keep only pairs whose last names differ. Berglund et al.: child → parent beats "
+                     "parent → child.",
+    "logits.csv": "One row per fact direction: log-probability of the answer, its rank among the candidates, "
+                  "greedy correctness (and the margin over random controls where scored).",
+    "circuits.csv": "One row per (fact, circuit): the entries M[A, B] and M[B, A], their z-scores against random "
+                    "controls and the asymmetry index z[A, B] − z[B, A].",
+    "pairs.csv": "One row per celebrity pair, scored both ways.",
+}
+KIND_CAPTIONS = {
+    ("chain", "heatmap.png"): "log p(candidate | given): trained x ⇝ z, then on held-out triples x → y, y → z and "
+                              "x ⇝ z. Paper: a diagonal everywhere but in the last panel (never trained).",
+    ("chain", "circuits.png"): "Mean z-score of the OV entry Y[x, z] (and the direct path) for trained and "
+                               "held-out x ⇝ z facts. Paper: Y[x, z] grows only where x ⇝ z was trained.",
+    ("in-context", "curves.png"): "Held-out reverse log p over training for the in-context grid and the "
+                                  "one-partner control. Paper: the grid learns to copy from context (held-out "
+                                  "rises), the control memorises pairs (held-out stays at chance).",
+}
+ATTENTION_CAPTION = ("circuitsvis attention patterns, one panel per head (interactive: hover over tokens, pick "
+                     "heads). Paper (Z, the QK circuit): the last position attends to the entity it answers from.")
+VIEW_CAPTION = "Interactive circuitsvis view written by the run."
+FALLBACK_CAPTION = "Written by the run; no caption is known for this file name."
+
+
+@dataclass
+class Run:
+    """One run folder, read and checked: its summary and the files the report shows."""
+
+    folder: Path
+    label: str
+    kind: str
+    summary: dict[str, Any]
+    figures: list[Path] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
+    views: list[Path] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)
+
+
+# --- finding and checking runs -------------------------------------------------------------------
+
+def find_runs(folders: Sequence[str | os.PathLike[str]]) -> list[Run]:
+    """The runs of each folder given (the folder itself, or its subfolders), nested runs after their parent."""
+    if not folders:
+        raise ReportError("no run folder given")
+    runs: list[Run] = []
+    for folder in map(Path, folders):
+        if not folder.exists():
+            raise ReportError(f"{folder}: no such run folder")
+        if not folder.is_dir():
+            raise ReportError(f"{folder}: not a folder (give the folder a revlens command wrote)")
+        if (folder / SUMMARY).exists():
+            runs += _run_tree(folder, str(folder))
+            continue
+        entries = _entries(folder)
+        if not entries:
+            raise ReportError(f"{folder}: empty folder, not a run (a finished run has a {SUMMARY})")
+        subfolders = [e for e in entries if e.is_dir()]
+        if not any((s / SUMMARY).exists() for s in subfolders):
+            raise ReportError(f"{folder}: no {SUMMARY}, so the run did not finish (half-written?); found "
+                              f"{_listing(entries)}")
+        for sub in subfolders:
+            if not (sub / SUMMARY).exists():
+                raise ReportError(f"{sub}: no {SUMMARY}, so this run of {folder} did not finish (half-written?); "
+                                  f"found {_listing(_entries(sub)) or 'nothing'}")
+            runs += _run_tree(sub, str(sub))
+    return runs
+
+
+def _entries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _listing(entries: Sequence[Path], at_most: int = 8) -> str:
+    names = [p.name + ("/" if p.is_dir() else "") for p in entries]
+    return ", ".join(names[:at_most]) + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
+
+
+def _run_tree(folder: Path, label: str) -> list[Run]:
+    runs = [read_run(folder, label)]
+    for sub in _entries(folder):
+        if sub.is_dir() and (sub / SUMMARY).exists():
+            runs += _run_tree(sub, f"{label}/{sub.name}")
+    return runs
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """``folder/summary.json`` as a dict; a clear error if it is not valid JSON or not an object."""
+    path = folder / SUMMARY
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ReportError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+                          f"the run may have been interrupted while writing it") from error
+    except UnicodeDecodeError as error:
+        raise ReportError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+    if not isinstance(summary, dict):
+        raise ReportError(f"{path}: expected a JSON object of results, got a {type(summary).__name__}")
+    return summary
+
+
+def run_kind(summary: dict[str, Any]) -> str:
+    """``summary["experiment"]``, or ``"probe"`` for a ``revlens probe`` summary, or ``"run"``."""
+    if isinstance(summary.get("experiment"), str):
+        return summary["experiment"]
+    if "logits" in summary and "circuits" in summary:
+        return "probe"
+    return "run"
+
+
+def _named_files(value: Any) -> set[str]:
+    """Bare figure / view file names (``*.png``, ``*.html``) anywhere in a summary."""
+    if isinstance(value, str):
+        return {value} if _NAMED_FILE.match(value) else set()
+    if isinstance(value, dict):
+        return set().union(*map(_named_files, value.values()), *map(_named_files, value))
+    if isinstance(value, list):
+        return set().union(*map(_named_files, value))
+    return set()
+
+
+def read_run(folder: Path, label: str) -> Run:
+    """Read one run folder and check that everything it should hold is there and readable."""
+    summary = read_summary(folder)
+    kind = run_kind(summary)
+    expected = set(KINDS[kind].files if kind in KINDS else ()) | _named_files(summary)
+    missing = sorted(name for name in expected if not (folder / name).is_file())
+    if missing:
+        raise ReportError(f"{folder}: {', '.join(missing)} missing, though a {kind!r} run writes "
+                          f"{'it' if len(missing) == 1 else 'them'} (half-written?)")
+    run = Run(folder, label, kind, summary)
+    for path in _entries(folder):
+        suffix = path.suffix.lower() if path.is_file() else ""
+        if suffix == ".png":
+            _check_png(path)
+            run.figures.append(path)
+        elif suffix == ".csv":
+            run.tables.append(path)
+        elif suffix == ".html":
+            _check_view(path)
+            run.views.append(path)
+        elif path.name != SUMMARY and not (path.is_dir() and (path / SUMMARY).exists()):
+            run.others.append(path.name + ("/" if path.is_dir() else ""))
+    return run
+
+
+def _check_png(path: Path) -> None:
+    data = path.read_bytes()
+    if not data.startswith(PNG_SIGNATURE):
+        raise ReportError(f"{path}: not a PNG image")
+    if not data.rstrip(b"\0").endswith(PNG_END):
+        raise ReportError(f"{path}: truncated PNG (no end chunk); the run may have been interrupted")
+
+
+def _check_view(path: Path) -> None:
+    remote = remote_references(path.read_text(encoding="utf-8"))
+    if remote:
+        raise ReportError(f"{path}: the page loads from the network ({remote[:3]}); write views with "
+                          f"probes.views.save_html")
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+def caption(run: Run, name: str) -> str:
+    """The run's own caption for a file, else the known one for its kind and name, else a generic line."""
+    own = run.summary.get("captions")
+    if isinstance(own, dict) and isinstance(own.get(name), str):
+        return own[name]
+    known = KIND_CAPTIONS.get((run.kind, name)) or CAPTIONS.get(name)
+    if known:
+        return known
+    if name.endswith(".html"):
+        return ATTENTION_CAPTION if name.startswith("attention") else VIEW_CAPTION
+    return FALLBACK_CAPTION
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "—" if value is None else str(value).lower()
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(map(_format, value))
+    return str(value)
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``a.b`` keys."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _is_records(value: Any) -> bool:
+    return bool(value) and all(isinstance(v, dict) for v in (value if isinstance(value, list) else value.values()))
+
+
+def _records_table(value: list[dict[str, Any]] | dict[str, dict[str, Any]], max_rows: int) -> str:
+    rows = ([_flatten(r) for r in value] if isinstance(value, list)
+            else [{"": name, **_flatten(r)} for name, r in value.items()])
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(row.get(c)))}</td>" for c in columns) + "</tr>"
+                   for row in rows[:max_rows])
+    note = (f'<p class="note">first {max_rows} of {len(rows)} rows (all in summary.json)</p>'
+            if len(rows) > max_rows else "")
+    return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>{note}'
+
+
+def _key_values(values: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_format(v))}</td></tr>" for k, v in values.items())
+    return f'<table class="kv">{rows}</table>'
+
+
+def summary_tables(summary: dict[str, Any], max_rows: int = MAX_ROWS) -> str:
+    """The summary as HTML: a table of its scalars, one table per list or dict of records, the config folded."""
+    scalars, parts = {}, []
+    for key, value in summary.items():
+        if key in ("config", "captions"):
+            continue
+        if isinstance(value, (list, dict)) and _is_records(value):
+            parts.append(f"<h4>{html.escape(key)}</h4>{_records_table(value, max_rows)}")
+        elif isinstance(value, dict):
+            scalars.update(_flatten(value, f"{key}."))
+        else:
+            scalars[key] = value
+    out = [_key_values(scalars)] if scalars else []
+    if isinstance(summary.get("config"), dict):
+        out.append(f"<details><summary>config</summary>{_key_values(_flatten(summary['config']))}</details>")
+    return "".join(out + parts)
+
+
+def one_screen_text(run: Run) -> str | None:
+    """The text the command printed for this run (its kind's formatter), or None if it has none."""
+    kind = KINDS.get(run.kind)
+    if kind is None or kind.formatter is None:
+        return None
+    module, name = kind.formatter.split(":")
+    try:
+        return getattr(import_module(module), name)(run.summary)
+    except (KeyError, TypeError) as error:
+        raise ReportError(f"{run.folder / SUMMARY}: lacks {error} that a {run.kind!r} run writes "
+                          f"(half-written, or from another version?)") from error
+
+
+def csv_table(path: Path, max_rows: int = MAX_ROWS) -> str:
+    """The first ``max_rows`` rows of a CSV file as an HTML table, with a note when rows are left out."""
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ReportError(f"{path}: unreadable CSV ({error})") from error
+    shown = table.head(max_rows).to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}", na_rep="—")
+    note = (f'<p class="note">first {max_rows} of {len(table)} rows; the whole table is {path.name} in the run '
+            f"folder</p>" if len(table) > max_rows else f'<p class="note">{len(table)} rows</p>')
+    return f'<div class="wide">{shown}</div>{note}'
+
+
+def _png_tag(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
+
+
+def _view_tag(path: Path) -> str:
+    page = html.escape(path.read_text(encoding="utf-8"), quote=True)
+    return (f'<iframe srcdoc="{page}" title="{html.escape(path.name)}" '
+            f'style="height:{VIEW_HEIGHT_PX}px"></iframe>')
+
+
+def _title(run: Run) -> str:
+    kind = KINDS.get(run.kind)
+    return kind.title if kind else run.kind.replace("-", " ").replace("_", " ").capitalize()
+
+
+def render_run(run: Run, anchor: str, max_rows: int = MAX_ROWS) -> tuple[str, list[tuple[str, str]]]:
+    """One run's section and its table-of-contents entries (anchor, text)."""
+    kind = KINDS.get(run.kind)
+    parts = [f'<section id="{anchor}"><h2>{html.escape(_title(run))} <span class="where">'
+             f"{html.escape(run.label)}</span></h2>"]
+    if kind:
+        parts.append(f'<p class="prediction"><b>What the paper predicts.</b> {html.escape(kind.prediction)}</p>')
+    text = one_screen_text(run)
+    if text:
+        parts.append(f"<pre>{html.escape(text)}</pre>")
+    parts.append(f"<h3>Numbers (summary.json)</h3>{summary_tables(run.summary, max_rows)}")
+    entries: list[tuple[str, str]] = []
+    for index, path in enumerate(run.figures + run.views + run.tables):
+        item = f"{anchor}-{index}"
+        entries.append((item, path.name))
+        body = (_png_tag(path) if path in run.figures else _view_tag(path) if path in run.views
+                else csv_table(path, max_rows))
+        parts.append(f'<figure id="{item}"><figcaption><b>{html.escape(path.name)}</b>: '
+                     f"{html.escape(caption(run, path.name))}</figcaption>{body}</figure>")
+    if run.others:
+        parts.append(f'<p class="note">Also in this folder: {html.escape(", ".join(run.others))}</p>')
+    return "".join(parts) + "</section>", entries
+
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222;
+       max-width: 1150px; margin: 0 auto; padding: 1em 2em; line-height: 1.45; background: #fff; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+.where { font-size: 0.6em; color: #666; font-weight: normal; font-family: monospace; }
+nav ol { columns: 2; font-size: 0.9em; } nav li { break-inside: avoid; } nav ol ol { columns: 1; font-size: 0.95em; color: #555; }
+a { color: #234; }
+.prediction { background: #f4f4f0; border-left: 4px solid #999; padding: 0.5em 0.8em; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.82em; }
+table { border-collapse: collapse; font-size: 0.82em; margin: 0.4em 0; }
+th, td { border: 1px solid #ddd; padding: 0.15em 0.5em; text-align: right; }
+.kv th { text-align: left; background: #fafafa; } th { background: #f0f0f0; }
+.wide { overflow-x: auto; } .note { color: #666; font-size: 0.85em; }
+figure { margin: 1.2em 0; } figcaption { margin-bottom: 0.4em; font-size: 0.92em; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+iframe { width: 100%; border: 1px solid #ddd; }
+"""
+
+
+def render_report(runs: Sequence[Run], max_rows: int = MAX_ROWS, title: str = "reversal-lens report") -> str:
+    """The whole page: header, table of contents, one section per run."""
+    sections, contents = [], []
+    for number, run in enumerate(runs, 1):
+        section, entries = render_run(run, f"run-{number}", max_rows)
+        sections.append(section)
+        items = "".join(f'<li><a href="#{a}">{html.escape(t)}</a></li>' for a, t in entries)
+        contents.append(f'<li><a href="#run-{number}">{html.escape(_title(run))}</a> '
+                        f'<span class="where">{html.escape(run.label)}</span><ol>{items}</ol></li>')
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        f"<style>{STYLE}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
+        f'<p class="note">{len(runs)} run{"s" if len(runs) != 1 else ""}, written {stamp} by revlens report. '
+        f"Self-contained: figures and views are inlined, nothing is loaded from the network.</p>\n"
+        f"<nav><h2>Contents</h2><ol>{''.join(contents)}</ol></nav>\n{''.join(sections)}\n</body>\n</html>\n"
+    )
+    remote = remote_references(page)
+    if remote:
+        raise ReportError(f"the report would load from the network ({remote[:3]}); not written")
+    return page
+
+
+def write_report(folders: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
+                 max_rows: int = MAX_ROWS) -> list[Run]:
+    """Check every run folder, render the page, then write it to ``out`` atomically; returns the runs."""
+    out = Path(out)
+    if out.is_dir():
+        raise ReportError(f"{out}: is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
+    runs = find_runs(folders)
+    page = render_report(runs, max_rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(page, encoding="utf-8")
+        temporary.replace(out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return runs

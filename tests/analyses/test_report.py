@@ -1,0 +1,166 @@
+"""`revlens report` on real run folders, rendered in headless Chromium (installed by `make test`)."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import matplotlib.image
+import pytest
+import torch
+
+from analyses.bilinear import BilinearConfig, reproduce_bilinear
+from analyses.probe import probe
+from analyses.report import ReportError, find_runs, render_report, write_report
+from analyses.reproduce import ReversalConfig, reproduce_reversal
+from facts.io import load_jsonl
+from models.load import load_trained
+from probes.views import attention_view, save_html
+from tests_support import revlens
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=10000", "--window-size=1280,4200")
+IFRAME = re.compile(r'<iframe srcdoc="[^"]*"', re.S)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, vocab):
+    """Real runs: `reproduce all`-style reversal + bilinear folders, and a probe of the reversal
+    checkpoint with a circuitsvis attention view beside it."""
+    root = tmp_path_factory.mktemp("runs")
+    reproduce_reversal(root / "all" / "reversal", ReversalConfig(steps=10), progress=False)
+    reproduce_bilinear(root / "all" / "bilinear", BilinearConfig(dims=(16,), steps=20), progress=False)
+    run = root / "all" / "reversal"
+    probe(run / "checkpoints", run / "facts.jsonl", root / "probe")
+    model, _ = load_trained(run / "checkpoints")
+    example = vocab.example(load_jsonl(run / "facts.jsonl"), 0, "forward")
+    tokens = torch.tensor(example.prompt + example.answer)
+    view = attention_view(model, tokens, 0, [vocab.token_name(t) for t in tokens.tolist()])
+    save_html(view, root / "probe" / "attention.html")
+    return root
+
+
+def chromium(page, tmp_path):
+    """Render ``page`` in headless Chromium: its screenshot (H × W × 3 floats in [0, 1]) and the
+    URLs the page asked the network for (any scheme but file: and data:), read from the net log.
+
+    Chromium makes requests of its own (updates, sign-in) whatever the flags; the page's are the
+    ones in its network isolation key, whose top frame is the file:// page.
+    """
+    binary = shutil.which("chromium")
+    assert binary, "chromium is not installed: `make test` installs it (Debian package chromium)"
+    shot, net_log = tmp_path / "shot.png", tmp_path / "net.json"
+    subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--log-net-log={net_log}",
+                    f"--screenshot={shot}", page.resolve().as_uri()], capture_output=True, timeout=180, check=True)
+    text = net_log.read_text()
+    log = json.loads(text if text.rstrip().endswith("}") else text.rstrip().rstrip(",") + "]}")  # cut short: close it
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    requests = [e["params"] for e in log["events"] if e["type"] == start_job]
+    from_page = [r["url"] for r in requests if r.get("network_isolation_key", "").startswith("file://")]
+    return matplotlib.image.imread(shot)[..., :3], [u for u in from_page if not u.startswith(("file:", "data:"))]
+
+
+def ink(image):
+    """Fraction of pixels that are not near-white."""
+    return float((image.min(-1) < 0.9).mean())
+
+
+def test_chromium_catches_a_network_request_and_a_blank_page(tmp_path):
+    page = tmp_path / "control.html"
+    frame = '&lt;script src=&quot;https://example.invalid/in-frame.js&quot;&gt;&lt;/script&gt;'
+    page.write_text(f'<!DOCTYPE html><img src="http://example.invalid/x.png"><iframe srcdoc="{frame}"></iframe>')
+    image, requests = chromium(page, tmp_path)
+    assert set(requests) == {"http://example.invalid/x.png", "https://example.invalid/in-frame.js"}
+    assert ink(image) < 0.01
+
+
+def test_report_renders_every_run_offline(runs, tmp_path):
+    out = tmp_path / "report.html"
+    result = revlens("report", "--runs", str(runs / "probe"), str(runs / "all"), "--out", str(out))
+    assert "3 runs" in result.stdout
+    page = out.read_text(encoding="utf-8")
+    assert page.count('src="data:image/png;base64,') == 2 + 3 + 2  # probe, bilinear, reversal figures
+    assert page.count("<iframe srcdoc=") == 1 and "CircuitsVis.render(" in page
+    assert not re.search(r"https?://|//cdn|@import|url\(", IFRAME.sub("", page))  # the page around the view
+    for text in ("Logit and circuit probes", "Bilinear model against Theorem 1", "Reversal curse on the token world",
+                 "reversal world: 340 trained sentences", "first 20 of 3400 rows", "most_asymmetric_circuit", "Contents"):
+        assert text in page, text
+
+    image, requests = chromium(out, tmp_path)
+    assert requests == []
+    assert ink(image) > 0.05
+    saturated = image.max(-1) - image.min(-1) > 0.4
+    assert saturated.mean() > 0.01  # coloured figures, not only text
+    circuitsvis_blue = (image[..., 2] > 0.9) & (image[..., :2].max(-1) < 0.1)
+    assert circuitsvis_blue.sum() > 2000  # the attention view's JavaScript ran inside the page
+
+
+def test_parent_folder_expands_and_nested_runs_follow(runs):
+    labels = [run.label for run in find_runs([runs / "all"])]
+    assert labels == [str(runs / "all" / "bilinear"), str(runs / "all" / "reversal")]
+    assert [run.kind for run in find_runs([runs / "probe"])] == ["probe"]
+
+
+def test_unknown_kind_renders_with_its_own_and_fallback_captions(runs, tmp_path):
+    folder = tmp_path / "new-kind"
+    folder.mkdir()
+    shutil.copy(runs / "all" / "reversal" / "curves.png", folder / "growth.png")
+    shutil.copy(runs / "all" / "reversal" / "heatmap.png", folder / "extra.png")
+    (folder / "table.csv").write_text("step,entry\n0,0.1\n10,0.9\n")
+    summary = {"experiment": "weight-dynamics", "final_entry": 0.9, "per_step": [{"step": 0}, {"step": 10}],
+               "captions": {"growth.png": "Y[A, B] over training."}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    page = render_report(find_runs([folder]))
+    assert "Weight dynamics" in page and "Y[A, B] over training." in page
+    assert "no caption is known for this file name" in page  # extra.png
+    assert "<td>0.9</td>" in page and "2 rows" in page
+    assert page.count("data:image/png;base64,") == 2
+
+
+def _copy_run(runs, tmp_path, name="reversal"):
+    return shutil.copytree(runs / "all" / name, tmp_path / name, ignore=shutil.ignore_patterns("checkpoints*"))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "summary.json").unlink(), r"reversal: no summary.json, so the run did not finish"),
+    (lambda run: _truncate(run / "summary.json"), r"reversal/summary.json: not valid JSON \(line \d+"),
+    (lambda run: (run / "heatmap.png").unlink(), r"reversal: heatmap.png missing, though a 'reversal' run writes it"),
+    (lambda run: _truncate(run / "curves.png"), r"reversal/curves.png: truncated PNG"),
+    (lambda run: (run / "logits.csv").write_text(""), r"reversal/logits.csv: unreadable CSV"),
+    (lambda run: [p.unlink() for p in run.rglob("*") if p.is_file()], r"reversal: empty folder"),
+])
+def test_half_written_run_is_refused_and_the_old_report_kept(runs, tmp_path, damage, message):
+    run = _copy_run(runs, tmp_path)
+    out = tmp_path / "report.html"
+    write_report([run], out)
+    before = out.read_text(encoding="utf-8")
+    damage(run)
+    with pytest.raises(ReportError, match=message):
+        write_report([run], out)
+    assert out.read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "reversal"]  # no temporary file left
+
+
+def test_half_written_run_of_a_parent_folder_is_named(runs, tmp_path):
+    parent = tmp_path / "all"
+    _copy_run(runs, parent)
+    _copy_run(runs, parent, "bilinear")
+    (parent / "bilinear" / "summary.json").unlink()
+    with pytest.raises(ReportError, match=r"all/bilinear: no summary.json, so this run of .*all did not finish"):
+        find_runs([parent])
+    (parent / "reversal" / "summary.json").write_text(json.dumps({"experiment": "reversal", "train_prob": 1.0}))
+    (parent / "bilinear").rename(tmp_path / "elsewhere")
+    with pytest.raises(ReportError, match=r"all/reversal/summary.json: lacks 'config'"):
+        render_report(find_runs([parent]))
+
+
+def test_cli_refuses_a_missing_folder_with_exit_2(tmp_path):
+    out = tmp_path / "report.html"
+    result = revlens("report", "--runs", str(tmp_path / "nowhere"), "--out", str(out), check=False)
+    assert result.returncode == 2 and "nowhere: no such run folder" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
