@@ -1,0 +1,62 @@
+"""Every notebook runs top to bottom, offline, on this interpreter, and shows what its text claims."""
+
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from ipykernel.kernelspec import write_kernel_spec
+from nbclient import NotebookClient
+
+from facts.celebrity import celebrity_csv_path
+from facts.schema import FactError
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+KERNEL = "reversal-lens-tests"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+CLAIMS = {
+    "01_reversal_curse_in_five_minutes": (
+        2, 'assert table[table.trained].prob.mean() > 0.99 and table[table.split == "heldout"].correct.sum() == 0'),
+    "02_reading_the_ov_circuit": (
+        1, 'assert all(r["asymmetry"] > 2 and abs(r["z_heldout"]) < 0.5 for r in theta_rows + ov_rows), theta_rows'),
+    "03_checking_your_own_hf_model": (
+        1, 'assert check_equivalence(model, hf_model, prompts, tokenizer) < 1e-3 and summary["pairs_checked"] == 8'),
+}
+
+
+def test_the_three_walkthroughs_are_there_without_outputs():
+    assert {path.stem for path in NOTEBOOKS} >= set(CLAIMS)
+    for path in NOTEBOOKS:
+        code = [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+        assert all(cell.outputs == [] and cell.execution_count is None for cell in code), f"{path.name} has outputs"
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    """A kernel spec that starts this interpreter (the venv's): the spec ipykernel installs runs
+    whatever ``python`` is first on PATH."""
+    folder = tmp_path_factory.mktemp("jupyter")
+    write_kernel_spec(folder / "kernels" / KERNEL)
+    return folder
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_notebook_runs_and_shows_what_it_says(path, kernel, tmp_path, monkeypatch):
+    if path.stem.startswith("03"):
+        try:
+            celebrity_csv_path()
+        except FactError:
+            pytest.skip("the shared celebrity CSV is not next to the project (as in test_asymmetry)")
+    monkeypatch.setenv("JUPYTER_PATH", str(kernel))
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)
+    notebook = nbformat.read(path, as_version=4)
+    figures, claim = CLAIMS.get(path.stem, (0, ""))
+    notebook.cells.append(nbformat.v4.new_code_cell(f"{claim}\nimport sys\nprint(sys.executable)"))
+    NotebookClient(notebook, timeout=300, kernel_name=KERNEL, resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert outputs[-1].text.strip() == sys.executable
+    assert sum("image/png" in output.get("data", {}) for output in outputs) >= figures
+    assert list(tmp_path.iterdir()) == []  # nothing left behind in the working folder
