@@ -47,10 +47,21 @@ def load_prompt_completion_jsonl(path: str | os.PathLike[str]) -> list[Pair]:
 
 
 def save_prompt_completion_jsonl(pairs: Sequence[Pair], path: str | os.PathLike[str]) -> Path:
-    """Write ``pairs`` in the same format, atomically (temporary file, then rename)."""
+    """Write ``pairs`` in the same format, atomically (temporary file, then rename).
+
+    Text UTF-8 cannot store (a lone surrogate) raises :class:`FactError` naming the pair.
+    """
     path = Path(path)
+    lines = []
+    for index, (prompt, completion) in enumerate(pairs):
+        line = json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise FactError(f"{path}: pair {index} holds U+{ord(error.object[error.start]):04X}, a lone surrogate "
+                            f"that UTF-8 cannot store") from None
+        lines.append(line)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"prompt": p, "completion": c}, ensure_ascii=False) for p, c in pairs]
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as tmp:
         tmp.write("".join(line + "\n" for line in lines))
     os.replace(tmp.name, path)

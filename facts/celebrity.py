@@ -21,8 +21,11 @@ one answer each. How the file's irregularities are handled:
 * one person recorded as both mother and father of a child (16 cases, errors in the source):
   kept as two facts, named in ``meta["mother_and_father"]``.
 
-Blank lines are skipped; any other row needs all five fields, non-empty names, a parent type of
-mother/father and can_reverse True/False (any case), or :class:`FactError` names file:line.
+Blank lines are skipped; any other row needs all five fields on one line, non-empty names that
+differ (no one is their own parent), a parent type of mother/father and can_reverse True/False
+(any case), or :class:`FactError` names file:line. Header names must be distinct. A leading
+byte-order mark and CRLF line ends are accepted; names are stripped and NFC-normalised (so
+"José" typed with a combining accent is the same person as "José").
 
 ``meta["line"][i]``, ``meta["can_reverse"][i]`` (GPT-4 named this child, as recorded) and
 ``meta["child_prediction"][i]`` (the child GPT-4 named, "" when it failed) belong to fact ``i``.
@@ -31,9 +34,12 @@ mother/father and can_reverse True/False (any case), or :class:`FactError` names
 from __future__ import annotations
 
 import csv
+import io
 import os
+import unicodedata
 from pathlib import Path
 
+from facts.io import located, read_text
 from facts.schema import Fact, FactError, FactSet
 
 CSV_ENV = "REVLENS_CELEBRITY_CSV"
@@ -77,26 +83,35 @@ def celebrity_csv_path(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """``(line, row)`` for each data row, every column present and stripped."""
-    if not path.is_file():
-        raise FactError(f"{path}: no such celebrity CSV")
-    rows = []
+    """``(line, row)`` for each data row, every column present, stripped and NFC-normalised.
+
+    ``line`` is where the row starts; a row spanning lines (a quoted field left open) is refused.
+    """
+    reader = csv.reader(io.StringIO(read_text(path, "celebrity CSV"), newline=""))
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None:
-                raise FactError(f"{path}: empty file, expected a header with columns {list(COLUMNS)}")
-            missing = [c for c in COLUMNS if c not in reader.fieldnames]
-            if missing:
-                raise FactError(f"{path}: missing column(s) {missing}; the header has {reader.fieldnames}")
-            for row in reader:
-                if None in row or any(row[c] is None for c in COLUMNS):
-                    raise FactError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} fields")
-                rows.append((reader.line_num, {c: row[c].strip() for c in COLUMNS}))
-    except UnicodeDecodeError as error:
-        raise FactError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        header = [name.strip() for name in next(reader, [])]
+        if not header:
+            raise FactError(f"{path}: empty file, expected a header with columns {list(COLUMNS)}")
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise FactError(f"{path}:1: column(s) {repeated} appear more than once in the header")
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise FactError(f"{path}: missing column(s) {missing}; the header has {header}")
+        rows, end = [], reader.line_num
+        for fields in reader:
+            start, end = end + 1, reader.line_num
+            if not fields:
+                continue
+            if end > start:
+                raise FactError(f"{path}:{start}: a quoted field opened on this line runs to line {end}; "
+                                f"is a closing quote missing?")
+            if len(fields) != len(header):
+                raise FactError(f"{path}:{start}: expected {len(header)} fields, got {len(fields)}")
+            row = dict(zip(header, fields))
+            rows.append((start, {c: unicodedata.normalize("NFC", row[c].strip()) for c in COLUMNS}))
     except csv.Error as error:
-        raise FactError(f"{path}: malformed CSV ({error})") from None
+        raise FactError(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
     if not rows:
         raise FactError(f"{path}: holds no pairs")
     return rows
@@ -117,6 +132,8 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
         child, parent, parent_type = row["child"], row["parent"], row["parent_type"]
         if not child or not parent:
             raise FactError(f"{path}:{line}: child and parent must be non-empty, got {child!r} and {parent!r}")
+        if child == parent:
+            raise FactError(f"{path}:{line}: {child!r} is recorded as their own {parent_type}")
         if parent_type not in PARENT_TYPES:
             raise FactError(f"{path}:{line}: parent_type must be one of {PARENT_TYPES}, got {parent_type!r}")
         if row["can_reverse"].lower() not in _BOOLEANS:
@@ -134,7 +151,10 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
         siblings = children.setdefault((parent, parent_type), [])
         siblings.append(child)
         reverse = "heldout" if len(siblings) == 1 else None
-        facts.append(Fact(child, parent_type, parent, f"{parent_type} of", "heldout", reverse, parent_type))
+        try:
+            facts.append(Fact(child, parent_type, parent, f"{parent_type} of", "heldout", reverse, parent_type))
+        except FactError as error:
+            raise FactError(f"{path}:{line}: {error}") from None
         lines.append(line)
         can_reverse.append(_BOOLEANS[row["can_reverse"].lower()])
         predictions.append(row["child_prediction"])
@@ -153,4 +173,7 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
         "one_to_many": one_to_many,
         "mother_and_father": both,
     }
-    return FactSet(tuple(facts), world="celebrity", meta=meta)
+    try:
+        return FactSet(tuple(facts), world="celebrity", meta=meta)
+    except FactError as error:
+        raise located(error, path, lines) from None

@@ -15,6 +15,7 @@ that made it and free-form metadata (generator parameters, seed).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Literal
 
@@ -25,7 +26,32 @@ DIRECTIONS: tuple[Direction, ...] = ("forward", "reverse")
 
 
 class FactError(ValueError):
-    """A fact or fact set is malformed; the message names the offending fact."""
+    """A fact or fact set is malformed; the message names the offending fact.
+
+    ``facts`` holds the positions of the offending facts in their fact set, when known, so a
+    reader can translate them into file lines.
+    """
+
+    def __init__(self, message: str, facts: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.facts = facts
+
+
+def text_problem(value: object) -> str | None:
+    """Why ``value`` cannot name an entity or relation (None when it can).
+
+    A name must be a non-empty string without leading or trailing whitespace (" Tom" would be a
+    second entity beside "Tom" that reads the same), control characters, byte-order marks or
+    lone surrogates (which cannot be written as UTF-8).
+    """
+    if not isinstance(value, str) or not value.strip():
+        return f"must be a non-empty string, got {value!r}"
+    if value != value.strip():
+        return f"has leading or trailing whitespace: {value!r}"
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in ("Cc", "Cs") or char == "\ufeff":
+            return f"holds the invisible character U+{ord(char):04X} at position {position}: {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -46,10 +72,15 @@ class Fact:
     context: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("subject", "relation", "object"):
+        for name in ("subject", "relation", "object", "inverse_relation"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise FactError(f"fact {self._label()}: {name} must be a non-empty string, got {value!r}")
+            problem = None if value is None and name == "inverse_relation" else text_problem(value)
+            if problem:
+                raise FactError(f"fact {self._label()}: {name} {problem}")
+        if not isinstance(self.group, str):
+            raise FactError(f"fact {self._label()}: group must be a string, got {self.group!r}")
+        if not isinstance(self.context, bool):
+            raise FactError(f"fact {self._label()}: context must be true or false, got {self.context!r}")
         for name in ("forward", "reverse"):
             value = getattr(self, name)
             if value is not None and value not in SPLITS:
@@ -87,14 +118,12 @@ class Fact:
         if not isinstance(record, dict):
             raise FactError(f"a fact must be a JSON object, got {type(record).__name__}")
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(record) - known)
+        unknown = sorted(str(key) for key in set(record) - known)
         if unknown:
             raise FactError(f"unknown fact field(s) {unknown}; expected a subset of {sorted(known)}")
         missing = [k for k in ("subject", "relation", "object") if k not in record]
         if missing:
             raise FactError(f"fact is missing required field(s) {missing}")
-        if "context" in record and not isinstance(record["context"], bool):
-            raise FactError(f"fact field 'context' must be true or false, got {record['context']!r}")
         return cls(**record)
 
 
@@ -102,10 +131,17 @@ class Fact:
 class FactSet:
     """An ordered, non-empty, conflict-free collection of facts.
 
-    Two facts conflict when the same (given entity, relation) leads to different answers in
-    directions that are in play (trained or held out): a model could not fit both, and a
-    probe scoring "the" answer would report nonsense. In-context facts are exempt, since
-    their answer comes from the prompt.
+    Refused, with both facts named (:attr:`FactError.facts`):
+
+    * a conflict: the same (given entity, relation) leads to different answers in directions
+      that are in play (trained or held out): a model could not fit both, and a probe scoring
+      "the" answer would report nonsense. In-context facts are exempt, since their answer
+      comes from the prompt;
+    * a repeated statement: one directed statement ("e2 ← e1") stated by two facts, or by both
+      directions of one fact. Trained in one place and held out in another, the held-out
+      statement would be trained; in the same split, it would count twice;
+    * two entities that differ only in Unicode normalisation ("José" in NFC and in NFD): they
+      read the same but tokenize differently.
     """
 
     facts: tuple[Fact, ...]
@@ -113,26 +149,66 @@ class FactSet:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "facts", tuple(self.facts))
+        try:
+            object.__setattr__(self, "facts", tuple(self.facts))
+        except TypeError:
+            raise FactError(f"a fact set needs a sequence of facts, got {type(self.facts).__name__}") from None
+        if not isinstance(self.world, str):
+            raise FactError(f"a fact set's world must be a string, got {self.world!r}")
+        if not isinstance(self.meta, dict):
+            raise FactError(f"fact set {self.world!r}: meta must be a mapping, got {type(self.meta).__name__}")
         if not self.facts:
             raise FactError(f"fact set {self.world!r} is empty")
-        seen: dict[tuple[str, str, bool], tuple[int, str]] = {}
+        answers: dict[tuple[str, str], tuple[int, str]] = {}
+        statements: dict[tuple[str, ...], tuple[int, Direction, Split]] = {}
         for index, fact in enumerate(self.facts):
             if not isinstance(fact, Fact):
-                raise FactError(f"fact set {self.world!r}: item {index} is a {type(fact).__name__}, not a Fact")
+                raise FactError(f"fact set {self.world!r}: item {index} is a {type(fact).__name__}, not a Fact",
+                                (index,))
             for direction in DIRECTIONS:
-                if fact.split(direction) is None:
+                split = fact.split(direction)
+                if split is None:
                     continue
                 given, relation, answer = fact.given_and_answer(direction)
-                key = (given, relation, fact.context)
-                if key in seen and seen[key][1] != answer:
-                    other = seen[key][0]
+                restated = (fact.subject, fact.relation, fact.object) if fact.context else ()
+                statement = (*restated, given, relation, answer)
+                if statement in statements:
+                    self._repeated(statement, statements[statement], (index, direction, split))
+                statements[statement] = (index, direction, split)
+                if fact.context:
+                    continue
+                other, known = answers.setdefault((given, relation), (index, answer))
+                if known != answer:
                     raise FactError(
                         f"fact set {self.world!r}: facts {other} and {index} conflict: "
-                        f"{given!r} {relation!r} leads to both {seen[key][1]!r} and {answer!r}"
+                        f"{given!r} {relation!r} leads to both {known!r} and {answer!r}",
+                        (other, index),
                     )
-                if not fact.context:
-                    seen[key] = (index, answer)
+        self._check_normalisation()
+
+    def _repeated(self, statement: tuple[str, ...], first: tuple[int, Direction, Split],
+                  second: tuple[int, Direction, Split]) -> None:
+        words = " ".join(repr(part) for part in statement)
+        where = (f"fact {first[0]} states it in both directions" if first[0] == second[0]
+                 else f"facts {first[0]} ({first[1]}) and {second[0]} ({second[1]}) both state it")
+        if first[2] != second[2]:
+            raise FactError(
+                f"fact set {self.world!r}: statement {words} is both trained and held out ({where}): "
+                f"the held-out statement would be trained",
+                (first[0], second[0]),
+            )
+        raise FactError(f"fact set {self.world!r}: statement {words} is repeated ({where}); "
+                        f"keep one", (first[0], second[0]))
+
+    def _check_normalisation(self) -> None:
+        seen: dict[str, str] = {}
+        for entity in self.entities():
+            key = unicodedata.normalize("NFC", entity)
+            if seen.setdefault(key, entity) != entity:
+                raise FactError(
+                    f"fact set {self.world!r}: entities {seen[key]!r} and {entity!r} differ only in Unicode "
+                    f"normalisation (NFC vs NFD); write both the same way"
+                )
 
     def __len__(self) -> int:
         return len(self.facts)

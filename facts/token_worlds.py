@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ from facts.tokens import Example
 FORWARD, BACKWARD, LEADS_TO, RESTATE = "→", "←", "⇝", "<->"
 RELATIONS: tuple[str, ...] = (FORWARD, BACKWARD, LEADS_TO, RESTATE)
 N_ENTITY_TOKENS = 800
+_ENTITY_TOKEN = re.compile(r"e(?:0|[1-9][0-9]*)")
 TRAIN_FRACTION = 0.7
 
 
@@ -46,11 +48,16 @@ class TokenVocab:
 
     @functools.lru_cache(maxsize=65536)
     def entity_ids(self, entity: str) -> tuple[int, ...]:
-        """Ids of an entity written as space-separated tokens ``e<index>`` (cached)."""
+        """Ids of an entity written as tokens ``e<index>`` joined by single spaces (cached).
+
+        Only that spelling is accepted (ASCII digits, no leading zeros, no stray spaces), so each
+        token sequence has one name: "e7" and "e007" cannot pass as two different entities.
+        """
         ids = []
-        for piece in entity.split():
-            if not (piece.startswith("e") and piece[1:].isdigit()):
-                raise FactError(f"entity {entity!r}: token {piece!r} is not of the form e<index>")
+        for piece in entity.split(" "):
+            if not _ENTITY_TOKEN.fullmatch(piece):
+                raise FactError(f"entity {entity!r}: token {piece!r} is not of the form e<index> "
+                                f"(e0, e1, ...; tokens joined by single spaces)")
             index = int(piece[1:])
             if index >= self.n_entity_tokens:
                 raise FactError(
@@ -58,8 +65,6 @@ class TokenVocab:
                     f"{self.n_entity_tokens} entity tokens"
                 )
             ids.append(len(self.relations) + index)
-        if not ids:
-            raise FactError(f"entity {entity!r} has no tokens")
         return tuple(ids)
 
     def relation_id(self, relation: str) -> int:
@@ -75,17 +80,24 @@ class TokenVocab:
         return self.entity_token(token_id - len(self.relations))
 
     def example(self, facts: FactSet, index: int, direction: Direction, answer: str | None = None) -> Example:
-        """``given relation`` → ``answer``; in-context facts restate "s r o <->" first."""
+        """``given relation`` → ``answer``; in-context facts restate "s r o <->" first.
+
+        An entity or relation outside the vocabulary raises :class:`FactError` naming the fact.
+        """
         fact = facts[index]
         given, relation, true_answer = fact.given_and_answer(direction)
         answer = true_answer if answer is None else answer
-        prompt = self.entity_ids(given) + (self.relation_id(relation),)
-        if fact.context:
-            restated = self.entity_ids(fact.subject) + (self.relation_id(fact.relation),)
-            prompt = restated + self.entity_ids(fact.object) + (self.relation_id(RESTATE),) + prompt
+        try:
+            prompt = self.entity_ids(given) + (self.relation_id(relation),)
+            if fact.context:
+                restated = self.entity_ids(fact.subject) + (self.relation_id(fact.relation),)
+                prompt = restated + self.entity_ids(fact.object) + (self.relation_id(RESTATE),) + prompt
+            answer_ids = self.entity_ids(answer)
+        except FactError as error:
+            raise FactError(f"fact {index} ({direction}): {error}", (index,)) from None
         split = fact.split(direction)
         assert split is not None, "statements() only yields directions in play"
-        return Example(prompt, self.entity_ids(answer), index, direction, split)
+        return Example(prompt, answer_ids, index, direction, split)
 
 
 def _check_counts(n: int, k: int, n_alphabets: int, alphabet_size: int, vocab: TokenVocab) -> None:
