@@ -2,9 +2,12 @@
 
 The tensors file holds the model's state dict (``model.*``) and the optimizer's per-parameter
 state (``optim.<i>.<name>``); the JSON holds the step, the model card, the optimizer's
-hyper-parameters, the training history so far, free metadata and the tensors file's SHA-256.
+hyper-parameters, the training history so far, free metadata, the tensors file's SHA-256
+(``sha256``) and its own (``meta_sha256``: SHA-256 of the JSON without that field, keys sorted).
 Both are written to a temporary file and renamed, tensors first: a checkpoint exists only
-once its JSON does, and a tensors file whose hash differs from the JSON is refused whole.
+once its JSON does, and a tensors file or JSON whose hash differs is refused whole, so a
+truncated or bit-flipped checkpoint is never half-loaded. A model whose parameters hold NaN or
+inf is not saved at all: the last checkpoint on disk is always a good one.
 """
 
 from __future__ import annotations
@@ -47,7 +50,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _meta_sha256(record: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's JSON record without its ``meta_sha256`` field, keys sorted."""
+    body = {k: v for k, v in record.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _atomic_write(path: Path, write) -> None:
+    """``write`` a temporary file next to ``path``, flush it to disk, then rename it over ``path``.
+
+    If ``write`` fails (or the process dies) the previous ``path`` is untouched.
+    """
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False)
     handle.close()
     try:
@@ -79,10 +92,19 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     meta: dict[str, Any],
 ) -> Path:
-    """Write the checkpoint of ``step`` atomically; returns the JSON path."""
+    """Write the checkpoint of ``step`` atomically; returns the JSON path.
+
+    Raises :class:`CheckpointError`, writing nothing, when a parameter holds NaN or inf.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"step-{step:06d}"
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if broken:
+        raise CheckpointError(
+            f"step {step}: parameter(s) {broken[:5]} hold NaN or inf; checkpoint not written, the last good "
+            f"one in {directory} is kept"
+        )
     tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     optim_meta = None
     if optimizer is not None:
@@ -91,9 +113,30 @@ def save_checkpoint(
     tensor_path = directory / f"{stem}.safetensors"
     _atomic_write(tensor_path, lambda p: save_file(tensors, str(p)))
     record = {"step": step, "optimizer": optim_meta, "sha256": _sha256(tensor_path), **meta}
+    record = json.loads(json.dumps(record, default=str))  # exactly what a reader will parse
+    record["meta_sha256"] = _meta_sha256(record)
     json_path = directory / f"{stem}.json"
-    _atomic_write(json_path, lambda p: p.write_text(json.dumps(record, indent=1, default=str)))
+    _atomic_write(json_path, lambda p: p.write_text(json.dumps(record, indent=1)))
     return json_path
+
+
+def remove_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete every checkpoint (and leftover temporary file) in ``directory``; returns what went.
+
+    A fresh run calls this first, so a folder never mixes its checkpoints with a previous run's
+    (whose later steps would otherwise pass for the newest checkpoint).
+    """
+    directory = Path(directory)
+    gone = []
+    for json_path in list_checkpoints(directory):
+        for path in (json_path, json_path.with_suffix(".safetensors")):
+            if path.exists():
+                path.unlink()
+                gone.append(path)
+    for leftover in directory.glob("step-*.tmp") if directory.is_dir() else ():
+        leftover.unlink()
+        gone.append(leftover)
+    return gone
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
@@ -118,9 +161,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON ({error.msg})") from None
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON ({error}); "
+                              f"the file is truncated or corrupted") from None
+    if not isinstance(meta, dict) or meta.get("meta_sha256") != _meta_sha256(meta):
+        raise CheckpointError(f"{path}: checksum of the checkpoint metadata does not match; "
+                              f"the file is truncated or corrupted")
     tensor_path = path.with_suffix(".safetensors")
     if not tensor_path.is_file():
         raise CheckpointError(f"{tensor_path}: tensors file of the checkpoint is missing")

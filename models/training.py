@@ -23,7 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from facts.tokens import TokenizedFacts
-from models.checkpoint import list_checkpoints, load_checkpoint, restore_model, save_checkpoint
+from models.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    remove_checkpoints,
+    restore_model,
+    save_checkpoint,
+)
 from models.scoring import answer_loss, check_token_ids, model_device, score_answers
 
 Callback = Callable[[int, torch.nn.Module], Mapping[str, Any] | None]
@@ -116,6 +122,22 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
 
 
+RESUME_MUST_MATCH = ("lr", "weight_decay", "batch_size", "seed", "optimizer")
+"""Settings a resumed run must share with its checkpoint: each changes the numbers it continues."""
+
+
+def _check_resumable(path: Path, step: int, saved: Mapping[str, Any], config: TrainConfig) -> None:
+    """Refuse to resume from a checkpoint past ``config.steps`` or made with other settings."""
+    if step > config.steps:
+        raise TrainingError(f"{path}: checkpoint is at step {step}, past this run's {config.steps} steps; "
+                            f"resume with steps ≥ {step} or start afresh without resume")
+    differ = [f"{k}: checkpoint {saved[k]!r}, now {getattr(config, k)!r}"
+              for k in RESUME_MUST_MATCH if k in saved and saved[k] != getattr(config, k)]
+    if differ:
+        raise TrainingError(f"{path}: cannot resume with other settings ({'; '.join(differ)}); "
+                            f"use the checkpoint's settings or start afresh without resume")
+
+
 def train(
     model: torch.nn.Module,
     train_set: TokenizedFacts,
@@ -129,7 +151,9 @@ def train(
     """Train ``model`` in place on the answer tokens of ``train_set``; see the module docstring.
 
     With ``resume=True`` and a checkpoint in ``checkpoint_dir``, weights, optimizer state and
-    history are restored and training continues from the checkpoint's step.
+    history are restored and training continues from the checkpoint's step (refused when the
+    checkpoint is past ``config.steps`` or was made with another lr, weight decay, batch size,
+    seed or optimizer). Otherwise a ``checkpoint_dir`` is emptied of earlier checkpoints first.
     """
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if config.deterministic:
@@ -159,15 +183,17 @@ def _train(
     optimizer = make_optimizer(model, config)
     history: list[dict[str, Any]] = []
     start = 0
-    if resume:
-        if checkpoint_dir is None:
-            raise TrainingError("resume=True needs a checkpoint_dir")
-        if list_checkpoints(checkpoint_dir):
-            checkpoint = load_checkpoint(checkpoint_dir)
-            restore_model(model, checkpoint)
-            if checkpoint.optimizer_state is not None:
-                optimizer.load_state_dict(checkpoint.optimizer_state)
-            start, history = checkpoint.step, list(checkpoint.meta.get("history", []))
+    if resume and checkpoint_dir is None:
+        raise TrainingError("resume=True needs a checkpoint_dir")
+    if resume and list_checkpoints(checkpoint_dir):
+        checkpoint = load_checkpoint(checkpoint_dir)
+        _check_resumable(checkpoint.path, checkpoint.step, checkpoint.meta.get("train_config") or {}, config)
+        restore_model(model, checkpoint)
+        if checkpoint.optimizer_state is not None:
+            optimizer.load_state_dict(checkpoint.optimizer_state)
+        start, history = checkpoint.step, list(checkpoint.meta.get("history", []))
+    elif checkpoint_dir is not None:
+        remove_checkpoints(checkpoint_dir)  # a fresh run: an earlier run's later steps must not pass for ours
     meta = {"model": dict(model_card or {}), "train_config": asdict(config)}
 
     def checkpoint(step: int) -> None:
@@ -191,10 +217,11 @@ def _train(
         rows = batch_rows(len(train_set), step, config.batch_size, config.seed).to(device)
         loss = answer_loss(model(tokens[rows]), tokens[rows], answer_mask[rows])
         if not torch.isfinite(loss):
+            kept = list_checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
             raise TrainingError(
                 f"loss became {loss.item()} at step {step + 1}; stopping. "
-                + ("The last good checkpoint is kept in " + str(checkpoint_dir) if checkpoint_dir else "")
-                + " Lower the learning rate or check the inputs."
+                + (f"The last good checkpoint is {kept[-1]}. " if kept else "")
+                + "Lower the learning rate or check the inputs."
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
