@@ -260,13 +260,15 @@ def read_run(folder: Path, label: str) -> Run:
     """Read one run folder and check that everything it should hold is there and readable."""
     summary = read_summary(folder)
     kind = run_kind(summary)
-    expected = set(KINDS[kind].files if kind in KINDS else ()) | _named_files(summary)
-    missing = sorted(name for name in expected if not (folder / name).is_file())
-    if missing:
-        raise ReportError(f"{folder}: {', '.join(missing)} missing, though a {kind!r} run writes "
-                          f"{'it' if len(missing) == 1 else 'them'} (half-written?)")
+    written = KINDS[kind].files if kind in KINDS else ()
+    named = sorted(_named_files(summary))
+    for names, why in ((written, f"every {kind!r} run writes it"), (named, "summary.json names it")):
+        missing = [name for name in names if not (folder / name).is_file()]
+        if missing:
+            raise ReportError(f"{folder}: {', '.join(missing)} missing ({why}); the run is half-written")
     run = Run(folder, label, kind, summary)
-    for path in _entries(folder):
+    known_order = {name: i for i, name in enumerate(written)}
+    for path in sorted(_entries(folder), key=lambda p: (known_order.get(p.name, len(known_order)), p.name)):
         suffix = path.suffix.lower() if path.is_file() else ""
         if suffix == ".png":
             _check_png(path)
@@ -441,7 +443,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans
        max-width: 1150px; margin: 0 auto; padding: 1em 2em; line-height: 1.45; background: #fff; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
 .where { font-size: 0.6em; color: #666; font-weight: normal; font-family: monospace; }
-nav ol { columns: 2; font-size: 0.9em; } nav li { break-inside: avoid; } nav ol ol { columns: 1; font-size: 0.95em; color: #555; }
+nav ol { columns: 2; font-size: 0.9em; } nav li { break-inside: avoid; }
+nav ol ol { columns: 1; font-size: 0.95em; color: #555; }
 a { color: #234; }
 .prediction { background: #f4f4f0; border-left: 4px solid #999; padding: 0.5em 0.8em; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.82em; }

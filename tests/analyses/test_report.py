@@ -1,5 +1,6 @@
 """`revlens report` on real run folders, rendered in headless Chromium (installed by `make test`)."""
 
+import importlib
 import json
 import re
 import shutil
@@ -9,9 +10,10 @@ import matplotlib.image
 import pytest
 import torch
 
+from analyses import paper
 from analyses.bilinear import BilinearConfig, reproduce_bilinear
 from analyses.probe import probe
-from analyses.report import ReportError, find_runs, render_report, write_report
+from analyses.report import KINDS, ReportError, find_runs, render_report, write_report
 from analyses.reproduce import ReversalConfig, reproduce_reversal
 from facts.io import load_jsonl
 from models.load import load_trained
@@ -26,11 +28,19 @@ IFRAME = re.compile(r'<iframe srcdoc="[^"]*"', re.S)
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, vocab):
-    """Real runs: `reproduce all`-style reversal + bilinear folders, and a probe of the reversal
-    checkpoint with a circuitsvis attention view beside it."""
+    """Real runs, small: every `reproduce` experiment in an `all/` folder as `reproduce all` writes
+    it, and a probe of the reversal checkpoint with a circuitsvis attention view beside it."""
     root = tmp_path_factory.mktemp("runs")
     reproduce_reversal(root / "all" / "reversal", ReversalConfig(steps=10), progress=False)
     reproduce_bilinear(root / "all" / "bilinear", BilinearConfig(dims=(16,), steps=20), progress=False)
+    small = ReversalConfig(steps=5, n_pairs=60)
+    paper.reproduce_chain(root / "all" / "chain", paper.ChainConfig(steps=5, n_triples=60), False)
+    paper.reproduce_in_context(root / "all" / "in-context", paper.InContextConfig(steps=5, n_x=30, control_pairs=40),
+                               False)
+    paper.reproduce_multi_token(root / "all" / "multi-token", paper.MultiTokenConfig(ks=(2,), reversal=small), False)
+    paper.reproduce_positional(root / "all" / "positional",
+                               paper.PositionalConfig(positionals=("none",), reversal=small), False)
+    paper.reproduce_embeddings(root / "all" / "embeddings", paper.EmbeddingConfig(steps=5, n_pairs=60), False)
     run = root / "all" / "reversal"
     probe(run / "checkpoints", run / "facts.jsonl", root / "probe")
     model, _ = load_trained(run / "checkpoints")
@@ -78,13 +88,16 @@ def test_chromium_catches_a_network_request_and_a_blank_page(tmp_path):
 def test_report_renders_every_run_offline(runs, tmp_path):
     out = tmp_path / "report.html"
     result = revlens("report", "--runs", str(runs / "probe"), str(runs / "all"), "--out", str(out))
-    assert "3 runs" in result.stdout
+    assert "10 runs" in result.stdout  # probe, 7 experiments, the sweeps' nested runs multi-token/k2, positional/none
     page = out.read_text(encoding="utf-8")
-    assert page.count('src="data:image/png;base64,') == 2 + 3 + 2  # probe, bilinear, reversal figures
+    figures = [p for p in runs.rglob("*.png") if "checkpoints" not in str(p)]
+    assert len(figures) == 19 and page.count('src="data:image/png;base64,') == len(figures)
     assert page.count("<iframe srcdoc=") == 1 and "CircuitsVis.render(" in page
     assert not re.search(r"https?://|//cdn|@import|url\(", IFRAME.sub("", page))  # the page around the view
-    for text in ("Logit and circuit probes", "Bilinear model against Theorem 1", "Reversal curse on the token world",
-                 "reversal world: 340 trained sentences", "first 20 of 3400 rows", "most_asymmetric_circuit", "Contents"):
+    titles = [KINDS[kind].title for kind in KINDS if kind != "asymmetry"]
+    one_screen = ["reversal world: 340 trained sentences", "chain world: 162 trained", "in-context world: 30 x",
+                  "reversal world with k-token entities", "reversal world, 60 pairs, k = 1", "cos(W_E[A_i], W_E[B_j])"]
+    for text in titles + one_screen + ["first 20 of 3400 rows", "most_asymmetric_circuit", "Contents"]:
         assert text in page, text
 
     image, requests = chromium(out, tmp_path)
@@ -97,9 +110,23 @@ def test_report_renders_every_run_offline(runs, tmp_path):
 
 
 def test_parent_folder_expands_and_nested_runs_follow(runs):
-    labels = [run.label for run in find_runs([runs / "all"])]
-    assert labels == [str(runs / "all" / "bilinear"), str(runs / "all" / "reversal")]
+    found = find_runs([runs / "all"])
+    assert [run.label.removeprefix(f"{runs}/all/") for run in found] == [
+        "bilinear", "chain", "embeddings", "in-context", "multi-token", "multi-token/k2", "positional",
+        "positional/none", "reversal"]
+    assert [run.kind for run in found] == [
+        "bilinear", "chain", "embeddings", "in-context", "multi-token", "reversal", "positional", "reversal", "reversal"]
+    in_context = found[3]
+    assert "control/" in in_context.others and [p.name for p in in_context.figures] == ["curves.png"]
+    assert [p.name for p in found[-1].figures] == ["curves.png", "heatmap.png"]
     assert [run.kind for run in find_runs([runs / "probe"])] == ["probe"]
+
+
+def test_every_known_kind_has_a_formatter_that_exists():
+    for name, kind in KINDS.items():
+        if kind.formatter:
+            module, function = kind.formatter.split(":")
+            assert callable(getattr(importlib.import_module(module), function)), name
 
 
 def test_unknown_kind_renders_with_its_own_and_fallback_captions(runs, tmp_path):
@@ -116,6 +143,9 @@ def test_unknown_kind_renders_with_its_own_and_fallback_captions(runs, tmp_path)
     assert "no caption is known for this file name" in page  # extra.png
     assert "<td>0.9</td>" in page and "2 rows" in page
     assert page.count("data:image/png;base64,") == 2
+    (folder / "growth.png").unlink()
+    with pytest.raises(ReportError, match=r"new-kind: growth.png missing \(summary.json names it\)"):
+        find_runs([folder])
 
 
 def _copy_run(runs, tmp_path, name="reversal"):
@@ -129,7 +159,7 @@ def _truncate(path):
 @pytest.mark.parametrize("damage, message", [
     (lambda run: (run / "summary.json").unlink(), r"reversal: no summary.json, so the run did not finish"),
     (lambda run: _truncate(run / "summary.json"), r"reversal/summary.json: not valid JSON \(line \d+"),
-    (lambda run: (run / "heatmap.png").unlink(), r"reversal: heatmap.png missing, though a 'reversal' run writes it"),
+    (lambda run: (run / "heatmap.png").unlink(), r"reversal: heatmap.png missing \(every 'reversal' run writes it\)"),
     (lambda run: _truncate(run / "curves.png"), r"reversal/curves.png: truncated PNG"),
     (lambda run: (run / "logits.csv").write_text(""), r"reversal/logits.csv: unreadable CSV"),
     (lambda run: [p.unlink() for p in run.rglob("*") if p.is_file()], r"reversal: empty folder"),
