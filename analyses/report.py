@@ -103,6 +103,18 @@ KINDS = {
         "Berglund et al. 2023: GPT-4 names a celebrity's parent 79% of the time but the parent's child only "
         "33%: knowing child → parent does not give parent → child.",
         ("asymmetry.png", "pairs.csv"), "analyses.asymmetry:format_summary"),
+    "dynamics": Kind(
+        "Effective weights over training",
+        "Zhu et al. §4: a gradient step on A → B raises the OV entry Y[A, B] and leaves Y[B, A] where it was, so "
+        "the held-out reverse of a one-way fact never gains weight."),
+    "compare": Kind(
+        "Theory against trained models, same probes",
+        "Zhu et al. §2-3: in every model (bilinear Θ, one-layer and multi-layer transformers, a fine-tuned LLM) "
+        "the trained direction gets a margin and a large Y[A, B], the held-out reverse neither."),
+    "mitigations": Kind(
+        "Mitigations on the held-out reverse",
+        "Training the reverse direction (augmentation, reverse training) or restating the fact in the prompt "
+        "buys reverse accuracy back; plain one-way training does not."),
     "probe": Kind(
         "Logit and circuit probes",
         "Zhu et al. §3: trained directions get a large margin over random answers and a large OV entry "
@@ -139,6 +151,14 @@ CAPTIONS = {
                      "answers of the same kind (chance dashed) and the log-probability margin over them; lighter "
                      "bars keep only pairs whose last names differ. Berglund et al.: child → parent beats "
                      "parent → child.",
+    "dynamics.png": "z-score of the effective-weight entries over training, one panel per circuit, model and "
+                    "layer; lines per role (trained direction, held-out reverse, both-way facts), bands ±1 std. "
+                    "Paper: Y[A, B] climbs for trained directions while Y[B, A] stays flat for held-out ones.",
+    "compare.png": "Per model: margin over random answers and accuracy of the trained A → B and the held-out "
+                   "B → A, and the z-scores of Y[A, B] and Y[B, A]. Theory: the same asymmetry in every model.",
+    "mitigations.png": "Per mitigation and test, one bar per model: held-out reverse accuracy, its margin over "
+                       "controls and the z-score of the OV entry Y[B, A]. Expect gains only where the reverse "
+                       "was trained or restated in the prompt.",
     "logits.csv": "One row per fact direction: log-probability of the answer, its rank among the candidates, "
                   "greedy correctness (and the margin over random controls where scored).",
     "circuits.csv": "One row per (fact, circuit): the entries M[A, B] and M[B, A], their z-scores against random "
