@@ -16,6 +16,7 @@ PAPER_EXPERIMENTS = {
     "multi-token": "the reversal task with k = 2 and 3 tokens per entity",
     "positional": "the reversal task with absolute, rotary and no positional encodings",
     "embeddings": "cosine similarity of the embeddings of paired entities (no structure)",
+    "dynamics": "OV (Y) and QK (Z) entries of the facts over training, one-layer and tiny models",
     "all": "every experiment above plus reversal and bilinear, into OUT/<name>/",
 }
 POSITIONALS = ("absolute", "rotary", "none")
@@ -188,7 +189,7 @@ def _reproduce_paper(args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
 
-    from analyses import paper
+    from analyses import dynamics, paper
     from analyses.bilinear import BilinearConfig, reproduce_bilinear
     from analyses.reproduce import ReversalConfig, format_summary, reproduce_reversal
 
@@ -207,6 +208,8 @@ def _reproduce_paper(args: argparse.Namespace) -> int:
             paper.format_positional),
         "embeddings": (lambda out, p: paper.reproduce_embeddings(out, paper.EmbeddingConfig(seed=args.seed), p),
                        paper.format_embeddings),
+        "dynamics": (lambda out, p: dynamics.reproduce_dynamics(
+            out, dynamics.DynamicsConfig(run=ReversalConfig(seed=args.seed)), p), dynamics.format_dynamics),
     }
     chosen = list(runs) if args.experiment == "all" else [args.experiment]
     began = time.perf_counter()

@@ -136,3 +136,46 @@ def cosine_histogram(paired, unpaired, title: str = ""):
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     return figure
+
+
+_ROLE_STYLE = {
+    "trained": dict(color="#1f77b4", linestyle="-"),
+    "held-out reverse": dict(color="#d62728", linestyle="-"),
+    "both": dict(color="#2ca02c", linestyle="--"),
+}
+
+
+def dynamics_figure(frame, title: str = ""):
+    """Head-averaged z-score of the effective-weight entries over training, one panel per
+    (circuit, model, layer); lines per role, bands ±1 std over statements.
+
+    ``frame`` is ``analyses.dynamics`` ``dynamics.csv`` (rows with an empty ``head`` are drawn).
+    """
+    from matplotlib.figure import Figure
+
+    layers = frame[frame["head"].isna()]
+    columns = list(dict.fromkeys(zip(layers.model, layers.layer)))
+    circuits = list(dict.fromkeys(layers.circuit))
+    figure = Figure(figsize=(3.2 * len(columns) + 0.6, 2.8 * len(circuits) + 0.6), layout="constrained")
+    axes = figure.subplots(len(circuits), len(columns), squeeze=False, sharex="col")
+    names = {"ov": "OV (Y)", "qk": "QK (Z)"}
+    for row, circuit in enumerate(circuits):
+        for column, (model, layer) in enumerate(columns):
+            axis = axes[row][column]
+            panel = layers[(layers.circuit == circuit) & (layers.model == model) & (layers.layer == layer)]
+            for role, part in panel.groupby("role", sort=False):
+                part = part.sort_values("step")
+                style = _ROLE_STYLE.get(role, {})
+                axis.plot(part.step, part.z_mean, label=role, **style)
+                axis.fill_between(part.step, part.z_mean - part.z_std, part.z_mean + part.z_std,
+                                  color=style.get("color"), alpha=0.15, linewidth=0)
+            axis.axhline(0, color="black", linewidth=0.6)
+            axis.set_title(f"{model}, {names.get(circuit, circuit)} layer {layer}", fontsize=9)
+            axis.grid(alpha=0.3)
+            if column == 0:
+                axis.set_ylabel("z of M[given, answer]\nvs controls (mean of heads)", fontsize=8)
+            if row == len(circuits) - 1:
+                axis.set_xlabel("training step")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    figure.suptitle(title or "Effective weights over training", fontsize=10)
+    return figure

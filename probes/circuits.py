@@ -268,3 +268,23 @@ def circuit_table(
     })
     table["asymmetry"] = table.z_ab - table.z_ba
     return table
+
+
+def directed_entries(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`circuit_table` in long form: one row per (fact, circuit, direction in play).
+
+    Direction ``forward`` reads the entry M[A, B] (given A, answer B) and its z-score,
+    ``reverse`` reads M[B, A]. Each row carries its own direction's ``split`` and the
+    opposite direction's (``partner_split``, None when not in play): a fact trained only as
+    A → B gives a row (forward, train, partner heldout) and a row (reverse, heldout, partner
+    train). Columns: fact, group, circuit, layer, head, direction, split, partner_split, entry, z.
+    """
+    keys = ["fact", "group", "circuit", "layer", "head"]
+    forward = table[keys].assign(direction="forward", split=table.forward.astype(object),
+                                 partner_split=table.reverse.astype(object), entry=table.entry_ab, z=table.z_ab)
+    reverse = table[keys].assign(direction="reverse", split=table.reverse.astype(object),
+                                 partner_split=table.forward.astype(object), entry=table.entry_ba, z=table.z_ba)
+    long = pd.concat([forward, reverse], ignore_index=True)
+    long = long[long.split.notna()].reset_index(drop=True)
+    long["partner_split"] = long.partner_split.where(long.partner_split.notna(), None)
+    return long
