@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--controls", type=_positive_int, default=16, help="random control answers per fact")
     probe.add_argument("--device", default=None)
 
+    compare = commands.add_parser(
+        "compare", help="bilinear, one-layer, tiny (and a fine-tuned LLM) side by side, same probes and metrics")
+    compare.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    compare.add_argument("--finetuned", type=Path, default=None,
+                         help="a `revlens finetune-facts` output folder (logits.csv, circuits.csv, summary.json)")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--quiet", action="store_true", help="no progress bar")
+
     report = commands.add_parser("report", help="one self-contained HTML page (figures, tables, views) from run folders")
     report.add_argument("--runs", type=Path, nargs="+", required=True,
                         help="run folders (each with a summary.json), or a folder of them (reproduce all)")
@@ -158,6 +166,15 @@ def _probe(args: argparse.Namespace) -> int:
     print(f"\nmost asymmetric circuit: {summary['most_asymmetric_circuit']} "
           f"(mean asymmetry index over circuits {summary['mean_asymmetry_index']:.2f})")
     print(f"wrote {args.out}/: logits.csv circuits.csv summary.json margins.png circuits.png")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from analyses.compare import CompareConfig, compare, format_compare
+
+    summary = compare(args.out, args.finetuned, CompareConfig(seed=args.seed), progress=not args.quiet)
+    print(format_compare(summary))
+    print(f"\nwrote {args.out}/: compare.csv compare.png summary.json, one folder per trained model")
     return 0
 
 
@@ -256,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _probe(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "compare":
+            return _compare(args)
     except (ValueError, RuntimeError) as error:  # our errors subclass these and name the problem
         print(f"revlens: error: {error}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any, Sequence
 
 _STYLE = {
@@ -178,4 +179,34 @@ def dynamics_figure(frame, title: str = ""):
                 axis.set_xlabel("training step")
     axes[0][0].legend(fontsize=7, loc="upper left")
     figure.suptitle(title or "Effective weights over training", fontsize=10)
+    return figure
+
+
+def compare_bars(rows: Sequence[dict[str, Any]], title: str = ""):
+    """Per model (``analyses.compare`` rows): margin over controls and accuracy of the trained
+    A → B and the held-out B → A, and the z-scores of Y[A,B] and Y[B,A]."""
+    from matplotlib.figure import Figure
+
+    labels = [textwrap.fill(r["model"], 16) for r in rows]
+    figure = Figure(figsize=(max(9.0, 3.2 * len(rows)), 3.8), layout="constrained")
+    axes = figure.subplots(1, 3)
+    panels = (("margin", "log p(answer) − mean log p(control)"), ("accuracy", "greedy accuracy"))
+    for axis, (metric, ylabel) in zip(axes, panels):
+        for offset, split, label in ((-0.2, "train", "trained A → B"), (0.2, "heldout", "held-out B → A")):
+            bars = axis.bar([p + offset for p in range(len(rows))], [r[f"{split}_{metric}"] for r in rows], width=0.4,
+                            color=_STYLE[split]["color"], label=label)
+            axis.bar_label(bars, fmt="%.2f", fontsize=7)
+        axis.set_ylabel(ylabel)
+    for offset, key, split, label in ((-0.2, "z_trained", "train", "Y[A,B] (trained)"),
+                                      (0.2, "z_heldout", "heldout", "Y[B,A] (held out)")):
+        bars = axes[2].bar([p + offset for p in range(len(rows))], [r[key] for r in rows], width=0.4,
+                           color=_STYLE[split]["color"], label=label)
+        axes[2].bar_label(bars, fmt="%.2f", fontsize=7)
+    axes[2].set_ylabel("z-score vs control entries (OV heads / Θ)")
+    for axis in axes:
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.set_xticks(range(len(rows)), labels, fontsize=7)
+        axis.grid(alpha=0.3, axis="y")
+        axis.legend(fontsize=7)
+    figure.suptitle(title or "Theory and trained models, same probes (one-way facts)", fontsize=10)
     return figure

@@ -1,0 +1,247 @@
+"""`revlens compare`: theory against trained models, measured with the same probes.
+
+One row per model kind, every number computed by :func:`row_metrics` from the two tables
+every probe run writes (``probes.logits.answer_table`` and ``probes.circuits.circuit_table``,
+i.e. ``revlens probe``'s ``logits.csv`` and ``circuits.csv``), restricted to the *one-way*
+facts (one direction trained, the other held out), so both directions come from the same facts:
+
+* ``trained_*``: the trained direction A → B; ``heldout_*``: its held-out reverse B → A;
+* ``*_margin`` = mean over statements of log p(answer) − mean log p(K random answers of the
+  same kind); ``*_accuracy``: greedy exact match; ``*_logprob``: mean log p(answer);
+* ``z_trained`` / ``z_heldout``: mean z-score of the effective-weight entry M[A, B] / M[B, A]
+  against the same row's control entries, averaged over the "Y" circuits (Θ for the bilinear
+  model, every head's OV circuit for a transformer); ``asymmetry_index`` = z_trained − z_heldout;
+  ``most_asymmetric_circuit`` over all circuits (direct path, OV, QK, Θ).
+
+Rows: the bilinear model (Θ only, d = 512), the one-layer attention-only transformer (the
+theory's model), the tiny 2-layer transformer, all trained here on the same reversal world,
+and optionally a fine-tuned pretrained LLM read from a ``revlens finetune-facts`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analyses.bilinear import BilinearConfig
+from analyses.probe import circuit_summary, logit_summary
+from analyses.reproduce import RunConfig, _write_json, train_run
+from facts.io import save_jsonl
+from facts.schema import FactSet
+from facts.token_worlds import TokenVocab, reversal_world
+from facts.tokens import tokenize
+from probes.circuits import circuit_table
+from probes.logits import answer_table
+from probes.views import save_png
+
+Y_CIRCUITS = ("ov", "theta")
+"""Circuits that carry Zhu et al.'s Y (which token a read token raises): per-head OV, and Θ."""
+
+THEORY = {
+    "bilinear": "Theorem 1 (Zhu et al. §3): training loss → 0 while the held-out reverse loss stays at its "
+                "initial value as d grows: reverse margin ≈ 0, accuracy ≈ 0; Θ asymmetric, u_AᵀΘu_B grows, "
+                "u_BᵀΘu_A does not",
+    "one-layer": "Zhu et al. §4 (one-layer transformer, Y/Z reparametrisation): Y[A,B] grows only where A → B "
+                 "is trained, Y[B,A] stays flat: reverse at (or below) chance, large OV asymmetry",
+    "tiny": "no theorem past one layer; the paper's multi-layer runs show the same curse: reverse at chance. "
+            "First-order OV circuits read only the embedding path, so asymmetry shows but is smaller",
+    "finetuned": "theory does not cover pretrained LLMs; Berglund et al. see the reverse at chance after "
+                 "one-way fine-tuning (margin ≈ 0). The lookup may live in MLPs, so entity-level OV "
+                 "asymmetry may be weak",
+}
+"""What the bilinear theory (and the papers around it) predicts for each kind of model."""
+
+PROBE_FILES = ("logits.csv", "circuits.csv", "summary.json")
+LOGIT_COLUMNS = ("fact", "split", "direction", "logprob", "margin", "correct", "rank", "chance_logprob")
+CIRCUIT_COLUMNS = ("fact", "forward", "reverse", "circuit", "layer", "head", "z_ab", "z_ba")
+
+
+class RunDirError(ValueError):
+    """A run folder given to ``compare`` lacks a file or a column; the message names it."""
+
+
+def one_way_statements(answers: pd.DataFrame) -> pd.DataFrame:
+    """The rows of facts with one direction trained and the other held out (both rows kept)."""
+    splits = answers.groupby("fact").split.agg(lambda s: frozenset(s))
+    one_way = splits[splits == frozenset({"train", "heldout"})].index
+    return answers[answers.fact.isin(one_way)]
+
+
+def _pooled(by_group: dict[str, dict[str, Any]], split: str) -> dict[str, float]:
+    """Statement-weighted means over the (split, direction) groups of :func:`logit_summary`."""
+    parts = [v for k, v in by_group.items() if k.split("/")[0] == split]
+    n = sum(p["n"] for p in parts)
+    stats = {f"{split}_n": n}
+    for name in ("logprob", "margin", "accuracy", "mean_rank"):
+        stats[f"{split}_{name}"] = sum(p[name] * p["n"] for p in parts) / n if n else math.nan
+    return stats
+
+
+def row_metrics(answers: pd.DataFrame, circuits: pd.DataFrame) -> dict[str, Any]:
+    """The comparison's numbers from a logit table and a circuit table (module docstring).
+
+    ``answers`` and ``circuits`` are taken as given (callers choose the facts); the logit part
+    pools :func:`analyses.probe.logit_summary` by split, the circuit part averages
+    :func:`analyses.probe.circuit_summary` over the Y circuits (OV heads, Θ).
+    """
+    by_group = logit_summary(answers)
+    per_circuit = [r for r in circuit_summary(circuits) if r["n_one_way"]]
+    y = [r for r in per_circuit if r["circuit"].split()[0] in Y_CIRCUITS]
+    best = max(per_circuit, key=lambda r: r["asymmetry"], default=None)
+
+    def mean(key: str) -> float:
+        return float(pd.Series([r[key] for r in y], dtype=float).mean())
+
+    return {
+        **_pooled(by_group, "train"), **_pooled(by_group, "heldout"),
+        "chance_logprob": float(answers.chance_logprob.mean()),
+        "n_y_circuits": len(y), "z_trained": mean("z_trained"), "z_heldout": mean("z_heldout"),
+        "asymmetry_index": mean("asymmetry"),
+        "most_asymmetric_circuit": best["circuit"] if best else None,
+        "max_asymmetry": best["asymmetry"] if best else math.nan,
+    }
+
+
+def model_row(name: str, kind: str, answers: pd.DataFrame, circuits: pd.DataFrame) -> dict[str, Any]:
+    """One comparison row: :func:`row_metrics` on the one-way facts, plus what theory predicts."""
+    return {"model": name, "kind": kind, **row_metrics(one_way_statements(answers), circuits),
+            "theory_predicts": THEORY[kind]}
+
+
+def _require_columns(table: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise RunDirError(f"{path}: missing column(s) {missing}; expected the table `revlens probe` writes")
+
+
+def read_probe_run(run_dir: str | os.PathLike[str]) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    """(model name, logit table, circuit table) of a folder written by ``revlens probe`` or
+    ``revlens finetune-facts``; a missing folder, file or column raises :class:`RunDirError`.
+
+    ``summary.json`` is required although only its model name is read: it is written last, so
+    its absence marks a half-written run.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: not a folder; pass the output folder of `revlens finetune-facts`")
+    missing = [name for name in PROBE_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise RunDirError(f"{run_dir}: missing {', '.join(missing)} (a finished `revlens finetune-facts` or "
+                          f"`revlens probe` folder has {', '.join(PROBE_FILES)})")
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except json.JSONDecodeError as error:
+        raise RunDirError(f"{run_dir / 'summary.json'}: not valid JSON ({error})") from None
+    tables = []
+    for name, columns in (("logits.csv", LOGIT_COLUMNS), ("circuits.csv", CIRCUIT_COLUMNS)):
+        try:
+            table = pd.read_csv(run_dir / name)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
+            raise RunDirError(f"{run_dir / name}: cannot be read as CSV ({error})") from None
+        _require_columns(table, columns, run_dir / name)
+        if table.empty:
+            raise RunDirError(f"{run_dir / name}: has no rows")
+        tables.append(table)
+    model = (summary.get("config") or {}).get("model") or summary.get("model") or run_dir.name
+    return str(model), tables[0], tables[1]
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """The shared reversal world and each trained model's settings."""
+
+    seed: int = 0
+    n_pairs: int = 200
+    steps: int = 80
+    bilinear_d: int = 512
+    bilinear: BilinearConfig = BilinearConfig()
+
+
+def _bilinear_tables(world: FactSet, vocab: TokenVocab, config: CompareConfig, out: Path, progress: bool
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Θ trained as in ``reproduce bilinear`` (SGD from 0, no decay, its steps and step size)."""
+    from models.bilinear import BilinearModel, bilinear_card
+    from models.training import TrainConfig, train
+
+    settings = config.bilinear
+    model = BilinearModel(vocab.d_vocab, config.bilinear_d, seed=config.seed)
+    train(model, tokenize(world, vocab).where(split="train"),
+          TrainConfig(steps=settings.steps, lr=settings.lr, optimizer="sgd", weight_decay=0.0,
+                      eval_every=settings.steps, seed=config.seed, progress=progress),
+          checkpoint_dir=out / "checkpoints", model_card=bilinear_card(vocab.d_vocab, config.bilinear_d, config.seed))
+    save_jsonl(world, out / "facts.jsonl")
+    return answer_table(model, world, vocab), circuit_table(model, world, vocab.entity_ids)
+
+
+def token_world_rows(out: Path, config: CompareConfig, progress: bool) -> list[dict[str, Any]]:
+    """Train the bilinear, one-layer and tiny models on one reversal world; one row each.
+
+    Each model's folder ``out/<kind>/`` gets its facts, checkpoints, ``logits.csv`` and
+    ``circuits.csv`` (the same files ``revlens probe`` writes).
+    """
+    vocab = TokenVocab()
+    world = reversal_world(n_pairs=config.n_pairs, seed=config.seed, vocab=vocab)
+    rows = []
+    for kind in ("bilinear", "one-layer", "tiny"):
+        folder = out / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        if kind == "bilinear":
+            answers, circuits = _bilinear_tables(world, vocab, config, folder, progress)
+            name = f"bilinear Θ (d = {config.bilinear_d})"
+        else:
+            run = RunConfig(model=kind, seed=config.seed, steps=config.steps, eval_every=config.steps)
+            model, _ = train_run(world, vocab, run, folder, progress)
+            answers, circuits = answer_table(model, world, vocab), circuit_table(model, world, vocab.entity_ids)
+            name = f"{kind} transformer"
+        answers.to_csv(folder / "logits.csv", index=False)
+        circuits.to_csv(folder / "circuits.csv", index=False)
+        rows.append(model_row(name, kind, answers, circuits))
+    return rows
+
+
+def compare(out: str | os.PathLike[str], finetuned: str | os.PathLike[str] | None = None,
+            config: CompareConfig = CompareConfig(), progress: bool = True) -> dict[str, Any]:
+    """Write ``compare.csv``, ``compare.png`` and ``summary.json`` into ``out``; returns the summary.
+
+    ``finetuned`` (a ``revlens finetune-facts`` folder) is checked before anything is trained.
+    """
+    out = Path(out)
+    began = time.perf_counter()
+    finetuned_tables = read_probe_run(finetuned) if finetuned is not None else None
+    out.mkdir(parents=True, exist_ok=True)
+    rows = token_world_rows(out, config, progress)
+    if finetuned_tables is not None:
+        name, answers, circuits = finetuned_tables
+        rows.append({**model_row(f"{name} (fine-tuned)", "finetuned", answers, circuits), "source": str(finetuned)})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "compare.csv", index=False)
+    from analyses.figures import compare_bars
+
+    save_png(compare_bars(rows), out / "compare.png")
+    summary = {"experiment": "compare", "config": asdict(config), "finetuned": str(finetuned) if finetuned else None,
+               "rows": rows, "seconds": time.perf_counter() - began}
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def format_compare(summary: dict[str, Any]) -> str:
+    """One screen: the table, then what theory predicts per kind."""
+    head = (f"  {'model':34s}{'margin A→B':>11s}{'margin B→A':>11s}{'acc A→B':>9s}{'acc B→A':>9s}"
+            f"{'z Y[A,B]':>10s}{'z Y[B,A]':>10s}{'asym':>7s}")
+    lines = ["same probes, one-way facts (A → B trained, B → A held out):", "", head]
+    for row in summary["rows"]:
+        lines.append(f"  {row['model'][:33]:34s}{row['train_margin']:11.2f}{row['heldout_margin']:11.2f}"
+                     f"{row['train_accuracy']:9.3f}{row['heldout_accuracy']:9.3f}{row['z_trained']:10.2f}"
+                     f"{row['z_heldout']:10.2f}{row['asymmetry_index']:7.2f}")
+    lines += ["", "what theory predicts:"]
+    lines += [f"  {row['model']}: {row['theory_predicts']}" for row in summary["rows"]]
+    lines += ["", f"compared {len(summary['rows'])} models in {summary['seconds']:.1f} s"]
+    return "\n".join(lines)
+

@@ -1,0 +1,87 @@
+"""`revlens compare` (analyses.compare): bilinear, one-layer, tiny and a probed run, same metrics."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from analyses.bilinear import BilinearConfig
+from analyses.cli import main
+from analyses.compare import CompareConfig, compare, format_compare
+from analyses.probe import probe
+from analyses.reproduce import RunConfig, train_run
+from facts.token_worlds import TokenVocab, reversal_world
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CONFIG = CompareConfig(n_pairs=100, steps=40, bilinear=BilinearConfig(steps=100))
+
+
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory):
+    """`revlens probe` output of the one-layer model compare trains (same world, seed and steps)."""
+    folder = tmp_path_factory.mktemp("trained")
+    vocab = TokenVocab()
+    world = reversal_world(n_pairs=CONFIG.n_pairs, seed=CONFIG.seed, vocab=vocab)
+    train_run(world, vocab, RunConfig(model="one-layer", seed=CONFIG.seed, steps=CONFIG.steps, eval_every=CONFIG.steps),
+              folder, progress=False)
+    probe(folder / "checkpoints", folder / "facts.jsonl", folder / "probe")
+    return folder / "probe"
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory, probed_run):
+    out = tmp_path_factory.mktemp("compare")
+    return out, compare(out, probed_run, CONFIG, progress=False)
+
+
+def test_compare_has_four_rows_and_the_curse_in_every_trained_kind(comparison):
+    out, summary = comparison
+    rows = {r["kind"]: r for r in summary["rows"]}
+    assert list(rows) == ["bilinear", "one-layer", "tiny", "finetuned"]
+    assert len(pd.read_csv(out / "compare.csv")) == 4
+    for kind in ("bilinear", "one-layer", "tiny"):
+        row = rows[kind]
+        assert (row["train_n"], row["heldout_n"]) == (30, 30)  # the one-way facts, both directions
+        assert row["train_accuracy"] == 1.0 and row["heldout_accuracy"] == 0.0
+        assert row["train_margin"] > 5 > 1 > row["heldout_margin"]
+        assert row["z_trained"] > row["z_heldout"] + 1 and abs(row["z_heldout"]) < 0.5
+    assert abs(rows["bilinear"]["heldout_margin"]) < 1  # Theorem 1: the reverse stays where it started
+    assert rows["bilinear"]["n_y_circuits"] == 1 and rows["one-layer"]["n_y_circuits"] == 4
+    assert rows["tiny"]["n_y_circuits"] == 8
+    assert all(row["theory_predicts"] for row in rows.values())
+    assert (out / "compare.png").read_bytes()[:8] == PNG
+    assert "what theory predicts" in format_compare(summary)
+
+
+def test_a_row_read_from_csv_files_equals_the_same_model_measured_in_memory(comparison, probed_run):
+    _, summary = comparison
+    rows = {r["kind"]: r for r in summary["rows"]}
+    from_files, in_memory = rows["finetuned"], rows["one-layer"]
+    for key, value in in_memory.items():
+        if isinstance(value, float):
+            assert from_files[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    probed = json.loads((probed_run / "summary.json").read_text())
+    heldout = [probed["logits"][name] for name in ("heldout/forward", "heldout/reverse")]
+    pooled = sum(g["margin"] * g["n"] for g in heldout) / sum(g["n"] for g in heldout)
+    assert from_files["heldout_margin"] == pytest.approx(pooled)  # the numbers `revlens probe` reports
+    ov = [c for c in probed["circuits"] if c["circuit"].startswith("ov")]
+    assert from_files["asymmetry_index"] == pytest.approx(sum(c["asymmetry"] for c in ov) / len(ov))
+
+
+def test_compare_refuses_a_half_written_or_broken_run_folder(probed_run, tmp_path, capsys):
+    def refused(folder) -> str:
+        assert main(["compare", "--out", str(tmp_path / "o"), "--finetuned", str(folder), "--quiet"]) == 2
+        return capsys.readouterr().err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "missing logits.csv, circuits.csv, summary.json" in refused(empty)
+    assert not (tmp_path / "o").exists()  # refused before anything is trained or written
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "logits.csv").write_bytes((probed_run / "logits.csv").read_bytes())
+    assert "missing circuits.csv, summary.json" in refused(half)
+    (half / "summary.json").write_bytes((probed_run / "summary.json").read_bytes())
+    pd.read_csv(probed_run / "circuits.csv").drop(columns="z_ba").to_csv(half / "circuits.csv", index=False)
+    assert "circuits.csv: missing column(s) ['z_ba']" in refused(half)
+    assert "not a folder" in refused(tmp_path / "nowhere")
