@@ -17,6 +17,7 @@ PAPER_EXPERIMENTS = {
     "positional": "the reversal task with absolute, rotary and no positional encodings",
     "embeddings": "cosine similarity of the embeddings of paired entities (no structure)",
     "dynamics": "OV (Y) and QK (Z) entries of the facts over training, one-layer and tiny models",
+    "mitigations": "augmentation, reverse training and in-context restatement against the baseline",
     "all": "every experiment above plus reversal and bilinear, into OUT/<name>/",
 }
 POSITIONALS = ("absolute", "rotary", "none")
@@ -206,7 +207,7 @@ def _reproduce_paper(args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
 
-    from analyses import dynamics, paper
+    from analyses import dynamics, mitigations, paper
     from analyses.bilinear import BilinearConfig, reproduce_bilinear
     from analyses.reproduce import ReversalConfig, format_summary, reproduce_reversal
 
@@ -227,6 +228,9 @@ def _reproduce_paper(args: argparse.Namespace) -> int:
                        paper.format_embeddings),
         "dynamics": (lambda out, p: dynamics.reproduce_dynamics(
             out, dynamics.DynamicsConfig(run=ReversalConfig(seed=args.seed)), p), dynamics.format_dynamics),
+        "mitigations": (lambda out, p: mitigations.reproduce_mitigations(
+            out, mitigations.MitigationConfig(run=replace(mitigations.MitigationConfig().run, seed=args.seed)), p),
+            mitigations.format_mitigations),
     }
     chosen = list(runs) if args.experiment == "all" else [args.experiment]
     began = time.perf_counter()

@@ -210,3 +210,32 @@ def compare_bars(rows: Sequence[dict[str, Any]], title: str = ""):
         axis.legend(fontsize=7)
     figure.suptitle(title or "Theory and trained models, same probes (one-way facts)", fontsize=10)
     return figure
+
+
+def mitigation_bars(rows: Sequence[dict[str, Any]], title: str = ""):
+    """Per mitigation test (``analyses.mitigations`` rows), one bar per model: held-out reverse
+    accuracy, its margin over controls, and the z-score of the OV entry Y[B,A]."""
+    from matplotlib.figure import Figure
+
+    tests = list(dict.fromkeys((r["variant"], r["test"]) for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    by_key = {(r["model"], r["variant"], r["test"]): r for r in rows}
+    width = 0.8 / len(models)
+    figure = Figure(figsize=(max(9.0, 1.8 * len(tests)), 4.6), layout="constrained")
+    axes = figure.subplots(1, 3)
+    panels = (("heldout_accuracy", "held-out reverse accuracy"), ("heldout_margin", "held-out reverse margin"),
+              ("z_heldout", "z of OV entry Y[B,A]"))
+    colours = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
+    for axis, (key, ylabel) in zip(axes, panels):
+        for m, model in enumerate(models):
+            values = [by_key[model, v, t][key] if (model, v, t) in by_key else math.nan for v, t in tests]
+            positions = [p - 0.4 + width * (m + 0.5) for p in range(len(tests))]
+            axis.bar(positions, values, width=width, color=colours[m % len(colours)], label=model)
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.set_xticks(range(len(tests)), [f"{v}:\n{textwrap.fill(t, 22)}" for v, t in tests], rotation=60,
+                        ha="right", fontsize=6)
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=7)
+    figure.suptitle(title or "Mitigations: what each buys back on the held-out reverse", fontsize=10)
+    return figure

@@ -1,0 +1,264 @@
+"""`revlens reproduce mitigations`: what each remedy buys back on the held-out reverse, and why.
+
+Every variant trains a fresh model on the reversal world (PAPER.md §4: 70% of pairs trained
+both ways, 30% "one-way" with one direction held out) plus the variant's extra data, and is
+measured the same way: on the *baseline's* held-out reverse statements B → A of the one-way
+pairs, with :func:`probes.logits.answer_table` (all entities as candidates, 16 same-kind
+controls) and the OV entries Y[A, B] / Y[B, A] of :func:`probes.circuits.circuit_table`,
+through :func:`analyses.compare.row_metrics` (the numbers ``revlens compare`` reports).
+
+* ``baseline``: the world as is. Tests: the held-out reverse, plainly ("y ←" → x) and with the
+  trained fact restated in the prompt first ("x → y <-> y ←" → x), a model that never saw "<->".
+* ``augmentation`` (bidirectional data): every other one-way pair (in world order) is restated
+  the other way round, i.e. its held-out reverse statement joins the training data; the rest
+  stay one-way. Test "restated pairs (trained)" asks statements that were trained: its accuracy
+  is bought *by construction* (memorisation of what was added; reported for the cost in data
+  and weights, not as reversal). Test "pairs not restated" asks held-out reverses that were
+  never trained while 85% of pairs were trained both ways: does bidirectional data teach the
+  model to reverse a new one-way fact? (The paper's baseline already asks this at 70%.)
+* ``reverse-training`` (Golovneva et al. 2024): every training sentence also appears reversed,
+  entity order swapped and the relation token kept ("x → y" adds "y → x"; for one-token
+  entities this is exactly the token-reversed sequence). The held-out statement "y ← x" itself
+  is never trained: what is trained is y followed by x under the other relation token. In this
+  world the relation token carries no per-fact information, so the test asks whether the model's
+  lookup of y ignores it; the OV column shows where the answer comes from (Y[B,A] grows).
+* ``in-context`` (restatement in the prompt): the training data add copy sequences in the
+  paper's in-context format, "a → b <-> b ← a" (answer a) and "b ← a <-> a → b" (answer b),
+  that pair each entity with ``copy_partners`` random *wrong* partners (cyclic shifts of a
+  random order, so a true pair never appears and every context names several answers: only
+  copying solves them). Test "held-out reverse, fact in prompt" asks each held-out reverse
+  after its trained statement; "held-out reverse" asks it plainly. Measured at the defaults,
+  copy training alone lifts the plain question above chance (one-layer: accuracy 0.10, margin
+  +5, z of Y[B,A] 1.2) although no copy sequence holds a true pair: a side effect, not the
+  mitigation, and its mechanism is not probed here. Unlike ``reproduce in-context`` (copying
+  learnt alone on a 100 × 10 grid of other tokens), copying is learnt over the world's own
+  entities: in a design trial, the paper's grid mixed into the training data taught a copy
+  circuit that answered only 28% of these questions (it copies the tokens it learnt to copy).
+
+Rows of the table (one per model × variant × test) are :func:`mitigation_row` dicts; a
+pretrained model's run joins the same table by calling it on its own (answer, circuit) tables.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from analyses.compare import row_metrics
+from analyses.reproduce import ReversalConfig, _write_json, train_run
+from facts.schema import Fact, FactError, FactSet
+from facts.token_worlds import TokenVocab, reversal_world
+from probes.circuits import circuit_table
+from probes.logits import answer_table
+from probes.views import save_png
+
+VARIANTS = ("baseline", "augmentation", "reverse-training", "in-context")
+DEFINITIONS = {
+    "baseline": "the reversal world as is",
+    "augmentation": "every other one-way pair also trained in its reverse direction; 'restated pairs' asks those "
+                    "trained statements (accuracy by construction), 'pairs not restated' asks the never-trained rest",
+    "reverse-training": "every training sentence also trained reversed ('x → y' adds 'y → x'); the held-out 'y ← x' "
+                        "itself is never trained",
+    "in-context": "copy sequences 'a → b <-> b ← a' with wrong partners added; the held-out reverse asked after its "
+                  "trained statement, and plainly",
+}
+"""One line per variant, written into summary.json (the module docstring has the full definitions)."""
+
+
+@dataclass(frozen=True)
+class Test:
+    """Which held-out reverse statements a row asks (world fact indices) and how."""
+
+    facts: tuple[int, ...]
+    trained: bool = False  # the tested statements themselves are in this variant's training data
+    fact_in_prompt: bool = False  # asked after the trained statement, "x → y <-> y ←"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A variant's training data (its "train" statements) and its tests, by name."""
+
+    name: str
+    training: FactSet
+    tests: dict[str, Test]
+
+
+@dataclass(frozen=True)
+class MitigationConfig:
+    """Models, the reversal run each variant trains (``model`` replaced per model), copy partners."""
+
+    models: tuple[str, ...] = ("one-layer", "tiny")
+    run: ReversalConfig = field(default_factory=lambda: ReversalConfig(eval_every=10))
+    variants: tuple[str, ...] = VARIANTS
+    copy_partners: int = 3
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown mitigation variant(s) {unknown}; choose from {VARIANTS}")
+        if not 1 <= self.copy_partners < self.run.n_pairs:
+            raise ValueError(f"copy_partners must be in 1…{self.run.n_pairs - 1} (pairs − 1), got {self.copy_partners}")
+
+
+def one_way_facts(world: FactSet) -> list[int]:
+    """Indices of the facts with one direction trained and the other held out."""
+    return [i for i, f in enumerate(world) if {f.forward, f.reverse} == {"train", "heldout"}]
+
+
+def reversed_statements(world: FactSet) -> tuple[Fact, ...]:
+    """Every trained statement "g r a" as "a r g": entity order reversed, relation token kept."""
+    return tuple(
+        Fact(answer, relation, given, group="reversed")
+        for i, d, split in world.statements() if split == "train"
+        for given, relation, answer in [world[i].given_and_answer(d)]
+    )
+
+
+def copy_facts(world: FactSet, partners: int, seed: int) -> tuple[Fact, ...]:
+    """In-context copy sequences over the world's entities with wrong partners (module docstring).
+
+    For a random order π of the facts and ``partners`` distinct shifts s ∈ 1…n−1, subject of
+    π(p) meets object of π(p + s mod n): never its own partner; each entity is the answer
+    ``partners`` times, each time after a different given entity.
+    """
+    n = len(world)
+    if not 1 <= partners < n:
+        raise FactError(f"copy sequences need 1 ≤ partners < {n} facts, got {partners}")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator).tolist()
+    shifts = (torch.randperm(n - 1, generator=generator)[:partners] + 1).tolist()
+    facts = []
+    for shift in shifts:
+        for position in range(n):
+            a, b = world[order[position]], world[order[(position + shift) % n]]
+            facts.append(Fact(a.subject, a.relation, b.object, a.inverse_relation, forward=None, reverse="train",
+                              group="copy", context=True))
+            facts.append(Fact(b.object, b.inverse_relation, a.subject, b.relation, forward=None, reverse="train",
+                              group="copy", context=True))
+    return tuple(facts)
+
+
+def make_variant(name: str, world: FactSet, copy_partners: int = 3, seed: int = 0) -> Variant:
+    """The training data and tests of one variant (definitions in the module docstring)."""
+    one_way = one_way_facts(world)
+    plain, in_prompt = Test(tuple(one_way)), Test(tuple(one_way), fact_in_prompt=True)
+    if name == "baseline":
+        return Variant(name, world, {"held-out reverse": plain, "held-out reverse, fact in prompt": in_prompt})
+    if name == "augmentation":
+        restated = set(one_way[::2])
+        facts = tuple(replace(f, forward="train", reverse="train", group="restated") if i in restated else f
+                      for i, f in enumerate(world))
+        return Variant(name, FactSet(facts, world=f"{world.world} + restated", meta=world.meta), {
+            "restated pairs (trained)": Test(tuple(sorted(restated)), trained=True),
+            "pairs not restated": Test(tuple(i for i in one_way if i not in restated))})
+    if name == "reverse-training":
+        training = FactSet(world.facts + reversed_statements(world), world=f"{world.world} + reversed", meta=world.meta)
+        return Variant(name, training, {"held-out reverse": plain})
+    if name == "in-context":
+        training = FactSet(world.facts + copy_facts(world, copy_partners, seed), world=f"{world.world} + copy",
+                           meta=world.meta)
+        return Variant(name, training, {"held-out reverse": plain, "held-out reverse, fact in prompt": in_prompt})
+    raise ValueError(f"unknown mitigation variant {name!r}; choose from {VARIANTS}")
+
+
+def fact_in_prompt_table(model, world: FactSet, indices: Sequence[int], vocab: TokenVocab) -> pd.DataFrame:
+    """:func:`answer_table` of each fact's held-out direction asked after its trained statement.
+
+    "x → y <-> y ←" → x when x → y was trained, "y ← x <-> x →" → y when y ← x was; each
+    orientation is its own fact set, so controls stay of the answer's kind; candidates are all
+    the world's entities, as for the plain questions.
+    """
+    trained_forward, trained_reverse = [], []
+    for i in indices:
+        fact = world[i]
+        if fact.forward == "train":
+            trained_forward.append(replace(fact, forward=None, reverse="heldout", context=True))
+        else:
+            trained_reverse.append(Fact(fact.object, fact.inverse_relation, fact.subject, fact.relation,
+                                        forward=None, reverse="heldout", group=fact.group, context=True))
+    tables = [answer_table(model, FactSet(tuple(part), world="fact in prompt"), vocab, candidates=world.entities())
+              for part in (trained_forward, trained_reverse) if part]
+    return pd.concat(tables, ignore_index=True)
+
+
+def mitigation_row(model: str, variant: str, test: str, answers: pd.DataFrame, circuits: pd.DataFrame,
+                   tested_trained: bool, n_train_sequences: int) -> dict[str, Any]:
+    """One table row: :func:`analyses.compare.row_metrics` of the tested facts' statements.
+
+    ``answers`` holds the tested (held-out) statements and the same facts' trained direction;
+    ``circuits`` the same facts' circuit rows. ``heldout_*`` is the test, ``train_*`` the
+    trained direction, ``z_heldout`` the OV entry Y[B,A] of the tested direction.
+    """
+    return {"model": model, "variant": variant, "test": test, "tested_trained": tested_trained,
+            "n_train_sequences": n_train_sequences, **row_metrics(answers, circuits)}
+
+
+def measure(model, model_name: str, world: FactSet, variant: Variant, vocab: TokenVocab) -> list[dict[str, Any]]:
+    """Every test of ``variant`` on a model trained on its data: one :func:`mitigation_row` each."""
+    answers = answer_table(model, world, vocab)
+    circuits = circuit_table(model, world, vocab.entity_ids, kinds=("ov",))
+    rows = []
+    for name, test in variant.tests.items():
+        asked = answers[answers.fact.isin(test.facts)]
+        if test.fact_in_prompt:
+            asked = pd.concat([asked[asked.split == "train"], fact_in_prompt_table(model, world, test.facts, vocab)],
+                              ignore_index=True)
+        rows.append(mitigation_row(model_name, variant.name, name, asked, circuits[circuits.fact.isin(test.facts)],
+                                   test.trained, variant.training.count("train")))
+    return rows
+
+
+def reproduce_mitigations(out: str | Path, config: MitigationConfig = MitigationConfig(), progress: bool = True
+                          ) -> dict[str, Any]:
+    """Train every (model, variant); write mitigations.csv, mitigations.png and summary.json.
+
+    Each run (facts.jsonl with exactly what was trained, history.jsonl, checkpoints/) goes to
+    ``out/<model>/<variant>/``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    vocab = TokenVocab()
+    run = config.run
+    world = reversal_world(n_pairs=run.n_pairs, k=run.k, seed=run.seed, vocab=vocab)
+    variants = [make_variant(name, world, config.copy_partners, run.seed) for name in config.variants]
+    rows = []
+    for model_name in config.models:
+        for variant in variants:
+            model, _ = train_run(variant.training, vocab, replace(run, model=model_name),
+                                 out / model_name / variant.name, progress)
+            rows += measure(model, model_name, world, variant, vocab)
+    pd.DataFrame(rows).to_csv(out / "mitigations.csv", index=False)
+    from analyses.figures import mitigation_bars
+
+    save_png(mitigation_bars(rows, title=f"Mitigations on the reversal world ({len(world)} pairs)"),
+             out / "mitigations.png")
+    summary = {"experiment": "mitigations", "config": asdict(config), "n_pairs": len(world),
+               "n_one_way": len(one_way_facts(world)), "variants": {v.name: v.training.count("train") for v in variants},
+               "definitions": {v.name: DEFINITIONS[v.name] for v in variants},
+               "rows": rows, "seconds": time.perf_counter() - began}
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def format_mitigations(summary: dict[str, Any]) -> str:
+    """One screen: per model, variant and test, the held-out reverse and the OV entry Y[B,A]."""
+    cfg = summary["config"]["run"]
+    lines = [f"reversal world, {summary['n_pairs']} pairs ({summary['n_one_way']} one-way) · {cfg['steps']} steps · "
+             f"lr {cfg['lr']}; training sequences per variant: "
+             + ", ".join(f"{name} {n}" for name, n in summary["variants"].items()), "",
+             f"  {'model':10s}{'variant':18s}{'test':34s}{'n':>4s}{'acc':>7s}{'log p':>8s}{'margin':>8s}"
+             f"{'z Y[A,B]':>9s}{'z Y[B,A]':>9s}"]
+    for r in summary["rows"]:
+        test = r["test"] + (" *" if r["tested_trained"] else "")
+        lines.append(f"  {r['model']:10s}{r['variant']:18s}{test:34s}{r['heldout_n']:4d}{r['heldout_accuracy']:7.3f}"
+                     f"{r['heldout_logprob']:8.2f}{r['heldout_margin']:8.2f}{r['z_trained']:9.2f}{r['z_heldout']:9.2f}")
+    chance = summary["rows"][0]["chance_logprob"] if summary["rows"] else float("nan")
+    lines += ["", f"chance log p {chance:.2f}; * the tested statements were trained (accuracy by construction)",
+              f"in {summary['seconds']:.1f} s"]
+    return "\n".join(lines)
