@@ -62,10 +62,10 @@ DEFINITIONS = {
     "baseline": "the reversal world as is",
     "augmentation": "every other one-way pair also trained in its reverse direction; 'restated pairs' asks those "
                     "trained statements (accuracy by construction), 'pairs not restated' asks the never-trained rest",
-    "reverse-training": "every training sentence also trained reversed ('x → y' adds 'y → x'); the held-out 'y ← x' "
-                        "itself is never trained",
-    "in-context": "copy sequences 'a → b <-> b ← a' with wrong partners added; the held-out reverse asked after its "
-                  "trained statement, and plainly",
+    "reverse-training": "every training sentence also trained reversed ('x → y' adds 'y → x'); "
+                        "the held-out 'y ← x' itself is never trained",
+    "in-context": "copy sequences 'a → b <-> b ← a' with wrong partners added; the held-out reverse asked "
+                  "after its trained statement, and plainly",
 }
 """One line per variant, written into summary.json (the module docstring has the full definitions)."""
 
@@ -102,7 +102,8 @@ class MitigationConfig:
         if unknown:
             raise ValueError(f"unknown mitigation variant(s) {unknown}; choose from {VARIANTS}")
         if not 1 <= self.copy_partners < self.run.n_pairs:
-            raise ValueError(f"copy_partners must be in 1…{self.run.n_pairs - 1} (pairs − 1), got {self.copy_partners}")
+            raise ValueError(f"copy_partners must be in 1…{self.run.n_pairs - 1} (pairs − 1), "
+                             f"got {self.copy_partners}")
 
 
 def one_way_facts(world: FactSet) -> list[int]:
@@ -239,7 +240,8 @@ def reproduce_mitigations(out: str | Path, config: MitigationConfig = Mitigation
     save_png(mitigation_bars(rows, title=f"Mitigations on the reversal world ({len(world)} pairs)"),
              out / "mitigations.png")
     summary = {"experiment": "mitigations", "config": asdict(config), "n_pairs": len(world),
-               "n_one_way": len(one_way_facts(world)), "variants": {v.name: v.training.count("train") for v in variants},
+               "n_one_way": len(one_way_facts(world)),
+               "variants": {v.name: v.training.count("train") for v in variants},
                "definitions": {v.name: DEFINITIONS[v.name] for v in variants},
                "rows": rows, "seconds": time.perf_counter() - began}
     _write_json(out / "summary.json", summary)

@@ -77,14 +77,16 @@ def test_baseline_keeps_the_curse_even_with_the_fact_in_the_prompt(mitigation_ru
 def test_each_mitigation_buys_back_what_its_definition_says(mitigation_run):
     _, _, rows = mitigation_run
     baseline = rows["baseline", "held-out reverse"]
-    restated, not_restated = rows["augmentation", "restated pairs (trained)"], rows["augmentation", "pairs not restated"]
+    restated = rows["augmentation", "restated pairs (trained)"]
+    not_restated = rows["augmentation", "pairs not restated"]
     assert restated["tested_trained"] and restated["heldout_accuracy"] > 0.9 and restated["z_heldout"] > 2
     assert not_restated["heldout_accuracy"] == 0.0 and abs(not_restated["z_heldout"]) < 0.5  # no generalisation
     reverse = rows["reverse-training", "held-out reverse"]
     assert not reverse["tested_trained"] and reverse["heldout_accuracy"] > 0.9 > baseline["heldout_accuracy"]
     assert reverse["z_heldout"] > 2  # the answer comes from a grown Y[B,A]
     in_context = rows["in-context", "held-out reverse, fact in prompt"]
-    assert in_context["heldout_accuracy"] > 0.7 > rows["baseline", "held-out reverse, fact in prompt"]["heldout_accuracy"]
+    baseline_in_prompt = rows["baseline", "held-out reverse, fact in prompt"]
+    assert in_context["heldout_accuracy"] > 0.7 > baseline_in_prompt["heldout_accuracy"]
     assert rows["in-context", "held-out reverse"]["heldout_accuracy"] < 0.2  # without the prompt, still cursed
 
 
