@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-STEPS, CHECKPOINT_EVERY, SEED = 300, 10, 3
+STEPS, CHECKPOINT_EVERY, SEED = 200, 10, 3
 
 
 def run(out: Path, resume: bool = False) -> None:

@@ -1,6 +1,6 @@
 """A real ``kill -9`` of a training process at a random step, then ``resume``: nothing is lost.
 
-The run (:mod:`killable_training`) writes a checkpoint every 10 of its 300 steps. The test
+The run (:mod:`killable_training`) writes a checkpoint every 10 of its 200 steps. The test
 waits until a randomly chosen number of checkpoints exists and a random 0-60 ms more, sends
 SIGKILL (the process may be mid-step, mid-evaluation or mid-write), resumes in a fresh
 process, and compares every
@@ -54,7 +54,7 @@ def test_kill_9_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_pa
     rng = random.Random()
     killed = tmp_path / "killed"
     for attempt in range(3):  # a loaded machine may let the run finish before the kill lands
-        wait_for, delay = rng.randint(1, N_CHECKPOINTS // 2 - attempt * 4), rng.uniform(0, 0.06)
+        wait_for, delay = rng.randint(1, N_CHECKPOINTS // 2 - attempt * 3), rng.uniform(0, 0.06)
         if kill_after(start(killed), killed / "checkpoints", wait_for, delay):
             break
     else:

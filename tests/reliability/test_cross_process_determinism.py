@@ -1,0 +1,58 @@
+"""The same seed gives the same fact world, training history, checkpoints and probe tables in two
+fresh processes (:mod:`cli_processes`: process A and process B run `revlens reproduce reversal`
+with the same arguments; B also probes A's checkpoint, A probed it too). Files are compared
+byte for byte, figures included; only summary.json's wall time ("seconds") and the paths a
+summary names are dropped.
+
+Where torch cannot promise this (see ``TrainConfig`` and the README): other devices (CUDA
+kernels), other torch / BLAS builds, or a different number of CPU threads may change the last
+bits of the floats.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli_processes import offline_session, second_session
+
+WALL_TIME = {"seconds"}
+PATHS = {"model", "facts"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    return offline_session(base).out, second_session(base).out
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def without(summary: bytes, fields: set[str]) -> dict:
+    return {k: v for k, v in json.loads(summary).items() if k not in fields}
+
+
+def assert_same(first: dict[str, bytes], second: dict[str, bytes], drop: set[str]) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        if name == "summary.json":
+            assert without(first[name], drop) == without(second[name], drop)
+        else:
+            assert first[name] == second[name], f"{name} differs between the two processes"
+
+
+def test_same_seed_same_world_history_checkpoints_and_tables(runs):
+    first, second = (tree(run / "reversal") for run in runs)
+    assert {"facts.jsonl", "history.jsonl", "logits.csv", "summary.json", "curves.png", "heatmap.png",
+            "checkpoints/step-000006.json", "checkpoints/step-000006.safetensors"} <= first.keys()
+    assert_same(first, second, WALL_TIME)
+
+
+def test_probing_one_checkpoint_twice_gives_the_same_tables(runs):
+    first, second = runs
+    assert_same(tree(first / "probe"), tree(second / "probe-of-first"), set())
+    assert_same(tree(first / "probe"), tree(second / "probe"), PATHS)
