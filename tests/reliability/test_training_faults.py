@@ -100,7 +100,9 @@ def copy_of(saved_run, tmp_path):
     return tmp_path
 
 
-CORRUPTIONS = [("safetensors", "truncate"), ("safetensors", "flip"), ("json", "truncate"), ("json", "flip")]
+CORRUPTIONS = [("safetensors", "truncate"), ("safetensors", "flip"), ("json", "truncate"), ("json", "flip"),
+               ("json", "digit")]
+"""``digit``: one digit of a number in the JSON changed to another, so the JSON stays valid."""
 
 
 @pytest.mark.parametrize(("suffix", "how"), CORRUPTIONS)
@@ -113,8 +115,12 @@ def test_corrupted_checkpoints_are_refused_and_never_half_loaded(saved_run, trai
     rng = random.Random(f"{suffix}-{how}-{draw}")
     if how == "truncate":
         del data[rng.randrange(len(data)):]
-    else:
+    elif how == "flip":
         data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    else:
+        history = data.index(b'"history"')
+        at = rng.choice([i for i in range(history, len(data)) if chr(data[i]).isdigit()])
+        data[at] = ord(rng.choice([d for d in "0123456789" if ord(d) != data[at]]))
     target.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         load_checkpoint(folder)
