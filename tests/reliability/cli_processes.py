@@ -9,6 +9,7 @@ in a log file and raises ``OSError``. Local (Unix) sockets stay allowed.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -99,6 +100,16 @@ def run_guarded(out: Path, body: str, offline_env: bool) -> GuardedRun:
     attempts = [entry for entry in log.read_text().split("---\n") if entry.strip()]
     assert attempts and attempts[0].startswith("socket.create_connection(('huggingface.co', 443))"), attempts
     return GuardedRun(out, attempts[1:], result.stdout)
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (by relative path) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def without(summary: bytes, fields: set[str]) -> dict:
+    """A JSON summary without ``fields`` (wall times, paths)."""
+    return {k: v for k, v in json.loads(summary).items() if k not in fields}
 
 
 REVERSAL = ("--steps", "6", "--pairs", "40", "--eval-every", "2", "--quiet")

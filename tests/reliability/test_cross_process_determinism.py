@@ -11,12 +11,9 @@ bits of the floats.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from cli_processes import offline_session, second_session
+from cli_processes import offline_session, second_session, tree, without
 
 WALL_TIME = {"seconds"}
 PATHS = {"model", "facts"}
@@ -26,14 +23,6 @@ PATHS = {"model", "facts"}
 def runs(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     return offline_session(base).out, second_session(base).out
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def without(summary: bytes, fields: set[str]) -> dict:
-    return {k: v for k, v in json.loads(summary).items() if k not in fields}
 
 
 def assert_same(first: dict[str, bytes], second: dict[str, bytes], drop: set[str]) -> None:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import killable_training
+from cli_processes import REVERSAL, offline_session, tree, without
 from models.checkpoint import list_checkpoints, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,14 +27,14 @@ SCRIPT = Path(killable_training.__file__)
 N_CHECKPOINTS = killable_training.STEPS // killable_training.CHECKPOINT_EVERY
 
 
-def start(out: Path, *flags: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(SCRIPT), str(out), *flags], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def start(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def kill_after(process: subprocess.Popen, folder: Path, n_checkpoints: int, delay: float, timeout: float = 300) -> bool:
-    """SIGKILL ``process`` ``delay`` seconds after ``folder`` holds ``n_checkpoints``; False if it finished first."""
+    """SIGKILL ``process`` ``delay`` s after ``folder`` holds ``n_checkpoints``; False if it exited first."""
     deadline = time.monotonic() + timeout
     while len(list_checkpoints(folder)) < n_checkpoints:
         if process.poll() is not None:
@@ -43,7 +44,7 @@ def kill_after(process: subprocess.Popen, folder: Path, n_checkpoints: int, dela
     time.sleep(delay)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    return process.returncode == -signal.SIGKILL and len(list_checkpoints(folder)) < N_CHECKPOINTS
+    return process.returncode == -signal.SIGKILL
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -55,16 +56,15 @@ def test_kill_9_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_pa
     killed = tmp_path / "killed"
     for attempt in range(3):  # a loaded machine may let the run finish before the kill lands
         wait_for, delay = rng.randint(1, N_CHECKPOINTS // 2 - attempt * 3), rng.uniform(0, 0.06)
-        if kill_after(start(killed), killed / "checkpoints", wait_for, delay):
-            break
+        if kill_after(start(str(SCRIPT), str(killed)), killed / "checkpoints", wait_for, delay):
+            died_at = load_checkpoint(killed / "checkpoints").step  # the latest checkpoint loads whole
+            if died_at < killable_training.STEPS:
+                break
     else:
         raise AssertionError("three runs finished before they could be killed")
-    survivors = list_checkpoints(killed / "checkpoints")
-    died_at = load_checkpoint(survivors[-1]).step  # the latest checkpoint loads whole
-    assert died_at < killable_training.STEPS
     half_written = sorted(p.name for p in (killed / "checkpoints").glob("*.tmp"))
 
-    resumed = start(killed, "--resume")
+    resumed = start(str(SCRIPT), str(killed), "--resume")
     _, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr.decode()
 
@@ -78,3 +78,27 @@ def test_kill_9_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_pa
     print(f"killed with SIGKILL {delay * 1000:.0f} ms after checkpoint {wait_for} appeared (attempt {attempt + 1}); "
           f"latest intact checkpoint: step {died_at}; temporary files left: {half_written}; "
           f"resumed: all {len(expected)} checkpoint files equal the uninterrupted run's")
+
+
+def test_revlens_reproduce_killed_after_training_resumes_to_the_same_files(tmp_path, tmp_path_factory):
+    """`revlens reproduce reversal` checkpoints at its end; killed while it probes and draws,
+    `--resume` skips training and writes the files an uninterrupted run wrote (process A of the
+    determinism test, same arguments), byte for byte but for the wall time."""
+    uninterrupted = offline_session(tmp_path_factory.getbasetemp()).out / "reversal"
+    out = tmp_path / "reversal"
+    command = ["-m", "analyses.cli", "reproduce", "reversal", "--out", str(out), *REVERSAL]
+    for attempt in range(3):
+        if kill_after(start(*command), out / "checkpoints", 1, delay=0.0) and not (out / "summary.json").exists():
+            break  # killed after training, before its results were written
+    else:
+        raise AssertionError("three runs finished before they could be killed")
+    resumed = start(*command, "--resume")
+    _, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr.decode()
+    expected, got = tree(uninterrupted), tree(out)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        if name == "summary.json":
+            assert without(got[name], {"seconds"}) == without(expected[name], {"seconds"})
+        else:
+            assert got[name] == expected[name], name
