@@ -9,6 +9,7 @@ from analyses.probe import probe
 from facts.io import save_jsonl
 from facts.tokens import tokenize
 from models.bilinear import BilinearModel, bilinear_card
+from models.checkpoint import save_checkpoint
 from models.training import TrainConfig, train
 from models.transformer import build_model, model_card
 from tests_support import revlens
@@ -56,10 +57,8 @@ def test_probe_refuses_a_folder_without_checkpoints_and_a_mismatched_config(run,
     assert result.returncode == 2 and "not a reversal-lens checkpoint" in result.stderr
     meta_path = sorted((run / "checkpoints").glob("step-*.json"))[-1]
     meta = json.loads(meta_path.read_text())
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / meta_path.name).write_text(json.dumps({**meta, "model": {**meta["model"], "name": "tiny"}}))
-    (broken / meta_path.with_suffix(".safetensors").name).write_bytes(meta_path.with_suffix(".safetensors").read_bytes())
+    broken = tmp_path / "broken"  # a tiny model's weights under the run's one-layer model card
+    save_checkpoint(broken, meta["step"], build_model("tiny", meta["model"]["d_vocab"]), None, {"model": meta["model"]})
     result = revlens("probe", "--model", str(broken), "--facts", str(run / "facts.jsonl"), "--out",
                      str(tmp_path / "o"), check=False)
     assert result.returncode == 2 and "does not match the model config" in result.stderr
