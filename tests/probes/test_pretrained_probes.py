@@ -1,6 +1,7 @@
 """Every probe answers the same on SmolLM2 as HookedTransformer and as TransformerBridge."""
 
 import pytest
+import torch
 
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, people_world
 from probes.circuits import circuit_table
@@ -50,3 +51,33 @@ def test_circuit_probe_agrees_across_backends(people, smollm2_tokenizer, smollm2
     # descriptions all begin with " the": their first token cannot tell them apart, so the
     # person → description entries have no z-score, while description → person ones do
     assert hooked.z_ab.isna().all() and hooked.z_ba.notna().all()
+
+
+def test_circuit_entries_equal_the_factored_matrix_entries_of_grouped_query_heads(people, smollm2_tokenizer,
+                                                                                 smollm2_hooked):
+    """The batched, key/value-deduplicated computation reads the same entries as TransformerLens's
+    FactoredMatrix (x_A ⊙ w_ln1)·OV[l,h]·(w_final ⊙ W_U[:, B]) and (x_A ⊙ w_ln1)·QK[l,h]·(x_B ⊙ w_ln1)ᵀ,
+    on heads that are not the first of their key/value group (SmolLM2: 9 query heads over 3)."""
+    model = smollm2_hooked
+
+    def ids(entity):
+        return smollm2_tokenizer.encode(" " + entity, add_special_tokens=False)
+
+    layers, heads = [2, 17], [1, 5, 7]
+    table = circuit_table(model, people, ids, kinds=("ov", "qk"), layers=layers, heads=heads, n_controls=4)
+    source = torch.tensor([ids(f.subject)[-1] for f in people] + [ids(f.object)[-1] for f in people])
+    target = torch.tensor([ids(f.object)[0] for f in people] + [ids(f.subject)[0] for f in people])
+    n = len(people)
+    with torch.no_grad():
+        for layer in layers:
+            w_ln1 = model.blocks[layer].ln1.w
+            given = model.W_E[source] * w_ln1
+            for head in heads:
+                ov = (given @ model.OV[layer, head] @ (model.ln_final.w[:, None] * model.W_U[:, target])).AB
+                qk = (given @ model.QK[layer, head] @ (model.W_E[target] * w_ln1).T).AB
+                for kind, full in (("ov", ov), ("qk", qk)):
+                    rows = table[(table.circuit == kind) & (table.layer == layer) & (table["head"] == head)]
+                    expected_ab, expected_ba = full.diagonal()[:n], full.diagonal()[n:]
+                    scale = float(full.abs().max())
+                    assert torch.allclose(torch.tensor(rows.entry_ab.to_numpy()), expected_ab, atol=1e-5 * scale)
+                    assert torch.allclose(torch.tensor(rows.entry_ba.to_numpy()), expected_ba, atol=1e-5 * scale)
