@@ -33,6 +33,7 @@ chromium:
 bench: $(STAMP)
 	$(PY) benchmarks/trainer_throughput.py
 	$(PY) benchmarks/circuits_scaling.py
+	$(PY) benchmarks/finetune_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

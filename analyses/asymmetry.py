@@ -32,40 +32,30 @@ prompt ranks the truth first against random controls without knowing the fact, i
 direction. The summary therefore repeats accuracy, mean rank and margin on the pairs whose last
 names differ (``different_last_name``), the cleaner test of knowing the parent or the child.
 
-Scoring shares each prompt's keys and values among its K+1 answers (a prefix cache): the prompt
-runs once, and each answer of m tokens costs m − 1 more token positions instead of
-len(prompt) + m. :func:`candidate_logprobs_cached` returns the same numbers as teacher forcing
-every (prompt, answer) sequence with :func:`models.scoring.score_answers` (|Δ| ≲ 1e-4, float32).
+Scoring shares each prompt's keys and values among its K+1 answers
+(:func:`probes.shared_prompt.candidate_logprobs_cached`).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import pandas as pd
-import torch
-from jaxtyping import Bool, Float, Int
-from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.model_bridge import TransformerBridge
 
 from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer, controls
 from facts.schema import Direction, FactError, FactSet
-from facts.tokens import Example
 from models.pretrained import DEFAULT_MODEL, Backend, TLModel, load, load_tokenizer
 from models.scoring import model_device
+from probes.shared_prompt import candidate_logprobs_cached
 from probes.views import save_png
 
 TEMPLATE_FAMILIES = {"completion": COMPLETION_TEMPLATES, "question": QUESTION_TEMPLATES}
@@ -82,158 +72,6 @@ PUBLISHED = {
 """The published accuracies, shown beside ours: GPT-4's answers to the questions as the authors
 judged them, against greedy exact match of a far smaller model here, so only the direction and
 size of the gap compare."""
-
-
-# --- scoring many answers after one shared prompt ------------------------------------------------
-
-
-@dataclass
-class CandidateScores:
-    """``logprob[i, j]`` = log p(answer j | prompt i); ``correct[i, j]``: greedy decoding yields it."""
-
-    logprob: Float[Tensor, "n k"]
-    correct: Bool[Tensor, "n k"]
-
-
-class _PrefixCache:
-    """Run prompts once, then continue any row of them with more tokens, for either backend.
-
-    ``prefix`` returns the next-token logits after each prompt and a cache of its keys and
-    values; ``extend`` runs ``tokens[r]`` after prompt ``rows[r]`` from that cache. Prompts in
-    one call have one length (no padding inside the cache); continuations are right-padded,
-    which never changes the logits of earlier positions in a causal model.
-    """
-
-    def __init__(self, model: TLModel):
-        self.model = model
-        self.hooked = isinstance(model, HookedTransformer)
-
-    def prefix(self, tokens: Int[Tensor, "s pos"]) -> tuple[Float[Tensor, "s d_vocab"], Any]:
-        if self.hooked:
-            cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, tokens.device, len(tokens))
-            logits = self.model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache)
-            return logits[:, -1], cache
-        logits, cache = self.model(tokens, return_type="logits_and_cache", use_cache=True)
-        return logits[:, -1], cache
-
-    def extend(
-        self, cache: Any, rows: Int[Tensor, " r"], tokens: Int[Tensor, "r pos"]
-    ) -> Float[Tensor, "r pos d_vocab"]:
-        if self.hooked:
-            picked = TransformerLensKeyValueCache(
-                entries=[
-                    TransformerLensKeyValueCacheEntry(e.past_keys[rows], e.past_values[rows], frozen=True)
-                    for e in cache.entries
-                ],
-                previous_attention_mask=cache.previous_attention_mask[rows],
-                frozen=True,
-            )
-            return self.model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=picked)
-        picked = copy.deepcopy(cache)
-        picked.reorder_cache(rows)
-        return self.model(tokens, past_key_values=picked, use_cache=True)
-
-
-@torch.no_grad()
-def candidate_logprobs_cached(
-    model: TLModel,
-    candidates: Sequence[Sequence[Example]],
-    batch_size: int = 128,
-    progress: bool = False,
-) -> CandidateScores:
-    """log p(answer | prompt) and greedy success for every candidate of every statement.
-
-    ``candidates[i]`` are examples that share one prompt (e.g. the truth and its controls);
-    every row must have the same number k of them. Log-probabilities sum over answer tokens:
-    ``Σ_j log p(a_j | c, a_<j)``. Prompts are grouped by length and run ``batch_size`` at a time;
-    continuations (answer tokens but the last) are sorted by length and run ``batch_size`` rows
-    at a time from the prompts' cached keys and values. The progress bar counts answers.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    widths = {len(row) for row in candidates}
-    if len(widths) > 1 or 0 in widths:
-        raise ValueError(f"every statement needs the same, non-zero number of answers, got {sorted(widths)}")
-    for row in candidates:
-        if any(e.prompt != row[0].prompt for e in row):
-            raise ValueError(f"fact {row[0].fact} ({row[0].direction}): its answers do not share one prompt")
-    n, k = len(candidates), (widths.pop() if widths else 0)
-    _check_ids(candidates, getattr(model.cfg, "d_vocab", None))
-    logprob = torch.zeros(n, k)
-    correct = torch.ones(n, k, dtype=torch.bool)
-    if n == 0:
-        return CandidateScores(logprob, correct)
-    device = model_device(model)
-    scorer = _PrefixCache(model)
-    by_length: dict[int, list[int]] = {}
-    for i, row in enumerate(candidates):
-        by_length.setdefault(len(row[0].prompt), []).append(i)
-    bar = tqdm(total=n * k, unit="answer", desc="scoring", disable=not progress)
-    for length in sorted(by_length):
-        members = by_length[length]
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            _score_chunk(scorer, [candidates[i] for i in chunk], torch.tensor(chunk), logprob, correct,
-                         batch_size, device, bar)
-    bar.close()
-    return CandidateScores(logprob, correct)
-
-
-def _score_chunk(
-    scorer: _PrefixCache,
-    rows: Sequence[Sequence[Example]],
-    index: Int[Tensor, " s"],
-    logprob: Float[Tensor, "n k"],
-    correct: Bool[Tensor, "n k"],
-    batch_size: int,
-    device: torch.device,
-    bar: tqdm,
-) -> None:
-    """Score one chunk of statements whose prompts have one length, in place."""
-    prompts = torch.tensor([row[0].prompt for row in rows])
-    first_logits, cache = scorer.prefix(prompts.to(device))
-    first = first_logits.float().log_softmax(-1).cpu()
-    first_ids = torch.tensor([[e.answer[0] for e in row] for row in rows])
-    logprob[index] = first.gather(-1, first_ids)
-    correct[index] = first.argmax(-1, keepdim=True) == first_ids
-    bar.update(sum(1 for row in rows for e in row if len(e.answer) == 1))
-    longer = sorted(
-        ((s, j) for s, row in enumerate(rows) for j, e in enumerate(row) if len(e.answer) > 1),
-        key=lambda sj: len(rows[sj[0]][sj[1]].answer),
-    )
-    for start in range(0, len(longer), batch_size):
-        batch = longer[start : start + batch_size]
-        answers = [rows[s][j].answer for s, j in batch]
-        width = max(len(a) for a in answers) - 1
-        fed = torch.tensor([a[:-1] + (a[-2],) * (width - len(a) + 1) for a in answers])  # pad by repetition
-        targets = torch.tensor([a[1:] + (0,) * (width - len(a) + 1) for a in answers])
-        valid = torch.tensor([[p < len(a) - 1 for p in range(width)] for a in answers])
-        statement = torch.tensor([s for s, _ in batch])
-        out = scorer.extend(cache, statement.to(device), fed.to(device))[valid.to(device)].float()
-        chosen = targets[valid].to(device)
-        token_lp = torch.zeros(valid.shape)
-        token_lp[valid] = out.log_softmax(-1).gather(-1, chosen[:, None]).squeeze(-1).cpu()
-        token_hit = torch.ones(valid.shape, dtype=torch.bool)
-        token_hit[valid] = (out.argmax(-1) == chosen).cpu()
-        where = index[statement], torch.tensor([j for _, j in batch])
-        logprob[where] += token_lp.sum(1)
-        correct[where] &= token_hit.all(1)
-        bar.update(len(batch))
-
-
-def _check_ids(candidates: Sequence[Sequence[Example]], d_vocab: int | None) -> None:
-    """Refuse token ids outside the vocabulary, naming the fact, instead of an index error later."""
-    if d_vocab is None:
-        return
-    for row in candidates:
-        for example in row:
-            ids = example.prompt + example.answer
-            if min(ids) < 0 or max(ids) >= d_vocab:
-                bad = next(t for t in ids if not 0 <= t < d_vocab)
-                raise ValueError(
-                    f"fact {example.fact} ({example.direction}) has token id {bad}, outside the model's "
-                    f"vocabulary of {d_vocab}: is the tokenizer the model's own?"
-                )
 
 
 # --- the celebrity table ------------------------------------------------------------------------

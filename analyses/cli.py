@@ -93,6 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default=None)
     check.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    finetune = commands.add_parser(
+        "finetune-facts", help="fine-tune a pretrained LLM on fictitious people (name → description), test both ways")
+    finetune.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a local HF folder or a .gguf file")
+    finetune.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    finetune.add_argument("--people", type=_positive_int, default=None, help="fictitious people (default 30)")
+    finetune.add_argument("--templates", type=_positive_int, default=None, help="paraphrases per fact, 1-5")
+    finetune.add_argument("--epochs", type=_positive_int, default=None, help="passes over the sentences")
+    finetune.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
+    finetune.add_argument("--batch-size", type=_positive_int, default=None)
+    finetune.add_argument("--trainable-blocks", type=_positive_int, default=None,
+                          help="memory-light: train only the last N blocks (default: every parameter)")
+    finetune.add_argument("--controls", type=_positive_int, default=None, help="random answers per question")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--device", default=None)
+    finetune.add_argument("--quiet", action="store_true", help="no progress bar")
+
     probe = commands.add_parser("probe", help="run the logit and circuit probes on a trained model and a fact file")
     probe.add_argument("--model", required=True,
                        help="a run's checkpoints/ folder, one step-NNNNNN.json, or a pretrained model "
@@ -153,6 +169,22 @@ def _check_asymmetry(args: argparse.Namespace) -> int:
                               seed=args.seed, device=args.device, progress=not args.quiet)
     print(format_summary(summary))
     print(f"wrote {args.out}/: summary.json pairs.csv asymmetry.png")
+    return 0
+
+
+def _finetune_facts(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from analyses.finetune import FinetuneConfig, finetune_facts, format_summary
+
+    given = {"people": args.people, "templates": args.templates, "epochs": args.epochs, "lr": args.lr,
+             "batch_size": args.batch_size, "n_controls": args.controls}
+    config = replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks, seed=args.seed,
+                     device=args.device, **{name: value for name, value in given.items() if value is not None})
+    summary = finetune_facts(args.out, config, progress=not args.quiet)
+    print(format_summary(summary))
+    print(f"wrote {args.out}/: summary.json logits.csv in_context.csv before_*.csv circuits.csv history.jsonl "
+          f"facts.jsonl finetune.png")
     return 0
 
 
@@ -275,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _make_facts(args)
         if args.command == "probe":
             return _probe(args)
+        if args.command == "finetune-facts":
+            return _finetune_facts(args)
         if args.command == "report":
             return _report(args)
         if args.command == "compare":

@@ -139,6 +139,29 @@ def cosine_histogram(paired, unpaired, title: str = ""):
     return figure
 
 
+def finetune_bars(summary: dict[str, Any], title: str = ""):
+    """Margin over random controls (mean, 95% interval) before and after fine-tuning, per setting
+    of ``analyses.finetune``: forward (trained), reverse (held out), reverse with the fact in context."""
+    from matplotlib.figure import Figure
+
+    settings = ("forward", "reverse", "in_context_reverse")
+    figure = Figure(figsize=(6.0, 3.6), layout="constrained")
+    axis = figure.subplots()
+    for offset, stage, colour in ((-0.2, "before", "#9e9e9e"), (0.2, "after", "#1f77b4")):
+        means = [summary[stage][s]["margin"]["mean"] for s in settings]
+        errors = [(high - low) / 2 for low, high in (summary[stage][s]["margin"]["ci95"] for s in settings)]
+        bars = axis.bar([p + offset for p in range(len(settings))], means, width=0.4, yerr=errors, capsize=4,
+                        color=colour, label=f"{stage} fine-tuning")
+        axis.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks(range(len(settings)), ["forward\n(trained)", "reverse\n(held out)", "reverse,\nfact in context"])
+    axis.set_ylabel("log p(answer) − mean log p(control)")
+    axis.set_title(title or f"{summary['config']['model']}: margin over random answers of the same kind")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3, axis="y")
+    return figure
+
+
 _ROLE_STYLE = {
     "trained": dict(color="#1f77b4", linestyle="-"),
     "held-out reverse": dict(color="#d62728", linestyle="-"),

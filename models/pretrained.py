@@ -432,3 +432,24 @@ def _prompt_difference(
 def _log_probs(logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, "batch pos vocab"]:
     """Log-softmax over the vocabulary, in float32 on the CPU so both sides compare alike."""
     return logits.float().cpu().log_softmax(dim=-1)
+
+
+def freeze_except_last_blocks(model: torch.nn.Module, n: int) -> list[str]:
+    """Train only the last ``n`` transformer blocks of a HookedTransformer (the memory-light option).
+
+    Every other parameter (embeddings, unembedding, earlier blocks, final norm) stops requiring
+    gradients, so neither gradients nor optimizer state are kept for it, and backpropagation stops
+    at the first trainable block. Returns the names of the parameters left trainable.
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError(f"{type(model).__name__} has no .blocks; freezing by block needs a HookedTransformer")
+    if not 1 <= n <= len(blocks):
+        raise ValueError(f"trainable blocks must be 1…{len(blocks)} for this model, got {n}")
+    keep = {f"blocks.{index}." for index in range(len(blocks) - n, len(blocks))}
+    trainable = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(name.startswith(prefix) for prefix in keep))
+        if parameter.requires_grad:
+            trainable.append(name)
+    return trainable

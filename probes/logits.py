@@ -24,11 +24,14 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.model_bridge import TransformerBridge
 
 from facts.language import answers_of_kind, controls
 from facts.schema import Direction, FactSet
 from facts.tokens import Example, FactTokenizer, collate
 from models.scoring import Model, model_device, score_answers
+from probes.shared_prompt import candidate_logprobs_cached
 
 Statement = tuple[int, Direction]
 
@@ -69,7 +72,9 @@ def answers_logprobs(
     """``log p(answers[i][j] | prompt of statements[i])``; every row has the same length k.
 
     When every answer is one token whatever the prompt, one forward pass over the prompts
-    serves all of them; otherwise each (prompt, answer) pair is scored by teacher forcing.
+    serves all of them; when a row's answers share its prompt, a TransformerLens model runs the
+    prompt once and reuses its keys and values (:mod:`probes.shared_prompt`); otherwise each
+    (prompt, answer) pair is scored by teacher forcing.
     """
     width = {len(row) for row in answers}
     if len(width) != 1:
@@ -80,6 +85,10 @@ def answers_logprobs(
         if all(e.prompt == row[0].prompt for row in examples for e in row):
             ids = torch.tensor([[e.answer[0] for e in row] for row in examples])
             return _next_token_gather(model, prompts, ids, pad_id)
+    if isinstance(model, (HookedTransformer, TransformerBridge)) and all(
+        e.prompt == row[0].prompt for row in examples for e in row
+    ):
+        return candidate_logprobs_cached(model, examples).logprob
     flat = [e for row in examples for e in row]
     scores = score_answers(model, collate(flat, pad_id), batch_size=batch_size)
     return scores.logprob.view(len(statements), width.pop())

@@ -11,7 +11,6 @@ import torch
 
 from analyses.asymmetry import (
     PUBLISHED,
-    candidate_logprobs_cached,
     check_asymmetry,
     draw_controls,
     format_summary,
@@ -20,8 +19,9 @@ from facts.celebrity import COLUMNS, COMPLETION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer
 from facts.schema import FactError
 from facts.tokens import collate
-from models.pretrained import PretrainedLoadError, load, load_tokenizer
+from models.pretrained import PretrainedLoadError, load_tokenizer
 from models.scoring import score_answers
+from probes.shared_prompt import candidate_logprobs_cached
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 REAL_CSV = ROOT / "../shared/data/celebrity_relations/parent_child_pairs.csv"
@@ -42,8 +42,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def hooked(one_thread):
-    return load("smollm2-135m", backend="hooked")
+def hooked(one_thread, smollm2_hooked):
+    return smollm2_hooked
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +95,14 @@ def test_child_to_parent_is_not_worse_than_parent_to_child(run):
         assert row["mean_rank"] < row["chance_mean_rank"] - 2 and row["margin"] > 2
 
 
-def test_cached_scoring_equals_teacher_forcing_on_both_backends(hooked):
+def test_cached_scoring_equals_teacher_forcing_on_both_backends(hooked, smollm2_bridge):
     facts = load_celebrity_pairs(REAL_CSV)
     tokenizer = TemplateTokenizer(load_tokenizer(), COMPLETION_TEMPLATES)
     statements = [(0, "forward"), (0, "reverse"), (2, "forward"), (3, "reverse")]
     drawn = draw_controls(facts, statements, 5)
     rows = [[tokenizer.example(facts, i, d)] + [tokenizer.example(facts, i, d, answer=a) for a in wrong]
             for (i, d), wrong in zip(statements, drawn)]
-    for model in (hooked, load("smollm2-135m", backend="bridge")):
+    for model in (hooked, smollm2_bridge):
         cached = candidate_logprobs_cached(model, rows, batch_size=7)
         reference = score_answers(model, collate([e for row in rows for e in row]))
         assert cached.logprob.flatten().tolist() == pytest.approx(reference.logprob.tolist(), abs=1e-3)

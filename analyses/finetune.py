@@ -1,0 +1,215 @@
+"""`revlens finetune-facts`: the reversal curse on a pretrained LLM, fine-tuned on fictitious people.
+
+The default experiment (Berglund et al. 2023, experiment 1, at laptop scale): SmolLM2-135M
+is fine-tuned, every parameter, on sentences "<name> ... <description>" about fictitious
+people of the p2d group (:func:`facts.language.people_world`), in several paraphrases
+(:data:`facts.language.TRAIN_TEMPLATES`), with the loss on the description tokens only. Then,
+with :func:`probes.logits.answer_table`, each fact is asked
+
+* forward (trained, name → description): greedy exact match and log-prob margin over K
+  random descriptions of the same world;
+* reverse (held out, description → name): the same, against K random names;
+* in context: the forward sentence stated in the prompt, then the reverse question.
+
+The reverse margin m_i = log p(name_i | prompt) − mean_j log p(control_ij | prompt) has mean
+≈ 0 when the curse holds; its 95% interval is mean ± 1.96·sd/√n over the n facts. Every
+table is measured before and after fine-tuning, so the change is the effect of training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from facts.io import save_jsonl
+from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, people_world
+from facts.schema import FactSet
+from facts.tokens import TokenizedFacts, collate, tokenize
+
+STAGES = ("before", "after")
+SETTINGS = ("forward", "reverse", "in_context_reverse")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The default experiment; ``trainable_blocks=None`` fine-tunes every parameter, an int
+    ``n`` trains only the last ``n`` transformer blocks (the memory-light option: embeddings,
+    earlier blocks and their gradients and optimizer state are left out)."""
+
+    model: str = "smollm2-135m"
+    people: int = 30
+    templates: int = 3
+    epochs: int = 12
+    lr: float = 1e-4
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    trainable_blocks: int | None = None
+    n_controls: int = 16
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.templates <= len(TRAIN_TEMPLATES["p2d"]):
+            raise ValueError(f"templates must be 1…{len(TRAIN_TEMPLATES['p2d'])}, got {self.templates}")
+        for name in ("people", "epochs", "batch_size", "n_controls"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.n_controls >= self.people:
+            raise ValueError(f"n_controls ({self.n_controls}) must be below the number of people ({self.people})")
+
+
+def training_sentences(facts: FactSet, tokenizer, templates: int, pad_id: int) -> TokenizedFacts:
+    """Every trained statement of ``facts`` in each of the first ``templates`` paraphrases."""
+    examples = [
+        TemplateTokenizer(tokenizer, TRAIN_TEMPLATES, template=number).example(facts, index, direction)
+        for number in range(templates)
+        for index, direction, split in facts.statements()
+        if split == "train"
+    ]
+    return collate(examples, pad_id)
+
+
+def in_context(facts: FactSet) -> FactSet:
+    """The reverse questions only, each prompt first restating the fact's forward sentence."""
+    return FactSet(tuple(replace(fact, context=True, forward=None) for fact in facts), world=facts.world,
+                   meta=facts.meta)
+
+
+def mean_ci95(values: pd.Series) -> dict[str, float]:
+    """Mean and normal-approximation 95% interval, mean ± 1.96·sd/√n."""
+    n = int(values.count())
+    mean = float(values.mean())
+    half = 1.96 * float(values.std()) / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
+
+
+def setting_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """Exact match, margin (with interval) and mean rank among the controls of one setting."""
+    return {"exact_match": float(table.correct.mean()), "margin": mean_ci95(table.margin),
+            "logprob": float(table.logprob.mean()), "mean_rank": float(table["rank"].mean())}
+
+
+def evaluate_settings(model, facts: FactSet, tokenizer, n_controls: int, seed: int) -> pd.DataFrame:
+    """Forward, reverse and in-context reverse, asked with the first training paraphrase, as one table
+    (:func:`probes.logits.answer_table` rows plus a ``setting`` column)."""
+    from probes.logits import answer_table
+
+    asked = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES, template=0)
+    plain = answer_table(model, facts, asked, n_controls=n_controls, rank_against="controls", seed=seed)
+    restated = answer_table(model, in_context(facts), asked, n_controls=n_controls, rank_against="controls",
+                            seed=seed)
+    plain["setting"] = plain.direction
+    restated = restated.assign(setting="in_context_reverse")
+    return pd.concat([plain, restated], ignore_index=True)
+
+
+def write_tables(table: pd.DataFrame, out: Path, prefix: str = "") -> None:
+    """``logits.csv``: the plain forward and reverse rows, exactly as ``revlens probe`` writes them
+    (so ``revlens compare`` reads both alike); ``in_context.csv``: the in-context reverse rows."""
+    restated = table.setting == "in_context_reverse"
+    table[~restated].drop(columns="setting").to_csv(out / f"{prefix}logits.csv", index=False)
+    table[restated].drop(columns="setting").to_csv(out / f"{prefix}in_context.csv", index=False)
+
+
+def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: dict[str, float],
+              n_sentences: int, steps: int) -> dict[str, Any]:
+    """Per stage (before/after fine-tuning) and setting, :func:`setting_summary`; plus the verdict."""
+    out: dict[str, Any] = {"config": asdict(config), "train_sentences": n_sentences, "steps": steps,
+                           "chance_exact_match": 0.0, "chance_rank": (config.n_controls + 2) / 2, "seconds": seconds}
+    for stage, table in tables.items():
+        out[stage] = {setting: setting_summary(table[table.setting == setting]) for setting in SETTINGS}
+    after = out["after"]
+    low, high = after["reverse"]["margin"]["ci95"]
+    out["findings"] = {
+        "forward_learnt": after["forward"]["exact_match"] >= 0.9,
+        "reverse_margin_interval_holds_zero": bool(low <= 0 <= high),
+        "in_context_reverse_above_chance": after["in_context_reverse"]["margin"]["ci95"][0] > 0,
+    }
+    return out
+
+
+def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), progress: bool = True
+                   ) -> dict[str, Any]:
+    """Run the default experiment; write summary.json, logits.csv and in_context.csv (after
+    fine-tuning; ``before_*.csv`` before it), circuits.csv, history.jsonl, facts.jsonl and
+    finetune.png into ``out``; return the summary."""
+    from analyses.figures import finetune_bars
+    from analyses.probe import circuit_summary
+    from models.pretrained import freeze_except_last_blocks, load, load_tokenizer
+    from models.training import TrainConfig, train
+    from probes.circuits import circuit_table
+    from probes.views import save_png
+
+    began = time.perf_counter()
+    facts = people_world(n_per_group=config.people, seed=config.seed, groups=("p2d",))
+    tokenizer = load_tokenizer(config.model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model = load(config.model, backend="hooked", device=config.device)
+    loaded = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {"before": evaluate_settings(model, facts, tokenizer, config.n_controls, config.seed)}
+    if config.trainable_blocks is not None:
+        freeze_except_last_blocks(model, config.trainable_blocks)
+    sentences = training_sentences(facts, tokenizer, config.templates, pad_id)
+    probe_set = tokenize(facts, TemplateTokenizer(tokenizer, TRAIN_TEMPLATES, template=0), pad_id)
+    per_epoch = math.ceil(len(sentences) / config.batch_size)
+    trained = time.perf_counter()
+    result = train(
+        model, sentences,
+        TrainConfig(steps=per_epoch * config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+                    batch_size=config.batch_size, eval_every=per_epoch, seed=config.seed, progress=progress),
+        eval_sets={"forward": probe_set.where(direction="forward"), "reverse": probe_set.where(direction="reverse")},
+    )
+    model.eval()
+    evaluated = time.perf_counter()
+    tables["after"] = evaluate_settings(model, facts, tokenizer, config.n_controls, config.seed)
+    circuits = circuit_table(model, facts, lambda e: tokenizer.encode(" " + e, add_special_tokens=False))
+    seconds = {"load": loaded - began, "train": result.seconds,
+               "evaluate": time.perf_counter() - evaluated + (trained - loaded), "total": time.perf_counter() - began}
+    summary = summarize(tables, config, seconds, len(sentences), result.steps)
+    summary["circuits"] = circuit_summary(circuits)
+    for stage, prefix in (("after", ""), ("before", "before_")):
+        write_tables(tables[stage], out, prefix)
+    circuits.to_csv(out / "circuits.csv", index=False)
+    save_jsonl(facts, out / "facts.jsonl")
+    with (out / "history.jsonl").open("w") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in result.history)
+    save_png(finetune_bars(summary), out / "finetune.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A one-screen table: exact match and margin per setting, before and after fine-tuning."""
+    config = summary["config"]
+    lines = [
+        f"{config['model']} fine-tuned on {summary['train_sentences']} sentences about {config['people']} fictitious "
+        f"people (p2d: name → description), {summary['steps']} steps, {summary['seconds']['total']:.0f} s",
+        f"{'':22}{'exact match':>24}{'margin over ' + str(config['n_controls']) + ' controls (95% CI)':>44}",
+        f"{'':22}{'before':>12}{'after':>12}{'before':>16}{'after':>28}",
+    ]
+    for setting in SETTINGS:
+        before, after = summary["before"][setting], summary["after"][setting]
+        low, high = after["margin"]["ci95"]
+        lines.append(
+            f"{setting.replace('_', ' '):22}{before['exact_match']:12.3f}{after['exact_match']:12.3f}"
+            f"{before['margin']['mean']:16.2f}{after['margin']['mean']:12.2f} [{low:6.2f}, {high:6.2f}]"
+        )
+    findings = summary["findings"]
+    lines.append(
+        "forward learnt (≥ 90% exact match): " + ("yes" if findings["forward_learnt"] else "NO")
+        + "; reverse margin's interval holds 0 (the curse): "
+        + ("yes" if findings["reverse_margin_interval_holds_zero"] else "no")
+        + "; in-context reverse above chance: " + ("yes" if findings["in_context_reverse_above_chance"] else "no")
+    )
+    return "\n".join(lines)
+
+
+__all__: Sequence[str] = ("FinetuneConfig", "finetune_facts", "format_summary", "mean_ci95", "training_sentences")

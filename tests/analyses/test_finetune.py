@@ -1,0 +1,114 @@
+"""Fine-tuning the real SmolLM2-135M on fictitious people: a short run through the CLI's code path."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from analyses.cli import main
+from analyses.finetune import FinetuneConfig, format_summary, in_context, mean_ci95, training_sentences
+from facts.io import load_jsonl
+from facts.language import TRAIN_TEMPLATES, people_world
+from models.pretrained import freeze_except_last_blocks, load
+from models.training import TrainConfig, train
+
+SHORT = ["--people", "4", "--templates", "2", "--epochs", "3", "--controls", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finetune")
+    assert main(["finetune-facts", "--out", str(out), *SHORT]) == 0
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_short_finetune_raises_the_trained_facts_logprob(run):
+    out, summary = run
+    assert summary["steps"] == 3 and summary["train_sentences"] == 8  # 4 people × 2 paraphrases, one batch
+    before, after = summary["before"]["forward"], summary["after"]["forward"]
+    assert after["logprob"] > before["logprob"] + 5  # three AdamW steps at lr 1e-4 move ~10 nats here
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [0, 1, 2, 3]
+    forward = [r["eval"]["forward"]["logprob"] for r in history]
+    assert forward[-1] > forward[0]
+    assert summary["after"]["forward"]["logprob"] == pytest.approx(forward[-1], abs=1e-3)
+
+
+def test_finetune_writes_probe_format_tables_and_figure(run):
+    out, summary = run
+    for prefix in ("", "before_"):
+        logits, restated = pd.read_csv(out / f"{prefix}logits.csv"), pd.read_csv(out / f"{prefix}in_context.csv")
+        assert sorted(logits.columns) == sorted(restated.columns) and "setting" not in logits.columns
+        assert len(logits) == 8 and len(restated) == 4 and logits.n_candidates.eq(3).all()  # truth + 2 controls
+        assert (logits[logits.direction == "forward"].split == "train").all()
+        assert (logits[logits.direction == "reverse"].split == "heldout").all()
+        assert (restated.direction == "reverse").all()
+    circuits = pd.read_csv(out / "circuits.csv")
+    assert {"circuit", "layer", "head", "z_ab", "z_ba", "asymmetry"} <= set(circuits.columns)
+    assert len(circuits) == 4 * (1 + 2 * 30 * 9)  # 4 facts × (direct + OV and QK of 30 layers × 9 heads)
+    assert len(load_jsonl(out / "facts.jsonl")) == 4
+    assert (out / "finetune.png").stat().st_size > 10_000
+    assert set(summary["findings"]) == {"forward_learnt", "reverse_margin_interval_holds_zero",
+                                        "in_context_reverse_above_chance"}
+    text = format_summary(summary)
+    assert "in context reverse" in text and "95% CI" in text
+
+
+def test_in_context_prompt_states_the_fact_before_the_reverse_question(smollm2_tokenizer):
+    facts = people_world(n_per_group=2, groups=("p2d",))
+    from facts.language import TemplateTokenizer
+
+    asked = TemplateTokenizer(smollm2_tokenizer, TRAIN_TEMPLATES)
+    plain = smollm2_tokenizer.decode(asked.example(facts, 0, "reverse").prompt)
+    restated = smollm2_tokenizer.decode(asked.example(in_context(facts), 0, "reverse").prompt)
+    assert facts[0].subject not in plain and restated.startswith(facts[0].subject) and restated.endswith(plain)
+
+
+def test_training_sentences_cover_each_paraphrase_of_trained_statements_only(smollm2_tokenizer):
+    facts = people_world(n_per_group=3, groups=("p2d",))
+    sentences = training_sentences(facts, smollm2_tokenizer, 3, 0)
+    assert len(sentences) == 9 and set(sentences.direction) == {"forward"} and set(sentences.split) == {"train"}
+    texts = {smollm2_tokenizer.decode(row[: int(n)]) for row, n in zip(sentences.tokens, sentences.prompt_len)}
+    assert len(texts) == 9  # three paraphrases of three people, all different prompts
+
+
+def test_mean_ci95_is_mean_plus_minus_196_standard_errors():
+    values = pd.Series([1.0, 2.0, 3.0, 4.0])
+    stats = mean_ci95(values)
+    half = 1.96 * values.std() / 2
+    assert stats["mean"] == 2.5 and stats["ci95"] == pytest.approx([2.5 - half, 2.5 + half]) and stats["n"] == 4
+
+
+def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer):
+    model = load("smollm2-135m", backend="hooked", device="cpu")
+    trainable = freeze_except_last_blocks(model, 2)
+    assert trainable and all(name.startswith(("blocks.28.", "blocks.29.")) for name in trainable)
+    embed, first, last = (model.W_E.detach().clone(), model.blocks[0].attn.W_Q.detach().clone(),
+                          model.blocks[29].attn.W_Q.detach().clone())
+    facts = people_world(n_per_group=2, groups=("p2d",))
+    train(model, training_sentences(facts, smollm2_tokenizer, 1, 0),
+          TrainConfig(steps=1, lr=1e-4, eval_every=1, progress=False))
+    assert torch.equal(model.W_E, embed) and torch.equal(model.blocks[0].attn.W_Q, first)
+    assert not torch.equal(model.blocks[29].attn.W_Q, last)
+    with pytest.raises(ValueError, match="trainable blocks must be 1…30"):
+        freeze_except_last_blocks(model, 31)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"templates": 0}, "templates must be 1…5"),
+    ({"templates": 6}, "templates must be 1…5"),
+    ({"people": 4, "n_controls": 4}, "n_controls .4. must be below the number of people .4."),
+    ({"epochs": 0}, "epochs must be ≥ 1"),
+])
+def test_bad_configs_are_refused_with_the_setting_named(change, message):
+    with pytest.raises(ValueError, match=message):
+        FinetuneConfig(**change)
+
+
+def test_cli_reports_a_missing_model_path_without_a_traceback(tmp_path, capsys):
+    code = main(["finetune-facts", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), *SHORT])
+    error = capsys.readouterr().err
+    assert code == 2 and "nowhere" in error and "Traceback" not in error
