@@ -120,23 +120,17 @@ def save_checkpoint(
     return json_path
 
 
-def remove_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
-    """Delete every checkpoint (and leftover temporary file) in ``directory``; returns what went.
+def remove_checkpoints(directory: str | os.PathLike[str]) -> None:
+    """Delete every checkpoint file in ``directory``: JSON, tensors, orphans and temporary files.
 
     A fresh run calls this first, so a folder never mixes its checkpoints with a previous run's
     (whose later steps would otherwise pass for the newest checkpoint).
     """
     directory = Path(directory)
-    gone = []
-    for json_path in list_checkpoints(directory):
-        for path in (json_path, json_path.with_suffix(".safetensors")):
-            if path.exists():
+    if directory.is_dir():
+        for path in directory.glob("step-*"):
+            if path.is_file() and path.suffix in (".json", ".safetensors", ".tmp"):
                 path.unlink()
-                gone.append(path)
-    for leftover in directory.glob("step-*.tmp") if directory.is_dir() else ():
-        leftover.unlink()
-        gone.append(leftover)
-    return gone
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
