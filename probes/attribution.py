@@ -292,8 +292,9 @@ class Patching:
     """Answer log-probability of the corrupted run after patching one site from the clean run.
 
     ``metric[i, j]``: mean over statements of log p(target | corrupted prompt) with the
-    activation at (``layers[i]``, j) taken from the clean run, j a position (``axis="pos"``)
-    or a head (``axis="head"``). ``clean`` and ``corrupt``: the same metric unpatched.
+    activation at (``layers[i]``, j) taken from the clean run, j a position (``axis="pos"``;
+    the prompts aligned at their end, see :func:`patch_residual`) or a head (``axis="head"``).
+    ``clean`` and ``corrupt``: the same metric unpatched.
     """
 
     metric: Float[Tensor, "layer index"]
@@ -334,21 +335,30 @@ def forward_reverse_pairs(statements: Statements) -> tuple[list[Example], list[E
     return [f for f, _ in pairs], [r for _, r in pairs]
 
 
-def _check_patchable(clean: Sequence[Example], corrupt: Sequence[Example]) -> int:
-    """The common prompt length of clean and corrupted prompts; anything else raises."""
+def _check_patchable(clean: Sequence[Example], corrupt: Sequence[Example], one_length: bool) -> tuple[int, int]:
+    """The prompt length of the clean and of the corrupted statements. Each side must have one
+    length; with ``one_length`` both sides the same one. Anything else raises."""
     if not clean or len(clean) != len(corrupt):
         raise ValueError(f"patching needs as many clean as corrupted statements (≥ 1), got {len(clean)} and "
                          f"{len(corrupt)}")
-    length = len(clean[0].prompt)
+    lengths = []
     for name, examples in (("clean", clean), ("corrupted", corrupt)):
+        length = len(examples[0].prompt)
         for example in examples:
             if len(example.prompt) != length:
                 raise ValueError(
-                    f"position-wise patching needs every prompt to have the same length: the clean "
-                    f"{_label(clean[0])} has {length} tokens, the {name} {_label(example)} has "
-                    f"{len(example.prompt)}; select statements of one prompt length"
+                    f"batched patching needs every {name} prompt to have the same length: the {name} "
+                    f"{_label(examples[0])} has {length} tokens, {_label(example)} has {len(example.prompt)}; "
+                    f"select statements of one prompt length"
                 )
-    return length
+        lengths.append(length)
+    if one_length and lengths[0] != lengths[1]:
+        raise ValueError(
+            f"head patching replaces a head's output at every position, so clean and corrupted prompts need the "
+            f"same length: the clean {_label(clean[0])} has {lengths[0]} tokens, the corrupted "
+            f"{_label(corrupt[0])} has {lengths[1]}; patch the residual stream position by position instead"
+        )
+    return lengths[0], lengths[1]
 
 
 def _answer_logprob(targets: Int[Tensor, " batch"], position: int) -> Metric:
@@ -378,7 +388,7 @@ def _patch(
     layers: Sequence[int] | None,
     targets: Sequence[int] | None,
 ) -> Patching:
-    length = _check_patchable(clean, corrupt)
+    clean_length, corrupt_length = _check_patchable(clean, corrupt, one_length=axis == "head")
     chosen = _layers(model, layers)
     names = [get_act_name(activation, layer) for layer in chosen]
     for name in names:
@@ -387,11 +397,16 @@ def _patch(
             else _first_answer_tokens(model, clean))
     if len(goal) != len(clean):
         raise ValueError(f"{len(goal)} targets for {len(clean)} statements: give one target token per statement")
-    metric = _answer_logprob(goal, length - 1)
+    metric = _answer_logprob(goal, -1)
     clean_tokens, corrupt_tokens = _prompts(model, clean), _prompts(model, corrupt)
     clean_logits, clean_cache = model.run_with_cache(clean_tokens, names_filter=names)
-    width = length if axis == "pos" else model.cfg.n_heads
-    index_df = pd.DataFrame(list(itertools.product(chosen, range(width))), columns=["layer", axis])
+    if axis == "pos":  # the last `width` positions of both prompts, aligned at the end
+        width = min(clean_length, corrupt_length)
+        index = range(-width, 0)
+    else:
+        width = model.cfg.n_heads
+        index = range(width)
+    index_df = pd.DataFrame(list(itertools.product(chosen, index)), columns=["layer", axis])
     flat = patching.generic_activation_patch(
         model, corrupt_tokens, clean_cache, metric, setter, activation, index_df=index_df
     )
@@ -419,8 +434,18 @@ def patch_residual(
     answer token) at the last prompt position of the patched corrupted run. This is
     ``transformer_lens.patching.get_act_patch_resid_pre`` (and its siblings for the other
     sites) restricted to ``layers``. Row i of the clean and corrupted statements are one pair;
-    every prompt must have the same length, as position j must mean the same slot in both runs
-    (token worlds: "x →" and "y ←" both have two tokens).
+    all clean prompts share one length L_c and all corrupted ones one length L_r.
+
+    Positions are aligned at the end: column j patches position j − W (counted from the end)
+    of both runs, W = min(L_c, L_r). With L_c = L_r (token worlds: "x →" and "y ←") that is
+    simply position j. With different lengths (SmolLM2: "Bartholomew Holloway, known far and
+    wide for being" against "Known for being the choreographer of … 'Silent Willow',") the
+    last position is the one slot the two prompts surely share, where each predicts its
+    answer; aligning there keeps it paired and puts every other column at a fixed distance
+    before it. Tokens at the other aligned positions need not mean the same thing (names and
+    descriptions of different lengths cannot line up token by token), so read column j as
+    "the clean run's state W − j tokens before the answer". The first |L_c − L_r| positions
+    of the longer prompt are not patched.
     """
     if site not in PATCH_SITES:
         raise ValueError(f"site must be one of {PATCH_SITES}, not {site!r}")

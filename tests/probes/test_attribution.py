@@ -204,6 +204,10 @@ def test_patching_refuses_what_it_cannot_patch(tiny, trained_one_layer, sample):
         patch_residual(trained_one_layer, clean, corrupt, site="resid_mid")
     with pytest.raises(ValueError, match="2 targets for 15 statements"):
         patch_heads(tiny, clean, corrupt, targets=[1, 2])
+    shorter = Example(corrupt[0].prompt[1:], corrupt[0].answer, corrupt[0].fact, "reverse", "heldout")
+    with pytest.raises(ValueError, match=r"head patching .* same length: the clean fact 0 \(forward\) has 2 tokens, "
+                                         r"the corrupted fact 0 \(reverse\) has 1"):
+        patch_heads(tiny, clean[:1], [shorter])
 
 
 # --- logit lens -----------------------------------------------------------------------------------
@@ -249,3 +253,22 @@ def test_bridge_attribution_and_lens_are_exact(bridge):
     final = logit_lens(bridge, examples).query("stage == 'final_post'")
     expected = answer_logits(bridge, examples).log_softmax(-1)[[0, 1], [e.answer[0] for e in examples]]
     assert torch.allclose(torch.tensor(final.logprob.to_numpy()), expected, atol=1e-4)
+
+
+def test_prompts_of_different_lengths_are_patched_aligned_at_the_end(smollm2_hooked, smollm2_tokenizer):
+    """SmolLM2 on a people fact: the forward prompt has 13 tokens, the reverse one 14. Column j
+    patches position j − 13 from the end of both: the last column carries the clean run's final
+    state to the corrupted run's answer slot, the first column (the longer prompt's second token)
+    is read by nothing after the last layer."""
+    from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, people_world
+
+    facts = people_world(n_per_group=1, seed=1)
+    tokenizer = TemplateTokenizer(smollm2_tokenizer, TRAIN_TEMPLATES)
+    clean, corrupt = tokenizer.example(facts, 0, "forward"), tokenizer.example(facts, 0, "reverse")
+    assert (len(clean.prompt), len(corrupt.prompt)) == (13, 14)
+    last = smollm2_hooked.cfg.n_layers - 1
+    result = patch_residual(smollm2_hooked, [clean], [corrupt], site="resid_post", layers=[last])
+    assert result.metric.shape == (1, 13)
+    assert result.metric[0, -1].item() == pytest.approx(result.clean, abs=1e-4)
+    assert torch.allclose(result.metric[0, :-1], torch.full((12,), result.corrupt), atol=1e-4)
+    assert result.clean != pytest.approx(result.corrupt, abs=0.1)
