@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+import torch
 from circuitsvis.attention import attention_heads
 from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Float, Int
@@ -67,17 +68,22 @@ def heatmap_panels(
 def attention_view(
     model: Any,
     tokens: Int[Tensor, " pos"] | Int[Tensor, "1 pos"],
-    layer: int,
+    layer: int | Sequence[int],
     token_labels: Sequence[str],
     heads: Sequence[int] | None = None,
 ) -> RenderedHTML:
-    """circuitsvis ``attention_heads`` view of ``layer``'s attention patterns on one sequence.
+    """circuitsvis ``attention_heads`` view of the attention patterns on one sequence.
 
     ``pattern[h, q, k]`` = softmax_k(q·k / √d_head) of head h, read from
-    ``blocks.{layer}.attn.hook_pattern``; ``heads`` selects heads (default: all).
+    ``blocks.{layer}.attn.hook_pattern``; ``layer`` is one layer or several (their heads side
+    by side, named "L{layer}H{head}"); ``heads`` selects heads in each layer (default: all).
     """
-    check_layer(model, layer)
-    chosen = list(range(model.cfg.n_heads)) if heads is None else [check_head(model, layer, h)[1] for h in heads]
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    if not layers:
+        raise ValueError("attention_view needs at least one layer")
+    for chosen_layer in layers:
+        check_layer(model, chosen_layer)
+    chosen = list(range(model.cfg.n_heads)) if heads is None else [check_head(model, layers[0], h)[1] for h in heads]
     if tokens.ndim == 1:
         tokens = tokens[None]
     if tokens.ndim != 2 or tokens.shape[0] != 1:
@@ -85,12 +91,12 @@ def attention_view(
                          f"got {list(tokens.shape)}")
     if len(token_labels) != tokens.shape[1]:
         raise ValueError(f"{len(token_labels)} token labels for {tokens.shape[1]} tokens: give one label per token")
-    name = f"blocks.{layer}.attn.hook_pattern"
-    pattern = collect(model, tokens, name)[name][0, chosen]
+    names = [f"blocks.{chosen_layer}.attn.hook_pattern" for chosen_layer in layers]
+    patterns = collect(model, tokens, re.compile("|".join(re.escape(name) for name in names)))
     return attention_heads(
-        attention=pattern.float().cpu(),
+        attention=torch.cat([patterns[name][0, chosen] for name in names]).float().cpu(),
         tokens=list(token_labels),
-        attention_head_names=[f"L{layer}H{h}" for h in chosen],
+        attention_head_names=[f"L{chosen_layer}H{h}" for chosen_layer in layers for h in chosen],
         mask_upper_tri=True,
     )
 

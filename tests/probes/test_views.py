@@ -65,6 +65,20 @@ def test_the_cdn_version_would_have_been_caught(tmp_path):
     assert not (tmp_path / "never-written.html").exists()
 
 
+def test_attention_view_of_several_layers_puts_their_heads_side_by_side(vocab, prompt):
+    from models.transformer import build_model
+
+    model = build_model("tiny", vocab.d_vocab, seed=0).eval()
+    tokens, labels = prompt
+    view = attention_view(model, tokens, [0, 1], labels, heads=[0, 2])
+    assert '"attentionHeadNames": ["L0H0", "L0H2", "L1H0", "L1H2"]' in view.local_src
+    _, cache = model.run_with_cache(tokens[None])
+    last_row = ", ".join(str(float(v)) for v in cache["blocks.1.attn.hook_pattern"][0, 2, -1])
+    assert f"[{last_row}]]], \"attentionHeadNames\"" in view.local_src  # the last head's last row comes last
+    with pytest.raises(ValueError, match=r"layer 2 is out of range"):
+        attention_view(model, tokens, [0, 2], labels)
+
+
 def test_attention_view_rejects_bad_input(trained_one_layer, prompt):
     tokens, labels = prompt
     with pytest.raises(ValueError, match=r"layer 1 is out of range.*layers 0\.\.0"):
