@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     reversal.add_argument("--batch-size", type=_positive_int, default=None, help="default: full batch")
     reversal.add_argument("--eval-every", type=_positive_int, default=2)
     reversal.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    reversal.add_argument("--checkpoint-every", type=_positive_int, default=None,
+                          help="also checkpoint every N steps, so a killed run resumes from there")
     reversal.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
     reversal.add_argument("--quiet", action="store_true", help="no progress bar")
     bilinear = experiments.add_parser("bilinear", help="the bilinear model against Theorem 1, for several d")
@@ -296,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "reproduce" and args.experiment == "reversal":
+        checkpoint_every=args.checkpoint_every,
             return _reproduce_reversal(args)
         if args.command == "reproduce" and args.experiment in PAPER_EXPERIMENTS:
             return _reproduce_paper(args)

@@ -45,6 +45,8 @@ class RunConfig:
     batch_size: int | None = None
     eval_every: int = 2
     device: str | None = None
+    checkpoint_every: int | None = None
+    """Also checkpoint every this many steps (a killed run resumes from there); None: at the end only."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,8 @@ def train_run(
         model,
         batch.where(split="train"),
         TrainConfig(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
-                    eval_every=config.eval_every, seed=config.seed, progress=progress),
+                    eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, seed=config.seed,
+                    progress=progress),
         eval_sets=sets(batch),
         callbacks=callbacks,
         checkpoint_dir=out / "checkpoints",

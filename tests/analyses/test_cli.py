@@ -70,3 +70,14 @@ def test_bad_arguments_name_the_problem(args, message, tmp_path):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_every_leaves_intermediate_checkpoints_to_resume_from(tmp_path):
+    from analyses.cli import main
+    from models.checkpoint import list_checkpoints
+
+    out = tmp_path / "run"
+    assert main(["reproduce", "reversal", "--out", str(out), "--steps", "6", "--checkpoint-every", "2",
+                 "--quiet"]) == 0
+    steps = sorted(int(path.stem.split("-")[1]) for path in list_checkpoints(out / "checkpoints"))
+    assert steps == [2, 4, 6]
