@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--device", default=None)
     finetune.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    probe = commands.add_parser("probe", help="run the logit and circuit probes on a trained model and a fact file")
+    probe = commands.add_parser(
+        "probe", help="logit, circuit and attribution probes (DLA, patching, attention views) of a model on a fact file")
     probe.add_argument("--model", required=True,
                        help="a run's checkpoints/ folder, one step-NNNNNN.json, or a pretrained model "
                             "(smollm2-135m, a local HF folder or .gguf file)")
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--facts", type=Path, required=True, help="fact file (JSONL, e.g. a run's facts.jsonl)")
     probe.add_argument("--out", type=Path, required=True, help="output folder (created)")
     probe.add_argument("--controls", type=_positive_int, default=16, help="random control answers per fact")
+    probe.add_argument("--patch-layers", type=int, nargs="+", default=None, metavar="L",
+                       help="layers of the forward → reverse patching figure (default: all; one forward pass "
+                            "per layer and position)")
     probe.add_argument("--device", default=None)
 
     compare = commands.add_parser(
@@ -194,13 +198,21 @@ def _probe(args: argparse.Namespace) -> int:
     from analyses.probe import probe
 
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
-                    backend=args.backend)
+                    backend=args.backend, patch_layers=args.patch_layers)
     print(f"{'':18s}{'n':>6s}{'log p':>9s}{'margin':>9s}{'accuracy':>10s}")
     for name, row in summary["logits"].items():
         print(f"{name:18s}{row['n']:6d}{row['logprob']:9.2f}{row['margin']:9.2f}{row['accuracy']:10.3f}")
     print(f"\nmost asymmetric circuit: {summary['most_asymmetric_circuit']} "
           f"(mean asymmetry index over circuits {summary['mean_asymmetry_index']:.2f})")
-    print(f"wrote {args.out}/: logits.csv circuits.csv summary.json margins.png circuits.png")
+    attribution = summary["attribution"]
+    if "skipped" in attribution:
+        print(f"no attribution figures: {attribution['skipped']}")
+    else:
+        patching = attribution["patching"]
+        print(f"attribution figures of fact {attribution['fact']}: log p({attribution['forward']['answer_token']!r}) "
+              f"after the forward prompt {patching['clean_logprob']:.2f}, after the reverse one "
+              f"{patching['corrupted_logprob']:.2f}")
+    print(f"wrote {args.out}/: logits.csv circuits.csv summary.json {' '.join(summary['figures'])}")
     return 0
 
 

@@ -184,7 +184,7 @@ def patching_heatmap(
     for labels, count, what in ((row_labels, rows, "row"), (col_labels, cols, "column")):
         if labels is not None and len(labels) != count:
             raise ValueError(f"{len(labels)} {what} labels for {count} {what}s")
-    figure = Figure(figsize=(2.7 + 0.5 * cols, 1.2 + 0.35 * rows), layout="constrained")
+    figure = Figure(figsize=(max(5.0, 2.7 + 0.5 * cols), 2.8 + 0.35 * rows), layout="constrained")  # room for a title
     axis = figure.subplots()
     image = axis.imshow(values.detach().float().cpu().numpy(), cmap="viridis", aspect="auto", interpolation="nearest")
     axis.set_xticks(range(cols), list(col_labels) if col_labels is not None else [str(c) for c in range(cols)])
@@ -193,5 +193,5 @@ def patching_heatmap(
     axis.set_ylabel(ylabel)
     figure.colorbar(image, ax=axis, label=value_label)
     if title:
-        axis.set_title(title)
+        figure.suptitle(title)  # above the colour bar too, whose label is tall
     return figure

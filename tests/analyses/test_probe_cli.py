@@ -1,9 +1,12 @@
 """`revlens probe` on a real trained checkpoint and its fact file."""
 
 import json
+import re
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.image import imread
 
 from analyses.probe import probe
 from facts.io import save_jsonl
@@ -12,7 +15,27 @@ from models.bilinear import BilinearModel, bilinear_card
 from models.checkpoint import save_checkpoint
 from models.training import TrainConfig, train
 from models.transformer import build_model, model_card
+from probes.views import remote_references
 from tests_support import revlens
+
+ATTRIBUTION_FIGURES = ["attribution.png", "patching.png", "attention_forward.html", "attention_reverse.html"]
+REMOTE_TAG = re.compile(r"""<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
+
+
+def assert_drawn(path):
+    """A PNG of real size with many colours: something was drawn, not an empty canvas."""
+    image = imread(path)
+    assert min(image.shape[:2]) > 150, f"{path.name}: {image.shape}"
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50, f"{path.name} is nearly blank"
+
+
+def assert_offline_view(path, *expected):
+    """A self-contained circuitsvis page: no script/link from the network, the bundle and data inlined."""
+    page = path.read_text(encoding="utf-8")
+    assert REMOTE_TAG.findall(page) == [] and remote_references(page) == []
+    assert "CircuitsVis.render(" in page and len(page) > 1_000_000
+    for text in expected:
+        assert text in page, f"{path.name} lacks {text!r}"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +48,7 @@ def run(tmp_path_factory, world, vocab):
     return folder
 
 
-def test_probe_cli_writes_tables_summary_and_figures(run, tmp_path):
+def test_probe_cli_writes_tables_summary_and_figures(run, world, tmp_path):
     result = revlens("probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"),
                      "--out", str(tmp_path))
     assert "most asymmetric circuit: ov" in result.stdout
@@ -37,8 +60,24 @@ def test_probe_cli_writes_tables_summary_and_figures(run, tmp_path):
     assert len(ov) == 4 and all(r["asymmetry"] > 2 for r in ov)
     circuits = pd.read_csv(tmp_path / "circuits.csv")
     assert len(circuits) == 200 * 9  # direct + 4 OV + 4 QK per fact
-    for name in ("logits.csv", "margins.png", "circuits.png"):
-        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "logits.csv").stat().st_size > 0
+    assert summary["figures"] == ["margins.png", "circuits.png", *ATTRIBUTION_FIGURES]
+    assert "attention_forward.html" in result.stdout
+    for name in summary["figures"]:
+        if name.endswith(".png"):
+            assert_drawn(tmp_path / name)
+    attribution = summary["attribution"]
+    fact = attribution["fact"]  # the first fact whose reverse direction is held out
+    assert world[fact].reverse == attribution["reverse"]["split"] == "heldout"
+    assert all(f.reverse != "heldout" for f in list(world)[:fact])
+    forward, reverse = attribution["forward"], attribution["reverse"]
+    assert forward["prompt_tokens"][1] == "→" and reverse["prompt_tokens"][1] == "←"
+    # the trained forward prompt predicts its answer; the held-out reverse prompt does not
+    assert attribution["patching"]["clean_logprob"] > attribution["patching"]["corrupted_logprob"] + 3
+    assert attribution["patching"]["positions_from_end"] == 2
+    for direction in ("forward", "reverse"):
+        tokens = attribution[direction]["prompt_tokens"]
+        assert_offline_view(tmp_path / f"attention_{direction}.html", '"L0H3"', f'"tokens": {json.dumps(tokens)}')
 
 
 def test_probe_reads_a_bilinear_checkpoint(world, vocab, tmp_path):
@@ -49,6 +88,9 @@ def test_probe_reads_a_bilinear_checkpoint(world, vocab, tmp_path):
     summary = probe(tmp_path / "ckpt", tmp_path / "facts.jsonl", tmp_path / "out")
     assert [r["circuit"] for r in summary["circuits"]] == ["theta"]
     assert summary["circuits"][0]["asymmetry"] > 2
+    assert summary["figures"] == ["margins.png", "circuits.png"]
+    assert "bilinear model has no layers, heads" in summary["attribution"]["skipped"]
+    assert not any((tmp_path / "out" / name).exists() for name in ATTRIBUTION_FIGURES)
 
 
 def test_probe_refuses_a_folder_without_checkpoints_and_a_mismatched_config(run, tmp_path):
@@ -80,13 +122,26 @@ def test_pretrained_model_on_token_world_facts_is_refused(run, tmp_path):
     assert result.returncode == 2 and "natural-language fact set" in result.stderr
 
 
-def test_pretrained_probe_on_people_facts(smollm2_hooked, tmp_path):
-    """The probe pipeline on the real SmolLM2 (model reused from the session fixture)."""
-    from analyses.probe import _probe_tables
+def test_pretrained_probe_on_people_facts(smollm2_hooked, smollm2_tokenizer, tmp_path):
+    """The probe pipeline on the real SmolLM2 (model reused from the session fixture), multi-token
+    names and descriptions: the forward prompt (13 tokens) and the reverse one (14) are patched
+    aligned at their end. Two layers are patched to keep the test short (one pass per cell)."""
+    from analyses.probe import pretrained_probed, write_probe
     from facts.language import people_world
 
     facts = people_world(n_per_group=3, seed=1)
-    table, circuits, info = _probe_tables("smollm2-135m", facts, None, 4, "hooked")
+    probed = pretrained_probed(smollm2_hooked, smollm2_tokenizer, "people", {"backend": "hooked"})
+    summary = write_probe(probed, facts, tmp_path, n_controls=4, patch_layers=[0, 29])
+    table, circuits = pd.read_csv(tmp_path / "logits.csv"), pd.read_csv(tmp_path / "circuits.csv")
     assert len(table) == 18 and table["rank"].between(1, 5).all()
     assert set(circuits.circuit) == {"direct", "ov", "qk"} and len(circuits) == 9 * (1 + 2 * 270)
-    assert info == {"backend": "hooked"}
+    assert summary["backend"] == "hooked"
+    assert summary["figures"] == ["margins.png", "circuits.png", *ATTRIBUTION_FIGURES]
+    for name in summary["figures"]:
+        if name.endswith(".png"):
+            assert_drawn(tmp_path / name)
+    attribution = summary["attribution"]
+    assert attribution["forward"]["prompt_tokens"][-2:] == [" for", " being"]
+    assert attribution["reverse"]["answer_token"] == " Barth"  # Bartholomew Holloway, held out
+    assert attribution["patching"]["layers"] == [0, 29] and attribution["patching"]["positions_from_end"] == 13
+    assert_offline_view(tmp_path / "attention_reverse.html", '"L0H0"', '"L29H8"', "Willow")
