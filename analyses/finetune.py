@@ -13,7 +13,8 @@ with :func:`probes.logits.answer_table`, each fact is asked
 
 The reverse margin m_i = log p(name_i | prompt) − mean_j log p(control_ij | prompt) has mean
 ≈ 0 when the curse holds; its 95% interval is mean ± 1.96·sd/√n over the n facts. Every
-table is measured before and after fine-tuning, so the change is the effect of training.
+table is measured before and after fine-tuning, and the paired gain m_i(after) − m_i(before)
+is the effect of training itself: ≈ 0 for the reverse, large for the forward.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ class FinetuneConfig:
 
     model: str = "smollm2-135m"
     people: int = 30
-    templates: int = 3
-    epochs: int = 12
-    lr: float = 1e-4
+    templates: int = 2
+    epochs: int = 8
+    lr: float = 3e-4
     batch_size: int = 16
     weight_decay: float = 0.0
     trainable_blocks: int | None = None
@@ -117,18 +118,30 @@ def write_tables(table: pd.DataFrame, out: Path, prefix: str = "") -> None:
     table[restated].drop(columns="setting").to_csv(out / f"{prefix}in_context.csv", index=False)
 
 
+def _paired(tables: dict[str, pd.DataFrame], setting: str) -> pd.DataFrame:
+    """After − before, row by row (the same statements in the same order), of one setting."""
+    before, after = (tables[stage][tables[stage].setting == setting].reset_index(drop=True) for stage in STAGES)
+    if not before[["fact", "direction"]].equals(after[["fact", "direction"]]):
+        raise RuntimeError(f"{setting}: the tables before and after fine-tuning list different statements")
+    return after[["logprob", "margin"]] - before[["logprob", "margin"]]
+
+
 def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: dict[str, float],
               n_sentences: int, steps: int) -> dict[str, Any]:
-    """Per stage (before/after fine-tuning) and setting, :func:`setting_summary`; plus the verdict."""
+    """Per stage (before/after fine-tuning) and setting, :func:`setting_summary`; the paired
+    margin gain (after − before, per statement) with its interval; and the verdict. The gain
+    removes each name's own prior (some names are likelier than others whatever the question),
+    so its interval is the sharp test of "the reverse was not learnt": it should hold 0."""
     out: dict[str, Any] = {"config": asdict(config), "train_sentences": n_sentences, "steps": steps,
                            "chance_exact_match": 0.0, "chance_rank": (config.n_controls + 2) / 2, "seconds": seconds}
     for stage, table in tables.items():
         out[stage] = {setting: setting_summary(table[table.setting == setting]) for setting in SETTINGS}
+    out["margin_gain"] = {setting: mean_ci95(_paired(tables, setting).margin) for setting in SETTINGS}
     after = out["after"]
-    low, high = after["reverse"]["margin"]["ci95"]
+    low, high = out["margin_gain"]["reverse"]["ci95"]
     out["findings"] = {
         "forward_learnt": after["forward"]["exact_match"] >= 0.9,
-        "reverse_margin_interval_holds_zero": bool(low <= 0 <= high),
+        "reverse_gain_interval_holds_zero": bool(low <= 0 <= high),
         "in_context_reverse_above_chance": after["in_context_reverse"]["margin"]["ci95"][0] > 0,
     }
     return out
@@ -192,21 +205,24 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"{config['model']} fine-tuned on {summary['train_sentences']} sentences about {config['people']} fictitious "
         f"people (p2d: name → description), {summary['steps']} steps, {summary['seconds']['total']:.0f} s",
-        f"{'':22}{'exact match':>24}{'margin over ' + str(config['n_controls']) + ' controls (95% CI)':>44}",
-        f"{'':22}{'before':>12}{'after':>12}{'before':>16}{'after':>28}",
+        f"margin = log p(answer) − mean log p(one of {config['n_controls']} random answers of the same kind); "
+        f"rank among them, chance {summary['chance_rank']:.1f}",
+        f"{'':20}{'exact match':>16}{'mean rank':>14}{'margin':>14}{'margin gain after − before':>32}",
+        f"{'':20}{'before':>8}{'after':>8}{'before':>7}{'after':>7}{'before':>7}{'after':>7}{'mean':>10}{'95% CI':>22}",
     ]
     for setting in SETTINGS:
-        before, after = summary["before"][setting], summary["after"][setting]
-        low, high = after["margin"]["ci95"]
+        before, after, gain = summary["before"][setting], summary["after"][setting], summary["margin_gain"][setting]
+        low, high = gain["ci95"]
         lines.append(
-            f"{setting.replace('_', ' '):22}{before['exact_match']:12.3f}{after['exact_match']:12.3f}"
-            f"{before['margin']['mean']:16.2f}{after['margin']['mean']:12.2f} [{low:6.2f}, {high:6.2f}]"
+            f"{setting.replace('_', ' '):20}{before['exact_match']:8.3f}{after['exact_match']:8.3f}"
+            f"{before['mean_rank']:7.1f}{after['mean_rank']:7.1f}{before['margin']['mean']:7.2f}"
+            f"{after['margin']['mean']:7.2f}{gain['mean']:10.2f}   [{low:7.2f}, {high:7.2f}]"
         )
     findings = summary["findings"]
     lines.append(
         "forward learnt (≥ 90% exact match): " + ("yes" if findings["forward_learnt"] else "NO")
-        + "; reverse margin's interval holds 0 (the curse): "
-        + ("yes" if findings["reverse_margin_interval_holds_zero"] else "no")
+        + "; reverse gain's interval holds 0 (the curse): "
+        + ("yes" if findings["reverse_gain_interval_holds_zero"] else "no")
         + "; in-context reverse above chance: " + ("yes" if findings["in_context_reverse_above_chance"] else "no")
     )
     return "\n".join(lines)

@@ -10,7 +10,7 @@ people, answer-only loss, AdamW, lr 1e-4) for the same number of steps:
 * ``trainer/hooked``: :func:`models.training.train` on the HookedTransformer that
   ``revlens finetune-facts`` fine-tunes (the trainer plus TransformerLens's model).
 
-Rounds alternate so machine noise hits all three; figures are medians over rounds of
+After one uncounted warm-up round, rounds alternate so machine noise hits all three; figures are medians over rounds of
 tokens/s ÷ the bare loop's tokens/s (padding tokens included, the same for all).
 
 Run: ``.venv/bin/python benchmarks/finetune_throughput.py [--steps 6 --rounds 3 --threads 2]``.
@@ -75,7 +75,7 @@ def main() -> None:
     train_config = TrainConfig(steps=args.steps, lr=config.lr, weight_decay=0.0, batch_size=config.batch_size,
                                eval_every=args.steps, seed=config.seed, progress=False)
     ratios: dict[str, list[float]] = {"trainer/hf": [], "trainer/hooked": []}
-    for round_ in range(args.rounds):
+    for round_ in range(-1, args.rounds):  # round -1 warms the allocator and kernels up and is not counted
         bare = bare_loop(copy.deepcopy(hf_model).train(), sentences, args.steps, config.batch_size, config.lr,
                          config.seed)
         seconds = {
@@ -84,9 +84,10 @@ def main() -> None:
         }
         line = [f"bare {tokens_per_run / bare:,.0f} tok/s"]
         for name, spent in seconds.items():
-            ratios[name].append(bare / spent)
+            if round_ >= 0:
+                ratios[name].append(bare / spent)
             line.append(f"{name} {tokens_per_run / spent:,.0f} tok/s (×{bare / spent:.2f})")
-        print(f"round {round_ + 1}: " + ", ".join(line))
+        print(f"{'warm-up' if round_ < 0 else f'round {round_ + 1}'}: " + ", ".join(line))
     print(f"\nSmolLM2-135M fine-tuning, batch {config.batch_size}, {args.steps} steps, {torch.get_num_threads()} "
           f"threads; throughput ÷ bare transformers loop, median of {args.rounds} rounds:")
     for name, values in ratios.items():
