@@ -298,6 +298,7 @@ def _reproduce_reversal(args: argparse.Namespace) -> int:
     config = ReversalConfig(
         model=args.model, positional=args.positional, seed=args.seed, k=args.k, n_pairs=args.pairs,
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, eval_every=args.eval_every, device=args.device,
+        checkpoint_every=args.checkpoint_every,
     )
     summary = reproduce_reversal(args.out, config, progress=not args.quiet, resume=args.resume)
     print(format_summary(summary))
@@ -310,7 +311,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "reproduce" and args.experiment == "reversal":
-        checkpoint_every=args.checkpoint_every,
             return _reproduce_reversal(args)
         if args.command == "reproduce" and args.experiment in PAPER_EXPERIMENTS:
             return _reproduce_paper(args)
