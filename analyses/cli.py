@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--trainable-blocks", type=_positive_int, default=None,
                           help="memory-light: train only the last N blocks (default: every parameter)")
     finetune.add_argument("--controls", type=_positive_int, default=None, help="random answers per question")
+    finetune.add_argument("--mitigation", choices=("none", "bidirectional"), default="none",
+                          help="bidirectional: as many people again trained both ways (default none)")
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--device", default=None)
     finetune.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -185,7 +187,8 @@ def _finetune_facts(args: argparse.Namespace) -> int:
 
     given = {"people": args.people, "templates": args.templates, "epochs": args.epochs, "lr": args.lr,
              "batch_size": args.batch_size, "n_controls": args.controls}
-    config = replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks, seed=args.seed,
+    config = replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks,
+                     mitigation=args.mitigation, seed=args.seed,
                      device=args.device, **{name: value for name, value in given.items() if value is not None})
     summary = finetune_facts(args.out, config, progress=not args.quiet)
     print(format_summary(summary))

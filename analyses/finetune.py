@@ -15,6 +15,10 @@ The reverse margin m_i = log p(name_i | prompt) − mean_j log p(control_ij | pr
 ≈ 0 when the curse holds; its 95% interval is mean ± 1.96·sd/√n over the n facts. Every
 table is measured before and after fine-tuning, and the paired gain m_i(after) − m_i(before)
 is the effect of training itself: ≈ 0 for the reverse, large for the forward.
+
+Mitigations (``mitigation=``): the in-context setting above is in-context restatement;
+``"bidirectional"`` also trains a second group of people both ways and asks whether that
+teaches the model to reverse the p2d group's one-way facts (:data:`MITIGATIONS`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ from facts.schema import FactSet
 from facts.tokens import TokenizedFacts, collate, tokenize
 
 STAGES = ("before", "after")
+MITIGATIONS = {
+    "none": ("p2d",),
+    "bidirectional": ("p2d", "both"),
+}
+"""Fact groups trained per mitigation. ``bidirectional`` adds as many people again whose facts are
+trained both ways (name → description and description → name, Berglund et al.'s "both" group):
+does seeing other facts in both directions teach the model to reverse the one-way ones? The
+tested facts are always the p2d group's."""
 SETTINGS = ("forward", "reverse", "in_context_reverse")
 
 
@@ -52,10 +64,13 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     trainable_blocks: int | None = None
     n_controls: int = 16
+    mitigation: str = "none"
     seed: int = 0
     device: str | None = None
 
     def __post_init__(self) -> None:
+        if self.mitigation not in MITIGATIONS:
+            raise ValueError(f"mitigation must be one of {sorted(MITIGATIONS)}, got {self.mitigation!r}")
         if not 1 <= self.templates <= len(TRAIN_TEMPLATES["p2d"]):
             raise ValueError(f"templates must be 1…{len(TRAIN_TEMPLATES['p2d'])}, got {self.templates}")
         for name in ("people", "epochs", "batch_size", "n_controls"):
@@ -128,15 +143,20 @@ def _paired(tables: dict[str, pd.DataFrame], setting: str) -> pd.DataFrame:
 
 def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: dict[str, float],
               n_sentences: int, steps: int) -> dict[str, Any]:
-    """Per stage (before/after fine-tuning) and setting, :func:`setting_summary`; the paired
+    """Per stage (before/after fine-tuning) and setting, on the p2d group's facts,
+    :func:`setting_summary`; the paired
     margin gain (after − before, per statement) with its interval; and the verdict. The gain
     removes each name's own prior (some names are likelier than others whatever the question),
     so its interval is the sharp test of "the reverse was not learnt": it should hold 0."""
     out: dict[str, Any] = {"config": asdict(config), "train_sentences": n_sentences, "steps": steps,
                            "chance_exact_match": 0.0, "chance_rank": (config.n_controls + 2) / 2, "seconds": seconds}
-    for stage, table in tables.items():
+    tested = {stage: table[table.group == "p2d"] for stage, table in tables.items()}
+    for stage, table in tested.items():
         out[stage] = {setting: setting_summary(table[table.setting == setting]) for setting in SETTINGS}
-    out["margin_gain"] = {setting: mean_ci95(_paired(tables, setting).margin) for setting in SETTINGS}
+    out["margin_gain"] = {setting: mean_ci95(_paired(tested, setting).margin) for setting in SETTINGS}
+    both = tables["after"][(tables["after"].group == "both") & (tables["after"].setting == "reverse")]
+    if len(both):
+        out["both_group_reverse_after"] = setting_summary(both)
     after = out["after"]
     low, high = out["margin_gain"]["reverse"]["ci95"]
     out["findings"] = {
@@ -160,7 +180,7 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     from probes.views import save_png
 
     began = time.perf_counter()
-    facts = people_world(n_per_group=config.people, seed=config.seed, groups=("p2d",))
+    facts = people_world(n_per_group=config.people, seed=config.seed, groups=MITIGATIONS[config.mitigation])
     tokenizer = load_tokenizer(config.model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model = load(config.model, backend="hooked", device=config.device)
@@ -204,7 +224,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     config = summary["config"]
     lines = [
         f"{config['model']} fine-tuned on {summary['train_sentences']} sentences about {config['people']} fictitious "
-        f"people (p2d: name → description), {summary['steps']} steps, {summary['seconds']['total']:.0f} s",
+        f"people (p2d: name → description), {summary['steps']} steps, {summary['seconds']['total']:.0f} s"
+        + (f"; mitigation: {config['mitigation']}" if config.get("mitigation", "none") != "none" else ""),
         f"margin = log p(answer) − mean log p(one of {config['n_controls']} random answers of the same kind); "
         f"rank among them, chance {summary['chance_rank']:.1f}",
         f"{'':20}{'exact match':>16}{'mean rank':>14}{'margin':>14}{'margin gain after − before':>32}",
@@ -218,6 +239,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{before['mean_rank']:7.1f}{after['mean_rank']:7.1f}{before['margin']['mean']:7.2f}"
             f"{after['margin']['mean']:7.2f}{gain['mean']:10.2f}   [{low:7.2f}, {high:7.2f}]"
         )
+    if "both_group_reverse_after" in summary:
+        both = summary["both_group_reverse_after"]
+        lines.append(f"{'reverse, both group':20}{'':8}{both['exact_match']:8.3f}{'':7}{both['mean_rank']:7.1f}{'':7}"
+                     f"{both['margin']['mean']:7.2f}   (trained both ways: not a test)")
     findings = summary["findings"]
     lines.append(
         "forward learnt (≥ 90% exact match): " + ("yes" if findings["forward_learnt"] else "NO")

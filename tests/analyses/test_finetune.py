@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from analyses.cli import main
-from analyses.finetune import FinetuneConfig, format_summary, in_context, mean_ci95, training_sentences
+from analyses.finetune import MITIGATIONS, FinetuneConfig, format_summary, in_context, mean_ci95, training_sentences
 from facts.io import load_jsonl
 from facts.language import TRAIN_TEMPLATES, people_world
 from models.pretrained import freeze_except_last_blocks, load
@@ -81,6 +81,15 @@ def test_training_sentences_cover_each_paraphrase_of_trained_statements_only(smo
     assert len(texts) == 9  # three paraphrases of three people, all different prompts
 
 
+def test_bidirectional_mitigation_trains_a_second_group_both_ways(smollm2_tokenizer):
+    facts = people_world(n_per_group=3, groups=MITIGATIONS["bidirectional"])
+    sentences = training_sentences(facts, smollm2_tokenizer, 2, 0)
+    group_of = [facts[int(i)].group for i in sentences.fact]
+    rows = list(zip(group_of, sentences.direction))
+    assert rows.count(("p2d", "forward")) == 6 and rows.count(("both", "forward")) == 6
+    assert rows.count(("both", "reverse")) == 6 and ("p2d", "reverse") not in rows  # the tested reverse stays held out
+
+
 def test_mean_ci95_is_mean_plus_minus_196_standard_errors():
     values = pd.Series([1.0, 2.0, 3.0, 4.0])
     stats = mean_ci95(values)
@@ -108,6 +117,7 @@ def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer):
     ({"templates": 6}, "templates must be 1…5"),
     ({"people": 4, "n_controls": 4}, "n_controls .4. must be below the number of people .4."),
     ({"epochs": 0}, "epochs must be ≥ 1"),
+    ({"mitigation": "reverse"}, "mitigation must be one of"),
 ])
 def test_bad_configs_are_refused_with_the_setting_named(change, message):
     with pytest.raises(ValueError, match=message):
