@@ -101,6 +101,18 @@ def reproduce_bilinear(out: str | Path, config: BilinearConfig = BilinearConfig(
     return summary
 
 
+def format_bilinear(summary: dict[str, Any]) -> str:
+    """One line per d: final L/L0 and L_rev/L_rev0, the smallest ε of Theorem 1 that holds, Θ's
+    asymmetry, mean u_AᵀΘu_B (trained) and u_BᵀΘu_A (held-out reverse), accuracies."""
+    lines = [f"{'d':>5s}{'L/L0':>9s}{'Lrev/Lrev0':>12s}{'ε̂':>8s}{'asym(Θ)':>9s}{'uAΘuB':>8s}{'uBΘuA':>8s}"
+             f"{'train acc':>10s}{'rev acc':>8s}"]
+    for row in summary["per_d"]:
+        lines.append(f"{row['d']:5d}{row['final_train_loss_ratio']:9.4f}{row['final_reverse_loss_ratio']:12.4f}"
+                     f"{row['epsilon_hat']:8.4f}{row['theta_asymmetry']:9.2f}{row['mean_score_trained_ab']:8.2f}"
+                     f"{row['mean_score_reverse_ba']:8.2f}{row['train_accuracy']:10.3f}{row['heldout_accuracy']:8.3f}")
+    return "\n".join(lines)
+
+
 def loss_ratio_figure(runs: dict[int, dict[str, Any]]):
     """L_rev(t)/L_rev(0) against L(t)/L(0) for each d, with the bound x^ε for a few ε."""
     from matplotlib.figure import Figure

@@ -4,7 +4,6 @@ so ``revlens --help`` answers at once."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -237,16 +236,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _reproduce_bilinear(args: argparse.Namespace) -> int:
-    from analyses.bilinear import BilinearConfig, reproduce_bilinear
+    from analyses.bilinear import BilinearConfig, format_bilinear, reproduce_bilinear
 
     config = BilinearConfig(dims=tuple(args.dims), steps=args.steps, lr=args.lr, seed=args.seed)
     summary = reproduce_bilinear(args.out, config, progress=not args.quiet)
-    print(f"{'d':>5s}{'L/L0':>9s}{'Lrev/Lrev0':>12s}{'ε̂':>8s}{'asym(Θ)':>9s}{'uAΘuB':>8s}{'uBΘuA':>8s}{'train acc':>10s}"
-          f"{'rev acc':>8s}")
-    for row in summary["per_d"]:
-        print(f"{row['d']:5d}{row['final_train_loss_ratio']:9.4f}{row['final_reverse_loss_ratio']:12.4f}"
-              f"{row['epsilon_hat']:8.4f}{row['theta_asymmetry']:9.2f}{row['mean_score_trained_ab']:8.2f}"
-              f"{row['mean_score_reverse_ba']:8.2f}{row['train_accuracy']:10.3f}{row['heldout_accuracy']:8.3f}")
+    print(format_bilinear(summary))
     print(f"\nwrote {args.out}/: summary.json history-d*.jsonl loss_ratios.png theta_asymmetry.png scores.png "
           f"({summary['seconds']:.1f} s)")
     return 0
@@ -257,12 +251,12 @@ def _reproduce_paper(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from analyses import dynamics, mitigations, paper
-    from analyses.bilinear import BilinearConfig, reproduce_bilinear
+    from analyses.bilinear import BilinearConfig, format_bilinear, reproduce_bilinear
     from analyses.reproduce import ReversalConfig, format_summary, reproduce_reversal
 
     runs = {
         "reversal": (lambda out, p: reproduce_reversal(out, ReversalConfig(seed=args.seed), p), format_summary),
-        "bilinear": (lambda out, p: reproduce_bilinear(out, BilinearConfig(seed=args.seed), p), None),
+        "bilinear": (lambda out, p: reproduce_bilinear(out, BilinearConfig(seed=args.seed), p), format_bilinear),
         "chain": (lambda out, p: paper.reproduce_chain(out, paper.ChainConfig(seed=args.seed), p),
                   paper.format_chain),
         "in-context": (lambda out, p: paper.reproduce_in_context(out, paper.InContextConfig(seed=args.seed), p),
@@ -289,7 +283,7 @@ def _reproduce_paper(args: argparse.Namespace) -> int:
         summary = run(out, not args.quiet)
         if len(chosen) > 1:
             print(f"\n=== {name} ({out})")
-        print(describe(summary) if describe else json.dumps(summary["per_d"], indent=1))
+        print(describe(summary))
     if len(chosen) > 1:
         print(f"\nall {len(chosen)} experiments in {time.perf_counter() - began:.0f} s; results in {args.out}/")
     return 0

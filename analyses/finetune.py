@@ -148,7 +148,8 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
     margin gain (after − before, per statement) with its interval; and the verdict. The gain
     removes each name's own prior (some names are likelier than others whatever the question),
     so its interval is the sharp test of "the reverse was not learnt": it should hold 0."""
-    out: dict[str, Any] = {"config": asdict(config), "train_sentences": n_sentences, "steps": steps,
+    out: dict[str, Any] = {"experiment": "finetune-facts", "config": asdict(config), "train_sentences": n_sentences,
+                           "steps": steps,
                            "chance_exact_match": 0.0, "chance_rank": (config.n_controls + 2) / 2, "seconds": seconds}
     tested = {stage: table[table.group == "p2d"] for stage, table in tables.items()}
     for stage, table in tested.items():

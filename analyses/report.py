@@ -74,7 +74,8 @@ KINDS = {
     "bilinear": Kind(
         "Bilinear model against Theorem 1",
         "Zhu et al. Theorem 1: as the training loss L(t) → 0, L_rev(t)/L_rev(0) ≥ (L(t)/L(0))^ε with ε → 0 as "
-        "d grows, so the held-out reverse loss stays put; Θ becomes asymmetric from the first step."),
+        "d grows, so the held-out reverse loss stays put; Θ becomes asymmetric from the first step.",
+        (), "analyses.bilinear:format_bilinear"),
     "chain": Kind(
         "Chain-of-thought intransitivity",
         "Zhu et al. §4: trained on x → y and y → z, the held-out x ⇝ z stays at chance while the two-step "
@@ -103,6 +104,12 @@ KINDS = {
         "Berglund et al. 2023: GPT-4 names a celebrity's parent 79% of the time but the parent's child only "
         "33%: knowing child → parent does not give parent → child.",
         ("asymmetry.png", "pairs.csv"), "analyses.asymmetry:format_summary"),
+    "finetune-facts": Kind(
+        "A pretrained LLM fine-tuned on fictitious people",
+        "Berglund et al. 2023, experiment 1: fine-tuned on \"<name> is <description>\", the model completes "
+        "the description from the name but gains nothing on the name from the description (margin gain ≈ 0); "
+        "with the fact restated in the prompt it answers the reverse question.",
+        ("finetune.png", "logits.csv", "in_context.csv", "circuits.csv"), "analyses.finetune:format_summary"),
     "dynamics": Kind(
         "Effective weights over training",
         "Zhu et al. §4: a gradient step on A → B raises the OV entry Y[A, B] and leaves Y[B, A] where it was, so "
@@ -159,6 +166,12 @@ CAPTIONS = {
     "mitigations.png": "Per mitigation and test, one bar per model: held-out reverse accuracy, its margin over "
                        "controls and the z-score of the OV entry Y[B, A]. Expect gains only where the reverse "
                        "was trained or restated in the prompt.",
+    "finetune.png": "Margin of the true answer over random answers of the same kind (mean, 95% interval) before "
+                    "(grey) and after (blue) fine-tuning: forward (trained), reverse (held out), and reverse with "
+                    "the fact restated in the prompt. Berglund et al.: forward rises, reverse does not, in-context "
+                    "reverse stays high.",
+    "in_context.csv": "One row per reverse question asked after the fact's forward sentence: log-probability of "
+                      "the answer, rank among its controls, greedy correctness, margin over the controls.",
     "logits.csv": "One row per fact direction: log-probability of the answer, its rank among the candidates, "
                   "greedy correctness (and the margin over random controls where scored).",
     "circuits.csv": "One row per (fact, circuit): the entries M[A, B] and M[B, A], their z-scores against random "
