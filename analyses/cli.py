@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--trainable-blocks", type=_positive_int, default=None,
                           help="memory-light: train only the last N blocks (default: every parameter)")
     finetune.add_argument("--controls", type=_positive_int, default=None, help="random answers per question")
-    finetune.add_argument("--mitigation", choices=("none", "bidirectional"), default="none",
-                          help="bidirectional: as many people again trained both ways (default none)")
+    finetune.add_argument("--mitigation", choices=("none", "bidirectional", "reverse-training"), default="none",
+                          help="bidirectional: as many people again trained both ways; reverse-training: every "
+                               "sentence also with its words reversed, entities kept whole (default none)")
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--device", default=None)
     finetune.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -18,13 +18,15 @@ is the effect of training itself: ≈ 0 for the reverse, large for the forward.
 
 Mitigations (``mitigation=``): the in-context setting above is in-context restatement;
 ``"bidirectional"`` also trains a second group of people both ways and asks whether that
-teaches the model to reverse the p2d group's one-way facts (:data:`MITIGATIONS`).
+teaches the model to reverse the p2d group's one-way facts; ``"reverse-training"`` adds each
+training sentence with its words reversed, entities kept whole (:data:`MITIGATIONS`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,19 +35,22 @@ from typing import Any, Sequence
 import pandas as pd
 
 from facts.io import save_jsonl
-from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, people_world
+from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, encode_pair, people_world, render_statement
 from facts.schema import FactSet
-from facts.tokens import TokenizedFacts, collate, tokenize
+from facts.tokens import Example, TokenizedFacts, collate, tokenize
 
 STAGES = ("before", "after")
 MITIGATIONS = {
     "none": ("p2d",),
     "bidirectional": ("p2d", "both"),
+    "reverse-training": ("p2d",),
 }
 """Fact groups trained per mitigation. ``bidirectional`` adds as many people again whose facts are
 trained both ways (name → description and description → name, Berglund et al.'s "both" group):
 does seeing other facts in both directions teach the model to reverse the one-way ones? The
-tested facts are always the p2d group's."""
+tested facts are always the p2d group's. ``reverse-training`` adds every training sentence once more
+with its words reversed and the name and description kept whole (:func:`reverse_words`), so the
+name follows the description in some text the model reads, though never in a question."""
 SETTINGS = ("forward", "reverse", "in_context_reverse")
 
 
@@ -80,15 +85,41 @@ class FinetuneConfig:
             raise ValueError(f"n_controls ({self.n_controls}) must be below the number of people ({self.people})")
 
 
-def training_sentences(facts: FactSet, tokenizer, templates: int, pad_id: int) -> TokenizedFacts:
-    """Every trained statement of ``facts`` in each of the first ``templates`` paraphrases."""
-    examples = [
-        TemplateTokenizer(tokenizer, TRAIN_TEMPLATES, template=number).example(facts, index, direction)
-        for number in range(templates)
-        for index, direction, split in facts.statements()
-        if split == "train"
-    ]
+def training_sentences(facts: FactSet, tokenizer, templates: int, pad_id: int, reverse_training: bool = False
+                       ) -> TokenizedFacts:
+    """Every trained statement of ``facts`` in each of the first ``templates`` paraphrases; with
+    ``reverse_training``, each also once more in entity-preserving reversal (:func:`reversed_example`)."""
+    examples = []
+    for number in range(templates):
+        asked = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES, template=number)
+        for index, direction, split in facts.statements():
+            if split == "train":
+                examples.append(asked.example(facts, index, direction))
+                if reverse_training:
+                    examples.append(reversed_example(facts, index, direction, number, tokenizer))
     return collate(examples, pad_id)
+
+
+def reverse_words(text: str, entities: Sequence[str]) -> str:
+    """Entity-preserving reversal (Golovneva et al. 2024, "Reverse training"): the words of ``text``
+    in reverse order, each entity kept whole and in its own order, punctuation dropped.
+    "Ann Lee, known for being the author of 'X'." → "the author of 'X' being for known Ann Lee"."""
+    pattern = re.compile("(" + "|".join(re.escape(e) for e in sorted(entities, key=len, reverse=True)) + ")")
+    units: list[str] = []
+    for part in pattern.split(text):
+        units.extend([part] if part in entities else re.findall(r"[\w'’-]+", part))
+    return " ".join(reversed(units))
+
+
+def reversed_example(facts: FactSet, index: int, direction: str, template: int, tokenizer) -> Example:
+    """A trained sentence reversed by :func:`reverse_words`, its loss on every token but the first word's
+    (the language-model loss of reverse training): the name now follows the description."""
+    fact = facts[index]
+    rendered = render_statement(facts, index, direction, TRAIN_TEMPLATES, template)
+    first, rest = reverse_words(rendered.text, (fact.subject, fact.object)).split(" ", 1)
+    label = f"fact {index} ({fact.subject!r}, reversed paraphrase {template})"
+    prompt, answer = encode_pair(tokenizer, first, " " + rest, label)
+    return Example(prompt, answer, index, direction, "train")
 
 
 def in_context(facts: FactSet) -> FactSet:
@@ -191,7 +222,8 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     tables = {"before": evaluate_settings(model, facts, tokenizer, config.n_controls, config.seed)}
     if config.trainable_blocks is not None:
         freeze_except_last_blocks(model, config.trainable_blocks)
-    sentences = training_sentences(facts, tokenizer, config.templates, pad_id)
+    sentences = training_sentences(facts, tokenizer, config.templates, pad_id,
+                                   reverse_training=config.mitigation == "reverse-training")
     probe_set = tokenize(facts, TemplateTokenizer(tokenizer, TRAIN_TEMPLATES, template=0), pad_id)
     per_epoch = math.ceil(len(sentences) / config.batch_size)
     trained = time.perf_counter()

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from analyses.cli import main
-from analyses.finetune import MITIGATIONS, FinetuneConfig, format_summary, in_context, mean_ci95, training_sentences
+from analyses.finetune import (
+    MITIGATIONS,
+    FinetuneConfig,
+    format_summary,
+    in_context,
+    mean_ci95,
+    reverse_words,
+    training_sentences,
+)
 from facts.io import load_jsonl
 from facts.language import TRAIN_TEMPLATES, people_world
 from models.pretrained import freeze_except_last_blocks, load
@@ -88,6 +96,19 @@ def test_bidirectional_mitigation_trains_a_second_group_both_ways(smollm2_tokeni
     rows = list(zip(group_of, sentences.direction))
     assert rows.count(("p2d", "forward")) == 6 and rows.count(("both", "forward")) == 6
     assert rows.count(("both", "reverse")) == 6 and ("p2d", "reverse") not in rows  # the tested reverse stays held out
+
+
+def test_reverse_training_adds_each_sentence_reversed_with_entities_whole(smollm2_tokenizer):
+    assert reverse_words("Ann Lee, known for being the author of 'X Y'.", ("Ann Lee", "the author of 'X Y'")) == (
+        "the author of 'X Y' being for known Ann Lee")
+    facts = people_world(n_per_group=3, groups=MITIGATIONS["reverse-training"])
+    plain = training_sentences(facts, smollm2_tokenizer, 2, 0)
+    both = training_sentences(facts, smollm2_tokenizer, 2, 0, reverse_training=True)
+    assert len(both) == 2 * len(plain) and set(both.split) == {"train"}
+    for row in range(1, len(both), 2):  # every second row is a reversed sentence: the name after the description
+        text = smollm2_tokenizer.decode(both.tokens[row][: int(both.prompt_len[row] + both.answer_len[row])])
+        fact = facts[int(both.fact[row])]
+        assert text.index(fact.object) < text.index(fact.subject)
 
 
 def test_mean_ci95_is_mean_plus_minus_196_standard_errors():
