@@ -59,7 +59,7 @@ def test_finetune_writes_probe_format_tables_and_figure(run):
     assert len(circuits) == 4 * (1 + 2 * 30 * 9)  # 4 facts × (direct + OV and QK of 30 layers × 9 heads)
     assert len(load_jsonl(out / "facts.jsonl")) == 4
     assert (out / "finetune.png").stat().st_size > 10_000
-    assert set(summary["findings"]) == {"forward_learnt", "reverse_gain_interval_holds_zero",
+    assert set(summary["findings"]) == {"forward_learnt", "reverse_not_learnt",
                                         "in_context_reverse_above_chance"}
     for setting, file in (("forward", "logits.csv"), ("reverse", "logits.csv"), ("in_context_reverse", "in_context.csv")):
         direction = "forward" if setting == "forward" else "reverse"  # the paired gain, recomputed from the files
