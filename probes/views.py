@@ -10,6 +10,7 @@ circuitsvis views are written with :func:`save_html` as self-contained pages: ci
 
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 import re
@@ -114,15 +115,28 @@ def remote_references(page: str) -> list[str]:
     return [match.group(0) for match in _REMOTE.finditer(page)]
 
 
+_VIEW_ID = re.compile(r"circuits-vis-[0-9a-f]+-[0-9a-f]+")
+
+
+def stable_view_ids(source: str) -> str:
+    """circuitsvis names a view's element with a random id; name it by the page's content instead,
+    so the same view always gives the same bytes (runs stay byte-for-byte reproducible)."""
+    digest = hashlib.sha256(_VIEW_ID.sub("", source).encode()).hexdigest()[:12]
+    for number, random_id in enumerate(dict.fromkeys(_VIEW_ID.findall(source))):
+        source = source.replace(random_id, f"circuits-vis-{digest}-{number}")
+    return source
+
+
 def save_html(view: RenderedHTML, path: str | os.PathLike[str], title: str = "reversal-lens") -> Path:
     """Write a circuitsvis view as a self-contained HTML page that renders with no network.
 
-    The page wraps ``view.local_src`` (the JavaScript bundle inlined); a page that would still
-    reference the network raises instead of being written.
+    The page wraps ``view.local_src`` (the JavaScript bundle inlined) with its element id made
+    deterministic (:func:`stable_view_ids`); a page that would still reference the network
+    raises instead of being written.
     """
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n</head>\n<body>\n{view.local_src}\n</body>\n</html>\n"
+        f"<title>{html.escape(title)}</title>\n</head>\n<body>\n{stable_view_ids(view.local_src)}\n</body>\n</html>\n"
     )
     remote = remote_references(page)
     if remote:

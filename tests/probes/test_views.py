@@ -52,6 +52,9 @@ def test_saved_page_is_self_contained(trained_one_layer, prompt, tmp_path):
     bundle = INLINE_JS.read_text(encoding="utf-8")
     assert bundle[:2000] in page and bundle[-2000:].replace("</script>", "") in page  # the JS, inlined
     assert len(page) > 1_000_000 and "CircuitsVis.render(" in page
+    again = save_html(attention_view(trained_one_layer, tokens, 0, labels), tmp_path / "again.html")
+    assert again.read_bytes() == path.read_bytes()  # circuitsvis's random element id replaced by a content hash
+    assert len(set(re.findall(r"circuits-vis-[0-9a-f]+-\d+", page))) == 1
 
 
 def test_the_cdn_version_would_have_been_caught(tmp_path):
