@@ -188,6 +188,16 @@ def transformer_circuits(
 
 
 @torch.no_grad()
+def _require_single_tokens(facts: FactSet, entity_ids: EntityIds) -> None:
+    """The bilinear model maps one context token to one next token: Θ has no reading of an entity
+    of several tokens, so such a fact set is refused rather than read by one of its tokens."""
+    for entity in facts.entities():
+        ids = list(entity_ids(entity))
+        if len(ids) != 1:
+            raise FactError(f"entity {entity!r} has {len(ids)} tokens; the bilinear model's Θ relates single "
+                            f"tokens (train and probe it on a k = 1 world)")
+
+
 def bilinear_circuits(model: BilinearModel, tokens: EntityTokens) -> Iterator[list[Circuit]]:
     """The bilinear model's only circuit: M[s, t] = u_sᵀ Θ u_t."""
     U = model.U.detach().float()
@@ -294,6 +304,8 @@ def circuit_table(
     z_ba, asymmetry.
     """
     d_vocab = model.d_vocab if isinstance(model, BilinearModel) else model.cfg.d_vocab
+    if isinstance(model, BilinearModel):
+        _require_single_tokens(facts, entity_ids)
     tokens = _entity_tokens(facts, entity_ids, d_vocab)
     sources, targets = _rows(facts, tokens, n_controls, seed)
     blocks = (bilinear_circuits(model, tokens) if isinstance(model, BilinearModel)

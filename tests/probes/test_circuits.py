@@ -75,6 +75,15 @@ def test_bilinear_theta_has_the_same_asymmetry(world, vocab):
     assert one_way(table, "reverse").z_ba.mean() > 3
 
 
+def test_bilinear_model_refuses_multi_token_entities(vocab):
+    from facts.schema import FactError
+    from facts.token_worlds import reversal_world
+
+    two_token = reversal_world(n_pairs=20, k=2, seed=0)
+    with pytest.raises(FactError, match=r"has 2 tokens; the bilinear model's Θ relates single tokens"):
+        circuit_table(BilinearModel(vocab.d_vocab, d_model=16), two_token, vocab.entity_ids)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(layers=[1]), r"layer 1 is out of range: the model has layers 0..0"),
     (dict(heads=[4]), r"head 4 is out of range: the model has heads 0..3"),
