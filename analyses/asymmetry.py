@@ -39,7 +39,6 @@ Scoring shares each prompt's keys and values among its K+1 answers
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time
@@ -50,6 +49,7 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 from transformer_lens.model_bridge import TransformerBridge
 
+from analyses.stats import ci95_half_width
 from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer, controls
 from facts.schema import Direction, FactError, FactSet
@@ -190,11 +190,11 @@ def _direction_stats(part: pd.DataFrame, name: str) -> dict[str, Any]:
     rank = part[f"{name}_rank"].astype(float)
     margin = part[f"{name}_margin"].astype(float)
     mean = lambda series: float(series.mean()) if n else float("nan")  # noqa: E731
-    ci95 = lambda series: float(1.96 * series.std() / math.sqrt(n)) if n > 1 else float("nan")  # noqa: E731
     return {
         "n": n, "accuracy": mean(part[f"{name}_correct"].astype(float)),
-        "mean_rank": mean(rank), "mean_rank_ci95": ci95(rank), "top1_rate": mean((rank == 1).astype(float)),
-        "logprob": mean(part[f"{name}_logprob"].astype(float)), "margin": mean(margin), "margin_ci95": ci95(margin),
+        "mean_rank": mean(rank), "mean_rank_ci95": ci95_half_width(rank), "top1_rate": mean((rank == 1).astype(float)),
+        "logprob": mean(part[f"{name}_logprob"].astype(float)), "margin": mean(margin),
+        "margin_ci95": ci95_half_width(margin),
     }
 
 

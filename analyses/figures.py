@@ -71,8 +71,10 @@ def margin_bars(table, title: str = ""):
     """Mean log-prob margin over random controls per (split, direction), with 95% intervals."""
     from matplotlib.figure import Figure
 
+    from analyses.stats import ci95_half_width
+
     groups = table.groupby(["split", "direction"]).margin
-    means, errors = groups.mean(), 1.96 * groups.std().fillna(0) / groups.count().clip(lower=1) ** 0.5
+    means, errors = groups.mean(), groups.agg(ci95_half_width).fillna(0)
     figure = Figure(figsize=(5.0, 3.4), layout="constrained")
     axis = figure.subplots()
     labels = [f"{s}\n{d}" for s, d in means.index]

@@ -34,16 +34,19 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from analyses.stats import ci95_half_width
 from facts.io import save_jsonl
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, encode_pair, people_world, render_statement
 from facts.schema import FactSet
 from facts.tokens import Example, TokenizedFacts, collate, tokenize
 
 STAGES = ("before", "after")
+TESTED = "p2d"
+"""The group whose facts every setting asks: trained name → description, reverse held out."""
 MITIGATIONS = {
-    "none": ("p2d",),
-    "bidirectional": ("p2d", "both"),
-    "reverse-training": ("p2d",),
+    "none": (TESTED,),
+    "bidirectional": (TESTED, "both"),
+    "reverse-training": (TESTED,),
 }
 """Fact groups trained per mitigation. ``bidirectional`` adds as many people again whose facts are
 trained both ways (name → description and description → name, Berglund et al.'s "both" group):
@@ -123,17 +126,16 @@ def reversed_example(facts: FactSet, index: int, direction: str, template: int, 
 
 
 def in_context(facts: FactSet) -> FactSet:
-    """The reverse questions only, each prompt first restating the fact's forward sentence."""
-    return FactSet(tuple(replace(fact, context=True, forward=None) for fact in facts), world=facts.world,
-                   meta=facts.meta)
+    """The reverse questions of the tested group only, each prompt first restating the fact's
+    forward sentence."""
+    return FactSet(tuple(replace(fact, context=True, forward=None) for fact in facts if fact.group == TESTED),
+                   world=facts.world, meta=facts.meta)
 
 
 def mean_ci95(values: pd.Series) -> dict[str, float]:
     """Mean and normal-approximation 95% interval, mean ± 1.96·sd/√n."""
-    n = int(values.count())
-    mean = float(values.mean())
-    half = 1.96 * float(values.std()) / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
+    mean, half = float(values.mean()), ci95_half_width(values)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(values.count())}
 
 
 def setting_summary(table: pd.DataFrame) -> dict[str, Any]:
@@ -181,7 +183,7 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
     out: dict[str, Any] = {"experiment": "finetune-facts", "config": asdict(config), "train_sentences": n_sentences,
                            "steps": steps,
                            "chance_exact_match": 0.0, "chance_rank": (config.n_controls + 2) / 2, "seconds": seconds}
-    tested = {stage: table[table.group == "p2d"] for stage, table in tables.items()}
+    tested = {stage: table[table.group == TESTED] for stage, table in tables.items()}
     for stage, table in tested.items():
         out[stage] = {setting: setting_summary(table[table.setting == setting]) for setting in SETTINGS}
     out["margin_gain"] = {setting: mean_ci95(_paired(tested, setting).margin) for setting in SETTINGS}
