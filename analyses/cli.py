@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         experiment.add_argument("--out", type=Path, required=True, help="output folder (created)")
         experiment.add_argument("--seed", type=int, default=0)
         experiment.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name in ("mitigations", "all"):
+            experiment.add_argument("--finetuned", type=Path, nargs="+", default=[], metavar="DIR",
+                                    help="`revlens finetune-facts` folders (any --mitigation) whose rows join "
+                                         "the mitigations table")
 
     check = commands.add_parser(
         "check-asymmetry", help="celebrity parents: does a pretrained model know child→parent better than parent→child?")
@@ -273,7 +277,8 @@ def _reproduce_paper(args: argparse.Namespace) -> int:
         "dynamics": (lambda out, p: dynamics.reproduce_dynamics(
             out, dynamics.DynamicsConfig(run=ReversalConfig(seed=args.seed)), p), dynamics.format_dynamics),
         "mitigations": (lambda out, p: mitigations.reproduce_mitigations(
-            out, mitigations.MitigationConfig(run=replace(mitigations.MitigationConfig().run, seed=args.seed)), p),
+            out, mitigations.MitigationConfig(run=replace(mitigations.MitigationConfig().run, seed=args.seed)), p,
+            args.finetuned),
             mitigations.format_mitigations),
     }
     chosen = list(runs) if args.experiment == "all" else [args.experiment]

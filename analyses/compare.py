@@ -84,14 +84,10 @@ def _pooled(by_group: dict[str, dict[str, Any]], split: str) -> dict[str, float]
     return stats
 
 
-def row_metrics(answers: pd.DataFrame, circuits: pd.DataFrame) -> dict[str, Any]:
-    """The comparison's numbers from a logit table and a circuit table (module docstring).
-
-    ``answers`` and ``circuits`` are taken as given (callers choose the facts); the logit part
-    pools :func:`analyses.probe.logit_summary` by split, the circuit part averages
-    :func:`analyses.probe.circuit_summary` over the Y circuits (OV heads, Θ).
-    """
-    by_group = logit_summary(answers)
+def y_circuit_metrics(circuits: pd.DataFrame) -> dict[str, Any]:
+    """The circuit part of a row: :func:`analyses.probe.circuit_summary` averaged over the Y
+    circuits (OV heads, Θ) — mean z of the trained and of the held-out direction's entry and the
+    asymmetry index — and the single most asymmetric circuit of any kind."""
     per_circuit = [r for r in circuit_summary(circuits) if r["n_one_way"]]
     y = [r for r in per_circuit if r["circuit"].split()[0] in Y_CIRCUITS]
     best = max(per_circuit, key=lambda r: r["asymmetry"], default=None)
@@ -99,14 +95,22 @@ def row_metrics(answers: pd.DataFrame, circuits: pd.DataFrame) -> dict[str, Any]
     def mean(key: str) -> float:
         return float(pd.Series([r[key] for r in y], dtype=float).mean())
 
-    return {
-        **_pooled(by_group, "train"), **_pooled(by_group, "heldout"),
-        "chance_logprob": float(answers.chance_logprob.mean()),
-        "n_y_circuits": len(y), "z_trained": mean("z_trained"), "z_heldout": mean("z_heldout"),
-        "asymmetry_index": mean("asymmetry"),
-        "most_asymmetric_circuit": best["circuit"] if best else None,
-        "max_asymmetry": best["asymmetry"] if best else math.nan,
-    }
+    return {"n_y_circuits": len(y), "z_trained": mean("z_trained"), "z_heldout": mean("z_heldout"),
+            "asymmetry_index": mean("asymmetry"),
+            "most_asymmetric_circuit": best["circuit"] if best else None,
+            "max_asymmetry": best["asymmetry"] if best else math.nan}
+
+
+def row_metrics(answers: pd.DataFrame, circuits: pd.DataFrame) -> dict[str, Any]:
+    """The comparison's numbers from a logit table and a circuit table (module docstring).
+
+    ``answers`` and ``circuits`` are taken as given (callers choose the facts); the logit part
+    pools :func:`analyses.probe.logit_summary` by split, the circuit part is
+    :func:`y_circuit_metrics`.
+    """
+    by_group = logit_summary(answers)
+    return {**_pooled(by_group, "train"), **_pooled(by_group, "heldout"),
+            "chance_logprob": float(answers.chance_logprob.mean()), **y_circuit_metrics(circuits)}
 
 
 def model_row(name: str, kind: str, answers: pd.DataFrame, circuits: pd.DataFrame) -> dict[str, Any]:

@@ -202,9 +202,10 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
 
 def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), progress: bool = True
                    ) -> dict[str, Any]:
-    """Run the default experiment; write summary.json, logits.csv and in_context.csv (after
-    fine-tuning; ``before_*.csv`` before it), circuits.csv, history.jsonl, facts.jsonl and
-    finetune.png into ``out``; return the summary."""
+    """Run the default experiment; write summary.json, logits.csv, in_context.csv and
+    circuits.csv (after fine-tuning; ``before_*.csv`` before it), history.jsonl, facts.jsonl
+    and finetune.png into ``out``; return the summary."""
+    from analyses.compare import y_circuit_metrics
     from analyses.figures import finetune_bars
     from analyses.probe import circuit_summary
     from models.pretrained import freeze_except_last_blocks, load, load_tokenizer
@@ -220,7 +221,9 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     loaded = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    entity_ids = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES).entity_ids
     tables = {"before": evaluate_settings(model, facts, tokenizer, config.n_controls, config.seed)}
+    circuits = {"before": circuit_table(model, facts, entity_ids)}
     if config.trainable_blocks is not None:
         freeze_except_last_blocks(model, config.trainable_blocks)
     sentences = training_sentences(facts, tokenizer, config.templates, pad_id,
@@ -237,14 +240,15 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     model.eval()
     evaluated = time.perf_counter()
     tables["after"] = evaluate_settings(model, facts, tokenizer, config.n_controls, config.seed)
-    circuits = circuit_table(model, facts, lambda e: tokenizer.encode(" " + e, add_special_tokens=False))
+    circuits["after"] = circuit_table(model, facts, entity_ids)
     seconds = {"load": loaded - began, "train": result.seconds,
                "evaluate": time.perf_counter() - evaluated + (trained - loaded), "total": time.perf_counter() - began}
     summary = summarize(tables, config, seconds, len(sentences), result.steps)
-    summary["circuits"] = circuit_summary(circuits)
+    summary["circuits"] = circuit_summary(circuits["after"])
+    summary["effective_weights"] = {stage: y_circuit_metrics(circuits[stage]) for stage in STAGES}
     for stage, prefix in (("after", ""), ("before", "before_")):
         write_tables(tables[stage], out, prefix)
-    circuits.to_csv(out / "circuits.csv", index=False)
+        circuits[stage].to_csv(out / f"{prefix}circuits.csv", index=False)
     save_jsonl(facts, out / "facts.jsonl")
     with (out / "history.jsonl").open("w") as handle:
         handle.writelines(json.dumps(record) + "\n" for record in result.history)
@@ -277,6 +281,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         both = summary["both_group_reverse_after"]
         lines.append(f"{'reverse, both group':20}{'':8}{both['exact_match']:8.3f}{'':7}{both['mean_rank']:7.1f}{'':7}"
                      f"{both['margin']['mean']:7.2f}   (trained both ways: not a test)")
+    if "effective_weights" in summary:
+        before, after = (summary["effective_weights"][stage] for stage in STAGES)
+        lines.append(
+            f"OV circuits Y (mean z over {after['n_y_circuits']} heads, entry vs controls' entries): trained "
+            f"name → description {before['z_trained']:.2f} → {after['z_trained']:.2f}; held-out description → "
+            f"name {before['z_heldout']:.2f} → {after['z_heldout']:.2f}; most asymmetric circuit after: "
+            f"{after['most_asymmetric_circuit']} ({after['max_asymmetry']:.2f})")
     findings = summary["findings"]
     lines.append(
         "forward learnt (≥ 90% exact match): " + ("yes" if findings["forward_learnt"] else "NO")

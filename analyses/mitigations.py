@@ -41,6 +41,7 @@ pretrained model's run joins the same table by calling it on its own (answer, ci
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -199,6 +200,56 @@ def mitigation_row(model: str, variant: str, test: str, answers: pd.DataFrame, c
             "n_train_sequences": n_train_sequences, **row_metrics(answers, circuits)}
 
 
+FINETUNED_VARIANTS = {"none": "baseline", "bidirectional": "augmentation", "reverse-training": "reverse-training"}
+"""A ``revlens finetune-facts --mitigation`` run as the token world's variant of the same idea."""
+
+
+def finetuned_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``revlens finetune-facts`` folder, as the token world's tests of its variant.
+
+    Its tested group (p2d: name → description trained, description → name held out) gives the
+    held-out reverse test, asked plainly (``logits.csv``) and with the fact restated first
+    (``in_context.csv``); both are asked in every run, so "fact in prompt" rows come with each
+    variant. With ``--mitigation bidirectional``, the p2d group is "pairs not restated" and the
+    group trained both ways is "restated pairs (trained)": its reverse statements are relabelled
+    held out for the row, as the token world's restated pairs are (accuracy by construction).
+    """
+    from analyses.compare import RunDirError, read_probe_run
+    from analyses.finetune import TESTED
+
+    run_dir = Path(run_dir)
+    model, answers, circuits = read_probe_run(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    mitigation = (summary.get("config") or {}).get("mitigation", "none")
+    if summary.get("experiment") != "finetune-facts" or mitigation not in FINETUNED_VARIANTS:
+        raise RunDirError(f"{run_dir}: not a `revlens finetune-facts` folder (its summary.json names experiment "
+                          f"{summary.get('experiment')!r}, mitigation {mitigation!r})")
+    if not (run_dir / "in_context.csv").is_file():
+        raise RunDirError(f"{run_dir}: missing in_context.csv (a finished `revlens finetune-facts` folder has it)")
+    restated = pd.read_csv(run_dir / "in_context.csv")
+    for table, file in ((answers, "logits.csv"), (circuits, "circuits.csv")):
+        if "group" not in table.columns:
+            raise RunDirError(f"{run_dir / file}: missing column 'group' (which fact group each row is)")
+    variant = FINETUNED_VARIANTS[mitigation]
+    name = f"{Path(str(model)).name} (fine-tuned)"
+    # the group trained both ways, asked as the token world's restated pairs: reverse relabelled held out
+    answers = answers.assign(split=answers.split.where((answers.group != "both") | (answers.direction == "forward"),
+                                                       "heldout"))
+    circuits = circuits.assign(reverse=circuits.reverse.where(circuits.group != "both", "heldout"))
+
+    def row(test: str, group: str, asked: pd.DataFrame, trained: bool) -> dict[str, Any]:
+        return mitigation_row(name, variant, test, asked, circuits[circuits.group == group], trained,
+                              summary["train_sentences"])
+
+    tested = answers[answers.group == TESTED]
+    rows = [row("pairs not restated" if variant == "augmentation" else "held-out reverse", TESTED, tested, False),
+            row("held-out reverse, fact in prompt", TESTED,
+                pd.concat([tested[tested.split == "train"], restated], ignore_index=True), False)]
+    if variant == "augmentation" and (answers.group == "both").any():
+        rows.insert(0, row("restated pairs (trained)", "both", answers[answers.group == "both"], True))
+    return rows
+
+
 def measure(model, model_name: str, world: FactSet, variant: Variant, vocab: TokenVocab) -> list[dict[str, Any]]:
     """Every test of ``variant`` on a model trained on its data: one :func:`mitigation_row` each."""
     answers = answer_table(model, world, vocab)
@@ -214,13 +265,16 @@ def measure(model, model_name: str, world: FactSet, variant: Variant, vocab: Tok
     return rows
 
 
-def reproduce_mitigations(out: str | Path, config: MitigationConfig = MitigationConfig(), progress: bool = True
-                          ) -> dict[str, Any]:
+def reproduce_mitigations(out: str | Path, config: MitigationConfig = MitigationConfig(), progress: bool = True,
+                          finetuned: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Train every (model, variant); write mitigations.csv, mitigations.png and summary.json.
 
     Each run (facts.jsonl with exactly what was trained, history.jsonl, checkpoints/) goes to
-    ``out/<model>/<variant>/``.
+    ``out/<model>/<variant>/``. ``finetuned``: ``revlens finetune-facts`` folders whose rows
+    (:func:`finetuned_rows`) join the table; they are read before any training, so a bad folder
+    fails at once.
     """
+    pretrained = [row for run_dir in finetuned for row in finetuned_rows(run_dir)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -234,6 +288,7 @@ def reproduce_mitigations(out: str | Path, config: MitigationConfig = Mitigation
             model, _ = train_run(variant.training, vocab, replace(run, model=model_name),
                                  out / model_name / variant.name, progress)
             rows += measure(model, model_name, world, variant, vocab)
+    rows += pretrained
     pd.DataFrame(rows).to_csv(out / "mitigations.csv", index=False)
     from analyses.figures import mitigation_bars
 
@@ -243,7 +298,8 @@ def reproduce_mitigations(out: str | Path, config: MitigationConfig = Mitigation
                "n_one_way": len(one_way_facts(world)),
                "variants": {v.name: v.training.count("train") for v in variants},
                "definitions": {v.name: DEFINITIONS[v.name] for v in variants},
-               "rows": rows, "seconds": time.perf_counter() - began}
+               "finetuned": [str(run_dir) for run_dir in finetuned], "rows": rows,
+               "seconds": time.perf_counter() - began}
     _write_json(out / "summary.json", summary)
     return summary
 
@@ -251,16 +307,23 @@ def reproduce_mitigations(out: str | Path, config: MitigationConfig = Mitigation
 def format_mitigations(summary: dict[str, Any]) -> str:
     """One screen: per model, variant and test, the held-out reverse and the OV entry Y[B,A]."""
     cfg = summary["config"]["run"]
+    width = max([10] + [len(r["model"]) + 2 for r in summary["rows"]])
     lines = [f"reversal world, {summary['n_pairs']} pairs ({summary['n_one_way']} one-way) · {cfg['steps']} steps · "
              f"lr {cfg['lr']}; training sequences per variant: "
              + ", ".join(f"{name} {n}" for name, n in summary["variants"].items()), "",
-             f"  {'model':10s}{'variant':18s}{'test':34s}{'n':>4s}{'acc':>7s}{'log p':>8s}{'margin':>8s}"
+             f"  {'model':{width}s}{'variant':18s}{'test':34s}{'n':>4s}{'acc':>7s}{'log p':>8s}{'margin':>8s}"
              f"{'z Y[A,B]':>9s}{'z Y[B,A]':>9s}"]
     for r in summary["rows"]:
         test = r["test"] + (" *" if r["tested_trained"] else "")
-        lines.append(f"  {r['model']:10s}{r['variant']:18s}{test:34s}{r['heldout_n']:4d}{r['heldout_accuracy']:7.3f}"
-                     f"{r['heldout_logprob']:8.2f}{r['heldout_margin']:8.2f}{r['z_trained']:9.2f}{r['z_heldout']:9.2f}")
-    chance = summary["rows"][0]["chance_logprob"] if summary["rows"] else float("nan")
-    lines += ["", f"chance log p {chance:.2f}; * the tested statements were trained (accuracy by construction)",
-              f"in {summary['seconds']:.1f} s"]
+        lines.append(f"  {r['model']:{width}s}{r['variant']:18s}{test:34s}{r['heldout_n']:4d}"
+                     f"{r['heldout_accuracy']:7.3f}{r['heldout_logprob']:8.2f}{r['heldout_margin']:8.2f}"
+                     f"{r['z_trained']:9.2f}{r['z_heldout']:9.2f}")
+    chance = {r["model"]: r["chance_logprob"] for r in summary["rows"]}
+    lines += ["", "chance log p: " + ", ".join(f"{model} {value:.2f}" for model, value in chance.items())
+              + "; * the tested statements were trained (accuracy by construction)"]
+    if summary.get("finetuned"):
+        lines.append("fine-tuned rows: `revlens finetune-facts` folders " + ", ".join(summary["finetuned"])
+                     + " (their own facts, fictitious people; acc is greedy exact match, margin over random answers of the "
+                     "same kind)")
+    lines.append(f"in {summary['seconds']:.1f} s")
     return "\n".join(lines)

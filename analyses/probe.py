@@ -110,11 +110,9 @@ def _is_checkpoint(path: str | os.PathLike[str]) -> bool:
 def pretrained_probed(model: Any, text_tokenizer: Any, world: str, info: dict[str, Any]) -> ProbedModel:
     """A pretrained model reading a natural-language world: statements through the world's
     templates, answers ranked against their controls, entities as the tokens of " " + name."""
-    return ProbedModel(
-        model, TemplateTokenizer(text_tokenizer, TEXT_TEMPLATES[world]),
-        lambda entity: text_tokenizer.encode(" " + entity, add_special_tokens=False),
-        lambda token: text_tokenizer.decode([token]), "controls", info,
-    )
+    statements = TemplateTokenizer(text_tokenizer, TEXT_TEMPLATES[world])
+    return ProbedModel(model, statements, statements.entity_ids, lambda token: text_tokenizer.decode([token]),
+                       "controls", info)
 
 
 def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str | None = None,

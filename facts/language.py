@@ -339,6 +339,10 @@ class TemplateTokenizer:
     template: int = 0
     prefix: tuple[int, ...] = ()
 
+    def entity_ids(self, entity: str) -> tuple[int, ...]:
+        """An entity's tokens as it reads inside a sentence, after a space (for the circuits)."""
+        return tuple(self.tokenizer.encode(" " + entity, add_special_tokens=False))
+
     def example(self, facts: FactSet, index: int, direction: Direction, answer: str | None = None) -> Example:
         """Statement ``(index, direction)`` as tokens; ``answer`` replaces the true answer."""
         split = facts[index].split(direction)

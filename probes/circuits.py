@@ -25,8 +25,14 @@ h // (n_heads / n_key_value_heads)).
 Approximations (stated, not hidden): norms are folded as their learned scale and, for
 LayerNorm, the centring projection; the per-token 1/σ normalisation, biases and all
 nonlinear paths through earlier layers are left out, so for layers > 0 the OV and QK entries
-are the embedding-to-head ("first-order") circuits. Entities longer than one token are read
-as their last token on the source side and their first token on the target side.
+are the embedding-to-head ("first-order") circuits.
+
+Entities of several tokens. An entity is read as the mean of its tokens' vectors, on either
+side: by bilinearity ``M[mean_i s_i, mean_j t_j] = mean_{i,j} M[s_i, t_j]``, the entry averaged
+over every (source token, target token) pair, i.e. what a head attending uniformly over A's
+tokens writes towards each of B's tokens. For one-token entities this is the token's own entry.
+(Reading one token instead fails on natural language: every description "the …" would be read
+as " the", so the controls would all be equal and the z-score undefined.)
 """
 
 from __future__ import annotations
@@ -53,41 +59,51 @@ class Circuit:
     """Effective matrices of one kind in one layer, one per head, in factored form:
     ``M_h[s, t] = source[s, h] · target[t, h]``.
 
-    ``source`` and ``target`` are indexed by position in the entity token lists; ``heads``
+    ``source`` and ``target`` are indexed by entity (``EntityTokens.index_of``); ``heads``
     names the head axis (``[None]`` for the direct path and Θ, which have no heads).
     """
 
     kind: str
     layer: int | None
     heads: list[int | None]
-    source: Float[Tensor, "n_sources head rank"]
-    target: Float[Tensor, "n_targets head rank"]
+    source: Float[Tensor, "n_entities head rank"]
+    target: Float[Tensor, "n_entities head rank"]
 
 
 @dataclass
 class EntityTokens:
-    """Source (last) and target (first) token of every entity, deduplicated."""
+    """Every entity's token ids, deduplicated as sequences, in the bag form of
+    ``torch.nn.functional.embedding_bag``: the distinct sequences' tokens concatenated in
+    ``bags`` (positions in ``token_ids``, the distinct token ids in use), sequence s starting at
+    ``offsets[s]``. ``index_of`` maps an entity to its sequence."""
 
-    source_ids: Int[Tensor, " n_sources"]
-    target_ids: Int[Tensor, " n_targets"]
-    source_of: dict[str, int]
-    target_of: dict[str, int]
+    token_ids: Int[Tensor, " n_tokens"]
+    bags: Int[Tensor, " n_positions"]
+    offsets: Int[Tensor, " n_entities"]
+    index_of: dict[str, int]
+
+    def means(self, vectors: Float[Tensor, "n_tokens d"]) -> Float[Tensor, "n_entities d"]:
+        """Each sequence's mean vector, given one vector per id of ``token_ids``."""
+        return torch.nn.functional.embedding_bag(self.bags.to(vectors.device), vectors,
+                                                 self.offsets.to(vectors.device), mode="mean")
 
 
 def _entity_tokens(facts: FactSet, entity_ids: EntityIds, d_vocab: int) -> EntityTokens:
-    source_ids: dict[int, int] = {}
-    target_ids: dict[int, int] = {}
-    source_of, target_of = {}, {}
+    sequences: dict[tuple[int, ...], int] = {}
+    index_of = {}
     for entity in facts.entities():
-        ids = list(entity_ids(entity))
+        ids = tuple(entity_ids(entity))
         if not ids:
             raise FactError(f"entity {entity!r} has no tokens")
         bad = [i for i in ids if not 0 <= i < d_vocab]
         if bad:
             raise FactError(f"entity {entity!r}: token id {bad[0]} is outside the model's vocabulary of {d_vocab}")
-        source_of[entity] = source_ids.setdefault(ids[-1], len(source_ids))
-        target_of[entity] = target_ids.setdefault(ids[0], len(target_ids))
-    return EntityTokens(torch.tensor(list(source_ids)), torch.tensor(list(target_ids)), source_of, target_of)
+        index_of[entity] = sequences.setdefault(ids, len(sequences))
+    position_of: dict[int, int] = {}
+    bags = [position_of.setdefault(i, len(position_of)) for ids in sequences for i in ids]
+    lengths = torch.tensor([len(ids) for ids in sequences])
+    offsets = torch.cumsum(lengths, 0) - lengths
+    return EntityTokens(torch.tensor(list(position_of)), torch.tensor(bags), offsets, index_of)
 
 
 def _norm_scale(norm: torch.nn.Module | None) -> Tensor | None:
@@ -164,15 +180,14 @@ def transformer_circuits(
     W_U = model.W_U.detach()
     # the unembedding as the residual stream sees it: scaled by the final norm and, for
     # LayerNorm, centred (o · P·(w ⊙ u) = P·o · (w ⊙ u) since the centring P is symmetric)
-    final = _prepare(W_U[:, tokens.target_ids].T.float(), getattr(model, "ln_final", None), False)
+    final = _prepare(tokens.means(W_U[:, tokens.token_ids].T.float()), getattr(model, "ln_final", None), False)
     if centre:
         final = final - final.mean(-1, keepdim=True)
-    source = _prepare(W_E[tokens.source_ids].float(), None, centre)
+    source = _prepare(tokens.means(W_E[tokens.token_ids].float()), None, centre)
     if "direct" in kinds:
         yield [Circuit("direct", None, [None], source[:, None], final[:, None])]
     OV = model.OV if "ov" in kinds else None
     QK = model.QK if "qk" in kinds else None
-    key_side = _prepare(W_E[tokens.target_ids].float(), None, centre) if QK is not None else None
     for layer in layers:
         scale = _norm_scale(getattr(model.blocks[layer], "ln1", None))
         block = []
@@ -183,11 +198,10 @@ def transformer_circuits(
         if QK is not None:
             W_Q, W_Kt = QK.A[layer].detach(), QK.B[layer].detach()
             block.append(Circuit("qk", layer, heads, _project(source, W_Q, heads, scale),
-                                 _project(key_side, W_Kt.transpose(-2, -1), shared, scale)))
+                                 _project(source, W_Kt.transpose(-2, -1), shared, scale)))
         yield block
 
 
-@torch.no_grad()
 def _require_single_tokens(facts: FactSet, entity_ids: EntityIds) -> None:
     """The bilinear model maps one context token to one next token: Θ has no reading of an entity
     of several tokens, so such a fact set is refused rather than read by one of its tokens."""
@@ -200,32 +214,31 @@ def _require_single_tokens(facts: FactSet, entity_ids: EntityIds) -> None:
 
 def bilinear_circuits(model: BilinearModel, tokens: EntityTokens) -> Iterator[list[Circuit]]:
     """The bilinear model's only circuit: M[s, t] = u_sᵀ Θ u_t."""
-    U = model.U.detach().float()
-    yield [Circuit("theta", None, [None], (U[tokens.source_ids] @ model.theta.detach().float())[:, None],
-                   U[tokens.target_ids][:, None])]
+    U = tokens.means(model.U.detach().float()[tokens.token_ids])
+    yield [Circuit("theta", None, [None], (U @ model.theta.detach().float())[:, None], U[:, None])]
 
 
-def _controls(pool: Sequence[str], answer: str, target_of: dict[str, int], k: int,
+def _controls(pool: Sequence[str], answer: str, index_of: dict[str, int], k: int,
               generator: torch.Generator) -> list[str]:
-    """K other entities of the answer's kind whose target token differs from the answer's.
+    """K other entities of the answer's kind whose tokens differ from the answer's.
 
     Drawn by rejection from random picks (O(K) per fact, so N facts cost O(N·K), not O(N²));
     without replacement when the kind is large enough, with replacement otherwise. When every
-    other entity of the kind starts with the answer's token (descriptions that all begin with
-    " the"), the entry cannot single the answer out: the controls then share its token, their
-    spread is 0 and the z-score comes out NaN rather than a made-up number.
+    other entity of the kind has the answer's tokens (two spellings the tokenizer merges), the
+    entry cannot single the answer out: the controls then equal it, their spread is 0 and the
+    z-score comes out NaN rather than a made-up number.
     """
     chosen: dict[str, None] = {}
     for index in torch.randint(len(pool), (8 * k,), generator=generator).tolist():
         entity = pool[index]
-        if entity != answer and target_of[entity] != target_of[answer]:
+        if entity != answer and index_of[entity] != index_of[answer]:
             chosen.setdefault(entity, None)
             if len(chosen) == k:
                 return list(chosen)
     others = [e for e in pool if e != answer]  # small or degenerate kind: scan it once
     if not others:
         raise FactError(f"no control answers for {answer!r}: it is the only entity of its kind")
-    candidates = [e for e in others if target_of[e] != target_of[answer]] or others
+    candidates = [e for e in others if index_of[e] != index_of[answer]] or others
     if len(candidates) >= k:
         order = torch.randperm(len(candidates), generator=generator)[:k]
     else:
@@ -243,9 +256,9 @@ def _rows(facts: FactSet, tokens: EntityTokens, n_controls: int, seed: int) -> t
     sources, targets = [], []
     for fact in facts:
         for given, answer, pool in ((fact.subject, fact.object, objects), (fact.object, fact.subject, subjects)):
-            controls = _controls(pool, answer, tokens.target_of, n_controls, generator)
-            sources.append(tokens.source_of[given])
-            targets.append([tokens.target_of[answer]] + [tokens.target_of[c] for c in controls])
+            controls = _controls(pool, answer, tokens.index_of, n_controls, generator)
+            sources.append(tokens.index_of[given])
+            targets.append([tokens.index_of[e] for e in (answer, *controls)])
     return torch.tensor(sources), torch.tensor(targets)
 
 

@@ -54,9 +54,16 @@ def test_finetune_writes_probe_format_tables_and_figure(run):
         assert (logits[logits.direction == "forward"].split == "train").all()
         assert (logits[logits.direction == "reverse"].split == "heldout").all()
         assert (restated.direction == "reverse").all()
-    circuits = pd.read_csv(out / "circuits.csv")
-    assert {"circuit", "layer", "head", "z_ab", "z_ba", "asymmetry"} <= set(circuits.columns)
-    assert len(circuits) == 4 * (1 + 2 * 30 * 9)  # 4 facts × (direct + OV and QK of 30 layers × 9 heads)
+    for prefix, stage in (("", "after"), ("before_", "before")):
+        circuits = pd.read_csv(out / f"{prefix}circuits.csv")
+        assert {"circuit", "layer", "head", "z_ab", "z_ba", "asymmetry"} <= set(circuits.columns)
+        assert len(circuits) == 4 * (1 + 2 * 30 * 9)  # 4 facts × (direct + OV and QK of 30 layers × 9 heads)
+        assert circuits.z_ab.notna().all() and circuits.z_ba.notna().all()  # descriptions told apart
+        ov = circuits[circuits.circuit == "ov"]  # every fact is p2d: trained A → B, held-out B → A
+        weights = summary["effective_weights"][stage]
+        assert weights["n_y_circuits"] == 270
+        assert weights["z_trained"] == pytest.approx(ov.z_ab.mean(), abs=1e-4)
+        assert weights["z_heldout"] == pytest.approx(ov.z_ba.mean(), abs=1e-4)
     assert len(load_jsonl(out / "facts.jsonl")) == 4
     assert (out / "finetune.png").stat().st_size > 10_000
     assert set(summary["findings"]) == {"forward_learnt", "reverse_not_learnt",
@@ -68,7 +75,7 @@ def test_finetune_writes_probe_format_tables_and_figure(run):
                 - before[before.direction == direction].margin.to_numpy())
         assert summary["margin_gain"][setting]["mean"] == pytest.approx(gain.mean(), abs=1e-9)
     text = format_summary(summary)
-    assert "in context reverse" in text and "95% CI" in text
+    assert "in context reverse" in text and "95% CI" in text and "OV circuits Y (mean z over 270 heads" in text
 
 
 def test_in_context_prompt_states_the_fact_before_the_reverse_question(smollm2_tokenizer):
@@ -149,3 +156,46 @@ def test_cli_reports_a_missing_model_path_without_a_traceback(tmp_path, capsys):
     code = main(["finetune-facts", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), *SHORT])
     error = capsys.readouterr().err
     assert code == 2 and "nowhere" in error and "Traceback" not in error
+
+
+@pytest.fixture(scope="module")
+def bidirectional_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finetune-bidirectional")
+    args = ["--people", "3", "--templates", "1", "--epochs", "1", "--controls", "2", "--quiet"]
+    assert main(["finetune-facts", "--out", str(out), "--mitigation", "bidirectional", *args]) == 0
+    return out
+
+
+def test_finetuned_runs_join_the_mitigations_table_as_their_token_world_variant(run, bidirectional_run):
+    from analyses.mitigations import finetuned_rows
+
+    out, summary = run
+    baseline = finetuned_rows(out)
+    assert [(r["variant"], r["test"]) for r in baseline] == [
+        ("baseline", "held-out reverse"), ("baseline", "held-out reverse, fact in prompt")]
+    logits, restated = pd.read_csv(out / "logits.csv"), pd.read_csv(out / "in_context.csv")
+    plain, in_prompt = baseline
+    assert plain["model"] == "smollm2-135m (fine-tuned)" and plain["heldout_n"] == 4 and plain["train_n"] == 4
+    assert plain["heldout_margin"] == pytest.approx(logits[logits.direction == "reverse"].margin.mean())
+    assert in_prompt["heldout_margin"] == pytest.approx(restated.margin.mean())
+    assert plain["z_heldout"] == pytest.approx(summary["effective_weights"]["after"]["z_heldout"], abs=1e-4)
+
+    rows = finetuned_rows(bidirectional_run)
+    assert [(r["variant"], r["test"], r["tested_trained"]) for r in rows] == [
+        ("augmentation", "restated pairs (trained)", True), ("augmentation", "pairs not restated", False),
+        ("augmentation", "held-out reverse, fact in prompt", False)]
+    both = pd.read_csv(bidirectional_run / "logits.csv").query("group == 'both' and direction == 'reverse'")
+    assert rows[0]["heldout_n"] == 3 and rows[0]["heldout_margin"] == pytest.approx(both.margin.mean())
+    assert rows[1]["heldout_n"] == 3 and rows[0]["n_train_sequences"] == 9  # 3 p2d + 2 × 3 both
+
+
+def test_mitigations_refuse_a_folder_that_is_not_a_finetune_run(tmp_path, run, capsys):
+    out, _ = run
+    probe_like = tmp_path / "probe"
+    probe_like.mkdir()
+    for name in ("logits.csv", "circuits.csv"):
+        (probe_like / name).write_bytes((out / name).read_bytes())
+    (probe_like / "summary.json").write_text(json.dumps({"experiment": "probe", "model": "x"}))
+    code = main(["reproduce", "mitigations", "--out", str(tmp_path / "m"), "--quiet", "--finetuned", str(probe_like)])
+    assert code == 2 and "not a `revlens finetune-facts` folder" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()  # refused before any training or output

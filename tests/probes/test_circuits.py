@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from facts.token_worlds import TokenVocab
 from facts.tokens import tokenize
 from models.bilinear import BilinearModel
 from models.training import TrainConfig, train
@@ -82,6 +83,29 @@ def test_bilinear_model_refuses_multi_token_entities(vocab):
     two_token = reversal_world(n_pairs=20, k=2, seed=0)
     with pytest.raises(FactError, match=r"has 2 tokens; the bilinear model's Θ relates single tokens"):
         circuit_table(BilinearModel(vocab.d_vocab, d_model=16), two_token, vocab.entity_ids)
+
+
+def test_multi_token_entities_are_read_as_their_mean_token():
+    """k = 2: an entry is the mean of the four token-level entries M[a_i, b_j], and a one-layer model
+    trained on two-token words shows the same one-way asymmetry as on one-token words."""
+    from facts.token_worlds import reversal_world
+
+    two_token = reversal_world(n_pairs=120, k=2, seed=1)
+    vocab = TokenVocab()
+    model = build_model("one-layer", vocab.d_vocab, seed=0)
+    train(model, tokenize(two_token, vocab).where(split="train"), TrainConfig(steps=60, lr=1e-2, progress=False))
+    table = circuit_table(model, two_token, vocab.entity_ids, kinds=("direct", "ov"))
+    fact = two_token[5]
+    a, b = vocab.entity_ids(fact.subject), vocab.entity_ids(fact.object)
+    assert len(a) == len(b) == 2
+    centre = lambda v: v - v.mean(-1, keepdim=True)  # noqa: E731
+    with torch.no_grad():
+        pairs = [float(centre(model.W_E[i]) @ centre(model.ln_final.w * model.W_U[:, j])) for i in a for j in b]
+    row = table[(table.circuit == "direct") & (table.fact == 5)]
+    assert float(row.entry_ab.iloc[0]) == pytest.approx(sum(pairs) / 4, rel=1e-4, abs=1e-5)
+    ov = table[table.circuit == "ov"]
+    assert one_way(ov, "forward").z_ab.mean() > 2 and abs(one_way(ov, "forward").z_ba.mean()) < 0.5
+    assert one_way(ov, "reverse").z_ba.mean() > 2 and abs(one_way(ov, "reverse").z_ab.mean()) < 0.5
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -48,16 +48,17 @@ def test_circuit_probe_agrees_across_backends(people, smollm2_tokenizer, smollm2
     scale = hooked.entry_ab.abs().max()
     assert ((hooked.entry_ab - bridge.entry_ab).abs().max()) < 1e-3 * scale
     assert ((hooked.z_ba - bridge.z_ba).abs().max()) < 1e-3
-    # descriptions all begin with " the": their first token cannot tell them apart, so the
-    # person → description entries have no z-score, while description → person ones do
-    assert hooked.z_ab.isna().all() and hooked.z_ba.notna().all()
+    # every description begins with " the"; read as the mean of all its tokens it is still told
+    # apart from the other descriptions, so person → description entries have a z-score too
+    assert hooked.z_ab.notna().all() and hooked.z_ba.notna().all()
 
 
 def test_circuit_entries_equal_the_factored_matrix_entries_of_grouped_query_heads(people, smollm2_tokenizer,
                                                                                  smollm2_hooked):
     """The batched, key/value-deduplicated computation reads the same entries as TransformerLens's
-    FactoredMatrix (x_A ⊙ w_ln1)·OV[l,h]·(w_final ⊙ W_U[:, B]) and (x_A ⊙ w_ln1)·QK[l,h]·(x_B ⊙ w_ln1)ᵀ,
-    on heads that are not the first of their key/value group (SmolLM2: 9 query heads over 3)."""
+    FactoredMatrix (x_A ⊙ w_ln1)·OV[l,h]·(w_final ⊙ u_B) and (x_A ⊙ w_ln1)·QK[l,h]·(x_B ⊙ w_ln1)ᵀ,
+    where x_E and u_E are the mean embedding and unembedding over entity E's tokens, on heads that
+    are not the first of their key/value group (SmolLM2: 9 query heads over 3)."""
     model = smollm2_hooked
 
     def ids(entity):
@@ -65,16 +66,18 @@ def test_circuit_entries_equal_the_factored_matrix_entries_of_grouped_query_head
 
     layers, heads = [2, 17], [1, 5, 7]
     table = circuit_table(model, people, ids, kinds=("ov", "qk"), layers=layers, heads=heads, n_controls=4)
-    source = torch.tensor([ids(f.subject)[-1] for f in people] + [ids(f.object)[-1] for f in people])
-    target = torch.tensor([ids(f.object)[0] for f in people] + [ids(f.subject)[0] for f in people])
+    sources = [f.subject for f in people] + [f.object for f in people]
+    targets = [f.object for f in people] + [f.subject for f in people]
     n = len(people)
     with torch.no_grad():
+        embedding = lambda entities: torch.stack([model.W_E[ids(e)].mean(0) for e in entities])  # noqa: E731
+        unembedding = torch.stack([model.W_U[:, ids(e)].mean(1) for e in targets], 1)
         for layer in layers:
             w_ln1 = model.blocks[layer].ln1.w
-            given = model.W_E[source] * w_ln1
+            given = embedding(sources) * w_ln1
             for head in heads:
-                ov = (given @ model.OV[layer, head] @ (model.ln_final.w[:, None] * model.W_U[:, target])).AB
-                qk = (given @ model.QK[layer, head] @ (model.W_E[target] * w_ln1).T).AB
+                ov = (given @ model.OV[layer, head] @ (model.ln_final.w[:, None] * unembedding)).AB
+                qk = (given @ model.QK[layer, head] @ (embedding(targets) * w_ln1).T).AB
                 for kind, full in (("ov", ov), ("qk", qk)):
                     rows = table[(table.circuit == kind) & (table.layer == layer) & (table["head"] == head)]
                     expected_ab, expected_ba = full.diagonal()[:n], full.diagonal()[n:]
