@@ -242,7 +242,8 @@ def mitigation_bars(rows: Sequence[dict[str, Any]], title: str = ""):
     accuracy, its margin over controls, and the z-score of the OV entry Y[B,A]."""
     from matplotlib.figure import Figure
 
-    tests = list(dict.fromkeys((r["variant"], r["test"]) for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    tests = sorted(dict.fromkeys((r["variant"], r["test"]) for r in rows), key=lambda vt: variants.index(vt[0]))
     models = list(dict.fromkeys(r["model"] for r in rows))
     by_key = {(r["model"], r["variant"], r["test"]): r for r in rows}
     width = 0.8 / len(models)

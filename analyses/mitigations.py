@@ -247,7 +247,8 @@ def finetuned_rows(run_dir: str | Path) -> list[dict[str, Any]]:
                 pd.concat([tested[tested.split == "train"], restated], ignore_index=True), False)]
     if variant == "augmentation" and (answers.group == "both").any():
         rows.insert(0, row("restated pairs (trained)", "both", answers[answers.group == "both"], True))
-    return rows
+    # a description's log p sums its tokens: −log(1 + K controls) is no chance level for it; the margin's 0 is
+    return [{**r, "chance_logprob": None} for r in rows]
 
 
 def measure(model, model_name: str, world: FactSet, variant: Variant, vocab: TokenVocab) -> list[dict[str, Any]]:
@@ -292,8 +293,9 @@ def reproduce_mitigations(out: str | Path, config: MitigationConfig = Mitigation
     pd.DataFrame(rows).to_csv(out / "mitigations.csv", index=False)
     from analyses.figures import mitigation_bars
 
-    save_png(mitigation_bars(rows, title=f"Mitigations on the reversal world ({len(world)} pairs)"),
-             out / "mitigations.png")
+    title = f"Mitigations on the reversal world ({len(world)} pairs)" + (
+        "; fine-tuned models on their own fictitious people" if finetuned else "")
+    save_png(mitigation_bars(rows, title=title), out / "mitigations.png")
     summary = {"experiment": "mitigations", "config": asdict(config), "n_pairs": len(world),
                "n_one_way": len(one_way_facts(world)),
                "variants": {v.name: v.training.count("train") for v in variants},
@@ -319,8 +321,10 @@ def format_mitigations(summary: dict[str, Any]) -> str:
                      f"{r['heldout_accuracy']:7.3f}{r['heldout_logprob']:8.2f}{r['heldout_margin']:8.2f}"
                      f"{r['z_trained']:9.2f}{r['z_heldout']:9.2f}")
     chance = {r["model"]: r["chance_logprob"] for r in summary["rows"]}
-    lines += ["", "chance log p: " + ", ".join(f"{model} {value:.2f}" for model, value in chance.items())
-              + "; * the tested statements were trained (accuracy by construction)"]
+    lines += ["", "chance log p: " + ", ".join(
+        f"{model} {value:.2f}" if value is not None else f"{model} none (summed log p of a multi-token answer; "
+        "its chance is margin 0)" for model, value in chance.items())
+        + "; * the tested statements were trained (accuracy by construction)"]
     if summary.get("finetuned"):
         lines.append("fine-tuned rows: `revlens finetune-facts` folders " + ", ".join(summary["finetuned"])
                      + " (their own facts, fictitious people; acc is greedy exact match, margin over random answers of the "

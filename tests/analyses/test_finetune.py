@@ -187,6 +187,8 @@ def test_finetuned_runs_join_the_mitigations_table_as_their_token_world_variant(
     both = pd.read_csv(bidirectional_run / "logits.csv").query("group == 'both' and direction == 'reverse'")
     assert rows[0]["heldout_n"] == 3 and rows[0]["heldout_margin"] == pytest.approx(both.margin.mean())
     assert rows[1]["heldout_n"] == 3 and rows[0]["n_train_sequences"] == 9  # 3 p2d + 2 × 3 both
+    # a description's summed log p has no −log(#candidates) chance: the rows say so instead of printing one
+    assert all(r["chance_logprob"] is None for r in baseline + rows)
 
 
 def test_mitigations_refuse_a_folder_that_is_not_a_finetune_run(tmp_path, run, capsys):
@@ -199,3 +201,21 @@ def test_mitigations_refuse_a_folder_that_is_not_a_finetune_run(tmp_path, run, c
     code = main(["reproduce", "mitigations", "--out", str(tmp_path / "m"), "--quiet", "--finetuned", str(probe_like)])
     assert code == 2 and "not a `revlens finetune-facts` folder" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()  # refused before any training or output
+
+
+def test_reproduce_mitigations_tables_and_draws_the_fine_tuned_rows_beside_the_token_world(
+        tmp_path, run, bidirectional_run):
+    from analyses.mitigations import MitigationConfig, format_mitigations, reproduce_mitigations
+    from analyses.reproduce import ReversalConfig
+
+    out, _ = run
+    config = MitigationConfig(models=("one-layer",), run=ReversalConfig(n_pairs=40, steps=5, eval_every=5))
+    summary = reproduce_mitigations(tmp_path / "m", config, progress=False, finetuned=[out, bidirectional_run])
+    table = pd.read_csv(tmp_path / "m" / "mitigations.csv")
+    fine_tuned = table[table.model == "smollm2-135m (fine-tuned)"]
+    assert len(table) == 7 + 5 and len(fine_tuned) == 5  # baseline 2 + augmentation 3
+    assert fine_tuned.chance_logprob.isna().all() and table[table.model == "one-layer"].chance_logprob.notna().all()
+    assert summary["finetuned"] == [str(out), str(bidirectional_run)]
+    text = format_mitigations(summary)
+    assert "one-layer -4.38" in text and "smollm2-135m (fine-tuned) none (summed log p" in text
+    assert (tmp_path / "m" / "mitigations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
