@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+import transformers
 from jaxtyping import Bool, Float, Int
+from packaging.version import Version
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
@@ -47,6 +49,12 @@ class _PrefixCache:
     def __init__(self, model: TLModel):
         self.model = model
         self.hooked = isinstance(model, HookedTransformer)
+        if not self.hooked and Version(transformers.__version__) >= Version("5.24"):
+            # the pin in pyproject.toml, checked where a forced upgrade would give silently wrong numbers
+            raise RuntimeError(
+                f"transformers {transformers.__version__} passes attention its key/value cache as `cache=`, which "
+                "TransformerBridge (transformer-lens 3.9) does not read: cached scores would ignore the prompt. "
+                "Install transformers<5.24 or load the model with backend='hooked'.")
 
     def prefix(self, tokens: Int[Tensor, "s pos"]) -> tuple[Float[Tensor, "s d_vocab"], Any]:
         if self.hooked:

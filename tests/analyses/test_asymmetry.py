@@ -109,6 +109,16 @@ def test_cached_scoring_equals_teacher_forcing_on_both_backends(hooked, smollm2_
         assert cached.correct.flatten().tolist() == reference.correct.tolist()
 
 
+def test_cached_scoring_refuses_a_bridge_under_a_transformers_that_hides_its_cache(smollm2_bridge, monkeypatch):
+    import transformers
+
+    rows = [[TemplateTokenizer(load_tokenizer(), COMPLETION_TEMPLATES).example(load_celebrity_pairs(REAL_CSV), 0,
+                                                                                "forward")]]
+    monkeypatch.setattr(transformers, "__version__", "5.24.0")
+    with pytest.raises(RuntimeError, match="transformers 5.24.0 .* backend='hooked'"):
+        candidate_logprobs_cached(smollm2_bridge, rows)
+
+
 def test_controls_are_seeded_same_parent_type_and_independent_of_limit():
     facts = load_celebrity_pairs(REAL_CSV)
     statements = [(i, d) for i, d, _ in facts.statements()]
