@@ -38,7 +38,6 @@ Scoring shares each prompt's keys and values among its K+1 answers
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -49,6 +48,7 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 from transformer_lens.model_bridge import TransformerBridge
 
+from analyses.reproduce import _write_json
 from analyses.stats import ci95_half_width
 from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer, controls
@@ -304,12 +304,6 @@ def _example_prompts(facts: FactSet, tokenizer: TemplateTokenizer) -> dict[str, 
         if name not in out:
             out[name] = tokenizer.tokenizer.decode(list(tokenizer.example(facts, index, direction).prompt))
     return out
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def asymmetry_bars(summary: dict[str, Any]):

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 
-from facts.io import save_jsonl
+from facts.io import save_jsonl, write_text_atomic
 from facts.schema import FactSet
 from facts.token_worlds import TokenVocab, reversal_world
 from facts.tokens import TokenizedFacts, tokenize
@@ -114,9 +114,7 @@ def summarize(table: pd.DataFrame, config: ReversalConfig, seconds: float, steps
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _write_history(path: Path, records: Sequence[dict[str, Any]]) -> None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from facts.io import read_json_lines
+from facts.io import read_json_lines, write_text_atomic
 from facts.language import TextTokenizer, encode_pair
 from facts.schema import DIRECTIONS, SPLITS, Direction, FactError, Split
 from facts.tokens import Example
@@ -61,11 +60,7 @@ def save_prompt_completion_jsonl(pairs: Sequence[Pair], path: str | os.PathLike[
             raise FactError(f"{path}: pair {index} holds U+{ord(error.object[error.start]):04X}, a lone surrogate "
                             f"that UTF-8 cannot store") from None
         lines.append(line)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write("".join(line + "\n" for line in lines))
-    os.replace(tmp.name, path)
-    return path
+    return write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def examples_from_pairs(

@@ -14,7 +14,6 @@ import codecs
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -63,16 +62,26 @@ def read_json_lines(path: Path, what: str) -> Iterator[tuple[int, Any]]:
         yield number, value
 
 
-def save_jsonl(facts: FactSet, path: str | os.PathLike[str]) -> Path:
-    """Write ``facts`` atomically (temporary file, then rename) and return the path."""
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through ``<path>.tmp`` and a rename, and return the path.
+
+    A reader sees the old file or the new one, never half of one. The temporary name is fixed, so
+    a write killed half-way leaves ``<path>.tmp`` only until the next write of ``path`` (a resumed
+    run) renames it away: no stray files accumulate in a run folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def save_jsonl(facts: FactSet, path: str | os.PathLike[str]) -> Path:
+    """Write ``facts`` atomically (:func:`write_text_atomic`) and return the path."""
     lines = [json.dumps({"world": facts.world, "meta": facts.meta}, ensure_ascii=False)]
     lines += [json.dumps(f.to_dict(), ensure_ascii=False) for f in facts]
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write("\n".join(lines) + "\n")
-    os.replace(tmp.name, path)
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 HEADER_FIELDS = ("world", "meta")

@@ -14,6 +14,13 @@ def test_jsonl_round_trip(make, world, tmp_path):
     assert load_jsonl(path) == facts
 
 
+def test_a_write_killed_half_way_leaves_nothing_once_the_file_is_written_again(world, tmp_path):
+    (tmp_path / "facts.jsonl.tmp").write_text('{"world": "reversal", "me')  # what a SIGKILL mid-write leaves
+    save_jsonl(world, tmp_path / "facts.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["facts.jsonl"]
+    assert load_jsonl(tmp_path / "facts.jsonl") == world
+
+
 def test_dataset_round_trip(world):
     dataset = to_dataset(world)
     assert dataset.num_rows == len(world)
