@@ -109,8 +109,9 @@ def row_metrics(answers: pd.DataFrame, circuits: pd.DataFrame) -> dict[str, Any]
     :func:`y_circuit_metrics`.
     """
     by_group = logit_summary(answers)
+    chance = answers.chance_logprob.mean()  # NaN (→ None) where answers were ranked among controls only
     return {**_pooled(by_group, "train"), **_pooled(by_group, "heldout"),
-            "chance_logprob": float(answers.chance_logprob.mean()), **y_circuit_metrics(circuits)}
+            "chance_logprob": None if pd.isna(chance) else float(chance), **y_circuit_metrics(circuits)}
 
 
 def model_row(name: str, kind: str, answers: pd.DataFrame, circuits: pd.DataFrame) -> dict[str, Any]:

@@ -247,8 +247,7 @@ def finetuned_rows(run_dir: str | Path) -> list[dict[str, Any]]:
                 pd.concat([tested[tested.split == "train"], restated], ignore_index=True), False)]
     if variant == "augmentation" and (answers.group == "both").any():
         rows.insert(0, row("restated pairs (trained)", "both", answers[answers.group == "both"], True))
-    # a description's log p sums its tokens: −log(1 + K controls) is no chance level for it; the margin's 0 is
-    return [{**r, "chance_logprob": None} for r in rows]
+    return rows
 
 
 def measure(model, model_name: str, world: FactSet, variant: Variant, vocab: TokenVocab) -> list[dict[str, Any]]:

@@ -6,7 +6,9 @@ entity of the fact set, the paper's "chance" set):
 * ``logprob``  = log p(a | c), summed over a's tokens;
 * ``rank``     = 1 + #{a' ∈ C, a' ≠ a : log p(a' | c) > log p(a | c)}  (1 is best);
 * ``correct``  = greedy decoding from c produces exactly a;
-* ``chance_logprob`` = −log |C|, what a model that knows nothing about the pair would give;
+* ``chance_logprob`` = −log |C|, what a model that knows nothing about the pair would give, when
+  C is the whole answer set (``rank_against="candidates"``); NaN when answers are ranked among a
+  few random controls only, where −log(1 + K) is no chance level for a log p (the margin's 0 is);
 * ``margin`` = log p(a | c) − mean_j log p(a'_j | c) over K random control answers a'_j of
   the same kind (other objects for a forward question, other subjects for a reverse one):
   ≈ 0 means the model prefers the true answer no more than a random name.
@@ -149,7 +151,7 @@ def answer_table(
     statements × entities teacher-forced passes.
 
     Columns: fact, direction, split, trained, group, given, answer, logprob, prob, rank,
-    n_candidates, chance_logprob (−log n_candidates), correct, control_logprob (mean over
+    n_candidates, chance_logprob (−log n_candidates; NaN with ``"controls"``), correct, control_logprob (mean over
     ``n_controls`` random answers of the same kind, :func:`facts.language.controls`; fewer
     when the fact set has fewer wrong answers of that kind), margin (logprob − control_logprob).
     """
@@ -188,7 +190,8 @@ def answer_table(
             "group": fact.group, "given": given, "answer": answer,
             "logprob": logprob, "prob": math.exp(logprob),
             "rank": int(better[row]) + 1, "n_candidates": n_candidates,
-            "chance_logprob": -math.log(n_candidates), "correct": bool(scores.correct[row]),
+            "chance_logprob": -math.log(n_candidates) if rank_against == "candidates" else math.nan,
+            "correct": bool(scores.correct[row]),
             "control_logprob": float(control_mean[row]), "margin": logprob - float(control_mean[row]),
         })
     return pd.DataFrame(rows)
