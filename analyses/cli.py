@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--k", type=_positive_int, default=1, help="tokens per entity (token worlds)")
     make.add_argument("--size", type=_positive_int, default=None,
                       help="pairs / triples (token worlds) or people per group (people world)")
-    make.add_argument("--data", type=Path, default=None, help="celebrity CSV (default: ../shared/data copy)")
+    make.add_argument("--data", type=Path, default=None,
+                      help="celebrity CSV (default: $REVLENS_CELEBRITY_CSV or the copy shipped in the package)")
 
     for name, help_text in PAPER_EXPERIMENTS.items():
         experiment = experiments.add_parser(name, help=help_text)
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check-asymmetry", help="celebrity parents: does a pretrained model know child→parent better than parent→child?")
     check.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a local HF folder or a .gguf file")
     check.add_argument("--data", type=Path, default=None,
-                       help="parent_child_pairs.csv (default: ../shared/data copy or $REVLENS_CELEBRITY_CSV)")
+                       help="parent_child_pairs.csv (default: $REVLENS_CELEBRITY_CSV or the copy shipped in the package)")
     check.add_argument("--out", type=Path, required=True, help="output folder (created)")
     check.add_argument("--limit", type=_positive_int, default=None, help="only the first N pairs")
     check.add_argument("--backend", choices=("hooked", "bridge"), default="hooked")

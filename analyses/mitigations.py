@@ -1,6 +1,6 @@
 """`revlens reproduce mitigations`: what each remedy buys back on the held-out reverse, and why.
 
-Every variant trains a fresh model on the reversal world (PAPER.md §4: 70% of pairs trained
+Every variant trains a fresh model on the reversal world (docs/SCIENCE.md §4: 70% of pairs trained
 both ways, 30% "one-way" with one direction held out) plus the variant's extra data, and is
 measured the same way: on the *baseline's* held-out reverse statements B → A of the one-way
 pairs, with :func:`probes.logits.answer_table` (all entities as candidates, 16 same-kind

@@ -1,4 +1,4 @@
-"""The paper's remaining token-level experiments (PAPER.md §4), one ``reproduce_<name>`` each.
+"""The paper's remaining token-level experiments (docs/SCIENCE.md §4), one ``reproduce_<name>`` each.
 
 * :func:`reproduce_chain`: chain-of-thought intransitivity. Trained on "x → y", "y → z" and
   70% of "x ⇝ z", the held-out "x ⇝ z" stays at chance while the two-step chain x → ŷ → ẑ

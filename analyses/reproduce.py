@@ -1,6 +1,6 @@
 """`revlens reproduce reversal`: the paper's token-level reversal experiment, end to end.
 
-World (PAPER.md §4) → HookedTransformer → trainer (with evaluation history) → probes →
+World (docs/SCIENCE.md §4) → HookedTransformer → trainer (with evaluation history) → probes →
 ``summary.json``, ``history.jsonl``, ``logits.csv``, ``facts.jsonl``, checkpoints and two
 figures: ``curves.png`` (train vs held-out log-probability) and ``heatmap.png`` (the 4-panel
 log-probability heatmap: train-forward, train-backward, held-out seen and unseen directions).
@@ -91,7 +91,7 @@ def reversal_heatmap(model, world: FactSet, vocab: TokenVocab):
 
 
 def summarize(table: pd.DataFrame, config: ReversalConfig, seconds: float, steps: int) -> dict[str, Any]:
-    """The headline numbers (PAPER.md §4): training probability vs held-out reverse at chance."""
+    """The headline numbers (docs/SCIENCE.md §4): training probability vs held-out reverse at chance."""
     train_rows, heldout_rows = table[table.trained], table[table.split == "heldout"]
     chance = float(table.chance_logprob.iloc[0])
     return {

@@ -37,6 +37,7 @@ import csv
 import io
 import os
 import unicodedata
+from importlib import resources
 from pathlib import Path
 
 from facts.io import located, read_text
@@ -44,8 +45,9 @@ from facts.schema import Fact, FactError, FactSet
 
 CSV_ENV = "REVLENS_CELEBRITY_CSV"
 """Environment variable that points at a copy of ``parent_child_pairs.csv``."""
-DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared/data/celebrity_relations/parent_child_pairs.csv"
-"""The copy in ``../shared/data`` relative to the project root (a source checkout)."""
+DEFAULT_CSV = Path(str(resources.files("facts").joinpath("data/parent_child_pairs.csv")))
+"""The copy shipped inside the package as package data (``facts/data/``, see its README for the
+source); an installed distribution unpacks it to a real file, so a path is enough."""
 COLUMNS: tuple[str, ...] = ("child", "parent", "parent_type", "child_prediction", "can_reverse")
 PARENT_TYPES: tuple[str, ...] = ("mother", "father")
 _BOOLEANS = {"true": True, "false": False}
@@ -69,7 +71,7 @@ COMPLETION_TEMPLATES: dict[str, tuple[str, ...]] = {
 
 
 def celebrity_csv_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """``path`` if given, else ``$REVLENS_CELEBRITY_CSV``, else the copy next to the project."""
+    """``path`` if given, else ``$REVLENS_CELEBRITY_CSV``, else the copy shipped in the package."""
     if path is not None:
         return Path(path)
     if os.environ.get(CSV_ENV):

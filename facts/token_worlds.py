@@ -1,4 +1,4 @@
-"""The paper's token-level worlds (Zhu et al. 2024, section 5; PAPER.md section 4).
+"""The paper's token-level worlds (Zhu et al. 2024, section 5; docs/SCIENCE.md section 4).
 
 Vocabulary: a few reserved relation tokens followed by ``n_entity_tokens`` entity tokens.
 Entity token ``e17`` has id ``len(RELATIONS) + 17``; a k-token entity is written as its

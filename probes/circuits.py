@@ -1,7 +1,7 @@
 """Effective weights restricted to the entities in play: where the asymmetry lives.
 
 For a fact (A, B) every circuit M gives two entries: M[A, B] ("attending to / reading A
-raises B") and M[B, A]. The circuits (PAPER.md §3; Zhu et al.'s Y and Z):
+raises B") and M[B, A]. The circuits (docs/SCIENCE.md §3; Zhu et al.'s Y and Z):
 
 * ``direct``: W_E · W_U, the token's own embedding read by the unembedding;
 * ``ov`` per layer and head: W_E · W_V^{l,h} · W_O^{l,h} · W_U (Y: attending to s raises t);

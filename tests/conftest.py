@@ -1,4 +1,5 @@
-"""Shared fixtures: a real token world and a real HookedTransformer trained on it."""
+"""Shared fixtures: a real token world and a real HookedTransformer trained on it; and the rule
+that a skipped test fails the run."""
 
 from __future__ import annotations
 
@@ -13,6 +14,34 @@ from facts.token_worlds import TokenVocab, reversal_world
 from facts.tokens import tokenize
 from models.training import TrainConfig, train
 from models.transformer import build_model
+
+
+SKIPPED: list[str] = []
+"""Node ids of the tests (or modules) skipped in this session, xfail included."""
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        SKIPPED.append(report.nodeid)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:  # a module-level skip or importorskip
+        SKIPPED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No test may be skipped: a run that skipped any (for missing data, a missing package, ...)
+    fails with exit status 1 even when everything else passed. (No tests at all is pytest's exit
+    status 5, which fails ``make test`` and ``.ci/run`` by itself.)"""
+    if SKIPPED and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:
+    if SKIPPED:
+        terminalreporter.write_line(
+            f"FAILED: {len(SKIPPED)} test(s) skipped, and no test may be skipped: {', '.join(SKIPPED)}", red=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
 import pandas as pd
 import pytest
@@ -15,7 +14,7 @@ from analyses.asymmetry import (
     draw_controls,
     format_summary,
 )
-from facts.celebrity import COLUMNS, COMPLETION_TEMPLATES, load_celebrity_pairs
+from facts.celebrity import COLUMNS, COMPLETION_TEMPLATES, DEFAULT_CSV, load_celebrity_pairs
 from facts.language import TemplateTokenizer
 from facts.schema import FactError
 from facts.tokens import collate
@@ -23,11 +22,8 @@ from models.pretrained import PretrainedLoadError, load_tokenizer
 from models.scoring import score_answers
 from probes.shared_prompt import candidate_logprobs_cached
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-REAL_CSV = ROOT / "../shared/data/celebrity_relations/parent_child_pairs.csv"
+REAL_CSV = DEFAULT_CSV  # the copy shipped as package data
 LIMIT, K = 20, 15
-
-pytestmark = pytest.mark.skipif(not REAL_CSV.is_file(), reason="the shared celebrity CSV is not next to the project")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,8 +8,6 @@ import pytest
 from ipykernel.kernelspec import write_kernel_spec
 from nbclient import NotebookClient
 
-from facts.celebrity import celebrity_csv_path
-from facts.schema import FactError
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -43,11 +41,6 @@ def kernel(tmp_path_factory):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_notebook_runs_and_shows_what_it_says(path, kernel, tmp_path, monkeypatch):
-    if path.stem.startswith("03"):
-        try:
-            celebrity_csv_path()
-        except FactError:
-            pytest.skip("the shared celebrity CSV is not next to the project (as in test_asymmetry)")
     monkeypatch.setenv("JUPYTER_PATH", str(kernel))
     for name, value in OFFLINE.items():
         monkeypatch.setenv(name, value)

@@ -22,10 +22,8 @@ from facts.language import TemplateTokenizer, answers_of_kind, controls
 from facts.schema import FactError, FactSet
 from facts.tokens import tokenize
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-REAL_CSV = ROOT / "../shared/data/celebrity_relations/parent_child_pairs.csv"
+REAL_CSV = celebrity.DEFAULT_CSV  # the copy shipped as package data
 HEADER = ",".join(COLUMNS)
-NO_REAL_CSV = "the shared celebrity CSV is not next to the project"
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +34,6 @@ def tok(smollm2_tokenizer):
 
 @pytest.fixture(scope="module")
 def real() -> FactSet:
-    if not REAL_CSV.is_file():
-        pytest.skip(NO_REAL_CSV)
     return load_celebrity_pairs(REAL_CSV)
 
 
@@ -120,10 +116,14 @@ def test_path_resolution(tmp_path, monkeypatch):
         load_celebrity_pairs()
 
 
-@pytest.mark.skipif(not REAL_CSV.is_file(), reason=NO_REAL_CSV)
-def test_default_path_is_the_shared_copy(monkeypatch):
+def test_default_path_is_the_packaged_copy(monkeypatch):
+    """With no path and no environment variable the reader takes the CSV inside the installed
+    package (``facts/data``), found through importlib.resources: no folder beside the project."""
     monkeypatch.delenv(CSV_ENV, raising=False)
-    assert celebrity_csv_path().resolve() == REAL_CSV.resolve()
+    path = celebrity_csv_path().resolve()
+    assert path == (pathlib.Path(celebrity.__file__).parent / "data" / "parent_child_pairs.csv").resolve()
+    assert path.is_file() and path.is_relative_to(pathlib.Path(celebrity.__file__).resolve().parent)
+    assert load_celebrity_pairs().meta["rows"] == 1513
 
 
 # --- round trips and errors -------------------------------------------------------------------

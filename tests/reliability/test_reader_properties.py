@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from facts.berglund import load_prompt_completion_jsonl, save_prompt_completion_jsonl
-from facts.celebrity import COLUMNS, load_celebrity_pairs
+from facts.celebrity import COLUMNS, DEFAULT_CSV, load_celebrity_pairs
 from facts.io import from_dataset, load_jsonl, save_jsonl, to_dataset
 from facts.schema import DIRECTIONS, Fact, FactError, FactSet
 from facts.token_worlds import TokenVocab, reversal_world
@@ -30,8 +30,7 @@ from models.scoring import score_answers
 from models.training import TrainConfig, train
 from models.transformer import build_model
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-REAL_CSV = ROOT / "../shared/data/celebrity_relations/parent_child_pairs.csv"
+REAL_CSV = DEFAULT_CSV  # the copy shipped as package data
 BOM = "\ufeff"
 FIELDS = tuple(Fact.__dataclass_fields__)
 
@@ -392,9 +391,7 @@ def test_celebrity_columns_in_any_order_with_extras_boms_and_line_ends(tmp_path,
 
 @pytest.fixture(scope="module")
 def real_csv_head() -> bytes:
-    """The first ~30 rows of the real celebrity file (the test is skipped without the shared data)."""
-    if not REAL_CSV.is_file():
-        pytest.skip("the shared celebrity CSV is not next to the project")
+    """The first ~30 rows of the real celebrity file (the packaged copy)."""
     return REAL_CSV.read_bytes()[:2000].rsplit(b"\n", 1)[0] + b"\n"
 
 
