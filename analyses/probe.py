@@ -258,9 +258,12 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
 
 def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str], out: str | os.PathLike[str],
           device: str | None = None, n_controls: int = 16, backend: str = "hooked",
-          patch_layers: Sequence[int] | None = None) -> dict[str, Any]:
-    """Run every probe of a checkpoint or pretrained model on a fact file (see the module doc)."""
+          patch_layers: Sequence[int] | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Run every probe of a checkpoint or pretrained model on a fact file (see the module doc);
+    ``limit``: only its first N facts (recorded in the summary)."""
     facts: FactSet = load_jsonl(facts_path)
+    if limit is not None:
+        facts = facts.first(limit)
     probed = load_probed(model_path, facts, device, backend)
     return write_probe(probed, facts, out, n_controls, patch_layers,
-                       about={"model": str(model_path), "facts": str(facts_path)})
+                       about={"model": str(model_path), "facts": str(facts_path), "limit": limit})

@@ -227,6 +227,19 @@ class FactSet:
                 if split is not None:
                     yield index, direction, split
 
+    def first(self, n: int) -> "FactSet":
+        """The first ``n`` facts (every fact if there are fewer), for a quick look at a large set.
+
+        ``meta`` is kept with ``meta["limit"] = n``; a meta list holding one entry per fact (the
+        celebrity reader's ``line``, ``can_reverse``, ...) is cut to the facts kept.
+        """
+        if n < 1:
+            raise FactError(f"limit must be ≥ 1, got {n}")
+        kept = self.facts[:n]
+        meta = {key: value[: len(kept)] if isinstance(value, list) and len(value) == len(self.facts) else value
+                for key, value in self.meta.items()}
+        return FactSet(kept, world=self.world, meta={**meta, "limit": n})
+
     def count(self, split: Split) -> int:
         """Number of directed statements in ``split``."""
         return sum(1 for _, _, s in self.statements() if s == split)

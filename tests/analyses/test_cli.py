@@ -81,3 +81,13 @@ def test_checkpoint_every_leaves_intermediate_checkpoints_to_resume_from(tmp_pat
                  "--quiet"]) == 0
     steps = sorted(int(path.stem.split("-")[1]) for path in list_checkpoints(out / "checkpoints"))
     assert steps == [2, 4, 6]
+
+
+def test_make_facts_celebrity_limit_keeps_the_first_pairs(tmp_path):
+    from facts.celebrity import load_celebrity_pairs
+    from facts.io import load_jsonl
+
+    revlens("make-facts", "celebrity", "--limit", "5", "--out", str(tmp_path / "c.jsonl"))
+    facts, full = load_jsonl(tmp_path / "c.jsonl"), load_celebrity_pairs()
+    assert tuple(facts) == tuple(full)[:5]
+    assert facts.meta["limit"] == 5 and facts.meta["line"] == full.meta["line"][:5]

@@ -145,3 +145,12 @@ def test_pretrained_probe_on_people_facts(smollm2_hooked, smollm2_tokenizer, tmp
     assert attribution["reverse"]["answer_token"] == " Barth"  # Bartholomew Holloway, held out
     assert attribution["patching"]["layers"] == [0, 29] and attribution["patching"]["positions_from_end"] == 13
     assert_offline_view(tmp_path / "attention_reverse.html", '"L0H0"', '"L29H8"', "Willow")
+
+
+def test_probe_limit_takes_the_first_facts_and_records_it(run, world, tmp_path):
+    revlens("probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"), "--out", str(tmp_path),
+            "--limit", "7", "--patch-layers", "0")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    table = pd.read_csv(tmp_path / "logits.csv")
+    assert summary["limit"] == 7 and sorted(set(table.fact)) == list(range(7))
+    assert len(table) == sum(1 for index, _, _ in world.statements() if index < 7)
