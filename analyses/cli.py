@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pairs / triples (token worlds) or people per group (people world)")
     make.add_argument("--data", type=Path, default=None,
                       help="celebrity CSV (default: $REVLENS_CELEBRITY_CSV or the copy shipped in the package)")
+    make.add_argument("--limit", type=_positive_int, default=None, help="only the first N facts (e.g. celebrity pairs)")
 
     for name, help_text in PAPER_EXPERIMENTS.items():
         experiment = experiments.add_parser(name, help=help_text)
@@ -100,11 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quiet", action="store_true", help="no progress bar")
 
     finetune = commands.add_parser(
-        "finetune-facts", help="fine-tune a pretrained LLM on fictitious people (name → description), test both ways")
+        "finetune-facts", help="fine-tune a pretrained LLM on fictitious people or your own facts, test both ways")
     finetune.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a local HF folder or a .gguf file")
     finetune.add_argument("--out", type=Path, required=True, help="output folder (created)")
     finetune.add_argument("--people", type=_positive_int, default=None, help="fictitious people (default 30)")
-    finetune.add_argument("--templates", type=_positive_int, default=None, help="paraphrases per fact, 1-5")
+    finetune.add_argument("--facts", type=Path, default=None,
+                          help="your facts instead of the built-in people: a folder in Berglund et al.'s experiment-1 "
+                               "layout (p2d_prompts_train.jsonl, ...), a CSV (subject,relation,object[,inverse_relation]"
+                               "[,group]) or a fact JSONL")
+    finetune.add_argument("--templates-file", type=Path, default=None,
+                          help="sentence templates for --facts (JSONL: relation, split train/test, template)")
+    finetune.add_argument("--train-paraphrases", "--templates", dest="templates", type=_positive_int, default=None,
+                          help="train on the first N paraphrases (prompts) per fact (default 2; a Berglund folder: all)")
     finetune.add_argument("--epochs", type=_positive_int, default=None, help="passes over the sentences")
     finetune.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
     finetune.add_argument("--batch-size", type=_positive_int, default=None)
@@ -128,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--facts", type=Path, required=True, help="fact file (JSONL, e.g. a run's facts.jsonl)")
     probe.add_argument("--out", type=Path, required=True, help="output folder (created)")
     probe.add_argument("--controls", type=_positive_int, default=16, help="random control answers per fact")
+    probe.add_argument("--limit", type=_positive_int, default=None, help="only the first N facts of the file")
     probe.add_argument("--patch-layers", type=int, nargs="+", default=None, metavar="L",
                        help="layers of the forward → reverse patching figure (default: all; one forward pass "
                             "per layer and position)")
@@ -168,6 +177,8 @@ def _make_facts(args: argparse.Namespace) -> int:
         if args.world != "in-context":
             kwargs["k"] = args.k
         facts = WORLDS[args.world](**kwargs)
+    if args.limit is not None:
+        facts = facts.first(args.limit)
     save_jsonl(facts, args.out)
     print(f"wrote {len(facts)} {facts.world} facts ({facts.count('train')} trained, "
           f"{facts.count('heldout')} held-out statements) to {args.out}")
@@ -194,11 +205,13 @@ def _finetune_facts(args: argparse.Namespace) -> int:
              "batch_size": args.batch_size, "n_controls": args.controls}
     config = replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks,
                      mitigation=args.mitigation, seed=args.seed,
+                     facts=None if args.facts is None else str(args.facts),
+                     templates_file=None if args.templates_file is None else str(args.templates_file),
                      device=args.device, **{name: value for name, value in given.items() if value is not None})
     summary = finetune_facts(args.out, config, progress=not args.quiet)
     print(format_summary(summary))
-    print(f"wrote {args.out}/: summary.json logits.csv in_context.csv before_*.csv circuits.csv history.jsonl "
-          f"facts.jsonl finetune.png")
+    print(f"wrote {args.out}/: summary.json questions.csv logits.csv in_context.csv before_*.csv "
+          + ("circuits.csv facts.jsonl " if "effective_weights" in summary else "") + "history.jsonl finetune.png")
     return 0
 
 
@@ -206,7 +219,7 @@ def _probe(args: argparse.Namespace) -> int:
     from analyses.probe import probe
 
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
-                    backend=args.backend, patch_layers=args.patch_layers)
+                    backend=args.backend, patch_layers=args.patch_layers, limit=args.limit)
     print(f"{'':18s}{'n':>6s}{'log p':>9s}{'margin':>9s}{'accuracy':>10s}")
     for name, row in summary["logits"].items():
         print(f"{name:18s}{row['n']:6d}{row['logprob']:9.2f}{row['margin']:9.2f}{row['accuracy']:10.3f}")

@@ -142,23 +142,25 @@ def cosine_histogram(paired, unpaired, title: str = ""):
 
 
 def finetune_bars(summary: dict[str, Any], title: str = ""):
-    """Margin over random controls (mean, 95% interval) before and after fine-tuning, per setting
-    of ``analyses.finetune``: forward (trained), reverse (held out), reverse with the fact in context."""
+    """Margin over same-kind controls (mean, 95% interval) before and after fine-tuning, one bar
+    pair per (group, setting) of ``analyses.finetune``'s summary: forward on held-out and on the
+    trained paraphrase, reverse (held out), reverse with the fact in context."""
     from matplotlib.figure import Figure
 
-    settings = ("forward", "reverse", "in_context_reverse")
-    figure = Figure(figsize=(6.0, 3.6), layout="constrained")
+    cells = [(group, setting, row) for group, settings in summary["groups"].items() for setting, row in settings.items()]
+    figure = Figure(figsize=(max(6.0, 1.3 * len(cells)), 3.8), layout="constrained")
     axis = figure.subplots()
     for offset, stage, colour in ((-0.2, "before", "#9e9e9e"), (0.2, "after", "#1f77b4")):
-        means = [summary[stage][s]["margin"]["mean"] for s in settings]
-        errors = [(high - low) / 2 for low, high in (summary[stage][s]["margin"]["ci95"] for s in settings)]
-        bars = axis.bar([p + offset for p in range(len(settings))], means, width=0.4, yerr=errors, capsize=4,
+        means = [row[stage]["margin"]["mean"] for _, _, row in cells]
+        errors = [(row[stage]["margin"]["ci95"][1] - row[stage]["margin"]["ci95"][0]) / 2 for _, _, row in cells]
+        bars = axis.bar([p + offset for p in range(len(cells))], means, width=0.4, yerr=errors, capsize=4,
                         color=colour, label=f"{stage} fine-tuning")
         axis.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
     axis.axhline(0, color="black", linewidth=0.8)
-    axis.set_xticks(range(len(settings)), ["forward\n(trained)", "reverse\n(held out)", "reverse,\nfact in context"])
+    axis.set_xticks(range(len(cells)), [f"{group}\n{setting.replace('_', ' ').replace(' paraphrase', '')}"
+                                        for group, setting, _ in cells], fontsize=7)
     axis.set_ylabel("log p(answer) − mean log p(control)")
-    axis.set_title(title or f"{summary['config']['model']}: margin over random answers of the same kind")
+    axis.set_title(title or f"{summary['config']['model']}: margin over answers of the same kind")
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3, axis="y")
     return figure

@@ -1,20 +1,23 @@
-"""`revlens finetune-facts`: the reversal curse on a pretrained LLM, fine-tuned on fictitious people.
+"""`revlens finetune-facts`: the reversal curse on a pretrained LLM, fine-tuned on facts it never saw.
 
 The default experiment (Berglund et al. 2023, experiment 1, at laptop scale): SmolLM2-135M
 is fine-tuned, every parameter, on sentences "<name> ... <description>" about fictitious
-people of the p2d group (:func:`facts.language.people_world`), in several paraphrases
-(:data:`facts.language.TRAIN_TEMPLATES`), with the loss on the description tokens only. Then,
-with :func:`probes.logits.answer_table`, each fact is asked
+people of the p2d group (:func:`facts.language.people_world`), in the first N paraphrases of
+:data:`facts.language.TRAIN_TEMPLATES`, with the loss on the description tokens only. Or on the
+user's facts (``facts=``): a folder in Berglund et al.'s experiment-1 layout, a CSV or a fact
+JSONL (:func:`read_questions`). Every question (:mod:`facts.questions`) is asked before and
+after fine-tuning, per group and setting, Berglund's protocol:
 
-* forward (trained, name → description): greedy exact match and log-prob margin over K
-  random descriptions of the same world;
-* reverse (held out, description → name): the same, against K random names;
-* in context: the forward sentence stated in the prompt, then the reverse question.
+* ``forward_heldout_paraphrase``: the trained direction in paraphrases never trained on (knowing
+  the fact, not the sentence); ``forward_trained_paraphrase``: the first trained paraphrase;
+* ``reverse``: the held-out direction, against K random answers of the group's same kind plus,
+  in a Berglund folder, the randomized file's name for the same prompt;
+* ``in_context_reverse``: the trained sentence stated in the prompt, then the reverse question.
 
-The reverse margin m_i = log p(name_i | prompt) − mean_j log p(control_ij | prompt) has mean
-≈ 0 when the curse holds; its 95% interval is mean ± 1.96·sd/√n over the n facts. Every
-table is measured before and after fine-tuning, and the paired gain m_i(after) − m_i(before)
-is the effect of training itself: ≈ 0 for the reverse, large for the forward.
+Per question: greedy exact match; top-1 (the answer's log p beats every control's); the margin
+m_i = log p(answer_i | prompt) − mean_j log p(control_ij | prompt), ≈ 0 when the curse holds,
+reported as mean ± 1.96·sd/√n; and the paired gain m_i(after) − m_i(before), the effect of
+training itself: ≈ 0 for the reverse, large for the forward.
 
 Mitigations (``mitigation=``): the in-context setting above is in-context restatement;
 ``"bidirectional"`` also trains a second group of people both ways and asks whether that
@@ -26,9 +29,10 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,9 +40,11 @@ import pandas as pd
 
 from analyses.stats import ci95_half_width
 from facts.io import save_jsonl
-from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, encode_pair, people_world, render_statement
-from facts.schema import FactSet
-from facts.tokens import Example, TokenizedFacts, collate, tokenize
+from facts.language import (TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, encode_pair, people_world,
+                            render_statement)
+from facts.questions import SETTINGS, QuestionSet
+from facts.schema import FactError, FactSet
+from facts.tokens import Example, TokenizedFacts, collate
 
 STAGES = ("before", "after")
 TESTED = "p2d"
@@ -54,18 +60,26 @@ does seeing other facts in both directions teach the model to reverse the one-wa
 tested facts are always the p2d group's. ``reverse-training`` adds every training sentence once more
 with its words reversed and the name and description kept whole (:func:`reverse_words`), so the
 name follows the description in some text the model reads, though never in a question."""
-SETTINGS = ("forward", "reverse", "in_context_reverse")
+DEFAULT_PARAPHRASES = 2
+"""Training paraphrases per fact of the built-in world unless ``templates`` says otherwise."""
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """The default experiment; ``trainable_blocks=None`` fine-tunes every parameter, an int
     ``n`` trains only the last ``n`` transformer blocks (the memory-light option: embeddings,
-    earlier blocks and their gradients and optimizer state are left out)."""
+    earlier blocks and their gradients and optimizer state are left out).
+
+    ``facts``: None for the built-in people world (``people`` per group), else a Berglund
+    experiment-1 folder, a fact CSV or a fact JSONL (:func:`read_questions`), with sentence
+    templates from ``templates_file`` if given. ``templates``: training paraphrases per fact (the
+    first N; default 2 for fact sets, every prompt of a Berglund folder)."""
 
     model: str = "smollm2-135m"
     people: int = 30
-    templates: int = 2
+    templates: int | None = None
+    facts: str | None = None
+    templates_file: str | None = None
     epochs: int = 8
     lr: float = 3e-4
     batch_size: int = 16
@@ -79,13 +93,19 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.mitigation not in MITIGATIONS:
             raise ValueError(f"mitigation must be one of {sorted(MITIGATIONS)}, got {self.mitigation!r}")
-        if not 1 <= self.templates <= len(TRAIN_TEMPLATES["p2d"]):
-            raise ValueError(f"templates must be 1…{len(TRAIN_TEMPLATES['p2d'])}, got {self.templates}")
+        if self.templates is not None and self.templates < 1:
+            raise ValueError(f"templates (training paraphrases) must be ≥ 1, got {self.templates}")
         for name in ("people", "epochs", "batch_size", "n_controls"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.n_controls >= self.people:
-            raise ValueError(f"n_controls ({self.n_controls}) must be below the number of people ({self.people})")
+        if self.facts is not None and self.mitigation != "none":
+            raise ValueError(f"mitigation {self.mitigation!r} builds on the built-in people world; not with facts")
+        if self.facts is None:
+            if self.templates is not None and self.templates > len(TRAIN_TEMPLATES["p2d"]):
+                raise ValueError(f"templates must be 1…{len(TRAIN_TEMPLATES['p2d'])}, got {self.templates}")
+            if self.n_controls >= self.people:
+                raise ValueError(f"n_controls ({self.n_controls}) must be below the number of people "
+                                 f"({self.people})")
 
 
 def training_sentences(facts: FactSet, tokenizer, templates: int, pad_id: int, reverse_training: bool = False
@@ -125,86 +145,163 @@ def reversed_example(facts: FactSet, index: int, direction: str, template: int, 
     return Example(prompt, answer, index, direction, "train")
 
 
-def in_context(facts: FactSet) -> FactSet:
-    """The reverse questions of the tested group only, each prompt first restating the fact's
-    forward sentence."""
-    return FactSet(tuple(replace(fact, context=True, forward=None) for fact in facts if fact.group == TESTED),
-                   world=facts.world, meta=facts.meta)
-
-
 def mean_ci95(values: pd.Series) -> dict[str, float]:
     """Mean and normal-approximation 95% interval, mean ± 1.96·sd/√n."""
     mean, half = float(values.mean()), ci95_half_width(values)
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(values.count())}
 
 
-def setting_summary(table: pd.DataFrame) -> dict[str, Any]:
-    """Exact match, margin (with interval) and mean rank among the controls of one setting."""
-    return {"exact_match": float(table.correct.mean()), "margin": mean_ci95(table.margin),
-            "logprob": float(table.logprob.mean()), "mean_rank": float(table["rank"].mean())}
+def read_questions(config: FinetuneConfig) -> QuestionSet:
+    """What to train on and ask, checked whole before any model loads: the built-in people world,
+    or ``config.facts``: a folder in Berglund et al.'s experiment-1 layout, a CSV of facts
+    (:func:`facts.questions.load_fact_csv`) or a fact JSONL; templates from ``config.templates_file``
+    (:func:`facts.questions.load_templates`) or :mod:`facts.language`'s."""
+    from facts.berglund import is_experiment_folder, load_experiment_folder
+    from facts.io import load_jsonl
+    from facts.questions import load_fact_csv, load_templates, questions_from_facts
+
+    if config.facts is not None and is_experiment_folder(config.facts):
+        if config.templates_file is not None:
+            raise FactError(f"{config.templates_file}: a Berglund folder brings its own prompts; no templates file")
+        return load_experiment_folder(config.facts, config.templates)
+    train_templates, test_templates = ((TRAIN_TEMPLATES, TEST_TEMPLATES) if config.templates_file is None
+                                       else load_templates(config.templates_file))
+    if config.facts is None:
+        facts = people_world(n_per_group=config.people, seed=config.seed, groups=MITIGATIONS[config.mitigation])
+    elif Path(config.facts).is_dir():
+        raise FactError(f"{config.facts}: a folder without any of Berglund et al.'s experiment-1 files "
+                        f"(e.g. p2d_prompts_train.jsonl)")
+    elif Path(config.facts).suffix.lower() == ".csv":
+        facts = load_fact_csv(config.facts)
+    else:
+        facts = load_jsonl(config.facts)
+    return questions_from_facts(facts, train_templates, test_templates, config.templates or DEFAULT_PARAPHRASES)
 
 
-def evaluate_settings(model, facts: FactSet, tokenizer, n_controls: int, seed: int) -> pd.DataFrame:
-    """Forward, reverse and in-context reverse, asked with the first training paraphrase, as one table
-    (:func:`probes.logits.answer_table` rows plus a ``setting`` column)."""
-    from probes.logits import answer_table
+def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[list[str]]:
+    """Per question: the controls its data brings (Berglund's randomized name), then ``n_controls``
+    random other answers of its pool, seeded per question. A pool with fewer wrong answers than
+    ``n_controls`` is refused (a margin over fewer controls than asked would be another number)."""
+    pools = questions.pool_answers()
+    drawn = []
+    for number, question in enumerate(questions.questions):
+        others = [a for a in pools[question.pool] if a != question.completion and a not in question.extra_controls]
+        if len(others) < n_controls:
+            raise FactError(f"{question.source}: {n_controls} controls asked, but the {question.pool!r} answers hold "
+                            f"only {len(others)} other(s); use fewer --controls")
+        drawn.append(list(question.extra_controls) + random.Random(f"{seed}:{number}").sample(others, n_controls))
+    return drawn
 
-    asked = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES, template=0)
-    plain = answer_table(model, facts, asked, n_controls=n_controls, rank_against="controls", seed=seed)
-    restated = answer_table(model, in_context(facts), asked, n_controls=n_controls, rank_against="controls",
-                            seed=seed)
-    plain["setting"] = plain.direction
-    restated = restated.assign(setting="in_context_reverse")
-    return pd.concat([plain, restated], ignore_index=True)
+
+def evaluate_questions(model, questions: QuestionSet, tokenizer, controls: Sequence[Sequence[str]],
+                       ) -> pd.DataFrame:
+    """One row per question: log p(answer | prompt) summed over its tokens, greedy exact match,
+    the mean log p of its controls, margin = logprob − control mean, top1 (the answer beats every
+    control) and rank among them (1 is best). Prompts are run once, answers from their cached
+    keys and values (:func:`probes.shared_prompt.candidate_logprobs_cached`)."""
+    from probes.shared_prompt import candidate_logprobs_cached
+
+    rows: list[list[Example]] = []
+    for question, drawn in zip(questions.questions, controls):
+        row = []
+        for answer in (question.completion, *drawn):
+            prompt, answer_ids = encode_pair(tokenizer, question.prompt, answer, question.source)
+            row.append(Example(prompt, answer_ids, question.fact, question.direction, question.split))
+        rows.append(row)
+    records: list[dict[str, Any]] = [{}] * len(rows)
+    for width in sorted({len(row) for row in rows}):  # rows with a randomized name have one control more
+        chosen = [i for i, row in enumerate(rows) if len(row) == width]
+        scores = candidate_logprobs_cached(model, [rows[i] for i in chosen])
+        for position, i in enumerate(chosen):
+            logprob, others = scores.logprob[position, 0].item(), scores.logprob[position, 1:]
+            question = questions.questions[i]
+            records[i] = {
+                "key": question.key, "fact": question.fact, "group": question.group, "setting": question.setting,
+                "direction": question.direction, "split": question.split, "trained": question.split == "train",
+                "answer": question.completion.strip(), "logprob": logprob, "prob": math.exp(logprob),
+                "correct": bool(scores.correct[position, 0]), "control_logprob": others.mean().item(),
+                "margin": logprob - others.mean().item(), "top1": bool((others < logprob).all()),
+                "rank": int((others > logprob).sum()) + 1, "n_candidates": width, "chance_logprob": math.nan,
+                "source": question.source,
+            }
+    return pd.DataFrame(records)
 
 
 def write_tables(table: pd.DataFrame, out: Path, prefix: str = "") -> None:
-    """``logits.csv``: the plain forward and reverse rows, exactly as ``revlens probe`` writes them
-    (so ``revlens compare`` reads both alike); ``in_context.csv``: the in-context reverse rows."""
-    restated = table.setting == "in_context_reverse"
-    table[~restated].drop(columns="setting").to_csv(out / f"{prefix}logits.csv", index=False)
-    table[restated].drop(columns="setting").to_csv(out / f"{prefix}in_context.csv", index=False)
+    """``questions.csv``: every question; ``logits.csv``: one row per statement in the format
+    ``revlens probe`` writes (the trained paraphrase, and the first reverse question), so
+    ``revlens compare`` and ``reproduce mitigations`` read both alike; ``in_context.csv``: the
+    in-context reverse rows."""
+    table.to_csv(out / f"{prefix}questions.csv", index=False)
+    plain = table[table.setting.isin(("forward_trained_paraphrase", "reverse"))]
+    plain = plain.drop_duplicates(["key", "setting"]).sort_values(["key", "setting"], kind="stable")
+    columns = [c for c in table.columns if c not in ("setting", "key", "source")]
+    plain[columns].to_csv(out / f"{prefix}logits.csv", index=False)
+    table[table.setting == "in_context_reverse"][columns].to_csv(out / f"{prefix}in_context.csv", index=False)
 
 
-def _paired(tables: dict[str, pd.DataFrame], setting: str) -> pd.DataFrame:
-    """After − before, row by row (the same statements in the same order), of one setting."""
-    before, after = (tables[stage][tables[stage].setting == setting].reset_index(drop=True) for stage in STAGES)
-    if not before[["fact", "direction"]].equals(after[["fact", "direction"]]):
-        raise RuntimeError(f"{setting}: the tables before and after fine-tuning list different statements")
-    return after[["logprob", "margin"]] - before[["logprob", "margin"]]
+def setting_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """Exact match, top-1 among the controls, margin (with interval) and mean log p of one setting."""
+    return {"exact_match": float(table.correct.mean()), "top1": float(table.top1.mean()),
+            "margin": mean_ci95(table.margin), "logprob": float(table.logprob.mean()),
+            "mean_rank": float(table["rank"].mean())}
 
 
 def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: dict[str, float],
-              n_sentences: int, steps: int) -> dict[str, Any]:
-    """Per stage (before/after fine-tuning) and setting, on the p2d group's facts,
-    :func:`setting_summary`; the paired margin gain (after − before, per statement) with its
-    interval; and the verdict. The gain takes out each question's margin before training, so
-    "the reverse was not learnt" reads: the gain's interval does not lie above 0."""
-    out: dict[str, Any] = {"experiment": "finetune-facts", "config": asdict(config), "train_sentences": n_sentences,
-                           "steps": steps,
-                           "chance_exact_match": 0.0, "chance_rank": (config.n_controls + 2) / 2, "seconds": seconds}
-    tested = {stage: table[table.group == TESTED] for stage, table in tables.items()}
-    for stage, table in tested.items():
-        out[stage] = {setting: setting_summary(table[table.setting == setting]) for setting in SETTINGS}
-    out["margin_gain"] = {setting: mean_ci95(_paired(tested, setting).margin) for setting in SETTINGS}
-    both = tables["after"][(tables["after"].group == "both") & (tables["after"].setting == "reverse")]
-    if len(both):
-        out["both_group_reverse_after"] = setting_summary(both)
-    after = out["after"]
-    low = out["margin_gain"]["reverse"]["ci95"][0]
-    out["findings"] = {
-        "forward_learnt": after["forward"]["exact_match"] >= 0.9,
-        "reverse_not_learnt": bool(low <= 0),  # no significant gain: the curse (a fall counts too)
-        "in_context_reverse_above_chance": after["in_context_reverse"]["margin"]["ci95"][0] > 0,
-    }
+              n_sentences: int, steps: int, source: str) -> dict[str, Any]:
+    """Per group and setting (:data:`facts.questions.SETTINGS`, those asked), before and after
+    fine-tuning, :func:`setting_summary`, and the paired margin gain after − before (the same
+    questions in the same order) with its interval; and the findings, read on the tested group
+    (p2d when present). The gain takes out each question's margin before training, so "the
+    reverse was not learnt" reads: the gain's interval does not lie above 0."""
+    out: dict[str, Any] = {"experiment": "finetune-facts", "config": asdict(config), "source": source,
+                           "train_sentences": n_sentences, "steps": steps, "chance_exact_match": 0.0,
+                           "chance_top1": 1 / (config.n_controls + 1), "seconds": seconds, "groups": {}}
+    before, after = tables["before"], tables["after"]
+    if not before[["key", "setting", "answer"]].equals(after[["key", "setting", "answer"]]):
+        raise RuntimeError("the tables before and after fine-tuning list different questions")
+    for group in dict.fromkeys(after.group):
+        out["groups"][group] = {}
+        for setting in SETTINGS:
+            chosen = (after.group == group) & (after.setting == setting)
+            if chosen.any():
+                out["groups"][group][setting] = {
+                    "before": setting_summary(before[chosen]), "after": setting_summary(after[chosen]),
+                    "margin_gain": mean_ci95(after.margin[chosen] - before.margin[chosen])}
+    tested = out["groups"].get(TESTED) or next(iter(out["groups"].values()))
+    findings = {"forward_learnt": tested["forward_trained_paraphrase"]["after"]["exact_match"] >= 0.9}
+    if "forward_heldout_paraphrase" in tested:
+        findings["forward_generalises_to_heldout_paraphrases"] = (
+            tested["forward_heldout_paraphrase"]["margin_gain"]["ci95"][0] > 0)
+    if "reverse" in tested:  # no significant gain: the curse (a fall counts too)
+        findings["reverse_not_learnt"] = bool(tested["reverse"]["margin_gain"]["ci95"][0] <= 0)
+    if "in_context_reverse" in tested:
+        findings["in_context_reverse_above_chance"] = tested["in_context_reverse"]["after"]["margin"]["ci95"][0] > 0
+    out["tested_group"] = TESTED if TESTED in out["groups"] else next(iter(out["groups"]))
+    out["findings"] = findings
     return out
+
+
+def training_examples(questions: QuestionSet, config: FinetuneConfig, tokenizer, pad_id: int) -> TokenizedFacts:
+    """Every training prompt/completion as a loss-on-the-completion example; with
+    ``reverse-training`` (built-in world), each followed by its sentence reversed (:func:`reversed_example`)."""
+    statement = {q.key: (q.fact, q.direction) for q in questions.questions if q.setting == "forward_trained_paraphrase"}
+    examples = []
+    for pair in questions.train:
+        fact, direction = statement[pair.key]
+        prompt, answer = encode_pair(tokenizer, pair.prompt, pair.completion, f"training pair {pair.prompt!r}")
+        examples.append(Example(prompt, answer, fact, direction, "train"))
+        if config.mitigation == "reverse-training":
+            examples.append(reversed_example(questions.facts, fact, direction, pair.paraphrase, tokenizer))
+    return collate(examples, pad_id)
 
 
 def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), progress: bool = True
                    ) -> dict[str, Any]:
-    """Run the default experiment; write summary.json, logits.csv, in_context.csv and
-    circuits.csv (after fine-tuning; ``before_*.csv`` before it), history.jsonl, facts.jsonl
-    and finetune.png into ``out``; return the summary."""
+    """Run the experiment; write summary.json, questions.csv, logits.csv, in_context.csv and
+    circuits.csv (after fine-tuning; ``before_*.csv`` before it; circuits when the source is a fact
+    set), history.jsonl, facts.jsonl (idem) and finetune.png into ``out``; return the summary.
+    The input is read and checked whole before the model loads."""
     from analyses.compare import y_circuit_metrics
     from analyses.figures import finetune_bars
     from analyses.probe import circuit_summary
@@ -214,42 +311,50 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     from probes.views import save_png
 
     began = time.perf_counter()
-    facts = people_world(n_per_group=config.people, seed=config.seed, groups=MITIGATIONS[config.mitigation])
+    questions = read_questions(config)
+    controls = draw_controls(questions, config.n_controls, config.seed)
     tokenizer = load_tokenizer(config.model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sentences = training_examples(questions, config, tokenizer, pad_id)
+    eval_sets = {name: collate([Example(*encode_pair(tokenizer, q.prompt, q.completion, q.source), q.fact,
+                                        q.direction, q.split) for q in questions.questions if q.setting == setting],
+                               pad_id)
+                 for name, setting in (("forward", "forward_trained_paraphrase"), ("reverse", "reverse"))
+                 if any(q.setting == setting for q in questions.questions)}
     model = load(config.model, backend="hooked", device=config.device)
     loaded = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    facts = questions.facts
     entity_ids = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES).entity_ids
-    tables = {"before": evaluate_settings(model, facts, tokenizer, config.n_controls, config.seed)}
-    circuits = {"before": circuit_table(model, facts, entity_ids)}
+    tables = {"before": evaluate_questions(model, questions, tokenizer, controls)}
+    circuits = {"before": circuit_table(model, facts, entity_ids)} if facts is not None else {}
     if config.trainable_blocks is not None:
         freeze_except_last_blocks(model, config.trainable_blocks)
-    sentences = training_sentences(facts, tokenizer, config.templates, pad_id,
-                                   reverse_training=config.mitigation == "reverse-training")
-    probe_set = tokenize(facts, TemplateTokenizer(tokenizer, TRAIN_TEMPLATES, template=0), pad_id)
     per_epoch = math.ceil(len(sentences) / config.batch_size)
     trained = time.perf_counter()
     result = train(
         model, sentences,
         TrainConfig(steps=per_epoch * config.epochs, lr=config.lr, weight_decay=config.weight_decay,
                     batch_size=config.batch_size, eval_every=per_epoch, seed=config.seed, progress=progress),
-        eval_sets={"forward": probe_set.where(direction="forward"), "reverse": probe_set.where(direction="reverse")},
+        eval_sets=eval_sets,
     )
     model.eval()
     evaluated = time.perf_counter()
-    tables["after"] = evaluate_settings(model, facts, tokenizer, config.n_controls, config.seed)
-    circuits["after"] = circuit_table(model, facts, entity_ids)
+    tables["after"] = evaluate_questions(model, questions, tokenizer, controls)
+    if facts is not None:
+        circuits["after"] = circuit_table(model, facts, entity_ids)
     seconds = {"load": loaded - began, "train": result.seconds,
                "evaluate": time.perf_counter() - evaluated + (trained - loaded), "total": time.perf_counter() - began}
-    summary = summarize(tables, config, seconds, len(sentences), result.steps)
-    summary["circuits"] = circuit_summary(circuits["after"])
-    summary["effective_weights"] = {stage: y_circuit_metrics(circuits[stage]) for stage in STAGES}
+    summary = summarize(tables, config, seconds, len(sentences), result.steps, questions.source)
     for stage, prefix in (("after", ""), ("before", "before_")):
         write_tables(tables[stage], out, prefix)
-        circuits[stage].to_csv(out / f"{prefix}circuits.csv", index=False)
-    save_jsonl(facts, out / "facts.jsonl")
+    if facts is not None:
+        summary["circuits"] = circuit_summary(circuits["after"])
+        summary["effective_weights"] = {stage: y_circuit_metrics(circuits[stage]) for stage in STAGES}
+        for stage, prefix in (("after", ""), ("before", "before_")):
+            circuits[stage].to_csv(out / f"{prefix}circuits.csv", index=False)
+        save_jsonl(facts, out / "facts.jsonl")
     with (out / "history.jsonl").open("w") as handle:
         handle.writelines(json.dumps(record) + "\n" for record in result.history)
     save_png(finetune_bars(summary), out / "finetune.png")
@@ -258,44 +363,46 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A one-screen table: exact match and margin per setting, before and after fine-tuning."""
+    """A one-screen table: per group and setting, exact match, top-1 and margin before and after
+    fine-tuning, and the paired margin gain with its 95% interval."""
     config = summary["config"]
+    source = summary.get("source", "people")
     lines = [
-        f"{config['model']} fine-tuned on {summary['train_sentences']} sentences about {config['people']} fictitious "
-        f"people (p2d: name → description), {summary['steps']} steps, {summary['seconds']['total']:.0f} s"
+        f"{config['model']} fine-tuned on {summary['train_sentences']} sentences ({source}), "
+        f"{summary['steps']} steps, {summary['seconds']['total']:.0f} s"
         + (f"; mitigation: {config['mitigation']}" if config.get("mitigation", "none") != "none" else ""),
-        f"margin = log p(answer) − mean log p(one of {config['n_controls']} random answers of the same kind); "
-        f"rank among them, chance {summary['chance_rank']:.1f}",
-        f"{'':20}{'exact match':>16}{'mean rank':>14}{'margin':>14}{'margin gain after − before':>32}",
-        f"{'':20}{'before':>8}{'after':>8}{'before':>7}{'after':>7}{'before':>7}{'after':>7}{'mean':>10}{'95% CI':>22}",
+        f"margin = log p(answer) − mean log p(its controls: {config['n_controls']} random answers of the same kind"
+        f"{', plus the randomized name where given' if source.startswith('berglund') else ''}); "
+        f"top-1: the answer beats every control (chance {summary['chance_top1']:.2f})",
+        f"{'':34}{'n':>5}{'exact match':>14}{'top-1':>14}{'margin':>14}{'gain after − before':>30}",
+        f"{'':34}{'':>5}{'before':>7}{'after':>7}{'before':>7}{'after':>7}{'before':>7}{'after':>7}"
+        f"{'mean':>9}{'95% CI':>21}",
     ]
-    for setting in SETTINGS:
-        before, after, gain = summary["before"][setting], summary["after"][setting], summary["margin_gain"][setting]
-        low, high = gain["ci95"]
-        lines.append(
-            f"{setting.replace('_', ' '):20}{before['exact_match']:8.3f}{after['exact_match']:8.3f}"
-            f"{before['mean_rank']:7.1f}{after['mean_rank']:7.1f}{before['margin']['mean']:7.2f}"
-            f"{after['margin']['mean']:7.2f}{gain['mean']:10.2f}   [{low:7.2f}, {high:7.2f}]"
-        )
-    if "both_group_reverse_after" in summary:
-        both = summary["both_group_reverse_after"]
-        lines.append(f"{'reverse, both group':20}{'':8}{both['exact_match']:8.3f}{'':7}{both['mean_rank']:7.1f}{'':7}"
-                     f"{both['margin']['mean']:7.2f}   (trained both ways: not a test)")
+    for group, settings in summary["groups"].items():
+        for setting, row in settings.items():
+            before, after, gain = row["before"], row["after"], row["margin_gain"]
+            low, high = gain["ci95"]
+            lines.append(
+                f"{group + ' ' + setting.replace('_', ' '):34}{gain['n']:5d}{before['exact_match']:7.3f}"
+                f"{after['exact_match']:7.3f}{before['top1']:7.3f}{after['top1']:7.3f}{before['margin']['mean']:7.2f}"
+                f"{after['margin']['mean']:7.2f}{gain['mean']:9.2f}   [{low:7.2f}, {high:7.2f}]")
     if "effective_weights" in summary:
         before, after = (summary["effective_weights"][stage] for stage in STAGES)
         lines.append(
             f"OV circuits Y (mean z over {after['n_y_circuits']} heads, entry vs controls' entries): trained "
-            f"name → description {before['z_trained']:.2f} → {after['z_trained']:.2f}; held-out description → "
-            f"name {before['z_heldout']:.2f} → {after['z_heldout']:.2f}; most asymmetric circuit after: "
+            f"{before['z_trained']:.2f} → {after['z_trained']:.2f}; held-out reverse "
+            f"{before['z_heldout']:.2f} → {after['z_heldout']:.2f}; most asymmetric circuit after: "
             f"{after['most_asymmetric_circuit']} ({after['max_asymmetry']:.2f})")
     findings = summary["findings"]
-    lines.append(
-        "forward learnt (≥ 90% exact match): " + ("yes" if findings["forward_learnt"] else "NO")
-        + "; reverse not learnt (no significant margin gain, the curse): "
-        + ("yes" if findings["reverse_not_learnt"] else "NO")
-        + "; in-context reverse above chance: " + ("yes" if findings["in_context_reverse_above_chance"] else "no")
-    )
+    said = {"forward_learnt": "forward learnt (≥ 90% exact match on the trained paraphrase)",
+            "forward_generalises_to_heldout_paraphrases": "forward generalises to held-out paraphrases "
+                                                          "(margin gain above 0)",
+            "reverse_not_learnt": "reverse not learnt (no significant margin gain: the curse)",
+            "in_context_reverse_above_chance": "in-context reverse above chance"}
+    lines.append(f"{summary['tested_group']} group: " + "; ".join(
+        f"{said[name]}: {'yes' if value else 'no'}" for name, value in findings.items()))
     return "\n".join(lines)
 
 
-__all__: Sequence[str] = ("FinetuneConfig", "finetune_facts", "format_summary", "mean_ci95", "training_sentences")
+__all__: Sequence[str] = ("FinetuneConfig", "finetune_facts", "format_summary", "mean_ci95", "read_questions",
+                          "training_examples", "training_sentences")

@@ -105,11 +105,11 @@ KINDS = {
         "33%: knowing child → parent does not give parent → child.",
         ("asymmetry.png", "pairs.csv"), "analyses.asymmetry:format_summary"),
     "finetune-facts": Kind(
-        "A pretrained LLM fine-tuned on fictitious people",
+        "A pretrained LLM fine-tuned on new facts",
         "Berglund et al. 2023, experiment 1: fine-tuned on \"<name> is <description>\", the model completes "
-        "the description from the name but gains nothing on the name from the description (margin gain ≈ 0); "
-        "with the fact restated in the prompt it answers the reverse question.",
-        ("finetune.png", "logits.csv", "in_context.csv", "circuits.csv"), "analyses.finetune:format_summary"),
+        "the description from the name, also in paraphrases it never saw, but gains nothing on the name from "
+        "the description (margin gain ≈ 0); with the fact restated in the prompt it answers the reverse question.",
+        ("finetune.png", "questions.csv", "logits.csv", "in_context.csv"), "analyses.finetune:format_summary"),
     "dynamics": Kind(
         "Effective weights over training",
         "Zhu et al. §4: a gradient step on A → B raises the OV entry Y[A, B] and leaves Y[B, A] where it was, so "
@@ -166,10 +166,12 @@ CAPTIONS = {
     "mitigations.png": "Per mitigation and test, one bar per model: held-out reverse accuracy, its margin over "
                        "controls and the z-score of the OV entry Y[B, A]. Expect gains only where the reverse "
                        "was trained or restated in the prompt.",
-    "finetune.png": "Margin of the true answer over random answers of the same kind (mean, 95% interval) before "
-                    "(grey) and after (blue) fine-tuning: forward (trained), reverse (held out), and reverse with "
-                    "the fact restated in the prompt. Berglund et al.: forward rises, reverse does not, in-context "
-                    "reverse stays high.",
+    "finetune.png": "Margin of the true answer over answers of the same kind (mean, 95% interval) before "
+                    "(grey) and after (blue) fine-tuning, per fact group: forward in held-out and in the trained "
+                    "paraphrase, reverse (held out), and reverse with the fact restated in the prompt. Berglund et "
+                    "al.: forward rises, reverse does not, in-context reverse stays high.",
+    "questions.csv": "One row per test question (group, setting, prompt's answer): log-probability, greedy exact "
+                     "match, top-1 and rank among its controls, margin over them.",
     "in_context.csv": "One row per reverse question asked after the fact's forward sentence: log-probability of "
                       "the answer, rank among its controls, greedy correctness, margin over the controls.",
     "logits.csv": "One row per fact direction: log-probability of the answer, its rank among the candidates, "

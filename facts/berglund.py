@@ -85,3 +85,131 @@ def examples_from_pairs(
         prompt_ids, answer_ids = encode_pair(tokenizer, prompt, completion, f"pair {index} ({prompt!r})")
         examples.append(Example(prefix + prompt_ids, answer_ids, index, direction, split))
     return examples
+
+
+GROUPS: tuple[str, ...] = ("p2d", "d2p", "both")
+"""Berglund et al.'s fact groups: trained person → description, description → person, both ways."""
+REVERSED_GROUPS: tuple[str, ...] = ("p2d", "d2p")
+"""The groups with a held-out reverse (``both`` trains both directions)."""
+
+
+def experiment_files(group: str) -> dict[str, str]:
+    """The experiment-1 file names of one group, as Berglund et al. publish them."""
+    names = {"train": f"{group}_prompts_train.jsonl", "test": f"{group}_prompts_test.jsonl"}
+    if group in REVERSED_GROUPS:
+        names |= {"reverse": f"{group}_reverse_prompts_test.jsonl",
+                  "randomized": f"{group}_reverse_prompts_test_randomized.jsonl"}
+    return names
+
+
+def is_experiment_folder(path: str | os.PathLike[str]) -> bool:
+    """A folder holding at least one of the experiment-1 file names."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for g in GROUPS for name in experiment_files(g).values())
+
+
+def _entity_in(prompt: str, entities: Sequence[str]) -> list[str]:
+    """The entities ``prompt`` contains, longest first, none contained in a longer one found."""
+    found: list[str] = []
+    for entity in sorted(entities, key=len, reverse=True):
+        if entity in prompt and not any(entity in longer for longer in found):
+            found.append(entity)
+    return found
+
+
+def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | None = None):
+    """Training pairs and test questions (:class:`facts.questions.QuestionSet`) of a folder in
+    Berglund et al.'s experiment-1 layout; any subset of the groups may be present.
+
+    Per group g: the prompts of ``g_prompts_train.jsonl`` are grouped into trained statements by
+    their completion (one description, or one name, per statement), keeping the first
+    ``paraphrases`` of each (all when None); ``g_prompts_test.jsonl`` asks them in held-out words
+    (linked by completion); ``g_reverse_prompts_test.jsonl`` asks the reverse, linked to the
+    statement whose completion its prompt names, and once more after that statement's first
+    training sentence (in context); ``g_reverse_prompts_test_randomized.jsonl`` gives, for the same
+    prompt, a wrong name used as a control. Controls are drawn from answers of the same group and
+    file kind: trained completions for the forward settings, reverse completions for the reverse
+    ones (in the ``both`` group trained completions mix names and descriptions: the file does not
+    say which is which).
+
+    Refused with :class:`FactError` naming file (and line), before anything loads: no training
+    file, a test file of a group without one, a test line matching no trained statement (or two),
+    a held-out prompt that is also trained, a statement with fewer than ``paraphrases``.
+    """
+    from facts.questions import Question, QuestionSet, TrainPair
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FactError(f"{folder}: not a folder in Berglund et al.'s experiment-1 layout")
+    train: list[TrainPair] = []
+    questions: list[Question] = []
+    present = [g for g in GROUPS if (folder / experiment_files(g)["train"]).is_file()]
+    for group in GROUPS:
+        files = {kind: folder / name for kind, name in experiment_files(group).items()}
+        if group not in present:
+            stray = [path.name for kind, path in files.items() if path.is_file()]
+            if stray:
+                raise FactError(f"{folder / stray[0]}: test file of group {group!r}, but {files['train'].name} is "
+                                f"missing, so it names no trained fact")
+            continue
+        by_completion: dict[str, list[Pair]] = {}
+        for prompt, completion in load_prompt_completion_jsonl(files["train"]):
+            by_completion.setdefault(completion, []).append((prompt, completion))
+        base = len({pair.key for pair in train})
+        keys, trained_prompts = {}, set()
+        for number, (completion, pairs) in enumerate(by_completion.items()):
+            if paraphrases is not None and len(pairs) < paraphrases:
+                raise FactError(f"{files['train']}: {completion.strip()!r} has {len(pairs)} training prompt(s), "
+                                f"fewer than the {paraphrases} paraphrases asked for")
+            keys[completion] = base + number
+            kept = pairs[:paraphrases] if paraphrases is not None else pairs
+            train.extend(TrainPair(base + number, p, prompt, completion) for p, (prompt, _) in enumerate(kept))
+            trained_prompts.update(prompt for prompt, _ in kept)
+            questions.append(Question(base + number, group, "forward_trained_paraphrase", kept[0][0], completion,
+                                      f"{group}/trained", base + number, "forward", "train",
+                                      f"{files['train']}"))
+        if files["test"].is_file():
+            for line, (prompt, completion) in _numbered(files["test"]):
+                if completion not in keys:
+                    raise FactError(f"{files['test']}:{line}: completion {completion.strip()!r} matches no trained "
+                                    f"statement of {files['train'].name}")
+                if prompt in trained_prompts:
+                    raise FactError(f"{files['test']}:{line}: prompt {prompt!r} is also a training prompt, so it "
+                                    f"is no held-out paraphrase")
+                questions.append(Question(keys[completion], group, "forward_heldout_paraphrase", prompt, completion,
+                                          f"{group}/trained", keys[completion], "forward", "train",
+                                          f"{files['test']}:{line}"))
+        if group not in REVERSED_GROUPS or not files["reverse"].is_file():
+            continue
+        randomized = dict(load_prompt_completion_jsonl(files["randomized"])) if files["randomized"].is_file() else {}
+        entities = {completion.strip(): completion for completion in keys}
+        asked_in_context = set()
+        for line, (prompt, completion) in _numbered(files["reverse"]):
+            named = _entity_in(prompt, list(entities))
+            if len(named) != 1:
+                raise FactError(f"{files['reverse']}:{line}: the prompt names "
+                                + (f"{len(named)} trained statements' answers {named}" if named else
+                                   f"no trained statement's answer from {files['train'].name}"))
+            key = keys[entities[named[0]]]
+            extra = randomized.get(prompt)
+            extras = (extra,) if extra is not None and extra.strip() != completion.strip() else ()
+            where = f"{files['reverse']}:{line}"
+            questions.append(Question(key, group, "reverse", prompt, completion, f"{group}/reverse", key, "reverse",
+                                      "heldout", where, extras))
+            if key not in asked_in_context:
+                asked_in_context.add(key)
+                first = next(pair for pair in train if pair.key == key)
+                stated = (first.prompt + first.completion).strip()
+                questions.append(Question(key, group, "in_context_reverse", f"{stated} {prompt}", completion,
+                                          f"{group}/reverse", key, "reverse", "heldout", where, extras))
+    if not present:
+        raise FactError(f"{folder}: no training file; expected at least one of "
+                        f"{[experiment_files(g)['train'] for g in GROUPS]}")
+    return QuestionSet(tuple(train), tuple(questions), f"berglund:{folder}")
+
+
+def _numbered(path: Path) -> list[tuple[int, Pair]]:
+    """``(line, (prompt, completion))`` of a prompt/completion file (errors as its reader's)."""
+    load_prompt_completion_jsonl(path)  # validates every line, naming file:line
+    return [(number, (record["prompt"], record["completion"]))
+            for number, record in read_json_lines(path, "prompt/completion")]

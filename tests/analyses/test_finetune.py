@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -13,13 +14,15 @@ from analyses.finetune import (
     MITIGATIONS,
     FinetuneConfig,
     format_summary,
-    in_context,
     mean_ci95,
+    read_questions,
     reverse_words,
+    training_examples,
     training_sentences,
 )
+from berglund_folder import write_experiment_folder
 from facts.io import load_jsonl
-from facts.language import TRAIN_TEMPLATES, people_world
+from facts.language import people_world
 from models.pretrained import freeze_except_last_blocks, load
 from models.training import TrainConfig, train
 
@@ -36,13 +39,14 @@ def run(tmp_path_factory):
 def test_short_finetune_raises_the_trained_facts_logprob(run):
     out, summary = run
     assert summary["steps"] == 3 and summary["train_sentences"] == 8  # 4 people × 2 paraphrases, one batch
-    before, after = summary["before"]["forward"], summary["after"]["forward"]
+    trained = summary["groups"]["p2d"]["forward_trained_paraphrase"]
+    before, after = trained["before"], trained["after"]
     assert after["logprob"] > before["logprob"] + 5  # three AdamW steps at lr 1e-4 move ~10 nats here
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history] == [0, 1, 2, 3]
     forward = [r["eval"]["forward"]["logprob"] for r in history]
     assert forward[-1] > forward[0]
-    assert summary["after"]["forward"]["logprob"] == pytest.approx(forward[-1], abs=1e-3)
+    assert after["logprob"] == pytest.approx(forward[-1], abs=1e-3)
 
 
 def test_finetune_writes_probe_format_tables_and_figure(run):
@@ -66,26 +70,52 @@ def test_finetune_writes_probe_format_tables_and_figure(run):
         assert weights["z_heldout"] == pytest.approx(ov.z_ba.mean(), abs=1e-4)
     assert len(load_jsonl(out / "facts.jsonl")) == 4
     assert (out / "finetune.png").stat().st_size > 10_000
-    assert set(summary["findings"]) == {"forward_learnt", "reverse_not_learnt",
-                                        "in_context_reverse_above_chance"}
-    for setting, file in (("forward", "logits.csv"), ("reverse", "logits.csv"), ("in_context_reverse", "in_context.csv")):
-        direction = "forward" if setting == "forward" else "reverse"  # the paired gain, recomputed from the files
-        after, before = (pd.read_csv(out / f"{prefix}{file}") for prefix in ("", "before_"))
-        gain = (after[after.direction == direction].margin.to_numpy()
-                - before[before.direction == direction].margin.to_numpy())
-        assert summary["margin_gain"][setting]["mean"] == pytest.approx(gain.mean(), abs=1e-9)
+    assert set(summary["findings"]) == {"forward_learnt", "forward_generalises_to_heldout_paraphrases",
+                                        "reverse_not_learnt", "in_context_reverse_above_chance"}
+    assert_summary_matches_questions(out, summary, {"p2d": {"forward_heldout_paraphrase": 12, "reverse": 12,
+                                                            "forward_trained_paraphrase": 4, "in_context_reverse": 4}})
     text = format_summary(summary)
     assert "in context reverse" in text and "95% CI" in text and "OV circuits Y (mean z over 270 heads" in text
 
 
-def test_in_context_prompt_states_the_fact_before_the_reverse_question(smollm2_tokenizer):
-    facts = people_world(n_per_group=2, groups=("p2d",))
-    from facts.language import TemplateTokenizer
+def assert_summary_matches_questions(out, summary, counts):
+    """Every group × setting of the summary recomputed from questions.csv (after) and
+    before_questions.csv: n, exact match, top-1 (rank 1 among the controls), margin, paired gain."""
+    after, before = (pd.read_csv(out / f"{prefix}questions.csv") for prefix in ("", "before_"))
+    assert (after[["key", "setting", "answer"]] == before[["key", "setting", "answer"]]).all().all()
+    assert (after.top1 == (after["rank"] == 1)).all()
+    assert {g: {s: row["margin_gain"]["n"] for s, row in settings.items()}
+            for g, settings in summary["groups"].items()} == counts
+    for group, settings in summary["groups"].items():
+        for setting, row in settings.items():
+            chosen = (after.group == group) & (after.setting == setting)
+            assert row["after"]["exact_match"] == pytest.approx(after.correct[chosen].mean())
+            assert row["after"]["top1"] == pytest.approx(after.top1[chosen].mean())
+            assert row["before"]["margin"]["mean"] == pytest.approx(before.margin[chosen].mean())
+            gain = after.margin[chosen].to_numpy() - before.margin[chosen].to_numpy()
+            assert row["margin_gain"]["mean"] == pytest.approx(gain.mean(), abs=1e-9)
 
-    asked = TemplateTokenizer(smollm2_tokenizer, TRAIN_TEMPLATES)
-    plain = smollm2_tokenizer.decode(asked.example(facts, 0, "reverse").prompt)
-    restated = smollm2_tokenizer.decode(asked.example(in_context(facts), 0, "reverse").prompt)
-    assert facts[0].subject not in plain and restated.startswith(facts[0].subject) and restated.endswith(plain)
+
+def test_builtin_training_pairs_are_the_training_sentences(smollm2_tokenizer):
+    """The question set's training pairs tokenize to exactly training_sentences' rows (same
+    tokens, loss mask and statement), paraphrase by paraphrase; its held-out paraphrases are none
+    of the trained prompts."""
+    config = FinetuneConfig(people=3, templates=3, n_controls=2)
+    questions = read_questions(config)
+    pairs = training_examples(questions, config, smollm2_tokenizer, 0)
+    sentences = training_sentences(questions.facts, smollm2_tokenizer, 3, 0)
+    order = sorted(range(len(pairs)), key=lambda row: (questions.train[row].paraphrase, questions.train[row].key))
+    assert torch.equal(pairs.tokens[order], sentences.tokens) and torch.equal(pairs.answer_mask[order],
+                                                                              sentences.answer_mask)
+    assert pairs.fact[order].tolist() == sentences.fact.tolist()
+    trained = {pair.prompt for pair in questions.train}
+    heldout = [q for q in questions.questions if q.setting == "forward_heldout_paraphrase"]
+    assert len(heldout) == 9 and not any(q.prompt in trained for q in heldout)
+    restated = [q for q in questions.questions if q.setting == "in_context_reverse"]
+    reverse = [q for q in questions.questions if q.setting == "reverse"]
+    fact = questions.facts[0]
+    assert restated[0].prompt.startswith(fact.subject) and restated[0].prompt.endswith(reverse[0].prompt)
+    assert fact.subject not in reverse[0].prompt and reverse[0].completion == " " + fact.subject
 
 
 def test_training_sentences_cover_each_paraphrase_of_trained_statements_only(smollm2_tokenizer):
@@ -141,11 +171,12 @@ def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"templates": 0}, "templates must be 1…5"),
+    ({"templates": 0}, "templates .training paraphrases. must be ≥ 1"),
     ({"templates": 6}, "templates must be 1…5"),
     ({"people": 4, "n_controls": 4}, "n_controls .4. must be below the number of people .4."),
     ({"epochs": 0}, "epochs must be ≥ 1"),
     ({"mitigation": "reverse"}, "mitigation must be one of"),
+    ({"facts": "x.csv", "mitigation": "bidirectional"}, "builds on the built-in people world"),
 ])
 def test_bad_configs_are_refused_with_the_setting_named(change, message):
     with pytest.raises(ValueError, match=message):
@@ -219,3 +250,70 @@ def test_reproduce_mitigations_tables_and_draws_the_fine_tuned_rows_beside_the_t
     text = format_mitigations(summary)
     assert "one-layer -4.38" in text and "smollm2-135m (fine-tuned) none (summed log p" in text
     assert (tmp_path / "m" / "mitigations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def berglund_run(tmp_path_factory):
+    """A Berglund-layout folder (3 people in p2d and in both, 3 training paraphrases each), trained
+    on the first 2 of them, one epoch of the last block only."""
+    folder = write_experiment_folder(tmp_path_factory.mktemp("berglund") / "data", people=3, groups=("p2d", "both"))
+    out = tmp_path_factory.mktemp("finetune-berglund")
+    assert main(["finetune-facts", "--facts", str(folder), "--out", str(out), "--train-paraphrases", "2",
+                 "--epochs", "1", "--controls", "1", "--trainable-blocks", "1", "--quiet"]) == 0
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_finetune_on_a_berglund_folder_follows_their_protocol(berglund_run):
+    out, summary = berglund_run
+    assert summary["train_sentences"] == 3 * 2 + 6 * 2 and summary["source"].startswith("berglund:")
+    assert_summary_matches_questions(out, summary, {
+        "p2d": {"forward_heldout_paraphrase": 9, "forward_trained_paraphrase": 3, "reverse": 9,
+                "in_context_reverse": 3},
+        "both": {"forward_heldout_paraphrase": 18, "forward_trained_paraphrase": 6}})
+    questions = pd.read_csv(out / "questions.csv")
+    reverse = questions[questions.setting.isin(("reverse", "in_context_reverse"))]
+    forward = questions[~questions.setting.isin(("reverse", "in_context_reverse"))]
+    assert reverse.n_candidates.eq(3).all()  # truth, the randomized file's name, one random name
+    assert forward.n_candidates.eq(2).all()  # truth and one random answer of the group
+    assert not (out / "circuits.csv").exists()  # no fact set, so no entities to read circuits of
+    logits = pd.read_csv(out / "logits.csv")
+    assert len(logits) == 3 + 3 + 6 and set(logits.split) == {"train", "heldout"}
+    text = format_summary(summary)
+    assert "both forward heldout paraphrase" in text and "p2d in context reverse" in text
+    assert (out / "finetune.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "p2d_prompts_train.jsonl").unlink(), r"p2d_prompts_test.jsonl: test file of group 'p2d', "
+                                                          r"but p2d_prompts_train.jsonl is missing"),
+    (lambda d: (d / "p2d_prompts_test.jsonl").write_text('{"prompt": "Who?", "completion": " nobody"}\n'),
+     r"p2d_prompts_test.jsonl:1: completion 'nobody' matches no trained statement"),
+    (lambda d: (d / "p2d_reverse_prompts_test.jsonl").write_text(
+        '{"prompt": "Q: Who?", "completion": " X"}\n{"prompt": "Q: Who?", "completion": " Y"}\n'),
+     r"p2d_reverse_prompts_test.jsonl:1: the prompt names no trained statement's answer"),
+    (lambda d: (d / "p2d_prompts_train.jsonl").write_text('{"prompt": "A"}\n'),
+     r"p2d_prompts_train.jsonl:1: missing key\(s\) \['completion'\]"),
+])
+def test_bad_berglund_folders_are_refused_before_any_model_loads(tmp_path, capsys, damage, message):
+    folder = write_experiment_folder(tmp_path / "data", people=3, groups=("p2d",))
+    damage(folder)
+    code = main(["finetune-facts", "--facts", str(folder), "--out", str(tmp_path / "out"), "--controls", "1",
+                 "--model", str(tmp_path / "no-model-here")])
+    error = capsys.readouterr().err
+    assert code == 2 and re.search(message, error) and "no-model-here" not in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_questions_takes_a_fact_jsonl_a_csv_or_a_berglund_folder(tmp_path):
+    from facts.io import save_jsonl
+
+    world = people_world(n_per_group=3, groups=("p2d",))
+    save_jsonl(world, tmp_path / "facts.jsonl")
+    builtin = read_questions(FinetuneConfig(people=3, n_controls=2))
+    from_jsonl = read_questions(FinetuneConfig(facts=str(tmp_path / "facts.jsonl"), n_controls=2))
+    assert from_jsonl.questions == builtin.questions and from_jsonl.train == builtin.train
+    folder = write_experiment_folder(tmp_path / "data", people=3, groups=("p2d",))
+    assert read_questions(FinetuneConfig(facts=str(folder), templates=1)).source == f"berglund:{folder}"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: a folder without any of Berglund et al.'s experiment-1 files"):
+        read_questions(FinetuneConfig(facts=str(tmp_path / "empty")))

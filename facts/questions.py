@@ -1,0 +1,241 @@
+"""Fine-tuning data and test questions in Berglund et al.'s protocol, from any fact source.
+
+A :class:`QuestionSet` is what ``revlens finetune-facts`` trains on and asks:
+
+* ``train``: prompt/completion pairs, each a paraphrase of one *trained statement* (a fact in the
+  direction it is trained), in paraphrase order, so "the first N paraphrases" is well defined;
+* ``questions``: one per test prompt, in one of four settings (:data:`SETTINGS`):
+
+  - ``forward_trained_paraphrase``: the statement's first training paraphrase (memorisation);
+  - ``forward_heldout_paraphrase``: the trained direction in words never trained on;
+  - ``reverse``: the other direction (held out);
+  - ``in_context_reverse``: the reverse question after the statement's trained sentence.
+
+Each question carries its ``pool``: the answers of the same kind it is compared with (random
+controls are drawn from the other answers of that pool: names for a name, descriptions for a
+description), and ``extra_controls``, controls that come with the data (the name of Berglund's
+``*_randomized`` file for the same prompt).
+
+Sources: a :class:`~facts.schema.FactSet` with sentence templates (:func:`questions_from_facts`:
+the built-in people world, a fact JSONL, a CSV from :func:`load_fact_csv`), or Berglund et al.'s
+experiment-1 folder (:func:`facts.berglund.load_experiment_folder`). Templates files
+(:func:`load_templates`) are JSONL, one ``{"relation", "split", "template"}`` per line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from facts.io import read_json_lines, read_text
+from facts.language import GROUP_SPLITS, render
+from facts.schema import Fact, FactError, FactSet
+
+SETTINGS: tuple[str, ...] = (
+    "forward_heldout_paraphrase", "forward_trained_paraphrase", "reverse", "in_context_reverse")
+
+
+@dataclass(frozen=True)
+class TrainPair:
+    """One training prompt/completion of trained statement ``key`` (its ``paraphrase``-th)."""
+
+    key: int
+    paraphrase: int
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class Question:
+    """One test prompt about trained statement ``key``; ``completion`` is the right answer.
+
+    ``fact``/``direction``/``split`` place it in a fact set's terms when there is one (else
+    ``fact`` = ``key`` and ``direction`` is relative to training: "forward" the trained one)."""
+
+    key: int
+    group: str
+    setting: str
+    prompt: str
+    completion: str
+    pool: str
+    fact: int
+    direction: str
+    split: str
+    source: str
+    extra_controls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuestionSet:
+    """Training pairs and test questions (see the module docstring); ``facts`` when the source
+    was a fact set (the circuits and ``logits.csv`` need it)."""
+
+    train: tuple[TrainPair, ...]
+    questions: tuple[Question, ...]
+    source: str
+    facts: FactSet | None = None
+
+    def pool_answers(self) -> dict[str, list[str]]:
+        """Every pool's distinct answers, in order of first appearance."""
+        pools: dict[str, dict[str, None]] = {}
+        for question in self.questions:
+            pools.setdefault(question.pool, {})[question.completion] = None
+        return {pool: list(answers) for pool, answers in pools.items()}
+
+    def groups(self) -> list[str]:
+        return list(dict.fromkeys(question.group for question in self.questions))
+
+
+def check_template(template: str, where: str) -> None:
+    """Raise :class:`FactError` naming ``where`` unless ``template`` has one ``{answer}`` and a ``{given}``."""
+    if not isinstance(template, str) or template.count("{answer}") != 1 or "{given}" not in template:
+        raise FactError(f"{where}: template {template!r} needs one {{answer}} slot and at least one {{given}} slot")
+    if not template.split("{answer}")[0].rstrip(" "):
+        raise FactError(f"{where}: template {template!r} starts with the answer, so its prompt is empty")
+
+
+Templates = dict[str, tuple[str, ...]]
+
+
+def load_templates(path: str | os.PathLike[str]) -> tuple[Templates, Templates]:
+    """(train, test) templates per relation from a JSONL file, one object per line:
+    ``{"relation": "p2d", "split": "train" | "test", "template": "{given} is {answer}."}``.
+
+    A template without its slots, an unknown split or key raises :class:`FactError` naming file:line."""
+    path = Path(path)
+    found: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    for number, record in read_json_lines(path, "templates"):
+        where = f"{path}:{number}"
+        if not isinstance(record, dict) or set(record) != {"relation", "split", "template"}:
+            raise FactError(f"{where}: expected an object with keys relation, split, template, got {record!r}")
+        if record["split"] not in found:
+            raise FactError(f"{where}: split must be 'train' or 'test', got {record['split']!r}")
+        if not isinstance(record["relation"], str) or not record["relation"]:
+            raise FactError(f"{where}: relation must be a non-empty string, got {record['relation']!r}")
+        check_template(record["template"], where)
+        found[record["split"]].setdefault(record["relation"], []).append(record["template"])
+    if not found["train"]:
+        raise FactError(f"{path}: holds no training templates (split 'train')")
+    train, test = ({relation: tuple(ts) for relation, ts in found[split].items()} for split in ("train", "test"))
+    return train, test
+
+
+CSV_COLUMNS: tuple[str, ...] = ("subject", "relation", "object")
+"""Required columns of a fact CSV; ``inverse_relation`` and ``group`` (p2d, d2p or both) are optional."""
+
+
+def load_fact_csv(path: str | os.PathLike[str]) -> FactSet:
+    """Facts from a CSV with columns subject, relation, object (+ inverse_relation, group).
+
+    ``group`` sets which directions are trained (:data:`facts.language.GROUP_SPLITS`; default
+    ``p2d``: forward trained, reverse held out; without an ``inverse_relation`` column the reverse
+    is not asked). A missing column or a bad row raises :class:`FactError` naming file (and line)."""
+    path = Path(path)
+    reader = csv.reader(io.StringIO(read_text(path, "fact CSV"), newline=""))
+    header = [name.strip() for name in next(reader, [])]
+    missing = [column for column in CSV_COLUMNS if column not in header]
+    if missing:
+        raise FactError(f"{path}:1: missing column(s) {missing}; the header has {header}")
+    facts, lines = [], []
+    for fields in reader:
+        number = reader.line_num
+        if not fields or not any(field.strip() for field in fields):
+            continue
+        if len(fields) != len(header):
+            raise FactError(f"{path}:{number}: expected {len(header)} fields, got {len(fields)}")
+        row = {name: value.strip() for name, value in zip(header, fields)}
+        group = row.get("group") or "p2d"
+        if group not in GROUP_SPLITS:
+            raise FactError(f"{path}:{number}: group must be one of {sorted(GROUP_SPLITS)}, got {group!r}")
+        forward, reverse = GROUP_SPLITS[group]
+        inverse = row.get("inverse_relation") or None
+        if inverse is None and "group" not in row:
+            reverse = None  # no inverse relation, no group: the fact is trained forward, and asked only so
+        try:
+            facts.append(Fact(row["subject"], row["relation"], row["object"], inverse, forward, reverse, group))
+        except FactError as error:
+            raise FactError(f"{path}:{number}: {error}") from None
+        lines.append(number)
+    if not facts:
+        raise FactError(f"{path}: holds no facts")
+    try:
+        return FactSet(tuple(facts), world="csv", meta={"source": str(path), "line": lines})
+    except FactError as error:
+        from facts.io import located
+
+        raise located(error, path, lines) from None
+
+
+def _pick(templates: Mapping[str, Sequence[str]], relation: str, what: str, facts: FactSet, index: int
+          ) -> Sequence[str]:
+    options = templates.get(relation, ())
+    if not options:
+        fact = facts[index]
+        raise FactError(f"fact {index} ({fact.subject!r} {fact.relation!r} {fact.object!r}): no {what} template "
+                        f"for relation {relation!r} (templates cover {sorted(templates)})")
+    return options
+
+
+def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[str]],
+                         test_templates: Mapping[str, Sequence[str]], paraphrases: int) -> QuestionSet:
+    """Training pairs and questions of a fact set, every sentence rendered and checked first.
+
+    Each trained statement is trained in its relation's first ``paraphrases`` train templates and
+    asked in its first (``forward_trained_paraphrase``) and in every test template
+    (``forward_heldout_paraphrase``); a held-out reverse is asked in every test template of the
+    inverse relation (``reverse``) and, after the trained sentence, in the first
+    (``in_context_reverse``). Pools: the group with the answer's kind (``p2d/object``)."""
+    if paraphrases < 1:
+        raise FactError(f"paraphrases must be ≥ 1, got {paraphrases}")
+    for templates, what in ((train_templates, "train"), (test_templates, "test")):
+        for relation, options in templates.items():
+            for number, template in enumerate(options):
+                check_template(template, f"{what} template {number} of relation {relation!r}")
+    train, questions = [], []
+    for index, direction, split in facts.statements():
+        if split != "train":
+            continue
+        fact = facts[index]
+        given, relation, answer = fact.given_and_answer(direction)
+        kind = "object" if direction == "forward" else "subject"
+        options = _pick(train_templates, relation, "train", facts, index)
+        if paraphrases > len(options):
+            raise FactError(f"{paraphrases} training paraphrases asked; relation {relation!r} has {len(options)}")
+        key = len({pair.key for pair in train})
+        for number in range(paraphrases):
+            rendered = render(options[number], given, answer)
+            train.append(TrainPair(key, number, rendered.prompt, rendered.answer))
+        label = f"fact {index} ({direction})"
+
+        def ask(setting: str, prompt: str, completion: str, pool_kind: str, asked_direction: str,
+                asked_split: str) -> None:
+            questions.append(Question(key, fact.group, setting, prompt, completion, f"{fact.group}/{pool_kind}",
+                                      index, asked_direction, asked_split, label))
+
+        first = render(options[0], given, answer)
+        ask("forward_trained_paraphrase", first.prompt, first.answer, kind, direction, "train")
+        for template in _pick(test_templates, relation, "test", facts, index):
+            rendered = render(template, given, answer)
+            ask("forward_heldout_paraphrase", rendered.prompt, rendered.answer, kind, direction, "train")
+        other = "reverse" if direction == "forward" else "forward"
+        if fact.split(other) != "heldout":
+            continue
+        back_given, back_relation, back_answer = fact.given_and_answer(other)
+        back_kind = "subject" if kind == "object" else "object"
+        for number, template in enumerate(_pick(test_templates, back_relation, "test", facts, index)):
+            rendered = render(template, back_given, back_answer)
+            ask("reverse", rendered.prompt, rendered.answer, back_kind, other, "heldout")
+            if number == 0:
+                ask("in_context_reverse", f"{first.text} {rendered.prompt}", rendered.answer, back_kind, other,
+                    "heldout")
+    if not train:
+        raise FactError(f"{facts.world} facts: no statement is trained")
+    return QuestionSet(tuple(train), tuple(questions), facts.world, facts)
+
+
+__all__: Sequence[str] = ("Question", "QuestionSet", "SETTINGS", "TrainPair", "load_fact_csv", "load_templates",
+                          "questions_from_facts")

@@ -1,0 +1,114 @@
+"""Fact sources for fine-tuning: Berglund's experiment-1 folder, a fact CSV, a templates file."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from berglund_folder import write_experiment_folder
+from facts.berglund import load_experiment_folder
+from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES, people_world
+from facts.questions import load_fact_csv, load_templates, questions_from_facts
+from facts.schema import FactError
+
+
+def test_berglund_folder_links_every_test_prompt_to_its_trained_fact(tmp_path):
+    folder = write_experiment_folder(tmp_path, people=3, paraphrases=3)
+    world = people_world(n_per_group=3, groups=("p2d", "d2p", "both"))
+    questions = load_experiment_folder(folder, paraphrases=2)
+    assert Counter(pair.key for pair in questions.train) == {key: 2 for key in range(12)}  # 3 + 3 + 2 × 3
+    counts = Counter((q.group, q.setting) for q in questions.questions)
+    assert counts == {("p2d", "forward_trained_paraphrase"): 3, ("p2d", "forward_heldout_paraphrase"): 9,
+                      ("p2d", "reverse"): 9, ("p2d", "in_context_reverse"): 3,
+                      ("d2p", "forward_trained_paraphrase"): 3, ("d2p", "forward_heldout_paraphrase"): 9,
+                      ("d2p", "reverse"): 9, ("d2p", "in_context_reverse"): 3,
+                      ("both", "forward_trained_paraphrase"): 6, ("both", "forward_heldout_paraphrase"): 18}
+    trained = {pair.key: pair.completion for pair in questions.train}
+    by_description = {f.object: f for f in world}
+    for question in questions.questions:
+        if question.setting == "reverse" and question.group == "p2d":  # description → the fact's own name
+            fact = by_description[trained[question.key].strip()]
+            assert question.completion == " " + fact.subject and fact.object in question.prompt
+            assert len(question.extra_controls) == 1 and question.extra_controls[0] != question.completion
+        if question.setting.startswith("forward"):
+            assert question.completion == trained[question.key]
+        if question.setting == "forward_heldout_paraphrase":
+            assert question.prompt not in {pair.prompt for pair in questions.train}
+    assert len(load_experiment_folder(folder).train) == 12 * 3  # all paraphrases by default
+
+
+def test_berglund_folder_with_fewer_paraphrases_than_asked_is_refused(tmp_path):
+    folder = write_experiment_folder(tmp_path, people=2, groups=("p2d",), paraphrases=2)
+    with pytest.raises(FactError, match=r"p2d_prompts_train.jsonl: .* has 2 training prompt\(s\), fewer than the 3"):
+        load_experiment_folder(folder, paraphrases=3)
+
+
+def test_a_folder_without_a_training_file_is_refused(tmp_path):
+    with pytest.raises(FactError, match=r"no training file; expected at least one of \['p2d_prompts_train.jsonl'"):
+        load_experiment_folder(tmp_path)
+
+
+def test_heldout_prompt_that_is_also_trained_is_refused(tmp_path):
+    folder = write_experiment_folder(tmp_path, people=2, groups=("p2d",))
+    first = (folder / "p2d_prompts_train.jsonl").read_text().splitlines()[0]
+    (folder / "p2d_prompts_test.jsonl").write_text(first + "\n")
+    with pytest.raises(FactError, match=r"p2d_prompts_test.jsonl:1: prompt .* is also a training prompt"):
+        load_experiment_folder(folder)
+
+
+def test_fact_csv_with_templates_file_gives_the_same_questions_as_the_world(tmp_path):
+    world = people_world(n_per_group=3, groups=("p2d",))
+    csv = tmp_path / "facts.csv"
+    csv.write_text("subject,relation,object,inverse_relation\n"
+                   + "".join(f'{f.subject},p2d,"{f.object}",d2p\n' for f in world))
+    templates = tmp_path / "templates.jsonl"
+    templates.write_text("".join(json.dumps({"relation": r, "split": split, "template": t}) + "\n"
+                                 for split, table in (("train", TRAIN_TEMPLATES), ("test", TEST_TEMPLATES))
+                                 for r, ts in table.items() for t in ts))
+    facts = load_fact_csv(csv)
+    assert tuple(facts) == tuple(world) and facts.meta["line"] == [2, 3, 4]
+    train, test = load_templates(templates)
+    assert (train, test) == ({r: tuple(t) for r, t in TRAIN_TEMPLATES.items()},
+                             {r: tuple(t) for r, t in TEST_TEMPLATES.items()})
+    ours, theirs = (questions_from_facts(f, train, test, 2) for f in (facts, world))
+    assert ours.train == theirs.train and ours.questions == theirs.questions
+
+
+@pytest.mark.parametrize("text, message", [
+    ("subject,object\nA,B\n", r"facts.csv:1: missing column\(s\) \['relation'\]"),
+    ("subject,relation,object\nA,r,B\nC,r\n", r"facts.csv:3: expected 3 fields, got 2"),
+    ("subject,relation,object,group\nA,r,B,sideways\n", r"facts.csv:2: group must be one of"),
+    ("subject,relation,object,group\nA,r,B,both\n", r"facts.csv:2: .*a reverse split needs an inverse_relation"),
+])
+def test_bad_fact_csvs_are_named_with_file_and_line(tmp_path, text, message):
+    (tmp_path / "facts.csv").write_text(text)
+    with pytest.raises(FactError, match=message):
+        load_fact_csv(tmp_path / "facts.csv")
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"relation": "r", "split": "train", "template": "{given} is nice."}, "needs one {answer} slot"),
+    ({"relation": "r", "split": "train", "template": "It is {answer}."}, "at least one {given} slot"),
+    ({"relation": "r", "split": "dev", "template": "{given} is {answer}."}, "split must be 'train' or 'test'"),
+    ({"relation": "r", "template": "{given} is {answer}."}, "expected an object with keys relation, split"),
+])
+def test_a_template_without_its_slots_is_named_with_file_and_line(tmp_path, record, message):
+    good = {"relation": "r", "split": "train", "template": "{given} is {answer}."}
+    path = tmp_path / "templates.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(FactError, match=f"templates.jsonl:2: .*{message}".replace("{", r"\{").replace("}", r"\}")
+                       .replace("(", r"\(").replace(")", r"\)")):
+        load_templates(path)
+
+
+def test_csv_without_inverse_relation_is_asked_forward_only(tmp_path):
+    (tmp_path / "facts.csv").write_text("subject,relation,object\nAnn Lee,founded,the Glass Harbour Club\n"
+                                        "Bo Kim,founded,the Amber Tide Club\n")
+    templates = {"founded": ("{given} founded {answer}.",)}
+    questions = questions_from_facts(load_fact_csv(tmp_path / "facts.csv"), templates,
+                                     {"founded": ("Q: What did {given} found? A: {answer}",)}, 1)
+    assert Counter(q.setting for q in questions.questions) == {"forward_trained_paraphrase": 2,
+                                                              "forward_heldout_paraphrase": 2}
+    assert [pair.prompt for pair in questions.train] == ["Ann Lee founded", "Bo Kim founded"]
