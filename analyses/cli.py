@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check-asymmetry", help="celebrity parents: does a pretrained model know child→parent better than parent→child?")
     check.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a local HF folder or a .gguf file")
     check.add_argument("--data", type=Path, default=None,
-                       help="parent_child_pairs.csv (default: $REVLENS_CELEBRITY_CSV or the copy shipped in the package)")
+                       help="parent_child_pairs.csv (default: $REVLENS_CELEBRITY_CSV or the package's copy)")
     check.add_argument("--out", type=Path, required=True, help="output folder (created)")
     check.add_argument("--limit", type=_positive_int, default=None, help="only the first N pairs")
     check.add_argument("--backend", choices=("hooked", "bridge"), default="hooked")
@@ -107,12 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--people", type=_positive_int, default=None, help="fictitious people (default 30)")
     finetune.add_argument("--facts", type=Path, default=None,
                           help="your facts instead of the built-in people: a folder in Berglund et al.'s experiment-1 "
-                               "layout (p2d_prompts_train.jsonl, ...), a CSV (subject,relation,object[,inverse_relation]"
-                               "[,group]) or a fact JSONL")
+                               "layout (p2d_prompts_train.jsonl, ...), a CSV (subject,relation,object"
+                               "[,inverse_relation][,group]) or a fact JSONL")
     finetune.add_argument("--templates-file", type=Path, default=None,
                           help="sentence templates for --facts (JSONL: relation, split train/test, template)")
-    finetune.add_argument("--train-paraphrases", "--templates", dest="templates", type=_positive_int, default=None,
-                          help="train on the first N paraphrases (prompts) per fact (default 2; a Berglund folder: all)")
+    finetune.add_argument("--train-paraphrases", "--templates", dest="templates", metavar="N", type=_positive_int,
+                          default=None,
+                          help="train on the first N paraphrases (prompts) per fact (default 2; Berglund folder: all)")
     finetune.add_argument("--epochs", type=_positive_int, default=None, help="passes over the sentences")
     finetune.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
     finetune.add_argument("--batch-size", type=_positive_int, default=None)

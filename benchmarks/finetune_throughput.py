@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from analyses.finetune import FinetuneConfig, training_sentences
+from analyses.finetune import DEFAULT_PARAPHRASES, FinetuneConfig, training_sentences
 from facts.language import people_world
 from models.pretrained import load, load_hf
 from models.training import TrainConfig, batch_rows, train
@@ -68,7 +68,8 @@ def main() -> None:
     config = FinetuneConfig()
     hf_model, tokenizer = load_hf(config.model, device="cpu")
     facts = people_world(n_per_group=config.people, seed=config.seed, groups=("p2d",))
-    sentences = training_sentences(facts, tokenizer, config.templates, tokenizer.pad_token_id or 0)
+    paraphrases = config.templates or DEFAULT_PARAPHRASES
+    sentences = training_sentences(facts, tokenizer, paraphrases, tokenizer.pad_token_id or 0)
     tokens_per_run = sum(len(batch_rows(len(sentences), s, config.batch_size, config.seed)) for s in range(args.steps))
     tokens_per_run *= sentences.tokens.shape[1]
     hooked = load(config.model, backend="hooked", device="cpu")

@@ -32,7 +32,8 @@ def write_experiment_folder(folder: Path, people: int = 2, groups: tuple[str, ..
         def given_answer(fact, relation):
             return (fact.subject, fact.object) if relation == "p2d" else (fact.object, fact.subject)
 
-        train = [_pair(t, *given_answer(f, r)) for f in facts for r in directions for t in TRAIN_TEMPLATES[r][:paraphrases]]
+        train = [_pair(t, *given_answer(f, r))
+                 for f in facts for r in directions for t in TRAIN_TEMPLATES[r][:paraphrases]]
         test = [_pair(t, *given_answer(f, r)) for f in facts for r in directions for t in TEST_TEMPLATES[r]]
         names = experiment_files(group)
         save_prompt_completion_jsonl(train, folder / names["train"])
