@@ -241,8 +241,10 @@ def write_tables(table: pd.DataFrame, out: Path, prefix: str = "") -> None:
 
 
 def setting_summary(table: pd.DataFrame) -> dict[str, Any]:
-    """Exact match, top-1 among the controls, margin (with interval) and mean log p of one setting."""
+    """Exact match, top-1 among the controls (and its chance, the mean of 1 / candidates), margin
+    (with interval) and mean log p of one setting."""
     return {"exact_match": float(table.correct.mean()), "top1": float(table.top1.mean()),
+            "chance_top1": float((1 / table.n_candidates).mean()),
             "margin": mean_ci95(table.margin), "logprob": float(table.logprob.mean()),
             "mean_rank": float(table["rank"].mean())}
 
