@@ -32,7 +32,7 @@ import pandas as pd
 
 from analyses.bilinear import BilinearConfig
 from analyses.probe import circuit_summary, logit_summary
-from analyses.reproduce import RunConfig, _write_json, train_run
+from analyses.reproduce import RunConfig, _write_json, train_run, write_csv
 from facts.io import save_jsonl
 from facts.schema import FactSet
 from facts.token_worlds import TokenVocab, reversal_world
@@ -205,8 +205,8 @@ def token_world_rows(out: Path, config: CompareConfig, progress: bool) -> list[d
             model, _ = train_run(world, vocab, run, folder, progress)
             answers, circuits = answer_table(model, world, vocab), circuit_table(model, world, vocab.entity_ids)
             name = f"{kind} transformer"
-        answers.to_csv(folder / "logits.csv", index=False)
-        circuits.to_csv(folder / "circuits.csv", index=False)
+        write_csv(answers, folder / "logits.csv")
+        write_csv(circuits, folder / "circuits.csv")
         rows.append(model_row(name, kind, answers, circuits))
     return rows
 
@@ -226,7 +226,7 @@ def compare(out: str | os.PathLike[str], finetuned: str | os.PathLike[str] | Non
         name, answers, circuits = finetuned_tables
         rows.append({**model_row(f"{name} (fine-tuned)", "finetuned", answers, circuits), "source": str(finetuned)})
     table = pd.DataFrame(rows)
-    table.to_csv(out / "compare.csv", index=False)
+    write_csv(table, out / "compare.csv")
     from analyses.figures import compare_bars
 
     save_png(compare_bars(rows), out / "compare.png")

@@ -24,7 +24,6 @@ training sentence with its words reversed, entities kept whole (:data:`MITIGATIO
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -34,6 +33,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from analyses.reproduce import _write_history, _write_json, write_csv
 from analyses.stats import ci95_half_width
 from facts.io import save_jsonl
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, encode_pair, people_world, render_statement
@@ -162,8 +162,8 @@ def write_tables(table: pd.DataFrame, out: Path, prefix: str = "") -> None:
     """``logits.csv``: the plain forward and reverse rows, exactly as ``revlens probe`` writes them
     (so ``revlens compare`` reads both alike); ``in_context.csv``: the in-context reverse rows."""
     restated = table.setting == "in_context_reverse"
-    table[~restated].drop(columns="setting").to_csv(out / f"{prefix}logits.csv", index=False)
-    table[restated].drop(columns="setting").to_csv(out / f"{prefix}in_context.csv", index=False)
+    write_csv(table[~restated].drop(columns="setting"), out / f"{prefix}logits.csv")
+    write_csv(table[restated].drop(columns="setting"), out / f"{prefix}in_context.csv")
 
 
 def _paired(tables: dict[str, pd.DataFrame], setting: str) -> pd.DataFrame:
@@ -248,12 +248,11 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     summary["effective_weights"] = {stage: y_circuit_metrics(circuits[stage]) for stage in STAGES}
     for stage, prefix in (("after", ""), ("before", "before_")):
         write_tables(tables[stage], out, prefix)
-        circuits[stage].to_csv(out / f"{prefix}circuits.csv", index=False)
+        write_csv(circuits[stage], out / f"{prefix}circuits.csv")
     save_jsonl(facts, out / "facts.jsonl")
-    with (out / "history.jsonl").open("w") as handle:
-        handle.writelines(json.dumps(record) + "\n" for record in result.history)
+    _write_history(out / "history.jsonl", result.history)
     save_png(finetune_bars(summary), out / "finetune.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_json(out / "summary.json", summary)
     return summary
 
 

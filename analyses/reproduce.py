@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 
-from facts.io import save_jsonl, write_text_atomic
+from facts.io import atomic_write, save_jsonl, write_text_atomic
 from facts.schema import FactSet
 from facts.token_worlds import TokenVocab, reversal_world
 from facts.tokens import TokenizedFacts, tokenize
@@ -118,8 +118,12 @@ def _write_json(path: Path, payload: Any) -> None:
 
 
 def _write_history(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    with path.open("w") as handle:
-        handle.writelines(json.dumps(record) + "\n" for record in records)
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """``table`` as CSV (no index), written atomically (:func:`facts.io.atomic_write`)."""
+    atomic_write(path, lambda temporary: table.to_csv(temporary, index=False))
 
 
 def train_run(
@@ -168,7 +172,7 @@ def reproduce_reversal(out: str | Path, config: ReversalConfig = ReversalConfig(
     seconds = time.perf_counter() - began
     summary = summarize(table, config, seconds, result.steps)
 
-    table.to_csv(out / "logits.csv", index=False)
+    write_csv(table, out / "logits.csv")
     from analyses.figures import logprob_curves
 
     title = f"{config.model} ({config.positional}), reversal world k={config.k}"

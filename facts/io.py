@@ -14,8 +14,10 @@ import codecs
 import io
 import json
 import os
+import re
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from facts.schema import Fact, FactError, FactSet
 
@@ -62,19 +64,78 @@ def read_json_lines(path: Path, what: str) -> Iterator[tuple[int, Any]]:
         yield number, value
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through ``<path>.tmp`` and a rename, and return the path.
+TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+"""Name of a temporary file of :func:`atomic_write`: ``.<target name>.<writer's pid>.<random>.tmp``."""
 
-    A reader sees the old file or the new one, never half of one. The temporary name is fixed, so
-    a write killed half-way leaves ``<path>.tmp`` only until the next write of ``path`` (a resumed
-    run) renames it away: no stray files accumulate in a run folder.
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], target: str | None = None,
+                             recursive: bool = True) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write` that a dead process left in ``folder``
+    (only those of ``target``'s name if given; subfolders too if ``recursive``); returns them.
+
+    A temporary whose writer is still running is left alone, so two processes never delete each
+    other's work in progress.
+    """
+    folder = Path(folder)
+    removed = []
+    walk = os.walk(folder, followlinks=False) if recursive else [(str(folder), [], os.listdir(folder))]
+    for root, _, names in walk:
+        for name in names:
+            match = TEMPORARY.match(name)
+            if match and (target is None or match["target"] == target) and not _alive(int(match["pid"])):
+                path = Path(root, name)
+                if path.is_file() or path.is_symlink():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+    """``write(temporary)``, flush it to disk and rename it over ``path``; returns ``path``.
+
+    The temporary is created exclusively (``O_CREAT | O_EXCL``: never through a symbolic link
+    planted there) in ``path``'s folder under a unique name holding this process's id, removed on
+    every error (and KeyboardInterrupt); one a killed process left is removed by the next write of
+    ``path`` (:func:`remove_stale_temporaries`). The rename replaces ``path`` itself, a link
+    included, never a link's target. A reader sees the old file or the new one, never half of one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    remove_stale_temporaries(path.parent, path.name, recursive=False)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    temporary = Path(name)
+    try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 → what open() would give
+        os.close(handle)
+        write(temporary)
+        with temporary.open("rb") as done:
+            os.fsync(done.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write` and return the path."""
+    return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def save_jsonl(facts: FactSet, path: str | os.PathLike[str]) -> Path:

@@ -24,15 +24,13 @@ from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from facts.io import atomic_write, write_text_atomic
 from probes.hooks import check_head, check_layer, collect
 
 
 def save_png(figure, path: str | os.PathLike[str], dpi: int = 120) -> Path:
-    """Write a matplotlib figure as PNG (creating the folder) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi, bbox_inches="tight")
-    return path
+    """Write a matplotlib figure as PNG atomically (:func:`facts.io.atomic_write`) and return the path."""
+    return atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=dpi, bbox_inches="tight"))
 
 
 def heatmap_panels(
@@ -141,10 +139,7 @@ def save_html(view: RenderedHTML, path: str | os.PathLike[str], title: str = "re
     remote = remote_references(page)
     if remote:
         raise ValueError(f"the view still references the network ({remote[:3]}); refusing to write {path}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_text_atomic(path, page)
 
 
 def attribution_bar(
