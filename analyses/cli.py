@@ -255,6 +255,18 @@ def _finetune_facts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_controls(facts_path: Path, n_controls: int) -> None:
+    """Refuse ``--controls`` above the wrong answers of one kind the fact file holds (never capped silently)."""
+    from facts.io import load_jsonl
+    from facts.language import answers_of_kind
+
+    facts = load_jsonl(facts_path)
+    available = min(len(answers_of_kind(facts, d)) - 1 for d in {d for _, d, _ in facts.statements()})
+    if n_controls > available:
+        raise ValueError(f"--controls {n_controls}: {facts_path} holds only {available} wrong answers of one kind "
+                         f"per question; use --controls {available} or fewer")
+
+
 def _probe(args: argparse.Namespace) -> int:
     from analyses.probe import probe
 
@@ -395,6 +407,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
     finetuned = getattr(args, "finetuned", None)
     for folder in finetuned if isinstance(finetuned, list) else [finetuned] if finetuned else []:
         check_run(folder, "the --finetuned folder")
+    if args.command == "probe":
+        _check_controls(args.facts, args.controls)
     if args.command == "probe" and Path(args.model).exists():
         root = find_run_root(args.model)
         if root is not None:
@@ -443,6 +457,7 @@ def _os_error(error: OSError) -> str:
             errno.EACCES: "permission denied; choose a path you may write (or read)",
             errno.EPERM: "operation not permitted; choose a path you may write (or read)",
             errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+            errno.EEXIST: "a file is in the way of a folder to be made there; choose another path",
             errno.EISDIR: "is a folder; give a file",
             errno.ENOENT: "no such file or folder",
             errno.ELOOP: "too many symbolic links (a link loop?)",

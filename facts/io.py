@@ -11,6 +11,7 @@ A file without a header is accepted (world "custom"). Every error names the file
 from __future__ import annotations
 
 import codecs
+import hashlib
 import io
 import json
 import os
@@ -138,11 +139,21 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
-def save_jsonl(facts: FactSet, path: str | os.PathLike[str]) -> Path:
-    """Write ``facts`` atomically (:func:`write_text_atomic`) and return the path."""
+def jsonl_text(facts: FactSet) -> str:
+    """The JSONL text of ``facts``: a header line, then one line per fact."""
     lines = [json.dumps({"world": facts.world, "meta": facts.meta}, ensure_ascii=False)]
     lines += [json.dumps(f.to_dict(), ensure_ascii=False) for f in facts]
-    return write_text_atomic(path, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def facts_sha256(facts: FactSet) -> str:
+    """SHA-256 of :func:`jsonl_text`: equal exactly for equal worlds (facts, order, header)."""
+    return hashlib.sha256(jsonl_text(facts).encode("utf-8")).hexdigest()
+
+
+def save_jsonl(facts: FactSet, path: str | os.PathLike[str]) -> Path:
+    """Write ``facts`` atomically (:func:`write_text_atomic`) and return the path."""
+    return write_text_atomic(path, jsonl_text(facts))
 
 
 HEADER_FIELDS = ("world", "meta")
