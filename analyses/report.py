@@ -240,7 +240,14 @@ def find_runs(folders: Sequence[str | os.PathLike[str]]) -> list[Run]:
 
 
 def _entries(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    for path in entries:
+        try:
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ReportError(f"{folder}: the file name {os.fsencode(path.name)!r} is not UTF-8; rename it "
+                              f"(a report names every file)") from None
+    return entries
 
 
 def _listing(entries: Sequence[Path], at_most: int = 8) -> str:

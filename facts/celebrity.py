@@ -87,7 +87,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 
     ``line`` is where the row starts; a row spanning lines (a quoted field left open) is refused.
     """
-    reader = csv.reader(io.StringIO(read_text(path, "celebrity CSV"), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path, "celebrity CSV"), newline=""), strict=True)  # "Ann "Smith" refused
     try:
         header = [name.strip() for name in next(reader, [])]
         if not header:

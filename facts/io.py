@@ -46,18 +46,33 @@ def located(error: FactError, path: Path, lines: Sequence[int]) -> FactError:
     return FactError(f"{where}: {error}", error.facts)
 
 
+class RepeatedKey(ValueError):
+    """A JSON object names one key twice (``json`` would keep the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses a repeated key."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        repeated = sorted({key for key, _ in pairs if sum(k == key for k, _ in pairs) > 1})
+        raise RepeatedKey(f"key(s) {repeated} appear more than once in one JSON object; keep one")
+    return record
+
+
 def read_json_lines(path: Path, what: str) -> Iterator[tuple[int, Any]]:
     """``(line number, parsed value)`` for every non-blank line of a JSONL file.
 
-    A missing file, bytes that are not UTF-8 or a line that is not JSON raise
-    :class:`FactError` naming file and line. A leading byte-order mark and CRLF line ends are
+    A missing file, bytes that are not UTF-8, a line that is not JSON or an object with a repeated
+    key raise :class:`FactError` naming file and line. A leading byte-order mark and CRLF line ends are
     accepted: lines end at ``\\n``, ``\\r\\n`` or ``\\r``, none of which a JSON string holds raw.
     """
     for number, line in enumerate(io.StringIO(read_text(path, what), newline=None), start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, object_pairs_hook=_unique_keys)
+        except RepeatedKey as error:
+            raise FactError(f"{path}:{number}: {error}") from None
         except json.JSONDecodeError as error:
             raise FactError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
         except (ValueError, RecursionError) as error:  # a 5,000-digit number, brackets nested 10⁵ deep
@@ -164,7 +179,7 @@ def _header(path: Path, number: int, record: dict[str, Any]) -> tuple[str, dict[
     unknown = sorted(set(record) - set(HEADER_FIELDS))
     if unknown:
         raise FactError(f"{path}:{number}: unknown header field(s) {unknown}; a header holds {list(HEADER_FIELDS)}")
-    world, meta = record["world"], record.get("meta") or {}
+    world, meta = record["world"], record.get("meta", {})
     if not isinstance(world, str):
         raise FactError(f"{path}:{number}: the header's world must be a string, got {world!r}")
     if not isinstance(meta, dict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import os
 import re
 from pathlib import Path
@@ -92,12 +93,34 @@ def attention_view(
         raise ValueError(f"{len(token_labels)} token labels for {tokens.shape[1]} tokens: give one label per token")
     names = [f"blocks.{chosen_layer}.attn.hook_pattern" for chosen_layer in layers]
     patterns = collect(model, tokens, re.compile("|".join(re.escape(name) for name in names)))
-    return attention_heads(
+    view = attention_heads(
         attention=torch.cat([patterns[name][0, chosen] for name in names]).float().cpu(),
         tokens=list(token_labels),
         attention_head_names=[f"L{chosen_layer}H{h}" for chosen_layer in layers for h in chosen],
         mask_upper_tri=True,
     )
+    return RenderedHTML(script_safe_props(view.local_src), script_safe_props(view.cdn_src))
+
+
+_RENDER_CALL = re.compile(r"(render\(\s*\"[\w-]+\",\s*(?:CircuitsVis\.)?\w+,\s*)(.*)(\s*\)\s*</script>\s*)$", re.S)
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_safe_props(source: str) -> str:
+    """A circuitsvis page with the JSON props of its ``render(id, View, props)`` call made safe
+    inside ``<script>``: ``<``, ``>``, ``&`` (and U+2028/9) written as ``\\u003c`` etc., so a token
+    label such as ``</script><script>…`` stays a string. These characters occur in JSON only
+    inside strings, where the escape means the same character: the view shows the same labels.
+    """
+    start = source.rfind("render(")
+    match = _RENDER_CALL.match(source, start) if start >= 0 else None
+    if match is None:
+        raise ValueError("circuitsvis page without the expected CircuitsVis.render(id, View, props) call; "
+                         "cannot make its labels safe, so it is not written")
+    props = match.group(2)
+    json.loads(props)  # what circuitsvis wrote is plain JSON, else refuse
+    safe = re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_ESCAPES[m.group()], props)
+    return source[: match.start(2)] + safe + source[match.end(2):]
 
 
 _REMOTE = re.compile(
