@@ -120,10 +120,19 @@ def model_row(name: str, kind: str, answers: pd.DataFrame, circuits: pd.DataFram
             "theory_predicts": THEORY[kind]}
 
 
+NUMERIC_COLUMNS = ("fact", "logprob", "margin", "rank", "chance_logprob", "z_ab", "z_ba")
+"""Columns read as numbers (NaN allowed: an empty cell); text there is refused with its line."""
+
+
 def _require_columns(table: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise RunDirError(f"{path}: missing column(s) {missing}; expected the table `revlens probe` writes")
+    for column in (c for c in columns if c in NUMERIC_COLUMNS):
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = table.index[values.isna() & table[column].notna()]
+        if len(bad):
+            raise RunDirError(f"{path}:{bad[0] + 2}: column {column!r} holds {table[column][bad[0]]!r}, not a number")
 
 
 def read_probe_run(run_dir: str | os.PathLike[str]) -> tuple[str, pd.DataFrame, pd.DataFrame]:
@@ -144,6 +153,9 @@ def read_probe_run(run_dir: str | os.PathLike[str]) -> tuple[str, pd.DataFrame, 
         summary = json.loads((run_dir / "summary.json").read_text())
     except json.JSONDecodeError as error:
         raise RunDirError(f"{run_dir / 'summary.json'}: not valid JSON ({error})") from None
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{run_dir / 'summary.json'}: expected a JSON object of results, got a "
+                          f"{type(summary).__name__}")
     tables = []
     for name, columns in (("logits.csv", LOGIT_COLUMNS), ("circuits.csv", CIRCUIT_COLUMNS)):
         try:

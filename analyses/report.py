@@ -456,7 +456,7 @@ def _png_tag(path: Path) -> str:
 
 def _view_tag(path: Path) -> str:
     page = html.escape(path.read_text(encoding="utf-8"), quote=True)
-    return (f'<iframe srcdoc="{page}" title="{html.escape(path.name)}" '
+    return (f'<iframe sandbox="allow-scripts" srcdoc="{page}" title="{html.escape(path.name)}" '
             f'style="height:{VIEW_HEIGHT_PX}px"></iframe>')
 
 
