@@ -407,6 +407,14 @@ def _check_inputs(args: argparse.Namespace) -> None:
     finetuned = getattr(args, "finetuned", None)
     for folder in finetuned if isinstance(finetuned, list) else [finetuned] if finetuned else []:
         check_run(folder, "the --finetuned folder")
+        if args.command == "compare":
+            from analyses.compare import read_probe_run
+
+            read_probe_run(folder)  # its files read and checked before the output folder is touched
+        else:
+            from analyses.mitigations import finetuned_rows
+
+            finetuned_rows(folder)
     if args.command == "probe":
         _check_controls(args.facts, args.controls)
     if args.command == "probe" and Path(args.model).exists():

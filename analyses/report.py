@@ -1,9 +1,13 @@
 """`revlens report`: run folders → one self-contained HTML page.
 
-A *run folder* is any folder holding a ``summary.json``: every ``revlens`` command writes it
-last, so its presence marks a finished run. A folder without one whose subfolders are runs
-(``revlens reproduce all --out OUT`` writes ``OUT/<name>/``) is expanded into them, and runs
-nested inside a run (the sweeps' ``OUT/k2/``, ``OUT/rotary/``) follow their parent.
+A *run folder* is any folder holding a ``summary.json``. One a ``revlens`` command wrote also
+holds a ``manifest.json`` (:mod:`analyses.runfolder`): it must be complete and list exactly the
+folder's files with their hashes, else the run is refused (a killed or failed rerun never renders
+its new files beside the old ones); files the manifest marks ``kept`` (no run wrote them) are
+not shown. A folder without a summary whose subfolders are runs (``revlens reproduce all --out
+OUT`` writes ``OUT/<name>/``) is expanded into them, and runs nested inside a run (the sweeps'
+``OUT/k2/``, ``OUT/rotary/``) follow their parent. Symbolic links to folders are never followed,
+and the report is never written inside a run folder.
 
 What a run shows is read from its files, so new kinds of run render without code changes:
 

@@ -183,7 +183,7 @@ def run_folder(out: str | os.PathLike[str], kind: str, config: Mapping[str, Any]
         if not resume:
             for name in known:
                 path = out / name
-                if name not in kept and (path.is_file() or path.is_symlink()):
+                if name not in kept and _plainly_inside(out, name) and (path.is_file() or path.is_symlink()):
                     path.unlink()
         remove_stale_temporaries(out)
         before = {name: _stamp(present[name]) for name in kept}
@@ -195,6 +195,15 @@ def run_folder(out: str | os.PathLike[str], kind: str, config: Mapping[str, Any]
                  if name not in kept and not path.is_symlink()}
         _write_manifest(out, {**header, "complete": True, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               "inputs": input_hashes, "files": files, "kept": kept})
+
+
+def _plainly_inside(folder: Path, name: str) -> bool:
+    """Whether ``folder/name`` lies inside ``folder`` without ``..``, an absolute path or a linked
+    folder on the way (a manifest's names are never trusted to delete anything else)."""
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts:
+        return False
+    return not any((folder.joinpath(*parts[:i])).is_symlink() for i in range(1, len(parts)))
 
 
 def _few(files: Mapping[str, Any], at_most: int = 4) -> str:
