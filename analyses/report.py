@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from analyses.runfolder import MANIFEST, check_run, is_inside_run
+from analyses.runfolder import MANIFEST, RunFolderError, check_run, is_inside_run
 from facts.io import write_text_atomic
 from probes.views import remote_references
 
@@ -226,7 +226,7 @@ def find_runs(folders: Sequence[str | os.PathLike[str]]) -> list[Run]:
         if not folder.is_dir():
             raise ReportError(f"{folder}: not a folder (give the folder a revlens command wrote)")
         if (folder / SUMMARY).exists():
-            runs += _run_tree(folder, str(folder), check_run(folder))
+            runs += _run_tree(folder, str(folder), _whole_run(folder))
             continue
         entries = _entries(folder)
         if not entries:
@@ -239,8 +239,16 @@ def find_runs(folders: Sequence[str | os.PathLike[str]]) -> list[Run]:
             if not (sub / SUMMARY).exists():
                 raise ReportError(f"{sub}: no {SUMMARY}, so this run of {folder} did not finish (half-written?); "
                                   f"found {_listing(_entries(sub)) or 'nothing'}")
-            runs += _run_tree(sub, str(sub), check_run(sub))
+            runs += _run_tree(sub, str(sub), _whole_run(sub))
     return runs
+
+
+def _whole_run(folder: Path) -> dict[str, Any] | None:
+    """:func:`analyses.runfolder.check_run`, its refusal as a :class:`ReportError`."""
+    try:
+        return check_run(folder)
+    except RunFolderError as error:
+        raise ReportError(str(error)) from None
 
 
 def _entries(folder: Path) -> list[Path]:
