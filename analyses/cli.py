@@ -255,12 +255,22 @@ def _finetune_facts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_controls(facts_path: Path, n_controls: int) -> None:
-    """Refuse ``--controls`` above the wrong answers of one kind the fact file holds (never capped silently)."""
-    from facts.io import load_jsonl
+def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool) -> None:
+    """Refuse, before a model loads, ``--controls`` above the wrong answers of one kind the fact file
+    holds (never capped silently) and, for a checkpoint, a token entity outside the vocabulary (file:line)."""
+    from facts.io import fact_line, load_jsonl
     from facts.language import answers_of_kind
+    from facts.schema import FactError
+    from facts.token_worlds import TokenVocab
 
     facts = load_jsonl(facts_path)
+    if checkpoint and facts.world not in ("people", "celebrity"):
+        vocab = TokenVocab()
+        for index, fact in enumerate(facts):
+            try:
+                vocab.entity_ids(fact.subject), vocab.entity_ids(fact.object)
+            except FactError as error:
+                raise FactError(f"{fact_line(facts_path, index)}: {error}") from None
     available = min(len(answers_of_kind(facts, d)) - 1 for d in {d for _, d, _ in facts.statements()})
     if n_controls > available:
         raise ValueError(f"--controls {n_controls}: {facts_path} holds only {available} wrong answers of one kind "
@@ -416,7 +426,10 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
             finetuned_rows(folder)
     if args.command == "probe":
-        _check_controls(args.facts, args.controls)
+        model = Path(args.model)
+        checkpoint = (model.is_dir() and any(model.glob("step-*.json"))) or (
+            model.is_file() and model.name.startswith("step-") and model.suffix == ".json")
+        _check_probe_facts(args.facts, args.controls, checkpoint)
     if args.command == "probe" and Path(args.model).exists():
         root = find_run_root(args.model)
         if root is not None:

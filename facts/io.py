@@ -214,6 +214,19 @@ def load_jsonl(path: str | os.PathLike[str]) -> FactSet:
         raise located(error, path, lines) from None
 
 
+def fact_line(path: str | os.PathLike[str], index: int) -> str:
+    """``"path:line"`` of fact ``index`` (0-based, the header not counted) of a JSONL fact file."""
+    path = Path(path)
+    seen = -1
+    for number, record in read_json_lines(path, "fact"):
+        if isinstance(record, dict) and "subject" not in record and "world" in record:
+            continue
+        seen += 1
+        if seen == index:
+            return f"{path}:{number}"
+    return str(path)
+
+
 def to_dataset(facts: FactSet):
     """A Hugging Face ``datasets.Dataset`` with one row per fact; world and meta in ``info``."""
     import datasets

@@ -259,6 +259,7 @@ FACTS = ("--facts", "facts.jsonl")
     (("reproduce", "reversal", *OUT, "--steps"), "--steps: expected one argument"),
     (("probe", "--model", "smollm2-135m", *FACTS, *OUT, "--controls", "100000"), "--controls 100000: "),
     (("probe", "--model", "smollm2-135m", "--facts", "FILE/under", *OUT), "no such fact file"),
+    (("probe", "--model", "run/checkpoints", "--facts", "far.jsonl", *OUT), "far.jsonl:3: entity 'e9999"),
     (("report", "--runs", "FILE", "--out", "r.html"), "not a folder"),
     (("compare", *OUT, "--finetuned", "FILE"), "not a folder"),
 ])
@@ -266,6 +267,11 @@ def test_bad_arguments_are_one_line_and_nothing_is_written(tmp_path, capsys, mon
     monkeypatch.chdir(tmp_path)
     Path("FILE").write_text("a file")
     assert main(["make-facts", "reversal", "--size", "20", "--out", "facts.jsonl"]) == 0
+    lines = Path("facts.jsonl").read_text().splitlines()
+    Path("far.jsonl").write_text("\n".join([lines[0], lines[1], lines[2].replace('"object": "e', '"object": "e9999', 1),
+                                            *lines[3:]]) + "\n")  # an entity id past the vocabulary on line 3
+    (Path("run") / "checkpoints").mkdir(parents=True)
+    (Path("run") / "checkpoints" / "step-000001.json").write_text("{}")
     capsys.readouterr()
     before = snapshot(tmp_path)
     started = time.perf_counter()
