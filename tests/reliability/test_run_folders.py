@@ -310,7 +310,9 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path):
     command = [sys.executable, "-m", "analyses.cli", "reproduce", "reversal", "--out", str(out), "--steps", "30",
                "--pairs", "20", "--eval-every", "10", "--checkpoint-every", "1", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a shell's background job ignores SIGINT, and Python keeps an ignored SIGINT ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(list((out / "checkpoints").glob("step-*.json"))) < 3:
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
