@@ -18,7 +18,8 @@ Every ``revlens`` command that writes a folder does so inside :func:`run_folder`
 A command killed or failing half-way leaves the ``complete: false`` manifest, so readers
 (:func:`check_run`: ``report``, ``compare --finetuned``, ``reproduce mitigations --finetuned``,
 ``probe --model``) refuse the folder instead of mixing the old run's files with the new one's;
-the next run of that folder removes the files both runs' manifests list.
+the next fresh run of that folder removes what the unfinished run left and what the run before
+it wrote, never the ``kept`` files; ``resume`` keeps them all (its checkpoints are needed).
 
 Folders written through the Python API without :func:`run_folder` carry no manifest; readers
 accept them as they are (no promise is made about them).
@@ -26,7 +27,6 @@ accept them as they are (no promise is made about them).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from facts.io import file_sha256 as sha256
 from facts.io import remove_stale_temporaries, write_text_atomic
 
 MANIFEST = "manifest.json"
@@ -45,15 +46,6 @@ FORMAT = 1
 
 class RunFolderError(ValueError):
     """A folder cannot be written as, or read as, one whole run; the message says what to do."""
-
-
-def sha256(path: Path) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _files(folder: Path) -> dict[str, Path]:

@@ -84,6 +84,15 @@ TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 """Name of a temporary file of :func:`atomic_write`: ``.<target name>.<writer's pid>.<random>.tmp``."""
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from facts.io import atomic_write, remove_stale_temporaries
+from facts.io import atomic_write, file_sha256, remove_stale_temporaries
 
 _NAME = re.compile(r"^step-(\d{6,})\.json$")
 
@@ -41,14 +41,6 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None
     meta: dict[str, Any]
     path: Path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _meta_sha256(record: dict[str, Any]) -> str:
@@ -96,7 +88,7 @@ def save_checkpoint(
         tensors.update(optim_tensors)
     tensor_path = directory / f"{stem}.safetensors"
     atomic_write(tensor_path, lambda p: save_file(tensors, str(p)))
-    record = {"step": step, "optimizer": optim_meta, "sha256": _sha256(tensor_path), **meta}
+    record = {"step": step, "optimizer": optim_meta, "sha256": file_sha256(tensor_path), **meta}
     record = json.loads(json.dumps(record, default=str))  # exactly what a reader will parse
     record["meta_sha256"] = _meta_sha256(record)
     json_path = directory / f"{stem}.json"
@@ -150,7 +142,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     tensor_path = path.with_suffix(".safetensors")
     if not tensor_path.is_file():
         raise CheckpointError(f"{tensor_path}: tensors file of the checkpoint is missing")
-    if _sha256(tensor_path) != meta.get("sha256"):
+    if file_sha256(tensor_path) != meta.get("sha256"):
         raise CheckpointError(
             f"{tensor_path}: checksum does not match {path.name}; the file is truncated or corrupted"
         )
