@@ -48,7 +48,7 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 from transformer_lens.model_bridge import TransformerBridge
 
-from analyses.reproduce import _write_json
+from analyses.reproduce import _write_json, write_csv
 from analyses.stats import ci95_half_width
 from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer, controls
@@ -289,7 +289,7 @@ def check_asymmetry(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "pairs.csv", index=False)
+        write_csv(table, out / "pairs.csv")
         save_png(asymmetry_bars(summary), out / "asymmetry.png")
         summary["seconds"] = time.perf_counter() - began
         _write_json(out / "summary.json", summary)

@@ -12,7 +12,6 @@ with x = L/L(0) < 1, y = L_rev/L_rev(0): ε̂ should shrink towards 0 as d grows
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
+from analyses.reproduce import _write_history, _write_json
 from facts.token_worlds import TokenVocab, reversal_world
 from facts.tokens import tokenize
 from models.bilinear import BilinearModel, bilinear_card
@@ -90,14 +90,13 @@ def reproduce_bilinear(out: str | Path, config: BilinearConfig = BilinearConfig(
                        "heldout_accuracy": history[-1]["eval"]["heldout"]["accuracy"],
                        "mean_score_trained_ab": float(forward.mean()), "mean_score_reverse_ba": float(reverse.mean()),
                    }}
-        with (out / f"history-d{d}.jsonl").open("w") as handle:
-            handle.writelines(json.dumps(h) + "\n" for h in history)
+        _write_history(out / f"history-d{d}.jsonl", history)
     summary = {"experiment": "bilinear", "config": asdict(config), "chance_logprob": -math.log(vocab.d_vocab),
                "per_d": [runs[d]["summary"] for d in config.dims], "seconds": time.perf_counter() - began}
     save_png(loss_ratio_figure(runs), out / "loss_ratios.png")
     save_png(asymmetry_figure(runs), out / "theta_asymmetry.png")
     save_png(score_figure(runs[max(config.dims)], max(config.dims)), out / "scores.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_json(out / "summary.json", summary)
     return summary
 
 

@@ -4,6 +4,8 @@ so ``revlens --help`` answers at once."""
 from __future__ import annotations
 
 import argparse
+import errno
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +24,19 @@ PAPER_EXPERIMENTS = {
 POSITIONALS = ("absolute", "rotary", "none")
 
 
+MAX_SEED = 2**32 - 1
+"""numpy's and torch's generators both take seeds 0 … 2³² − 1."""
+FOLDER_COMMANDS = ("reproduce", "check-asymmetry", "finetune-facts", "probe", "compare")
+"""Commands that write a run folder (:mod:`analyses.runfolder`); make-facts and report write one file."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line, ``revlens: error: …``, and exit code 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"revlens: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -29,11 +44,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is an integer from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
+def _out_path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path; name the file or folder to write")
+    return Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="revlens",
         description="Mechanistic interpretability of the reversal curse (Zhu et al. 2024).",
     )
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     reproduce = commands.add_parser("reproduce", help="reproduce one of the paper's experiments")
@@ -41,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     reversal = experiments.add_parser(
         "reversal", help="token-level reversal task: train A→B, test B→A (the default demo)"
     )
-    reversal.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    reversal.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
     reversal.add_argument("--model", choices=MODEL_NAMES, default="tiny", help="HookedTransformer config (default tiny)")
-    reversal.add_argument("--seed", type=int, default=0)
+    reversal.add_argument("--seed", type=_seed, default=0)
     reversal.add_argument("--positional", choices=POSITIONALS, default="absolute")
     reversal.add_argument("--k", type=_positive_int, default=1, help="tokens per entity (default 1)")
     reversal.add_argument("--pairs", type=_positive_int, default=200, help="number of (x, y) pairs (default 200)")
@@ -57,28 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     reversal.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
     reversal.add_argument("--quiet", action="store_true", help="no progress bar")
     bilinear = experiments.add_parser("bilinear", help="the bilinear model against Theorem 1, for several d")
-    bilinear.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    bilinear.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
     bilinear.add_argument("--dims", type=_positive_int, nargs="+", default=[64, 128, 256, 512])
     bilinear.add_argument("--steps", type=_positive_int, default=400)
     bilinear.add_argument("--lr", type=float, default=100.0, help="gradient-descent step size (default 100)")
-    bilinear.add_argument("--seed", type=int, default=0)
+    bilinear.add_argument("--seed", type=_seed, default=0)
     bilinear.add_argument("--quiet", action="store_true", help="no progress bar")
 
     make = commands.add_parser("make-facts", help="write a fact world as JSONL (input for probe and training)")
     make.add_argument("world", choices=("reversal", "chain", "in-context", "people", "celebrity"))
-    make.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
-    make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--k", type=_positive_int, default=1, help="tokens per entity (token worlds)")
+    make.add_argument("--out", type=_out_path, required=True, help="the JSONL file to write")
+    make.add_argument("--seed", type=_seed, default=None, help="default 0 (generated worlds)")
+    make.add_argument("--k", type=_positive_int, default=None, help="tokens per entity (reversal, chain; default 1)")
     make.add_argument("--size", type=_positive_int, default=None,
                       help="pairs / triples (token worlds) or people per group (people world)")
     make.add_argument("--data", type=Path, default=None,
                       help="celebrity CSV (default: $REVLENS_CELEBRITY_CSV or the copy shipped in the package)")
     make.add_argument("--limit", type=_positive_int, default=None, help="only the first N facts (e.g. celebrity pairs)")
 
+    writers = [reversal, bilinear]
     for name, help_text in PAPER_EXPERIMENTS.items():
         experiment = experiments.add_parser(name, help=help_text)
-        experiment.add_argument("--out", type=Path, required=True, help="output folder (created)")
-        experiment.add_argument("--seed", type=int, default=0)
+        writers.append(experiment)
+        experiment.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
+        experiment.add_argument("--seed", type=_seed, default=0)
         experiment.add_argument("--quiet", action="store_true", help="no progress bar")
         if name in ("mitigations", "all"):
             experiment.add_argument("--finetuned", type=Path, nargs="+", default=[], metavar="DIR",
@@ -90,20 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a local HF folder or a .gguf file")
     check.add_argument("--data", type=Path, default=None,
                        help="parent_child_pairs.csv (default: $REVLENS_CELEBRITY_CSV or the package's copy)")
-    check.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    check.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
     check.add_argument("--limit", type=_positive_int, default=None, help="only the first N pairs")
     check.add_argument("--backend", choices=("hooked", "bridge"), default="hooked")
     check.add_argument("--templates", choices=("question", "completion"), default="question")
     check.add_argument("--controls", type=_positive_int, default=31, help="random answers of the same parent type")
     check.add_argument("--batch-size", type=_positive_int, default=128)
-    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--seed", type=_seed, default=0)
     check.add_argument("--device", default=None)
     check.add_argument("--quiet", action="store_true", help="no progress bar")
 
     finetune = commands.add_parser(
         "finetune-facts", help="fine-tune a pretrained LLM on fictitious people or your own facts, test both ways")
     finetune.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a local HF folder or a .gguf file")
-    finetune.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    finetune.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
     finetune.add_argument("--people", type=_positive_int, default=None, help="fictitious people (default 30)")
     finetune.add_argument("--facts", type=Path, default=None,
                           help="your facts instead of the built-in people: a folder in Berglund et al.'s experiment-1 "
@@ -123,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--mitigation", choices=("none", "bidirectional", "reverse-training"), default="none",
                           help="bidirectional: as many people again trained both ways; reverse-training: every "
                                "sentence also with its words reversed, entities kept whole (default none)")
-    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--seed", type=_seed, default=0)
     finetune.add_argument("--device", default=None)
     finetune.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -135,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
                        help="TransformerLens wrapper for pretrained models (default hooked)")
     probe.add_argument("--facts", type=Path, required=True, help="fact file (JSONL, e.g. a run's facts.jsonl)")
-    probe.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    probe.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
     probe.add_argument("--controls", type=_positive_int, default=16, help="random control answers per fact")
     probe.add_argument("--limit", type=_positive_int, default=None, help="only the first N facts of the file")
     probe.add_argument("--patch-layers", type=int, nargs="+", default=None, metavar="L",
@@ -145,23 +176,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser(
         "compare", help="bilinear, one-layer, tiny (and a fine-tuned LLM) side by side, same probes and metrics")
-    compare.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    compare.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
     compare.add_argument("--finetuned", type=Path, default=None,
                          help="a `revlens finetune-facts` output folder (logits.csv, circuits.csv, summary.json)")
-    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--seed", type=_seed, default=0)
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
 
     report = commands.add_parser("report", help="one self-contained HTML page (figures, tables, views) from run folders")
     report.add_argument("--runs", type=Path, nargs="+", required=True,
                         help="run folders (each with a summary.json), or a folder of them (reproduce all)")
-    report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    report.add_argument("--out", type=_out_path, required=True, help="the HTML file to write")
     report.add_argument("--max-rows", type=_positive_int, default=20, help="rows shown per table (default 20)")
+    for writer in (*writers, check, finetune, probe, compare):
+        writer.add_argument("--force", action="store_true",
+                            help="write over a folder holding another kind of run (its files are deleted) or files "
+                                 "no run wrote (kept)")
     return parser
+
+
+MAKE_FACTS_OPTIONS = {"reversal": ("seed", "k", "size"), "chain": ("seed", "k", "size"), "in-context": ("seed", "size"),
+                      "people": ("seed", "size"), "celebrity": ("data",)}
+"""The options each ``make-facts`` world reads; any other one given is refused, never ignored."""
 
 
 def _make_facts(args: argparse.Namespace) -> int:
     from facts.io import save_jsonl
 
+    ignored = [f"--{name}" for name in ("seed", "k", "size", "data")
+               if getattr(args, name) is not None and name not in MAKE_FACTS_OPTIONS[args.world]]
+    if ignored:
+        raise ValueError(f"make-facts {args.world}: {' and '.join(ignored)} would be ignored (this world reads only "
+                         f"{', '.join('--' + o for o in MAKE_FACTS_OPTIONS[args.world])}); leave "
+                         f"{'them' if len(ignored) > 1 else 'it'} out")
+    seed = 0 if args.seed is None else args.seed
     if args.world == "celebrity":
         from facts.celebrity import load_celebrity_pairs
 
@@ -169,17 +216,24 @@ def _make_facts(args: argparse.Namespace) -> int:
     elif args.world == "people":
         from facts.language import people_world
 
-        facts = people_world(n_per_group=args.size or 30, seed=args.seed)
+        facts = people_world(n_per_group=args.size or 30, seed=seed)
     else:
         from facts.token_worlds import WORLDS
 
         sizes = {"reversal": "n_pairs", "chain": "n_triples", "in-context": "n_x"}
-        kwargs = {"seed": args.seed} | ({sizes[args.world]: args.size} if args.size else {})
+        kwargs = {"seed": seed} | ({sizes[args.world]: args.size} if args.size else {})
         if args.world != "in-context":
-            kwargs["k"] = args.k
+            kwargs["k"] = args.k or 1
         facts = WORLDS[args.world](**kwargs)
     if args.limit is not None:
         facts = facts.first(args.limit)
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out}: is a folder; give the JSONL file to write, e.g. {args.out / 'facts.jsonl'}")
+    from analyses.runfolder import is_inside_run
+
+    if is_inside_run(args.out):
+        raise ValueError(f"--out {args.out}: inside the run folder {is_inside_run(args.out)}, whose files are the run's "
+                         f"own; write the facts elsewhere")
     save_jsonl(facts, args.out)
     print(f"wrote {len(facts)} {facts.world} facts ({facts.count('train')} trained, "
           f"{facts.count('heldout')} held-out statements) to {args.out}")
@@ -214,6 +268,28 @@ def _finetune_facts(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}/: summary.json questions.csv logits.csv in_context.csv before_*.csv "
           + ("circuits.csv facts.jsonl " if "effective_weights" in summary else "") + "history.jsonl finetune.png")
     return 0
+
+
+def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool) -> None:
+    """Refuse, before a model loads, ``--controls`` above the wrong answers of one kind the fact file
+    holds (never capped silently) and, for a checkpoint, a token entity outside the vocabulary (file:line)."""
+    from facts.io import fact_line, load_jsonl
+    from facts.language import answers_of_kind
+    from facts.schema import FactError
+    from facts.token_worlds import TokenVocab
+
+    facts = load_jsonl(facts_path)
+    if checkpoint and facts.world not in ("people", "celebrity"):
+        vocab = TokenVocab()
+        for index, fact in enumerate(facts):
+            try:
+                vocab.entity_ids(fact.subject), vocab.entity_ids(fact.object)
+            except FactError as error:
+                raise FactError(f"{fact_line(facts_path, index)}: {error}") from None
+    available = min(len(answers_of_kind(facts, d)) - 1 for d in {d for _, d, _ in facts.statements()})
+    if n_controls > available:
+        raise ValueError(f"--controls {n_controls}: {facts_path} holds only {available} wrong answers of one kind "
+                         f"per question; use --controls {available} or fewer")
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -267,10 +343,11 @@ def _reproduce_bilinear(args: argparse.Namespace) -> int:
 
 
 def _reproduce_paper(args: argparse.Namespace) -> int:
+    import contextlib
     import time
     from dataclasses import replace
 
-    from analyses import dynamics, mitigations, paper
+    from analyses import dynamics, mitigations, paper, runfolder
     from analyses.bilinear import BilinearConfig, format_bilinear, reproduce_bilinear
     from analyses.reproduce import ReversalConfig, format_summary, reproduce_reversal
 
@@ -298,13 +375,17 @@ def _reproduce_paper(args: argparse.Namespace) -> int:
     }
     chosen = list(runs) if args.experiment == "all" else [args.experiment]
     began = time.perf_counter()
-    for name in chosen:
-        out = args.out / name if args.experiment == "all" else args.out
-        run, describe = runs[name]
-        summary = run(out, not args.quiet)
-        if len(chosen) > 1:
-            print(f"\n=== {name} ({out})")
-        print(describe(summary))
+    with contextlib.ExitStack() as stack:
+        if args.experiment == "all":
+            stack.enter_context(runfolder.locked(args.out, parent=True))
+        for name in chosen:
+            out = args.out / name if args.experiment == "all" else args.out
+            run, describe = runs[name]
+            with _run_folder(args, out, f"reproduce {name}"):
+                summary = run(out, not args.quiet)
+            if len(chosen) > 1:
+                print(f"\n=== {name} ({out})")
+            print(describe(summary))
     if len(chosen) > 1:
         print(f"\nall {len(chosen)} experiments in {time.perf_counter() - began:.0f} s; results in {args.out}/")
     return 0
@@ -324,33 +405,136 @@ def _reproduce_reversal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inputs(args: argparse.Namespace) -> dict[str, object]:
+    """The files and run folders a command reads, for its manifest."""
+    names = {"probe": ("model", "facts"), "compare": ("finetuned",), "check-asymmetry": ("model", "data"),
+             "finetune-facts": ("model",)}.get(args.command, ())
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    for index, folder in enumerate(getattr(args, "finetuned", None) or [] if args.command == "reproduce" else []):
+        given[f"finetuned[{index}]"] = folder
+    return given
+
+
+def _run_folder(args: argparse.Namespace, out: Path, kind: str):
+    """:func:`analyses.runfolder.run_folder` for this command's ``out``."""
+    from analyses.runfolder import run_folder
+
+    config = {k: v for k, v in vars(args).items() if k not in ("quiet", "debug", "force", "argv")}
+    return run_folder(out, kind, config=config, inputs=_inputs(args), force=args.force,
+                      resume=bool(getattr(args, "resume", False)), command=shlex.join(["revlens", *args.argv]))
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Refuse, before anything loads, the run folders a command reads that are not one whole run,
+    and a device this machine lacks."""
+    from analyses.runfolder import check_run, find_run_root
+
+    finetuned = getattr(args, "finetuned", None)
+    for folder in finetuned if isinstance(finetuned, list) else [finetuned] if finetuned else []:
+        check_run(folder, "the --finetuned folder")
+        if args.command == "compare":
+            from analyses.compare import read_probe_run
+
+            read_probe_run(folder)  # its files read and checked before the output folder is touched
+        else:
+            from analyses.mitigations import finetuned_rows
+
+            finetuned_rows(folder)
+    if args.command == "probe":
+        model = Path(args.model)
+        checkpoint = (model.is_dir() and any(model.glob("step-*.json"))) or (
+            model.is_file() and model.name.startswith("step-") and model.suffix == ".json")
+        _check_probe_facts(args.facts, args.controls, checkpoint)
+    if args.command == "probe" and Path(args.model).exists():
+        root = find_run_root(args.model)
+        if root is not None:
+            check_run(root, "the run folder of --model")
+    if getattr(args, "device", None):
+        _check_device(args.device)
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r}: not a device torch knows ({error}); use cpu or cuda") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, True):
+        raise ValueError(f"--device {name}: no {device.type} device on this machine (or torch built without it); "
+                         f"use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "reproduce" and args.experiment in PAPER_EXPERIMENTS:
+        return _reproduce_paper(args)
+    commands = {"check-asymmetry": _check_asymmetry, "make-facts": _make_facts, "probe": _probe,
+                "finetune-facts": _finetune_facts, "report": _report, "compare": _compare}
+    if args.command == "reproduce":
+        handler = _reproduce_reversal if args.experiment == "reversal" else _reproduce_bilinear
+    else:
+        handler = commands[args.command]
+    if args.command not in FOLDER_COMMANDS:
+        return handler(args)
+    kind = f"reproduce {args.experiment}" if args.command == "reproduce" else args.command
+    with _run_folder(args, args.out, kind):
+        return handler(args)
+
+
+def _os_error(error: OSError) -> str:
+    """One line for an operating-system error: the file, what happened and what to do."""
+    where = f"{error.filename}: " if error.filename else ""
+    what = {errno.EROFS: "read-only file system; choose an --out on a writable disk",
+            errno.ENOSPC: "no space left on the disk; free some space or choose another --out, then rerun",
+            errno.EDQUOT: "disk quota exceeded; free some space or choose another --out, then rerun",
+            errno.EACCES: "permission denied; choose a path you may write (or read)",
+            errno.EPERM: "operation not permitted; choose a path you may write (or read)",
+            errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+            errno.EEXIST: "a file is in the way of a folder to be made there; choose another path",
+            errno.EISDIR: "is a folder; give a file",
+            errno.ENOENT: "no such file or folder",
+            errno.ELOOP: "too many symbolic links (a link loop?)",
+            errno.ENAMETOOLONG: "file name too long"}.get(error.errno, error.strerror or str(error))
+    return f"{where}{what}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \xNN, never crashes a print
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     try:
-        if args.command == "reproduce" and args.experiment == "reversal":
-            return _reproduce_reversal(args)
-        if args.command == "reproduce" and args.experiment in PAPER_EXPERIMENTS:
-            return _reproduce_paper(args)
-        if args.command == "reproduce" and args.experiment == "bilinear":
-            return _reproduce_bilinear(args)
-        if args.command == "check-asymmetry":
-            return _check_asymmetry(args)
-        if args.command == "make-facts":
-            return _make_facts(args)
-        if args.command == "probe":
-            return _probe(args)
-        if args.command == "finetune-facts":
-            return _finetune_facts(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "compare":
-            return _compare(args)
-    except (ValueError, RuntimeError) as error:  # our errors subclass these and name the problem
-        print(f"revlens: error: {error}", file=sys.stderr)
+        _check_inputs(args)
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        resume = " with --resume" if args.command == "reproduce" and args.experiment == "reversal" else ""
+        print(f"revlens: interrupted; the folder's manifest marks the run unfinished: rerun the same command{resume} "
+              f"to finish it", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"revlens: error: {_message(error)}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+
+
+def _message(error: Exception) -> str:
+    """The one line of an error: ours name file and fix; others get their type and --debug."""
+    if isinstance(error, OSError):
+        return _os_error(error)
+    if isinstance(error, MemoryError):
+        return "out of memory; try a smaller --batch-size or model"
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, (ValueError, RuntimeError)):  # ours subclass these and name the problem
+        return text
+    return f"{type(error).__name__}: {text} (unexpected; rerun with --debug for the traceback and report it)"
 
 
 if __name__ == "__main__":

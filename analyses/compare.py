@@ -32,7 +32,7 @@ import pandas as pd
 
 from analyses.bilinear import BilinearConfig
 from analyses.probe import circuit_summary, logit_summary
-from analyses.reproduce import RunConfig, _write_json, train_run
+from analyses.reproduce import RunConfig, _write_json, train_run, write_csv
 from facts.io import save_jsonl
 from facts.schema import FactSet
 from facts.token_worlds import TokenVocab, reversal_world
@@ -120,10 +120,19 @@ def model_row(name: str, kind: str, answers: pd.DataFrame, circuits: pd.DataFram
             "theory_predicts": THEORY[kind]}
 
 
+NUMERIC_COLUMNS = ("fact", "logprob", "margin", "rank", "chance_logprob", "z_ab", "z_ba")
+"""Columns read as numbers (NaN allowed: an empty cell); text there is refused with its line."""
+
+
 def _require_columns(table: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise RunDirError(f"{path}: missing column(s) {missing}; expected the table `revlens probe` writes")
+    for column in (c for c in columns if c in NUMERIC_COLUMNS):
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = table.index[values.isna() & table[column].notna()]
+        if len(bad):
+            raise RunDirError(f"{path}:{bad[0] + 2}: column {column!r} holds {table[column][bad[0]]!r}, not a number")
 
 
 def read_probe_run(run_dir: str | os.PathLike[str]) -> tuple[str, pd.DataFrame, pd.DataFrame]:
@@ -144,6 +153,9 @@ def read_probe_run(run_dir: str | os.PathLike[str]) -> tuple[str, pd.DataFrame, 
         summary = json.loads((run_dir / "summary.json").read_text())
     except json.JSONDecodeError as error:
         raise RunDirError(f"{run_dir / 'summary.json'}: not valid JSON ({error})") from None
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{run_dir / 'summary.json'}: expected a JSON object of results, got a "
+                          f"{type(summary).__name__}")
     tables = []
     for name, columns in (("logits.csv", LOGIT_COLUMNS), ("circuits.csv", CIRCUIT_COLUMNS)):
         try:
@@ -205,8 +217,8 @@ def token_world_rows(out: Path, config: CompareConfig, progress: bool) -> list[d
             model, _ = train_run(world, vocab, run, folder, progress)
             answers, circuits = answer_table(model, world, vocab), circuit_table(model, world, vocab.entity_ids)
             name = f"{kind} transformer"
-        answers.to_csv(folder / "logits.csv", index=False)
-        circuits.to_csv(folder / "circuits.csv", index=False)
+        write_csv(answers, folder / "logits.csv")
+        write_csv(circuits, folder / "circuits.csv")
         rows.append(model_row(name, kind, answers, circuits))
     return rows
 
@@ -226,7 +238,7 @@ def compare(out: str | os.PathLike[str], finetuned: str | os.PathLike[str] | Non
         name, answers, circuits = finetuned_tables
         rows.append({**model_row(f"{name} (fine-tuned)", "finetuned", answers, circuits), "source": str(finetuned)})
     table = pd.DataFrame(rows)
-    table.to_csv(out / "compare.csv", index=False)
+    write_csv(table, out / "compare.csv")
     from analyses.figures import compare_bars
 
     save_png(compare_bars(rows), out / "compare.png")

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from analyses.reproduce import ReversalConfig, _write_json, train_run
+from analyses.reproduce import ReversalConfig, _write_json, train_run, write_csv
 from facts.schema import FactSet
 from facts.token_worlds import TokenVocab, reversal_world
 from models.training import Callback
@@ -136,7 +136,7 @@ def reproduce_dynamics(out: str | Path, config: DynamicsConfig = DynamicsConfig(
         finals[name] = {"train_prob": final["train"]["prob"], "heldout_logprob": final["heldout"]["logprob"],
                         "heldout_accuracy": final["heldout"]["accuracy"]}
     frame = pd.concat(frames, ignore_index=True)
-    frame.to_csv(out / "dynamics.csv", index=False)
+    write_csv(frame, out / "dynamics.csv")
     rows = start_end(frame)
     summary = {
         "experiment": "dynamics", "config": asdict(config), "n_facts": len(world),

@@ -27,7 +27,6 @@ training sentence with its words reversed, entities kept whole (:data:`MITIGATIO
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -38,6 +37,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from analyses.reproduce import _write_history, _write_json, write_csv
 from analyses.stats import ci95_half_width
 from facts.io import save_jsonl
 from facts.language import (TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, encode_pair, people_world,
@@ -232,12 +232,12 @@ def write_tables(table: pd.DataFrame, out: Path, prefix: str = "") -> None:
     ``revlens probe`` writes (the trained paraphrase, and the first reverse question), so
     ``revlens compare`` and ``reproduce mitigations`` read both alike; ``in_context.csv``: the
     in-context reverse rows."""
-    table.to_csv(out / f"{prefix}questions.csv", index=False)
+    write_csv(table, out / f"{prefix}questions.csv")
     plain = table[table.setting.isin(("forward_trained_paraphrase", "reverse"))]
     plain = plain.drop_duplicates(["key", "setting"]).sort_values(["key", "setting"], kind="stable")
     columns = [c for c in table.columns if c not in ("setting", "key", "source")]
-    plain[columns].to_csv(out / f"{prefix}logits.csv", index=False)
-    table[table.setting == "in_context_reverse"][columns].to_csv(out / f"{prefix}in_context.csv", index=False)
+    write_csv(plain[columns], out / f"{prefix}logits.csv")
+    write_csv(table[table.setting == "in_context_reverse"][columns], out / f"{prefix}in_context.csv")
 
 
 def setting_summary(table: pd.DataFrame) -> dict[str, Any]:
@@ -355,12 +355,11 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
         summary["circuits"] = circuit_summary(circuits["after"])
         summary["effective_weights"] = {stage: y_circuit_metrics(circuits[stage]) for stage in STAGES}
         for stage, prefix in (("after", ""), ("before", "before_")):
-            circuits[stage].to_csv(out / f"{prefix}circuits.csv", index=False)
+            write_csv(circuits[stage], out / f"{prefix}circuits.csv")
         save_jsonl(facts, out / "facts.jsonl")
-    with (out / "history.jsonl").open("w") as handle:
-        handle.writelines(json.dumps(record) + "\n" for record in result.history)
+    _write_history(out / "history.jsonl", result.history)
     save_png(finetune_bars(summary), out / "finetune.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_json(out / "summary.json", summary)
     return summary
 
 

@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 
 from analyses.compare import row_metrics
-from analyses.reproduce import ReversalConfig, _write_json, train_run
+from analyses.reproduce import ReversalConfig, _write_json, train_run, write_csv
 from facts.schema import Fact, FactError, FactSet
 from facts.token_worlds import TokenVocab, reversal_world
 from probes.circuits import circuit_table
@@ -289,7 +289,7 @@ def reproduce_mitigations(out: str | Path, config: MitigationConfig = Mitigation
                                  out / model_name / variant.name, progress)
             rows += measure(model, model_name, world, variant, vocab)
     rows += pretrained
-    pd.DataFrame(rows).to_csv(out / "mitigations.csv", index=False)
+    write_csv(pd.DataFrame(rows), out / "mitigations.csv")
     from analyses.figures import mitigation_bars
 
     title = f"Mitigations on the reversal world ({len(world)} pairs)" + (

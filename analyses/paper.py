@@ -32,7 +32,7 @@ from torch import Tensor
 
 from analyses.reproduce import (
     EvalSets, ReversalConfig, RunConfig, _panel, _write_history, _write_json, curse_holds, reproduce_reversal,
-    summarize, train_run,
+    summarize, train_run, write_csv,
 )
 from facts.schema import FactSet
 from facts.token_worlds import FORWARD, LEADS_TO, TokenVocab, chain_world, in_context_world, reversal_world
@@ -284,7 +284,7 @@ def reproduce_in_context(out: str | Path, config: InContextConfig = InContextCon
     # no random-answer controls: facts.language.controls counts every x answering "y ←" in the
     # grid as right (it ignores the context), so none would be left to draw
     table = answer_table(model, world, vocab, n_controls=0)
-    table.to_csv(out / "logits.csv", index=False)
+    write_csv(table, out / "logits.csv")
     summary = {**summarize(table, config, 0.0, result.steps), "experiment": "in-context"}
     histories = {"grid": result.history}
     if config.control_pairs:

@@ -24,7 +24,6 @@ are not written, and ``summary.json`` (``attribution.skipped``) and stdout say s
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, Callable, Literal, Sequence
 import pandas as pd
 import torch
 
+from analyses.reproduce import _write_json, write_csv
 from facts.celebrity import COMPLETION_TEMPLATES
 from facts.io import load_jsonl
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer
@@ -234,8 +234,8 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
     per_circuit = circuit_summary(circuits)
     measured = [r for r in per_circuit if r["n_one_way"]]
     best = max(measured, key=lambda r: r["asymmetry"])["circuit"] if measured else None
-    table.to_csv(out / "logits.csv", index=False)
-    circuits.to_csv(out / "circuits.csv", index=False)
+    write_csv(table, out / "logits.csv")
+    write_csv(circuits, out / "circuits.csv")
     from analyses.figures import circuit_asymmetry_bars, margin_bars
 
     drawn = _circuits_to_draw(per_circuit)
@@ -252,7 +252,7 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
         "attribution": attribution, "figures": figures,
         "captions": {name: CAPTIONS[name] for name in figures if name in CAPTIONS},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_json(out / "summary.json", summary)
     return summary
 
 

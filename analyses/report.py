@@ -1,9 +1,13 @@
 """`revlens report`: run folders → one self-contained HTML page.
 
-A *run folder* is any folder holding a ``summary.json``: every ``revlens`` command writes it
-last, so its presence marks a finished run. A folder without one whose subfolders are runs
-(``revlens reproduce all --out OUT`` writes ``OUT/<name>/``) is expanded into them, and runs
-nested inside a run (the sweeps' ``OUT/k2/``, ``OUT/rotary/``) follow their parent.
+A *run folder* is any folder holding a ``summary.json``. One a ``revlens`` command wrote also
+holds a ``manifest.json`` (:mod:`analyses.runfolder`): it must be complete and list exactly the
+folder's files with their hashes, else the run is refused (a killed or failed rerun never renders
+its new files beside the old ones); files the manifest marks ``kept`` (no run wrote them) are
+not shown. A folder without a summary whose subfolders are runs (``revlens reproduce all --out
+OUT`` writes ``OUT/<name>/``) is expanded into them, and runs nested inside a run (the sweeps'
+``OUT/k2/``, ``OUT/rotary/``) follow their parent. Symbolic links to folders are never followed,
+and the report is never written inside a run folder.
 
 What a run shows is read from its files, so new kinds of run render without code changes:
 
@@ -40,6 +44,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from analyses.runfolder import MANIFEST, RunFolderError, check_run, is_inside_run
+from facts.io import write_text_atomic
 from probes.views import remote_references
 
 SUMMARY = "summary.json"
@@ -222,12 +228,12 @@ def find_runs(folders: Sequence[str | os.PathLike[str]]) -> list[Run]:
         if not folder.is_dir():
             raise ReportError(f"{folder}: not a folder (give the folder a revlens command wrote)")
         if (folder / SUMMARY).exists():
-            runs += _run_tree(folder, str(folder))
+            runs += _run_tree(folder, str(folder), _whole_run(folder))
             continue
         entries = _entries(folder)
         if not entries:
             raise ReportError(f"{folder}: empty folder, not a run (a finished run has a {SUMMARY})")
-        subfolders = [e for e in entries if e.is_dir()]
+        subfolders = [e for e in entries if e.is_dir() and not e.is_symlink()]
         if not any((s / SUMMARY).exists() for s in subfolders):
             raise ReportError(f"{folder}: no {SUMMARY}, so the run did not finish (half-written?); found "
                               f"{_listing(entries)}")
@@ -235,12 +241,27 @@ def find_runs(folders: Sequence[str | os.PathLike[str]]) -> list[Run]:
             if not (sub / SUMMARY).exists():
                 raise ReportError(f"{sub}: no {SUMMARY}, so this run of {folder} did not finish (half-written?); "
                                   f"found {_listing(_entries(sub)) or 'nothing'}")
-            runs += _run_tree(sub, str(sub))
+            runs += _run_tree(sub, str(sub), _whole_run(sub))
     return runs
 
 
+def _whole_run(folder: Path) -> dict[str, Any] | None:
+    """:func:`analyses.runfolder.check_run`, its refusal as a :class:`ReportError`."""
+    try:
+        return check_run(folder)
+    except RunFolderError as error:
+        raise ReportError(str(error)) from None
+
+
 def _entries(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    for path in entries:
+        try:
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ReportError(f"{folder}: the file name {os.fsencode(path.name)!r} is not UTF-8; rename it "
+                              f"(a report names every file)") from None
+    return entries
 
 
 def _listing(entries: Sequence[Path], at_most: int = 8) -> str:
@@ -248,11 +269,15 @@ def _listing(entries: Sequence[Path], at_most: int = 8) -> str:
     return ", ".join(names[:at_most]) + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
 
 
-def _run_tree(folder: Path, label: str) -> list[Run]:
-    runs = [read_run(folder, label)]
+def _run_tree(folder: Path, label: str, manifest: dict[str, Any] | None, root: Path | None = None) -> list[Run]:
+    """The run in ``folder`` and the runs nested in it (never through a symbolic link, so a link
+    loop cannot recurse); ``manifest`` is the outermost run's (its ``kept`` files are left out)."""
+    root = root or folder
+    kept = {root / name for name in (manifest or {}).get("kept", [])}
+    runs = [read_run(folder, label, kept)]
     for sub in _entries(folder):
-        if sub.is_dir() and (sub / SUMMARY).exists():
-            runs += _run_tree(sub, f"{label}/{sub.name}")
+        if sub.is_dir() and not sub.is_symlink() and (sub / SUMMARY).exists():
+            runs += _run_tree(sub, f"{label}/{sub.name}", manifest, root)
     return runs
 
 
@@ -291,8 +316,9 @@ def _named_files(value: Any) -> set[str]:
     return set()
 
 
-def read_run(folder: Path, label: str) -> Run:
-    """Read one run folder and check that everything it should hold is there and readable."""
+def read_run(folder: Path, label: str, kept: set[Path] = frozenset()) -> Run:
+    """Read one run folder and check that everything it should hold is there and readable
+    (its manifest, lock and the ``kept`` files no run wrote are not shown)."""
     summary = read_summary(folder)
     kind = run_kind(summary)
     written = KINDS[kind].files if kind in KINDS else ()
@@ -303,7 +329,11 @@ def read_run(folder: Path, label: str) -> Run:
             raise ReportError(f"{folder}: {', '.join(missing)} missing ({why}); the run is half-written")
     run = Run(folder, label, kind, summary)
     known_order = {name: i for i, name in enumerate(written)}
-    for path in sorted(_entries(folder), key=lambda p: (known_order.get(p.name, len(known_order)), p.name)):
+    shown = [p for p in _entries(folder) if p.name != MANIFEST and p not in kept]
+    for path in sorted(shown, key=lambda p: (known_order.get(p.name, len(known_order)), p.name)):
+        if path.is_symlink():
+            run.others.append(path.name + " (link)")
+            continue
         suffix = path.suffix.lower() if path.is_file() else ""
         if suffix == ".png":
             _check_png(path)
@@ -440,7 +470,7 @@ def _png_tag(path: Path) -> str:
 
 def _view_tag(path: Path) -> str:
     page = html.escape(path.read_text(encoding="utf-8"), quote=True)
-    return (f'<iframe srcdoc="{page}" title="{html.escape(path.name)}" '
+    return (f'<iframe sandbox="allow-scripts" srcdoc="{page}" title="{html.escape(path.name)}" '
             f'style="height:{VIEW_HEIGHT_PX}px"></iframe>')
 
 
@@ -522,13 +552,11 @@ def write_report(folders: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     out = Path(out)
     if out.is_dir():
         raise ReportError(f"{out}: is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
+    inside = is_inside_run(out)
+    if inside is not None:
+        raise ReportError(f"{out}: inside the run folder {inside}, whose files are the run's own (a report there "
+                          f"would replace them or be read as part of the run); write the report elsewhere")
     runs = find_runs(folders)
     page = render_report(runs, max_rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(page, encoding="utf-8")
-        temporary.replace(out)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_text_atomic(out, page)
     return runs

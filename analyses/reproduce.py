@@ -20,12 +20,12 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 
-from facts.io import save_jsonl, write_text_atomic
+from facts.io import atomic_write, facts_sha256, save_jsonl, write_text_atomic
 from facts.schema import FactSet
 from facts.token_worlds import TokenVocab, reversal_world
 from facts.tokens import TokenizedFacts, tokenize
 from models.training import Callback, TrainConfig, TrainResult, train
-from models.transformer import Positional, build_model, model_card
+from models.transformer import SPECS, Positional, build_model, model_card
 from probes.logits import answer_table, candidate_logprobs
 from probes.views import heatmap_panels, save_png
 
@@ -118,8 +118,12 @@ def _write_json(path: Path, payload: Any) -> None:
 
 
 def _write_history(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    with path.open("w") as handle:
-        handle.writelines(json.dumps(record) + "\n" for record in records)
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """``table`` as CSV (no index), written atomically (:func:`facts.io.atomic_write`)."""
+    atomic_write(path, lambda temporary: table.to_csv(temporary, index=False))
 
 
 def train_run(
@@ -132,6 +136,10 @@ def train_run(
     """
     out.mkdir(parents=True, exist_ok=True)
     batch = tokenize(world, vocab)
+    n_ctx = SPECS[config.model].n_ctx
+    if batch.tokens.shape[-1] > n_ctx:
+        raise ValueError(f"{world.world} world (meta {world.meta}): sentences of {batch.tokens.shape[-1]} tokens do not "
+                         f"fit the {config.model!r} model's context of {n_ctx}; use fewer tokens per entity (--k)")
     model = build_model(config.model, vocab.d_vocab, config.positional, config.seed, config.device)
     result = train(
         model,
@@ -144,6 +152,7 @@ def train_run(
         checkpoint_dir=out / "checkpoints",
         model_card=model_card(config.model, vocab.d_vocab, config.positional, config.seed),
         resume=resume,
+        run_card={"world": world.world, "world_meta": world.meta, "world_sha256": facts_sha256(world)},
     )
     save_jsonl(world, out / "facts.jsonl")
     _write_history(out / "history.jsonl", result.history)
@@ -168,7 +177,7 @@ def reproduce_reversal(out: str | Path, config: ReversalConfig = ReversalConfig(
     seconds = time.perf_counter() - began
     summary = summarize(table, config, seconds, result.steps)
 
-    table.to_csv(out / "logits.csv", index=False)
+    write_csv(table, out / "logits.csv")
     from analyses.figures import logprob_curves
 
     title = f"{config.model} ({config.positional}), reversal world k={config.k}"

@@ -89,7 +89,8 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 
     ``line`` is where the row starts; a row spanning lines (a quoted field left open) is refused.
     """
-    reader = csv.reader(io.StringIO(read_text(path, "celebrity CSV"), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path, "celebrity CSV"), newline=""), strict=True)  # "Ann "Smith" refused
+    end = 0
     try:
         header = [name.strip() for name in next(reader, [])]
         if not header:
@@ -113,6 +114,9 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
             row = dict(zip(header, fields))
             rows.append((start, {c: unicodedata.normalize("NFC", row[c].strip()) for c in COLUMNS}))
     except csv.Error as error:
+        if "unexpected end of data" in str(error):  # strict mode: a quote left open to the end of the file
+            raise FactError(f"{path}:{end + 1}: a quoted field opened on this line runs to the end of the file; "
+                            f"is a closing quote missing?") from None
         raise FactError(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
     if not rows:
         raise FactError(f"{path}: holds no pairs")

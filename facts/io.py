@@ -11,11 +11,14 @@ A file without a header is accepted (world "custom"). Every error names the file
 from __future__ import annotations
 
 import codecs
+import hashlib
 import io
 import json
 import os
+import re
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from facts.schema import Fact, FactError, FactSet
 
@@ -43,18 +46,33 @@ def located(error: FactError, path: Path, lines: Sequence[int]) -> FactError:
     return FactError(f"{where}: {error}", error.facts)
 
 
+class RepeatedKey(ValueError):
+    """A JSON object names one key twice (``json`` would keep the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses a repeated key."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        repeated = sorted({key for key, _ in pairs if sum(k == key for k, _ in pairs) > 1})
+        raise RepeatedKey(f"key(s) {repeated} appear more than once in one JSON object; keep one")
+    return record
+
+
 def read_json_lines(path: Path, what: str) -> Iterator[tuple[int, Any]]:
     """``(line number, parsed value)`` for every non-blank line of a JSONL file.
 
-    A missing file, bytes that are not UTF-8 or a line that is not JSON raise
-    :class:`FactError` naming file and line. A leading byte-order mark and CRLF line ends are
+    A missing file, bytes that are not UTF-8, a line that is not JSON or an object with a repeated
+    key raise :class:`FactError` naming file and line. A leading byte-order mark and CRLF line ends are
     accepted: lines end at ``\\n``, ``\\r\\n`` or ``\\r``, none of which a JSON string holds raw.
     """
     for number, line in enumerate(io.StringIO(read_text(path, what), newline=None), start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, object_pairs_hook=_unique_keys)
+        except RepeatedKey as error:
+            raise FactError(f"{path}:{number}: {error}") from None
         except json.JSONDecodeError as error:
             raise FactError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
         except (ValueError, RecursionError) as error:  # a 5,000-digit number, brackets nested 10⁵ deep
@@ -62,26 +80,104 @@ def read_json_lines(path: Path, what: str) -> Iterator[tuple[int, Any]]:
         yield number, value
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through ``<path>.tmp`` and a rename, and return the path.
+TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+"""Name of a temporary file of :func:`atomic_write`: ``.<target name>.<writer's pid>.<random>.tmp``."""
 
-    A reader sees the old file or the new one, never half of one. The temporary name is fixed, so
-    a write killed half-way leaves ``<path>.tmp`` only until the next write of ``path`` (a resumed
-    run) renames it away: no stray files accumulate in a run folder.
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], target: str | None = None,
+                             recursive: bool = True) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write` that a dead process left in ``folder``
+    (only those of ``target``'s name if given; subfolders too if ``recursive``); returns them.
+
+    A temporary whose writer is still running is left alone, so two processes never delete each
+    other's work in progress.
+    """
+    folder = Path(folder)
+    removed = []
+    walk = os.walk(folder, followlinks=False) if recursive else [(str(folder), [], os.listdir(folder))]
+    for root, _, names in walk:
+        for name in names:
+            match = TEMPORARY.match(name)
+            if match and (target is None or match["target"] == target) and not _alive(int(match["pid"])):
+                path = Path(root, name)
+                if path.is_file() or path.is_symlink():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+    """``write(temporary)``, flush it to disk and rename it over ``path``; returns ``path``.
+
+    The temporary is created exclusively (``O_CREAT | O_EXCL``: never through a symbolic link
+    planted there) in ``path``'s folder under a unique name holding this process's id, removed on
+    every error (and KeyboardInterrupt); one a killed process left is removed by the next write of
+    ``path`` (:func:`remove_stale_temporaries`). The rename replaces ``path`` itself, a link
+    included, never a link's target. A reader sees the old file or the new one, never half of one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    remove_stale_temporaries(path.parent, path.name, recursive=False)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    temporary = Path(name)
+    try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 → what open() would give
+        os.close(handle)
+        write(temporary)
+        with temporary.open("rb") as done:
+            os.fsync(done.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write` and return the path."""
+    return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def jsonl_text(facts: FactSet) -> str:
+    """The JSONL text of ``facts``: a header line, then one line per fact."""
+    lines = [json.dumps({"world": facts.world, "meta": facts.meta}, ensure_ascii=False)]
+    lines += [json.dumps(f.to_dict(), ensure_ascii=False) for f in facts]
+    return "\n".join(lines) + "\n"
+
+
+def facts_sha256(facts: FactSet) -> str:
+    """SHA-256 of :func:`jsonl_text`: equal exactly for equal worlds (facts, order, header)."""
+    return hashlib.sha256(jsonl_text(facts).encode("utf-8")).hexdigest()
 
 
 def save_jsonl(facts: FactSet, path: str | os.PathLike[str]) -> Path:
     """Write ``facts`` atomically (:func:`write_text_atomic`) and return the path."""
-    lines = [json.dumps({"world": facts.world, "meta": facts.meta}, ensure_ascii=False)]
-    lines += [json.dumps(f.to_dict(), ensure_ascii=False) for f in facts]
-    return write_text_atomic(path, "\n".join(lines) + "\n")
+    return write_text_atomic(path, jsonl_text(facts))
 
 
 HEADER_FIELDS = ("world", "meta")
@@ -92,7 +188,7 @@ def _header(path: Path, number: int, record: dict[str, Any]) -> tuple[str, dict[
     unknown = sorted(set(record) - set(HEADER_FIELDS))
     if unknown:
         raise FactError(f"{path}:{number}: unknown header field(s) {unknown}; a header holds {list(HEADER_FIELDS)}")
-    world, meta = record["world"], record.get("meta") or {}
+    world, meta = record["world"], record.get("meta", {})
     if not isinstance(world, str):
         raise FactError(f"{path}:{number}: the header's world must be a string, got {world!r}")
     if not isinstance(meta, dict):
@@ -125,6 +221,19 @@ def load_jsonl(path: str | os.PathLike[str]) -> FactSet:
         return FactSet(tuple(facts), world=world, meta=meta)
     except FactError as error:
         raise located(error, path, lines) from None
+
+
+def fact_line(path: str | os.PathLike[str], index: int) -> str:
+    """``"path:line"`` of fact ``index`` (0-based, the header not counted) of a JSONL fact file."""
+    path = Path(path)
+    seen = -1
+    for number, record in read_json_lines(path, "fact"):
+        if isinstance(record, dict) and "subject" not in record and "world" in record:
+            continue
+        seen += 1
+        if seen == index:
+            return f"{path}:{number}"
+    return str(path)
 
 
 def to_dataset(facts: FactSet):

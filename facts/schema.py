@@ -41,7 +41,9 @@ def text_problem(value: object) -> str | None:
     """Why ``value`` cannot name an entity or relation (None when it can).
 
     A name must be a non-empty string without leading or trailing whitespace (" Tom" would be a
-    second entity beside "Tom" that reads the same), control characters, byte-order marks or
+    second entity beside "Tom" that reads the same), control characters, invisible format
+    characters (zero-width spaces, byte-order marks, bidirectional marks; not the joiners
+    :data:`JOINERS`), space-like characters but the plain space, line or paragraph separators, or
     lone surrogates (which cannot be written as UTF-8).
     """
     if not isinstance(value, str) or not value.strip():
@@ -49,9 +51,19 @@ def text_problem(value: object) -> str | None:
     if value != value.strip():
         return f"has leading or trailing whitespace: {value!r}"
     for position, char in enumerate(value):
-        if unicodedata.category(char) in ("Cc", "Cs") or char == "\ufeff":
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs", "Zl", "Zp") or (category == "Cf" and char not in JOINERS):
             return f"holds the invisible character U+{ord(char):04X} at position {position}: {value!r}"
+        if category == "Zs" and char != " ":
+            return f"holds the space-like character U+{ord(char):04X} at position {position}: {value!r}; use a plain space"
     return None
+
+
+JOINERS = ("\u200c", "\u200d")
+"""Zero-width (non-)joiners: format characters that some scripts (Persian, Devanagari) and emoji
+need inside a name; every other format character (U+200B zero-width space, U+2060 word joiner,
+U+00AD soft hyphen, U+FEFF, bidirectional marks) is refused, as it makes two names that read the
+same."""
 
 
 @dataclass(frozen=True)

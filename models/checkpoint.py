@@ -4,8 +4,8 @@ The tensors file holds the model's state dict (``model.*``) and the optimizer's 
 state (``optim.<i>.<name>``); the JSON holds the step, the model card, the optimizer's
 hyper-parameters, the training history so far, free metadata, the tensors file's SHA-256
 (``sha256``) and its own (``meta_sha256``: SHA-256 of the JSON without that field, keys sorted).
-Both are written to a temporary file and renamed, tensors first: a checkpoint exists only
-once its JSON does, and a tensors file or JSON whose hash differs is refused whole, so a
+Both are written with :func:`facts.io.atomic_write` (an exclusive temporary file, then a
+rename), tensors first: a checkpoint exists only once its JSON does, and a tensors file or JSON whose hash differs is refused whole, so a
 truncated or bit-flipped checkpoint is never half-loaded. A model whose parameters hold NaN or
 inf is not saved at all: the last checkpoint on disk is always a good one.
 """
@@ -16,13 +16,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from facts.io import atomic_write, file_sha256, remove_stale_temporaries
 
 _NAME = re.compile(r"^step-(\d{6,})\.json$")
 
@@ -42,35 +43,10 @@ class Checkpoint:
     path: Path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _meta_sha256(record: dict[str, Any]) -> str:
     """SHA-256 of a checkpoint's JSON record without its ``meta_sha256`` field, keys sorted."""
     body = {k: v for k, v in record.items() if k != "meta_sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write`` a temporary file next to ``path``, flush it to disk, then rename it over ``path``.
-
-    If ``write`` fails (or the process dies) the previous ``path`` is untouched.
-    """
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False)
-    handle.close()
-    try:
-        write(Path(handle.name))
-        with open(handle.name, "rb") as done:
-            os.fsync(done.fileno())
-        os.replace(handle.name, path)
-    finally:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -111,12 +87,12 @@ def save_checkpoint(
         optim_tensors, optim_meta = _optimizer_tensors(optimizer)
         tensors.update(optim_tensors)
     tensor_path = directory / f"{stem}.safetensors"
-    _atomic_write(tensor_path, lambda p: save_file(tensors, str(p)))
-    record = {"step": step, "optimizer": optim_meta, "sha256": _sha256(tensor_path), **meta}
+    atomic_write(tensor_path, lambda p: save_file(tensors, str(p)))
+    record = {"step": step, "optimizer": optim_meta, "sha256": file_sha256(tensor_path), **meta}
     record = json.loads(json.dumps(record, default=str))  # exactly what a reader will parse
     record["meta_sha256"] = _meta_sha256(record)
     json_path = directory / f"{stem}.json"
-    _atomic_write(json_path, lambda p: p.write_text(json.dumps(record, indent=1)))
+    atomic_write(json_path, lambda p: p.write_text(json.dumps(record, indent=1)))
     return json_path
 
 
@@ -129,8 +105,9 @@ def remove_checkpoints(directory: str | os.PathLike[str]) -> None:
     directory = Path(directory)
     if directory.is_dir():
         for path in directory.glob("step-*"):
-            if path.is_file() and path.suffix in (".json", ".safetensors", ".tmp"):
+            if path.is_file() and path.suffix in (".json", ".safetensors"):
                 path.unlink()
+        remove_stale_temporaries(directory)
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
@@ -165,7 +142,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     tensor_path = path.with_suffix(".safetensors")
     if not tensor_path.is_file():
         raise CheckpointError(f"{tensor_path}: tensors file of the checkpoint is missing")
-    if _sha256(tensor_path) != meta.get("sha256"):
+    if file_sha256(tensor_path) != meta.get("sha256"):
         raise CheckpointError(
             f"{tensor_path}: checksum does not match {path.name}; the file is truncated or corrupted"
         )

@@ -13,6 +13,7 @@ weights, the optimizer state and the history so far (:mod:`models.checkpoint`).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -122,19 +123,43 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
 
 
-RESUME_MUST_MATCH = ("lr", "weight_decay", "batch_size", "seed", "optimizer")
-"""Settings a resumed run must share with its checkpoint: each changes the numbers it continues."""
+RESUME_MAY_DIFFER = ("steps", "checkpoint_every", "progress")
+"""Train settings a resumed run may change (more steps; how often it checkpoints; the progress bar).
+Every other one, the model card and the run card must equal the checkpoint's: each shapes the
+numbers the run continues."""
 
 
-def _check_resumable(path: Path, step: int, saved: Mapping[str, Any], config: TrainConfig) -> None:
-    """Refuse to resume from a checkpoint past ``config.steps`` or made with other settings."""
+def _differences(saved: Mapping[str, Any], now: Mapping[str, Any], prefix: str) -> list[str]:
+    """``"prefix.key: checkpoint …, now …"`` for every key whose value differs (nested dicts flattened)."""
+    differ = []
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differ += _differences(old, new, f"{prefix}{key}.")
+        elif json.loads(json.dumps(old, default=str)) != json.loads(json.dumps(new, default=str)):
+            differ.append(f"{prefix}{key}: checkpoint {old!r}, now {new!r}")
+    return differ
+
+
+def _check_resumable(path: Path, step: int, saved: Mapping[str, Any], config: TrainConfig,
+                     model_card: Mapping[str, Any], run_card: Mapping[str, Any]) -> None:
+    """Refuse to resume from a checkpoint past ``config.steps`` or made with anything else that
+    shapes the run: train settings (but :data:`RESUME_MAY_DIFFER`), the model card, the run card
+    (e.g. the fact world's config and the facts' hash). A part the checkpoint lacks (written by an
+    older version) is not compared."""
     if step > config.steps:
         raise TrainingError(f"{path}: checkpoint is at step {step}, past this run's {config.steps} steps; "
                             f"resume with steps ≥ {step} or start afresh without resume")
-    differ = [f"{k}: checkpoint {saved[k]!r}, now {getattr(config, k)!r}"
-              for k in RESUME_MUST_MATCH if k in saved and saved[k] != getattr(config, k)]
+    train_now = {k: v for k, v in asdict(config).items() if k not in RESUME_MAY_DIFFER}
+    parts = (("train_config", train_now), ("model", dict(model_card)), ("run", dict(run_card)))
+    differ = []
+    for name, now in parts:
+        if name in saved:
+            kept = saved[name] if name != "train_config" else {k: v for k, v in saved[name].items()
+                                                                  if k not in RESUME_MAY_DIFFER}
+            differ += _differences(kept, now, f"{name}.")
     if differ:
-        raise TrainingError(f"{path}: cannot resume with other settings ({'; '.join(differ)}); "
+        raise TrainingError(f"{path}: cannot resume a run that differs from its checkpoint ({'; '.join(differ)}); "
                             f"use the checkpoint's settings or start afresh without resume")
 
 
@@ -147,19 +172,22 @@ def train(
     checkpoint_dir: str | Path | None = None,
     model_card: Mapping[str, Any] | None = None,
     resume: bool = False,
+    run_card: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on the answer tokens of ``train_set``; see the module docstring.
 
     With ``resume=True`` and a checkpoint in ``checkpoint_dir``, weights, optimizer state and
     history are restored and training continues from the checkpoint's step (refused when the
-    checkpoint is past ``config.steps`` or was made with another lr, weight decay, batch size,
-    seed or optimizer). Otherwise a ``checkpoint_dir`` is emptied of earlier checkpoints first.
+    checkpoint is past ``config.steps`` or was made with other train settings, another
+    ``model_card`` or another ``run_card``: what else shapes the run, e.g. the fact world's config
+    and hash; the error names each difference). Otherwise a ``checkpoint_dir`` is emptied of earlier checkpoints first.
     """
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(model, train_set, config, eval_sets, callbacks, checkpoint_dir, model_card, resume)
+        return _train(model, train_set, config, eval_sets, callbacks, checkpoint_dir, model_card, resume,
+                      run_card or {})
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
@@ -173,6 +201,7 @@ def _train(
     checkpoint_dir: str | Path | None,
     model_card: Mapping[str, Any] | None,
     resume: bool,
+    run_card: Mapping[str, Any],
 ) -> TrainResult:
     if len(train_set) == 0:
         raise TrainingError("the training set is empty")
@@ -187,14 +216,14 @@ def _train(
         raise TrainingError("resume=True needs a checkpoint_dir")
     if resume and list_checkpoints(checkpoint_dir):
         checkpoint = load_checkpoint(checkpoint_dir)
-        _check_resumable(checkpoint.path, checkpoint.step, checkpoint.meta.get("train_config") or {}, config)
+        _check_resumable(checkpoint.path, checkpoint.step, checkpoint.meta, config, model_card or {}, run_card)
         restore_model(model, checkpoint)
         if checkpoint.optimizer_state is not None:
             optimizer.load_state_dict(checkpoint.optimizer_state)
         start, history = checkpoint.step, list(checkpoint.meta.get("history", []))
     elif checkpoint_dir is not None:
         remove_checkpoints(checkpoint_dir)  # a fresh run: an earlier run's later steps must not pass for ours
-    meta = {"model": dict(model_card or {}), "train_config": asdict(config)}
+    meta = {"model": dict(model_card or {}), "train_config": asdict(config), "run": dict(run_card)}
 
     def checkpoint(step: int) -> None:
         if checkpoint_dir is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import os
 import re
 from pathlib import Path
@@ -24,15 +25,13 @@ from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from facts.io import atomic_write, write_text_atomic
 from probes.hooks import check_head, check_layer, collect
 
 
 def save_png(figure, path: str | os.PathLike[str], dpi: int = 120) -> Path:
-    """Write a matplotlib figure as PNG (creating the folder) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi, bbox_inches="tight")
-    return path
+    """Write a matplotlib figure as PNG atomically (:func:`facts.io.atomic_write`) and return the path."""
+    return atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=dpi, bbox_inches="tight"))
 
 
 def heatmap_panels(
@@ -94,12 +93,34 @@ def attention_view(
         raise ValueError(f"{len(token_labels)} token labels for {tokens.shape[1]} tokens: give one label per token")
     names = [f"blocks.{chosen_layer}.attn.hook_pattern" for chosen_layer in layers]
     patterns = collect(model, tokens, re.compile("|".join(re.escape(name) for name in names)))
-    return attention_heads(
+    view = attention_heads(
         attention=torch.cat([patterns[name][0, chosen] for name in names]).float().cpu(),
         tokens=list(token_labels),
         attention_head_names=[f"L{chosen_layer}H{h}" for chosen_layer in layers for h in chosen],
         mask_upper_tri=True,
     )
+    return RenderedHTML(script_safe_props(view.local_src), script_safe_props(view.cdn_src))
+
+
+_RENDER_CALL = re.compile(r"(render\(\s*\"[\w-]+\",\s*(?:CircuitsVis\.)?\w+,\s*)(.*)(\s*\)\s*</script>\s*)$", re.S)
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_safe_props(source: str) -> str:
+    """A circuitsvis page with the JSON props of its ``render(id, View, props)`` call made safe
+    inside ``<script>``: ``<``, ``>``, ``&`` (and U+2028/9) written as ``\\u003c`` etc., so a token
+    label such as ``</script><script>…`` stays a string. These characters occur in JSON only
+    inside strings, where the escape means the same character: the view shows the same labels.
+    """
+    start = source.rfind("render(")
+    match = _RENDER_CALL.match(source, start) if start >= 0 else None
+    if match is None:
+        raise ValueError("circuitsvis page without the expected CircuitsVis.render(id, View, props) call; "
+                         "cannot make its labels safe, so it is not written")
+    props = match.group(2)
+    json.loads(props)  # what circuitsvis wrote is plain JSON, else refuse
+    safe = re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_ESCAPES[m.group()], props)
+    return source[: match.start(2)] + safe + source[match.end(2):]
 
 
 _REMOTE = re.compile(
@@ -141,10 +162,7 @@ def save_html(view: RenderedHTML, path: str | os.PathLike[str], title: str = "re
     remote = remote_references(page)
     if remote:
         raise ValueError(f"the view still references the network ({remote[:3]}); refusing to write {path}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_text_atomic(path, page)
 
 
 def attribution_bar(

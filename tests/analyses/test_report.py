@@ -18,8 +18,11 @@ from analyses.reproduce import ReversalConfig, reproduce_reversal
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--virtual-time-budget=10000", "--window-size=1280,8000")
-IFRAME = re.compile(r'<iframe srcdoc="[^"]*"', re.S)
+                  "--virtual-time-budget=10000", "--window-size=1280,8000",
+                  # a sandboxed iframe has an opaque origin, so site isolation puts it in a process of its own,
+                  # which a headless --screenshot leaves blank (the view runs: its JavaScript reports no error)
+                  "--disable-site-isolation-trials")
+IFRAME = re.compile(r'<iframe sandbox="allow-scripts" srcdoc="[^"]*"', re.S)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +87,7 @@ def test_report_renders_every_run_offline(runs, tmp_path, capsys):
     figures = [p for p in runs.rglob("*.png") if "checkpoints" not in str(p)]
     assert len(figures) >= 19 and page.count('src="data:image/png;base64,') == len(figures)  # every figure inlined
     views = [p for p in runs.rglob("*.html")]
-    assert views and page.count("<iframe srcdoc=") == len(views) and "CircuitsVis.render(" in page
+    assert views and page.count('<iframe sandbox="allow-scripts" srcdoc=') == len(views) and "CircuitsVis.render(" in page
     assert not re.search(r"https?://|//cdn|@import|url\(", IFRAME.sub("", page))  # the page around the view
     kinds = ("reversal", "bilinear", "chain", "in-context", "multi-token", "positional", "embeddings", "probe")
     titles = [KINDS[kind].title for kind in kinds]

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +17,9 @@ def test_jsonl_round_trip(make, world, tmp_path):
 
 
 def test_a_write_killed_half_way_leaves_nothing_once_the_file_is_written_again(world, tmp_path):
-    (tmp_path / "facts.jsonl.tmp").write_text('{"world": "reversal", "me')  # what a SIGKILL mid-write leaves
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".facts.jsonl.{int(dead.stdout)}.k1ll3d00.tmp"  # what a SIGKILL mid-write leaves
+    left.write_text('{"world": "reversal", "me')
     save_jsonl(world, tmp_path / "facts.jsonl")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["facts.jsonl"]
     assert load_jsonl(tmp_path / "facts.jsonl") == world

@@ -17,6 +17,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from analyses.runfolder import LOCK, MANIFEST, check_run
+
 ROOT = Path(__file__).resolve().parents[2]
 SOCKET_LOG = "REVLENS_SOCKET_LOG"
 
@@ -103,8 +105,12 @@ def run_guarded(out: Path, body: str, offline_env: bool) -> GuardedRun:
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (by relative path) and its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file a run wrote under ``folder`` (by relative path) and its bytes, once the folder is
+    checked to hold one whole run (:func:`analyses.runfolder.check_run`); its manifest (run id,
+    times, paths) and lock are left out."""
+    assert check_run(folder) is not None, f"{folder}: no manifest"
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and str(p.relative_to(folder)) not in (MANIFEST, LOCK)}
 
 
 def without(summary: bytes, fields: set[str]) -> dict:

@@ -183,8 +183,9 @@ def test_a_fresh_run_does_not_inherit_an_earlier_runs_later_checkpoints(train_se
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"steps": 2}, "checkpoint is at step 4, past this run's 2 steps"),
-    ({"steps": 6, "lr": 1e-3}, r"cannot resume with other settings \(lr: checkpoint 0.01, now 0.001\)"),
-    ({"steps": 6, "seed": 5, "batch_size": None}, "batch_size: checkpoint 64, now None; seed: checkpoint 0, now 5"),
+    ({"steps": 6, "lr": 1e-3}, r"differs from its checkpoint \(train_config.lr: checkpoint 0.01, now 0.001\)"),
+    ({"steps": 6, "seed": 5, "batch_size": None},
+     "train_config.batch_size: checkpoint 64, now None; train_config.seed: checkpoint 0, now 5"),
 ])
 def test_resume_with_other_settings_is_refused(saved_run, train_set, vocab, tmp_path, change, message):
     folder = copy_of(saved_run, tmp_path)

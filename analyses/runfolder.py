@@ -1,0 +1,262 @@
+"""A run folder holds one run: a lock while it is written, a manifest once it is whole.
+
+Every ``revlens`` command that writes a folder does so inside :func:`run_folder`:
+
+1. it takes ``OUT/.revlens.lock`` (:mod:`filelock`, not waiting): a second writer is refused;
+2. it reads the old ``manifest.json``: a folder holding another kind of run (or files no
+   manifest lists) is refused unless ``force``; then it *invalidates* the manifest, rewriting it
+   atomically as ``{"complete": false, ...}`` that still lists the old run's files;
+3. a fresh run (not ``resume``) deletes the files the old run wrote, and nothing else: those its
+   complete manifest lists, or, after a run that was killed or failed (``complete: false``),
+   every file but the ``kept`` ones; files no run wrote are never deleted, they are recorded
+   as ``kept`` (and left out of reports);
+4. the command writes its files; on success the manifest is written last, atomically:
+   ``{"complete": true, "run_id", "command", "kind", "config", "inputs": {path: sha256},
+   "files": {relative path: sha256}, "kept": [...]}``; ``files`` is every file under the folder
+   but the lock, the manifest and the ``kept`` ones.
+
+A command killed or failing half-way leaves the ``complete: false`` manifest, so readers
+(:func:`check_run`: ``report``, ``compare --finetuned``, ``reproduce mitigations --finetuned``,
+``probe --model``) refuse the folder instead of mixing the old run's files with the new one's;
+the next fresh run of that folder removes what the unfinished run left and what the run before
+it wrote, never the ``kept`` files; ``resume`` keeps them all (its checkpoints are needed).
+
+Folders written through the Python API without :func:`run_folder` carry no manifest; readers
+accept them as they are (no promise is made about them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from facts.io import file_sha256 as sha256
+from facts.io import remove_stale_temporaries, write_text_atomic
+
+MANIFEST = "manifest.json"
+LOCK = ".revlens.lock"
+FORMAT = 1
+
+
+class RunFolderError(ValueError):
+    """A folder cannot be written as, or read as, one whole run; the message says what to do."""
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    """Every regular file under ``folder`` by relative POSIX path, lock and manifest left out.
+
+    Symbolic links are not followed (a link is listed as a file of its own, never walked), so
+    a folder linking to itself cannot loop.
+    """
+    found: dict[str, Path] = {}
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            path = Path(root, name)
+            relative = path.relative_to(folder).as_posix()
+            if relative not in (LOCK, MANIFEST):
+                found[relative] = path
+    return found
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    info = path.lstat()
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """``folder/manifest.json`` as a dict, None if there is none; a clear error if it is unreadable."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"{path}: unreadable run manifest ({error}); the run is broken: rerun it "
+                             f"(add --force to write over it)") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        raise RunFolderError(f"{path}: not a revlens run manifest; rerun with --force to write over it")
+    return manifest
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def check_out_path(out: Path, option: str = "--out") -> None:
+    """Refuse an output path that cannot be a folder: empty, a file, or under a file."""
+    if str(out) in ("", "."):
+        raise RunFolderError(f"{option} {str(out)!r}: give a folder to write (not the current folder)")
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{option} {out}: is a file, not a folder; choose a folder to write the run into")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunFolderError(f"{option} {out}: {parent} is a file, so no folder can be made under it")
+            break
+
+
+@contextmanager
+def locked(folder: str | os.PathLike[str], parent: bool = False) -> Iterator[Path]:
+    """Hold ``folder/.revlens.lock`` (created with the folder) while the block runs; refused at once,
+    with :class:`RunFolderError`, when another process holds it. ``parent``: the folder holds runs
+    (``reproduce all``), so it must not itself be, or be inside, a run folder."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    check_out_path(folder)
+    inside = is_inside_run(folder / "x") if parent else None
+    if inside is not None:
+        what = "holds a run" if inside == folder.absolute() else f"is inside the run folder {inside}"
+        raise RunFolderError(f"{folder}: {what}; a run {'of runs ' if parent else ''}cannot be written there "
+                             f"(its manifest would no longer match); choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunFolderError(f"{folder}: another revlens process is writing this folder (it holds {folder / LOCK}); "
+                             f"wait for it to finish or choose another --out") from None
+    try:
+        yield folder
+    finally:
+        lock.release()
+
+
+def _describe(manifest: Mapping[str, Any]) -> str:
+    return f"a {manifest.get('kind')!r} run ({manifest.get('command', '?')})"
+
+
+@contextmanager
+def run_folder(out: str | os.PathLike[str], kind: str, config: Mapping[str, Any] | None = None,
+               inputs: Mapping[str, str | os.PathLike[str]] | None = None, force: bool = False,
+               resume: bool = False, command: str | None = None) -> Iterator[Path]:
+    """Write one run into ``out`` (see the module docstring); yields the folder.
+
+    ``kind`` names what runs here (``"reproduce reversal"``, ``"probe"``); ``inputs`` are files or
+    run folders whose hashes the manifest records; ``resume`` keeps the old run's files.
+    """
+    out = Path(out)
+    check_out_path(out)
+    inside = is_inside_run(out)
+    if inside is not None:
+        raise RunFolderError(f"{out}: inside the run folder {inside}; a run written there would break that run's "
+                             f"manifest; choose another --out")
+    with locked(out):
+        old = read_manifest(out)
+        present = _files(out)
+        if old is None:
+            if present and not force:
+                raise RunFolderError(f"{out}: holds files no revlens run manifest lists ({_few(present)}); "
+                                     f"choose an empty or new --out, or add --force to write beside them (they are "
+                                     f"kept, never deleted)")
+            known, kept = [], sorted(present)
+        else:
+            if old.get("kind") != kind and not force:
+                raise RunFolderError(f"{out}: holds {_describe(old)}, not a {kind!r} run; choose another --out, or add "
+                                     f"--force to replace it (the files its manifest lists are deleted)")
+            kept = [name for name in old.get("kept", []) if name in present]
+            if old.get("complete") is True:  # files added after it finished are no run's: kept
+                known = sorted(set(old.get("files", {})) | set(old.get("previous", [])))
+                kept = sorted(set(kept) | (set(present) - set(known)))
+            else:  # a run killed or failed in a locked folder: what it left is its own
+                known = sorted((set(present) | set(old.get("previous", []))) - set(kept))
+        if resume and old is not None and old.get("kind") != kind:
+            raise RunFolderError(f"{out}: holds {_describe(old)}; cannot resume a {kind!r} run there")
+        run_id = uuid.uuid4().hex
+        header = {"format": FORMAT, "run_id": run_id, "kind": kind, "command": command or _command(),
+                  "config": _jsonable(config or {}), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _write_manifest(out, {**header, "complete": False, "previous": known, "kept": kept, "files": {}})
+        if not resume:
+            for name in known:
+                path = out / name
+                if name not in kept and _plainly_inside(out, name) and (path.is_file() or path.is_symlink()):
+                    path.unlink()
+        remove_stale_temporaries(out)
+        before = {name: _stamp(present[name]) for name in kept}
+        input_hashes = {str(p): _input_hash(Path(p)) for p in (inputs or {}).values() if p is not None}
+        yield out
+        now = _files(out)
+        kept = sorted(name for name in kept if name in now and _stamp(now[name]) == before[name])
+        files = {name: sha256(path) for name, path in sorted(now.items())
+                 if name not in kept and not path.is_symlink()}
+        _write_manifest(out, {**header, "complete": True, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              "inputs": input_hashes, "files": files, "kept": kept})
+
+
+def _plainly_inside(folder: Path, name: str) -> bool:
+    """Whether ``folder/name`` lies inside ``folder`` without ``..``, an absolute path or a linked
+    folder on the way (a manifest's names are never trusted to delete anything else)."""
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts:
+        return False
+    return not any((folder.joinpath(*parts[:i])).is_symlink() for i in range(1, len(parts)))
+
+
+def _few(files: Mapping[str, Any], at_most: int = 4) -> str:
+    names = sorted(files)
+    return ", ".join(names[:at_most]) + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
+
+
+def _command() -> str:
+    return " ".join(["revlens", *sys.argv[1:]])
+
+
+def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(config), default=str))
+
+
+def _input_hash(path: Path) -> str | None:
+    """A file's SHA-256; a run folder's manifest's; None for a name that is no local path (a model name)."""
+    if path.is_file():
+        return sha256(path)
+    if (path / MANIFEST).is_file():
+        return sha256(path / MANIFEST)
+    return None
+
+
+def find_run_root(path: str | os.PathLike[str], levels: int = 2) -> Path | None:
+    """The folder holding a manifest among ``path`` and its ``levels`` nearest parents, or None."""
+    path = Path(path).absolute()
+    for folder in [path, *path.parents][: levels + 1]:
+        if (folder / MANIFEST).is_file():
+            return folder
+    return None
+
+
+def check_run(folder: str | os.PathLike[str], what: str = "run folder") -> dict[str, Any] | None:
+    """Check that ``folder`` holds one whole run: a complete manifest, every file it lists with
+    that hash, and no other file (but the ``kept`` ones); returns the manifest (None: no manifest).
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return None
+    if manifest.get("complete") is not True:
+        raise RunFolderError(f"{folder}: {what} is incomplete (its manifest says the run {manifest.get('command')!r} "
+                             f"did not finish: killed, failed or still running); rerun it")
+    listed, kept = manifest.get("files", {}), set(manifest.get("kept", []))
+    present = _files(folder)
+    missing = sorted(set(listed) - set(present))
+    extra = sorted(set(present) - set(listed) - kept)
+    changed = sorted(name for name in set(listed) & set(present) if sha256(present[name]) != listed[name])
+    for problem, names in (("missing", missing), ("changed since the run wrote them", changed),
+                           ("not written by this run", extra)):
+        if names:
+            raise RunFolderError(f"{folder}: {what} does not match its manifest: {_few(dict.fromkeys(names))} "
+                                 f"{problem}; rerun it (or remove the files it did not write)")
+    return manifest
+
+
+def is_inside_run(path: str | os.PathLike[str]) -> Path | None:
+    """The run folder (a folder with a manifest) that ``path`` is in or names, or None."""
+    path = Path(path).absolute()
+    for folder in path.parents:
+        if (folder / MANIFEST).is_file():
+            return folder
+    return None

@@ -1,0 +1,328 @@
+"""A run folder is one run (analyses/runfolder.py): locked while written, its manifest written last,
+refused by every reader when its files are not all the manifest's; and the CLI's error boundary:
+one line, exit 2 (130 for Ctrl-C), nothing written outside --out. Each test is a case of issue #19.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from analyses.cli import main
+from analyses.report import ReportError, write_report
+from analyses.runfolder import LOCK, MANIFEST, RunFolderError, check_run, run_folder
+from facts.io import atomic_write, load_jsonl, write_text_atomic
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ("--steps", "2", "--pairs", "20", "--eval-every", "1", "--quiet")
+"""The cheapest `reproduce reversal`: tiny model, 20 pairs, 2 steps (about a second in-process)."""
+
+
+def revlens(capsys, *args) -> tuple[int, str, str]:
+    """``revlens ARGS`` in this process: exit code (argparse's SystemExit included), stdout, stderr."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_error_line(err: str) -> str:
+    """The single line an error prints; fails on a traceback or anything else on stderr."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("revlens: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``folder`` with its size and mtime (to see that nothing was touched)."""
+    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished `reproduce reversal` run folder (read-only for the tests: copy it to change it)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["reproduce", "reversal", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, to, symlinks=True))
+
+
+# --- the manifest ------------------------------------------------------------------------------
+
+def test_manifest_lists_every_file_with_its_hash(finished):
+    manifest = check_run(finished)
+    assert manifest["complete"] is True and manifest["kind"] == "reproduce reversal"
+    written = {str(p.relative_to(finished)) for p in finished.rglob("*") if p.is_file()} - {MANIFEST, LOCK}
+    assert set(manifest["files"]) == written
+    assert {"summary.json", "logits.csv", "checkpoints/step-000002.safetensors"} <= written
+    assert manifest["config"]["pairs"] == 20 and manifest["command"].startswith("revlens reproduce reversal")
+
+
+def test_a_failed_rerun_leaves_the_folder_refused_then_a_rerun_cleans_it(finished, tmp_path, capsys):
+    """Issue case 2: a rerun that fails after replacing some files (here: after writing a new
+    summary.json) must not leave a folder that renders as a whole run."""
+    run = copy_run(finished, tmp_path / "run")
+    with pytest.raises(RuntimeError, match="fault injected"):
+        with run_folder(run, "reproduce reversal"):
+            write_text_atomic(run / "summary.json", json.dumps({"experiment": "reversal", "train_prob": 0.0}))
+            (run / "half.csv").write_text("a\n1\n")
+            raise RuntimeError("fault injected")
+    with pytest.raises(RunFolderError, match="incomplete"):
+        check_run(run)
+    with pytest.raises(ReportError, match="incomplete"):
+        write_report([run], tmp_path / "report.html")
+    code, _, err = revlens(capsys, "compare", "--out", tmp_path / "c", "--finetuned", run)
+    assert code == 2 and "incomplete" in one_error_line(err) and not (tmp_path / "c").exists()
+    code, _, err = revlens(capsys, "probe", "--model", run / "checkpoints", "--facts", finished / "facts.jsonl",
+                           "--out", tmp_path / "p")
+    assert code == 2 and "incomplete" in one_error_line(err)
+    assert revlens(capsys, "reproduce", "reversal", "--out", run, *TINY, "--seed", "3")[0] == 0
+    assert not (run / "half.csv").exists()  # what the failed run left is its own: removed
+    assert check_run(run)["config"]["seed"] == 3
+    assert json.loads((run / "summary.json").read_text())["config"]["seed"] == 3
+
+
+def test_a_file_changed_or_added_after_the_run_is_refused(finished, tmp_path):
+    run = copy_run(finished, tmp_path / "run")
+    (run / "stale.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(ReportError, match=r"stale.png not written by this run"):
+        write_report([run], tmp_path / "report.html")
+    (run / "stale.png").unlink()
+    (run / "logits.csv").write_text("fact\n0\n")
+    with pytest.raises(ReportError, match=r"logits.csv changed since the run wrote them"):
+        write_report([run], tmp_path / "report.html")
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path, capsys):
+    """Issue case 3: another process holds the folder's lock (a real second process)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; import sys, time\n"
+                               f"lock = FileLock({str(out / LOCK)!r}); lock.acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = revlens(capsys, "reproduce", "reversal", "--out", out, *TINY)
+        assert code == 2 and "another revlens process is writing this folder" in one_error_line(err)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert revlens(capsys, "reproduce", "reversal", "--out", out, *TINY)[0] == 0
+
+
+def test_another_kind_of_run_is_refused_and_force_replaces_only_its_files(finished, tmp_path, capsys):
+    """Issue case 5: `probe --out` into a reversal run would replace its summary."""
+    run = copy_run(finished, tmp_path / "run")
+    before = (run / "summary.json").read_bytes()
+    args = ("probe", "--model", finished / "checkpoints", "--facts", finished / "facts.jsonl", "--out", run,
+            "--controls", "4", "--patch-layers", "0")
+    code, _, err = revlens(capsys, *args)
+    assert code == 2 and "holds a 'reproduce reversal' run" in one_error_line(err) and "--force" in err
+    assert (run / "summary.json").read_bytes() == before
+    (run / "notes.txt").write_text("mine")  # added after the run: no run's file, never deleted
+    assert revlens(capsys, *args, "--force")[0] == 0
+    manifest = check_run(run)
+    assert manifest["kind"] == "probe" and manifest["kept"] == ["notes.txt"]
+    assert (run / "notes.txt").read_text() == "mine"
+    assert not (run / "heatmap.png").exists() and not (run / "checkpoints" / "step-000002.json").exists()
+    page = (tmp_path / "r.html")
+    write_report([run], page)
+    assert "notes.txt" not in page.read_text(encoding="utf-8")
+
+
+def test_a_folder_of_unknown_files_is_refused_and_force_keeps_them(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("keep me")
+    code, _, err = revlens(capsys, "reproduce", "reversal", "--out", out, *TINY)
+    assert code == 2 and "holds files no revlens run manifest lists (thesis.tex)" in one_error_line(err)
+    assert revlens(capsys, "reproduce", "reversal", "--out", out, *TINY, "--force")[0] == 0
+    assert check_run(out)["kept"] == ["thesis.tex"] and (out / "thesis.tex").read_text() == "keep me"
+
+
+def test_report_refuses_to_write_into_a_run_and_never_inlines_its_own_output(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    before = snapshot(run)
+    for target in (run / "summary.json", run / "report.html", run / "checkpoints" / "r.html"):
+        code, _, err = revlens(capsys, "report", "--runs", run, "--out", target)
+        assert code == 2 and "inside the run folder" in one_error_line(err)
+    assert snapshot(run) == before
+    code, _, err = revlens(capsys, "make-facts", "reversal", "--out", run / "facts.jsonl")
+    assert code == 2 and "inside the run folder" in one_error_line(err) and snapshot(run) == before
+
+
+def test_report_on_a_folder_with_symlink_loops_terminates(finished, tmp_path, capsys):
+    """Issue: a folder with two `.` links made `report` loop (857 MB)."""
+    parent = tmp_path / "all"
+    copy_run(finished, parent / "reversal")
+    (parent / "a").symlink_to(".")
+    (parent / "reversal" / "b").symlink_to("..")
+    code, _, err = revlens(capsys, "report", "--runs", parent, "--out", tmp_path / "r.html")
+    assert code == 2 and "reversal: run folder does not match its manifest: b not written by" in one_error_line(err)
+    (parent / "reversal" / "b").unlink()
+    assert revlens(capsys, "report", "--runs", parent, "--out", tmp_path / "r.html")[0] == 0
+    assert (tmp_path / "r.html").stat().st_size < 2_000_000
+
+
+def test_reproduce_all_writes_one_run_per_folder_and_refuses_a_run_folder(finished, tmp_path, capsys):
+    code, _, err = revlens(capsys, "reproduce", "all", "--out", finished / "inner", "--quiet")
+    assert code == 2 and "inside the run folder" in one_error_line(err)
+    code, _, err = revlens(capsys, "reproduce", "all", "--out", finished, "--quiet")
+    assert code == 2 and "holds a run" in one_error_line(err)
+
+
+# --- resume ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, named", [
+    (("--pairs", "30"), "run.world_meta.n_pairs: checkpoint 20, now 30"),
+    (("--pairs", "20", "--k", "2"), "run.world_meta.k: checkpoint 1, now 2"),
+    (("--pairs", "20", "--model", "one-layer"), "model.name: checkpoint 'tiny', now 'one-layer'"),
+    (("--pairs", "20", "--eval-every", "2"), "train_config.eval_every: checkpoint 1, now 2"),
+])
+def test_resume_names_what_differs_from_the_checkpoint(finished, tmp_path, capsys, change, named):
+    """Issue case 1: `--resume` with another --pairs reported accuracy 0.800 and exited 0."""
+    run = copy_run(finished, tmp_path / "run")
+    args = ["reproduce", "reversal", "--out", run, "--steps", "4", "--eval-every", "1", "--quiet", *change, "--resume"]
+    code, _, err = revlens(capsys, *args)
+    assert code == 2 and named in one_error_line(err)
+    assert revlens(capsys, "reproduce", "reversal", "--out", run, "--steps", "4", "--pairs", "20", "--eval-every",
+                   "1", "--quiet", "--resume")[0] == 0
+    assert check_run(run)["config"]["steps"] == 4
+
+
+# --- temporary files ---------------------------------------------------------------------------
+
+def test_temporary_files_never_follow_a_link_and_never_outlive_an_error(tmp_path):
+    """Issue case 4: a link planted at the fixed `<path>.tmp` made make-facts overwrite its target."""
+    target = tmp_path / "precious.txt"
+    target.write_text("precious")
+    (tmp_path / "facts.jsonl.tmp").symlink_to(target)  # the old fixed name
+    (tmp_path / "out.txt").symlink_to(target)  # the path itself a link: replaced, its target untouched
+    write_text_atomic(tmp_path / "facts.jsonl", "new")
+    write_text_atomic(tmp_path / "out.txt", "new")
+    assert target.read_text() == "precious" and not (tmp_path / "out.txt").is_symlink()
+
+    def fail(temporary: Path) -> None:
+        temporary.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(temporary))
+
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "big.bin", fail)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".big.bin.{int(dead.stdout)}.abcdefgh.tmp"  # what a SIGKILL mid-write leaves
+    left.write_text("half")
+    live = tmp_path / f".big.bin.{os.getpid()}.zyxwvuts.tmp"  # a write in progress (this process)
+    live.write_text("in progress")
+    write_text_atomic(tmp_path / "big.bin", "whole")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == sorted([
+        "facts.jsonl.tmp", live.name])  # the dead writer's is gone; the planted link is no temporary of ours
+
+
+# --- the error boundary ------------------------------------------------------------------------
+
+OUT = ("--out", "out")
+FACTS = ("--facts", "facts.jsonl")
+
+
+@pytest.mark.parametrize("args, named", [
+    (("make-facts", "reversal", *OUT, "--seed", "-5"), "--seed: a seed is an integer from 0 to 4294967295, got -5"),
+    (("make-facts", "reversal", *OUT, "--seed", str(2**64)), "--seed: a seed is an integer from 0 to 4294967295"),
+    (("make-facts", "in-context", *OUT, "--k", "3"), "make-facts in-context: --k would be ignored"),
+    (("make-facts", "celebrity", *OUT, "--size", "3"), "make-facts celebrity: --size would be ignored"),
+    (("make-facts", "people", "--out", ""), "--out: empty path"),
+    (("make-facts", "reversal", "--out", "FILE/x.jsonl"), "FILE: a file is in the way of a folder to be made there"),
+    (("reproduce", "reversal", *OUT, "--k", "100", *TINY), "do not fit the 'tiny' model's context of 32"),
+    (("reproduce", "reversal", "--out", "", *TINY), "--out: empty path"),
+    (("reproduce", "reversal", *OUT, "--device", "cuda:7", *TINY), "--device cuda:7"),
+    (("reproduce", "reversal", *OUT, "--device", "nonsense", *TINY), "--device 'nonsense': not a device torch knows"),
+    (("reproduce", "reversal", "--out", "FILE", *TINY), "is a file, not a folder"),
+    (("reproduce", "reversal", "--out", "FILE/sub", *TINY), "is a file, so no folder can be made under it"),
+    (("reproduce", "reversal", *OUT, "--steps", "0"), "--steps: must be ≥ 1, got 0"),
+    (("reproduce", "reversal", *OUT, "--steps"), "--steps: expected one argument"),
+    (("probe", "--model", "smollm2-135m", *FACTS, *OUT, "--controls", "100000"), "--controls 100000: "),
+    (("probe", "--model", "smollm2-135m", "--facts", "FILE/under", *OUT), "no such fact file"),
+    (("probe", "--model", "run/checkpoints", "--facts", "far.jsonl", *OUT), "far.jsonl:3: entity 'e9999"),
+    (("report", "--runs", "FILE", "--out", "r.html"), "not a folder"),
+    (("compare", *OUT, "--finetuned", "FILE"), "not a folder"),
+])
+def test_bad_arguments_are_one_line_and_nothing_is_written(tmp_path, capsys, monkeypatch, args, named):
+    monkeypatch.chdir(tmp_path)
+    Path("FILE").write_text("a file")
+    assert main(["make-facts", "reversal", "--size", "20", "--out", "facts.jsonl"]) == 0
+    lines = Path("facts.jsonl").read_text().splitlines()
+    Path("far.jsonl").write_text("\n".join([lines[0], lines[1], lines[2].replace('"object": "e', '"object": "e9999', 1),
+                                            *lines[3:]]) + "\n")  # an entity id past the vocabulary on line 3
+    (Path("run") / "checkpoints").mkdir(parents=True)
+    (Path("run") / "checkpoints" / "step-000001.json").write_text("{}")
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    started = time.perf_counter()
+    code, _, err = revlens(capsys, *args)
+    assert code == 2 and named in one_error_line(err), err
+    assert time.perf_counter() - started < 15  # refused before any model is built or trained
+    added = set(snapshot(tmp_path)) - set(before)
+    assert added <= {"out", f"out/{LOCK}", f"out/{MANIFEST}"}  # at most the run folder, marked unfinished
+    assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before
+
+
+def test_an_os_error_mid_run_is_one_line_and_leaves_no_temporary(tmp_path, capsys, monkeypatch):
+    """A full disk while the figures are written (fault injected at os.replace, as ENOSPC)."""
+    real = os.replace
+
+    def full_disk(source, destination):
+        if str(destination).endswith(".png"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(destination))
+        real(source, destination)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    out = tmp_path / "run"
+    code, _, err = revlens(capsys, "reproduce", "reversal", "--out", out, *TINY)
+    assert code == 2 and one_error_line(err).endswith("curves.png: no space left on the disk; free some space or "
+                                                      "choose another --out, then rerun")
+    assert not list(out.rglob("*.tmp"))
+    with pytest.raises(RunFolderError, match="incomplete"):
+        check_run(out)
+    monkeypatch.setattr(os, "replace", real)
+    assert revlens(capsys, "reproduce", "reversal", "--out", out, *TINY)[0] == 0
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path):
+    """SIGINT in a real process while it trains: exit 130, one line, no traceback; --resume finishes."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "analyses.cli", "reproduce", "reversal", "--out", str(out), "--steps", "30",
+               "--pairs", "20", "--eval-every", "10", "--checkpoint-every", "1", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a shell's background job ignores SIGINT, and Python keeps an ignored SIGINT ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while len(list((out / "checkpoints").glob("step-*.json"))) < 3:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("revlens: interrupted;") and "--resume" in lines[0], err
+    with pytest.raises(RunFolderError, match="incomplete"):
+        check_run(out)
+    assert main([*command[3:], "--resume"]) == 0  # resumed in this process (a fresh process costs a torch import)
+    assert check_run(out)["complete"] and load_jsonl(out / "facts.jsonl")
