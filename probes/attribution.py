@@ -35,6 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import patching
 from transformer_lens.utilities import get_act_name
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from facts.tokens import Example, TokenizedFacts
 from probes.hooks import check_layer, hook_names
@@ -125,14 +126,41 @@ def folded(model: Any) -> Any:
         twin.enable_compatibility_mode(disable_warnings=True, fold_ln=True, center_writing_weights=False,
                                        center_unembed=False, fold_value_biases=False)
     if not _final_norm_is_plain(twin):
-        raise ValueError(f"could not fold the final norm of this {type(model).__name__} (were its weights already "
-                         "processed without fold_ln?); direct logit attribution would be wrong")
+        remedy = ("were its weights already processed without fold_ln?" if hasattr(twin, "load_and_process_state_dict")
+                  else "TransformerBridge 3.9 leaves this architecture's final norm unfolded; load it with "
+                       "backend='hooked'")
+        raise ValueError(f"{model.cfg.model_name}: could not fold the final norm of this {type(model).__name__} "
+                         f"({remedy}); direct logit attribution would be wrong, so it is refused")
     return twin.eval()
 
 
-def _dla_cache_names(model: Any) -> list[str]:
-    """The hooks a residual decomposition at the unembed reads."""
-    per_layer = ("hook_attn_out", "hook_mlp_out", "attn.hook_z")
+def _post_attention_norm(model: Any) -> str | None:
+    """The norm between the heads and the residual stream, by its module name in each block
+    ("ln1_post" for Gemma 2/3's sandwich norms, "ln1" for OLMo 2's post-norm), or None.
+
+    A model wrapped by TransformerBridge runs its Hugging Face norms as they are, so the scale
+    and weight cannot be read the way this module reads them: a post-norm there is refused.
+    """
+    if hasattr(model, "load_and_process_state_dict"):  # HookedTransformer
+        if getattr(model.cfg, "use_normalization_before_and_after", False):
+            return "ln1_post"
+        return "ln1" if model.cfg.original_architecture in POST_NORM_ARCHITECTURES else None
+    block = model.blocks[0]
+    if hasattr(block, "ln1_post") or model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        raise ValueError(
+            f"{model.cfg.model_name}: a TransformerBridge model with a norm after attention (Gemma 2/3, OLMo 2) "
+            "gets no per-head attribution here; load it with backend='hooked', or attribute by='layer'"
+        )
+    return None
+
+
+def _dla_cache_names(model: Any, by: Literal["head", "layer"]) -> list[str]:
+    """The hooks a residual decomposition at the unembed reads (and, per head, the scale of a
+    norm after attention)."""
+    per_layer = ["hook_attn_out", "hook_mlp_out", "attn.hook_z"]
+    norm = _post_attention_norm(model) if by == "head" else None
+    if norm is not None:
+        per_layer.append(f"{norm}.hook_scale")
     return ["hook_embed", "hook_pos_embed", "ln_final.hook_scale"] + [
         f"blocks.{layer}.{name}" for layer in range(model.cfg.n_layers) for name in per_layer
     ]
@@ -158,28 +186,68 @@ def _component(label: str) -> _Component:
     return _Component(f"L{layer} {kind}", kind, layer)
 
 
+def _head_terms(
+    model: Any, cache: Any, layer: int, heads: Float[Tensor, "head batch d_model"], norm: str | None
+) -> tuple[list[_Component], list[Float[Tensor, "batch d_model"]]]:
+    """Layer ``layer``'s attention output at the last position as one term per head (plus the
+    output bias b_O where the model has a nonzero one), each term exact.
+
+    Without a norm after attention, attn_out = Σ_h z_h W_O^h + b_O. With one (an RMSNorm with
+    weight w and, cached from the actual run, scale s = √(mean(x²) + ε) of its input
+    x = Σ_h z_h W_O^h + b_O), attn_out = w ⊙ x / s, which is linear in x given s: head h's term
+    is w ⊙ (z_h W_O^h) / s and the bias's w ⊙ b_O / s. The terms are checked to add up to the
+    cached attn_out; a model whose attention output is something else is refused.
+    """
+    attention = model.blocks[layer].attn
+    bias = getattr(attention, "b_O", None)
+    names = [_Component(f"L{layer}H{h}", "head", layer, h) for h in range(len(heads))]
+    vectors = list(heads)
+    if bias is not None and bool((bias != 0).any()):
+        names.append(_Component(f"L{layer} attn bias", "attn bias", layer))
+        vectors.append(bias.to(heads.dtype).expand_as(heads[0]))
+    if norm is not None:
+        module = getattr(model.blocks[layer], norm)
+        if not hasattr(module, "w") or hasattr(module, "b"):
+            raise ValueError(f"{model.cfg.model_name}: L{layer}'s norm after attention ({norm}, "
+                             f"{type(module).__name__}) is not an RMSNorm; its heads cannot be attributed one by one")
+        scale = cache[f"blocks.{layer}.{norm}.hook_scale"][:, -1]  # [batch, 1]
+        vectors = [module.w * vector / scale for vector in vectors]
+    total, cached = torch.stack(vectors).sum(0), cache[f"blocks.{layer}.hook_attn_out"][:, -1]
+    deviation = float((total - cached).abs().max())
+    if deviation > 1e-4 * (1.0 + float(cached.abs().max())):
+        raise ValueError(
+            f"{model.cfg.model_name}: L{layer}'s heads{' and output bias' if len(names) > len(heads) else ''}"
+            f"{f' through its {norm} norm' if norm else ''} add up to its attention output only to within "
+            f"{deviation:.3g}: something else writes there, so a per-head attribution would not be exact; "
+            "attribute by='layer'"
+        )
+    return names, vectors
+
+
 def _decomposition(
-    cache: Any, n_heads: int, by: Literal["head", "layer"]
+    model: Any, cache: Any, by: Literal["head", "layer"]
 ) -> tuple[list[_Component], Float[Tensor, "component batch d_model"]]:
     """The final residual stream at the last position as a sum of named components.
 
     ``by="layer"``: embed, pos_embed, then per layer "L{l} attn" and "L{l} mlp".
-    ``by="head"``: each attention layer is split into its heads "L{l}H{h}" and
-    "L{l} attn bias" = attn_out − Σ_h head results (= b_O; 0 for bias-free attention).
+    ``by="head"``: each attention layer is split into its heads "L{l}H{h}" (and "L{l} attn bias",
+    b_O, only where the model has a nonzero one), exactly, through a norm after attention where
+    there is one (:func:`_head_terms`).
     """
     stack, labels = cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
     components = [_component(label) for label in labels]
     if by == "layer":
         return components, stack
+    norm = _post_attention_norm(model)
     heads = cache.stack_head_results(layer=-1, pos_slice=-1)
-    per_layer = einops.rearrange(heads, "(layer head) batch d_model -> layer head batch d_model", head=n_heads)
+    per_layer = einops.rearrange(heads, "(layer head) batch d_model -> layer head batch d_model",
+                                 head=model.cfg.n_heads)
     out_components, out_vectors = [], []
     for component, vector in zip(components, stack):
         if component.kind == "attn":
-            layer = component.layer
-            out_components += [_Component(f"L{layer}H{h}", "head", layer, h) for h in range(n_heads)]
-            out_components.append(_Component(f"L{layer} attn bias", "attn bias", layer))
-            out_vectors += [*per_layer[layer], vector - per_layer[layer].sum(0)]
+            names, vectors = _head_terms(model, cache, component.layer, per_layer[component.layer], norm)
+            out_components += names
+            out_vectors += vectors
         else:
             out_components.append(component)
             out_vectors.append(vector)
@@ -216,7 +284,15 @@ def direct_logit_attribution(
     component is not what the logit would lose without it (use patching for that).
 
     ``controls``: one example per statement with the same prompt and another answer; the rows
-    then attribute the logit difference logit_t − logit_control. Heads are query heads (under
+    then attribute the logit difference logit_t − logit_control. A model that caps its logits
+    (Gemma 2: logit = c·tanh(x / c)) is attributed before the cap: the terms sum to x = c·artanh(logit / c).
+
+    ``by="head"`` splits each attention layer into its query heads, exactly: where a norm sits
+    between the heads and the residual stream (Gemma 2/3's post-attention RMSNorm), each head's
+    output is divided by that norm's scale cached from the actual run and multiplied by its weight,
+    w ⊙ (z_h W_O^h) / s, which is exact because the norm is linear given its scale
+    (:func:`_head_terms`); an "attn bias" row appears only where the model has a nonzero b_O. A
+    layer whose heads do not add up to its output is refused. Heads are query heads (under
     grouped-query attention each query head's z·W_O is its own term). Statements are run in
     groups of one prompt length, ``batch_size`` at a time, and then put back in input order.
 
@@ -235,8 +311,8 @@ def direct_logit_attribution(
         chunk = [examples[r] for r in rows]
         answers = _first_answer_tokens(plain, chunk)
         wrong = None if controls is None else _first_answer_tokens(plain, [controls[r] for r in rows])
-        _, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=_dla_cache_names(plain))
-        components, stack = _decomposition(cache, plain.cfg.n_heads, by)
+        _, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=_dla_cache_names(plain, by))
+        components, stack = _decomposition(plain, cache, by)
         attrs = cache.logit_attrs(stack, tokens=answers, incorrect_tokens=wrong, pos_slice=-1)
         bias = plain.b_U[answers] - (0 if wrong is None else plain.b_U[wrong])
         components.append(_Component("unembed bias", "unembed bias"))
