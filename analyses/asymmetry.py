@@ -60,6 +60,7 @@ from probes.views import save_png
 
 TEMPLATE_FAMILIES = {"completion": COMPLETION_TEMPLATES, "question": QUESTION_TEMPLATES}
 DEFAULT_TEMPLATES = "question"
+"""The family of :data:`facts.celebrity.TEMPLATES`, which ``revlens probe`` asks celebrity facts with too."""
 DEFAULT_CONTROLS = 31
 DIRECTION_NAMES: dict[Direction, str] = {"forward": "child_to_parent", "reverse": "parent_to_child"}
 DIRECTION_LABELS = {"child_to_parent": "child → parent", "parent_to_child": "parent → child"}
@@ -254,8 +255,7 @@ def check_asymmetry(
     else:
         model = load(model_name_or_path, backend=backend, device=device)
         tokenizer, name = load_tokenizer(model_name_or_path), os.fspath(model_name_or_path)
-    prefix = (tokenizer.bos_token_id,) if model.cfg.default_prepend_bos and tokenizer.bos_token_id is not None else ()
-    fact_tokenizer = TemplateTokenizer(tokenizer, TEMPLATE_FAMILIES[templates], prefix=prefix)
+    fact_tokenizer = TemplateTokenizer(tokenizer, TEMPLATE_FAMILIES[templates])  # BOS as the tokenizer adds it
     loaded = time.perf_counter()
     table = asymmetry_table(model, facts, fact_tokenizer, limit=limit, n_controls=n_controls, seed=seed,
                             batch_size=batch_size, progress=progress)

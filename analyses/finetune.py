@@ -36,7 +36,7 @@ import pandas as pd
 
 from analyses.stats import ci95_half_width
 from facts.io import save_jsonl
-from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, encode_pair, people_world, render_statement
+from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix, encode_pair, people_world, render_statement
 from facts.schema import FactSet
 from facts.tokens import Example, TokenizedFacts, collate, tokenize
 
@@ -122,7 +122,7 @@ def reversed_example(facts: FactSet, index: int, direction: str, template: int, 
     first, rest = reverse_words(rendered.text, (fact.subject, fact.object)).split(" ", 1)
     label = f"fact {index} ({fact.subject!r}, reversed paraphrase {template})"
     prompt, answer = encode_pair(tokenizer, first, " " + rest, label)
-    return Example(prompt, answer, index, direction, "train")
+    return Example(bos_prefix(tokenizer) + prompt, answer, index, direction, "train")
 
 
 def in_context(facts: FactSet) -> FactSet:

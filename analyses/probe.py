@@ -33,7 +33,7 @@ from typing import Any, Callable, Literal, Sequence
 import pandas as pd
 import torch
 
-from facts.celebrity import COMPLETION_TEMPLATES
+from facts import celebrity
 from facts.io import load_jsonl
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer
 from facts.schema import FactSet
@@ -85,7 +85,7 @@ def logit_summary(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-TEXT_TEMPLATES = {"people": TRAIN_TEMPLATES, "celebrity": COMPLETION_TEMPLATES}
+TEXT_TEMPLATES = {"people": TRAIN_TEMPLATES, "celebrity": celebrity.TEMPLATES}
 """Sentence templates of the natural-language worlds, by world name."""
 
 

@@ -36,9 +36,10 @@ GEMMA_NAMES = {"gemma2": "google/gemma-2-2b", "gemma3": "google/gemma-3-270m"}
 architecture fields and their own dimensions."""
 
 
-def tiny_hf(kind: str) -> transformers.PreTrainedModel:
+def tiny_hf(kind: str, vocab: int = VOCAB) -> transformers.PreTrainedModel:
     config_class, sizes = CONFIGS[kind]
     config = config_class(**sizes)
+    config.vocab_size = vocab
     config.architectures = [transformers.AutoModelForCausalLM._model_mapping[config_class].__name__]
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -51,16 +52,16 @@ def tiny_hf(kind: str) -> transformers.PreTrainedModel:
     return model
 
 
-def tiny_hooked(kind: str) -> tuple[HookedTransformer, transformers.PreTrainedModel]:
+def tiny_hooked(kind: str, vocab: int = VOCAB) -> tuple[HookedTransformer, transformers.PreTrainedModel]:
     """A tiny HF model and its HookedTransformer (TransformerLens's config and weight converters)."""
-    hf = tiny_hf(kind)
+    hf = tiny_hf(kind, vocab)
     config = hf.config
     if kind in GEMMA_NAMES:
         fields = tl_loading.get_pretrained_model_config(GEMMA_NAMES[kind], device="cpu").to_dict()
         fields.pop("n_params", None)
         fields.update(
             d_model=config.hidden_size, n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads,
-            d_head=config.head_dim, d_mlp=config.intermediate_size, d_vocab=VOCAB, d_vocab_out=VOCAB, n_ctx=64,
+            d_head=config.head_dim, d_mlp=config.intermediate_size, d_vocab=vocab, d_vocab_out=vocab, n_ctx=64,
             n_key_value_heads=config.num_key_value_heads, window_size=config.sliding_window, rotary_dim=config.head_dim,
             attn_types=["local" if "sliding" in t else "global" for t in config.layer_types],
         )
