@@ -4,6 +4,7 @@ so ``revlens --help`` answers at once."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -202,23 +203,11 @@ def _finetune_facts(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from analyses.probe import probe
+    from analyses.probe import format_probe, probe
 
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
                     backend=args.backend, patch_layers=args.patch_layers)
-    print(f"{'':18s}{'n':>6s}{'log p':>9s}{'margin':>9s}{'accuracy':>10s}")
-    for name, row in summary["logits"].items():
-        print(f"{name:18s}{row['n']:6d}{row['logprob']:9.2f}{row['margin']:9.2f}{row['accuracy']:10.3f}")
-    print(f"\nmost asymmetric circuit: {summary['most_asymmetric_circuit']} "
-          f"(mean asymmetry index over circuits {summary['mean_asymmetry_index']:.2f})")
-    attribution = summary["attribution"]
-    if "skipped" in attribution:
-        print(f"no attribution figures: {attribution['skipped']}")
-    else:
-        patching = attribution["patching"]
-        print(f"attribution figures of fact {attribution['fact']}: log p({attribution['forward']['answer_token']!r}) "
-              f"after the forward prompt {patching['clean_logprob']:.2f}, after the reverse one "
-              f"{patching['corrupted_logprob']:.2f}")
+    print(format_probe(summary))
     print(f"wrote {args.out}/: logits.csv circuits.csv summary.json {' '.join(summary['figures'])}")
     return 0
 
@@ -309,9 +298,33 @@ def _reproduce_reversal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """Give every command (each leaf of the subcommand tree) ``--threads N``."""
+    subcommands = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not subcommands:
+        parser.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1,
+                            help="CPU threads for torch (intra- and inter-op; default: the machine's cores)")
+    for action in subcommands:
+        for command in dict.fromkeys(action.choices.values()):
+            _add_threads_option(command)
+
+
+def _set_threads(threads: int) -> None:
+    """Set torch's intra-op and inter-op thread counts before any work runs."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already set in this process (e.g. main() called twice): keep it
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    _add_threads_option(parser)
     args = parser.parse_args(argv)
+    _set_threads(args.threads)
     try:
         if args.command == "reproduce" and args.experiment == "reversal":
             return _reproduce_reversal(args)

@@ -367,7 +367,8 @@ def _attribution_frame(
 class Patching:
     """Answer log-probability of the corrupted run after patching one site from the clean run.
 
-    ``metric[i, j]``: mean over statements of log p(target | corrupted prompt) with the
+    ``metric[i, j]``: mean over statements of log p(target | corrupted prompt) (a token, or a
+    token sequence scored token by token, see :func:`patch_residual`) with the
     activation at (``layers[i]``, j) taken from the clean run, j a position (``axis="pos"``;
     the prompts aligned at their end, see :func:`patch_residual`) or a head (``axis="head"``).
     ``clean`` and ``corrupt``: the same metric unpatched.
@@ -437,12 +438,30 @@ def _check_patchable(clean: Sequence[Example], corrupt: Sequence[Example], one_l
     return lengths[0], lengths[1]
 
 
-def _answer_logprob(targets: Int[Tensor, " batch"], position: int) -> Metric:
-    """Metric: mean over the batch of log p(targets | prompt) at ``position``."""
+Targets = Sequence[int] | Sequence[Sequence[int]]
+"""What patching scores: one token per statement, or one token sequence (a whole answer) per statement."""
+
+
+def _target_tokens(model: Any, clean: Sequence[Example], targets: Targets | None) -> Int[Tensor, "batch answer"]:
+    """The tokens to score, one row per statement (default: each clean statement's first answer token)."""
+    rows = [(e.answer[0],) for e in clean] if targets is None else [
+        tuple(int(token) for token in t) if isinstance(t, Sequence) else (int(t),) for t in targets]
+    if len(rows) != len(clean):
+        raise ValueError(f"{len(rows)} targets for {len(clean)} statements: give one target per statement")
+    if not rows[0] or any(len(r) != len(rows[0]) for r in rows):
+        raise ValueError(f"batched patching scores target sequences of one length, got lengths {[len(r) for r in rows]}; "
+                         "patch statements whose answers have as many tokens, or one statement at a time")
+    return torch.tensor(rows, dtype=torch.long, device=model.cfg.device)
+
+
+def _answer_logprob(targets: Int[Tensor, "batch answer"]) -> Metric:
+    """Metric: mean over the batch of log p(target sequence | prompt) = Σ_k log p(t_k | prompt, t_<k), read
+    at the last ``answer`` positions of a run whose input is the prompt followed by t_1 … t_{A−1}."""
+    length = targets.shape[1]
 
     def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
-        logprobs = logits[:, position].float().log_softmax(-1)
-        return logprobs.gather(-1, targets[:, None]).mean()
+        logprobs = logits[:, -length:].float().log_softmax(-1)
+        return logprobs.gather(-1, targets[..., None])[..., 0].sum(-1).mean()
 
     return metric
 
@@ -462,23 +481,22 @@ def _patch(
     axis: Literal["pos", "head"],
     setter: Callable[..., Tensor],
     layers: Sequence[int] | None,
-    targets: Sequence[int] | None,
+    targets: Targets | None,
 ) -> Patching:
     clean_length, corrupt_length = _check_patchable(clean, corrupt, one_length=axis == "head")
     chosen = _layers(model, layers)
     names = [get_act_name(activation, layer) for layer in chosen]
     for name in names:
         hook_names(model, name)  # a clear error when, e.g., an attention-only model has no resid_mid
-    goal = (torch.tensor(list(targets), dtype=torch.long, device=model.cfg.device) if targets is not None
-            else _first_answer_tokens(model, clean))
-    if len(goal) != len(clean):
-        raise ValueError(f"{len(goal)} targets for {len(clean)} statements: give one target token per statement")
-    metric = _answer_logprob(goal, -1)
-    clean_tokens, corrupt_tokens = _prompts(model, clean), _prompts(model, corrupt)
+    goal = _target_tokens(model, clean, targets)
+    metric = _answer_logprob(goal)
+    teacher = goal[:, :-1]  # every target token but the last follows the prompt in both runs
+    clean_tokens = torch.cat([_prompts(model, clean), teacher], 1)
+    corrupt_tokens = torch.cat([_prompts(model, corrupt), teacher], 1)
     clean_logits, clean_cache = model.run_with_cache(clean_tokens, names_filter=names)
-    if axis == "pos":  # the last `width` positions of both prompts, aligned at the end
-        width = min(clean_length, corrupt_length)
-        index = range(-width, 0)
+    if axis == "pos":  # the last `width` positions of both prompts, aligned at the end of the prompts
+        width, shift = min(clean_length, corrupt_length), teacher.shape[1]
+        index = range(-width - shift, -shift)
     else:
         width = model.cfg.n_heads
         index = range(width)
@@ -502,12 +520,15 @@ def patch_residual(
     corrupt: Statements,
     site: PatchSite = "resid_pre",
     layers: Sequence[int] | None = None,
-    targets: Sequence[int] | None = None,
+    targets: Targets | None = None,
 ) -> Patching:
     """Patch ``site`` at one (layer, position) at a time from the clean into the corrupted run.
 
-    The metric is the mean log-probability of ``targets`` (default: each clean statement's first
-    answer token) at the last prompt position of the patched corrupted run. This is
+    The metric is the mean log-probability of ``targets`` given the patched corrupted prompt:
+    one token per statement, read at the last prompt position (default: each clean statement's
+    first answer token), or one token sequence per statement (e.g. the corrupted statement's whole
+    answer), scored as Σ_k log p(t_k | prompt, t_<k) with t_1 … t_{A−1} appended to both runs
+    (they come after every patched position, so the patch is the same). This is
     ``transformer_lens.patching.get_act_patch_resid_pre`` (and its siblings for the other
     sites) restricted to ``layers``. Row i of the clean and corrupted statements are one pair;
     all clean prompts share one length L_c and all corrupted ones one length L_r.
@@ -534,7 +555,7 @@ def patch_heads(
     clean: Statements,
     corrupt: Statements,
     layers: Sequence[int] | None = None,
-    targets: Sequence[int] | None = None,
+    targets: Targets | None = None,
 ) -> Patching:
     """Patch one head's output (its ``hook_z``, all positions) at a time from clean into corrupted.
 

@@ -14,6 +14,7 @@ use instead; the tests assert both the agreement and the refusal.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -84,3 +85,24 @@ def save_tiny(folder: Path, config: transformers.PretrainedConfig, tokenizer) ->
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@dataclass
+class TinyModel:
+    """One tiny architecture: its folder, transformers model and tokenizer, and TransformerLens models
+    (``backends``: "hooked" and/or "bridge", as ``BACKENDS_BY_ARCHITECTURE`` says TransformerLens wraps it)."""
+
+    name: str
+    folder: Path
+    hf: transformers.PreTrainedModel
+    tokenizer: transformers.PreTrainedTokenizerBase
+    backends: dict
+
+    @classmethod
+    def build(cls, name: str, folder: Path, tokenizer) -> "TinyModel":
+        from models.pretrained import load, load_hf
+
+        save_tiny(folder, tiny_config(name), tokenizer)
+        hf, hf_tokenizer = load_hf(folder, device="cpu")
+        backends = {backend: load(folder, backend=backend, device="cpu") for backend in BACKENDS_BY_ARCHITECTURE[name]}
+        return cls(name, folder, hf, hf_tokenizer, backends)
