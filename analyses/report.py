@@ -159,7 +159,8 @@ CAPTIONS = {
                       "tick. Paper: the curse holds in every setting.",
     "cosines.png": "Histograms of cos(W_E[A_i], W_E[B_j]) for paired (j = i) and unpaired (j ≠ i) entities. "
                    "Paper: the two distributions overlap: no pairing structure.",
-    "asymmetry.png": "Per direction: exact-match accuracy beside GPT-4's, mean rank of the truth among random "
+    "asymmetry.png": "Per direction: top-1 rate among the same-kind controls (95% interval) and greedy exact match "
+                     "beside GPT-4's accuracy, mean rank of the truth among random "
                      "answers of the same kind (chance dashed) and the log-probability margin over them; lighter "
                      "bars keep only pairs whose last names differ. Berglund et al.: child → parent beats "
                      "parent → child.",
