@@ -1,7 +1,7 @@
 """One prompt rule for every command: BOS before a prompt exactly when the model's tokenizer adds it
 itself, and one set of templates per fact kind, so `probe` and `check-asymmetry` give one celebrity
-fact one log-probability. On the real SmolLM2 (its tokenizer adds no BOS) and on a tiny random Gemma 3
-whose tokenizer adds BOS, as Gemma's does."""
+fact one log-probability. On the real SmolLM2 (its tokenizer adds no BOS), the real Gemma 3 270M (its
+tokenizer adds BOS) and a tiny random Gemma 3 read with a tokenizer told to add BOS."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from facts.celebrity import load_celebrity_pairs
 from facts.language import TemplateTokenizer, bos_prefix, people_world
 from facts.schema import FactSet
 from probes.logits import answer_table
-from test_attribution_architectures import tiny_hooked  # tests/probes is on sys.path under pytest's default import mode
 
 N_PAIRS = 8
 
@@ -59,8 +58,17 @@ def test_smollm2_gets_no_bos_and_one_logprob_per_fact(smollm2_hooked, smollm2_to
     assert (probe_lp - check_lp).abs().max() < 1e-4
 
 
-def test_a_tokenizer_that_adds_bos_gets_it_in_both_commands(bos_tokenizer, celebrities):
-    gemma, _ = tiny_hooked("gemma3", vocab=len(bos_tokenizer))
+def test_gemma3_270m_gets_its_bos_and_one_logprob_per_fact(gemma3_hooked, celebrities):
+    tokenizer = gemma3_hooked.tokenizer
+    assert bos_prefix(tokenizer) == (tokenizer.bos_token_id,)
+    probed, probe_lp, check_lp = logprobs_of_both_commands(gemma3_hooked, tokenizer, celebrities)
+    prompt = probed.statements.example(celebrities, 0, "forward").prompt
+    assert prompt[0] == tokenizer.bos_token_id and prompt[1] != tokenizer.bos_token_id
+    assert (probe_lp - check_lp).abs().max() < 1e-4
+
+
+def test_a_tokenizer_that_adds_bos_gets_it_in_both_commands(bos_tokenizer, celebrities, tiny_models):
+    gemma = tiny_models["gemma3"].backends["hooked"]
     bos = bos_tokenizer.bos_token_id
     probed, probe_lp, check_lp = logprobs_of_both_commands(gemma, bos_tokenizer, celebrities)
     without = TemplateTokenizer(bos_tokenizer, TEMPLATE_FAMILIES[DEFAULT_TEMPLATES], prefix=())
