@@ -128,7 +128,7 @@ def folded(model: Any) -> Any:
     if not _final_norm_is_plain(twin):
         remedy = ("were its weights already processed without fold_ln?" if hasattr(twin, "load_and_process_state_dict")
                   else "TransformerBridge 3.9 leaves this architecture's final norm unfolded; load it with "
-                       "backend='hooked'")
+                       "backend='hooked' where TransformerLens converts the architecture (Gemma 1/2/3 yes, OLMo 2 no)")
         raise ValueError(f"{model.cfg.model_name}: could not fold the final norm of this {type(model).__name__} "
                          f"({remedy}); direct logit attribution would be wrong, so it is refused")
     return twin.eval()
