@@ -199,7 +199,8 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
     model, label, fact = probed.model, probed.token_label, facts[index]
     forward = probed.statements.example(facts, index, "forward")
     reverse = probed.statements.example(facts, index, "reverse")
-    name = f"fact {index} ({fact.subject} → {fact.object}; reverse {fact.reverse})"
+    name = f"fact {index} ({fact.subject} → {fact.object}; " + (f"reverse {fact.reverse})" if probed.trained_on_facts
+                                                                else f"{PRIOR})")
 
     attributions = direct_logit_attribution(folded(model), [forward, reverse], by="head")
     attributions["prompt → answer token"] = [f"{d} → {label(t)!r}" for d, t in

@@ -72,8 +72,10 @@ def test_probe_cli_writes_tables_summary_and_figures(run, world, tmp_path):
     assert all(f.reverse != "heldout" for f in list(world)[:fact])
     forward, reverse = attribution["forward"], attribution["reverse"]
     assert forward["prompt_tokens"][1] == "→" and reverse["prompt_tokens"][1] == "←"
-    # the trained forward prompt predicts its answer; the held-out reverse prompt does not
-    assert attribution["patching"]["clean_logprob"] > attribution["patching"]["corrupted_logprob"] + 3
+    # patching scores the reverse answer: unpatched, the held-out reverse statement's own log p in logits.csv
+    table = pd.read_csv(tmp_path / "logits.csv").set_index(["fact", "direction"])
+    assert attribution["patching"]["corrupted_logprob"] == pytest.approx(table.logprob[(fact, "reverse")], abs=1e-4)
+    assert attribution["reverse"]["answer_token"] == reverse["answer"] and "reverse answer" in attribution["patching"]["metric"]
     assert attribution["patching"]["positions_from_end"] == 2
     for direction in ("forward", "reverse"):
         tokens = attribution[direction]["prompt_tokens"]
