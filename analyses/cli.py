@@ -302,17 +302,21 @@ def _add_threads_option(parser: argparse.ArgumentParser) -> None:
     """Give every command (each leaf of the subcommand tree) ``--threads N``."""
     subcommands = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
     if not subcommands:
-        parser.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1,
-                            help="CPU threads for torch (intra- and inter-op; default: the machine's cores)")
+        parser.add_argument("--threads", type=_positive_int, default=None,
+                            help="CPU threads for torch, intra- and inter-op (default: OMP_NUM_THREADS "
+                                 "when set, else the machine's cores)")
     for action in subcommands:
         for command in dict.fromkeys(action.choices.values()):
             _add_threads_option(command)
 
 
-def _set_threads(threads: int) -> None:
-    """Set torch's intra-op and inter-op thread counts before any work runs."""
+def _set_threads(threads: int | None) -> None:
+    """Set torch's intra-op and inter-op thread counts before any work runs (None: the default)."""
     import torch
 
+    if threads is None:
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(omp) if omp.isdigit() and int(omp) > 0 else os.cpu_count() or 1
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(threads)

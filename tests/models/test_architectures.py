@@ -218,3 +218,20 @@ def test_a_gguf_load_parses_the_file_once(monkeypatch, tmp_path):
     monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: opened.append(a) or init(self, *a, **k))
     model = load(copy, backend="bridge", device="cpu")
     assert len(opened) == 1 and model.cfg.n_ctx == 8192  # SmolLM2's llama.context_length
+
+
+def test_threads_default_to_omp_num_threads_else_the_cores(monkeypatch):
+    import os
+
+    from analyses.cli import _set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        _set_threads(None)
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        _set_threads(None)
+        assert torch.get_num_threads() == os.cpu_count()
+    finally:
+        torch.set_num_threads(before)
