@@ -49,8 +49,9 @@ Measured with :func:`check_equivalence` (max |Δ log-softmax| over the vocabular
 the four prompts of ``tests/models/test_pretrained.py``), SmolLM2-135M-Instruct: hooked 4.8e-05,
 bridge 0.0 (it runs the HF modules themselves); with ``process_weights=True`` hooked 5.2e-05,
 bridge 4.2e-05. Gemma 3 270M on a 545-token prompt (past its 512-token sliding window): bridge
-0.0; hooked 3e-4 past the window but up to 6.4e-3 at positions 256-511 (cause not established;
-tiny Gemma 3 configs with windows agree to 4e-5 everywhere: see tests/models/test_architectures.py).
+0.0; hooked 3e-4 past the window but up to 6.4e-3 at positions 256-511, which is float32
+rounding: transformers' own float32 result is 6.2e-3 from its float64 one there, and the hooked
+model in float64 is 1.1e-4 from that (see tests/models/test_architectures.py).
 Load times and peak memory per backend: ``benchmarks/load_pretrained.py`` and its README rows.
 """
 
