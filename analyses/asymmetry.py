@@ -60,6 +60,7 @@ from probes.views import save_png
 
 TEMPLATE_FAMILIES = {"completion": COMPLETION_TEMPLATES, "question": QUESTION_TEMPLATES}
 DEFAULT_TEMPLATES = "question"
+"""The family of :data:`facts.celebrity.TEMPLATES`, which ``revlens probe`` asks celebrity facts with too."""
 DEFAULT_CONTROLS = 31
 DIRECTION_NAMES: dict[Direction, str] = {"forward": "child_to_parent", "reverse": "parent_to_child"}
 DIRECTION_LABELS = {"child_to_parent": "child → parent", "parent_to_child": "parent → child"}
@@ -70,8 +71,10 @@ PUBLISHED = {
     "source": "Berglund et al. 2023, 'The Reversal Curse', experiment 2 (celebrity parents)",
 }
 """The published accuracies, shown beside ours: GPT-4's answers to the questions as the authors
-judged them, against greedy exact match of a far smaller model here, so only the direction and
-size of the gap compare."""
+judged them. Our headline beside them is the top-1 rate among the same-kind controls (the truth
+ranked first of K+1, with its 95% interval): a small model restates the question instead of
+answering, so its greedy exact match (kept as a second column) is 0 where it does know the
+answer. Only the direction and size of the gap compare."""
 
 
 # --- the celebrity table ------------------------------------------------------------------------
@@ -171,8 +174,9 @@ def asymmetry_table(
 
 
 def summarize_directions(table: pd.DataFrame, n_controls: int) -> dict[str, dict[str, Any]]:
-    """Per direction: n, accuracy, mean rank (chance (K+2)/2), top-1 rate, log-prob, margin, and
-    the same on the pairs whose names do not share a last name (no surname to copy)."""
+    """Per direction: n, accuracy (greedy exact match), mean rank (chance (K+2)/2), top-1 rate
+    among the K+1 answers (the headline, chance 1/(K+1)) with its 95% interval, log-prob, margin,
+    and the same on the pairs whose names do not share a last name (no surname to copy)."""
     out = {}
     for name in DIRECTION_NAMES.values():
         part = table[table[f"{name}_rank"].notna()]
@@ -190,9 +194,11 @@ def _direction_stats(part: pd.DataFrame, name: str) -> dict[str, Any]:
     rank = part[f"{name}_rank"].astype(float)
     margin = part[f"{name}_margin"].astype(float)
     mean = lambda series: float(series.mean()) if n else float("nan")  # noqa: E731
+    top1 = (rank == 1).astype(float)
     return {
         "n": n, "accuracy": mean(part[f"{name}_correct"].astype(float)),
-        "mean_rank": mean(rank), "mean_rank_ci95": ci95_half_width(rank), "top1_rate": mean((rank == 1).astype(float)),
+        "mean_rank": mean(rank), "mean_rank_ci95": ci95_half_width(rank),
+        "top1_rate": mean(top1), "top1_rate_ci95": ci95_half_width(top1),
         "logprob": mean(part[f"{name}_logprob"].astype(float)), "margin": mean(margin),
         "margin_ci95": ci95_half_width(margin),
     }
@@ -254,8 +260,7 @@ def check_asymmetry(
     else:
         model = load(model_name_or_path, backend=backend, device=device)
         tokenizer, name = load_tokenizer(model_name_or_path), os.fspath(model_name_or_path)
-    prefix = (tokenizer.bos_token_id,) if model.cfg.default_prepend_bos and tokenizer.bos_token_id is not None else ()
-    fact_tokenizer = TemplateTokenizer(tokenizer, TEMPLATE_FAMILIES[templates], prefix=prefix)
+    fact_tokenizer = TemplateTokenizer(tokenizer, TEMPLATE_FAMILIES[templates])  # BOS as the tokenizer adds it
     loaded = time.perf_counter()
     table = asymmetry_table(model, facts, fact_tokenizer, limit=limit, n_controls=n_controls, seed=seed,
                             batch_size=batch_size, progress=progress)
@@ -279,6 +284,9 @@ def check_asymmetry(
         "controls": f"{n_controls} random other answers of the same kind and parent type per statement, seed {seed}",
         "seed": seed,
         "directions": directions,
+        "headline": f"top1_rate: the truth ranked first among itself and {n_controls} same-kind controls "
+                    f"(top1_rate_ci95: its 95% interval; chance {1 / (n_controls + 1):.3f}), beside the published "
+                    "accuracy; accuracy (greedy exact match) is the second column",
         "published": PUBLISHED,
         "seconds": time.perf_counter() - began,
         "load_seconds": loaded - began,
@@ -307,8 +315,9 @@ def _example_prompts(facts: FactSet, tokenizer: TemplateTokenizer) -> dict[str, 
 
 
 def asymmetry_bars(summary: dict[str, Any]):
-    """Three panels per direction: accuracy (ours beside GPT-4's), mean rank vs chance, margin
-    (the last two on all pairs and, lighter, on the pairs whose last names differ)."""
+    """Three panels per direction: accuracy (our top-1 among the controls with its 95% interval, our
+    greedy exact match, GPT-4's published accuracy), mean rank vs chance, margin (the last two on all
+    pairs and, lighter, on the pairs whose last names differ)."""
     from matplotlib.figure import Figure
 
     names = list(DIRECTION_NAMES.values())
@@ -317,16 +326,20 @@ def asymmetry_bars(summary: dict[str, Any]):
     positions = list(range(len(names)))
     figure = Figure(figsize=(10.5, 3.4), layout="constrained")
     accuracy, rank, margin = figure.subplots(1, 3)
-    ours = accuracy.bar([p - 0.2 for p in positions], [r["accuracy"] for r in rows], width=0.4, color="#1f77b4",
-                        label=summary["model"])
-    theirs = accuracy.bar([p + 0.2 for p in positions], [summary["published"][n] for n in names], width=0.4,
+    top1 = accuracy.bar([p - 0.27 for p in positions], [r["top1_rate"] for r in rows], width=0.27, color="#1f77b4",
+                        yerr=[r["top1_rate_ci95"] for r in rows], capsize=3,
+                        label=f"{summary['model']}: top-1 among {summary['n_controls'] + 1}")
+    greedy = accuracy.bar(positions, [r["accuracy"] for r in rows], width=0.27, color="#1f77b4", alpha=0.4,
+                          label=f"{summary['model']}: greedy exact match")
+    theirs = accuracy.bar([p + 0.27 for p in positions], [summary["published"][n] for n in names], width=0.27,
                           color="#aaaaaa", label=f"{summary['published']['model']} (published)")
-    for bars in (ours, theirs):
-        accuracy.bar_label(bars, fmt="%.2f", fontsize=8)
+    for bars in (top1, greedy, theirs):
+        accuracy.bar_label(bars, fmt="%.2f", fontsize=7)
+    accuracy.axhline(rows[0]["chance_top1_rate"], color="grey", linestyle="-.", linewidth=1, label="chance top-1")
     accuracy.set_xticks(positions, labels)
     accuracy.set_ylim(0, 1)
-    accuracy.set_ylabel("exact-match accuracy (greedy)")
-    accuracy.legend(fontsize=8)
+    accuracy.set_ylabel("accuracy (top-1 with 95% CI)")
+    accuracy.legend(fontsize=7)
     for axis, key, chance in ((rank, "mean_rank", rows[0]["chance_mean_rank"]), (margin, "margin", 0.0)):
         for shift, subset, alpha in ((-0.2, None, 1.0), (0.2, "different_last_name", 0.45)):
             values = [r[subset] if subset else r for r in rows]
@@ -347,30 +360,33 @@ def asymmetry_bars(summary: dict[str, Any]):
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The one-screen table: accuracy, mean rank and margin per direction beside GPT-4's accuracy."""
+    """The one-screen table: the top-1 rate among the controls (with its 95% interval) beside GPT-4's
+    accuracy, then greedy exact match, mean rank and margin per direction."""
     k = summary["n_controls"]
     published = summary["published"]
     lines = [
         f"asymmetry check: {summary['model']} ({summary['backend']}, {summary['device']}), "
         f"{summary['pairs_checked']} of {summary['pairs']} pairs ({summary['rows']} rows), "
         f"{summary['templates']} prompts",
-        f"rank among the truth and {k} random answers of the same kind and parent type (chance {(k + 2) / 2:.1f})",
+        f"top-1 and rank among the truth and {k} random answers of the same kind and parent type "
+        f"(chance {1 / (k + 1):.3f} and {(k + 2) / 2:.1f}); exact = greedy exact match",
         "",
-        f"  {'':16s}{'n':>6s}{'accuracy':>10s}{'mean rank':>11s}{'top-1':>8s}{'margin':>8s}"
-        f"{published['model'] + ' acc.':>12s}",
+        f"  {'':16s}{'n':>6s}{'top-1 (95% CI)':>17s}{published['model'] + ' acc.':>12s}{'exact':>8s}"
+        f"{'mean rank':>11s}{'margin':>8s}",
     ]
+
+    def row_text(label: str, row: dict[str, Any], theirs: str) -> str:
+        top1 = f"{row['top1_rate']:.3f} ± {row['top1_rate_ci95']:.3f}"
+        return (f"  {label:16s}{row['n']:6d}{top1:>17s}{theirs:>12s}{row['accuracy']:8.3f}"
+                f"{row['mean_rank']:11.2f}{row['margin']:8.2f}")
+
     for name, row in summary["directions"].items():
-        lines.append(
-            f"  {DIRECTION_LABELS[name]:16s}{row['n']:6d}{row['accuracy']:10.3f}{row['mean_rank']:11.2f}"
-            f"{row['top1_rate']:8.3f}{row['margin']:8.2f}{published[name]:12.2f}"
-        )
+        lines.append(row_text(DIRECTION_LABELS[name], row, f"{published[name]:.2f}"))
     lines.append("  different last names (no surname to copy):")
     for name, row in summary["directions"].items():
-        other = row["different_last_name"]
-        lines.append(f"  {DIRECTION_LABELS[name]:16s}{other['n']:6d}{other['accuracy']:10.3f}{other['mean_rank']:11.2f}"
-                     f"{other['top1_rate']:8.3f}{other['margin']:8.2f}")
+        lines.append(row_text(DIRECTION_LABELS[name], row["different_last_name"], ""))
     lines += [
-        f"  {'chance':16s}{'':6s}{'':10s}{(k + 2) / 2:11.2f}{1 / (k + 1):8.3f}{0.0:8.2f}",
+        f"  {'chance':16s}{'':6s}{1 / (k + 1):17.3f}{'':12s}{'':8s}{(k + 2) / 2:11.2f}{0.0:8.2f}",
         "",
         f"{summary['answers_scored']} answers scored in {summary['scoring_seconds']:.0f} s "
         f"({summary['answers_per_second']:.1f}/s); {summary['seconds']:.0f} s in all with loading",

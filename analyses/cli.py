@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -293,23 +294,11 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool) -> N
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from analyses.probe import probe
+    from analyses.probe import format_probe, probe
 
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
                     backend=args.backend, patch_layers=args.patch_layers, limit=args.limit)
-    print(f"{'':18s}{'n':>6s}{'log p':>9s}{'margin':>9s}{'accuracy':>10s}")
-    for name, row in summary["logits"].items():
-        print(f"{name:18s}{row['n']:6d}{row['logprob']:9.2f}{row['margin']:9.2f}{row['accuracy']:10.3f}")
-    print(f"\nmost asymmetric circuit: {summary['most_asymmetric_circuit']} "
-          f"(mean asymmetry index over circuits {summary['mean_asymmetry_index']:.2f})")
-    attribution = summary["attribution"]
-    if "skipped" in attribution:
-        print(f"no attribution figures: {attribution['skipped']}")
-    else:
-        patching = attribution["patching"]
-        print(f"attribution figures of fact {attribution['fact']}: log p({attribution['forward']['answer_token']!r}) "
-              f"after the forward prompt {patching['clean_logprob']:.2f}, after the reverse one "
-              f"{patching['corrupted_logprob']:.2f}")
+    print(format_probe(summary))
     print(f"wrote {args.out}/: logits.csv circuits.csv summary.json {' '.join(summary['figures'])}")
     return 0
 
@@ -501,13 +490,41 @@ def _os_error(error: OSError) -> str:
     return f"{where}{what}"
 
 
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """Give every command (each leaf of the subcommand tree) ``--threads N``."""
+    subcommands = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not subcommands:
+        parser.add_argument("--threads", type=_positive_int, default=None,
+                            help="CPU threads for torch, intra- and inter-op (default: OMP_NUM_THREADS "
+                                 "when set, else the machine's cores)")
+    for action in subcommands:
+        for command in dict.fromkeys(action.choices.values()):
+            _add_threads_option(command)
+
+
+def _set_threads(threads: int | None) -> None:
+    """Set torch's intra-op and inter-op thread counts before any work runs (None: the default)."""
+    import torch
+
+    if threads is None:
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(omp) if omp.isdigit() and int(omp) > 0 else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already set in this process (e.g. main() called twice): keep it
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \xNN, never crashes a print
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
+    _add_threads_option(parser)
     args = parser.parse_args(argv)
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    _set_threads(args.threads)
     try:
         _check_inputs(args)
         return _dispatch(args)

@@ -42,21 +42,25 @@ def logprob_curves(history: Sequence[dict[str, Any]], chance_logprob: float | No
     return figure
 
 
-def circuit_asymmetry_bars(summary_rows: Sequence[dict[str, Any]], title: str = ""):
-    """Per circuit, the mean z-score of the entry in the trained direction and in the held-out one.
+def circuit_asymmetry_bars(summary_rows: Sequence[dict[str, Any]], title: str = "",
+                           bars: Sequence[tuple[str, str]] = (("z_trained", "trained direction"),
+                                                              ("z_heldout", "held-out direction"))):
+    """Per circuit, the mean z-score of the entry in the trained direction and in the held-out one
+    (or, with ``bars`` = ((key, label), (key, label)), of any two directions).
 
     ``summary_rows`` come from :func:`analyses.probe.circuit_summary` (one per circuit).
     """
     from matplotlib.figure import Figure
 
     labels = [r["circuit"] for r in summary_rows]
-    trained = [r["z_trained"] for r in summary_rows]
-    heldout = [r["z_heldout"] for r in summary_rows]
+    (first_key, first_label), (second_key, second_label) = bars
     figure = Figure(figsize=(max(4.0, 0.45 * len(labels) + 2), 3.6), layout="constrained")
     axis = figure.subplots()
     positions = range(len(labels))
-    axis.bar([p - 0.2 for p in positions], trained, width=0.4, color="#1f77b4", label="trained direction")
-    axis.bar([p + 0.2 for p in positions], heldout, width=0.4, color="#d62728", label="held-out direction")
+    axis.bar([p - 0.2 for p in positions], [r[first_key] for r in summary_rows], width=0.4, color="#1f77b4",
+             label=first_label)
+    axis.bar([p + 0.2 for p in positions], [r[second_key] for r in summary_rows], width=0.4, color="#d62728",
+             label=second_label)
     axis.axhline(0, color="black", linewidth=0.8)
     axis.set_xticks(list(positions), labels, rotation=60 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center",
                     fontsize=8)

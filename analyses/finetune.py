@@ -40,8 +40,8 @@ import pandas as pd
 from analyses.reproduce import _write_history, _write_json, write_csv
 from analyses.stats import ci95_half_width
 from facts.io import save_jsonl
-from facts.language import (TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, encode_pair, people_world,
-                            render_statement)
+from facts.language import (TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix, encode_pair,
+                            people_world, render_statement)
 from facts.questions import SETTINGS, QuestionSet
 from facts.schema import FactError, FactSet
 from facts.tokens import Example, TokenizedFacts, collate
@@ -134,6 +134,13 @@ def reverse_words(text: str, entities: Sequence[str]) -> str:
     return " ".join(reversed(units))
 
 
+def asked(tokenizer, prompt: str, answer: str, label: str, fact: int, direction: str, split: str) -> Example:
+    """``prompt`` → ``answer`` as the model reads it: the one prompt rule (BOS exactly when the
+    tokenizer adds it, :func:`facts.language.bos_prefix`), then :func:`facts.language.encode_pair`."""
+    prompt_ids, answer_ids = encode_pair(tokenizer, prompt, answer, label)
+    return Example(bos_prefix(tokenizer) + prompt_ids, answer_ids, fact, direction, split)
+
+
 def reversed_example(facts: FactSet, index: int, direction: str, template: int, tokenizer) -> Example:
     """A trained sentence reversed by :func:`reverse_words`, its loss on every token but the first word's
     (the language-model loss of reverse training): the name now follows the description."""
@@ -141,8 +148,7 @@ def reversed_example(facts: FactSet, index: int, direction: str, template: int, 
     rendered = render_statement(facts, index, direction, TRAIN_TEMPLATES, template)
     first, rest = reverse_words(rendered.text, (fact.subject, fact.object)).split(" ", 1)
     label = f"fact {index} ({fact.subject!r}, reversed paraphrase {template})"
-    prompt, answer = encode_pair(tokenizer, first, " " + rest, label)
-    return Example(prompt, answer, index, direction, "train")
+    return asked(tokenizer, first, " " + rest, label, index, direction, "train")
 
 
 def mean_ci95(values: pd.Series) -> dict[str, float]:
@@ -205,8 +211,8 @@ def evaluate_questions(model, questions: QuestionSet, tokenizer, controls: Seque
     for question, drawn in zip(questions.questions, controls):
         row = []
         for answer in (question.completion, *drawn):
-            prompt, answer_ids = encode_pair(tokenizer, question.prompt, answer, question.source)
-            row.append(Example(prompt, answer_ids, question.fact, question.direction, question.split))
+            row.append(asked(tokenizer, question.prompt, answer, question.source, question.fact, question.direction,
+                             question.split))
         rows.append(row)
     records: list[dict[str, Any]] = [{}] * len(rows)
     for width in sorted({len(row) for row in rows}):  # rows with a randomized name have one control more
@@ -291,8 +297,8 @@ def training_examples(questions: QuestionSet, config: FinetuneConfig, tokenizer,
     examples = []
     for pair in questions.train:
         fact, direction = statement[pair.key]
-        prompt, answer = encode_pair(tokenizer, pair.prompt, pair.completion, f"training pair {pair.prompt!r}")
-        examples.append(Example(prompt, answer, fact, direction, "train"))
+        examples.append(asked(tokenizer, pair.prompt, pair.completion, f"training pair {pair.prompt!r}", fact, direction,
+                              "train"))
         if config.mitigation == "reverse-training":
             examples.append(reversed_example(questions.facts, fact, direction, pair.paraphrase, tokenizer))
     return collate(examples, pad_id)
@@ -318,9 +324,8 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     tokenizer = load_tokenizer(config.model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sentences = training_examples(questions, config, tokenizer, pad_id)
-    eval_sets = {name: collate([Example(*encode_pair(tokenizer, q.prompt, q.completion, q.source), q.fact,
-                                        q.direction, q.split) for q in questions.questions if q.setting == setting],
-                               pad_id)
+    eval_sets = {name: collate([asked(tokenizer, q.prompt, q.completion, q.source, q.fact, q.direction, q.split)
+                                for q in questions.questions if q.setting == setting], pad_id)
                  for name, setting in (("forward", "forward_trained_paraphrase"), ("reverse", "reverse"))
                  if any(q.setting == setting for q in questions.questions)}
     model = load(config.model, backend="hooked", device=config.device)

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from analyses.reproduce import _write_json, write_csv
-from facts.celebrity import COMPLETION_TEMPLATES
+from facts import celebrity
 from facts.io import load_jsonl
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer
 from facts.schema import FactSet
@@ -74,6 +74,20 @@ def circuit_summary(circuits: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def prior_circuit_summary(circuits: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per circuit, for a model never trained on the facts: mean z of the forward entry (A → B) and of
+    the reverse entry (B → A) over facts with both directions in play, and their difference."""
+    both = circuits[circuits.forward.notna() & circuits.reverse.notna()]
+    rows = []
+    for (kind, layer, head), part in circuits.groupby(["circuit", "layer", "head"], dropna=False, sort=False):
+        facts = both.loc[both.index.intersection(part.index)]
+        name = kind if pd.isna(layer) else f"{kind} L{int(layer)}H{int(head)}"
+        mean = (lambda values: float(values.mean())) if len(facts) else (lambda values: float("nan"))  # noqa: E731
+        rows.append({"circuit": name, "n_facts": int(len(facts)), "z_forward": mean(facts.z_ab),
+                     "z_reverse": mean(facts.z_ba), "asymmetry": mean(facts.z_ab - facts.z_ba)})
+    return rows
+
+
 def logit_summary(table: pd.DataFrame) -> dict[str, Any]:
     """Mean log-prob, margin and accuracy per (split, direction)."""
     out = {}
@@ -85,7 +99,13 @@ def logit_summary(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-TEXT_TEMPLATES = {"people": TRAIN_TEMPLATES, "celebrity": COMPLETION_TEMPLATES}
+PRIOR = "prior knowledge, not trained"
+"""The split of every statement probed in a model that was not trained on the fact file."""
+PRIOR_NOTE = ("prior knowledge, not trained: this model learned nothing from the fact file here, so its train / "
+              "held-out splits do not apply; forward and reverse are compared as the model already knew them, and "
+              "no prediction of the paper about trained directions applies")
+
+TEXT_TEMPLATES = {"people": TRAIN_TEMPLATES, "celebrity": celebrity.TEMPLATES}
 """Sentence templates of the natural-language worlds, by world name."""
 
 
@@ -101,6 +121,8 @@ class ProbedModel:
     token_label: Callable[[int], str]
     rank_against: Literal["candidates", "controls"]
     info: dict[str, Any]
+    trained_on_facts: bool = True
+    """False for a pretrained model read with a fact file it was not trained on (:data:`PRIOR`)."""
 
 
 def _is_checkpoint(path: str | os.PathLike[str]) -> bool:
@@ -109,10 +131,11 @@ def _is_checkpoint(path: str | os.PathLike[str]) -> bool:
 
 def pretrained_probed(model: Any, text_tokenizer: Any, world: str, info: dict[str, Any]) -> ProbedModel:
     """A pretrained model reading a natural-language world: statements through the world's
-    templates, answers ranked against their controls, entities as the tokens of " " + name."""
+    templates, answers ranked against their controls, entities as the tokens of " " + name. It was not
+    trained on the facts (its answers are :data:`PRIOR`)."""
     statements = TemplateTokenizer(text_tokenizer, TEXT_TEMPLATES[world])
     return ProbedModel(model, statements, statements.entity_ids, lambda token: text_tokenizer.decode([token]),
-                       "controls", info)
+                       "controls", info, trained_on_facts=False)
 
 
 def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str | None = None,
@@ -144,19 +167,29 @@ def representative_fact(facts: FactSet) -> int | None:
 
 
 def _statement(probed: ProbedModel, example: Example, split: str) -> dict[str, Any]:
-    return {"split": split, "prompt_tokens": [probed.token_label(t) for t in example.prompt],
-            "answer_token": probed.token_label(example.answer[0])}
+    return {"split": split if probed.trained_on_facts else PRIOR,
+            "prompt_tokens": [probed.token_label(t) for t in example.prompt],
+            "answer_token": probed.token_label(example.answer[0]),
+            "answer": "".join(probed.token_label(t) for t in example.answer)}
+
+
+def _norm_note(model: Any) -> str:
+    """A second title line for models whose heads write through a norm after attention (Gemma 2/3)."""
+    if not getattr(model.cfg, "use_normalization_before_and_after", False):
+        return ""
+    return "\nheads through the post-attention RMSNorm, linear at its cached scale: w ⊙ (z_h W_O) / s"
 
 
 def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
                         patch_layers: Sequence[int] | None = None) -> dict[str, Any]:
     """Where one representative fact's answer comes from, forward prompt vs reverse prompt.
 
-    Writes attribution.png (direct logit attribution of each prompt's first answer token, per
-    head, the 30 largest components), patching.png (log p(forward answer's first token) at the
-    reverse prompt's last position after patching ``resid_pre`` of one (layer, position) from
-    the forward run; ``patch_layers`` default: all) and the two attention views. Returns the
-    summary entry: the fact, both statements, the patching end points and the files written.
+    Writes attribution.png (direct logit attribution of each prompt's own answer, its first token
+    (the one the last prompt position predicts), per head, the 30 largest components), patching.png
+    (log p of the reverse answer, all its tokens, after the reverse prompt with ``resid_pre`` of one
+    (layer, position) patched from the forward run; ``patch_layers`` default: all) and the two
+    attention views. Returns the summary entry: the fact, both statements, the patching end points
+    and the files written.
     """
     if isinstance(probed.model, BilinearModel):
         return {"figures": [], "skipped": NO_ATTRIBUTION}
@@ -166,23 +199,28 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
     model, label, fact = probed.model, probed.token_label, facts[index]
     forward = probed.statements.example(facts, index, "forward")
     reverse = probed.statements.example(facts, index, "reverse")
-    name = f"fact {index} ({fact.subject} → {fact.object}; reverse {fact.reverse})"
+    name = f"fact {index} ({fact.subject} → {fact.object}; " + (f"reverse {fact.reverse})" if probed.trained_on_facts
+                                                                else f"{PRIOR})")
 
     attributions = direct_logit_attribution(folded(model), [forward, reverse], by="head")
     attributions["prompt → answer token"] = [f"{d} → {label(t)!r}" for d, t in
                                              zip(attributions.direction, attributions.answer_token)]
     save_png(attribution_bar(attributions, hue="prompt → answer token", top=30,
-                             title=f"Direct logit attribution, {name}"), out / "attribution.png")
+                             title=f"Direct logit attribution of each prompt's own answer (its first token), {name}"
+                                   + _norm_note(model)), out / "attribution.png")
 
-    patched = patch_residual(model, [forward], [reverse], site="resid_pre", layers=patch_layers)
+    patched = patch_residual(model, [forward], [reverse], site="resid_pre", layers=patch_layers,
+                             targets=[reverse.answer])
     width = patched.metric.shape[1]
     columns = [f"{label(f)!r} / {label(r)!r}" for f, r in zip(forward.prompt[-width:], reverse.prompt[-width:])]
-    answer = repr(label(forward.answer[0]))
+    answer = "".join(label(t) for t in reverse.answer)
+    tokens = f"{len(reverse.answer)} token{'s' * (len(reverse.answer) > 1)}"
     figure = patching_heatmap(
         patched.metric, [f"L{layer}" for layer in patched.layers], columns,
         title=f"Forward → reverse residual patching, {name}\n"
-              f"log p({answer}) unpatched: forward prompt {patched.clean:.2f}, reverse prompt {patched.corrupt:.2f}",
-        value_label=f"log p({answer})",
+              f"metric: log p(reverse answer {answer!r}, all {tokens}) after the reverse prompt; unpatched "
+              f"{patched.corrupt:.2f}, after the forward prompt {patched.clean:.2f}",
+        value_label=f"log p({answer!r})",
         xlabel="position, aligned at the end (forward token / reverse token)",
     )
     figure.axes[0].tick_params(axis="x", labelrotation=60)
@@ -195,7 +233,8 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
     return {
         "fact": index, "forward": _statement(probed, forward, fact.forward),
         "reverse": _statement(probed, reverse, fact.reverse),
-        "patching": {"metric": "log p(first token of the forward answer) at the last prompt position",
+        "patching": {"metric": f"log p(the reverse answer {answer!r}, all {tokens}, each given the ones before) "
+                               "after the reverse prompt",
                      "site": "resid_pre", "layers": list(patched.layers), "positions_from_end": width,
                      "clean_logprob": patched.clean, "corrupted_logprob": patched.corrupt},
         "figures": ["attribution.png", "patching.png", "attention_forward.html", "attention_reverse.html"],
@@ -203,57 +242,117 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
 
 
 CAPTIONS = {
-    "attribution.png": "Direct logit attribution of the representative fact's answer (first token) at the last "
-                       "prompt position, per head, MLP and embedding, forward prompt vs reverse prompt.",
-    "patching.png": "log p(forward answer's first token) at the reverse prompt's last position after the "
-                    "forward run's residual stream (resid_pre) replaces the reverse run's at one layer and "
-                    "position; prompts aligned at their end.",
+    "attribution.png": "Direct logit attribution of the representative fact's answers at the last prompt position "
+                       "(each prompt's own answer, its first token), per head, MLP and embedding, forward prompt vs "
+                       "reverse prompt; heads behind a post-attention norm are read through it at its cached scale.",
+    "patching.png": "log p of the reverse answer (all its tokens) after the reverse prompt, when the forward run's "
+                    "residual stream (resid_pre) replaces the reverse run's at one layer and position; prompts "
+                    "aligned at their end.",
     "attention_forward.html": "Every head's attention pattern on the representative fact's forward prompt.",
     "attention_reverse.html": "Every head's attention pattern on the representative fact's reverse prompt.",
 }
 
 
+PRIOR_CAPTIONS = {
+    "margins.png": f"Mean log-probability margin of the true answer over random answers of the same kind, forward "
+                   f"and reverse ({PRIOR}: the model never trained on these facts here), with 95% intervals.",
+    "circuits.png": f"Per circuit (direct path, and OV and QK per head), the mean z-score of the forward entry "
+                    f"(A → B) and of the reverse entry (B → A) of facts with both directions in play, against random "
+                    f"controls of the same row ({PRIOR}).",
+}
+
+
 def _circuits_to_draw(per_circuit: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """All circuits, or the MAX_CIRCUIT_BARS whose drawn bars differ most, |z_trained − z_heldout|
-    (undefined last), in model order."""
+    """All circuits, or the MAX_CIRCUIT_BARS whose drawn bars differ most, |asymmetry| (the mean gap
+    between the two bars; undefined last), in model order."""
     if len(per_circuit) <= MAX_CIRCUIT_BARS:
         return per_circuit
-    gaps = pd.Series([r["z_trained"] - r["z_heldout"] for r in per_circuit], dtype=float).abs().fillna(-1.0)
+    gaps = pd.Series([r["asymmetry"] for r in per_circuit], dtype=float).abs().fillna(-1.0)
     keep = set(gaps.nlargest(MAX_CIRCUIT_BARS).index)
     return [r for i, r in enumerate(per_circuit) if i in keep]
 
 
 def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str], n_controls: int = 16,
                 patch_layers: Sequence[int] | None = None, about: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every probe of ``probed`` on ``facts``: tables, figures and summary.json into ``out``."""
+    """Every probe of ``probed`` on ``facts``: tables, figures and summary.json into ``out``.
+
+    A model not trained on the facts (``probed.trained_on_facts`` False) is probed for its prior
+    knowledge: every row's split is :data:`PRIOR` and the circuits compare the forward entry with
+    the reverse one (:func:`prior_circuit_summary`) instead of trained with held-out directions. A
+    circuit summary that no fact defines writes no circuits.png and says why.
+    """
     out = Path(out)
+    trained = probed.trained_on_facts
     table = answer_table(probed.model, facts, probed.statements, n_controls=n_controls,
                          rank_against=probed.rank_against)
+    if not trained:
+        table["split"] = PRIOR
     circuits = circuit_table(probed.model, facts, probed.entity_ids)
     out.mkdir(parents=True, exist_ok=True)
-    per_circuit = circuit_summary(circuits)
-    measured = [r for r in per_circuit if r["n_one_way"]]
+    per_circuit = circuit_summary(circuits) if trained else prior_circuit_summary(circuits)
+    count = "n_one_way" if trained else "n_facts"
+    measured = [r for r in per_circuit if r[count] and pd.notna(r["asymmetry"])]
     best = max(measured, key=lambda r: r["asymmetry"])["circuit"] if measured else None
     write_csv(table, out / "logits.csv")
     write_csv(circuits, out / "circuits.csv")
     from analyses.figures import circuit_asymmetry_bars, margin_bars
 
-    drawn = _circuits_to_draw(per_circuit)
-    save_png(margin_bars(table), out / "margins.png")
-    save_png(circuit_asymmetry_bars(drawn, title="" if drawn is per_circuit else
-                                    f"The {len(drawn)} of {len(per_circuit)} circuits with the largest gap"),
-             out / "circuits.png")
+    save_png(margin_bars(table, title="" if trained else f"Margin over random answers ({PRIOR})"), out / "margins.png")
+    figures, notes = ["margins.png"], {}
+    if measured:
+        drawn = _circuits_to_draw(measured)
+        title = "" if len(drawn) == len(per_circuit) else f"The {len(drawn)} of {len(per_circuit)} circuits with the largest gap"
+        bars = (("z_trained", "trained direction"), ("z_heldout", "held-out direction")) if trained else (
+            ("z_forward", "forward (A → B)"), ("z_reverse", "reverse (B → A)"))
+        save_png(circuit_asymmetry_bars(drawn, title=title or ("" if trained else f"Effective weights, {PRIOR}"),
+                                        bars=bars), out / "circuits.png")
+        figures.append("circuits.png")
+    else:
+        notes["circuits_undefined"] = (
+            "no fact has one direction trained and the other held out, so no circuit has a trained − held-out "
+            "asymmetry; circuits.png is not written" if trained else
+            "no fact has both directions in play with finite z-scores, so no circuit has a forward − reverse "
+            "asymmetry; circuits.png is not written")
     attribution = attribution_figures(probed, facts, out, patch_layers)
-    figures = ["margins.png", "circuits.png", *attribution["figures"]]
+    figures += attribution["figures"]
+    captions = {name: CAPTIONS[name] for name in figures if name in CAPTIONS}
+    if not trained:
+        captions.update({name: PRIOR_CAPTIONS[name] for name in figures if name in PRIOR_CAPTIONS})
     summary = {
-        **(about or {}), **probed.info, "logits": logit_summary(table),
-        "circuits": per_circuit, "most_asymmetric_circuit": best,
-        "mean_asymmetry_index": float(pd.Series([r["asymmetry"] for r in measured], dtype=float).mean()),
-        "attribution": attribution, "figures": figures,
-        "captions": {name: CAPTIONS[name] for name in figures if name in CAPTIONS},
+        **(about or {}), **probed.info, **({} if trained else {"prior_knowledge": PRIOR_NOTE}),
+        "logits": logit_summary(table), "circuits": per_circuit, "most_asymmetric_circuit": best,
+        "mean_asymmetry_index": float(pd.Series([r["asymmetry"] for r in measured], dtype=float).mean())
+        if measured else None,
+        **notes, "attribution": attribution, "figures": figures, "captions": captions,
     }
     _write_json(out / "summary.json", summary)
     return summary
+
+
+def format_probe(summary: dict[str, Any]) -> str:
+    """The one-screen text of a probe run: log p, margin and accuracy per split and direction, the
+    most asymmetric circuit (or why there is none) and the patching end points."""
+    width = max(18, *(len(name) + 2 for name in summary["logits"]))
+    lines = [summary["prior_knowledge"], ""] if "prior_knowledge" in summary else []
+    lines.append(f"{'':{width}s}{'n':>6s}{'log p':>9s}{'margin':>9s}{'accuracy':>10s}")
+    for name, row in summary["logits"].items():
+        lines.append(f"{name:{width}s}{row['n']:6d}{row['logprob']:9.2f}{row['margin']:9.2f}{row['accuracy']:10.3f}")
+    lines.append("")
+    if summary["most_asymmetric_circuit"] is None:
+        lines.append(f"circuit asymmetry undefined: {summary['circuits_undefined']}")
+    else:
+        gap = "forward − reverse" if "prior_knowledge" in summary else "trained − held-out"
+        lines.append(f"most asymmetric circuit: {summary['most_asymmetric_circuit']} (mean asymmetry index "
+                     f"{gap} over circuits {summary['mean_asymmetry_index']:.2f})")
+    attribution = summary["attribution"]
+    if "skipped" in attribution:
+        lines.append(f"no attribution figures: {attribution['skipped']}")
+    else:
+        patching = attribution["patching"]
+        lines.append(f"attribution figures of fact {attribution['fact']}: {patching['metric']}: "
+                     f"{patching['corrupted_logprob']:.2f}; after the forward prompt instead "
+                     f"{patching['clean_logprob']:.2f}")
+    return "\n".join(lines)
 
 
 def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str], out: str | os.PathLike[str],

@@ -133,6 +133,11 @@ KINDS = {
         "Zhu et al. §3: trained directions get a large margin over random answers and a large OV entry "
         "Y[A, B]; held-out reverse directions get neither (margin ≈ 0, Y[B, A] ≈ 0).",
         ("logits.csv", "circuits.csv", "margins.png", "circuits.png")),
+    "probe-prior": Kind(
+        "Logit and circuit probes of prior knowledge, not trained",
+        "Nothing here tests the paper: the model was not trained on these facts, so no direction is trained or "
+        "held out. Forward and reverse are compared as the model already knew them.",
+        ("logits.csv", "circuits.csv", "margins.png")),
 }
 
 CAPTIONS = {
@@ -160,7 +165,8 @@ CAPTIONS = {
                       "tick. Paper: the curse holds in every setting.",
     "cosines.png": "Histograms of cos(W_E[A_i], W_E[B_j]) for paired (j = i) and unpaired (j ≠ i) entities. "
                    "Paper: the two distributions overlap: no pairing structure.",
-    "asymmetry.png": "Per direction: exact-match accuracy beside GPT-4's, mean rank of the truth among random "
+    "asymmetry.png": "Per direction: top-1 rate among the same-kind controls (95% interval) and greedy exact match "
+                     "beside GPT-4's accuracy, mean rank of the truth among random "
                      "answers of the same kind (chance dashed) and the log-probability margin over them; lighter "
                      "bars keep only pairs whose last names differ. Berglund et al.: child → parent beats "
                      "parent → child.",
@@ -297,11 +303,12 @@ def read_summary(folder: Path) -> dict[str, Any]:
 
 
 def run_kind(summary: dict[str, Any]) -> str:
-    """``summary["experiment"]``, or ``"probe"`` for a ``revlens probe`` summary, or ``"run"``."""
+    """``summary["experiment"]``, or ``"probe"`` for a ``revlens probe`` summary (``"probe-prior"`` for a
+    model probed on facts it was not trained on), or ``"run"``."""
     if isinstance(summary.get("experiment"), str):
         return summary["experiment"]
     if "logits" in summary and "circuits" in summary:
-        return "probe"
+        return "probe-prior" if "prior_knowledge" in summary else "probe"
     return "run"
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from facts.io import read_json_lines, write_text_atomic
-from facts.language import TextTokenizer, encode_pair
+from facts.language import TextTokenizer, bos_prefix, encode_pair
 from facts.schema import DIRECTIONS, SPLITS, Direction, FactError, Split
 from facts.tokens import Example
 
@@ -68,14 +68,16 @@ def examples_from_pairs(
     tokenizer: TextTokenizer,
     split: Split,
     direction: Direction,
-    prefix: tuple[int, ...] = (),
+    prefix: tuple[int, ...] | None = None,
 ) -> list[Example]:
     """One :class:`Example` per pair, ``fact`` = its position; the completion is the answer.
 
     Prompt and completion are tokenized jointly and split at the boundary, trailing prompt
-    spaces moving to the completion (:func:`~facts.language.encode_pair`). ``prefix`` ids (e.g.
-    a BOS id) go before every prompt.
+    spaces moving to the completion (:func:`~facts.language.encode_pair`). ``prefix`` ids go
+    before every prompt, by default :func:`~facts.language.bos_prefix` (BOS exactly when the
+    tokenizer adds it itself).
     """
+    prefix = bos_prefix(tokenizer) if prefix is None else prefix
     if split not in SPLITS:
         raise FactError(f"split must be one of {SPLITS}, got {split!r}")
     if direction not in DIRECTIONS:

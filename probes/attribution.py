@@ -35,6 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import patching
 from transformer_lens.utilities import get_act_name
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from facts.tokens import Example, TokenizedFacts
 from probes.hooks import check_layer, hook_names
@@ -125,14 +126,41 @@ def folded(model: Any) -> Any:
         twin.enable_compatibility_mode(disable_warnings=True, fold_ln=True, center_writing_weights=False,
                                        center_unembed=False, fold_value_biases=False)
     if not _final_norm_is_plain(twin):
-        raise ValueError(f"could not fold the final norm of this {type(model).__name__} (were its weights already "
-                         "processed without fold_ln?); direct logit attribution would be wrong")
+        remedy = ("were its weights already processed without fold_ln?" if hasattr(twin, "load_and_process_state_dict")
+                  else "TransformerBridge 3.9 leaves this architecture's final norm unfolded; load it with "
+                       "backend='hooked' where TransformerLens converts the architecture (Gemma 1/2/3 yes, OLMo 2 no)")
+        raise ValueError(f"{model.cfg.model_name}: could not fold the final norm of this {type(model).__name__} "
+                         f"({remedy}); direct logit attribution would be wrong, so it is refused")
     return twin.eval()
 
 
-def _dla_cache_names(model: Any) -> list[str]:
-    """The hooks a residual decomposition at the unembed reads."""
-    per_layer = ("hook_attn_out", "hook_mlp_out", "attn.hook_z")
+def _post_attention_norm(model: Any) -> str | None:
+    """The norm between the heads and the residual stream, by its module name in each block
+    ("ln1_post" for Gemma 2/3's sandwich norms, "ln1" for OLMo 2's post-norm), or None.
+
+    A model wrapped by TransformerBridge runs its Hugging Face norms as they are, so the scale
+    and weight cannot be read the way this module reads them: a post-norm there is refused.
+    """
+    if hasattr(model, "load_and_process_state_dict"):  # HookedTransformer
+        if getattr(model.cfg, "use_normalization_before_and_after", False):
+            return "ln1_post"
+        return "ln1" if model.cfg.original_architecture in POST_NORM_ARCHITECTURES else None
+    block = model.blocks[0]
+    if hasattr(block, "ln1_post") or model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        raise ValueError(
+            f"{model.cfg.model_name}: a TransformerBridge model with a norm after attention (Gemma 2/3, OLMo 2) "
+            "gets no per-head attribution here; load it with backend='hooked', or attribute by='layer'"
+        )
+    return None
+
+
+def _dla_cache_names(model: Any, by: Literal["head", "layer"]) -> list[str]:
+    """The hooks a residual decomposition at the unembed reads (and, per head, the scale of a
+    norm after attention)."""
+    per_layer = ["hook_attn_out", "hook_mlp_out", "attn.hook_z"]
+    norm = _post_attention_norm(model) if by == "head" else None
+    if norm is not None:
+        per_layer.append(f"{norm}.hook_scale")
     return ["hook_embed", "hook_pos_embed", "ln_final.hook_scale"] + [
         f"blocks.{layer}.{name}" for layer in range(model.cfg.n_layers) for name in per_layer
     ]
@@ -158,28 +186,68 @@ def _component(label: str) -> _Component:
     return _Component(f"L{layer} {kind}", kind, layer)
 
 
+def _head_terms(
+    model: Any, cache: Any, layer: int, heads: Float[Tensor, "head batch d_model"], norm: str | None
+) -> tuple[list[_Component], list[Float[Tensor, "batch d_model"]]]:
+    """Layer ``layer``'s attention output at the last position as one term per head (plus the
+    output bias b_O where the model has a nonzero one), each term exact.
+
+    Without a norm after attention, attn_out = Σ_h z_h W_O^h + b_O. With one (an RMSNorm with
+    weight w and, cached from the actual run, scale s = √(mean(x²) + ε) of its input
+    x = Σ_h z_h W_O^h + b_O), attn_out = w ⊙ x / s, which is linear in x given s: head h's term
+    is w ⊙ (z_h W_O^h) / s and the bias's w ⊙ b_O / s. The terms are checked to add up to the
+    cached attn_out; a model whose attention output is something else is refused.
+    """
+    attention = model.blocks[layer].attn
+    bias = getattr(attention, "b_O", None)
+    names = [_Component(f"L{layer}H{h}", "head", layer, h) for h in range(len(heads))]
+    vectors = list(heads)
+    if bias is not None and bool((bias != 0).any()):
+        names.append(_Component(f"L{layer} attn bias", "attn bias", layer))
+        vectors.append(bias.to(heads.dtype).expand_as(heads[0]))
+    if norm is not None:
+        module = getattr(model.blocks[layer], norm)
+        if not hasattr(module, "w") or hasattr(module, "b"):
+            raise ValueError(f"{model.cfg.model_name}: L{layer}'s norm after attention ({norm}, "
+                             f"{type(module).__name__}) is not an RMSNorm; its heads cannot be attributed one by one")
+        scale = cache[f"blocks.{layer}.{norm}.hook_scale"][:, -1]  # [batch, 1]
+        vectors = [module.w * vector / scale for vector in vectors]
+    total, cached = torch.stack(vectors).sum(0), cache[f"blocks.{layer}.hook_attn_out"][:, -1]
+    deviation = float((total - cached).abs().max())
+    if deviation > 1e-4 * (1.0 + float(cached.abs().max())):
+        raise ValueError(
+            f"{model.cfg.model_name}: L{layer}'s heads{' and output bias' if len(names) > len(heads) else ''}"
+            f"{f' through its {norm} norm' if norm else ''} add up to its attention output only to within "
+            f"{deviation:.3g}: something else writes there, so a per-head attribution would not be exact; "
+            "attribute by='layer'"
+        )
+    return names, vectors
+
+
 def _decomposition(
-    cache: Any, n_heads: int, by: Literal["head", "layer"]
+    model: Any, cache: Any, by: Literal["head", "layer"]
 ) -> tuple[list[_Component], Float[Tensor, "component batch d_model"]]:
     """The final residual stream at the last position as a sum of named components.
 
     ``by="layer"``: embed, pos_embed, then per layer "L{l} attn" and "L{l} mlp".
-    ``by="head"``: each attention layer is split into its heads "L{l}H{h}" and
-    "L{l} attn bias" = attn_out − Σ_h head results (= b_O; 0 for bias-free attention).
+    ``by="head"``: each attention layer is split into its heads "L{l}H{h}" (and "L{l} attn bias",
+    b_O, only where the model has a nonzero one), exactly, through a norm after attention where
+    there is one (:func:`_head_terms`).
     """
     stack, labels = cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
     components = [_component(label) for label in labels]
     if by == "layer":
         return components, stack
+    norm = _post_attention_norm(model)
     heads = cache.stack_head_results(layer=-1, pos_slice=-1)
-    per_layer = einops.rearrange(heads, "(layer head) batch d_model -> layer head batch d_model", head=n_heads)
+    per_layer = einops.rearrange(heads, "(layer head) batch d_model -> layer head batch d_model",
+                                 head=model.cfg.n_heads)
     out_components, out_vectors = [], []
     for component, vector in zip(components, stack):
         if component.kind == "attn":
-            layer = component.layer
-            out_components += [_Component(f"L{layer}H{h}", "head", layer, h) for h in range(n_heads)]
-            out_components.append(_Component(f"L{layer} attn bias", "attn bias", layer))
-            out_vectors += [*per_layer[layer], vector - per_layer[layer].sum(0)]
+            names, vectors = _head_terms(model, cache, component.layer, per_layer[component.layer], norm)
+            out_components += names
+            out_vectors += vectors
         else:
             out_components.append(component)
             out_vectors.append(vector)
@@ -216,7 +284,15 @@ def direct_logit_attribution(
     component is not what the logit would lose without it (use patching for that).
 
     ``controls``: one example per statement with the same prompt and another answer; the rows
-    then attribute the logit difference logit_t − logit_control. Heads are query heads (under
+    then attribute the logit difference logit_t − logit_control. A model that caps its logits
+    (Gemma 2: logit = c·tanh(x / c)) is attributed before the cap: the terms sum to x = c·artanh(logit / c).
+
+    ``by="head"`` splits each attention layer into its query heads, exactly: where a norm sits
+    between the heads and the residual stream (Gemma 2/3's post-attention RMSNorm), each head's
+    output is divided by that norm's scale cached from the actual run and multiplied by its weight,
+    w ⊙ (z_h W_O^h) / s, which is exact because the norm is linear given its scale
+    (:func:`_head_terms`); an "attn bias" row appears only where the model has a nonzero b_O. A
+    layer whose heads do not add up to its output is refused. Heads are query heads (under
     grouped-query attention each query head's z·W_O is its own term). Statements are run in
     groups of one prompt length, ``batch_size`` at a time, and then put back in input order.
 
@@ -235,8 +311,8 @@ def direct_logit_attribution(
         chunk = [examples[r] for r in rows]
         answers = _first_answer_tokens(plain, chunk)
         wrong = None if controls is None else _first_answer_tokens(plain, [controls[r] for r in rows])
-        _, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=_dla_cache_names(plain))
-        components, stack = _decomposition(cache, plain.cfg.n_heads, by)
+        _, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=_dla_cache_names(plain, by))
+        components, stack = _decomposition(plain, cache, by)
         attrs = cache.logit_attrs(stack, tokens=answers, incorrect_tokens=wrong, pos_slice=-1)
         bias = plain.b_U[answers] - (0 if wrong is None else plain.b_U[wrong])
         components.append(_Component("unembed bias", "unembed bias"))
@@ -291,7 +367,8 @@ def _attribution_frame(
 class Patching:
     """Answer log-probability of the corrupted run after patching one site from the clean run.
 
-    ``metric[i, j]``: mean over statements of log p(target | corrupted prompt) with the
+    ``metric[i, j]``: mean over statements of log p(target | corrupted prompt) (a token, or a
+    token sequence scored token by token, see :func:`patch_residual`) with the
     activation at (``layers[i]``, j) taken from the clean run, j a position (``axis="pos"``;
     the prompts aligned at their end, see :func:`patch_residual`) or a head (``axis="head"``).
     ``clean`` and ``corrupt``: the same metric unpatched.
@@ -361,12 +438,30 @@ def _check_patchable(clean: Sequence[Example], corrupt: Sequence[Example], one_l
     return lengths[0], lengths[1]
 
 
-def _answer_logprob(targets: Int[Tensor, " batch"], position: int) -> Metric:
-    """Metric: mean over the batch of log p(targets | prompt) at ``position``."""
+Targets = Sequence[int] | Sequence[Sequence[int]]
+"""What patching scores: one token per statement, or one token sequence (a whole answer) per statement."""
+
+
+def _target_tokens(model: Any, clean: Sequence[Example], targets: Targets | None) -> Int[Tensor, "batch answer"]:
+    """The tokens to score, one row per statement (default: each clean statement's first answer token)."""
+    rows = [(e.answer[0],) for e in clean] if targets is None else [
+        tuple(int(token) for token in t) if isinstance(t, Sequence) else (int(t),) for t in targets]
+    if len(rows) != len(clean):
+        raise ValueError(f"{len(rows)} targets for {len(clean)} statements: give one target per statement")
+    if not rows[0] or any(len(r) != len(rows[0]) for r in rows):
+        raise ValueError(f"batched patching scores target sequences of one length, got lengths {[len(r) for r in rows]}; "
+                         "patch statements whose answers have as many tokens, or one statement at a time")
+    return torch.tensor(rows, dtype=torch.long, device=model.cfg.device)
+
+
+def _answer_logprob(targets: Int[Tensor, "batch answer"]) -> Metric:
+    """Metric: mean over the batch of log p(target sequence | prompt) = Σ_k log p(t_k | prompt, t_<k), read
+    at the last ``answer`` positions of a run whose input is the prompt followed by t_1 … t_{A−1}."""
+    length = targets.shape[1]
 
     def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
-        logprobs = logits[:, position].float().log_softmax(-1)
-        return logprobs.gather(-1, targets[:, None]).mean()
+        logprobs = logits[:, -length:].float().log_softmax(-1)
+        return logprobs.gather(-1, targets[..., None])[..., 0].sum(-1).mean()
 
     return metric
 
@@ -386,23 +481,22 @@ def _patch(
     axis: Literal["pos", "head"],
     setter: Callable[..., Tensor],
     layers: Sequence[int] | None,
-    targets: Sequence[int] | None,
+    targets: Targets | None,
 ) -> Patching:
     clean_length, corrupt_length = _check_patchable(clean, corrupt, one_length=axis == "head")
     chosen = _layers(model, layers)
     names = [get_act_name(activation, layer) for layer in chosen]
     for name in names:
         hook_names(model, name)  # a clear error when, e.g., an attention-only model has no resid_mid
-    goal = (torch.tensor(list(targets), dtype=torch.long, device=model.cfg.device) if targets is not None
-            else _first_answer_tokens(model, clean))
-    if len(goal) != len(clean):
-        raise ValueError(f"{len(goal)} targets for {len(clean)} statements: give one target token per statement")
-    metric = _answer_logprob(goal, -1)
-    clean_tokens, corrupt_tokens = _prompts(model, clean), _prompts(model, corrupt)
+    goal = _target_tokens(model, clean, targets)
+    metric = _answer_logprob(goal)
+    teacher = goal[:, :-1]  # every target token but the last follows the prompt in both runs
+    clean_tokens = torch.cat([_prompts(model, clean), teacher], 1)
+    corrupt_tokens = torch.cat([_prompts(model, corrupt), teacher], 1)
     clean_logits, clean_cache = model.run_with_cache(clean_tokens, names_filter=names)
-    if axis == "pos":  # the last `width` positions of both prompts, aligned at the end
-        width = min(clean_length, corrupt_length)
-        index = range(-width, 0)
+    if axis == "pos":  # the last `width` positions of both prompts, aligned at the end of the prompts
+        width, shift = min(clean_length, corrupt_length), teacher.shape[1]
+        index = range(-width - shift, -shift)
     else:
         width = model.cfg.n_heads
         index = range(width)
@@ -426,12 +520,15 @@ def patch_residual(
     corrupt: Statements,
     site: PatchSite = "resid_pre",
     layers: Sequence[int] | None = None,
-    targets: Sequence[int] | None = None,
+    targets: Targets | None = None,
 ) -> Patching:
     """Patch ``site`` at one (layer, position) at a time from the clean into the corrupted run.
 
-    The metric is the mean log-probability of ``targets`` (default: each clean statement's first
-    answer token) at the last prompt position of the patched corrupted run. This is
+    The metric is the mean log-probability of ``targets`` given the patched corrupted prompt:
+    one token per statement, read at the last prompt position (default: each clean statement's
+    first answer token), or one token sequence per statement (e.g. the corrupted statement's whole
+    answer), scored as Σ_k log p(t_k | prompt, t_<k) with t_1 … t_{A−1} appended to both runs
+    (they come after every patched position, so the patch is the same). This is
     ``transformer_lens.patching.get_act_patch_resid_pre`` (and its siblings for the other
     sites) restricted to ``layers``. Row i of the clean and corrupted statements are one pair;
     all clean prompts share one length L_c and all corrupted ones one length L_r.
@@ -458,7 +555,7 @@ def patch_heads(
     clean: Statements,
     corrupt: Statements,
     layers: Sequence[int] | None = None,
-    targets: Sequence[int] | None = None,
+    targets: Targets | None = None,
 ) -> Patching:
     """Patch one head's output (its ``hook_z``, all positions) at a time from clean into corrupted.
 

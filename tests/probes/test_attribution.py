@@ -247,9 +247,11 @@ def test_bridge_attribution_and_lens_are_exact(bridge):
     plain = folded(bridge)
     assert plain is not bridge and folded(plain) is plain
     table = direct_logit_attribution(plain, examples)
-    assert table.groupby("statement").size().tolist() == [1 + 30 * (9 + 1 + 1) + 1] * 2  # embed, heads, biases, mlps
+    # embed, 9 heads and the MLP per layer, the unembed bias: SmolLM2 has no attention output bias, so no row for one
+    assert table.groupby("statement").size().tolist() == [1 + 30 * (9 + 1) + 1] * 2
+    assert "attn bias" not in set(table.kind)
     totals = torch.tensor(table.groupby("statement").attribution.sum().to_numpy()).float()
-    assert torch.allclose(totals, first_answer_logits(plain, examples), atol=1e-3)
+    assert torch.allclose(totals, first_answer_logits(plain, examples), atol=1e-4)
     final = logit_lens(bridge, examples).query("stage == 'final_post'")
     expected = answer_logits(bridge, examples).log_softmax(-1)[[0, 1], [e.answer[0] for e in examples]]
     assert torch.allclose(torch.tensor(final.logprob.to_numpy()), expected, atol=1e-4)
@@ -272,3 +274,31 @@ def test_prompts_of_different_lengths_are_patched_aligned_at_the_end(smollm2_hoo
     assert result.metric[0, -1].item() == pytest.approx(result.clean, abs=1e-4)
     assert torch.allclose(result.metric[0, :-1], torch.full((12,), result.corrupt), atol=1e-4)
     assert result.clean != pytest.approx(result.corrupt, abs=0.1)
+
+
+def test_patching_scores_a_whole_reverse_answer(smollm2_hooked, smollm2_tokenizer):
+    """Targets may be token sequences: the reverse answer (a name of several tokens) is scored token
+    by token after the reverse prompt. Unpatched, that is the statement's log p in probes.logits; with
+    the last layer's output patched at the last prompt position, only the first answer token's
+    prediction comes from the forward run, the later ones still from the reverse run."""
+    from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, people_world
+    from probes.logits import answer_table
+
+    facts = people_world(n_per_group=1, seed=1)
+    tokenizer = TemplateTokenizer(smollm2_tokenizer, TRAIN_TEMPLATES)
+    clean, corrupt = tokenizer.example(facts, 0, "forward"), tokenizer.example(facts, 0, "reverse")
+    answer = corrupt.answer
+    assert len(answer) >= 2
+    last = smollm2_hooked.cfg.n_layers - 1
+    result = patch_residual(smollm2_hooked, [clean], [corrupt], site="resid_post", layers=[last], targets=[answer])
+    table = answer_table(smollm2_hooked, facts, tokenizer, n_controls=1, rank_against="controls").query("fact == 0")
+    assert result.corrupt == pytest.approx(table.set_index("direction").logprob["reverse"], abs=1e-4)
+
+    def answer_logprobs(prompt):
+        with torch.no_grad():
+            logits = smollm2_hooked(torch.tensor([prompt + answer[:-1]]))[0, -len(answer):].log_softmax(-1)
+        return logits[torch.arange(len(answer)), list(answer)]
+
+    from_forward, from_reverse = answer_logprobs(clean.prompt), answer_logprobs(corrupt.prompt)
+    assert result.clean == pytest.approx(from_forward.sum().item(), abs=1e-4)
+    assert result.metric[0, -1].item() == pytest.approx(from_forward[0].item() + from_reverse[1:].sum().item(), abs=1e-4)

@@ -1,0 +1,82 @@
+"""Loading a pretrained model: wall time, peak resident memory and GGUF parses, per backend.
+
+Each (model, backend) is loaded in a fresh Python process (peak RSS is per process), with one
+torch thread and ``OMP_NUM_THREADS=1``, and reports:
+
+* ``seconds``: wall time of ``models.pretrained.load(model, backend=...)`` (imports excluded);
+* ``peak_rss``: the process's peak resident set (``ru_maxrss``), and its ratio to the model's
+  float32 size (4 bytes × the parameter count of the transformers model; goal ≤ 2.5);
+* ``gguf_full_parses``: how often the file was parsed by ``gguf.GGUFReader`` (every field and
+  tensor; transformers' path for Llama and Gemma 3 files, ~20 s for Gemma's 262k-token vocabulary);
+  ``gguf_header_reads``: reads by transformers' fast metadata reader (0.1-2 s);
+* ``n_ctx``: the context length the loaded model reports.
+
+Run: ``.venv/bin/python benchmarks/load_pretrained.py [--models gemma3-270m smollm2-135m]
+[--backends hooked bridge]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, resource, sys, time
+import torch
+torch.set_num_threads(1)
+import gguf
+import transformers.integrations.gguf.reader as gguf_reader
+from models import pretrained
+
+counts = {"full": 0, "header": 0}
+def counted(function, kind):
+    def wrapper(*args, **kwargs):
+        counts[kind] += 1
+        return function(*args, **kwargs)
+    return wrapper
+gguf.GGUFReader.__init__ = counted(gguf.GGUFReader.__init__, "full")
+gguf_reader._read_metadata = counted(gguf_reader._read_metadata, "header")
+
+name, backend = sys.argv[1], sys.argv[2]
+began = time.perf_counter()
+model = pretrained.load(name, backend=backend, device="cpu")
+seconds = time.perf_counter() - began
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+n_params = sum(p.numel() for p in model.parameters())
+print(json.dumps({"model": name, "backend": backend, "seconds": round(seconds, 1),
+                  "peak_rss_gib": round(peak / 2**30, 2), "float32_gib": round(4 * n_params / 2**30, 3),
+                  "gguf_full_parses": counts["full"], "gguf_header_reads": counts["header"], "n_ctx": model.cfg.n_ctx}))
+"""
+
+
+def measure(model: str, backend: str) -> dict:
+    """Load ``model`` on ``backend`` in a fresh process and return its measurements."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, model, backend], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        return {"model": model, "backend": backend, "error": done.stderr.strip().splitlines()[-1]}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["rss_over_float32"] = round(result["peak_rss_gib"] / result["float32_gib"], 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m"])
+    parser.add_argument("--backends", nargs="+", default=["hooked", "bridge"])
+    args = parser.parse_args()
+    for model in args.models:
+        for backend in args.backends:
+            print(json.dumps(measure(model, backend)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

