@@ -21,11 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from facts.io import atomic_write, file_sha256, remove_stale_temporaries
 
 _NAME = re.compile(r"^step-(\d{6,})\.json$")
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], temporary: Path, target: Path) -> None:
+    """safetensors' ``save_file`` into ``temporary``; an I/O failure it reports as text ("No space
+    left on device (os error 28)") is raised as the ``OSError`` it is, naming ``target``."""
+    try:
+        save_file(tensors, str(temporary))
+    except SafetensorError as error:
+        code = _OS_ERROR.search(str(error))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(target)) from error
 
 
 class CheckpointError(RuntimeError):
@@ -87,7 +101,7 @@ def save_checkpoint(
         optim_tensors, optim_meta = _optimizer_tensors(optimizer)
         tensors.update(optim_tensors)
     tensor_path = directory / f"{stem}.safetensors"
-    atomic_write(tensor_path, lambda p: save_file(tensors, str(p)))
+    atomic_write(tensor_path, lambda p: _save_tensors(tensors, p, tensor_path))
     record = {"step": step, "optimizer": optim_meta, "sha256": file_sha256(tensor_path), **meta}
     record = json.loads(json.dumps(record, default=str))  # exactly what a reader will parse
     record["meta_sha256"] = _meta_sha256(record)

@@ -326,3 +326,52 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path):
         check_run(out)
     assert main([*command[3:], "--resume"]) == 0  # resumed in this process (a fresh process costs a torch import)
     assert check_run(out)["complete"] and load_jsonl(out / "facts.jsonl")
+
+
+def _in_mount_namespace(tmp_path: Path, mount: str, *commands: str) -> str:
+    """Run ``commands`` (``revlens`` argument strings) in a private mount namespace where
+    ``tmp_path/disk`` is a real mount made by ``mount`` (a shell line); each prints its exit code, its
+    stderr and every leftover temporary under the mount, which vanishes with the namespace."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    cli = f"{sys.executable} -m analyses.cli"
+    lines = [f"({mount.format(disk=disk)}) || exit 90"] + [
+        f"{cli} {command.format(disk=disk)} >/dev/null 2>{tmp_path}/err{index}; echo \"exit $?\"; "
+        f"cat {tmp_path}/err{index}; find {disk} -name '*.tmp' | sed 's/^/LEFTOVER /'"
+        for index, command in enumerate(commands)]
+    result = subprocess.run(["unshare", "-m", "sh", "-uc", "\n".join(lines)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _errors(stdout: str) -> list[str]:
+    """The one error line of each command of :func:`_in_mount_namespace`; nothing left behind."""
+    assert "LEFTOVER " not in stdout and "Traceback" not in stdout, stdout
+    chunks = stdout.split("exit ")[1:]
+    lines = []
+    for chunk in chunks:
+        code, *rest = chunk.strip().splitlines()
+        assert code == "2", chunk
+        lines.append(one_error_line("\n".join(rest)))
+    return lines
+
+
+def test_a_real_read_only_file_system_is_one_line_per_command(tmp_path):
+    """A read-only bind mount (not a simulated error): every writing command says so in one line."""
+    out = _in_mount_namespace(
+        tmp_path, "mount --bind {disk} {disk} && mount -o remount,bind,ro {disk}",
+        "make-facts reversal --out {disk}/facts.jsonl", f"reproduce reversal --out {{disk}}/run {' '.join(TINY)}",
+        "report --runs {disk} --out {disk}/report.html")
+    errors = _errors(out)
+    assert len(errors) == 3
+    assert all("read-only file system" in line or "not a run" in line or "no run" in line for line in errors), errors
+    assert sum("read-only file system" in line for line in errors) >= 2, errors
+
+
+def test_a_really_full_disk_is_one_line_and_leaves_no_temporary(tmp_path):
+    """A 64 KiB tmpfs fills while the run writes its figures: one line naming the file, no temporary left."""
+    out = _in_mount_namespace(tmp_path, "mount -t tmpfs -o size=64k revlens-full {disk}",
+                              f"reproduce reversal --out {{disk}}/run {' '.join(TINY)}")
+    (line,) = _errors(out)
+    assert "no space left on the disk" in line and "/run/" in line, line
