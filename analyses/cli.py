@@ -252,18 +252,25 @@ def _check_asymmetry(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune_facts(args: argparse.Namespace) -> int:
+def _finetune_config(args: argparse.Namespace):
+    """The ``FinetuneConfig`` of a ``finetune-facts`` command line (defaults where an option is not given)."""
     from dataclasses import replace
 
-    from analyses.finetune import FinetuneConfig, finetune_facts, format_summary
+    from analyses.finetune import FinetuneConfig
 
     given = {"people": args.people, "templates": args.templates, "epochs": args.epochs, "lr": args.lr,
              "batch_size": args.batch_size, "n_controls": args.controls}
-    config = replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks,
-                     mitigation=args.mitigation, seed=args.seed,
-                     facts=None if args.facts is None else str(args.facts),
-                     templates_file=None if args.templates_file is None else str(args.templates_file),
-                     device=args.device, **{name: value for name, value in given.items() if value is not None})
+    return replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks,
+                   mitigation=args.mitigation, seed=args.seed,
+                   facts=None if args.facts is None else str(args.facts),
+                   templates_file=None if args.templates_file is None else str(args.templates_file),
+                   device=args.device, **{name: value for name, value in given.items() if value is not None})
+
+
+def _finetune_facts(args: argparse.Namespace) -> int:
+    from analyses.finetune import finetune_facts, format_summary
+
+    config = _finetune_config(args)
     summary = finetune_facts(args.out, config, progress=not args.quiet)
     print(format_summary(summary))
     print(f"wrote {args.out}/: summary.json questions.csv logits.csv in_context.csv before_*.csv "
@@ -429,6 +436,10 @@ def _check_inputs(args: argparse.Namespace) -> None:
             from analyses.mitigations import finetuned_rows
 
             finetuned_rows(folder)
+    if args.command == "finetune-facts":
+        from analyses.finetune import read_questions
+
+        read_questions(_finetune_config(args))  # the facts and templates, read whole before the folder is touched
     if args.command == "probe":
         model = Path(args.model)
         checkpoint = (model.is_dir() and any(model.glob("step-*.json"))) or (
