@@ -375,3 +375,28 @@ def test_a_really_full_disk_is_one_line_and_leaves_no_temporary(tmp_path):
                               f"reproduce reversal --out {{disk}}/run {' '.join(TINY)}")
     (line,) = _errors(out)
     assert "no space left on the disk" in line and "/run/" in line, line
+
+
+def test_two_revlens_processes_on_one_out_one_run_and_one_refusal(tmp_path):
+    """Issue case 3 with two real `revlens` processes (seeds 0 and 1, one --out): while the first trains,
+    the second exits 2 with one line; the folder ends as the first run alone (its seed, its manifest)."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def start(seed: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "analyses.cli", "reproduce", "reversal", "--out", str(out),
+                                 "--seed", str(seed), "--steps", "60", "--pairs", "20", "--eval-every", "10",
+                                 "--checkpoint-every", "1", "--quiet"],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start(0)
+    deadline = time.monotonic() + 120
+    while not list((out / "checkpoints").glob("step-*.json")):  # the first is writing: it holds the lock
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.01)
+    second = start(1)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2 and "another revlens process is writing this folder" in one_error_line(err)
+    assert first.wait(timeout=300) == 0, first.communicate()
+    manifest = check_run(out)
+    assert manifest["complete"] and json.loads((out / "summary.json").read_text())["config"]["seed"] == 0
