@@ -11,22 +11,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-MODEL_NAMES = ("tiny", "one-layer", "paper")
-PAPER_EXPERIMENTS = {
-    "chain": "chain-of-thought intransitivity: A→B, B→C trained, A⇝C held out",
-    "in-context": "reversal with the fact in the prompt (no curse), against a one-partner control",
-    "multi-token": "the reversal task with k = 2 and 3 tokens per entity",
-    "positional": "the reversal task with absolute, rotary and no positional encodings",
-    "embeddings": "cosine similarity of the embeddings of paired entities (no structure)",
-    "dynamics": "OV (Y) and QK (Z) entries of the facts over training, one-layer and tiny models",
-    "mitigations": "augmentation, reverse training and in-context restatement against the baseline",
-    "all": "every experiment above plus reversal and bilinear, into OUT/<name>/",
-}
-POSITIONALS = ("absolute", "rotary", "none")
+from analyses.experiments import ALL_OPTIONS, EXPERIMENTS, REPRODUCE
+from analyses.experiments import positive_int as _positive_int
+from analyses.experiments import seed as _seed
 
-
-MAX_SEED = 2**32 - 1
-"""numpy's and torch's generators both take seeds 0 … 2³² − 1."""
 FOLDER_COMMANDS = ("reproduce", "check-asymmetry", "finetune-facts", "probe", "compare")
 """Commands that write a run folder (:mod:`analyses.runfolder`); make-facts and report write one file."""
 
@@ -36,20 +24,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"revlens: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"a seed is an integer from 0 to {MAX_SEED}, got {value}")
-    return value
 
 
 def _out_path(text: str) -> Path:
@@ -68,31 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="reproduce one of the paper's experiments")
     experiments = reproduce.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
-    reversal = experiments.add_parser(
-        "reversal", help="token-level reversal task: train A→B, test B→A (the default demo)"
-    )
-    reversal.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
-    reversal.add_argument("--model", choices=MODEL_NAMES, default="tiny", help="HookedTransformer config (default tiny)")
-    reversal.add_argument("--seed", type=_seed, default=0)
-    reversal.add_argument("--positional", choices=POSITIONALS, default="absolute")
-    reversal.add_argument("--k", type=_positive_int, default=1, help="tokens per entity (default 1)")
-    reversal.add_argument("--pairs", type=_positive_int, default=200, help="number of (x, y) pairs (default 200)")
-    reversal.add_argument("--steps", type=_positive_int, default=80, help="training steps (default 80)")
-    reversal.add_argument("--lr", type=float, default=1e-2, help="AdamW learning rate (default 1e-2)")
-    reversal.add_argument("--batch-size", type=_positive_int, default=None, help="default: full batch")
-    reversal.add_argument("--eval-every", type=_positive_int, default=2)
-    reversal.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    reversal.add_argument("--checkpoint-every", type=_positive_int, default=None,
-                          help="also checkpoint every N steps, so a killed run resumes from there")
-    reversal.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
-    reversal.add_argument("--quiet", action="store_true", help="no progress bar")
-    bilinear = experiments.add_parser("bilinear", help="the bilinear model against Theorem 1, for several d")
-    bilinear.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
-    bilinear.add_argument("--dims", type=_positive_int, nargs="+", default=[64, 128, 256, 512])
-    bilinear.add_argument("--steps", type=_positive_int, default=400)
-    bilinear.add_argument("--lr", type=float, default=100.0, help="gradient-descent step size (default 100)")
-    bilinear.add_argument("--seed", type=_seed, default=0)
-    bilinear.add_argument("--quiet", action="store_true", help="no progress bar")
+    writers = []
+    for name in REPRODUCE + ("all",):
+        experiment = EXPERIMENTS.get(name)
+        writer = experiments.add_parser(name, help=experiment.help if experiment else
+                                        "every experiment above, into OUT/<name>/")
+        writers.append(writer)
+        writer.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
+        writer.add_argument("--seed", type=_seed, default=0)
+        writer.add_argument("--quiet", action="store_true", help="no progress bar")
+        for option in experiment.options if experiment else ALL_OPTIONS:
+            option.add_to(writer)
 
     make = commands.add_parser("make-facts", help="write a fact world as JSONL (input for probe and training)")
     make.add_argument("world", choices=("reversal", "chain", "in-context", "people", "celebrity"))
@@ -105,17 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="celebrity CSV (default: $REVLENS_CELEBRITY_CSV or the copy shipped in the package)")
     make.add_argument("--limit", type=_positive_int, default=None, help="only the first N facts (e.g. celebrity pairs)")
 
-    writers = [reversal, bilinear]
-    for name, help_text in PAPER_EXPERIMENTS.items():
-        experiment = experiments.add_parser(name, help=help_text)
-        writers.append(experiment)
-        experiment.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
-        experiment.add_argument("--seed", type=_seed, default=0)
-        experiment.add_argument("--quiet", action="store_true", help="no progress bar")
-        if name in ("mitigations", "all"):
-            experiment.add_argument("--finetuned", type=Path, nargs="+", default=[], metavar="DIR",
-                                    help="`revlens finetune-facts` folders (any --mitigation) whose rows join "
-                                         "the mitigations table")
 
     check = commands.add_parser(
         "check-asymmetry", help="celebrity parents: does a pretrained model know child→parent better than parent→child?")
@@ -327,77 +276,34 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reproduce_bilinear(args: argparse.Namespace) -> int:
-    from analyses.bilinear import BilinearConfig, format_bilinear, reproduce_bilinear
-
-    config = BilinearConfig(dims=tuple(args.dims), steps=args.steps, lr=args.lr, seed=args.seed)
-    summary = reproduce_bilinear(args.out, config, progress=not args.quiet)
-    print(format_bilinear(summary))
-    print(f"\nwrote {args.out}/: summary.json history-d*.jsonl loss_ratios.png theta_asymmetry.png scores.png "
-          f"({summary['seconds']:.1f} s)")
-    return 0
-
-
-def _reproduce_paper(args: argparse.Namespace) -> int:
+def _reproduce(args: argparse.Namespace) -> int:
+    """``reproduce EXPERIMENT`` into --out, or ``reproduce all``: each experiment into OUT/<name>/."""
     import contextlib
     import time
-    from dataclasses import replace
 
-    from analyses import dynamics, mitigations, paper, runfolder
-    from analyses.bilinear import BilinearConfig, format_bilinear, reproduce_bilinear
-    from analyses.reproduce import ReversalConfig, format_summary, reproduce_reversal
+    from analyses import runfolder
 
-    runs = {
-        "reversal": (lambda out, p: reproduce_reversal(out, ReversalConfig(seed=args.seed), p), format_summary),
-        "bilinear": (lambda out, p: reproduce_bilinear(out, BilinearConfig(seed=args.seed), p), format_bilinear),
-        "chain": (lambda out, p: paper.reproduce_chain(out, paper.ChainConfig(seed=args.seed), p),
-                  paper.format_chain),
-        "in-context": (lambda out, p: paper.reproduce_in_context(out, paper.InContextConfig(seed=args.seed), p),
-                       paper.format_in_context),
-        "multi-token": (lambda out, p: paper.reproduce_multi_token(
-            out, paper.MultiTokenConfig(reversal=replace(ReversalConfig(), seed=args.seed)), p),
-            paper.format_multi_token),
-        "positional": (lambda out, p: paper.reproduce_positional(
-            out, paper.PositionalConfig(reversal=replace(ReversalConfig(), seed=args.seed)), p),
-            paper.format_positional),
-        "embeddings": (lambda out, p: paper.reproduce_embeddings(out, paper.EmbeddingConfig(seed=args.seed), p),
-                       paper.format_embeddings),
-        "dynamics": (lambda out, p: dynamics.reproduce_dynamics(
-            out, dynamics.DynamicsConfig(run=ReversalConfig(seed=args.seed)), p), dynamics.format_dynamics),
-        "mitigations": (lambda out, p: mitigations.reproduce_mitigations(
-            out, mitigations.MitigationConfig(run=replace(mitigations.MitigationConfig().run, seed=args.seed)), p,
-            args.finetuned),
-            mitigations.format_mitigations),
-    }
-    chosen = list(runs) if args.experiment == "all" else [args.experiment]
+    chosen = list(REPRODUCE) if args.experiment == "all" else [args.experiment]
     began = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if args.experiment == "all":
             stack.enter_context(runfolder.locked(args.out, parent=True))
         for name in chosen:
             out = args.out / name if args.experiment == "all" else args.out
-            run, describe = runs[name]
+            experiment = EXPERIMENTS[name]
             with _run_folder(args, out, f"reproduce {name}"):
-                summary = run(out, not args.quiet)
+                summary = experiment.run(out, args, not args.quiet)
             if len(chosen) > 1:
                 print(f"\n=== {name} ({out})")
-            print(describe(summary))
+            print(experiment.format(summary))
     if len(chosen) > 1:
         print(f"\nall {len(chosen)} experiments in {time.perf_counter() - began:.0f} s; results in {args.out}/")
-    return 0
-
-
-def _reproduce_reversal(args: argparse.Namespace) -> int:
-    from analyses.reproduce import ReversalConfig, format_summary, reproduce_reversal
-
-    config = ReversalConfig(
-        model=args.model, positional=args.positional, seed=args.seed, k=args.k, n_pairs=args.pairs,
-        steps=args.steps, lr=args.lr, batch_size=args.batch_size, eval_every=args.eval_every, device=args.device,
-        checkpoint_every=args.checkpoint_every,
-    )
-    summary = reproduce_reversal(args.out, config, progress=not args.quiet, resume=args.resume)
-    print(format_summary(summary))
-    print(f"\nwrote {args.out}/: summary.json history.jsonl logits.csv facts.jsonl curves.png heatmap.png checkpoints/")
+    elif args.experiment == "reversal":
+        print(f"\nwrote {args.out}/: summary.json history.jsonl logits.csv facts.jsonl curves.png heatmap.png "
+              f"checkpoints/")
+    elif args.experiment == "bilinear":
+        print(f"\nwrote {args.out}/: summary.json history-d*.jsonl loss_ratios.png theta_asymmetry.png scores.png "
+              f"({summary['seconds']:.1f} s)")
     return 0
 
 
@@ -469,18 +375,14 @@ def _check_device(name: str) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "reproduce" and args.experiment in PAPER_EXPERIMENTS:
-        return _reproduce_paper(args)
+    if args.command == "reproduce":
+        return _reproduce(args)
     commands = {"check-asymmetry": _check_asymmetry, "make-facts": _make_facts, "probe": _probe,
                 "finetune-facts": _finetune_facts, "report": _report, "compare": _compare}
-    if args.command == "reproduce":
-        handler = _reproduce_reversal if args.experiment == "reversal" else _reproduce_bilinear
-    else:
-        handler = commands[args.command]
+    handler = commands[args.command]
     if args.command not in FOLDER_COMMANDS:
         return handler(args)
-    kind = f"reproduce {args.experiment}" if args.command == "reproduce" else args.command
-    with _run_folder(args, args.out, kind):
+    with _run_folder(args, args.out, args.command):
         return handler(args)
 
 
