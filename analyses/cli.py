@@ -132,6 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=_seed, default=0)
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    sweep = commands.add_parser(
+        "sweep", help="an experiment across seeds and a grid of its own options, on Ray (this machine or a cluster)")
+    sweep.add_argument("experiment", nargs="?", choices=tuple(EXPERIMENTS), metavar="EXPERIMENT",
+                       help=f"one of {', '.join(EXPERIMENTS)} (or give --file, or rerun OUT's sweep.toml)")
+    sweep.add_argument("--out", type=_out_path, required=True,
+                       help="sweep folder: sweep.toml, trials/<key=value,...,seed=S>/, aggregate.csv, sweep.png")
+    sweep.add_argument("--seeds", default=None, help="seeds: 0-4, 0,3,7 or 0-2,10 (default 0-4)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="an option of the experiment and its values, e.g. model=one-layer,tiny (repeatable)")
+    sweep.add_argument("--file", type=Path, default=None, help="a sweep.toml (experiment, seeds, [grid]) instead")
+    sweep.add_argument("--address", default=None,
+                       help="a Ray cluster: host:port of its head, ray://host:port (needs ray[client]) or auto "
+                            "(default: start Ray on this machine)")
+    sweep.add_argument("--workers", type=_positive_int, default=None,
+                       help="trials at once (default: CPUs / --threads-per-trial)")
+    sweep.add_argument("--threads-per-trial", type=_positive_int, default=1, help="torch threads per trial (default 1)")
+    sweep.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0; CPU)")
+    sweep.add_argument("--retries", type=int, default=3, help="reruns of a trial whose worker died (default 3)")
+
     report = commands.add_parser("report", help="one self-contained HTML page (figures, tables, views) from run folders")
     report.add_argument("--runs", type=Path, nargs="+", required=True,
                         help="run folders (each with a summary.json), or a folder of them (reproduce all)")
@@ -141,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         writer.add_argument("--force", action="store_true",
                             help="write over a folder holding another kind of run (its files are deleted) or files "
                                  "no run wrote (kept)")
+    _add_threads_option(parser)
     return parser
 
 
@@ -276,6 +296,36 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from analyses import sweep as sweeps
+
+    saved = args.out / sweeps.SWEEP_FILE
+    if args.file is not None and (args.experiment or args.seeds or args.grid):
+        raise sweeps.SweepError("give the sweep either as --file or as EXPERIMENT --seeds --grid, not both")
+    if args.file is not None:
+        sweep = sweeps.read_sweep_file(args.file)
+    elif args.experiment is not None:
+        sweep = sweeps.make_sweep(args.experiment, args.seeds or "0-4", args.grid)
+    elif saved.is_file() and not (args.seeds or args.grid):
+        sweep = sweeps.read_sweep_file(saved)
+    else:
+        raise sweeps.SweepError(f"name the EXPERIMENT to sweep (or give --file; {saved} does not exist to rerun)")
+    resources = sweeps.Resources(address=args.address, workers=args.workers, threads=args.threads_per_trial,
+                                 gpus=args.gpus_per_trial, retries=args.retries)
+    sweeps.check_resources(resources)
+    if args.address:
+        sweeps.check_address(args.address)
+    summary = sweeps.run_sweep(sweeps.with_resources(sweep, resources), args.out, resources)
+    print(sweeps.format_sweep(summary))
+    print(f"\nwrote {args.out}/: sweep.toml trials/ aggregate.csv {' '.join(summary['figures'])} summary.json "
+          f"({summary['seconds']:.0f} s)")
+    if summary["n_failed"]:
+        raise RuntimeError(f"{summary['n_failed']} of {summary['n_trials']} trials failed ({args.out / sweeps.FAILURES}); "
+                           f"the aggregate holds the {summary['n_finished']} that finished; rerun the same command to "
+                           f"retry the others")
+    return 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     """``reproduce EXPERIMENT`` into --out, or ``reproduce all``: each experiment into OUT/<name>/."""
     import contextlib
@@ -378,7 +428,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "reproduce":
         return _reproduce(args)
     commands = {"check-asymmetry": _check_asymmetry, "make-facts": _make_facts, "probe": _probe,
-                "finetune-facts": _finetune_facts, "report": _report, "compare": _compare}
+                "finetune-facts": _finetune_facts, "report": _report, "compare": _compare, "sweep": _sweep}
     handler = commands[args.command]
     if args.command not in FOLDER_COMMANDS:
         return handler(args)
@@ -433,9 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \xNN, never crashes a print
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    parser = build_parser()
-    _add_threads_option(parser)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     _set_threads(args.threads)
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable
@@ -218,6 +219,7 @@ NOT_GRID = {"out", "seed", "quiet", "force", "threads", "resume", "debug", "help
 """Options a sweep sets itself (out, seed, threads, resume) or that change no number."""
 
 
+@lru_cache(maxsize=None)
 def grid_options(name: str) -> dict[str, argparse.Action]:
     """The options a sweep may grid over for experiment ``name``, by grid key (the flag without
     its dashes, e.g. ``batch-size``), read from the command's own parser."""

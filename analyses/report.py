@@ -133,6 +133,11 @@ KINDS = {
         "Zhu et al. §3: trained directions get a large margin over random answers and a large OV entry "
         "Y[A, B]; held-out reverse directions get neither (margin ≈ 0, Y[B, A] ≈ 0).",
         ("logits.csv", "circuits.csv", "margins.png", "circuits.png")),
+    "sweep": Kind(
+        "Sweep across seeds and a grid",
+        "The same claims across seeds: each headline number of the swept experiment as its mean over seeds with a "
+        "Student-t 95% interval, per grid point; the paper's predictions should hold at every point, not at one "
+        "lucky seed.", ("aggregate.csv",), "analyses.sweep:format_sweep"),
     "probe-prior": Kind(
         "Logit and circuit probes of prior knowledge, not trained",
         "Nothing here tests the paper: the model was not trained on these facts, so no direction is trained or "
@@ -182,6 +187,10 @@ CAPTIONS = {
                     "(grey) and after (blue) fine-tuning, per fact group: forward in held-out and in the trained "
                     "paraphrase, reverse (held out), and reverse with the fact restated in the prompt. Berglund et "
                     "al.: forward rises, reverse does not, in-context reverse stays high.",
+    "sweep.png": "Per headline metric (panel) and grid point (x): each seed's value (grey dots) and the mean with "
+                 "its Student-t 95% interval across seeds (blue); chance as a grey tick where the experiment has one.",
+    "aggregate.csv": "One row per grid point: for every number of the trials' summary.json, its mean, sample sd and "
+                     "95% t-interval across the finished seeds (n_seeds); each trial's run folder is in trials/.",
     "questions.csv": "One row per test question (group, setting, prompt's answer): log-probability, greedy exact "
                      "match, top-1 and rank among its controls, margin over them.",
     "in_context.csv": "One row per reverse question asked after the fact's forward sentence: log-probability of "
