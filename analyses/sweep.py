@@ -386,10 +386,11 @@ def prepare(sweep: Sweep, out: Path) -> None:
     (out / TRIALS).mkdir(exist_ok=True)
 
 
-def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=print) -> dict[str, Any]:
+def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=None) -> dict[str, Any]:
     """Run the sweep's unfinished trials on Ray, then aggregate; returns the sweep's summary."""
     from analyses.runfolder import locked
 
+    log = log or (lambda line: print(line, flush=True))
     began = time.perf_counter()
     with locked(out, parent=True):
         prepare(sweep, out)
