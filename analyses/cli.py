@@ -326,6 +326,31 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce_all_seeds(args: argparse.Namespace) -> int:
+    """``reproduce all --seeds N``: every experiment as a sweep over seeds 0 … N−1 (one Ray session)."""
+    from analyses import runfolder
+    from analyses import sweep as sweeps
+
+    if args.seed != 0:
+        raise ValueError("--seed with --seeds: give one (--seeds N runs seeds 0 … N−1)")
+    if len(args.finetuned) > 1:
+        raise ValueError("--finetuned with --seeds: give one folder (it joins every seed's mitigations table)")
+    resources = sweeps.Resources()
+    plans = {name: sweeps.make_sweep(name, f"0-{args.seeds - 1}", [f"finetuned={args.finetuned[0]}"]
+                                     if name == "mitigations" and args.finetuned else []) for name in REPRODUCE}
+    failed = []
+    with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources):
+        for name, plan in plans.items():
+            summary = sweeps.run_sweep(plan, args.out / name, resources, log=lambda line: None)
+            print(f"\n=== {name} ({args.out / name})\n{sweeps.format_sweep(summary)}", flush=True)
+            failed += [f"{name}/{f['trial']}" for f in summary["failures"]]
+    if failed:
+        raise RuntimeError(f"{len(failed)} trials failed ({', '.join(failed[:4])}; see OUT/<name>/failures.jsonl); "
+                           f"rerun the same command to retry them")
+    print(f"\nevery experiment for seeds 0-{args.seeds - 1}; results in {args.out}/ (revlens report --runs {args.out})")
+    return 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     """``reproduce EXPERIMENT`` into --out, or ``reproduce all``: each experiment into OUT/<name>/."""
     import contextlib
@@ -333,6 +358,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     from analyses import runfolder
 
+    if getattr(args, "seeds", None):
+        return _reproduce_all_seeds(args)
     chosen = list(REPRODUCE) if args.experiment == "all" else [args.experiment]
     began = time.perf_counter()
     with contextlib.ExitStack() as stack:

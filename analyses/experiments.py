@@ -171,6 +171,7 @@ REVERSAL_OPTIONS = (
 FINETUNED_OPTION = Option("--finetuned", {
     "type": Path, "nargs": "+", "default": [], "metavar": "DIR",
     "help": "`revlens finetune-facts` folders (any --mitigation) whose rows join the mitigations table"})
+RUNS_HEADLINE = ("runs.*.train_prob", "runs.*.heldout_reverse_logprob", "runs.*.heldout_reverse_accuracy")
 REVERSAL_HEADLINE = ("train_prob", "train_accuracy", "heldout_reverse_logprob", "chance_logprob",
                      "heldout_reverse_accuracy", "chance_accuracy", "ov_asymmetry")
 
@@ -184,7 +185,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce("reversal", "token-level reversal task: train A→B, test B→A (the default demo)",
                "analyses.reproduce:format_summary", REVERSAL_HEADLINE, _reversal, REVERSAL_OPTIONS, resumable=True),
     _reproduce("bilinear", "the bilinear model against Theorem 1, for several d", "analyses.bilinear:format_bilinear",
-               (), _bilinear, (
+               ("per_d.*.epsilon_hat", "per_d.*.final_reverse_loss_ratio", "per_d.*.theta_asymmetry"), _bilinear, (
                    Option("--dims", {**_N, "nargs": "+", "default": [64, 128, 256, 512]}),
                    Option("--steps", {**_N, "default": 400}),
                    Option("--lr", {"type": float, "default": 100.0,
@@ -195,16 +196,18 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "analyses.paper:format_in_context",
                ("train_prob", "heldout_reverse_accuracy", "control.heldout_reverse_accuracy"), _in_context),
     _reproduce("multi-token", "the reversal task with k = 2 and 3 tokens per entity", "analyses.paper:format_multi_token",
-               (), _multi_token),
+               RUNS_HEADLINE, _multi_token),
     _reproduce("positional", "the reversal task with absolute, rotary and no positional encodings",
-               "analyses.paper:format_positional", (), _positional),
+               "analyses.paper:format_positional", RUNS_HEADLINE, _positional),
     _reproduce("embeddings", "cosine similarity of the embeddings of paired entities (no structure)",
                "analyses.paper:format_embeddings",
                ("train_prob", "heldout_reverse_logprob", "paired_mean", "unpaired_mean"), _embeddings),
     _reproduce("dynamics", "OV (Y) and QK (Z) entries of the facts over training, one-layer and tiny models",
-               "analyses.dynamics:format_dynamics", (), _dynamics),
+               "analyses.dynamics:format_dynamics",
+               ("final.*.train_prob", "final.*.heldout_accuracy"), _dynamics),
     _reproduce("mitigations", "augmentation, reverse training and in-context restatement against the baseline",
-               "analyses.mitigations:format_mitigations", (), _mitigations, (FINETUNED_OPTION,)),
+               "analyses.mitigations:format_mitigations",
+               ("rows.*.heldout_accuracy",), _mitigations, (FINETUNED_OPTION,)),
     Experiment("finetune-facts", ("finetune-facts",),
                "fine-tune a pretrained LLM on fictitious people or your own facts, test both ways",
                "analyses.finetune:format_summary", ("groups.*.*.after.margin.mean", "groups.*.*.after.top1")),
@@ -212,7 +215,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
 """Every experiment a run folder holds, by the name its ``summary.json`` gives."""
 
 REPRODUCE = tuple(name for name, e in EXPERIMENTS.items() if e.command[0] == "reproduce")
-ALL_OPTIONS = (FINETUNED_OPTION,)
+ALL_OPTIONS = (FINETUNED_OPTION, Option("--seeds", {
+    **_N, "default": None, "metavar": "N",
+    "help": "run each experiment for seeds 0 … N−1 as a sweep on Ray (OUT/<name>/trials/seed=S/) and report every "
+            "headline number as mean ± 95%% interval"}))
 """The options of ``reproduce all`` beyond --out, --seed and --quiet."""
 
 NOT_GRID = {"out", "seed", "quiet", "force", "threads", "resume", "debug", "help", "command", "experiment"}

@@ -310,11 +310,14 @@ def _worker_env(threads: int) -> dict[str, str]:
 @contextlib.contextmanager
 def ray_session(resources: Resources):
     """Ray started on this machine (no address; stopped after) or joined at ``address``; yields
-    the number of trials to run at once."""
+    the number of trials to run at once. Inside a session already open, that session is used."""
     import logging
 
     import ray
 
+    if ray.is_initialized():
+        yield resources.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // resources.threads)
+        return
     env = {"env_vars": _worker_env(resources.threads)}
     common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                   runtime_env=env, configure_logging=True)
@@ -464,7 +467,8 @@ def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources
 
 def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Every number of a summary by dotted key (config and timings left out; booleans as 0/1;
-    a list of records keyed by its records' ``run``/``name``/``model`` field, else its index)."""
+    a list of records keyed by its records' ``run``/``name``/``model``/``d`` field (and ``variant``,
+    ``test``), else its index)."""
     found: dict[str, float] = {}
     for key, value in summary.items():
         if not prefix and key in ("config", "seconds", "captions"):
@@ -478,7 +482,7 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
             found.update(numbers(value, f"{name}."))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             for index, record in enumerate(value):
-                label = next((str(record[k]) for k in ("run", "name", "model", "variant") if k in record), str(index))
+                label = next((str(record[k]) for k in ("run", "name", "model", "d") if k in record), str(index))
                 label += "".join(f"/{record[k]}" for k in ("variant", "test") if k in record and str(record[k]) != label)
                 found.update(numbers(record, f"{name}.{label}."))
     return found
