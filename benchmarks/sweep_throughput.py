@@ -16,6 +16,8 @@ Run: ``.venv/bin/python benchmarks/sweep_throughput.py [--trials 8] [--model tin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import statistics
 import sys
@@ -43,7 +45,8 @@ def run(trials: int, model: str, steps: int, workers: int) -> None:
         sequential = []
         for trial in sweep.trials():
             start = time.perf_counter()
-            assert main(trial.argv("reversal", folder / "sequential" / trial.name, 1)) == 0
+            with contextlib.redirect_stdout(io.StringIO()):
+                assert main(trial.argv("reversal", folder / "sequential" / trial.name, 1)) == 0
             sequential.append(time.perf_counter() - start)
         sequential_wall = time.perf_counter() - began
         print(f"one process, one after another: {sequential_wall:.1f} s (per trial: median "

@@ -68,7 +68,16 @@ def test_a_killed_worker_is_retried_from_its_checkpoints_and_matches_a_sequentia
     assert len(aggregate) == 1 and aggregate.n_seeds[0] == 2
 
 
-def test_a_rerun_runs_only_the_missing_trials(killed_sweep):
+def test_report_renders_the_sweep_as_one_section(killed_sweep, tmp_path, capsys):
+    out, _ = killed_sweep
+    assert main(["report", "--runs", str(out), "--out", str(tmp_path / "report.html")]) == 0
+    assert "1 runs" in capsys.readouterr().out  # the sweep, not its trials
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Sweep across seeds and a grid" in page and "aggregate.csv" in page and "heldout_reverse_logprob.ci95_low" in page
+    assert page.count('src="data:image/png;base64,') == 1  # sweep.png
+
+
+def test_a_rerun_runs_only_the_missing_trials(killed_sweep, cluster):
     out, _ = killed_sweep
     trials = sorted((out / "trials").iterdir())
     kept, removed = trials[0], trials[1]
@@ -76,7 +85,7 @@ def test_a_rerun_runs_only_the_missing_trials(killed_sweep):
     for path in sorted(removed.rglob("*"), reverse=True):
         path.rmdir() if path.is_dir() else path.unlink()
     removed.rmdir()
-    result = revlens("sweep", "--out", str(out))  # reruns out/sweep.toml
+    result = revlens("sweep", "--out", str(out), "--address", cluster)  # reruns out/sweep.toml
     assert "2 trials, 1 finished before, 1 to run" in result.stdout
     assert json.loads((kept / "manifest.json").read_text())["run_id"] == run_id  # untouched
     assert json.loads((removed / "manifest.json").read_text())["complete"] is True
