@@ -175,3 +175,17 @@ def test_student_t_quantiles_match_their_closed_forms():
     assert t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)  # Cauchy
     assert t_quantile(0.975, 2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), rel=1e-9)
     assert t_quantile(0.975, 100000) == pytest.approx(1.959964, abs=1e-4)  # → the normal quantile
+
+
+def test_every_number_of_a_summary_is_aggregated_by_a_dotted_key():
+    from analyses.experiments import EXPERIMENTS
+    from analyses.sweep import headline, numbers
+
+    summary = {"experiment": "positional", "config": {"steps": 80}, "seconds": 3.0, "curse_holds_for_all": True,
+               "runs": [{"run": "absolute", "train_prob": 0.9}, {"run": "none", "train_prob": 0.8}],
+               "control": {"heldout_reverse_accuracy": 0.25}}
+    found = numbers(summary)
+    assert found == {"curse_holds_for_all": 1.0, "runs.absolute.train_prob": 0.9, "runs.none.train_prob": 0.8,
+                     "control.heldout_reverse_accuracy": 0.25}
+    assert headline(list(found), EXPERIMENTS["positional"].headline) == ["runs.absolute.train_prob",
+                                                                          "runs.none.train_prob"]
