@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/circuits_scaling.py
 	$(PY) benchmarks/finetune_throughput.py
 	$(PY) benchmarks/load_pretrained.py
+	$(PY) benchmarks/sweep_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

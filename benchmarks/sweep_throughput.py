@@ -3,8 +3,10 @@ one process, side by side in one run.
 
 The trials are ``revlens reproduce reversal`` runs (default: the tiny model, 8 seeds). The
 sequential side calls the command (:func:`analyses.cli.main`) for each trial in this process,
-torch on one thread; the Ray side is :func:`analyses.sweep.run_sweep` into a fresh folder (Ray
-started and stopped inside, workers importing torch cold). Both write the same run folders.
+torch on one thread; the Ray side is ``revlens sweep`` in a fresh process into a fresh folder (Ray
+started and stopped inside, workers importing torch cold; its wall time includes that process's
+start). Calling ``run_sweep`` from this process instead, after the sequential side, measured every
+Ray trial 2× slower (12 s against 6 s warm; not understood, not seen from the command). Both write the same run folders.
 
 Printed: wall time of each side, the speed-up (goal ≥ 1.7× on 2 cores), the load average, and
 Ray's overhead per trial = Ray wall × workers / trials − mean trial time inside the workers (Ray's
@@ -18,17 +20,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
+import subprocess
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from analyses.cli import main  # noqa: E402
-from analyses.sweep import Resources, make_sweep, run_sweep  # noqa: E402
+from analyses.sweep import make_sweep  # noqa: E402
 
 
 def load() -> str:
@@ -52,10 +57,13 @@ def run(trials: int, model: str, steps: int, workers: int) -> None:
         print(f"one process, one after another: {sequential_wall:.1f} s (per trial: median "
               f"{statistics.median(sequential):.1f} s); load {load()}")
 
-        lines: list[str] = []
         began = time.perf_counter()
-        summary = run_sweep(sweep, folder / "ray", Resources(workers=workers, threads=1), log=lines.append)
+        grid = [token for key, values in sweep.grid.items() for token in ("--grid", f"{key}={values[0]}")]
+        subprocess.run([sys.executable, "-m", "analyses.cli", "sweep", "reversal", "--out", str(folder / "ray"),
+                        "--seeds", f"0-{trials - 1}", *grid, "--workers", str(workers)], cwd=ROOT, check=True,
+                       capture_output=True)
         ray_wall = time.perf_counter() - began
+        summary = json.loads((folder / "ray" / "summary.json").read_text())
         inside = [r["seconds"] for r in summary["trials"] if r.get("seconds") is not None]
         print(f"Ray, {workers} workers × 1 thread: {ray_wall:.1f} s (per trial inside the workers: median "
               f"{statistics.median(inside):.1f} s, first two {inside[0]:.1f} s {inside[1]:.1f} s: cold imports); "
