@@ -30,6 +30,12 @@ from models.pretrained import TLModel
 from models.scoring import model_device
 
 
+LOGIT_BUDGET = 2**27
+"""Logits (positions × d_vocab floats, 512 MiB) one continuation pass may produce: a pass holds answers
+of one length, up to ``max(batch_size, LOGIT_BUDGET // d_vocab)`` positions and ``4 · batch_size`` rows
+(each row carries a copy of its prompt's keys and values)."""
+
+
 @dataclass
 class CandidateScores:
     """``logprob[i, j]`` = log p(answer j | prompt i); ``correct[i, j]``: greedy decoding yields it."""
@@ -115,8 +121,9 @@ def candidate_logprobs_cached(
     ``candidates[i]`` are examples that share one prompt (e.g. the truth and its controls);
     every row must have the same number k of them. Log-probabilities sum over answer tokens:
     ``Σ_j log p(a_j | c, a_<j)``. Prompts are grouped by length and run ``batch_size`` at a time;
-    continuations (answer tokens but the last) are sorted by length and run ``batch_size`` rows
-    at a time from the prompts' cached keys and values. The progress bar counts answers.
+    continuations (answer tokens but the last) are grouped by length, so no pass holds padding, and
+    run from the prompts' cached keys and values (:data:`LOGIT_BUDGET` bounds a pass). The progress
+    bar counts answers.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -166,17 +173,20 @@ def _score_chunk(
     logprob[index] = first.gather(-1, first_ids)
     correct[index] = first.argmax(-1, keepdim=True) == first_ids
     bar.update(sum(1 for row in rows for e in row if len(e.answer) == 1))
-    longer = sorted(
-        ((s, j) for s, row in enumerate(rows) for j, e in enumerate(row) if len(e.answer) > 1),
-        key=lambda sj: len(rows[sj[0]][sj[1]].answer),
-    )
-    for start in range(0, len(longer), batch_size):
-        batch = longer[start : start + batch_size]
+    by_width: dict[int, list[tuple[int, int]]] = {}
+    for s, row in enumerate(rows):
+        for j, e in enumerate(row):
+            if len(e.answer) > 1:
+                by_width.setdefault(len(e.answer) - 1, []).append((s, j))
+    positions = max(batch_size, LOGIT_BUDGET // (getattr(scorer.model.cfg, "d_vocab", None) or 1))
+    per_pass = {width: max(1, min(positions // width, 4 * batch_size)) for width in by_width}
+    passes = [group[start : start + per_pass[width]]
+              for width, group in sorted(by_width.items()) for start in range(0, len(group), per_pass[width])]
+    for batch in passes:  # one width per pass: no padding
         answers = [rows[s][j].answer for s, j in batch]
-        width = max(len(a) for a in answers) - 1
-        fed = torch.tensor([a[:-1] + (a[-2],) * (width - len(a) + 1) for a in answers])  # pad by repetition
-        targets = torch.tensor([a[1:] + (0,) * (width - len(a) + 1) for a in answers])
-        valid = torch.tensor([[p < len(a) - 1 for p in range(width)] for a in answers])
+        fed = torch.tensor([a[:-1] for a in answers])
+        targets = torch.tensor([a[1:] for a in answers])
+        valid = torch.ones(fed.shape, dtype=torch.bool)
         statement = torch.tensor([s for s, _ in batch])
         out = scorer.extend(cache, statement.to(device), fed.to(device), valid.to(device)).float()
         chosen = targets[valid].to(device)
