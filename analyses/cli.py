@@ -54,9 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         for option in experiment.options if experiment else ALL_OPTIONS:
             option.add_to(writer)
 
-    make = commands.add_parser("make-facts", help="write a fact world as JSONL (input for probe and training)")
+    make = commands.add_parser("make-facts", help="write a fact world as JSONL, CSV or a Berglund folder (what probe "
+                                                  "and finetune-facts read)")
     make.add_argument("world", choices=("reversal", "chain", "in-context", "people", "celebrity"))
-    make.add_argument("--out", type=_out_path, required=True, help="the JSONL file to write")
+    make.add_argument("--out", type=_out_path, required=True,
+                      help="the file to write: FILE.jsonl, FILE.csv (subject,relation,object,inverse_relation,group), "
+                           "or with --format berglund a folder in Berglund et al.'s experiment-1 layout (people)")
+    make.add_argument("--format", choices=("jsonl", "csv", "berglund"), default=None,
+                      help="default: csv for an --out ending in .csv, else jsonl")
     make.add_argument("--seed", type=_seed, default=None, help="default 0 (generated worlds)")
     make.add_argument("--k", type=_positive_int, default=None, help="tokens per entity (reversal, chain; default 1)")
     make.add_argument("--size", type=_positive_int, default=None,
@@ -115,7 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "(smollm2-135m, a local HF folder or .gguf file)")
     probe.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
                        help="TransformerLens wrapper for pretrained models (default hooked)")
-    probe.add_argument("--facts", type=Path, required=True, help="fact file (JSONL, e.g. a run's facts.jsonl)")
+    probe.add_argument("--facts", type=Path, required=True,
+                       help="your facts, read as finetune-facts reads them: a fact JSONL (e.g. a run's facts.jsonl), "
+                            "a CSV of subject,relation,object[,inverse_relation,group] or a folder in Berglund et "
+                            "al.'s experiment-1 layout")
+    probe.add_argument("--templates-file", type=Path, default=None,
+                       help="sentence templates for a CSV or JSONL's relations (JSONL: relation, split, template); "
+                            "a pretrained model reads the first train template of each relation")
     probe.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
     probe.add_argument("--controls", type=_positive_int, default=16, help="random control answers per fact")
     probe.add_argument("--limit", type=_positive_int, default=None, help="only the first N facts of the file")
@@ -197,14 +208,28 @@ def _make_facts(args: argparse.Namespace) -> int:
         facts = WORLDS[args.world](**kwargs)
     if args.limit is not None:
         facts = facts.first(args.limit)
-    if args.out.is_dir():
+    form = args.format or ("csv" if args.out.suffix.lower() == ".csv" else "jsonl")
+    if args.out.is_dir() and form != "berglund":
         raise ValueError(f"--out {args.out}: is a folder; give the JSONL file to write, e.g. {args.out / 'facts.jsonl'}")
     from analyses.runfolder import is_inside_run
 
     if is_inside_run(args.out):
         raise ValueError(f"--out {args.out}: inside the run folder {is_inside_run(args.out)}, whose files are the run's "
                          f"own; write the facts elsewhere")
-    save_jsonl(facts, args.out)
+    if form == "csv":
+        from facts.questions import save_fact_csv
+
+        save_fact_csv(facts, args.out)
+    elif form == "berglund":
+        from facts.berglund import save_experiment_folder
+        from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES
+
+        if args.world != "people":
+            raise ValueError(f"make-facts {args.world} --format berglund: Berglund et al.'s layout states people "
+                             f"facts (name, description); use make-facts people")
+        save_experiment_folder(facts, args.out, TRAIN_TEMPLATES, TEST_TEMPLATES)
+    else:
+        save_jsonl(facts, args.out)
     print(f"wrote {len(facts)} {facts.world} facts ({facts.count('train')} trained, "
           f"{facts.count('heldout')} held-out statements) to {args.out}")
     return 0
@@ -247,15 +272,21 @@ def _finetune_facts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool) -> None:
-    """Refuse, before a model loads, ``--controls`` above the wrong answers of one kind the fact file
-    holds (never capped silently) and, for a checkpoint, a token entity outside the vocabulary (file:line)."""
-    from facts.io import fact_line, load_jsonl
+def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, templates_file: Path | None = None
+                       ) -> None:
+    """Read the facts as ``probe`` will (:func:`facts.sources.read_fact_source`) and refuse, before a model
+    loads, ``--controls`` above the wrong answers of one kind they hold (never capped silently), a templates
+    file given with a checkpoint (token worlds have no sentences) and, for a checkpoint, a token entity
+    outside the vocabulary (file:line)."""
+    from facts.io import fact_line
     from facts.language import answers_of_kind
     from facts.schema import FactError
+    from facts.sources import read_fact_source
     from facts.token_worlds import TokenVocab
 
-    facts = load_jsonl(facts_path)
+    if checkpoint and templates_file is not None:
+        raise ValueError(f"--templates-file {templates_file}: a checkpoint reads token ids, not sentences; leave it out")
+    facts = read_fact_source(facts_path, templates_file).facts
     if checkpoint and facts.world not in ("people", "celebrity"):
         vocab = TokenVocab()
         for index, fact in enumerate(facts):
@@ -273,7 +304,8 @@ def _probe(args: argparse.Namespace) -> int:
     from analyses.probe import format_probe, probe
 
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
-                    backend=args.backend, patch_layers=args.patch_layers, limit=args.limit)
+                    backend=args.backend, patch_layers=args.patch_layers, limit=args.limit,
+                    templates_file=args.templates_file)
     print(format_probe(summary))
     print(f"wrote {args.out}/: logits.csv circuits.csv summary.json {' '.join(summary['figures'])}")
     return 0
@@ -427,7 +459,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
         model = Path(args.model)
         checkpoint = (model.is_dir() and any(model.glob("step-*.json"))) or (
             model.is_file() and model.name.startswith("step-") and model.suffix == ".json")
-        _check_probe_facts(args.facts, args.controls, checkpoint)
+        _check_probe_facts(args.facts, args.controls, checkpoint, args.templates_file)
     if args.command == "probe" and Path(args.model).exists():
         root = find_run_root(args.model)
         if root is not None:

@@ -42,7 +42,7 @@ from analyses.stats import ci95_half_width
 from facts.io import save_jsonl
 from facts.language import (TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix, encode_pair,
                             people_world, render_statement)
-from facts.questions import SETTINGS, QuestionSet
+from facts.questions import SETTINGS, QuestionSet, load_templates, questions_from_facts
 from facts.schema import FactError, FactSet
 from facts.tokens import Example, TokenizedFacts, collate
 
@@ -159,29 +159,19 @@ def mean_ci95(values: pd.Series) -> dict[str, float]:
 
 def read_questions(config: FinetuneConfig) -> QuestionSet:
     """What to train on and ask, checked whole before any model loads: the built-in people world,
-    or ``config.facts``: a folder in Berglund et al.'s experiment-1 layout, a CSV of facts
-    (:func:`facts.questions.load_fact_csv`) or a fact JSONL; templates from ``config.templates_file``
-    (:func:`facts.questions.load_templates`) or :mod:`facts.language`'s."""
-    from facts.berglund import is_experiment_folder, load_experiment_folder
-    from facts.io import load_jsonl
-    from facts.questions import load_fact_csv, load_templates, questions_from_facts
+    or ``config.facts`` read by :func:`facts.sources.read_fact_source` (a folder in Berglund et al.'s
+    experiment-1 layout, a CSV of facts or a fact JSONL; templates from ``config.templates_file`` or
+    :mod:`facts.language`'s), the reader ``revlens probe --facts`` uses too."""
+    from facts.sources import read_fact_source
 
-    if config.facts is not None and is_experiment_folder(config.facts):
-        if config.templates_file is not None:
-            raise FactError(f"{config.templates_file}: a Berglund folder brings its own prompts; no templates file")
-        return load_experiment_folder(config.facts, config.templates)
+    paraphrases = config.templates or DEFAULT_PARAPHRASES
+    if config.facts is not None:
+        source = read_fact_source(config.facts, config.templates_file, config.templates)
+        return source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, paraphrases)
     train_templates, test_templates = ((TRAIN_TEMPLATES, TEST_TEMPLATES) if config.templates_file is None
                                        else load_templates(config.templates_file))
-    if config.facts is None:
-        facts = people_world(n_per_group=config.people, seed=config.seed, groups=MITIGATIONS[config.mitigation])
-    elif Path(config.facts).is_dir():
-        raise FactError(f"{config.facts}: a folder without any of Berglund et al.'s experiment-1 files "
-                        f"(e.g. p2d_prompts_train.jsonl)")
-    elif Path(config.facts).suffix.lower() == ".csv":
-        facts = load_fact_csv(config.facts)
-    else:
-        facts = load_jsonl(config.facts)
-    return questions_from_facts(facts, train_templates, test_templates, config.templates or DEFAULT_PARAPHRASES)
+    facts = people_world(n_per_group=config.people, seed=config.seed, groups=MITIGATIONS[config.mitigation])
+    return questions_from_facts(facts, train_templates, test_templates, paraphrases)
 
 
 def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[list[str]]:

@@ -27,16 +27,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import pandas as pd
 import torch
 
 from analyses.reproduce import _write_json, write_csv
 from facts import celebrity
-from facts.io import load_jsonl
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer
 from facts.schema import FactSet
+from facts.sources import read_fact_source
 from facts.token_worlds import TokenVocab
 from facts.tokens import Example, FactTokenizer
 from models.bilinear import BilinearModel
@@ -129,33 +129,35 @@ def _is_checkpoint(path: str | os.PathLike[str]) -> bool:
     return bool(list_checkpoints(path)) or (str(path).endswith(".json") and Path(path).is_file())
 
 
-def pretrained_probed(model: Any, text_tokenizer: Any, world: str, info: dict[str, Any]) -> ProbedModel:
-    """A pretrained model reading a natural-language world: statements through the world's
-    templates, answers ranked against their controls, entities as the tokens of " " + name. It was not
-    trained on the facts (its answers are :data:`PRIOR`)."""
-    statements = TemplateTokenizer(text_tokenizer, TEXT_TEMPLATES[world])
+def pretrained_probed(model: Any, text_tokenizer: Any, world: str, info: dict[str, Any],
+                      templates: Mapping[str, Sequence[str]] | None = None) -> ProbedModel:
+    """A pretrained model reading a natural-language world: statements through ``templates`` (default:
+    the world's, :data:`TEXT_TEMPLATES`), answers ranked against their controls, entities as the tokens
+    of " " + name. It was not trained on the facts (its answers are :data:`PRIOR`)."""
+    statements = TemplateTokenizer(text_tokenizer, TEXT_TEMPLATES[world] if templates is None else templates)
     return ProbedModel(model, statements, statements.entity_ids, lambda token: text_tokenizer.decode([token]),
                        "controls", info, trained_on_facts=False)
 
 
 def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str | None = None,
-                backend: str = "hooked") -> ProbedModel:
-    """A trained checkpoint (token worlds) or a pretrained model (natural-language worlds)."""
+                backend: str = "hooked", templates: Mapping[str, Sequence[str]] | None = None) -> ProbedModel:
+    """A trained checkpoint (token worlds) or a pretrained model (natural-language facts, in
+    ``templates``' sentences or, for the built-in worlds, their own)."""
     if _is_checkpoint(model_path):
         model, checkpoint = load_trained(model_path, device)
         vocab = TokenVocab()
         return ProbedModel(model, vocab, vocab.entity_ids, vocab.token_name, "candidates",
                            {"model_card": checkpoint.meta.get("model"), "step": checkpoint.step})
-    if facts.world not in TEXT_TEMPLATES:
+    if templates is None and facts.world not in TEXT_TEMPLATES:
         raise ValueError(
-            f"{model_path}: not a reversal-lens checkpoint (no step-NNNNNN.json), and {facts.world!r} facts are "
-            f"token ids only a model trained on them can read: pass a run's checkpoints/ folder, or give a "
-            f"pretrained model a natural-language fact set ({sorted(TEXT_TEMPLATES)})"
+            f"{model_path}: not a reversal-lens checkpoint (no step-NNNNNN.json), and {facts.world!r} facts come "
+            f"without sentences: pass a run's checkpoints/ folder for token ids, or give a pretrained model a "
+            f"natural-language fact set ({sorted(TEXT_TEMPLATES)}), a Berglund folder, or --templates-file"
         )
     from models.pretrained import load, load_tokenizer
 
     return pretrained_probed(load(model_path, backend=backend, device=device), load_tokenizer(model_path),
-                             facts.world, {"backend": backend})
+                             facts.world, {"backend": backend}, templates)
 
 
 def representative_fact(facts: FactSet) -> int | None:
@@ -357,12 +359,17 @@ def format_probe(summary: dict[str, Any]) -> str:
 
 def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str], out: str | os.PathLike[str],
           device: str | None = None, n_controls: int = 16, backend: str = "hooked",
-          patch_layers: Sequence[int] | None = None, limit: int | None = None) -> dict[str, Any]:
-    """Run every probe of a checkpoint or pretrained model on a fact file (see the module doc);
+          patch_layers: Sequence[int] | None = None, limit: int | None = None,
+          templates_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Run every probe of a checkpoint or pretrained model on ``facts_path`` (see the module doc): a
+    fact JSONL, a CSV of facts or a Berglund experiment-1 folder, read as ``finetune-facts`` reads it
+    (:func:`facts.sources.read_fact_source`; sentences from ``templates_file`` when given);
     ``limit``: only its first N facts (recorded in the summary)."""
-    facts: FactSet = load_jsonl(facts_path)
+    source = read_fact_source(facts_path, templates_file)
+    facts: FactSet = source.facts
     if limit is not None:
         facts = facts.first(limit)
-    probed = load_probed(model_path, facts, device, backend)
+    probed = load_probed(model_path, facts, device, backend, source.sentence_templates(None))
     return write_probe(probed, facts, out, n_controls, patch_layers,
-                       about={"model": str(model_path), "facts": str(facts_path), "limit": limit})
+                       about={"model": str(model_path), "facts": str(facts_path), "limit": limit,
+                              **({} if templates_file is None else {"templates_file": str(templates_file)})})
