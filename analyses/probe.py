@@ -66,7 +66,7 @@ def circuit_summary(circuits: pd.DataFrame) -> list[dict[str, Any]]:
         forward_trained = facts.forward == "train"
         z_trained = facts.z_ab.where(forward_trained, facts.z_ba)
         z_heldout = facts.z_ba.where(forward_trained, facts.z_ab)
-        name = kind if pd.isna(layer) else f"{kind} L{int(layer)}H{int(head)}"
+        name = kind if pd.isna(layer) else f"{kind} L{int(layer)}" + ("" if pd.isna(head) else f"H{int(head)}")
         rows.append({"circuit": name, "n_one_way": int(len(facts)),
                      "z_trained": float(z_trained.mean()) if len(facts) else float("nan"),
                      "z_heldout": float(z_heldout.mean()) if len(facts) else float("nan"),
@@ -81,7 +81,7 @@ def prior_circuit_summary(circuits: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for (kind, layer, head), part in circuits.groupby(["circuit", "layer", "head"], dropna=False, sort=False):
         facts = both.loc[both.index.intersection(part.index)]
-        name = kind if pd.isna(layer) else f"{kind} L{int(layer)}H{int(head)}"
+        name = kind if pd.isna(layer) else f"{kind} L{int(layer)}" + ("" if pd.isna(head) else f"H{int(head)}")
         mean = (lambda values: float(values.mean())) if len(facts) else (lambda values: float("nan"))  # noqa: E731
         rows.append({"circuit": name, "n_facts": int(len(facts)), "z_forward": mean(facts.z_ab),
                      "z_reverse": mean(facts.z_ba), "asymmetry": mean(facts.z_ab - facts.z_ba)})

@@ -1,16 +1,19 @@
 """Causal tracing on real models: exact identities, and the trained fact found where it lives."""
 
+import copy
 import math
 
 import pytest
 import torch
 
+from analyses.probe import circuit_summary
 from facts import celebrity
 from facts.language import TemplateTokenizer
 from facts.schema import FactSet
 from facts.tokens import tokenize
 from models.training import TrainConfig, train
 from models.transformer import build_model
+from probes.circuits import weight_change_table
 from probes.tracing import (
     COMPONENTS,
     Site,
@@ -25,12 +28,19 @@ from probes.tracing import (
 
 
 @pytest.fixture(scope="module")
-def trained_tiny(world, vocab):
-    """The 2-layer ``tiny`` model (attention and MLPs) after 40 full-batch AdamW steps on the reversal world."""
-    model = build_model("tiny", vocab.d_vocab, seed=0)
-    train(model, tokenize(world, vocab).where(split="train"), TrainConfig(steps=40, lr=1e-2, eval_every=40,
+def tiny_before_after(world, vocab):
+    """The 2-layer ``tiny`` model (attention and MLPs) at initialisation and after 40 full-batch AdamW steps on
+    the reversal world."""
+    before = build_model("tiny", vocab.d_vocab, seed=0).eval()
+    after = build_model("tiny", vocab.d_vocab, seed=0)
+    train(after, tokenize(world, vocab).where(split="train"), TrainConfig(steps=40, lr=1e-2, eval_every=40,
                                                                           progress=False))
-    return model.eval()
+    return before, after.eval()
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tiny_before_after):
+    return tiny_before_after[1]
 
 
 def one_way_statements(world, split, direction, n=12):
@@ -153,3 +163,46 @@ def test_smollm2_identities_and_entity_positions(smollm2_hooked, smollm2_tokeniz
         assert same(restored, traced.corrupted)
     table = trace(model, example, given, components=("resid_post",), layers=[0, 15, last], n_samples=2)
     assert len(table) == 3 * len(example.prompt) and math.isfinite(table.prob.sum())
+
+
+# --- the weight change read at the entities --------------------------------------------------------
+
+
+def test_no_weight_change_reads_zero(tiny_before_after, world, vocab):
+    before, _ = tiny_before_after
+    table = weight_change_table(before, copy.deepcopy(before), world, vocab, vocab.entity_ids, n_controls=8)
+    assert set(table.circuit) == {"delta_mlp", "delta_ov"} and len(table) == 2 * 2 * len(world)
+    assert (table.entry_ab == 0).all() and (table.entry_ba == 0).all()
+
+
+def test_a_change_of_the_mlp_output_weights_is_read_exactly(tiny_before_after, world, vocab):
+    """With only W_out changed the MLP's output is linear in the change: the read is the exact difference
+    of the two MLPs' outputs at the subject's state, dotted with the object's unembedding (final norm's
+    scale)."""
+    before, _ = tiny_before_after
+    after = copy.deepcopy(before)
+    with torch.no_grad():
+        after.blocks[1].mlp.W_out.add_(0.1 * torch.randn(after.blocks[1].mlp.W_out.shape,
+                                                         generator=torch.Generator().manual_seed(1)))
+    table = weight_change_table(before, after, world, vocab, vocab.entity_ids, layers=[1], n_controls=8)
+    mlp = table[table.circuit == "delta_mlp"].set_index("fact")
+    assert (table[table.circuit == "delta_ov"].entry_ab.abs() < 1e-6).all()
+    for index in (0, 5):
+        example = vocab.example(world, index, "forward")
+        with torch.no_grad():
+            _, cache = before.run_with_cache(torch.tensor([example.prompt]))
+            x = before.blocks[1].ln2(cache["blocks.1.hook_resid_mid"][:, 0])
+            change = after.blocks[1].mlp(x[:, None]) - before.blocks[1].mlp(x[:, None])
+        target = before.W_U[:, vocab.entity_ids(world[index].object)[0]] * before.ln_final.w
+        target = target - target.mean()
+        assert float(mlp.entry_ab[index]) == pytest.approx(float(change[0, 0] @ target), rel=1e-4, abs=1e-6)
+
+
+def test_training_moves_the_trained_direction_not_the_held_out_one(tiny_before_after, world, vocab):
+    before, after = tiny_before_after
+    table = weight_change_table(before, after, world, vocab, vocab.entity_ids)
+    summary = {row["circuit"]: row for row in circuit_summary(table)}
+    assert set(summary) == {"delta_mlp L0", "delta_mlp L1", "delta_ov L0", "delta_ov L1"}
+    for row in summary.values():
+        assert row["n_one_way"] == 60
+        assert row["z_trained"] > 0.4 and abs(row["z_heldout"]) < 0.4 and row["asymmetry"] > 0.4
