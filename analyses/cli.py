@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="layers of the forward → reverse patching figure (default: all; one forward pass "
                             "per layer and position)")
     probe.add_argument("--device", default=None)
+    probe.add_argument("--tracing", action="store_true",
+                       help="also causal tracing (tracing.csv, tracing.png) of the first --tracing-facts facts")
+    probe.add_argument("--tracing-facts", type=_positive_int, default=4, metavar="N", help="facts to trace (default 4)")
+    probe.add_argument("--tracing-samples", type=_positive_int, default=3, metavar="S",
+                       help="noise samples per traced statement (default 3)")
 
     compare = commands.add_parser(
         "compare", help="bilinear, one-layer, tiny (and a fine-tuned LLM) side by side, same probes and metrics")
@@ -304,7 +309,8 @@ def _probe(args: argparse.Namespace) -> int:
     from analyses.probe import format_probe, probe
 
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
-                    backend=args.backend, patch_layers=args.patch_layers, limit=args.limit)
+                    backend=args.backend, patch_layers=args.patch_layers, limit=args.limit,
+                    tracing={"n_facts": args.tracing_facts, "n_samples": args.tracing_samples} if args.tracing else None)
     print(format_probe(summary))
     print(f"wrote {args.out}/: logits.csv circuits.csv summary.json {' '.join(summary['figures'])}")
     return 0
@@ -445,6 +451,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
         checkpoint = (model.is_dir() and any(model.glob("step-*.json"))) or (
             model.is_file() and model.name.startswith("step-") and model.suffix == ".json")
         _check_probe_facts(args.facts, args.controls, checkpoint)
+        if args.tracing and args.backend == "bridge":
+            raise ValueError("--tracing runs on --backend hooked only (a TransformerBridge has no start_at_layer)")
     if args.command == "probe" and Path(args.model).exists():
         root = find_run_root(args.model)
         if root is not None:

@@ -326,6 +326,11 @@ def given_positions(statements: Any, facts: FactSet, index: int, direction: Dire
     return tuple(range(start, start + len(ids)))
 
 
+def components_of(model: Any, components: Sequence[str] = DEFAULT_COMPONENTS) -> tuple[str, ...]:
+    """``components`` less ``mlp_out`` for an attention-only model."""
+    return tuple(c for c in components if not (c == "mlp_out" and getattr(model.cfg, "attn_only", False)))
+
+
 def trace_facts(
     model: Any,
     facts: FactSet,
@@ -397,6 +402,6 @@ def tracing_headline(table: pd.DataFrame) -> dict[str, Any]:
 
 __all__ = [
     "BUCKETS", "COMPONENTS", "DEFAULT_COMPONENTS", "NOISE_MULTIPLE", "Site", "Traced", "average_over_statements",
-    "buckets", "given_positions", "noise_std", "text_entity_positions", "trace", "trace_facts", "trace_sites",
+    "buckets", "components_of", "given_positions", "noise_std", "text_entity_positions", "trace", "trace_facts", "trace_sites",
     "tracing_headline",
 ]
