@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="bidirectional: as many people again trained both ways; reverse-training: every "
                                "sentence also with its words reversed, entities kept whole (default none)")
     finetune.add_argument("--seed", type=_seed, default=0)
+    finetune.add_argument("--tracing-facts", type=int, default=None, metavar="N",
+                          help="facts traced before and after, with the weight change read at the entities "
+                               "(tracing*.csv/png, weight_change.*; default 2, 0: none)")
     finetune.add_argument("--device", default=None)
     finetune.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -264,7 +267,7 @@ def _finetune_config(args: argparse.Namespace):
     from analyses.finetune import FinetuneConfig
 
     given = {"people": args.people, "templates": args.templates, "epochs": args.epochs, "lr": args.lr,
-             "batch_size": args.batch_size, "n_controls": args.controls}
+             "batch_size": args.batch_size, "n_controls": args.controls, "tracing_facts": args.tracing_facts}
     return replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks,
                    mitigation=args.mitigation, seed=args.seed,
                    facts=None if args.facts is None else str(args.facts),
@@ -279,7 +282,8 @@ def _finetune_facts(args: argparse.Namespace) -> int:
     summary = finetune_facts(args.out, config, progress=not args.quiet)
     print(format_summary(summary))
     print(f"wrote {args.out}/: summary.json questions.csv logits.csv in_context.csv before_*.csv "
-          + ("circuits.csv facts.jsonl " if "effective_weights" in summary else "") + "history.jsonl finetune.png")
+          + ("circuits.csv facts.jsonl " if "effective_weights" in summary else "") + "history.jsonl finetune.png"
+          + "".join(f" {name}" for name in summary.get("tracing", {}).get("figures", ())))
     return 0
 
 

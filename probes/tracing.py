@@ -342,8 +342,9 @@ def trace_facts(
     seed: int = 0,
     batch_size: int = 64,
     token_label: Any = None,
+    layers: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """:func:`trace` for every directed statement in ``chosen`` (default: every statement in play),
+    """:func:`trace` (at ``layers``, default all) for every directed statement in ``chosen`` (default: every statement in play),
     the given entity located by :func:`given_positions`; the tables concatenated. Each statement's
     noise is drawn with seed ``seed + its row number``."""
     chosen = [(i, d) for i, d, _ in facts.statements()] if chosen is None else list(chosen)
@@ -351,7 +352,7 @@ def trace_facts(
     for number, (index, direction) in enumerate(chosen):
         example = statements.example(facts, index, direction)
         given = given_positions(statements, facts, index, direction, example)
-        frames.append(trace(model, example, given, components, None, noise_multiple, n_samples, seed + number,
+        frames.append(trace(model, example, given, components, layers, noise_multiple, n_samples, seed + number,
                             batch_size, token_label))
     return pd.concat(frames, ignore_index=True)
 

@@ -3,6 +3,7 @@
 import copy
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -206,3 +207,39 @@ def test_training_moves_the_trained_direction_not_the_held_out_one(tiny_before_a
     for row in summary.values():
         assert row["n_one_way"] == 60
         assert row["z_trained"] > 0.4 and abs(row["z_heldout"]) < 0.4 and row["asymmetry"] > 0.4
+
+
+# --- finetune-facts' record: before and after ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(smollm2_tokenizer, tmp_path_factory):
+    """A tiny random Llama over SmolLM2's tokenizer, as a HookedTransformer."""
+    from models.pretrained import load
+    from tiny_models import save_tiny, tiny_config
+
+    folder = save_tiny(tmp_path_factory.mktemp("llama"), tiny_config("llama"), smollm2_tokenizer)
+    return load(folder, backend="hooked", device="cpu")
+
+
+def test_finetune_tracing_records_before_and_after(tiny_llama, smollm2_tokenizer, tmp_path):
+    from analyses.finetune_tracing import FinetuneTracing, format_finetune_tracing
+    from facts.language import people_world
+
+    model = copy.deepcopy(tiny_llama)
+    facts = people_world(n_per_group=4, seed=0, groups=("p2d",))
+    tracer = FinetuneTracing(model, facts, smollm2_tokenizer, n_facts=1, n_samples=2)
+    with torch.no_grad():  # "fine-tuning" that moves the MLPs' output weights only
+        for block in model.blocks:
+            block.mlp.W_out.add_(0.2 * torch.randn(block.mlp.W_out.shape, generator=torch.Generator().manual_seed(0)))
+    entry = tracer.finish(model, tmp_path)
+    assert entry["figures"] == ["tracing_before.png", "tracing_after.png", "weight_change.png"]
+    table = pd.read_csv(tmp_path / "tracing.csv")
+    assert set(zip(table.stage, table.direction)) == {(s, d) for s in ("before", "after") for d in ("forward", "reverse")}
+    assert set(entry["after"]) == {"train/forward", "heldout/reverse"}
+    before, after = (table[table.stage == s].clean_logprob.unique() for s in ("before", "after"))
+    assert not set(before) & set(after)  # the model did change
+    changes = pd.read_csv(tmp_path / "weight_change.csv")
+    assert (changes[changes.circuit == "delta_ov"].entry_ab.abs() < 1e-6).all()
+    assert (changes[changes.circuit == "delta_mlp"].entry_ab.abs() > 1e-6).all()
+    assert "weight change read at the entities" in format_finetune_tracing(entry)
