@@ -1,6 +1,7 @@
 """Causal tracing on real models: exact identities, and the trained fact found where it lives."""
 
 import copy
+import json
 import math
 
 import pandas as pd
@@ -243,3 +244,13 @@ def test_finetune_tracing_records_before_and_after(tiny_llama, smollm2_tokenizer
     assert (changes[changes.circuit == "delta_ov"].entry_ab.abs() < 1e-6).all()
     assert (changes[changes.circuit == "delta_mlp"].entry_ab.abs() > 1e-6).all()
     assert "weight change read at the entities" in format_finetune_tracing(entry)
+    # compare's columns for the fine-tuned row read the same entry
+    from analyses.compare import tracing_columns
+
+    (tmp_path / "summary.json").write_text(json.dumps({"tracing": entry}))
+    columns = tracing_columns(tmp_path)
+    components = entry["after"]["heldout/reverse"]["components"].values()
+    assert columns["reverse_max_restored"] == max(c["max_restored_prob"] for c in components)
+    mlp = entry["after"]["train/forward"]["components"]["mlp_out"]
+    assert columns["forward_peak_mlp"] == f"L{mlp['peak_layer']} {mlp['peak_bucket']}"
+    assert columns["delta_mlp_peak_layer"].startswith("delta_mlp L")
