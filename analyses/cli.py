@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="bidirectional: as many people again trained both ways; reverse-training: every "
                                "sentence also with its words reversed, entities kept whole (default none)")
     finetune.add_argument("--seed", type=_seed, default=0)
+    finetune.add_argument("--tracing-facts", type=int, default=None, metavar="N",
+                          help="facts traced before and after, with the weight change read at the entities "
+                               "(tracing*.csv/png, weight_change.*; default 2, 0: none)")
     finetune.add_argument("--device", default=None)
     finetune.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -134,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="layers of the forward → reverse patching figure (default: all; one forward pass "
                             "per layer and position)")
     probe.add_argument("--device", default=None)
+    probe.add_argument("--tracing", action="store_true",
+                       help="also causal tracing (tracing.csv, tracing.png) of the first --tracing-facts facts")
+    probe.add_argument("--tracing-facts", type=_positive_int, default=4, metavar="N", help="facts to trace (default 4)")
+    probe.add_argument("--tracing-samples", type=_positive_int, default=3, metavar="S",
+                       help="noise samples per traced statement (default 3)")
 
     compare = commands.add_parser(
         "compare", help="bilinear, one-layer, tiny (and a fine-tuned LLM) side by side, same probes and metrics")
@@ -253,7 +261,7 @@ def _finetune_config(args: argparse.Namespace):
     from analyses.finetune import FinetuneConfig
 
     given = {"people": args.people, "templates": args.templates, "epochs": args.epochs, "lr": args.lr,
-             "batch_size": args.batch_size, "n_controls": args.controls}
+             "batch_size": args.batch_size, "n_controls": args.controls, "tracing_facts": args.tracing_facts}
     return replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks,
                    mitigation=args.mitigation, seed=args.seed,
                    facts=None if args.facts is None else str(args.facts),
@@ -268,7 +276,8 @@ def _finetune_facts(args: argparse.Namespace) -> int:
     summary = finetune_facts(args.out, config, progress=not args.quiet)
     print(format_summary(summary))
     print(f"wrote {args.out}/: summary.json questions.csv logits.csv in_context.csv before_*.csv "
-          + ("circuits.csv facts.jsonl " if "effective_weights" in summary else "") + "history.jsonl finetune.png")
+          + ("circuits.csv facts.jsonl " if "effective_weights" in summary else "") + "history.jsonl finetune.png"
+          + "".join(f" {name}" for name in summary.get("tracing", {}).get("figures", ())))
     return 0
 
 
@@ -305,7 +314,8 @@ def _probe(args: argparse.Namespace) -> int:
 
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
                     backend=args.backend, patch_layers=args.patch_layers, limit=args.limit,
-                    templates_file=args.templates_file)
+                    templates_file=args.templates_file,
+                    tracing={"n_facts": args.tracing_facts, "n_samples": args.tracing_samples} if args.tracing else None)
     print(format_probe(summary))
     print(f"wrote {args.out}/: logits.csv circuits.csv summary.json {' '.join(summary['figures'])}")
     return 0
@@ -460,6 +470,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
         checkpoint = (model.is_dir() and any(model.glob("step-*.json"))) or (
             model.is_file() and model.name.startswith("step-") and model.suffix == ".json")
         _check_probe_facts(args.facts, args.controls, checkpoint, args.templates_file)
+        if args.tracing and args.backend == "bridge":
+            raise ValueError("--tracing runs on --backend hooked only (a TransformerBridge has no start_at_layer)")
     if args.command == "probe" and Path(args.model).exists():
         root = find_run_root(args.model)
         if root is not None:

@@ -89,12 +89,16 @@ class FinetuneConfig:
     mitigation: str = "none"
     seed: int = 0
     device: str | None = None
+    tracing_facts: int = 2
+    """Facts of the tested group traced before and after (:mod:`analyses.finetune_tracing`); 0: none."""
 
     def __post_init__(self) -> None:
         if self.mitigation not in MITIGATIONS:
             raise ValueError(f"mitigation must be one of {sorted(MITIGATIONS)}, got {self.mitigation!r}")
         if self.templates is not None and self.templates < 1:
             raise ValueError(f"templates (training paraphrases) must be ≥ 1, got {self.templates}")
+        if self.tracing_facts < 0:
+            raise ValueError(f"tracing_facts must be ≥ 0, got {self.tracing_facts}")
         for name in ("people", "epochs", "batch_size", "n_controls"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -326,6 +330,7 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     entity_ids = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES).entity_ids
     tables = {"before": evaluate_questions(model, questions, tokenizer, controls)}
     circuits = {"before": circuit_table(model, facts, entity_ids)} if facts is not None else {}
+    tracing = _start_tracing(model, facts, tokenizer, config)
     if config.trainable_blocks is not None:
         freeze_except_last_blocks(model, config.trainable_blocks)
     per_epoch = math.ceil(len(sentences) / config.batch_size)
@@ -352,10 +357,22 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
         for stage, prefix in (("after", ""), ("before", "before_")):
             write_csv(circuits[stage], out / f"{prefix}circuits.csv")
         save_jsonl(facts, out / "facts.jsonl")
+    if tracing is not None:
+        summary["tracing"] = tracing.finish(model, out)
     _write_history(out / "history.jsonl", result.history)
     save_png(finetune_bars(summary), out / "finetune.png")
     _write_json(out / "summary.json", summary)
     return summary
+
+
+def _start_tracing(model, facts: FactSet | None, tokenizer, config: FinetuneConfig):
+    """Causal tracing and the weight-change read (:class:`analyses.finetune_tracing.FinetuneTracing`), when
+    the source is a fact set and ``config.tracing_facts`` > 0; else None."""
+    if facts is None or not config.tracing_facts:
+        return None
+    from analyses.finetune_tracing import FinetuneTracing
+
+    return FinetuneTracing(model, facts, tokenizer, config.tracing_facts, seed=config.seed)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -389,6 +406,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{before['z_trained']:.2f} → {after['z_trained']:.2f}; held-out reverse "
             f"{before['z_heldout']:.2f} → {after['z_heldout']:.2f}; most asymmetric circuit after: "
             f"{after['most_asymmetric_circuit']} ({after['max_asymmetry']:.2f})")
+    if "tracing" in summary:
+        from analyses.finetune_tracing import format_finetune_tracing
+
+        lines.append(format_finetune_tracing(summary["tracing"]))
     findings = summary["findings"]
     said = {"forward_learnt": "forward learnt (≥ 90% exact match on the trained paraphrase)",
             "forward_generalises_to_heldout_paraphrases": "forward generalises to held-out paraphrases "

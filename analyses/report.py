@@ -145,7 +145,21 @@ KINDS = {
         ("logits.csv", "circuits.csv", "margins.png")),
 }
 
+_TRACING = ("Causal tracing (Meng et al. 2022): the given entity's token embeddings noised, one layer's hidden "
+            "state (resid_post) or MLP output restored from the clean run at one position; the mean rise of "
+            "p(answer) over the corrupted run per layer and position bucket, peak and 95% interval in each title")
 CAPTIONS = {
+    "tracing.png": _TRACING + ".",
+    "tracing_before.png": _TRACING + ", before fine-tuning (the facts unknown: nothing to recover).",
+    "tracing_after.png": _TRACING + ", after fine-tuning: where the trained forward answer is recovered, and whether "
+                         "the held-out reverse is recoverable anywhere.",
+    "weight_change.png": "Fine-tuning's weight change read at the entities, per layer: ΔMLP (linearised at the "
+                         "cached input) and ΔOV applied to the given entity's residual state, read at the answer's "
+                         "unembedding, z-scored against control answers; trained direction against held-out.",
+    "tracing.csv": "One row per (stage, statement, component, layer, position): restored, clean and corrupted "
+                   "p(answer) and log p, the indirect effect and the fraction recovered.",
+    "weight_change.csv": "One row per (fact, weight change, layer): the entries M[A, B] and M[B, A] of ΔMLP / ΔOV "
+                         "read at the entities, their z-scores against controls and the asymmetry index.",
     "curves.png": "Mean log-probability of the answer over training for trained (blue) and held-out (red) "
                   "statements, chance in grey. Paper: the trained curve climbs to 0 (p > 0.99) while the held-out "
                   "reverse stays at or below chance.",

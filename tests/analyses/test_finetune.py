@@ -26,7 +26,7 @@ from facts.language import people_world
 from models.pretrained import freeze_except_last_blocks, load
 from models.training import TrainConfig, train
 
-SHORT = ["--people", "4", "--templates", "2", "--epochs", "3", "--controls", "2", "--quiet"]
+SHORT = ["--people", "4", "--templates", "2", "--epochs", "3", "--controls", "2", "--quiet", "--tracing-facts", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_cli_reports_a_missing_model_path_without_a_traceback(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def bidirectional_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("finetune-bidirectional")
-    args = ["--people", "3", "--templates", "1", "--epochs", "1", "--controls", "2", "--quiet"]
+    args = ["--people", "3", "--templates", "1", "--epochs", "1", "--controls", "2", "--quiet", "--tracing-facts", "0"]
     assert main(["finetune-facts", "--out", str(out), "--mitigation", "bidirectional", *args]) == 0
     return out
 
