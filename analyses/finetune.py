@@ -19,6 +19,11 @@ m_i = log p(answer_i | prompt) − mean_j log p(control_ij | prompt), ≈ 0 when
 reported as mean ± 1.96·sd/√n; and the paired gain m_i(after) − m_i(before), the effect of
 training itself: ≈ 0 for the reverse, large for the forward.
 
+How it runs: the transformers model is trained (:class:`models.hf_training.CausalLM`: the loss's
+logits only, tied embeddings kept tied) and converted to a HookedTransformer by the loader's own
+converter (:func:`models.pretrained.to_hooked`) before and after training, for the questions and the
+circuits. ``lora_rank`` trains LoRA adapters instead, merged into the weights before the conversion.
+
 Mitigations (``mitigation=``): the in-context setting above is in-context restatement;
 ``"bidirectional"`` also trains a second group of people both ways and asks whether that
 teaches the model to reverse the p2d group's one-way facts; ``"reverse-training"`` adds each

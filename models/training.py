@@ -135,7 +135,10 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
         raise TrainingError("the model has no trainable parameters")
     if config.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    # the fused kernel (one pass over each parameter, not several): 0.10 vs 0.61 CPU-s a step for
+    # SmolLM2's 134 M parameters on one thread, the same update up to float rounding (2e-8 after 4 steps)
+    fused = all(p.device.type in ("cpu", "cuda") for p in trainable)
+    return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
 
 
 RESUME_MAY_DIFFER = ("steps", "checkpoint_every", "progress")

@@ -129,3 +129,32 @@ def test_bad_lora_options_are_refused(tiny_hf):
     with pytest.raises(ValueError, match=r"\['qkv'\] are not linear layers.*valid: down_proj, gate_proj, k_proj"):
         add_lora(hf, rank=2, targets=["q_proj", "qkv"])
     assert not any("lora_" in name for name, _ in hf.named_parameters())  # nothing was wrapped
+
+
+def test_finetune_facts_with_lora_end_to_end(tiny_hf, tmp_path, capsys):
+    """The command on a tiny Llama folder: LoRA recorded in summary.json, the trained model probed;
+    bad LoRA options refused in one line, before anything is trained."""
+    import json
+
+    from analyses.cli import main
+
+    small = ["--model", str(tiny_hf["llama"]), "--people", "4", "--controls", "2", "--epochs", "1", "--quiet"]
+    out = tmp_path / "lora"
+    assert main(["finetune-facts", *small, "--lora-rank", "2", "--lora-targets", "v_proj", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["lora_rank"] == 2 and summary["config"]["lora_targets"] == ["v_proj"]
+    assert summary["lora"] == {"rank": 2, "alpha": 4, "targets": ["v_proj"],
+                               "trainable_parameters": 2 * 2 * (64 + 32)}  # 2 layers × r·(d_in + d_out)
+    questions = (out / "questions.csv").read_text()
+    assert questions != (out / "before_questions.csv").read_text()  # the adapters moved the answers
+    capsys.readouterr()
+    refused = {("--lora-rank", "2", "--lora-targets", "qkv"): "valid: down_proj, gate_proj, k_proj",
+               ("--lora-alpha", "4"): "lora_alpha and lora_targets need lora_rank",
+               ("--lora-rank", "2", "--trainable-blocks", "1"): "LoRA (lora_rank) or trainable_blocks, not both"}
+    for number, (options, message) in enumerate(refused.items()):
+        assert main(["finetune-facts", *small, *options, "--out", str(tmp_path / f"bad{number}")]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]  # (after transformers' loading bar, if any)
+        assert last.startswith("revlens: error: ") and message in last
+    with pytest.raises(SystemExit):
+        main(["finetune-facts", *small, "--lora-rank", "0", "--out", str(tmp_path / "zero")])
+    assert "--lora-rank" in capsys.readouterr().err
