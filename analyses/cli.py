@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--batch-size", type=_positive_int, default=None)
     finetune.add_argument("--trainable-blocks", type=_positive_int, default=None,
                           help="memory-light: train only the last N blocks (default: every parameter)")
+    finetune.add_argument("--lora-rank", type=_positive_int, default=None, metavar="R",
+                          help="train LoRA adapters of rank R (peft) instead of the weights; merged before probing")
+    finetune.add_argument("--lora-alpha", type=float, default=None, metavar="A",
+                          help="LoRA scale numerator: W + (A/R)·BA (default 2R; needs --lora-rank)")
+    finetune.add_argument("--lora-targets", nargs="+", default=None, metavar="NAME",
+                          help="block linear layers to adapt, e.g. q_proj v_proj (default: all of them)")
     finetune.add_argument("--controls", type=_positive_int, default=None, help="random answers per question")
     finetune.add_argument("--mitigation", choices=("none", "bidirectional", "reverse-training"), default="none",
                           help="bidirectional: as many people again trained both ways; reverse-training: every "
@@ -263,6 +269,8 @@ def _finetune_config(args: argparse.Namespace):
     given = {"people": args.people, "templates": args.templates, "epochs": args.epochs, "lr": args.lr,
              "batch_size": args.batch_size, "n_controls": args.controls, "tracing_facts": args.tracing_facts}
     return replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks,
+                   lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                   lora_targets=None if args.lora_targets is None else tuple(args.lora_targets),
                    mitigation=args.mitigation, seed=args.seed,
                    facts=None if args.facts is None else str(args.facts),
                    templates_file=None if args.templates_file is None else str(args.templates_file),

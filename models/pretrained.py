@@ -245,7 +245,8 @@ def default_device() -> torch.device:
 
 
 def load_hf(
-    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, device: str | torch.device | None = None
+    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, device: str | torch.device | None = None,
+    *, keep: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The transformers model (float32, eval mode, eager attention) and its tokenizer.
 
@@ -254,12 +255,12 @@ def load_hf(
     ``load_hf`` keeps the model it read per process (keyed by path, size and modification time;
     one copy of the weights stays in memory) and hands out deep copies (0.5-2 s); :func:`load`
     uses that copy when present but never adds one (a command loading one model keeps one copy of
-    its weights). Hugging Face folders are read anew each time (safetensors load in well under a
+    its weights; so does ``keep=False``, for a command that reads the model once). Hugging Face folders are read anew each time (safetensors load in well under a
     second), so a folder rewritten by training is never served stale.
     """
     source = resolve(name_or_path)
     if source.is_gguf:
-        model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=True)
+        model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=keep)
     else:
         model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
     return model.to(device or default_device()).eval(), tokenizer
@@ -404,6 +405,23 @@ def load(
     if backend == "hooked":
         return _to_hooked(hf_model, tokenizer, source, device, dtype, process_weights)
     return _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights)
+
+
+def to_hooked(
+    hf_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    process_weights: bool = False,
+) -> HookedTransformer:
+    """The ``HookedTransformer`` of an HF model in memory (e.g. one just fine-tuned), converted as
+    :func:`load` converts the model it reads; ``name_or_path`` is where it came from (its name and
+    tokenizer path go into the config). ``hf_model`` is read, never changed; the result holds its
+    own copy of the weights."""
+    device = torch.device(device or default_device())
+    return _to_hooked(hf_model, tokenizer, resolve(name_or_path), device, dtype, process_weights)
 
 
 def _to_hooked(
@@ -615,21 +633,22 @@ def _log_probs(logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, "batch
 
 
 def freeze_except_last_blocks(model: torch.nn.Module, n: int) -> list[str]:
-    """Train only the last ``n`` transformer blocks of a HookedTransformer (the memory-light option).
+    """Train only the last ``n`` transformer blocks (the memory-light option) of a HookedTransformer
+    or a transformers model (its decoder layers, :func:`models.hf_training.decoder_blocks`).
 
     Every other parameter (embeddings, unembedding, earlier blocks, final norm) stops requiring
     gradients, so neither gradients nor optimizer state are kept for it, and backpropagation stops
     at the first trainable block. Returns the names of the parameters left trainable.
     """
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        raise ValueError(f"{type(model).__name__} has no .blocks; freezing by block needs a HookedTransformer")
+    from models.hf_training import decoder_blocks
+
+    blocks = decoder_blocks(model)
     if not 1 <= n <= len(blocks):
         raise ValueError(f"trainable blocks must be 1…{len(blocks)} for this model, got {n}")
-    keep = {f"blocks.{index}." for index in range(len(blocks) - n, len(blocks))}
+    keep = {id(parameter) for block in blocks[len(blocks) - n:] for parameter in block.parameters()}
     trainable = []
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(any(name.startswith(prefix) for prefix in keep))
+        parameter.requires_grad_(id(parameter) in keep)
         if parameter.requires_grad:
             trainable.append(name)
     return trainable

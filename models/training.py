@@ -113,6 +113,21 @@ def evaluate(model: torch.nn.Module, eval_sets: Mapping[str, TokenizedFacts]) ->
     return out
 
 
+def batch_loss(model: torch.nn.Module, tokens: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """:func:`models.scoring.answer_loss` of one batch, computed on the columns up to its last
+    answer token only (a causal model's logits there never see the padding after it: the same
+    loss, fewer positions); a model with ``answer_logits(tokens, answer_mask)`` (e.g.
+    :class:`models.hf_training.CausalLM`) unembeds only the positions the loss reads."""
+    answered = answer_mask.any(0).nonzero()
+    if len(answered):
+        width = int(answered[-1]) + 1
+        tokens, answer_mask = tokens[:, :width], answer_mask[:, :width]
+    if hasattr(model, "answer_logits"):
+        logits = model.answer_logits(tokens, answer_mask)
+        return torch.nn.functional.cross_entropy(logits.float(), tokens[:, 1:][answer_mask[:, 1:]])
+    return answer_loss(model(tokens), tokens, answer_mask)
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or SGD over the parameters that require gradients (frozen ones stay put)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -120,7 +135,10 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
         raise TrainingError("the model has no trainable parameters")
     if config.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    # the fused kernel (one pass over each parameter, not several): 0.10 vs 0.61 CPU-s a step for
+    # SmolLM2's 134 M parameters on one thread, the same update up to float rounding (2e-8 after 4 steps)
+    fused = all(p.device.type in ("cpu", "cuda") for p in trainable)
+    return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
 
 
 RESUME_MAY_DIFFER = ("steps", "checkpoint_every", "progress")
@@ -244,7 +262,7 @@ def _train(
                desc="train", unit="step", leave=False)
     for step in bar:
         rows = batch_rows(len(train_set), step, config.batch_size, config.seed).to(device)
-        loss = answer_loss(model(tokens[rows]), tokens[rows], answer_mask[rows])
+        loss = batch_loss(model, tokens[rows], answer_mask[rows])
         if not torch.isfinite(loss):
             kept = list_checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
             raise TrainingError(
