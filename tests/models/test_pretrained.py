@@ -38,15 +38,16 @@ BACKENDS = {"hooked": HookedTransformer, "bridge": TransformerBridge}
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    """The reference transformers model and tokenizer."""
-    return load_hf()
+def smollm2(smollm2_hf):
+    """The reference transformers model and tokenizer (the session's)."""
+    return smollm2_hf
 
 
 @pytest.fixture(scope="module", params=list(BACKENDS))
 def smollm2_tl(request):
-    """SmolLM2 on each backend, unprocessed."""
-    return request.param, load(backend=request.param)
+    """SmolLM2 on each backend, unprocessed: the session's ``smollm2_hooked`` / ``smollm2_bridge``,
+    each ``load(backend=...)`` with the defaults."""
+    return request.param, request.getfixturevalue(f"smollm2_{request.param}")
 
 
 @pytest.fixture(scope="module")
