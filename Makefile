@@ -25,8 +25,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/revlens reproduce reversal --out $(OUT)
 
+# two pytest-xdist workers (one torch thread each); tests/conftest.py groups the tests of each
+# pretrained model (and each module's) onto one worker, so no model is loaded twice
+TEST_WORKERS ?= 2
+
 test: $(STAMP) chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # the HTML report test renders pages in headless Chromium (Debian's package)
 chromium:

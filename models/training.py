@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from facts.tokens import TokenizedFacts
@@ -97,35 +99,90 @@ def batch_rows(n: int, step: int, batch_size: int | None, seed: int) -> torch.Te
     return order[index * batch_size : (index + 1) * batch_size]
 
 
+def _distinct_rows(eval_sets: Mapping[str, TokenizedFacts]) -> tuple[TokenizedFacts, dict[str, Tensor]]:
+    """Every row of the evaluation sets once, right-padded to one width, and for each set the
+    indices of its rows among them.
+
+    The sets usually overlap ("train" is "train/forward" ∪ "train/reverse"); rows with the same
+    tokens and answer mask have the same score, so each is scored once. Padding after a row's
+    answer changes none of its answer log-probs (the models are causal: position p reads tokens ≤ p).
+    """
+    parts = [batch for batch in eval_sets.values() if len(batch)]
+    width = max(batch.tokens.shape[1] for batch in parts)
+
+    def padded(batch: TokenizedFacts, name: str) -> Tensor:
+        return torch.nn.functional.pad(getattr(batch, name), (0, width - batch.tokens.shape[1]))
+
+    tokens = torch.cat([padded(batch, "tokens") for batch in parts])
+    answer_mask = torch.cat([padded(batch, "answer_mask") for batch in parts])
+    _, inverse = torch.unique(torch.cat([tokens, answer_mask.long()], dim=1), dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), len(inverse), dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(len(inverse)), reduce="amin")  # first occurrence of each distinct row
+    prompt_len = torch.cat([batch.prompt_len for batch in parts])
+    fact = torch.cat([batch.fact for batch in parts])
+    direction = tuple(d for batch in parts for d in batch.direction)
+    split = tuple(s for batch in parts for s in batch.split)
+    distinct = TokenizedFacts(tokens=tokens[first], answer_mask=answer_mask[first], fact=fact[first],
+                              direction=tuple(direction[i] for i in first.tolist()),
+                              split=tuple(split[i] for i in first.tolist()), prompt_len=prompt_len[first])
+    rows, start = {}, 0
+    for name, batch in eval_sets.items():
+        rows[name] = inverse[start:start + len(batch)]
+        start += len(batch)
+    return distinct, rows
+
+
 def evaluate(model: torch.nn.Module, eval_sets: Mapping[str, TokenizedFacts]) -> dict[str, dict[str, float]]:
-    """Mean answer log-prob, mean probability and greedy accuracy of each evaluation set."""
+    """Mean answer log-prob, mean probability and greedy accuracy of each evaluation set (every
+    distinct row of all the sets scored once, in one batch: :func:`_distinct_rows`)."""
     was_training = model.training
     model.eval()
     out = {}
+    if any(len(batch) for batch in eval_sets.values()):
+        distinct, rows = _distinct_rows(eval_sets)
+        scores = score_answers(model, distinct)
     for name, batch in eval_sets.items():
-        scores = score_answers(model, batch)
+        logprob, correct = (scores.logprob[rows[name]], scores.correct[rows[name]]) if len(batch) else (
+            torch.zeros(0), torch.zeros(0, dtype=torch.bool))
         out[name] = {
-            "logprob": scores.logprob.mean().item(),
-            "prob": scores.logprob.exp().mean().item(),
-            "accuracy": scores.correct.float().mean().item(),
+            "logprob": logprob.mean().item(),
+            "prob": logprob.exp().mean().item(),
+            "accuracy": correct.float().mean().item(),
         }
     model.train(was_training)
     return out
 
 
-def batch_loss(model: torch.nn.Module, tokens: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
-    """:func:`models.scoring.answer_loss` of one batch, computed on the columns up to its last
-    answer token only (a causal model's logits there never see the padding after it: the same
-    loss, fewer positions); a model with ``answer_logits(tokens, answer_mask)`` (e.g.
-    :class:`models.hf_training.CausalLM`) unembeds only the positions the loss reads."""
+def batch_loss(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"],
+               answer_mask: Bool[Tensor, "batch pos"]) -> Float[Tensor, ""]:
+    """:func:`models.scoring.answer_loss` of one batch: the same number, computed on fewer positions.
+
+    The batch is cut after its last answer token (a causal model's logits there never see the
+    padding after it). Then the unembedding runs only where a loss is taken: a model with
+    ``answer_logits(tokens, answer_mask)`` (e.g. :class:`models.hf_training.CausalLM`) gives those
+    logits itself; for a ``HookedTransformer`` the final norm and W_U are per position, so they are
+    applied to the residual stream at the positions p − 1 that predict an answer token p alone
+    (``ln_final`` and ``unembed`` of those rows are exactly those rows of the full logits). Any
+    other model: its full logits.
+    """
+    from transformer_lens import HookedTransformer
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
     answered = answer_mask.any(0).nonzero()
     if len(answered):
         width = int(answered[-1]) + 1
         tokens, answer_mask = tokens[:, :width], answer_mask[:, :width]
+    predicting = answer_mask[:, 1:]
     if hasattr(model, "answer_logits"):
         logits = model.answer_logits(tokens, answer_mask)
-        return torch.nn.functional.cross_entropy(logits.float(), tokens[:, 1:][answer_mask[:, 1:]])
-    return answer_loss(model(tokens), tokens, answer_mask)
+    elif isinstance(model, HookedTransformer):
+        residual = model(tokens, stop_at_layer=model.cfg.n_layers)[:, :-1][predicting][None]  # [1, n_answer, d_model]
+        if model.cfg.normalization_type is not None:  # the rest of HookedTransformer.forward, on these rows
+            residual = model.ln_final(residual)
+        logits = apply_softcap(model.unembed(residual), model.cfg.output_logits_soft_cap)[0]
+    else:
+        return answer_loss(model(tokens), tokens, answer_mask)
+    return torch.nn.functional.cross_entropy(logits.float(), tokens[:, 1:][predicting])
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
