@@ -73,7 +73,7 @@ NOISE_MULTIPLE = 3.0
 
 @dataclass(frozen=True)
 class Site:
-    """Restore ``component`` of ``layer`` at ``positions`` (prompt positions, together) from the clean run."""
+    """Restore ``component`` of ``layer`` at ``positions`` (positions of the prompt or answer, together) from the clean run."""
 
     component: str
     layer: int
@@ -104,7 +104,9 @@ def _check_model(model: Any) -> None:
             f"{type(model).__name__} does not offer; load the model with backend='hooked'")
 
 
-def _check_sites(model: Any, sites: Sequence[Site], prompt_length: int) -> None:
+def _check_sites(model: Any, sites: Sequence[Site], length: int) -> None:
+    """Each site names a component, a layer the model has and positions of the scored sequence
+    (the prompt, then the teacher-forced answer: restoring every position of it gives the clean run)."""
     for site in sites:
         if site.component not in COMPONENTS:
             raise ValueError(f"component must be one of {COMPONENTS}, not {site.component!r}")
@@ -112,8 +114,8 @@ def _check_sites(model: Any, sites: Sequence[Site], prompt_length: int) -> None:
         if site.component == "mlp_out" and getattr(model.cfg, "attn_only", False):
             raise ValueError(f"{model.cfg.model_name}: an attention-only model has no MLP output to restore")
         hook_names(model, f"blocks.{site.layer}.hook_{site.component}")  # e.g. no mlp_out in an attention-only model
-        if not site.positions or any(not 0 <= p < prompt_length for p in site.positions):
-            raise ValueError(f"site {site}: positions must be prompt positions 0…{prompt_length - 1}")
+        if not site.positions or any(not 0 <= p < length for p in site.positions):
+            raise ValueError(f"site {site}: positions must be positions 0…{length - 1} of the prompt and answer")
 
 
 @torch.no_grad()
@@ -136,7 +138,7 @@ def trace_sites(
                          f"must be prompt positions 0…{length - 1}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
-    _check_sites(model, sites, length)
+    _check_sites(model, sites, length + len(example.answer))
     device = model.cfg.device
     sequence = torch.tensor([example.prompt + example.answer], device=device)
     mask = torch.zeros_like(sequence, dtype=torch.bool)

@@ -154,7 +154,8 @@ def test_smollm2_identities_and_entity_positions(smollm2_hooked, smollm2_tokeniz
     spelled = smollm2_tokenizer.decode([example.prompt[p] for p in given]).strip()
     assert spelled == celebrity_pair[0].subject
     model, last = smollm2_hooked, smollm2_hooked.cfg.n_layers - 1
-    everything = tuple(range(len(example.prompt)))
+    assert len(example.answer) > 1  # later answer tokens read the entity through earlier answer positions too
+    everything = tuple(range(len(example.prompt) + len(example.answer)))
     sites = [Site("resid_pre", 0, given), Site("resid_pre", 10, everything), Site("resid_post", last, everything)]
     before = [Site("resid_pre", layer, (0,)) for layer in (0, 20)] if given[0] > 0 else []
     traced = trace_sites(model, example, given, sites + before, n_samples=2)
