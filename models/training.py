@@ -33,7 +33,7 @@ from models.checkpoint import (
     restore_model,
     save_checkpoint,
 )
-from models.scoring import answer_loss, check_token_ids, model_device, score_answers
+from models.scoring import answer_loss, check_token_ids, hooked_readout, model_device, score_answers
 
 Callback = Callable[[int, torch.nn.Module], Mapping[str, Any] | None]
 
@@ -162,11 +162,10 @@ def batch_loss(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"],
     ``answer_logits(tokens, answer_mask)`` (e.g. :class:`models.hf_training.CausalLM`) gives those
     logits itself; for a ``HookedTransformer`` the final norm and W_U are per position, so they are
     applied to the residual stream at the positions p − 1 that predict an answer token p alone
-    (``ln_final`` and ``unembed`` of those rows are exactly those rows of the full logits). Any
-    other model: its full logits.
+    (:func:`models.scoring.hooked_readout`: exactly those rows of the full logits). Any other
+    model: its full logits.
     """
     from transformer_lens import HookedTransformer
-    from transformer_lens.utilities.activation_functions import apply_softcap
 
     answered = answer_mask.any(0).nonzero()
     if len(answered):
@@ -176,10 +175,7 @@ def batch_loss(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"],
     if hasattr(model, "answer_logits"):
         logits = model.answer_logits(tokens, answer_mask)
     elif isinstance(model, HookedTransformer):
-        residual = model(tokens, stop_at_layer=model.cfg.n_layers)[:, :-1][predicting][None]  # [1, n_answer, d_model]
-        if model.cfg.normalization_type is not None:  # the rest of HookedTransformer.forward, on these rows
-            residual = model.ln_final(residual)
-        logits = apply_softcap(model.unembed(residual), model.cfg.output_logits_soft_cap)[0]
+        logits = hooked_readout(model, model(tokens, stop_at_layer=model.cfg.n_layers)[:, :-1][predicting])
     else:
         return answer_loss(model(tokens), tokens, answer_mask)
     return torch.nn.functional.cross_entropy(logits.float(), tokens[:, 1:][predicting])

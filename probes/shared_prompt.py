@@ -23,11 +23,10 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-from transformer_lens.utilities.activation_functions import apply_softcap
 
 from facts.tokens import Example
 from models.pretrained import TLModel
-from models.scoring import model_device
+from models.scoring import hooked_readout, model_device
 
 
 LOGIT_BUDGET = 2**27
@@ -72,20 +71,12 @@ class _PrefixCache:
                 "TransformerBridge (transformer-lens 3.9) does not read: cached scores would ignore the prompt. "
                 "Install transformers<5.24 or load the model with backend='hooked'.")
 
-    def _readout(self, residual: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
-        """A HookedTransformer's final norm, unembedding and soft-cap on the kept positions only."""
-        model = self.model
-        if model.cfg.normalization_type is not None:
-            residual = model.ln_final(residual)
-        logits = torch.nn.functional.linear(residual, model.unembed.W_U.T, model.unembed.b_U)
-        return apply_softcap(logits, model.cfg.output_logits_soft_cap)
-
     def prefix(self, tokens: Int[Tensor, "s pos"]) -> tuple[Float[Tensor, "s d_vocab"], Any]:
         if self.hooked:
             cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, tokens.device, len(tokens))
             residual = self.model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
                                   stop_at_layer=self.model.cfg.n_layers)
-            return self._readout(residual[:, -1]), cache
+            return hooked_readout(self.model, residual[:, -1]), cache
         logits, cache = self.model(tokens, return_type="logits_and_cache", use_cache=True, logits_to_keep=1)
         return logits[:, -1], cache
 
@@ -103,7 +94,7 @@ class _PrefixCache:
             )
             residual = self.model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=picked,
                                   stop_at_layer=self.model.cfg.n_layers)
-            return self._readout(residual[positions])
+            return hooked_readout(self.model, residual[positions])
         picked = copy.deepcopy(cache)
         picked.reorder_cache(rows)
         return self.model(tokens, past_key_values=picked, use_cache=True)[positions]
