@@ -317,6 +317,27 @@ def training_examples(questions: QuestionSet, config: FinetuneConfig, tokenizer,
     return collate(examples, pad_id)
 
 
+def read_inputs_and_model(config: FinetuneConfig) -> tuple[QuestionSet, list[list[str]], Any, TokenizedFacts,
+                                                            dict[str, TokenizedFacts], Any]:
+    """The questions and their controls, the tokenizer, the training sentences and evaluation sets,
+    then the transformers model: every input is read and tokenised before the model loads, and a
+    GGUF model's file is parsed once for both tokenizer and model (:func:`models.pretrained.one_parse`)."""
+    from models.pretrained import load_hf, load_tokenizer, one_parse
+
+    questions = read_questions(config)
+    controls = draw_controls(questions, config.n_controls, config.seed)
+    with one_parse(config.model):
+        tokenizer = load_tokenizer(config.model)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        sentences = training_examples(questions, config, tokenizer, pad_id)
+        eval_sets = {name: collate([asked(tokenizer, q.prompt, q.completion, q.source, q.fact, q.direction, q.split)
+                                    for q in questions.questions if q.setting == setting], pad_id)
+                     for name, setting in (("forward", "forward_trained_paraphrase"), ("reverse", "reverse"))
+                     if any(q.setting == setting for q in questions.questions)}
+        hf_model, _ = load_hf(config.model, device=config.device, keep=False)
+    return questions, controls, tokenizer, sentences, eval_sets, hf_model
+
+
 def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), progress: bool = True
                    ) -> dict[str, Any]:
     """Run the experiment; write summary.json, questions.csv, logits.csv, in_context.csv and
@@ -327,22 +348,13 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     from analyses.figures import finetune_bars
     from analyses.probe import circuit_summary
     from models.hf_training import CausalLM, add_lora, merge_lora
-    from models.pretrained import freeze_except_last_blocks, load_hf, load_tokenizer, to_hooked
+    from models.pretrained import freeze_except_last_blocks, to_hooked
     from models.training import TrainConfig, train
     from probes.circuits import circuit_table
     from probes.views import save_png
 
     began = time.perf_counter()
-    questions = read_questions(config)
-    controls = draw_controls(questions, config.n_controls, config.seed)
-    tokenizer = load_tokenizer(config.model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sentences = training_examples(questions, config, tokenizer, pad_id)
-    eval_sets = {name: collate([asked(tokenizer, q.prompt, q.completion, q.source, q.fact, q.direction, q.split)
-                                for q in questions.questions if q.setting == setting], pad_id)
-                 for name, setting in (("forward", "forward_trained_paraphrase"), ("reverse", "reverse"))
-                 if any(q.setting == setting for q in questions.questions)}
-    hf_model, _ = load_hf(config.model, device=config.device, keep=False)
+    questions, controls, tokenizer, sentences, eval_sets, hf_model = read_inputs_and_model(config)
     model = to_hooked(hf_model, tokenizer, config.model, device=config.device)
     lora_targets = None
     if config.lora_rank is not None:  # the targets are checked against the model before anything is evaluated

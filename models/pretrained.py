@@ -315,6 +315,17 @@ def _gguf_model_and_tokenizer(path: Path, keep: bool) -> tuple[PreTrainedModel, 
 
 
 @contextlib.contextmanager
+def one_parse(name_or_path: str | os.PathLike[str]) -> Iterator[None]:
+    """Within the block, a GGUF model's file is parsed at most once, however many of
+    :func:`load_tokenizer`, :func:`load_hf` and :func:`load` read it: for a command that reads the
+    tokenizer first (to check its input before the model loads), then the model. A Hugging Face
+    folder has nothing to share; the block then does nothing."""
+    source = resolve(name_or_path)
+    with _one_gguf_parse(source.path) if source.is_gguf else contextlib.nullcontext():
+        yield
+
+
+@contextlib.contextmanager
 def _one_gguf_parse(path: Path) -> Iterator[None]:
     """Within the block, every ``gguf.GGUFReader`` opened on ``path`` is one and the same parsed reader.
 
@@ -322,7 +333,8 @@ def _one_gguf_parse(path: Path) -> Iterator[None]:
     Gemma 3 among them) with ``gguf.GGUFReader`` once for the config, once for the weights and
     once more for the tokenizer's config; parsing the metadata of Gemma 3's 262,144-token
     vocabulary takes ~20 s each time. The reader is opened lazily, on transformers' first
-    request, and dropped (with its memory map) when the block ends.
+    request, and dropped (with its memory map) when the block ends. Blocks nest: an inner one on
+    the same file hands out the outer one's reader.
     """
     import gguf
 

@@ -16,6 +16,7 @@ from analyses.finetune import (
     FinetuneConfig,
     format_summary,
     mean_ci95,
+    read_inputs_and_model,
     read_questions,
     reverse_words,
     training_examples,
@@ -96,6 +97,27 @@ def assert_summary_matches_questions(out, summary, counts):
             assert row["before"]["margin"]["mean"] == pytest.approx(before.margin[chosen].mean())
             gain = after.margin[chosen].to_numpy() - before.margin[chosen].to_numpy()
             assert row["margin_gain"]["mean"] == pytest.approx(gain.mean(), abs=1e-9)
+
+
+def test_tokenizer_and_model_come_from_one_parse_of_the_gguf(monkeypatch, tmp_path):
+    """finetune-facts reads the tokenizer (input tokenised before the model loads), then the model:
+    gguf.GGUFReader parses the file once for both (a fresh copy, so no earlier read is cached)."""
+    import shutil
+
+    import gguf
+
+    from models.pretrained import resolve
+
+    copy = tmp_path / "SmolLM2-finetune-copy.gguf"
+    shutil.copyfile(resolve("smollm2-135m").path, copy)
+    opened = []
+    init = gguf.GGUFReader.__init__
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: opened.append(a) or init(self, *a, **k))
+    questions, controls, tokenizer, sentences, eval_sets, hf_model = read_inputs_and_model(
+        FinetuneConfig(model=str(copy), people=3, templates=2, n_controls=2))
+    assert len(opened) == 1
+    assert sentences.tokens.shape[0] == 6 and set(eval_sets) == {"forward", "reverse"}  # 3 people × 2 paraphrases
+    assert hf_model.get_input_embeddings().weight.shape[0] == len(tokenizer) == 49152
 
 
 def test_builtin_training_pairs_are_the_training_sentences(smollm2_tokenizer):
