@@ -16,3 +16,19 @@ def test_readme_example_runs():
     means = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in result.stdout.splitlines()[1:]}
     assert means["train"][0] > 0.99 and means["train"][2] == 1.0
     assert means["heldout"][2] == 0.0
+
+
+def test_the_architecture_table_names_tests_that_exist():
+    """Every `file.py` and `file.py::test` the table of docs/ARCHITECTURE.md names is in tests/ (a trailing `*`:
+    a prefix), and every `::test` named alone is in one of those files."""
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    table = doc[doc.index("## Which commands work on which model"):]
+    named = re.findall(r"`([\w/]+\.py)(?:::(\w+\*?))?`", table)
+    assert len(named) >= 15
+    for file, test in named:
+        source = (ROOT / "tests" / file).read_text()
+        if test:
+            pattern = rf"^def {test[:-1]}\w*\(" if test.endswith("*") else rf"^def {test}\("
+            assert re.search(pattern, source, re.M), f"{file}::{test} is not a test"
+    for test in re.findall(r"`::(\w+)`", table):
+        assert any(re.search(rf"^def {test}\(", (ROOT / "tests" / f).read_text(), re.M) for f, _ in named), test
