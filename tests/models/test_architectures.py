@@ -243,6 +243,19 @@ def test_a_gguf_load_parses_the_file_once(monkeypatch, tmp_path):
     assert len(opened) == 1 and model.cfg.n_ctx == 8192  # SmolLM2's llama.context_length
 
 
+def test_gguf_weights_are_the_ones_transformers_reads(smollm2_hf):
+    """models.gguf_weights reads a GGUF one tensor at a time (transformers' processors: Llama's query/key
+    rows reordered); every tensor equals transformers' own reading of the file, bit for bit."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    path = resolve("smollm2-135m").path
+    theirs = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                  quantization_config=GgufConfig(dequantize=True), local_files_only=True)
+    ours = smollm2_hf[0].state_dict()
+    assert ours.keys() == theirs.state_dict().keys()
+    assert all(torch.equal(ours[name], tensor) for name, tensor in theirs.state_dict().items())
+
+
 def test_threads_default_to_omp_num_threads_else_the_cores(monkeypatch):
     import os
 
