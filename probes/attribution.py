@@ -118,9 +118,15 @@ def folded(model: Any) -> Any:
     """
     if _final_norm_is_plain(model):
         return model
-    twin = copy.deepcopy(model)
-    if hasattr(twin, "load_and_process_state_dict"):  # HookedTransformer
-        twin.load_and_process_state_dict(twin.state_dict(), fold_ln=True, center_writing_weights=False,
+    tokenizer = getattr(model, "tokenizer", None)  # shared, not copied (Gemma's 262,144-token one is ~0.2 GiB)
+    memo: dict[int, Any] = {id(tokenizer): tokenizer} if tokenizer is not None else {}
+    hooked = hasattr(model, "load_and_process_state_dict")
+    if hooked:  # the copy's weights are written once, by the fold below: never copied first
+        memo.update({id(p): torch.nn.Parameter(torch.empty_like(p), requires_grad=p.requires_grad)
+                     for p in model.parameters()})
+    twin = copy.deepcopy(model, memo)
+    if hooked:  # HookedTransformer: TransformerLens folds a clone of ``model``'s weights into the copy
+        twin.load_and_process_state_dict(dict(model.state_dict()), fold_ln=True, center_writing_weights=False,
                                          center_unembed=False, fold_value_biases=False)
     else:  # TransformerBridge
         twin.enable_compatibility_mode(disable_warnings=True, fold_ln=True, center_writing_weights=False,
