@@ -168,6 +168,40 @@ def test_smollm2_identities_and_entity_positions(smollm2_hooked, smollm2_tokeniz
     assert len(table) == 3 * len(example.prompt) and math.isfinite(table.prob.sum())
 
 
+# --- Gemma 2 and 3 (tiny random configs: sliding window, post-attention/MLP norms, scaled embeddings) -----
+
+
+@pytest.mark.parametrize("architecture", ["gemma2", "gemma3"])
+def test_gemma_identities_of_restoring_the_clean_run(architecture, tiny_models):
+    """The identities of the token-world models on Gemma 2 and 3's HookedTransformer: a 7-token prompt (past the
+    4-token sliding window) and a 2-token answer, the given entity at positions 2 and 3."""
+    from facts.tokens import Example
+
+    model = tiny_models[architecture].backends["hooked"]
+    prompt = torch.randint(0, 1000, (7,), generator=torch.Generator().manual_seed(2)).tolist()
+    example, given, last = Example(tuple(prompt), (5, 9), 0, "forward", "train"), (2, 3), model.cfg.n_layers - 1
+    everything = tuple(range(len(example.prompt) + len(example.answer)))
+    every_site = sites_of(model, COMPONENTS, len(everything))
+    quiet = trace_sites(model, example, given, every_site, noise_multiple=0.0, n_samples=2)
+    assert same(quiet.restored, quiet.clean) and same(quiet.corrupted, quiet.clean)
+
+    clean_again = [Site("resid_pre", 0, given), Site("resid_post", last, everything)] + [
+        Site("resid_pre", layer, everything) for layer in range(model.cfg.n_layers)]
+    untouched = [Site(c, layer, (p,)) for c in COMPONENTS for layer in range(model.cfg.n_layers) for p in (0, 1)]
+    traced = trace_sites(model, example, given, clean_again + untouched, n_samples=3, seed=1)
+    assert (traced.corrupted - traced.clean).abs().min() > 1e-3  # the noise does change the answer
+    assert same(traced.restored[: len(clean_again)], traced.clean)
+    assert same(traced.restored[len(clean_again) :], traced.corrupted)
+
+
+def test_tracing_a_bridge_is_refused_with_the_backend_to_use(tiny_models, tmp_path):
+    from facts.tokens import Example
+
+    example = Example((1, 2, 3, 4), (5,), 0, "forward", "train")
+    with pytest.raises(ValueError, match="TransformerBridge .*backend='hooked'"):
+        trace_sites(tiny_models["gemma3"].backends["bridge"], example, (1,), [Site("resid_post", 0, (1,))])
+
+
 # --- the weight change read at the entities --------------------------------------------------------
 
 
