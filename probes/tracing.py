@@ -260,8 +260,8 @@ def trace(
     sites = [Site(c, layer, (p,)) for c in components for layer in layers for p in range(length)]
     traced = trace_sites(model, example, given, sites, noise_multiple, n_samples, seed, batch_size)
     clean_prob = math.exp(traced.clean)
-    corrupted_prob = float(traced.corrupted.exp().mean())
-    prob = traced.restored.exp().mean(1).numpy()
+    corrupted_prob = float(traced.corrupted.double().exp().mean())
+    prob = traced.restored.double().exp().mean(1).numpy()  # float64: a gap below float32's range is not 0/0
     gap = clean_prob - corrupted_prob
     kinds = buckets(length, given)
     label = token_label or str
