@@ -84,14 +84,82 @@ class FinetuneTracing:
                                         "entities (ΔMLP linearised, ΔOV), z against controls"),
                  out / "weight_change.png")
         entry["figures"].append("weight_change.png")
+        entry["headline"] = tracing_words(entry)
         del self.before
         return entry
 
 
+BUCKET_WORDS = {"before": "the tokens before the given entity", "given first": "the given entity's first token",
+                "given middle": "the given entity's middle tokens", "given last": "the given entity's last token",
+                "after first": "the first token after it", "further": "the further tokens",
+                "last": "the last prompt token"}
+COMPONENT_WORDS = {"resid_post": "the hidden state", "mlp_out": "the MLP output", "attn_out": "the attention output",
+                   "resid_pre": "the residual stream entering the layer"}
+NOTHING_TO_RECOVER = 0.01
+"""A peak rise of p(answer) below this is reported as nothing recovered."""
+
+
+def _layer_ranges(layers: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] → "0–2, 5, 7–8"."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in runs)
+
+
+def _where_recovered(component: str, headline: dict[str, Any]) -> str:
+    """Where ``component`` restores at least half its peak rise, e.g. "the hidden state: layers 0–8 at the given
+    entity's last token and layers 20–29 at the last prompt token (peak +0.61 at L4 given last)"."""
+    words = COMPONENT_WORDS.get(component, component)
+    if headline["peak_effect"] < NOTHING_TO_RECOVER:
+        return f"{words}: nowhere (largest rise +{max(headline['peak_effect'], 0):.3f})"
+    sites = " and ".join(f"layer{'s' if len(layers) > 1 else ''} {_layer_ranges(layers)} at {BUCKET_WORDS[bucket]}"
+                         for bucket, layers in headline["half_peak_layers"].items())
+    return (f"{words}: {sites} (peak +{headline['peak_effect']:.3f} at L{headline['peak_layer']} "
+            f"{headline['peak_bucket']})")
+
+
+def tracing_words(entry: dict[str, Any]) -> str:
+    """The headline in words, per stage: where the trained forward answer is recovered (every site whose mean rise
+    of p(answer) over the noised run is at least half the component's peak rise; "nowhere" when the peak is below
+    :data:`NOTHING_TO_RECOVER`), how much of the held-out reverse answer any restored site gives back, and the
+    layers where the weight change read at the entities is most asymmetric."""
+    sentences = []
+    for stage in ("before", "after"):
+        questions = entry.get(stage, {})
+        forward, reverse = questions.get("train/forward"), questions.get("heldout/reverse")
+        parts = []
+        if forward:
+            where = "; ".join(_where_recovered(c, h) for c, h in forward["components"].items())
+            parts.append(f"the forward answer (p {forward['clean_prob']:.3f}, noised {forward['corrupted_prob']:.3f}) "
+                         f"is recovered by {where}")
+        if reverse:
+            most = max(c["max_restored_prob"] for c in reverse["components"].values())
+            parts.append(f"the held-out reverse answer (p {reverse['clean_prob']:.2g}, noised "
+                         f"{reverse['corrupted_prob']:.2g}) is restored to at most p {most:.2g} anywhere")
+        if parts:
+            sentences.append(f"{stage.capitalize()} fine-tuning, " + "; ".join(parts) + ".")
+    changes = []
+    for kind, name in (("delta_mlp", "ΔMLP"), ("delta_ov", "ΔOV")):
+        rows = [r for r in entry.get("weight_change", []) if r["circuit"].startswith(kind + " ") and r["n_one_way"]]
+        if rows:
+            top = max(rows, key=lambda r: r["asymmetry"])
+            changes.append(f"{name} at {top['circuit'].split()[-1]} (z trained {top['z_trained']:.2f}, held-out "
+                           f"{top['z_heldout']:.2f}, {top['n_one_way']} one-way facts)")
+    if changes:
+        sentences.append("The weight change read at the entities is most asymmetric for " + " and ".join(changes)
+                         + ".")
+    return " ".join(sentences)
+
+
 def format_finetune_tracing(entry: dict[str, Any]) -> str:
-    """Before → after: per question kind the peak restored site of each component and the largest restored
-    p(answer); the weight change's trained and held-out z per layer (the most asymmetric five)."""
-    lines = []
+    """The headline in words (:func:`tracing_words`), then before → after: per question kind the peak restored site
+    of each component and the largest restored p(answer); the weight change's trained and held-out z per layer (the
+    most asymmetric five)."""
+    lines = [entry["headline"]] if entry.get("headline") else []
     for question in entry.get("after", {}):
         parts = []
         for component, after in entry["after"][question]["components"].items():
@@ -106,4 +174,4 @@ def format_finetune_tracing(entry: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FinetuneTracing", "format_finetune_tracing", "weight_change_summary"]
+__all__ = ["FinetuneTracing", "format_finetune_tracing", "tracing_words", "weight_change_summary"]

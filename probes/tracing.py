@@ -260,8 +260,8 @@ def trace(
     sites = [Site(c, layer, (p,)) for c in components for layer in layers for p in range(length)]
     traced = trace_sites(model, example, given, sites, noise_multiple, n_samples, seed, batch_size)
     clean_prob = math.exp(traced.clean)
-    corrupted_prob = float(traced.corrupted.exp().mean())
-    prob = traced.restored.exp().mean(1).numpy()
+    corrupted_prob = float(traced.corrupted.double().exp().mean())
+    prob = traced.restored.double().exp().mean(1).numpy()  # float64: a gap below float32's range is not 0/0
     gap = clean_prob - corrupted_prob
     kinds = buckets(length, given)
     label = token_label or str
@@ -381,8 +381,9 @@ def average_over_statements(table: pd.DataFrame, value: str = "effect") -> pd.Da
 def tracing_headline(table: pd.DataFrame) -> dict[str, Any]:
     """Per "split/direction" (e.g. "train/forward", "heldout/reverse"): clean and corrupted
     probability (means over statements), and per component the site (layer, bucket) of the largest
-    mean indirect effect with its interval, and the largest mean restored probability anywhere (how
-    much of the answer is recoverable at all)."""
+    mean indirect effect with its interval, the largest mean restored probability anywhere (how
+    much of the answer is recoverable at all), and ``half_peak_layers``: per bucket, the layers whose
+    mean indirect effect is at least half the peak's (empty when the peak is not above 0)."""
     average = average_over_statements(table, "effect")
     restored = average_over_statements(table, "prob")
     out: dict[str, Any] = {}
@@ -396,9 +397,12 @@ def tracing_headline(table: pd.DataFrame) -> dict[str, Any]:
             best = rows.loc[rows["mean"].idxmax()]
             most = restored[(restored.split == split) & (restored.direction == direction)
                             & (restored.component == component)]["mean"].max()
+            strong = rows[rows["mean"] >= 0.5 * best["mean"]] if best["mean"] > 0 else rows.iloc[:0]
             entry["components"][component] = {
                 "peak_layer": int(best.layer), "peak_bucket": str(best.bucket), "peak_effect": float(best["mean"]),
-                "peak_effect_ci95": [float(best.ci_low), float(best.ci_high)], "max_restored_prob": float(most)}
+                "peak_effect_ci95": [float(best.ci_low), float(best.ci_high)], "max_restored_prob": float(most),
+                "half_peak_layers": {str(bucket): sorted(int(layer) for layer in part.layer)
+                                     for bucket, part in strong.groupby("bucket", observed=True)}}
         out[f"{split}/{direction}"] = entry
     return out
 

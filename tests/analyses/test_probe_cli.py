@@ -209,3 +209,15 @@ def test_probe_limit_takes_the_first_facts_and_records_it(run, world, tmp_path):
     table = pd.read_csv(tmp_path / "logits.csv")
     assert summary["limit"] == 7 and sorted(set(table.fact)) == list(range(7))
     assert len(table) == sum(1 for index, _, _ in world.statements() if index < 7)
+
+
+def test_tracing_on_the_bridge_is_refused_before_the_model_loads(tmp_path, capsys):
+    from analyses.cli import main
+    from facts.language import people_world
+
+    save_jsonl(people_world(n_per_group=2, seed=0), tmp_path / "people.jsonl")
+    code = main(["probe", "--model", "smollm2-135m", "--backend", "bridge", "--tracing", "--threads", "1", "--controls", "2",
+                 "--facts", str(tmp_path / "people.jsonl"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "--tracing runs on --backend hooked only" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before the folder is made or any model is read

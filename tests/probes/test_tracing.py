@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -119,6 +120,38 @@ def test_the_trained_fact_is_recovered_where_it_lives(trained_tiny, world, vocab
     assert set(headline) == {"train/forward", "heldout/reverse"}
     assert headline["train/forward"]["components"]["resid_pre"]["peak_bucket"] in ("given last", "last")
     assert headline["heldout/reverse"]["components"]["resid_post"]["max_restored_prob"] < 0.05
+    # the sites of at least half the peak rise: resid_pre at layer 0 only at the given entity (the last position is
+    # untouched before layer 0), resid_post of the last layer only at the last position (its state at the given
+    # entity is never read)
+    forward = headline["train/forward"]["components"]
+    assert 0 in forward["resid_pre"]["half_peak_layers"]["given last"]
+    assert 0 not in forward["resid_pre"]["half_peak_layers"].get("last", [])
+    assert 1 in forward["resid_post"]["half_peak_layers"]["last"]
+    assert 1 not in forward["resid_post"]["half_peak_layers"].get("given last", [])
+
+
+def test_the_headline_in_words_before_and_after_training(tiny_before_after, world, vocab):
+    """At initialisation nothing knows the fact (nothing to recover); after training the forward answer is
+    recovered at the given entity's last token entering layer 0 and at the last position after layer 1, and the
+    held-out reverse stays at chance wherever restored."""
+    from analyses.finetune_tracing import tracing_words
+
+    chosen = one_way_statements(world, "train", "forward", 6) + one_way_statements(world, "heldout", "reverse", 6)
+    components = ("resid_pre", "resid_post")
+    entry = {stage: tracing_headline(trace_facts(model, world, vocab, chosen, components=components, n_samples=2))
+             for stage, model in zip(("before", "after"), tiny_before_after)}
+    words = tracing_words(entry)
+    before, after = words.split("After fine-tuning, ")
+    assert before.startswith("Before fine-tuning, the forward answer (p 0.0")
+    assert before.count(": nowhere (largest rise +0.00") == 2
+    assert ("the residual stream entering the layer: layer 0 at the given entity's last token and layer 1 at the "
+            "last prompt token") in after
+    assert "the hidden state: layers 0–1 at the last prompt token" in after
+    most = re.search(r"held-out reverse answer \(p ([0-9.e-]+), noised ([0-9.e-]+)\) is restored to at most p "
+                     r"([0-9.e-]+) anywhere", after)
+    assert most and float(most[3]) < 0.05
+    assert float(most[3]) == pytest.approx(max(c["max_restored_prob"] for c in entry["after"]["heldout/reverse"]
+                                               ["components"].values()), rel=0.05)
 
 
 def test_buckets_follow_meng_et_al():
@@ -166,6 +199,40 @@ def test_smollm2_identities_and_entity_positions(smollm2_hooked, smollm2_tokeniz
         assert same(restored, traced.corrupted)
     table = trace(model, example, given, components=("resid_post",), layers=[0, 15, last], n_samples=2)
     assert len(table) == 3 * len(example.prompt) and math.isfinite(table.prob.sum())
+
+
+# --- Gemma 2 and 3 (tiny random configs: sliding window, post-attention/MLP norms, scaled embeddings) -----
+
+
+@pytest.mark.parametrize("architecture", ["gemma2", "gemma3"])
+def test_gemma_identities_of_restoring_the_clean_run(architecture, tiny_models):
+    """The identities of the token-world models on Gemma 2 and 3's HookedTransformer: a 7-token prompt (past the
+    4-token sliding window) and a 2-token answer, the given entity at positions 2 and 3."""
+    from facts.tokens import Example
+
+    model = tiny_models[architecture].backends["hooked"]
+    prompt = torch.randint(0, 1000, (7,), generator=torch.Generator().manual_seed(2)).tolist()
+    example, given, last = Example(tuple(prompt), (5, 9), 0, "forward", "train"), (2, 3), model.cfg.n_layers - 1
+    everything = tuple(range(len(example.prompt) + len(example.answer)))
+    every_site = sites_of(model, COMPONENTS, len(everything))
+    quiet = trace_sites(model, example, given, every_site, noise_multiple=0.0, n_samples=2)
+    assert same(quiet.restored, quiet.clean) and same(quiet.corrupted, quiet.clean)
+
+    clean_again = [Site("resid_pre", 0, given), Site("resid_post", last, everything)] + [
+        Site("resid_pre", layer, everything) for layer in range(model.cfg.n_layers)]
+    untouched = [Site(c, layer, (p,)) for c in COMPONENTS for layer in range(model.cfg.n_layers) for p in (0, 1)]
+    traced = trace_sites(model, example, given, clean_again + untouched, n_samples=3, seed=1)
+    assert (traced.corrupted - traced.clean).abs().min() > 1e-3  # the noise does change the answer
+    assert same(traced.restored[: len(clean_again)], traced.clean)
+    assert same(traced.restored[len(clean_again) :], traced.corrupted)
+
+
+def test_tracing_a_bridge_is_refused_with_the_backend_to_use(tiny_models, tmp_path):
+    from facts.tokens import Example
+
+    example = Example((1, 2, 3, 4), (5,), 0, "forward", "train")
+    with pytest.raises(ValueError, match="TransformerBridge .*backend='hooked'"):
+        trace_sites(tiny_models["gemma3"].backends["bridge"], example, (1,), [Site("resid_post", 0, (1,))])
 
 
 # --- the weight change read at the entities --------------------------------------------------------
@@ -245,6 +312,10 @@ def test_finetune_tracing_records_before_and_after(tiny_llama, smollm2_tokenizer
     assert (changes[changes.circuit == "delta_ov"].entry_ab.abs() < 1e-6).all()
     assert (changes[changes.circuit == "delta_mlp"].entry_ab.abs() > 1e-6).all()
     assert "weight change read at the entities" in format_finetune_tracing(entry)
+    assert format_finetune_tracing(entry).startswith(entry["headline"])
+    assert entry["headline"].startswith("Before fine-tuning, the forward answer (p ")
+    assert "After fine-tuning, the forward answer" in entry["headline"]
+    assert "The weight change read at the entities is most asymmetric for ΔMLP at L" in entry["headline"]
     # compare's columns for the fine-tuned row read the same entry
     from analyses.compare import tracing_columns
 
