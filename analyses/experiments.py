@@ -60,7 +60,8 @@ class Experiment:
     parsed command line); ``formatter`` is ``"module:function"`` of ``summary → text``;
     ``headline`` are dotted keys of the summary (nested dicts joined by ``.``; ``fnmatch`` patterns
     allowed; empty: every number); ``resumable``:
-    the command takes ``--resume`` and continues from its folder's checkpoints.
+    the command takes ``--resume`` and continues from its folder's checkpoints; ``in_all``: ``reproduce
+    all`` runs it (False for experiments that would take that command past its time budget).
     """
 
     name: str
@@ -71,6 +72,7 @@ class Experiment:
     options: tuple[Option, ...] = ()
     run: Callable[[Path, argparse.Namespace, bool], dict[str, Any]] | None = None
     resumable: bool = False
+    in_all: bool = True
 
     def format(self, summary: dict[str, Any]) -> str:
         module, name = self.formatter.split(":")
@@ -151,6 +153,17 @@ def _mitigations(out: Path, args: argparse.Namespace, progress: bool) -> dict[st
     return mitigations.reproduce_mitigations(out, config, progress, getattr(args, "finetuned", None) or [])
 
 
+def _module_runner(target: str) -> Callable[[Path, argparse.Namespace, bool], dict[str, Any]]:
+    """The runner ``run(out, args, progress)`` of ``"module:function"``, imported when called
+    (an experiment kept in its own module brings its runner along)."""
+    module, name = target.split(":")
+
+    def run(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
+        return getattr(import_module(module), name)(out, args, progress)
+
+    return run
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 _N = {"type": positive_int}
@@ -177,8 +190,8 @@ REVERSAL_HEADLINE = ("train_prob", "train_accuracy", "heldout_reverse_logprob", 
 
 
 def _reproduce(name: str, help_text: str, formatter: str, headline: tuple[str, ...], run,
-               options: tuple[Option, ...] = (), resumable: bool = False) -> Experiment:
-    return Experiment(name, ("reproduce", name), help_text, formatter, headline, options, run, resumable)
+               options: tuple[Option, ...] = (), resumable: bool = False, in_all: bool = True) -> Experiment:
+    return Experiment(name, ("reproduce", name), help_text, formatter, headline, options, run, resumable, in_all)
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
@@ -208,6 +221,12 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce("mitigations", "augmentation, reverse training and in-context restatement against the baseline",
                "analyses.mitigations:format_mitigations",
                ("rows.*.heldout_accuracy",), _mitigations, (FINETUNED_OPTION,)),
+    _reproduce("identity-bridge", "Ma et al. 2026's Identity Bridge ('A → A' added): held-out reverse and OV Y[B,A] "
+               "with vs without, one-layer and tiny, over seeds", "analyses.identity_bridge:format_identity_bridge",
+               ("by_model.*.*.heldout_accuracy.mean", "by_model.*.*.z_heldout.mean"),
+               _module_runner("analyses.identity_bridge:run_from_args"), (
+                   Option("--n-seeds", {**_N, "default": 3, "help": "seeds SEED … SEED+N−1 (default 3)"}),
+                   Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"})), in_all=False),
     Experiment("finetune-facts", ("finetune-facts",),
                "fine-tune a pretrained LLM on fictitious people or your own facts, test both ways",
                "analyses.finetune:format_summary", ("groups.*.*.after.margin.mean", "groups.*.*.after.top1")),
@@ -215,6 +234,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
 """Every experiment a run folder holds, by the name its ``summary.json`` gives."""
 
 REPRODUCE = tuple(name for name, e in EXPERIMENTS.items() if e.command[0] == "reproduce")
+REPRODUCE_ALL = tuple(name for name in REPRODUCE if EXPERIMENTS[name].in_all)
+"""What ``reproduce all`` runs: every reproduce experiment that fits its time budget (benchmarks/README.md)."""
 ALL_OPTIONS = (FINETUNED_OPTION, Option("--seeds", {
     **_N, "default": None, "metavar": "N",
     "help": "run each experiment for seeds 0 … N−1 as a sweep on Ray (OUT/<name>/trials/seed=S/) and report every "

@@ -27,7 +27,9 @@ circuits. ``lora_rank`` trains LoRA adapters instead, merged into the weights be
 Mitigations (``mitigation=``): the in-context setting above is in-context restatement;
 ``"bidirectional"`` also trains a second group of people both ways and asks whether that
 teaches the model to reverse the p2d group's one-way facts; ``"reverse-training"`` adds each
-training sentence with its words reversed, entities kept whole (:data:`MITIGATIONS`).
+training sentence with its words reversed, entities kept whole; ``"identity-bridge"`` (Ma et al.
+2026) adds, per tested person and training paraphrase, an identity sentence "The name of X is X"
+(:data:`facts.language.IDENTITY_TEMPLATES`), loss on the repeated name (:data:`MITIGATIONS`).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ import pandas as pd
 from analyses.reproduce import _write_history, _write_json, write_csv
 from analyses.stats import ci95_half_width
 from facts.io import save_jsonl
-from facts.language import (TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix, encode_pair,
-                            people_world, render_statement)
+from facts.language import (IDENTITY_TEMPLATES, TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix,
+                            encode_pair, people_world, render, render_statement)
 from facts.questions import SETTINGS, QuestionSet, load_templates, questions_from_facts
 from facts.schema import FactError, FactSet
 from facts.tokens import Example, TokenizedFacts, collate
@@ -58,13 +60,17 @@ MITIGATIONS = {
     "none": (TESTED,),
     "bidirectional": (TESTED, "both"),
     "reverse-training": (TESTED,),
+    "identity-bridge": (TESTED,),
 }
 """Fact groups trained per mitigation. ``bidirectional`` adds as many people again whose facts are
 trained both ways (name → description and description → name, Berglund et al.'s "both" group):
 does seeing other facts in both directions teach the model to reverse the one-way ones? The
 tested facts are always the p2d group's. ``reverse-training`` adds every training sentence once more
 with its words reversed and the name and description kept whole (:func:`reverse_words`), so the
-name follows the description in some text the model reads, though never in a question."""
+name follows the description in some text the model reads, though never in a question.
+``identity-bridge`` adds "The name of X is X" for every tested person X (:func:`identity_examples`): the
+name, the answer of the held-out question, is trained as an answer given itself, nothing of the
+reverse fact is."""
 DEFAULT_PARAPHRASES = 2
 """Training paraphrases per fact of the built-in world unless ``templates`` says otherwise."""
 
@@ -172,6 +178,24 @@ def reversed_example(facts: FactSet, index: int, direction: str, template: int, 
     first, rest = reverse_words(rendered.text, (fact.subject, fact.object)).split(" ", 1)
     label = f"fact {index} ({fact.subject!r}, reversed paraphrase {template})"
     return asked(tokenizer, first, " " + rest, label, index, direction, "train")
+
+
+def identity_examples(facts: FactSet, paraphrases: int, tokenizer) -> list[Example]:
+    """The Identity Bridge for the people world: for every trained name → description fact, its
+    name in the first ``paraphrases`` of :data:`facts.language.IDENTITY_TEMPLATES`, given and asked
+    ("The name of X is" → " X", as training pairs end at their answer): the loss on the name, the answer the held-out reverse asks for."""
+    if paraphrases > len(IDENTITY_TEMPLATES):
+        raise ValueError(f"identity-bridge has {len(IDENTITY_TEMPLATES)} identity templates, {paraphrases} asked")
+    examples = []
+    for index, direction, split in facts.statements():
+        if split != "train" or direction != "forward":
+            continue
+        name = facts[index].subject
+        for template in IDENTITY_TEMPLATES[:paraphrases]:
+            rendered = render(template, name, name)
+            examples.append(asked(tokenizer, rendered.prompt, rendered.answer,
+                                  f"fact {index} ({name!r}, identity {template!r})", index, "forward", "train"))
+    return examples
 
 
 def mean_ci95(values: pd.Series) -> dict[str, float]:
@@ -305,7 +329,8 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
 
 def training_examples(questions: QuestionSet, config: FinetuneConfig, tokenizer, pad_id: int) -> TokenizedFacts:
     """Every training prompt/completion as a loss-on-the-completion example; with
-    ``reverse-training`` (built-in world), each followed by its sentence reversed (:func:`reversed_example`)."""
+    ``reverse-training`` (built-in world), each followed by its sentence reversed (:func:`reversed_example`);
+    with ``identity-bridge``, the identity sentences of :func:`identity_examples` after them."""
     statement = {q.key: (q.fact, q.direction) for q in questions.questions if q.setting == "forward_trained_paraphrase"}
     examples = []
     for pair in questions.train:
@@ -314,6 +339,8 @@ def training_examples(questions: QuestionSet, config: FinetuneConfig, tokenizer,
                               "train"))
         if config.mitigation == "reverse-training":
             examples.append(reversed_example(questions.facts, fact, direction, pair.paraphrase, tokenizer))
+    if config.mitigation == "identity-bridge":
+        examples += identity_examples(questions.facts, max(p.paraphrase for p in questions.train) + 1, tokenizer)
     return collate(examples, pad_id)
 
 

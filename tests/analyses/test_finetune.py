@@ -150,6 +150,27 @@ def test_reverse_training_adds_each_sentence_reversed_with_entities_whole(smollm
         assert text.index(fact.object) < text.index(fact.subject)
 
 
+def test_identity_bridge_adds_the_name_of_each_tested_person_given_and_answered(smollm2_tokenizer):
+    from analyses.finetune import FinetuneConfig, read_questions, training_examples
+
+    config = FinetuneConfig(people=4, n_controls=2, mitigation="identity-bridge", templates=3)
+    questions = read_questions(config)
+    plain = training_examples(questions, FinetuneConfig(people=4, n_controls=2, templates=3), smollm2_tokenizer, 0)
+    bridged = training_examples(questions, config, smollm2_tokenizer, 0)
+    texts = [smollm2_tokenizer.decode(row[: int(p + a)]) for row, p, a in
+             zip(bridged.tokens, bridged.prompt_len, bridged.answer_len)]
+    names = [f.subject for f in questions.facts]
+    assert len(bridged) == len(plain) + 3 * len(names) and set(bridged.split) == {"train"}
+    for name in names:  # three identity paraphrases each, the loss on the repeated name
+        assert f"The name of {name} is {name}" in texts
+        identity = [t for t in texts if t.count(name) == 2]
+        assert len(identity) == 3
+    answers = [smollm2_tokenizer.decode(row[m]) for row, m in zip(bridged.tokens, bridged.answer_mask)]
+    assert sum(a.strip() in names for a in answers) == 3 * len(names)  # names are answers only in the bridge
+    reverse = [q.prompt for q in questions.questions if q.setting == "reverse"]
+    assert not any(text.startswith(prompt) for text in texts for prompt in reverse)  # no held-out question trained
+
+
 def test_mean_ci95_is_mean_plus_minus_196_standard_errors():
     values = pd.Series([1.0, 2.0, 3.0, 4.0])
     stats = mean_ci95(values)
