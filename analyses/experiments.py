@@ -91,7 +91,8 @@ def _reversal(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, 
         steps=getattr(args, "steps", defaults.steps), lr=getattr(args, "lr", defaults.lr),
         batch_size=getattr(args, "batch_size", defaults.batch_size),
         eval_every=getattr(args, "eval_every", defaults.eval_every), device=getattr(args, "device", None),
-        checkpoint_every=getattr(args, "checkpoint_every", None))
+        checkpoint_every=getattr(args, "checkpoint_every", None), layers=getattr(args, "layers", None),
+        loss=getattr(args, "loss", defaults.loss), freeze_embeddings=bool(getattr(args, "freeze_embeddings", False)))
     return reproduce_reversal(out, config, progress=progress, resume=bool(getattr(args, "resume", False)))
 
 
@@ -107,7 +108,10 @@ def _bilinear(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, 
 def _chain(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
     from analyses import paper
 
-    return paper.reproduce_chain(out, paper.ChainConfig(seed=args.seed), progress)
+    defaults = paper.ChainConfig()
+    return paper.reproduce_chain(out, paper.ChainConfig(
+        seed=args.seed, n_triples=getattr(args, "triples", defaults.n_triples),
+        n_heldout=getattr(args, "heldout", None), related=bool(getattr(args, "related", False))), progress)
 
 
 def _in_context(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
@@ -180,6 +184,12 @@ REVERSAL_OPTIONS = (
     Option("--checkpoint-every", {**_N, "default": None,
                                   "help": "also checkpoint every N steps, so a killed run resumes from there"}),
     Option("--resume", {"action": "store_true", "help": "continue from OUT/checkpoints"}),
+    Option("--layers", {**_N, "default": None, "help": "model depth in place of the config's (Zhu et al.'s --n_layers)"}),
+    Option("--loss", {"choices": ("answer", "sequence"), "default": "answer",
+                      "help": "answer: loss on the answer entity (default); sequence: on every token after the first "
+                              "(Zhu et al.'s --loss_whole_sequence)"}),
+    Option("--freeze-embeddings", {"action": "store_true",
+                                   "help": "token and position embeddings frozen at init (Zhu et al.'s --freeze_wte_wpe)"}),
 )
 FINETUNED_OPTION = Option("--finetuned", {
     "type": Path, "nargs": "+", "default": [], "metavar": "DIR",
@@ -204,7 +214,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                    Option("--lr", {"type": float, "default": 100.0,
                                    "help": "gradient-descent step size (default 100)"}))),
     _reproduce("chain", "chain-of-thought intransitivity: A→B, B→C trained, A⇝C held out", "analyses.paper:format_chain",
-               ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "two_step_accuracy"), _chain),
+               ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "two_step_accuracy"), _chain, (
+                   Option("--triples", {**_N, "default": 200, "help": "(x, y, z) triples (default 200)"}),
+                   Option("--heldout", {**_N, "default": None,
+                                        "help": "triples with x ⇝ z held out (default 30%%); the rest train it"}),
+                   Option("--related", {"action": "store_true",
+                                        "help": "Zhu et al.'s related tokens: two-token entities, the first fixed "
+                                                "per kind"}))),
     _reproduce("in-context", "reversal with the fact in the prompt (no curse), against a one-partner control",
                "analyses.paper:format_in_context",
                ("train_prob", "heldout_reverse_accuracy", "control.heldout_reverse_accuracy"), _in_context),
@@ -227,6 +243,17 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                _module_runner("analyses.identity_bridge:run_from_args"), (
                    Option("--n-seeds", {**_N, "default": 3, "help": "seeds SEED … SEED+N−1 (default 3)"}),
                    Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"})), in_all=False),
+    _reproduce("zhu-settings", "Zhu et al.'s other flags on the reversal run: loss on the whole sequence, frozen "
+               "embeddings, depth 1/2/4/8", "analyses.zhu_settings:format_zhu_settings",
+               ("settings.*.heldout_reverse_logprob", "settings.*.ov_z_heldout"),
+               _module_runner("analyses.zhu_settings:run_from_args"), (
+                   Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"}),
+                   Option("--depths", {**_N, "nargs": "+", "default": [1, 2, 4, 8]})), in_all=False),
+    _reproduce("chain-sizes", "Zhu et al.'s related-token chain over num_train 10…500: held-out x ⇝ z and OV Y[x,z]",
+               "analyses.chain_sizes:format_chain_sizes", ("sizes.*.heldout_logprob", "sizes.*.ov_z_heldout"),
+               _module_runner("analyses.chain_sizes:run_from_args"), (
+                   Option("--steps", {**_N, "default": 60, "help": "training steps (default 60)"}),
+                   Option("--sizes", {**_N, "nargs": "+", "default": [10, 20, 50, 100, 200, 500]})), in_all=False),
     Experiment("finetune-facts", ("finetune-facts",),
                "fine-tune a pretrained LLM on fictitious people or your own facts, test both ways",
                "analyses.finetune:format_summary", ("groups.*.*.after.margin.mean", "groups.*.*.after.top1")),
