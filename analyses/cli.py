@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="bidirectional: as many people again trained both ways; reverse-training: every "
                                "sentence also with its words reversed, entities kept whole; identity-bridge: "
                                "'The name of X is X' per person and paraphrase (default none)")
+    finetune.add_argument("--groups", nargs="+", choices=("p2d", "d2p", "both"), default=None, metavar="GROUP",
+                          help="built-in world: Berglund et al.'s fact groups to train (p2d d2p both: their experiment-1 "
+                               "grid; default p2d)")
     finetune.add_argument("--seed", type=_seed, default=0)
     finetune.add_argument("--tracing-facts", type=int, default=None, metavar="N",
                           help="facts traced before and after, with the weight change read at the entities "
@@ -275,6 +278,7 @@ def _finetune_config(args: argparse.Namespace):
                    lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                    lora_targets=None if args.lora_targets is None else tuple(args.lora_targets),
                    mitigation=args.mitigation, seed=args.seed,
+                   groups=None if args.groups is None else tuple(args.groups),
                    facts=None if args.facts is None else str(args.facts),
                    templates_file=None if args.templates_file is None else str(args.templates_file),
                    device=args.device, **{name: value for name, value in given.items() if value is not None})
