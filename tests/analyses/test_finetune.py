@@ -269,7 +269,7 @@ def test_reproduce_mitigations_tables_and_draws_the_fine_tuned_rows_beside_the_t
     summary = reproduce_mitigations(tmp_path / "m", config, progress=False, finetuned=[out, bidirectional_run])
     table = pd.read_csv(tmp_path / "m" / "mitigations.csv")
     fine_tuned = table[table.model == "smollm2-135m (fine-tuned)"]
-    assert len(table) == 7 + 5 and len(fine_tuned) == 5  # baseline 2 + augmentation 3
+    assert len(table) == 8 + 5 and len(fine_tuned) == 5  # baseline 2 + augmentation 3
     assert fine_tuned.chance_logprob.isna().all() and table[table.model == "one-layer"].chance_logprob.notna().all()
     assert summary["finetuned"] == [str(out), str(bidirectional_run)]
     text = format_mitigations(summary)
