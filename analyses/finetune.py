@@ -488,7 +488,7 @@ def _berglund_file_text(name: str, entry: dict[str, Any]) -> str:
     after, before = entry["after"], entry["before"]
     if "top1" in after:
         return f"{name} top-1 {after['top1']:.2f} ({before['top1']:.2f}), n {entry['n']}"
-    return (f"{name} right name likelier than the randomized one {after['beats_randomized']:.2f} "
+    return (f"{name} right answer likelier than the randomized one {after['beats_randomized']:.2f} "
             f"({before['beats_randomized']:.2f}), n {entry['n']}")
 
 

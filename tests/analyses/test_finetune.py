@@ -328,7 +328,7 @@ def test_berglund_files_grid_reads_each_test_file_from_its_questions(berglund_ru
         randomized = files["p2d_reverse_prompts_test_randomized.jsonl"]
         assert randomized["n"] == 9 and randomized[stage]["beats_randomized"] == pytest.approx(
             (reverse.logprob > reverse.randomized_logprob).mean())
-    assert "p2d_reverse_prompts_test_randomized.jsonl right name likelier than the randomized one" in format_summary(summary)
+    assert "p2d_reverse_prompts_test_randomized.jsonl right answer likelier than the randomized one" in format_summary(summary)
 
 
 def test_builtin_world_trains_berglunds_three_groups_when_asked():
