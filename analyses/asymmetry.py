@@ -76,6 +76,30 @@ ranked first of K+1, with its 95% interval): a small model restates the question
 answering, so its greedy exact match (kept as a second column) is 0 where it does know the
 answer. Only the direction and size of the gap compare."""
 
+PUBLISHED_WIN_RATE = {
+    "LLaMA-7b": 0.78, "LLaMA-30b": 0.97, "LLaMA-65b": 0.92, "davinci": 0.52,
+    "source": "Berglund et al. 2023, 'The Reversal Curse' (arXiv 2309.12288), experiment 2: share of celebrity "
+              "pairs with log P(parent | child) > log P(child | parent), per model, computed from the authors' "
+              "published per-model result CSVs (figures as given to this project, not recomputed here)",
+}
+"""The published log-probability win rates, printed beside ours (:func:`logprob_win_rate`). Their
+prompts are their own completions, ours the questions of ``templates``: the rates compare in
+direction (> 0.5: the parent is the likelier answer), not to the digit."""
+
+
+def logprob_win_rate(table: pd.DataFrame) -> dict[str, Any]:
+    """Share of pairs asked both ways with log p(parent | child prompt) > log p(child | parent prompt),
+    with its 95% interval; the same on the pairs whose last names differ. Pairs asked one way (a
+    parent's later children) are left out."""
+    both = table[table.child_to_parent_logprob.notna() & table.parent_to_child_logprob.notna()]
+
+    def rate(part: pd.DataFrame) -> dict[str, Any]:
+        wins = (part.child_to_parent_logprob.astype(float) > part.parent_to_child_logprob.astype(float)).astype(float)
+        return {"n": int(len(part)), "rate": float(wins.mean()) if len(part) else float("nan"),
+                "ci95": ci95_half_width(wins)}
+
+    return {**rate(both), "different_last_name": rate(both[~both.same_last_name.astype(bool)])}
+
 
 # --- the celebrity table ------------------------------------------------------------------------
 
@@ -288,6 +312,8 @@ def check_asymmetry(
                     f"(top1_rate_ci95: its 95% interval; chance {1 / (n_controls + 1):.3f}), beside the published "
                     "accuracy; accuracy (greedy exact match) is the second column",
         "published": PUBLISHED,
+        "logprob_win_rate": logprob_win_rate(table),
+        "published_win_rate": PUBLISHED_WIN_RATE,
         "seconds": time.perf_counter() - began,
         "load_seconds": loaded - began,
         "scoring_seconds": scored - loaded,
@@ -387,6 +413,18 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(row_text(DIRECTION_LABELS[name], row["different_last_name"], ""))
     lines += [
         f"  {'chance':16s}{'':6s}{1 / (k + 1):17.3f}{'':12s}{'':8s}{(k + 2) / 2:11.2f}{0.0:8.2f}",
+    ]
+    if "logprob_win_rate" in summary:
+        win, theirs = summary["logprob_win_rate"], summary["published_win_rate"]
+        published = ", ".join(f"{name} {value:.2f}" for name, value in theirs.items() if name != "source")
+        lines += [
+            "",
+            f"log p(parent | child) > log p(child | parent): {win['rate']:.3f} ± {win['ci95']:.3f} of {win['n']} pairs "
+            f"asked both ways ({win['different_last_name']['rate']:.3f} of {win['different_last_name']['n']} with "
+            f"different last names); published: {published}",
+            f"  ({theirs['source']})",
+        ]
+    lines += [
         "",
         f"{summary['answers_scored']} answers scored in {summary['scoring_seconds']:.0f} s "
         f"({summary['answers_per_second']:.1f}/s); {summary['seconds']:.0f} s in all with loading",

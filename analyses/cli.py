@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from analyses.experiments import ALL_OPTIONS, EXPERIMENTS, REPRODUCE
+from analyses.experiments import ALL_OPTIONS, EXPERIMENTS, REPRODUCE, REPRODUCE_ALL
 from analyses.experiments import positive_int as _positive_int
 from analyses.experiments import seed as _seed
 
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in REPRODUCE + ("all",):
         experiment = EXPERIMENTS.get(name)
         writer = experiments.add_parser(name, help=experiment.help if experiment else
-                                        "every experiment above, into OUT/<name>/")
+                                        "every experiment above but " + ", ".join(
+                                            n for n in REPRODUCE if n not in REPRODUCE_ALL) + ", into OUT/<name>/")
         writers.append(writer)
         writer.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
         writer.add_argument("--seed", type=_seed, default=0)
@@ -112,9 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--lora-targets", nargs="+", default=None, metavar="NAME",
                           help="block linear layers to adapt, e.g. q_proj v_proj (default: all of them)")
     finetune.add_argument("--controls", type=_positive_int, default=None, help="random answers per question")
-    finetune.add_argument("--mitigation", choices=("none", "bidirectional", "reverse-training"), default="none",
+    finetune.add_argument("--mitigation", choices=("none", "bidirectional", "reverse-training", "identity-bridge"),
+                          default="none",
                           help="bidirectional: as many people again trained both ways; reverse-training: every "
-                               "sentence also with its words reversed, entities kept whole (default none)")
+                               "sentence also with its words reversed, entities kept whole; identity-bridge: "
+                               "'The name of X is X' per person and paraphrase (default none)")
+    finetune.add_argument("--groups", nargs="+", choices=("p2d", "d2p", "both"), default=None, metavar="GROUP",
+                          help="built-in world: Berglund et al.'s fact groups to train (p2d d2p both: their experiment-1 "
+                               "grid; default p2d)")
     finetune.add_argument("--seed", type=_seed, default=0)
     finetune.add_argument("--tracing-facts", type=int, default=None, metavar="N",
                           help="facts traced before and after, with the weight change read at the entities "
@@ -272,6 +278,7 @@ def _finetune_config(args: argparse.Namespace):
                    lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                    lora_targets=None if args.lora_targets is None else tuple(args.lora_targets),
                    mitigation=args.mitigation, seed=args.seed,
+                   groups=None if args.groups is None else tuple(args.groups),
                    facts=None if args.facts is None else str(args.facts),
                    templates_file=None if args.templates_file is None else str(args.templates_file),
                    device=args.device, **{name: value for name, value in given.items() if value is not None})
@@ -387,7 +394,7 @@ def _reproduce_all_seeds(args: argparse.Namespace) -> int:
         raise ValueError("--finetuned with --seeds: give one folder (it joins every seed's mitigations table)")
     resources = sweeps.Resources()
     plans = {name: sweeps.make_sweep(name, f"0-{args.seeds - 1}", [f"finetuned={args.finetuned[0]}"]
-                                     if name == "mitigations" and args.finetuned else []) for name in REPRODUCE}
+                                     if name == "mitigations" and args.finetuned else []) for name in REPRODUCE_ALL}
     failed = []
     with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources):
         for name, plan in plans.items():
@@ -410,7 +417,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if getattr(args, "seeds", None):
         return _reproduce_all_seeds(args)
-    chosen = list(REPRODUCE) if args.experiment == "all" else [args.experiment]
+    chosen = list(REPRODUCE_ALL) if args.experiment == "all" else [args.experiment]
     began = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if args.experiment == "all":

@@ -14,8 +14,9 @@ facts (one direction trained, the other held out), so both directions come from 
   ``most_asymmetric_circuit`` over all circuits (direct path, OV, QK, Θ).
 
 Rows: the bilinear model (Θ only, d = 512), the one-layer attention-only transformer (the
-theory's model), the tiny 2-layer transformer, all trained here on the same reversal world,
-and optionally a fine-tuned pretrained LLM read from a ``revlens finetune-facts`` folder.
+theory's model), the tiny 2-layer transformer, the one-layer transformer with the Identity Bridge
+added (Ma et al. 2026; its answers and circuits read on the world's own statements), all trained
+here on the same reversal world, and optionally a fine-tuned pretrained LLM read from a ``revlens finetune-facts`` folder.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ THEORY = {
                  "is trained, Y[B,A] stays flat: reverse at (or below) chance, large OV asymmetry",
     "tiny": "no theorem past one layer; the paper's multi-layer runs show the same curse: reverse at chance. "
             "First-order OV circuits read only the embedding path, so asymmetry shows but is smaller",
+    "identity-bridge": "Ma et al. 2026 (Identity Bridge, arXiv 2602.02470): the one-layer model trained with 'A r A' "
+                       "added for every entity breaks the curse (gradient descent's implicit bias puts both members "
+                       "of a pair in one OV direction): reverse above chance, Y[B,A] grown without B → A trained",
     "finetuned": "theory does not cover pretrained LLMs; Berglund et al. see the reverse at chance after "
                  "one-way fine-tuning (margin ≈ 0). The lookup may live in MLPs, so entity-level OV "
                  "asymmetry may be weak",
@@ -224,25 +228,32 @@ def _bilinear_tables(world: FactSet, vocab: TokenVocab, config: CompareConfig, o
 
 
 def token_world_rows(out: Path, config: CompareConfig, progress: bool) -> list[dict[str, Any]]:
-    """Train the bilinear, one-layer and tiny models on one reversal world; one row each.
+    """Train the bilinear, one-layer and tiny models on one reversal world, and the one-layer model
+    again with the Identity Bridge added (:func:`analyses.mitigations.identity_statements`; measured
+    on the same world's statements); one row each.
 
     Each model's folder ``out/<kind>/`` gets its facts, checkpoints, ``logits.csv`` and
     ``circuits.csv`` (the same files ``revlens probe`` writes).
     """
     vocab = TokenVocab()
     world = reversal_world(n_pairs=config.n_pairs, seed=config.seed, vocab=vocab)
+    from analyses.mitigations import identity_statements
+
+    bridged = FactSet(world.facts + identity_statements(world), world=f"{world.world} + identity bridge",
+                      meta=world.meta)
     rows = []
-    for kind in ("bilinear", "one-layer", "tiny"):
+    for kind in ("bilinear", "one-layer", "tiny", "identity-bridge"):
         folder = out / kind
         folder.mkdir(parents=True, exist_ok=True)
         if kind == "bilinear":
             answers, circuits = _bilinear_tables(world, vocab, config, folder, progress)
             name = f"bilinear Θ (d = {config.bilinear_d})"
         else:
-            run = RunConfig(model=kind, seed=config.seed, steps=config.steps, eval_every=config.steps)
-            model, _ = train_run(world, vocab, run, folder, progress)
+            model_name = "one-layer" if kind == "identity-bridge" else kind
+            run = RunConfig(model=model_name, seed=config.seed, steps=config.steps, eval_every=config.steps)
+            model, _ = train_run(bridged if kind == "identity-bridge" else world, vocab, run, folder, progress)
             answers, circuits = answer_table(model, world, vocab), circuit_table(model, world, vocab.entity_ids)
-            name = f"{kind} transformer"
+            name = "one-layer + identity bridge" if kind == "identity-bridge" else f"{kind} transformer"
         write_csv(answers, folder / "logits.csv")
         write_csv(circuits, folder / "circuits.csv")
         rows.append(model_row(name, kind, answers, circuits))

@@ -60,7 +60,8 @@ class Experiment:
     parsed command line); ``formatter`` is ``"module:function"`` of ``summary → text``;
     ``headline`` are dotted keys of the summary (nested dicts joined by ``.``; ``fnmatch`` patterns
     allowed; empty: every number); ``resumable``:
-    the command takes ``--resume`` and continues from its folder's checkpoints.
+    the command takes ``--resume`` and continues from its folder's checkpoints; ``in_all``: ``reproduce
+    all`` runs it (False for experiments that would take that command past its time budget).
     """
 
     name: str
@@ -71,6 +72,7 @@ class Experiment:
     options: tuple[Option, ...] = ()
     run: Callable[[Path, argparse.Namespace, bool], dict[str, Any]] | None = None
     resumable: bool = False
+    in_all: bool = True
 
     def format(self, summary: dict[str, Any]) -> str:
         module, name = self.formatter.split(":")
@@ -89,7 +91,8 @@ def _reversal(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, 
         steps=getattr(args, "steps", defaults.steps), lr=getattr(args, "lr", defaults.lr),
         batch_size=getattr(args, "batch_size", defaults.batch_size),
         eval_every=getattr(args, "eval_every", defaults.eval_every), device=getattr(args, "device", None),
-        checkpoint_every=getattr(args, "checkpoint_every", None))
+        checkpoint_every=getattr(args, "checkpoint_every", None), layers=getattr(args, "layers", None),
+        loss=getattr(args, "loss", defaults.loss), freeze_embeddings=bool(getattr(args, "freeze_embeddings", False)))
     return reproduce_reversal(out, config, progress=progress, resume=bool(getattr(args, "resume", False)))
 
 
@@ -105,7 +108,10 @@ def _bilinear(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, 
 def _chain(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
     from analyses import paper
 
-    return paper.reproduce_chain(out, paper.ChainConfig(seed=args.seed), progress)
+    defaults = paper.ChainConfig()
+    return paper.reproduce_chain(out, paper.ChainConfig(
+        seed=args.seed, n_triples=getattr(args, "triples", defaults.n_triples),
+        n_heldout=getattr(args, "heldout", None), related=bool(getattr(args, "related", False))), progress)
 
 
 def _in_context(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
@@ -151,6 +157,17 @@ def _mitigations(out: Path, args: argparse.Namespace, progress: bool) -> dict[st
     return mitigations.reproduce_mitigations(out, config, progress, getattr(args, "finetuned", None) or [])
 
 
+def _module_runner(target: str) -> Callable[[Path, argparse.Namespace, bool], dict[str, Any]]:
+    """The runner ``run(out, args, progress)`` of ``"module:function"``, imported when called
+    (an experiment kept in its own module brings its runner along)."""
+    module, name = target.split(":")
+
+    def run(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
+        return getattr(import_module(module), name)(out, args, progress)
+
+    return run
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 _N = {"type": positive_int}
@@ -167,6 +184,12 @@ REVERSAL_OPTIONS = (
     Option("--checkpoint-every", {**_N, "default": None,
                                   "help": "also checkpoint every N steps, so a killed run resumes from there"}),
     Option("--resume", {"action": "store_true", "help": "continue from OUT/checkpoints"}),
+    Option("--layers", {**_N, "default": None, "help": "model depth in place of the config's (Zhu et al.'s --n_layers)"}),
+    Option("--loss", {"choices": ("answer", "sequence"), "default": "answer",
+                      "help": "answer: loss on the answer entity (default); sequence: on every token after the first "
+                              "(Zhu et al.'s --loss_whole_sequence)"}),
+    Option("--freeze-embeddings", {"action": "store_true",
+                                   "help": "token and position embeddings frozen at init (Zhu et al.'s --freeze_wte_wpe)"}),
 )
 FINETUNED_OPTION = Option("--finetuned", {
     "type": Path, "nargs": "+", "default": [], "metavar": "DIR",
@@ -177,8 +200,8 @@ REVERSAL_HEADLINE = ("train_prob", "train_accuracy", "heldout_reverse_logprob", 
 
 
 def _reproduce(name: str, help_text: str, formatter: str, headline: tuple[str, ...], run,
-               options: tuple[Option, ...] = (), resumable: bool = False) -> Experiment:
-    return Experiment(name, ("reproduce", name), help_text, formatter, headline, options, run, resumable)
+               options: tuple[Option, ...] = (), resumable: bool = False, in_all: bool = True) -> Experiment:
+    return Experiment(name, ("reproduce", name), help_text, formatter, headline, options, run, resumable, in_all)
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
@@ -191,7 +214,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                    Option("--lr", {"type": float, "default": 100.0,
                                    "help": "gradient-descent step size (default 100)"}))),
     _reproduce("chain", "chain-of-thought intransitivity: A→B, B→C trained, A⇝C held out", "analyses.paper:format_chain",
-               ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "two_step_accuracy"), _chain),
+               ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "two_step_accuracy"), _chain, (
+                   Option("--triples", {**_N, "default": 200, "help": "(x, y, z) triples (default 200)"}),
+                   Option("--heldout", {**_N, "default": None,
+                                        "help": "triples with x ⇝ z held out (default 30%%); the rest train it"}),
+                   Option("--related", {"action": "store_true",
+                                        "help": "Zhu et al.'s related tokens: two-token entities, the first fixed "
+                                                "per kind"}))),
     _reproduce("in-context", "reversal with the fact in the prompt (no curse), against a one-partner control",
                "analyses.paper:format_in_context",
                ("train_prob", "heldout_reverse_accuracy", "control.heldout_reverse_accuracy"), _in_context),
@@ -208,6 +237,23 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce("mitigations", "augmentation, reverse training and in-context restatement against the baseline",
                "analyses.mitigations:format_mitigations",
                ("rows.*.heldout_accuracy",), _mitigations, (FINETUNED_OPTION,)),
+    _reproduce("identity-bridge", "Ma et al. 2026's Identity Bridge ('A → A' added): held-out reverse and OV Y[B,A] "
+               "with vs without, one-layer and tiny, over seeds", "analyses.identity_bridge:format_identity_bridge",
+               ("by_model.*.*.heldout_accuracy.mean", "by_model.*.*.z_heldout.mean"),
+               _module_runner("analyses.identity_bridge:run_from_args"), (
+                   Option("--n-seeds", {**_N, "default": 3, "help": "seeds SEED … SEED+N−1 (default 3)"}),
+                   Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"})), in_all=False),
+    _reproduce("zhu-settings", "Zhu et al.'s other flags on the reversal run: loss on the whole sequence, frozen "
+               "embeddings, depth 1/2/4/8", "analyses.zhu_settings:format_zhu_settings",
+               ("settings.*.heldout_reverse_logprob", "settings.*.ov_z_heldout"),
+               _module_runner("analyses.zhu_settings:run_from_args"), (
+                   Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"}),
+                   Option("--depths", {**_N, "nargs": "+", "default": [1, 2, 4, 8]})), in_all=False),
+    _reproduce("chain-sizes", "Zhu et al.'s related-token chain over num_train 10…500: held-out x ⇝ z and OV Y[x,z]",
+               "analyses.chain_sizes:format_chain_sizes", ("sizes.*.heldout_logprob", "sizes.*.ov_z_heldout"),
+               _module_runner("analyses.chain_sizes:run_from_args"), (
+                   Option("--steps", {**_N, "default": 60, "help": "training steps (default 60)"}),
+                   Option("--sizes", {**_N, "nargs": "+", "default": [10, 20, 50, 100, 200, 500]})), in_all=False),
     Experiment("finetune-facts", ("finetune-facts",),
                "fine-tune a pretrained LLM on fictitious people or your own facts, test both ways",
                "analyses.finetune:format_summary", ("groups.*.*.after.margin.mean", "groups.*.*.after.top1")),
@@ -215,6 +261,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
 """Every experiment a run folder holds, by the name its ``summary.json`` gives."""
 
 REPRODUCE = tuple(name for name, e in EXPERIMENTS.items() if e.command[0] == "reproduce")
+REPRODUCE_ALL = tuple(name for name in REPRODUCE if EXPERIMENTS[name].in_all)
+"""What ``reproduce all`` runs: every reproduce experiment that fits its time budget (benchmarks/README.md)."""
 ALL_OPTIONS = (FINETUNED_OPTION, Option("--seeds", {
     **_N, "default": None, "metavar": "N",
     "help": "run each experiment for seeds 0 … N−1 as a sweep on Ray (OUT/<name>/trials/seed=S/) and report every "

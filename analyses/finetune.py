@@ -27,7 +27,9 @@ circuits. ``lora_rank`` trains LoRA adapters instead, merged into the weights be
 Mitigations (``mitigation=``): the in-context setting above is in-context restatement;
 ``"bidirectional"`` also trains a second group of people both ways and asks whether that
 teaches the model to reverse the p2d group's one-way facts; ``"reverse-training"`` adds each
-training sentence with its words reversed, entities kept whole (:data:`MITIGATIONS`).
+training sentence with its words reversed, entities kept whole; ``"identity-bridge"`` (Ma et al.
+2026) adds, per tested person and training paraphrase, an identity sentence "The name of X is X"
+(:data:`facts.language.IDENTITY_TEMPLATES`), loss on the repeated name (:data:`MITIGATIONS`).
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ import pandas as pd
 from analyses.reproduce import _write_history, _write_json, write_csv
 from analyses.stats import ci95_half_width
 from facts.io import save_jsonl
-from facts.language import (TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix, encode_pair,
-                            people_world, render_statement)
+from facts.language import (IDENTITY_TEMPLATES, TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix,
+                            encode_pair, people_world, render, render_statement)
+from facts.berglund import GROUPS, experiment_files
 from facts.questions import SETTINGS, QuestionSet, load_templates, questions_from_facts
 from facts.schema import FactError, FactSet
 from facts.tokens import Example, TokenizedFacts, collate
@@ -58,13 +61,17 @@ MITIGATIONS = {
     "none": (TESTED,),
     "bidirectional": (TESTED, "both"),
     "reverse-training": (TESTED,),
+    "identity-bridge": (TESTED,),
 }
 """Fact groups trained per mitigation. ``bidirectional`` adds as many people again whose facts are
 trained both ways (name → description and description → name, Berglund et al.'s "both" group):
 does seeing other facts in both directions teach the model to reverse the one-way ones? The
 tested facts are always the p2d group's. ``reverse-training`` adds every training sentence once more
 with its words reversed and the name and description kept whole (:func:`reverse_words`), so the
-name follows the description in some text the model reads, though never in a question."""
+name follows the description in some text the model reads, though never in a question.
+``identity-bridge`` adds "The name of X is X" for every tested person X (:func:`identity_examples`): the
+name, the answer of the held-out question, is trained as an answer given itself, nothing of the
+reverse fact is."""
 DEFAULT_PARAPHRASES = 2
 """Training paraphrases per fact of the built-in world unless ``templates`` says otherwise."""
 
@@ -102,6 +109,9 @@ class FinetuneConfig:
     device: str | None = None
     tracing_facts: int = 2
     """Facts of the tested group traced before and after (:mod:`analyses.finetune_tracing`); 0: none."""
+    groups: tuple[str, ...] | None = None
+    """Berglund et al.'s groups of the built-in people world to train (``p2d``, ``d2p``, ``both``: all
+    three is their experiment-1 grid); None: the mitigation's (:data:`MITIGATIONS`, p2d alone by default)."""
 
     def __post_init__(self) -> None:
         if self.mitigation not in MITIGATIONS:
@@ -123,6 +133,12 @@ class FinetuneConfig:
             raise ValueError("lora_alpha and lora_targets need lora_rank")
         if self.facts is not None and self.mitigation != "none":
             raise ValueError(f"mitigation {self.mitigation!r} builds on the built-in people world; not with facts")
+        if self.groups is not None:
+            if self.facts is not None or self.mitigation != "none":
+                raise ValueError("groups choose the built-in world's fact groups: not with facts or a mitigation "
+                                 "(a Berglund folder brings its own groups)")
+            if not self.groups or len(set(self.groups)) != len(self.groups) or not set(self.groups) <= set(GROUPS):
+                raise ValueError(f"groups must be distinct names from {list(GROUPS)}, got {list(self.groups)}")
         if self.facts is None:
             if self.templates is not None and self.templates > len(TRAIN_TEMPLATES["p2d"]):
                 raise ValueError(f"templates must be 1…{len(TRAIN_TEMPLATES['p2d'])}, got {self.templates}")
@@ -174,6 +190,24 @@ def reversed_example(facts: FactSet, index: int, direction: str, template: int, 
     return asked(tokenizer, first, " " + rest, label, index, direction, "train")
 
 
+def identity_examples(facts: FactSet, paraphrases: int, tokenizer) -> list[Example]:
+    """The Identity Bridge for the people world: for every trained name → description fact, its
+    name in the first ``paraphrases`` of :data:`facts.language.IDENTITY_TEMPLATES`, given and asked
+    ("The name of X is" → " X", as training pairs end at their answer): the loss on the name, the answer the held-out reverse asks for."""
+    if paraphrases > len(IDENTITY_TEMPLATES):
+        raise ValueError(f"identity-bridge has {len(IDENTITY_TEMPLATES)} identity templates, {paraphrases} asked")
+    examples = []
+    for index, direction, split in facts.statements():
+        if split != "train" or direction != "forward":
+            continue
+        name = facts[index].subject
+        for template in IDENTITY_TEMPLATES[:paraphrases]:
+            rendered = render(template, name, name)
+            examples.append(asked(tokenizer, rendered.prompt, rendered.answer,
+                                  f"fact {index} ({name!r}, identity {template!r})", index, "forward", "train"))
+    return examples
+
+
 def mean_ci95(values: pd.Series) -> dict[str, float]:
     """Mean and normal-approximation 95% interval, mean ± 1.96·sd/√n."""
     mean, half = float(values.mean()), ci95_half_width(values)
@@ -193,7 +227,8 @@ def read_questions(config: FinetuneConfig) -> QuestionSet:
         return source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, paraphrases)
     train_templates, test_templates = ((TRAIN_TEMPLATES, TEST_TEMPLATES) if config.templates_file is None
                                        else load_templates(config.templates_file))
-    facts = people_world(n_per_group=config.people, seed=config.seed, groups=MITIGATIONS[config.mitigation])
+    facts = people_world(n_per_group=config.people, seed=config.seed,
+                         groups=config.groups or MITIGATIONS[config.mitigation])
     return questions_from_facts(facts, train_templates, test_templates, paraphrases)
 
 
@@ -239,6 +274,7 @@ def evaluate_questions(model, questions: QuestionSet, tokenizer, controls: Seque
                 "direction": question.direction, "split": question.split, "trained": question.split == "train",
                 "answer": question.completion.strip(), "logprob": logprob, "prob": math.exp(logprob),
                 "correct": bool(scores.correct[position, 0]), "control_logprob": others.mean().item(),
+                "randomized_logprob": others[0].item() if question.extra_controls else math.nan,
                 "margin": logprob - others.mean().item(), "top1": bool((others < logprob).all()),
                 "rank": int((others > logprob).sum()) + 1, "n_candidates": width, "chance_logprob": math.nan,
                 "source": question.source,
@@ -300,12 +336,48 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
         findings["in_context_reverse_above_chance"] = tested["in_context_reverse"]["after"]["margin"]["ci95"][0] > 0
     out["tested_group"] = TESTED if TESTED in out["groups"] else next(iter(out["groups"]))
     out["findings"] = findings
+    out["berglund_files"] = berglund_files(before, after)
+    return out
+
+
+BERGLUND_SETTINGS = {"test": "forward_heldout_paraphrase", "reverse": "reverse", "randomized": "reverse"}
+"""Which questions stand for each of Berglund et al.'s experiment-1 test files (seven: three
+``*_prompts_test``, two ``*_reverse_prompts_test`` and their two ``_randomized`` twins)."""
+
+
+def berglund_files(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per test file of Berglund et al.'s experiment 1 whose group was trained: the questions that
+    stand for it (:data:`BERGLUND_SETTINGS`), exact match, top-1 and margin before and after.
+    A ``_randomized`` file holds the reverse questions with a wrong name in place of the right one;
+    its entry compares the two: the share of reverse questions whose right name is likelier than the
+    randomized one (``beats_randomized``) and the mean log p difference, on the questions that bring a
+    randomized name (a Berglund folder's; the built-in world brings none: n 0)."""
+    out = {}
+    for group in dict.fromkeys(after.group):
+        for kind, name in experiment_files(group).items():
+            if kind not in BERGLUND_SETTINGS:
+                continue
+            chosen = (after.group == group) & (after.setting == BERGLUND_SETTINGS[kind])
+            if kind != "randomized":
+                out[name] = {"group": group, "setting": BERGLUND_SETTINGS[kind], "n": int(chosen.sum()),
+                             **({stage: setting_summary(table[chosen]) for stage, table in
+                                 (("before", before), ("after", after))} if chosen.any() else {})}
+                continue
+            chosen &= after.randomized_logprob.notna()
+            entry: dict[str, Any] = {"group": group, "setting": "reverse", "n": int(chosen.sum())}
+            for stage, table in (("before", before), ("after", after)):
+                if chosen.any():
+                    difference = table.logprob[chosen] - table.randomized_logprob[chosen]
+                    entry[stage] = {"beats_randomized": float((difference > 0).mean()),
+                                    "logprob_minus_randomized": mean_ci95(difference)}
+            out[name] = entry
     return out
 
 
 def training_examples(questions: QuestionSet, config: FinetuneConfig, tokenizer, pad_id: int) -> TokenizedFacts:
     """Every training prompt/completion as a loss-on-the-completion example; with
-    ``reverse-training`` (built-in world), each followed by its sentence reversed (:func:`reversed_example`)."""
+    ``reverse-training`` (built-in world), each followed by its sentence reversed (:func:`reversed_example`);
+    with ``identity-bridge``, the identity sentences of :func:`identity_examples` after them."""
     statement = {q.key: (q.fact, q.direction) for q in questions.questions if q.setting == "forward_trained_paraphrase"}
     examples = []
     for pair in questions.train:
@@ -314,6 +386,8 @@ def training_examples(questions: QuestionSet, config: FinetuneConfig, tokenizer,
                               "train"))
         if config.mitigation == "reverse-training":
             examples.append(reversed_example(questions.facts, fact, direction, pair.paraphrase, tokenizer))
+    if config.mitigation == "identity-bridge":
+        examples += identity_examples(questions.facts, max(p.paraphrase for p in questions.train) + 1, tokenizer)
     return collate(examples, pad_id)
 
 
@@ -420,6 +494,16 @@ def _start_tracing(model, facts: FactSet | None, tokenizer, config: FinetuneConf
     return FinetuneTracing(model, facts, tokenizer, config.tracing_facts, seed=config.seed)
 
 
+def _berglund_file_text(name: str, entry: dict[str, Any]) -> str:
+    if "after" not in entry:
+        return f"{name}: no questions" + (" with a randomized name" if name.endswith("_randomized.jsonl") else "")
+    after, before = entry["after"], entry["before"]
+    if "top1" in after:
+        return f"{name} top-1 {after['top1']:.2f} ({before['top1']:.2f}), n {entry['n']}"
+    return (f"{name} right answer likelier than the randomized one {after['beats_randomized']:.2f} "
+            f"({before['beats_randomized']:.2f}), n {entry['n']}")
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A one-screen table: per group and setting, exact match, top-1 and margin before and after
     fine-tuning, and the paired margin gain with its 95% interval."""
@@ -455,6 +539,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         from analyses.finetune_tracing import format_finetune_tracing
 
         lines.append(format_finetune_tracing(summary["tracing"]))
+    files = summary.get("berglund_files", {})
+    if files:
+        lines.append("Berglund et al.'s experiment-1 test files (after; before in brackets): "
+                     + "; ".join(_berglund_file_text(name, entry) for name, entry in files.items()))
     findings = summary["findings"]
     said = {"forward_learnt": "forward learnt (≥ 90% exact match on the trained paraphrase)",
             "forward_generalises_to_heldout_paraphrases": "forward generalises to held-out paraphrases "

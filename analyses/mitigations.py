@@ -34,6 +34,11 @@ through :func:`analyses.compare.row_metrics` (the numbers ``revlens compare`` re
   learnt alone on a 100 × 10 grid of other tokens), copying is learnt over the world's own
   entities: in a design trial, the paper's grid mixed into the training data taught a copy
   circuit that answered only 28% of these questions (it copies the tokens it learnt to copy).
+* ``identity-bridge`` (Ma et al. 2026, arXiv 2602.02470): every entity also trained as its own
+  answer under the relation that answers its kind, "x ← x" and "y → y"
+  (:func:`identity_statements`); no held-out statement is trained. Measured at the defaults
+  (seed 0): held-out reverse accuracy one-layer 0.68, tiny 0.87 (baseline 0), z of Y[B,A] 2.0 and
+  0.85: the reverse read from a grown OV entry (``reproduce identity-bridge`` runs it over seeds).
 
 Rows of the table (one per model × variant × test) are :func:`mitigation_row` dicts; a
 pretrained model's run joins the same table by calling it on its own (answer, circuit) tables.
@@ -58,7 +63,7 @@ from probes.circuits import circuit_table
 from probes.logits import answer_table
 from probes.views import save_png
 
-VARIANTS = ("baseline", "augmentation", "reverse-training", "in-context")
+VARIANTS = ("baseline", "augmentation", "reverse-training", "in-context", "identity-bridge")
 DEFINITIONS = {
     "baseline": "the reversal world as is",
     "augmentation": "every other one-way pair also trained in its reverse direction; 'restated pairs' asks those "
@@ -67,6 +72,8 @@ DEFINITIONS = {
                         "the held-out 'y ← x' itself is never trained",
     "in-context": "copy sequences 'a → b <-> b ← a' with wrong partners added; the held-out reverse asked "
                   "after its trained statement, and plainly",
+    "identity-bridge": "every entity also trained as its own answer under the relation that answers its kind "
+                       "('x ← x', 'y → y'; Ma et al. 2026); no held-out statement is trained",
 }
 """One line per variant, written into summary.json (the module docstring has the full definitions)."""
 
@@ -145,6 +152,22 @@ def copy_facts(world: FactSet, partners: int, seed: int) -> tuple[Fact, ...]:
     return tuple(facts)
 
 
+def identity_statements(world: FactSet) -> tuple[Fact, ...]:
+    """The Identity Bridge (Ma et al. 2026, arXiv 2602.02470): "A r⁻ A" for every entity A.
+
+    r⁻ is the relation whose statements answer A's kind: a subject x is the answer of "y ← x",
+    so "x ← x"; an object y the answer of "x → y", so "y → y". The held-out reverse "y ← ?" asks
+    for a subject under ←, and the bridge trains exactly that relation to answer with a subject,
+    the entity itself: in a one-layer model the cheapest (lowest-norm) weights that fit both the
+    facts and the bridge put x and y in one OV direction and let the relation token pick the kind,
+    so Y[y, x] grows with Y[x, y] (module docstring of :mod:`analyses.identity_bridge`).
+    """
+    subjects = dict.fromkeys(f.subject for f in world)
+    objects = dict.fromkeys(f.object for f in world)
+    relation = {f.subject: f.inverse_relation for f in world} | {f.object: f.relation for f in world}
+    return tuple(Fact(e, relation[e], e, group="identity") for e in (*subjects, *objects))
+
+
 def make_variant(name: str, world: FactSet, copy_partners: int = 3, seed: int = 0) -> Variant:
     """The training data and tests of one variant (definitions in the module docstring)."""
     one_way = one_way_facts(world)
@@ -165,6 +188,10 @@ def make_variant(name: str, world: FactSet, copy_partners: int = 3, seed: int = 
         training = FactSet(world.facts + copy_facts(world, copy_partners, seed), world=f"{world.world} + copy",
                            meta=world.meta)
         return Variant(name, training, {"held-out reverse": plain, "held-out reverse, fact in prompt": in_prompt})
+    if name == "identity-bridge":
+        training = FactSet(world.facts + identity_statements(world), world=f"{world.world} + identity bridge",
+                           meta=world.meta)
+        return Variant(name, training, {"held-out reverse": plain})
     raise ValueError(f"unknown mitigation variant {name!r}; choose from {VARIANTS}")
 
 
@@ -200,7 +227,8 @@ def mitigation_row(model: str, variant: str, test: str, answers: pd.DataFrame, c
             "n_train_sequences": n_train_sequences, **row_metrics(answers, circuits)}
 
 
-FINETUNED_VARIANTS = {"none": "baseline", "bidirectional": "augmentation", "reverse-training": "reverse-training"}
+FINETUNED_VARIANTS = {"none": "baseline", "bidirectional": "augmentation", "reverse-training": "reverse-training",
+                      "identity-bridge": "identity-bridge"}
 """A ``revlens finetune-facts --mitigation`` run as the token world's variant of the same idea."""
 
 

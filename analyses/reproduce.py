@@ -25,12 +25,13 @@ from facts.schema import FactSet
 from facts.token_worlds import TokenVocab, reversal_world
 from facts.tokens import TokenizedFacts, tokenize
 from models.training import Callback, TrainConfig, TrainResult, train
-from models.transformer import SPECS, Positional, build_model, model_card
+from models.transformer import SPECS, Positional, build_model, freeze_embeddings, model_card
 from probes.circuits import circuit_table
 from probes.logits import answer_table, candidate_logprobs
 from probes.views import heatmap_panels, save_png
 
 PANEL_SIZE = 20
+LOSSES = ("answer", "sequence")
 EvalSets = Callable[[TokenizedFacts], dict[str, TokenizedFacts]]
 
 
@@ -48,6 +49,17 @@ class RunConfig:
     device: str | None = None
     checkpoint_every: int | None = None
     """Also checkpoint every this many steps (a killed run resumes from there); None: at the end only."""
+    layers: int | None = None
+    """The model's depth in place of its spec's (Zhu et al.'s ``--n_layers``); None: the spec's."""
+    loss: str = "answer"
+    """``"answer"``: loss on the answer entity only (Zhu et al.'s default); ``"sequence"``: on every
+    token after the first (their ``--loss_whole_sequence``)."""
+    freeze_embeddings: bool = False
+    """Token and position embeddings frozen at initialisation (their ``--freeze_wte_wpe``)."""
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
 
 
 @dataclass(frozen=True)
@@ -153,19 +165,24 @@ def train_run(
     if batch.tokens.shape[-1] > n_ctx:
         raise ValueError(f"{world.world} world (meta {world.meta}): sentences of {batch.tokens.shape[-1]} tokens do not "
                          f"fit the {config.model!r} model's context of {n_ctx}; use fewer tokens per entity (--k)")
-    model = build_model(config.model, vocab.d_vocab, config.positional, config.seed, config.device)
+    model = build_model(config.model, vocab.d_vocab, config.positional, config.seed, config.device, config.layers)
+    if config.freeze_embeddings:
+        freeze_embeddings(model)
+    train_set = batch.where(split="train")
     result = train(
         model,
-        batch.where(split="train"),
+        train_set.with_sequence_loss() if config.loss == "sequence" else train_set,
         TrainConfig(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
                     eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, seed=config.seed,
                     progress=progress),
         eval_sets=sets(batch),
         callbacks=callbacks,
         checkpoint_dir=out / "checkpoints",
-        model_card=model_card(config.model, vocab.d_vocab, config.positional, config.seed),
+        model_card=model_card(config.model, vocab.d_vocab, config.positional, config.seed, config.layers),
         resume=resume,
-        run_card={"world": world.world, "world_meta": world.meta, "world_sha256": facts_sha256(world)},
+        run_card={"world": world.world, "world_meta": world.meta, "world_sha256": facts_sha256(world),
+                  **({"loss": config.loss} if config.loss != "answer" else {}),
+                  **({"freeze_embeddings": True} if config.freeze_embeddings else {})},
     )
     save_jsonl(world, out / "facts.jsonl")
     _write_history(out / "history.jsonl", result.history)

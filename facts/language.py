@@ -136,6 +136,16 @@ TEST_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 """Held-out paraphrases, never in :data:`TRAIN_TEMPLATES`, to ask facts in unseen words."""
 
+IDENTITY_TEMPLATES: tuple[str, ...] = (
+    "The name of {given} is {answer}.",
+    "{given} goes by the name {answer}.",
+    "Everyone calls {given} by the name {answer}.",
+    "The person named {given} is {answer}.",
+    "You may have heard of {given}, whose name is {answer}.",
+)
+"""Identity Bridge sentences (Ma et al. 2026, arXiv 2602.02470: "The name of Alice is Alice"): a name
+given and the same name as the answer, one per training paraphrase."""
+
 
 def all_names() -> list[str]:
     """Every full name "first last" of the pools, in a fixed order."""

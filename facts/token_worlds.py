@@ -169,16 +169,44 @@ def reversal_world(
     return FactSet(tuple(facts), world="reversal", meta=meta)
 
 
+def related_words(n: int, generator: torch.Generator, vocab: TokenVocab) -> list[list[str]]:
+    """Three kinds of ``n`` two-token entities "K t" for :func:`chain_world`'s ``related`` option:
+    each kind's first token K is one fixed token (the kind's, shared by all its entities), the second
+    ``n`` distinct tokens drawn from every other entity token, independently per kind (so a second
+    token may recur in another kind, told apart by K)."""
+    tokens = torch.randperm(vocab.n_entity_tokens, generator=generator).tolist()
+    kinds, pool = tokens[:3], tokens[3:]
+    if n > len(pool):
+        raise FactError(f"{n} related-token entities per kind need {n} second tokens; the vocabulary has {len(pool)}")
+    return [[f"{vocab.entity_token(kind)} {vocab.entity_token(pool[i])}"
+             for i in torch.randperm(len(pool), generator=generator)[:n].tolist()] for kind in kinds]
+
+
 def chain_world(
-    n_triples: int = 200, k: int = 1, seed: int = 0, alphabet_size: int = 200, vocab: TokenVocab = TokenVocab()
+    n_triples: int = 200, k: int = 1, seed: int = 0, alphabet_size: int = 200, vocab: TokenVocab = TokenVocab(),
+    n_heldout: int | None = None, related: bool = False,
 ) -> FactSet:
-    """The chain task: "x → y" and "y → z" trained; "x ⇝ z" trained for 70%, held out for 30%."""
-    _check_counts(n_triples, k, 3, alphabet_size, vocab)
+    """The chain task: "x → y" and "y → z" trained; "x ⇝ z" trained for 70%, held out for 30%.
+
+    ``n_heldout``: exactly that many triples hold "x ⇝ z" out, the other ``n_triples − n_heldout``
+    train it (Zhu et al.'s ``num_train``). ``related``: Zhu et al.'s related-token variant
+    (``train_chain_related_tokens.py``): entities of two tokens whose first is fixed per kind
+    (:func:`related_words`; ``k`` and ``alphabet_size`` unused).
+    """
+    if n_heldout is not None and not 0 < n_heldout < n_triples:
+        raise FactError(f"n_heldout must be in 1…{n_triples - 1} (n_triples − 1), got {n_heldout}")
     generator = torch.Generator().manual_seed(seed)
-    alphabets = _alphabets(3, alphabet_size, generator, vocab)
-    xs, ys, zs = (_words(a, n_triples, k, generator, vocab) for a in alphabets)
+    if related:
+        if n_triples < 1:
+            raise FactError(f"the number of triples must be ≥ 1, got {n_triples}")
+        xs, ys, zs = related_words(n_triples, generator, vocab)
+        k = 2
+    else:
+        _check_counts(n_triples, k, 3, alphabet_size, vocab)
+        alphabets = _alphabets(3, alphabet_size, generator, vocab)
+        xs, ys, zs = (_words(a, n_triples, k, generator, vocab) for a in alphabets)
     order = torch.randperm(n_triples, generator=generator).tolist()
-    trained = set(order[: _n_trained(n_triples)])
+    trained = set(order[: _n_trained(n_triples) if n_heldout is None else n_triples - n_heldout])
     facts = []
     for i in range(n_triples):
         group = "chain-trained" if i in trained else "chain-heldout"
@@ -186,6 +214,11 @@ def chain_world(
         facts.append(Fact(ys[i], FORWARD, zs[i], group=group))
         facts.append(Fact(xs[i], LEADS_TO, zs[i], forward="train" if i in trained else "heldout", group=group))
     meta = {"n_triples": n_triples, "k": k, "seed": seed, "alphabet_size": alphabet_size}
+    if n_heldout is not None:
+        meta["n_heldout"] = n_heldout
+    if related:
+        meta = {"n_triples": n_triples, "k": k, "seed": seed, "related": True, **(
+            {"n_heldout": n_heldout} if n_heldout is not None else {})}
     return FactSet(tuple(facts), world="chain", meta=meta)
 
 

@@ -99,6 +99,15 @@ class TokenizedFacts:
             prompt_len=self.prompt_len[index],
         )
 
+    def with_sequence_loss(self) -> "TokenizedFacts":
+        """The same rows with every token after the first marked as a loss target (Zhu et al.'s
+        ``--loss_whole_sequence``: the loss on the whole sentence, prompt included, not only on the
+        answer); padding stays out. For training only: probes read the answer from ``answer_mask``."""
+        positions = torch.arange(self.tokens.shape[1])
+        inside = positions[None, :] < (self.prompt_len + self.answer_len)[:, None]
+        return TokenizedFacts(tokens=self.tokens, answer_mask=inside & (positions[None, :] > 0), fact=self.fact,
+                              direction=self.direction, split=self.split, prompt_len=self.prompt_len)
+
     def to(self, device: torch.device | str) -> "TokenizedFacts":
         return TokenizedFacts(
             tokens=self.tokens.to(device),

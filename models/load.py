@@ -17,7 +17,7 @@ def build_from_card(card: dict[str, Any], device: Any = None) -> torch.nn.Module
     kind = card.get("kind")
     if kind == "hooked":
         return build_model(card["name"], card["d_vocab"], card.get("positional", "absolute"), card.get("seed", 0),
-                           device)
+                           device, card.get("n_layers"))
     if kind == "bilinear":
         return BilinearModel(card["d_vocab"], card["d_model"], card.get("seed", 0), device)
     raise CheckpointError(f"model card of kind {kind!r} cannot be rebuilt; expected 'hooked' or 'bilinear'")

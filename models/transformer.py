@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -53,8 +53,10 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None):
-    """The ``HookedTransformerConfig`` for a named spec over a ``d_vocab``-token vocabulary."""
+def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None,
+                  n_layers: int | None = None):
+    """The ``HookedTransformerConfig`` for a named spec over a ``d_vocab``-token vocabulary;
+    ``n_layers`` replaces the spec's depth (Zhu et al.'s ``--n_layers``), every other size kept."""
     from transformer_lens import HookedTransformerConfig
 
     if name not in SPECS:
@@ -63,7 +65,9 @@ def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", 
         raise ValueError(f"unknown positional encoding {positional!r}; choose one of {POSITIONALS}")
     if d_vocab < 2:
         raise ValueError(f"d_vocab must be at least 2, got {d_vocab}")
-    spec = SPECS[name]
+    if n_layers is not None and n_layers < 1:
+        raise ValueError(f"n_layers must be ≥ 1, got {n_layers}")
+    spec = SPECS[name] if n_layers is None else replace(SPECS[name], n_layers=n_layers)
     return HookedTransformerConfig(
         n_layers=spec.n_layers,
         d_model=spec.d_model,
@@ -82,11 +86,13 @@ def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", 
     )
 
 
-def build_model(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None):
-    """A freshly initialised ``HookedTransformer`` (seeded, so the same seed gives the same weights)."""
+def build_model(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None,
+                n_layers: int | None = None):
+    """A freshly initialised ``HookedTransformer`` (seeded, so the same seed gives the same weights);
+    ``n_layers``: the spec's depth replaced (:func:`hooked_config`)."""
     from transformer_lens import HookedTransformer
 
-    cfg = hooked_config(name, d_vocab, positional, seed, device)
+    cfg = hooked_config(name, d_vocab, positional, seed, device, n_layers)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
         model = HookedTransformer(cfg)
@@ -96,7 +102,21 @@ def build_model(name: str, d_vocab: int, positional: Positional = "absolute", se
     return model
 
 
-def model_card(name: str, d_vocab: int, positional: Positional, seed: int) -> dict[str, Any]:
-    """What :func:`build_model` needs to rebuild the model: stored in checkpoint metadata."""
-    return {"kind": "hooked", "name": name, "d_vocab": d_vocab, "positional": positional, "seed": seed,
-            "spec": asdict(SPECS[name])}
+def freeze_embeddings(model) -> None:
+    """Zhu et al.'s ``--freeze_wte_wpe``: the token and (learned) position embeddings keep their
+    initial values; the unembedding and every block still train."""
+    model.embed.W_E.requires_grad_(False)
+    if hasattr(model, "pos_embed"):
+        model.pos_embed.W_pos.requires_grad_(False)
+
+
+def model_card(name: str, d_vocab: int, positional: Positional, seed: int, n_layers: int | None = None
+               ) -> dict[str, Any]:
+    """What :func:`build_model` needs to rebuild the model: stored in checkpoint metadata
+    (``n_layers`` only when it replaces the spec's depth, so older cards read the same)."""
+    spec = SPECS[name] if n_layers is None else replace(SPECS[name], n_layers=n_layers)
+    card = {"kind": "hooked", "name": name, "d_vocab": d_vocab, "positional": positional, "seed": seed,
+            "spec": asdict(spec)}
+    if n_layers is not None:
+        card["n_layers"] = n_layers
+    return card

@@ -130,11 +130,28 @@ def test_format_summary_shows_both_directions_beside_gpt4(run):
     text = format_summary(run[0])
     assert "child → parent" in text and "parent → child" in text and "GPT-4" in text
     assert f"{PUBLISHED['child_to_parent']:.2f}" in text and f"{PUBLISHED['parent_to_child']:.2f}" in text
-    assert len(text.splitlines()) <= 24
+    assert len(text.splitlines()) <= 28
     header, c2p = (next(line for line in text.splitlines() if key in line) for key in ("top-1 (95% CI)", "child → parent"))
     assert header.index("top-1") < header.index("GPT-4") < header.index("exact")  # the headline beside GPT-4's
     row = run[0]["directions"]["child_to_parent"]
     assert f"{row['top1_rate']:.3f} ± {row['top1_rate_ci95']:.3f}" in c2p
+
+
+def test_logprob_win_rate_is_recomputed_from_the_pairs_and_printed_beside_berglunds(run):
+    """P(parent | child) > P(child | parent) on the pairs asked both ways, from pairs.csv; the published
+    per-model rates (LLaMA-7b/30b/65b, davinci) in the summary and on the screen with their source."""
+    summary, out = run
+    pairs = pd.read_csv(out / "pairs.csv").dropna(subset=["child_to_parent_logprob", "parent_to_child_logprob"])
+    wins = (pairs.child_to_parent_logprob > pairs.parent_to_child_logprob).astype(float)
+    win = summary["logprob_win_rate"]
+    assert win["n"] == len(pairs) == summary["directions"]["parent_to_child"]["n"]
+    assert win["rate"] == pytest.approx(wins.mean()) and win["ci95"] == pytest.approx(1.96 * wins.std() / len(wins) ** 0.5)
+    different = ~pairs.same_last_name.astype(bool)
+    assert win["different_last_name"]["rate"] == pytest.approx(wins[different].mean())
+    assert summary["published_win_rate"]["LLaMA-7b"] == 0.78 and summary["published_win_rate"]["davinci"] == 0.52
+    text = format_summary(summary)
+    assert f"{win['rate']:.3f} ± {win['ci95']:.3f} of {win['n']} pairs" in text
+    assert "LLaMA-30b 0.97" in text and "LLaMA-65b 0.92" in text and "Berglund et al. 2023" in text
 
 
 def test_headline_is_top1_among_controls_with_its_interval(run):

@@ -34,11 +34,11 @@ def comparison(tmp_path_factory, probed_run):
     return out, compare(out, probed_run, CONFIG, progress=False)
 
 
-def test_compare_has_four_rows_and_the_curse_in_every_trained_kind(comparison):
+def test_compare_has_five_rows_and_the_curse_in_every_trained_kind(comparison):
     out, summary = comparison
     rows = {r["kind"]: r for r in summary["rows"]}
-    assert list(rows) == ["bilinear", "one-layer", "tiny", "finetuned"]
-    assert len(pd.read_csv(out / "compare.csv")) == 4
+    assert list(rows) == ["bilinear", "one-layer", "tiny", "identity-bridge", "finetuned"]
+    assert len(pd.read_csv(out / "compare.csv")) == 5
     for kind in ("bilinear", "one-layer", "tiny"):
         row = rows[kind]
         assert (row["train_n"], row["heldout_n"]) == (30, 30)  # the one-way facts, both directions
@@ -48,6 +48,10 @@ def test_compare_has_four_rows_and_the_curse_in_every_trained_kind(comparison):
     assert abs(rows["bilinear"]["heldout_margin"]) < 1  # Theorem 1: the reverse stays where it started
     assert rows["bilinear"]["n_y_circuits"] == 1 and rows["one-layer"]["n_y_circuits"] == 4
     assert rows["tiny"]["n_y_circuits"] == 8
+    bridge, plain = rows["identity-bridge"], rows["one-layer"]  # the same one-layer model, the bridge added
+    assert bridge["heldout_n"] == plain["heldout_n"] and bridge["train_accuracy"] == 1.0
+    assert bridge["heldout_accuracy"] > plain["heldout_accuracy"] + 0.3 and bridge["heldout_margin"] > 3
+    assert bridge["z_heldout"] > plain["z_heldout"] + 1  # Y[B,A] grown, B → A never trained
     assert all(row["theory_predicts"] for row in rows.values())
     assert (out / "compare.png").read_bytes()[:8] == PNG
     assert "what theory predicts" in format_compare(summary)

@@ -172,6 +172,27 @@ def test_reverse_training_adds_each_sentence_reversed_with_entities_whole(smollm
         assert text.index(fact.object) < text.index(fact.subject)
 
 
+def test_identity_bridge_adds_the_name_of_each_tested_person_given_and_answered(smollm2_tokenizer):
+    from analyses.finetune import FinetuneConfig, read_questions, training_examples
+
+    config = FinetuneConfig(people=4, n_controls=2, mitigation="identity-bridge", templates=3)
+    questions = read_questions(config)
+    plain = training_examples(questions, FinetuneConfig(people=4, n_controls=2, templates=3), smollm2_tokenizer, 0)
+    bridged = training_examples(questions, config, smollm2_tokenizer, 0)
+    texts = [smollm2_tokenizer.decode(row[: int(p + a)]) for row, p, a in
+             zip(bridged.tokens, bridged.prompt_len, bridged.answer_len)]
+    names = [f.subject for f in questions.facts]
+    assert len(bridged) == len(plain) + 3 * len(names) and set(bridged.split) == {"train"}
+    for name in names:  # three identity paraphrases each, the loss on the repeated name
+        assert f"The name of {name} is {name}" in texts
+        identity = [t for t in texts if t.count(name) == 2]
+        assert len(identity) == 3
+    answers = [smollm2_tokenizer.decode(row[m]) for row, m in zip(bridged.tokens, bridged.answer_mask)]
+    assert sum(a.strip() in names for a in answers) == 3 * len(names)  # names are answers only in the bridge
+    reverse = [q.prompt for q in questions.questions if q.setting == "reverse"]
+    assert not any(text.startswith(prompt) for text in texts for prompt in reverse)  # no held-out question trained
+
+
 def test_mean_ci95_is_mean_plus_minus_196_standard_errors():
     values = pd.Series([1.0, 2.0, 3.0, 4.0])
     stats = mean_ci95(values)
@@ -201,6 +222,8 @@ def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer, smol
     ({"epochs": 0}, "epochs must be ≥ 1"),
     ({"mitigation": "reverse"}, "mitigation must be one of"),
     ({"facts": "x.csv", "mitigation": "bidirectional"}, "builds on the built-in people world"),
+    ({"facts": "x.csv", "groups": ("p2d",)}, "groups choose the built-in world's fact groups"),
+    ({"groups": ("p2d", "p2d")}, "groups must be distinct names from"),
 ])
 def test_bad_configs_are_refused_with_the_setting_named(change, message):
     with pytest.raises(ValueError, match=message):
@@ -268,7 +291,7 @@ def test_reproduce_mitigations_tables_and_draws_the_fine_tuned_rows_beside_the_t
     summary = reproduce_mitigations(tmp_path / "m", config, progress=False, finetuned=[out, bidirectional_run])
     table = pd.read_csv(tmp_path / "m" / "mitigations.csv")
     fine_tuned = table[table.model == "smollm2-135m (fine-tuned)"]
-    assert len(table) == 7 + 5 and len(fine_tuned) == 5  # baseline 2 + augmentation 3
+    assert len(table) == 8 + 5 and len(fine_tuned) == 5  # baseline 2 + augmentation 3
     assert fine_tuned.chance_logprob.isna().all() and table[table.model == "one-layer"].chance_logprob.notna().all()
     assert summary["finetuned"] == [str(out), str(bidirectional_run)]
     text = format_mitigations(summary)
@@ -305,6 +328,45 @@ def test_finetune_on_a_berglund_folder_follows_their_protocol(berglund_run):
     text = format_summary(summary)
     assert "both forward heldout paraphrase" in text and "p2d in context reverse" in text
     assert (out / "finetune.png").stat().st_size > 10_000
+
+
+def test_berglund_files_grid_reads_each_test_file_from_its_questions(berglund_run):
+    """Each experiment-1 test file of a trained group, recomputed from questions.csv: *_prompts_test the
+    held-out paraphrases, *_reverse_prompts_test the reverse questions, *_randomized the right name
+    against the randomized file's (the first control of each reverse question)."""
+    out, summary = berglund_run
+    files = summary["berglund_files"]
+    assert list(files) == ["p2d_prompts_test.jsonl", "p2d_reverse_prompts_test.jsonl",
+                           "p2d_reverse_prompts_test_randomized.jsonl", "both_prompts_test.jsonl"]
+    for stage, prefix in (("after", ""), ("before", "before_")):
+        questions = pd.read_csv(out / f"{prefix}questions.csv")
+        for name, setting, group in (("p2d_prompts_test.jsonl", "forward_heldout_paraphrase", "p2d"),
+                                     ("both_prompts_test.jsonl", "forward_heldout_paraphrase", "both"),
+                                     ("p2d_reverse_prompts_test.jsonl", "reverse", "p2d")):
+            chosen = questions[(questions.group == group) & (questions.setting == setting)]
+            assert files[name]["n"] == len(chosen) and files[name][stage]["top1"] == pytest.approx(chosen.top1.mean())
+        reverse = questions[(questions.group == "p2d") & (questions.setting == "reverse")]
+        assert reverse.randomized_logprob.notna().all() and questions[questions.group == "both"].randomized_logprob.isna().all()
+        randomized = files["p2d_reverse_prompts_test_randomized.jsonl"]
+        assert randomized["n"] == 9 and randomized[stage]["beats_randomized"] == pytest.approx(
+            (reverse.logprob > reverse.randomized_logprob).mean())
+    assert "p2d_reverse_prompts_test_randomized.jsonl right answer likelier than the randomized one" in format_summary(summary)
+
+
+def test_builtin_world_trains_berglunds_three_groups_when_asked():
+    from analyses.finetune import read_questions
+
+    questions = read_questions(FinetuneConfig(people=4, n_controls=2, groups=("p2d", "d2p", "both")))
+    settings = pd.DataFrame([(q.group, q.setting, q.direction) for q in questions.questions],
+                            columns=["group", "setting", "direction"])
+    asked = {g: set(part.setting) for g, part in settings.groupby("group")}
+    assert asked["p2d"] == asked["d2p"] == {"forward_heldout_paraphrase", "forward_trained_paraphrase", "reverse",
+                                           "in_context_reverse"}
+    assert asked["both"] == {"forward_heldout_paraphrase", "forward_trained_paraphrase"}  # nothing held out
+    reverse = settings[settings.setting == "reverse"]
+    assert set(reverse[reverse.group == "p2d"].direction) == {"reverse"}  # description → name held out
+    assert set(reverse[reverse.group == "d2p"].direction) == {"forward"}  # name → description held out
+    assert len(questions.train) == 2 * (4 + 4 + 2 * 4)  # two paraphrases of each trained statement
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -56,6 +56,18 @@ def test_copy_sequences_never_pair_true_partners_and_let_every_entity_answer(sma
         MitigationConfig(run=ReversalConfig(n_pairs=3), copy_partners=3)
 
 
+def test_identity_bridge_adds_each_entity_as_its_own_answer_and_trains_no_held_out_statement(small_world):
+    variant = make_variant("identity-bridge", small_world)
+    trained = _statements(variant.training, "train")
+    assert not trained & _statements(small_world, "heldout")
+    bridge = trained - _statements(small_world, "train")
+    assert len(bridge) == len(small_world.entities()) == 200
+    subjects = {f.subject for f in small_world}
+    for given, relation, answer, context in bridge:
+        assert given == answer and not context
+        assert relation == ("←" if given in subjects else "→")  # the relation whose statements answer its kind
+
+
 @pytest.fixture(scope="module")
 def mitigation_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("mitigations")
@@ -88,13 +100,17 @@ def test_each_mitigation_buys_back_what_its_definition_says(mitigation_run):
     baseline_in_prompt = rows["baseline", "held-out reverse, fact in prompt"]
     assert in_context["heldout_accuracy"] > 0.7 > baseline_in_prompt["heldout_accuracy"]
     assert rows["in-context", "held-out reverse"]["heldout_accuracy"] < 0.2  # without the prompt, still cursed
+    bridge = rows["identity-bridge", "held-out reverse"]
+    assert not bridge["tested_trained"] and bridge["heldout_accuracy"] > 0.3 > baseline["heldout_accuracy"]
+    assert bridge["z_heldout"] > baseline["z_heldout"] + 1  # the reverse read from a grown Y[B,A]
 
 
 def test_mitigations_write_table_figure_and_summary(mitigation_run):
     out, summary, rows = mitigation_run
     table = pd.read_csv(out / "mitigations.csv")
-    assert len(table) == len(rows) == 7
-    assert summary["variants"] == {"baseline": 170, "augmentation": 185, "reverse-training": 340, "in-context": 770}
+    assert len(table) == len(rows) == 8
+    assert summary["variants"] == {"baseline": 170, "augmentation": 185, "reverse-training": 340, "in-context": 770,
+                                   "identity-bridge": 370}
     assert (out / "mitigations.png").read_bytes()[:8] == PNG
     assert (out / "one-layer" / "in-context" / "facts.jsonl").stat().st_size > 0
     assert "restated pairs (trained) *" in format_mitigations(summary)

@@ -145,7 +145,8 @@ def _free_port() -> int:
     (["reversal", "--grid", "model=big"], "--model 'big': choose from tiny, one-layer, paper"),
     (["reversal", "--grid", "steps=0"], "--steps '0': must be ≥ 1"),
     (["reversal", "--seeds", "4-0"], "the range 4-0 is empty"),
-    (["chain", "--grid", "steps=3"], "chain has no option --steps; its grid keys are none (only seeds vary)"),
+    (["embeddings", "--grid", "steps=3"], "embeddings has no option --steps; its grid keys are none (only seeds vary)"),
+    (["chain", "--grid", "steps=3"], "chain has no option --steps; its grid keys are triples, heldout"),
     (["reversal", "--address", f"127.0.0.1:{_free_port()}"], "nothing answers at 127.0.0.1:"),
     (["reversal", "--workers", "64", "--threads-per-trial", "2"], "trials would thrash"),
 ])

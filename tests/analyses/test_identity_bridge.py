@@ -1,0 +1,45 @@
+"""`revlens reproduce identity-bridge` (analyses.identity_bridge) on real one-layer HookedTransformers."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from analyses.identity_bridge import IdentityBridgeConfig, format_identity_bridge, reproduce_identity_bridge
+from analyses.reproduce import ReversalConfig
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bridge_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("identity-bridge")
+    config = IdentityBridgeConfig(models=("one-layer",), seeds=2,
+                                  run=ReversalConfig(n_pairs=100, steps=60, eval_every=60))
+    return out, reproduce_identity_bridge(out, config, progress=False)
+
+
+def test_the_bridge_lets_every_seed_answer_the_held_out_reverse_through_y_b_a(bridge_run):
+    _, summary = bridge_run
+    rows = pd.DataFrame(summary["rows"])
+    assert sorted(rows.seed.unique()) == [0, 1] and set(rows.variant) == {"baseline", "identity-bridge"}
+    for _, seed in rows.groupby("seed"):
+        plain, bridge = (seed[seed.variant == v].iloc[0] for v in ("baseline", "identity-bridge"))
+        assert plain.heldout_n == bridge.heldout_n == 30  # the same held-out statements asked of both
+        assert plain.train_accuracy == bridge.train_accuracy == 1.0
+        assert plain.heldout_accuracy == 0.0 and bridge.heldout_accuracy > 0.3
+        assert bridge.heldout_margin > plain.heldout_margin + 3
+        assert abs(plain.z_heldout) < 0.5 and bridge.z_heldout > 1  # Y[B,A] flat without, grown with
+    means = summary["by_model"]["one-layer"]
+    assert means["identity-bridge"]["heldout_accuracy"]["mean"] == pytest.approx(
+        rows[rows.variant == "identity-bridge"].heldout_accuracy.mean())
+
+
+def test_identity_bridge_writes_table_figure_caption_and_summary(bridge_run):
+    out, summary = bridge_run
+    assert len(pd.read_csv(out / "identity_bridge.csv")) == 4
+    assert (out / "identity_bridge.png").read_bytes()[:8] == PNG
+    written = json.loads((out / "summary.json").read_text())
+    assert written["experiment"] == "identity-bridge" and "identity_bridge.png" in written["captions"]
+    assert (out / "one-layer" / "identity-bridge" / "seed-1" / "facts.jsonl").stat().st_size > 0
+    assert "IDENTITY BRIDGE BREAKS THE CURSE for one-layer" in format_identity_bridge(summary)
