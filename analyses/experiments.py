@@ -82,6 +82,8 @@ class Experiment:
     half-written) and ``captions`` (file name → caption, for the files whose meaning is this
     experiment's own; files many runs write, such as ``curves.png``, have a shared caption in
     :mod:`analyses.report`, and a run's ``summary["captions"]`` overrides both).
+    ``cpu_seconds``: roughly what a default run costs on one core (``reproduce all`` starts the
+    costliest first, so its workers finish together; 0: unknown, started last).
     """
 
     name: str
@@ -96,6 +98,7 @@ class Experiment:
     prediction: str = ""
     files: tuple[str, ...] = ()
     captions: Mapping[str, str] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
 
     def format(self, summary: dict[str, Any]) -> str:
         module, name = self.formatter.split(":")
@@ -187,7 +190,8 @@ REVERSAL_OPTIONS = (
     Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"}),
     Option("--lr", {"type": float, "default": 1e-2, "help": "AdamW learning rate (default 1e-2)"}),
     Option("--batch-size", {**_N, "default": None, "help": "default: full batch"}),
-    Option("--eval-every", {**_N, "default": 2}),
+    Option("--eval-every", {**_N, "default": 4,
+                            "help": "evaluate for the curves every N steps (default 4; no final number depends on it)"}),
     Option("--device", {"default": None, "help": "cpu, cuda, ... (default: cuda if present)"}),
     Option("--checkpoint-every", {**_N, "default": None,
                                   "help": "also checkpoint every N steps, so a killed run resumes from there"}),
@@ -215,6 +219,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "reversal", "token-level reversal task: train A→B, test B→A (the default demo)",
         "analyses.reproduce:format_summary", REVERSAL_HEADLINE, _reversal, REVERSAL_OPTIONS, resumable=True,
+        cpu_seconds=5,
         title="Reversal curse on the token world",
         prediction="Zhu et al. §4: trained sentences reach p > 0.99, while the held-out reverse direction stays at "
                    "chance (log p ≈ −log #entities, accuracy ≈ 0).",
@@ -225,6 +230,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
             Option("--dims", {**_N, "nargs": "+", "default": [64, 128, 256, 512]}),
             Option("--steps", {**_N, "default": 400}),
             Option("--lr", {"type": float, "default": 100.0, "help": "gradient-descent step size (default 100)"})),
+        cpu_seconds=17,
         title="Bilinear model against Theorem 1",
         prediction="Zhu et al. Theorem 1: as the training loss L(t) → 0, L_rev(t)/L_rev(0) ≥ (L(t)/L(0))^ε with ε → 0 "
                    "as d grows, so the held-out reverse loss stays put; Θ becomes asymmetric from the first step.",
@@ -240,6 +246,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "chain", "chain-of-thought intransitivity: A→B, B→C trained, A⇝C held out", "analyses.paper:format_chain",
         ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "two_step_accuracy"), _chain,
+        cpu_seconds=3,
         title="Chain-of-thought intransitivity",
         prediction="Zhu et al. §4: trained on x → y and y → z, the held-out x ⇝ z stays at chance while the two-step "
                    "chain x → ŷ → ẑ succeeds; the OV circuit Y[x, z] grows only for trained x ⇝ z.",
@@ -253,6 +260,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         "in-context", "reversal with the fact in the prompt (no curse), against a one-partner control",
         "analyses.paper:format_in_context",
         ("train_prob", "heldout_reverse_accuracy", "control.heldout_reverse_accuracy"), _in_context,
+        cpu_seconds=10,
         title="Reversal in context",
         prediction="Zhu et al. §4: with the fact in the prompt there is no curse, the held-out reverse is copied from "
                    "context (high accuracy); a world where each x has one partner is memorised instead and fails.",
@@ -264,6 +272,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "multi-token", "the reversal task with k = 2 and 3 tokens per entity", "analyses.paper:format_multi_token",
         RUNS_HEADLINE, _multi_token,
+        cpu_seconds=29,
         title="Reversal with multi-token entities",
         prediction="Zhu et al. §4: the curse holds for k = 2, 3 tokens per entity: trained p > 0.99, held-out reverse "
                    "at chance.",
@@ -271,6 +280,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "positional", "the reversal task with absolute, rotary and no positional encodings",
         "analyses.paper:format_positional", RUNS_HEADLINE, _positional,
+        cpu_seconds=17,
         title="Reversal with each positional encoding",
         prediction="Zhu et al. §4: the curse does not depend on the positional encoding (absolute, rotary, none).",
         files=("comparison.png",)),
@@ -278,6 +288,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         "embeddings", "cosine similarity of the embeddings of paired entities (no structure)",
         "analyses.paper:format_embeddings",
         ("train_prob", "heldout_reverse_logprob", "paired_mean", "unpaired_mean"), _embeddings,
+        cpu_seconds=4,
         title="Embedding similarity of paired entities",
         prediction="Zhu et al. §4: training leaves no pairing structure in the embeddings: cos(W_E[A_i], W_E[B_i]) "
                    "is distributed like the cosines of unpaired entities.",
@@ -288,6 +299,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "dynamics", "OV (Y) and QK (Z) entries of the facts over training, one-layer and tiny models",
         "analyses.dynamics:format_dynamics", ("final.*.train_prob", "final.*.heldout_accuracy"), _dynamics,
+        cpu_seconds=13,
         title="Effective weights over training",
         prediction="Zhu et al. §4: a gradient step on A → B raises the OV entry Y[A, B] and leaves Y[B, A] where it "
                    "was, so the held-out reverse of a one-way fact never gains weight.",
@@ -299,6 +311,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "mitigations", "augmentation, reverse training and in-context restatement against the baseline",
         "analyses.mitigations:format_mitigations", ("rows.*.heldout_accuracy",), _mitigations, (FINETUNED_OPTION,),
+        cpu_seconds=52,
         title="Mitigations on the held-out reverse",
         prediction="Training the reverse direction (augmentation, reverse training) or restating the fact in the "
                    "prompt buys reverse accuracy back; plain one-way training does not.",
@@ -388,7 +401,12 @@ REPRODUCE = tuple(name for name, e in EXPERIMENTS.items() if e.command[0] == "re
 ALL_OPTIONS = (FINETUNED_OPTION, Option("--seeds", {
     **_N, "default": None, "metavar": "N",
     "help": "run each experiment for seeds 0 … N−1 as a sweep on Ray (OUT/<name>/trials/seed=S/) and report every "
-            "headline number as mean ± 95%% interval"}))
+            "headline number as mean ± 95%% interval"}), Option("--workers", {
+    **_N, "default": None, "metavar": "N",
+    "help": "experiments (or trials) at once, each a one-thread Ray task (default: the cores; 1: one after "
+            "another in this process)"}), Option("--experiments", {
+    "nargs": "+", "choices": REPRODUCE, "default": None, "metavar": "NAME",
+    "help": f"only these (default: all of {', '.join(REPRODUCE)})"}))
 """The options of ``reproduce all`` beyond --out, --seed and --quiet."""
 
 NOT_GRID = {"out", "seed", "quiet", "force", "threads", "resume", "debug", "help", "command", "experiment"}

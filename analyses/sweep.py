@@ -242,7 +242,7 @@ def run_trial(argv: list[str], folder: str, running: str, resumable: bool) -> di
     from analyses.cli import main
     from analyses.runfolder import read_manifest
 
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     marker = Path(running) / f"{Path(folder).name}.pid"
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(os.getpid()))
@@ -254,7 +254,7 @@ def run_trial(argv: list[str], folder: str, running: str, resumable: bool) -> di
     marker.unlink(missing_ok=True)
     return {"exit_code": code, "error": stderr.getvalue().strip().splitlines()[-1:] or None,
             "resumed": resumed, "pid": os.getpid(), "host": socket.gethostname(), "node": _node_id(),
-            "seconds": time.perf_counter() - began}
+            "seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - began_cpu}
 
 
 def _node_id() -> str | None:
@@ -418,49 +418,59 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
     return summary
 
 
-def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources, workers: int,
-                records: dict[str, Any], failures: list[dict[str, Any]], log) -> None:
+def on_ray(jobs: Sequence[tuple[Any, list[str], Path, bool]], resources: Resources, workers: int,
+           running_dir: Path):
+    """Run ``revlens`` commands as Ray tasks, at most ``workers`` at once, in the order given;
+    yields ``(key, result)`` as each finishes (``result``: :func:`run_trial`'s, or the Ray error of
+    a worker that died more often than ``resources.retries``). ``jobs``: ``(key, argv, folder,
+    resumable)``; ``running_dir`` holds a ``<folder name>.pid`` per running task. Tasks still
+    running when the caller stops (an error, ^C) are cancelled."""
     import ray
 
-    experiment = EXPERIMENTS[sweep.experiment]
     task = ray.remote(run_trial).options(num_cpus=resources.threads, num_gpus=resources.gpus,
                                          max_retries=resources.retries, retry_exceptions=False)
-    pending, running = list(todo), {}
+    pending, running = list(jobs), {}
     try:
         while pending or running:
             while pending and len(running) < workers:
-                trial = pending.pop(0)
-                folder = out / TRIALS / trial.name
-                argv = trial.argv(sweep.experiment, folder, resources.threads)
-                running[task.remote(argv, str(folder), str(out / RUNNING), experiment.resumable)] = trial
+                key, argv, folder, resumable = pending.pop(0)
+                running[task.remote(argv, str(folder), str(running_dir), resumable)] = key
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
-                trial = running.pop(ref)
-                folder = out / TRIALS / trial.name
+                key = running.pop(ref)
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayError as error:  # the worker died more often than max_retries
                     result = {"exit_code": None, "error": [f"{type(error).__name__}: "
                                                            f"{' '.join(str(error).split())[:300]}"]}
-                ok = result["exit_code"] == 0
-                if ok and not finished(folder, expected_config(sweep.experiment, trial, folder)):
-                    ok, result["error"] = False, [f"{folder}: the trial reported success but its folder is not one "
-                                                  f"whole run from here (is DIR on a file system every node shares?)"]
-                record = {"trial": trial.name, "status": "ran" if ok else "failed",
-                          **{k: result.get(k) for k in ("seconds", "resumed", "host", "node", "pid")}}
-                records[trial.name] = record
-                if not ok:
-                    failures.append({"trial": trial.name, "seed": trial.seed, **dict(trial.point),
-                                     "error": " ".join(result.get("error") or ["no error message"])})
-                    _write_failures(out, failures)
-                done_count = sum(r["status"] != "finished before" for r in records.values())
-                log(f"  [{done_count}/{len(todo)}] {trial.name}: "
-                    + (f"{result['seconds']:.1f} s" + (" (resumed from its checkpoints)" if result.get("resumed")
-                                                       else "") if ok else f"FAILED: {failures[-1]['error']}"))
-    except BaseException:
+                yield key, result
+    finally:
         for ref in running:
             ray.cancel(ref, force=True)
-        raise
+
+
+def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources, workers: int,
+                records: dict[str, Any], failures: list[dict[str, Any]], log) -> None:
+    experiment = EXPERIMENTS[sweep.experiment]
+    jobs = [(trial, trial.argv(sweep.experiment, out / TRIALS / trial.name, resources.threads),
+             out / TRIALS / trial.name, experiment.resumable) for trial in todo]
+    for trial, result in on_ray(jobs, resources, workers, out / RUNNING):
+        folder = out / TRIALS / trial.name
+        ok = result["exit_code"] == 0
+        if ok and not finished(folder, expected_config(sweep.experiment, trial, folder)):
+            ok, result["error"] = False, [f"{folder}: the trial reported success but its folder is not one "
+                                          f"whole run from here (is DIR on a file system every node shares?)"]
+        record = {"trial": trial.name, "status": "ran" if ok else "failed",
+                  **{k: result.get(k) for k in ("seconds", "cpu_seconds", "resumed", "host", "node", "pid")}}
+        records[trial.name] = record
+        if not ok:
+            failures.append({"trial": trial.name, "seed": trial.seed, **dict(trial.point),
+                             "error": " ".join(result.get("error") or ["no error message"])})
+            _write_failures(out, failures)
+        done_count = sum(r["status"] != "finished before" for r in records.values())
+        log(f"  [{done_count}/{len(todo)}] {trial.name}: "
+            + (f"{result['seconds']:.1f} s" + (" (resumed from its checkpoints)" if result.get("resumed")
+                                               else "") if ok else f"FAILED: {failures[-1]['error']}"))
 
 
 # --- aggregation -------------------------------------------------------------------------------
