@@ -230,7 +230,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
             Option("--dims", {**_N, "nargs": "+", "default": [64, 128, 256, 512]}),
             Option("--steps", {**_N, "default": 400}),
             Option("--lr", {"type": float, "default": 100.0, "help": "gradient-descent step size (default 100)"})),
-        cpu_seconds=17,
+        cpu_seconds=18,
         title="Bilinear model against Theorem 1",
         prediction="Zhu et al. Theorem 1: as the training loss L(t) → 0, L_rev(t)/L_rev(0) ≥ (L(t)/L(0))^ε with ε → 0 "
                    "as d grows, so the held-out reverse loss stays put; Θ becomes asymmetric from the first step.",
@@ -260,7 +260,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         "in-context", "reversal with the fact in the prompt (no curse), against a one-partner control",
         "analyses.paper:format_in_context",
         ("train_prob", "heldout_reverse_accuracy", "control.heldout_reverse_accuracy"), _in_context,
-        cpu_seconds=10,
+        cpu_seconds=8,
         title="Reversal in context",
         prediction="Zhu et al. §4: with the fact in the prompt there is no curse, the held-out reverse is copied from "
                    "context (high accuracy); a world where each x has one partner is memorised instead and fails.",
@@ -272,7 +272,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "multi-token", "the reversal task with k = 2 and 3 tokens per entity", "analyses.paper:format_multi_token",
         RUNS_HEADLINE, _multi_token,
-        cpu_seconds=29,
+        cpu_seconds=27,
         title="Reversal with multi-token entities",
         prediction="Zhu et al. §4: the curse holds for k = 2, 3 tokens per entity: trained p > 0.99, held-out reverse "
                    "at chance.",
@@ -280,7 +280,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "positional", "the reversal task with absolute, rotary and no positional encodings",
         "analyses.paper:format_positional", RUNS_HEADLINE, _positional,
-        cpu_seconds=17,
+        cpu_seconds=14,
         title="Reversal with each positional encoding",
         prediction="Zhu et al. §4: the curse does not depend on the positional encoding (absolute, rotary, none).",
         files=("comparison.png",)),
@@ -299,7 +299,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "dynamics", "OV (Y) and QK (Z) entries of the facts over training, one-layer and tiny models",
         "analyses.dynamics:format_dynamics", ("final.*.train_prob", "final.*.heldout_accuracy"), _dynamics,
-        cpu_seconds=13,
+        cpu_seconds=10,
         title="Effective weights over training",
         prediction="Zhu et al. §4: a gradient step on A → B raises the OV entry Y[A, B] and leaves Y[B, A] where it "
                    "was, so the held-out reverse of a one-way fact never gains weight.",
@@ -311,7 +311,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "mitigations", "augmentation, reverse training and in-context restatement against the baseline",
         "analyses.mitigations:format_mitigations", ("rows.*.heldout_accuracy",), _mitigations, (FINETUNED_OPTION,),
-        cpu_seconds=52,
+        cpu_seconds=51,
         title="Mitigations on the held-out reverse",
         prediction="Training the reverse direction (augmentation, reverse training) or restating the fact in the "
                    "prompt buys reverse accuracy back; plain one-way training does not.",
