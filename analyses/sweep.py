@@ -307,6 +307,26 @@ def _worker_env(threads: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": path}
 
 
+MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
+
+
+@contextlib.contextmanager
+def _local_ray_environment():
+    """The environment the Ray daemons started on this machine read: Ray's memory monitor off
+    (``RAY_memory_monitor_refresh_ms=0``) unless the user set it. The monitor kills Ray workers when
+    the whole machine's memory passes 95%, whoever uses it: on a shared 24 GiB machine it killed
+    trials of 0.4 GB each while other programs held the memory (each kill a retry, and a page of
+    Ray's report in the terminal). The daemons copy the environment when they start, so it is
+    restored right after."""
+    before = os.environ.get(MEMORY_MONITOR)
+    os.environ.setdefault(MEMORY_MONITOR, "0")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MEMORY_MONITOR, None)
+
+
 @contextlib.contextmanager
 def ray_session(resources: Resources):
     """Ray started on this machine (no address; stopped after) or joined at ``address``; yields
@@ -331,7 +351,8 @@ def ray_session(resources: Resources):
             gpus = torch.cuda.device_count()
             if gpus == 0:
                 raise SweepError("--gpus-per-trial: no CUDA device on this machine (or torch built without it)")
-        ray.init(address="local", num_cpus=workers * resources.threads, num_gpus=gpus, **common)
+        with _local_ray_environment():
+            ray.init(address="local", num_cpus=workers * resources.threads, num_gpus=gpus, **common)
     else:
         try:
             ray.init(address=resources.address, **common)

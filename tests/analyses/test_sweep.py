@@ -212,3 +212,17 @@ def test_reproduce_all_runs_experiments_at_once_on_ray_and_across_seeds(tmp_path
     assert aggregate.n_seeds.tolist() == [2] and trials[0] == read(tmp_path / "alone")
     assert aggregate["heldout_logprob.mean"].item() == pytest.approx(
         (trials[0]["heldout_logprob"] + trials[1]["heldout_logprob"]) / 2, rel=1e-12)
+
+
+def test_local_ray_runs_without_its_memory_monitor_and_leaves_the_environment_alone(monkeypatch):
+    """Ray's memory monitor kills trials when the machine's memory is full of other programs' pages;
+    a local session's raylet starts with it off, and this process's environment is as it was."""
+    import psutil
+
+    from analyses.sweep import MEMORY_MONITOR, Resources, ray_session
+
+    monkeypatch.delenv(MEMORY_MONITOR, raising=False)
+    with ray_session(Resources(workers=1)):
+        raylets = [p for p in psutil.Process().children(recursive=True) if p.name() == "raylet"]
+        assert len(raylets) == 1 and raylets[0].environ().get(MEMORY_MONITOR) == "0"
+        assert MEMORY_MONITOR not in os.environ
