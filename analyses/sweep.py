@@ -311,20 +311,26 @@ MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
 
 
 @contextlib.contextmanager
-def _local_ray_environment():
-    """The environment the Ray daemons started on this machine read: Ray's memory monitor off
+def _local_ray_environment(threads: int):
+    """The environment the Ray daemons started on this machine copy when they start (and pass to
+    their workers), restored right after: the workers' (:func:`_worker_env`; given here rather than
+    as a ``runtime_env``, so the workers Ray starts with the node serve the trials and no second
+    set is started for the job's environment) and Ray's memory monitor off
     (``RAY_memory_monitor_refresh_ms=0``) unless the user set it. The monitor kills Ray workers when
     the whole machine's memory passes 95%, whoever uses it: on a shared 24 GiB machine it killed
     trials of 0.4 GB each while other programs held the memory (each kill a retry, and a page of
-    Ray's report in the terminal). The daemons copy the environment when they start, so it is
-    restored right after."""
-    before = os.environ.get(MEMORY_MONITOR)
-    os.environ.setdefault(MEMORY_MONITOR, "0")
+    Ray's report in the terminal)."""
+    wanted = {**_worker_env(threads), MEMORY_MONITOR: os.environ.get(MEMORY_MONITOR, "0")}
+    before = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(MEMORY_MONITOR, None)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -338,9 +344,7 @@ def ray_session(resources: Resources):
     if ray.is_initialized():
         yield resources.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // resources.threads)
         return
-    env = {"env_vars": _worker_env(resources.threads)}
-    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                  runtime_env=env, configure_logging=True)
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     cores = os.cpu_count() or 1
     if resources.address is None:
         workers = resources.workers or max(1, cores // resources.threads)
@@ -351,11 +355,11 @@ def ray_session(resources: Resources):
             gpus = torch.cuda.device_count()
             if gpus == 0:
                 raise SweepError("--gpus-per-trial: no CUDA device on this machine (or torch built without it)")
-        with _local_ray_environment():
+        with _local_ray_environment(resources.threads):
             ray.init(address="local", num_cpus=workers * resources.threads, num_gpus=gpus, **common)
     else:
         try:
-            ray.init(address=resources.address, **common)
+            ray.init(address=resources.address, runtime_env={"env_vars": _worker_env(resources.threads)}, **common)
         except (ConnectionError, RuntimeError) as error:
             raise SweepError(f"--address {resources.address}: cannot join the Ray cluster ({error})") from None
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -456,7 +460,7 @@ def on_ray(jobs: Sequence[tuple[Any, list[str], Path, bool]], resources: Resourc
             while pending and len(running) < workers:
                 key, argv, folder, resumable = pending.pop(0)
                 running[task.remote(argv, str(folder), str(running_dir), resumable)] = key
-            done, _ = ray.wait(list(running), num_returns=1)
+            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)  # a ^C lands within a second
             for ref in done:
                 key = running.pop(ref)
                 try:
