@@ -399,7 +399,8 @@ def _reproduce_all_seeds(args: argparse.Namespace) -> int:
     if failed:
         raise RuntimeError(f"{len(failed)} trials failed ({', '.join(failed[:4])}; see OUT/<name>/failures.jsonl); "
                            f"rerun the same command to retry them")
-    print(f"\nevery experiment for seeds 0-{args.seeds - 1}; results in {args.out}/ (revlens report --runs {args.out})")
+    print(f"\n{len(plans)} experiment(s) for seeds 0-{args.seeds - 1}; results in {args.out}/ "
+          f"(revlens report --runs {args.out})")
     return 0
 
 
