@@ -392,9 +392,11 @@ def _reproduce_all_seeds(args: argparse.Namespace) -> int:
         raise ValueError("--seed with --seeds: give one (--seeds N runs seeds 0 … N−1)")
     if len(args.finetuned) > 1:
         raise ValueError("--finetuned with --seeds: give one folder (it joins every seed's mitigations table)")
-    resources = sweeps.Resources()
+    resources = sweeps.Resources(workers=args.workers)
+    sweeps.check_resources(resources)
     plans = {name: sweeps.make_sweep(name, f"0-{args.seeds - 1}", [f"finetuned={args.finetuned[0]}"]
-                                     if name == "mitigations" and args.finetuned else []) for name in REPRODUCE_ALL}
+                                     if name == "mitigations" and args.finetuned else [])
+             for name in args.experiments or REPRODUCE_ALL}
     failed = []
     with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources):
         for name, plan in plans.items():
@@ -404,12 +406,50 @@ def _reproduce_all_seeds(args: argparse.Namespace) -> int:
     if failed:
         raise RuntimeError(f"{len(failed)} trials failed ({', '.join(failed[:4])}; see OUT/<name>/failures.jsonl); "
                            f"rerun the same command to retry them")
-    print(f"\nevery experiment for seeds 0-{args.seeds - 1}; results in {args.out}/ (revlens report --runs {args.out})")
+    print(f"\n{len(plans)} experiment(s) for seeds 0-{args.seeds - 1}; results in {args.out}/ "
+          f"(revlens report --runs {args.out})")
+    return 0
+
+
+def _reproduce_all_on_ray(args: argparse.Namespace, workers: int) -> int:
+    """``reproduce all`` with ``workers`` experiments at once, each ``revlens reproduce NAME`` in a
+    one-thread Ray task, the costliest first; each one's text printed as it finishes."""
+    import json
+    import time
+
+    from analyses import runfolder
+    from analyses import sweep as sweeps
+
+    began = time.perf_counter()
+    resources = sweeps.Resources(workers=workers)
+    sweeps.check_resources(resources)
+    jobs = []
+    for name in sorted(args.experiments or REPRODUCE_ALL, key=lambda name: -EXPERIMENTS[name].cpu_seconds):
+        argv = ["reproduce", name, "--out", str(args.out / name), "--seed", str(args.seed), "--quiet",
+                "--threads", str(resources.threads), *(["--force"] if args.force else []),
+                *(["--finetuned", *map(str, args.finetuned)] if name == "mitigations" and args.finetuned else [])]
+        jobs.append((name, argv, args.out / name, False))
+    failed = []
+    with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources) as at_once:
+        for name, result in sweeps.on_ray(jobs, resources, at_once, args.out / sweeps.RUNNING):
+            if result["exit_code"] != 0:
+                failed.append(f"{name}: {' '.join(result.get('error') or ['no error message'])}")
+                print(f"\n=== {name} FAILED: {failed[-1]}", flush=True)
+                continue
+            summary = json.loads((args.out / name / "summary.json").read_text(encoding="utf-8"))
+            print(f"\n=== {name} ({args.out / name}; {result['seconds']:.0f} s)\n{EXPERIMENTS[name].format(summary)}",
+                  flush=True)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(jobs)} experiments failed ({'; '.join(failed)}); the others are in "
+                           f"{args.out}/")
+    print(f"\nall {len(jobs)} experiments in {time.perf_counter() - began:.0f} s ({at_once} at once); results in "
+          f"{args.out}/")
     return 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    """``reproduce EXPERIMENT`` into --out, or ``reproduce all``: each experiment into OUT/<name>/."""
+    """``reproduce EXPERIMENT`` into --out, or ``reproduce all``: each experiment into OUT/<name>/
+    (several at once on Ray unless ``--workers 1`` or one core)."""
     import contextlib
     import time
 
@@ -417,7 +457,11 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if getattr(args, "seeds", None):
         return _reproduce_all_seeds(args)
-    chosen = list(REPRODUCE_ALL) if args.experiment == "all" else [args.experiment]
+    if args.experiment == "all":
+        workers = min(args.workers or os.cpu_count() or 1, len(args.experiments or REPRODUCE_ALL))
+        if workers > 1:
+            return _reproduce_all_on_ray(args, workers)
+    chosen = list(args.experiments or REPRODUCE_ALL) if args.experiment == "all" else [args.experiment]
     began = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if args.experiment == "all":

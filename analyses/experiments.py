@@ -1,11 +1,15 @@
 """The experiments a run folder can hold, in one table: what the CLI offers, the sweep grids over
-and the report summarises.
+and the report summarises. Adding an experiment touches this file only (its runner may live in a
+module of its own).
 
 Each :class:`Experiment` names the command words that run it (``reproduce reversal``,
 ``finetune-facts``), its own options (flag, type, default, choices, help: the ``revlens reproduce``
 subparsers are built from them), the function that runs it into a folder, the formatter of its
-one-screen text and the headline numbers of its ``summary.json`` (the metrics a sweep plots and
-prints; ``aggregate.csv`` keeps every number). ``finetune-facts`` keeps its options in its own
+one-screen text, the headline numbers of its ``summary.json`` (the metrics a sweep plots and
+prints; ``aggregate.csv`` keeps every number) and what the report shows for it: a title, what the
+paper predicts, the files every run writes and the captions of its own files. The run folders of
+the other commands (``probe``, ``compare``, ``check-asymmetry``, ``sweep``) are described by a
+:class:`RunKind` in :data:`COMMAND_RUNS`; :data:`KINDS` is both, by ``summary["experiment"]``. ``finetune-facts`` keeps its options in its own
 subparser (they are many and shared with its input checks); :func:`grid_options` reads the options
 of every experiment from the parser, so the sweep never lists an option the command lacks.
 
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 MODEL_NAMES = ("tiny", "one-layer", "paper")
 POSITIONALS = ("absolute", "rotary", "none")
@@ -53,8 +57,20 @@ class Option:
 
 
 @dataclass(frozen=True)
+class RunKind:
+    """What the report shows for a kind of run folder that no experiment writes (``probe``,
+    ``compare``, ...): see :class:`Experiment` for the fields."""
+
+    title: str
+    prediction: str
+    files: tuple[str, ...] = ()
+    formatter: str | None = None
+    captions: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Experiment:
-    """One experiment: its command, options, runner, formatter and headline metrics.
+    """One experiment: its command, options, runner, formatter, headline metrics and report entry.
 
     ``run(out, args, progress)`` writes the run into ``out`` and returns its summary (``args``: the
     parsed command line); ``formatter`` is ``"module:function"`` of ``summary → text``;
@@ -62,6 +78,13 @@ class Experiment:
     allowed; empty: every number); ``resumable``:
     the command takes ``--resume`` and continues from its folder's checkpoints; ``in_all``: ``reproduce
     all`` runs it (False for experiments that would take that command past its time budget).
+    The report's section: ``title`` (default: the name), ``prediction`` (what the paper predicts;
+    default none), ``files`` (written by every run, in the order shown; one missing marks the run
+    half-written) and ``captions`` (file name → caption, for the files whose meaning is this
+    experiment's own; files many runs write, such as ``curves.png``, have a shared caption in
+    :mod:`analyses.report`, and a run's ``summary["captions"]`` overrides both).
+    ``cpu_seconds``: roughly what a default run costs on one core (``reproduce all`` starts the
+    costliest first, so its workers finish together; 0: unknown, started last).
     """
 
     name: str
@@ -73,6 +96,11 @@ class Experiment:
     run: Callable[[Path, argparse.Namespace, bool], dict[str, Any]] | None = None
     resumable: bool = False
     in_all: bool = True
+    title: str = ""
+    prediction: str = ""
+    files: tuple[str, ...] = ()
+    captions: Mapping[str, str] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
 
     def format(self, summary: dict[str, Any]) -> str:
         module, name = self.formatter.split(":")
@@ -179,7 +207,8 @@ REVERSAL_OPTIONS = (
     Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"}),
     Option("--lr", {"type": float, "default": 1e-2, "help": "AdamW learning rate (default 1e-2)"}),
     Option("--batch-size", {**_N, "default": None, "help": "default: full batch"}),
-    Option("--eval-every", {**_N, "default": 2}),
+    Option("--eval-every", {**_N, "default": 4,
+                            "help": "evaluate for the curves every N steps (default 4; no final number depends on it)"}),
     Option("--device", {"default": None, "help": "cpu, cuda, ... (default: cuda if present)"}),
     Option("--checkpoint-every", {**_N, "default": None,
                                   "help": "also checkpoint every N steps, so a killed run resumes from there"}),
@@ -197,68 +226,234 @@ FINETUNED_OPTION = Option("--finetuned", {
 RUNS_HEADLINE = ("runs.*.train_prob", "runs.*.heldout_reverse_logprob", "runs.*.heldout_reverse_accuracy")
 REVERSAL_HEADLINE = ("train_prob", "train_accuracy", "heldout_reverse_logprob", "chance_logprob",
                      "heldout_reverse_accuracy", "chance_accuracy", "ov_asymmetry")
+TRACING_CAPTION = ("Causal tracing (Meng et al. 2022): the given entity's token embeddings noised, one layer's hidden "
+                   "state (resid_post) or MLP output restored from the clean run at one position; the mean rise of "
+                   "p(answer) over the corrupted run per layer and position bucket, peak and 95% interval in each "
+                   "title")
 
 
 def _reproduce(name: str, help_text: str, formatter: str, headline: tuple[str, ...], run,
-               options: tuple[Option, ...] = (), resumable: bool = False, in_all: bool = True) -> Experiment:
-    return Experiment(name, ("reproduce", name), help_text, formatter, headline, options, run, resumable, in_all)
+               options: tuple[Option, ...] = (), resumable: bool = False, **report: Any) -> Experiment:
+    """A ``reproduce NAME`` experiment; ``report``: its ``title``, ``prediction``, ``files``, ``captions``."""
+    return Experiment(name, ("reproduce", name), help_text, formatter, headline, options, run, resumable, **report)
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    _reproduce("reversal", "token-level reversal task: train A→B, test B→A (the default demo)",
-               "analyses.reproduce:format_summary", REVERSAL_HEADLINE, _reversal, REVERSAL_OPTIONS, resumable=True),
-    _reproduce("bilinear", "the bilinear model against Theorem 1, for several d", "analyses.bilinear:format_bilinear",
-               ("per_d.*.epsilon_hat", "per_d.*.final_reverse_loss_ratio", "per_d.*.theta_asymmetry"), _bilinear, (
-                   Option("--dims", {**_N, "nargs": "+", "default": [64, 128, 256, 512]}),
-                   Option("--steps", {**_N, "default": 400}),
-                   Option("--lr", {"type": float, "default": 100.0,
-                                   "help": "gradient-descent step size (default 100)"}))),
-    _reproduce("chain", "chain-of-thought intransitivity: A→B, B→C trained, A⇝C held out", "analyses.paper:format_chain",
-               ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "two_step_accuracy"), _chain, (
-                   Option("--triples", {**_N, "default": 200, "help": "(x, y, z) triples (default 200)"}),
-                   Option("--heldout", {**_N, "default": None,
-                                        "help": "triples with x ⇝ z held out (default 30%%); the rest train it"}),
-                   Option("--related", {"action": "store_true",
-                                        "help": "Zhu et al.'s related tokens: two-token entities, the first fixed "
-                                                "per kind"}))),
-    _reproduce("in-context", "reversal with the fact in the prompt (no curse), against a one-partner control",
-               "analyses.paper:format_in_context",
-               ("train_prob", "heldout_reverse_accuracy", "control.heldout_reverse_accuracy"), _in_context),
-    _reproduce("multi-token", "the reversal task with k = 2 and 3 tokens per entity", "analyses.paper:format_multi_token",
-               RUNS_HEADLINE, _multi_token),
-    _reproduce("positional", "the reversal task with absolute, rotary and no positional encodings",
-               "analyses.paper:format_positional", RUNS_HEADLINE, _positional),
-    _reproduce("embeddings", "cosine similarity of the embeddings of paired entities (no structure)",
-               "analyses.paper:format_embeddings",
-               ("train_prob", "heldout_reverse_logprob", "paired_mean", "unpaired_mean"), _embeddings),
-    _reproduce("dynamics", "OV (Y) and QK (Z) entries of the facts over training, one-layer and tiny models",
-               "analyses.dynamics:format_dynamics",
-               ("final.*.train_prob", "final.*.heldout_accuracy"), _dynamics),
-    _reproduce("mitigations", "augmentation, reverse training and in-context restatement against the baseline",
-               "analyses.mitigations:format_mitigations",
-               ("rows.*.heldout_accuracy",), _mitigations, (FINETUNED_OPTION,)),
+    _reproduce(
+        "reversal", "token-level reversal task: train A→B, test B→A (the default demo)",
+        "analyses.reproduce:format_summary", REVERSAL_HEADLINE, _reversal, REVERSAL_OPTIONS, resumable=True,
+        cpu_seconds=5,
+        title="Reversal curse on the token world",
+        prediction="Zhu et al. §4: trained sentences reach p > 0.99, while the held-out reverse direction stays at "
+                   "chance (log p ≈ −log #entities, accuracy ≈ 0).",
+        files=("curves.png", "heatmap.png", "logits.csv")),
+    _reproduce(
+        "bilinear", "the bilinear model against Theorem 1, for several d", "analyses.bilinear:format_bilinear",
+        ("per_d.*.epsilon_hat", "per_d.*.final_reverse_loss_ratio", "per_d.*.theta_asymmetry"), _bilinear, (
+            Option("--dims", {**_N, "nargs": "+", "default": [64, 128, 256, 512]}),
+            Option("--steps", {**_N, "default": 400}),
+            Option("--lr", {"type": float, "default": 100.0, "help": "gradient-descent step size (default 100)"})),
+        cpu_seconds=18,
+        title="Bilinear model against Theorem 1",
+        prediction="Zhu et al. Theorem 1: as the training loss L(t) → 0, L_rev(t)/L_rev(0) ≥ (L(t)/L(0))^ε with ε → 0 "
+                   "as d grows, so the held-out reverse loss stays put; Θ becomes asymmetric from the first step.",
+        captions={
+            "loss_ratios.png": "Held-out reverse loss ratio L_rev(t)/L_rev(0) against the training loss ratio "
+                               "L(t)/L(0), one curve per d, with the bound x^ε in grey. Theorem 1: the curves hug 1 "
+                               "more closely as d grows.",
+            "theta_asymmetry.png": "‖Θ − Θᵀ‖/‖Θ‖ over training for each d. Paper: gradient steps add u_A u_Bᵀ "
+                                   "terms, so Θ is asymmetric from the first step.",
+            "scores.png": "u_Aᵀ Θ u_B (trained A → B) against u_Bᵀ Θ u_A (held-out B → A) for one-way facts at the "
+                          "largest d. Paper: trained scores grow while reverse scores stay near 0, far below the "
+                          "diagonal."}),
+    _reproduce(
+        "chain", "chain-of-thought intransitivity: A→B, B→C trained, A⇝C held out", "analyses.paper:format_chain",
+        ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "two_step_accuracy"), _chain, (
+            Option("--triples", {**_N, "default": 200, "help": "(x, y, z) triples (default 200)"}),
+            Option("--heldout", {**_N, "default": None,
+                                 "help": "triples with x ⇝ z held out (default 30%%); the rest train it"}),
+            Option("--related", {"action": "store_true",
+                                 "help": "Zhu et al.'s related tokens: two-token entities, the first fixed per kind"})),
+        cpu_seconds=3,
+        title="Chain-of-thought intransitivity",
+        prediction="Zhu et al. §4: trained on x → y and y → z, the held-out x ⇝ z stays at chance while the two-step "
+                   "chain x → ŷ → ẑ succeeds; the OV circuit Y[x, z] grows only for trained x ⇝ z.",
+        files=("curves.png", "heatmap.png", "circuits.png"),
+        captions={
+            "heatmap.png": "log p(candidate | given): trained x ⇝ z, then on held-out triples x → y, y → z and "
+                           "x ⇝ z. Paper: a diagonal everywhere but in the last panel (never trained).",
+            "circuits.png": "Mean z-score of the OV entry Y[x, z] (and the direct path) for trained and held-out "
+                            "x ⇝ z facts. Paper: Y[x, z] grows only where x ⇝ z was trained."}),
+    _reproduce(
+        "in-context", "reversal with the fact in the prompt (no curse), against a one-partner control",
+        "analyses.paper:format_in_context",
+        ("train_prob", "heldout_reverse_accuracy", "control.heldout_reverse_accuracy"), _in_context,
+        cpu_seconds=8,
+        title="Reversal in context",
+        prediction="Zhu et al. §4: with the fact in the prompt there is no curse, the held-out reverse is copied from "
+                   "context (high accuracy); a world where each x has one partner is memorised instead and fails.",
+        files=("curves.png", "logits.csv"),
+        captions={
+            "curves.png": "Held-out reverse log p over training for the in-context grid and the one-partner control. "
+                          "Paper: the grid learns to copy from context (held-out rises), the control memorises pairs "
+                          "(held-out stays at chance)."}),
+    _reproduce(
+        "multi-token", "the reversal task with k = 2 and 3 tokens per entity", "analyses.paper:format_multi_token",
+        RUNS_HEADLINE, _multi_token,
+        cpu_seconds=27,
+        title="Reversal with multi-token entities",
+        prediction="Zhu et al. §4: the curse holds for k = 2, 3 tokens per entity: trained p > 0.99, held-out reverse "
+                   "at chance.",
+        files=("comparison.png",)),
+    _reproduce(
+        "positional", "the reversal task with absolute, rotary and no positional encodings",
+        "analyses.paper:format_positional", RUNS_HEADLINE, _positional,
+        cpu_seconds=14,
+        title="Reversal with each positional encoding",
+        prediction="Zhu et al. §4: the curse does not depend on the positional encoding (absolute, rotary, none).",
+        files=("comparison.png",)),
+    _reproduce(
+        "embeddings", "cosine similarity of the embeddings of paired entities (no structure)",
+        "analyses.paper:format_embeddings",
+        ("train_prob", "heldout_reverse_logprob", "paired_mean", "unpaired_mean"), _embeddings,
+        cpu_seconds=4,
+        title="Embedding similarity of paired entities",
+        prediction="Zhu et al. §4: training leaves no pairing structure in the embeddings: cos(W_E[A_i], W_E[B_i]) "
+                   "is distributed like the cosines of unpaired entities.",
+        files=("curves.png", "cosines.png"),
+        captions={
+            "cosines.png": "Histograms of cos(W_E[A_i], W_E[B_j]) for paired (j = i) and unpaired (j ≠ i) entities. "
+                           "Paper: the two distributions overlap: no pairing structure."}),
+    _reproduce(
+        "dynamics", "OV (Y) and QK (Z) entries of the facts over training, one-layer and tiny models",
+        "analyses.dynamics:format_dynamics", ("final.*.train_prob", "final.*.heldout_accuracy"), _dynamics,
+        cpu_seconds=10,
+        title="Effective weights over training",
+        prediction="Zhu et al. §4: a gradient step on A → B raises the OV entry Y[A, B] and leaves Y[B, A] where it "
+                   "was, so the held-out reverse of a one-way fact never gains weight.",
+        captions={
+            "dynamics.png": "z-score of the effective-weight entries over training, one panel per circuit, model and "
+                            "layer; lines per role (trained direction, held-out reverse, both-way facts), bands "
+                            "±1 std. Paper: Y[A, B] climbs for trained directions while Y[B, A] stays flat for "
+                            "held-out ones."}),
+    _reproduce(
+        "mitigations", "augmentation, reverse training, in-context restatement and the Identity Bridge against the baseline",
+        "analyses.mitigations:format_mitigations", ("rows.*.heldout_accuracy",), _mitigations, (FINETUNED_OPTION,),
+        cpu_seconds=51,
+        title="Mitigations on the held-out reverse",
+        prediction="Training the reverse direction (augmentation, reverse training) or restating the fact in the "
+                   "prompt buys reverse accuracy back; plain one-way training does not.",
+        captions={
+            "mitigations.png": "Per mitigation and test, one bar per model: held-out reverse accuracy, its margin over "
+                               "controls and the z-score of the OV entry Y[B, A]. Expect gains only where the reverse "
+                               "was trained or restated in the prompt."}),
     _reproduce("identity-bridge", "Ma et al. 2026's Identity Bridge ('A → A' added): held-out reverse and OV Y[B,A] "
                "with vs without, one-layer and tiny, over seeds", "analyses.identity_bridge:format_identity_bridge",
                ("by_model.*.*.heldout_accuracy.mean", "by_model.*.*.z_heldout.mean"),
                _module_runner("analyses.identity_bridge:run_from_args"), (
                    Option("--n-seeds", {**_N, "default": 3, "help": "seeds SEED … SEED+N−1 (default 3)"}),
-                   Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"})), in_all=False),
+                   Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"})), in_all=False,
+               cpu_seconds=50, title="The Identity Bridge on the token world",
+               prediction="Ma et al. 2026: with identity statements \"A → A\" in training, even a one-layer "
+                          "transformer answers the held-out reverse, through an OV entry Y[B, A] that gradient descent "
+                          "now raises; without them Y[B, A] stays at 0 and the reverse at chance.",
+               files=("identity_bridge.csv", "identity_bridge.png")),
     _reproduce("zhu-settings", "Zhu et al.'s other flags on the reversal run: loss on the whole sequence, frozen "
                "embeddings, depth 1/2/4/8", "analyses.zhu_settings:format_zhu_settings",
                ("settings.*.heldout_reverse_logprob", "settings.*.ov_z_heldout"),
                _module_runner("analyses.zhu_settings:run_from_args"), (
                    Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"}),
-                   Option("--depths", {**_N, "nargs": "+", "default": [1, 2, 4, 8]})), in_all=False),
+                   Option("--depths", {**_N, "nargs": "+", "default": [1, 2, 4, 8]})), in_all=False,
+               cpu_seconds=40, title="Zhu et al.'s other settings",
+               prediction="Zhu et al.: the curse holds whatever the loss covers (last entity or whole sequence), with "
+                          "frozen embeddings, and at every depth: the held-out reverse stays at chance.",
+               files=("zhu_settings.png",)),
     _reproduce("chain-sizes", "Zhu et al.'s related-token chain over num_train 10…500: held-out x ⇝ z and OV Y[x,z]",
                "analyses.chain_sizes:format_chain_sizes", ("sizes.*.heldout_logprob", "sizes.*.ov_z_heldout"),
                _module_runner("analyses.chain_sizes:run_from_args"), (
                    Option("--steps", {**_N, "default": 60, "help": "training steps (default 60)"}),
-                   Option("--sizes", {**_N, "nargs": "+", "default": [10, 20, 50, 100, 200, 500]})), in_all=False),
-    Experiment("finetune-facts", ("finetune-facts",),
-               "fine-tune a pretrained LLM on fictitious people or your own facts, test both ways",
-               "analyses.finetune:format_summary", ("groups.*.*.after.margin.mean", "groups.*.*.after.top1")),
+                   Option("--sizes", {**_N, "nargs": "+", "default": [10, 20, 50, 100, 200, 500]})), in_all=False,
+               cpu_seconds=35, title="Related-token chain across training-set sizes",
+               prediction="Zhu et al.: with related tokens and more training triples the held-out x ⇝ z still stays "
+                          "at chance, while the two-step chain succeeds; Y[x, z] grows only for trained x ⇝ z.",
+               files=("chain_sizes.png",)),
+    Experiment(
+        "finetune-facts", ("finetune-facts",),
+        "fine-tune a pretrained LLM on fictitious people or your own facts, test both ways",
+        "analyses.finetune:format_summary", ("groups.*.*.after.margin.mean", "groups.*.*.after.top1"),
+        title="A pretrained LLM fine-tuned on new facts",
+        prediction="Berglund et al. 2023, experiment 1: fine-tuned on \"<name> is <description>\", the model "
+                   "completes the description from the name, also in paraphrases it never saw, but gains nothing on "
+                   "the name from the description (margin gain ≈ 0); with the fact restated in the prompt it answers "
+                   "the reverse question.",
+        files=("finetune.png", "questions.csv", "logits.csv", "in_context.csv"),
+        captions={
+            "finetune.png": "Margin of the true answer over answers of the same kind (mean, 95% interval) before "
+                            "(grey) and after (blue) fine-tuning, per fact group: forward in held-out and in the "
+                            "trained paraphrase, reverse (held out), and reverse with the fact restated in the "
+                            "prompt. Berglund et al.: forward rises, reverse does not, in-context reverse stays high.",
+            "questions.csv": "One row per test question (group, setting, prompt's answer): log-probability, greedy "
+                             "exact match, top-1 and rank among its controls, margin over them.",
+            "in_context.csv": "One row per reverse question asked after the fact's forward sentence: log-probability "
+                              "of the answer, rank among its controls, greedy correctness, margin over the controls.",
+            "tracing_before.png": TRACING_CAPTION + ", before fine-tuning (the facts unknown: nothing to recover).",
+            "tracing_after.png": TRACING_CAPTION + ", after fine-tuning: where the trained forward answer is "
+                                 "recovered, and whether the held-out reverse is recoverable anywhere.",
+            "weight_change.png": "Fine-tuning's weight change read at the entities, per layer: ΔMLP (linearised at "
+                                 "the cached input) and ΔOV applied to the given entity's residual state, read at the "
+                                 "answer's unembedding, z-scored against control answers; trained direction against "
+                                 "held-out.",
+            "weight_change.csv": "One row per (fact, weight change, layer): the entries M[A, B] and M[B, A] of ΔMLP / "
+                                 "ΔOV read at the entities, their z-scores against controls and the asymmetry index."}),
 )}
 """Every experiment a run folder holds, by the name its ``summary.json`` gives."""
+
+COMMAND_RUNS: dict[str, RunKind] = {
+    "asymmetry": RunKind(
+        "Celebrity parents on a pretrained model",
+        "Berglund et al. 2023: GPT-4 names a celebrity's parent 79% of the time but the parent's child only 33%: "
+        "knowing child → parent does not give parent → child.",
+        ("asymmetry.png", "pairs.csv"), "analyses.asymmetry:format_summary", {
+            "asymmetry.png": "Per direction: top-1 rate among the same-kind controls (95% interval) and greedy exact "
+                             "match beside GPT-4's accuracy, mean rank of the truth among random answers of the same "
+                             "kind (chance dashed) and the log-probability margin over them; lighter bars keep only "
+                             "pairs whose last names differ. Berglund et al.: child → parent beats parent → child.",
+            "pairs.csv": "One row per celebrity pair, scored both ways."}),
+    "compare": RunKind(
+        "Theory against trained models, same probes",
+        "Zhu et al. §2-3: in every model (bilinear Θ, one-layer and multi-layer transformers, a fine-tuned LLM) the "
+        "trained direction gets a margin and a large Y[A, B], the held-out reverse neither.", captions={
+            "compare.png": "Per model: margin over random answers and accuracy of the trained A → B and the held-out "
+                           "B → A, and the z-scores of Y[A, B] and Y[B, A]. Theory: the same asymmetry in every "
+                           "model."}),
+    "probe": RunKind(
+        "Logit and circuit probes",
+        "Zhu et al. §3: trained directions get a large margin over random answers and a large OV entry Y[A, B]; "
+        "held-out reverse directions get neither (margin ≈ 0, Y[B, A] ≈ 0).",
+        ("logits.csv", "circuits.csv", "margins.png", "circuits.png")),
+    "probe-prior": RunKind(
+        "Logit and circuit probes of prior knowledge, not trained",
+        "Nothing here tests the paper: the model was not trained on these facts, so no direction is trained or held "
+        "out. Forward and reverse are compared as the model already knew them.",
+        ("logits.csv", "circuits.csv", "margins.png")),
+    "sweep": RunKind(
+        "Sweep across seeds and a grid",
+        "The same claims across seeds: each headline number of the swept experiment as its mean over seeds with a "
+        "Student-t 95% interval, per grid point; the paper's predictions should hold at every point, not at one "
+        "lucky seed.", ("aggregate.csv",), "analyses.sweep:format_sweep", {
+            "sweep.png": "Per headline metric (panel) and grid point (x): each seed's value (grey dots) and the mean "
+                         "with its Student-t 95% interval across seeds (blue); chance as a grey tick where the "
+                         "experiment has one.",
+            "aggregate.csv": "One row per grid point: for every number of the trials' summary.json, its mean, sample "
+                             "sd and 95% t-interval across the finished seeds (n_seeds); each trial's run folder is in "
+                             "trials/."}),
+}
+"""The run folders of the commands that are not experiments, by ``summary["experiment"]`` (or
+``"probe"`` / ``"probe-prior"``, which :func:`analyses.report.run_kind` infers)."""
+
+KINDS: dict[str, Experiment | RunKind] = {**EXPERIMENTS, **COMMAND_RUNS}
+"""What the report knows of every kind of run folder: ``title``, ``prediction``, ``files``,
+``formatter``, ``captions``."""
 
 REPRODUCE = tuple(name for name, e in EXPERIMENTS.items() if e.command[0] == "reproduce")
 REPRODUCE_ALL = tuple(name for name in REPRODUCE if EXPERIMENTS[name].in_all)
@@ -266,7 +461,12 @@ REPRODUCE_ALL = tuple(name for name in REPRODUCE if EXPERIMENTS[name].in_all)
 ALL_OPTIONS = (FINETUNED_OPTION, Option("--seeds", {
     **_N, "default": None, "metavar": "N",
     "help": "run each experiment for seeds 0 … N−1 as a sweep on Ray (OUT/<name>/trials/seed=S/) and report every "
-            "headline number as mean ± 95%% interval"}))
+            "headline number as mean ± 95%% interval"}), Option("--workers", {
+    **_N, "default": None, "metavar": "N",
+    "help": "experiments (or trials) at once, each a one-thread Ray task (default: the cores; 1: one after "
+            "another in this process)"}), Option("--experiments", {
+    "nargs": "+", "choices": REPRODUCE, "default": None, "metavar": "NAME",
+    "help": f"only these (default: {', '.join(REPRODUCE_ALL)})"}))
 """The options of ``reproduce all`` beyond --out, --seed and --quiet."""
 
 NOT_GRID = {"out", "seed", "quiet", "force", "threads", "resume", "debug", "help", "command", "experiment"}

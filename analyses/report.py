@@ -11,15 +11,17 @@ and the report is never written inside a run folder.
 
 What a run shows is read from its files, so new kinds of run render without code changes:
 
-* a title and what the paper predicts, for the kinds in :data:`KINDS` (``summary["experiment"]``,
-  or ``"probe"`` for ``revlens probe`` folders); the command's own one-screen text where it has
+* a title and what the paper predicts, for the kinds in :data:`analyses.experiments.KINDS`
+  (``summary["experiment"]``, or ``"probe"`` for ``revlens probe`` folders: every experiment's
+  registry entry, and one per other command); the command's own one-screen text where it has
   a formatter;
 * ``summary.json`` as tables: its scalars (nested dicts flattened to ``a.b`` keys), each list of
   records and each dict of records as a table of its own, the config folded away;
 * every ``*.png`` (inlined as a base64 ``data:`` URI), ``*.csv`` (first ``max_rows`` rows) and
   ``*.html`` circuitsvis view (written by :func:`probes.views.save_html`; inlined as an
   ``<iframe srcdoc>``), each with a caption: ``summary["captions"][file]`` if the run gives one,
-  else the known caption of that kind and file name, else a generic line.
+  else the kind's own caption of that file name, else the shared one (:data:`CAPTIONS`), else a
+  generic line.
 
 The page references nothing outside itself (no URL, CDN or web font) and is written atomically
 (temporary file, then rename). A folder that does not exist, is empty or is half-written
@@ -44,6 +46,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from analyses.experiments import KINDS, TRACING_CAPTION
 from analyses.runfolder import MANIFEST, RunFolderError, check_run, is_inside_run
 from facts.io import write_text_atomic
 from probes.views import remote_references
@@ -60,106 +63,10 @@ class ReportError(ValueError):
     """A run folder cannot be reported; the message names the folder and what is missing."""
 
 
-@dataclass(frozen=True)
-class Kind:
-    """What a kind of run is, what the paper predicts for it, the files it always writes and the
-    function (``module:name``) that prints its summary as one screen of text."""
-
-    title: str
-    prediction: str
-    files: tuple[str, ...] = ()
-    formatter: str | None = None
-
-
-KINDS = {
-    "reversal": Kind(
-        "Reversal curse on the token world",
-        "Zhu et al. §4: trained sentences reach p > 0.99, while the held-out reverse direction stays at "
-        "chance (log p ≈ −log #entities, accuracy ≈ 0).",
-        ("curves.png", "heatmap.png", "logits.csv"), "analyses.reproduce:format_summary"),
-    "bilinear": Kind(
-        "Bilinear model against Theorem 1",
-        "Zhu et al. Theorem 1: as the training loss L(t) → 0, L_rev(t)/L_rev(0) ≥ (L(t)/L(0))^ε with ε → 0 as "
-        "d grows, so the held-out reverse loss stays put; Θ becomes asymmetric from the first step.",
-        (), "analyses.bilinear:format_bilinear"),
-    "chain": Kind(
-        "Chain-of-thought intransitivity",
-        "Zhu et al. §4: trained on x → y and y → z, the held-out x ⇝ z stays at chance while the two-step "
-        "chain x → ŷ → ẑ succeeds; the OV circuit Y[x, z] grows only for trained x ⇝ z.",
-        ("curves.png", "heatmap.png", "circuits.png"), "analyses.paper:format_chain"),
-    "in-context": Kind(
-        "Reversal in context",
-        "Zhu et al. §4: with the fact in the prompt there is no curse, the held-out reverse is copied from "
-        "context (high accuracy); a world where each x has one partner is memorised instead and fails.",
-        ("curves.png", "logits.csv"), "analyses.paper:format_in_context"),
-    "multi-token": Kind(
-        "Reversal with multi-token entities",
-        "Zhu et al. §4: the curse holds for k = 2, 3 tokens per entity: trained p > 0.99, held-out reverse "
-        "at chance.", ("comparison.png",), "analyses.paper:format_multi_token"),
-    "positional": Kind(
-        "Reversal with each positional encoding",
-        "Zhu et al. §4: the curse does not depend on the positional encoding (absolute, rotary, none).",
-        ("comparison.png",), "analyses.paper:format_positional"),
-    "embeddings": Kind(
-        "Embedding similarity of paired entities",
-        "Zhu et al. §4: training leaves no pairing structure in the embeddings: cos(W_E[A_i], W_E[B_i]) is "
-        "distributed like the cosines of unpaired entities.",
-        ("curves.png", "cosines.png"), "analyses.paper:format_embeddings"),
-    "asymmetry": Kind(
-        "Celebrity parents on a pretrained model",
-        "Berglund et al. 2023: GPT-4 names a celebrity's parent 79% of the time but the parent's child only "
-        "33%: knowing child → parent does not give parent → child.",
-        ("asymmetry.png", "pairs.csv"), "analyses.asymmetry:format_summary"),
-    "finetune-facts": Kind(
-        "A pretrained LLM fine-tuned on new facts",
-        "Berglund et al. 2023, experiment 1: fine-tuned on \"<name> is <description>\", the model completes "
-        "the description from the name, also in paraphrases it never saw, but gains nothing on the name from "
-        "the description (margin gain ≈ 0); with the fact restated in the prompt it answers the reverse question.",
-        ("finetune.png", "questions.csv", "logits.csv", "in_context.csv"), "analyses.finetune:format_summary"),
-    "dynamics": Kind(
-        "Effective weights over training",
-        "Zhu et al. §4: a gradient step on A → B raises the OV entry Y[A, B] and leaves Y[B, A] where it was, so "
-        "the held-out reverse of a one-way fact never gains weight."),
-    "compare": Kind(
-        "Theory against trained models, same probes",
-        "Zhu et al. §2-3: in every model (bilinear Θ, one-layer and multi-layer transformers, a fine-tuned LLM) "
-        "the trained direction gets a margin and a large Y[A, B], the held-out reverse neither."),
-    "mitigations": Kind(
-        "Mitigations on the held-out reverse",
-        "Training the reverse direction (augmentation, reverse training) or restating the fact in the prompt "
-        "buys reverse accuracy back; plain one-way training does not."),
-    "probe": Kind(
-        "Logit and circuit probes",
-        "Zhu et al. §3: trained directions get a large margin over random answers and a large OV entry "
-        "Y[A, B]; held-out reverse directions get neither (margin ≈ 0, Y[B, A] ≈ 0).",
-        ("logits.csv", "circuits.csv", "margins.png", "circuits.png")),
-    "sweep": Kind(
-        "Sweep across seeds and a grid",
-        "The same claims across seeds: each headline number of the swept experiment as its mean over seeds with a "
-        "Student-t 95% interval, per grid point; the paper's predictions should hold at every point, not at one "
-        "lucky seed.", ("aggregate.csv",), "analyses.sweep:format_sweep"),
-    "probe-prior": Kind(
-        "Logit and circuit probes of prior knowledge, not trained",
-        "Nothing here tests the paper: the model was not trained on these facts, so no direction is trained or "
-        "held out. Forward and reverse are compared as the model already knew them.",
-        ("logits.csv", "circuits.csv", "margins.png")),
-}
-
-_TRACING = ("Causal tracing (Meng et al. 2022): the given entity's token embeddings noised, one layer's hidden "
-            "state (resid_post) or MLP output restored from the clean run at one position; the mean rise of "
-            "p(answer) over the corrupted run per layer and position bucket, peak and 95% interval in each title")
 CAPTIONS = {
-    "tracing.png": _TRACING + ".",
-    "tracing_before.png": _TRACING + ", before fine-tuning (the facts unknown: nothing to recover).",
-    "tracing_after.png": _TRACING + ", after fine-tuning: where the trained forward answer is recovered, and whether "
-                         "the held-out reverse is recoverable anywhere.",
-    "weight_change.png": "Fine-tuning's weight change read at the entities, per layer: ΔMLP (linearised at the "
-                         "cached input) and ΔOV applied to the given entity's residual state, read at the answer's "
-                         "unembedding, z-scored against control answers; trained direction against held-out.",
+    "tracing.png": TRACING_CAPTION + ".",
     "tracing.csv": "One row per (stage, statement, component, layer, position): restored, clean and corrupted "
                    "p(answer) and log p, the indirect effect and the fraction recovered.",
-    "weight_change.csv": "One row per (fact, weight change, layer): the entries M[A, B] and M[B, A] of ΔMLP / ΔOV "
-                         "read at the entities, their z-scores against controls and the asymmetry index.",
     "curves.png": "Mean log-probability of the answer over training for trained (blue) and held-out (red) "
                   "statements, chance in grey. Paper: the trained curve climbs to 0 (p > 0.99) while the held-out "
                   "reverse stays at or below chance.",
@@ -173,57 +80,15 @@ CAPTIONS = {
     "margins.png": "Mean log-probability margin of the true answer over random answers of the same kind, per "
                    "split and direction, with 95% intervals. Paper: large for trained directions, ≈ 0 for the "
                    "held-out reverse.",
-    "loss_ratios.png": "Held-out reverse loss ratio L_rev(t)/L_rev(0) against the training loss ratio L(t)/L(0), "
-                       "one curve per d, with the bound x^ε in grey. Theorem 1: the curves hug 1 more closely as "
-                       "d grows.",
-    "theta_asymmetry.png": "‖Θ − Θᵀ‖/‖Θ‖ over training for each d. Paper: gradient steps add u_A u_Bᵀ terms, "
-                           "so Θ is asymmetric from the first step.",
-    "scores.png": "u_Aᵀ Θ u_B (trained A → B) against u_Bᵀ Θ u_A (held-out B → A) for one-way facts at the "
-                  "largest d. Paper: trained scores grow while reverse scores stay near 0, far below the diagonal.",
     "comparison.png": "Per setting, mean log p of trained sentences and of the held-out reverse, chance as a grey "
                       "tick. Paper: the curse holds in every setting.",
-    "cosines.png": "Histograms of cos(W_E[A_i], W_E[B_j]) for paired (j = i) and unpaired (j ≠ i) entities. "
-                   "Paper: the two distributions overlap: no pairing structure.",
-    "asymmetry.png": "Per direction: top-1 rate among the same-kind controls (95% interval) and greedy exact match "
-                     "beside GPT-4's accuracy, mean rank of the truth among random "
-                     "answers of the same kind (chance dashed) and the log-probability margin over them; lighter "
-                     "bars keep only pairs whose last names differ. Berglund et al.: child → parent beats "
-                     "parent → child.",
-    "dynamics.png": "z-score of the effective-weight entries over training, one panel per circuit, model and "
-                    "layer; lines per role (trained direction, held-out reverse, both-way facts), bands ±1 std. "
-                    "Paper: Y[A, B] climbs for trained directions while Y[B, A] stays flat for held-out ones.",
-    "compare.png": "Per model: margin over random answers and accuracy of the trained A → B and the held-out "
-                   "B → A, and the z-scores of Y[A, B] and Y[B, A]. Theory: the same asymmetry in every model.",
-    "mitigations.png": "Per mitigation and test, one bar per model: held-out reverse accuracy, its margin over "
-                       "controls and the z-score of the OV entry Y[B, A]. Expect gains only where the reverse "
-                       "was trained or restated in the prompt.",
-    "finetune.png": "Margin of the true answer over answers of the same kind (mean, 95% interval) before "
-                    "(grey) and after (blue) fine-tuning, per fact group: forward in held-out and in the trained "
-                    "paraphrase, reverse (held out), and reverse with the fact restated in the prompt. Berglund et "
-                    "al.: forward rises, reverse does not, in-context reverse stays high.",
-    "sweep.png": "Per headline metric (panel) and grid point (x): each seed's value (grey dots) and the mean with "
-                 "its Student-t 95% interval across seeds (blue); chance as a grey tick where the experiment has one.",
-    "aggregate.csv": "One row per grid point: for every number of the trials' summary.json, its mean, sample sd and "
-                     "95% t-interval across the finished seeds (n_seeds); each trial's run folder is in trials/.",
-    "questions.csv": "One row per test question (group, setting, prompt's answer): log-probability, greedy exact "
-                     "match, top-1 and rank among its controls, margin over them.",
-    "in_context.csv": "One row per reverse question asked after the fact's forward sentence: log-probability of "
-                      "the answer, rank among its controls, greedy correctness, margin over the controls.",
     "logits.csv": "One row per fact direction: log-probability of the answer, its rank among the candidates, "
                   "greedy correctness (and the margin over random controls where scored).",
     "circuits.csv": "One row per (fact, circuit): the entries M[A, B] and M[B, A], their z-scores against random "
                     "controls and the asymmetry index z[A, B] − z[B, A].",
-    "pairs.csv": "One row per celebrity pair, scored both ways.",
 }
-KIND_CAPTIONS = {
-    ("chain", "heatmap.png"): "log p(candidate | given): trained x ⇝ z, then on held-out triples x → y, y → z and "
-                              "x ⇝ z. Paper: a diagonal everywhere but in the last panel (never trained).",
-    ("chain", "circuits.png"): "Mean z-score of the OV entry Y[x, z] (and the direct path) for trained and "
-                               "held-out x ⇝ z facts. Paper: Y[x, z] grows only where x ⇝ z was trained.",
-    ("in-context", "curves.png"): "Held-out reverse log p over training for the in-context grid and the "
-                                  "one-partner control. Paper: the grid learns to copy from context (held-out "
-                                  "rises), the control memorises pairs (held-out stays at chance).",
-}
+"""Captions of the files that several kinds of run write; a kind's own files are captioned in its
+entry of :data:`analyses.experiments.KINDS`."""
 ATTENTION_CAPTION = ("circuitsvis attention patterns, one panel per head (interactive: hover over tokens, pick "
                      "heads). Paper (Z, the QK circuit): the last position attends to the entity it answers from.")
 VIEW_CAPTION = "Interactive circuitsvis view written by the run."
@@ -400,7 +265,8 @@ def caption(run: Run, name: str) -> str:
     own = run.summary.get("captions")
     if isinstance(own, dict) and isinstance(own.get(name), str):
         return own[name]
-    known = KIND_CAPTIONS.get((run.kind, name)) or CAPTIONS.get(name)
+    kind = KINDS.get(run.kind)
+    known = (kind.captions.get(name) if kind else None) or CAPTIONS.get(name)
     if known:
         return known
     if name.endswith(".html"):
@@ -506,7 +372,7 @@ def _view_tag(path: Path) -> str:
 
 def _title(run: Run) -> str:
     kind = KINDS.get(run.kind)
-    return kind.title if kind else run.kind.replace("-", " ").replace("_", " ").capitalize()
+    return (kind.title if kind else "") or run.kind.replace("-", " ").replace("_", " ").capitalize()
 
 
 def render_run(run: Run, anchor: str, max_rows: int = MAX_ROWS) -> tuple[str, list[tuple[str, str]]]:
@@ -514,7 +380,7 @@ def render_run(run: Run, anchor: str, max_rows: int = MAX_ROWS) -> tuple[str, li
     kind = KINDS.get(run.kind)
     parts = [f'<section id="{anchor}"><h2>{html.escape(_title(run))} <span class="where">'
              f"{html.escape(run.label)}</span></h2>"]
-    if kind:
+    if kind and kind.prediction:
         parts.append(f'<p class="prediction"><b>What the paper predicts.</b> {html.escape(kind.prediction)}</p>')
     text = one_screen_text(run)
     if text:

@@ -45,7 +45,7 @@ class RunConfig:
     steps: int = 80
     lr: float = 1e-2
     batch_size: int | None = None
-    eval_every: int = 2
+    eval_every: int = 4
     device: str | None = None
     checkpoint_every: int | None = None
     """Also checkpoint every this many steps (a killed run resumes from there); None: at the end only."""

@@ -242,7 +242,7 @@ def run_trial(argv: list[str], folder: str, running: str, resumable: bool) -> di
     from analyses.cli import main
     from analyses.runfolder import read_manifest
 
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     marker = Path(running) / f"{Path(folder).name}.pid"
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(os.getpid()))
@@ -254,7 +254,7 @@ def run_trial(argv: list[str], folder: str, running: str, resumable: bool) -> di
     marker.unlink(missing_ok=True)
     return {"exit_code": code, "error": stderr.getvalue().strip().splitlines()[-1:] or None,
             "resumed": resumed, "pid": os.getpid(), "host": socket.gethostname(), "node": _node_id(),
-            "seconds": time.perf_counter() - began}
+            "seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - began_cpu}
 
 
 def _node_id() -> str | None:
@@ -307,6 +307,32 @@ def _worker_env(threads: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": path}
 
 
+MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
+
+
+@contextlib.contextmanager
+def _local_ray_environment(threads: int):
+    """The environment the Ray daemons started on this machine copy when they start (and pass to
+    their workers), restored right after: the workers' (:func:`_worker_env`; given here rather than
+    as a ``runtime_env``, so the workers Ray starts with the node serve the trials and no second
+    set is started for the job's environment) and Ray's memory monitor off
+    (``RAY_memory_monitor_refresh_ms=0``) unless the user set it. The monitor kills Ray workers when
+    the whole machine's memory passes 95%, whoever uses it: on a shared 24 GiB machine it killed
+    trials of 0.4 GB each while other programs held the memory (each kill a retry, and a page of
+    Ray's report in the terminal)."""
+    wanted = {**_worker_env(threads), MEMORY_MONITOR: os.environ.get(MEMORY_MONITOR, "0")}
+    before = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @contextlib.contextmanager
 def ray_session(resources: Resources):
     """Ray started on this machine (no address; stopped after) or joined at ``address``; yields
@@ -318,9 +344,7 @@ def ray_session(resources: Resources):
     if ray.is_initialized():
         yield resources.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // resources.threads)
         return
-    env = {"env_vars": _worker_env(resources.threads)}
-    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                  runtime_env=env, configure_logging=True)
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     cores = os.cpu_count() or 1
     if resources.address is None:
         workers = resources.workers or max(1, cores // resources.threads)
@@ -331,10 +355,11 @@ def ray_session(resources: Resources):
             gpus = torch.cuda.device_count()
             if gpus == 0:
                 raise SweepError("--gpus-per-trial: no CUDA device on this machine (or torch built without it)")
-        ray.init(address="local", num_cpus=workers * resources.threads, num_gpus=gpus, **common)
+        with _local_ray_environment(resources.threads):
+            ray.init(address="local", num_cpus=workers * resources.threads, num_gpus=gpus, **common)
     else:
         try:
-            ray.init(address=resources.address, **common)
+            ray.init(address=resources.address, runtime_env={"env_vars": _worker_env(resources.threads)}, **common)
         except (ConnectionError, RuntimeError) as error:
             raise SweepError(f"--address {resources.address}: cannot join the Ray cluster ({error})") from None
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -418,49 +443,59 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
     return summary
 
 
-def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources, workers: int,
-                records: dict[str, Any], failures: list[dict[str, Any]], log) -> None:
+def on_ray(jobs: Sequence[tuple[Any, list[str], Path, bool]], resources: Resources, workers: int,
+           running_dir: Path):
+    """Run ``revlens`` commands as Ray tasks, at most ``workers`` at once, in the order given;
+    yields ``(key, result)`` as each finishes (``result``: :func:`run_trial`'s, or the Ray error of
+    a worker that died more often than ``resources.retries``). ``jobs``: ``(key, argv, folder,
+    resumable)``; ``running_dir`` holds a ``<folder name>.pid`` per running task. Tasks still
+    running when the caller stops (an error, ^C) are cancelled."""
     import ray
 
-    experiment = EXPERIMENTS[sweep.experiment]
     task = ray.remote(run_trial).options(num_cpus=resources.threads, num_gpus=resources.gpus,
                                          max_retries=resources.retries, retry_exceptions=False)
-    pending, running = list(todo), {}
+    pending, running = list(jobs), {}
     try:
         while pending or running:
             while pending and len(running) < workers:
-                trial = pending.pop(0)
-                folder = out / TRIALS / trial.name
-                argv = trial.argv(sweep.experiment, folder, resources.threads)
-                running[task.remote(argv, str(folder), str(out / RUNNING), experiment.resumable)] = trial
-            done, _ = ray.wait(list(running), num_returns=1)
+                key, argv, folder, resumable = pending.pop(0)
+                running[task.remote(argv, str(folder), str(running_dir), resumable)] = key
+            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)  # a ^C lands within a second
             for ref in done:
-                trial = running.pop(ref)
-                folder = out / TRIALS / trial.name
+                key = running.pop(ref)
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayError as error:  # the worker died more often than max_retries
                     result = {"exit_code": None, "error": [f"{type(error).__name__}: "
                                                            f"{' '.join(str(error).split())[:300]}"]}
-                ok = result["exit_code"] == 0
-                if ok and not finished(folder, expected_config(sweep.experiment, trial, folder)):
-                    ok, result["error"] = False, [f"{folder}: the trial reported success but its folder is not one "
-                                                  f"whole run from here (is DIR on a file system every node shares?)"]
-                record = {"trial": trial.name, "status": "ran" if ok else "failed",
-                          **{k: result.get(k) for k in ("seconds", "resumed", "host", "node", "pid")}}
-                records[trial.name] = record
-                if not ok:
-                    failures.append({"trial": trial.name, "seed": trial.seed, **dict(trial.point),
-                                     "error": " ".join(result.get("error") or ["no error message"])})
-                    _write_failures(out, failures)
-                done_count = sum(r["status"] != "finished before" for r in records.values())
-                log(f"  [{done_count}/{len(todo)}] {trial.name}: "
-                    + (f"{result['seconds']:.1f} s" + (" (resumed from its checkpoints)" if result.get("resumed")
-                                                       else "") if ok else f"FAILED: {failures[-1]['error']}"))
-    except BaseException:
+                yield key, result
+    finally:
         for ref in running:
             ray.cancel(ref, force=True)
-        raise
+
+
+def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources, workers: int,
+                records: dict[str, Any], failures: list[dict[str, Any]], log) -> None:
+    experiment = EXPERIMENTS[sweep.experiment]
+    jobs = [(trial, trial.argv(sweep.experiment, out / TRIALS / trial.name, resources.threads),
+             out / TRIALS / trial.name, experiment.resumable) for trial in todo]
+    for trial, result in on_ray(jobs, resources, workers, out / RUNNING):
+        folder = out / TRIALS / trial.name
+        ok = result["exit_code"] == 0
+        if ok and not finished(folder, expected_config(sweep.experiment, trial, folder)):
+            ok, result["error"] = False, [f"{folder}: the trial reported success but its folder is not one "
+                                          f"whole run from here (is DIR on a file system every node shares?)"]
+        record = {"trial": trial.name, "status": "ran" if ok else "failed",
+                  **{k: result.get(k) for k in ("seconds", "cpu_seconds", "resumed", "host", "node", "pid")}}
+        records[trial.name] = record
+        if not ok:
+            failures.append({"trial": trial.name, "seed": trial.seed, **dict(trial.point),
+                             "error": " ".join(result.get("error") or ["no error message"])})
+            _write_failures(out, failures)
+        done_count = sum(r["status"] != "finished before" for r in records.values())
+        log(f"  [{done_count}/{len(todo)}] {trial.name}: "
+            + (f"{result['seconds']:.1f} s" + (" (resumed from its checkpoints)" if result.get("resumed")
+                                               else "") if ok else f"FAILED: {failures[-1]['error']}"))
 
 
 # --- aggregation -------------------------------------------------------------------------------

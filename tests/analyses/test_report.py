@@ -190,3 +190,27 @@ def test_cli_refuses_a_missing_folder_with_exit_2(tmp_path, capsys):
     assert main(["report", "--runs", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert f"revlens: error: {tmp_path / 'nowhere'}: no such run folder" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_registry_entry_is_all_the_report_needs(tmp_path, monkeypatch):
+    """One experiment declared in analyses.experiments (title, prediction, files, own captions, formatter) renders
+    without touching the report; a file its entry says every run writes, when missing, refuses the run."""
+    from analyses.experiments import KINDS, Experiment
+
+    monkeypatch.setitem(KINDS, "toy-bridge", Experiment(
+        "toy-bridge", ("reproduce", "toy-bridge"), "a toy", "json:dumps", ("train_prob",),
+        title="A toy bridge", prediction="The toy predicts nothing.", files=("bridge.png",),
+        captions={"bridge.png": "The own bridge figure of the toy.", "curves.png": "The curves of the toy."}))
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"experiment": "toy-bridge", "train_prob": 0.5}))
+    with pytest.raises(ReportError, match=r"bridge.png missing \(every 'toy-bridge' run writes it\)"):
+        find_runs([folder])
+    for name in ("bridge.png", "curves.png", "heatmap.png"):
+        matplotlib.image.imsave(folder / name, [[0.0, 1.0], [1.0, 0.0]])
+    run, = find_runs([folder])
+    assert [p.name for p in run.figures] == ["bridge.png", "curves.png", "heatmap.png"]  # declared files first
+    page = render_report([run])
+    for text in ("A toy bridge", "The toy predicts nothing.", "<pre>{&quot;experiment&quot;: &quot;toy-bridge&quot;", "The own bridge figure of the toy.", "The curves of the toy.",
+                 "a bright diagonal for train-forward"):  # heatmap.png: the shared caption
+        assert text in page, text

@@ -190,3 +190,48 @@ def test_every_number_of_a_summary_is_aggregated_by_a_dotted_key():
                      "control.heldout_reverse_accuracy": 0.25}
     assert headline(list(found), EXPERIMENTS["positional"].headline) == ["runs.absolute.train_prob",
                                                                           "runs.none.train_prob"]
+
+
+def test_reproduce_all_runs_experiments_at_once_on_ray_and_across_seeds(tmp_path):
+    """`reproduce all` with two experiments at once on Ray writes the numbers one process writes;
+    `--seeds 2` runs each as a sweep and prints every headline number as mean ± interval, the mean
+    being the mean of the two seeds' own runs."""
+    from analyses.sweep import numbers
+
+    at_once = revlens("reproduce", "all", "--experiments", "chain", "embeddings", "--workers", "2",
+                      "--out", str(tmp_path / "at-once")).stdout
+    assert "(2 at once)" in at_once and "=== chain" in at_once and "=== embeddings" in at_once
+    assert main(["reproduce", "chain", "--out", str(tmp_path / "alone"), "--quiet", "--threads", "1"]) == 0
+    read = lambda folder: numbers(json.loads((folder / "summary.json").read_text()))  # noqa: E731
+    assert read(tmp_path / "at-once" / "chain") == read(tmp_path / "alone")
+
+    seeds = revlens("reproduce", "all", "--experiments", "chain", "--seeds", "2", "--workers", "2",
+                    "--out", str(tmp_path / "seeds")).stdout
+    assert "=== chain" in seeds and "2 of 2 trials finished" in seeds and " ± " in seeds
+    aggregate = pd.read_csv(tmp_path / "seeds" / "chain" / "aggregate.csv")
+    trials = [read(tmp_path / "seeds" / "chain" / "trials" / f"seed={s}") for s in (0, 1)]
+    assert aggregate.n_seeds.tolist() == [2] and trials[0] == read(tmp_path / "alone")
+    assert aggregate["heldout_logprob.mean"].item() == pytest.approx(
+        (trials[0]["heldout_logprob"] + trials[1]["heldout_logprob"]) / 2, rel=1e-12)
+
+
+def test_local_ray_runs_without_its_memory_monitor_and_leaves_the_environment_alone(monkeypatch):
+    """Ray's memory monitor kills trials when the machine's memory is full of other programs' pages;
+    a local session's raylet starts with it off and with the workers' environment (this checkout
+    first on the path, one thread), and this process's environment is as it was."""
+    import psutil
+
+    from analyses.sweep import MEMORY_MONITOR, Resources, ray_session
+
+    import ray
+
+    ray.shutdown()  # a session an earlier test left open would be reused, not started
+    monkeypatch.delenv(MEMORY_MONITOR, raising=False)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    earlier = {p.pid for p in psutil.Process().children(recursive=True)}
+    with ray_session(Resources(workers=1)):
+        raylets = [p for p in psutil.Process().children(recursive=True)
+                   if p.name() == "raylet" and p.pid not in earlier]
+        assert len(raylets) == 1 and raylets[0].environ().get(MEMORY_MONITOR) == "0"
+        assert raylets[0].environ().get("PYTHONPATH") == str(ROOT) and raylets[0].environ()["OMP_NUM_THREADS"] == "1"
+        assert MEMORY_MONITOR not in os.environ and "PYTHONPATH" not in os.environ
