@@ -148,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--tracing-facts", type=_positive_int, default=4, metavar="N", help="facts to trace (default 4)")
     probe.add_argument("--tracing-samples", type=_positive_int, default=3, metavar="S",
                        help="noise samples per traced statement (default 3)")
+    probe.add_argument("--head-patching", action="store_true",
+                       help="also forward → reverse patching of each head's output (head_patching.png; prompts of "
+                            "one length)")
+    probe.add_argument("--attribution-patching", action="store_true",
+                       help="also attribution patching (one forward + backward pass) of every layer × position and "
+                            "layer × head, beside exact patching: attribution_patching.csv/png, Pearson r, speed-up")
+    probe.add_argument("--logit-lens", action="store_true",
+                       help="also the logit lens of every statement (logit_lens.csv/png)")
 
     compare = commands.add_parser(
         "compare", help="bilinear, one-layer, tiny (and a fine-tuned LLM) side by side, same probes and metrics")
@@ -323,7 +331,9 @@ def _probe(args: argparse.Namespace) -> int:
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
                     backend=args.backend, patch_layers=args.patch_layers, limit=args.limit,
                     templates_file=args.templates_file,
-                    tracing={"n_facts": args.tracing_facts, "n_samples": args.tracing_samples} if args.tracing else None)
+                    tracing={"n_facts": args.tracing_facts, "n_samples": args.tracing_samples} if args.tracing else None,
+                    head_patching=args.head_patching, attribution_patching=args.attribution_patching,
+                    lens=args.logit_lens)
     print(format_probe(summary))
     print(f"wrote {args.out}/: logits.csv circuits.csv summary.json {' '.join(summary['figures'])}")
     return 0

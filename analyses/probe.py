@@ -30,6 +30,7 @@ are not written, and ``summary.json`` (``attribution.skipped``) and stdout say s
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -37,6 +38,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import pandas as pd
 import torch
 
+from analyses.probe_patching import CAPTIONS as PATCHING_CAPTIONS
+from analyses.probe_patching import format_extras, write_logit_lens, write_patching_extras
 from analyses.reproduce import _write_json, write_csv
 from facts import celebrity
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer
@@ -188,15 +191,17 @@ def _norm_note(model: Any) -> str:
 
 
 def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
-                        patch_layers: Sequence[int] | None = None) -> dict[str, Any]:
+                        patch_layers: Sequence[int] | None = None, head_patching: bool = False,
+                        attribution_patching: bool = False) -> dict[str, Any]:
     """Where one representative fact's answer comes from, forward prompt vs reverse prompt.
 
     Writes attribution.png (direct logit attribution of each prompt's own answer, its first token
     (the one the last prompt position predicts), per head, the 30 largest components), patching.png
     (log p of the reverse answer, all its tokens, after the reverse prompt with ``resid_pre`` of one
     (layer, position) patched from the forward run; ``patch_layers`` default: all) and the two
-    attention views. Returns the summary entry: the fact, both statements, the patching end points
-    and the files written.
+    attention views; with ``head_patching`` / ``attribution_patching`` also head_patching.png and
+    attribution_patching.png/.csv (:func:`analyses.probe_patching.write_patching_extras`). Returns the
+    summary entry: the fact, both statements, the patching end points and the files written.
     """
     if isinstance(probed.model, BilinearModel):
         return {"figures": [], "skipped": NO_ATTRIBUTION}
@@ -216,8 +221,10 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
                              title=f"Direct logit attribution of each prompt's own answer (its first token), {name}"
                                    + _norm_note(model)), out / "attribution.png")
 
+    began = time.perf_counter()
     patched = patch_residual(model, [forward], [reverse], site="resid_pre", layers=patch_layers,
                              targets=[reverse.answer])
+    residual_seconds = time.perf_counter() - began
     width = patched.metric.shape[1]
     columns = [f"{label(f)!r} / {label(r)!r}" for f, r in zip(forward.prompt[-width:], reverse.prompt[-width:])]
     answer = "".join(label(t) for t in reverse.answer)
@@ -233,6 +240,10 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
     figure.axes[0].tick_params(axis="x", labelrotation=60)
     save_png(figure, out / "patching.png")
 
+    extras = {"figures": []}
+    if head_patching or attribution_patching:
+        extras = write_patching_extras(model, forward, reverse, patched, residual_seconds, name, label, out,
+                                       patch_layers, head_patching, attribution_patching)
     layers = range(model.cfg.n_layers)
     for direction, example in (("forward", forward), ("reverse", reverse)):
         view = attention_view(model, torch.tensor(example.prompt), layers, [label(t) for t in example.prompt])
@@ -244,7 +255,9 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
                                "after the reverse prompt",
                      "site": "resid_pre", "layers": list(patched.layers), "positions_from_end": width,
                      "clean_logprob": patched.clean, "corrupted_logprob": patched.corrupt},
-        "figures": ["attribution.png", "patching.png", "attention_forward.html", "attention_reverse.html"],
+        **{key: value for key, value in extras.items() if key != "figures"},
+        "figures": ["attribution.png", "patching.png", "attention_forward.html", "attention_reverse.html",
+                    *extras["figures"]],
     }
 
 
@@ -291,6 +304,7 @@ CAPTIONS = {
                    "std), one layer's hidden state, MLP or attention output restored from the clean run at one "
                    "position; the mean rise of p(answer, all its tokens) over the corrupted run, per layer and "
                    "position bucket; peak and its 95% interval across facts in each title.",
+    **PATCHING_CAPTIONS,
 }
 
 
@@ -315,7 +329,8 @@ def _circuits_to_draw(per_circuit: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str], n_controls: int = 16,
                 patch_layers: Sequence[int] | None = None, about: dict[str, Any] | None = None,
-                tracing: dict[str, int] | None = None) -> dict[str, Any]:
+                tracing: dict[str, int] | None = None, head_patching: bool = False,
+                attribution_patching: bool = False, lens: bool = False) -> dict[str, Any]:
     """Every probe of ``probed`` on ``facts``: tables, figures and summary.json into ``out``.
 
     A model not trained on the facts (``probed.trained_on_facts`` False) is probed for its prior
@@ -355,8 +370,12 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
             "asymmetry; circuits.png is not written" if trained else
             "no fact has both directions in play with finite z-scores, so no circuit has a forward − reverse "
             "asymmetry; circuits.png is not written")
-    attribution = attribution_figures(probed, facts, out, patch_layers)
+    attribution = attribution_figures(probed, facts, out, patch_layers, head_patching, attribution_patching)
     figures += attribution["figures"]
+    if lens and not isinstance(probed.model, BilinearModel):
+        notes["logit_lens"] = write_logit_lens(probed.model, facts, probed.statements, out,
+                                               split_of=(lambda split: split) if trained else (lambda split: PRIOR))
+        figures += notes["logit_lens"]["figures"]
     if tracing is not None:  # {"n_facts": N, "n_samples": S}
         notes["tracing"] = tracing_figures(probed, facts, out, **tracing)
         figures += notes["tracing"]["figures"]
@@ -397,6 +416,7 @@ def format_probe(summary: dict[str, Any]) -> str:
         lines.append(f"attribution figures of fact {attribution['fact']}: {patching['metric']}: "
                      f"{patching['corrupted_logprob']:.2f}; after the forward prompt instead "
                      f"{patching['clean_logprob']:.2f}")
+    lines += format_extras(summary)
     if "tracing" in summary and "headline" in summary["tracing"]:
         lines.append(format_tracing(summary["tracing"]))
     return "\n".join(lines)
@@ -418,12 +438,14 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
           device: str | None = None, n_controls: int = 16, backend: str = "hooked",
           patch_layers: Sequence[int] | None = None, limit: int | None = None,
           templates_file: str | os.PathLike[str] | None = None,
-          tracing: dict[str, int] | None = None) -> dict[str, Any]:
+          tracing: dict[str, int] | None = None, head_patching: bool = False, attribution_patching: bool = False,
+          lens: bool = False) -> dict[str, Any]:
     """Run every probe of a checkpoint or pretrained model on ``facts_path`` (see the module doc): a
     fact JSONL, a CSV of facts or a Berglund experiment-1 folder, read as ``finetune-facts`` reads it
     (:func:`facts.sources.read_fact_source`; sentences from ``templates_file`` when given);
     ``limit``: only its first N facts (recorded in the summary); ``tracing``: {"n_facts", "n_samples"}
-    of causal tracing, or None for none."""
+    of causal tracing, or None for none; ``head_patching``, ``attribution_patching``, ``lens``: the optional
+    views of :mod:`analyses.probe_patching`."""
     source = read_fact_source(facts_path, templates_file)
     facts: FactSet = source.facts
     if limit is not None:
@@ -432,4 +454,5 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
     return write_probe(probed, facts, out, n_controls, patch_layers,
                        about={"model": str(model_path), "facts": str(facts_path), "limit": limit,
                               **({} if templates_file is None else {"templates_file": str(templates_file)})},
-                       tracing=tracing)
+                       tracing=tracing, head_patching=head_patching, attribution_patching=attribution_patching,
+                       lens=lens)
