@@ -42,7 +42,8 @@ from analyses.probe_patching import CAPTIONS as PATCHING_CAPTIONS
 from analyses.probe_patching import format_extras, write_logit_lens, write_patching_extras
 from analyses.reproduce import _write_json, write_csv
 from facts import celebrity
-from facts.language import TRAIN_TEMPLATES, TemplateTokenizer
+from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer
+from facts.questions import QuestionSet
 from facts.schema import FactSet
 from facts.sources import read_fact_source
 from facts.token_worlds import TokenVocab
@@ -330,13 +331,16 @@ def _circuits_to_draw(per_circuit: list[dict[str, Any]]) -> list[dict[str, Any]]
 def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str], n_controls: int = 16,
                 patch_layers: Sequence[int] | None = None, about: dict[str, Any] | None = None,
                 tracing: dict[str, int] | None = None, head_patching: bool = False,
-                attribution_patching: bool = False, lens: bool = False) -> dict[str, Any]:
+                attribution_patching: bool = False, lens: bool = False,
+                choices: tuple[QuestionSet, int] | None = None) -> dict[str, Any]:
     """Every probe of ``probed`` on ``facts``: tables, figures and summary.json into ``out``.
 
     A model not trained on the facts (``probed.trained_on_facts`` False) is probed for its prior
     knowledge: every row's split is :data:`PRIOR` and the circuits compare the forward entry with
     the reverse one (:func:`prior_circuit_summary`) instead of trained with held-out directions. A
-    circuit summary that no fact defines writes no circuits.png and says why.
+    circuit summary that no fact defines writes no circuits.png and says why. ``choices``: (questions,
+    K) to ask the forward and reverse questions as multiple choice with K options
+    (:mod:`analyses.multiple_choice`; multiple_choice.csv).
     """
     out = Path(out)
     trained = probed.trained_on_facts
@@ -376,6 +380,15 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
         notes["logit_lens"] = write_logit_lens(probed.model, facts, probed.statements, out,
                                                split_of=(lambda split: split) if trained else (lambda split: PRIOR))
         figures += notes["logit_lens"]["figures"]
+    if choices is not None:
+        from analyses.multiple_choice import multiple_choice_summary, multiple_choice_table
+
+        asked = multiple_choice_table(probed.model, choices[0], probed.statements.tokenizer, choices[1])
+        if not trained:
+            asked["split"] = PRIOR
+        write_csv(asked, out / "multiple_choice.csv")
+        notes["multiple_choice"] = multiple_choice_summary(asked)
+        figures.append("multiple_choice.csv")
     if tracing is not None:  # {"n_facts": N, "n_samples": S}
         notes["tracing"] = tracing_figures(probed, facts, out, **tracing)
         figures += notes["tracing"]["figures"]
@@ -417,6 +430,10 @@ def format_probe(summary: dict[str, Any]) -> str:
                      f"{patching['corrupted_logprob']:.2f}; after the forward prompt instead "
                      f"{patching['clean_logprob']:.2f}")
     lines += format_extras(summary)
+    if "multiple_choice" in summary:
+        from analyses.multiple_choice import format_multiple_choice
+
+        lines += format_multiple_choice({"model": summary["multiple_choice"]})
     if "tracing" in summary and "headline" in summary["tracing"]:
         lines.append(format_tracing(summary["tracing"]))
     return "\n".join(lines)
@@ -439,20 +456,29 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
           patch_layers: Sequence[int] | None = None, limit: int | None = None,
           templates_file: str | os.PathLike[str] | None = None,
           tracing: dict[str, int] | None = None, head_patching: bool = False, attribution_patching: bool = False,
-          lens: bool = False) -> dict[str, Any]:
+          lens: bool = False, multiple_choice: int = 0) -> dict[str, Any]:
     """Run every probe of a checkpoint or pretrained model on ``facts_path`` (see the module doc): a
     fact JSONL, a CSV of facts or a Berglund experiment-1 folder, read as ``finetune-facts`` reads it
     (:func:`facts.sources.read_fact_source`; sentences from ``templates_file`` when given);
     ``limit``: only its first N facts (recorded in the summary); ``tracing``: {"n_facts", "n_samples"}
     of causal tracing, or None for none; ``head_patching``, ``attribution_patching``, ``lens``: the optional
-    views of :mod:`analyses.probe_patching`."""
+    views of :mod:`analyses.probe_patching`; ``multiple_choice``: K > 0 asks the forward (held-out paraphrase)
+    and reverse questions of a text model as multiple choice with K options (:mod:`analyses.multiple_choice`)."""
     source = read_fact_source(facts_path, templates_file)
     facts: FactSet = source.facts
     if limit is not None:
         facts = facts.first(limit)
+    choices = None
+    if multiple_choice:
+        if _is_checkpoint(model_path):
+            raise ValueError(f"--multiple-choice: {model_path} is a checkpoint of token ids; multiple choice asks a "
+                             "text model questions in words")
+        asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, None)
+        kept = tuple(q for q in asked.questions if q.fact < len(facts))
+        choices = (QuestionSet(train=(), questions=kept, source=asked.source), multiple_choice)
     probed = load_probed(model_path, facts, device, backend, source.sentence_templates(None))
     return write_probe(probed, facts, out, n_controls, patch_layers,
                        about={"model": str(model_path), "facts": str(facts_path), "limit": limit,
                               **({} if templates_file is None else {"templates_file": str(templates_file)})},
                        tracing=tracing, head_patching=head_patching, attribution_patching=attribution_patching,
-                       lens=lens)
+                       lens=lens, choices=choices)
