@@ -214,6 +214,9 @@ CAPTIONS = {
     "circuits.csv": "One row per (fact, circuit): the entries M[A, B] and M[B, A], their z-scores against random "
                     "controls and the asymmetry index z[A, B] − z[B, A].",
     "pairs.csv": "One row per celebrity pair, scored both ways.",
+    "multiple_choice.csv": "One row per question and option order (Lin et al. 2024): the question asked as multiple "
+                           "choice, its right answer among K options of the same kind, once under each letter; p of "
+                           "each letter among the K letters, p(right letter), the most likely letter. Chance 1 / K.",
 }
 KIND_CAPTIONS = {
     ("chain", "heatmap.png"): "log p(candidate | given): trained x ⇝ z, then on held-out triples x → y, y → z and "
