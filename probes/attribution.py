@@ -630,13 +630,16 @@ def attribution_patch(
 
     seen: dict[str, Tensor] = {}
 
-    def keep(activation: Tensor, hook: Any) -> Tensor:
-        if not activation.requires_grad:  # frozen parameters: start the graph here
-            activation = activation.detach().requires_grad_(True)
-        seen[hook.name] = activation
-        return activation
+    def keeper(name: str) -> Callable[[Tensor, Any], Tensor]:  # by our name: a bridge's hook may call itself another
+        def keep(activation: Tensor, hook: Any) -> Tensor:
+            if not activation.requires_grad:  # frozen parameters: start the graph here
+                activation = activation.detach().requires_grad_(True)
+            seen[name] = activation
+            return activation
 
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(name, keep) for name in dict.fromkeys(names.values())]):
+        return keep
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(name, keeper(name)) for name in dict.fromkeys(names.values())]):
         corrupt_value = metric(model(corrupt_tokens))
     order = list(seen)
     gradients = dict(zip(order, torch.autograd.grad(corrupt_value, [seen[n] for n in order], allow_unused=True)))

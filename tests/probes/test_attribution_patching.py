@@ -156,3 +156,17 @@ def test_attribution_patching_refuses_what_exact_patching_refuses(trained_one_la
         attribution_patch(trained_one_layer, clean, corrupt, sites=("pattern",))
     with pytest.raises(ValueError, match="layer 3 is out of range"):
         attribution_patch(trained_one_layer, clean, corrupt, layers=[3])
+
+
+def test_the_bridge_gives_the_hooked_models_estimates(tiny_models):
+    """The same Llama weights wrapped by TransformerBridge: the same hook names, the same estimates."""
+    tiny = tiny_models["llama"]
+    generator = torch.Generator().manual_seed(4)
+    clean, corrupt = ([Example(tuple(torch.randint(0, 1000, (6,), generator=generator).tolist()), (5,), 0, d, "train")]
+                      for d in ("forward", "reverse"))
+    hooked, bridge = (attribution_patch(tiny.backends[b], clean, corrupt, sites=("resid_pre", "z"))
+                      for b in ("hooked", "bridge"))
+    for site in ("resid_pre", "z"):
+        scale = float((hooked[site].metric - hooked[site].corrupt).abs().max())
+        assert scale > 0.1
+        assert torch.allclose(hooked[site].metric, bridge[site].metric, atol=1e-3 * scale), site
