@@ -23,6 +23,12 @@ facts, every direction in play: ``tracing.csv`` (one row per statement, componen
 position) and ``tracing.png`` (mean indirect effect per layer and position bucket, per component
 and question kind), and ``summary.json``'s ``tracing`` headline.
 
+Optional views (:mod:`analyses.probe_patching`, :mod:`analyses.multiple_choice`): ``head_patching.png``
+(each head's output patched forward → reverse), ``attribution_patching.csv/png`` (every layer × position
+and layer × head estimated from one forward + backward pass, beside exact patching, with Pearson r and
+the speed-up), ``logit_lens.csv/png`` and, for a text model, ``multiple_choice.csv`` (the forward and
+reverse questions asked as multiple choice).
+
 The bilinear model has no layers, heads, attention or residual stream: for it these three
 are not written, and ``summary.json`` (``attribution.skipped``) and stdout say so.
 """
