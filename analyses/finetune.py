@@ -391,7 +391,9 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
                            "targets": lora_targets, "trainable_parameters": lora_parameters}
     for stage, prefix in (("after", ""), ("before", "before_")):
         write_tables(tables[stage], out, prefix)
-    if config.multiple_choice:
+    if isinstance(choices["after"], str):
+        summary["multiple_choice_skipped"] = choices["after"]
+    elif config.multiple_choice:
         from analyses.multiple_choice import multiple_choice_summary
 
         summary["multiple_choice"] = {stage: multiple_choice_summary(choices[stage]) for stage in STAGES}
@@ -411,13 +413,18 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     return summary
 
 
-def _ask_multiple_choice(model, questions: QuestionSet, tokenizer, config: FinetuneConfig) -> pd.DataFrame | None:
+def _ask_multiple_choice(model, questions: QuestionSet, tokenizer, config: FinetuneConfig) -> pd.DataFrame | str | None:
     """The forward (held-out paraphrase) and reverse questions as multiple choice, ``config.multiple_choice``
-    options (:func:`analyses.multiple_choice.multiple_choice_table`), or None when it is 0."""
+    options (:func:`analyses.multiple_choice.multiple_choice_table`); None when it is 0, and why not (a str)
+    when the questions offer no multiple choice (no such setting, a pool of one answer)."""
     if not config.multiple_choice:
         return None
-    from analyses.multiple_choice import multiple_choice_table
+    from analyses.multiple_choice import multiple_choice_table, options_count
 
+    try:
+        options_count(questions, config.multiple_choice)
+    except ValueError as error:
+        return f"not asked: {error}"
     return multiple_choice_table(model, questions, tokenizer, config.multiple_choice, config.seed)
 
 
