@@ -57,7 +57,7 @@ def multiple_choice_table(model: Any, questions: QuestionSet, tokenizer: Any, k:
         distractors = random.Random(f"{seed}:multiple-choice:{number}").sample(others, k - 1)
         for rotation, asked in enumerate(multiple_choice_orders(question, distractors, seed, letters)):
             prompts.append(prefix + tuple(tokenizer.encode(asked.prompt, add_special_tokens=False)))
-            records.append({"key": question.key, "fact": question.fact, "group": question.group,
+            records.append({"question": number, "key": question.key, "fact": question.fact, "group": question.group,
                             "setting": question.setting, "direction": question.direction, "split": question.split,
                             "answer": question.completion.strip(), "order": rotation,
                             "correct_letter": letters[asked.correct], "_correct": asked.correct})
@@ -79,7 +79,7 @@ def multiple_choice_summary(table: pd.DataFrame) -> dict[str, Any]:
     (each question's mean over its K orders first) and accuracy of the argmax; and K with chance 1 / K."""
     k = int(table.n_options.iloc[0])
     out: dict[str, Any] = {"options": k, "chance": 1 / k, "groups": {}}
-    per_question = table.groupby(["group", "setting", "key"], sort=False)[["p_correct", "correct"]].mean()
+    per_question = table.groupby(["group", "setting", "question"], sort=False)[["p_correct", "correct"]].mean()
     for (group, setting), part in per_question.groupby(level=[0, 1], sort=False):
         mean, half = float(part.p_correct.mean()), ci95_half_width(part.p_correct)
         out["groups"].setdefault(group, {})[setting] = {

@@ -88,7 +88,7 @@ def test_finetune_asks_forward_and_reverse_as_multiple_choice_before_and_after(r
         table = pd.read_csv(out / f"{prefix}multiple_choice.csv")
         assert len(table) == (12 + 12) * 4 and set(table.setting) == {"forward_heldout_paraphrase", "reverse"}
         assert abs(table[["p_A", "p_B", "p_C", "p_D"]].sum(axis=1) - 1).max() < 1e-9
-        for _, part in table.groupby(["setting", "key"]):
+        for _, part in table.groupby("question"):
             assert sorted(part.correct_letter) == list("ABCD")
         entry = summary["multiple_choice"][stage]
         assert entry["options"] == 4 and entry["chance"] == 0.25

@@ -65,7 +65,7 @@ def test_the_table_moves_the_right_letter_with_the_options_and_summarises_per_qu
     picked = {"A": 0, "B": 1, "C": 2, "D": 3}
     assert (table.p_correct.to_numpy() == letters[range(20), [picked[c] for c in table.correct_letter]]).all()
     assert (table.correct == (table.chosen_letter == table.correct_letter)).all()
-    for _, part in table.groupby("key"):  # each question: the right letter under every letter once
+    for _, part in table.groupby("question"):  # each question: the right letter under every letter once
         assert sorted(part.correct_letter) == list("ABCD")
     summary = multiple_choice_summary(table)
     row = summary["groups"]["p2d"]["reverse"]
