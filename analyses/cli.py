@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--tracing-facts", type=int, default=None, metavar="N",
                           help="facts traced before and after, with the weight change read at the entities "
                                "(tracing*.csv/png, weight_change.*; default 2, 0: none)")
+    finetune.add_argument("--multiple-choice", type=_options, default=4, metavar="K",
+                          help="also ask the forward and reverse questions as multiple choice with K options, before "
+                               "and after (multiple_choice.csv; default 4, 0: none)")
     finetune.add_argument("--device", default=None)
     finetune.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -154,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--tracing-facts", type=_positive_int, default=4, metavar="N", help="facts to trace (default 4)")
     probe.add_argument("--tracing-samples", type=_positive_int, default=3, metavar="S",
                        help="noise samples per traced statement (default 3)")
+    probe.add_argument("--head-patching", action="store_true",
+                       help="also forward → reverse patching of each head's output (head_patching.png; prompts of "
+                            "one length)")
+    probe.add_argument("--attribution-patching", action="store_true",
+                       help="also attribution patching (one forward + backward pass) of every layer × position and "
+                            "layer × head, beside exact patching: attribution_patching.csv/png, Pearson r, speed-up")
+    probe.add_argument("--logit-lens", action="store_true",
+                       help="also the logit lens of every statement (logit_lens.csv/png)")
+    probe.add_argument("--multiple-choice", type=_options, default=0, metavar="K",
+                       help="also ask a text model the forward and reverse questions as multiple choice with K "
+                            "options, 2…4 (multiple_choice.csv; default 0: not asked)")
 
     compare = commands.add_parser(
         "compare", help="bilinear, one-layer, tiny (and a fine-tuned LLM) side by side, same probes and metrics")
@@ -266,6 +280,14 @@ def _check_asymmetry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(text: str) -> int:
+    """Multiple-choice options K: 0 (not asked) or 2…4."""
+    value = int(text)
+    if value != 0 and not 2 <= value <= 4:
+        raise argparse.ArgumentTypeError(f"options are 0 (none) or 2…4, got {value}")
+    return value
+
+
 def _finetune_config(args: argparse.Namespace):
     """The ``FinetuneConfig`` of a ``finetune-facts`` command line (defaults where an option is not given)."""
     from dataclasses import replace
@@ -281,7 +303,8 @@ def _finetune_config(args: argparse.Namespace):
                    groups=None if args.groups is None else tuple(args.groups),
                    facts=None if args.facts is None else str(args.facts),
                    templates_file=None if args.templates_file is None else str(args.templates_file),
-                   device=args.device, **{name: value for name, value in given.items() if value is not None})
+                   device=args.device, multiple_choice=args.multiple_choice,
+                   **{name: value for name, value in given.items() if value is not None})
 
 
 def _finetune_facts(args: argparse.Namespace) -> int:
@@ -291,7 +314,8 @@ def _finetune_facts(args: argparse.Namespace) -> int:
     summary = finetune_facts(args.out, config, progress=not args.quiet)
     print(format_summary(summary))
     print(f"wrote {args.out}/: summary.json questions.csv logits.csv in_context.csv before_*.csv "
-          + ("circuits.csv facts.jsonl " if "effective_weights" in summary else "") + "history.jsonl finetune.png"
+          + ("circuits.csv facts.jsonl " if "effective_weights" in summary else "")
+          + ("multiple_choice.csv " if "multiple_choice" in summary else "") + "history.jsonl finetune.png"
           + "".join(f" {name}" for name in summary.get("tracing", {}).get("figures", ())))
     return 0
 
@@ -330,7 +354,9 @@ def _probe(args: argparse.Namespace) -> int:
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
                     backend=args.backend, patch_layers=args.patch_layers, limit=args.limit,
                     templates_file=args.templates_file,
-                    tracing={"n_facts": args.tracing_facts, "n_samples": args.tracing_samples} if args.tracing else None)
+                    tracing={"n_facts": args.tracing_facts, "n_samples": args.tracing_samples} if args.tracing else None,
+                    head_patching=args.head_patching, attribution_patching=args.attribution_patching,
+                    lens=args.logit_lens, multiple_choice=args.multiple_choice)
     print(format_probe(summary))
     print(f"wrote {args.out}/: logits.csv circuits.csv summary.json {' '.join(summary['figures'])}")
     return 0

@@ -112,12 +112,17 @@ class FinetuneConfig:
     groups: tuple[str, ...] | None = None
     """Berglund et al.'s groups of the built-in people world to train (``p2d``, ``d2p``, ``both``: all
     three is their experiment-1 grid); None: the mitigation's (:data:`MITIGATIONS`, p2d alone by default)."""
+    multiple_choice: int = 4
+    """Options K of the questions asked as multiple choice before and after (:mod:`analyses.multiple_choice`;
+    fewer where a pool holds fewer answers); 0: none."""
 
     def __post_init__(self) -> None:
         if self.mitigation not in MITIGATIONS:
             raise ValueError(f"mitigation must be one of {sorted(MITIGATIONS)}, got {self.mitigation!r}")
         if self.templates is not None and self.templates < 1:
             raise ValueError(f"templates (training paraphrases) must be ≥ 1, got {self.templates}")
+        if self.multiple_choice != 0 and not 2 <= self.multiple_choice <= 4:
+            raise ValueError(f"multiple_choice (options) must be 0 (none) or 2…4, got {self.multiple_choice}")
         if self.tracing_facts < 0:
             raise ValueError(f"tracing_facts must be ≥ 0, got {self.tracing_facts}")
         for name in ("people", "epochs", "batch_size", "n_controls"):
@@ -416,7 +421,7 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
                    ) -> dict[str, Any]:
     """Run the experiment; write summary.json, questions.csv, logits.csv, in_context.csv and
     circuits.csv (after fine-tuning; ``before_*.csv`` before it; circuits when the source is a fact
-    set), history.jsonl, facts.jsonl (idem) and finetune.png into ``out``; return the summary.
+    set), multiple_choice.csv (unless ``config.multiple_choice`` is 0), history.jsonl, facts.jsonl (idem) and finetune.png into ``out``; return the summary.
     The input is read and checked whole before the model loads."""
     from analyses.compare import y_circuit_metrics
     from analyses.figures import finetune_bars
@@ -442,6 +447,7 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     facts = questions.facts
     entity_ids = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES).entity_ids
     tables = {"before": evaluate_questions(model, questions, tokenizer, controls)}
+    choices = {"before": _ask_multiple_choice(model, questions, tokenizer, config)}
     circuits = {"before": circuit_table(model, facts, entity_ids)} if facts is not None else {}
     tracing = _start_tracing(model, facts, tokenizer, config)
     del model  # the "before" copy; training runs on the transformers model, converted again after
@@ -460,6 +466,7 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     del hf_model
     evaluated = time.perf_counter()
     tables["after"] = evaluate_questions(model, questions, tokenizer, controls)
+    choices["after"] = _ask_multiple_choice(model, questions, tokenizer, config)
     if facts is not None:
         circuits["after"] = circuit_table(model, facts, entity_ids)
     seconds = {"load": loaded - began, "train": result.seconds, "convert": evaluated - converting,
@@ -470,6 +477,14 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
                            "targets": lora_targets, "trainable_parameters": lora_parameters}
     for stage, prefix in (("after", ""), ("before", "before_")):
         write_tables(tables[stage], out, prefix)
+    if isinstance(choices["after"], str):
+        summary["multiple_choice_skipped"] = choices["after"]
+    elif config.multiple_choice:
+        from analyses.multiple_choice import multiple_choice_summary
+
+        summary["multiple_choice"] = {stage: multiple_choice_summary(choices[stage]) for stage in STAGES}
+        for stage, prefix in (("after", ""), ("before", "before_")):
+            write_csv(choices[stage], out / f"{prefix}multiple_choice.csv")
     if facts is not None:
         summary["circuits"] = circuit_summary(circuits["after"])
         summary["effective_weights"] = {stage: y_circuit_metrics(circuits[stage]) for stage in STAGES}
@@ -482,6 +497,21 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     save_png(finetune_bars(summary), out / "finetune.png")
     _write_json(out / "summary.json", summary)
     return summary
+
+
+def _ask_multiple_choice(model, questions: QuestionSet, tokenizer, config: FinetuneConfig) -> pd.DataFrame | str | None:
+    """The forward (held-out paraphrase) and reverse questions as multiple choice, ``config.multiple_choice``
+    options (:func:`analyses.multiple_choice.multiple_choice_table`); None when it is 0, and why not (a str)
+    when the questions offer no multiple choice (no such setting, a pool of one answer)."""
+    if not config.multiple_choice:
+        return None
+    from analyses.multiple_choice import multiple_choice_table, options_count
+
+    try:
+        options_count(questions, config.multiple_choice)
+    except ValueError as error:
+        return f"not asked: {error}"
+    return multiple_choice_table(model, questions, tokenizer, config.multiple_choice, config.seed)
 
 
 def _start_tracing(model, facts: FactSet | None, tokenizer, config: FinetuneConfig):
@@ -535,6 +565,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{before['z_trained']:.2f} → {after['z_trained']:.2f}; held-out reverse "
             f"{before['z_heldout']:.2f} → {after['z_heldout']:.2f}; most asymmetric circuit after: "
             f"{after['most_asymmetric_circuit']} ({after['max_asymmetry']:.2f})")
+    if "multiple_choice" in summary:
+        from analyses.multiple_choice import format_multiple_choice
+
+        lines += format_multiple_choice(summary["multiple_choice"])
     if "tracing" in summary:
         from analyses.finetune_tracing import format_finetune_tracing
 

@@ -23,6 +23,12 @@ facts, every direction in play: ``tracing.csv`` (one row per statement, componen
 position) and ``tracing.png`` (mean indirect effect per layer and position bucket, per component
 and question kind), and ``summary.json``'s ``tracing`` headline.
 
+Optional views (:mod:`analyses.probe_patching`, :mod:`analyses.multiple_choice`): ``head_patching.png``
+(each head's output patched forward → reverse), ``attribution_patching.csv/png`` (every layer × position
+and layer × head estimated from one forward + backward pass, beside exact patching, with Pearson r and
+the speed-up), ``logit_lens.csv/png`` and, for a text model, ``multiple_choice.csv`` (the forward and
+reverse questions asked as multiple choice).
+
 The bilinear model has no layers, heads, attention or residual stream: for it these three
 are not written, and ``summary.json`` (``attribution.skipped``) and stdout say so.
 """
@@ -30,6 +36,7 @@ are not written, and ``summary.json`` (``attribution.skipped``) and stdout say s
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -37,9 +44,12 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import pandas as pd
 import torch
 
+from analyses.probe_patching import CAPTIONS as PATCHING_CAPTIONS
+from analyses.probe_patching import format_extras, write_logit_lens, write_patching_extras
 from analyses.reproduce import _write_json, write_csv
 from facts import celebrity
-from facts.language import TRAIN_TEMPLATES, TemplateTokenizer
+from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer
+from facts.questions import QuestionSet
 from facts.schema import FactSet
 from facts.sources import read_fact_source
 from facts.token_worlds import TokenVocab
@@ -188,15 +198,17 @@ def _norm_note(model: Any) -> str:
 
 
 def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
-                        patch_layers: Sequence[int] | None = None) -> dict[str, Any]:
+                        patch_layers: Sequence[int] | None = None, head_patching: bool = False,
+                        attribution_patching: bool = False) -> dict[str, Any]:
     """Where one representative fact's answer comes from, forward prompt vs reverse prompt.
 
     Writes attribution.png (direct logit attribution of each prompt's own answer, its first token
     (the one the last prompt position predicts), per head, the 30 largest components), patching.png
     (log p of the reverse answer, all its tokens, after the reverse prompt with ``resid_pre`` of one
     (layer, position) patched from the forward run; ``patch_layers`` default: all) and the two
-    attention views. Returns the summary entry: the fact, both statements, the patching end points
-    and the files written.
+    attention views; with ``head_patching`` / ``attribution_patching`` also head_patching.png and
+    attribution_patching.png/.csv (:func:`analyses.probe_patching.write_patching_extras`). Returns the
+    summary entry: the fact, both statements, the patching end points and the files written.
     """
     if isinstance(probed.model, BilinearModel):
         return {"figures": [], "skipped": NO_ATTRIBUTION}
@@ -216,8 +228,10 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
                              title=f"Direct logit attribution of each prompt's own answer (its first token), {name}"
                                    + _norm_note(model)), out / "attribution.png")
 
+    began = time.perf_counter()
     patched = patch_residual(model, [forward], [reverse], site="resid_pre", layers=patch_layers,
                              targets=[reverse.answer])
+    residual_seconds = time.perf_counter() - began
     width = patched.metric.shape[1]
     columns = [f"{label(f)!r} / {label(r)!r}" for f, r in zip(forward.prompt[-width:], reverse.prompt[-width:])]
     answer = "".join(label(t) for t in reverse.answer)
@@ -233,6 +247,10 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
     figure.axes[0].tick_params(axis="x", labelrotation=60)
     save_png(figure, out / "patching.png")
 
+    extras = {"figures": []}
+    if head_patching or attribution_patching:
+        extras = write_patching_extras(model, forward, reverse, patched, residual_seconds, name, label, out,
+                                       patch_layers, head_patching, attribution_patching)
     layers = range(model.cfg.n_layers)
     for direction, example in (("forward", forward), ("reverse", reverse)):
         view = attention_view(model, torch.tensor(example.prompt), layers, [label(t) for t in example.prompt])
@@ -244,7 +262,9 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
                                "after the reverse prompt",
                      "site": "resid_pre", "layers": list(patched.layers), "positions_from_end": width,
                      "clean_logprob": patched.clean, "corrupted_logprob": patched.corrupt},
-        "figures": ["attribution.png", "patching.png", "attention_forward.html", "attention_reverse.html"],
+        **{key: value for key, value in extras.items() if key != "figures"},
+        "figures": ["attribution.png", "patching.png", "attention_forward.html", "attention_reverse.html",
+                    *extras["figures"]],
     }
 
 
@@ -291,6 +311,7 @@ CAPTIONS = {
                    "std), one layer's hidden state, MLP or attention output restored from the clean run at one "
                    "position; the mean rise of p(answer, all its tokens) over the corrupted run, per layer and "
                    "position bucket; peak and its 95% interval across facts in each title.",
+    **PATCHING_CAPTIONS,
 }
 
 
@@ -315,13 +336,17 @@ def _circuits_to_draw(per_circuit: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str], n_controls: int = 16,
                 patch_layers: Sequence[int] | None = None, about: dict[str, Any] | None = None,
-                tracing: dict[str, int] | None = None) -> dict[str, Any]:
+                tracing: dict[str, int] | None = None, head_patching: bool = False,
+                attribution_patching: bool = False, lens: bool = False,
+                choices: tuple[QuestionSet, int] | None = None) -> dict[str, Any]:
     """Every probe of ``probed`` on ``facts``: tables, figures and summary.json into ``out``.
 
     A model not trained on the facts (``probed.trained_on_facts`` False) is probed for its prior
     knowledge: every row's split is :data:`PRIOR` and the circuits compare the forward entry with
     the reverse one (:func:`prior_circuit_summary`) instead of trained with held-out directions. A
-    circuit summary that no fact defines writes no circuits.png and says why.
+    circuit summary that no fact defines writes no circuits.png and says why. ``choices``: (questions,
+    K) to ask the forward and reverse questions as multiple choice with K options
+    (:mod:`analyses.multiple_choice`; multiple_choice.csv).
     """
     out = Path(out)
     trained = probed.trained_on_facts
@@ -355,8 +380,21 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
             "asymmetry; circuits.png is not written" if trained else
             "no fact has both directions in play with finite z-scores, so no circuit has a forward − reverse "
             "asymmetry; circuits.png is not written")
-    attribution = attribution_figures(probed, facts, out, patch_layers)
+    attribution = attribution_figures(probed, facts, out, patch_layers, head_patching, attribution_patching)
     figures += attribution["figures"]
+    if lens and not isinstance(probed.model, BilinearModel):
+        notes["logit_lens"] = write_logit_lens(probed.model, facts, probed.statements, out,
+                                               split_of=(lambda split: split) if trained else (lambda split: PRIOR))
+        figures += notes["logit_lens"]["figures"]
+    if choices is not None:
+        from analyses.multiple_choice import multiple_choice_summary, multiple_choice_table
+
+        asked = multiple_choice_table(probed.model, choices[0], probed.statements.tokenizer, choices[1])
+        if not trained:
+            asked["split"] = PRIOR
+        write_csv(asked, out / "multiple_choice.csv")
+        notes["multiple_choice"] = multiple_choice_summary(asked)
+        figures.append("multiple_choice.csv")
     if tracing is not None:  # {"n_facts": N, "n_samples": S}
         notes["tracing"] = tracing_figures(probed, facts, out, **tracing)
         figures += notes["tracing"]["figures"]
@@ -397,6 +435,11 @@ def format_probe(summary: dict[str, Any]) -> str:
         lines.append(f"attribution figures of fact {attribution['fact']}: {patching['metric']}: "
                      f"{patching['corrupted_logprob']:.2f}; after the forward prompt instead "
                      f"{patching['clean_logprob']:.2f}")
+    lines += format_extras(summary)
+    if "multiple_choice" in summary:
+        from analyses.multiple_choice import format_multiple_choice
+
+        lines += format_multiple_choice({"model": summary["multiple_choice"]})
     if "tracing" in summary and "headline" in summary["tracing"]:
         lines.append(format_tracing(summary["tracing"]))
     return "\n".join(lines)
@@ -418,18 +461,30 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
           device: str | None = None, n_controls: int = 16, backend: str = "hooked",
           patch_layers: Sequence[int] | None = None, limit: int | None = None,
           templates_file: str | os.PathLike[str] | None = None,
-          tracing: dict[str, int] | None = None) -> dict[str, Any]:
+          tracing: dict[str, int] | None = None, head_patching: bool = False, attribution_patching: bool = False,
+          lens: bool = False, multiple_choice: int = 0) -> dict[str, Any]:
     """Run every probe of a checkpoint or pretrained model on ``facts_path`` (see the module doc): a
     fact JSONL, a CSV of facts or a Berglund experiment-1 folder, read as ``finetune-facts`` reads it
     (:func:`facts.sources.read_fact_source`; sentences from ``templates_file`` when given);
     ``limit``: only its first N facts (recorded in the summary); ``tracing``: {"n_facts", "n_samples"}
-    of causal tracing, or None for none."""
+    of causal tracing, or None for none; ``head_patching``, ``attribution_patching``, ``lens``: the optional
+    views of :mod:`analyses.probe_patching`; ``multiple_choice``: K > 0 asks the forward (held-out paraphrase)
+    and reverse questions of a text model as multiple choice with K options (:mod:`analyses.multiple_choice`)."""
     source = read_fact_source(facts_path, templates_file)
     facts: FactSet = source.facts
     if limit is not None:
         facts = facts.first(limit)
+    choices = None
+    if multiple_choice:
+        if _is_checkpoint(model_path):
+            raise ValueError(f"--multiple-choice: {model_path} is a checkpoint of token ids; multiple choice asks a "
+                             "text model questions in words")
+        asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, None)
+        kept = tuple(q for q in asked.questions if q.fact < len(facts))
+        choices = (QuestionSet(train=(), questions=kept, source=asked.source), multiple_choice)
     probed = load_probed(model_path, facts, device, backend, source.sentence_templates(None))
     return write_probe(probed, facts, out, n_controls, patch_layers,
                        about={"model": str(model_path), "facts": str(facts_path), "limit": limit,
                               **({} if templates_file is None else {"templates_file": str(templates_file)})},
-                       tracing=tracing)
+                       tracing=tracing, head_patching=head_patching, attribution_patching=attribution_patching,
+                       lens=lens, choices=choices)

@@ -86,6 +86,9 @@ CAPTIONS = {
                   "greedy correctness (and the margin over random controls where scored).",
     "circuits.csv": "One row per (fact, circuit): the entries M[A, B] and M[B, A], their z-scores against random "
                     "controls and the asymmetry index z[A, B] − z[B, A].",
+    "multiple_choice.csv": "One row per question and option order (Lin et al. 2024): the question asked as multiple "
+                           "choice, its right answer among K options of the same kind, once under each letter; p of "
+                           "each letter among the K letters, p(right letter), the most likely letter. Chance 1 / K.",
 }
 """Captions of the files that several kinds of run write; a kind's own files are captioned in its
 entry of :data:`analyses.experiments.KINDS`."""

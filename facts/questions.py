@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -258,3 +259,53 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
 
 __all__: Sequence[str] = ("Question", "QuestionSet", "SETTINGS", "TrainPair", "load_fact_csv", "load_templates",
                           "questions_from_facts", "save_fact_csv")
+
+
+LETTERS = "ABCD"
+"""Option letters of a multiple-choice question (Lin et al. 2024 ask with four options)."""
+
+
+@dataclass(frozen=True)
+class MultipleChoice:
+    """One question asked as multiple choice: ``prompt`` lists ``options`` under ``letters``, and the
+    right answer sits at ``correct`` (an index into ``options`` and ``letters``)."""
+
+    prompt: str
+    options: tuple[str, ...]
+    letters: str
+    correct: int
+
+
+def multiple_choice_prompt(stem: str, options: Sequence[str], letters: str = LETTERS) -> str:
+    """The sentence ``stem`` to complete, then one option per line under its letter, then "Answer:"
+    (the model's next token is read as its choice: " A", " B", ...)::
+
+        Complete the sentence: Known for being the author of 'X', ___
+        A. Ann Lee
+        B. Tom Hardy
+        Answer:
+    """
+    if not 2 <= len(options) <= len(letters):
+        raise ValueError(f"a multiple-choice question needs 2…{len(letters)} options, got {len(options)}")
+    lines = [f"Complete the sentence: {stem.strip()} ___"]
+    lines += [f"{letter}. {option.strip()}" for letter, option in zip(letters, options)]
+    return "\n".join(lines + ["Answer:"])
+
+
+def multiple_choice_orders(question: Question, distractors: Sequence[str], seed: int, letters: str = LETTERS
+                           ) -> list[MultipleChoice]:
+    """``question`` as multiple choice with its right answer and ``distractors`` (K − 1 other answers of its
+    pool), shuffled with ``seed``, then in every cyclic rotation of that order: K prompts, the right answer
+    once under each letter, so a bias towards one letter cannot raise the mean score above chance."""
+    options = [question.completion, *distractors]
+    if len(set(o.strip() for o in options)) != len(options):
+        raise ValueError(f"{question.source}: the options of a multiple-choice question must differ, got {options}")
+    order = list(range(len(options)))
+    random.Random(f"{seed}:{question.source}:{question.prompt}").shuffle(order)
+    asked = []
+    for shift in range(len(options)):
+        rotated = order[shift:] + order[:shift]
+        chosen = tuple(options[i] for i in rotated)
+        asked.append(MultipleChoice(multiple_choice_prompt(question.prompt, chosen, letters), chosen,
+                                    letters[: len(chosen)], rotated.index(0)))
+    return asked

@@ -466,7 +466,8 @@ def _answer_logprob(targets: Int[Tensor, "batch answer"]) -> Metric:
     length = targets.shape[1]
 
     def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
-        logprobs = logits[:, -length:].float().log_softmax(-1)
+        chosen = logits[:, -length:]
+        logprobs = (chosen if chosen.dtype == torch.float64 else chosen.float()).log_softmax(-1)
         return logprobs.gather(-1, targets[..., None])[..., 0].sum(-1).mean()
 
     return metric
@@ -574,6 +575,109 @@ def patch_heads(
 
 
 # ---------------------------------------------------------------------------------------------
+# Attribution patching
+
+
+AttributionSite = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z"]
+
+
+def attribution_patch(
+    model: Any,
+    clean: Statements,
+    corrupt: Statements,
+    sites: Sequence[AttributionSite] = ("resid_pre", "z"),
+    layers: Sequence[int] | None = None,
+    targets: Targets | None = None,
+) -> dict[str, Patching]:
+    """Every (layer, position) and (layer, head) patch of :func:`patch_residual` / :func:`patch_heads`
+    estimated at once, from one clean forward pass and one corrupted forward + backward pass
+    (Nanda's *attribution patching*).
+
+    With M(a) the metric of the corrupted run when the activation a at one site (a residual
+    vector ``a: Float[Tensor, "batch d_model"]`` at one position, or one head's
+    ``z: Float[Tensor, "batch pos d_head"]`` at every position) is set to a, exact patching reads
+    M(a_clean) − M(a_corrupt). Attribution patching replaces it by its first-order Taylor term at
+    the corrupted run,
+
+        M(a_clean) − M(a_corrupt) ≈ ⟨a_clean − a_corrupt, ∂M/∂a |_corrupt⟩
+                                   = d/dt M(a_corrupt + t (a_clean − a_corrupt)) |_{t=0},
+
+    the inner product summed over batch and features (and, for a head, positions; M is the mean over
+    the batch, so the batch-mean's 1/B is in the gradient). All gradients come from one backward
+    pass of the same M the exact patching reads (:func:`patch_residual`'s mean log-probability of
+    ``targets``, default each clean statement's first answer token). The estimate is exact where
+    M is affine in a along the segment, and close where the patched difference is small against
+    M's curvature; it is worst for large changes through a saturating softmax (attention or the
+    answer's own probability near 1), so read it as a map of where to patch exactly.
+
+    Positions are aligned at the end as in :func:`patch_residual`; ``"z"`` (heads, all positions)
+    needs clean and corrupted prompts of one length, as :func:`patch_heads` does. Returns one
+    :class:`Patching` per site, keyed by site, whose ``metric`` is the *estimated* patched metric,
+    M(a_corrupt) + estimate, so it reads like an exact one (``recovered``, ``to_frame``). Works on
+    a model whose parameters do not require gradients (the first activation read becomes the
+    leaf); the model's parameters get no ``.grad``.
+    """
+    clean, corrupt = as_examples(clean), as_examples(corrupt)
+    for site in sites:
+        if site not in (*PATCH_SITES, "z"):
+            raise ValueError(f"site must be one of {(*PATCH_SITES, 'z')}, not {site!r}")
+    clean_length, corrupt_length = _check_patchable(clean, corrupt, one_length="z" in sites)
+    chosen = _layers(model, layers)
+    names = {(site, layer): get_act_name(site, layer) for site in sites for layer in chosen}
+    for name in names.values():
+        hook_names(model, name)
+    goal = _target_tokens(model, clean, targets)
+    metric = _answer_logprob(goal)
+    teacher = goal[:, :-1]
+    clean_tokens = torch.cat([_prompts(model, clean), teacher], 1)
+    corrupt_tokens = torch.cat([_prompts(model, corrupt), teacher], 1)
+    with torch.no_grad():
+        clean_logits, clean_cache = model.run_with_cache(clean_tokens, names_filter=list(names.values()))
+
+    seen: dict[str, Tensor] = {}
+
+    def keeper(name: str) -> Callable[[Tensor, Any], Tensor]:  # by our name: a bridge's hook may call itself another
+        def keep(activation: Tensor, hook: Any) -> Tensor:
+            if not activation.requires_grad:  # frozen parameters: start the graph here
+                activation = activation.detach().requires_grad_(True)
+            seen[name] = activation
+            return activation
+
+        return keep
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(name, keeper(name)) for name in dict.fromkeys(names.values())]):
+        corrupt_value = metric(model(corrupt_tokens))
+    order = list(seen)
+    gradients = dict(zip(order, torch.autograd.grad(corrupt_value, [seen[n] for n in order], allow_unused=True)))
+
+    width, shift = min(clean_length, corrupt_length), teacher.shape[1]
+    aligned = slice(clean_tokens.shape[1] - width - shift, clean_tokens.shape[1] - shift)
+    base = float(corrupt_value.detach())
+    results = {}
+    for site in sites:
+        rows = []
+        for layer in chosen:
+            name = names[site, layer]
+            gradient = gradients[name]
+            corrupted = seen[name].detach()
+            if gradient is None:  # nothing downstream reads this activation
+                gradient = torch.zeros_like(corrupted)
+            if site == "z":
+                per_head: Float[Tensor, "batch pos head d_head"] = clean_cache[name] - corrupted
+                rows.append(einops.einsum(per_head.double(), gradient.double(), "b p h d, b p h d -> h"))
+            else:
+                width_corrupt = corrupted.shape[1]
+                picked = slice(width_corrupt - width - shift, width_corrupt - shift)
+                per_position: Float[Tensor, "batch width d_model"] = clean_cache[name][:, aligned] - corrupted[:, picked]
+                rows.append(einops.einsum(per_position.double(), gradient[:, picked].double(), "b w d, b w d -> w"))
+        results[site] = Patching(
+            metric=(base + torch.stack(rows)).float().cpu(), layers=chosen, axis="head" if site == "z" else "pos",
+            site=site, clean=float(metric(clean_logits)), corrupt=base,
+        )
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
 # Logit lens
 
 
@@ -624,6 +728,6 @@ def logit_lens(model: Any, statements: Statements, batch_size: int = 64) -> pd.D
 
 
 __all__ = [
-    "PATCH_SITES", "PatchSite", "Patching", "Statements", "as_examples", "direct_logit_attribution", "folded",
-    "forward_reverse_pairs", "logit_lens", "patch_heads", "patch_residual",
+    "PATCH_SITES", "AttributionSite", "PatchSite", "Patching", "Statements", "as_examples", "attribution_patch",
+    "direct_logit_attribution", "folded", "forward_reverse_pairs", "logit_lens", "patch_heads", "patch_residual",
 ]

@@ -229,6 +229,63 @@ def patching_heatmap(
     return figure
 
 
+def patching_grid(
+    rows: Sequence[tuple[str, Sequence[tuple[str, Float[Tensor, "layer index"]]], Sequence[str], Sequence[str], str]],
+    title: str = "",
+    value_label: str = "change of the metric",
+):
+    """Patching maps side by side: one figure row per ``(row_title, panels, row_labels, col_labels, xlabel)``,
+    ``panels`` a list of ``(panel_title, values)`` of one shape (e.g. exact and estimated patching of the
+    same sites), drawn on one colour scale per row, centred on 0 (red up, blue down)."""
+    from matplotlib.figure import Figure
+
+    n_columns = max(len(panels) for _, panels, *_ in rows)
+    widths = [values.shape[1] for _, panels, *_ in rows for _, values in panels]
+    heights = [values.shape[0] for _, panels, *_ in rows for _, values in panels]
+    figure = Figure(figsize=(n_columns * max(3.2, 1.2 + 0.35 * max(widths)) + 1.0,
+                             len(rows) * (1.6 + 0.18 * max(heights)) + 0.6), layout="constrained")
+    axes = figure.subplots(len(rows), n_columns, squeeze=False)
+    for row, (row_title, panels, row_labels, col_labels, xlabel) in enumerate(rows):
+        bound = max(1e-9, max(float(values.abs().max()) for _, values in panels))
+        image = None
+        for column, (panel_title, values) in enumerate(panels):
+            axis = axes[row, column]
+            image = axis.imshow(values.detach().float().cpu().numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound,
+                                aspect="auto", interpolation="nearest")
+            axis.set_title(f"{row_title}: {panel_title}", fontsize=9)
+            axis.set_xticks(range(values.shape[1]), list(col_labels), fontsize=7, rotation=60 if len(col_labels) > 8 else 0)
+            step = max(1, values.shape[0] // 12)
+            axis.set_yticks(range(0, values.shape[0], step), list(row_labels)[::step], fontsize=7)
+            axis.set_xlabel(xlabel, fontsize=8)
+            axis.set_ylabel("layer", fontsize=8)
+        for axis in axes[row, len(panels):]:
+            axis.set_visible(False)
+        figure.colorbar(image, ax=list(axes[row, : len(panels)]), shrink=0.9, label=value_label)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def logit_lens_lines(table: pd.DataFrame, title: str = ""):
+    """Mean log p of the answer per logit-lens stage (:func:`probes.attribution.logit_lens` rows), one line
+    per split and direction, with the stage names on the x axis."""
+    from matplotlib.figure import Figure
+
+    stages = list(dict.fromkeys(table.stage))
+    figure = Figure(figsize=(max(5.0, 1.5 + 0.3 * len(stages)), 3.6), layout="constrained")
+    axis = figure.subplots()
+    for (split, direction), part in table.groupby(["split", "direction"], sort=False):
+        means = part.groupby("layer").logprob.mean()
+        axis.plot(means.index, means.to_numpy(), marker="o", label=f"{split}/{direction}")
+    axis.set_xticks(range(len(stages)), stages, rotation=60, fontsize=7)
+    axis.set_xlabel("residual stream read at")
+    axis.set_ylabel("mean log p(answer's first token)")
+    axis.legend(fontsize=8)
+    if title:
+        axis.set_title(title)
+    return figure
+
+
 def tracing_heatmaps(average: pd.DataFrame, title: str = "", value_label: str = "mean indirect effect on p(answer)"):
     """Causal-tracing heatmaps (:func:`probes.tracing.average_over_statements`): one row of panels per
     question kind ("split/direction"), one panel per component, layers × position buckets, one shared

@@ -81,6 +81,25 @@ def test_finetune_writes_probe_format_tables_and_figure(run):
     assert "in context reverse" in text and "95% CI" in text and "OV circuits Y (mean z over 270 heads" in text
 
 
+def test_finetune_asks_forward_and_reverse_as_multiple_choice_before_and_after(run):
+    """Four people: each name and description pool holds 4 answers, so K = 4 options; 12 held-out forward
+    paraphrases and 12 reverse questions, each in its 4 orders, before and after."""
+    out, summary = run
+    for prefix, stage in (("", "after"), ("before_", "before")):
+        table = pd.read_csv(out / f"{prefix}multiple_choice.csv")
+        assert len(table) == (12 + 12) * 4 and set(table.setting) == {"forward_heldout_paraphrase", "reverse"}
+        assert abs(table[["p_A", "p_B", "p_C", "p_D"]].sum(axis=1) - 1).max() < 1e-9
+        for _, part in table.groupby("question"):
+            assert sorted(part.correct_letter) == list("ABCD")
+        entry = summary["multiple_choice"][stage]
+        assert entry["options"] == 4 and entry["chance"] == 0.25
+        for setting, row in entry["groups"]["p2d"].items():
+            part = table[table.setting == setting]
+            assert row["n"] == 12 and row["p_correct"] == pytest.approx(part.p_correct.mean())
+            assert row["accuracy"] == pytest.approx(part.correct.mean())
+    assert "multiple choice (4 options, every order; chance 0.25)" in format_summary(summary)
+
+
 def assert_summary_matches_questions(out, summary, counts):
     """Every group × setting of the summary recomputed from questions.csv (after) and
     before_questions.csv: n, exact match, top-1 (rank 1 among the controls), margin, paired gain."""
@@ -224,6 +243,7 @@ def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer, smol
     ({"facts": "x.csv", "mitigation": "bidirectional"}, "builds on the built-in people world"),
     ({"facts": "x.csv", "groups": ("p2d",)}, "groups choose the built-in world's fact groups"),
     ({"groups": ("p2d", "p2d")}, "groups must be distinct names from"),
+    ({"multiple_choice": 5}, "multiple_choice .options. must be 0 .none. or 2…4, got 5"),
 ])
 def test_bad_configs_are_refused_with_the_setting_named(change, message):
     with pytest.raises(ValueError, match=message):

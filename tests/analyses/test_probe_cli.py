@@ -221,3 +221,39 @@ def test_tracing_on_the_bridge_is_refused_before_the_model_loads(tmp_path, capsy
     assert code == 2
     assert "--tracing runs on --backend hooked only" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before the folder is made or any model is read
+
+
+def test_probe_cli_patches_heads_estimates_by_attribution_and_reads_the_logit_lens(run, world, tmp_path):
+    from analyses.report import find_runs, render_report
+
+    result = revlens("probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"),
+                     "--head-patching", "--attribution-patching", "--logit-lens", "--out", str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    extra = ["head_patching.png", "attribution_patching.png", "attribution_patching.csv"]
+    assert summary["figures"] == ["margins.png", "circuits.png", *ATTRIBUTION_FIGURES, *extra,
+                                  "logit_lens.png", "logit_lens.csv"]
+    for name in ("head_patching.png", "attribution_patching.png", "logit_lens.png"):
+        assert_drawn(tmp_path / name)
+    attribution = summary["attribution"]
+    estimate = attribution["attribution_patching"]
+    table = pd.read_csv(tmp_path / "attribution_patching.csv")
+    assert list(table.site) == ["resid_pre"] * 2 + ["z"] * 4 and list(table["index"]) == [-2, -1, 0, 1, 2, 3]
+    # the exact changes are those of patching.png and head_patching.png: both start from the same corrupted run
+    assert estimate["corrupted_logprob"] == pytest.approx(attribution["patching"]["corrupted_logprob"], abs=1e-5)
+    assert estimate["clean_logprob"] == pytest.approx(attribution["patching"]["clean_logprob"], abs=1e-5)
+    heads = table[table.site == "z"]
+    best = attribution["head_patching"]["best_logprob"] - attribution["head_patching"]["corrupted_logprob"]
+    assert heads.exact_change.max() == pytest.approx(best, abs=1e-4)
+    r = np.corrcoef(table.exact_change, table.estimated_change)[0, 1]
+    assert estimate["pearson"]["all"] == pytest.approx(r, abs=1e-6)  # (how close: tests/probes/test_attribution_patching.py)
+    assert estimate["pearson"]["resid_pre"] is None  # two positions: no correlation to speak of
+    assert estimate["speedup"] == pytest.approx(estimate["exact_seconds"] / estimate["seconds"])
+    assert "attribution patching vs exact (6 sites)" in result.stdout and "head patching: best head L0H" in result.stdout
+    # the logit lens's last stage is the model's output: its log p is logits.csv's (one-token answers)
+    lens = pd.read_csv(tmp_path / "logit_lens.csv")
+    final = lens[lens.stage == lens.stage.iloc[-1]].set_index(["fact", "direction"]).logprob
+    logits = pd.read_csv(tmp_path / "logits.csv").set_index(["fact", "direction"]).logprob
+    assert len(final) == len(logits) and np.allclose(final.loc[logits.index], logits, atol=1e-4)
+    assert "logit lens of 400 statements" in result.stdout
+    page = render_report(find_runs([tmp_path]))
+    assert "Attribution patching (first-order estimate" in page and "Logit lens: mean log p" in page

@@ -1,0 +1,94 @@
+"""Multiple choice: prompts (facts.questions), letter probabilities (probes.multiple_choice) and the
+table (analyses.multiple_choice), on a tiny random Llama with SmolLM2's tokenizer: its HookedTransformer
+scores the letters, its transformers model checks them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from analyses.multiple_choice import multiple_choice_summary, multiple_choice_table, options_count
+from facts.questions import Question, QuestionSet, multiple_choice_orders, multiple_choice_prompt
+from probes.multiple_choice import letter_probabilities, letter_tokens
+
+NAMES = (" Ann Lee", " Tom Hardy", " Mia Cole", " Raj Patel", " Eve Stone")
+
+
+def question(number: int, setting: str = "reverse") -> Question:
+    return Question(key=number, group="p2d", setting=setting, prompt=f"Known for being the author of 'Book {number}',",
+                    completion=NAMES[number], pool="name", fact=number, direction="reverse", split="heldout",
+                    source=f"test:{number}")
+
+
+def test_every_order_puts_the_right_answer_once_under_each_letter():
+    asked = multiple_choice_orders(question(0), NAMES[1:4], seed=0)
+    assert [a.letters[a.correct] for a in sorted(asked, key=lambda a: a.correct)] == list("ABCD")
+    for a in asked:
+        assert a.options[a.correct] == NAMES[0] and sorted(a.options) == sorted(NAMES[:4])
+        assert f"\n{a.letters[a.correct]}. {NAMES[0].strip()}\n" in a.prompt and a.prompt.endswith("\nAnswer:")
+    assert len({a.prompt for a in asked}) == 4
+    assert multiple_choice_orders(question(0), NAMES[1:4], seed=0) == asked  # seeded
+    with pytest.raises(ValueError, match="must differ"):
+        multiple_choice_orders(question(0), (NAMES[1], NAMES[1]), seed=0)
+    with pytest.raises(ValueError, match="2…4 options"):
+        multiple_choice_prompt("x", NAMES)
+
+
+def test_letter_probabilities_are_the_softmax_over_the_letters_of_the_model(tiny_models):
+    tiny = tiny_models["llama"]
+    model, hf, tokenizer = tiny.backends["hooked"], tiny.hf, tiny.tokenizer
+    letters = letter_tokens(tokenizer, "ABCD")
+    assert letters == (330, 389, 340, 422)  # " A" … " D" in SmolLM2's vocabulary
+    asked = multiple_choice_orders(question(1), (NAMES[0], NAMES[2], NAMES[3]), seed=0)
+    prompts = [tuple(tokenizer.encode(a.prompt, add_special_tokens=False)) for a in asked]
+    probabilities = letter_probabilities(model, prompts + prompts[:1], letters, batch_size=3)
+    assert probabilities.shape == (5, 4)
+    assert torch.allclose(probabilities.sum(-1), torch.ones(5, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(probabilities[4], probabilities[0])  # the same prompt in another batch: the same row
+    with torch.no_grad():
+        for row, prompt in enumerate(prompts):
+            logits = hf(torch.tensor([prompt])).logits[0, -1].double()
+            assert torch.allclose(probabilities[row], logits[list(letters)].softmax(-1), atol=1e-4)
+    with pytest.raises(ValueError, match="splits option letter 'Ω'"):
+        letter_tokens(tokenizer, "AΩ")
+
+
+def test_the_table_moves_the_right_letter_with_the_options_and_summarises_per_question(tiny_models):
+    tiny = tiny_models["llama"]
+    questions = QuestionSet(train=(), questions=tuple(question(i) for i in range(5)), source="test")
+    assert options_count(questions, 4) == 4 and options_count(questions, 3) == 3
+    table = multiple_choice_table(tiny.backends["hooked"], questions, tiny.tokenizer, k=4, seed=0)
+    assert len(table) == 5 * 4 and set(table.correct_letter) == set("ABCD")
+    letters = table[["p_A", "p_B", "p_C", "p_D"]].to_numpy()
+    assert abs(letters.sum(1) - 1).max() < 1e-9
+    picked = {"A": 0, "B": 1, "C": 2, "D": 3}
+    assert (table.p_correct.to_numpy() == letters[range(20), [picked[c] for c in table.correct_letter]]).all()
+    assert (table.correct == (table.chosen_letter == table.correct_letter)).all()
+    for _, part in table.groupby("question"):  # each question: the right letter under every letter once
+        assert sorted(part.correct_letter) == list("ABCD")
+    summary = multiple_choice_summary(table)
+    row = summary["groups"]["p2d"]["reverse"]
+    assert summary["options"] == 4 and summary["chance"] == 0.25 and row["n"] == 5
+    assert row["p_correct"] == pytest.approx(table.p_correct.mean()) and row["accuracy"] == pytest.approx(table.correct.mean())
+    small = QuestionSet(train=(), questions=tuple(question(i) for i in range(2)), source="test")
+    assert options_count(small, 4) == 2
+    with pytest.raises(ValueError, match="2…4 options, not 5"):
+        options_count(questions, 5)
+
+
+def test_probe_asks_a_text_model_its_questions_as_multiple_choice(tiny_models, tmp_path):
+    from analyses.probe import PRIOR, format_probe, pretrained_probed, write_probe
+    from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES, people_world
+    from facts.questions import questions_from_facts
+
+    tiny = tiny_models["llama"]
+    facts = people_world(n_per_group=3, seed=1, groups=("p2d",))
+    questions = questions_from_facts(facts, TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
+    probed = pretrained_probed(tiny.backends["hooked"], tiny.tokenizer, "people", {"backend": "hooked"})
+    summary = write_probe(probed, facts, tmp_path, n_controls=2, choices=(questions, 4))
+    table = pd.read_csv(tmp_path / "multiple_choice.csv")
+    assert summary["multiple_choice"]["options"] == 3  # three people: three names to choose from
+    assert set(table.split) == {PRIOR} and len(table) == 3 * len(
+        [q for q in questions.questions if q.setting in ("forward_heldout_paraphrase", "reverse")])
+    assert "multiple_choice.csv" in summary["figures"] and "multiple choice (3 options" in format_probe(summary)
