@@ -429,9 +429,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         + (f"; mitigation: {config['mitigation']}" if config.get("mitigation", "none") != "none" else ""),
         f"margin = log p(answer) − mean log p(its controls: {config['n_controls']} random answers of the same kind"
         f"{', plus the randomized name where given' if source.startswith('berglund') else ''}); "
-        f"top-1: the answer beats every control (chance {summary['chance_top1']:.2f})",
-        f"{'':34}{'facts/qs':>9}{'exact match':>14}{'top-1':>14}{'margin':>14}{'gain after − before':>30}",
-        f"{'':34}{'':>9}{'before':>7}{'after':>7}{'before':>7}{'after':>7}{'before':>7}{'after':>7}"
+        f"top-1: the answer beats every control (chance: 1 / candidates, per row)",
+        f"{'':34}{'facts/qs':>9}{'exact match':>14}{'top-1':>14}{'':>7}{'margin':>14}{'gain after − before':>30}",
+        f"{'':34}{'':>9}{'before':>7}{'after':>7}{'before':>7}{'after':>7}{'chance':>7}{'before':>7}{'after':>7}"
         f"{'mean':>9}{'95% CI':>21}",
     ]
     for group, settings in summary["groups"].items():
@@ -441,7 +441,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(
                 f"{group + ' ' + setting.replace('_', ' '):34}{str(gain['n']) + '/' + str(gain['questions']):>9}"
                 f"{before['exact_match']:7.3f}"
-                f"{after['exact_match']:7.3f}{before['top1']:7.3f}{after['top1']:7.3f}{before['margin']['mean']:7.2f}"
+                f"{after['exact_match']:7.3f}{before['top1']:7.3f}{after['top1']:7.3f}{after['chance_top1']:7.2f}"
+                f"{before['margin']['mean']:7.2f}"
                 f"{after['margin']['mean']:7.2f}{gain['mean']:9.2f}   [{low:7.2f}, {high:7.2f}]")
     if "effective_weights" in summary:
         before, after = (summary["effective_weights"][stage] for stage in STAGES)
