@@ -16,8 +16,9 @@ after fine-tuning, per group and setting, Berglund's protocol:
 
 Per question: greedy exact match; top-1 (the answer's log p beats every control's); the margin
 m_i = log p(answer_i | prompt) − mean_j log p(control_ij | prompt), ≈ 0 when the curse holds,
-reported as mean ± 1.96·sd/√n; and the paired gain m_i(after) − m_i(before), the effect of
-training itself: ≈ 0 for the reverse, large for the forward.
+reported as mean ± 1.96·sd/√n over the n facts (each fact's questions averaged first: its
+paraphrases are not independent samples); and the paired gain m_i(after) − m_i(before), the effect
+of training itself: ≈ 0 for the reverse, large for the forward.
 
 How it runs: the transformers model is trained (:class:`models.hf_training.CausalLM`: the loss's
 logits only, tied embeddings kept tied) and converted to a HookedTransformer by the loader's own
@@ -213,10 +214,18 @@ def identity_examples(facts: FactSet, paraphrases: int, tokenizer) -> list[Examp
     return examples
 
 
-def mean_ci95(values: pd.Series) -> dict[str, float]:
-    """Mean and normal-approximation 95% interval, mean ± 1.96·sd/√n."""
-    mean, half = float(values.mean()), ci95_half_width(values)
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(values.count())}
+def mean_ci95(values: pd.Series, facts: pd.Series | None = None) -> dict[str, float]:
+    """Mean and normal-approximation 95% interval, mean ± 1.96·sd/√n.
+
+    With ``facts`` (the fact each value is about), the values are first averaged per fact and
+    the interval is over the n facts: the several paraphrases that ask one fact are not
+    independent samples (a learnt fact tends to be learnt in every wording), so counting each
+    question as one would narrow the interval by up to √(questions per fact). ``questions``:
+    the values averaged."""
+    units = values if facts is None else values.groupby(facts.to_numpy(), sort=False).mean()
+    mean, half = float(units.mean()), ci95_half_width(units)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(units.count()),
+            "questions": int(values.count())}
 
 
 def read_questions(config: FinetuneConfig) -> QuestionSet:
@@ -301,11 +310,12 @@ def write_tables(table: pd.DataFrame, out: Path, prefix: str = "") -> None:
 
 
 def setting_summary(table: pd.DataFrame) -> dict[str, Any]:
-    """Exact match, top-1 among the controls (and its chance, the mean of 1 / candidates), margin
-    (with interval) and mean log p of one setting."""
+    """Exact match and top-1 among the controls (fractions of the questions; top-1's chance, the
+    mean of 1 / candidates), margin (with its interval over facts, :func:`mean_ci95`) and mean log p
+    of one setting."""
     return {"exact_match": float(table.correct.mean()), "top1": float(table.top1.mean()),
             "chance_top1": float((1 / table.n_candidates).mean()),
-            "margin": mean_ci95(table.margin), "logprob": float(table.logprob.mean()),
+            "margin": mean_ci95(table.margin, table.fact), "logprob": float(table.logprob.mean()),
             "mean_rank": float(table["rank"].mean())}
 
 
@@ -313,7 +323,7 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
               n_sentences: int, steps: int, source: str) -> dict[str, Any]:
     """Per group and setting (:data:`facts.questions.SETTINGS`, those asked), before and after
     fine-tuning, :func:`setting_summary`, and the paired margin gain after − before (the same
-    questions in the same order) with its interval; and the findings, read on the tested group
+    questions in the same order) with its interval over facts; and the findings, read on the tested group
     (p2d when present). The gain takes out each question's margin before training, so "the
     reverse was not learnt" reads: the gain's interval does not lie above 0."""
     out: dict[str, Any] = {"experiment": "finetune-facts", "config": asdict(config), "source": source,
@@ -329,7 +339,7 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
             if chosen.any():
                 out["groups"][group][setting] = {
                     "before": setting_summary(before[chosen]), "after": setting_summary(after[chosen]),
-                    "margin_gain": mean_ci95(after.margin[chosen] - before.margin[chosen])}
+                    "margin_gain": mean_ci95(after.margin[chosen] - before.margin[chosen], after.fact[chosen])}
     tested = out["groups"].get(TESTED) or next(iter(out["groups"].values()))
     findings = {"forward_learnt": tested["forward_trained_paraphrase"]["after"]["exact_match"] >= 0.9}
     if "forward_heldout_paraphrase" in tested:
@@ -545,9 +555,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         + (f"; mitigation: {config['mitigation']}" if config.get("mitigation", "none") != "none" else ""),
         f"margin = log p(answer) − mean log p(its controls: {config['n_controls']} random answers of the same kind"
         f"{', plus the randomized name where given' if source.startswith('berglund') else ''}); "
-        f"top-1: the answer beats every control (chance {summary['chance_top1']:.2f})",
-        f"{'':34}{'n':>5}{'exact match':>14}{'top-1':>14}{'margin':>14}{'gain after − before':>30}",
-        f"{'':34}{'':>5}{'before':>7}{'after':>7}{'before':>7}{'after':>7}{'before':>7}{'after':>7}"
+        f"top-1: the answer beats every control (chance: 1 / candidates, per row)",
+        f"{'':34}{'facts/qs':>9}{'exact match':>14}{'top-1':>14}{'':>7}{'margin':>14}{'gain after − before':>30}",
+        f"{'':34}{'':>9}{'before':>7}{'after':>7}{'before':>7}{'after':>7}{'chance':>7}{'before':>7}{'after':>7}"
         f"{'mean':>9}{'95% CI':>21}",
     ]
     for group, settings in summary["groups"].items():
@@ -555,8 +565,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             before, after, gain = row["before"], row["after"], row["margin_gain"]
             low, high = gain["ci95"]
             lines.append(
-                f"{group + ' ' + setting.replace('_', ' '):34}{gain['n']:5d}{before['exact_match']:7.3f}"
-                f"{after['exact_match']:7.3f}{before['top1']:7.3f}{after['top1']:7.3f}{before['margin']['mean']:7.2f}"
+                f"{group + ' ' + setting.replace('_', ' '):34}{str(gain['n']) + '/' + str(gain['questions']):>9}"
+                f"{before['exact_match']:7.3f}"
+                f"{after['exact_match']:7.3f}{before['top1']:7.3f}{after['top1']:7.3f}{after['chance_top1']:7.2f}"
+                f"{before['margin']['mean']:7.2f}"
                 f"{after['margin']['mean']:7.2f}{gain['mean']:9.2f}   [{low:7.2f}, {high:7.2f}]")
     if "effective_weights" in summary:
         before, after = (summary["effective_weights"][stage] for stage in STAGES)

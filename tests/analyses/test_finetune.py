@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 
 import pandas as pd
@@ -102,20 +103,26 @@ def test_finetune_asks_forward_and_reverse_as_multiple_choice_before_and_after(r
 
 def assert_summary_matches_questions(out, summary, counts):
     """Every group × setting of the summary recomputed from questions.csv (after) and
-    before_questions.csv: n, exact match, top-1 (rank 1 among the controls), margin, paired gain."""
+    before_questions.csv: questions (``counts``) and facts, exact match, top-1 (rank 1 among the
+    controls), margin, paired gain; intervals over the facts (each asked equally often here)."""
     after, before = (pd.read_csv(out / f"{prefix}questions.csv") for prefix in ("", "before_"))
     assert (after[["key", "setting", "answer"]] == before[["key", "setting", "answer"]]).all().all()
     assert (after.top1 == (after["rank"] == 1)).all()
-    assert {g: {s: row["margin_gain"]["n"] for s, row in settings.items()}
+    assert {g: {s: row["margin_gain"]["questions"] for s, row in settings.items()}
             for g, settings in summary["groups"].items()} == counts
     for group, settings in summary["groups"].items():
         for setting, row in settings.items():
             chosen = (after.group == group) & (after.setting == setting)
+            assert row["margin_gain"]["n"] == after.fact[chosen].nunique() == row["after"]["margin"]["n"]
             assert row["after"]["exact_match"] == pytest.approx(after.correct[chosen].mean())
             assert row["after"]["top1"] == pytest.approx(after.top1[chosen].mean())
             assert row["before"]["margin"]["mean"] == pytest.approx(before.margin[chosen].mean())
-            gain = after.margin[chosen].to_numpy() - before.margin[chosen].to_numpy()
+            gain = pd.Series(after.margin[chosen].to_numpy() - before.margin[chosen].to_numpy())
             assert row["margin_gain"]["mean"] == pytest.approx(gain.mean(), abs=1e-9)
+            per_fact = gain.groupby(after.fact[chosen].to_numpy()).mean()
+            half = 1.96 * per_fact.std() / len(per_fact) ** 0.5 if len(per_fact) > 1 else float("nan")
+            assert row["margin_gain"]["ci95"] == pytest.approx([gain.mean() - half, gain.mean() + half],
+                                                               abs=1e-9, nan_ok=True)
 
 
 def test_tokenizer_and_model_come_from_one_parse_of_the_gguf(monkeypatch, tmp_path):
@@ -217,6 +224,18 @@ def test_mean_ci95_is_mean_plus_minus_196_standard_errors():
     stats = mean_ci95(values)
     half = 1.96 * values.std() / 2
     assert stats["mean"] == 2.5 and stats["ci95"] == pytest.approx([2.5 - half, 2.5 + half]) and stats["n"] == 4
+
+
+def test_mean_ci95_over_facts_averages_each_facts_questions_first():
+    """Three questions about fact 7 and one about fact 2: the interval is over the two facts'
+    means (2 and 5), not the four questions; a fact asked alone has no interval."""
+    values, facts = pd.Series([1.0, 2.0, 3.0, 5.0]), pd.Series([7, 7, 7, 2])
+    stats = mean_ci95(values, facts)
+    half = 1.96 * pd.Series([2.0, 5.0]).std() / 2 ** 0.5
+    assert stats["mean"] == 3.5 and stats["ci95"] == pytest.approx([3.5 - half, 3.5 + half])
+    assert stats["n"] == 2 and stats["questions"] == 4
+    alone = mean_ci95(pd.Series([1.0, 3.0]), pd.Series([4, 4]))
+    assert alone["mean"] == 2.0 and alone["n"] == 1 and all(math.isnan(end) for end in alone["ci95"])
 
 
 def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer, smollm2_hooked):
