@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def save_checkpoint(
             f"step {step}: parameter(s) {broken[:5]} hold NaN or inf; checkpoint not written, the last good "
             f"one in {directory} is kept"
         )
-    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in _model_state(model).items()}
     optim_meta = None
     if optimizer is not None:
         optim_tensors, optim_meta = _optimizer_tensors(optimizer)
@@ -176,14 +177,31 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(int(meta["step"]), model_state, optimizer_state, meta, path)
 
 
+def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores of ``model``: its state dict, in HookedTransformer's keys and shapes for a
+    TransformerLens 4 native bridge (``models.backend.checkpoint_state``), so either line reads it."""
+    if "transformer_lens" not in sys.modules:  # not a TransformerLens model: no need to import it
+        return model.state_dict()
+    from models.backend import checkpoint_state
+
+    return checkpoint_state(model)
+
+
+def _is_constant_buffer(key: str) -> bool:
+    """A HookedTransformer buffer every model of its config computes alike (causal mask, rotary tables):
+    a checkpoint written under TransformerLens 4 does not carry it, one from 3.9 does."""
+    return key.endswith((".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos"))
+
+
 def restore_model(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
     """Load weights into ``model``, with an error naming every mismatched tensor."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(checkpoint.model_state))
-    unexpected = sorted(set(checkpoint.model_state) - set(own))
+    own = _model_state(model)
+    saved = {k: v for k, v in checkpoint.model_state.items() if k in own or not _is_constant_buffer(k)}
+    missing = sorted(k for k in set(own) - set(saved) if not _is_constant_buffer(k))
+    unexpected = sorted(set(saved) - set(own))
     wrong = sorted(
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in checkpoint.model_state.items()
+        for k, v in saved.items()
         if k in own and v.shape != own[k].shape
     )
     if missing or unexpected or wrong:
@@ -192,4 +210,10 @@ def restore_model(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
         raise CheckpointError(
             f"{checkpoint.path}: checkpoint does not match the model config: " + "; ".join(p for p in problems if p)
         )
-    model.load_state_dict(checkpoint.model_state)
+    state = {**own, **saved}  # a constant buffer the checkpoint lacks is the model's own
+    if "transformer_lens" not in sys.modules:
+        model.load_state_dict(state)
+        return
+    from models.backend import load_hooked_state
+
+    load_hooked_state(model, state)

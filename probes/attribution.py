@@ -33,11 +33,9 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import patching
-from transformer_lens.utilities import get_act_name
-from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from facts.tokens import Example, TokenizedFacts
+from models.backend import POST_NORM_ARCHITECTURES, get_act_name, patching
 from probes.hooks import check_layer, hook_names
 
 Statements = Sequence[Example] | TokenizedFacts

@@ -20,12 +20,15 @@ from jaxtyping import Bool, Float, Int
 from packaging.version import Version
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from facts.tokens import Example
-from models.pretrained import TLModel
+from models.backend import (
+    TL_MAJOR,
+    TLModel,
+    TransformerLensKeyValueCache,
+    TransformerLensKeyValueCacheEntry,
+    is_hooked,
+)
 from models.scoring import model_device
 
 
@@ -48,8 +51,8 @@ class _PrefixCache:
 
     def __init__(self, model: TLModel):
         self.model = model
-        self.hooked = isinstance(model, HookedTransformer)
-        if not self.hooked and Version(transformers.__version__) >= Version("5.24"):
+        self.hooked = is_hooked(model)
+        if not self.hooked and TL_MAJOR < 4 and Version(transformers.__version__) >= Version("5.24"):
             # the pin in pyproject.toml, checked where a forced upgrade would give silently wrong numbers
             raise RuntimeError(
                 f"transformers {transformers.__version__} passes attention its key/value cache as `cache=`, which "
