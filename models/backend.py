@@ -143,7 +143,7 @@ def build_native(cfg: dict[str, Any], seed: int, device: Any) -> TransformerBrid
         bias = head._buffers.pop("bias")
         head.bias = torch.nn.Parameter(bias.clone())
     bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
-    load_hooked_state(bridge, hooked_init_state(cfg, seed))
+    load_hooked_state_dict(bridge, hooked_init_state(cfg, seed))
     return bridge
 
 
@@ -231,15 +231,15 @@ def bridge_to_hooked(state: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
     return out
 
 
-def checkpoint_state(model: torch.nn.Module) -> dict[str, Tensor]:
+def hooked_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
     """The state dict a checkpoint stores: HookedTransformer's keys for a native bridge, else the model's own."""
     if is_native_bridge(model):
         return bridge_to_hooked(model.state_dict(), model.cfg)
     return model.state_dict()
 
 
-def load_hooked_state(model: torch.nn.Module, state: dict[str, Tensor]) -> None:
-    """Load a state dict read from a checkpoint (see :func:`checkpoint_state`) into ``model``."""
+def load_hooked_state_dict(model: torch.nn.Module, state: dict[str, Tensor]) -> None:
+    """Load a state dict read from a checkpoint (see :func:`hooked_state_dict`) into ``model``."""
     if is_native_bridge(model):
         model.load_state_dict(hooked_to_bridge(state, model.cfg), strict=True)
     else:

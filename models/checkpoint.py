@@ -179,12 +179,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """What a checkpoint stores of ``model``: its state dict, in HookedTransformer's keys and shapes for a
-    TransformerLens 4 native bridge (``models.backend.checkpoint_state``), so either line reads it."""
+    TransformerLens 4 native bridge (``models.backend.hooked_state_dict``), so either line reads it."""
     if "transformer_lens" not in sys.modules:  # not a TransformerLens model: no need to import it
         return model.state_dict()
-    from models.backend import checkpoint_state
+    from models.backend import hooked_state_dict
 
-    return checkpoint_state(model)
+    return hooked_state_dict(model)
 
 
 def _is_constant_buffer(key: str) -> bool:
@@ -214,6 +214,6 @@ def restore_model(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
     if "transformer_lens" not in sys.modules:
         model.load_state_dict(state)
         return
-    from models.backend import load_hooked_state
+    from models.backend import load_hooked_state_dict
 
-    load_hooked_state(model, state)
+    load_hooked_state_dict(model, state)
