@@ -1,4 +1,6 @@
-"""HookedTransformer configurations by name, for training from scratch on token worlds.
+"""Transformer configurations by name, for training from scratch on token worlds: a
+``HookedTransformer`` under TransformerLens 3.9, the native ``TransformerBridge`` under 4.x, with
+the same initial weights for the same seed (``models.backend``).
 
 =============  ======  =======  =====  =====  =========================================
 name           layers  d_model  heads  d_mlp  use
@@ -11,8 +13,9 @@ name           layers  d_model  heads  d_mlp  use
 =============  ======  =======  =====  =====  =========================================
 
 Positional encoding: ``absolute`` (learned, TransformerLens "standard"), ``rotary``, or
-``none`` (no positional signal: the learned table is zeroed and frozen, so a model with
-``none`` has exactly the parameters of ``absolute`` and loads the same checkpoints shape-wise).
+``none`` (no positional signal: the learned table is zeroed and frozen, under both lines, so a
+model with ``none`` has exactly the parameters of ``absolute`` and loads the same checkpoints
+shape-wise).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ POSITIONALS: tuple[str, ...] = ("absolute", "rotary", "none")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Architecture of a from-scratch HookedTransformer (the vocabulary comes from the world)."""
+    """Architecture of a from-scratch transformer (the vocabulary comes from the world)."""
 
     n_layers: int
     d_model: int
