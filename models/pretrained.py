@@ -626,7 +626,7 @@ def _log_probs(logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, "batch
 
 
 def freeze_except_last_blocks(model: torch.nn.Module, n: int) -> list[str]:
-    """Train only the last ``n`` transformer blocks of a HookedTransformer (the memory-light option).
+    """Train only the last ``n`` transformer blocks of a HookedTransformer or a TransformerBridge (memory-light).
 
     Every other parameter (embeddings, unembedding, earlier blocks, final norm) stops requiring
     gradients, so neither gradients nor optimizer state are kept for it, and backpropagation stops
@@ -637,10 +637,10 @@ def freeze_except_last_blocks(model: torch.nn.Module, n: int) -> list[str]:
         raise ValueError(f"{type(model).__name__} has no .blocks; freezing by block needs a HookedTransformer")
     if not 1 <= n <= len(blocks):
         raise ValueError(f"trainable blocks must be 1…{len(blocks)} for this model, got {n}")
-    keep = {f"blocks.{index}." for index in range(len(blocks) - n, len(blocks))}
-    trainable = []
+    keep = {id(parameter) for index in range(len(blocks) - n, len(blocks)) for parameter in blocks[index].parameters()}
+    trainable = []  # by identity: a TransformerBridge names its parameters by the Hugging Face module tree
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(any(name.startswith(prefix) for prefix in keep))
+        parameter.requires_grad_(id(parameter) in keep)
         if parameter.requires_grad:
             trainable.append(name)
     return trainable
