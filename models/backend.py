@@ -150,6 +150,8 @@ def build_native(cfg: dict[str, Any], seed: int, device: Any) -> TransformerBrid
 # --- one checkpoint format for both lines ----------------------------------------------------------
 
 _BUFFERS = (".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos")
+_LINEAR = {"W_in": "in.", "W_out": "out.", "W_U": ""}  # HookedTransformer name -> bridge key infix
+_LINEAR_BIAS = {"b_in": "in.", "b_out": "out.", "b_U": ""}
 
 
 def _rotary_order(d_head: int) -> Tensor:
@@ -182,10 +184,10 @@ def hooked_to_bridge(state: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
             out[f"{stem}.o.weight"] = einops.rearrange(value, "h d m -> m (h d)").contiguous()
         elif name == "b_O":
             out[f"{stem}.o.bias"] = value
-        elif name in ("W_in", "W_out", "W_U"):
-            out[f"{stem}.{ {'W_in': 'in.', 'W_out': 'out.', 'W_U': ''}[name]}weight"] = value.T.contiguous()
-        elif name in ("b_in", "b_out", "b_U"):
-            out[f"{stem}.{ {'b_in': 'in.', 'b_out': 'out.', 'b_U': ''}[name]}bias"] = value
+        elif name in _LINEAR:  # HookedTransformer [d_in, d_out], nn.Linear [d_out, d_in]
+            out[f"{stem}.{_LINEAR[name]}weight"] = value.T.contiguous()
+        elif name in _LINEAR_BIAS:
+            out[f"{stem}.{_LINEAR_BIAS[name]}bias"] = value
         elif name in ("W_E", "W_pos", "w"):
             out[f"{stem}.weight"] = value
         elif name == "b":
