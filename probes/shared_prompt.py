@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from facts.tokens import Example
 from models.backend import (
-    TL_MAJOR,
     TLModel,
     TransformerLensKeyValueCache,
     TransformerLensKeyValueCacheEntry,
@@ -52,12 +51,12 @@ class _PrefixCache:
     def __init__(self, model: TLModel):
         self.model = model
         self.hooked = is_hooked(model)
-        if not self.hooked and TL_MAJOR < 4 and Version(transformers.__version__) >= Version("5.24"):
+        if not self.hooked and Version(transformers.__version__) >= Version("5.24"):
             # the pin in pyproject.toml, checked where a forced upgrade would give silently wrong numbers
             raise RuntimeError(
                 f"transformers {transformers.__version__} passes attention its key/value cache as `cache=`, which "
-                "TransformerBridge (transformer-lens 3.9) does not read: cached scores would ignore the prompt. "
-                "Install transformers<5.24 or load the model with backend='hooked'.")
+                "TransformerBridge (transformer-lens 3.9 and 4.3) does not read: cached scores would ignore the "
+                "prompt. Install transformers<5.24 or load the model with backend='hooked'.")
 
     def prefix(self, tokens: Int[Tensor, "s pos"]) -> tuple[Float[Tensor, "s d_vocab"], Any]:
         if self.hooked:
