@@ -47,3 +47,21 @@ def test_a_seed_gives_3_9s_initial_weights(name, positional):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = replay["pos_embed.W_pos"].numel() if positional == "none" else 0
     assert trainable == sum(v.numel() for v in replay.values()) - frozen
+
+
+def test_resuming_optimizer_state_of_the_other_line_is_refused(tmp_path):
+    """Weights load under either line; optimizer state follows each line's parameter layout."""
+    from facts.token_worlds import TokenVocab, reversal_world
+    from facts.tokens import tokenize
+    from models.checkpoint import save_checkpoint
+    from models.training import TrainConfig, TrainingError, _optimizer_layout, make_optimizer, train
+
+    vocab = TokenVocab(n_entity_tokens=40)
+    batch = tokenize(reversal_world(n_pairs=8, alphabet_size=20, seed=0, vocab=vocab), vocab).where(split="train")
+    model = build_model("one-layer", vocab.d_vocab, seed=0, device="cpu")
+    config = TrainConfig(steps=2, progress=False)
+    other = "transformer-lens-4" if _optimizer_layout(model) is None else None
+    meta = {"optimizer_layout": other} if other else {}  # 3.9 checkpoints carry no layout
+    save_checkpoint(tmp_path, 1, model, make_optimizer(model, config), meta)
+    with pytest.raises(TrainingError, match="optimizer state was written for .*resume under the TransformerLens line"):
+        train(model, batch, config, checkpoint_dir=tmp_path, resume=True)
