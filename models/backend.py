@@ -38,7 +38,6 @@ import einops
 import torch
 from torch import Tensor
 
-import transformer_lens
 from transformer_lens import ActivationCache, FactoredMatrix, patching
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
@@ -62,7 +61,8 @@ TLModel = Any
 __all__ = [
     "ActivationCache", "FactoredMatrix", "HookedTransformer", "HookedTransformerConfig", "POST_NORM_ARCHITECTURES",
     "TL_MAJOR", "TL_MODEL_TYPES", "TL_VERSION", "TLModel", "TransformerBridge", "TransformerLensKeyValueCache",
-    "TransformerLensKeyValueCacheEntry", "get_act_name", "is_hooked", "is_tl_model", "patching", "transformer_lens",
+    "TransformerLensKeyValueCacheEntry", "build_native", "get_act_name", "has_kv_cache", "hooked_init_state",
+    "hooked_state_dict", "is_hooked", "is_native_bridge", "is_tl_model", "load_hooked_state_dict", "patching",
 ]
 
 
@@ -234,7 +234,8 @@ def bridge_to_hooked(state: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
 
 
 def hooked_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
-    """The state dict a checkpoint stores: HookedTransformer's keys for a native bridge, else the model's own."""
+    """The state dict a checkpoint stores: HookedTransformer's keys and shapes for a native bridge (without
+    constant buffers), else the model's own state dict."""
     if is_native_bridge(model):
         return bridge_to_hooked(model.state_dict(), model.cfg)
     return model.state_dict()
