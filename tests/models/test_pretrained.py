@@ -135,7 +135,7 @@ def test_processed_weights_keep_the_log_softmax(backend, tokenizer, tmp_path):
     hf_model, hf_tokenizer = load_hf(folder)
     model = load(folder, backend=backend, process_weights=True)
     assert check_equivalence(model, hf_model, PROMPTS, hf_tokenizer) < 1e-4  # weights at initializer_range 0.3: log-probs spread over ~2.4 nats
-    if backend == "hooked":
+    if backend == "hooked" and HookedTransformer is not None:  # 3.9's HookedTransformer records the fold in its config
         assert model.cfg.normalization_type == "RMSPre"  # RMSNorm weights folded into W_Q, W_K, ...
 
 
