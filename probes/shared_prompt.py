@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-import transformers
 from jaxtyping import Bool, Float, Int
 from packaging.version import Version
 from torch import Tensor
@@ -51,6 +50,8 @@ class _PrefixCache:
     def __init__(self, model: TLModel):
         self.model = model
         self.hooked = is_hooked(model)
+        import transformers  # the current module object: in the TransformerLens 4.3 venv it was seen replaced after import
+
         if not self.hooked and Version(transformers.__version__) >= Version("5.24"):
             # the pin in pyproject.toml, checked where a forced upgrade would give silently wrong numbers
             raise RuntimeError(
