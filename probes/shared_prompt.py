@@ -50,7 +50,7 @@ class _PrefixCache:
     def __init__(self, model: TLModel):
         self.model = model
         self.hooked = is_hooked(model)
-        import transformers  # the current module object: in the TransformerLens 4.3 venv it was seen replaced after import
+        import transformers  # the current module object (the TransformerLens 4.3 venv replaced it after import)
 
         if not self.hooked and Version(transformers.__version__) >= Version("5.24"):
             # the pin in pyproject.toml, checked where a forced upgrade would give silently wrong numbers
