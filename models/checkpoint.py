@@ -90,13 +90,15 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"step-{step:06d}"
-    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
-    if broken:
+    state = _model_state(model)  # named as the checkpoint names them, under either TransformerLens line
+    if not all(torch.isfinite(p.detach()).all() for p in model.parameters()):
+        broken = [name for name, value in state.items() if value.is_floating_point() and not _is_constant_buffer(name)
+                  and not torch.isfinite(value.detach()).all()]
         raise CheckpointError(
             f"step {step}: parameter(s) {broken[:5]} hold NaN or inf; checkpoint not written, the last good "
             f"one in {directory} is kept"
         )
-    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in _model_state(model).items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in state.items()}
     optim_meta = None
     if optimizer is not None:
         optim_tensors, optim_meta = _optimizer_tensors(optimizer)
