@@ -68,7 +68,8 @@ def test_the_sliding_window_is_what_the_prompts_test():
 
 
 # OLMo 2's norm after attention: circuits read ln1 before attention (TL 4 also gives "hooked" for it, as a bridge)
-HOOKED_ARCHITECTURES = [name for name in ARCHITECTURES if "hooked" in BACKENDS_BY_ARCHITECTURE[name] and name != "olmo2"]
+HOOKED_ARCHITECTURES = [name for name in ARCHITECTURES
+                        if "hooked" in BACKENDS_BY_ARCHITECTURE[name] and name != "olmo2"]
 
 
 @pytest.mark.parametrize("architecture", HOOKED_ARCHITECTURES)
