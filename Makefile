@@ -39,12 +39,16 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/revlens reproduce reversal --out $(OUT)
 
+# two pytest-xdist workers (one torch thread each); tests/conftest.py groups the tests of each
+# pretrained model (and each module's) onto one worker, so no model is loaded twice
+TEST_WORKERS ?= 2
+
 test: $(STAMP) chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 	$(MAKE) test-tl4
 
 test-tl4: $(STAMP_TL4) chromium
-	$(PY_TL4) -m pytest
+	$(PY_TL4) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # the HTML report test renders pages in headless Chromium (Debian's package)
 chromium:
@@ -55,6 +59,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/circuits_scaling.py
 	$(PY) benchmarks/finetune_throughput.py
 	$(PY) benchmarks/load_pretrained.py
+	$(PY) benchmarks/sweep_throughput.py
 
 clean:
 	rm -rf $(VENV) $(VENV_TL4) runs .pytest_cache

@@ -11,22 +11,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-MODEL_NAMES = ("tiny", "one-layer", "paper")
-PAPER_EXPERIMENTS = {
-    "chain": "chain-of-thought intransitivity: A→B, B→C trained, A⇝C held out",
-    "in-context": "reversal with the fact in the prompt (no curse), against a one-partner control",
-    "multi-token": "the reversal task with k = 2 and 3 tokens per entity",
-    "positional": "the reversal task with absolute, rotary and no positional encodings",
-    "embeddings": "cosine similarity of the embeddings of paired entities (no structure)",
-    "dynamics": "OV (Y) and QK (Z) entries of the facts over training, one-layer and tiny models",
-    "mitigations": "augmentation, reverse training and in-context restatement against the baseline",
-    "all": "every experiment above plus reversal and bilinear, into OUT/<name>/",
-}
-POSITIONALS = ("absolute", "rotary", "none")
+from analyses.experiments import ALL_OPTIONS, EXPERIMENTS, REPRODUCE
+from analyses.experiments import positive_int as _positive_int
+from analyses.experiments import seed as _seed
 
-
-MAX_SEED = 2**32 - 1
-"""numpy's and torch's generators both take seeds 0 … 2³² − 1."""
 FOLDER_COMMANDS = ("reproduce", "check-asymmetry", "finetune-facts", "probe", "compare")
 """Commands that write a run folder (:mod:`analyses.runfolder`); make-facts and report write one file."""
 
@@ -36,20 +24,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"revlens: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"a seed is an integer from 0 to {MAX_SEED}, got {value}")
-    return value
 
 
 def _out_path(text: str) -> Path:
@@ -68,35 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="reproduce one of the paper's experiments")
     experiments = reproduce.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
-    reversal = experiments.add_parser(
-        "reversal", help="token-level reversal task: train A→B, test B→A (the default demo)"
-    )
-    reversal.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
-    reversal.add_argument("--model", choices=MODEL_NAMES, default="tiny", help="HookedTransformer config (default tiny)")
-    reversal.add_argument("--seed", type=_seed, default=0)
-    reversal.add_argument("--positional", choices=POSITIONALS, default="absolute")
-    reversal.add_argument("--k", type=_positive_int, default=1, help="tokens per entity (default 1)")
-    reversal.add_argument("--pairs", type=_positive_int, default=200, help="number of (x, y) pairs (default 200)")
-    reversal.add_argument("--steps", type=_positive_int, default=80, help="training steps (default 80)")
-    reversal.add_argument("--lr", type=float, default=1e-2, help="AdamW learning rate (default 1e-2)")
-    reversal.add_argument("--batch-size", type=_positive_int, default=None, help="default: full batch")
-    reversal.add_argument("--eval-every", type=_positive_int, default=2)
-    reversal.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    reversal.add_argument("--checkpoint-every", type=_positive_int, default=None,
-                          help="also checkpoint every N steps, so a killed run resumes from there")
-    reversal.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
-    reversal.add_argument("--quiet", action="store_true", help="no progress bar")
-    bilinear = experiments.add_parser("bilinear", help="the bilinear model against Theorem 1, for several d")
-    bilinear.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
-    bilinear.add_argument("--dims", type=_positive_int, nargs="+", default=[64, 128, 256, 512])
-    bilinear.add_argument("--steps", type=_positive_int, default=400)
-    bilinear.add_argument("--lr", type=float, default=100.0, help="gradient-descent step size (default 100)")
-    bilinear.add_argument("--seed", type=_seed, default=0)
-    bilinear.add_argument("--quiet", action="store_true", help="no progress bar")
+    writers = []
+    for name in REPRODUCE + ("all",):
+        experiment = EXPERIMENTS.get(name)
+        writer = experiments.add_parser(name, help=experiment.help if experiment else
+                                        "every experiment above, into OUT/<name>/")
+        writers.append(writer)
+        writer.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
+        writer.add_argument("--seed", type=_seed, default=0)
+        writer.add_argument("--quiet", action="store_true", help="no progress bar")
+        for option in experiment.options if experiment else ALL_OPTIONS:
+            option.add_to(writer)
 
-    make = commands.add_parser("make-facts", help="write a fact world as JSONL (input for probe and training)")
+    make = commands.add_parser("make-facts", help="write a fact world as JSONL, CSV or a Berglund folder (what probe "
+                                                  "and finetune-facts read)")
     make.add_argument("world", choices=("reversal", "chain", "in-context", "people", "celebrity"))
-    make.add_argument("--out", type=_out_path, required=True, help="the JSONL file to write")
+    make.add_argument("--out", type=_out_path, required=True,
+                      help="the file to write: FILE.jsonl, FILE.csv (subject,relation,object,inverse_relation,group), "
+                           "or with --format berglund a folder in Berglund et al.'s experiment-1 layout (people)")
+    make.add_argument("--format", choices=("jsonl", "csv", "berglund"), default=None,
+                      help="default: csv for an --out ending in .csv, else jsonl")
     make.add_argument("--seed", type=_seed, default=None, help="default 0 (generated worlds)")
     make.add_argument("--k", type=_positive_int, default=None, help="tokens per entity (reversal, chain; default 1)")
     make.add_argument("--size", type=_positive_int, default=None,
@@ -105,17 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="celebrity CSV (default: $REVLENS_CELEBRITY_CSV or the copy shipped in the package)")
     make.add_argument("--limit", type=_positive_int, default=None, help="only the first N facts (e.g. celebrity pairs)")
 
-    writers = [reversal, bilinear]
-    for name, help_text in PAPER_EXPERIMENTS.items():
-        experiment = experiments.add_parser(name, help=help_text)
-        writers.append(experiment)
-        experiment.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
-        experiment.add_argument("--seed", type=_seed, default=0)
-        experiment.add_argument("--quiet", action="store_true", help="no progress bar")
-        if name in ("mitigations", "all"):
-            experiment.add_argument("--finetuned", type=Path, nargs="+", default=[], metavar="DIR",
-                                    help="`revlens finetune-facts` folders (any --mitigation) whose rows join "
-                                         "the mitigations table")
 
     check = commands.add_parser(
         "check-asymmetry", help="celebrity parents: does a pretrained model know child→parent better than parent→child?")
@@ -151,11 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--batch-size", type=_positive_int, default=None)
     finetune.add_argument("--trainable-blocks", type=_positive_int, default=None,
                           help="memory-light: train only the last N blocks (default: every parameter)")
+    finetune.add_argument("--lora-rank", type=_positive_int, default=None, metavar="R",
+                          help="train LoRA adapters of rank R (peft) instead of the weights; merged before probing")
+    finetune.add_argument("--lora-alpha", type=float, default=None, metavar="A",
+                          help="LoRA scale numerator: W + (A/R)·BA (default 2R; needs --lora-rank)")
+    finetune.add_argument("--lora-targets", nargs="+", default=None, metavar="NAME",
+                          help="block linear layers to adapt, e.g. q_proj v_proj (default: all of them)")
     finetune.add_argument("--controls", type=_positive_int, default=None, help="random answers per question")
     finetune.add_argument("--mitigation", choices=("none", "bidirectional", "reverse-training"), default="none",
                           help="bidirectional: as many people again trained both ways; reverse-training: every "
                                "sentence also with its words reversed, entities kept whole (default none)")
     finetune.add_argument("--seed", type=_seed, default=0)
+    finetune.add_argument("--tracing-facts", type=int, default=None, metavar="N",
+                          help="facts traced before and after, with the weight change read at the entities "
+                               "(tracing*.csv/png, weight_change.*; default 2, 0: none)")
     finetune.add_argument("--device", default=None)
     finetune.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -166,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "(smollm2-135m, a local HF folder or .gguf file)")
     probe.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
                        help="TransformerLens wrapper for pretrained models (default hooked)")
-    probe.add_argument("--facts", type=Path, required=True, help="fact file (JSONL, e.g. a run's facts.jsonl)")
+    probe.add_argument("--facts", type=Path, required=True,
+                       help="your facts, read as finetune-facts reads them: a fact JSONL (e.g. a run's facts.jsonl), "
+                            "a CSV of subject,relation,object[,inverse_relation,group] or a folder in Berglund et "
+                            "al.'s experiment-1 layout")
+    probe.add_argument("--templates-file", type=Path, default=None,
+                       help="sentence templates for a CSV or JSONL's relations (JSONL: relation, split, template); "
+                            "a pretrained model reads the first train template of each relation")
     probe.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
     probe.add_argument("--controls", type=_positive_int, default=16, help="random control answers per fact")
     probe.add_argument("--limit", type=_positive_int, default=None, help="only the first N facts of the file")
@@ -174,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="layers of the forward → reverse patching figure (default: all; one forward pass "
                             "per layer and position)")
     probe.add_argument("--device", default=None)
+    probe.add_argument("--tracing", action="store_true",
+                       help="also causal tracing (tracing.csv, tracing.png) of the first --tracing-facts facts")
+    probe.add_argument("--tracing-facts", type=_positive_int, default=4, metavar="N", help="facts to trace (default 4)")
+    probe.add_argument("--tracing-samples", type=_positive_int, default=3, metavar="S",
+                       help="noise samples per traced statement (default 3)")
 
     compare = commands.add_parser(
         "compare", help="bilinear, one-layer, tiny (and a fine-tuned LLM) side by side, same probes and metrics")
@@ -182,6 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a `revlens finetune-facts` output folder (logits.csv, circuits.csv, summary.json)")
     compare.add_argument("--seed", type=_seed, default=0)
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sweep = commands.add_parser(
+        "sweep", help="an experiment across seeds and a grid of its own options, on Ray (this machine or a cluster)")
+    sweep.add_argument("experiment", nargs="?", choices=tuple(EXPERIMENTS), metavar="EXPERIMENT",
+                       help=f"one of {', '.join(EXPERIMENTS)} (or give --file, or rerun OUT's sweep.toml)")
+    sweep.add_argument("--out", type=_out_path, required=True,
+                       help="sweep folder: sweep.toml, trials/<key=value,...,seed=S>/, aggregate.csv, sweep.png")
+    sweep.add_argument("--seeds", default=None, help="seeds: 0-4, 0,3,7 or 0-2,10 (default 0-4)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="an option of the experiment and its values, e.g. model=one-layer,tiny (repeatable)")
+    sweep.add_argument("--file", type=Path, default=None, help="a sweep.toml (experiment, seeds, [grid]) instead")
+    sweep.add_argument("--address", default=None,
+                       help="a Ray cluster: host:port of its head, ray://host:port (needs ray[client]) or auto "
+                            "(default: start Ray on this machine)")
+    sweep.add_argument("--workers", type=_positive_int, default=None,
+                       help="trials at once (default: CPUs / --threads-per-trial)")
+    sweep.add_argument("--threads-per-trial", type=_positive_int, default=1, help="torch threads per trial (default 1)")
+    sweep.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0; CPU)")
+    sweep.add_argument("--retries", type=int, default=3, help="reruns of a trial whose worker died (default 3)")
 
     report = commands.add_parser("report", help="one self-contained HTML page (figures, tables, views) from run folders")
     report.add_argument("--runs", type=Path, nargs="+", required=True,
@@ -192,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         writer.add_argument("--force", action="store_true",
                             help="write over a folder holding another kind of run (its files are deleted) or files "
                                  "no run wrote (kept)")
+    _add_threads_option(parser)
     return parser
 
 
@@ -228,14 +222,28 @@ def _make_facts(args: argparse.Namespace) -> int:
         facts = WORLDS[args.world](**kwargs)
     if args.limit is not None:
         facts = facts.first(args.limit)
-    if args.out.is_dir():
+    form = args.format or ("csv" if args.out.suffix.lower() == ".csv" else "jsonl")
+    if args.out.is_dir() and form != "berglund":
         raise ValueError(f"--out {args.out}: is a folder; give the JSONL file to write, e.g. {args.out / 'facts.jsonl'}")
     from analyses.runfolder import is_inside_run
 
     if is_inside_run(args.out):
         raise ValueError(f"--out {args.out}: inside the run folder {is_inside_run(args.out)}, whose files are the run's "
                          f"own; write the facts elsewhere")
-    save_jsonl(facts, args.out)
+    if form == "csv":
+        from facts.questions import save_fact_csv
+
+        save_fact_csv(facts, args.out)
+    elif form == "berglund":
+        from facts.berglund import save_experiment_folder
+        from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES
+
+        if args.world != "people":
+            raise ValueError(f"make-facts {args.world} --format berglund: Berglund et al.'s layout states people "
+                             f"facts (name, description); use make-facts people")
+        save_experiment_folder(facts, args.out, TRAIN_TEMPLATES, TEST_TEMPLATES)
+    else:
+        save_jsonl(facts, args.out)
     print(f"wrote {len(facts)} {facts.world} facts ({facts.count('train')} trained, "
           f"{facts.count('heldout')} held-out statements) to {args.out}")
     return 0
@@ -259,8 +267,10 @@ def _finetune_config(args: argparse.Namespace):
     from analyses.finetune import FinetuneConfig
 
     given = {"people": args.people, "templates": args.templates, "epochs": args.epochs, "lr": args.lr,
-             "batch_size": args.batch_size, "n_controls": args.controls}
+             "batch_size": args.batch_size, "n_controls": args.controls, "tracing_facts": args.tracing_facts}
     return replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks,
+                   lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                   lora_targets=None if args.lora_targets is None else tuple(args.lora_targets),
                    mitigation=args.mitigation, seed=args.seed,
                    facts=None if args.facts is None else str(args.facts),
                    templates_file=None if args.templates_file is None else str(args.templates_file),
@@ -274,19 +284,26 @@ def _finetune_facts(args: argparse.Namespace) -> int:
     summary = finetune_facts(args.out, config, progress=not args.quiet)
     print(format_summary(summary))
     print(f"wrote {args.out}/: summary.json questions.csv logits.csv in_context.csv before_*.csv "
-          + ("circuits.csv facts.jsonl " if "effective_weights" in summary else "") + "history.jsonl finetune.png")
+          + ("circuits.csv facts.jsonl " if "effective_weights" in summary else "") + "history.jsonl finetune.png"
+          + "".join(f" {name}" for name in summary.get("tracing", {}).get("figures", ())))
     return 0
 
 
-def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool) -> None:
-    """Refuse, before a model loads, ``--controls`` above the wrong answers of one kind the fact file
-    holds (never capped silently) and, for a checkpoint, a token entity outside the vocabulary (file:line)."""
-    from facts.io import fact_line, load_jsonl
+def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, templates_file: Path | None = None
+                       ) -> None:
+    """Read the facts as ``probe`` will (:func:`facts.sources.read_fact_source`) and refuse, before a model
+    loads, ``--controls`` above the wrong answers of one kind they hold (never capped silently), a templates
+    file given with a checkpoint (token worlds have no sentences) and, for a checkpoint, a token entity
+    outside the vocabulary (file:line)."""
+    from facts.io import fact_line
     from facts.language import answers_of_kind
     from facts.schema import FactError
+    from facts.sources import read_fact_source
     from facts.token_worlds import TokenVocab
 
-    facts = load_jsonl(facts_path)
+    if checkpoint and templates_file is not None:
+        raise ValueError(f"--templates-file {templates_file}: a checkpoint reads token ids, not sentences; leave it out")
+    facts = read_fact_source(facts_path, templates_file).facts
     if checkpoint and facts.world not in ("people", "celebrity"):
         vocab = TokenVocab()
         for index, fact in enumerate(facts):
@@ -304,7 +321,9 @@ def _probe(args: argparse.Namespace) -> int:
     from analyses.probe import format_probe, probe
 
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
-                    backend=args.backend, patch_layers=args.patch_layers, limit=args.limit)
+                    backend=args.backend, patch_layers=args.patch_layers, limit=args.limit,
+                    templates_file=args.templates_file,
+                    tracing={"n_facts": args.tracing_facts, "n_samples": args.tracing_samples} if args.tracing else None)
     print(format_probe(summary))
     print(f"wrote {args.out}/: logits.csv circuits.csv summary.json {' '.join(summary['figures'])}")
     return 0
@@ -327,77 +346,91 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reproduce_bilinear(args: argparse.Namespace) -> int:
-    from analyses.bilinear import BilinearConfig, format_bilinear, reproduce_bilinear
+def _sweep(args: argparse.Namespace) -> int:
+    from analyses import sweep as sweeps
 
-    config = BilinearConfig(dims=tuple(args.dims), steps=args.steps, lr=args.lr, seed=args.seed)
-    summary = reproduce_bilinear(args.out, config, progress=not args.quiet)
-    print(format_bilinear(summary))
-    print(f"\nwrote {args.out}/: summary.json history-d*.jsonl loss_ratios.png theta_asymmetry.png scores.png "
-          f"({summary['seconds']:.1f} s)")
+    saved = args.out / sweeps.SWEEP_FILE
+    if args.file is not None and (args.experiment or args.seeds or args.grid):
+        raise sweeps.SweepError("give the sweep either as --file or as EXPERIMENT --seeds --grid, not both")
+    if args.file is not None:
+        sweep = sweeps.read_sweep_file(args.file)
+    elif args.experiment is not None:
+        sweep = sweeps.make_sweep(args.experiment, args.seeds or "0-4", args.grid)
+    elif saved.is_file() and not (args.seeds or args.grid):
+        sweep = sweeps.read_sweep_file(saved)
+    else:
+        raise sweeps.SweepError(f"name the EXPERIMENT to sweep (or give --file; {saved} does not exist to rerun)")
+    resources = sweeps.Resources(address=args.address, workers=args.workers, threads=args.threads_per_trial,
+                                 gpus=args.gpus_per_trial, retries=args.retries)
+    sweeps.check_resources(resources)
+    if args.address:
+        sweeps.check_address(args.address)
+    summary = sweeps.run_sweep(sweeps.with_resources(sweep, resources), args.out, resources)
+    print(sweeps.format_sweep(summary))
+    print(f"\nwrote {args.out}/: sweep.toml trials/ aggregate.csv {' '.join(summary['figures'])} summary.json "
+          f"({summary['seconds']:.0f} s)")
+    if summary["n_failed"]:
+        raise RuntimeError(f"{summary['n_failed']} of {summary['n_trials']} trials failed ({args.out / sweeps.FAILURES}); "
+                           f"the aggregate holds the {summary['n_finished']} that finished; rerun the same command to "
+                           f"retry the others")
     return 0
 
 
-def _reproduce_paper(args: argparse.Namespace) -> int:
+def _reproduce_all_seeds(args: argparse.Namespace) -> int:
+    """``reproduce all --seeds N``: every experiment as a sweep over seeds 0 … N−1 (one Ray session)."""
+    from analyses import runfolder
+    from analyses import sweep as sweeps
+
+    if args.seed != 0:
+        raise ValueError("--seed with --seeds: give one (--seeds N runs seeds 0 … N−1)")
+    if len(args.finetuned) > 1:
+        raise ValueError("--finetuned with --seeds: give one folder (it joins every seed's mitigations table)")
+    resources = sweeps.Resources()
+    plans = {name: sweeps.make_sweep(name, f"0-{args.seeds - 1}", [f"finetuned={args.finetuned[0]}"]
+                                     if name == "mitigations" and args.finetuned else []) for name in REPRODUCE}
+    failed = []
+    with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources):
+        for name, plan in plans.items():
+            summary = sweeps.run_sweep(plan, args.out / name, resources, log=lambda line: None)
+            print(f"\n=== {name} ({args.out / name})\n{sweeps.format_sweep(summary)}", flush=True)
+            failed += [f"{name}/{f['trial']}" for f in summary["failures"]]
+    if failed:
+        raise RuntimeError(f"{len(failed)} trials failed ({', '.join(failed[:4])}; see OUT/<name>/failures.jsonl); "
+                           f"rerun the same command to retry them")
+    print(f"\nevery experiment for seeds 0-{args.seeds - 1}; results in {args.out}/ (revlens report --runs {args.out})")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    """``reproduce EXPERIMENT`` into --out, or ``reproduce all``: each experiment into OUT/<name>/."""
     import contextlib
     import time
-    from dataclasses import replace
 
-    from analyses import dynamics, mitigations, paper, runfolder
-    from analyses.bilinear import BilinearConfig, format_bilinear, reproduce_bilinear
-    from analyses.reproduce import ReversalConfig, format_summary, reproduce_reversal
+    from analyses import runfolder
 
-    runs = {
-        "reversal": (lambda out, p: reproduce_reversal(out, ReversalConfig(seed=args.seed), p), format_summary),
-        "bilinear": (lambda out, p: reproduce_bilinear(out, BilinearConfig(seed=args.seed), p), format_bilinear),
-        "chain": (lambda out, p: paper.reproduce_chain(out, paper.ChainConfig(seed=args.seed), p),
-                  paper.format_chain),
-        "in-context": (lambda out, p: paper.reproduce_in_context(out, paper.InContextConfig(seed=args.seed), p),
-                       paper.format_in_context),
-        "multi-token": (lambda out, p: paper.reproduce_multi_token(
-            out, paper.MultiTokenConfig(reversal=replace(ReversalConfig(), seed=args.seed)), p),
-            paper.format_multi_token),
-        "positional": (lambda out, p: paper.reproduce_positional(
-            out, paper.PositionalConfig(reversal=replace(ReversalConfig(), seed=args.seed)), p),
-            paper.format_positional),
-        "embeddings": (lambda out, p: paper.reproduce_embeddings(out, paper.EmbeddingConfig(seed=args.seed), p),
-                       paper.format_embeddings),
-        "dynamics": (lambda out, p: dynamics.reproduce_dynamics(
-            out, dynamics.DynamicsConfig(run=ReversalConfig(seed=args.seed)), p), dynamics.format_dynamics),
-        "mitigations": (lambda out, p: mitigations.reproduce_mitigations(
-            out, mitigations.MitigationConfig(run=replace(mitigations.MitigationConfig().run, seed=args.seed)), p,
-            args.finetuned),
-            mitigations.format_mitigations),
-    }
-    chosen = list(runs) if args.experiment == "all" else [args.experiment]
+    if getattr(args, "seeds", None):
+        return _reproduce_all_seeds(args)
+    chosen = list(REPRODUCE) if args.experiment == "all" else [args.experiment]
     began = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if args.experiment == "all":
             stack.enter_context(runfolder.locked(args.out, parent=True))
         for name in chosen:
             out = args.out / name if args.experiment == "all" else args.out
-            run, describe = runs[name]
+            experiment = EXPERIMENTS[name]
             with _run_folder(args, out, f"reproduce {name}"):
-                summary = run(out, not args.quiet)
+                summary = experiment.run(out, args, not args.quiet)
             if len(chosen) > 1:
                 print(f"\n=== {name} ({out})")
-            print(describe(summary))
+            print(experiment.format(summary))
     if len(chosen) > 1:
         print(f"\nall {len(chosen)} experiments in {time.perf_counter() - began:.0f} s; results in {args.out}/")
-    return 0
-
-
-def _reproduce_reversal(args: argparse.Namespace) -> int:
-    from analyses.reproduce import ReversalConfig, format_summary, reproduce_reversal
-
-    config = ReversalConfig(
-        model=args.model, positional=args.positional, seed=args.seed, k=args.k, n_pairs=args.pairs,
-        steps=args.steps, lr=args.lr, batch_size=args.batch_size, eval_every=args.eval_every, device=args.device,
-        checkpoint_every=args.checkpoint_every,
-    )
-    summary = reproduce_reversal(args.out, config, progress=not args.quiet, resume=args.resume)
-    print(format_summary(summary))
-    print(f"\nwrote {args.out}/: summary.json history.jsonl logits.csv facts.jsonl curves.png heatmap.png checkpoints/")
+    elif args.experiment == "reversal":
+        print(f"\nwrote {args.out}/: summary.json history.jsonl logits.csv facts.jsonl curves.png heatmap.png "
+              f"checkpoints/")
+    elif args.experiment == "bilinear":
+        print(f"\nwrote {args.out}/: summary.json history-d*.jsonl loss_ratios.png theta_asymmetry.png scores.png "
+              f"({summary['seconds']:.1f} s)")
     return 0
 
 
@@ -444,7 +477,9 @@ def _check_inputs(args: argparse.Namespace) -> None:
         model = Path(args.model)
         checkpoint = (model.is_dir() and any(model.glob("step-*.json"))) or (
             model.is_file() and model.name.startswith("step-") and model.suffix == ".json")
-        _check_probe_facts(args.facts, args.controls, checkpoint)
+        _check_probe_facts(args.facts, args.controls, checkpoint, args.templates_file)
+        if args.tracing and args.backend == "bridge":
+            raise ValueError("--tracing runs on --backend hooked only (a TransformerBridge has no start_at_layer)")
     if args.command == "probe" and Path(args.model).exists():
         root = find_run_root(args.model)
         if root is not None:
@@ -469,18 +504,14 @@ def _check_device(name: str) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "reproduce" and args.experiment in PAPER_EXPERIMENTS:
-        return _reproduce_paper(args)
-    commands = {"check-asymmetry": _check_asymmetry, "make-facts": _make_facts, "probe": _probe,
-                "finetune-facts": _finetune_facts, "report": _report, "compare": _compare}
     if args.command == "reproduce":
-        handler = _reproduce_reversal if args.experiment == "reversal" else _reproduce_bilinear
-    else:
-        handler = commands[args.command]
+        return _reproduce(args)
+    commands = {"check-asymmetry": _check_asymmetry, "make-facts": _make_facts, "probe": _probe,
+                "finetune-facts": _finetune_facts, "report": _report, "compare": _compare, "sweep": _sweep}
+    handler = commands[args.command]
     if args.command not in FOLDER_COMMANDS:
         return handler(args)
-    kind = f"reproduce {args.experiment}" if args.command == "reproduce" else args.command
-    with _run_folder(args, args.out, kind):
+    with _run_folder(args, args.out, args.command):
         return handler(args)
 
 
@@ -531,9 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \xNN, never crashes a print
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    parser = build_parser()
-    _add_threads_option(parser)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     _set_threads(args.threads)
     try:

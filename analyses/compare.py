@@ -170,6 +170,32 @@ def read_probe_run(run_dir: str | os.PathLike[str]) -> tuple[str, pd.DataFrame, 
     return str(model), tables[0], tables[1]
 
 
+def tracing_columns(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Where a fine-tuned LLM's asymmetry lives, from a ``finetune-facts`` folder's ``summary.json``
+    ``tracing`` entry (:mod:`analyses.finetune_tracing`; empty without one): after fine-tuning, the
+    peak site of the MLP outputs' indirect effect on the trained (forward) answer, the largest restored
+    p(answer) anywhere for the trained forward and for the held-out reverse question, and the layer
+    whose weight change (ΔMLP read at the entities) is most asymmetric, with its trained and held-out z."""
+    entry = json.loads((Path(run_dir) / "summary.json").read_text()).get("tracing")
+    if not isinstance(entry, dict) or "after" not in entry:
+        return {}
+    after = entry["after"]
+    forward, reverse = after.get("train/forward", {}), after.get("heldout/reverse", {})
+
+    def most(question: dict[str, Any]) -> float:
+        values = [c["max_restored_prob"] for c in question.get("components", {}).values()]
+        return max(values) if values else math.nan
+
+    mlp = forward.get("components", {}).get("mlp_out")
+    changes = [r for r in entry.get("weight_change", []) if r["circuit"].startswith("delta_mlp") and r["n_one_way"]]
+    top = max(changes, key=lambda r: r["asymmetry"]) if changes else None
+    return {"forward_peak_mlp": f"L{mlp['peak_layer']} {mlp['peak_bucket']}" if mlp else None,
+            "forward_max_restored": most(forward), "reverse_max_restored": most(reverse),
+            "delta_mlp_peak_layer": top["circuit"] if top else None,
+            "delta_mlp_z_trained": top["z_trained"] if top else math.nan,
+            "delta_mlp_z_heldout": top["z_heldout"] if top else math.nan}
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     """The shared reversal world and each trained model's settings."""
@@ -236,7 +262,8 @@ def compare(out: str | os.PathLike[str], finetuned: str | os.PathLike[str] | Non
     rows = token_world_rows(out, config, progress)
     if finetuned_tables is not None:
         name, answers, circuits = finetuned_tables
-        rows.append({**model_row(f"{name} (fine-tuned)", "finetuned", answers, circuits), "source": str(finetuned)})
+        rows.append({**model_row(f"{name} (fine-tuned)", "finetuned", answers, circuits), "source": str(finetuned),
+                     **tracing_columns(finetuned)})
     table = pd.DataFrame(rows)
     write_csv(table, out / "compare.csv")
     from analyses.figures import compare_bars
@@ -257,6 +284,13 @@ def format_compare(summary: dict[str, Any]) -> str:
         lines.append(f"  {row['model'][:33]:34s}{row['train_margin']:11.2f}{row['heldout_margin']:11.2f}"
                      f"{row['train_accuracy']:9.3f}{row['heldout_accuracy']:9.3f}{row['z_trained']:10.2f}"
                      f"{row['z_heldout']:10.2f}{row['asymmetry_index']:7.2f}")
+    for row in summary["rows"]:
+        if row.get("forward_peak_mlp") is not None:
+            lines.append(f"  {row['model'][:33]}: where it lives (causal tracing after fine-tuning): forward answer's "
+                         f"MLP peak {row['forward_peak_mlp']}, max restored p forward {row['forward_max_restored']:.3f}, "
+                         f"reverse {row['reverse_max_restored']:.3f}; most asymmetric weight change "
+                         f"{row['delta_mlp_peak_layer']} (z {row['delta_mlp_z_trained']:.2f} trained, "
+                         f"{row['delta_mlp_z_heldout']:.2f} held out)")
     lines += ["", "what theory predicts:"]
     lines += [f"  {row['model']}: {row['theory_predicts']}" for row in summary["rows"]]
     lines += ["", f"compared {len(summary['rows'])} models in {summary['seconds']:.1f} s"]

@@ -271,3 +271,38 @@ def mitigation_bars(rows: Sequence[dict[str, Any]], title: str = ""):
     axes[0].legend(fontsize=7)
     figure.suptitle(title or "Mitigations: what each buys back on the held-out reverse", fontsize=10)
     return figure
+
+
+def sweep_figure(table, keys: Sequence[str], metrics: Sequence[str], title: str = ""):
+    """One panel per metric: per grid point (x), every seed's value (dots) and the mean with its
+    Student-t 95% interval across seeds (error bar); chance, where the summary has it
+    (``chance_logprob`` for ``…logprob``, ``chance_accuracy`` for ``…accuracy``), as a grey tick."""
+    from matplotlib.figure import Figure
+
+    from analyses.stats import t_ci95_half_width
+
+    groups = list(table.groupby(list(keys), sort=False)) if keys else [((), table)]
+    varying = [i for i, key in enumerate(keys) if table[key].nunique() > 1]  # labels name only these
+    labels = ["\n".join(str((p if isinstance(p, tuple) else (p,))[i]) for i in varying) or "all" for p, _ in groups]
+    columns = min(len(metrics), 4)
+    rows = math.ceil(len(metrics) / columns)
+    figure = Figure(figsize=(max(3.2, 0.7 * len(groups) + 1.6) * columns, 3.0 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis, metric in zip(axes, metrics):
+        for x, (_, part) in enumerate(groups):
+            values = part[metric].astype(float)
+            axis.plot([x] * len(values), values, "o", color="#999999", markersize=3, alpha=0.7)
+            half = t_ci95_half_width(values)
+            axis.errorbar([x], [values.mean()], yerr=[[0 if math.isnan(half) else half]] * 2, fmt="s",
+                          color="#1f77b4", capsize=4, markersize=5)
+            chance = next((f"chance_{s}" for s in ("logprob", "accuracy", "mean_rank")
+                           if metric.endswith(s) and not metric.startswith("chance") and f"chance_{s}" in part), None)
+            if chance:
+                axis.hlines(part[chance].mean(), x - 0.35, x + 0.35, color="grey", linestyle="-.")
+        axis.set_xticks(range(len(groups)), labels, fontsize=7)
+        axis.set_title(metric, fontsize=9)
+        axis.grid(alpha=0.3, axis="y")
+    for axis in axes[len(metrics):]:
+        axis.set_visible(False)
+    figure.suptitle(title or "Sweep: mean and 95% interval across seeds", fontsize=10)
+    return figure

@@ -19,6 +19,11 @@ m_i = log p(answer_i | prompt) − mean_j log p(control_ij | prompt), ≈ 0 when
 reported as mean ± 1.96·sd/√n; and the paired gain m_i(after) − m_i(before), the effect of
 training itself: ≈ 0 for the reverse, large for the forward.
 
+How it runs: the transformers model is trained (:class:`models.hf_training.CausalLM`: the loss's
+logits only, tied embeddings kept tied) and converted to a HookedTransformer by the loader's own
+converter (:func:`models.pretrained.to_hooked`) before and after training, for the questions and the
+circuits. ``lora_rank`` trains LoRA adapters instead, merged into the weights before the conversion.
+
 Mitigations (``mitigation=``): the in-context setting above is in-context restatement;
 ``"bidirectional"`` also trains a second group of people both ways and asks whether that
 teaches the model to reverse the p2d group's one-way facts; ``"reverse-training"`` adds each
@@ -42,7 +47,7 @@ from analyses.stats import ci95_half_width
 from facts.io import save_jsonl
 from facts.language import (TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix, encode_pair,
                             people_world, render_statement)
-from facts.questions import SETTINGS, QuestionSet
+from facts.questions import SETTINGS, QuestionSet, load_templates, questions_from_facts
 from facts.schema import FactError, FactSet
 from facts.tokens import Example, TokenizedFacts, collate
 
@@ -68,7 +73,10 @@ DEFAULT_PARAPHRASES = 2
 class FinetuneConfig:
     """The default experiment; ``trainable_blocks=None`` fine-tunes every parameter, an int
     ``n`` trains only the last ``n`` transformer blocks (the memory-light option: embeddings,
-    earlier blocks and their gradients and optimizer state are left out).
+    earlier blocks and their gradients and optimizer state are left out). ``lora_rank=r`` trains
+    LoRA adapters of rank r instead (:func:`models.hf_training.add_lora`: scale ``lora_alpha``/r,
+    alpha 2r by default; ``lora_targets`` names the block linear layers, None for all), merged into
+    the weights before the model is evaluated and probed.
 
     ``facts``: None for the built-in people world (``people`` per group), else a Berglund
     experiment-1 folder, a fact CSV or a fact JSONL (:func:`read_questions`), with sentence
@@ -85,19 +93,34 @@ class FinetuneConfig:
     batch_size: int = 16
     weight_decay: float = 0.0
     trainable_blocks: int | None = None
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] | None = None
     n_controls: int = 16
     mitigation: str = "none"
     seed: int = 0
     device: str | None = None
+    tracing_facts: int = 2
+    """Facts of the tested group traced before and after (:mod:`analyses.finetune_tracing`); 0: none."""
 
     def __post_init__(self) -> None:
         if self.mitigation not in MITIGATIONS:
             raise ValueError(f"mitigation must be one of {sorted(MITIGATIONS)}, got {self.mitigation!r}")
         if self.templates is not None and self.templates < 1:
             raise ValueError(f"templates (training paraphrases) must be ≥ 1, got {self.templates}")
+        if self.tracing_facts < 0:
+            raise ValueError(f"tracing_facts must be ≥ 0, got {self.tracing_facts}")
         for name in ("people", "epochs", "batch_size", "n_controls"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.lora_rank is not None:
+            from models.hf_training import check_lora_options
+
+            check_lora_options(self.lora_rank, self.lora_alpha)
+            if self.trainable_blocks is not None:
+                raise ValueError("choose LoRA (lora_rank) or trainable_blocks, not both")
+        elif self.lora_alpha is not None or self.lora_targets is not None:
+            raise ValueError("lora_alpha and lora_targets need lora_rank")
         if self.facts is not None and self.mitigation != "none":
             raise ValueError(f"mitigation {self.mitigation!r} builds on the built-in people world; not with facts")
         if self.facts is None:
@@ -159,29 +182,19 @@ def mean_ci95(values: pd.Series) -> dict[str, float]:
 
 def read_questions(config: FinetuneConfig) -> QuestionSet:
     """What to train on and ask, checked whole before any model loads: the built-in people world,
-    or ``config.facts``: a folder in Berglund et al.'s experiment-1 layout, a CSV of facts
-    (:func:`facts.questions.load_fact_csv`) or a fact JSONL; templates from ``config.templates_file``
-    (:func:`facts.questions.load_templates`) or :mod:`facts.language`'s."""
-    from facts.berglund import is_experiment_folder, load_experiment_folder
-    from facts.io import load_jsonl
-    from facts.questions import load_fact_csv, load_templates, questions_from_facts
+    or ``config.facts`` read by :func:`facts.sources.read_fact_source` (a folder in Berglund et al.'s
+    experiment-1 layout, a CSV of facts or a fact JSONL; templates from ``config.templates_file`` or
+    :mod:`facts.language`'s), the reader ``revlens probe --facts`` uses too."""
+    from facts.sources import read_fact_source
 
-    if config.facts is not None and is_experiment_folder(config.facts):
-        if config.templates_file is not None:
-            raise FactError(f"{config.templates_file}: a Berglund folder brings its own prompts; no templates file")
-        return load_experiment_folder(config.facts, config.templates)
+    paraphrases = config.templates or DEFAULT_PARAPHRASES
+    if config.facts is not None:
+        source = read_fact_source(config.facts, config.templates_file, config.templates)
+        return source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, paraphrases)
     train_templates, test_templates = ((TRAIN_TEMPLATES, TEST_TEMPLATES) if config.templates_file is None
                                        else load_templates(config.templates_file))
-    if config.facts is None:
-        facts = people_world(n_per_group=config.people, seed=config.seed, groups=MITIGATIONS[config.mitigation])
-    elif Path(config.facts).is_dir():
-        raise FactError(f"{config.facts}: a folder without any of Berglund et al.'s experiment-1 files "
-                        f"(e.g. p2d_prompts_train.jsonl)")
-    elif Path(config.facts).suffix.lower() == ".csv":
-        facts = load_fact_csv(config.facts)
-    else:
-        facts = load_jsonl(config.facts)
-    return questions_from_facts(facts, train_templates, test_templates, config.templates or DEFAULT_PARAPHRASES)
+    facts = people_world(n_per_group=config.people, seed=config.seed, groups=MITIGATIONS[config.mitigation])
+    return questions_from_facts(facts, train_templates, test_templates, paraphrases)
 
 
 def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[list[str]]:
@@ -313,7 +326,8 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     from analyses.compare import y_circuit_metrics
     from analyses.figures import finetune_bars
     from analyses.probe import circuit_summary
-    from models.pretrained import freeze_except_last_blocks, load, load_tokenizer
+    from models.hf_training import CausalLM, add_lora, merge_lora
+    from models.pretrained import freeze_except_last_blocks, load_hf, load_tokenizer, to_hooked
     from models.training import TrainConfig, train
     from probes.circuits import circuit_table
     from probes.views import save_png
@@ -328,7 +342,14 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
                                 for q in questions.questions if q.setting == setting], pad_id)
                  for name, setting in (("forward", "forward_trained_paraphrase"), ("reverse", "reverse"))
                  if any(q.setting == setting for q in questions.questions)}
-    model = load(config.model, backend="hooked", device=config.device)
+    hf_model, _ = load_hf(config.model, device=config.device, keep=False)
+    model = to_hooked(hf_model, tokenizer, config.model, device=config.device)
+    lora_targets = None
+    if config.lora_rank is not None:  # the targets are checked against the model before anything is evaluated
+        hf_model, lora_targets = add_lora(hf_model, config.lora_rank, config.lora_alpha, config.lora_targets)
+        lora_parameters = sum(p.numel() for p in hf_model.parameters() if p.requires_grad)
+    elif config.trainable_blocks is not None:
+        freeze_except_last_blocks(hf_model, config.trainable_blocks)
     loaded = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -336,24 +357,31 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     entity_ids = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES).entity_ids
     tables = {"before": evaluate_questions(model, questions, tokenizer, controls)}
     circuits = {"before": circuit_table(model, facts, entity_ids)} if facts is not None else {}
-    if config.trainable_blocks is not None:
-        freeze_except_last_blocks(model, config.trainable_blocks)
+    tracing = _start_tracing(model, facts, tokenizer, config)
+    del model  # the "before" copy; training runs on the transformers model, converted again after
     per_epoch = math.ceil(len(sentences) / config.batch_size)
     trained = time.perf_counter()
     result = train(
-        model, sentences,
+        CausalLM(hf_model), sentences,
         TrainConfig(steps=per_epoch * config.epochs, lr=config.lr, weight_decay=config.weight_decay,
                     batch_size=config.batch_size, eval_every=per_epoch, seed=config.seed, progress=progress),
         eval_sets=eval_sets,
     )
-    model.eval()
+    if config.lora_rank is not None:
+        hf_model = merge_lora(hf_model)
+    converting = time.perf_counter()
+    model = to_hooked(hf_model.eval(), tokenizer, config.model, device=config.device)
+    del hf_model
     evaluated = time.perf_counter()
     tables["after"] = evaluate_questions(model, questions, tokenizer, controls)
     if facts is not None:
         circuits["after"] = circuit_table(model, facts, entity_ids)
-    seconds = {"load": loaded - began, "train": result.seconds,
+    seconds = {"load": loaded - began, "train": result.seconds, "convert": evaluated - converting,
                "evaluate": time.perf_counter() - evaluated + (trained - loaded), "total": time.perf_counter() - began}
     summary = summarize(tables, config, seconds, len(sentences), result.steps, questions.source)
+    if lora_targets is not None:
+        summary["lora"] = {"rank": config.lora_rank, "alpha": config.lora_alpha or 2 * config.lora_rank,
+                           "targets": lora_targets, "trainable_parameters": lora_parameters}
     for stage, prefix in (("after", ""), ("before", "before_")):
         write_tables(tables[stage], out, prefix)
     if facts is not None:
@@ -362,10 +390,22 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
         for stage, prefix in (("after", ""), ("before", "before_")):
             write_csv(circuits[stage], out / f"{prefix}circuits.csv")
         save_jsonl(facts, out / "facts.jsonl")
+    if tracing is not None:
+        summary["tracing"] = tracing.finish(model, out)
     _write_history(out / "history.jsonl", result.history)
     save_png(finetune_bars(summary), out / "finetune.png")
     _write_json(out / "summary.json", summary)
     return summary
+
+
+def _start_tracing(model, facts: FactSet | None, tokenizer, config: FinetuneConfig):
+    """Causal tracing and the weight-change read (:class:`analyses.finetune_tracing.FinetuneTracing`), when
+    the source is a fact set and ``config.tracing_facts`` > 0; else None."""
+    if facts is None or not config.tracing_facts:
+        return None
+    from analyses.finetune_tracing import FinetuneTracing
+
+    return FinetuneTracing(model, facts, tokenizer, config.tracing_facts, seed=config.seed)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -399,6 +439,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{before['z_trained']:.2f} → {after['z_trained']:.2f}; held-out reverse "
             f"{before['z_heldout']:.2f} → {after['z_heldout']:.2f}; most asymmetric circuit after: "
             f"{after['most_asymmetric_circuit']} ({after['max_asymmetry']:.2f})")
+    if "tracing" in summary:
+        from analyses.finetune_tracing import format_finetune_tracing
+
+        lines.append(format_finetune_tracing(summary["tracing"]))
     findings = summary["findings"]
     said = {"forward_learnt": "forward learnt (≥ 90% exact match on the trained paraphrase)",
             "forward_generalises_to_heldout_paraphrases": "forward generalises to held-out paraphrases "

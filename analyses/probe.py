@@ -18,6 +18,11 @@ directions in play), where its answer comes from in the forward and in the rever
 * ``attention_forward.html`` / ``attention_reverse.html``: every head's attention pattern on
   each prompt (circuitsvis, self-contained: no network needed to view it).
 
+With ``tracing`` (``revlens probe --tracing``), causal tracing (probes.tracing) of the first N
+facts, every direction in play: ``tracing.csv`` (one row per statement, component, layer and
+position) and ``tracing.png`` (mean indirect effect per layer and position bucket, per component
+and question kind), and ``summary.json``'s ``tracing`` headline.
+
 The bilinear model has no layers, heads, attention or residual stream: for it these three
 are not written, and ``summary.json`` (``attribution.skipped``) and stdout say so.
 """
@@ -27,16 +32,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import pandas as pd
 import torch
 
 from analyses.reproduce import _write_json, write_csv
 from facts import celebrity
-from facts.io import load_jsonl
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer
 from facts.schema import FactSet
+from facts.sources import read_fact_source
 from facts.token_worlds import TokenVocab
 from facts.tokens import Example, FactTokenizer
 from models.bilinear import BilinearModel
@@ -66,7 +71,7 @@ def circuit_summary(circuits: pd.DataFrame) -> list[dict[str, Any]]:
         forward_trained = facts.forward == "train"
         z_trained = facts.z_ab.where(forward_trained, facts.z_ba)
         z_heldout = facts.z_ba.where(forward_trained, facts.z_ab)
-        name = kind if pd.isna(layer) else f"{kind} L{int(layer)}H{int(head)}"
+        name = kind if pd.isna(layer) else f"{kind} L{int(layer)}" + ("" if pd.isna(head) else f"H{int(head)}")
         rows.append({"circuit": name, "n_one_way": int(len(facts)),
                      "z_trained": float(z_trained.mean()) if len(facts) else float("nan"),
                      "z_heldout": float(z_heldout.mean()) if len(facts) else float("nan"),
@@ -81,7 +86,7 @@ def prior_circuit_summary(circuits: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for (kind, layer, head), part in circuits.groupby(["circuit", "layer", "head"], dropna=False, sort=False):
         facts = both.loc[both.index.intersection(part.index)]
-        name = kind if pd.isna(layer) else f"{kind} L{int(layer)}H{int(head)}"
+        name = kind if pd.isna(layer) else f"{kind} L{int(layer)}" + ("" if pd.isna(head) else f"H{int(head)}")
         mean = (lambda values: float(values.mean())) if len(facts) else (lambda values: float("nan"))  # noqa: E731
         rows.append({"circuit": name, "n_facts": int(len(facts)), "z_forward": mean(facts.z_ab),
                      "z_reverse": mean(facts.z_ba), "asymmetry": mean(facts.z_ab - facts.z_ba)})
@@ -129,33 +134,35 @@ def _is_checkpoint(path: str | os.PathLike[str]) -> bool:
     return bool(list_checkpoints(path)) or (str(path).endswith(".json") and Path(path).is_file())
 
 
-def pretrained_probed(model: Any, text_tokenizer: Any, world: str, info: dict[str, Any]) -> ProbedModel:
-    """A pretrained model reading a natural-language world: statements through the world's
-    templates, answers ranked against their controls, entities as the tokens of " " + name. It was not
-    trained on the facts (its answers are :data:`PRIOR`)."""
-    statements = TemplateTokenizer(text_tokenizer, TEXT_TEMPLATES[world])
+def pretrained_probed(model: Any, text_tokenizer: Any, world: str, info: dict[str, Any],
+                      templates: Mapping[str, Sequence[str]] | None = None) -> ProbedModel:
+    """A pretrained model reading a natural-language world: statements through ``templates`` (default:
+    the world's, :data:`TEXT_TEMPLATES`), answers ranked against their controls, entities as the tokens
+    of " " + name. It was not trained on the facts (its answers are :data:`PRIOR`)."""
+    statements = TemplateTokenizer(text_tokenizer, TEXT_TEMPLATES[world] if templates is None else templates)
     return ProbedModel(model, statements, statements.entity_ids, lambda token: text_tokenizer.decode([token]),
                        "controls", info, trained_on_facts=False)
 
 
 def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str | None = None,
-                backend: str = "hooked") -> ProbedModel:
-    """A trained checkpoint (token worlds) or a pretrained model (natural-language worlds)."""
+                backend: str = "hooked", templates: Mapping[str, Sequence[str]] | None = None) -> ProbedModel:
+    """A trained checkpoint (token worlds) or a pretrained model (natural-language facts, in
+    ``templates``' sentences or, for the built-in worlds, their own)."""
     if _is_checkpoint(model_path):
         model, checkpoint = load_trained(model_path, device)
         vocab = TokenVocab()
         return ProbedModel(model, vocab, vocab.entity_ids, vocab.token_name, "candidates",
                            {"model_card": checkpoint.meta.get("model"), "step": checkpoint.step})
-    if facts.world not in TEXT_TEMPLATES:
+    if templates is None and facts.world not in TEXT_TEMPLATES:
         raise ValueError(
-            f"{model_path}: not a reversal-lens checkpoint (no step-NNNNNN.json), and {facts.world!r} facts are "
-            f"token ids only a model trained on them can read: pass a run's checkpoints/ folder, or give a "
-            f"pretrained model a natural-language fact set ({sorted(TEXT_TEMPLATES)})"
+            f"{model_path}: not a reversal-lens checkpoint (no step-NNNNNN.json), and {facts.world!r} facts come "
+            f"without sentences: pass a run's checkpoints/ folder for token ids, or give a pretrained model a "
+            f"natural-language fact set ({sorted(TEXT_TEMPLATES)}), a Berglund folder, or --templates-file"
         )
     from models.pretrained import load, load_tokenizer
 
     return pretrained_probed(load(model_path, backend=backend, device=device), load_tokenizer(model_path),
-                             facts.world, {"backend": backend})
+                             facts.world, {"backend": backend}, templates)
 
 
 def representative_fact(facts: FactSet) -> int | None:
@@ -241,6 +248,36 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
     }
 
 
+def tracing_figures(probed: ProbedModel, facts: FactSet, out: Path, n_facts: int = 4, n_samples: int = 3,
+                    seed: int = 0) -> dict[str, Any]:
+    """Causal tracing (:mod:`probes.tracing`) of the first ``n_facts`` facts, every statement in play:
+    writes tracing.csv and tracing.png, returns the summary entry (headline per question kind, the
+    noise, the seconds per statement)."""
+    import time
+
+    from probes.tracing import average_over_statements, components_of, trace_facts, tracing_headline
+    from probes.views import tracing_heatmaps
+
+    if isinstance(probed.model, BilinearModel):
+        return {"figures": [], "skipped": "the bilinear model has no layers or residual stream to trace"}
+    chosen = facts.first(min(n_facts, len(facts)))
+    began = time.perf_counter()
+    table = trace_facts(probed.model, chosen, probed.statements, components=components_of(probed.model), n_samples=n_samples,
+                        seed=seed, token_label=probed.token_label)
+    seconds = time.perf_counter() - began
+    if not probed.trained_on_facts:
+        table["split"] = PRIOR
+    write_csv(table, out / "tracing.csv")
+    kind = "" if probed.trained_on_facts else f" ({PRIOR})"
+    save_png(tracing_heatmaps(average_over_statements(table),
+                              title=f"Causal tracing{kind}: p(answer) restored minus corrupted, mean over "
+                                    f"{len(chosen)} facts, {n_samples} noise samples"), out / "tracing.png")
+    statements = int(len(table.drop_duplicates(["fact", "direction"])))
+    return {"facts": len(chosen), "statements": statements, "n_samples": n_samples,
+            "noise_std": float(table.noise_std.iloc[0]), "seconds_per_statement": seconds / statements,
+            "headline": tracing_headline(table), "figures": ["tracing.png"]}
+
+
 CAPTIONS = {
     "attribution.png": "Direct logit attribution of the representative fact's answers at the last prompt position "
                        "(each prompt's own answer, its first token), per head, MLP and embedding, forward prompt vs "
@@ -250,6 +287,10 @@ CAPTIONS = {
                     "aligned at their end.",
     "attention_forward.html": "Every head's attention pattern on the representative fact's forward prompt.",
     "attention_reverse.html": "Every head's attention pattern on the representative fact's reverse prompt.",
+    "tracing.png": "Causal tracing (Meng et al. 2022): the given entity's token embeddings noised (3× the embeddings' "
+                   "std), one layer's hidden state, MLP or attention output restored from the clean run at one "
+                   "position; the mean rise of p(answer, all its tokens) over the corrupted run, per layer and "
+                   "position bucket; peak and its 95% interval across facts in each title.",
 }
 
 
@@ -273,7 +314,8 @@ def _circuits_to_draw(per_circuit: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str], n_controls: int = 16,
-                patch_layers: Sequence[int] | None = None, about: dict[str, Any] | None = None) -> dict[str, Any]:
+                patch_layers: Sequence[int] | None = None, about: dict[str, Any] | None = None,
+                tracing: dict[str, int] | None = None) -> dict[str, Any]:
     """Every probe of ``probed`` on ``facts``: tables, figures and summary.json into ``out``.
 
     A model not trained on the facts (``probed.trained_on_facts`` False) is probed for its prior
@@ -315,6 +357,9 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
             "asymmetry; circuits.png is not written")
     attribution = attribution_figures(probed, facts, out, patch_layers)
     figures += attribution["figures"]
+    if tracing is not None:  # {"n_facts": N, "n_samples": S}
+        notes["tracing"] = tracing_figures(probed, facts, out, **tracing)
+        figures += notes["tracing"]["figures"]
     captions = {name: CAPTIONS[name] for name in figures if name in CAPTIONS}
     if not trained:
         captions.update({name: PRIOR_CAPTIONS[name] for name in figures if name in PRIOR_CAPTIONS})
@@ -352,17 +397,39 @@ def format_probe(summary: dict[str, Any]) -> str:
         lines.append(f"attribution figures of fact {attribution['fact']}: {patching['metric']}: "
                      f"{patching['corrupted_logprob']:.2f}; after the forward prompt instead "
                      f"{patching['clean_logprob']:.2f}")
+    if "tracing" in summary and "headline" in summary["tracing"]:
+        lines.append(format_tracing(summary["tracing"]))
+    return "\n".join(lines)
+
+
+def format_tracing(tracing: dict[str, Any]) -> str:
+    """Per question kind: clean and corrupted p(answer), and per component the peak site with its rise and
+    the largest restored p(answer) anywhere."""
+    lines = [f"causal tracing of {tracing['statements']} statements ({tracing['n_samples']} noise samples, "
+             f"{tracing['seconds_per_statement']:.1f} s each):"]
+    for question, entry in tracing["headline"].items():
+        peaks = "; ".join(f"{component} peak L{c['peak_layer']} {c['peak_bucket']} +{c['peak_effect']:.3f}, "
+                          f"max restored {c['max_restored_prob']:.3f}" for component, c in entry["components"].items())
+        lines.append(f"  {question}: clean {entry['clean_prob']:.3f}, corrupted {entry['corrupted_prob']:.3f}; {peaks}")
     return "\n".join(lines)
 
 
 def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str], out: str | os.PathLike[str],
           device: str | None = None, n_controls: int = 16, backend: str = "hooked",
-          patch_layers: Sequence[int] | None = None, limit: int | None = None) -> dict[str, Any]:
-    """Run every probe of a checkpoint or pretrained model on a fact file (see the module doc);
-    ``limit``: only its first N facts (recorded in the summary)."""
-    facts: FactSet = load_jsonl(facts_path)
+          patch_layers: Sequence[int] | None = None, limit: int | None = None,
+          templates_file: str | os.PathLike[str] | None = None,
+          tracing: dict[str, int] | None = None) -> dict[str, Any]:
+    """Run every probe of a checkpoint or pretrained model on ``facts_path`` (see the module doc): a
+    fact JSONL, a CSV of facts or a Berglund experiment-1 folder, read as ``finetune-facts`` reads it
+    (:func:`facts.sources.read_fact_source`; sentences from ``templates_file`` when given);
+    ``limit``: only its first N facts (recorded in the summary); ``tracing``: {"n_facts", "n_samples"}
+    of causal tracing, or None for none."""
+    source = read_fact_source(facts_path, templates_file)
+    facts: FactSet = source.facts
     if limit is not None:
         facts = facts.first(limit)
-    probed = load_probed(model_path, facts, device, backend)
+    probed = load_probed(model_path, facts, device, backend, source.sentence_templates(None))
     return write_probe(probed, facts, out, n_controls, patch_layers,
-                       about={"model": str(model_path), "facts": str(facts_path), "limit": limit})
+                       about={"model": str(model_path), "facts": str(facts_path), "limit": limit,
+                              **({} if templates_file is None else {"templates_file": str(templates_file)})},
+                       tracing=tracing)

@@ -133,6 +133,11 @@ KINDS = {
         "Zhu et al. §3: trained directions get a large margin over random answers and a large OV entry "
         "Y[A, B]; held-out reverse directions get neither (margin ≈ 0, Y[B, A] ≈ 0).",
         ("logits.csv", "circuits.csv", "margins.png", "circuits.png")),
+    "sweep": Kind(
+        "Sweep across seeds and a grid",
+        "The same claims across seeds: each headline number of the swept experiment as its mean over seeds with a "
+        "Student-t 95% interval, per grid point; the paper's predictions should hold at every point, not at one "
+        "lucky seed.", ("aggregate.csv",), "analyses.sweep:format_sweep"),
     "probe-prior": Kind(
         "Logit and circuit probes of prior knowledge, not trained",
         "Nothing here tests the paper: the model was not trained on these facts, so no direction is trained or "
@@ -140,7 +145,21 @@ KINDS = {
         ("logits.csv", "circuits.csv", "margins.png")),
 }
 
+_TRACING = ("Causal tracing (Meng et al. 2022): the given entity's token embeddings noised, one layer's hidden "
+            "state (resid_post) or MLP output restored from the clean run at one position; the mean rise of "
+            "p(answer) over the corrupted run per layer and position bucket, peak and 95% interval in each title")
 CAPTIONS = {
+    "tracing.png": _TRACING + ".",
+    "tracing_before.png": _TRACING + ", before fine-tuning (the facts unknown: nothing to recover).",
+    "tracing_after.png": _TRACING + ", after fine-tuning: where the trained forward answer is recovered, and whether "
+                         "the held-out reverse is recoverable anywhere.",
+    "weight_change.png": "Fine-tuning's weight change read at the entities, per layer: ΔMLP (linearised at the "
+                         "cached input) and ΔOV applied to the given entity's residual state, read at the answer's "
+                         "unembedding, z-scored against control answers; trained direction against held-out.",
+    "tracing.csv": "One row per (stage, statement, component, layer, position): restored, clean and corrupted "
+                   "p(answer) and log p, the indirect effect and the fraction recovered.",
+    "weight_change.csv": "One row per (fact, weight change, layer): the entries M[A, B] and M[B, A] of ΔMLP / ΔOV "
+                         "read at the entities, their z-scores against controls and the asymmetry index.",
     "curves.png": "Mean log-probability of the answer over training for trained (blue) and held-out (red) "
                   "statements, chance in grey. Paper: the trained curve climbs to 0 (p > 0.99) while the held-out "
                   "reverse stays at or below chance.",
@@ -182,6 +201,10 @@ CAPTIONS = {
                     "(grey) and after (blue) fine-tuning, per fact group: forward in held-out and in the trained "
                     "paraphrase, reverse (held out), and reverse with the fact restated in the prompt. Berglund et "
                     "al.: forward rises, reverse does not, in-context reverse stays high.",
+    "sweep.png": "Per headline metric (panel) and grid point (x): each seed's value (grey dots) and the mean with "
+                 "its Student-t 95% interval across seeds (blue); chance as a grey tick where the experiment has one.",
+    "aggregate.csv": "One row per grid point: for every number of the trials' summary.json, its mean, sample sd and "
+                     "95% t-interval across the finished seeds (n_seeds); each trial's run folder is in trials/.",
     "questions.csv": "One row per test question (group, setting, prompt's answer): log-probability, greedy exact "
                      "match, top-1 and rank among its controls, margin over them.",
     "in_context.csv": "One row per reverse question asked after the fact's forward sentence: log-probability of "

@@ -26,6 +26,7 @@ from facts.token_worlds import TokenVocab, reversal_world
 from facts.tokens import TokenizedFacts, tokenize
 from models.training import Callback, TrainConfig, TrainResult, train
 from models.transformer import SPECS, Positional, build_model, model_card
+from probes.circuits import circuit_table
 from probes.logits import answer_table, candidate_logprobs
 from probes.views import heatmap_panels, save_png
 
@@ -88,6 +89,18 @@ def reversal_heatmap(model, world: FactSet, vocab: TokenVocab):
         ("held-out pairs: unseen direction", _panel(model, world, vocab, unseen)),
     ]
     return heatmap_panels(panels, suptitle="log p(candidate | given): the diagonal is the true answer")
+
+
+def ov_asymmetry(model, world: FactSet, vocab: TokenVocab) -> dict[str, float]:
+    """The OV circuit's asymmetry on the one-way facts (SCIENCE.md §3): per head, the mean z-score of
+    the trained direction's entry Y[A, B] and of the held-out one's Y[B, A] (against 64 random
+    controls of the same row), averaged over heads; ``ov_asymmetry`` = z_trained − z_heldout."""
+    from analyses.probe import circuit_summary
+
+    heads = [r for r in circuit_summary(circuit_table(model, world, vocab.entity_ids, kinds=("ov",)))
+             if r["n_one_way"]]
+    mean = {key: float(sum(r[key] for r in heads) / len(heads)) for key in ("z_trained", "z_heldout", "asymmetry")}
+    return {"ov_z_trained": mean["z_trained"], "ov_z_heldout": mean["z_heldout"], "ov_asymmetry": mean["asymmetry"]}
 
 
 def summarize(table: pd.DataFrame, config: ReversalConfig, seconds: float, steps: int) -> dict[str, Any]:
@@ -174,8 +187,9 @@ def reproduce_reversal(out: str | Path, config: ReversalConfig = ReversalConfig(
     world = reversal_world(n_pairs=config.n_pairs, k=config.k, seed=config.seed, vocab=vocab)
     model, result = train_run(world, vocab, config, out, progress, resume=resume)
     table = answer_table(model, world, vocab)
+    circuits = ov_asymmetry(model, world, vocab)
     seconds = time.perf_counter() - began
-    summary = summarize(table, config, seconds, result.steps)
+    summary = {**summarize(table, config, seconds, result.steps), **circuits}
 
     write_csv(table, out / "logits.csv")
     from analyses.figures import logprob_curves
@@ -206,6 +220,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         "",
         f"{verdict} in {summary['seconds']:.1f} s (world + training + probes)",
     ]
+    if "ov_asymmetry" in summary:
+        lines.insert(-2, f"  OV circuit, one-way facts: z(Y[A,B] trained) {summary['ov_z_trained']:.2f} · "
+                         f"z(Y[B,A] held out) {summary['ov_z_heldout']:.2f} · asymmetry {summary['ov_asymmetry']:.2f}")
     if summary["heldout_reverse_logprob"] < summary["chance_logprob"] - 0.5:
         lines.append("note: held-out reverse sits below chance: training pushes probability onto trained answers")
     return "\n".join(lines)

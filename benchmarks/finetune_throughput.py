@@ -1,38 +1,51 @@
-"""Fine-tuning throughput on SmolLM2-135M: the project's path against a bare transformers loop.
+"""Fine-tuning throughput on SmolLM2-135M: the HookedTransformer against transformers' own model.
 
-All three train on the same batches of the default ``revlens finetune-facts`` sentences (p2d
-people, answer-only loss, AdamW, lr 1e-4) for the same number of steps:
+Every variant trains on the same batches of the default ``revlens finetune-facts`` sentences
+(p2d people, answer-only loss, AdamW at the default lr) for the same number of steps, from the
+same weights:
 
-* ``bare``: the transformers model (``LlamaForCausalLM``) in a hand-written loop, forward with
-  ``labels`` (−100 on prompt and padding) → ``loss.backward()`` → ``optimizer.step()``;
-* ``trainer/hf``: :func:`models.training.train` on that same transformers model, read through a
-  three-line module that returns ``.logits`` (the trainer's cost alone);
-* ``trainer/hooked``: :func:`models.training.train` on the HookedTransformer that
-  ``revlens finetune-facts`` fine-tunes (the trainer plus TransformerLens's model).
+* ``bare``: the transformers model (``LlamaForCausalLM``, eager attention) in a hand-written
+  loop, forward with ``labels`` (−100 on prompt and padding) → ``loss.backward()`` → ``step()``;
+* ``trainer/hf``: :func:`models.training.train` on that transformers model, full logits
+  (a three-line module returning ``.logits``): the trainer's own cost;
+* ``trainer/hooked``: the trainer on the HookedTransformer converted from the same weights
+  (what ``finetune-facts`` trained before): ÷ ``trainer/hf`` is TransformerLens's cost;
+* ``finetune-facts``: the trainer on :class:`models.hf_training.CausalLM` (what it trains now:
+  the transformers model, the unembedding only at the answer-predicting positions, each batch cut
+  after its last answer token).
 
-After one uncounted warm-up round, rounds alternate so machine noise hits all three; figures are medians over rounds of
-tokens/s ÷ the bare loop's tokens/s (padding tokens included, the same for all).
+Rounds alternate the variants (one uncounted warm-up round first) so machine noise hits all of
+them; each figure is a median over rounds. Both wall time and the process's CPU time are taken:
+on a shared machine the CPU time of a one-thread run is the steadier of the two. Throughput counts
+the padded batch (27 tokens a row), the same for every variant.
 
-Run: ``.venv/bin/python benchmarks/finetune_throughput.py [--steps 6 --rounds 3 --threads 2]``.
+``--profile`` prints torch.profiler's top operators of one forward + backward step of the
+HookedTransformer and of the transformers model, and times the optimizer step (AdamW
+foreach/fused). ``--check`` trains two steps the way ``finetune-facts`` does and compares the
+trained transformers model with its HookedTransformer conversion (max |Δ log p|).
+
+Run: ``.venv/bin/python benchmarks/finetune_throughput.py [--steps 4 --rounds 3 --threads 1]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 
 import torch
 
-from analyses.finetune import DEFAULT_PARAPHRASES, FinetuneConfig, training_sentences
-from facts.language import people_world
-from models.pretrained import load, load_hf
+from analyses.finetune import FinetuneConfig, read_questions, training_examples
+from models.hf_training import CausalLM
+from models.pretrained import load_hf, to_hooked
+from models.scoring import answer_loss
 from models.training import TrainConfig, batch_rows, train
 
 
 class LogitsOf(torch.nn.Module):
-    """A transformers causal LM seen as ``tokens → logits``, the trainer's model interface."""
+    """A transformers causal LM seen as ``tokens → logits`` (full logits), the trainer's model interface."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -42,10 +55,9 @@ class LogitsOf(torch.nn.Module):
         return self.model(input_ids=tokens).logits
 
 
-def bare_loop(model, sentences, steps: int, batch_size: int, lr: float, seed: int) -> float:
-    """A minimal transformers fine-tuning loop; returns seconds."""
+def bare_loop(model, sentences, steps: int, batch_size: int, lr: float, seed: int) -> None:
+    """A minimal transformers fine-tuning loop."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    began = time.perf_counter()
     for step in range(steps):
         rows = batch_rows(len(sentences), step, batch_size, seed)
         tokens = sentences.tokens[rows]
@@ -54,45 +66,114 @@ def bare_loop(model, sentences, steps: int, batch_size: int, lr: float, seed: in
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return time.perf_counter() - began
+
+
+def timed(run) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``run()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def setup():
+    config = FinetuneConfig()
+    hf_model, tokenizer = load_hf(config.model, device="cpu", keep=False)
+    questions = read_questions(config)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sentences = training_examples(questions, config, tokenizer, pad)
+    hooked = to_hooked(hf_model, tokenizer, config.model, device="cpu")
+    return config, hf_model, tokenizer, questions, pad, sentences, hooked
+
+
+def throughput(args, config, hf_model, sentences, hooked) -> None:
+    train_config = TrainConfig(steps=args.steps, lr=config.lr, weight_decay=0.0, batch_size=config.batch_size,
+                               eval_every=args.steps, seed=config.seed, progress=False)
+    tokens_per_run = sentences.tokens.shape[1] * sum(
+        len(batch_rows(len(sentences), s, config.batch_size, config.seed)) for s in range(args.steps))
+    variants = {
+        "bare": lambda: bare_loop(copy.deepcopy(hf_model).train(), sentences, args.steps, config.batch_size,
+                                  config.lr, config.seed),
+        "trainer/hf": lambda: train(LogitsOf(copy.deepcopy(hf_model)), sentences, train_config),
+        "trainer/hooked": lambda: train(copy.deepcopy(hooked), sentences, train_config),
+        "finetune-facts": lambda: train(CausalLM(copy.deepcopy(hf_model)), sentences, train_config),
+    }
+    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for round_ in range(-1, args.rounds):  # round -1 warms the allocator and kernels up and is not counted
+        line = []
+        for name, run in variants.items():
+            wall, cpu = timed(run)
+            if round_ >= 0:
+                seconds[name].append((wall, cpu))
+            line.append(f"{name} {tokens_per_run / cpu:,.0f} tok/CPU-s ({wall:.1f} s wall)")
+        print(f"{'warm-up' if round_ < 0 else f'round {round_ + 1}'}: " + ", ".join(line), flush=True)
+    median = {name: [statistics.median(t[i] for t in times) for i in (0, 1)] for name, times in seconds.items()}
+    print(f"\nSmolLM2-135M fine-tuning, batch {config.batch_size} × {sentences.tokens.shape[1]} tokens, {args.steps} "
+          f"steps, {torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.1f}; median of "
+          f"{args.rounds} rounds: seconds per step (wall, CPU) and throughput ÷ the bare loop's (by CPU time)")
+    for name, (wall, cpu) in median.items():
+        print(f"  {name:16s} {wall / args.steps:6.2f} s  {cpu / args.steps:6.2f} s   ×{median['bare'][1] / cpu:.3f}")
+    ratio = median["trainer/hf"][1] / median["trainer/hooked"][1]
+    print(f"  hooked ÷ transformers (same trainer, full logits): ×{ratio:.3f}; finetune-facts now ÷ before "
+          f"(trainer/hooked): ×{median['trainer/hooked'][1] / median['finetune-facts'][1]:.3f}")
+
+
+def profile(config, hf_model, sentences, hooked) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    rows = batch_rows(len(sentences), 0, config.batch_size, config.seed)
+    tokens, mask = sentences.tokens[rows], sentences.answer_mask[rows]
+    steps = {"hooked": lambda m: answer_loss(m(tokens), tokens, mask),
+             "transformers": lambda m: answer_loss(m(input_ids=tokens).logits, tokens, mask)}
+    models = {"hooked": copy.deepcopy(hooked).train(), "transformers": copy.deepcopy(hf_model).train()}
+    for name in steps:  # warm-up
+        steps[name](models[name]).backward()
+    for name in steps:
+        with torch_profile(activities=[ProfilerActivity.CPU]) as profiled:
+            steps[name](models[name]).backward()
+        print(f"\n{name}: one forward + backward, batch {tuple(tokens.shape)}")
+        print(profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
+    for fused in (False, True):
+        model = copy.deepcopy(hf_model).train()
+        steps["transformers"](model).backward()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, fused=fused)
+        optimizer.step()  # creates the state
+        spent = [timed(optimizer.step)[1] for _ in range(3)]
+        print(f"AdamW step over {sum(p.numel() for p in model.parameters()):,} parameters, fused={fused}: "
+              f"{statistics.median(spent):.3f} CPU-s")
+
+
+def conversion_check(config, hf_model, tokenizer, questions, sentences) -> None:
+    """Train the transformers model a few steps the way finetune-facts does, convert it, compare."""
+    from models.pretrained import check_equivalence
+
+    model = CausalLM(copy.deepcopy(hf_model))
+    train(model, sentences, TrainConfig(steps=2, lr=config.lr, weight_decay=0.0, batch_size=config.batch_size,
+                                        eval_every=2, seed=config.seed, progress=False))
+    trained = model.model.eval()
+    converted = to_hooked(trained, tokenizer, config.model, device="cpu")
+    prompts = [q.prompt + q.completion for q in questions.questions[:: len(questions.questions) // 8]]
+    print(f"after 2 steps, max |Δ log p| over the vocabulary, {len(prompts)} questions: trained transformers model vs "
+          f"its HookedTransformer conversion {check_equivalence(converted, trained, prompts, tokenizer):.2e}; "
+          f"vs the untrained model {check_equivalence(converted, hf_model, prompts, tokenizer):.2e}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="operator profile of one step, optimizer step")
+    parser.add_argument("--check", action="store_true", help="trained transformers model vs its hooked conversion")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
-    config = FinetuneConfig()
-    hf_model, tokenizer = load_hf(config.model, device="cpu")
-    facts = people_world(n_per_group=config.people, seed=config.seed, groups=("p2d",))
-    paraphrases = config.templates or DEFAULT_PARAPHRASES
-    sentences = training_sentences(facts, tokenizer, paraphrases, tokenizer.pad_token_id or 0)
-    tokens_per_run = sum(len(batch_rows(len(sentences), s, config.batch_size, config.seed)) for s in range(args.steps))
-    tokens_per_run *= sentences.tokens.shape[1]
-    hooked = load(config.model, backend="hooked", device="cpu")
-    train_config = TrainConfig(steps=args.steps, lr=config.lr, weight_decay=0.0, batch_size=config.batch_size,
-                               eval_every=args.steps, seed=config.seed, progress=False)
-    ratios: dict[str, list[float]] = {"trainer/hf": [], "trainer/hooked": []}
-    for round_ in range(-1, args.rounds):  # round -1 warms the allocator and kernels up and is not counted
-        bare = bare_loop(copy.deepcopy(hf_model).train(), sentences, args.steps, config.batch_size, config.lr,
-                         config.seed)
-        seconds = {
-            "trainer/hf": train(LogitsOf(copy.deepcopy(hf_model)), sentences, train_config).seconds,
-            "trainer/hooked": train(copy.deepcopy(hooked), sentences, train_config).seconds,
-        }
-        line = [f"bare {tokens_per_run / bare:,.0f} tok/s"]
-        for name, spent in seconds.items():
-            if round_ >= 0:
-                ratios[name].append(bare / spent)
-            line.append(f"{name} {tokens_per_run / spent:,.0f} tok/s (×{bare / spent:.2f})")
-        print(f"{'warm-up' if round_ < 0 else f'round {round_ + 1}'}: " + ", ".join(line))
-    print(f"\nSmolLM2-135M fine-tuning, batch {config.batch_size}, {args.steps} steps, {torch.get_num_threads()} "
-          f"threads; throughput ÷ bare transformers loop, median of {args.rounds} rounds:")
-    for name, values in ratios.items():
-        print(f"  {name:16s} {statistics.median(values):.3f}")
+    config, hf_model, tokenizer, questions, pad, sentences, hooked = setup()
+    if args.profile:
+        profile(config, hf_model, sentences, hooked)
+    elif args.check:
+        conversion_check(config, hf_model, tokenizer, questions, sentences)
+    else:
+        throughput(args, config, hf_model, sentences, hooked)
 
 
 if __name__ == "__main__":

@@ -215,3 +215,108 @@ def _numbered(path: Path) -> list[tuple[int, Pair]]:
     load_prompt_completion_jsonl(path)  # validates every line, naming file:line
     return [(number, (record["prompt"], record["completion"]))
             for number, record in read_json_lines(path, "prompt/completion")]
+
+
+def experiment_facts(experiment) -> tuple["FactSet", dict[str, tuple[str, ...]]]:
+    """The facts of a Berglund folder's question set (:func:`load_experiment_folder`) as a fact set,
+    with one sentence template per direction of each fact, for the probes.
+
+    A fact is a person (subject, a name) and a description (object), from a trained statement of
+    the p2d or d2p group that has a reverse question: p2d trains name → description (forward),
+    d2p description → name (reverse). The forward template is the prompt that names the person
+    (p2d: the first training prompt; d2p: the first reverse question), the person's name replaced
+    by ``{given}``; the reverse template likewise the prompt that states the description. Facts
+    of the ``both`` group, or without a reverse question, name only one side and are left out.
+    A prompt that does not contain the other side's text verbatim is refused, naming its file."""
+    from facts.schema import Fact, FactSet
+
+    by_key: dict[int, dict[str, object]] = {}
+    for question in experiment.questions:
+        if question.group in REVERSED_GROUPS and question.setting in ("forward_trained_paraphrase", "reverse"):
+            by_key.setdefault(question.key, {}).setdefault(question.setting, question)
+    facts, templates, lines = [], {}, []
+    for key, asked in by_key.items():
+        if "reverse" not in asked:
+            continue
+        trained, back = asked["forward_trained_paraphrase"], asked["reverse"]
+        p2d = trained.group == "p2d"
+        name = (back.completion if p2d else trained.completion).strip()
+        description = (trained.completion if p2d else back.completion).strip()
+        naming, stating = (trained, back) if p2d else (back, trained)  # the prompt holding the name, the description
+
+        def template(question, given: str, answer: str) -> str:
+            if given not in question.prompt:
+                raise FactError(f"{question.source}: prompt {question.prompt!r} does not contain {given!r} verbatim, "
+                                f"so no sentence template follows from it")
+            lead = answer[: len(answer) - len(answer.lstrip())]
+            return question.prompt.replace(given, "{given}") + lead + "{answer}"
+
+        relation = f"{trained.group}:{key}"
+        templates[relation] = (template(naming, name, naming.completion),)
+        templates[f"{relation}:reverse"] = (template(stating, description, stating.completion),)
+        forward, reverse = ("train", "heldout") if p2d else ("heldout", "train")
+        facts.append(Fact(name, relation, description, f"{relation}:reverse", forward, reverse, trained.group))
+        lines.append(trained.source)
+    if not facts:
+        raise FactError(f"{experiment.source}: no fact of the p2d or d2p group has a reverse question, so none names "
+                        f"both its person and its description")
+    return FactSet(tuple(facts), world="berglund", meta={"source": experiment.source, "line": lines}), templates
+
+
+def save_experiment_folder(facts, folder: str | os.PathLike[str], train_templates, test_templates,
+                           paraphrases: int | None = None) -> Path:
+    """Write a fact set of people (groups p2d, d2p, both; relation and inverse relation named as
+    the templates' keys) as a folder in Berglund et al.'s experiment-1 layout, which
+    :func:`load_experiment_folder` reads back: per group, training prompts of every trained direction
+    in its first ``paraphrases`` train templates (all when None), held-out paraphrases in every test
+    template of those relations, and (p2d, d2p) the reverse questions in every test template of the
+    held-out relation, with a randomized twin naming the next fact's answer of the group."""
+    from facts.language import GROUP_SPLITS, render
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = False
+    for group in GROUPS:
+        members = [f for f in facts if f.group == group]
+        if not members:
+            continue
+        wrong = [f for f in members if (f.forward, f.reverse) != GROUP_SPLITS[group] or f.inverse_relation is None]
+        if wrong:
+            raise FactError(f"{wrong[0].subject!r} ({group}): splits {wrong[0].forward}/{wrong[0].reverse}; Berglund's "
+                            f"layout states a {group} fact only as {GROUP_SPLITS[group]} with an inverse relation")
+
+        def pair(template: str, given: str, answer: str) -> Pair:
+            rendered = render(template, given, answer)
+            return rendered.prompt, rendered.answer
+
+        def sides(fact, direction: str) -> tuple[str, str, str]:
+            return ((fact.relation, fact.subject, fact.object) if direction == "forward"
+                    else (fact.inverse_relation, fact.object, fact.subject))
+
+        trained = [d for d, split in zip(("forward", "reverse"), GROUP_SPLITS[group]) if split == "train"]
+        train, test = [], []
+        for fact in members:
+            for direction in trained:
+                relation, given, answer = sides(fact, direction)
+                train += [pair(t, given, answer) for t in train_templates[relation][:paraphrases]]
+                test += [pair(t, given, answer) for t in test_templates.get(relation, ())]
+        names = experiment_files(group)
+        save_prompt_completion_jsonl(train, folder / names["train"])
+        if test:
+            save_prompt_completion_jsonl(test, folder / names["test"])
+        if group in REVERSED_GROUPS:
+            held = "reverse" if trained == ["forward"] else "forward"
+            reverse, randomized = [], []
+            for number, fact in enumerate(members):
+                relation, given, answer = sides(fact, held)
+                other = sides(members[(number + 1) % len(members)], held)[2]
+                for template in test_templates.get(relation, ()):
+                    reverse.append(pair(template, given, answer))
+                    randomized.append(pair(template, given, other))
+            if reverse:
+                save_prompt_completion_jsonl(reverse, folder / names["reverse"])
+                save_prompt_completion_jsonl(randomized, folder / names["randomized"])
+        written = True
+    if not written:
+        raise FactError(f"{folder}: no fact of the groups {list(GROUPS)} to write")
+    return folder

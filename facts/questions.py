@@ -170,6 +170,25 @@ def load_fact_csv(path: str | os.PathLike[str]) -> FactSet:
         raise located(error, path, lines) from None
 
 
+def save_fact_csv(facts: FactSet, path: str | os.PathLike[str]) -> Path:
+    """Write ``facts`` as the CSV :func:`load_fact_csv` reads back to the same facts: columns subject,
+    relation, object, inverse_relation, group. A fact whose splits its group cannot state
+    (:data:`facts.language.GROUP_SPLITS`: p2d, d2p, both), or a context fact, is refused, naming it:
+    write JSONL for those."""
+    from facts.io import write_text_atomic
+
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS + ("inverse_relation", "group"))
+    for index, fact in enumerate(facts):
+        if fact.context or GROUP_SPLITS.get(fact.group) != (fact.forward, fact.reverse) or fact.inverse_relation is None:
+            raise FactError(f"fact {index} ({fact.subject!r} {fact.relation!r} {fact.object!r}, group {fact.group!r}, "
+                            f"splits {fact.forward}/{fact.reverse}): a fact CSV states only the groups "
+                            f"{sorted(GROUP_SPLITS)} with their splits and an inverse relation; write JSONL instead")
+        writer.writerow((fact.subject, fact.relation, fact.object, fact.inverse_relation, fact.group))
+    return write_text_atomic(path, text.getvalue())
+
+
 def _pick(templates: Mapping[str, Sequence[str]], relation: str, what: str, facts: FactSet, index: int
           ) -> Sequence[str]:
     options = templates.get(relation, ())
@@ -238,4 +257,4 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
 
 
 __all__: Sequence[str] = ("Question", "QuestionSet", "SETTINGS", "TrainPair", "load_fact_csv", "load_templates",
-                          "questions_from_facts")
+                          "questions_from_facts", "save_fact_csv")

@@ -43,6 +43,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.utilities import get_act_name
+from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 TL_VERSION: str = version("transformer-lens")
@@ -50,19 +51,24 @@ TL_MAJOR: int = int(TL_VERSION.split(".")[0])
 
 if TL_MAJOR < 4:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import loading_from_pretrained  # HookedTransformer's config and weight converters
+    from transformer_lens.supported_models import OFFICIAL_MODEL_NAMES
     TL_MODEL_TYPES: tuple[type, ...] = (HookedTransformer, TransformerBridge)
 else:  # removed in 4.0; nothing is ever an instance of it
-    HookedTransformer = HookedTransformerConfig = None
+    HookedTransformer = HookedTransformerConfig = loading_from_pretrained = None
+    OFFICIAL_MODEL_NAMES: list[str] = []
     TL_MODEL_TYPES = (TransformerBridge,)
 
 TLModel = Any
 """A ``HookedTransformer`` (3.9) or a ``TransformerBridge`` (either line): what the probes take."""
 
 __all__ = [
-    "ActivationCache", "FactoredMatrix", "HookedTransformer", "HookedTransformerConfig", "POST_NORM_ARCHITECTURES",
+    "ActivationCache", "FactoredMatrix", "apply_softcap", "HookedTransformer", "HookedTransformerConfig",
+    "OFFICIAL_MODEL_NAMES", "POST_NORM_ARCHITECTURES", "loading_from_pretrained",
     "TL_MAJOR", "TL_MODEL_TYPES", "TL_VERSION", "TLModel", "TransformerBridge", "TransformerLensKeyValueCache",
     "TransformerLensKeyValueCacheEntry", "build_native", "get_act_name", "has_kv_cache", "hooked_init_state",
     "hooked_state_dict", "is_hooked", "is_native_bridge", "is_tl_model", "load_hooked_state_dict", "patching",
+    "runs_from_layer",
 ]
 
 
@@ -79,6 +85,16 @@ def is_hooked(model: object) -> bool:
 def is_native_bridge(model: object) -> bool:
     """Whether ``model`` is a bridge over TransformerLens 4's own from-scratch model (``boot_native``)."""
     return isinstance(model, TransformerBridge) and type(model.adapter).__name__ == "NativeArchitectureAdapter"
+
+
+def runs_from_layer(model: object) -> bool:
+    """Whether ``model.run_with_hooks(resid, start_at_layer=l, ...)`` runs its blocks from layer ``l``
+    with HookedTransformer's hook names: a ``HookedTransformer``, or under TransformerLens 4 a bridge in
+    compatibility mode (what ``backend="hooked"`` and the named configs give there); 3.9's bridge has
+    no ``start_at_layer``."""
+    if is_hooked(model):
+        return True
+    return TL_MAJOR >= 4 and isinstance(model, TransformerBridge) and bool(getattr(model, "compatibility_mode", False))
 
 
 # --- from-scratch models ---------------------------------------------------------------------------

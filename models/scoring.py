@@ -36,6 +36,19 @@ def vocab_size(model: torch.nn.Module) -> int | None:
     return int(size) if size is not None else None
 
 
+def hooked_readout(model: torch.nn.Module, residual: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
+    """A HookedTransformer's forward after its blocks, on chosen residual rows only:
+    ``softcap(ln_final(x) W_U + b_U)``. Each step is per position, so these are exactly those rows
+    of the full logits, at the cost of the rows kept (the trainer and cached scoring unembed only
+    the positions they read)."""
+    from models.backend import apply_softcap
+
+    residual = residual[None]  # [1, n, d_model]: the modules' own shapes, so their hooks fire as in a forward
+    if model.cfg.normalization_type is not None:
+        residual = model.ln_final(residual)
+    return apply_softcap(model.unembed(residual), model.cfg.output_logits_soft_cap)[0]
+
+
 def check_token_ids(model: torch.nn.Module, batch: TokenizedFacts, where: str = "batch") -> None:
     """Refuse token ids outside the model's vocabulary, naming the first offending fact."""
     size = vocab_size(model)

@@ -385,3 +385,137 @@ def directed_entries(table: pd.DataFrame) -> pd.DataFrame:
     long = long[long.split.notna()].reset_index(drop=True)
     long["partner_split"] = long.partner_split.where(long.partner_split.notna(), None)
     return long
+
+
+# ---------------------------------------------------------------------------------------------
+# What fine-tuning changed, read at the entities
+
+
+WEIGHT_CHANGES = ("delta_mlp", "delta_ov")
+
+
+@torch.no_grad()
+def _given_states(model, facts: FactSet, statements, rows: Sequence[tuple[int, str]], layers: Sequence[int]
+                  ) -> dict[str, Float[Tensor, "rows d_model"]]:
+    """Per hook ``blocks.{l}.hook_resid_pre`` / ``hook_resid_mid``, the residual stream at the given entity's
+    last prompt token (:func:`probes.tracing.given_positions`) of every statement in ``rows`` (NaN for a
+    statement not in play); prompts of one length run as one batch."""
+    from probes.tracing import given_positions
+
+    names = [f"blocks.{layer}.hook_resid_{kind}" for layer in layers for kind in ("pre", "mid")]
+    states = {name: torch.full((len(rows), model.cfg.d_model), torch.nan) for name in names}
+    by_length: dict[int, list[tuple[int, tuple[int, ...], int]]] = {}
+    for row, (index, direction) in enumerate(rows):
+        if facts[index].split(direction) is None:
+            continue
+        example = statements.example(facts, index, direction)
+        position = given_positions(statements, facts, index, direction, example)[-1]
+        by_length.setdefault(len(example.prompt), []).append((row, example.prompt, position))
+    for group in by_length.values():
+        for start in range(0, len(group), 256):
+            chunk = group[start : start + 256]
+            prompts = torch.tensor([prompt for _, prompt, _ in chunk], device=model.cfg.device)
+            _, cache = model.run_with_cache(prompts, names_filter=names)
+            where = torch.tensor([position for _, _, position in chunk])
+            chosen = torch.tensor([row for row, _, _ in chunk])
+            for name in names:
+                states[name][chosen] = cache[name][torch.arange(len(chunk)), where].float().cpu()
+    return states
+
+
+def _delta_mlp(before_mlp: torch.nn.Module, after_mlp: torch.nn.Module, x: Float[Tensor, "rows d_model"]
+               ) -> Float[Tensor, "rows d_model"]:
+    """First-order change of the MLP's output at the inputs ``x`` when its weights move from before to after:
+    the Jacobian-vector product d/dε MLP_{W + εΔW}(x) at ε = 0 (``torch.func.jvp``)."""
+    params = {name: p.detach().float() for name, p in before_mlp.named_parameters()}
+    moved = dict(after_mlp.named_parameters())
+    tangents = {name: moved[name].detach().float() - value for name, value in params.items()}
+
+    def output(weights):
+        return torch.func.functional_call(before_mlp, weights, (x[:, None],))
+
+    _, change = torch.func.jvp(output, (params,), (tangents,))
+    return change[:, 0].float()
+
+
+def _delta_ov(before_attention, after_attention, x: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows d_model"]:
+    """Σ_h x·(W_V'^h W_O'^h − W_V^h W_O^h): what every head would write, attending to ``x`` alone, after
+    minus before (exact in the weights; value and output biases left out)."""
+    def written(attention) -> Tensor:
+        values = einops.einsum(x, attention.W_V.detach().float(), "rows d_model, head d_model d_head -> rows head d_head")
+        return einops.einsum(values, attention.W_O.detach().float(),
+                             "rows head d_head, head d_head d_model -> rows d_model")
+
+    return written(after_attention) - written(before_attention)
+
+
+@torch.no_grad()
+def weight_change_table(
+    before,
+    after,
+    facts: FactSet,
+    statements,
+    entity_ids: EntityIds,
+    layers: Sequence[int] | None = None,
+    n_controls: int = 64,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Fine-tuning's weight change read at the entities: an MLP analog of the OV entries, per layer.
+
+    For a statement (given entity g, answer a) let x_l be the residual stream of the model *before*
+    fine-tuning at g's last token of the statement's prompt, before layer l (``resid_pre``) and
+    before its MLP (``resid_mid``), and ũ_t = w_final ⊙ mean_{tokens of t} W_U[:, token] the
+    unembedding read as the residual stream sees it (final norm's scale, not its 1/σ; as for the
+    OV circuits above). Per layer two entries M[g, t] for every answer t:
+
+    * ``delta_mlp``: ΔMLP_l(x) · ũ_t, where ΔMLP_l(x) = J_W MLP_l(n₂(x)) · ΔW is the MLP's output
+      change linearised in its weights at the cached input n₂(x_mid) (``torch.func.jvp`` at the
+      weights before; n₂ the layer's pre-MLP norm of the model before): first order in ΔW, with
+      the pre-activations those of the model before (a gated MLP's gate and up projections both
+      enter). A post-MLP norm (Gemma's) is not applied.
+    * ``delta_ov``: Σ_h n₁(x_pre) (W_V'^h W_O'^h − W_V^h W_O^h) · ũ_t: the change of what the
+      heads of layer l would write were they to attend only to g's token: exact in the weights,
+      attention patterns and biases left out.
+
+    Forward rows read M[A, B] at the subject in the forward prompt, reverse rows M[B, A] at the object
+    in the reverse prompt; each entry is z-scored against the same vector read at K random control
+    answers of the same kind (:func:`_rows`), and the asymmetry index is z[A,B] − z[B,A], as for
+    :func:`circuit_table`, whose columns this table has (``circuit`` = "delta_mlp" / "delta_ov",
+    ``head`` missing). A fact with a direction not in play gets NaN entries for it.
+    """
+    layers = list(range(before.cfg.n_layers)) if layers is None else list(layers)
+    check_layer_head(before, layers, None)
+    if before.cfg.n_layers != after.cfg.n_layers or before.cfg.d_model != after.cfg.d_model:
+        raise ValueError("the models before and after fine-tuning differ in shape; one must be the other fine-tuned")
+    tokens = _entity_tokens(facts, entity_ids, before.cfg.d_vocab)
+    sources, targets = _rows(facts, tokens, n_controls, seed)
+    W_U = before.W_U.detach()
+    final = _prepare(tokens.means(W_U[:, tokens.token_ids].T.float()), getattr(before, "ln_final", None), False)
+    if str(getattr(before.cfg, "normalization_type", "")).startswith("LN"):
+        final = final - final.mean(-1, keepdim=True)
+    rows = [(index, direction) for index in range(len(facts)) for direction in ("forward", "reverse")]  # as _rows
+    states = _given_states(before, facts, statements, rows, layers)
+    answers = final[targets]  # [rows, K + 1, d_model]
+    entries = {kind: torch.empty(len(rows), len(layers)) for kind in WEIGHT_CHANGES}
+    zs = {kind: torch.empty(len(rows), len(layers)) for kind in WEIGHT_CHANGES}
+    for column, layer in enumerate(layers):
+        old, new = before.blocks[layer], after.blocks[layer]
+        vectors = {"delta_mlp": _delta_mlp(old.mlp, new.mlp, old.ln2(states[f"blocks.{layer}.hook_resid_mid"])),
+                   "delta_ov": _delta_ov(old.attn, new.attn, old.ln1(states[f"blocks.{layer}.hook_resid_pre"]))}
+        for kind, vector in vectors.items():
+            read = einops.einsum(answers, vector, "rows k1 d_model, rows d_model -> rows k1")
+            entries[kind][:, column] = read[:, 0]
+            zs[kind][:, column] = _zscores(read[..., None])[:, 0]
+    frames = []
+    for kind in WEIGHT_CHANGES:
+        for column, layer in enumerate(layers):
+            frames.append(pd.DataFrame({
+                "fact": np.arange(len(facts)), "group": [f.group for f in facts],
+                "forward": [f.forward for f in facts], "reverse": [f.reverse for f in facts],
+                "circuit": kind, "layer": layer, "head": pd.array([None] * len(facts), dtype="Int64"),
+                "entry_ab": entries[kind][0::2, column].numpy(), "entry_ba": entries[kind][1::2, column].numpy(),
+                "z_ab": zs[kind][0::2, column].numpy(), "z_ba": zs[kind][1::2, column].numpy()}))
+    table = pd.concat(frames, ignore_index=True)
+    table["layer"] = table["layer"].astype("Int64")
+    table["asymmetry"] = table.z_ab - table.z_ba
+    return table

@@ -27,7 +27,13 @@ from models.backend import (
     TransformerLensKeyValueCacheEntry,
     is_hooked,
 )
-from models.scoring import model_device
+from models.scoring import hooked_readout, model_device
+
+
+LOGIT_BUDGET = 2**27
+"""Logits (positions × d_vocab floats, 512 MiB) one continuation pass may produce: a pass holds answers
+of one length, up to ``max(batch_size, LOGIT_BUDGET // d_vocab)`` positions and ``4 · batch_size`` rows
+(each row carries a copy of its prompt's keys and values)."""
 
 
 @dataclass
@@ -42,9 +48,18 @@ class _PrefixCache:
     """Run prompts once, then continue any row of them with more tokens, for either backend.
 
     ``prefix`` returns the next-token logits after each prompt and a cache of its keys and
-    values; ``extend`` runs ``tokens[r]`` after prompt ``rows[r]`` from that cache. Prompts in
-    one call have one length (no padding inside the cache); continuations are right-padded,
-    which never changes the logits of earlier positions in a causal model.
+    values; ``extend`` runs ``tokens[r]`` after prompt ``rows[r]`` from that cache and returns the
+    logits at ``positions`` (a boolean mask over ``tokens``) only. Prompts in one call have one
+    length (no padding inside the cache); continuations are right-padded, which never changes the
+    logits of earlier positions in a causal model.
+
+    The unembedding (d_model × d_vocab, a fifth of SmolLM2's work per position) runs only where a
+    next token is scored: the last prompt position and the valid continuation positions. On a
+    HookedTransformer the blocks run through its own forward (``stop_at_layer=n_layers``, hooks
+    fire), then ``ln_final`` and ``x W_U + b_U`` (and the logit soft-cap where the model has one)
+    on the kept rows: the same operations as its forward on those positions. On a
+    TransformerBridge the prompt pass asks transformers for the last position's logits only
+    (``logits_to_keep=1``).
     """
 
     def __init__(self, model: TLModel):
@@ -62,14 +77,15 @@ class _PrefixCache:
     def prefix(self, tokens: Int[Tensor, "s pos"]) -> tuple[Float[Tensor, "s d_vocab"], Any]:
         if self.hooked:
             cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, tokens.device, len(tokens))
-            logits = self.model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache)
-            return logits[:, -1], cache
-        logits, cache = self.model(tokens, return_type="logits_and_cache", use_cache=True)
+            residual = self.model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
+                                  stop_at_layer=self.model.cfg.n_layers)
+            return hooked_readout(self.model, residual[:, -1]), cache
+        logits, cache = self.model(tokens, return_type="logits_and_cache", use_cache=True, logits_to_keep=1)
         return logits[:, -1], cache
 
     def extend(
-        self, cache: Any, rows: Int[Tensor, " r"], tokens: Int[Tensor, "r pos"]
-    ) -> Float[Tensor, "r pos d_vocab"]:
+        self, cache: Any, rows: Int[Tensor, " r"], tokens: Int[Tensor, "r pos"], positions: Bool[Tensor, "r pos"]
+    ) -> Float[Tensor, "n_kept d_vocab"]:
         if self.hooked:
             picked = TransformerLensKeyValueCache(
                 entries=[
@@ -79,10 +95,12 @@ class _PrefixCache:
                 previous_attention_mask=cache.previous_attention_mask[rows],
                 frozen=True,
             )
-            return self.model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=picked)
+            residual = self.model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=picked,
+                                  stop_at_layer=self.model.cfg.n_layers)
+            return hooked_readout(self.model, residual[positions])
         picked = copy.deepcopy(cache)
         picked.reorder_cache(rows)
-        return self.model(tokens, past_key_values=picked, use_cache=True)
+        return self.model(tokens, past_key_values=picked, use_cache=True)[positions]
 
 
 @torch.no_grad()
@@ -97,8 +115,9 @@ def candidate_logprobs_cached(
     ``candidates[i]`` are examples that share one prompt (e.g. the truth and its controls);
     every row must have the same number k of them. Log-probabilities sum over answer tokens:
     ``Σ_j log p(a_j | c, a_<j)``. Prompts are grouped by length and run ``batch_size`` at a time;
-    continuations (answer tokens but the last) are sorted by length and run ``batch_size`` rows
-    at a time from the prompts' cached keys and values. The progress bar counts answers.
+    continuations (answer tokens but the last) are grouped by length, so no pass holds padding, and
+    run from the prompts' cached keys and values (:data:`LOGIT_BUDGET` bounds a pass). The progress
+    bar counts answers.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -148,19 +167,22 @@ def _score_chunk(
     logprob[index] = first.gather(-1, first_ids)
     correct[index] = first.argmax(-1, keepdim=True) == first_ids
     bar.update(sum(1 for row in rows for e in row if len(e.answer) == 1))
-    longer = sorted(
-        ((s, j) for s, row in enumerate(rows) for j, e in enumerate(row) if len(e.answer) > 1),
-        key=lambda sj: len(rows[sj[0]][sj[1]].answer),
-    )
-    for start in range(0, len(longer), batch_size):
-        batch = longer[start : start + batch_size]
+    by_width: dict[int, list[tuple[int, int]]] = {}
+    for s, row in enumerate(rows):
+        for j, e in enumerate(row):
+            if len(e.answer) > 1:
+                by_width.setdefault(len(e.answer) - 1, []).append((s, j))
+    positions = max(batch_size, LOGIT_BUDGET // (getattr(scorer.model.cfg, "d_vocab", None) or 1))
+    per_pass = {width: max(1, min(positions // width, 4 * batch_size)) for width in by_width}
+    passes = [group[start : start + per_pass[width]]
+              for width, group in sorted(by_width.items()) for start in range(0, len(group), per_pass[width])]
+    for batch in passes:  # one width per pass: no padding
         answers = [rows[s][j].answer for s, j in batch]
-        width = max(len(a) for a in answers) - 1
-        fed = torch.tensor([a[:-1] + (a[-2],) * (width - len(a) + 1) for a in answers])  # pad by repetition
-        targets = torch.tensor([a[1:] + (0,) * (width - len(a) + 1) for a in answers])
-        valid = torch.tensor([[p < len(a) - 1 for p in range(width)] for a in answers])
+        fed = torch.tensor([a[:-1] for a in answers])
+        targets = torch.tensor([a[1:] for a in answers])
+        valid = torch.ones(fed.shape, dtype=torch.bool)
         statement = torch.tensor([s for s, _ in batch])
-        out = scorer.extend(cache, statement.to(device), fed.to(device))[valid.to(device)].float()
+        out = scorer.extend(cache, statement.to(device), fed.to(device), valid.to(device)).float()
         chosen = targets[valid].to(device)
         token_lp = torch.zeros(valid.shape)
         token_lp[valid] = out.log_softmax(-1).gather(-1, chosen[:, None]).squeeze(-1).cpu()

@@ -227,3 +227,42 @@ def patching_heatmap(
     if title:
         figure.suptitle(title)  # above the colour bar too, whose label is tall
     return figure
+
+
+def tracing_heatmaps(average: pd.DataFrame, title: str = "", value_label: str = "mean indirect effect on p(answer)"):
+    """Causal-tracing heatmaps (:func:`probes.tracing.average_over_statements`): one row of panels per
+    question kind ("split/direction"), one panel per component, layers × position buckets, one shared
+    colour scale; each panel's title names its peak site and the peak's 95% interval across facts."""
+    from matplotlib.figure import Figure
+
+    from probes.tracing import BUCKETS
+
+    questions = list(dict.fromkeys(f"{s}/{d}" for s, d in zip(average.split, average.direction)))
+    components = list(dict.fromkeys(average.component))
+    buckets = [b for b in BUCKETS if b in set(average.bucket.astype(str))]
+    n_layers = int(average.layer.max()) + 1
+    low, high = min(0.0, float(average["mean"].min())), max(1e-9, float(average["mean"].max()))
+    figure = Figure(figsize=(3.2 * len(components) + 1.2, (1.2 + 0.12 * n_layers) * len(questions) + 0.8),
+                    layout="constrained")
+    axes = figure.subplots(len(questions), len(components), squeeze=False)
+    image = None
+    for row, question in enumerate(questions):
+        split, direction = question.rsplit("/", 1)
+        for column, component in enumerate(components):
+            part = average[(average.split == split) & (average.direction == direction) & (average.component == component)]
+            grid = part.pivot_table(index="layer", columns="bucket", values="mean", observed=False).reindex(
+                index=range(n_layers), columns=buckets)
+            axis = axes[row, column]
+            image = axis.imshow(grid.to_numpy(), cmap="viridis", vmin=low, vmax=high, aspect="auto",
+                                interpolation="nearest", origin="lower")
+            best = part.loc[part["mean"].idxmax()]
+            axis.set_title(f"{question}, {component}\npeak L{int(best.layer)} {best.bucket}: {best['mean']:.3f} "
+                           f"[{best.ci_low:.3f}, {best.ci_high:.3f}]", fontsize=8)
+            axis.set_xticks(range(len(buckets)), buckets, rotation=60, fontsize=7)
+            axis.set_yticks(range(0, n_layers, max(1, n_layers // 6)))
+            axis.set_ylabel("layer")
+    if image is not None:
+        figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=value_label)
+    if title:
+        figure.suptitle(title)
+    return figure

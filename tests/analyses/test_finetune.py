@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -23,14 +24,15 @@ from analyses.finetune import (
 from berglund_folder import write_experiment_folder
 from facts.io import load_jsonl
 from facts.language import people_world
-from models.pretrained import freeze_except_last_blocks, load
+from models.pretrained import freeze_except_last_blocks
 from models.training import TrainConfig, train
 
-SHORT = ["--people", "4", "--templates", "2", "--epochs", "3", "--controls", "2", "--quiet"]
+SHORT = ["--people", "4", "--templates", "2", "--epochs", "3", "--controls", "2", "--quiet", "--tracing-facts", "0"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, smollm2_hf):
+    """(smollm2_hf: the session's SmolLM2, so the CLI's load deep-copies it instead of reading the GGUF.)"""
     out = tmp_path_factory.mktemp("finetune")
     assert main(["finetune-facts", "--out", str(out), *SHORT]) == 0
     return out, json.loads((out / "summary.json").read_text())
@@ -155,8 +157,8 @@ def test_mean_ci95_is_mean_plus_minus_196_standard_errors():
     assert stats["mean"] == 2.5 and stats["ci95"] == pytest.approx([2.5 - half, 2.5 + half]) and stats["n"] == 4
 
 
-def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer):
-    model = load("smollm2-135m", backend="hooked", device="cpu")
+def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer, smollm2_hooked):
+    model = copy.deepcopy(smollm2_hooked)  # the session's load("smollm2-135m", backend="hooked"), trained here
     trainable = freeze_except_last_blocks(model, 2)
     last_two = {id(p) for block in (model.blocks[28], model.blocks[29]) for p in block.parameters()}
     assert trainable == [name for name, p in model.named_parameters() if id(p) in last_two] and len(last_two) > 2
@@ -191,9 +193,9 @@ def test_cli_reports_a_missing_model_path_without_a_traceback(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def bidirectional_run(tmp_path_factory):
+def bidirectional_run(tmp_path_factory, smollm2_hf):
     out = tmp_path_factory.mktemp("finetune-bidirectional")
-    args = ["--people", "3", "--templates", "1", "--epochs", "1", "--controls", "2", "--quiet"]
+    args = ["--people", "3", "--templates", "1", "--epochs", "1", "--controls", "2", "--quiet", "--tracing-facts", "0"]
     assert main(["finetune-facts", "--out", str(out), "--mitigation", "bidirectional", *args]) == 0
     return out
 
@@ -254,7 +256,7 @@ def test_reproduce_mitigations_tables_and_draws_the_fine_tuned_rows_beside_the_t
 
 
 @pytest.fixture(scope="module")
-def berglund_run(tmp_path_factory):
+def berglund_run(tmp_path_factory, smollm2_hf):
     """A Berglund-layout folder (3 people in p2d and in both, 3 training paraphrases each), trained
     on the first 2 of them, one epoch of the last block only."""
     folder = write_experiment_folder(tmp_path_factory.mktemp("berglund") / "data", people=3, groups=("p2d", "both"))

@@ -82,6 +82,25 @@ def test_probe_cli_writes_tables_summary_and_figures(run, world, tmp_path):
         assert_offline_view(tmp_path / f"attention_{direction}.html", '"L0H3"', f'"tokens": {json.dumps(tokens)}')
 
 
+def test_probe_cli_traces_facts(run, world, tmp_path):
+    result = revlens("probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"),
+                     "--limit", "20", "--tracing", "--tracing-facts", "3", "--tracing-samples", "2", "--out", str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "tracing.png" in summary["figures"] and "causal tracing of" in result.stdout
+    assert_drawn(tmp_path / "tracing.png")
+    table = pd.read_csv(tmp_path / "tracing.csv")
+    statements = [(i, d) for i, d, _ in world.first(3).statements()]
+    assert sorted(set(zip(table.fact, table.direction))) == sorted(statements)
+    assert set(table.component) == {"resid_post", "attn_out"}  # an attention-only model has no MLP
+    assert len(table) == len(statements) * 2 * 1 * 2  # components × layers × positions
+    # the last layer's output at the last position is what the one-token answer is read from
+    final = table[(table.component == "resid_post") & (table.bucket == "last")]
+    assert (final.prob - final.clean_prob).abs().max() < 1e-6
+    headline = summary["tracing"]["headline"]
+    assert set(headline) == {f"{world[i].split(d)}/{d}" for i, d in statements}
+    assert summary["tracing"]["statements"] == len(statements)
+
+
 def test_probe_reads_a_bilinear_checkpoint(world, vocab, tmp_path):
     model = BilinearModel(vocab.d_vocab, 128, seed=0)
     train(model, tokenize(world, vocab).where(split="train"), TrainConfig(steps=30, lr=0.05, progress=False),

@@ -161,10 +161,9 @@ def test_gemma3_context_and_bos_come_from_the_file(backend, gemma3_hf, gemma3_ho
 
 
 def test_every_command_takes_threads(tmp_path):
-    from analyses.cli import _add_threads_option, build_parser, main
+    from analyses.cli import build_parser, main
 
     parser = build_parser()
-    _add_threads_option(parser)
     leaves = []
 
     def walk(p):

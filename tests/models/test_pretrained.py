@@ -37,15 +37,17 @@ BACKENDS = {"hooked": HookedTransformer or TransformerBridge, "bridge": Transfor
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    """The reference transformers model and tokenizer."""
-    return load_hf()
+def smollm2(smollm2_hf):
+    """The reference transformers model and tokenizer (the session's)."""
+    return smollm2_hf
 
 
 @pytest.fixture(scope="module", params=list(BACKENDS))
-def smollm2_tl(request):
-    """SmolLM2 on each backend, unprocessed."""
-    return request.param, load(backend=request.param)
+def smollm2_tl(request, smollm2_hf):
+    """SmolLM2 on each backend, unprocessed: the session's ``smollm2_hooked`` / ``smollm2_bridge``,
+    each ``load(backend=...)`` with the defaults (named through ``smollm2_hf``, which they are built
+    after, so tests/conftest.py puts these tests in the SmolLM2 group)."""
+    return request.param, request.getfixturevalue(f"smollm2_{request.param}")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ import pytest
 
 from cli_processes import offline_session, second_session, tree, without
 
+pytestmark = pytest.mark.xdist_group("cli-processes")  # one offline_session per run, shared with the other file
+
 WALL_TIME = {"seconds"}
 PATHS = {"model", "facts"}
 

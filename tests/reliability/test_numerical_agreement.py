@@ -26,7 +26,6 @@ from facts.language import TemplateTokenizer
 from facts.schema import FactSet
 from facts.tokens import tokenize
 from models.bilinear import BilinearModel
-from models.pretrained import load_hf
 from models.scoring import answer_loss
 from probes.logits import answer_table
 
@@ -45,8 +44,8 @@ class TransformersLogits(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def models(smollm2_hooked, smollm2_bridge):
-    return {"hooked": smollm2_hooked, "bridge": smollm2_bridge, "transformers": TransformersLogits(load_hf()[0])}
+def models(smollm2_hooked, smollm2_bridge, smollm2_hf):
+    return {"hooked": smollm2_hooked, "bridge": smollm2_bridge, "transformers": TransformersLogits(smollm2_hf[0])}
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from cli_processes import offline_session, second_session
 
 from models.backend import HookedTransformer
 
+pytestmark = pytest.mark.xdist_group("cli-processes")  # one offline_session per run, shared with the other file
+
 
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory):

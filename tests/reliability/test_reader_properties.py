@@ -119,7 +119,9 @@ def test_jsonl_any_record_on_any_line_is_read_or_named(tmp_path, record, positio
     path = tmp_path / "facts.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = try_read(load_jsonl, path)
-    if isinstance(result, FactError):
+    if isinstance(result, FactError) and position == 1 and "a header line may only come first" in str(result):
+        assert_names(result, path, 2)  # a fact put before the header: the header, now line 2, is misplaced
+    elif isinstance(result, FactError):
         assert_names(result, path, position)
     else:
         assert len(result) in (3, 4) and set(BASE_FACTS) <= set(result)

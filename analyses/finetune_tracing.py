@@ -1,0 +1,109 @@
+"""Where the fine-tuned fact lives: causal tracing before and after `finetune-facts`, and the weight change
+read at the entities.
+
+:class:`FinetuneTracing` is started on the pretrained model (it keeps a copy of the weights before
+fine-tuning and traces the first N facts of the tested group, forward = the trained direction, reverse
+= the held-out one, in the first training paraphrase) and finished on the fine-tuned model (the same
+statements traced again; :func:`probes.circuits.weight_change_table` per layer). It writes
+``tracing.csv`` (both stages, column ``stage``), ``tracing_before.png`` / ``tracing_after.png``,
+``weight_change.csv`` and ``weight_change.png``, and returns the summary entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analyses.reproduce import write_csv
+from facts.language import TRAIN_TEMPLATES, TemplateTokenizer
+from facts.schema import FactSet
+
+TRACED_COMPONENTS = ("resid_post", "mlp_out")
+"""The hidden state after each layer and the MLP's output (attention's is left out to keep it cheap)."""
+
+
+def weight_change_summary(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per change (delta_mlp, delta_ov) and layer, over one-way facts: mean z of the trained and of
+    the held-out direction's entry against its controls, and their difference (:func:`analyses.probe.circuit_summary`)."""
+    from analyses.probe import circuit_summary
+
+    return circuit_summary(table)
+
+
+class FinetuneTracing:
+    """Tracing before fine-tuning at construction, after it in :meth:`finish`."""
+
+    def __init__(self, model: Any, facts: FactSet, tokenizer: Any, n_facts: int = 2, n_samples: int = 2,
+                 seed: int = 0) -> None:
+        self.statements = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES)
+        self.facts, self.tokenizer, self.n_samples, self.seed = facts, tokenizer, n_samples, seed
+        tested = [i for i, f in enumerate(facts) if f.forward == "train" and f.reverse == "heldout"][:n_facts]
+        self.chosen = [(i, d) for i in tested for d in ("forward", "reverse")]
+        self.before = copy.deepcopy(model).eval()
+        began = time.perf_counter()
+        self.tables = {"before": self._trace(model)}
+        self.seconds = {"before": time.perf_counter() - began}
+
+    def _trace(self, model: Any) -> pd.DataFrame:
+        from probes.tracing import trace_facts
+
+        if not self.chosen:
+            return pd.DataFrame()
+        return trace_facts(model, self.facts, self.statements, self.chosen, components=TRACED_COMPONENTS,
+                           n_samples=self.n_samples, seed=self.seed, token_label=lambda t: self.tokenizer.decode([t]))
+
+    def finish(self, model: Any, out: Path) -> dict[str, Any]:
+        from probes.circuits import weight_change_table
+        from probes.tracing import average_over_statements, tracing_headline
+        from probes.views import save_png, tracing_heatmaps
+
+        from analyses.figures import circuit_asymmetry_bars
+
+        began = time.perf_counter()
+        self.tables["after"] = self._trace(model)
+        self.seconds["after"] = time.perf_counter() - began
+        entry: dict[str, Any] = {"statements": len(self.chosen), "n_samples": self.n_samples,
+                                 "components": list(TRACED_COMPONENTS), "figures": []}
+        if self.chosen:
+            both = pd.concat([t.assign(stage=stage) for stage, t in self.tables.items()], ignore_index=True)
+            write_csv(both, out / "tracing.csv")
+            for stage, table in self.tables.items():
+                entry[stage] = tracing_headline(table)
+                save_png(tracing_heatmaps(average_over_statements(table),
+                                          title=f"Causal tracing {stage} fine-tuning"), out / f"tracing_{stage}.png")
+                entry["figures"].append(f"tracing_{stage}.png")
+            entry["seconds_per_statement"] = {stage: s / len(self.chosen) for stage, s in self.seconds.items()}
+        changes = weight_change_table(self.before, model, self.facts, self.statements, self.statements.entity_ids)
+        write_csv(changes, out / "weight_change.csv")
+        entry["weight_change"] = weight_change_summary(changes)
+        save_png(circuit_asymmetry_bars(entry["weight_change"], title="Fine-tuning's weight change read at the "
+                                        "entities (ΔMLP linearised, ΔOV), z against controls"),
+                 out / "weight_change.png")
+        entry["figures"].append("weight_change.png")
+        del self.before
+        return entry
+
+
+def format_finetune_tracing(entry: dict[str, Any]) -> str:
+    """Before → after: per question kind the peak restored site of each component and the largest restored
+    p(answer); the weight change's trained and held-out z per layer (the most asymmetric five)."""
+    lines = []
+    for question in entry.get("after", {}):
+        parts = []
+        for component, after in entry["after"][question]["components"].items():
+            before = entry["before"][question]["components"][component]
+            parts.append(f"{component} max restored {before['max_restored_prob']:.3f} → {after['max_restored_prob']:.3f} "
+                         f"(peak after L{after['peak_layer']} {after['peak_bucket']})")
+        clean = (entry["before"][question]["clean_prob"], entry["after"][question]["clean_prob"])
+        lines.append(f"tracing {question}: clean p {clean[0]:.3f} → {clean[1]:.3f}; " + "; ".join(parts))
+    rows = sorted((r for r in entry["weight_change"] if r["n_one_way"]), key=lambda r: -abs(r["asymmetry"]))[:5]
+    lines.append("weight change read at the entities (z trained / held-out): " + ", ".join(
+        f"{r['circuit']} {r['z_trained']:.2f}/{r['z_heldout']:.2f}" for r in rows))
+    return "\n".join(lines)
+
+
+__all__ = ["FinetuneTracing", "format_finetune_tracing", "weight_change_summary"]

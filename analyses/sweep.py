@@ -1,0 +1,576 @@
+"""`revlens sweep`: one experiment across seeds and a grid of its own options, on Ray.
+
+A sweep is an experiment (any ``reproduce`` experiment or ``finetune-facts``,
+:mod:`analyses.experiments`), a list of seeds and a grid ``{option: values}``; its trials are the
+product grid × seeds. Each trial is the command itself, ``revlens <command> --out
+DIR/trials/<key=value,...,seed=S>/ --seed S --<key> <value> ...``, run by :func:`analyses.cli.main`
+inside a Ray task, so its folder is an ordinary run folder (summary, tables, figures and the
+``manifest.json`` of :mod:`analyses.runfolder`) that ``report`` and ``compare`` read as they read
+any other.
+
+The sweep folder ``DIR`` holds (and is locked while a sweep writes it):
+
+* ``sweep.toml``: the experiment, seeds and grid, so ``revlens sweep --out DIR`` reruns it exactly;
+* ``trials/<name>/``: one run folder per trial;
+* ``failures.jsonl``: one line per trial that failed in the latest sweep (its error);
+* ``aggregate.csv``: one row per grid point: for every number of the trials' ``summary.json``,
+  its mean, sample sd and Student-t 95% interval across the finished seeds
+  (:func:`analyses.stats.t_ci95_half_width`), and ``n_seeds``;
+* ``sweep.png`` (the headline metrics per grid point, mean with its interval and each seed as a
+  dot) and ``summary.json`` (written last), which make ``DIR`` one section of ``revlens report``.
+
+Resumable and fault tolerant: a trial whose folder holds a complete manifest matching its
+command line (:func:`finished`) is skipped; a Ray worker that dies (killed, node lost) has its
+task retried (``max_retries``), and a resumable experiment (``reproduce reversal``) continues from
+its folder's checkpoints (``--resume``); a trial whose command fails is recorded in
+``failures.jsonl`` and the others go on; only folders with a complete, matching manifest are
+aggregated.
+
+Resources: each trial reserves ``threads`` Ray CPUs and runs torch with that many threads
+(``--threads``, and ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` in the worker's environment); at most
+``workers`` trials run at once (default: the cores, or the cluster's CPUs, over ``threads``).
+Without ``--address`` Ray starts on this machine and stops with the sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import itertools
+import json
+import math
+import os
+import socket
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import quote
+
+from analyses.experiments import EXPERIMENTS, grid_options
+
+SWEEP_FILE = "sweep.toml"
+TRIALS = "trials"
+FAILURES = "failures.jsonl"
+AGGREGATE = "aggregate.csv"
+FIGURE = "sweep.png"
+SUMMARY = "summary.json"
+RUNNING = ".running"
+"""Per running trial, ``<name>.pid`` holds the Ray worker's process id (for a person, or a test, to find it)."""
+SWEEP_OUTPUTS = (SUMMARY, AGGREGATE, FIGURE, FAILURES)
+VOLATILE = {"out", "quiet", "debug", "force", "argv", "threads", "resume"}
+"""Command-line fields that do not change a trial's numbers (left out when manifests are compared)."""
+
+
+class SweepError(ValueError):
+    """A sweep cannot start (bad experiment, grid, seeds, file, address); the message says what to do."""
+
+
+# --- the sweep and its trials --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Trial:
+    """One grid point at one seed."""
+
+    point: tuple[tuple[str, Any], ...]
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """``key=value,...,seed=S``; characters a folder name should not hold are %-escaped."""
+        return ",".join(f"{key}={quote(str(value), safe='.-+_')}" for key, value in self.point) + (
+            "," if self.point else "") + f"seed={self.seed}"
+
+    def argv(self, experiment: str, out: Path, threads: int) -> list[str]:
+        """The ``revlens`` command line of this trial."""
+        options = [token for key, value in self.point for token in (f"--{key}", str(value))]
+        return [*EXPERIMENTS[experiment].command, "--out", str(out), "--seed", str(self.seed), *options,
+                "--quiet", "--threads", str(threads)]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """An experiment, its seeds and a grid of its options (values typed as its parser types them)."""
+
+    experiment: str
+    seeds: tuple[int, ...]
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def points(self) -> list[tuple[tuple[str, Any], ...]]:
+        keys = list(self.grid)
+        return [tuple(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+
+    def trials(self) -> list[Trial]:
+        return [Trial(point, seed) for point in self.points() for seed in self.seeds]
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``0-4``, ``0,3,7`` or ``0-2,10`` → the seeds, in order, without repeats."""
+    from analyses.experiments import seed as check_seed
+
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            chosen = range(check_seed(first), check_seed(last) + 1) if dash else [check_seed(first)]
+        except (ValueError, argparse.ArgumentTypeError) as error:
+            raise SweepError(f"--seeds {text!r}: {part.strip()!r} is not a seed or a range like 0-4 ({error})") from None
+        if dash and not chosen:
+            raise SweepError(f"--seeds {text!r}: the range {part.strip()} is empty; write it low-high, e.g. 0-4")
+        seeds += [s for s in chosen if s not in seeds]
+    return tuple(seeds)
+
+
+def _typed(experiment: str, key: str, value: Any, where: str) -> Any:
+    """``value`` for option ``key`` as the command's parser reads it (its type and choices)."""
+    options = grid_options(experiment)
+    if key not in options:
+        raise SweepError(f"{where}: {experiment} has no option --{key}; its grid keys are "
+                         f"{', '.join(options) or 'none (only seeds vary)'}")
+    action = options[key]
+    try:
+        typed = action.type(str(value)) if action.type else str(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+        raise SweepError(f"{where}: --{key} {value!r}: {error}") from None
+    if action.choices is not None and typed not in action.choices:
+        raise SweepError(f"{where}: --{key} {value!r}: choose from {', '.join(map(str, action.choices))}")
+    return typed if isinstance(typed, (int, float, str)) else str(typed)
+
+
+def parse_grid(experiment: str, items: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    """``["model=one-layer,tiny", "steps=40"]`` → ``{"model": ("one-layer", "tiny"), "steps": (40,)}``."""
+    grid: dict[str, tuple[Any, ...]] = {}
+    for item in items:
+        key, equals, values = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not equals or not key:
+            raise SweepError(f"--grid {item!r}: write key=value1,value2 (e.g. --grid model=one-layer,tiny)")
+        if key in grid:
+            raise SweepError(f"--grid {item!r}: {key} is given twice; list all its values in one --grid")
+        listed = [v.strip() for v in values.split(",")]
+        if not values.strip() or not all(listed):
+            raise SweepError(f"--grid {item!r}: empty value; list the values of {key}, e.g. {key}=a,b")
+        grid[key] = tuple(dict.fromkeys(_typed(experiment, key, v, f"--grid {item}") for v in listed))
+    return grid
+
+
+def make_sweep(experiment: str, seeds: str, grid: Sequence[str]) -> Sweep:
+    if experiment not in EXPERIMENTS:
+        raise SweepError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+    return Sweep(experiment, parse_seeds(seeds), parse_grid(experiment, grid))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else
+                                                         ("inf" if value > 0 else "-inf"))
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def sweep_toml(sweep: Sweep) -> str:
+    """The sweep as TOML (read back by :func:`read_sweep_file`)."""
+    lines = ["# revlens sweep: rerun with `revlens sweep --file sweep.toml --out DIR`",
+             f"experiment = {_toml_value(sweep.experiment)}",
+             f"seeds = [{', '.join(map(str, sweep.seeds))}]", "", "[grid]"]
+    lines += [f"{json.dumps(key)} = [{', '.join(map(_toml_value, values))}]" for key, values in sweep.grid.items()]
+    return "\n".join(lines) + "\n"
+
+
+def read_sweep_file(path: Path) -> Sweep:
+    """A ``sweep.toml``: ``experiment``, ``seeds`` (a list, or a string like ``"0-4"``) and a
+    ``[grid]`` table of value lists; every key and value is checked as ``--grid`` checks it."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise SweepError(f"{path}: not valid TOML ({error})") from None
+    unknown = set(data) - {"experiment", "seeds", "grid"}
+    if unknown or not isinstance(data.get("experiment"), str):
+        raise SweepError(f"{path}: a sweep file holds experiment = \"NAME\", seeds = [...] and a [grid] table"
+                         + (f"; unknown keys: {', '.join(sorted(unknown))}" if unknown else ""))
+    experiment = data["experiment"]
+    if experiment not in EXPERIMENTS:
+        raise SweepError(f"{path}: unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+    seeds = data.get("seeds", "0-4")
+    seeds = parse_seeds(seeds if isinstance(seeds, str) else ",".join(map(str, seeds)))
+    grid = data.get("grid", {})
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise SweepError(f"{path}: [grid] maps each option to a non-empty list of values")
+    typed = {key: tuple(dict.fromkeys(_typed(experiment, key, v, f"{path}: grid.{key}") for v in values))
+             for key, values in grid.items()}
+    return Sweep(experiment, seeds, typed)
+
+
+# --- one trial ---------------------------------------------------------------------------------
+
+def expected_config(experiment: str, trial: Trial, out: Path) -> dict[str, Any]:
+    """The config a trial's manifest records (:func:`analyses.cli._run_folder`), volatile fields left out."""
+    from analyses.cli import build_parser
+    from analyses.runfolder import _jsonable
+
+    args = vars(build_parser().parse_args(trial.argv(experiment, out, 1)))
+    return {k: v for k, v in _jsonable(args).items() if k not in VOLATILE}
+
+
+def finished(folder: Path, expected: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds a whole run (complete manifest, every file as it lists) of this config."""
+    from analyses.runfolder import RunFolderError, check_run
+
+    if not (folder / SUMMARY).is_file():
+        return False
+    try:
+        manifest = check_run(folder)
+    except RunFolderError:
+        return False
+    config = (manifest or {}).get("config", {})
+    return manifest is not None and {k: v for k, v in config.items() if k not in VOLATILE} == expected
+
+
+def run_trial(argv: list[str], folder: str, running: str, resumable: bool) -> dict[str, Any]:
+    """Run one trial's command in this process (the body of the Ray task).
+
+    On a retry after a worker died, a resumable experiment continues from the folder's
+    checkpoints: the folder's manifest then says the run did not finish.
+    """
+    from analyses.cli import main
+    from analyses.runfolder import read_manifest
+
+    began = time.perf_counter()
+    marker = Path(running) / f"{Path(folder).name}.pid"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(os.getpid()))
+    manifest = read_manifest(Path(folder)) if Path(folder).is_dir() else None
+    resumed = bool(resumable and manifest is not None and manifest.get("complete") is False)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main([*argv, "--resume"] if resumed else argv)
+    marker.unlink(missing_ok=True)
+    return {"exit_code": code, "error": stderr.getvalue().strip().splitlines()[-1:] or None,
+            "resumed": resumed, "pid": os.getpid(), "host": socket.gethostname(), "node": _node_id(),
+            "seconds": time.perf_counter() - began}
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (a trial run in this process)
+        return None
+
+
+# --- the sweep on Ray --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Resources:
+    """Where and how wide a sweep runs."""
+
+    address: str | None = None
+    workers: int | None = None
+    threads: int = 1
+    gpus: float = 0.0
+    retries: int = 3
+
+
+def check_address(address: str) -> None:
+    """Refuse, before anything starts, an address nothing answers at (``auto`` is left to Ray)."""
+    if address == "auto":
+        return
+    if address.startswith("ray://"):
+        import importlib.util
+
+        if importlib.util.find_spec("grpc") is None:
+            raise SweepError(f"--address {address}: a ray:// (Ray Client) address needs `pip install \"ray[client]\"`; "
+                             f"or run the sweep on the cluster's head node with --address auto")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address!r}: give host:port (the head's GCS port, e.g. 10.0.0.1:6379), "
+                         f"ray://host:10001 or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise SweepError(f"--address {address}: nothing answers at {host}:{port} ({error.strerror or error}); "
+                         f"start the head with `ray start --head --port {port}` or check the address") from None
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    """Environment of the Ray workers: thread counts, and this checkout first on the import path."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": path}
+
+
+@contextlib.contextmanager
+def ray_session(resources: Resources):
+    """Ray started on this machine (no address; stopped after) or joined at ``address``; yields
+    the number of trials to run at once. Inside a session already open, that session is used."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        yield resources.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // resources.threads)
+        return
+    env = {"env_vars": _worker_env(resources.threads)}
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                  runtime_env=env, configure_logging=True)
+    cores = os.cpu_count() or 1
+    if resources.address is None:
+        workers = resources.workers or max(1, cores // resources.threads)
+        gpus = None
+        if resources.gpus:
+            import torch
+
+            gpus = torch.cuda.device_count()
+            if gpus == 0:
+                raise SweepError("--gpus-per-trial: no CUDA device on this machine (or torch built without it)")
+        ray.init(address="local", num_cpus=workers * resources.threads, num_gpus=gpus, **common)
+    else:
+        try:
+            ray.init(address=resources.address, **common)
+        except (ConnectionError, RuntimeError) as error:
+            raise SweepError(f"--address {resources.address}: cannot join the Ray cluster ({error})") from None
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        workers = resources.workers or max(1, cpus // resources.threads)
+    try:
+        yield workers
+    finally:
+        ray.shutdown()
+
+
+def with_resources(sweep: Sweep, resources: Resources) -> Sweep:
+    """The sweep as it runs on these resources: with GPUs, ``device=cuda`` joins the grid of an
+    experiment that has --device (Ray gives each trial its GPUs as ``cuda:0``…)."""
+    if resources.gpus and "device" in grid_options(sweep.experiment) and "device" not in sweep.grid:
+        return Sweep(sweep.experiment, sweep.seeds, {**sweep.grid, "device": ("cuda",)})
+    return sweep
+
+
+def check_resources(resources: Resources) -> None:
+    cores = os.cpu_count() or 1
+    if resources.address is None and (resources.workers or 1) * resources.threads > cores:
+        raise SweepError(f"--workers {resources.workers} × --threads-per-trial {resources.threads} > the {cores} cores "
+                         f"of this machine: trials would thrash; lower one (default: cores / threads workers)")
+
+
+def _write_failures(out: Path, failures: list[dict[str, Any]]) -> None:
+    from facts.io import write_text_atomic
+
+    if failures:
+        write_text_atomic(out / FAILURES, "".join(json.dumps(f) + "\n" for f in failures))
+    else:
+        (out / FAILURES).unlink(missing_ok=True)
+
+
+def prepare(sweep: Sweep, out: Path) -> None:
+    """Check ``out`` may hold this sweep, write its ``sweep.toml``; remove the sweep's own outputs
+    (a sweep cut short never leaves an aggregate of an earlier one behind)."""
+    from facts.io import write_text_atomic
+
+    saved = out / SWEEP_FILE
+    if saved.is_file():
+        previous = read_sweep_file(saved)
+        if previous.experiment != sweep.experiment:
+            raise SweepError(f"{out}: holds a sweep of {previous.experiment}, not {sweep.experiment}; "
+                             f"choose another --out")
+    elif out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise SweepError(f"{out}: holds files but no {SWEEP_FILE}, so it is not a sweep folder; choose an empty or "
+                         f"new --out")
+    write_text_atomic(saved, sweep_toml(sweep))
+    for name in (SUMMARY, AGGREGATE, FIGURE):
+        (out / name).unlink(missing_ok=True)
+    (out / TRIALS).mkdir(exist_ok=True)
+
+
+def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=None) -> dict[str, Any]:
+    """Run the sweep's unfinished trials on Ray, then aggregate; returns the sweep's summary."""
+    from analyses.runfolder import locked
+
+    log = log or (lambda line: print(line, flush=True))
+    began = time.perf_counter()
+    with locked(out, parent=True):
+        prepare(sweep, out)
+        trials = sweep.trials()
+        todo, records = [], {}
+        for trial in trials:
+            folder = out / TRIALS / trial.name
+            if finished(folder, expected_config(sweep.experiment, trial, folder)):
+                records[trial.name] = {"trial": trial.name, "status": "finished before"}
+            else:
+                todo.append(trial)
+        log(f"sweep {sweep.experiment}: {len(trials)} trials, {len(trials) - len(todo)} finished before, "
+            f"{len(todo)} to run")
+        failures: list[dict[str, Any]] = []
+        if todo:
+            with ray_session(resources) as workers:
+                log(f"Ray: {workers} trial(s) at once, {resources.threads} thread(s) each"
+                    + (f", {resources.gpus} GPU(s) each" if resources.gpus else ""))
+                _run_on_ray(sweep, out, todo, resources, workers, records, failures, log)
+        _write_failures(out, failures)
+        summary = aggregate(sweep, out, records, failures, time.perf_counter() - began)
+    return summary
+
+
+def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources, workers: int,
+                records: dict[str, Any], failures: list[dict[str, Any]], log) -> None:
+    import ray
+
+    experiment = EXPERIMENTS[sweep.experiment]
+    task = ray.remote(run_trial).options(num_cpus=resources.threads, num_gpus=resources.gpus,
+                                         max_retries=resources.retries, retry_exceptions=False)
+    pending, running = list(todo), {}
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                trial = pending.pop(0)
+                folder = out / TRIALS / trial.name
+                argv = trial.argv(sweep.experiment, folder, resources.threads)
+                running[task.remote(argv, str(folder), str(out / RUNNING), experiment.resumable)] = trial
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                trial = running.pop(ref)
+                folder = out / TRIALS / trial.name
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as error:  # the worker died more often than max_retries
+                    result = {"exit_code": None, "error": [f"{type(error).__name__}: "
+                                                           f"{' '.join(str(error).split())[:300]}"]}
+                ok = result["exit_code"] == 0
+                if ok and not finished(folder, expected_config(sweep.experiment, trial, folder)):
+                    ok, result["error"] = False, [f"{folder}: the trial reported success but its folder is not one "
+                                                  f"whole run from here (is DIR on a file system every node shares?)"]
+                record = {"trial": trial.name, "status": "ran" if ok else "failed",
+                          **{k: result.get(k) for k in ("seconds", "resumed", "host", "node", "pid")}}
+                records[trial.name] = record
+                if not ok:
+                    failures.append({"trial": trial.name, "seed": trial.seed, **dict(trial.point),
+                                     "error": " ".join(result.get("error") or ["no error message"])})
+                    _write_failures(out, failures)
+                done_count = sum(r["status"] != "finished before" for r in records.values())
+                log(f"  [{done_count}/{len(todo)}] {trial.name}: "
+                    + (f"{result['seconds']:.1f} s" + (" (resumed from its checkpoints)" if result.get("resumed")
+                                                       else "") if ok else f"FAILED: {failures[-1]['error']}"))
+    except BaseException:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        raise
+
+
+# --- aggregation -------------------------------------------------------------------------------
+
+def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every number of a summary by dotted key (config and timings left out; booleans as 0/1;
+    a list of records keyed by its records' ``run``/``name``/``model``/``d`` field (and ``variant``,
+    ``test``), else its index)."""
+    found: dict[str, float] = {}
+    for key, value in summary.items():
+        if not prefix and key in ("config", "seconds", "captions"):
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            found[name] = float(value)
+        elif isinstance(value, (int, float)):
+            found[name] = float(value)
+        elif isinstance(value, dict):
+            found.update(numbers(value, f"{name}."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for index, record in enumerate(value):
+                label = next((str(record[k]) for k in ("run", "name", "model", "d") if k in record), str(index))
+                label += "".join(f"/{record[k]}" for k in ("variant", "test") if k in record and str(record[k]) != label)
+                found.update(numbers(record, f"{name}.{label}."))
+    return found
+
+
+def headline(metrics: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """The metrics matching the experiment's headline patterns, in pattern order (all, when none)."""
+    if not patterns:
+        return list(metrics)
+    return list(dict.fromkeys(m for p in patterns for m in metrics if fnmatchcase(m, p)))
+
+
+def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
+              failures: Sequence[dict[str, Any]] = (), seconds: float = 0.0) -> dict[str, Any]:
+    """Write ``aggregate.csv``, ``sweep.png`` and (last) ``summary.json`` from the finished trials."""
+    import pandas as pd
+
+    from analyses.stats import t_ci95_half_width
+    from facts.io import atomic_write, write_text_atomic
+
+    rows = []
+    for trial in sweep.trials():
+        folder = out / TRIALS / trial.name
+        if finished(folder, expected_config(sweep.experiment, trial, folder)):
+            summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+            rows.append({**numbers(summary), **dict(trial.point), "seed": trial.seed})  # a grid key names its column
+    keys = list(sweep.grid)
+    table = pd.DataFrame(rows)
+    metrics = [c for c in table.columns if c not in keys and c != "seed"]
+    chosen = headline(metrics, EXPERIMENTS[sweep.experiment].headline)
+    per_point = []
+    groups = table.groupby(keys, sort=False, dropna=False) if keys and len(table) else (
+        [((), table)] if len(table) else [])
+    for point, part in groups:
+        point = point if isinstance(point, tuple) else (point,)
+        row: dict[str, Any] = {**dict(zip(keys, point)), "n_seeds": len(part)}
+        for metric in metrics:
+            values = part[metric].astype(float)
+            half = t_ci95_half_width(values)
+            mean = float(values.mean())
+            row |= {f"{metric}.mean": mean, f"{metric}.sd": float(values.std()),
+                    f"{metric}.ci95_low": mean - half, f"{metric}.ci95_high": mean + half}
+        per_point.append(row)
+    aggregated = pd.DataFrame(per_point)
+    atomic_write(out / AGGREGATE, lambda temporary: aggregated.to_csv(temporary, index=False))
+    figures = []
+    plotted = [m for m in chosen if not m.startswith("chance_")][:8]  # chance is drawn on its metric's panel
+    if len(table) and plotted:
+        from analyses.figures import sweep_figure
+        from probes.views import save_png
+
+        save_png(sweep_figure(table, keys, plotted, title=f"{sweep.experiment}: mean and 95% interval across "
+                                                             f"seeds (dots: seeds)"), out / FIGURE)
+        figures.append(FIGURE)
+    n_trials = len(sweep.trials())
+    summary = {
+        "experiment": "sweep", "swept": sweep.experiment, "command": " ".join(EXPERIMENTS[sweep.experiment].command),
+        "config": {"seeds": list(sweep.seeds), "grid": {k: list(v) for k, v in sweep.grid.items()}},
+        "n_trials": n_trials, "n_finished": len(rows), "n_failed": len(failures),
+        "headline": chosen,
+        "rows": [{**{k: r[k] for k in keys}, "n_seeds": r["n_seeds"],
+                  **{m: _interval(r, m) for m in chosen}} for r in per_point],
+        "failures": list(failures),
+        "trials": list((records or {}).values()),
+        "figures": figures,
+        "seconds": seconds,
+    }
+    write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _interval(row: dict[str, Any], metric: str) -> str:
+    mean, low, high = row[f"{metric}.mean"], row[f"{metric}.ci95_low"], row[f"{metric}.ci95_high"]
+    return f"{mean:.4g}" if math.isnan(high) else f"{mean:.4g} ± {(high - low) / 2:.2g}"
+
+
+def format_sweep(summary: dict[str, Any]) -> str:
+    """One screen: per grid point, each headline metric as mean ± 95% half-width across seeds."""
+    keys = list(summary["config"]["grid"])
+    seeds = summary["config"]["seeds"]
+    lines = [f"sweep of {summary['command']}: {summary['n_finished']} of {summary['n_trials']} trials finished "
+             f"({len(seeds)} seeds: {', '.join(map(str, seeds))}); mean ± 95% t-interval half-width across seeds"]
+    columns = [*keys, "n", *summary["headline"]]
+    cells = [[str(r[k]) for k in keys] + [str(r["n_seeds"])] + [r[m] for m in summary["headline"]]
+             for r in summary["rows"]]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines.append("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    for failure in summary["failures"]:
+        lines.append(f"FAILED {failure['trial']}: {failure['error']}")
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Scoring throughput: answers after a shared prompt, against the floor of the work.
+
+The workload is ``revlens check-asymmetry``'s: the first N celebrity pairs asked both ways, each
+question with its true answer and K = 31 controls (question templates, the model's BOS rule).
+
+The *floor* is one bare transformers forward pass over exactly the token positions that must
+be computed: every prompt once, and every candidate's continuation tokens (its answer but the
+last token) once, candidates of one prompt sharing their common prefixes (a trie). It runs
+each statement as one sequence ``prompt ++ trie nodes`` with explicit position ids (a node at
+depth j sits at position len(prompt) − 1 + j) and a 4D tree mask (a node sees the prompt and
+its ancestors), the final norm and unembedding only where a next token is scored (the last
+prompt position and every node). Its log-probabilities are checked against plain teacher
+forcing before anything is timed.
+
+Each path is timed on the same statements in one process, rounds alternating, one torch thread
+unless ``--threads``: tokens/s = floor positions ÷ seconds (the same numerator for all, so the
+ratios are time ratios).
+
+Run: ``.venv/bin/python benchmarks/scoring_throughput.py [--pairs 40 --rounds 3 --threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Sequence
+
+import torch
+
+from analyses.asymmetry import TEMPLATE_FAMILIES, DEFAULT_TEMPLATES, draw_controls
+from facts.celebrity import load_celebrity_pairs
+from facts.language import TemplateTokenizer
+from facts.tokens import Example, collate
+from models.pretrained import load, load_hf
+from models.scoring import score_answers
+
+
+def workload(tokenizer, pairs: int, n_controls: int = 31) -> list[list[Example]]:
+    """check-asymmetry's candidate rows for the first ``pairs`` celebrity pairs."""
+    facts = load_celebrity_pairs()
+    statements = [(i, d) for i, d, _ in facts.statements() if i < pairs]
+    drawn = draw_controls(facts, statements, n_controls)
+    asked = TemplateTokenizer(tokenizer, TEMPLATE_FAMILIES[DEFAULT_TEMPLATES])
+    return [[asked.example(facts, i, d)] + [asked.example(facts, i, d, answer=a) for a in wrong]
+            for (i, d), wrong in zip(statements, drawn)]
+
+
+def trie_nodes(row: Sequence[Example]) -> list[tuple[int, ...]]:
+    """The distinct fed prefixes (answer[:j], 1 ≤ j < len(answer)) of a row's candidates, parents first."""
+    nodes: dict[tuple[int, ...], None] = {}
+    for example in row:
+        for j in range(1, len(example.answer)):
+            nodes.setdefault(example.answer[:j], None)
+    return list(nodes)
+
+
+def floor_positions(rows: Sequence[Sequence[Example]]) -> int:
+    return sum(len(row[0].prompt) + len(trie_nodes(row)) for row in rows)
+
+
+@torch.no_grad()
+def floor_pass(hf, rows: Sequence[Sequence[Example]], batch: int = 16) -> torch.Tensor:
+    """log p(candidate | prompt) for every row and candidate from one tree-masked pass per statement."""
+    out = torch.zeros(len(rows), len(rows[0]))
+    lm_head = hf.get_output_embeddings()
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        layouts = []
+        for row in chunk:
+            nodes = trie_nodes(row)
+            layouts.append((list(row[0].prompt), nodes, {node: n for n, node in enumerate(nodes)}))
+        width = max(len(p) + len(nodes) for p, nodes, _ in layouts)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        positions = torch.zeros(len(chunk), width, dtype=torch.long)
+        allowed = torch.zeros(len(chunk), 1, width, width, dtype=torch.bool)
+        for b, (prompt, nodes, index) in enumerate(layouts):
+            length = len(prompt)
+            ids[b, :length] = torch.tensor(prompt)
+            positions[b, :length] = torch.arange(length)
+            allowed[b, 0, :length, :length] = torch.ones(length, length, dtype=torch.bool).tril()
+            for n, node in enumerate(nodes):
+                at = length + n
+                ids[b, at], positions[b, at] = node[-1], length - 1 + len(node)
+                allowed[b, 0, at, :length] = True
+                for depth in range(1, len(node) + 1):
+                    allowed[b, 0, at, length + index[node[:depth]]] = True
+            for at in range(length + len(nodes), width):
+                allowed[b, 0, at, at] = True  # padding sees itself only (no empty softmax row)
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        hidden = hf.model(input_ids=ids, position_ids=positions, attention_mask=mask).last_hidden_state
+        for b, (prompt, nodes, index) in enumerate(layouts):
+            length = len(prompt)
+            logprobs = lm_head(hidden[b, length - 1 : length + len(nodes)]).float().log_softmax(-1)
+            for j, example in enumerate(chunk[b]):
+                at = [0] + [1 + index[example.answer[:d]] for d in range(1, len(example.answer))]
+                out[start + b, j] = logprobs[at, list(example.answer)].sum()
+    return out
+
+
+def teacher_forced(model, rows) -> torch.Tensor:
+    flat = [e for row in rows for e in row]
+    return score_answers(model, collate(flat, 0), batch_size=64).logprob.view(len(rows), -1)
+
+
+def timed(function, *args) -> tuple[float, object]:
+    began = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - began, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--pairs", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from probes.shared_prompt import candidate_logprobs_cached
+
+    hf, tokenizer = load_hf(args.model, device="cpu")
+    hooked = load(args.model, backend="hooked", device="cpu")
+    bridge = load(args.model, backend="bridge", device="cpu")
+    rows = workload(tokenizer, args.pairs)
+    positions = floor_positions(rows)
+    fed = sum(len(row[0].prompt) + sum(len(e.answer) - 1 for e in row) for row in rows)
+    print(f"{len(rows)} statements × {len(rows[0])} answers; floor positions {positions} "
+          f"(prompts {sum(len(r[0].prompt) for r in rows)}, trie nodes {positions - sum(len(r[0].prompt) for r in rows)}); "
+          f"without sharing prefixes {fed}")
+    reference = teacher_forced(hooked, rows[:8])
+    floor_check = floor_pass(hf, rows[:8])
+    print(f"floor vs teacher forcing (hooked), first 8 statements: max |Δ log p| "
+          f"{(floor_check - reference).abs().max():.2e}")
+    paths = {
+        "floor (transformers, tree mask)": lambda: floor_pass(hf, rows),
+        "cached hooked": lambda: candidate_logprobs_cached(hooked, rows).logprob,
+        "cached bridge": lambda: candidate_logprobs_cached(bridge, rows).logprob,
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in paths}
+    results = {}
+    for round_ in range(args.rounds):
+        for name, path in paths.items():
+            elapsed, results[name] = timed(path)
+            seconds[name].append(elapsed)
+    floor = statistics.median(seconds["floor (transformers, tree mask)"])
+    for name in paths:
+        median = statistics.median(seconds[name])
+        delta = (results[name] - results["floor (transformers, tree mask)"]).abs().max()
+        print(f"{name:34s} {median:7.2f} s  {positions / median:7.1f} tok/s  ×{median / floor:.2f} floor  "
+              f"max |Δ| vs floor {delta:.1e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Fine-tuning on the transformers model itself, then probing it as a HookedTransformer.
+
+``revlens finetune-facts`` trains the Hugging Face model (:class:`CausalLM`, the trainer's
+``tokens → logits`` interface) and converts the trained weights to a ``HookedTransformer`` with
+the loader's own converter (:func:`models.pretrained.to_hooked`) for evaluation and probing.
+Why not train the HookedTransformer directly: on the same weights and batch its forward and
+backward pass is slower than transformers' (``benchmarks/finetune_throughput.py``), it unties
+the embedding from the unembedding (SmolLM2 and Gemma tie them: fine-tuning the hooked model
+trains two matrices where the model has one), and LoRA adapters (``peft``) wrap HF modules.
+
+Two costs are cut without changing any number the loss reads:
+
+* :meth:`CausalLM.answer_logits` runs the unembedding only at the positions that predict an
+  answer token (a forward pre-hook on the output embedding gathers those hidden states), so
+  the d_model × d_vocab product and its gradient cost O(answer tokens), not O(batch · pos);
+  what the model does after the unembedding (Gemma's soft cap) is elementwise and unchanged;
+* the trainer cuts a batch after its last answer token (:func:`models.training.batch_loss`).
+
+LoRA (:func:`add_lora`, :func:`merge_lora`): ``W' = W + (α / r) · B A`` on the chosen linear
+layers of every decoder block, ``A ∈ R^{r×d_in}``, ``B ∈ R^{d_out×r}`` (B starts at 0, so the
+adapted model starts as the original); only A and B train. Merging writes ``W'`` into the base
+weights (``merge_and_unload``), so the converted HookedTransformer is an ordinary one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+
+class CausalLM(nn.Module):
+    """A transformers causal LM (or a ``peft`` model around one) as ``tokens → logits``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def d_vocab(self) -> int:
+        """Vocabulary size (the trainer refuses token ids outside it)."""
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return self.model(input_ids=tokens).logits
+
+    def answer_logits(
+        self, tokens: Int[Tensor, "batch pos"], answer_mask: Bool[Tensor, "batch pos"]
+    ) -> Float[Tensor, "n_answer d_vocab"]:
+        """``logits[i, p − 1]`` for every answer position (i, p), in row-major order: what
+        :func:`models.scoring.answer_loss` reads of ``forward(tokens)``, unembedded alone."""
+        predicting = torch.zeros_like(answer_mask)
+        predicting[:, :-1] = answer_mask[:, 1:]
+        with _unembed_only(self.model.get_output_embeddings(), predicting):
+            return self.model(input_ids=tokens).logits[0]
+
+
+@contextlib.contextmanager
+def _unembed_only(head: nn.Module, positions: Bool[Tensor, "batch pos"]) -> Iterator[None]:
+    """Within the block, ``head`` sees only the hidden states at ``positions``, as one [1, n, d] row."""
+
+    def gather(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return (args[0][positions][None], *args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks, first to last: ``.blocks`` of a HookedTransformer, else the
+    ``ModuleList`` of ``config.num_hidden_layers`` modules in a transformers model."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.ModuleList):
+        return blocks
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ValueError(f"{type(model).__name__} has no list of transformer blocks (HookedTransformer .blocks, or a "
+                     "transformers model's decoder layers)")
+
+
+def lora_target_names(model: PreTrainedModel) -> list[str]:
+    """Names (the last part of the module path) of the linear layers inside the decoder blocks:
+    what ``--lora-targets`` may name (e.g. q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+    down_proj for Llama)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in decoder_blocks(model).named_modules()
+                   if isinstance(module, nn.Linear)})
+
+
+def check_lora_options(rank: int, alpha: float | None) -> None:
+    """Refuse a LoRA rank below 1 or a non-positive alpha (before any model loads)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"LoRA rank must be an integer ≥ 1, got {rank!r}")
+    if alpha is not None and not alpha > 0:
+        raise ValueError(f"LoRA alpha must be > 0, got {alpha!r}")
+
+
+def add_lora(model: PreTrainedModel, rank: int, alpha: float | None = None, targets: Sequence[str] | None = None
+             ) -> tuple[nn.Module, list[str]]:
+    """Wrap ``model`` (in place) with LoRA adapters of ``rank`` on the block linear layers named
+    ``targets`` (None: all of them, :func:`lora_target_names`); ``alpha`` defaults to 2·rank.
+    Every other parameter is frozen. Returns the peft model and the targets used; an unknown name is
+    refused with the valid ones listed."""
+    from peft import LoraConfig, get_peft_model
+
+    check_lora_options(rank, alpha)
+    valid = lora_target_names(model)
+    chosen = list(valid if targets is None else dict.fromkeys(targets))
+    unknown = [name for name in chosen if name not in valid]
+    if unknown or not chosen:
+        raise ValueError(f"LoRA targets {unknown or chosen} are not linear layers of {type(model).__name__}'s blocks; "
+                         f"valid: {', '.join(valid)}")
+    config = LoraConfig(r=rank, lora_alpha=float(2 * rank if alpha is None else alpha), target_modules=chosen,
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config), chosen
+
+
+def merge_lora(model: nn.Module) -> PreTrainedModel:
+    """The plain transformers model with every adapter merged into its weights (W + (α/r)·B A)."""
+    return model.merge_and_unload()
+
+
+__all__ = ["CausalLM", "add_lora", "check_lora_options", "decoder_blocks", "lora_target_names", "merge_lora"]

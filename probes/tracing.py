@@ -1,0 +1,411 @@
+"""Causal tracing (Meng et al. 2022, "Locating and Editing Factual Associations in GPT"): which
+hidden states carry a fact from the given entity to the answer.
+
+For one statement (prompt c of L tokens, answer a = a_1 … a_A, the given entity at prompt
+positions G ⊂ {0 … L−1}) three kinds of run are made:
+
+* **clean**: the model reads c;
+* **corrupted**: the token embeddings at G get Gaussian noise, e_p ← e_p + ε_p for p ∈ G,
+  ε_p ~ N(0, (ν·σ)² I), where σ is the standard deviation of the entries of the model's own
+  token embedding matrix W_E (as its ``hook_embed`` outputs them; Gemma's √d_model is folded
+  into W_E by TransformerLens) and ν the noise multiple (default 3, Meng et al.'s); the noise
+  is seeded and drawn ``n_samples`` times (one draw per sample, shared by every site);
+* **restored**: the corrupted run in which one site, the activation h^{(l)}_p of a component
+  (``resid_pre``, ``resid_post``, ``mlp_out`` or ``attn_out`` of layer l) at position p, is set
+  to its value in the clean run; everything downstream is recomputed.
+
+The score of a run is the answer's log-probability over all its tokens, the project's scoring
+(:func:`models.scoring.token_logprobs`, teacher forcing: the run reads c followed by a_1 … a_A
+and log p(a | c) = Σ_k log p(a_k | c, a_<k)); a_1 … a_{A−1} are never noised nor restored (they
+follow every traced position). Per site, over the S noise samples s:
+
+    prob(l, p) = (1/S) Σ_s p_s(a | c, restored h^{(l)}_p)  ,  logprob(l, p) = (1/S) Σ_s log p_s(…),
+
+and the same means for the corrupted run. The *indirect effect* of a site is
+IE(l, p) = prob(l, p) − prob_corrupted, and the fraction recovered (prob(l, p) − prob_corrupted)
+/ (prob_clean − prob_corrupted). Meng et al. restore a window of 10 layers for MLP and attention
+outputs; here every site is one layer.
+
+Exact identities (tested): with ν = 0 every site gives the clean probability; restoring
+``resid_pre`` of any layer at every position of G (or every position) gives the clean run back,
+as does ``resid_post`` of the last layer at every position; restoring a site the noise cannot
+reach (a position before G, at any layer) gives the corrupted probability.
+
+Speed. The restored runs of layer l share everything below l with the corrupted run, so they
+start at layer l from the corrupted run's cached ``resid_pre`` (``start_at_layer``), and all
+(site, sample) pairs of one layer go through the model as one batch (``batch_size`` rows at a
+time): L·(components)·S rows per layer, about half the cost of running every row from the
+embeddings. TransformerLens 3.9's TransformerBridge has no ``start_at_layer`` and is refused (load
+the model with ``backend="hooked"``: a HookedTransformer under 3.9, the bridge in compatibility mode
+under 4.x, :func:`models.backend.runs_from_layer`).
+
+Averaging over facts. Prompts differ in length, so positions are put in Meng et al.'s buckets
+(:data:`BUCKETS`): tokens before the given entity, its first, middle and last tokens, the first
+token after it, further tokens, and the last prompt token (which predicts the answer). Per
+statement, a bucket's IE is the mean over its positions; across statements the mean and its 95%
+interval, mean ± 1.96·sd/√n (:func:`average_over_statements`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from facts.language import render_statement
+from facts.schema import Direction, FactError, FactSet
+from facts.tokens import Example
+from models.backend import runs_from_layer
+from models.scoring import token_logprobs
+from probes.hooks import check_layer, hook_names
+
+COMPONENTS: tuple[str, ...] = ("resid_pre", "resid_post", "mlp_out", "attn_out")
+DEFAULT_COMPONENTS: tuple[str, ...] = ("resid_post", "mlp_out", "attn_out")
+"""Meng et al.'s three heatmaps: the hidden state after layer l, the MLP's and the attention's output."""
+BUCKETS: tuple[str, ...] = ("before", "given first", "given middle", "given last", "after first", "further", "last")
+NOISE_MULTIPLE = 3.0
+
+
+@dataclass(frozen=True)
+class Site:
+    """Restore ``component`` of ``layer`` at ``positions`` (positions of the prompt or answer, together) from the clean run."""
+
+    component: str
+    layer: int
+    positions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Traced:
+    """Answer log-probabilities of one statement: ``clean``; ``corrupted[s]`` per noise sample;
+    ``restored[i, s]`` for site i and sample s."""
+
+    clean: float
+    corrupted: Float[Tensor, " sample"]
+    restored: Float[Tensor, "site sample"]
+    sites: tuple[Site, ...]
+    noise_std: float
+
+
+def noise_std(model: Any, multiple: float = NOISE_MULTIPLE) -> float:
+    """ν·σ: ``multiple`` times the standard deviation of the entries of the token embedding matrix."""
+    return multiple * float(model.W_E.detach().float().std())
+
+
+def _check_model(model: Any) -> None:
+    if not runs_from_layer(model):
+        raise ValueError(
+            f"causal tracing runs the restored runs from their layer (start_at_layer), which a "
+            f"{type(model).__name__} does not offer; load the model with backend='hooked'")
+
+
+def _check_sites(model: Any, sites: Sequence[Site], length: int) -> None:
+    """Each site names a component, a layer the model has and positions of the scored sequence
+    (the prompt, then the teacher-forced answer: restoring every position of it gives the clean run)."""
+    for site in sites:
+        if site.component not in COMPONENTS:
+            raise ValueError(f"component must be one of {COMPONENTS}, not {site.component!r}")
+        check_layer(model, site.layer)
+        if site.component == "mlp_out" and getattr(model.cfg, "attn_only", False):
+            raise ValueError(f"{model.cfg.model_name}: an attention-only model has no MLP output to restore")
+        hook_names(model, f"blocks.{site.layer}.hook_{site.component}")  # e.g. no mlp_out in an attention-only model
+        if not site.positions or any(not 0 <= p < length for p in site.positions):
+            raise ValueError(f"site {site}: positions must be positions 0…{length - 1} of the prompt and answer")
+
+
+@torch.no_grad()
+def trace_sites(
+    model: Any,
+    example: Example,
+    given: Sequence[int],
+    sites: Sequence[Site],
+    noise_multiple: float = NOISE_MULTIPLE,
+    n_samples: int = 5,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> Traced:
+    """Clean, corrupted and restored answer log-probabilities of ``example`` with the prompt
+    positions ``given`` noised (see the module docstring)."""
+    _check_model(model)
+    length = len(example.prompt)
+    if not given or any(not 0 <= p < length for p in given):
+        raise ValueError(f"fact {example.fact} ({example.direction}): the given entity's positions {list(given)} "
+                         f"must be prompt positions 0…{length - 1}")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
+    _check_sites(model, sites, length + len(example.answer))
+    device = model.cfg.device
+    sequence = torch.tensor([example.prompt + example.answer], device=device)
+    mask = torch.zeros_like(sequence, dtype=torch.bool)
+    mask[:, length:] = True
+
+    def score(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, " batch"]:
+        rows = len(logits)
+        return token_logprobs(logits, sequence.expand(rows, -1), mask.expand(rows, -1))[0].sum(1).float().cpu()
+
+    scale = noise_std(model, noise_multiple)
+    generator = torch.Generator().manual_seed(seed)
+    noise = (torch.randn(n_samples, len(given), model.cfg.d_model, generator=generator) * scale).to(
+        device=device, dtype=model.W_E.dtype)
+    given_index = torch.tensor(list(given), device=device)
+
+    def add_noise(embed: Float[Tensor, "batch pos d_model"], hook: Any) -> Float[Tensor, "batch pos d_model"]:
+        embed = embed.clone()
+        embed[:, given_index] += noise.repeat(len(embed) // n_samples, 1, 1)
+        return embed
+
+    layers = sorted({site.layer for site in sites})
+    names = sorted({f"blocks.{s.layer}.hook_{s.component}" for s in sites})
+    clean_logits, clean_cache = model.run_with_cache(sequence, names_filter=names)
+    starts = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    corrupt_logits, corrupt_cache = _run_noised(model, sequence.expand(n_samples, -1), add_noise, starts)
+    restored = torch.empty(len(sites), n_samples)
+    for layer in layers:
+        chosen = [i for i, site in enumerate(sites) if site.layer == layer]
+        per_chunk = max(1, batch_size // n_samples)
+        for start in range(0, len(chosen), per_chunk):
+            chunk = chosen[start : start + per_chunk]
+            hooks = _restoring_hooks([sites[i] for i in chunk], clean_cache, n_samples)
+            resid = corrupt_cache[f"blocks.{layer}.hook_resid_pre"].repeat(len(chunk), 1, 1)
+            logits = model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=hooks)
+            restored[chunk] = score(logits).view(len(chunk), n_samples)
+    return Traced(clean=float(score(clean_logits)[0]), corrupted=score(corrupt_logits), restored=restored,
+                  sites=tuple(sites), noise_std=scale)
+
+
+def _run_noised(model: Any, tokens: Int[Tensor, "batch pos"], add_noise: Any, names: Sequence[str]):
+    """Logits and cache (``names``) of the corrupted run: ``add_noise`` at ``hook_embed``."""
+    cache: dict[str, Tensor] = {}
+
+    def keep(activation: Tensor, hook: Any) -> None:
+        cache[hook.name] = activation.detach()
+
+    hooks = [("hook_embed", add_noise)] + [(name, keep) for name in names]
+    return model.run_with_hooks(tokens, fwd_hooks=hooks), cache
+
+
+def _restoring_hooks(sites: Sequence[Site], clean_cache: Any, n_samples: int) -> list[tuple[str, Any]]:
+    """One hook per activation name: rows ``i·S … i·S + S − 1`` (site i of ``sites``, every sample)
+    get the clean activation at site i's positions."""
+    by_name: dict[str, tuple[list[int], list[int]]] = {}
+    for number, site in enumerate(sites):
+        rows, positions = by_name.setdefault(f"blocks.{site.layer}.hook_{site.component}", ([], []))
+        for sample in range(n_samples):
+            for position in site.positions:
+                rows.append(number * n_samples + sample)
+                positions.append(position)
+    hooks = []
+    for name, (rows, positions) in by_name.items():
+        clean = clean_cache[name][0]
+        row_index, position_index = torch.tensor(rows), torch.tensor(positions)
+
+        def restore(activation: Tensor, hook: Any, clean=clean, row_index=row_index, position_index=position_index
+                    ) -> Tensor:
+            activation[row_index.to(activation.device), position_index.to(activation.device)] = clean[
+                position_index.to(clean.device)]
+            return activation
+
+        hooks.append((name, restore))
+    return hooks
+
+
+def buckets(length: int, given: Sequence[int]) -> list[str]:
+    """Meng et al.'s bucket (:data:`BUCKETS`) of every prompt position: the last position first,
+    then the given entity's last, first and middle tokens, then the first token after it, further
+    tokens after it, and tokens before it."""
+    first, last = min(given), max(given)
+    out = []
+    for p in range(length):
+        if p == length - 1:
+            out.append("last")
+        elif p == last:
+            out.append("given last")
+        elif p == first:
+            out.append("given first")
+        elif first < p < last:
+            out.append("given middle")
+        elif p == last + 1:
+            out.append("after first")
+        elif p > last:
+            out.append("further")
+        else:
+            out.append("before")
+    return out
+
+
+def trace(
+    model: Any,
+    example: Example,
+    given: Sequence[int],
+    components: Sequence[str] = DEFAULT_COMPONENTS,
+    layers: Sequence[int] | None = None,
+    noise_multiple: float = NOISE_MULTIPLE,
+    n_samples: int = 5,
+    seed: int = 0,
+    batch_size: int = 64,
+    token_label: Any = None,
+) -> pd.DataFrame:
+    """The layer × position heatmap of one statement, every component: one row per (component,
+    layer, position) with ``prob``, ``logprob`` (means over the noise samples), ``clean_prob``,
+    ``clean_logprob``, ``corrupted_prob``, ``corrupted_logprob``, ``effect`` (IE = prob −
+    corrupted_prob), ``recovered`` ((prob − corrupted) / (clean − corrupted); NaN when the two are
+    equal), ``bucket`` and ``token``."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    length = len(example.prompt)
+    sites = [Site(c, layer, (p,)) for c in components for layer in layers for p in range(length)]
+    traced = trace_sites(model, example, given, sites, noise_multiple, n_samples, seed, batch_size)
+    clean_prob = math.exp(traced.clean)
+    corrupted_prob = float(traced.corrupted.exp().mean())
+    prob = traced.restored.exp().mean(1).numpy()
+    gap = clean_prob - corrupted_prob
+    kinds = buckets(length, given)
+    label = token_label or str
+    return pd.DataFrame({
+        "fact": example.fact, "direction": example.direction, "split": example.split,
+        "component": [s.component for s in sites], "layer": [s.layer for s in sites],
+        "position": [s.positions[0] for s in sites], "bucket": [kinds[s.positions[0]] for s in sites],
+        "token": [label(example.prompt[s.positions[0]]) for s in sites],
+        "prob": prob, "logprob": traced.restored.mean(1).numpy(),
+        "clean_prob": clean_prob, "clean_logprob": traced.clean,
+        "corrupted_prob": corrupted_prob, "corrupted_logprob": float(traced.corrupted.mean()),
+        "effect": prob - corrupted_prob,
+        "recovered": (prob - corrupted_prob) / gap if gap != 0 else np.nan,
+        "noise_std": traced.noise_std, "n_samples": n_samples,
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the given entity sits in the prompt
+
+
+def _last_occurrence(sequence: Sequence[int], part: Sequence[int]) -> int | None:
+    for start in range(len(sequence) - len(part), -1, -1):
+        if tuple(sequence[start : start + len(part)]) == tuple(part):
+            return start
+    return None
+
+
+def text_entity_positions(tokenizer: Any, prompt_text: str, entity: str, prompt: Sequence[int]) -> tuple[int, ...]:
+    """Positions in ``prompt`` (token ids, possibly after a BOS prefix) of the tokens that overlap
+    the last occurrence of ``entity`` in ``prompt_text``, by the tokenizer's character offsets. The
+    prompt's tokens must be ``prompt_text``'s own (after the prefix), else FactError."""
+    text = prompt_text.rstrip(" ")  # as facts.language.encode_pair cuts it
+    begin = text.rfind(entity)
+    if begin < 0:
+        raise FactError(f"the prompt {text!r} does not contain its given entity {entity!r}")
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
+    prefix = len(prompt) - len(ids)
+    if prefix < 0 or tuple(prompt[prefix:]) != tuple(ids):
+        raise FactError(f"the prompt {text!r} does not tokenize to the statement's prompt tokens; cannot locate "
+                        f"{entity!r} in it")
+    end = begin + len(entity)
+    positions = tuple(prefix + i for i, (start, stop) in enumerate(offsets) if start < end and stop > begin)
+    if not positions:
+        raise FactError(f"no token of the prompt {text!r} covers its given entity {entity!r}")
+    return positions
+
+
+def given_positions(statements: Any, facts: FactSet, index: int, direction: Direction, example: Example
+                    ) -> tuple[int, ...]:
+    """Prompt positions of the given entity of statement (index, direction): for a
+    :class:`facts.language.TemplateTokenizer` by the characters of the rendered prompt
+    (:func:`text_entity_positions`), for a token world (``TokenVocab``) as the last occurrence
+    of the entity's tokens in the prompt."""
+    given = facts[index].given_and_answer(direction)[0]
+    if hasattr(statements, "templates") and hasattr(statements, "tokenizer"):
+        rendered = render_statement(facts, index, direction, statements.templates, statements.template)
+        return text_entity_positions(statements.tokenizer, rendered.prompt, given, example.prompt)
+    ids = statements.entity_ids(given)
+    start = _last_occurrence(example.prompt, ids)
+    if start is None:
+        raise FactError(f"fact {index} ({direction}): the given entity {given!r} is not in its prompt")
+    return tuple(range(start, start + len(ids)))
+
+
+def components_of(model: Any, components: Sequence[str] = DEFAULT_COMPONENTS) -> tuple[str, ...]:
+    """``components`` less ``mlp_out`` for an attention-only model."""
+    return tuple(c for c in components if not (c == "mlp_out" and getattr(model.cfg, "attn_only", False)))
+
+
+def trace_facts(
+    model: Any,
+    facts: FactSet,
+    statements: Any,
+    chosen: Sequence[tuple[int, Direction]] | None = None,
+    components: Sequence[str] = DEFAULT_COMPONENTS,
+    noise_multiple: float = NOISE_MULTIPLE,
+    n_samples: int = 5,
+    seed: int = 0,
+    batch_size: int = 64,
+    token_label: Any = None,
+    layers: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """:func:`trace` (at ``layers``, default all) for every directed statement in ``chosen`` (default: every statement in play),
+    the given entity located by :func:`given_positions`; the tables concatenated. Each statement's
+    noise is drawn with seed ``seed + its row number``."""
+    chosen = [(i, d) for i, d, _ in facts.statements()] if chosen is None else list(chosen)
+    frames = []
+    for number, (index, direction) in enumerate(chosen):
+        example = statements.example(facts, index, direction)
+        given = given_positions(statements, facts, index, direction, example)
+        frames.append(trace(model, example, given, components, layers, noise_multiple, n_samples, seed + number,
+                            batch_size, token_label))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Averages over facts
+
+
+def average_over_statements(table: pd.DataFrame, value: str = "effect") -> pd.DataFrame:
+    """Per (split, direction, component, layer, bucket): the mean of ``value`` over statements and its
+    95% interval (mean ± 1.96·sd/√n), each statement's bucket first averaged over its positions.
+    Columns: split, direction, component, layer, bucket, mean, ci_low, ci_high, n."""
+    keys = ["split", "direction", "component", "layer", "bucket"]
+    per_statement = table.groupby(["fact", *keys], observed=True)[value].mean().reset_index()
+    grouped = per_statement.groupby(keys, observed=True)[value]
+    out = grouped.agg(["mean", "std", "count"]).reset_index()
+    half = 1.96 * out["std"] / np.sqrt(out["count"])
+    half = half.where(out["count"] > 1)
+    out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
+    out["bucket"] = pd.Categorical(out["bucket"], categories=BUCKETS, ordered=True)
+    return out.rename(columns={"count": "n"}).drop(columns="std").sort_values(keys, ignore_index=True)
+
+
+def tracing_headline(table: pd.DataFrame) -> dict[str, Any]:
+    """Per "split/direction" (e.g. "train/forward", "heldout/reverse"): clean and corrupted
+    probability (means over statements), and per component the site (layer, bucket) of the largest
+    mean indirect effect with its interval, and the largest mean restored probability anywhere (how
+    much of the answer is recoverable at all)."""
+    average = average_over_statements(table, "effect")
+    restored = average_over_statements(table, "prob")
+    out: dict[str, Any] = {}
+    for (split, direction), part in table.groupby(["split", "direction"]):
+        statements = part.drop_duplicates("fact")
+        entry: dict[str, Any] = {"n_statements": int(len(statements)),
+                                 "clean_prob": float(statements.clean_prob.mean()),
+                                 "corrupted_prob": float(statements.corrupted_prob.mean()), "components": {}}
+        mine = (average.split == split) & (average.direction == direction)
+        for component, rows in average[mine].groupby("component"):
+            best = rows.loc[rows["mean"].idxmax()]
+            most = restored[(restored.split == split) & (restored.direction == direction)
+                            & (restored.component == component)]["mean"].max()
+            entry["components"][component] = {
+                "peak_layer": int(best.layer), "peak_bucket": str(best.bucket), "peak_effect": float(best["mean"]),
+                "peak_effect_ci95": [float(best.ci_low), float(best.ci_high)], "max_restored_prob": float(most)}
+        out[f"{split}/{direction}"] = entry
+    return out
+
+
+__all__ = [
+    "BUCKETS", "COMPONENTS", "DEFAULT_COMPONENTS", "NOISE_MULTIPLE", "Site", "Traced", "average_over_statements",
+    "buckets", "components_of", "given_positions", "noise_std", "text_entity_positions", "trace", "trace_facts", "trace_sites",
+    "tracing_headline",
+]

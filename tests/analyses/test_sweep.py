@@ -1,0 +1,191 @@
+"""`revlens sweep` on real Ray: a worker killed mid-trial, a resumed sweep, a failing trial, a
+two-node local cluster, and bad input refused before anything starts."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from analyses.cli import main
+from analyses.stats import t_quantile
+from analyses.sweep import Sweep, Trial, read_sweep_file, sweep_toml
+from tests_support import ROOT, revlens
+
+SMALL = ["--grid", "model=one-layer", "--grid", "pairs=30", "--grid", "eval-every=20"]
+"""A one-layer model on 30 pairs: a trial trains in about a second."""
+KILLED = "model=one-layer,pairs=30,eval-every=20,steps=200,checkpoint-every=20,seed=0"
+
+
+def _sweep(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "analyses.cli", "sweep", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _without_time(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "seconds"}
+
+
+@pytest.fixture(scope="module")
+def killed_sweep(tmp_path_factory):
+    """Two trials on local Ray; the worker of the first is SIGKILLed once it has checkpointed
+    step 20 of 200 and before it finishes."""
+    out = tmp_path_factory.mktemp("killed") / "sweep"
+    process = _sweep("reversal", "--out", str(out), "--seeds", "0-1", *SMALL, "--grid", "steps=200",
+                     "--grid", "checkpoint-every=20", "--workers", "2")
+    checkpoints, marker = out / "trials" / KILLED / "checkpoints", out / ".running" / f"{KILLED}.pid"
+    deadline = time.monotonic() + 300
+    while not ((checkpoints / "step-000020.json").exists() and marker.exists()):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the trial never reached its first checkpoint"
+        time.sleep(0.02)
+    assert not (checkpoints / "step-000200.json").exists()
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    return out, stdout
+
+
+def test_a_killed_worker_is_retried_from_its_checkpoints_and_matches_a_sequential_run(killed_sweep, tmp_path):
+    out, stdout = killed_sweep
+    summary = json.loads((out / "summary.json").read_text())
+    records = {r["trial"]: r for r in summary["trials"]}
+    assert records[KILLED]["resumed"] is True and "resumed from its checkpoints" in stdout
+    assert summary["n_finished"] == 2 and summary["failures"] == []
+    sweep = read_sweep_file(out / "sweep.toml")
+    for trial in sweep.trials():  # the same commands one after another in this process
+        assert main(trial.argv("reversal", tmp_path / trial.name, 1)) == 0
+        swept, alone = (json.loads((d / trial.name / "summary.json").read_text()) for d in (out / "trials", tmp_path))
+        assert _without_time(swept) == _without_time(alone)
+        assert (out / "trials" / trial.name / "logits.csv").read_text() == (tmp_path / trial.name / "logits.csv").read_text()
+    aggregate = pd.read_csv(out / "aggregate.csv")
+    assert len(aggregate) == 1 and aggregate.n_seeds[0] == 2
+
+
+def test_report_renders_the_sweep_as_one_section(killed_sweep, tmp_path, capsys):
+    out, _ = killed_sweep
+    assert main(["report", "--runs", str(out), "--out", str(tmp_path / "report.html")]) == 0
+    assert "1 runs" in capsys.readouterr().out  # the sweep, not its trials
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Sweep across seeds and a grid" in page and "aggregate.csv" in page and "heldout_reverse_logprob.ci95_low" in page
+    assert page.count('src="data:image/png;base64,') == 1  # sweep.png
+
+
+def test_a_rerun_runs_only_the_missing_trials(killed_sweep, cluster):
+    out, _ = killed_sweep
+    trials = sorted((out / "trials").iterdir())
+    kept, removed = trials[0], trials[1]
+    run_id = json.loads((kept / "manifest.json").read_text())["run_id"]
+    for path in sorted(removed.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    removed.rmdir()
+    result = revlens("sweep", "--out", str(out), "--address", cluster)  # reruns out/sweep.toml
+    assert "2 trials, 1 finished before, 1 to run" in result.stdout
+    assert json.loads((kept / "manifest.json").read_text())["run_id"] == run_id  # untouched
+    assert json.loads((removed / "manifest.json").read_text())["complete"] is True
+    assert pd.read_csv(out / "aggregate.csv").n_seeds.tolist() == [2]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray cluster of two nodes on this machine, one CPU each, started here and stopped after."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster.address
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster_sweep(cluster, tmp_path_factory):
+    """k = 1 trains; k = 16 cannot fit the one-layer model's context and fails inside the trial."""
+    out = tmp_path_factory.mktemp("cluster") / "sweep"
+    process = _sweep("reversal", "--out", str(out), "--seeds", "0-1", *SMALL, "--grid", "steps=20",
+                     "--grid", "k=1,16", "--address", cluster)
+    stdout, stderr = process.communicate(timeout=600)
+    return out, process.returncode, stdout, stderr
+
+
+def test_a_two_node_cluster_runs_the_sweep_on_both_nodes(cluster_sweep):
+    out, _, _, _ = cluster_sweep
+    ran = [r for r in json.loads((out / "summary.json").read_text())["trials"] if r["status"] == "ran"]
+    assert len(ran) == 2 and len({r["node"] for r in ran}) == 2
+    for record in ran:
+        assert json.loads((out / "trials" / record["trial"] / "manifest.json").read_text())["complete"] is True
+
+
+def test_a_failing_trial_is_recorded_and_the_rest_finish(cluster_sweep):
+    out, code, stdout, stderr = cluster_sweep
+    assert code == 2 and "2 of 4 trials failed" in stderr and "rerun the same command" in stderr
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [(f["k"], f["seed"]) for f in failures] == [(16, 0), (16, 1)]
+    assert all("do not fit the 'one-layer' model's context of 32" in f["error"] for f in failures)
+    aggregate = pd.read_csv(out / "aggregate.csv")
+    assert aggregate.k.tolist() == [1] and aggregate.n_seeds.tolist() == [2]  # only whole runs aggregated
+    assert "FAILED k=16" in stdout or "FAILED model=one-layer" in stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["reversal", "--grid", "widht=3"], "reversal has no option --widht; its grid keys are model, positional, k,"),
+    (["reversal", "--grid", "model="], "empty value; list the values of model"),
+    (["reversal", "--grid", "model=big"], "--model 'big': choose from tiny, one-layer, paper"),
+    (["reversal", "--grid", "steps=0"], "--steps '0': must be ≥ 1"),
+    (["reversal", "--seeds", "4-0"], "the range 4-0 is empty"),
+    (["chain", "--grid", "steps=3"], "chain has no option --steps; its grid keys are none (only seeds vary)"),
+    (["reversal", "--address", f"127.0.0.1:{_free_port()}"], "nothing answers at 127.0.0.1:"),
+    (["reversal", "--workers", "64", "--threads-per-trial", "2"], "trials would thrash"),
+])
+def test_bad_sweeps_are_refused_before_anything_starts(args, message, tmp_path, capsys):
+    assert main(["sweep", *args, "--out", str(tmp_path / "sweep")]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1, error
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_the_sweep_file_reads_back_as_written():
+    sweep = Sweep("reversal", (0, 3, 7), {"lr": (1e-05, 0.01), "positional": ("none", "rotary"), "steps": (40,)})
+    assert sweep_toml(sweep) == sweep_toml(Sweep("reversal", (0, 3, 7), {"lr": (1e-05, 0.01),
+                                                                           "positional": ("none", "rotary"),
+                                                                           "steps": (40,)}))
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "sweep.toml"
+        path.write_text(sweep_toml(sweep))
+        assert read_sweep_file(path) == sweep
+    assert Trial((("lr", 1e-05), ("facts", "a/b c")), 2).name == "lr=1e-05,facts=a%2Fb%20c,seed=2"
+
+
+def test_student_t_quantiles_match_their_closed_forms():
+    assert t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)  # Cauchy
+    assert t_quantile(0.975, 2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), rel=1e-9)
+    assert t_quantile(0.975, 100000) == pytest.approx(1.959964, abs=1e-4)  # → the normal quantile
+
+
+def test_every_number_of_a_summary_is_aggregated_by_a_dotted_key():
+    from analyses.experiments import EXPERIMENTS
+    from analyses.sweep import headline, numbers
+
+    summary = {"experiment": "positional", "config": {"steps": 80}, "seconds": 3.0, "curse_holds_for_all": True,
+               "runs": [{"run": "absolute", "train_prob": 0.9}, {"run": "none", "train_prob": 0.8}],
+               "control": {"heldout_reverse_accuracy": 0.25}}
+    found = numbers(summary)
+    assert found == {"curse_holds_for_all": 1.0, "runs.absolute.train_prob": 0.9, "runs.none.train_prob": 0.8,
+                     "control.heldout_reverse_accuracy": 0.25}
+    assert headline(list(found), EXPERIMENTS["positional"].headline) == ["runs.absolute.train_prob",
+                                                                          "runs.none.train_prob"]

@@ -1,0 +1,160 @@
+"""Training on the transformers model, converting to a HookedTransformer, LoRA: exact identities on
+tiny random HF models (``tests/support/tiny_models.py``; no SmolLM2 fine-tune here: the real-model
+figures are in ``benchmarks/finetune_throughput.py``).
+
+- the answer-only unembedding gives the logits the full forward pass gives at those positions,
+  and the trainer's cut batch the loss of the full one (Llama, and Gemma 2 with its logit soft cap
+  and sliding window);
+- a model trained through the trainer converts to a HookedTransformer with the same log-probs
+  (< 1e-4), on a tied-embedding Llama (SmolLM2's architecture) and on Qwen2;
+- LoRA changes only the adapted matrices, and the merged, converted model equals the HF model
+  with its adapters; bad LoRA options are refused naming the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from tiny_models import save_tiny, tiny_config
+
+from facts.tokens import Example, collate
+from models.hf_training import CausalLM, add_lora, lora_target_names, merge_lora
+from models.pretrained import check_equivalence, freeze_except_last_blocks, load_hf, to_hooked
+from models.scoring import answer_loss
+from models.training import TrainConfig, batch_loss, train
+
+PROMPTS = ["Ann Lee, known for", "The first person to walk on the moon was", "a b c d e f g"]
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(smollm2_tokenizer, tmp_path_factory):
+    """Folders of tiny random models: a Llama with tied embeddings (as SmolLM2), Qwen2, Gemma 2."""
+    root = tmp_path_factory.mktemp("hf-training")
+    configs = {"llama": tiny_config("llama"), "qwen2": tiny_config("qwen2"), "gemma2": tiny_config("gemma2")}
+    configs["llama"].tie_word_embeddings = True
+    return {name: save_tiny(root / name, config, smollm2_tokenizer) for name, config in configs.items()}
+
+
+@pytest.fixture(scope="module")
+def batch(smollm2_tokenizer):
+    """Right-padded prompt → answer rows of different lengths, with a padding-only tail column."""
+    pairs = [("Ann Lee, known for", " writing the first book"), ("The capital of France", " is Paris"),
+             ("a b c d e f", " g h")]
+    examples = [Example(smollm2_tokenizer(p).input_ids, smollm2_tokenizer(a).input_ids, i, "p2d", "train")
+                for i, (p, a) in enumerate(pairs)]
+    padded = collate(examples, pad_id=0)
+    extra = torch.zeros((len(examples), 3), dtype=torch.long)  # three more padding columns
+    return dataclasses.replace(padded, tokens=torch.cat([padded.tokens, extra], 1),
+                               answer_mask=torch.cat([padded.answer_mask, extra.bool()], 1))
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2"])
+def test_answer_only_unembedding_equals_full_logits(name, tiny_hf, batch):
+    hf, _ = load_hf(tiny_hf[name], device="cpu")
+    model = CausalLM(hf)
+    with torch.no_grad():
+        full = model(batch.tokens)
+        answered = model.answer_logits(batch.tokens, batch.answer_mask)
+        expected = full[:, :-1][batch.answer_mask[:, 1:]]
+        assert answered.shape == expected.shape == (int(batch.answer_mask[:, 1:].sum()), hf.config.vocab_size)
+        assert (answered - expected).abs().max() < 1e-5
+        reference = answer_loss(full, batch.tokens, batch.answer_mask)
+        assert abs(batch_loss(model, batch.tokens, batch.answer_mask) - reference) < 1e-5
+        cut = batch_loss(lambda tokens: model(tokens), batch.tokens, batch.answer_mask)  # trimmed, full logits
+        assert abs(cut - reference) < 1e-5
+    gradient = {}
+    for how, loss in (("full", lambda: answer_loss(model(batch.tokens), batch.tokens, batch.answer_mask)),
+                      ("answer-only", lambda: batch_loss(model, batch.tokens, batch.answer_mask))):
+        hf.zero_grad()
+        loss().backward()
+        gradient[how] = torch.cat([p.grad.flatten() for p in hf.parameters()])
+    assert (gradient["full"] - gradient["answer-only"]).abs().max() < 1e-5 * gradient["full"].abs().max()
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_trained_transformers_model_converts_to_the_same_hooked_model(name, tiny_hf, batch):
+    hf, tokenizer = load_hf(tiny_hf[name], device="cpu")
+    before = copy.deepcopy(hf)
+    train(CausalLM(hf), batch, TrainConfig(steps=3, lr=1e-2, weight_decay=0.0, eval_every=3, progress=False))
+    moved = max((a - b).abs().max().item() for a, b in zip(hf.parameters(), before.parameters()))
+    assert moved > 1e-3  # the weights did change
+    hooked = to_hooked(hf.eval(), tokenizer, tiny_hf[name], device="cpu")
+    assert check_equivalence(hooked, hf, PROMPTS, tokenizer) < TOLERANCE
+    assert check_equivalence(hooked, before, PROMPTS, tokenizer) > 100 * TOLERANCE  # and the trained one is read
+    if name == "llama":  # tied: the one trained matrix is both the hooked model's embedding and unembedding
+        assert torch.equal(hooked.W_E, hooked.W_U.T) and torch.equal(hooked.W_E, hf.get_input_embeddings().weight)
+
+
+def test_freezing_blocks_of_a_transformers_model(tiny_hf):
+    hf, _ = load_hf(tiny_hf["qwen2"], device="cpu")
+    trainable = freeze_except_last_blocks(hf, 1)
+    assert trainable and all(name.startswith("model.layers.1.") for name in trainable)
+    assert sum(p.requires_grad for p in hf.parameters()) == len(list(hf.model.layers[1].parameters()))
+    with pytest.raises(ValueError, match="trainable blocks must be 1…2"):
+        freeze_except_last_blocks(hf, 3)
+
+
+def test_lora_changes_only_adapted_matrices_and_merges_exactly(tiny_hf, batch):
+    hf, tokenizer = load_hf(tiny_hf["llama"], device="cpu")
+    original = {name: p.detach().clone() for name, p in hf.named_parameters()}
+    adapted, targets = add_lora(hf, rank=2, targets=["q_proj", "down_proj"])
+    assert targets == ["q_proj", "down_proj"]
+    assert all("lora_" in name for name, p in adapted.named_parameters() if p.requires_grad)
+    train(CausalLM(adapted), batch, TrainConfig(steps=3, lr=1e-2, weight_decay=0.0, eval_every=3, progress=False))
+    adapted.eval()
+    with_adapters = copy.deepcopy(adapted)
+    merged = merge_lora(adapted)
+    changed = {name for name, p in merged.named_parameters() if not torch.equal(p, original[name])}
+    assert changed == {f"model.layers.{layer}.{part}.weight" for layer in range(2)
+                       for part in ("self_attn.q_proj", "mlp.down_proj")}
+    hooked = to_hooked(merged, tokenizer, tiny_hf["llama"], device="cpu")
+    ids = tokenizer(PROMPTS[0], return_tensors="pt").input_ids
+    with torch.no_grad():
+        reference = with_adapters(input_ids=ids).logits.log_softmax(-1)
+        assert (hooked(ids).log_softmax(-1) - reference).abs().max() < TOLERANCE
+
+
+def test_bad_lora_options_are_refused(tiny_hf):
+    hf, _ = load_hf(tiny_hf["llama"], device="cpu")
+    valid = lora_target_names(hf)
+    assert valid == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    with pytest.raises(ValueError, match="LoRA rank must be an integer ≥ 1, got 0"):
+        add_lora(hf, rank=0)
+    with pytest.raises(ValueError, match="LoRA alpha must be > 0"):
+        add_lora(hf, rank=2, alpha=-1.0)
+    with pytest.raises(ValueError, match=r"\['qkv'\] are not linear layers.*valid: down_proj, gate_proj, k_proj"):
+        add_lora(hf, rank=2, targets=["q_proj", "qkv"])
+    assert not any("lora_" in name for name, _ in hf.named_parameters())  # nothing was wrapped
+
+
+def test_finetune_facts_with_lora_end_to_end(tiny_hf, tmp_path, capsys):
+    """The command on a tiny Llama folder: LoRA recorded in summary.json, the trained model probed;
+    bad LoRA options refused in one line, before anything is trained."""
+    import json
+
+    from analyses.cli import main
+
+    small = ["--model", str(tiny_hf["llama"]), "--people", "4", "--controls", "2", "--epochs", "1", "--quiet"]
+    out = tmp_path / "lora"
+    assert main(["finetune-facts", *small, "--lora-rank", "2", "--lora-targets", "v_proj", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["lora_rank"] == 2 and summary["config"]["lora_targets"] == ["v_proj"]
+    assert summary["lora"] == {"rank": 2, "alpha": 4, "targets": ["v_proj"],
+                               "trainable_parameters": 2 * 2 * (64 + 32)}  # 2 layers × r·(d_in + d_out)
+    questions = (out / "questions.csv").read_text()
+    assert questions != (out / "before_questions.csv").read_text()  # the adapters moved the answers
+    capsys.readouterr()
+    refused = {("--lora-rank", "2", "--lora-targets", "qkv"): "valid: down_proj, gate_proj, k_proj",
+               ("--lora-alpha", "4"): "lora_alpha and lora_targets need lora_rank",
+               ("--lora-rank", "2", "--trainable-blocks", "1"): "LoRA (lora_rank) or trainable_blocks, not both"}
+    for number, (options, message) in enumerate(refused.items()):
+        assert main(["finetune-facts", *small, *options, "--out", str(tmp_path / f"bad{number}")]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]  # (after transformers' loading bar, if any)
+        assert last.startswith("revlens: error: ") and message in last
+    with pytest.raises(SystemExit):
+        main(["finetune-facts", *small, "--lora-rank", "0", "--out", str(tmp_path / "zero")])
+    assert "--lora-rank" in capsys.readouterr().err

@@ -1,0 +1,257 @@
+"""Causal tracing on real models: exact identities, and the trained fact found where it lives."""
+
+import copy
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from analyses.probe import circuit_summary
+from facts import celebrity
+from facts.language import TemplateTokenizer
+from facts.schema import FactSet
+from facts.tokens import tokenize
+from models.training import TrainConfig, train
+from models.transformer import build_model
+from probes.circuits import weight_change_table
+from probes.tracing import (
+    COMPONENTS,
+    Site,
+    average_over_statements,
+    buckets,
+    given_positions,
+    trace,
+    trace_facts,
+    trace_sites,
+    tracing_headline,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_before_after(world, vocab):
+    """The 2-layer ``tiny`` model (attention and MLPs) at initialisation and after 40 full-batch AdamW steps on
+    the reversal world."""
+    before = build_model("tiny", vocab.d_vocab, seed=0).eval()
+    after = build_model("tiny", vocab.d_vocab, seed=0)
+    train(after, tokenize(world, vocab).where(split="train"), TrainConfig(steps=40, lr=1e-2, eval_every=40,
+                                                                          progress=False))
+    return before, after.eval()
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tiny_before_after):
+    return tiny_before_after[1]
+
+
+def one_way_statements(world, split, direction, n=12):
+    """The first n statements of one split and direction."""
+    return [(i, d) for i, d, s in world.statements() if s == split and d == direction][:n]
+
+
+def same(logprobs, expected):
+    """Equal as probabilities to 1e-6 (and as log-probabilities to 1e-5: float32 at log p ≈ −11 has a spacing
+    of 1e-6, and the restored runs are batched differently from the clean one)."""
+    logprobs, expected = torch.as_tensor(logprobs), torch.as_tensor(expected).expand_as(torch.as_tensor(logprobs))
+    return (torch.allclose(logprobs.exp(), expected.exp(), atol=1e-6, rtol=0)
+            and torch.allclose(logprobs, expected, atol=1e-5, rtol=0))
+
+
+def sites_of(model, components, length):
+    return [Site(c, layer, (p,)) for c in components for layer in range(model.cfg.n_layers) for p in range(length)]
+
+
+@pytest.mark.parametrize("name", ["trained_one_layer", "trained_tiny"])
+def test_identities_of_restoring_the_clean_run(request, name, world, vocab):
+    model = request.getfixturevalue(name)
+    components = [c for c in COMPONENTS if not (c == "mlp_out" and model.cfg.attn_only)]
+    last = model.cfg.n_layers - 1
+    for index, direction in [(0, "forward"), (3, "reverse")]:
+        example = vocab.example(world, index, direction)
+        given = given_positions(vocab, world, index, direction, example)
+        assert given == (0,)  # "A →": the given entity is the first token
+        everything = tuple(range(len(example.prompt)))
+        sites = sites_of(model, components, len(example.prompt)) + [
+            Site("resid_pre", layer, positions) for layer in range(model.cfg.n_layers) for positions in (given, everything)
+        ] + [Site("resid_post", last, everything)]
+        quiet = trace_sites(model, example, given, sites, noise_multiple=0.0, n_samples=2)
+        assert same(quiet.restored, quiet.clean)
+        assert same(quiet.corrupted, quiet.clean)
+
+        traced = trace_sites(model, example, given, sites, n_samples=3, seed=index)
+        restored = dict(zip(traced.sites, traced.restored))
+        assert (traced.corrupted - traced.clean).abs().min() > 1e-3  # the noise does change the answer
+        # the input of layer 0 at the noised positions, or of any layer at every position: the clean run
+        for site in [Site("resid_pre", 0, given)] + [Site("resid_pre", layer, everything)
+                                                     for layer in range(model.cfg.n_layers)]:
+            assert same(restored[site], traced.clean)
+        clean_everywhere = restored[Site("resid_post", last, everything)]
+        assert same(clean_everywhere, traced.clean)
+        # one-token answers are read at the last position only: the final state there is the clean answer,
+        # the final state at the given entity is never read
+        assert same(restored[Site("resid_post", last, (1,))], traced.clean)
+        assert same(restored[Site("resid_post", last, (0,))], traced.corrupted)
+        # the relation token before layer 0 is untouched by the noise: restoring it changes nothing
+        assert same(restored[Site("resid_pre", 0, (1,))], traced.corrupted)
+
+
+def test_the_trained_fact_is_recovered_where_it_lives(trained_tiny, world, vocab):
+    chosen = one_way_statements(world, "train", "forward") + one_way_statements(world, "heldout", "reverse")
+    table = trace_facts(trained_tiny, world, vocab, chosen, components=("resid_pre", "resid_post", "mlp_out"),
+                        n_samples=3)
+    average = average_over_statements(table).set_index(["split", "direction", "component", "layer", "bucket"])["mean"]
+    trained = table[table.split == "train"].drop_duplicates("fact")
+    assert trained.clean_prob.mean() > 0.9 and trained.corrupted_prob.mean() < 0.5 * trained.clean_prob.mean()
+    gap = trained.clean_prob.mean() - trained.corrupted_prob.mean()
+    early, late = average.loc[("train", "forward", "resid_pre", 0)], average.loc[("train", "forward", "resid_post", 1)]
+    # early: the subject's own position carries it all; late: the last position
+    assert early["given last"] == pytest.approx(gap, abs=1e-6) and early["last"] == pytest.approx(0, abs=1e-6)
+    assert late["last"] == pytest.approx(gap, abs=1e-6) and late["given last"] == pytest.approx(0, abs=1e-6)
+    # between them the fact moves from the subject to the last position: the MLP of layer 0 at the
+    # subject does part of the work, at the last position of the last layer more of it
+    mlp = average.loc[("train", "forward", "mlp_out")]
+    assert mlp[(1, "last")] > 0.1 * gap
+    # the held-out reverse is not known, so nothing recovers it: every restored probability stays at chance
+    heldout = table[table.split == "heldout"]
+    assert heldout.clean_prob.max() < 0.05 and heldout.prob.max() < 0.05
+    headline = tracing_headline(table)
+    assert set(headline) == {"train/forward", "heldout/reverse"}
+    assert headline["train/forward"]["components"]["resid_pre"]["peak_bucket"] in ("given last", "last")
+    assert headline["heldout/reverse"]["components"]["resid_post"]["max_restored_prob"] < 0.05
+
+
+def test_buckets_follow_meng_et_al():
+    assert buckets(9, (2, 3, 4)) == ["before", "before", "given first", "given middle", "given last", "after first",
+                                     "further", "further", "last"]
+    assert buckets(2, (0,)) == ["given last", "last"]
+
+
+def test_bad_sites_are_refused(trained_one_layer, world, vocab):
+    example = vocab.example(world, 0, "forward")
+    with pytest.raises(ValueError, match="no MLP"):
+        trace_sites(trained_one_layer, example, (0,), [Site("mlp_out", 0, (0,))])
+    with pytest.raises(ValueError, match="out of range"):
+        trace_sites(trained_one_layer, example, (0,), [Site("resid_pre", 1, (0,))])
+    with pytest.raises(ValueError, match="prompt positions"):
+        trace_sites(trained_one_layer, example, (5,), [Site("resid_pre", 0, (0,))])
+
+
+# --- SmolLM2 --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def celebrity_pair():
+    """Two celebrity facts (child → parent, as check-asymmetry asks them)."""
+    facts = celebrity.load_celebrity_pairs()
+    return FactSet(tuple(facts)[:2], world="celebrity")
+
+
+def test_smollm2_identities_and_entity_positions(smollm2_hooked, smollm2_tokenizer, celebrity_pair):
+    statements = TemplateTokenizer(smollm2_tokenizer, celebrity.TEMPLATES)
+    example = statements.example(celebrity_pair, 0, "forward")
+    given = given_positions(statements, celebrity_pair, 0, "forward", example)
+    spelled = smollm2_tokenizer.decode([example.prompt[p] for p in given]).strip()
+    assert spelled == celebrity_pair[0].subject
+    model, last = smollm2_hooked, smollm2_hooked.cfg.n_layers - 1
+    assert len(example.answer) > 1  # later answer tokens read the entity through earlier answer positions too
+    everything = tuple(range(len(example.prompt) + len(example.answer)))
+    sites = [Site("resid_pre", 0, given), Site("resid_pre", 10, everything), Site("resid_post", last, everything)]
+    before = [Site("resid_pre", layer, (0,)) for layer in (0, 20)] if given[0] > 0 else []
+    traced = trace_sites(model, example, given, sites + before, n_samples=2)
+    assert (traced.corrupted - traced.clean).abs().max() > 1e-2
+    for restored in traced.restored[:3]:
+        assert same(restored, traced.clean)
+    for restored in traced.restored[3:]:  # a position before the entity is the same in both runs
+        assert same(restored, traced.corrupted)
+    table = trace(model, example, given, components=("resid_post",), layers=[0, 15, last], n_samples=2)
+    assert len(table) == 3 * len(example.prompt) and math.isfinite(table.prob.sum())
+
+
+# --- the weight change read at the entities --------------------------------------------------------
+
+
+def test_no_weight_change_reads_zero(tiny_before_after, world, vocab):
+    before, _ = tiny_before_after
+    table = weight_change_table(before, copy.deepcopy(before), world, vocab, vocab.entity_ids, n_controls=8)
+    assert set(table.circuit) == {"delta_mlp", "delta_ov"} and len(table) == 2 * 2 * len(world)
+    assert (table.entry_ab == 0).all() and (table.entry_ba == 0).all()
+
+
+def test_a_change_of_the_mlp_output_weights_is_read_exactly(tiny_before_after, world, vocab):
+    """With only W_out changed the MLP's output is linear in the change: the read is the exact difference
+    of the two MLPs' outputs at the subject's state, dotted with the object's unembedding (final norm's
+    scale)."""
+    before, _ = tiny_before_after
+    after = copy.deepcopy(before)
+    with torch.no_grad():
+        after.blocks[1].mlp.W_out.add_(0.1 * torch.randn(after.blocks[1].mlp.W_out.shape,
+                                                         generator=torch.Generator().manual_seed(1)))
+    table = weight_change_table(before, after, world, vocab, vocab.entity_ids, layers=[1], n_controls=8)
+    mlp = table[table.circuit == "delta_mlp"].set_index("fact")
+    assert (table[table.circuit == "delta_ov"].entry_ab.abs() < 1e-6).all()
+    for index in (0, 5):
+        example = vocab.example(world, index, "forward")
+        with torch.no_grad():
+            _, cache = before.run_with_cache(torch.tensor([example.prompt]))
+            x = before.blocks[1].ln2(cache["blocks.1.hook_resid_mid"][:, 0])
+            change = after.blocks[1].mlp(x[:, None]) - before.blocks[1].mlp(x[:, None])
+        target = before.W_U[:, vocab.entity_ids(world[index].object)[0]] * before.ln_final.w
+        target = target - target.mean()
+        assert float(mlp.entry_ab[index]) == pytest.approx(float(change[0, 0] @ target), rel=1e-4, abs=1e-6)
+
+
+def test_training_moves_the_trained_direction_not_the_held_out_one(tiny_before_after, world, vocab):
+    before, after = tiny_before_after
+    table = weight_change_table(before, after, world, vocab, vocab.entity_ids)
+    summary = {row["circuit"]: row for row in circuit_summary(table)}
+    assert set(summary) == {"delta_mlp L0", "delta_mlp L1", "delta_ov L0", "delta_ov L1"}
+    for row in summary.values():
+        assert row["n_one_way"] == 60
+        assert row["z_trained"] > 0.4 and abs(row["z_heldout"]) < 0.4 and row["asymmetry"] > 0.4
+
+
+# --- finetune-facts' record: before and after ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(smollm2_tokenizer, tmp_path_factory):
+    """A tiny random Llama over SmolLM2's tokenizer, as a HookedTransformer."""
+    from models.pretrained import load
+    from tiny_models import save_tiny, tiny_config
+
+    folder = save_tiny(tmp_path_factory.mktemp("llama"), tiny_config("llama"), smollm2_tokenizer)
+    return load(folder, backend="hooked", device="cpu")
+
+
+def test_finetune_tracing_records_before_and_after(tiny_llama, smollm2_tokenizer, tmp_path):
+    from analyses.finetune_tracing import FinetuneTracing, format_finetune_tracing
+    from facts.language import people_world
+
+    model = copy.deepcopy(tiny_llama)
+    facts = people_world(n_per_group=4, seed=0, groups=("p2d",))
+    tracer = FinetuneTracing(model, facts, smollm2_tokenizer, n_facts=1, n_samples=2)
+    with torch.no_grad():  # "fine-tuning" that moves the MLPs' output weights only
+        for block in model.blocks:
+            block.mlp.W_out.add_(0.2 * torch.randn(block.mlp.W_out.shape, generator=torch.Generator().manual_seed(0)))
+    entry = tracer.finish(model, tmp_path)
+    assert entry["figures"] == ["tracing_before.png", "tracing_after.png", "weight_change.png"]
+    table = pd.read_csv(tmp_path / "tracing.csv")
+    assert set(zip(table.stage, table.direction)) == {(s, d) for s in ("before", "after") for d in ("forward", "reverse")}
+    assert set(entry["after"]) == {"train/forward", "heldout/reverse"}
+    before, after = (table[table.stage == s].clean_logprob.unique() for s in ("before", "after"))
+    assert not set(before) & set(after)  # the model did change
+    changes = pd.read_csv(tmp_path / "weight_change.csv")
+    assert (changes[changes.circuit == "delta_ov"].entry_ab.abs() < 1e-6).all()
+    assert (changes[changes.circuit == "delta_mlp"].entry_ab.abs() > 1e-6).all()
+    assert "weight change read at the entities" in format_finetune_tracing(entry)
+    # compare's columns for the fine-tuned row read the same entry
+    from analyses.compare import tracing_columns
+
+    (tmp_path / "summary.json").write_text(json.dumps({"tracing": entry}))
+    columns = tracing_columns(tmp_path)
+    components = entry["after"]["heldout/reverse"]["components"].values()
+    assert columns["reverse_max_restored"] == max(c["max_restored_prob"] for c in components)
+    mlp = entry["after"]["train/forward"]["components"]["mlp_out"]
+    assert columns["forward_peak_mlp"] == f"L{mlp['peak_layer']} {mlp['peak_bucket']}"
+    assert columns["delta_mlp_peak_layer"].startswith("delta_mlp L")
