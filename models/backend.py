@@ -59,11 +59,17 @@ else:  # removed in 4.0; nothing is ever an instance of it
     OFFICIAL_MODEL_NAMES: list[str] = []
     TL_MODEL_TYPES = (TransformerBridge,)
 
+HOOKED_HINT: str = (
+    "load it with backend='hooked' (a HookedTransformer)" if TL_MAJOR < 4 else
+    "TransformerLens 4 has no HookedTransformer: install transformer-lens 3.9 "
+    "(pip install 'transformer-lens>=3.9,<4') and load it with backend='hooked'")
+"""How a refusal that only a ``HookedTransformer`` avoids names the way out, under the installed line."""
+
 TLModel = Any
 """A ``HookedTransformer`` (3.9) or a ``TransformerBridge`` (either line): what the probes take."""
 
 __all__ = [
-    "ActivationCache", "FactoredMatrix", "apply_softcap", "HookedTransformer", "HookedTransformerConfig",
+    "ActivationCache", "FactoredMatrix", "HOOKED_HINT", "apply_softcap", "HookedTransformer", "HookedTransformerConfig",
     "OFFICIAL_MODEL_NAMES", "POST_NORM_ARCHITECTURES", "loading_from_pretrained",
     "TL_MAJOR", "TL_MODEL_TYPES", "TL_VERSION", "TLModel", "TransformerBridge", "TransformerLensKeyValueCache",
     "TransformerLensKeyValueCacheEntry", "build_native", "get_act_name", "has_kv_cache", "hooked_init_state",

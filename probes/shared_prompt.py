@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from facts.tokens import Example
 from models.backend import (
+    HOOKED_HINT,
     TLModel,
     TransformerLensKeyValueCache,
     TransformerLensKeyValueCacheEntry,
@@ -72,7 +73,7 @@ class _PrefixCache:
             raise RuntimeError(
                 f"transformers {transformers.__version__} passes attention its key/value cache as `cache=`, which "
                 "TransformerBridge (transformer-lens 3.9 and 4.3) does not read: cached scores would ignore the "
-                "prompt. Install transformers<5.24 or load the model with backend='hooked'.")
+                f"prompt. Install transformers<5.24, or {HOOKED_HINT}.")
 
     def prefix(self, tokens: Int[Tensor, "s pos"]) -> tuple[Float[Tensor, "s d_vocab"], Any]:
         if self.hooked:
