@@ -183,10 +183,12 @@ def _run_noised(model: Any, tokens: Int[Tensor, "batch pos"], add_noise: Any, na
     """Logits and cache (``names``) of the corrupted run: ``add_noise`` at ``hook_embed``."""
     cache: dict[str, Tensor] = {}
 
-    def keep(activation: Tensor, hook: Any) -> None:
-        cache[hook.name] = activation.detach()
+    def keeper(name: str) -> Any:  # by the name asked for: a bridge's hook point calls itself by its own name
+        def keep(activation: Tensor, hook: Any) -> None:
+            cache[name] = activation.detach()
+        return keep
 
-    hooks = [("hook_embed", add_noise)] + [(name, keep) for name in names]
+    hooks = [("hook_embed", add_noise)] + [(name, keeper(name)) for name in names]
     return model.run_with_hooks(tokens, fwd_hooks=hooks), cache
 
 
