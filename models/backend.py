@@ -72,7 +72,7 @@ __all__ = [
     "ActivationCache", "FactoredMatrix", "HOOKED_HINT", "apply_softcap", "HookedTransformer", "HookedTransformerConfig",
     "OFFICIAL_MODEL_NAMES", "POST_NORM_ARCHITECTURES", "loading_from_pretrained",
     "TL_MAJOR", "TL_MODEL_TYPES", "TL_VERSION", "TLModel", "TransformerBridge", "TransformerLensKeyValueCache",
-    "TransformerLensKeyValueCacheEntry", "build_native", "get_act_name", "has_kv_cache", "hooked_init_state",
+    "TransformerLensKeyValueCacheEntry", "build_native", "copy_model", "get_act_name", "has_kv_cache", "hooked_init_state",
     "hooked_state_dict", "is_hooked", "is_native_bridge", "is_tl_model", "load_hooked_state_dict", "patching",
     "runs_from_layer",
 ]
@@ -101,6 +101,23 @@ def runs_from_layer(model: object) -> bool:
     if is_hooked(model):
         return True
     return TL_MAJOR >= 4 and isinstance(model, TransformerBridge) and bool(getattr(model, "compatibility_mode", False))
+
+
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` that runs on its own, also after ``model`` is freed.
+
+    TransformerLens 4's bridge blocks install forward hooks whose closures hold weak proxies to the
+    block (and its attention); ``copy.deepcopy`` keeps those closures, so the copy's hooks would act
+    on the original and fail once it is gone. They are removed from the copy, which installs its
+    own at its next forward. Any other model: ``copy.deepcopy``.
+    """
+    import copy
+
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if hasattr(module, "_teardown_capture_hooks"):
+            module._teardown_capture_hooks()
+    return twin
 
 
 # --- from-scratch models ---------------------------------------------------------------------------
