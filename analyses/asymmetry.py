@@ -45,14 +45,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
-from transformer_lens import HookedTransformer
-from transformer_lens.model_bridge import TransformerBridge
 
 from analyses.reproduce import _write_json, write_csv
 from analyses.stats import ci95_half_width
 from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer, controls
 from facts.schema import Direction, FactError, FactSet
+from models.backend import is_hooked, is_tl_model
 from models.pretrained import DEFAULT_MODEL, Backend, TLModel, load, load_tokenizer
 from models.scoring import model_device
 from probes.shared_prompt import candidate_logprobs_cached
@@ -279,7 +278,7 @@ def check_asymmetry(
     if n_controls < 1:
         raise ValueError(f"n_controls must be ≥ 1, got {n_controls}")
     facts = load_celebrity_pairs(data)  # before the model: a bad file fails in milliseconds
-    if isinstance(model_name_or_path, (HookedTransformer, TransformerBridge)):
+    if is_tl_model(model_name_or_path):
         model, tokenizer, name = model_name_or_path, model_name_or_path.tokenizer, model_name_or_path.cfg.model_name
     else:
         model = load(model_name_or_path, backend=backend, device=device)
@@ -295,7 +294,7 @@ def check_asymmetry(
         "experiment": "asymmetry",
         "model": model.cfg.model_name,
         "model_name_or_path": name,
-        "backend": "hooked" if isinstance(model, HookedTransformer) else "bridge",
+        "backend": "hooked" if is_hooked(model) else "bridge",
         "device": str(model_device(model)),
         "data": facts.meta["source"],
         "rows": facts.meta["rows"],

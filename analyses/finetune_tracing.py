@@ -11,7 +11,6 @@ statements traced again; :func:`probes.circuits.weight_change_table` per layer).
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,9 @@ class FinetuneTracing:
         self.facts, self.tokenizer, self.n_samples, self.seed = facts, tokenizer, n_samples, seed
         tested = [i for i, f in enumerate(facts) if f.forward == "train" and f.reverse == "heldout"][:n_facts]
         self.chosen = [(i, d) for i in tested for d in ("forward", "reverse")]
-        self.before = copy.deepcopy(model).eval()
+        from models.backend import copy_model
+
+        self.before = copy_model(model).eval()  # runs on its own once `model` is released
         began = time.perf_counter()
         self.tables = {"before": self._trace(model)}
         self.seconds = {"before": time.perf_counter() - began}

@@ -62,7 +62,7 @@ def _token(entity: str) -> list[int]:
 def _full_head_entries(model, facts):
     """Entries [A,B] and [B,A] of OV head (0, 0), read off the full-vocabulary product."""
     import torch
-    from transformer_lens import FactoredMatrix
+    from models.backend import FactoredMatrix
 
     with torch.no_grad():
         full = FactoredMatrix((model.W_E * model.blocks[0].ln1.w) @ model.W_V[0, 0],

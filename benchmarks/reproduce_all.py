@@ -44,7 +44,7 @@ def run(seed: int, only: list[str] | None) -> dict:
     from analyses.experiments import EXPERIMENTS, REPRODUCE
     from analyses.sweep import headline, numbers
 
-    import transformer_lens  # noqa: F401  (imported by the first experiment otherwise)
+    import models.backend  # noqa: F401  (TransformerLens: imported by the first experiment otherwise)
 
     result = {"seed": seed, "load_before": load(), "experiments": {},
               "imports": {"wall": time.perf_counter() - began_wall, "cpu": time.process_time() - began_cpu}}

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,13 +90,15 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"step-{step:06d}"
-    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
-    if broken:
+    state = _model_state(model)  # named as the checkpoint names them, under either TransformerLens line
+    if not all(torch.isfinite(p.detach()).all() for p in model.parameters()):
+        broken = [name for name, value in state.items() if value.is_floating_point() and not _is_constant_buffer(name)
+                  and not torch.isfinite(value.detach()).all()]
         raise CheckpointError(
             f"step {step}: parameter(s) {broken[:5]} hold NaN or inf; checkpoint not written, the last good "
             f"one in {directory} is kept"
         )
-    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in state.items()}
     optim_meta = None
     if optimizer is not None:
         optim_tensors, optim_meta = _optimizer_tensors(optimizer)
@@ -176,14 +179,31 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(int(meta["step"]), model_state, optimizer_state, meta, path)
 
 
+def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores of ``model``: its state dict, in HookedTransformer's keys and shapes for a
+    TransformerLens 4 native bridge (``models.backend.hooked_state_dict``), so either line reads it."""
+    if "transformer_lens" not in sys.modules:  # not a TransformerLens model: no need to import it
+        return model.state_dict()
+    from models.backend import hooked_state_dict
+
+    return hooked_state_dict(model)
+
+
+def _is_constant_buffer(key: str) -> bool:
+    """A HookedTransformer buffer every model of its config computes alike (causal mask, rotary tables):
+    a checkpoint written under TransformerLens 4 does not carry it, one from 3.9 does."""
+    return key.endswith((".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos"))
+
+
 def restore_model(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
     """Load weights into ``model``, with an error naming every mismatched tensor."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(checkpoint.model_state))
-    unexpected = sorted(set(checkpoint.model_state) - set(own))
+    own = _model_state(model)
+    saved = {k: v for k, v in checkpoint.model_state.items() if k in own or not _is_constant_buffer(k)}
+    missing = sorted(k for k in set(own) - set(saved) if not _is_constant_buffer(k))
+    unexpected = sorted(set(saved) - set(own))
     wrong = sorted(
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in checkpoint.model_state.items()
+        for k, v in saved.items()
         if k in own and v.shape != own[k].shape
     )
     if missing or unexpected or wrong:
@@ -192,4 +212,10 @@ def restore_model(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
         raise CheckpointError(
             f"{checkpoint.path}: checkpoint does not match the model config: " + "; ".join(p for p in problems if p)
         )
-    model.load_state_dict(checkpoint.model_state)
+    state = {**own, **saved}  # a constant buffer the checkpoint lacks is the model's own
+    if "transformer_lens" not in sys.modules:
+        model.load_state_dict(state)
+        return
+    from models.backend import load_hooked_state_dict
+
+    load_hooked_state_dict(model, state)

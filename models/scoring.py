@@ -41,7 +41,7 @@ def hooked_readout(model: torch.nn.Module, residual: Float[Tensor, "n d_model"])
     ``softcap(ln_final(x) W_U + b_U)``. Each step is per position, so these are exactly those rows
     of the full logits, at the cost of the rows kept (the trainer and cached scoring unembed only
     the positions they read)."""
-    from transformer_lens.utilities.activation_functions import apply_softcap
+    from models.backend import apply_softcap
 
     residual = residual[None]  # [1, n, d_model]: the modules' own shapes, so their hooks fire as in a forward
     if model.cfg.normalization_type is not None:

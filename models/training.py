@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -163,9 +164,9 @@ def batch_loss(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"],
     logits itself; for a ``HookedTransformer`` the final norm and W_U are per position, so they are
     applied to the residual stream at the positions p − 1 that predict an answer token p alone
     (:func:`models.scoring.hooked_readout`: exactly those rows of the full logits). Any other
-    model: its full logits.
+    model (a TransformerBridge, whose ``stop_at_layer`` at the last layer still unembeds): its full logits.
     """
-    from transformer_lens import HookedTransformer
+    from models.backend import is_hooked
 
     answered = answer_mask.any(0).nonzero()
     if len(answered):
@@ -174,7 +175,7 @@ def batch_loss(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"],
     predicting = answer_mask[:, 1:]
     if hasattr(model, "answer_logits"):
         logits = model.answer_logits(tokens, answer_mask)
-    elif isinstance(model, HookedTransformer):
+    elif is_hooked(model):
         logits = hooked_readout(model, model(tokens, stop_at_layer=model.cfg.n_layers)[:, :-1][predicting])
     else:
         return answer_loss(model(tokens), tokens, answer_mask)
@@ -234,6 +235,25 @@ def _check_resumable(path: Path, step: int, saved: Mapping[str, Any], config: Tr
                             f"use the checkpoint's settings or start afresh without resume")
 
 
+def _optimizer_layout(model: torch.nn.Module) -> str | None:
+    """``"transformer-lens-4"`` for a TransformerLens 4 native bridge, whose parameters (hence the optimizer
+    state's order and shapes) are laid out unlike HookedTransformer's; None for every other model."""
+    if "transformer_lens" not in sys.modules:
+        return None
+    from models.backend import is_native_bridge
+
+    return "transformer-lens-4" if is_native_bridge(model) else None
+
+
+def _check_optimizer_layout(path: Path, saved: str | None, now: str | None) -> None:
+    """Refuse to resume optimizer state written for another parameter layout (the other TransformerLens line)."""
+    if saved != now:
+        lines = {None: "TransformerLens 3.9's HookedTransformer", "transformer-lens-4": "TransformerLens 4's bridge"}
+        raise TrainingError(f"{path}: its optimizer state was written for {lines.get(saved, saved)}, this run trains "
+                            f"{lines.get(now, now)}; resume under the TransformerLens line that wrote it, or start "
+                            "afresh (its weights load under either line for probing)")
+
+
 def train(
     model: torch.nn.Module,
     train_set: TokenizedFacts,
@@ -288,6 +308,7 @@ def _train(
     if resume and list_checkpoints(checkpoint_dir):
         checkpoint = load_checkpoint(checkpoint_dir)
         _check_resumable(checkpoint.path, checkpoint.step, checkpoint.meta, config, model_card or {}, run_card)
+        _check_optimizer_layout(checkpoint.path, checkpoint.meta.get("optimizer_layout"), _optimizer_layout(model))
         restore_model(model, checkpoint)
         if checkpoint.optimizer_state is not None:
             optimizer.load_state_dict(checkpoint.optimizer_state)
@@ -295,6 +316,8 @@ def _train(
     elif checkpoint_dir is not None:
         remove_checkpoints(checkpoint_dir)  # a fresh run: an earlier run's later steps must not pass for ours
     meta = {"model": dict(model_card or {}), "train_config": asdict(config), "run": dict(run_card)}
+    if _optimizer_layout(model):
+        meta["optimizer_layout"] = _optimizer_layout(model)
 
     def checkpoint(step: int) -> None:
         if checkpoint_dir is not None:

@@ -1,4 +1,6 @@
-"""HookedTransformer configurations by name, for training from scratch on token worlds.
+"""Transformer configurations by name, for training from scratch on token worlds: a
+``HookedTransformer`` under TransformerLens 3.9, the native ``TransformerBridge`` under 4.x, with
+the same initial weights for the same seed (``models.backend``).
 
 =============  ======  =======  =====  =====  =========================================
 name           layers  d_model  heads  d_mlp  use
@@ -11,8 +13,9 @@ name           layers  d_model  heads  d_mlp  use
 =============  ======  =======  =====  =====  =========================================
 
 Positional encoding: ``absolute`` (learned, TransformerLens "standard"), ``rotary``, or
-``none`` (no positional signal: the learned table is zeroed and frozen, so a model with
-``none`` has exactly the parameters of ``absolute`` and loads the same checkpoints shape-wise).
+``none`` (no positional signal: the learned table is zeroed and frozen, under both lines, so a
+model with ``none`` has exactly the parameters of ``absolute`` and loads the same checkpoints
+shape-wise).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ POSITIONALS: tuple[str, ...] = ("absolute", "rotary", "none")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Architecture of a from-scratch HookedTransformer (the vocabulary comes from the world)."""
+    """Architecture of a from-scratch transformer (the vocabulary comes from the world)."""
 
     n_layers: int
     d_model: int
@@ -53,12 +56,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None,
-                  n_layers: int | None = None):
-    """The ``HookedTransformerConfig`` for a named spec over a ``d_vocab``-token vocabulary;
+def model_fields(name: str, d_vocab: int, positional: Positional = "absolute",
+                 n_layers: int | None = None) -> dict[str, Any]:
+    """The architecture of a named spec over a ``d_vocab``-token vocabulary, as config fields both
+    ``HookedTransformerConfig`` (TransformerLens 3.9) and ``TransformerBridgeConfig`` (4.x) take;
     ``n_layers`` replaces the spec's depth (Zhu et al.'s ``--n_layers``), every other size kept."""
-    from transformer_lens import HookedTransformerConfig
-
     if name not in SPECS:
         raise ValueError(f"unknown model name {name!r}; choose one of {sorted(SPECS)}")
     if positional not in POSITIONALS:
@@ -68,7 +70,7 @@ def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", 
     if n_layers is not None and n_layers < 1:
         raise ValueError(f"n_layers must be ≥ 1, got {n_layers}")
     spec = SPECS[name] if n_layers is None else replace(SPECS[name], n_layers=n_layers)
-    return HookedTransformerConfig(
+    return dict(
         n_layers=spec.n_layers,
         d_model=spec.d_model,
         n_heads=spec.n_heads,
@@ -80,25 +82,43 @@ def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", 
         n_ctx=spec.n_ctx,
         normalization_type="LN",
         positional_embedding_type="rotary" if positional == "rotary" else "standard",
-        seed=seed,
-        device=str(device or default_device()),
         default_prepend_bos=False,
     )
 
 
+def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None,
+                  n_layers: int | None = None):
+    """The ``HookedTransformerConfig`` for a named spec (TransformerLens 3.9 only)."""
+    from models.backend import HookedTransformerConfig
+
+    if HookedTransformerConfig is None:
+        raise RuntimeError("HookedTransformerConfig was removed in TransformerLens 4; use build_model")
+    return HookedTransformerConfig(**model_fields(name, d_vocab, positional, n_layers), seed=seed,
+                                   device=str(device or default_device()))
+
+
 def build_model(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None,
                 n_layers: int | None = None):
-    """A freshly initialised ``HookedTransformer`` (seeded, so the same seed gives the same weights);
-    ``n_layers``: the spec's depth replaced (:func:`hooked_config`)."""
-    from transformer_lens import HookedTransformer
+    """A freshly initialised model of a named spec: a ``HookedTransformer`` under TransformerLens 3.9, a
+    ``TransformerBridge`` over the native model under 4.x (``models.backend``); the same seed gives the same
+    weights under both. ``n_layers``: the spec's depth replaced (:func:`model_fields`).
 
-    cfg = hooked_config(name, d_vocab, positional, seed, device, n_layers)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
-        model = HookedTransformer(cfg)
+    Positional ``none`` under both: the learned position table (``W_pos``) is zeroed and frozen
+    (``requires_grad=False``, so no optimizer ever moves it).
+    """
+    from models.backend import TL_MAJOR, HookedTransformer, build_native
+
+    if TL_MAJOR >= 4:
+        fields = model_fields(name, d_vocab, positional, n_layers)
+        model = build_native(fields, seed, torch.device(device or default_device()))
+    else:
+        cfg = hooked_config(name, d_vocab, positional, seed, device, n_layers)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
+            model = HookedTransformer(cfg)
     if positional == "none":
-        model.pos_embed.W_pos.data.zero_()
-        model.pos_embed.W_pos.requires_grad_(False)
+        model.W_pos.data.zero_()
+        model.W_pos.requires_grad_(False)
     return model
 
 

@@ -33,11 +33,9 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import patching
-from transformer_lens.utilities import get_act_name
-from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from facts.tokens import Example, TokenizedFacts
+from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, get_act_name, patching
 from probes.hooks import check_layer, hook_names
 
 Statements = Sequence[Example] | TokenizedFacts
@@ -133,8 +131,8 @@ def folded(model: Any) -> Any:
                                        center_unembed=False, fold_value_biases=False)
     if not _final_norm_is_plain(twin):
         remedy = ("were its weights already processed without fold_ln?" if hasattr(twin, "load_and_process_state_dict")
-                  else "TransformerBridge 3.9 leaves this architecture's final norm unfolded; load it with "
-                       "backend='hooked' where TransformerLens converts the architecture (Gemma 1/2/3 yes, OLMo 2 no)")
+                  else "TransformerBridge leaves this architecture's final norm unfolded; where TransformerLens "
+                       f"converts the architecture (Gemma 1/2/3 yes, OLMo 2 no), {HOOKED_HINT}")
         raise ValueError(f"{model.cfg.model_name}: could not fold the final norm of this {type(model).__name__} "
                          f"({remedy}); direct logit attribution would be wrong, so it is refused")
     return twin.eval()
@@ -155,7 +153,7 @@ def _post_attention_norm(model: Any) -> str | None:
     if hasattr(block, "ln1_post") or model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
         raise ValueError(
             f"{model.cfg.model_name}: a TransformerBridge model with a norm after attention (Gemma 2/3, OLMo 2) "
-            "gets no per-head attribution here; load it with backend='hooked', or attribute by='layer'"
+            f"gets no per-head attribution here; {HOOKED_HINT}, or attribute by='layer'"
         )
     return None
 

@@ -442,7 +442,10 @@ def _delta_ov(before_attention, after_attention, x: Float[Tensor, "rows d_model"
     """Σ_h x·(W_V'^h W_O'^h − W_V^h W_O^h): what every head would write, attending to ``x`` alone, after
     minus before (exact in the weights; value and output biases left out)."""
     def written(attention) -> Tensor:
-        values = einops.einsum(x, attention.W_V.detach().float(), "rows d_model, head d_model d_head -> rows head d_head")
+        w_v, w_o = attention.W_V.detach().float(), attention.W_O
+        if len(w_v) != len(w_o):  # key/value heads not repeated (TransformerLens 4's bridge): query head h reads h // group
+            w_v = w_v.repeat_interleave(len(w_o) // len(w_v), dim=0)
+        values = einops.einsum(x, w_v, "rows d_model, head d_model d_head -> rows head d_head")
         return einops.einsum(values, attention.W_O.detach().float(),
                              "rows head d_head, head d_head d_model -> rows d_model")
 

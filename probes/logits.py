@@ -26,12 +26,11 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.model_bridge import TransformerBridge
 
 from facts.language import answers_of_kind, controls
 from facts.schema import Direction, FactSet
 from facts.tokens import Example, FactTokenizer, collate
+from models.backend import has_kv_cache
 from models.scoring import Model, model_device, score_answers
 from probes.shared_prompt import candidate_logprobs_cached
 
@@ -87,7 +86,7 @@ def answers_logprobs(
         if all(e.prompt == row[0].prompt for row in examples for e in row):
             ids = torch.tensor([[e.answer[0] for e in row] for row in examples])
             return _next_token_gather(model, prompts, ids, pad_id)
-    if isinstance(model, (HookedTransformer, TransformerBridge)) and all(
+    if has_kv_cache(model) and all(
         e.prompt == row[0].prompt for row in examples for e in row
     ):
         return candidate_logprobs_cached(model, examples).logprob

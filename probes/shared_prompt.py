@@ -15,17 +15,19 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-import transformers
 from jaxtyping import Bool, Float, Int
 from packaging.version import Version
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from facts.tokens import Example
-from models.pretrained import TLModel
+from models.backend import (
+    HOOKED_HINT,
+    TLModel,
+    TransformerLensKeyValueCache,
+    TransformerLensKeyValueCacheEntry,
+    is_hooked,
+)
 from models.scoring import hooked_readout, model_device
 
 
@@ -63,13 +65,15 @@ class _PrefixCache:
 
     def __init__(self, model: TLModel):
         self.model = model
-        self.hooked = isinstance(model, HookedTransformer)
+        self.hooked = is_hooked(model)
+        import transformers  # the current module object (the TransformerLens 4.3 venv replaced it after import)
+
         if not self.hooked and Version(transformers.__version__) >= Version("5.24"):
             # the pin in pyproject.toml, checked where a forced upgrade would give silently wrong numbers
             raise RuntimeError(
                 f"transformers {transformers.__version__} passes attention its key/value cache as `cache=`, which "
-                "TransformerBridge (transformer-lens 3.9) does not read: cached scores would ignore the prompt. "
-                "Install transformers<5.24 or load the model with backend='hooked'.")
+                "TransformerBridge (transformer-lens 3.9 and 4.3) does not read: cached scores would ignore the "
+                f"prompt. Install transformers<5.24, or {HOOKED_HINT}.")
 
     def prefix(self, tokens: Int[Tensor, "s pos"]) -> tuple[Float[Tensor, "s d_vocab"], Any]:
         if self.hooked:

@@ -35,8 +35,9 @@ Speed. The restored runs of layer l share everything below l with the corrupted 
 start at layer l from the corrupted run's cached ``resid_pre`` (``start_at_layer``), and all
 (site, sample) pairs of one layer go through the model as one batch (``batch_size`` rows at a
 time): L·(components)·S rows per layer, about half the cost of running every row from the
-embeddings. A TransformerBridge has no ``start_at_layer`` and is refused (load the model with
-``backend="hooked"``).
+embeddings. TransformerLens 3.9's TransformerBridge has no ``start_at_layer`` and is refused (load
+the model with ``backend="hooked"``: a HookedTransformer under 3.9, the bridge in compatibility mode
+under 4.x, :func:`models.backend.runs_from_layer`).
 
 Averaging over facts. Prompts differ in length, so positions are put in Meng et al.'s buckets
 (:data:`BUCKETS`): tokens before the given entity, its first, middle and last tokens, the first
@@ -56,11 +57,11 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from facts.language import render_statement
 from facts.schema import Direction, FactError, FactSet
 from facts.tokens import Example
+from models.backend import runs_from_layer
 from models.scoring import token_logprobs
 from probes.hooks import check_layer, hook_names
 
@@ -98,7 +99,7 @@ def noise_std(model: Any, multiple: float = NOISE_MULTIPLE) -> float:
 
 
 def _check_model(model: Any) -> None:
-    if not isinstance(model, HookedTransformer):
+    if not runs_from_layer(model):
         raise ValueError(
             f"causal tracing runs the restored runs from their layer (start_at_layer), which a "
             f"{type(model).__name__} does not offer; load the model with backend='hooked'")
@@ -182,10 +183,12 @@ def _run_noised(model: Any, tokens: Int[Tensor, "batch pos"], add_noise: Any, na
     """Logits and cache (``names``) of the corrupted run: ``add_noise`` at ``hook_embed``."""
     cache: dict[str, Tensor] = {}
 
-    def keep(activation: Tensor, hook: Any) -> None:
-        cache[hook.name] = activation.detach()
+    def keeper(name: str) -> Any:  # by the name asked for: a bridge's hook point calls itself by its own name
+        def keep(activation: Tensor, hook: Any) -> None:
+            cache[name] = activation.detach()
+        return keep
 
-    hooks = [("hook_embed", add_noise)] + [(name, keep) for name in names]
+    hooks = [("hook_embed", add_noise)] + [(name, keeper(name)) for name in names]
     return model.run_with_hooks(tokens, fwd_hooks=hooks), cache
 
 

@@ -46,12 +46,72 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 
 
+SECOND_LINE_LEAVES_OUT: dict[str, str] = {
+    # tests that build no TransformerLens model: the same code runs under either line
+    "tests/facts/": "fact schema, worlds and readers (SmolLM2's tokenizer is transformers')",
+    "tests/reliability/test_strict_readers.py": "fact file readers",
+    "tests/reliability/test_reader_properties.py": "reader properties (token ids are refused before a model runs)",
+    "tests/models/test_bilinear.py": "the bilinear model is plain torch",
+    "tests/analyses/test_sweep.py": "Ray plumbing; each trial is `reproduce reversal`, which test_cli runs",
+    "tests/analyses/test_finetune.py::test_builtin_training_pairs": "sentence building",
+    "tests/analyses/test_finetune.py::test_training_sentences": "sentence building",
+    "tests/analyses/test_finetune.py::test_bidirectional_mitigation": "sentence building",
+    "tests/analyses/test_finetune.py::test_reverse_training_adds": "sentence building",
+    "tests/analyses/test_finetune.py::test_mean_ci95": "statistics",
+    "tests/analyses/test_finetune.py::test_bad_": "refusals before any model loads",
+    "tests/analyses/test_finetune.py::test_cli_reports": "refusals before any model loads",
+    "tests/analyses/test_finetune.py::test_read_questions": "fact readers",
+    "tests/analyses/test_cli.py::test_help_does_not_import_torch": "argument parsing",
+    "tests/analyses/test_cli.py::test_bad_arguments": "refusals before any model loads",
+    "tests/analyses/test_cli.py::test_make_facts": "fact files",
+}
+"""What ``--second-line`` leaves out (node-id prefix → why): ``make test-tl4`` runs the suite under the
+second TransformerLens line (4.x) without the tests that cannot tell the lines apart, so that CI's
+two runs stay within its time. Each prefix must match a collected test (a renamed one is an error)."""
+
+SECOND_LINE_LEAVES_OUT_FIXTURES: dict[str, str] = {
+    # a SmolLM2 fine-tune each (minutes); `run` keeps the fine-tune, its conversion and its probes under 4.x
+    "bidirectional_run": "the bidirectional mitigation: `run`'s code path with twice the sentences",
+    "berglund_run": "a Berglund folder read (tests/facts, test_probe_sources) into `run`'s code path",
+}
+"""Tests using these fixtures are left out by ``--second-line`` too (fixture → why)."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--second-line", action="store_true",
+                     help="leave out the tests that build no TransformerLens model and the duplicate SmolLM2 "
+                          "fine-tunes (tests/conftest.py SECOND_LINE_LEAVES_OUT): the run under TransformerLens 4.x")
+
+
+def _leave_out_for_the_second_line(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect :data:`SECOND_LINE_LEAVES_OUT` and :data:`SECOND_LINE_LEAVES_OUT_FIXTURES`; refuse an entry
+    that matches no collected test when the whole suite was collected (no paths, -k or -m given)."""
+    matched: set[str] = set()
+    kept, left = [], []
+    for item in items:
+        prefixes = {p for p in SECOND_LINE_LEAVES_OUT if item.nodeid.startswith(p)}
+        fixtures = set(SECOND_LINE_LEAVES_OUT_FIXTURES) & set(getattr(item, "fixturenames", ()))
+        matched |= prefixes | fixtures
+        (left if prefixes or fixtures else kept).append(item)
+    unmatched = (set(SECOND_LINE_LEAVES_OUT) | set(SECOND_LINE_LEAVES_OUT_FIXTURES)) - matched
+    whole_suite = (config.args_source == pytest.Config.ArgsSource.TESTPATHS
+                   and not config.option.keyword and not config.option.markexpr)
+    if unmatched and whole_suite:
+        raise pytest.UsageError(f"--second-line: {sorted(unmatched)} match no test (tests/conftest.py)")
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With ``--dist loadgroup``, a worker's test ids end in ``@<group>``: that suffix is what
-    pytest-xdist schedules by. xdist 3.8 writes it into ``item._nodeid``, which pytest 9.2 no longer
-    reads (structured node ids; pytest-xdist issue #1386), so every test would be scheduled alone;
-    here the suffix goes into the structured id the same way (xdist PR #1388's fix)."""
+    """``--second-line``: :func:`_leave_out_for_the_second_line`. With ``--dist loadgroup``, a worker's
+    test ids end in ``@<group>``: that suffix is what pytest-xdist schedules by. xdist 3.8 writes it into
+    ``item._nodeid``, which pytest 9.2 no longer reads (structured node ids; pytest-xdist issue #1386),
+    so every test would be scheduled alone; here the suffix goes into the structured id the same way
+    (xdist PR #1388's fix)."""
+    if config.getoption("second_line"):
+        _leave_out_for_the_second_line(config, items)
     if not getattr(config.option, "loadgroup", False):  # set by xdist in a worker run with --dist loadgroup
         return
     from _pytest.nodeid import NodeId

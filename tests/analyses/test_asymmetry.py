@@ -18,6 +18,7 @@ from facts.celebrity import COLUMNS, COMPLETION_TEMPLATES, DEFAULT_CSV, load_cel
 from facts.language import TemplateTokenizer
 from facts.schema import FactError
 from facts.tokens import collate
+from models.backend import HookedTransformer
 from models.pretrained import PretrainedLoadError, load_tokenizer
 from models.scoring import score_answers
 from probes.shared_prompt import candidate_logprobs_cached
@@ -52,7 +53,7 @@ def run(hooked, tmp_path_factory):
 def test_summary_fields_and_files(run):
     summary, out = run
     assert summary["model"] == summary["model_name_or_path"] == "SmolLM2-135M-Instruct"
-    assert summary["backend"] == "hooked"
+    assert summary["backend"] == ("hooked" if HookedTransformer else "bridge")  # TL 4: "hooked" loads a bridge
     assert (summary["rows"], summary["pairs"], summary["pairs_checked"]) == (1513, 1511, LIMIT)
     assert summary["prompts"] == {"child_to_parent": "Q: Who is Sasha Calle's mother?\nA:",
                                   "parent_to_child": "Q: Name a child of Samira Calle.\nA:"}

@@ -241,7 +241,8 @@ def test_mean_ci95_over_facts_averages_each_facts_questions_first():
 def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer, smollm2_hooked):
     model = copy.deepcopy(smollm2_hooked)  # the session's load("smollm2-135m", backend="hooked"), trained here
     trainable = freeze_except_last_blocks(model, 2)
-    assert trainable and all(name.startswith(("blocks.28.", "blocks.29.")) for name in trainable)
+    last_two = {id(p) for block in (model.blocks[28], model.blocks[29]) for p in block.parameters()}
+    assert trainable == [name for name, p in model.named_parameters() if id(p) in last_two] and len(last_two) > 2
     embed, first, last = (model.W_E.detach().clone(), model.blocks[0].attn.W_Q.detach().clone(),
                           model.blocks[29].attn.W_Q.detach().clone())
     facts = people_world(n_per_group=2, groups=("p2d",))

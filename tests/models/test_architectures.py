@@ -68,7 +68,9 @@ def test_the_sliding_window_is_what_the_prompts_test():
     assert (a[0, WINDOW:] - b[0, WINDOW:]).abs().max() > 1e-2  # past it: different
 
 
-HOOKED_ARCHITECTURES = [name for name in ARCHITECTURES if "hooked" in BACKENDS_BY_ARCHITECTURE[name]]
+# OLMo 2's norm after attention: circuits read ln1 before attention (TL 4 also gives "hooked" for it, as a bridge)
+HOOKED_ARCHITECTURES = [name for name in ARCHITECTURES
+                        if "hooked" in BACKENDS_BY_ARCHITECTURE[name] and name != "olmo2"]
 
 
 @pytest.mark.parametrize("architecture", HOOKED_ARCHITECTURES)
@@ -192,7 +194,9 @@ def test_an_architecture_neither_backend_wraps_is_refused_by_name(smollm2_tokeni
     config = BioGptConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                           num_attention_heads=2, max_position_embeddings=64)
     folder = save_tiny(tmp_path / "tiny-biogpt", config, smollm2_tokenizer)
-    with pytest.raises(PretrainedLoadError, match="HookedTransformer cannot convert BioGptForCausalLM.*bridge"):
+    # TransformerLens 3.9 refuses the conversion; 4.x, where "hooked" is a bridge too, refuses the wrapping
+    with pytest.raises(PretrainedLoadError, match="(HookedTransformer cannot convert|TransformerBridge cannot wrap) "
+                                                  "BioGptForCausalLM"):
         load(folder, backend="hooked")
     with pytest.raises(PretrainedLoadError, match="TransformerBridge cannot wrap BioGptForCausalLM"):
         load(folder, backend="bridge")

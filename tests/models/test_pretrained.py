@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 from tiny_models import save_tiny, tiny_config
-from transformer_lens import HookedTransformer
-from transformer_lens.model_bridge import TransformerBridge
 
+from models.backend import HookedTransformer, TransformerBridge
 from models.pretrained import (
     PretrainedLoadError,
     check_equivalence,
@@ -34,7 +33,7 @@ PROMPTS = [
     "1 2 3 4 5",
 ]
 TOLERANCE = 1e-3
-BACKENDS = {"hooked": HookedTransformer, "bridge": TransformerBridge}
+BACKENDS = {"hooked": HookedTransformer or TransformerBridge, "bridge": TransformerBridge}  # TL 4: no HookedTransformer
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +137,7 @@ def test_processed_weights_keep_the_log_softmax(backend, tokenizer, tmp_path):
     hf_model, hf_tokenizer = load_hf(folder)
     model = load(folder, backend=backend, process_weights=True)
     assert check_equivalence(model, hf_model, PROMPTS, hf_tokenizer) < 1e-4  # weights at initializer_range 0.3: log-probs spread over ~2.4 nats
-    if backend == "hooked":
+    if backend == "hooked" and HookedTransformer is not None:  # 3.9's HookedTransformer records the fold in its config
         assert model.cfg.normalization_type == "RMSPre"  # RMSNorm weights folded into W_Q, W_K, ...
 
 
@@ -159,7 +158,7 @@ def test_hub_id_in_the_local_cache_resolves_to_its_snapshot(tokenizer, empty_hub
     snapshot = save_tiny(repo / "snapshots" / "0123abcd", tiny_config("llama"), tokenizer)
     source = resolve("someorg/tiny-llama")
     assert source.path == snapshot and source.name == "tiny-llama"
-    assert isinstance(load("someorg/tiny-llama"), HookedTransformer)
+    assert isinstance(load("someorg/tiny-llama"), BACKENDS["hooked"])
 
 
 # --- errors -------------------------------------------------------------------------------------

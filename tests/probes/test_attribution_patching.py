@@ -13,7 +13,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformer_lens.utilities import get_act_name
+from models.backend import get_act_name
 
 from facts.tokens import Example, tokenize
 from probes.attribution import attribution_patch, forward_reverse_pairs, patch_heads, patch_residual

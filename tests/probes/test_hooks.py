@@ -68,10 +68,10 @@ def test_edit_with_an_identity_hook_changes_nothing_and_sees_every_match(tiny, t
     seen = []
 
     def record(activation, hook):
-        seen.append(hook.name)
+        seen.append(hook)  # the hook point itself: TransformerLens 4 names it by its canonical name (hook_out)
 
     logits = edit(tiny, tokens, "blocks.*.hook_resid_post", record)
-    assert seen == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    assert seen == [tiny.hook_dict["blocks.0.hook_resid_post"], tiny.hook_dict["blocks.1.hook_resid_post"]]
     assert torch.equal(logits, tiny(tokens))
 
 

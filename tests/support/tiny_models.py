@@ -7,7 +7,9 @@ a wrong mask or rotary base shows), and saved with SmolLM2's tokenizer into a fo
 (Gemma 3 with a full-attention layer and separate local/global RoPE bases), so any prompt of more
 than four tokens goes past it.
 
-``BACKENDS_BY_ARCHITECTURE`` is what TransformerLens 3.9 wraps (through ``models.pretrained``):
+``BACKENDS_BY_ARCHITECTURE`` is what TransformerLens wraps (through ``models.pretrained``; under 4.x,
+which has no HookedTransformer, ``"hooked"`` is the bridge in compatibility mode, so every architecture
+the bridge wraps has both):
 an architecture missing a backend is refused with a ``PretrainedLoadError`` naming the backend to
 use instead; the tests assert both the agreement and the refusal.
 """
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import torch
 import transformers
+
+from models.backend import HookedTransformer
 
 VOCAB = 49152
 WINDOW = 4
@@ -33,7 +37,7 @@ BACKENDS_BY_ARCHITECTURE = {
     "gemma": ("hooked", "bridge"),
     "gemma2": ("hooked", "bridge"),
     "gemma3": ("hooked", "bridge"),
-    "olmo2": ("bridge",),
+    "olmo2": ("bridge",) if HookedTransformer is not None else ("hooked", "bridge"),  # TL 4: "hooked" is a bridge too
 }
 ARCHITECTURES = tuple(BACKENDS_BY_ARCHITECTURE)
 

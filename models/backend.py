@@ -1,0 +1,294 @@
+"""The one place that knows which TransformerLens line is installed (3.9 or 4.x) and what differs.
+
+Everything above ``models/`` imports TransformerLens names from here (``FactoredMatrix``,
+``ActivationCache``, ``patching``, ``get_act_name``, the model types) and never asks for the
+version. What differs between the lines, and how each is met:
+
+==========================  ==================================  =========================================
+what                        TransformerLens 3.9                 TransformerLens 4.x
+==========================  ==================================  =========================================
+a named from-scratch model  ``HookedTransformer(cfg)``          ``TransformerBridge.boot_native(cfg)`` in
+                                                                compatibility mode without weight
+                                                                processing (HookedTransformer hook names
+                                                                and semantics, weights as trained)
+its initial weights         TransformerLens's GPT-2 init:       the same numbers: :func:`hooked_init_state`
+                            N(0, 0.8²/d_model) for every        replays 3.9's draws (same seed, same order)
+                            ``W_*``, biases 0, norms 1          and they are loaded into the bridge
+unembedding bias ``b_U``    a trained parameter                 a trained parameter (the native bridge's
+                                                                fixed zero buffer is made one)
+rotary positions            pairs (i, i + d/2) rotate together  pairs (2i, 2i+1): the query/key dimensions
+                            (GPT-NeoX)                          are permuted on the way in and out
+                                                                (q·k, hence QK and every score, unchanged)
+checkpoints                 the HookedTransformer state dict    the same keys and shapes (converted on save
+                                                                and load), so either line reads the other's
+==========================  ==================================  =========================================
+
+Pretrained models (``models.pretrained``): 3.9 converts them to ``HookedTransformer`` or wraps
+them in a ``TransformerBridge``; 4.x only wraps (``backend="hooked"`` is refused there with the
+reason).
+"""
+
+from __future__ import annotations
+
+import math
+from importlib.metadata import version
+from typing import Any
+
+import einops
+import torch
+from torch import Tensor
+
+from transformer_lens import ActivationCache, FactoredMatrix, patching
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.utilities import get_act_name
+from transformer_lens.utilities.activation_functions import apply_softcap
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+TL_VERSION: str = version("transformer-lens")
+TL_MAJOR: int = int(TL_VERSION.split(".")[0])
+
+if TL_MAJOR < 4:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import loading_from_pretrained  # HookedTransformer's config and weight converters
+    from transformer_lens.supported_models import OFFICIAL_MODEL_NAMES
+    TL_MODEL_TYPES: tuple[type, ...] = (HookedTransformer, TransformerBridge)
+else:  # removed in 4.0; nothing is ever an instance of it
+    HookedTransformer = HookedTransformerConfig = loading_from_pretrained = None
+    OFFICIAL_MODEL_NAMES: list[str] = []
+    TL_MODEL_TYPES = (TransformerBridge,)
+
+HOOKED_HINT: str = (
+    "load it with backend='hooked' (a HookedTransformer)" if TL_MAJOR < 4 else
+    "TransformerLens 4 has no HookedTransformer: install transformer-lens 3.9 "
+    "(pip install 'transformer-lens>=3.9,<4') and load it with backend='hooked'")
+"""How a refusal that only a ``HookedTransformer`` avoids names the way out, under the installed line."""
+
+TLModel = Any
+"""A ``HookedTransformer`` (3.9) or a ``TransformerBridge`` (either line): what the probes take."""
+
+__all__ = [
+    "ActivationCache", "FactoredMatrix", "HOOKED_HINT", "apply_softcap", "HookedTransformer", "HookedTransformerConfig",
+    "OFFICIAL_MODEL_NAMES", "POST_NORM_ARCHITECTURES", "loading_from_pretrained",
+    "TL_MAJOR", "TL_MODEL_TYPES", "TL_VERSION", "TLModel", "TransformerBridge", "TransformerLensKeyValueCache",
+    "TransformerLensKeyValueCacheEntry", "build_native", "copy_model", "get_act_name", "has_kv_cache", "hooked_init_state",
+    "hooked_state_dict", "is_hooked", "is_native_bridge", "is_tl_model", "load_hooked_state_dict", "patching",
+    "runs_from_layer",
+]
+
+
+def is_tl_model(model: object) -> bool:
+    """Whether ``model`` is a TransformerLens model (``HookedTransformer`` or ``TransformerBridge``)."""
+    return isinstance(model, TL_MODEL_TYPES)
+
+
+def is_hooked(model: object) -> bool:
+    """Whether ``model`` is a ``HookedTransformer`` (never under TransformerLens 4, which removed it)."""
+    return HookedTransformer is not None and isinstance(model, HookedTransformer)
+
+
+def is_native_bridge(model: object) -> bool:
+    """Whether ``model`` is a bridge over TransformerLens 4's own from-scratch model (``boot_native``)."""
+    return isinstance(model, TransformerBridge) and type(model.adapter).__name__ == "NativeArchitectureAdapter"
+
+
+def runs_from_layer(model: object) -> bool:
+    """Whether ``model.run_with_hooks(resid, start_at_layer=l, ...)`` runs its blocks from layer ``l``
+    with HookedTransformer's hook names: a ``HookedTransformer``, or under TransformerLens 4 a bridge in
+    compatibility mode (what ``backend="hooked"`` and the named configs give there); 3.9's bridge has
+    no ``start_at_layer``."""
+    if is_hooked(model):
+        return True
+    return TL_MAJOR >= 4 and isinstance(model, TransformerBridge) and bool(getattr(model, "compatibility_mode", False))
+
+
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` that runs on its own, also after ``model`` is freed.
+
+    TransformerLens 4's bridge blocks install forward hooks whose closures hold weak proxies to the
+    block (and its attention); ``copy.deepcopy`` keeps those closures, so the copy's hooks would act
+    on the original and fail once it is gone. They are removed from the copy, which installs its
+    own at its next forward. Any other model: ``copy.deepcopy``.
+    """
+    import copy
+
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if hasattr(module, "_teardown_capture_hooks"):
+            module._teardown_capture_hooks()
+    return twin
+
+
+# --- from-scratch models ---------------------------------------------------------------------------
+
+
+def hooked_init_state(cfg: dict[str, Any], seed: int) -> dict[str, Tensor]:
+    """The parameters ``HookedTransformer(cfg)`` starts from under TransformerLens 3.9, without it.
+
+    TransformerLens's GPT-2 init seeds the global generator with ``seed`` and draws
+    N(0, initializer_range²) for every parameter whose name holds ``W_``, in the order of
+    ``named_parameters()``: W_E, W_pos (absent with rotary), per block W_Q, W_O, W_K, W_V,
+    W_in, W_out, then W_U; initializer_range = 0.8/√d_model. Norm weights are 1, biases 0.
+    Drawn here from a private generator seeded alike (the same stream, without touching the
+    global one). ``cfg``: the fields of ``models.transformer.model_fields``. Keys and shapes
+    are HookedTransformer's state dict without its buffers.
+    """
+    d_model, d_head, heads, d_vocab = cfg["d_model"], cfg["d_head"], cfg["n_heads"], cfg["d_vocab"]
+    generator = torch.Generator().manual_seed(seed)
+    std = 0.8 / math.sqrt(d_model)
+
+    def drawn(*shape: int) -> Tensor:
+        return torch.empty(shape).normal_(0.0, std, generator=generator)
+
+    state = {"embed.W_E": drawn(d_vocab, d_model)}
+    if cfg["positional_embedding_type"] == "standard":
+        state["pos_embed.W_pos"] = drawn(cfg["n_ctx"], d_model)
+    for layer in range(cfg["n_layers"]):
+        block = f"blocks.{layer}"
+        state[f"{block}.ln1.w"], state[f"{block}.ln1.b"] = torch.ones(d_model), torch.zeros(d_model)
+        if not cfg["attn_only"]:
+            state[f"{block}.ln2.w"], state[f"{block}.ln2.b"] = torch.ones(d_model), torch.zeros(d_model)
+        state[f"{block}.attn.W_Q"] = drawn(heads, d_model, d_head)
+        state[f"{block}.attn.W_O"] = drawn(heads, d_head, d_model)
+        state[f"{block}.attn.W_K"] = drawn(heads, d_model, d_head)
+        state[f"{block}.attn.W_V"] = drawn(heads, d_model, d_head)
+        for bias in ("b_Q", "b_K", "b_V"):
+            state[f"{block}.attn.{bias}"] = torch.zeros(heads, d_head)
+        state[f"{block}.attn.b_O"] = torch.zeros(d_model)
+        if not cfg["attn_only"]:
+            state[f"{block}.mlp.W_in"] = drawn(d_model, cfg["d_mlp"])
+            state[f"{block}.mlp.W_out"] = drawn(cfg["d_mlp"], d_model)
+            state[f"{block}.mlp.b_in"], state[f"{block}.mlp.b_out"] = torch.zeros(cfg["d_mlp"]), torch.zeros(d_model)
+    state["ln_final.w"], state["ln_final.b"] = torch.ones(d_model), torch.zeros(d_model)
+    state["unembed.W_U"] = drawn(d_model, d_vocab)
+    state["unembed.b_U"] = torch.zeros(d_vocab)
+    return state
+
+
+def build_native(cfg: dict[str, Any], seed: int, device: Any) -> TransformerBridge:
+    """TransformerLens 4: the bridge over its native model, started from :func:`hooked_init_state`.
+
+    Compatibility mode without processing gives HookedTransformer's hook names and hook
+    semantics (TransformerLens issue #1317) and keeps the weights as trained. The unembedding
+    bias, a fixed zero buffer in the native model, becomes a parameter as in HookedTransformer.
+    """
+    from transformer_lens import TransformerBridgeConfig
+
+    bridge_cfg = TransformerBridgeConfig(**cfg, seed=seed, init_weights=False, device=str(device))
+    bridge = TransformerBridge.boot_native(bridge_cfg, device=device)
+    head = bridge.unembed.original_component
+    if "bias" in head._buffers:
+        bias = head._buffers.pop("bias")
+        head.bias = torch.nn.Parameter(bias.clone())
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    load_hooked_state_dict(bridge, hooked_init_state(cfg, seed))
+    return bridge
+
+
+# --- one checkpoint format for both lines ----------------------------------------------------------
+
+_BUFFERS = (".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos")
+_LINEAR = {"W_in": "in.", "W_out": "out.", "W_U": ""}  # HookedTransformer name -> bridge key infix
+_LINEAR_BIAS = {"b_in": "in.", "b_out": "out.", "b_U": ""}
+
+
+def _rotary_order(d_head: int) -> Tensor:
+    """Query/key dimension order from GPT-NeoX pairs (i, i+d/2) to adjacent pairs (2i, 2i+1)."""
+    half = d_head // 2
+    return torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).flatten()
+
+
+def hooked_to_bridge(state: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
+    """A HookedTransformer state dict (3.9 keys and shapes) as the native bridge's state dict.
+
+    Per-head weights [head, d_model, d_head] become ``nn.Linear`` weights [(head d_head), d_model];
+    with rotary positions the query and key dimensions are reordered by :func:`_rotary_order`.
+    Constant buffers (causal mask, rotary tables) are dropped: the bridge makes its own.
+    """
+    rotary = cfg.positional_embedding_type == "rotary"
+    order = _rotary_order(cfg.d_head)
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(_BUFFERS):
+            continue
+        stem, name = key.rsplit(".", 1)
+        if name in ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V"):
+            if rotary and name[-1] in "QK":
+                value = value[..., order]
+            pattern = "h m d -> (h d) m" if name.startswith("W") else "h d -> (h d)"
+            out[f"{stem}.{name[-1].lower()}.{'weight' if name.startswith('W') else 'bias'}"] = \
+                einops.rearrange(value, pattern).contiguous()
+        elif name == "W_O":
+            out[f"{stem}.o.weight"] = einops.rearrange(value, "h d m -> m (h d)").contiguous()
+        elif name == "b_O":
+            out[f"{stem}.o.bias"] = value
+        elif name in _LINEAR:  # HookedTransformer [d_in, d_out], nn.Linear [d_out, d_in]
+            out[f"{stem}.{_LINEAR[name]}weight"] = value.T.contiguous()
+        elif name in _LINEAR_BIAS:
+            out[f"{stem}.{_LINEAR_BIAS[name]}bias"] = value
+        elif name in ("W_E", "W_pos", "w"):
+            out[f"{stem}.weight"] = value
+        elif name == "b":
+            out[f"{stem}.bias"] = value
+        else:
+            raise KeyError(f"{key!r} is not a HookedTransformer parameter this toolkit builds")
+    return out
+
+
+def bridge_to_hooked(state: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
+    """The inverse of :func:`hooked_to_bridge` (HookedTransformer keys and shapes, no buffers)."""
+    rotary = cfg.positional_embedding_type == "rotary"
+    inverse = torch.argsort(_rotary_order(cfg.d_head))
+    heads, d_head = cfg.n_heads, cfg.d_head
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[-2] in ("q", "k", "v") and parts[-3] == "attn":
+            stem, which = ".".join(parts[:-2]), parts[-2].upper()
+            if parts[-1] == "weight":
+                value, name = einops.rearrange(value, "(h d) m -> h m d", h=heads, d=d_head), f"W_{which}"
+            else:
+                value, name = einops.rearrange(value, "(h d) -> h d", h=heads, d=d_head), f"b_{which}"
+            if rotary and which in "QK":
+                value = value[..., inverse]
+            out[f"{stem}.{name}"] = value.contiguous()
+        elif parts[-2] == "o" and parts[-3] == "attn":
+            stem = ".".join(parts[:-2])
+            out[f"{stem}.W_O" if parts[-1] == "weight" else f"{stem}.b_O"] = (
+                einops.rearrange(value, "m (h d) -> h d m", h=heads, d=d_head).contiguous()
+                if parts[-1] == "weight" else value)
+        elif parts[-2] in ("in", "out") and parts[-3] == "mlp":
+            stem, name = ".".join(parts[:-2]), parts[-2]
+            out[f"{stem}.{'W' if parts[-1] == 'weight' else 'b'}_{name}"] = (
+                value.T.contiguous() if parts[-1] == "weight" else value)
+        elif parts[0] == "unembed":
+            out["unembed.W_U" if parts[-1] == "weight" else "unembed.b_U"] = (
+                value.T.contiguous() if parts[-1] == "weight" else value)
+        elif parts[0] in ("embed", "pos_embed"):
+            out[f"{parts[0]}.{'W_E' if parts[0] == 'embed' else 'W_pos'}"] = value
+        else:  # layer norms
+            out[f"{'.'.join(parts[:-1])}.{'w' if parts[-1] == 'weight' else 'b'}"] = value
+    return out
+
+
+def hooked_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The state dict a checkpoint stores: HookedTransformer's keys and shapes for a native bridge (without
+    constant buffers), else the model's own state dict."""
+    if is_native_bridge(model):
+        return bridge_to_hooked(model.state_dict(), model.cfg)
+    return model.state_dict()
+
+
+def load_hooked_state_dict(model: torch.nn.Module, state: dict[str, Tensor]) -> None:
+    """Load a state dict read from a checkpoint (see :func:`hooked_state_dict`) into ``model``."""
+    if is_native_bridge(model):
+        model.load_state_dict(hooked_to_bridge(state, model.cfg), strict=True)
+    else:
+        model.load_state_dict(state)
+
+
+def has_kv_cache(model: object) -> bool:
+    """Whether ``model`` can continue prompts from a key/value cache (``probes.shared_prompt``): a
+    ``HookedTransformer`` or a bridge over a Hugging Face model; not TransformerLens 4's native model."""
+    return is_tl_model(model) and not is_native_bridge(model)
