@@ -384,7 +384,7 @@ def berglund_files(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, dict[
                 if chosen.any():
                     difference = table.logprob[chosen] - table.randomized_logprob[chosen]
                     entry[stage] = {"beats_randomized": float((difference > 0).mean()),
-                                    "logprob_minus_randomized": mean_ci95(difference)}
+                                    "logprob_minus_randomized": mean_ci95(difference, table.fact[chosen])}
             out[name] = entry
     return out
 
