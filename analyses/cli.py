@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="trials at once (default: CPUs / --threads-per-trial)")
     sweep.add_argument("--threads-per-trial", type=_positive_int, default=1, help="torch threads per trial (default 1)")
     sweep.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0; CPU)")
-    sweep.add_argument("--retries", type=int, default=3, help="reruns of a trial whose worker died (default 3)")
+    sweep.add_argument("--retries", type=int, default=3, help="reruns of a trial whose runner died (default 3)")
 
     report = commands.add_parser("report", help="one self-contained HTML page (figures, tables, views) from run folders")
     report.add_argument("--runs", type=Path, nargs="+", required=True,
@@ -424,9 +424,9 @@ def _reproduce_all_seeds(args: argparse.Namespace) -> int:
                                      if name == "mitigations" and args.finetuned else [])
              for name in args.experiments or REPRODUCE_ALL}
     failed = []
-    with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources):
+    with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources) as runners:
         for name, plan in plans.items():
-            summary = sweeps.run_sweep(plan, args.out / name, resources, log=lambda line: None)
+            summary = sweeps.run_sweep(plan, args.out / name, resources, log=lambda line: None, runners=runners)
             print(f"\n=== {name} ({args.out / name})\n{sweeps.format_sweep(summary)}", flush=True)
             failed += [f"{name}/{f['trial']}" for f in summary["failures"]]
     if failed:
@@ -438,8 +438,9 @@ def _reproduce_all_seeds(args: argparse.Namespace) -> int:
 
 
 def _reproduce_all_on_ray(args: argparse.Namespace, workers: int) -> int:
-    """``reproduce all`` with ``workers`` experiments at once, each ``revlens reproduce NAME`` in a
-    one-thread Ray task, the costliest first; each one's text printed as it finishes."""
+    """``reproduce all`` with ``workers`` experiments at once, each ``revlens reproduce NAME`` on one
+    of ``workers`` one-thread runners (:class:`analyses.sweep.Runners`, Ray actors), the costliest
+    first; each one's text printed as it finishes."""
     import json
     import time
 
@@ -456,8 +457,8 @@ def _reproduce_all_on_ray(args: argparse.Namespace, workers: int) -> int:
                 *(["--finetuned", *map(str, args.finetuned)] if name == "mitigations" and args.finetuned else [])]
         jobs.append((name, argv, args.out / name, False))
     failed = []
-    with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources) as at_once:
-        for name, result in sweeps.on_ray(jobs, resources, at_once, args.out / sweeps.RUNNING):
+    with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources) as runners:
+        for name, result in runners.run(jobs, args.out / sweeps.RUNNING):
             if result["exit_code"] != 0:
                 failed.append(f"{name}: {' '.join(result.get('error') or ['no error message'])}")
                 print(f"\n=== {name} FAILED: {failed[-1]}", flush=True)
@@ -468,7 +469,7 @@ def _reproduce_all_on_ray(args: argparse.Namespace, workers: int) -> int:
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(jobs)} experiments failed ({'; '.join(failed)}); the others are in "
                            f"{args.out}/")
-    print(f"\nall {len(jobs)} experiments in {time.perf_counter() - began:.0f} s ({at_once} at once); results in "
+    print(f"\nall {len(jobs)} experiments in {time.perf_counter() - began:.0f} s ({runners.workers} at once); results in "
           f"{args.out}/")
     return 0
 

@@ -463,7 +463,7 @@ ALL_OPTIONS = (FINETUNED_OPTION, Option("--seeds", {
     "help": "run each experiment for seeds 0 … N−1 as a sweep on Ray (OUT/<name>/trials/seed=S/) and report every "
             "headline number as mean ± 95%% interval"}), Option("--workers", {
     **_N, "default": None, "metavar": "N",
-    "help": "experiments (or trials) at once, each a one-thread Ray task (default: the cores; 1: one after "
+    "help": "experiments (or trials) at once, each on a one-thread Ray actor (default: the cores; 1: one after "
             "another in this process)"}), Option("--experiments", {
     "nargs": "+", "choices": REPRODUCE, "default": None, "metavar": "NAME",
     "help": f"only these (default: {', '.join(REPRODUCE_ALL)})"}))

@@ -4,9 +4,9 @@ A sweep is an experiment (any ``reproduce`` experiment or ``finetune-facts``,
 :mod:`analyses.experiments`), a list of seeds and a grid ``{option: values}``; its trials are the
 product grid × seeds. Each trial is the command itself, ``revlens <command> --out
 DIR/trials/<key=value,...,seed=S>/ --seed S --<key> <value> ...``, run by :func:`analyses.cli.main`
-inside a Ray task, so its folder is an ordinary run folder (summary, tables, figures and the
-``manifest.json`` of :mod:`analyses.runfolder`) that ``report`` and ``compare`` read as they read
-any other.
+inside a Ray actor (:class:`TrialRunner`: one per trial run at once, each importing the toolkit
+once), so its folder is an ordinary run folder (summary, tables, figures and the ``manifest.json``
+of :mod:`analyses.runfolder`) that ``report`` and ``compare`` read as they read any other.
 
 The sweep folder ``DIR`` holds (and is locked while a sweep writes it):
 
@@ -20,15 +20,15 @@ The sweep folder ``DIR`` holds (and is locked while a sweep writes it):
   dot) and ``summary.json`` (written last), which make ``DIR`` one section of ``revlens report``.
 
 Resumable and fault tolerant: a trial whose folder holds a complete manifest matching its
-command line (:func:`finished`) is skipped; a Ray worker that dies (killed, node lost) has its
-task retried (``max_retries``), and a resumable experiment (``reproduce reversal``) continues from
+command line (:func:`finished`) is skipped; a runner that dies (killed, node lost) is restarted
+by Ray and its trial retried (``max_restarts``, ``max_task_retries``), and a resumable experiment (``reproduce reversal``) continues from
 its folder's checkpoints (``--resume``); a trial whose command fails is recorded in
 ``failures.jsonl`` and the others go on; only folders with a complete, matching manifest are
 aggregated.
 
-Resources: each trial reserves ``threads`` Ray CPUs and runs torch with that many threads
+Resources: each runner reserves ``threads`` Ray CPUs (and ``gpus`` GPUs) and runs torch with that many threads
 (``--threads``, and ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` in the worker's environment); at most
-``workers`` trials run at once (default: the cores, or the cluster's CPUs, over ``threads``).
+``workers`` runners, so trials, run at once (default: the cores, or the cluster's CPUs, over ``threads``).
 Without ``--address`` Ray starts on this machine and stops with the sweep.
 """
 
@@ -234,7 +234,7 @@ def finished(folder: Path, expected: dict[str, Any]) -> bool:
 
 
 def run_trial(argv: list[str], folder: str, running: str, resumable: bool) -> dict[str, Any]:
-    """Run one trial's command in this process (the body of the Ray task).
+    """Run one trial's command in this process (the body of :meth:`TrialRunner.run`).
 
     On a retry after a worker died, a resumable experiment continues from the folder's
     checkpoints: the folder's manifest then says the run did not finish.
@@ -267,6 +267,26 @@ def _node_id() -> str | None:
 
 
 # --- the sweep on Ray --------------------------------------------------------------------------
+
+WARM_MODULES = ("analyses.cli", "analyses.reproduce", "matplotlib.figure", "matplotlib.backends.backend_agg")
+"""What a trial runner imports when it starts, before its first trial: torch, TransformerLens,
+pandas, circuitsvis and matplotlib (~5 CPU s cold, the bulk of a cold trial's extra cost)."""
+
+
+class TrialRunner:
+    """One trial slot: a long-lived Ray actor that imports the toolkit once, when Ray starts it
+    (:data:`WARM_MODULES`), then runs trials (:func:`run_trial`) one after another as method calls."""
+
+    def __init__(self) -> None:
+        from importlib import import_module
+
+        for module in WARM_MODULES:
+            import_module(module)
+
+    def run(self, argv: list[str], folder: str, running: str, resumable: bool) -> dict[str, Any]:
+        return run_trial(argv, folder, running, resumable)
+
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -333,16 +353,76 @@ def _local_ray_environment(threads: int):
                 os.environ[key] = value
 
 
+class Runners:
+    """``workers`` :class:`TrialRunner` actors, each reserving one trial's CPUs (``threads``) and
+    GPUs for the session, created (so importing) as soon as Ray is up; :meth:`run` hands them
+    ``revlens`` commands. Ray restarts a runner whose process dies (``max_restarts=-1``: its
+    constructor runs again) and retries the trial it was running (``max_task_retries`` =
+    ``resources.retries``); a trial's retry finds its folder's checkpoints. (``ray.util.ActorPool``
+    does the same dispatch but cannot say which job a Ray error belongs to.)"""
+
+    def __init__(self, resources: Resources, workers: int) -> None:
+        import ray
+
+        self.workers = workers
+        self._runner = ray.remote(TrialRunner).options(num_cpus=resources.threads, num_gpus=resources.gpus,
+                                                       max_restarts=-1, max_task_retries=resources.retries)
+        self.actors = [self._runner.remote() for _ in range(workers)]
+
+    def run(self, jobs: Sequence[tuple[Any, list[str], Path, bool]], running_dir: Path):
+        """Run ``revlens`` commands, one per free runner, in the order given; yields ``(key,
+        result)`` as each finishes (``result``: :func:`run_trial`'s, or the Ray error of a trial
+        whose runner died more often than ``retries``). ``jobs``: ``(key, argv, folder, resumable)``;
+        ``running_dir`` holds a ``<folder name>.pid`` per running trial. When the caller stops (an
+        error, ^C), the runners still busy are killed and replaced."""
+        import ray
+
+        pending, idle, running = list(jobs), list(self.actors), {}
+        try:
+            while pending or running:
+                while pending and idle:
+                    key, argv, folder, resumable = pending.pop(0)
+                    actor = idle.pop(0)
+                    running[actor.run.remote(argv, str(folder), str(running_dir), resumable)] = (key, actor)
+                done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)  # a ^C lands within a second
+                for ref in done:
+                    key, actor = running.pop(ref)
+                    idle.append(actor)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayError as error:  # the runner died more often than max_task_retries
+                        result = {"exit_code": None, "error": [f"{type(error).__name__}: "
+                                                               f"{' '.join(str(error).split())[:300]}"]}
+                    yield key, result
+        finally:
+            for _, actor in running.values():
+                ray.kill(actor, no_restart=True)
+                self.actors[self.actors.index(actor)] = self._runner.remote()
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
 @contextlib.contextmanager
 def ray_session(resources: Resources):
     """Ray started on this machine (no address; stopped after) or joined at ``address``; yields
-    the number of trials to run at once. Inside a session already open, that session is used."""
+    the session's :class:`Runners` (one per trial to run at once), started right after Ray so that
+    their imports overlap the rest of the start. Inside a Ray session already open, that session
+    is used (with runners of its own)."""
     import logging
 
     import ray
 
     if ray.is_initialized():
-        yield resources.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // resources.threads)
+        runners = Runners(resources, resources.workers or max(1, int(ray.cluster_resources().get("CPU", 1))
+                                                              // resources.threads))
+        try:
+            yield runners
+        finally:
+            runners.close()
         return
     common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     cores = os.cpu_count() or 1
@@ -365,7 +445,7 @@ def ray_session(resources: Resources):
         cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = resources.workers or max(1, cpus // resources.threads)
     try:
-        yield workers
+        yield Runners(resources, workers)
     finally:
         ray.shutdown()
 
@@ -414,8 +494,10 @@ def prepare(sweep: Sweep, out: Path) -> None:
     (out / TRIALS).mkdir(exist_ok=True)
 
 
-def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=None) -> dict[str, Any]:
-    """Run the sweep's unfinished trials on Ray, then aggregate; returns the sweep's summary."""
+def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=None,
+              runners: Runners | None = None) -> dict[str, Any]:
+    """Run the sweep's unfinished trials on Ray (on ``runners`` of a session already open, else in
+    a session of its own), then aggregate; returns the sweep's summary."""
     from analyses.runfolder import locked
 
     log = log or (lambda line: print(line, flush=True))
@@ -434,52 +516,21 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
             f"{len(todo)} to run")
         failures: list[dict[str, Any]] = []
         if todo:
-            with ray_session(resources) as workers:
-                log(f"Ray: {workers} trial(s) at once, {resources.threads} thread(s) each"
+            with contextlib.nullcontext(runners) if runners else ray_session(resources) as runners:
+                log(f"Ray: {runners.workers} trial(s) at once, {resources.threads} thread(s) each"
                     + (f", {resources.gpus} GPU(s) each" if resources.gpus else ""))
-                _run_on_ray(sweep, out, todo, resources, workers, records, failures, log)
+                _run_on_ray(sweep, out, todo, resources, runners, records, failures, log)
         _write_failures(out, failures)
         summary = aggregate(sweep, out, records, failures, time.perf_counter() - began)
     return summary
 
 
-def on_ray(jobs: Sequence[tuple[Any, list[str], Path, bool]], resources: Resources, workers: int,
-           running_dir: Path):
-    """Run ``revlens`` commands as Ray tasks, at most ``workers`` at once, in the order given;
-    yields ``(key, result)`` as each finishes (``result``: :func:`run_trial`'s, or the Ray error of
-    a worker that died more often than ``resources.retries``). ``jobs``: ``(key, argv, folder,
-    resumable)``; ``running_dir`` holds a ``<folder name>.pid`` per running task. Tasks still
-    running when the caller stops (an error, ^C) are cancelled."""
-    import ray
-
-    task = ray.remote(run_trial).options(num_cpus=resources.threads, num_gpus=resources.gpus,
-                                         max_retries=resources.retries, retry_exceptions=False)
-    pending, running = list(jobs), {}
-    try:
-        while pending or running:
-            while pending and len(running) < workers:
-                key, argv, folder, resumable = pending.pop(0)
-                running[task.remote(argv, str(folder), str(running_dir), resumable)] = key
-            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)  # a ^C lands within a second
-            for ref in done:
-                key = running.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as error:  # the worker died more often than max_retries
-                    result = {"exit_code": None, "error": [f"{type(error).__name__}: "
-                                                           f"{' '.join(str(error).split())[:300]}"]}
-                yield key, result
-    finally:
-        for ref in running:
-            ray.cancel(ref, force=True)
-
-
-def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources, workers: int,
+def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources, runners: Runners,
                 records: dict[str, Any], failures: list[dict[str, Any]], log) -> None:
     experiment = EXPERIMENTS[sweep.experiment]
     jobs = [(trial, trial.argv(sweep.experiment, out / TRIALS / trial.name, resources.threads),
              out / TRIALS / trial.name, experiment.resumable) for trial in todo]
-    for trial, result in on_ray(jobs, resources, workers, out / RUNNING):
+    for trial, result in runners.run(jobs, out / RUNNING):
         folder = out / TRIALS / trial.name
         ok = result["exit_code"] == 0
         if ok and not finished(folder, expected_config(sweep.experiment, trial, folder)):
