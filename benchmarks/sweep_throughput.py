@@ -1,23 +1,29 @@
 """Sweep throughput: the same trials on Ray (2 workers × 1 thread) against one after another in
 one process, side by side in one run.
 
-The trials are ``revlens reproduce reversal`` runs (default: the tiny model, 8 seeds). The
-sequential side calls the command (:func:`analyses.cli.main`) for each trial in this process,
-torch on one thread; the Ray side is ``revlens sweep`` in a fresh process into a fresh folder (Ray
-started and stopped inside, workers importing torch cold; its wall time includes that process's
-start). Calling ``run_sweep`` from this process instead, after the sequential side, measured every
-Ray trial 2× slower (12 s against 6 s warm; not understood, not seen from the command). Both write the same run folders.
+The trials are ``revlens reproduce reversal`` runs (default: the tiny model, 80 steps, 8 then 30
+seeds). The sequential side calls the command (:func:`analyses.cli.main`) for each trial in this
+process, torch on one thread; the Ray side is ``revlens sweep`` in a fresh process into a fresh
+folder (Ray started and stopped inside, its runners importing torch cold; its wall time includes
+that process's start). ``--baseline DIR`` also runs the Ray side of another checkout (the code
+before a change) on the same trials, right after (before, for an odd number of trials) this one's,
+so both meet the same load. Calling ``run_sweep`` from this process instead, after the sequential
+side, measured every Ray trial 2× slower (12 s against 6 s warm; not understood, not seen from the
+command), hence the fresh process.
 
-Printed, for each number of trials given (``--trials 8 30``: both, side by side in one run):
-wall time of each side, the speed-up (goal ≥ 1.7× on 2 cores), the load average, Ray's overhead per
-trial = Ray wall × workers / trials − mean trial time inside the workers (Ray's start-up,
-scheduling, result transfer and the idle tail; a cold worker's imports count inside its trial),
-and CPU seconds per trial of each side, which do not depend on what else the machine runs: the
-sequential side's is this process's CPU time; the Ray side's is every process of the sweep's tree
-(the command, Ray's daemons, the workers), read from ``/proc`` every 0.2 s until each exits
-(``psutil``), also given by process kind, so Ray's own share is seen apart from the trials'.
+Printed, for each number of trials given, and at the end as one Markdown table: wall time of each
+side, the speed-up (goal ≥ 1.7× on 2 cores), the load average, the Ray side's timeline (from the
+sweep's own output: Ray up, first and last trial done, exit), the fixed wall time (the first
+trial's finish less a median trial, plus everything after the last trial), Ray's overhead per
+trial = Ray wall × workers / trials − mean trial time inside the workers (start-up, scheduling, the
+idle tail, and the runners' imports where they import before their first trial), and CPU seconds
+per trial of each side, which do not depend on what else the machine runs: the sequential side's
+is this process's CPU time; the Ray side's is every process of the sweep's tree (the command,
+Ray's daemons, the workers), read from ``/proc`` every 0.2 s until each exits (``psutil``), also
+given by process kind, so Ray's own share is seen apart from the trials'.
 
-Run: ``.venv/bin/python benchmarks/sweep_throughput.py [--trials 8 30] [--model tiny] [--steps 80]``.
+Run: ``.venv/bin/python benchmarks/sweep_throughput.py [--trials 8 30] [--model tiny] [--steps 80]
+[--baseline DIR]``.
 """
 
 from __future__ import annotations
@@ -66,11 +72,14 @@ def kind(process: psutil.Process) -> str:
     return "other: " + (process.name() or "?")
 
 
-def tree_cpu(command: list[str]) -> tuple[float, dict[str, float]]:
-    """Run ``command``; the CPU seconds (user + system) of it and of every process it started, by
-    kind (``kind ×N`` where N processes of that kind ran)."""
-    process = psutil.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def tree_cpu(command: list[str], cwd: Path) -> tuple[float, dict[str, float], list[tuple[float, str]]]:
+    """Run ``command`` in ``cwd``; the CPU seconds (user + system) of it and of every process it
+    started, by kind (``kind ×N (a + b ...)``: N processes of that kind ran, each's CPU), and its output lines, each
+    with the seconds since the start at which it was printed."""
+    began = time.perf_counter()
+    process = psutil.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: dict[int, tuple[str, float]] = {}
+    lines: list[tuple[float, str]] = []
     done = threading.Event()
 
     def poll() -> None:
@@ -88,27 +97,59 @@ def tree_cpu(command: list[str]) -> tuple[float, dict[str, float]]:
                     pass
             time.sleep(0.2)
 
-    watcher = threading.Thread(target=poll, daemon=True)
+    def read() -> None:
+        for line in process.stdout:
+            lines.append((time.perf_counter() - began, line.rstrip()))
+
+    watcher, reader = threading.Thread(target=poll, daemon=True), threading.Thread(target=read, daemon=True)
     watcher.start()
-    _, stderr = process.communicate()
+    reader.start()
+    stderr = process.stderr.read()
+    process.wait()
+    reader.join()
     done.set()
     watcher.join()
     if process.returncode != 0:
-        raise RuntimeError(stderr.decode()[-2000:])
-    by_kind: dict[str, float] = defaultdict(float)
-    count: dict[str, int] = defaultdict(int)
+        raise RuntimeError(stderr[-2000:])
+    by_kind: dict[str, list[float]] = defaultdict(list)
     for label, cpu in seen.values():
-        by_kind[label] += cpu
-        count[label] += 1
-    return sum(by_kind.values()), {f"{k} ×{count[k]}": v for k, v in by_kind.items()}
+        by_kind[label].append(cpu)
+    return sum(map(sum, by_kind.values())), {
+        f"{k} ×{len(v)}" + (f" ({' + '.join(f'{c:.1f}' for c in v)})" if len(v) > 1 else ""): sum(v)
+        for k, v in by_kind.items()}, lines
 
 
-def run(trials: int, model: str, steps: int, workers: int) -> None:
+def ray_side(label: str, checkout: Path, trials: int, grid: list[str], workers: int, out: Path) -> dict:
+    """``revlens sweep`` of ``checkout``'s code in a fresh process: wall, CPU, the timeline."""
+    began = time.perf_counter()
+    cpu, by_kind, lines = tree_cpu([sys.executable, "-m", "analyses.cli", "sweep", "reversal", "--out", str(out),
+                                    "--seeds", f"0-{trials - 1}", *grid, "--workers", str(workers)], checkout)
+    wall = time.perf_counter() - began
+    summary = json.loads((out / "summary.json").read_text())
+    inside = [r["seconds"] for r in summary["trials"] if r.get("seconds") is not None]
+    stamp = lambda text: next(t for t, line in lines if text in line)  # noqa: E731
+    ray_up, first, last = stamp("Ray: "), stamp(f"[1/{trials}]"), stamp(f"[{trials}/{trials}]")
+    in_trials = sum(r.get("cpu_seconds") or 0.0 for r in summary["trials"])
+    print(f"  Ray ({label}), {workers} workers × 1 thread: {wall:.1f} s; load {load()}\n"
+          f"    timeline: Ray up at {ray_up:.1f} s, first trial done at {first:.1f} s, last at {last:.1f} s, "
+          f"exit at {wall:.1f} s (aggregate, figure, Ray's shutdown: {wall - last:.1f} s)\n"
+          f"    per trial inside the workers: median {statistics.median(inside):.1f} s, first two {inside[0]:.1f} s "
+          f"{inside[1]:.1f} s\n"
+          f"    {cpu / trials:.2f} CPU s per trial (inside the trials {in_trials / trials:.2f}); by process: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])), flush=True)
+    return {"wall": wall, "cpu": cpu / trials, "overhead": wall * workers / trials - statistics.mean(inside),
+            "fixed": first - statistics.median(inside) + wall - last, "load": load()}
+
+
+def run(trials: int, model: str, steps: int, workers: int, baseline: Path | None) -> list[dict]:
+    """One size: the sequential side, then the Ray side of this checkout (and of ``baseline``,
+    alternating which goes first with the size); rows for the table."""
     sweep = make_sweep("reversal", f"0-{trials - 1}", [f"model={model}", f"steps={steps}"])
+    grid = [token for key, values in sweep.grid.items() for token in ("--grid", f"{key}={values[0]}")]
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         print(f"{trials} trials of reproduce reversal --model {model} --steps {steps}; {os.cpu_count()} cores; "
-              f"load before: {load()}")
+              f"load before: {load()}", flush=True)
         began, began_cpu = time.perf_counter(), time.process_time()
         sequential = []
         for trial in sweep.trials():
@@ -116,29 +157,29 @@ def run(trials: int, model: str, steps: int, workers: int) -> None:
             with contextlib.redirect_stdout(io.StringIO()):
                 assert main(trial.argv("reversal", folder / "sequential" / trial.name, 1)) == 0
             sequential.append(time.perf_counter() - start)
-        sequential_wall, sequential_cpu = time.perf_counter() - began, time.process_time() - began_cpu
-        print(f"one process, one after another: {sequential_wall:.1f} s (per trial: median "
-              f"{statistics.median(sequential):.1f} s); {sequential_cpu / trials:.2f} CPU s per trial; load {load()}")
+        wall, cpu = time.perf_counter() - began, (time.process_time() - began_cpu) / trials
+        print(f"  one process, one after another: {wall:.1f} s (per trial: median {statistics.median(sequential):.1f} "
+              f"s, first {sequential[0]:.1f} s); {cpu:.2f} CPU s per trial; load {load()}", flush=True)
+        sides = [("this checkout", ROOT)] + ([("baseline", baseline)] if baseline else [])
+        if trials % 2:
+            sides.reverse()
+        rows = []
+        for label, checkout in sides:
+            measured = ray_side(label, checkout, trials, grid, workers, folder / label.replace(" ", "-"))
+            rows.append({"trials": trials, "code": label, "sequential": wall, "sequential_cpu": cpu, **measured})
+            print(f"  speed-up ({label}): {wall / measured['wall']:.2f}× (goal ≥ 1.7× on 2 cores)", flush=True)
+        return rows
 
-        began = time.perf_counter()
-        grid = [token for key, values in sweep.grid.items() for token in ("--grid", f"{key}={values[0]}")]
-        ray_cpu, by_kind = tree_cpu([sys.executable, "-m", "analyses.cli", "sweep", "reversal", "--out",
-                                     str(folder / "ray"), "--seeds", f"0-{trials - 1}", *grid, "--workers",
-                                     str(workers)])
-        ray_wall = time.perf_counter() - began
-        summary = json.loads((folder / "ray" / "summary.json").read_text())
-        inside = [r["seconds"] for r in summary["trials"] if r.get("seconds") is not None]
-        print(f"Ray, {workers} workers × 1 thread: {ray_wall:.1f} s (per trial inside the workers: median "
-              f"{statistics.median(inside):.1f} s, first two {inside[0]:.1f} s {inside[1]:.1f} s: cold imports); "
-              f"load {load()}")
-        in_trials = sum(r.get("cpu_seconds") or 0.0 for r in summary["trials"])
-        print(f"Ray side: {ray_cpu / trials:.2f} CPU s per trial (sequential {sequential_cpu / trials:.2f}); inside "
-              f"the trials {in_trials / trials:.2f}; by process: "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
-        print(f"speed-up: {sequential_wall / ray_wall:.2f}× (goal ≥ 1.7× on 2 cores)")
-        overhead = ray_wall * workers / trials - statistics.mean(inside)
-        print(f"Ray overhead per trial (start-up, scheduling, idle tail; cold imports count inside the trials): "
-              f"{overhead:.2f} s")
+
+def table(rows: list[dict]) -> str:
+    """The measurements as the Markdown table of ``benchmarks/README.md``."""
+    lines = ["| trials | code | one process, one after another | Ray, 2 workers × 1 thread | speed-up | CPU s per "
+             "trial (seq / Ray) | Ray overhead per trial | fixed wall (until the first trial starts + after the last) | "
+             "load average after |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['trials']} | {r['code']} | {r['sequential']:.1f} s | {r['wall']:.1f} s | "
+              f"**{r['sequential'] / r['wall']:.2f}×** | {r['sequential_cpu']:.2f} / {r['cpu']:.2f} | "
+              f"{r['overhead']:.2f} s | {r['fixed']:.1f} s | {r['load']} |" for r in rows]
+    return "\n".join(lines)
 
 
 def cli() -> None:
@@ -147,9 +188,11 @@ def cli() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. `git worktree add /tmp/before main`) "
+                                                      "whose `revlens sweep` runs beside this one's, same trials")
     args = parser.parse_args()
-    for trials in args.trials:
-        run(trials, args.model, args.steps, args.workers)
+    rows = [row for trials in args.trials for row in run(trials, args.model, args.steps, args.workers, args.baseline)]
+    print("\n" + table(rows))
 
 
 if __name__ == "__main__":
