@@ -390,9 +390,8 @@ class Runners:
                     idle.append(actor)
                     try:
                         result = ray.get(ref)
-                    except ray.exceptions.RayError as error:  # the runner died more often than max_task_retries
-                        result = {"exit_code": None, "error": [f"{type(error).__name__}: "
-                                                               f"{' '.join(str(error).split())[:300]}"]}
+                    except ray.exceptions.RayError as error:  # the runner died more often than max_task_retries,
+                        result = {"exit_code": None, "error": [_ray_error_text(error)]}  # or could not start
                     yield key, result
         finally:
             for _, actor in running.values():
@@ -423,6 +422,16 @@ def _import_in_background(modules: Sequence[str]) -> None:
                 import_module(module)
 
     threading.Thread(target=load, name="revlens-imports", daemon=True).start()
+
+
+def _ray_error_text(error: Exception) -> str:
+    """A Ray error in one line: its kind, its first line and its last (a runner whose constructor
+    failed ends with the exception it raised, e.g. ``ModuleNotFoundError: No module named ...``)."""
+    import re
+
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+    text = lines[0][:240] + (f" … {lines[-1][:240]}" if len(lines) > 1 else "") if lines else "no message"
+    return f"{type(error).__name__}: {text}"
 
 
 @contextlib.contextmanager
