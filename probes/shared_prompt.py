@@ -31,10 +31,11 @@ from models.backend import (
 from models.scoring import hooked_readout, model_device
 
 
-LOGIT_BUDGET = 2**27
-"""Logits (positions × d_vocab floats, 512 MiB) one continuation pass may produce: a pass holds answers
-of one length, up to ``max(batch_size, LOGIT_BUDGET // d_vocab)`` positions and ``4 · batch_size`` rows
-(each row carries a copy of its prompt's keys and values)."""
+LOGIT_BUDGET = 2**25
+"""Logits (positions × d_vocab floats, 128 MiB; their log-softmax as much again) one continuation pass may
+produce: a pass holds answers of one length, up to ``max(batch_size, LOGIT_BUDGET // d_vocab)`` positions and
+``4 · batch_size`` rows (each row carries a copy of its prompt's keys and values). Gemma 3's 262,144-token
+vocabulary makes that 128 positions a pass (2**27 made it 512: 1 GiB of logits and log-probabilities at once)."""
 
 
 @dataclass
