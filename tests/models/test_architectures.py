@@ -102,6 +102,17 @@ def test_circuit_entries_equal_factored_matrix_entries(architecture, tiny_models
                         assert float(row.entry_ab.iloc[0]) == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.parametrize("architecture", ["gemma", "gemma2", "gemma3"])
+def test_gemma_circuits_on_the_bridge_are_refused(architecture, tiny_models):
+    """The bridge runs Gemma's norms as (1 + w) Hugging Face modules: circuits read from w would be wrong."""
+    model = tiny_models[architecture].backends["bridge"]
+    names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
+    facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
+    token = {name: tiny_models[architecture].tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
+    with pytest.raises(ValueError, match=r"TransformerBridge runs Gemma.*ForCausalLM's norms .*\(1 \+ w\).*backend='hooked'"):
+        circuit_table(model, facts, lambda entity: token[entity], n_controls=2)
+
+
 # --- Gemma 3 270M, the second real model ------------------------------------------------------------
 
 LONG = " ".join(f"Fact {n}: the river town of Example{n} lies north of the hills." for n in range(31))  # 545 tokens

@@ -18,6 +18,7 @@ from facts.celebrity import load_celebrity_pairs
 from facts.language import TemplateTokenizer, bos_prefix, people_world
 from facts.schema import FactSet
 from models.pretrained import declared_bos, resolve
+from probes.circuits import check_circuits_readable
 from probes.logits import answer_table
 
 N_PAIRS = 8
@@ -69,6 +70,20 @@ def test_gemma3_270m_gets_its_bos_and_one_logprob_per_fact(gemma3_hooked, celebr
     prompt = probed.statements.example(celebrities, 0, "forward").prompt
     assert prompt[0] == tokenizer.bos_token_id and prompt[1] != tokenizer.bos_token_id
     assert (probe_lp - check_lp).abs().max() < 1e-4
+
+
+def test_gemma3_270m_on_the_bridge_scores_as_hooked_and_refuses_circuits(gemma3_hooked, gemma3_bridge, celebrities):
+    """check-asymmetry's scoring on the bridge gives the hooked model's log-probs; `probe --backend bridge`
+    is refused before any probe runs (its circuits would read Gemma's norm weights w where it scales by 1 + w)."""
+    asked = TemplateTokenizer(gemma3_bridge.tokenizer, TEMPLATE_FAMILIES[DEFAULT_TEMPLATES])
+    assert asked.prefix == (gemma3_bridge.tokenizer.bos_token_id,)
+    tables = [asymmetry_table(model, celebrities, asked, limit=2, n_controls=2).set_index("fact")
+              for model in (gemma3_hooked, gemma3_bridge)]
+    columns = ["child_to_parent_logprob", "parent_to_child_logprob"]
+    hooked, bridge = (torch.tensor(t[columns].to_numpy(dtype=float)) for t in tables)
+    assert hooked.isfinite().sum() >= 3 and (hooked - bridge).nan_to_num().abs().max() < 1e-4
+    with pytest.raises(ValueError, match="TransformerBridge runs Gemma3ForCausalLM's norms"):
+        check_circuits_readable(gemma3_bridge)
 
 
 def test_a_tokenizer_that_adds_bos_gets_it_in_both_commands(bos_tokenizer, celebrities, tiny_models):
