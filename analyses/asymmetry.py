@@ -52,7 +52,7 @@ from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celeb
 from facts.language import TemplateTokenizer, controls
 from facts.schema import Direction, FactError, FactSet
 from models.backend import is_hooked, is_tl_model
-from models.pretrained import DEFAULT_MODEL, Backend, TLModel, load, load_tokenizer
+from models.pretrained import DEFAULT_MODEL, Backend, TLModel, load
 from models.scoring import model_device
 from probes.shared_prompt import candidate_logprobs_cached
 from probes.views import save_png
@@ -282,7 +282,7 @@ def check_asymmetry(
         model, tokenizer, name = model_name_or_path, model_name_or_path.tokenizer, model_name_or_path.cfg.model_name
     else:
         model = load(model_name_or_path, backend=backend, device=device)
-        tokenizer, name = load_tokenizer(model_name_or_path), os.fspath(model_name_or_path)
+        tokenizer, name = model.tokenizer, os.fspath(model_name_or_path)  # the model's own: no second copy
     fact_tokenizer = TemplateTokenizer(tokenizer, TEMPLATE_FAMILIES[templates])  # BOS as the tokenizer adds it
     loaded = time.perf_counter()
     table = asymmetry_table(model, facts, fact_tokenizer, limit=limit, n_controls=n_controls, seed=seed,

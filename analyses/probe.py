@@ -57,8 +57,8 @@ from facts.tokens import Example, FactTokenizer
 from models.bilinear import BilinearModel
 from models.checkpoint import list_checkpoints
 from models.load import load_trained
-from probes.attribution import direct_logit_attribution, folded, patch_residual
-from probes.circuits import EntityIds, circuit_table
+from probes.attribution import direct_logit_attribution, patch_residual
+from probes.circuits import EntityIds, check_circuits_readable, circuit_table
 from probes.logits import answer_table
 from probes.views import attention_view, attribution_bar, patching_heatmap, save_html, save_png
 
@@ -169,10 +169,10 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
             f"without sentences: pass a run's checkpoints/ folder for token ids, or give a pretrained model a "
             f"natural-language fact set ({sorted(TEXT_TEMPLATES)}), a Berglund folder, or --templates-file"
         )
-    from models.pretrained import load, load_tokenizer
+    from models.pretrained import load
 
-    return pretrained_probed(load(model_path, backend=backend, device=device), load_tokenizer(model_path),
-                             facts.world, {"backend": backend}, templates)
+    model = load(model_path, backend=backend, device=device)  # with its tokenizer, BOS as the files declare
+    return pretrained_probed(model, model.tokenizer, facts.world, {"backend": backend}, templates)
 
 
 def representative_fact(facts: FactSet) -> int | None:
@@ -221,7 +221,7 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
     name = f"fact {index} ({fact.subject} → {fact.object}; " + (f"reverse {fact.reverse})" if probed.trained_on_facts
                                                                 else f"{PRIOR})")
 
-    attributions = direct_logit_attribution(folded(model), [forward, reverse], by="head")
+    attributions = direct_logit_attribution(model, [forward, reverse], by="head")
     attributions["prompt → answer token"] = [f"{d} → {label(t)!r}" for d, t in
                                              zip(attributions.direction, attributions.answer_token)]
     save_png(attribution_bar(attributions, hue="prompt → answer token", top=30,
@@ -483,6 +483,7 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
         kept = tuple(q for q in asked.questions if q.fact < len(facts))
         choices = (QuestionSet(train=(), questions=kept, source=asked.source), multiple_choice)
     probed = load_probed(model_path, facts, device, backend, source.sentence_templates(None))
+    check_circuits_readable(probed.model)  # before any probe runs: a Gemma on the bridge is refused at once
     return write_probe(probed, facts, out, n_controls, patch_layers,
                        about={"model": str(model_path), "facts": str(facts_path), "limit": limit,
                               **({} if templates_file is None else {"templates_file": str(templates_file)})},

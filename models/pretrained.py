@@ -46,7 +46,9 @@ TransformerLens's usual processing (fold_ln, center_writing_weights, center_unem
 fold_value_biases; ``enable_compatibility_mode()`` on the bridge); log-softmax is unchanged by
 it, raw logits shift by a constant per position. Strings are tokenised as the HF tokenizer does:
 ``default_prepend_bos`` is set to whether the tokenizer adds a BOS token itself (SmolLM2's does
-not; :func:`prepends_bos`, which refuses a tokenizer without BOS for a model that expects one), so ``model.to_tokens(s)`` equals ``tokenizer(s).input_ids`` on both backends.
+not; the tokenizer follows what the model's files declare, a GGUF's ``tokenizer.ggml.add_bos_token`` or a folder's
+``tokenizer_config.json``, :func:`declared_bos`; :func:`prepends_bos` refuses a tokenizer without BOS for a model
+that expects one), so ``model.to_tokens(s)`` equals ``tokenizer(s).input_ids`` on both backends.
 
 Measured with :func:`check_equivalence` (max |Δ log-softmax| over the vocabulary, float32, CPU,
 the four prompts of ``tests/models/test_pretrained.py``), SmolLM2-135M-Instruct: hooked 4.8e-05,
@@ -277,19 +279,86 @@ def load_hf(
     return model.to(device or default_device()).eval(), tokenizer
 
 
-def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, read offline (a new object each call; GGUF reads are cached)."""
+def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, *, keep: bool = True) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, read offline, adding BOS exactly as the model's files say (a new object each call).
+
+    Where the files declare whether a BOS starts every encoding (a GGUF's
+    ``tokenizer.ggml.add_bos_token``, a folder's ``tokenizer_config.json`` ``add_bos_token``;
+    :func:`declared_bos`), the tokenizer is made to follow it. A GGUF's tokenizer is kept per
+    process and handed out as deep copies (its vocabulary is parsed from the file's metadata,
+    ~20 s for Gemma 3); ``keep=False`` (a command that reads the model once) keeps none, so only
+    the returned tokenizer stays in memory (Gemma 3's is ~0.23 GiB).
+    """
     source = resolve(name_or_path)
     if source.is_gguf:
         key = (source.path, _file_stamp(source.path))
-        if key not in _GGUF_TOKENIZERS:
-            with _one_gguf_parse(source.path), _as_load_error(source.path, "its tokenizer from the GGUF metadata"):
-                _GGUF_TOKENIZERS[key] = AutoTokenizer.from_pretrained(
-                    source.path.parent, gguf_file=source.path.name, local_files_only=True
-                )
-        return copy.deepcopy(_GGUF_TOKENIZERS[key])
+        if key in _GGUF_TOKENIZERS:
+            return copy.deepcopy(_GGUF_TOKENIZERS[key])
+        with _one_gguf_parse(source.path), _as_load_error(source.path, "its tokenizer from the GGUF metadata"):
+            tokenizer = AutoTokenizer.from_pretrained(source.path.parent, gguf_file=source.path.name,
+                                                      local_files_only=True)
+            _GGUF_DECLARED_BOS[key] = _gguf_declared_bos(source.path)
+        _follow_declared_bos(tokenizer, _GGUF_DECLARED_BOS[key], source)
+        if keep:
+            _GGUF_TOKENIZERS[key] = tokenizer
+            return copy.deepcopy(tokenizer)
+        return tokenizer
     with _as_load_error(source.path, "its tokenizer (save one next to it with tokenizer.save_pretrained)"):
-        return AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+    _follow_declared_bos(tokenizer, declared_bos(source), source)
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class DeclaredBos:
+    """What a model's files say about BOS: whether every encoding starts with it, and where it is said."""
+
+    add: bool
+    where: str
+
+
+def declared_bos(source: ModelSource) -> DeclaredBos | None:
+    """Whether the model's files say every encoding starts with BOS, or None where they say nothing.
+
+    A GGUF: its ``tokenizer.ggml.add_bos_token`` field (read with the tokenizer, in the same parse
+    of the file: :func:`load_tokenizer`). A folder: ``add_bos_token`` in its
+    ``tokenizer_config.json`` (transformers itself ignores that key when a ``tokenizer.json``
+    is there, and follows the latter's post-processor).
+    """
+    if source.is_gguf:
+        key = (source.path, _file_stamp(source.path))
+        if key not in _GGUF_DECLARED_BOS:
+            load_tokenizer(source.path, keep=False)
+        return _GGUF_DECLARED_BOS[key]
+    tokenizer_config = source.path / "tokenizer_config.json"
+    if not tokenizer_config.is_file():
+        return None
+    with contextlib.suppress(ValueError, OSError):
+        value = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("add_bos_token")
+        if isinstance(value, bool):
+            return DeclaredBos(value, f"{tokenizer_config} sets add_bos_token: {str(value).lower()}")
+    return None
+
+
+def _gguf_declared_bos(path: Path) -> DeclaredBos | None:
+    """The GGUF's ``tokenizer.ggml.add_bos_token``, from the reader of the enclosing one-parse block."""
+    import gguf
+
+    field = gguf.GGUFReader(path).fields.get("tokenizer.ggml.add_bos_token")
+    if field is None:
+        return None
+    return DeclaredBos(bool(field.contents()), f"{path} sets tokenizer.ggml.add_bos_token: {str(bool(field.contents())).lower()}")
+
+
+def _follow_declared_bos(tokenizer: PreTrainedTokenizerBase, declared: DeclaredBos | None, source: ModelSource) -> None:
+    """Make ``tokenizer`` start its encodings with BOS exactly when the files declare it (where they
+    do, and the tokenizer has a BOS token; one without is refused by :func:`prepends_bos`)."""
+    if declared is None or tokenizer.bos_token_id is None or (bos_prefix(tokenizer) != ()) == declared.add:
+        return
+    tokenizer.add_bos_token = declared.add
+    if (bos_prefix(tokenizer) != ()) != declared.add:
+        raise PretrainedLoadError(f"{source.name} ({source.path}): {declared.where}, but its tokenizer "
+                                  f"({type(tokenizer).__name__}) cannot be made to follow it")
 
 
 def _file_stamp(path: Path) -> tuple[int, int]:
@@ -299,7 +368,8 @@ def _file_stamp(path: Path) -> tuple[int, int]:
 
 
 _GGUF_MODELS: dict[tuple[Path, tuple[int, int]], PreTrainedModel] = {}  # filled by load_hf only
-_GGUF_TOKENIZERS: dict[tuple[Path, tuple[int, int]], PreTrainedTokenizerBase] = {}
+_GGUF_TOKENIZERS: dict[tuple[Path, tuple[int, int]], PreTrainedTokenizerBase] = {}  # kept by load_tokenizer
+_GGUF_DECLARED_BOS: dict[tuple[Path, tuple[int, int]], DeclaredBos | None] = {}
 
 
 def _gguf_model_and_tokenizer(path: Path, keep: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -311,9 +381,9 @@ def _gguf_model_and_tokenizer(path: Path, keep: bool) -> tuple[PreTrainedModel, 
     """
     key = (path, _file_stamp(path))
     if key in _GGUF_MODELS:
-        return copy.deepcopy(_GGUF_MODELS[key]), load_tokenizer(path)
+        return copy.deepcopy(_GGUF_MODELS[key]), load_tokenizer(path, keep=keep)
     with _one_gguf_parse(path):
-        tokenizer = load_tokenizer(path)  # first: reading the weights releases the parsed metadata
+        tokenizer = load_tokenizer(path, keep=keep)  # first: reading the weights releases the parsed metadata
         with lean_gguf_weights(_release_shared_reader):
             model = _read_gguf_model(path)
     if keep:
@@ -700,14 +770,16 @@ def _to_bridge(
 
 def prepends_bos(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig, source: ModelSource) -> bool:
     """Whether prompts to this model start with BOS: exactly when its tokenizer adds BOS itself
-    (the one prompt rule, :func:`facts.language.bos_prefix`).
+    (the one prompt rule, :func:`facts.language.bos_prefix`), which :func:`load_tokenizer` makes
+    follow what the model's files declare (:func:`declared_bos`).
 
     A model that expects BOS (:func:`_bos_expected`) paired with a tokenizer that has no BOS token
     would read every prompt wrongly (Gemma 3 270M: log p(' the') −3.76 without BOS, −1.21 with
     it), so that pairing is refused with :class:`PretrainedLoadError`, naming the model and what to do.
     """
+    declared = declared_bos(source)
     if tokenizer.bos_token_id is None:
-        reason = _bos_expected(tokenizer, config, source)
+        reason = _bos_expected(tokenizer, config, declared)
         if reason is not None:
             raise PretrainedLoadError(
                 f"{source.name} ({source.path}) expects a BOS token before every prompt ({reason}), but its "
@@ -715,31 +787,34 @@ def prepends_bos(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig, s
                 f"tokenizer next to it (tokenizer.save_pretrained(folder)), or give this one its BOS token "
                 f"(tokenizer.bos_token = '<bos>', tokenizer.add_bos_token = True) and save it again."
             )
-    return bos_prefix(tokenizer) != ()
+    adds = bos_prefix(tokenizer) != ()
+    if declared is not None and tokenizer.bos_token_id is not None and adds != declared.add:
+        raise PretrainedLoadError(f"{source.name} ({source.path}): {declared.where}, but the tokenizer given "
+                                  f"{'adds' if adds else 'does not add'} BOS; read it with load_tokenizer")
+    return adds
 
 
 _BOS_FAMILIES = ("gemma",)  # config.model_type prefixes of families trained with BOS before every sequence
 
 
-def _bos_expected(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig, source: ModelSource) -> str | None:
+def _bos_expected(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig,
+                  declared: DeclaredBos | None) -> str | None:
     """Why the model expects BOS before a prompt, or None when nothing says it does.
 
-    Either its family is trained with BOS before every sequence and its config names a BOS id
-    (Gemma 1/2/3: ``model_type`` ``gemma*``, ``bos_token_id`` set), or its tokenizer files ask
-    for one (``add_bos_token: true`` in the tokenizer's arguments or the folder's
-    ``tokenizer_config.json``: transformers drops the flag silently when there is no BOS token).
-    A config's ``bos_token_id`` alone says nothing (GPT-2 names one and is not prompted with it).
+    Its files declare it (:func:`declared_bos`: a GGUF's ``tokenizer.ggml.add_bos_token``, a
+    folder's ``tokenizer_config.json``), or its tokenizer was made with ``add_bos_token=True``
+    (transformers drops the flag silently when there is no BOS token), or, where the files say
+    nothing, its family is trained with BOS before every sequence and its config names a BOS id
+    (Gemma 1/2/3: ``model_type`` ``gemma*``, ``bos_token_id`` set). A config's ``bos_token_id``
+    alone says nothing (GPT-2 names one and is not prompted with it).
     """
+    if declared is not None:
+        return declared.where if declared.add else None
+    if tokenizer.init_kwargs.get("add_bos_token") is True:
+        return "its tokenizer was made with add_bos_token=True"
     model_type = getattr(config, "model_type", "") or ""
     if model_type.startswith(_BOS_FAMILIES) and getattr(config, "bos_token_id", None) is not None:
         return f"{model_type} models are trained with BOS, id {config.bos_token_id} in its config, before every sequence"
-    if tokenizer.init_kwargs.get("add_bos_token") is True:
-        return "its tokenizer was made with add_bos_token=True"
-    tokenizer_config = source.path / "tokenizer_config.json"
-    if not source.is_gguf and tokenizer_config.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            if json.loads(tokenizer_config.read_text(encoding="utf-8")).get("add_bos_token") is True:
-                return f"{tokenizer_config} sets add_bos_token: true"
     return None
 
 

@@ -19,6 +19,11 @@ from facts.tokens import TokenizedFacts
 
 Model = Callable[[Int[Tensor, "batch pos"]], Float[Tensor, "batch pos d_vocab"]]
 
+LOGIT_BUDGET = 2**25
+"""Logits (positions × d_vocab floats, 128 MiB) one forward pass may produce: :func:`score_answers` cuts its
+batches to fit, cached scoring its continuation passes (:mod:`probes.shared_prompt`). The unembedding's
+output and its bias sum briefly hold twice that; Gemma 3's 262,144-token vocabulary makes it 128 positions."""
+
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of a model's first parameter (CPU for a parameter-free module)."""
@@ -104,10 +109,13 @@ class AnswerScores:
 
 @torch.no_grad()
 def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) -> AnswerScores:
-    """Answer log-probabilities and greedy correctness of every row, in chunks of ``batch_size``."""
+    """Answer log-probabilities and greedy correctness of every row, in chunks of ``batch_size`` rows,
+    fewer where their logits would pass :data:`LOGIT_BUDGET` (at least one row a chunk)."""
     device = model_device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
     if isinstance(model, torch.nn.Module):
         check_token_ids(model, batch)
+        positions = max(1, batch.tokens.shape[1]) * (vocab_size(model) or 1)
+        batch_size = max(1, min(batch_size, LOGIT_BUDGET // positions))
     logprobs, correct = [], []
     for start in range(0, len(batch), batch_size):
         chunk = batch.take(range(start, min(start + batch_size, len(batch)))).to(device)

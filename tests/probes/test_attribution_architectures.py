@@ -75,6 +75,13 @@ def test_attributions_sum_to_the_logit_difference_or_are_refused(architecture, b
         biases = [getattr(block.attn, "b_O", None) for block in folded(model).blocks]
         has_bias = any(b is not None and bool((b != 0).any()) for b in biases)
         assert ("attn bias" in kinds) == (by == "head" and has_bias)  # a bar only for what the model has
+    if is_hooked(model):  # read unfolded, term by term what TransformerLens's fold_ln copy gives
+        unfolded = direct_logit_attribution(model, examples, controls=controls)
+        twin = folded(model)
+        assert twin is not model  # the perturbed final norm has an affine part to fold
+        refolded = direct_logit_attribution(twin, examples, controls=controls)
+        assert list(unfolded.component) == list(refolded.component)
+        assert (unfolded.attribution - refolded.attribution).abs().max() < 1e-4
 
 
 def refused_without_a_hooked_transformer(model) -> bool:
@@ -148,10 +155,9 @@ def test_gemma3_270m_attributions_sum_to_the_logit_difference(gemma3_hooked):
     controls = [Example(prompt, (control,), 0, "forward", "train")]
     if refused_without_a_hooked_transformer(gemma3_hooked):
         return
-    plain = folded(gemma3_hooked)
     with torch.no_grad():
-        logits = plain(torch.tensor([prompt]))[0, -1]
-    for by in ("head", "layer"):
-        table = direct_logit_attribution(plain, examples, controls=controls, by=by)
+        logits = gemma3_hooked(torch.tensor([prompt]))[0, -1]
+    for by in ("head", "layer"):  # read as it is: no folded copy of the model's 1.6 GiB
+        table = direct_logit_attribution(gemma3_hooked, examples, controls=controls, by=by)
         assert table.attribution.sum() == pytest.approx(float(logits[answer] - logits[control]), abs=1e-4)
         assert "attn bias" not in set(table.kind)

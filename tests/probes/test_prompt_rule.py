@@ -1,5 +1,6 @@
 """One prompt rule for every command: BOS before a prompt exactly when the model's tokenizer adds it
-itself, and one set of templates per fact kind, so `probe` and `check-asymmetry` give one celebrity
+itself, as the model's files declare (SmolLM2's GGUF: tokenizer.ggml.add_bos_token false; Gemma's:
+true), and one set of templates per fact kind, so `probe` and `check-asymmetry` give one celebrity
 fact one log-probability. On the real SmolLM2 (its tokenizer adds no BOS), the real Gemma 3 270M (its
 tokenizer adds BOS) and a tiny random Gemma 3 read with a tokenizer told to add BOS."""
 
@@ -16,6 +17,8 @@ from analyses.probe import pretrained_probed
 from facts.celebrity import load_celebrity_pairs
 from facts.language import TemplateTokenizer, bos_prefix, people_world
 from facts.schema import FactSet
+from models.pretrained import declared_bos, resolve
+from probes.circuits import check_circuits_readable
 from probes.logits import answer_table
 
 N_PAIRS = 8
@@ -51,7 +54,8 @@ def logprobs_of_both_commands(model, tokenizer, celebrities):
 
 
 def test_smollm2_gets_no_bos_and_one_logprob_per_fact(smollm2_hooked, smollm2_tokenizer, celebrities):
-    assert bos_prefix(smollm2_tokenizer) == ()
+    assert declared_bos(resolve("smollm2-135m")).add is False  # its GGUF's tokenizer.ggml.add_bos_token
+    assert bos_prefix(smollm2_tokenizer) == () and not smollm2_hooked.cfg.default_prepend_bos
     probed, probe_lp, check_lp = logprobs_of_both_commands(smollm2_hooked, smollm2_tokenizer, celebrities)
     assert probed.statements.example(celebrities, 0, "forward").prompt[0] != smollm2_tokenizer.bos_token_id
     assert len(probe_lp) >= N_PAIRS + 1  # every forward question, and the reverse of the first children
@@ -60,11 +64,26 @@ def test_smollm2_gets_no_bos_and_one_logprob_per_fact(smollm2_hooked, smollm2_to
 
 def test_gemma3_270m_gets_its_bos_and_one_logprob_per_fact(gemma3_hooked, celebrities):
     tokenizer = gemma3_hooked.tokenizer
-    assert bos_prefix(tokenizer) == (tokenizer.bos_token_id,)
+    assert declared_bos(resolve("gemma3-270m")).add is True  # its GGUF's tokenizer.ggml.add_bos_token
+    assert bos_prefix(tokenizer) == (tokenizer.bos_token_id,) and gemma3_hooked.cfg.default_prepend_bos
     probed, probe_lp, check_lp = logprobs_of_both_commands(gemma3_hooked, tokenizer, celebrities)
     prompt = probed.statements.example(celebrities, 0, "forward").prompt
     assert prompt[0] == tokenizer.bos_token_id and prompt[1] != tokenizer.bos_token_id
     assert (probe_lp - check_lp).abs().max() < 1e-4
+
+
+def test_gemma3_270m_on_the_bridge_scores_as_hooked_and_refuses_circuits(gemma3_hooked, gemma3_bridge, celebrities):
+    """check-asymmetry's scoring on the bridge gives the hooked model's log-probs; `probe --backend bridge`
+    is refused before any probe runs (its circuits would read Gemma's norm weights w where it scales by 1 + w)."""
+    asked = TemplateTokenizer(gemma3_bridge.tokenizer, TEMPLATE_FAMILIES[DEFAULT_TEMPLATES])
+    assert asked.prefix == (gemma3_bridge.tokenizer.bos_token_id,)
+    tables = [asymmetry_table(model, celebrities, asked, limit=2, n_controls=2).set_index("fact")
+              for model in (gemma3_hooked, gemma3_bridge)]
+    columns = ["child_to_parent_logprob", "parent_to_child_logprob"]
+    hooked, bridge = (torch.tensor(t[columns].to_numpy(dtype=float)) for t in tables)
+    assert hooked.isfinite().sum() >= 3 and (hooked - bridge).nan_to_num().abs().max() < 1e-4
+    with pytest.raises(ValueError, match="TransformerBridge runs Gemma3ForCausalLM's norms"):
+        check_circuits_readable(gemma3_bridge)
 
 
 def test_a_tokenizer_that_adds_bos_gets_it_in_both_commands(bos_tokenizer, celebrities, tiny_models):
