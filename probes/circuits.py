@@ -444,13 +444,19 @@ def _given_states(model, facts: FactSet, statements, rows: Sequence[tuple[int, s
 def _delta_mlp(before_mlp: torch.nn.Module, after_mlp: torch.nn.Module, x: Float[Tensor, "rows d_model"]
                ) -> Float[Tensor, "rows d_model"]:
     """First-order change of the MLP's output at the inputs ``x`` when its weights move from before to after:
-    the Jacobian-vector product d/dε MLP_{W + εΔW}(x) at ε = 0 (``torch.func.jvp``)."""
+    the Jacobian-vector product d/dε MLP_{W + εΔW}(x) at ε = 0 (``torch.func.jvp``).
+
+    ``tie_weights=False``: a TransformerLens 4 bridge reaches each linear layer under two module paths
+    (``_original_component.fc_in`` and its alias ``in``); with ties on, ``functional_call`` swaps the one
+    parameter slot once per path and restores it from the second swap, which leaves the jvp's dead
+    wrappers in ``before_mlp`` (PyTorch issue #164759). Swapping only the deduplicated names of
+    ``named_parameters()`` reaches every path (they share the module) and restores each slot once."""
     params = {name: p.detach().float() for name, p in before_mlp.named_parameters()}
     moved = dict(after_mlp.named_parameters())
     tangents = {name: moved[name].detach().float() - value for name, value in params.items()}
 
     def output(weights):
-        return torch.func.functional_call(before_mlp, weights, (x[:, None],))
+        return torch.func.functional_call(before_mlp, weights, (x[:, None],), tie_weights=False)
 
     _, change = torch.func.jvp(output, (params,), (tangents,))
     return change[:, 0].float()

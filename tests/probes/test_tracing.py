@@ -240,7 +240,10 @@ def test_tracing_a_bridge_is_refused_with_the_backend_to_use(tiny_models, tmp_pa
 
 def test_no_weight_change_reads_zero(tiny_before_after, world, vocab):
     before, _ = tiny_before_after
+    parameters = dict(before.named_parameters(remove_duplicate=False))
     table = weight_change_table(before, copy.deepcopy(before), world, vocab, vocab.entity_ids, n_controls=8)
+    # the models are left as they were: the same parameter objects under every name (PyTorch issue #164759)
+    assert all(p is parameters[name] for name, p in before.named_parameters(remove_duplicate=False))
     assert set(table.circuit) == {"delta_mlp", "delta_ov"} and len(table) == 2 * 2 * len(world)
     assert (table.entry_ab == 0).all() and (table.entry_ba == 0).all()
 
