@@ -19,6 +19,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from models.backend import is_hooked
+from models.scoring import hooked_readout
+
 
 def letter_tokens(tokenizer: Any, letters: str) -> tuple[int, ...]:
     """The token of " A", " B", ... (the letter after "Answer:"), one per letter; a tokenizer that splits
@@ -40,7 +43,8 @@ def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: 
                          batch_size: int = 16) -> Float[Tensor, "prompt letter"]:
     """p_k for every prompt (rows in input order) and letter token (columns): the softmax over the
     letters' next-token logits at the last prompt position (see the module docstring). Prompts run in
-    groups of one length (no padding), ``batch_size`` at a time."""
+    groups of one length (no padding), ``batch_size`` at a time. A HookedTransformer unembeds the last
+    position only (:func:`models.scoring.hooked_readout`: exactly that row of its full logits)."""
     if not prompts:
         raise ValueError("no multiple-choice prompts to score")
     index = torch.tensor(list(letters), device=model.cfg.device)
@@ -52,7 +56,10 @@ def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: 
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             tokens: Int[Tensor, "batch pos"] = torch.tensor([list(prompts[r]) for r in chunk], device=model.cfg.device)
-            logits = model(tokens)[:, -1].double()
+            if is_hooked(model):
+                logits = hooked_readout(model, model(tokens, stop_at_layer=model.cfg.n_layers)[:, -1]).double()
+            else:
+                logits = model(tokens)[:, -1].double()
             out[chunk] = logits[:, index].softmax(-1).cpu()
     return out
 

@@ -17,16 +17,52 @@ from models.training import TrainConfig, train
 from models.transformer import build_model
 
 
-MODEL_GROUPS = (("gemma3", ("gemma3_hf", "gemma3_hooked", "gemma3_bridge")),
-                ("smollm2", ("smollm2_hf", "smollm2_hooked", "smollm2_bridge")))
+MODEL_GROUPS = (("gemma3", ("gemma3_hf", "gemma3_hooked", "gemma3_bridge")),)
 """Tests that use one of these session fixtures (directly or through another fixture) run in one
 pytest-xdist worker per model (``make test`` runs ``-n 2 --dist loadgroup``), so each model is read
-and converted once per run, not once per worker."""
+and converted once per run, not once per worker. (SmolLM2's tests are spread: see below.)"""
+
+
+# --- suite (#15.3): SmolLM2's tests on both workers, the heaviest groups sent first ----------------
+# SmolLM2's tests go by module (each worker reads SmolLM2 at most once: the session fixtures), so its
+# minutes of fine-tuning no longer sit on one worker; the fine-tune fixtures of test_finetune.py are
+# groups of their own (a module-scoped fixture must stay on one worker, or it trains twice).
+FIXTURE_GROUPS = (("tests/analyses/test_finetune.py", "smollm2-finetune", ("run", "bidirectional_run")),
+                  ("tests/analyses/test_finetune.py", "smollm2-berglund", ("berglund_run",)))
+"""(module, group, fixtures): that module's tests using any of these fixtures form the group."""
+
+HEAVIEST_FIRST = ("smollm2-finetune", "smollm2-berglund", "cli-processes", "tests/analyses/test_sweep.py", "gemma3")
+"""Groups that take minutes, sent to the workers first (a long group started last would run alone at the
+end); with ``--dist loadgroup`` the other groups follow in collection order (not by their number of
+tests: :func:`pytest_configure` turns pytest-xdist's reordering off)."""
+
+
+def _group(item: pytest.Item) -> str:
+    """The xdist group of a test with no ``xdist_group`` marker: :data:`FIXTURE_GROUPS`, else its
+    model's (:data:`MODEL_GROUPS`), else its module's."""
+    used, module = set(getattr(item, "fixturenames", ())), item.nodeid.split("::")[0]
+    for path, name, fixtures in FIXTURE_GROUPS:
+        if module == path and used & set(fixtures):
+            return name
+    return next((name for name, fixtures in MODEL_GROUPS if used & set(fixtures)), module)
+
+
+def _send_heaviest_first(items: list[pytest.Item]) -> None:
+    """Reorder ``items`` (stably) so that the groups of :data:`HEAVIEST_FIRST` come first, in that order."""
+    def rank(item: pytest.Item) -> int:
+        names = [m.args[0] for m in item.iter_markers("xdist_group") if m.args]
+        return min((HEAVIEST_FIRST.index(n) for n in names if n in HEAVIEST_FIRST), default=len(HEAVIEST_FIRST))
+
+    items.sort(key=rank)
+# --- end suite block --------------------------------------------------------------------------------
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """In a pytest-xdist worker, torch and the processes a test starts use one CPU thread each: the
-    workers share the machine's cores."""
+    workers share the machine's cores. With ``--dist loadgroup``, groups are sent in collection order
+    (:data:`HEAVIEST_FIRST` first), not sorted by their number of tests."""
+    if getattr(config.option, "dist", "no") == "loadgroup":  # the controller: keep HEAVIEST_FIRST's order
+        config.option.loadscopereorder = False
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
@@ -35,14 +71,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """One xdist group per test (read by pytest-xdist after collection): its model's
-    (:data:`MODEL_GROUPS`), else the one its module names itself (``pytestmark``), else its
-    module's, so module fixtures are built once."""
+    """One xdist group per test (read by pytest-xdist after collection): the one its module names
+    itself (``pytestmark``), else :func:`_group`'s, so module fixtures are built once."""
     if item.get_closest_marker("xdist_group"):
         return
-    used = set(getattr(item, "fixturenames", ()))
-    group = next((name for name, fixtures in MODEL_GROUPS if used & set(fixtures)), item.nodeid.split("::")[0])
-    item.add_marker(pytest.mark.xdist_group(group))
+    item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 
 
@@ -114,6 +147,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         _leave_out_for_the_second_line(config, items)
     if not getattr(config.option, "loadgroup", False):  # set by xdist in a worker run with --dist loadgroup
         return
+    _send_heaviest_first(items)
     from _pytest.nodeid import NodeId
 
     for item in items:

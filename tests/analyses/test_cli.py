@@ -1,4 +1,6 @@
-"""`revlens` as a user runs it: a real subprocess, real files."""
+"""`revlens` as a user runs it: a real subprocess, real files (the default run and --help). The other
+commands run through the CLI's main() in the test process (``revlens_in_process``): the same parser,
+exit codes and printed text, without another interpreter start."""
 
 import json
 import subprocess
@@ -6,7 +8,7 @@ import sys
 
 import pytest
 
-from tests_support import ROOT, revlens
+from tests_support import ROOT, revlens, revlens_in_process
 
 
 def test_help_does_not_import_torch():
@@ -39,9 +41,10 @@ def test_default_reversal_run_reproduces_the_curse(default_run):
     assert set(history[-1]["eval"]) >= {"train", "heldout", "train/forward", "heldout/reverse"}
 
 
-def test_same_seed_twice_gives_the_same_summary(default_run, tmp_path):
+def test_same_seed_twice_gives_the_same_summary(default_run, tmp_path, capsys):
+    """The subprocess's run and one through main() here: the same files."""
     out, _ = default_run
-    revlens("reproduce", "reversal", "--out", str(tmp_path), "--quiet")
+    revlens_in_process(capsys, "reproduce", "reversal", "--out", str(tmp_path), "--quiet")
     first, second = (json.loads((d / "summary.json").read_text()) for d in (out, tmp_path))
     first.pop("seconds"), second.pop("seconds")
     assert first == second
@@ -49,9 +52,9 @@ def test_same_seed_twice_gives_the_same_summary(default_run, tmp_path):
 
 
 @pytest.mark.parametrize("positional", ["rotary", "none"])
-def test_other_positional_encodings_and_models(positional, tmp_path):
-    revlens("reproduce", "reversal", "--out", str(tmp_path), "--model", "one-layer", "--positional", positional,
-            "--steps", "40", "--quiet")
+def test_other_positional_encodings_and_models(positional, tmp_path, capsys):
+    revlens_in_process(capsys, "reproduce", "reversal", "--out", str(tmp_path), "--model", "one-layer",
+                       "--positional", positional, "--steps", "40", "--quiet")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["config"]["positional"] == positional
     assert summary["train_prob"] > 0.9 and summary["heldout_reverse_accuracy"] <= 2 * summary["chance_accuracy"]
@@ -65,8 +68,8 @@ def test_other_positional_encodings_and_models(positional, tmp_path):
         (["--pairs", "300"], "cannot be made from an alphabet of 200"),
     ],
 )
-def test_bad_arguments_name_the_problem(args, message, tmp_path):
-    result = revlens("reproduce", "reversal", "--out", str(tmp_path), "--quiet", *args, check=False)
+def test_bad_arguments_name_the_problem(args, message, tmp_path, capsys):
+    result = revlens_in_process(capsys, "reproduce", "reversal", "--out", str(tmp_path), "--quiet", *args, check=False)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -83,11 +86,11 @@ def test_checkpoint_every_leaves_intermediate_checkpoints_to_resume_from(tmp_pat
     assert steps == [2, 4, 6]
 
 
-def test_make_facts_celebrity_limit_keeps_the_first_pairs(tmp_path):
+def test_make_facts_celebrity_limit_keeps_the_first_pairs(tmp_path, capsys):
     from facts.celebrity import load_celebrity_pairs
     from facts.io import load_jsonl
 
-    revlens("make-facts", "celebrity", "--limit", "5", "--out", str(tmp_path / "c.jsonl"))
+    revlens_in_process(capsys, "make-facts", "celebrity", "--limit", "5", "--out", str(tmp_path / "c.jsonl"))
     facts, full = load_jsonl(tmp_path / "c.jsonl"), load_celebrity_pairs()
     assert tuple(facts) == tuple(full)[:5]
     assert facts.meta["limit"] == 5 and facts.meta["line"] == full.meta["line"][:5]

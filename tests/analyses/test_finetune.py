@@ -278,8 +278,10 @@ def test_cli_reports_a_missing_model_path_without_a_traceback(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def bidirectional_run(tmp_path_factory, smollm2_hf):
+    """(No multiple choice: its table is checked on ``run``; here the mitigation's rows are.)"""
     out = tmp_path_factory.mktemp("finetune-bidirectional")
-    args = ["--people", "3", "--templates", "1", "--epochs", "1", "--controls", "2", "--quiet", "--tracing-facts", "0"]
+    args = ["--people", "3", "--templates", "1", "--epochs", "1", "--controls", "2", "--quiet", "--tracing-facts", "0",
+            "--multiple-choice", "0"]
     assert main(["finetune-facts", "--out", str(out), "--mitigation", "bidirectional", *args]) == 0
     return out
 
@@ -342,11 +344,12 @@ def test_reproduce_mitigations_tables_and_draws_the_fine_tuned_rows_beside_the_t
 @pytest.fixture(scope="module")
 def berglund_run(tmp_path_factory, smollm2_hf):
     """A Berglund-layout folder (3 people in p2d and in both, 3 training paraphrases each), trained
-    on the first 2 of them, one epoch of the last block only."""
+    on the first 2 of them, one epoch of the last block only (no multiple choice: checked on ``run``)."""
     folder = write_experiment_folder(tmp_path_factory.mktemp("berglund") / "data", people=3, groups=("p2d", "both"))
     out = tmp_path_factory.mktemp("finetune-berglund")
     assert main(["finetune-facts", "--facts", str(folder), "--out", str(out), "--train-paraphrases", "2",
-                 "--epochs", "1", "--controls", "1", "--trainable-blocks", "1", "--quiet"]) == 0
+                 "--epochs", "1", "--controls", "1", "--trainable-blocks", "1", "--multiple-choice", "0",
+                 "--quiet"]) == 0
     return out, json.loads((out / "summary.json").read_text())
 
 

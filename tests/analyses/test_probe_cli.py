@@ -1,4 +1,5 @@
-"""`revlens probe` on a real trained checkpoint and its fact file."""
+"""`revlens probe` on a real trained checkpoint and its fact file (through the CLI's main() in the test
+process: the same parser, exit codes and printed text as the `revlens` command)."""
 
 import json
 import re
@@ -16,7 +17,7 @@ from models.checkpoint import save_checkpoint
 from models.training import TrainConfig, train
 from models.transformer import build_model, model_card
 from probes.views import remote_references
-from tests_support import revlens
+from tests_support import revlens_in_process
 
 ATTRIBUTION_FIGURES = ["attribution.png", "patching.png", "attention_forward.html", "attention_reverse.html"]
 REMOTE_TAG = re.compile(r"""<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
@@ -48,9 +49,9 @@ def run(tmp_path_factory, world, vocab):
     return folder
 
 
-def test_probe_cli_writes_tables_summary_and_figures(run, world, tmp_path):
-    result = revlens("probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"),
-                     "--out", str(tmp_path))
+def test_probe_cli_writes_tables_summary_and_figures(run, world, tmp_path, capsys):
+    result = revlens_in_process(capsys, "probe", "--model", str(run / "checkpoints"), "--facts",
+                                str(run / "facts.jsonl"), "--out", str(tmp_path))
     assert "most asymmetric circuit: ov" in result.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["logits"]["train/forward"]["accuracy"] == 1.0
@@ -82,9 +83,10 @@ def test_probe_cli_writes_tables_summary_and_figures(run, world, tmp_path):
         assert_offline_view(tmp_path / f"attention_{direction}.html", '"L0H3"', f'"tokens": {json.dumps(tokens)}')
 
 
-def test_probe_cli_traces_facts(run, world, tmp_path):
-    result = revlens("probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"),
-                     "--limit", "20", "--tracing", "--tracing-facts", "3", "--tracing-samples", "2", "--out", str(tmp_path))
+def test_probe_cli_traces_facts(run, world, tmp_path, capsys):
+    result = revlens_in_process(capsys, "probe", "--model", str(run / "checkpoints"), "--facts",
+                                str(run / "facts.jsonl"), "--limit", "20", "--tracing", "--tracing-facts", "3",
+                                "--tracing-samples", "2", "--out", str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "tracing.png" in summary["figures"] and "causal tracing of" in result.stdout
     assert_drawn(tmp_path / "tracing.png")
@@ -114,32 +116,32 @@ def test_probe_reads_a_bilinear_checkpoint(world, vocab, tmp_path):
     assert not any((tmp_path / "out" / name).exists() for name in ATTRIBUTION_FIGURES)
 
 
-def test_probe_refuses_a_folder_without_checkpoints_and_a_mismatched_config(run, tmp_path):
-    result = revlens("probe", "--model", str(tmp_path), "--facts", str(run / "facts.jsonl"), "--out",
-                     str(tmp_path / "o"), check=False)
+def test_probe_refuses_a_folder_without_checkpoints_and_a_mismatched_config(run, tmp_path, capsys):
+    result = revlens_in_process(capsys, "probe", "--model", str(tmp_path), "--facts", str(run / "facts.jsonl"),
+                                "--out", str(tmp_path / "o"), check=False)
     assert result.returncode == 2 and "not a reversal-lens checkpoint" in result.stderr
     meta_path = sorted((run / "checkpoints").glob("step-*.json"))[-1]
     meta = json.loads(meta_path.read_text())
     broken = tmp_path / "broken"  # a tiny model's weights under the run's one-layer model card
     save_checkpoint(broken, meta["step"], build_model("tiny", meta["model"]["d_vocab"]), None, {"model": meta["model"]})
-    result = revlens("probe", "--model", str(broken), "--facts", str(run / "facts.jsonl"), "--out",
-                     str(tmp_path / "o"), check=False)
+    result = revlens_in_process(capsys, "probe", "--model", str(broken), "--facts", str(run / "facts.jsonl"), "--out",
+                                str(tmp_path / "o"), check=False)
     assert result.returncode == 2 and "does not match the model config" in result.stderr
 
 
 @pytest.mark.parametrize("world, expected", [("reversal", "200 reversal facts (340 trained, 60 held-out"),
                                              ("chain", "600 chain facts"), ("people", "90 people facts")])
-def test_make_facts_writes_a_reloadable_world(world, expected, tmp_path):
+def test_make_facts_writes_a_reloadable_world(world, expected, tmp_path, capsys):
     from facts.io import load_jsonl
 
-    result = revlens("make-facts", world, "--out", str(tmp_path / "f.jsonl"))
+    result = revlens_in_process(capsys, "make-facts", world, "--out", str(tmp_path / "f.jsonl"))
     assert expected in result.stdout
     assert load_jsonl(tmp_path / "f.jsonl").world == world
 
 
-def test_pretrained_model_on_token_world_facts_is_refused(run, tmp_path):
-    result = revlens("probe", "--model", "smollm2-135m", "--facts", str(run / "facts.jsonl"), "--out",
-                     str(tmp_path), check=False)
+def test_pretrained_model_on_token_world_facts_is_refused(run, tmp_path, capsys):
+    result = revlens_in_process(capsys, "probe", "--model", "smollm2-135m", "--facts", str(run / "facts.jsonl"),
+                                "--out", str(tmp_path), check=False)
     assert result.returncode == 2 and "natural-language fact set" in result.stderr
 
 
@@ -202,9 +204,9 @@ def test_pretrained_probe_on_celebrity_facts_defines_every_summary(smollm2_hooke
     assert "circuit asymmetry undefined" in format_probe(summary)
 
 
-def test_probe_limit_takes_the_first_facts_and_records_it(run, world, tmp_path):
-    revlens("probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"), "--out", str(tmp_path),
-            "--limit", "7", "--patch-layers", "0")
+def test_probe_limit_takes_the_first_facts_and_records_it(run, world, tmp_path, capsys):
+    revlens_in_process(capsys, "probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"),
+                       "--out", str(tmp_path), "--limit", "7", "--patch-layers", "0")
     summary = json.loads((tmp_path / "summary.json").read_text())
     table = pd.read_csv(tmp_path / "logits.csv")
     assert summary["limit"] == 7 and sorted(set(table.fact)) == list(range(7))
@@ -223,11 +225,12 @@ def test_tracing_on_the_bridge_is_refused_before_the_model_loads(tmp_path, capsy
     assert not (tmp_path / "out").exists()  # refused before the folder is made or any model is read
 
 
-def test_probe_cli_patches_heads_estimates_by_attribution_and_reads_the_logit_lens(run, world, tmp_path):
+def test_probe_cli_patches_heads_estimates_by_attribution_and_reads_the_logit_lens(run, world, tmp_path, capsys):
     from analyses.report import find_runs, render_report
 
-    result = revlens("probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"),
-                     "--head-patching", "--attribution-patching", "--logit-lens", "--out", str(tmp_path))
+    result = revlens_in_process(capsys, "probe", "--model", str(run / "checkpoints"), "--facts",
+                                str(run / "facts.jsonl"), "--head-patching", "--attribution-patching", "--logit-lens",
+                                "--out", str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     extra = ["head_patching.png", "attribution_patching.png", "attribution_patching.csv"]
     assert summary["figures"] == ["margins.png", "circuits.png", *ATTRIBUTION_FIGURES, *extra,

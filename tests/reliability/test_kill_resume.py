@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import killable_training
 from cli_processes import REVERSAL, offline_session, tree, without
 from models.checkpoint import list_checkpoints, load_checkpoint
@@ -25,6 +27,7 @@ from models.checkpoint import list_checkpoints, load_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(killable_training.__file__)
 N_CHECKPOINTS = killable_training.STEPS // killable_training.CHECKPOINT_EVERY
+pytestmark = pytest.mark.xdist_group("cli-processes")  # reads offline_session's run: one per run, not per worker
 
 
 def start(*args: str) -> subprocess.Popen:

@@ -18,3 +18,20 @@ def revlens(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
         raise AssertionError(result.stderr)
     return result
+
+
+def revlens_in_process(capsys, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``revlens ARGS`` through ``analyses.cli.main`` in this process (no interpreter start, no second
+    import of torch), for tests that are not about the process boundary: the same exit code (argparse's
+    SystemExit included), stdout and stderr (read through ``capsys``) as :func:`revlens`'s."""
+    from analyses.cli import main
+
+    capsys.readouterr()  # what the test printed before is not the command's
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:
+        code = exit.code
+    captured = capsys.readouterr()
+    if check and code != 0:
+        raise AssertionError(captured.err)
+    return subprocess.CompletedProcess(["revlens", *map(str, args)], code, captured.out, captured.err)
