@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="bilinear, one-layer, tiny (and a fine-tuned LLM) side by side, same probes and metrics")
     compare.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
-    compare.add_argument("--finetuned", type=Path, default=None,
-                         help="a `revlens finetune-facts` output folder (logits.csv, circuits.csv, summary.json)")
+    compare.add_argument("--finetuned", type=Path, nargs="+", default=None, metavar="FOLDER",
+                         help="`revlens finetune-facts` output folders (logits.csv, circuits.csv, summary.json), "
+                              "one row each (e.g. --mitigation none and identity-bridge side by side)")
     compare.add_argument("--seed", type=_seed, default=0)
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -514,10 +515,11 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _inputs(args: argparse.Namespace) -> dict[str, object]:
     """The files and run folders a command reads, for its manifest."""
-    names = {"probe": ("model", "facts"), "compare": ("finetuned",), "check-asymmetry": ("model", "data"),
+    names = {"probe": ("model", "facts"), "check-asymmetry": ("model", "data"),
              "finetune-facts": ("model",)}.get(args.command, ())
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    for index, folder in enumerate(getattr(args, "finetuned", None) or [] if args.command == "reproduce" else []):
+    listed = args.command in ("reproduce", "compare")
+    for index, folder in enumerate(getattr(args, "finetuned", None) or [] if listed else []):
         given[f"finetuned[{index}]"] = folder
     return given
 

@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -260,27 +260,36 @@ def token_world_rows(out: Path, config: CompareConfig, progress: bool) -> list[d
     return rows
 
 
-def compare(out: str | os.PathLike[str], finetuned: str | os.PathLike[str] | None = None,
+def finetuned_row(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The row of a ``revlens finetune-facts`` (or ``revlens probe``) folder, named after its model and
+    its mitigation where it has one: "smollm2-135m (fine-tuned, identity-bridge)"."""
+    name, answers, circuits = read_probe_run(run_dir)
+    mitigation = (json.loads((Path(run_dir) / "summary.json").read_text()).get("config") or {}).get("mitigation")
+    label = f"{name} (fine-tuned{'' if mitigation in (None, 'none') else f', {mitigation}'})"
+    return {**model_row(label, "finetuned", answers, circuits), "source": str(run_dir), **tracing_columns(run_dir)}
+
+
+def compare(out: str | os.PathLike[str],
+            finetuned: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
             config: CompareConfig = CompareConfig(), progress: bool = True) -> dict[str, Any]:
     """Write ``compare.csv``, ``compare.png`` and ``summary.json`` into ``out``; returns the summary.
 
-    ``finetuned`` (a ``revlens finetune-facts`` folder) is checked before anything is trained.
+    ``finetuned``: one or more ``revlens finetune-facts`` (or ``revlens probe``) folders, one row each,
+    named after the model and the run's mitigation where it has one ("smollm2-135m (fine-tuned,
+    identity-bridge)"); all are checked before anything is trained.
     """
     out = Path(out)
     began = time.perf_counter()
-    finetuned_tables = read_probe_run(finetuned) if finetuned is not None else None
+    folders = [] if finetuned is None else [finetuned] if isinstance(finetuned, (str, os.PathLike)) else list(finetuned)
+    finetuned_rows = [finetuned_row(folder) for folder in folders]
     out.mkdir(parents=True, exist_ok=True)
-    rows = token_world_rows(out, config, progress)
-    if finetuned_tables is not None:
-        name, answers, circuits = finetuned_tables
-        rows.append({**model_row(f"{name} (fine-tuned)", "finetuned", answers, circuits), "source": str(finetuned),
-                     **tracing_columns(finetuned)})
+    rows = token_world_rows(out, config, progress) + finetuned_rows
     table = pd.DataFrame(rows)
     write_csv(table, out / "compare.csv")
     from analyses.figures import compare_bars
 
     save_png(compare_bars(rows), out / "compare.png")
-    summary = {"experiment": "compare", "config": asdict(config), "finetuned": str(finetuned) if finetuned else None,
+    summary = {"experiment": "compare", "config": asdict(config), "finetuned": [str(f) for f in folders] or None,
                "rows": rows, "seconds": time.perf_counter() - began}
     _write_json(out / "summary.json", summary)
     return summary

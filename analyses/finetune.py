@@ -326,10 +326,11 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
     questions in the same order) with its interval over facts; and the findings, read on the tested group
     (p2d when present). The gain takes out each question's margin before training, so "the
     reverse was not learnt" reads: the gain's interval does not lie above 0."""
+    before, after = tables["before"], tables["after"]
     out: dict[str, Any] = {"experiment": "finetune-facts", "config": asdict(config), "source": source,
                            "train_sentences": n_sentences, "steps": steps, "chance_exact_match": 0.0,
-                           "chance_top1": 1 / (config.n_controls + 1), "seconds": seconds, "groups": {}}
-    before, after = tables["before"], tables["after"]
+                           "chance_top1": float((1 / after.n_candidates).mean()),  # pooled as each setting's
+                           "seconds": seconds, "groups": {}}
     if not before[["key", "setting", "answer"]].equals(after[["key", "setting", "answer"]]):
         raise RuntimeError("the tables before and after fine-tuning list different questions")
     for group in dict.fromkeys(after.group):

@@ -4,9 +4,28 @@ curse hold when the right answer is offered?
 Each question of the chosen settings (:data:`MC_SETTINGS`) is asked with its right answer and K − 1
 other answers of its pool (names for a name, descriptions for a description), drawn with the seed,
 shuffled, and asked in each of the K cyclic rotations of that order
-(:func:`facts.questions.multiple_choice_orders`): the right answer once under every letter. A
-question's score is p(right letter) among the K letters (:mod:`probes.multiple_choice`) and whether
-the model's most likely letter is right, both averaged over its K orders; chance is 1 / K.
+(:func:`facts.questions.multiple_choice_orders`): every option once under every letter, K forward
+passes per question. With p_r(ℓ) the probability of letter ℓ among the K letters in order r
+(:mod:`probes.multiple_choice`) and ℓ_r(o) the letter of option o in order r, two scores:
+
+* **raw** (per order, then averaged over the K orders): p_r(ℓ_r(right)) and whether argmax_ℓ p_r(ℓ)
+  is the right letter. A model that prefers one letter whatever the options say (a small model
+  does: SmolLM2-135M picks one letter in almost every prompt) scores exactly chance 1 / K on both,
+  since the right answer sits under its favourite letter in one order of K.
+* **debiased** (one per question): each option's log-probability averaged over the orders,
+
+      s_o = (1/K) Σ_r log p_r(ℓ_r(o)),      q_o = exp(s_o) / Σ_o' exp(s_o'),
+
+  q_right and whether the right option has the largest s (a tie of n options counts 1/n). Write the
+  model's letter log-probabilities as log p_r(ℓ) = b_ℓ + c_r(o at ℓ) − log Z_r with b a letter
+  prior that does not depend on the options: every option sits under every letter once, so each s_o
+  holds the same (1/K) Σ_ℓ b_ℓ and the same (1/K) Σ_r log Z_r, and q is softmax of the content terms
+  alone. Hence an exact identity: adding any constant b_ℓ to letter ℓ's logit in every prompt
+  leaves s − mean(s), q and the debiased choice unchanged; so does asking the K orders in another
+  cyclic rotation (the same K prompts). This is the cyclic-permutation debiasing of Zheng et al.
+  2024 ("Large language models are not robust multiple choice selectors", arXiv 2309.03882), taken
+  in log space (they average probabilities), where the cancellation is exact. Lin et al. read the letter a chat model writes after "I choose option", one random
+  order per question, without debiasing; chance is 1 / K for all four scores.
 """
 
 from __future__ import annotations
@@ -14,6 +33,7 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -43,8 +63,9 @@ def options_count(questions: QuestionSet, k: int, settings: Sequence[str] = MC_S
 
 def multiple_choice_table(model: Any, questions: QuestionSet, tokenizer: Any, k: int = 4, seed: int = 0,
                           settings: Sequence[str] = MC_SETTINGS) -> pd.DataFrame:
-    """One row per question of ``settings`` and option order: the letters' probabilities (p_A, ...),
-    the right letter, p_correct, the chosen (most likely) letter and whether it is right."""
+    """One row per question of ``settings`` and option order: the option under each letter (option_A,
+    ...), the letters' probabilities (p_A, ...), the right letter, p_correct, the chosen (most likely)
+    letter and whether it is right."""
     k = options_count(questions, k, settings)
     letters = LETTERS[:k]
     pools = questions.pool_answers()
@@ -60,7 +81,8 @@ def multiple_choice_table(model: Any, questions: QuestionSet, tokenizer: Any, k:
             records.append({"question": number, "key": question.key, "fact": question.fact, "group": question.group,
                             "setting": question.setting, "direction": question.direction, "split": question.split,
                             "answer": question.completion.strip(), "order": rotation,
-                            "correct_letter": letters[asked.correct], "_correct": asked.correct})
+                            "correct_letter": letters[asked.correct], "_correct": asked.correct,
+                            **{f"option_{letter}": option.strip() for letter, option in zip(letters, asked.options)}})
     probabilities = letter_probabilities(model, prompts, letter_tokens(tokenizer, letters))
     table = pd.DataFrame(records)
     for column, letter in enumerate(letters):
@@ -74,28 +96,73 @@ def multiple_choice_table(model: Any, questions: QuestionSet, tokenizer: Any, k:
     return table
 
 
-def multiple_choice_summary(table: pd.DataFrame) -> dict[str, Any]:
-    """Per group and setting: questions, mean p(right letter) with its 95% interval across questions
-    (each question's mean over its K orders first) and accuracy of the argmax; and K with chance 1 / K."""
+def debiased_choices(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per question: the debiased score of the module docstring from its K orders, with
+    ``p_debiased`` = q_right, ``correct_debiased`` (1, 0 or 1/n for a tie of n options including the
+    right one), the right option's s minus the best other's (``score_gap``). A question whose orders
+    do not put every option under every letter once is refused (the letter prior would not cancel)."""
     k = int(table.n_options.iloc[0])
-    out: dict[str, Any] = {"options": k, "chance": 1 / k, "groups": {}}
+    letters = LETTERS[:k]
+    rows = []
+    for number, part in table.groupby("question", sort=False):
+        options = part[[f"option_{letter}" for letter in letters]].to_numpy()
+        names = sorted(set(options[0]))
+        latin = len(part) == k == len(names) and all(set(row) == set(names) for row in options) and all(
+            set(options[:, j]) == set(names) for j in range(k))
+        if not latin:
+            raise ValueError(f"multiple-choice question {number}: its {len(part)} orders do not put each of the "
+                             f"{k} options once under every letter; the letter prior would not cancel")
+        logp = np.log(part[[f"p_{letter}" for letter in letters]].to_numpy(dtype=float))
+        score = np.array([logp[options == name].mean() for name in names])
+        right = names.index(part.answer.iloc[0])
+        best = np.flatnonzero(score == score.max())
+        q = np.exp(score - score.max())
+        others = np.delete(score, right)
+        rows.append({"question": number, **part.iloc[0][["key", "fact", "group", "setting", "direction",
+                                                         "split", "answer"]].to_dict(),
+                     "p_debiased": float(q[right] / q.sum()),
+                     "correct_debiased": 1 / len(best) if right in best else 0.0,
+                     "score_gap": float(score[right] - others.max())})
+    return pd.DataFrame(rows)
+
+
+def multiple_choice_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """Per group and setting: questions; raw p(right letter) with its 95% interval across questions
+    (each question's mean over its K orders first) and accuracy of the argmax; the debiased q_right
+    (with interval) and accuracy (:func:`debiased_choices`); K with chance 1 / K, and the letter prior
+    (each letter's mean probability over every prompt: 1 / K each for a model without letter bias)."""
+    k = int(table.n_options.iloc[0])
+    out: dict[str, Any] = {"options": k, "chance": 1 / k, "groups": {},
+                           "letter_prior": {letter: float(table[f"p_{letter}"].mean()) for letter in LETTERS[:k]}}
     per_question = table.groupby(["group", "setting", "question"], sort=False)[["p_correct", "correct"]].mean()
+    debiased = debiased_choices(table).set_index(["group", "setting", "question"])
     for (group, setting), part in per_question.groupby(level=[0, 1], sort=False):
+        fair = debiased.loc[part.index]
         mean, half = float(part.p_correct.mean()), ci95_half_width(part.p_correct)
+        fair_mean, fair_half = float(fair.p_debiased.mean()), ci95_half_width(fair.p_debiased)
         out["groups"].setdefault(group, {})[setting] = {
             "n": int(len(part)), "p_correct": mean, "p_correct_ci95": [mean - half, mean + half],
-            "accuracy": float(part.correct.mean())}
+            "accuracy": float(part.correct.mean()),
+            "p_debiased": fair_mean, "p_debiased_ci95": [fair_mean - fair_half, fair_mean + fair_half],
+            "accuracy_debiased": float(fair.correct_debiased.mean())}
     return out
 
 
 def format_multiple_choice(stages: dict[str, dict[str, Any]]) -> list[str]:
-    """Lines per group and setting: p(right letter) and accuracy per stage (``{"before": summary, ...}``)."""
+    """Lines per group and setting: raw p(right letter) / accuracy and debiased q / accuracy per stage
+    (``{"before": summary, ...}``), and each stage's letter prior."""
     first = next(iter(stages.values()))
     lines = [f"multiple choice ({first['options']} options, every order; chance {first['chance']:.2f}): "
-             "p(right letter) among the letters, accuracy of the most likely letter"]
+             "raw p(right letter) / accuracy, debiased (option scores averaged over the orders) p / accuracy"]
     for group, settings in first["groups"].items():
         for setting in settings:
-            shown = "; ".join(f"{stage} {summary['groups'][group][setting]['p_correct']:.3f} / "
-                              f"{summary['groups'][group][setting]['accuracy']:.3f}" for stage, summary in stages.items())
+            shown = "; ".join(
+                f"{stage} raw {row['p_correct']:.3f} / {row['accuracy']:.3f}, debiased "
+                f"{row.get('p_debiased', float('nan')):.3f} / {row.get('accuracy_debiased', float('nan')):.3f}"
+                for stage, summary in stages.items() for row in (summary["groups"][group][setting],))
             lines.append(f"  {group} {setting.replace('_', ' ')} (n {settings[setting]['n']}): {shown}")
+    for stage, summary in stages.items():
+        if "letter_prior" in summary:
+            prior = ", ".join(f"{letter} {p:.2f}" for letter, p in summary["letter_prior"].items())
+            lines.append(f"  letter prior ({stage}; mean p per letter, 1/K without bias): {prior}")
     return lines

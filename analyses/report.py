@@ -88,7 +88,9 @@ CAPTIONS = {
                     "controls and the asymmetry index z[A, B] − z[B, A].",
     "multiple_choice.csv": "One row per question and option order (Lin et al. 2024): the question asked as multiple "
                            "choice, its right answer among K options of the same kind, once under each letter; p of "
-                           "each letter among the K letters, p(right letter), the most likely letter. Chance 1 / K.",
+                           "each letter among the K letters, p(right letter), the most likely letter, the option "
+                           "under each letter (from which the summary's debiased scores average each option over "
+                           "the K orders, cancelling a letter preference). Chance 1 / K.",
 }
 """Captions of the files that several kinds of run write; a kind's own files are captioned in its
 entry of :data:`analyses.experiments.KINDS`."""

@@ -88,7 +88,9 @@ def smollm2(n_facts: int) -> None:
         residual[1].append(exact[0])
         fast, slow = fast + f, slow + s
     report("SmolLM2 forward → reverse", {"resid_pre": residual}, fast, slow)
-    reverse = [probed.statements.example(facts, i, "reverse") for i, _, _ in facts.statements()]
+    # one reverse prompt per fact (statements() lists a fact once per direction: two equal prompts
+    # would make a pair whose patching changes nothing)
+    reverse = [probed.statements.example(facts, i, "reverse") for i in dict.fromkeys(i for i, _, _ in facts.statements())]
     by_length: dict[int, list] = {}
     for example in reverse:
         by_length.setdefault(len(example.prompt), []).append(example)

@@ -309,6 +309,10 @@ def test_finetuned_runs_join_the_mitigations_table_as_their_token_world_variant(
     assert rows[1]["heldout_n"] == 3 and rows[0]["n_train_sequences"] == 9  # 3 p2d + 2 × 3 both
     # a description's summed log p has no −log(#candidates) chance: the rows say so instead of printing one
     assert all(r["chance_logprob"] is None for r in baseline + rows)
+    from analyses.compare import finetuned_row  # `revlens compare --finetuned A B`: one row per run, named
+
+    assert [finetuned_row(f)["model"] for f in (out, bidirectional_run)] == [
+        "smollm2-135m (fine-tuned)", "smollm2-135m (fine-tuned, bidirectional)"]
 
 
 def test_mitigations_refuse_a_folder_that_is_not_a_finetune_run(tmp_path, run, capsys):
@@ -365,6 +369,8 @@ def test_finetune_on_a_berglund_folder_follows_their_protocol(berglund_run):
     forward = questions[~questions.setting.isin(("reverse", "in_context_reverse"))]
     assert reverse.n_candidates.eq(3).all()  # truth, the randomized file's name, one random name
     assert forward.n_candidates.eq(2).all()  # truth and one random answer of the group
+    assert summary["chance_top1"] == pytest.approx((1 / questions.n_candidates).mean())  # not 1 / (controls + 1)
+    assert summary["groups"]["p2d"]["reverse"]["after"]["chance_top1"] == pytest.approx(1 / 3)
     assert not (out / "circuits.csv").exists()  # no fact set, so no entities to read circuits of
     logits = pd.read_csv(out / "logits.csv")
     assert len(logits) == 3 + 3 + 6 and set(logits.split) == {"train", "heldout"}

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analyses.multiple_choice import multiple_choice_summary, multiple_choice_table, options_count
+from analyses.multiple_choice import debiased_choices, multiple_choice_summary, multiple_choice_table, options_count
 from facts.questions import Question, QuestionSet, multiple_choice_orders, multiple_choice_prompt
 from probes.multiple_choice import letter_probabilities, letter_tokens
 
@@ -75,6 +75,52 @@ def test_the_table_moves_the_right_letter_with_the_options_and_summarises_per_qu
     assert options_count(small, 4) == 2
     with pytest.raises(ValueError, match="2…4 options, not 5"):
         options_count(questions, 5)
+
+
+def test_debiasing_cancels_any_letter_prior_exactly_where_the_raw_score_drops_to_chance(tiny_models):
+    """Adding a constant to letter tokens' logits in every prompt (the unembedding bias of " A" and " C")
+    is a letter prior that ignores the options: the debiased scores do not move (an identity up to the
+    model's float32 rounding), while the raw ones do; a prior large enough that the model always says "A" puts the raw
+    accuracy at exactly 1 / K and leaves the debiased choice as it was."""
+    tiny = tiny_models["llama"]
+    model, tokenizer = tiny.backends["hooked"], tiny.tokenizer
+    questions = QuestionSet(train=(), questions=tuple(question(i) for i in range(5)), source="test")
+    a, c = letter_tokens(tokenizer, "AC")
+
+    def asked(shift_a: float, shift_c: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+        saved = model.b_U.detach().clone()
+        try:
+            with torch.no_grad():
+                model.b_U[a] += shift_a
+                model.b_U[c] += shift_c
+            table = multiple_choice_table(model, questions, tokenizer, k=4, seed=0)
+        finally:
+            with torch.no_grad():
+                model.b_U.copy_(saved)
+        return table, debiased_choices(table)
+
+    plain, fair = asked(0.0, 0.0)
+    tilted, tilted_fair = asked(3.0, -2.0)
+    assert (tilted.p_correct - plain.p_correct).abs().max() > 0.05  # the raw score follows the letters
+    # the model computes its logits in float32: the shifted logits round at ~1e-7 relative
+    assert (tilted_fair.p_debiased - fair.p_debiased).abs().max() < 1e-5
+    assert (tilted_fair.score_gap - fair.score_gap).abs().max() < 1e-5
+    assert tilted_fair.correct_debiased.tolist() == fair.correct_debiased.tolist()
+    always_a, always_a_fair = asked(60.0, 0.0)
+    assert (always_a.chosen_letter == "A").all() and always_a.correct.mean() == 0.25
+    assert (always_a_fair.p_debiased - fair.p_debiased).abs().max() < 1e-4
+    assert always_a_fair.correct_debiased.tolist() == fair.correct_debiased.tolist()
+    summary = multiple_choice_summary(always_a)
+    row = summary["groups"]["p2d"]["reverse"]
+    assert row["accuracy"] == 0.25 and row["accuracy_debiased"] == pytest.approx(fair.correct_debiased.mean())
+    assert summary["letter_prior"]["A"] > 0.999
+    # the same K prompts asked starting from another rotation: the same debiased scores
+    rolled = pd.concat([part.iloc[[1, 2, 3, 0]] for _, part in plain.groupby("question", sort=False)])
+    assert (debiased_choices(rolled)[["p_debiased", "score_gap"]] - fair[["p_debiased", "score_gap"]]).abs().max().max() < 1e-12
+    broken = plain.copy()
+    broken.loc[broken.index[0], "option_A"] = broken.option_B.iloc[0]
+    with pytest.raises(ValueError, match="question 0: its 4 orders do not put each of the 4 options once"):
+        debiased_choices(broken)
 
 
 def test_probe_asks_a_text_model_its_questions_as_multiple_choice(tiny_models, tmp_path):
