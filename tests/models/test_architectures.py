@@ -71,8 +71,8 @@ def test_the_sliding_window_is_what_the_prompts_test():
 
 # OLMo 2's norm after attention: circuits read ln1 before attention (TL 4 also gives "hooked" for it, as a bridge);
 # Gemma's (1 + w) norms and √d_model embedding: read against the Hugging Face weights below
-HOOKED_ARCHITECTURES = [name for name in ARCHITECTURES
-                        if "hooked" in BACKENDS_BY_ARCHITECTURE[name] and name != "olmo2" and not name.startswith("gemma")]
+HOOKED_ARCHITECTURES = [name for name in ARCHITECTURES if "hooked" in BACKENDS_BY_ARCHITECTURE[name]
+                        and name != "olmo2" and not name.startswith("gemma")]
 
 
 @pytest.mark.parametrize("architecture", HOOKED_ARCHITECTURES)
@@ -142,7 +142,8 @@ def test_gemma_circuit_entries_equal_the_hugging_face_weights(architecture, back
     facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
     token = {name: smollm2_tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
     if backend == "bridge" and TL_MAJOR < 4:
-        with pytest.raises(ValueError, match=r"TransformerBridge runs Gemma.*ForCausalLM's norms .*\(1 \+ w\).*backend='hooked'"):
+        refusal = r"TransformerBridge runs Gemma.*ForCausalLM's norms .*\(1 \+ w\).*backend='hooked'"
+        with pytest.raises(ValueError, match=refusal):
             circuit_table(model, facts, lambda entity: token[entity], n_controls=2)
         return
     table = circuit_table(model, facts, lambda entity: token[entity], kinds=("ov", "qk"), n_controls=2)
