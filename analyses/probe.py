@@ -57,7 +57,7 @@ from facts.tokens import Example, FactTokenizer
 from models.bilinear import BilinearModel
 from models.checkpoint import list_checkpoints
 from models.load import load_trained
-from probes.attribution import direct_logit_attribution, patch_residual
+from probes.attribution import check_attribution_readable, direct_logit_attribution, patch_residual
 from probes.circuits import EntityIds, check_circuits_readable, circuit_table
 from probes.logits import answer_table
 from probes.views import attention_view, attribution_bar, patching_heatmap, save_html, save_png
@@ -483,7 +483,8 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
         kept = tuple(q for q in asked.questions if q.fact < len(facts))
         choices = (QuestionSet(train=(), questions=kept, source=asked.source), multiple_choice)
     probed = load_probed(model_path, facts, device, backend, source.sentence_templates(None))
-    check_circuits_readable(probed.model)  # before any probe runs: a Gemma on the bridge is refused at once
+    check_circuits_readable(probed.model)  # before any probe runs: a Gemma on a bridge is refused at once
+    check_attribution_readable(probed.model)  # (circuits: on 3.9's; per-head attribution: on either line's)
     return write_probe(probed, facts, out, n_controls, patch_layers,
                        about={"model": str(model_path), "facts": str(facts_path), "limit": limit,
                               **({} if templates_file is None else {"templates_file": str(templates_file)})},

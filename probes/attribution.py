@@ -292,6 +292,22 @@ def _answer_directions(
     return unembed, offset
 
 
+def check_attribution_readable(model: Any) -> None:
+    """Refuse at once, before any probe runs, what makes per-head :func:`direct_logit_attribution` refuse
+    and can be told without folding: a ``TransformerBridge`` with a norm after attention
+    (:func:`_post_attention_norm`: Gemma 2/3; OLMo 2 under TransformerLens 4) or over Gemma 1, whose
+    final norm :func:`folded` cannot read as folded there (its Hugging Face norm scales by 1 + w). A
+    ``HookedTransformer`` passes. OLMo 2 on 3.9's bridge is refused only when the fold is tried."""
+    if is_hooked(model):
+        return
+    _post_attention_norm(model)
+    cfg = model.cfg  # the bridge names it in cfg.architecture, HookedTransformer in original_architecture
+    architecture = str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or "")
+    if architecture.startswith("Gemma"):
+        raise ValueError(f"{cfg.model_name}: a TransformerBridge over {architecture} leaves its final norm (1 + w) "
+                         f"unfolded for direct logit attribution, which is refused; {HOOKED_HINT}")
+
+
 @torch.no_grad()
 def direct_logit_attribution(
     model: Any,

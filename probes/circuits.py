@@ -108,12 +108,21 @@ def _entity_tokens(facts: FactSet, entity_ids: EntityIds, d_vocab: int) -> Entit
 
 
 def _norm_scale(norm: torch.nn.Module | None) -> Tensor | None:
-    """The learned scale of a LayerNorm/RMSNorm (None once folded into the weights)."""
+    """The learned scale of a LayerNorm/RMSNorm (None once folded into the weights): its weight w, or
+    1 + w for a norm that says it stores the offset from 1 (``uses_weight_offset``: TransformerLens 4's
+    bridge over Gemma 1/2/3, whose Hugging Face norms scale by 1 + w)."""
     for name in ("w", "weight"):
         value = getattr(norm, name, None)
         if isinstance(value, Tensor):
-            return value.detach()
+            return 1 + value.detach() if getattr(norm, "uses_weight_offset", False) else value.detach()
     return None
+
+
+def _embedding_scale(model) -> float:
+    """The factor the model's embedding multiplies W_E rows by in its forward pass: Gemma's √d_model
+    (``embed_scale`` of the Hugging Face embedding a bridge wraps; a HookedTransformer has it in W_E), else 1."""
+    scale = getattr(getattr(getattr(model, "embed", None), "original_component", None), "embed_scale", None)
+    return float(scale) if scale is not None else 1.0
 
 
 def _prepare(vectors: Float[Tensor, "n d"], norm: torch.nn.Module | None, centre: bool) -> Float[Tensor, "n d"]:
@@ -166,12 +175,16 @@ def check_circuits_readable(model) -> None:
 
     A ``TransformerBridge`` runs Gemma 1/2/3's norms as their Hugging Face modules, which scale by
     (1 + w) where the stored weight is w (TransformerLens's ``HookedTransformer`` converter adds
-    the 1), so every OV and QK entry read from the bridge would be wrong (a tiny random Gemma 3,
-    whose w is 0: every entry 0 on the bridge): it is refused, naming the backend that reads them.
+    the 1). TransformerLens 4's bridge says so on each norm (``uses_weight_offset``), and
+    :func:`_norm_scale` reads 1 + w there; 3.9's does not, so every OV and QK entry read from it
+    would be wrong (a tiny random Gemma 3, whose w is 0: every entry 0): it is refused, naming the
+    backend that reads them.
     """
     cfg = getattr(model, "cfg", None)  # the bridge names it in cfg.architecture, HookedTransformer in original_architecture
     architecture = str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or "")
-    if not isinstance(model, BilinearModel) and not is_hooked(model) and architecture.startswith("Gemma"):
+    if isinstance(model, BilinearModel) or is_hooked(model) or not architecture.startswith("Gemma"):
+        return
+    if not all(getattr(getattr(block, "ln1", None), "uses_weight_offset", False) for block in model.blocks):
         raise ValueError(
             f"{model.cfg.model_name}: a TransformerBridge runs {architecture}'s norms as Hugging Face modules that "
             f"scale by (1 + w), so its OV/QK circuits cannot be read from the stored weights w; {HOOKED_HINT}")
@@ -201,7 +214,7 @@ def transformer_circuits(
     final = _prepare(tokens.means(W_U[:, tokens.token_ids].T.float()), getattr(model, "ln_final", None), False)
     if centre:
         final = final - final.mean(-1, keepdim=True)
-    source = _prepare(tokens.means(W_E[tokens.token_ids].float()), None, centre)
+    source = _prepare(tokens.means(W_E[tokens.token_ids].float()) * _embedding_scale(model), None, centre)
     if "direct" in kinds:
         yield [Circuit("direct", None, [None], source[:, None], final[:, None])]
     OV = model.OV if "ov" in kinds else None

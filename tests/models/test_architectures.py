@@ -16,7 +16,10 @@ import pytest
 import torch
 from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, WINDOW, save_tiny, tiny_config, word_tokenizer
 
+from transformers import AutoModelForCausalLM
+
 from facts.schema import Fact, FactSet
+from models.backend import TL_MAJOR
 from models.pretrained import PretrainedLoadError, check_equivalence, declared_bos, load, load_tokenizer, resolve
 from probes.circuits import circuit_table
 
@@ -54,8 +57,6 @@ def test_strings_are_tokenised_as_the_tokenizer_does(architecture, tiny_models):
 
 def test_the_sliding_window_is_what_the_prompts_test():
     """Agreement past the window means something: without its window, Gemma 3 computes another function."""
-    from transformers import AutoModelForCausalLM
-
     windowed = AutoModelForCausalLM.from_config(tiny_config("gemma3"), attn_implementation="eager")
     config = tiny_config("gemma3")
     config.sliding_window = 128
@@ -68,9 +69,10 @@ def test_the_sliding_window_is_what_the_prompts_test():
     assert (a[0, WINDOW:] - b[0, WINDOW:]).abs().max() > 1e-2  # past it: different
 
 
-# OLMo 2's norm after attention: circuits read ln1 before attention (TL 4 also gives "hooked" for it, as a bridge)
-HOOKED_ARCHITECTURES = [name for name in ARCHITECTURES
-                        if "hooked" in BACKENDS_BY_ARCHITECTURE[name] and name != "olmo2"]
+# OLMo 2's norm after attention: circuits read ln1 before attention (TL 4 also gives "hooked" for it, as a bridge);
+# Gemma's (1 + w) norms and √d_model embedding: read against the Hugging Face weights below
+HOOKED_ARCHITECTURES = [name for name in ARCHITECTURES if "hooked" in BACKENDS_BY_ARCHITECTURE[name]
+                        and name != "olmo2" and not name.startswith("gemma")]
 
 
 @pytest.mark.parametrize("architecture", HOOKED_ARCHITECTURES)
@@ -102,15 +104,72 @@ def test_circuit_entries_equal_factored_matrix_entries(architecture, tiny_models
                         assert float(row.entry_ab.iloc[0]) == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
-@pytest.mark.parametrize("architecture", ["gemma", "gemma2", "gemma3"])
-def test_gemma_circuits_on_the_bridge_are_refused(architecture, tiny_models):
-    """The bridge runs Gemma's norms as (1 + w) Hugging Face modules: circuits read from w would be wrong."""
-    model = tiny_models[architecture].backends["bridge"]
+GEMMAS = ["gemma", "gemma2", "gemma3"]
+
+
+@pytest.fixture(scope="module")
+def gemmas_with_norm_weights(smollm2_tokenizer, tmp_path_factory):
+    """Each tiny Gemma with its norm weights drawn N(0, 0.5²) (Gemma initialises them to 0, where w and
+    1 + w read apart only by a constant), saved to a folder: architecture → (transformers model, folder)."""
+    built = {}
+    for architecture in GEMMAS:
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(tiny_config(architecture))
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, parameter in hf.named_parameters():
+                if "norm" in name:
+                    parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+        folder = tmp_path_factory.mktemp(architecture)
+        hf.save_pretrained(folder)
+        smollm2_tokenizer.save_pretrained(folder)
+        built[architecture] = (hf, folder)
+    return built
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+@pytest.mark.parametrize("architecture", GEMMAS)
+def test_gemma_circuit_entries_equal_the_hugging_face_weights(architecture, backend, gemmas_with_norm_weights,
+                                                               smollm2_tokenizer):
+    """OV and QK entries of ``circuit_table`` on a Gemma equal, on every head, the same products computed
+    by hand from the Hugging Face weights, where the embedding is scaled by √d_model and each norm by
+    1 + w: x_s = √d · E[s] ⊙ (1 + w_ln1), OV = (W_O^h W_V^g x_a) · ((1 + w_final) ⊙ U[b]),
+    QK = (W_Q^h x_a) · (W_K^g x_b), g the key/value head of query head h. Under TransformerLens 3.9 the
+    bridge, whose norms do not say they store w, is refused by name instead (it would read w)."""
+    hf, folder = gemmas_with_norm_weights[architecture]
+    model = load(folder, backend=backend, device="cpu")
     names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
     facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
-    token = {name: tiny_models[architecture].tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
-    with pytest.raises(ValueError, match=r"TransformerBridge runs Gemma.*ForCausalLM's norms .*\(1 \+ w\).*backend='hooked'"):
-        circuit_table(model, facts, lambda entity: token[entity], n_controls=2)
+    token = {name: smollm2_tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
+    if backend == "bridge" and TL_MAJOR < 4:
+        refusal = r"TransformerBridge runs Gemma.*ForCausalLM's norms .*\(1 \+ w\).*backend='hooked'"
+        with pytest.raises(ValueError, match=refusal):
+            circuit_table(model, facts, lambda entity: token[entity], n_controls=2)
+        return
+    table = circuit_table(model, facts, lambda entity: token[entity], kinds=("ov", "qk"), n_controls=2)
+    config = hf.config
+    heads, groups, d_head = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    E = hf.model.embed_tokens.weight.detach().double()
+    final = (1 + hf.model.norm.weight.detach().double()) * hf.lm_head.weight.detach().double()
+    largest = {"ov": 0.0, "qk": 0.0}
+    for layer, block in enumerate(hf.model.layers):
+        x = config.hidden_size ** 0.5 * E * (1 + block.input_layernorm.weight.detach().double())
+        attention = block.self_attn
+        W_Q, W_K, W_V = (projection.weight.detach().double().view(-1, d_head, config.hidden_size)
+                         for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
+        W_O = attention.o_proj.weight.detach().double().view(config.hidden_size, heads, d_head)
+        for head in range(heads):
+            group = head // (heads // groups)
+            for fact_index, fact in enumerate(facts):
+                a, b = token[fact.subject][0], token[fact.object][0]
+                expected = {"ov": float(W_O[:, head] @ (W_V[group] @ x[a]) @ final[b]),
+                            "qk": float((W_Q[head] @ x[a]) @ (W_K[group] @ x[b]))}
+                for kind, value in expected.items():
+                    row = table[(table.circuit == kind) & (table.layer == layer) & (table["head"] == head)
+                                & (table.fact == fact_index)]
+                    assert float(row.entry_ab.iloc[0]) == pytest.approx(value, rel=1e-4, abs=1e-4)
+                    largest[kind] = max(largest[kind], abs(value))
+    assert min(largest.values()) > 1.0  # the entries are not all zero: the identity is not vacuous
 
 
 # --- Gemma 3 270M, the second real model ------------------------------------------------------------

@@ -15,7 +15,7 @@ from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE
 
 from facts.tokens import Example
 from models.backend import is_hooked
-from probes.attribution import direct_logit_attribution, folded
+from probes.attribution import check_attribution_readable, direct_logit_attribution, folded
 
 ANSWER, CONTROL = 5, 9
 POST_NORM = {"gemma2", "gemma3", "olmo2"}
@@ -68,7 +68,11 @@ def test_attributions_sum_to_the_logit_difference_or_are_refused(architecture, b
         for by in ("head", "layer"):
             with pytest.raises(ValueError, match="backend='hooked'"):
                 direct_logit_attribution(model, examples, controls=controls, by=by)
+        if architecture.startswith("gemma"):  # what `probe` asks before any probe runs
+            with pytest.raises(ValueError, match="backend='hooked'"):
+                check_attribution_readable(model)
         return
+    check_attribution_readable(model)
     for by in ("head", "layer"):
         deviation, kinds = sum_deviation(model, examples, controls, by)
         assert deviation < 1e-4, f"{architecture} ({backend}, by {by}): off by {deviation:.2e}"
