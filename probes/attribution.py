@@ -36,6 +36,7 @@ from torch import Tensor
 
 from facts.tokens import Example, TokenizedFacts
 from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, get_act_name, is_hooked, patching
+from models.bilinear import BilinearModel
 from probes.hooks import check_layer, hook_names
 
 Statements = Sequence[Example] | TokenizedFacts
@@ -297,8 +298,9 @@ def check_attribution_readable(model: Any) -> None:
     and can be told without folding: a ``TransformerBridge`` with a norm after attention
     (:func:`_post_attention_norm`: Gemma 2/3; OLMo 2 under TransformerLens 4) or over Gemma 1, whose
     final norm :func:`folded` cannot read as folded there (its Hugging Face norm scales by 1 + w). A
-    ``HookedTransformer`` passes. OLMo 2 on 3.9's bridge is refused only when the fold is tried."""
-    if is_hooked(model):
+    ``HookedTransformer`` passes, and so does the bilinear model (no heads: it is never attributed).
+    OLMo 2 on 3.9's bridge is refused only when the fold is tried."""
+    if isinstance(model, BilinearModel) or is_hooked(model):
         return
     _post_attention_norm(model)
     cfg = model.cfg  # the bridge names it in cfg.architecture, HookedTransformer in original_architecture
