@@ -188,7 +188,7 @@ def cli() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. `git worktree add /tmp/before main`) "
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. `git worktree add DIR main`) "
                                                       "whose `revlens sweep` runs beside this one's, same trials")
     args = parser.parse_args()
     rows = [row for trials in args.trials for row in run(trials, args.model, args.steps, args.workers, args.baseline)]
