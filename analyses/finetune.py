@@ -329,7 +329,7 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
     before, after = tables["before"], tables["after"]
     out: dict[str, Any] = {"experiment": "finetune-facts", "config": asdict(config), "source": source,
                            "train_sentences": n_sentences, "steps": steps, "chance_exact_match": 0.0,
-                           "chance_top1": float((1 / after.n_candidates).mean()),  # pooled as each setting's
+                           "chance_top1": float((1 / after.n_candidates).mean()),  # every question, as each setting pools its own
                            "seconds": seconds, "groups": {}}
     if not before[["key", "setting", "answer"]].equals(after[["key", "setting", "answer"]]):
         raise RuntimeError("the tables before and after fine-tuning list different questions")

@@ -287,7 +287,6 @@ class TrialRunner:
         return run_trial(argv, folder, running, resumable)
 
 
-
 @dataclass(frozen=True)
 class Resources:
     """Where and how wide a sweep runs."""
