@@ -12,7 +12,7 @@ The sweep folder ``DIR`` holds (and is locked while a sweep writes it):
 
 * ``sweep.toml``: the experiment, seeds and grid, so ``revlens sweep --out DIR`` reruns it exactly;
 * ``trials/<name>/``: one run folder per trial;
-* ``failures.jsonl``: one line per trial that failed in the latest sweep (its error);
+* ``failures.jsonl``: one line per trial that failed in the latest sweep (its error), in the sweep's trial order;
 * ``aggregate.csv``: one row per grid point: for every number of the trials' ``summary.json``,
   its mean, sample sd and Student-t 95% interval across the finished seeds
   (:func:`analyses.stats.t_ci95_half_width`), and ``n_seeds``;
@@ -549,6 +549,8 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
                 log(f"Ray: {runners.workers} trial(s) at once, {resources.threads} thread(s) each"
                     + (f", {resources.gpus} GPU(s) each" if resources.gpus else ""))
                 _run_on_ray(sweep, out, todo, resources, runners, records, failures, log)
+        order = {trial.name: index for index, trial in enumerate(trials)}
+        failures.sort(key=lambda failure: order[failure["trial"]])  # trials finish in any order
         _write_failures(out, failures)
         summary = aggregate(sweep, out, records, failures, time.perf_counter() - began)
     return summary
