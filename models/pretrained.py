@@ -90,7 +90,7 @@ from transformers import (
 )
 
 from facts.language import bos_prefix
-from models.gguf_weights import lean_gguf_weights
+from models.gguf_weights import lean_gguf_weights, plain_array_reader
 from models.backend import (
     OFFICIAL_MODEL_NAMES,
     TL_MAJOR,
@@ -427,7 +427,7 @@ def _one_gguf_parse(path: Path) -> Iterator[None]:
         if Path(file).resolve() != path or args or kwargs:
             return original(file, *args, **kwargs)
         if "reader" not in opened:
-            opened["reader"] = original(file)
+            opened["reader"] = plain_array_reader(original)(file)
         return opened["reader"]
 
     gguf.GGUFReader = shared_reader
