@@ -392,7 +392,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
             "finetune.png": "Margin of the true answer over answers of the same kind (mean, 95% interval) before "
                             "(grey) and after (blue) fine-tuning, per fact group: forward (the way the group was "
                             "trained) in held-out and in the trained paraphrase, reverse (held out), and reverse with "
-                            "the fact restated in the prompt. Berglund et al.: forward rises, reverse does not, in-context reverse stays high.",
+                            "the fact restated in the prompt. Berglund et al.: forward rises, reverse does not, "
+                            "in-context reverse stays high.",
             "questions.csv": "One row per test question (group, setting, prompt's answer): log-probability, greedy "
                              "exact match, top-1 and rank among its controls, margin over them.",
             "in_context.csv": "One row per reverse question asked after the fact's forward sentence: log-probability "

@@ -562,14 +562,15 @@ def _start_tracing(model, facts: FactSet | None, tokenizer, config: FinetuneConf
 def _berglund_file_text(name: str, entry: dict[str, Any]) -> str:
     named = f"  {name} ({entry['asks']})" if "asks" in entry else f"  {name}"
     if "after" not in entry:
-        return f"{named}: no questions" + (" with a randomized name (a Berglund folder's `_randomized` file "
+        return f"{named}: no questions" + (" with a randomized answer (a Berglund folder's `_randomized` file "
                                            "brings them)" if name.endswith("_randomized.jsonl") else "")
     after, before = entry["after"], entry["before"]
     if "top1" in after:
         low, high = after["margin"]["ci95"]
         return (f"{named}: top-1 {after['top1']:.2f} ({before['top1']:.2f}, chance {after['chance_top1']:.2f}), "
                 f"exact match {after['exact_match']:.2f} ({before['exact_match']:.2f}), margin "
-                f"{after['margin']['mean']:.2f} [{low:.2f}, {high:.2f}] ({before['margin']['mean']:.2f}), n {entry['n']}")
+                f"{after['margin']['mean']:.2f} [{low:.2f}, {high:.2f}] ({before['margin']['mean']:.2f}), "
+                f"n {entry['n']}")
     return (f"{named}: right answer likelier than the randomized one {after['beats_randomized']:.2f} "
             f"({before['beats_randomized']:.2f}), n {entry['n']}")
 
