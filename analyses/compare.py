@@ -260,12 +260,24 @@ def token_world_rows(out: Path, config: CompareConfig, progress: bool) -> list[d
     return rows
 
 
+def finetuned_label(model: str, config: dict[str, Any]) -> str:
+    """A fine-tuned run's row name: the model, then its mitigation and its groups of Berglund et al.'s
+    grid where they are not the default ("smollm2-135m (fine-tuned, identity-bridge)",
+    "smollm2-135m (fine-tuned, groups p2d d2p both)"), so runs of one model stay apart."""
+    parts = ["fine-tuned"]
+    if config.get("mitigation") not in (None, "none"):
+        parts.append(str(config["mitigation"]))
+    if config.get("groups") and list(config["groups"]) != ["p2d"]:
+        parts.append("groups " + " ".join(config["groups"]))
+    return f"{model} ({', '.join(parts)})"
+
+
 def finetuned_row(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The row of a ``revlens finetune-facts`` (or ``revlens probe``) folder, named after its model and
-    its mitigation where it has one: "smollm2-135m (fine-tuned, identity-bridge)"."""
+    """The row of a ``revlens finetune-facts`` (or ``revlens probe``) folder, named by :func:`finetuned_label`;
+    the one-way facts of every trained group are pooled (p2d and d2p: trained way against its reverse)."""
     name, answers, circuits = read_probe_run(run_dir)
-    mitigation = (json.loads((Path(run_dir) / "summary.json").read_text()).get("config") or {}).get("mitigation")
-    label = f"{name} (fine-tuned{'' if mitigation in (None, 'none') else f', {mitigation}'})"
+    config = json.loads((Path(run_dir) / "summary.json").read_text()).get("config") or {}
+    label = finetuned_label(name, config)
     return {**model_row(label, "finetuned", answers, circuits), "source": str(run_dir), **tracing_columns(run_dir)}
 
 
@@ -297,16 +309,17 @@ def compare(out: str | os.PathLike[str],
 
 def format_compare(summary: dict[str, Any]) -> str:
     """One screen: the table, then what theory predicts per kind."""
-    head = (f"  {'model':34s}{'margin A→B':>11s}{'margin B→A':>11s}{'acc A→B':>9s}{'acc B→A':>9s}"
+    width = max([34, *(len(row["model"]) + 1 for row in summary["rows"])])  # whole names: runs differ at the end
+    head = (f"  {'model':{width}s}{'margin A→B':>11s}{'margin B→A':>11s}{'acc A→B':>9s}{'acc B→A':>9s}"
             f"{'z Y[A,B]':>10s}{'z Y[B,A]':>10s}{'asym':>7s}")
     lines = ["same probes, one-way facts (A → B trained, B → A held out):", "", head]
     for row in summary["rows"]:
-        lines.append(f"  {row['model'][:33]:34s}{row['train_margin']:11.2f}{row['heldout_margin']:11.2f}"
+        lines.append(f"  {row['model']:{width}s}{row['train_margin']:11.2f}{row['heldout_margin']:11.2f}"
                      f"{row['train_accuracy']:9.3f}{row['heldout_accuracy']:9.3f}{row['z_trained']:10.2f}"
                      f"{row['z_heldout']:10.2f}{row['asymmetry_index']:7.2f}")
     for row in summary["rows"]:
         if row.get("forward_peak_mlp") is not None:
-            lines.append(f"  {row['model'][:33]}: where it lives (causal tracing after fine-tuning): forward answer's "
+            lines.append(f"  {row['model']}: where it lives (causal tracing after fine-tuning): forward answer's "
                          f"MLP peak {row['forward_peak_mlp']}, max restored p forward {row['forward_max_restored']:.3f}, "
                          f"reverse {row['reverse_max_restored']:.3f}; most asymmetric weight change "
                          f"{row['delta_mlp_peak_layer']} (z {row['delta_mlp_z_trained']:.2f} trained, "

@@ -382,16 +382,18 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         "fine-tune a pretrained LLM on fictitious people or your own facts, test both ways",
         "analyses.finetune:format_summary", ("groups.*.*.after.margin.mean", "groups.*.*.after.top1"),
         title="A pretrained LLM fine-tuned on new facts",
-        prediction="Berglund et al. 2023, experiment 1: fine-tuned on \"<name> is <description>\", the model "
-                   "completes the description from the name, also in paraphrases it never saw, but gains nothing on "
-                   "the name from the description (margin gain ≈ 0); with the fact restated in the prompt it answers "
-                   "the reverse question.",
+        prediction="Berglund et al. 2023, experiment 1: fine-tuned on \"<name> is <description>\" (group p2d), the "
+                   "model completes the description from the name, also in paraphrases it never saw, but gains nothing "
+                   "on the name from the description (margin gain ≈ 0); trained description → name (d2p), the same "
+                   "with the roles swapped; trained both ways (both), it answers both as trained. With the fact "
+                   "restated in the prompt it answers the reverse question.",
         files=("finetune.png", "questions.csv", "logits.csv", "in_context.csv"),
         captions={
             "finetune.png": "Margin of the true answer over answers of the same kind (mean, 95% interval) before "
-                            "(grey) and after (blue) fine-tuning, per fact group: forward in held-out and in the "
-                            "trained paraphrase, reverse (held out), and reverse with the fact restated in the "
-                            "prompt. Berglund et al.: forward rises, reverse does not, in-context reverse stays high.",
+                            "(grey) and after (blue) fine-tuning, per fact group: forward (the way the group was "
+                            "trained) in held-out and in the trained paraphrase, reverse (held out), and reverse with "
+                            "the fact restated in the prompt. Berglund et al.: forward rises, reverse does not, "
+                            "in-context reverse stays high.",
             "questions.csv": "One row per test question (group, setting, prompt's answer): log-probability, greedy "
                              "exact match, top-1 and rank among its controls, margin over them.",
             "in_context.csv": "One row per reverse question asked after the fact's forward sentence: log-probability "

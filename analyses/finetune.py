@@ -352,7 +352,7 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
         findings["in_context_reverse_above_chance"] = tested["in_context_reverse"]["after"]["margin"]["ci95"][0] > 0
     out["tested_group"] = TESTED if TESTED in out["groups"] else next(iter(out["groups"]))
     out["findings"] = findings
-    out["berglund_files"] = berglund_files(before, after)
+    out["berglund_files"] = berglund_files(before, after, source)
     return out
 
 
@@ -361,9 +361,31 @@ BERGLUND_SETTINGS = {"test": "forward_heldout_paraphrase", "reverse": "reverse",
 ``*_prompts_test``, two ``*_reverse_prompts_test`` and their two ``_randomized`` twins)."""
 
 
-def berglund_files(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per test file of Berglund et al.'s experiment 1 whose group was trained: the questions that
-    stand for it (:data:`BERGLUND_SETTINGS`), exact match, top-1 and margin before and after.
+def group_ways(group: str, source: str) -> tuple[str, str | None] | None:
+    """Berglund et al.'s ``group`` in words: (the trained way, the held-out reverse or None), in
+    names and descriptions for the people world and a Berglund folder, else in the fact's subject
+    and object (a CSV's or JSONL's ``group``); None for a group outside their three."""
+    first, second = (("name", "description") if source == "people" or source.startswith("berglund")
+                     else ("subject", "object"))
+    forward, backward = f"{first} → {second}", f"{second} → {first}"
+    return {"p2d": (forward, backward), "d2p": (backward, forward), "both": ("both ways", None)}.get(group)
+
+
+def berglund_file_asks(group: str, kind: str, source: str) -> str:
+    """What a test file of ``group`` (``kind``: test, reverse, randomized) asks, in words."""
+    ways = group_ways(group, source)
+    if ways is None:
+        return kind
+    trained, reverse = ways
+    return {"test": f"{trained}, trained, in held-out words", "reverse": f"{reverse}, held out",
+            "randomized": f"{reverse}, held out: the right {str(reverse).split(' → ')[-1]} against the "
+                          f"randomized one"}[kind]
+
+
+def berglund_files(before: pd.DataFrame, after: pd.DataFrame, source: str) -> dict[str, dict[str, Any]]:
+    """Per test file of Berglund et al.'s experiment 1 whose group was trained: what it asks in
+    words (:func:`berglund_file_asks`), the questions that stand for it (:data:`BERGLUND_SETTINGS`),
+    exact match, top-1 and margin before and after.
     A ``_randomized`` file holds the reverse questions with a wrong name in place of the right one;
     its entry compares the two: the share of reverse questions whose right name is likelier than the
     randomized one (``beats_randomized``) and the mean log p difference, on the questions that bring a
@@ -374,13 +396,15 @@ def berglund_files(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, dict[
             if kind not in BERGLUND_SETTINGS:
                 continue
             chosen = (after.group == group) & (after.setting == BERGLUND_SETTINGS[kind])
+            asks = berglund_file_asks(group, kind, source)
             if kind != "randomized":
-                out[name] = {"group": group, "setting": BERGLUND_SETTINGS[kind], "n": int(chosen.sum()),
+                out[name] = {"group": group, "asks": asks, "setting": BERGLUND_SETTINGS[kind],
+                             "n": int(chosen.sum()),
                              **({stage: setting_summary(table[chosen]) for stage, table in
                                  (("before", before), ("after", after))} if chosen.any() else {})}
                 continue
             chosen &= after.randomized_logprob.notna()
-            entry: dict[str, Any] = {"group": group, "setting": "reverse", "n": int(chosen.sum())}
+            entry: dict[str, Any] = {"group": group, "asks": asks, "setting": "reverse", "n": int(chosen.sum())}
             for stage, table in (("before", before), ("after", after)):
                 if chosen.any():
                     difference = table.logprob[chosen] - table.randomized_logprob[chosen]
@@ -536,13 +560,31 @@ def _start_tracing(model, facts: FactSet | None, tokenizer, config: FinetuneConf
 
 
 def _berglund_file_text(name: str, entry: dict[str, Any]) -> str:
+    named = f"  {name} ({entry['asks']})" if "asks" in entry else f"  {name}"
     if "after" not in entry:
-        return f"{name}: no questions" + (" with a randomized name" if name.endswith("_randomized.jsonl") else "")
+        return f"{named}: no questions" + (" with a randomized answer (a Berglund folder's `_randomized` file "
+                                           "brings them)" if name.endswith("_randomized.jsonl") else "")
     after, before = entry["after"], entry["before"]
     if "top1" in after:
-        return f"{name} top-1 {after['top1']:.2f} ({before['top1']:.2f}), n {entry['n']}"
-    return (f"{name} right answer likelier than the randomized one {after['beats_randomized']:.2f} "
+        low, high = after["margin"]["ci95"]
+        return (f"{named}: top-1 {after['top1']:.2f} ({before['top1']:.2f}, chance {after['chance_top1']:.2f}), "
+                f"exact match {after['exact_match']:.2f} ({before['exact_match']:.2f}), margin "
+                f"{after['margin']['mean']:.2f} [{low:.2f}, {high:.2f}] ({before['margin']['mean']:.2f}), "
+                f"n {entry['n']}")
+    return (f"{named}: right answer likelier than the randomized one {after['beats_randomized']:.2f} "
             f"({before['beats_randomized']:.2f}), n {entry['n']}")
+
+
+def _groups_legend(groups: Sequence[str], source: str) -> str | None:
+    """One line naming each of Berglund et al.'s groups in the table by what it trained and held out."""
+    said = []
+    for group in groups:
+        ways = group_ways(group, source)
+        if ways is not None:
+            trained, reverse = ways
+            said.append(f"{group} trained {trained}, " + (f"reverse {reverse} held out" if reverse
+                                                            else "nothing held out"))
+    return ("groups: " + "; ".join(said) + " (forward: the trained way)") if said else None
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -561,6 +603,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{'':34}{'':>9}{'before':>7}{'after':>7}{'before':>7}{'after':>7}{'chance':>7}{'before':>7}{'after':>7}"
         f"{'mean':>9}{'95% CI':>21}",
     ]
+    legend = _groups_legend(list(summary["groups"]), source)
+    if legend:
+        lines.insert(2, legend)
     for group, settings in summary["groups"].items():
         for setting, row in settings.items():
             before, after, gain = row["before"], row["after"], row["margin_gain"]
@@ -588,8 +633,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(format_finetune_tracing(summary["tracing"]))
     files = summary.get("berglund_files", {})
     if files:
-        lines.append("Berglund et al.'s experiment-1 test files (after; before in brackets): "
-                     + "; ".join(_berglund_file_text(name, entry) for name, entry in files.items()))
+        lines.append("Berglund et al.'s experiment-1 test files (after; before in brackets):")
+        lines += [_berglund_file_text(name, entry) for name, entry in files.items()]
     findings = summary["findings"]
     said = {"forward_learnt": "forward learnt (≥ 90% exact match on the trained paraphrase)",
             "forward_generalises_to_heldout_paraphrases": "forward generalises to held-out paraphrases "

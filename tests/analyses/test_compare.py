@@ -89,3 +89,24 @@ def test_compare_refuses_a_half_written_or_broken_run_folder(probed_run, tmp_pat
     pd.read_csv(probed_run / "circuits.csv").drop(columns="z_ba").to_csv(half / "circuits.csv", index=False)
     assert "circuits.csv: missing column(s) ['z_ba']" in refused(half)
     assert "not a folder" in refused(tmp_path / "nowhere")
+
+
+def test_finetuned_rows_of_one_model_are_named_apart_by_mitigation_and_groups(comparison):
+    """`compare --finetuned` on a default run, an Identity Bridge run and Berglund's grid: three names,
+    read from the configs `finetune-facts` writes (through JSON, as summary.json holds them), printed whole."""
+    from dataclasses import asdict
+
+    from analyses.compare import finetuned_label
+    from analyses.finetune import FinetuneConfig
+
+    configs = [FinetuneConfig(), FinetuneConfig(mitigation="identity-bridge"), FinetuneConfig(groups=("p2d",)),
+               FinetuneConfig(groups=("p2d", "d2p", "both"))]
+    labels = [finetuned_label("smollm2-135m", json.loads(json.dumps(asdict(c)))) for c in configs]
+    assert labels == ["smollm2-135m (fine-tuned)", "smollm2-135m (fine-tuned, identity-bridge)",
+                      "smollm2-135m (fine-tuned)", "smollm2-135m (fine-tuned, groups p2d d2p both)"]
+    assert finetuned_label("smollm2-135m", {}) == "smollm2-135m (fine-tuned)"  # a `revlens probe` folder's
+    _, summary = comparison
+    row = next(r for r in summary["rows"] if r["kind"] == "finetuned")
+    text = format_compare({**summary, "rows": [{**row, "model": label} for label in labels]})
+    table = text.split("what theory predicts")[0]
+    assert all(f"  {label}  " in table for label in set(labels))  # not cut to the column's old 33 characters

@@ -376,6 +376,8 @@ def test_finetune_on_a_berglund_folder_follows_their_protocol(berglund_run):
     assert len(logits) == 3 + 3 + 6 and set(logits.split) == {"train", "heldout"}
     text = format_summary(summary)
     assert "both forward heldout paraphrase" in text and "p2d in context reverse" in text
+    assert ("groups: p2d trained name → description, reverse description → name held out; both trained both ways, "
+            "nothing held out (forward: the trained way)") in text
     assert (out / "finetune.png").stat().st_size > 10_000
 
 
@@ -399,11 +401,16 @@ def test_berglund_files_grid_reads_each_test_file_from_its_questions(berglund_ru
         randomized = files["p2d_reverse_prompts_test_randomized.jsonl"]
         assert randomized["n"] == 9 and randomized[stage]["beats_randomized"] == pytest.approx(
             (reverse.logprob > reverse.randomized_logprob).mean())
-    assert "p2d_reverse_prompts_test_randomized.jsonl right answer likelier than the randomized one" in format_summary(summary)
+    assert [entry["asks"] for entry in files.values()] == [
+        "name → description, trained, in held-out words", "description → name, held out",
+        "description → name, held out: the right name against the randomized one",
+        "both ways, trained, in held-out words"]
+    assert ("  p2d_reverse_prompts_test_randomized.jsonl (description → name, held out: the right name against the "
+            "randomized one): right answer likelier than the randomized one") in format_summary(summary)
 
 
 def test_builtin_world_trains_berglunds_three_groups_when_asked():
-    from analyses.finetune import read_questions
+    from analyses.finetune import BERGLUND_SETTINGS, berglund_file_asks, read_questions
 
     questions = read_questions(FinetuneConfig(people=4, n_controls=2, groups=("p2d", "d2p", "both")))
     settings = pd.DataFrame([(q.group, q.setting, q.direction) for q in questions.questions],
@@ -416,6 +423,20 @@ def test_builtin_world_trains_berglunds_three_groups_when_asked():
     assert set(reverse[reverse.group == "p2d"].direction) == {"reverse"}  # description → name held out
     assert set(reverse[reverse.group == "d2p"].direction) == {"forward"}  # name → description held out
     assert len(questions.train) == 2 * (4 + 4 + 2 * 4)  # two paraphrases of each trained statement
+    # the words each test file is named by agree with the questions that stand for it: a fact set's
+    # forward direction is name → description
+    way = {"forward": "name → description", "reverse": "description → name"}
+    for group in ("p2d", "d2p", "both"):
+        for kind, setting in BERGLUND_SETTINGS.items():
+            chosen = settings[(settings.group == group) & (settings.setting == setting)]
+            if group == "both":  # trained both ways: its test file asks both, it has no reverse
+                assert chosen.empty if setting == "reverse" else set(chosen.direction) == {"forward", "reverse"}
+                assert kind != "test" or berglund_file_asks(group, kind, "people").startswith("both ways, ")
+                continue
+            (direction,) = set(chosen.direction)
+            assert berglund_file_asks(group, kind, "people").startswith(way[direction] + ", ")
+    assert berglund_file_asks("d2p", "randomized", "csv") == ("subject → object, held out: the right object "
+                                                             "against the randomized one")
 
 
 @pytest.mark.parametrize("damage, message", [
