@@ -644,7 +644,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
-    _set_threads(args.threads)
+    if args.command != "sweep":  # a sweep's process runs no torch (its trials run in Ray workers): no 2 s import
+        _set_threads(args.threads)
     try:
         _check_inputs(args)
         return _dispatch(args)
