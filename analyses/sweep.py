@@ -380,14 +380,13 @@ class Runners:
     ``revlens`` commands. Ray restarts a runner whose process dies (``max_restarts=-1``: its
     constructor runs again) and retries the trial it was running (``max_task_retries`` =
     ``resources.retries``); a trial's retry finds its folder's checkpoints. (``ray.util.ActorPool``
-    does the same dispatch but cannot say which job a Ray error belongs to.) ``local``: the runners
-    run on this machine (a Ray session this process started), so one of them may write the
-    sweep's outputs (:meth:`aggregate`)."""
+    does the same dispatch but cannot say which job a Ray error belongs to.) ``nodes``: the Ray
+    node each runner (by index) last ran a trial on."""
 
-    def __init__(self, resources: Resources, workers: int, local: bool = False) -> None:
+    def __init__(self, resources: Resources, workers: int) -> None:
         import ray
 
-        self.workers, self.local = workers, local
+        self.workers, self.nodes = workers, {}
         self._runner = ray.remote(TrialRunner).options(num_cpus=resources.threads, num_gpus=resources.gpus,
                                                        max_restarts=-1, max_task_retries=resources.retries)
         self.actors = [self._runner.remote() for _ in range(workers)]
@@ -418,24 +417,33 @@ class Runners:
                     dispatch()  # the freed runner starts its next trial before the caller checks this one
                     try:
                         result = ray.get(ref)
+                        self.nodes[self.actors.index(actor)] = result.get("node")
                     except ray.exceptions.RayError as error:  # the runner died more often than max_task_retries,
                         result = {"exit_code": None, "error": [_ray_error_text(error)]}  # or could not start
                     yield key, result
         finally:
             for _, actor in running.values():
                 ray.kill(actor, no_restart=True)
-                self.actors[self.actors.index(actor)] = self._runner.remote()
+                index = self.actors.index(actor)
+                self.actors[index] = self._runner.remote()
+                self.nodes.pop(index, None)
 
     def aggregate(self, sweep: Sweep, out: Path, records: dict[str, Any], failures: list[dict[str, Any]],
                   seconds: float) -> dict[str, Any]:
-        """:func:`aggregate`, by a runner where the runners are local (pandas, matplotlib and torch,
-        which ``sweep.png``'s writer imports, are imported there already: ~3 CPU s this process
-        never spends), else in this process; here too if the runner fails."""
+        """:func:`aggregate` by a runner on this process's node, which sees the same disk and has
+        pandas, matplotlib and torch (which ``sweep.png``'s writer imports) imported already (~3 CPU s
+        this process never spends); else, or if that fails or its ``summary.json`` is not seen
+        here, in this process."""
         import ray
 
-        if self.local:
+        here = ray.get_runtime_context().get_node_id()
+        local = [index for index, node in self.nodes.items() if node == here]
+        if local:
             try:
-                return ray.get(self.actors[0].aggregate.remote(sweep, str(out.absolute()), records, failures, seconds))
+                summary = ray.get(self.actors[local[0]].aggregate.remote(sweep, str(out.absolute()), records,
+                                                                          failures, seconds))
+                if (out / SUMMARY).is_file():
+                    return summary
             except ray.exceptions.RayError:  # the runner died, or aggregate raised: rerun here, for its own error
                 pass
         return aggregate(sweep, out, records, failures, seconds)
@@ -445,24 +453,6 @@ class Runners:
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-
-
-DRIVER_MODULES = ("pandas", "probes.views", "matplotlib.figure", "matplotlib.backends.backend_agg")
-"""What this process needs to aggregate a sweep it ran on a cluster (``aggregate.csv``, ``sweep.png``):
-~3 CPU s of imports (torch among them), made while it joins the cluster rather than after the last trial."""
-
-
-def _import_in_background(modules: Sequence[str]) -> None:
-    """Import ``modules`` in a daemon thread (an import that fails is left for its real use to report)."""
-    import threading
-    from importlib import import_module
-
-    def load() -> None:
-        for module in modules:
-            with contextlib.suppress(ImportError):
-                import_module(module)
-
-    threading.Thread(target=load, name="revlens-imports", daemon=True).start()
 
 
 def _ray_error_text(error: Exception) -> str:
@@ -476,20 +466,21 @@ def _ray_error_text(error: Exception) -> str:
 
 
 @contextlib.contextmanager
-def ray_session(resources: Resources):
+def ray_session(resources: Resources, jobs: int | None = None):
     """Ray started on this machine (no address; stopped after) or joined at ``address``; yields
-    the session's :class:`Runners` (one per trial to run at once), created as soon as Ray is up.
-    On this machine the workers import the toolkit while Ray starts (:data:`PRELOAD`) and a runner
-    aggregates; joining a cluster, this process imports what it needs to aggregate while it joins
-    (:data:`DRIVER_MODULES`). Inside a Ray session already open, that session is used (with
-    runners of its own)."""
+    the session's :class:`Runners` (one per trial to run at once, and no more than ``jobs``, the
+    trials to run, when given), created as soon as Ray is up. On this machine the workers import
+    the toolkit while Ray starts (:data:`PRELOAD`). Inside a Ray session already open, that
+    session is used (with runners of its own)."""
     import logging
 
     import ray
 
+    def width(cpus: float) -> int:
+        return min(resources.workers or max(1, int(cpus) // resources.threads), jobs or math.inf)
+
     if ray.is_initialized():
-        runners = Runners(resources, resources.workers or max(1, int(ray.cluster_resources().get("CPU", 1))
-                                                              // resources.threads))
+        runners = Runners(resources, width(ray.cluster_resources().get("CPU", 1)))
         try:
             yield runners
         finally:
@@ -498,7 +489,7 @@ def ray_session(resources: Resources):
     common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     cores = os.cpu_count() or 1
     if resources.address is None:
-        workers = resources.workers or max(1, cores // resources.threads)
+        workers = width(cores)
         gpus = None
         if resources.gpus:
             import torch
@@ -509,15 +500,13 @@ def ray_session(resources: Resources):
         with _local_ray_environment(resources.threads):
             ray.init(address="local", num_cpus=workers * resources.threads, num_gpus=gpus, **common)
     else:
-        _import_in_background(DRIVER_MODULES)
         try:
             ray.init(address=resources.address, runtime_env={"env_vars": _worker_env(resources.threads)}, **common)
         except (ConnectionError, RuntimeError) as error:
             raise SweepError(f"--address {resources.address}: cannot join the Ray cluster ({error})") from None
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        workers = resources.workers or max(1, cpus // resources.threads)
+        workers = width(ray.cluster_resources().get("CPU", 1))
     try:
-        yield Runners(resources, workers, local=resources.address is None)
+        yield Runners(resources, workers)
     finally:
         if resources.address is None:
             _stop_autoscaler_monitor()
@@ -603,7 +592,7 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
         log(f"sweep {sweep.experiment}: {len(trials)} trials, {len(trials) - len(todo)} finished before, "
             f"{len(todo)} to run")
         failures: list[dict[str, Any]] = []
-        with contextlib.nullcontext(runners) if runners or not todo else ray_session(resources) as runners:
+        with contextlib.nullcontext(runners) if runners or not todo else ray_session(resources, len(todo)) as runners:
             if todo:
                 log(f"Ray: {runners.workers} trial(s) at once, {resources.threads} thread(s) each"
                     + (f", {resources.gpus} GPU(s) each" if resources.gpus else ""))
