@@ -644,7 +644,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
-    _set_threads(args.threads)
+    if not (args.command == "sweep" or getattr(args, "seeds", None)):  # sweeps run torch only in Ray workers:
+        _set_threads(args.threads)                                      # no 2 s torch import in this process
     try:
         _check_inputs(args)
         return _dispatch(args)

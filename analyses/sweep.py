@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import itertools
 import json
@@ -210,12 +211,20 @@ def read_sweep_file(path: Path) -> Sweep:
 
 # --- one trial ---------------------------------------------------------------------------------
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """``revlens``'s parser, built once per process (8 ms a build; a sweep parses each trial's
+    command up to three times)."""
+    from analyses.cli import build_parser
+
+    return build_parser()
+
+
 def expected_config(experiment: str, trial: Trial, out: Path) -> dict[str, Any]:
     """The config a trial's manifest records (:func:`analyses.cli._run_folder`), volatile fields left out."""
-    from analyses.cli import build_parser
     from analyses.runfolder import _jsonable
 
-    args = vars(build_parser().parse_args(trial.argv(experiment, out, 1)))
+    args = vars(_parser().parse_args(trial.argv(experiment, out, 1)))
     return {k: v for k, v in _jsonable(args).items() if k not in VOLATILE}
 
 
@@ -275,7 +284,9 @@ pandas, circuitsvis and matplotlib (~5 CPU s cold, the bulk of a cold trial's ex
 
 class TrialRunner:
     """One trial slot: a long-lived Ray actor that imports the toolkit once, when Ray starts it
-    (:data:`WARM_MODULES`), then runs trials (:func:`run_trial`) one after another as method calls."""
+    (:data:`WARM_MODULES`; a no-op where the worker preloaded them, :data:`PRELOAD`), then runs
+    trials (:func:`run_trial`) one after another as method calls, and a sweep's :func:`aggregate`
+    with pandas and matplotlib already imported."""
 
     def __init__(self) -> None:
         from importlib import import_module
@@ -285,6 +296,10 @@ class TrialRunner:
 
     def run(self, argv: list[str], folder: str, running: str, resumable: bool) -> dict[str, Any]:
         return run_trial(argv, folder, running, resumable)
+
+    def aggregate(self, sweep: Sweep, out: str, records: dict[str, Any], failures: list[dict[str, Any]],
+                  seconds: float) -> dict[str, Any]:
+        return aggregate(sweep, Path(out), records, failures, seconds)
 
 
 @dataclass(frozen=True)
@@ -327,6 +342,9 @@ def _worker_env(threads: int) -> dict[str, str]:
 
 
 MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
+PRELOAD = "RAY_preload_python_modules"
+"""Ray's setting (``preload_python_modules``, comma-separated here) of what a worker process imports as
+soon as it has connected to its raylet, before it serves any task."""
 
 
 @contextlib.contextmanager
@@ -338,8 +356,12 @@ def _local_ray_environment(threads: int):
     (``RAY_memory_monitor_refresh_ms=0``) unless the user set it. The monitor kills Ray workers when
     the whole machine's memory passes 95%, whoever uses it: on a shared 24 GiB machine it killed
     trials of 0.4 GB each while other programs held the memory (each kill a retry, and a page of
-    Ray's report in the terminal)."""
-    wanted = {**_worker_env(threads), MEMORY_MONITOR: os.environ.get(MEMORY_MONITOR, "0")}
+    Ray's report in the terminal). And the workers preload :data:`WARM_MODULES` (:data:`PRELOAD`):
+    the raylet starts its workers (one per CPU) while ``ray.init`` is still waiting for Ray's
+    other daemons, so the runners' imports (~6 CPU s each) overlap Ray's start instead of
+    following it."""
+    wanted = {**_worker_env(threads), MEMORY_MONITOR: os.environ.get(MEMORY_MONITOR, "0"),
+              PRELOAD: ",".join(filter(None, (os.environ.get(PRELOAD), *WARM_MODULES)))}
     before = {key: os.environ.get(key) for key in wanted}
     os.environ.update(wanted)
     try:
@@ -358,12 +380,13 @@ class Runners:
     ``revlens`` commands. Ray restarts a runner whose process dies (``max_restarts=-1``: its
     constructor runs again) and retries the trial it was running (``max_task_retries`` =
     ``resources.retries``); a trial's retry finds its folder's checkpoints. (``ray.util.ActorPool``
-    does the same dispatch but cannot say which job a Ray error belongs to.)"""
+    does the same dispatch but cannot say which job a Ray error belongs to.) ``nodes``: the Ray
+    node each runner (by index) last ran a trial on."""
 
     def __init__(self, resources: Resources, workers: int) -> None:
         import ray
 
-        self.workers = workers
+        self.workers, self.nodes = workers, {}
         self._runner = ray.remote(TrialRunner).options(num_cpus=resources.threads, num_gpus=resources.gpus,
                                                        max_restarts=-1, max_task_retries=resources.retries)
         self.actors = [self._runner.remote() for _ in range(workers)]
@@ -377,50 +400,59 @@ class Runners:
         import ray
 
         pending, idle, running = list(jobs), list(self.actors), {}
+
+        def dispatch() -> None:
+            while pending and idle:
+                key, argv, folder, resumable = pending.pop(0)
+                actor = idle.pop(0)
+                running[actor.run.remote(argv, str(folder), str(running_dir), resumable)] = (key, actor)
+
         try:
             while pending or running:
-                while pending and idle:
-                    key, argv, folder, resumable = pending.pop(0)
-                    actor = idle.pop(0)
-                    running[actor.run.remote(argv, str(folder), str(running_dir), resumable)] = (key, actor)
+                dispatch()
                 done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)  # a ^C lands within a second
                 for ref in done:
                     key, actor = running.pop(ref)
                     idle.append(actor)
+                    dispatch()  # the freed runner starts its next trial before the caller checks this one
                     try:
                         result = ray.get(ref)
+                        self.nodes[self.actors.index(actor)] = result.get("node")
                     except ray.exceptions.RayError as error:  # the runner died more often than max_task_retries,
                         result = {"exit_code": None, "error": [_ray_error_text(error)]}  # or could not start
                     yield key, result
         finally:
             for _, actor in running.values():
                 ray.kill(actor, no_restart=True)
-                self.actors[self.actors.index(actor)] = self._runner.remote()
+                index = self.actors.index(actor)
+                self.actors[index] = self._runner.remote()
+                self.nodes.pop(index, None)
+
+    def aggregate(self, sweep: Sweep, out: Path, records: dict[str, Any], failures: list[dict[str, Any]],
+                  seconds: float) -> dict[str, Any]:
+        """:func:`aggregate` by a runner on this process's node, which sees the same disk and has
+        pandas, matplotlib and torch (which ``sweep.png``'s writer imports) imported already (~3 CPU s
+        this process never spends); else, or if that fails or its ``summary.json`` is not seen
+        here, in this process."""
+        import ray
+
+        here = ray.get_runtime_context().get_node_id()
+        local = [index for index, node in self.nodes.items() if node == here]
+        if local:
+            try:
+                summary = ray.get(self.actors[local[0]].aggregate.remote(sweep, str(out.absolute()), records,
+                                                                          failures, seconds))
+                if (out / SUMMARY).is_file():
+                    return summary
+            except ray.exceptions.RayError:  # the runner died, or aggregate raised: rerun here, for its own error
+                pass
+        return aggregate(sweep, out, records, failures, seconds)
 
     def close(self) -> None:
         import ray
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-
-
-DRIVER_MODULES = ("pandas", "probes.views", "matplotlib.figure", "matplotlib.backends.backend_agg")
-"""What this process needs once the trials are done (``aggregate.csv``, ``sweep.png``, the
-experiments' one-screen text): ~2.5 CPU s of imports, made while Ray starts, when this process
-mostly waits for Ray's daemons, rather than after the last trial."""
-
-
-def _import_in_background(modules: Sequence[str]) -> None:
-    """Import ``modules`` in a daemon thread (an import that fails is left for its real use to report)."""
-    import threading
-    from importlib import import_module
-
-    def load() -> None:
-        for module in modules:
-            with contextlib.suppress(ImportError):
-                import_module(module)
-
-    threading.Thread(target=load, name="revlens-imports", daemon=True).start()
 
 
 def _ray_error_text(error: Exception) -> str:
@@ -434,29 +466,30 @@ def _ray_error_text(error: Exception) -> str:
 
 
 @contextlib.contextmanager
-def ray_session(resources: Resources):
+def ray_session(resources: Resources, jobs: int | None = None):
     """Ray started on this machine (no address; stopped after) or joined at ``address``; yields
-    the session's :class:`Runners` (one per trial to run at once), created as soon as Ray is up,
-    so their imports start at once; while Ray starts, this process imports what it needs after
-    the trials (:data:`DRIVER_MODULES`). Inside a Ray session already open, that session is used
-    (with runners of its own)."""
+    the session's :class:`Runners` (one per trial to run at once, and no more than ``jobs``, the
+    trials to run, when given), created as soon as Ray is up. On this machine the workers import
+    the toolkit while Ray starts (:data:`PRELOAD`). Inside a Ray session already open, that
+    session is used (with runners of its own)."""
     import logging
 
     import ray
 
+    def width(cpus: float) -> int:
+        return min(resources.workers or max(1, int(cpus) // resources.threads), jobs or math.inf)
+
     if ray.is_initialized():
-        runners = Runners(resources, resources.workers or max(1, int(ray.cluster_resources().get("CPU", 1))
-                                                              // resources.threads))
+        runners = Runners(resources, width(ray.cluster_resources().get("CPU", 1)))
         try:
             yield runners
         finally:
             runners.close()
         return
-    _import_in_background(DRIVER_MODULES)
     common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     cores = os.cpu_count() or 1
     if resources.address is None:
-        workers = resources.workers or max(1, cores // resources.threads)
+        workers = width(cores)
         gpus = None
         if resources.gpus:
             import torch
@@ -466,17 +499,37 @@ def ray_session(resources: Resources):
                 raise SweepError("--gpus-per-trial: no CUDA device on this machine (or torch built without it)")
         with _local_ray_environment(resources.threads):
             ray.init(address="local", num_cpus=workers * resources.threads, num_gpus=gpus, **common)
+        _stop_idle_daemons()
     else:
         try:
             ray.init(address=resources.address, runtime_env={"env_vars": _worker_env(resources.threads)}, **common)
         except (ConnectionError, RuntimeError) as error:
             raise SweepError(f"--address {resources.address}: cannot join the Ray cluster ({error})") from None
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        workers = resources.workers or max(1, cpus // resources.threads)
+        workers = width(ray.cluster_resources().get("CPU", 1))
     try:
         yield Runners(resources, workers)
     finally:
         ray.shutdown()
+
+
+IDLE_DAEMONS = (os.path.join("autoscaler", "_private", "monitor.py"), os.path.join("_private", "log_monitor.py"))
+"""Ray daemons a local session started by :func:`ray_session` has no use for: the autoscaler
+monitor (there is nothing to scale) and the log monitor (which copies the workers' output to
+the driver; ``log_to_driver=False``)."""
+
+
+def _stop_idle_daemons() -> None:
+    """Kill :data:`IDLE_DAEMONS` (children of this process, which ``ray.init`` started). The log
+    monitor polls the log folder ten times a second (1.5 CPU s of an 8-trial sweep, the most of any
+    daemon, on 2 cores the trials share), the autoscaler monitor wakes every 5 s; and ``ray.shutdown``,
+    which stops the daemons one by one, the GCS before the autoscaler monitor, spent 1.0 of its 1.4 s
+    waiting for that monitor, which answers SIGTERM by reporting its end to the stopped GCS."""
+    import psutil  # after `import ray`: Ray ships it (ray/thirdparty_files)
+
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if any(part.endswith(IDLE_DAEMONS) for part in child.cmdline()):
+                child.kill()
 
 
 def with_resources(sweep: Sweep, resources: Resources) -> Sweep:
@@ -544,15 +597,16 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
         log(f"sweep {sweep.experiment}: {len(trials)} trials, {len(trials) - len(todo)} finished before, "
             f"{len(todo)} to run")
         failures: list[dict[str, Any]] = []
-        if todo:
-            with contextlib.nullcontext(runners) if runners else ray_session(resources) as runners:
+        with contextlib.nullcontext(runners) if runners or not todo else ray_session(resources, len(todo)) as runners:
+            if todo:
                 log(f"Ray: {runners.workers} trial(s) at once, {resources.threads} thread(s) each"
                     + (f", {resources.gpus} GPU(s) each" if resources.gpus else ""))
                 _run_on_ray(sweep, out, todo, resources, runners, records, failures, log)
-        order = {trial.name: index for index, trial in enumerate(trials)}
-        failures.sort(key=lambda failure: order[failure["trial"]])  # trials finish in any order
-        _write_failures(out, failures)
-        summary = aggregate(sweep, out, records, failures, time.perf_counter() - began)
+            order = {trial.name: index for index, trial in enumerate(trials)}
+            failures.sort(key=lambda failure: order[failure["trial"]])  # trials finish in any order
+            _write_failures(out, failures)
+            summary = (runners.aggregate if runners else aggregate)(sweep, out, records, failures,
+                                                                    time.perf_counter() - began)
     return summary
 
 

@@ -61,10 +61,10 @@ def kind(process: psutil.Process) -> str:
         line = " ".join(process.cmdline())
     except psutil.Error:
         return "gone"
+    if "default_worker.py" in line:  # before the driver's test: a worker's command line names the modules it preloads
+        return "Ray workers (the trials)"
     if "analyses.cli" in line:
         return "revlens sweep (driver)"
-    if "default_worker.py" in line:
-        return "Ray workers (the trials)"
     for name in ("raylet", "gcs_server", "dashboard/agent", "runtime_env/agent", "log_monitor", "monitor.py",
                  "dashboard.py"):
         if name in line:
@@ -127,18 +127,25 @@ def ray_side(label: str, checkout: Path, trials: int, grid: list[str], workers: 
     wall = time.perf_counter() - began
     summary = json.loads((out / "summary.json").read_text())
     inside = [r["seconds"] for r in summary["trials"] if r.get("seconds") is not None]
-    stamp = lambda text: next(t for t, line in lines if text in line)  # noqa: E731
-    ray_up, first, last = stamp("Ray: "), stamp(f"[1/{trials}]"), stamp(f"[{trials}/{trials}]")
+    seconds = {r["trial"]: r["seconds"] for r in summary["trials"]}
+    stamp = lambda text: next((t, line) for t, line in lines if text in line)  # noqa: E731
+    (ray_up, _), (first, first_line), (last, _) = stamp("Ray: "), stamp(f"[1/{trials}]"), stamp(f"[{trials}/{trials}]")
+    started = first - seconds[first_line.split("] ", 1)[1].rsplit(": ", 1)[0]]  # the first trial to finish began
     in_trials = sum(r.get("cpu_seconds") or 0.0 for r in summary["trials"])
+    phases = {"start → Ray up": ray_up, "Ray up → first trial begins (runners' imports)": max(0.0, started - ray_up),
+              "trials": last - max(started, ray_up), "last trial → exit (aggregate, figure, shutdown)": wall - last}
     print(f"  Ray ({label}), {workers} workers × 1 thread: {wall:.1f} s; load {load()}\n"
-          f"    timeline: Ray up at {ray_up:.1f} s, first trial done at {first:.1f} s, last at {last:.1f} s, "
-          f"exit at {wall:.1f} s (aggregate, figure, Ray's shutdown: {wall - last:.1f} s)\n"
+          f"    timeline: Ray up at {ray_up:.1f} s, first trial began at {started:.1f} s, done at {first:.1f} s, "
+          f"last at {last:.1f} s, exit at {wall:.1f} s\n"
+          f"    phases (s, share of the wall): " + ", ".join(f"{k} {v:.1f} ({v / wall:.0%})" for k, v in phases.items())
+          + "\n"
           f"    per trial inside the workers: median {statistics.median(inside):.1f} s, first two {inside[0]:.1f} s "
           f"{inside[1]:.1f} s\n"
           f"    {cpu / trials:.2f} CPU s per trial (inside the trials {in_trials / trials:.2f}); by process: "
           + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])), flush=True)
     return {"wall": wall, "cpu": cpu / trials, "overhead": wall * workers / trials - statistics.mean(inside),
-            "fixed": first - statistics.median(inside) + wall - last, "load": load()}
+            "fixed": first - statistics.median(inside) + wall - last, "load": load(),
+            "phases": (ray_up, max(started, ray_up), wall - last)}
 
 
 def run(trials: int, model: str, steps: int, workers: int, baseline: Path | None) -> list[dict]:
@@ -175,10 +182,12 @@ def table(rows: list[dict]) -> str:
     """The measurements as the Markdown table of ``benchmarks/README.md``."""
     lines = ["| trials | code | one process, one after another | Ray, 2 workers × 1 thread | speed-up | CPU s per "
              "trial (seq / Ray) | Ray overhead per trial | fixed wall (until the first trial starts + after the last) | "
-             "load average after |", "|---|---|---|---|---|---|---|---|---|"]
+             "Ray up / first trial begins / after the last trial | load average after |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['trials']} | {r['code']} | {r['sequential']:.1f} s | {r['wall']:.1f} s | "
               f"**{r['sequential'] / r['wall']:.2f}×** | {r['sequential_cpu']:.2f} / {r['cpu']:.2f} | "
-              f"{r['overhead']:.2f} s | {r['fixed']:.1f} s | {r['load']} |" for r in rows]
+              f"{r['overhead']:.2f} s | {r['fixed']:.1f} s | {' / '.join(f'{p:.1f} s' for p in r['phases'])} | "
+              f"{r['load']} |" for r in rows]
     return "\n".join(lines)
 
 

@@ -218,15 +218,16 @@ def test_reproduce_all_runs_experiments_at_once_on_ray_and_across_seeds(tmp_path
 def test_local_ray_runs_without_its_memory_monitor_and_leaves_the_environment_alone(monkeypatch):
     """Ray's memory monitor kills trials when the machine's memory is full of other programs' pages;
     a local session's raylet starts with it off and with the workers' environment (this checkout
-    first on the path, one thread), and this process's environment is as it was."""
+    first on the path, one thread, the toolkit preloaded), and this process's environment is as it was."""
     import psutil
 
-    from analyses.sweep import MEMORY_MONITOR, Resources, ray_session
+    from analyses.sweep import MEMORY_MONITOR, PRELOAD, WARM_MODULES, Resources, ray_session
 
     import ray
 
     ray.shutdown()  # a session an earlier test left open would be reused, not started
     monkeypatch.delenv(MEMORY_MONITOR, raising=False)
+    monkeypatch.delenv(PRELOAD, raising=False)
     monkeypatch.delenv("PYTHONPATH", raising=False)
     earlier = {p.pid for p in psutil.Process().children(recursive=True)}
     with ray_session(Resources(workers=1)):
@@ -234,4 +235,5 @@ def test_local_ray_runs_without_its_memory_monitor_and_leaves_the_environment_al
                    if p.name() == "raylet" and p.pid not in earlier]
         assert len(raylets) == 1 and raylets[0].environ().get(MEMORY_MONITOR) == "0"
         assert raylets[0].environ().get("PYTHONPATH") == str(ROOT) and raylets[0].environ()["OMP_NUM_THREADS"] == "1"
-        assert MEMORY_MONITOR not in os.environ and "PYTHONPATH" not in os.environ
+        assert raylets[0].environ().get(PRELOAD) == ",".join(WARM_MODULES)
+        assert MEMORY_MONITOR not in os.environ and PRELOAD not in os.environ and "PYTHONPATH" not in os.environ
