@@ -614,13 +614,15 @@ def _take_weights(model: HookedTransformer, state_dict: dict[str, Tensor], copy:
         raise PretrainedLoadError(f"TransformerLens's converter gave no weights for {missing}: the model cannot be built")
     state_dict = model.fill_missing_keys(state_dict)
     taken: set[int] = set()
+    tensors = {}
     for key in list(state_dict):
         tensor = state_dict.pop(key).detach().to(expected[key].dtype)
         memory = tensor.untyped_storage().data_ptr()
         if copy or memory in taken:
             tensor = tensor.clone()  # preserve_format: a transposed view's copy is transposed alike
         taken.add(tensor.untyped_storage().data_ptr())
-        model.load_state_dict({key: tensor}, strict=False, assign=True)
+        tensors[key] = tensor
+    model.load_state_dict(tensors, strict=False, assign=True)  # one walk of the module tree, not one per key
 
 
 def _hooked_config_and_weights(
