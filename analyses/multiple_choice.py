@@ -4,9 +4,10 @@ curse hold when the right answer is offered?
 Each question of the chosen settings (:data:`MC_SETTINGS`) is asked with its right answer and K − 1
 other answers of its pool (names for a name, descriptions for a description), drawn with the seed,
 shuffled, and asked in each of the K cyclic rotations of that order
-(:func:`facts.questions.multiple_choice_orders`): every option once under every letter, K forward
-passes per question. With p_r(ℓ) the probability of letter ℓ among the K letters in order r
-(:mod:`probes.multiple_choice`) and ℓ_r(o) the letter of option o in order r, two scores:
+(:func:`facts.questions.multiple_choice_orders`): every option once under every letter; the K
+prompts share their stem (:func:`shared_length`), which runs once, then each order from its cache.
+With p_r(ℓ) the probability of letter ℓ among the K letters in order r (:mod:`probes.multiple_choice`)
+and ℓ_r(o) the letter of option o in order r, two scores:
 
 * **raw** (per order, then averaged over the K orders): p_r(ℓ_r(right)) and whether argmax_ℓ p_r(ℓ)
   is the right letter. A model that prefers one letter whatever the options say (a small model
@@ -70,20 +71,23 @@ def multiple_choice_table(model: Any, questions: QuestionSet, tokenizer: Any, k:
     letters = LETTERS[:k]
     pools = questions.pool_answers()
     prefix = bos_prefix(tokenizer)
-    records, prompts = [], []
+    records, prompts, stems = [], [], []
     for number, question in enumerate(questions.questions):
         if question.setting not in settings:
             continue
         others = [a for a in pools[question.pool] if a != question.completion]
         distractors = random.Random(f"{seed}:multiple-choice:{number}").sample(others, k - 1)
-        for rotation, asked in enumerate(multiple_choice_orders(question, distractors, seed, letters)):
-            prompts.append(prefix + tuple(tokenizer.encode(asked.prompt, add_special_tokens=False)))
+        orders = multiple_choice_orders(question, distractors, seed, letters)
+        encoded = [prefix + tuple(tokenizer.encode(asked.prompt, add_special_tokens=False)) for asked in orders]
+        prompts += encoded
+        stems += [shared_length(encoded)] * len(encoded)
+        for rotation, asked in enumerate(orders):
             records.append({"question": number, "key": question.key, "fact": question.fact, "group": question.group,
                             "setting": question.setting, "direction": question.direction, "split": question.split,
                             "answer": question.completion.strip(), "order": rotation,
                             "correct_letter": letters[asked.correct], "_correct": asked.correct,
                             **{f"option_{letter}": option.strip() for letter, option in zip(letters, asked.options)}})
-    probabilities = letter_probabilities(model, prompts, letter_tokens(tokenizer, letters))
+    probabilities = letter_probabilities(model, prompts, letter_tokens(tokenizer, letters), stems=stems)
     table = pd.DataFrame(records)
     for column, letter in enumerate(letters):
         table[f"p_{letter}"] = probabilities[:, column].numpy()
@@ -94,6 +98,15 @@ def multiple_choice_table(model: Any, questions: QuestionSet, tokenizer: Any, k:
     table["correct"] = (chosen == correct).numpy()
     table["n_options"] = k
     return table
+
+
+def shared_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens the prompts share at their start (a question's stem, the same in each of its orders), at most
+    one short of the shortest prompt: what :func:`probes.multiple_choice.letter_probabilities` runs once."""
+    shared = 0
+    while shared < min(map(len, prompts)) - 1 and len({prompt[shared] for prompt in prompts}) == 1:
+        shared += 1
+    return shared
 
 
 def debiased_choices(table: pd.DataFrame) -> pd.DataFrame:

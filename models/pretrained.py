@@ -35,7 +35,10 @@ A GGUF is parsed once per load: config, weights and tokenizer share one ``gguf.G
 (:func:`_one_gguf_parse`; transformers alone parses it three times), and its weights are read one
 tensor at a time into the model's own parameters (:mod:`models.gguf_weights`). The hooked backend
 then takes the converted tensors as its parameters (:func:`_take_weights`): no load holds two
-copies of the weights.
+copies of the weights; :func:`to_hooked` takes copies of them that keep their strides. Either way each
+weight keeps transformers' memory layout, in which TransformerLens 3.9's forward reads it without a
+copy (it passes ``W_in.T.contiguous()``, W_Q rearranged to ``(h d) m``, ... to ``F.linear``: a fresh
+copy of every matrix on each forward pass for TransformerLens's own ``[in, out]`` layout).
 Both use eager attention (hooks on the attention pattern need it; the HF reference must use it
 too, or the fp32 comparison drifts by ~1e-3 from kernel reordering).
 
@@ -567,21 +570,21 @@ def _hooked_from(
 ) -> HookedTransformer:
     """A ``HookedTransformer`` of ``cfg`` with the converted weights ``state_dict``.
 
-    ``take`` (the state dict and the HF model it views are nobody else's, and no processing is
-    asked): the tensors become the parameters themselves (:func:`_take_weights`), so the model's
-    own parameters are never written and no second copy of the weights exists at any time.
-    Otherwise TransformerLens copies (and with ``process_weights``, folds and centres) them in.
+    Without ``process_weights`` the tensors become the parameters (:func:`_take_weights`), in the
+    converter's layout (transformers' own: the forward copies no weight); ``take`` (the state dict
+    and the HF model it views are nobody else's) takes them themselves, so no second copy of the
+    weights exists at any time, else each is first copied with its strides (``clone``). With
+    ``process_weights`` TransformerLens copies them in, folds and centres them.
     """
     cfg.model_name, cfg.tokenizer_name = source.name, str(source.path)
     cfg.default_prepend_bos = prepend_bos
-    take = take and not process_weights
-    if take:
+    if not process_weights:
         cfg.init_weights = False  # replaced before they are read: their memory is never touched
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_HOOKED_DEPRECATION, category=DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    if take:
-        _take_weights(model, state_dict)
+    if not process_weights:
+        _take_weights(model, state_dict, copy=not take)
     else:
         model.load_and_process_state_dict(
             state_dict,
@@ -595,14 +598,14 @@ def _hooked_from(
 
 
 @torch.no_grad()
-def _take_weights(model: HookedTransformer, state_dict: dict[str, Tensor]) -> None:
+def _take_weights(model: HookedTransformer, state_dict: dict[str, Tensor], copy: bool = False) -> None:
     """Make the converted tensors ``model``'s parameters, without copying (``load_state_dict(assign=True)``).
 
     TransformerLens's converters return views of the HF weights where they can (W_Q as
     ``(n h) m -> n m h`` of q_proj, W_U as the transposed embedding), so the HF weights' memory
-    becomes the model's. A tensor whose memory an earlier key already took (a tied W_U beside
-    W_E: SmolLM2) is cloned, so no two parameters share memory (training one never moves the
-    other). A weight matrix missing from the state dict is refused: the model's own tensors were
+    becomes the model's; with ``copy``, a copy of each with the same strides. A tensor whose memory an
+    earlier key already took (a tied W_U beside W_E: SmolLM2) is cloned, so no two parameters share
+    memory (training one never moves the other). A weight matrix missing from the state dict is refused: the model's own tensors were
     never initialised. Norm weights and biases TransformerLens fills with their defaults (1, 0).
     """
     expected = model.state_dict()
@@ -611,13 +614,15 @@ def _take_weights(model: HookedTransformer, state_dict: dict[str, Tensor]) -> No
         raise PretrainedLoadError(f"TransformerLens's converter gave no weights for {missing}: the model cannot be built")
     state_dict = model.fill_missing_keys(state_dict)
     taken: set[int] = set()
+    tensors = {}
     for key in list(state_dict):
         tensor = state_dict.pop(key).detach().to(expected[key].dtype)
         memory = tensor.untyped_storage().data_ptr()
-        if memory in taken:
-            tensor = tensor.clone()
+        if copy or memory in taken:
+            tensor = tensor.clone()  # preserve_format: a transposed view's copy is transposed alike
         taken.add(tensor.untyped_storage().data_ptr())
-        model.load_state_dict({key: tensor}, strict=False, assign=True)
+        tensors[key] = tensor
+    model.load_state_dict(tensors, strict=False, assign=True)  # one walk of the module tree, not one per key
 
 
 def _hooked_config_and_weights(

@@ -40,18 +40,29 @@ def letter_tokens(tokenizer: Any, letters: str) -> tuple[int, ...]:
 
 @torch.no_grad()
 def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: Sequence[int],
-                         batch_size: int = 16) -> Float[Tensor, "prompt letter"]:
+                         batch_size: int = 16, stems: Sequence[int] | None = None) -> Float[Tensor, "prompt letter"]:
     """p_k for every prompt (rows in input order) and letter token (columns): the softmax over the
     letters' next-token logits at the last prompt position (see the module docstring). Prompts run in
     groups of one length (no padding), ``batch_size`` at a time. A HookedTransformer unembeds the last
-    position only (:func:`models.scoring.hooked_readout`: exactly that row of its full logits)."""
+    position only (:func:`models.scoring.hooked_readout`: exactly that row of its full logits).
+
+    ``stems[i]`` (on a HookedTransformer or TransformerBridge): the first ``stems[i]`` tokens of prompt i
+    are a stem other prompts share (a multiple-choice question's, the same in each of its orders), at
+    least one token short of the prompt; 0 for none. Each distinct stem runs once and its prompts continue
+    from its cached keys and values (:class:`probes.shared_prompt.PrefixCache`): the same logits up to
+    float32 rounding (SmolLM2's: bitwise), the stem's positions computed once instead of once per prompt."""
     if not prompts:
         raise ValueError("no multiple-choice prompts to score")
+    if stems is not None and len(stems) != len(prompts):
+        raise ValueError(f"{len(stems)} stems for {len(prompts)} prompts")
     index = torch.tensor(list(letters), device=model.cfg.device)
     out = torch.empty(len(prompts), len(letters), dtype=torch.float64)
+    whole = [row for row in range(len(prompts)) if stems is None or not stems[row]]
+    if len(whole) < len(prompts):
+        _shared_stem_letters(model, prompts, stems, index, batch_size, out)
     groups: dict[int, list[int]] = defaultdict(list)
-    for row, prompt in enumerate(prompts):
-        groups[len(prompt)].append(row)
+    for row in whole:
+        groups[len(prompts[row])].append(row)
     for rows in groups.values():
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
@@ -62,6 +73,43 @@ def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: 
                 logits = model(tokens)[:, -1].double()
             out[chunk] = logits[:, index].softmax(-1).cpu()
     return out
+
+
+def _shared_stem_letters(model: Any, prompts: Sequence[Sequence[int]], stems: Sequence[int],
+                         index: Int[Tensor, " letter"], batch_size: int, out: Float[Tensor, "prompt letter"]) -> None:
+    """:func:`letter_probabilities` of the prompts with a stem (``stems[i]`` > 0): each distinct stem runs once
+    (stems of one length ``batch_size`` at a time), then every prompt's rest from its stem's cache (rests of
+    one length, ``4 · batch_size`` rows a pass), unembedding the last position only; into ``out`` in place."""
+    from probes.shared_prompt import PrefixCache
+
+    shared: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for row, (prompt, stem) in enumerate(zip(prompts, stems)):
+        if not stem:
+            continue
+        if not 1 <= stem < len(prompt):
+            raise ValueError(f"prompt {row}: a stem of {stem} tokens must leave 1…{len(prompt) - 1} of its "
+                             f"{len(prompt)} tokens to continue")
+        shared[tuple(prompt[:stem])].append(row)
+    by_length: dict[int, list[tuple[int, ...]]] = defaultdict(list)
+    for stem in shared:
+        by_length[len(stem)].append(stem)
+    scorer, device = PrefixCache(model), model.cfg.device
+    for length, stems_of_length in by_length.items():
+        for start in range(0, len(stems_of_length), batch_size):
+            chunk = stems_of_length[start : start + batch_size]
+            _, cache = scorer.prefix(torch.tensor(chunk, device=device))
+            rests: dict[int, list[tuple[int, int]]] = defaultdict(list)  # rest length -> (stem in chunk, prompt)
+            for position, stem in enumerate(chunk):
+                for row in shared[stem]:
+                    rests[len(prompts[row]) - length].append((position, row))
+            for members in rests.values():
+                for first in range(0, len(members), 4 * batch_size):
+                    part = members[first : first + 4 * batch_size]
+                    tokens = torch.tensor([list(prompts[row][length:]) for _, row in part], device=device)
+                    last = torch.zeros(tokens.shape, dtype=torch.bool, device=device)
+                    last[:, -1] = True
+                    logits = scorer.extend(cache, torch.tensor([s for s, _ in part], device=device), tokens, last)
+                    out[[row for _, row in part]] = logits.double()[:, index].softmax(-1).cpu()
 
 
 __all__ = ["letter_probabilities", "letter_tokens"]

@@ -39,7 +39,7 @@ class CandidateScores:
     correct: Bool[Tensor, "n k"]
 
 
-class _PrefixCache:
+class PrefixCache:
     """Run prompts once, then continue any row of them with more tokens, for either backend.
 
     ``prefix`` returns the next-token logits after each prompt and a cache of its keys and
@@ -132,7 +132,7 @@ def candidate_logprobs_cached(
     if n == 0:
         return CandidateScores(logprob, correct)
     device = model_device(model)
-    scorer = _PrefixCache(model)
+    scorer = PrefixCache(model)
     by_length: dict[int, list[int]] = {}
     for i, row in enumerate(candidates):
         by_length.setdefault(len(row[0].prompt), []).append(i)
@@ -148,7 +148,7 @@ def candidate_logprobs_cached(
 
 
 def _score_chunk(
-    scorer: _PrefixCache,
+    scorer: PrefixCache,
     rows: Sequence[Sequence[Example]],
     index: Int[Tensor, " s"],
     logprob: Float[Tensor, "n k"],

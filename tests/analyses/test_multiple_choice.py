@@ -54,6 +54,32 @@ def test_letter_probabilities_are_the_softmax_over_the_letters_of_the_model(tiny
         letter_tokens(tokenizer, "AΩ")
 
 
+def test_a_shared_stem_runs_once_and_gives_the_whole_prompts_probabilities(tiny_models):
+    """The K orders of a question share their stem ("Complete the sentence: ... ___" and the first letter):
+    run once from its cache, the probabilities are the whole prompts' (float32 rounding apart); a stem
+    of 0 tokens runs that prompt whole, and a stem that leaves no token to continue is refused."""
+    from analyses.multiple_choice import shared_length
+
+    tiny = tiny_models["llama"]
+    model, tokenizer = tiny.backends["hooked"], tiny.tokenizer
+    letters = letter_tokens(tokenizer, "ABCD")
+    prompts, stems = [], []
+    for number, others in ((1, (0, 2, 3)), (4, (0, 1, 2))):
+        asked = [tuple(tokenizer.encode(a.prompt, add_special_tokens=False))
+                 for a in multiple_choice_orders(question(number), [NAMES[i] for i in others], seed=0)]
+        prompts += asked
+        stems += [shared_length(asked)] * len(asked)
+    assert 10 < stems[0] < min(map(len, prompts[:4])) and prompts[0][:stems[0]] == prompts[3][:stems[0]]
+    assert prompts[0][stems[0]] != prompts[1][stems[0]]  # the first option: where the orders part
+    whole = letter_probabilities(model, prompts, letters, batch_size=3)
+    shared = letter_probabilities(model, prompts, letters, batch_size=3, stems=stems)
+    assert (shared - whole).abs().max() < 1e-6
+    mixed = letter_probabilities(model, prompts, letters, batch_size=3, stems=[0] + stems[1:])
+    assert (mixed[0] - whole[0]).abs().max() < 1e-6 and (mixed[1:] - shared[1:]).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="must leave 1…"):
+        letter_probabilities(model, prompts[:1], letters, stems=[len(prompts[0])])
+
+
 def test_the_table_moves_the_right_letter_with_the_options_and_summarises_per_question(tiny_models):
     tiny = tiny_models["llama"]
     questions = QuestionSet(train=(), questions=tuple(question(i) for i in range(5)), source="test")

@@ -95,6 +95,23 @@ def test_trained_transformers_model_converts_to_the_same_hooked_model(name, tiny
     assert check_equivalence(hooked, before, PROMPTS, tokenizer) > 100 * TOLERANCE  # and the trained one is read
     if name == "llama":  # tied: the one trained matrix is both the hooked model's embedding and unembedding
         assert torch.equal(hooked.W_E, hooked.W_U.T) and torch.equal(hooked.W_E, hf.get_input_embeddings().weight)
+    assert_forward_copies_no_weight(hooked)
+    hf_weights = {p.untyped_storage().data_ptr() for p in hf.parameters()}
+    assert not any(p.untyped_storage().data_ptr() in hf_weights for p in hooked.parameters())  # its own copy
+
+
+def assert_forward_copies_no_weight(hooked):
+    """Every matrix is laid out as TransformerLens 3.9's forward hands it to ``F.linear`` (``W_in.T``, W_Q
+    rearranged to ``(h d) m``, W_O to ``m (h d)``, ``W_U.T``: transformers' own layout), so those are views,
+    not a copy of the weights on every forward pass."""
+    for block in hooked.blocks:
+        attention, mlp = block.attn, block.mlp
+        for weight in (attention.W_Q, getattr(attention, "_W_K", attention.W_K), getattr(attention, "_W_V", attention.W_V)):
+            assert weight.permute(0, 2, 1).is_contiguous()  # h m d -> h d m
+        assert attention.W_O.permute(2, 0, 1).is_contiguous()  # h d m -> m h d
+        for weight in (mlp.W_in, mlp.W_gate, mlp.W_out):
+            assert weight.T.is_contiguous()
+    assert hooked.W_U.T.is_contiguous()
 
 
 def test_freezing_blocks_of_a_transformers_model(tiny_hf):
