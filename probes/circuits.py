@@ -48,7 +48,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from facts.schema import FactError, FactSet
-from models.backend import HOOKED_HINT, is_hooked
+from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, architecture_of, is_hooked
 from models.bilinear import BilinearModel
 
 CIRCUITS = ("direct", "ov", "qk")
@@ -178,11 +178,19 @@ def check_circuits_readable(model) -> None:
     the 1). TransformerLens 4's bridge says so on each norm (``uses_weight_offset``), and
     :func:`_norm_scale` reads 1 + w there; 3.9's does not, so every OV and QK entry read from it
     would be wrong (a tiny random Gemma 3, whose w is 0: every entry 0): it is refused, naming the
-    backend that reads them.
+    backend that reads them. OLMo 2 (and 3) normalise each attention layer's *output* and have no norm
+    before attention: the ``ln1`` read here as the scale of the heads' input is the norm after them,
+    so their circuits are refused on any backend.
     """
-    cfg = getattr(model, "cfg", None)  # the bridge names it in cfg.architecture, HookedTransformer in original_architecture
-    architecture = str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or "")
-    if isinstance(model, BilinearModel) or is_hooked(model) or not architecture.startswith("Gemma"):
+    architecture = architecture_of(model)
+    if isinstance(model, BilinearModel):
+        return
+    if architecture in POST_NORM_ARCHITECTURES:
+        raise ValueError(
+            f"{model.cfg.model_name}: {architecture} normalises each attention layer's output, not its input, so "
+            "the norm this probe reads as the scale of the heads' input (ln1) is the one after them: its OV/QK "
+            "circuits would be wrong and are refused on every backend")
+    if is_hooked(model) or not architecture.startswith("Gemma"):
         return
     if not all(getattr(getattr(block, "ln1", None), "uses_weight_offset", False) for block in model.blocks):
         raise ValueError(
