@@ -225,20 +225,35 @@ def transformer_circuits(
     source = _prepare(tokens.means(W_E[tokens.token_ids].float()) * _embedding_scale(model), None, centre)
     if "direct" in kinds:
         yield [Circuit("direct", None, [None], source[:, None], final[:, None])]
-    OV = model.OV if "ov" in kinds else None
-    QK = model.QK if "qk" in kinds else None
+    stacked = {} if is_hooked(model) else {"ov": model.OV if "ov" in kinds else None,
+                                            "qk": model.QK if "qk" in kinds else None}
     for layer in layers:
         scale = _norm_scale(getattr(model.blocks[layer], "ln1", None))
         block = []
-        if OV is not None:
-            W_V, W_O = OV.A[layer].detach(), OV.B[layer].detach()
+        if "ov" in kinds:
+            W_V, W_O = _layer_factors(model, stacked, "ov", layer)
             block.append(Circuit("ov", layer, heads, _project(source, W_V, shared, scale),
                                  _project(final, W_O.transpose(-2, -1), heads)))
-        if QK is not None:
-            W_Q, W_Kt = QK.A[layer].detach(), QK.B[layer].detach()
+        if "qk" in kinds:
+            W_Q, W_Kt = _layer_factors(model, stacked, "qk", layer)
             block.append(Circuit("qk", layer, heads, _project(source, W_Q, heads, scale),
                                  _project(source, W_Kt.transpose(-2, -1), shared, scale)))
         yield block
+
+
+def _layer_factors(model, stacked: dict, kind: str, layer: int) -> tuple[Tensor, Tensor]:
+    """Layer ``layer``'s OV factors (W_V, W_O) or QK factors (W_Q, W_Kᵀ), per query head (key/value
+    heads repeated under grouped-query attention): ``model.OV`` / ``model.QK``'s A and B at that layer.
+    A HookedTransformer's are read from the layer's own attention (the same tensors, one layer at a
+    time: TransformerLens's stacks of every layer are 190 MiB for Gemma 3 270M); a bridge's from the
+    stacks made once (``stacked``)."""
+    if kind in stacked:
+        matrix = stacked[kind]
+        return matrix.A[layer].detach(), matrix.B[layer].detach()
+    attention = model.blocks[layer].attn
+    if kind == "ov":
+        return attention.W_V.detach(), attention.W_O.detach()
+    return attention.W_Q.detach(), attention.W_K.detach().transpose(-2, -1)
 
 
 def _require_single_tokens(facts: FactSet, entity_ids: EntityIds) -> None:
