@@ -368,7 +368,8 @@ def direct_logit_attribution(
         chunk = [examples[r] for r in rows]
         answers = _first_answer_tokens(plain, chunk)
         wrong = None if controls is None else _first_answer_tokens(plain, [controls[r] for r in rows])
-        _, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=_dla_cache_names(plain, by))
+        no_logits = {"return_type": None} if is_hooked(plain) else {}  # the cache is all it reads (ln_final's scale included)
+        _, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=_dla_cache_names(plain, by), **no_logits)
         components, stack = _decomposition(plain, cache, by)
         directions, offset = _answer_directions(plain, answers, wrong)
         normalised = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
