@@ -483,8 +483,8 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
         kept = tuple(q for q in asked.questions if q.fact < len(facts))
         choices = (QuestionSet(train=(), questions=kept, source=asked.source), multiple_choice)
     probed = load_probed(model_path, facts, device, backend, source.sentence_templates(None))
-    check_circuits_readable(probed.model)  # before any probe runs: a Gemma on a bridge is refused at once
-    check_attribution_readable(probed.model)  # (circuits: on 3.9's; per-head attribution: on either line's)
+    check_circuits_readable(probed.model)  # before any probe runs: a Gemma on 3.9's bridge, OLMo 2 on any backend,
+    check_attribution_readable(probed.model)  # and for attribution a Gemma or OLMo 2 on either line's bridge
     return write_probe(probed, facts, out, n_controls, patch_layers,
                        about={"model": str(model_path), "facts": str(facts_path), "limit": limit,
                               **({} if templates_file is None else {"templates_file": str(templates_file)})},

@@ -72,7 +72,7 @@ __all__ = [
     "ActivationCache", "FactoredMatrix", "HOOKED_HINT", "apply_softcap", "HookedTransformer", "HookedTransformerConfig",
     "OFFICIAL_MODEL_NAMES", "POST_NORM_ARCHITECTURES", "loading_from_pretrained",
     "TL_MAJOR", "TL_MODEL_TYPES", "TL_VERSION", "TLModel", "TransformerBridge", "TransformerLensKeyValueCache",
-    "TransformerLensKeyValueCacheEntry", "build_native", "copy_model", "get_act_name", "has_kv_cache", "hooked_init_state",
+    "TransformerLensKeyValueCacheEntry", "architecture_of", "build_native", "copy_model", "get_act_name", "has_kv_cache", "hooked_init_state",
     "hooked_state_dict", "is_hooked", "is_native_bridge", "is_tl_model", "load_hooked_state_dict", "patching",
     "runs_from_layer",
 ]
@@ -81,6 +81,13 @@ __all__ = [
 def is_tl_model(model: object) -> bool:
     """Whether ``model`` is a TransformerLens model (``HookedTransformer`` or ``TransformerBridge``)."""
     return isinstance(model, TL_MODEL_TYPES)
+
+
+def architecture_of(model: object) -> str:
+    """The Hugging Face architecture a TransformerLens model was built from ("Gemma3ForCausalLM"; "" if
+    unknown): ``cfg.original_architecture`` on a ``HookedTransformer``, ``cfg.architecture`` on a bridge."""
+    cfg = getattr(model, "cfg", None)
+    return str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or "")
 
 
 def is_hooked(model: object) -> bool:

@@ -94,6 +94,7 @@ from transformers import (
 
 from facts.language import bos_prefix
 from models.gguf_weights import lean_gguf_weights, plain_array_reader
+from models.memory import release_freed_memory
 from models.backend import (
     OFFICIAL_MODEL_NAMES,
     TL_MAJOR,
@@ -515,13 +516,17 @@ def load(
         hf_model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=False)
     else:
         hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
+    release_freed_memory()  # what reading the file freed, before the conversion allocates
     if backend == "hooked" and TL_MAJOR < 4:
         prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
         cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype)
         del hf_model  # ours alone: its weights live on only where the state dict holds them (mostly as views)
-        return _hooked_from(cfg, state_dict, tokenizer, source, prepend_bos, process_weights, take=True)
-    compatible = backend == "hooked"  # TransformerLens 4 has no HookedTransformer: its bridge in compatibility mode
-    return _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights, compatible)
+        model = _hooked_from(cfg, state_dict, tokenizer, source, prepend_bos, process_weights, take=True)
+    else:
+        compatible = backend == "hooked"  # TransformerLens 4 has no HookedTransformer: its bridge in compatibility mode
+        model = _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights, compatible)
+    release_freed_memory()
+    return model
 
 
 def to_hooked(

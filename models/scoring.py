@@ -19,10 +19,12 @@ from facts.tokens import TokenizedFacts
 
 Model = Callable[[Int[Tensor, "batch pos"]], Float[Tensor, "batch pos d_vocab"]]
 
-LOGIT_BUDGET = 2**25
-"""Logits (positions × d_vocab floats, 128 MiB) one forward pass may produce: :func:`score_answers` cuts its
-batches to fit, cached scoring its continuation passes (:mod:`probes.shared_prompt`). The unembedding's
-output and its bias sum briefly hold twice that; Gemma 3's 262,144-token vocabulary makes it 128 positions."""
+LOGIT_BUDGET = 2**24
+"""Logits (positions × d_vocab floats, 64 MiB) one forward pass may produce: :func:`score_answers` cuts its
+batches to fit, cached scoring its continuation passes (:mod:`probes.shared_prompt`); their log-softmax is
+taken a block of rows at a time (:func:`chosen_logprobs`). Gemma 3's 262,144-token vocabulary makes it 64
+positions, SmolLM2's 341. (2**25 and a full-size log-softmax beside the logits made check-asymmetry on
+Gemma 3 270M peak 0.35 GiB above the loaded model.)"""
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -79,15 +81,38 @@ def token_logprobs(
     """
     target_mask = answer_mask[:, 1:]
     targets = tokens[:, 1:]
-    predicting = logits[:, :-1][target_mask].float()  # [n_answer_tokens, d_vocab]
     chosen = targets[target_mask]
-    logprob = predicting.log_softmax(-1).gather(-1, chosen[:, None]).squeeze(-1)
-    hit = predicting.argmax(-1) == chosen
+    logprob, hit = chosen_logprobs(logits[:, :-1][target_mask], chosen)  # rows: the answer-predicting positions
     per_position = torch.zeros(target_mask.shape, dtype=logprob.dtype, device=logits.device)
     per_position[target_mask] = logprob
     hits = torch.ones(target_mask.shape, dtype=torch.bool, device=logits.device)
     hits[target_mask] = hit
     return per_position, hits
+
+
+LOG_SOFTMAX_BLOCK = 2**22
+"""Floats of log-softmax :func:`chosen_logprobs` holds at once (16 MiB: 16 rows of Gemma 3's vocabulary)."""
+
+
+def chosen_logprobs(
+    logits: Float[Tensor, "n d_vocab"], chosen: Int[Tensor, "n *k"]
+) -> tuple[Float[Tensor, "n *k"], Bool[Tensor, "n *k"]]:
+    """``log softmax(logits[i])[chosen[i]]`` and whether that token is the argmax, row by row
+    (``chosen[i]`` one token id or k of them).
+
+    Log-softmax is computed per row, so it runs over blocks of rows (at most :data:`LOG_SOFTMAX_BLOCK`
+    floats): the same numbers as over all rows at once, without a second full-size tensor beside the
+    logits (Gemma 3: 1 MiB a row). Logits are read in float32.
+    """
+    picked = chosen.reshape(len(chosen), -1)
+    rows = max(1, LOG_SOFTMAX_BLOCK // max(1, logits.shape[-1]))
+    logprob = torch.empty(picked.shape, dtype=torch.float32, device=logits.device)
+    hit = torch.empty(picked.shape, dtype=torch.bool, device=logits.device)
+    for start in range(0, len(picked), rows):
+        block, ids = logits[start : start + rows].float(), picked[start : start + rows]
+        logprob[start : start + rows] = block.log_softmax(-1).gather(-1, ids)
+        hit[start : start + rows] = block.argmax(-1, keepdim=True) == ids
+    return logprob.view(chosen.shape), hit.view(chosen.shape)
 
 
 def answer_loss(

@@ -35,7 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from facts.tokens import Example, TokenizedFacts
-from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, get_act_name, is_hooked, patching
+from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, architecture_of, get_act_name, is_hooked, patching
 from models.bilinear import BilinearModel
 from probes.hooks import check_layer, hook_names
 
@@ -144,18 +144,14 @@ def _post_attention_norm(model: Any) -> str | None:
     ("ln1_post" for Gemma 2/3's sandwich norms, "ln1" for OLMo 2's post-norm), or None.
 
     A model wrapped by TransformerBridge runs its Hugging Face norms as they are, so the scale
-    and weight cannot be read the way this module reads them: a post-norm there is refused.
+    and weight cannot be read the way this module reads them: a post-norm there is refused
+    (:func:`check_attribution_readable`).
     """
     if hasattr(model, "load_and_process_state_dict"):  # HookedTransformer
         if getattr(model.cfg, "use_normalization_before_and_after", False):
             return "ln1_post"
         return "ln1" if model.cfg.original_architecture in POST_NORM_ARCHITECTURES else None
-    block = model.blocks[0]
-    if hasattr(block, "ln1_post") or model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        raise ValueError(
-            f"{model.cfg.model_name}: a TransformerBridge model with a norm after attention (Gemma 2/3, OLMo 2) "
-            f"gets no per-head attribution here; {HOOKED_HINT}, or attribute by='layer'"
-        )
+    check_attribution_readable(model)
     return None
 
 
@@ -294,20 +290,31 @@ def _answer_directions(
 
 
 def check_attribution_readable(model: Any) -> None:
-    """Refuse at once, before any probe runs, what makes per-head :func:`direct_logit_attribution` refuse
-    and can be told without folding: a ``TransformerBridge`` with a norm after attention
-    (:func:`_post_attention_norm`: Gemma 2/3; OLMo 2 under TransformerLens 4) or over Gemma 1, whose
-    final norm :func:`folded` cannot read as folded there (its Hugging Face norm scales by 1 + w). A
-    ``HookedTransformer`` passes, and so does the bilinear model (no heads: it is never attributed).
-    OLMo 2 on 3.9's bridge is refused only when the fold is tried."""
+    """Refuse, before any work, a model whose direct logit attribution would not be exact: a
+    ``TransformerBridge`` (either TransformerLens line) over an architecture whose norms it runs as
+    Hugging Face modules that TransformerLens does not fold: Gemma 1/2/3 (final norm scaling by 1 + w;
+    Gemma 2/3 also a norm after attention, whose scale the bridge does not cache) and OLMo 2/3 (a norm
+    after attention and no norm before it; TransformerLens 3.9's HookedTransformer cannot convert it
+    either). :func:`direct_logit_attribution` asks it first, and so does ``revlens probe`` right after
+    loading. A ``HookedTransformer`` passes (read through its norms exactly), and so does the bilinear
+    model (no heads: it is never attributed)."""
     if isinstance(model, BilinearModel) or is_hooked(model):
         return
-    _post_attention_norm(model)
-    cfg = model.cfg  # the bridge names it in cfg.architecture, HookedTransformer in original_architecture
-    architecture = str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or "")
-    if architecture.startswith("Gemma"):
-        raise ValueError(f"{cfg.model_name}: a TransformerBridge over {architecture} leaves its final norm (1 + w) "
-                         f"unfolded for direct logit attribution, which is refused; {HOOKED_HINT}")
+    architecture, name = architecture_of(model), model.cfg.model_name
+    if architecture in POST_NORM_ARCHITECTURES:
+        raise ValueError(
+            f"{name}: {architecture} normalises each attention layer's output (a norm after attention, none "
+            "before), and a TransformerBridge runs that norm and the final one as Hugging Face modules it neither "
+            "folds nor caches the scale of, so direct logit attribution (by head or by layer) would not be exact "
+            "and is refused; no TransformerLens model of it gives one (3.9's HookedTransformer cannot convert "
+            f"{architecture})")
+    if architecture.startswith("Gemma") or hasattr(model.blocks[0], "ln1_post"):
+        after = (" and a norm after attention whose scale it does not cache" if hasattr(model.blocks[0], "ln1_post")
+                 else "")
+        raise ValueError(
+            f"{name}: a TransformerBridge over {architecture} runs its final norm (scaling by 1 + w){after} as "
+            "Hugging Face modules that TransformerLens does not fold, so direct logit attribution (by head or by "
+            f"layer) would not be exact and is refused; {HOOKED_HINT}")
 
 
 @torch.no_grad()
@@ -351,6 +358,7 @@ def direct_logit_attribution(
     """
     if by not in ("head", "layer"):
         raise ValueError(f"by must be 'head' or 'layer', not {by!r}")
+    check_attribution_readable(model)  # before any work: the refusals `revlens probe` gives right after loading
     examples = as_examples(statements)
     if controls is not None:
         _check_controls(examples, controls)
@@ -360,7 +368,8 @@ def direct_logit_attribution(
         chunk = [examples[r] for r in rows]
         answers = _first_answer_tokens(plain, chunk)
         wrong = None if controls is None else _first_answer_tokens(plain, [controls[r] for r in rows])
-        _, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=_dla_cache_names(plain, by))
+        no_logits = {"return_type": None} if is_hooked(plain) else {}  # the cache is all it reads (ln_final's scale included)
+        _, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=_dla_cache_names(plain, by), **no_logits)
         components, stack = _decomposition(plain, cache, by)
         directions, offset = _answer_directions(plain, answers, wrong)
         normalised = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)

@@ -48,7 +48,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from facts.schema import FactError, FactSet
-from models.backend import HOOKED_HINT, is_hooked
+from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, architecture_of, is_hooked
 from models.bilinear import BilinearModel
 
 CIRCUITS = ("direct", "ov", "qk")
@@ -178,11 +178,19 @@ def check_circuits_readable(model) -> None:
     the 1). TransformerLens 4's bridge says so on each norm (``uses_weight_offset``), and
     :func:`_norm_scale` reads 1 + w there; 3.9's does not, so every OV and QK entry read from it
     would be wrong (a tiny random Gemma 3, whose w is 0: every entry 0): it is refused, naming the
-    backend that reads them.
+    backend that reads them. OLMo 2 (and 3) normalise each attention layer's *output* and have no norm
+    before attention: the ``ln1`` read here as the scale of the heads' input is the norm after them,
+    so their circuits are refused on any backend.
     """
-    cfg = getattr(model, "cfg", None)  # the bridge names it in cfg.architecture, HookedTransformer in original_architecture
-    architecture = str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or "")
-    if isinstance(model, BilinearModel) or is_hooked(model) or not architecture.startswith("Gemma"):
+    architecture = architecture_of(model)
+    if isinstance(model, BilinearModel):
+        return
+    if architecture in POST_NORM_ARCHITECTURES:
+        raise ValueError(
+            f"{model.cfg.model_name}: {architecture} normalises each attention layer's output, not its input, so "
+            "the norm this probe reads as the scale of the heads' input (ln1) is the one after them: its OV/QK "
+            "circuits would be wrong and are refused on every backend")
+    if is_hooked(model) or not architecture.startswith("Gemma"):
         return
     if not all(getattr(getattr(block, "ln1", None), "uses_weight_offset", False) for block in model.blocks):
         raise ValueError(
@@ -217,20 +225,35 @@ def transformer_circuits(
     source = _prepare(tokens.means(W_E[tokens.token_ids].float()) * _embedding_scale(model), None, centre)
     if "direct" in kinds:
         yield [Circuit("direct", None, [None], source[:, None], final[:, None])]
-    OV = model.OV if "ov" in kinds else None
-    QK = model.QK if "qk" in kinds else None
+    stacked = {} if is_hooked(model) else {"ov": model.OV if "ov" in kinds else None,
+                                            "qk": model.QK if "qk" in kinds else None}
     for layer in layers:
         scale = _norm_scale(getattr(model.blocks[layer], "ln1", None))
         block = []
-        if OV is not None:
-            W_V, W_O = OV.A[layer].detach(), OV.B[layer].detach()
+        if "ov" in kinds:
+            W_V, W_O = _layer_factors(model, stacked, "ov", layer)
             block.append(Circuit("ov", layer, heads, _project(source, W_V, shared, scale),
                                  _project(final, W_O.transpose(-2, -1), heads)))
-        if QK is not None:
-            W_Q, W_Kt = QK.A[layer].detach(), QK.B[layer].detach()
+        if "qk" in kinds:
+            W_Q, W_Kt = _layer_factors(model, stacked, "qk", layer)
             block.append(Circuit("qk", layer, heads, _project(source, W_Q, heads, scale),
                                  _project(source, W_Kt.transpose(-2, -1), shared, scale)))
         yield block
+
+
+def _layer_factors(model, stacked: dict, kind: str, layer: int) -> tuple[Tensor, Tensor]:
+    """Layer ``layer``'s OV factors (W_V, W_O) or QK factors (W_Q, W_Kᵀ), per query head (key/value
+    heads repeated under grouped-query attention): ``model.OV`` / ``model.QK``'s A and B at that layer.
+    A HookedTransformer's are read from the layer's own attention (the same tensors, one layer at a
+    time: TransformerLens's stacks of every layer are 190 MiB for Gemma 3 270M); a bridge's from the
+    stacks made once (``stacked``)."""
+    if kind in stacked:
+        matrix = stacked[kind]
+        return matrix.A[layer].detach(), matrix.B[layer].detach()
+    attention = model.blocks[layer].attn
+    if kind == "ov":
+        return attention.W_V.detach(), attention.W_O.detach()
+    return attention.W_Q.detach(), attention.W_K.detach().transpose(-2, -1)
 
 
 def _require_single_tokens(facts: FactSet, entity_ids: EntityIds) -> None:

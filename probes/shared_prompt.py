@@ -28,7 +28,8 @@ from models.backend import (
     TransformerLensKeyValueCacheEntry,
     is_hooked,
 )
-from models.scoring import LOGIT_BUDGET, hooked_readout, model_device
+from models.memory import release_freed_memory
+from models.scoring import LOGIT_BUDGET, chosen_logprobs, hooked_readout, model_device
 
 
 @dataclass
@@ -112,8 +113,8 @@ def candidate_logprobs_cached(
     ``Σ_j log p(a_j | c, a_<j)``. Prompts are grouped by length and run ``batch_size`` at a time;
     continuations (answer tokens but the last) are grouped by length, so no pass holds padding, and
     run from the prompts' cached keys and values (:data:`models.scoring.LOGIT_BUDGET` bounds a pass: up to
-    ``max(batch_size, LOGIT_BUDGET // d_vocab)`` positions of answers of one length and ``4 · batch_size`` rows, each
-    row carrying a copy of its prompt's keys and values; 2**27 made Gemma 3's passes hold 1 GiB of logits and
+    ``LOGIT_BUDGET // d_vocab`` positions (at least one row) of answers of one length and ``4 · batch_size`` rows,
+    each row carrying a copy of its prompt's keys and values; 2**27 made Gemma 3's passes hold 1 GiB of logits and
     log-probabilities at once). The progress
     bar counts answers.
     """
@@ -160,17 +161,18 @@ def _score_chunk(
     """Score one chunk of statements whose prompts have one length, in place."""
     prompts = torch.tensor([row[0].prompt for row in rows])
     first_logits, cache = scorer.prefix(prompts.to(device))
-    first = first_logits.float().log_softmax(-1).cpu()
     first_ids = torch.tensor([[e.answer[0] for e in row] for row in rows])
-    logprob[index] = first.gather(-1, first_ids)
-    correct[index] = first.argmax(-1, keepdim=True) == first_ids
+    first, first_hit = chosen_logprobs(first_logits, first_ids.to(first_logits.device))
+    del first_logits
+    logprob[index] = first.cpu()
+    correct[index] = first_hit.cpu()
     bar.update(sum(1 for row in rows for e in row if len(e.answer) == 1))
     by_width: dict[int, list[tuple[int, int]]] = {}
     for s, row in enumerate(rows):
         for j, e in enumerate(row):
             if len(e.answer) > 1:
                 by_width.setdefault(len(e.answer) - 1, []).append((s, j))
-    positions = max(batch_size, LOGIT_BUDGET // (getattr(scorer.model.cfg, "d_vocab", None) or 1))
+    positions = max(1, LOGIT_BUDGET // (getattr(scorer.model.cfg, "d_vocab", None) or 1))
     per_pass = {width: max(1, min(positions // width, 4 * batch_size)) for width in by_width}
     passes = [group[start : start + per_pass[width]]
               for width, group in sorted(by_width.items()) for start in range(0, len(group), per_pass[width])]
@@ -180,16 +182,18 @@ def _score_chunk(
         targets = torch.tensor([a[1:] for a in answers])
         valid = torch.ones(fed.shape, dtype=torch.bool)
         statement = torch.tensor([s for s, _ in batch])
-        out = scorer.extend(cache, statement.to(device), fed.to(device), valid.to(device)).float()
-        chosen = targets[valid].to(device)
+        out = scorer.extend(cache, statement.to(device), fed.to(device), valid.to(device))
+        lp, hit = chosen_logprobs(out, targets[valid].to(device))
+        del out
         token_lp = torch.zeros(valid.shape)
-        token_lp[valid] = out.log_softmax(-1).gather(-1, chosen[:, None]).squeeze(-1).cpu()
+        token_lp[valid] = lp.cpu()
         token_hit = torch.ones(valid.shape, dtype=torch.bool)
-        token_hit[valid] = (out.argmax(-1) == chosen).cpu()
+        token_hit[valid] = hit.cpu()
         where = index[statement], torch.tensor([j for _, j in batch])
         logprob[where] += token_lp.sum(1)
         correct[where] &= token_hit.all(1)
         bar.update(len(batch))
+        release_freed_memory(collect=False)  # the pass's freed tensors, before the next one allocates
 
 
 def _check_ids(candidates: Sequence[Sequence[Example]], d_vocab: int | None) -> None:

@@ -106,3 +106,20 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(batc
 def test_bad_train_config(kwargs):
     with pytest.raises(TrainingError):
         TrainConfig(**kwargs)
+
+
+def test_chosen_logprobs_equal_one_log_softmax_over_all_rows(monkeypatch):
+    """Taken a block of rows at a time (here 3 rows a block, 8 rows: blocks of 3, 3 and 2), the chosen
+    tokens' log-probabilities and argmax hits are bitwise those of one log-softmax over every row."""
+    import models.scoring as scoring
+
+    generator = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(8, 50, generator=generator)
+    chosen = torch.randint(0, 50, (8, 3), generator=generator)
+    chosen[0, 0] = logits[0].argmax()
+    monkeypatch.setattr(scoring, "LOG_SOFTMAX_BLOCK", 3 * 50)
+    logprob, hit = scoring.chosen_logprobs(logits, chosen)
+    assert torch.equal(logprob, logits.log_softmax(-1).gather(-1, chosen))
+    assert torch.equal(hit, logits.argmax(-1, keepdim=True) == chosen) and hit[0, 0]
+    one, one_hit = scoring.chosen_logprobs(logits, chosen[:, 0])  # one id a row: shape [n]
+    assert torch.equal(one, logprob[:, 0]) and torch.equal(one_hit, hit[:, 0])

@@ -13,9 +13,13 @@ import pytest
 import torch
 from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE
 
+from analyses.probe import probe
+from facts.celebrity import load_celebrity_pairs
+from facts.io import save_jsonl
 from facts.tokens import Example
 from models.backend import is_hooked
 from probes.attribution import check_attribution_readable, direct_logit_attribution, folded
+from probes.circuits import check_circuits_readable
 
 ANSWER, CONTROL = 5, 9
 POST_NORM = {"gemma2", "gemma3", "olmo2"}
@@ -63,14 +67,20 @@ def test_attributions_sum_to_the_logit_difference_or_are_refused(architecture, b
     examples, controls = statements()
     if not is_hooked(model) and architecture in POST_NORM | {"gemma"}:
         # a bridge (either backend under TransformerLens 4) runs these norms as Hugging Face modules
-        # (Gemma's with its 1 + w offset), which TransformerLens does not fold: refused, pointing to
-        # 3.9's HookedTransformer, the one that works
+        # (Gemma's with its 1 + w offset), which TransformerLens does not fold: refused by name before any
+        # work (no folded copy, no forward pass), pointing to 3.9's HookedTransformer where it converts the
+        # architecture (Gemma 1/2/3), and saying no TransformerLens model attributes it where none does (OLMo 2)
+        why = ("Olmo2ForCausalLM normalises each attention layer's output.*no TransformerLens model" if architecture
+               == "olmo2" else f"TransformerBridge over {tiny_models[architecture].hf.config.architectures[0]}.*"
+               "backend='hooked'")
+        forward_passes = []
+        model.register_forward_pre_hook(lambda *_: forward_passes.append(1))
+        with pytest.raises(ValueError, match=why):  # what `probe` asks right after loading
+            check_attribution_readable(model)
         for by in ("head", "layer"):
-            with pytest.raises(ValueError, match="backend='hooked'"):
+            with pytest.raises(ValueError, match=why):
                 direct_logit_attribution(model, examples, controls=controls, by=by)
-        if architecture.startswith("gemma"):  # what `probe` asks before any probe runs
-            with pytest.raises(ValueError, match="backend='hooked'"):
-                check_attribution_readable(model)
+        assert forward_passes == []
         return
     check_attribution_readable(model)
     for by in ("head", "layer"):
@@ -86,6 +96,23 @@ def test_attributions_sum_to_the_logit_difference_or_are_refused(architecture, b
         refolded = direct_logit_attribution(twin, examples, controls=controls)
         assert list(unfolded.component) == list(refolded.component)
         assert (unfolded.attribution - refolded.attribution).abs().max() < 1e-4
+
+
+def test_probe_on_olmo2_is_refused_at_load_before_any_probe(tiny_models, tmp_path):
+    """OLMo 2 has a norm after attention and none before: its circuits (which read ln1 as the scale of the
+    heads' input) and its direct logit attribution cannot be exact on any backend, and `probe` runs both,
+    so it refuses right after loading, naming the model and why, and writes nothing."""
+    tiny = tiny_models["olmo2"]
+    why = r"olmo2: Olmo2ForCausalLM normalises each attention layer's output"
+    for model in tiny.backends.values():
+        with pytest.raises(ValueError, match=why + ".*OV/QK circuits would be wrong"):
+            check_circuits_readable(model)
+    facts = tmp_path / "celebrity.jsonl"
+    save_jsonl(load_celebrity_pairs().first(2), facts)
+    out = tmp_path / "probe"
+    with pytest.raises(ValueError, match=why):
+        probe(tiny.folder, facts, out, backend="bridge", n_controls=1)
+    assert not out.exists()
 
 
 def refused_without_a_hooked_transformer(model) -> bool:
