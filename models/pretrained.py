@@ -290,8 +290,8 @@ def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, *, keep
     ``tokenizer.ggml.add_bos_token``, a folder's ``tokenizer_config.json`` ``add_bos_token``;
     :func:`declared_bos`), the tokenizer is made to follow it. A GGUF's tokenizer is kept per
     process and handed out as deep copies (read from the file's metadata and built again
-    otherwise: seconds for Gemma 3's 262,144 tokens); ``keep=False`` (a command that reads the model once) keeps none, so only
-    the returned tokenizer stays in memory (Gemma 3's is ~0.23 GiB).
+    otherwise: seconds for Gemma 3's 262,144 tokens); ``keep=False`` (a command that reads the
+    model once) keeps none, so only the returned tokenizer stays in memory (Gemma 3's is ~0.23 GiB).
     """
     source = resolve(name_or_path)
     if source.is_gguf:
@@ -418,8 +418,8 @@ def _one_gguf_parse(path: Path) -> Iterator[None]:
     once more for the tokenizer's config; parsing the metadata of Gemma 3's 262,144-token
     vocabulary takes ~14 CPU s each time through the memmap, ~4 s through the plain view the shared
     reader reads (:func:`models.gguf_weights.plain_array_reader`). The reader is opened lazily, on
-    transformers' first request, and dropped (with its memory map) when the block ends. Blocks nest: an inner one on
-    the same file hands out the outer one's reader.
+    transformers' first request, and dropped (with its memory map) when the block ends. Blocks
+    nest: an inner one on the same file hands out the outer one's reader.
     """
     import gguf
 
