@@ -308,7 +308,7 @@ def compare(out: str | os.PathLike[str],
 
 
 def format_compare(summary: dict[str, Any]) -> str:
-    """One screen: the table, then what theory predicts per kind."""
+    """One screen: the table, then what theory predicts per kind (once for all the rows of a kind)."""
     width = max([34, *(len(row["model"]) + 1 for row in summary["rows"])])  # whole names: runs differ at the end
     head = (f"  {'model':{width}s}{'margin A→B':>11s}{'margin B→A':>11s}{'acc A→B':>9s}{'acc B→A':>9s}"
             f"{'z Y[A,B]':>10s}{'z Y[B,A]':>10s}{'asym':>7s}")
@@ -325,7 +325,10 @@ def format_compare(summary: dict[str, Any]) -> str:
                          f"{row['delta_mlp_peak_layer']} (z {row['delta_mlp_z_trained']:.2f} trained, "
                          f"{row['delta_mlp_z_heldout']:.2f} held out)")
     lines += ["", "what theory predicts:"]
-    lines += [f"  {row['model']}: {row['theory_predicts']}" for row in summary["rows"]]
+    models_by_prediction: dict[str, list[str]] = {}  # one paragraph per kind: fine-tuned runs share one
+    for row in summary["rows"]:
+        models_by_prediction.setdefault(row["theory_predicts"], []).append(row["model"])
+    lines += [f"  {', '.join(models)}: {prediction}" for prediction, models in models_by_prediction.items()]
     lines += ["", f"compared {len(summary['rows'])} models in {summary['seconds']:.1f} s"]
     return "\n".join(lines)
 
