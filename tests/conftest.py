@@ -37,9 +37,9 @@ HEAVIEST_FIRST = ("tests/analyses/test_sweep.py", "smollm2-finetune", "cli-proce
                   "tests/reliability/test_cli_fuzz.py", "tests/analyses/test_multiple_choice.py",
                   "tests/models/test_hf_training.py", "tests/probes/test_pretrained_probes.py",
                   "tests/reliability/test_run_folders.py", "tests/analyses/test_cli.py")
-"""The groups of 20 s and more (2026-12-01's ``--durations``), longest first, sent to the workers before the
-rest (longest processing time first: a long group started last would run alone at the end, while short
-ones fill the tail); with ``--dist loadgroup`` the other groups follow in collection order (not by their
+"""The groups holding the slowest items of 2026-12-01's quiet ``--durations=40`` run (each ≥ ~15 s in all),
+roughly longest first, sent to the workers before the rest (longest processing time first: a long group
+started last would run alone at the end, while short ones fill the tail); with ``--dist loadgroup`` the other groups follow in collection order (not by their
 number of tests: :func:`pytest_configure` turns pytest-xdist's reordering off)."""
 
 
