@@ -31,10 +31,16 @@ FIXTURE_GROUPS = (("tests/analyses/test_finetune.py", "smollm2-finetune", ("run"
                   ("tests/analyses/test_finetune.py", "smollm2-berglund", ("berglund_run",)))
 """(module, group, fixtures): that module's tests using any of these fixtures form the group."""
 
-HEAVIEST_FIRST = ("smollm2-finetune", "smollm2-berglund", "cli-processes", "tests/analyses/test_sweep.py", "gemma3")
-"""Groups that take minutes, sent to the workers first (a long group started last would run alone at the
-end); with ``--dist loadgroup`` the other groups follow in collection order (not by their number of
-tests: :func:`pytest_configure` turns pytest-xdist's reordering off)."""
+HEAVIEST_FIRST = ("tests/analyses/test_sweep.py", "smollm2-finetune", "cli-processes", "gemma3",
+                  "tests/analyses/test_notebooks.py", "tests/analyses/test_probe_cli.py", "smollm2-berglund",
+                  "tests/models/test_architectures.py", "tests/analyses/test_asymmetry.py",
+                  "tests/reliability/test_cli_fuzz.py", "tests/analyses/test_multiple_choice.py",
+                  "tests/models/test_hf_training.py", "tests/probes/test_pretrained_probes.py",
+                  "tests/reliability/test_run_folders.py", "tests/analyses/test_cli.py")
+"""The groups holding the slowest items of 2026-12-01's quiet ``--durations=40`` run (each ≥ ~15 s in all),
+roughly longest first, sent to the workers before the rest (longest processing time first: a long group
+started last would run alone at the end, while short ones fill the tail); with ``--dist loadgroup`` the other groups follow in collection order (not by their
+number of tests: :func:`pytest_configure` turns pytest-xdist's reordering off)."""
 
 
 def _group(item: pytest.Item) -> str:

@@ -29,7 +29,10 @@ from facts.language import people_world
 from models.pretrained import freeze_except_last_blocks
 from models.training import TrainConfig, train
 
-SHORT = ["--people", "4", "--templates", "2", "--epochs", "3", "--controls", "2", "--quiet", "--tracing-facts", "0"]
+SHORT = ["--people", "3", "--templates", "2", "--epochs", "3", "--controls", "2", "--quiet", "--tracing-facts", "0",
+         "--multiple-choice", "2"]
+"""Three people, two options per multiple-choice question: every table still holds several facts and every
+scored question two controls, at half the CPU time of four people asked with four options (96 → 54 CPU s)."""
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ def run(tmp_path_factory, smollm2_hf):
 
 def test_short_finetune_raises_the_trained_facts_logprob(run):
     out, summary = run
-    assert summary["steps"] == 3 and summary["train_sentences"] == 8  # 4 people × 2 paraphrases, one batch
+    assert summary["steps"] == 3 and summary["train_sentences"] == 6  # 3 people × 2 paraphrases, one batch
     trained = summary["groups"]["p2d"]["forward_trained_paraphrase"]
     before, after = trained["before"], trained["after"]
     assert after["logprob"] > before["logprob"] + 5  # three AdamW steps at lr 1e-4 move ~10 nats here
@@ -58,47 +61,47 @@ def test_finetune_writes_probe_format_tables_and_figure(run):
     for prefix in ("", "before_"):
         logits, restated = pd.read_csv(out / f"{prefix}logits.csv"), pd.read_csv(out / f"{prefix}in_context.csv")
         assert sorted(logits.columns) == sorted(restated.columns) and "setting" not in logits.columns
-        assert len(logits) == 8 and len(restated) == 4 and logits.n_candidates.eq(3).all()  # truth + 2 controls
+        assert len(logits) == 6 and len(restated) == 3 and logits.n_candidates.eq(3).all()  # truth + 2 controls
         assert (logits[logits.direction == "forward"].split == "train").all()
         assert (logits[logits.direction == "reverse"].split == "heldout").all()
         assert (restated.direction == "reverse").all()
     for prefix, stage in (("", "after"), ("before_", "before")):
         circuits = pd.read_csv(out / f"{prefix}circuits.csv")
         assert {"circuit", "layer", "head", "z_ab", "z_ba", "asymmetry"} <= set(circuits.columns)
-        assert len(circuits) == 4 * (1 + 2 * 30 * 9)  # 4 facts × (direct + OV and QK of 30 layers × 9 heads)
+        assert len(circuits) == 3 * (1 + 2 * 30 * 9)  # 3 facts × (direct + OV and QK of 30 layers × 9 heads)
         assert circuits.z_ab.notna().all() and circuits.z_ba.notna().all()  # descriptions told apart
         ov = circuits[circuits.circuit == "ov"]  # every fact is p2d: trained A → B, held-out B → A
         weights = summary["effective_weights"][stage]
         assert weights["n_y_circuits"] == 270
         assert weights["z_trained"] == pytest.approx(ov.z_ab.mean(), abs=1e-4)
         assert weights["z_heldout"] == pytest.approx(ov.z_ba.mean(), abs=1e-4)
-    assert len(load_jsonl(out / "facts.jsonl")) == 4
+    assert len(load_jsonl(out / "facts.jsonl")) == 3
     assert (out / "finetune.png").stat().st_size > 10_000
     assert set(summary["findings"]) == {"forward_learnt", "forward_generalises_to_heldout_paraphrases",
                                         "reverse_not_learnt", "in_context_reverse_above_chance"}
-    assert_summary_matches_questions(out, summary, {"p2d": {"forward_heldout_paraphrase": 12, "reverse": 12,
-                                                            "forward_trained_paraphrase": 4, "in_context_reverse": 4}})
+    assert_summary_matches_questions(out, summary, {"p2d": {"forward_heldout_paraphrase": 9, "reverse": 9,
+                                                            "forward_trained_paraphrase": 3, "in_context_reverse": 3}})
     text = format_summary(summary)
     assert "in context reverse" in text and "95% CI" in text and "OV circuits Y (mean z over 270 heads" in text
 
 
 def test_finetune_asks_forward_and_reverse_as_multiple_choice_before_and_after(run):
-    """Four people: each name and description pool holds 4 answers, so K = 4 options; 12 held-out forward
-    paraphrases and 12 reverse questions, each in its 4 orders, before and after."""
+    """``--multiple-choice 2``: K = 2 options (the right answer and one other of its pool); 9 held-out forward
+    paraphrases and 9 reverse questions, each in its 2 orders, before and after."""
     out, summary = run
     for prefix, stage in (("", "after"), ("before_", "before")):
         table = pd.read_csv(out / f"{prefix}multiple_choice.csv")
-        assert len(table) == (12 + 12) * 4 and set(table.setting) == {"forward_heldout_paraphrase", "reverse"}
-        assert abs(table[["p_A", "p_B", "p_C", "p_D"]].sum(axis=1) - 1).max() < 1e-9
+        assert len(table) == (9 + 9) * 2 and set(table.setting) == {"forward_heldout_paraphrase", "reverse"}
+        assert abs(table[["p_A", "p_B"]].sum(axis=1) - 1).max() < 1e-9 and "p_C" not in table
         for _, part in table.groupby("question"):
-            assert sorted(part.correct_letter) == list("ABCD")
+            assert sorted(part.correct_letter) == list("AB")
         entry = summary["multiple_choice"][stage]
-        assert entry["options"] == 4 and entry["chance"] == 0.25
+        assert entry["options"] == 2 and entry["chance"] == 0.5
         for setting, row in entry["groups"]["p2d"].items():
             part = table[table.setting == setting]
-            assert row["n"] == 12 and row["p_correct"] == pytest.approx(part.p_correct.mean())
+            assert row["n"] == 9 and row["p_correct"] == pytest.approx(part.p_correct.mean())
             assert row["accuracy"] == pytest.approx(part.correct.mean())
-    assert "multiple choice (4 options, every order; chance 0.25)" in format_summary(summary)
+    assert "multiple choice (2 options, every order; chance 0.50)" in format_summary(summary)
 
 
 def assert_summary_matches_questions(out, summary, counts):
@@ -278,9 +281,10 @@ def test_cli_reports_a_missing_model_path_without_a_traceback(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def bidirectional_run(tmp_path_factory, smollm2_hf):
-    """(No multiple choice: its table is checked on ``run``; here the mitigation's rows are.)"""
+    """Two people per group, one control (no multiple choice: its table is checked on ``run``; here the
+    mitigation's rows are): 46 → 26 CPU s against three people and two controls."""
     out = tmp_path_factory.mktemp("finetune-bidirectional")
-    args = ["--people", "3", "--templates", "1", "--epochs", "1", "--controls", "2", "--quiet", "--tracing-facts", "0",
+    args = ["--people", "2", "--templates", "1", "--epochs", "1", "--controls", "1", "--quiet", "--tracing-facts", "0",
             "--multiple-choice", "0"]
     assert main(["finetune-facts", "--out", str(out), "--mitigation", "bidirectional", *args]) == 0
     return out
@@ -295,7 +299,7 @@ def test_finetuned_runs_join_the_mitigations_table_as_their_token_world_variant(
         ("baseline", "held-out reverse"), ("baseline", "held-out reverse, fact in prompt")]
     logits, restated = pd.read_csv(out / "logits.csv"), pd.read_csv(out / "in_context.csv")
     plain, in_prompt = baseline
-    assert plain["model"] == "smollm2-135m (fine-tuned)" and plain["heldout_n"] == 4 and plain["train_n"] == 4
+    assert plain["model"] == "smollm2-135m (fine-tuned)" and plain["heldout_n"] == 3 and plain["train_n"] == 3
     assert plain["heldout_margin"] == pytest.approx(logits[logits.direction == "reverse"].margin.mean())
     assert in_prompt["heldout_margin"] == pytest.approx(restated.margin.mean())
     assert plain["z_heldout"] == pytest.approx(summary["effective_weights"]["after"]["z_heldout"], abs=1e-4)
@@ -305,8 +309,8 @@ def test_finetuned_runs_join_the_mitigations_table_as_their_token_world_variant(
         ("augmentation", "restated pairs (trained)", True), ("augmentation", "pairs not restated", False),
         ("augmentation", "held-out reverse, fact in prompt", False)]
     both = pd.read_csv(bidirectional_run / "logits.csv").query("group == 'both' and direction == 'reverse'")
-    assert rows[0]["heldout_n"] == 3 and rows[0]["heldout_margin"] == pytest.approx(both.margin.mean())
-    assert rows[1]["heldout_n"] == 3 and rows[0]["n_train_sequences"] == 9  # 3 p2d + 2 × 3 both
+    assert rows[0]["heldout_n"] == 2 and rows[0]["heldout_margin"] == pytest.approx(both.margin.mean())
+    assert rows[1]["heldout_n"] == 2 and rows[0]["n_train_sequences"] == 6  # 2 p2d + 2 × 2 both
     # a description's summed log p has no −log(#candidates) chance: the rows say so instead of printing one
     assert all(r["chance_logprob"] is None for r in baseline + rows)
     from analyses.compare import finetuned_row  # `revlens compare --finetuned A B`: one row per run, named
