@@ -39,8 +39,9 @@ HEAVIEST_FIRST = ("tests/analyses/test_sweep.py", "smollm2-finetune", "cli-proce
                   "tests/reliability/test_run_folders.py", "tests/analyses/test_cli.py")
 """The groups holding the slowest items of 2026-12-01's quiet ``--durations=40`` run (each ≥ ~15 s in all),
 roughly longest first, sent to the workers before the rest (longest processing time first: a long group
-started last would run alone at the end, while short ones fill the tail); with ``--dist loadgroup`` the other groups follow in collection order (not by their
-number of tests: :func:`pytest_configure` turns pytest-xdist's reordering off)."""
+started last would run alone at the end, while short ones fill the tail); with ``--dist loadgroup`` the
+other groups follow in collection order (not by their number of tests: :func:`pytest_configure` turns
+pytest-xdist's reordering off)."""
 
 
 def _group(item: pytest.Item) -> str:
