@@ -173,13 +173,12 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
             f"without sentences: pass a run's checkpoints/ folder for token ids, or give a pretrained model a "
             f"natural-language fact set ({sorted(TEXT_TEMPLATES)}), a Berglund folder, or --templates-file"
         )
-    from models.backend import TL_MAJOR
-    from models.pretrained import declared_architecture, load, one_parse, resolve
+    from models.pretrained import declared_architecture, gives_hooked_transformer, load, one_parse, resolve
 
     with one_parse(model_path):  # a GGUF's metadata read once, for the architecture and then the load
         architecture, name = declared_architecture(model_path), resolve(model_path).name
         check_circuits_architecture(name, architecture)  # before any weight is read: OLMo 2 on any backend,
-        check_attribution_architecture(name, architecture, hooked=backend == "hooked" and TL_MAJOR < 4)  # Gemma's bridge
+        check_attribution_architecture(name, architecture, gives_hooked_transformer(backend))  # Gemma's bridge
         model = load(model_path, backend=backend, device=device)  # with its tokenizer, BOS as the files declare
     return pretrained_probed(model, model.tokenizer, facts.world, {"backend": backend}, templates)
 

@@ -545,7 +545,7 @@ def load(
     else:
         hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
     release_freed_memory()  # what reading the file freed, before the conversion allocates
-    if backend == "hooked" and TL_MAJOR < 4:
+    if gives_hooked_transformer(backend):
         prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
         cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype)
         del hf_model  # ours alone: its weights live on only where the state dict holds them (mostly as views)
@@ -555,6 +555,12 @@ def load(
         model = _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights, compatible)
     release_freed_memory()
     return model
+
+
+def gives_hooked_transformer(backend: Backend) -> bool:
+    """Whether :func:`load` with ``backend`` gives a ``HookedTransformer`` (3.9's "hooked"; TransformerLens 4
+    has none, and wraps every model in a bridge)."""
+    return backend == "hooked" and TL_MAJOR < 4
 
 
 def to_hooked(
