@@ -57,8 +57,10 @@ from facts.tokens import Example, FactTokenizer
 from models.bilinear import BilinearModel
 from models.checkpoint import list_checkpoints
 from models.load import load_trained
-from probes.attribution import check_attribution_readable, direct_logit_attribution, patch_residual
-from probes.circuits import EntityIds, check_circuits_readable, circuit_table
+from probes.attribution import (
+    check_attribution_architecture, check_attribution_readable, direct_logit_attribution, patch_residual,
+)
+from probes.circuits import EntityIds, check_circuits_architecture, check_circuits_readable, circuit_table
 from probes.logits import answer_table
 from probes.views import attention_view, attribution_bar, patching_heatmap, save_html, save_png
 
@@ -157,7 +159,9 @@ def pretrained_probed(model: Any, text_tokenizer: Any, world: str, info: dict[st
 def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str | None = None,
                 backend: str = "hooked", templates: Mapping[str, Sequence[str]] | None = None) -> ProbedModel:
     """A trained checkpoint (token worlds) or a pretrained model (natural-language facts, in
-    ``templates``' sentences or, for the built-in worlds, their own)."""
+    ``templates``' sentences or, for the built-in worlds, their own). A pretrained model whose circuits or
+    attribution would not be exact on ``backend`` (OLMo 2 on any; Gemma on a bridge) is refused from the
+    architecture its files declare, before any weight is read."""
     if _is_checkpoint(model_path):
         model, checkpoint = load_trained(model_path, device)
         vocab = TokenVocab()
@@ -169,9 +173,13 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
             f"without sentences: pass a run's checkpoints/ folder for token ids, or give a pretrained model a "
             f"natural-language fact set ({sorted(TEXT_TEMPLATES)}), a Berglund folder, or --templates-file"
         )
-    from models.pretrained import load
+    from models.pretrained import declared_architecture, gives_hooked_transformer, load, one_parse, resolve
 
-    model = load(model_path, backend=backend, device=device)  # with its tokenizer, BOS as the files declare
+    with one_parse(model_path):  # a GGUF's metadata read once, for the architecture and then the load
+        architecture, name = declared_architecture(model_path), resolve(model_path).name
+        check_circuits_architecture(name, architecture)  # before any weight is read: OLMo 2 on any backend,
+        check_attribution_architecture(name, architecture, gives_hooked_transformer(backend))  # Gemma's bridge
+        model = load(model_path, backend=backend, device=device)  # with its tokenizer, BOS as the files declare
     return pretrained_probed(model, model.tokenizer, facts.world, {"backend": backend}, templates)
 
 

@@ -344,6 +344,33 @@ def declared_bos(source: ModelSource) -> DeclaredBos | None:
     return None
 
 
+_GGUF_MODEL_TYPES = {"gemma3": "gemma3_text", "gemma4": "gemma4_text", "qwen2moe": "qwen2_moe",
+                     "qwen3moe": "qwen3_moe", "command-r": "cohere", "minimax-m2": "minimax_m2", "gpt-oss": "gpt_oss"}
+"""transformers' model type for a GGUF ``general.architecture`` where the two names differ."""
+
+
+def declared_architecture(name_or_path: str | os.PathLike[str]) -> str:
+    """The transformers class a model's files declare ("Olmo2ForCausalLM"), read before any weight is:
+    a folder's ``config.json`` (its ``architectures``, else the causal LM of its ``model_type``), a
+    GGUF's ``general.architecture`` (inside :func:`one_parse`, from the parse the load then shares).
+    "" where the files name no architecture transformers knows."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    source = resolve(name_or_path)
+    if source.is_gguf:
+        import gguf
+
+        with _one_gguf_parse(source.path), _as_load_error(source.path, "its architecture from the GGUF metadata"):
+            field = gguf.GGUFReader(source.path).fields.get("general.architecture")
+        name = "" if field is None else str(field.contents())
+        return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(_GGUF_MODEL_TYPES.get(name, name), "")
+    with contextlib.suppress(ValueError, OSError):
+        config = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
+        architectures = config.get("architectures") or [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"), "")]
+        return str(architectures[0])
+    return ""
+
+
 def _gguf_declared_bos(path: Path) -> DeclaredBos | None:
     """The GGUF's ``tokenizer.ggml.add_bos_token``, from the reader of the enclosing one-parse block."""
     import gguf
@@ -518,7 +545,7 @@ def load(
     else:
         hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
     release_freed_memory()  # what reading the file freed, before the conversion allocates
-    if backend == "hooked" and TL_MAJOR < 4:
+    if gives_hooked_transformer(backend):
         prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
         cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype)
         del hf_model  # ours alone: its weights live on only where the state dict holds them (mostly as views)
@@ -528,6 +555,12 @@ def load(
         model = _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights, compatible)
     release_freed_memory()
     return model
+
+
+def gives_hooked_transformer(backend: Backend) -> bool:
+    """Whether :func:`load` with ``backend`` gives a ``HookedTransformer`` (3.9's "hooked"; TransformerLens 4
+    has none, and wraps every model in a bridge)."""
+    return backend == "hooked" and TL_MAJOR < 4
 
 
 def to_hooked(

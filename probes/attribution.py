@@ -13,9 +13,9 @@ reverse ("B ← ?") prompts of the same facts sit side by side in every table.
 * :func:`logit_lens`: the answer's log-probability and rank read off the residual stream
   before every layer and after the last one.
 
-They are thin over TransformerLens (``ActivationCache.decompose_resid``, ``stack_head_results``,
-``apply_ln_to_stack``, ``accumulated_resid`` and ``transformer_lens.patching``) and work on
-``HookedTransformer`` and ``TransformerBridge``.
+They are thin over TransformerLens (``ActivationCache.decompose_resid``, ``apply_ln_to_stack``,
+``accumulated_resid`` and ``transformer_lens.patching``; ``stack_head_results`` on a cache of the
+last position only) and work on ``HookedTransformer`` and ``TransformerBridge``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from facts.tokens import Example, TokenizedFacts
-from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, architecture_of, get_act_name, is_hooked, patching
+from models.backend import (
+    HOOKED_HINT, POST_NORM_ARCHITECTURES, ActivationCache, architecture_of, get_act_name, is_hooked, patching,
+)
 from models.bilinear import BilinearModel
 from probes.hooks import check_layer, hook_names
 
@@ -225,6 +227,18 @@ def _head_terms(
     return names, vectors
 
 
+def _last_position_head_results(model: Any, cache: Any) -> Float[Tensor, "layer head batch d_model"]:
+    """What each head writes at the last position, z_h W_O^h: TransformerLens's own
+    ``stack_head_results(pos_slice=-1)``, run on a cache of the last position's ``hook_z`` only.
+    On the full cache, TransformerLens 3.9 first computes every position of every layer through a
+    [batch, pos, head, d_head, d_model] product (Gemma 3 270M, 2 prompts of 14 tokens: 73 MiB a
+    layer, the peak of ``revlens probe``); here that product has one position."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    last = ActivationCache({name: cache[name][:, -1:] for name in names}, model)
+    heads = last.stack_head_results(layer=-1, pos_slice=-1)
+    return einops.rearrange(heads, "(layer head) batch d_model -> layer head batch d_model", head=model.cfg.n_heads)
+
+
 def _decomposition(
     model: Any, cache: Any, by: Literal["head", "layer"]
 ) -> tuple[list[_Component], Float[Tensor, "component batch d_model"]]:
@@ -240,9 +254,7 @@ def _decomposition(
     if by == "layer":
         return components, stack
     norm = _post_attention_norm(model)
-    heads = cache.stack_head_results(layer=-1, pos_slice=-1)
-    per_layer = einops.rearrange(heads, "(layer head) batch d_model -> layer head batch d_model",
-                                 head=model.cfg.n_heads)
+    per_layer = _last_position_head_results(model, cache)
     out_components, out_vectors = [], []
     for component, vector in zip(components, stack):
         if component.kind == "attn":
@@ -295,12 +307,24 @@ def check_attribution_readable(model: Any) -> None:
     Hugging Face modules that TransformerLens does not fold: Gemma 1/2/3 (final norm scaling by 1 + w;
     Gemma 2/3 also a norm after attention, whose scale the bridge does not cache) and OLMo 2/3 (a norm
     after attention and no norm before it; TransformerLens 3.9's HookedTransformer cannot convert it
-    either). :func:`direct_logit_attribution` asks it first, and so does ``revlens probe`` right after
-    loading. A ``HookedTransformer`` passes (read through its norms exactly), and so does the bilinear
+    either). :func:`direct_logit_attribution` asks it first; ``revlens probe`` asks
+    :func:`check_attribution_architecture` from the model's files before loading it, and this right after. A ``HookedTransformer`` passes (read through its norms exactly), and so does the bilinear
     model (no heads: it is never attributed)."""
-    if isinstance(model, BilinearModel) or is_hooked(model):
+    if isinstance(model, BilinearModel):
         return
-    architecture, name = architecture_of(model), model.cfg.model_name
+    check_attribution_architecture(model.cfg.model_name, architecture_of(model), is_hooked(model),
+                                   post_attention_norm=hasattr(model.blocks[0], "ln1_post"))
+
+
+def check_attribution_architecture(name: str, architecture: str, hooked: bool, post_attention_norm: bool | None = None) -> None:
+    """:func:`check_attribution_readable` from what a model's files declare, before any weight is read:
+    ``architecture`` its transformers class ("Olmo2ForCausalLM"), ``hooked`` whether it will be a
+    ``HookedTransformer`` (3.9's ``backend="hooked"``), ``post_attention_norm`` whether its blocks have a
+    norm after attention (default: Gemma 2/3, by name). The same refusals, with the same words."""
+    if hooked:
+        return
+    if post_attention_norm is None:
+        post_attention_norm = architecture.startswith(("Gemma2", "Gemma3"))
     if architecture in POST_NORM_ARCHITECTURES:
         raise ValueError(
             f"{name}: {architecture} normalises each attention layer's output (a norm after attention, none "
@@ -308,9 +332,8 @@ def check_attribution_readable(model: Any) -> None:
             "folds nor caches the scale of, so direct logit attribution (by head or by layer) would not be exact "
             "and is refused; no TransformerLens model of it gives one (3.9's HookedTransformer cannot convert "
             f"{architecture})")
-    if architecture.startswith("Gemma") or hasattr(model.blocks[0], "ln1_post"):
-        after = (" and a norm after attention whose scale it does not cache" if hasattr(model.blocks[0], "ln1_post")
-                 else "")
+    if architecture.startswith("Gemma") or post_attention_norm:
+        after = " and a norm after attention whose scale it does not cache" if post_attention_norm else ""
         raise ValueError(
             f"{name}: a TransformerBridge over {architecture} runs its final norm (scaling by 1 + w){after} as "
             "Hugging Face modules that TransformerLens does not fold, so direct logit attribution (by head or by "
@@ -782,5 +805,5 @@ def logit_lens(model: Any, statements: Statements, batch_size: int = 64) -> pd.D
 
 __all__ = [
     "PATCH_SITES", "AttributionSite", "PatchSite", "Patching", "Statements", "as_examples", "attribution_patch",
-    "direct_logit_attribution", "folded", "forward_reverse_pairs", "logit_lens", "patch_heads", "patch_residual",
+    "check_attribution_architecture", "check_attribution_readable", "direct_logit_attribution", "folded", "forward_reverse_pairs", "logit_lens", "patch_heads", "patch_residual",
 ]

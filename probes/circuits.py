@@ -185,17 +185,24 @@ def check_circuits_readable(model) -> None:
     architecture = architecture_of(model)
     if isinstance(model, BilinearModel):
         return
-    if architecture in POST_NORM_ARCHITECTURES:
-        raise ValueError(
-            f"{model.cfg.model_name}: {architecture} normalises each attention layer's output, not its input, so "
-            "the norm this probe reads as the scale of the heads' input (ln1) is the one after them: its OV/QK "
-            "circuits would be wrong and are refused on every backend")
+    check_circuits_architecture(model.cfg.model_name, architecture)
     if is_hooked(model) or not architecture.startswith("Gemma"):
         return
     if not all(getattr(getattr(block, "ln1", None), "uses_weight_offset", False) for block in model.blocks):
         raise ValueError(
             f"{model.cfg.model_name}: a TransformerBridge runs {architecture}'s norms as Hugging Face modules that "
             f"scale by (1 + w), so its OV/QK circuits cannot be read from the stored weights w; {HOOKED_HINT}")
+
+
+def check_circuits_architecture(name: str, architecture: str) -> None:
+    """The refusal of :func:`check_circuits_readable` that the architecture alone decides (OLMo 2 and 3,
+    on every backend), from ``architecture``, the transformers class a model's files declare: asked
+    before any weight is read."""
+    if architecture in POST_NORM_ARCHITECTURES:
+        raise ValueError(
+            f"{name}: {architecture} normalises each attention layer's output, not its input, so "
+            "the norm this probe reads as the scale of the heads' input (ln1) is the one after them: its OV/QK "
+            "circuits would be wrong and are refused on every backend")
 
 
 @torch.no_grad()

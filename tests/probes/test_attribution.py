@@ -5,6 +5,7 @@ from facts.tokens import Example, tokenize
 from models.backend import hooked_state_dict, load_hooked_state_dict
 from models.transformer import build_model
 from probes.attribution import (
+    _last_position_head_results,
     as_examples,
     direct_logit_attribution,
     folded,
@@ -89,6 +90,18 @@ def test_heads_and_the_attention_bias_add_up_to_their_layer(tiny, sample):
     shared = ["embed", "pos_embed", "mlp", "unembed bias"]
     assert torch.allclose(torch.tensor(by_head[by_head.kind.isin(shared)].attribution.to_numpy()),
                           torch.tensor(by_layer[by_layer.kind.isin(shared)].attribution.to_numpy()))
+
+
+def test_last_position_head_results_are_transformer_lens_stack_head_results(tiny, sample):
+    """Per-head results at the last position only are bitwise TransformerLens's ``stack_head_results`` (which
+    computes every position of every layer first: the peak of `probe` on Gemma 3 270M)."""
+    examples = as_examples(sample)[:4]
+    with torch.no_grad():
+        _, cache = tiny.run_with_cache(torch.tensor([e.prompt for e in examples]))
+        expected = cache.stack_head_results(layer=-1, pos_slice=-1)
+        ours = _last_position_head_results(tiny, cache).flatten(0, 1)
+    assert ours.shape == expected.shape == (tiny.cfg.n_layers * tiny.cfg.n_heads, len(examples), tiny.cfg.d_model)
+    assert torch.equal(ours, expected)
 
 
 def test_the_table_names_every_component_in_model_order(trained_one_layer, sample):

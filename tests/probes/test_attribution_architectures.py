@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import copy
 
+import gguf
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE
+from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, tiny_config
 
 from analyses.probe import probe
 from facts.celebrity import load_celebrity_pairs
 from facts.io import save_jsonl
 from facts.tokens import Example
-from models.backend import is_hooked
+from models.backend import TL_MAJOR, is_hooked
 from probes.attribution import check_attribution_readable, direct_logit_attribution, folded
 from probes.circuits import check_circuits_readable
 
@@ -98,21 +99,54 @@ def test_attributions_sum_to_the_logit_difference_or_are_refused(architecture, b
         assert (unfolded.attribution - refolded.attribution).abs().max() < 1e-4
 
 
-def test_probe_on_olmo2_is_refused_at_load_before_any_probe(tiny_models, tmp_path):
+def test_circuits_of_olmo2_are_refused_on_every_backend(tiny_models):
     """OLMo 2 has a norm after attention and none before: its circuits (which read ln1 as the scale of the
-    heads' input) and its direct logit attribution cannot be exact on any backend, and `probe` runs both,
-    so it refuses right after loading, naming the model and why, and writes nothing."""
-    tiny = tiny_models["olmo2"]
-    why = r"olmo2: Olmo2ForCausalLM normalises each attention layer's output"
-    for model in tiny.backends.values():
-        with pytest.raises(ValueError, match=why + ".*OV/QK circuits would be wrong"):
+    heads' input) cannot be exact on any backend."""
+    for model in tiny_models["olmo2"].backends.values():
+        with pytest.raises(ValueError, match=r"olmo2: Olmo2ForCausalLM normalises each attention layer's output"
+                                             r".*OV/QK circuits would be wrong"):
             check_circuits_readable(model)
+
+
+def weightless(tmp_path, kind: str) -> list:
+    """A model folder of ``kind`` holding config.json only, and a GGUF holding its architecture only: files
+    that declare an architecture and have no weight to read."""
+    folder = tmp_path / kind
+    tiny_config(kind).save_pretrained(folder)
+    path = tmp_path / f"{kind}.gguf"
+    writer = gguf.GGUFWriter(str(path), kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return [folder, path]
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_probe_refuses_olmo2_from_its_files_before_reading_any_weight(backend, tmp_path):
+    """`probe` runs the circuits and direct logit attribution, neither exact on OLMo 2 on any backend: it is
+    refused from the architecture its files declare (a folder's config.json, a GGUF's general.architecture),
+    before any weight is read (these files have none), naming the model and why, and writes nothing."""
     facts = tmp_path / "celebrity.jsonl"
     save_jsonl(load_celebrity_pairs().first(2), facts)
     out = tmp_path / "probe"
-    with pytest.raises(ValueError, match=why):
-        probe(tiny.folder, facts, out, backend="bridge", n_controls=1)
-    assert not out.exists()
+    for model in weightless(tmp_path, "olmo2"):
+        with pytest.raises(ValueError, match=r"olmo2: Olmo2ForCausalLM normalises each attention layer's output"):
+            probe(model, facts, out, backend=backend, n_controls=1)
+        assert not out.exists()
+
+
+def test_probe_refuses_a_gemma_bridge_from_its_files_before_reading_any_weight(tmp_path):
+    """A bridge runs Gemma's norms as Hugging Face modules TransformerLens does not fold: `probe` refuses it from
+    the files (under TransformerLens 4 "hooked" is a bridge too), as direct_logit_attribution refuses it loaded."""
+    facts = tmp_path / "celebrity.jsonl"
+    save_jsonl(load_celebrity_pairs().first(2), facts)
+    out = tmp_path / "probe"
+    for backend in ("bridge",) if TL_MAJOR < 4 else ("hooked", "bridge"):
+        for model in weightless(tmp_path, "gemma3"):
+            with pytest.raises(ValueError, match=r"gemma3: a TransformerBridge over Gemma3ForCausalLM runs its final norm"
+                                                 r" \(scaling by 1 \+ w\) and a norm after attention"):
+                probe(model, facts, out, backend=backend, n_controls=1)
+            assert not out.exists()
 
 
 def refused_without_a_hooked_transformer(model) -> bool:
