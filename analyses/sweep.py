@@ -470,7 +470,8 @@ def ray_session(resources: Resources, jobs: int | None = None):
     """Ray started on this machine (no address; stopped after) or joined at ``address``; yields
     the session's :class:`Runners` (one per trial to run at once, and no more than ``jobs``, the
     trials to run, when given), created as soon as Ray is up. On this machine the workers import
-    the toolkit while Ray starts (:data:`PRELOAD`). Inside a Ray session already open, that
+    the toolkit while Ray starts (:data:`PRELOAD`), and Ray starts without its API server and
+    monitors (:func:`_lean_local_head`). Inside a Ray session already open, that
     session is used (with runners of its own)."""
     import logging
 
@@ -497,9 +498,8 @@ def ray_session(resources: Resources, jobs: int | None = None):
             gpus = torch.cuda.device_count()
             if gpus == 0:
                 raise SweepError("--gpus-per-trial: no CUDA device on this machine (or torch built without it)")
-        with _local_ray_environment(resources.threads):
+        with _local_ray_environment(resources.threads), _lean_local_head():
             ray.init(address="local", num_cpus=workers * resources.threads, num_gpus=gpus, **common)
-        _stop_idle_daemons()
     else:
         try:
             ray.init(address=resources.address, runtime_env={"env_vars": _worker_env(resources.threads)}, **common)
@@ -512,24 +512,44 @@ def ray_session(resources: Resources, jobs: int | None = None):
         ray.shutdown()
 
 
-IDLE_DAEMONS = (os.path.join("autoscaler", "_private", "monitor.py"), os.path.join("_private", "log_monitor.py"))
-"""Ray daemons a local session started by :func:`ray_session` has no use for: the autoscaler
-monitor (there is nothing to scale) and the log monitor (which copies the workers' output to
-the driver; ``log_to_driver=False``)."""
+@contextlib.contextmanager
+def _lean_local_head():
+    """While it is open, a Ray head that ``ray.init`` starts on this machine starts without the
+    three daemons a local sweep has no use for, each a Python process: the API server
+    (``dashboard.py``; with ``include_dashboard=False`` it serves only usage statistics, yet
+    ``ray.init`` waits for it to report its address before it even starts the raylet, so the
+    workers' imports began ~1.5 s later on a quiet machine, 3-4 s at load 6), the autoscaler monitor
+    (nothing to scale; it made ``ray.shutdown`` wait 1 s) and the log monitor (it polls the log
+    folder 10×/s to copy the workers' output to the driver, which ``log_to_driver=False`` drops).
+    ``ray start`` has switches for the two monitors (``--no-monitor``, ``--include-log-monitor``)
+    but ``ray.init`` passes neither on, and none for the API server; so this sets them on the
+    parameters of the node ``ray.init`` creates (``ray._private.node.Node``) and skips its
+    ``start_api_server`` when the dashboard is off. With a Ray whose node lacks these, nothing is
+    changed (the daemons then start, as Ray does by default)."""
+    try:
+        from ray._private.node import Node
 
+        create, api_server = Node.__init__, Node.start_api_server
+    except (ImportError, AttributeError):
+        yield
+        return
 
-def _stop_idle_daemons() -> None:
-    """Kill :data:`IDLE_DAEMONS` (children of this process, which ``ray.init`` started). The log
-    monitor polls the log folder ten times a second (1.5 CPU s of an 8-trial sweep, the most of any
-    daemon, on 2 cores the trials share), the autoscaler monitor wakes every 5 s; and ``ray.shutdown``,
-    which stops the daemons one by one, the GCS before the autoscaler monitor, spent 1.0 of its 1.4 s
-    waiting for that monitor, which answers SIGTERM by reporting its end to the stopped GCS."""
-    import psutil  # after `import ray`: Ray ships it (ray/thirdparty_files)
+    def __init__(self, ray_params, *args, **kwargs):
+        if getattr(ray_params, "no_monitor", None) is False:
+            ray_params.no_monitor = True
+        if getattr(ray_params, "include_log_monitor", False) is None:
+            ray_params.include_log_monitor = False
+        create(self, ray_params, *args, **kwargs)
 
-    for child in psutil.Process().children():
-        with contextlib.suppress(psutil.Error):
-            if any(part.endswith(IDLE_DAEMONS) for part in child.cmdline()):
-                child.kill()
+    def start_api_server(self, *, include_dashboard, raise_on_failure):
+        if include_dashboard:
+            api_server(self, include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
+
+    Node.__init__, Node.start_api_server = __init__, start_api_server
+    try:
+        yield
+    finally:
+        Node.__init__, Node.start_api_server = create, api_server
 
 
 def with_resources(sweep: Sweep, resources: Resources) -> Sweep:
