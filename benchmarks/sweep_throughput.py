@@ -74,11 +74,14 @@ def kind(process: psutil.Process) -> str:
         return "Ray workers (the trials)"
     if "analyses.cli" in line:
         return "revlens sweep (driver)"
-    for name in ("raylet", "gcs_server", "dashboard/agent", "runtime_env/agent", "log_monitor", "monitor.py",
-                 "dashboard.py"):
-        if name in line:
-            return f"Ray {name.split('/')[0].removesuffix('.py')}"
-    return "other: " + (process.name() or "?")
+    for names, label in ((("raylet",), "raylet"), (("gcs_server",), "GCS"),
+                         (("dashboard/agent", "DashboardAgent"), "dashboard agent"),
+                         (("runtime_env/agent", "RuntimeEnvAgent"), "runtime env agent"),
+                         (("log_monitor",), "log monitor"), (("monitor.py",), "autoscaler monitor"),
+                         (("dashboard.py",), "API server (dashboard.py)")):
+        if any(name in line for name in names):
+            return f"Ray {label}"
+    return "other: " + (line[:60] or process.name() or "?")
 
 
 def tree_cpu(command: list[str], cwd: Path) -> tuple[float, dict[str, float], list[tuple[float, str]]]:
