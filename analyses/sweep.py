@@ -343,6 +343,8 @@ def _worker_env(threads: int) -> dict[str, str]:
 
 MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
 PRELOAD = "RAY_preload_python_modules"
+NICENESS = "RAY_worker_niceness"
+"""Ray's setting of how much lower than its raylet's a worker's CPU priority is (``nice``; 15 by default)."""
 """Ray's setting (``preload_python_modules``, comma-separated here) of what a worker process imports as
 soon as it has connected to its raylet, before it serves any task."""
 
@@ -359,8 +361,13 @@ def _local_ray_environment(threads: int):
     Ray's report in the terminal). And the workers preload :data:`WARM_MODULES` (:data:`PRELOAD`):
     the raylet starts its workers (one per CPU) while ``ray.init`` is still waiting for Ray's
     other daemons, so the runners' imports (~6 CPU s each) overlap Ray's start instead of
-    following it."""
+    following it. The workers run at this process's CPU priority (:data:`NICENESS` 0, unless the
+    user set it), not Ray's default 15 steps lower: the trials are the sweep's work, and at nice 15
+    every other program on the machine, Ray's own daemons included, came before them (the trials
+    took a share of the cores far below two under other users' load, while the same trials run one
+    after another at the user's priority did not)."""
     wanted = {**_worker_env(threads), MEMORY_MONITOR: os.environ.get(MEMORY_MONITOR, "0"),
+              NICENESS: os.environ.get(NICENESS, "0"),
               PRELOAD: ",".join(filter(None, (os.environ.get(PRELOAD), *WARM_MODULES)))}
     before = {key: os.environ.get(key) for key in wanted}
     os.environ.update(wanted)

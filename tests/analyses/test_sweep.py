@@ -241,8 +241,8 @@ def test_local_ray_runs_without_its_memory_monitor_and_leaves_the_environment_al
 
 def test_local_ray_starts_without_its_api_server_and_monitors():
     """A local session's Ray runs no API server (``dashboard.py``), autoscaler monitor or log
-    monitor (:func:`analyses.sweep._lean_local_head`), runs its runners all the same, and leaves
-    Ray's own start-up as it was for the next ``ray.init``."""
+    monitor (:func:`analyses.sweep._lean_local_head`), runs its runners all the same and at this
+    process's CPU priority, and leaves Ray's own start-up as it was for the next ``ray.init``."""
     from contextlib import suppress
 
     import psutil
@@ -255,7 +255,8 @@ def test_local_ray_starts_without_its_api_server_and_monitors():
     create, api_server = Node.__init__, Node.start_api_server
     earlier = {p.pid for p in psutil.Process().children(recursive=True)}
     with ray_session(Resources(workers=1)) as runners:
-        assert ray.get(runners.actors[0].__ray_ready__.remote(), timeout=120)  # the runner (and its imports) is up
+        runner = ray.get(runners.actors[0].__ray_call__.remote(lambda _: os.getpid()), timeout=120)
+        assert psutil.Process(runner).nice() == psutil.Process().nice()  # not Ray's default, 15 lower
         started = []
         for child in psutil.Process().children(recursive=True):
             with suppress(psutil.Error):  # a short-lived child gone meanwhile
