@@ -343,10 +343,12 @@ def _worker_env(threads: int) -> dict[str, str]:
 
 MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
 PRELOAD = "RAY_preload_python_modules"
-NICENESS = "RAY_worker_niceness"
-"""Ray's setting of how much lower than its raylet's a worker's CPU priority is (``nice``; 15 by default)."""
 """Ray's setting (``preload_python_modules``, comma-separated here) of what a worker process imports as
 soon as it has connected to its raylet, before it serves any task."""
+NICENESS = "RAY_worker_niceness"
+"""Ray's setting of how many ``nice`` steps below its raylet (so below the sweep's process) a worker
+runs: 15 by default; 0 gives the workers the sweep's own priority (checked: a driver at nice 5 gets
+runners at 5)."""
 
 
 @contextlib.contextmanager
