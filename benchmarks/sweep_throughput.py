@@ -2,8 +2,8 @@
 one process, side by side, over several rounds.
 
 The trials are ``revlens reproduce reversal`` runs (default: the tiny model, 80 steps, 30
-seeds; ``--trials 8 30`` for two sizes). The sequential side calls the command (:func:`analyses.cli.main`) for each trial in one
-fresh process, torch on one thread (its wall is the loop's: from before the first trial to after
+seeds; ``--trials 8 30`` for two sizes). The sequential side calls the command
+(:func:`analyses.cli.main`) for each trial in one fresh process, torch on one thread (its wall is the loop's: from before the first trial to after
 the last, as when the loop ran inside this script's process; a fresh process so every round starts
 it cold, imports included). The Ray side is ``revlens sweep`` in a fresh process into a fresh
 folder (Ray started and stopped inside, its runners importing torch cold; its wall time includes
@@ -212,7 +212,8 @@ def no_ray_side(trials: int, model: str, steps: int, out: Path) -> dict:
     side by side run with no scheduler at all."""
     half = (trials + 1) // 2
     began = time.perf_counter()
-    children = [_child(out / "a", f"0-{half - 1}", model, steps), _child(out / "b", f"{half}-{trials - 1}", model, steps)]
+    children = [_child(out / "a", f"0-{half - 1}", model, steps),
+                _child(out / "b", f"{half}-{trials - 1}", model, steps)]
     measured = [_result(child) for child in children]
     wall = time.perf_counter() - began
     per_trial = [s for m in measured for s in m["seconds"][1:]] or [s for m in measured for s in m["seconds"]]
