@@ -1,18 +1,18 @@
 """Sweep throughput: the same trials on Ray (2 workers × 1 thread) against one after another in
 one process, side by side, over several rounds.
 
-The trials are ``revlens reproduce reversal`` runs (default: the tiny model, 80 steps, 30
-seeds; ``--trials 8 30`` for two sizes). The sequential side calls the command
-(:func:`analyses.cli.main`) for each trial in one fresh process, torch on one thread (its wall is the loop's: from before the first trial to after
-the last, as when the loop ran inside this script's process; a fresh process so every round starts
-it cold, imports included). The Ray side is ``revlens sweep`` in a fresh process into a fresh
-folder (Ray started and stopped inside, its runners importing torch cold; its wall time includes
-that process's start). ``--baseline DIR`` also runs the Ray side of another checkout (the code
-before a change) on the same trials, in the same rounds. ``--no-ray`` also runs the trials without
-Ray in two plain processes at once, half each (each importing in its first trial, not while Ray starts).
-Calling ``run_sweep`` from this process instead, after the sequential side, measured every Ray
-trial 2× slower (12 s against 6 s warm; not understood, not seen from the command), hence the
-fresh process.
+The trials are ``revlens reproduce reversal`` runs (default: the tiny model, 80 steps, 30 seeds;
+``--trials 8 30`` for two sizes). The sequential side calls the command (:func:`analyses.cli.main`)
+for each trial in one fresh process, torch on one thread (its wall is the loop's: from before the
+first trial to after the last, as when the loop ran inside this script's process; a fresh process so
+every round starts it cold, imports included). The Ray side is ``revlens sweep`` in a fresh process
+into a fresh folder (Ray started and stopped inside, its runners importing torch cold; its wall time
+includes that process's start). ``--baseline DIR`` also runs the Ray side of another checkout (the
+code before a change) on the same trials, in the same rounds. ``--no-ray`` also runs the trials
+without Ray in two plain processes at once, half each (each importing in its first trial, not while
+Ray starts). Calling ``run_sweep`` from this process instead, after the sequential side, measured
+every Ray trial 2× slower (12 s against 6 s warm; not understood, not seen from the command), hence
+the fresh process.
 
 Rounds (``--rounds``, default 3): each runs every side once, one after another, the order
 reversed every other round (sequential first, then Ray first, ...), so neither side always meets
