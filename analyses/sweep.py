@@ -527,7 +527,7 @@ def _lean_local_head():
     three daemons a local sweep has no use for, each a Python process: the API server
     (``dashboard.py``; with ``include_dashboard=False`` it serves only usage statistics, yet
     ``ray.init`` waits for it to report its address before it even starts the raylet, so the
-    workers' imports began ~1.5 s later on a quiet machine, 3-4 s at load 6), the autoscaler monitor
+    workers' imports began 3-4 s later at load 6; not measured quiet), the autoscaler monitor
     (nothing to scale; it made ``ray.shutdown`` wait 1 s) and the log monitor (it polls the log
     folder 10×/s to copy the workers' output to the driver, which ``log_to_driver=False`` drops).
     ``ray start`` has switches for the two monitors (``--no-monitor``, ``--include-log-monitor``)
