@@ -345,6 +345,10 @@ MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
 PRELOAD = "RAY_preload_python_modules"
 """Ray's setting (``preload_python_modules``, comma-separated here) of what a worker process imports as
 soon as it has connected to its raylet, before it serves any task."""
+NICENESS = "RAY_worker_niceness"
+"""Ray's setting of how many ``nice`` steps below its raylet (so below the sweep's process) a worker
+runs: 15 by default; 0 gives the workers the sweep's own priority (checked: a driver at nice 5 gets
+runners at 5)."""
 
 
 @contextlib.contextmanager
@@ -359,8 +363,13 @@ def _local_ray_environment(threads: int):
     Ray's report in the terminal). And the workers preload :data:`WARM_MODULES` (:data:`PRELOAD`):
     the raylet starts its workers (one per CPU) while ``ray.init`` is still waiting for Ray's
     other daemons, so the runners' imports (~6 CPU s each) overlap Ray's start instead of
-    following it."""
+    following it. The workers run at this process's CPU priority (:data:`NICENESS` 0, unless the
+    user set it), not Ray's default 15 steps lower: the trials are the sweep's work, and at nice 15
+    every other program on the machine, Ray's own daemons included, came before them (the trials
+    took a share of the cores far below two under other users' load, while the same trials run one
+    after another at the user's priority did not)."""
     wanted = {**_worker_env(threads), MEMORY_MONITOR: os.environ.get(MEMORY_MONITOR, "0"),
+              NICENESS: os.environ.get(NICENESS, "0"),
               PRELOAD: ",".join(filter(None, (os.environ.get(PRELOAD), *WARM_MODULES)))}
     before = {key: os.environ.get(key) for key in wanted}
     os.environ.update(wanted)
@@ -470,7 +479,8 @@ def ray_session(resources: Resources, jobs: int | None = None):
     """Ray started on this machine (no address; stopped after) or joined at ``address``; yields
     the session's :class:`Runners` (one per trial to run at once, and no more than ``jobs``, the
     trials to run, when given), created as soon as Ray is up. On this machine the workers import
-    the toolkit while Ray starts (:data:`PRELOAD`). Inside a Ray session already open, that
+    the toolkit while Ray starts (:data:`PRELOAD`), and Ray starts without its API server and
+    monitors (:func:`_lean_local_head`). Inside a Ray session already open, that
     session is used (with runners of its own)."""
     import logging
 
@@ -497,9 +507,8 @@ def ray_session(resources: Resources, jobs: int | None = None):
             gpus = torch.cuda.device_count()
             if gpus == 0:
                 raise SweepError("--gpus-per-trial: no CUDA device on this machine (or torch built without it)")
-        with _local_ray_environment(resources.threads):
+        with _local_ray_environment(resources.threads), _lean_local_head():
             ray.init(address="local", num_cpus=workers * resources.threads, num_gpus=gpus, **common)
-        _stop_idle_daemons()
     else:
         try:
             ray.init(address=resources.address, runtime_env={"env_vars": _worker_env(resources.threads)}, **common)
@@ -512,24 +521,44 @@ def ray_session(resources: Resources, jobs: int | None = None):
         ray.shutdown()
 
 
-IDLE_DAEMONS = (os.path.join("autoscaler", "_private", "monitor.py"), os.path.join("_private", "log_monitor.py"))
-"""Ray daemons a local session started by :func:`ray_session` has no use for: the autoscaler
-monitor (there is nothing to scale) and the log monitor (which copies the workers' output to
-the driver; ``log_to_driver=False``)."""
+@contextlib.contextmanager
+def _lean_local_head():
+    """While it is open, a Ray head that ``ray.init`` starts on this machine starts without the
+    three daemons a local sweep has no use for, each a Python process: the API server
+    (``dashboard.py``; with ``include_dashboard=False`` it serves only usage statistics, yet
+    ``ray.init`` waits for it to report its address before it even starts the raylet, so the
+    workers' imports began 3-4 s later at load 6; not measured quiet), the autoscaler monitor
+    (nothing to scale; it made ``ray.shutdown`` wait 1 s) and the log monitor (it polls the log
+    folder 10×/s to copy the workers' output to the driver, which ``log_to_driver=False`` drops).
+    ``ray start`` has switches for the two monitors (``--no-monitor``, ``--include-log-monitor``)
+    but ``ray.init`` passes neither on, and none for the API server; so this sets them on the
+    parameters of the node ``ray.init`` creates (``ray._private.node.Node``) and skips its
+    ``start_api_server`` when the dashboard is off. With a Ray whose node lacks these, nothing is
+    changed (the daemons then start, as Ray does by default)."""
+    try:
+        from ray._private.node import Node
 
+        create, api_server = Node.__init__, Node.start_api_server
+    except (ImportError, AttributeError):
+        yield
+        return
 
-def _stop_idle_daemons() -> None:
-    """Kill :data:`IDLE_DAEMONS` (children of this process, which ``ray.init`` started). The log
-    monitor polls the log folder ten times a second (1.5 CPU s of an 8-trial sweep, the most of any
-    daemon, on 2 cores the trials share), the autoscaler monitor wakes every 5 s; and ``ray.shutdown``,
-    which stops the daemons one by one, the GCS before the autoscaler monitor, spent 1.0 of its 1.4 s
-    waiting for that monitor, which answers SIGTERM by reporting its end to the stopped GCS."""
-    import psutil  # after `import ray`: Ray ships it (ray/thirdparty_files)
+    def __init__(self, ray_params, *args, **kwargs):
+        if getattr(ray_params, "no_monitor", None) is False:
+            ray_params.no_monitor = True
+        if getattr(ray_params, "include_log_monitor", False) is None:
+            ray_params.include_log_monitor = False
+        create(self, ray_params, *args, **kwargs)
 
-    for child in psutil.Process().children():
-        with contextlib.suppress(psutil.Error):
-            if any(part.endswith(IDLE_DAEMONS) for part in child.cmdline()):
-                child.kill()
+    def start_api_server(self, *, include_dashboard, raise_on_failure):
+        if include_dashboard:
+            api_server(self, include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
+
+    Node.__init__, Node.start_api_server = __init__, start_api_server
+    try:
+        yield
+    finally:
+        Node.__init__, Node.start_api_server = create, api_server
 
 
 def with_resources(sweep: Sweep, resources: Resources) -> Sweep:

@@ -1,29 +1,38 @@
 """Sweep throughput: the same trials on Ray (2 workers × 1 thread) against one after another in
-one process, side by side in one run.
+one process, side by side, over several rounds.
 
-The trials are ``revlens reproduce reversal`` runs (default: the tiny model, 80 steps, 8 then 30
-seeds). The sequential side calls the command (:func:`analyses.cli.main`) for each trial in this
-process, torch on one thread; the Ray side is ``revlens sweep`` in a fresh process into a fresh
-folder (Ray started and stopped inside, its runners importing torch cold; its wall time includes
-that process's start). ``--baseline DIR`` also runs the Ray side of another checkout (the code
-before a change) on the same trials, right after (before, for an odd number of trials) this one's,
-so both meet the same load. Calling ``run_sweep`` from this process instead, after the sequential
-side, measured every Ray trial 2× slower (12 s against 6 s warm; not understood, not seen from the
-command), hence the fresh process.
+The trials are ``revlens reproduce reversal`` runs (default: the tiny model, 80 steps, 30 seeds;
+``--trials 8 30`` for two sizes). The sequential side calls the command (:func:`analyses.cli.main`)
+for each trial in one fresh process, torch on one thread (its wall is the loop's: from before the
+first trial to after the last, as when the loop ran inside this script's process; a fresh process so
+every round starts it cold, imports included). The Ray side is ``revlens sweep`` in a fresh process
+into a fresh folder (Ray started and stopped inside, its runners importing torch cold; its wall time
+includes that process's start). ``--baseline DIR`` also runs the Ray side of another checkout (the
+code before a change) on the same trials, in the same rounds. ``--no-ray`` also runs the trials
+without Ray in two plain processes at once, half each (each importing in its first trial, not while
+Ray starts). Calling ``run_sweep`` from this process instead, after the sequential side, measured
+every Ray trial 2× slower (12 s against 6 s warm; not understood, not seen from the command), hence
+the fresh process.
 
-Printed, for each number of trials given, and at the end as one Markdown table: wall time of each
-side, the speed-up (goal ≥ 1.7× on 2 cores), the load average, the Ray side's timeline (from the
-sweep's own output: Ray up, first and last trial done, exit), the fixed wall time (the first
-trial's finish less a median trial, plus everything after the last trial), Ray's overhead per
-trial = Ray wall × workers / trials − mean trial time inside the workers (start-up, scheduling, the
-idle tail, and the runners' imports where they import before their first trial), and CPU seconds
-per trial of each side, which do not depend on what else the machine runs: the sequential side's
-is this process's CPU time; the Ray side's is every process of the sweep's tree (the command,
-Ray's daemons, the workers), read from ``/proc`` every 0.2 s until each exits (``psutil``), also
-given by process kind, so Ray's own share is seen apart from the trials'.
+Rounds (``--rounds``, default 3): each runs every side once, one after another, the order
+reversed every other round (sequential first, then Ray first, ...), so neither side always meets
+the colder disk cache or the same moment of the machine's load; ``uptime`` is recorded before and
+after each side. The speed-up is reported per round and as the median over the rounds with its
+minimum and maximum.
 
-Run: ``.venv/bin/python benchmarks/sweep_throughput.py [--trials 8 30] [--model tiny] [--steps 80]
-[--baseline DIR]``.
+Printed, for each round, and at the end as Markdown tables: wall time of each side, the speed-up
+(goal ≥ 1.7× on 2 cores), the load average, the Ray side's timeline (from the sweep's own output:
+Ray up, first and last trial done, exit), the fixed wall time (the first trial's finish less a
+median trial, plus everything after the last trial), Ray's overhead per trial = Ray wall × workers
+/ trials − mean trial time inside the workers (start-up, scheduling, the idle tail, and the
+runners' imports where they import before their first trial), and CPU seconds per trial of each
+side, which do not depend on what else the machine runs: the sequential side's is its process's
+CPU time; the Ray side's is every process of the sweep's tree (the command, Ray's daemons, the
+workers), read from ``/proc`` every 0.2 s until each exits (``psutil``), also given by process
+kind, so Ray's own share is seen apart from the trials'.
+
+Run: ``PYTHONPATH=$PWD .venv/bin/python benchmarks/sweep_throughput.py [--trials 30] [--rounds 3]
+[--model tiny] [--steps 80] [--baseline DIR] [--no-ray]``.
 """
 
 from __future__ import annotations
@@ -65,11 +74,14 @@ def kind(process: psutil.Process) -> str:
         return "Ray workers (the trials)"
     if "analyses.cli" in line:
         return "revlens sweep (driver)"
-    for name in ("raylet", "gcs_server", "dashboard/agent", "runtime_env/agent", "log_monitor", "monitor.py",
-                 "dashboard.py"):
-        if name in line:
-            return f"Ray {name.split('/')[0].removesuffix('.py')}"
-    return "other: " + (process.name() or "?")
+    for names, label in ((("raylet",), "raylet"), (("gcs_server",), "GCS"),
+                         (("dashboard/agent", "DashboardAgent"), "dashboard agent"),
+                         (("runtime_env/agent", "RuntimeEnvAgent"), "runtime env agent"),
+                         (("log_monitor",), "log monitor"), (("monitor.py",), "autoscaler monitor"),
+                         (("dashboard.py",), "API server (dashboard.py)")):
+        if any(name in line for name in names):
+            return f"Ray {label}"
+    return "other: " + (line[:60] or process.name() or "?")
 
 
 def tree_cpu(command: list[str], cwd: Path) -> tuple[float, dict[str, float], list[tuple[float, str]]]:
@@ -143,64 +155,163 @@ def ray_side(label: str, checkout: Path, trials: int, grid: list[str], workers: 
           f"{inside[1]:.1f} s\n"
           f"    {cpu / trials:.2f} CPU s per trial (inside the trials {in_trials / trials:.2f}); by process: "
           + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])), flush=True)
-    return {"wall": wall, "cpu": cpu / trials, "overhead": wall * workers / trials - statistics.mean(inside),
+    return {"wall": wall, "cpu": cpu / trials, "median": statistics.median(inside),
+            "overhead": wall * workers / trials - statistics.mean(inside),
             "fixed": first - statistics.median(inside) + wall - last, "load": load(),
             "phases": (ray_up, max(started, ray_up), wall - last)}
 
 
-def run(trials: int, model: str, steps: int, workers: int, baseline: Path | None) -> list[dict]:
-    """One size: the sequential side, then the Ray side of this checkout (and of ``baseline``,
-    alternating which goes first with the size); rows for the table."""
+def sequential_child(out: Path, seeds: str, model: str, steps: int) -> None:
+    """The sequential side's body (this script run with ``--sequential-child``): the trials'
+    commands one after another in this process, torch on one thread; prints one JSON line: the
+    loop's wall and CPU seconds (the interpreter's start and ``analyses.cli``'s import left out, as
+    when the loop ran inside the benchmark's own process) and each trial's seconds."""
+    sweep = make_sweep("reversal", seeds, [f"model={model}", f"steps={steps}"])
+    began, began_cpu = time.perf_counter(), time.process_time()
+    seconds = []
+    for trial in sweep.trials():
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(trial.argv("reversal", out / trial.name, 1)) == 0
+        seconds.append(time.perf_counter() - start)
+    print(json.dumps({"wall": time.perf_counter() - began, "cpu": time.process_time() - began_cpu,
+                      "seconds": seconds}), flush=True)
+
+
+def _child(out: Path, seeds: str, model: str, steps: int) -> subprocess.Popen:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, __file__, "--sequential-child", str(out), "--seeds", seeds,
+                             "--model", model, "--steps", str(steps)], cwd=ROOT, env=environment,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _result(child: subprocess.Popen) -> dict:
+    output, _ = child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"the sequential side exited with {child.returncode}")
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def sequential_side(trials: int, model: str, steps: int, out: Path) -> dict:
+    """The trials one after another in one fresh process (the same process state every round,
+    where a loop in this process would be warm from the second round on)."""
+    measured = _result(_child(out, f"0-{trials - 1}", model, steps))
+    per_trial = measured["seconds"]
+    print(f"  one process, one after another: {measured['wall']:.1f} s (per trial: median "
+          f"{statistics.median(per_trial):.1f} s, first {per_trial[0]:.1f} s); {measured['cpu'] / trials:.2f} CPU s "
+          f"per trial; load {load()}", flush=True)
+    return {"wall": measured["wall"], "cpu": measured["cpu"] / trials, "median": statistics.median(per_trial),
+            "load": load()}
+
+
+def no_ray_side(trials: int, model: str, steps: int, out: Path) -> dict:
+    """No Ray: two fresh processes at once, each running half the trials one after another (wall
+    from their start to the last one's exit, interpreters' starts included): two trials at once
+    sharing the cores' caches and memory bandwidth, both processes importing the toolkit, none of
+    Ray's costs. Its trials' median against the sequential side's says how much slower two trials
+    side by side run with no scheduler at all."""
+    half = (trials + 1) // 2
+    began = time.perf_counter()
+    children = [_child(out / "a", f"0-{half - 1}", model, steps),
+                _child(out / "b", f"{half}-{trials - 1}", model, steps)]
+    measured = [_result(child) for child in children]
+    wall = time.perf_counter() - began
+    per_trial = [s for m in measured for s in m["seconds"][1:]] or [s for m in measured for s in m["seconds"]]
+    print(f"  no Ray, two processes × half the trials: {wall:.1f} s (trials after each's first: median "
+          f"{statistics.median(per_trial):.1f} s); load {load()}", flush=True)
+    return {"wall": wall, "median": statistics.median(per_trial), "load": load()}
+
+
+def run(trials: int, model: str, steps: int, workers: int, rounds: int, baseline: Path | None,
+        no_ray: bool) -> list[dict]:
+    """``rounds`` rounds of one size; each runs the sequential side and the Ray side (and the
+    baseline's, and two plain processes without Ray, when asked) one after another, the order reversed every
+    other round, so that neither side always meets the colder disk cache or the same moment of
+    the machine's load. Returns one row per round."""
     sweep = make_sweep("reversal", f"0-{trials - 1}", [f"model={model}", f"steps={steps}"])
     grid = [token for key, values in sweep.grid.items() for token in ("--grid", f"{key}={values[0]}")]
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
+    sides = ["sequential", "this checkout"] + (["baseline"] if baseline else []) + (["no Ray"] if no_ray else [])
+    rows = []
+    for index in range(rounds):
+        order = sides if index % 2 == 0 else sides[::-1]
         print(f"{trials} trials of reproduce reversal --model {model} --steps {steps}; {os.cpu_count()} cores; "
-              f"load before: {load()}", flush=True)
-        began, began_cpu = time.perf_counter(), time.process_time()
-        sequential = []
-        for trial in sweep.trials():
-            start = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()):
-                assert main(trial.argv("reversal", folder / "sequential" / trial.name, 1)) == 0
-            sequential.append(time.perf_counter() - start)
-        wall, cpu = time.perf_counter() - began, (time.process_time() - began_cpu) / trials
-        print(f"  one process, one after another: {wall:.1f} s (per trial: median {statistics.median(sequential):.1f} "
-              f"s, first {sequential[0]:.1f} s); {cpu:.2f} CPU s per trial; load {load()}", flush=True)
-        sides = [("this checkout", ROOT)] + ([("baseline", baseline)] if baseline else [])
-        if trials % 2:
-            sides.reverse()
-        rows = []
-        for label, checkout in sides:
-            measured = ray_side(label, checkout, trials, grid, workers, folder / label.replace(" ", "-"))
-            rows.append({"trials": trials, "code": label, "sequential": wall, "sequential_cpu": cpu, **measured})
-            print(f"  speed-up ({label}): {wall / measured['wall']:.2f}× (goal ≥ 1.7× on 2 cores)", flush=True)
-        return rows
+              f"round {index + 1} of {rounds}: {', '.join(order)}; uptime: {uptime()}", flush=True)
+        row: dict = {"trials": trials, "round": index + 1, "order": order, "uptime": [uptime()]}
+        with tempfile.TemporaryDirectory() as folder:
+            for side in order:
+                out = Path(folder) / side.replace(" ", "-")
+                if side == "sequential":
+                    row[side] = sequential_side(trials, model, steps, out)
+                elif side == "no Ray":
+                    row[side] = no_ray_side(trials, model, steps, out)
+                else:
+                    row[side] = ray_side(side, ROOT if side == "this checkout" else baseline, trials, grid,
+                                         workers, out)
+                row["uptime"].append(uptime())
+        for side in sides[1:]:
+            print(f"  speed-up ({side}): {row['sequential']['wall'] / row[side]['wall']:.2f}× "
+                  f"(goal ≥ 1.7× on 2 cores)", flush=True)
+        rows.append(row)
+    return rows
+
+
+def uptime() -> str:
+    """``uptime``'s line: the time and the 1-, 5- and 15-minute load averages."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def spread(values: list[float]) -> str:
+    return f"**{statistics.median(values):.2f}×** (min {min(values):.2f}, max {max(values):.2f}, n {len(values)})"
 
 
 def table(rows: list[dict]) -> str:
-    """The measurements as the Markdown table of ``benchmarks/README.md``."""
-    lines = ["| trials | code | one process, one after another | Ray, 2 workers × 1 thread | speed-up | CPU s per "
-             "trial (seq / Ray) | Ray overhead per trial | fixed wall (until the first trial starts + after the last) | "
-             "Ray up / first trial begins / after the last trial | load average after |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['trials']} | {r['code']} | {r['sequential']:.1f} s | {r['wall']:.1f} s | "
-              f"**{r['sequential'] / r['wall']:.2f}×** | {r['sequential_cpu']:.2f} / {r['cpu']:.2f} | "
-              f"{r['overhead']:.2f} s | {r['fixed']:.1f} s | {' / '.join(f'{p:.1f} s' for p in r['phases'])} | "
-              f"{r['load']} |" for r in rows]
+    """The measurements as the Markdown tables of ``benchmarks/README.md``: each round, then each
+    size's median speed-up and its spread over the rounds."""
+    lines = ["| trials | round | order | one process, one after another (median trial) | Ray, 2 workers × 1 thread "
+             "(median trial inside) | speed-up | CPU s per trial (seq / Ray) | Ray overhead per trial | fixed wall | "
+             "Ray up / first trial begins / after the last trial | other sides | load average before → after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sequential, ray = r["sequential"], r["this checkout"]
+        others = "; ".join(f"{side}: {r[side]['wall']:.1f} s ({sequential['wall'] / r[side]['wall']:.2f}×)"
+                           for side in ("baseline", "no Ray") if side in r) or "—"
+        averages = [line.rsplit("load average:", 1)[-1].strip() for line in r["uptime"]]
+        lines.append(f"| {r['trials']} | {r['round']} | {' → '.join(r['order'])} | {sequential['wall']:.1f} s "
+                     f"({sequential['median']:.2f} s) | {ray['wall']:.1f} s ({ray['median']:.2f} s) | "
+                     f"**{sequential['wall'] / ray['wall']:.2f}×** | {sequential['cpu']:.2f} / {ray['cpu']:.2f} | "
+                     f"{ray['overhead']:.2f} s | {ray['fixed']:.1f} s | "
+                     f"{' / '.join(f'{p:.1f} s' for p in ray['phases'])} | {others} | "
+                     f"{averages[0]} → {averages[-1]} |")
+    lines += ["", "| trials | side | speed-up over the rounds: median (min, max, n) |", "|---|---|---|"]
+    for trials in dict.fromkeys(r["trials"] for r in rows):
+        sized = [r for r in rows if r["trials"] == trials]
+        for side in ("this checkout", "baseline", "no Ray"):
+            if side in sized[0]:
+                lines.append(f"| {trials} | {side} | "
+                             f"{spread([r['sequential']['wall'] / r[side]['wall'] for r in sized])} |")
     return "\n".join(lines)
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, nargs="+", default=[8, 30])
+    parser.add_argument("--trials", type=int, nargs="+", default=[30])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per size, the sides' order reversed "
+                                                              "every other round (default 3)")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--baseline", type=Path, help="another checkout (e.g. `git worktree add DIR main`) "
                                                       "whose `revlens sweep` runs beside this one's, same trials")
+    parser.add_argument("--no-ray", action="store_true", help="also run the trials in two plain processes "
+                                                              "at once, half each, without Ray")
+    parser.add_argument("--sequential-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    rows = [row for trials in args.trials for row in run(trials, args.model, args.steps, args.workers, args.baseline)]
+    if args.sequential_child:
+        sequential_child(args.sequential_child, args.seeds, args.model, args.steps)
+        return
+    rows = [row for trials in args.trials
+            for row in run(trials, args.model, args.steps, args.workers, args.rounds, args.baseline, args.no_ray)]
     print("\n" + table(rows))
 
 

@@ -237,3 +237,31 @@ def test_local_ray_runs_without_its_memory_monitor_and_leaves_the_environment_al
         assert raylets[0].environ().get("PYTHONPATH") == str(ROOT) and raylets[0].environ()["OMP_NUM_THREADS"] == "1"
         assert raylets[0].environ().get(PRELOAD) == ",".join(WARM_MODULES)
         assert MEMORY_MONITOR not in os.environ and PRELOAD not in os.environ and "PYTHONPATH" not in os.environ
+
+
+def test_local_ray_starts_without_its_api_server_and_monitors():
+    """A local session's Ray runs no API server (``dashboard.py``), autoscaler monitor or log
+    monitor (:func:`analyses.sweep._lean_local_head`), runs its runners all the same and at this
+    process's CPU priority, and leaves Ray's own start-up as it was for the next ``ray.init``."""
+    from contextlib import suppress
+
+    import psutil
+    import ray
+    from ray._private.node import Node
+
+    from analyses.sweep import Resources, ray_session
+
+    ray.shutdown()  # a session an earlier test left open would be reused, not started
+    create, api_server = Node.__init__, Node.start_api_server
+    earlier = {p.pid for p in psutil.Process().children(recursive=True)}
+    with ray_session(Resources(workers=1)) as runners:
+        runner = ray.get(runners.actors[0].__ray_call__.remote(lambda _: os.getpid()), timeout=120)
+        assert psutil.Process(runner).nice() == psutil.Process().nice()  # not Ray's default, 15 lower
+        started = []
+        for child in psutil.Process().children(recursive=True):
+            with suppress(psutil.Error):  # a short-lived child gone meanwhile
+                started += [" ".join(child.cmdline())] if child.pid not in earlier else []
+        assert any("raylet" in line for line in started)
+        for daemon in ("dashboard/dashboard.py", "autoscaler/_private/monitor.py", "_private/log_monitor.py"):
+            assert not any(daemon in line for line in started), daemon
+    assert (Node.__init__, Node.start_api_server) == (create, api_server)
