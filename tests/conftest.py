@@ -97,6 +97,21 @@ SECOND_LINE_LEAVES_OUT: dict[str, str] = {
     "tests/analyses/test_cli.py::test_help_does_not_import_torch": "argument parsing",
     "tests/analyses/test_cli.py::test_bad_arguments": "refusals before any model loads",
     "tests/analyses/test_cli.py::test_make_facts": "fact files",
+    "tests/analyses/test_bilinear_reproduce.py": "`reproduce bilinear` trains the bilinear model, plain torch "
+                                                 "(the trainer's and checkpoint's TransformerLens checks answer no)",
+    "tests/analyses/test_readme.py::test_the_architecture_table_names_tests_that_exist": "reads docs and test files",
+    "tests/analyses/test_report.py::test_chromium_catches_a_network_request_and_a_blank_page": "Chromium on a page",
+    "tests/analyses/test_report.py::test_every_known_kind_has_a_formatter_that_exists": "the experiment registry",
+    "tests/analyses/test_report.py::test_cli_refuses_a_missing_folder_with_exit_2": "refusals before any run is read",
+    "tests/analyses/test_report.py::test_a_registry_entry_is_all_the_report_needs": "a report of a hand-written run",
+    # tests whose TransformerLens part another test under the second line runs the same way
+    "tests/reliability/test_kill_resume.py": "SIGKILL mid-write and atomic checkpoints are the OS's and the checkpoint "
+                                             "writer's; the native bridge's exact resume (the one-layer model in "
+                                             "minibatches: history and weights equal an uninterrupted run's, which "
+                                             "needs its optimizer state restored) is tests/models/test_training.py's "
+                                             "test_resume_from_a_mid_run_checkpoint_gives_the_same_final_numbers, and "
+                                             "probing a restored checkpoint in a fresh process is "
+                                             "test_cross_process_determinism.py's",
 }
 """What ``--second-line`` leaves out (node-id prefix → why): ``make test-tl4`` runs the suite under the
 second TransformerLens line (4.x) without the tests that cannot tell the lines apart, so that CI's
