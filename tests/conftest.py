@@ -112,6 +112,13 @@ SECOND_LINE_LEAVES_OUT: dict[str, str] = {
                                              "test_resume_from_a_mid_run_checkpoint_gives_the_same_final_numbers, and "
                                              "probing a restored checkpoint in a fresh process is "
                                              "test_cross_process_determinism.py's",
+    "tests/analyses/test_notebooks.py": "a Jupyter kernel running calls tests under the second line make the same "
+                                        "way: 01 is the README example (test_readme_example_runs: the same world, "
+                                        "tiny model, 80 steps and answer_table), 02 the one-layer model's OV table "
+                                        "(tests/probes/test_circuits.py) and the bilinear Θ (plain torch), 03 SmolLM2 "
+                                        "on both backends against transformers and from a saved folder "
+                                        "(tests/models/test_pretrained.py) and check_asymmetry on it "
+                                        "(tests/analyses/test_asymmetry.py)",
 }
 """What ``--second-line`` leaves out (node-id prefix → why): ``make test-tl4`` runs the suite under the
 second TransformerLens line (4.x) without the tests that cannot tell the lines apart, so that CI's
