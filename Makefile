@@ -57,9 +57,10 @@ test-tl39: $(STAMP) chromium
 # The second line runs every test that builds a TransformerLens model (token-world models, probes,
 # analyses, the 3.9 checkpoint, the architectures, SmolLM2 and Gemma 3 through the bridge) and leaves
 # out, with --second-line, what cannot tell the lines apart: tests that build no TransformerLens model
-# (fact readers and worlds, argument parsing and refusals, the bilinear model, Ray's scheduling)
-# and two of the three SmolLM2 fine-tunes, whose TransformerLens part (the conversion and probes
-# after training) the first one already runs. The list and the reason for each entry:
+# (fact readers and worlds, argument parsing and refusals, the bilinear model, Ray's scheduling,
+# Chromium and the report's registry) and tests whose TransformerLens part another test of the run
+# makes the same way (two of the three SmolLM2 fine-tunes, the kill -9 resumes, the notebooks).
+# The list and the reason for each entry:
 # tests/conftest.py SECOND_LINE_LEAVES_OUT; an entry that matches no test is an error.
 test-tl4: $(STAMP_TL4) chromium
 	$(PY_TL4) -m pytest -n $(TEST_WORKERS) --dist loadgroup --second-line
