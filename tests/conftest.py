@@ -104,7 +104,15 @@ SECOND_LINE_LEAVES_OUT: dict[str, str] = {
     "tests/analyses/test_report.py::test_every_known_kind_has_a_formatter_that_exists": "the experiment registry",
     "tests/analyses/test_report.py::test_cli_refuses_a_missing_folder_with_exit_2": "refusals before any run is read",
     "tests/analyses/test_report.py::test_a_registry_entry_is_all_the_report_needs": "a report of a hand-written run",
+    "tests/models/test_architectures.py::test_gguf_weights_are_the_ones_transformers_reads": "our GGUF reader "
+                                                                                            "against transformers'",
+    "tests/models/test_hf_training.py::test_answer_only_unembedding_equals_full_logits": "the transformers model",
+    "tests/models/test_hf_training.py::test_freezing_blocks_of_a_transformers_model": "the transformers model",
+    "tests/models/test_hf_training.py::test_bad_lora_options_are_refused": "refusals on the transformers model",
     # tests whose TransformerLens part another test under the second line runs the same way
+    "tests/models/test_hf_training.py::test_finetune_facts_with_lora_end_to_end": "LoRA's options and summary; its "
+        "TransformerLens part, a trained Llama converted and probed, is test_finetune.py's `run` (SmolLM2, a "
+        "Llama) and test_lora_changes_only_adapted_matrices_and_merges_exactly (the merged model converted)",
     "tests/reliability/test_kill_resume.py": "SIGKILL mid-write and atomic checkpoints are the OS's and the checkpoint "
                                              "writer's; the native bridge's exact resume (the one-layer model in "
                                              "minibatches: history and weights equal an uninterrupted run's, which "
