@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -269,14 +270,38 @@ def smollm2_bridge(smollm2_hf):
     return load("smollm2-135m", backend="bridge")
 
 
+class TinyModels(Mapping):
+    """Every tiny random architecture of ``tests/support/tiny_models.py`` by name, each built on first
+    use (its folder written, its transformers model and TransformerLens backends loaded) and kept: a
+    worker builds only the architectures its tests ask for. A model does not depend on when it is
+    built (``save_tiny`` seeds its initialisation)."""
+
+    def __init__(self, root: Path, tokenizer) -> None:
+        from tiny_models import ARCHITECTURES
+
+        self._root, self._tokenizer, self._names, self._built = root, tokenizer, ARCHITECTURES, {}
+
+    def __getitem__(self, name: str):
+        if name not in self._names:
+            raise KeyError(f"no tiny architecture {name!r}; there are {self._names}")
+        if name not in self._built:
+            from tiny_models import TinyModel
+
+            self._built[name] = TinyModel.build(name, self._root / name, self._tokenizer)
+        return self._built[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 @pytest.fixture(scope="session")
-def tiny_models(smollm2_tokenizer, tmp_path_factory):
+def tiny_models(smollm2_tokenizer, tmp_path_factory) -> TinyModels:
     """Every tiny random architecture of ``tests/support/tiny_models.py``, by name: a ``TinyModel``
     with its folder, transformers model, tokenizer and the TransformerLens backends that wrap it."""
-    from tiny_models import ARCHITECTURES, TinyModel
-
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {name: TinyModel.build(name, root / name, smollm2_tokenizer) for name in ARCHITECTURES}
+    return TinyModels(tmp_path_factory.mktemp("tiny-models"), smollm2_tokenizer)
 
 
 @pytest.fixture(scope="session")
