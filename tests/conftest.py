@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,36 @@ SECOND_LINE_LEAVES_OUT: dict[str, str] = {
     "tests/analyses/test_cli.py::test_help_does_not_import_torch": "argument parsing",
     "tests/analyses/test_cli.py::test_bad_arguments": "refusals before any model loads",
     "tests/analyses/test_cli.py::test_make_facts": "fact files",
+    "tests/analyses/test_bilinear_reproduce.py": "`reproduce bilinear` trains the bilinear model, plain torch "
+                                                 "(the trainer's and checkpoint's TransformerLens checks answer no)",
+    "tests/analyses/test_readme.py::test_the_architecture_table_names_tests_that_exist": "reads docs and test files",
+    "tests/analyses/test_report.py::test_chromium_catches_a_network_request_and_a_blank_page": "Chromium on a page",
+    "tests/analyses/test_report.py::test_every_known_kind_has_a_formatter_that_exists": "the experiment registry",
+    "tests/analyses/test_report.py::test_cli_refuses_a_missing_folder_with_exit_2": "refusals before any run is read",
+    "tests/analyses/test_report.py::test_a_registry_entry_is_all_the_report_needs": "a report of a hand-written run",
+    "tests/models/test_architectures.py::test_gguf_weights_are_the_ones_transformers_reads": "our GGUF reader "
+                                                                                            "against transformers'",
+    "tests/models/test_hf_training.py::test_answer_only_unembedding_equals_full_logits": "the transformers model",
+    "tests/models/test_hf_training.py::test_freezing_blocks_of_a_transformers_model": "the transformers model",
+    "tests/models/test_hf_training.py::test_bad_lora_options_are_refused": "refusals on the transformers model",
+    # tests whose TransformerLens part another test under the second line runs the same way
+    "tests/models/test_hf_training.py::test_finetune_facts_with_lora_end_to_end": "LoRA's options and summary; its "
+        "TransformerLens part, a trained Llama converted and probed, is test_finetune.py's `run` (SmolLM2, a "
+        "Llama) and test_lora_changes_only_adapted_matrices_and_merges_exactly (the merged model converted)",
+    "tests/reliability/test_kill_resume.py": "SIGKILL mid-write and atomic checkpoints are the OS's and the checkpoint "
+                                             "writer's; the native bridge's exact resume (the one-layer model in "
+                                             "minibatches: history and weights equal an uninterrupted run's, which "
+                                             "needs its optimizer state restored) is tests/models/test_training.py's "
+                                             "test_resume_from_a_mid_run_checkpoint_gives_the_same_final_numbers, and "
+                                             "probing a restored checkpoint in a fresh process is "
+                                             "test_cross_process_determinism.py's",
+    "tests/analyses/test_notebooks.py": "a Jupyter kernel running calls tests under the second line make the same "
+                                        "way: 01 is the README example (test_readme_example_runs: the same world, "
+                                        "tiny model, 80 steps and answer_table), 02 the one-layer model's OV table "
+                                        "(tests/probes/test_circuits.py) and the bilinear Θ (plain torch), 03 SmolLM2 "
+                                        "on both backends against transformers and from a saved folder "
+                                        "(tests/models/test_pretrained.py) and check_asymmetry on it "
+                                        "(tests/analyses/test_asymmetry.py)",
 }
 """What ``--second-line`` leaves out (node-id prefix → why): ``make test-tl4`` runs the suite under the
 second TransformerLens line (4.x) without the tests that cannot tell the lines apart, so that CI's
@@ -246,14 +277,38 @@ def smollm2_bridge(smollm2_hf):
     return load("smollm2-135m", backend="bridge")
 
 
+class TinyModels(Mapping):
+    """Every tiny random architecture of ``tests/support/tiny_models.py`` by name, each built on first
+    use (its folder written, its transformers model and TransformerLens backends loaded) and kept: a
+    worker builds only the architectures its tests ask for. A model does not depend on when it is
+    built (``save_tiny`` seeds its initialisation)."""
+
+    def __init__(self, root: Path, tokenizer) -> None:
+        from tiny_models import ARCHITECTURES
+
+        self._root, self._tokenizer, self._names, self._built = root, tokenizer, ARCHITECTURES, {}
+
+    def __getitem__(self, name: str):
+        if name not in self._names:
+            raise KeyError(f"no tiny architecture {name!r}; there are {self._names}")
+        if name not in self._built:
+            from tiny_models import TinyModel
+
+            self._built[name] = TinyModel.build(name, self._root / name, self._tokenizer)
+        return self._built[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 @pytest.fixture(scope="session")
-def tiny_models(smollm2_tokenizer, tmp_path_factory):
+def tiny_models(smollm2_tokenizer, tmp_path_factory) -> TinyModels:
     """Every tiny random architecture of ``tests/support/tiny_models.py``, by name: a ``TinyModel``
     with its folder, transformers model, tokenizer and the TransformerLens backends that wrap it."""
-    from tiny_models import ARCHITECTURES, TinyModel
-
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {name: TinyModel.build(name, root / name, smollm2_tokenizer) for name in ARCHITECTURES}
+    return TinyModels(tmp_path_factory.mktemp("tiny-models"), smollm2_tokenizer)
 
 
 @pytest.fixture(scope="session")
