@@ -366,8 +366,8 @@ def declared_architecture(name_or_path: str | os.PathLike[str]) -> str:
         return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(_GGUF_MODEL_TYPES.get(name, name), "")
     with contextlib.suppress(ValueError, OSError):
         config = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
-        architectures = config.get("architectures") or [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"), "")]
-        return str(architectures[0])
+        declared = config.get("architectures")
+        return str(declared[0] if declared else MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"), ""))
     return ""
 
 

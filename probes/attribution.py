@@ -308,7 +308,8 @@ def check_attribution_readable(model: Any) -> None:
     Gemma 2/3 also a norm after attention, whose scale the bridge does not cache) and OLMo 2/3 (a norm
     after attention and no norm before it; TransformerLens 3.9's HookedTransformer cannot convert it
     either). :func:`direct_logit_attribution` asks it first; ``revlens probe`` asks
-    :func:`check_attribution_architecture` from the model's files before loading it, and this right after. A ``HookedTransformer`` passes (read through its norms exactly), and so does the bilinear
+    :func:`check_attribution_architecture` from the model's files before loading it, and this right
+    after. A ``HookedTransformer`` passes (read through its norms exactly), and so does the bilinear
     model (no heads: it is never attributed)."""
     if isinstance(model, BilinearModel):
         return
@@ -316,7 +317,9 @@ def check_attribution_readable(model: Any) -> None:
                                    post_attention_norm=hasattr(model.blocks[0], "ln1_post"))
 
 
-def check_attribution_architecture(name: str, architecture: str, hooked: bool, post_attention_norm: bool | None = None) -> None:
+def check_attribution_architecture(
+    name: str, architecture: str, hooked: bool, post_attention_norm: bool | None = None
+) -> None:
     """:func:`check_attribution_readable` from what a model's files declare, before any weight is read:
     ``architecture`` its transformers class ("Olmo2ForCausalLM"), ``hooked`` whether it will be a
     ``HookedTransformer`` (3.9's ``backend="hooked"``), ``post_attention_norm`` whether its blocks have a
@@ -805,5 +808,6 @@ def logit_lens(model: Any, statements: Statements, batch_size: int = 64) -> pd.D
 
 __all__ = [
     "PATCH_SITES", "AttributionSite", "PatchSite", "Patching", "Statements", "as_examples", "attribution_patch",
-    "check_attribution_architecture", "check_attribution_readable", "direct_logit_attribution", "folded", "forward_reverse_pairs", "logit_lens", "patch_heads", "patch_residual",
+    "check_attribution_architecture", "check_attribution_readable", "direct_logit_attribution", "folded",
+    "forward_reverse_pairs", "logit_lens", "patch_heads", "patch_residual",
 ]
