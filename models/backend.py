@@ -72,8 +72,8 @@ __all__ = [
     "ActivationCache", "FactoredMatrix", "HOOKED_HINT", "apply_softcap", "HookedTransformer", "HookedTransformerConfig",
     "OFFICIAL_MODEL_NAMES", "POST_NORM_ARCHITECTURES", "loading_from_pretrained",
     "TL_MAJOR", "TL_MODEL_TYPES", "TL_VERSION", "TLModel", "TransformerBridge", "TransformerLensKeyValueCache",
-    "TransformerLensKeyValueCacheEntry", "architecture_of", "build_native", "copy_model", "get_act_name", "has_kv_cache", "hooked_init_state",
-    "hooked_state_dict", "is_hooked", "is_native_bridge", "is_tl_model", "load_hooked_state_dict", "patching",
+    "TransformerLensKeyValueCacheEntry", "architecture_of", "build_native", "copy_model", "get_act_name",
+    "has_kv_cache", "hooked_init_state", "hooked_state_dict", "is_hooked", "is_native_bridge", "is_tl_model", "load_hooked_state_dict", "patching",
     "runs_from_layer",
 ]
 
