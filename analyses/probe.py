@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -75,34 +76,51 @@ NO_ATTRIBUTION = ("the bilinear model has no layers, heads, attention or residua
 def circuit_summary(circuits: pd.DataFrame) -> list[dict[str, Any]]:
     """Per circuit, mean z of the entry in the trained and in the held-out direction of one-way
     facts, and their difference (the asymmetry index oriented trained − held-out)."""
-    one_way = circuits[(circuits.forward == "train") ^ (circuits.reverse == "train")]
-    one_way = one_way[one_way.forward.notna() & one_way.reverse.notna()]
-    rows = []
-    for (kind, layer, head), part in circuits.groupby(["circuit", "layer", "head"], dropna=False, sort=False):
-        facts = one_way.loc[one_way.index.intersection(part.index)]
-        forward_trained = facts.forward == "train"
-        z_trained = facts.z_ab.where(forward_trained, facts.z_ba)
-        z_heldout = facts.z_ba.where(forward_trained, facts.z_ab)
-        name = kind if pd.isna(layer) else f"{kind} L{int(layer)}" + ("" if pd.isna(head) else f"H{int(head)}")
-        rows.append({"circuit": name, "n_one_way": int(len(facts)),
-                     "z_trained": float(z_trained.mean()) if len(facts) else float("nan"),
-                     "z_heldout": float(z_heldout.mean()) if len(facts) else float("nan"),
-                     "asymmetry": float((z_trained - z_heldout).mean()) if len(facts) else float("nan")})
-    return rows
+    one_way = ((circuits.forward == "train") ^ (circuits.reverse == "train")) & circuits.forward.notna() \
+        & circuits.reverse.notna()
+    forward_trained = circuits.forward == "train"
+    z_trained = circuits.z_ab.where(forward_trained, circuits.z_ba)
+    z_heldout = circuits.z_ba.where(forward_trained, circuits.z_ab)
+    return [{"circuit": name, "n_one_way": n, "z_trained": means[0], "z_heldout": means[1], "asymmetry": means[2]}
+            for name, n, means in _per_circuit_means(circuits, one_way, (z_trained, z_heldout, z_trained - z_heldout))]
 
 
 def prior_circuit_summary(circuits: pd.DataFrame) -> list[dict[str, Any]]:
     """Per circuit, for a model never trained on the facts: mean z of the forward entry (A → B) and of
     the reverse entry (B → A) over facts with both directions in play, and their difference."""
-    both = circuits[circuits.forward.notna() & circuits.reverse.notna()]
-    rows = []
-    for (kind, layer, head), part in circuits.groupby(["circuit", "layer", "head"], dropna=False, sort=False):
-        facts = both.loc[both.index.intersection(part.index)]
+    both = circuits.forward.notna() & circuits.reverse.notna()
+    return [{"circuit": name, "n_facts": n, "z_forward": means[0], "z_reverse": means[1], "asymmetry": means[2]}
+            for name, n, means in _per_circuit_means(circuits, both,
+                                                     (circuits.z_ab, circuits.z_ba, circuits.z_ab - circuits.z_ba))]
+
+
+def _per_circuit_means(circuits: pd.DataFrame, rows: pd.Series, values: Sequence[pd.Series]
+                       ) -> list[tuple[str, int, list[float]]]:
+    """Per circuit (``circuit``, ``layer``, ``head``; in order of first appearance): its name ("ov L3H5",
+    "direct"), how many of ``rows`` (a boolean mask) it holds, and the mean of each of ``values`` over those
+    rows, NaN skipped (NaN where none): pandas' ``Series.mean`` of each group's rows in table order, the same
+    sums in the same order, from one grouping of the table instead of a table selection per circuit."""
+    groups = circuits.groupby(["circuit", "layer", "head"], dropna=False, sort=False)
+    codes = groups.ngroup().to_numpy()
+    picked = np.flatnonzero(rows.to_numpy(dtype=bool))
+    picked = picked[np.argsort(codes[picked], kind="stable")]  # by circuit, table order within one
+    bounds = np.searchsorted(codes[picked], np.arange(groups.ngroups + 1))
+    columns = [value.to_numpy(dtype=float)[picked] for value in values]
+    firsts = np.unique(codes, return_index=True)[1]  # each circuit's first row, by code
+    keys = circuits[["circuit", "layer", "head"]].iloc[firsts].itertuples(index=False)
+    out = []
+    for code, (kind, layer, head) in enumerate(keys):
+        low, high = bounds[code], bounds[code + 1]
         name = kind if pd.isna(layer) else f"{kind} L{int(layer)}" + ("" if pd.isna(head) else f"H{int(head)}")
-        mean = (lambda values: float(values.mean())) if len(facts) else (lambda values: float("nan"))  # noqa: E731
-        rows.append({"circuit": name, "n_facts": int(len(facts)), "z_forward": mean(facts.z_ab),
-                     "z_reverse": mean(facts.z_ba), "asymmetry": mean(facts.z_ab - facts.z_ba)})
-    return rows
+        out.append((name, int(high - low), [_nanmean(column[low:high]) for column in columns]))
+    return out
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """pandas' ``Series.mean`` (skipping NaN; NaN for none), computed as pandas does: NaN set to 0, summed, / count."""
+    missing = np.isnan(values)
+    count = len(values) - int(missing.sum())
+    return float(np.where(missing, 0.0, values).sum() / count) if count else float("nan")
 
 
 def logit_summary(table: pd.DataFrame) -> dict[str, Any]:
