@@ -153,9 +153,9 @@ def test_pretrained_probe_on_people_facts(smollm2_hooked, smollm2_tokenizer, tmp
 
     facts = people_world(n_per_group=3, seed=1)
     probed = pretrained_probed(smollm2_hooked, smollm2_tokenizer, "people", {"backend": "hooked"})
-    summary = write_probe(probed, facts, tmp_path, n_controls=4, patch_layers=[0, 29])
+    summary = write_probe(probed, facts, tmp_path, n_controls=2, patch_layers=[0, 29])
     table, circuits = pd.read_csv(tmp_path / "logits.csv"), pd.read_csv(tmp_path / "circuits.csv")
-    assert len(table) == 18 and table["rank"].between(1, 5).all()
+    assert len(table) == 18 and table["rank"].between(1, 3).all()  # among 2 controls
     assert set(circuits.circuit) == {"direct", "ov", "qk"} and len(circuits) == 9 * (1 + 2 * 270)
     assert summary["backend"] == "hooked"
     assert summary["figures"] == ["margins.png", "circuits.png", *ATTRIBUTION_FIGURES]

@@ -17,7 +17,7 @@ def people():
 def tables(people, smollm2_tokenizer, smollm2_hooked, smollm2_bridge):
     tokenizer = TemplateTokenizer(smollm2_tokenizer, TRAIN_TEMPLATES)
     return {
-        name: answer_table(model, people, tokenizer, n_controls=4, rank_against="controls")
+        name: answer_table(model, people, tokenizer, n_controls=2, rank_against="controls")
         for name, model in (("hooked", smollm2_hooked), ("bridge", smollm2_bridge))
     }
 
@@ -32,7 +32,7 @@ def test_logit_probe_agrees_across_backends(tables):
 
 def test_untrained_fictitious_facts_are_not_known(tables):
     table = tables["hooked"]
-    assert table["rank"].between(1, 5).all()
+    assert table["rank"].between(1, 3).all() and table["rank"].max() > 1  # among 2 controls
     assert not table.correct.any()  # no fictitious description is produced verbatim
     assert abs(table.margin.mean()) < 3.0  # no systematic preference for the true (random) pairing
 

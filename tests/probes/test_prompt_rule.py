@@ -41,13 +41,14 @@ def bos_tokenizer(smollm2_tokenizer):
 
 def logprobs_of_both_commands(model, tokenizer, celebrities):
     """Each statement's log p(answer | prompt) as `probe` computes it (its ProbedModel and answer_table)
-    and as `check-asymmetry` does (asymmetry_table, prefix-cached scoring), on the first N_PAIRS pairs."""
+    and as `check-asymmetry` does (asymmetry_table, prefix-cached scoring), on the first N_PAIRS pairs.
+    One control each (the fewest both accept): only the answers' own log-probabilities are compared."""
     torch.set_num_threads(1)
     first = FactSet(celebrities.facts[:N_PAIRS], world="celebrity")
     probed = pretrained_probed(model, tokenizer, "celebrity", {})
-    probe = answer_table(model, first, probed.statements, n_controls=3, rank_against="controls")
+    probe = answer_table(model, first, probed.statements, n_controls=1, rank_against="controls")
     asked = TemplateTokenizer(tokenizer, TEMPLATE_FAMILIES[DEFAULT_TEMPLATES])
-    pairs = asymmetry_table(model, celebrities, asked, limit=N_PAIRS, n_controls=3).set_index("fact")
+    pairs = asymmetry_table(model, celebrities, asked, limit=N_PAIRS, n_controls=1).set_index("fact")
     column = {"forward": "child_to_parent_logprob", "reverse": "parent_to_child_logprob"}
     probe_lp = torch.tensor(probe.logprob.to_numpy(), dtype=torch.float64)
     check_lp = torch.tensor([pairs.loc[f, column[d]] for f, d in zip(probe.fact, probe.direction)], dtype=torch.float64)
@@ -80,7 +81,7 @@ def test_gemma3_270m_on_the_bridge_scores_as_hooked_and_refuses_circuits(gemma3_
     against the Hugging Face weights on tiny Gemmas: models/test_architectures.py)."""
     asked = TemplateTokenizer(gemma3_bridge.tokenizer, TEMPLATE_FAMILIES[DEFAULT_TEMPLATES])
     assert asked.prefix == (gemma3_bridge.tokenizer.bos_token_id,)
-    tables = [asymmetry_table(model, celebrities, asked, limit=2, n_controls=2).set_index("fact")
+    tables = [asymmetry_table(model, celebrities, asked, limit=2, n_controls=1).set_index("fact")
               for model in (gemma3_hooked, gemma3_bridge)]
     columns = ["child_to_parent_logprob", "parent_to_child_logprob"]
     hooked, bridge = (torch.tensor(t[columns].to_numpy(dtype=float)) for t in tables)
