@@ -498,6 +498,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             out = args.out / name if args.experiment == "all" else args.out
             experiment = EXPERIMENTS[name]
             with _run_folder(args, out, f"reproduce {name}"):
+                _set_threads(args.threads)
                 summary = experiment.run(out, args, not args.quiet)
             if len(chosen) > 1:
                 print(f"\n=== {name} ({out})")
@@ -590,8 +591,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "finetune-facts": _finetune_facts, "report": _report, "compare": _compare, "sweep": _sweep}
     handler = commands[args.command]
     if args.command not in FOLDER_COMMANDS:
+        if args.command != "sweep":  # a sweep runs torch only in its Ray workers: no torch import here
+            _set_threads(args.threads)
         return handler(args)
     with _run_folder(args, args.out, args.command):
+        _set_threads(args.threads)
         return handler(args)
 
 
@@ -625,7 +629,12 @@ def _add_threads_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _set_threads(threads: int | None) -> None:
-    """Set torch's intra-op and inter-op thread counts before any work runs (None: the default)."""
+    """Set torch's intra-op and inter-op thread counts before any work runs (None: the default).
+
+    Called once the inputs are checked and the output folder is held, right before the work: a
+    refusal (bad input, a folder another process writes, a read-only disk) answers without the
+    ~2 s torch import. Sweeps and ``reproduce all`` on Ray never call it (torch runs only in their
+    workers, each given ``--threads``)."""
     import torch
 
     if threads is None:
@@ -644,8 +653,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
-    if not (args.command == "sweep" or getattr(args, "seeds", None)):  # sweeps run torch only in Ray workers:
-        _set_threads(args.threads)                                      # no 2 s torch import in this process
     try:
         _check_inputs(args)
         return _dispatch(args)
