@@ -72,7 +72,7 @@ def kind(process: psutil.Process) -> str:
         line = " ".join(process.cmdline())
     except psutil.Error:
         return "gone"
-    if "default_worker.py" in line:  # before the driver's test: a worker's command line names the modules it preloads
+    if "default_worker.py" in line or line.startswith("ray::"):  # before the driver's test: a worker's command line names the modules it preloads
         return "Ray workers (the trials)"
     if "analyses.cli" in line:
         return "revlens sweep (driver)"
@@ -86,13 +86,22 @@ def kind(process: psutil.Process) -> str:
     return "other: " + (line[:60] or process.name() or "?")
 
 
+def forked(process: psutil.Process) -> bool:
+    """Whether ``process`` still shows its parent's command line: a child seen between its fork and
+    its exec, whose kind is not known yet (it is read again at the next poll)."""
+    try:
+        return process.cmdline() == process.parent().cmdline()
+    except (psutil.Error, AttributeError):
+        return True
+
+
 def tree_cpu(command: list[str], cwd: Path) -> tuple[float, dict[str, float], list[tuple[float, str]]]:
     """Run ``command`` in ``cwd``; the CPU seconds (user + system) of it and of every process it
     started, by kind (``kind ×N (a + b ...)``: N processes of that kind ran, each's CPU), and its output lines, each
     with the seconds since the start at which it was printed."""
     began = time.perf_counter()
     process = psutil.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen: dict[int, tuple[str, float]] = {}
+    seen: dict[int, tuple[str, float, bool]] = {}  # pid: kind, CPU seconds, whether the kind is known for good
     lines: list[tuple[float, str]] = []
     done = threading.Event()
 
@@ -105,10 +114,8 @@ def tree_cpu(command: list[str], cwd: Path) -> tuple[float, dict[str, float], li
             for member in family:
                 try:
                     times = member.cpu_times()
-                    label = kind(member)  # each time: a child seen before its exec shows its parent's command line
-                    if label == "gone" and member.pid in seen:
-                        label = seen[member.pid][0]
-                    seen[member.pid] = (label, times.user + times.system)
+                    label = seen[member.pid][0] if member.pid in seen and seen[member.pid][2] else kind(member)
+                    seen[member.pid] = (label, times.user + times.system, label != "gone" and not forked(member))
                 except psutil.Error:
                     pass
             time.sleep(0.2)
@@ -128,7 +135,7 @@ def tree_cpu(command: list[str], cwd: Path) -> tuple[float, dict[str, float], li
     if process.returncode != 0:
         raise RuntimeError(stderr[-2000:])
     by_kind: dict[str, list[float]] = defaultdict(list)
-    for label, cpu in seen.values():
+    for label, cpu, _ in seen.values():
         by_kind[label].append(cpu)
     return sum(map(sum, by_kind.values())), {
         f"{k} ×{len(v)}" + (f" ({' + '.join(f'{c:.1f}' for c in v)})" if len(v) > 1 else ""): sum(v)
