@@ -233,13 +233,13 @@ def local_session():
     import ray
     from ray._private.node import Node
 
-    from analyses.sweep import MEMORY_MONITOR, PRELOAD, Resources, ray_session
+    from analyses.sweep import MEMORY_MONITOR, PRELOAD, PRESTART, Resources, ray_session
 
     ray.shutdown()  # a session an earlier test left open would be reused, not started
     create, api_server = Node.__init__, Node.start_api_server
     seen: dict = {"started": [], "raylets": []}
     with pytest.MonkeyPatch.context() as monkeypatch:
-        for name in (MEMORY_MONITOR, PRELOAD, "PYTHONPATH"):
+        for name in (MEMORY_MONITOR, PRELOAD, PRESTART, "PYTHONPATH"):
             monkeypatch.delenv(name, raising=False)
         earlier = {p.pid for p in psutil.Process().children(recursive=True)}
         with ray_session(Resources(workers=1)) as runners:
@@ -258,14 +258,15 @@ def local_session():
 def test_local_ray_runs_without_its_memory_monitor_and_leaves_the_environment_alone(local_session):
     """Ray's memory monitor kills trials when the machine's memory is full of other programs' pages;
     a local session's raylet starts with it off and with the workers' environment (this checkout
-    first on the path, one thread, the toolkit preloaded), and this process's environment is as it was."""
-    from analyses.sweep import MEMORY_MONITOR, PRELOAD, WARM_MODULES
+    first on the path, one thread, the toolkit preloaded, the workers started with the raylet), and
+    this process's environment is as it was."""
+    from analyses.sweep import MEMORY_MONITOR, PRELOAD, PRESTART, WARM_MODULES
 
     raylets, environment = local_session["raylets"], local_session["environment"]
     assert len(raylets) == 1 and raylets[0].get(MEMORY_MONITOR) == "0"
     assert raylets[0].get("PYTHONPATH") == str(ROOT) and raylets[0]["OMP_NUM_THREADS"] == "1"
-    assert raylets[0].get(PRELOAD) == ",".join(WARM_MODULES)
-    assert MEMORY_MONITOR not in environment and PRELOAD not in environment and "PYTHONPATH" not in environment
+    assert raylets[0].get(PRELOAD) == ",".join(WARM_MODULES) and raylets[0].get(PRESTART) == "1"
+    assert not {MEMORY_MONITOR, PRELOAD, PRESTART, "PYTHONPATH"} & set(environment)
 
 
 def test_local_ray_starts_without_its_api_server_and_monitors(local_session):
