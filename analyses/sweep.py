@@ -369,11 +369,11 @@ def _local_ray_environment(threads: int):
     Ray's report in the terminal). And the workers preload :data:`WARM_MODULES` (:data:`PRELOAD`),
     started by the raylet (one per CPU) as soon as it is up (:data:`PRESTART`, unless the user set
     it), while ``ray.init`` is still waiting for Ray's other daemons, so the runners' imports (~7
-    CPU s each) overlap Ray's start instead of following it. The workers run at this process's CPU priority (:data:`NICENESS` 0, unless the
-    user set it), not Ray's default 15 steps lower: the trials are the sweep's work, and at nice 15
-    every other program on the machine, Ray's own daemons included, came before them (the trials
-    took a share of the cores far below two under other users' load, while the same trials run one
-    after another at the user's priority did not)."""
+    CPU s each) overlap Ray's start instead of following it. The workers run at this process's CPU
+    priority (:data:`NICENESS` 0, unless the user set it), not Ray's default 15 steps lower: the
+    trials are the sweep's work, and at nice 15 every other program on the machine, Ray's own
+    daemons included, came before them (the trials took a share of the cores far below two under
+    other users' load, while the same trials run one after another at the user's priority did not)."""
     wanted = {**_worker_env(threads), MEMORY_MONITOR: os.environ.get(MEMORY_MONITOR, "0"),
               NICENESS: os.environ.get(NICENESS, "0"), PRESTART: os.environ.get(PRESTART, "1"),
               PRELOAD: ",".join(filter(None, (os.environ.get(PRELOAD), *WARM_MODULES)))}
