@@ -121,6 +121,14 @@ SECOND_LINE_LEAVES_OUT: dict[str, str] = {
     "tests/models/test_hf_training.py::test_finetune_facts_with_lora_end_to_end": "LoRA's options and summary; its "
         "TransformerLens part, a trained Llama converted and probed, is test_finetune.py's `run` (SmolLM2, a "
         "Llama) and test_lora_changes_only_adapted_matrices_and_merges_exactly (the merged model converted)",
+    "tests/reliability/test_run_folders.py": "a run folder's lock, manifest and refusals and the CLI's error "
+                                             "boundary (one line, exit 2 or 130) are the CLI's and the OS's; their "
+                                             "TransformerLens part, 2-step tiny reversal runs and their resume from a "
+                                             "checkpoint, is test_cli.py's runs and test_training.py's "
+                                             "test_resume_from_a_mid_run_checkpoint_gives_the_same_final_numbers",
+    "tests/reliability/test_cli_fuzz.py::test_a_run_killed_at_any_point": "as test_kill_resume.py below: the "
+                                                                          "kill and the folder's refusal are the "
+                                                                          "OS's and the run folder's",
     "tests/reliability/test_kill_resume.py": "SIGKILL mid-write and atomic checkpoints are the OS's and the checkpoint "
                                              "writer's; the native bridge's exact resume (the one-layer model in "
                                              "minibatches: history and weights equal an uninterrupted run's, which "
