@@ -13,8 +13,9 @@ prompt position and every node). Its log-probabilities are checked against plain
 forcing before anything is timed.
 
 Each path is timed on the same statements in one process, rounds alternating, one torch thread
-unless ``--threads``: tokens/s = floor positions ÷ seconds (the same numerator for all, so the
-ratios are time ratios).
+unless ``--threads``, in CPU seconds of the process (user + system, ``time.process_time``: on a shared
+machine the wall time follows the load) with the wall time beside them: tokens/s = floor positions ÷
+CPU seconds (the same numerator for all, so the ratios are time ratios).
 
 Run: ``.venv/bin/python benchmarks/scoring_throughput.py [--pairs 40 --rounds 3 --threads 1]``.
 """
@@ -103,10 +104,11 @@ def teacher_forced(model, rows) -> torch.Tensor:
     return score_answers(model, collate(flat, 0), batch_size=64).logprob.view(len(rows), -1)
 
 
-def timed(function, *args) -> tuple[float, object]:
-    began = time.perf_counter()
+def timed(function, *args) -> tuple[float, float, object]:
+    """Wall seconds, CPU seconds of this process (user + system, ``time.process_time``) and the result."""
+    began, began_cpu = time.perf_counter(), time.process_time()
     result = function(*args)
-    return time.perf_counter() - began, result
+    return time.perf_counter() - began, time.process_time() - began_cpu, result
 
 
 def main() -> None:
@@ -138,17 +140,20 @@ def main() -> None:
         "cached bridge": lambda: candidate_logprobs_cached(bridge, rows).logprob,
     }
     seconds: dict[str, list[float]] = {name: [] for name in paths}
+    cpu: dict[str, list[float]] = {name: [] for name in paths}
     results = {}
     for round_ in range(args.rounds):
         for name, path in paths.items():
-            elapsed, results[name] = timed(path)
+            elapsed, used, results[name] = timed(path)
             seconds[name].append(elapsed)
-    floor = statistics.median(seconds["floor (transformers, tree mask)"])
+            cpu[name].append(used)
+            print(f"  round {round_ + 1} {name:34s} {used:7.2f} CPU s {elapsed:7.2f} s wall", flush=True)
+    floor = statistics.median(cpu["floor (transformers, tree mask)"])
     for name in paths:
-        median = statistics.median(seconds[name])
+        median = statistics.median(cpu[name])
         delta = (results[name] - results["floor (transformers, tree mask)"]).abs().max()
-        print(f"{name:34s} {median:7.2f} s  {positions / median:7.1f} tok/s  ×{median / floor:.2f} floor  "
-              f"max |Δ| vs floor {delta:.1e}")
+        print(f"{name:34s} {median:7.2f} CPU s  {positions / median:7.1f} tok/CPU s  ×{median / floor:.2f} floor  "
+              f"(wall {statistics.median(seconds[name]):7.2f} s)  max |Δ| vs floor {delta:.1e}")
 
 
 if __name__ == "__main__":
