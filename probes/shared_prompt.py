@@ -123,8 +123,9 @@ class PrefixCache:
         if not self.hooked:
             return False
         cfg = self.model.cfg
-        if (cfg.use_attn_in or cfg.use_split_qkv_input or cfg.attn_only or cfg.parallel_attn_mlp or cfg.use_hook_mlp_in
-                or cfg.original_architecture in POST_NORM_ARCHITECTURES or cfg.positional_embedding_type == "shortformer"):
+        if (cfg.use_attn_in or cfg.use_split_qkv_input or cfg.attn_only or cfg.parallel_attn_mlp
+                or cfg.use_hook_mlp_in or cfg.original_architecture in POST_NORM_ARCHITECTURES
+                or cfg.positional_embedding_type == "shortformer"):
             return False
         return not any(point._forward_hooks or point._forward_pre_hooks for point in self.model.hook_dict.values())
 
@@ -150,10 +151,10 @@ class PrefixCache:
             masks.append(mask)
         sizes = [r.shape[0] * r.shape[1] for r in residuals]
         for layer, block in enumerate(model.blocks):
-            entry, mids = cache.entries[layer], []
+            entry, mids, on = cache.entries[layer], [], model_device(block)  # the block's device, as forward moves it
             for (rows, _), residual, mask in zip(parts, residuals, masks):
                 # TransformerBlock.forward up to resid_mid, for this part alone (its keys and values)
-                resid_pre = block.hook_resid_pre(residual.to(entry.past_keys.device))
+                resid_pre = block.hook_resid_pre(residual.to(on))
                 normalized = block.ln1(resid_pre)
                 attn_out = block.attn(
                     query_input=normalized + 0.0, key_input=normalized + 0.0, value_input=normalized,
