@@ -71,9 +71,10 @@ class PrefixCache:
     without hooks (:meth:`bundles`): layer by layer, each pass's attention on its own (its own shapes,
     so the same operations as ``extend``) and the position-wise rest of the block (the MLP and its
     norms) on all their positions together, then the unembedding a :data:`~models.scoring.LOGIT_BUDGET`
-    of positions at a time. A linear layer's row does not depend on the other rows of its input, so
-    the logits are ``extend``'s (bitwise on SmolLM2 and Gemma 3 here); what it saves is a matrix
-    product's fixed cost (packing the weights, ~0.1 s per SmolLM2 pass whatever its size) per pass.
+    of positions at a time. A linear layer's row does not depend on the other rows of its input (from
+    :data:`SMALL_PRODUCT` rows on), so the logits are ``extend``'s (bitwise on SmolLM2 and Gemma 3 here);
+    what it saves is the fixed cost of each pass's matrix products (~0.1 CPU s a SmolLM2 pass whatever
+    its size).
     """
 
     def __init__(self, model: TLModel):
