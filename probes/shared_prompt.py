@@ -23,13 +23,23 @@ from tqdm.auto import tqdm
 from facts.tokens import Example
 from models.backend import (
     HOOKED_HINT,
+    POST_NORM_ARCHITECTURES,
     TLModel,
     TransformerLensKeyValueCache,
     TransformerLensKeyValueCacheEntry,
     is_hooked,
 )
 from models.memory import release_freed_memory
-from models.scoring import LOGIT_BUDGET, chosen_logprobs, hooked_readout, model_device
+from models.scoring import LOG_SOFTMAX_BLOCK, LOGIT_BUDGET, chosen_logprobs, hooked_readout, model_device
+
+SMALL_PRODUCT = 4
+"""Passes of fewer positions run alone: BLAS multiplies matrices of 1-3 rows with other kernels (MKL on
+this project's CPUs sums them in another order), so inside a bundle their rows would differ from
+``extend``'s in the last bits; from 4 rows on, a row's product does not depend on the other rows."""
+
+MLP_BLOCK = LOG_SOFTMAX_BLOCK
+"""Floats of one MLP activation (positions × d_mlp) a bundle of continuation passes may hold at once
+(:meth:`PrefixCache.extend_bundle`; 16 MiB: 2,730 positions of SmolLM2, 2,048 of Gemma 3)."""
 
 
 @dataclass
@@ -56,6 +66,15 @@ class PrefixCache:
     on the kept rows: the same operations as its forward on those positions. On a
     TransformerBridge the prompt pass asks transformers for the last position's logits only
     (``logits_to_keep=1``).
+
+    ``extend_bundle`` runs several continuation passes of one cache at once on a HookedTransformer
+    without hooks (:meth:`bundles`): layer by layer, each pass's attention on its own (its own shapes,
+    so the same operations as ``extend``) and the position-wise rest of the block (the MLP and its
+    norms) on all their positions together, then the unembedding a :data:`~models.scoring.LOGIT_BUDGET`
+    of positions at a time. A linear layer's row does not depend on the other rows of its input (from
+    :data:`SMALL_PRODUCT` rows on), so the logits are ``extend``'s (bitwise on SmolLM2 and Gemma 3 here);
+    what it saves is the fixed cost of each pass's matrix products (~0.1 CPU s a SmolLM2 pass whatever
+    its size).
     """
 
     def __init__(self, model: TLModel):
@@ -98,6 +117,61 @@ class PrefixCache:
         picked.reorder_cache(rows)
         return self.model(tokens, past_key_values=picked, use_cache=True)[positions]
 
+    def bundles(self) -> bool:
+        """Whether :meth:`extend_bundle` runs this model: a HookedTransformer without hooks whose blocks
+        are ``x + attn(ln1 x)`` then ``+ mlp(ln2 ·)`` (optionally with post-norms, as Gemma's); any other
+        block layout, or a hook that would see the bundle's shapes, runs pass by pass (``extend``)."""
+        if not self.hooked:
+            return False
+        cfg = self.model.cfg
+        if (cfg.use_attn_in or cfg.use_split_qkv_input or cfg.attn_only or cfg.parallel_attn_mlp
+                or cfg.use_hook_mlp_in or cfg.original_architecture in POST_NORM_ARCHITECTURES
+                or cfg.positional_embedding_type == "shortformer"):
+            return False
+        return not any(point._forward_hooks or point._forward_pre_hooks for point in self.model.hook_dict.values())
+
+    def extend_bundle(
+        self, cache: Any, parts: Sequence[tuple[Int[Tensor, " r"], Int[Tensor, "r pos"]]]
+    ) -> Float[Tensor, "n d_model"]:
+        """The final residual stream (before ``ln_final``) at every position of every part
+        ``(rows, tokens)``, parts in order, each row-major: ``extend``'s blocks for each part, layer by
+        layer, with the MLPs of all parts in one product. Read it out with :func:`hooked_readout`."""
+        model = self.model
+        d_model = model.cfg.d_model
+        residuals, masks = [], []
+        for rows, tokens in parts:
+            first = cache.entries[0]
+            shape_only = TransformerLensKeyValueCacheEntry(  # input_to_embed reads the cache's batch and length only
+                first.past_keys[:1].expand(len(rows), *first.past_keys.shape[1:]),
+                first.past_values[:1].expand(len(rows), *first.past_values.shape[1:]), frozen=True)
+            picked = TransformerLensKeyValueCache(entries=[shape_only], frozen=True,
+                                                  previous_attention_mask=cache.previous_attention_mask[rows])
+            residual, _, _, mask = model.input_to_embed(tokens, attention_mask=torch.ones_like(tokens),
+                                                         past_kv_cache=picked)
+            residuals.append(residual)
+            masks.append(mask)
+        sizes = [r.shape[0] * r.shape[1] for r in residuals]
+        for layer, block in enumerate(model.blocks):
+            entry, mids, on = cache.entries[layer], [], model_device(block)  # the block's device, as forward moves it
+            for (rows, _), residual, mask in zip(parts, residuals, masks):
+                # TransformerBlock.forward up to resid_mid, for this part alone (its keys and values)
+                resid_pre = block.hook_resid_pre(residual.to(on))
+                normalized = block.ln1(resid_pre)
+                attn_out = block.attn(
+                    query_input=normalized + 0.0, key_input=normalized + 0.0, value_input=normalized,
+                    past_kv_cache_entry=TransformerLensKeyValueCacheEntry(
+                        entry.past_keys[rows], entry.past_values[rows], frozen=True),
+                    attention_mask=mask)
+                if model.cfg.use_normalization_before_and_after:
+                    attn_out = block.ln1_post(attn_out)
+                mids.append(block.hook_resid_mid(resid_pre + block.hook_attn_out(attn_out)).reshape(-1, d_model))
+            # and the rest of it, position by position, on every part's positions at once
+            resid_mid = torch.cat(mids)[None]
+            del mids
+            resid_post = block.hook_resid_post(resid_mid + block.apply_mlp(block.ln2(resid_mid)))[0]
+            residuals = [part.view(r.shape) for part, r in zip(resid_post.split(sizes), residuals)]
+        return torch.cat([r.reshape(-1, d_model) for r in residuals])
+
 
 @torch.no_grad()
 def candidate_logprobs_cached(
@@ -115,8 +189,10 @@ def candidate_logprobs_cached(
     run from the prompts' cached keys and values (:data:`models.scoring.LOGIT_BUDGET` bounds a pass: up to
     ``LOGIT_BUDGET // d_vocab`` positions (at least one row) of answers of one length and ``4 · batch_size`` rows,
     each row carrying a copy of its prompt's keys and values; 2**27 made Gemma 3's passes hold 1 GiB of logits and
-    log-probabilities at once). The progress
-    bar counts answers.
+    log-probabilities at once). On a HookedTransformer without hooks, consecutive passes of one chunk run
+    together (:meth:`PrefixCache.extend_bundle`, up to :data:`MLP_BLOCK` floats of MLP activation), their
+    unembedding again :data:`~models.scoring.LOGIT_BUDGET` at a time: the same numbers, fewer matrix products.
+    The progress bar counts answers.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -176,24 +252,60 @@ def _score_chunk(
     per_pass = {width: max(1, min(positions // width, 4 * batch_size)) for width in by_width}
     passes = [group[start : start + per_pass[width]]
               for width, group in sorted(by_width.items()) for start in range(0, len(group), per_pass[width])]
-    for batch in passes:  # one width per pass: no padding
-        answers = [rows[s][j].answer for s, j in batch]
-        fed = torch.tensor([a[:-1] for a in answers])
-        targets = torch.tensor([a[1:] for a in answers])
-        valid = torch.ones(fed.shape, dtype=torch.bool)
-        statement = torch.tensor([s for s, _ in batch])
-        out = scorer.extend(cache, statement.to(device), fed.to(device), valid.to(device))
-        lp, hit = chosen_logprobs(out, targets[valid].to(device))
-        del out
-        token_lp = torch.zeros(valid.shape)
-        token_lp[valid] = lp.cpu()
-        token_hit = torch.ones(valid.shape, dtype=torch.bool)
-        token_hit[valid] = hit.cpu()
-        where = index[statement], torch.tensor([j for _, j in batch])
-        logprob[where] += token_lp.sum(1)
-        correct[where] &= token_hit.all(1)
-        bar.update(len(batch))
+    sizes = [len(batch) * (len(rows[batch[0][0]][batch[0][1]].answer) - 1) for batch in passes]
+    bundles: list[list[int]] = []  # passes that run together (one pass: PrefixCache.extend, as it always did)
+    if scorer.bundles():  # consecutive passes up to MLP_BLOCK floats of MLP activation, at least one
+        room = max(positions, MLP_BLOCK // scorer.model.cfg.d_mlp)
+        for p, size in enumerate(sizes):
+            if bundles and size >= SMALL_PRODUCT and sizes[bundles[-1][-1]] >= SMALL_PRODUCT \
+                    and sum(sizes[q] for q in bundles[-1]) + size <= room:
+                bundles[-1].append(p)
+            else:
+                bundles.append([p])
+    else:
+        bundles = [[p] for p in range(len(passes))]
+    for bundle in bundles:
+        fed = [torch.tensor([rows[s][j].answer[:-1] for s, j in passes[p]]) for p in bundle]
+        statements = [torch.tensor([s for s, _ in passes[p]]) for p in bundle]
+        targets = [torch.tensor([rows[s][j].answer[1:] for s, j in passes[p]]).view(-1) for p in bundle]
+        if len(bundle) == 1:
+            out = scorer.extend(cache, statements[0].to(device), fed[0].to(device),
+                                torch.ones(fed[0].shape, dtype=torch.bool, device=device))
+            lp, hit = chosen_logprobs(out, targets[0].to(device))
+            del out
+        else:  # every pass's final residual, then the unembedding of whole passes, `positions` rows at a time
+            residual = scorer.extend_bundle(cache, [(s.to(device), f.to(device)) for s, f in zip(statements, fed)])
+            lp = torch.empty(len(residual), device=device)
+            hit = torch.empty(len(residual), dtype=torch.bool, device=device)
+            start = 0
+            for reads in _runs([sizes[p] for p in bundle], positions):
+                end = start + sum(sizes[bundle[q]] for q in reads)
+                out = hooked_readout(scorer.model, residual[start:end])
+                lp[start:end], hit[start:end] = chosen_logprobs(out, torch.cat([targets[q] for q in reads]).to(device))
+                del out
+                start = end
+            del residual
+        for p, tokens, lp_part, hit_part in zip(bundle, fed, lp.cpu().split([f.numel() for f in fed]),
+                                                    hit.cpu().split([f.numel() for f in fed])):
+            batch = passes[p]
+            statement = torch.tensor([s for s, _ in batch])
+            where = index[statement], torch.tensor([j for _, j in batch])
+            logprob[where] += lp_part.view(tokens.shape).sum(1)
+            correct[where] &= hit_part.view(tokens.shape).all(1)
+            bar.update(len(batch))
         release_freed_memory(collect=False)  # the pass's freed tensors, before the next one allocates
+
+
+def _runs(sizes: Sequence[int], room: int) -> list[list[int]]:
+    """Consecutive indices of ``sizes`` grouped so that each group sums to at most ``room`` (a larger
+    size alone)."""
+    groups: list[list[int]] = []
+    for i, size in enumerate(sizes):
+        if groups and sum(sizes[q] for q in groups[-1]) + size <= room:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def _check_ids(candidates: Sequence[Sequence[Example]], d_vocab: int | None) -> None:
