@@ -580,13 +580,13 @@ def to_hooked(
     tokenizer path go into the config). ``hf_model`` is read, never changed; the result holds its
     own copy of the weights. ``take``: the caller hands ``hf_model`` over and uses it no more (e.g.
     a fine-tune's last conversion), so its weights become the result's without a copy (the same
-    values and layout: the same numbers; SmolLM2: 0.3 CPU-s and 0.5 GB less), and under
-    TransformerLens 4 the bridge wraps it itself instead of a deep copy."""
+    values and layout: the same numbers; SmolLM2: 0.3 CPU-s and 0.5 GB less). Under TransformerLens 4
+    the bridge still wraps a deep copy (wrapping a LoRA-merged model itself moved its log-probs by 4e-6)."""
     device, source = torch.device(device or default_device()), resolve(name_or_path)
     if TL_MAJOR < 4:
         return _to_hooked(hf_model, tokenizer, source, device, dtype, process_weights, take)
-    owned = hf_model if take else copy.deepcopy(hf_model)  # the bridge owns and edits the model it wraps
-    return _to_bridge(owned.to(device, dtype), tokenizer, source, device, dtype, process_weights, compatible=True)
+    copied = copy.deepcopy(hf_model).to(device, dtype)  # the bridge owns and edits the model it wraps
+    return _to_bridge(copied, tokenizer, source, device, dtype, process_weights, compatible=True)
 
 
 def _to_hooked(
