@@ -497,8 +497,8 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     if config.lora_rank is not None:
         hf_model = merge_lora(hf_model)
     converting = time.perf_counter()
-    model = to_hooked(hf_model.eval(), tokenizer, config.model, device=config.device)
-    del hf_model
+    model = to_hooked(hf_model.eval(), tokenizer, config.model, device=config.device, take=True)
+    del hf_model  # handed over: its weights are the converted model's
     evaluated = time.perf_counter()
     tables["after"] = evaluate_questions(model, questions, tokenizer, controls)
     choices["after"] = _ask_multiple_choice(model, questions, tokenizer, config)
@@ -551,12 +551,13 @@ def _ask_multiple_choice(model, questions: QuestionSet, tokenizer, config: Finet
 
 def _start_tracing(model, facts: FactSet | None, tokenizer, config: FinetuneConfig):
     """Causal tracing and the weight-change read (:class:`analyses.finetune_tracing.FinetuneTracing`), when
-    the source is a fact set and ``config.tracing_facts`` > 0; else None."""
+    the source is a fact set and ``config.tracing_facts`` > 0; else None. ``model`` (the "before" conversion,
+    whose weights are its own: training changes the transformers model) is handed over, not copied."""
     if facts is None or not config.tracing_facts:
         return None
     from analyses.finetune_tracing import FinetuneTracing
 
-    return FinetuneTracing(model, facts, tokenizer, config.tracing_facts, seed=config.seed)
+    return FinetuneTracing(model, facts, tokenizer, config.tracing_facts, seed=config.seed, handed_over=True)
 
 
 def _berglund_file_text(name: str, entry: dict[str, Any]) -> str:

@@ -2,9 +2,10 @@
 read at the entities.
 
 :class:`FinetuneTracing` is started on the pretrained model (it keeps a copy of the weights before
-fine-tuning and traces the first N facts of the tested group, forward = the trained direction, reverse
-= the held-out one, in the first training paraphrase) and finished on the fine-tuned model (the same
-statements traced again; :func:`probes.circuits.weight_change_table` per layer). It writes
+fine-tuning, or the model itself when the caller changes it no more, and traces the first N facts of the
+tested group, forward = the trained direction, reverse = the held-out one, in the first training
+paraphrase) and finished on the fine-tuned model (the same statements traced again;
+:func:`probes.circuits.weight_change_table` per layer). It writes
 ``tracing.csv`` (both stages, column ``stage``), ``tracing_before.png`` / ``tracing_after.png``,
 ``weight_change.csv`` and ``weight_change.png``, and returns the summary entry.
 """
@@ -37,14 +38,20 @@ class FinetuneTracing:
     """Tracing before fine-tuning at construction, after it in :meth:`finish`."""
 
     def __init__(self, model: Any, facts: FactSet, tokenizer: Any, n_facts: int = 2, n_samples: int = 2,
-                 seed: int = 0) -> None:
+                 seed: int = 0, handed_over: bool = False) -> None:
+        """``handed_over``: the caller changes none of ``model``'s weights from now on (``finetune-facts`` trains
+        the transformers model and converts it anew), so ``model`` itself is the model before fine-tuning that
+        :meth:`finish` reads; otherwise a copy of it is kept."""
         self.statements = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES)
         self.facts, self.tokenizer, self.n_samples, self.seed = facts, tokenizer, n_samples, seed
         tested = [i for i, f in enumerate(facts) if f.forward == "train" and f.reverse == "heldout"][:n_facts]
         self.chosen = [(i, d) for i in tested for d in ("forward", "reverse")]
-        from models.backend import copy_model
+        if handed_over:
+            self.before = model
+        else:
+            from models.backend import copy_model
 
-        self.before = copy_model(model).eval()  # runs on its own once `model` is released
+            self.before = copy_model(model).eval()  # runs on its own once `model` is released
         began = time.perf_counter()
         self.tables = {"before": self._trace(model)}
         self.seconds = {"before": time.perf_counter() - began}
