@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from models.backend import TransformerLensKeyValueCache, is_hooked
+from models.backend import is_hooked
 from models.scoring import hooked_readout
 
 
@@ -97,7 +97,8 @@ def _shared_stem_letters(model: Any, prompts: Sequence[Sequence[int]], stems: Se
     for length, stems_of_length in by_length.items():
         for start in range(0, len(stems_of_length), batch_size):
             chunk = stems_of_length[start : start + batch_size]
-            cache = _stem_cache(scorer, torch.tensor(chunk, device=device))
+            # no letter reads the stem's last logits: its keys and values alone
+            _, cache = scorer.prefix(torch.tensor(chunk, device=device), read_out=False)
             rests: dict[int, list[tuple[int, int]]] = defaultdict(list)  # rest length -> (stem in chunk, prompt)
             for position, stem in enumerate(chunk):
                 for row in shared[stem]:
@@ -110,19 +111,6 @@ def _shared_stem_letters(model: Any, prompts: Sequence[Sequence[int]], stems: Se
                     last[:, -1] = True
                     logits = scorer.extend(cache, torch.tensor([s for s, _ in part], device=device), tokens, last)
                     out[[row for _, row in part]] = logits.double()[:, index].softmax(-1).cpu()
-
-
-def _stem_cache(scorer: Any, stems: Int[Tensor, "s pos"]) -> Any:
-    """The keys and values of ``stems`` (one length) for :meth:`probes.shared_prompt.PrefixCache.extend`. On a
-    HookedTransformer the blocks alone run, as :meth:`~probes.shared_prompt.PrefixCache.prefix` runs them (the
-    same cache), without its unembedding of the last stem position, which no letter reads (SmolLM2: W_U's
-    113 MB read per pass); a TransformerBridge (which asks transformers for that one position) through ``prefix``."""
-    model = scorer.model
-    if not scorer.hooked:
-        return scorer.prefix(stems)[1]
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, stems.device, len(stems))
-    model(stems, attention_mask=torch.ones_like(stems), past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
-    return cache
 
 
 __all__ = ["letter_probabilities", "letter_tokens"]

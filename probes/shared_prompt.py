@@ -89,12 +89,16 @@ class PrefixCache:
                 "TransformerBridge (transformer-lens 3.9 and 4.3) does not read: cached scores would ignore the "
                 f"prompt. Install transformers<5.24, or {HOOKED_HINT}.")
 
-    def prefix(self, tokens: Int[Tensor, "s pos"]) -> tuple[Float[Tensor, "s d_vocab"], Any]:
+    def prefix(
+        self, tokens: Int[Tensor, "s pos"], read_out: bool = True
+    ) -> tuple[Float[Tensor, "s d_vocab"] | None, Any]:
+        """``read_out=False``: the cache alone (None for the logits; a HookedTransformer then skips the last
+        position's unembedding, which a TransformerBridge computes anyway)."""
         if self.hooked:
             cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, tokens.device, len(tokens))
             residual = self.model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
                                   stop_at_layer=self.model.cfg.n_layers)
-            return hooked_readout(self.model, residual[:, -1]), cache
+            return (hooked_readout(self.model, residual[:, -1]) if read_out else None), cache
         logits, cache = self.model(tokens, return_type="logits_and_cache", use_cache=True, logits_to_keep=1)
         return logits[:, -1], cache
 
