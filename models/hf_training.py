@@ -15,7 +15,8 @@ Three costs are cut without changing any number the loss or the evaluation reads
   the d_model × d_vocab product and its gradient cost O(answer tokens), not O(batch · pos);
   what the model does after the unembedding (Gemma's soft cap) is elementwise and unchanged;
 * the trainer cuts a batch after its last answer token (:func:`models.training.batch_loss`);
-* its evaluation unembeds the answer-predicting positions alone too (:meth:`CausalLM.answer_scores`).
+* its evaluation unembeds the answer-predicting positions alone too (:func:`models.scoring.score_answers`
+  reads :meth:`CausalLM.answer_logits`).
 
 LoRA (:func:`add_lora`, :func:`merge_lora`): ``W' = W + (α / r) · B A`` on the chosen linear
 layers of every decoder block, ``A ∈ R^{r×d_in}``, ``B ∈ R^{d_out×r}`` (B starts at 0, so the
@@ -32,10 +33,6 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformers import PreTrainedModel
-
-from facts.tokens import TokenizedFacts
-from models.scoring import (LOGIT_BUDGET, AnswerScores, check_token_ids, chosen_logprobs, model_device,
-                            vocab_size)
 
 
 class CausalLM(nn.Module):
@@ -62,31 +59,6 @@ class CausalLM(nn.Module):
         predicting[:, :-1] = answer_mask[:, 1:]
         with _unembed_only(self.model.get_output_embeddings(), predicting):
             return self.model(input_ids=tokens).logits[0]
-
-    @torch.no_grad()
-    def answer_scores(self, batch: TokenizedFacts, batch_size: int = 512) -> AnswerScores:
-        """:func:`models.scoring.score_answers` of this model (the trainer's evaluation), the same rows in the
-        same chunks, with the logits of the answer-predicting positions alone (:meth:`answer_logits`)
-        instead of every position's: the same numbers (transformers' unembedding reads each position
-        alone), without the d_model × d_vocab product and the logits at the prompt and padding positions
-        (SmolLM2 evaluation sets: a fifth of the pass's arithmetic)."""
-        device = model_device(self)
-        check_token_ids(self, batch)
-        positions = max(1, batch.tokens.shape[1]) * (vocab_size(self) or 1)
-        batch_size = max(1, min(batch_size, LOGIT_BUDGET // positions))
-        logprobs, correct = [], []
-        for start in range(0, len(batch), batch_size):
-            chunk = batch.take(range(start, min(start + batch_size, len(batch)))).to(device)
-            target_mask = chunk.answer_mask[:, 1:]  # what models.scoring.token_logprobs reads, in its order
-            logprob, hit = chosen_logprobs(self.answer_logits(chunk.tokens, chunk.answer_mask),
-                                           chunk.tokens[:, 1:][target_mask])
-            per_position = torch.zeros(target_mask.shape, dtype=logprob.dtype, device=device)
-            per_position[target_mask] = logprob
-            hits = torch.ones(target_mask.shape, dtype=torch.bool, device=device)
-            hits[target_mask] = hit
-            logprobs.append(per_position.sum(1).cpu())
-            correct.append(hits.all(1).cpu())
-        return AnswerScores(torch.cat(logprobs), torch.cat(correct))
 
 
 @contextlib.contextmanager

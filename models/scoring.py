@@ -79,10 +79,16 @@ def token_logprobs(
     Only the answer positions go through log-softmax, so a 49k-vocabulary model costs
     O(answer tokens · d_vocab), not O(batch · pos · d_vocab).
     """
+    return answer_token_logprobs(logits[:, :-1][answer_mask[:, 1:]], tokens, answer_mask)
+
+
+def answer_token_logprobs(
+    logits: Float[Tensor, "n_answer d_vocab"], tokens: Int[Tensor, "batch pos"], answer_mask: Bool[Tensor, "batch pos"]
+) -> tuple[Float[Tensor, "batch pos_minus_1"], Bool[Tensor, "batch pos_minus_1"]]:
+    """:func:`token_logprobs` from the logits of the answer-predicting positions alone, row-major (what
+    ``logits[:, :-1][answer_mask[:, 1:]]`` selects)."""
     target_mask = answer_mask[:, 1:]
-    targets = tokens[:, 1:]
-    chosen = targets[target_mask]
-    logprob, hit = chosen_logprobs(logits[:, :-1][target_mask], chosen)  # rows: the answer-predicting positions
+    logprob, hit = chosen_logprobs(logits, tokens[:, 1:][target_mask])
     per_position = torch.zeros(target_mask.shape, dtype=logprob.dtype, device=logits.device)
     per_position[target_mask] = logprob
     hits = torch.ones(target_mask.shape, dtype=torch.bool, device=logits.device)
@@ -135,7 +141,10 @@ class AnswerScores:
 @torch.no_grad()
 def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) -> AnswerScores:
     """Answer log-probabilities and greedy correctness of every row, in chunks of ``batch_size`` rows,
-    fewer where their logits would pass :data:`LOGIT_BUDGET` (at least one row a chunk)."""
+    fewer where their logits would pass :data:`LOGIT_BUDGET` (at least one row a chunk). A model with
+    ``answer_logits(tokens, answer_mask)`` (:class:`models.hf_training.CausalLM`, as the trainer's loss
+    reads it) gives the answer-predicting positions' logits alone: the same numbers, without the
+    unembedding of the prompt and padding positions (SmolLM2 evaluation sets: a fifth of a pass)."""
     device = model_device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
     if isinstance(model, torch.nn.Module):
         check_token_ids(model, batch)
@@ -144,7 +153,11 @@ def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) ->
     logprobs, correct = [], []
     for start in range(0, len(batch), batch_size):
         chunk = batch.take(range(start, min(start + batch_size, len(batch)))).to(device)
-        per_position, hits = token_logprobs(model(chunk.tokens), chunk.tokens, chunk.answer_mask)
+        if hasattr(model, "answer_logits"):
+            logits = model.answer_logits(chunk.tokens, chunk.answer_mask)
+            per_position, hits = answer_token_logprobs(logits, chunk.tokens, chunk.answer_mask)
+        else:
+            per_position, hits = token_logprobs(model(chunk.tokens), chunk.tokens, chunk.answer_mask)
         logprobs.append(per_position.sum(1).cpu())
         correct.append(hits.all(1).cpu())
     return AnswerScores(torch.cat(logprobs), torch.cat(correct))

@@ -141,8 +141,7 @@ def evaluate(model: torch.nn.Module, eval_sets: Mapping[str, TokenizedFacts]) ->
     out = {}
     if any(len(batch) for batch in eval_sets.values()):
         distinct, rows = _distinct_rows(eval_sets)
-        own = getattr(model, "answer_scores", None)  # models.hf_training.CausalLM: the answer positions' logits alone
-        scores = own(distinct) if own is not None else score_answers(model, distinct)
+        scores = score_answers(model, distinct)
     for name, batch in eval_sets.items():
         logprob, correct = (scores.logprob[rows[name]], scores.correct[rows[name]]) if len(batch) else (
             torch.zeros(0), torch.zeros(0, dtype=torch.bool))
