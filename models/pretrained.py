@@ -132,10 +132,15 @@ class PretrainedLoadError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model lives on disk: a Hugging Face folder, or a GGUF file (``path``)."""
+    """Where a model lives on disk: a Hugging Face folder, or a GGUF file (``path``, made absolute with
+    every symlink followed, so that the per-process caches keyed on it see one file under one name however
+    it was reached: a package in a virtual environment that is itself a link, a linked model folder)."""
 
     path: Path
     name: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path).resolve())
 
     @property
     def is_gguf(self) -> bool:

@@ -18,7 +18,7 @@ from facts.celebrity import load_celebrity_pairs
 from facts.language import TemplateTokenizer, bos_prefix, people_world
 from facts.schema import FactSet
 from models.backend import TL_MAJOR
-from models.pretrained import declared_bos, resolve
+from models.pretrained import ModelSource, declared_bos, resolve
 from probes.circuits import check_circuits_readable
 from probes.logits import answer_table
 
@@ -53,6 +53,17 @@ def logprobs_of_both_commands(model, tokenizer, celebrities):
     probe_lp = torch.tensor(probe.logprob.to_numpy(), dtype=torch.float64)
     check_lp = torch.tensor([pairs.loc[f, column[d]] for f, d in zip(probe.fact, probe.direction)], dtype=torch.float64)
     return probed, probe_lp, check_lp
+
+
+def test_a_model_reached_through_a_symlink_is_one_model_under_one_path(tmp_path):
+    """A packaged GGUF found through a linked folder (a virtual environment that is itself a symlink) is
+    the file it links to, so the caches keyed on its path agree (the BOS its metadata declares was
+    recorded under the file's own path and looked up under the link's: a KeyError)."""
+    real = resolve("smollm2-135m").path
+    (tmp_path / "linked").symlink_to(real.parent, target_is_directory=True)
+    source = ModelSource(tmp_path / "linked" / real.name, "SmolLM2-135M-Instruct")
+    assert source.path == real and source.is_gguf
+    assert declared_bos(source).add is False
 
 
 def test_smollm2_gets_no_bos_and_one_logprob_per_fact(smollm2_hooked, smollm2_tokenizer, celebrities):
