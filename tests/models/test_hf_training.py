@@ -26,7 +26,7 @@ from tiny_models import save_tiny, tiny_config
 from facts.tokens import Example, collate
 from models.hf_training import CausalLM, add_lora, lora_target_names, merge_lora
 from models.pretrained import check_equivalence, freeze_except_last_blocks, load_hf, load_tokenizer, to_hooked
-from models.scoring import answer_loss
+from models.scoring import answer_loss, score_answers
 from models.training import TrainConfig, batch_loss, train
 
 PROMPTS = ["Ann Lee, known for", "The first person to walk on the moon was", "a b c d e f g"]
@@ -74,6 +74,10 @@ def test_answer_only_unembedding_equals_full_logits(name, tiny_hf, batch):
         assert abs(batch_loss(model, batch.tokens, batch.answer_mask) - reference) < 1e-5
         cut = batch_loss(lambda tokens: model(tokens), batch.tokens, batch.answer_mask)  # trimmed, full logits
         assert abs(cut - reference) < 1e-5
+        # the trainer's evaluation reads answer_logits too: the scores of the full logits
+        scored, from_full = score_answers(model, batch), score_answers(lambda tokens: model(tokens), batch)
+        assert (scored.logprob - from_full.logprob).abs().max() < 1e-5 and scored.logprob.lt(0).all()
+        assert torch.equal(scored.correct, from_full.correct)
     gradient = {}
     for how, loss in (("full", lambda: answer_loss(model(batch.tokens), batch.tokens, batch.answer_mask)),
                       ("answer-only", lambda: batch_loss(model, batch.tokens, batch.answer_mask))):
