@@ -257,17 +257,10 @@ def _score_chunk(
     passes = [group[start : start + per_pass[width]]
               for width, group in sorted(by_width.items()) for start in range(0, len(group), per_pass[width])]
     sizes = [len(batch) * (len(rows[batch[0][0]][batch[0][1]].answer) - 1) for batch in passes]
-    bundles: list[list[int]] = []  # passes that run together (one pass: PrefixCache.extend, as it always did)
-    if scorer.bundles():  # consecutive passes up to MLP_BLOCK floats of MLP activation, at least one
-        room = max(positions, MLP_BLOCK // scorer.model.cfg.d_mlp)
-        for p, size in enumerate(sizes):
-            if bundles and size >= SMALL_PRODUCT and sizes[bundles[-1][-1]] >= SMALL_PRODUCT \
-                    and sum(sizes[q] for q in bundles[-1]) + size <= room:
-                bundles[-1].append(p)
-            else:
-                bundles.append([p])
-    else:
-        bundles = [[p] for p in range(len(passes))]
+    # passes that run together (one pass: PrefixCache.extend, as it always did): consecutive passes of at least
+    # SMALL_PRODUCT positions, up to MLP_BLOCK floats of MLP activation
+    bundles = (_runs(sizes, max(positions, MLP_BLOCK // scorer.model.cfg.d_mlp), alone=SMALL_PRODUCT)
+               if scorer.bundles() else [[p] for p in range(len(passes))])
     for bundle in bundles:
         fed = [torch.tensor([rows[s][j].answer[:-1] for s, j in passes[p]]) for p in bundle]
         statements = [torch.tensor([s for s, _ in passes[p]]) for p in bundle]
@@ -300,12 +293,13 @@ def _score_chunk(
         release_freed_memory(collect=False)  # the pass's freed tensors, before the next one allocates
 
 
-def _runs(sizes: Sequence[int], room: int) -> list[list[int]]:
+def _runs(sizes: Sequence[int], room: int, alone: int = 0) -> list[list[int]]:
     """Consecutive indices of ``sizes`` grouped so that each group sums to at most ``room`` (a larger
-    size alone)."""
+    size alone); a size below ``alone`` is always a group of its own."""
     groups: list[list[int]] = []
     for i, size in enumerate(sizes):
-        if groups and sum(sizes[q] for q in groups[-1]) + size <= room:
+        if (groups and size >= alone and sizes[groups[-1][-1]] >= alone
+                and sum(sizes[q] for q in groups[-1]) + size <= room):
             groups[-1].append(i)
         else:
             groups.append([i])
