@@ -6,6 +6,13 @@ import contextlib
 import ctypes
 import gc
 
+import torch
+
+COLLECT_ABOVE_BYTES = 1 << 26
+"""A model whose parameters take less than this (64 MiB) is read and converted without a full garbage
+collection: what its read can leave in reference cycles is as small, and in a process holding many
+Python objects (a test session, a notebook) the collection costs 0.1-0.5 CPU s per load."""
+
 
 def release_freed_memory(collect: bool = True) -> None:
     """Hand the C heap's free pages back to the operating system (glibc's ``malloc_trim(0)``; nothing
@@ -22,3 +29,10 @@ def release_freed_memory(collect: bool = True) -> None:
         gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         ctypes.CDLL(None).malloc_trim(0)
+
+
+def release_after_loading(model: torch.nn.Module) -> None:
+    """:func:`release_freed_memory` after a model is read or converted, collecting garbage only for a
+    model of at least :data:`COLLECT_ABOVE_BYTES` of parameters (the trim alone is cheap)."""
+    size = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    release_freed_memory(collect=size >= COLLECT_ABOVE_BYTES)

@@ -95,7 +95,7 @@ from transformers import (
 
 from facts.language import bos_prefix
 from models.gguf_weights import lean_gguf_weights, plain_array_reader
-from models.memory import release_freed_memory
+from models.memory import release_after_loading
 from models.backend import (
     OFFICIAL_MODEL_NAMES,
     TL_MAJOR,
@@ -550,7 +550,7 @@ def load(
         hf_model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=False)
     else:
         hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
-    release_freed_memory()  # what reading the file freed, before the conversion allocates
+    release_after_loading(hf_model)  # what reading the file freed, before the conversion allocates
     if gives_hooked_transformer(backend):
         prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
         cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype)
@@ -559,7 +559,7 @@ def load(
     else:
         compatible = backend == "hooked"  # TransformerLens 4 has no HookedTransformer: its bridge in compatibility mode
         model = _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights, compatible)
-    release_freed_memory()
+    release_after_loading(model)
     return model
 
 

@@ -214,3 +214,23 @@ def test_bad_arguments(smollm2_tl, smollm2):
         load(backend="keras")
     with pytest.raises(ValueError, match="at least one prompt"):
         check_equivalence(model, hf_model, [], tokenizer)
+
+
+@pytest.mark.parametrize("features, collects", [(4096, True), (4095, False)])
+def test_a_load_collects_garbage_only_for_a_model_of_64_mib_or_more(features, collects):
+    """After reading or converting a model, the C heap is trimmed every time, but a full garbage collection
+    (0.1-0.5 CPU s in a process holding many objects) runs only for 2**26 bytes of parameters or more."""
+    import gc
+
+    from models.memory import COLLECT_ABOVE_BYTES, release_after_loading
+
+    model = torch.nn.Linear(features, 4096, bias=False, device="meta")  # 4 B × 4096 × features, nothing allocated
+    assert (model.weight.numel() * 4 >= COLLECT_ABOVE_BYTES) == collects
+    full = []
+    watch = lambda phase, info: full.append(info["generation"]) if phase == "start" else None  # noqa: E731
+    gc.callbacks.append(watch)
+    try:
+        release_after_loading(model)
+    finally:
+        gc.callbacks.remove(watch)
+    assert (2 in full) == collects
