@@ -327,18 +327,23 @@ def test_gemma3_without_its_packages_names_the_pip_command(monkeypatch):
 
 
 def test_a_gguf_load_parses_the_file_once(monkeypatch, tmp_path):
-    """config, weights and tokenizer all come from one gguf.GGUFReader (transformers alone opens three)."""
+    """config, weights and tokenizer all come from one gguf.GGUFReader (transformers alone opens three), and
+    its metadata becomes a config once (transformers alone does it for the tokenizer and again for the model)."""
     import shutil
 
     import gguf
+    from transformers import modeling_gguf_pytorch_utils
 
     copy = tmp_path / "SmolLM2-copy.gguf"  # a path no earlier load has cached
     shutil.copyfile(resolve("smollm2-135m").path, copy)
-    opened = []
-    init = gguf.GGUFReader.__init__
+    opened, configs = [], []
+    init, checkpoint = gguf.GGUFReader.__init__, modeling_gguf_pytorch_utils.load_gguf_checkpoint
     monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: opened.append(a) or init(self, *a, **k))
+    monkeypatch.setattr(modeling_gguf_pytorch_utils, "load_gguf_checkpoint",
+                        lambda *a, **k: configs.append(a) or checkpoint(*a, **k))
     model = load(copy, backend="bridge", device="cpu")
     assert len(opened) == 1 and model.cfg.n_ctx == 8192  # SmolLM2's llama.context_length
+    assert len(configs) == 1 and model.cfg.d_vocab == 49152
 
 
 def test_gguf_weights_are_the_ones_transformers_reads(smollm2_hf):
