@@ -19,7 +19,11 @@ unless ``--threads``, in CPU seconds of the process (user + system, ``time.proce
 machine the wall time follows the load) with the wall time beside them: tokens/s = floor positions ÷
 CPU seconds (the same numerator for all, so the ratios are time ratios).
 
-Run: ``.venv/bin/python benchmarks/scoring_throughput.py [--pairs 40 --rounds 3 --threads 1]``.
+``--bfloat16`` adds the hooked path with bfloat16 weights and activations, timed the same way, and its
+largest log-probability difference from float32 (the goal allows 1e-2), after this CPU's matrix product
+speed in both dtypes (the unembedding's shape).
+
+Run: ``.venv/bin/python benchmarks/scoring_throughput.py [--pairs 40 --rounds 3 --threads 1 --bfloat16]``.
 """
 
 from __future__ import annotations
@@ -113,12 +117,23 @@ def timed(function, *args) -> tuple[float, float, object]:
     return time.perf_counter() - began, time.process_time() - began_cpu, result
 
 
+def product_gflops(inner: int, outer: int, dtype: torch.dtype, rows: int = 64, repeats: int = 3) -> float:
+    """GFLOP/s of this CPU's ``[rows × inner] @ [inner × outer]`` in ``dtype`` (CPU seconds)."""
+    a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, outer, dtype=dtype)
+    a @ b
+    began = time.process_time()
+    for _ in range(repeats):
+        a @ b
+    return 2 * rows * inner * outer * repeats / (time.process_time() - began) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--bfloat16", action="store_true", help="also the hooked path in bfloat16 (time and max |Δ|)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from probes.shared_prompt import candidate_logprobs_cached
@@ -143,6 +158,12 @@ def main() -> None:
         "cached hooked": lambda: candidate_logprobs_cached(hooked, rows).logprob,
         "cached bridge": lambda: candidate_logprobs_cached(bridge, rows).logprob,
     }
+    if args.bfloat16:
+        print(f"matrix products {hooked.cfg.d_model} × {hooked.cfg.d_vocab}: "
+              + ", ".join(f"{dtype} {product_gflops(hooked.cfg.d_model, hooked.cfg.d_vocab, dtype):.1f} GFLOP/s"
+                          for dtype in (torch.float32, torch.bfloat16)))
+        hooked_bf16 = load(args.model, backend="hooked", device="cpu", dtype=torch.bfloat16)
+        paths["cached hooked, bfloat16"] = lambda: candidate_logprobs_cached(hooked_bf16, rows).logprob.float()
     seconds: dict[str, list[float]] = {name: [] for name in paths}
     cpu: dict[str, list[float]] = {name: [] for name in paths}
     results = {}
