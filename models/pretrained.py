@@ -474,9 +474,10 @@ def _one_gguf_parse(path: Path) -> Iterator[None]:
             opened["reader"] = plain_array_reader(original)(file)
         return opened["reader"]
 
-    def config_parsed_once(file: str | os.PathLike[str], return_tensors: bool = False, **kwargs: object) -> dict:
-        if Path(file).resolve() != path or return_tensors or kwargs:
-            return original_checkpoint(file, return_tensors, **kwargs)
+    def config_parsed_once(file: str | os.PathLike[str], return_tensors: bool = False, *args: object,
+                           **kwargs: object) -> dict:
+        if Path(file).resolve() != path or return_tensors or args or kwargs:
+            return original_checkpoint(file, return_tensors, *args, **kwargs)
         if "config" not in opened:
             opened["config"] = original_checkpoint(file, return_tensors)["config"]
         return {"config": copy.deepcopy(opened["config"])}
