@@ -59,8 +59,8 @@ test-tl39: $(STAMP) chromium
 # out, with --second-line, what cannot tell the lines apart: tests that build no TransformerLens model
 # (fact readers and worlds, argument parsing and refusals, the bilinear model, Ray's scheduling,
 # Chromium and the report's registry) and tests whose TransformerLens part another test of the run
-# makes the same way (two of the three SmolLM2 fine-tunes, the kill -9 resumes and run-folder tests,
-# the notebooks).
+# makes the same way (the SmolLM2 fine-tunes and `probe` on SmolLM2, whose part the tiny models'
+# end-to-end commands make, the kill -9 resumes and run-folder tests, the notebooks).
 # The list and the reason for each entry:
 # tests/conftest.py SECOND_LINE_LEAVES_OUT; an entry that matches no test is an error.
 test-tl4: $(STAMP_TL4) chromium

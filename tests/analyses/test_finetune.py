@@ -36,15 +36,15 @@ scored question two controls, at half the CPU time of four people asked with fou
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, smollm2_hf):
+def finetune_run(tmp_path_factory, smollm2_hf):
     """(smollm2_hf: the session's SmolLM2, so the CLI's load deep-copies it instead of reading the GGUF.)"""
     out = tmp_path_factory.mktemp("finetune")
     assert main(["finetune-facts", "--out", str(out), *SHORT]) == 0
     return out, json.loads((out / "summary.json").read_text())
 
 
-def test_short_finetune_raises_the_trained_facts_logprob(run):
-    out, summary = run
+def test_short_finetune_raises_the_trained_facts_logprob(finetune_run):
+    out, summary = finetune_run
     assert summary["steps"] == 3 and summary["train_sentences"] == 6  # 3 people × 2 paraphrases, one batch
     trained = summary["groups"]["p2d"]["forward_trained_paraphrase"]
     before, after = trained["before"], trained["after"]
@@ -56,8 +56,8 @@ def test_short_finetune_raises_the_trained_facts_logprob(run):
     assert after["logprob"] == pytest.approx(forward[-1], abs=1e-3)
 
 
-def test_finetune_writes_probe_format_tables_and_figure(run):
-    out, summary = run
+def test_finetune_writes_probe_format_tables_and_figure(finetune_run):
+    out, summary = finetune_run
     for prefix in ("", "before_"):
         logits, restated = pd.read_csv(out / f"{prefix}logits.csv"), pd.read_csv(out / f"{prefix}in_context.csv")
         assert sorted(logits.columns) == sorted(restated.columns) and "setting" not in logits.columns
@@ -85,10 +85,10 @@ def test_finetune_writes_probe_format_tables_and_figure(run):
     assert "in context reverse" in text and "95% CI" in text and "OV circuits Y (mean z over 270 heads" in text
 
 
-def test_finetune_asks_forward_and_reverse_as_multiple_choice_before_and_after(run):
+def test_finetune_asks_forward_and_reverse_as_multiple_choice_before_and_after(finetune_run):
     """``--multiple-choice 2``: K = 2 options (the right answer and one other of its pool); 9 held-out forward
     paraphrases and 9 reverse questions, each in its 2 orders, before and after."""
-    out, summary = run
+    out, summary = finetune_run
     for prefix, stage in (("", "after"), ("before_", "before")):
         table = pd.read_csv(out / f"{prefix}multiple_choice.csv")
         assert len(table) == (9 + 9) * 2 and set(table.setting) == {"forward_heldout_paraphrase", "reverse"}
@@ -281,7 +281,7 @@ def test_cli_reports_a_missing_model_path_without_a_traceback(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def bidirectional_run(tmp_path_factory, smollm2_hf):
-    """Two people per group, one control (no multiple choice: its table is checked on ``run``; here the
+    """Two people per group, one control (no multiple choice: its table is checked on ``finetune_run``; here the
     mitigation's rows are): 46 → 26 CPU s against three people and two controls."""
     out = tmp_path_factory.mktemp("finetune-bidirectional")
     args = ["--people", "2", "--templates", "1", "--epochs", "1", "--controls", "1", "--quiet", "--tracing-facts", "0",
@@ -290,10 +290,10 @@ def bidirectional_run(tmp_path_factory, smollm2_hf):
     return out
 
 
-def test_finetuned_runs_join_the_mitigations_table_as_their_token_world_variant(run, bidirectional_run):
+def test_finetuned_runs_join_the_mitigations_table_as_their_token_world_variant(finetune_run, bidirectional_run):
     from analyses.mitigations import finetuned_rows
 
-    out, summary = run
+    out, summary = finetune_run
     baseline = finetuned_rows(out)
     assert [(r["variant"], r["test"]) for r in baseline] == [
         ("baseline", "held-out reverse"), ("baseline", "held-out reverse, fact in prompt")]
@@ -319,8 +319,8 @@ def test_finetuned_runs_join_the_mitigations_table_as_their_token_world_variant(
         "smollm2-135m (fine-tuned)", "smollm2-135m (fine-tuned, bidirectional)"]
 
 
-def test_mitigations_refuse_a_folder_that_is_not_a_finetune_run(tmp_path, run, capsys):
-    out, _ = run
+def test_mitigations_refuse_a_folder_that_is_not_a_finetune_run(tmp_path, finetune_run, capsys):
+    out, _ = finetune_run
     probe_like = tmp_path / "probe"
     probe_like.mkdir()
     for name in ("logits.csv", "circuits.csv"):
@@ -332,11 +332,11 @@ def test_mitigations_refuse_a_folder_that_is_not_a_finetune_run(tmp_path, run, c
 
 
 def test_reproduce_mitigations_tables_and_draws_the_fine_tuned_rows_beside_the_token_world(
-        tmp_path, run, bidirectional_run):
+        tmp_path, finetune_run, bidirectional_run):
     from analyses.mitigations import MitigationConfig, format_mitigations, reproduce_mitigations
     from analyses.reproduce import ReversalConfig
 
-    out, _ = run
+    out, _ = finetune_run
     config = MitigationConfig(models=("one-layer",), run=ReversalConfig(n_pairs=40, steps=5, eval_every=5))
     summary = reproduce_mitigations(tmp_path / "m", config, progress=False, finetuned=[out, bidirectional_run])
     table = pd.read_csv(tmp_path / "m" / "mitigations.csv")
@@ -352,7 +352,7 @@ def test_reproduce_mitigations_tables_and_draws_the_fine_tuned_rows_beside_the_t
 @pytest.fixture(scope="module")
 def berglund_run(tmp_path_factory, smollm2_hf):
     """A Berglund-layout folder (3 people in p2d and in both, 3 training paraphrases each), trained
-    on the first 2 of them, one epoch of the last block only (no multiple choice: checked on ``run``)."""
+    on the first 2 of them, one epoch of the last block only (no multiple choice: checked on ``finetune_run``)."""
     folder = write_experiment_folder(tmp_path_factory.mktemp("berglund") / "data", people=3, groups=("p2d", "both"))
     out = tmp_path_factory.mktemp("finetune-berglund")
     assert main(["finetune-facts", "--facts", str(folder), "--out", str(out), "--train-paraphrases", "2",
