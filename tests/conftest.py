@@ -184,8 +184,9 @@ SECOND_LINE_LEAVES_OUT_FIXTURES: dict[str, str] = {
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--second-line", action="store_true",
-                     help="leave out the tests that build no TransformerLens model and the duplicate SmolLM2 "
-                          "fine-tunes (tests/conftest.py SECOND_LINE_LEAVES_OUT): the run under TransformerLens 4.x")
+                     help="leave out the tests that build no TransformerLens model and those whose TransformerLens "
+                          "part another test runs the same way (tests/conftest.py SECOND_LINE_LEAVES_OUT): the run "
+                          "under TransformerLens 4.x")
 
 
 def _leave_out_for_the_second_line(config: pytest.Config, items: list[pytest.Item]) -> None:
