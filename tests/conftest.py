@@ -139,8 +139,10 @@ SECOND_LINE_LEAVES_OUT: dict[str, str] = {
     "tests/analyses/test_probe_cli.py::test_pretrained_probe_on_": "`probe` on SmolLM2 (people and celebrity "
         "facts): the pipeline whole on a pretrained model is test_probe_sources.py's (a tiny Llama folder, SmolLM2's "
         "architecture and tokenizer); on SmolLM2 itself, its logits are test_pretrained_probes.py's, its attributions "
-        "test_attribution_architectures.py's, its tracing test_tracing.py's; what is left (multi-token names aligned "
-        "at their end, prior-knowledge labels, the summary) reads tables, the same under either line",
+        "test_attribution_architectures.py's, its tracing test_tracing.py's; prompts of different lengths aligned at "
+        "their end are test_probe_sources.py's patching (multi-token names, a tiny Llama) and "
+        "test_attribution_patching.py's identity (7 against 5 tokens); what is left (prior-knowledge labels, the "
+        "summary) reads tables, the same under either line",
     "tests/reliability/test_run_folders.py": "a run folder's lock, manifest and refusals and the CLI's error "
                                              "boundary (one line, exit 2 or 130) are the CLI's and the OS's; their "
                                              "TransformerLens part, 2-step tiny reversal runs and their resume from a "
