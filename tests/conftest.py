@@ -36,7 +36,7 @@ FIXTURE_GROUPS = (("tests/analyses/test_finetune.py", "smollm2-finetune", ("fine
 MODULE_GROUPS = {"tests/models/test_architectures.py": "tiny-architectures",
                  "tests/probes/test_attribution_architectures.py": "tiny-architectures"}
 """Modules whose other tests (not in a model's group) share one group: both use every tiny architecture
-(``tiny_models``, built on first use in each worker, ~4 CPU s apiece in a test process), so they are
+(``tiny_models``, built on first use in each worker, 2–4 CPU s apiece in a test process), so they are
 built in one worker, not both."""
 
 HEAVIEST_FIRST = ("tests/analyses/test_sweep.py", "smollm2-finetune", "cli-processes", "gemma3",
