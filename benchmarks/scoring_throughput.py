@@ -110,6 +110,19 @@ def teacher_forced(model, rows) -> torch.Tensor:
     return score_answers(model, collate(flat, 0), batch_size=64).logprob.view(len(rows), -1)
 
 
+def prefix_cached(bridge, rows) -> torch.Tensor:
+    """The bridge's scores the way they were computed before the trie (prompt passes, then continuations from
+    the cached keys and values), for the side-by-side ratio."""
+    from probes import shared_prompt
+
+    by_tree = shared_prompt.scores_by_tree
+    shared_prompt.scores_by_tree = lambda model: False
+    try:
+        return shared_prompt.candidate_logprobs_cached(bridge, rows).logprob
+    finally:
+        shared_prompt.scores_by_tree = by_tree
+
+
 def timed(function, *args) -> tuple[float, float, object]:
     """Wall seconds, CPU seconds of this process (user + system, ``time.process_time``) and the result."""
     began, began_cpu = time.perf_counter(), time.process_time()
@@ -156,7 +169,8 @@ def main() -> None:
     paths = {
         "floor (transformers, tree mask)": lambda: floor_pass(hf, rows),
         "cached hooked": lambda: candidate_logprobs_cached(hooked, rows).logprob,
-        "cached bridge": lambda: candidate_logprobs_cached(bridge, rows).logprob,
+        "bridge (by trie, the default)": lambda: candidate_logprobs_cached(bridge, rows).logprob,
+        "bridge, prefix cache (before)": lambda: prefix_cached(bridge, rows),
     }
     if args.bfloat16:
         print(f"matrix products {hooked.cfg.d_model} × {hooked.cfg.d_vocab}: "

@@ -1,11 +1,20 @@
-"""Score many answers after one shared prompt with a prefix (key/value) cache.
+"""Score many answers after one shared prompt: each prompt once, each answer's continuation once.
 
 For statement i with prompt c_i and candidate answers a_i1..a_ik (the truth and its controls),
-``log p(a_ij | c_i) = Σ_t log p(a_ij[t] | c_i, a_ij[<t])``. The prompt runs once and its keys
-and values are reused by all k answers, so an answer of m tokens costs m − 1 more positions
-instead of len(c_i) + m; the numbers equal teacher forcing every (prompt, answer) sequence with
-:func:`models.scoring.score_answers` (|Δ| ≲ 1e-4 in float32). Works on HookedTransformer and
-TransformerBridge.
+``log p(a_ij | c_i) = Σ_t log p(a_ij[t] | c_i, a_ij[<t])``. The prompt runs once and all k answers
+reuse it, so an answer of m tokens costs m − 1 more positions instead of len(c_i) + m; the numbers
+equal teacher forcing every (prompt, answer) sequence with :func:`models.scoring.score_answers`
+(|Δ| ≲ 1e-4 in float32). Two ways, one per backend:
+
+- a HookedTransformer runs the prompts, then continuations from their cached keys and values
+  (:class:`PrefixCache`);
+- a TransformerBridge without hooks runs each statement as one sequence, its prompt then the trie of
+  its answers' prefixes (:func:`answer_trie`: answers sharing a first token share that position),
+  with explicit position ids and a 4D mask in which a trie node sees the prompt and its own
+  ancestors only (:func:`_score_chunk_tree`): exactly the positions that must be computed, in one pass
+  of transformers' layers (the floor of ``benchmarks/scoring_throughput.py``). A bridge with hooks, or
+  whose architecture's readout or attention this is not checked on (:func:`scores_by_tree`), uses
+  the cached passes too.
 """
 
 from __future__ import annotations
@@ -40,6 +49,14 @@ this project's CPUs sums them in another order), so inside a bundle their rows w
 MLP_BLOCK = LOG_SOFTMAX_BLOCK
 """Floats of one MLP activation (positions × d_mlp) a bundle of continuation passes may hold at once
 (:meth:`PrefixCache.extend_bundle`; 16 MiB: 2,730 positions of SmolLM2, 2,048 of Gemma 3)."""
+
+
+TREE_ARCHITECTURES = frozenset({"gpt2", "gpt_neox", "qwen2", "llama", "mistral", "gemma", "gemma2", "gemma3_text",
+                                "olmo2"})
+"""transformers ``model_type``s whose bridge scores by trie (:func:`scores_by_tree`): their causal-LM head is
+``lm_head`` then the config's ``final_logit_softcapping`` (none elsewhere), and their attention reads a 4D
+mask and position ids as given (checked against teacher forcing on a tiny model of each and on SmolLM2 and
+Gemma 3 270M: tests/probes/test_shared_prompt.py)."""
 
 
 @dataclass
@@ -80,14 +97,8 @@ class PrefixCache:
     def __init__(self, model: TLModel):
         self.model = model
         self.hooked = is_hooked(model)
-        import transformers  # the current module object (the TransformerLens 4.3 venv replaced it after import)
-
-        if not self.hooked and Version(transformers.__version__) >= Version("5.24"):
-            # the pin in pyproject.toml, checked where a forced upgrade would give silently wrong numbers
-            raise RuntimeError(
-                f"transformers {transformers.__version__} passes attention its key/value cache as `cache=`, which "
-                "TransformerBridge (transformer-lens 3.9 and 4.3) does not read: cached scores would ignore the "
-                f"prompt. Install transformers<5.24, or {HOOKED_HINT}.")
+        if not self.hooked:
+            _check_bridge_transformers()
 
     def prefix(
         self, tokens: Int[Tensor, "s pos"], read_out: bool = True
@@ -132,7 +143,7 @@ class PrefixCache:
                 or cfg.use_hook_mlp_in or cfg.original_architecture in POST_NORM_ARCHITECTURES
                 or cfg.positional_embedding_type == "shortformer"):
             return False
-        return not any(point._forward_hooks or point._forward_pre_hooks for point in self.model.hook_dict.values())
+        return not _hooked_points(self.model)
 
     def extend_bundle(
         self, cache: Any, parts: Sequence[tuple[Int[Tensor, " r"], Int[Tensor, "r pos"]]]
@@ -177,6 +188,105 @@ class PrefixCache:
         return torch.cat([r.reshape(-1, d_model) for r in residuals])
 
 
+def _check_bridge_transformers() -> None:
+    """Refuse a bridge under the transformers this project pins below (pyproject.toml), where a forced
+    upgrade would give silently wrong numbers."""
+    import transformers  # the current module object (the TransformerLens 4.3 venv replaced it after import)
+
+    if Version(transformers.__version__) >= Version("5.24"):
+        raise RuntimeError(
+            f"transformers {transformers.__version__} passes attention its key/value cache as `cache=`, which "
+            "TransformerBridge (transformer-lens 3.9 and 4.3) does not read: cached scores would ignore the "
+            f"prompt. Install transformers<5.24, or {HOOKED_HINT}.")
+
+
+def scores_by_tree(model: TLModel) -> bool:
+    """Whether :func:`candidate_logprobs_cached` runs ``model`` by trie (:func:`_score_chunk_tree`): a
+    TransformerBridge over a transformers model of :data:`TREE_ARCHITECTURES` with no hook on any of its
+    hook points (a hook would see the trie's layout, not the statements'; the bridge's own capture hooks on
+    transformers' modules feed those points). Statements that reach a sliding window run cached instead
+    (:func:`_tree_fits`)."""
+    if is_hooked(model):
+        return False
+    hf = getattr(model, "original_model", None)
+    if getattr(getattr(hf, "config", None), "model_type", None) not in TREE_ARCHITECTURES:
+        return False
+    return not _hooked_points(model)
+
+
+def _hooked_points(model: TLModel) -> bool:
+    """Whether a hook is attached to any of the model's hook points."""
+    return any(point._forward_hooks or point._forward_pre_hooks for point in model.hook_dict.values())
+
+
+def _tree_fits(hf_config: Any, width: int) -> bool:
+    """A trie layout of ``width`` positions (position ids below ``width``) stays inside the model's sliding
+    window, where a given 4D mask and transformers' own windowed one agree."""
+    window = getattr(hf_config, "sliding_window", None)
+    return not window or width <= window
+
+
+@dataclass
+class AnswerTrie:
+    """One statement laid out for a single pass: ``tokens`` (the prompt, then one position per distinct
+    answer prefix ``a[:d]``, 1 ≤ d < len(a), parents first, holding ``a[d − 1]``), their ``positions``
+    (a node of depth d sits at len(prompt) − 1 + d, where teacher forcing puts that token), each node's
+    ``parent`` (-1: the prompt), and ``reads[j]``: the rows of the readout (0: the last prompt position;
+    1 + n: node n) whose next-token distributions score ``answers[j]``'s tokens, one row a token."""
+
+    tokens: list[int]
+    positions: list[int]
+    parent: list[int]
+    answers: list[tuple[int, ...]]
+    reads: list[list[int]]
+
+    @property
+    def prompt_length(self) -> int:
+        return len(self.tokens) - len(self.parent)
+
+
+def answer_trie(row: Sequence[Example]) -> AnswerTrie:
+    """:class:`AnswerTrie` of a statement's candidates (one shared prompt)."""
+    prompt = list(row[0].prompt)
+    node: dict[tuple[int, ...], int] = {}
+    parent: list[int] = []
+    answers = [tuple(example.answer) for example in row]
+    reads = []
+    for example in row:
+        answer = tuple(example.answer)
+        for d in range(1, len(answer)):
+            if answer[:d] not in node:
+                node[answer[:d]] = len(parent)
+                parent.append(node[answer[: d - 1]] if d > 1 else -1)
+        reads.append([0] + [1 + node[answer[:d]] for d in range(1, len(answer))])
+    tokens = prompt + [prefix[-1] for prefix in node]
+    positions = list(range(len(prompt))) + [len(prompt) - 1 + len(prefix) for prefix in node]
+    return AnswerTrie(tokens, positions, parent, answers, reads)
+
+
+def _tree_batch(
+    tries: Sequence[AnswerTrie], dtype: torch.dtype
+) -> tuple[Int[Tensor, "b width"], Int[Tensor, "b width"], Float[Tensor, "b 1 width width"]]:
+    """Token ids, position ids and the additive 4D attention mask of statements right-padded to one width:
+    a prompt position sees the prompt up to itself, a node the prompt and its ancestors and itself, a
+    padding position itself only (no empty softmax row; nothing reads it)."""
+    width = max(len(t.tokens) for t in tries)
+    ids = torch.zeros(len(tries), width, dtype=torch.long)
+    positions = torch.zeros(len(tries), width, dtype=torch.long)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(len(tries), 1, 1)
+    for b, trie in enumerate(tries):
+        length, n = trie.prompt_length, len(trie.parent)
+        ids[b, : len(trie.tokens)] = torch.tensor(trie.tokens)
+        positions[b, : len(trie.tokens)] = torch.tensor(trie.positions)
+        allowed[b, :length, :length] = torch.ones(length, length, dtype=torch.bool).tril()
+        allowed[b, length : length + n, :length] = True
+        for node, up in enumerate(trie.parent):  # a node sees what its parent sees (parents come first)
+            if up >= 0:
+                allowed[b, length + node] |= allowed[b, length + up]
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return ids, positions, mask[:, None]
+
+
 @torch.no_grad()
 def candidate_logprobs_cached(
     model: TLModel,
@@ -196,7 +306,9 @@ def candidate_logprobs_cached(
     log-probabilities at once). On a HookedTransformer without hooks, consecutive passes of one chunk run
     together (:meth:`PrefixCache.extend_bundle`, up to :data:`MLP_BLOCK` floats of MLP activation), their
     unembedding again :data:`~models.scoring.LOGIT_BUDGET` at a time: the same numbers, fewer matrix products.
-    The progress bar counts answers.
+    A TransformerBridge runs by trie instead where :func:`scores_by_tree` says so (statements of one
+    prompt length sorted by width, passes of up to :data:`MLP_BLOCK` floats of MLP activation). The
+    progress bar counts answers.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -214,6 +326,7 @@ def candidate_logprobs_cached(
         return CandidateScores(logprob, correct)
     device = model_device(model)
     scorer = PrefixCache(model)
+    tree = scores_by_tree(model)
     by_length: dict[int, list[int]] = {}
     for i, row in enumerate(candidates):
         by_length.setdefault(len(row[0].prompt), []).append(i)
@@ -222,8 +335,12 @@ def candidate_logprobs_cached(
         members = by_length[length]
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            _score_chunk(scorer, [candidates[i] for i in chunk], torch.tensor(chunk), logprob, correct,
-                         batch_size, device, bar)
+            tries = [answer_trie(candidates[i]) for i in chunk] if tree else []
+            if tree and _tree_fits(model.original_model.config, max(len(t.tokens) for t in tries)):
+                _score_chunk_tree(model, tries, torch.tensor(chunk), logprob, correct, device, bar)
+            else:
+                _score_chunk(scorer, [candidates[i] for i in chunk], torch.tensor(chunk), logprob, correct,
+                             batch_size, device, bar)
     bar.close()
     return CandidateScores(logprob, correct)
 
@@ -291,6 +408,70 @@ def _score_chunk(
             correct[where] &= hit_part.view(tokens.shape).all(1)
             bar.update(len(batch))
         release_freed_memory(collect=False)  # the pass's freed tensors, before the next one allocates
+
+
+def _score_chunk_tree(
+    model: TLModel,
+    tries: Sequence[AnswerTrie],
+    index: Int[Tensor, " s"],
+    logprob: Float[Tensor, "n k"],
+    correct: Bool[Tensor, "n k"],
+    device: torch.device,
+    bar: tqdm,
+) -> None:
+    """Score one chunk of statements by trie, in place: passes of statements (narrowest first) through the
+    bridge's transformers body (its layers are the bridge's own modules), then ``lm_head`` (and the
+    soft-cap where the config has one: what the causal LM's forward does) on the readout rows alone,
+    :data:`~models.scoring.LOGIT_BUDGET` of them at a time, each row's log-softmax read at every token an
+    answer continues with there."""
+    hf = model.original_model
+    head, cap = hf.get_output_embeddings(), getattr(hf.config, "final_logit_softcapping", None)
+    dtype = next(hf.parameters()).dtype
+    d_mlp = getattr(model.cfg, "d_mlp", None) or 4 * model.cfg.d_model
+    order = sorted(range(len(tries)), key=lambda s: len(tries[s].tokens))
+    room = max(1, MLP_BLOCK // d_mlp)  # positions a pass may hold, padding included
+    passes: list[list[int]] = []
+    for s in order:  # widths ascending: the pass's width is its last statement's
+        if passes and (len(passes[-1]) + 1) * len(tries[s].tokens) <= room:
+            passes[-1].append(s)
+        else:
+            passes.append([s])
+    positions = max(1, LOGIT_BUDGET // model.cfg.d_vocab)
+    for group in passes:
+        ids, position_ids, mask = _tree_batch([tries[s] for s in group], dtype)
+        hidden = hf.base_model(input_ids=ids.to(device), position_ids=position_ids.to(device),
+                               attention_mask=mask.to(device), use_cache=False).last_hidden_state
+        rows = torch.cat([hidden[b, tries[s].prompt_length - 1 : len(tries[s].tokens)] for b, s in enumerate(group)])
+        del hidden
+        # the tokens read at each readout row, and where each answer's tokens sit among them
+        wanted: list[dict[int, int]] = [{} for _ in range(len(rows))]
+        where: list[tuple[int, int, list[tuple[int, int]]]] = []
+        offset = 0
+        for s in group:
+            trie = tries[s]
+            for j, (answer, read) in enumerate(zip(trie.answers, trie.reads)):
+                cells = [(offset + r, wanted[offset + r].setdefault(t, len(wanted[offset + r])))
+                         for r, t in zip(read, answer)]
+                where.append((s, j, cells))
+            offset += 1 + len(trie.parent)
+        width = max(len(w) for w in wanted)
+        targets = torch.tensor([list(w) + [next(iter(w))] * (width - len(w)) for w in wanted], device=device)
+        lp = torch.empty(targets.shape, device=device)
+        hit = torch.empty(targets.shape, dtype=torch.bool, device=device)
+        for start in range(0, len(rows), positions):
+            logits = head(rows[start : start + positions])
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            lp[start : start + positions], hit[start : start + positions] = chosen_logprobs(
+                logits, targets[start : start + positions])
+            del logits
+        lp, hit = lp.cpu(), hit.cpu()
+        for s, j, cells in where:
+            at = tuple(torch.tensor(axis) for axis in zip(*cells))
+            logprob[index[s], j] = lp[at].sum()
+            correct[index[s], j] = bool(hit[at].all())
+        bar.update(sum(len(tries[s].reads) for s in group))
+        release_freed_memory(collect=False)
 
 
 def _runs(sizes: Sequence[int], room: int, alone: int = 0) -> list[list[int]]:

@@ -1,12 +1,16 @@
-"""The fast scorer (:func:`probes.shared_prompt.candidate_logprobs_cached`: each prompt once, its keys
-and values reused by every answer, the unembedding only where a next token is scored) gives the
-numbers of the straightforward one (:func:`models.scoring.score_answers`: teacher forcing every
-prompt ++ answer through the model's own forward), on SmolLM2 (Llama, no BOS) and on a tiny random
-Gemma 2 (BOS before every prompt, logit soft-cap, a 4-token sliding window the prompts pass), on
-both backends; and on a HookedTransformer, continuation passes run together (``extend_bundle``) give
-the numbers of the same passes run one by one (``extend``; bitwise on this project's CPUs)."""
+"""The fast scorer (:func:`probes.shared_prompt.candidate_logprobs_cached`: each prompt once, each
+answer's continuation once, the unembedding only where a next token is scored) gives the numbers of
+the straightforward one (:func:`models.scoring.score_answers`: teacher forcing every prompt ++ answer
+through the model's own forward), on SmolLM2 (Llama, no BOS) and on a tiny random Gemma 2 (BOS before
+every prompt, logit soft-cap, a 4-token sliding window the prompts pass), on both backends; a bridge
+scores by trie (one pass a statement, a 4D mask) on every tiny architecture, and by its prefix cache
+where a hook or a sliding window rules the trie out; and on a HookedTransformer, continuation passes
+run together (``extend_bundle``) give the numbers of the same passes run one by one (``extend``;
+bitwise on this project's CPUs)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -15,9 +19,20 @@ from analyses.asymmetry import draw_controls
 from facts.celebrity import QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer
 from facts.tokens import collate
+from facts.tokens import Example
+from tiny_models import ARCHITECTURES
 from models.backend import is_hooked
 from models.scoring import hooked_readout, score_answers
-from probes.shared_prompt import SMALL_PRODUCT, PrefixCache, candidate_logprobs_cached
+from probes.shared_prompt import (
+    SMALL_PRODUCT,
+    TREE_ARCHITECTURES,
+    PrefixCache,
+    _tree_batch,
+    _tree_fits,
+    answer_trie,
+    candidate_logprobs_cached,
+    scores_by_tree,
+)
 
 STATEMENTS = [(0, "forward"), (0, "reverse"), (2, "forward"), (5, "forward"), (3, "reverse")]
 
@@ -31,7 +46,11 @@ def candidate_rows(tokenizer, prefix=None, n_controls=6):
             for (i, d), wrong in zip(STATEMENTS, drawn)]
 
 
-def assert_fast_equals_teacher_forcing(model, rows):
+def assert_fast_equals_teacher_forcing(model, rows, by_tree=None):
+    """``by_tree``: whether the bridge's statements run by trie (None: not asked, a HookedTransformer)."""
+    if by_tree is not None:
+        widest = max(len(answer_trie(row).tokens) for row in rows)
+        assert (scores_by_tree(model) and _tree_fits(model.original_model.config, widest)) == by_tree
     fast = candidate_logprobs_cached(model, rows, batch_size=3)  # several prompt and continuation passes
     reference = score_answers(model, collate([e for row in rows for e in row], 0))
     delta = (fast.logprob.flatten() - reference.logprob).abs().max().item()
@@ -44,7 +63,7 @@ def assert_fast_equals_teacher_forcing(model, rows):
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
 def test_fast_scoring_equals_teacher_forcing_on_smollm2(backend, request, smollm2_tokenizer):
     model = request.getfixturevalue(f"smollm2_{backend}")
-    assert_fast_equals_teacher_forcing(model, candidate_rows(smollm2_tokenizer))
+    assert_fast_equals_teacher_forcing(model, candidate_rows(smollm2_tokenizer), by_tree=not is_hooked(model) or None)
 
 
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
@@ -54,7 +73,67 @@ def test_fast_scoring_equals_teacher_forcing_on_a_gemma2_with_bos(backend, tiny_
     assert model.cfg.output_logits_soft_cap > 0  # the soft-cap is part of what the readout must repeat
     rows = candidate_rows(tiny.tokenizer, prefix=(tiny.tokenizer.bos_token_id,))
     assert all(row[0].prompt[0] == tiny.tokenizer.bos_token_id for row in rows)
-    assert_fast_equals_teacher_forcing(model, rows)
+    # the prompts pass the 4-token window, which a trie's 4D mask would not slide: the bridge runs cached
+    assert_fast_equals_teacher_forcing(model, rows, by_tree=False if not is_hooked(model) else None)
+
+
+def test_an_answer_trie_shares_prefixes_and_sees_only_its_ancestors():
+    """Answers (5, 6, 7), (5, 6, 8), (5, 9) and (4,) after the prompt (1, 2, 3): nodes (5), (5, 6) and none
+    for (4,) (a one-token answer is read at the prompt's last position); a node sits where teacher
+    forcing puts its token and attends to the prompt, its ancestors and itself, never to a sibling."""
+    row = [Example(prompt=(1, 2, 3), answer=a, fact=0, direction="forward", split="heldout")
+           for a in ((5, 6, 7), (5, 6, 8), (5, 9), (4,))]
+    trie = answer_trie(row)
+    assert trie.tokens == [1, 2, 3, 5, 6] and trie.positions == [0, 1, 2, 3, 4] and trie.parent == [-1, 0]
+    assert trie.reads == [[0, 1, 2], [0, 1, 2], [0, 1], [0]]
+    deeper = answer_trie([row[2], Example(prompt=(1, 2, 3), answer=(7, 8), fact=0, direction="forward",
+                                          split="heldout")])
+    assert deeper.tokens == [1, 2, 3, 5, 7] and deeper.positions == [0, 1, 2, 3, 3]  # siblings: one position
+    ids, positions, mask = _tree_batch([trie, deeper, answer_trie(row[3:])], torch.float32)
+    assert ids.tolist()[2] == [1, 2, 3, 0, 0] and positions.shape == (3, 5)
+    sees = mask[:, 0] == 0
+    assert sees[0].tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    assert sees[1, 4].tolist() == [1, 1, 1, 0, 1]  # (7) sees the prompt, not its sibling (5)
+    assert sees[2, 3].tolist() == [0, 0, 0, 1, 0]  # padding sees itself only
+    assert (mask[~(mask == 0)] == torch.finfo(torch.float32).min).all()
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_a_bridge_scores_by_trie_as_teacher_forcing_on_every_architecture(architecture, tiny_models, tmp_path):
+    """Every architecture whose bridge scores by trie, on prompts of two lengths whose answers share
+    prefixes (the truth, controls, and the truth continued by " Jr" and " Sr."): the same log-probabilities
+    and greedy hits as teacher forcing. Gemma 2 and 3 with an 8,192-token window here (the shared tiny
+    ones slide 4 tokens, where the trie is not used)."""
+    from tiny_models import save_tiny, tiny_config
+
+    from models.pretrained import load
+
+    tiny = tiny_models[architecture]
+    model = tiny.backends["bridge"]
+    if architecture.startswith("gemma"):
+        config = tiny_config(architecture)
+        config.sliding_window = 8192
+        model = load(save_tiny(tmp_path / architecture, config, tiny.tokenizer), backend="bridge", device="cpu")
+    assert model.original_model.config.model_type in TREE_ARCHITECTURES
+    prefix = (tiny.tokenizer.bos_token_id,) if architecture.startswith("gemma") else None
+    suffixes = [tiny.tokenizer.encode(word, add_special_tokens=False) for word in (" Jr", " Sr.")]
+    rows = [row + [dataclasses.replace(row[0], answer=row[0].answer + tuple(s)) for s in suffixes]
+            for row in candidate_rows(tiny.tokenizer, prefix=prefix)]  # the truth, then the truth and more
+    tries = [answer_trie(row) for row in rows]
+    assert all(len(t.parent) < sum(len(a) - 1 for a in t.answers) for t in tries)  # prefixes shared
+    assert_fast_equals_teacher_forcing(model, rows, by_tree=True)
+
+
+def test_a_bridge_with_a_hook_scores_from_its_prefix_cache(smollm2_bridge, smollm2_tokenizer):
+    """A hook would see the trie's layout, not the statements': the bridge then runs its cached passes, and
+    the hook sees them."""
+    rows = candidate_rows(smollm2_tokenizer)
+    seen = []
+    with smollm2_bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: seen.append(x.shape[1]))]):
+        assert not scores_by_tree(smollm2_bridge)
+        assert_fast_equals_teacher_forcing(smollm2_bridge, rows, by_tree=False)
+    assert set(seen) & {len(row[0].prompt) for row in rows}  # prompt passes, as cached scoring runs them
+    assert scores_by_tree(smollm2_bridge)  # and by trie again once the hook is gone
 
 
 def hooked_models(request):
