@@ -246,7 +246,7 @@ def check_asymmetry(
     out: str | os.PathLike[str] | None = None,
     *,
     limit: int | None = None,
-    backend: Backend = "hooked",
+    backend: Backend = "bridge",
     batch_size: int = 128,
     n_controls: int = DEFAULT_CONTROLS,
     templates: str = DEFAULT_TEMPLATES,
@@ -257,7 +257,9 @@ def check_asymmetry(
     """Ask a pretrained model every celebrity pair both ways; write the results into ``out``.
 
     ``model_name_or_path``: anything :func:`models.pretrained.load` takes (loaded on ``backend``
-    and ``device``), or a model already loaded (e.g. just fine-tuned; its own tokenizer is used
+    and ``device``; the bridge by default, which scores by trie, :func:`probes.shared_prompt.scores_by_tree`:
+    ~1.3-1.5× faster than the hooked model's prefix cache and lighter to load, the same log-probabilities
+    within 1e-4), or a model already loaded (e.g. just fine-tuned; its own tokenizer is used
     and ``backend``/``device`` are ignored). ``data``: the parent/child CSV (default:
     :func:`facts.celebrity.celebrity_csv_path`). ``limit``: only the first N pairs (controls still
     come from all pairs). ``n_controls``: K wrong answers per question. ``templates``:

@@ -125,7 +125,7 @@ REVERSAL = ("--steps", "6", "--pairs", "40", "--eval-every", "2", "--quiet")
 @functools.cache
 def offline_session(base: Path) -> GuardedRun:
     """Process A (HF_*_OFFLINE set, sockets blocked): the main commands; SmolLM2 is loaded as a
-    transformers model, a HookedTransformer (by check-asymmetry) and a TransformerBridge. The GGUF
+    transformers model, a TransformerBridge (by check-asymmetry) and a HookedTransformer. The GGUF
     file is read once, under the guard, by the first load (``load_hf``, which keeps the model it read):
     the later two convert a copy (three reads cost 7 CPU s more: 38.6 → 31.7 CPU s for the offline test).
 
@@ -139,8 +139,8 @@ def offline_session(base: Path) -> GuardedRun:
         from models.pretrained import load, load_hf
         hf_model, _ = load_hf("smollm2-135m")
         revlens("check-asymmetry", "--limit", "5", "--controls", "3", "--out", OUT / "asymmetry", "--quiet")
-        bridge = load("smollm2-135m", backend="bridge")
-        print("loaded", type(bridge).__name__, type(hf_model).__name__)
+        hooked = load("smollm2-135m", backend="hooked")
+        print("loaded", type(hooked).__name__, type(hf_model).__name__)
     ''', offline_env=True)
 
 

@@ -3,7 +3,7 @@
 One fresh process (:func:`cli_processes.offline_session`) with HF_HUB_OFFLINE=1,
 TRANSFORMERS_OFFLINE=1 and every internet socket refused in-process runs `revlens reproduce
 reversal`, `revlens probe` on its checkpoint, `revlens check-asymmetry --limit 5` on SmolLM2
-(HookedTransformer), and loads SmolLM2 as a TransformerBridge and as a plain transformers model.
+(a TransformerBridge), and loads SmolLM2 as a HookedTransformer and as a plain transformers model.
 A second process without
 the HF_*_OFFLINE variables (:func:`cli_processes.second_session`) runs the token-world commands:
 the code itself, not only the variables, keeps them off the network.
@@ -35,7 +35,8 @@ def test_main_commands_work_with_the_network_blocked_and_attempt_no_connection(o
     assert json.loads((out / "probe/summary.json").read_text())["step"] == 6
     asymmetry = json.loads((out / "asymmetry/summary.json").read_text())
     assert "SmolLM2" in json.dumps(asymmetry) and (out / "asymmetry/pairs.csv").read_text().count("\n") > 5
-    assert asymmetry["backend"] == ("hooked" if HookedTransformer else "bridge") and "loaded TransformerBridge LlamaForCausalLM" in offline.stdout
+    hooked = "HookedTransformer" if HookedTransformer else "TransformerBridge"  # TL 4: "hooked" loads a bridge
+    assert asymmetry["backend"] == "bridge" and f"loaded {hooked} LlamaForCausalLM" in offline.stdout
 
 
 def test_token_world_commands_need_no_offline_variables(tmp_path_factory):
