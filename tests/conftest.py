@@ -30,7 +30,7 @@ and converted once per run, not once per worker. (SmolLM2's tests are spread: se
 # minutes of fine-tuning no longer sit on one worker; the fine-tune fixtures of test_finetune.py are
 # groups of their own (a module-scoped fixture must stay on one worker, or it trains twice).
 FIXTURE_GROUPS = (("tests/analyses/test_finetune.py", "smollm2-finetune", ("finetune_run", "bidirectional_run")),
-                  ("tests/analyses/test_finetune.py", "smollm2-berglund", ("berglund_run",)))
+                  ("tests/analyses/test_finetune.py", "finetune-berglund", ("berglund_run",)))
 """(module, group, fixtures): that module's tests using any of these fixtures form the group."""
 
 MODULE_GROUPS = {"tests/models/test_architectures.py": "tiny-architectures",
@@ -40,7 +40,7 @@ MODULE_GROUPS = {"tests/models/test_architectures.py": "tiny-architectures",
 built in one worker, not both."""
 
 HEAVIEST_FIRST = ("tests/analyses/test_sweep.py", "smollm2-finetune", "cli-processes", "gemma3",
-                  "tests/analyses/test_notebooks.py", "tests/analyses/test_probe_cli.py", "smollm2-berglund",
+                  "tests/analyses/test_notebooks.py", "tests/analyses/test_probe_cli.py",
                   "tiny-architectures", "tests/analyses/test_asymmetry.py",
                   "tests/reliability/test_cli_fuzz.py", "tests/analyses/test_multiple_choice.py",
                   "tests/models/test_hf_training.py", "tests/probes/test_pretrained_probes.py",
@@ -179,7 +179,6 @@ SECOND_LINE_LEAVES_OUT_FIXTURES: dict[str, str] = {
                     "(the conversion before and after, the questions, multiple choice, circuits) is the tiny "
                     "models' end-to-end commands above, on SmolLM2's architecture (Llama) and on Gemma 3",
     "bidirectional_run": "the bidirectional mitigation: `finetune_run`'s code path with twice the sentences",
-    "berglund_run": "a Berglund folder read (tests/facts, test_probe_sources) into `finetune_run`'s code path",
 }
 """Tests using these fixtures are left out by ``--second-line`` too (fixture → why)."""
 
