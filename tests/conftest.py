@@ -34,18 +34,20 @@ FIXTURE_GROUPS = (("tests/analyses/test_finetune.py", "smollm2-finetune", ("fine
 """(module, group, fixtures): that module's tests using any of these fixtures form the group."""
 
 MODULE_GROUPS = {"tests/models/test_architectures.py": "tiny-architectures",
-                 "tests/probes/test_attribution_architectures.py": "tiny-architectures"}
-"""Modules whose other tests (not in a model's group) share one group: both use every tiny architecture
+                 "tests/probes/test_attribution_architectures.py": "tiny-architectures",
+                 "tests/probes/test_shared_prompt.py": "tiny-architectures"}
+"""Modules whose other tests (not in a model's group) share one group: each uses every tiny architecture
 (``tiny_models``, built on first use in each worker, 2–4 CPU s apiece in a test process), so they are
 built in one worker, not both."""
 
-HEAVIEST_FIRST = ("tests/analyses/test_sweep.py", "smollm2-finetune", "cli-processes", "gemma3",
-                  "tests/analyses/test_notebooks.py", "tests/analyses/test_probe_cli.py",
-                  "tiny-architectures", "tests/analyses/test_asymmetry.py",
+HEAVIEST_FIRST = ("tests/analyses/test_sweep.py", "tiny-architectures", "smollm2-finetune", "cli-processes",
+                  "gemma3", "tests/analyses/test_notebooks.py", "tests/analyses/test_probe_cli.py",
+                  "tests/analyses/test_asymmetry.py",
                   "tests/reliability/test_cli_fuzz.py", "tests/analyses/test_multiple_choice.py",
                   "tests/models/test_hf_training.py", "tests/probes/test_pretrained_probes.py",
                   "tests/reliability/test_run_folders.py", "tests/analyses/test_cli.py")
-"""The groups holding the slowest items of 2026-12-01's quiet ``--durations=40`` run (each ≥ ~15 s in all),
+"""The groups holding the slowest items of 2026-12-01's quiet ``--durations=40`` run (each ≥ ~15 s in all;
+"tiny-architectures" moved up on 2026-12-02, when test_shared_prompt joined it: ~120 CPU s under 3.9),
 roughly longest first, sent to the workers before the rest (longest processing time first: a long group
 started last would run alone at the end, while short ones fill the tail); with ``--dist loadgroup`` the
 other groups follow in collection order (not by their number of tests: :func:`pytest_configure` turns

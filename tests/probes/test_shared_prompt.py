@@ -127,7 +127,7 @@ def test_a_bridge_scores_by_trie_as_teacher_forcing_on_every_architecture(archit
 def test_a_bridge_with_a_hook_scores_from_its_prefix_cache(smollm2_bridge, smollm2_tokenizer):
     """A hook would see the trie's layout, not the statements': the bridge then runs its cached passes, and
     the hook sees them."""
-    rows = candidate_rows(smollm2_tokenizer)
+    rows = candidate_rows(smollm2_tokenizer, n_controls=2)
     seen = []
     with smollm2_bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: seen.append(x.shape[1]))]):
         assert not scores_by_tree(smollm2_bridge)
