@@ -88,10 +88,10 @@ def test_gemma3_270m_gets_its_bos_and_one_logprob_per_fact(gemma3_hooked, celebr
 
 def test_gemma3_270m_on_the_bridge_scores_as_hooked_and_refuses_circuits(gemma3_hooked, gemma3_bridge, celebrities):
     """check-asymmetry's scoring on the bridge (by trie: one pass a statement) gives the hooked model's
-    log-probs (under TransformerLens 4.x both are bridges, the "hooked" one in compatibility mode); under TransformerLens 3.9
-    `probe --backend bridge` is refused before any probe runs (its circuits would read Gemma's norm weights w
-    where it scales by 1 + w); 4.x's bridge says its norms store w and its circuits read 1 + w (checked
-    against the Hugging Face weights on tiny Gemmas: models/test_architectures.py)."""
+    log-probs (under TransformerLens 4.x both are bridges, the "hooked" one in compatibility mode); under
+    TransformerLens 3.9 `probe --backend bridge` is refused before any probe runs (its circuits would read
+    Gemma's norm weights w where it scales by 1 + w); 4.x's bridge says its norms store w and its circuits
+    read 1 + w (checked against the Hugging Face weights on tiny Gemmas: models/test_architectures.py)."""
     asked = TemplateTokenizer(gemma3_bridge.tokenizer, TEMPLATE_FAMILIES[DEFAULT_TEMPLATES])
     assert asked.prefix == (gemma3_bridge.tokenizer.bos_token_id,)
     assert scores_by_tree(gemma3_bridge) and gemma3_bridge.original_model.config.sliding_window == 512

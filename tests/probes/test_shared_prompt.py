@@ -14,14 +14,14 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_models import ARCHITECTURES, save_tiny, tiny_config
 
 from analyses.asymmetry import draw_controls
 from facts.celebrity import QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer
-from facts.tokens import collate
-from facts.tokens import Example
-from tiny_models import ARCHITECTURES
+from facts.tokens import Example, collate
 from models.backend import is_hooked
+from models.pretrained import load
 from models.scoring import hooked_readout, score_answers
 from probes.shared_prompt import (
     SMALL_PRODUCT,
@@ -104,10 +104,6 @@ def test_a_bridge_scores_by_trie_as_teacher_forcing_on_every_architecture(archit
     prefixes (the truth, controls, and the truth continued by " Jr" and " Sr."): the same log-probabilities
     and greedy hits as teacher forcing. Gemma 2 and 3 with an 8,192-token window here (the shared tiny
     ones slide 4 tokens, where the trie is not used)."""
-    from tiny_models import save_tiny, tiny_config
-
-    from models.pretrained import load
-
     tiny = tiny_models[architecture]
     model = tiny.backends["bridge"]
     if architecture.startswith("gemma"):
