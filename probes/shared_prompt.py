@@ -8,13 +8,14 @@ equal teacher forcing every (prompt, answer) sequence with :func:`models.scoring
 
 - a HookedTransformer runs the prompts, then continuations from their cached keys and values
   (:class:`PrefixCache`);
-- a TransformerBridge without hooks runs each statement as one sequence, its prompt then the trie of
-  its answers' prefixes (:func:`answer_trie`: answers sharing a first token share that position),
-  with explicit position ids and a 4D mask in which a trie node sees the prompt and its own
-  ancestors only (:func:`_score_chunk_tree`): exactly the positions that must be computed, in one pass
-  of transformers' layers (the floor of ``benchmarks/scoring_throughput.py``). A bridge with hooks, or
-  whose architecture's readout or attention this is not checked on (:func:`scores_by_tree`), uses
-  the cached passes too.
+- a TransformerBridge without hooks, or a transformers causal LM itself, runs each statement as one
+  sequence, its prompt then the trie of its answers' prefixes (:func:`answer_trie`: answers sharing a
+  first token share that position), with explicit position ids and a 4D mask in which a trie node sees
+  the prompt and its own ancestors only (:func:`_score_chunk_tree`): exactly the positions that must be
+  computed, in one pass of transformers' layers (the floor of ``benchmarks/scoring_throughput.py``). A
+  bridge with hooks, or whose architecture's readout or attention this is not checked on
+  (:func:`scores_by_tree`), uses the cached passes too; a transformers model the trie cannot run is
+  refused.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from jaxtyping import Bool, Float, Int
 from packaging.version import Version
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 from facts.tokens import Example
 from models.backend import (
@@ -200,18 +202,25 @@ def _check_bridge_transformers() -> None:
             f"prompt. Install transformers<5.24, or {HOOKED_HINT}.")
 
 
-def scores_by_tree(model: TLModel) -> bool:
+def scores_by_tree(model: TLModel | PreTrainedModel) -> bool:
     """Whether :func:`candidate_logprobs_cached` runs ``model`` by trie (:func:`_score_chunk_tree`): a
-    TransformerBridge over a transformers model of :data:`TREE_ARCHITECTURES` with no hook on any of its
-    hook points (a hook would see the trie's layout, not the statements'; the bridge's own capture hooks on
-    transformers' modules feed those points). Statements that reach a sliding window run cached instead
+    transformers model of :data:`TREE_ARCHITECTURES` (``finetune-facts`` asks its trained model so), or a
+    TransformerBridge over one with no hook on any of its hook points (a hook would see the trie's layout,
+    not the statements'; the bridge's own capture hooks on transformers' modules feed those points).
+    Statements that reach a sliding window run cached, or on a transformers model teacher-forced, instead
     (:func:`_tree_fits`)."""
-    if is_hooked(model):
-        return False
-    hf = getattr(model, "original_model", None)
+    hf = _transformers_model(model)
     if getattr(getattr(hf, "config", None), "model_type", None) not in TREE_ARCHITECTURES:
         return False
-    return not _hooked_points(model)
+    return hf is model or not _hooked_points(model)
+
+
+def _transformers_model(model: TLModel | PreTrainedModel) -> PreTrainedModel | None:
+    """``model`` if it is a transformers model, the one a TransformerBridge wraps, else None."""
+    if isinstance(model, PreTrainedModel):
+        return model
+    wrapped = None if is_hooked(model) else getattr(model, "original_model", None)
+    return wrapped if isinstance(wrapped, PreTrainedModel) else None
 
 
 def _hooked_points(model: TLModel) -> bool:
@@ -289,7 +298,7 @@ def _tree_batch(
 
 @torch.no_grad()
 def candidate_logprobs_cached(
-    model: TLModel,
+    model: TLModel | PreTrainedModel,
     candidates: Sequence[Sequence[Example]],
     batch_size: int = 128,
     progress: bool = False,
@@ -307,8 +316,10 @@ def candidate_logprobs_cached(
     together (:meth:`PrefixCache.extend_bundle`, up to :data:`MLP_BLOCK` floats of MLP activation), their
     unembedding again :data:`~models.scoring.LOGIT_BUDGET` at a time: the same numbers, fewer matrix products.
     A TransformerBridge runs by trie instead where :func:`scores_by_tree` says so (statements of one
-    prompt length sorted by width, passes of up to :data:`MLP_BLOCK` floats of MLP activation). The
-    progress bar counts answers.
+    prompt length sorted by width, passes of up to :data:`MLP_BLOCK` floats of MLP activation); so does a
+    transformers causal LM, whose statements wider than its sliding window are teacher-forced
+    (:func:`models.scoring.score_answers`), and one the trie cannot run at all is refused. The progress bar
+    counts answers.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -319,14 +330,18 @@ def candidate_logprobs_cached(
         if any(e.prompt != row[0].prompt for e in row):
             raise ValueError(f"fact {row[0].fact} ({row[0].direction}): its answers do not share one prompt")
     n, k = len(candidates), (widths.pop() if widths else 0)
-    _check_ids(candidates, getattr(model.cfg, "d_vocab", None))
+    tree, hf = scores_by_tree(model), _transformers_model(model)
+    if hf is model and not tree:
+        raise ValueError(f"a {type(model).__name__} ({hf.config.model_type}) is scored by trie only on "
+                         f"{sorted(TREE_ARCHITECTURES)}: convert it (models.pretrained.to_hooked) or load it as a "
+                         f"TransformerLens model")
+    _check_ids(candidates, hf.config.vocab_size if hf is model else getattr(model.cfg, "d_vocab", None))
     logprob = torch.zeros(n, k)
     correct = torch.ones(n, k, dtype=torch.bool)
     if n == 0:
         return CandidateScores(logprob, correct)
     device = model_device(model)
-    scorer = PrefixCache(model)
-    tree = scores_by_tree(model)
+    scorer = None if hf is model else PrefixCache(model)
     by_length: dict[int, list[int]] = {}
     for i, row in enumerate(candidates):
         by_length.setdefault(len(row[0].prompt), []).append(i)
@@ -336,8 +351,11 @@ def candidate_logprobs_cached(
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
             tries = [answer_trie(candidates[i]) for i in chunk] if tree else []
-            if tree and _tree_fits(model.original_model.config, max(len(t.tokens) for t in tries)):
-                _score_chunk_tree(model, tries, torch.tensor(chunk), logprob, correct, device, bar)
+            if tree and _tree_fits(hf.config, max(len(t.tokens) for t in tries)):
+                _score_chunk_tree(hf, tries, torch.tensor(chunk), logprob, correct, device, bar)
+            elif scorer is None:  # a transformers model: each (prompt, answer) sequence teacher-forced
+                _score_chunk_teacher_forced(hf, [candidates[i] for i in chunk], torch.tensor(chunk), logprob,
+                                            correct, bar)
             else:
                 _score_chunk(scorer, [candidates[i] for i in chunk], torch.tensor(chunk), logprob, correct,
                              batch_size, device, bar)
@@ -410,8 +428,28 @@ def _score_chunk(
         release_freed_memory(collect=False)  # the pass's freed tensors, before the next one allocates
 
 
+def _score_chunk_teacher_forced(
+    hf: PreTrainedModel,
+    rows: Sequence[Sequence[Example]],
+    index: Int[Tensor, " s"],
+    logprob: Float[Tensor, "n k"],
+    correct: Bool[Tensor, "n k"],
+    bar: tqdm,
+) -> None:
+    """Score one chunk of a transformers model's statements by teacher forcing every (prompt, answer)
+    sequence (:func:`models.scoring.score_answers`, the answer positions' logits alone), in place."""
+    from facts.tokens import collate
+    from models.hf_training import CausalLM
+    from models.scoring import score_answers
+
+    scores = score_answers(CausalLM(hf), collate([e for row in rows for e in row], 0))
+    logprob[index] = scores.logprob.view(len(rows), -1)
+    correct[index] = scores.correct.view(len(rows), -1)
+    bar.update(scores.logprob.numel())
+
+
 def _score_chunk_tree(
-    model: TLModel,
+    hf: PreTrainedModel,
     tries: Sequence[AnswerTrie],
     index: Int[Tensor, " s"],
     logprob: Float[Tensor, "n k"],
@@ -420,14 +458,13 @@ def _score_chunk_tree(
     bar: tqdm,
 ) -> None:
     """Score one chunk of statements by trie, in place: passes of statements (narrowest first) through the
-    bridge's transformers body (its layers are the bridge's own modules), then ``lm_head`` (and the
+    transformers body (a bridge's: its layers are the bridge's own modules), then ``lm_head`` (and the
     soft-cap where the config has one: what the causal LM's forward does) on the readout rows alone,
     :data:`~models.scoring.LOGIT_BUDGET` of them at a time, each row's log-softmax read at every token an
     answer continues with there."""
-    hf = model.original_model
     head, cap = hf.get_output_embeddings(), getattr(hf.config, "final_logit_softcapping", None)
     dtype = next(hf.parameters()).dtype
-    d_mlp = getattr(model.cfg, "d_mlp", None) or 4 * model.cfg.d_model
+    d_mlp = getattr(hf.config, "intermediate_size", None) or 4 * hf.config.hidden_size
     order = sorted(range(len(tries)), key=lambda s: len(tries[s].tokens))
     room = max(1, MLP_BLOCK // d_mlp)  # positions a pass may hold, padding included
     passes: list[list[int]] = []
@@ -436,7 +473,7 @@ def _score_chunk_tree(
             passes[-1].append(s)
         else:
             passes.append([s])
-    positions = max(1, LOGIT_BUDGET // model.cfg.d_vocab)
+    positions = max(1, LOGIT_BUDGET // hf.config.vocab_size)
     for group in passes:
         ids, position_ids, mask = _tree_batch([tries[s] for s in group], dtype)
         hidden = hf.base_model(input_ids=ids.to(device), position_ids=position_ids.to(device),

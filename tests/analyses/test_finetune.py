@@ -47,6 +47,7 @@ def finetune_run(tmp_path_factory, smollm2_hf):
 def test_short_finetune_raises_the_trained_facts_logprob(finetune_run):
     out, summary = finetune_run
     assert summary["steps"] == 3 and summary["train_sentences"] == 6  # 3 people × 2 paraphrases, one batch
+    assert summary["questions_asked_of"] == "transformers model, by trie"  # the trained model itself
     trained = summary["groups"]["p2d"]["forward_trained_paraphrase"]
     before, after = trained["before"], trained["after"]
     assert after["logprob"] > before["logprob"] + 5  # three AdamW steps at lr 1e-4 move ~10 nats here

@@ -120,6 +120,35 @@ def test_a_bridge_scores_by_trie_as_teacher_forcing_on_every_architecture(archit
     assert_fast_equals_teacher_forcing(model, rows, by_tree=True)
 
 
+@pytest.mark.parametrize("architecture", ["llama", "gemma2"])
+def test_a_transformers_model_scores_by_trie_or_teacher_forced_as_teacher_forcing(architecture, tiny_models):
+    """A transformers causal LM itself (what finetune-facts asks after training): by trie where its statements
+    fit (Llama), teacher-forced where they pass its sliding window (the tiny Gemma 2's 4 tokens); the
+    numbers of teacher forcing through its own forward either way."""
+    from models.hf_training import CausalLM
+
+    tiny = tiny_models[architecture]
+    prefix = (tiny.tokenizer.bos_token_id,) if architecture == "gemma2" else None
+    rows = candidate_rows(tiny.tokenizer, prefix=prefix)
+    widest = max(len(answer_trie(row).tokens) for row in rows)
+    assert scores_by_tree(tiny.hf) and _tree_fits(tiny.hf.config, widest) == (architecture == "llama")
+    fast = candidate_logprobs_cached(tiny.hf, rows, batch_size=3)
+    reference = score_answers(CausalLM(tiny.hf), collate([e for row in rows for e in row], 0))
+    assert (fast.logprob.flatten() - reference.logprob).abs().max() < 1e-4
+    assert fast.correct.flatten().tolist() == reference.correct.tolist()
+
+
+def test_a_transformers_model_the_trie_is_not_checked_on_is_refused(smollm2_tokenizer):
+    import transformers
+
+    config = transformers.Qwen3Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    assert not scores_by_tree(model)
+    with pytest.raises(ValueError, match=r"Qwen3ForCausalLM \(qwen3\) is scored by trie only on .*to_hooked"):
+        candidate_logprobs_cached(model, candidate_rows(smollm2_tokenizer, n_controls=1))
+
+
 def test_a_bridge_with_a_hook_scores_from_its_prefix_cache(smollm2_bridge, smollm2_tokenizer):
     """A hook would see the trie's layout, not the statements': the bridge then runs its cached passes, and
     the hook sees them."""
