@@ -466,9 +466,8 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     from models.pretrained import freeze_except_last_blocks, to_hooked
     from models.training import TrainConfig, train
     from probes.circuits import circuit_table
-    from probes.views import save_png
-
     from probes.shared_prompt import scores_by_tree
+    from probes.views import save_png
 
     began = time.perf_counter()
     questions, controls, tokenizer, sentences, eval_sets, hf_model = read_inputs_and_model(config)
