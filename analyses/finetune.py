@@ -266,8 +266,8 @@ def evaluate_questions(model, questions: QuestionSet, tokenizer, controls: Seque
     """One row per question: log p(answer | prompt) summed over its tokens, greedy exact match,
     the mean log p of its controls, margin = logprob − control mean, top1 (the answer beats every
     control) and rank among them (1 is best). Each prompt and each answer prefix is computed once
-    (:func:`probes.shared_prompt.candidate_logprobs_cached`: a transformers model or a bridge by trie, a
-    HookedTransformer from the prompts' cached keys and values)."""
+    (:func:`probes.shared_prompt.candidate_logprobs_cached`: by trie where the model has no hook and its
+    architecture is checked, else from the prompts' cached keys and values)."""
     from probes.shared_prompt import candidate_logprobs_cached
 
     rows: list[list[Example]] = []
@@ -518,7 +518,8 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
                "evaluate": (time.perf_counter() - converted) + (asked - evaluated) + (trained - loaded),
                "total": time.perf_counter() - began}
     summary = summarize(tables, config, seconds, len(sentences), result.steps, questions.source)
-    summary["questions_asked_of"] = "transformers model, by trie" if by_tree else "HookedTransformer"
+    summary["questions_asked_of"] = ("transformers model, by trie" if by_tree else
+                                     "TransformerLens conversion" + (", by trie" if scores_by_tree(model) else ""))
     if lora_targets is not None:
         summary["lora"] = {"rank": config.lora_rank, "alpha": config.lora_alpha or 2 * config.lora_rank,
                            "targets": lora_targets, "trainable_parameters": lora_parameters}

@@ -110,15 +110,15 @@ def teacher_forced(model, rows) -> torch.Tensor:
     return score_answers(model, collate(flat, 0), batch_size=64).logprob.view(len(rows), -1)
 
 
-def prefix_cached(bridge, rows) -> torch.Tensor:
-    """The bridge's scores the way they were computed before the trie (prompt passes, then continuations from
+def prefix_cached(model, rows) -> torch.Tensor:
+    """A model's scores the way they were computed before the trie (prompt passes, then continuations from
     the cached keys and values), for the side-by-side ratio."""
     from probes import shared_prompt
 
     by_tree = shared_prompt.scores_by_tree
     shared_prompt.scores_by_tree = lambda model: False
     try:
-        return shared_prompt.candidate_logprobs_cached(bridge, rows).logprob
+        return shared_prompt.candidate_logprobs_cached(model, rows).logprob
     finally:
         shared_prompt.scores_by_tree = by_tree
 
@@ -168,7 +168,8 @@ def main() -> None:
           f"{(floor_check - reference).abs().max():.2e}")
     paths = {
         "floor (transformers, tree mask)": lambda: floor_pass(hf, rows),
-        "cached hooked": lambda: candidate_logprobs_cached(hooked, rows).logprob,
+        "hooked (by trie, now)": lambda: candidate_logprobs_cached(hooked, rows).logprob,
+        "hooked, prefix cache (before)": lambda: prefix_cached(hooked, rows),
         "bridge (by trie, the default)": lambda: candidate_logprobs_cached(bridge, rows).logprob,
         "bridge, prefix cache (before)": lambda: prefix_cached(bridge, rows),
     }
@@ -177,7 +178,7 @@ def main() -> None:
               + ", ".join(f"{dtype} {product_gflops(hooked.cfg.d_model, hooked.cfg.d_vocab, dtype):.1f} GFLOP/s"
                           for dtype in (torch.float32, torch.bfloat16)))
         hooked_bf16 = load(args.model, backend="hooked", device="cpu", dtype=torch.bfloat16)
-        paths["cached hooked, bfloat16"] = lambda: candidate_logprobs_cached(hooked_bf16, rows).logprob.float()
+        paths["hooked, bfloat16"] = lambda: candidate_logprobs_cached(hooked_bf16, rows).logprob.float()
     seconds: dict[str, list[float]] = {name: [] for name in paths}
     cpu: dict[str, list[float]] = {name: [] for name in paths}
     results = {}

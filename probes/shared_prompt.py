@@ -4,18 +4,20 @@ For statement i with prompt c_i and candidate answers a_i1..a_ik (the truth and 
 ``log p(a_ij | c_i) = Σ_t log p(a_ij[t] | c_i, a_ij[<t])``. The prompt runs once and all k answers
 reuse it, so an answer of m tokens costs m − 1 more positions instead of len(c_i) + m; the numbers
 equal teacher forcing every (prompt, answer) sequence with :func:`models.scoring.score_answers`
-(|Δ| ≲ 1e-4 in float32). Two ways, one per backend:
+(|Δ| ≲ 1e-4 in float32). Two ways:
 
-- a HookedTransformer runs the prompts, then continuations from their cached keys and values
-  (:class:`PrefixCache`);
-- a TransformerBridge without hooks, or a transformers causal LM itself, runs each statement as one
-  sequence, its prompt then the trie of its answers' prefixes (:func:`answer_trie`: answers sharing a
-  first token share that position), with explicit position ids and a 4D mask in which a trie node sees
-  the prompt and its own ancestors only (:func:`_score_chunk_tree`): exactly the positions that must be
-  computed, in one pass of transformers' layers (the floor of ``benchmarks/scoring_throughput.py``). A
-  bridge with hooks, or whose architecture's readout or attention this is not checked on
-  (:func:`scores_by_tree`), uses the cached passes too; a transformers model the trie cannot run is
-  refused.
+- by trie: each statement is one sequence, its prompt then the trie of its answers' prefixes
+  (:func:`answer_trie`: answers sharing a first token share that position), with explicit position ids
+  and a mask in which a trie node sees the prompt and its own ancestors only (:func:`_score_chunk_tree`):
+  exactly the positions that must be computed, in one pass (the floor of
+  ``benchmarks/scoring_throughput.py``). A transformers causal LM, or a TransformerBridge over one, runs
+  passes of statements through transformers' layers with a 4D mask; a HookedTransformer converted from a
+  checked architecture runs one statement a pass through its own forward (:mod:`models.hooked_tree`);
+- from a prefix cache: the prompts run once, then the continuations from their cached keys and values
+  (:class:`PrefixCache`). A TransformerLens model with a hook on a hook point (which would see the trie's
+  layout), one whose architecture the trie is not checked on (:func:`scores_by_tree`: a token-world
+  model, for one), and statements wider than a sliding window run so (a transformers model's are
+  teacher-forced); a transformers model the trie cannot run is refused.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from models.backend import (
     TransformerLensKeyValueCacheEntry,
     is_hooked,
 )
+from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_residual, runs_hooked_tree
 from models.memory import release_freed_memory
 from models.scoring import LOG_SOFTMAX_BLOCK, LOGIT_BUDGET, chosen_logprobs, hooked_readout, model_device
 
@@ -204,11 +207,14 @@ def _check_bridge_transformers() -> None:
 
 def scores_by_tree(model: TLModel | PreTrainedModel) -> bool:
     """Whether :func:`candidate_logprobs_cached` runs ``model`` by trie (:func:`_score_chunk_tree`): a
-    transformers model of :data:`TREE_ARCHITECTURES` (``finetune-facts`` asks its trained model so), or a
-    TransformerBridge over one with no hook on any of its hook points (a hook would see the trie's layout,
-    not the statements'; the bridge's own capture hooks on transformers' modules feed those points).
-    Statements that reach a sliding window run cached, or on a transformers model teacher-forced, instead
-    (:func:`_tree_fits`)."""
+    transformers model of :data:`TREE_ARCHITECTURES` (``finetune-facts`` asks its trained model so), a
+    TransformerBridge over one, or a HookedTransformer converted from one of
+    :data:`models.hooked_tree.HOOKED_TREE_ARCHITECTURES`, the last two with no hook on any of their hook
+    points (a hook would see the trie's layout, not the statements'; the bridge's own capture hooks on
+    transformers' modules feed those points). Statements that reach a sliding window run cached, or on a
+    transformers model teacher-forced, instead (:func:`_tree_fits`)."""
+    if is_hooked(model):
+        return model.cfg.original_architecture in HOOKED_TREE_ARCHITECTURES and not _hooked_points(model)
     hf = _transformers_model(model)
     if getattr(getattr(hf, "config", None), "model_type", None) not in TREE_ARCHITECTURES:
         return False
@@ -228,10 +234,13 @@ def _hooked_points(model: TLModel) -> bool:
     return any(point._forward_hooks or point._forward_pre_hooks for point in model.hook_dict.values())
 
 
-def _tree_fits(hf_config: Any, width: int) -> bool:
+def _tree_fits(model: TLModel | PreTrainedModel, width: int) -> bool:
     """A trie layout of ``width`` positions (position ids below ``width``) stays inside the model's sliding
-    window, where a given 4D mask and transformers' own windowed one agree."""
-    window = getattr(hf_config, "sliding_window", None)
+    window, where a given mask and the model's own windowed one agree (a HookedTransformer:
+    :func:`models.hooked_tree.runs_hooked_tree`)."""
+    if is_hooked(model):
+        return runs_hooked_tree(model, width)
+    window = getattr(_transformers_model(model).config, "sliding_window", None)
     return not window or width <= window
 
 
@@ -274,11 +283,11 @@ def answer_trie(row: Sequence[Example]) -> AnswerTrie:
 
 
 def _tree_batch(
-    tries: Sequence[AnswerTrie], dtype: torch.dtype
-) -> tuple[Int[Tensor, "b width"], Int[Tensor, "b width"], Float[Tensor, "b 1 width width"]]:
-    """Token ids, position ids and the additive 4D attention mask of statements right-padded to one width:
-    a prompt position sees the prompt up to itself, a node the prompt and its ancestors and itself, a
-    padding position itself only (no empty softmax row; nothing reads it)."""
+    tries: Sequence[AnswerTrie],
+) -> tuple[Int[Tensor, "b width"], Int[Tensor, "b width"], Bool[Tensor, "b width width"]]:
+    """Token ids, position ids and which positions each position sees, for statements right-padded to one
+    width: a prompt position sees the prompt up to itself, a node the prompt and its ancestors and itself,
+    a padding position itself only (no empty softmax row; nothing reads it)."""
     width = max(len(t.tokens) for t in tries)
     ids = torch.zeros(len(tries), width, dtype=torch.long)
     positions = torch.zeros(len(tries), width, dtype=torch.long)
@@ -292,8 +301,7 @@ def _tree_batch(
         for node, up in enumerate(trie.parent):  # a node sees what its parent sees (parents come first)
             if up >= 0:
                 allowed[b, length + node] |= allowed[b, length + up]
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-    return ids, positions, mask[:, None]
+    return ids, positions, allowed
 
 
 @torch.no_grad()
@@ -315,8 +323,9 @@ def candidate_logprobs_cached(
     log-probabilities at once). On a HookedTransformer without hooks, consecutive passes of one chunk run
     together (:meth:`PrefixCache.extend_bundle`, up to :data:`MLP_BLOCK` floats of MLP activation), their
     unembedding again :data:`~models.scoring.LOGIT_BUDGET` at a time: the same numbers, fewer matrix products.
-    A TransformerBridge runs by trie instead where :func:`scores_by_tree` says so (statements of one
-    prompt length sorted by width, passes of up to :data:`MLP_BLOCK` floats of MLP activation); so does a
+    A TransformerBridge or a HookedTransformer runs by trie instead where :func:`scores_by_tree` and
+    :func:`_tree_fits` say so (statements of one prompt length sorted by width; a bridge's in passes of up
+    to :data:`MLP_BLOCK` floats of MLP activation, a HookedTransformer's one a pass); so does a
     transformers causal LM, whose statements wider than its sliding window are teacher-forced
     (:func:`models.scoring.score_answers`), and one the trie cannot run at all is refused. The progress bar
     counts answers.
@@ -331,6 +340,7 @@ def candidate_logprobs_cached(
             raise ValueError(f"fact {row[0].fact} ({row[0].direction}): its answers do not share one prompt")
     n, k = len(candidates), (widths.pop() if widths else 0)
     tree, hf = scores_by_tree(model), _transformers_model(model)
+    runs = model if is_hooked(model) else hf  # what a trie pass runs
     if hf is model and not tree:
         raise ValueError(f"a {type(model).__name__} ({hf.config.model_type}) is scored by trie only on "
                          f"{sorted(TREE_ARCHITECTURES)}: convert it (models.pretrained.to_hooked) or load it as a "
@@ -351,8 +361,8 @@ def candidate_logprobs_cached(
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
             tries = [answer_trie(candidates[i]) for i in chunk] if tree else []
-            if tree and _tree_fits(hf.config, max(len(t.tokens) for t in tries)):
-                _score_chunk_tree(hf, tries, torch.tensor(chunk), logprob, correct, device, bar)
+            if tree and _tree_fits(runs, max(len(t.tokens) for t in tries)):
+                _score_chunk_tree(runs, tries, torch.tensor(chunk), logprob, correct, device, bar)
             elif scorer is None:  # a transformers model: each (prompt, answer) sequence teacher-forced
                 _score_chunk_teacher_forced(hf, [candidates[i] for i in chunk], torch.tensor(chunk), logprob,
                                             correct, bar)
@@ -449,7 +459,7 @@ def _score_chunk_teacher_forced(
 
 
 def _score_chunk_tree(
-    hf: PreTrainedModel,
+    model: TLModel | PreTrainedModel,
     tries: Sequence[AnswerTrie],
     index: Int[Tensor, " s"],
     logprob: Float[Tensor, "n k"],
@@ -457,27 +467,37 @@ def _score_chunk_tree(
     device: torch.device,
     bar: tqdm,
 ) -> None:
-    """Score one chunk of statements by trie, in place: passes of statements (narrowest first) through the
-    transformers body (a bridge's: its layers are the bridge's own modules), then ``lm_head`` (and the
-    soft-cap where the config has one: what the causal LM's forward does) on the readout rows alone,
-    :data:`~models.scoring.LOGIT_BUDGET` of them at a time, each row's log-softmax read at every token an
-    answer continues with there."""
-    head, cap = hf.get_output_embeddings(), getattr(hf.config, "final_logit_softcapping", None)
-    dtype = next(hf.parameters()).dtype
-    d_mlp = getattr(hf.config, "intermediate_size", None) or 4 * hf.config.hidden_size
-    order = sorted(range(len(tries)), key=lambda s: len(tries[s].tokens))
-    room = max(1, MLP_BLOCK // d_mlp)  # positions a pass may hold, padding included
-    passes: list[list[int]] = []
-    for s in order:  # widths ascending: the pass's width is its last statement's
-        if passes and (len(passes[-1]) + 1) * len(tries[s].tokens) <= room:
-            passes[-1].append(s)
-        else:
-            passes.append([s])
-    positions = max(1, LOGIT_BUDGET // hf.config.vocab_size)
+    """Score one chunk of statements by trie, in place. A transformers model (a bridge's: its layers are the
+    bridge's own modules) runs passes of statements (narrowest first) through its body with position ids
+    and a 4D additive mask, then ``lm_head`` (and the soft-cap where the config has one: what the causal
+    LM's forward does) on the readout rows alone; a HookedTransformer runs one statement a pass
+    (:func:`models.hooked_tree.hooked_tree_residual`), then ``ln_final`` and its unembedding on those rows
+    (:func:`models.scoring.hooked_readout`). The readout goes :data:`~models.scoring.LOGIT_BUDGET` rows at
+    a time, each row's log-softmax read at every token an answer continues with there."""
+    hooked = is_hooked(model)
+    if hooked:
+        vocab, passes = model.cfg.d_vocab, [[s] for s in sorted(range(len(tries)), key=lambda s: len(tries[s].tokens))]
+
+        def readout(rows: Float[Tensor, "r d_model"]) -> Float[Tensor, "r d_vocab"]:
+            return hooked_readout(model, rows)
+    else:
+        head, cap, vocab = model.get_output_embeddings(), getattr(model.config, "final_logit_softcapping", None), \
+            model.config.vocab_size
+        dtype = next(model.parameters()).dtype
+        passes = _tree_passes(tries, getattr(model.config, "intermediate_size", None) or 4 * model.config.hidden_size)
+
+        def readout(rows: Float[Tensor, "r d_model"]) -> Float[Tensor, "r d_vocab"]:
+            logits = head(rows)
+            return torch.tanh(logits / cap) * cap if cap else logits
+    positions = max(1, LOGIT_BUDGET // vocab)
     for group in passes:
-        ids, position_ids, mask = _tree_batch([tries[s] for s in group], dtype)
-        hidden = hf.base_model(input_ids=ids.to(device), position_ids=position_ids.to(device),
-                               attention_mask=mask.to(device), use_cache=False).last_hidden_state
+        ids, position_ids, allowed = _tree_batch([tries[s] for s in group])
+        if hooked:
+            hidden = hooked_tree_residual(model, ids[0], position_ids[0], allowed[0])[None]
+        else:
+            mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+            hidden = model.base_model(input_ids=ids.to(device), position_ids=position_ids.to(device),
+                                      attention_mask=mask.to(device), use_cache=False).last_hidden_state
         rows = torch.cat([hidden[b, tries[s].prompt_length - 1 : len(tries[s].tokens)] for b, s in enumerate(group)])
         del hidden
         # the tokens read at each readout row, and where each answer's tokens sit among them
@@ -492,13 +512,11 @@ def _score_chunk_tree(
                 where.append((s, j, cells))
             offset += 1 + len(trie.parent)
         width = max(len(w) for w in wanted)
-        targets = torch.tensor([list(w) + [next(iter(w))] * (width - len(w)) for w in wanted], device=device)
-        lp = torch.empty(targets.shape, device=device)
-        hit = torch.empty(targets.shape, dtype=torch.bool, device=device)
+        targets = torch.tensor([list(w) + [next(iter(w))] * (width - len(w)) for w in wanted], device=rows.device)
+        lp = torch.empty(targets.shape, device=rows.device)
+        hit = torch.empty(targets.shape, dtype=torch.bool, device=rows.device)
         for start in range(0, len(rows), positions):
-            logits = head(rows[start : start + positions])
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
+            logits = readout(rows[start : start + positions])
             lp[start : start + positions], hit[start : start + positions] = chosen_logprobs(
                 logits, targets[start : start + positions])
             del logits
@@ -509,6 +527,19 @@ def _score_chunk_tree(
             correct[index[s], j] = bool(hit[at].all())
         bar.update(sum(len(tries[s].reads) for s in group))
         release_freed_memory(collect=False)
+
+
+def _tree_passes(tries: Sequence[AnswerTrie], d_mlp: int) -> list[list[int]]:
+    """Statements (indices of ``tries``) grouped into passes, widths ascending, each pass holding up to
+    :data:`MLP_BLOCK` floats of MLP activation, padding included (a pass's width is its last statement's)."""
+    room = max(1, MLP_BLOCK // d_mlp)
+    passes: list[list[int]] = []
+    for s in sorted(range(len(tries)), key=lambda s: len(tries[s].tokens)):
+        if passes and (len(passes[-1]) + 1) * len(tries[s].tokens) <= room:
+            passes[-1].append(s)
+        else:
+            passes.append([s])
+    return passes
 
 
 def _runs(sizes: Sequence[int], room: int, alone: int = 0) -> list[list[int]]:

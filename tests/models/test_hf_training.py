@@ -192,7 +192,7 @@ def test_finetune_facts_with_lora_end_to_end(tiny_hf, tmp_path, capsys):
     assert main(["finetune-facts", *small, "--lora-rank", "2", "--lora-targets", "v_proj", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["lora_rank"] == 2 and summary["config"]["lora_targets"] == ["v_proj"]
-    assert summary["questions_asked_of"] == "HookedTransformer"  # LoRA wraps the transformers model
+    assert summary["questions_asked_of"] == "TransformerLens conversion, by trie"  # LoRA wraps the transformers model
     assert summary["lora"] == {"rank": 2, "alpha": 4, "targets": ["v_proj"],
                                "trainable_parameters": 2 * 2 * (64 + 32)}  # 2 layers × r·(d_in + d_out)
     questions = (out / "questions.csv").read_text()

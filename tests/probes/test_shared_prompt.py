@@ -2,11 +2,12 @@
 answer's continuation once, the unembedding only where a next token is scored) gives the numbers of
 the straightforward one (:func:`models.scoring.score_answers`: teacher forcing every prompt ++ answer
 through the model's own forward), on SmolLM2 (Llama, no BOS) and on a tiny random Gemma 2 (BOS before
-every prompt, logit soft-cap, a 4-token sliding window the prompts pass), on both backends; a bridge
-scores by trie (one pass a statement, a 4D mask) on every tiny architecture, and by its prefix cache
-where a hook or a sliding window rules the trie out; and on a HookedTransformer, continuation passes
-run together (``extend_bundle``) give the numbers of the same passes run one by one (``extend``;
-bitwise on this project's CPUs)."""
+every prompt, logit soft-cap, a 4-token sliding window the prompts pass), on both backends; both
+backends score by trie (a bridge: passes of statements with a 4D mask; a HookedTransformer: one statement
+a pass, :mod:`models.hooked_tree`) on every tiny architecture, and by their prefix cache where a hook or a
+sliding window rules the trie out; and on a HookedTransformer, continuation passes run together
+(``extend_bundle``) give the numbers of the same passes run one by one (``extend``; bitwise on this
+project's CPUs)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, save_tiny, tiny_config
+from tiny_models import BACKENDS_BY_ARCHITECTURE, save_tiny, tiny_config
 
 from analyses.asymmetry import draw_controls
 from facts.celebrity import QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer
 from facts.tokens import Example, collate
-from models.backend import is_hooked
+from models.backend import HookedTransformer, is_hooked
+from models.hooked_tree import HOOKED_TREE_ARCHITECTURES
 from models.pretrained import load
 from models.scoring import hooked_readout, score_answers
 from probes.shared_prompt import (
@@ -47,10 +49,9 @@ def candidate_rows(tokenizer, prefix=None, n_controls=6):
 
 
 def assert_fast_equals_teacher_forcing(model, rows, by_tree=None):
-    """``by_tree``: whether the bridge's statements run by trie (None: not asked, a HookedTransformer)."""
-    if by_tree is not None:
-        widest = max(len(answer_trie(row).tokens) for row in rows)
-        assert (scores_by_tree(model) and _tree_fits(model.original_model.config, widest)) == by_tree
+    """``by_tree``: whether the statements run by trie."""
+    widest = max(len(answer_trie(row).tokens) for row in rows)
+    assert (scores_by_tree(model) and _tree_fits(model, widest)) == by_tree
     fast = candidate_logprobs_cached(model, rows, batch_size=3)  # several prompt and continuation passes
     reference = score_answers(model, collate([e for row in rows for e in row], 0))
     delta = (fast.logprob.flatten() - reference.logprob).abs().max().item()
@@ -63,7 +64,7 @@ def assert_fast_equals_teacher_forcing(model, rows, by_tree=None):
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
 def test_fast_scoring_equals_teacher_forcing_on_smollm2(backend, request, smollm2_tokenizer):
     model = request.getfixturevalue(f"smollm2_{backend}")
-    assert_fast_equals_teacher_forcing(model, candidate_rows(smollm2_tokenizer), by_tree=not is_hooked(model) or None)
+    assert_fast_equals_teacher_forcing(model, candidate_rows(smollm2_tokenizer), by_tree=True)
 
 
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
@@ -73,8 +74,8 @@ def test_fast_scoring_equals_teacher_forcing_on_a_gemma2_with_bos(backend, tiny_
     assert model.cfg.output_logits_soft_cap > 0  # the soft-cap is part of what the readout must repeat
     rows = candidate_rows(tiny.tokenizer, prefix=(tiny.tokenizer.bos_token_id,))
     assert all(row[0].prompt[0] == tiny.tokenizer.bos_token_id for row in rows)
-    # the prompts pass the 4-token window, which a trie's 4D mask would not slide: the bridge runs cached
-    assert_fast_equals_teacher_forcing(model, rows, by_tree=False if not is_hooked(model) else None)
+    # the prompts pass the 4-token window, which a trie's given mask would not slide: both run cached
+    assert_fast_equals_teacher_forcing(model, rows, by_tree=False)
 
 
 def test_an_answer_trie_shares_prefixes_and_sees_only_its_ancestors():
@@ -89,28 +90,36 @@ def test_an_answer_trie_shares_prefixes_and_sees_only_its_ancestors():
     deeper = answer_trie([row[2], Example(prompt=(1, 2, 3), answer=(7, 8), fact=0, direction="forward",
                                           split="heldout")])
     assert deeper.tokens == [1, 2, 3, 5, 7] and deeper.positions == [0, 1, 2, 3, 3]  # siblings: one position
-    ids, positions, mask = _tree_batch([trie, deeper, answer_trie(row[3:])], torch.float32)
+    ids, positions, sees = _tree_batch([trie, deeper, answer_trie(row[3:])])
     assert ids.tolist()[2] == [1, 2, 3, 0, 0] and positions.shape == (3, 5)
-    sees = mask[:, 0] == 0
     assert sees[0].tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
     assert sees[1, 4].tolist() == [1, 1, 1, 0, 1]  # (7) sees the prompt, not its sibling (5)
     assert sees[2, 3].tolist() == [0, 0, 0, 1, 0]  # padding sees itself only
-    assert (mask[~(mask == 0)] == torch.finfo(torch.float32).min).all()
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_a_bridge_scores_by_trie_as_teacher_forcing_on_every_architecture(architecture, tiny_models, tmp_path):
-    """Every architecture whose bridge scores by trie, on prompts of two lengths whose answers share
+BACKENDS = [(architecture, backend) for architecture, backends in BACKENDS_BY_ARCHITECTURE.items()
+            for backend in backends if backend == "bridge" or HookedTransformer is not None]
+"""Every tiny architecture on each backend that is a model of its own (under TransformerLens 4 "hooked" is a
+bridge too)."""
+
+
+@pytest.mark.parametrize(("architecture", "backend"), BACKENDS)
+def test_every_backend_scores_by_trie_as_teacher_forcing_on_every_architecture(architecture, backend, tiny_models,
+                                                                                tmp_path):
+    """Every architecture, on both backends, scores by trie, on prompts of two lengths whose answers share
     prefixes (the truth, controls, and the truth continued by " Jr" and " Sr."): the same log-probabilities
     and greedy hits as teacher forcing. Gemma 2 and 3 with an 8,192-token window here (the shared tiny
     ones slide 4 tokens, where the trie is not used)."""
     tiny = tiny_models[architecture]
-    model = tiny.backends["bridge"]
+    model = tiny.backends[backend]
     if architecture.startswith("gemma"):
         config = tiny_config(architecture)
         config.sliding_window = 8192
-        model = load(save_tiny(tmp_path / architecture, config, tiny.tokenizer), backend="bridge", device="cpu")
-    assert model.original_model.config.model_type in TREE_ARCHITECTURES
+        model = load(save_tiny(tmp_path / architecture, config, tiny.tokenizer), backend=backend, device="cpu")
+    if is_hooked(model):
+        assert model.cfg.original_architecture in HOOKED_TREE_ARCHITECTURES
+    else:
+        assert model.original_model.config.model_type in TREE_ARCHITECTURES
     prefix = (tiny.tokenizer.bos_token_id,) if architecture.startswith("gemma") else None
     suffixes = [tiny.tokenizer.encode(word, add_special_tokens=False) for word in (" Jr", " Sr.")]
     rows = [row + [dataclasses.replace(row[0], answer=row[0].answer + tuple(s)) for s in suffixes]
@@ -131,7 +140,7 @@ def test_a_transformers_model_scores_by_trie_or_teacher_forced_as_teacher_forcin
     prefix = (tiny.tokenizer.bos_token_id,) if architecture == "gemma2" else None
     rows = candidate_rows(tiny.tokenizer, prefix=prefix)
     widest = max(len(answer_trie(row).tokens) for row in rows)
-    assert scores_by_tree(tiny.hf) and _tree_fits(tiny.hf.config, widest) == (architecture == "llama")
+    assert scores_by_tree(tiny.hf) and _tree_fits(tiny.hf, widest) == (architecture == "llama")
     fast = candidate_logprobs_cached(tiny.hf, rows, batch_size=3)
     reference = score_answers(CausalLM(tiny.hf), collate([e for row in rows for e in row], 0))
     assert (fast.logprob.flatten() - reference.logprob).abs().max() < 1e-4
@@ -149,16 +158,27 @@ def test_a_transformers_model_the_trie_is_not_checked_on_is_refused(smollm2_toke
         candidate_logprobs_cached(model, candidate_rows(smollm2_tokenizer, n_controls=1))
 
 
-def test_a_bridge_with_a_hook_scores_from_its_prefix_cache(smollm2_bridge, smollm2_tokenizer):
-    """A hook would see the trie's layout, not the statements': the bridge then runs its cached passes, and
+@pytest.mark.parametrize("backend", ["bridge", "hooked"] if HookedTransformer is not None else ["bridge"])
+def test_a_model_with_a_hook_scores_from_its_prefix_cache(backend, request, smollm2_tokenizer):
+    """A hook would see the trie's layout, not the statements': the model then runs its cached passes, and
     the hook sees them."""
+    model = request.getfixturevalue(f"smollm2_{backend}")
     rows = candidate_rows(smollm2_tokenizer, n_controls=2)
     seen = []
-    with smollm2_bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: seen.append(x.shape[1]))]):
-        assert not scores_by_tree(smollm2_bridge)
-        assert_fast_equals_teacher_forcing(smollm2_bridge, rows, by_tree=False)
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: seen.append(x.shape[1]))]):
+        assert not scores_by_tree(model)
+        assert_fast_equals_teacher_forcing(model, rows, by_tree=False)
     assert set(seen) & {len(row[0].prompt) for row in rows}  # prompt passes, as cached scoring runs them
-    assert scores_by_tree(smollm2_bridge)  # and by trie again once the hook is gone
+    assert scores_by_tree(model)  # and by trie again once the hook is gone
+
+
+def test_a_token_world_model_scores_from_its_prefix_cache():
+    """A model built from a named config (a HookedTransformer under 3.9), not converted from a checked
+    architecture, runs cached."""
+    from models.transformer import build_model
+
+    model = build_model("one-layer", 40, seed=0)
+    assert getattr(model.cfg, "original_architecture", None) is None and not scores_by_tree(model)
 
 
 def hooked_models(request):
@@ -171,7 +191,8 @@ def hooked_models(request):
 def test_bundled_continuations_equal_pass_by_pass(name, request):
     """Several continuation passes of one prompt cache in one ``extend_bundle`` (each pass's attention on
     its own, the MLPs and unembedding of all together) give each pass's ``extend`` logits, and candidate
-    scoring with bundles gives what it gives pass by pass (a hook on the model turns bundling off). The
+    scoring without a hook (SmolLM2: by trie; the Gemma 2, whose prompts pass its window: cached, with
+    bundles) gives what it gives pass by pass with one (a hook turns the trie and bundling off). The
     Gemma 2 has post-attention and post-MLP norms, a sliding window and a soft-cap.
 
     On this project's CPUs the numbers are bitwise equal (a row of a matrix product of ≥ 4 rows does

@@ -1,0 +1,104 @@
+"""A HookedTransformer (TransformerLens 3.9) run on a layout of its own: given position ids and a given
+attention mask, which its forward does not take (its positions are 0, 1, … or a 2D mask's running count,
+and its mask is causal).
+
+For one sequence of w tokens with positions p (p_i ≤ i) and a boolean mask M (M ⊆ causal, every row
+sees itself), each layer computes ``softmax(q_i·k_j / √d + (0 if M_ij else −∞))`` with ``q_i = R(p_i)
+W_Q x_i`` and ``k_j = R(p_j) W_K x_j``, R the model's rotary rotation, or adds ``W_pos[p_i]`` to the
+embedding (absolute positions): what teacher forcing computes at token i for the sequence of the
+tokens i sees, at the positions they have there. Two things make the model's own forward do that,
+for the duration of one pass:
+
+- each attention layer's rotary tables (``rotary_cos``, ``rotary_sin``: row t is the rotation of
+  position t, per layer, so Gemma 3's local and global bases both hold) are replaced by their rows
+  ``p``, so that the forward, which reads rows 0..w−1, reads the rotations of ``p``; absolute
+  positions go through ``hook_pos_embed`` (``W_pos[p]``);
+- a hook on each layer's ``hook_attn_scores`` (after the causal and sliding-window mask) sets the scores
+  outside M to −∞.
+
+Everything else (norms, soft-caps, grouped-query heads, post-norms, parallel blocks) is the model's own
+forward. The pass is one sequence (the rotary table is shared by the batch); a layout wider than a
+sliding window, or than the model's rotary table, is not run (:func:`runs_hooked_tree`): a window
+counts sequence indices, not positions.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from models.backend import is_hooked
+
+HOOKED_TREE_ARCHITECTURES = frozenset({
+    "GPT2LMHeadModel", "GPTNeoXForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
+    "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Olmo2ForCausalLM"})
+"""``cfg.original_architecture``s of the HookedTransformer conversions this is checked on against teacher
+forcing (a tiny model of each, SmolLM2 and Gemma 3 270M: tests/probes/test_shared_prompt.py)."""
+
+
+def runs_hooked_tree(model: object, width: int) -> bool:
+    """Whether :func:`hooked_tree_residual` runs ``model`` on a layout of ``width`` positions: a
+    HookedTransformer converted from one of :data:`HOOKED_TREE_ARCHITECTURES`, causal, with rotary or
+    absolute positions (no position-dependent rescaling), and ``width`` inside every layer's sliding
+    window and rotary table."""
+    if not is_hooked(model):
+        return False
+    cfg = model.cfg
+    if (cfg.original_architecture not in HOOKED_TREE_ARCHITECTURES or cfg.attention_dir != "causal"
+            or cfg.positional_embedding_type not in ("rotary", "standard") or width > cfg.n_ctx
+            or getattr(cfg, "use_dynamic_ntk_rope", False) or getattr(cfg, "use_logn_attn", False)):
+        return False
+    for block in model.blocks:
+        attn = block.attn
+        if attn.attn_type == "local" and width > cfg.window_size:
+            return False
+        if cfg.positional_embedding_type == "rotary" and width > attn.rotary_cos.shape[0]:
+            return False
+    return True
+
+
+@contextmanager
+def _rotary_rows(model: torch.nn.Module, positions: Int[Tensor, " w"]) -> Iterator[None]:
+    """Each attention layer's rotary tables replaced by their rows ``positions``, for the block's duration."""
+    saved = [(block.attn, block.attn.rotary_cos, block.attn.rotary_sin) for block in model.blocks]
+    try:
+        for attn, cos, sin in saved:
+            attn.rotary_cos, attn.rotary_sin = cos[positions.to(cos.device)], sin[positions.to(sin.device)]
+        yield
+    finally:
+        for attn, cos, sin in saved:
+            attn.rotary_cos, attn.rotary_sin = cos, sin
+
+
+@torch.no_grad()
+def hooked_tree_residual(
+    model: torch.nn.Module,
+    tokens: Int[Tensor, " w"],
+    positions: Int[Tensor, " w"],
+    allowed: Bool[Tensor, "w w"],
+) -> Float[Tensor, "w d_model"]:
+    """The residual stream after the last block (before ``ln_final``) at every token, for the layout of
+    the module docstring; read it out with :func:`models.scoring.hooked_readout`. ``model`` must pass
+    :func:`runs_hooked_tree` for ``len(tokens)``."""
+    if not runs_hooked_tree(model, len(tokens)):
+        raise ValueError(f"this model does not run a layout of {len(tokens)} positions by trie (runs_hooked_tree)")
+    device = model.cfg.device or tokens.device
+    outside = ~allowed.to(device)
+
+    def mask(scores: Float[Tensor, "1 head w w"], hook) -> Float[Tensor, "1 head w w"]:
+        return scores.masked_fill(outside.to(scores.device), float("-inf"))
+
+    hooks = [(lambda name: name.endswith("attn.hook_attn_scores"), mask)]
+    if model.cfg.positional_embedding_type == "standard":
+        hooks.append(("hook_pos_embed", lambda embed, hook: model.W_pos[positions.to(model.W_pos.device)][None]))
+    rotary = _rotary_rows(model, positions) if model.cfg.positional_embedding_type == "rotary" else nullcontext()
+    with rotary, model.hooks(fwd_hooks=hooks):
+        residual = model(tokens[None].to(device), attention_mask=torch.ones(1, len(tokens), dtype=torch.long,
+                                                                           device=device),
+                         stop_at_layer=model.cfg.n_layers)
+    return residual[0]
+
