@@ -35,7 +35,10 @@ Speed. The restored runs of layer l share everything below l with the corrupted 
 start at layer l from the corrupted run's cached ``resid_pre`` (``start_at_layer``), and all
 (site, sample) pairs of one layer go through the model as one batch (``batch_size`` rows at a
 time): L·(components)·S rows per layer, about half the cost of running every row from the
-embeddings. TransformerLens 3.9's TransformerBridge has no ``start_at_layer`` and is refused (load
+embeddings. On a HookedTransformer they stop after the last block, and only the positions that
+predict an answer token go through the final norm and W_U (both per position: those rows of the full
+logits), which on SmolLM2 is most of a position's cost in the upper layers and on Gemma 3 (a
+262,144-token vocabulary) most of it everywhere. TransformerLens 3.9's TransformerBridge has no ``start_at_layer`` and is refused (load
 the model with ``backend="hooked"``: a HookedTransformer under 3.9, the bridge in compatibility mode
 under 4.x, :func:`models.backend.runs_from_layer`).
 
@@ -61,8 +64,8 @@ from torch import Tensor
 from facts.language import render_statement
 from facts.schema import Direction, FactError, FactSet
 from facts.tokens import Example
-from models.backend import runs_from_layer
-from models.scoring import token_logprobs
+from models.backend import is_hooked, runs_from_layer
+from models.scoring import answer_token_logprobs, hooked_readout, token_logprobs
 from probes.hooks import check_layer, hook_names
 
 COMPONENTS: tuple[str, ...] = ("resid_pre", "resid_post", "mlp_out", "attn_out")
@@ -149,6 +152,17 @@ def trace_sites(
         rows = len(logits)
         return token_logprobs(logits, sequence.expand(rows, -1), mask.expand(rows, -1))[0].sum(1).float().cpu()
 
+    def run_restored(resid: Float[Tensor, "batch pos d_model"], layer: int, hooks: list) -> Float[Tensor, " batch"]:
+        """The restored rows' answer log-probabilities. A HookedTransformer stops after its blocks and unembeds
+        the answer-predicting positions alone (:func:`models.scoring.hooked_readout`: those rows of the full
+        logits); a bridge's ``stop_at_layer`` still unembeds, so it gives full logits."""
+        rows = len(resid)
+        if not is_hooked(model):
+            return score(model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=hooks))
+        final = model.run_with_hooks(resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers, fwd_hooks=hooks)
+        logits = hooked_readout(model, final[:, length - 1 : -1].reshape(-1, final.shape[-1]))
+        return answer_token_logprobs(logits, sequence.expand(rows, -1), mask.expand(rows, -1))[0].sum(1).float().cpu()
+
     scale = noise_std(model, noise_multiple)
     generator = torch.Generator().manual_seed(seed)
     noise = (torch.randn(n_samples, len(given), model.cfg.d_model, generator=generator) * scale).to(
@@ -173,8 +187,7 @@ def trace_sites(
             chunk = chosen[start : start + per_chunk]
             hooks = _restoring_hooks([sites[i] for i in chunk], clean_cache, n_samples)
             resid = corrupt_cache[f"blocks.{layer}.hook_resid_pre"].repeat(len(chunk), 1, 1)
-            logits = model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=hooks)
-            restored[chunk] = score(logits).view(len(chunk), n_samples)
+            restored[chunk] = run_restored(resid, layer, hooks).view(len(chunk), n_samples)
     return Traced(clean=float(score(clean_logits)[0]), corrupted=score(corrupt_logits), restored=restored,
                   sites=tuple(sites), noise_std=scale)
 
