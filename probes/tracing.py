@@ -36,11 +36,12 @@ start at layer l from the corrupted run's cached ``resid_pre`` (``start_at_layer
 (site, sample) pairs of one layer go through the model as one batch (``batch_size`` rows at a
 time): L·(components)·S rows per layer, about half the cost of running every row from the
 embeddings. On a HookedTransformer they stop after the last block, and only the positions that
-predict an answer token go through the final norm and W_U (both per position: those rows of the full
-logits), which on SmolLM2 is most of a position's cost in the upper layers and on Gemma 3 (a
-262,144-token vocabulary) most of it everywhere. TransformerLens 3.9's TransformerBridge has no ``start_at_layer`` and is refused (load
-the model with ``backend="hooked"``: a HookedTransformer under 3.9, the bridge in compatibility mode
-under 4.x, :func:`models.backend.runs_from_layer`).
+predict an answer token go through the final norm and W_U (each per position: those rows of the full
+logits). On SmolLM2, W_U is 28 M multiply-adds a position against ~3.5 M for a block, so a restored
+run that starts in the top 8 of its 30 layers was mostly unembedding; on Gemma 3 (a 262,144-token
+vocabulary) it was for every layer. TransformerLens 3.9's TransformerBridge has no
+``start_at_layer`` and is refused (load the model with ``backend="hooked"``: a HookedTransformer
+under 3.9, the bridge in compatibility mode under 4.x, :func:`models.backend.runs_from_layer`).
 
 Averaging over facts. Prompts differ in length, so positions are put in Meng et al.'s buckets
 (:data:`BUCKETS`): tokens before the given entity, its first, middle and last tokens, the first
