@@ -35,9 +35,10 @@ from models.backend import is_hooked
 
 HOOKED_TREE_ARCHITECTURES = frozenset({
     "GPT2LMHeadModel", "GPTNeoXForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
-    "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Olmo2ForCausalLM"})
+    "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"})
 """``cfg.original_architecture``s of the HookedTransformer conversions this is checked on against teacher
-forcing (a tiny model of each, SmolLM2 and Gemma 3 270M: tests/probes/test_shared_prompt.py)."""
+forcing (a tiny model of each, SmolLM2 and Gemma 3 270M: tests/probes/test_shared_prompt.py). TransformerLens
+3.9 converts no OLMo 2, so none is listed."""
 
 
 def runs_hooked_tree(model: object, width: int) -> bool:

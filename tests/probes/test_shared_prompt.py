@@ -129,6 +129,15 @@ def test_every_backend_scores_by_trie_as_teacher_forcing_on_every_architecture(a
     assert_fast_equals_teacher_forcing(model, rows, by_tree=True)
 
 
+def test_the_hooked_trie_lists_exactly_the_conversions_checked_above(tiny_models):
+    """``HOOKED_TREE_ARCHITECTURES`` claims a teacher-forcing check for each entry: it is the set of the tiny
+    architectures TransformerLens converts to a HookedTransformer (3.9; none under 4.x, whose "hooked" is a
+    bridge), each of which the test above runs by trie."""
+    converted = {model.cfg.original_architecture for architecture in BACKENDS_BY_ARCHITECTURE
+                 for model in tiny_models[architecture].backends.values() if is_hooked(model)}
+    assert converted == (set(HOOKED_TREE_ARCHITECTURES) if HookedTransformer is not None else set())
+
+
 @pytest.mark.parametrize("architecture", ["llama", "gemma2"])
 def test_a_transformers_model_scores_by_trie_or_teacher_forced_as_teacher_forcing(architecture, tiny_models):
     """A transformers causal LM itself (what finetune-facts asks after training): by trie where its statements
