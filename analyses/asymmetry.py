@@ -33,7 +33,8 @@ direction. The summary therefore repeats accuracy, mean rank and margin on the p
 names differ (``different_last_name``), the cleaner test of knowing the parent or the child.
 
 Scoring shares each prompt's keys and values among its K+1 answers
-(:func:`probes.shared_prompt.candidate_logprobs_cached`).
+(:func:`probes.shared_prompt.candidate_logprobs_cached`), with float32 products on oneDNN's kernels where
+MKL's are the slower float32 ones (:func:`models.cpu_matmul.float32_matmul`; ``float32_matmul`` in the summary).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celeb
 from facts.language import TemplateTokenizer, controls
 from facts.schema import Direction, FactError, FactSet
 from models.backend import is_hooked, is_tl_model
+from models.cpu_matmul import DEFAULT, float32_matmul
 from models.pretrained import DEFAULT_MODEL, Backend, TLModel, load
 from models.scoring import model_device
 from probes.shared_prompt import candidate_logprobs_cached
@@ -287,8 +289,9 @@ def check_asymmetry(
         tokenizer, name = model.tokenizer, os.fspath(model_name_or_path)  # the model's own: no second copy
     fact_tokenizer = TemplateTokenizer(tokenizer, TEMPLATE_FAMILIES[templates])  # BOS as the tokenizer adds it
     loaded = time.perf_counter()
-    table = asymmetry_table(model, facts, fact_tokenizer, limit=limit, n_controls=n_controls, seed=seed,
-                            batch_size=batch_size, progress=progress)
+    with float32_matmul(model_device(model)) as kernels:
+        table = asymmetry_table(model, facts, fact_tokenizer, limit=limit, n_controls=n_controls, seed=seed,
+                                batch_size=batch_size, progress=progress)
     scored = time.perf_counter()
     directions = summarize_directions(table, n_controls)
     answers = sum(d["n"] for d in directions.values()) * (n_controls + 1)
@@ -298,6 +301,7 @@ def check_asymmetry(
         "model_name_or_path": name,
         "backend": "hooked" if is_hooked(model) else "bridge",
         "device": str(model_device(model)),
+        "float32_matmul": kernels,
         "data": facts.meta["source"],
         "rows": facts.meta["rows"],
         "pairs": len(facts),
@@ -428,6 +432,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [
         "",
         f"{summary['answers_scored']} answers scored in {summary['scoring_seconds']:.0f} s "
-        f"({summary['answers_per_second']:.1f}/s); {summary['seconds']:.0f} s in all with loading",
+        f"({summary['answers_per_second']:.1f}/s, float32 products: {summary.get('float32_matmul', DEFAULT)}); "
+        f"{summary['seconds']:.0f} s in all with loading",
     ]
     return "\n".join(lines)

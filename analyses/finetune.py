@@ -458,7 +458,20 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     """Run the experiment; write summary.json, questions.csv, logits.csv, in_context.csv and
     circuits.csv (after fine-tuning; ``before_*.csv`` before it; circuits when the source is a fact
     set), multiple_choice.csv (unless ``config.multiple_choice`` is 0), history.jsonl, facts.jsonl (idem) and finetune.png into ``out``; return the summary.
-    The input is read and checked whole before the model loads."""
+    The input is read and checked whole before the model loads. Float32 products run on oneDNN's kernels where
+    MKL's are the slower float32 ones (:func:`models.cpu_matmul.float32_matmul`; ``float32_matmul`` in the summary)."""
+    from models.cpu_matmul import float32_matmul
+    from models.scoring import model_device
+
+    began = time.perf_counter()
+    inputs = read_inputs_and_model(config)
+    with float32_matmul(model_device(inputs[-1])) as kernels:  # training, questions and tracing alike
+        return _finetune_loaded(out, config, progress, began, inputs, kernels)
+
+
+def _finetune_loaded(out: str | Path, config: FinetuneConfig, progress: bool, began: float, inputs: tuple,
+                   kernels: str) -> dict[str, Any]:
+    """:func:`finetune_facts` once its inputs and model are read (``inputs``: :func:`read_inputs_and_model`'s)."""
     from analyses.compare import y_circuit_metrics
     from analyses.figures import finetune_bars
     from analyses.probe import circuit_summary
@@ -469,8 +482,7 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     from probes.shared_prompt import scores_by_tree
     from probes.views import save_png
 
-    began = time.perf_counter()
-    questions, controls, tokenizer, sentences, eval_sets, hf_model = read_inputs_and_model(config)
+    questions, controls, tokenizer, sentences, eval_sets, hf_model = inputs
     model = to_hooked(hf_model, tokenizer, config.model, device=config.device)
     # the questions are asked of the transformers model itself where it scores by trie (the floor's speed;
     # its HookedTransformer conversion agrees within 1e-4), of the conversion where it cannot or LoRA wraps it
@@ -518,6 +530,7 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
                "evaluate": (time.perf_counter() - converted) + (asked - evaluated) + (trained - loaded),
                "total": time.perf_counter() - began}
     summary = summarize(tables, config, seconds, len(sentences), result.steps, questions.source)
+    summary["float32_matmul"] = kernels
     summary["questions_asked_of"] = ("transformers model, by trie" if by_tree else
                                      "TransformerLens conversion" + (", by trie" if scores_by_tree(model) else ""))
     if lora_targets is not None:
@@ -609,6 +622,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"{config['model']} fine-tuned on {summary['train_sentences']} sentences ({source}), "
         f"{summary['steps']} steps, {summary['seconds']['total']:.0f} s"
+        + (f" (float32 products: {summary['float32_matmul']})" if "float32_matmul" in summary else "")
         + (f"; mitigation: {config['mitigation']}" if config.get("mitigation", "none") != "none" else ""),
         f"margin = log p(answer) − mean log p(its controls: {config['n_controls']} random answers of the same kind"
         f"{', plus the randomized name where given' if source.startswith('berglund') else ''}); "

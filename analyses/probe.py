@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -57,7 +58,9 @@ from facts.token_worlds import TokenVocab
 from facts.tokens import Example, FactTokenizer
 from models.bilinear import BilinearModel
 from models.checkpoint import list_checkpoints
+from models.cpu_matmul import DEFAULT, float32_matmul
 from models.load import load_trained
+from models.scoring import model_device
 from probes.attribution import (
     check_attribution_architecture, check_attribution_readable, direct_logit_attribution, patch_residual,
 )
@@ -511,8 +514,13 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
     probed = load_probed(model_path, facts, device, backend, source.sentence_templates(None))
     check_circuits_readable(probed.model)  # before any probe runs: a Gemma on 3.9's bridge, OLMo 2 on any backend,
     check_attribution_readable(probed.model)  # and for attribution a Gemma or OLMo 2 on either line's bridge
-    return write_probe(probed, facts, out, n_controls, patch_layers,
-                       about={"model": str(model_path), "facts": str(facts_path), "limit": limit,
-                              **({} if templates_file is None else {"templates_file": str(templates_file)})},
-                       tracing=tracing, head_patching=head_patching, attribution_patching=attribution_patching,
-                       lens=lens, choices=choices)
+    # a pretrained model's products on oneDNN where MKL's are the slower float32 ones; a token-world
+    # checkpoint's are too small to gain (models.cpu_matmul)
+    kernels_for = nullcontext(DEFAULT) if probed.trained_on_facts else float32_matmul(model_device(probed.model))
+    with kernels_for as kernels:
+        return write_probe(probed, facts, out, n_controls, patch_layers,
+                           about={"model": str(model_path), "facts": str(facts_path), "limit": limit,
+                                  **({} if templates_file is None else {"templates_file": str(templates_file)}),
+                                  "float32_matmul": kernels},
+                           tracing=tracing, head_patching=head_patching, attribution_patching=attribution_patching,
+                           lens=lens, choices=choices)

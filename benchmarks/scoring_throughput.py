@@ -19,11 +19,15 @@ unless ``--threads``, in CPU seconds of the process (user + system, ``time.proce
 machine the wall time follows the load) with the wall time beside them: tokens/s = floor positions ÷
 CPU seconds (the same numerator for all, so the ratios are time ratios).
 
+``--onednn`` adds the floor and both trie paths with float32 products on oneDNN's kernels
+(:func:`models.cpu_matmul.float32_matmul`, what ``check-asymmetry`` uses on a CPU where MKL's are the slower
+float32 ones): each is compared with the floor run the same way, and all with the default floor's numbers.
+
 ``--bfloat16`` adds the hooked path with bfloat16 weights and activations, timed the same way, and its
 largest log-probability difference from float32 (the goal allows 1e-2), after this CPU's matrix product
 speed in both dtypes (the unembedding's shape).
 
-Run: ``.venv/bin/python benchmarks/scoring_throughput.py [--pairs 40 --rounds 3 --threads 1 --bfloat16]``.
+Run: ``.venv/bin/python benchmarks/scoring_throughput.py [--pairs 40 --rounds 3 --threads 1 --onednn --bfloat16]``.
 """
 
 from __future__ import annotations
@@ -147,6 +151,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bfloat16", action="store_true", help="also the hooked path in bfloat16 (time and max |Δ|)")
+    parser.add_argument("--onednn", action="store_true",
+                        help="also the floor and both trie paths with float32 products on oneDNN's kernels "
+                             "(models.cpu_matmul), each against the floor run the same way")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from probes.shared_prompt import candidate_logprobs_cached
@@ -173,6 +180,19 @@ def main() -> None:
         "bridge (by trie, the default)": lambda: candidate_logprobs_cached(bridge, rows).logprob,
         "bridge, prefix cache (before)": lambda: prefix_cached(bridge, rows),
     }
+    if args.onednn:
+        from models.cpu_matmul import ONEDNN, float32_matmul
+
+        def on_onednn(path):
+            def run():
+                with float32_matmul("cpu") as kernels:
+                    if kernels != ONEDNN:
+                        raise SystemExit(f"--onednn: this CPU keeps PyTorch's default kernels ({kernels})")
+                    return path()
+            return run
+
+        for name in ("floor (transformers, tree mask)", "hooked (by trie, now)", "bridge (by trie, the default)"):
+            paths[f"{name.split(' (')[0]} by trie, oneDNN"] = on_onednn(paths[name])
     if args.bfloat16:
         print(f"matrix products {hooked.cfg.d_model} × {hooked.cfg.d_vocab}: "
               + ", ".join(f"{dtype} {product_gflops(hooked.cfg.d_model, hooked.cfg.d_vocab, dtype):.1f} GFLOP/s"
@@ -188,12 +208,13 @@ def main() -> None:
             seconds[name].append(elapsed)
             cpu[name].append(used)
             print(f"  round {round_ + 1} {name:34s} {used:7.2f} CPU s {elapsed:7.2f} s wall", flush=True)
-    floor = statistics.median(cpu["floor (transformers, tree mask)"])
-    for name in paths:
+    for name in paths:  # a oneDNN path against the floor on oneDNN, the others against the default floor
+        floor_name = "floor by trie, oneDNN" if name.endswith("oneDNN") else "floor (transformers, tree mask)"
+        floor = statistics.median(cpu[floor_name])
         median = statistics.median(cpu[name])
         delta = (results[name] - results["floor (transformers, tree mask)"]).abs().max()
         print(f"{name:34s} {median:7.2f} CPU s  {positions / median:7.1f} tok/CPU s  ×{median / floor:.2f} floor  "
-              f"(wall {statistics.median(seconds[name]):7.2f} s)  max |Δ| vs floor {delta:.1e}")
+              f"(wall {statistics.median(seconds[name]):7.2f} s)  max |Δ| vs default floor {delta:.1e}")
 
 
 if __name__ == "__main__":
