@@ -113,6 +113,8 @@ SECOND_LINE_LEAVES_OUT: dict[str, str] = {
     "tests/reliability/test_strict_readers.py": "fact file readers",
     "tests/reliability/test_reader_properties.py": "reader properties (token ids are refused before a model runs)",
     "tests/models/test_bilinear.py": "the bilinear model is plain torch",
+    "tests/models/test_cpu_matmul.py": "PyTorch's float32 kernels on plain tensors (the scores of SmolLM2 and Gemma 3 "
+                                       "under both kernels run in test_shared_prompt)",
     "tests/analyses/test_sweep.py": "Ray plumbing; each trial is `reproduce reversal`, which test_cli runs",
     "tests/analyses/test_finetune.py::test_builtin_training_pairs": "sentence building",
     "tests/analyses/test_finetune.py::test_training_sentences": "sentence building",
