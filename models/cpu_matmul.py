@@ -9,11 +9,12 @@ product: MKL 96-100 GFLOP/s, oneDNN 213-235 GFLOP/s; the celebrity scoring of Sm
 
 PyTorch sends float32 products to oneDNN when ``torch.backends.mkldnn.matmul.fp32_precision`` is
 ``"bf16"``. That setting *allows* oneDNN to round the inputs to bfloat16 (8 significant bits), which it
-does with Intel's AMX units; without them (oneDNN 3.x, PyTorch 2.9 and later) it keeps float32. So
+does with Intel's AMX units; without them it keeps float32 (oneDNN 3.12 in PyTorch 2.13, measured here: products
+of Gaussians 1.2e-4 from float64 where MKL's are 5.1e-5 and bfloat16-rounded inputs 0.28). So
 :func:`float32_matmul` sets it only where it is a float32 switch and MKL is the slow library:
 
-* an x86 CPU whose vendor is not Intel (``/proc/cpuinfo``), on which PyTorch routes products to oneDNN
-  (it needs AVX-512);
+* an x86 CPU whose vendor is not Intel, with the AVX-512 subsets PyTorch asks for before it routes products
+  to oneDNN (:data:`ONEDNN_NEEDS`; both read from ``/proc/cpuinfo``);
 * whose oneDNN products, probed once per process (:func:`onednn_keeps_float32`) on a matrix product, a
   batched one and a matrix-vector one, agree with float64 to float32's accuracy: relative error
   ≤ :data:`FLOAT32_RELATIVE` of the largest entry, where bfloat16 inputs give ~4e-3;
@@ -42,18 +43,26 @@ float32 (measured here: 2e-6 for MKL and oneDNN alike; bfloat16-rounded inputs g
 ENVIRONMENT = "REVLENS_FLOAT32_MATMUL"
 """``mkl``: keep PyTorch's default kernels whatever the CPU."""
 DEFAULT, ONEDNN = "PyTorch's default", "oneDNN float32 (AVX-512)"
+ONEDNN_NEEDS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})
+"""The CPU flags without which PyTorch does not send float32 products to oneDNN under the setting."""
 
 
-def _cpu_vendor() -> str | None:
-    """``vendor_id`` of ``/proc/cpuinfo`` (e.g. AuthenticAMD), None where it cannot be read."""
+def _cpu_vendor_and_flags() -> tuple[str | None, frozenset[str]]:
+    """``vendor_id`` (e.g. AuthenticAMD) and ``flags`` of ``/proc/cpuinfo``'s first CPU; (None, ∅) where it
+    cannot be read."""
+    vendor, flags = None, frozenset()
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
             for line in info:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id" and vendor is None:
+                    vendor = value.strip()
+                elif key.strip() == "flags":
+                    flags = frozenset(value.split())
+                    break
     except OSError:
-        return None
-    return None
+        return None, frozenset()
+    return vendor, flags
 
 
 @contextmanager
@@ -91,7 +100,10 @@ def uses_onednn(device: torch.device | str | None) -> bool:
     """Whether :func:`float32_matmul` sends float32 products on ``device`` to oneDNN (see the module doc)."""
     if torch.device(device or "cpu").type != "cpu" or os.environ.get(ENVIRONMENT, "").lower() == "mkl":
         return False
-    if platform.machine().lower() not in ("x86_64", "amd64") or _cpu_vendor() in (None, "GenuineIntel"):
+    vendor, flags = _cpu_vendor_and_flags()
+    if platform.machine().lower() not in ("x86_64", "amd64") or vendor in (None, "GenuineIntel"):
+        return False
+    if not ONEDNN_NEEDS <= flags:  # PyTorch keeps the product on MKL, whatever the setting
         return False
     return torch.backends.mkldnn.is_available() and onednn_keeps_float32()
 

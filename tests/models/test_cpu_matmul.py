@@ -63,8 +63,12 @@ def test_other_devices_and_the_opt_out_keep_pytorchs_kernels(device, monkeypatch
         assert kernels == DEFAULT and torch.backends.mkldnn.matmul.fp32_precision == before
 
 
-def test_an_intel_or_unknown_cpu_keeps_mkl(monkeypatch):
-    """MKL's own AVX-512 kernels run on Intel CPUs, and a CPU that cannot be named is not guessed at."""
-    for vendor in ("GenuineIntel", None):
-        monkeypatch.setattr(cpu_matmul, "_cpu_vendor", lambda vendor=vendor: vendor)
+def test_an_intel_unknown_or_avx2_cpu_keeps_mkl(monkeypatch):
+    """MKL's own AVX-512 kernels run on Intel CPUs, a CPU that cannot be named is not guessed at, and without
+    AVX-512 PyTorch would keep the products on MKL (the summary would name kernels that did not run)."""
+    avx512 = cpu_matmul.ONEDNN_NEEDS | {"avx2", "fma"}
+    for vendor, flags in (("GenuineIntel", avx512), (None, frozenset()), ("AuthenticAMD", frozenset({"avx2", "fma"}))):
+        monkeypatch.setattr(cpu_matmul, "_cpu_vendor_and_flags", lambda answer=(vendor, flags): answer)
         assert not uses_onednn("cpu")
+        with float32_matmul("cpu") as kernels:
+            assert kernels == DEFAULT
