@@ -53,7 +53,7 @@ from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celeb
 from facts.language import TemplateTokenizer, controls
 from facts.schema import Direction, FactError, FactSet
 from models.backend import is_hooked, is_tl_model
-from models.cpu_matmul import DEFAULT, float32_matmul
+from models.cpu_matmul import float32_matmul
 from models.pretrained import DEFAULT_MODEL, Backend, TLModel, load
 from models.scoring import model_device
 from probes.shared_prompt import candidate_logprobs_cached
@@ -432,7 +432,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [
         "",
         f"{summary['answers_scored']} answers scored in {summary['scoring_seconds']:.0f} s "
-        f"({summary['answers_per_second']:.1f}/s, float32 products: {summary.get('float32_matmul', DEFAULT)}); "
-        f"{summary['seconds']:.0f} s in all with loading",
+        f"({summary['answers_per_second']:.1f}/s"
+        + (f", float32 products: {summary['float32_matmul']}" if "float32_matmul" in summary else "")
+        + f"); {summary['seconds']:.0f} s in all with loading",
     ]
     return "\n".join(lines)

@@ -39,7 +39,7 @@ import torch
 
 FLOAT32_RELATIVE = 1e-5
 """Largest error a probe product may have, relative to its largest entry, for the kernels to count as
-float32 (measured here: 2e-6 for MKL and oneDNN alike; bfloat16-rounded inputs give ~4e-3)."""
+float32 (measured here: ≤ 2e-6 for MKL and oneDNN alike; bfloat16-rounded inputs give ~4e-3)."""
 ENVIRONMENT = "REVLENS_FLOAT32_MATMUL"
 """``mkl``: keep PyTorch's default kernels whatever the CPU."""
 DEFAULT, ONEDNN = "PyTorch's default", "oneDNN float32 (AVX-512)"
