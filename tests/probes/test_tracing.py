@@ -227,6 +227,46 @@ def test_gemma_identities_of_restoring_the_clean_run(architecture, tiny_models):
     assert same(traced.restored[len(clean_again) :], traced.corrupted)
 
 
+@pytest.mark.parametrize("name", ["trained_tiny", "llama", "gemma2", "gemma3", "smollm2_hooked"])
+def test_restored_rows_read_earlier_positions_from_the_corrupted_cache(request, name, tiny_models, vocab, world):
+    """A restored site at position p changes no earlier position: running each restored row from its chunk's first
+    restored position, with the corrupted run's keys and values before it, gives every site's answer log-probability
+    of the run over all positions (float32 rounding apart). Every component, layer and position (prompt and answer),
+    on absolute positions (the token world's ``tiny``), rotary grouped-query attention (Llama, SmolLM2) and Gemma's
+    sliding window (a prompt past its 4 tokens) and post-norms; chunks of 4 and 8 rows."""
+    from facts.tokens import Example
+    from probes.tracing import reads_earlier_from_cache
+
+    if name in ("trained_tiny", "smollm2_hooked"):
+        model = request.getfixturevalue(name)
+    else:
+        model = tiny_models[name].backends["hooked"]
+    assert reads_earlier_from_cache(model)  # else both runs below would be one path
+    if name == "trained_tiny":
+        example = vocab.example(world, 0, "forward")
+        given = given_positions(vocab, world, 0, "forward", example)
+    elif name == "smollm2_hooked":
+        pair, statements = request.getfixturevalue("celebrity_pair"), TemplateTokenizer(
+            request.getfixturevalue("smollm2_tokenizer"), celebrity.TEMPLATES)
+        example = statements.example(pair, 0, "forward")
+        given = given_positions(statements, pair, 0, "forward", example)
+    else:
+        prompt = torch.randint(0, 1000, (7,), generator=torch.Generator().manual_seed(2)).tolist()
+        example, given = Example(tuple(prompt), (5, 9), 0, "forward", "train"), (2, 3)
+    length = len(example.prompt) + len(example.answer)
+    small = name != "smollm2_hooked"
+    layers, components = ((range(model.cfg.n_layers), COMPONENTS) if small
+                          else ((20, model.cfg.n_layers - 1), ("resid_post", "mlp_out")))
+    sites = [Site(c, layer, (p,)) for c in components for layer in layers for p in range(length)]
+    sites.append(Site("resid_post", layers[0], (length - 1, 1)))  # two positions: the chunk starts at the earlier
+    for batch_size in (4, 8) if small else (8,):
+        whole = trace_sites(model, example, given, sites, n_samples=2, batch_size=batch_size, earlier_from_cache=False)
+        cached = trace_sites(model, example, given, sites, n_samples=2, batch_size=batch_size)
+        assert torch.equal(cached.corrupted, whole.corrupted) and cached.clean == whole.clean
+        assert (whole.restored - whole.corrupted).abs().max() > 1e-3  # restoring does move the answer
+        assert same(cached.restored, whole.restored)
+
+
 def test_tracing_a_bridge_is_refused_with_the_backend_to_use(tiny_models, tmp_path):
     from facts.tokens import Example
 
