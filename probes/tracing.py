@@ -38,7 +38,8 @@ order of position: about half the cost of running every row from the embeddings.
 position p changes no position before p, so on a HookedTransformer a batch runs positions p₀ on (p₀
 its first site's position, at most the last prompt position) and attention reads the keys and values
 of positions before p₀ from the corrupted run (:func:`reads_earlier_from_cache`). A site before the
-given entity is the corrupted run itself (its activation is the same in both runs) and is not run. On a HookedTransformer they stop after the last block, and only the positions that
+given entity is the corrupted run itself (its activation is the same in both runs) and is not run.
+On a HookedTransformer the restored runs stop after the last block, and only the positions that
 predict an answer token go through the final norm and W_U (each per position: those rows of the full
 logits). On SmolLM2, W_U is 28 M multiply-adds a position against ~3.5 M for a block, so a restored
 run that starts in the top 8 of its 30 layers was mostly unembedding; on Gemma 3 (a 262,144-token
@@ -81,8 +82,8 @@ NOISE_MULTIPLE = 3.0
 RESTORED_ROWS = 24
 """Rows (site × noise sample) of one restored pass. Smaller passes start later in the sequence (a pass runs from its
 first restored position, :func:`reads_earlier_from_cache`) but each costs a fixed ~3 ms a block; on SmolLM2's
-people-world statements (2 components, 2 samples) 24 rows took 0.77-0.88 of the CPU time of 64 rows over every
-position, and 16 or 32 rows no less (benchmarks/README.md, "Causal tracing")."""
+people-world statements (2 components, 2 samples), the default took 0.77-0.86 of the CPU time of 64-row passes
+over every site and position, and passes of 16 or 32 rows no less than 24 (benchmarks/README.md, "Causal tracing")."""
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,8 @@ def trace_sites(
 ) -> Traced:
     """Clean, corrupted and restored answer log-probabilities of ``example`` with the prompt
     positions ``given`` noised (see the module docstring). ``earlier_from_cache=False`` runs every
-    position of each restored row (:func:`reads_earlier_from_cache`'s models only differ; the same
-    numbers to float32 rounding)."""
+    position of every restored row, sites before the given entity too (the same numbers to float32
+    rounding: the way to check the shortcuts)."""
     _check_model(model)
     length = len(example.prompt)
     if not given or any(not 0 <= p < length for p in given):
@@ -199,7 +200,7 @@ def trace_sites(
                                                             keep_keys_and_values=from_cache)
     restored = torch.empty(len(sites), n_samples)
     corrupted = score(corrupt_logits)
-    untouched = {i for i, site in enumerate(sites) if max(site.positions) < min(given)}
+    untouched = {i for i, site in enumerate(sites) if max(site.positions) < min(given)} if earlier_from_cache else set()
     restored[sorted(untouched)] = corrupted  # the noise never reaches them: the same activation in both runs
     per_chunk = max(1, batch_size // n_samples)
     for layer in layers:

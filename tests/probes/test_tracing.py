@@ -191,12 +191,14 @@ def test_smollm2_identities_and_entity_positions(smollm2_hooked, smollm2_tokeniz
     everything = tuple(range(len(example.prompt) + len(example.answer)))
     sites = [Site("resid_pre", 0, given), Site("resid_pre", 10, everything), Site("resid_post", last, everything)]
     before = [Site("resid_pre", layer, (0,)) for layer in (0, 20)] if given[0] > 0 else []
-    traced = trace_sites(model, example, given, sites + before, n_samples=2)
-    assert (traced.corrupted - traced.clean).abs().max() > 1e-2
-    for restored in traced.restored[:3]:
-        assert same(restored, traced.clean)
-    for restored in traced.restored[3:]:  # a position before the entity is the same in both runs
-        assert same(restored, traced.corrupted)
+    assert before  # the celebrity template puts words before the entity
+    for every_position in (True, False):  # the sites before the entity run too, or are the corrupted run
+        traced = trace_sites(model, example, given, sites + before, n_samples=2, earlier_from_cache=not every_position)
+        assert (traced.corrupted - traced.clean).abs().max() > 1e-2
+        for restored in traced.restored[:3]:
+            assert same(restored, traced.clean)
+        for restored in traced.restored[3:]:  # a position before the entity is the same in both runs
+            assert same(restored, traced.corrupted)
     table = trace(model, example, given, components=("resid_post",), layers=[0, 15, last], n_samples=2)
     assert len(table) == 3 * len(example.prompt) and math.isfinite(table.prob.sum())
 
@@ -221,10 +223,12 @@ def test_gemma_identities_of_restoring_the_clean_run(architecture, tiny_models):
     clean_again = [Site("resid_pre", 0, given), Site("resid_post", last, everything)] + [
         Site("resid_pre", layer, everything) for layer in range(model.cfg.n_layers)]
     untouched = [Site(c, layer, (p,)) for c in COMPONENTS for layer in range(model.cfg.n_layers) for p in (0, 1)]
-    traced = trace_sites(model, example, given, clean_again + untouched, n_samples=3, seed=1)
-    assert (traced.corrupted - traced.clean).abs().min() > 1e-3  # the noise does change the answer
-    assert same(traced.restored[: len(clean_again)], traced.clean)
-    assert same(traced.restored[len(clean_again) :], traced.corrupted)
+    for every_position in (True, False):  # the sites before the entity run too, or are the corrupted run
+        traced = trace_sites(model, example, given, clean_again + untouched, n_samples=3, seed=1,
+                             earlier_from_cache=not every_position)
+        assert (traced.corrupted - traced.clean).abs().min() > 1e-3  # the noise does change the answer
+        assert same(traced.restored[: len(clean_again)], traced.clean)
+        assert same(traced.restored[len(clean_again) :], traced.corrupted)
 
 
 @pytest.mark.parametrize("name", ["trained_tiny", "llama", "gemma2", "gemma3", "smollm2_hooked"])
