@@ -237,7 +237,7 @@ def test_restored_rows_read_earlier_positions_from_the_corrupted_cache(request, 
     restored position, with the corrupted run's keys and values before it, gives every site's answer log-probability
     of the run over all positions (float32 rounding apart). Every component, layer and position (prompt and answer),
     on absolute positions (the token world's ``tiny``), rotary grouped-query attention (Llama, SmolLM2) and Gemma's
-    sliding window (a prompt past its 4 tokens) and post-norms; chunks of 4 and 8 rows."""
+    sliding window (a prompt past its 4 tokens) and post-norms; passes of 4 and 8 rows (SmolLM2: 8, two layers)."""
     from facts.tokens import Example
     from probes.tracing import reads_earlier_from_cache
 
