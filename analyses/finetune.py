@@ -648,8 +648,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         before, after = (summary["effective_weights"][stage] for stage in STAGES)
         lines.append(
             f"OV circuits Y (mean z over {after['n_y_circuits']} heads, entry vs controls' entries): trained "
-            f"{before['z_trained']:.2f} → {after['z_trained']:.2f}; held-out reverse "
-            f"{before['z_heldout']:.2f} → {after['z_heldout']:.2f}; most asymmetric circuit after: "
+            f"{before['z_trained']:.3g} → {after['z_trained']:.3g}; held-out reverse "  # a pretrained LM's are ~1e-3
+            f"{before['z_heldout']:.3g} → {after['z_heldout']:.3g}; most asymmetric circuit after: "
             f"{after['most_asymmetric_circuit']} ({after['max_asymmetry']:.2f})")
     if "multiple_choice" in summary:
         from analyses.multiple_choice import format_multiple_choice

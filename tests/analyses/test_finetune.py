@@ -15,6 +15,7 @@ import torch
 from analyses.cli import main
 from analyses.finetune import (
     MITIGATIONS,
+    STAGES,
     FinetuneConfig,
     format_summary,
     mean_ci95,
@@ -85,6 +86,11 @@ def test_finetune_writes_probe_format_tables_and_figure(finetune_run):
                                                             "forward_trained_paraphrase": 3, "in_context_reverse": 3}})
     text = format_summary(summary)
     assert "in context reverse" in text and "95% CI" in text and "OV circuits Y (mean z over 270 heads" in text
+    # the circuit z-scores as printed read back as the summary's (a pretrained LM's are ~1e-3: not "0.00")
+    printed = re.search(r"trained (\S+) → (\S+); held-out reverse (\S+) → (\S+);", text).groups()
+    weights = summary["effective_weights"]
+    for shown, value in zip(printed, [weights[stage][z] for z in ("z_trained", "z_heldout") for stage in STAGES]):
+        assert float(shown) == pytest.approx(value, rel=5e-3), (shown, value)
 
 
 def test_finetune_asks_forward_and_reverse_as_multiple_choice_before_and_after(finetune_run):
