@@ -32,6 +32,7 @@ and ℓ_r(o) the letter of option o in order r, two scores:
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -62,33 +63,55 @@ def options_count(questions: QuestionSet, k: int, settings: Sequence[str] = MC_S
     return min(k, smallest)
 
 
-def multiple_choice_table(model: Any, questions: QuestionSet, tokenizer: Any, k: int = 4, seed: int = 0,
-                          settings: Sequence[str] = MC_SETTINGS) -> pd.DataFrame:
-    """One row per question of ``settings`` and option order: the option under each letter (option_A,
-    ...), the letters' probabilities (p_A, ...), the right letter, p_correct, the chosen (most likely)
-    letter and whether it is right."""
+@dataclass
+class MultipleChoicePrompts:
+    """What :func:`multiple_choice_table` asks: ``prompts[i]`` (token ids, the model's BOS rule) with
+    ``stems[i]`` tokens shared by its question's K orders (:func:`shared_length`), one ``records[i]`` of
+    table columns each (``_correct``: the right option's index), under ``letters``."""
+
+    letters: str
+    prompts: list[tuple[int, ...]]
+    stems: list[int]
+    records: list[dict[str, Any]]
+
+
+def multiple_choice_prompts(questions: QuestionSet, tokenizer: Any, k: int = 4, seed: int = 0,
+                            settings: Sequence[str] = MC_SETTINGS) -> MultipleChoicePrompts:
+    """Each question of ``settings`` with its right answer and K − 1 others of its pool (drawn with
+    ``seed``), in each of the K cyclic orders (:func:`facts.questions.multiple_choice_orders`), tokenised."""
     k = options_count(questions, k, settings)
     letters = LETTERS[:k]
     pools = questions.pool_answers()
     prefix = bos_prefix(tokenizer)
-    records, prompts, stems = [], [], []
+    asked = MultipleChoicePrompts(letters, [], [], [])
     for number, question in enumerate(questions.questions):
         if question.setting not in settings:
             continue
         others = [a for a in pools[question.pool] if a != question.completion]
         distractors = random.Random(f"{seed}:multiple-choice:{number}").sample(others, k - 1)
         orders = multiple_choice_orders(question, distractors, seed, letters)
-        encoded = [prefix + tuple(tokenizer.encode(asked.prompt, add_special_tokens=False)) for asked in orders]
-        prompts += encoded
-        stems += [shared_length(encoded)] * len(encoded)
-        for rotation, asked in enumerate(orders):
-            records.append({"question": number, "key": question.key, "fact": question.fact, "group": question.group,
-                            "setting": question.setting, "direction": question.direction, "split": question.split,
-                            "answer": question.completion.strip(), "order": rotation,
-                            "correct_letter": letters[asked.correct], "_correct": asked.correct,
-                            **{f"option_{letter}": option.strip() for letter, option in zip(letters, asked.options)}})
-    probabilities = letter_probabilities(model, prompts, letter_tokens(tokenizer, letters), stems=stems)
-    table = pd.DataFrame(records)
+        encoded = [prefix + tuple(tokenizer.encode(order.prompt, add_special_tokens=False)) for order in orders]
+        asked.prompts += encoded
+        asked.stems += [shared_length(encoded)] * len(encoded)
+        for rotation, order in enumerate(orders):
+            asked.records.append({
+                "question": number, "key": question.key, "fact": question.fact, "group": question.group,
+                "setting": question.setting, "direction": question.direction, "split": question.split,
+                "answer": question.completion.strip(), "order": rotation,
+                "correct_letter": letters[order.correct], "_correct": order.correct,
+                **{f"option_{letter}": option.strip() for letter, option in zip(letters, order.options)}})
+    return asked
+
+
+def multiple_choice_table(model: Any, questions: QuestionSet, tokenizer: Any, k: int = 4, seed: int = 0,
+                          settings: Sequence[str] = MC_SETTINGS) -> pd.DataFrame:
+    """One row per question of ``settings`` and option order (:func:`multiple_choice_prompts`): the option
+    under each letter (option_A, ...), the letters' probabilities (p_A, ...), the right letter, p_correct,
+    the chosen (most likely) letter and whether it is right."""
+    asked = multiple_choice_prompts(questions, tokenizer, k, seed, settings)
+    letters, k = asked.letters, len(asked.letters)
+    probabilities = letter_probabilities(model, asked.prompts, letter_tokens(tokenizer, letters), stems=asked.stems)
+    table = pd.DataFrame(asked.records)
     for column, letter in enumerate(letters):
         table[f"p_{letter}"] = probabilities[:, column].numpy()
     correct = torch.tensor(table.pop("_correct").to_numpy(dtype="int64"))

@@ -134,6 +134,36 @@ def timed(function, *args) -> tuple[float, float, object]:
     return time.perf_counter() - began, time.process_time() - began_cpu, result
 
 
+def alternating_rounds(paths: dict, rounds: int, width: int = 34
+                       ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, object]]:
+    """Run every path once a round, in order, ``rounds`` times (machine noise hits all of them alike), printing
+    each run; return each path's CPU seconds and wall seconds per round and its last result."""
+    cpu: dict[str, list[float]] = {name: [] for name in paths}
+    wall: dict[str, list[float]] = {name: [] for name in paths}
+    results = {}
+    for round_ in range(rounds):
+        for name, path in paths.items():
+            elapsed, used, results[name] = timed(path)
+            cpu[name].append(used)
+            wall[name].append(elapsed)
+            print(f"  round {round_ + 1} {name:{width}s} {used:7.2f} CPU s {elapsed:7.2f} s wall", flush=True)
+    return cpu, wall, results
+
+
+FLOOR = "floor (transformers, tree mask)"
+
+
+def print_against_floor(cpu: dict[str, list[float]], wall: dict[str, list[float]], results: dict[str, torch.Tensor],
+                        positions: int, floor_of=lambda name: FLOOR, width: int = 34) -> None:
+    """Per path (medians over the rounds): CPU seconds, floor positions per CPU second, the ratio to its floor
+    (``floor_of(name)``, by default :data:`FLOOR`) and the largest difference of its numbers from :data:`FLOOR`'s."""
+    for name in cpu:
+        median, floor = statistics.median(cpu[name]), statistics.median(cpu[floor_of(name)])
+        delta = (results[name] - results[FLOOR]).abs().max()
+        print(f"{name:{width}s} {median:7.2f} CPU s  {positions / median:7.1f} tok/CPU s  ×{median / floor:.2f} floor  "
+              f"(wall {statistics.median(wall[name]):7.2f} s)  max |Δ| vs the default floor {delta:.1e}")
+
+
 def product_gflops(inner: int, outer: int, dtype: torch.dtype, rows: int = 64, repeats: int = 3) -> float:
     """GFLOP/s of this CPU's ``[rows × inner] @ [inner × outer]`` in ``dtype`` (CPU seconds)."""
     a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, outer, dtype=dtype)
@@ -174,7 +204,7 @@ def main() -> None:
     print(f"floor vs teacher forcing (hooked), first 8 statements: max |Δ log p| "
           f"{(floor_check - reference).abs().max():.2e}")
     paths = {
-        "floor (transformers, tree mask)": lambda: floor_pass(hf, rows),
+        FLOOR: lambda: floor_pass(hf, rows),
         "hooked (by trie, now)": lambda: candidate_logprobs_cached(hooked, rows).logprob,
         "hooked, prefix cache (before)": lambda: prefix_cached(hooked, rows),
         "bridge (by trie, the default)": lambda: candidate_logprobs_cached(bridge, rows).logprob,
@@ -191,7 +221,7 @@ def main() -> None:
                     return path()
             return run
 
-        for name in ("floor (transformers, tree mask)", "hooked (by trie, now)", "bridge (by trie, the default)"):
+        for name in (FLOOR, "hooked (by trie, now)", "bridge (by trie, the default)"):
             paths[f"{name.split(' (')[0]} by trie, oneDNN"] = on_onednn(paths[name])
     if args.bfloat16:
         print(f"matrix products {hooked.cfg.d_model} × {hooked.cfg.d_vocab}: "
@@ -199,23 +229,10 @@ def main() -> None:
                           for dtype in (torch.float32, torch.bfloat16)))
         hooked_bf16 = load(args.model, backend="hooked", device="cpu", dtype=torch.bfloat16)
         paths["hooked, bfloat16"] = lambda: candidate_logprobs_cached(hooked_bf16, rows).logprob.float()
-    seconds: dict[str, list[float]] = {name: [] for name in paths}
-    cpu: dict[str, list[float]] = {name: [] for name in paths}
-    results = {}
-    for round_ in range(args.rounds):
-        for name, path in paths.items():
-            elapsed, used, results[name] = timed(path)
-            seconds[name].append(elapsed)
-            cpu[name].append(used)
-            print(f"  round {round_ + 1} {name:34s} {used:7.2f} CPU s {elapsed:7.2f} s wall", flush=True)
-    for name in paths:  # a oneDNN path against the floor on oneDNN, the others against the default floor
-        floor_name = "floor by trie, oneDNN" if name.endswith("oneDNN") else "floor (transformers, tree mask)"
-        floor = statistics.median(cpu[floor_name])
-        median = statistics.median(cpu[name])
-        delta = (results[name] - results["floor (transformers, tree mask)"]).abs().max()
-        print(f"{name:34s} {median:7.2f} CPU s  {positions / median:7.1f} tok/CPU s  ×{median / floor:.2f} floor  "
-              f"(wall {statistics.median(seconds[name]):7.2f} s)  max |Δ| vs default floor {delta:.1e}")
-
+    cpu, seconds, results = alternating_rounds(paths, args.rounds)
+    # a oneDNN path against the floor on oneDNN, the others against the default floor
+    print_against_floor(cpu, seconds, results, positions,
+                        lambda name: "floor by trie, oneDNN" if name.endswith("oneDNN") else FLOOR)
 
 if __name__ == "__main__":
     main()
