@@ -82,7 +82,8 @@ def floor_pass(hf, questions: Sequence[tuple[list[int], list[list[int]]]], lette
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", type=int, default=40, help="the first N questions (0: all, 180 by default)")
+    parser.add_argument("--questions", type=int, default=40,
+                        help="the first N questions (0: all; the default run asks 180)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -108,6 +109,7 @@ def main() -> None:
         "hooked, every prompt whole": lambda: letter_probabilities(hooked, prompts, letters),
     }
     print_against_floor(*alternating_rounds(paths, args.rounds, width=36), positions, width=36)
+
 
 if __name__ == "__main__":
     main()
