@@ -27,7 +27,12 @@ float32 ones): each is compared with the floor run the same way, and all with th
 largest log-probability difference from float32 (the goal allows 1e-2), after this CPU's matrix product
 speed in both dtypes (the unembedding's shape).
 
-Run: ``.venv/bin/python benchmarks/scoring_throughput.py [--pairs 40 --rounds 3 --threads 1 --onednn --bfloat16]``.
+``--compile`` adds the floor with the transformers model under ``torch.compile`` (inductor, dynamic shapes: every
+pass has its own width), timed the same way once a warm-up pass over all statements has compiled it; the warm-up's
+seconds are printed apart (the compilation's cost, against what the compiled passes save).
+
+Run: ``.venv/bin/python benchmarks/scoring_throughput.py [--pairs 40 --rounds 3 --threads 1 --onednn --bfloat16
+--compile]``.
 """
 
 from __future__ import annotations
@@ -71,8 +76,10 @@ def floor_positions(rows: Sequence[Sequence[Example]]) -> int:
 
 
 @torch.no_grad()
-def floor_pass(hf, rows: Sequence[Sequence[Example]], batch: int = 16) -> torch.Tensor:
-    """log p(candidate | prompt) for every row and candidate from one tree-masked pass per statement."""
+def floor_pass(hf, rows: Sequence[Sequence[Example]], batch: int = 16, body=None) -> torch.Tensor:
+    """log p(candidate | prompt) for every row and candidate from one tree-masked pass per statement
+    (``body``: what runs the transformer blocks, by default ``hf.model``)."""
+    body = hf.model if body is None else body
     out = torch.zeros(len(rows), len(rows[0]))
     lm_head = hf.get_output_embeddings()
     for start in range(0, len(rows), batch):
@@ -99,7 +106,7 @@ def floor_pass(hf, rows: Sequence[Sequence[Example]], batch: int = 16) -> torch.
             for at in range(length + len(nodes), width):
                 allowed[b, 0, at, at] = True  # padding sees itself only (no empty softmax row)
         mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
-        hidden = hf.model(input_ids=ids, position_ids=positions, attention_mask=mask).last_hidden_state
+        hidden = body(input_ids=ids, position_ids=positions, attention_mask=mask).last_hidden_state
         for b, (prompt, nodes, index) in enumerate(layouts):
             length = len(prompt)
             logprobs = lm_head(hidden[b, length - 1 : length + len(nodes)]).float().log_softmax(-1)
@@ -184,6 +191,8 @@ def main() -> None:
     parser.add_argument("--onednn", action="store_true",
                         help="also the floor and both trie paths with float32 products on oneDNN's kernels "
                              "(models.cpu_matmul), each against the floor run the same way")
+    parser.add_argument("--compile", action="store_true",
+                        help="also the floor on torch.compile(model) (the warm-up that compiles it timed apart)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from probes.shared_prompt import candidate_logprobs_cached
@@ -229,6 +238,13 @@ def main() -> None:
                           for dtype in (torch.float32, torch.bfloat16)))
         hooked_bf16 = load(args.model, backend="hooked", device="cpu", dtype=torch.bfloat16)
         paths["hooked, bfloat16"] = lambda: candidate_logprobs_cached(hooked_bf16, rows).logprob.float()
+    if args.compile:
+        body = torch.compile(hf.model, dynamic=True)
+        compiled = lambda rows: floor_pass(hf, rows, body=body)  # noqa: E731
+        elapsed, used, _ = timed(compiled, rows)
+        print(f"torch.compile: the warm-up pass over all {len(rows)} statements (compiling) {used:.1f} CPU s, "
+              f"{elapsed:.1f} s wall")
+        paths["floor, torch.compile"] = lambda: compiled(rows)
     cpu, seconds, results = alternating_rounds(paths, args.rounds)
     # a oneDNN path against the floor on oneDNN, the others against the default floor
     print_against_floor(cpu, seconds, results, positions,
