@@ -459,7 +459,10 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
     circuits.csv (after fine-tuning; ``before_*.csv`` before it; circuits when the source is a fact
     set), multiple_choice.csv (unless ``config.multiple_choice`` is 0), history.jsonl, facts.jsonl (idem) and finetune.png into ``out``; return the summary.
     The input is read and checked whole before the model loads. Float32 products run on oneDNN's kernels where
-    MKL's are the slower float32 ones (:func:`models.cpu_matmul.float32_matmul`; ``float32_matmul`` in the summary)."""
+    MKL's are the slower float32 ones (:func:`models.cpu_matmul.float32_matmul`; ``float32_matmul`` in the summary).
+    ``seconds`` in the summary: disjoint stages ``load`` (reading and converting the model), ``train``, ``convert``,
+    ``evaluate`` (questions, multiple choice and circuits, before and after), ``trace`` (causal tracing before and
+    after, with the weight change and their tables and figures), and ``total``, from the start to summary.json."""
     from models.cpu_matmul import float32_matmul
     from models.scoring import model_device
 
@@ -501,7 +504,9 @@ def _finetune_loaded(out: str | Path, config: FinetuneConfig, progress: bool, be
     tables = {"before": evaluate_questions(hf_model if by_tree else model, questions, tokenizer, controls)}
     choices = {"before": _ask_multiple_choice(model, questions, tokenizer, config)}
     circuits = {"before": circuit_table(model, facts, entity_ids)} if facts is not None else {}
+    tracing_began = time.perf_counter()
     tracing = _start_tracing(model, facts, tokenizer, config)
+    traced = time.perf_counter() - tracing_began  # the tracing before fine-tuning
     del model  # the "before" copy; training runs on the transformers model, converted again after
     per_epoch = math.ceil(len(sentences) / config.batch_size)
     trained = time.perf_counter()
@@ -526,9 +531,11 @@ def _finetune_loaded(out: str | Path, config: FinetuneConfig, progress: bool, be
     choices["after"] = _ask_multiple_choice(model, questions, tokenizer, config)
     if facts is not None:
         circuits["after"] = circuit_table(model, facts, entity_ids)
+    # disjoint stages; "trace" (causal tracing before and after, with its tables and figures) and "total" are
+    # completed once the tracing after fine-tuning has run
     seconds = {"load": loaded - began, "train": result.seconds, "convert": converted - asked,
-               "evaluate": (time.perf_counter() - converted) + (asked - evaluated) + (trained - loaded),
-               "total": time.perf_counter() - began}
+               "evaluate": (time.perf_counter() - converted) + (asked - evaluated) + (trained - loaded) - traced,
+               "trace": traced}
     summary = summarize(tables, config, seconds, len(sentences), result.steps, questions.source)
     summary["float32_matmul"] = kernels
     summary["questions_asked_of"] = ("transformers model, by trie" if by_tree else
@@ -553,9 +560,12 @@ def _finetune_loaded(out: str | Path, config: FinetuneConfig, progress: bool, be
             write_csv(circuits[stage], out / f"{prefix}circuits.csv")
         save_jsonl(facts, out / "facts.jsonl")
     if tracing is not None:
+        tracing_began = time.perf_counter()
         summary["tracing"] = tracing.finish(model, out)
+        seconds["trace"] += time.perf_counter() - tracing_began
     _write_history(out / "history.jsonl", result.history)
     save_png(finetune_bars(summary), out / "finetune.png")
+    seconds["total"] = time.perf_counter() - began
     _write_json(out / "summary.json", summary)
     return summary
 

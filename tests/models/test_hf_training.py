@@ -165,6 +165,11 @@ def test_finetune_facts_runs_on_gemma3_end_to_end(tiny_hf, tmp_path):
         assert all(math.isfinite(setting[stage]["logprob"]) for stage in ("before", "after"))
     assert (out / "questions.csv").read_text() != (out / "before_questions.csv").read_text()  # training moved them
     assert summary["tracing"]["headline"] and (out / "tracing_after.png").is_file()
+    # the stages' times are disjoint intervals of the run, so the total holds them all, the tracing after
+    # fine-tuning (the run's last stage) too
+    seconds, tracing = summary["seconds"], summary["tracing"]
+    assert seconds["trace"] >= tracing["statements"] * sum(tracing["seconds_per_statement"].values())
+    assert seconds["total"] >= sum(seconds[stage] for stage in ("load", "train", "convert", "evaluate", "trace"))
 
 
 def test_bad_lora_options_are_refused(tiny_hf):
