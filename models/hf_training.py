@@ -10,13 +10,13 @@ trains two matrices where the model has one), and LoRA adapters (``peft``) wrap 
 
 Three costs are cut without changing any number the loss or the evaluation reads:
 
-* :meth:`CausalLM.answer_logits` runs the unembedding only at the positions that predict an
+* :meth:`CausalLM.logits_at` runs the unembedding only at the positions that predict an
   answer token (a forward pre-hook on the output embedding gathers those hidden states), so
   the d_model × d_vocab product and its gradient cost O(answer tokens), not O(batch · pos);
   what the model does after the unembedding (Gemma's soft cap) is elementwise and unchanged;
-* the trainer cuts a batch after its last answer token (:func:`models.training.batch_loss`);
-* its evaluation unembeds the answer-predicting positions alone too (:func:`models.scoring.score_answers`
-  reads :meth:`CausalLM.answer_logits`).
+* the trainer's loss and evaluation (:func:`models.scoring.answer_logits`, which reads
+  :meth:`CausalLM.logits_at`) run on a batch's columns up to its last answer-predicting one:
+  neither the last answer token (a target only) nor the padding after it is an input.
 
 LoRA (:func:`add_lora`, :func:`merge_lora`): ``W' = W + (α / r) · B A`` on the chosen linear
 layers of every decoder block, ``A ∈ R^{r×d_in}``, ``B ∈ R^{d_out×r}`` (B starts at 0, so the
@@ -50,14 +50,11 @@ class CausalLM(nn.Module):
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         return self.model(input_ids=tokens).logits
 
-    def answer_logits(
-        self, tokens: Int[Tensor, "batch pos"], answer_mask: Bool[Tensor, "batch pos"]
-    ) -> Float[Tensor, "n_answer d_vocab"]:
-        """``logits[i, p − 1]`` for every answer position (i, p), in row-major order: what
-        :func:`models.scoring.answer_loss` reads of ``forward(tokens)``, unembedded alone."""
-        predicting = torch.zeros_like(answer_mask)
-        predicting[:, :-1] = answer_mask[:, 1:]
-        with _unembed_only(self.model.get_output_embeddings(), predicting):
+    def logits_at(
+        self, tokens: Int[Tensor, "batch pos"], positions: Bool[Tensor, "batch pos"]
+    ) -> Float[Tensor, "n d_vocab"]:
+        """``forward(tokens)[positions]`` (row-major), with the unembedding run at those positions alone."""
+        with _unembed_only(self.model.get_output_embeddings(), positions):
             return self.model(input_ids=tokens).logits[0]
 
 

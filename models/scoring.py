@@ -130,6 +130,44 @@ def answer_loss(
     return torch.nn.functional.cross_entropy(logits[:, :-1][target_mask].float(), tokens[:, 1:][target_mask])
 
 
+def answer_inputs(
+    tokens: Int[Tensor, "batch pos"], answer_mask: Bool[Tensor, "batch pos"]
+) -> tuple[Int[Tensor, "batch n"], Bool[Tensor, "batch n"]]:
+    """The columns a causal model must read to predict every answer token, ``tokens[:, :n]``, and
+    which of their positions predict one, ``answer_mask[:, 1:n + 1]``; n is the last answer column
+    (n = 1 when there is none).
+
+    Position p's logits depend on tokens ≤ p alone, so ``forward(tokens[:, :n])[predicting]`` are
+    ``forward(tokens)[:, :-1][answer_mask[:, 1:]]``: the last answer token is a target, never an
+    input, and the padding after it is read by nothing. A token-world statement "x → y" runs on
+    two of its three tokens.
+    """
+    answered = answer_mask[:, 1:].any(0).nonzero()
+    n = int(answered[-1]) + 1 if len(answered) else 1
+    predicting = answer_mask[:, 1 : n + 1]
+    return tokens[:, :n], torch.nn.functional.pad(predicting, (0, n - predicting.shape[1]))
+
+
+def answer_logits(
+    model: Model, tokens: Int[Tensor, "batch pos"], answer_mask: Bool[Tensor, "batch pos"]
+) -> Float[Tensor, "n_answer d_vocab"]:
+    """``logits[i, p − 1]`` for every answer position (i, p), row-major: what :func:`answer_loss` and
+    :func:`token_logprobs` read of ``model(tokens)``, computed on the columns of :func:`answer_inputs`
+    alone, and unembedded only at the answer-predicting positions where the model allows it: a model
+    with ``logits_at(inputs, positions)`` (:class:`models.hf_training.CausalLM`) gives those rows
+    itself; a ``HookedTransformer``'s final norm and W_U are per position, so they run on those rows
+    of its last residual stream (:func:`hooked_readout`); any other model (a TransformerBridge, whose
+    ``stop_at_layer`` at the last layer still unembeds; the bilinear model) gives its full logits."""
+    from models.backend import is_hooked
+
+    inputs, predicting = answer_inputs(tokens, answer_mask)
+    if hasattr(model, "logits_at"):
+        return model.logits_at(inputs, predicting)
+    if is_hooked(model):
+        return hooked_readout(model, model(inputs, stop_at_layer=model.cfg.n_layers)[predicting])
+    return model(inputs)[predicting]
+
+
 @dataclass
 class AnswerScores:
     """Per-example answer log-probability and greedy correctness."""
@@ -141,10 +179,11 @@ class AnswerScores:
 @torch.no_grad()
 def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) -> AnswerScores:
     """Answer log-probabilities and greedy correctness of every row, in chunks of ``batch_size`` rows,
-    fewer where their logits would pass :data:`LOGIT_BUDGET` (at least one row a chunk). A model with
-    ``answer_logits(tokens, answer_mask)`` (:class:`models.hf_training.CausalLM`, as the trainer's loss
-    reads it) gives the answer-predicting positions' logits alone: the same numbers, without the
-    unembedding of the prompt and padding positions (SmolLM2 evaluation sets: a fifth of a pass)."""
+    fewer where their logits would pass :data:`LOGIT_BUDGET` (at least one row a chunk). Each chunk's
+    logits are :func:`answer_logits`, as the trainer's loss reads them: the same numbers as the full
+    logits, without the last answer column (an input to nothing) and, for a HookedTransformer or a
+    :class:`models.hf_training.CausalLM`, without the unembedding of the prompt and padding positions
+    (SmolLM2 evaluation sets: a fifth of a pass)."""
     device = model_device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
     if isinstance(model, torch.nn.Module):
         check_token_ids(model, batch)
@@ -153,11 +192,8 @@ def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) ->
     logprobs, correct = [], []
     for start in range(0, len(batch), batch_size):
         chunk = batch.take(range(start, min(start + batch_size, len(batch)))).to(device)
-        if hasattr(model, "answer_logits"):
-            logits = model.answer_logits(chunk.tokens, chunk.answer_mask)
-            per_position, hits = answer_token_logprobs(logits, chunk.tokens, chunk.answer_mask)
-        else:
-            per_position, hits = token_logprobs(model(chunk.tokens), chunk.tokens, chunk.answer_mask)
+        logits = answer_logits(model, chunk.tokens, chunk.answer_mask)
+        per_position, hits = answer_token_logprobs(logits, chunk.tokens, chunk.answer_mask)
         logprobs.append(per_position.sum(1).cpu())
         correct.append(hits.all(1).cpu())
     return AnswerScores(torch.cat(logprobs), torch.cat(correct))

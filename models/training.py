@@ -34,7 +34,7 @@ from models.checkpoint import (
     restore_model,
     save_checkpoint,
 )
-from models.scoring import answer_loss, check_token_ids, hooked_readout, model_device, score_answers
+from models.scoring import answer_logits, check_token_ids, model_device, score_answers
 
 Callback = Callable[[int, torch.nn.Module], Mapping[str, Any] | None]
 
@@ -158,28 +158,13 @@ def batch_loss(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"],
                answer_mask: Bool[Tensor, "batch pos"]) -> Float[Tensor, ""]:
     """:func:`models.scoring.answer_loss` of one batch: the same number, computed on fewer positions.
 
-    The batch is cut after its last answer token (a causal model's logits there never see the
-    padding after it). Then the unembedding runs only where a loss is taken: a model with
-    ``answer_logits(tokens, answer_mask)`` (e.g. :class:`models.hf_training.CausalLM`) gives those
-    logits itself; for a ``HookedTransformer`` the final norm and W_U are per position, so they are
-    applied to the residual stream at the positions p − 1 that predict an answer token p alone
-    (:func:`models.scoring.hooked_readout`: exactly those rows of the full logits). Any other
-    model (a TransformerBridge, whose ``stop_at_layer`` at the last layer still unembeds): its full logits.
+    The model runs on the columns that predict an answer token, up to the last one
+    (:func:`models.scoring.answer_inputs`: a causal model's logits there never read the columns
+    after it), and unembeds only where a loss is taken where it can
+    (:func:`models.scoring.answer_logits`).
     """
-    from models.backend import is_hooked
-
-    answered = answer_mask.any(0).nonzero()
-    if len(answered):
-        width = int(answered[-1]) + 1
-        tokens, answer_mask = tokens[:, :width], answer_mask[:, :width]
-    predicting = answer_mask[:, 1:]
-    if hasattr(model, "answer_logits"):
-        logits = model.answer_logits(tokens, answer_mask)
-    elif is_hooked(model):
-        logits = hooked_readout(model, model(tokens, stop_at_layer=model.cfg.n_layers)[:, :-1][predicting])
-    else:
-        return answer_loss(model(tokens), tokens, answer_mask)
-    return torch.nn.functional.cross_entropy(logits.float(), tokens[:, 1:][predicting])
+    targets = tokens[:, 1:][answer_mask[:, 1:]]  # row-major, as answer_logits' rows
+    return torch.nn.functional.cross_entropy(answer_logits(model, tokens, answer_mask).float(), targets)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -10,6 +10,7 @@ the file, BOS as its tokenizer adds it.
 """
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -19,8 +20,12 @@ from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, WINDOW, save_ti
 from transformers import AutoModelForCausalLM
 
 from facts.schema import Fact, FactSet
+from facts.tokens import Example, TokenizedFacts, collate
 from models.backend import TL_MAJOR
+from models.hf_training import CausalLM
 from models.pretrained import PretrainedLoadError, check_equivalence, declared_bos, load, load_tokenizer, resolve
+from models.scoring import answer_logits, answer_loss, score_answers, token_logprobs
+from models.training import batch_loss
 from probes.circuits import circuit_table
 
 PROMPTS = [
@@ -53,6 +58,61 @@ def test_strings_are_tokenised_as_the_tokenizer_does(architecture, tiny_models):
         assert model.cfg.default_prepend_bos == adds_bos
         for prompt in PROMPTS:
             assert model.to_tokens(prompt)[0].tolist() == tiny_model.tokenizer(prompt).input_ids
+
+
+def padded_answers(tokenizer) -> TokenizedFacts:
+    """Right-padded prompt → answer rows of different lengths, with three padding-only tail columns."""
+    pairs = [("Ann Lee, known for", " writing the first book"), ("The capital of France", " is Paris"),
+             ("a b c d e f", " g h")]
+    examples = [Example(tuple(tokenizer(p).input_ids), tuple(tokenizer(a, add_special_tokens=False).input_ids), i,
+                        "p2d", "train") for i, (p, a) in enumerate(pairs)]
+    padded = collate(examples, pad_id=0)
+    extra = torch.zeros((len(examples), 3), dtype=torch.long)
+    return dataclasses.replace(padded, tokens=torch.cat([padded.tokens, extra], 1),
+                               answer_mask=torch.cat([padded.answer_mask, extra.bool()], 1))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_the_loss_and_scores_read_only_the_columns_before_the_last_answer(architecture, tiny_models):
+    """``answer_logits`` (the trainer's loss and evaluation) runs each model on the columns up to the last
+    answer-predicting one, and unembeds only there where it can: on every backend and on transformers' own
+    model (``CausalLM``), its rows, the loss, the loss's gradient and the scores are those of the full logits."""
+    tiny_model = tiny_models[architecture]
+    batch = padded_answers(tiny_model.tokenizer)
+    last_answer = int(batch.answer_mask.any(0).nonzero()[-1])
+    assert last_answer < batch.tokens.shape[1] - 3  # the padding-only tail is there to be cut
+    for name, model in {**tiny_model.backends, "transformers": CausalLM(tiny_model.hf)}.items():
+        with torch.no_grad():
+            full = model(batch.tokens)
+            widths = []
+            inner = model.model if name == "transformers" else model
+            handle = inner.register_forward_pre_hook(
+                lambda module, args, kwargs: widths.append((args[0] if args else kwargs["input_ids"]).shape[1]),
+                with_kwargs=True)
+            try:
+                rows = answer_logits(model, batch.tokens, batch.answer_mask)
+            finally:
+                handle.remove()
+            assert widths == [last_answer], name  # the last answer token is a target, never an input
+            expected = full[:, :-1][batch.answer_mask[:, 1:]]
+            assert rows.shape == expected.shape == (int(batch.answer_mask[:, 1:].sum()), full.shape[-1])
+            assert (rows - expected).abs().max() < 1e-5, name
+            scored = score_answers(model, batch)
+            logprob, hits = token_logprobs(full, batch.tokens, batch.answer_mask)
+            assert (scored.logprob - logprob.sum(1)).abs().max() < 1e-5 and scored.logprob.lt(0).all()
+            assert torch.equal(scored.correct, hits.all(1))
+        gradient = {}
+        for how, loss in (("full", lambda: answer_loss(model(batch.tokens), batch.tokens, batch.answer_mask)),
+                          ("cut", lambda: batch_loss(model, batch.tokens, batch.answer_mask))):
+            model.zero_grad()
+            value = loss()
+            value.backward()
+            gradient[how] = (value.item(), torch.cat([p.grad.flatten() for p in model.parameters()
+                                                      if p.grad is not None]))
+        model.zero_grad(set_to_none=True)
+        assert gradient["cut"][0] == pytest.approx(gradient["full"][0], abs=1e-5), name
+        full_gradient, cut_gradient = gradient["full"][1], gradient["cut"][1]
+        assert (full_gradient - cut_gradient).abs().max() < 1e-5 * full_gradient.abs().max(), name
 
 
 def test_the_sliding_window_is_what_the_prompts_test():

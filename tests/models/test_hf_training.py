@@ -2,9 +2,8 @@
 tiny random HF models (``tests/support/tiny_models.py``; no SmolLM2 fine-tune here: the real-model
 figures are in ``benchmarks/finetune_throughput.py``).
 
-- the answer-only unembedding gives the logits the full forward pass gives at those positions,
-  and the trainer's cut batch the loss of the full one (Llama, and Gemma 2 with its logit soft cap
-  and sliding window);
+- (the answer-only unembedding and the trainer's cut batch against the full forward pass, on
+  every architecture: ``tests/models/test_architectures.py``)
 - a model trained through the trainer converts to a HookedTransformer with the same log-probs
   (< 1e-4), on a tied-embedding Llama (SmolLM2's architecture), on Qwen2 and on Gemma 3;
 - `finetune-facts` runs end to end on a tiny Gemma 3 (BOS declared by its files);
@@ -26,8 +25,7 @@ from tiny_models import save_tiny, tiny_config
 from facts.tokens import Example, collate
 from models.hf_training import CausalLM, add_lora, lora_target_names, merge_lora
 from models.pretrained import check_equivalence, freeze_except_last_blocks, load_hf, load_tokenizer, to_hooked
-from models.scoring import answer_loss, score_answers
-from models.training import TrainConfig, batch_loss, train
+from models.training import TrainConfig, train
 
 PROMPTS = ["Ann Lee, known for", "The first person to walk on the moon was", "a b c d e f g"]
 TOLERANCE = 1e-4
@@ -58,33 +56,6 @@ def batch(smollm2_tokenizer):
     extra = torch.zeros((len(examples), 3), dtype=torch.long)  # three more padding columns
     return dataclasses.replace(padded, tokens=torch.cat([padded.tokens, extra], 1),
                                answer_mask=torch.cat([padded.answer_mask, extra.bool()], 1))
-
-
-@pytest.mark.parametrize("name", ["llama", "gemma2"])
-def test_answer_only_unembedding_equals_full_logits(name, tiny_hf, batch):
-    hf, _ = load_hf(tiny_hf[name], device="cpu")
-    model = CausalLM(hf)
-    with torch.no_grad():
-        full = model(batch.tokens)
-        answered = model.answer_logits(batch.tokens, batch.answer_mask)
-        expected = full[:, :-1][batch.answer_mask[:, 1:]]
-        assert answered.shape == expected.shape == (int(batch.answer_mask[:, 1:].sum()), hf.config.vocab_size)
-        assert (answered - expected).abs().max() < 1e-5
-        reference = answer_loss(full, batch.tokens, batch.answer_mask)
-        assert abs(batch_loss(model, batch.tokens, batch.answer_mask) - reference) < 1e-5
-        cut = batch_loss(lambda tokens: model(tokens), batch.tokens, batch.answer_mask)  # trimmed, full logits
-        assert abs(cut - reference) < 1e-5
-        # the trainer's evaluation reads answer_logits too: the scores of the full logits
-        scored, from_full = score_answers(model, batch), score_answers(lambda tokens: model(tokens), batch)
-        assert (scored.logprob - from_full.logprob).abs().max() < 1e-5 and scored.logprob.lt(0).all()
-        assert torch.equal(scored.correct, from_full.correct)
-    gradient = {}
-    for how, loss in (("full", lambda: answer_loss(model(batch.tokens), batch.tokens, batch.answer_mask)),
-                      ("answer-only", lambda: batch_loss(model, batch.tokens, batch.answer_mask))):
-        hf.zero_grad()
-        loss().backward()
-        gradient[how] = torch.cat([p.grad.flatten() for p in hf.parameters()])
-    assert (gradient["full"] - gradient["answer-only"]).abs().max() < 1e-5 * gradient["full"].abs().max()
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3"])
