@@ -136,7 +136,6 @@ SECOND_LINE_LEAVES_OUT: dict[str, str] = {
     "tests/analyses/test_report.py::test_a_registry_entry_is_all_the_report_needs": "a report of a hand-written run",
     "tests/models/test_architectures.py::test_gguf_weights_are_the_ones_transformers_reads": "our GGUF reader "
                                                                                             "against transformers'",
-    "tests/models/test_hf_training.py::test_answer_only_unembedding_equals_full_logits": "the transformers model",
     "tests/models/test_hf_training.py::test_freezing_blocks_of_a_transformers_model": "the transformers model",
     "tests/models/test_hf_training.py::test_bad_lora_options_are_refused": "refusals on the transformers model",
     # a code path only 3.9 has
