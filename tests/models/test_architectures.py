@@ -10,17 +10,16 @@ the file, BOS as its tokenizer adds it.
 """
 
 import argparse
-import dataclasses
 import json
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, WINDOW, save_tiny, tiny_config, word_tokenizer
+from tiny_models import (ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, WINDOW, padded_answers, save_tiny, tiny_config,
+                         word_tokenizer)
 
 from transformers import AutoModelForCausalLM
 
 from facts.schema import Fact, FactSet
-from facts.tokens import Example, TokenizedFacts, collate
 from models.backend import TL_MAJOR, copy_model
 from models.hf_training import CausalLM
 from models.pretrained import PretrainedLoadError, check_equivalence, declared_bos, load, load_tokenizer, resolve
@@ -58,18 +57,6 @@ def test_strings_are_tokenised_as_the_tokenizer_does(architecture, tiny_models):
         assert model.cfg.default_prepend_bos == adds_bos
         for prompt in PROMPTS:
             assert model.to_tokens(prompt)[0].tolist() == tiny_model.tokenizer(prompt).input_ids
-
-
-def padded_answers(tokenizer) -> TokenizedFacts:
-    """Right-padded prompt → answer rows of different lengths, with three padding-only tail columns."""
-    pairs = [("Ann Lee, known for", " writing the first book"), ("The capital of France", " is Paris"),
-             ("a b c d e f", " g h")]
-    examples = [Example(tuple(tokenizer(p).input_ids), tuple(tokenizer(a, add_special_tokens=False).input_ids), i,
-                        "p2d", "train") for i, (p, a) in enumerate(pairs)]
-    padded = collate(examples, pad_id=0)
-    extra = torch.zeros((len(examples), 3), dtype=torch.long)
-    return dataclasses.replace(padded, tokens=torch.cat([padded.tokens, extra], 1),
-                               answer_mask=torch.cat([padded.answer_mask, extra.bool()], 1))
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

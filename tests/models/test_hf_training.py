@@ -14,15 +14,13 @@ figures are in ``benchmarks/finetune_throughput.py``).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 
 import pytest
 import torch
-from tiny_models import save_tiny, tiny_config
+from tiny_models import padded_answers, save_tiny, tiny_config
 
-from facts.tokens import Example, collate
 from models.hf_training import CausalLM, add_lora, lora_target_names, merge_lora
 from models.pretrained import check_equivalence, freeze_except_last_blocks, load_hf, load_tokenizer, to_hooked
 from models.training import TrainConfig, train
@@ -47,15 +45,7 @@ def tiny_hf(smollm2_tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch(smollm2_tokenizer):
-    """Right-padded prompt → answer rows of different lengths, with a padding-only tail column."""
-    pairs = [("Ann Lee, known for", " writing the first book"), ("The capital of France", " is Paris"),
-             ("a b c d e f", " g h")]
-    examples = [Example(smollm2_tokenizer(p).input_ids, smollm2_tokenizer(a).input_ids, i, "p2d", "train")
-                for i, (p, a) in enumerate(pairs)]
-    padded = collate(examples, pad_id=0)
-    extra = torch.zeros((len(examples), 3), dtype=torch.long)  # three more padding columns
-    return dataclasses.replace(padded, tokens=torch.cat([padded.tokens, extra], 1),
-                               answer_mask=torch.cat([padded.answer_mask, extra.bool()], 1))
+    return padded_answers(smollm2_tokenizer)
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3"])

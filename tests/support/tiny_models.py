@@ -16,12 +16,14 @@ use instead; the tests assert both the agreement and the refusal.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 
+from facts.tokens import Example, TokenizedFacts, collate
 from models.backend import HookedTransformer
 
 VOCAB = 49152
@@ -123,3 +125,15 @@ class TinyModel:
         hf, hf_tokenizer = load_hf(folder, device="cpu")
         backends = {backend: load(folder, backend=backend, device="cpu") for backend in BACKENDS_BY_ARCHITECTURE[name]}
         return cls(name, folder, hf, hf_tokenizer, backends)
+
+
+def padded_answers(tokenizer) -> TokenizedFacts:
+    """Right-padded prompt → answer rows of different lengths, with three padding-only tail columns."""
+    pairs = [("Ann Lee, known for", " writing the first book"), ("The capital of France", " is Paris"),
+             ("a b c d e f", " g h")]
+    examples = [Example(tuple(tokenizer(p).input_ids), tuple(tokenizer(a, add_special_tokens=False).input_ids), i,
+                        "p2d", "train") for i, (p, a) in enumerate(pairs)]
+    padded = collate(examples, pad_id=0)
+    extra = torch.zeros((len(examples), 3), dtype=torch.long)
+    return dataclasses.replace(padded, tokens=torch.cat([padded.tokens, extra], 1),
+                               answer_mask=torch.cat([padded.answer_mask, extra.bool()], 1))
