@@ -7,8 +7,6 @@ longer than the tiny Gemmas' 4-token sliding window."""
 
 from __future__ import annotations
 
-import copy
-
 import gguf
 import pytest
 import torch
@@ -18,7 +16,7 @@ from analyses.probe import probe
 from facts.celebrity import load_celebrity_pairs
 from facts.io import save_jsonl
 from facts.tokens import Example
-from models.backend import TL_MAJOR, is_hooked
+from models.backend import TL_MAJOR, copy_model, is_hooked
 from probes.attribution import check_attribution_readable, direct_logit_attribution, folded
 from probes.circuits import check_circuits_readable
 
@@ -29,8 +27,9 @@ WRAPPED = [(a, b) for a in ARCHITECTURES for b in BACKENDS_BY_ARCHITECTURE[a]]
 
 
 def perturbed(model):
-    """A copy whose norm weights and biases are random (not 1 and 0 as at initialisation)."""
-    twin = copy.deepcopy(model)
+    """A copy whose norm weights and biases are random (not 1 and 0 as at initialisation); ``copy_model``, so a
+    bridge's copy holds no hooks that act on the original."""
+    twin = copy_model(model)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, parameter in twin.named_parameters():
