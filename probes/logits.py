@@ -29,7 +29,7 @@ from torch import Tensor
 
 from facts.language import answers_of_kind, controls
 from facts.schema import Direction, FactSet
-from facts.tokens import Example, FactTokenizer, collate
+from facts.tokens import Example, FactTokenizer, collate, right_padded
 from models.backend import has_kv_cache
 from models.scoring import Model, model_device, score_answers
 from probes.shared_prompt import candidate_logprobs_cached
@@ -38,11 +38,7 @@ Statement = tuple[int, Direction]
 
 
 def _prompt_batch(examples: Sequence[Example], pad_id: int) -> tuple[Tensor, Tensor]:
-    width = max(len(e.prompt) for e in examples)
-    tokens = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    for row, example in enumerate(examples):
-        tokens[row, : len(example.prompt)] = torch.tensor(example.prompt)
-    return tokens, torch.tensor([len(e.prompt) for e in examples])
+    return right_padded([e.prompt for e in examples], pad_id), torch.tensor([len(e.prompt) for e in examples])
 
 
 @torch.no_grad()

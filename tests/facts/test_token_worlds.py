@@ -2,7 +2,7 @@ import pytest
 
 from facts.schema import FactError
 from facts.token_worlds import chain_world, in_context_world, reversal_world
-from facts.tokens import tokenize
+from facts.tokens import Example, collate, tokenize
 
 
 def test_reversal_world_has_the_papers_split(world):
@@ -48,6 +48,17 @@ def test_tokenized_view_reads_the_sentences(world, vocab):
     assert batch.answer_mask[forward_row].tolist() == [False, False, True]
     reverse = batch.where(direction="reverse")
     assert all(t[1] == vocab.relation_id("←") for t in reverse.tokens.tolist())
+
+
+def test_collate_pads_ragged_rows_on_the_right_and_marks_only_answer_tokens():
+    examples = [Example((5,), (6, 7, 8), 0, "forward", "train"), Example((1, 2, 3, 4), (9,), 1, "reverse", "heldout"),
+                Example((3, 3), (4, 4), 2, "forward", "heldout")]
+    batch = collate(examples, pad_id=-1)
+    assert batch.tokens.tolist() == [[5, 6, 7, 8, -1], [1, 2, 3, 4, 9], [3, 3, 4, 4, -1]]
+    assert batch.answer_mask.int().tolist() == [[0, 1, 1, 1, 0], [0, 0, 0, 0, 1], [0, 0, 1, 1, 0]]
+    assert batch.prompt_len.tolist() == [1, 4, 2] and batch.answer_len.tolist() == [3, 1, 2]
+    assert batch.fact.tolist() == [0, 1, 2] and batch.direction == ("forward", "reverse", "forward")
+    assert batch.split == ("train", "heldout", "heldout")
 
 
 def test_chain_world_split():
