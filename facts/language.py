@@ -399,20 +399,31 @@ def controls(facts: FactSet, index: int, direction: Direction, k: int, seed: int
     Drawn from :func:`answers_of_kind`, so they are entities the model saw as often as the true
     answer; every entity that truly answers the same (given, relation) is excluded.
     """
-    given, relation, answer = facts[index].given_and_answer(direction)
-    if facts[index].context:  # the prompt states the answer: only this fact's own answer is right
-        right = {answer}
-    else:
-        right = {
-            fact.given_and_answer(d)[2]
-            for fact in facts
-            for d in DIRECTIONS
-            if not fact.context and (d == "forward" or fact.inverse_relation)
-            and fact.given_and_answer(d)[:2] == (given, relation)
-        }
-    pool = [a for a in answers_of_kind(facts, direction) if a not in right]
-    if not 0 <= k <= len(pool):
-        raise FactError(
-            f"{_statement_label(facts, index, direction)}: asked for {k} controls; {len(pool)} wrong answers exist"
-        )
-    return random.Random(f"{seed}:{index}:{direction}").sample(pool, k)
+    return controls_of(facts, [(index, direction)], k, seed)[0]
+
+
+def controls_of(facts: FactSet, statements: Sequence[tuple[int, Direction]], k: int, seed: int = 0
+                ) -> list[list[str]]:
+    """:func:`controls` of every statement, the fact set scanned once (not once per statement: O(N) instead of
+    O(N²) for N facts). Statement (i, d) gets ``Random(f"{seed}:{i}:{d}").sample(pool, k)``, where pool is
+    :func:`answers_of_kind` of d without the answers right for its (given, relation): its own answer alone when
+    the fact states it in the prompt, else the answer of every sentence with that given entity and relation that
+    a fact outside a prompt reads (its forward one, and its reverse one where it has an inverse relation)."""
+    pools = {d: answers_of_kind(facts, d) for d in {d for _, d in statements}}
+    right_for: dict[tuple[str, str], set[str]] = {}
+    for fact in facts:
+        for d in DIRECTIONS:
+            if not fact.context and (d == "forward" or fact.inverse_relation):
+                given, relation, answer = fact.given_and_answer(d)
+                right_for.setdefault((given, relation), set()).add(answer)
+    drawn = []
+    for index, direction in statements:
+        given, relation, answer = facts[index].given_and_answer(direction)
+        right = {answer} if facts[index].context else right_for.get((given, relation), set())
+        pool = [a for a in pools[direction] if a not in right]
+        if not 0 <= k <= len(pool):
+            raise FactError(
+                f"{_statement_label(facts, index, direction)}: asked for {k} controls; {len(pool)} wrong answers exist"
+            )
+        drawn.append(random.Random(f"{seed}:{index}:{direction}").sample(pool, k))
+    return drawn

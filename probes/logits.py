@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from facts.language import answers_of_kind, controls
+from facts.language import answers_of_kind, controls_of
 from facts.schema import Direction, FactSet
 from facts.tokens import Example, FactTokenizer, collate, right_padded
 from models.backend import has_kv_cache
@@ -147,7 +147,7 @@ def answer_table(
 
     Columns: fact, direction, split, trained, group, given, answer, logprob, prob, rank,
     n_candidates, chance_logprob (−log n_candidates; NaN with ``"controls"``), correct, control_logprob (mean over
-    ``n_controls`` random answers of the same kind, :func:`facts.language.controls`; fewer
+    ``n_controls`` random answers of the same kind, :func:`facts.language.controls_of`; fewer
     when the fact set has fewer wrong answers of that kind), margin (logprob − control_logprob).
     """
     if rank_against not in ("candidates", "controls"):
@@ -159,7 +159,7 @@ def answer_table(
     n_controls = min([n_controls] + [len(answers_of_kind(facts, d)) - 1 for d in directions])
     control_scores = torch.full((len(statements), 0), float("nan"))
     if n_controls > 0:
-        drawn = [controls(facts, i, d, n_controls, seed) for i, d in statements]
+        drawn = controls_of(facts, statements, n_controls, seed)
         control_scores = answers_logprobs(model, facts, tokenizer, statements, drawn, pad_id)
     elif rank_against == "controls":
         raise ValueError("rank_against='controls' needs n_controls ≥ 1 and at least two answers of each kind")

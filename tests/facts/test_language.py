@@ -22,13 +22,17 @@ from facts.language import (
     answers_of_kind,
     check_answers,
     controls,
+    controls_of,
     people_world,
     prompts,
     render,
     render_statement,
     sentences,
 )
-from facts.schema import Fact, FactError, FactSet
+import random
+
+from facts.celebrity import load_celebrity_pairs
+from facts.schema import DIRECTIONS, Fact, FactError, FactSet
 from facts.tokens import FactTokenizer, tokenize
 
 
@@ -239,6 +243,33 @@ def test_controls_are_wrong_answers_of_the_same_kind(world):
     assert controls(world, 0, "reverse", k=5, seed=3) != controls(world, 0, "reverse", k=5, seed=4)
     assert controls(world, 0, "reverse", k=5, seed=3) != controls(world, 1, "reverse", k=5, seed=3)
     assert sorted(controls(world, 0, "reverse", k=89)) == sorted(names - {world[0].subject})
+
+
+def _controls_by_definition(facts: FactSet, index: int, direction: str, k: int, seed: int) -> list[str]:
+    """The draw as :func:`controls` defines it, each fact set scanned anew: answers of the kind, minus the
+    answers right for the same (given, relation) (only its own for a fact stated in the prompt)."""
+    given, relation, answer = facts[index].given_and_answer(direction)
+    right = {answer} if facts[index].context else {
+        fact.given_and_answer(d)[2] for fact in facts for d in DIRECTIONS
+        if not fact.context and (d == "forward" or fact.inverse_relation) and fact.given_and_answer(d)[:2] == (given, relation)}
+    return random.Random(f"{seed}:{index}:{direction}").sample([a for a in answers_of_kind(facts, direction) if a not in right], k)
+
+
+def test_controls_of_many_statements_are_each_statements_own_draw():
+    """Real celebrity pairs (a parent with several children: several right answers share a given entity and
+    relation) plus facts stated in the prompt about the same people."""
+    celebrity = load_celebrity_pairs()
+    plain = list(celebrity)[:300]  # held out both ways, as check-asymmetry asks them
+    stated = [Fact(f.subject, f.relation, f.object, f.inverse_relation, None, "heldout", context=True) for f in plain[:40]]
+    facts = FactSet(tuple(plain + stated))
+    statements = [(i, d) for i, d, _ in facts.statements()]
+    children = {}
+    for fact in plain:  # the reverse question "<parent> mother of ..." has each of the parent's children right
+        children.setdefault(fact.given_and_answer("reverse")[:2], set()).add(fact.subject)
+    assert max(len(right) for right in children.values()) > 1
+    drawn = controls_of(facts, statements, 6, seed=2)
+    assert drawn == [_controls_by_definition(facts, i, d, 6, 2) for i, d in statements]
+    assert [controls(facts, i, d, 6, seed=2) for i, d in statements[:25]] == drawn[:25]
 
 
 def test_controls_reject_too_many(world):
