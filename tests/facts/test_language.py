@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -29,8 +30,6 @@ from facts.language import (
     render_statement,
     sentences,
 )
-import random
-
 from facts.celebrity import load_celebrity_pairs
 from facts.schema import DIRECTIONS, Fact, FactError, FactSet
 from facts.tokens import FactTokenizer, tokenize
@@ -251,8 +250,10 @@ def _controls_by_definition(facts: FactSet, index: int, direction: str, k: int, 
     given, relation, answer = facts[index].given_and_answer(direction)
     right = {answer} if facts[index].context else {
         fact.given_and_answer(d)[2] for fact in facts for d in DIRECTIONS
-        if not fact.context and (d == "forward" or fact.inverse_relation) and fact.given_and_answer(d)[:2] == (given, relation)}
-    return random.Random(f"{seed}:{index}:{direction}").sample([a for a in answers_of_kind(facts, direction) if a not in right], k)
+        if not fact.context and (d == "forward" or fact.inverse_relation)
+        and fact.given_and_answer(d)[:2] == (given, relation)}
+    pool = [a for a in answers_of_kind(facts, direction) if a not in right]
+    return random.Random(f"{seed}:{index}:{direction}").sample(pool, k)
 
 
 def test_controls_of_many_statements_are_each_statements_own_draw():
@@ -260,7 +261,8 @@ def test_controls_of_many_statements_are_each_statements_own_draw():
     relation) plus facts stated in the prompt about the same people."""
     celebrity = load_celebrity_pairs()
     plain = list(celebrity)[:300]  # held out both ways, as check-asymmetry asks them
-    stated = [Fact(f.subject, f.relation, f.object, f.inverse_relation, None, "heldout", context=True) for f in plain[:40]]
+    stated = [Fact(f.subject, f.relation, f.object, f.inverse_relation, None, "heldout", context=True)
+              for f in plain[:40]]
     facts = FactSet(tuple(plain + stated))
     statements = [(i, d) for i, d, _ in facts.statements()]
     children = {}
