@@ -648,6 +648,7 @@ def _hooked_from(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_HOOKED_DEPRECATION, category=DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    _keep_tokenizer(model, tokenizer)
     if not process_weights:
         _take_weights(model, state_dict, copy=not take)
     else:
@@ -831,11 +832,37 @@ def _to_bridge(
         )
     except ValueError as error:  # architecture without a bridge adapter
         raise PretrainedLoadError(f"TransformerBridge cannot wrap {type(hf_model).__name__}: {error}") from error
+    _keep_tokenizer(bridge, tokenizer)
     bridge.cfg.model_name = source.name
     bridge.cfg.default_prepend_bos = prepend_bos
     if process_weights or compatible:
         bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not process_weights)
     return bridge.eval()
+
+
+def _keep_tokenizer(model: TLModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make ``tokenizer`` the model's own again.
+
+    TransformerLens (3.9 and 4.x, both model classes) swaps the tokenizer it is given for one it reloads
+    from ``tokenizer.name_or_path`` with ``add_bos_token=True`` wherever that path is a loadable folder (a
+    Hugging Face model folder; not a GGUF's), so ``model.tokenizer`` would add BOS where the model's files
+    declare none (:func:`declared_bos`), and every prompt built with it (:func:`facts.language.bos_prefix`)
+    would start with a BOS the model was not given. The tokenizer goes back, with the padding side and the
+    special tokens TransformerLens filled in, and the model's record of whether its tokenizer adds BOS
+    (``cfg.tokenizer_prepends_bos``, which ``to_tokens`` reads) is taken from it. (A bridge's ``tokenizer``
+    is a property whose setter would reload the BOS-adding one again: its ``_tokenizer`` is set instead.)"""
+    theirs = model.tokenizer
+    if theirs is tokenizer:
+        return
+    tokenizer.padding_side = theirs.padding_side
+    for special in ("eos_token", "pad_token", "bos_token"):
+        if getattr(tokenizer, special) is None and getattr(theirs, special) is not None:
+            setattr(tokenizer, special, getattr(theirs, special))
+    if isinstance(getattr(type(model), "tokenizer", None), property):
+        model._tokenizer = tokenizer
+    else:
+        model.tokenizer = tokenizer
+    model.cfg.tokenizer_prepends_bos = bos_prefix(tokenizer) != ()
 
 
 def prepends_bos(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig, source: ModelSource) -> bool:

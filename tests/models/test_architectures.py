@@ -19,6 +19,7 @@ from tiny_models import (ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, WINDOW, padded
 
 from transformers import AutoModelForCausalLM
 
+from facts.language import bos_prefix
 from facts.schema import Fact, FactSet
 from models.backend import TL_MAJOR, copy_model
 from models.hf_training import CausalLM
@@ -354,9 +355,11 @@ def test_the_tokenizer_config_s_add_bos_token_decides_over_the_tokenizer_s_own_h
         settings.write_text(json.dumps(dict(json.loads(settings.read_text()), add_bos_token=declared)))
         assert declared_bos(resolve(folder)).add is declared
         assert (load_tokenizer(folder).encode("The")[0] == 1) is declared
-        model = load(folder, backend="hooked", device="cpu")
-        assert model.cfg.default_prepend_bos is declared
-        assert model.to_tokens("The capital")[0].tolist() == [1] * declared + [3, 4]
+        for backend in ("hooked", "bridge"):
+            model = load(folder, backend=backend, device="cpu")
+            assert model.cfg.default_prepend_bos is declared
+            assert model.to_tokens("The capital")[0].tolist() == [1] * declared + [3, 4]
+            assert bos_prefix(model.tokenizer) == (1,) * declared  # what every command's prompts start with
 
 
 def transformers_tokenizer(folder):
