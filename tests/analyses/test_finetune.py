@@ -138,7 +138,8 @@ def assert_summary_matches_questions(out, summary, counts):
 
 def test_tokenizer_and_model_come_from_one_parse_of_the_gguf(monkeypatch, tmp_path):
     """finetune-facts reads the tokenizer (input tokenised before the model loads), then the model:
-    gguf.GGUFReader parses the file once for both (a fresh copy, so no earlier read is cached)."""
+    gguf.GGUFReader parses the file once for both (a fresh copy, so no earlier read is kept in this process;
+    the cache of GGUF reads off, whose entry of the same content would be read instead)."""
     import shutil
 
     import gguf
@@ -147,6 +148,7 @@ def test_tokenizer_and_model_come_from_one_parse_of_the_gguf(monkeypatch, tmp_pa
 
     copy = tmp_path / "SmolLM2-finetune-copy.gguf"
     shutil.copyfile(resolve("smollm2-135m").path, copy)
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", "off")
     opened = []
     init = gguf.GGUFReader.__init__
     monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: opened.append(a) or init(self, *a, **k))

@@ -280,6 +280,48 @@ def test_gemma3_context_and_bos_come_from_the_file(backend, gemma3_hf, gemma3_ho
     assert model.to_tokens(PROMPTS[1])[0].tolist() == tokenizer(PROMPTS[1]).input_ids
 
 
+
+def test_gemma3_read_from_the_gguf_cache_is_the_file(gemma3_hf, gemma3_cache, monkeypatch):
+    """Gemma 3's second load reads the entry its first (``gemma3_hf``) wrote: the same model, tokenizer and
+    BOS rule, the file not parsed again."""
+    assert_cached_read_is_the_file("gemma3-270m", gemma3_hf, gemma3_cache, monkeypatch)
+
+
+def assert_cached_read_is_the_file(name: str, parsed, cache, monkeypatch) -> None:
+    """A load of ``name`` with the per-process copies forgotten and ``gguf.GGUFReader`` refused comes from the one
+    entry in ``cache`` (written by the read that gave ``parsed``) and equals ``parsed``: every weight bit for bit,
+    the config, the token ids of text with and without special tokens, what the file declares (BOS, the class)."""
+    import gguf
+
+    from models import gguf_cache, pretrained
+
+    model, tokenizer = parsed
+    source = resolve(name)
+    declared = declared_bos(source)  # as the read of the file found it (kept in this process)
+    [entry] = [folder for folder in cache.iterdir() if not folder.name.startswith(".")]
+    sha256 = pretrained._sha256(source.path, pretrained._file_stamp(source.path))
+    assert entry.name == gguf_cache.entry_name(source.path, sha256)
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", str(cache))
+    for per_process in ("_GGUF_MODELS", "_GGUF_TOKENIZERS", "_GGUF_DECLARED_BOS"):
+        monkeypatch.setattr(pretrained, per_process, {})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the GGUF file was parsed although its read is cached")
+
+    monkeypatch.setattr(gguf, "GGUFReader", refuse)
+    assert pretrained.declared_architecture(name) == type(model).__name__ and declared_bos(source) == declared
+    cached, cached_tokenizer = pretrained.load_hf(name, keep=False)
+    ours, theirs = model.state_dict(), cached.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
+    assert type(cached) is type(model)
+    drop = lambda config: {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    assert drop(cached.config) == drop(model.config)
+    texts = PROMPTS + [" naïve  café\n\t<bos> 1234", tokenizer.decode(list(range(200, 260)))]
+    assert type(cached_tokenizer) is type(tokenizer) and len(cached_tokenizer) == len(tokenizer)
+    assert all(cached_tokenizer(text).input_ids == tokenizer(text).input_ids for text in texts)
+    assert cached_tokenizer.bos_token_id == tokenizer.bos_token_id and declared_bos(source) == declared
+
+
 # --- the command line ------------------------------------------------------------------------------
 
 
@@ -386,8 +428,9 @@ def test_a_gguf_load_parses_the_file_once(monkeypatch, tmp_path):
     import gguf
     from transformers import modeling_gguf_pytorch_utils
 
-    copy = tmp_path / "SmolLM2-copy.gguf"  # a path no earlier load has cached
+    copy = tmp_path / "SmolLM2-copy.gguf"  # a path no earlier load has kept in this process
     shutil.copyfile(resolve("smollm2-135m").path, copy)
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", "off")  # the cache's entry of this content would be read instead
     opened, configs = [], []
     init, checkpoint = gguf.GGUFReader.__init__, modeling_gguf_pytorch_utils.load_gguf_checkpoint
     monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: opened.append(a) or init(self, *a, **k))
@@ -398,9 +441,41 @@ def test_a_gguf_load_parses_the_file_once(monkeypatch, tmp_path):
     assert len(configs) == 1 and model.cfg.d_vocab == 49152
 
 
+def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path):
+    """SmolLM2's first load writes its entry (the file read, with no earlier entry), its second reads it; an
+    entry that cannot be read (its weights cut short) is removed, the file read again and the entry written
+    anew."""
+    from models import gguf_cache, pretrained
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", str(cache))
+    monkeypatch.setattr(pretrained, "_GGUF_MODELS", {})
+    monkeypatch.setattr(pretrained, "_GGUF_TOKENIZERS", {})
+    parsed = pretrained.load_hf("smollm2-135m", keep=False)
+    [weights] = cache.glob("*/model.safetensors")
+    whole = weights.stat().st_size
+    with monkeypatch.context() as reading:
+        assert_cached_read_is_the_file("smollm2-135m", parsed, cache, reading)
+        # the entry is a loadable folder, from which TransformerLens would take a BOS-adding tokenizer
+        assert bos_prefix(load("smollm2-135m", backend="hooked", device="cpu").tokenizer) == ()
+    weights.write_bytes(weights.read_bytes()[: whole // 2])
+    again, _ = pretrained.load_hf("smollm2-135m", keep=False)
+    ours, theirs = parsed[0].state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
+    assert [path.stat().st_size for path in cache.glob("*/model.safetensors")] == [whole]
+    blocked = tmp_path / "a-file"  # a cache folder that cannot be made: the load goes on, with a warning
+    blocked.write_text("")
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", str(blocked))
+    source = resolve("smollm2-135m")
+    with pytest.warns(UserWarning, match="was not kept in .*a-file.*the next load reads the file again"):
+        gguf_cache.keep(source.path, "0" * 64, again, parsed[1], False)
+
+
 def test_gguf_weights_are_the_ones_transformers_reads(smollm2_hf):
     """models.gguf_weights reads a GGUF one tensor at a time (transformers' processors: Llama's query/key
-    rows reordered); every tensor equals transformers' own reading of the file, bit for bit."""
+    rows reordered); every tensor of the model a load gives (from the file, or from the cache of reads, which
+    test_smollm2_read_from_the_gguf_cache_is_the_file finds bitwise the same) equals transformers' own
+    reading of the file, bit for bit."""
     from transformers import AutoModelForCausalLM, GgufConfig
 
     path = resolve("smollm2-135m").path
