@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -372,10 +372,13 @@ def tiny_models(smollm2_tokenizer, tmp_path_factory) -> TinyModels:
 
 
 @pytest.fixture(scope="session")
-def gemma3_cache(tmp_path_factory) -> Path:
+def gemma3_cache(tmp_path_factory) -> Iterator[Path]:
     """The cache of GGUF reads (``models.gguf_cache``) that ``gemma3_hf`` writes Gemma 3 into: a folder of
-    its own, empty before, so that ``gemma3_hf`` always reads the file itself."""
-    return tmp_path_factory.mktemp("gemma3-gguf-cache")
+    its own, empty before, so that ``gemma3_hf`` always reads the file itself; removed at the end (1.1 GB,
+    which pytest's kept temporary folders would otherwise hold for three runs)."""
+    folder = tmp_path_factory.mktemp("gemma3-gguf-cache")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ the file, BOS as its tokenizer adds it.
 
 import argparse
 import json
+import shutil
 
 import pytest
 import torch
@@ -423,8 +424,6 @@ def test_gemma3_without_its_packages_names_the_pip_command(monkeypatch):
 def test_a_gguf_load_parses_the_file_once(monkeypatch, tmp_path):
     """config, weights and tokenizer all come from one gguf.GGUFReader (transformers alone opens three), and
     its metadata becomes a config once (transformers alone does it for the tokenizer and again for the model)."""
-    import shutil
-
     import gguf
     from transformers import modeling_gguf_pytorch_utils
 
@@ -441,13 +440,20 @@ def test_a_gguf_load_parses_the_file_once(monkeypatch, tmp_path):
     assert len(configs) == 1 and model.cfg.d_vocab == 49152
 
 
-def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path):
+@pytest.fixture
+def smollm2_cache(tmp_path):
+    """An empty folder for a cache of GGUF reads, removed after the test (0.5 GB a SmolLM2 entry)."""
+    yield tmp_path / "cache"
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smollm2_cache):
     """SmolLM2's first load writes its entry (the file read, with no earlier entry), its second reads it; an
     entry that cannot be read (its weights cut short) is removed, the file read again and the entry written
     anew."""
     from models import gguf_cache, pretrained
 
-    cache = tmp_path / "cache"
+    cache = smollm2_cache
     monkeypatch.setenv("REVLENS_GGUF_CACHE", str(cache))
     monkeypatch.setattr(pretrained, "_GGUF_MODELS", {})
     monkeypatch.setattr(pretrained, "_GGUF_TOKENIZERS", {})
