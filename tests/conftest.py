@@ -84,7 +84,8 @@ def pytest_configure(config: pytest.Config) -> None:
     workers share the machine's cores. With ``--dist loadgroup``, groups are sent in collection order
     (:data:`HEAVIEST_FIRST` first), not sorted by their number of tests. GGUF reads are cached
     (``models.gguf_cache``) in a temporary folder of this run, shared by its workers and the processes
-    its tests start, and removed at the end: never in the user's own cache."""
+    its tests start, and removed at the end, not in the user's own cache (unless ``$REVLENS_GGUF_CACHE``
+    is set: then where it says)."""
     if getattr(config.option, "dist", "no") == "loadgroup":  # the controller: keep HEAVIEST_FIRST's order
         config.option.loadscopereorder = False
     if not os.environ.get(GGUF_CACHE):  # the controller (its workers inherit the variable) or a run without xdist
