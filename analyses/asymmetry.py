@@ -50,7 +50,7 @@ import pandas as pd
 from analyses.reproduce import _write_json, write_csv
 from analyses.stats import ci95_half_width
 from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celebrity_pairs
-from facts.language import TemplateTokenizer, controls
+from facts.language import TemplateTokenizer, controls_of
 from facts.schema import Direction, FactError, FactSet
 from models.backend import is_hooked, is_tl_model
 from models.cpu_matmul import float32_matmul
@@ -124,16 +124,23 @@ def draw_controls(
 
     Other mothers for "X's mother is", other children of mothers for "M is the mother of";
     every true answer of the same question (a sibling) is excluded (:func:`facts.language.controls`).
+    Each parent type's fact set is scanned once for all its statements (:func:`facts.language.controls_of`).
     """
     where = _by_parent_type(facts)
-    drawn = []
-    for index, direction in statements:
-        subset, position = where[index]
+    statements = list(statements)
+    by_subset: dict[int, tuple[FactSet, list[int]]] = {}
+    for number, (index, _) in enumerate(statements):
+        subset = where[index][0]
+        by_subset.setdefault(id(subset), (subset, []))[1].append(number)
+    drawn: list[list[str]] = [[] for _ in statements]
+    for subset, numbers in by_subset.values():
+        asked = [(where[statements[n][0]][1], statements[n][1]) for n in numbers]
         try:
-            drawn.append(controls(subset, position, direction, k, seed))
+            for number, wrong in zip(numbers, controls_of(subset, asked, k, seed)):
+                drawn[number] = wrong
         except FactError as error:
             raise FactError(
-                f"{error} among {facts[index].group}s; fewer controls are needed (n_controls), or more pairs"
+                f"{error} among {subset[0].group}s; fewer controls are needed (n_controls), or more pairs"
             ) from None
     return drawn
 
