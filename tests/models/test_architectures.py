@@ -481,15 +481,18 @@ def test_gguf_weights_are_the_ones_transformers_reads(smollm2_hf):
     """models.gguf_weights reads a GGUF one tensor at a time (transformers' processors: Llama's query/key
     rows reordered); every tensor of the model a load gives (from the file, or from the cache of reads, which
     test_smollm2_read_from_the_gguf_cache_is_the_file finds bitwise the same) equals transformers' own
-    reading of the file, bit for bit."""
-    from transformers import AutoModelForCausalLM, GgufConfig
+    reading of the file, bit for bit. Transformers' reading is the state dict its ``from_pretrained``
+    loads a GGUF from (``load_gguf_checkpoint`` with the model to load and float32, as its GGUF quantizer
+    calls it), taken directly: ``from_pretrained`` would parse the file a second time for the config."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    path = resolve("smollm2-135m").path
-    theirs = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                                  quantization_config=GgufConfig(dequantize=True), local_files_only=True)
-    ours = smollm2_hf[0].state_dict()
-    assert ours.keys() == theirs.state_dict().keys()
-    assert all(torch.equal(ours[name], tensor) for name, tensor in theirs.state_dict().items())
+    model = smollm2_hf[0]
+    theirs = load_gguf_checkpoint(str(resolve("smollm2-135m").path), return_tensors=True, model_to_load=model,
+                                  torch_dtype=torch.float32)["tensors"]
+    ours = model.state_dict()
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
+    assert theirs.keys() == ours.keys() - {"lm_head.weight"}  # the file holds the tied embedding once
+    assert all(torch.equal(ours[name], tensor) for name, tensor in theirs.items())
 
 
 def test_threads_default_to_omp_num_threads_else_the_cores(monkeypatch):
