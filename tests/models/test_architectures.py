@@ -321,6 +321,11 @@ def assert_cached_read_is_the_file(name: str, parsed, cache, monkeypatch) -> Non
     assert type(cached_tokenizer) is type(tokenizer) and len(cached_tokenizer) == len(tokenizer)
     assert all(cached_tokenizer(text).input_ids == tokenizer(text).input_ids for text in texts)
     assert cached_tokenizer.bos_token_id == tokenizer.bos_token_id and declared_bos(source) == declared
+    assert cached_tokenizer.get_vocab() == tokenizer.get_vocab()  # every token, and the added ones, with its id
+    assert cached_tokenizer.special_tokens_map == tokenizer.special_tokens_map
+    assert cached_tokenizer.padding_side == tokenizer.padding_side
+    every_97th = list(range(0, len(tokenizer), 97))
+    assert cached_tokenizer.decode(every_97th) == tokenizer.decode(every_97th)
 
 
 # --- the command line ------------------------------------------------------------------------------
