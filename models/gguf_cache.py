@@ -6,7 +6,7 @@ for SmolLM2-135M and 26.5 s for Gemma 3 270M. The first load of a file writes wh
 Face folder (``save_pretrained``: the float32 weights as safetensors, the config, whose ``architectures``
 names the class, and the tokenizer) with ``revlens-gguf.json`` (the file's SHA-256 and its
 ``tokenizer.ggml.add_bos_token``, which the loaders otherwise read from the file's metadata); later
-loads read that folder instead: 1.0 s and 5.6 s. The weights, the config and every token id are the
+loads read that folder instead: 1.0 s and 4.9 s. The weights, the config and every token id are the
 ones the file gives (tested on both models: the weights bitwise).
 
 An entry is keyed by the file's SHA-256 and the versions of transformers and gguf that read it (and

@@ -35,7 +35,7 @@ A GGUF is parsed once per load: config, weights and tokenizer share one ``gguf.G
 (:func:`_one_gguf_parse`; transformers alone parses it three times), and its weights are read one
 tensor at a time into the model's own parameters (:mod:`models.gguf_weights`). The first load of a
 file keeps what it read on disk (:mod:`models.gguf_cache`); later loads, in any process, read that
-instead of the file (SmolLM2 6.3 → 1.0 s, Gemma 3 26.5 → 5.6 s). The hooked backend
+instead of the file (SmolLM2 6.3 → 1.0 s, Gemma 3 26.5 → 4.9 s). The hooked backend
 then takes the converted tensors as its parameters (:func:`_take_weights`): no load holds two
 copies of the weights; :func:`to_hooked` takes copies of them that keep their strides (the tensors
 themselves with ``take``, when the caller hands the HF model over). Either way each
@@ -280,7 +280,7 @@ def load_hf(
 
     Every call returns new objects the caller may fine-tune or modify. Reading and
     dequantising a GGUF file is slow (6.3 s for SmolLM2, 26.5 s for Gemma 3 270M on one 2 GHz core;
-    1.0 and 5.6 s from the read kept on disk, :mod:`models.gguf_cache`), so ``load_hf`` also keeps
+    1.0 and 4.9 s from the read kept on disk, :mod:`models.gguf_cache`), so ``load_hf`` also keeps
     the model it read per process (keyed by path, size and modification time; one copy of the
     weights stays in memory) and hands out deep copies (0.5-2 s); :func:`load` uses that copy when
     present but never adds one (a command loading one model keeps one copy of its weights; so does
