@@ -317,15 +317,22 @@ def assert_cached_read_is_the_file(name: str, parsed, cache, monkeypatch) -> Non
     assert type(cached) is type(model)
     drop = lambda config: {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}  # noqa: E731
     assert drop(cached.config) == drop(model.config)
+    assert_same_tokenizer(cached_tokenizer, tokenizer)
+    assert declared_bos(source) == declared
+
+
+def assert_same_tokenizer(read, tokenizer) -> None:
+    """``read`` is ``tokenizer``: its class, the token ids of text with and without special tokens, every token
+    of the vocabulary with its id, the special tokens, the padding side and decoding."""
     texts = PROMPTS + [" naïve  café\n\t<bos> 1234", tokenizer.decode(list(range(200, 260)))]
-    assert type(cached_tokenizer) is type(tokenizer) and len(cached_tokenizer) == len(tokenizer)
-    assert all(cached_tokenizer(text).input_ids == tokenizer(text).input_ids for text in texts)
-    assert cached_tokenizer.bos_token_id == tokenizer.bos_token_id and declared_bos(source) == declared
-    assert cached_tokenizer.get_vocab() == tokenizer.get_vocab()  # every token, and the added ones, with its id
-    assert cached_tokenizer.special_tokens_map == tokenizer.special_tokens_map
-    assert cached_tokenizer.padding_side == tokenizer.padding_side
+    assert type(read) is type(tokenizer) and len(read) == len(tokenizer)
+    assert all(read(text).input_ids == tokenizer(text).input_ids for text in texts)
+    assert read.bos_token_id == tokenizer.bos_token_id
+    assert read.get_vocab() == tokenizer.get_vocab()  # every token, and the added ones, with its id
+    assert read.special_tokens_map == tokenizer.special_tokens_map
+    assert read.padding_side == tokenizer.padding_side
     every_97th = list(range(0, len(tokenizer), 97))
-    assert cached_tokenizer.decode(every_97th) == tokenizer.decode(every_97th)
+    assert read.decode(every_97th) == tokenizer.decode(every_97th)
 
 
 # --- the command line ------------------------------------------------------------------------------
@@ -453,9 +460,10 @@ def smollm2_cache(tmp_path):
 
 
 def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smollm2_cache):
-    """SmolLM2's first load writes its entry (the file read, with no earlier entry), its second reads it; an
-    entry that cannot be read (its weights cut short) is removed, the file read again and the entry written
-    anew."""
+    """SmolLM2's first load writes its entry (the file read, with no earlier entry), its second reads it; a
+    tokenizer class that refuses the Rust tokenizer handed to it reads the entry through AutoTokenizer, the same
+    tokenizer; an entry that cannot be read (its tokenizer.json broken, or its weights cut short) is removed, the
+    file read again and the entry written anew."""
     from models import gguf_cache, pretrained
 
     cache = smollm2_cache
@@ -469,6 +477,23 @@ def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smo
         assert_cached_read_is_the_file("smollm2-135m", parsed, cache, reading)
         # the entry is a loadable folder, from which TransformerLens would take a BOS-adding tokenizer
         assert bos_prefix(load("smollm2-135m", backend="hooked", device="cpu").tokenizer) == ()
+        # a tokenizer class that refuses the Rust tokenizer handed to it is read by AutoTokenizer: the same one
+        refusing = type(parsed[1])
+        init = refusing.__init__
+
+        def refuse_tokenizer_object(self, *args, **kwargs):
+            if "tokenizer_object" in kwargs:
+                raise TypeError("unexpected keyword argument 'tokenizer_object'")
+            init(self, *args, **kwargs)
+
+        reading.setattr(refusing, "__init__", refuse_tokenizer_object)
+        assert_same_tokenizer(load_tokenizer("smollm2-135m", keep=False), parsed[1])
+    # an entry whose tokenizer cannot be read is removed, and the tokenizer read from the file
+    [tokenizer_file] = cache.glob("*/tokenizer.json")
+    tokenizer_file.write_text("{")
+    assert_same_tokenizer(load_tokenizer("smollm2-135m", keep=False), parsed[1])
+    assert not tokenizer_file.parent.exists()
+    parsed = pretrained.load_hf("smollm2-135m", keep=False)  # and the next load writes the entry anew
     weights.write_bytes(weights.read_bytes()[: whole // 2])
     again, _ = pretrained.load_hf("smollm2-135m", keep=False)
     ours, theirs = parsed[0].state_dict(), again.state_dict()
