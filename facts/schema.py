@@ -16,7 +16,7 @@ that made it and free-form metadata (generator parameters, seed).
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Literal
 
 Split = Literal["train", "heldout"]
@@ -122,7 +122,9 @@ class Fact:
         return self.object, self.inverse_relation, self.subject
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field by name, in declaration order (what ``dataclasses.asdict`` gives for these flat fields,
+        without its recursive copy: a fact file of thousands of facts is written, and hashed, per run)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> "Fact":

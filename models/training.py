@@ -133,14 +133,18 @@ def _distinct_rows(eval_sets: Mapping[str, TokenizedFacts]) -> tuple[TokenizedFa
     return distinct, rows
 
 
-def evaluate(model: torch.nn.Module, eval_sets: Mapping[str, TokenizedFacts]) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: torch.nn.Module, eval_sets: Mapping[str, TokenizedFacts],
+    distinct: tuple[TokenizedFacts, dict[str, Tensor]] | None = None,
+) -> dict[str, dict[str, float]]:
     """Mean answer log-prob, mean probability and greedy accuracy of each evaluation set (every
-    distinct row of all the sets scored once, in one batch: :func:`_distinct_rows`)."""
+    distinct row of all the sets scored once, in one batch: :func:`_distinct_rows`, or ``distinct``
+    when the caller made it already: a training run makes it once for all its evaluations)."""
     was_training = model.training
     model.eval()
     out = {}
     if any(len(batch) for batch in eval_sets.values()):
-        distinct, rows = _distinct_rows(eval_sets)
+        distinct, rows = distinct or _distinct_rows(eval_sets)
         scores = score_answers(model, distinct)
     for name, batch in eval_sets.items():
         logprob, correct = (scores.logprob[rows[name]], scores.correct[rows[name]]) if len(batch) else (
@@ -308,8 +312,10 @@ def _train(
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, step, model, optimizer, {**meta, "history": history})
 
+    scored = _distinct_rows(eval_sets) if any(len(batch) for batch in eval_sets.values()) else None
+
     def record(step: int, loss: float | None) -> None:
-        entry: dict[str, Any] = {"step": step, "loss": loss, "eval": evaluate(model, eval_sets)}
+        entry: dict[str, Any] = {"step": step, "loss": loss, "eval": evaluate(model, eval_sets, scored)}
         for callback in callbacks:
             entry.update(callback(step, model) or {})
         history.append(entry)

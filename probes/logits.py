@@ -170,7 +170,12 @@ def answer_table(
         candidates = list(candidates) if candidates is not None else facts.entities()
         matrix = candidate_logprobs(model, facts, tokenizer, statements, candidates, pad_id)
         answers = [facts[i].given_and_answer(d)[2] for i, d in statements]
-        is_truth = torch.tensor([[c == a for c in candidates] for a in answers])
+        columns: dict[str, list[int]] = {}  # each candidate's columns (a name may be listed twice)
+        for j, candidate in enumerate(candidates):
+            columns.setdefault(candidate, []).append(j)
+        is_truth = torch.zeros(len(answers), len(candidates), dtype=torch.bool)
+        for row, answer in enumerate(answers):
+            is_truth[row, columns.get(answer, [])] = True
         better = ((matrix > scores.logprob[:, None]) & ~is_truth).sum(1)
         n_candidates = len(candidates)
     control_mean = control_scores.mean(1) if n_controls > 0 else torch.full((len(statements),), float("nan"))
