@@ -73,7 +73,7 @@ __all__ = [
     "OFFICIAL_MODEL_NAMES", "POST_NORM_ARCHITECTURES", "loading_from_pretrained",
     "TL_MAJOR", "TL_MODEL_TYPES", "TL_VERSION", "TLModel", "TransformerBridge", "TransformerLensKeyValueCache",
     "TransformerLensKeyValueCacheEntry", "architecture_of", "build_native", "copy_model", "get_act_name",
-    "has_kv_cache", "hooked_init_state", "hooked_state_dict", "is_hooked", "is_native_bridge", "is_tl_model", "load_hooked_state_dict", "patching",
+    "final_norm_centres", "has_kv_cache", "hooked_init_state", "hooked_state_dict", "is_hooked", "is_native_bridge", "is_tl_model", "load_hooked_state_dict", "patching",
     "runs_from_layer",
 ]
 
@@ -293,6 +293,16 @@ def load_hooked_state_dict(model: torch.nn.Module, state: dict[str, Tensor]) -> 
         model.load_state_dict(hooked_to_bridge(state, model.cfg), strict=True)
     else:
         model.load_state_dict(state)
+
+
+def final_norm_centres(model: object) -> bool:
+    """Whether the norm before the unembedding subtracts the mean of the residual stream: a LayerNorm
+    (``normalization_type`` "LN" / "LNPre"), unless ``cfg.final_rms`` makes the final one an RMSNorm
+    under LayerNorm blocks (TransformerLens builds ``ln_final`` so). TransformerLens's own
+    ``ActivationCache.apply_ln_to_stack`` centres by ``normalization_type`` alone."""
+    cfg = getattr(model, "cfg", None)
+    return (str(getattr(cfg, "normalization_type", "")) in ("LN", "LNPre")
+            and not getattr(cfg, "final_rms", False))
 
 
 def has_kv_cache(model: object) -> bool:

@@ -56,6 +56,18 @@ def hooked_readout(model: torch.nn.Module, residual: Float[Tensor, "n d_model"])
     return apply_softcap(model.unembed(residual), model.cfg.output_logits_soft_cap)[0]
 
 
+def check_causal(model: object) -> None:
+    """Refuse a model whose attention is not causal (a TransformerLens ``attention_dir`` of
+    "bidirectional"): every answer log-probability here is read from one pass over prompt and answer,
+    log p(a_j | c, a_<j) at the position before a_j, which is that conditional only when no position
+    sees the tokens after it (a bidirectional model's answer positions would read the answer itself,
+    and padding would change the numbers)."""
+    direction = getattr(getattr(model, "cfg", None), "attention_dir", "causal")
+    if direction != "causal":
+        raise ValueError(f"the model's attention is {direction!r}, not causal: an answer's log-probability given "
+                         "its prompt is not one pass over prompt and answer, so it is not scored")
+
+
 def check_token_ids(model: torch.nn.Module, batch: TokenizedFacts, where: str = "batch") -> None:
     """Refuse token ids outside the model's vocabulary, naming the first offending fact."""
     size = vocab_size(model)
@@ -160,6 +172,7 @@ def answer_logits(
     ``stop_at_layer`` at the last layer still unembeds; the bilinear model) gives its full logits."""
     from models.backend import is_hooked
 
+    check_causal(model)
     inputs, predicting = answer_inputs(tokens, answer_mask)
     if hasattr(model, "logits_at"):
         return model.logits_at(inputs, predicting)

@@ -36,9 +36,11 @@ from torch import Tensor
 
 from facts.tokens import Example, TokenizedFacts
 from models.backend import (
-    HOOKED_HINT, POST_NORM_ARCHITECTURES, ActivationCache, architecture_of, get_act_name, is_hooked, patching,
+    HOOKED_HINT, POST_NORM_ARCHITECTURES, ActivationCache, apply_softcap, architecture_of, final_norm_centres,
+    get_act_name, is_hooked, patching,
 )
 from models.bilinear import BilinearModel
+from models.scoring import check_causal
 from probes.hooks import check_layer, hook_names
 
 Statements = Sequence[Example] | TokenizedFacts
@@ -159,12 +161,15 @@ def _post_attention_norm(model: Any) -> str | None:
 
 def _dla_cache_names(model: Any, by: Literal["head", "layer"]) -> list[str]:
     """The hooks a residual decomposition at the unembed reads (and, per head, the scale of a
-    norm after attention)."""
+    norm after attention). A shortformer model's positional embedding feeds queries and keys only,
+    never the residual stream, so it is not cached: TransformerLens's ``decompose_resid`` adds a
+    ``pos_embed`` term whenever its hook is in the cache."""
     per_layer = ["hook_attn_out", "hook_mlp_out", "attn.hook_z"]
     norm = _post_attention_norm(model) if by == "head" else None
     if norm is not None:
         per_layer.append(f"{norm}.hook_scale")
-    return ["hook_embed", "hook_pos_embed", "ln_final.hook_scale"] + [
+    embeddings = ["hook_embed"] + ([] if model.cfg.positional_embedding_type == "shortformer" else ["hook_pos_embed"])
+    return embeddings + ["ln_final.hook_scale"] + [
         f"blocks.{layer}.{name}" for layer in range(model.cfg.n_layers) for name in per_layer
     ]
 
@@ -301,6 +306,18 @@ def _answer_directions(
     return unembed, offset
 
 
+def _through_final_norm(
+    model: Any, cache: Any, stack: Float[Tensor, "component batch d_model"]
+) -> Float[Tensor, "component batch d_model"]:
+    """Each component as the final norm passes it to its affine part: centred where that norm centres,
+    divided by the norm's cached scale at the last position. TransformerLens's ``apply_ln_to_stack``
+    does this but centres by ``normalization_type`` alone, so an RMS final norm under LayerNorm blocks
+    (``cfg.final_rms``) is divided by its scale here, uncentred."""
+    if model.cfg.normalization_type in ("LN", "LNPre") and not final_norm_centres(model):
+        return stack / cache["ln_final.hook_scale"][:, -1]
+    return cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
+
+
 def check_attribution_readable(model: Any) -> None:
     """Refuse, before any work, a model whose direct logit attribution would not be exact: a
     ``TransformerBridge`` (either TransformerLens line) over an architecture whose norms it runs as
@@ -398,7 +415,7 @@ def direct_logit_attribution(
         _, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=_dla_cache_names(plain, by), **no_logits)
         components, stack = _decomposition(plain, cache, by)
         directions, offset = _answer_directions(plain, answers, wrong)
-        normalised = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
+        normalised = _through_final_norm(plain, cache, stack)
         attrs = einops.einsum(normalised, directions, "component batch d_model, d_model batch -> component batch")
         components.append(_Component("unembed bias", "unembed bias"))
         attrs = torch.cat([attrs, offset[None]])
@@ -528,7 +545,9 @@ Targets = Sequence[int] | Sequence[Sequence[int]]
 
 
 def _target_tokens(model: Any, clean: Sequence[Example], targets: Targets | None) -> Int[Tensor, "batch answer"]:
-    """The tokens to score, one row per statement (default: each clean statement's first answer token)."""
+    """The tokens to score, one row per statement (default: each clean statement's first answer token);
+    teacher-forced after the prompt, so a model whose attention is not causal is refused."""
+    check_causal(model)
     rows = [(e.answer[0],) for e in clean] if targets is None else [
         tuple(int(token) for token in t) if isinstance(t, Sequence) else (int(t),) for t in targets]
     if len(rows) != len(clean):
@@ -773,8 +792,9 @@ def logit_lens(model: Any, statements: Statements, batch_size: int = 64) -> pd.D
 
     At stage l (l = 0..n_layers − 1: the input of layer l; l = n_layers: the final stream) the
     residual r_l at the last prompt position goes through the *final* norm with statistics
-    recomputed from r_l itself (``accumulated_resid(apply_ln=True)``), then the unembedding:
-    ``logits_l = unembed(ln_final(r_l))``. The last stage is exactly the model's output; earlier
+    recomputed from r_l itself (``accumulated_resid(apply_ln=True)``), then the unembedding and the
+    model's logit soft-cap, if any (Gemma 2's c·tanh(x / c)): ``logits_l = softcap(unembed(ln_final(r_l)))``.
+    The last stage is exactly the model's output; earlier
     stages are the usual logit-lens approximation (those layers never wrote for the unembedding).
 
     Columns: statement (row of the input), fact, direction, split, answer_token, layer (the
@@ -788,7 +808,7 @@ def logit_lens(model: Any, statements: Statements, batch_size: int = 64) -> pd.D
         answers = _first_answer_tokens(model, chunk)
         _, cache = model.run_with_cache(_prompts(model, chunk), names_filter=_lens_cache_names(model))
         resid, stages = cache.accumulated_resid(apply_ln=True, pos_slice=-1, return_labels=True)
-        logits = model.unembed(resid).float()
+        logits = apply_softcap(model.unembed(resid), getattr(model.cfg, "output_logits_soft_cap", None)).float()
         chosen = logits.gather(-1, answers.expand(len(stages), -1)[..., None])
         logprob = chosen[..., 0] - logits.logsumexp(-1)
         rank = 1 + (logits > chosen).sum(-1)

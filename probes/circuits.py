@@ -23,7 +23,8 @@ are repeated to the query heads (``repeat_interleave``: query head h reads key/v
 h // (n_heads / n_key_value_heads)).
 
 Approximations (stated, not hidden): norms are folded as their learned scale and, for
-LayerNorm, the centring projection; the per-token 1/σ normalisation, biases and all
+LayerNorm, the centring projection (on the unembedding side only where the final norm is a
+LayerNorm too: an RMS final norm under LayerNorm blocks, ``cfg.final_rms``, does not centre); the per-token 1/σ normalisation, biases and all
 nonlinear paths through earlier layers are left out, so for layers > 0 the OV and QK entries
 are the embedding-to-head ("first-order") circuits.
 
@@ -48,7 +49,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from facts.schema import FactError, FactSet
-from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, architecture_of, is_hooked
+from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, architecture_of, final_norm_centres, is_hooked
 from models.bilinear import BilinearModel
 
 CIRCUITS = ("direct", "ov", "qk")
@@ -131,6 +132,15 @@ def _prepare(vectors: Float[Tensor, "n d"], norm: torch.nn.Module | None, centre
         vectors = vectors - vectors.mean(-1, keepdim=True)
     scale = _norm_scale(norm)
     return vectors * scale if scale is not None else vectors
+
+
+def _unembedding_directions(model, tokens: EntityTokens) -> Float[Tensor, "entity d_model"]:
+    """ũ_t: each entity's (mean) unembedding column as the residual stream sees it, the final norm's
+    1/σ aside: scaled by that norm's weight and, where it centres (a LayerNorm, not an RMS final norm:
+    :func:`models.backend.final_norm_centres`), centred: o · P·(w ⊙ u) = P·o · (w ⊙ u), P being symmetric."""
+    W_U = model.W_U.detach()
+    final = _prepare(tokens.means(W_U[:, tokens.token_ids].T.float()), getattr(model, "ln_final", None), False)
+    return final - final.mean(-1, keepdim=True) if final_norm_centres(model) else final
 
 
 def check_layer_head(model, layers: Sequence[int] | None, heads: Sequence[int] | None) -> tuple[list[int], list[int]]:
@@ -221,17 +231,14 @@ def transformer_circuits(
     check_circuits_readable(model)
     layers, heads = check_layer_head(model, layers, heads)
     shared = _shared_heads(model, heads)
-    centre = str(getattr(model.cfg, "normalization_type", "")).startswith("LN")
     W_E = model.W_E.detach()
-    W_U = model.W_U.detach()
-    # the unembedding as the residual stream sees it: scaled by the final norm and, for
-    # LayerNorm, centred (o · P·(w ⊙ u) = P·o · (w ⊙ u) since the centring P is symmetric)
-    final = _prepare(tokens.means(W_U[:, tokens.token_ids].T.float()), getattr(model, "ln_final", None), False)
-    if centre:
-        final = final - final.mean(-1, keepdim=True)
-    source = _prepare(tokens.means(W_E[tokens.token_ids].float()) * _embedding_scale(model), None, centre)
-    if "direct" in kinds:
-        yield [Circuit("direct", None, [None], source[:, None], final[:, None])]
+    final = _unembedding_directions(model, tokens)
+    embedded = tokens.means(W_E[tokens.token_ids].float()) * _embedding_scale(model)
+    # what each layer's first norm makes of the embedding, its 1/σ scale aside: centred under LayerNorm blocks
+    source = _prepare(embedded, None, str(getattr(model.cfg, "normalization_type", "")).startswith("LN"))
+    if "direct" in kinds:  # the embedding reaches the final norm as it is (its centring, if any, is in `final`)
+        yield [Circuit("direct", None, [None], (source if final_norm_centres(model) else embedded)[:, None],
+                       final[:, None])]
     stacked = {} if is_hooked(model) else {"ov": model.OV if "ov" in kinds else None,
                                             "qk": model.QK if "qk" in kinds else None}
     for layer in layers:
@@ -559,10 +566,7 @@ def weight_change_table(
         raise ValueError("the models before and after fine-tuning differ in shape; one must be the other fine-tuned")
     tokens = _entity_tokens(facts, entity_ids, before.cfg.d_vocab)
     sources, targets = _rows(facts, tokens, n_controls, seed)
-    W_U = before.W_U.detach()
-    final = _prepare(tokens.means(W_U[:, tokens.token_ids].T.float()), getattr(before, "ln_final", None), False)
-    if str(getattr(before.cfg, "normalization_type", "")).startswith("LN"):
-        final = final - final.mean(-1, keepdim=True)
+    final = _unembedding_directions(before, tokens)
     rows = [(index, direction) for index in range(len(facts)) for direction in ("forward", "reverse")]  # as _rows
     states = _given_states(before, facts, statements, rows, layers)
     answers = final[targets]  # [rows, K + 1, d_model]

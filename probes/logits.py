@@ -141,7 +141,8 @@ def answer_table(
     """One row per directed statement in play: log-prob, rank, accuracy, margin over controls.
 
     ``rank_against="candidates"`` ranks the answer among ``candidates`` (default: every entity
-    of the fact set); ``"controls"`` ranks it among its K controls only (1..K+1), the cheap
+    of the fact set), a set: a name listed twice counts once, and one that leaves out a statement's
+    answer is refused; ``"controls"`` ranks it among its K controls only (1..K+1), the cheap
     choice for multi-token answers on a large model, where scoring every entity costs
     statements × entities teacher-forced passes.
 
@@ -153,6 +154,16 @@ def answer_table(
     if rank_against not in ("candidates", "controls"):
         raise ValueError(f"rank_against must be 'candidates' or 'controls', got {rank_against!r}")
     statements = [(i, d) for i, d, _ in facts.statements()]
+    answers = [facts[i].given_and_answer(d)[2] for i, d in statements]
+    if rank_against == "candidates":  # checked before any pass
+        candidates = list(dict.fromkeys(candidates if candidates is not None else facts.entities()))
+        column = {candidate: j for j, candidate in enumerate(candidates)}
+        missing = next((row for row, answer in enumerate(answers) if answer not in column), None)
+        if missing is not None:
+            index, direction = statements[missing]
+            raise ValueError(f"fact {index} ({direction}): its answer {answers[missing]!r} is not among the "
+                             f"{len(candidates)} candidates; rank_against='candidates' ranks each answer among "
+                             "candidates that include it")
     truths = collate([tokenizer.example(facts, i, d) for i, d in statements], pad_id)
     scores = score_answers(model, truths)
     directions = {d for _, d in statements}
@@ -167,15 +178,9 @@ def answer_table(
         better = (control_scores > scores.logprob[:, None]).sum(1)
         n_candidates = n_controls + 1
     else:
-        candidates = list(candidates) if candidates is not None else facts.entities()
         matrix = candidate_logprobs(model, facts, tokenizer, statements, candidates, pad_id)
-        answers = [facts[i].given_and_answer(d)[2] for i, d in statements]
-        columns: dict[str, list[int]] = {}  # each candidate's columns (a name may be listed twice)
-        for j, candidate in enumerate(candidates):
-            columns.setdefault(candidate, []).append(j)
         is_truth = torch.zeros(len(answers), len(candidates), dtype=torch.bool)
-        for row, answer in enumerate(answers):
-            is_truth[row, columns.get(answer, [])] = True
+        is_truth[torch.arange(len(answers)), [column[answer] for answer in answers]] = True
         better = ((matrix > scores.logprob[:, None]) & ~is_truth).sum(1)
         n_candidates = len(candidates)
     control_mean = control_scores.mean(1) if n_controls > 0 else torch.full((len(statements),), float("nan"))

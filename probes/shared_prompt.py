@@ -44,7 +44,9 @@ from models.backend import (
 )
 from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_residual, runs_hooked_tree
 from models.memory import release_freed_memory
-from models.scoring import LOG_SOFTMAX_BLOCK, LOGIT_BUDGET, chosen_logprobs, hooked_readout, model_device
+from models.scoring import (
+    LOG_SOFTMAX_BLOCK, LOGIT_BUDGET, check_causal, chosen_logprobs, hooked_readout, model_device,
+)
 
 SMALL_PRODUCT = 4
 """Passes of fewer positions run alone: BLAS multiplies matrices of 1-3 rows with other kernels (MKL on
@@ -332,6 +334,7 @@ def candidate_logprobs_cached(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    check_causal(model)
     widths = {len(row) for row in candidates}
     if len(widths) > 1 or 0 in widths:
         raise ValueError(f"every statement needs the same, non-zero number of answers, got {sorted(widths)}")

@@ -71,7 +71,7 @@ from facts.schema import Direction, FactError, FactSet
 from facts.tokens import Example
 from models.backend import (TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry, is_hooked,
                             runs_from_layer)
-from models.scoring import answer_token_logprobs, hooked_readout, token_logprobs
+from models.scoring import answer_token_logprobs, check_causal, hooked_readout, token_logprobs
 from probes.hooks import check_layer, hook_names
 
 COMPONENTS: tuple[str, ...] = ("resid_pre", "resid_post", "mlp_out", "attn_out")
@@ -113,6 +113,7 @@ def noise_std(model: Any, multiple: float = NOISE_MULTIPLE) -> float:
 
 
 def _check_model(model: Any) -> None:
+    check_causal(model)  # the answer is teacher-forced after the prompt
     if not runs_from_layer(model):
         raise ValueError(
             f"causal tracing runs the restored runs from their layer (start_at_layer), which a "

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from tiny_models import BACKENDS_BY_ARCHITECTURE
 
 from facts.tokens import Example, tokenize
 from models.backend import hooked_state_dict, load_hooked_state_dict
@@ -237,6 +238,25 @@ def test_the_last_lens_stage_is_the_model_output(tiny, sample):
     assert torch.allclose(torch.tensor(final.logprob.to_numpy()), chosen, atol=1e-5)
     ranks = 1 + (logprobs > chosen[:, None]).sum(-1)
     assert final["rank"].tolist() == ranks.tolist()
+
+
+@pytest.mark.parametrize("backend", BACKENDS_BY_ARCHITECTURE["gemma2"])
+def test_the_last_lens_stage_is_the_output_after_the_logit_cap(backend, tiny_models):
+    """Gemma 2 caps its logits (c·tanh(x / c), c = 30): the lens's last stage is the capped output, log p and
+    rank, as the model's own forward gives them; the uncapped unembedding would differ by over 0.1 nats."""
+    model = tiny_models["gemma2"].backends[backend]
+    prompts = torch.randint(0, 1000, (4, 7), generator=torch.Generator().manual_seed(1))
+    examples = [Example(tuple(p), (5 + i,), i, "forward", "heldout") for i, p in enumerate(prompts.tolist())]
+    final = logit_lens(model, examples).query("stage == 'final_post'")
+    with torch.no_grad():
+        logits = model(prompts)[:, -1].float()
+    cap = model.cfg.output_logits_soft_cap
+    uncapped = cap * torch.atanh(logits.double() / cap)
+    answers = torch.tensor([e.answer[0] for e in examples])
+    logprobs = logits.log_softmax(-1)[torch.arange(4), answers]
+    assert torch.allclose(torch.tensor(final.logprob.to_numpy()), logprobs, atol=1e-4)
+    assert final["rank"].tolist() == (1 + (logits > logits[torch.arange(4), answers][:, None]).sum(-1)).tolist()
+    assert (uncapped.log_softmax(-1)[torch.arange(4), answers] - logprobs).abs().max() > 0.1
 
 
 def test_the_lens_shows_the_curse_at_the_output(trained_one_layer, batch):

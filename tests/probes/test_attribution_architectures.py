@@ -10,13 +10,13 @@ from __future__ import annotations
 import gguf
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, tiny_config
+from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, perturbed, tiny_config
 
 from analyses.probe import probe
 from facts.celebrity import load_celebrity_pairs
 from facts.io import save_jsonl
 from facts.tokens import Example
-from models.backend import TL_MAJOR, copy_model, is_hooked
+from models.backend import TL_MAJOR, is_hooked
 from probes.attribution import check_attribution_readable, direct_logit_attribution, folded
 from probes.circuits import check_circuits_readable
 
@@ -24,20 +24,6 @@ ANSWER, CONTROL = 5, 9
 POST_NORM = {"gemma2", "gemma3", "olmo2"}
 """Architectures with a norm between the attention heads and the residual stream."""
 WRAPPED = [(a, b) for a in ARCHITECTURES for b in BACKENDS_BY_ARCHITECTURE[a]]
-
-
-def perturbed(model):
-    """A copy whose norm weights and biases are random (not 1 and 0 as at initialisation); ``copy_model``, so a
-    bridge's copy holds no hooks that act on the original."""
-    twin = copy_model(model)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in twin.named_parameters():
-            kind = name.rsplit(".", 1)[-1]
-            norm_weight = kind == "weight" and ("ln" in name or "norm" in name)  # the bridge's HF names
-            if kind in ("w", "b", "bias") or kind.startswith("b_") or norm_weight:
-                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
-    return twin.eval()
 
 
 def statements(n: int = 3, length: int = 7) -> tuple[list[Example], list[Example]]:

@@ -1,11 +1,19 @@
 import math
 
+import pandas as pd
 import pytest
 import torch
 
+from facts.schema import FactSet
 from facts.token_worlds import reversal_world
-from models.transformer import build_model
+from facts.tokens import tokenize
+from models.backend import TL_MAJOR, HookedTransformer, HookedTransformerConfig, build_native
+from models.scoring import score_answers
+from models.training import TrainConfig, train
+from models.transformer import build_model, model_fields
+from probes.attribution import patch_residual
 from probes.logits import answer_table, candidate_logprobs
+from probes.shared_prompt import candidate_logprobs_cached
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +87,55 @@ def test_in_context_controls_exclude_only_the_facts_own_answer():
     world = in_context_world(n_x=20, n_y=3, seed=0)
     drawn = controls(world, 0, "reverse", 19, seed=0)
     assert world[0].subject not in drawn and len(set(drawn)) == 19  # every other x is a wrong answer here
+
+
+def test_candidates_are_a_set_and_must_hold_every_answer(trained_one_layer, world, vocab):
+    """rank_against="candidates" ranks among the set C: a name listed twice counts once (rank, n_candidates,
+    chance −log|C| all as with the name once), and a list without a statement's answer is refused before any
+    pass."""
+    facts = FactSet(world.facts[-12:], world="the last 12 pairs", meta=world.meta)  # one-way pairs among them
+    entities = facts.entities()
+    once = answer_table(trained_one_layer, facts, vocab, candidates=entities, n_controls=4)
+    twice = answer_table(trained_one_layer, facts, vocab, candidates=entities + entities[::-1], n_controls=4)
+    assert (once["rank"] > 1).any()  # wrong answers above the truth, which duplicates would count twice
+    assert (once.n_candidates == len(entities)).all()
+    pd.testing.assert_frame_equal(once, twice)
+    passes = []
+    hook = trained_one_layer.register_forward_pre_hook(lambda *_: passes.append(1))
+    try:
+        missing = [e for e in entities if e != facts[0].object]
+        with pytest.raises(ValueError, match=f"fact 0 \\(forward\\): its answer '{facts[0].object}' is not among "
+                                             f"the {len(missing)} candidates"):
+            answer_table(trained_one_layer, facts, vocab, candidates=missing)
+    finally:
+        hook.remove()
+    assert not passes
+
+
+def bidirectional_tiny(vocab):
+    """The named ``tiny`` spec with attention both ways (``attention_dir="bidirectional"``), under either line."""
+    fields = {**model_fields("tiny", vocab.d_vocab, "absolute", None), "attention_dir": "bidirectional"}
+    if TL_MAJOR >= 4:
+        return build_native(fields, 0, torch.device("cpu"))
+    return HookedTransformer(HookedTransformerConfig(**fields, seed=0, device="cpu"))
+
+
+def test_a_model_attending_both_ways_is_refused_by_every_answer_score(world, vocab):
+    """An answer's log-probability is read from one pass over prompt and answer, at the position before each
+    answer token, which a bidirectional model's positions see past: the same statement scores differently
+    alone and beside a longer, padded one. Every path that scores answers refuses it, the trainer too."""
+    model = bidirectional_tiny(vocab)
+    facts = FactSet(world.facts[:4], world="the first 4 pairs", meta=world.meta)
+    batch = tokenize(facts, vocab)
+    examples = [vocab.example(facts, index, "forward") for index in range(4)]
+    reverse = [vocab.example(facts, index, "reverse") for index in range(4)]
+    calls = {
+        "answer_table": lambda: answer_table(model, facts, vocab),
+        "score_answers": lambda: score_answers(model, batch),
+        "candidate_logprobs_cached": lambda: candidate_logprobs_cached(model, [[e] for e in examples]),
+        "patch_residual": lambda: patch_residual(model, examples, reverse),
+        "train": lambda: train(model, batch, TrainConfig(steps=1, progress=False)),
+    }
+    for call in calls.values():
+        with pytest.raises(ValueError, match="attention is 'bidirectional', not causal"):
+            call()

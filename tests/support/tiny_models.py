@@ -24,7 +24,7 @@ import torch
 import transformers
 
 from facts.tokens import Example, TokenizedFacts, collate
-from models.backend import HookedTransformer
+from models.backend import HookedTransformer, copy_model
 
 VOCAB = 49152
 WINDOW = 4
@@ -83,6 +83,20 @@ def tiny_config(kind: str) -> transformers.PretrainedConfig:
         "olmo2": lambda: transformers.Olmo2Config(**shared, pad_token_id=0),
     }
     return configs[kind]()
+
+
+def perturbed(model):
+    """A copy whose norm weights and biases are random (not 1 and 0 as at initialisation); ``copy_model``, so a
+    bridge's copy holds no hooks that act on the original."""
+    twin = copy_model(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in twin.named_parameters():
+            kind = name.rsplit(".", 1)[-1]
+            norm_weight = kind == "weight" and ("ln" in name or "norm" in name)  # the bridge's HF names
+            if kind in ("w", "b", "bias") or kind.startswith("b_") or norm_weight:
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return twin.eval()
 
 
 def word_tokenizer(bos_token: str | None = None, add_bos_token: bool = False):
