@@ -69,18 +69,21 @@ def check_causal(model: object) -> None:
 
 
 def check_token_ids(model: torch.nn.Module, batch: TokenizedFacts, where: str = "batch") -> None:
-    """Refuse token ids outside the model's vocabulary, naming the first offending fact."""
+    """Refuse token ids outside the model's vocabulary, and answer ids outside its output vocabulary
+    (``cfg.d_vocab_out``, where a model predicts fewer tokens than it reads), naming the first offending fact."""
     size = vocab_size(model)
     if size is None or len(batch) == 0:
         return
-    bad = (batch.tokens < 0) | (batch.tokens >= size)
-    if bad.any():
-        row = int(bad.any(1).nonzero()[0])
-        value = int(batch.tokens[row][bad[row]][0])
-        raise ValueError(
-            f"{where}: fact {int(batch.fact[row])} ({batch.direction[row]}) has token id {value}, "
-            f"outside the model's vocabulary of {size}"
-        )
+    out = getattr(getattr(model, "cfg", None), "d_vocab_out", None)
+    checks = [((batch.tokens < 0) | (batch.tokens >= size), "token id", f"vocabulary of {size}")]
+    if isinstance(out, int) and 0 < out < size:
+        checks.append((batch.answer_mask & (batch.tokens >= out), "answer token id", f"output vocabulary of {out}"))
+    for bad, what, vocabulary in checks:
+        if bad.any():
+            row = int(bad.any(1).nonzero()[0])
+            value = int(batch.tokens[row][bad[row]][0])
+            raise ValueError(f"{where}: fact {int(batch.fact[row])} ({batch.direction[row]}) has {what} {value}, "
+                             f"outside the model's {vocabulary}")
 
 
 def token_logprobs(

@@ -348,7 +348,8 @@ def candidate_logprobs_cached(
         raise ValueError(f"a {type(model).__name__} ({hf.config.model_type}) is scored by trie only on "
                          f"{sorted(TREE_ARCHITECTURES)}: convert it (models.pretrained.to_hooked) or load it as a "
                          f"TransformerLens model")
-    _check_ids(candidates, hf.config.vocab_size if hf is model else getattr(model.cfg, "d_vocab", None))
+    _check_ids(candidates, *((hf.config.vocab_size,) * 2 if hf is model else
+                             (getattr(model.cfg, "d_vocab", None), getattr(model.cfg, "d_vocab_out", None))))
     logprob = torch.zeros(n, k)
     correct = torch.ones(n, k, dtype=torch.bool)
     if n == 0:
@@ -558,16 +559,21 @@ def _runs(sizes: Sequence[int], room: int, alone: int = 0) -> list[list[int]]:
     return groups
 
 
-def _check_ids(candidates: Sequence[Sequence[Example]], d_vocab: int | None) -> None:
-    """Refuse token ids outside the vocabulary, naming the fact, instead of an index error later."""
+def _check_ids(candidates: Sequence[Sequence[Example]], d_vocab: int | None, d_vocab_out: int | None = None) -> None:
+    """Refuse token ids outside the vocabulary, and answer ids outside the output vocabulary (``d_vocab_out``,
+    where a model predicts fewer tokens than it reads), naming the fact, instead of an index error later."""
     if d_vocab is None:
         return
+    narrower = isinstance(d_vocab_out, int) and 0 < d_vocab_out < d_vocab
     for row in candidates:
         for example in row:
-            ids = example.prompt + example.answer
-            if min(ids) < 0 or max(ids) >= d_vocab:
-                bad = next(t for t in ids if not 0 <= t < d_vocab)
-                raise ValueError(
-                    f"fact {example.fact} ({example.direction}) has token id {bad}, outside the model's "
-                    f"vocabulary of {d_vocab}: is the tokenizer the model's own?"
-                )
+            checks = [(example.prompt + example.answer, d_vocab, "vocabulary")]
+            if narrower:
+                checks.append((example.answer, d_vocab_out, "output vocabulary"))
+            for ids, size, what in checks:
+                if min(ids) < 0 or max(ids) >= size:
+                    bad = next(t for t in ids if not 0 <= t < size)
+                    raise ValueError(
+                        f"fact {example.fact} ({example.direction}) has token id {bad}, outside the model's "
+                        f"{what} of {size}: is the tokenizer the model's own?"
+                    )

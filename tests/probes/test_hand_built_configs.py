@@ -18,11 +18,13 @@ import torch
 from tiny_models import perturbed
 
 from facts.token_worlds import reversal_world
-from facts.tokens import Example
+from facts.tokens import Example, tokenize
 from models.backend import HookedTransformer, HookedTransformerConfig
+from models.scoring import score_answers
 from models.transformer import model_fields
 from probes.attribution import direct_logit_attribution
 from probes.circuits import circuit_table, weight_change_table
+from probes.shared_prompt import candidate_logprobs_cached
 
 CONFIGS = {
     "shortformer": {"positional_embedding_type": "shortformer"},
@@ -100,3 +102,18 @@ def test_a_weight_change_under_an_rms_final_norm_is_read_uncentred(vocab, facts)
             target = before.W_U[:, vocab.entity_ids(facts[index].object)[0]] * before.ln_final.w
         assert float(mlp.entry_ab[index]) == pytest.approx(float(change @ target), rel=1e-4, abs=1e-6)
         assert abs(float(change @ (target - target.mean())) - float(change @ target)) > 1e-3 * abs(float(change @ target))
+
+
+def test_an_answer_outside_a_narrower_output_vocabulary_is_named(vocab, facts):
+    """A model that reads every token but predicts fewer (``d_vocab_out`` < ``d_vocab``): an answer it cannot
+    predict is refused by name on both scoring paths, not an index error (or a gather past the logits)."""
+    model = hand_built(vocab, d_vocab_out=vocab.d_vocab - 100)
+    batch = tokenize(facts, vocab)
+    assert int(batch.tokens[batch.answer_mask].max()) >= vocab.d_vocab - 100  # answers past the output vocabulary
+    with pytest.raises(ValueError, match=r"fact \d+ \((forward|reverse)\) has answer token id \d+, outside the "
+                                         f"model's output vocabulary of {vocab.d_vocab - 100}"):
+        score_answers(model, batch)
+    examples = [[vocab.example(facts, index, direction)] for index in range(len(facts))
+                for direction in ("forward", "reverse")]
+    with pytest.raises(ValueError, match=f"outside the model's output vocabulary of {vocab.d_vocab - 100}"):
+        candidate_logprobs_cached(model, examples)
