@@ -136,10 +136,18 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
 
     Refused with :class:`FactError` naming file (and line), before anything loads: no training
     file, a test file of a group without one, a test line matching no trained statement (or two),
-    a held-out prompt that is also trained, a statement with fewer than ``paraphrases``.
+    a held-out prompt that is also trained, a statement with fewer than ``paraphrases``, an empty
+    completion, a training line repeated (it is no second paraphrase: not de-duplicated, refused),
+    completions differing only in surrounding whitespace, and reverse questions of one statement
+    with different answers (in p2d: two people with one description, whom grouping by completion
+    would merge) or, in p2d, with an answer that no training prompt of the statement names (not the
+    statement's person). Without a reverse file two people with one description cannot be told
+    from two paraphrases of one person.
     """
     from facts.questions import Question, QuestionSet, TrainPair
 
+    if paraphrases is not None and paraphrases < 1:
+        raise FactError(f"paraphrases must be ≥ 1, got {paraphrases}")
     folder = Path(folder)
     if not folder.is_dir():
         raise FactError(f"{folder}: not a folder in Berglund et al.'s experiment-1 layout")
@@ -154,9 +162,7 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
                 raise FactError(f"{folder / stray[0]}: test file of group {group!r}, but {files['train'].name} is "
                                 f"missing, so it names no trained fact")
             continue
-        by_completion: dict[str, list[Pair]] = {}
-        for prompt, completion in load_prompt_completion_jsonl(files["train"]):
-            by_completion.setdefault(completion, []).append((prompt, completion))
+        by_completion = _training_statements(files["train"])
         base = len({pair.key for pair in train})
         keys, trained_prompts = {}, set()
         for number, (completion, pairs) in enumerate(by_completion.items()):
@@ -171,7 +177,7 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
                                       f"{group}/trained", base + number, "forward", "train",
                                       f"{files['train']}"))
         if files["test"].is_file():
-            for line, (prompt, completion) in _numbered(files["test"]):
+            for line, (prompt, completion) in _answered(files["test"]):
                 if completion not in keys:
                     raise FactError(f"{files['test']}:{line}: completion {completion.strip()!r} matches no trained "
                                     f"statement of {files['train'].name}")
@@ -183,16 +189,30 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
                                           f"{files['test']}:{line}"))
         if group not in REVERSED_GROUPS or not files["reverse"].is_file():
             continue
-        randomized = dict(load_prompt_completion_jsonl(files["randomized"])) if files["randomized"].is_file() else {}
-        entities = {completion.strip(): completion for completion in keys}
-        asked_in_context = set()
-        for line, (prompt, completion) in _numbered(files["reverse"]):
+        randomized = ({prompt: completion for _, (prompt, completion) in _answered(files["randomized"])}
+                      if files["randomized"].is_file() else {})
+        entities = {completion.strip(): completion for completion in keys}  # one per stripped text: checked on reading
+        asked_in_context, answered = set(), {}
+        for line, (prompt, completion) in _answered(files["reverse"]):
             named = _entity_in(prompt, list(entities))
             if len(named) != 1:
                 raise FactError(f"{files['reverse']}:{line}: the prompt names "
                                 + (f"{len(named)} trained statements' answers {named}" if named else
                                    f"no trained statement's answer from {files['train'].name}"))
             key = keys[entities[named[0]]]
+            answer = completion.strip()
+            if group == "p2d" and not any(answer in prompt for prompt, _ in by_completion[entities[named[0]]]):
+                raise FactError(f"{files['reverse']}:{line}: the answer {answer!r} is not the person of the trained "
+                                f"statement {named[0]!r}: no prompt of {files['train'].name} with that completion "
+                                f"names them")
+            first_answer, first_line = answered.setdefault(key, (answer, line))
+            if first_answer != answer:
+                raise FactError(f"{files['reverse']}:{first_line} and {files['reverse']}:{line}: two answers, "
+                                f"{first_answer!r} and {answer!r}, to the reverse of the trained statement "
+                                f"{named[0]!r} of {files['train'].name}: "
+                                + ("two people with one description are merged into one fact (training prompts are "
+                                   "grouped by their completion); give each person their own description"
+                                   if group == "p2d" else "a person has one description; keep one"))
             extra = randomized.get(prompt)
             extras = (extra,) if extra is not None and extra.strip() != completion.strip() else ()
             where = f"{files['reverse']}:{line}"
@@ -208,6 +228,37 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
         raise FactError(f"{folder}: no training file; expected at least one of "
                         f"{[experiment_files(g)['train'] for g in GROUPS]}")
     return QuestionSet(tuple(train), tuple(questions), f"berglund:{folder}")
+
+
+def _answered(path: Path) -> list[tuple[int, Pair]]:
+    """:func:`_numbered`, a completion that is empty or only whitespace refused naming file:line."""
+    numbered = _numbered(path)
+    for line, (_, completion) in numbered:
+        if not completion.strip():
+            raise FactError(f"{path}:{line}: the completion {completion!r} is empty: it states no answer")
+    return numbered
+
+
+def _training_statements(path: Path) -> dict[str, list[Pair]]:
+    """The pairs of a training file grouped into trained statements by their completion, in order.
+
+    Refused naming file:line (:func:`_answered` too): a line repeating an earlier one (it would count
+    as a second paraphrase), and completions differing only in surrounding whitespace (they would be
+    two statements of one answer)."""
+    statements: dict[str, list[Pair]] = {}
+    written: dict[str, tuple[str, int]] = {}
+    seen: dict[Pair, int] = {}
+    for line, pair in _answered(path):
+        first = seen.setdefault(pair, line)
+        if first != line:
+            raise FactError(f"{path}:{line}: repeats line {first} ({pair[0]!r} → {pair[1]!r}); keep one, a repeated "
+                            f"line is no second paraphrase")
+        completion, completion_line = written.setdefault(pair[1].strip(), (pair[1], line))
+        if completion != pair[1]:
+            raise FactError(f"{path}:{line}: completion {pair[1]!r} differs from {completion!r} on line "
+                            f"{completion_line} only in surrounding whitespace; write both the same way")
+        statements.setdefault(pair[1], []).append(pair)
+    return statements
 
 
 def _numbered(path: Path) -> list[tuple[int, Pair]]:

@@ -20,6 +20,9 @@ one answer each. How the file's irregularities are handled:
   the first row counts, the line numbers of later ones are kept in ``meta["duplicate_lines"]``.
 * one person recorded as both mother and father of a child (16 cases, errors in the source):
   kept as two facts, named in ``meta["mother_and_father"]``.
+* one person recorded as the mother of one child and the father of another: refused, naming both
+  rows, since "Name a child of P" is asked alike for a mother and a father and would have two
+  different answers from the two parent types (one-to-many above is settled within one type).
 
 Blank lines are skipped; any other row needs all five fields on one line, non-empty names that
 differ (no one is their own parent), a parent type of mother/father and can_reverse True/False
@@ -33,14 +36,12 @@ byte-order mark and CRLF line ends are accepted; names are stripped and NFC-norm
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import unicodedata
 from importlib import resources
 from pathlib import Path
 
-from facts.io import located, read_text
+from facts.io import located, read_csv_rows
 from facts.schema import Fact, FactError, FactSet
 
 CSV_ENV = "REVLENS_CELEBRITY_CSV"
@@ -91,40 +92,16 @@ def celebrity_csv_path(path: str | os.PathLike[str] | None = None) -> Path:
 def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     """``(line, row)`` for each data row, every column present, stripped and NFC-normalised.
 
-    ``line`` is where the row starts; a row spanning lines (a quoted field left open) is refused.
-    """
-    reader = csv.reader(io.StringIO(read_text(path, "celebrity CSV"), newline=""), strict=True)  # "Ann "Smith" refused
-    end = 0
-    try:
-        header = [name.strip() for name in next(reader, [])]
-        if not header:
-            raise FactError(f"{path}: empty file, expected a header with columns {list(COLUMNS)}")
-        repeated = sorted({name for name in header if header.count(name) > 1})
-        if repeated:
-            raise FactError(f"{path}:1: column(s) {repeated} appear more than once in the header")
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise FactError(f"{path}: missing column(s) {missing}; the header has {header}")
-        rows, end = [], reader.line_num
-        for fields in reader:
-            start, end = end + 1, reader.line_num
-            if not fields:
-                continue
-            if end > start:
-                raise FactError(f"{path}:{start}: a quoted field opened on this line runs to line {end}; "
-                                f"is a closing quote missing?")
-            if len(fields) != len(header):
-                raise FactError(f"{path}:{start}: expected {len(header)} fields, got {len(fields)}")
-            row = dict(zip(header, fields))
-            rows.append((start, {c: unicodedata.normalize("NFC", row[c].strip()) for c in COLUMNS}))
-    except csv.Error as error:
-        if "unexpected end of data" in str(error):  # strict mode: a quote left open to the end of the file
-            raise FactError(f"{path}:{end + 1}: a quoted field opened on this line runs to the end of the file; "
-                            f"is a closing quote missing?") from None
-        raise FactError(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
+    ``line`` is where the row starts; a row spanning lines (a quoted field left open) is refused
+    (:func:`facts.io.read_csv_rows`)."""
+    header, rows = read_csv_rows(path, "celebrity CSV", COLUMNS)
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise FactError(f"{path}: missing column(s) {missing}; the header has {header}")
     if not rows:
         raise FactError(f"{path}: holds no pairs")
-    return rows
+    return [(line, {c: unicodedata.normalize("NFC", row[c].strip()) for c in COLUMNS})
+            for line, row in ((line, dict(zip(header, fields))) for line, fields in rows)]
 
 
 def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
@@ -136,6 +113,7 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
     predictions: list[str] = []
     parent_of: dict[tuple[str, str], tuple[str, int]] = {}
     children: dict[tuple[str, str], list[str]] = {}
+    reverse_answer: dict[str, tuple[str, str, int]] = {}
     duplicates: list[int] = []
     both: list[str] = []
     for line, row in _read_rows(path):
@@ -161,6 +139,13 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
         siblings = children.setdefault((parent, parent_type), [])
         siblings.append(child)
         reverse = "heldout" if len(siblings) == 1 else None
+        if reverse:  # "Name a child of P." is one prompt for a mother and a father: it needs one answer
+            asked, asked_type, asked_line = reverse_answer.setdefault(parent, (child, parent_type, line))
+            if asked != child:
+                raise FactError(f"{path}:{asked_line} and {path}:{line}: {parent!r} is the {asked_type} of {asked!r} "
+                                f"on line {asked_line} and the {parent_type} of {child!r} on line {line}, so the "
+                                f"reverse question 'Name a child of {parent}.' would have two different answers; "
+                                f"fix the parent type")
         try:
             facts.append(Fact(child, parent_type, parent, f"{parent_type} of", "heldout", reverse, parent_type))
         except FactError as error:

@@ -11,6 +11,7 @@ A file without a header is accepted (world "custom"). Every error names the file
 from __future__ import annotations
 
 import codecs
+import csv
 import hashlib
 import io
 import json
@@ -78,6 +79,43 @@ def read_json_lines(path: Path, what: str) -> Iterator[tuple[int, Any]]:
         except (ValueError, RecursionError) as error:  # a 5,000-digit number, brackets nested 10⁵ deep
             raise FactError(f"{path}:{number}: JSON that Python cannot read ({error})") from None
         yield number, value
+
+
+def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """``(header, [(line, fields), ...])`` of a CSV file (the ``what`` file, with ``columns``),
+    header names stripped, blank lines skipped; ``line`` is where a row starts.
+
+    Refused with :class:`FactError` naming file and line: no header, a column named twice, a row
+    spanning lines (a quoted field left open), a row with more or fewer fields than the header, and
+    anything :mod:`csv` cannot read in strict mode (a quote after a quoted field, a field over
+    :func:`csv.field_size_limit`). The caller checks which columns it needs or accepts.
+    """
+    reader = csv.reader(io.StringIO(read_text(path, what), newline=""), strict=True)  # "Ann "Smith" refused
+    end = 0
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        if not header:
+            raise FactError(f"{path}: empty file, expected a header with columns {list(columns)}")
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise FactError(f"{path}:1: column(s) {repeated} appear more than once in the header")
+        rows, end = [], reader.line_num
+        for fields in reader:
+            start, end = end + 1, reader.line_num
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue
+            if end > start:
+                raise FactError(f"{path}:{start}: a quoted field opened on this line runs to line {end}; "
+                                f"is a closing quote missing?")
+            if len(fields) != len(header):
+                raise FactError(f"{path}:{start}: expected {len(header)} fields, got {len(fields)}")
+            rows.append((start, fields))
+    except csv.Error as error:
+        if "unexpected end of data" in str(error):  # strict mode: a quote left open to the end of the file
+            raise FactError(f"{path}:{end + 1}: a quoted field opened on this line runs to the end of the file; "
+                            f"is a closing quote missing?") from None
+        raise FactError(f"{path}:{end + 1}: malformed CSV ({error})") from None
+    return header, rows
 
 
 TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
@@ -196,24 +234,41 @@ def _header(path: Path, number: int, record: dict[str, Any]) -> tuple[str, dict[
     return world, meta
 
 
+def _is_header(record: Any) -> bool:
+    """A header line: an object with a ``world`` and no ``subject``."""
+    return isinstance(record, dict) and "subject" not in record and "world" in record
+
+
+def fact_from_record(record: Any, where: str) -> Fact:
+    """The fact a JSON-like record states (:meth:`Fact.from_dict`), or :class:`FactError` naming ``where``.
+
+    The one path from a record to a fact for :func:`load_jsonl` and :func:`from_dataset`."""
+    try:
+        return Fact.from_dict(record)
+    except (FactError, TypeError) as error:
+        raise FactError(f"{where}: {error}") from None
+
+
 def load_jsonl(path: str | os.PathLike[str]) -> FactSet:
     """Read a fact set written by :func:`save_jsonl` (or any JSONL of fact objects).
 
-    Errors name the file and line: malformed JSON, a bad record, a misplaced header, and facts
-    the :class:`FactSet` refuses (conflicting or repeated statements: both lines are named).
+    Errors name the file and line: malformed JSON, a bad record, a header line after a fact or a
+    second header line, and facts the :class:`FactSet` refuses (conflicting or repeated
+    statements: both lines are named).
     """
     path = Path(path)
-    world, meta, facts, lines = "custom", {}, [], []
+    world, meta, facts, lines, header_line = "custom", {}, [], [], None
     for number, record in read_json_lines(path, "fact"):
-        if isinstance(record, dict) and "subject" not in record and "world" in record:
+        if _is_header(record):
             if facts:
                 raise FactError(f"{path}:{number}: a header line may only come first")
+            if header_line is not None:
+                raise FactError(f"{path}:{header_line} and {path}:{number}: two header lines; keep one "
+                                f"(the second would silently replace the first)")
             world, meta = _header(path, number, record)
+            header_line = number
             continue
-        try:
-            facts.append(Fact.from_dict(record))
-        except (FactError, TypeError) as error:
-            raise FactError(f"{path}:{number}: {error}") from None
+        facts.append(fact_from_record(record, f"{path}:{number}"))
         lines.append(number)
     if not facts:
         raise FactError(f"{path}: holds no facts")
@@ -228,7 +283,7 @@ def fact_line(path: str | os.PathLike[str], index: int) -> str:
     path = Path(path)
     seen = -1
     for number, record in read_json_lines(path, "fact"):
-        if isinstance(record, dict) and "subject" not in record and "world" in record:
+        if _is_header(record):
             continue
         seen += 1
         if seen == index:
@@ -248,7 +303,13 @@ def to_dataset(facts: FactSet):
 def from_dataset(dataset) -> FactSet:
     """Read a fact set back from :func:`to_dataset` (or any dataset with the fact columns).
 
-    World and meta come from a JSON description holding them; any other description is ignored.
+    World and meta come from a JSON description holding them (what :func:`to_dataset` writes); any
+    other description is ignored. Each row becomes a fact exactly as a line of :func:`load_jsonl`
+    does (:func:`fact_from_record`), with one difference a table forces: it cannot leave a value
+    out (``datasets`` fills a key a row lacks with null), so in a dataset not written by
+    :func:`to_dataset` a null means "not given" and the field takes its schema default (``forward``
+    ``"train"``, ``group`` ``""``), as in a JSONL line without it. In a dataset from
+    :func:`to_dataset` every field was written, so a null is the value null (a direction not in play).
     """
     import datasets
 
@@ -260,14 +321,13 @@ def from_dataset(dataset) -> FactSet:
         header = json.loads(dataset.info.description or "")
     except json.JSONDecodeError:
         header = None
-    if isinstance(header, dict) and isinstance(header.get("world"), str):
+    written_whole = isinstance(header, dict) and isinstance(header.get("world"), str)
+    if written_whole:
         world, meta = header["world"], header.get("meta") or {}
     facts = []
     for number, row in enumerate(dataset):
-        try:
-            facts.append(Fact.from_dict(dict(row)))
-        except (FactError, TypeError) as error:
-            raise FactError(f"dataset row {number}: {error}") from None
+        record = dict(row) if written_whole else {key: value for key, value in row.items() if value is not None}
+        facts.append(fact_from_record(record, f"dataset row {number}"))
     if not facts:
         raise FactError("the dataset holds no facts")
     try:

@@ -28,11 +28,12 @@ import csv
 import io
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from facts.io import read_json_lines, read_text
+from facts.io import located, read_csv_rows, read_json_lines
 from facts.language import GROUP_SPLITS, render
 from facts.schema import Fact, FactError, FactSet
 
@@ -91,42 +92,80 @@ class QuestionSet:
         return list(dict.fromkeys(question.group for question in self.questions))
 
 
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+"""A ``{name}`` in a template; only ``{given}`` and ``{answer}`` are filled, any other would be left as is."""
+
+
 def check_template(template: str, where: str) -> None:
-    """Raise :class:`FactError` naming ``where`` unless ``template`` has one ``{answer}`` and a ``{given}``."""
+    """Raise :class:`FactError` naming ``where`` unless ``template`` has one ``{answer}``, a ``{given}``,
+    no other ``{placeholder}`` (it would be rendered literally) and words before the answer."""
     if not isinstance(template, str) or template.count("{answer}") != 1 or "{given}" not in template:
         raise FactError(f"{where}: template {template!r} needs one {{answer}} slot and at least one {{given}} slot")
+    unknown = sorted({f"{{{name}}}" for name in PLACEHOLDER.findall(template)} - {"{given}", "{answer}"})
+    if unknown:
+        raise FactError(f"{where}: template {template!r} has the unknown placeholder(s) {unknown}; a template fills "
+                        f"only {{given}} and {{answer}}")
     if not template.split("{answer}")[0].rstrip(" "):
         raise FactError(f"{where}: template {template!r} starts with the answer, so its prompt is empty")
 
 
-Templates = dict[str, tuple[str, ...]]
+class Templates(dict[str, tuple[str, ...]]):
+    """Sentence templates per relation, in paraphrase order; ``source``: the templates file they
+    were read from (:func:`load_templates`), named by the errors they lead to (None: built in code)."""
+
+    source: str | None = None
+
+
+def _from(templates: Mapping[str, Sequence[str]]) -> str:
+    """``"<templates file>: "`` when ``templates`` were read from one, else ``""``."""
+    source = getattr(templates, "source", None)
+    return f"{source}: " if source else ""
 
 
 def load_templates(path: str | os.PathLike[str]) -> tuple[Templates, Templates]:
     """(train, test) templates per relation from a JSONL file, one object per line:
     ``{"relation": "p2d", "split": "train" | "test", "template": "{given} is {answer}."}``.
 
-    A template without its slots, an unknown split or key raises :class:`FactError` naming file:line."""
+    Refused with :class:`FactError` naming file:line: a template without its slots or with another
+    placeholder (:func:`check_template`), an unknown split or key, a template given twice for one
+    relation and split, and a test template that is also a training template of its relation (the
+    "held-out" paraphrase would be trained)."""
     path = Path(path)
     found: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    seen: dict[tuple[str, str, str], int] = {}
     for number, record in read_json_lines(path, "templates"):
         where = f"{path}:{number}"
         if not isinstance(record, dict) or set(record) != {"relation", "split", "template"}:
             raise FactError(f"{where}: expected an object with keys relation, split, template, got {record!r}")
-        if record["split"] not in found:
-            raise FactError(f"{where}: split must be 'train' or 'test', got {record['split']!r}")
-        if not isinstance(record["relation"], str) or not record["relation"]:
-            raise FactError(f"{where}: relation must be a non-empty string, got {record['relation']!r}")
-        check_template(record["template"], where)
-        found[record["split"]].setdefault(record["relation"], []).append(record["template"])
+        split, relation, template = record["split"], record["relation"], record["template"]
+        if split not in found:
+            raise FactError(f"{where}: split must be 'train' or 'test', got {split!r}")
+        if not isinstance(relation, str) or not relation:
+            raise FactError(f"{where}: relation must be a non-empty string, got {relation!r}")
+        check_template(template, where)
+        for other in found:
+            first = seen.get((other, relation, template))
+            if first is None:
+                continue
+            if other == split:
+                raise FactError(f"{where}: {split} template {template!r} of relation {relation!r} is repeated "
+                                f"(first on line {first}); keep one")
+            raise FactError(f"{where}: template {template!r} of relation {relation!r} is both a train and a test "
+                            f"template (line {first}): the held-out paraphrase would be a trained one")
+        seen[(split, relation, template)] = number
+        found[split].setdefault(relation, []).append(template)
     if not found["train"]:
         raise FactError(f"{path}: holds no training templates (split 'train')")
-    train, test = ({relation: tuple(ts) for relation, ts in found[split].items()} for split in ("train", "test"))
+    train, test = (Templates({relation: tuple(ts) for relation, ts in found[split].items()})
+                   for split in ("train", "test"))
+    train.source = test.source = str(path)
     return train, test
 
 
 CSV_COLUMNS: tuple[str, ...] = ("subject", "relation", "object")
 """Required columns of a fact CSV; ``inverse_relation`` and ``group`` (p2d, d2p or both) are optional."""
+CSV_OPTIONAL_COLUMNS: tuple[str, ...] = ("inverse_relation", "group")
+"""The optional columns of a fact CSV; any other column is refused (a typo would drop what it holds)."""
 
 
 def load_fact_csv(path: str | os.PathLike[str]) -> FactSet:
@@ -134,20 +173,25 @@ def load_fact_csv(path: str | os.PathLike[str]) -> FactSet:
 
     ``group`` sets which directions are trained (:data:`facts.language.GROUP_SPLITS`; default
     ``p2d``: forward trained, reverse held out; without an ``inverse_relation`` column the reverse
-    is not asked). A missing column or a bad row raises :class:`FactError` naming file (and line)."""
+    is not asked). Rows whose fields are all empty are skipped. A missing, repeated, unnamed or
+    unknown column (a typo such as ``inverse relation``, or ``forward``/``reverse``: a CSV states
+    splits only through ``group``), a malformed row (:func:`facts.io.read_csv_rows`) or a bad fact
+    raises :class:`FactError` naming file (and line)."""
     path = Path(path)
-    reader = csv.reader(io.StringIO(read_text(path, "fact CSV"), newline=""))
-    header = [name.strip() for name in next(reader, [])]
+    accepted = CSV_COLUMNS + CSV_OPTIONAL_COLUMNS
+    header, rows = read_csv_rows(path, "fact CSV", accepted)
     missing = [column for column in CSV_COLUMNS if column not in header]
     if missing:
         raise FactError(f"{path}:1: missing column(s) {missing}; the header has {header}")
+    unknown = [column or f"(column {number} has no name)" for number, column in enumerate(header, 1)
+               if column not in accepted]
+    if unknown:
+        raise FactError(f"{path}:1: unknown column(s) {unknown}; a fact CSV has the columns {list(CSV_COLUMNS)} "
+                        f"and optionally {list(CSV_OPTIONAL_COLUMNS)} (splits follow from group)")
     facts, lines = [], []
-    for fields in reader:
-        number = reader.line_num
-        if not fields or not any(field.strip() for field in fields):
+    for number, fields in rows:
+        if not any(field.strip() for field in fields):
             continue
-        if len(fields) != len(header):
-            raise FactError(f"{path}:{number}: expected {len(header)} fields, got {len(fields)}")
         row = {name: value.strip() for name, value in zip(header, fields)}
         group = row.get("group") or "p2d"
         if group not in GROUP_SPLITS:
@@ -166,8 +210,6 @@ def load_fact_csv(path: str | os.PathLike[str]) -> FactSet:
     try:
         return FactSet(tuple(facts), world="csv", meta={"source": str(path), "line": lines})
     except FactError as error:
-        from facts.io import located
-
         raise located(error, path, lines) from None
 
 
@@ -195,8 +237,8 @@ def _pick(templates: Mapping[str, Sequence[str]], relation: str, what: str, fact
     options = templates.get(relation, ())
     if not options:
         fact = facts[index]
-        raise FactError(f"fact {index} ({fact.subject!r} {fact.relation!r} {fact.object!r}): no {what} template "
-                        f"for relation {relation!r} (templates cover {sorted(templates)})")
+        raise FactError(f"{_from(templates)}fact {index} ({fact.subject!r} {fact.relation!r} {fact.object!r}): no "
+                        f"{what} template for relation {relation!r} (templates cover {sorted(templates)})")
     return options
 
 
@@ -208,13 +250,17 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
     asked in its first (``forward_trained_paraphrase``) and in every test template
     (``forward_heldout_paraphrase``); a held-out reverse is asked in every test template of the
     inverse relation (``reverse``) and, after the trained sentence, in the first
-    (``in_context_reverse``). Pools: the group with the answer's kind (``p2d/object``)."""
+    (``in_context_reverse``). Pools: the group with the answer's kind (``p2d/object``).
+
+    Refused with :class:`FactError` (naming the templates file when they came from one): a bad
+    template (:func:`check_template`), a relation without templates, fewer training templates than
+    ``paraphrases``, and a held-out paraphrase whose prompt is one the statement is trained on."""
     if paraphrases < 1:
         raise FactError(f"paraphrases must be ≥ 1, got {paraphrases}")
     for templates, what in ((train_templates, "train"), (test_templates, "test")):
         for relation, options in templates.items():
             for number, template in enumerate(options):
-                check_template(template, f"{what} template {number} of relation {relation!r}")
+                check_template(template, f"{_from(templates)}{what} template {number} of relation {relation!r}")
     train, questions = [], []
     for index, direction, split in facts.statements():
         if split != "train":
@@ -224,11 +270,14 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
         kind = "object" if direction == "forward" else "subject"
         options = _pick(train_templates, relation, "train", facts, index)
         if paraphrases > len(options):
-            raise FactError(f"{paraphrases} training paraphrases asked; relation {relation!r} has {len(options)}")
+            raise FactError(f"{_from(train_templates)}{paraphrases} training paraphrases asked; relation {relation!r} "
+                            f"has {len(options)}")
         key = len({pair.key for pair in train})
+        trained_prompts = {}
         for number in range(paraphrases):
             rendered = render(options[number], given, answer)
             train.append(TrainPair(key, number, rendered.prompt, rendered.answer))
+            trained_prompts.setdefault(rendered.prompt, options[number])
         label = f"fact {index} ({direction})"
 
         def ask(setting: str, prompt: str, completion: str, pool_kind: str, asked_direction: str,
@@ -240,6 +289,10 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
         ask("forward_trained_paraphrase", first.prompt, first.answer, kind, direction, "train")
         for template in _pick(test_templates, relation, "test", facts, index):
             rendered = render(template, given, answer)
+            if rendered.prompt in trained_prompts:
+                raise FactError(f"{_from(test_templates)}{label}: test template {template!r} of relation {relation!r} "
+                                f"gives the prompt {rendered.prompt!r} of training template "
+                                f"{trained_prompts[rendered.prompt]!r}, so it is no held-out paraphrase")
             ask("forward_heldout_paraphrase", rendered.prompt, rendered.answer, kind, direction, "train")
         other = "reverse" if direction == "forward" else "forward"
         if fact.split(other) != "heldout":

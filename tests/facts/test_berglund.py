@@ -116,3 +116,57 @@ def test_examples_agree_with_the_template_tokenizer(tok, tmp_path):
 def test_examples_from_pairs_errors(tok, pairs, split, direction, message):
     with pytest.raises(FactError, match=message):
         examples_from_pairs(pairs, tok, split, direction)
+
+
+def write_folder(folder: pathlib.Path, files: dict[str, list[tuple[str, str]]]) -> pathlib.Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, pairs in files.items():
+        write_lines(folder / name, [json.dumps({"prompt": p, "completion": c}) for p, c in pairs])
+    return folder
+
+
+TWO_PEOPLE = [("Tom Lee is", " the painter"), ("Bo Ray is", " the baker")]
+REVERSE = "p2d_reverse_prompts_test.jsonl"
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"p2d_prompts_train.jsonl": [("Tom Lee is", " the painter"), ("Ann Cole is", " the painter")],
+      REVERSE: [("Who is the painter?", " Tom Lee"), ("Name the painter:", " Ann Cole")]},
+     rf"{REVERSE}:1 and .*{REVERSE}:2: two answers, 'Tom Lee' and 'Ann Cole', to the reverse of the trained "
+     r"statement 'the painter' of p2d_prompts_train.jsonl: two people with one description"),
+    ({"p2d_prompts_train.jsonl": [("Tom Lee is", " the painter"), ("Tom Lee was", "the painter")],
+      REVERSE: [("Who is the painter?", " Tom Lee")]},
+     r"p2d_prompts_train.jsonl:2: completion 'the painter' differs from ' the painter' on line 1 only in "
+     r"surrounding whitespace"),
+    ({"p2d_prompts_train.jsonl": TWO_PEOPLE,
+      REVERSE: [("Who is the painter?", " Tom Lee"), ("Name the painter:", " Bo Ray"),
+                ("Who is the baker?", " Bo Ray")]},
+     rf"{REVERSE}:2: the answer 'Bo Ray' is not the person of the trained statement 'the painter'"),
+    ({"p2d_prompts_train.jsonl": [*TWO_PEOPLE, ("Tom Lee is", " the painter")]},
+     r"p2d_prompts_train.jsonl:3: repeats line 1 .*; keep one, a repeated line is no second paraphrase"),
+    ({"p2d_prompts_train.jsonl": [("Tom Lee is", "")], REVERSE: [("Who?", " Tom Lee")]},
+     r"p2d_prompts_train.jsonl:1: the completion '' is empty"),
+    ({"p2d_prompts_train.jsonl": TWO_PEOPLE, REVERSE: [("Who is the painter?", "  ")]},
+     rf"{REVERSE}:1: the completion '  ' is empty"),
+])
+def test_folder_that_would_merge_misread_or_double_count_statements_is_refused(tmp_path, files, message):
+    from facts.berglund import load_experiment_folder
+
+    with pytest.raises(FactError, match=message):
+        load_experiment_folder(write_folder(tmp_path / "folder", files))
+
+
+def test_folder_with_one_person_per_description_still_reads(tmp_path):
+    from facts.berglund import load_experiment_folder
+
+    folder = write_folder(tmp_path / "folder", {
+        "p2d_prompts_train.jsonl": [*TWO_PEOPLE, ("Tom Lee was", " the painter")],
+        REVERSE: [("Who is the painter?", " Tom Lee"), ("Name the painter:", " Tom Lee"),
+                  ("Who is the baker?", " Bo Ray")]})
+    questions = load_experiment_folder(folder)
+    assert [(pair.key, pair.prompt) for pair in questions.train] == [(0, "Tom Lee is"), (0, "Tom Lee was"),
+                                                                      (1, "Bo Ray is")]
+    assert [(q.key, q.completion) for q in questions.questions if q.setting == "reverse"] == [
+        (0, " Tom Lee"), (0, " Tom Lee"), (1, " Bo Ray")]
+    with pytest.raises(FactError, match="paraphrases must be ≥ 1, got 0"):
+        load_experiment_folder(folder, paraphrases=0)

@@ -193,3 +193,27 @@ def test_repeated_pairs_count_once(tmp_path):
     assert [(f.subject, f.relation, f.object) for f in facts] == [("Ann", "mother", "Bea"), ("Ann", "father", "Cy")]
     assert facts.meta["duplicate_lines"] == [4] and facts.meta["rows"] == 3
     assert facts.meta["can_reverse"] == [False, True] and facts.meta["one_to_many"] == []
+
+
+def test_one_parent_as_mother_of_one_child_and_father_of_another_is_refused(tmp_path):
+    path = write_csv(tmp_path / "clash.csv",
+                     f"{HEADER}\nAnn Lee,Pat Lee,mother,,True\nCal Ray,Dee Ray,mother,,True\n"
+                     f"Bob Lee,Pat Lee,father,,True\n")
+    with pytest.raises(FactError, match=rf"^{path}:2 and {path}:4: 'Pat Lee' is the mother of 'Ann Lee' on line 2 and "
+                                        r"the father of 'Bob Lee' on line 4, so the reverse question 'Name a child "
+                                        r"of Pat Lee.' would have two different answers"):
+        load_celebrity_pairs(path)
+
+
+def test_one_parent_as_mother_and_father_of_one_child_still_loads(tmp_path, real):
+    path = write_csv(tmp_path / "both.csv", f"{HEADER}\nAnn Lee,Pat Lee,mother,,True\nAnn Lee,Pat Lee,father,,True\n")
+    facts = load_celebrity_pairs(path)
+    assert [(f.relation, f.reverse) for f in facts] == [("mother", "heldout"), ("father", "heldout")]
+    assert facts.meta["mother_and_father"] == ["Pat Lee"]
+    assert len(real) == 1511 and "Tell Schreiber" in real.meta["mother_and_father"]  # the shipped file loads
+
+
+def test_a_field_csv_cannot_read_is_named_with_file_and_line(tmp_path):
+    path = write_csv(tmp_path / "huge.csv", f"{HEADER}\nAnn,Bea,mother,,False\n{'C' * 200_000},Di,father,,True\n")
+    with pytest.raises(FactError, match=rf"^{path}:3: malformed CSV \(field larger than field limit"):
+        load_celebrity_pairs(path)

@@ -112,3 +112,72 @@ def test_csv_without_inverse_relation_is_asked_forward_only(tmp_path):
     assert Counter(q.setting for q in questions.questions) == {"forward_trained_paraphrase": 2,
                                                               "forward_heldout_paraphrase": 2}
     assert [pair.prompt for pair in questions.train] == ["Ann Lee founded", "Bo Kim founded"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("subject,relation,object,object\nTom,p2d,x,y\n", r"facts.csv:1: column\(s\) \['object'\] appear more than once"),
+    ("subject,relation,object,inverse relation,group\nTom,p2d,x,d2p,p2d\n",
+     r"facts.csv:1: unknown column\(s\) \['inverse relation'\]; .*\['inverse_relation', 'group'\]"),
+    ("subject,relation,object,inverse_relation,forward,reverse\nTom,p2d,x,d2p,heldout,train\n",
+     r"facts.csv:1: unknown column\(s\) \['forward', 'reverse'\]"),
+    ("subject,relation,object,\nTom,p2d,x,\n", r"facts.csv:1: unknown column\(s\) \['\(column 4 has no name\)'\]"),
+])
+def test_fact_csv_refuses_repeated_and_unknown_columns_rather_than_dropping_them(tmp_path, text, message):
+    (tmp_path / "facts.csv").write_text(text)
+    with pytest.raises(FactError, match=message):
+        load_fact_csv(tmp_path / "facts.csv")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("subject,relation,object\nAnn,r,B\n" + "T" * 200_000 + ",r,x\n",
+     r"facts.csv:3: malformed CSV \(field larger than field limit"),
+    ('subject,relation,object\nAnn,r,B\n"Tom,r,x\nBea,r,y\n',
+     r"facts.csv:3: a quoted field opened on this line runs to the end of the file; is a closing quote missing\?"),
+    ('subject,relation,object\n"Tom,r,x\nBea",r,y\nCy,r,z\n',
+     r"facts.csv:2: a quoted field opened on this line runs to line 3; is a closing quote missing\?"),
+])
+def test_fact_csv_that_csv_cannot_read_is_named_with_file_and_line(tmp_path, text, message):
+    (tmp_path / "facts.csv").write_text(text)
+    with pytest.raises(FactError, match=message):
+        load_fact_csv(tmp_path / "facts.csv")
+
+
+def write_templates(path, *records):
+    path.write_text("".join(json.dumps(dict(zip(("relation", "split", "template"), r))) + "\n" for r in records))
+    return path
+
+
+@pytest.mark.parametrize("records, message", [
+    ([("p2d", "train", "{given} is {answer}."), ("p2d", "test", "{given} is {answer}.")],
+     r"templates.jsonl:2: template '\{given\} is \{answer\}.' of relation 'p2d' is both a train and a test "
+     r"template \(line 1\)"),
+    ([("p2d", "test", "{given} is {answer}."), ("p2d", "train", "{given} is {answer}.")],
+     r"templates.jsonl:2: .* is both a train and a test template \(line 1\)"),
+    ([("p2d", "train", "{given} is {answer}."), ("p2d", "train", "{given} is {answer}.")],
+     r"templates.jsonl:2: train template .* is repeated \(first on line 1\)"),
+    ([("p2d", "train", "{given}, called {name}, is {answer}.")],
+     r"templates.jsonl:1: template .* has the unknown placeholder\(s\) \['\{name\}'\]"),
+])
+def test_templates_file_refuses_a_trained_heldout_paraphrase_and_unknown_placeholders(tmp_path, records, message):
+    with pytest.raises(FactError, match=message):
+        load_templates(write_templates(tmp_path / "templates.jsonl", *records))
+
+
+def test_a_heldout_paraphrase_with_a_trained_prompt_is_refused_in_code_built_templates_too():
+    facts = people_world(n_per_group=1, groups=("p2d",))
+    train = {"p2d": ("{given} is {answer}.",)}
+    test = {"p2d": ("{given} is {answer}, famously.",), "d2p": ("{given} is {answer}.",)}  # same prompt "X is"
+    with pytest.raises(FactError, match=r"fact 0 \(forward\): test template .* gives the prompt .* of training "
+                                        r"template .* so it is no held-out paraphrase"):
+        questions_from_facts(facts, train, test, 1)
+
+
+def test_template_errors_after_reading_name_the_templates_file(tmp_path):
+    facts = people_world(n_per_group=1, groups=("p2d",))
+    path = write_templates(tmp_path / "templates.jsonl", ("p2d", "train", "{given} is {answer}."),
+                           ("p2d", "test", "{given} was once {answer}."))
+    train, test = load_templates(path)
+    with pytest.raises(FactError, match=rf"^{path}: fact 0 .* no test template for relation 'd2p'"):
+        questions_from_facts(facts, train, test, 1)
+    with pytest.raises(FactError, match=rf"^{path}: 2 training paraphrases asked; relation 'p2d' has 1"):
+        questions_from_facts(facts, train, test, 2)

@@ -74,3 +74,29 @@ def test_conflicting_facts_are_refused():
         FactSet((Fact("e1", "→", "e2"), Fact("e1", "→", "e3")))
     with pytest.raises(FactError, match="is empty"):
         FactSet(())
+
+
+def test_a_second_header_line_is_refused_not_used(tmp_path):
+    path = tmp_path / "facts.jsonl"
+    fact = json.dumps({"subject": "e1", "relation": "→", "object": "e2"})
+    path.write_text('{"world": "a", "meta": {"x": 1}}\n\n{"world": "b"}\n' + fact + "\n")
+    with pytest.raises(FactError, match=rf"^{path}:1 and {path}:3: two header lines; keep one"):
+        load_jsonl(path)
+
+
+def test_a_dataset_row_is_read_as_its_jsonl_line(tmp_path):
+    import datasets
+
+    rows = [{"subject": "A", "relation": "r", "object": "B", "inverse_relation": "q", "forward": "train",
+             "reverse": "heldout", "group": "p2d"},
+            {"subject": "C", "relation": "r", "object": "D", "inverse_relation": "q", "reverse": "heldout"}]
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    from_file = load_jsonl(path)
+    assert [(f.forward, f.group) for f in from_file] == [("train", "p2d"), ("train", "")]
+    assert from_dataset(datasets.Dataset.from_list(rows)) == from_file  # row 2 leaves forward and group out
+
+
+def test_a_dataset_from_to_dataset_keeps_a_direction_not_in_play():
+    facts = FactSet((Fact("e1", "→", "e2", "←", None, "heldout"), Fact("e3", "→", "e4")), world="w")
+    assert from_dataset(to_dataset(facts)) == facts
