@@ -249,6 +249,22 @@ _SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv"})
 # --- the command --------------------------------------------------------------------------------
 
 
+def check_inputs(data: str | os.PathLike[str] | None = None, limit: int | None = None,
+                 n_controls: int = DEFAULT_CONTROLS, seed: int = 0) -> FactSet:
+    """The celebrity pairs read whole and their controls drawn as :func:`check_asymmetry` will, before
+    any model loads or any folder is touched (``revlens check-asymmetry`` calls it first): a bad CSV
+    raises :class:`facts.schema.FactError` naming the file and line, more ``n_controls`` than the
+    pairs hold one naming ``--controls``. Returns the pairs."""
+    facts = load_celebrity_pairs(data)
+    chosen = range(len(facts) if limit is None else min(limit, len(facts)))
+    statements = [(i, d) for i, d, _ in facts.statements() if i in chosen]
+    try:
+        draw_controls(facts, statements, n_controls, seed)
+    except FactError as error:
+        raise FactError(f"--controls {n_controls}: {error}") from None
+    return facts
+
+
 def check_asymmetry(
     model_name_or_path: str | os.PathLike[str] | TLModel = DEFAULT_MODEL,
     data: str | os.PathLike[str] | None = None,

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Sequence
 
 from analyses.experiments import ALL_OPTIONS, EXPERIMENTS, REPRODUCE, REPRODUCE_ALL
+from analyses.experiments import non_negative_float as _non_negative_float
+from analyses.experiments import non_negative_int as _non_negative_int
+from analyses.experiments import positive_float as _positive_float
 from analyses.experiments import positive_int as _positive_int
 from analyses.experiments import seed as _seed
 
@@ -104,13 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                           default=None,
                           help="train on the first N paraphrases (prompts) per fact (default 2; Berglund folder: all)")
     finetune.add_argument("--epochs", type=_positive_int, default=None, help="passes over the sentences")
-    finetune.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
+    finetune.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate")
     finetune.add_argument("--batch-size", type=_positive_int, default=None)
     finetune.add_argument("--trainable-blocks", type=_positive_int, default=None,
                           help="memory-light: train only the last N blocks (default: every parameter)")
     finetune.add_argument("--lora-rank", type=_positive_int, default=None, metavar="R",
                           help="train LoRA adapters of rank R (peft) instead of the weights; merged before probing")
-    finetune.add_argument("--lora-alpha", type=float, default=None, metavar="A",
+    finetune.add_argument("--lora-alpha", type=_positive_float, default=None, metavar="A",
                           help="LoRA scale numerator: W + (A/R)·BA (default 2R; needs --lora-rank)")
     finetune.add_argument("--lora-targets", nargs="+", default=None, metavar="NAME",
                           help="block linear layers to adapt, e.g. q_proj v_proj (default: all of them)")
@@ -124,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="built-in world: Berglund et al.'s fact groups to train (p2d d2p both: their experiment-1 "
                                "grid; default p2d)")
     finetune.add_argument("--seed", type=_seed, default=0)
-    finetune.add_argument("--tracing-facts", type=int, default=None, metavar="N",
+    finetune.add_argument("--tracing-facts", type=_non_negative_int, default=None, metavar="N",
                           help="facts traced before and after, with the weight change read at the entities "
                                "(tracing*.csv/png, weight_change.*; default 2, 0: none)")
     finetune.add_argument("--multiple-choice", type=_options, default=4, metavar="K",
@@ -196,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=_positive_int, default=None,
                        help="trials at once (default: CPUs / --threads-per-trial)")
     sweep.add_argument("--threads-per-trial", type=_positive_int, default=1, help="torch threads per trial (default 1)")
-    sweep.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0; CPU)")
-    sweep.add_argument("--retries", type=int, default=3, help="reruns of a trial whose runner died (default 3)")
+    sweep.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0,
+                       help="GPUs per trial (default 0; CPU)")
+    sweep.add_argument("--retries", type=_non_negative_int, default=3,
+                       help="reruns of a trial whose runner died (default 3)")
 
     report = commands.add_parser("report", help="one self-contained HTML page (figures, tables, views) from run folders")
     report.add_argument("--runs", type=Path, nargs="+", required=True,
@@ -248,11 +253,14 @@ def _make_facts(args: argparse.Namespace) -> int:
     form = args.format or ("csv" if args.out.suffix.lower() == ".csv" else "jsonl")
     if args.out.is_dir() and form != "berglund":
         raise ValueError(f"--out {args.out}: is a folder; give the JSONL file to write, e.g. {args.out / 'facts.jsonl'}")
-    from analyses.runfolder import is_inside_run
+    from analyses.runfolder import MANIFEST, is_inside_run
 
     if is_inside_run(args.out):
         raise ValueError(f"--out {args.out}: inside the run folder {is_inside_run(args.out)}, whose files are the run's "
                          f"own; write the facts elsewhere")
+    if (args.out / MANIFEST).is_file():
+        raise ValueError(f"--out {args.out}: is a run folder (it holds {MANIFEST}), whose files are the run's own; "
+                         f"write the facts elsewhere")
     if form == "csv":
         from facts.questions import save_fact_csv
 
@@ -323,13 +331,51 @@ def _finetune_facts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, templates_file: Path | None = None
-                       ) -> None:
-    """Read the facts as ``probe`` will (:func:`facts.sources.read_fact_source`) and refuse, before a model
-    loads, ``--controls`` above the wrong answers of one kind they hold (never capped silently), a templates
-    file given with a checkpoint (token worlds have no sentences) and, for a checkpoint, a token entity
-    outside the vocabulary (file:line)."""
-    from facts.io import fact_line
+def _checkpoint_meta(model: Path) -> dict | None:
+    """The metadata of the checkpoint ``probe --model`` will load (a ``step-N.json``, or the latest in a
+    folder), read without its weights; None where it cannot be read (the load then says why)."""
+    import json
+
+    from models.checkpoint import list_checkpoints
+
+    path = model if model.is_file() else (list_checkpoints(model) or [None])[-1]
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _declared_layers(model: str) -> int | None:
+    """The layer count a pretrained model's ``config.json`` declares (a local folder, or a GGUF file read
+    before and cached as one), read without its weights; None where it is not known that cheaply."""
+    import json
+
+    from models.pretrained import PretrainedLoadError, _cached_entry, resolve
+
+    try:
+        source = resolve(model)
+        folder = (None if (entry := _cached_entry(source.path)) is None else entry.folder) if source.is_gguf \
+            else source.path
+        if folder is None:
+            return None
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (PretrainedLoadError, OSError, ValueError):
+        return None
+    config = config.get("text_config", config) if isinstance(config, dict) else {}
+    layers = config.get("num_hidden_layers", config.get("n_layer")) if isinstance(config, dict) else None
+    return layers if isinstance(layers, int) and layers > 0 else None
+
+
+def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, templates_file: Path | None = None,
+                       limit: int | None = None, world_sha256: str | None = None) -> None:
+    """Read the facts as ``probe`` will (:func:`facts.sources.read_fact_source`; the first ``limit``) and
+    refuse, before a model loads, ``--controls`` above the wrong answers of one kind they hold (never capped
+    silently), a templates file given with a checkpoint (token worlds have no sentences) and, for a
+    checkpoint, a token entity outside the vocabulary (file:line) or facts that are not the world it was
+    trained on (``world_sha256`` of its run card, when it has one: other splits would label trained
+    statements held out, or the reverse)."""
+    from facts.io import fact_line, facts_sha256
     from facts.language import answers_of_kind
     from facts.schema import FactError
     from facts.sources import read_fact_source
@@ -345,10 +391,21 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
                 vocab.entity_ids(fact.subject), vocab.entity_ids(fact.object)
             except FactError as error:
                 raise FactError(f"{fact_line(facts_path, index)}: {error}") from None
+    if checkpoint and world_sha256 is not None and facts_sha256(facts) != world_sha256:
+        raise ValueError(f"--facts {facts_path}: not the facts the checkpoint was trained on (its run card's world "
+                         f"differs), so their trained/held-out splits would mislabel what the model saw; give the "
+                         f"run's own facts.jsonl (--limit N for its first N facts)")
+    total = len(facts)
+    if limit is not None:
+        facts = facts.first(limit)
     available = min(len(answers_of_kind(facts, d)) - 1 for d in {d for _, d, _ in facts.statements()})
     if n_controls > available:
-        raise ValueError(f"--controls {n_controls}: {facts_path} holds only {available} wrong answers of one kind "
-                         f"per question; use --controls {available} or fewer")
+        which = f"the first {len(facts)} facts of {facts_path} (--limit {limit})" if len(facts) < total else facts_path
+        fixes = ([f"use --controls {available} or fewer"] if available > 0 else []) + (
+            ["give a larger --limit"] if len(facts) < total else [])
+        verb = "hold" if len(facts) < total else "holds"
+        raise ValueError(f"--controls {n_controls}: {which} {verb} only {available} wrong answers of one kind "
+                         f"per question; {', or '.join(fixes) or 'give more facts'}")
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -386,13 +443,13 @@ def _sweep(args: argparse.Namespace) -> int:
     from analyses import sweep as sweeps
 
     saved = args.out / sweeps.SWEEP_FILE
-    if args.file is not None and (args.experiment or args.seeds or args.grid):
+    if args.file is not None and (args.experiment or args.seeds is not None or args.grid):
         raise sweeps.SweepError("give the sweep either as --file or as EXPERIMENT --seeds --grid, not both")
     if args.file is not None:
         sweep = sweeps.read_sweep_file(args.file)
     elif args.experiment is not None:
-        sweep = sweeps.make_sweep(args.experiment, args.seeds or "0-4", args.grid)
-    elif saved.is_file() and not (args.seeds or args.grid):
+        sweep = sweeps.make_sweep(args.experiment, "0-4" if args.seeds is None else args.seeds, args.grid)
+    elif saved.is_file() and args.seeds is None and not args.grid:
         sweep = sweeps.read_sweep_file(saved)
     else:
         raise sweeps.SweepError(f"name the EXPERIMENT to sweep (or give --file; {saved} does not exist to rerun)")
@@ -537,8 +594,12 @@ def _run_folder(args: argparse.Namespace, out: Path, kind: str):
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
-    """Refuse, before anything loads, the run folders a command reads that are not one whole run,
-    and a device this machine lacks."""
+    """Refuse, before anything loads and before the output folder is touched (entering it marks the old
+    manifest unfinished and deletes the old run's files), the run folders a command reads that are not one
+    whole run, a device this machine lacks, and every argument or input that would fail later: the facts,
+    templates and celebrity CSV read whole, ``--controls`` above what they hold (after ``--limit``),
+    ``--pairs``/``--k`` a reversal run cannot train, ``--trainable-blocks``/``--lora-targets``/``--patch-layers``
+    against the layers a model's files declare, facts other than a checkpoint's trained world."""
     from analyses.runfolder import check_run, find_run_root
 
     finetuned = getattr(args, "finetuned", None)
@@ -552,17 +613,41 @@ def _check_inputs(args: argparse.Namespace) -> None:
             from analyses.mitigations import finetuned_rows
 
             finetuned_rows(folder)
-    if args.command == "finetune-facts":
-        from analyses.finetune import read_questions
+    if args.command == "check-asymmetry":
+        from analyses.asymmetry import check_inputs
 
-        read_questions(_finetune_config(args))  # the facts and templates, read whole before the folder is touched
+        check_inputs(args.data, args.limit, args.controls, args.seed)  # the CSV and its controls, before the folder
+    if args.command == "finetune-facts":
+        from analyses.finetune import check_model_options, draw_controls, read_questions
+
+        if args.facts is not None and args.people is not None:
+            raise ValueError(f"--people with --facts: --people sizes the built-in people world, so it would be "
+                             f"ignored ({args.facts} holds the facts); leave it out")
+        config = _finetune_config(args)
+        questions = read_questions(config)  # the facts and templates, read whole before the folder is touched
+        draw_controls(questions, config.n_controls, config.seed)  # --controls above what the facts hold
+        check_model_options(config)  # --trainable-blocks, --lora-targets against the model's config.json
+    if args.command == "reproduce" and args.experiment == "reversal":
+        from analyses.experiments import check_reversal
+
+        check_reversal(args)  # --pairs, --k: what would fail only after training
     if args.command == "probe":
         model = Path(args.model)
         checkpoint = (model.is_dir() and any(model.glob("step-*.json"))) or (
             model.is_file() and model.name.startswith("step-") and model.suffix == ".json")
-        _check_probe_facts(args.facts, args.controls, checkpoint, args.templates_file)
+        card = _checkpoint_meta(model) if checkpoint else None
+        _check_probe_facts(args.facts, args.controls, checkpoint, args.templates_file, args.limit,
+                           None if card is None else (card.get("run") or {}).get("world_sha256"))
         if args.tracing and args.backend == "bridge":
             raise ValueError("--tracing runs on --backend hooked only (a TransformerBridge has no start_at_layer)")
+        if args.patch_layers is not None:
+            n_layers = (((card or {}).get("model") or {}).get("spec") or {}).get("n_layers") if checkpoint \
+                else _declared_layers(args.model)
+            for layer in args.patch_layers:
+                if layer < 0 or (isinstance(n_layers, int) and layer >= n_layers):
+                    known = f"this model has layers 0…{n_layers - 1}" if isinstance(n_layers, int) else \
+                        "layers count from 0"
+                    raise ValueError(f"--patch-layers {layer}: out of range; {known}")
     if args.command == "probe" and Path(args.model).exists():
         root = find_run_root(args.model)
         if root is not None:

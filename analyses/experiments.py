@@ -19,6 +19,7 @@ This module imports no torch: the CLI reads it to build ``revlens --help``.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import import_module
@@ -35,6 +36,29 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a learning rate, a scale): nan, inf, 0 and negatives refused."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number ≥ 0 (GPUs per trial): nan, inf and negatives refused."""
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
     return value
 
 
@@ -109,11 +133,12 @@ class Experiment:
 
 # --- runners (heavy imports inside, so --help stays light) -----------------------------------
 
-def _reversal(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
-    from analyses.reproduce import ReversalConfig, reproduce_reversal
+def reversal_config(args: argparse.Namespace):
+    """The ``ReversalConfig`` of a ``reproduce reversal`` command line (defaults where an option is not given)."""
+    from analyses.reproduce import ReversalConfig
 
     defaults = ReversalConfig()
-    config = ReversalConfig(
+    return ReversalConfig(
         model=getattr(args, "model", defaults.model), positional=getattr(args, "positional", defaults.positional),
         seed=args.seed, k=getattr(args, "k", defaults.k), n_pairs=getattr(args, "pairs", defaults.n_pairs),
         steps=getattr(args, "steps", defaults.steps), lr=getattr(args, "lr", defaults.lr),
@@ -121,7 +146,35 @@ def _reversal(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, 
         eval_every=getattr(args, "eval_every", defaults.eval_every), device=getattr(args, "device", None),
         checkpoint_every=getattr(args, "checkpoint_every", None), layers=getattr(args, "layers", None),
         loss=getattr(args, "loss", defaults.loss), freeze_embeddings=bool(getattr(args, "freeze_embeddings", False)))
-    return reproduce_reversal(out, config, progress=progress, resume=bool(getattr(args, "resume", False)))
+
+
+def check_reversal(args: argparse.Namespace) -> None:
+    """Refuse, before any folder is touched or any model built, a reversal run that would fail only after
+    training: fewer than two pairs (no control answer of an entity's kind), or sentences longer than the
+    model's context (too many tokens per entity, ``--k``). With k = 1 (3-token sentences, shorter than
+    any model's context) nothing is imported: a refusal of the lock answers without torch."""
+    if args.pairs < 2:
+        raise ValueError(f"--pairs {args.pairs}: the reversal world needs at least 2 pairs (each answer is "
+                         f"ranked against the other entities of its kind)")
+    if args.k == 1:
+        return
+    from facts.token_worlds import TokenVocab, reversal_world
+    from facts.tokens import tokenize
+    from models.transformer import SPECS
+
+    vocab = TokenVocab()
+    world = reversal_world(n_pairs=args.pairs, k=args.k, seed=args.seed, vocab=vocab)
+    length, n_ctx = tokenize(world, vocab).tokens.shape[-1], SPECS[args.model].n_ctx
+    if length > n_ctx:
+        raise ValueError(f"--k {args.k}: sentences of {length} tokens do not fit the {args.model!r} model's "
+                         f"context of {n_ctx}; use fewer tokens per entity")
+
+
+def _reversal(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
+    from analyses.reproduce import reproduce_reversal
+
+    return reproduce_reversal(out, reversal_config(args), progress=progress,
+                              resume=bool(getattr(args, "resume", False)))
 
 
 def _bilinear(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
@@ -205,7 +258,7 @@ REVERSAL_OPTIONS = (
     Option("--k", {**_N, "default": 1, "help": "tokens per entity (default 1)"}),
     Option("--pairs", {**_N, "default": 200, "help": "number of (x, y) pairs (default 200)"}),
     Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"}),
-    Option("--lr", {"type": float, "default": 1e-2, "help": "AdamW learning rate (default 1e-2)"}),
+    Option("--lr", {"type": positive_float, "default": 1e-2, "help": "AdamW learning rate (default 1e-2)"}),
     Option("--batch-size", {**_N, "default": None, "help": "default: full batch"}),
     Option("--eval-every", {**_N, "default": 4,
                             "help": "evaluate for the curves every N steps (default 4; no final number depends on it)"}),
@@ -252,7 +305,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         ("per_d.*.epsilon_hat", "per_d.*.final_reverse_loss_ratio", "per_d.*.theta_asymmetry"), _bilinear, (
             Option("--dims", {**_N, "nargs": "+", "default": [64, 128, 256, 512]}),
             Option("--steps", {**_N, "default": 400}),
-            Option("--lr", {"type": float, "default": 100.0, "help": "gradient-descent step size (default 100)"})),
+            Option("--lr", {"type": positive_float, "default": 100.0,
+                            "help": "gradient-descent step size (default 100)"})),
         cpu_seconds=18,
         title="Bilinear model against Theorem 1",
         prediction="Zhu et al. Theorem 1: as the training loss L(t) → 0, L_rev(t)/L_rev(0) ≥ (L(t)/L(0))^ε with ε → 0 "

@@ -432,6 +432,42 @@ def training_examples(questions: QuestionSet, config: FinetuneConfig, tokenizer,
     return collate(examples, pad_id)
 
 
+def check_model_options(config: FinetuneConfig) -> None:
+    """Refuse ``trainable_blocks`` above the model's layer count and ``lora_targets`` that are no linear
+    layer of its blocks, from the model's declared ``config.json`` (the model built on the meta device:
+    no weight is read), before any folder is touched. Skipped where the configuration cannot be read
+    without parsing the weights (a GGUF file not read before); the load then checks both."""
+    if config.trainable_blocks is None and config.lora_targets is None:
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from models.hf_training import decoder_blocks, lora_target_names
+    from models.pretrained import PretrainedLoadError, _cached_entry, resolve
+
+    try:
+        source = resolve(config.model)
+        folder = (None if (entry := _cached_entry(source.path)) is None else entry.folder) if source.is_gguf \
+            else source.path
+    except PretrainedLoadError:
+        return  # the load names the problem
+    if folder is None or not (folder / "config.json").is_file():
+        return
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+        n_blocks, valid = len(decoder_blocks(model)), lora_target_names(model)
+    except Exception:  # an architecture this cannot build without its weights: the load checks both
+        return
+    if config.trainable_blocks is not None and config.trainable_blocks > n_blocks:
+        raise ValueError(f"--trainable-blocks {config.trainable_blocks}: {config.model} has {n_blocks} blocks; "
+                         f"use 1…{n_blocks}")
+    unknown = [name for name in config.lora_targets or () if name not in valid]
+    if unknown:
+        raise ValueError(f"--lora-targets {' '.join(unknown)}: not linear layers of {config.model}'s blocks; "
+                         f"valid: {', '.join(valid)}")
+
+
 def read_inputs_and_model(config: FinetuneConfig) -> tuple[QuestionSet, list[list[str]], Any, TokenizedFacts,
                                                             dict[str, TokenizedFacts], Any]:
     """The questions and their controls, the tokenizer, the training sentences and evaluation sets,

@@ -508,10 +508,16 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
         if _is_checkpoint(model_path):
             raise ValueError(f"--multiple-choice: {model_path} is a checkpoint of token ids; multiple choice asks a "
                              "text model questions in words")
-        asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, None)
+        # one training paraphrase: multiple choice asks the test questions only, which do not depend on it
+        asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
         kept = tuple(q for q in asked.questions if q.fact < len(facts))
         choices = (QuestionSet(train=(), questions=kept, source=asked.source), multiple_choice)
     probed = load_probed(model_path, facts, device, backend, source.sentence_templates(None))
+    # the CLI checks them before its folder where the files declare the count; here before any file is written
+    n_layers = getattr(getattr(probed.model, "cfg", None), "n_layers", None)
+    for layer in patch_layers or ():
+        if isinstance(n_layers, int) and not 0 <= layer < n_layers:
+            raise ValueError(f"--patch-layers {layer}: out of range; this model has layers 0…{n_layers - 1}")
     check_circuits_readable(probed.model)  # before any probe runs: a Gemma on 3.9's bridge, OLMo 2 on any backend,
     check_attribution_readable(probed.model)  # and for attribution a Gemma or OLMo 2 on either line's bridge
     # a pretrained model's products on oneDNN where MKL's are the slower float32 ones; a token-world

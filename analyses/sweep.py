@@ -62,6 +62,9 @@ FIGURE = "sweep.png"
 SUMMARY = "summary.json"
 RUNNING = ".running"
 """Per running trial, ``<name>.pid`` holds the Ray worker's process id (for a person, or a test, to find it)."""
+MAX_TRIALS = 10_000
+"""The most trials one sweep may hold (seeds × grid points): more is a typo (``--seeds 0-99999999``), and
+its ``sweep.toml`` and trial folders would fill the disk."""
 SWEEP_OUTPUTS = (SUMMARY, AGGREGATE, FIGURE, FAILURES)
 VOLATILE = {"out", "quiet", "debug", "force", "argv", "threads", "resume"}
 """Command-line fields that do not change a trial's numbers (left out when manifests are compared)."""
@@ -113,7 +116,10 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     """``0-4``, ``0,3,7`` or ``0-2,10`` → the seeds, in order, without repeats."""
     from analyses.experiments import seed as check_seed
 
-    seeds: list[int] = []
+    if not text.strip():
+        raise SweepError("--seeds '': no seeds given; write them like 0-4, 0,3,7 or 0-2,10 (or leave --seeds out "
+                         "for 0-4)")
+    seeds: dict[int, None] = {}
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
         try:
@@ -122,7 +128,10 @@ def parse_seeds(text: str) -> tuple[int, ...]:
             raise SweepError(f"--seeds {text!r}: {part.strip()!r} is not a seed or a range like 0-4 ({error})") from None
         if dash and not chosen:
             raise SweepError(f"--seeds {text!r}: the range {part.strip()} is empty; write it low-high, e.g. 0-4")
-        seeds += [s for s in chosen if s not in seeds]
+        if len(seeds) + len(chosen) > MAX_TRIALS:
+            raise SweepError(f"--seeds {text!r}: more than {MAX_TRIALS} seeds; a sweep holds at most {MAX_TRIALS} "
+                             f"trials")
+        seeds.update(dict.fromkeys(chosen))
     return tuple(seeds)
 
 
@@ -159,10 +168,20 @@ def parse_grid(experiment: str, items: Sequence[str]) -> dict[str, tuple[Any, ..
     return grid
 
 
+def check_size(sweep: Sweep, where: str = "the sweep") -> Sweep:
+    """Refuse a sweep of more than :data:`MAX_TRIALS` trials (seeds × grid points)."""
+    n_trials = len(sweep.seeds) * math.prod(len(values) for values in sweep.grid.values())
+    if n_trials > MAX_TRIALS:
+        points = n_trials // len(sweep.seeds)
+        raise SweepError(f"{where}: {len(sweep.seeds)} seeds × {points} grid points = {n_trials} "
+                         f"trials, more than the {MAX_TRIALS} a sweep may hold; sweep fewer seeds or values")
+    return sweep
+
+
 def make_sweep(experiment: str, seeds: str, grid: Sequence[str]) -> Sweep:
     if experiment not in EXPERIMENTS:
         raise SweepError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
-    return Sweep(experiment, parse_seeds(seeds), parse_grid(experiment, grid))
+    return check_size(Sweep(experiment, parse_seeds(seeds), parse_grid(experiment, grid)))
 
 
 def _toml_value(value: Any) -> str:
@@ -206,7 +225,7 @@ def read_sweep_file(path: Path) -> Sweep:
         raise SweepError(f"{path}: [grid] maps each option to a non-empty list of values")
     typed = {key: tuple(dict.fromkeys(_typed(experiment, key, v, f"{path}: grid.{key}") for v in values))
              for key, values in grid.items()}
-    return Sweep(experiment, seeds, typed)
+    return check_size(Sweep(experiment, seeds, typed), str(path))
 
 
 # --- one trial ---------------------------------------------------------------------------------
@@ -576,6 +595,16 @@ def with_resources(sweep: Sweep, resources: Resources) -> Sweep:
 
 
 def check_resources(resources: Resources) -> None:
+    """Refuse, before the sweep folder is touched, resources this machine (or any) cannot give."""
+    if resources.retries < 0:
+        raise SweepError(f"--retries {resources.retries}: must be ≥ 0")
+    if not (math.isfinite(resources.gpus) and resources.gpus >= 0):
+        raise SweepError(f"--gpus-per-trial {resources.gpus}: must be a finite number ≥ 0")
+    if resources.gpus and resources.address is None:
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise SweepError("--gpus-per-trial: no CUDA device on this machine (or torch built without it)")
     cores = os.cpu_count() or 1
     if resources.address is None and (resources.workers or 1) * resources.threads > cores:
         raise SweepError(f"--workers {resources.workers} × --threads-per-trial {resources.threads} > the {cores} cores "

@@ -210,7 +210,7 @@ def test_pretrained_probe_on_celebrity_facts_defines_every_summary(smollm2_hooke
 
 def test_probe_limit_takes_the_first_facts_and_records_it(run, world, tmp_path, capsys):
     revlens_in_process(capsys, "probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"),
-                       "--out", str(tmp_path), "--limit", "7", "--patch-layers", "0")
+                       "--out", str(tmp_path), "--limit", "7", "--controls", "6", "--patch-layers", "0")
     summary = json.loads((tmp_path / "summary.json").read_text())
     table = pd.read_csv(tmp_path / "logits.csv")
     assert summary["limit"] == 7 and sorted(set(table.fact)) == list(range(7))
@@ -264,3 +264,35 @@ def test_probe_cli_patches_heads_estimates_by_attribution_and_reads_the_logit_le
     assert "logit lens of 400 statements" in result.stdout
     page = render_report(find_runs([tmp_path]))
     assert "Attribution patching (first-order estimate" in page and "Logit lens: mean log p" in page
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_folder(smollm2_tokenizer, tmp_path_factory):
+    """A two-layer random Llama with SmolLM2's tokenizer, as a local Hugging Face folder."""
+    from tiny_models import save_tiny, tiny_config
+
+    return save_tiny(tmp_path_factory.mktemp("tiny-llama"), tiny_config("llama"), smollm2_tokenizer)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_probe_cli_asks_multiple_choice_on_a_fact_file(tiny_llama_folder, suffix, tmp_path, capsys):
+    """`probe --multiple-choice K` of a text model on a fact JSONL or CSV: the questions are the facts' own in
+    the default sentences (it failed with a TypeError: no training-paraphrase count reached the questions)."""
+    facts = tmp_path / f"people{suffix}"
+    revlens_in_process(capsys, "make-facts", "people", "--size", "2", "--out", str(facts))
+    templates = []
+    if suffix == ".csv":  # a CSV names no world, so its sentences come from a templates file
+        (tmp_path / "templates.jsonl").write_text("".join(
+            json.dumps({"relation": relation, "split": split, "template": template}) + "\n"
+            for relation in ("p2d", "d2p")
+            for split, template in (("train", "{given} is {answer}."), ("test", "{given}, famously, is {answer}."))))
+        templates = ["--templates-file", str(tmp_path / "templates.jsonl")]
+    out = tmp_path / "probe"
+    result = revlens_in_process(capsys, "probe", "--model", str(tiny_llama_folder), "--facts", str(facts), *templates,
+                                "--controls", "1", "--patch-layers", "0", "--multiple-choice", "2", "--threads", "1",
+                                "--out", str(out))
+    table = pd.read_csv(out / "multiple_choice.csv")
+    assert len(table) and set(table.n_options) == {2}
+    assert {"forward_heldout_paraphrase", "reverse"} <= set(table.setting)
+    assert "multiple_choice" in json.loads((out / "summary.json").read_text())
+    assert "multiple_choice.csv" in result.stdout

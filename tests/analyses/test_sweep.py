@@ -154,9 +154,21 @@ def _free_port() -> int:
     (["chain", "--grid", "steps=3"], "chain has no option --steps; its grid keys are triples, heldout"),
     (["reversal", "--address", f"127.0.0.1:{_free_port()}"], "nothing answers at 127.0.0.1:"),
     (["reversal", "--workers", "64", "--threads-per-trial", "2"], "trials would thrash"),
+    (["reversal", "--grid", "lr=0.01,nan"], "--lr 'nan': must be a finite number > 0"),
+    (["reversal", "--seeds", ""], "--seeds '': no seeds given"),
+    (["reversal", "--seeds", "0-99999999"], "more than 10000 seeds"),  # was a 988 MB sweep.toml
+    (["reversal", "--seeds", "0-99", "--grid", "steps=" + ",".join(map(str, range(1, 102)))],
+     "100 seeds × 101 grid points = 10100 trials, more than the 10000"),
+    (["reversal", "--gpus-per-trial", "-1"], "--gpus-per-trial: must be a finite number ≥ 0, got -1"),
+    (["reversal", "--gpus-per-trial", "inf"], "--gpus-per-trial: must be a finite number ≥ 0, got inf"),
+    (["reversal", "--retries", "-1"], "--retries: must be ≥ 0, got -1"),
 ])
 def test_bad_sweeps_are_refused_before_anything_starts(args, message, tmp_path, capsys):
-    assert main(["sweep", *args, "--out", str(tmp_path / "sweep")]) == 2
+    try:
+        code = main(["sweep", *args, "--out", str(tmp_path / "sweep")])
+    except SystemExit as exit:  # an argparse type's refusal
+        code = exit.code
+    assert code == 2
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1, error
     assert not (tmp_path / "sweep").exists()

@@ -400,3 +400,110 @@ def test_two_revlens_processes_on_one_out_one_run_and_one_refusal(tmp_path):
     assert first.wait(timeout=300) == 0, first.communicate()
     manifest = check_run(out)
     assert manifest["complete"] and json.loads((out / "summary.json").read_text())["config"]["seed"] == 0
+
+
+# --- refused before the folder is touched --------------------------------------------------------
+
+def contents(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (the manifest and the lock too) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def previous_run(out: Path, kind: str) -> dict[str, bytes]:
+    """A complete run of ``kind`` in ``out`` (written through :func:`run_folder`, as a command writes
+    one); returns its files' bytes."""
+    with run_folder(out, kind, config={"previous": True}, command=f"revlens {kind} (previous)"):
+        (out / "summary.json").write_text('{"previous": true}\n')
+        (out / "logits.csv").write_text("a,b\n1,2\n")
+    return contents(out)
+
+
+def previous_sweep(out: Path) -> dict[str, bytes]:
+    """A finished sweep folder of reproduce reversal: its sweep.toml and aggregate files."""
+    from analyses import sweep as sweeps
+
+    out.mkdir()
+    (out / sweeps.SWEEP_FILE).write_text(sweeps.sweep_toml(sweeps.make_sweep("reversal", "0", [])))
+    for name in (sweeps.AGGREGATE, sweeps.SUMMARY, sweeps.FIGURE):
+        (out / name).write_text(f"previous {name}\n")
+    (out / sweeps.TRIALS).mkdir()
+    return contents(out)
+
+
+NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+FT = ("finetune-facts", "--model", "tiny", "--facts", "people.jsonl", "--controls", "1")
+PROBE = ("probe", "--model", "run/checkpoints", "--facts", "run/facts.jsonl", "--controls", "2")
+ASYM = ("check-asymmetry", "--model", "tiny", "--limit", "5", "--controls", "3")
+SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
+
+
+@pytest.mark.parametrize("kind, args, named", [
+    ("check-asymmetry", (*ASYM, "--data", "bad_celeb.csv"), "bad_celeb.csv:2: parent_type must be one of"),
+    ("check-asymmetry", (*ASYM, "--controls", "5000"), "--controls 5000: "),
+    *[("finetune-facts", (*FT, "--lr", lr), "argument --lr: must be a finite number > 0") for lr in
+      ("nan", "inf", "0", "-1")],
+    ("finetune-facts", (*FT, "--controls", "50"),
+     "50 controls asked, but the 'p2d/object' answers hold only 1 other(s); use fewer --controls"),
+    ("finetune-facts", (*FT, "--people", "2"), "--people with --facts: --people sizes the built-in people world"),
+    ("finetune-facts", (*FT, "--lora-rank", "2", "--lora-targets", "bogus_proj"),
+     "--lora-targets bogus_proj: not linear layers of tiny's blocks; valid: down_proj"),
+    ("finetune-facts", (*FT, "--trainable-blocks", "99"),
+     "--trainable-blocks 99: tiny has 2 blocks; use 1…2"),
+    ("probe", (*PROBE, "--limit", "1"), "--controls 2: the first 1 facts of run/facts.jsonl (--limit 1) hold only 0"),
+    ("probe", (*PROBE[:-1], "3", "--limit", "3"),
+     "--controls 3: the first 3 facts of run/facts.jsonl (--limit 3) hold only 2 wrong answers of one kind per "
+     "question; use --controls 2"),
+    ("probe", (*PROBE, "--patch-layers", "99"), "--patch-layers 99: out of range; this model has layers 0…1"),
+    ("probe", (*PROBE, "--patch-layers", "0", "-1"), "--patch-layers -1: out of range"),
+    ("probe", ("probe", "--model", "run/checkpoints", "--facts", "other.jsonl", "--controls", "2"),
+     "--facts other.jsonl: not the facts the checkpoint was trained on"),
+    ("reproduce reversal", ("reproduce", "reversal", *TINY, "--lr", "nan"), "argument --lr: must be a finite number"),
+    ("reproduce reversal", ("reproduce", "reversal", *TINY, "--k", "50"),
+     "--k 50: sentences of 101 tokens do not fit the 'tiny' model's context of 32"),
+    ("reproduce reversal", ("reproduce", "reversal", *TINY[:2], "--pairs", "1"),
+     "--pairs 1: the reversal world needs at least 2 pairs"),
+    pytest.param("sweep", (*SWEEP, "--gpus-per-trial", "1"), "--gpus-per-trial: no CUDA device", marks=NO_CUDA),
+    ("sweep", (*SWEEP, "--gpus-per-trial", "-1"), "argument --gpus-per-trial: must be a finite number ≥ 0, got -1"),
+    ("sweep", (*SWEEP, "--gpus-per-trial", "nan"), "argument --gpus-per-trial: must be a finite number ≥ 0, got nan"),
+    ("sweep", (*SWEEP, "--retries", "-1"), "argument --retries: must be ≥ 0, got -1"),
+    ("sweep", ("sweep", "reversal", "--seeds", "0-12000"), "--seeds '0-12000': more than 10000 seeds"),
+    ("sweep", ("sweep", "reversal", "--seeds", ""), "--seeds '': no seeds given"),
+])
+def test_a_refused_option_leaves_the_previous_run_byte_identical(finished, tmp_path, capsys, monkeypatch, kind, args,
+                                                                 named):
+    """Arguments and inputs are checked before the run folder is entered (which would mark the old
+    manifest unfinished and delete the old run's files): a refusal exits 2 with one line naming the
+    option, the previous run in --out is left byte for byte, and a new --out is not even created."""
+    import transformers
+
+    from analyses import sweep as sweeps
+
+    monkeypatch.chdir(tmp_path)
+    copy_run(finished, tmp_path / "run")
+    assert main(["make-facts", "people", "--size", "2", "--out", "people.jsonl"]) == 0
+    assert main(["make-facts", "reversal", "--size", "20", "--seed", "1", "--out", "other.jsonl"]) == 0
+    Path("bad_celeb.csv").write_text("child,parent,parent_type,child_prediction,can_reverse\nA,B,aunt,,True\n")
+    transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1).save_pretrained("tiny")  # no weights
+
+    def no_ray(*_, **__):
+        raise AssertionError("Ray started: the sweep was not refused first")
+
+    monkeypatch.setattr(sweeps, "ray_session", no_ray)
+    out = tmp_path / "previous"
+    before = previous_sweep(out) if kind == "sweep" else previous_run(out, kind)
+    capsys.readouterr()
+    for target in (out, tmp_path / "new"):
+        code, _, err = revlens(capsys, *args, "--out", target, "--threads", "1")
+        assert code == 2 and named in one_error_line(err), err
+    assert contents(out) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_make_facts_refuses_an_out_that_is_a_run_folder(tmp_path, capsys):
+    """`make-facts --format berglund --out RUN` would write its folder's files into the run itself."""
+    out = tmp_path / "run"
+    before = previous_run(out, "check-asymmetry")
+    code, _, err = revlens(capsys, "make-facts", "people", "--size", "2", "--format", "berglund", "--out", out)
+    assert code == 2 and f"--out {out}: is a run folder (it holds manifest.json)" in one_error_line(err)
+    assert contents(out) == before
