@@ -32,34 +32,27 @@ MAX_SEED = 2**32 - 1
 """numpy's and torch's generators both take seeds 0 … 2³² − 1."""
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
+def _at_least(parse: Callable[[str], Any], low: float, strict: bool, name: str) -> Callable[[str], Any]:
+    """An argparse type: ``parse(text)``, refused unless finite and > ``low`` (``strict``) or ≥ ``low``;
+    ``name`` is what argparse calls it when ``parse`` fails ("invalid positive_int value")."""
+    def check(text: str):
+        value = parse(text)
+        if not (math.isfinite(value) and (value > low if strict else value >= low)):
+            bound = f"> {low:g}" if strict else f"≥ {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {'a finite number ' if parse is float else ''}{bound}, "
+                                             f"got {text}")
+        return value
+
+    check.__name__ = name
+    return check
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0 (a learning rate, a scale): nan, inf, 0 and negatives refused."""
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number ≥ 0 (GPUs per trial): nan, inf and negatives refused."""
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
-    return value
+positive_int = _at_least(int, 1, False, "positive_int")
+non_negative_int = _at_least(int, 0, False, "non_negative_int")
+positive_float = _at_least(float, 0, True, "positive_float")
+"""A finite number > 0 (a learning rate, a scale): nan, inf, 0 and negatives refused."""
+non_negative_float = _at_least(float, 0, False, "non_negative_float")
+"""A finite number ≥ 0 (GPUs per trial): nan, inf and negatives refused."""
 
 
 def seed(text: str) -> int:

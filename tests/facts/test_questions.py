@@ -81,6 +81,13 @@ def test_fact_csv_with_templates_file_gives_the_same_questions_as_the_world(tmp_
     ("subject,relation,object\nA,r,B\nC,r\n", r"facts.csv:3: expected 3 fields, got 2"),
     ("subject,relation,object,group\nA,r,B,sideways\n", r"facts.csv:2: group must be one of"),
     ("subject,relation,object,group\nA,r,B,both\n", r"facts.csv:2: .*a reverse split needs an inverse_relation"),
+    # repeated and unknown columns are refused rather than dropped (a typo would drop a direction)
+    ("subject,relation,object,object\nTom,p2d,x,y\n", r"facts.csv:1: column\(s\) \['object'\] appear more than once"),
+    ("subject,relation,object,inverse relation,group\nTom,p2d,x,d2p,p2d\n",
+     r"facts.csv:1: unknown column\(s\) \['inverse relation'\]; .*\['inverse_relation', 'group'\]"),
+    ("subject,relation,object,inverse_relation,forward,reverse\nTom,p2d,x,d2p,heldout,train\n",
+     r"facts.csv:1: unknown column\(s\) \['forward', 'reverse'\]"),
+    ("subject,relation,object,\nTom,p2d,x,\n", r"facts.csv:1: unknown column\(s\) \['\(column 4 has no name\)'\]"),
 ])
 def test_bad_fact_csvs_are_named_with_file_and_line(tmp_path, text, message):
     (tmp_path / "facts.csv").write_text(text)
@@ -112,20 +119,6 @@ def test_csv_without_inverse_relation_is_asked_forward_only(tmp_path):
     assert Counter(q.setting for q in questions.questions) == {"forward_trained_paraphrase": 2,
                                                               "forward_heldout_paraphrase": 2}
     assert [pair.prompt for pair in questions.train] == ["Ann Lee founded", "Bo Kim founded"]
-
-
-@pytest.mark.parametrize("text, message", [
-    ("subject,relation,object,object\nTom,p2d,x,y\n", r"facts.csv:1: column\(s\) \['object'\] appear more than once"),
-    ("subject,relation,object,inverse relation,group\nTom,p2d,x,d2p,p2d\n",
-     r"facts.csv:1: unknown column\(s\) \['inverse relation'\]; .*\['inverse_relation', 'group'\]"),
-    ("subject,relation,object,inverse_relation,forward,reverse\nTom,p2d,x,d2p,heldout,train\n",
-     r"facts.csv:1: unknown column\(s\) \['forward', 'reverse'\]"),
-    ("subject,relation,object,\nTom,p2d,x,\n", r"facts.csv:1: unknown column\(s\) \['\(column 4 has no name\)'\]"),
-])
-def test_fact_csv_refuses_repeated_and_unknown_columns_rather_than_dropping_them(tmp_path, text, message):
-    (tmp_path / "facts.csv").write_text(text)
-    with pytest.raises(FactError, match=message):
-        load_fact_csv(tmp_path / "facts.csv")
 
 
 @pytest.mark.parametrize("text, message", [
