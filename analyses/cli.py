@@ -351,16 +351,12 @@ def _declared_layers(model: str) -> int | None:
     before and cached as one), read without its weights; None where it is not known that cheaply."""
     import json
 
-    from models.pretrained import PretrainedLoadError, _cached_entry, resolve
+    from models.pretrained import declared_config_folder
 
+    folder = declared_config_folder(model)
     try:
-        source = resolve(model)
-        folder = (None if (entry := _cached_entry(source.path)) is None else entry.folder) if source.is_gguf \
-            else source.path
-        if folder is None:
-            return None
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (PretrainedLoadError, OSError, ValueError):
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder is not None else None
+    except (OSError, ValueError):
         return None
     config = config.get("text_config", config) if isinstance(config, dict) else {}
     layers = config.get("num_hidden_layers", config.get("n_layer")) if isinstance(config, dict) else None

@@ -443,16 +443,11 @@ def check_model_options(config: FinetuneConfig) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from models.hf_training import decoder_blocks, lora_target_names
-    from models.pretrained import PretrainedLoadError, _cached_entry, resolve
+    from models.pretrained import declared_config_folder
 
-    try:
-        source = resolve(config.model)
-        folder = (None if (entry := _cached_entry(source.path)) is None else entry.folder) if source.is_gguf \
-            else source.path
-    except PretrainedLoadError:
-        return  # the load names the problem
-    if folder is None or not (folder / "config.json").is_file():
-        return
+    folder = declared_config_folder(config.model)
+    if folder is None:
+        return  # the load checks both
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))

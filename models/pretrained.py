@@ -537,6 +537,23 @@ def _cached_entry(path: Path) -> gguf_cache.Entry | None:
     return gguf_cache.find(path, _sha256(path, _file_stamp(path))) if gguf_cache.root() is not None else None
 
 
+def declared_config_folder(name_or_path: str | os.PathLike[str]) -> Path | None:
+    """The folder of the ``config.json`` a model declares, read without its weights: a local Hugging Face
+    folder, or a GGUF file's cache entry (:mod:`models.gguf_cache`) where the file was read before; None
+    otherwise, or when the name does not resolve (the load then says why). What the CLI checks options
+    against (layer counts, linear-layer names) before any folder is touched."""
+    try:
+        source = resolve(name_or_path)
+    except PretrainedLoadError:
+        return None
+    if source.is_gguf:
+        entry = _cached_entry(source.path)
+        folder = None if entry is None else entry.folder
+    else:
+        folder = source.path
+    return folder if folder is not None and (folder / "config.json").is_file() else None
+
+
 def _entry_model(entry: gguf_cache.Entry) -> PreTrainedModel | None:
     """The cached model (what :func:`_read_gguf_model` read from the file), or None when the entry cannot be
     read: it is then removed, and the file read again."""
