@@ -525,13 +525,8 @@ def ray_session(resources: Resources, jobs: int | None = None):
     cores = os.cpu_count() or 1
     if resources.address is None:
         workers = width(cores)
-        gpus = None
-        if resources.gpus:
-            import torch
-
-            gpus = torch.cuda.device_count()
-            if gpus == 0:
-                raise SweepError("--gpus-per-trial: no CUDA device on this machine (or torch built without it)")
+        check_resources(resources)
+        gpus = local_gpus() if resources.gpus else None
         with _local_ray_environment(resources.threads), _lean_local_head():
             ray.init(address="local", num_cpus=workers * resources.threads, num_gpus=gpus, **common)
     else:
@@ -594,6 +589,13 @@ def with_resources(sweep: Sweep, resources: Resources) -> Sweep:
     return sweep
 
 
+def local_gpus() -> int:
+    """The CUDA devices torch sees on this machine (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def check_resources(resources: Resources) -> None:
     """Refuse, before the sweep folder is touched, resources this machine (or any) cannot give."""
     if resources.retries < 0:
@@ -601,10 +603,10 @@ def check_resources(resources: Resources) -> None:
     if not (math.isfinite(resources.gpus) and resources.gpus >= 0):
         raise SweepError(f"--gpus-per-trial {resources.gpus}: must be a finite number ≥ 0")
     if resources.gpus and resources.address is None:
-        import torch
-
-        if torch.cuda.device_count() == 0:
-            raise SweepError("--gpus-per-trial: no CUDA device on this machine (or torch built without it)")
+        local = local_gpus()
+        if resources.gpus > local:  # Ray would hold every trial pending forever
+            raise SweepError(f"--gpus-per-trial {resources.gpus:g}: more than the {local} CUDA device(s) of this machine"
+                             + (" (or torch built without CUDA)" if local == 0 else ""))
     cores = os.cpu_count() or 1
     if resources.address is None and (resources.workers or 1) * resources.threads > cores:
         raise SweepError(f"--workers {resources.workers} × --threads-per-trial {resources.threads} > the {cores} cores "

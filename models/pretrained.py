@@ -101,6 +101,7 @@ from facts.language import bos_prefix
 from models import gguf_cache
 from models.gguf_weights import lean_gguf_weights, plain_array_reader
 from models.memory import release_after_loading
+from models.transformer import default_device
 from models.backend import (
     OFFICIAL_MODEL_NAMES,
     TL_MAJOR,
@@ -265,11 +266,6 @@ def _hub_cache_folder(repo_id: str) -> Path | None:
     except ValueError:  # not a valid Hub id (e.g. a path that does not exist)
         return None
     return Path(config).parent if isinstance(config, str) else None
-
-
-def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_hf(

@@ -141,8 +141,9 @@ def answer_loss(
 ) -> Float[Tensor, ""]:
     """Mean cross-entropy over the answer tokens (prompt tokens carry no loss):
     −(1/|A|) Σ_{(i,p) ∈ A} log softmax(logits[i, p − 1])[tokens[i, p]]."""
-    target_mask = answer_mask[:, 1:]
-    return torch.nn.functional.cross_entropy(logits[:, :-1][target_mask].float(), tokens[:, 1:][target_mask])
+    target_mask = answer_mask[:, 1:].to(logits.device)
+    targets = tokens[:, 1:].to(logits.device)[target_mask]
+    return torch.nn.functional.cross_entropy(logits[:, :-1][target_mask].float(), targets)
 
 
 def answer_inputs(

@@ -167,8 +167,9 @@ def batch_loss(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"],
     after it), and unembeds only where a loss is taken where it can
     (:func:`models.scoring.answer_logits`).
     """
+    logits = answer_logits(model, tokens, answer_mask)
     targets = tokens[:, 1:][answer_mask[:, 1:]]  # row-major, as answer_logits' rows
-    return torch.nn.functional.cross_entropy(answer_logits(model, tokens, answer_mask).float(), targets)
+    return torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device))
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

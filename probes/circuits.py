@@ -471,7 +471,7 @@ def _given_states(model, facts: FactSet, statements, rows: Sequence[tuple[int, s
     from probes.tracing import given_positions
 
     names = [f"blocks.{layer}.hook_resid_{kind}" for layer in layers for kind in ("pre", "mid")]
-    states = {name: torch.full((len(rows), model.cfg.d_model), torch.nan) for name in names}
+    states = {name: torch.full((len(rows), model.cfg.d_model), torch.nan, device=model.cfg.device) for name in names}
     by_length: dict[int, list[tuple[int, tuple[int, ...], int]]] = {}
     for row, (index, direction) in enumerate(rows):
         if facts[index].split(direction) is None:
@@ -487,7 +487,7 @@ def _given_states(model, facts: FactSet, statements, rows: Sequence[tuple[int, s
             where = torch.tensor([position for _, _, position in chunk])
             chosen = torch.tensor([row for row, _, _ in chunk])
             for name in names:
-                states[name][chosen] = cache[name][torch.arange(len(chunk)), where].float().cpu()
+                states[name][chosen] = cache[name][torch.arange(len(chunk)), where].float()
     return states
 
 
@@ -578,8 +578,8 @@ def weight_change_table(
                    "delta_ov": _delta_ov(old.attn, new.attn, old.ln1(states[f"blocks.{layer}.hook_resid_pre"]))}
         for kind, vector in vectors.items():
             read = einops.einsum(answers, vector, "rows k1 d_model, rows d_model -> rows k1")
-            entries[kind][:, column] = read[:, 0]
-            zs[kind][:, column] = _zscores(read[..., None])[:, 0]
+            entries[kind][:, column] = read[:, 0].cpu()
+            zs[kind][:, column] = _zscores(read[..., None])[:, 0].cpu()
     frames = []
     for kind in WEIGHT_CHANGES:
         for column, layer in enumerate(layers):

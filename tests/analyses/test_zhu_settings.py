@@ -25,7 +25,7 @@ def test_sequence_loss_is_the_mean_cross_entropy_of_every_token_after_the_first(
     whole = batch.with_sequence_loss()
     assert torch.equal(whole.answer_mask & batch.answer_mask, batch.answer_mask)  # answers still in the loss
     with torch.no_grad():
-        logits = trained_one_layer(batch.tokens).log_softmax(-1)
+        logits = trained_one_layer(batch.tokens).log_softmax(-1).cpu()
         loss = batch_loss(trained_one_layer, whole.tokens, whole.answer_mask)
     lengths = batch.prompt_len + batch.answer_len
     expected = torch.cat([-logits[row, : n - 1].gather(-1, batch.tokens[row, 1:n, None])[:, 0]

@@ -51,7 +51,7 @@ def answer_logits(model, examples):
 
 def first_answer_logits(model, examples):
     logits = answer_logits(model, examples)
-    return logits[torch.arange(len(examples)), [e.answer[0] for e in examples]]
+    return logits[torch.arange(len(examples)), [e.answer[0] for e in examples]].cpu()  # the tables are on the CPU
 
 
 # --- direct logit attribution ---------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_attributions_of_a_logit_difference_sum_to_the_difference(tiny, world, v
     examples = [vocab.example(world, i, d) for i, d in statements]
     controls = [vocab.example(world, i, d, answer=world[i + 1].object) for i, d in statements]
     table = direct_logit_attribution(tiny, examples, controls=controls)
-    logits = answer_logits(tiny, examples)
+    logits = answer_logits(tiny, examples).cpu()
     rows = torch.arange(len(examples))
     expected = logits[rows, [e.answer[0] for e in examples]] - logits[rows, [c.answer[0] for c in controls]]
     assert torch.allclose(torch.tensor(table.groupby("statement").attribution.sum().to_numpy()).float(), expected,
@@ -233,7 +233,7 @@ def test_the_last_lens_stage_is_the_model_output(tiny, sample):
     assert list(lens.stage.iloc[:3]) == ["0_pre", "1_pre", "final_post"] and len(lens) == 3 * len(sample)
     final = lens[lens.stage == "final_post"]
     examples = as_examples(sample)
-    logprobs = answer_logits(tiny, examples).log_softmax(-1)
+    logprobs = answer_logits(tiny, examples).cpu().log_softmax(-1)
     chosen = logprobs[torch.arange(len(examples)), [e.answer[0] for e in examples]]
     assert torch.allclose(torch.tensor(final.logprob.to_numpy()), chosen, atol=1e-5)
     ranks = 1 + (logprobs > chosen[:, None]).sum(-1)

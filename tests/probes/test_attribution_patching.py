@@ -48,7 +48,7 @@ def slope_along_segment(model, clean, corrupt, targets, site, layer, index) -> f
     with torch.no_grad(), forward_ad.dual_level():
         logits = model.run_with_hooks(corrupt_tokens, fwd_hooks=[(name, move)])
         logprobs = logits[:, -len(targets[0]):].log_softmax(-1)
-        goal = torch.tensor(targets)
+        goal = torch.tensor(targets, device=logprobs.device)
         metric = logprobs.gather(-1, goal[..., None])[..., 0].sum(-1).mean()
         return float(forward_ad.unpack_dual(metric).tangent)
 

@@ -300,7 +300,7 @@ def test_a_change_of_the_mlp_output_weights_is_read_exactly(tiny_before_after, w
     after = copy.deepcopy(before)
     with torch.no_grad():
         after.blocks[1].mlp.W_out.add_(0.1 * torch.randn(after.blocks[1].mlp.W_out.shape,
-                                                         generator=torch.Generator().manual_seed(1)))
+                                                         generator=torch.Generator().manual_seed(1)).to(before.cfg.device))
     table = weight_change_table(before, after, world, vocab, vocab.entity_ids, layers=[1], n_controls=8)
     mlp = table[table.circuit == "delta_mlp"].set_index("fact")
     assert (table[table.circuit == "delta_ov"].entry_ab.abs() < 1e-6).all()

@@ -430,7 +430,6 @@ def previous_sweep(out: Path) -> dict[str, bytes]:
     return contents(out)
 
 
-NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
 FT = ("finetune-facts", "--model", "tiny", "--facts", "people.jsonl", "--controls", "1")
 PROBE = ("probe", "--model", "run/checkpoints", "--facts", "run/facts.jsonl", "--controls", "2")
 ASYM = ("check-asymmetry", "--model", "tiny", "--limit", "5", "--controls", "3")
@@ -462,7 +461,7 @@ SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
      "--k 50: sentences of 101 tokens do not fit the 'tiny' model's context of 32"),
     ("reproduce reversal", ("reproduce", "reversal", *TINY[:2], "--pairs", "1"),
      "--pairs 1: the reversal world needs at least 2 pairs"),
-    pytest.param("sweep", (*SWEEP, "--gpus-per-trial", "1"), "--gpus-per-trial: no CUDA device", marks=NO_CUDA),
+    ("sweep", (*SWEEP, "--gpus-per-trial", "1000"), "--gpus-per-trial 1000: more than the "),
     ("sweep", (*SWEEP, "--gpus-per-trial", "-1"), "argument --gpus-per-trial: must be a finite number ≥ 0, got -1"),
     ("sweep", (*SWEEP, "--gpus-per-trial", "nan"), "argument --gpus-per-trial: must be a finite number ≥ 0, got nan"),
     ("sweep", (*SWEEP, "--retries", "-1"), "argument --retries: must be ≥ 0, got -1"),

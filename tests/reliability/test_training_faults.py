@@ -38,7 +38,7 @@ def fresh(vocab):
 
 
 def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def at_step(step: int, fault):
@@ -52,7 +52,7 @@ def at_step(step: int, fault):
 def test_inf_loss_stops_and_keeps_the_last_good_checkpoint(train_set, vocab, tmp_path):
     """From step 4 on, every entity logit is −inf: the loss is +inf at step 5."""
     def minus_inf_entity_logits(model):
-        model.unembed.register_forward_hook(lambda _, __, logits: logits.index_fill(-1, entities, float("-inf")))
+        model.unembed.register_forward_hook(lambda _, __, logits: logits.index_fill(-1, entities.to(logits.device), float("-inf")))
 
     entities = torch.arange(len(vocab.relations), vocab.d_vocab)
     clean_dir, faulty_dir = tmp_path / "clean", tmp_path / "faulty"
