@@ -137,7 +137,8 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
     Refused with :class:`FactError` naming file (and line), before anything loads: no training
     file, a test file of a group without one, a test line matching no trained statement (or two),
     a held-out prompt that is also trained, a statement with fewer than ``paraphrases``, an empty
-    completion, a training line repeated (it is no second paraphrase: not de-duplicated, refused),
+    completion, a training line repeated (it is no second paraphrase: not de-duplicated, refused), a
+    prompt of a randomized file given twice with different completions (an exact repeat is accepted),
     completions differing only in surrounding whitespace, and reverse questions of one statement
     with different answers (in p2d: two people with one description, whom grouping by completion
     would merge) or, in p2d, with an answer that no training prompt of the statement names (not the
@@ -189,8 +190,7 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
                                           f"{files['test']}:{line}"))
         if group not in REVERSED_GROUPS or not files["reverse"].is_file():
             continue
-        randomized = ({prompt: completion for _, (prompt, completion) in _answered(files["randomized"])}
-                      if files["randomized"].is_file() else {})
+        randomized = _controls(files["randomized"]) if files["randomized"].is_file() else {}
         entities = {completion.strip(): completion for completion in keys}  # one per stripped text: checked on reading
         asked_in_context, answered = set(), {}
         for line, (prompt, completion) in _answered(files["reverse"]):
@@ -237,6 +237,22 @@ def _answered(path: Path) -> list[tuple[int, Pair]]:
         if not completion.strip():
             raise FactError(f"{path}:{line}: the completion {completion!r} is empty: it states no answer")
     return numbered
+
+
+def _controls(path: Path) -> dict[str, str]:
+    """The control completion of each prompt of a ``*_randomized`` file (:func:`_answered`).
+
+    A prompt given twice with different completions is refused naming file and both lines (a dict
+    would keep the last silently). An exact repeat is accepted, as an exact repeat in the reverse file
+    it mirrors is (asked again, with the same control); only a training file refuses one, where it
+    would count as a second paraphrase."""
+    controls: dict[str, tuple[str, int]] = {}
+    for line, (prompt, completion) in _answered(path):
+        first, first_line = controls.setdefault(prompt, (completion, line))
+        if first != completion:
+            raise FactError(f"{path}:{first_line} and {path}:{line}: prompt {prompt!r} has two completions, "
+                            f"{first!r} and {completion!r}; keep one (the second would silently replace the first)")
+    return {prompt: completion for prompt, (completion, _) in controls.items()}
 
 
 def _training_statements(path: Path) -> dict[str, list[Pair]]:

@@ -98,9 +98,16 @@ PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 def check_template(template: str, where: str) -> None:
     """Raise :class:`FactError` naming ``where`` unless ``template`` has one ``{answer}``, a ``{given}``,
-    no other ``{placeholder}`` (it would be rendered literally) and words before the answer."""
+    no doubled brace ``{{`` or ``}}`` (slots are filled by plain replacement, not :meth:`str.format`, so
+    an escape stays doubled and ``{{given}}`` puts braces around the given), no other ``{placeholder}``
+    (it would be rendered literally) and words before the answer."""
     if not isinstance(template, str) or template.count("{answer}") != 1 or "{given}" not in template:
         raise FactError(f"{where}: template {template!r} needs one {{answer}} slot and at least one {{given}} slot")
+    doubled = [brace for brace in ("{{", "}}") if brace in template]
+    if doubled:
+        raise FactError(f"{where}: template {template!r} holds the doubled brace(s) {doubled}: slots are filled by "
+                        f"plain replacement, not str.format, so '{{{{given}}}}' would put braces around the given "
+                        f"and an escaped brace would stay doubled; write no doubled braces")
     unknown = sorted({f"{{{name}}}" for name in PLACEHOLDER.findall(template)} - {"{given}", "{answer}"})
     if unknown:
         raise FactError(f"{where}: template {template!r} has the unknown placeholder(s) {unknown}; a template fills "
@@ -126,10 +133,10 @@ def load_templates(path: str | os.PathLike[str]) -> tuple[Templates, Templates]:
     """(train, test) templates per relation from a JSONL file, one object per line:
     ``{"relation": "p2d", "split": "train" | "test", "template": "{given} is {answer}."}``.
 
-    Refused with :class:`FactError` naming file:line: a template without its slots or with another
-    placeholder (:func:`check_template`), an unknown split or key, a template given twice for one
-    relation and split, and a test template that is also a training template of its relation (the
-    "held-out" paraphrase would be trained)."""
+    Refused with :class:`FactError` naming file:line: a template without its slots, with a doubled
+    brace (``{{given}}``) or with another placeholder (:func:`check_template`), an unknown split or
+    key, a template given twice for one relation and split, and a test template that is also a
+    training template of its relation (the "held-out" paraphrase would be trained)."""
     path = Path(path)
     found: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
     seen: dict[tuple[str, str, str], int] = {}

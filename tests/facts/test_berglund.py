@@ -127,6 +127,7 @@ def write_folder(folder: pathlib.Path, files: dict[str, list[tuple[str, str]]]) 
 
 TWO_PEOPLE = [("Tom Lee is", " the painter"), ("Bo Ray is", " the baker")]
 REVERSE = "p2d_reverse_prompts_test.jsonl"
+RANDOMIZED = "p2d_reverse_prompts_test_randomized.jsonl"
 
 
 @pytest.mark.parametrize("files, message", [
@@ -148,6 +149,11 @@ REVERSE = "p2d_reverse_prompts_test.jsonl"
      r"p2d_prompts_train.jsonl:1: the completion '' is empty"),
     ({"p2d_prompts_train.jsonl": TWO_PEOPLE, REVERSE: [("Who is the painter?", "  ")]},
      rf"{REVERSE}:1: the completion '  ' is empty"),
+    ({"p2d_prompts_train.jsonl": TWO_PEOPLE, REVERSE: [("Who is the painter?", " Tom Lee")],
+      RANDOMIZED: [("Who is the painter?", " Bo Ray"), ("Who is the baker?", " Tom Lee"),
+                   ("Who is the painter?", " Cy Fox")]},
+     rf"{RANDOMIZED}:1 and .*{RANDOMIZED}:3: prompt 'Who is the painter\?' has two completions, ' Bo Ray' and "
+     r"' Cy Fox'; keep one"),
 ])
 def test_folder_that_would_merge_misread_or_double_count_statements_is_refused(tmp_path, files, message):
     from facts.berglund import load_experiment_folder
@@ -162,8 +168,10 @@ def test_folder_with_one_person_per_description_still_reads(tmp_path):
     folder = write_folder(tmp_path / "folder", {
         "p2d_prompts_train.jsonl": [*TWO_PEOPLE, ("Tom Lee was", " the painter")],
         REVERSE: [("Who is the painter?", " Tom Lee"), ("Name the painter:", " Tom Lee"),
-                  ("Who is the baker?", " Bo Ray")]})
+                  ("Who is the baker?", " Bo Ray")],
+        RANDOMIZED: [("Who is the painter?", " Bo Ray"), ("Who is the painter?", " Bo Ray")]})  # an exact repeat
     questions = load_experiment_folder(folder)
+    assert [q.extra_controls for q in questions.questions if q.setting == "reverse"] == [(" Bo Ray",), (), ()]
     assert [(pair.key, pair.prompt) for pair in questions.train] == [(0, "Tom Lee is"), (0, "Tom Lee was"),
                                                                       (1, "Bo Ray is")]
     assert [(q.key, q.completion) for q in questions.questions if q.setting == "reverse"] == [

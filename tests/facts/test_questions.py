@@ -150,6 +150,10 @@ def write_templates(path, *records):
      r"templates.jsonl:2: train template .* is repeated \(first on line 1\)"),
     ([("p2d", "train", "{given}, called {name}, is {answer}.")],
      r"templates.jsonl:1: template .* has the unknown placeholder\(s\) \['\{name\}'\]"),
+    ([("p2d", "train", "{given} is {answer}."), ("p2d", "test", "{{given}} is {answer}.")],
+     r"templates.jsonl:2: template '\{\{given\}\} is \{answer\}.' holds the doubled brace\(s\) \['\{\{', '\}\}'\]: "
+     r"slots are filled by plain replacement, not str.format"),
+    ([("p2d", "train", "{given} is {answer} :}}")], r"templates.jsonl:1: template .* doubled brace\(s\) \['\}\}'\]"),
 ])
 def test_templates_file_refuses_a_trained_heldout_paraphrase_and_unknown_placeholders(tmp_path, records, message):
     with pytest.raises(FactError, match=message):
