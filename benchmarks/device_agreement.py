@@ -5,10 +5,11 @@ the commands run on two tiny random Hugging Face folders instead, a Llama and a 
 global RoPE bases) over SmolLM2's tokenizer, built as ``tests/support/tiny_models.py`` builds the suite's:
 
 * ``build MODELS``: write the two folders (here, where SmolLM2's package is installed; ~45 MB).
-* ``run MODELS OUT --device D``: on ``D`` into ``OUT``: ``check-asymmetry`` on both backends (20 celebrity pairs,
-  6 controls), ``probe`` of the people world with tracing, head and attribution patching, the logit lens and
-  multiple choice, and ``finetune-facts`` (4 people, 2 epochs) with tracing and multiple choice. Each command's
-  last line is printed; a command that fails is reported and the others still run.
+* ``run MODELS OUT --device D``: on ``D`` into ``OUT``, on both backends: ``check-asymmetry`` (20 celebrity pairs,
+  6 controls) and ``probe`` of the people world with head and attribution patching, the logit lens, multiple
+  choice and (hooked) tracing; then ``finetune-facts`` (4 people, 2 epochs) with tracing and multiple choice, once
+  whole and once with LoRA (rank 2) and reverse training. Each command's last line is printed; a command that fails
+  is reported and the others still run.
 * ``compare A B``: every CSV under ``A`` against the one at the same place under ``B``: the same rows, the same
   text and missing values, and the largest |Δ| of each numeric column (the largest one printed per file). Before
   training the two devices differ by float32 sums in another order (session 30: ≤ 7.6e-5 in a log-probability);
@@ -63,12 +64,16 @@ def run(models: Path, out: Path, device: str, threads: int) -> int:
         for backend in ("bridge", "hooked"):
             ok.append(_revlens("check-asymmetry", "--model", folder, "--backend", backend, "--limit", "20",
                                "--controls", "6", "--quiet", *common, "--out", str(out / f"check-{name}-{backend}")))
-        ok.append(_revlens("probe", "--model", folder, "--facts", str(people), "--controls", "2", "--limit", "6",
-                           "--tracing", "--tracing-facts", "2", "--logit-lens", "--attribution-patching",
-                           "--head-patching", "--multiple-choice", "3", *common, "--out", str(out / f"probe-{name}")))
-    ok.append(_revlens("finetune-facts", "--model", str(models / "llama"), "--people", "4", "--epochs", "2",
-                       "--controls", "3", "--tracing-facts", "1", "--multiple-choice", "2", "--quiet", *common,
-                       "--out", str(out / "finetune-llama")))
+            tracing = ("--tracing", "--tracing-facts", "2") if backend == "hooked" else ()  # the bridge has none
+            ok.append(_revlens("probe", "--model", folder, "--backend", backend, "--facts", str(people), "--controls",
+                               "2", "--limit", "6", *tracing, "--logit-lens", "--attribution-patching",
+                               "--head-patching", "--multiple-choice", "3", *common,
+                               "--out", str(out / f"probe-{name}-{backend}")))
+    finetune = ("finetune-facts", "--model", str(models / "llama"), "--people", "4", "--epochs", "2", "--controls", "3",
+                "--tracing-facts", "1", "--multiple-choice", "2", "--quiet", *common)
+    ok.append(_revlens(*finetune, "--out", str(out / "finetune-llama")))
+    ok.append(_revlens(*finetune, "--lora-rank", "2", "--mitigation", "reverse-training",
+                       "--out", str(out / "finetune-llama-lora-reverse-training")))
     print(f"{sum(ok)} of {len(ok)} commands succeeded on {device}")
     return 0 if all(ok) else 1
 
