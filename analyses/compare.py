@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analyses.bilinear import BilinearConfig
-from analyses.probe import circuit_summary, logit_summary
+from analyses.probe import PRIOR, circuit_summary, logit_summary
 from analyses.reproduce import RunConfig, _write_json, train_run, write_csv
 from facts.io import save_jsonl
 from facts.schema import FactSet
@@ -170,8 +170,40 @@ def read_probe_run(run_dir: str | os.PathLike[str]) -> tuple[str, pd.DataFrame, 
         if table.empty:
             raise RunDirError(f"{run_dir / name}: has no rows")
         tables.append(table)
+    _require_trained(run_dir, summary, tables[0])
     model = (summary.get("config") or {}).get("model") or summary.get("model") or run_dir.name
     return str(model), tables[0], tables[1]
+
+
+def _require_trained(run_dir: Path, summary: dict[str, Any], answers: pd.DataFrame) -> None:
+    """Refuse a run with no trained statement of a one-way fact: its row (train_n = 0) would stand,
+    labelled fine-tuned, with no trained direction behind it; a probe of a model never trained on
+    its facts (``summary["prior_knowledge"]``, every split :data:`analyses.probe.PRIOR`) is named as such."""
+    if (one_way_statements(answers).split == "train").any():
+        return
+    if "prior_knowledge" in summary or set(answers.split) == {PRIOR}:
+        raise RunDirError(f"{run_dir}: a probe of a model never trained on these facts (prior knowledge: 0 trained "
+                          f"statements), not a fine-tuned run; give a `revlens finetune-facts` folder or a "
+                          f"`revlens probe` of a checkpoint trained on its facts")
+    raise RunDirError(f"{run_dir}: 0 trained statements of one-way facts in logits.csv (no fact has one direction "
+                      f"trained and the other held out), so its row would have no trained or held-out numbers; "
+                      f"give a run trained one way on some of its facts")
+
+
+def finetuned_folders(finetuned: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
+                      ) -> list[str | os.PathLike[str]]:
+    """``compare``'s ``finetuned`` argument as a list of folders; a folder given twice (the same
+    resolved path) is refused, naming it: it would be two identical rows."""
+    folders = [] if finetuned is None else [finetuned] if isinstance(finetuned, (str, os.PathLike)) else list(finetuned)
+    seen: dict[Path, str | os.PathLike[str]] = {}
+    for folder in folders:
+        resolved = Path(folder).resolve()
+        if resolved in seen:
+            also = "" if str(seen[resolved]) == str(folder) else f" (also as {seen[resolved]})"
+            raise RunDirError(f"{folder}: given twice to --finetuned{also}; its row would appear twice, identical: "
+                              f"give each run once")
+        seen[resolved] = folder
+    return folders
 
 
 def tracing_columns(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -288,11 +320,12 @@ def compare(out: str | os.PathLike[str],
 
     ``finetuned``: one or more ``revlens finetune-facts`` (or ``revlens probe``) folders, one row each,
     named after the model and the run's mitigation where it has one ("smollm2-135m (fine-tuned,
-    identity-bridge)"); all are checked before anything is trained.
+    identity-bridge)"); all are checked before anything is trained: a folder given twice, or one with no trained
+    statement of a one-way fact (a probe of a model never trained on its facts), is refused.
     """
     out = Path(out)
     began = time.perf_counter()
-    folders = [] if finetuned is None else [finetuned] if isinstance(finetuned, (str, os.PathLike)) else list(finetuned)
+    folders = finetuned_folders(finetuned)
     finetuned_rows = [finetuned_row(folder) for folder in folders]
     out.mkdir(parents=True, exist_ok=True)
     rows = token_world_rows(out, config, progress) + finetuned_rows

@@ -26,8 +26,9 @@ What a run shows is read from its files, so new kinds of run render without code
 The page references nothing outside itself (no URL, CDN or web font) and is written atomically
 (temporary file, then rename). A folder that does not exist, is empty or is half-written
 (no or unreadable ``summary.json``, a figure that the summary or the kind names missing, a
-truncated PNG, an unreadable CSV, a view that would load from the network) raises
-:class:`ReportError` naming the folder and what is wrong, before anything is written.
+truncated PNG, an unreadable CSV, a view that would load from the network), and a run reached twice
+(a folder given twice, or with a folder that holds it) raise :class:`ReportError` naming the folder
+and what is wrong, before anything is written.
 """
 
 from __future__ import annotations
@@ -117,30 +118,47 @@ class Run:
 # --- finding and checking runs -------------------------------------------------------------------
 
 def find_runs(folders: Sequence[str | os.PathLike[str]]) -> list[Run]:
-    """The runs of each folder given (the folder itself, or its subfolders), nested runs after their parent."""
+    """The runs of each folder given (the folder itself, or its subfolders), nested runs after their parent;
+    a run reached twice (a folder given twice, or given with a folder that holds it; resolved paths) is
+    refused, naming it: its section would appear twice."""
     if not folders:
         raise ReportError("no run folder given")
     runs: list[Run] = []
+    given: dict[Path, Path] = {}  # each run's resolved folder → the folder given that holds it
     for folder in map(Path, folders):
-        if not folder.exists():
-            raise ReportError(f"{folder}: no such run folder")
-        if not folder.is_dir():
-            raise ReportError(f"{folder}: not a folder (give the folder a revlens command wrote)")
-        if (folder / SUMMARY).exists():
-            runs += _run_tree(folder, str(folder), _whole_run(folder))
-            continue
-        entries = _entries(folder)
-        if not entries:
-            raise ReportError(f"{folder}: empty folder, not a run (a finished run has a {SUMMARY})")
-        subfolders = [e for e in entries if e.is_dir() and not e.is_symlink()]
-        if not any((s / SUMMARY).exists() for s in subfolders):
-            raise ReportError(f"{folder}: no {SUMMARY}, so the run did not finish (half-written?); found "
-                              f"{_listing(entries)}")
-        for sub in subfolders:
-            if not (sub / SUMMARY).exists():
-                raise ReportError(f"{sub}: no {SUMMARY}, so this run of {folder} did not finish (half-written?); "
-                                  f"found {_listing(_entries(sub)) or 'nothing'}")
-            runs += _run_tree(sub, str(sub), _whole_run(sub))
+        for run in _runs_of(folder):
+            resolved = run.folder.resolve()
+            if resolved in given:
+                first = given[resolved]
+                how = ("given twice to --runs" if first.resolve() == folder.resolve() else
+                       f"in the report twice, from --runs {first} and {folder} (one holds the other)")
+                raise ReportError(f"{run.folder}: {how}; its section would appear twice, identical: give it once")
+            given[resolved] = folder
+            runs.append(run)
+    return runs
+
+
+def _runs_of(folder: Path) -> list[Run]:
+    """The runs of one folder given to :func:`find_runs`."""
+    if not folder.exists():
+        raise ReportError(f"{folder}: no such run folder")
+    if not folder.is_dir():
+        raise ReportError(f"{folder}: not a folder (give the folder a revlens command wrote)")
+    if (folder / SUMMARY).exists():
+        return _run_tree(folder, str(folder), _whole_run(folder))
+    entries = _entries(folder)
+    if not entries:
+        raise ReportError(f"{folder}: empty folder, not a run (a finished run has a {SUMMARY})")
+    subfolders = [e for e in entries if e.is_dir() and not e.is_symlink()]
+    if not any((s / SUMMARY).exists() for s in subfolders):
+        raise ReportError(f"{folder}: no {SUMMARY}, so the run did not finish (half-written?); found "
+                          f"{_listing(entries)}")
+    runs: list[Run] = []
+    for sub in subfolders:
+        if not (sub / SUMMARY).exists():
+            raise ReportError(f"{sub}: no {SUMMARY}, so this run of {folder} did not finish (half-written?); "
+                              f"found {_listing(_entries(sub)) or 'nothing'}")
+        runs += _run_tree(sub, str(sub), _whole_run(sub))
     return runs
 
 

@@ -1,15 +1,18 @@
 """`revlens compare` (analyses.compare): bilinear, one-layer, tiny and a probed run, same metrics."""
 
+import dataclasses
 import json
+import shutil
 
 import pandas as pd
 import pytest
 
 from analyses.bilinear import BilinearConfig
 from analyses.cli import main
-from analyses.compare import CompareConfig, compare, format_compare
-from analyses.probe import probe
+from analyses.compare import CompareConfig, RunDirError, compare, format_compare
+from analyses.probe import load_probed, probe, write_probe
 from analyses.reproduce import RunConfig, train_run
+from facts.io import load_jsonl
 from facts.token_worlds import TokenVocab, reversal_world
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -73,14 +76,14 @@ def test_a_row_read_from_csv_files_equals_the_same_model_measured_in_memory(comp
 
 
 def test_compare_refuses_a_half_written_or_broken_run_folder(probed_run, tmp_path, capsys):
-    def refused(folder) -> str:
-        assert main(["compare", "--out", str(tmp_path / "o"), "--finetuned", str(folder), "--quiet"]) == 2
+    def refused(*folders) -> str:
+        assert main(["compare", "--out", str(tmp_path / "o"), "--finetuned", *map(str, folders), "--quiet"]) == 2
+        assert not (tmp_path / "o").exists()  # refused before anything is trained or written
         return capsys.readouterr().err
 
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "missing logits.csv, circuits.csv, summary.json" in refused(empty)
-    assert not (tmp_path / "o").exists()  # refused before anything is trained or written
     half = tmp_path / "half"
     half.mkdir()
     (half / "logits.csv").write_bytes((probed_run / "logits.csv").read_bytes())
@@ -89,6 +92,24 @@ def test_compare_refuses_a_half_written_or_broken_run_folder(probed_run, tmp_pat
     pd.read_csv(probed_run / "circuits.csv").drop(columns="z_ba").to_csv(half / "circuits.csv", index=False)
     assert "circuits.csv: missing column(s) ['z_ba']" in refused(half)
     assert "not a folder" in refused(tmp_path / "nowhere")
+    # a probe of a model never trained on its facts (prior knowledge): train_n = 0, not a "(fine-tuned)" row
+    trained = probed_run.parent
+    facts = load_jsonl(trained / "facts.jsonl")
+    prior = tmp_path / "prior"
+    write_probe(dataclasses.replace(load_probed(trained / "checkpoints", facts), trained_on_facts=False), facts, prior)
+    assert (f"{prior}: a probe of a model never trained on these facts (prior knowledge: 0 trained statements)"
+            in refused(prior))
+    both_ways = shutil.copytree(probed_run, tmp_path / "both-ways")  # every fact trained both ways: none one-way
+    pd.read_csv(probed_run / "logits.csv").replace({"split": {"heldout": "train"}}).to_csv(
+        both_ways / "logits.csv", index=False)
+    assert f"{both_ways}: 0 trained statements of one-way facts" in refused(both_ways)
+    # one folder twice would be two identical rows, however it is spelled
+    assert f"{probed_run}: given twice to --finetuned; its row would appear twice" in refused(probed_run, probed_run)
+    again = probed_run / ".." / probed_run.name
+    assert f"{again}: given twice to --finetuned (also as {probed_run})" in refused(probed_run, again)
+    with pytest.raises(RunDirError, match="given twice to --finetuned"):
+        compare(tmp_path / "o", [probed_run, again], CONFIG, progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 def test_finetuned_rows_of_one_model_are_named_apart_by_mitigation_and_groups(comparison):

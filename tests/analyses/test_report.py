@@ -159,15 +159,19 @@ def _truncate(path):
     (lambda run: _truncate(run / "curves.png"), r"reversal/curves.png: truncated PNG"),
     (lambda run: (run / "logits.csv").write_text(""), r"reversal/logits.csv: unreadable CSV"),
     (lambda run: [p.unlink() for p in run.rglob("*") if p.is_file()], r"reversal: empty folder"),
+    # a tuple: the folders given instead of the run, which would show one run twice
+    (lambda run: (run, run), r"reversal: given twice to --runs; its section would appear twice"),
+    (lambda run: (run, run / ".." / run.name), r"\.\./reversal: given twice to --runs"),
+    (lambda run: (run.parent, run), r"reversal: in the report twice, from --runs .+ and .+reversal \(one holds"),
 ])
 def test_half_written_run_is_refused_and_the_old_report_kept(runs, tmp_path, damage, message):
     run = _copy_run(runs, tmp_path)
     out = tmp_path / "report.html"
     write_report([run], out)
     before = out.read_text(encoding="utf-8")
-    damage(run)
+    given = damage(run)
     with pytest.raises(ReportError, match=message):
-        write_report([run], out)
+        write_report(given if isinstance(given, tuple) else [run], out)
     assert out.read_text(encoding="utf-8") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "reversal"]  # no temporary file left
 
@@ -189,6 +193,12 @@ def test_cli_refuses_a_missing_folder_with_exit_2(tmp_path, capsys):
     out = tmp_path / "report.html"
     assert main(["report", "--runs", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert f"revlens: error: {tmp_path / 'nowhere'}: no such run folder" in capsys.readouterr().err
+    assert not out.exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"experiment": "weight-dynamics", "final_entry": 0.9}))
+    assert main(["report", "--runs", str(run), str(run), "--out", str(out)]) == 2
+    assert f"revlens: error: {run}: given twice to --runs" in capsys.readouterr().err
     assert not out.exists()
 
 
