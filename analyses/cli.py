@@ -599,11 +599,11 @@ def _check_inputs(args: argparse.Namespace) -> None:
     from analyses.runfolder import check_run, find_run_root
 
     finetuned = getattr(args, "finetuned", None)
-    if args.command == "compare":
+    if finetuned:
         from analyses.compare import finetuned_folders
 
-        finetuned_folders(finetuned)  # a folder given twice would be two identical rows
-    for folder in finetuned if isinstance(finetuned, list) else [finetuned] if finetuned else []:
+        finetuned = finetuned_folders(finetuned)  # a folder given twice would be two identical rows
+    for folder in finetuned or []:
         check_run(folder, "the --finetuned folder")
         if args.command == "compare":
             from analyses.compare import read_probe_run

@@ -75,6 +75,15 @@ def test_bad_arguments_name_the_problem(args, message, tmp_path, capsys):
     assert "Traceback" not in result.stderr
 
 
+def test_a_finetuned_folder_given_twice_to_mitigations_is_refused_before_the_run(tmp_path, capsys):
+    folder = tmp_path / "finetuned"
+    folder.mkdir()
+    result = revlens_in_process(capsys, "reproduce", "mitigations", "--out", str(tmp_path / "out"), "--quiet",
+                                "--finetuned", str(folder), str(tmp_path / "." / "finetuned"), check=False)
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    assert f"{folder}: given twice to --finetuned" in result.stderr
+
+
 def test_checkpoint_every_leaves_intermediate_checkpoints_to_resume_from(tmp_path):
     from analyses.cli import main
     from models.checkpoint import list_checkpoints
