@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="trials at once (default: CPUs / --threads-per-trial)")
     sweep.add_argument("--threads-per-trial", type=_positive_int, default=1, help="torch threads per trial (default 1)")
     sweep.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0,
-                       help="GPUs per trial (default 0; CPU)")
+                       help="GPUs per trial, at most 1 (default 0: CPU; 0.5: two trials share a GPU)")
     sweep.add_argument("--retries", type=_non_negative_int, default=3,
                        help="reruns of a trial whose runner died (default 3)")
 

@@ -605,8 +605,11 @@ def check_resources(resources: Resources) -> None:
     if resources.gpus and resources.address is None:
         local = local_gpus()
         if resources.gpus > local:  # Ray would hold every trial pending forever
-            raise SweepError(f"--gpus-per-trial {resources.gpus:g}: more than the {local} CUDA device(s) of this machine"
-                             + (" (or torch built without CUDA)" if local == 0 else ""))
+            raise SweepError(f"--gpus-per-trial {resources.gpus:g}: more than the {local} CUDA device(s) of this "
+                             "machine" + (" (or torch built without CUDA)" if local == 0 else ""))
+    if resources.gpus > 1:  # `with_resources` runs each trial on cuda, the first of the GPUs Ray gives it
+        raise SweepError(f"--gpus-per-trial {resources.gpus:g}: a trial runs on one GPU, so the others reserved for "
+                         "it would sit idle; give at most 1 (a fraction such as 0.5 runs trials side by side on one GPU)")
     cores = os.cpu_count() or 1
     if resources.address is None and (resources.workers or 1) * resources.threads > cores:
         raise SweepError(f"--workers {resources.workers} × --threads-per-trial {resources.threads} > the {cores} cores "

@@ -762,12 +762,14 @@ def attribution_patch(
                 gradient = torch.zeros_like(corrupted)
             if site == "z":
                 per_head: Float[Tensor, "batch pos head d_head"] = clean_cache[name] - corrupted
-                rows.append(einops.einsum(per_head.double(), gradient.double(), "b p h d, b p h d -> h"))
+                rows.append(einops.einsum(per_head.cpu().double(), gradient.cpu().double(),  # MPS has no float64
+                                          "b p h d, b p h d -> h"))
             else:
                 width_corrupt = corrupted.shape[1]
                 picked = slice(width_corrupt - width - shift, width_corrupt - shift)
                 per_position: Float[Tensor, "batch width d_model"] = clean_cache[name][:, aligned] - corrupted[:, picked]
-                rows.append(einops.einsum(per_position.double(), gradient[:, picked].double(), "b w d, b w d -> w"))
+                rows.append(einops.einsum(per_position.cpu().double(), gradient[:, picked].cpu().double(),
+                                          "b w d, b w d -> w"))  # float64 on the CPU: MPS has none
         results[site] = Patching(
             metric=(base + torch.stack(rows)).float().cpu(), layers=chosen, axis="head" if site == "z" else "pos",
             site=site, clean=float(metric(clean_logits)), corrupt=base,

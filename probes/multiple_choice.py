@@ -68,10 +68,10 @@ def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: 
             chunk = rows[start : start + batch_size]
             tokens: Int[Tensor, "batch pos"] = torch.tensor([list(prompts[r]) for r in chunk], device=model.cfg.device)
             if is_hooked(model):
-                logits = hooked_readout(model, model(tokens, stop_at_layer=model.cfg.n_layers)[:, -1]).double()
+                logits = hooked_readout(model, model(tokens, stop_at_layer=model.cfg.n_layers)[:, -1])
             else:
-                logits = model(tokens)[:, -1].double()
-            out[chunk] = logits[:, index].softmax(-1).cpu()
+                logits = model(tokens)[:, -1]
+            out[chunk] = logits[:, index].cpu().double().softmax(-1)  # float64 on the CPU: MPS has none
     return out
 
 
@@ -110,7 +110,7 @@ def _shared_stem_letters(model: Any, prompts: Sequence[Sequence[int]], stems: Se
                     last = torch.zeros(tokens.shape, dtype=torch.bool, device=device)
                     last[:, -1] = True
                     logits = scorer.extend(cache, torch.tensor([s for s, _ in part], device=device), tokens, last)
-                    out[[row for _, row in part]] = logits.double()[:, index].softmax(-1).cpu()
+                    out[[row for _, row in part]] = logits[:, index].cpu().double().softmax(-1)
 
 
 __all__ = ["letter_probabilities", "letter_tokens"]

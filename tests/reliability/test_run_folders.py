@@ -462,6 +462,8 @@ SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
     ("reproduce reversal", ("reproduce", "reversal", *TINY[:2], "--pairs", "1"),
      "--pairs 1: the reversal world needs at least 2 pairs"),
     ("sweep", (*SWEEP, "--gpus-per-trial", "1000"), "--gpus-per-trial 1000: more than the "),
+    ("sweep", (*SWEEP, "--gpus-per-trial", "2", "--address", "127.0.0.1:1"),
+     "--gpus-per-trial 2: a trial runs on one GPU"),
     ("sweep", (*SWEEP, "--gpus-per-trial", "-1"), "argument --gpus-per-trial: must be a finite number ≥ 0, got -1"),
     ("sweep", (*SWEEP, "--gpus-per-trial", "nan"), "argument --gpus-per-trial: must be a finite number ≥ 0, got nan"),
     ("sweep", (*SWEEP, "--retries", "-1"), "argument --retries: must be ≥ 0, got -1"),
