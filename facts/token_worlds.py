@@ -19,6 +19,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -36,6 +37,7 @@ TRAIN_FRACTION = 0.7
 class TokenVocab:
     """Maps entity and relation names of token worlds to ids: relations first, then entities."""
 
+    answers_read_alone: ClassVar[bool] = True  # an entity's ids are the same after any prompt
     n_entity_tokens: int = N_ENTITY_TOKENS
     relations: tuple[str, ...] = RELATIONS
 

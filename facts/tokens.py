@@ -42,7 +42,10 @@ class FactTokenizer(Protocol):
     """Turns one directed statement of a fact set into an :class:`Example`.
 
     ``answer`` replaces the statement's true answer entity (a candidate or a control), so
-    probes can score any entity in the answer slot of the same prompt.
+    probes can score any entity in the answer slot of the same prompt. A tokenizer whose answer
+    tokens never depend on the prompt before them (a token world's entity ids) says so with a
+    true ``answers_read_alone``; without it, probes tokenize each answer after each prompt (a text
+    tokenizer reads prompt and answer as one text: :func:`facts.language.encode_pair`).
     """
 
     def example(self, facts: FactSet, index: int, direction: Direction, answer: str | None = None) -> Example: ...

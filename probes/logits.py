@@ -95,19 +95,25 @@ def _shared_answer_ids(
     facts: FactSet, tokenizer: FactTokenizer, statements: Sequence[Statement], truths: Sequence[Example],
     candidates: Sequence[str],
 ) -> Tensor | None:
-    """Candidate token ids when every candidate is one token whatever the prompt, else None.
+    """Candidate token ids when every candidate is one token, the same after every prompt, else None.
 
-    Candidates are tokenized once, after the first prompt; the guard checks that every
-    statement's own answer tokenizes to the same id after its own prompt.
+    Candidates are tokenized after the first prompt. Every statement's own answer is checked
+    against those ids after its own prompt; unless the tokenizer reads answers alone
+    (``answers_read_alone``: a token world's), so is every candidate after every prompt, as the
+    pair-by-pair path would tokenize them (a text tokenizer can read a candidate differently after
+    another template's last characters).
     """
     index, direction = statements[0]
     ids = [tokenizer.example(facts, index, direction, c).answer for c in candidates]
     if any(len(i) != 1 for i in ids):
         return None
     by_name = {c: i[0] for c, i in zip(candidates, ids)}
+    alone = getattr(tokenizer, "answers_read_alone", False)
     for (index, direction), truth in zip(statements, truths):
         answer = facts[index].given_and_answer(direction)[2]
         if answer in by_name and truth.answer != (by_name[answer],):
+            return None
+        if not alone and any(tokenizer.example(facts, index, direction, c).answer != (by_name[c],) for c in candidates):
             return None
     return torch.tensor([by_name[c] for c in candidates])
 

@@ -64,6 +64,37 @@ def test_multi_token_answers_sum_over_tokens_and_rank_by_teacher_forcing(vocab):
     assert first == pytest.approx(expected, abs=1e-5)
 
 
+class WordsAfterCalled:
+    """A word-level text tokenizer that reads "Bo" as another token after "called": an answer whose id depends on
+    the prompt before it, as a subword tokenizer's can depend on a template's last characters."""
+
+    words = ("x", "y", "is", "called", "Ann", "Bo", "Cy", "Bo-after-called")
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        words = text.split()
+        return [self.words.index("Bo-after-called" if word == "Bo" and before == "called" else word)
+                for before, word in zip([None, *words], words)]
+
+
+def test_one_token_candidates_are_tokenized_after_every_prompt_of_a_text_tokenizer():
+    """The shared-ids shortcut may not score "Bo" after "y called" as the "Bo" of "x is": each candidate is scored
+    as its own prompt reads it, as pair-by-pair teacher forcing does. The truths (Ann, Cy) read the same after
+    both prompts, so checking them alone does not show it."""
+    from facts.language import TemplateTokenizer
+    from facts.schema import Fact
+    from probes.logits import answers_logprobs
+
+    facts = FactSet((Fact("x", "r", "Ann"), Fact("y", "s", "Cy")))
+    templates = {"r": ("{given} is {answer}",), "s": ("{given} called {answer}",)}
+    tokenizer = TemplateTokenizer(WordsAfterCalled(), templates)
+    model = build_model("one-layer", len(WordsAfterCalled.words), seed=0)
+    statements, candidates = [(0, "forward"), (1, "forward")], ["Ann", "Bo", "Cy"]
+    shared = candidate_logprobs(model, facts, tokenizer, statements, candidates)
+    pairwise = answers_logprobs(model, facts, tokenizer, statements, [candidates] * 2)
+    assert tokenizer.example(facts, 1, "forward", "Bo").answer == (7,)
+    assert torch.allclose(shared, pairwise, atol=1e-5)
+
+
 def test_margin_over_controls_is_positive_when_trained_and_not_when_held_out(table):
     trained, heldout = table[table.trained], table[~table.trained]
     assert (trained.margin > 5).all()
