@@ -347,19 +347,12 @@ def _checkpoint_meta(model: Path) -> dict | None:
 
 
 def _declared_layers(model: str) -> int | None:
-    """The layer count a pretrained model's ``config.json`` declares (a local folder, or a GGUF file read
-    before and cached as one), read without its weights; None where it is not known that cheaply."""
-    import json
+    """The layer count a pretrained model declares (:func:`models.pretrained.declared_config`: a folder's
+    ``config.json`` or a GGUF's metadata, without its weights); None where it declares none."""
+    from models.pretrained import declared_config
 
-    from models.pretrained import declared_config_folder
-
-    folder = declared_config_folder(model)
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder is not None else None
-    except (OSError, ValueError):
-        return None
-    config = config.get("text_config", config) if isinstance(config, dict) else {}
-    layers = config.get("num_hidden_layers", config.get("n_layer")) if isinstance(config, dict) else None
+    config = declared_config(model)
+    layers = getattr(config.get_text_config(), "num_hidden_layers", None) if config is not None else None
     return layers if isinstance(layers, int) and layers > 0 else None
 
 

@@ -434,23 +434,24 @@ def training_examples(questions: QuestionSet, config: FinetuneConfig, tokenizer,
 
 def check_model_options(config: FinetuneConfig) -> None:
     """Refuse ``trainable_blocks`` above the model's layer count and ``lora_targets`` that are no linear
-    layer of its blocks, from the model's declared ``config.json`` (the model built on the meta device:
-    no weight is read), before any folder is touched. Skipped where the configuration cannot be read
-    without parsing the weights (a GGUF file not read before); the load then checks both."""
+    layer of its blocks, from the configuration the model declares (:func:`models.pretrained.declared_config`:
+    a folder's ``config.json`` or a GGUF's metadata; the model built on the meta device, no weight read),
+    before any folder is touched. Where no configuration can be read, or the architecture cannot be built
+    without its weights, the load checks both."""
     if config.trainable_blocks is None and config.lora_targets is None:
         return
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from models.hf_training import decoder_blocks, lora_target_names
-    from models.pretrained import declared_config_folder
+    from models.pretrained import declared_config
 
-    folder = declared_config_folder(config.model)
-    if folder is None:
+    declared = declared_config(config.model)
+    if declared is None:
         return  # the load checks both
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+            model = AutoModelForCausalLM.from_config(declared)
         n_blocks, valid = len(decoder_blocks(model)), lora_target_names(model)
     except Exception:  # an architecture this cannot build without its weights: the load checks both
         return

@@ -89,6 +89,7 @@ from jaxtyping import Float
 from safetensors import SafetensorError
 from torch import Tensor
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     GgufConfig,
@@ -533,21 +534,27 @@ def _cached_entry(path: Path) -> gguf_cache.Entry | None:
     return gguf_cache.find(path, _sha256(path, _file_stamp(path))) if gguf_cache.root() is not None else None
 
 
-def declared_config_folder(name_or_path: str | os.PathLike[str]) -> Path | None:
-    """The folder of the ``config.json`` a model declares, read without its weights: a local Hugging Face
-    folder, or a GGUF file's cache entry (:mod:`models.gguf_cache`) where the file was read before; None
-    otherwise, or when the name does not resolve (the load then says why). What the CLI checks options
-    against (layer counts, linear-layer names) before any folder is touched."""
+def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | None:
+    """The configuration a pretrained model declares, read without its weights; what the CLI checks options
+    against (layer counts, linear-layer names) before any folder is touched. A local Hugging Face folder's
+    ``config.json``; a GGUF file's cache entry (:mod:`models.gguf_cache`) where the file was read before, else
+    its metadata parsed for the configuration alone (1.2 CPU s for SmolLM2, 4.8 s for Gemma 3; the load then
+    parses the file again). None when the name does not resolve or the files give no configuration (the load
+    then says why)."""
     try:
         source = resolve(name_or_path)
     except PretrainedLoadError:
         return None
-    if source.is_gguf:
-        entry = _cached_entry(source.path)
-        folder = None if entry is None else entry.folder
-    else:
-        folder = source.path
-    return folder if folder is not None and (folder / "config.json").is_file() else None
+    entry = _cached_entry(source.path) if source.is_gguf else None
+    folder = source.path if not source.is_gguf else None if entry is None else entry.folder
+    try:
+        if folder is not None:
+            return AutoConfig.from_pretrained(folder, local_files_only=True) if (folder / "config.json").is_file() \
+                else None
+        with _one_gguf_parse(source.path):
+            return AutoConfig.from_pretrained(source.path.parent, gguf_file=source.path.name, local_files_only=True)
+    except (ValueError, OSError, KeyError):
+        return None
 
 
 def _entry_model(entry: gguf_cache.Entry) -> PreTrainedModel | None:

@@ -501,6 +501,34 @@ def test_a_refused_option_leaves_the_previous_run_byte_identical(finished, tmp_p
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("model, args, named", [
+    ("smollm2-135m", ("probe", "--controls", "1", "--patch-layers", "30"),
+     "--patch-layers 30: out of range; this model has layers 0…29"),
+    ("smollm2-135m", ("finetune-facts", "--controls", "1", "--trainable-blocks", "31"),
+     "--trainable-blocks 31: smollm2-135m has 30 blocks; use 1…30"),
+    ("smollm2-135m", ("finetune-facts", "--controls", "1", "--lora-rank", "2", "--lora-targets", "qkv"),
+     "--lora-targets qkv: not linear layers of smollm2-135m's blocks; valid: down_proj, gate_proj, k_proj"),
+    ("gemma3-270m", ("finetune-facts", "--controls", "1", "--trainable-blocks", "19"),
+     "--trainable-blocks 19: gemma3-270m has 18 blocks; use 1…18"),
+], ids=["smollm2-patch-layers", "smollm2-trainable-blocks", "smollm2-lora-targets", "gemma3-trainable-blocks"])
+def test_options_of_a_gguf_never_read_before_are_checked_before_the_folder(tmp_path, capsys, monkeypatch, model,
+                                                                           args, named):
+    """With no cache entry for the GGUF file (an empty cache, as on a new machine), the layer counts and
+    linear-layer names are read from the file's metadata (its configuration only: no weight is
+    dequantised, nothing is cached), so the refusal still comes before the previous run in --out is
+    touched."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["make-facts", "people", "--size", "2", "--out", "people.jsonl"]) == 0
+    out = tmp_path / "previous"
+    before = previous_run(out, args[0])
+    capsys.readouterr()
+    code, _, err = revlens(capsys, *args, "--model", model, "--facts", "people.jsonl", "--out", out, "--threads", "1")
+    assert code == 2 and named in one_error_line(err), err
+    assert contents(out) == before
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
+
+
 def test_make_facts_refuses_an_out_that_is_a_run_folder(tmp_path, capsys):
     """`make-facts --format berglund --out RUN` would write its folder's files into the run itself."""
     out = tmp_path / "run"
