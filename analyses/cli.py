@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from analyses.experiments import ALL_OPTIONS, EXPERIMENTS, REPRODUCE, REPRODUCE_ALL
 from analyses.experiments import non_negative_float as _non_negative_float
@@ -17,6 +17,9 @@ from analyses.experiments import non_negative_int as _non_negative_int
 from analyses.experiments import positive_float as _positive_float
 from analyses.experiments import positive_int as _positive_int
 from analyses.experiments import seed as _seed
+
+if TYPE_CHECKING:
+    from analyses.sweep import Sweep
 
 FOLDER_COMMANDS = ("reproduce", "check-asymmetry", "finetune-facts", "probe", "compare")
 """Commands that write a run folder (:mod:`analyses.runfolder`); make-facts and report write one file."""
@@ -445,6 +448,7 @@ def _sweep(args: argparse.Namespace) -> int:
     resources = sweeps.Resources(address=args.address, workers=args.workers, threads=args.threads_per_trial,
                                  gpus=args.gpus_per_trial, retries=args.retries)
     sweeps.check_resources(resources)
+    _check_grid_points(sweep, on_cluster=args.address is not None)
     if args.address:
         sweeps.check_address(args.address)
     summary = sweeps.run_sweep(sweeps.with_resources(sweep, resources), args.out, resources)
@@ -456,6 +460,26 @@ def _sweep(args: argparse.Namespace) -> int:
                            f"the aggregate holds the {summary['n_finished']} that finished; rerun the same command to "
                            f"retry the others")
     return 0
+
+
+def _check_grid_points(sweep: Sweep, on_cluster: bool) -> None:
+    """Check each grid point's command as the command checks its own (:func:`_check_inputs`, at the sweep's
+    first seed) before Ray starts or the sweep folder is touched, so a value that every trial of its point
+    would refuse (``--grid k=50``: sentences too long for the model) is refused once, naming the point. On a
+    cluster (``--address``) the trials' device is the nodes', so ``--device`` is left to them."""
+    from analyses.sweep import SweepError, Trial
+
+    parser = build_parser()
+    for point in sweep.points():
+        trial = Trial(point, sweep.seeds[0])
+        args = parser.parse_args(trial.argv(sweep.experiment, Path("trial"), 1))
+        if on_cluster and getattr(args, "device", None):
+            args.device = None
+        try:
+            _check_inputs(args)
+        except (ValueError, OSError) as error:
+            where = ", ".join(f"{key}={value}" for key, value in point) or "the defaults"
+            raise SweepError(f"--grid {where}: {_message(error)}") from None
 
 
 def _reproduce_all_seeds(args: argparse.Namespace) -> int:

@@ -312,7 +312,7 @@ def test_a_change_of_the_mlp_output_weights_is_read_exactly(tiny_before_after, w
             change = after.blocks[1].mlp(x[:, None]) - before.blocks[1].mlp(x[:, None])
         target = before.W_U[:, vocab.entity_ids(world[index].object)[0]] * before.ln_final.w
         target = target - target.mean()
-        assert float(mlp.entry_ab[index]) == pytest.approx(float(change[0, 0] @ target), rel=1e-4, abs=1e-6)
+        assert float(mlp.entry_ab[index]) == pytest.approx(float((change[0, 0] @ target).detach()), rel=1e-4, abs=1e-6)
 
 
 def test_training_moves_the_trained_direction_not_the_held_out_one(tiny_before_after, world, vocab):

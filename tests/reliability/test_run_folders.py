@@ -467,6 +467,11 @@ SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
     ("sweep", (*SWEEP, "--gpus-per-trial", "-1"), "argument --gpus-per-trial: must be a finite number ≥ 0, got -1"),
     ("sweep", (*SWEEP, "--gpus-per-trial", "nan"), "argument --gpus-per-trial: must be a finite number ≥ 0, got nan"),
     ("sweep", (*SWEEP, "--retries", "-1"), "argument --retries: must be ≥ 0, got -1"),
+    ("sweep", (*SWEEP, "--grid", "k=1,50"),
+     "--grid k=50: --k 50: sentences of 101 tokens do not fit the 'tiny' model's context of 32"),
+    ("sweep", (*SWEEP, "--grid", "device=cuda:1000"), "--grid device=cuda:1000: --device cuda:1000: "),
+    ("sweep", (*SWEEP, "--grid", "device=cuda:1000", "--address", "127.0.0.1:1"),
+     "--address 127.0.0.1:1: nothing answers"),  # on a cluster, the device is the nodes'
     ("sweep", ("sweep", "reversal", "--seeds", "0-12000"), "--seeds '0-12000': more than 10000 seeds"),
     ("sweep", ("sweep", "reversal", "--seeds", ""), "--seeds '': no seeds given"),
 ])
