@@ -9,17 +9,18 @@ import torch
 
 from models.bilinear import BilinearModel
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore_model
-from models.transformer import build_model
+from models.transformer import build_model, default_device
 
 
 def build_from_card(card: dict[str, Any], device: Any = None) -> torch.nn.Module:
-    """A fresh model of the architecture a model card describes (weights not loaded)."""
+    """A fresh model of the architecture a model card describes (weights not loaded), on ``device``
+    (default: CUDA when present, else the CPU, for either kind)."""
     kind = card.get("kind")
     if kind == "hooked":
         return build_model(card["name"], card["d_vocab"], card.get("positional", "absolute"), card.get("seed", 0),
                            device, card.get("n_layers"))
     if kind == "bilinear":
-        return BilinearModel(card["d_vocab"], card["d_model"], card.get("seed", 0), device)
+        return BilinearModel(card["d_vocab"], card["d_model"], card.get("seed", 0), device or default_device())
     raise CheckpointError(f"model card of kind {kind!r} cannot be rebuilt; expected 'hooked' or 'bilinear'")
 
 
