@@ -28,6 +28,10 @@ How a model is built. transformers reads the weights (GGUF files dequantised to 
   Note that ``HookedTransformer`` keeps W_E and W_U as separate parameters even where the HF
   model ties them (SmolLM2 and Gemma do), so it holds more float32 than the HF model.
   OLMo 2 and other architectures it has no converter for are refused, pointing to the bridge.
+  So are configs whose features the converter would drop without an error (:func:`hooked_conversion_gaps`:
+  RoPE scaling other than Llama's llama3, Gemma 3's per-layer-type RoPE scaling among it; Llama's
+  attention/MLP biases, Gemma's attention biases), by :func:`check_hooked_config`, before any weight is
+  converted (a folder's: before any is read; :func:`check_hooked_convertible` from a model's files alone).
 - ``"bridge"``: ``TransformerBridge.boot_transformers`` wraps a fresh HF model (it edits that
   model's module tree in place, so it never shares one with :func:`load_hf`); it picks its
   adapter from ``config.architectures``, which GGUF-built configs leave empty and we fill in.
@@ -131,6 +135,26 @@ _WHAT_TO_PASS = (
 )
 _HOOKED_DEPRECATION = r"HookedTransformer(\.from_pretrained)? is deprecated"
 _NAME_ONLY_ARCHITECTURES = frozenset({"GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"})
+_HOOKED_ROPE_TYPES = {"LlamaForCausalLM": ("default", "llama3")}
+"""The RoPE types TransformerLens 3.9's converter carries, by architecture (else "default" alone): it reads
+llama3 scaling for Llama only (``_apply_llama3_rope_scaling``) and drops ``linear``, ``yarn``, ``dynamic``,
+``longrope`` and llama3 elsewhere; see :func:`hooked_conversion_gaps`."""
+_HOOKED_PER_LAYER_ROPE = frozenset({"Gemma3ForCausalLM"})
+"""Architectures whose per-layer-type ``rope_parameters`` the converter carries (:func:`_gemma_config`: the
+``full_attention`` base on global layers, the ``sliding_attention`` base on local ones)."""
+_HOOKED_PARTIAL_ROTARY = frozenset({"GPTNeoXForCausalLM"})
+"""Architectures whose ``partial_rotary_factor`` (rotary on part of each head) the converter carries."""
+_HOOKED_BIAS_FLAGS = {
+    "LlamaForCausalLM": {"attention_bias": False, "mlp_bias": False},
+    "GemmaForCausalLM": {"attention_bias": False},
+    "Gemma2ForCausalLM": {"attention_bias": False},
+    "Gemma3ForCausalLM": {"attention_bias": False},
+    "Qwen3ForCausalLM": {"attention_bias": False},
+    "GPTNeoXForCausalLM": {"attention_bias": True},
+}
+"""The bias switches of a config the converter carries, by architecture: the one value whose weights it reads
+(Llama's, Gemma's and Qwen3's converters read no bias; GPT-NeoX's reads the q/k/v and output biases and fails
+without them). Qwen2's q/k/v biases and Mistral's none are fixed by transformers, not switched: carried."""
 
 
 class PretrainedLoadError(ValueError):
@@ -538,9 +562,9 @@ def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | 
     """The configuration a pretrained model declares, read without its weights; what the CLI checks options
     against (layer counts, linear-layer names) before any folder is touched. A local Hugging Face folder's
     ``config.json``; a GGUF file's cache entry (:mod:`models.gguf_cache`) where the file was read before, else
-    its metadata parsed for the configuration alone (1.2 CPU s for SmolLM2, 4.8 s for Gemma 3; the load then
-    parses the file again). None when the name does not resolve or the files give no configuration (the load
-    then says why)."""
+    its metadata parsed for the configuration alone (1.2 CPU s for SmolLM2, 4.8 s for Gemma 3, once per process:
+    the configuration is kept for later calls; the load parses the file again). None when the name does not
+    resolve or the files give no configuration (the load then says why). A new object each call."""
     try:
         source = resolve(name_or_path)
     except PretrainedLoadError:
@@ -551,10 +575,17 @@ def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | 
         if folder is not None:
             return AutoConfig.from_pretrained(folder, local_files_only=True) if (folder / "config.json").is_file() \
                 else None
-        with _one_gguf_parse(source.path):
-            return AutoConfig.from_pretrained(source.path.parent, gguf_file=source.path.name, local_files_only=True)
+        key = (source.path, _file_stamp(source.path))
+        if key not in _GGUF_DECLARED_CONFIGS:
+            with _one_gguf_parse(source.path):
+                _GGUF_DECLARED_CONFIGS[key] = AutoConfig.from_pretrained(source.path.parent, gguf_file=source.path.name,
+                                                                         local_files_only=True)
+        return copy.deepcopy(_GGUF_DECLARED_CONFIGS[key])
     except (ValueError, OSError, KeyError):
         return None
+
+
+_GGUF_DECLARED_CONFIGS: dict[tuple[Path, tuple[int, int]], PretrainedConfig] = {}  # kept by declared_config
 
 
 def _entry_model(entry: gguf_cache.Entry) -> PreTrainedModel | None:
@@ -666,6 +697,8 @@ def load(
         raise ValueError(f"backend must be 'hooked' or 'bridge', not {backend!r}")
     source = resolve(name_or_path)
     device = torch.device(device or default_device())
+    if gives_hooked_transformer(backend) and not source.is_gguf:
+        _check_declared_config(source)  # config.json, before any weight is read (a GGUF's: before any is converted)
     if source.is_gguf:
         hf_model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=False)
     else:
@@ -673,7 +706,7 @@ def load(
     release_after_loading(hf_model)  # what reading the file freed, before the conversion allocates
     if gives_hooked_transformer(backend):
         prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
-        cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype)
+        cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype, source.name)
         del hf_model  # ours alone: its weights live on only where the state dict holds them (mostly as views)
         model = _hooked_from(cfg, state_dict, tokenizer, source, prepend_bos, process_weights, take=True)
     else:
@@ -726,7 +759,7 @@ def _to_hooked(
     """Convert an HF model with TransformerLens's own config and weight converters (weights copied,
     unless ``take``: see :func:`to_hooked`)."""
     prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
-    cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype)
+    cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype, source.name)
     return _hooked_from(cfg, state_dict, tokenizer, source, prepend_bos, process_weights, take=take)
 
 
@@ -797,10 +830,102 @@ def _take_weights(model: HookedTransformer, state_dict: dict[str, Tensor], copy:
     model.load_state_dict(tensors, strict=False, assign=True)  # one walk of the module tree, not one per key
 
 
+def hooked_conversion_gaps(config: PretrainedConfig, architecture: str | None = None) -> list[str]:
+    """What TransformerLens 3.9's ``HookedTransformer`` converter would drop from ``config``, silently: each
+    as ``"field = value"`` (empty when it carries all of what is checked). ``architecture``: the
+    transformers class ("LlamaForCausalLM"), by default the config's own (:func:`_config_architecture`).
+
+    What the converter carries, measured on tiny random models against transformers (max |Δ log-softmax|
+    over 100 tokens, float32; the cases of tests/models/test_unconverted_configs.py): RoPE of type
+    ``default`` everywhere, and ``llama3`` on Llama (the same ~1e-4 of float32 rounding as default); per
+    layer type only Gemma 3's ``full_attention``/``sliding_attention`` bases; ``partial_rotary_factor`` on
+    GPT-NeoX only. What it drops: every other RoPE type (``linear`` ×8 on Llama: 17.7; ``yarn`` ×4 on Qwen2:
+    16.2; llama3 on Qwen2 or Mistral: 17.7, 18.4; ``linear`` ×8 on Gemma 3's global layers: 3.4, on its local
+    ones: 4.2); ``dynamic`` too, refused although within the context (the only length a HookedTransformer
+    runs: past ``n_ctx`` it fails) transformers computes it as the default RoPE, since nothing past the
+    context was shown exact; Llama's ``attention_bias``/``mlp_bias`` (12.0 / 6.5) and Gemma's
+    ``attention_bias`` (10.4): see :data:`_HOOKED_BIAS_FLAGS`.
+    """
+    architecture = architecture or _config_architecture(config)
+    gaps = []
+    rope = getattr(config, "rope_parameters", None) or {}
+    per_layer = {key: value for key, value in rope.items() if isinstance(value, dict)}
+    if per_layer and architecture not in _HOOKED_PER_LAYER_ROPE:
+        gaps.append(f"per-layer-type rope_parameters {rope!r}")
+    types = _HOOKED_ROPE_TYPES.get(architecture, ("default",))
+    for where, parameters in (per_layer.items() if per_layer else [(None, rope)]):
+        field = "rope_parameters" + ("" if where is None else f"[{where!r}]")
+        kind = parameters.get("rope_type", parameters.get("type", "default"))
+        if kind not in types:
+            scaling = ", ".join(f"{key} {value!r}" for key, value in parameters.items()
+                                if key not in ("rope_type", "type", "rope_theta") and value is not None)
+            gaps.append(f"{field}['rope_type'] = {kind!r}" + (f" ({scaling})" if scaling else ""))
+        partial = parameters.get("partial_rotary_factor", 1.0)
+        if partial not in (None, 1, 1.0) and architecture not in _HOOKED_PARTIAL_ROTARY:
+            gaps.append(f"{field}['partial_rotary_factor'] = {partial!r}")
+    for flag, carried in _HOOKED_BIAS_FLAGS.get(architecture, {}).items():
+        value = getattr(config, flag, carried)
+        if value is not None and bool(value) != carried:
+            gaps.append(f"{flag} = {value!r}")
+    return gaps
+
+
+BRIDGE_ADVICE = ("load it with backend='bridge' (--backend bridge), which runs the HF modules and computes them "
+                 "exactly")
+"""What a refusal of :func:`check_hooked_config` advises, unless the caller has no bridge to offer."""
+
+
+def check_hooked_config(name: str, config: PretrainedConfig, architecture: str | None = None,
+                        advice: str = BRIDGE_ADVICE) -> None:
+    """Refuse, with :class:`PretrainedLoadError`, a model ``name`` whose ``config`` holds something TransformerLens
+    3.9's converter drops (:func:`hooked_conversion_gaps`): its ``HookedTransformer`` would compute other
+    log-probabilities, with no error. Asked by every hooked conversion (:func:`load`, :func:`to_hooked`) before
+    any weight is converted, and by :func:`check_hooked_convertible` from a model's files. Under TransformerLens
+    4 "hooked" is the bridge, which runs the transformers modules: nothing is refused."""
+    if TL_MAJOR >= 4:
+        return
+    architecture = architecture or _config_architecture(config)
+    gaps = hooked_conversion_gaps(config, architecture)
+    if gaps:
+        raise PretrainedLoadError(
+            f"TransformerLens's HookedTransformer cannot convert {architecture} ({name}: its config sets "
+            f"{'; '.join(gaps)}, which TransformerLens 3.9's converter does not carry: the HookedTransformer's "
+            f"log-probabilities would not be the model's); {advice}."
+        )
+
+
+def check_hooked_convertible(name_or_path: str | os.PathLike[str], advice: str = BRIDGE_ADVICE) -> None:
+    """:func:`check_hooked_config` from the configuration a model's files declare (:func:`declared_config`),
+    before any weight is read: for a command to refuse ``backend="hooked"`` before it loads anything.
+    Nothing is refused where no configuration can be read (the load then asks the model's own)."""
+    try:
+        source = resolve(name_or_path)
+    except PretrainedLoadError:
+        return  # the load says why
+    _check_declared_config(source, advice)
+
+
+def _check_declared_config(source: ModelSource, advice: str = BRIDGE_ADVICE) -> None:
+    """:func:`check_hooked_config` on the configuration ``source``'s files declare, where they declare one."""
+    config = declared_config(source.path)
+    if config is not None:
+        check_hooked_config(source.name, config, advice=advice)
+
+
+def _config_architecture(config: PretrainedConfig) -> str:
+    """The transformers class a config names (its ``architectures``, else its ``model_type``'s causal LM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    declared = getattr(config, "architectures", None)
+    return str(declared[0] if declared else MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, ""))
+
+
 def _hooked_config_and_weights(
-    hf_model: PreTrainedModel, device: torch.device, dtype: torch.dtype
+    hf_model: PreTrainedModel, device: torch.device, dtype: torch.dtype, name: str = "this model"
 ) -> tuple[HookedTransformerConfig, dict[str, Tensor]]:
-    """TransformerLens's config and state dict for ``hf_model``, built without the network.
+    """TransformerLens's config and state dict for ``hf_model`` (``name``: for a refusal), built without the network.
+
+    A config whose features the converter drops is refused first (:func:`check_hooked_config`).
 
     TransformerLens reads a local folder's ``config.json`` with ``AutoConfig``; the HF config is
     written to a fresh temporary folder for it (its name is neutral: TransformerLens guesses
@@ -809,6 +934,7 @@ def _hooked_config_and_weights(
     length is the HF config's (``max_position_embeddings``, from a GGUF its ``context_length``).
     """
     architecture = type(hf_model).__name__
+    check_hooked_config(name, hf_model.config, architecture)  # before any weight is converted
     if architecture in _NAME_ONLY_ARCHITECTURES:
         family = _official_name_for(architecture)
         cfg = _gemma_config(family, hf_model.config, device, dtype)

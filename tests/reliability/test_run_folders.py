@@ -454,6 +454,10 @@ SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
      "question; use --controls 2"),
     ("probe", (*PROBE, "--patch-layers", "99"), "--patch-layers 99: out of range; this model has layers 0…1"),
     ("probe", (*PROBE, "--patch-layers", "0", "-1"), "--patch-layers -1: out of range"),
+    *[(kind, args, "cannot convert LlamaForCausalLM (rope: its config sets rope_parameters['rope_type'] = 'linear'")
+      for kind, args in (("probe", ("probe", "--model", "rope", "--facts", "people.jsonl", "--controls", "1")),
+                         ("check-asymmetry", (*ASYM[:2], "rope", *ASYM[3:], "--backend", "hooked")),
+                         ("finetune-facts", ("finetune-facts", "--model", "rope", *FT[3:])))],
     ("probe", ("probe", "--model", "run/checkpoints", "--facts", "other.jsonl", "--controls", "2"),
      "--facts other.jsonl: not the facts the checkpoint was trained on"),
     ("reproduce reversal", ("reproduce", "reversal", *TINY, "--lr", "nan"), "argument --lr: must be a finite number"),
@@ -491,6 +495,10 @@ def test_a_refused_option_leaves_the_previous_run_byte_identical(finished, tmp_p
     Path("bad_celeb.csv").write_text("child,parent,parent_type,child_prediction,can_reverse\nA,B,aunt,,True\n")
     transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                              num_attention_heads=2, num_key_value_heads=1).save_pretrained("tiny")  # no weights
+    transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1,
+                             rope_parameters={"rope_type": "linear", "factor": 8.0, "rope_theta": 10000.0}
+                             ).save_pretrained("rope")  # RoPE scaling the hooked converter would drop
 
     def no_ray(*_, **__):
         raise AssertionError("Ray started: the sweep was not refused first")
