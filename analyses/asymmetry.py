@@ -22,7 +22,8 @@ a mother's child is asked; seeded; every right answer excluded):
 * ``correct``: greedy decoding from c produces exactly a's tokens (teacher-forced argmax at every
   answer token, as :func:`models.scoring.score_answers` defines it);
 * ``logprob`` = log p(a | c), summed over a's tokens;
-* ``rank`` = 1 + #{j : log p(a'_j | c) > log p(a | c)} ∈ [1, K+1]; chance mean rank (K+2)/2;
+* ``rank`` = 1 + #{j : log p(a'_j | c) ≥ log p(a | c)} ∈ [1, K+1] (a tie ranks above the truth: top-1, rank 1,
+  means it outscores every control); chance mean rank (K+2)/2;
 * ``margin`` = log p(a | c) − mean_j log p(a'_j | c).
 
 Ranking by summed log-probability favours short names; the controls are drawn without regard
@@ -186,7 +187,7 @@ def asymmetry_table(
     ]
     scores = candidate_logprobs_in_processes(model, candidates, processes, batch_size=batch_size, progress=progress)
     truth, others = scores.logprob[:, 0], scores.logprob[:, 1:]
-    rank = 1 + (others > truth[:, None]).sum(1)
+    rank = 1 + (others >= truth[:, None]).sum(1)
     margin = truth - others.mean(1)
     lines = facts.meta.get("line", [None] * len(facts))
     can_reverse = facts.meta.get("can_reverse", [None] * len(facts))

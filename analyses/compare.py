@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analyses.bilinear import BilinearConfig
-from analyses.probe import PRIOR, circuit_summary, logit_summary
+from analyses.probe import PRIOR, circuit_summary, logit_summary, ranked_by_asymmetry
 from analyses.reproduce import RunConfig, _write_json, train_run, write_csv
 from facts.io import save_jsonl
 from facts.schema import FactSet
@@ -91,10 +91,11 @@ def _pooled(by_group: dict[str, dict[str, Any]], split: str) -> dict[str, float]
 def y_circuit_metrics(circuits: pd.DataFrame) -> dict[str, Any]:
     """The circuit part of a row: :func:`analyses.probe.circuit_summary` averaged over the Y
     circuits (OV heads, Θ) — mean z of the trained and of the held-out direction's entry and the
-    asymmetry index — and the single most asymmetric circuit of any kind."""
+    asymmetry index — and the single most asymmetric circuit of any kind among those with a finite
+    asymmetry (:func:`analyses.probe.ranked_by_asymmetry`; None and NaN when none has one)."""
     per_circuit = [r for r in circuit_summary(circuits) if r["n_one_way"]]
     y = [r for r in per_circuit if r["circuit"].split()[0] in Y_CIRCUITS]
-    best = max(per_circuit, key=lambda r: r["asymmetry"], default=None)
+    best = next(iter(ranked_by_asymmetry(per_circuit)), None)
 
     def mean(key: str) -> float:
         return float(pd.Series([r[key] for r in y], dtype=float).mean())
@@ -211,7 +212,9 @@ def tracing_columns(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     ``tracing`` entry (:mod:`analyses.finetune_tracing`; empty without one): after fine-tuning, the
     peak site of the MLP outputs' indirect effect on the trained (forward) answer, the largest restored
     p(answer) anywhere for the trained forward and for the held-out reverse question, and the layer
-    whose weight change (ΔMLP read at the entities) is most asymmetric, with its trained and held-out z."""
+    whose weight change (ΔMLP read at the entities) is most asymmetric, with its trained and held-out z
+    (among layers with a finite asymmetry, :func:`analyses.probe.ranked_by_asymmetry`: a layer whose weights
+    did not change has none; no such layer: None and NaN)."""
     entry = json.loads((Path(run_dir) / "summary.json").read_text()).get("tracing")
     if not isinstance(entry, dict) or "after" not in entry:
         return {}
@@ -224,7 +227,7 @@ def tracing_columns(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
     mlp = forward.get("components", {}).get("mlp_out")
     changes = [r for r in entry.get("weight_change", []) if r["circuit"].startswith("delta_mlp") and r["n_one_way"]]
-    top = max(changes, key=lambda r: r["asymmetry"]) if changes else None
+    top = next(iter(ranked_by_asymmetry(changes)), None)
     return {"forward_peak_mlp": f"L{mlp['peak_layer']} {mlp['peak_bucket']}" if mlp else None,
             "forward_max_restored": most(forward), "reverse_max_restored": most(reverse),
             "delta_mlp_peak_layer": top["circuit"] if top else None,
@@ -340,6 +343,15 @@ def compare(out: str | os.PathLike[str],
     return summary
 
 
+def _weight_change_words(row: dict[str, Any]) -> str:
+    """The most asymmetric weight change of a fine-tuned row (:func:`tracing_columns`) in words, or that no
+    layer's ΔMLP has a finite asymmetry."""
+    if row.get("delta_mlp_peak_layer") is None:
+        return "no layer's weight change (ΔMLP) has a finite asymmetry"
+    return (f"most asymmetric weight change {row['delta_mlp_peak_layer']} (z {row['delta_mlp_z_trained']:.2f} "
+            f"trained, {row['delta_mlp_z_heldout']:.2f} held out)")
+
+
 def format_compare(summary: dict[str, Any]) -> str:
     """One screen: the table, then what theory predicts per kind (once for all the rows of a kind)."""
     width = max([34, *(len(row["model"]) + 1 for row in summary["rows"])])  # whole names: runs differ at the end
@@ -354,9 +366,7 @@ def format_compare(summary: dict[str, Any]) -> str:
         if row.get("forward_peak_mlp") is not None:
             lines.append(f"  {row['model']}: where it lives (causal tracing after fine-tuning): forward answer's "
                          f"MLP peak {row['forward_peak_mlp']}, max restored p forward {row['forward_max_restored']:.3f}, "
-                         f"reverse {row['reverse_max_restored']:.3f}; most asymmetric weight change "
-                         f"{row['delta_mlp_peak_layer']} (z {row['delta_mlp_z_trained']:.2f} trained, "
-                         f"{row['delta_mlp_z_heldout']:.2f} held out)")
+                         f"reverse {row['reverse_max_restored']:.3f}; {_weight_change_words(row)}")
     lines += ["", "what theory predicts:"]
     models_by_prediction: dict[str, list[str]] = {}  # one paragraph per kind: fine-tuned runs share one
     for row in summary["rows"]:

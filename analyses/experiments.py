@@ -494,8 +494,8 @@ COMMAND_RUNS: dict[str, RunKind] = {
                          "with its Student-t 95% interval across seeds (blue); chance as a grey tick where the "
                          "experiment has one.",
             "aggregate.csv": "One row per grid point: for every number of the trials' summary.json, its mean, sample "
-                             "sd and 95% t-interval across the finished seeds (n_seeds); each trial's run folder is in "
-                             "trials/."}),
+                             "sd and 95% t-interval across the finished seeds (n_seeds) that have a value for it "
+                             "(.n); each trial's run folder is in trials/."}),
 }
 """The run folders of the commands that are not experiments, by ``summary["experiment"]`` (or
 ``"probe"`` / ``"probe-prior"``, which :func:`analyses.report.run_kind` infers)."""

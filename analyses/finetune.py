@@ -264,8 +264,9 @@ def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[li
 def evaluate_questions(model, questions: QuestionSet, tokenizer, controls: Sequence[Sequence[str]],
                        ) -> pd.DataFrame:
     """One row per question: log p(answer | prompt) summed over its tokens, greedy exact match,
-    the mean log p of its controls, margin = logprob − control mean, top1 (the answer beats every
-    control) and rank among them (1 is best). Each prompt and each answer prefix is computed once
+    the mean log p of its controls, margin = logprob − control mean, rank among them (1 is best,
+    :func:`rank_among`: a control that ties the answer ranks above it) and top1 = rank 1 (the answer
+    beats every control, as docs/SCIENCE.md defines top-1). Each prompt and each answer prefix is computed once
     (:func:`probes.shared_prompt.candidate_logprobs_cached`: by trie where the model has no hook and its
     architecture is checked, else from the prompts' cached keys and values)."""
     from probes.shared_prompt import candidate_logprobs_cached
@@ -283,6 +284,7 @@ def evaluate_questions(model, questions: QuestionSet, tokenizer, controls: Seque
         scores = candidate_logprobs_cached(model, [rows[i] for i in chosen])
         for position, i in enumerate(chosen):
             logprob, others = scores.logprob[position, 0].item(), scores.logprob[position, 1:]
+            rank = rank_among(logprob, others)
             question = questions.questions[i]
             records[i] = {
                 "key": question.key, "fact": question.fact, "group": question.group, "setting": question.setting,
@@ -290,11 +292,17 @@ def evaluate_questions(model, questions: QuestionSet, tokenizer, controls: Seque
                 "answer": question.completion.strip(), "logprob": logprob, "prob": math.exp(logprob),
                 "correct": bool(scores.correct[position, 0]), "control_logprob": others.mean().item(),
                 "randomized_logprob": others[0].item() if question.extra_controls else math.nan,
-                "margin": logprob - others.mean().item(), "top1": bool((others < logprob).all()),
-                "rank": int((others > logprob).sum()) + 1, "n_candidates": width, "chance_logprob": math.nan,
+                "margin": logprob - others.mean().item(), "top1": rank == 1, "rank": rank,
+                "n_candidates": width, "chance_logprob": math.nan,
                 "source": question.source,
             }
     return pd.DataFrame(records)
+
+
+def rank_among(logprob: float, others: Any) -> int:
+    """The answer's rank among itself and its controls (1 is best): 1 + the controls whose log p is at least the
+    answer's ``logprob``. A tie loses, as top-1 ("the answer beats every control") counts it, so top-1 is rank 1."""
+    return int((others >= logprob).sum()) + 1
 
 
 def write_tables(table: pd.DataFrame, out: Path, prefix: str = "") -> None:
@@ -320,13 +328,21 @@ def setting_summary(table: pd.DataFrame) -> dict[str, Any]:
             "mean_rank": float(table["rank"].mean())}
 
 
+def above_zero(ci95: Sequence[float]) -> bool | None:
+    """Whether a 95% interval lies above 0 (its low end > 0); None when the interval is undefined (NaN, as for
+    fewer than two facts), which gives no verdict either way."""
+    low = ci95[0]
+    return None if low is None or math.isnan(low) else bool(low > 0)
+
+
 def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: dict[str, float],
               n_sentences: int, steps: int, source: str) -> dict[str, Any]:
     """Per group and setting (:data:`facts.questions.SETTINGS`, those asked), before and after
     fine-tuning, :func:`setting_summary`, and the paired margin gain after − before (the same
     questions in the same order) with its interval over facts; and the findings, read on the tested group
     (p2d when present). The gain takes out each question's margin before training, so "the
-    reverse was not learnt" reads: the gain's interval does not lie above 0."""
+    reverse was not learnt" reads: the gain's interval does not lie above 0. A finding read from an
+    interval is None (unknown) where the interval is undefined (:func:`above_zero`)."""
     before, after = tables["before"], tables["after"]
     out: dict[str, Any] = {"experiment": "finetune-facts", "config": asdict(config), "source": source,
                            "train_sentences": n_sentences, "steps": steps, "chance_exact_match": 0.0,
@@ -345,12 +361,14 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
     tested = out["groups"].get(TESTED) or next(iter(out["groups"].values()))
     findings = {"forward_learnt": tested["forward_trained_paraphrase"]["after"]["exact_match"] >= 0.9}
     if "forward_heldout_paraphrase" in tested:
-        findings["forward_generalises_to_heldout_paraphrases"] = (
-            tested["forward_heldout_paraphrase"]["margin_gain"]["ci95"][0] > 0)
+        findings["forward_generalises_to_heldout_paraphrases"] = above_zero(
+            tested["forward_heldout_paraphrase"]["margin_gain"]["ci95"])
     if "reverse" in tested:  # no significant gain: the curse (a fall counts too)
-        findings["reverse_not_learnt"] = bool(tested["reverse"]["margin_gain"]["ci95"][0] <= 0)
+        learnt = above_zero(tested["reverse"]["margin_gain"]["ci95"])
+        findings["reverse_not_learnt"] = None if learnt is None else not learnt
     if "in_context_reverse" in tested:
-        findings["in_context_reverse_above_chance"] = tested["in_context_reverse"]["after"]["margin"]["ci95"][0] > 0
+        in_context = tested["in_context_reverse"]["after"]["margin"]["ci95"]
+        findings["in_context_reverse_above_chance"] = above_zero(in_context)
     out["tested_group"] = TESTED if TESTED in out["groups"] else next(iter(out["groups"]))
     out["findings"] = findings
     out["berglund_files"] = berglund_files(before, after, source)
@@ -656,6 +674,11 @@ def _groups_legend(groups: Sequence[str], source: str) -> str | None:
     return ("groups: " + "; ".join(said) + " (forward: the trained way)") if said else None
 
 
+def _verdict_word(value: bool | None) -> str:
+    """A finding as printed: yes, no, or unknown where its interval is undefined (None)."""
+    return "unknown (its 95% interval is undefined)" if value is None else "yes" if value else "no"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A one-screen table: per group and setting, exact match, top-1 and margin before and after
     fine-tuning, and the paired margin gain with its 95% interval."""
@@ -712,7 +735,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             "reverse_not_learnt": "reverse not learnt (no significant margin gain: the curse)",
             "in_context_reverse_above_chance": "in-context reverse above chance"}
     lines.append(f"{summary['tested_group']} group: " + "; ".join(
-        f"{said[name]}: {'yes' if value else 'no'}" for name, value in findings.items()))
+        f"{said[name]}: {_verdict_word(value)}" for name, value in findings.items()))
     return "\n".join(lines)
 
 

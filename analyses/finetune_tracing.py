@@ -103,6 +103,8 @@ BUCKET_WORDS = {"before": "the tokens before the given entity", "given first": "
                 "last": "the last prompt token"}
 COMPONENT_WORDS = {"resid_post": "the hidden state", "mlp_out": "the MLP output", "attn_out": "the attention output",
                    "resid_pre": "the residual stream entering the layer"}
+NO_FINITE_ASYMMETRY = "z is undefined where the controls' entries do not vary, as at weights that did not change"
+"""Why a layer's weight change can have no finite trained − held-out asymmetry to rank."""
 NOTHING_TO_RECOVER = 0.01
 """A peak rise of p(answer) below this is reported as nothing recovered."""
 
@@ -134,7 +136,8 @@ def tracing_words(entry: dict[str, Any]) -> str:
     """The headline in words, per stage: where the trained forward answer is recovered (every site whose mean rise
     of p(answer) over the noised run is at least half the component's peak rise; "nowhere" when the peak is below
     :data:`NOTHING_TO_RECOVER`), how much of the held-out reverse answer any restored site gives back, and the
-    layers where the weight change read at the entities is most asymmetric."""
+    layers where the weight change read at the entities is most asymmetric (among those with a finite asymmetry,
+    :func:`analyses.probe.ranked_by_asymmetry`; when none has one, it says so)."""
     sentences = []
     for stage in ("before", "after"):
         questions = entry.get(stage, {})
@@ -150,23 +153,38 @@ def tracing_words(entry: dict[str, Any]) -> str:
                          f"{reverse['corrupted_prob']:.2g}) is restored to at most p {most:.2g} anywhere")
         if parts:
             sentences.append(f"{stage.capitalize()} fine-tuning, " + "; ".join(parts) + ".")
-    changes = []
+    return " ".join(sentences + _weight_change_sentences(entry.get("weight_change", [])))
+
+
+def _weight_change_sentences(weight_change: list[dict[str, Any]]) -> list[str]:
+    """Per change (ΔMLP, ΔOV) with one-way facts: the layer whose change is most asymmetric (largest finite
+    trained − held-out asymmetry, :func:`analyses.probe.ranked_by_asymmetry`), or that none has a finite one."""
+    from analyses.probe import ranked_by_asymmetry
+
+    changes, undefined = [], []
     for kind, name in (("delta_mlp", "ΔMLP"), ("delta_ov", "ΔOV")):
-        rows = [r for r in entry.get("weight_change", []) if r["circuit"].startswith(kind + " ") and r["n_one_way"]]
-        if rows:
-            top = max(rows, key=lambda r: r["asymmetry"])
+        rows = [r for r in weight_change if r["circuit"].startswith(kind + " ") and r["n_one_way"]]
+        ranked = ranked_by_asymmetry(rows)
+        if ranked:
+            top = ranked[0]
             changes.append(f"{name} at {top['circuit'].split()[-1]} (z trained {top['z_trained']:.2f}, held-out "
                            f"{top['z_heldout']:.2f}, {top['n_one_way']} one-way facts)")
-    if changes:
-        sentences.append("The weight change read at the entities is most asymmetric for " + " and ".join(changes)
-                         + ".")
-    return " ".join(sentences)
+        elif rows:
+            undefined.append(name)
+    sentences = ["The weight change read at the entities is most asymmetric for " + " and ".join(changes) + "."
+                 ] if changes else []
+    if undefined:
+        sentences.append(f"{' and '.join(undefined)}: no layer has a finite asymmetry ({NO_FINITE_ASYMMETRY}).")
+    return sentences
 
 
 def format_finetune_tracing(entry: dict[str, Any]) -> str:
     """The headline in words (:func:`tracing_words`), then before → after: per question kind the peak restored site
     of each component and the largest restored p(answer); the weight change's trained and held-out z per layer (the
-    most asymmetric five)."""
+    most asymmetric five by |asymmetry|, :func:`analyses.probe.ranked_by_asymmetry`; when no layer has a finite
+    one, it says so)."""
+    from analyses.probe import ranked_by_asymmetry
+
     lines = [entry["headline"]] if entry.get("headline") else []
     for question in entry.get("after", {}):
         parts = []
@@ -176,9 +194,10 @@ def format_finetune_tracing(entry: dict[str, Any]) -> str:
                          f"(peak after L{after['peak_layer']} {after['peak_bucket']})")
         clean = (entry["before"][question]["clean_prob"], entry["after"][question]["clean_prob"])
         lines.append(f"tracing {question}: clean p {clean[0]:.3f} → {clean[1]:.3f}; " + "; ".join(parts))
-    rows = sorted((r for r in entry["weight_change"] if r["n_one_way"]), key=lambda r: -abs(r["asymmetry"]))[:5]
-    lines.append("weight change read at the entities (z trained / held-out): " + ", ".join(
-        f"{r['circuit']} {r['z_trained']:.2f}/{r['z_heldout']:.2f}" for r in rows))
+    rows = ranked_by_asymmetry(entry["weight_change"], magnitude=True)[:5]
+    lines.append("weight change read at the entities (z trained / held-out): " + (", ".join(
+        f"{r['circuit']} {r['z_trained']:.2f}/{r['z_heldout']:.2f}" for r in rows)
+        or f"no layer has a finite asymmetry ({NO_FINITE_ASYMMETRY})"))
     return "\n".join(lines)
 
 

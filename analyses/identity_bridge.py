@@ -28,6 +28,7 @@ fine-tuned 1B model reaches 40% (v1) / 50% (v2) reversal success against ≈ 0% 
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -70,7 +71,8 @@ class IdentityBridgeConfig:
 
 
 def _mean_sd(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+    """Mean and sample sd (n − 1) of one metric over seeds; the sd of one seed is undefined: NaN."""
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else math.nan}
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
@@ -159,7 +161,9 @@ def format_identity_bridge(summary: dict[str, Any]) -> str:
              f"{'train acc':>11s}"]
 
     def cell(stats: dict[str, float], digits: int) -> str:
-        return f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
+        """mean ± sd; "± n/a" where the sd is undefined (one seed)."""
+        spread = "n/a" if math.isnan(stats["sd"]) else f"{stats['sd']:.{digits}f}"
+        return f"{stats['mean']:.{digits}f} ± {spread}"
 
     for model, variants in summary["by_model"].items():
         for variant, m in variants.items():

@@ -237,29 +237,34 @@ def finetuned_rows(run_dir: str | Path) -> list[dict[str, Any]]:
 
     Its tested group (p2d: name → description trained, description → name held out) gives the
     held-out reverse test, asked plainly (``logits.csv``) and with the fact restated first
-    (``in_context.csv``); both are asked in every run, so "fact in prompt" rows come with each
-    variant. With ``--mitigation bidirectional``, the p2d group is "pairs not restated" and the
-    group trained both ways is "restated pairs (trained)": its reverse statements are relabelled
-    held out for the row, as the token world's restated pairs are (accuracy by construction).
+    (``in_context.csv``), both read on that group's facts alone; both are asked in every run, so
+    "fact in prompt" rows come with each variant. With ``--mitigation bidirectional``, the p2d group
+    is "pairs not restated" and the group trained both ways is "restated pairs (trained)": its reverse
+    statements are relabelled held out for the row, as the token world's restated pairs are (accuracy
+    by construction). Rows are named by :func:`analyses.compare.finetuned_label` (the model, its
+    mitigation and groups), as ``revlens compare`` names the run. A folder that is not a finished
+    ``finetune-facts`` run, or has no statement of the tested group, is refused (:class:`RunDirError`).
     """
-    from analyses.compare import RunDirError, read_probe_run
+    from analyses.compare import RunDirError, finetuned_label, read_probe_run
     from analyses.finetune import TESTED
 
     run_dir = Path(run_dir)
     model, answers, circuits = read_probe_run(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    mitigation = (summary.get("config") or {}).get("mitigation", "none")
+    config = summary.get("config") or {}
+    mitigation = config.get("mitigation", "none")
     if summary.get("experiment") != "finetune-facts" or mitigation not in FINETUNED_VARIANTS:
         raise RunDirError(f"{run_dir}: not a `revlens finetune-facts` folder (its summary.json names experiment "
                           f"{summary.get('experiment')!r}, mitigation {mitigation!r})")
     if not (run_dir / "in_context.csv").is_file():
         raise RunDirError(f"{run_dir}: missing in_context.csv (a finished `revlens finetune-facts` folder has it)")
     restated = pd.read_csv(run_dir / "in_context.csv")
-    for table, file in ((answers, "logits.csv"), (circuits, "circuits.csv")):
+    for table, file in ((answers, "logits.csv"), (circuits, "circuits.csv"), (restated, "in_context.csv")):
         if "group" not in table.columns:
             raise RunDirError(f"{run_dir / file}: missing column 'group' (which fact group each row is)")
+    _require_tested_group(run_dir, answers, TESTED)
     variant = FINETUNED_VARIANTS[mitigation]
-    name = f"{Path(str(model)).name} (fine-tuned)"
+    name = finetuned_label(Path(str(model)).name, config)
     # the group trained both ways, asked as the token world's restated pairs: reverse relabelled held out
     answers = answers.assign(split=answers.split.where((answers.group != "both") | (answers.direction == "forward"),
                                                        "heldout"))
@@ -272,10 +277,35 @@ def finetuned_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     tested = answers[answers.group == TESTED]
     rows = [row("pairs not restated" if variant == "augmentation" else "held-out reverse", TESTED, tested, False),
             row("held-out reverse, fact in prompt", TESTED,
-                pd.concat([tested[tested.split == "train"], restated], ignore_index=True), False)]
+                pd.concat([tested[tested.split == "train"], restated[restated.group == TESTED]], ignore_index=True),
+                False)]
     if variant == "augmentation" and (answers.group == "both").any():
         rows.insert(0, row("restated pairs (trained)", "both", answers[answers.group == "both"], True))
     return rows
+
+
+def _require_tested_group(run_dir: Path, answers: pd.DataFrame, tested: str) -> None:
+    """Refuse a fine-tuned run whose ``logits.csv`` holds no statement of the ``tested`` group: its held-out
+    reverse rows would be empty (n 0, NaN). The message names the folder and the groups it has."""
+    from analyses.compare import RunDirError
+
+    if (answers.group == tested).any():
+        return
+    groups = ", ".join(map(str, dict.fromkeys(answers.group.dropna()))) or "none"
+    raise RunDirError(f"{run_dir}: no statement of the tested group {tested!r} (forward trained, reverse held "
+                      f"out) in logits.csv, whose held-out reverse the mitigation rows read; its groups: "
+                      f"{groups}. Give a `revlens finetune-facts` run that trains {tested!r}")
+
+
+def named_apart(runs: Sequence[tuple[str | Path, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """The rows of each fine-tuned folder (``(folder, its rows)``), the folder added to the name of the runs that
+    :func:`analyses.compare.finetuned_label` names alike (one model, mitigation and groups: another seed, say), so
+    that no run's rows hide another's under one (model, variant, test) in the figure and a sweep's numbers."""
+    counts: dict[str, int] = {}
+    for _, rows in runs:
+        counts[rows[0]["model"]] = counts.get(rows[0]["model"], 0) + 1
+    return [{**row, "model": f"{row['model']} [{run_dir}]"} if counts[row["model"]] > 1 else row
+            for run_dir, rows in runs for row in rows]
 
 
 def measure(model, model_name: str, world: FactSet, variant: Variant, vocab: TokenVocab) -> list[dict[str, Any]]:
@@ -299,10 +329,10 @@ def reproduce_mitigations(out: str | Path, config: MitigationConfig = Mitigation
 
     Each run (facts.jsonl with exactly what was trained, history.jsonl, checkpoints/) goes to
     ``out/<model>/<variant>/``. ``finetuned``: ``revlens finetune-facts`` folders whose rows
-    (:func:`finetuned_rows`) join the table; they are read before any training, so a bad folder
-    fails at once.
+    (:func:`finetuned_rows`, :func:`named_apart`) join the table; they are read before any training,
+    so a bad folder fails at once.
     """
-    pretrained = [row for run_dir in finetuned for row in finetuned_rows(run_dir)]
+    pretrained = named_apart([(run_dir, finetuned_rows(run_dir)) for run_dir in finetuned])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()

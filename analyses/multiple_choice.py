@@ -132,11 +132,28 @@ def shared_length(prompts: Sequence[Sequence[int]]) -> int:
     return shared
 
 
+TIE_RTOL, TIE_ATOL = 1e-5, 1e-6
+"""Options whose scores s lie within TIE_ATOL + TIE_RTOL·|max s| nats of the largest tie (:func:`tied_best`)."""
+
+
+def tied_best(score: np.ndarray) -> np.ndarray:
+    """Indices of the options tied for the largest score s: within ``TIE_ATOL + TIE_RTOL·|max s|`` (1e-6 nats +
+    1e-5 relative) of it. Each s is a mean of K log-probabilities of letters a float32 forward pass scored, summed
+    in float64 in a different order per option, so scores equal in exact arithmetic (a model with pure letter
+    bias gives every option the same s) differ in their last bits: ~1e-16 relative from the summation order, a
+    few float32 ulps (1.2e-7 relative each) where equal inputs took different float32 paths. 1e-5 relative is
+    ~80 float32 ulps, and far below any preference a choice could rest on (1e-5 nats: a probability ratio of
+    1.00001)."""
+    best = float(score.max())
+    return np.flatnonzero(best - score <= TIE_ATOL + TIE_RTOL * abs(best))
+
+
 def debiased_choices(table: pd.DataFrame) -> pd.DataFrame:
     """One row per question: the debiased score of the module docstring from its K orders, with
     ``p_debiased`` = q_right, ``correct_debiased`` (1, 0 or 1/n for a tie of n options including the
-    right one), the right option's s minus the best other's (``score_gap``). A question whose orders
-    do not put every option under every letter once is refused (the letter prior would not cancel)."""
+    right one; options tie within a float32 rounding tolerance, :func:`tied_best`), the right option's s
+    minus the best other's (``score_gap``). A question whose orders do not put every option under every
+    letter once is refused (the letter prior would not cancel)."""
     k = int(table.n_options.iloc[0])
     letters = LETTERS[:k]
     rows = []
@@ -151,7 +168,7 @@ def debiased_choices(table: pd.DataFrame) -> pd.DataFrame:
         logp = np.log(part[[f"p_{letter}" for letter in letters]].to_numpy(dtype=float))
         score = np.array([logp[options == name].mean() for name in names])
         right = names.index(part.answer.iloc[0])
-        best = np.flatnonzero(score == score.max())
+        best = tied_best(score)
         q = np.exp(score - score.max())
         others = np.delete(score, right)
         rows.append({"question": number, **part.iloc[0][["key", "fact", "group", "setting", "direction",

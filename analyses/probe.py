@@ -35,6 +35,8 @@ are not written, and ``summary.json`` (``attribution.skipped``) and stdout say s
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import time
 from contextlib import nullcontext
@@ -95,6 +97,22 @@ def prior_circuit_summary(circuits: pd.DataFrame) -> list[dict[str, Any]]:
     return [{"circuit": name, "n_facts": n, "z_forward": means[0], "z_reverse": means[1], "asymmetry": means[2]}
             for name, n, means in _per_circuit_means(circuits, both,
                                                      (circuits.z_ab, circuits.z_ba, circuits.z_ab - circuits.z_ba))]
+
+
+def ranked_by_asymmetry(per_circuit: Sequence[dict[str, Any]], count: str = "n_one_way", magnitude: bool = False
+                        ) -> list[dict[str, Any]]:
+    """The circuits of :func:`circuit_summary` (``count="n_facts"``: of :func:`prior_circuit_summary`) that hold
+    facts (``count`` > 0) and a finite asymmetry, the most asymmetric first: largest asymmetry, or largest
+    |asymmetry| with ``magnitude``; ties in table order. A NaN asymmetry (no finite z-score: the controls' entries
+    do not vary, as in a layer whose weights fine-tuning did not change) never ranks, so it can never be "the most
+    asymmetric"; when no circuit has a finite one the list is empty."""
+    measured = [r for r in per_circuit if r[count] and _finite(r["asymmetry"])]
+    return sorted(measured, key=lambda r: -abs(r["asymmetry"]) if magnitude else -r["asymmetry"])
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (not None, NaN or ±inf)."""
+    return isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def _per_circuit_means(circuits: pd.DataFrame, rows: pd.Series, values: Sequence[pd.Series]
@@ -388,7 +406,7 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
     per_circuit = circuit_summary(circuits) if trained else prior_circuit_summary(circuits)
     count = "n_one_way" if trained else "n_facts"
     measured = [r for r in per_circuit if r[count] and pd.notna(r["asymmetry"])]
-    best = max(measured, key=lambda r: r["asymmetry"])["circuit"] if measured else None
+    best = next((r["circuit"] for r in ranked_by_asymmetry(per_circuit, count)), None)
     write_csv(table, out / "logits.csv")
     write_csv(circuits, out / "circuits.csv")
     from analyses.figures import circuit_asymmetry_bars, margin_bars

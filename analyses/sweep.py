@@ -13,9 +13,9 @@ The sweep folder ``DIR`` holds (and is locked while a sweep writes it):
 * ``sweep.toml``: the experiment, seeds and grid, so ``revlens sweep --out DIR`` reruns it exactly;
 * ``trials/<name>/``: one run folder per trial;
 * ``failures.jsonl``: one line per trial that failed in the latest sweep (its error), in the sweep's trial order;
-* ``aggregate.csv``: one row per grid point: for every number of the trials' ``summary.json``,
-  its mean, sample sd and Student-t 95% interval across the finished seeds
-  (:func:`analyses.stats.t_ci95_half_width`), and ``n_seeds``;
+* ``aggregate.csv``: one row per grid point: ``n_seeds`` (its finished trials) and, for every number
+  of the trials' ``summary.json``, the seeds with a value (``.n``: a NaN is left out) and over those
+  its mean, sample sd and Student-t 95% interval (:func:`metric_statistics`);
 * ``sweep.png`` (the headline metrics per grid point, mean with its interval and each seed as a
   dot) and ``summary.json`` (written last), which make ``DIR`` one section of ``revlens report``.
 
@@ -707,11 +707,11 @@ def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources
 
 def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Every number of a summary by dotted key (config and timings left out; booleans as 0/1;
-    a list of records keyed by its records' ``run``/``name``/``model``/``d`` field (and ``variant``,
-    ``test``), else its index)."""
+    a list of records keyed by :func:`record_label`, else its index). A ``seed`` is an identity, not a
+    measurement: it labels its record and is never a number of its own."""
     found: dict[str, float] = {}
     for key, value in summary.items():
-        if not prefix and key in ("config", "seconds", "captions"):
+        if (not prefix and key in ("config", "seconds", "captions")) or key == "seed":
             continue
         name = f"{prefix}{key}"
         if isinstance(value, bool):
@@ -722,10 +722,17 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
             found.update(numbers(value, f"{name}."))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             for index, record in enumerate(value):
-                label = next((str(record[k]) for k in ("run", "name", "model", "d") if k in record), str(index))
-                label += "".join(f"/{record[k]}" for k in ("variant", "test") if k in record and str(record[k]) != label)
-                found.update(numbers(record, f"{name}.{label}."))
+                found.update(numbers(record, f"{name}.{record_label(record, index)}."))
     return found
+
+
+def record_label(record: dict[str, Any], index: int) -> str:
+    """A record's key among its list's: its ``run``/``name``/``model``/``d`` field (else its index), then
+    ``/variant`` and ``/test`` where it has them, and ``/seed=S`` where it has a seed (the identity bridge's
+    per-seed rows: one key per seed, not the last seed's under all)."""
+    label = next((str(record[k]) for k in ("run", "name", "model", "d") if k in record), str(index))
+    label += "".join(f"/{record[k]}" for k in ("variant", "test") if k in record and str(record[k]) != label)
+    return label + (f"/seed={record['seed']}" if "seed" in record else "")
 
 
 def headline(metrics: Sequence[str], patterns: Sequence[str]) -> list[str]:
@@ -735,12 +742,25 @@ def headline(metrics: Sequence[str], patterns: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(m for p in patterns for m in metrics if fnmatchcase(m, p)))
 
 
+def metric_statistics(metric: str, values: Any) -> dict[str, float]:
+    """One metric's columns of ``aggregate.csv`` over a grid point's finished seeds: ``.n``, the seeds with a value
+    (not NaN; ``n_seeds`` counts the trials), and over those values the ``.mean``, sample ``.sd`` and Student-t 95%
+    interval ``.ci95_low``/``.ci95_high`` (:func:`analyses.stats.t_ci95_half_width`; NaN for fewer than two)."""
+    import pandas as pd
+
+    from analyses.stats import t_ci95_half_width
+
+    values = pd.Series(values, dtype=float)
+    half, mean = t_ci95_half_width(values), float(values.mean())
+    return {f"{metric}.n": int(values.count()), f"{metric}.mean": mean, f"{metric}.sd": float(values.std()),
+            f"{metric}.ci95_low": mean - half, f"{metric}.ci95_high": mean + half}
+
+
 def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
               failures: Sequence[dict[str, Any]] = (), seconds: float = 0.0) -> dict[str, Any]:
     """Write ``aggregate.csv``, ``sweep.png`` and (last) ``summary.json`` from the finished trials."""
     import pandas as pd
 
-    from analyses.stats import t_ci95_half_width
     from facts.io import atomic_write, write_text_atomic
 
     rows = []
@@ -760,11 +780,7 @@ def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
         point = point if isinstance(point, tuple) else (point,)
         row: dict[str, Any] = {**dict(zip(keys, point)), "n_seeds": len(part)}
         for metric in metrics:
-            values = part[metric].astype(float)
-            half = t_ci95_half_width(values)
-            mean = float(values.mean())
-            row |= {f"{metric}.mean": mean, f"{metric}.sd": float(values.std()),
-                    f"{metric}.ci95_low": mean - half, f"{metric}.ci95_high": mean + half}
+            row |= metric_statistics(metric, part[metric])
         per_point.append(row)
     aggregated = pd.DataFrame(per_point)
     atomic_write(out / AGGREGATE, lambda temporary: aggregated.to_csv(temporary, index=False))

@@ -4,7 +4,8 @@ For a statement with prompt c and true answer a, among candidate answers C (by d
 entity of the fact set, the paper's "chance" set):
 
 * ``logprob``  = log p(a | c), summed over a's tokens;
-* ``rank``     = 1 + #{a' ∈ C, a' ≠ a : log p(a' | c) > log p(a | c)}  (1 is best);
+* ``rank``     = 1 + #{a' ∈ C, a' ≠ a : log p(a' | c) ≥ log p(a | c)}  (1 is best; a tie ranks above the answer,
+  so rank 1 means it outscores every other);
 * ``correct``  = greedy decoding from c produces exactly a;
 * ``chance_logprob`` = −log |C|, what a model that knows nothing about the pair would give, when
   C is the whole answer set (``rank_against="candidates"``); NaN when answers are ranked among a
@@ -181,13 +182,13 @@ def answer_table(
     elif rank_against == "controls":
         raise ValueError("rank_against='controls' needs n_controls ≥ 1 and at least two answers of each kind")
     if rank_against == "controls":
-        better = (control_scores > scores.logprob[:, None]).sum(1)
+        better = (control_scores >= scores.logprob[:, None]).sum(1)
         n_candidates = n_controls + 1
     else:
         matrix = candidate_logprobs(model, facts, tokenizer, statements, candidates, pad_id)
         is_truth = torch.zeros(len(answers), len(candidates), dtype=torch.bool)
         is_truth[torch.arange(len(answers)), [column[answer] for answer in answers]] = True
-        better = ((matrix > scores.logprob[:, None]) & ~is_truth).sum(1)
+        better = ((matrix >= scores.logprob[:, None]) & ~is_truth).sum(1)
         n_candidates = len(candidates)
     control_mean = control_scores.mean(1) if n_controls > 0 else torch.full((len(statements),), float("nan"))
     rows = []

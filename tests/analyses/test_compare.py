@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import shutil
 
 import pandas as pd
@@ -134,3 +135,53 @@ def test_finetuned_rows_of_one_model_are_named_apart_by_mitigation_and_groups(co
     prediction = text.split("what theory predicts:")[1]
     assert prediction.count(row["theory_predicts"]) == 1  # said once for the four fine-tuned rows
     assert f"  {', '.join(labels)}: {row['theory_predicts']}" in prediction
+
+
+def test_a_nan_asymmetry_is_never_the_most_asymmetric_circuit(probed_run):
+    """A circuit whose z-scores are NaN (its controls' entries do not vary) listed first used to win `max`;
+    it never ranks, and with no finite asymmetry there is no most asymmetric circuit (None, NaN), not the first."""
+    from analyses.compare import y_circuit_metrics
+    from analyses.probe import circuit_summary
+
+    circuits = pd.read_csv(probed_run / "circuits.csv")
+    first = circuits.groupby(["circuit", "layer", "head"], dropna=False, sort=False).ngroup() == 0
+    circuits.loc[first, ["z_ab", "z_ba"]] = float("nan")  # the circuit listed first
+    per_circuit = circuit_summary(circuits)
+    assert math.isnan(per_circuit[0]["asymmetry"]) and len(per_circuit) > 2
+    finite = max(per_circuit[1:], key=lambda r: r["asymmetry"])
+    metrics = y_circuit_metrics(circuits)
+    assert metrics["most_asymmetric_circuit"] == finite["circuit"] != per_circuit[0]["circuit"]
+    assert metrics["max_asymmetry"] == finite["asymmetry"]
+    none_finite = y_circuit_metrics(circuits.assign(z_ab=float("nan"), z_ba=float("nan")))
+    assert none_finite["most_asymmetric_circuit"] is None and math.isnan(none_finite["max_asymmetry"])
+
+
+def _finetune_summary_with_weight_changes(folder, asymmetries):
+    """A `finetune-facts` summary.json whose tracing entry holds ΔMLP rows L0, L1, ... with these asymmetries."""
+    folder.mkdir()
+    question = {"clean_prob": 0.5, "corrupted_prob": 0.1, "components": {
+        "mlp_out": {"peak_layer": 1, "peak_bucket": "given last", "peak_effect": 0.2, "max_restored_prob": 0.4}}}
+    changes = [{"circuit": f"delta_mlp L{layer}", "n_one_way": 10, "z_trained": a + 0.1,
+                "z_heldout": 0.1 if math.isfinite(a) else a, "asymmetry": a} for layer, a in enumerate(asymmetries)]
+    (folder / "summary.json").write_text(json.dumps({"experiment": "finetune-facts", "tracing": {
+        "after": {"train/forward": question, "heldout/reverse": question}, "weight_change": changes}}))
+    return folder
+
+
+def test_the_most_asymmetric_weight_change_is_a_finite_one(tmp_path):
+    """ΔMLP of a frozen layer (NaN asymmetry, layer 0 here) is not "the most asymmetric weight change"; when no
+    layer has a finite one the row says so (None, NaN, and in words), not L0."""
+    from analyses.compare import tracing_columns
+
+    nan = float("nan")
+    columns = tracing_columns(_finetune_summary_with_weight_changes(tmp_path / "frozen", [nan, 0.3, 1.2, -2.0]))
+    assert columns["delta_mlp_peak_layer"] == "delta_mlp L2"
+    assert columns["delta_mlp_z_trained"] == pytest.approx(1.3) and columns["delta_mlp_z_heldout"] == 0.1
+    columns = tracing_columns(_finetune_summary_with_weight_changes(tmp_path / "unchanged", [nan, nan]))
+    assert columns["delta_mlp_peak_layer"] is None
+    assert math.isnan(columns["delta_mlp_z_trained"]) and math.isnan(columns["delta_mlp_z_heldout"])
+    row = {"model": "m (fine-tuned)", "theory_predicts": "-", **columns,
+           **{key: 0.0 for key in ("train_margin", "heldout_margin", "train_accuracy", "heldout_accuracy",
+                                   "z_trained", "z_heldout", "asymmetry_index")}}
+    text = format_compare({"rows": [row], "seconds": 1.0})
+    assert "no layer's weight change (ΔMLP) has a finite asymmetry" in text and "L0" not in text and "nan" not in text

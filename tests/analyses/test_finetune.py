@@ -251,6 +251,74 @@ def test_mean_ci95_over_facts_averages_each_facts_questions_first():
     assert alone["mean"] == 2.0 and alone["n"] == 1 and all(math.isnan(end) for end in alone["ci95"])
 
 
+def _asked(margins: dict[int, float]) -> pd.DataFrame:
+    """A question table as `finetune-facts` asks it (:func:`analyses.finetune.evaluate_questions`' columns) of the
+    p2d facts in ``margins``, one question per setting each, every question's margin that fact's."""
+    settings = {"forward_trained_paraphrase": ("forward", "train"), "forward_heldout_paraphrase": ("forward", "test"),
+                "reverse": ("reverse", "heldout"), "in_context_reverse": ("reverse", "heldout")}
+    return pd.DataFrame([
+        {"key": f"p2d:{fact}", "fact": fact, "group": "p2d", "setting": setting, "direction": direction,
+         "split": split, "trained": split == "train", "answer": f"answer {fact} {direction}",
+         "logprob": margin - 10.0, "prob": math.exp(margin - 10.0), "correct": True, "control_logprob": -10.0,
+         "randomized_logprob": math.nan, "margin": margin, "top1": margin > 0, "rank": 1 if margin > 0 else 2,
+         "n_candidates": 2, "chance_logprob": math.nan, "source": "people"}
+        for fact, margin in margins.items() for setting, (direction, split) in settings.items()])
+
+
+def test_an_undefined_interval_gives_no_verdict_either_way():
+    """One fact: every margin interval is NaN, so whether the reverse was learnt (or the forward generalised, or
+    the in-context reverse is above chance) is unknown; `ci95[0] <= 0` on a NaN read "not learnt" as False. Two
+    facts: verdicts again."""
+    from analyses.finetune import summarize
+
+    config = FinetuneConfig(people=2, n_controls=1)
+    summary = summarize({"before": _asked({0: 0.0}), "after": _asked({0: 5.0})}, config, {"total": 1.0}, 1, 1, "people")
+    assert math.isnan(summary["groups"]["p2d"]["reverse"]["margin_gain"]["ci95"][0])
+    assert summary["findings"] == {"forward_learnt": True, "forward_generalises_to_heldout_paraphrases": None,
+                                   "reverse_not_learnt": None, "in_context_reverse_above_chance": None}
+    said = format_summary(summary).splitlines()[-1]
+    assert said == ("p2d group: forward learnt (≥ 90% exact match on the trained paraphrase): yes; forward "
+                    "generalises to held-out paraphrases (margin gain above 0): unknown (its 95% interval is "
+                    "undefined); reverse not learnt (no significant margin gain: the curse): unknown (its 95% interval "
+                    "is undefined); in-context reverse above chance: unknown (its 95% interval is undefined)")
+    two = summarize({"before": _asked({0: 0.0, 1: 0.0}), "after": _asked({0: 5.0, 1: 6.0})}, config, {"total": 1.0},
+                    2, 1, "people")
+    assert two["findings"] == {"forward_learnt": True, "forward_generalises_to_heldout_paraphrases": True,
+                               "reverse_not_learnt": False, "in_context_reverse_above_chance": True}
+
+
+def test_a_control_that_ties_the_answer_ranks_above_it_as_top1_counts_it(tiny_models):
+    """A model whose every next token is equally likely (its output layer zeroed): an answer ties each control of
+    as many tokens and beats each longer one. The tie loses in rank as in top-1 (before: rank 1 and top-1 False
+    for one question)."""
+    from analyses.finetune import evaluate_questions
+    from facts.questions import Question, QuestionSet
+
+    tiny = tiny_models["llama"]
+    model, tokenizer = tiny.hf, tiny.tokenizer
+    names = (" Ann Lee", " Tom Hardy", " Mia Cole", " Raj Patel", " Eve Stone", " Maximilian Worthington")
+    length = {name: len(tokenizer.encode(name, add_special_tokens=False)) for name in names}
+    answer = " Ann Lee"
+    tie = next(name for name in length if name != answer and length[name] == length[answer])
+    longer = next(name for name in length if length[name] > length[answer])
+    questions = QuestionSet(train=(), source="test", questions=tuple(
+        Question(key=number, group="p2d", setting="reverse", prompt="Known for being the author of 'Book 1',",
+                 completion=answer, pool="name", fact=number, direction="reverse", split="heldout", source="test")
+        for number in range(2)))
+    head = model.get_output_embeddings()
+    saved = head.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            head.weight.zero_()
+        table = evaluate_questions(model, questions, tokenizer, [[tie, longer], [longer, longer]])
+    finally:
+        with torch.no_grad():
+            head.weight.copy_(saved)
+    uniform = -length[answer] * math.log(head.weight.shape[0])  # every token 1 / vocabulary
+    assert table.logprob.tolist() == pytest.approx([uniform] * 2, rel=1e-6) and (table.margin > 0).all()
+    assert (table["rank"].tolist(), table.top1.tolist()) == ([2, 1], [False, True])
+
+
 def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer, smollm2_hooked):
     model = copy.deepcopy(smollm2_hooked)  # the session's load("smollm2-135m", backend="hooked"), trained here
     trainable = freeze_except_last_blocks(model, 2)
@@ -350,8 +418,10 @@ def test_reproduce_mitigations_tables_and_draws_the_fine_tuned_rows_beside_the_t
     config = MitigationConfig(models=("one-layer",), run=ReversalConfig(n_pairs=40, steps=5, eval_every=5))
     summary = reproduce_mitigations(tmp_path / "m", config, progress=False, finetuned=[out, bidirectional_run])
     table = pd.read_csv(tmp_path / "m" / "mitigations.csv")
-    fine_tuned = table[table.model == "smollm2-135m (fine-tuned)"]
+    fine_tuned = table[table.model.str.startswith("smollm2-135m (fine-tuned")]
     assert len(table) == 8 + 5 and len(fine_tuned) == 5  # baseline 2 + augmentation 3
+    assert fine_tuned.model.value_counts().to_dict() == {"smollm2-135m (fine-tuned, bidirectional)": 3,
+                                                         "smollm2-135m (fine-tuned)": 2}  # named as compare names them
     assert fine_tuned.chance_logprob.isna().all() and table[table.model == "one-layer"].chance_logprob.notna().all()
     assert summary["finetuned"] == [str(out), str(bidirectional_run)]
     text = format_mitigations(summary)

@@ -43,3 +43,26 @@ def test_identity_bridge_writes_table_figure_caption_and_summary(bridge_run):
     assert written["experiment"] == "identity-bridge" and "identity_bridge.png" in written["captions"]
     assert (out / "one-layer" / "identity-bridge" / "seed-1" / "facts.jsonl").stat().st_size > 0
     assert "IDENTITY BRIDGE BREAKS THE CURSE for one-layer" in format_identity_bridge(summary)
+
+
+def test_one_seed_has_no_sd_and_the_screen_says_so(bridge_run):
+    """The sd of one seed is undefined: NaN in the summary (it read 0.0, "± 0.000", as if the seeds agreed),
+    "± n/a" on the screen; two seeds give the sample sd."""
+    import math
+    import statistics
+
+    from analyses.identity_bridge import aggregate
+
+    _, summary = bridge_run
+    one_seed = [row for row in summary["rows"] if row["seed"] == 0]
+    by_model = aggregate(one_seed)
+    bridge = by_model["one-layer"]["identity-bridge"]["heldout_accuracy"]
+    assert bridge["mean"] == next(r["heldout_accuracy"] for r in one_seed if r["variant"] == "identity-bridge")
+    assert all(math.isnan(metric["sd"]) for variant in by_model["one-layer"].values() for metric in variant.values())
+    both = [r["heldout_accuracy"] for r in summary["rows"] if r["variant"] == "identity-bridge"]
+    assert summary["by_model"]["one-layer"]["identity-bridge"]["heldout_accuracy"]["sd"] == pytest.approx(
+        statistics.stdev(both))
+    text = format_identity_bridge({**summary, "by_model": by_model, "config": {**summary["config"], "seeds": 1}})
+    line = next(line for line in text.splitlines() if line.startswith("  one-layer  identity-bridge"))
+    assert line.count("± n/a") == 4 and f"{bridge['mean']:.3f} ± n/a" in line
+    assert "nan" not in text and "± 0.0" not in text

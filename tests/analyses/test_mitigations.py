@@ -114,3 +114,85 @@ def test_mitigations_write_table_figure_and_summary(mitigation_run):
     assert (out / "mitigations.png").read_bytes()[:8] == PNG
     assert (out / "one-layer" / "in-context" / "facts.jsonl").stat().st_size > 0
     assert "restated pairs (trained) *" in format_mitigations(summary)
+
+
+# --- `finetune-facts` folders as rows of the table ------------------------------------------------------
+
+REVERSE_MARGIN = {"p2d": 1.0, "d2p": 9.0}
+"""Every held-out reverse question's margin, per group, in :func:`_finetune_folder`'s runs."""
+
+
+def _finetune_folder(folder, groups=("p2d",), mitigation="none"):
+    """The files `reproduce mitigations` reads from a finished `finetune-facts` run, its question tables written by
+    `finetune-facts`' own writer (:func:`analyses.finetune.write_tables`): per group two people, each asked its
+    trained paraphrase (margin 20), its reverse and its reverse with the fact in the prompt (margin
+    :data:`REVERSE_MARGIN` of the group), and their OV circuit."""
+    import json
+
+    from analyses.finetune import write_tables
+
+    folder.mkdir()
+    questions, circuits = [], []
+    for number, (group, person) in enumerate((g, p) for g in groups for p in range(2)):
+        for setting, direction, split in (("forward_trained_paraphrase", "forward", "train"), ("reverse", "reverse",
+                                          "heldout"), ("in_context_reverse", "reverse", "heldout")):
+            margin = 20.0 if split == "train" else REVERSE_MARGIN[group]
+            questions.append({"key": f"{group}:{person}", "fact": number, "group": group, "setting": setting,
+                              "direction": direction, "split": split, "trained": split == "train",
+                              "answer": f"answer {number} {direction}", "logprob": margin - 30.0,
+                              "prob": 0.0, "correct": split == "train", "control_logprob": -30.0,
+                              "randomized_logprob": float("nan"), "margin": margin, "top1": split == "train",
+                              "rank": 1 if split == "train" else 2, "n_candidates": 3,
+                              "chance_logprob": float("nan"), "source": "people"})
+        circuits.append({"fact": number, "group": group, "forward": "train", "reverse": "heldout", "circuit": "ov",
+                         "layer": 0, "head": 0, "z_ab": 2.0, "z_ba": 0.1})
+    write_tables(pd.DataFrame(questions), folder)
+    pd.DataFrame(circuits).to_csv(folder / "circuits.csv", index=False)
+    config = {"model": "smollm2-135m", "mitigation": mitigation, "groups": list(groups)}
+    (folder / "summary.json").write_text(json.dumps({"experiment": "finetune-facts", "config": config,
+                                                     "train_sentences": 2 * len(groups)}))
+    return folder
+
+
+def test_the_fact_in_prompt_row_of_a_fine_tuned_run_reads_only_its_tested_group(tmp_path):
+    """A run of Berglund's groups p2d and d2p asks both groups' reverses with the fact in the prompt
+    (in_context.csv); the row, like the plain one beside it, is the tested group's (p2d) alone."""
+    from analyses.mitigations import finetuned_rows
+
+    plain, in_prompt = finetuned_rows(_finetune_folder(tmp_path / "run", groups=("p2d", "d2p")))
+    assert (plain["test"], in_prompt["test"]) == ("held-out reverse", "held-out reverse, fact in prompt")
+    assert plain["heldout_n"] == in_prompt["heldout_n"] == 2
+    assert plain["heldout_margin"] == in_prompt["heldout_margin"] == REVERSE_MARGIN["p2d"]
+    assert in_prompt["train_n"] == 2 and in_prompt["z_heldout"] == pytest.approx(0.1)
+
+
+def test_a_fine_tuned_run_without_the_tested_group_is_refused_naming_its_groups(tmp_path):
+    """A run of d2p alone holds no p2d statement: its held-out reverse rows would be empty (n 0, NaN)."""
+    from analyses.compare import RunDirError
+    from analyses.mitigations import finetuned_rows
+
+    folder = _finetune_folder(tmp_path / "d2p-only", groups=("d2p",))
+    with pytest.raises(RunDirError, match=rf"^{folder}: no statement of the tested group 'p2d' .*its groups: d2p\."):
+        finetuned_rows(folder)
+
+
+def test_fine_tuned_runs_of_one_model_keep_their_own_rows_and_bars(tmp_path):
+    """Two runs of SmolLM2 (p2d; p2d and d2p) are named as `revlens compare` names them, and a third configured
+    like the first gets its folder in its name: each keeps its rows in the table, a bar group in the figure (keyed
+    by model, variant and test) and its numbers in a sweep's, where one name for all three kept the last run's."""
+    from analyses.figures import mitigation_bars
+    from analyses.sweep import numbers
+
+    folders = [_finetune_folder(tmp_path / "a", ("p2d",)), _finetune_folder(tmp_path / "b", ("p2d", "d2p")),
+               _finetune_folder(tmp_path / "c", ("p2d",))]
+    config = MitigationConfig(models=("one-layer",), variants=("baseline",),
+                              run=ReversalConfig(n_pairs=40, steps=5, eval_every=5))
+    summary = reproduce_mitigations(tmp_path / "m", config, progress=False, finetuned=folders)
+    names = list(dict.fromkeys(r["model"] for r in summary["rows"]))
+    assert names == ["one-layer", f"smollm2-135m (fine-tuned) [{folders[0]}]",
+                     "smollm2-135m (fine-tuned, groups p2d d2p)", f"smollm2-135m (fine-tuned) [{folders[2]}]"]
+    assert pd.read_csv(tmp_path / "m" / "mitigations.csv").groupby("model").size().to_dict() == dict.fromkeys(names, 2)
+    accuracy = mitigation_bars(summary["rows"]).axes[0]
+    assert accuracy.get_legend_handles_labels()[1] == names
+    assert len(accuracy.patches) == 4 * 2  # a bar per model and test
+    assert len([key for key in numbers(summary) if key.endswith(".heldout_accuracy")]) == 4 * 2

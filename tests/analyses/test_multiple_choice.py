@@ -152,6 +152,34 @@ def test_debiasing_cancels_any_letter_prior_exactly_where_the_raw_score_drops_to
         debiased_choices(broken)
 
 
+def test_a_model_of_pure_letter_bias_ties_every_option_and_scores_one_in_k(tiny_models):
+    """Letter logits that ignore the prompt (the letters' unembedding columns zeroed, their biases set apart): every
+    order gives the letters the same probabilities, so every option's debiased score is the same mean of K log p's,
+    summed in another order per option; they differ in the last bit, and the exact comparison named one option the
+    winner. Within :func:`analyses.multiple_choice.tied_best`'s tolerance all K tie: 1/K each, as documented."""
+    tiny = tiny_models["llama"]
+    model, tokenizer = tiny.backends["hooked"], tiny.tokenizer
+    questions = QuestionSet(train=(), questions=tuple(question(i) for i in range(5)), source="test")
+    letters = list(letter_tokens(tokenizer, "ABCD"))
+    saved = model.W_U.detach().clone(), model.b_U.detach().clone()
+    try:
+        with torch.no_grad():
+            model.W_U[:, letters] = 0.0
+            model.b_U[letters] = torch.tensor([0.3, -1.2, 2.0, 0.7])
+        table = multiple_choice_table(model, questions, tokenizer, k=4, seed=0)
+    finally:
+        with torch.no_grad():
+            model.W_U.copy_(saved[0])
+            model.b_U.copy_(saved[1])
+    assert table[[f"p_{letter}" for letter in "ABCD"]].nunique().eq(1).all()  # one letter prior, whatever the prompt
+    fair = debiased_choices(table)
+    assert fair.correct_debiased.tolist() == [0.25] * 5
+    assert fair.p_debiased.tolist() == pytest.approx([0.25] * 5, abs=1e-12)
+    assert fair.score_gap.abs().max() < 1e-12  # tied, though not always equal to the last bit
+    row = multiple_choice_summary(table)["groups"]["p2d"]["reverse"]
+    assert row["accuracy_debiased"] == 0.25 and row["accuracy"] == 0.25
+
+
 def test_probe_asks_a_text_model_its_questions_as_multiple_choice(tiny_models, tmp_path):
     from analyses.probe import PRIOR, format_probe, pretrained_probed, write_probe
     from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES, people_world

@@ -66,6 +66,7 @@ def test_a_killed_worker_is_retried_from_its_checkpoints_and_matches_a_sequentia
         assert (out / "trials" / trial.name / "logits.csv").read_text() == (tmp_path / trial.name / "logits.csv").read_text()
     aggregate = pd.read_csv(out / "aggregate.csv")
     assert len(aggregate) == 1 and aggregate.n_seeds[0] == 2
+    assert aggregate["heldout_reverse_logprob.n"][0] == 2  # each metric's own count of seeds beside its mean
 
 
 def test_report_renders_the_sweep_as_one_section(killed_sweep, tmp_path, capsys):
@@ -111,10 +112,12 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def cluster_sweep(cluster, tmp_path_factory):
-    """k = 1 trains; k = 16 cannot fit the one-layer model's context and fails inside the trial."""
+    """device=cpu trains; device=cuda:1000 (no node has such a GPU) fails inside the trial: on a cluster the
+    trials' device is the nodes', so the sweep does not check it before Ray starts (a grid value every node
+    would refuse, such as k=16, is refused before: test_run_folders)."""
     out = tmp_path_factory.mktemp("cluster") / "sweep"
     process = _sweep("reversal", "--out", str(out), "--seeds", "0-1", *SMALL, "--grid", "steps=20",
-                     "--grid", "k=1,16", "--address", cluster)
+                     "--grid", "device=cpu,cuda:1000", "--address", cluster)
     stdout, stderr = process.communicate(timeout=600)
     return out, process.returncode, stdout, stderr
 
@@ -131,11 +134,11 @@ def test_a_failing_trial_is_recorded_and_the_rest_finish(cluster_sweep):
     out, code, stdout, stderr = cluster_sweep
     assert code == 2 and "2 of 4 trials failed" in stderr and "rerun the same command" in stderr
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
-    assert [(f["k"], f["seed"]) for f in failures] == [(16, 0), (16, 1)]
-    assert all("do not fit the 'one-layer' model's context of 32" in f["error"] for f in failures)
+    assert [(f["device"], f["seed"]) for f in failures] == [("cuda:1000", 0), ("cuda:1000", 1)]
+    assert all("--device cuda:1000: " in f["error"] for f in failures)
     aggregate = pd.read_csv(out / "aggregate.csv")
-    assert aggregate.k.tolist() == [1] and aggregate.n_seeds.tolist() == [2]  # only whole runs aggregated
-    assert "FAILED k=16" in stdout or "FAILED model=one-layer" in stdout
+    assert aggregate.device.tolist() == ["cpu"] and aggregate.n_seeds.tolist() == [2]  # only whole runs aggregated
+    assert "FAILED device=cuda:1000" in stdout or "FAILED model=one-layer" in stdout
 
 
 def _free_port() -> int:
@@ -207,6 +210,42 @@ def test_every_number_of_a_summary_is_aggregated_by_a_dotted_key():
                      "control.heldout_reverse_accuracy": 0.25}
     assert headline(list(found), EXPERIMENTS["positional"].headline) == ["runs.absolute.train_prob",
                                                                           "runs.none.train_prob"]
+
+
+def test_per_seed_records_are_kept_apart_and_a_seed_is_never_a_metric():
+    """The identity bridge's summary lists one row per seed, model and variant: each keeps its own key (before,
+    every seed's row was written under one key, so the last seed's replaced the others), and the seed labels the
+    row instead of being averaged as a number."""
+    from analyses.sweep import numbers
+
+    rows = [{"seed": seed, "model": "one-layer", "variant": variant, "test": "held-out reverse",
+             "heldout_accuracy": seed / 10 + (variant == "identity-bridge")}
+            for seed in (0, 1) for variant in ("baseline", "identity-bridge")]
+    found = numbers({"experiment": "identity-bridge", "rows": rows,
+                     "by_model": {"one-layer": {"baseline": {"heldout_accuracy": {"mean": 0.05, "sd": 0.07}}}}})
+    assert found == {"rows.one-layer/baseline/held-out reverse/seed=0.heldout_accuracy": 0.0,
+                     "rows.one-layer/identity-bridge/held-out reverse/seed=0.heldout_accuracy": 1.0,
+                     "rows.one-layer/baseline/held-out reverse/seed=1.heldout_accuracy": 0.1,
+                     "rows.one-layer/identity-bridge/held-out reverse/seed=1.heldout_accuracy": 1.1,
+                     "by_model.one-layer.baseline.heldout_accuracy.mean": 0.05,
+                     "by_model.one-layer.baseline.heldout_accuracy.sd": 0.07}
+
+
+def test_each_metric_is_counted_over_the_seeds_that_have_it():
+    """``n_seeds`` counts a grid point's trials; a metric NaN in one of them (an undefined z, say) has its mean,
+    sd and interval over the others, and ``.n`` says how many: 2 of 3 here, with t(1)'s interval."""
+    from analyses.sweep import metric_statistics
+
+    stats = metric_statistics("z_heldout", [0.5, float("nan"), 0.7])
+    assert stats["z_heldout.n"] == 2 and stats["z_heldout.mean"] == pytest.approx(0.6)
+    assert stats["z_heldout.sd"] == pytest.approx(0.1 * math.sqrt(2))
+    half = t_quantile(0.975, 1) * 0.1 * math.sqrt(2) / math.sqrt(2)
+    assert (stats["z_heldout.ci95_low"], stats["z_heldout.ci95_high"]) == (pytest.approx(0.6 - half),
+                                                                           pytest.approx(0.6 + half))
+    alone = metric_statistics("z_heldout", [float("nan"), 0.7, float("nan")])
+    assert alone["z_heldout.n"] == 1 and alone["z_heldout.mean"] == 0.7 and math.isnan(alone["z_heldout.ci95_high"])
+    assert list(stats) == ["z_heldout.n", "z_heldout.mean", "z_heldout.sd", "z_heldout.ci95_low",
+                           "z_heldout.ci95_high"]
 
 
 def test_reproduce_all_runs_experiments_at_once_on_ray_and_across_seeds(tmp_path):

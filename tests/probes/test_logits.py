@@ -43,8 +43,23 @@ def test_logprob_and_rank_agree_with_a_direct_forward_pass(table, trained_one_la
         logprobs = trained_one_layer(torch.tensor([example.prompt]))[0, -1].log_softmax(-1)
     assert row.logprob == pytest.approx(float(logprobs[example.answer[0]]), abs=1e-5)
     entity_ids = torch.tensor([vocab.entity_ids(e)[0] for e in world.entities()])
-    assert row["rank"] == 1 + int((logprobs[entity_ids] > logprobs[example.answer[0]]).sum())
+    assert row["rank"] == int((logprobs[entity_ids] >= logprobs[example.answer[0]]).sum())  # the truth counts once
     assert row.correct == (int(logprobs.argmax()) == example.answer[0])
+
+
+def test_a_tie_ranks_above_the_answer_so_a_model_that_knows_nothing_is_never_top_1(world, vocab):
+    """A model whose every next token is equally likely (its unembedding zeroed) ties every answer with every
+    other: each ranks last, among the candidates and among its controls, as top-1 ("the answer outscores every
+    other") reads; before, ties counted for the answer, and such a model ranked every answer first."""
+    model = build_model("one-layer", vocab.d_vocab, seed=1)
+    with torch.no_grad():
+        model.W_U.zero_()
+        model.b_U.zero_()
+    facts = FactSet(list(world)[:30], world=world.world)
+    candidates = answer_table(model, facts, vocab)
+    assert (candidates["rank"] == candidates.n_candidates).all()
+    controls = answer_table(model, facts, vocab, rank_against="controls", n_controls=4)
+    assert (controls["rank"] == 5).all()
 
 
 def test_multi_token_answers_sum_over_tokens_and_rank_by_teacher_forcing(vocab):

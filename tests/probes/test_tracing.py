@@ -325,6 +325,36 @@ def test_training_moves_the_trained_direction_not_the_held_out_one(tiny_before_a
         assert row["z_trained"] > 0.4 and abs(row["z_heldout"]) < 0.4 and row["asymmetry"] > 0.4
 
 
+def test_a_layer_whose_weights_did_not_change_is_never_the_most_asymmetric(tiny_before_after, world, vocab):
+    """Block 0 frozen (as `finetune-facts --trainable-blocks 1` leaves it): its ΔMLP and ΔOV read 0 at every entity,
+    so their z-scores, and asymmetry, are NaN; the headline and the top five name L1, never L0 (a NaN sorted first
+    used to win), and with every layer unchanged they say that no layer has a finite asymmetry."""
+    from analyses.finetune_tracing import format_finetune_tracing, tracing_words, weight_change_summary
+
+    before, trained = tiny_before_after
+    frozen = copy.deepcopy(trained)
+    frozen.blocks[0].load_state_dict(before.blocks[0].state_dict())
+    entry = {"weight_change": weight_change_summary(weight_change_table(before, frozen, world, vocab,
+                                                                       vocab.entity_ids, n_controls=8))}
+    by_name = {row["circuit"]: row for row in entry["weight_change"]}
+    assert math.isnan(by_name["delta_mlp L0"]["asymmetry"]) and math.isnan(by_name["delta_ov L0"]["asymmetry"])
+    assert by_name["delta_mlp L1"]["asymmetry"] > 0.4 and by_name["delta_ov L1"]["asymmetry"] > 0.4
+    words = tracing_words(entry)
+    assert "most asymmetric for ΔMLP at L1 (z trained" in words and "ΔOV at L1 (z trained" in words
+    assert "L0" not in words and "nan" not in words
+    listed = format_finetune_tracing(entry).split("(z trained / held-out): ")[1]
+    largest_first = sorted(["delta_mlp L1", "delta_ov L1"], key=lambda name: -abs(by_name[name]["asymmetry"]))
+    assert [" ".join(item.split()[:2]) for item in listed.split(", ")] == largest_first
+    unchanged = {"weight_change": weight_change_summary(weight_change_table(before, copy.deepcopy(before), world, vocab,
+                                                                            vocab.entity_ids, n_controls=8))}
+    words = tracing_words(unchanged)
+    assert words == ("ΔMLP and ΔOV: no layer has a finite asymmetry (z is undefined where the controls' entries do "
+                     "not vary, as at weights that did not change).")
+    assert format_finetune_tracing(unchanged).endswith("(z trained / held-out): no layer has a finite asymmetry "
+                                                       "(z is undefined where the controls' entries do not vary, as "
+                                                       "at weights that did not change)")
+
+
 # --- finetune-facts' record: before and after ------------------------------------------------------
 
 
