@@ -40,7 +40,6 @@ MKL's are the slower float32 ones (:func:`models.cpu_matmul.float32_matmul`; ``f
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import time
@@ -58,7 +57,7 @@ from models.backend import is_hooked, is_tl_model
 from models.cpu_matmul import float32_matmul
 from models.pretrained import DEFAULT_MODEL, Backend, TLModel, load
 from models.scoring import model_device
-from probes.processes import Processes, candidate_logprobs_in_processes, processes_for
+from probes.shared_prompt import candidate_logprobs_cached
 from probes.views import save_png
 
 TEMPLATE_FAMILIES = {"completion": COMPLETION_TEMPLATES, "question": QUESTION_TEMPLATES}
@@ -147,12 +146,6 @@ def draw_controls(
     return drawn
 
 
-def chosen_statements(facts: FactSet, limit: int | None = None) -> list[tuple[int, Direction]]:
-    """(fact, direction) of every statement asked of the first ``limit`` facts (all without one)."""
-    chosen = range(len(facts) if limit is None else min(limit, len(facts)))
-    return [(i, d) for i, d, _ in facts.statements() if i in chosen]
-
-
 def asymmetry_table(
     model: TLModel,
     facts: FactSet,
@@ -163,7 +156,6 @@ def asymmetry_table(
     seed: int = 0,
     batch_size: int = 128,
     progress: bool = False,
-    processes: Processes | None = None,
 ) -> pd.DataFrame:
     """One row per pair (the first ``limit`` of ``facts``): both directions scored against controls.
 
@@ -171,21 +163,20 @@ def asymmetry_table(
     the same controls as the full one. Columns: fact, line (in the CSV), child, parent,
     parent_type, gpt4_can_reverse, same_last_name (:func:`last_name`), and per direction
     ``{child_to_parent,parent_to_child}_{correct,rank,logprob,margin}`` (empty for parent → child
-    on a parent's later children). ``processes``: score in several processes
-    (:func:`probes.processes.candidate_logprobs_in_processes`); None: in this one.
+    on a parent's later children).
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be ≥ 1, got {limit}")
     if n_controls < 1:
         raise ValueError(f"n_controls must be ≥ 1, got {n_controls}")
     chosen = range(len(facts) if limit is None else min(limit, len(facts)))
-    statements = chosen_statements(facts, limit)
+    statements = [(i, d) for i, d, _ in facts.statements() if i in chosen]
     drawn = draw_controls(facts, statements, n_controls, seed)
     candidates = [
         [tokenizer.example(facts, i, d)] + [tokenizer.example(facts, i, d, answer=a) for a in wrong]
         for (i, d), wrong in zip(statements, drawn)
     ]
-    scores = candidate_logprobs_in_processes(model, candidates, processes, batch_size=batch_size, progress=progress)
+    scores = candidate_logprobs_cached(model, candidates, batch_size=batch_size, progress=progress)
     truth, others = scores.logprob[:, 0], scores.logprob[:, 1:]
     rank = 1 + (others >= truth[:, None]).sum(1)
     margin = truth - others.mean(1)
@@ -266,8 +257,10 @@ def check_inputs(data: str | os.PathLike[str] | None = None, limit: int | None =
     raises :class:`facts.schema.FactError` naming the file and line, more ``n_controls`` than the
     pairs hold one naming ``--controls``. Returns the pairs."""
     facts = load_celebrity_pairs(data)
+    chosen = range(len(facts) if limit is None else min(limit, len(facts)))
+    statements = [(i, d) for i, d, _ in facts.statements() if i in chosen]
     try:
-        draw_controls(facts, chosen_statements(facts, limit), n_controls, seed)
+        draw_controls(facts, statements, n_controls, seed)
     except FactError as error:
         raise FactError(f"--controls {n_controls}: {error}") from None
     return facts
@@ -286,7 +279,6 @@ def check_asymmetry(
     seed: int = 0,
     device: str | None = None,
     progress: bool = True,
-    processes: int = 1,
 ) -> dict[str, Any]:
     """Ask a pretrained model every celebrity pair both ways; write the results into ``out``.
 
@@ -298,11 +290,6 @@ def check_asymmetry(
     :func:`facts.celebrity.celebrity_csv_path`). ``limit``: only the first N pairs (controls still
     come from all pairs). ``n_controls``: K wrong answers per question. ``templates``:
     ``"question"`` (default) or ``"completion"``. ``batch_size``: sequences per forward pass.
-    ``processes``: score in up to this many processes of one torch thread each, on a CPU
-    (:mod:`probes.processes`; ``revlens check-asymmetry`` gives one per ``--threads`` thread): each other
-    process loads the model as this one does, so a model passed in is scored here alone, and so are runs
-    :func:`probes.processes.processes_for` finds too small. A script that asks for more than one must start
-    from ``if __name__ == "__main__":`` (the processes import it again).
 
     Writes ``summary.json``, ``pairs.csv`` (one row per pair) and ``asymmetry.png`` when ``out``
     is given, and returns the summary. A bad CSV raises :class:`facts.schema.FactError`, a model
@@ -326,12 +313,9 @@ def check_asymmetry(
         tokenizer, name = model.tokenizer, os.fspath(model_name_or_path)  # the model's own: no second copy
     fact_tokenizer = TemplateTokenizer(tokenizer, TEMPLATE_FAMILIES[templates])  # BOS as the tokenizer adds it
     loaded = time.perf_counter()
-    count = 1 if is_tl_model(model_name_or_path) else processes_for(model, len(chosen_statements(facts, limit)),
-                                                                    processes)
-    scoring = Processes(count, functools.partial(load, model_name_or_path, backend=backend, device="cpu"))
     with float32_matmul(model_device(model)) as kernels:
         table = asymmetry_table(model, facts, fact_tokenizer, limit=limit, n_controls=n_controls, seed=seed,
-                                batch_size=batch_size, progress=progress, processes=scoring)
+                                batch_size=batch_size, progress=progress)
     scored = time.perf_counter()
     directions = summarize_directions(table, n_controls)
     answers = sum(d["n"] for d in directions.values()) * (n_controls + 1)
@@ -342,7 +326,6 @@ def check_asymmetry(
         "backend": "hooked" if is_hooked(model) else "bridge",
         "device": str(model_device(model)),
         "float32_matmul": kernels,
-        "processes": count,
         "data": facts.meta["source"],
         "rows": facts.meta["rows"],
         "pairs": len(facts),
@@ -475,7 +458,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['answers_scored']} answers scored in {summary['scoring_seconds']:.0f} s "
         f"({summary['answers_per_second']:.1f}/s"
         + (f", float32 products: {summary['float32_matmul']}" if "float32_matmul" in summary else "")
-        + (f", {summary['processes']} processes" if summary.get("processes", 1) > 1 else "")
         + f"); {summary['seconds']:.0f} s in all with loading",
     ]
     return "\n".join(lines)

@@ -94,9 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=_seed, default=0)
     check.add_argument("--device", default=None)
     check.add_argument("--quiet", action="store_true", help="no progress bar")
-    check.add_argument("--processes", type=_positive_int, default=None,
-                       help="score in up to N processes of one torch thread each (default on a CPU: one per --threads "
-                            "thread, for runs large enough to repay their start; 1: this process on --threads threads)")
 
     finetune = commands.add_parser(
         "finetune-facts", help="fine-tune a pretrained LLM on fictitious people or your own facts, test both ways")
@@ -287,14 +284,11 @@ def _make_facts(args: argparse.Namespace) -> int:
 
 
 def _check_asymmetry(args: argparse.Namespace) -> int:
-    import torch
-
     from analyses.asymmetry import check_asymmetry, format_summary
 
     summary = check_asymmetry(args.model, args.data, args.out, limit=args.limit, backend=args.backend,
                               batch_size=args.batch_size, n_controls=args.controls, templates=args.templates,
-                              seed=args.seed, device=args.device, progress=not args.quiet,
-                              processes=args.processes or torch.get_num_threads())
+                              seed=args.seed, device=args.device, progress=not args.quiet)
     print(format_summary(summary))
     print(f"wrote {args.out}/: summary.json pairs.csv asymmetry.png")
     return 0

@@ -332,9 +332,24 @@ def candidate_logprobs_cached(
     (:func:`models.scoring.score_answers`), and one the trie cannot run at all is refused. The progress bar
     counts answers.
     """
-    n, k = len(candidates), check_candidates(model, candidates, batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    check_causal(model)
+    widths = {len(row) for row in candidates}
+    if len(widths) > 1 or 0 in widths:
+        raise ValueError(f"every statement needs the same, non-zero number of answers, got {sorted(widths)}")
+    for row in candidates:
+        if any(e.prompt != row[0].prompt for e in row):
+            raise ValueError(f"fact {row[0].fact} ({row[0].direction}): its answers do not share one prompt")
+    n, k = len(candidates), (widths.pop() if widths else 0)
     tree, hf = scores_by_tree(model), _transformers_model(model)
     runs = model if is_hooked(model) else hf  # what a trie pass runs
+    if hf is model and not tree:
+        raise ValueError(f"a {type(model).__name__} ({hf.config.model_type}) is scored by trie only on "
+                         f"{sorted(TREE_ARCHITECTURES)}: convert it (models.pretrained.to_hooked) or load it as a "
+                         f"TransformerLens model")
+    _check_ids(candidates, *((hf.config.vocab_size,) * 2 if hf is model else
+                             (getattr(model.cfg, "d_vocab", None), getattr(model.cfg, "d_vocab_out", None))))
     logprob = torch.zeros(n, k)
     correct = torch.ones(n, k, dtype=torch.bool)
     if n == 0:
@@ -360,30 +375,6 @@ def candidate_logprobs_cached(
                              batch_size, device, bar)
     bar.close()
     return CandidateScores(logprob, correct)
-
-
-def check_candidates(model: TLModel | PreTrainedModel, candidates: Sequence[Sequence[Example]],
-                     batch_size: int = 128) -> int:
-    """Refuse what :func:`candidate_logprobs_cached` cannot score (a model that is not causal, rows of different
-    widths or prompts, token ids outside the vocabulary, a transformers model the trie cannot run); returns the
-    number of answers per statement (0 when there are no statements)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    check_causal(model)
-    widths = {len(row) for row in candidates}
-    if len(widths) > 1 or 0 in widths:
-        raise ValueError(f"every statement needs the same, non-zero number of answers, got {sorted(widths)}")
-    for row in candidates:
-        if any(e.prompt != row[0].prompt for e in row):
-            raise ValueError(f"fact {row[0].fact} ({row[0].direction}): its answers do not share one prompt")
-    hf = _transformers_model(model)
-    if hf is model and not scores_by_tree(model):
-        raise ValueError(f"a {type(model).__name__} ({hf.config.model_type}) is scored by trie only on "
-                         f"{sorted(TREE_ARCHITECTURES)}: convert it (models.pretrained.to_hooked) or load it as a "
-                         f"TransformerLens model")
-    _check_ids(candidates, *((hf.config.vocab_size,) * 2 if hf is model else
-                             (getattr(model.cfg, "d_vocab", None), getattr(model.cfg, "d_vocab_out", None))))
-    return widths.pop() if widths else 0
 
 
 def _score_chunk(

@@ -10,12 +10,11 @@ import torch
 
 from analyses.asymmetry import (
     PUBLISHED,
-    asymmetry_table,
     check_asymmetry,
     draw_controls,
     format_summary,
 )
-from facts.celebrity import COLUMNS, COMPLETION_TEMPLATES, DEFAULT_CSV, QUESTION_TEMPLATES, load_celebrity_pairs
+from facts.celebrity import COLUMNS, COMPLETION_TEMPLATES, DEFAULT_CSV, load_celebrity_pairs
 from facts.language import TemplateTokenizer
 from facts.schema import FactError
 from facts.tokens import collate
@@ -105,21 +104,6 @@ def test_cached_scoring_equals_teacher_forcing_on_both_backends(hooked, smollm2_
         reference = score_answers(model, collate([e for row in rows for e in row]))
         assert cached.logprob.flatten().tolist() == pytest.approx(reference.logprob.tolist(), abs=1e-3)
         assert cached.correct.flatten().tolist() == reference.correct.tolist()
-
-
-def test_smollm2_by_name_in_two_processes_gives_one_process_table(smollm2_bridge, tmp_path):
-    """``check_asymmetry`` by name with ``processes=2`` (the CLI's default on 2 cores): the other process loads
-    SmolLM2 itself, and the pairs' numbers equal one process's on the session's bridge."""
-    summary = check_asymmetry("smollm2-135m", REAL_CSV, tmp_path, limit=40, n_controls=3, backend="bridge",
-                              progress=False, processes=2)
-    assert summary["processes"] == 2 and summary["pairs_checked"] == 40
-    two = pd.read_csv(tmp_path / "pairs.csv")
-    tokenizer = TemplateTokenizer(smollm2_bridge.tokenizer, QUESTION_TEMPLATES)
-    one = asymmetry_table(smollm2_bridge, load_celebrity_pairs(REAL_CSV), tokenizer, limit=40, n_controls=3)
-    for column in ("child_to_parent_logprob", "parent_to_child_logprob", "child_to_parent_margin"):
-        assert (two[column] - one[column].astype(float)).abs().max() < 1e-5, column
-    for column in ("child_to_parent_rank", "parent_to_child_rank"):
-        assert two[column].fillna(0).astype(int).tolist() == one[column].fillna(0).astype(int).tolist()
 
 
 def test_cached_scoring_refuses_a_bridge_under_a_transformers_that_hides_its_cache(smollm2_bridge, monkeypatch):
