@@ -51,7 +51,7 @@ from facts.io import save_jsonl
 from facts.language import (IDENTITY_TEMPLATES, TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix,
                             encode_pair, people_world, render, render_statement)
 from facts.berglund import GROUPS, experiment_files
-from facts.questions import SETTINGS, QuestionSet, load_templates, questions_from_facts
+from facts.questions import SETTINGS, QuestionSet, load_templates, questions_from_facts, spaced_like
 from facts.schema import FactError, FactSet
 from facts.tokens import Example, TokenizedFacts, collate
 
@@ -146,7 +146,7 @@ class FinetuneConfig:
             if not self.groups or len(set(self.groups)) != len(self.groups) or not set(self.groups) <= set(GROUPS):
                 raise ValueError(f"groups must be distinct names from {list(GROUPS)}, got {list(self.groups)}")
         if self.facts is None:
-            if self.templates is not None and self.templates > len(TRAIN_TEMPLATES["p2d"]):
+            if self.templates is not None and self.templates_file is None and self.templates > len(TRAIN_TEMPLATES["p2d"]):
                 raise ValueError(f"templates must be 1…{len(TRAIN_TEMPLATES['p2d'])}, got {self.templates}")
             if self.n_controls >= self.people:
                 raise ValueError(f"n_controls ({self.n_controls}) must be below the number of people "
@@ -164,7 +164,8 @@ def training_sentences(facts: FactSet, tokenizer, templates: int, pad_id: int, r
             if split == "train":
                 examples.append(asked.example(facts, index, direction))
                 if reverse_training:
-                    examples.append(reversed_example(facts, index, direction, number, tokenizer))
+                    text = render_statement(facts, index, direction, TRAIN_TEMPLATES, number).text
+                    examples.append(reversed_example(facts, index, direction, text, number, tokenizer))
     return collate(examples, pad_id)
 
 
@@ -186,12 +187,13 @@ def asked(tokenizer, prompt: str, answer: str, label: str, fact: int, direction:
     return Example(bos_prefix(tokenizer) + prompt_ids, answer_ids, fact, direction, split)
 
 
-def reversed_example(facts: FactSet, index: int, direction: str, template: int, tokenizer) -> Example:
-    """A trained sentence reversed by :func:`reverse_words`, its loss on every token but the first word's
-    (the language-model loss of reverse training): the name now follows the description."""
+def reversed_example(facts: FactSet, index: int, direction: str, text: str, template: int, tokenizer) -> Example:
+    """The trained sentence ``text`` (statement ``index``, ``direction``, in paraphrase ``template``: the one
+    trained, from the built-in templates or a templates file) reversed by :func:`reverse_words`, its loss on
+    every token but the first word's (the language-model loss of reverse training): the name now follows the
+    description."""
     fact = facts[index]
-    rendered = render_statement(facts, index, direction, TRAIN_TEMPLATES, template)
-    first, rest = reverse_words(rendered.text, (fact.subject, fact.object)).split(" ", 1)
+    first, rest = reverse_words(text, (fact.subject, fact.object)).split(" ", 1)
     label = f"fact {index} ({fact.subject!r}, reversed paraphrase {template})"
     return asked(tokenizer, first, " " + rest, label, index, direction, "train")
 
@@ -250,14 +252,16 @@ def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[li
     """Per question: the controls its data brings (Berglund's randomized name), then ``n_controls``
     random other answers of its pool, seeded per question. A pool with fewer wrong answers than
     ``n_controls`` is refused (a margin over fewer controls than asked would be another number)."""
-    pools = questions.pool_answers()
+    pools = questions.pool_answers()  # distinct answers, compared without a template's leading space
     drawn = []
     for number, question in enumerate(questions.questions):
-        others = [a for a in pools[question.pool] if a != question.completion and a not in question.extra_controls]
+        taken = {question.completion.strip(), *(control.strip() for control in question.extra_controls)}
+        others = [a for a in pools[question.pool] if a not in taken]
         if len(others) < n_controls:
             raise FactError(f"{question.source}: {n_controls} controls asked, but the {question.pool!r} answers hold "
                             f"only {len(others)} other(s); use fewer --controls")
-        drawn.append(list(question.extra_controls) + random.Random(f"{seed}:{number}").sample(others, n_controls))
+        sampled = random.Random(f"{seed}:{number}").sample(others, n_controls)
+        drawn.append(list(question.extra_controls) + [spaced_like(a, question.completion) for a in sampled])
     return drawn
 
 
@@ -444,7 +448,8 @@ def training_examples(questions: QuestionSet, config: FinetuneConfig, tokenizer,
         examples.append(asked(tokenizer, pair.prompt, pair.completion, f"training pair {pair.prompt!r}", fact, direction,
                               "train"))
         if config.mitigation == "reverse-training":
-            examples.append(reversed_example(questions.facts, fact, direction, pair.paraphrase, tokenizer))
+            examples.append(reversed_example(questions.facts, fact, direction, pair.prompt + pair.completion,
+                                             pair.paraphrase, tokenizer))
     if config.mitigation == "identity-bridge":
         examples += identity_examples(questions.facts, max(p.paraphrase for p in questions.train) + 1, tokenizer)
     return collate(examples, pad_id)
@@ -542,7 +547,8 @@ def _finetune_loaded(out: str | Path, config: FinetuneConfig, progress: bool, be
     by_tree = config.lora_rank is None and scores_by_tree(hf_model)
     lora_targets = None
     if config.lora_rank is not None:  # the targets are checked against the model before anything is evaluated
-        hf_model, lora_targets = add_lora(hf_model, config.lora_rank, config.lora_alpha, config.lora_targets)
+        hf_model, lora_targets = add_lora(hf_model, config.lora_rank, config.lora_alpha, config.lora_targets,
+                                           seed=config.seed)
         lora_parameters = sum(p.numel() for p in hf_model.parameters() if p.requires_grad)
     elif config.trainable_blocks is not None:
         freeze_except_last_blocks(hf_model, config.trainable_blocks)
@@ -637,13 +643,16 @@ def _ask_multiple_choice(model, questions: QuestionSet, tokenizer, config: Finet
 
 def _start_tracing(model, facts: FactSet | None, tokenizer, config: FinetuneConfig):
     """Causal tracing and the weight-change read (:class:`analyses.finetune_tracing.FinetuneTracing`), when
-    the source is a fact set and ``config.tracing_facts`` > 0; else None. ``model`` (the "before" conversion,
+    the source is a fact set and ``config.tracing_facts`` > 0 (traced in the first training paraphrase, from the
+    templates file when one is given); else None. ``model`` (the "before" conversion,
     whose weights are its own: training changes the transformers model) is handed over, not copied."""
     if facts is None or not config.tracing_facts:
         return None
     from analyses.finetune_tracing import FinetuneTracing
 
-    return FinetuneTracing(model, facts, tokenizer, config.tracing_facts, seed=config.seed, handed_over=True)
+    trained = TRAIN_TEMPLATES if config.templates_file is None else load_templates(config.templates_file)[0]
+    return FinetuneTracing(model, facts, tokenizer, config.tracing_facts, seed=config.seed, handed_over=True,
+                           templates=trained)
 
 
 def _berglund_file_text(name: str, entry: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -38,11 +38,13 @@ class FinetuneTracing:
     """Tracing before fine-tuning at construction, after it in :meth:`finish`."""
 
     def __init__(self, model: Any, facts: FactSet, tokenizer: Any, n_facts: int = 2, n_samples: int = 2,
-                 seed: int = 0, handed_over: bool = False) -> None:
+                 seed: int = 0, handed_over: bool = False,
+                 templates: Mapping[str, Sequence[str]] = TRAIN_TEMPLATES) -> None:
         """``handed_over``: the caller changes none of ``model``'s weights from now on (``finetune-facts`` trains
         the transformers model and converts it anew), so ``model`` itself is the model before fine-tuning that
-        :meth:`finish` reads; otherwise a copy of it is kept."""
-        self.statements = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES)
+        :meth:`finish` reads; otherwise a copy of it is kept. ``templates``: the training templates by relation
+        (a templates file's, when the run had one): each statement is traced in its first, trained, paraphrase."""
+        self.statements = TemplateTokenizer(tokenizer, templates)
         self.facts, self.tokenizer, self.n_samples, self.seed = facts, tokenizer, n_samples, seed
         tested = [i for i, f in enumerate(facts) if f.forward == "train" and f.reverse == "heldout"][:n_facts]
         self.chosen = [(i, d) for i in tested for d in ("forward", "reverse")]

@@ -87,7 +87,7 @@ def multiple_choice_prompts(questions: QuestionSet, tokenizer: Any, k: int = 4, 
     for number, question in enumerate(questions.questions):
         if question.setting not in settings:
             continue
-        others = [a for a in pools[question.pool] if a != question.completion]
+        others = [a for a in pools[question.pool] if a != question.completion.strip()]
         distractors = random.Random(f"{seed}:multiple-choice:{number}").sample(others, k - 1)
         orders = multiple_choice_orders(question, distractors, seed, letters)
         encoded = [prefix + tuple(tokenizer.encode(order.prompt, add_special_tokens=False)) for order in orders]

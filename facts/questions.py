@@ -82,14 +82,22 @@ class QuestionSet:
     facts: FactSet | None = None
 
     def pool_answers(self) -> dict[str, list[str]]:
-        """Every pool's distinct answers, in order of first appearance."""
+        """Every pool's distinct answers, in order of first appearance, without the leading space a template
+        puts before an answer (" Ann Lee" after "was", "Ann Lee" after a quote: one answer). A control taken
+        from a pool is spaced as the question's own answer (:func:`spaced_like`)."""
         pools: dict[str, dict[str, None]] = {}
         for question in self.questions:
-            pools.setdefault(question.pool, {})[question.completion] = None
+            pools.setdefault(question.pool, {})[question.completion.strip()] = None
         return {pool: list(answers) for pool, answers in pools.items()}
 
     def groups(self) -> list[str]:
         return list(dict.fromkeys(question.group for question in self.questions))
+
+
+def spaced_like(answer: str, completion: str) -> str:
+    """``answer`` (a pool's answer, :meth:`QuestionSet.pool_answers`) with the leading whitespace of the
+    question's own ``completion``, so a control is read after the prompt as the right answer is."""
+    return completion[: len(completion) - len(completion.lstrip())] + answer.strip()
 
 
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")

@@ -102,11 +102,13 @@ def check_lora_options(rank: int, alpha: float | None) -> None:
         raise ValueError(f"LoRA alpha must be > 0, got {alpha!r}")
 
 
-def add_lora(model: PreTrainedModel, rank: int, alpha: float | None = None, targets: Sequence[str] | None = None
-             ) -> tuple[nn.Module, list[str]]:
+def add_lora(model: PreTrainedModel, rank: int, alpha: float | None = None, targets: Sequence[str] | None = None,
+             seed: int = 0) -> tuple[nn.Module, list[str]]:
     """Wrap ``model`` (in place) with LoRA adapters of ``rank`` on the block linear layers named
     ``targets`` (None: all of them, :func:`lora_target_names`); ``alpha`` defaults to 2·rank.
-    Every other parameter is frozen. Returns the peft model and the targets used; an unknown name is
+    Every other parameter is frozen. The adapters' random start (peft's: A drawn, B zero) is drawn from
+    torch's generator seeded with ``seed`` (the caller's generator left as it was), so the same seed gives
+    the same run in any process. Returns the peft model and the targets used; an unknown name is
     refused with the valid ones listed."""
     from peft import LoraConfig, get_peft_model
 
@@ -119,7 +121,9 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: float | None = None, targ
                          f"valid: {', '.join(valid)}")
     config = LoraConfig(r=rank, lora_alpha=float(2 * rank if alpha is None else alpha), target_modules=chosen,
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config), chosen
+    with torch.random.fork_rng(devices=[]):  # peft draws A on the CPU, before any move
+        torch.manual_seed(seed)
+        return get_peft_model(model, config), chosen
 
 
 def merge_lora(model: nn.Module) -> PreTrainedModel:

@@ -90,6 +90,13 @@ class TrainResult:
     steps: int
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of torch's generator during training step ``step``: what a model draws inside its forward pass
+    (dropout, as a transformers model in train mode does) is then a function of (seed, step), like the batches,
+    so a run is reproduced across processes and a resumed run draws what the uninterrupted one drew."""
+    return (seed * 1_000_003 + step) % (1 << 63)
+
+
 def batch_rows(n: int, step: int, batch_size: int | None, seed: int) -> torch.Tensor:
     """Row indices of the batch at ``step``: a pure function of its arguments."""
     if batch_size is None or batch_size >= n:
@@ -328,25 +335,28 @@ def _train(
     tokens, answer_mask = train_set.tokens.to(device), train_set.answer_mask.to(device)
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not config.progress,
                desc="train", unit="step", leave=False)
-    for step in bar:
-        rows = batch_rows(len(train_set), step, config.batch_size, config.seed).to(device)
-        loss = batch_loss(model, tokens[rows], answer_mask[rows])
-        if not torch.isfinite(loss):
-            kept = list_checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
-            raise TrainingError(
-                f"loss became {loss.item()} at step {step + 1}; stopping. "
-                + (f"The last good checkpoint is {kept[-1]}. " if kept else "")
-                + "Lower the learning rate or check the inputs."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        done = step + 1
-        if done % config.eval_every == 0 or done == config.steps:
-            record(done, loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
-            checkpoint(done)
+    # each step seeds torch's generator (step_seed); the caller's generator is left as it was
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for step in bar:
+            torch.manual_seed(step_seed(config.seed, step))  # dropout's draws: a function of (seed, step)
+            rows = batch_rows(len(train_set), step, config.batch_size, config.seed).to(device)
+            loss = batch_loss(model, tokens[rows], answer_mask[rows])
+            if not torch.isfinite(loss):
+                kept = list_checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
+                raise TrainingError(
+                    f"loss became {loss.item()} at step {step + 1}; stopping. "
+                    + (f"The last good checkpoint is {kept[-1]}. " if kept else "")
+                    + "Lower the learning rate or check the inputs."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done = step + 1
+            if done % config.eval_every == 0 or done == config.steps:
+                record(done, loss.item())
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
+                checkpoint(done)
     if start < config.steps:
         checkpoint(config.steps)
     return TrainResult(history=history, seconds=time.perf_counter() - began, steps=config.steps)

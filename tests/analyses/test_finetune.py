@@ -563,3 +563,47 @@ def test_read_questions_takes_a_fact_jsonl_a_csv_or_a_berglund_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty: a folder without any of Berglund et al.'s experiment-1 files"):
         read_questions(FinetuneConfig(facts=str(tmp_path / "empty")))
+
+
+def _templates_file(path, lines):
+    path.write_text("".join(json.dumps({"relation": r, "split": s, "template": t}) + "\n" for r, s, t in lines))
+    return path
+
+
+def test_a_control_is_never_the_answer_respaced_and_is_read_as_the_answer_is(tmp_path):
+    """Templates that put the answer after a space and after a quote give " desc" and "desc": one answer. Before,
+    the pool held both, and 34 of 72 questions drew their own answer as a control (margin and top-1 wrong)."""
+    from analyses.finetune import FinetuneConfig, draw_controls, read_questions
+
+    templates = _templates_file(tmp_path / "t.jsonl", [
+        ("p2d", "train", "{given} is known for being {answer}."), ("p2d", "test", "{given} was {answer}."),
+        ("p2d", "test", "{given}: '{answer}'."), ("d2p", "train", "Known for being {given}, {answer} lives."),
+        ("d2p", "test", "Q: Who is {given}? A: {answer}."), ("d2p", "test", "Q: Who is {given}? A: '{answer}'.")])
+    questions = read_questions(FinetuneConfig(people=4, templates_file=templates, templates=1, n_controls=3))
+    pools = questions.pool_answers()
+    assert all(len(answers) == len(set(answers)) == len({a.strip() for a in answers}) for answers in pools.values())
+    for question, controls in zip(questions.questions, draw_controls(questions, 3, 0)):
+        assert question.completion.strip() not in {c.strip() for c in controls}
+        lead = question.completion[: len(question.completion) - len(question.completion.lstrip())]
+        assert all(c.startswith(lead) and c[len(lead):] == c.strip() for c in controls)
+
+
+def test_reverse_training_reverses_the_sentences_of_a_templates_file(tmp_path, smollm2_tokenizer):
+    """With a templates file, each reversed sentence is the reversal of the trained one, not of a built-in
+    paraphrase that was never trained; more paraphrases than the built-in five may be asked of such a file."""
+    from analyses.finetune import FinetuneConfig, read_questions, training_examples
+
+    lines = [("p2d", "train", f"Fact {n}: {{given}} is {{answer}}.") for n in range(7)]
+    lines += [("p2d", "test", "Q: {given}? {answer}."), ("d2p", "train", "Known as {given}, {answer}."),
+              ("d2p", "test", "Who is {given}? {answer}.")]
+    config = FinetuneConfig(people=4, n_controls=2, mitigation="reverse-training", templates=6,
+                            templates_file=_templates_file(tmp_path / "t.jsonl", lines))
+    questions = read_questions(config)
+    examples = training_examples(questions, config, smollm2_tokenizer, 0)
+    texts = [smollm2_tokenizer.decode(row[: int(p + a)]) for row, p, a in
+             zip(examples.tokens, examples.prompt_len, examples.answer_len)]
+    assert len(texts) == 2 * len(questions.train)  # each trained pair, then its reversal
+    for number, pair in enumerate(questions.train):
+        fact = questions.facts[int(examples.fact[2 * number + 1])]
+        assert texts[2 * number + 1] == reverse_words(pair.prompt + pair.completion, (fact.subject, fact.object))
+    assert max(pair.paraphrase for pair in questions.train) == 5  # six paraphrases of a seven-template file

@@ -403,3 +403,20 @@ def test_finetune_tracing_records_before_and_after(tiny_llama, smollm2_tokenizer
     mlp = entry["after"]["train/forward"]["components"]["mlp_out"]
     assert columns["forward_peak_mlp"] == f"L{mlp['peak_layer']} {mlp['peak_bucket']}"
     assert columns["delta_mlp_peak_layer"].startswith("delta_mlp L")
+
+
+def test_finetune_tracing_traces_the_trained_sentence_of_a_templates_file(tiny_llama, smollm2_tokenizer):
+    """A run trained from a templates file is traced in that file's first (trained) paraphrase, for relations
+    the built-in templates do not know (before: "no template number 0 for relation 'job'", after the model
+    loaded) and for p2d alike (before: the built-in wording, never trained, reported as the trained sentence)."""
+    from analyses.finetune_tracing import FinetuneTracing
+    from facts.schema import Fact
+
+    facts = FactSet([Fact(name, "job", job, "job_of", forward="train", reverse="heldout", group="p2d")
+                     for name, job in (("Ann Lee", "the author of 'X'"), ("Tom Hardy", "the painter of 'Y'"),
+                                       ("Ivy Moss", "the maker of 'Z'"))])
+    templates = {"job": ("{given} works as {answer}.",), "job_of": ("Known for being {given}, {answer} lives.",)}
+    tracer = FinetuneTracing(copy.deepcopy(tiny_llama), facts, smollm2_tokenizer, n_facts=1, n_samples=1,
+                             templates=templates)
+    prompt = smollm2_tokenizer.decode(tracer.statements.example(facts, 0, "forward").prompt)
+    assert prompt.endswith("Ann Lee works as") and set(tracer.tables["before"].direction) == {"forward", "reverse"}
