@@ -9,7 +9,8 @@ raises B") and M[B, A]. The circuits (docs/SCIENCE.md §3; Zhu et al.'s Y and Z)
 * ``theta`` for the bilinear model: u_sᵀ Θ u_t.
 
 Asymmetry index. Each entry is compared with the same row's entries for K random control
-answers of the same kind (other objects for M[A, ·], other subjects for M[B, ·]):
+answers of the same kind (other objects for M[A, ·], other subjects for M[B, ·]; never an entity a fact
+pairs with the given one, whose entry may have been trained: x's own y for Y[x, z] in a chain world):
 ``z[A,B] = (M[A,B] − mean_c M[A,c]) / std_c M[A,c]``, and the index is
 ``z[A,B] − z[B,A]``: large when only A → B was learnt, ≈ 0 when both or neither were.
 
@@ -39,7 +40,7 @@ as " the", so the controls would all be equal and the z-score undefined.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
 import einops
 import numpy as np
@@ -287,8 +288,10 @@ def bilinear_circuits(model: BilinearModel, tokens: EntityTokens) -> Iterator[li
 
 
 def _controls(pool: Sequence[str], answer: str, index_of: dict[str, int], k: int,
-              generator: torch.Generator) -> list[str]:
-    """K other entities of the answer's kind whose tokens differ from the answer's.
+              generator: torch.Generator, partners: Collection[str] = ()) -> list[str]:
+    """K other entities of the answer's kind whose tokens differ from the answer's, none of the given entity's
+    ``partners`` (every entity a fact pairs it with, the answer among them: in a chain world x's own y is no
+    control for Y[x, z], its entry was trained).
 
     Drawn by rejection from random picks (O(K) per fact, so N facts cost O(N·K), not O(N²));
     without replacement when the kind is large enough, with replacement otherwise. When every
@@ -299,11 +302,11 @@ def _controls(pool: Sequence[str], answer: str, index_of: dict[str, int], k: int
     chosen: dict[str, None] = {}
     for index in torch.randint(len(pool), (8 * k,), generator=generator).tolist():
         entity = pool[index]
-        if entity != answer and index_of[entity] != index_of[answer]:
+        if entity != answer and index_of[entity] != index_of[answer] and entity not in partners:
             chosen.setdefault(entity, None)
             if len(chosen) == k:
                 return list(chosen)
-    others = [e for e in pool if e != answer]  # small or degenerate kind: scan it once
+    others = [e for e in pool if e != answer and e not in partners]  # small or degenerate kind: scan it once
     if not others:
         raise FactError(f"no control answers for {answer!r}: it is the only entity of its kind")
     candidates = [e for e in others if index_of[e] != index_of[answer]] or others
@@ -315,16 +318,21 @@ def _controls(pool: Sequence[str], answer: str, index_of: dict[str, int], k: int
 
 
 def _rows(facts: FactSet, tokens: EntityTokens, n_controls: int, seed: int) -> tuple[Tensor, Tensor]:
-    """For every fact, the forward row (A; B + controls) then the reverse row (B; A + controls)."""
+    """For every fact, the forward row (A; B + controls) then the reverse row (B; A + controls); a row's controls
+    are never an entity a fact pairs with its given one (:func:`_controls`)."""
     if n_controls < 2:
         raise ValueError(f"n_controls must be ≥ 2 to estimate a spread, got {n_controls}")
     generator = torch.Generator().manual_seed(seed)
     objects = list(dict.fromkeys(f.object for f in facts))
     subjects = list(dict.fromkeys(f.subject for f in facts))
+    partners: dict[str, set[str]] = {}
+    for fact in facts:
+        partners.setdefault(fact.subject, set()).add(fact.object)
+        partners.setdefault(fact.object, set()).add(fact.subject)
     sources, targets = [], []
     for fact in facts:
         for given, answer, pool in ((fact.subject, fact.object, objects), (fact.object, fact.subject, subjects)):
-            controls = _controls(pool, answer, tokens.index_of, n_controls, generator)
+            controls = _controls(pool, answer, tokens.index_of, n_controls, generator, partners[given])
             sources.append(tokens.index_of[given])
             targets.append([tokens.index_of[e] for e in (answer, *controls)])
     return torch.tensor(sources), torch.tensor(targets)

@@ -27,7 +27,8 @@ IE(l, p) = prob(l, p) − prob_corrupted, and the fraction recovered (prob(l, p)
 outputs; here every site is one layer.
 
 Exact identities (tested): with ν = 0 every site gives the clean probability; restoring
-``resid_pre`` of any layer at every position of G (or every position) gives the clean run back,
+``resid_pre`` of layer 0 at every position of G, or of any layer at every position, gives the clean run
+back (above layer 0 the positions after G have already read the noised G),
 as does ``resid_post`` of the last layer at every position; restoring a site the noise cannot
 reach (a position before G, at any layer) gives the corrupted probability.
 

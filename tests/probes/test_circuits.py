@@ -125,3 +125,33 @@ def test_entities_outside_the_vocabulary_are_named(world):
 
     with pytest.raises(ValueError, match="outside the model's vocabulary of 100"):
         circuit_table(small, world, TokenVocab().entity_ids)
+
+
+def test_a_row_never_takes_an_entity_its_given_one_is_paired_with_as_a_control():
+    """In a chain world (x → y, y → z, x ⇝ z in one fact set, as a run's facts.jsonl holds them) the objects are
+    y's and z's, so Y[x, z]'s controls could draw x's own y, whose entry "x → y" trained; no row's controls
+    hold a partner of its given entity, while the plain reversal world's rows draw what they drew before."""
+    from facts.token_worlds import chain_world, reversal_world
+    from probes.circuits import _entity_tokens, _rows
+
+    vocab = TokenVocab()
+    chain = chain_world(n_triples=20, seed=0)
+    tokens = _entity_tokens(chain, vocab.entity_ids, vocab.d_vocab)
+    names = {index: name for name, index in tokens.index_of.items()}
+    partners: dict[str, set[str]] = {}
+    for fact in chain:
+        partners.setdefault(fact.subject, set()).add(fact.object)
+        partners.setdefault(fact.object, set()).add(fact.subject)
+    sources, targets = _rows(chain, tokens, 8, 0)
+    for source, row in zip(sources.tolist(), targets.tolist()):
+        assert not {names[t] for t in row[1:]} & partners[names[source]]
+    world = reversal_world(n_pairs=30, seed=0)
+    plain = _entity_tokens(world, vocab.entity_ids, vocab.d_vocab)
+    _, drawn = _rows(world, plain, 8, 0)
+    generator = torch.Generator().manual_seed(0)  # one partner per entity: the draws of a slot-only pool
+    from probes.circuits import _controls
+    objects = list(dict.fromkeys(f.object for f in world))
+    subjects = list(dict.fromkeys(f.subject for f in world))
+    expected = [[plain.index_of[e] for e in (answer, *_controls(pool, answer, plain.index_of, 8, generator))]
+                for fact in world for answer, pool in ((fact.object, objects), (fact.subject, subjects))]
+    assert drawn.tolist() == expected
