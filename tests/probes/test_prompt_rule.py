@@ -15,7 +15,7 @@ from analyses.asymmetry import DEFAULT_TEMPLATES, TEMPLATE_FAMILIES, asymmetry_t
 from analyses.finetune import reversed_example, training_sentences
 from analyses.probe import pretrained_probed
 from facts.celebrity import load_celebrity_pairs
-from facts.language import TemplateTokenizer, bos_prefix, people_world
+from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix, people_world, render_statement
 from facts.schema import FactSet
 from models.backend import TL_MAJOR
 from models.pretrained import ModelSource, declared_bos, resolve
@@ -125,5 +125,6 @@ def test_finetune_sentences_start_with_bos_when_the_tokenizer_adds_it(bos_tokeni
         batch = training_sentences(people, tokenizer, templates=1, pad_id=0, reverse_training=True)
         first_tokens = batch.tokens[:, 0]
         assert bool((first_tokens == tokenizer.bos_token_id).all()) is starts
-        reversed_sentence = reversed_example(people, 0, "forward", 0, tokenizer)
+        text = render_statement(people, 0, "forward", TRAIN_TEMPLATES, 0).text
+        reversed_sentence = reversed_example(people, 0, "forward", text, 0, tokenizer)
         assert (reversed_sentence.prompt[0] == tokenizer.bos_token_id) is starts
