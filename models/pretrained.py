@@ -106,6 +106,7 @@ from facts.language import bos_prefix
 from models import gguf_cache
 from models.gguf_weights import lean_gguf_weights, plain_array_reader
 from models.memory import release_after_loading
+from models.rope_layout import refuse_pass_dependent_rope
 from models.transformer import default_device
 from models.backend import (
     OFFICIAL_MODEL_NAMES,
@@ -655,15 +656,16 @@ def _read_gguf_model(path: Path) -> PreTrainedModel:
             local_files_only=True,
         )
     model.config.architectures = [type(model).__name__]
-    return model.eval()
+    return refuse_pass_dependent_rope(model, str(path)).eval()
 
 
 def _read_hf_folder(folder: Path) -> PreTrainedModel:
     """A Hugging Face model folder as a float32 causal LM with eager attention."""
     with _as_load_error(folder, "it as a causal language model"):
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, attn_implementation="eager", local_files_only=True
         )
+    return refuse_pass_dependent_rope(model, str(folder))
 
 
 @contextlib.contextmanager
@@ -1058,6 +1060,7 @@ def _to_bridge(
     ``process_weights``.
     """
     prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
+    refuse_pass_dependent_rope(hf_model, source.name)  # a model of the caller's (to_hooked under 4.x) too
     try:
         bridge = TransformerBridge.boot_transformers(
             str(source.path), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype

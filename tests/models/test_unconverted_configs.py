@@ -20,12 +20,17 @@ from tiny_models import save_tiny, tiny_config
 
 from models import pretrained
 from models.backend import TL_MAJOR
+from facts.tokens import Example
 from models.pretrained import PretrainedLoadError, load, load_hf, to_hooked
+from models.rope_layout import PassDependentRopeError
+from probes.shared_prompt import candidate_logprobs_cached
 
 TOLERANCE = 1e-4
 LINEAR = {"rope_type": "linear", "factor": 8.0, "rope_theta": 10_000.0}
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "rope_theta": 10_000.0}
 DYNAMIC = {"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10_000.0}
+LONGROPE = {"rope_type": "longrope", "rope_theta": 10_000.0, "short_factor": [1.0] * 8, "long_factor": [4.0] * 8,
+            "original_max_position_embeddings": 32}
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16, "rope_theta": 10_000.0}
 GLOBAL, LOCAL = {"rope_type": "default", "rope_theta": 1_000_000.0}, {"rope_type": "default", "rope_theta": 10_000.0}
@@ -36,7 +41,6 @@ def _ids(n: int) -> torch.Tensor:
 
 
 IDS = _ids(40)  # past llama3's original 16 positions, yarn's 32 and Gemma 3's 4-token window
-PAST_CONTEXT = _ids(150)  # past the tiny models' 128 positions, where dynamic RoPE rescales
 
 
 def _config(kind: str, **overrides) -> transformers.PretrainedConfig:
@@ -98,14 +102,15 @@ def test_hooked_refuses_what_its_converter_drops_and_the_bridge_computes_it(case
     kind, overrides, field = REFUSED[case]
     folder = tmp_path / case
     hf = _build(folder, kind, smollm2_tokenizer, **overrides)
-    ids = PAST_CONTEXT if overrides.get("rope_parameters") is DYNAMIC else IDS
-    plain = transformers.AutoModelForCausalLM.from_config(tiny_config(kind), attn_implementation="eager").eval()
-    plain.load_state_dict(hf.state_dict(), strict=False)  # the same weights without the feature (and its biases)
-    assert _difference(plain, hf, ids) > 0.1  # the feature changes the function: dropping it would show
+    if overrides.get("rope_parameters") is not DYNAMIC:  # dynamic RoPE changes it past the context alone, where
+        # every pass is refused (test_rope_that_depends_on_the_pass_is_refused_past_its_first_positions)
+        plain = transformers.AutoModelForCausalLM.from_config(tiny_config(kind), attn_implementation="eager").eval()
+        plain.load_state_dict(hf.state_dict(), strict=False)  # the same weights without the feature (and its biases)
+        assert _difference(plain, hf) > 0.1  # the feature changes the function: dropping it would show
     bridge = load(folder, backend="bridge", device="cpu")
-    assert _difference(bridge, hf, ids) < TOLERANCE
+    assert _difference(bridge, hf) < TOLERANCE
     if TL_MAJOR >= 4:
-        assert _difference(load(folder, backend="hooked", device="cpu"), hf, ids) < TOLERANCE
+        assert _difference(load(folder, backend="hooked", device="cpu"), hf) < TOLERANCE
         return
     message = (rf"cannot convert {type(hf).__name__} \({case}: its config sets {field}"
                r".*backend='bridge' \(--backend bridge\)")
@@ -196,3 +201,28 @@ def test_the_rule_names_what_the_converter_does_not_carry(kind, overrides, gap):
     else:
         with pytest.raises(PretrainedLoadError, match="tiny: its config sets .*backend='bridge'"):
             pretrained.check_hooked_config("tiny", config)
+
+
+@pytest.mark.parametrize(("rope", "limit"), [(DYNAMIC, 128), (LONGROPE, 32)], ids=["dynamic", "longrope"])
+def test_rope_that_depends_on_the_pass_is_refused_past_its_first_positions(rope, limit, smollm2_tokenizer, tmp_path):
+    """``dynamic`` RoPE (frequencies grown from the pass's longest position past the 128-position context) and
+    ``longrope`` (long factors past its original 32): transformers' own model gives one token another log-probability
+    in a longer pass of the same prefix (what scoring by trie against teacher forcing meets). Every model the toolkit
+    reads (transformers' and the bridge) runs a pass within the first ``limit`` positions as transformers does and
+    refuses one past them, naming the RoPE and the limit, by trie as well as in a plain forward."""
+    folder = tmp_path / rope["rope_type"]
+    save_tiny(folder, _config("llama", rope_parameters=rope), smollm2_tokenizer)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    ids = _ids(limit + 8)
+    within, longer = _log_probs(theirs, ids[:, :limit])[0, -1], _log_probs(theirs, ids)[0, limit - 1]
+    assert (within - longer).abs().max() > 0.1  # the same position, the same prefix: the pass decides
+    message = rf"RoPE \({rope['rope_type']}\) .* past its first {limit} positions.*reaches position {limit}"
+    bridge = load(folder, backend="bridge", device="cpu")
+    for model in (load_hf(folder, device="cpu")[0], bridge):
+        assert (_log_probs(model, ids[:, :limit])[0, -1] - within).abs().max() < TOLERANCE
+        with pytest.raises(PassDependentRopeError, match=message):
+            _log_probs(model, ids[:, : limit + 1])
+    answers = [Example(prompt=tuple(ids[0, : limit - 1].tolist()), answer=tuple(ids[0, limit - 1 : limit + 2].tolist()),
+                       fact=0, direction="forward", split="trained")]
+    with pytest.raises(PassDependentRopeError, match=message):
+        candidate_logprobs_cached(bridge, [answers])
