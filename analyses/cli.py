@@ -470,7 +470,14 @@ def _check_grid_points(sweep: Sweep, on_cluster: bool) -> None:
     from analyses.sweep import SweepError, Trial
 
     parser = build_parser()
+    experiment = EXPERIMENTS[sweep.experiment]
     for point in sweep.points():
+        where = ", ".join(f"{key}={value}" for key, value in point) or "the defaults"
+        count = experiment.seeds_per_run(dict(point))
+        try:  # a trial of seed S trains seeds S·count … S·count + count − 1 (Trial.argv)
+            _check_seed_range(max(sweep.seeds) * count, count, experiment.seeds_option)
+        except ValueError as error:
+            raise SweepError(f"--grid {where}: the sweep's last seed, {max(sweep.seeds)}: {error}") from None
         trial = Trial(point, sweep.seeds[0])
         args = parser.parse_args(trial.argv(sweep.experiment, Path("trial"), 1))
         if on_cluster and getattr(args, "device", None):
@@ -478,7 +485,6 @@ def _check_grid_points(sweep: Sweep, on_cluster: bool) -> None:
         try:
             _check_inputs(args)
         except (ValueError, OSError) as error:
-            where = ", ".join(f"{key}={value}" for key, value in point) or "the defaults"
             raise SweepError(f"--grid {where}: {_message(error)}") from None
 
 
@@ -606,6 +612,15 @@ def _run_folder(args: argparse.Namespace, out: Path, kind: str):
                       resume=bool(getattr(args, "resume", False)), command=shlex.join(["revlens", *args.argv]))
 
 
+def _check_seed_range(first: int, count: int, option: str) -> None:
+    """Refuse a run of ``count`` consecutive seeds from ``first`` that passes the largest seed."""
+    from analyses.experiments import MAX_SEED
+
+    if first + count - 1 > MAX_SEED:
+        raise ValueError(f"--seed {first} with {option} {count} trains seeds up to {first + count - 1}, past the "
+                         f"largest seed, {MAX_SEED}")
+
+
 def _check_inputs(args: argparse.Namespace) -> None:
     """Refuse, before anything loads and before the output folder is touched (entering it marks the old
     manifest unfinished and deletes the old run's files), the run folders a command reads that are not one
@@ -632,6 +647,9 @@ def _check_inputs(args: argparse.Namespace) -> None:
             from analyses.mitigations import finetuned_rows
 
             finetuned_rows(folder)
+    experiment = EXPERIMENTS.get(getattr(args, "experiment", "")) if args.command == "reproduce" else None
+    if experiment is not None and experiment.seeds_option:
+        _check_seed_range(args.seed, experiment.seeds_per_run(vars(args)), experiment.seeds_option)
     if args.command == "check-asymmetry":
         from analyses.asymmetry import check_inputs
 

@@ -101,7 +101,9 @@ class Experiment:
     experiment's own; files many runs write, such as ``curves.png``, have a shared caption in
     :mod:`analyses.report`, and a run's ``summary["captions"]`` overrides both).
     ``cpu_seconds``: roughly what a default run costs on one core (``reproduce all`` starts the
-    costliest first, so its workers finish together; 0: unknown, started last).
+    costliest first, so its workers finish together; 0: unknown, started last). ``seeds_option``: the
+    option of an experiment whose run trains several consecutive seeds from ``--seed`` (the identity
+    bridge's ``--n-seeds``): a sweep spaces its trials' seeds that far apart, so no seed trains twice.
     """
 
     name: str
@@ -118,6 +120,17 @@ class Experiment:
     files: tuple[str, ...] = ()
     captions: Mapping[str, str] = field(default_factory=dict)
     cpu_seconds: float = 0.0
+    seeds_option: str = ""
+
+    def seeds_per_run(self, options: Mapping[str, Any]) -> int:
+        """How many consecutive seeds, ``--seed`` on, one run trains: the value of :attr:`seeds_option` in
+        ``options`` (dest names, e.g. ``n_seeds``, or grid keys, e.g. ``n-seeds``), else its default; 1 for an
+        experiment without one."""
+        if not self.seeds_option:
+            return 1
+        [option] = [o for o in self.options if o.flag == self.seeds_option]
+        key = self.seeds_option.lstrip("-")
+        return int(options.get(key, options.get(key.replace("-", "_"), option.kwargs["default"])))
 
     def format(self, summary: dict[str, Any]) -> str:
         module, name = self.formatter.split(":")
@@ -400,7 +413,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                _module_runner("analyses.identity_bridge:run_from_args"), (
                    Option("--n-seeds", {**_N, "default": 3, "help": "seeds SEED … SEED+N−1 (default 3)"}),
                    Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"})), in_all=False,
-               cpu_seconds=50, title="The Identity Bridge on the token world",
+               cpu_seconds=50, seeds_option="--n-seeds", title="The Identity Bridge on the token world",
                prediction="Ma et al. 2026: with identity statements \"A → A\" in training, even a one-layer "
                           "transformer answers the held-out reverse, through an OV entry Y[B, A] that gradient descent "
                           "now raises; without them Y[B, A] stays at 0 and the reverse at chance.",

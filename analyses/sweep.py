@@ -90,9 +90,12 @@ class Trial:
             "," if self.point else "") + f"seed={self.seed}"
 
     def argv(self, experiment: str, out: Path, threads: int) -> list[str]:
-        """The ``revlens`` command line of this trial."""
+        """The ``revlens`` command line of this trial. An experiment whose run trains n consecutive seeds
+        (:meth:`Experiment.seeds_per_run`) starts at ``seed · n``: trials of seeds 0, 1, … train 0…n−1, n…2n−1, …,
+        never one seed twice (their statistics would count one run as two)."""
         options = [token for key, value in self.point for token in (f"--{key}", str(value))]
-        return [*EXPERIMENTS[experiment].command, "--out", str(out), "--seed", str(self.seed), *options,
+        first = self.seed * EXPERIMENTS[experiment].seeds_per_run(dict(self.point))
+        return [*EXPERIMENTS[experiment].command, "--out", str(out), "--seed", str(first), *options,
                 "--quiet", "--threads", str(threads)]
 
 
@@ -708,30 +711,50 @@ def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources
 def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Every number of a summary by dotted key (config and timings left out; booleans as 0/1;
     a list of records keyed by :func:`record_label`, else its index). A ``seed`` is an identity, not a
-    measurement: it labels its record and is never a number of its own."""
+    measurement: it labels its record and is never a number of its own; so are a record's ``d`` and ``layer``. Two numbers under one key (records
+    a label cannot tell apart) are refused, never one kept in place of the other."""
     found: dict[str, float] = {}
+
+    def add(more: dict[str, float]) -> None:
+        clash = found.keys() & more.keys()
+        if clash:
+            raise ValueError(f"two numbers of one summary under the key {sorted(clash)[0]!r}: their records need a "
+                             f"field that tells them apart (analyses.sweep.record_label)")
+        found.update(more)
+
     for key, value in summary.items():
         if (not prefix and key in ("config", "seconds", "captions")) or key == "seed":
             continue
         name = f"{prefix}{key}"
-        if isinstance(value, bool):
-            found[name] = float(value)
-        elif isinstance(value, (int, float)):
-            found[name] = float(value)
+        if isinstance(value, (bool, int, float)):
+            add({name: float(value)})
         elif isinstance(value, dict):
-            found.update(numbers(value, f"{name}."))
+            add(numbers(value, f"{name}."))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             for index, record in enumerate(value):
-                found.update(numbers(record, f"{name}.{record_label(record, index)}."))
+                measured = {k: v for k, v in record.items() if k not in ("d", "layer")}  # in its label, as a seed
+                add(numbers(measured, f"{name}.{record_label(record, index)}."))
     return found
 
 
+NAMING_FIELDS = ("run", "name", "model", "d", "circuit")
+"""A record's first field among these names it in its list (``positional``'s runs, the bilinear model's
+dimensions, dynamics' models, a fine-tune's circuits)."""
+TELLING_FIELDS = ("variant", "test", "circuit", "role", "layer")
+"""Fields that tell apart records of one name (the identity bridge's variants and tests; dynamics' circuits,
+roles and layers), added to the label where present."""
+
+
 def record_label(record: dict[str, Any], index: int) -> str:
-    """A record's key among its list's: its ``run``/``name``/``model``/``d`` field (else its index), then
-    ``/variant`` and ``/test`` where it has them, and ``/seed=S`` where it has a seed (the identity bridge's
-    per-seed rows: one key per seed, not the last seed's under all)."""
-    label = next((str(record[k]) for k in ("run", "name", "model", "d") if k in record), str(index))
-    label += "".join(f"/{record[k]}" for k in ("variant", "test") if k in record and str(record[k]) != label)
+    """A record's key among its list's: its first :data:`NAMING_FIELDS` field (else its index), then
+    ``/value`` of each :data:`TELLING_FIELDS` field it has (``/layer=L`` for a layer), and ``/seed=S`` where it has a
+    seed (the identity bridge's per-seed rows: one key per seed, not the last seed's under all). Measurements
+    that are strings (a most asymmetric circuit, a verdict) name nothing."""
+    named = next((k for k in NAMING_FIELDS if k in record), None)
+    label = str(record[named]) if named else str(index)
+    for k in TELLING_FIELDS:
+        if k in record and k != named and str(record[k]) != label:  # a variant named as its run: once
+            label += f"/layer={record[k]}" if k == "layer" else f"/{record[k]}"
     return label + (f"/seed={record['seed']}" if "seed" in record else "")
 
 
@@ -758,7 +781,8 @@ def metric_statistics(metric: str, values: Any) -> dict[str, float]:
 
 def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
               failures: Sequence[dict[str, Any]] = (), seconds: float = 0.0) -> dict[str, Any]:
-    """Write ``aggregate.csv``, ``sweep.png`` and (last) ``summary.json`` from the finished trials."""
+    """Write ``aggregate.csv`` (one row per grid point, in the sweep's order: ``n_seeds`` 0 and no statistics where
+    no trial finished), ``sweep.png`` and (last) ``summary.json`` from the finished trials."""
     import pandas as pd
 
     from facts.io import atomic_write, write_text_atomic
@@ -782,6 +806,8 @@ def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
         for metric in metrics:
             row |= metric_statistics(metric, part[metric])
         per_point.append(row)
+    found = {tuple(row[k] for k in keys): row for row in per_point}  # a point none of whose trials finished: n_seeds 0
+    per_point = [found.get(tuple(v for _, v in point), {**dict(point), "n_seeds": 0}) for point in sweep.points()]
     aggregated = pd.DataFrame(per_point)
     atomic_write(out / AGGREGATE, lambda temporary: aggregated.to_csv(temporary, index=False))
     figures = []
@@ -811,6 +837,8 @@ def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
 
 
 def _interval(row: dict[str, Any], metric: str) -> str:
+    if f"{metric}.mean" not in row:  # a grid point with no finished trial
+        return "n/a"
     mean, low, high = row[f"{metric}.mean"], row[f"{metric}.ci95_low"], row[f"{metric}.ci95_high"]
     return f"{mean:.4g}" if math.isnan(high) else f"{mean:.4g} ± {(high - low) / 2:.2g}"
 

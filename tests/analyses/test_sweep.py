@@ -136,8 +136,10 @@ def test_a_failing_trial_is_recorded_and_the_rest_finish(cluster_sweep):
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert [(f["device"], f["seed"]) for f in failures] == [("cuda:1000", 0), ("cuda:1000", 1)]
     assert all("--device cuda:1000: " in f["error"] for f in failures)
-    aggregate = pd.read_csv(out / "aggregate.csv")
-    assert aggregate.device.tolist() == ["cpu"] and aggregate.n_seeds.tolist() == [2]  # only whole runs aggregated
+    aggregate = pd.read_csv(out / "aggregate.csv")  # only whole runs aggregated; a point with none says so
+    assert aggregate.device.tolist() == ["cpu", "cuda:1000"] and aggregate.n_seeds.tolist() == [2, 0]
+    assert aggregate.filter(like=".mean").iloc[1].isna().all() and aggregate.filter(like=".mean").iloc[0].notna().any()
+    assert "n/a" in stdout
     assert "FAILED device=cuda:1000" in stdout or "FAILED model=one-layer" in stdout
 
 
@@ -229,6 +231,60 @@ def test_per_seed_records_are_kept_apart_and_a_seed_is_never_a_metric():
                      "rows.one-layer/identity-bridge/held-out reverse/seed=1.heldout_accuracy": 1.1,
                      "by_model.one-layer.baseline.heldout_accuracy.mean": 0.05,
                      "by_model.one-layer.baseline.heldout_accuracy.sd": 0.07}
+
+
+def test_records_of_one_model_are_told_apart_by_circuit_role_and_layer_and_a_clash_is_refused():
+    """Dynamics lists, per model, one record per circuit, role and layer: each keeps its own key (before, a model's
+    18 records shared one key and the last, QK's "both" row, stood for the OV trained z); the layer labels the record
+    and is no metric; two records a label cannot tell apart are refused, not one kept."""
+    from analyses.sweep import numbers
+
+    records = [{"model": model, "circuit": circuit, "layer": layer, "role": role, "n": 60,
+                "z_end": 10 * layer + (circuit == "qk") + (role == "trained") / 10}
+               for model in ("one-layer", "tiny") for circuit in ("ov", "qk") for layer in (0, 1)
+               for role in ("trained", "held-out reverse")]
+    found = numbers({"experiment": "dynamics", "start_end": records})
+    assert len(found) == 2 * len(records)  # n and z_end of each record
+    assert found["start_end.one-layer/ov/trained/layer=0.z_end"] == 0.1
+    assert found["start_end.tiny/qk/held-out reverse/layer=1.z_end"] == 11
+    assert not any(key.endswith(".layer") for key in found)
+    with pytest.raises(ValueError, match=r"two numbers of one summary under the key 'start_end\.tiny/ov"):
+        numbers({"start_end": [{"model": "tiny", "circuit": "ov", "z_end": 1.0}] * 2})
+
+
+def test_trials_of_an_experiment_that_trains_several_seeds_never_share_one(tmp_path):
+    """An identity-bridge run trains --n-seeds consecutive seeds from --seed; a sweep's trials of seeds 0 and 1 used to
+    train 0-2 and 1-3, so seeds 1 and 2 ran twice and the aggregate counted each twice. Trial S now starts at S·n
+    (here n = 2: seeds 0-1, then 2-3), and a sweep whose last trial would pass the largest seed is refused."""
+    from analyses.experiments import MAX_SEED
+    from analyses.sweep import Sweep
+
+    sweep = Sweep("identity-bridge", (0, 1), {"steps": (2,), "n-seeds": (2,)})
+    trained = []
+    for trial in sweep.trials():
+        assert main(trial.argv(sweep.experiment, tmp_path / trial.name, 1)) == 0
+        rows = json.loads((tmp_path / trial.name / "summary.json").read_text())["rows"]
+        trained.append({row["seed"] for row in rows})
+    assert trained == [{0, 1}, {2, 3}]
+    assert main(["sweep", "identity-bridge", "--seeds", f"0,{MAX_SEED // 3}", "--out", str(tmp_path / "s")]) == 2
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_none_of_whose_trials_finished_aggregates_to_zero_seeds_and_is_reported(tmp_path, capsys):
+    """Every trial failed (no trial folder is a whole run): ``aggregate.csv`` still has its point, with n_seeds 0 (it
+    was an empty file, which the report then refused to read, and a sweep folder inside ``reproduce all --seeds``'s
+    OUT with it), and the report renders the sweep."""
+    from analyses.sweep import Sweep, aggregate, format_sweep, prepare
+
+    sweep = Sweep("reversal", (0, 1), {"lr": (1e30,)})
+    out = tmp_path / "sweep"
+    prepare(sweep, out)
+    summary = aggregate(sweep, out, failures=[{"trial": t.name, "seed": t.seed, "lr": 1e30, "error": "NaN loss"}
+                                              for t in sweep.trials()])
+    table = pd.read_csv(out / "aggregate.csv")
+    assert table.to_dict("records") == [{"lr": 1e30, "n_seeds": 0}] and summary["n_finished"] == 0
+    assert "1e+30  0" in format_sweep(summary) and "FAILED lr=1e+30,seed=0: NaN loss" in format_sweep(summary)
+    assert main(["report", "--runs", str(out), "--out", str(tmp_path / "report.html")]) == 0
 
 
 def test_each_metric_is_counted_over_the_seeds_that_have_it():
