@@ -188,12 +188,13 @@ def _listing(entries: Sequence[Path], at_most: int = 8) -> str:
 
 def _run_tree(folder: Path, label: str, manifest: dict[str, Any] | None, root: Path | None = None) -> list[Run]:
     """The run in ``folder`` and the runs nested in it (never through a symbolic link, so a link
-    loop cannot recurse); ``manifest`` is the outermost run's (its ``kept`` files are left out)."""
+    loop cannot recurse); ``manifest`` is the outermost run's (its ``kept`` files are left out, and so is a
+    kept folder's run: another run's files, which a rerun left in place)."""
     root = root or folder
     kept = {root / name for name in (manifest or {}).get("kept", [])}
     runs = [read_run(folder, label, kept)]
     for sub in _entries(folder):
-        if sub.is_dir() and not sub.is_symlink() and (sub / SUMMARY).exists():
+        if sub.is_dir() and not sub.is_symlink() and (sub / SUMMARY).exists() and sub / SUMMARY not in kept:
             runs += _run_tree(sub, f"{label}/{sub.name}", manifest, root)
     return runs
 

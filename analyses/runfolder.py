@@ -231,11 +231,16 @@ def find_run_root(path: str | os.PathLike[str], levels: int = 2) -> Path | None:
 
 def check_run(folder: str | os.PathLike[str], what: str = "run folder") -> dict[str, Any] | None:
     """Check that ``folder`` holds one whole run: a complete manifest, every file it lists with
-    that hash, and no other file (but the ``kept`` ones); returns the manifest (None: no manifest).
+    that hash, and no other file (but the ``kept`` ones); returns the manifest (None: no manifest). A folder
+    without a manifest inside a run's folder (a run nested in another, such as positional's ``absolute/``) is
+    as whole as the run that holds it: that run is checked.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is None:
+        enclosing = is_inside_run(folder)  # a part of a run (positional's absolute/): the whole run is checked
+        if enclosing is not None:
+            check_run(enclosing, f"the run that holds {folder}")
         return None
     if manifest.get("complete") is not True:
         raise RunFolderError(f"{folder}: {what} is incomplete (its manifest says the run {manifest.get('command')!r} "

@@ -189,6 +189,35 @@ def test_half_written_run_of_a_parent_folder_is_named(runs, tmp_path):
         render_report(find_runs([parent]))
 
 
+def test_a_nested_run_is_as_whole_as_the_run_that_holds_it_and_a_kept_copy_is_no_run(tmp_path):
+    """A run nested in a command's folder (zhu-settings' one reversal run per setting) has no manifest of its
+    own: given alone to the report, its summary changed or its parent's run unfinished, it is refused (before, it was
+    rendered with the changed number); a copy of a run that a rerun kept in the folder (files no run wrote) is not
+    rendered as one of the run's own."""
+    from analyses.cli import main
+
+    run = tmp_path / "settings"
+    command = ["reproduce", "zhu-settings", "--steps", "2", "--depths", "1", "--quiet", "--threads", "1"]
+    assert main([*command, "--out", str(run)]) == 0
+    nested = run / "default"
+    assert [r.label for r in find_runs([nested])] == [str(nested)]
+    shutil.copytree(nested, tmp_path / "copy")
+    summary = json.loads((nested / "summary.json").read_text())
+    (nested / "summary.json").write_text(json.dumps({**summary, "train_prob": 0.123}))
+    with pytest.raises(ReportError, match=r"the run that holds .*default does not match its manifest: "
+                                          r"default/summary.json changed"):
+        find_runs([nested])
+    shutil.copytree(tmp_path / "copy", run / "backup")  # another run's files, put in the folder by hand
+    assert main([*command, "--out", str(run)]) == 0  # the rerun keeps them and lists them as kept
+    assert "backup/summary.json" in json.loads((run / "manifest.json").read_text())["kept"]
+    labels = [r.label for r in find_runs([run])]
+    assert str(nested) in labels and not any("backup" in label for label in labels)
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(ReportError, match=r"the run that holds .*default is incomplete"):
+        find_runs([nested])
+
+
 def test_cli_refuses_a_missing_folder_with_exit_2(tmp_path, capsys):
     out = tmp_path / "report.html"
     assert main(["report", "--runs", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
