@@ -594,8 +594,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _inputs(args: argparse.Namespace) -> dict[str, object]:
     """The files and run folders a command reads, for its manifest."""
-    names = {"probe": ("model", "facts"), "check-asymmetry": ("model", "data"),
-             "finetune-facts": ("model",)}.get(args.command, ())
+    names = {"probe": ("model", "facts", "templates_file"), "check-asymmetry": ("model", "data"),
+             "finetune-facts": ("model", "facts", "templates_file")}.get(args.command, ())
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     listed = args.command in ("reproduce", "compare")
     for index, folder in enumerate(getattr(args, "finetuned", None) or [] if listed else []):

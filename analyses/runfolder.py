@@ -27,6 +27,7 @@ accept them as they are (no promise is made about them).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -211,13 +212,29 @@ def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), default=str))
 
 
+HASHED_FOLDER_BYTES = 64 << 20
+"""A folder input (a Berglund experiment folder, a model folder) is hashed whole up to this size; a larger one
+(a model's weights) is recorded by name only, as a model name is."""
+
+
 def _input_hash(path: Path) -> str | None:
-    """A file's SHA-256; a run folder's manifest's; None for a name that is no local path (a model name)."""
+    """A file's SHA-256; a run folder's manifest's; a folder's files' (names and hashes, up to
+    :data:`HASHED_FOLDER_BYTES`); None for a name that is no local path (a model name) or a larger folder."""
     if path.is_file():
         return sha256(path)
     if (path / MANIFEST).is_file():
         return sha256(path / MANIFEST)
+    if path.is_dir():
+        files = _files(path)
+        if sum(f.stat().st_size for f in files.values() if f.is_file()) <= HASHED_FOLDER_BYTES:
+            listing = "".join(f"{name}\0{sha256(f) if f.is_file() else 'link'}\n" for name, f in sorted(files.items()))
+            return hashlib.sha256(listing.encode()).hexdigest()
     return None
+
+
+def inputs_unchanged(manifest: dict[str, Any]) -> bool:
+    """Whether every input a run's manifest records (``inputs``: path → hash) still hashes as it did."""
+    return all(_input_hash(Path(path)) == recorded for path, recorded in manifest.get("inputs", {}).items())
 
 
 def find_run_root(path: str | os.PathLike[str], levels: int = 2) -> Path | None:

@@ -251,8 +251,9 @@ def expected_config(experiment: str, trial: Trial, out: Path) -> dict[str, Any]:
 
 
 def finished(folder: Path, expected: dict[str, Any]) -> bool:
-    """Whether ``folder`` holds a whole run (complete manifest, every file as it lists) of this config."""
-    from analyses.runfolder import RunFolderError, check_run
+    """Whether ``folder`` holds a whole run (complete manifest, every file as it lists) of this config, from
+    inputs (facts, templates, run folders it read) that still hash as they did."""
+    from analyses.runfolder import RunFolderError, check_run, inputs_unchanged
 
     if not (folder / SUMMARY).is_file():
         return False
@@ -261,7 +262,8 @@ def finished(folder: Path, expected: dict[str, Any]) -> bool:
     except RunFolderError:
         return False
     config = (manifest or {}).get("config", {})
-    return manifest is not None and {k: v for k, v in config.items() if k not in VOLATILE} == expected
+    return (manifest is not None and {k: v for k, v in config.items() if k not in VOLATILE} == expected
+            and inputs_unchanged(manifest))
 
 
 def run_trial(argv: list[str], folder: str, running: str, resumable: bool) -> dict[str, Any]:

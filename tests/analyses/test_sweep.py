@@ -287,6 +287,27 @@ def test_a_sweep_none_of_whose_trials_finished_aggregates_to_zero_seeds_and_is_r
     assert main(["report", "--runs", str(out), "--out", str(tmp_path / "report.html")]) == 0
 
 
+def test_a_trial_whose_facts_changed_since_it_ran_is_run_again(tmp_path):
+    """A finished trial of ``finetune-facts --facts F`` is reused only while F hashes as it did when the trial ran:
+    before, a rerun after F was rewritten kept (and aggregated) the trial trained on the old facts, since the
+    command's manifest did not record F and ``finished`` compared the config (F's name) alone."""
+    from analyses.cli import _run_folder, build_parser
+    from analyses.sweep import expected_config, finished, make_sweep
+
+    facts = tmp_path / "facts.csv"
+    facts.write_text("subject,relation,object\nAnn,is,a pilot\nBob,is,a chef\n")
+    sweep = make_sweep("finetune-facts", "0", [f"facts={facts}"])
+    [trial] = sweep.trials()
+    folder = tmp_path / "trials" / trial.name
+    args = build_parser().parse_args(trial.argv(sweep.experiment, folder, 1))
+    args.argv = trial.argv(sweep.experiment, folder, 1)
+    with _run_folder(args, folder, "finetune-facts"):  # the command's own run folder, as main() enters it
+        (folder / "summary.json").write_text(json.dumps({"experiment": "finetune-facts", "margin": 1.0}))
+    assert finished(folder, expected_config(sweep.experiment, trial, folder))
+    facts.write_text("subject,relation,object\nAnn,is,a dentist\nBob,is,a judge\n")
+    assert not finished(folder, expected_config(sweep.experiment, trial, folder))
+
+
 def test_each_metric_is_counted_over_the_seeds_that_have_it():
     """``n_seeds`` counts a grid point's trials; a metric NaN in one of them (an undefined z, say) has its mean,
     sd and interval over the others, and ``.n`` says how many: 2 of 3 here, with t(1)'s interval."""
