@@ -93,7 +93,7 @@ class Trial:
         """The ``revlens`` command line of this trial. An experiment whose run trains n consecutive seeds
         (:meth:`Experiment.seeds_per_run`) starts at ``seed · n``: trials of seeds 0, 1, … train 0…n−1, n…2n−1, …,
         never one seed twice (their statistics would count one run as two)."""
-        options = [token for key, value in self.point for token in (f"--{key}", str(value))]
+        options = [f"--{key}={value}" for key, value in self.point]  # one token: a value may start with "-"
         first = self.seed * EXPERIMENTS[experiment].seeds_per_run(dict(self.point))
         return [*EXPERIMENTS[experiment].command, "--out", str(out), "--seed", str(first), *options,
                 "--quiet", "--threads", str(threads)]
@@ -212,7 +212,7 @@ def read_sweep_file(path: Path) -> Sweep:
     ``[grid]`` table of value lists; every key and value is checked as ``--grid`` checks it."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise SweepError(f"{path}: not valid TOML ({error})") from None
     unknown = set(data) - {"experiment", "seeds", "grid"}
     if unknown or not isinstance(data.get("experiment"), str):
@@ -222,6 +222,9 @@ def read_sweep_file(path: Path) -> Sweep:
     if experiment not in EXPERIMENTS:
         raise SweepError(f"{path}: unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
     seeds = data.get("seeds", "0-4")
+    if not (isinstance(seeds, str) or isinstance(seeds, list) and all(type(s) is int for s in seeds)):
+        raise SweepError(f"{path}: seeds = {seeds!r}: give a list of integers (seeds = [0, 1]) or a string "
+                         f"(seeds = \"0-4\")")
     seeds = parse_seeds(seeds if isinstance(seeds, str) else ",".join(map(str, seeds)))
     grid = data.get("grid", {})
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):

@@ -4,6 +4,7 @@ two-node local cluster, and bad input refused before anything starts."""
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -167,6 +168,7 @@ def _free_port() -> int:
     (["reversal", "--gpus-per-trial", "-1"], "--gpus-per-trial: must be a finite number ≥ 0, got -1"),
     (["reversal", "--gpus-per-trial", "inf"], "--gpus-per-trial: must be a finite number ≥ 0, got inf"),
     (["reversal", "--retries", "-1"], "--retries: must be ≥ 0, got -1"),
+    (["reversal", "--grid", "device=-cpu"], "--grid device=-cpu: "),  # was "--device: expected one argument"
 ])
 def test_bad_sweeps_are_refused_before_anything_starts(args, message, tmp_path, capsys):
     try:
@@ -192,6 +194,20 @@ def test_the_sweep_file_reads_back_as_written():
         path.write_text(sweep_toml(sweep))
         assert read_sweep_file(path) == sweep
     assert Trial((("lr", 1e-05), ("facts", "a/b c")), 2).name == "lr=1e-05,facts=a%2Fb%20c,seed=2"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("experiment = \"reversal\"\nseeds = 3\n", "seeds = 3: give a list of integers"),  # was a TypeError
+    ("experiment = \"reversal\"\nseeds = [0, \"1\"]\n", "seeds = [0, '1']: give a list of integers"),
+    (b"experiment = \"r\xe9versal\"\n", "sweep.toml: not valid TOML ('utf-8' codec"),  # named, not a bare codec error
+])
+def test_a_bad_sweep_file_is_refused_naming_it(text, message, tmp_path):
+    from analyses.sweep import SweepError
+
+    path = tmp_path / "sweep.toml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(SweepError, match=re.escape(message)):
+        read_sweep_file(path)
 
 
 def test_student_t_quantiles_match_their_closed_forms():
