@@ -335,20 +335,67 @@ def encode_pair(
     return prompt_ids, joint_ids[cut:]
 
 
+PREFIX_PROBES = ("a", "The capital of France is Paris.")
+"""Texts :func:`bos_prefix` encodes with and without special tokens: a one-letter word and a sentence, so
+a text of one piece, of several, and one a tokenizer reads as nothing at all (a vocabulary without "a")
+all show what the tokenizer adds."""
+
+
 def bos_prefix(tokenizer: TextTokenizer) -> tuple[int, ...]:
-    """The ids every prompt starts with: ``(BOS,)`` when the tokenizer begins its own encodings
-    with its BOS token, else ``()``.
+    """The ids every prompt starts with: those the tokenizer itself puts before every encoding (its
+    BOS, or whatever other token its post-processor starts an encoding with), else ``()``.
 
     This is the one prompt rule of every command (probe, check-asymmetry, finetune-facts,
     attribution, patching): a model reads a prompt as its own tokenizer would encode it. Gemma's
     tokenizer adds BOS (Gemma's outputs are wrong without it); SmolLM2's adds none, and none is
-    added. The loaders in ``models.pretrained`` decide ``cfg.default_prepend_bos`` by the same test.
+    added. The loaders in ``models.pretrained`` decide ``cfg.default_prepend_bos`` by the same test,
+    after making the tokenizer add BOS exactly as the model's files declare.
+
+    The prefix is what ``encode(text, add_special_tokens=True)`` has before
+    ``encode(text, add_special_tokens=False)`` on each of :data:`PREFIX_PROBES`; it is not read from
+    ``bos_token_id`` (a tokenizer whose post-processor starts every encoding with a token other than
+    its ``bos_token``, or with no ``bos_token`` set, gets that token too), nor from the length of one
+    encoding (a text of several pieces, or of none, would be mistaken for an added token, or hide one).
+    A tokenizer whose special tokens are not all before the text (an EOS after it, the text's own
+    tokens changed), or not the same before every text, is refused with :class:`FactError` naming it
+    and the ids: no prompt can start as its encodings do. An object without Hugging Face's special
+    tokens (no ``bos_token_id`` attribute, which :class:`TextTokenizer` does not require) adds none.
     """
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
+    if not hasattr(tokenizer, "bos_token_id"):
         return ()
-    ids = tokenizer.encode("a", add_special_tokens=True)
-    return (bos,) if len(ids) > 1 and ids[0] == bos else ()
+    prefixes: dict[tuple[int, ...], str] = {}
+    read_any = False
+    for text in PREFIX_PROBES:
+        plain = list(tokenizer.encode(text, add_special_tokens=False))
+        full = list(tokenizer.encode(text, add_special_tokens=True))
+        cut = len(full) - len(plain)
+        if cut < 0 or full[cut:] != plain:
+            raise FactError(
+                f"{_tokenizer_name(tokenizer)} encodes {text!r} as {full} with its special tokens and {plain} "
+                f"without: what it adds is not all before the text (a token after it, such as an end-of-sequence "
+                f"token, or the text's own tokens changed), so no prompt can start as its encodings do; use a "
+                f"tokenizer that adds tokens only before the text, or give the prefix explicitly"
+            )
+        prefixes.setdefault(tuple(full[:cut]), text)
+        read_any = read_any or bool(plain)
+    if len(prefixes) > 1:
+        raise FactError(
+            f"{_tokenizer_name(tokenizer)} starts its encodings with different ids before different texts ("
+            + ", ".join(f"{list(ids)} before {text!r}" for ids, text in prefixes.items())
+            + "), so no one prefix starts every prompt as its encodings do; give the prefix explicitly"
+        )
+    if not read_any and next(iter(prefixes)):  # ids added, no text to place them against
+        raise FactError(
+            f"{_tokenizer_name(tokenizer)} reads none of {list(PREFIX_PROBES)} as any token, so the ids it adds "
+            f"({list(next(iter(prefixes)))}) cannot be told to come before a text or after it; give the prefix explicitly"
+        )
+    return next(iter(prefixes))
+
+
+def _tokenizer_name(tokenizer: TextTokenizer) -> str:
+    """A tokenizer as an error names it: its class, and the model or folder it was read from where it says."""
+    where = getattr(tokenizer, "name_or_path", "")
+    return f"tokenizer {type(tokenizer).__name__}" + (f" of {where!r}" if where else "")
 
 
 @dataclass(frozen=True)
@@ -358,7 +405,7 @@ class TemplateTokenizer:
     ``tokenizer`` is any object with ``encode(text, add_special_tokens=False)`` (a Hugging Face
     tokenizer); ``templates`` maps each relation to its sentence templates, of which number
     ``template`` is used; ``prefix`` ids go before every prompt, by default :func:`bos_prefix`
-    (the tokenizer's BOS exactly when it adds one itself).
+    (the ids the tokenizer itself puts before every encoding: its BOS exactly when it adds one).
     """
 
     tokenizer: TextTokenizer

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
+import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +22,9 @@ from facts.language import (
     TemplateTokenizer,
     all_descriptions,
     all_names,
+    PREFIX_PROBES,
     answers_of_kind,
+    bos_prefix,
     check_answers,
     controls,
     controls_of,
@@ -225,6 +229,135 @@ def test_statement_out_of_play_is_rejected(tok):
     facts = FactSet((Fact("Ann Lee", P2D, "the pilot", D2P),))  # reverse not in play
     with pytest.raises(FactError, match="neither trained nor held out"):
         TemplateTokenizer(tok, TRAIN_TEMPLATES).example(facts, 0, "reverse")
+
+
+# --- the prompt rule: the ids a tokenizer puts before every encoding ---------------------------
+
+CAPITALS = FactSet((Fact("France", "capital", "Paris"),))
+CAPITAL_TEMPLATES = {"capital": ("The capital of {given} is {answer}",)}
+WORDS = ["<unk>", "<start>", "<eos>", "<s>", "a", "The", "capital", "of", "France", "is", "Paris", "."]
+
+
+def words_tokenizer(single: str | None, bos_token: str | None = None):
+    """A whitespace word-level tokenizer over WORDS, built offline, whose post-processor adds what ``single``
+    says around every encoding ("<start> $A": <start> before it; None: nothing), with ``bos_token`` or none."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if single is not None:
+        specials = [(word, WORDS.index(word)) for word in ("<start>", "<eos>", "<s>") if word in single.split()]
+        backend.post_processor = processors.TemplateProcessing(single=single, special_tokens=specials)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>",
+                                                bos_token=bos_token)
+
+
+@pytest.mark.parametrize("bos_token", [None, "<s>"], ids=["no-bos-token", "another-bos-token"])
+def test_a_leading_token_other_than_bos_starts_every_prompt(bos_token):
+    """A post-processor that starts every encoding with <start> (id 1), where the tokenizer has no BOS token or
+    another one (<s>, id 3): every prompt starts with <start>, as the tokenizer's own encoding of it does
+    (the rule read BOS alone, and gave these prompts without it)."""
+    tokenizer = words_tokenizer("<start> $A", bos_token)
+    assert tokenizer("The capital").input_ids == [1, 5, 6] and tokenizer.bos_token_id == (3 if bos_token else None)
+    assert bos_prefix(tokenizer) == (1,)
+    asked = TemplateTokenizer(tokenizer, CAPITAL_TEMPLATES)
+    example = asked.example(CAPITALS, 0, "forward")
+    assert list(example.prompt) == tokenizer("The capital of France is").input_ids == [1, 5, 6, 7, 8, 9]
+    assert example.answer == (10,)
+    assert asked.example(CAPITALS, 0, "forward", "a").prompt == example.prompt
+
+
+@pytest.mark.parametrize("single, ids", [("$A <eos>", "[4, 2]"), ("<s> $A <eos>", "[3, 4, 2]")],
+                         ids=["eos-after", "bos-before-and-eos-after"])
+def test_a_tokenizer_that_adds_a_token_after_the_text_is_refused_by_name(single, ids):
+    tokenizer = words_tokenizer(single, "<s>")
+    message = (rf"tokenizer {type(tokenizer).__name__} encodes 'a' as {re.escape(ids)} with its special tokens and "
+               rf"\[4\] without: what it adds is not all before the text \(a token after it")
+    with pytest.raises(FactError, match=message):
+        bos_prefix(tokenizer)
+    with pytest.raises(FactError, match=message):
+        TemplateTokenizer(tokenizer, CAPITAL_TEMPLATES)
+    given = TemplateTokenizer(tokenizer, CAPITAL_TEMPLATES, prefix=(3,))  # a prefix given is not the rule's
+    assert given.example(CAPITALS, 0, "forward").prompt == (3, 5, 6, 7, 8, 9)
+
+
+def test_the_refusal_names_the_folder_the_tokenizer_was_read_from(tmp_path):
+    words_tokenizer("$A <eos>").save_pretrained(tmp_path / "ends-with-eos")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "ends-with-eos")
+    with pytest.raises(FactError, match=rf"tokenizer \w+ of '{re.escape(str(tmp_path / 'ends-with-eos'))}' encodes"):
+        bos_prefix(tokenizer)
+
+
+def test_bos_and_no_bos_tokenizers_keep_their_prefix(tok):
+    """The cases the rule read right before: BOS exactly when the tokenizer adds it."""
+    from tiny_models import word_tokenizer
+
+    assert bos_prefix(tok) == () and tok.bos_token_id is not None  # SmolLM2: a BOS token, never added
+    assert bos_prefix(word_tokenizer("<bos>", add_bos_token=True)) == (1,)
+    assert bos_prefix(word_tokenizer("<bos>")) == ()
+    assert bos_prefix(word_tokenizer()) == ()
+    assert bos_prefix(words_tokenizer("<s> $A", "<s>")) == (3,)
+    assert bos_prefix(words_tokenizer("<s> <start> $A", "<s>")) == (3, 1)  # every id before the text
+    assert bos_prefix(words_tokenizer(None, "<s>")) == ()
+
+
+def bpe_tokenizer(vocab: dict[str, int], bos_token: str, adds_bos: bool, unk_token: str | None):
+    """A SentencePiece-like tokenizer (a "▁" before each word, no merges: one piece a character), built
+    offline; ``unk_token`` None drops the characters it does not know."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    backend = Tokenizer(models.BPE(vocab, [], unk_token=unk_token, fuse_unk=False))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    if adds_bos:
+        backend.post_processor = processors.TemplateProcessing(single=f"{bos_token} $A",
+                                                               special_tokens=[(bos_token, vocab[bos_token])])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos_token, unk_token=unk_token)
+
+
+def test_a_probe_word_of_several_pieces_or_of_none_does_not_mislead_the_rule():
+    """The rule read one encoding of "a": BOS when it had more than one id and BOS first. "a" in two pieces
+    whose first is the BOS token's id (BOS = unk, "▁" unknown) read as BOS added; "a" in no pieces (a
+    vocabulary without it) hid the BOS added before it. Both measured wrong before this rule."""
+    two_pieces = bpe_tokenizer({"<unk>": 0, "</s>": 1, "a": 2}, "<unk>", adds_bos=False, unk_token="<unk>")
+    assert two_pieces.encode("a") == [0, 2] and two_pieces.bos_token_id == 0
+    assert bos_prefix(two_pieces) == ()
+    no_pieces = bpe_tokenizer({"<s>": 0, "T": 1}, "<s>", adds_bos=True, unk_token=None)
+    assert no_pieces.encode("a") == [0] and no_pieces.encode("T") == [0, 1]
+    assert bos_prefix(no_pieces) == (0,)
+    two_and_bos = bpe_tokenizer({"<unk>": 0, "<s>": 1, "▁": 2, "a": 3}, "<s>", adds_bos=True, unk_token="<unk>")
+    assert two_and_bos.encode("a") == [1, 2, 3] and bos_prefix(two_and_bos) == (1,)
+
+
+def test_a_tokenizer_that_reads_no_probe_text_is_refused():
+    blind = bpe_tokenizer({"<s>": 0, "</s>": 1}, "<s>", adds_bos=True, unk_token=None)
+    assert [blind.encode(text) for text in PREFIX_PROBES] == [[0], [0]]
+    with pytest.raises(FactError, match=r"reads none of .* as any token, so the ids it adds \(\[0\]\) cannot be told"):
+        bos_prefix(blind)
+
+
+class PrefixByText:
+    """A Hugging Face-like tokenizer that puts a different id before a one-word text than before a longer one."""
+
+    bos_token_id = None
+    name_or_path = "by-text"
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = [len(word) for word in text.split()]
+        return ([7] if len(ids) == 1 else [8]) + ids if add_special_tokens else ids
+
+
+class EncodeOnly:
+    """What :class:`~facts.language.TextTokenizer` asks for and nothing more: no special tokens."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [len(word) for word in text.split()]
+
+
+def test_a_prefix_that_depends_on_the_text_is_refused_and_an_encode_only_tokenizer_adds_none():
+    with pytest.raises(FactError, match=r"tokenizer PrefixByText of 'by-text' starts its encodings with different "
+                                        r"ids before different texts \(\[7\] before 'a', \[8\] before 'The"):
+        bos_prefix(PrefixByText())
+    assert bos_prefix(EncodeOnly()) == ()
 
 
 # --- controls ---------------------------------------------------------------------------------
