@@ -56,7 +56,8 @@ def gguf_state_dict(
     """The tensors of the GGUF file ``path`` under ``model``'s parameter names, dequantised one at a
     time (to ``dtype`` when given): what ``load_gguf_checkpoint(path, return_tensors=True)["tensors"]``
     holds, computed by transformers' own per-architecture processor (e.g. Gemma's norm weights
-    minus 1, Llama's query/key row order undone)."""
+    minus 1, Llama's query/key row order undone). A tensor transformers has no parameter for (which its own
+    reader skips, e.g. llama.cpp's ``rope_freqs.weight``) is refused with a ValueError, never skipped."""
     import gguf
     from transformers.modeling_gguf_pytorch_utils import (
         TENSOR_PROCESSORS,
@@ -81,8 +82,11 @@ def gguf_state_dict(
         result = processor.process(weights=weights, name=tensor.name, tensor_key_mapping=names,
                                    parsed_parameters=parsed)
         del tensor, weights
-        if result.name not in names:
+        if result.name is None:  # the processor kept it itself (e.g. experts stacked into one parameter)
             continue
+        if result.name not in names:  # transformers would skip it: the model would run without it
+            raise ValueError(f"{path} holds the tensor {result.name!r}, which transformers' GGUF reader maps to no "
+                             f"parameter of {type(model).__name__}: the model would run without it")
         array = result.weights
         if not array.flags.writeable or not array.flags.c_contiguous:  # a view of the read-only file
             array = np.array(array, order="C")
@@ -132,3 +136,80 @@ def plain_array_reader(reader: Callable[..., object]) -> Callable[..., object]:
             self._plain_data = np.asarray(memory_map)  # no copy: a base-class view of the map
 
     return PlainArrayReader
+
+
+def unread_metadata(reader: object) -> list[str]:
+    """What a parsed GGUF (a ``gguf.GGUFReader``) says about its model that transformers' GGUF reader does not
+    carry into the model it builds, each as ``"key = value"`` (empty when it carries all of it).
+
+    transformers maps the ``{architecture}.*`` fields it knows into the config (``GGUF_TO_TRANSFORMERS_MAPPING``)
+    and only logs the others, so a field it does not map is dropped: RoPE scaling (``rope.scaling.type``,
+    ``.factor``, ...; linear ×8 on a tiny Llama: 13.3 nats), or anything else it does not know. Each such field
+    is returned, except the ones that provably change nothing: RoPE scaling that is off (type ``none``, factor 1),
+    ``attention.key_length``/``value_length`` equal to the head size transformers uses (Gemma 3 270M's
+    ``value_length`` 256). Fields transformers reads and deliberately ignores (``rope.dimension_count`` of Qwen2
+    and Gemma 3) are returned where they differ from that head size (a partial rotary it would not apply). So is
+    llama.cpp's ``rope_freqs.weight`` tensor (Llama 3's RoPE scaling, per frequency), which transformers maps to no
+    parameter, unless it is all ones. ``general.*`` and ``tokenizer.*`` fields describe the file and the tokenizer."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_TO_TRANSFORMERS_MAPPING
+
+    fields = reader.fields  # type: ignore[attr-defined]
+
+    def value(key: str) -> object:
+        field = fields.get(key)
+        return None if field is None else field.contents()
+
+    architecture = str(value("general.architecture") or "")
+    if not architecture:
+        return []
+    mapped_as = _transformers_architecture(architecture, str(value("general.name") or ""))
+    renames = GGUF_TO_TRANSFORMERS_MAPPING["config"].get(mapped_as, {})
+    head_dim = next((value(f"{architecture}.{key}") for key, name in renames.items() if name == "head_dim"
+                     and value(f"{architecture}.{key}") is not None), None)
+    if head_dim is None:
+        width, heads = value(f"{architecture}.embedding_length"), value(f"{architecture}.attention.head_count")
+        head_dim = width // heads if isinstance(width, int) and isinstance(heads, int) and heads > 0 else None
+    scaling = {key: value(key) for key in fields if key.startswith(f"{architecture}.rope.scaling.")}
+    scaling_off = str(scaling.get(f"{architecture}.rope.scaling.type", "none")).lower() == "none" \
+        and scaling.get(f"{architecture}.rope.scaling.factor", 1.0) in (None, 0, 0.0, 1, 1.0)
+    unread = []
+    for key in fields:
+        if not key.startswith(f"{architecture}."):
+            continue
+        rest = key[len(architecture) + 1:]
+        if rest in renames and renames[rest] is not None and renames[rest] != -1:
+            continue  # read into the config
+        if key in scaling:
+            if not scaling_off:
+                unread.append(f"{key} = {value(key)!r}")
+            continue
+        if rest in ("attention.key_length", "attention.value_length", "rope.dimension_count") \
+                and head_dim is not None and value(key) == head_dim:
+            continue
+        if rest in renames and rest != "rope.dimension_count":
+            continue  # read, and deliberately not used, by transformers
+        unread.append(f"{key} = {_short(value(key))}")
+    for tensor in reader.tensors:  # type: ignore[attr-defined]
+        if tensor.name == "rope_freqs.weight" and not np.all(np.asarray(tensor.data) == 1):
+            unread.append(f"tensor rope_freqs.weight = {_short(np.asarray(tensor.data).tolist())} (RoPE scaling)")
+    return unread
+
+
+def _transformers_architecture(architecture: str, name: str) -> str:
+    """The key of transformers' GGUF mappings for a ``general.architecture`` (as ``load_gguf_checkpoint`` renames it)."""
+    if "llama" in architecture and "mistral" in name:
+        return "mistral"
+    if "t5" in architecture:
+        return "umt5" if "umt5" in name.lower() else "t5"
+    for part, renamed in (("qwen2moe", "qwen2_moe"), ("gpt_oss", "gpt_oss"), ("gpt-oss", "gpt_oss"),
+                          ("qwen3moe", "qwen3_moe"), ("minimax-m2", "minimax_m2")):
+        if part in architecture:
+            return renamed
+    return architecture
+
+
+def _short(value: object) -> str:
+    """``repr`` of a metadata value, a long list shortened."""
+    if isinstance(value, list) and len(value) > 8:
+        return f"{value[:8]!r}[:8] of {len(value)}"
+    return repr(value)

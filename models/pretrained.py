@@ -30,11 +30,17 @@ How a model is built. transformers reads the weights (GGUF files dequantised to 
   OLMo 2 and other architectures it has no converter for are refused, pointing to the bridge.
   So are configs whose features the converter would drop without an error (:func:`hooked_conversion_gaps`:
   RoPE scaling other than Llama's llama3, Gemma 3's per-layer-type RoPE scaling among it; Llama's
-  attention/MLP biases, Gemma's attention biases), by :func:`check_hooked_config`, before any weight is
-  converted (a folder's: before any is read; :func:`check_hooked_convertible` from a model's files alone).
+  attention/MLP biases, Gemma's attention biases; Qwen2/Qwen3's sliding window; GPT-NeoX's rope_theta;
+  Gemma 3's bidirectional attention and attention soft cap), by :func:`check_hooked_config`, before any weight
+  is converted (a folder's: before any is read; :func:`check_hooked_convertible` from a model's files alone),
+  and converted weights that do not fit the model the converter built (:func:`_refuse_misconverted`).
 - ``"bridge"``: ``TransformerBridge.boot_transformers`` wraps a fresh HF model (it edits that
   model's module tree in place, so it never shares one with :func:`load_hf`); it picks its
-  adapter from ``config.architectures``, which GGUF-built configs leave empty and we fill in.
+  adapter from ``config.architectures``, which GGUF-built configs leave empty and we fill in. A config its own
+  attention computes otherwise than transformers is refused (:func:`bridge_conversion_gaps`: GPT-2 without
+  ``scale_attn_weights``, Gemma 3's ``attn_logit_softcapping``), a folder's before any weight is read.
+A GGUF whose metadata says what transformers' reader drops (RoPE scaling among it) is refused on both backends
+before any weight is read (:func:`models.gguf_weights.unread_metadata`).
 A GGUF is parsed once per load: config, weights and tokenizer share one ``gguf.GGUFReader``
 (:func:`_one_gguf_parse`; transformers alone parses it three times), and its weights are read one
 tensor at a time into the model's own parameters (:mod:`models.gguf_weights`). The first load of a
@@ -145,6 +151,20 @@ _HOOKED_PER_LAYER_ROPE = frozenset({"Gemma3ForCausalLM"})
 ``full_attention`` base on global layers, the ``sliding_attention`` base on local ones)."""
 _HOOKED_PARTIAL_ROTARY = frozenset({"GPTNeoXForCausalLM"})
 """Architectures whose ``partial_rotary_factor`` (rotary on part of each head) the converter carries."""
+_HOOKED_FIXED_ROPE_THETA = {"GPTNeoXForCausalLM": 10_000.0}
+"""Architectures whose converter never reads ``rope_theta``: the base it uses whatever the config says."""
+_HOOKED_SLIDING_WINDOW = frozenset({"MistralForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"})
+"""Architectures whose ``sliding_window`` the converter carries (Mistral's on every layer; Gemma 2/3's on the
+``sliding_attention`` layers, :func:`_gemma_config`); every other drops it (Qwen2/Qwen3's ``use_sliding_window``)."""
+_CAUSAL_UNDER_EAGER = frozenset({"GemmaForCausalLM", "Gemma2ForCausalLM"})
+"""Architectures whose ``use_bidirectional_attention`` only sets the attention modules' ``is_causal``, which eager
+attention (every model read here) ignores: they stay causal (hooked = transformers within 2e-5, measured)."""
+_TRANSFORMERS_IGNORES = {"Gemma3ForCausalLM": ("attn_logit_softcapping",)}
+"""Config fields transformers' own modeling code of an architecture never applies, though TransformerLens would
+(Gemma 3's attention has no soft cap: a bridge or hooked model would apply one, 2.7 nats off on a tiny model)."""
+_BRIDGE_FIXED_FLAGS = {"GPT2LMHeadModel": {"scale_attn_weights": True}}
+"""Config switches TransformerBridge's own attention of an architecture does not read (3.9 and 4.3): the one value
+it computes (GPT-2's attention scale 1/sqrt(d_head): with ``scale_attn_weights`` False, 7.45 nats off)."""
 _HOOKED_BIAS_FLAGS = {
     "LlamaForCausalLM": {"attention_bias": False, "mlp_bias": False},
     "GemmaForCausalLM": {"attention_bias": False},
@@ -176,8 +196,24 @@ class ModelSource:
 
     @property
     def is_gguf(self) -> bool:
-        """Whether the weights are a single GGUF file rather than a Hugging Face folder."""
-        return self.path.suffix.lower() == ".gguf"
+        """Whether the weights are a single GGUF file rather than a Hugging Face folder (a ``.gguf`` file, or a file
+        that starts with GGUF's magic: the target of a ``.gguf`` link, as in the Hugging Face cache's blobs)."""
+        return _is_gguf_file(self.path)
+
+
+_GGUF_MAGIC = b"GGUF"
+
+
+def _is_gguf_file(path: Path) -> bool:
+    """Whether ``path`` is a GGUF file: its name ends in ``.gguf``, or (a link's target without the suffix, a Hugging
+    Face cache blob) it is a file that starts with GGUF's magic bytes."""
+    if path.suffix.lower() == ".gguf":
+        return True
+    if not path.is_file():
+        return False
+    with contextlib.suppress(OSError), path.open("rb") as file:
+        return file.read(len(_GGUF_MAGIC)) == _GGUF_MAGIC
+    return False
 
 
 def resolve(name_or_path: str | os.PathLike[str]) -> ModelSource:
@@ -275,10 +311,11 @@ def _sha256(path: Path, stamp: tuple[int, int]) -> str:
 
 
 def _local_source(path: Path) -> ModelSource:
-    """A model at an existing path: a ``.gguf`` file or a folder holding ``config.json``."""
-    path = path.resolve()
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return ModelSource(path, path.name.split(".")[0])
+    """A model at an existing path: a ``.gguf`` file or a folder holding ``config.json``. The suffix is the given
+    path's: a ``model.gguf`` link into the Hugging Face cache points at a blob named by its hash alone."""
+    given, path = path, path.resolve()
+    if path.is_file() and (given.suffix.lower() == ".gguf" or _is_gguf_file(path)):
+        return ModelSource(path, given.name.split(".")[0])
     if path.is_dir() and (path / "config.json").is_file():
         return ModelSource(path, path.name)
     what = "folder has no config.json" if path.is_dir() else "file is not a .gguf file"
@@ -565,7 +602,8 @@ def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | 
     ``config.json``; a GGUF file's cache entry (:mod:`models.gguf_cache`) where the file was read before, else
     its metadata parsed for the configuration alone (1.2 CPU s for SmolLM2, 4.8 s for Gemma 3, once per process:
     the configuration is kept for later calls; the load parses the file again). None when the name does not
-    resolve or the files give no configuration (the load then says why). A new object each call."""
+    resolve or the files give no configuration (the load then says why). A new object each call. A GGUF whose
+    metadata transformers' reader would drop part of is refused (:func:`_refuse_unread_gguf_metadata`)."""
     try:
         source = resolve(name_or_path)
     except PretrainedLoadError:
@@ -579,9 +617,13 @@ def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | 
         key = (source.path, _file_stamp(source.path))
         if key not in _GGUF_DECLARED_CONFIGS:
             with _one_gguf_parse(source.path):
-                _GGUF_DECLARED_CONFIGS[key] = AutoConfig.from_pretrained(source.path.parent, gguf_file=source.path.name,
-                                                                         local_files_only=True)
+                config = AutoConfig.from_pretrained(source.path.parent, gguf_file=source.path.name,
+                                                    local_files_only=True)
+                _refuse_unread_gguf_metadata(source.path)  # the configuration would not be the file's model
+                _GGUF_DECLARED_CONFIGS[key] = config
         return copy.deepcopy(_GGUF_DECLARED_CONFIGS[key])
+    except PretrainedLoadError:
+        raise
     except (ValueError, OSError, KeyError):
         return None
 
@@ -646,6 +688,7 @@ def _read_gguf_model(path: Path) -> PreTrainedModel:
     ``config.architectures`` is set to the model's class (the GGUF-built config leaves it empty,
     and TransformerBridge picks its adapter from it).
     """
+    _refuse_unread_gguf_metadata(path)  # before any weight is read
     with _as_load_error(path, "it as a GGUF model (is it a GGUF file of an architecture transformers supports?)"):
         model = AutoModelForCausalLM.from_pretrained(
             path.parent,
@@ -657,6 +700,25 @@ def _read_gguf_model(path: Path) -> PreTrainedModel:
         )
     model.config.architectures = [type(model).__name__]
     return refuse_pass_dependent_rope(model, str(path)).eval()
+
+
+def _refuse_unread_gguf_metadata(path: Path) -> None:
+    """Refuse, with :class:`PretrainedLoadError`, a GGUF whose metadata says something about its model that
+    transformers' GGUF reader drops (:func:`models.gguf_weights.unread_metadata`: RoPE scaling among it); both
+    backends run the model transformers builds, so neither would compute the file's model. Reads the metadata
+    with ``gguf.GGUFReader`` (inside a one-parse block, the parse the load shares)."""
+    import gguf
+
+    from models.gguf_weights import unread_metadata
+
+    with _as_load_error(path, "its GGUF metadata"):
+        unread = unread_metadata(gguf.GGUFReader(path))
+    if unread:
+        raise PretrainedLoadError(
+            f"{path.name.split('.')[0]} ({path}): its GGUF metadata sets {'; '.join(unread)}, which transformers' "
+            f"GGUF reader does not carry into the model it builds, so neither backend would compute this model's "
+            f"log-probabilities; no backend reads it exactly: convert it to a Hugging Face folder whose config.json "
+            f"carries it (e.g. rope_parameters) and load that folder.")
 
 
 def _read_hf_folder(folder: Path) -> PreTrainedModel:
@@ -699,8 +761,8 @@ def load(
         raise ValueError(f"backend must be 'hooked' or 'bridge', not {backend!r}")
     source = resolve(name_or_path)
     device = torch.device(device or default_device())
-    if gives_hooked_transformer(backend) and not source.is_gguf:
-        _check_declared_config(source)  # config.json, before any weight is read (a GGUF's: before any is converted)
+    if not source.is_gguf:  # config.json, before any weight is read (a GGUF's: before any is converted)
+        _check_declared_config(source, backend=backend)
     if source.is_gguf:
         hf_model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=False)
     else:
@@ -790,6 +852,7 @@ def _hooked_from(
         warnings.filterwarnings("ignore", message=_HOOKED_DEPRECATION, category=DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     _keep_tokenizer(model, tokenizer)
+    _refuse_misconverted(model, state_dict, source)
     if not process_weights:
         _take_weights(model, state_dict, copy=not take)
     else:
@@ -797,11 +860,33 @@ def _hooked_from(
             state_dict,
             fold_ln=process_weights,
             center_writing_weights=process_weights,
-            center_unembed=process_weights,
+            # centring W_U shifts the logits a soft cap then squashes unevenly: off under one, as in
+            # TransformerLens's own from_pretrained (Gemma 2: 7.5e-2 nats otherwise)
+            center_unembed=process_weights and not (cfg.output_logits_soft_cap or -1.0) > 0,
             fold_value_biases=process_weights,
         )
     model.move_model_modules_to_device()
     return model.eval()
+
+
+def _refuse_misconverted(model: HookedTransformer, state_dict: dict[str, Tensor], source: ModelSource) -> None:
+    """Refuse, with :class:`PretrainedLoadError`, converted weights that do not fit the ``HookedTransformer``
+    TransformerLens 3.9 built from the same config: its config converter reads a size the weight converter does
+    not (Llama's ``head_dim`` beside hidden/heads, GPT-2's and GPT-J's ``n_inner``, OPT's ``word_embed_proj_dim``),
+    or its weight converter gives parameters the model has none of (Phi-3's LayerNorm biases for an RMS-norm
+    model). Named, with the first mismatches, before any is loaded."""
+    expected = model.state_dict()
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = [f"{key} {list(state_dict[key].shape)} where the model has {list(expected[key].shape)}"
+                  for key in state_dict if key in expected and state_dict[key].shape != expected[key].shape]
+    if unexpected or mismatched:
+        what = "; ".join(([f"parameters it has none of ({', '.join(unexpected[:3])}"
+                           f"{', ...' if len(unexpected) > 3 else ''})"] if unexpected else [])
+                         + mismatched[:3] + (["..."] if len(mismatched) > 3 else []))
+        raise PretrainedLoadError(
+            f"TransformerLens's HookedTransformer cannot convert {model.cfg.original_architecture} ({source.name}: "
+            f"its converted weights do not fit the model TransformerLens 3.9 built from the same config: {what}); "
+            f"{BRIDGE_ADVICE}.")
 
 
 @torch.no_grad()
@@ -846,7 +931,11 @@ def hooked_conversion_gaps(config: PretrainedConfig, architecture: str | None = 
     ones: 4.2); ``dynamic`` too, refused although within the context (the only length a HookedTransformer
     runs: past ``n_ctx`` it fails) transformers computes it as the default RoPE, since nothing past the
     context was shown exact; Llama's ``attention_bias``/``mlp_bias`` (12.0 / 6.5) and Gemma's
-    ``attention_bias`` (10.4): see :data:`_HOOKED_BIAS_FLAGS`.
+    ``attention_bias`` (10.4): see :data:`_HOOKED_BIAS_FLAGS`; Qwen2/Qwen3's sliding window (window 4 on every
+    layer: 13.5; a window as long as the context changes nothing), :data:`_HOOKED_SLIDING_WINDOW`; GPT-NeoX's
+    ``rope_theta`` (50: 4.40), :data:`_HOOKED_FIXED_ROPE_THETA`; Gemma 3's ``use_bidirectional_attention``
+    (converted causal: 8.41; Gemma 1/2's flag eager attention ignores); Gemma 3's ``attn_logit_softcapping``, which
+    transformers does not apply and TransformerLens would (2.71; the bridge refuses it too).
     """
     architecture = architecture or _config_architecture(config)
     gaps = []
@@ -869,12 +958,56 @@ def hooked_conversion_gaps(config: PretrainedConfig, architecture: str | None = 
         value = getattr(config, flag, carried)
         if value is not None and bool(value) != carried:
             gaps.append(f"{flag} = {value!r}")
+    fixed = _HOOKED_FIXED_ROPE_THETA.get(architecture)
+    theta = rope.get("rope_theta", getattr(config, "rope_theta", None)) if not per_layer else None
+    if fixed is not None and theta is not None and float(theta) != fixed:
+        gaps.append(f"rope_parameters['rope_theta'] = {theta!r} (the converter uses {fixed:g})")
+    window = getattr(config, "sliding_window", None)
+    sliding = [layer for layer, kind in enumerate(getattr(config, "layer_types", None) or [])
+               if kind == "sliding_attention"]
+    n_ctx = getattr(config, "max_position_embeddings", None)
+    if window and sliding and architecture not in _HOOKED_SLIDING_WINDOW and not (n_ctx and window >= n_ctx):
+        switches = ", ".join(f"{key} {getattr(config, key)!r}" for key in ("use_sliding_window", "max_window_layers")
+                             if getattr(config, key, None) is not None)
+        gaps.append(f"sliding_window = {window!r} on layers {sliding} (layer_types 'sliding_attention'"
+                    + (f"; {switches})" if switches else ")"))
+    if getattr(config, "use_bidirectional_attention", None) and architecture not in _CAUSAL_UNDER_EAGER:
+        gaps.append("use_bidirectional_attention = True")
+    gaps.extend(_ignored_by_transformers(config, architecture))
     return gaps
 
 
-BRIDGE_ADVICE = ("load it with backend='bridge' (--backend bridge), which runs the HF modules and computes them "
-                 "exactly")
-"""What a refusal of :func:`check_hooked_config` advises, unless the caller has no bridge to offer."""
+def _ignored_by_transformers(config: PretrainedConfig, architecture: str) -> list[str]:
+    """The fields of ``config`` set where transformers' modeling code never applies them (:data:`_TRANSFORMERS_IGNORES`)
+    and TransformerLens's would: both backends refuse them."""
+    return [f"{field} = {getattr(config, field)!r} (transformers' {architecture} does not apply it)"
+            for field in _TRANSFORMERS_IGNORES.get(architecture, ()) if getattr(config, field, None) is not None]
+
+
+def bridge_conversion_gaps(config: PretrainedConfig, architecture: str | None = None) -> list[str]:
+    """What a ``TransformerBridge`` (TransformerLens 3.9's and 4.3's) of a model with ``config`` would compute
+    otherwise than transformers, silently: each as ``"field = value"`` (empty when nothing checked differs). The
+    bridge runs the transformers modules but replaces some with its own: GPT-2's attention, which always scales by
+    1/sqrt(d_head) (``scale_attn_weights`` False: 7.45 nats off; ``scale_attn_by_inverse_layer_idx`` it does carry,
+    < 1e-5); and it applies Gemma 3's ``attn_logit_softcapping``, which transformers' Gemma 3 does not (2.71 nats).
+    ``reorder_and_upcast_attn`` changes float32 rounding alone, and is not refused."""
+    architecture = architecture or _config_architecture(config)
+    gaps = []
+    for flag, carried in _BRIDGE_FIXED_FLAGS.get(architecture, {}).items():
+        value = getattr(config, flag, carried)
+        if value is not None and bool(value) != carried:
+            gaps.append(f"{flag} = {value!r}")
+    gaps.extend(_ignored_by_transformers(config, architecture))
+    return gaps
+
+
+BRIDGE_ADVICE = ("load it with backend='bridge' (--backend bridge), which runs the HF modules and carries what the "
+                 "converter drops")
+"""What a refusal of :func:`check_hooked_config` advises, unless the caller has no bridge to offer or the bridge
+refuses the config too (:func:`bridge_conversion_gaps`)."""
+NO_BACKEND_ADVICE = ("no backend computes it as transformers does (the bridge refuses it too), so its log-probabilities "
+                     "are not read")
+"""What a refusal advises where neither backend computes the model."""
 
 
 def check_hooked_config(name: str, config: PretrainedConfig, architecture: str | None = None,
@@ -883,17 +1016,37 @@ def check_hooked_config(name: str, config: PretrainedConfig, architecture: str |
     3.9's converter drops (:func:`hooked_conversion_gaps`): its ``HookedTransformer`` would compute other
     log-probabilities, with no error. Asked by every hooked conversion (:func:`load`, :func:`to_hooked`) before
     any weight is converted, and by :func:`check_hooked_convertible` from a model's files. Under TransformerLens
-    4 "hooked" is the bridge, which runs the transformers modules: nothing is refused."""
-    if TL_MAJOR >= 4:
-        return
+    4 "hooked" is the bridge: what the bridge computes otherwise is refused (:func:`check_bridge_config`)."""
     architecture = architecture or _config_architecture(config)
+    if TL_MAJOR >= 4:
+        check_bridge_config(name, config, architecture)  # "hooked" is the bridge
+        return
     gaps = hooked_conversion_gaps(config, architecture)
+    if gaps and bridge_conversion_gaps(config, architecture) and advice == BRIDGE_ADVICE:
+        advice = NO_BACKEND_ADVICE
     if gaps:
         raise PretrainedLoadError(
             f"TransformerLens's HookedTransformer cannot convert {architecture} ({name}: its config sets "
             f"{'; '.join(gaps)}, which TransformerLens 3.9's converter does not carry: the HookedTransformer's "
             f"log-probabilities would not be the model's); {advice}."
         )
+
+
+def check_bridge_config(name: str, config: PretrainedConfig, architecture: str | None = None) -> None:
+    """Refuse, with :class:`PretrainedLoadError`, a model ``name`` whose ``config`` holds something a
+    ``TransformerBridge`` computes otherwise than transformers (:func:`bridge_conversion_gaps`), naming the field and
+    its value and the backend that computes it where there is one (3.9's HookedTransformer, for GPT-2 without the
+    attention scale). Asked by every bridge wrap (:func:`load`: a folder's config before any weight is read)."""
+    architecture = architecture or _config_architecture(config)
+    gaps = bridge_conversion_gaps(config, architecture)
+    if not gaps:
+        return
+    hooked_exact = TL_MAJOR < 4 and not hooked_conversion_gaps(config, architecture)
+    advice = ("load it with backend='hooked' (--backend hooked) under TransformerLens 3.9, whose HookedTransformer "
+              "converts it exactly" if hooked_exact else NO_BACKEND_ADVICE)
+    raise PretrainedLoadError(
+        f"TransformerBridge cannot run {architecture} as transformers does ({name}: its config sets {'; '.join(gaps)}, "
+        f"which the bridge does not carry: its log-probabilities would not be the model's); {advice}.")
 
 
 def check_hooked_convertible(name_or_path: str | os.PathLike[str], advice: str = BRIDGE_ADVICE) -> None:
@@ -907,11 +1060,15 @@ def check_hooked_convertible(name_or_path: str | os.PathLike[str], advice: str =
     _check_declared_config(source, advice)
 
 
-def _check_declared_config(source: ModelSource, advice: str = BRIDGE_ADVICE) -> None:
-    """:func:`check_hooked_config` on the configuration ``source``'s files declare, where they declare one."""
+def _check_declared_config(source: ModelSource, advice: str = BRIDGE_ADVICE, backend: Backend = "hooked") -> None:
+    """:func:`check_hooked_config` (``backend="bridge"``: :func:`check_bridge_config`) on the configuration
+    ``source``'s files declare, where they declare one."""
     config = declared_config(source.path)
     if config is not None:
-        check_hooked_config(source.name, config, advice=advice)
+        if backend == "hooked":
+            check_hooked_config(source.name, config, advice=advice)
+        else:
+            check_bridge_config(source.name, config)
 
 
 def _config_architecture(config: PretrainedConfig) -> str:
@@ -1060,6 +1217,7 @@ def _to_bridge(
     ``process_weights``.
     """
     prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
+    check_bridge_config(source.name, hf_model.config, type(hf_model).__name__)  # before the bridge wraps it
     refuse_pass_dependent_rope(hf_model, source.name)  # a model of the caller's (to_hooked under 4.x) too
     try:
         bridge = TransformerBridge.boot_transformers(
@@ -1087,6 +1245,7 @@ def _keep_tokenizer(model: TLModel, tokenizer: PreTrainedTokenizerBase) -> None:
     (``cfg.tokenizer_prepends_bos``, which ``to_tokens`` reads) is taken from it. (A bridge's ``tokenizer``
     is a property whose setter would reload the BOS-adding one again: its ``_tokenizer`` is set instead.)"""
     theirs = model.tokenizer
+    model.cfg.tokenizer_prepends_bos = bos_prefix(tokenizer) != ()  # kept or swapped: the rule's, not the BOS id's
     if theirs is tokenizer:
         return
     tokenizer.padding_side = theirs.padding_side
@@ -1097,7 +1256,6 @@ def _keep_tokenizer(model: TLModel, tokenizer: PreTrainedTokenizerBase) -> None:
         model._tokenizer = tokenizer
     else:
         model.tokenizer = tokenizer
-    model.cfg.tokenizer_prepends_bos = bos_prefix(tokenizer) != ()
 
 
 def prepends_bos(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig, source: ModelSource) -> bool:

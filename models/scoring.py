@@ -58,7 +58,8 @@ def hooked_readout(model: torch.nn.Module, residual: Float[Tensor, "n d_model"])
 
 def check_causal(model: object) -> None:
     """Refuse a model whose attention is not causal (a TransformerLens ``attention_dir`` of
-    "bidirectional"): every answer log-probability here is read from one pass over prompt and answer,
+    "bidirectional", or a transformers model, or a bridge over one, whose config sets
+    ``use_bidirectional_attention`` or ``is_causal = False``): every answer log-probability here is read from one pass over prompt and answer,
     log p(a_j | c, a_<j) at the position before a_j, which is that conditional only when no position
     sees the tokens after it (a bidirectional model's answer positions would read the answer itself,
     and padding would change the numbers)."""
@@ -66,6 +67,39 @@ def check_causal(model: object) -> None:
     if direction != "causal":
         raise ValueError(f"the model's attention is {direction!r}, not causal: an answer's log-probability given "
                          "its prompt is not one pass over prompt and answer, so it is not scored")
+    config = _hf_config(model)
+    setting = None if config is None else _bidirectional_setting(config)
+    if setting is not None:
+        name = getattr(getattr(model, "cfg", None), "model_name", None) or getattr(config, "name_or_path", "") \
+            or type(model).__name__
+        raise ValueError(f"{name}: its transformers config sets {setting}, so its attention is not causal (a "
+                         "TransformerLens attention_dir of 'causal' notwithstanding): every position would see the "
+                         "answer tokens after it, so an answer's log-probability given its prompt is not scored")
+
+
+_CAUSAL_UNDER_EAGER = ("gemma", "gemma2")
+"""Model types whose ``use_bidirectional_attention`` only sets the attention modules' ``is_causal`` flag, which eager
+attention ignores (their mask stays causal); Gemma 3's mask reads it."""
+
+
+def _hf_config(model: object) -> object | None:
+    """The transformers config of a transformers model or of the one a TransformerBridge wraps (None otherwise)."""
+    for holder in (model, getattr(model, "original_model", None)):
+        config = getattr(holder, "config", None)
+        if config is not None and hasattr(config, "to_dict") and hasattr(config, "model_type"):
+            return config
+    return None
+
+
+def _bidirectional_setting(config: object) -> str | None:
+    """``"field = value"`` where a transformers config makes its model's attention bidirectional, else None."""
+    if getattr(config, "is_causal", None) is False:
+        return "is_causal = False"
+    if getattr(config, "use_bidirectional_attention", None):
+        eager = getattr(config, "_attn_implementation", None) == "eager"
+        if not (eager and getattr(config, "model_type", None) in _CAUSAL_UNDER_EAGER):
+            return f"use_bidirectional_attention = {config.use_bidirectional_attention!r}"
+    return None
 
 
 def check_token_ids(model: torch.nn.Module, batch: TokenizedFacts, where: str = "batch") -> None:

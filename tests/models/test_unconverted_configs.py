@@ -34,6 +34,7 @@ LONGROPE = {"rope_type": "longrope", "rope_theta": 10_000.0, "short_factor": [1.
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16, "rope_theta": 10_000.0}
 GLOBAL, LOCAL = {"rope_type": "default", "rope_theta": 1_000_000.0}, {"rope_type": "default", "rope_theta": 10_000.0}
+SLIDING = {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 0, "layer_types": None}
 
 
 def _ids(n: int) -> torch.Tensor:
@@ -44,10 +45,10 @@ IDS = _ids(40)  # past llama3's original 16 positions, yarn's 32 and Gemma 3's 4
 
 
 def _config(kind: str, **overrides) -> transformers.PretrainedConfig:
+    """``tiny_config(kind)`` with ``overrides`` (built again from its dict, so that derived fields follow them:
+    Qwen2's ``layer_types`` from ``use_sliding_window``/``max_window_layers``)."""
     config = tiny_config(kind)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+    return type(config)(**{**config.to_dict(), **overrides})
 
 
 def _build(folder, kind: str, tokenizer, **overrides):
@@ -89,6 +90,13 @@ REFUSED = {
         "gemma3", {"rope_parameters": {"full_attention": GLOBAL, "sliding_attention": LINEAR}},
         r"rope_parameters\['sliding_attention'\]\['rope_type'\] = 'linear'"),
     "llama-biases": ("llama", {"attention_bias": True, "mlp_bias": True}, r"attention_bias = True; mlp_bias = True"),
+    # before: hooked 13.5 nats off (window 4 on both layers), 4.40 (NeoX base 50), 8.41 (bidirectional Gemma 3)
+    "qwen2-sliding-window": ("qwen2", SLIDING, r"sliding_window = 4 on layers \[0, 1\] \(layer_types 'sliding_attention'; "
+                                              r"use_sliding_window True, max_window_layers 0\)"),
+    "neox-rope-theta": ("neox", {"rope_parameters": {"rope_type": "default", "rope_theta": 50.0,
+                                                     "partial_rotary_factor": 0.25}},
+                        r"rope_parameters\['rope_theta'\] = 50.0 \(the converter uses 10000\)"),
+    "gemma3-bidirectional": ("gemma3", {"use_bidirectional_attention": True}, r"use_bidirectional_attention = True"),
 }
 
 
@@ -186,20 +194,37 @@ RULE = [  # (kind, config overrides, what the converter does not carry: none, or
     ("neox", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10_000.0,
                                   "partial_rotary_factor": 0.25}}, "rope_parameters['rope_type'] = 'linear'"),
     ("gpt2", {}, None),
+    ("qwen2", SLIDING, "sliding_window = 4 on layers [0, 1]"),
+    ("qwen2", dict(SLIDING, max_window_layers=1), "sliding_window = 4 on layers [1]"),
+    ("qwen2", dict(SLIDING, sliding_window=128), None),  # a window as long as the context slides over nothing
+    ("qwen2", {"use_sliding_window": False, "sliding_window": 4}, None),
+    ("mistral", {"sliding_window": 4}, None),  # every layer local: carried
+    ("gemma2", {}, None),  # its sliding layers: carried (tiny_config's gemma2 and gemma3 slide)
+    ("neox", {"rope_parameters": {"rope_type": "default", "rope_theta": 50.0, "partial_rotary_factor": 0.25}},
+     "rope_parameters['rope_theta'] = 50.0"),
+    ("neox", {"rope_parameters": {"rope_type": "default", "rope_theta": 10_000.0, "partial_rotary_factor": 0.25}},
+     None),
+    ("gemma3", {"use_bidirectional_attention": True}, "use_bidirectional_attention = True"),
+    ("gemma2", {"use_bidirectional_attention": True}, None),  # eager attention ignores it: causal, as converted
+    ("gemma3", {"attn_logit_softcapping": 1.0}, "attn_logit_softcapping = 1.0"),
+    ("gemma3", {"final_logit_softcapping": 1.0}, None),
 ]
 
 
 @pytest.mark.parametrize(("kind", "overrides", "gap"), RULE)
 def test_the_rule_names_what_the_converter_does_not_carry(kind, overrides, gap):
     """:func:`hooked_conversion_gaps` on configs alone (no model): empty where the converter carries the config,
-    else the field and its value; :func:`check_hooked_config` refuses exactly those under 3.9."""
+    else the field and its value; :func:`check_hooked_config` refuses exactly those under 3.9 (pointing to the bridge
+    unless :func:`bridge_conversion_gaps` refuses it too), and under 4.x the bridge's."""
     config = _config(kind, **overrides)
     gaps = pretrained.hooked_conversion_gaps(config)
     assert gaps == [] if gap is None else any(g.startswith(gap) for g in gaps), gaps
-    if gap is None or TL_MAJOR >= 4:
+    bridge_gaps = pretrained.bridge_conversion_gaps(config)  # under 4.x "hooked" is the bridge: its gaps alone
+    if not (bridge_gaps if TL_MAJOR >= 4 else gap):
         pretrained.check_hooked_config("tiny", config)
     else:
-        with pytest.raises(PretrainedLoadError, match="tiny: its config sets .*backend='bridge'"):
+        advice = "no backend computes it" if bridge_gaps else "backend='bridge'"
+        with pytest.raises(PretrainedLoadError, match=f"tiny: its config sets .*{advice}"):
             pretrained.check_hooked_config("tiny", config)
 
 
@@ -226,3 +251,253 @@ def test_rope_that_depends_on_the_pass_is_refused_past_its_first_positions(rope,
                        fact=0, direction="forward", split="trained")]
     with pytest.raises(PassDependentRopeError, match=message):
         candidate_logprobs_cached(bridge, [answers])
+
+
+# (kind, config overrides, what the refusal names, whether 3.9's HookedTransformer computes it exactly): the bridge
+# runs its own attention here, not transformers'. Before: bridge 7.45 nats off (GPT-2 without the attention scale),
+# 2.71 (Gemma 3 with an attention soft cap, which transformers' Gemma 3 does not apply; hooked 2.71 too).
+BRIDGE_REFUSED = {
+    "gpt2-unscaled-attention": ("gpt2", {"scale_attn_weights": False}, r"scale_attn_weights = False", True),
+    "gemma3-attention-soft-cap": ("gemma3", {"attn_logit_softcapping": 1.0},
+                                  r"attn_logit_softcapping = 1.0 \(transformers' Gemma3ForCausalLM does not apply it\)",
+                                  False),
+}
+
+
+@pytest.mark.parametrize("case", BRIDGE_REFUSED)
+def test_the_bridge_refuses_what_it_computes_otherwise(case, smollm2_tokenizer, tmp_path, monkeypatch):
+    """``load(backend="bridge")`` refuses, before reading a weight, a config its own attention computes otherwise
+    than transformers (unchecked, the bridge is nats off transformers), naming the model, the field and its
+    value, and the backend that is exact: 3.9's HookedTransformer for GPT-2 without the attention scale (= transformers
+    within 1e-4), none for Gemma 3's attention soft cap (refused by both, under both lines)."""
+    kind, overrides, field, hooked_exact = BRIDGE_REFUSED[case]
+    folder = tmp_path / case
+    hf = _build(folder, kind, smollm2_tokenizer, **overrides)
+    assert any(gap.startswith(field.replace("\\", "")[:20]) for gap in pretrained.bridge_conversion_gaps(hf.config))
+    with monkeypatch.context() as unchecked:
+        unchecked.setattr(pretrained, "check_bridge_config", lambda *args, **kwargs: None)
+        assert _difference(load(folder, backend="bridge", device="cpu"), hf) > 0.1  # what the refusal prevents
+    hooked_works = hooked_exact and TL_MAJOR < 4
+    if hooked_works:  # in float64: without the 1/sqrt(d_head) scale float32 rounding reaches 1.3e-4
+        hooked = load(folder, backend="hooked", device="cpu", dtype=torch.float64)
+        assert _difference(hooked, hf.double()) < TOLERANCE
+        hf.float()
+    advice = r"backend='hooked' \(--backend hooked\) under TransformerLens 3.9" if hooked_works \
+        else r"no backend computes it"
+
+    def never(*args, **kwargs):
+        raise AssertionError("a weight was read before the refusal")
+
+    monkeypatch.setattr(pretrained, "_read_hf_folder", never)
+    for backend in ("bridge",) if hooked_works else ("bridge", "hooked"):
+        with pytest.raises(PretrainedLoadError, match=rf"\({case}: its config sets {field}.*{advice}"):
+            load(folder, backend=backend, device="cpu")
+    if TL_MAJOR >= 4 or not hooked_works:
+        with pytest.raises(PretrainedLoadError, match=rf"\({case}: its config sets {field}"):
+            pretrained.check_hooked_convertible(folder)
+    with pytest.raises(PretrainedLoadError, match=field):
+        pretrained._to_bridge(hf, smollm2_tokenizer, pretrained.resolve(folder), torch.device("cpu"), torch.float32,
+                              False)
+
+
+def test_bidirectional_attention_is_not_scored(smollm2_tokenizer, tmp_path):
+    """Gemma 3 with ``use_bidirectional_attention``: each position sees the tokens after it (transformers' own
+    model: changing token 10 moves positions 0-9 by nats). The bridge computes it (= transformers within 1e-4) but
+    ``check_causal`` refuses to score it or transformers' model, naming the model and the field, although the bridge's
+    ``attention_dir`` says "causal"; 3.9's hooked load refuses it (it would convert it as causal: 8.4 nats off).
+    Gemma 2's flag only sets ``is_causal``, which eager attention ignores: causal, and scored."""
+    from models.scoring import check_causal
+
+    folder = tmp_path / "gemma3-bidirectional"
+    hf = _build(folder, "gemma3", smollm2_tokenizer, use_bidirectional_attention=True)
+    changed = IDS.clone()
+    changed[0, 10] += 1
+    assert (_log_probs(hf, IDS)[0, :10] - _log_probs(hf, changed)[0, :10]).abs().max() > 0.1
+    bridge = load(folder, backend="bridge", device="cpu")
+    assert bridge.cfg.attention_dir == "causal"
+    assert _difference(bridge, hf) < TOLERANCE
+    for model in (bridge, hf):
+        with pytest.raises(ValueError, match=r"sets use_bidirectional_attention = True, so its attention is not causal"):
+            check_causal(model)
+    if TL_MAJOR < 4:
+        with pytest.raises(PretrainedLoadError, match=r"use_bidirectional_attention = True"):
+            load(folder, backend="hooked", device="cpu")
+    gemma2 = _build(tmp_path / "gemma2-bidirectional", "gemma2", smollm2_tokenizer, use_bidirectional_attention=True)
+    assert (_log_probs(gemma2, IDS)[0, :10] - _log_probs(gemma2, changed)[0, :10]).abs().max() == 0
+    check_causal(gemma2)
+    check_causal(load(tmp_path / "gemma2-bidirectional", backend="bridge", device="cpu"))
+
+
+def test_processed_weights_keep_log_probs_under_an_output_soft_cap(smollm2_tokenizer, tmp_path):
+    """Gemma 2 caps its logits (final_logit_softcapping 30): centring the unembedding shifts the logits before the
+    cap squashes them unevenly, so ``process_weights=True`` leaves it out (as TransformerLens's from_pretrained
+    does). Before: 7.5e-2 nats off transformers; now within 1e-4, where centring is still done without a cap."""
+    folder = tmp_path / "gemma2"
+    hf = _build(folder, "gemma2", smollm2_tokenizer)
+    model = load(folder, backend="hooked", device="cpu", process_weights=True)
+    assert _difference(model, hf) < TOLERANCE
+    if TL_MAJOR < 4:
+        assert model.cfg.output_logits_soft_cap == 30.0
+        _build(tmp_path / "llama", "llama", smollm2_tokenizer)
+        centred = load(tmp_path / "llama", backend="hooked", device="cpu", process_weights=True)
+        assert centred.W_U.mean(-1).abs().max() < 1e-6  # no cap: centred as before
+
+
+# (config, what the refusal names): TransformerLens 3.9's config converter reads one size, its weight converter
+# another (or weights the model has none of); before: a bare RuntimeError (size mismatch) or KeyError.
+MISCONVERTED = {
+    "llama-head-dim": (lambda: _config("llama", head_dim=32), r"blocks.0.attn.W_Q \[4, 64, 32\] where the model has "
+                                                              r"\[4, 64, 16\]"),
+    "gpt2-n-inner": (lambda: _config("gpt2", n_inner=100), r"blocks.0.mlp.W_in \[64, 100\]"),
+    "opt-projection": (lambda: transformers.OPTConfig(
+        vocab_size=49152, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128, word_embed_proj_dim=32, init_std=0.3), r"embed.W_E \[49152, 32\]"),
+    "phi3": (lambda: transformers.Phi3Config(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=128, initializer_range=0.3, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2), r"parameters it has none of \(blocks.0.ln1.b"),
+}
+
+
+@pytest.mark.parametrize("case", MISCONVERTED)
+def test_a_conversion_that_does_not_fit_is_named(case, smollm2_tokenizer, tmp_path):
+    """3.9: a converter that does not fit the model it built is a :class:`PretrainedLoadError` naming the model, the
+    parameter and both shapes, and pointing to the bridge, which computes the model (= transformers within 1e-4).
+    4.x: "hooked" is the bridge, and matches."""
+    make, what = MISCONVERTED[case]
+    folder = save_tiny(tmp_path / case, make(), smollm2_tokenizer)
+    hf, _ = load_hf(folder, device="cpu")
+    if TL_MAJOR >= 4:
+        assert _difference(load(folder, backend="hooked", device="cpu"), hf) < TOLERANCE
+        return
+    with pytest.raises(PretrainedLoadError, match=rf"cannot convert {type(hf).__name__} \({case}: its converted "
+                                                  rf"weights do not fit .*{what}.*backend='bridge'"):
+        load(folder, backend="hooked", device="cpu")
+    with pytest.raises(PretrainedLoadError, match=what):
+        load(folder, backend="hooked", device="cpu", process_weights=True)
+    assert _difference(load(folder, backend="bridge", device="cpu"), hf) < TOLERANCE
+
+
+def _write_gguf(path, scaling=None, extra=None):
+    """A tiny random Llama GGUF (a character-level BPE tokenizer), with RoPE scaling metadata (``scaling``: type,
+    factor) and ``extra`` tensors (name: array) where given."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    d, heads, kv, ff, layers = 64, 4, 2, 128, 2
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny")
+    writer.add_block_count(layers)
+    writer.add_context_length(128)
+    writer.add_embedding_length(d)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10_000.0)
+    writer.add_rope_dimension_count(d // heads)
+    if scaling:
+        writer.add_rope_scaling_type(gguf.RopeScalingType(scaling[0]))
+        writer.add_rope_scaling_factor(scaling[1])
+    chars = [chr(c) for c in range(33, 127)] + ["Ġ", "Ġa"]
+    tokens = ["<s>", "</s>"] + chars
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.NORMAL] * len(chars))
+    writer.add_token_merges(["Ġ a"])
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    writer.add_vocab_size(len(tokens))
+    weight = lambda *shape: (0.3 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
+    writer.add_tensor("token_embd.weight", weight(len(tokens), d))
+    for i in range(layers):
+        for name, shape in (("attn_norm", (d,)), ("attn_q", (d, d)), ("attn_k", (kv * d // heads, d)),
+                            ("attn_v", (kv * d // heads, d)), ("attn_output", (d, d)), ("ffn_norm", (d,)),
+                            ("ffn_gate", (ff, d)), ("ffn_up", (ff, d)), ("ffn_down", (d, ff))):
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(*shape) + (1 if len(shape) == 1 else 0))
+    writer.add_tensor("output_norm.weight", 1 + weight(d))
+    for name, array in (extra or {}).items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_whose_rope_scaling_transformers_drops_is_refused(tmp_path, monkeypatch):
+    """transformers' GGUF reader maps no ``{arch}.rope.scaling.*`` field (it logs them) and skips llama.cpp's
+    ``rope_freqs.weight``: both backends would run the model unscaled (linear ×8: 13.3 nats from the scaled model
+    before). Refused on both backends, by :func:`declared_config` and :func:`check_hooked_convertible` from the
+    metadata alone, before any weight is read, naming the file, the field and its value. The same file without them
+    loads, and both backends equal transformers."""
+    import numpy as np
+
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", "off")
+    plain = _write_gguf(tmp_path / "plain.gguf")
+    hf, _ = load_hf(plain, device="cpu", keep=False)
+    ids = _ids(40) % 90 + 2
+    for backend in ("hooked", "bridge"):
+        assert _difference(load(plain, backend=backend, device="cpu"), hf, ids) < TOLERANCE
+    scaled = hf.config.to_dict()
+    scaled["rope_parameters"] = {"rope_type": "linear", "factor": 8.0, "rope_theta": 10_000.0}
+    twin = transformers.AutoModelForCausalLM.from_config(type(hf.config)(**scaled),
+                                                         attn_implementation="eager").eval()
+    twin.load_state_dict(hf.state_dict())
+    assert _difference(twin, hf, ids) > 0.1  # the scaling changes the function
+    files = {"linear": (_write_gguf(tmp_path / "linear.gguf", scaling=("linear", 8.0)),
+                        r"llama.rope.scaling.type = 'linear'; llama.rope.scaling.factor = 8.0"),
+             "rope-freqs": (_write_gguf(tmp_path / "freqs.gguf",
+                                        extra={"rope_freqs.weight": np.linspace(1, 8, 8).astype(np.float32)}),
+                            r"tensor rope_freqs.weight = \[1.0, 2.0"),
+             "scaling-none": (_write_gguf(tmp_path / "none.gguf", scaling=("none", 1.0)), None)}
+
+    def never(*args, **kwargs):
+        raise AssertionError("a weight was read before the refusal")
+
+    for path, field in files.values():
+        if field is None:
+            assert _difference(load(path, backend="bridge", device="cpu"), hf, ids) < TOLERANCE
+            continue
+        message = rf"{path.stem} \({path}\): its GGUF metadata sets {field}.*no backend reads it exactly"
+        with pytest.raises(PretrainedLoadError, match=message):
+            pretrained.declared_config(path)
+        with pytest.raises(PretrainedLoadError, match=message):
+            pretrained.check_hooked_convertible(path)
+        with monkeypatch.context() as patch:
+            patch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
+            for backend in ("hooked", "bridge"):
+                with pytest.raises(PretrainedLoadError, match=message):
+                    load(path, backend=backend, device="cpu")
+
+
+def test_a_gguf_tensor_transformers_has_no_parameter_for_is_refused(tmp_path, monkeypatch):
+    """A tensor transformers maps to no parameter (its reader skips it) is refused, not skipped."""
+    import numpy as np
+
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", "off")
+    path = _write_gguf(tmp_path / "extra.gguf", extra={"blk.0.attn_q.bias": np.ones(64, dtype=np.float32)})
+    with pytest.raises(PretrainedLoadError, match=r"holds the tensor 'blk.0.attn_q.bias', which transformers' GGUF "
+                                                  r"reader maps to no parameter of LlamaForCausalLM"):
+        load_hf(path, device="cpu", keep=False)
+
+
+def test_a_gguf_link_to_a_file_without_the_suffix_loads(tmp_path, monkeypatch):
+    """A ``.gguf`` link to a file named by its hash alone (the Hugging Face cache's blobs) is a GGUF model, as its
+    target is; a file that is neither named ``.gguf`` nor starts with GGUF's magic is still refused."""
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", "off")
+    blob = _write_gguf(tmp_path / "0123abcd")
+    link = tmp_path / "model.gguf"
+    link.symlink_to(blob)
+    source = pretrained.resolve(link)
+    assert source.is_gguf and source.name == "model"
+    hf, _ = load_hf(link, device="cpu", keep=False)
+    assert _difference(load(link, backend="bridge", device="cpu"), hf, _ids(20) % 90 + 2) < TOLERANCE
+    other = tmp_path / "notes"
+    other.write_text("not a model")
+    (tmp_path / "notes.gguf").symlink_to(other)
+    with pytest.raises(PretrainedLoadError):
+        load(tmp_path / "notes.gguf")

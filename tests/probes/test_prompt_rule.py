@@ -2,7 +2,8 @@
 itself, as the model's files declare (SmolLM2's GGUF: tokenizer.ggml.add_bos_token false; Gemma's:
 true), and one set of templates per fact kind, so `probe` and `check-asymmetry` give one celebrity
 fact one log-probability. On the real SmolLM2 (its tokenizer adds no BOS), the real Gemma 3 270M (its
-tokenizer adds BOS) and a tiny random Gemma 3 read with a tokenizer told to add BOS."""
+tokenizer adds BOS) and a tiny random Gemma 3 read with a tokenizer told to add BOS; a tiny Llama whose
+tokenizer starts every encoding with a token that is not its BOS gets that token in every prompt."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from facts.celebrity import load_celebrity_pairs
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix, people_world, render_statement
 from facts.schema import FactSet
 from models.backend import TL_MAJOR
-from models.pretrained import ModelSource, declared_bos, resolve
+from models.pretrained import ModelSource, declared_bos, load, resolve
 from probes.circuits import check_circuits_readable
 from probes.logits import answer_table
 from probes.shared_prompt import scores_by_tree
@@ -128,3 +129,55 @@ def test_finetune_sentences_start_with_bos_when_the_tokenizer_adds_it(bos_tokeni
         text = render_statement(people, 0, "forward", TRAIN_TEMPLATES, 0).text
         reversed_sentence = reversed_example(people, 0, "forward", text, 0, tokenizer)
         assert (reversed_sentence.prompt[0] == tokenizer.bos_token_id) is starts
+
+
+def folder_with_post_processor(folder, single: str, bos_token: str | None):
+    """A tiny random Llama saved with a word-level tokenizer whose post-processor adds what ``single`` says
+    ("<start> $A": <start>, id 1, before every encoding), with ``bos_token`` or none."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tiny_models import save_tiny, tiny_config
+
+    words = ["<unk>", "<start>", "<eos>", "<s>", "a", "The", "capital", "of", "France", "is", "Paris", "."]
+    backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    specials = [(word, words.index(word)) for word in ("<start>", "<eos>") if word in single.split()]
+    backend.post_processor = processors.TemplateProcessing(single=single, special_tokens=specials)
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>",
+                                                     bos_token=bos_token)
+    return save_tiny(folder, tiny_config("llama"), tokenizer)
+
+
+@pytest.mark.parametrize("bos_token", [None, "<s>"], ids=["no-bos-token", "another-bos-token"])
+def test_a_leading_token_other_than_bos_is_in_every_prompt(tmp_path, bos_token):
+    """From an audit: the tokenizer encodes "The capital" as [1, 5, 6] (<start> first) and the prompt rule
+    gave [5, 6]: the model was scored on prompts it never reads in use. Now the rule, the tokenizer and
+    `probe`'s prompts agree, and the loaders say the tokenizer prepends, on both backends."""
+    folder = folder_with_post_processor(tmp_path / "starts-with-start", "<start> $A", bos_token)
+    facts = FactSet(load_celebrity_pairs().facts[:1], world="celebrity")
+    for backend in ("hooked", "bridge"):
+        model = load(folder, backend=backend, device="cpu")
+        assert bos_prefix(model.tokenizer) == (1,) and model.cfg.default_prepend_bos
+        assert model.tokenizer("The capital").input_ids == [1, 5, 6]
+        probed = pretrained_probed(model, model.tokenizer, "celebrity", {})
+        assert probed.statements.example(facts, 0, "forward").prompt[:2] == (1, 0)  # <start>, then unknown words
+
+
+@pytest.mark.parametrize("bos_token", [None, "<s>"], ids=["no-bos-token", "another-bos-token"])
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_to_tokens_of_a_leading_token_other_than_bos_is_the_tokenizer_s(tmp_path, backend, bos_token):
+    """``model.to_tokens(s)`` is ``tokenizer(s).input_ids`` (models/pretrained.py's promise). Before the rule
+    read the leading token, HookedTransformer gave [5, 6] without a BOS token (cfg.default_prepend_bos False); a
+    TransformerBridge given a tokenizer without a BOS token keeps it (with TransformerLens's BOS, <eos>, set on it),
+    and TransformerLens's own test (first id == BOS id) put <eos> after <start>: [1, 2, 5, 6]."""
+    folder = folder_with_post_processor(tmp_path / "starts-with-start", "<start> $A", bos_token)
+    model = load(folder, backend=backend, device="cpu")
+    assert model.tokenizer("The capital").input_ids == [1, 5, 6]
+    assert model.to_tokens("The capital")[0].tolist() == [1, 5, 6]
+    assert model.to_tokens("The capital", prepend_bos=False)[0].tolist() == [5, 6]
+
+
+def test_a_tokenizer_that_ends_its_encodings_with_eos_is_refused_at_load(tmp_path):
+    folder = folder_with_post_processor(tmp_path / "ends-with-eos", "<start> $A <eos>", None)
+    with pytest.raises(ValueError, match=r"encodes 'a' as \[1, 4, 2\] with its special tokens and \[4\] without"):
+        load(folder, backend="hooked", device="cpu")
