@@ -631,7 +631,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     from analyses.runfolder import check_run, find_run_root
 
     if args.command in ("check-asymmetry", "finetune-facts", "probe"):
-        from models.pretrained import check_hooked_convertible
+        from models.pretrained import check_convertible
     finetuned = getattr(args, "finetuned", None)
     if finetuned:
         from analyses.compare import finetuned_folders
@@ -654,8 +654,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
         from analyses.asymmetry import check_inputs
 
         check_inputs(args.data, args.limit, args.controls, args.seed)  # the CSV and its controls, before the folder
-        if args.backend == "hooked":
-            check_hooked_convertible(args.model)  # a config the converter would drop part of
+        check_convertible(args.model, args.backend)  # a config the backend would compute otherwise
     if args.command == "finetune-facts":
         from analyses.finetune import check_model_options, draw_controls, read_questions
 
@@ -666,7 +665,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
         questions = read_questions(config)  # the facts and templates, read whole before the folder is touched
         draw_controls(questions, config.n_controls, config.seed)  # --controls above what the facts hold
         check_model_options(config)  # --trainable-blocks, --lora-targets against the model's config.json
-        check_hooked_convertible(config.model, advice="finetune-facts asks and traces the trained model as a "
+        check_convertible(config.model, advice="finetune-facts asks and traces the trained model as a "
                                  "HookedTransformer, so under TransformerLens 3.9 it cannot fine-tune this model "
                                  "(under 4.x, whose 'hooked' is the bridge, it can)")
     if args.command == "reproduce" and args.experiment == "reversal":
@@ -680,8 +679,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
         card = _checkpoint_meta(model) if checkpoint else None
         _check_probe_facts(args.facts, args.controls, checkpoint, args.templates_file, args.limit,
                            None if card is None else (card.get("run") or {}).get("world_sha256"))
-        if not checkpoint and args.backend == "hooked":
-            check_hooked_convertible(args.model)  # a config the converter would drop part of
+        if not checkpoint:
+            check_convertible(args.model, args.backend)  # a config the backend would compute otherwise
         if args.tracing and args.backend == "bridge":
             raise ValueError("--tracing runs on --backend hooked only (a TransformerBridge has no start_at_layer)")
         if args.patch_layers is not None:

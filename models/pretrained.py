@@ -32,7 +32,7 @@ How a model is built. transformers reads the weights (GGUF files dequantised to 
   RoPE scaling other than Llama's llama3, Gemma 3's per-layer-type RoPE scaling among it; Llama's
   attention/MLP biases, Gemma's attention biases; Qwen2/Qwen3's sliding window; GPT-NeoX's rope_theta;
   Gemma 3's bidirectional attention and attention soft cap), by :func:`check_hooked_config`, before any weight
-  is converted (a folder's: before any is read; :func:`check_hooked_convertible` from a model's files alone),
+  is converted (a folder's: before any is read; :func:`check_convertible` from a model's files alone),
   and converted weights that do not fit the model the converter built (:func:`_refuse_misconverted`).
 - ``"bridge"``: ``TransformerBridge.boot_transformers`` wraps a fresh HF model (it edits that
   model's module tree in place, so it never shares one with :func:`load_hf`); it picks its
@@ -1015,7 +1015,7 @@ def check_hooked_config(name: str, config: PretrainedConfig, architecture: str |
     """Refuse, with :class:`PretrainedLoadError`, a model ``name`` whose ``config`` holds something TransformerLens
     3.9's converter drops (:func:`hooked_conversion_gaps`): its ``HookedTransformer`` would compute other
     log-probabilities, with no error. Asked by every hooked conversion (:func:`load`, :func:`to_hooked`) before
-    any weight is converted, and by :func:`check_hooked_convertible` from a model's files. Under TransformerLens
+    any weight is converted, and by :func:`check_convertible` from a model's files. Under TransformerLens
     4 "hooked" is the bridge: what the bridge computes otherwise is refused (:func:`check_bridge_config`)."""
     architecture = architecture or _config_architecture(config)
     if TL_MAJOR >= 4:
@@ -1049,15 +1049,17 @@ def check_bridge_config(name: str, config: PretrainedConfig, architecture: str |
         f"which the bridge does not carry: its log-probabilities would not be the model's); {advice}.")
 
 
-def check_hooked_convertible(name_or_path: str | os.PathLike[str], advice: str = BRIDGE_ADVICE) -> None:
-    """:func:`check_hooked_config` from the configuration a model's files declare (:func:`declared_config`),
-    before any weight is read: for a command to refuse ``backend="hooked"`` before it loads anything.
-    Nothing is refused where no configuration can be read (the load then asks the model's own)."""
+def check_convertible(name_or_path: str | os.PathLike[str], backend: Backend = "hooked",
+                      advice: str = BRIDGE_ADVICE) -> None:
+    """:func:`check_hooked_config` (``backend="bridge"``: :func:`check_bridge_config`) from the configuration a
+    model's files declare (:func:`declared_config`), before any weight is read: for a command to refuse a model
+    its backend would compute otherwise before it loads anything or touches its output folder. Nothing is refused
+    where no configuration can be read (the load then asks the model's own)."""
     try:
         source = resolve(name_or_path)
     except PretrainedLoadError:
         return  # the load says why
-    _check_declared_config(source, advice)
+    _check_declared_config(source, advice, backend)
 
 
 def _check_declared_config(source: ModelSource, advice: str = BRIDGE_ADVICE, backend: Backend = "hooked") -> None:

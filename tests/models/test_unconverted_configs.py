@@ -20,6 +20,7 @@ from tiny_models import save_tiny, tiny_config
 
 from models import pretrained
 from models.backend import TL_MAJOR
+from analyses.cli import main
 from facts.tokens import Example
 from models.pretrained import PretrainedLoadError, load, load_hf, to_hooked
 from models.rope_layout import PassDependentRopeError
@@ -104,7 +105,7 @@ REFUSED = {
 def test_hooked_refuses_what_its_converter_drops_and_the_bridge_computes_it(case, smollm2_tokenizer, tmp_path,
                                                                             monkeypatch):
     """3.9: ``load(backend="hooked")`` refuses the folder before reading a weight, ``to_hooked`` the model before
-    converting one, and :func:`check_hooked_convertible` from its files alone, each naming the model, the field, its
+    converting one, and :func:`check_convertible` from its files alone, each naming the model, the field, its
     value and the bridge; the bridge's log-probabilities equal transformers' (so the advice is right). 4.x: "hooked"
     is the bridge, and matches."""
     kind, overrides, field = REFUSED[case]
@@ -133,7 +134,7 @@ def test_hooked_refuses_what_its_converter_drops_and_the_bridge_computes_it(case
     with pytest.raises(PretrainedLoadError, match=message):
         to_hooked(hf, smollm2_tokenizer, folder, device="cpu")
     with pytest.raises(PretrainedLoadError, match=message):
-        pretrained.check_hooked_convertible(folder)
+        pretrained.check_convertible(folder)
 
 
 def test_llama3_rope_scaling_converts_exactly(smollm2_tokenizer, tmp_path):
@@ -294,7 +295,13 @@ def test_the_bridge_refuses_what_it_computes_otherwise(case, smollm2_tokenizer, 
             load(folder, backend=backend, device="cpu")
     if TL_MAJOR >= 4 or not hooked_works:
         with pytest.raises(PretrainedLoadError, match=rf"\({case}: its config sets {field}"):
-            pretrained.check_hooked_convertible(folder)
+            pretrained.check_convertible(folder)
+    with pytest.raises(PretrainedLoadError, match=rf"\({case}: its config sets {field}"):
+        pretrained.check_convertible(folder, "bridge")  # what a command asks before it touches its folder
+    out = tmp_path / "asymmetry"
+    assert main(["check-asymmetry", "--model", str(folder), "--backend", "bridge", "--limit", "2", "--controls", "1",
+                 "--out", str(out)]) == 2
+    assert not out.exists()
     with pytest.raises(PretrainedLoadError, match=field):
         pretrained._to_bridge(hf, smollm2_tokenizer, pretrained.resolve(folder), torch.device("cpu"), torch.float32,
                               False)
@@ -431,7 +438,7 @@ def _write_gguf(path, scaling=None, extra=None):
 def test_a_gguf_whose_rope_scaling_transformers_drops_is_refused(tmp_path, monkeypatch):
     """transformers' GGUF reader maps no ``{arch}.rope.scaling.*`` field (it logs them) and skips llama.cpp's
     ``rope_freqs.weight``: both backends would run the model unscaled (linear ×8: 13.3 nats from the scaled model
-    before). Refused on both backends, by :func:`declared_config` and :func:`check_hooked_convertible` from the
+    before). Refused on both backends, by :func:`declared_config` and :func:`check_convertible` from the
     metadata alone, before any weight is read, naming the file, the field and its value. The same file without them
     loads, and both backends equal transformers."""
     import numpy as np
@@ -466,7 +473,7 @@ def test_a_gguf_whose_rope_scaling_transformers_drops_is_refused(tmp_path, monke
         with pytest.raises(PretrainedLoadError, match=message):
             pretrained.declared_config(path)
         with pytest.raises(PretrainedLoadError, match=message):
-            pretrained.check_hooked_convertible(path)
+            pretrained.check_convertible(path)
         with monkeypatch.context() as patch:
             patch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
             for backend in ("hooked", "bridge"):
