@@ -34,13 +34,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from facts.tokens import Example, TokenizedFacts
+from facts.tokens import Example, TokenizedFacts, collate
 from models.backend import (
     HOOKED_HINT, POST_NORM_ARCHITECTURES, ActivationCache, apply_softcap, architecture_of, final_norm_centres,
     get_act_name, is_hooked, patching,
 )
 from models.bilinear import BilinearModel
-from models.scoring import check_causal
+from models.scoring import check_causal, check_token_ids, hooked_readout
 from probes.hooks import check_layer, hook_names
 
 Statements = Sequence[Example] | TokenizedFacts
@@ -86,6 +86,14 @@ def _prompts(model: Any, examples: Sequence[Example]) -> Int[Tensor, "batch pos"
 
 def _first_answer_tokens(model: Any, examples: Sequence[Example]) -> Int[Tensor, " batch"]:
     return torch.tensor([e.answer[0] for e in examples], dtype=torch.long, device=model.cfg.device)
+
+
+def _check_ids(model: Any, examples: Sequence[Example], where: str) -> None:
+    """Refuse token ids outside the model's vocabulary (a negative id would silently index from the end of
+    W_U or W_E) and answer ids outside its output vocabulary: ``models.scoring.check_token_ids`` on the
+    statements, naming the first offending fact."""
+    if examples:
+        check_token_ids(model, collate(examples), f"{model.cfg.model_name}, {where}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,14 +332,71 @@ def check_attribution_readable(model: Any) -> None:
     Hugging Face modules that TransformerLens does not fold: Gemma 1/2/3 (final norm scaling by 1 + w;
     Gemma 2/3 also a norm after attention, whose scale the bridge does not cache) and OLMo 2/3 (a norm
     after attention and no norm before it; TransformerLens 3.9's HookedTransformer cannot convert it
-    either). :func:`direct_logit_attribution` asks it first; ``revlens probe`` asks
-    :func:`check_attribution_architecture` from the model's files before loading it, and this right
-    after. A ``HookedTransformer`` passes (read through its norms exactly), and so does the bilinear
-    model (no heads: it is never attributed)."""
+    either); and a bridge that does more between its final residual stream and its logits than the
+    unembedding and a soft cap: one whose config declares the Granite family's embedding, attention or
+    residual multipliers, or whose architecture adapter overrides ``apply_output_logits_transform``
+    (Granite's 1 / logits_scaling, Cohere's logit_scale, Falcon-H1's multiplier). :func:`direct_logit_attribution`
+    asks it first; ``revlens probe`` asks :func:`check_attribution_architecture` from the model's files before
+    loading it, and this right after. A ``HookedTransformer`` passes (read through its norms exactly), and so
+    does the bilinear model (no heads: it is never attributed). Whatever passes is still checked, statement by
+    statement, against the logits of the run it attributes (:func:`direct_logit_attribution`)."""
     if isinstance(model, BilinearModel):
         return
-    check_attribution_architecture(model.cfg.model_name, architecture_of(model), is_hooked(model),
+    name, architecture = model.cfg.model_name, architecture_of(model)
+    if not is_hooked(model):  # what the bridge in hand declares, before the names its files would give
+        multipliers = _residual_multipliers(model)
+        if multipliers:
+            raise ValueError(
+                f"{name}: {architecture or 'this model'} scales its embeddings, attention or each layer's residual "
+                f"contribution ({', '.join(f'{k}={v:g}' for k, v in multipliers.items())}: the Granite family's "
+                "multipliers), which the TransformerBridge applies outside the activations that TransformerLens's "
+                "cache decomposes, so direct logit attribution (by head or by layer) would not be exact and is refused")
+        owner = _transform_owner(getattr(model, "adapter", None))
+        if owner is not None and owner != "ArchitectureAdapter":
+            raise ValueError(
+                f"{name}: the TransformerBridge's adapter for {architecture or 'this model'} ({owner}) turns the "
+                "unembedding into the output logits with more than the shared soft cap (its "
+                "apply_output_logits_transform: a scale such as Granite's 1 / logits_scaling or Cohere's "
+                "logit_scale), which terms read off W_U and b_U leave out, so direct logit attribution (by head or "
+                "by layer) is refused")
+    check_attribution_architecture(name, architecture, is_hooked(model),
                                    post_attention_norm=hasattr(model.blocks[0], "ln1_post"))
+
+
+OUTPUT_TRANSFORM_ARCHITECTURES = ("Cohere", "FalconH1", "Granite", "MuseGlimmer")
+"""Architectures (transformers class-name prefixes) whose TransformerBridge adapter scales the unembedding
+on its way to the output logits (TransformerLens 3.9 and 4.3: Cohere/Cohere2 by ``logit_scale``, Granite
+and its MoE variants by 1 / ``logits_scaling`` (and their blocks by ``residual_multiplier``), Falcon-H1 and
+MuseGlimmer by a logits multiplier): refused from their files. A model in hand is refused by its adapter
+(:func:`check_attribution_readable`), so one missing here is still caught before any work."""
+
+_MULTIPLIERS = ("embedding_multiplier", "residual_multiplier", "attention_multiplier")
+
+
+def _transform_owner(adapter: Any) -> str | None:
+    """The name of the class that defines ``adapter.apply_output_logits_transform`` ("<class> instance" where
+    it is set on the adapter itself; None without one)."""
+    if adapter is None:
+        return None
+    if "apply_output_logits_transform" in getattr(adapter, "__dict__", {}):
+        return f"{type(adapter).__name__} instance"
+    for cls in type(adapter).__mro__:
+        if "apply_output_logits_transform" in vars(cls):
+            return cls.__name__
+    return None
+
+
+def _residual_multipliers(model: Any) -> dict[str, float]:
+    """The Granite-style multipliers other than 1 that a bridge's config (or its Hugging Face model's) declares."""
+    found = {}
+    configs = [model.cfg, getattr(getattr(model, "original_model", None), "config", None)]
+    for key in _MULTIPLIERS:
+        for config in configs:
+            value = getattr(config, key, None)
+            if isinstance(value, (int, float)) and float(value) != 1.0:
+                found[key] = float(value)
+                break
+    return found
 
 
 def check_attribution_architecture(
@@ -340,9 +405,17 @@ def check_attribution_architecture(
     """:func:`check_attribution_readable` from what a model's files declare, before any weight is read:
     ``architecture`` its transformers class ("Olmo2ForCausalLM"), ``hooked`` whether it will be a
     ``HookedTransformer`` (3.9's ``backend="hooked"``), ``post_attention_norm`` whether its blocks have a
-    norm after attention (default: Gemma 2/3, by name). The same refusals, with the same words."""
+    norm after attention (default: Gemma 2/3, by name). The same refusals by architecture, with the same words;
+    what only a model in hand shows (its adapter's output transform, its config's multipliers) is refused here by
+    name (:data:`OUTPUT_TRANSFORM_ARCHITECTURES`)."""
     if hooked:
         return
+    if architecture.startswith(OUTPUT_TRANSFORM_ARCHITECTURES):
+        raise ValueError(
+            f"{name}: a TransformerBridge over {architecture} scales the unembedding on its way to the output logits "
+            "(its adapter's apply_output_logits_transform), which the terms read off W_U would leave out, so direct "
+            "logit attribution (by head or by layer) is refused; TransformerLens's HookedTransformer does not "
+            f"convert {architecture}")
     if post_attention_norm is None:
         post_attention_norm = architecture.startswith(("Gemma2", "Gemma3"))
     if architecture in POST_NORM_ARCHITECTURES:
@@ -382,6 +455,11 @@ def direct_logit_attribution(
     without it (use patching for that). A ``TransformerBridge`` runs its norms as Hugging Face
     modules, whose scale it does not cache: it is read through a folded copy (:func:`folded`).
 
+    The sums are checked against the model's own logits of the same run (a ``HookedTransformer``'s readout
+    of its cached final residual, a bridge's output), statement by statement, within float rounding: a model
+    that turns its final residual into logits by anything else is refused, as are token ids outside its
+    vocabulary (``models.scoring.check_token_ids``: a negative id would index W_U from the end).
+
     ``controls``: one example per statement with the same prompt and another answer; the rows
     then attribute the logit difference logit_t − logit_control. A model that caps its logits
     (Gemma 2: logit = c·tanh(x / c)) is attributed before the cap: the terms sum to x = c·artanh(logit / c).
@@ -403,24 +481,86 @@ def direct_logit_attribution(
         raise ValueError(f"by must be 'head' or 'layer', not {by!r}")
     check_attribution_readable(model)  # before any work: the refusals `revlens probe` gives right after loading
     examples = as_examples(statements)
+    _check_ids(model, examples, "direct logit attribution")
     if controls is not None:
         _check_controls(examples, controls)
+        _check_ids(model, list(controls), "direct logit attribution's controls")
     plain = model if is_hooked(model) else folded(model)
     frames = []
     for rows in _by_prompt_length(examples, batch_size):
         chunk = [examples[r] for r in rows]
         answers = _first_answer_tokens(plain, chunk)
         wrong = None if controls is None else _first_answer_tokens(plain, [controls[r] for r in rows])
-        no_logits = {"return_type": None} if is_hooked(plain) else {}  # the cache is all it reads (ln_final's scale included)
-        _, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=_dla_cache_names(plain, by), **no_logits)
+        hooked = is_hooked(plain)
+        names = _dla_cache_names(plain, by) + ([_last_resid(plain)] if hooked else [])
+        no_logits = {"return_type": None} if hooked else {}  # the cache is all it reads (ln_final's scale included)
+        output, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=names, **no_logits)
+        # the model's own logits at the last position: a HookedTransformer's readout of the cached final residual
+        # (the rows its forward would give, without unembedding every position), a bridge's forward output
+        output = hooked_readout(plain, cache[_last_resid(plain)][:, -1]) if hooked else output[:, -1]
         components, stack = _decomposition(plain, cache, by)
         directions, offset = _answer_directions(plain, answers, wrong)
         normalised = _through_final_norm(plain, cache, stack)
         attrs = einops.einsum(normalised, directions, "component batch d_model, d_model batch -> component batch")
         components.append(_Component("unembed bias", "unembed bias"))
         attrs = torch.cat([attrs, offset[None]])
+        _check_sums(plain, attrs, output, answers, wrong, chunk)
         frames.append(_attribution_frame(rows, chunk, answers, wrong, components, attrs))
     return _in_input_order(frames)
+
+
+def _last_resid(model: Any) -> str:
+    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+
+
+def _check_sums(
+    model: Any,
+    attrs: Float[Tensor, "component batch"],
+    output: Float[Tensor, "batch d_vocab"],
+    answers: Int[Tensor, " batch"],
+    wrong: Int[Tensor, " batch"] | None,
+    examples: Sequence[Example],
+) -> None:
+    """Refuse attributions that do not sum to the model's own logit (difference) of the same run.
+
+    The terms sum, by construction, to the unembedding of the final residual stream before any logit cap;
+    the model's output is that passed through its soft cap c·tanh(x / c), if any, and nothing else. So
+    where the cap is off the sum must equal logit_t (− logit_c); with a cap it must equal
+    c·artanh(logit_t / c) (− the control's), which float rounding of a logit near ±c can move by far more
+    than it moves the logit, so the tolerance there grows with artanh's slope. An output transform this
+    module does not read (a scale, a bias added after the unembedding) makes the sum differ: refused, so it
+    cannot pass silently."""
+    pick = torch.arange(len(answers), device=output.device)
+    real = output.double()
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    capped = cap is not None and cap > 0
+
+    def uncapped(tokens: Int[Tensor, " batch"]) -> tuple[Tensor, Tensor]:
+        value = real[pick, tokens]
+        if not capped:
+            return value, torch.ones_like(value)
+        ratio = (value / cap).clamp(-1.0, 1.0)
+        return cap * torch.atanh(ratio), 1.0 / (1.0 - ratio**2).clamp_min(1e-300)
+
+    target, slope = uncapped(answers)
+    if wrong is not None:
+        control, control_slope = uncapped(wrong)
+        target, slope = target - control, torch.maximum(slope, control_slope)
+    total = attrs.double().sum(0)
+    size = attrs.double().abs().sum(0) + real.abs().amax(-1)
+    tolerance = torch.tensor([_float_tolerance(output.dtype, float(s)) for s in size], dtype=torch.float64,
+                             device=output.device) * slope
+    deviation = (total - target).abs()
+    bad = ~(deviation <= tolerance)  # NaN included
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        what = "logit difference" if wrong is not None else "logit"
+        raise ValueError(
+            f"{model.cfg.model_name}: {_label(examples[row])}'s attributions sum to {float(total[row]):.6g}, but the "
+            f"model's own {what}{' before its soft cap' if capped else ''} in the same run is {float(target[row]):.6g} "
+            f"(off by {float(deviation[row]):.3g}; float rounding allows {float(tolerance[row]):.2g}): the model turns "
+            "its final residual stream into logits by something other than its final norm, W_U and b_U, so direct "
+            "logit attribution would not be exact and is refused")
 
 
 def _in_input_order(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -504,9 +644,13 @@ class Patching:
 
 def forward_reverse_pairs(statements: Statements) -> tuple[list[Example], list[Example]]:
     """(forward prompts, reverse prompts) of every fact that has both directions in ``statements``,
-    in order of first appearance: the clean and corrupted runs of forward → reverse patching."""
+    in order of first appearance: the clean and corrupted runs of forward → reverse patching. A fact
+    with two statements of one direction is refused: which of them to pair would be a guess."""
     by_fact: dict[int, dict[str, Example]] = defaultdict(dict)
-    for example in as_examples(statements):
+    for row, example in enumerate(as_examples(statements)):
+        if example.direction in by_fact[example.fact]:
+            raise ValueError(f"{_label(example)} appears twice in the statements (the second time as row {row}): "
+                             "forward → reverse pairs need one statement per fact and direction")
         by_fact[example.fact][example.direction] = example
     pairs = [(d["forward"], d["reverse"]) for d in by_fact.values() if {"forward", "reverse"} <= set(d)]
     if not pairs:
@@ -555,6 +699,9 @@ def _target_tokens(model: Any, clean: Sequence[Example], targets: Targets | None
     if not rows[0] or any(len(r) != len(rows[0]) for r in rows):
         raise ValueError(f"batched patching scores target sequences of one length, got lengths {[len(r) for r in rows]}; "
                          "patch statements whose answers have as many tokens, or one statement at a time")
+    # each target scored after its clean prompt: the clean statement's fact named if a target is out of range
+    _check_ids(model, [Example(e.prompt, r, e.fact, e.direction, e.split) for e, r in zip(clean, rows)],
+               "patching targets")
     return torch.tensor(rows, dtype=torch.long, device=model.cfg.device)
 
 
@@ -589,6 +736,8 @@ def _patch(
     targets: Targets | None,
 ) -> Patching:
     clean_length, corrupt_length = _check_patchable(clean, corrupt, one_length=axis == "head")
+    _check_ids(model, clean, "clean statements")
+    _check_ids(model, corrupt, "corrupted statements")
     chosen = _layers(model, layers)
     names = [get_act_name(activation, layer) for layer in chosen]
     for name in names:
@@ -720,6 +869,8 @@ def attribution_patch(
         if site not in (*PATCH_SITES, "z"):
             raise ValueError(f"site must be one of {(*PATCH_SITES, 'z')}, not {site!r}")
     clean_length, corrupt_length = _check_patchable(clean, corrupt, one_length="z" in sites)
+    _check_ids(model, clean, "clean statements")
+    _check_ids(model, corrupt, "corrupted statements")
     chosen = _layers(model, layers)
     names = {(site, layer): get_act_name(site, layer) for site in sites for layer in chosen}
     for name in names.values():
@@ -737,7 +888,14 @@ def attribution_patch(
     def keeper(name: str) -> Callable[[Tensor, Any], Tensor]:  # by our name: a bridge's hook may call itself another
         def keep(activation: Tensor, hook: Any) -> Tensor:
             if not activation.requires_grad:  # frozen parameters: start the graph here
-                activation = activation.detach().requires_grad_(True)
+                # A tensor that needs no gradient is a leaf, so it is marked in place, not replaced by a detached
+                # copy: every reader of this very tensor is then downstream of it. A bridge passes one tensor
+                # to two hooks (blocks.L.hook_resid_mid is ln2.hook_in) and its residual branch reads the
+                # original, not what the hook returns: a copy would reach the MLP's norm only. A parameter
+                # itself (never one of our sites) would be changed for good, so it alone is copied.
+                if isinstance(activation, torch.nn.Parameter):
+                    activation = activation.detach()
+                activation.requires_grad_(True)
             seen[name] = activation
             return activation
 
@@ -788,6 +946,26 @@ def _lens_cache_names(model: Any) -> list[str]:
     ]
 
 
+def _output_transform(model: Any) -> Callable[[Tensor], Tensor]:
+    """The model's own map from its unembedding to its output logits: a ``TransformerBridge``'s
+    ``adapter.apply_output_logits_transform`` (the shared soft cap, and whatever its architecture adds:
+    Granite's division by ``logits_scaling``, Cohere's ``logit_scale``), as TransformerLens's own logit
+    lens calls it; a ``HookedTransformer``'s soft cap (Gemma 2's c·tanh(x / c)), as its forward applies it."""
+    transform = None if is_hooked(model) else getattr(getattr(model, "adapter", None), "apply_output_logits_transform",
+                                                      None)
+    if callable(transform):
+        return transform
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    return lambda logits: apply_softcap(logits, cap)
+
+
+def _float_tolerance(dtype: torch.dtype, scale: float) -> float:
+    """What float rounding in ``dtype`` may move a sum of terms of total size ``scale`` by (float32: 1e-5
+    relative, with 1 as the floor of the scale)."""
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps
+    return 100 * max(eps, torch.finfo(torch.float32).eps) * (1.0 + scale)
+
+
 @torch.no_grad()
 def logit_lens(model: Any, statements: Statements, batch_size: int = 64) -> pd.DataFrame:
     """The answer's first token read off the residual stream before each layer and after the last.
@@ -795,22 +973,28 @@ def logit_lens(model: Any, statements: Statements, batch_size: int = 64) -> pd.D
     At stage l (l = 0..n_layers − 1: the input of layer l; l = n_layers: the final stream) the
     residual r_l at the last prompt position goes through the *final* norm with statistics
     recomputed from r_l itself (``accumulated_resid(apply_ln=True)``), then the unembedding and the
-    model's logit soft-cap, if any (Gemma 2's c·tanh(x / c)): ``logits_l = softcap(unembed(ln_final(r_l)))``.
-    The last stage is exactly the model's output; earlier
-    stages are the usual logit-lens approximation (those layers never wrote for the unembedding).
+    model's own output transform: its logit soft-cap, if any (Gemma 2's c·tanh(x / c)), and on a
+    ``TransformerBridge`` whatever its architecture adapter applies after the unembedding (Granite divides by
+    ``logits_scaling``, Cohere multiplies by ``logit_scale``): ``logits_l = transform(unembed(ln_final(r_l)))``.
+    The last stage is exactly the model's output, and is checked against the logits of the same run: a
+    model whose output is something else is refused. Earlier stages are the usual logit-lens approximation
+    (those layers never wrote for the unembedding).
 
     Columns: statement (row of the input), fact, direction, split, answer_token, layer (the
     stage l), stage ("0_pre", ..., "final_post"), logprob (log p(answer token)), rank (1 + the
     number of vocabulary tokens with a higher logit).
     """
     examples = as_examples(statements)
+    _check_ids(model, examples, "logit lens")
+    transform = _output_transform(model)
     frames = []
     for rows in _by_prompt_length(examples, batch_size):
         chunk = [examples[r] for r in rows]
         answers = _first_answer_tokens(model, chunk)
-        _, cache = model.run_with_cache(_prompts(model, chunk), names_filter=_lens_cache_names(model))
+        output, cache = model.run_with_cache(_prompts(model, chunk), names_filter=_lens_cache_names(model))
         resid, stages = cache.accumulated_resid(apply_ln=True, pos_slice=-1, return_labels=True)
-        logits = apply_softcap(model.unembed(resid), getattr(model.cfg, "output_logits_soft_cap", None)).float()
+        logits = transform(model.unembed(resid)).float()
+        _check_last_stage(model, logits[-1], output[:, -1], chunk)
         chosen = logits.gather(-1, answers.expand(len(stages), -1)[..., None])
         logprob = chosen[..., 0] - logits.logsumexp(-1)
         rank = 1 + (logits > chosen).sum(-1)
@@ -826,6 +1010,22 @@ def logit_lens(model: Any, statements: Statements, batch_size: int = 64) -> pd.D
             "rank": einops.rearrange(rank, "stage batch -> (batch stage)").cpu().numpy(),
         }))
     return _in_input_order(frames)
+
+
+def _check_last_stage(
+    model: Any, lens: Float[Tensor, "batch d_vocab"], output: Float[Tensor, "batch d_vocab"], examples: Sequence[Example]
+) -> None:
+    """Refuse a lens whose last stage is not the model's output logits of the same run (an output transform
+    the lens does not apply)."""
+    deviation = (lens.float() - output.float()).abs().amax(-1).nan_to_num(nan=float("inf"))
+    tolerance = _float_tolerance(output.dtype, float(output.float().abs().max()))
+    worst = int(deviation.argmax())
+    if not float(deviation[worst]) <= tolerance:
+        raise ValueError(
+            f"{model.cfg.model_name}: the logit lens's last stage differs from the model's own output logits by "
+            f"{float(deviation[worst]):.3g} ({_label(examples[worst])}; float rounding allows {tolerance:.2g}): the "
+            "model transforms its final residual stream into logits in a way the lens does not reproduce, so its "
+            "stages would not be the model's, and the lens is refused")
 
 
 __all__ = [

@@ -8,6 +8,7 @@ from models.transformer import build_model
 from probes.attribution import (
     _last_position_head_results,
     as_examples,
+    attribution_patch,
     direct_logit_attribution,
     folded,
     forward_reverse_pairs,
@@ -147,6 +148,40 @@ def test_bad_controls_are_refused(tiny, world, vocab):
         direct_logit_attribution(tiny, [])
 
 
+def test_token_ids_outside_the_vocabulary_are_refused_by_every_probe(tiny, world, vocab):
+    """``models.scoring.check_token_ids`` at every entry point: a negative id would index W_U or W_E from the end
+    (an answer of −1 was attributed as the last token of the vocabulary), one past the end would fail deep in
+    a forward pass. The last id of the vocabulary is a token like any other."""
+    size = tiny.cfg.d_vocab
+    forward, reverse = vocab.example(world, 0, "forward"), vocab.example(world, 0, "reverse")
+
+    def answer(example, token):
+        return Example(example.prompt, (token,), example.fact, example.direction, example.split)
+
+    def prompt(example, token):
+        return Example((token,) + example.prompt[1:], example.answer, example.fact, example.direction, example.split)
+
+    for bad in (-1, size):
+        refused = rf"{tiny.cfg.model_name}, .*: fact 0 \((forward|reverse)\) has token id {bad}, outside the model's vocabulary of {size}"
+        calls = {
+            "answer": lambda: direct_logit_attribution(tiny, [answer(forward, bad)], by="layer"),
+            "control": lambda: direct_logit_attribution(tiny, [forward], controls=[answer(forward, bad)]),
+            "prompt": lambda: direct_logit_attribution(tiny, [prompt(forward, bad)]),
+            "lens answer": lambda: logit_lens(tiny, [answer(forward, bad)]),
+            "lens prompt": lambda: logit_lens(tiny, [prompt(forward, bad)]),
+            "patching target": lambda: patch_residual(tiny, [forward], [reverse], targets=[bad]),
+            "clean prompt": lambda: patch_residual(tiny, [prompt(forward, bad)], [reverse]),
+            "corrupted prompt": lambda: patch_heads(tiny, [forward], [prompt(reverse, bad)]),
+            "attribution patching target": lambda: attribution_patch(tiny, [forward], [reverse], targets=[(bad,)]),
+            "attribution patching prompt": lambda: attribution_patch(tiny, [forward], [prompt(reverse, bad)]),
+        }
+        for what, call in calls.items():
+            with pytest.raises(ValueError, match=refused):
+                call()
+    last = direct_logit_attribution(tiny, [answer(forward, size - 1)], by="layer")
+    assert set(last.answer_token) == {size - 1}
+
+
 # --- activation patching --------------------------------------------------------------------------
 
 
@@ -158,6 +193,11 @@ def test_forward_reverse_pairs_line_up_the_two_prompts_of_each_fact(sample):
     assert all(f.prompt[0] == r.answer[0] and r.prompt[0] == f.answer[0] for f, r in zip(clean, corrupt))
     with pytest.raises(ValueError, match="no fact has both"):
         forward_reverse_pairs(sample.where(direction="forward"))
+    twice = as_examples(sample)
+    restated = twice[2]
+    twice.append(Example(restated.prompt, restated.answer[::-1], restated.fact, restated.direction, restated.split))
+    with pytest.raises(ValueError, match=rf"fact {restated.fact} \({restated.direction}\) appears twice .*row 30"):
+        forward_reverse_pairs(twice)  # which of the two to pair would be a guess
 
 
 @pytest.mark.parametrize("name", ["trained_one_layer", "tiny"])

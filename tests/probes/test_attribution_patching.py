@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from torch.autograd import forward_ad
-from models.backend import get_act_name
+from models.backend import copy_model, get_act_name
 
 from facts.tokens import Example, tokenize
 from probes.attribution import attribution_patch, forward_reverse_pairs, patch_heads, patch_residual
@@ -170,3 +170,33 @@ def test_the_bridge_gives_the_hooked_models_estimates(tiny_models):
         scale = float((hooked[site].metric - hooked[site].corrupt).abs().max())
         assert scale > 0.1
         assert torch.allclose(hooked[site].metric, bridge[site].metric, atol=1e-3 * scale), site
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_a_frozen_bridge_gives_the_hooked_models_estimates_at_every_site(tiny_models, architecture):
+    """A bridge whose parameters need no gradient: each activation read becomes a leaf of the graph in place, so
+    every reader of it is downstream. The bridge hands one tensor to blocks.L.hook_resid_mid and ln2.hook_in and
+    adds the original, not what the hook returns, to the residual stream: a detached copy reached only the MLP's
+    norm, and resid_mid's estimate on the tiny Llama fell from 3.024 to 0.206 (layer 1, last position). Every site,
+    each alone (where it is the only place the graph starts) and all together, against the (trainable) hooked
+    model's estimates; the bridge's parameters stay frozen and get no gradient."""
+    tiny = tiny_models[architecture]
+    generator = torch.Generator().manual_seed(5)
+    clean, corrupt = ([Example(tuple(torch.randint(3, 1000, (6,), generator=generator).tolist()),
+                               tuple(torch.randint(3, 1000, (2,), generator=generator).tolist()), i, "forward", "heldout")
+                       for i in range(2)] for _ in range(2))
+    targets = [e.answer for e in corrupt]
+    sites = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z")
+    # on copies: a bridge over GPT-2 keeps its last attention pattern (JointQKVAttentionBridge._pattern), which a
+    # pass with gradients leaves in the graph, and a model holding it can no longer be deep-copied (copy_model, folded)
+    hooked = attribution_patch(copy_model(tiny.backends["hooked"]), clean, corrupt, sites=sites, targets=targets)
+    frozen_bridge = copy_model(tiny.backends["bridge"]).requires_grad_(False)
+    together = attribution_patch(frozen_bridge, clean, corrupt, sites=sites, targets=targets)
+    for site in sites:
+        alone = attribution_patch(frozen_bridge, clean, corrupt, sites=(site,), targets=targets)[site]
+        change = hooked[site].metric - hooked[site].corrupt
+        scale = float(change.abs().max())
+        assert scale > 0.1, site
+        for frozen in (alone, together[site]):
+            assert torch.allclose(frozen.metric - frozen.corrupt, change, atol=1e-4 * scale), (site, frozen.metric, change)
+    assert all(not p.requires_grad and p.grad is None for p in frozen_bridge.parameters())
