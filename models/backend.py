@@ -117,9 +117,17 @@ def copy_model(model: torch.nn.Module) -> torch.nn.Module:
     block (and its attention); ``copy.deepcopy`` keeps those closures, so the copy's hooks would act
     on the original and fail once it is gone. They are removed from the copy, which installs its
     own at its next forward. Any other model: ``copy.deepcopy``.
+
+    A module may keep a tensor of its last pass as a plain attribute (a bridge's GPT-2 attention keeps its
+    pattern): after a pass with gradients it is part of that pass's graph, which ``copy.deepcopy`` refuses
+    ("only graph leaves"), and it holds the graph in memory. Such tensors are detached first (the same values).
     """
     import copy
 
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                setattr(module, name, value.detach())
     twin = copy.deepcopy(model)
     for module in twin.modules():
         if hasattr(module, "_teardown_capture_hooks"):

@@ -187,8 +187,6 @@ def test_a_frozen_bridge_gives_the_hooked_models_estimates_at_every_site(tiny_mo
                        for i in range(2)] for _ in range(2))
     targets = [e.answer for e in corrupt]
     sites = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z")
-    # on copies: a bridge over GPT-2 keeps its last attention pattern (JointQKVAttentionBridge._pattern), which a
-    # pass with gradients leaves in the graph, and a model holding it can no longer be deep-copied (copy_model, folded)
     hooked = attribution_patch(copy_model(tiny.backends["hooked"]), clean, corrupt, sites=sites, targets=targets)
     frozen_bridge = copy_model(tiny.backends["bridge"]).requires_grad_(False)
     together = attribution_patch(frozen_bridge, clean, corrupt, sites=sites, targets=targets)
@@ -200,3 +198,8 @@ def test_a_frozen_bridge_gives_the_hooked_models_estimates_at_every_site(tiny_mo
         for frozen in (alone, together[site]):
             assert torch.allclose(frozen.metric - frozen.corrupt, change, atol=1e-4 * scale), (site, frozen.metric, change)
     assert all(not p.requires_grad and p.grad is None for p in frozen_bridge.parameters())
+    # a bridge over GPT-2 keeps its last attention pattern (JointQKVAttentionBridge._pattern), which the passes with
+    # gradients left in their graph: copy_model (and folded()) failed on it ("only graph leaves"); now it copies
+    twin, ids = copy_model(frozen_bridge), torch.tensor([list(clean[0].prompt)])
+    with torch.no_grad():
+        assert torch.equal(twin(ids), frozen_bridge(ids))
