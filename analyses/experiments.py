@@ -354,9 +354,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                    "context (high accuracy); a world where each x has one partner is memorised instead and fails.",
         files=("curves.png", "logits.csv"),
         captions={
-            "curves.png": "Held-out reverse log p over training for the in-context grid and the one-partner control. "
-                          "Paper: the grid learns to copy from context (held-out rises), the control memorises pairs "
-                          "(held-out stays at chance)."}),
+            "curves.png": "Held-out reverse log p over training for the in-context grid and the one-partner control, "
+                          "each with its own chance line (its world's candidates). Paper: the grid learns to copy from "
+                          "context (held-out rises), the control memorises pairs (held-out stays at or below chance)."}),
     _reproduce(
         "multi-token", "the reversal task with k = 2 and 3 tokens per entity", "analyses.paper:format_multi_token",
         RUNS_HEADLINE, _multi_token,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 _STYLE = {
     "train": dict(color="#1f77b4", linestyle="-"),
@@ -12,11 +12,13 @@ _STYLE = {
 }
 
 
-def logprob_curves(history: Sequence[dict[str, Any]], chance_logprob: float | None = None, title: str = ""):
+def logprob_curves(history: Sequence[dict[str, Any]], chance_logprob: float | Mapping[str, float] | None = None,
+                   title: str = ""):
     """Mean answer log-probability of every evaluation set over training steps.
 
     Sets named ``train…`` are blue, ``heldout…`` red; per-direction sets are dashed/dotted.
-    The horizontal line is chance, −log(number of candidate entities).
+    The horizontal line is chance, −log(number of candidate entities); runs of different worlds in one figure
+    (``chance_logprob`` a mapping, run → its chance) get one line each, labelled with the run.
     """
     from matplotlib.figure import Figure
 
@@ -32,8 +34,11 @@ def logprob_curves(history: Sequence[dict[str, Any]], chance_logprob: float | No
         else:
             style.update(linewidth=2.2)
         axis.plot(steps, [h["eval"][name]["logprob"] for h in history], label=name, **style)
-    if chance_logprob is not None and math.isfinite(chance_logprob):
-        axis.axhline(chance_logprob, color="grey", linewidth=1, linestyle="-.", label="chance")
+    chances = chance_logprob if isinstance(chance_logprob, Mapping) else {"": chance_logprob}
+    for (run, chance), line in zip(chances.items(), ("-.", (0, (1, 3)), "--")):
+        if chance is not None and math.isfinite(chance):
+            axis.axhline(chance, color="grey", linewidth=1, linestyle=line,
+                         label=f"chance ({run}: {chance:.2f})" if run else "chance")
     axis.set_xlabel("training step")
     axis.set_ylabel("mean log p(answer)")
     axis.set_title(title or "Train vs held-out answer log-probability")

@@ -318,7 +318,9 @@ def reproduce_in_context(out: str | Path, config: InContextConfig = InContextCon
     from analyses.figures import logprob_curves
 
     title = f"{config.model} ({config.positional}): in-context reversal, grid vs one-partner control"
-    save_png(logprob_curves(_merged_history(histories), summary["chance_logprob"], title=title), out / "curves.png")
+    chances = {"grid": summary["chance_logprob"]} | (  # the two worlds have their own candidates: their own chance
+        {"one-partner": summary["control"]["chance_logprob"]} if "control" in summary else {})
+    save_png(logprob_curves(_merged_history(histories), chances, title=title), out / "curves.png")
     _write_json(out / "summary.json", summary)
     return summary
 
@@ -369,7 +371,7 @@ def reversal_sweep(out: Path, runs: dict[str, ReversalConfig], progress: bool) -
     """One reversal run per labelled config into ``out/<label>/``; their headline rows.
 
     A k-token answer's log-prob sums its tokens, log p(a | c) = Σ_j log p(a_j | c, a_<j); each
-    row also gives the per-token mean (chance stays −log #entities). ``out/history.jsonl``
+    row also gives the per-token mean (the summed log p's chance is −log #entities; a token's, that over k). ``out/history.jsonl``
     holds every run's records, each tagged with ``"run": label``.
     """
     rows, history = [], []
@@ -417,13 +419,14 @@ def reproduce_positional(out: str | Path, config: PositionalConfig = PositionalC
 
 
 def _sweep_table(summary: dict[str, Any], extra: tuple[str, str] | None = None) -> list[str]:
-    head = f"  {'run':10s}{'train p':>9s}{'held-out log p':>16s}"
+    """Per run: train p, held-out log p beside its chance, then ``extra`` (a heading and a row key), accuracy, ranks."""
+    head = f"  {'run':10s}{'train p':>9s}{'held-out log p':>16s}{'chance':>9s}"
     head += f"{extra[0]:>12s}" if extra else ""
-    lines = [head + f"{'chance':>9s}{'accuracy':>10s}{'mean rank':>11s}{'chance rank':>13s}"]
+    lines = [head + f"{'accuracy':>10s}{'mean rank':>11s}{'chance rank':>13s}"]
     for row in summary["runs"]:
         line = f"  {row['run']:10s}{row['train_prob']:9.4f}{row['heldout_reverse_logprob']:16.2f}"
-        line += f"{row[extra[1]]:12.2f}" if extra else ""
-        lines.append(line + f"{row['chance_logprob']:9.2f}{row['heldout_reverse_accuracy']:10.3f}"
+        line += f"{row['chance_logprob']:9.2f}" + (f"{row[extra[1]]:12.2f}" if extra else "")
+        lines.append(line + f"{row['heldout_reverse_accuracy']:10.3f}"
                             f"{row['heldout_reverse_mean_rank']:11.1f}{row['chance_mean_rank']:13.1f}")
     return lines
 
@@ -439,7 +442,7 @@ def format_multi_token(summary: dict[str, Any]) -> str:
     return "\n".join([
         f"reversal world with k-token entities, {cfg['n_pairs']} pairs · model {cfg['model']} · "
         f"{cfg['steps']} steps · lr {cfg['lr']}",
-        "log p sums the k answer tokens; chance is −log(#entities)",
+        "log p sums the k answer tokens; chance is −log(#entities); per token: log p / k (its chance: chance / k)",
         "",
         *_sweep_table(summary, extra=("per token", "heldout_reverse_logprob_per_token")),
         "",

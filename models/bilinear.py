@@ -52,7 +52,7 @@ class BilinearModel(nn.Module):
         return self.scores(tokens[:, 0])[:, None, :].expand(-1, tokens.shape[1], -1)
 
     def asymmetry(self) -> float:
-        """‖Θ − Θᵀ‖_F / ‖Θ‖_F: 0 for a symmetric Θ, √2 for an antisymmetric one (0 at Θ = 0)."""
+        """‖Θ − Θᵀ‖_F / ‖Θ‖_F: 0 for a symmetric Θ, 2 for an antisymmetric one (0 at Θ = 0)."""
         theta = self.theta.detach()
         norm = theta.norm()
         return float((theta - theta.T).norm() / norm) if norm > 0 else 0.0

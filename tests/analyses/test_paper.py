@@ -78,7 +78,12 @@ def test_chain_is_intransitive_but_chaining_works(tmp_path):
     assert "INTRANSITIVITY REPRODUCED" in format_chain(summary)
 
 
-def test_in_context_reversal_has_no_curse_but_one_partner_pairs_are_memorised(tmp_path):
+def test_in_context_reversal_has_no_curse_but_one_partner_pairs_are_memorised(tmp_path, monkeypatch):
+    from analyses import figures
+
+    drawn, original = [], figures.logprob_curves
+    monkeypatch.setattr(figures, "logprob_curves", lambda *args, **kwargs: drawn.append(original(*args, **kwargs))
+                        or drawn[-1])
     config = InContextConfig(n_x=50, steps=30, eval_every=10, control_pairs=100)
     summary = reproduce_in_context(tmp_path, config, progress=False)
     assert (summary["n_train"], summary["n_heldout"]) == (350, 150)
@@ -91,6 +96,12 @@ def test_in_context_reversal_has_no_curse_but_one_partner_pairs_are_memorised(tm
     _written(tmp_path, "summary.json", "history.jsonl", "logits.csv", "curves.png", "control/history.jsonl")
     text = format_in_context(summary)
     assert "NO CURSE IN CONTEXT" in text and "memorises" in text
+    # curves.png draws each world's own chance (the control's has 400 candidates, the grid's 110: one line for both
+    # put the control's curve 4.6 nats under "chance")
+    [axis] = drawn[0].axes
+    chances = {line.get_label(): line.get_ydata()[0] for line in axis.lines if line.get_label().startswith("chance")}
+    assert list(chances.values()) == [summary["chance_logprob"], control["chance_logprob"]]
+    assert control["chance_logprob"] < summary["chance_logprob"] - 1
 
 
 def test_multi_token_entities_keep_the_curse(tmp_path):
