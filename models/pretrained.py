@@ -768,6 +768,7 @@ def load(
     else:
         hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
     release_after_loading(hf_model)  # what reading the file freed, before the conversion allocates
+    reference = _transformers_reference(hf_model, tokenizer, dtype)  # before the model is converted or wrapped
     if gives_hooked_transformer(backend):
         prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
         cfg, state_dict = _hooked_config_and_weights(hf_model, device, dtype, source.name)
@@ -776,8 +777,50 @@ def load(
     else:
         compatible = backend == "hooked"  # TransformerLens 4 has no HookedTransformer: its bridge in compatibility mode
         model = _to_bridge(hf_model.to(device, dtype), tokenizer, source, device, dtype, process_weights, compatible)
+    _check_reference(model, reference, source.name)
     release_after_loading(model)
     return model
+
+
+REFERENCE_TEXT = "The capital of France is Paris, and the capital of Italy is"
+"""The text every load runs through transformers' model and the TransformerLens model built from it."""
+REFERENCE_TOLERANCE = 1e-3
+"""The largest |Δ log-softmax| a TransformerLens model may show against transformers' on :data:`REFERENCE_TEXT`
+(float32 kernels in another order: ~1e-5 on the models tested; a dropped feature: nats)."""
+
+
+@torch.no_grad()  # not inference mode: nothing it makes (ids, a lazily built buffer) may be an inference tensor
+def _transformers_reference(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                            dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+    """:data:`REFERENCE_TEXT`'s ids (as the tokenizer encodes it) and transformers' log-probabilities of them, for
+    :func:`_check_reference`; None for a half-precision load (its rounding alone moves log-probabilities by more
+    than :data:`REFERENCE_TOLERANCE`: such a load is compared by nothing)."""
+    if dtype not in (torch.float32, torch.float64):
+        return None
+    ids = tokenizer(REFERENCE_TEXT, return_tensors="pt").input_ids
+    return ids, _log_probs(hf_model(ids.to(hf_model.device)).logits)
+
+
+@torch.no_grad()
+def _check_reference(model: TLModel, reference: tuple[Tensor, Tensor] | None, name: str) -> None:
+    """Refuse, with :class:`PretrainedLoadError`, a TransformerLens model whose log-probabilities on
+    :data:`REFERENCE_TEXT` are not transformers' (within :data:`REFERENCE_TOLERANCE`): whatever part of the model
+    it computes otherwise (a config field no rule names, an architecture a bridge adapter runs differently, as
+    TransformerLens 3.9's over Cohere, 1.3 nats off), no number read from it would be the model's. The rules that
+    name a field (:func:`hooked_conversion_gaps`, :func:`bridge_conversion_gaps`) refuse before any weight is
+    converted; this catches the rest. Only what this text reaches is compared (not, e.g., positions past a
+    sliding window or the original context)."""
+    if reference is None:
+        return
+    ids, theirs = reference
+    difference = float((_log_probs(model(ids.to(model.cfg.device))) - theirs).abs().max())
+    if not difference <= REFERENCE_TOLERANCE:
+        kind = type(model).__name__
+        raise PretrainedLoadError(
+            f"{name}: TransformerLens's {kind} computes other log-probabilities than transformers' own model (max "
+            f"|Δ log-softmax| {difference:.3g} over a {ids.shape[1]}-token text, more than {REFERENCE_TOLERANCE:g}): "
+            f"some part of this model it does not carry, so no number read from it would be the model's; refused "
+            f"(try the other backend)")
 
 
 def gives_hooked_transformer(backend: Backend) -> bool:
@@ -805,10 +848,14 @@ def to_hooked(
     values and layout: the same numbers; SmolLM2: 0.3 CPU-s and 0.5 GB less). Under TransformerLens 4
     the bridge still wraps a deep copy (wrapping a LoRA-merged model itself moved its log-probs by 4e-6)."""
     device, source = torch.device(device or default_device()), resolve(name_or_path)
+    reference = _transformers_reference(hf_model, tokenizer, dtype)
     if TL_MAJOR < 4:
-        return _to_hooked(hf_model, tokenizer, source, device, dtype, process_weights, take)
-    copied = copy.deepcopy(hf_model).to(device, dtype)  # the bridge owns and edits the model it wraps
-    return _to_bridge(copied, tokenizer, source, device, dtype, process_weights, compatible=True)
+        model = _to_hooked(hf_model, tokenizer, source, device, dtype, process_weights, take)
+    else:
+        copied = copy.deepcopy(hf_model).to(device, dtype)  # the bridge owns and edits the model it wraps
+        model = _to_bridge(copied, tokenizer, source, device, dtype, process_weights, compatible=True)
+    _check_reference(model, reference, source.name)
+    return model
 
 
 def _to_hooked(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tiny_models import save_tiny, tiny_config
+from tiny_models import INIT, VOCAB, save_tiny, tiny_config
 
 from models import pretrained
 from models.backend import TL_MAJOR
@@ -277,7 +277,12 @@ def test_the_bridge_refuses_what_it_computes_otherwise(case, smollm2_tokenizer, 
     assert any(gap.startswith(field.replace("\\", "")[:20]) for gap in pretrained.bridge_conversion_gaps(hf.config))
     with monkeypatch.context() as unchecked:
         unchecked.setattr(pretrained, "check_bridge_config", lambda *args, **kwargs: None)
-        assert _difference(load(folder, backend="bridge", device="cpu"), hf) > 0.1  # what the refusal prevents
+        # without the rule that names the field, the load's comparison with transformers refuses it
+        with pytest.raises(PretrainedLoadError, match=r"TransformerBridge computes other log-probabilities than "
+                                                      r"transformers' own model \(max \|Δ log-softmax\| \d"):
+            load(folder, backend="bridge", device="cpu")
+        unchecked.setattr(pretrained, "_check_reference", lambda *args, **kwargs: None)
+        assert _difference(load(folder, backend="bridge", device="cpu"), hf) > 0.1  # what the refusals prevent
     hooked_works = hooked_exact and TL_MAJOR < 4
     if hooked_works:  # in float64: without the 1/sqrt(d_head) scale float32 rounding reaches 1.3e-4
         hooked = load(folder, backend="hooked", device="cpu", dtype=torch.float64)
@@ -508,3 +513,21 @@ def test_a_gguf_link_to_a_file_without_the_suffix_loads(tmp_path, monkeypatch):
     (tmp_path / "notes.gguf").symlink_to(other)
     with pytest.raises(PretrainedLoadError):
         load(tmp_path / "notes.gguf")
+
+
+def test_a_bridge_that_computes_another_model_than_transformers_is_refused_at_load(smollm2_tokenizer, tmp_path):
+    """No rule names what TransformerLens's bridge over Cohere computes otherwise (its log-probabilities are 1.3 nats
+    from transformers' on a tiny random Cohere), so the load's own comparison on a short text refuses it, naming the
+    difference; a model both compute alike (a tiny Llama) loads on both backends, and to_hooked is compared too."""
+    cohere = transformers.CohereConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                       initializer_range=INIT, logit_scale=0.25)
+    folder = save_tiny(tmp_path / "cohere", cohere, smollm2_tokenizer)
+    with pytest.raises(PretrainedLoadError, match=r"cohere: TransformerLens's TransformerBridge computes other "
+                                                  r"log-probabilities .* \(max \|Δ log-softmax\| (\d\.\d+) over a"):
+        load(folder, backend="bridge", device="cpu")
+    llama = save_tiny(tmp_path / "llama", tiny_config("llama"), smollm2_tokenizer)
+    hf = load_hf(llama, device="cpu")[0]
+    for model in (load(llama, backend="bridge", device="cpu"), load(llama, backend="hooked", device="cpu"),
+                  to_hooked(hf, smollm2_tokenizer, llama, device="cpu")):
+        assert _difference(model, hf) < TOLERANCE
