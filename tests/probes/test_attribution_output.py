@@ -17,7 +17,8 @@ from tiny_models import INIT, VOCAB, BACKENDS_BY_ARCHITECTURE, perturbed, save_t
 
 from facts.tokens import Example
 from models.backend import HookedTransformer
-from models.pretrained import load, load_hf
+from models import pretrained
+from models.pretrained import PretrainedLoadError, load, load_hf
 from probes.attribution import check_attribution_architecture, check_attribution_readable, direct_logit_attribution, logit_lens
 
 SHARED = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -39,7 +40,15 @@ def scaled(smollm2_tokenizer, tmp_path_factory):
     models = {}
     for name, config in CONFIGS.items():
         folder = save_tiny(root / name, config(), smollm2_tokenizer)
-        models[name] = (load_hf(folder, device="cpu")[0], {b: load(folder, backend=b, device="cpu") for b in BACKENDS})
+        with pytest.MonkeyPatch.context() as unchecked:
+            if name == "cohere" and HookedTransformer is not None:  # 3.9's load refuses its bridge over Cohere (1.3
+                # nats off transformers: test_unconverted_configs); one built past that comparison is what attribution
+                # must still refuse (4.3's bridge computes Cohere as transformers does)
+                with pytest.raises(PretrainedLoadError, match="computes other log-probabilities than transformers'"):
+                    load(folder, backend="bridge", device="cpu")
+                unchecked.setattr(pretrained, "_check_reference", lambda *args, **kwargs: None)
+            models[name] = (load_hf(folder, device="cpu")[0],
+                            {b: load(folder, backend=b, device="cpu") for b in BACKENDS})
     return models
 
 
