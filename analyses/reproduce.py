@@ -106,13 +106,12 @@ def reversal_heatmap(model, world: FactSet, vocab: TokenVocab):
 def ov_asymmetry(model, world: FactSet, vocab: TokenVocab) -> dict[str, float]:
     """The OV circuit's asymmetry on the one-way facts (SCIENCE.md §3): per head, the mean z-score of
     the trained direction's entry Y[A, B] and of the held-out one's Y[B, A] (against 64 random
-    controls of the same row), averaged over heads; ``ov_asymmetry`` = z_trained − z_heldout."""
-    from analyses.probe import circuit_summary
+    controls of the same row), averaged over the heads that have one (:func:`analyses.compare.y_circuit_metrics`:
+    a head whose z is undefined, NaN, is left out, not made the mean); ``ov_asymmetry`` = z_trained − z_heldout."""
+    from analyses.compare import y_circuit_metrics
 
-    heads = [r for r in circuit_summary(circuit_table(model, world, vocab.entity_ids, kinds=("ov",)))
-             if r["n_one_way"]]
-    mean = {key: float(sum(r[key] for r in heads) / len(heads)) for key in ("z_trained", "z_heldout", "asymmetry")}
-    return {"ov_z_trained": mean["z_trained"], "ov_z_heldout": mean["z_heldout"], "ov_asymmetry": mean["asymmetry"]}
+    y = y_circuit_metrics(circuit_table(model, world, vocab.entity_ids, kinds=("ov",)))
+    return {"ov_z_trained": y["z_trained"], "ov_z_heldout": y["z_heldout"], "ov_asymmetry": y["asymmetry_index"]}
 
 
 def summarize(table: pd.DataFrame, config: ReversalConfig, seconds: float, steps: int) -> dict[str, Any]:

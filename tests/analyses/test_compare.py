@@ -7,6 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 
 from analyses.bilinear import BilinearConfig
 from analyses.cli import main
@@ -154,6 +155,27 @@ def test_a_nan_asymmetry_is_never_the_most_asymmetric_circuit(probed_run):
     assert metrics["max_asymmetry"] == finite["asymmetry"]
     none_finite = y_circuit_metrics(circuits.assign(z_ab=float("nan"), z_ba=float("nan")))
     assert none_finite["most_asymmetric_circuit"] is None and math.isnan(none_finite["max_asymmetry"])
+
+
+def test_a_head_whose_ov_z_is_undefined_is_left_out_of_the_run_s_ov_asymmetry(probed_run):
+    """The reversal run's headline OV numbers average over heads; a head whose OV reads nothing (W_V zeroed: its
+    entries equal, their z-scores NaN) made them NaN; it is now left out, as compare's circuit row leaves it out."""
+    from analyses.probe import circuit_summary
+    from analyses.reproduce import ov_asymmetry
+    from facts.io import load_jsonl
+    from models.load import load_trained
+    from probes.circuits import circuit_table
+
+    run = probed_run.parent
+    model, _ = load_trained(run / "checkpoints")
+    world, vocab = load_jsonl(run / "facts.jsonl"), TokenVocab()
+    assert model.cfg.n_heads > 1
+    with torch.no_grad():
+        model.blocks[0].attn.W_V[0] = 0.0  # head 0 reads nothing
+    heads = [r for r in circuit_summary(circuit_table(model, world, vocab.entity_ids, kinds=("ov",))) if r["n_one_way"]]
+    assert math.isnan(heads[0]["asymmetry"]) and all(math.isfinite(r["asymmetry"]) for r in heads[1:])
+    found = ov_asymmetry(model, world, vocab)
+    assert found["ov_asymmetry"] == pytest.approx(sum(r["asymmetry"] for r in heads[1:]) / (len(heads) - 1))
 
 
 def _finetune_summary_with_weight_changes(folder, asymmetries):
