@@ -721,9 +721,9 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
     found: dict[str, float] = {}
 
     def add(more: dict[str, float]) -> None:
-        clash = found.keys() & more.keys()
-        if clash:
-            raise ValueError(f"two numbers of one summary under the key {sorted(clash)[0]!r}: their records need a "
+        clash = next((key for key in more if key in found), None)
+        if clash is not None:
+            raise ValueError(f"two numbers of one summary under the key {clash!r}: their records need a "
                              f"field that tells them apart (analyses.sweep.record_label)")
         found.update(more)
 

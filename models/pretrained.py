@@ -113,6 +113,7 @@ from models import gguf_cache
 from models.gguf_weights import lean_gguf_weights, plain_array_reader
 from models.memory import release_after_loading
 from models.rope_layout import refuse_pass_dependent_rope
+from models.scoring import bidirectional_setting
 from models.transformer import default_device
 from models.backend import (
     OFFICIAL_MODEL_NAMES,
@@ -156,9 +157,6 @@ _HOOKED_FIXED_ROPE_THETA = {"GPTNeoXForCausalLM": 10_000.0}
 _HOOKED_SLIDING_WINDOW = frozenset({"MistralForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"})
 """Architectures whose ``sliding_window`` the converter carries (Mistral's on every layer; Gemma 2/3's on the
 ``sliding_attention`` layers, :func:`_gemma_config`); every other drops it (Qwen2/Qwen3's ``use_sliding_window``)."""
-_CAUSAL_UNDER_EAGER = frozenset({"GemmaForCausalLM", "Gemma2ForCausalLM"})
-"""Architectures whose ``use_bidirectional_attention`` only sets the attention modules' ``is_causal``, which eager
-attention (every model read here) ignores: they stay causal (hooked = transformers within 2e-5, measured)."""
 _TRANSFORMERS_IGNORES = {"Gemma3ForCausalLM": ("attn_logit_softcapping",)}
 """Config fields transformers' own modeling code of an architecture never applies, though TransformerLens would
 (Gemma 3's attention has no soft cap: a bridge or hooked model would apply one, 2.7 nats off on a tiny model)."""
@@ -1001,10 +999,7 @@ def hooked_conversion_gaps(config: PretrainedConfig, architecture: str | None = 
         partial = parameters.get("partial_rotary_factor", 1.0)
         if partial not in (None, 1, 1.0) and architecture not in _HOOKED_PARTIAL_ROTARY:
             gaps.append(f"{field}['partial_rotary_factor'] = {partial!r}")
-    for flag, carried in _HOOKED_BIAS_FLAGS.get(architecture, {}).items():
-        value = getattr(config, flag, carried)
-        if value is not None and bool(value) != carried:
-            gaps.append(f"{flag} = {value!r}")
+    gaps.extend(_switched(config, _HOOKED_BIAS_FLAGS.get(architecture, {})))
     fixed = _HOOKED_FIXED_ROPE_THETA.get(architecture)
     theta = rope.get("rope_theta", getattr(config, "rope_theta", None)) if not per_layer else None
     if fixed is not None and theta is not None and float(theta) != fixed:
@@ -1018,10 +1013,17 @@ def hooked_conversion_gaps(config: PretrainedConfig, architecture: str | None = 
                              if getattr(config, key, None) is not None)
         gaps.append(f"sliding_window = {window!r} on layers {sliding} (layer_types 'sliding_attention'"
                     + (f"; {switches})" if switches else ")"))
-    if getattr(config, "use_bidirectional_attention", None) and architecture not in _CAUSAL_UNDER_EAGER:
-        gaps.append("use_bidirectional_attention = True")
+    bidirectional = bidirectional_setting(config, eager=True)  # Gemma 1/2's flag eager attention ignores (2e-5)
+    if bidirectional:
+        gaps.append(bidirectional)
     gaps.extend(_ignored_by_transformers(config, architecture))
     return gaps
+
+
+def _switched(config: PretrainedConfig, carried: dict[str, bool]) -> list[str]:
+    """``"flag = value"`` of each boolean switch of ``config`` set otherwise than the one value a backend computes."""
+    return [f"{flag} = {getattr(config, flag)!r}" for flag, value in carried.items()
+            if getattr(config, flag, value) is not None and bool(getattr(config, flag, value)) != value]
 
 
 def _ignored_by_transformers(config: PretrainedConfig, architecture: str) -> list[str]:
@@ -1040,10 +1042,7 @@ def bridge_conversion_gaps(config: PretrainedConfig, architecture: str | None = 
     ``reorder_and_upcast_attn`` changes float32 rounding alone, and is not refused."""
     architecture = architecture or _config_architecture(config)
     gaps = []
-    for flag, carried in _BRIDGE_FIXED_FLAGS.get(architecture, {}).items():
-        value = getattr(config, flag, carried)
-        if value is not None and bool(value) != carried:
-            gaps.append(f"{flag} = {value!r}")
+    gaps.extend(_switched(config, _BRIDGE_FIXED_FLAGS.get(architecture, {})))
     gaps.extend(_ignored_by_transformers(config, architecture))
     return gaps
 

@@ -68,7 +68,7 @@ def check_causal(model: object) -> None:
         raise ValueError(f"the model's attention is {direction!r}, not causal: an answer's log-probability given "
                          "its prompt is not one pass over prompt and answer, so it is not scored")
     config = _hf_config(model)
-    setting = None if config is None else _bidirectional_setting(config)
+    setting = None if config is None else bidirectional_setting(config)
     if setting is not None:
         name = getattr(getattr(model, "cfg", None), "model_name", None) or getattr(config, "name_or_path", "") \
             or type(model).__name__
@@ -91,12 +91,14 @@ def _hf_config(model: object) -> object | None:
     return None
 
 
-def _bidirectional_setting(config: object) -> str | None:
-    """``"field = value"`` where a transformers config makes its model's attention bidirectional, else None."""
+def bidirectional_setting(config: object, eager: bool | None = None) -> str | None:
+    """``"field = value"`` where a transformers config makes its model's attention bidirectional, else None.
+    ``eager``: whether the model runs eager attention (default: what the config says; the toolkit's own loads
+    always do, so :func:`models.pretrained.hooked_conversion_gaps` asks with ``eager=True``)."""
     if getattr(config, "is_causal", None) is False:
         return "is_causal = False"
     if getattr(config, "use_bidirectional_attention", None):
-        eager = getattr(config, "_attn_implementation", None) == "eager"
+        eager = getattr(config, "_attn_implementation", None) == "eager" if eager is None else eager
         if not (eager and getattr(config, "model_type", None) in _CAUSAL_UNDER_EAGER):
             return f"use_bidirectional_attention = {config.use_bidirectional_attention!r}"
     return None
