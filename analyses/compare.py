@@ -316,6 +316,17 @@ def finetuned_row(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return {**model_row(label, "finetuned", answers, circuits), "source": str(run_dir), **tracing_columns(run_dir)}
 
 
+def named_apart(runs: Sequence[tuple[str | Path, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """The rows of each fine-tuned folder (``(folder, its rows)``), the folder added to the name of the runs that
+    :func:`finetuned_label` names alike (one model, mitigation and groups: another seed, say), so
+    that no run's rows hide another's under one (model, variant, test) in the figure and a sweep's numbers."""
+    counts: dict[str, int] = {}
+    for _, rows in runs:
+        counts[rows[0]["model"]] = counts.get(rows[0]["model"], 0) + 1
+    return [{**row, "model": f"{row['model']} [{run_dir}]"} if counts[row["model"]] > 1 else row
+            for run_dir, rows in runs for row in rows]
+
+
 def compare(out: str | os.PathLike[str],
             finetuned: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
             config: CompareConfig = CompareConfig(), progress: bool = True) -> dict[str, Any]:
@@ -329,7 +340,7 @@ def compare(out: str | os.PathLike[str],
     out = Path(out)
     began = time.perf_counter()
     folders = finetuned_folders(finetuned)
-    finetuned_rows = [finetuned_row(folder) for folder in folders]
+    finetuned_rows = named_apart([(folder, [finetuned_row(folder)]) for folder in folders])
     out.mkdir(parents=True, exist_ok=True)
     rows = token_world_rows(out, config, progress) + finetuned_rows
     table = pd.DataFrame(rows)

@@ -401,12 +401,18 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         "analyses.mitigations:format_mitigations", ("rows.*.heldout_accuracy",), _mitigations, (FINETUNED_OPTION,),
         cpu_seconds=51,
         title="Mitigations on the held-out reverse",
-        prediction="Training the reverse direction (augmentation, reverse training) or restating the fact in the "
-                   "prompt buys reverse accuracy back; plain one-way training does not.",
+        prediction="Only a reverse the model is given buys reverse accuracy back: trained (the restated pairs of "
+                   "augmentation; reverse training's swapped entities) or restated in the prompt to a model trained "
+                   "to read its prompt (in-context); plain one-way training does not, not even with the fact in the "
+                   "prompt. The Identity Bridge (Ma et al. 2026) is the exception: it buys much of it back with no "
+                   "reverse statement.",
         captions={
             "mitigations.png": "Per mitigation and test, one bar per model: held-out reverse accuracy, its margin over "
-                               "controls and the z-score of the OV entry Y[B, A]. Expect gains only where the reverse "
-                               "was trained or restated in the prompt."}),
+                               "controls and the z-score of the OV entry Y[B, A]. Expect gains where the pair was "
+                               "trained the other way round (augmentation's restated pairs, starred: accuracy 1 by "
+                               "construction; reverse training, its entities swapped under the forward relation "
+                               "token), where the fact is in the prompt of the in-context model (not of the "
+                               "baseline), and under the Identity Bridge, which trains no reverse statement."}),
     _reproduce("identity-bridge", "Ma et al. 2026's Identity Bridge ('A → A' added): held-out reverse and OV Y[B,A] "
                "with vs without, one-layer and tiny, over seeds", "analyses.identity_bridge:format_identity_bridge",
                ("by_model.*.*.heldout_accuracy.mean", "by_model.*.*.z_heldout.mean"),
@@ -483,11 +489,13 @@ COMMAND_RUNS: dict[str, RunKind] = {
             "pairs.csv": "One row per celebrity pair, scored both ways."}),
     "compare": RunKind(
         "Theory against trained models, same probes",
-        "Zhu et al. §2-3: in every model (bilinear Θ, one-layer and multi-layer transformers, a fine-tuned LLM) the "
-        "trained direction gets a margin and a large Y[A, B], the held-out reverse neither.", captions={
+        "Zhu et al. §2-3: in every model trained one way (bilinear Θ, one-layer and multi-layer transformers, a "
+        "fine-tuned LLM) the trained direction gets a margin and a large Y[A, B], the held-out reverse neither. "
+        "Ma et al. 2026: the Identity Bridge (A → A trained too) breaks this in the one-layer model.", captions={
             "compare.png": "Per model: margin over random answers and accuracy of the trained A → B and the held-out "
                            "B → A, and the z-scores of Y[A, B] and Y[B, A]. Theory: the same asymmetry in every "
-                           "model."}),
+                           "model trained one way; the Identity Bridge row, trained with A → A as well, is the "
+                           "exception (Ma et al. 2026): reverse above chance and Y[B, A] grown."}),
     "probe": RunKind(
         "Logit and circuit probes",
         "Zhu et al. §3: trained directions get a large margin over random answers and a large OV entry Y[A, B]; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import textwrap
 from typing import Any, Mapping, Sequence
@@ -35,7 +36,7 @@ def logprob_curves(history: Sequence[dict[str, Any]], chance_logprob: float | Ma
             style.update(linewidth=2.2)
         axis.plot(steps, [h["eval"][name]["logprob"] for h in history], label=name, **style)
     chances = chance_logprob if isinstance(chance_logprob, Mapping) else {"": chance_logprob}
-    for (run, chance), line in zip(chances.items(), ("-.", (0, (1, 3)), "--")):
+    for (run, chance), line in zip(chances.items(), itertools.cycle(("-.", (0, (1, 3)), "--", (0, (5, 1, 1, 1))))):
         if chance is not None and math.isfinite(chance):
             axis.axhline(chance, color="grey", linewidth=1, linestyle=line,
                          label=f"chance ({run}: {chance:.2f})" if run else "chance")
@@ -248,6 +249,17 @@ def compare_bars(rows: Sequence[dict[str, Any]], title: str = ""):
     return figure
 
 
+def _distinct_colours(n: int) -> list[Any]:
+    """``n`` colours, no two alike: matplotlib's ten-colour cycle, then tab20's and further shades of viridis."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["viridis"](i / (n - 1)) for i in range(n)]
+
+
 def mitigation_bars(rows: Sequence[dict[str, Any]], title: str = ""):
     """Per mitigation test (``analyses.mitigations`` rows), one bar per model: held-out reverse
     accuracy, its margin over controls, and the z-score of the OV entry Y[B,A]."""
@@ -262,12 +274,12 @@ def mitigation_bars(rows: Sequence[dict[str, Any]], title: str = ""):
     axes = figure.subplots(1, 3)
     panels = (("heldout_accuracy", "held-out reverse accuracy"), ("heldout_margin", "held-out reverse margin"),
               ("z_heldout", "z of OV entry Y[B,A]"))
-    colours = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
+    colours = _distinct_colours(len(models))
     for axis, (key, ylabel) in zip(axes, panels):
         for m, model in enumerate(models):
             values = [by_key[model, v, t][key] if (model, v, t) in by_key else math.nan for v, t in tests]
             positions = [p - 0.4 + width * (m + 0.5) for p in range(len(tests))]
-            axis.bar(positions, values, width=width, color=colours[m % len(colours)], label=model)
+            axis.bar(positions, values, width=width, color=colours[m], label=model)
         axis.axhline(0, color="black", linewidth=0.8)
         axis.set_xticks(range(len(tests)), [f"{v}:\n{textwrap.fill(t, 22)}" for v, t in tests], rotation=60,
                         ha="right", fontsize=6)

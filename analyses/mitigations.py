@@ -55,7 +55,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from analyses.compare import row_metrics
+from analyses.compare import named_apart, row_metrics
 from analyses.reproduce import ReversalConfig, _write_json, train_run, write_csv
 from facts.schema import Fact, FactError, FactSet
 from facts.token_worlds import TokenVocab, reversal_world
@@ -297,17 +297,6 @@ def _require_tested_group(run_dir: Path, answers: pd.DataFrame, tested: str) -> 
                       f"{groups}. Give a `revlens finetune-facts` run that trains {tested!r}")
 
 
-def named_apart(runs: Sequence[tuple[str | Path, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
-    """The rows of each fine-tuned folder (``(folder, its rows)``), the folder added to the name of the runs that
-    :func:`analyses.compare.finetuned_label` names alike (one model, mitigation and groups: another seed, say), so
-    that no run's rows hide another's under one (model, variant, test) in the figure and a sweep's numbers."""
-    counts: dict[str, int] = {}
-    for _, rows in runs:
-        counts[rows[0]["model"]] = counts.get(rows[0]["model"], 0) + 1
-    return [{**row, "model": f"{row['model']} [{run_dir}]"} if counts[row["model"]] > 1 else row
-            for run_dir, rows in runs for row in rows]
-
-
 def measure(model, model_name: str, world: FactSet, variant: Variant, vocab: TokenVocab) -> list[dict[str, Any]]:
     """Every test of ``variant`` on a model trained on its data: one :func:`mitigation_row` each."""
     answers = answer_table(model, world, vocab)
@@ -329,7 +318,7 @@ def reproduce_mitigations(out: str | Path, config: MitigationConfig = Mitigation
 
     Each run (facts.jsonl with exactly what was trained, history.jsonl, checkpoints/) goes to
     ``out/<model>/<variant>/``. ``finetuned``: ``revlens finetune-facts`` folders whose rows
-    (:func:`finetuned_rows`, :func:`named_apart`) join the table; they are read before any training,
+    (:func:`finetuned_rows`, :func:`analyses.compare.named_apart`) join the table; they are read before any training,
     so a bad folder fails at once.
     """
     pretrained = named_apart([(run_dir, finetuned_rows(run_dir)) for run_dir in finetuned])

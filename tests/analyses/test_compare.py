@@ -11,7 +11,7 @@ import torch
 
 from analyses.bilinear import BilinearConfig
 from analyses.cli import main
-from analyses.compare import CompareConfig, RunDirError, compare, format_compare
+from analyses.compare import CompareConfig, RunDirError, compare, finetuned_row, format_compare
 from analyses.probe import load_probed, probe, write_probe
 from analyses.reproduce import RunConfig, train_run
 from facts.io import load_jsonl
@@ -136,6 +136,23 @@ def test_finetuned_rows_of_one_model_are_named_apart_by_mitigation_and_groups(co
     prediction = text.split("what theory predicts:")[1]
     assert prediction.count(row["theory_predicts"]) == 1  # said once for the four fine-tuned rows
     assert f"  {', '.join(labels)}: {row['theory_predicts']}" in prediction
+
+
+def test_two_fine_tuned_runs_named_alike_keep_their_own_row_and_bar(probed_run, tmp_path):
+    """Two folders whose configs name them alike (another seed, say) each get their folder in their name, as
+    `reproduce mitigations` names them: one name for both made two identical rows and two identical ticks."""
+    again = shutil.copytree(probed_run, tmp_path / "again")
+    logits = pd.read_csv(again / "logits.csv")
+    logits["margin"] += 1.0  # a run whose numbers differ, under the same name
+    logits.to_csv(again / "logits.csv", index=False)
+    config = CompareConfig(n_pairs=100, steps=2, bilinear=BilinearConfig(steps=2))
+    summary = compare(tmp_path / "out", [probed_run, again], config, progress=False)
+    finetuned = [row for row in summary["rows"] if row["kind"] == "finetuned"]
+    alike = finetuned_row(probed_run)["model"]
+    assert [row["model"] for row in finetuned] == [f"{alike} [{probed_run}]", f"{alike} [{again}]"]
+    assert finetuned[1]["heldout_margin"] == pytest.approx(finetuned[0]["heldout_margin"] + 1.0)
+    written = pd.read_csv(tmp_path / "out" / "compare.csv")
+    assert written.model.tolist()[-2:] == [row["model"] for row in finetuned]
 
 
 def test_a_nan_asymmetry_is_never_the_most_asymmetric_circuit(probed_run):

@@ -176,6 +176,25 @@ def test_a_fine_tuned_run_without_the_tested_group_is_refused_naming_its_groups(
         finetuned_rows(folder)
 
 
+def test_every_model_of_the_mitigations_figure_has_its_own_colour():
+    """Two token-world models and four fine-tuned runs (what --finetuned takes): six colours. A palette of four,
+    cycled, gave the fifth and sixth runs one-layer's and tiny's colours, so their bars read as those models'."""
+    from matplotlib.colors import to_hex
+
+    from analyses.figures import mitigation_bars
+
+    models = ["one-layer", "tiny", *(f"smollm2-135m (fine-tuned, {m})" for m in ("a", "b", "c", "d"))]
+    rows = [{"model": model, "variant": "baseline", "test": "held-out reverse", "heldout_accuracy": 0.1 * i,
+             "heldout_margin": float(i), "z_heldout": -float(i)} for i, model in enumerate(models)]
+    for count in (6, 12, 25):
+        names = [f"{m} #{k}" for k in range(count // 6 + 1) for m in models][:count]
+        figure = mitigation_bars([{**row, "model": name} for name, row in zip(names, rows * 5)])
+        for axis in figure.axes:
+            colours = [to_hex(bar.get_facecolor()) for bar in axis.patches]
+            assert len(colours) == count and len(set(colours)) == count
+        assert figure.axes[0].get_legend_handles_labels()[1] == names
+
+
 def test_fine_tuned_runs_of_one_model_keep_their_own_rows_and_bars(tmp_path):
     """Two runs of SmolLM2 (p2d; p2d and d2p) are named as `revlens compare` names them, and a third configured
     like the first gets its folder in its name: each keeps its rows in the table, a bar group in the figure (keyed

@@ -104,6 +104,18 @@ def test_in_context_reversal_has_no_curse_but_one_partner_pairs_are_memorised(tm
     assert control["chance_logprob"] < summary["chance_logprob"] - 1
 
 
+def test_logprob_curves_draw_the_chance_line_of_every_run():
+    """One chance line per world however many are given (three line styles zipped against the runs dropped the
+    fourth run's and later ones' lines without a word)."""
+    from analyses.figures import logprob_curves
+
+    history = [{"step": s, "eval": {"heldout": {"logprob": -float(s)}}} for s in range(3)]
+    chances = {f"world {i}": -1.0 - i for i in range(6)}
+    [axis] = logprob_curves(history, chance_logprob=chances).axes
+    drawn = {line.get_label(): line.get_ydata()[0] for line in axis.lines if line.get_label().startswith("chance")}
+    assert drawn == {f"chance ({run}: {value:.2f})": value for run, value in chances.items()}
+
+
 def test_multi_token_entities_keep_the_curse(tmp_path):
     summary = reproduce_multi_token(tmp_path, MultiTokenConfig(ks=(2, 3), reversal=SMALL_REVERSAL), progress=False)
     assert summary["curse_holds_for_all"]
