@@ -27,11 +27,12 @@ a mother's child is asked; seeded; every right answer excluded):
 * ``margin`` = log p(a | c) − mean_j log p(a'_j | c).
 
 Ranking by summed log-probability favours short names; the controls are drawn without regard
-to length, so this bias is the same in both directions. A bigger confound: 72% of the pairs
-share a last name ("Sasha Calle" / "Samira Calle"), and a model that copies the surname of the
-prompt ranks the truth first against random controls without knowing the fact, in either
-direction. The summary therefore repeats accuracy, mean rank and margin on the pairs whose last
-names differ (``different_last_name``), the cleaner test of knowing the parent or the child.
+to length, so this bias is the same in both directions. A bigger confound: 74% of the pairs
+share a surname word ("Sasha Calle" / "Samira Calle", "Kate Winslet" / "Sally Bridges-Winslet";
+:func:`share_a_surname`), and a model that copies the surname of the prompt ranks the truth first
+against random controls without knowing the fact, in either direction. The summary therefore
+repeats accuracy, mean rank and margin on the pairs that share none (``different_last_name``), the
+cleaner test of knowing the parent or the child.
 
 Scoring shares each prompt's keys and values among its K+1 answers
 (:func:`probes.shared_prompt.candidate_logprobs_cached`), with float32 products on oneDNN's kernels where
@@ -91,7 +92,7 @@ direction (> 0.5: the parent is the likelier answer), not to the digit."""
 
 def logprob_win_rate(table: pd.DataFrame) -> dict[str, Any]:
     """Share of pairs asked both ways with log p(parent | child prompt) > log p(child | parent prompt),
-    with its 95% interval; the same on the pairs whose last names differ. Pairs asked one way (a
+    with its 95% interval; the same on the pairs that share no surname word. Pairs asked one way (a
     parent's later children) are left out."""
     both = table[table.child_to_parent_logprob.notna() & table.parent_to_child_logprob.notna()]
 
@@ -124,11 +125,16 @@ def draw_controls(
     """``k`` wrong answers per statement, of the same kind and parent type (seeded).
 
     Other mothers for "X's mother is", other children of mothers for "M is the mother of";
-    every true answer of the same question (a sibling) is excluded (:func:`facts.language.controls`).
+    every true answer of the same question (a sibling) is excluded (:func:`facts.language.controls`), and for
+    the reverse question, asked alike of a mother and a father ("Name a child of P."), every child of P of
+    either parent type (a person recorded as both, with a child as the other type too).
     Each parent type's fact set is scanned once for all its statements (:func:`facts.language.controls_of`).
     """
     where = _by_parent_type(facts)
     statements = list(statements)
+    children: dict[str, set[str]] = {}
+    for fact in facts:
+        children.setdefault(fact.object, set()).add(fact.subject)
     by_subset: dict[int, tuple[FactSet, list[int]]] = {}
     for number, (index, _) in enumerate(statements):
         subset = where[index][0]
@@ -136,8 +142,10 @@ def draw_controls(
     drawn: list[list[str]] = [[] for _ in statements]
     for subset, numbers in by_subset.values():
         asked = [(where[statements[n][0]][1], statements[n][1]) for n in numbers]
+        also_right = [children[facts[statements[n][0]].object] if statements[n][1] == "reverse" else set()
+                      for n in numbers]
         try:
-            for number, wrong in zip(numbers, controls_of(subset, asked, k, seed)):
+            for number, wrong in zip(numbers, controls_of(subset, asked, k, seed, also_right)):
                 drawn[number] = wrong
         except FactError as error:
             raise FactError(
@@ -161,7 +169,7 @@ def asymmetry_table(
 
     Controls come from all of ``facts`` (not only the first ``limit``), so a limited run draws
     the same controls as the full one. Columns: fact, line (in the CSV), child, parent,
-    parent_type, gpt4_can_reverse, same_last_name (:func:`last_name`), and per direction
+    parent_type, gpt4_can_reverse, same_last_name (:func:`share_a_surname`), and per direction
     ``{child_to_parent,parent_to_child}_{correct,rank,logprob,margin}`` (empty for parent → child
     on a parent's later children).
     """
@@ -186,7 +194,7 @@ def asymmetry_table(
         i: {
             "fact": i, "line": lines[i], "child": facts[i].subject, "parent": facts[i].object,
             "parent_type": facts[i].group, "gpt4_can_reverse": can_reverse[i],
-            "same_last_name": last_name(facts[i].subject) == last_name(facts[i].object),
+            "same_last_name": share_a_surname(facts[i].subject, facts[i].object),
         }
         for i in chosen
     }
@@ -237,11 +245,19 @@ def _direction_stats(part: pd.DataFrame, name: str) -> dict[str, Any]:
     }
 
 
-def last_name(name: str) -> str:
-    """The last word of a name, suffixes such as "Jr." or "III" skipped, lower-cased."""
+def surnames(name: str) -> frozenset[str]:
+    """The words of a name a model could copy as a surname, lower-cased: every word after the first, suffixes
+    such as "Jr." or "III" skipped and hyphenated names split ("Sally Bridges-Winslet" → {bridges, winslet};
+    "Sami Hayek Dominguez" → {hayek, dominguez}); a one-word name is its own surname."""
     words = [w for w in re.split(r"[\s,]+", name) if w]
-    kept = [w for w in words if w.rstrip(".").lower() not in _SUFFIXES]
-    return (kept or words or [""])[-1].lower()
+    kept = [w for w in words if w.rstrip(".").lower() not in _SUFFIXES] or words
+    return frozenset(part.lower() for word in kept[1:] or kept for part in word.split("-") if part)
+
+
+def share_a_surname(child: str, parent: str) -> bool:
+    """Whether the two names have a surname word in common (:func:`surnames`): "Kate Winslet" and "Sally
+    Bridges-Winslet" do, though their last words differ, and a model can copy "Winslet" from either to the other."""
+    return bool(surnames(child) & surnames(parent))
 
 
 _SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv"})
@@ -372,7 +388,7 @@ def _example_prompts(facts: FactSet, tokenizer: TemplateTokenizer) -> dict[str, 
 def asymmetry_bars(summary: dict[str, Any]):
     """Three panels per direction: accuracy (our top-1 among the controls with its 95% interval, our
     greedy exact match, GPT-4's published accuracy), mean rank vs chance, margin (the last two on all
-    pairs and, lighter, on the pairs whose last names differ)."""
+    pairs and, lighter, on the pairs that share no surname word)."""
     from matplotlib.figure import Figure
 
     names = list(DIRECTION_NAMES.values())
@@ -400,7 +416,7 @@ def asymmetry_bars(summary: dict[str, Any]):
             values = [r[subset] if subset else r for r in rows]
             axis.bar([p + shift for p in positions], [v[key] for v in values], width=0.4, alpha=alpha,
                      yerr=[v[f"{key}_ci95"] for v in values], capsize=3, color=["#1f77b4", "#d62728"],
-                     label="different last names" if subset else "all pairs")
+                     label="no surname in common" if subset else "all pairs")
         axis.axhline(chance, color="grey", linestyle="-.", linewidth=1, label="chance")
         axis.set_xticks(positions, labels)
         axis.legend(fontsize=8)
@@ -437,7 +453,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
     for name, row in summary["directions"].items():
         lines.append(row_text(DIRECTION_LABELS[name], row, f"{published[name]:.2f}"))
-    lines.append("  different last names (no surname to copy):")
+    lines.append("  no surname in common (none to copy):")
     for name, row in summary["directions"].items():
         lines.append(row_text(DIRECTION_LABELS[name], row["different_last_name"], ""))
     lines += [
@@ -450,7 +466,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             "",
             f"log p(parent | child) > log p(child | parent): {win['rate']:.3f} ± {win['ci95']:.3f} of {win['n']} pairs "
             f"asked both ways ({win['different_last_name']['rate']:.3f} of {win['different_last_name']['n']} with "
-            f"different last names); published: {published}",
+            f"no surname in common); published: {published}",
             f"  ({theirs['source']})",
         ]
     lines += [

@@ -485,7 +485,7 @@ COMMAND_RUNS: dict[str, RunKind] = {
             "asymmetry.png": "Per direction: top-1 rate among the same-kind controls (95% interval) and greedy exact "
                              "match beside GPT-4's accuracy, mean rank of the truth among random answers of the same "
                              "kind (chance dashed) and the log-probability margin over them; lighter bars keep only "
-                             "pairs whose last names differ. Berglund et al.: child → parent beats parent → child.",
+                             "pairs that share no surname word. Berglund et al.: child → parent beats parent → child.",
             "pairs.csv": "One row per celebrity pair, scored both ways."}),
     "compare": RunKind(
         "Theory against trained models, same probes",

@@ -19,7 +19,9 @@ one answer each. How the file's irregularities are handled:
 * a repeated pair (same child, parent type and parent; Rebecca Romijn's two rows appear twice):
   the first row counts, the line numbers of later ones are kept in ``meta["duplicate_lines"]``.
 * one person recorded as both mother and father of a child (16 cases, errors in the source):
-  kept as two facts, named in ``meta["mother_and_father"]``.
+  kept as two facts, named in ``meta["mother_and_father"]``. Both forward questions are asked ("Who is
+  C's mother?", "Who is C's father?"), the reverse "Name a child of P." once, on the first of the two
+  rows (the second gets ``reverse=None``): asked twice, one statement would count twice.
 * one person recorded as the mother of one child and the father of another: refused, naming both
   rows, since "Name a child of P" is asked alike for a mother and a father and would have two
   different answers from the two parent types (one-to-many above is settled within one type).
@@ -138,14 +140,15 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
             both.append(parent)
         siblings = children.setdefault((parent, parent_type), [])
         siblings.append(child)
-        reverse = "heldout" if len(siblings) == 1 else None
-        if reverse:  # "Name a child of P." is one prompt for a mother and a father: it needs one answer
+        reverse = None
+        if len(siblings) == 1:  # "Name a child of P." is one prompt for a mother and a father: it needs one answer
             asked, asked_type, asked_line = reverse_answer.setdefault(parent, (child, parent_type, line))
             if asked != child:
                 raise FactError(f"{path}:{asked_line} and {path}:{line}: {parent!r} is the {asked_type} of {asked!r} "
                                 f"on line {asked_line} and the {parent_type} of {child!r} on line {line}, so the "
                                 f"reverse question 'Name a child of {parent}.' would have two different answers; "
                                 f"fix the parent type")
+            reverse = "heldout" if asked_line == line else None  # asked once, on the parent's first row
         try:
             facts.append(Fact(child, parent_type, parent, f"{parent_type} of", "heldout", reverse, parent_type))
         except FactError as error:

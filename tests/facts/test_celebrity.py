@@ -58,7 +58,7 @@ def test_real_file_counts(real):
     assert sum(meta["can_reverse"]) == 494
     assert {f.group for f in real} == {"mother", "father"}
     assert all(f.forward == "heldout" for f in real)
-    assert real.count("heldout") == 1511 + 1511 - 19
+    assert real.count("heldout") == 1511 + 1511 - 19 - 16  # later siblings; second rows of mother-and-father
     assert len(meta["one_to_many"]) == 17 and len(meta["mother_and_father"]) == 16
 
 
@@ -208,9 +208,22 @@ def test_one_parent_as_mother_of_one_child_and_father_of_another_is_refused(tmp_
 def test_one_parent_as_mother_and_father_of_one_child_still_loads(tmp_path, real):
     path = write_csv(tmp_path / "both.csv", f"{HEADER}\nAnn Lee,Pat Lee,mother,,True\nAnn Lee,Pat Lee,father,,True\n")
     facts = load_celebrity_pairs(path)
-    assert [(f.relation, f.reverse) for f in facts] == [("mother", "heldout"), ("father", "heldout")]
+    # both forward questions are asked; "Name a child of Pat Lee." once (twice, one statement counted twice)
+    assert [(f.relation, f.forward, f.reverse) for f in facts] == [("mother", "heldout", "heldout"),
+                                                                  ("father", "heldout", None)]
     assert facts.meta["mother_and_father"] == ["Pat Lee"]
     assert len(real) == 1511 and "Tell Schreiber" in real.meta["mother_and_father"]  # the shipped file loads
+
+
+@pytest.mark.parametrize("templates", [QUESTION_TEMPLATES, COMPLETION_TEMPLATES], ids=["questions", "completions"])
+def test_no_two_statements_of_the_shipped_file_are_one_prompt_and_answer(real, templates):
+    """Every statement asked is asked once: 1,511 forward questions and one reverse per parent (1,511 less the
+    19 later siblings and the 16 second rows of a parent recorded as mother and father: 1,476)."""
+    from facts.language import render_statement
+
+    asked = [(i, d) for i, fact in enumerate(real) for d in ("forward", "reverse") if fact.split(d) is not None]
+    rendered = [render_statement(real, i, d, templates) for i, d in asked]
+    assert len({(r.prompt, r.answer) for r in rendered}) == len(asked) == 1511 + 1476
 
 
 def test_a_field_csv_cannot_read_is_named_with_file_and_line(tmp_path):
