@@ -395,7 +395,7 @@ def asymmetry_bars(summary: dict[str, Any]):
     rows = [summary["directions"][n] for n in names]
     labels = [DIRECTION_LABELS[n] for n in names]
     positions = list(range(len(names)))
-    figure = Figure(figsize=(10.5, 3.4), layout="constrained")
+    figure = Figure(figsize=(10.5, 4.4), layout="constrained")
     accuracy, rank, margin = figure.subplots(1, 3)
     top1 = accuracy.bar([p - 0.27 for p in positions], [r["top1_rate"] for r in rows], width=0.27, color="#1f77b4",
                         yerr=[r["top1_rate_ci95"] for r in rows], capsize=3,
@@ -410,7 +410,6 @@ def asymmetry_bars(summary: dict[str, Any]):
     accuracy.set_xticks(positions, labels)
     accuracy.set_ylim(0, 1)
     accuracy.set_ylabel("accuracy (top-1 with 95% CI)")
-    accuracy.legend(fontsize=7)
     for axis, key, chance in ((rank, "mean_rank", rows[0]["chance_mean_rank"]), (margin, "margin", 0.0)):
         for shift, subset, alpha in ((-0.2, None, 1.0), (0.2, "different_last_name", 0.45)):
             values = [r[subset] if subset else r for r in rows]
@@ -419,12 +418,12 @@ def asymmetry_bars(summary: dict[str, Any]):
                      label="no surname in common" if subset else "all pairs")
         axis.axhline(chance, color="grey", linestyle="-.", linewidth=1, label="chance")
         axis.set_xticks(positions, labels)
-        axis.legend(fontsize=8)
     rank.set_ylim(1, summary["n_controls"] + 1)
     rank.set_ylabel(f"mean rank among {summary['n_controls'] + 1} (1 = best)")
     margin.set_ylabel("log p(true) − mean log p(control)")
-    for axis in (accuracy, rank, margin):
+    for axis in (accuracy, rank, margin):  # legends below the panels, where they cover no bar and no label
         axis.grid(alpha=0.3, axis="y")
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     figure.suptitle(f"{summary['model']}: celebrity parents, {summary['pairs_checked']} pairs "
                     f"({summary['templates']} prompts)")
     return figure
