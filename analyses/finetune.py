@@ -46,7 +46,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analyses.reproduce import _write_history, _write_json, write_csv
-from analyses.stats import ci95_half_width
+from analyses.stats import mean_ci95
 from facts.io import save_jsonl
 from facts.language import (IDENTITY_TEMPLATES, TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix,
                             encode_pair, people_world, render, render_statement)
@@ -214,20 +214,6 @@ def identity_examples(facts: FactSet, paraphrases: int, tokenizer) -> list[Examp
             examples.append(asked(tokenizer, rendered.prompt, rendered.answer,
                                   f"fact {index} ({name!r}, identity {template!r})", index, "forward", "train"))
     return examples
-
-
-def mean_ci95(values: pd.Series, facts: pd.Series | None = None) -> dict[str, float]:
-    """Mean and normal-approximation 95% interval, mean ± 1.96·sd/√n.
-
-    With ``facts`` (the fact each value is about), the values are first averaged per fact and
-    the interval is over the n facts: the several paraphrases that ask one fact are not
-    independent samples (a learnt fact tends to be learnt in every wording), so counting each
-    question as one would narrow the interval by up to √(questions per fact). ``questions``:
-    the values averaged."""
-    units = values if facts is None else values.groupby(facts.to_numpy(), sort=False).mean()
-    mean, half = float(units.mean()), ci95_half_width(units)
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(units.count()),
-            "questions": int(values.count())}
 
 
 def read_questions(config: FinetuneConfig) -> QuestionSet:
@@ -748,5 +734,5 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__: Sequence[str] = ("FinetuneConfig", "finetune_facts", "format_summary", "mean_ci95", "read_questions",
+__all__: Sequence[str] = ("FinetuneConfig", "finetune_facts", "format_summary", "read_questions",
                           "training_examples", "training_sentences")

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.stats import ci95_half_width
+from analyses.stats import mean_ci95
 from facts.language import bos_prefix
 from facts.questions import LETTERS, QuestionSet, multiple_choice_orders
 from probes.multiple_choice import letter_probabilities, letter_tokens
@@ -180,24 +180,26 @@ def debiased_choices(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def multiple_choice_summary(table: pd.DataFrame) -> dict[str, Any]:
-    """Per group and setting: questions; raw p(right letter) with its 95% interval across questions
-    (each question's mean over its K orders first) and accuracy of the argmax; the debiased q_right
-    (with interval) and accuracy (:func:`debiased_choices`); K with chance 1 / K, and the letter prior
-    (each letter's mean probability over every prompt: 1 / K each for a model without letter bias)."""
+    """Per group and setting: questions n and facts; raw p(right letter) and accuracy of the argmax, the debiased
+    q_right and accuracy (:func:`debiased_choices`), each question's mean over its K orders first. The means and
+    the 95% intervals of p and q are over facts, each fact's questions averaged first
+    (:func:`analyses.stats.mean_ci95`: a fact's paraphrases are not independent samples), as the
+    fine-tuning summary's margins are. Also K with chance 1 / K, and the letter prior (each letter's mean
+    probability over every prompt: 1 / K each for a model without letter bias)."""
     k = int(table.n_options.iloc[0])
     out: dict[str, Any] = {"options": k, "chance": 1 / k, "groups": {},
                            "letter_prior": {letter: float(table[f"p_{letter}"].mean()) for letter in LETTERS[:k]}}
-    per_question = table.groupby(["group", "setting", "question"], sort=False)[["p_correct", "correct"]].mean()
+    per_question = table.groupby(["group", "setting", "question"], sort=False).agg(
+        p_correct=("p_correct", "mean"), correct=("correct", "mean"), fact=("fact", "first"))
     debiased = debiased_choices(table).set_index(["group", "setting", "question"])
     for (group, setting), part in per_question.groupby(level=[0, 1], sort=False):
         fair = debiased.loc[part.index]
-        mean, half = float(part.p_correct.mean()), ci95_half_width(part.p_correct)
-        fair_mean, fair_half = float(fair.p_debiased.mean()), ci95_half_width(fair.p_debiased)
+        raw, unbiased = mean_ci95(part.p_correct, part.fact), mean_ci95(fair.p_debiased, part.fact)
         out["groups"].setdefault(group, {})[setting] = {
-            "n": int(len(part)), "p_correct": mean, "p_correct_ci95": [mean - half, mean + half],
-            "accuracy": float(part.correct.mean()),
-            "p_debiased": fair_mean, "p_debiased_ci95": [fair_mean - fair_half, fair_mean + fair_half],
-            "accuracy_debiased": float(fair.correct_debiased.mean())}
+            "n": int(len(part)), "facts": raw["n"], "p_correct": raw["mean"], "p_correct_ci95": raw["ci95"],
+            "accuracy": float(part.correct.groupby(part.fact.to_numpy(), sort=False).mean().mean()),
+            "p_debiased": unbiased["mean"], "p_debiased_ci95": unbiased["ci95"],
+            "accuracy_debiased": float(fair.correct_debiased.groupby(part.fact.to_numpy(), sort=False).mean().mean())}
     return out
 
 

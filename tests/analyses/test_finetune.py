@@ -18,13 +18,13 @@ from analyses.finetune import (
     STAGES,
     FinetuneConfig,
     format_summary,
-    mean_ci95,
     read_inputs_and_model,
     read_questions,
     reverse_words,
     training_examples,
     training_sentences,
 )
+from analyses.stats import mean_ci95
 from berglund_folder import write_experiment_folder
 from facts.io import load_jsonl
 from facts.language import people_world

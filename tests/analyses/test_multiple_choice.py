@@ -106,6 +106,27 @@ def test_the_table_moves_the_right_letter_with_the_options_and_summarises_per_qu
         options_count(questions, 5)
 
 
+def test_the_summary_intervals_are_over_facts_not_over_their_paraphrases(tiny_models):
+    """Two questions ask each fact: the summary's means and intervals average each fact's questions first, as
+    the fine-tuning summary's margins do (counting paraphrases as independent narrowed the interval)."""
+    import dataclasses
+
+    from analyses.stats import ci95_half_width
+
+    tiny = tiny_models["llama"]
+    questions = QuestionSet(train=(), source="test", questions=tuple(
+        dataclasses.replace(question(i), fact=i // 2) for i in range(4)))
+    table = multiple_choice_table(tiny.backends["hooked"], questions, tiny.tokenizer, k=4, seed=0)
+    row = multiple_choice_summary(table)["groups"]["p2d"]["reverse"]
+    per_fact = table.groupby("question").agg(p=("p_correct", "mean"), fact=("fact", "first")).groupby("fact").p.mean()
+    assert (row["n"], row["facts"]) == (4, 2)
+    assert row["p_correct"] == pytest.approx(per_fact.mean(), abs=1e-12)
+    half = ci95_half_width(per_fact)
+    assert row["p_correct_ci95"] == pytest.approx([per_fact.mean() - half, per_fact.mean() + half], abs=1e-12)
+    fair = debiased_choices(table).groupby("fact").p_debiased.mean()
+    assert row["p_debiased_ci95"][1] - row["p_debiased"] == pytest.approx(ci95_half_width(fair), abs=1e-12)
+
+
 def test_debiasing_cancels_any_letter_prior_exactly_where_the_raw_score_drops_to_chance(tiny_models):
     """Adding a constant to letter tokens' logits in every prompt (the unembedding bias of " A" and " C")
     is a letter prior that ignores the options: the debiased scores do not move (an identity up to the
