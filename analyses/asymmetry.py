@@ -31,7 +31,7 @@ to length, so this bias is the same in both directions. A bigger confound: 74% o
 share a surname word ("Sasha Calle" / "Samira Calle", "Kate Winslet" / "Sally Bridges-Winslet";
 :func:`share_a_surname`), and a model that copies the surname of the prompt ranks the truth first
 against random controls without knowing the fact, in either direction. The summary therefore
-repeats accuracy, mean rank and margin on the pairs that share none (``different_last_name``), the
+repeats accuracy, mean rank and margin on the pairs that share none (``no_shared_surname``), the
 cleaner test of knowing the parent or the child.
 
 Scoring shares each prompt's keys and values among its K+1 answers
@@ -101,7 +101,7 @@ def logprob_win_rate(table: pd.DataFrame) -> dict[str, Any]:
         return {"n": int(len(part)), "rate": float(wins.mean()) if len(part) else float("nan"),
                 "ci95": ci95_half_width(wins)}
 
-    return {**rate(both), "different_last_name": rate(both[~both.same_last_name.astype(bool)])}
+    return {**rate(both), "no_shared_surname": rate(both[~both.shares_surname.astype(bool)])}
 
 
 # --- the celebrity table ------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def asymmetry_table(
 
     Controls come from all of ``facts`` (not only the first ``limit``), so a limited run draws
     the same controls as the full one. Columns: fact, line (in the CSV), child, parent,
-    parent_type, gpt4_can_reverse, same_last_name (:func:`share_a_surname`), and per direction
+    parent_type, gpt4_can_reverse, shares_surname (:func:`share_a_surname`), and per direction
     ``{child_to_parent,parent_to_child}_{correct,rank,logprob,margin}`` (empty for parent → child
     on a parent's later children).
     """
@@ -194,7 +194,7 @@ def asymmetry_table(
         i: {
             "fact": i, "line": lines[i], "child": facts[i].subject, "parent": facts[i].object,
             "parent_type": facts[i].group, "gpt4_can_reverse": can_reverse[i],
-            "same_last_name": share_a_surname(facts[i].subject, facts[i].object),
+            "shares_surname": share_a_surname(facts[i].subject, facts[i].object),
         }
         for i in chosen
     }
@@ -204,7 +204,7 @@ def asymmetry_table(
             f"{name}_correct": bool(scores.correct[row, 0]), f"{name}_rank": int(rank[row]),
             f"{name}_logprob": float(truth[row]), f"{name}_margin": float(margin[row]),
         })
-    columns = ["fact", "line", "child", "parent", "parent_type", "gpt4_can_reverse", "same_last_name"] + [
+    columns = ["fact", "line", "child", "parent", "parent_type", "gpt4_can_reverse", "shares_surname"] + [
         f"{name}_{what}" for name in DIRECTION_NAMES.values() for what in ("correct", "rank", "logprob", "margin")
     ]
     table = pd.DataFrame(list(rows.values()), columns=columns)
@@ -225,7 +225,7 @@ def summarize_directions(table: pd.DataFrame, n_controls: int) -> dict[str, dict
             **_direction_stats(part, name),
             "chance_mean_rank": (n_controls + 2) / 2,
             "chance_top1_rate": 1 / (n_controls + 1),
-            "different_last_name": _direction_stats(part[~part.same_last_name.astype(bool)], name),
+            "no_shared_surname": _direction_stats(part[~part.shares_surname.astype(bool)], name),
         }
     return out
 
@@ -411,7 +411,7 @@ def asymmetry_bars(summary: dict[str, Any]):
     accuracy.set_ylim(0, 1)
     accuracy.set_ylabel("accuracy (top-1 with 95% CI)")
     for axis, key, chance in ((rank, "mean_rank", rows[0]["chance_mean_rank"]), (margin, "margin", 0.0)):
-        for shift, subset, alpha in ((-0.2, None, 1.0), (0.2, "different_last_name", 0.45)):
+        for shift, subset, alpha in ((-0.2, None, 1.0), (0.2, "no_shared_surname", 0.45)):
             values = [r[subset] if subset else r for r in rows]
             axis.bar([p + shift for p in positions], [v[key] for v in values], width=0.4, alpha=alpha,
                      yerr=[v[f"{key}_ci95"] for v in values], capsize=3, color=["#1f77b4", "#d62728"],
@@ -454,7 +454,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(row_text(DIRECTION_LABELS[name], row, f"{published[name]:.2f}"))
     lines.append("  no surname in common (none to copy):")
     for name, row in summary["directions"].items():
-        lines.append(row_text(DIRECTION_LABELS[name], row["different_last_name"], ""))
+        lines.append(row_text(DIRECTION_LABELS[name], row["no_shared_surname"], ""))
     lines += [
         f"  {'chance':16s}{'':6s}{1 / (k + 1):17.3f}{'':12s}{'':8s}{(k + 2) / 2:11.2f}{0.0:8.2f}",
     ]
@@ -464,7 +464,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [
             "",
             f"log p(parent | child) > log p(child | parent): {win['rate']:.3f} ± {win['ci95']:.3f} of {win['n']} pairs "
-            f"asked both ways ({win['different_last_name']['rate']:.3f} of {win['different_last_name']['n']} with "
+            f"asked both ways ({win['no_shared_surname']['rate']:.3f} of {win['no_shared_surname']['n']} with "
             f"no surname in common); published: {published}",
             f"  ({theirs['source']})",
         ]

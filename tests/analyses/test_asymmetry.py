@@ -63,7 +63,7 @@ def test_summary_fields_and_files(run):
     assert 0 < directions["parent_to_child"]["n"] <= LIMIT
     for row in directions.values():
         assert 0 <= row["accuracy"] <= 1 and row["chance_mean_rank"] == (K + 2) / 2
-        assert {"mean_rank", "margin", "top1_rate", "different_last_name"} <= set(row)
+        assert {"mean_rank", "margin", "top1_rate", "no_shared_surname"} <= set(row)
     assert summary["seconds"] > summary["scoring_seconds"] > 0
     assert json.loads((out / "summary.json").read_text()) == summary
     assert (out / "asymmetry.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -180,8 +180,8 @@ def test_logprob_win_rate_is_recomputed_from_the_pairs_and_printed_beside_berglu
     win = summary["logprob_win_rate"]
     assert win["n"] == len(pairs) == summary["directions"]["parent_to_child"]["n"]
     assert win["rate"] == pytest.approx(wins.mean()) and win["ci95"] == pytest.approx(1.96 * wins.std() / len(wins) ** 0.5)
-    different = ~pairs.same_last_name.astype(bool)
-    assert win["different_last_name"]["rate"] == pytest.approx(wins[different].mean())
+    different = ~pairs.shares_surname.astype(bool)
+    assert win["no_shared_surname"]["rate"] == pytest.approx(wins[different].mean())
     assert summary["published_win_rate"]["LLaMA-7b"] == 0.78 and summary["published_win_rate"]["davinci"] == 0.52
     text = format_summary(summary)
     assert f"{win['rate']:.3f} ± {win['ci95']:.3f} of {win['n']} pairs" in text
