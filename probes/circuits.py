@@ -25,9 +25,13 @@ h // (n_heads / n_key_value_heads)).
 
 Approximations (stated, not hidden): norms are folded as their learned scale and, for
 LayerNorm, the centring projection (on the unembedding side only where the final norm is a
-LayerNorm too: an RMS final norm under LayerNorm blocks, ``cfg.final_rms``, does not centre); the per-token 1/σ normalisation, biases and all
-nonlinear paths through earlier layers are left out, so for layers > 0 the OV and QK entries
-are the embedding-to-head ("first-order") circuits.
+LayerNorm too: an RMS final norm under LayerNorm blocks, ``cfg.final_rms``, does not centre). That
+includes the norms inside the circuit: the one a sandwich-norm block (Gemma 2/3) applies to the
+attention output (OV: W_V W_O then its scale) and the per-head query and key norms (Gemma 3, Qwen 3: QK
+between W_Q and W_Kᵀ); their per-dimension scales change which answers an entity favours, so leaving them
+out moved z-scores by up to 21 on Gemma 3 270M. The per-token 1/σ normalisation, biases, rotary
+positions (QK is the score at relative distance 0) and all nonlinear paths through earlier layers are
+left out, so for layers > 0 the OV and QK entries are the embedding-to-head ("first-order") circuits.
 
 Entities of several tokens. An entity is read as the mean of its tokens' vectors, on either
 side: by bilinearity ``M[mean_i s_i, mean_j t_j] = mean_{i,j} M[s_i, t_j]``, the entry averaged
@@ -247,13 +251,63 @@ def transformer_circuits(
         block = []
         if "ov" in kinds:
             W_V, W_O = _layer_factors(model, stacked, "ov", layer)
+            written = _post_norm_scale(model, layer, "attention")  # (s ⊙ o)·ũ = o·(s ⊙ ũ)
             block.append(Circuit("ov", layer, heads, _project(source, W_V, shared, scale),
-                                 _project(final, W_O.transpose(-2, -1), heads)))
+                                 _project(final if written is None else final * written, W_O.transpose(-2, -1),
+                                          heads)))
         if "qk" in kinds:
             W_Q, W_Kt = _layer_factors(model, stacked, "qk", layer)
-            block.append(Circuit("qk", layer, heads, _project(source, W_Q, heads, scale),
-                                 _project(source, W_Kt.transpose(-2, -1), shared, scale)))
+            query_scale, key_scale = _qk_norm_scales(model, layer)
+            queries = _project(source, W_Q, heads, scale)
+            keys = _project(source, W_Kt.transpose(-2, -1), shared, scale)
+            block.append(Circuit("qk", layer, heads, queries if query_scale is None else queries * query_scale,
+                                 keys if key_scale is None else keys * key_scale))
         yield block
+
+
+POST_NORMS = {"attention": "ln1_post", "mlp": "ln2_post"}
+"""The norm a sandwich-norm block (Gemma 2/3) applies to each sublayer's output before adding it to the residual
+stream, by its module name in the block (a HookedTransformer's and a TransformerBridge's alike)."""
+
+
+def _post_norm_scale(model, layer: int, sublayer: str) -> Float[Tensor, " d_model"] | None:
+    """The learned scale of the norm after layer ``layer``'s attention or MLP output (:data:`POST_NORMS`), or None
+    where the block has none. A head's (or the MLP's) output o reaches the residual stream as s ⊙ o / σ(Σ o): the
+    scale s is per dimension, so it changes which answers o favours and is applied; 1/σ is one number per
+    position, the same for every answer a row compares, and is left out as the input norms' is."""
+    block = model.blocks[layer]
+    norm = getattr(block, POST_NORMS[sublayer], None)
+    if norm is None:
+        if getattr(model.cfg, "use_normalization_before_and_after", False):
+            raise ValueError(f"{model.cfg.model_name}: layer {layer} normalises its {sublayer} output, but its "
+                             f"block has no {POST_NORMS[sublayer]} to read the norm's scale from")
+        return None
+    scale = _norm_scale(norm)
+    if scale is None or scale.shape != (model.cfg.d_model,):
+        raise ValueError(f"{model.cfg.model_name}: the scale of layer {layer}'s {POST_NORMS[sublayer]} cannot be read "
+                         f"as one weight per residual dimension ({None if scale is None else tuple(scale.shape)})")
+    return scale.float()
+
+
+def _qk_norm_scales(model, layer: int) -> tuple[Float[Tensor, " d_head"] | None, Float[Tensor, " d_head"] | None]:
+    """The learned scales of the norms a layer applies to each head's query and key (Gemma 3's, Qwen 3's
+    ``q_norm``/``k_norm``), or (None, None). The query and key are normalised per head, so the score is
+    (s_q ⊙ q / σ_q) · (s_k ⊙ k / σ_k): the per-dimension scales change which keys a query favours and are applied
+    to the factors' rank axis; the 1/σ's are left out, as the input norm's is."""
+    attention = model.blocks[layer].attn
+    norms = [getattr(attention, name, None) for name in ("q_norm", "k_norm")]
+    if all(norm is None for norm in norms):
+        if getattr(model.cfg, "use_qk_norm", False):
+            raise ValueError(f"{model.cfg.model_name}: layer {layer} normalises queries and keys, but its attention "
+                             "has no q_norm/k_norm to read the scales from")
+        return None, None
+    scales = [_norm_scale(norm) for norm in norms]
+    for name, scale in zip(("q_norm", "k_norm"), scales):
+        if scale is None or scale.shape != (model.cfg.d_head,):
+            raise ValueError(f"{model.cfg.model_name}: the scale of layer {layer}'s {name} cannot be read as one "
+                             f"weight per head dimension ({None if scale is None else tuple(scale.shape)}), so "
+                             "its QK circuits are refused")
+    return scales[0].float(), scales[1].float()
 
 
 def _layer_factors(model, stacked: dict, kind: str, layer: int) -> tuple[Tensor, Tensor]:
@@ -557,10 +611,15 @@ def weight_change_table(
       change linearised in its weights at the cached input n₂(x_mid) (``torch.func.jvp`` at the
       weights before; n₂ the layer's pre-MLP norm of the model before): first order in ΔW, with
       the pre-activations those of the model before (a gated MLP's gate and up projections both
-      enter). A post-MLP norm (Gemma's) is not applied.
+      enter).
     * ``delta_ov``: Σ_h n₁(x_pre) (W_V'^h W_O'^h − W_V^h W_O^h) · ũ_t: the change of what the
       heads of layer l would write were they to attend only to g's token: exact in the weights,
       attention patterns and biases left out.
+
+    In a sandwich-norm block (Gemma 2/3) each change passes through the norm after its sublayer, at the
+    scale of the model before (its 1/σ aside, one number per row: :func:`_post_norm_scale`), as the OV
+    circuits do. Both models' norm weights must be readable as the circuits read them
+    (:func:`check_circuits_readable`: TransformerLens 3.9's bridge over a Gemma is refused).
 
     Forward rows read M[A, B] at the subject in the forward prompt, reverse rows M[B, A] at the object
     in the reverse prompt; each entry is z-scored against the same vector read at K random control
@@ -569,6 +628,8 @@ def weight_change_table(
     ``head`` missing). A fact with a direction not in play gets NaN entries for it.
     """
     layers = list(range(before.cfg.n_layers)) if layers is None else list(layers)
+    check_circuits_readable(before)
+    check_circuits_readable(after)
     check_layer_head(before, layers, None)
     if before.cfg.n_layers != after.cfg.n_layers or before.cfg.d_model != after.cfg.d_model:
         raise ValueError("the models before and after fine-tuning differ in shape; one must be the other fine-tuned")
@@ -585,6 +646,9 @@ def weight_change_table(
         vectors = {"delta_mlp": _delta_mlp(old.mlp, new.mlp, old.ln2(states[f"blocks.{layer}.hook_resid_mid"])),
                    "delta_ov": _delta_ov(old.attn, new.attn, old.ln1(states[f"blocks.{layer}.hook_resid_pre"]))}
         for kind, vector in vectors.items():
+            written = _post_norm_scale(before, layer, "mlp" if kind == "delta_mlp" else "attention")
+            if written is not None:
+                vector = vector * written
             read = einops.einsum(answers, vector, "rows k1 d_model, rows d_model -> rows k1")
             entries[kind][:, column] = read[:, 0].cpu()
             zs[kind][:, column] = _zscores(read[..., None])[:, 0].cpu()

@@ -184,9 +184,11 @@ def test_gemma_circuit_entries_equal_the_hugging_face_weights(architecture, back
                                                                smollm2_tokenizer):
     """OV and QK entries of ``circuit_table`` on a Gemma equal, on every head, the same products computed
     by hand from the Hugging Face weights, where the embedding is scaled by √d_model and each norm by
-    1 + w: x_s = √d · E[s] ⊙ (1 + w_ln1), OV = (W_O^h W_V^g x_a) · ((1 + w_final) ⊙ U[b]),
-    QK = (W_Q^h x_a) · (W_K^g x_b), g the key/value head of query head h. Under TransformerLens 3.9 the
-    bridge, whose norms do not say they store w, is refused by name instead (it would read w)."""
+    1 + w: x_s = √d · E[s] ⊙ (1 + w_ln1), OV = ((1 + w_post) ⊙ W_O^h W_V^g x_a) · ((1 + w_final) ⊙ U[b])
+    with the norm after attention, QK = ((1 + w_q) ⊙ W_Q^h x_a) · ((1 + w_k) ⊙ W_K^g x_b) with Gemma 3's
+    query and key norms, g the key/value head of query head h (each norm's 1/σ left out, as documented).
+    Under TransformerLens 3.9 the bridge, whose norms do not say they store w, is refused by name instead
+    (it would read w)."""
     hf, folder = gemmas_with_norm_weights[architecture]
     model = load(folder, backend=backend, device="cpu")
     names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
@@ -209,18 +211,120 @@ def test_gemma_circuit_entries_equal_the_hugging_face_weights(architecture, back
         W_Q, W_K, W_V = (projection.weight.detach().double().view(-1, d_head, config.hidden_size)
                          for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
         W_O = attention.o_proj.weight.detach().double().view(config.hidden_size, heads, d_head)
+        # Gemma 2/3's norm after attention (Gemma 1's post_attention_layernorm is the one before its MLP)
+        written = 1 + block.post_attention_layernorm.weight.detach().double() if architecture != "gemma" else 1.0
+        query, key = ((1 + norm.weight.detach().double()) if norm is not None else 1.0
+                      for norm in (getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)))
+        assert isinstance(query, float) == (architecture != "gemma3")  # Gemma 3 alone normalises queries, keys
         for head in range(heads):
             group = head // (heads // groups)
             for fact_index, fact in enumerate(facts):
                 a, b = token[fact.subject][0], token[fact.object][0]
-                expected = {"ov": float(W_O[:, head] @ (W_V[group] @ x[a]) @ final[b]),
-                            "qk": float((W_Q[head] @ x[a]) @ (W_K[group] @ x[b]))}
+                expected = {"ov": float((written * (W_O[:, head] @ (W_V[group] @ x[a]))) @ final[b]),
+                            "qk": float((query * (W_Q[head] @ x[a])) @ (key * (W_K[group] @ x[b])))}
                 for kind, value in expected.items():
                     row = table[(table.circuit == kind) & (table.layer == layer) & (table["head"] == head)
                                 & (table.fact == fact_index)]
                     assert float(row.entry_ab.iloc[0]) == pytest.approx(value, rel=1e-4, abs=1e-4)
                     largest[kind] = max(largest[kind], abs(value))
     assert min(largest.values()) > 1.0  # the entries are not all zero: the identity is not vacuous
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_a_gemma_weight_change_is_read_through_the_norms_after_attention_and_mlp(backend, gemmas_with_norm_weights,
+                                                                                 smollm2_tokenizer):
+    """Gemma 3, W_O and W_out of layer 1 changed: both outputs are linear in the change, so each read is exact,
+    the change of the sublayer's output at the subject's state scaled by the norm after it (its scale; 1/σ, one
+    number per row, left out) and dotted with the object's unembedding (final norm's scale). Under
+    TransformerLens 3.9 the bridge, whose norm weights read as w instead of 1 + w, is refused by name."""
+    from facts.language import TemplateTokenizer
+    from probes.circuits import weight_change_table
+    from probes.tracing import given_positions
+
+    _, folder = gemmas_with_norm_weights["gemma3"]
+    before = load(folder, backend=backend, device="cpu")
+    names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
+    facts = FactSet([Fact(subject=a, relation="parent", object=b, forward="train")
+                     for a, b in zip(names[::2], names[1::2])])
+    statements = TemplateTokenizer(smollm2_tokenizer, {"parent": ("{given} is the parent of {answer}",)})
+    if backend == "bridge" and TL_MAJOR < 4:
+        with pytest.raises(ValueError, match=r"TransformerBridge runs Gemma.*norms .*\(1 \+ w\)"):
+            weight_change_table(before, copy_model(before), facts, statements, statements.entity_ids)
+        return
+    after = copy_model(before)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for weight in (after.blocks[1].attn.W_O, after.blocks[1].mlp.W_out):
+            weight.add_(0.1 * torch.randn(weight.shape, generator=generator))
+    table = weight_change_table(before, after, facts, statements, statements.entity_ids, layers=[1], n_controls=2)
+    block, changed = before.blocks[1], after.blocks[1]
+    hf_model = gemmas_with_norm_weights["gemma3"][0].model
+    scale = {name: 1 + norm.weight.detach() for name, norm in (
+        ("ln1_post", hf_model.layers[1].post_attention_layernorm),
+        ("ln2_post", hf_model.layers[1].post_feedforward_layernorm), ("final", hf_model.norm))}
+    W_V = block.attn.W_V.repeat_interleave(len(block.attn.W_O) // len(block.attn.W_V), 0)  # per query head
+    for index, fact in enumerate(facts):
+        example = statements.example(facts, index, "forward")
+        where = given_positions(statements, facts, index, "forward", example)[-1]  # the subject's last token
+        with torch.no_grad():
+            _, cache = before.run_with_cache(torch.tensor([example.prompt]))
+            pre = block.ln1(cache["blocks.1.hook_resid_pre"][:, where])
+            mid = block.ln2(cache["blocks.1.hook_resid_mid"][:, where])
+            ov = torch.einsum("rm,hmd,hde->re", pre, W_V, changed.attn.W_O - block.attn.W_O)
+            mlp = changed.mlp(mid[:, None]) - block.mlp(mid[:, None])
+        answer = statements.entity_ids(fact.object)
+        target = (before.W_U[:, list(answer)].mean(1) * scale["final"]).detach()
+        for kind, change, post in (("delta_ov", ov[0], "ln1_post"), ("delta_mlp", mlp[0, 0], "ln2_post")):
+            read = float(table[(table.circuit == kind) & (table.fact == index)].entry_ab.iloc[0])
+            assert read == pytest.approx(float((scale[post] * change) @ target), rel=1e-4, abs=1e-5)
+            assert abs(float(change @ target) - read) > 1e-2 * abs(read)  # the scale shows
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_qwen3_qk_entries_read_its_query_and_key_norms(backend, smollm2_tokenizer, tmp_path):
+    """Qwen 3 normalises each head's query and key (``q_norm``/``k_norm``, scale w): its QK entries are
+    (w_q ⊙ W_Q^h x_a) · (w_k ⊙ W_K^g x_b), computed here by hand from the Hugging Face weights (norm weights
+    drawn N(1, 0.5²), so leaving them out shows); its OV entries have no norm between W_O and the stream."""
+    import transformers
+
+    from tiny_models import INIT, VOCAB
+
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(transformers.Qwen3Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, initializer_range=INIT))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in hf.named_parameters():
+            if "norm" in name:
+                parameter.copy_(1 + 0.5 * torch.randn(parameter.shape, generator=generator))
+    hf.save_pretrained(tmp_path)
+    smollm2_tokenizer.save_pretrained(tmp_path)
+    model = load(tmp_path, backend=backend, device="cpu")
+    names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
+    facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
+    token = {name: smollm2_tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
+    table = circuit_table(model, facts, lambda entity: token[entity], kinds=("ov", "qk"), n_controls=2)
+    config, d_head = hf.config, hf.config.head_dim
+    E = hf.model.embed_tokens.weight.detach().double()
+    final = hf.model.norm.weight.detach().double() * hf.lm_head.weight.detach().double()
+    for layer, block in enumerate(hf.model.layers):
+        x = E * block.input_layernorm.weight.detach().double()
+        attention = block.self_attn
+        W_Q, W_K, W_V = (projection.weight.detach().double().view(-1, d_head, config.hidden_size)
+                         for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
+        W_O = attention.o_proj.weight.detach().double().view(config.hidden_size, -1, d_head)
+        query, key = (norm.weight.detach().double() for norm in (attention.q_norm, attention.k_norm))
+        for head in range(config.num_attention_heads):
+            group = head // 2
+            for fact_index, fact in enumerate(facts):
+                a, b = token[fact.subject][0], token[fact.object][0]
+                expected = {"ov": float(W_O[:, head] @ (W_V[group] @ x[a]) @ final[b]),
+                            "qk": float((query * (W_Q[head] @ x[a])) @ (key * (W_K[group] @ x[b])))}
+                for kind, value in expected.items():
+                    row = table[(table.circuit == kind) & (table.layer == layer) & (table["head"] == head)
+                                & (table.fact == fact_index)]
+                    assert float(row.entry_ab.iloc[0]) == pytest.approx(value, rel=1e-4, abs=1e-4)
 
 
 # --- Gemma 3 270M, the second real model ------------------------------------------------------------
