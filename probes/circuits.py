@@ -10,7 +10,8 @@ raises B") and M[B, A]. The circuits (docs/SCIENCE.md §3; Zhu et al.'s Y and Z)
 
 Asymmetry index. Each entry is compared with the same row's entries for K random control
 answers of the same kind (other objects for M[A, ·], other subjects for M[B, ·]; never an entity a fact
-pairs with the given one, whose entry may have been trained: x's own y for Y[x, z] in a chain world):
+pairs with the given one, whose entry may have been trained: x's own y for Y[x, z] in a chain world; nor
+the given one itself, whose entry M[y, y] a copying head makes large):
 ``z[A,B] = (M[A,B] − mean_c M[A,c]) / std_c M[A,c]``, and the index is
 ``z[A,B] − z[B,A]``: large when only A → B was learnt, ≈ 0 when both or neither were.
 
@@ -373,7 +374,9 @@ def _controls(pool: Sequence[str], answer: str, index_of: dict[str, int], k: int
 
 def _rows(facts: FactSet, tokens: EntityTokens, n_controls: int, seed: int) -> tuple[Tensor, Tensor]:
     """For every fact, the forward row (A; B + controls) then the reverse row (B; A + controls); a row's controls
-    are never an entity a fact pairs with its given one (:func:`_controls`)."""
+    are never an entity a fact pairs with its given one (:func:`_controls`), nor the given one itself: where
+    an entity is both a given and an answer (a chain world's y), its own entry M[y, y] is what a copying head
+    writes largest, and as a control it inflated the row's spread (31 of 150 rows of a chain world drew it)."""
     if n_controls < 2:
         raise ValueError(f"n_controls must be ≥ 2 to estimate a spread, got {n_controls}")
     generator = torch.Generator().manual_seed(seed)
@@ -386,7 +389,7 @@ def _rows(facts: FactSet, tokens: EntityTokens, n_controls: int, seed: int) -> t
     sources, targets = [], []
     for fact in facts:
         for given, answer, pool in ((fact.subject, fact.object, objects), (fact.object, fact.subject, subjects)):
-            controls = _controls(pool, answer, tokens.index_of, n_controls, generator, partners[given])
+            controls = _controls(pool, answer, tokens.index_of, n_controls, generator, partners[given] | {given})
             sources.append(tokens.index_of[given])
             targets.append([tokens.index_of[e] for e in (answer, *controls)])
     return torch.tensor(sources), torch.tensor(targets)

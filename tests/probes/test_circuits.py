@@ -130,7 +130,8 @@ def test_entities_outside_the_vocabulary_are_named(world):
 def test_a_row_never_takes_an_entity_its_given_one_is_paired_with_as_a_control():
     """In a chain world (x → y, y → z, x ⇝ z in one fact set, as a run's facts.jsonl holds them) the objects are
     y's and z's, so Y[x, z]'s controls could draw x's own y, whose entry "x → y" trained; no row's controls
-    hold a partner of its given entity, while the plain reversal world's rows draw what they drew before."""
+    hold a partner of its given entity, nor the given entity itself (a copying head's largest entry), while the
+    plain reversal world's rows draw what they drew before."""
     from facts.token_worlds import chain_world, reversal_world
     from probes.circuits import _entity_tokens, _rows
 
@@ -145,6 +146,7 @@ def test_a_row_never_takes_an_entity_its_given_one_is_paired_with_as_a_control()
     sources, targets = _rows(chain, tokens, 8, 0)
     for source, row in zip(sources.tolist(), targets.tolist()):
         assert not {names[t] for t in row[1:]} & partners[names[source]]
+        assert source not in row[1:]  # nor the given entity itself (y is given for z and an answer for x)
     world = reversal_world(n_pairs=30, seed=0)
     plain = _entity_tokens(world, vocab.entity_ids, vocab.d_vocab)
     _, drawn = _rows(world, plain, 8, 0)
