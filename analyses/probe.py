@@ -145,12 +145,15 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 def logit_summary(table: pd.DataFrame) -> dict[str, Any]:
-    """Mean log-prob, margin and accuracy per (split, direction)."""
+    """Mean log-prob, margin, accuracy and rank per (split, direction), and how many answers the rank is among
+    (``n_candidates``; a range where the rows differ)."""
     out = {}
     for (split, direction), part in table.groupby(["split", "direction"]):
+        among = sorted({int(n) for n in part.n_candidates})
         out[f"{split}/{direction}"] = {
             "n": int(len(part)), "logprob": float(part.logprob.mean()), "margin": float(part.margin.mean()),
             "accuracy": float(part.correct.mean()), "mean_rank": float(part["rank"].mean()),
+            "n_candidates": among[0] if len(among) == 1 else [among[0], among[-1]],
         }
     return out
 
@@ -337,8 +340,9 @@ def tracing_figures(probed: ProbedModel, facts: FactSet, out: Path, n_facts: int
     write_csv(table, out / "tracing.csv")
     kind = "" if probed.trained_on_facts else f" ({PRIOR})"
     save_png(tracing_heatmaps(average_over_statements(table),
-                              title=f"Causal tracing{kind}: p(answer) restored minus corrupted, mean over "
-                                    f"{len(chosen)} facts, {n_samples} noise samples"), out / "tracing.png")
+                              title=f"Causal tracing{kind}: p(answer) restored minus corrupted, mean over the "
+                                    f"statements of {len(chosen)} facts (n per panel), {n_samples} noise samples"),
+             out / "tracing.png")
     statements = int(len(table.drop_duplicates(["fact", "direction"])))
     return {"facts": len(chosen), "statements": statements, "n_samples": n_samples,
             "noise_std": float(table.noise_std.iloc[0]), "seconds_per_statement": seconds / statements,
@@ -346,6 +350,15 @@ def tracing_figures(probed: ProbedModel, facts: FactSet, out: Path, n_facts: int
 
 
 CAPTIONS = {
+    "margins.png": "Mean log-probability margin of the true answer over random answers of the same kind, per split "
+                   "and direction (trained, held out), with 95% intervals. Paper: a margin for trained directions, "
+                   "≈ 0 for held-out reverses.",
+    "circuits.png": "Per circuit (direct path, and OV and QK per head), the mean z-score of the trained direction's "
+                    "entry and of the held-out direction's entry over one-way facts, against random controls of the "
+                    "same row. Paper: Y[A, B] large where A → B was trained, Y[B, A] ≈ 0.",
+    "multiple_choice.csv": "The forward (held-out paraphrase) and reverse questions as multiple choice, every option "
+                           "under every letter once: per order the letters' probabilities, and per question the "
+                           "debiased choice (option scores averaged over the orders).",
     "attribution.png": "Direct logit attribution of the representative fact's answers at the last prompt position "
                        "(each prompt's own answer, its first token), per head, MLP and embedding, forward prompt vs "
                        "reverse prompt; heads behind a post-attention norm are read through it at its cached scale.",
@@ -385,7 +398,8 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
                 patch_layers: Sequence[int] | None = None, about: dict[str, Any] | None = None,
                 tracing: dict[str, int] | None = None, head_patching: bool = False,
                 attribution_patching: bool = False, lens: bool = False,
-                choices: tuple[QuestionSet, int] | None = None) -> dict[str, Any]:
+                choices: tuple[QuestionSet, int] | None = None,
+                candidates: Sequence[str] | None = None) -> dict[str, Any]:
     """Every probe of ``probed`` on ``facts``: tables, figures and summary.json into ``out``.
 
     A model not trained on the facts (``probed.trained_on_facts`` False) is probed for its prior
@@ -393,20 +407,25 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
     the reverse one (:func:`prior_circuit_summary`) instead of trained with held-out directions. A
     circuit summary that no fact defines writes no circuits.png and says why. ``choices``: (questions,
     K) to ask the forward and reverse questions as multiple choice with K options
-    (:mod:`analyses.multiple_choice`; multiple_choice.csv).
+    (:mod:`analyses.multiple_choice`; multiple_choice.csv). ``candidates``: the answers a statement is ranked
+    among where the model ranks against every candidate (default: the entities of ``facts``; a fact file cut
+    by ``--limit`` passes its whole file's, so a rank and its chance level do not depend on the cut).
     """
     out = Path(out)
     trained = probed.trained_on_facts
-    table = answer_table(probed.model, facts, probed.statements, n_controls=n_controls,
+    table = answer_table(probed.model, facts, probed.statements, candidates=candidates, n_controls=n_controls,
                          rank_against=probed.rank_against)
-    if not trained:
-        table["split"] = PRIOR
     circuits = circuit_table(probed.model, facts, probed.entity_ids)
+    if not trained:  # nothing was trained: no statement is "train" or "heldout", in any table
+        table["split"], table["trained"] = PRIOR, False
+        for direction in ("forward", "reverse"):
+            circuits[direction] = circuits[direction].astype(object).mask(circuits[direction].notna(), PRIOR)
     out.mkdir(parents=True, exist_ok=True)
     per_circuit = circuit_summary(circuits) if trained else prior_circuit_summary(circuits)
     count = "n_one_way" if trained else "n_facts"
     measured = [r for r in per_circuit if r[count] and pd.notna(r["asymmetry"])]
-    best = next((r["circuit"] for r in ranked_by_asymmetry(per_circuit, count)), None)
+    # trained: the largest trained − held-out gap (the paper's direction); prior knowledge: the largest either way
+    best = next((r["circuit"] for r in ranked_by_asymmetry(per_circuit, count, magnitude=not trained)), None)
     write_csv(table, out / "logits.csv")
     write_csv(circuits, out / "circuits.csv")
     from analyses.figures import circuit_asymmetry_bars, margin_bars
@@ -422,9 +441,12 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
                                         bars=bars), out / "circuits.png")
         figures.append("circuits.png")
     else:
+        defined = any(r[count] for r in per_circuit)  # facts in play, but no finite z-score (controls that do not vary)
         notes["circuits_undefined"] = (
-            "no fact has one direction trained and the other held out, so no circuit has a trained − held-out "
-            "asymmetry; circuits.png is not written" if trained else
+            ("no circuit has a finite z-score on a fact with one direction trained and the other held out (the "
+             "controls' entries do not vary: too few controls?)" if defined else
+             "no fact has one direction trained and the other held out") + ", so no circuit has a trained − "
+            "held-out asymmetry; circuits.png is not written" if trained else
             "no fact has both directions in play with finite z-scores, so no circuit has a forward − reverse "
             "asymmetry; circuits.png is not written")
     attribution = attribution_figures(probed, facts, out, patch_layers, head_patching, attribution_patching)
@@ -547,4 +569,4 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
                                   **({} if templates_file is None else {"templates_file": str(templates_file)}),
                                   "float32_matmul": kernels},
                            tracing=tracing, head_patching=head_patching, attribution_patching=attribution_patching,
-                           lens=lens, choices=choices)
+                           lens=lens, choices=choices, candidates=source.facts.entities())

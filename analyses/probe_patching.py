@@ -154,8 +154,9 @@ def format_extras(summary: dict[str, Any]) -> list[str]:
     if "head_patching" in attribution:
         heads = attribution["head_patching"]
         lines.append(f"head patching: skipped ({heads['skipped']})" if "skipped" in heads else
-                     f"head patching: best head {heads['best_head']} raises log p to {heads['best_logprob']:.2f} "
-                     f"(unpatched {heads['corrupted_logprob']:.2f})")
+                     f"head patching: best head {heads['best_head']} moves log p from {heads['corrupted_logprob']:.3f} "
+                     f"(unpatched) to {heads['best_logprob']:.3f} "
+                     f"({heads['best_logprob'] - heads['corrupted_logprob']:+.3f})")
     if "attribution_patching" in attribution:
         entry = attribution["attribution_patching"]
         shown = ", ".join(f"{site} {'undefined' if r is None else f'{r:.3f}'}" for site, r in entry["pearson"].items())

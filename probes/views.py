@@ -289,7 +289,8 @@ def logit_lens_lines(table: pd.DataFrame, title: str = ""):
 def tracing_heatmaps(average: pd.DataFrame, title: str = "", value_label: str = "mean indirect effect on p(answer)"):
     """Causal-tracing heatmaps (:func:`probes.tracing.average_over_statements`): one row of panels per
     question kind ("split/direction"), one panel per component, layers × position buckets, one shared
-    colour scale; each panel's title names its peak site and the peak's 95% interval across facts."""
+    colour scale; each panel's title names its statements (n), its peak site and the peak's 95% interval across
+    them."""
     from matplotlib.figure import Figure
 
     from probes.tracing import BUCKETS
@@ -313,8 +314,8 @@ def tracing_heatmaps(average: pd.DataFrame, title: str = "", value_label: str = 
             image = axis.imshow(grid.to_numpy(), cmap="viridis", vmin=low, vmax=high, aspect="auto",
                                 interpolation="nearest", origin="lower")
             best = part.loc[part["mean"].idxmax()]
-            axis.set_title(f"{question}, {component}\npeak L{int(best.layer)} {best.bucket}: {best['mean']:.3f} "
-                           f"[{best.ci_low:.3f}, {best.ci_high:.3f}]", fontsize=8)
+            axis.set_title(f"{question} (n {int(part.n.max())}), {component}\npeak L{int(best.layer)} {best.bucket}: "
+                           f"{best['mean']:.3f} [{best.ci_low:.3f}, {best.ci_high:.3f}]", fontsize=8)
             axis.set_xticks(range(len(buckets)), buckets, rotation=60, fontsize=7)
             axis.set_yticks(range(0, n_layers, max(1, n_layers // 6)))
             axis.set_ylabel("layer")

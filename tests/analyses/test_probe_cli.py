@@ -173,8 +173,12 @@ def test_pretrained_probe_on_people_facts(smollm2_hooked, smollm2_tokenizer, tmp
     assert_offline_view(tmp_path / "attention_reverse.html", '"L0H0"', '"L29H8"', "Willow")
     # SmolLM2 never trained on these people: prior knowledge, never "train/forward"
     assert set(table.split) == {PRIOR} and set(summary["logits"]) == {f"{PRIOR}/forward", f"{PRIOR}/reverse"}
+    assert not table.trained.any() and set(circuits.forward) | set(circuits.reverse) == {PRIOR}  # no file's split
     assert summary["prior_knowledge"].startswith(PRIOR) and attribution["reverse"]["split"] == PRIOR
     assert "trained direction" not in summary["captions"]["circuits.png"]
+    # nothing favours one direction: the most asymmetric circuit is the largest gap either way
+    gaps = {row["circuit"]: abs(row["asymmetry"]) for row in summary["circuits"] if np.isfinite(row["asymmetry"])}
+    assert summary["most_asymmetric_circuit"] == max(gaps, key=gaps.get)
     # patching scores the reverse answer, the name, all its tokens
     assert attribution["reverse"]["answer"] == " Bartholomew Holloway"
     assert "reverse answer ' Bartholomew Holloway'" in attribution["patching"]["metric"]
@@ -209,12 +213,20 @@ def test_pretrained_probe_on_celebrity_facts_defines_every_summary(smollm2_hooke
 
 
 def test_probe_limit_takes_the_first_facts_and_records_it(run, world, tmp_path, capsys):
-    revlens_in_process(capsys, "probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"),
-                       "--out", str(tmp_path), "--limit", "7", "--controls", "6", "--patch-layers", "0")
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    table = pd.read_csv(tmp_path / "logits.csv")
+    for out, limit in ((tmp_path / "cut", ["--limit", "7"]), (tmp_path / "whole", [])):
+        revlens_in_process(capsys, "probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"),
+                           "--out", str(out), *limit, "--controls", "6", "--patch-layers", "0")
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    table = pd.read_csv(tmp_path / "cut" / "logits.csv")
     assert summary["limit"] == 7 and sorted(set(table.fact)) == list(range(7))
     assert len(table) == sum(1 for index, _, _ in world.statements() if index < 7)
+    # ranked among the whole file's entities, as without --limit: the rank and chance do not depend on the cut
+    assert set(table.n_candidates) == {len(world.entities())} and len(world.entities()) > 2 * 7
+    assert all(row["n_candidates"] == len(world.entities()) for row in summary["logits"].values())
+    whole = pd.read_csv(tmp_path / "whole" / "logits.csv")
+    merged = table.merge(whole, on=["fact", "direction"], suffixes=("", "_whole"))
+    assert len(merged) == len(table) and (merged["rank"] == merged["rank_whole"]).all()
+    assert (merged.chance_logprob == merged.chance_logprob_whole).all()
 
 
 def test_tracing_on_the_bridge_is_refused_before_the_model_loads(tmp_path, capsys):
