@@ -579,16 +579,21 @@ def _delta_mlp(before_mlp: torch.nn.Module, after_mlp: torch.nn.Module, x: Float
 
 def _delta_ov(before_attention, after_attention, x: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows d_model"]:
     """Σ_h x·(W_V'^h W_O'^h − W_V^h W_O^h): what every head would write, attending to ``x`` alone, after
-    minus before (exact in the weights; value and output biases left out)."""
-    def written(attention) -> Tensor:
-        w_v, w_o = attention.W_V.detach().float(), attention.W_O
+    minus before (exact in the weights; value and output biases left out). Computed as
+    Σ_h x·((W_V'^h − W_V^h) W_O'^h + W_V^h (W_O'^h − W_O^h)), the same sum, from the weights' differences: the
+    difference of the two products lost ~100× its float32 rounding to cancellation (SmolLM2: products of norm
+    ~84, their difference ~0.7)."""
+    def factors(attention) -> tuple[Tensor, Tensor]:
+        w_v, w_o = attention.W_V.detach().float(), attention.W_O.detach().float()
         if len(w_v) != len(w_o):  # key/value heads not repeated (TransformerLens 4's bridge): query head h reads h // group
             w_v = w_v.repeat_interleave(len(w_o) // len(w_v), dim=0)
-        values = einops.einsum(x, w_v, "rows d_model, head d_model d_head -> rows head d_head")
-        return einops.einsum(values, attention.W_O.detach().float(),
-                             "rows head d_head, head d_head d_model -> rows d_model")
+        return w_v, w_o
 
-    return written(after_attention) - written(before_attention)
+    (v_before, o_before), (v_after, o_after) = factors(before_attention), factors(after_attention)
+    values_change = einops.einsum(x, v_after - v_before, "rows d_model, head d_model d_head -> rows head d_head")
+    values = einops.einsum(x, v_before, "rows d_model, head d_model d_head -> rows head d_head")
+    return (einops.einsum(values_change, o_after, "rows head d_head, head d_head d_model -> rows d_model")
+            + einops.einsum(values, o_after - o_before, "rows head d_head, head d_head d_model -> rows d_model"))
 
 
 @torch.no_grad()

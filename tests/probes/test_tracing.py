@@ -315,6 +315,34 @@ def test_a_change_of_the_mlp_output_weights_is_read_exactly(tiny_before_after, w
         assert float(mlp.entry_ab[index]) == pytest.approx(float((change[0, 0] @ target).detach()), rel=1e-4, abs=1e-6)
 
 
+def test_a_small_change_of_the_ov_weights_is_read_to_float32_precision(tiny_before_after, world, vocab):
+    """W_V and W_O of layer 1 moved by 1e-5 (a short fine-tune's order): ΔOV equals the float64 difference of
+    the two products to 1e-4 relative. The difference of the float32 products themselves lost it to
+    cancellation (the products are ~10⁴ times the change)."""
+    before, _ = tiny_before_after
+    after = copy.deepcopy(before)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for weight in (after.blocks[1].attn.W_V, after.blocks[1].attn.W_O):
+            weight.add_(1e-5 * torch.randn(weight.shape, generator=generator).to(weight.device))
+    table = weight_change_table(before, after, world, vocab, vocab.entity_ids, layers=[1], n_controls=8)
+    ov = table[table.circuit == "delta_ov"].set_index("fact")
+    largest = 0.0
+    for index in (0, 5, 9):
+        example = vocab.example(world, index, "forward")
+        with torch.no_grad():
+            _, cache = before.run_with_cache(torch.tensor([example.prompt]))
+            x = before.blocks[1].ln1(cache["blocks.1.hook_resid_pre"][:, 0]).double()
+        products = [torch.einsum("hmd,hde->me", model.blocks[1].attn.W_V.detach().double(),
+                                 model.blocks[1].attn.W_O.detach().double()) for model in (before, after)]
+        target = (before.W_U[:, vocab.entity_ids(world[index].object)[0]] * before.ln_final.w).detach().double()
+        target = target - target.mean()
+        expected = float(x[0] @ (products[1] - products[0]) @ target)
+        assert float(ov.entry_ab[index]) == pytest.approx(expected, rel=1e-4)
+        largest = max(largest, abs(expected))
+    assert largest > 1e-6  # a change to read
+
+
 def test_training_moves_the_trained_direction_not_the_held_out_one(tiny_before_after, world, vocab):
     before, after = tiny_before_after
     table = weight_change_table(before, after, world, vocab, vocab.entity_ids)
