@@ -32,7 +32,8 @@ attention output (OV: W_V W_O then its scale) and the per-head query and key nor
 between W_Q and W_Kᵀ); their per-dimension scales change which answers an entity favours, so leaving them
 out moved z-scores by up to 21 on Gemma 3 270M. The per-token 1/σ normalisation, biases, rotary
 positions (QK is the score at relative distance 0, before any soft cap: Gemma 2's tanh) and all
-nonlinear paths through earlier layers are left out, so for layers > 0 the OV and QK entries are the embedding-to-head ("first-order") circuits.
+nonlinear paths through earlier layers are left out, so for layers > 0 the OV and QK entries are the
+embedding-to-head ("first-order") circuits.
 
 Entities of several tokens. An entity is read as the mean of its tokens' vectors, on either
 side: by bilinearity ``M[mean_i s_i, mean_j t_j] = mean_{i,j} M[s_i, t_j]``, the entry averaged
