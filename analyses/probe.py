@@ -376,6 +376,9 @@ CAPTIONS = {
 
 
 PRIOR_CAPTIONS = {
+    "multiple_choice.csv": f"Each fact's forward (A → B) and reverse (B → A) question as multiple choice, every option "
+                           f"under every letter once ({PRIOR}: a group's trained order does not apply, so the "
+                           f"setting is the fact's direction, as in logits.csv).",
     "margins.png": f"Mean log-probability margin of the true answer over random answers of the same kind, forward "
                    f"and reverse ({PRIOR}: the model never trained on these facts here), with 95% intervals.",
     "circuits.png": f"Per circuit (direct path, and OV and QK per head), the mean z-score of the forward entry "
@@ -459,8 +462,8 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
         from analyses.multiple_choice import multiple_choice_summary, multiple_choice_table
 
         asked = multiple_choice_table(probed.model, choices[0], probed.statements.tokenizer, choices[1])
-        if not trained:
-            asked["split"] = PRIOR
+        if not trained:  # no trained order to be "forward" to: each question is named by its fact's direction,
+            asked["split"], asked["setting"] = PRIOR, asked["direction"]  # as logits.csv names it
         write_csv(asked, out / "multiple_choice.csv")
         notes["multiple_choice"] = multiple_choice_summary(asked)
         figures.append("multiple_choice.csv")

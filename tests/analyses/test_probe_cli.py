@@ -305,6 +305,9 @@ def test_probe_cli_asks_multiple_choice_on_a_fact_file(tiny_llama_folder, suffix
                                 "--out", str(out))
     table = pd.read_csv(out / "multiple_choice.csv")
     assert len(table) and set(table.n_options) == {2}
-    assert {"forward_heldout_paraphrase", "reverse"} <= set(table.setting)
+    # a model never trained on the file: each question is named by its fact's direction, as logits.csv names it
+    # (a d2p group's "forward" question, in its trained order, asks the fact's reverse)
+    assert set(table.setting) == {"forward", "reverse"} and (table.setting == table.direction).all()
+    assert set(table.split) == {PRIOR} and {"p2d", "d2p"} <= set(table.group)
     assert "multiple_choice" in json.loads((out / "summary.json").read_text())
     assert "multiple_choice.csv" in result.stdout
