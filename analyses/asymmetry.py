@@ -54,7 +54,7 @@ from analyses.stats import ci95_half_width
 from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer, controls_of
 from facts.schema import Direction, FactError, FactSet
-from models.backend import is_hooked, is_tl_model
+from models.backend import is_tl_model, wrapper_name
 from models.cpu_matmul import float32_matmul
 from models.pretrained import DEFAULT_MODEL, Backend, TLModel, load
 from models.scoring import model_device
@@ -339,7 +339,7 @@ def check_asymmetry(
         "experiment": "asymmetry",
         "model": model.cfg.model_name,
         "model_name_or_path": name,
-        "backend": "hooked" if is_hooked(model) else "bridge",
+        "backend": wrapper_name(model),
         "device": str(model_device(model)),
         "float32_matmul": kernels,
         "data": facts.meta["source"],

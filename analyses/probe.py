@@ -58,6 +58,7 @@ from facts.schema import FactSet
 from facts.sources import read_fact_source
 from facts.token_worlds import TokenVocab
 from facts.tokens import Example, FactTokenizer
+from models.backend import wrapper_name
 from models.bilinear import BilinearModel
 from models.checkpoint import list_checkpoints
 from models.cpu_matmul import DEFAULT, float32_matmul
@@ -222,7 +223,7 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
         check_circuits_architecture(name, architecture)  # before any weight is read: OLMo 2 on any backend,
         check_attribution_architecture(name, architecture, gives_hooked_transformer(backend))  # Gemma's bridge
         model = load(model_path, backend=backend, device=device)  # with its tokenizer, BOS as the files declare
-    return pretrained_probed(model, model.tokenizer, facts.world, {"backend": backend}, templates)
+    return pretrained_probed(model, model.tokenizer, facts.world, {"backend": wrapper_name(model)}, templates)
 
 
 def representative_fact(facts: FactSet) -> int | None:

@@ -95,6 +95,15 @@ def is_hooked(model: object) -> bool:
     return HookedTransformer is not None and isinstance(model, HookedTransformer)
 
 
+def wrapper_name(model: object) -> str:
+    """What a loaded model runs as, for summaries: "hooked" (a ``HookedTransformer``), "bridge (compatibility
+    mode)" (TransformerLens 4's bridge under HookedTransformer's hook names: what ``backend="hooked"`` gives
+    there) or "bridge"."""
+    if is_hooked(model):
+        return "hooked"
+    return "bridge (compatibility mode)" if getattr(model, "compatibility_mode", False) else "bridge"
+
+
 def is_native_bridge(model: object) -> bool:
     """Whether ``model`` is a bridge over TransformerLens 4's own from-scratch model (``boot_native``)."""
     return isinstance(model, TransformerBridge) and type(model.adapter).__name__ == "NativeArchitectureAdapter"

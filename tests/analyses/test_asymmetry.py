@@ -53,7 +53,8 @@ def run(hooked, tmp_path_factory):
 def test_summary_fields_and_files(run):
     summary, out = run
     assert summary["model"] == summary["model_name_or_path"] == "SmolLM2-135M-Instruct"
-    assert summary["backend"] == ("hooked" if HookedTransformer else "bridge")  # TL 4: "hooked" loads a bridge
+    # TL 4: "hooked" loads a bridge under HookedTransformer's hook names, and says so
+    assert summary["backend"] == ("hooked" if HookedTransformer else "bridge (compatibility mode)")
     assert (summary["rows"], summary["pairs"], summary["pairs_checked"]) == (1513, 1511, LIMIT)
     assert summary["prompts"] == {"child_to_parent": "Q: Who is Sasha Calle's mother?\nA:",
                                   "parent_to_child": "Q: Name a child of Samira Calle.\nA:"}
