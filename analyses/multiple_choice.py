@@ -197,9 +197,9 @@ def multiple_choice_summary(table: pd.DataFrame) -> dict[str, Any]:
         raw, unbiased = mean_ci95(part.p_correct, part.fact), mean_ci95(fair.p_debiased, part.fact)
         out["groups"].setdefault(group, {})[setting] = {
             "n": int(len(part)), "facts": raw["n"], "p_correct": raw["mean"], "p_correct_ci95": raw["ci95"],
-            "accuracy": float(part.correct.groupby(part.fact.to_numpy(), sort=False).mean().mean()),
+            "accuracy": mean_ci95(part.correct, part.fact)["mean"],
             "p_debiased": unbiased["mean"], "p_debiased_ci95": unbiased["ci95"],
-            "accuracy_debiased": float(fair.correct_debiased.groupby(part.fact.to_numpy(), sort=False).mean().mean())}
+            "accuracy_debiased": mean_ci95(fair.correct_debiased, part.fact)["mean"]}
     return out
 
 
