@@ -2,8 +2,8 @@
 
 AdamW on the mean cross-entropy of the *answer* tokens (:func:`models.scoring.answer_loss`).
 Batches are a fixed function of (seed, step): epoch e shuffles the rows with a generator
-seeded by ``seed + e``, so resuming at step s replays exactly the batches an uninterrupted
-run would have seen, and the same seed gives the same numbers.
+seeded by ``derived_seed(seed, e)``, so resuming at step s replays exactly the batches an uninterrupted
+run would have seen, the same seed gives the same numbers, and runs of different seeds share no epoch's order.
 
 Every ``eval_every`` steps the trainer scores each evaluation set (mean answer log-prob,
 mean probability, greedy accuracy) and calls the callbacks, whose dicts join the record.
@@ -90,11 +90,19 @@ class TrainResult:
     steps: int
 
 
+def derived_seed(seed: int, index: int) -> int:
+    """The generator seed of draw ``index`` (a step, an epoch, a traced statement) of a run seeded ``seed``:
+    seed · 1,000,003 + index (mod 2⁶³). Runs of different seeds share no draw's seed while index < 1,000,003;
+    ``seed + index`` would make seed s + 1's draws seed s's shifted by one (epoch e + 1's batch order of seed s
+    was seed s + 1's epoch e), so a sweep's seeds would not be independent. Seed 0 keeps ``index``."""
+    return (seed * 1_000_003 + index) % (1 << 63)
+
+
 def step_seed(seed: int, step: int) -> int:
     """The seed of torch's generator during training step ``step``: what a model draws inside its forward pass
     (dropout, as a transformers model in train mode does) is then a function of (seed, step), like the batches,
     so a run is reproduced across processes and a resumed run draws what the uninterrupted one drew."""
-    return (seed * 1_000_003 + step) % (1 << 63)
+    return derived_seed(seed, step)
 
 
 def batch_rows(n: int, step: int, batch_size: int | None, seed: int) -> torch.Tensor:
@@ -103,7 +111,7 @@ def batch_rows(n: int, step: int, batch_size: int | None, seed: int) -> torch.Te
         return torch.arange(n)
     per_epoch = math.ceil(n / batch_size)
     epoch, index = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, epoch)))
     return order[index * batch_size : (index + 1) * batch_size]
 
 

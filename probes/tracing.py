@@ -73,6 +73,7 @@ from facts.tokens import Example
 from models.backend import (TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry, is_hooked,
                             runs_from_layer)
 from models.scoring import answer_token_logprobs, check_causal, hooked_readout, token_logprobs
+from models.training import derived_seed
 from probes.hooks import check_layer, hook_names
 
 COMPONENTS: tuple[str, ...] = ("resid_pre", "resid_post", "mlp_out", "attn_out")
@@ -418,14 +419,15 @@ def trace_facts(
 ) -> pd.DataFrame:
     """:func:`trace` (at ``layers``, default all) for every directed statement in ``chosen`` (default: every statement in play),
     the given entity located by :func:`given_positions`; the tables concatenated. Each statement's
-    noise is drawn with seed ``seed + its row number``."""
+    noise is drawn with seed :func:`models.training.derived_seed` (``seed``, its row number): runs of different
+    seeds share no statement's noise."""
     chosen = [(i, d) for i, d, _ in facts.statements()] if chosen is None else list(chosen)
     frames = []
     for number, (index, direction) in enumerate(chosen):
         example = statements.example(facts, index, direction)
         given = given_positions(statements, facts, index, direction, example)
-        frames.append(trace(model, example, given, components, layers, noise_multiple, n_samples, seed + number,
-                            batch_size, token_label))
+        frames.append(trace(model, example, given, components, layers, noise_multiple, n_samples,
+                            derived_seed(seed, number), batch_size, token_label))
     return pd.concat(frames, ignore_index=True)
 
 

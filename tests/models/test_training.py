@@ -56,6 +56,16 @@ def test_batches_are_a_pure_function_of_the_step():
     assert not torch.equal(batch_rows(100, 0, 32, seed=3), batch_rows(100, 4, 32, seed=3))
 
 
+def test_runs_of_different_seeds_share_no_epoch_order():
+    """Seeds of a sweep are independent draws: no epoch's batch order of one seed is another seed's (with epoch e
+    seeded ``seed + e``, seed 4's epoch 0 was seed 3's epoch 1). Seed 0 keeps its orders, and so its numbers."""
+    orders = {(seed, epoch): tuple(torch.cat([batch_rows(40, epoch * 4 + k, 10, seed) for k in range(4)]).tolist())
+              for seed in range(6) for epoch in range(8)}
+    assert len(set(orders.values())) == len(orders)
+    seed_zero = [torch.randperm(40, generator=torch.Generator().manual_seed(epoch)) for epoch in range(8)]
+    assert all(torch.equal(batch_rows(40, epoch * 4, 10, seed=0), seed_zero[epoch][:10]) for epoch in range(8))
+
+
 def test_resume_from_a_mid_run_checkpoint_gives_the_same_final_numbers(batch, vocab, tmp_path):
     train_set = batch.where(split="train")
     card = {"kind": "hooked", "name": "one-layer"}
