@@ -21,6 +21,8 @@ from analyses.experiments import seed as _seed
 if TYPE_CHECKING:
     from analyses.sweep import Sweep
 
+PRETRAINED_HELP = ("smollm2-135m, gemma3-270m, a local Hugging Face folder, a .gguf file or a Hub id already in the "
+                   "local Hugging Face cache")
 FOLDER_COMMANDS = ("reproduce", "check-asymmetry", "finetune-facts", "probe", "compare")
 """Commands that write a run folder (:mod:`analyses.runfolder`); make-facts and report write one file."""
 
@@ -65,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "and finetune-facts read)")
     make.add_argument("world", choices=("reversal", "chain", "in-context", "people", "celebrity"))
     make.add_argument("--out", type=_out_path, required=True,
-                      help="the file to write: FILE.jsonl, FILE.csv (subject,relation,object,inverse_relation,group), "
-                           "or with --format berglund a folder in Berglund et al.'s experiment-1 layout (people)")
+                      help="the file to write: FILE.jsonl (any world), FILE.csv (subject,relation,object,"
+                           "inverse_relation,group; people) or with --format berglund a folder in Berglund et al.'s "
+                           "experiment-1 layout (people)")
     make.add_argument("--format", choices=("jsonl", "csv", "berglund"), default=None,
                       help="default: csv for an --out ending in .csv, else jsonl")
     make.add_argument("--seed", type=_seed, default=None, help="default 0 (generated worlds)")
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check-asymmetry", help="celebrity parents: does a pretrained model know child→parent better than parent→child?")
-    check.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a local HF folder or a .gguf file")
+    check.add_argument("--model", default="smollm2-135m", help=PRETRAINED_HELP)
     check.add_argument("--data", type=Path, default=None,
                        help="parent_child_pairs.csv (default: $REVLENS_CELEBRITY_CSV or the package's copy)")
     check.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
@@ -97,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     finetune = commands.add_parser(
         "finetune-facts", help="fine-tune a pretrained LLM on fictitious people or your own facts, test both ways")
-    finetune.add_argument("--model", default="smollm2-135m", help="smollm2-135m, a local HF folder or a .gguf file")
+    finetune.add_argument("--model", default="smollm2-135m", help=PRETRAINED_HELP)
     finetune.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
     finetune.add_argument("--people", type=_positive_int, default=None, help="fictitious people (default 30)")
     finetune.add_argument("--facts", type=Path, default=None,
@@ -143,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "probe", help="logit, circuit and attribution probes (DLA, patching, attention views) of a model on a fact file")
     probe.add_argument("--model", required=True,
                        help="a run's checkpoints/ folder, one step-NNNNNN.json, or a pretrained model "
-                            "(smollm2-135m, a local HF folder or .gguf file)")
+                            f"({PRETRAINED_HELP})")
     probe.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
                        help="TransformerLens wrapper for pretrained models (default hooked)")
     probe.add_argument("--facts", type=Path, required=True,
@@ -435,6 +438,9 @@ def _sweep(args: argparse.Namespace) -> int:
     from analyses import sweep as sweeps
 
     saved = args.out / sweeps.SWEEP_FILE
+    if args.threads is not None:  # torch runs only in the trials
+        raise sweeps.SweepError(f"--threads {args.threads}: a sweep's torch runs in its trials; give "
+                                f"--threads-per-trial {args.threads}")
     if args.file is not None and (args.experiment or args.seeds is not None or args.grid):
         raise sweeps.SweepError("give the sweep either as --file or as EXPERIMENT --seeds --grid, not both")
     if args.file is not None:
@@ -497,7 +503,7 @@ def _reproduce_all_seeds(args: argparse.Namespace) -> int:
         raise ValueError("--seed with --seeds: give one (--seeds N runs seeds 0 … N−1)")
     if len(args.finetuned) > 1:
         raise ValueError("--finetuned with --seeds: give one folder (it joins every seed's mitigations table)")
-    resources = sweeps.Resources(workers=args.workers)
+    resources = sweeps.Resources(workers=args.workers, threads=args.threads or 1)
     sweeps.check_resources(resources)
     plans = {name: sweeps.make_sweep(name, f"0-{args.seeds - 1}", [f"finetuned={args.finetuned[0]}"]
                                      if name == "mitigations" and args.finetuned else [])
@@ -518,8 +524,8 @@ def _reproduce_all_seeds(args: argparse.Namespace) -> int:
 
 def _reproduce_all_on_ray(args: argparse.Namespace, workers: int) -> int:
     """``reproduce all`` with ``workers`` experiments at once, each ``revlens reproduce NAME`` on one
-    of ``workers`` one-thread runners (:class:`analyses.sweep.Runners`, Ray actors), the costliest
-    first; each one's text printed as it finishes."""
+    of ``workers`` runners of ``--threads`` threads (default 1; :class:`analyses.sweep.Runners`, Ray actors),
+    the costliest first; each one's text printed as it finishes."""
     import json
     import time
 
@@ -527,7 +533,7 @@ def _reproduce_all_on_ray(args: argparse.Namespace, workers: int) -> int:
     from analyses import sweep as sweeps
 
     began = time.perf_counter()
-    resources = sweeps.Resources(workers=workers)
+    resources = sweeps.Resources(workers=workers, threads=args.threads or 1)
     sweeps.check_resources(resources)
     jobs = []
     for name in sorted(args.experiments or REPRODUCE_ALL, key=lambda name: -EXPERIMENTS[name].cpu_seconds):
@@ -564,7 +570,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     if getattr(args, "seeds", None):
         return _reproduce_all_seeds(args)
     if args.experiment == "all":
-        workers = min(args.workers or os.cpu_count() or 1, len(args.experiments or REPRODUCE_ALL))
+        each = args.threads or 1  # threads a runner
+        workers = min(args.workers or max(1, (os.cpu_count() or 1) // each), len(args.experiments or REPRODUCE_ALL))
         if workers > 1:
             return _reproduce_all_on_ray(args, workers)
     chosen = list(args.experiments or REPRODUCE_ALL) if args.experiment == "all" else [args.experiment]

@@ -554,7 +554,8 @@ def grid_options(name: str) -> dict[str, argparse.Action]:
         parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
     options = {}
     for action in parser._actions:
-        if not action.option_strings or action.dest in NOT_GRID or action.nargs == 0:
+        if not action.option_strings or action.dest in NOT_GRID or (
+                action.nargs == 0 and not isinstance(action, argparse._StoreTrueAction)):
             continue
         options[action.option_strings[-1 if len(action.option_strings) == 1 else 0].lstrip("-")] = action
     return options

@@ -86,17 +86,23 @@ class Trial:
     @property
     def name(self) -> str:
         """``key=value,...,seed=S``; characters a folder name should not hold are %-escaped."""
-        return ",".join(f"{key}={quote(str(value), safe='.-+_')}" for key, value in self.point) + (
+        return ",".join(f"{key}={quote(_shown(value), safe='.-+_')}" for key, value in self.point) + (
             "," if self.point else "") + f"seed={self.seed}"
 
     def argv(self, experiment: str, out: Path, threads: int) -> list[str]:
         """The ``revlens`` command line of this trial. An experiment whose run trains n consecutive seeds
         (:meth:`Experiment.seeds_per_run`) starts at ``seed · n``: trials of seeds 0, 1, … train 0…n−1, n…2n−1, …,
         never one seed twice (their statistics would count one run as two)."""
-        options = [f"--{key}={value}" for key, value in self.point]  # one token: a value may start with "-"
+        options = [f"--{key}" if value is True else f"--{key}={value}"  # one token: a value may start with "-"
+                   for key, value in self.point if value is not False]  # an off flag is left out
         first = self.seed * EXPERIMENTS[experiment].seeds_per_run(dict(self.point))
         return [*EXPERIMENTS[experiment].command, "--out", str(out), "--seed", str(first), *options,
                 "--quiet", "--threads", str(threads)]
+
+
+def _shown(value: Any) -> str:
+    """A grid value in a trial's name: an on/off flag as on or off."""
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
 @dataclass(frozen=True)
@@ -138,13 +144,23 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
+FLAG_VALUES = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+"""How a grid gives an on/off flag's value (``--grid freeze-embeddings=on,off``); it is kept as a bool."""
+
+
 def _typed(experiment: str, key: str, value: Any, where: str) -> Any:
-    """``value`` for option ``key`` as the command's parser reads it (its type and choices)."""
+    """``value`` for option ``key`` as the command's parser reads it (its type and choices; an on/off flag as a
+    bool)."""
     options = grid_options(experiment)
     if key not in options:
         raise SweepError(f"{where}: {experiment} has no option --{key}; its grid keys are "
                          f"{', '.join(options) or 'none (only seeds vary)'}")
     action = options[key]
+    if isinstance(action, argparse._StoreTrueAction):  # an on/off flag: on passes it, off leaves it out
+        switch = value if isinstance(value, bool) else FLAG_VALUES.get(str(value).strip().lower())
+        if switch is None:
+            raise SweepError(f"{where}: --{key} {value!r}: an on/off flag; give on or off (e.g. {key}=on,off)")
+        return switch
     try:
         typed = action.type(str(value)) if action.type else str(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as error:

@@ -16,7 +16,7 @@ import pytest
 
 from analyses.cli import main
 from analyses.stats import t_quantile
-from analyses.sweep import Sweep, Trial, read_sweep_file, sweep_toml
+from analyses.sweep import Sweep, Trial, make_sweep, read_sweep_file, sweep_toml
 from tests_support import ROOT, revlens
 
 SMALL = ["--grid", "model=one-layer", "--grid", "pairs=30", "--grid", "eval-every=20"]
@@ -169,6 +169,8 @@ def _free_port() -> int:
     (["reversal", "--gpus-per-trial", "inf"], "--gpus-per-trial: must be a finite number ≥ 0, got inf"),
     (["reversal", "--retries", "-1"], "--retries: must be ≥ 0, got -1"),
     (["reversal", "--grid", "device=-cpu"], "--grid device=-cpu: "),  # was "--device: expected one argument"
+    (["reversal", "--grid", "freeze-embeddings=maybe"], "--freeze-embeddings 'maybe': an on/off flag; give on or off"),
+    (["reversal", "--threads", "2"], "a sweep's torch runs in its trials; give --threads-per-trial 2"),  # was ignored
 ])
 def test_bad_sweeps_are_refused_before_anything_starts(args, message, tmp_path, capsys):
     try:
@@ -194,6 +196,22 @@ def test_the_sweep_file_reads_back_as_written():
         path.write_text(sweep_toml(sweep))
         assert read_sweep_file(path) == sweep
     assert Trial((("lr", 1e-05), ("facts", "a/b c")), 2).name == "lr=1e-05,facts=a%2Fb%20c,seed=2"
+
+
+def test_an_on_off_flag_is_a_grid_key_passed_when_on_and_left_out_when_off(tmp_path):
+    """``--grid freeze-embeddings=on,off`` (a flag takes no value, so it used to be "no option --freeze-embeddings"):
+    kept as a bool, written to sweep.toml as one, and each trial's command line parses to the value it stands for."""
+    from analyses.cli import build_parser
+
+    sweep = make_sweep("reversal", "0", ["freeze-embeddings=on,OFF", "steps=3"])
+    assert sweep.grid == {"freeze-embeddings": (True, False), "steps": (3,)}
+    (tmp_path / "sweep.toml").write_text(sweep_toml(sweep))
+    assert read_sweep_file(tmp_path / "sweep.toml") == sweep
+    for trial in sweep.trials():
+        parsed = build_parser().parse_args(trial.argv(sweep.experiment, tmp_path / trial.name, 1))
+        assert (parsed.freeze_embeddings, parsed.steps) == (dict(trial.point)["freeze-embeddings"], 3)
+    assert [t.name for t in sweep.trials()] == ["freeze-embeddings=on,steps=3,seed=0", "freeze-embeddings=off,steps=3,seed=0"]
+    assert make_sweep("chain", "0", ["related=on"]).grid == {"related": (True,)}
 
 
 @pytest.mark.parametrize("text, message", [
