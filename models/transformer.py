@@ -20,10 +20,11 @@ shape-wise).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 
@@ -97,6 +98,24 @@ def hooked_config(name: str, d_vocab: int, positional: Positional = "absolute", 
                                    device=str(device or default_device()))
 
 
+@contextlib.contextmanager
+def callers_random_state() -> Iterator[None]:
+    """torch's (CPU and CUDA), Python's and numpy's global generators as they were before the block: building a
+    model from a TransformerLens config seeds all three with the model's seed (``set_seed_everywhere``), which
+    would otherwise leave a notebook's later draws fixed by the last model built."""
+    import random
+
+    import numpy as np
+
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
+
+
 def build_model(name: str, d_vocab: int, positional: Positional = "absolute", seed: int = 0, device: Any = None,
                 n_layers: int | None = None):
     """A freshly initialised model of a named spec: a ``HookedTransformer`` under TransformerLens 3.9, a
@@ -108,14 +127,15 @@ def build_model(name: str, d_vocab: int, positional: Positional = "absolute", se
     """
     from models.backend import TL_MAJOR, HookedTransformer, build_native
 
-    if TL_MAJOR >= 4:
-        fields = model_fields(name, d_vocab, positional, n_layers)
-        model = build_native(fields, seed, torch.device(device or default_device()))
-    else:
-        cfg = hooked_config(name, d_vocab, positional, seed, device, n_layers)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
-            model = HookedTransformer(cfg)
+    with callers_random_state():  # a config's seed reseeds torch, random and numpy everywhere
+        if TL_MAJOR >= 4:
+            fields = model_fields(name, d_vocab, positional, n_layers)
+            model = build_native(fields, seed, torch.device(device or default_device()))
+        else:
+            cfg = hooked_config(name, d_vocab, positional, seed, device, n_layers)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_DEPRECATION, category=DeprecationWarning)
+                model = HookedTransformer(cfg)
     if positional == "none":
         model.W_pos.data.zero_()
         model.W_pos.requires_grad_(False)

@@ -47,3 +47,21 @@ def test_unknown_names_are_refused():
         build_model("huge", d_vocab=10)
     with pytest.raises(ValueError, match="unknown positional encoding 'alibi'"):
         build_model("tiny", d_vocab=10, positional="alibi")
+
+
+def test_building_a_model_leaves_the_callers_generators_as_they_were():
+    """A TransformerLens config's seed reseeds torch, random and numpy globally (``set_seed_everywhere``); building
+    a model used to leave ``random.random()`` at 0.134364 whatever the caller had drawn."""
+    import random
+
+    import numpy as np
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    expected = draws()
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    first = build_model("tiny", d_vocab=20, seed=3)
+    assert draws() == expected
+    assert torch.equal(build_model("tiny", d_vocab=20, seed=3).W_E, first.W_E)  # its own seed still decides it
