@@ -545,7 +545,7 @@ def _finetune_loaded(out: str | Path, config: FinetuneConfig, progress: bool, be
     entity_ids = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES).entity_ids
     tables = {"before": evaluate_questions(hf_model if by_tree else model, questions, tokenizer, controls)}
     choices = {"before": _ask_multiple_choice(model, questions, tokenizer, config)}
-    circuits = {"before": circuit_table(model, facts, entity_ids)} if facts is not None else {}
+    circuits = {"before": circuit_table(model, facts, entity_ids, seed=config.seed)} if facts is not None else {}
     tracing_began = time.perf_counter()
     tracing = _start_tracing(model, facts, tokenizer, config)
     traced = time.perf_counter() - tracing_began  # the tracing before fine-tuning
@@ -572,7 +572,7 @@ def _finetune_loaded(out: str | Path, config: FinetuneConfig, progress: bool, be
         tables["after"] = evaluate_questions(model, questions, tokenizer, controls)
     choices["after"] = _ask_multiple_choice(model, questions, tokenizer, config)
     if facts is not None:
-        circuits["after"] = circuit_table(model, facts, entity_ids)
+        circuits["after"] = circuit_table(model, facts, entity_ids, seed=config.seed)
     # disjoint stages; "trace" (causal tracing before and after, with its tables and figures) and "total" are
     # completed once the tracing after fine-tuning has run
     seconds = {"load": loaded - began, "train": result.seconds, "convert": converted - asked,

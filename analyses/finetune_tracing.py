@@ -87,7 +87,8 @@ class FinetuneTracing:
                                           title=f"Causal tracing {stage} fine-tuning"), out / f"tracing_{stage}.png")
                 entry["figures"].append(f"tracing_{stage}.png")
             entry["seconds_per_statement"] = {stage: s / len(self.chosen) for stage, s in self.seconds.items()}
-        changes = weight_change_table(self.before, model, self.facts, self.statements, self.statements.entity_ids)
+        changes = weight_change_table(self.before, model, self.facts, self.statements, self.statements.entity_ids,
+                                      seed=self.seed)
         write_csv(changes, out / "weight_change.csv")
         entry["weight_change"] = weight_change_summary(changes)
         save_png(circuit_asymmetry_bars(entry["weight_change"], title="Fine-tuning's weight change read at the "

@@ -9,6 +9,7 @@ figures are in ``benchmarks/finetune_throughput.py``).
 - `finetune-facts` runs end to end on a tiny Gemma 3 (BOS declared by its files);
 - LoRA changes only the adapted matrices, and the merged, converted model equals the HF model
   with its adapters; bad LoRA options are refused naming the valid ones.
+- `finetune-facts` draws its circuit controls with the run's seed.
 """
 
 from __future__ import annotations
@@ -201,3 +202,25 @@ def test_finetune_facts_with_lora_end_to_end(tiny_hf, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["finetune-facts", *small, "--lora-rank", "0", "--out", str(tmp_path / "zero")])
     assert "--lora-rank" in capsys.readouterr().err
+
+
+def test_finetune_facts_draws_its_circuit_controls_with_the_runs_seed(tiny_hf, tmp_path):
+    """On one fact file the model before fine-tuning is the same for every seed, so its circuit z-scores differ
+    between seeds only through their controls; those were drawn with seed 0 whatever ``--seed`` said, so every
+    seed of a sweep reported the same "before" circuits, and their interval left out the controls' variance."""
+    import pandas as pd
+
+    from analyses.cli import main
+
+    facts = tmp_path / "people.jsonl"
+    assert main(["make-facts", "people", "--size", "4", "--out", str(facts)]) == 0
+    before = {}
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        assert main(["finetune-facts", "--model", str(tiny_hf["llama"]), "--facts", str(facts), "--controls", "2",
+                     "--epochs", "1", "--tracing-facts", "0", "--multiple-choice", "0", "--seed", str(seed),
+                     "--quiet", "--out", str(out)]) == 0
+        table = pd.read_csv(out / "before_circuits.csv")
+        before[seed] = table.sort_values(["fact", "circuit"])[["entry_ab", "z_ab"]].to_numpy()
+    assert before[0][:, 0].tolist() == before[1][:, 0].tolist()  # the same model, the same entries
+    assert (before[0][:, 1] != before[1][:, 1]).mean() > 0.5  # read against other controls
