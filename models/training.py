@@ -94,7 +94,10 @@ def derived_seed(seed: int, index: int) -> int:
     """The generator seed of draw ``index`` (a step, an epoch, a traced statement) of a run seeded ``seed``:
     seed · 1,000,003 + index (mod 2⁶³). Runs of different seeds share no draw's seed while index < 1,000,003;
     ``seed + index`` would make seed s + 1's draws seed s's shifted by one (epoch e + 1's batch order of seed s
-    was seed s + 1's epoch e), so a sweep's seeds would not be independent. Seed 0 keeps ``index``."""
+    was seed s + 1's epoch e), so a sweep's seeds would not be independent. Seed 0 keeps ``index``, so
+    ``derived_seed(0, s)`` is the raw seed s that builds a token world or a model's initial weights: a draw of the
+    same kind and shape as those must use a stream of its own (causal tracing's noise:
+    :func:`probes.tracing.noise_seed`)."""
     return (seed * 1_000_003 + index) % (1 << 63)
 
 

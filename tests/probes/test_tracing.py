@@ -154,6 +154,28 @@ def test_the_headline_in_words_before_and_after_training(tiny_before_after, worl
                                                ["components"].values()), rel=0.05)
 
 
+def test_the_noise_is_no_draw_of_the_traced_models_own_initial_weights(trained_tiny, world, vocab):
+    """Tracing seed n seeded its noise generator with n, and a token-world model of seed n draws its initial W_E
+    from a generator seeded with n: the noise of a seed-0 model's first statement was its own initial embeddings
+    of the first tokens, scaled (cosine 1). The noise, read as the corrupted run's minus the clean run's residual
+    stream entering block 0 at the given entity, is now unrelated to them."""
+    example = vocab.example(world, 0, "forward")
+    given = given_positions(vocab, world, 0, "forward", example)
+    initial = build_model("tiny", vocab.d_vocab, seed=0).W_E.detach()
+    embedded = []
+    trained_tiny.add_hook("blocks.0.hook_resid_pre", lambda resid, hook: embedded.append(resid.detach().clone()))
+    try:
+        trace_sites(trained_tiny, example, given, [Site("resid_pre", 0, (given[0],))], n_samples=2, seed=0)
+    finally:
+        trained_tiny.reset_hooks()
+    clean, corrupted = embedded[0][0], embedded[1]  # the clean run, then the corrupted one
+    assert corrupted.shape[0] == 2
+    noise = (corrupted[:, list(given)] - clean[list(given)]).reshape(2 * len(given), -1)
+    assert noise.norm(dim=-1).min() > 0
+    cosine = torch.nn.functional.cosine_similarity(noise, initial[: len(noise)], dim=-1)
+    assert cosine.abs().max() < 0.5, cosine
+
+
 def test_buckets_follow_meng_et_al():
     assert buckets(9, (2, 3, 4)) == ["before", "before", "given first", "given middle", "given last", "after first",
                                      "further", "further", "last"]
