@@ -112,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--train-paraphrases", "--templates", dest="templates", metavar="N", type=_positive_int,
                           default=None,
                           help="train on the first N paraphrases (prompts) per fact (default 2; Berglund folder: all)")
-    finetune.add_argument("--epochs", type=_positive_int, default=None, help="passes over the sentences")
-    finetune.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate")
-    finetune.add_argument("--batch-size", type=_positive_int, default=None)
+    finetune.add_argument("--epochs", type=_positive_int, default=None, help="passes over the sentences (default 8)")
+    finetune.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate (default 3e-4)")
+    finetune.add_argument("--batch-size", type=_positive_int, default=None, help="sentences a step (default 16)")
     finetune.add_argument("--trainable-blocks", type=_positive_int, default=None,
                           help="memory-light: train only the last N blocks (default: every parameter)")
     finetune.add_argument("--lora-rank", type=_positive_int, default=None, metavar="R",
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="LoRA scale numerator: W + (A/R)·BA (default 2R; needs --lora-rank)")
     finetune.add_argument("--lora-targets", nargs="+", default=None, metavar="NAME",
                           help="block linear layers to adapt, e.g. q_proj v_proj (default: all of them)")
-    finetune.add_argument("--controls", type=_positive_int, default=None, help="random answers per question")
+    finetune.add_argument("--controls", type=_positive_int, default=None,
+                          help="random answers of the same kind per question (default 16)")
     finetune.add_argument("--mitigation", choices=("none", "bidirectional", "reverse-training", "identity-bridge"),
                           default="none",
                           help="bidirectional: as many people again trained both ways; reverse-training: every "
