@@ -122,7 +122,7 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: float | None = None, targ
     config = LoraConfig(r=rank, lora_alpha=float(2 * rank if alpha is None else alpha), target_modules=chosen,
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
     with torch.random.fork_rng(devices=[]):  # peft draws A on the CPU, before any move
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU's alone: torch.manual_seed would reseed every GPU's too
         return get_peft_model(model, config), chosen
 
 

@@ -108,6 +108,15 @@ def step_seed(seed: int, step: int) -> int:
     return derived_seed(seed, step)
 
 
+def seed_generators(seed: int, device: torch.device) -> None:
+    """Seed the generators a pass on ``device`` draws from: the CPU's, and that GPU's alone (``torch.manual_seed``
+    would reseed every GPU, and a ``fork_rng`` of the model's device would restore only that one)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
 def batch_rows(n: int, step: int, batch_size: int | None, seed: int) -> torch.Tensor:
     """Row indices of the batch at ``step``: a pure function of its arguments."""
     if batch_size is None or batch_size >= n:
@@ -349,7 +358,7 @@ def _train(
     # each step seeds torch's generator (step_seed); the caller's generator is left as it was
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for step in bar:
-            torch.manual_seed(step_seed(config.seed, step))  # dropout's draws: a function of (seed, step)
+            seed_generators(step_seed(config.seed, step), device)  # dropout's draws: a function of (seed, step)
             rows = batch_rows(len(train_set), step, config.batch_size, config.seed).to(device)
             loss = batch_loss(model, tokens[rows], answer_mask[rows])
             if not torch.isfinite(loss):

@@ -570,6 +570,7 @@ def _delta_mlp(before_mlp: torch.nn.Module, after_mlp: torch.nn.Module, x: Float
     params = {name: p.detach().float() for name, p in before_mlp.named_parameters()}
     moved = dict(after_mlp.named_parameters())
     tangents = {name: moved[name].detach().float() - value for name, value in params.items()}
+    x = x.float()  # a bfloat16 model's norms hand back bfloat16; the weights here are float32
 
     def output(weights):
         return torch.func.functional_call(before_mlp, weights, (x[:, None],), tie_weights=False)
@@ -591,6 +592,7 @@ def _delta_ov(before_attention, after_attention, x: Float[Tensor, "rows d_model"
         return w_v, w_o
 
     (v_before, o_before), (v_after, o_after) = factors(before_attention), factors(after_attention)
+    x = x.float()
     values_change = einops.einsum(x, v_after - v_before, "rows d_model, head d_model d_head -> rows head d_head")
     values = einops.einsum(x, v_before, "rows d_model, head d_model d_head -> rows head d_head")
     return (einops.einsum(values_change, o_after, "rows head d_head, head d_head d_model -> rows d_model")

@@ -471,3 +471,20 @@ def test_finetune_tracing_traces_the_trained_sentence_of_a_templates_file(tiny_l
                              templates=templates)
     prompt = smollm2_tokenizer.decode(tracer.statements.example(facts, 0, "forward").prompt)
     assert prompt.endswith("Ann Lee works as") and set(tracer.tables["before"].direction) == {"forward", "reverse"}
+
+
+def test_a_bfloat16_model_reads_the_weight_change_of_its_float32_self(tiny_before_after, world, vocab):
+    """A bfloat16 model's norms hand bfloat16 states to the float32 weight differences (TransformerLens's norms
+    return ``cfg.dtype``); the reads failed on mixed dtypes. They now read the float32 model's entries to
+    bfloat16's rounding."""
+    before, after = tiny_before_after
+    full = weight_change_table(before, after, world, vocab, vocab.entity_ids, layers=[1], n_controls=8)
+    halves = []
+    for model in (before, after):
+        half = copy.deepcopy(model).to(torch.bfloat16)
+        half.cfg.dtype = torch.bfloat16
+        halves.append(half)
+    half = weight_change_table(*halves, world, vocab, vocab.entity_ids, layers=[1], n_controls=8)
+    for column in ("entry_ab", "entry_ba"):
+        scale = full[column].abs().max()
+        assert scale > 0 and (half[column] - full[column]).abs().max() < 0.05 * scale
