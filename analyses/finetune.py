@@ -497,8 +497,8 @@ def read_inputs_and_model(config: FinetuneConfig) -> tuple[QuestionSet, list[lis
 def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), progress: bool = True
                    ) -> dict[str, Any]:
     """Run the experiment; write summary.json, questions.csv, logits.csv, in_context.csv and
-    circuits.csv (after fine-tuning; ``before_*.csv`` before it; circuits when the source is a fact
-    set), multiple_choice.csv (unless ``config.multiple_choice`` is 0), history.jsonl, facts.jsonl (idem) and finetune.png into ``out``; return the summary.
+    circuits.csv (after fine-tuning; ``before_*.csv`` before it; a Berglund folder's facts are its p2d and d2p
+    people whose reverse it asks), multiple_choice.csv (unless ``config.multiple_choice`` is 0), history.jsonl, facts.jsonl (idem) and finetune.png into ``out``; return the summary.
     The input is read and checked whole before the model loads. Float32 products run on oneDNN's kernels where
     MKL's are the slower float32 ones (:func:`models.cpu_matmul.float32_matmul`; ``float32_matmul`` in the summary).
     ``seconds`` in the summary: disjoint stages ``load`` (reading and converting the model), ``train``, ``convert``,
@@ -547,7 +547,7 @@ def _finetune_loaded(out: str | Path, config: FinetuneConfig, progress: bool, be
     choices = {"before": _ask_multiple_choice(model, questions, tokenizer, config)}
     circuits = {"before": circuit_table(model, facts, entity_ids, seed=config.seed)} if facts is not None else {}
     tracing_began = time.perf_counter()
-    tracing = _start_tracing(model, facts, tokenizer, config)
+    tracing = _start_tracing(model, questions, tokenizer, config)
     traced = time.perf_counter() - tracing_began  # the tracing before fine-tuning
     del model  # the "before" copy; training runs on the transformers model, converted again after
     per_epoch = math.ceil(len(sentences) / config.batch_size)
@@ -627,18 +627,19 @@ def _ask_multiple_choice(model, questions: QuestionSet, tokenizer, config: Finet
     return multiple_choice_table(model, questions, tokenizer, config.multiple_choice, config.seed)
 
 
-def _start_tracing(model, facts: FactSet | None, tokenizer, config: FinetuneConfig):
+def _start_tracing(model, questions: QuestionSet, tokenizer, config: FinetuneConfig):
     """Causal tracing and the weight-change read (:class:`analyses.finetune_tracing.FinetuneTracing`), when
-    the source is a fact set and ``config.tracing_facts`` > 0 (traced in the first training paraphrase, from the
-    templates file when one is given); else None. ``model`` (the "before" conversion,
-    whose weights are its own: training changes the transformers model) is handed over, not copied."""
-    if facts is None or not config.tracing_facts:
+    the questions are about a fact set and ``config.tracing_facts`` > 0 (traced in the first training paraphrase:
+    a Berglund folder's own prompt, or the templates file's when one is given); else None. ``model`` (the "before"
+    conversion, whose weights are its own: training changes the transformers model) is handed over, not copied."""
+    if questions.facts is None or not config.tracing_facts:
         return None
     from analyses.finetune_tracing import FinetuneTracing
 
-    trained = TRAIN_TEMPLATES if config.templates_file is None else load_templates(config.templates_file)[0]
-    return FinetuneTracing(model, facts, tokenizer, config.tracing_facts, seed=config.seed, handed_over=True,
-                           templates=trained)
+    trained = (questions.sentence_templates or TRAIN_TEMPLATES if config.templates_file is None
+               else load_templates(config.templates_file)[0])
+    return FinetuneTracing(model, questions.facts, tokenizer, config.tracing_facts, seed=config.seed,
+                           handed_over=True, templates=trained)
 
 
 def _berglund_file_text(name: str, entry: dict[str, Any]) -> str:

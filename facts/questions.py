@@ -73,13 +73,17 @@ class Question:
 
 @dataclass(frozen=True)
 class QuestionSet:
-    """Training pairs and test questions (see the module docstring); ``facts`` when the source
-    was a fact set (the circuits and ``logits.csv`` need it)."""
+    """Training pairs and test questions (see the module docstring); ``facts``: the fact set they are about,
+    for the circuits, causal tracing and the weight change (a Berglund folder's: the facts of its p2d and d2p
+    groups whose reverse is asked, :func:`facts.berglund.experiment_facts`), and ``sentence_templates``, the
+    templates its statements are read in where they are not the run's training templates (that folder's own
+    prompts)."""
 
     train: tuple[TrainPair, ...]
     questions: tuple[Question, ...]
     source: str
     facts: FactSet | None = None
+    sentence_templates: Templates | None = None
 
     def pool_answers(self) -> dict[str, list[str]]:
         """Every pool's distinct answers, in order of first appearance, without the leading space a template

@@ -19,7 +19,7 @@ Bad input raises :class:`facts.schema.FactError` naming the file (and line).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -43,8 +43,8 @@ class FactSource:
                   paraphrases: int | None) -> QuestionSet:
         """Training pairs and test questions (``finetune-facts``): a Berglund folder's own, else the facts
         in the templates file's sentences, or in the given defaults; the first ``paraphrases`` per fact."""
-        if self.experiment is not None:
-            return self.experiment
+        if self.experiment is not None:  # its questions as published, and the facts they ask
+            return replace(self.experiment, facts=self.facts, sentence_templates=self.templates[0])
         train, test = self.templates or (train_templates, test_templates)
         return questions_from_facts(self.facts, train, test, paraphrases)
 

@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -461,7 +462,16 @@ def test_finetune_on_a_berglund_folder_follows_their_protocol(berglund_run):
     assert forward.n_candidates.eq(2).all()  # truth and one random answer of the group
     assert summary["chance_top1"] == pytest.approx((1 / questions.n_candidates).mean())  # not 1 / (controls + 1)
     assert summary["groups"]["p2d"]["reverse"]["after"]["chance_top1"] == pytest.approx(1 / 3)
-    assert not (out / "circuits.csv").exists()  # no fact set, so no entities to read circuits of
+    facts = [json.loads(line) for line in (out / "facts.jsonl").read_text().splitlines()[1:]]
+    assert len(facts) == 3  # the p2d people (the both group asks no reverse), read by circuits and tracing too
+    circuits = pd.read_csv(out / "circuits.csv")
+    assert set(circuits.fact) == {0, 1, 2} and circuits.z_ab.notna().any()
+    tracing = pd.read_csv(out / "tracing.csv")
+    assert set(tracing.stage) == {"before", "after"} and summary["tracing"]["statements"] == 4
+    folder = Path(summary["source"].removeprefix("berglund:"))
+    first = json.loads((folder / "p2d_prompts_train.jsonl").read_text().splitlines()[0])["prompt"]
+    traced = tracing[(tracing.fact == 0) & (tracing.direction == "forward") & (tracing.stage == "before")]
+    assert "".join(traced.drop_duplicates("position").sort_values("position").token) == first  # the folder's words
     logits = pd.read_csv(out / "logits.csv")
     assert len(logits) == 3 + 3 + 6 and set(logits.split) == {"train", "heldout"}
     text = format_summary(summary)
