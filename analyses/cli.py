@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: start Ray on this machine)")
     sweep.add_argument("--workers", type=_positive_int, default=None,
                        help="trials at once (default: CPUs / --threads-per-trial)")
-    sweep.add_argument("--threads-per-trial", type=_positive_int, default=1, help="torch threads per trial (default 1)")
+    sweep.add_argument("--threads-per-trial", type=_positive_int, default=None,
+                       help="torch threads per trial (default: --threads, else 1)")
     sweep.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0,
                        help="GPUs per trial, at most 1 (default 0: CPU; 0.5: two trials share a GPU)")
     sweep.add_argument("--retries", type=_non_negative_int, default=3,
@@ -439,9 +440,10 @@ def _sweep(args: argparse.Namespace) -> int:
     from analyses import sweep as sweeps
 
     saved = args.out / sweeps.SWEEP_FILE
-    if args.threads is not None:  # torch runs only in the trials
-        raise sweeps.SweepError(f"--threads {args.threads}: a sweep's torch runs in its trials; give "
-                                f"--threads-per-trial {args.threads}")
+    threads = args.threads_per_trial or args.threads or 1  # torch runs only in the trials: --threads is theirs
+    if args.threads is not None and args.threads_per_trial is not None and args.threads != args.threads_per_trial:
+        raise sweeps.SweepError(f"--threads {args.threads} and --threads-per-trial {args.threads_per_trial}: a sweep's "
+                                f"torch runs only in its trials, so both name their threads; give one")
     if args.file is not None and (args.experiment or args.seeds is not None or args.grid):
         raise sweeps.SweepError("give the sweep either as --file or as EXPERIMENT --seeds --grid, not both")
     if args.file is not None:
@@ -452,7 +454,7 @@ def _sweep(args: argparse.Namespace) -> int:
         sweep = sweeps.read_sweep_file(saved)
     else:
         raise sweeps.SweepError(f"name the EXPERIMENT to sweep (or give --file; {saved} does not exist to rerun)")
-    resources = sweeps.Resources(address=args.address, workers=args.workers, threads=args.threads_per_trial,
+    resources = sweeps.Resources(address=args.address, workers=args.workers, threads=threads,
                                  gpus=args.gpus_per_trial, retries=args.retries)
     sweeps.check_resources(resources)
     _check_grid_points(sweep, on_cluster=args.address is not None)

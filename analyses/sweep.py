@@ -636,7 +636,7 @@ def check_resources(resources: Resources) -> None:
                          "it would sit idle; give at most 1 (a fraction such as 0.5 runs trials side by side on one GPU)")
     cores = os.cpu_count() or 1
     if resources.address is None and (resources.workers or 1) * resources.threads > cores:
-        raise SweepError(f"--workers {resources.workers} × --threads-per-trial {resources.threads} > the {cores} cores "
+        raise SweepError(f"--workers {resources.workers or 1} × --threads-per-trial {resources.threads} > the {cores} cores "
                          f"of this machine: trials would thrash; lower one (default: cores / threads workers)")
 
 

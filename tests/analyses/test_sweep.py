@@ -170,7 +170,8 @@ def _free_port() -> int:
     (["reversal", "--retries", "-1"], "--retries: must be ≥ 0, got -1"),
     (["reversal", "--grid", "device=-cpu"], "--grid device=-cpu: "),  # was "--device: expected one argument"
     (["reversal", "--grid", "freeze-embeddings=maybe"], "--freeze-embeddings 'maybe': an on/off flag; give on or off"),
-    (["reversal", "--threads", "2"], "a sweep's torch runs in its trials; give --threads-per-trial 2"),  # was ignored
+    (["reversal", "--threads", "2", "--threads-per-trial", "1"], "--threads 2 and --threads-per-trial 1: a sweep's"),
+    (["reversal", "--threads", "100000"], "--workers 1 × --threads-per-trial 100000 > the"),  # --threads is the trials'
 ])
 def test_bad_sweeps_are_refused_before_anything_starts(args, message, tmp_path, capsys):
     try:

@@ -35,7 +35,9 @@ def test_make_facts_writes_each_format_the_reader_reads_back(tmp_path):
 def test_finetune_reads_its_facts_through_the_shared_reader(tmp_path):
     folder = write_experiment_folder(tmp_path / "folder", people=2)
     config = replace(FinetuneConfig(), facts=str(folder), templates=2)
-    assert read_questions(config) == load_experiment_folder(folder, 2)
+    read, experiment = read_questions(config), load_experiment_folder(folder, 2)
+    assert (read.train, read.questions, read.source) == (experiment.train, experiment.questions, experiment.source)
+    assert (read.facts, read.sentence_templates) == experiment_facts(experiment)  # what probe reads of it too
     main(["make-facts", "people", "--size", "3", "--out", str(tmp_path / "f.csv"), "--threads", "1"])
     config = replace(FinetuneConfig(), facts=str(tmp_path / "f.csv"))
     assert read_questions(config) == questions_from_facts(load_fact_csv(tmp_path / "f.csv"), TRAIN_TEMPLATES,
