@@ -216,9 +216,9 @@ def tracing_columns(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     (among layers with a finite asymmetry, :func:`analyses.probe.ranked_by_asymmetry`: a layer whose weights
     did not change has none; no such layer: None and NaN)."""
     entry = json.loads((Path(run_dir) / "summary.json").read_text()).get("tracing")
-    if not isinstance(entry, dict) or "after" not in entry:
+    if not isinstance(entry, dict):
         return {}
-    after = entry["after"]
+    after = entry.get("after", {})  # none where no statement was traced; the weight change is read all the same
     forward, reverse = after.get("train/forward", {}), after.get("heldout/reverse", {})
 
     def most(question: dict[str, Any]) -> float:

@@ -78,6 +78,8 @@ class FinetuneTracing:
         self.seconds["after"] = time.perf_counter() - began
         entry: dict[str, Any] = {"statements": len(self.chosen), "n_samples": self.n_samples,
                                  "components": list(TRACED_COMPONENTS), "figures": []}
+        if not self.chosen:
+            entry["not_traced"] = NOT_TRACED
         if self.chosen:
             both = pd.concat([t.assign(stage=stage) for stage, t in self.tables.items()], ignore_index=True)
             write_csv(both, out / "tracing.csv")
@@ -108,6 +110,9 @@ COMPONENT_WORDS = {"resid_post": "the hidden state", "mlp_out": "the MLP output"
                    "resid_pre": "the residual stream entering the layer"}
 NO_FINITE_ASYMMETRY = "z is undefined where the controls' entries do not vary, as at weights that did not change"
 """Why a layer's weight change can have no finite trained − held-out asymmetry to rank."""
+NOT_TRACED = ("no fact is trained forward with its reverse held out (p2d's kind; d2p facts train the reverse): "
+              "tracing follows a trained forward answer and its held-out reverse")
+"""Why a run traced no statement (its weight change is still read)."""
 NOTHING_TO_RECOVER = 0.01
 """A peak rise of p(answer) below this is reported as nothing recovered."""
 

@@ -11,7 +11,7 @@ Every ``revlens`` command that writes a folder does so inside :func:`run_folder`
    every file but the ``kept`` ones; files no run wrote are never deleted, they are recorded
    as ``kept`` (and left out of reports);
 4. the command writes its files; on success the manifest is written last, atomically:
-   ``{"complete": true, "run_id", "command", "kind", "config", "inputs": {path: sha256},
+   ``{"complete": true, "draws", "run_id", "command", "kind", "config", "inputs": {path: sha256},
    "files": {relative path: sha256}, "kept": [...]}``; ``files`` is every file under the folder
    but the lock, the manifest and the ``kept`` ones.
 
@@ -43,6 +43,11 @@ from facts.io import remove_stale_temporaries, write_text_atomic
 MANIFEST = "manifest.json"
 LOCK = ".revlens.lock"
 FORMAT = 1
+RANDOM_DRAWS = 2
+"""How a run's random draws follow from its seed, recorded in its manifest (``draws``); bumped whenever they change,
+so that a sweep never counts a trial drawn otherwise as finished (:func:`analyses.sweep.finished`) and no run
+resumes another's checkpoints (2: epochs' batch orders and causal tracing's noise from streams of their own,
+``finetune-facts``' circuit controls from the run's seed)."""
 
 
 class RunFolderError(ValueError):
@@ -169,8 +174,11 @@ def run_folder(out: str | os.PathLike[str], kind: str, config: Mapping[str, Any]
                 known = sorted((set(present) | set(old.get("previous", []))) - set(kept))
         if resume and old is not None and old.get("kind") != kind:
             raise RunFolderError(f"{out}: holds {_describe(old)}; cannot resume a {kind!r} run there")
+        if resume and old is not None and old.get("draws") != RANDOM_DRAWS:
+            raise RunFolderError(f"{out}: holds a run whose random draws follow from its seed otherwise (written by an "
+                                 f"earlier revlens); resuming it would mix two runs' batches; rerun without --resume")
         run_id = uuid.uuid4().hex
-        header = {"format": FORMAT, "run_id": run_id, "kind": kind, "command": command or _command(),
+        header = {"format": FORMAT, "draws": RANDOM_DRAWS, "run_id": run_id, "kind": kind, "command": command or _command(),
                   "config": _jsonable(config or {}), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _write_manifest(out, {**header, "complete": False, "previous": known, "kept": kept, "files": {}})
         if not resume:

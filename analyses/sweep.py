@@ -270,9 +270,10 @@ def expected_config(experiment: str, trial: Trial, out: Path) -> dict[str, Any]:
 
 
 def finished(folder: Path, expected: dict[str, Any]) -> bool:
-    """Whether ``folder`` holds a whole run (complete manifest, every file as it lists) of this config, from
-    inputs (facts, templates, run folders it read) that still hash as they did."""
-    from analyses.runfolder import RunFolderError, check_run, inputs_unchanged
+    """Whether ``folder`` holds a whole run (complete manifest, every file as it lists) of this config, its random
+    draws made as this code makes them (:data:`analyses.runfolder.RANDOM_DRAWS`), from inputs (facts, templates,
+    run folders it read) that still hash as they did."""
+    from analyses.runfolder import RANDOM_DRAWS, RunFolderError, check_run, inputs_unchanged
 
     if not (folder / SUMMARY).is_file():
         return False
@@ -282,7 +283,7 @@ def finished(folder: Path, expected: dict[str, Any]) -> bool:
         return False
     config = (manifest or {}).get("config", {})
     return (manifest is not None and {k: v for k, v in config.items() if k not in VOLATILE} == expected
-            and inputs_unchanged(manifest))
+            and manifest.get("draws") == RANDOM_DRAWS and inputs_unchanged(manifest))
 
 
 def run_trial(argv: list[str], folder: str, running: str, resumable: bool) -> dict[str, Any]:
@@ -730,10 +731,12 @@ def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources
 # --- aggregation -------------------------------------------------------------------------------
 
 def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Every number of a summary by dotted key (config and timings left out; booleans as 0/1;
-    a list of records keyed by :func:`record_label`, else its index). A ``seed`` is an identity, not a
-    measurement: it labels its record and is never a number of its own; so are a record's ``d`` and ``layer``. Two numbers under one key (records
-    a label cannot tell apart) are refused, never one kept in place of the other."""
+    """Every number of a summary by dotted key (the config and its copies, timings and captions left out, at any
+    depth: :data:`NOT_MEASURED`; booleans as 0/1; a list of records keyed by :func:`record_label`, else its index).
+    A ``seed`` is an identity, not a measurement: it labels its record and is never a number of its own; so are a
+    record's ``d`` and ``layer``, and a ``peak_layer`` (where a peak is: its mean over seeds would be a layer that
+    is none of theirs). Two numbers under one key (records a label cannot tell apart) are refused, never one kept
+    in place of the other."""
     found: dict[str, float] = {}
 
     def add(more: dict[str, float]) -> None:
@@ -744,7 +747,7 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
         found.update(more)
 
     for key, value in summary.items():
-        if (not prefix and key in ("config", "seconds", "captions")) or key == "seed":
+        if (not prefix and key == "config") or key in NOT_MEASURED:
             continue
         name = f"{prefix}{key}"
         if isinstance(value, (bool, int, float)):
@@ -758,6 +761,9 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return found
 
 
+NOT_MEASURED = frozenset({"seed", "seconds", "seconds_per_statement", "captions", "lora", "peak_layer"})
+"""Summary keys :func:`numbers` leaves out wherever they sit: identities (a seed, the layer a peak is at), timings,
+captions, and ``lora`` (the adapters' settings and size: the config's)."""
 NAMING_FIELDS = ("run", "name", "model", "d", "circuit")
 """A record's first field among these names it in its list (``positional``'s runs, the bilinear model's
 dimensions, dynamics' models, a fine-tune's circuits)."""
@@ -767,12 +773,13 @@ roles and layers), added to the label where present."""
 
 
 def record_label(record: dict[str, Any], index: int) -> str:
-    """A record's key among its list's: its first :data:`NAMING_FIELDS` field (else its index), then
+    """A record's key among its list's: its first :data:`NAMING_FIELDS` field (else ``layer=L`` where it has a
+    layer: the same key whatever the record's place in its list; else its index), then
     ``/value`` of each :data:`TELLING_FIELDS` field it has (``/layer=L`` for a layer), and ``/seed=S`` where it has a
     seed (the identity bridge's per-seed rows: one key per seed, not the last seed's under all). Measurements
     that are strings (a most asymmetric circuit, a verdict) name nothing."""
-    named = next((k for k in NAMING_FIELDS if k in record), None)
-    label = str(record[named]) if named else str(index)
+    named = next((k for k in NAMING_FIELDS if k in record), "layer" if "layer" in record else None)
+    label = (f"layer={record['layer']}" if named == "layer" else str(record[named])) if named else str(index)
     for k in TELLING_FIELDS:
         if k in record and k != named and str(record[k]) != label:  # a variant named as its run: once
             label += f"/layer={record[k]}" if k == "layer" else f"/{record[k]}"

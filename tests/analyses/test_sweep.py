@@ -249,6 +249,23 @@ def test_every_number_of_a_summary_is_aggregated_by_a_dotted_key():
                                                                           "runs.none.train_prob"]
 
 
+def test_timings_settings_and_where_a_peak_is_are_no_metrics_and_a_layer_keys_its_record_in_any_order():
+    """A fine-tune's summary nests timings (tracing's seconds a statement), a copy of its settings (``lora``) and
+    where each tracing peak is (``peak_layer``): averaged over seeds they were "metrics" (a mean peak layer of
+    0.333, a layer no seed had). A record without a naming field was keyed by its index, its layer added only when
+    the two differed, so the same layer came under two keys when seeds listed their records in other orders."""
+    from analyses.sweep import numbers
+
+    summary = {"lora": {"rank": 2, "trainable_parameters": 384},
+               "tracing": {"seconds_per_statement": {"before": 0.4}, "statements": 4,
+                           "after": {"train/forward": {"components": {"mlp_out": {"peak_layer": 1, "peak_effect": 0.3}}}}},
+               "per_layer": [{"layer": 0, "z": 1.0}, {"layer": 1, "z": 5.0}]}
+    found = numbers(summary)
+    assert found == {"tracing.statements": 4.0, "tracing.after.train/forward.components.mlp_out.peak_effect": 0.3,
+                     "per_layer.layer=0.z": 1.0, "per_layer.layer=1.z": 5.0}
+    assert numbers({"per_layer": summary["per_layer"][::-1]}) == {"per_layer.layer=0.z": 1.0, "per_layer.layer=1.z": 5.0}
+
+
 def test_per_seed_records_are_kept_apart_and_a_seed_is_never_a_metric():
     """The identity bridge's summary lists one row per seed, model and variant: each keeps its own key (before,
     every seed's row was written under one key, so the last seed's replaced the others), and the seed labels the
@@ -341,6 +358,30 @@ def test_a_trial_whose_facts_changed_since_it_ran_is_run_again(tmp_path):
     assert finished(folder, expected_config(sweep.experiment, trial, folder))
     facts.write_text("subject,relation,object\nAnn,is,a dentist\nBob,is,a judge\n")
     assert not finished(folder, expected_config(sweep.experiment, trial, folder))
+
+
+def test_a_trial_whose_random_draws_were_made_otherwise_is_run_again_and_never_resumed(tmp_path):
+    """When how a run's draws follow from its seed changed (here: epoch orders and tracing noise, in session 34),
+    a trial of the same config written before counted as finished, and its old numbers were averaged with new
+    ones; a --resume continued its checkpoints with the new batch orders. The manifest records the draws now."""
+    from analyses.cli import _run_folder, build_parser
+    from analyses.runfolder import MANIFEST, RunFolderError, run_folder
+    from analyses.sweep import expected_config, finished, make_sweep
+
+    sweep = make_sweep("reversal", "3", ["steps=2"])
+    [trial] = sweep.trials()
+    folder = tmp_path / "trials" / trial.name
+    args = build_parser().parse_args(trial.argv(sweep.experiment, folder, 1))
+    args.argv = trial.argv(sweep.experiment, folder, 1)
+    with _run_folder(args, folder, "reproduce reversal"):
+        (folder / "summary.json").write_text(json.dumps({"experiment": "reversal", "train_prob": 0.5}))
+    assert finished(folder, expected_config(sweep.experiment, trial, folder))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != "draws"}))  # as before
+    assert not finished(folder, expected_config(sweep.experiment, trial, folder))
+    with pytest.raises(RunFolderError, match="random draws follow from its seed otherwise"):
+        with run_folder(folder, "reproduce reversal", resume=True):
+            pass
 
 
 def test_each_metric_is_counted_over_the_seeds_that_have_it():

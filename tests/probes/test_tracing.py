@@ -456,6 +456,27 @@ def test_finetune_tracing_records_before_and_after(tiny_llama, smollm2_tokenizer
     assert columns["delta_mlp_peak_layer"].startswith("delta_mlp L")
 
 
+def test_facts_that_train_the_reverse_are_not_traced_and_say_so_while_their_weight_change_is_read(
+        tiny_llama, smollm2_tokenizer, tmp_path):
+    """d2p facts (description → name trained, the name's forward held out) have no trained forward answer to
+    follow: the run traced nothing and said nothing, and compare then dropped the weight change it had read."""
+    from analyses.compare import tracing_columns
+    from analyses.finetune_tracing import NOT_TRACED, FinetuneTracing
+    from facts.language import people_world
+
+    model = copy.deepcopy(tiny_llama)
+    tracer = FinetuneTracing(model, people_world(n_per_group=4, seed=0, groups=("d2p",)), smollm2_tokenizer,
+                             n_facts=1, n_samples=2)
+    with torch.no_grad():
+        model.blocks[0].mlp.W_out.add_(0.2)
+    entry = tracer.finish(model, tmp_path)
+    assert entry["statements"] == 0 and entry["not_traced"] == NOT_TRACED and "after" not in entry
+    assert any(r["n_one_way"] == 4 for r in entry["weight_change"])
+    (tmp_path / "summary.json").write_text(json.dumps({"tracing": entry}))
+    columns = tracing_columns(tmp_path)
+    assert columns["forward_peak_mlp"] is None and columns["delta_mlp_peak_layer"] == "delta_mlp L0"
+
+
 def test_finetune_tracing_traces_the_trained_sentence_of_a_templates_file(tiny_llama, smollm2_tokenizer):
     """A run trained from a templates file is traced in that file's first (trained) paraphrase, for relations
     the built-in templates do not know (before: "no template number 0 for relation 'job'", after the model
