@@ -507,7 +507,7 @@ def _reproduce_all_seeds(args: argparse.Namespace) -> int:
     if len(args.finetuned) > 1:
         raise ValueError("--finetuned with --seeds: give one folder (it joins every seed's mitigations table)")
     resources = sweeps.Resources(workers=args.workers, threads=args.threads or 1)
-    sweeps.check_resources(resources)
+    sweeps.check_resources(resources, ("--workers", "--threads"))
     plans = {name: sweeps.make_sweep(name, f"0-{args.seeds - 1}", [f"finetuned={args.finetuned[0]}"]
                                      if name == "mitigations" and args.finetuned else [])
              for name in args.experiments or REPRODUCE_ALL}
@@ -537,7 +537,7 @@ def _reproduce_all_on_ray(args: argparse.Namespace, workers: int) -> int:
 
     began = time.perf_counter()
     resources = sweeps.Resources(workers=workers, threads=args.threads or 1)
-    sweeps.check_resources(resources)
+    sweeps.check_resources(resources, ("--workers", "--threads"))
     jobs = []
     for name in sorted(args.experiments or REPRODUCE_ALL, key=lambda name: -EXPERIMENTS[name].cpu_seconds):
         argv = ["reproduce", name, "--out", str(args.out / name), "--seed", str(args.seed), "--quiet",

@@ -533,8 +533,8 @@ ALL_OPTIONS = (FINETUNED_OPTION, Option("--seeds", {
     "help": "run each experiment for seeds 0 … N−1 as a sweep on Ray (OUT/<name>/trials/seed=S/) and report every "
             "headline number as mean ± 95%% interval"}), Option("--workers", {
     **_N, "default": None, "metavar": "N",
-    "help": "experiments (or trials) at once, each on a one-thread Ray actor (default: the cores; 1: one after "
-            "another in this process)"}), Option("--experiments", {
+    "help": "experiments (or trials) at once, each on a Ray actor of --threads threads (default 1; workers by "
+            "default: the cores ÷ threads; 1: one after another in this process)"}), Option("--experiments", {
     "nargs": "+", "choices": REPRODUCE, "default": None, "metavar": "NAME",
     "help": f"only these (default: {', '.join(REPRODUCE_ALL)})"}))
 """The options of ``reproduce all`` beyond --out, --seed and --quiet."""

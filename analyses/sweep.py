@@ -621,8 +621,9 @@ def local_gpus() -> int:
     return torch.cuda.device_count()
 
 
-def check_resources(resources: Resources) -> None:
-    """Refuse, before the sweep folder is touched, resources this machine (or any) cannot give."""
+def check_resources(resources: Resources, options: tuple[str, str] = ("--workers", "--threads-per-trial")) -> None:
+    """Refuse, before the sweep folder is touched, resources this machine (or any) cannot give; ``options``: the
+    command's names for the workers and each one's threads (``reproduce all``: ``--workers``, ``--threads``)."""
     if resources.retries < 0:
         raise SweepError(f"--retries {resources.retries}: must be ≥ 0")
     if not (math.isfinite(resources.gpus) and resources.gpus >= 0):
@@ -637,8 +638,8 @@ def check_resources(resources: Resources) -> None:
                          "it would sit idle; give at most 1 (a fraction such as 0.5 runs trials side by side on one GPU)")
     cores = os.cpu_count() or 1
     if resources.address is None and (resources.workers or 1) * resources.threads > cores:
-        raise SweepError(f"--workers {resources.workers or 1} × --threads-per-trial {resources.threads} > the {cores} cores "
-                         f"of this machine: trials would thrash; lower one (default: cores / threads workers)")
+        raise SweepError(f"{options[0]} {resources.workers or 1} × {options[1]} {resources.threads} > the {cores} cores "
+                         f"of this machine: they would thrash; lower one (default: cores / threads workers)")
 
 
 def _write_failures(out: Path, failures: list[dict[str, Any]]) -> None:

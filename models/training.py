@@ -110,11 +110,13 @@ def step_seed(seed: int, step: int) -> int:
 
 def seed_generators(seed: int, device: torch.device) -> None:
     """Seed the generators a pass on ``device`` draws from: the CPU's, and that GPU's alone (``torch.manual_seed``
-    would reseed every GPU, and a ``fork_rng`` of the model's device would restore only that one)."""
+    would reseed every GPU, and a ``fork_rng`` of the model's device would restore only that one), or the MPS one."""
     torch.default_generator.manual_seed(seed)
     if device.type == "cuda":
         with torch.cuda.device(device):
             torch.cuda.manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
 
 
 def batch_rows(n: int, step: int, batch_size: int | None, seed: int) -> torch.Tensor:

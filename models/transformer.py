@@ -108,7 +108,9 @@ def callers_random_state() -> Iterator[None]:
     import numpy as np
 
     python, numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+    # CUDA's generators only where CUDA already runs: reading their state would start it (a CPU model never does)
+    cuda = range(torch.cuda.device_count()) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
         try:
             yield
         finally:

@@ -159,7 +159,7 @@ def _free_port() -> int:
     (["embeddings", "--grid", "steps=3"], "embeddings has no option --steps; its grid keys are none (only seeds vary)"),
     (["chain", "--grid", "steps=3"], "chain has no option --steps; its grid keys are triples, heldout"),
     (["reversal", "--address", f"127.0.0.1:{_free_port()}"], "nothing answers at 127.0.0.1:"),
-    (["reversal", "--workers", "64", "--threads-per-trial", "2"], "trials would thrash"),
+    (["reversal", "--workers", "64", "--threads-per-trial", "2"], "--workers 64 × --threads-per-trial 2 > the"),
     (["reversal", "--grid", "lr=0.01,nan"], "--lr 'nan': must be a finite number > 0"),
     (["reversal", "--seeds", ""], "--seeds '': no seeds given"),
     (["reversal", "--seeds", "0-99999999"], "more than 10000 seeds"),  # was a 988 MB sweep.toml
@@ -182,6 +182,15 @@ def test_bad_sweeps_are_refused_before_anything_starts(args, message, tmp_path, 
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1, error
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "2"]])
+def test_reproduce_all_refuses_more_threads_than_cores_naming_its_own_options(seeds, tmp_path, capsys):
+    """``reproduce all`` runs its experiments on Ray runners of ``--threads`` threads each; a request the cores cannot
+    give was refused naming ``--threads-per-trial``, a sweep's option, or ``--workers None``."""
+    assert main(["reproduce", "all", "--workers", "2", "--threads", "100000", *seeds, "--out", str(tmp_path / "a")]) == 2
+    assert "--workers 2 × --threads 100000 > the" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
 
 
 def test_the_sweep_file_reads_back_as_written():
