@@ -290,10 +290,21 @@ def mitigation_bars(rows: Sequence[dict[str, Any]], title: str = ""):
     return figure
 
 
+def _chance_column(metric: str, table) -> str | None:
+    """The column of ``metric``'s chance level: ``chance_<kind>`` beside it in its summary (``groups.p2d.reverse.after.
+    chance_top1`` for ``….top1``), else at the summary's top, for a log-probability, accuracy, top-1 rate or mean
+    rank; None for a chance level itself or a metric of another kind."""
+    prefix, _, name = metric.rpartition(".")
+    kind = next((k for k in ("logprob", "accuracy", "top1", "mean_rank") if name.endswith(k)), None)
+    if kind is None or name.startswith("chance"):
+        return None
+    return next((c for c in (f"{prefix}.chance_{kind}" if prefix else None, f"chance_{kind}") if c in table), None)
+
+
 def sweep_figure(table, keys: Sequence[str], metrics: Sequence[str], title: str = ""):
-    """One panel per metric: per grid point (x), every seed's value (dots) and the mean with its
-    Student-t 95% interval across seeds (error bar); chance, where the summary has it
-    (``chance_logprob`` for ``…logprob``, ``chance_accuracy`` for ``…accuracy``), as a grey tick."""
+    """One panel per metric: per grid point (x, the varying grid keys named below it), every seed's value (dots)
+    and the mean with its Student-t 95% interval across seeds (error bar); chance, where the summary has it
+    (:func:`_chance_column`), as a grey tick."""
     from matplotlib.figure import Figure
 
     from analyses.stats import t_ci95_half_width
@@ -312,12 +323,12 @@ def sweep_figure(table, keys: Sequence[str], metrics: Sequence[str], title: str 
             half = t_ci95_half_width(values)
             axis.errorbar([x], [values.mean()], yerr=[[0 if math.isnan(half) else half]] * 2, fmt="s",
                           color="#1f77b4", capsize=4, markersize=5)
-            chance = next((f"chance_{s}" for s in ("logprob", "accuracy", "mean_rank")
-                           if metric.endswith(s) and not metric.startswith("chance") and f"chance_{s}" in part), None)
+            chance = _chance_column(metric, part)
             if chance:
                 axis.hlines(part[chance].mean(), x - 0.35, x + 0.35, color="grey", linestyle="-.")
         axis.set_xticks(range(len(groups)), labels, fontsize=7)
-        axis.set_title(metric, fontsize=9)
+        axis.set_xlabel(" / ".join(keys[i] for i in varying), fontsize=7)
+        axis.set_title(textwrap.fill(metric, 34), fontsize=8)
         axis.grid(alpha=0.3, axis="y")
     for axis in axes[len(metrics):]:
         axis.set_visible(False)

@@ -680,13 +680,14 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
     log = log or (lambda line: print(line, flush=True))
     began = time.perf_counter()
     with locked(out, parent=True):
+        earlier = _earlier_records(out)
         prepare(sweep, out)
         trials = sweep.trials()
         todo, records = [], {}
         for trial in trials:
             folder = out / TRIALS / trial.name
-            if finished(folder, expected_config(sweep.experiment, trial, folder)):
-                records[trial.name] = {"trial": trial.name, "status": "finished before"}
+            if finished(folder, expected_config(sweep.experiment, trial, folder)):  # its run's record kept
+                records[trial.name] = {**earlier.get(trial.name, {}), "trial": trial.name, "status": "finished before"}
             else:
                 todo.append(trial)
         log(f"sweep {sweep.experiment}: {len(trials)} trials, {len(trials) - len(todo)} finished before, "
@@ -703,6 +704,16 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
             summary = (runners.aggregate if runners else aggregate)(sweep, out, records, failures,
                                                                     time.perf_counter() - began)
     return summary
+
+
+def _earlier_records(out: Path) -> dict[str, dict[str, Any]]:
+    """The records (seconds, CPU seconds, host, ...) of the trials an earlier run of this sweep ran or found finished,
+    by trial, from its ``summary.json`` (none where it has none or cannot be read), so that a rerun keeps them."""
+    try:
+        trials = json.loads((out / SUMMARY).read_text(encoding="utf-8")).get("trials", [])
+        return {r["trial"]: r for r in trials if isinstance(r, dict) and r.get("status") in ("ran", "finished before")}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
 
 
 def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources, runners: Runners,
@@ -866,10 +877,13 @@ def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
 
 
 def _interval(row: dict[str, Any], metric: str) -> str:
-    if f"{metric}.mean" not in row:  # a grid point with no finished trial
+    """A cell of the printed table: mean ± half-width over the seeds that have the metric, with their count where it
+    is fewer than the grid point's finished seeds (a seed's NaN, a stage it did not run); n/a where none has it."""
+    if f"{metric}.mean" not in row or not row.get(f"{metric}.n"):  # no finished trial, or none with this metric
         return "n/a"
     mean, low, high = row[f"{metric}.mean"], row[f"{metric}.ci95_low"], row[f"{metric}.ci95_high"]
-    return f"{mean:.4g}" if math.isnan(high) else f"{mean:.4g} ± {(high - low) / 2:.2g}"
+    cell = f"{mean:.4g}" if math.isnan(high) else f"{mean:.4g} ± {(high - low) / 2:.2g}"
+    return cell + (f" (n={row[f'{metric}.n']})" if row[f"{metric}.n"] < row["n_seeds"] else "")
 
 
 def format_sweep(summary: dict[str, Any]) -> str:

@@ -84,6 +84,7 @@ def test_a_rerun_runs_only_the_missing_trials(killed_sweep, cluster):
     trials = sorted((out / "trials").iterdir())
     kept, removed = trials[0], trials[1]
     run_id = json.loads((kept / "manifest.json").read_text())["run_id"]
+    first = {r["trial"]: r for r in json.loads((out / "summary.json").read_text())["trials"]}
     for path in sorted(removed.rglob("*"), reverse=True):
         path.rmdir() if path.is_dir() else path.unlink()
     removed.rmdir()
@@ -92,6 +93,9 @@ def test_a_rerun_runs_only_the_missing_trials(killed_sweep, cluster):
     assert json.loads((kept / "manifest.json").read_text())["run_id"] == run_id  # untouched
     assert json.loads((removed / "manifest.json").read_text())["complete"] is True
     assert pd.read_csv(out / "aggregate.csv").n_seeds.tolist() == [2]
+    again = {r["trial"]: r for r in json.loads((out / "summary.json").read_text())["trials"]}
+    assert again[kept.name] == {**first[kept.name], "status": "finished before"}  # its run's seconds and host kept
+    assert again[kept.name]["seconds"] > 0 and again[removed.name]["status"] == "ran"
 
 
 @pytest.fixture(scope="module")
@@ -408,6 +412,13 @@ def test_each_metric_is_counted_over_the_seeds_that_have_it():
     assert alone["z_heldout.n"] == 1 and alone["z_heldout.mean"] == 0.7 and math.isnan(alone["z_heldout.ci95_high"])
     assert list(stats) == ["z_heldout.n", "z_heldout.mean", "z_heldout.sd", "z_heldout.ci95_low",
                            "z_heldout.ci95_high"]
+    from analyses.sweep import _interval  # the printed cell says over how many seeds, where fewer than the point's
+
+    assert _interval({"n_seeds": 3, **stats}, "z_heldout") == f"0.6 ± {half:.2g} (n=2)"
+    assert _interval({"n_seeds": 3, **alone}, "z_heldout") == "0.7 (n=1)"  # was a bare 0.7, as if exact
+    none = metric_statistics("z_heldout", [float("nan")] * 3)
+    assert _interval({"n_seeds": 3, **none}, "z_heldout") == "n/a"  # was nan
+    assert "(n=" not in _interval({"n_seeds": 2, **metric_statistics("z", [0.5, 0.7])}, "z")
 
 
 def test_reproduce_all_runs_experiments_at_once_on_ray_and_across_seeds(tmp_path):
@@ -493,3 +504,24 @@ def test_local_ray_starts_without_its_api_server_and_monitors(local_session):
     for daemon in ("dashboard/dashboard.py", "autoscaler/_private/monitor.py", "_private/log_monitor.py"):
         assert not any(daemon in line for line in started), daemon
     assert local_session["restored"]
+
+
+def test_each_sweep_panel_draws_its_own_chance_and_names_the_varying_key():
+    """A nested rate (a fine-tune's ``groups.p2d.reverse.after.top1``) is drawn against the chance beside it, not
+    none (top-1 rates had no chance line) nor the summary's top-level one; the x axis names the grid key."""
+    import pandas as pd
+
+    from analyses.figures import _chance_column, sweep_figure
+
+    table = pd.DataFrame({"lr": [0.1, 0.1, 0.2, 0.2], "g.top1": [0.5, 0.7, 0.2, 0.4], "g.chance_top1": [1 / 3] * 4,
+                          "chance_top1": [0.1] * 4, "heldout_logprob": [-3.0, -2.0, -4.0, -5.0],
+                          "chance_logprob": [-5.99] * 4, "train_prob": [0.9, 0.8, 0.7, 0.6]})
+    assert _chance_column("g.top1", table) == "g.chance_top1"
+    assert _chance_column("heldout_logprob", table) == "chance_logprob"
+    assert _chance_column("train_prob", table) is None and _chance_column("g.chance_top1", table) is None
+    figure = sweep_figure(table, ["lr"], ["g.top1", "heldout_logprob"])
+    top1 = figure.axes[0]
+    chance_levels = {round(segment[0][1], 4) for collection in top1.collections if hasattr(collection, "get_segments")
+                     for segment in collection.get_segments() if segment[0][1] == segment[1][1]}
+    assert round(1 / 3, 4) in chance_levels and 0.1 not in chance_levels
+    assert top1.get_xlabel() == "lr" and [t.get_text() for t in top1.get_xticklabels()] == ["0.1", "0.2"]
