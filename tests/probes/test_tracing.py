@@ -254,12 +254,13 @@ def test_gemma_identities_of_restoring_the_clean_run(architecture, tiny_models):
         assert same(traced.restored[len(clean_again) :], traced.corrupted)
 
 
-@pytest.mark.parametrize("name", ["trained_tiny", "llama", "gemma2", "gemma3", "smollm2_hooked"])
+@pytest.mark.parametrize("name", ["trained_tiny", "gpt2", "neox", "qwen2", "llama", "gemma2", "gemma3", "smollm2_hooked"])
 def test_restored_rows_read_earlier_positions_from_the_corrupted_cache(request, name, tiny_models, vocab, world):
     """A restored site at position p changes no earlier position: running each restored row from its chunk's first
     restored position, with the corrupted run's keys and values before it, gives every site's answer log-probability
     of the run over all positions (float32 rounding apart). Every component, layer and position (prompt and answer),
-    on absolute positions (the token world's ``tiny``), rotary grouped-query attention (Llama, SmolLM2) and Gemma's
+    on absolute positions (the token world's ``tiny``, GPT-2 with its biases), rotary grouped-query attention (Llama,
+    Qwen2 with its query/key/value biases, SmolLM2), GPT-NeoX's partial rotary and parallel block, and Gemma's
     sliding window (a prompt past its 4 tokens) and post-norms; passes of 4 and 8 rows (SmolLM2: 8, two layers)."""
     from facts.tokens import Example
     from probes.tracing import reads_earlier_from_cache
