@@ -498,7 +498,8 @@ def finetune_facts(out: str | Path, config: FinetuneConfig = FinetuneConfig(), p
                    ) -> dict[str, Any]:
     """Run the experiment; write summary.json, questions.csv, logits.csv, in_context.csv and
     circuits.csv (after fine-tuning; ``before_*.csv`` before it; a Berglund folder's facts are its p2d and d2p
-    people whose reverse it asks), multiple_choice.csv (unless ``config.multiple_choice`` is 0), history.jsonl, facts.jsonl (idem) and finetune.png into ``out``; return the summary.
+    people whose reverse it asks), multiple_choice.csv (unless ``config.multiple_choice`` is 0), history.jsonl,
+    facts.jsonl and finetune.png into ``out``; return the summary.
     The input is read and checked whole before the model loads. Float32 products run on oneDNN's kernels where
     MKL's are the slower float32 ones (:func:`models.cpu_matmul.float32_matmul`; ``float32_matmul`` in the summary).
     ``seconds`` in the summary: disjoint stages ``load`` (reading and converting the model), ``train``, ``convert``,

@@ -80,7 +80,7 @@ class FinetuneTracing:
                                  "components": list(TRACED_COMPONENTS), "figures": []}
         if not self.chosen:
             entry["not_traced"] = NOT_TRACED
-        if self.chosen:
+        else:
             both = pd.concat([t.assign(stage=stage) for stage, t in self.tables.items()], ignore_index=True)
             write_csv(both, out / "tracing.csv")
             for stage, table in self.tables.items():
@@ -194,6 +194,8 @@ def format_finetune_tracing(entry: dict[str, Any]) -> str:
     from analyses.probe import ranked_by_asymmetry
 
     lines = [entry["headline"]] if entry.get("headline") else []
+    if "not_traced" in entry:
+        lines.append(f"tracing: nothing traced: {entry['not_traced']}")
     for question in entry.get("after", {}):
         parts = []
         for component, after in entry["after"][question]["components"].items():

@@ -178,8 +178,9 @@ def run_folder(out: str | os.PathLike[str], kind: str, config: Mapping[str, Any]
             raise RunFolderError(f"{out}: holds a run whose random draws follow from its seed otherwise (written by an "
                                  f"earlier revlens); resuming it would mix two runs' batches; rerun without --resume")
         run_id = uuid.uuid4().hex
-        header = {"format": FORMAT, "draws": RANDOM_DRAWS, "run_id": run_id, "kind": kind, "command": command or _command(),
-                  "config": _jsonable(config or {}), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        header = {"format": FORMAT, "draws": RANDOM_DRAWS, "run_id": run_id, "kind": kind,
+                  "command": command or _command(), "config": _jsonable(config or {}),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _write_manifest(out, {**header, "complete": False, "previous": known, "kept": kept, "files": {}})
         if not resume:
             for name in known:

@@ -462,7 +462,7 @@ def test_facts_that_train_the_reverse_are_not_traced_and_say_so_while_their_weig
     """d2p facts (description → name trained, the name's forward held out) have no trained forward answer to
     follow: the run traced nothing and said nothing, and compare then dropped the weight change it had read."""
     from analyses.compare import tracing_columns
-    from analyses.finetune_tracing import NOT_TRACED, FinetuneTracing
+    from analyses.finetune_tracing import NOT_TRACED, FinetuneTracing, format_finetune_tracing
     from facts.language import people_world
 
     model = copy.deepcopy(tiny_llama)
@@ -472,6 +472,7 @@ def test_facts_that_train_the_reverse_are_not_traced_and_say_so_while_their_weig
         model.blocks[0].mlp.W_out.add_(0.2)
     entry = tracer.finish(model, tmp_path)
     assert entry["statements"] == 0 and entry["not_traced"] == NOT_TRACED and "after" not in entry
+    assert f"tracing: nothing traced: {NOT_TRACED}" in format_finetune_tracing(entry)
     assert any(r["n_one_way"] == 4 for r in entry["weight_change"])
     (tmp_path / "summary.json").write_text(json.dumps({"tracing": entry}))
     columns = tracing_columns(tmp_path)
