@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--model", required=True,
                        help="a run's checkpoints/ folder, one step-NNNNNN.json, or a pretrained model "
                             f"({PRETRAINED_HELP})")
+    probe.add_argument("--seed", type=_seed, default=0,
+                       help="draws the controls, tracing's noise and multiple choice's options (default 0)")
     probe.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
                        help="TransformerLens wrapper for pretrained models (default hooked)")
     probe.add_argument("--facts", type=Path, required=True,
@@ -413,7 +415,7 @@ def _probe(args: argparse.Namespace) -> int:
                     templates_file=args.templates_file,
                     tracing={"n_facts": args.tracing_facts, "n_samples": args.tracing_samples} if args.tracing else None,
                     head_patching=args.head_patching, attribution_patching=args.attribution_patching,
-                    lens=args.logit_lens, multiple_choice=args.multiple_choice)
+                    lens=args.logit_lens, multiple_choice=args.multiple_choice, seed=args.seed)
     print(format_probe(summary))
     print(f"wrote {args.out}/: logits.csv circuits.csv summary.json {' '.join(summary['figures'])}")
     return 0

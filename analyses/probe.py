@@ -403,7 +403,7 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
                 tracing: dict[str, int] | None = None, head_patching: bool = False,
                 attribution_patching: bool = False, lens: bool = False,
                 choices: tuple[QuestionSet, int] | None = None,
-                candidates: Sequence[str] | None = None) -> dict[str, Any]:
+                candidates: Sequence[str] | None = None, seed: int = 0) -> dict[str, Any]:
     """Every probe of ``probed`` on ``facts``: tables, figures and summary.json into ``out``.
 
     A model not trained on the facts (``probed.trained_on_facts`` False) is probed for its prior
@@ -413,13 +413,14 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
     K) to ask the forward and reverse questions as multiple choice with K options
     (:mod:`analyses.multiple_choice`; multiple_choice.csv). ``candidates``: the answers a statement is ranked
     among where the model ranks against every candidate (default: the entities of ``facts``; a fact file cut
-    by ``--limit`` passes its whole file's, so a rank and its chance level do not depend on the cut).
+    by ``--limit`` passes its whole file's, so a rank and its chance level do not depend on the cut). ``seed``
+    draws the controls (of the margins and the circuits' z-scores), tracing's noise and multiple choice's options.
     """
     out = Path(out)
     trained = probed.trained_on_facts
     table = answer_table(probed.model, facts, probed.statements, candidates=candidates, n_controls=n_controls,
-                         rank_against=probed.rank_against)
-    circuits = circuit_table(probed.model, facts, probed.entity_ids)
+                         rank_against=probed.rank_against, seed=seed)
+    circuits = circuit_table(probed.model, facts, probed.entity_ids, seed=seed)
     if not trained:  # nothing was trained: no statement is "train" or "heldout", in any table
         table["split"], table["trained"] = PRIOR, False
         for direction in ("forward", "reverse"):
@@ -462,14 +463,14 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
     if choices is not None:
         from analyses.multiple_choice import multiple_choice_summary, multiple_choice_table
 
-        asked = multiple_choice_table(probed.model, choices[0], probed.statements.tokenizer, choices[1])
+        asked = multiple_choice_table(probed.model, choices[0], probed.statements.tokenizer, choices[1], seed)
         if not trained:  # no trained order to be "forward" to: each question is named by its fact's direction,
             asked["split"], asked["setting"] = PRIOR, asked["direction"]  # as logits.csv names it
         write_csv(asked, out / "multiple_choice.csv")
         notes["multiple_choice"] = multiple_choice_summary(asked)
         figures.append("multiple_choice.csv")
     if tracing is not None:  # {"n_facts": N, "n_samples": S}
-        notes["tracing"] = tracing_figures(probed, facts, out, **tracing)
+        notes["tracing"] = tracing_figures(probed, facts, out, **tracing, seed=seed)
         figures += notes["tracing"]["figures"]
     captions = {name: CAPTIONS[name] for name in figures if name in CAPTIONS}
     if not trained:
@@ -535,14 +536,15 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
           patch_layers: Sequence[int] | None = None, limit: int | None = None,
           templates_file: str | os.PathLike[str] | None = None,
           tracing: dict[str, int] | None = None, head_patching: bool = False, attribution_patching: bool = False,
-          lens: bool = False, multiple_choice: int = 0) -> dict[str, Any]:
+          lens: bool = False, multiple_choice: int = 0, seed: int = 0) -> dict[str, Any]:
     """Run every probe of a checkpoint or pretrained model on ``facts_path`` (see the module doc): a
     fact JSONL, a CSV of facts or a Berglund experiment-1 folder, read as ``finetune-facts`` reads it
     (:func:`facts.sources.read_fact_source`; sentences from ``templates_file`` when given);
     ``limit``: only its first N facts (recorded in the summary); ``tracing``: {"n_facts", "n_samples"}
     of causal tracing, or None for none; ``head_patching``, ``attribution_patching``, ``lens``: the optional
     views of :mod:`analyses.probe_patching`; ``multiple_choice``: K > 0 asks the forward (held-out paraphrase)
-    and reverse questions of a text model as multiple choice with K options (:mod:`analyses.multiple_choice`)."""
+    and reverse questions of a text model as multiple choice with K options (:mod:`analyses.multiple_choice`);
+    ``seed``: what :func:`write_probe` draws."""
     source = read_fact_source(facts_path, templates_file)
     facts: FactSet = source.facts
     if limit is not None:
@@ -569,8 +571,8 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
     kernels_for = nullcontext(DEFAULT) if probed.trained_on_facts else float32_matmul(model_device(probed.model))
     with kernels_for as kernels:
         return write_probe(probed, facts, out, n_controls, patch_layers,
-                           about={"model": str(model_path), "facts": str(facts_path), "limit": limit,
+                           about={"model": str(model_path), "facts": str(facts_path), "limit": limit, "seed": seed,
                                   **({} if templates_file is None else {"templates_file": str(templates_file)}),
                                   "float32_matmul": kernels},
                            tracing=tracing, head_patching=head_patching, attribution_patching=attribution_patching,
-                           lens=lens, choices=choices, candidates=source.facts.entities())
+                           lens=lens, choices=choices, candidates=source.facts.entities(), seed=seed)

@@ -120,6 +120,23 @@ def test_probe_reads_a_bilinear_checkpoint(world, vocab, tmp_path):
     assert not any((tmp_path / "out" / name).exists() for name in ATTRIBUTION_FIGURES)
 
 
+def test_probe_draws_its_controls_with_its_seed(world, vocab, tmp_path):
+    """``probe --seed``: the margins' and the circuits' controls are drawn with it (they were seed 0's whatever the
+    run), so two seeds read one model's log-probabilities alike and its margins and z-scores against other controls."""
+    model = BilinearModel(vocab.d_vocab, 128, seed=0)
+    train(model, tokenize(world, vocab).where(split="train"), TrainConfig(steps=5, lr=0.05, progress=False),
+          checkpoint_dir=tmp_path / "ckpt", model_card=bilinear_card(vocab.d_vocab, 128, 0))
+    save_jsonl(world, tmp_path / "facts.jsonl")
+    tables = {}
+    for seed in (0, 1):
+        summary = probe(tmp_path / "ckpt", tmp_path / "facts.jsonl", tmp_path / f"s{seed}", seed=seed)
+        assert summary["seed"] == seed
+        tables[seed] = (pd.read_csv(tmp_path / f"s{seed}" / "logits.csv"), pd.read_csv(tmp_path / f"s{seed}" / "circuits.csv"))
+    (logits0, circuits0), (logits1, circuits1) = tables[0], tables[1]
+    assert logits0.logprob.tolist() == logits1.logprob.tolist()
+    assert (logits0.margin != logits1.margin).mean() > 0.5 and (circuits0.z_ab != circuits1.z_ab).mean() > 0.5
+
+
 def test_probe_refuses_a_folder_without_checkpoints_and_a_mismatched_config(run, tmp_path, capsys):
     result = revlens_in_process(capsys, "probe", "--model", str(tmp_path), "--facts", str(run / "facts.jsonl"),
                                 "--out", str(tmp_path / "o"), check=False)
