@@ -101,8 +101,9 @@ class Trial:
 
 
 def _shown(value: Any) -> str:
-    """A grid value in a trial's name: an on/off flag as on or off."""
-    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+    """A grid value as a trial's name and the printed table show it: an on/off flag (a bool, or numpy's from a
+    table) as on or off."""
+    return ("on" if value else "off") if type(value).__name__ in ("bool", "bool_") else str(value)
 
 
 @dataclass(frozen=True)
@@ -893,7 +894,7 @@ def format_sweep(summary: dict[str, Any]) -> str:
     lines = [f"sweep of {summary['command']}: {summary['n_finished']} of {summary['n_trials']} trials finished "
              f"({len(seeds)} seeds: {', '.join(map(str, seeds))}); mean ± 95% t-interval half-width across seeds"]
     columns = [*keys, "n", *summary["headline"]]
-    cells = [[str(r[k]) for k in keys] + [str(r["n_seeds"])] + [r[m] for m in summary["headline"]]
+    cells = [[_shown(r[k]) for k in keys] + [str(r["n_seeds"])] + [r[m] for m in summary["headline"]]
              for r in summary["rows"]]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines.append("  ".join(c.rjust(w) for c, w in zip(columns, widths)))

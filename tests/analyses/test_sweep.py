@@ -226,6 +226,14 @@ def test_an_on_off_flag_is_a_grid_key_passed_when_on_and_left_out_when_off(tmp_p
         assert (parsed.freeze_embeddings, parsed.steps) == (dict(trial.point)["freeze-embeddings"], 3)
     assert [t.name for t in sweep.trials()] == ["freeze-embeddings=on,steps=3,seed=0", "freeze-embeddings=off,steps=3,seed=0"]
     assert make_sweep("chain", "0", ["related=on"]).grid == {"related": (True,)}
+    import numpy as np
+
+    from analyses.sweep import format_sweep
+
+    table = format_sweep({"command": "reproduce reversal", "config": {"seeds": [0], "grid": {"freeze-embeddings": [1, 0]}},
+                          "n_finished": 2, "n_trials": 2, "headline": [], "failures": [],
+                          "rows": [{"freeze-embeddings": np.bool_(on), "n_seeds": 1} for on in (True, False)]})
+    assert [line.split()[0] for line in table.splitlines()[2:]] == ["on", "off"]  # as the trials are named
 
 
 @pytest.mark.parametrize("text, message", [
