@@ -150,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"({PRETRAINED_HELP})")
     probe.add_argument("--seed", type=_seed, default=0,
                        help="draws the controls, tracing's noise and multiple choice's options (default 0)")
-    probe.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
-                       help="TransformerLens wrapper for pretrained models (default hooked)")
+    probe.add_argument("--backend", choices=("hooked", "bridge"), default=None,
+                       help="TransformerLens wrapper of a pretrained model (default hooked); a checkpoint loads as the "
+                            "model it was trained as")
     probe.add_argument("--facts", type=Path, required=True,
                        help="your facts, read as finetune-facts reads them: a fact JSONL (e.g. a run's facts.jsonl), "
                             "a CSV of subject,relation,object[,inverse_relation,group] or a folder in Berglund et "
@@ -411,7 +412,7 @@ def _probe(args: argparse.Namespace) -> int:
     from analyses.probe import format_probe, probe
 
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
-                    backend=args.backend, patch_layers=args.patch_layers, limit=args.limit,
+                    backend=args.backend or "hooked", patch_layers=args.patch_layers, limit=args.limit,
                     templates_file=args.templates_file,
                     tracing={"n_facts": args.tracing_facts, "n_samples": args.tracing_samples} if args.tracing else None,
                     head_patching=args.head_patching, attribution_patching=args.attribution_patching,
@@ -691,8 +692,12 @@ def _check_inputs(args: argparse.Namespace) -> None:
         card = _checkpoint_meta(model) if checkpoint else None
         _check_probe_facts(args.facts, args.controls, checkpoint, args.templates_file, args.limit,
                            None if card is None else (card.get("run") or {}).get("world_sha256"))
+        if checkpoint and args.backend is not None:  # it would be recorded, and do nothing
+            raise ValueError(f"--backend {args.backend}: {args.model} is a checkpoint, which loads as the model it was "
+                             "trained as (a HookedTransformer under TransformerLens 3.9, a bridge under 4.x); --backend "
+                             "chooses the wrapper of a pretrained model; leave it out")
         if not checkpoint:
-            check_convertible(args.model, args.backend)  # a config the backend would compute otherwise
+            check_convertible(args.model, args.backend or "hooked")  # a config the backend would compute otherwise
         if args.tracing and args.backend == "bridge" and not checkpoint:
             raise ValueError("--tracing runs on --backend hooked only: it restarts the forward pass at a layer under "
                              "HookedTransformer's hook names, which --backend bridge does not offer (3.9's bridge "

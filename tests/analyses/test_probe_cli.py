@@ -148,6 +148,11 @@ def test_probe_refuses_a_folder_without_checkpoints_and_a_mismatched_config(run,
     result = revlens_in_process(capsys, "probe", "--model", str(broken), "--facts", str(run / "facts.jsonl"), "--out",
                                 str(tmp_path / "o"), check=False)
     assert result.returncode == 2 and "does not match the model config" in result.stderr
+    # --backend chooses a pretrained model's wrapper; with a checkpoint it did nothing but stand in the manifest
+    result = revlens_in_process(capsys, "probe", "--model", str(run / "checkpoints"), "--backend", "bridge", "--facts",
+                                str(run / "facts.jsonl"), "--out", str(tmp_path / "backend"), check=False)
+    assert result.returncode == 2 and "is a checkpoint, which loads as the model it was trained as" in result.stderr
+    assert not (tmp_path / "backend").exists()
 
 
 @pytest.mark.parametrize("world, expected", [("reversal", "200 reversal facts (340 trained, 60 held-out"),
