@@ -41,16 +41,16 @@ MKL's are the slower float32 ones (:func:`models.cpu_matmul.float32_matmul`; ``f
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
 from analyses.reproduce import _write_json, write_csv
-from analyses.stats import ci95_half_width
 from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer, controls_of
 from facts.schema import Direction, FactError, FactSet
@@ -59,6 +59,7 @@ from models.cpu_matmul import float32_matmul
 from models.pretrained import DEFAULT_MODEL, Backend, TLModel, load
 from models.scoring import model_device
 from probes.shared_prompt import candidate_logprobs_cached
+from probes.stats import mean_ci95, rate_ci95
 from probes.views import save_png
 
 TEMPLATE_FAMILIES = {"completion": COMPLETION_TEMPLATES, "question": QUESTION_TEMPLATES}
@@ -99,7 +100,7 @@ def logprob_win_rate(table: pd.DataFrame) -> dict[str, Any]:
     def rate(part: pd.DataFrame) -> dict[str, Any]:
         wins = (part.child_to_parent_logprob.astype(float) > part.parent_to_child_logprob.astype(float)).astype(float)
         return {"n": int(len(part)), "rate": float(wins.mean()) if len(part) else float("nan"),
-                "ci95": ci95_half_width(wins)}
+                "ci95": rate_ci95(wins)}
 
     return {**rate(both), "no_shared_surname": rate(both[~both.shares_surname.astype(bool)])}
 
@@ -217,7 +218,8 @@ def asymmetry_table(
 def summarize_directions(table: pd.DataFrame, n_controls: int) -> dict[str, dict[str, Any]]:
     """Per direction: n, accuracy (greedy exact match), mean rank (chance (K+2)/2), top-1 rate
     among the K+1 answers (the headline, chance 1/(K+1)) with its 95% interval, log-prob, margin,
-    and the same on the pairs whose names do not share a last name (no surname to copy)."""
+    and the same on the pairs whose names do not share a last name (no surname to copy). Every ``*_ci95`` is
+    [low, high]: Wilson's for the top-1 rate, Student's t for the mean rank and margin (:mod:`probes.stats`)."""
     out = {}
     for name in DIRECTION_NAMES.values():
         part = table[table[f"{name}_rank"].notna()]
@@ -238,10 +240,10 @@ def _direction_stats(part: pd.DataFrame, name: str) -> dict[str, Any]:
     top1 = (rank == 1).astype(float)
     return {
         "n": n, "accuracy": mean(part[f"{name}_correct"].astype(float)),
-        "mean_rank": mean(rank), "mean_rank_ci95": ci95_half_width(rank),
-        "top1_rate": mean(top1), "top1_rate_ci95": ci95_half_width(top1),
+        "mean_rank": mean(rank), "mean_rank_ci95": mean_ci95(rank)["ci95"],
+        "top1_rate": mean(top1), "top1_rate_ci95": rate_ci95(top1),
         "logprob": mean(part[f"{name}_logprob"].astype(float)), "margin": mean(margin),
-        "margin_ci95": ci95_half_width(margin),
+        "margin_ci95": mean_ci95(margin)["ci95"],
     }
 
 
@@ -354,7 +356,7 @@ def check_asymmetry(
         "seed": seed,
         "directions": directions,
         "headline": f"top1_rate: the truth ranked first among itself and {n_controls} same-kind controls "
-                    f"(top1_rate_ci95: its 95% interval; chance {1 / (n_controls + 1):.3f}), beside the published "
+                    f"(top1_rate_ci95: its 95% interval, Wilson's; chance {1 / (n_controls + 1):.3f}), beside the published "
                     "accuracy; accuracy (greedy exact match) is the second column",
         "published": PUBLISHED,
         "logprob_win_rate": logprob_win_rate(table),
@@ -398,7 +400,7 @@ def asymmetry_bars(summary: dict[str, Any]):
     figure = Figure(figsize=(10.5, 4.4), layout="constrained")
     accuracy, rank, margin = figure.subplots(1, 3)
     top1 = accuracy.bar([p - 0.27 for p in positions], [r["top1_rate"] for r in rows], width=0.27, color="#1f77b4",
-                        yerr=[r["top1_rate_ci95"] for r in rows], capsize=3,
+                        yerr=_error_bars([r["top1_rate"] for r in rows], [r["top1_rate_ci95"] for r in rows]), capsize=3,
                         label=f"{summary['model']}: top-1 among {summary['n_controls'] + 1}")
     greedy = accuracy.bar(positions, [r["accuracy"] for r in rows], width=0.27, color="#1f77b4", alpha=0.4,
                           label=f"{summary['model']}: greedy exact match")
@@ -414,7 +416,8 @@ def asymmetry_bars(summary: dict[str, Any]):
         for shift, subset, alpha in ((-0.2, None, 1.0), (0.2, "no_shared_surname", 0.45)):
             values = [r[subset] if subset else r for r in rows]
             axis.bar([p + shift for p in positions], [v[key] for v in values], width=0.4, alpha=alpha,
-                     yerr=[v[f"{key}_ci95"] for v in values], capsize=3, color=["#1f77b4", "#d62728"],
+                     yerr=_error_bars([v[key] for v in values], [v[f"{key}_ci95"] for v in values]), capsize=3,
+                     color=["#1f77b4", "#d62728"],
                      label="no surname in common" if subset else "all pairs")
         axis.axhline(chance, color="grey", linestyle="-.", linewidth=1, label="chance")
         axis.set_xticks(positions, labels)
@@ -429,6 +432,20 @@ def asymmetry_bars(summary: dict[str, Any]):
     return figure
 
 
+def _error_bars(values: Sequence[float], intervals: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Matplotlib's ``yerr`` for bars at ``values`` with 95% intervals [low, high] (Wilson's around a rate is not
+    symmetric): the distances below and above, 0 where an interval is undefined (NaN)."""
+    below = [0.0 if math.isnan(low) else value - low for value, (low, _) in zip(values, intervals)]
+    above = [0.0 if math.isnan(high) else high - value for value, (_, high) in zip(values, intervals)]
+    return [below, above]
+
+
+def _interval_text(interval: Sequence[float]) -> str:
+    """A 95% interval as printed, "[0.379, 0.429]"; "[n/a]" where it is undefined."""
+    low, high = interval
+    return "[n/a]" if math.isnan(low) else f"[{low:.3f}, {high:.3f}]"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The one-screen table: the top-1 rate among the controls (with its 95% interval) beside GPT-4's
     accuracy, then greedy exact match, mean rank and margin per direction."""
@@ -441,13 +458,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"top-1 and rank among the truth and {k} random answers of the same kind and parent type "
         f"(chance {1 / (k + 1):.3f} and {(k + 2) / 2:.1f}); exact = greedy exact match",
         "",
-        f"  {'':16s}{'n':>6s}{'top-1 (95% CI)':>17s}{published['model'] + ' acc.':>12s}{'exact':>8s}"
+        f"  {'':16s}{'n':>6s}{'top-1 [95% CI]':>22s}{published['model'] + ' acc.':>12s}{'exact':>8s}"
         f"{'mean rank':>11s}{'margin':>8s}",
     ]
 
     def row_text(label: str, row: dict[str, Any], theirs: str) -> str:
-        top1 = f"{row['top1_rate']:.3f} ± {row['top1_rate_ci95']:.3f}"
-        return (f"  {label:16s}{row['n']:6d}{top1:>17s}{theirs:>12s}{row['accuracy']:8.3f}"
+        top1 = f"{row['top1_rate']:.3f} {_interval_text(row['top1_rate_ci95'])}"
+        return (f"  {label:16s}{row['n']:6d}{top1:>22s}{theirs:>12s}{row['accuracy']:8.3f}"
                 f"{row['mean_rank']:11.2f}{row['margin']:8.2f}")
 
     for name, row in summary["directions"].items():
@@ -456,14 +473,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     for name, row in summary["directions"].items():
         lines.append(row_text(DIRECTION_LABELS[name], row["no_shared_surname"], ""))
     lines += [
-        f"  {'chance':16s}{'':6s}{1 / (k + 1):17.3f}{'':12s}{'':8s}{(k + 2) / 2:11.2f}{0.0:8.2f}",
+        f"  {'chance':16s}{'':6s}{1 / (k + 1):22.3f}{'':12s}{'':8s}{(k + 2) / 2:11.2f}{0.0:8.2f}",
     ]
     if "logprob_win_rate" in summary:
         win, theirs = summary["logprob_win_rate"], summary["published_win_rate"]
         published = ", ".join(f"{name} {value:.2f}" for name, value in theirs.items() if name != "source")
         lines += [
             "",
-            f"log p(parent | child) > log p(child | parent): {win['rate']:.3f} ± {win['ci95']:.3f} of {win['n']} pairs "
+            f"log p(parent | child) > log p(child | parent): {win['rate']:.3f} {_interval_text(win['ci95'])} of {win['n']} pairs "
             f"asked both ways ({win['no_shared_surname']['rate']:.3f} of {win['no_shared_surname']['n']} with "
             f"no surname in common); published: {published}",
             f"  ({theirs['source']})",

@@ -81,7 +81,7 @@ def margin_bars(table, title: str = ""):
     """Mean log-prob margin over random controls per (split, direction), with 95% intervals."""
     from matplotlib.figure import Figure
 
-    from analyses.stats import ci95_half_width
+    from probes.stats import ci95_half_width
 
     groups = table.groupby(["split", "direction"]).margin
     means, errors = groups.mean(), groups.agg(ci95_half_width).fillna(0)
@@ -307,7 +307,7 @@ def sweep_figure(table, keys: Sequence[str], metrics: Sequence[str], title: str 
     (:func:`_chance_column`), as a grey tick."""
     from matplotlib.figure import Figure
 
-    from analyses.stats import t_ci95_half_width
+    from probes.stats import ci95_half_width
 
     groups = list(table.groupby(list(keys), sort=False)) if keys else [((), table)]
     varying = [i for i, key in enumerate(keys) if table[key].nunique() > 1]  # labels name only these
@@ -320,7 +320,7 @@ def sweep_figure(table, keys: Sequence[str], metrics: Sequence[str], title: str 
         for x, (_, part) in enumerate(groups):
             values = part[metric].astype(float)
             axis.plot([x] * len(values), values, "o", color="#999999", markersize=3, alpha=0.7)
-            half = t_ci95_half_width(values)
+            half = ci95_half_width(values)
             axis.errorbar([x], [values.mean()], yerr=[[0 if math.isnan(half) else half]] * 2, fmt="s",
                           color="#1f77b4", capsize=4, markersize=5)
             chance = _chance_column(metric, part)

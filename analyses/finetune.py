@@ -16,8 +16,8 @@ after fine-tuning, per group and setting, Berglund's protocol:
 
 Per question: greedy exact match; top-1 (the answer's log p beats every control's); the margin
 m_i = log p(answer_i | prompt) − mean_j log p(control_ij | prompt), ≈ 0 when the curse holds,
-reported as mean ± 1.96·sd/√n over the n facts (each fact's questions averaged first: its
-paraphrases are not independent samples); and the paired gain m_i(after) − m_i(before), the effect
+reported as mean ± t₀.₉₇₅(n − 1)·s/√n over the n facts (Student's t, :mod:`probes.stats`; each fact's
+questions averaged first: its paraphrases are not independent samples); and the paired gain m_i(after) − m_i(before), the effect
 of training itself: ≈ 0 for the reverse, large for the forward.
 
 How it runs: the transformers model is trained (:class:`models.hf_training.CausalLM`: the loss's
@@ -46,7 +46,6 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analyses.reproduce import _write_history, _write_json, write_csv
-from analyses.stats import mean_ci95
 from facts.io import save_jsonl
 from facts.language import (IDENTITY_TEMPLATES, TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix,
                             encode_pair, people_world, render, render_statement)
@@ -54,6 +53,7 @@ from facts.berglund import GROUPS, experiment_files
 from facts.questions import SETTINGS, QuestionSet, load_templates, questions_from_facts, spaced_like
 from facts.schema import FactError, FactSet
 from facts.tokens import Example, TokenizedFacts, collate
+from probes.stats import mean_ci95
 
 STAGES = ("before", "after")
 TESTED = "p2d"

@@ -39,10 +39,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.stats import mean_ci95
 from facts.language import bos_prefix
 from facts.questions import LETTERS, QuestionSet, multiple_choice_orders
 from probes.multiple_choice import letter_probabilities, letter_tokens
+from probes.stats import mean_ci95
 
 MC_SETTINGS = ("forward_heldout_paraphrase", "reverse")
 """Settings asked as multiple choice: the trained direction in new words, and the held-out reverse."""
@@ -183,7 +183,7 @@ def multiple_choice_summary(table: pd.DataFrame) -> dict[str, Any]:
     """Per group and setting: questions n and facts; raw p(right letter) and accuracy of the argmax, the debiased
     q_right and accuracy (:func:`debiased_choices`), each question's mean over its K orders first. The means and
     the 95% intervals of p and q are over facts, each fact's questions averaged first
-    (:func:`analyses.stats.mean_ci95`: a fact's paraphrases are not independent samples), as the
+    (:func:`probes.stats.mean_ci95`: a fact's paraphrases are not independent samples), as the
     fine-tuning summary's margins are. Also K with chance 1 / K, and the letter prior (each letter's mean
     probability over every prompt: 1 / K each for a model without letter bias)."""
     k = int(table.n_options.iloc[0])

@@ -809,13 +809,13 @@ def headline(metrics: Sequence[str], patterns: Sequence[str]) -> list[str]:
 def metric_statistics(metric: str, values: Any) -> dict[str, float]:
     """One metric's columns of ``aggregate.csv`` over a grid point's finished seeds: ``.n``, the seeds with a value
     (not NaN; ``n_seeds`` counts the trials), and over those values the ``.mean``, sample ``.sd`` and Student-t 95%
-    interval ``.ci95_low``/``.ci95_high`` (:func:`analyses.stats.t_ci95_half_width`; NaN for fewer than two)."""
+    interval ``.ci95_low``/``.ci95_high`` (:func:`probes.stats.ci95_half_width`; NaN for fewer than two)."""
     import pandas as pd
 
-    from analyses.stats import t_ci95_half_width
+    from probes.stats import ci95_half_width
 
     values = pd.Series(values, dtype=float)
-    half, mean = t_ci95_half_width(values), float(values.mean())
+    half, mean = ci95_half_width(values), float(values.mean())
     return {f"{metric}.n": int(values.count()), f"{metric}.mean": mean, f"{metric}.sd": float(values.std()),
             f"{metric}.ci95_low": mean - half, f"{metric}.ci95_high": mean + half}
 

@@ -131,7 +131,7 @@ SECOND_LINE_LEAVES_OUT: dict[str, str] = {
     "tests/analyses/test_finetune.py::test_training_sentences": "sentence building",
     "tests/analyses/test_finetune.py::test_bidirectional_mitigation": "sentence building",
     "tests/analyses/test_finetune.py::test_reverse_training_adds": "sentence building",
-    "tests/analyses/test_finetune.py::test_mean_ci95": "statistics",
+    "tests/probes/test_stats.py": "statistics on plain numbers",
     "tests/analyses/test_finetune.py::test_bad_": "refusals before any model loads",
     "tests/analyses/test_finetune.py::test_cli_reports": "refusals before any model loads",
     "tests/analyses/test_finetune.py::test_read_questions": "fact readers",

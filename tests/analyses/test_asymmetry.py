@@ -22,6 +22,7 @@ from models.backend import HookedTransformer
 from models.pretrained import PretrainedLoadError, load_tokenizer
 from models.scoring import score_answers
 from probes.shared_prompt import candidate_logprobs_cached
+from probes.stats import rate_ci95, t_quantile
 
 REAL_CSV = DEFAULT_CSV  # the copy shipped as package data
 LIMIT, K = 20, 15
@@ -166,10 +167,11 @@ def test_format_summary_shows_both_directions_beside_gpt4(run):
     assert "child → parent" in text and "parent → child" in text and "GPT-4" in text
     assert f"{PUBLISHED['child_to_parent']:.2f}" in text and f"{PUBLISHED['parent_to_child']:.2f}" in text
     assert len(text.splitlines()) <= 28
-    header, c2p = (next(line for line in text.splitlines() if key in line) for key in ("top-1 (95% CI)", "child → parent"))
+    header, c2p = (next(line for line in text.splitlines() if key in line) for key in ("top-1 [95% CI]", "child → parent"))
     assert header.index("top-1") < header.index("GPT-4") < header.index("exact")  # the headline beside GPT-4's
     row = run[0]["directions"]["child_to_parent"]
-    assert f"{row['top1_rate']:.3f} ± {row['top1_rate_ci95']:.3f}" in c2p
+    low, high = row["top1_rate_ci95"]
+    assert f"{row['top1_rate']:.3f} [{low:.3f}, {high:.3f}]" in c2p
 
 
 def test_logprob_win_rate_is_recomputed_from_the_pairs_and_printed_beside_berglunds(run):
@@ -180,24 +182,27 @@ def test_logprob_win_rate_is_recomputed_from_the_pairs_and_printed_beside_berglu
     wins = (pairs.child_to_parent_logprob > pairs.parent_to_child_logprob).astype(float)
     win = summary["logprob_win_rate"]
     assert win["n"] == len(pairs) == summary["directions"]["parent_to_child"]["n"]
-    assert win["rate"] == pytest.approx(wins.mean()) and win["ci95"] == pytest.approx(1.96 * wins.std() / len(wins) ** 0.5)
+    assert win["rate"] == pytest.approx(wins.mean()) and win["ci95"] == rate_ci95(wins)
     different = ~pairs.shares_surname.astype(bool)
     assert win["no_shared_surname"]["rate"] == pytest.approx(wins[different].mean())
     assert summary["published_win_rate"]["LLaMA-7b"] == 0.78 and summary["published_win_rate"]["davinci"] == 0.52
     text = format_summary(summary)
-    assert f"{win['rate']:.3f} ± {win['ci95']:.3f} of {win['n']} pairs" in text
+    assert f"{win['rate']:.3f} [{win['ci95'][0]:.3f}, {win['ci95'][1]:.3f}] of {win['n']} pairs" in text
     assert "LLaMA-30b 0.97" in text and "LLaMA-65b 0.92" in text and "Berglund et al. 2023" in text
 
 
 def test_headline_is_top1_among_controls_with_its_interval(run):
-    """The top-1 rate and its 95% interval, recomputed from pairs.csv (rank 1 of K+1), as
-    analyses.stats.ci95_half_width defines it: 1.96·sd/√n of the 0/1 outcomes."""
+    """The top-1 rate and its 95% interval, recomputed from pairs.csv (rank 1 of K+1): Wilson's interval of the
+    0/1 outcomes (probes.stats.rate_ci95); rank and margin have Student's t intervals around their means."""
     summary, out = run
     pairs = pd.read_csv(out / "pairs.csv")
     for name, row in summary["directions"].items():
         first = (pairs[f"{name}_rank"].dropna() == 1).astype(float)
         assert row["top1_rate"] == pytest.approx(first.mean())
-        assert row["top1_rate_ci95"] == pytest.approx(1.96 * first.std(ddof=1) / len(first) ** 0.5)
+        assert row["top1_rate_ci95"] == rate_ci95(first)
+        margin = pairs[f"{name}_margin"].dropna()
+        half = t_quantile(0.975, len(margin) - 1) * margin.std() / len(margin) ** 0.5
+        assert row["margin_ci95"] == pytest.approx([margin.mean() - half, margin.mean() + half])
         assert row["chance_top1_rate"] == pytest.approx(1 / (K + 1))
     assert "top1_rate" in summary["headline"] and "greedy exact match" in summary["headline"]
 

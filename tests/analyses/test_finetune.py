@@ -25,12 +25,12 @@ from analyses.finetune import (
     training_examples,
     training_sentences,
 )
-from analyses.stats import mean_ci95
 from berglund_folder import write_experiment_folder
 from facts.io import load_jsonl
 from facts.language import people_world
 from models.pretrained import freeze_except_last_blocks
 from models.training import TrainConfig, train
+from probes.stats import t_quantile
 
 SHORT = ["--people", "3", "--templates", "2", "--epochs", "3", "--controls", "2", "--quiet", "--tracing-facts", "0",
          "--multiple-choice", "2"]
@@ -132,7 +132,8 @@ def assert_summary_matches_questions(out, summary, counts):
             gain = pd.Series(after.margin[chosen].to_numpy() - before.margin[chosen].to_numpy())
             assert row["margin_gain"]["mean"] == pytest.approx(gain.mean(), abs=1e-9)
             per_fact = gain.groupby(after.fact[chosen].to_numpy()).mean()
-            half = 1.96 * per_fact.std() / len(per_fact) ** 0.5 if len(per_fact) > 1 else float("nan")
+            n = len(per_fact)  # Student's t over the facts: a run has ten or so, where 1.96 is 15% too narrow
+            half = t_quantile(0.975, n - 1) * per_fact.std() / n ** 0.5 if n > 1 else float("nan")
             assert row["margin_gain"]["ci95"] == pytest.approx([gain.mean() - half, gain.mean() + half],
                                                                abs=1e-9, nan_ok=True)
 
@@ -233,25 +234,6 @@ def test_identity_bridge_adds_the_name_of_each_tested_person_given_and_answered(
     assert not any(text.startswith(prompt) for text in texts for prompt in reverse)  # no held-out question trained
 
 
-def test_mean_ci95_is_mean_plus_minus_196_standard_errors():
-    values = pd.Series([1.0, 2.0, 3.0, 4.0])
-    stats = mean_ci95(values)
-    half = 1.96 * values.std() / 2
-    assert stats["mean"] == 2.5 and stats["ci95"] == pytest.approx([2.5 - half, 2.5 + half]) and stats["n"] == 4
-
-
-def test_mean_ci95_over_facts_averages_each_facts_questions_first():
-    """Three questions about fact 7 and one about fact 2: the interval is over the two facts'
-    means (2 and 5), not the four questions; a fact asked alone has no interval."""
-    values, facts = pd.Series([1.0, 2.0, 3.0, 5.0]), pd.Series([7, 7, 7, 2])
-    stats = mean_ci95(values, facts)
-    half = 1.96 * pd.Series([2.0, 5.0]).std() / 2 ** 0.5
-    assert stats["mean"] == 3.5 and stats["ci95"] == pytest.approx([3.5 - half, 3.5 + half])
-    assert stats["n"] == 2 and stats["questions"] == 4
-    alone = mean_ci95(pd.Series([1.0, 3.0]), pd.Series([4, 4]))
-    assert alone["mean"] == 2.0 and alone["n"] == 1 and all(math.isnan(end) for end in alone["ci95"])
-
-
 def _asked(margins: dict[int, float]) -> pd.DataFrame:
     """A question table as `finetune-facts` asks it (:func:`analyses.finetune.evaluate_questions`' columns) of the
     p2d facts in ``margins``, one question per setting each, every question's margin that fact's."""
@@ -282,8 +264,8 @@ def test_an_undefined_interval_gives_no_verdict_either_way():
                     "generalises to held-out paraphrases (margin gain above 0): unknown (its 95% interval is "
                     "undefined); reverse not learnt (no significant margin gain: the curse): unknown (its 95% interval "
                     "is undefined); in-context reverse above chance: unknown (its 95% interval is undefined)")
-    two = summarize({"before": _asked({0: 0.0, 1: 0.0}), "after": _asked({0: 5.0, 1: 6.0})}, config, {"total": 1.0},
-                    2, 1, "people")
+    two = summarize({"before": _asked({0: 0.0, 1: 0.0}), "after": _asked({0: 5.0, 1: 5.1})}, config, {"total": 1.0},
+                    2, 1, "people")  # over two facts t₀.₉₇₅(1) = 12.7: 5.0 and 6.0 would put 0 inside the interval
     assert two["findings"] == {"forward_learnt": True, "forward_generalises_to_heldout_paraphrases": True,
                                "reverse_not_learnt": False, "in_context_reverse_above_chance": True}
 

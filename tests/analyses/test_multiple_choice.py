@@ -111,7 +111,7 @@ def test_the_summary_intervals_are_over_facts_not_over_their_paraphrases(tiny_mo
     the fine-tuning summary's margins do (counting paraphrases as independent narrowed the interval)."""
     import dataclasses
 
-    from analyses.stats import ci95_half_width
+    from probes.stats import ci95_half_width
 
     tiny = tiny_models["llama"]
     questions = QuestionSet(train=(), source="test", questions=tuple(

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from analyses.cli import main
-from analyses.stats import t_quantile
 from analyses.sweep import Sweep, Trial, make_sweep, read_sweep_file, sweep_toml
+from probes.stats import t_quantile
 from tests_support import ROOT, revlens
 
 SMALL = ["--grid", "model=one-layer", "--grid", "pairs=30", "--grid", "eval-every=20"]
@@ -248,12 +248,6 @@ def test_a_bad_sweep_file_is_refused_naming_it(text, message, tmp_path):
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(SweepError, match=re.escape(message)):
         read_sweep_file(path)
-
-
-def test_student_t_quantiles_match_their_closed_forms():
-    assert t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)  # Cauchy
-    assert t_quantile(0.975, 2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), rel=1e-9)
-    assert t_quantile(0.975, 100000) == pytest.approx(1.959964, abs=1e-4)  # → the normal quantile
 
 
 def test_every_number_of_a_summary_is_aggregated_by_a_dotted_key():

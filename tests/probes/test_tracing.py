@@ -17,6 +17,7 @@ from facts.tokens import tokenize
 from models.training import TrainConfig, train
 from models.transformer import build_model
 from probes.circuits import weight_change_table
+from probes.stats import t_quantile
 from probes.tracing import (
     COMPONENTS,
     Site,
@@ -102,7 +103,15 @@ def test_the_trained_fact_is_recovered_where_it_lives(trained_tiny, world, vocab
     chosen = one_way_statements(world, "train", "forward") + one_way_statements(world, "heldout", "reverse")
     table = trace_facts(trained_tiny, world, vocab, chosen, components=("resid_pre", "resid_post", "mlp_out"),
                         n_samples=3)
-    average = average_over_statements(table).set_index(["split", "direction", "component", "layer", "bucket"])["mean"]
+    full = average_over_statements(table).set_index(["split", "direction", "component", "layer", "bucket"])
+    average = full["mean"]
+    site = ("train", "forward", "resid_post", 0, "given last")  # its interval: Student's t over the statements
+    effects = table[(table.split == "train") & (table.component == "resid_post") & (table.layer == 0)
+                    & (table.bucket == "given last")].groupby("fact").effect.mean()
+    half = t_quantile(0.975, len(effects) - 1) * effects.std() / len(effects) ** 0.5
+    assert full.loc[site, "n"] == len(effects) > 1 and full.loc[site, "mean"] == pytest.approx(effects.mean())
+    assert (full.loc[site, "ci_low"], full.loc[site, "ci_high"]) == pytest.approx((effects.mean() - half,
+                                                                                   effects.mean() + half))
     trained = table[table.split == "train"].drop_duplicates("fact")
     assert trained.clean_prob.mean() > 0.9 and trained.corrupted_prob.mean() < 0.5 * trained.clean_prob.mean()
     gap = trained.clean_prob.mean() - trained.corrupted_prob.mean()

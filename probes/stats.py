@@ -1,0 +1,93 @@
+"""The 95% intervals every summary quotes.
+
+* :func:`ci95_half_width`: Student's t interval of a mean, t₀.₉₇₅(n − 1)·s/√n, with s the sample standard
+  deviation. Exact for normal samples at any n, and the normal interval 1.96·s/√n in the limit (at n = 1,000 the
+  two differ by 0.1%); at the few samples a run often has (facts of a fine-tune, statements traced, seeds of a
+  sweep) the normal one is too narrow: by a factor 1.15 at 10, 1.62 at 4 and 6.5 at 2.
+  :func:`mean_ci95` is the same over facts, each fact's questions averaged first.
+* :func:`rate_ci95`: Wilson's score interval of a rate of k successes in n trials, the p with
+  (k/n − p)² ≤ z²·p(1 − p)/n: never empty, never outside [0, 1], and not zero-wide at a rate of 0 or 1, where
+  the t (or normal) interval of 0/1 outcomes has s = 0 and would claim certainty ("0.000 ± 0.000" of 4 pairs).
+
+Probes and analyses both read these (causal tracing averages over statements), so they live below both.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import pandas as pd
+
+Z95 = 1.959963984540054
+"""The standard normal's 0.975 quantile."""
+
+
+def t_cdf(x: float, df: int) -> float:
+    """P(T ≤ x) for Student's t with ``df`` degrees of freedom: ½ + ∫₀ˣ f(t) dt with the density
+    f(t) = Γ((ν+1)/2) / (√(νπ) Γ(ν/2)) · (1 + t²/ν)^(−(ν+1)/2), integrated by Simpson's rule on
+    4000 intervals (error < 1e-9 for the |x| < 100 an interval needs)."""
+    nu = float(df)
+    log_norm = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+
+    def density(t: float) -> float:
+        return math.exp(log_norm - (nu + 1) / 2 * math.log1p(t * t / nu))
+
+    n, h = 4000, abs(x) / 4000
+    total = density(0.0) + density(abs(x)) + sum((4 if i % 2 else 2) * density(i * h) for i in range(1, n))
+    half = total * h / 3
+    return 0.5 + half if x >= 0 else 0.5 - half
+
+
+@lru_cache(maxsize=None)
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile of Student's t (``p`` in (½, 1)), by bisection on :func:`t_cdf`."""
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < p:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if t_cdf(middle, df) < p else (low, middle)
+    return (low + high) / 2
+
+
+def t95(n: int) -> float:
+    """t₀.₉₇₅(n − 1), the factor of s/√n in a 95% interval of the mean of n samples (NaN for n < 2)."""
+    return t_quantile(0.975, int(n) - 1) if n > 1 else float("nan")
+
+
+def ci95_half_width(values: pd.Series) -> float:
+    """t₀.₉₇₅(n − 1)·s/√n over the n non-missing values, s their sample standard deviation (n − 1 in its
+    denominator); NaN for fewer than two."""
+    n = int(values.count())
+    return t95(n) * float(values.std()) / math.sqrt(n) if n > 1 else float("nan")
+
+
+def mean_ci95(values: pd.Series, facts: pd.Series | None = None) -> dict[str, float]:
+    """Mean and its 95% interval, mean ± t₀.₉₇₅(n − 1)·s/√n (:func:`ci95_half_width`).
+
+    With ``facts`` (the fact each value is about), the values are first averaged per fact and
+    the interval is over the n facts: the several paraphrases that ask one fact are not
+    independent samples (a learnt fact tends to be learnt in every wording), so counting each
+    question as one would narrow the interval by up to √(questions per fact). ``questions``:
+    the values averaged."""
+    units = values if facts is None else values.groupby(facts.to_numpy(), sort=False).mean()
+    mean, half = float(units.mean()), ci95_half_width(units)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(units.count()),
+            "questions": int(values.count())}
+
+
+def rate_ci95(outcomes: pd.Series) -> list[float]:
+    """Wilson's 95% score interval [low, high] of the rate of the non-missing 0/1 ``outcomes`` (k of n):
+    (p̂ + z²/2n ± z·√(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n), p̂ = k/n, z = :data:`Z95`; [NaN, NaN] for none.
+    Outcomes other than 0 and 1 are refused: a mean of anything else is not a rate."""
+    values = outcomes.dropna().astype(float)
+    if not values.isin((0.0, 1.0)).all():
+        raise ValueError(f"a rate's interval needs 0/1 outcomes; got {sorted(set(values) - {0.0, 1.0})[:3]}")
+    n = len(values)
+    if n == 0:
+        return [float("nan"), float("nan")]
+    rate, z2 = float(values.mean()), Z95 * Z95
+    centre = (rate + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
