@@ -59,7 +59,7 @@ from models.cpu_matmul import float32_matmul
 from models.pretrained import DEFAULT_MODEL, Backend, TLModel, load
 from models.scoring import model_device
 from probes.shared_prompt import candidate_logprobs_cached
-from probes.stats import mean_ci95, rate_ci95
+from probes.stats import ci95_half_width, rate_ci95
 from probes.views import save_png
 
 TEMPLATE_FAMILIES = {"completion": COMPLETION_TEMPLATES, "question": QUESTION_TEMPLATES}
@@ -94,13 +94,15 @@ direction (> 0.5: the parent is the likelier answer), not to the digit."""
 def logprob_win_rate(table: pd.DataFrame) -> dict[str, Any]:
     """Share of pairs asked both ways with log p(parent | child prompt) > log p(child | parent prompt),
     with its 95% interval; the same on the pairs that share no surname word. Pairs asked one way (a
-    parent's later children) are left out."""
+    parent's later children) are left out. A child's mother and father are two pairs that share the child's
+    prompt, and their outcomes agree more often than chance would have them, so the interval is Wilson's over
+    pairs clustered by child (:func:`probes.stats.rate_ci95`); ``children`` counts the clusters."""
     both = table[table.child_to_parent_logprob.notna() & table.parent_to_child_logprob.notna()]
 
     def rate(part: pd.DataFrame) -> dict[str, Any]:
         wins = (part.child_to_parent_logprob.astype(float) > part.parent_to_child_logprob.astype(float)).astype(float)
-        return {"n": int(len(part)), "rate": float(wins.mean()) if len(part) else float("nan"),
-                "ci95": rate_ci95(wins)}
+        return {"n": int(len(part)), "children": int(part.child.nunique()),
+                "rate": float(wins.mean()) if len(part) else float("nan"), "ci95": rate_ci95(wins, part.child)}
 
     return {**rate(both), "no_shared_surname": rate(both[~both.shares_surname.astype(bool)])}
 
@@ -233,18 +235,27 @@ def summarize_directions(table: pd.DataFrame, n_controls: int) -> dict[str, dict
 
 
 def _direction_stats(part: pd.DataFrame, name: str) -> dict[str, Any]:
+    """One direction's numbers; intervals over statements clustered by the person the prompt names (a child asked
+    for its mother and for its father is one cluster), :mod:`probes.stats`."""
     n = int(len(part))
+    asked = part.child if name == "child_to_parent" else part.parent
     rank = part[f"{name}_rank"].astype(float)
     margin = part[f"{name}_margin"].astype(float)
     mean = lambda series: float(series.mean()) if n else float("nan")  # noqa: E731
     top1 = (rank == 1).astype(float)
     return {
         "n": n, "accuracy": mean(part[f"{name}_correct"].astype(float)),
-        "mean_rank": mean(rank), "mean_rank_ci95": mean_ci95(rank)["ci95"],
-        "top1_rate": mean(top1), "top1_rate_ci95": rate_ci95(top1),
+        "mean_rank": mean(rank), "mean_rank_ci95": _mean_interval(rank, asked),
+        "top1_rate": mean(top1), "top1_rate_ci95": rate_ci95(top1, asked),
         "logprob": mean(part[f"{name}_logprob"].astype(float)), "margin": mean(margin),
-        "margin_ci95": mean_ci95(margin)["ci95"],
+        "margin_ci95": _mean_interval(margin, asked),
     }
+
+
+def _mean_interval(values: pd.Series, clusters: pd.Series) -> list[float]:
+    """[low, high] of the mean of ``values``: Student's t over the clustered statements (NaN where undefined)."""
+    mean, half = float(values.mean()), ci95_half_width(values, clusters)
+    return [mean - half, mean + half]
 
 
 def surnames(name: str) -> frozenset[str]:

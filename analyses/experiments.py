@@ -509,14 +509,14 @@ COMMAND_RUNS: dict[str, RunKind] = {
     "sweep": RunKind(
         "Sweep across seeds and a grid",
         "The same claims across seeds: each headline number of the swept experiment as its mean over seeds with a "
-        "Student-t 95% interval, per grid point; the paper's predictions should hold at every point, not at one "
+        "Student-t 95% interval (a yes/no verdict: the share of seeds saying yes, with Wilson's), per grid point; the paper's predictions should hold at every point, not at one "
         "lucky seed.", ("aggregate.csv",), "analyses.sweep:format_sweep", {
             "sweep.png": "Per headline metric (panel) and grid point (x): each seed's value (grey dots) and the mean "
-                         "with its Student-t 95% interval across seeds (blue); chance as a grey tick where the "
+                         "with its 95% interval across seeds (blue; Student's t, Wilson's for a yes/no); chance as a grey tick where the "
                          "experiment has one.",
             "aggregate.csv": "One row per grid point: for every number of the trials' summary.json, its mean, sample "
-                             "sd and 95% t-interval across the finished seeds (n_seeds) that have a value for it "
-                             "(.n); each trial's run folder is in trials/."}),
+                             "sd and 95% interval (Student's t; Wilson's for a yes/no verdict, whose mean is the share of "
+                             "seeds saying yes) across the finished seeds (n_seeds) that have a value for it (.n); each trial's run folder is in trials/."}),
 }
 """The run folders of the commands that are not experiments, by ``summary["experiment"]`` (or
 ``"probe"`` / ``"probe-prior"``, which :func:`analyses.report.run_kind` infers)."""

@@ -303,11 +303,12 @@ def _chance_column(metric: str, table) -> str | None:
 
 def sweep_figure(table, keys: Sequence[str], metrics: Sequence[str], title: str = ""):
     """One panel per metric: per grid point (x, the varying grid keys named below it), every seed's value (dots)
-    and the mean with its Student-t 95% interval across seeds (error bar); chance, where the summary has it
+    and the mean with its 95% interval across seeds (error bar; Student's t, or Wilson's for a yes/no verdict,
+    :func:`probes.stats.interval95`); chance, where the summary has it
     (:func:`_chance_column`), as a grey tick."""
     from matplotlib.figure import Figure
 
-    from probes.stats import ci95_half_width
+    from probes.stats import interval95
 
     groups = list(table.groupby(list(keys), sort=False)) if keys else [((), table)]
     varying = [i for i, key in enumerate(keys) if table[key].nunique() > 1]  # labels name only these
@@ -320,9 +321,10 @@ def sweep_figure(table, keys: Sequence[str], metrics: Sequence[str], title: str 
         for x, (_, part) in enumerate(groups):
             values = part[metric].astype(float)
             axis.plot([x] * len(values), values, "o", color="#999999", markersize=3, alpha=0.7)
-            half = ci95_half_width(values)
-            axis.errorbar([x], [values.mean()], yerr=[[0 if math.isnan(half) else half]] * 2, fmt="s",
-                          color="#1f77b4", capsize=4, markersize=5)
+            low, high = interval95(part[metric])
+            mean = values.mean()
+            axis.errorbar([x], [mean], yerr=[[0 if math.isnan(low) else mean - low], [0 if math.isnan(high) else high - mean]],
+                          fmt="s", color="#1f77b4", capsize=4, markersize=5)
             chance = _chance_column(metric, part)
             if chance:
                 axis.hlines(part[chance].mean(), x - 0.35, x + 0.35, color="grey", linestyle="-.")

@@ -325,14 +325,27 @@ def above_zero(ci95: Sequence[float]) -> bool | None:
     return None if low is None or math.isnan(low) else bool(low > 0)
 
 
+def reverse_not_learnt(reverse_gain_ci95: Sequence[float], forward_gain: float) -> bool | None:
+    """The curse, read from the reverse questions' margin gain [low, high] beside the trained direction's mean gain:
+    False where the reverse gained (low > 0); True where it did not (low ≤ 0) and its interval also lies below the
+    forward's gain (high < forward_gain: it did not learn as the trained direction did); None (unknown) where the
+    interval is undefined, or reaches both 0 and the forward's gain: too wide to tell a curse from a run without
+    the power to see one (a gain of −0.3 [−11.7, 11.0] beside a forward gain of 8 is no evidence either way)."""
+    learnt = above_zero(reverse_gain_ci95)
+    if learnt is None or learnt:
+        return None if learnt is None else False
+    return True if reverse_gain_ci95[1] < forward_gain else None
+
+
 def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: dict[str, float],
               n_sentences: int, steps: int, source: str) -> dict[str, Any]:
     """Per group and setting (:data:`facts.questions.SETTINGS`, those asked), before and after
     fine-tuning, :func:`setting_summary`, and the paired margin gain after − before (the same
     questions in the same order) with its interval over facts; and the findings, read on the tested group
     (p2d when present). The gain takes out each question's margin before training, so "the
-    reverse was not learnt" reads: the gain's interval does not lie above 0. A finding read from an
-    interval is None (unknown) where the interval is undefined (:func:`above_zero`)."""
+    reverse was not learnt" (:func:`reverse_not_learnt`) reads: the gain's interval does not lie above 0 and lies
+    below the trained direction's gain. A finding read from an interval is None (unknown) where the interval is
+    undefined (:func:`above_zero`) or, for the reverse, too wide to tell."""
     before, after = tables["before"], tables["after"]
     out: dict[str, Any] = {"experiment": "finetune-facts", "config": asdict(config), "source": source,
                            "train_sentences": n_sentences, "steps": steps, "chance_exact_match": 0.0,
@@ -353,9 +366,9 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
     if "forward_heldout_paraphrase" in tested:
         findings["forward_generalises_to_heldout_paraphrases"] = above_zero(
             tested["forward_heldout_paraphrase"]["margin_gain"]["ci95"])
-    if "reverse" in tested:  # no significant gain: the curse (a fall counts too)
-        learnt = above_zero(tested["reverse"]["margin_gain"]["ci95"])
-        findings["reverse_not_learnt"] = None if learnt is None else not learnt
+    if "reverse" in tested:
+        findings["reverse_not_learnt"] = reverse_not_learnt(tested["reverse"]["margin_gain"]["ci95"],
+                                                            tested["forward_trained_paraphrase"]["margin_gain"]["mean"])
     if "in_context_reverse" in tested:
         in_context = tested["in_context_reverse"]["after"]["margin"]["ci95"]
         findings["in_context_reverse_above_chance"] = above_zero(in_context)
@@ -672,8 +685,8 @@ def _groups_legend(groups: Sequence[str], source: str) -> str | None:
 
 
 def _verdict_word(value: bool | None) -> str:
-    """A finding as printed: yes, no, or unknown where its interval is undefined (None)."""
-    return "unknown (its 95% interval is undefined)" if value is None else "yes" if value else "no"
+    """A finding as printed: yes, no, or unknown where its interval cannot tell (None)."""
+    return "unknown (its 95% interval is undefined or too wide to tell)" if value is None else "yes" if value else "no"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -729,7 +742,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     said = {"forward_learnt": "forward learnt (≥ 90% exact match on the trained paraphrase)",
             "forward_generalises_to_heldout_paraphrases": "forward generalises to held-out paraphrases "
                                                           "(margin gain above 0)",
-            "reverse_not_learnt": "reverse not learnt (no significant margin gain: the curse)",
+            "reverse_not_learnt": "reverse not learnt (margin gain not above 0 and below the trained "
+                                  "direction's: the curse)",
             "in_context_reverse_above_chance": "in-context reverse above chance"}
     lines.append(f"{summary['tested_group']} group: " + "; ".join(
         f"{said[name]}: {_verdict_word(value)}" for name, value in findings.items()))

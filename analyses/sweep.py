@@ -743,16 +743,17 @@ def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources
 
 # --- aggregation -------------------------------------------------------------------------------
 
-def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
+def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float | bool]:
     """Every number of a summary by dotted key (the config and its copies, timings and captions left out, at any
-    depth: :data:`NOT_MEASURED`; booleans as 0/1; a list of records keyed by :func:`record_label`, else its index).
+    depth: :data:`NOT_MEASURED`; a boolean kept one, a verdict (:func:`metric_statistics`); a list of records keyed
+    by :func:`record_label`, else its index).
     A ``seed`` is an identity, not a measurement: it labels its record and is never a number of its own; so are a
     record's ``d`` and ``layer``, and a ``peak_layer`` (where a peak is: its mean over seeds would be a layer that
     is none of theirs). Two numbers under one key (records a label cannot tell apart) are refused, never one kept
     in place of the other."""
-    found: dict[str, float] = {}
+    found: dict[str, float | bool] = {}
 
-    def add(more: dict[str, float]) -> None:
+    def add(more: dict[str, float | bool]) -> None:
         clash = next((key for key in more if key in found), None)
         if clash is not None:
             raise ValueError(f"two numbers of one summary under the key {clash!r}: their records need a "
@@ -763,7 +764,9 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
         if (not prefix and key == "config") or key in NOT_MEASURED:
             continue
         name = f"{prefix}{key}"
-        if isinstance(value, (bool, int, float)):
+        if isinstance(value, bool):
+            add({name: value})  # kept a bool: a verdict, whose share over seeds is a rate (probes.stats.interval95)
+        elif isinstance(value, (int, float)):
             add({name: float(value)})
         elif isinstance(value, dict):
             add(numbers(value, f"{name}."))
@@ -808,16 +811,18 @@ def headline(metrics: Sequence[str], patterns: Sequence[str]) -> list[str]:
 
 def metric_statistics(metric: str, values: Any) -> dict[str, float]:
     """One metric's columns of ``aggregate.csv`` over a grid point's finished seeds: ``.n``, the seeds with a value
-    (not NaN; ``n_seeds`` counts the trials), and over those values the ``.mean``, sample ``.sd`` and Student-t 95%
-    interval ``.ci95_low``/``.ci95_high`` (:func:`probes.stats.ci95_half_width`; NaN for fewer than two)."""
+    (not NaN; ``n_seeds`` counts the trials), and over those values the ``.mean``, sample ``.sd`` and 95% interval
+    ``.ci95_low``/``.ci95_high``: Student's t (NaN for fewer than two), or Wilson's for a verdict (yes/no), whose
+    mean is the share of seeds that say yes (:func:`probes.stats.interval95`)."""
     import pandas as pd
 
-    from probes.stats import ci95_half_width
+    from probes.stats import interval95
 
-    values = pd.Series(values, dtype=float)
-    half, mean = ci95_half_width(values), float(values.mean())
-    return {f"{metric}.n": int(values.count()), f"{metric}.mean": mean, f"{metric}.sd": float(values.std()),
-            f"{metric}.ci95_low": mean - half, f"{metric}.ci95_high": mean + half}
+    values = pd.Series(list(values), dtype=object)
+    numbers = values.astype(float)
+    low, high = interval95(values)
+    return {f"{metric}.n": int(numbers.count()), f"{metric}.mean": float(numbers.mean()),
+            f"{metric}.sd": float(numbers.std()), f"{metric}.ci95_low": low, f"{metric}.ci95_high": high}
 
 
 def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
@@ -883,7 +888,12 @@ def _interval(row: dict[str, Any], metric: str) -> str:
     if f"{metric}.mean" not in row or not row.get(f"{metric}.n"):  # no finished trial, or none with this metric
         return "n/a"
     mean, low, high = row[f"{metric}.mean"], row[f"{metric}.ci95_low"], row[f"{metric}.ci95_high"]
-    cell = f"{mean:.4g}" if math.isnan(high) else f"{mean:.4g} ± {(high - low) / 2:.2g}"
+    if math.isnan(high):
+        cell = f"{mean:.4g}"
+    elif math.isclose(high - mean, mean - low, rel_tol=1e-9, abs_tol=1e-12):
+        cell = f"{mean:.4g} ± {(high - low) / 2:.2g}"
+    else:  # Wilson's interval of a share of seeds is not symmetric
+        cell = f"{mean:.4g} [{low:.2g}, {high:.2g}]"
     return cell + (f" (n={row[f'{metric}.n']})" if row[f"{metric}.n"] < row["n_seeds"] else "")
 
 
@@ -892,7 +902,8 @@ def format_sweep(summary: dict[str, Any]) -> str:
     keys = list(summary["config"]["grid"])
     seeds = summary["config"]["seeds"]
     lines = [f"sweep of {summary['command']}: {summary['n_finished']} of {summary['n_trials']} trials finished "
-             f"({len(seeds)} seeds: {', '.join(map(str, seeds))}); mean ± 95% t-interval half-width across seeds"]
+             f"({len(seeds)} seeds: {', '.join(map(str, seeds))}); mean ± 95% t-interval half-width across seeds (a yes/no: "
+             f"the share of seeds saying yes [Wilson's 95% interval])"]
     columns = [*keys, "n", *summary["headline"]]
     cells = [[_shown(r[k]) for k in keys] + [str(r["n_seeds"])] + [r[m] for m in summary["headline"]]
              for r in summary["rows"]]

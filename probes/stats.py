@@ -9,6 +9,10 @@
   (k/n − p)² ≤ z²·p(1 − p)/n: never empty, never outside [0, 1], and not zero-wide at a rate of 0 or 1, where
   the t (or normal) interval of 0/1 outcomes has s = 0 and would claim certainty ("0.000 ± 0.000" of 4 pairs).
 
+Samples that come in clusters (a celebrity's mother and father asked with the same child's name) are not
+independent either. With ``clusters``, both intervals widen by the clusters' design effect (:func:`design_effect`),
+never narrow; a mean over facts whose paraphrases should count once is :func:`mean_ci95`'s ``facts`` instead.
+
 Probes and analyses both read these (causal tracing averages over statements), so they live below both.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 
 Z95 = 1.959963984540054
@@ -56,11 +61,32 @@ def t95(n: int) -> float:
     return t_quantile(0.975, int(n) - 1) if n > 1 else float("nan")
 
 
-def ci95_half_width(values: pd.Series) -> float:
+def design_effect(values: pd.Series, clusters: pd.Series) -> tuple[float, int]:
+    """(deff, C): how much the clusters inflate the variance of the mean of ``values``, and their number.
+
+    With residuals e_i = y_i − ȳ, deff = Σ_c (Σ_{i∈c} e_i)² / Σ_i e_i²: the cluster-robust variance of ȳ over the
+    independent one (1 when every cluster holds one value; k when each value is repeated k times in its
+    cluster), floored at 1 so that clusters never narrow an interval. Missing values are left out; a variance of
+    0 gives 1."""
+    keep = values.notna().to_numpy()
+    y = values[keep].astype(float).to_numpy()
+    groups = clusters[keep].to_numpy()
+    residual = pd.Series(y - y.mean())
+    total = float((residual ** 2).sum())
+    within = residual.groupby(groups, sort=False).sum()
+    deff = float((within ** 2).sum()) / total if total > 0 else 1.0
+    return max(1.0, deff), int(len(within))
+
+
+def ci95_half_width(values: pd.Series, clusters: pd.Series | None = None) -> float:
     """t₀.₉₇₅(n − 1)·s/√n over the n non-missing values, s their sample standard deviation (n − 1 in its
-    denominator); NaN for fewer than two."""
+    denominator); NaN for fewer than two. With ``clusters`` (one label per value): t₀.₉₇₅(C − 1)·s·√(deff/n)
+    over the C clusters (:func:`design_effect`), NaN for fewer than two clusters."""
     n = int(values.count())
-    return t95(n) * float(values.std()) / math.sqrt(n) if n > 1 else float("nan")
+    if clusters is None:
+        return t95(n) * float(values.std()) / math.sqrt(n) if n > 1 else float("nan")
+    deff, count = design_effect(values, clusters)
+    return t95(count) * float(values.std()) * math.sqrt(deff / n) if count > 1 else float("nan")
 
 
 def mean_ci95(values: pd.Series, facts: pd.Series | None = None) -> dict[str, float]:
@@ -77,17 +103,32 @@ def mean_ci95(values: pd.Series, facts: pd.Series | None = None) -> dict[str, fl
             "questions": int(values.count())}
 
 
-def rate_ci95(outcomes: pd.Series) -> list[float]:
+def rate_ci95(outcomes: pd.Series, clusters: pd.Series | None = None) -> list[float]:
     """Wilson's 95% score interval [low, high] of the rate of the non-missing 0/1 ``outcomes`` (k of n):
     (p̂ + z²/2n ± z·√(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n), p̂ = k/n, z = :data:`Z95`; [NaN, NaN] for none.
-    Outcomes other than 0 and 1 are refused: a mean of anything else is not a rate."""
+    With ``clusters`` (one label per outcome), n is the effective sample size n/deff (:func:`design_effect`):
+    outcomes repeated k times each give the interval of one copy. Outcomes other than 0 and 1 are refused: a
+    mean of anything else is not a rate."""
     values = outcomes.dropna().astype(float)
     if not values.isin((0.0, 1.0)).all():
         raise ValueError(f"a rate's interval needs 0/1 outcomes; got {sorted(set(values) - {0.0, 1.0})[:3]}")
-    n = len(values)
+    n: float = len(values)
     if n == 0:
         return [float("nan"), float("nan")]
+    if clusters is not None:
+        n /= design_effect(outcomes, clusters)[0]
     rate, z2 = float(values.mean()), Z95 * Z95
     centre = (rate + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def interval95(values: pd.Series) -> list[float]:
+    """[low, high] of the non-missing ``values``: Wilson's (:func:`rate_ci95`) where every one is a yes/no (a
+    ``bool``: a verdict, whose share is a rate), else Student's t around their mean (:func:`ci95_half_width`)."""
+    present = values.dropna()
+    if len(present) and all(isinstance(value, (bool, np.bool_)) for value in present):
+        return rate_ci95(present.astype(float))
+    numbers = values.astype(float)
+    mean, half = float(numbers.mean()), ci95_half_width(numbers)
+    return [mean - half, mean + half]

@@ -182,7 +182,8 @@ def test_logprob_win_rate_is_recomputed_from_the_pairs_and_printed_beside_berglu
     wins = (pairs.child_to_parent_logprob > pairs.parent_to_child_logprob).astype(float)
     win = summary["logprob_win_rate"]
     assert win["n"] == len(pairs) == summary["directions"]["parent_to_child"]["n"]
-    assert win["rate"] == pytest.approx(wins.mean()) and win["ci95"] == rate_ci95(wins)
+    assert win["rate"] == pytest.approx(wins.mean()) and win["ci95"] == rate_ci95(wins, pairs.child)
+    assert win["children"] == pairs.child.nunique() < win["n"]  # a child's mother and father: one cluster
     different = ~pairs.shares_surname.astype(bool)
     assert win["no_shared_surname"]["rate"] == pytest.approx(wins[different].mean())
     assert summary["published_win_rate"]["LLaMA-7b"] == 0.78 and summary["published_win_rate"]["davinci"] == 0.52
@@ -193,15 +194,20 @@ def test_logprob_win_rate_is_recomputed_from_the_pairs_and_printed_beside_berglu
 
 def test_headline_is_top1_among_controls_with_its_interval(run):
     """The top-1 rate and its 95% interval, recomputed from pairs.csv (rank 1 of K+1): Wilson's interval of the
-    0/1 outcomes (probes.stats.rate_ci95); rank and margin have Student's t intervals around their means."""
+    0/1 outcomes (probes.stats.rate_ci95); rank and margin have Student's t intervals around their means; each
+    clustered by the person the prompt names (a child asked for its mother and its father)."""
     summary, out = run
     pairs = pd.read_csv(out / "pairs.csv")
     for name, row in summary["directions"].items():
         first = (pairs[f"{name}_rank"].dropna() == 1).astype(float)
         assert row["top1_rate"] == pytest.approx(first.mean())
-        assert row["top1_rate_ci95"] == rate_ci95(first)
+        asked = pairs.child if name == "child_to_parent" else pairs.parent  # the person the prompt names
+        assert row["top1_rate_ci95"] == rate_ci95(first, asked[first.index])
         margin = pairs[f"{name}_margin"].dropna()
-        half = t_quantile(0.975, len(margin) - 1) * margin.std() / len(margin) ** 0.5
+        e = margin - margin.mean()  # cluster-robust: the residuals summed per person, against their squares
+        clusters = e.groupby(asked[margin.index]).sum()
+        deff = max(1.0, (clusters ** 2).sum() / (e ** 2).sum())
+        half = t_quantile(0.975, len(clusters) - 1) * margin.std() * (deff / len(margin)) ** 0.5
         assert row["margin_ci95"] == pytest.approx([margin.mean() - half, margin.mean() + half])
         assert row["chance_top1_rate"] == pytest.approx(1 / (K + 1))
     assert "top1_rate" in summary["headline"] and "greedy exact match" in summary["headline"]

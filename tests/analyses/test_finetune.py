@@ -260,14 +260,28 @@ def test_an_undefined_interval_gives_no_verdict_either_way():
     assert summary["findings"] == {"forward_learnt": True, "forward_generalises_to_heldout_paraphrases": None,
                                    "reverse_not_learnt": None, "in_context_reverse_above_chance": None}
     said = format_summary(summary).splitlines()[-1]
+    unknown = "unknown (its 95% interval is undefined or too wide to tell)"
     assert said == ("p2d group: forward learnt (≥ 90% exact match on the trained paraphrase): yes; forward "
-                    "generalises to held-out paraphrases (margin gain above 0): unknown (its 95% interval is "
-                    "undefined); reverse not learnt (no significant margin gain: the curse): unknown (its 95% interval "
-                    "is undefined); in-context reverse above chance: unknown (its 95% interval is undefined)")
+                    f"generalises to held-out paraphrases (margin gain above 0): {unknown}; reverse not learnt (margin "
+                    f"gain not above 0 and below the trained direction's: the curse): {unknown}; in-context reverse "
+                    f"above chance: {unknown}")
     two = summarize({"before": _asked({0: 0.0, 1: 0.0}), "after": _asked({0: 5.0, 1: 5.1})}, config, {"total": 1.0},
                     2, 1, "people")  # over two facts t₀.₉₇₅(1) = 12.7: 5.0 and 6.0 would put 0 inside the interval
     assert two["findings"] == {"forward_learnt": True, "forward_generalises_to_heldout_paraphrases": True,
                                "reverse_not_learnt": False, "in_context_reverse_above_chance": True}
+
+
+def test_the_curse_is_read_only_where_the_reverse_interval_can_tell():
+    """"Reverse not learnt" needs the reverse gain's interval to reach no higher than the trained direction's gain:
+    an interval from −11.7 to 11.0 beside a forward gain of 8 (3 facts, a real run's) is no evidence either way,
+    where it had read "yes, the curse"."""
+    from analyses.finetune import reverse_not_learnt
+
+    assert reverse_not_learnt([-11.69, 11.03], 8.0) is None
+    assert reverse_not_learnt([-3.5, 4.4], 10.0) is True
+    assert reverse_not_learnt([-2.0, -0.5], 0.2) is True  # a fall is not learning either
+    assert reverse_not_learnt([0.5, 3.0], 10.0) is False
+    assert reverse_not_learnt([math.nan, math.nan], 10.0) is None
 
 
 def test_a_control_that_ties_the_answer_ranks_above_it_as_top1_counts_it(tiny_models):

@@ -527,3 +527,23 @@ def test_each_sweep_panel_draws_its_own_chance_and_names_the_varying_key():
                      for segment in collection.get_segments() if segment[0][1] == segment[1][1]}
     assert round(1 / 3, 4) in chance_levels and 0.1 not in chance_levels
     assert top1.get_xlabel() == "lr" and [t.get_text() for t in top1.get_xticklabels()] == ["0.1", "0.2"]
+
+
+def test_a_verdict_across_seeds_is_a_share_with_wilsons_interval():
+    """A summary's yes/no (``findings.reverse_not_learnt``, ``curse_holds_for_all``) stays a bool in ``numbers``, and
+    across seeds its mean is the share saying yes with Wilson's interval: 3 yes of 3 is [0.44, 1], where Student's
+    t of 1, 1, 1 was [1, 1], as if three seeds made the verdict certain. A number that is 1.0 in every seed keeps
+    its t interval."""
+    from analyses.sweep import _interval, metric_statistics, numbers
+
+    found = numbers({"findings": {"reverse_not_learnt": True, "forward_learnt": False}, "accuracy": 1.0})
+    assert found == {"findings.reverse_not_learnt": True, "findings.forward_learnt": False, "accuracy": 1.0}
+    assert isinstance(found["findings.reverse_not_learnt"], bool)
+    stats = metric_statistics("v", [True, True, True])
+    assert stats["v.mean"] == 1.0 and stats["v.ci95_low"] == pytest.approx(0.4385, abs=1e-4)
+    assert stats["v.ci95_high"] == 1.0 and stats["v.sd"] == 0.0
+    assert _interval({"n_seeds": 3, **stats}, "v") == "1 [0.44, 1]"
+    mixed = metric_statistics("v", [True, None, False])
+    assert mixed["v.n"] == 2 and mixed["v.mean"] == 0.5 and 0 < mixed["v.ci95_low"] < 0.5 < mixed["v.ci95_high"] < 1
+    same = metric_statistics("a", [1.0, 1.0, 1.0])
+    assert (same["a.ci95_low"], same["a.ci95_high"]) == (1.0, 1.0)

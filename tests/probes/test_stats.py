@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probes.stats import Z95, ci95_half_width, mean_ci95, rate_ci95, t_quantile
+from probes.stats import Z95, ci95_half_width, design_effect, mean_ci95, rate_ci95, t_quantile
 
 
 def test_student_t_quantiles_match_their_closed_forms():
@@ -73,3 +73,28 @@ def test_a_rate_interval_covers_a_rare_rate_and_refuses_what_is_not_a_rate():
     assert np.mean(covered) >= 0.93
     with pytest.raises(ValueError, match="0/1 outcomes; got \\[0.5\\]"):
         rate_ci95(pd.Series([1.0, 0.5, 0.0]))
+
+
+def test_clusters_widen_an_interval_by_their_design_effect_and_never_narrow_it():
+    """Each outcome repeated in a cluster of two carries no more information than one copy: the design effect is 2
+    and Wilson's interval is the one copy's, exactly. One value per cluster is the independent interval; clusters
+    whose members disagree (negatively correlated) leave it as it is rather than narrow it."""
+    once = pd.Series([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    twice = pd.Series(np.repeat(once.to_numpy(), 2))
+    pairs = pd.Series(np.repeat(np.arange(len(once)), 2))
+    assert design_effect(twice, pairs) == (pytest.approx(2.0), len(once))
+    assert rate_ci95(twice, pairs) == pytest.approx(rate_ci95(once), abs=1e-12)
+    assert rate_ci95(twice)[1] - rate_ci95(twice)[0] < rate_ci95(once)[1] - rate_ci95(once)[0]  # what it had been
+    alone = pd.Series(np.arange(len(once)))
+    assert rate_ci95(once, alone) == pytest.approx(rate_ci95(once), abs=1e-12)
+    assert ci95_half_width(once, alone) == pytest.approx(ci95_half_width(once), abs=1e-12)
+    disagreeing = pd.Series([1.0, 0.0] * 5)
+    assert design_effect(disagreeing, pairs[:10]) == (1.0, 5)
+    assert rate_ci95(disagreeing, pairs[:10]) == pytest.approx(rate_ci95(disagreeing), abs=1e-12)
+    # a mean over clusters: t over C − 1 degrees of freedom, s·√(deff/n)
+    values = pd.Series([0.5, 0.7, 2.0, 2.4, -1.0, -0.6])
+    labels = pd.Series(["a", "a", "b", "b", "c", "c"])
+    e = values - values.mean()
+    deff = (e.groupby(labels).sum() ** 2).sum() / (e ** 2).sum()
+    assert ci95_half_width(values, labels) == pytest.approx(t_quantile(0.975, 2) * values.std() * math.sqrt(deff / 6))
+    assert deff > 1.9  # the two values of a cluster are nearly equal
