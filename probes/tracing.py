@@ -468,7 +468,9 @@ def tracing_headline(table: pd.DataFrame) -> dict[str, Any]:
     probability (means over statements), and per component the site (layer, bucket) of the largest
     mean indirect effect with its interval, the largest mean restored probability anywhere (how
     much of the answer is recoverable at all), and ``half_peak_layers``: per bucket, the layers whose
-    mean indirect effect is at least half the peak's (empty when the peak is not above 0)."""
+    mean indirect effect is at least half the peak's (empty when the peak is not above 0). The peak is the
+    largest of many sites' means, so it and its interval lean high (the site was chosen for being largest):
+    read it as where the effect is, and the interval as that site's spread over statements, not as a test."""
     average = average_over_statements(table, "effect")
     restored = average_over_statements(table, "prob")
     out: dict[str, Any] = {}
