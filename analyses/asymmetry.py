@@ -226,17 +226,18 @@ def summarize_directions(table: pd.DataFrame, n_controls: int) -> dict[str, dict
     for name in DIRECTION_NAMES.values():
         part = table[table[f"{name}_rank"].notna()]
         out[name] = {
-            **_direction_stats(part, name),
+            **_direction_stats(part, name, n_controls),
             "chance_mean_rank": (n_controls + 2) / 2,
             "chance_top1_rate": 1 / (n_controls + 1),
-            "no_shared_surname": _direction_stats(part[~part.shares_surname.astype(bool)], name),
+            "no_shared_surname": _direction_stats(part[~part.shares_surname.astype(bool)], name, n_controls),
         }
     return out
 
 
-def _direction_stats(part: pd.DataFrame, name: str) -> dict[str, Any]:
+def _direction_stats(part: pd.DataFrame, name: str, n_controls: int) -> dict[str, Any]:
     """One direction's numbers; intervals over statements clustered by the person the prompt names (a child asked
-    for its mother and for its father is one cluster), :mod:`probes.stats`."""
+    for its mother and for its father is one cluster), :mod:`probes.stats`; the mean rank's cut to the ranks there
+    are, [1, K + 1] (Student's t knows no bounds: over 2 statements it reached −77)."""
     n = int(len(part))
     asked = part.child if name == "child_to_parent" else part.parent
     rank = part[f"{name}_rank"].astype(float)
@@ -245,17 +246,21 @@ def _direction_stats(part: pd.DataFrame, name: str) -> dict[str, Any]:
     top1 = (rank == 1).astype(float)
     return {
         "n": n, "accuracy": mean(part[f"{name}_correct"].astype(float)),
-        "mean_rank": mean(rank), "mean_rank_ci95": _mean_interval(rank, asked),
+        "mean_rank": mean(rank), "mean_rank_ci95": _mean_interval(rank, asked, (1, n_controls + 1)),
         "top1_rate": mean(top1), "top1_rate_ci95": rate_ci95(top1, asked),
         "logprob": mean(part[f"{name}_logprob"].astype(float)), "margin": mean(margin),
         "margin_ci95": _mean_interval(margin, asked),
     }
 
 
-def _mean_interval(values: pd.Series, clusters: pd.Series) -> list[float]:
-    """[low, high] of the mean of ``values``: Student's t over the clustered statements (NaN where undefined)."""
+def _mean_interval(values: pd.Series, clusters: pd.Series,
+                   bounds: tuple[float, float] = (-math.inf, math.inf)) -> list[float]:
+    """[low, high] of the mean of ``values``: Student's t over the clustered statements, cut to the ``bounds`` the
+    values have (NaN where undefined)."""
     mean, half = float(values.mean()), ci95_half_width(values, clusters)
-    return [mean - half, mean + half]
+    if math.isnan(half):
+        return [math.nan, math.nan]
+    return [max(bounds[0], mean - half), min(bounds[1], mean + half)]
 
 
 def surnames(name: str) -> frozenset[str]:

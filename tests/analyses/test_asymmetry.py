@@ -209,6 +209,9 @@ def test_headline_is_top1_among_controls_with_its_interval(run):
         deff = max(1.0, (clusters ** 2).sum() / (e ** 2).sum())
         half = t_quantile(0.975, len(clusters) - 1) * margin.std() * (deff / len(margin)) ** 0.5
         assert row["margin_ci95"] == pytest.approx([margin.mean() - half, margin.mean() + half])
+        for part in (row, row["no_shared_surname"]):  # a mean rank's interval stays among the ranks there are
+            low, high = part["mean_rank_ci95"]
+            assert 1 <= low <= part["mean_rank"] <= high <= K + 1
         assert row["chance_top1_rate"] == pytest.approx(1 / (K + 1))
     assert "top1_rate" in summary["headline"] and "greedy exact match" in summary["headline"]
 
@@ -224,3 +227,20 @@ def test_bad_input_gets_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="templates must be one of"):
         check_asymmetry("smollm2-135m", REAL_CSV, tmp_path / "out", templates="chat", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_mean_ranks_interval_stays_among_the_ranks_there_are():
+    """Two children ranked 1 and 16 of 16: Student's t over 2 statements reaches far past both ends (±95 around
+    8.5); the interval is cut to [1, K + 1]. The margin, which has no bounds, keeps its width."""
+    from analyses.asymmetry import summarize_directions
+
+    rows = {"child": ["Ann Bo", "Cy Dee"], "parent": ["Eve Bo", "Fay Dee"], "shares_surname": [False, False]}
+    for name in ("child_to_parent", "parent_to_child"):
+        rows |= {f"{name}_rank": [1, 16], f"{name}_margin": [2.0, -3.0], f"{name}_correct": [False, False],
+                 f"{name}_logprob": [-5.0, -9.0]}
+    stats = summarize_directions(pd.DataFrame(rows), n_controls=15)["child_to_parent"]
+    assert stats["mean_rank"] == 8.5 and stats["mean_rank_ci95"] == [1.0, 16.0]
+    low, high = stats["margin_ci95"]
+    assert low < -30 and high > 30  # a margin has no bounds to cut to
+    assert stats["no_shared_surname"]["mean_rank_ci95"] == [1.0, 16.0]
+    assert stats["accuracy"] == 0.0 and stats["top1_rate"] == 0.5 and 0 < stats["top1_rate_ci95"][0] < 0.5
