@@ -450,10 +450,10 @@ def asymmetry_bars(summary: dict[str, Any]):
 
 def _error_bars(values: Sequence[float], intervals: Sequence[Sequence[float]]) -> list[list[float]]:
     """Matplotlib's ``yerr`` for bars at ``values`` with 95% intervals [low, high] (Wilson's around a rate is not
-    symmetric): the distances below and above, 0 where an interval is undefined (NaN)."""
-    below = [0.0 if math.isnan(low) else value - low for value, (low, _) in zip(values, intervals)]
-    above = [0.0 if math.isnan(high) else high - value for value, (_, high) in zip(values, intervals)]
-    return [below, above]
+    symmetric): the distances below and above; NaN where an interval is undefined, which draws no whisker (a
+    capped one of length 0 would read as certainty)."""
+    return [[value - low for value, (low, _) in zip(values, intervals)],
+            [high - value for value, (_, high) in zip(values, intervals)]]
 
 
 def _interval_text(interval: Sequence[float]) -> str:

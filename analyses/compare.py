@@ -119,10 +119,12 @@ def row_metrics(answers: pd.DataFrame, circuits: pd.DataFrame) -> dict[str, Any]
             "chance_logprob": None if pd.isna(chance) else float(chance), **y_circuit_metrics(circuits)}
 
 
-def model_row(name: str, kind: str, answers: pd.DataFrame, circuits: pd.DataFrame) -> dict[str, Any]:
-    """One comparison row: :func:`row_metrics` on the one-way facts, plus what theory predicts."""
+def model_row(name: str, kind: str, answers: pd.DataFrame, circuits: pd.DataFrame,
+              theory: str | None = None) -> dict[str, Any]:
+    """One comparison row: :func:`row_metrics` on the one-way facts, plus what theory predicts (its kind's, or the
+    ``theory`` key given: a checkpoint's model)."""
     return {"model": name, "kind": kind, **row_metrics(one_way_statements(answers), circuits),
-            "theory_predicts": THEORY[kind]}
+            "theory_predicts": THEORY[theory or kind]}
 
 
 NUMERIC_COLUMNS = ("fact", "logprob", "margin", "rank", "chance_logprob", "z_ab", "z_ba")
@@ -309,11 +311,20 @@ def finetuned_label(model: str, config: dict[str, Any]) -> str:
 
 def finetuned_row(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The row of a ``revlens finetune-facts`` (or ``revlens probe``) folder, named by :func:`finetuned_label`;
-    the one-way facts of every trained group are pooled (p2d and d2p: trained way against its reverse)."""
+    the one-way facts of every trained group are pooled (p2d and d2p: trained way against its reverse). A probe of
+    a token-world checkpoint (its summary's ``model_card``) is a row of kind "checkpoint" named as that model, "tiny
+    transformer (checkpoint DIR, step N)", beside its model's theory: it was trained on its world, not fine-tuned."""
     name, answers, circuits = read_probe_run(run_dir)
-    config = json.loads((Path(run_dir) / "summary.json").read_text()).get("config") or {}
-    label = finetuned_label(name, config)
-    return {**model_row(label, "finetuned", answers, circuits), "source": str(run_dir), **tracing_columns(run_dir)}
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    card = summary.get("model_card")
+    if isinstance(card, dict) and card.get("kind") in ("hooked", "bilinear"):
+        model = "bilinear" if card["kind"] == "bilinear" else str(card.get("name"))
+        what = "bilinear Θ" if model == "bilinear" else f"{model} transformer"
+        row = model_row(f"{what} (checkpoint {name}, step {summary.get('step')})", "checkpoint", answers, circuits,
+                        theory=model if model in THEORY else "tiny")  # "paper" and other multi-layer models: as tiny
+    else:
+        row = model_row(finetuned_label(name, summary.get("config") or {}), "finetuned", answers, circuits)
+    return {**row, "source": str(run_dir), **tracing_columns(run_dir)}
 
 
 def named_apart(runs: Sequence[tuple[str | Path, list[dict[str, Any]]]]) -> list[dict[str, Any]]:

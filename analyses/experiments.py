@@ -409,8 +409,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         captions={
             "mitigations.png": "Per mitigation and test, one bar per model: held-out reverse accuracy, its margin over "
                                "controls and the z-score of the OV entry Y[B, A]. Expect gains where the pair was "
-                               "trained the other way round (augmentation's restated pairs, starred: accuracy 1 by "
-                               "construction; reverse training, its entities swapped under the forward relation "
+                               "trained the other way round (augmentation's restated pairs, labelled \"(trained)\": accuracy 1 "
+                               "by construction; reverse training, its entities swapped under the forward relation "
                                "token), where the fact is in the prompt of the in-context model (not of the "
                                "baseline), and under the Identity Bridge, which trains no reverse statement."}),
     _reproduce("identity-bridge", "Ma et al. 2026's Identity Bridge ('A → A' added): held-out reverse and OV Y[B,A] "

@@ -84,7 +84,7 @@ def margin_bars(table, title: str = ""):
     from probes.stats import ci95_half_width
 
     groups = table.groupby(["split", "direction"]).margin
-    means, errors = groups.mean(), groups.agg(ci95_half_width).fillna(0)
+    means, errors = groups.mean(), groups.agg(ci95_half_width)  # NaN (one fact): no whisker, not one of length 0
     figure = Figure(figsize=(5.0, 3.4), layout="constrained")
     axis = figure.subplots()
     labels = [f"{s}\n{d}" for s, d in means.index]
@@ -323,8 +323,8 @@ def sweep_figure(table, keys: Sequence[str], metrics: Sequence[str], title: str 
             axis.plot([x] * len(values), values, "o", color="#999999", markersize=3, alpha=0.7)
             low, high = interval95(part[metric])
             mean = values.mean()
-            axis.errorbar([x], [mean], yerr=[[0 if math.isnan(low) else mean - low], [0 if math.isnan(high) else high - mean]],
-                          fmt="s", color="#1f77b4", capsize=4, markersize=5)
+            axis.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="s", color="#1f77b4", capsize=4,
+                          markersize=5)  # one seed: NaN, no whisker (a capped one of length 0 would read as certain)
             chance = _chance_column(metric, part)
             if chance:
                 axis.hlines(part[chance].mean(), x - 0.35, x + 0.35, color="grey", linestyle="-.")

@@ -281,7 +281,7 @@ def finetuned_rows(run_dir: str | Path) -> list[dict[str, Any]]:
                 False)]
     if variant == "augmentation" and (answers.group == "both").any():
         rows.insert(0, row("restated pairs (trained)", "both", answers[answers.group == "both"], True))
-    return rows
+    return [{**r, "source": str(run_dir)} for r in rows]  # read, not measured: a sweep leaves them out
 
 
 def _require_tested_group(run_dir: Path, answers: pd.DataFrame, tested: str) -> None:

@@ -749,7 +749,9 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float | bool
     by :func:`record_label`, else its index).
     A ``seed`` is an identity, not a measurement: it labels its record and is never a number of its own; so are a
     record's ``d`` and ``layer``, and a ``peak_layer`` (where a peak is: its mean over seeds would be a layer that
-    is none of theirs). Two numbers under one key (records a label cannot tell apart) are refused, never one kept
+    is none of theirs). A record with a ``source`` (a fine-tuned run's row that ``compare`` or ``mitigations`` read
+    from its folder) is left out: every seed's trial reads the same folder, and its copies would stand as seeds that
+    agree exactly. Two numbers under one key (records a label cannot tell apart) are refused, never one kept
     in place of the other."""
     found: dict[str, float | bool] = {}
 
@@ -772,6 +774,8 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float | bool
             add(numbers(value, f"{name}."))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             for index, record in enumerate(value):
+                if "source" in record:  # a row read from another run's folder: that run's number, once, not a seed's
+                    continue
                 measured = {k: v for k, v in record.items() if k not in ("d", "layer")}  # in its label, as a seed
                 add(numbers(measured, f"{name}.{record_label(record, index)}."))
     return found

@@ -120,7 +120,9 @@ def rate_ci95(outcomes: pd.Series, clusters: pd.Series | None = None) -> list[fl
     rate, z2 = float(values.mean()), Z95 * Z95
     centre = (rate + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # in exact arithmetic low ≤ p̂ ≤ high, and low = 0 at k = 0, high = 1 at k = n; in floating point the ends can
+    # land an ulp past the rate (5.6e-17 above a rate of 0), and an error bar from the rate to them is negative
+    return [max(0.0, min(rate, centre - half)), min(1.0, max(rate, centre + half))]
 
 
 def interval95(values: pd.Series) -> list[float]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from analyses.asymmetry import (
     PUBLISHED,
+    asymmetry_bars,
     check_asymmetry,
     draw_controls,
     format_summary,
@@ -244,3 +247,18 @@ def test_a_mean_ranks_interval_stays_among_the_ranks_there_are():
     assert low < -30 and high > 30  # a margin has no bounds to cut to
     assert stats["no_shared_surname"]["mean_rank_ci95"] == [1.0, 16.0]
     assert stats["accuracy"] == 0.0 and stats["top1_rate"] == 0.5 and 0 < stats["top1_rate_ci95"][0] < 0.5
+
+
+def test_three_pairs_give_a_summary_and_a_figure_with_no_whisker_where_no_interval(hooked, tmp_path):
+    """On 3 pairs parent → child's top-1 is 0 of 3, whose Wilson interval ended 5.6e-17 above 0: the figure's error
+    bar came out negative, matplotlib refused it, and the run ended with pairs.csv and no summary. The pairs with
+    no surname in common are 1 a direction: no interval, so no whisker (one of length 0 had read as certainty)."""
+    summary = check_asymmetry(hooked, REAL_CSV, tmp_path, limit=3, n_controls=31, progress=False)
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "asymmetry.png").is_file()
+    rows = summary["directions"]
+    assert [rows[name]["top1_rate_ci95"][0] for name in rows if rows[name]["top1_rate"] == 0] == [0.0]
+    lonely = rows["child_to_parent"]["no_shared_surname"]
+    assert lonely["n"] == 1 and all(math.isnan(end) for end in lonely["margin_ci95"])
+    bars = [c for c in asymmetry_bars(summary).axes[2].containers if getattr(c, "errorbar", None)]  # margin panel
+    whiskers = [segment for c in bars for segment in c.errorbar.lines[2][0].get_segments()]
+    assert sum(bool(np.isnan(segment).all()) for segment in whiskers) == 2  # each direction's lone pair: none

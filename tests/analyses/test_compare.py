@@ -11,7 +11,7 @@ import torch
 
 from analyses.bilinear import BilinearConfig
 from analyses.cli import main
-from analyses.compare import CompareConfig, RunDirError, compare, finetuned_row, format_compare
+from analyses.compare import THEORY, CompareConfig, RunDirError, compare, finetuned_row, format_compare
 from analyses.probe import load_probed, probe, write_probe
 from analyses.reproduce import RunConfig, train_run
 from facts.io import load_jsonl
@@ -42,7 +42,7 @@ def comparison(tmp_path_factory, probed_run):
 def test_compare_has_five_rows_and_the_curse_in_every_trained_kind(comparison):
     out, summary = comparison
     rows = {r["kind"]: r for r in summary["rows"]}
-    assert list(rows) == ["bilinear", "one-layer", "tiny", "identity-bridge", "finetuned"]
+    assert list(rows) == ["bilinear", "one-layer", "tiny", "identity-bridge", "checkpoint"]
     assert len(pd.read_csv(out / "compare.csv")) == 5
     for kind in ("bilinear", "one-layer", "tiny"):
         row = rows[kind]
@@ -65,7 +65,10 @@ def test_compare_has_five_rows_and_the_curse_in_every_trained_kind(comparison):
 def test_a_row_read_from_csv_files_equals_the_same_model_measured_in_memory(comparison, probed_run):
     _, summary = comparison
     rows = {r["kind"]: r for r in summary["rows"]}
-    from_files, in_memory = rows["finetuned"], rows["one-layer"]
+    from_files, in_memory = rows["checkpoint"], rows["one-layer"]
+    # a probe of a token-world checkpoint is that model, with its theory: not a "(fine-tuned)" pretrained LLM
+    assert from_files["model"].startswith("one-layer transformer (checkpoint ") and "fine-tuned" not in from_files["model"]
+    assert from_files["theory_predicts"] == in_memory["theory_predicts"]
     for key, value in in_memory.items():
         if isinstance(value, float):
             assert from_files[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
@@ -129,7 +132,8 @@ def test_finetuned_rows_of_one_model_are_named_apart_by_mitigation_and_groups(co
                       "smollm2-135m (fine-tuned)", "smollm2-135m (fine-tuned, groups p2d d2p both)"]
     assert finetuned_label("smollm2-135m", {}) == "smollm2-135m (fine-tuned)"  # a `revlens probe` folder's
     _, summary = comparison
-    row = next(r for r in summary["rows"] if r["kind"] == "finetuned")
+    row = {**next(r for r in summary["rows"] if r["kind"] == "checkpoint"), "kind": "finetuned",
+           "theory_predicts": THEORY["finetuned"]}
     text = format_compare({**summary, "rows": [{**row, "model": label} for label in labels]})
     table = text.split("what theory predicts")[0]
     assert all(f"  {label}  " in table for label in set(labels))  # not cut to the column's old 33 characters
@@ -147,7 +151,7 @@ def test_two_fine_tuned_runs_named_alike_keep_their_own_row_and_bar(probed_run, 
     logits.to_csv(again / "logits.csv", index=False)
     config = CompareConfig(n_pairs=100, steps=2, bilinear=BilinearConfig(steps=2))
     summary = compare(tmp_path / "out", [probed_run, again], config, progress=False)
-    finetuned = [row for row in summary["rows"] if row["kind"] == "finetuned"]
+    finetuned = [row for row in summary["rows"] if row["kind"] == "checkpoint"]
     alike = finetuned_row(probed_run)["model"]
     assert [row["model"] for row in finetuned] == [f"{alike} [{probed_run}]", f"{alike} [{again}]"]
     assert finetuned[1]["heldout_margin"] == pytest.approx(finetuned[0]["heldout_margin"] + 1.0)

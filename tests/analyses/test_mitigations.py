@@ -197,8 +197,9 @@ def test_every_model_of_the_mitigations_figure_has_its_own_colour():
 
 def test_fine_tuned_runs_of_one_model_keep_their_own_rows_and_bars(tmp_path):
     """Two runs of SmolLM2 (p2d; p2d and d2p) are named as `revlens compare` names them, and a third configured
-    like the first gets its folder in its name: each keeps its rows in the table, a bar group in the figure (keyed
-    by model, variant and test) and its numbers in a sweep's, where one name for all three kept the last run's."""
+    like the first gets its folder in its name: each keeps its rows in the table and a bar group in the figure
+    (keyed by model, variant and test), where one name for all three kept the last run's. A sweep leaves them out:
+    each seed's trial reads the same folders, and their copies had stood as seeds that agree exactly."""
     from analyses.figures import mitigation_bars
     from analyses.sweep import numbers
 
@@ -214,4 +215,6 @@ def test_fine_tuned_runs_of_one_model_keep_their_own_rows_and_bars(tmp_path):
     accuracy = mitigation_bars(summary["rows"]).axes[0]
     assert accuracy.get_legend_handles_labels()[1] == names
     assert len(accuracy.patches) == 4 * 2  # a bar per model and test
-    assert len([key for key in numbers(summary) if key.endswith(".heldout_accuracy")]) == 4 * 2
+    assert {row["source"] for row in summary["rows"] if "fine-tuned" in row["model"]} == set(map(str, folders))
+    # read from their folders, not measured by this run: a sweep's seeds would each copy them, so it leaves them out
+    assert len([key for key in numbers(summary) if key.endswith(".heldout_accuracy")]) == 1 * 2

@@ -60,6 +60,11 @@ def test_a_rate_interval_is_wilsons_score_interval():
                 assert (rate - end) ** 2 == pytest.approx(Z95 ** 2 * end * (1 - end) / n, abs=1e-12)
             assert 0 <= low <= rate <= high <= 1 and high - low > 0
     assert rate_ci95(pd.Series([0.0] * 4))[1] == pytest.approx(0.4899, abs=1e-4)  # 0 of 4: up to 0.49, not 0
+    for n in range(1, 201):  # none and all: the interval holds the rate exactly (its ends had landed 1 ulp past it)
+        low, high = rate_ci95(pd.Series([0.0] * n))
+        assert low == 0.0 < high
+        low, high = rate_ci95(pd.Series([1.0] * n))
+        assert low < high == 1.0
     assert rate_ci95(pd.Series([1.0, None, 0.0])) == rate_ci95(pd.Series([1.0, 0.0]))  # missing outcomes left out
     assert all(math.isnan(end) for end in rate_ci95(pd.Series([], dtype=float)))
 
