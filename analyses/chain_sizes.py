@@ -94,8 +94,10 @@ def sizes_figure(rows: dict[str, dict[str, Any]]):
         axis.set_xscale("log")
         axis.set_xlabel("num_train (triples with x ⇝ z trained)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="lower left")
-    twin.legend(fontsize=7, loc="lower right")
+    # legends below the panels, where they cover no point (inside, they hid the lowest held-out ones)
+    handles, labels = (sum(pair, []) for pair in zip(logp.get_legend_handles_labels(), twin.get_legend_handles_labels()))
+    logp.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+    ov.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     figure.suptitle("Related-token chain over the training-set size", fontsize=10)
     return figure
 

@@ -17,7 +17,8 @@ def logprob_curves(history: Sequence[dict[str, Any]], chance_logprob: float | Ma
                    title: str = ""):
     """Mean answer log-probability of every evaluation set over training steps.
 
-    Sets named ``train…`` are blue, ``heldout…`` red; per-direction sets are dashed/dotted.
+    Sets named ``train…`` are blue, ``heldout…`` red; per-direction sets dashed (forward), dotted (reverse) or, for
+    other directions (a chain's links), a dash pattern each.
     The horizontal line is chance, −log(number of candidate entities); runs of different worlds in one figure
     (``chance_logprob`` a mapping, run → its chance) get one line each, labelled with the run.
     """
@@ -27,11 +28,16 @@ def logprob_curves(history: Sequence[dict[str, Any]], chance_logprob: float | Ma
     names = list(history[0]["eval"]) if history else []
     figure = Figure(figsize=(6.4, 4.0), layout="constrained")
     axis = figure.subplots()
+    # forward dashed, reverse dotted; other directions (a chain's x→y, y→z, x⇝z) a dash pattern each, in order
+    patterns = iter(("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)), (0, (8, 2))))
+    dashes = {"forward": next(patterns), "reverse": next(patterns)}
     for name in names:
         split, _, direction = name.partition("/")
         style = dict(_STYLE.get(split, {}))
         if direction:
-            style.update(linestyle="--" if direction == "forward" else ":", linewidth=1.2, alpha=0.8)
+            if direction not in dashes:
+                dashes[direction] = next(patterns, ":")
+            style.update(linestyle=dashes[direction], linewidth=1.2, alpha=0.8)
         else:
             style.update(linewidth=2.2)
         axis.plot(steps, [h["eval"][name]["logprob"] for h in history], label=name, **style)
@@ -207,14 +213,15 @@ def dynamics_figure(frame, title: str = ""):
                 axis.plot(part.step, part.z_mean, label=role, **style)
                 axis.fill_between(part.step, part.z_mean - part.z_std, part.z_mean + part.z_std,
                                   color=style.get("color"), alpha=0.15, linewidth=0)
-            axis.axhline(0, color="black", linewidth=0.6)
+            axis.axhline(0, color="black", linewidth=0.6, zorder=0)  # beneath the curves (a reverse at z ≈ 0 too)
             axis.set_title(f"{model}, {names.get(circuit, circuit)} layer {layer}", fontsize=9)
             axis.grid(alpha=0.3)
             if column == 0:
                 axis.set_ylabel("z of M[given, answer]\nvs controls (mean of heads)", fontsize=8)
             if row == len(circuits) - 1:
                 axis.set_xlabel("training step")
-    axes[0][0].legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0][0].get_legend_handles_labels()  # below the panels: inside, it covered the rise
+    figure.legend(handles, labels, fontsize=7, loc="outside lower center", ncol=min(len(labels), 5))
     figure.suptitle(title or "Effective weights over training", fontsize=10)
     return figure
 

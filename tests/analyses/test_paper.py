@@ -148,3 +148,18 @@ def test_embeddings_of_paired_entities_show_no_structure(tmp_path):
     assert {"cosine_paired", "cosine_unpaired"} <= set(history[0])
     _written(tmp_path, "summary.json", "curves.png", "cosines.png")
     assert "NO PAIRING STRUCTURE" in format_embeddings(summary)
+
+
+def test_every_curve_of_a_chain_can_be_told_apart():
+    """A chain's train sets x→y, y→z and x⇝z are one colour (train) and each needs its own dash pattern: every
+    direction but forward had been dotted, three legend entries alike."""
+    from analyses.figures import logprob_curves
+
+    names = ["train", "train/x→y", "train/y→z", "train/x⇝z", "heldout", "heldout/x⇝z", "train/forward",
+             "train/reverse"]
+    history = [{"step": s, "eval": {name: {"logprob": -float(s)} for name in names}} for s in range(3)]
+    [axis] = logprob_curves(history, chance_logprob=-5.0).axes
+    looks = {line.get_label(): (line.get_color(), line.get_linestyle(), str(line._unscaled_dash_pattern))
+             for line in axis.lines if not line.get_label().startswith("chance")}  # matplotlib has no public getter
+    assert len(set(looks.values())) == len(names)  # every curve its own colour and dashes
+    assert looks["train/forward"][1] == "--" and looks["train/reverse"][1] == ":"
