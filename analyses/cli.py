@@ -651,7 +651,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
         finetuned = finetuned_folders(finetuned)  # a folder given twice would be two identical rows
     for folder in finetuned or []:
-        check_run(folder, "the --finetuned folder")
+        check_run(folder, "the --finetuned folder", inputs=True)
         if args.command == "compare":
             from analyses.compare import read_probe_run
 

@@ -165,7 +165,7 @@ def _runs_of(folder: Path) -> list[Run]:
 def _whole_run(folder: Path) -> dict[str, Any] | None:
     """:func:`analyses.runfolder.check_run`, its refusal as a :class:`ReportError`."""
     try:
-        return check_run(folder)
+        return check_run(folder, inputs=True)
     except RunFolderError as error:
         raise ReportError(str(error)) from None
 

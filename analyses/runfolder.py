@@ -246,6 +246,17 @@ def inputs_unchanged(manifest: dict[str, Any]) -> bool:
     return all(_input_hash(Path(path)) == recorded for path, recorded in manifest.get("inputs", {}).items())
 
 
+def changed_inputs(manifest: dict[str, Any]) -> list[str]:
+    """The inputs a run's manifest records that are there now and hash otherwise (a checkpoint retrained, a fact
+    file edited since): the run's numbers are of what they were. An input gone since (a deleted checkpoint) or one
+    with no hash (a model name) cannot be checked, and is not listed."""
+    changed = []
+    for path, recorded in manifest.get("inputs", {}).items():
+        if recorded is not None and Path(path).exists() and _input_hash(Path(path)) != recorded:
+            changed.append(path)
+    return changed
+
+
 def find_run_root(path: str | os.PathLike[str], levels: int = 2) -> Path | None:
     """The folder holding a manifest among ``path`` and its ``levels`` nearest parents, or None."""
     path = Path(path).absolute()
@@ -255,18 +266,20 @@ def find_run_root(path: str | os.PathLike[str], levels: int = 2) -> Path | None:
     return None
 
 
-def check_run(folder: str | os.PathLike[str], what: str = "run folder") -> dict[str, Any] | None:
+def check_run(folder: str | os.PathLike[str], what: str = "run folder", inputs: bool = False) -> dict[str, Any] | None:
     """Check that ``folder`` holds one whole run: a complete manifest, every file it lists with
     that hash, and no other file (but the ``kept`` ones); returns the manifest (None: no manifest). A folder
     without a manifest inside a run's folder (a run nested in another, such as positional's ``absolute/``) is
-    as whole as the run that holds it: that run is checked.
+    as whole as the run that holds it: that run is checked. With ``inputs``, a run whose recorded inputs have
+    changed since it ran (:func:`changed_inputs`) is refused too: its numbers are of the inputs as they were, and
+    a reader that shows them under the inputs' names now (``compare``, ``report``) would show them as today's.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is None:
         enclosing = is_inside_run(folder)  # a part of a run (positional's absolute/): the whole run is checked
         if enclosing is not None:
-            check_run(enclosing, f"the run that holds {folder}")
+            check_run(enclosing, f"the run that holds {folder}", inputs)
         return None
     if manifest.get("complete") is not True:
         raise RunFolderError(f"{folder}: {what} is incomplete (its manifest says the run {manifest.get('command')!r} "
@@ -281,6 +294,10 @@ def check_run(folder: str | os.PathLike[str], what: str = "run folder") -> dict[
         if names:
             raise RunFolderError(f"{folder}: {what} does not match its manifest: {_few(dict.fromkeys(names))} "
                                  f"{problem}; rerun it (or remove the files it did not write)")
+    stale = changed_inputs(manifest) if inputs else []
+    if stale:
+        raise RunFolderError(f"{folder}: {what} was made from {_few(dict.fromkeys(stale))}, changed since the run "
+                             f"read them (its numbers are of what they were); rerun {manifest.get('command')!r}")
     return manifest
 
 

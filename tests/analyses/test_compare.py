@@ -228,3 +228,24 @@ def test_the_most_asymmetric_weight_change_is_a_finite_one(tmp_path):
                                    "z_trained", "z_heldout", "asymmetry_index")}}
     text = format_compare({"rows": [row], "seconds": 1.0})
     assert "no layer's weight change (ΔMLP) has a finite asymmetry" in text and "L0" not in text and "nan" not in text
+
+
+def test_a_run_whose_inputs_changed_since_is_refused_by_compare_and_report(tmp_path, capsys):
+    """A probe's numbers are of the checkpoint and facts it read: once its facts file is rewritten (or the model
+    retrained into the same folder) the probe folder is still whole, but `compare` showed its old numbers under the
+    inputs' names as today's and `report` rendered it without a word. Both refuse it now, naming the input."""
+    vocab = TokenVocab()
+    world = reversal_world(n_pairs=40, seed=0, vocab=vocab)
+    train_run(world, vocab, RunConfig(model="one-layer", seed=0, steps=5, eval_every=5), tmp_path / "run", progress=False)
+    assert main(["probe", "--model", str(tmp_path / "run" / "checkpoints"), "--facts", str(tmp_path / "run" / "facts.jsonl"),
+                 "--out", str(tmp_path / "probe")]) == 0  # the CLI writes the manifest and its inputs
+    assert main(["report", "--runs", str(tmp_path / "probe"), "--out", str(tmp_path / "before.html")]) == 0
+    facts = tmp_path / "run" / "facts.jsonl"
+    facts.write_text(facts.read_text() + "\n")  # edited since the probe read it
+    capsys.readouterr()
+    assert main(["compare", "--out", str(tmp_path / "o"), "--finetuned", str(tmp_path / "probe"), "--quiet"]) == 2
+    said = capsys.readouterr().err
+    assert f"{tmp_path / 'probe'}: the --finetuned folder was made from {facts}, changed since the run read them" in said
+    assert not (tmp_path / "o").exists()
+    assert main(["report", "--runs", str(tmp_path / "probe"), "--out", str(tmp_path / "after.html")]) == 2
+    assert f"was made from {facts}, changed since" in capsys.readouterr().err and not (tmp_path / "after.html").exists()
