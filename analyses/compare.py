@@ -327,15 +327,41 @@ def finetuned_row(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return {**row, "source": str(run_dir), **tracing_columns(run_dir)}
 
 
+UNLABELLED_SETTINGS = frozenset({"model", "mitigation", "groups", "device", "multiple_choice"})
+"""Settings of a fine-tuned run that its label already names (model, mitigation, groups) or that change none of its
+rows' numbers (the device, the multiple-choice stage)."""
+
+
 def named_apart(runs: Sequence[tuple[str | Path, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
-    """The rows of each fine-tuned folder (``(folder, its rows)``), the folder added to the name of the runs that
-    :func:`finetuned_label` names alike (one model, mitigation and groups: another seed, say), so
-    that no run's rows hide another's under one (model, variant, test) in the figure and a sweep's numbers."""
+    """The rows of each fine-tuned folder (``(folder, its rows)``), each name given the settings in which the runs
+    differ ("smollm2-135m (fine-tuned, people 4, n_controls 3)": rows of runs with other people, controls or seeds
+    would otherwise read as a clean contrast of their mitigations), then the folder added to the names still alike,
+    so that no run's rows hide another's under one (model, variant, test) in the figure and a sweep's numbers."""
+    configs = {str(run_dir): _run_config(run_dir) for run_dir, _ in runs}
+    keys = dict.fromkeys(key for config in configs.values() for key in config)
+    differing = [key for key in keys if key not in UNLABELLED_SETTINGS
+                 and len({json.dumps(config.get(key), sort_keys=True) for config in configs.values()}) > 1]
+
+    def named(run_dir: str | Path, name: str) -> str:
+        config = configs[str(run_dir)]
+        settings = ", ".join(f"{key} {config.get(key)}" for key in differing)
+        return f"{name[:-1]}, {settings})" if settings and name.endswith(")") else name
+
+    renamed = [(run_dir, [{**row, "model": named(run_dir, row["model"])} for row in rows]) for run_dir, rows in runs]
     counts: dict[str, int] = {}
-    for _, rows in runs:
+    for _, rows in renamed:
         counts[rows[0]["model"]] = counts.get(rows[0]["model"], 0) + 1
     return [{**row, "model": f"{row['model']} [{run_dir}]"} if counts[row["model"]] > 1 else row
-            for run_dir, rows in runs for row in rows]
+            for run_dir, rows in renamed for row in rows]
+
+
+def _run_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``summary.json`` config ({} where it has none: a probe)."""
+    try:
+        config = json.loads((Path(run_dir) / "summary.json").read_text()).get("config")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def compare(out: str | os.PathLike[str],

@@ -218,3 +218,24 @@ def test_fine_tuned_runs_of_one_model_keep_their_own_rows_and_bars(tmp_path):
     assert {row["source"] for row in summary["rows"] if "fine-tuned" in row["model"]} == set(map(str, folders))
     # read from their folders, not measured by this run: a sweep's seeds would each copy them, so it leaves them out
     assert len([key for key in numbers(summary) if key.endswith(".heldout_accuracy")]) == 1 * 2
+
+
+def test_fine_tuned_runs_with_other_settings_say_so_in_their_names(tmp_path):
+    """Two fine-tuned runs of other people, controls and seed read as "smollm2-135m (fine-tuned)" and
+    "(fine-tuned, bidirectional)", a clean contrast of the mitigation; their names now carry the settings that
+    differ, and runs alike but for their folder keep the folder."""
+    import json
+
+    folders = [_finetune_folder(tmp_path / "a"), _finetune_folder(tmp_path / "b", mitigation="bidirectional"),
+               _finetune_folder(tmp_path / "c")]
+    for folder, (people, controls, seed) in zip(folders, ((4, 3, 0), (3, 2, 0), (4, 3, 1))):
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["config"] |= {"people": people, "n_controls": controls, "seed": seed, "device": str(folder)}
+        (folder / "summary.json").write_text(json.dumps(summary))
+    config = MitigationConfig(models=("one-layer",), variants=("baseline",),
+                              run=ReversalConfig(n_pairs=40, steps=5, eval_every=5))
+    summary = reproduce_mitigations(tmp_path / "m", config, progress=False, finetuned=folders)
+    names = list(dict.fromkeys(r["model"] for r in summary["rows"]))[1:]
+    assert names == ["smollm2-135m (fine-tuned, people 4, n_controls 3, seed 0)",
+                     "smollm2-135m (fine-tuned, bidirectional, people 3, n_controls 2, seed 0)",
+                     "smollm2-135m (fine-tuned, people 4, n_controls 3, seed 1)"]  # the device names no setting
