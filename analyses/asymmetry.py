@@ -408,6 +408,7 @@ def asymmetry_bars(summary: dict[str, Any]):
     greedy exact match, GPT-4's published accuracy), mean rank vs chance, margin (the last two on all
     pairs and, lighter, on the pairs that share no surname word)."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     names = list(DIRECTION_NAMES.values())
     rows = [summary["directions"][n] for n in names]
@@ -442,7 +443,11 @@ def asymmetry_bars(summary: dict[str, Any]):
     margin.set_ylabel("log p(true) − mean log p(control)")
     for axis in (accuracy, rank, margin):  # legends below the panels, where they cover no bar and no label
         axis.grid(alpha=0.3, axis="y")
-        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+        handles, names = axis.get_legend_handles_labels()
+        if axis is not accuracy:  # the bars' colour is the direction (x axis); their shade, the subset: grey keys
+            handles = [Patch(facecolor="#555555", alpha=handle.patches[0].get_alpha(), label=name)
+                       if hasattr(handle, "patches") else handle for handle, name in zip(handles, names)]
+        axis.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     figure.suptitle(f"{summary['model']}: celebrity parents, {summary['pairs_checked']} pairs "
                     f"({summary['templates']} prompts)")
     return figure
