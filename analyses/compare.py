@@ -410,6 +410,9 @@ def format_compare(summary: dict[str, Any]) -> str:
         lines.append(f"  {row['model']:{width}s}{row['train_margin']:11.2f}{row['heldout_margin']:11.2f}"
                      f"{row['train_accuracy']:9.3f}{row['heldout_accuracy']:9.3f}{row['z_trained']:10.2f}"
                      f"{row['z_heldout']:10.2f}{row['asymmetry_index']:7.2f}")
+    if any(row.get("kind") == "finetuned" for row in summary["rows"]):
+        lines.append("  (fine-tuned rows: A→B is each fact's trained paraphrase, B→A its first reverse question, as in "
+                     "their logits.csv; finetune-facts' own summary averages every reverse question)")
     for row in summary["rows"]:
         if row.get("forward_peak_mlp") is not None:
             lines.append(f"  {row['model']}: where it lives (causal tracing after fine-tuning): forward answer's "

@@ -137,6 +137,7 @@ def test_finetuned_rows_of_one_model_are_named_apart_by_mitigation_and_groups(co
     text = format_compare({**summary, "rows": [{**row, "model": label} for label in labels]})
     table = text.split("what theory predicts")[0]
     assert all(f"  {label}  " in table for label in set(labels))  # not cut to the column's old 33 characters
+    assert "fine-tuned rows: A→B is each fact's trained paraphrase, B→A its first reverse question" in table
     prediction = text.split("what theory predicts:")[1]
     assert prediction.count(row["theory_predicts"]) == 1  # said once for the four fine-tuned rows
     assert f"  {', '.join(labels)}: {row['theory_predicts']}" in prediction
