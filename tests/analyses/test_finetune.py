@@ -417,12 +417,14 @@ def test_reproduce_mitigations_tables_and_draws_the_fine_tuned_rows_beside_the_t
     table = pd.read_csv(tmp_path / "m" / "mitigations.csv")
     fine_tuned = table[table.model.str.startswith("smollm2-135m (fine-tuned")]
     assert len(table) == 8 + 5 and len(fine_tuned) == 5  # baseline 2 + augmentation 3
-    assert fine_tuned.model.value_counts().to_dict() == {"smollm2-135m (fine-tuned, bidirectional)": 3,
-                                                         "smollm2-135m (fine-tuned)": 2}  # named as compare names them
+    plain, bridged = ("smollm2-135m (fine-tuned, people 3, templates 2, epochs 3, n_controls 2)",
+                      "smollm2-135m (fine-tuned, bidirectional, people 2, templates 1, epochs 1, n_controls 1)")
+    # named as compare names them, with the settings in which the two runs differ besides their mitigation
+    assert fine_tuned.model.value_counts().to_dict() == {bridged: 3, plain: 2}
     assert fine_tuned.chance_logprob.isna().all() and table[table.model == "one-layer"].chance_logprob.notna().all()
     assert summary["finetuned"] == [str(out), str(bidirectional_run)]
     text = format_mitigations(summary)
-    assert "one-layer -4.38" in text and "smollm2-135m (fine-tuned) none (summed log p" in text
+    assert "one-layer -4.38" in text and f"{plain} none (summed log p" in text
     assert (tmp_path / "m" / "mitigations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
