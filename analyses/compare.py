@@ -338,14 +338,15 @@ def named_apart(runs: Sequence[tuple[str | Path, list[dict[str, Any]]]]) -> list
     would otherwise read as a clean contrast of their mitigations), then the folder added to the names still alike,
     so that no run's rows hide another's under one (model, variant, test) in the figure and a sweep's numbers."""
     configs = {str(run_dir): _run_config(run_dir) for run_dir, _ in runs}
-    keys = dict.fromkeys(key for config in configs.values() for key in config)
+    configured = [config for config in configs.values() if config]  # a probe's folder has none: named by its model
+    keys = dict.fromkeys(key for config in configured for key in config)
     differing = [key for key in keys if key not in UNLABELLED_SETTINGS
-                 and len({json.dumps(config.get(key), sort_keys=True) for config in configs.values()}) > 1]
+                 and len({json.dumps(config.get(key), sort_keys=True) for config in configured}) > 1]
 
     def named(run_dir: str | Path, name: str) -> str:
         config = configs[str(run_dir)]
         settings = ", ".join(f"{key} {config.get(key)}" for key in differing)
-        return f"{name[:-1]}, {settings})" if settings and name.endswith(")") else name
+        return f"{name[:-1]}, {settings})" if config and settings and name.endswith(")") else name
 
     renamed = [(run_dir, [{**row, "model": named(run_dir, row["model"])} for row in rows]) for run_dir, rows in runs]
     counts: dict[str, int] = {}

@@ -239,3 +239,11 @@ def test_fine_tuned_runs_with_other_settings_say_so_in_their_names(tmp_path):
     assert names == ["smollm2-135m (fine-tuned, people 4, n_controls 3, seed 0)",
                      "smollm2-135m (fine-tuned, bidirectional, people 3, n_controls 2, seed 0)",
                      "smollm2-135m (fine-tuned, people 4, n_controls 3, seed 1)"]  # the device names no setting
+    from analyses.compare import named_apart
+
+    probed = tmp_path / "probe"  # a probe's folder has no config: its name stays its own, and adds nothing to theirs
+    probed.mkdir()
+    (probed / "summary.json").write_text(json.dumps({"model": "x"}))
+    rows = named_apart([(folders[0], [{"model": "smollm2-135m (fine-tuned)"}]),
+                        (probed, [{"model": "one-layer transformer (checkpoint x, step 5)"}])])
+    assert [row["model"] for row in rows] == ["smollm2-135m (fine-tuned)", "one-layer transformer (checkpoint x, step 5)"]
