@@ -59,7 +59,7 @@ from models.cpu_matmul import float32_matmul
 from models.pretrained import DEFAULT_MODEL, Backend, TLModel, load
 from models.scoring import model_device
 from probes.shared_prompt import candidate_logprobs_cached
-from probes.stats import ci95_half_width, rate_ci95
+from probes.stats import mean_interval95, rate_ci95
 from probes.views import save_png
 
 TEMPLATE_FAMILIES = {"completion": COMPLETION_TEMPLATES, "question": QUESTION_TEMPLATES}
@@ -246,21 +246,11 @@ def _direction_stats(part: pd.DataFrame, name: str, n_controls: int) -> dict[str
     top1 = (rank == 1).astype(float)
     return {
         "n": n, "accuracy": mean(part[f"{name}_correct"].astype(float)),
-        "mean_rank": mean(rank), "mean_rank_ci95": _mean_interval(rank, asked, (1, n_controls + 1)),
+        "mean_rank": mean(rank), "mean_rank_ci95": mean_interval95(rank, asked, (1, n_controls + 1)),
         "top1_rate": mean(top1), "top1_rate_ci95": rate_ci95(top1, asked),
         "logprob": mean(part[f"{name}_logprob"].astype(float)), "margin": mean(margin),
-        "margin_ci95": _mean_interval(margin, asked),
+        "margin_ci95": mean_interval95(margin, asked),
     }
-
-
-def _mean_interval(values: pd.Series, clusters: pd.Series,
-                   bounds: tuple[float, float] = (-math.inf, math.inf)) -> list[float]:
-    """[low, high] of the mean of ``values``: Student's t over the clustered statements, cut to the ``bounds`` the
-    values have (NaN where undefined)."""
-    mean, half = float(values.mean()), ci95_half_width(values, clusters)
-    if math.isnan(half):
-        return [math.nan, math.nan]
-    return [max(bounds[0], mean - half), min(bounds[1], mean + half)]
 
 
 def surnames(name: str) -> frozenset[str]:

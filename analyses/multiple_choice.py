@@ -42,7 +42,7 @@ import torch
 from facts.language import bos_prefix
 from facts.questions import LETTERS, QuestionSet, multiple_choice_orders
 from probes.multiple_choice import letter_probabilities, letter_tokens
-from probes.stats import mean_ci95
+from probes.stats import PROBABILITY, mean_ci95
 
 MC_SETTINGS = ("forward_heldout_paraphrase", "reverse")
 """Settings asked as multiple choice: the trained direction in new words, and the held-out reverse."""
@@ -182,7 +182,7 @@ def debiased_choices(table: pd.DataFrame) -> pd.DataFrame:
 def multiple_choice_summary(table: pd.DataFrame) -> dict[str, Any]:
     """Per group and setting: questions n and facts; raw p(right letter) and accuracy of the argmax, the debiased
     q_right and accuracy (:func:`debiased_choices`), each question's mean over its K orders first. The means and
-    the 95% intervals of p and q are over facts, each fact's questions averaged first
+    the 95% intervals of p and q (cut to [0, 1]) are over facts, each fact's questions averaged first
     (:func:`probes.stats.mean_ci95`: a fact's paraphrases are not independent samples), as the
     fine-tuning summary's margins are. Also K with chance 1 / K, and the letter prior (each letter's mean
     probability over every prompt: 1 / K each for a model without letter bias)."""
@@ -194,7 +194,8 @@ def multiple_choice_summary(table: pd.DataFrame) -> dict[str, Any]:
     debiased = debiased_choices(table).set_index(["group", "setting", "question"])
     for (group, setting), part in per_question.groupby(level=[0, 1], sort=False):
         fair = debiased.loc[part.index]
-        raw, unbiased = mean_ci95(part.p_correct, part.fact), mean_ci95(fair.p_debiased, part.fact)
+        raw = mean_ci95(part.p_correct, part.fact, PROBABILITY)
+        unbiased = mean_ci95(fair.p_debiased, part.fact, PROBABILITY)
         out["groups"].setdefault(group, {})[setting] = {
             "n": int(len(part)), "facts": raw["n"], "p_correct": raw["mean"], "p_correct_ci95": raw["ci95"],
             "accuracy": mean_ci95(part.correct, part.fact)["mean"],

@@ -813,18 +813,43 @@ def headline(metrics: Sequence[str], patterns: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(m for p in patterns for m in metrics if fnmatchcase(m, p)))
 
 
+PROBABILITY_METRICS = ("*accuracy", "*accuracy_debiased", "*accuracy.mean", "*accuracy_by_link.*", "*top1",
+                       "*top1_rate", "*_rate", "*.rate", "*exact_match", "*_prob", "*.prob", "*p_correct",
+                       "*p_debiased")
+"""Summary metrics whose values are probabilities, accuracies or rates (by their dotted key, :func:`numbers`):
+their mean over seeds lies in [0, 1], and so does its interval (a mitigation's ``….accuracy.mean`` over its own
+seeds is one; its ``.sd`` is not)."""
+DIFFERENCE_METRICS = ("*peak_effect",)
+"""Metrics that are a difference of two probabilities (tracing's indirect effect): in [−1, 1]."""
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take, by its key: [0, 1] for :data:`PROBABILITY_METRICS`, [−1, 1] for
+    :data:`DIFFERENCE_METRICS`, else unbounded (a log-probability, a margin, a rank, a z-score)."""
+    if any(fnmatchcase(metric, pattern) for pattern in PROBABILITY_METRICS):
+        return (0.0, 1.0)
+    if any(fnmatchcase(metric, pattern) for pattern in DIFFERENCE_METRICS):
+        return (-1.0, 1.0)
+    return (-math.inf, math.inf)
+
+
 def metric_statistics(metric: str, values: Any) -> dict[str, float]:
     """One metric's columns of ``aggregate.csv`` over a grid point's finished seeds: ``.n``, the seeds with a value
     (not NaN; ``n_seeds`` counts the trials), and over those values the ``.mean``, sample ``.sd`` and 95% interval
-    ``.ci95_low``/``.ci95_high``: Student's t (NaN for fewer than two), or Wilson's for a verdict (yes/no), whose
-    mean is the share of seeds that say yes (:func:`probes.stats.interval95`)."""
+    ``.ci95_low``/``.ci95_high``: Student's t cut to the :func:`metric_range` (NaN for fewer than two), or Wilson's
+    for a verdict (yes/no), whose mean is the share of seeds that say yes (:func:`probes.stats.interval95`)."""
     import pandas as pd
 
     from probes.stats import interval95
 
     values = pd.Series(list(values), dtype=object)
     numbers = values.astype(float)
-    low, high = interval95(values)
+    bounds = metric_range(metric)
+    outside = numbers[(numbers < bounds[0]) | (numbers > bounds[1])]
+    if len(outside):  # a name read as a probability's that is not one: its interval must not be cut to [0, 1]
+        raise ValueError(f"metric {metric!r} reads as lying in [{bounds[0]:g}, {bounds[1]:g}] "
+                         f"(analyses.sweep.PROBABILITY_METRICS, DIFFERENCE_METRICS) but a seed has {outside.iloc[0]!r}")
+    low, high = interval95(values, bounds)
     return {f"{metric}.n": int(numbers.count()), f"{metric}.mean": float(numbers.mean()),
             f"{metric}.sd": float(numbers.std()), f"{metric}.ci95_low": low, f"{metric}.ci95_high": high}
 
@@ -867,7 +892,8 @@ def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
         from probes.views import save_png
 
         save_png(sweep_figure(table, keys, plotted, title=f"{sweep.experiment}: mean and 95% interval across "
-                                                             f"seeds (dots: seeds)"), out / FIGURE)
+                                                             f"seeds (dots: seeds)",
+                              ranges={m: metric_range(m) for m in plotted}), out / FIGURE)
         figures.append(FIGURE)
     n_trials = len(sweep.trials())
     summary = {

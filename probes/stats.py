@@ -26,6 +26,9 @@ import pandas as pd
 
 Z95 = 1.959963984540054
 """The standard normal's 0.975 quantile."""
+UNBOUNDED = (-math.inf, math.inf)
+PROBABILITY = (0.0, 1.0)
+"""The range of a probability, an accuracy or a rate, and so of their means."""
 
 
 def t_cdf(x: float, df: int) -> float:
@@ -89,8 +92,21 @@ def ci95_half_width(values: pd.Series, clusters: pd.Series | None = None) -> flo
     return t95(count) * float(values.std()) * math.sqrt(deff / n) if count > 1 else float("nan")
 
 
-def mean_ci95(values: pd.Series, facts: pd.Series | None = None) -> dict[str, float]:
-    """Mean and its 95% interval, mean ± t₀.₉₇₅(n − 1)·s/√n (:func:`ci95_half_width`).
+def mean_interval95(values: pd.Series, clusters: pd.Series | None = None,
+                    bounds: tuple[float, float] = UNBOUNDED) -> list[float]:
+    """[low, high]: mean ± :func:`ci95_half_width` (with its ``clusters``), cut to the ``bounds`` the values can
+    take ([NaN, NaN] where the half width is undefined). A mean of probabilities lies in [0, 1], and so does the
+    true mean the interval is for: cutting off the impossible part (t's "1.007" over three seeds near 1) keeps
+    every true value the interval held, so its coverage is unchanged."""
+    mean, half = float(values.mean()), ci95_half_width(values, clusters)
+    if math.isnan(half):
+        return [math.nan, math.nan]
+    return [max(bounds[0], mean - half), min(bounds[1], mean + half)]
+
+
+def mean_ci95(values: pd.Series, facts: pd.Series | None = None,
+              bounds: tuple[float, float] = UNBOUNDED) -> dict[str, float]:
+    """Mean and its 95% interval, mean ± t₀.₉₇₅(n − 1)·s/√n cut to ``bounds`` (:func:`mean_interval95`).
 
     With ``facts`` (the fact each value is about), the values are first averaged per fact and
     the interval is over the n facts: the several paraphrases that ask one fact are not
@@ -98,8 +114,7 @@ def mean_ci95(values: pd.Series, facts: pd.Series | None = None) -> dict[str, fl
     question as one would narrow the interval by up to √(questions per fact). ``questions``:
     the values averaged."""
     units = values if facts is None else values.groupby(facts.to_numpy(), sort=False).mean()
-    mean, half = float(units.mean()), ci95_half_width(units)
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(units.count()),
+    return {"mean": float(units.mean()), "ci95": mean_interval95(units, bounds=bounds), "n": int(units.count()),
             "questions": int(values.count())}
 
 
@@ -125,12 +140,11 @@ def rate_ci95(outcomes: pd.Series, clusters: pd.Series | None = None) -> list[fl
     return [max(0.0, min(rate, centre - half)), min(1.0, max(rate, centre + half))]
 
 
-def interval95(values: pd.Series) -> list[float]:
+def interval95(values: pd.Series, bounds: tuple[float, float] = UNBOUNDED) -> list[float]:
     """[low, high] of the non-missing ``values``: Wilson's (:func:`rate_ci95`) where every one is a yes/no (a
-    ``bool``: a verdict, whose share is a rate), else Student's t around their mean (:func:`ci95_half_width`)."""
+    ``bool``: a verdict, whose share is a rate), else Student's t around their mean cut to the ``bounds`` they can
+    take (:func:`mean_interval95`)."""
     present = values.dropna()
     if len(present) and all(isinstance(value, (bool, np.bool_)) for value in present):
         return rate_ci95(present.astype(float))
-    numbers = values.astype(float)
-    mean, half = float(numbers.mean()), ci95_half_width(numbers)
-    return [mean - half, mean + half]
+    return mean_interval95(values.astype(float), bounds=bounds)

@@ -448,17 +448,23 @@ def trace_facts(
 # Averages over facts
 
 
+VALUE_RANGES = {"prob": (0.0, 1.0), "effect": (-1.0, 1.0)}
+"""The range of each traced value: a probability, and the difference of two."""
+
+
 def average_over_statements(table: pd.DataFrame, value: str = "effect") -> pd.DataFrame:
     """Per (split, direction, component, layer, bucket): the mean of ``value`` over statements and its
-    95% interval (mean ± t₀.₉₇₅(n − 1)·s/√n, :func:`probes.stats.ci95_half_width`), each statement's bucket
-    first averaged over its positions. Columns: split, direction, component, layer, bucket, mean, ci_low,
+    95% interval (mean ± t₀.₉₇₅(n − 1)·s/√n, :func:`probes.stats.ci95_half_width`, cut to the range of
+    ``value``: [0, 1] for a restored probability, [−1, 1] for an effect, a difference of two), each statement's
+    bucket first averaged over its positions. Columns: split, direction, component, layer, bucket, mean, ci_low,
     ci_high, n."""
     keys = ["split", "direction", "component", "layer", "bucket"]
     per_statement = table.groupby(["fact", *keys], observed=True)[value].mean().reset_index()
     grouped = per_statement.groupby(keys, observed=True)[value]
     out = grouped.agg(["mean", "std", "count"]).reset_index()
     half = out["count"].map(t95) * out["std"] / np.sqrt(out["count"])  # NaN for one statement
-    out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
+    low, high = VALUE_RANGES[value]
+    out["ci_low"], out["ci_high"] = (out["mean"] - half).clip(lower=low), (out["mean"] + half).clip(upper=high)
     out["bucket"] = pd.Categorical(out["bucket"], categories=BUCKETS, ordered=True)
     return out.rename(columns={"count": "n"}).drop(columns="std").sort_values(keys, ignore_index=True)
 

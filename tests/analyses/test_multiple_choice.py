@@ -108,7 +108,8 @@ def test_the_table_moves_the_right_letter_with_the_options_and_summarises_per_qu
 
 def test_the_summary_intervals_are_over_facts_not_over_their_paraphrases(tiny_models):
     """Two questions ask each fact: the summary's means and intervals average each fact's questions first, as
-    the fine-tuning summary's margins do (counting paraphrases as independent narrowed the interval)."""
+    the fine-tuning summary's margins do (counting paraphrases as independent narrowed the interval); a
+    probability's interval is cut to [0, 1]."""
     import dataclasses
 
     from probes.stats import ci95_half_width
@@ -121,10 +122,12 @@ def test_the_summary_intervals_are_over_facts_not_over_their_paraphrases(tiny_mo
     per_fact = table.groupby("question").agg(p=("p_correct", "mean"), fact=("fact", "first")).groupby("fact").p.mean()
     assert (row["n"], row["facts"]) == (4, 2)
     assert row["p_correct"] == pytest.approx(per_fact.mean(), abs=1e-12)
-    half = ci95_half_width(per_fact)
-    assert row["p_correct_ci95"] == pytest.approx([per_fact.mean() - half, per_fact.mean() + half], abs=1e-12)
+    half = ci95_half_width(per_fact)  # t with one degree of freedom: past 0, where a probability cannot be
+    assert per_fact.mean() - half < 0
+    assert row["p_correct_ci95"] == pytest.approx([0.0, min(1.0, per_fact.mean() + half)], abs=1e-12)
     fair = debiased_choices(table).groupby("fact").p_debiased.mean()
-    assert row["p_debiased_ci95"][1] - row["p_debiased"] == pytest.approx(ci95_half_width(fair), abs=1e-12)
+    assert row["p_debiased_ci95"] == pytest.approx([max(0.0, fair.mean() - ci95_half_width(fair)),
+                                                    min(1.0, fair.mean() + ci95_half_width(fair))], abs=1e-12)
 
 
 def test_debiasing_cancels_any_letter_prior_exactly_where_the_raw_score_drops_to_chance(tiny_models):

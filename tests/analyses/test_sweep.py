@@ -529,6 +529,30 @@ def test_each_sweep_panel_draws_its_own_chance_and_names_the_varying_key():
     assert top1.get_xlabel() == "lr" and [t.get_text() for t in top1.get_xticklabels()] == ["0.1", "0.2"]
 
 
+def test_a_probability_s_interval_across_seeds_stays_within_0_and_1():
+    """``train_prob`` 0.99, 1.0 and 0.9 over three seeds: Student's t reached 1.007; a probability's, an accuracy's
+    and a rate's interval is cut to [0, 1], tracing's effect (a difference of two) to [−1, 1], and a log p or a
+    margin is unbounded."""
+    from analyses.sweep import metric_range, metric_statistics
+
+    stats = metric_statistics("final.tiny.train_prob", [0.99, 1.0, 0.9])
+    assert stats["final.tiny.train_prob.ci95_high"] == 1.0 and stats["final.tiny.train_prob.ci95_low"] < 0.96
+    unbounded = metric_statistics("heldout_logprob", [0.99, 1.0, 0.9])
+    assert unbounded["heldout_logprob.ci95_high"] > 1.0
+    for metric in ("heldout_accuracy", "directions.child_to_parent.top1_rate", "logprob_win_rate.rate",
+                   "groups.p2d.reverse.after.top1", "multiple_choice.groups.both.reverse.p_debiased",
+                   "train_accuracy_by_link.x→y", "by_model.tiny.baseline.heldout_accuracy.mean",
+                   "tracing.after.train/forward.components.mlp_out.max_restored_prob",
+                   "berglund_files.d2p_prompts_test.jsonl.after.exact_match"):
+        assert metric_range(metric) == (0.0, 1.0), metric
+    assert metric_range("tracing.after.train/forward.components.mlp_out.peak_effect") == (-1.0, 1.0)
+    for metric in ("heldout_reverse_logprob", "by_model.tiny.baseline.heldout_accuracy.sd", "margin.mean",
+                   "directions.child_to_parent.mean_rank", "logprob_win_rate.n"):
+        assert metric_range(metric) == (-math.inf, math.inf), metric
+    with pytest.raises(ValueError, match="'sample_rate' reads as lying in \\[0, 1\\].*16000"):
+        metric_statistics("sample_rate", [16000.0, 16000.0])
+
+
 def test_a_verdict_across_seeds_is_a_share_with_wilsons_interval():
     """A summary's yes/no (``findings.reverse_not_learnt``, ``curse_holds_for_all``) stays a bool in ``numbers``, and
     across seeds its mean is the share saying yes with Wilson's interval: 3 yes of 3 is [0.44, 1], where Student's

@@ -9,7 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probes.stats import Z95, ci95_half_width, design_effect, mean_ci95, rate_ci95, t_quantile
+from probes.stats import (
+    PROBABILITY,
+    Z95,
+    ci95_half_width,
+    design_effect,
+    interval95,
+    mean_ci95,
+    mean_interval95,
+    rate_ci95,
+    t_quantile,
+)
 
 
 def test_student_t_quantiles_match_their_closed_forms():
@@ -24,6 +34,25 @@ def test_mean_ci95_is_mean_plus_minus_t_standard_errors():
     half = t_quantile(0.975, 3) * values.std() / 2
     assert stats["mean"] == 2.5 and stats["ci95"] == pytest.approx([2.5 - half, 2.5 + half]) and stats["n"] == 4
     assert ci95_half_width(values) == pytest.approx(half) and half > 1.96 * values.std() / 2 * 1.6  # t(3) = 3.18
+
+
+def test_a_bounded_mean_s_interval_is_cut_to_its_range_and_keeps_its_coverage():
+    """Probabilities near 1 over three seeds: t's interval reaches past 1, and the mean cannot; cut to [0, 1] it
+    is t's interval otherwise, so it covers every true mean t's did. Over 4,000 draws of 3 values from a Beta
+    near 1 the cut interval covers the true mean as often as the uncut one (the cut part holds no mean)."""
+    values = pd.Series([0.99, 1.0, 0.9])
+    half = ci95_half_width(values)
+    assert values.mean() + half > 1
+    assert mean_interval95(values, bounds=PROBABILITY) == pytest.approx([values.mean() - half, 1.0])
+    assert mean_ci95(values, bounds=PROBABILITY)["ci95"][1] == 1.0 and interval95(values, PROBABILITY)[1] == 1.0
+    assert mean_interval95(values) == pytest.approx([values.mean() - half, values.mean() + half])  # unbounded
+    assert all(math.isnan(end) for end in mean_interval95(pd.Series([0.5]), bounds=PROBABILITY))
+    draws = np.random.default_rng(0).beta(20, 1, size=(4000, 3))
+    truth = 20 / 21
+    cut = [mean_interval95(pd.Series(row), bounds=PROBABILITY) for row in draws]
+    plain = [mean_interval95(pd.Series(row)) for row in draws]
+    assert all(high <= 1.0 for _, high in cut) and any(high > 1.0 for _, high in plain)
+    assert [low <= truth <= high for low, high in cut] == [low <= truth <= high for low, high in plain]
 
 
 def test_mean_ci95_over_facts_averages_each_facts_questions_first():

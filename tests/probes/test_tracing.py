@@ -99,6 +99,25 @@ def test_identities_of_restoring_the_clean_run(request, name, world, vocab):
         assert same(restored[Site("resid_pre", 0, (1,))], traced.corrupted)
 
 
+def test_an_average_s_interval_stays_within_what_its_value_can_be():
+    """Two statements restored to p = 0.99 and 0.80 at a site: t with one degree of freedom gives 0.895 ± 1.21,
+    past both ends of a probability; the interval is cut to [0, 1], an effect's (a difference of two
+    probabilities) to [−1, 1], and t's interval is kept where it fits."""
+    rows = [{"fact": fact, "split": "train", "direction": "forward", "component": "resid_post", "layer": layer,
+             "bucket": "last", "prob": prob, "effect": effect}
+            for layer, values in ((0, ((0.99, 0.98), (0.80, 0.79))), (1, ((0.50, 0.10), (0.52, 0.12))))
+            for fact, (prob, effect) in enumerate(values)]
+    table = pd.DataFrame(rows)
+    half = t_quantile(0.975, 1) * pd.Series([0.99, 0.80]).std() / 2 ** 0.5
+    prob = average_over_statements(table, "prob").set_index("layer")
+    assert 0.895 - half < 0 and 0.895 + half > 1
+    assert (prob.loc[0, "ci_low"], prob.loc[0, "ci_high"]) == (0.0, 1.0)
+    effect = average_over_statements(table, "effect").set_index("layer")
+    assert (effect.loc[0, "ci_low"], effect.loc[0, "ci_high"]) == pytest.approx((0.885 - half, 1.0))
+    inside = t_quantile(0.975, 1) * pd.Series([0.50, 0.52]).std() / 2 ** 0.5
+    assert (prob.loc[1, "ci_low"], prob.loc[1, "ci_high"]) == pytest.approx((0.51 - inside, 0.51 + inside))
+
+
 def test_the_trained_fact_is_recovered_where_it_lives(trained_tiny, world, vocab):
     chosen = one_way_statements(world, "train", "forward") + one_way_statements(world, "heldout", "reverse")
     table = trace_facts(trained_tiny, world, vocab, chosen, components=("resid_pre", "resid_post", "mlp_out"),
