@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune-facts", help="fine-tune a pretrained LLM on fictitious people or your own facts, test both ways")
     finetune.add_argument("--model", default="smollm2-135m", help=PRETRAINED_HELP)
     finetune.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
-    finetune.add_argument("--people", type=_positive_int, default=None, help="fictitious people (default 30)")
+    finetune.add_argument("--people", type=_positive_int, default=None, help="fictitious people (default 16)")
     finetune.add_argument("--facts", type=Path, default=None,
                           help="your facts instead of the built-in people: a folder in Berglund et al.'s experiment-1 "
                                "layout (p2d_prompts_train.jsonl, ...), a CSV (subject,relation,object"
@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--lora-targets", nargs="+", default=None, metavar="NAME",
                           help="block linear layers to adapt, e.g. q_proj v_proj (default: all of them)")
     finetune.add_argument("--controls", type=_positive_int, default=None,
-                          help="random answers of the same kind per question (default 16)")
+                          help="random answers of the same kind per question (default 15: with the default 16 people, "
+                               "every other one)")
     finetune.add_argument("--mitigation", choices=("none", "bidirectional", "reverse-training", "identity-bridge"),
                           default="none",
                           help="bidirectional: as many people again trained both ways; reverse-training: every "
@@ -136,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--seed", type=_seed, default=0)
     finetune.add_argument("--tracing-facts", type=_non_negative_int, default=None, metavar="N",
                           help="facts traced before and after, with the weight change read at the entities "
-                               "(tracing*.csv/png, weight_change.*; default 2, 0: none)")
-    finetune.add_argument("--multiple-choice", type=_options, default=4, metavar="K",
+                               "(tracing*.csv/png, weight_change.*; default 0: none)")
+    finetune.add_argument("--multiple-choice", type=_options, default=None, metavar="K",
                           help="also ask the forward and reverse questions as multiple choice with K options, before "
-                               "and after (multiple_choice.csv; default 4, 0: none)")
+                               "and after (multiple_choice.csv; default 0: none)")
     finetune.add_argument("--device", default=None)
     finetune.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -317,7 +318,8 @@ def _finetune_config(args: argparse.Namespace):
     from analyses.finetune import FinetuneConfig
 
     given = {"people": args.people, "templates": args.templates, "epochs": args.epochs, "lr": args.lr,
-             "batch_size": args.batch_size, "n_controls": args.controls, "tracing_facts": args.tracing_facts}
+             "batch_size": args.batch_size, "n_controls": args.controls, "tracing_facts": args.tracing_facts,
+             "multiple_choice": args.multiple_choice}
     return replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks,
                    lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                    lora_targets=None if args.lora_targets is None else tuple(args.lora_targets),
@@ -325,7 +327,7 @@ def _finetune_config(args: argparse.Namespace):
                    groups=None if args.groups is None else tuple(args.groups),
                    facts=None if args.facts is None else str(args.facts),
                    templates_file=None if args.templates_file is None else str(args.templates_file),
-                   device=args.device, multiple_choice=args.multiple_choice,
+                   device=args.device,
                    **{name: value for name, value in given.items() if value is not None})
 
 

@@ -89,10 +89,16 @@ class FinetuneConfig:
     ``facts``: None for the built-in people world (``people`` per group), else a Berglund
     experiment-1 folder, a fact CSV or a fact JSONL (:func:`read_questions`), with sentence
     templates from ``templates_file`` if given. ``templates``: training paraphrases per fact (the
-    first N; default 2 for fact sets, every prompt of a Berglund folder)."""
+    first N; default 2 for fact sets, every prompt of a Berglund folder).
+
+    The defaults are the experiment's core, sized to run in about 1.5 minutes on 2 CPU cores (SmolLM2-135M): 16
+    people, each question's answer against all 15 others, trained 8 epochs, asked before and after. The
+    analyses around it are asked for: causal tracing and the weight change (``tracing_facts``), multiple choice
+    (``multiple_choice``). The run of ``docs/SCIENCE.md`` at Berglund et al.'s scale is ``people=30,
+    n_controls=16, tracing_facts=2, multiple_choice=4`` (6.5 minutes)."""
 
     model: str = "smollm2-135m"
-    people: int = 30
+    people: int = 16
     templates: int | None = None
     facts: str | None = None
     templates_file: str | None = None
@@ -104,16 +110,16 @@ class FinetuneConfig:
     lora_rank: int | None = None
     lora_alpha: float | None = None
     lora_targets: tuple[str, ...] | None = None
-    n_controls: int = 16
+    n_controls: int = 15
     mitigation: str = "none"
     seed: int = 0
     device: str | None = None
-    tracing_facts: int = 2
+    tracing_facts: int = 0
     """Facts of the tested group traced before and after (:mod:`analyses.finetune_tracing`); 0: none."""
     groups: tuple[str, ...] | None = None
     """Berglund et al.'s groups of the built-in people world to train (``p2d``, ``d2p``, ``both``: all
     three is their experiment-1 grid); None: the mitigation's (:data:`MITIGATIONS`, p2d alone by default)."""
-    multiple_choice: int = 4
+    multiple_choice: int = 0
     """Options K of the questions asked as multiple choice before and after (:mod:`analyses.multiple_choice`;
     fewer where a pool holds fewer answers); 0: none."""
 

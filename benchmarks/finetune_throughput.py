@@ -1,6 +1,6 @@
 """Fine-tuning throughput on SmolLM2-135M: the HookedTransformer against transformers' own model.
 
-Every variant trains on the same batches of the default ``revlens finetune-facts`` sentences
+Every variant trains on the same batches of ``revlens finetune-facts --people 30``'s sentences
 (p2d people, answer-only loss, AdamW at the default lr) for the same number of steps, from the
 same weights:
 
@@ -76,7 +76,7 @@ def timed(run) -> tuple[float, float]:
 
 
 def setup():
-    config = FinetuneConfig()
+    config = FinetuneConfig(people=30, n_controls=16)  # the workload the table's numbers were measured on
     hf_model, tokenizer = load_hf(config.model, device="cpu", keep=False)
     questions = read_questions(config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -1,7 +1,7 @@
 """Multiple-choice throughput: ``finetune-facts``' questions asked as multiple choice, against the floor.
 
-The workload is the default ``revlens finetune-facts`` run's multiple choice (SmolLM2-135M, 4 options):
-each forward held-out paraphrase and reverse question in its K = 4 cyclic orders
+The workload is the multiple choice of ``revlens finetune-facts --people 30 --controls 16 --multiple-choice 4``
+(SmolLM2-135M): each forward held-out paraphrase and reverse question in its K = 4 cyclic orders
 (:func:`analyses.multiple_choice.multiple_choice_prompts`). A question's orders share their stem
 ("Complete the sentence: … ___"); the options after it differ from the first one on, so nothing more is
 shared (attention is causal: a token's keys depend on everything before it).
@@ -83,12 +83,12 @@ def floor_pass(hf, questions: Sequence[tuple[list[int], list[list[int]]]], lette
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=40,
-                        help="the first N questions (0: all; the default run asks 180)")
+                        help="the first N questions (0: all; the Berglund-scale run, --people 30, asks 180)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = FinetuneConfig()
+    config = FinetuneConfig(people=30, n_controls=16, multiple_choice=4)  # the Berglund-scale run's questions
     hf, tokenizer = load_hf(config.model, device="cpu")
     hooked = to_hooked(hf, tokenizer, config.model, device="cpu")
     asked = multiple_choice_prompts(read_questions(config), tokenizer, config.multiple_choice, config.seed)

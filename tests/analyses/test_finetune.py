@@ -161,6 +161,26 @@ def test_tokenizer_and_model_come_from_one_parse_of_the_gguf(monkeypatch, tmp_pa
     assert hf_model.get_input_embeddings().weight.shape[0] == len(tokenizer) == 49152
 
 
+def test_the_default_run_is_the_core_and_ranks_each_answer_among_all_people(tmp_path):
+    """The command line without options is ``FinetuneConfig()`` (the defaults live in one place): 16 people,
+    each question's answer against every other answer of its kind (15 controls: a rank among all 16), and
+    neither tracing nor multiple choice unless asked; asking for them reaches the config."""
+    from analyses.cli import _finetune_config, build_parser
+    from analyses.finetune import draw_controls, read_questions
+
+    parse = build_parser().parse_args
+    config = _finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out")]))
+    assert config == FinetuneConfig() and (config.tracing_facts, config.multiple_choice) == (0, 0)
+    questions = read_questions(config)
+    pools = questions.pool_answers()
+    for question, controls in zip(questions.questions, draw_controls(questions, config.n_controls, config.seed)):
+        assert sorted(c.strip() for c in [question.completion, *controls]) == sorted(pools[question.pool])
+    assert {len(pool) for pool in pools.values()} == {16}
+    asked = _finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--tracing-facts", "2",
+                                    "--multiple-choice", "4"]))
+    assert (asked.tracing_facts, asked.multiple_choice) == (2, 4)
+
+
 def test_builtin_training_pairs_are_the_training_sentences(smollm2_tokenizer):
     """The question set's training pairs tokenize to exactly training_sentences' rows (same
     tokens, loss mask and statement), paraphrase by paraphrase; its held-out paraphrases are none
@@ -442,7 +462,7 @@ def berglund_run(tmp_path_factory, smollm2_tokenizer):
     out = tmp_path_factory.mktemp("finetune-berglund")
     assert main(["finetune-facts", "--model", str(model), "--facts", str(folder), "--out", str(out),
                  "--train-paraphrases", "2", "--epochs", "1", "--controls", "1", "--trainable-blocks", "1",
-                 "--multiple-choice", "0", "--quiet"]) == 0
+                 "--multiple-choice", "0", "--tracing-facts", "2", "--quiet"]) == 0
     return out, json.loads((out / "summary.json").read_text())
 
 

@@ -18,6 +18,7 @@ import copy
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 from tiny_models import padded_answers, save_tiny, tiny_config
@@ -138,8 +139,9 @@ def test_a_seed_fixes_the_lora_start_and_the_dropout_of_training(tiny_hf, batch,
 
 def test_finetune_facts_runs_on_gemma3_end_to_end(tiny_hf, tmp_path):
     """The command on a tiny random Gemma 3 (sandwich norms, sliding window, BOS declared by its files): it
-    trains the transformers model, converts it to a HookedTransformer through the Gemma config, and asks,
-    traces and reads circuits before and after, every prompt starting with BOS."""
+    trains the transformers model, converts it to a HookedTransformer through the Gemma config, and asks (in open
+    completion and as multiple choice), traces and reads circuits before and after, every prompt starting with
+    BOS."""
     from analyses.cli import main
 
     folder = tiny_hf["gemma3"]
@@ -147,8 +149,12 @@ def test_finetune_facts_runs_on_gemma3_end_to_end(tiny_hf, tmp_path):
     assert tokenizer.encode("Ann")[0] == tokenizer.bos_token_id  # the declaration is followed
     out = tmp_path / "gemma3"
     assert main(["finetune-facts", "--model", str(folder), "--people", "4", "--controls", "2", "--epochs", "1",
-                 "--tracing-facts", "1", "--quiet", "--out", str(out)]) == 0
+                 "--tracing-facts", "1", "--multiple-choice", "4", "--quiet", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    for prefix, stage in (("before_", "before"), ("", "after")):
+        choices = pd.read_csv(out / f"{prefix}multiple_choice.csv")
+        assert summary["multiple_choice"][stage]["options"] == 4 and len(choices) > 0
+        assert (choices[[f"p_{letter}" for letter in "ABCD"]].sum(axis=1) - 1).abs().max() < 1e-6
     assert summary["steps"] >= 1 and {"forward_trained_paraphrase", "reverse"} <= set(summary["groups"]["p2d"])
     for setting in summary["groups"]["p2d"].values():
         assert all(math.isfinite(setting[stage]["logprob"]) for stage in ("before", "after"))
