@@ -309,7 +309,7 @@ def _chance_column(metric: str, table) -> str | None:
 
 
 def sweep_figure(table, keys: Sequence[str], metrics: Sequence[str], title: str = "",
-                 ranges: Mapping[str, tuple[float, float]] = {}):
+                 ranges: Mapping[str, tuple[float, float]] | None = None):
     """One panel per metric: per grid point (x, the varying grid keys named below it), every seed's value (dots)
     and the mean with its 95% interval across seeds (error bar; Student's t cut to the metric's ``ranges`` entry,
     or Wilson's for a yes/no verdict, :func:`probes.stats.interval95`); chance, where the summary has it
@@ -329,7 +329,7 @@ def sweep_figure(table, keys: Sequence[str], metrics: Sequence[str], title: str 
         for x, (_, part) in enumerate(groups):
             values = part[metric].astype(float)
             axis.plot([x] * len(values), values, "o", color="#999999", markersize=3, alpha=0.7)
-            low, high = interval95(part[metric], ranges.get(metric, (-math.inf, math.inf)))
+            low, high = interval95(part[metric], (ranges or {}).get(metric, (-math.inf, math.inf)))
             mean = values.mean()
             axis.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="s", color="#1f77b4", capsize=4,
                           markersize=5)  # one seed: NaN, no whisker (a capped one of length 0 would read as certain)

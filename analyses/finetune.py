@@ -95,7 +95,7 @@ class FinetuneConfig:
     people, each question's answer against all 15 others, trained 8 epochs, asked before and after. The
     analyses around it are asked for: causal tracing and the weight change (``tracing_facts``), multiple choice
     (``multiple_choice``). The run of ``docs/SCIENCE.md`` at Berglund et al.'s scale is ``people=30,
-    n_controls=16, tracing_facts=2, multiple_choice=4`` (6.5 minutes)."""
+    n_controls=16, tracing_facts=2, multiple_choice=4`` (6.5 to 8 minutes)."""
 
     model: str = "smollm2-135m"
     people: int = 16
