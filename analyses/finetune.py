@@ -94,7 +94,7 @@ class FinetuneConfig:
     The defaults are the experiment's core, sized to run in about 1.5 minutes on 2 CPU cores (SmolLM2-135M): 16
     people, each question's answer against all 15 others, trained 8 epochs, asked before and after. The
     analyses around it are asked for: causal tracing and the weight change (``tracing_facts``), multiple choice
-    (``multiple_choice``). The run of ``docs/SCIENCE.md`` at Berglund et al.'s scale is ``people=30,
+    (``multiple_choice``). The default until 2026-12-05, 30 people with every analysis, is ``people=30,
     n_controls=16, tracing_facts=2, multiple_choice=4`` (6.5 to 8 minutes)."""
 
     model: str = "smollm2-135m"
