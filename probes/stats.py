@@ -69,16 +69,20 @@ def design_effect(values: pd.Series, clusters: pd.Series) -> tuple[float, int]:
 
     With residuals e_i = y_i − ȳ, deff = Σ_c (Σ_{i∈c} e_i)² / Σ_i e_i²: the cluster-robust variance of ȳ over the
     independent one (1 when every cluster holds one value; k when each value is repeated k times in its
-    cluster), floored at 1 so that clusters never narrow an interval. Missing values are left out; a variance of
-    0 gives 1."""
+    cluster), floored at 1 so that clusters never narrow an interval. Missing values are left out. Where it cannot
+    be estimated (every value the same, so no residual; or one cluster, whose residuals sum to 0) it is n/C: each
+    cluster counts as one value, what clusters whose members agree are worth (a rate of 0 over pairs asked twice
+    is a rate of 0 over the pairs)."""
     keep = values.notna().to_numpy()
     y = values[keep].astype(float).to_numpy()
     groups = clusters[keep].to_numpy()
     residual = pd.Series(y - y.mean())
     total = float((residual ** 2).sum())
     within = residual.groupby(groups, sort=False).sum()
-    deff = float((within ** 2).sum()) / total if total > 0 else 1.0
-    return max(1.0, deff), int(len(within))
+    count = int(len(within))
+    if total == 0 or count < 2:
+        return max(1.0, len(y) / count) if count else 1.0, count
+    return max(1.0, float((within ** 2).sum()) / total), count
 
 
 def ci95_half_width(values: pd.Series, clusters: pd.Series | None = None) -> float:

@@ -132,3 +132,24 @@ def test_clusters_widen_an_interval_by_their_design_effect_and_never_narrow_it()
     deff = (e.groupby(labels).sum() ** 2).sum() / (e ** 2).sum()
     assert ci95_half_width(values, labels) == pytest.approx(t_quantile(0.975, 2) * values.std() * math.sqrt(deff / 6))
     assert deff > 1.9  # the two values of a cluster are nearly equal
+
+
+def test_clusters_whose_design_effect_cannot_be_estimated_count_once_each():
+    """Every outcome the same leaves no residual to estimate the design effect from, yet a rate of 0 or 1 is where
+    Wilson's interval is read: pairs asked twice with the same outcome give the interval of the pairs, not of the
+    questions (it had given the questions': 0.510 of 4 against 0.342 of 2 at the lower end). One cluster counts as
+    one value too."""
+    asked_twice = pd.Series(["a", "a", "b", "b", "c", "c"])
+    for outcome in (0.0, 1.0):
+        twice, once = pd.Series([outcome] * 6), pd.Series([outcome] * 3)
+        assert design_effect(twice, asked_twice) == (2.0, 3)
+        assert rate_ci95(twice, asked_twice) == pytest.approx(rate_ci95(once), abs=1e-12)
+        assert rate_ci95(twice)[1] - rate_ci95(twice)[0] < rate_ci95(once)[1] - rate_ci95(once)[0]
+    uneven = pd.Series(["a", "a", "a", "b"])
+    assert design_effect(pd.Series([0.0] * 4), uneven) == (2.0, 2)  # n/C: the two clusters, one value each
+    assert design_effect(pd.Series([1.0, 0.0, 1.0]), pd.Series(["a"] * 3)) == (3.0, 1)
+    low, high = rate_ci95(pd.Series([1.0, 0.0, 1.0]), pd.Series(["a"] * 3))
+    z2 = Z95 ** 2  # Wilson's interval of a rate of 2/3 over one value
+    centre, half = (2 / 3 + z2 / 2) / (1 + z2), Z95 * math.sqrt(2 / 9 + z2 / 4) / (1 + z2)
+    assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert design_effect(pd.Series([1.0, None, 1.0, 1.0]), pd.Series(["a", "a", "b", "b"])) == (1.5, 2)  # missing left out
