@@ -78,7 +78,7 @@ from models.backend import (TransformerLensKeyValueCache, TransformerLensKeyValu
 from models.scoring import answer_token_logprobs, check_causal, hooked_readout, token_logprobs
 from models.training import derived_seed
 from probes.hooks import check_layer, hook_names
-from probes.stats import t95
+from probes.stats import UNBOUNDED, t95
 
 COMPONENTS: tuple[str, ...] = ("resid_pre", "resid_post", "mlp_out", "attn_out")
 DEFAULT_COMPONENTS: tuple[str, ...] = ("resid_post", "mlp_out", "attn_out")
@@ -448,22 +448,27 @@ def trace_facts(
 # Averages over facts
 
 
-VALUE_RANGES = {"prob": (0.0, 1.0), "effect": (-1.0, 1.0)}
-"""The range of each traced value: a probability, and the difference of two."""
+VALUE_RANGES = {**dict.fromkeys(("prob", "clean_prob", "corrupted_prob"), (0.0, 1.0)), "effect": (-1.0, 1.0),
+                **dict.fromkeys(("logprob", "clean_logprob", "corrupted_logprob"), (-math.inf, 0.0))}
+"""The range of each bounded column of :func:`trace`'s table: a probability, the difference of two, a log-probability
+(``recovered``, a ratio of differences, has none)."""
 
 
 def average_over_statements(table: pd.DataFrame, value: str = "effect") -> pd.DataFrame:
     """Per (split, direction, component, layer, bucket): the mean of ``value`` over statements and its
     95% interval (mean ± t₀.₉₇₅(n − 1)·s/√n, :func:`probes.stats.ci95_half_width`, cut to the range of
-    ``value``: [0, 1] for a restored probability, [−1, 1] for an effect, a difference of two), each statement's
+    ``value``, :data:`VALUE_RANGES`: [0, 1] for a probability, [−1, 1] for an effect, a difference of two, ≤ 0 for a
+    log-probability, none for ``recovered``), each statement's
     bucket first averaged over its positions. Columns: split, direction, component, layer, bucket, mean, ci_low,
     ci_high, n."""
+    if value not in table.columns:
+        raise ValueError(f"average_over_statements: no column {value!r} to average; the table's: {list(table.columns)}")
     keys = ["split", "direction", "component", "layer", "bucket"]
     per_statement = table.groupby(["fact", *keys], observed=True)[value].mean().reset_index()
     grouped = per_statement.groupby(keys, observed=True)[value]
     out = grouped.agg(["mean", "std", "count"]).reset_index()
     half = out["count"].map(t95) * out["std"] / np.sqrt(out["count"])  # NaN for one statement
-    low, high = VALUE_RANGES[value]
+    low, high = VALUE_RANGES.get(value, UNBOUNDED)
     out["ci_low"], out["ci_high"] = (out["mean"] - half).clip(lower=low), (out["mean"] + half).clip(upper=high)
     out["bucket"] = pd.Categorical(out["bucket"], categories=BUCKETS, ordered=True)
     return out.rename(columns={"count": "n"}).drop(columns="std").sort_values(keys, ignore_index=True)

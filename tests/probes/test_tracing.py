@@ -102,9 +102,10 @@ def test_identities_of_restoring_the_clean_run(request, name, world, vocab):
 def test_an_average_s_interval_stays_within_what_its_value_can_be():
     """Two statements restored to p = 0.99 and 0.80 at a site: t with one degree of freedom gives 0.895 ± 1.21,
     past both ends of a probability; the interval is cut to [0, 1], an effect's (a difference of two
-    probabilities) to [−1, 1], and t's interval is kept where it fits."""
+    probabilities) to [−1, 1], a log-probability's to ≤ 0, and t's interval is kept where it fits; ``recovered`` (a
+    ratio) has no bounds, and a column the table lacks is refused by name."""
     rows = [{"fact": fact, "split": "train", "direction": "forward", "component": "resid_post", "layer": layer,
-             "bucket": "last", "prob": prob, "effect": effect}
+             "bucket": "last", "prob": prob, "effect": effect, "logprob": math.log(prob), "recovered": 2 * effect - 1}
             for layer, values in ((0, ((0.99, 0.98), (0.80, 0.79))), (1, ((0.50, 0.10), (0.52, 0.12))))
             for fact, (prob, effect) in enumerate(values)]
     table = pd.DataFrame(rows)
@@ -116,6 +117,14 @@ def test_an_average_s_interval_stays_within_what_its_value_can_be():
     assert (effect.loc[0, "ci_low"], effect.loc[0, "ci_high"]) == pytest.approx((0.885 - half, 1.0))
     inside = t_quantile(0.975, 1) * pd.Series([0.50, 0.52]).std() / 2 ** 0.5
     assert (prob.loc[1, "ci_low"], prob.loc[1, "ci_high"]) == pytest.approx((0.51 - inside, 0.51 + inside))
+    logprob = average_over_statements(table, "logprob").set_index("layer")
+    assert logprob.loc[0, "ci_high"] == 0.0 and logprob.loc[0, "ci_low"] < math.log(0.80)
+    recovered = average_over_statements(table, "recovered").set_index("layer")
+    wide = t_quantile(0.975, 1) * pd.Series([0.96, 0.58]).std() / 2 ** 0.5
+    assert (recovered.loc[0, "ci_low"], recovered.loc[0, "ci_high"]) == pytest.approx((0.77 - wide, 0.77 + wide))
+    assert 0.77 - wide < -1 and 0.77 + wide > 1  # past both ends any bound could have had: none applied
+    with pytest.raises(ValueError, match="no column 'restored' to average"):
+        average_over_statements(table, "restored")
 
 
 def test_the_trained_fact_is_recovered_where_it_lives(trained_tiny, world, vocab):
