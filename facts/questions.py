@@ -257,7 +257,8 @@ def _pick(templates: Mapping[str, Sequence[str]], relation: str, what: str, fact
     if not options:
         fact = facts[index]
         raise FactError(f"{_from(templates)}fact {index} ({fact.subject!r} {fact.relation!r} {fact.object!r}): no "
-                        f"{what} template for relation {relation!r} (templates cover {sorted(templates)})")
+                        f"{what} template for relation {relation!r} (templates cover {sorted(templates)})"
+                        + ("" if _from(templates) else "; give sentences for your relations with --templates-file"))
     return options
 
 

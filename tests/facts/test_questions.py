@@ -169,6 +169,17 @@ def test_a_heldout_paraphrase_with_a_trained_prompt_is_refused_in_code_built_tem
         questions_from_facts(facts, train, test, 1)
 
 
+def test_a_relation_the_built_in_templates_lack_points_to_the_templates_file(tmp_path):
+    """Own facts of a relation the built-in sentences do not state ("mother") are refused naming the relation and
+    the option that gives sentences for it; a templates file's own gap names the file instead."""
+    path = tmp_path / "facts.csv"
+    path.write_text("subject,relation,object\nAnn Lee,mother,Bob Ray\n")
+    facts = load_fact_csv(path)
+    with pytest.raises(FactError, match=r"no train template for relation 'mother' \(templates cover \['d2p', 'p2d'\]\); "
+                                        r"give sentences for your relations with --templates-file$"):
+        questions_from_facts(facts, TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
+
+
 def test_template_errors_after_reading_name_the_templates_file(tmp_path):
     facts = people_world(n_per_group=1, groups=("p2d",))
     path = write_templates(tmp_path / "templates.jsonl", ("p2d", "train", "{given} is {answer}."),
