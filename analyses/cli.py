@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from analyses.experiments import ALL_OPTIONS, EXPERIMENTS, REPRODUCE, REPRODUCE_ALL
 from analyses.experiments import non_negative_float as _non_negative_float
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="block linear layers to adapt, e.g. q_proj v_proj (default: all of them)")
     finetune.add_argument("--controls", type=_positive_int, default=None,
                           help="random answers of the same kind per question (default 15: with the default 16 people, "
-                               "every other one)")
+                               "every other one; with fewer --people, every other one too)")
     finetune.add_argument("--mitigation", choices=("none", "bidirectional", "reverse-training", "identity-bridge"),
                           default="none",
                           help="bidirectional: as many people again trained both ways; reverse-training: every "
@@ -313,14 +313,12 @@ def _options(text: str) -> int:
 
 def _finetune_config(args: argparse.Namespace):
     """The ``FinetuneConfig`` of a ``finetune-facts`` command line (defaults where an option is not given)."""
-    from dataclasses import replace
-
     from analyses.finetune import FinetuneConfig
 
     given = {"people": args.people, "templates": args.templates, "epochs": args.epochs, "lr": args.lr,
              "batch_size": args.batch_size, "n_controls": args.controls, "tracing_facts": args.tracing_facts,
              "multiple_choice": args.multiple_choice}
-    return replace(FinetuneConfig(), model=args.model, trainable_blocks=args.trainable_blocks,
+    return FinetuneConfig(model=args.model, trainable_blocks=args.trainable_blocks,
                    lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                    lora_targets=None if args.lora_targets is None else tuple(args.lora_targets),
                    mitigation=args.mitigation, seed=args.seed,
@@ -618,12 +616,24 @@ def _inputs(args: argparse.Namespace) -> dict[str, object]:
     return given
 
 
+def recorded_config(args: argparse.Namespace) -> dict[str, Any]:
+    """What a run's manifest records of its command line: the options as given (an option left out is None), and
+    for ``finetune-facts`` the :class:`~analyses.finetune.FinetuneConfig` they make (``finetune``), whose defaults a
+    later revlens may change. A sweep counts a trial finished only when its manifest records what the trial's
+    command line makes now (:func:`analyses.sweep.finished`), so a run under other defaults is run again."""
+    from dataclasses import asdict
+
+    config = {k: v for k, v in vars(args).items() if k not in ("quiet", "debug", "force", "argv")}
+    if args.command == "finetune-facts":
+        config["finetune"] = asdict(_finetune_config(args))
+    return config
+
+
 def _run_folder(args: argparse.Namespace, out: Path, kind: str):
     """:func:`analyses.runfolder.run_folder` for this command's ``out``."""
     from analyses.runfolder import run_folder
 
-    config = {k: v for k, v in vars(args).items() if k not in ("quiet", "debug", "force", "argv")}
-    return run_folder(out, kind, config=config, inputs=_inputs(args), force=args.force,
+    return run_folder(out, kind, config=recorded_config(args), inputs=_inputs(args), force=args.force,
                       resume=bool(getattr(args, "resume", False)), command=shlex.join(["revlens", *args.argv]))
 
 

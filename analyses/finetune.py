@@ -77,6 +77,10 @@ DEFAULT_PARAPHRASES = 2
 """Training paraphrases per fact of the built-in world unless ``templates`` says otherwise."""
 
 
+CONTROLS = 15
+"""``finetune-facts``' controls a question, unless asked otherwise: all 15 other people of the default world."""
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """The default experiment; ``trainable_blocks=None`` fine-tunes every parameter, an int
@@ -110,7 +114,9 @@ class FinetuneConfig:
     lora_rank: int | None = None
     lora_alpha: float | None = None
     lora_targets: tuple[str, ...] | None = None
-    n_controls: int = 15
+    n_controls: int | None = None
+    """Random other answers each answer is ranked against; None: :data:`CONTROLS`, or every other person of a smaller
+    built-in world (``people`` − 1)."""
     mitigation: str = "none"
     seed: int = 0
     device: str | None = None
@@ -124,6 +130,9 @@ class FinetuneConfig:
     fewer where a pool holds fewer answers); 0: none."""
 
     def __post_init__(self) -> None:
+        if self.n_controls is None:
+            default = CONTROLS if self.facts is not None else max(1, min(CONTROLS, self.people - 1))
+            object.__setattr__(self, "n_controls", default)
         if self.mitigation not in MITIGATIONS:
             raise ValueError(f"mitigation must be one of {sorted(MITIGATIONS)}, got {self.mitigation!r}")
         if self.templates is not None and self.templates < 1:
@@ -245,13 +254,18 @@ def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[li
     random other answers of its pool, seeded per question. A pool with fewer wrong answers than
     ``n_controls`` is refused (a margin over fewer controls than asked would be another number)."""
     pools = questions.pool_answers()  # distinct answers, compared without a template's leading space
-    drawn = []
-    for number, question in enumerate(questions.questions):
+    others_of = []
+    for question in questions.questions:
         taken = {question.completion.strip(), *(control.strip() for control in question.extra_controls)}
-        others = [a for a in pools[question.pool] if a not in taken]
-        if len(others) < n_controls:
-            raise FactError(f"{question.source}: {n_controls} controls asked, but the {question.pool!r} answers hold "
-                            f"only {len(others)} other(s); use fewer --controls")
+        others_of.append([a for a in pools[question.pool] if a not in taken])
+    fewest = min(range(len(others_of)), key=lambda number: len(others_of[number]), default=None)
+    if fewest is not None and len(others_of[fewest]) < n_controls:
+        question, most = questions.questions[fewest], len(others_of[fewest])
+        raise FactError(f"{question.source}: {n_controls} controls asked, but the {question.pool!r} answers hold "
+                        f"only {most} other(s); use --controls {most} or fewer" if most else
+                        f"{question.source}: its {question.pool!r} answers hold no other answer to compare it with")
+    drawn = []
+    for number, (question, others) in enumerate(zip(questions.questions, others_of)):
         sampled = random.Random(f"{seed}:{number}").sample(others, n_controls)
         drawn.append(list(question.extra_controls) + [spaced_like(a, question.completion) for a in sampled])
     return drawn

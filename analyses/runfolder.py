@@ -177,6 +177,8 @@ def run_folder(out: str | os.PathLike[str], kind: str, config: Mapping[str, Any]
         if resume and old is not None and old.get("draws") != RANDOM_DRAWS:
             raise RunFolderError(f"{out}: holds a run whose random draws follow from its seed otherwise (written by an "
                                  f"earlier revlens); resuming it would mix two runs' batches; rerun without --resume")
+        if not resume:
+            _refuse_deleted_inputs(out, inputs or {}, set(known) - set(kept))
         run_id = uuid.uuid4().hex
         header = {"format": FORMAT, "draws": RANDOM_DRAWS, "run_id": run_id, "kind": kind,
                   "command": command or _command(), "config": _jsonable(config or {}),
@@ -197,6 +199,24 @@ def run_folder(out: str | os.PathLike[str], kind: str, config: Mapping[str, Any]
                  if name not in kept and not path.is_symlink()}
         _write_manifest(out, {**header, "complete": True, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               "inputs": input_hashes, "files": files, "kept": kept})
+
+
+def _refuse_deleted_inputs(out: Path, inputs: Mapping[str, str | os.PathLike[str]], deleted: set[str]) -> None:
+    """Refuse an input that is, or holds, a file of the old run in ``out`` that this run deletes before it reads
+    it (``finetune-facts --facts R/facts.jsonl --out R``: the old run would be lost and the new one fail)."""
+    root = out.resolve()
+    for option, given in inputs.items():
+        if given is None:
+            continue
+        try:
+            inside = Path(given).resolve().relative_to(root).as_posix()
+        except ValueError:
+            continue
+        if any(inside == "." or name == inside or name.startswith(inside + "/") for name in deleted):
+            flag = "--" + option.split("[")[0].replace("_", "-")
+            raise RunFolderError(f"{out}: {flag} {given} is the run there, or one of its files, which this run "
+                                 f"replaces (it deletes them before it starts); copy it out of {out}, or choose "
+                                 f"another --out")
 
 
 def _plainly_inside(folder: Path, name: str) -> bool:

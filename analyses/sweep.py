@@ -262,21 +262,27 @@ def _parser() -> argparse.ArgumentParser:
     return build_parser()
 
 
-def expected_config(experiment: str, trial: Trial, out: Path) -> dict[str, Any]:
-    """The config a trial's manifest records (:func:`analyses.cli._run_folder`), volatile fields left out."""
+def expected_config(experiment: str, trial: Trial, out: Path) -> dict[str, Any] | None:
+    """The config a trial's manifest records (:func:`analyses.cli.recorded_config`), volatile fields left out; None
+    for options revlens refuses together (the trial fails when it runs, and no run of it can exist)."""
+    from analyses.cli import recorded_config
     from analyses.runfolder import _jsonable
 
-    args = vars(_parser().parse_args(trial.argv(experiment, out, 1)))
-    return {k: v for k, v in _jsonable(args).items() if k not in VOLATILE}
+    args = _parser().parse_args(trial.argv(experiment, out, 1))
+    try:
+        recorded = recorded_config(args)
+    except ValueError:
+        return None
+    return {k: v for k, v in _jsonable(recorded).items() if k not in VOLATILE}
 
 
-def finished(folder: Path, expected: dict[str, Any]) -> bool:
+def finished(folder: Path, expected: dict[str, Any] | None) -> bool:
     """Whether ``folder`` holds a whole run (complete manifest, every file as it lists) of this config, its random
     draws made as this code makes them (:data:`analyses.runfolder.RANDOM_DRAWS`), from inputs (facts, templates,
     run folders it read) that still hash as they did."""
     from analyses.runfolder import RANDOM_DRAWS, RunFolderError, check_run, inputs_unchanged
 
-    if not (folder / SUMMARY).is_file():
+    if expected is None or not (folder / SUMMARY).is_file():
         return False
     try:
         manifest = check_run(folder)

@@ -179,6 +179,15 @@ def test_the_default_run_is_the_core_and_ranks_each_answer_among_all_people(tmp_
     asked = _finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--tracing-facts", "2",
                                     "--multiple-choice", "4"]))
     assert (asked.tracing_facts, asked.multiple_choice) == (2, 4)
+    # fewer people: still every other answer (15 controls of 10 people had been refused); more: still 15
+    for people, n_controls in ((10, 9), (2, 1), (30, 15)):
+        fewer = _finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--people", str(people)]))
+        assert fewer.n_controls == n_controls
+        questions = read_questions(fewer)
+        drawn = draw_controls(questions, fewer.n_controls, fewer.seed)
+        assert all(len(controls) == n_controls for controls in drawn)
+    with pytest.raises(ValueError, match=r"n_controls \(12\) must be below the number of people \(10\)"):
+        _finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--people", "10", "--controls", "12"]))
 
 
 def test_builtin_training_pairs_are_the_training_sentences(smollm2_tokenizer):

@@ -375,6 +375,42 @@ def test_a_trial_whose_facts_changed_since_it_ran_is_run_again(tmp_path):
     assert not finished(folder, expected_config(sweep.experiment, trial, folder))
 
 
+def test_a_trial_run_under_other_defaults_is_run_again(tmp_path, monkeypatch):
+    """A finetune-facts option left out is None on the command line, so its manifest had recorded None whatever
+    the default was: after the defaults changed (session 36: 30 people and 16 controls to 16 and 15), a rerun
+    counted trials of the old defaults as finished and averaged them with new ones. The manifest records the
+    FinetuneConfig the command line makes now; a trial of other defaults is run again, and a grid point revlens
+    refuses (15 controls asked of 10 people) is never finished."""
+    from dataclasses import asdict
+
+    from analyses import finetune
+    from analyses.cli import _run_folder, build_parser
+    from analyses.runfolder import MANIFEST
+    from analyses.sweep import expected_config, finished, make_sweep
+
+    sweep = make_sweep("finetune-facts", "0", ["epochs=1"])
+    [trial] = sweep.trials()
+    folder = tmp_path / "trials" / trial.name
+    args = build_parser().parse_args(trial.argv(sweep.experiment, folder, 1))
+    args.argv = trial.argv(sweep.experiment, folder, 1)
+    with _run_folder(args, folder, "finetune-facts"):
+        (folder / "summary.json").write_text(json.dumps({"experiment": "finetune-facts", "margin": 1.0}))
+    expected = expected_config(sweep.experiment, trial, folder)
+    assert expected["finetune"] == json.loads(json.dumps(asdict(finetune.FinetuneConfig(epochs=1))))
+    assert expected["finetune"]["people"] == 16 and expected["finetune"]["n_controls"] == 15
+    assert finished(folder, expected)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "config": {  # as written before: the options alone
+        k: v for k, v in manifest["config"].items() if k != "finetune"}}))
+    assert not finished(folder, expected)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    monkeypatch.setattr(finetune, "CONTROLS", 12)  # a later revlens with another default
+    assert not finished(folder, expected_config(sweep.experiment, trial, folder))
+    refused = make_sweep("finetune-facts", "0", ["people=10", "controls=15"])
+    assert expected_config(refused.experiment, refused.trials()[0], folder) is None
+    assert not finished(folder, None)
+
+
 def test_a_trial_whose_random_draws_were_made_otherwise_is_run_again_and_never_resumed(tmp_path):
     """When how a run's draws follow from its seed changed (here: epoch orders and tracing noise, in session 34),
     a trial of the same config written before counted as finished, and its old numbers were averaged with new

@@ -442,7 +442,7 @@ SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
     *[("finetune-facts", (*FT, "--lr", lr), "argument --lr: must be a finite number > 0") for lr in
       ("nan", "inf", "0", "-1")],
     ("finetune-facts", (*FT, "--controls", "50"),
-     "50 controls asked, but the 'p2d/object' answers hold only 1 other(s); use fewer --controls"),
+     "50 controls asked, but the 'p2d/object' answers hold only 1 other(s); use --controls 1 or fewer"),
     ("finetune-facts", (*FT, "--people", "2"), "--people with --facts: --people sizes the built-in people world"),
     ("finetune-facts", (*FT, "--lora-rank", "2", "--lora-targets", "bogus_proj"),
      "--lora-targets bogus_proj: not linear layers of tiny's blocks; valid: down_proj"),
@@ -512,6 +512,44 @@ def test_a_refused_option_leaves_the_previous_run_byte_identical(finished, tmp_p
         assert code == 2 and named in one_error_line(err), err
     assert contents(out) == before
     assert not (tmp_path / "new").exists()
+
+
+def test_an_input_the_run_would_delete_before_reading_it_is_refused_and_the_old_run_kept(finished, tmp_path, capsys,
+                                                                                        monkeypatch):
+    """A run writes its folder afresh: it deletes the old run's files before it starts. A fact file of that run
+    given as the new run's --facts (``finetune-facts --facts R/facts.jsonl --out R``) was deleted before it was
+    read: the old run was lost and the new one failed. So was a run folder read under --force. Both are refused
+    by name, the old run byte for byte as it was; the same input beside the folder runs on."""
+    import shutil
+
+    import transformers
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["make-facts", "people", "--size", "2", "--out", "people.jsonl"]) == 0
+    transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1).save_pretrained("tiny")  # no weights
+    with run_folder("ft", "finetune-facts", config={"previous": True}, command="revlens finetune-facts (previous)"):
+        shutil.copy("people.jsonl", "ft/facts.jsonl")
+        Path("ft/summary.json").write_text('{"previous": true}\n')
+    before = contents(Path("ft"))
+    capsys.readouterr()
+    code, _, err = revlens(capsys, *FT[:3], "--facts", "ft/facts.jsonl", "--controls", "1", "--out", "ft",
+                           "--threads", "1")
+    assert code == 2 and "ft: --facts ft/facts.jsonl is the run there, or one of its files, which this run replaces" \
+        in one_error_line(err)
+    assert contents(Path("ft")) == before
+    run = copy_run(finished, tmp_path / "run")
+    before = contents(run)
+    code, _, err = revlens(capsys, "probe", "--model", "run/checkpoints", "--facts", "run/facts.jsonl", "--controls",
+                           "2", "--out", "run", "--force", "--threads", "1")
+    assert code == 2 and "run: --model run/checkpoints is the run there, or one of its files" in one_error_line(err)
+    assert contents(run) == before
+    with run_folder("ft", "finetune-facts", inputs={"facts": "people.jsonl"}):  # an input outside it: as before
+        pass
+    shutil.copy("people.jsonl", "ft/mine.jsonl")  # a file no run wrote: kept, so it may be read
+    with run_folder("ft", "finetune-facts", inputs={"facts": "ft/mine.jsonl"}):
+        pass
+    assert Path("ft/mine.jsonl").read_bytes() == Path("people.jsonl").read_bytes()
 
 
 @pytest.mark.parametrize("model, args, named", [
