@@ -93,9 +93,13 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
     reader = csv.reader(io.StringIO(read_text(path, what), newline=""), strict=True)  # "Ann "Smith" refused
     end = 0
     try:
-        header = [name.strip() for name in next(reader, [])]
-        if not header:
+        first = next(reader, None)
+        header = [name.strip() for name in first or []]
+        if first is None:
             raise FactError(f"{path}: empty file, expected a header with columns {list(columns)}")
+        if not any(header):
+            raise FactError(f"{path}:1: a blank line where the header (columns {list(columns)}) must be; "
+                            f"the header comes first")
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:
             raise FactError(f"{path}:1: column(s) {repeated} appear more than once in the header")

@@ -88,6 +88,9 @@ def test_fact_csv_with_templates_file_gives_the_same_questions_as_the_world(tmp_
     ("subject,relation,object,inverse_relation,forward,reverse\nTom,p2d,x,d2p,heldout,train\n",
      r"facts.csv:1: unknown column\(s\) \['forward', 'reverse'\]"),
     ("subject,relation,object,\nTom,p2d,x,\n", r"facts.csv:1: unknown column\(s\) \['\(column 4 has no name\)'\]"),
+    # a blank first line had been read as an empty file
+    ("\nsubject,relation,object\nA,r,B\n", r"facts.csv:1: a blank line where the header \(columns .*\) must be"),
+    ("", r"facts.csv: empty file, expected a header"),
 ])
 def test_bad_fact_csvs_are_named_with_file_and_line(tmp_path, text, message):
     (tmp_path / "facts.csv").write_text(text)
