@@ -27,12 +27,16 @@ float32 ones): each is compared with the floor run the same way, and all with th
 largest log-probability difference from float32 (the goal allows 1e-2), after this CPU's matrix product
 speed in both dtypes (the unembedding's shape).
 
+``--bfloat16-inputs`` adds the floor with float32 products under ``fp32_precision = "bf16"`` (oneDNN's
+kernels, which round the inputs to bfloat16 on a CPU with AMX and accumulate in float32), timed the same way, and
+its largest log-probability difference from the float32 floor's.
+
 ``--compile`` adds the floor with the transformers model under ``torch.compile`` (inductor, dynamic shapes: every
 pass has its own width), timed the same way once a warm-up pass over all statements has compiled it; the warm-up's
 seconds are printed apart (the compilation's cost, against what the compiled passes save).
 
 Run: ``.venv/bin/python benchmarks/scoring_throughput.py [--pairs 40 --rounds 3 --threads 1 --onednn --bfloat16
---compile]``.
+--bfloat16-inputs --compile]``.
 """
 
 from __future__ import annotations
@@ -191,6 +195,9 @@ def main() -> None:
     parser.add_argument("--onednn", action="store_true",
                         help="also the floor and both trie paths with float32 products on oneDNN's kernels "
                              "(models.cpu_matmul), each against the floor run the same way")
+    parser.add_argument("--bfloat16-inputs", action="store_true",
+                        help="also the floor with float32 products whose inputs oneDNN may round to bfloat16 "
+                             "(fp32_precision = 'bf16': it does on a CPU with AMX; time and max |Δ|)")
     parser.add_argument("--compile", action="store_true",
                         help="also the floor on torch.compile(model) (the warm-up that compiles it timed apart)")
     args = parser.parse_args()
@@ -238,6 +245,14 @@ def main() -> None:
                           for dtype in (torch.float32, torch.bfloat16)))
         hooked_bf16 = load(args.model, backend="hooked", device="cpu", dtype=torch.bfloat16)
         paths["hooked, bfloat16"] = lambda: candidate_logprobs_cached(hooked_bf16, rows).logprob.float()
+    if args.bfloat16_inputs:
+        from models.cpu_matmul import onednn_products
+
+        def rounded_inputs():
+            with onednn_products():
+                return floor_pass(hf, rows)
+
+        paths["floor, bfloat16 inputs (oneDNN)"] = rounded_inputs
     if args.compile:
         body = torch.compile(hf.model, dynamic=True)
         compiled = lambda rows: floor_pass(hf, rows, body=body)  # noqa: E731

@@ -66,7 +66,9 @@ def _cpu_vendor_and_flags() -> tuple[str | None, frozenset[str]]:
 
 
 @contextmanager
-def _onednn_products() -> Iterator[None]:
+def onednn_products() -> Iterator[None]:
+    """Within the block, float32 products go to oneDNN under ``fp32_precision = "bf16"``, whatever the CPU: on
+    one with AMX, oneDNN rounds their inputs to bfloat16 (:func:`float32_matmul` checks before it asks)."""
     previous = torch.backends.mkldnn.matmul.fp32_precision
     torch.backends.mkldnn.matmul.fp32_precision = "bf16"
     try:
@@ -87,7 +89,7 @@ def onednn_keeps_float32() -> bool:
 
     cases = ((gaussian(256, 576), gaussian(576, 384)), (gaussian(4, 64, 96), gaussian(4, 96, 64)),
              (gaussian(1, 576), gaussian(576, 2048)))
-    with _onednn_products():
+    with onednn_products():
         products = [a @ b for a, b in cases]
     for (a, b), product in zip(cases, products):
         exact = a.double() @ b.double()
@@ -116,5 +118,5 @@ def float32_matmul(device: torch.device | str | None) -> Iterator[str]:
     if not uses_onednn(device):
         yield DEFAULT
         return
-    with _onednn_products():
+    with onednn_products():
         yield ONEDNN
