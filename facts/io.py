@@ -75,7 +75,9 @@ def read_json_lines(path: Path, what: str) -> Iterator[tuple[int, Any]]:
         except RepeatedKey as error:
             raise FactError(f"{path}:{number}: {error}") from None
         except json.JSONDecodeError as error:
-            raise FactError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            csv_hint = "; a fact file not named .csv is read as JSON lines" if what == "fact" and Path(
+                path).suffix.lower() not in (".jsonl", ".json") else ""
+            raise FactError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno}){csv_hint}") from None
         except (ValueError, RecursionError) as error:  # a 5,000-digit number, brackets nested 10⁵ deep
             raise FactError(f"{path}:{number}: JSON that Python cannot read ({error})") from None
         yield number, value

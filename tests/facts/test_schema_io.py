@@ -69,6 +69,17 @@ def test_empty_and_missing_files(tmp_path):
         load_jsonl(tmp_path / "absent.jsonl")
 
 
+def test_a_csv_not_named_csv_is_read_as_json_lines_and_says_so(tmp_path):
+    text = "subject,relation,object\nAnn,r,Bob\n"
+    (tmp_path / "facts.txt").write_text(text)
+    with pytest.raises(FactError, match=r"facts.txt:1: not valid JSON \(.*\); a fact file not named .csv is read as "
+                                        r"JSON lines$"):
+        load_jsonl(tmp_path / "facts.txt")
+    (tmp_path / "facts.jsonl").write_text(text)
+    with pytest.raises(FactError, match=r"facts.jsonl:1: not valid JSON \([^)]*\)$"):
+        load_jsonl(tmp_path / "facts.jsonl")
+
+
 def test_conflicting_facts_are_refused():
     with pytest.raises(FactError, match="facts 0 and 1 conflict"):
         FactSet((Fact("e1", "→", "e2"), Fact("e1", "→", "e3")))
