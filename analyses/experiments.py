@@ -500,7 +500,7 @@ COMMAND_RUNS: dict[str, RunKind] = {
         "Logit and circuit probes",
         "Zhu et al. §3: trained directions get a large margin over random answers and a large OV entry Y[A, B]; "
         "held-out reverse directions get neither (margin ≈ 0, Y[B, A] ≈ 0).",
-        ("logits.csv", "circuits.csv", "margins.png", "circuits.png")),
+        ("logits.csv", "circuits.csv", "margins.png")),  # circuits.png only where an asymmetry is defined
     "probe-prior": RunKind(
         "Logit and circuit probes of prior knowledge, not trained",
         "Nothing here tests the paper: the model was not trained on these facts, so no direction is trained or held "

@@ -234,6 +234,28 @@ def test_pretrained_probe_on_celebrity_facts_defines_every_summary(smollm2_hooke
     assert "circuit asymmetry undefined" in format_probe(summary)
 
 
+def test_a_probe_of_facts_trained_both_ways_has_no_circuits_figure_and_reports(world, vocab, tmp_path, capsys):
+    """A checkpoint trained on facts all of whose directions are trained defines no trained − held-out asymmetry, so
+    probe writes no circuits.png and says why; the report had refused that whole run as half-written ("circuits.png
+    missing (every 'probe' run writes it)")."""
+    from facts.schema import FactSet
+
+    both = FactSet(tuple(fact for fact in world if fact.group == "both"), world=world.world)
+    model = build_model("one-layer", vocab.d_vocab, seed=0)
+    train(model, tokenize(both, vocab).where(split="train"), TrainConfig(steps=2, progress=False),
+          checkpoint_dir=tmp_path / "run" / "checkpoints", model_card=model_card("one-layer", vocab.d_vocab, "absolute", 0))
+    save_jsonl(both, tmp_path / "run" / "facts.jsonl")
+    revlens_in_process(capsys, "probe", "--model", str(tmp_path / "run" / "checkpoints"), "--facts",
+                       str(tmp_path / "run" / "facts.jsonl"), "--out", str(tmp_path / "probe"), "--controls", "2",
+                       "--patch-layers", "0")
+    summary = json.loads((tmp_path / "probe" / "summary.json").read_text())
+    assert "circuits.png is not written" in summary["circuits_undefined"]
+    assert not (tmp_path / "probe" / "circuits.png").exists()
+    revlens_in_process(capsys, "report", "--runs", str(tmp_path / "probe"), "--out", str(tmp_path / "report.html"))
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Logit and circuit probes" in page and "margins.png" in page and "circuits.png is not written" in page
+
+
 def test_probe_limit_takes_the_first_facts_and_records_it(run, world, tmp_path, capsys):
     for out, limit in ((tmp_path / "cut", ["--limit", "7"]), (tmp_path / "whole", [])):
         revlens_in_process(capsys, "probe", "--model", str(run / "checkpoints"), "--facts", str(run / "facts.jsonl"),
