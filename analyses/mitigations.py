@@ -55,7 +55,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from analyses.compare import named_apart, row_metrics
+from analyses.compare import finetuned_folders, named_apart, row_metrics
 from analyses.reproduce import ReversalConfig, _write_json, train_run, write_csv
 from facts.schema import Fact, FactError, FactSet
 from facts.token_worlds import TokenVocab, reversal_world
@@ -264,7 +264,7 @@ def finetuned_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             raise RunDirError(f"{run_dir / file}: missing column 'group' (which fact group each row is)")
     _require_tested_group(run_dir, answers, TESTED)
     variant = FINETUNED_VARIANTS[mitigation]
-    name = finetuned_label(Path(str(model)).name, config)
+    name = finetuned_label(model, config)
     # the group trained both ways, asked as the token world's restated pairs: reverse relabelled held out
     answers = answers.assign(split=answers.split.where((answers.group != "both") | (answers.direction == "forward"),
                                                        "heldout"))
@@ -319,9 +319,9 @@ def reproduce_mitigations(out: str | Path, config: MitigationConfig = Mitigation
     Each run (facts.jsonl with exactly what was trained, history.jsonl, checkpoints/) goes to
     ``out/<model>/<variant>/``. ``finetuned``: ``revlens finetune-facts`` folders whose rows
     (:func:`finetuned_rows`, :func:`analyses.compare.named_apart`) join the table; they are read before any training,
-    so a bad folder fails at once.
+    so a bad folder fails at once, and one given twice is refused (:func:`analyses.compare.finetuned_folders`).
     """
-    pretrained = named_apart([(run_dir, finetuned_rows(run_dir)) for run_dir in finetuned])
+    pretrained = named_apart([(run_dir, finetuned_rows(run_dir)) for run_dir in finetuned_folders(list(finetuned))])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()

@@ -122,7 +122,7 @@ REVERSE_MARGIN = {"p2d": 1.0, "d2p": 9.0}
 """Every held-out reverse question's margin, per group, in :func:`_finetune_folder`'s runs."""
 
 
-def _finetune_folder(folder, groups=("p2d",), mitigation="none"):
+def _finetune_folder(folder, groups=("p2d",), mitigation="none", model="smollm2-135m"):
     """The files `reproduce mitigations` reads from a finished `finetune-facts` run, its question tables written by
     `finetune-facts`' own writer (:func:`analyses.finetune.write_tables`): per group two people, each asked its
     trained paraphrase (margin 20), its reverse and its reverse with the fact in the prompt (margin
@@ -148,7 +148,7 @@ def _finetune_folder(folder, groups=("p2d",), mitigation="none"):
                          "layer": 0, "head": 0, "z_ab": 2.0, "z_ba": 0.1})
     write_tables(pd.DataFrame(questions), folder)
     pd.DataFrame(circuits).to_csv(folder / "circuits.csv", index=False)
-    config = {"model": "smollm2-135m", "mitigation": mitigation, "groups": list(groups)}
+    config = {"model": model, "mitigation": mitigation, "groups": list(groups)}
     (folder / "summary.json").write_text(json.dumps({"experiment": "finetune-facts", "config": config,
                                                      "train_sentences": 2 * len(groups)}))
     return folder
@@ -164,6 +164,21 @@ def test_the_fact_in_prompt_row_of_a_fine_tuned_run_reads_only_its_tested_group(
     assert plain["heldout_n"] == in_prompt["heldout_n"] == 2
     assert plain["heldout_margin"] == in_prompt["heldout_margin"] == REVERSE_MARGIN["p2d"]
     assert in_prompt["train_n"] == 2 and in_prompt["z_heldout"] == pytest.approx(0.1)
+
+
+def test_a_fine_tuned_run_is_named_as_compare_names_it_and_is_refused_given_twice(tmp_path):
+    """A run of a model given by path: its rows had been named by the path's last part ("my-ft (fine-tuned)"),
+    compare's row by the whole model ("/models/my-ft (fine-tuned)"), against finetuned_rows' own docstring. The same
+    folder given twice, to the Python API too, is refused before anything trains."""
+    from analyses.compare import RunDirError, finetuned_row
+    from analyses.mitigations import finetuned_rows, reproduce_mitigations
+
+    folder = _finetune_folder(tmp_path / "run", model="/models/my-ft")
+    assert {row["model"] for row in finetuned_rows(folder)} == {finetuned_row(folder)["model"]}
+    assert finetuned_row(folder)["model"] == "/models/my-ft (fine-tuned)"
+    with pytest.raises(RunDirError, match="given twice to --finetuned"):
+        reproduce_mitigations(tmp_path / "out", finetuned=[folder, tmp_path / "." / "run"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_fine_tuned_run_without_the_tested_group_is_refused_naming_its_groups(tmp_path):
