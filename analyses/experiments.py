@@ -104,6 +104,7 @@ class Experiment:
     costliest first, so its workers finish together; 0: unknown, started last). ``seeds_option``: the
     option of an experiment whose run trains several consecutive seeds from ``--seed`` (the identity
     bridge's ``--n-seeds``): a sweep spaces its trials' seeds that far apart, so no seed trains twice.
+    ``check(args)``: refuses, before the run folder is touched, options the run would fail on only after training.
     """
 
     name: str
@@ -121,6 +122,7 @@ class Experiment:
     captions: Mapping[str, str] = field(default_factory=dict)
     cpu_seconds: float = 0.0
     seeds_option: str = ""
+    check: Callable[[argparse.Namespace], None] | None = None
 
     def seeds_per_run(self, options: Mapping[str, Any]) -> int:
         """How many consecutive seeds, ``--seed`` on, one run trains: the value of :attr:`seeds_option` in
@@ -174,6 +176,17 @@ def check_reversal(args: argparse.Namespace) -> None:
     if length > n_ctx:
         raise ValueError(f"--k {args.k}: sentences of {length} tokens do not fit the {args.model!r} model's "
                          f"context of {n_ctx}; use fewer tokens per entity")
+
+
+def check_chain(args: argparse.Namespace) -> None:
+    """Refuse, before any folder is touched, a chain run that would fail only after training: fewer than two
+    triples (one triple is trained, none held out, and its z has no other z to be ranked against), or ``--heldout``
+    leaving no triple trained."""
+    if args.triples < 2:
+        raise ValueError(f"--triples {args.triples}: the chain world needs at least 2 triples (one x ⇝ z held out, "
+                         f"each z ranked against the others)")
+    if args.heldout is not None and args.heldout >= args.triples:
+        raise ValueError(f"--heldout {args.heldout}: must be below --triples {args.triples} (the rest train x ⇝ z)")
 
 
 def _reversal(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
@@ -301,7 +314,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "reversal", "token-level reversal task: train A→B, test B→A (the default demo)",
         "analyses.reproduce:format_summary", REVERSAL_HEADLINE, _reversal, REVERSAL_OPTIONS, resumable=True,
-        cpu_seconds=5,
+        cpu_seconds=5, check=check_reversal,
         title="Reversal curse on the token world",
         prediction="Zhu et al. §4: trained sentences reach p > 0.99, while the held-out reverse direction stays at "
                    "chance (log p ≈ −log #entities, accuracy ≈ 0).",
@@ -334,7 +347,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                                  "help": "triples with x ⇝ z held out (default 30%%); the rest train it"}),
             Option("--related", {"action": "store_true",
                                  "help": "Zhu et al.'s related tokens: two-token entities, the first fixed per kind"})),
-        cpu_seconds=3,
+        cpu_seconds=3, check=check_chain,
         title="Chain-of-thought intransitivity",
         prediction="Zhu et al. §4: trained on x → y and y → z, the held-out x ⇝ z stays at chance while the two-step "
                    "chain x → ŷ → ẑ succeeds; the OV circuit Y[x, z] grows only for trained x ⇝ z.",

@@ -465,6 +465,12 @@ SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
      "--k 50: sentences of 101 tokens do not fit the 'tiny' model's context of 32"),
     ("reproduce reversal", ("reproduce", "reversal", *TINY[:2], "--pairs", "1"),
      "--pairs 1: the reversal world needs at least 2 pairs"),
+    # each had trained, then failed (a chain of one triple), or written one run twice (--dims 64 64)
+    ("reproduce chain", ("reproduce", "chain", "--triples", "1"), "--triples 1: the chain world needs at least 2"),
+    ("reproduce chain", ("reproduce", "chain", "--triples", "5", "--heldout", "5"),
+     "--heldout 5: must be below --triples 5"),
+    ("reproduce bilinear", ("reproduce", "bilinear", "--dims", "8", "16", "8", "--steps", "2"),
+     "--dims 8 16 8: 8 given more than once; give each value once"),
     ("sweep", (*SWEEP, "--gpus-per-trial", "1000"), "--gpus-per-trial 1000: more than the "),
     ("sweep", (*SWEEP, "--gpus-per-trial", "2", "--address", "127.0.0.1:1"),
      "--gpus-per-trial 2: a trial runs on one GPU"),
