@@ -264,7 +264,8 @@ def transformer_circuits(
             keys = _project(source, W_Kt.transpose(-2, -1), shared, scale)
             block.append(Circuit("qk", layer, heads, queries if query_scale is None else queries * query_scale,
                                  keys if key_scale is None else keys * key_scale))
-        yield block
+        if block:  # none when only the direct path is asked for
+            yield block
 
 
 POST_NORMS = {"attention": "ln1_post", "mlp": "ln2_post"}
@@ -320,6 +321,10 @@ def _layer_factors(model, stacked: dict, kind: str, layer: int) -> tuple[Tensor,
     stacks made once (``stacked``)."""
     if kind in stacked:
         matrix = stacked[kind]
+        if matrix.A.shape[0] != model.cfg.n_layers:  # a hybrid model's stack holds its attention blocks alone
+            raise ValueError(f"{model.cfg.model_name}: model.{kind.upper()} stacks {matrix.A.shape[0]} attention "
+                             f"layers of {model.cfg.n_layers} blocks, so its layer {layer} is not block {layer}; "
+                             f"circuits of a model with blocks without attention are not read")
         return matrix.A[layer].detach(), matrix.B[layer].detach()
     attention = model.blocks[layer].attn
     if kind == "ov":
@@ -364,7 +369,10 @@ def _controls(pool: Sequence[str], answer: str, index_of: dict[str, int], k: int
                 return list(chosen)
     others = [e for e in pool if e != answer and e not in partners]  # small or degenerate kind: scan it once
     if not others:
-        raise FactError(f"no control answers for {answer!r}: it is the only entity of its kind")
+        why = ("it is the only entity of its kind" if all(e == answer for e in pool) else
+               "every other entity of its kind is the given entity or another right answer for it, so none can be "
+               "a control")
+        raise FactError(f"no control answers for {answer!r}: {why}")
     candidates = [e for e in others if index_of[e] != index_of[answer]] or others
     if len(candidates) >= k:
         order = torch.randperm(len(candidates), generator=generator)[:k]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fnmatch
+import operator
 import re
 from typing import Any, Callable, Iterator, Sequence
 
@@ -106,19 +107,31 @@ def edit(
     return model.run_with_hooks(_device_tokens(model, tokens), fwd_hooks=fwd_hooks)
 
 
+def _integer(value: Any, what: str) -> int:
+    """``value`` as an int: a Python, NumPy or 0-d tensor integer (``df.layer.unique()``'s too), never a bool."""
+    try:
+        if not isinstance(value, bool):
+            return operator.index(value)
+    except TypeError:
+        pass
+    raise ValueError(f"{what} {value!r} is not an integer")
+
+
 def check_layer(model: Any, layer: int) -> int:
-    """``layer`` if ``0 ≤ layer < n_layers``, else a ValueError naming the valid range."""
+    """``layer`` (an int) if ``0 ≤ layer < n_layers``, else a ValueError naming the valid range."""
     n_layers = model.cfg.n_layers
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+    layer = _integer(layer, "layer")
+    if not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer!r} is out of range: this model has layers 0..{n_layers - 1}")
     return layer
 
 
 def check_head(model: Any, layer: int, head: int) -> tuple[int, int]:
-    """``(layer, head)`` if both are in range (query heads, also under grouped-query attention)."""
-    check_layer(model, layer)
+    """``(layer, head)`` (ints) if both are in range (query heads, also under grouped-query attention)."""
+    layer = check_layer(model, layer)
     n_heads = model.cfg.n_heads
-    if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < n_heads:
+    head = _integer(head, "head")
+    if not 0 <= head < n_heads:
         raise ValueError(f"head {head!r} is out of range: layer {layer} has heads 0..{n_heads - 1}")
     return layer, head
 

@@ -1,5 +1,6 @@
 """Effective-weight circuits on the real one-layer HookedTransformer and the bilinear model."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -59,6 +60,10 @@ def test_direct_and_qk_circuits_and_layer_head_selection(trained_one_layer, worl
         expected = float(expected @ (key @ trained_one_layer.W_K[0, 1]))
     row = table[(table.circuit == "qk") & (table.fact == 3)]
     assert float(row.entry_ab.iloc[0]) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    # the direct path alone (it had raised IndexError on the layers' empty blocks): the same rows as beside QK
+    direct = circuit_table(trained_one_layer, world, vocab.entity_ids, kinds=("direct",))
+    assert set(direct.circuit) == {"direct"}
+    pd.testing.assert_frame_equal(direct, table[table.circuit == "direct"].reset_index(drop=True), check_categorical=False)
 
 
 def test_untrained_model_shows_no_structure(world, vocab):
@@ -117,6 +122,21 @@ def test_multi_token_entities_are_read_as_their_mean_token():
 def test_bad_requests_are_named(trained_one_layer, world, vocab, kwargs, message):
     with pytest.raises(ValueError, match=message):
         circuit_table(trained_one_layer, world, vocab.entity_ids, **kwargs)
+
+
+def test_an_answer_whose_every_other_candidate_is_also_right_says_so(trained_one_layer, world, vocab):
+    """Both objects of its kind are right answers for the given entity: no control is left, and the message had
+    said the answer was "the only entity of its kind" (there are two)."""
+    from facts.schema import Fact, FactError, FactSet
+
+    e = [fact.subject for fact in world.facts[:3]]
+    facts = FactSet((Fact(e[0], "r1", e[1]), Fact(e[0], "r2", e[2])), world="two right answers")
+    with pytest.raises(FactError, match=rf"no control answers for '{e[1]}': every other entity of its kind is the "
+                                        r"given entity or another right answer for it"):
+        circuit_table(trained_one_layer, facts, vocab.entity_ids, kinds=("direct",))
+    alone = FactSet((Fact(e[0], "r1", e[1]),), world="one fact")
+    with pytest.raises(FactError, match=rf"no control answers for '{e[1]}': it is the only entity of its kind"):
+        circuit_table(trained_one_layer, alone, vocab.entity_ids, kinds=("direct",))
 
 
 def test_entities_outside_the_vocabulary_are_named(world):

@@ -1,6 +1,8 @@
 import copy
 import re
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -95,6 +97,16 @@ def test_layer_and_head_out_of_range_name_the_valid_range(tiny, tokens):
         ablate_head(tiny, tokens, 0, 4)
     with pytest.raises(ValueError, match=r"layer -1 is out of range"):
         check_layer(tiny, -1)
+    # a layer read from a table (NumPy) or a tensor is the layer, not "out of range"; a bool or a float is no layer
+    layers = pd.Series([1, 0]).unique()
+    assert check_head(tiny, layers[0], np.int64(3)) == (1, 3) and type(check_layer(tiny, layers[0])) is int
+    assert check_layer(tiny, torch.tensor(1)) == 1
+    assert torch.equal(ablate_head(tiny, tokens, layers[1], np.int64(2)), ablate_head(tiny, tokens, 0, 2))
+    for bad, named in ((True, "layer True is not an integer"), (1.0, "layer 1.0 is not an integer")):
+        with pytest.raises(ValueError, match=named):
+            check_layer(tiny, bad)
+    with pytest.raises(ValueError, match=r"head 4 is out of range"):
+        check_head(tiny, 0, np.int64(4))
 
 
 # --- TransformerBridge (SmolLM2-135M through models.pretrained) -----------------------------------
