@@ -218,7 +218,9 @@ def reproduce_chain(out: str | Path, config: ChainConfig = ChainConfig(), progre
     save_png(logprob_curves(result.history, summary["chance_logprob"], title=title), out / "curves.png")
     save_png(chain_heatmap(model, world, vocab), out / "heatmap.png")
     circuit_title = "Y[x, z] of x ⇝ z facts (z vs 64 other z's)"
-    save_png(circuit_asymmetry_bars(circuits, title=circuit_title), out / "circuits.png")
+    save_png(circuit_asymmetry_bars(circuits, title=circuit_title,  # both bars are the forward entry Y[x, z]
+                                    bars=(("z_trained", "x ⇝ z trained"), ("z_heldout", "x ⇝ z held out"))),
+             out / "circuits.png")
     _write_json(out / "summary.json", summary)
     return summary
 
