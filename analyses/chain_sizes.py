@@ -9,7 +9,7 @@ trained; here each against the same number (50) of held-out triples, one :func:`
 run per size into ``out/num_train=<n>/``.
 
 Per size: the held-out x ⇝ z log-probability (summed over its two tokens) against chance
-(−log of the number of candidate z's), its accuracy among all z's, the two-step chain x → ŷ → ẑ, and
+(−log of the number of candidate z's), its greedy accuracy (the argmax over the whole vocabulary), the two-step chain x → ŷ → ẑ, and
 the OV circuit's mean z-score of Y[x, z] (each entity read as the mean of its two tokens,
 :mod:`probes.circuits`) for trained and for held-out "x ⇝ z" facts. The paper shows curves of
 held-out probability, not a table; does the curse weaken as more x ⇝ z pairs are trained?

@@ -50,7 +50,7 @@ SOURCE = ("Ma, Huang, Zhu, Sojoudi 2026, 'Breaking the Reversal Curse in Autoreg
           "No token-world numbers are given to compare with.")
 CAPTIONS = {
     "identity_bridge.png": "Held-out reverse (B → A of the one-way pairs) without and with the Identity Bridge "
-                           "('x ← x', 'y → y' added): accuracy among all entities, margin over 16 same-kind controls "
+                           "('x ← x', 'y → y' added): greedy accuracy (the right answer the argmax over the whole vocabulary), margin over 16 same-kind controls "
                            "(nats), and the z-score of the OV entry Y[B, A] against the same row's other answers; "
                            "bars: mean over seeds, dots: each seed. Bridge bars above the baseline's ≈ 0 mean the "
                            "reverse was inferred, never trained.",
