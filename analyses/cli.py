@@ -376,7 +376,7 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
     trained on (``world_sha256`` of its run card, when it has one: other splits would label trained
     statements held out, or the reverse)."""
     from facts.io import fact_line, facts_sha256
-    from facts.language import answers_of_kind
+    from facts.language import wrong_answers
     from facts.schema import FactError
     from facts.sources import read_fact_source
     from facts.token_worlds import TokenVocab
@@ -398,7 +398,7 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
     total = len(facts)
     if limit is not None:
         facts = facts.first(limit)
-    available = min(len(answers_of_kind(facts, d)) - 1 for d in {d for _, d, _ in facts.statements()})
+    available = min(map(len, wrong_answers(facts, [(i, d) for i, d, _ in facts.statements()])))
     if n_controls > available:
         which = f"the first {len(facts)} facts of {facts_path} (--limit {limit})" if len(facts) < total else facts_path
         fixes = ([f"use --controls {available} or fewer"] if available > 0 else []) + (

@@ -449,29 +449,38 @@ def controls(facts: FactSet, index: int, direction: Direction, k: int, seed: int
     return controls_of(facts, [(index, direction)], k, seed)[0]
 
 
-def controls_of(facts: FactSet, statements: Sequence[tuple[int, Direction]], k: int, seed: int = 0,
-                also_right: Sequence[AbstractSet[str]] | None = None) -> list[list[str]]:
-    """:func:`controls` of every statement, the fact set scanned once (not once per statement: O(N) instead of
-    O(N²) for N facts). Statement (i, d) gets ``Random(f"{seed}:{i}:{d}").sample(pool, k)``, where pool is
-    :func:`answers_of_kind` of d without the answers right for its (given, relation): its own answer alone when
-    the fact states it in the prompt, else the answer of every sentence with that given entity and relation that
-    a fact outside a prompt reads (its forward one, and its reverse one where it has an inverse relation).
+def wrong_answers(facts: FactSet, statements: Sequence[tuple[int, Direction]],
+                  also_right: Sequence[AbstractSet[str]] | None = None) -> list[list[str]]:
+    """Per statement (i, d), the answers a control may be: :func:`answers_of_kind` of d without the answers right
+    for its (given, relation): its own answer alone when the fact states it in the prompt, else the answer of
+    every sentence with that given entity and relation that a fact outside a prompt reads (its forward one, and
+    its reverse one where it has an inverse relation), so a parent of two children has two right answers.
     ``also_right[j]``: further answers right for statement j, which ``facts`` does not know (a relation asked in
-    the same words, stated by facts outside this set); left out of its pool too."""
-    pools = {d: answers_of_kind(facts, d) for d in {d for _, d in statements}}
+    the same words, stated by facts outside this set); left out too. The fact set is scanned once."""
+    kinds = {d: answers_of_kind(facts, d) for d in {d for _, d in statements}}
     right_for: dict[tuple[str, str], set[str]] = {}
     for fact in facts:
         for d in DIRECTIONS:
             if not fact.context and (d == "forward" or fact.inverse_relation):
                 given, relation, answer = fact.given_and_answer(d)
                 right_for.setdefault((given, relation), set()).add(answer)
-    drawn = []
+    pools = []
     for number, (index, direction) in enumerate(statements):
         given, relation, answer = facts[index].given_and_answer(direction)
         right = {answer} if facts[index].context else right_for.get((given, relation), set())
         if also_right is not None:
             right = right | also_right[number]
-        pool = [a for a in pools[direction] if a not in right]
+        pools.append([a for a in kinds[direction] if a not in right])
+    return pools
+
+
+def controls_of(facts: FactSet, statements: Sequence[tuple[int, Direction]], k: int, seed: int = 0,
+                also_right: Sequence[AbstractSet[str]] | None = None) -> list[list[str]]:
+    """:func:`controls` of every statement, the fact set scanned once (not once per statement: O(N) instead of
+    O(N²) for N facts). Statement (i, d) gets ``Random(f"{seed}:{i}:{d}").sample(pool, k)`` of its
+    :func:`wrong_answers` pool (``also_right``: as there)."""
+    drawn = []
+    for (index, direction), pool in zip(statements, wrong_answers(facts, statements, also_right)):
         if not 0 <= k <= len(pool):
             raise FactError(
                 f"{_statement_label(facts, index, direction)}: asked for {k} controls; {len(pool)} wrong answers exist"

@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from facts.language import answers_of_kind, controls_of
+from facts.language import controls_of, wrong_answers
 from facts.schema import Direction, FactSet
 from facts.tokens import Example, FactTokenizer, collate, right_padded
 from models.backend import has_kv_cache
@@ -155,8 +155,9 @@ def answer_table(
 
     Columns: fact, direction, split, trained, group, given, answer, logprob, prob, rank,
     n_candidates, chance_logprob (−log n_candidates; NaN with ``"controls"``), correct, control_logprob (mean over
-    ``n_controls`` random answers of the same kind, :func:`facts.language.controls_of`; fewer
-    when the fact set has fewer wrong answers of that kind), margin (logprob − control_logprob).
+    ``n_controls`` random answers of the same kind, :func:`facts.language.controls_of`; fewer, for every
+    statement, when one has fewer wrong answers: :func:`facts.language.wrong_answers`), margin (logprob −
+    control_logprob).
     """
     if rank_against not in ("candidates", "controls"):
         raise ValueError(f"rank_against must be 'candidates' or 'controls', got {rank_against!r}")
@@ -173,14 +174,14 @@ def answer_table(
                              "candidates that include it")
     truths = collate([tokenizer.example(facts, i, d) for i, d in statements], pad_id)
     scores = score_answers(model, truths)
-    directions = {d for _, d in statements}
-    n_controls = min([n_controls] + [len(answers_of_kind(facts, d)) - 1 for d in directions])
+    n_controls = min([n_controls] + [len(pool) for pool in wrong_answers(facts, statements)])
     control_scores = torch.full((len(statements), 0), float("nan"))
     if n_controls > 0:
         drawn = controls_of(facts, statements, n_controls, seed)
         control_scores = answers_logprobs(model, facts, tokenizer, statements, drawn, pad_id)
     elif rank_against == "controls":
-        raise ValueError("rank_against='controls' needs n_controls ≥ 1 and at least two answers of each kind")
+        raise ValueError("rank_against='controls' needs n_controls ≥ 1 and a wrong answer of its kind for every "
+                         "statement")
     if rank_against == "controls":
         better = (control_scores >= scores.logprob[:, None]).sum(1)
         n_candidates = n_controls + 1

@@ -135,6 +135,26 @@ def test_in_context_controls_exclude_only_the_facts_own_answer():
     assert world[0].subject not in drawn and len(set(drawn)) == 19  # every other x is a wrong answer here
 
 
+def test_controls_are_capped_by_each_statement_s_wrong_answers(trained_one_layer, world, vocab):
+    """A given entity with two right answers for one relation (one of them stated by a fact whose forward is not in
+    play) leaves its statement one wrong answer fewer than its kind minus one: the cap had counted the kind alone,
+    and answer_table refused ("asked for 1 controls; 0 wrong answers exist") where it promises fewer controls."""
+    from facts.language import controls_of, wrong_answers
+    from facts.schema import Fact
+
+    a, b, c, d = (fact.subject for fact in world.facts[:4])
+    facts = FactSet((Fact(a, "→", b), Fact(a, "→", c, inverse_relation="←", forward=None, reverse="train"),
+                     Fact(d, "→", c)), world="two right answers")
+    statements = [(i, direction) for i, direction, _ in facts.statements()]
+    pools = wrong_answers(facts, statements)
+    assert dict(zip(statements, pools))[(0, "forward")] == []  # b and c are both right for (a, →)
+    table = answer_table(trained_one_layer, facts, vocab, n_controls=16)
+    assert table.control_logprob.isna().all() and table.margin.isna().all()  # no control for every statement
+    assert [len(row) for row in controls_of(facts, statements, 0)] == [0] * len(statements)
+    with pytest.raises(ValueError, match="a wrong answer of its kind for every statement"):
+        answer_table(trained_one_layer, facts, vocab, rank_against="controls")
+
+
 def test_candidates_are_a_set_and_must_hold_every_answer(trained_one_layer, world, vocab):
     """rank_against="candidates" ranks among the set C: a name listed twice counts once (rank, n_candidates,
     chance −log|C| all as with the name once), and a list without a statement's answer is refused before any
