@@ -225,6 +225,9 @@ def render(template: str, given: str, answer: str) -> Rendered:
     before, answer = stripped, before[len(stripped):] + answer
     if not before:
         raise FactError(f"template {template!r} starts with the answer, so its prompt is empty")
+    if "{given}" not in parts[0]:
+        raise FactError(f"template {template!r} names the given entity only after the answer, so every fact would be "
+                        f"asked the same prompt {before!r}; put a {{given}} before {{answer}}")
     return Rendered(before, answer, after)
 
 

@@ -112,7 +112,7 @@ def check_template(template: str, where: str) -> None:
     """Raise :class:`FactError` naming ``where`` unless ``template`` has one ``{answer}``, a ``{given}``,
     no doubled brace ``{{`` or ``}}`` (slots are filled by plain replacement, not :meth:`str.format`, so
     an escape stays doubled and ``{{given}}`` puts braces around the given), no other ``{placeholder}``
-    (it would be rendered literally) and words before the answer."""
+    (it would be rendered literally) and words before the answer, a ``{given}`` among them."""
     if not isinstance(template, str) or template.count("{answer}") != 1 or "{given}" not in template:
         raise FactError(f"{where}: template {template!r} needs one {{answer}} slot and at least one {{given}} slot")
     doubled = [brace for brace in ("{{", "}}") if brace in template]
@@ -124,8 +124,12 @@ def check_template(template: str, where: str) -> None:
     if unknown:
         raise FactError(f"{where}: template {template!r} has the unknown placeholder(s) {unknown}; a template fills "
                         f"only {{given}} and {{answer}}")
-    if not template.split("{answer}")[0].rstrip(" "):
+    prompt = template.split("{answer}")[0]
+    if not prompt.rstrip(" "):
         raise FactError(f"{where}: template {template!r} starts with the answer, so its prompt is empty")
+    if "{given}" not in prompt:
+        raise FactError(f"{where}: template {template!r} names the given entity only after the answer, so every "
+                        f"fact would be asked the same prompt {prompt.rstrip(' ')!r}; put a {{given}} before {{answer}}")
 
 
 class Templates(dict[str, tuple[str, ...]]):
@@ -274,9 +278,15 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
 
     Refused with :class:`FactError` (naming the templates file when they came from one): a bad
     template (:func:`check_template`), a relation without templates, fewer training templates than
-    ``paraphrases``, and a held-out paraphrase whose prompt is one the statement is trained on."""
+    ``paraphrases``, a held-out paraphrase whose prompt is one the statement is trained on, and a fact that
+    states its pair in the prompt (``context``, the in-context world's): it would be trained without it."""
     if paraphrases < 1:
         raise FactError(f"paraphrases must be ≥ 1, got {paraphrases}")
+    stated = next((index for index, fact in enumerate(facts) if fact.context), None)
+    if stated is not None:
+        fact = facts[stated]
+        raise FactError(f"fact {stated} ({fact.subject!r} {fact.relation!r} {fact.object!r}): states its pair in the "
+                        f"prompt (context), which a sentence trained here would leave out; give facts without it")
     for templates, what in ((train_templates, "train"), (test_templates, "test")):
         for relation, options in templates.items():
             for number, template in enumerate(options):

@@ -136,6 +136,7 @@ def test_render_moves_the_space_into_the_answer():
         ("{given} {answer} and {answer}", "one {answer} slot"),
         ("no given {answer}", "one {answer} slot"),
         ("{answer} is {given}", "prompt is empty"),
+        ("People say {answer} works with {given}", "names the given entity only after the answer"),
     ],
 )
 def test_render_rejects_bad_templates(template, message):

@@ -101,6 +101,9 @@ def test_bad_fact_csvs_are_named_with_file_and_line(tmp_path, text, message):
 @pytest.mark.parametrize("record, message", [
     ({"relation": "r", "split": "train", "template": "{given} is nice."}, "needs one {answer} slot"),
     ({"relation": "r", "split": "train", "template": "It is {answer}."}, "at least one {given} slot"),
+    # the given after the answer alone: every fact asked one prompt ("People say"), held out or trained
+    ({"relation": "r", "split": "test", "template": "People say {answer} works with {given}."},
+     "names the given entity only after the answer, so every fact would be asked the same prompt 'People say'"),
     ({"relation": "r", "split": "dev", "template": "{given} is {answer}."}, "split must be 'train' or 'test'"),
     ({"relation": "r", "template": "{given} is {answer}."}, "expected an object with keys relation, split"),
 ])
@@ -181,6 +184,18 @@ def test_a_relation_the_built_in_templates_lack_points_to_the_templates_file(tmp
     with pytest.raises(FactError, match=r"no train template for relation 'mother' \(templates cover \['d2p', 'p2d'\]\); "
                                         r"give sentences for your relations with --templates-file$"):
         questions_from_facts(facts, TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
+
+
+def test_facts_stated_in_the_prompt_are_refused_not_trained_without_it():
+    """The in-context world's facts hold their pair in the prompt (context); rendered as sentences here they were
+    trained and asked without it, one prompt with many answers."""
+    from facts.token_worlds import in_context_world
+
+    facts = in_context_world(n_x=4, n_y=2, seed=0)
+    index = next(i for i, fact in enumerate(facts) if fact.context)
+    with pytest.raises(FactError, match=rf"^fact {index} .*: states its pair in the prompt \(context\)"):
+        questions_from_facts(facts, {r: ("{given} is {answer}.",) for r in ("→", "←")},
+                             {r: ("Q: {given}? A: {answer}",) for r in ("→", "←")}, 1)
 
 
 def test_template_errors_after_reading_name_the_templates_file(tmp_path):
