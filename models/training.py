@@ -332,6 +332,8 @@ def _train(
         if checkpoint.optimizer_state is not None:
             optimizer.load_state_dict(checkpoint.optimizer_state)
         start, history = checkpoint.step, list(checkpoint.meta.get("history", []))
+        if start < config.steps and start % config.eval_every:  # a finished run's last record, off the schedule:
+            history = [entry for entry in history if entry["step"] != start]  # a longer run never makes it
     elif checkpoint_dir is not None:
         remove_checkpoints(checkpoint_dir)  # a fresh run: an earlier run's later steps must not pass for ours
     meta = {"model": dict(model_card or {}), "train_config": asdict(config), "run": dict(run_card)}

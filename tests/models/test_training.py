@@ -85,6 +85,19 @@ def test_resume_from_a_mid_run_checkpoint_gives_the_same_final_numbers(batch, vo
     assert meta["step"] == 12 and meta["model"] == card
 
 
+def test_a_finished_run_resumed_with_more_steps_has_the_longer_run_s_history(batch, vocab, tmp_path):
+    """A run of 6 steps evaluated every 4 records its last step (6) too; resumed to 12 steps, that off-schedule
+    record had stayed in the history ([0, 4, 6, 8, 12]), which the uninterrupted 12 steps never make."""
+    train_set = batch.where(split="train")
+    short = TrainConfig(**{**CONFIG.__dict__, "steps": 6, "eval_every": 4, "checkpoint_every": 4})
+    long = TrainConfig(**{**CONFIG.__dict__, "steps": 12, "eval_every": 4, "checkpoint_every": 4})
+    assert [h["step"] for h in train(fresh(vocab), train_set, short, checkpoint_dir=tmp_path).history] == [0, 4, 6]
+    resumed = train(fresh(vocab), train_set, long, checkpoint_dir=tmp_path, resume=True)
+    uninterrupted = train(fresh(vocab), train_set, long)
+    assert [h["step"] for h in resumed.history] == [0, 4, 8, 12]
+    assert resumed.history == uninterrupted.history
+
+
 def test_truncated_checkpoint_is_refused_whole(batch, vocab, tmp_path):
     train(fresh(vocab), batch.where(split="train"), TrainConfig(steps=2, progress=False), checkpoint_dir=tmp_path)
     tensors = tmp_path / "step-000002.safetensors"
