@@ -664,14 +664,18 @@ def _ask_multiple_choice(model, questions: QuestionSet, tokenizer, config: Finet
 def _start_tracing(model, questions: QuestionSet, tokenizer, config: FinetuneConfig):
     """Causal tracing and the weight-change read (:class:`analyses.finetune_tracing.FinetuneTracing`), when
     the questions are about a fact set and ``config.tracing_facts`` > 0 (traced in the first training paraphrase:
-    a Berglund folder's own prompt, or the templates file's when one is given); else None. ``model`` (the "before"
+    a Berglund folder's own prompt, or the templates file's when one is given, whose first test template for a
+    relation it has no training sentence for); else None. ``model`` (the "before"
     conversion, whose weights are its own: training changes the transformers model) is handed over, not copied."""
     if questions.facts is None or not config.tracing_facts:
         return None
     from analyses.finetune_tracing import FinetuneTracing
 
-    trained = (questions.sentence_templates or TRAIN_TEMPLATES if config.templates_file is None
-               else load_templates(config.templates_file)[0])
+    if config.templates_file is None:
+        trained = questions.sentence_templates or TRAIN_TEMPLATES
+    else:  # a relation the file only asks (a held-out reverse, with test templates alone) is traced as asked
+        train, test = load_templates(config.templates_file)
+        trained = {**test, **train}
     return FinetuneTracing(model, questions.facts, tokenizer, config.tracing_facts, seed=config.seed,
                            handed_over=True, templates=trained)
 

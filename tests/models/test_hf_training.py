@@ -137,6 +137,28 @@ def test_a_seed_fixes_the_lora_start_and_the_dropout_of_training(tiny_hf, batch,
     assert all(torch.equal(a, b) for a, b in zip(trained(1), trained(2)))
 
 
+def test_tracing_own_facts_whose_reverse_has_only_questions_runs(tiny_hf, tmp_path):
+    """A templates file with training sentences for the trained relation and questions alone for its inverse (all
+    questions_from_facts needs): causal tracing had failed on the held-out reverse, after the model loaded and the
+    questions were asked ("no template number 0 for relation 'was taught by'"); it traces it as it is asked."""
+    from analyses.cli import main
+
+    (tmp_path / "facts.csv").write_text("subject,relation,object,inverse_relation\n"
+                                        + "".join(f"{a},taught,{b},was taught by\n" for a, b in
+                                                  (("Ann Lee", "Bo Kim"), ("Cy Fox", "Di Park"), ("Ed Gray", "Flo Hart"))))
+    lines = [("taught", "train", "{given} taught {answer}."), ("taught", "test", "Who did {given} teach? {answer}"),
+             ("was taught by", "test", "Who taught {given}? {answer}")]
+    (tmp_path / "templates.jsonl").write_text("".join(json.dumps({"relation": r, "split": split, "template": t}) + "\n"
+                                                      for r, split, t in lines))
+    out = tmp_path / "out"
+    assert main(["finetune-facts", "--model", str(tiny_hf["llama"]), "--facts", str(tmp_path / "facts.csv"),
+                 "--templates-file", str(tmp_path / "templates.jsonl"), "--train-paraphrases", "1", "--controls", "1",
+                 "--epochs", "1",
+                 "--tracing-facts", "1", "--quiet", "--out", str(out)]) == 0
+    traced = pd.read_csv(out / "tracing.csv")
+    assert set(traced.direction) == {"forward", "reverse"} and traced.effect.notna().any()
+
+
 def test_finetune_facts_runs_on_gemma3_end_to_end(tiny_hf, tmp_path):
     """The command on a tiny random Gemma 3 (sandwich norms, sliding window, BOS declared by its files): it
     trains the transformers model, converts it to a HookedTransformer through the Gemma config, and asks (in open
