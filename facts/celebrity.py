@@ -24,7 +24,9 @@ one answer each. How the file's irregularities are handled:
   rows (the second gets ``reverse=None``): asked twice, one statement would count twice.
 * one person recorded as the mother of one child and the father of another: refused, naming both
   rows, since "Name a child of P" is asked alike for a mother and a father and would have two
-  different answers from the two parent types (one-to-many above is settled within one type).
+  different answers from the two parent types. Only each type's first child is compared: a later
+  sibling is one-to-many, as above (the shipped file's Tell Schreiber, mother and father of Pablo and
+  father of Liev, is asked once, answer Pablo, and neither child is drawn as a control for the other).
 
 Blank lines are skipped; any other row needs all five fields on one line, non-empty names that
 differ (no one is their own parent), a parent type of mother/father and can_reverse True/False
