@@ -354,22 +354,32 @@ def test_a_sweep_none_of_whose_trials_finished_aggregates_to_zero_seeds_and_is_r
     assert main(["report", "--runs", str(out), "--out", str(tmp_path / "report.html")]) == 0
 
 
-def test_a_trial_whose_facts_changed_since_it_ran_is_run_again(tmp_path):
-    """A finished trial of ``finetune-facts --facts F`` is reused only while F hashes as it did when the trial ran:
-    before, a rerun after F was rewritten kept (and aggregated) the trial trained on the old facts, since the
-    command's manifest did not record F and ``finished`` compared the config (F's name) alone."""
+def one_finished_trial(tmp_path, experiment: str, grid: list[str], kind: str, summary: dict, seeds: str = "0"):
+    """(sweep, trial, folder) of a sweep of ``experiment`` over one seed and one grid point, whose trial folder
+    holds a run written through the command's own run folder (as main() enters it)."""
     from analyses.cli import _run_folder, build_parser
-    from analyses.sweep import expected_config, finished, make_sweep
+    from analyses.sweep import make_sweep
 
-    facts = tmp_path / "facts.csv"
-    facts.write_text("subject,relation,object\nAnn,is,a pilot\nBob,is,a chef\n")
-    sweep = make_sweep("finetune-facts", "0", [f"facts={facts}"])
+    sweep = make_sweep(experiment, seeds, grid)
     [trial] = sweep.trials()
     folder = tmp_path / "trials" / trial.name
     args = build_parser().parse_args(trial.argv(sweep.experiment, folder, 1))
     args.argv = trial.argv(sweep.experiment, folder, 1)
-    with _run_folder(args, folder, "finetune-facts"):  # the command's own run folder, as main() enters it
-        (folder / "summary.json").write_text(json.dumps({"experiment": "finetune-facts", "margin": 1.0}))
+    with _run_folder(args, folder, kind):
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return sweep, trial, folder
+
+
+def test_a_trial_whose_facts_changed_since_it_ran_is_run_again(tmp_path):
+    """A finished trial of ``finetune-facts --facts F`` is reused only while F hashes as it did when the trial ran:
+    before, a rerun after F was rewritten kept (and aggregated) the trial trained on the old facts, since the
+    command's manifest did not record F and ``finished`` compared the config (F's name) alone."""
+    from analyses.sweep import expected_config, finished
+
+    facts = tmp_path / "facts.csv"
+    facts.write_text("subject,relation,object\nAnn,is,a pilot\nBob,is,a chef\n")
+    sweep, trial, folder = one_finished_trial(tmp_path, "finetune-facts", [f"facts={facts}"], "finetune-facts",
+                                              {"experiment": "finetune-facts", "margin": 1.0})
     assert finished(folder, expected_config(sweep.experiment, trial, folder))
     facts.write_text("subject,relation,object\nAnn,is,a dentist\nBob,is,a judge\n")
     assert not finished(folder, expected_config(sweep.experiment, trial, folder))
@@ -384,17 +394,11 @@ def test_a_trial_run_under_other_defaults_is_run_again(tmp_path, monkeypatch):
     from dataclasses import asdict
 
     from analyses import finetune
-    from analyses.cli import _run_folder, build_parser
     from analyses.runfolder import MANIFEST
     from analyses.sweep import expected_config, finished, make_sweep
 
-    sweep = make_sweep("finetune-facts", "0", ["epochs=1"])
-    [trial] = sweep.trials()
-    folder = tmp_path / "trials" / trial.name
-    args = build_parser().parse_args(trial.argv(sweep.experiment, folder, 1))
-    args.argv = trial.argv(sweep.experiment, folder, 1)
-    with _run_folder(args, folder, "finetune-facts"):
-        (folder / "summary.json").write_text(json.dumps({"experiment": "finetune-facts", "margin": 1.0}))
+    sweep, trial, folder = one_finished_trial(tmp_path, "finetune-facts", ["epochs=1"], "finetune-facts",
+                                              {"experiment": "finetune-facts", "margin": 1.0})
     expected = expected_config(sweep.experiment, trial, folder)
     assert expected["finetune"] == json.loads(json.dumps(asdict(finetune.FinetuneConfig(epochs=1))))
     assert expected["finetune"]["people"] == 16 and expected["finetune"]["n_controls"] == 15
@@ -415,17 +419,11 @@ def test_a_trial_whose_random_draws_were_made_otherwise_is_run_again_and_never_r
     """When how a run's draws follow from its seed changed (here: epoch orders and tracing noise, in session 34),
     a trial of the same config written before counted as finished, and its old numbers were averaged with new
     ones; a --resume continued its checkpoints with the new batch orders. The manifest records the draws now."""
-    from analyses.cli import _run_folder, build_parser
     from analyses.runfolder import MANIFEST, RunFolderError, run_folder
-    from analyses.sweep import expected_config, finished, make_sweep
+    from analyses.sweep import expected_config, finished
 
-    sweep = make_sweep("reversal", "3", ["steps=2"])
-    [trial] = sweep.trials()
-    folder = tmp_path / "trials" / trial.name
-    args = build_parser().parse_args(trial.argv(sweep.experiment, folder, 1))
-    args.argv = trial.argv(sweep.experiment, folder, 1)
-    with _run_folder(args, folder, "reproduce reversal"):
-        (folder / "summary.json").write_text(json.dumps({"experiment": "reversal", "train_prob": 0.5}))
+    sweep, trial, folder = one_finished_trial(tmp_path, "reversal", ["steps=2"], "reproduce reversal",
+                                              {"experiment": "reversal", "train_prob": 0.5}, seeds="3")
     assert finished(folder, expected_config(sweep.experiment, trial, folder))
     manifest = json.loads((folder / MANIFEST).read_text())
     (folder / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != "draws"}))  # as before
