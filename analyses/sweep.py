@@ -547,7 +547,7 @@ def ray_session(resources: Resources, jobs: int | None = None):
         return min(resources.workers or max(1, int(cpus) // resources.threads), jobs or math.inf)
 
     if ray.is_initialized():
-        runners = Runners(resources, width(ray.cluster_resources().get("CPU", 1)))
+        runners = Runners(resources, min(width(ray.cluster_resources().get("CPU", 1)), _placeable(resources)))
         try:
             yield runners
         finally:
@@ -568,9 +568,32 @@ def ray_session(resources: Resources, jobs: int | None = None):
             raise SweepError(f"--address {resources.address}: cannot join the Ray cluster ({error})") from None
         workers = width(ray.cluster_resources().get("CPU", 1))
     try:
+        workers = min(workers, _placeable(resources))
+    except SweepError:
+        ray.shutdown()
+        raise
+    try:
         yield Runners(resources, workers)
     finally:
         ray.shutdown()
+
+
+def _placeable(resources: Resources) -> int:
+    """How many runners the session's nodes hold at once: on each live node, its CPUs ÷ a trial's threads and, with
+    GPUs per trial, its GPUs ÷ those (a runner keeps what it reserves while it lives, so a runner past these would
+    never be placed and its trials would wait forever), summed. None fits: refused, naming the largest node."""
+    import ray
+
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    fits = [min(int(have.get("CPU", 0) // resources.threads),
+                int(have.get("GPU", 0) // resources.gpus) if resources.gpus else math.inf) for have in nodes]
+    if sum(fits) == 0:
+        largest = max(nodes, key=lambda have: (have.get("CPU", 0), have.get("GPU", 0)), default={})
+        needs = f"{resources.threads} CPU(s)" + (f" and {resources.gpus:g} GPU(s)" if resources.gpus else "")
+        raise SweepError(f"no node of the Ray session can hold a trial of {needs} (the largest has "
+                         f"{largest.get('CPU', 0):g} CPU(s) and {largest.get('GPU', 0):g} GPU(s)); lower "
+                         f"--threads-per-trial or --gpus-per-trial")
+    return int(sum(fits))
 
 
 @contextlib.contextmanager

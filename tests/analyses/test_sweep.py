@@ -135,6 +135,19 @@ def test_a_two_node_cluster_runs_the_sweep_on_both_nodes(cluster_sweep):
         assert json.loads((out / "trials" / record["trial"] / "manifest.json").read_text())["complete"] is True
 
 
+def test_trials_no_node_can_hold_are_refused_not_left_waiting(cluster, tmp_path):
+    """Each node of the cluster has one CPU, and a trial of two threads fits none: its runner was never placed and
+    the sweep waited for it forever. Runners are counted by what each node holds, and none is refused."""
+    process = _sweep("reversal", "--out", str(tmp_path / "sweep"), "--seeds", "0", *SMALL, "--grid", "steps=2",
+                     "--address", cluster, "--threads-per-trial", "2")
+    try:
+        _, stderr = process.communicate(timeout=180)
+    finally:
+        process.kill()
+    assert process.returncode == 2
+    assert "no node of the Ray session can hold a trial of 2 CPU(s) (the largest has 1 CPU(s)" in stderr, stderr
+
+
 def test_a_failing_trial_is_recorded_and_the_rest_finish(cluster_sweep):
     out, code, stdout, stderr = cluster_sweep
     assert code == 2 and "2 of 4 trials failed" in stderr and "rerun the same command" in stderr
