@@ -693,14 +693,16 @@ def _check_inputs(args: argparse.Namespace) -> None:
         check_convertible(config.model, advice="finetune-facts asks and traces the trained model as a "
                                  "HookedTransformer, so under TransformerLens 3.9 it cannot fine-tune this model "
                                  "(under 4.x, whose 'hooked' is the bridge, it can)")
+    listed = [(option.flag, getattr(args, option.flag.lstrip("-").replace("-", "_"), None))
+              for option in (experiment.options if experiment is not None else ()) if option.kwargs.get("nargs") == "+"]
+    if args.command == "reproduce" and args.experiment == "all":
+        listed.append(("--experiments", args.experiments))
+    for flag, values in listed:  # a value listed twice would be one run written twice (--dims 64 64)
+        repeated = sorted({str(value) for value in values or () if values.count(value) > 1})
+        if repeated:
+            raise ValueError(f"{flag} {' '.join(map(str, values))}: {', '.join(repeated)} given more than once; give "
+                             f"each value once")
     if experiment is not None:
-        for option in experiment.options:  # a value listed twice would be one run written twice (--dims 64 64)
-            values = getattr(args, option.flag.lstrip("-").replace("-", "_"), None)
-            if option.kwargs.get("nargs") == "+" and values:
-                repeated = sorted({value for value in values if values.count(value) > 1})
-                if repeated:
-                    raise ValueError(f"{option.flag} {' '.join(map(str, values))}: {', '.join(map(str, repeated))} "
-                                     f"given more than once; give each value once")
         if experiment.check is not None:
             experiment.check(args)  # e.g. reversal's --pairs, --k: what would fail only after training
     if args.command == "probe":

@@ -262,18 +262,26 @@ def _parser() -> argparse.ArgumentParser:
     return build_parser()
 
 
-def expected_config(experiment: str, trial: Trial, out: Path) -> dict[str, Any] | None:
-    """The config a trial's manifest records (:func:`analyses.cli.recorded_config`), volatile fields left out; None
-    for options revlens refuses together (the trial fails when it runs, and no run of it can exist)."""
+def config_of(argv: list[str]) -> dict[str, Any] | None:
+    """The config a run of the command line ``argv`` records in its manifest (:func:`analyses.cli.recorded_config`),
+    volatile fields left out; None for options revlens refuses together (no run of them can exist)."""
     from analyses.cli import recorded_config
     from analyses.runfolder import _jsonable
 
-    args = _parser().parse_args(trial.argv(experiment, out, 1))
     try:
-        recorded = recorded_config(args)
+        recorded = recorded_config(_parser().parse_args(argv))
     except ValueError:
         return None
-    return {k: v for k, v in _jsonable(recorded).items() if k not in VOLATILE}
+    return _without_volatile(_jsonable(recorded))
+
+
+def expected_config(experiment: str, trial: Trial, out: Path) -> dict[str, Any] | None:
+    """:func:`config_of` the trial's command line."""
+    return config_of(trial.argv(experiment, out, 1))
+
+
+def _without_volatile(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in VOLATILE}
 
 
 def finished(folder: Path, expected: dict[str, Any] | None) -> bool:
@@ -289,7 +297,7 @@ def finished(folder: Path, expected: dict[str, Any] | None) -> bool:
     except RunFolderError:
         return False
     config = (manifest or {}).get("config", {})
-    return (manifest is not None and {k: v for k, v in config.items() if k not in VOLATILE} == expected
+    return (manifest is not None and _without_volatile(config) == expected
             and manifest.get("draws") == RANDOM_DRAWS and inputs_unchanged(manifest))
 
 
@@ -297,17 +305,21 @@ def run_trial(argv: list[str], folder: str, running: str, resumable: bool) -> di
     """Run one trial's command in this process (the body of :meth:`TrialRunner.run`).
 
     On a retry after a worker died, a resumable experiment continues from the folder's
-    checkpoints: the folder's manifest then says the run did not finish.
+    checkpoints: the folder's manifest then says the run did not finish. A run left unfinished by another
+    command line or another revlens (other options, random draws made otherwise) is run afresh: resuming it is
+    refused, and the trial would fail on every rerun.
     """
     from analyses.cli import main
-    from analyses.runfolder import read_manifest
+    from analyses.runfolder import RANDOM_DRAWS, read_manifest
 
     began, began_cpu = time.perf_counter(), time.process_time()
     marker = Path(running) / f"{Path(folder).name}.pid"
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(os.getpid()))
     manifest = read_manifest(Path(folder)) if Path(folder).is_dir() else None
-    resumed = bool(resumable and manifest is not None and manifest.get("complete") is False)
+    resumed = bool(resumable and manifest is not None and manifest.get("complete") is False
+                   and manifest.get("draws") == RANDOM_DRAWS
+                   and _without_volatile(manifest.get("config", {})) == config_of(argv))
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main([*argv, "--resume"] if resumed else argv)

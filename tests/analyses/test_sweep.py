@@ -446,6 +446,22 @@ def test_a_trial_whose_random_draws_were_made_otherwise_is_run_again_and_never_r
             pass
 
 
+def test_an_unfinished_trial_another_revlens_left_is_run_afresh_not_resumed(tmp_path):
+    """A trial left unfinished (killed) under an earlier revlens whose random draws differ: resuming it is refused
+    ("rerun without --resume"), and the sweep had resumed it on every rerun, so it failed forever. It runs afresh;
+    one left by the same command line and draws is still resumed (the killed-worker test above)."""
+    from analyses.runfolder import MANIFEST
+    from analyses.sweep import expected_config, finished, run_trial
+
+    sweep, trial, folder = one_finished_trial(tmp_path, "reversal", ["steps=2", "model=one-layer", "pairs=10"],
+                                              "reproduce reversal", {"experiment": "reversal"}, seeds="0")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "complete": False, "draws": 1}))
+    result = run_trial(trial.argv(sweep.experiment, folder, 1), str(folder), str(tmp_path / "running"), True)
+    assert result["exit_code"] == 0 and result["resumed"] is False, result["error"]
+    assert finished(folder, expected_config(sweep.experiment, trial, folder))
+
+
 def test_each_metric_is_counted_over_the_seeds_that_have_it():
     """``n_seeds`` counts a grid point's trials; a metric NaN in one of them (an undefined z, say) has its mean,
     sd and interval over the others, and ``.n`` says how many: 2 of 3 here, with t(1)'s interval."""

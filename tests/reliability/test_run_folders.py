@@ -471,6 +471,8 @@ SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
      "--heldout 5: must be below --triples 5"),
     ("reproduce bilinear", ("reproduce", "bilinear", "--dims", "8", "16", "8", "--steps", "2"),
      "--dims 8 16 8: 8 given more than once; give each value once"),
+    ("reproduce all", ("reproduce", "all", "--experiments", "chain", "chain", "--workers", "2"),
+     "--experiments chain chain: chain given more than once"),
     ("sweep", (*SWEEP, "--gpus-per-trial", "1000"), "--gpus-per-trial 1000: more than the "),
     ("sweep", (*SWEEP, "--gpus-per-trial", "2", "--address", "127.0.0.1:1"),
      "--gpus-per-trial 2: a trial runs on one GPU"),
