@@ -158,6 +158,14 @@ def leads_to_circuits(model, leads_to: FactSet, vocab: TokenVocab) -> list[dict[
     return rows
 
 
+def ov_z_means(circuits: list[dict[str, Any]]) -> dict[str, float]:
+    """Over the OV heads of :func:`leads_to_circuits`, the mean of each head's z of Y[x, z] for trained and for
+    held-out x ⇝ z. A head whose z is undefined (NaN: its entries do not vary, e.g. a head that writes nothing) is
+    left out, as :func:`analyses.compare.y_circuit_metrics` leaves it out; it had made the whole mean NaN."""
+    ov = pd.DataFrame([r for r in circuits if r["circuit"].startswith("ov")], columns=["z_trained", "z_heldout"])
+    return {"ov_z_trained": float(ov.z_trained.mean()), "ov_z_heldout": float(ov.z_heldout.mean())}
+
+
 def chain_heatmap(model, world: FactSet, vocab: TokenVocab):
     """log p(candidate | given) for trained x ⇝ z and, on held-out triples, each of the three links."""
     held = heldout_triples(world)
@@ -188,7 +196,6 @@ def reproduce_chain(out: str | Path, config: ChainConfig = ChainConfig(), progre
     heldout = table[table.split == "heldout"]
     final = result.history[-1]["eval"]
     circuits = leads_to_circuits(model, leads_to, vocab)
-    ov = [r for r in circuits if r["circuit"].startswith("ov")]
     n_candidates = int(table.n_candidates.iloc[0])
     summary = {
         "experiment": "chain",
@@ -206,8 +213,7 @@ def reproduce_chain(out: str | Path, config: ChainConfig = ChainConfig(), progre
         "chance_accuracy": 1.0 / n_candidates,
         "chance_mean_rank": (n_candidates + 1) / 2,
         **two_step_chain(model, world, vocab),
-        "ov_z_trained": sum(r["z_trained"] for r in ov) / len(ov),
-        "ov_z_heldout": sum(r["z_heldout"] for r in ov) / len(ov),
+        **ov_z_means(circuits),
         "circuits": circuits,
         "steps": result.steps,
         "seconds": time.perf_counter() - began,

@@ -1,6 +1,7 @@
 """The paper's token-level experiments (analyses.paper) on real HookedTransformers, small settings."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -76,6 +77,29 @@ def test_chain_is_intransitive_but_chaining_works(tmp_path):
     assert set(_history(tmp_path / "history.jsonl")[-1]["eval"]) == {"train", "heldout", "train/x→y", "train/y→z",
                                                                      "train/x⇝z"}
     assert "INTRANSITIVITY REPRODUCED" in format_chain(summary)
+
+
+def test_a_head_without_a_z_is_left_out_of_the_chain_s_ov_means():
+    """A head that writes nothing (its W_V zeroed) has Y entries that do not vary, so its z is NaN: the chain's
+    ov_z_* had been NaN for the whole model; they are the mean over the heads that have a z, as elsewhere."""
+    from analyses.paper import leads_to_circuits, ov_z_means
+    from facts.schema import FactSet
+    from facts.token_worlds import LEADS_TO, TokenVocab, chain_world
+    from models.transformer import build_model
+
+    vocab = TokenVocab()
+    world = chain_world(n_triples=20, seed=0, vocab=vocab)
+    leads_to = FactSet(tuple(f for f in world if f.relation == LEADS_TO), world="x ⇝ z", meta=world.meta)
+    model = build_model("one-layer", vocab.d_vocab, seed=0)
+    with torch.no_grad():
+        model.blocks[0].attn.W_V[0] = 0
+    circuits = leads_to_circuits(model, leads_to, vocab)
+    heads = {r["circuit"]: r for r in circuits if r["circuit"].startswith("ov")}
+    assert math.isnan(heads["ov L0H0"]["z_trained"]) and len(heads) > 1
+    others = [r for name, r in heads.items() if name != "ov L0H0"]
+    means = ov_z_means(circuits)
+    assert means["ov_z_trained"] == pytest.approx(sum(r["z_trained"] for r in others) / len(others))
+    assert means["ov_z_heldout"] == pytest.approx(sum(r["z_heldout"] for r in others) / len(others))
 
 
 def test_in_context_reversal_has_no_curse_but_one_partner_pairs_are_memorised(tmp_path, monkeypatch):
