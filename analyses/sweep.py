@@ -695,7 +695,7 @@ def _write_failures(out: Path, failures: list[dict[str, Any]]) -> None:
 
 def prepare(sweep: Sweep, out: Path) -> None:
     """Check ``out`` may hold this sweep, write its ``sweep.toml``; remove the sweep's own outputs
-    (a sweep cut short never leaves an aggregate of an earlier one behind)."""
+    (a sweep cut short never leaves an aggregate, or a list of failures, of an earlier one behind)."""
     from facts.io import write_text_atomic
 
     saved = out / SWEEP_FILE
@@ -708,7 +708,7 @@ def prepare(sweep: Sweep, out: Path) -> None:
         raise SweepError(f"{out}: holds files but no {SWEEP_FILE}, so it is not a sweep folder; choose an empty or "
                          f"new --out")
     write_text_atomic(saved, sweep_toml(sweep))
-    for name in (SUMMARY, AGGREGATE, FIGURE):
+    for name in (SUMMARY, AGGREGATE, FIGURE, FAILURES):
         (out / name).unlink(missing_ok=True)
     (out / TRIALS).mkdir(exist_ok=True)
 

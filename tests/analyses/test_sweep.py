@@ -365,6 +365,10 @@ def test_a_sweep_none_of_whose_trials_finished_aggregates_to_zero_seeds_and_is_r
     assert table.to_dict("records") == [{"lr": 1e30, "n_seeds": 0}] and summary["n_finished"] == 0
     assert "1e+30  0" in format_sweep(summary) and "FAILED lr=1e+30,seed=0: NaN loss" in format_sweep(summary)
     assert main(["report", "--runs", str(out), "--out", str(tmp_path / "report.html")]) == 0
+    # a rerun cut short leaves none of the earlier run's outputs, its failures (which it runs again) among them
+    (out / "failures.jsonl").write_text('{"trial": "lr=1e+30,seed=0", "error": "NaN loss"}\n')
+    prepare(sweep, out)
+    assert not [name for name in ("summary.json", "aggregate.csv", "sweep.png", "failures.jsonl") if (out / name).exists()]
 
 
 def one_finished_trial(tmp_path, experiment: str, grid: list[str], kind: str, summary: dict, seeds: str = "0"):
