@@ -353,8 +353,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                    "chain x → ŷ → ẑ succeeds; the OV circuit Y[x, z] grows only for trained x ⇝ z.",
         files=("curves.png", "heatmap.png", "circuits.png"),
         captions={
-            "heatmap.png": "log p(candidate | given): trained x ⇝ z, then on held-out triples x → y, y → z and "
-                           "x ⇝ z. Paper: a diagonal everywhere but in the last panel (never trained).",
+            "curves.png": "Mean log-probability of the answer over training for the training set, each trained link "
+                          "(x → y, y → z, x ⇝ z) and the held-out x ⇝ z, chance (−log of the number of z's) in "
+                          "grey. Paper: the trained links climb to 0 while the held-out x ⇝ z stays at or below "
+                          "chance.",
+            "heatmap.png": "log p(candidate | given) of the first 20 facts per panel: trained x ⇝ z, then on held-out "
+                           "triples x → y, y → z and x ⇝ z. Paper: a diagonal everywhere but in the last panel (never "
+                           "trained).",
             "circuits.png": "Mean z-score of the OV entry Y[x, z] (and the direct path) for trained and held-out "
                             "x ⇝ z facts. Paper: Y[x, z] grows only where x ⇝ z was trained."}),
     _reproduce(
@@ -367,8 +372,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                    "context (high accuracy); a world where each x has one partner is memorised instead and fails.",
         files=("curves.png", "logits.csv"),
         captions={
-            "curves.png": "Held-out reverse log p over training for the in-context grid and the one-partner control, "
-                          "each with its own chance line (its world's candidates). Paper: the grid learns to copy from "
+            "curves.png": "Training and held-out reverse log p over training for the in-context grid and the "
+                          "one-partner control, each with its own chance line (its world's candidates). Paper: the grid learns to copy from "
                           "context (held-out rises), the control memorises pairs (held-out stays at or below chance)."}),
     _reproduce(
         "multi-token", "the reversal task with k = 2 and 3 tokens per entity", "analyses.paper:format_multi_token",
@@ -497,8 +502,9 @@ COMMAND_RUNS: dict[str, RunKind] = {
         ("asymmetry.png", "pairs.csv"), "analyses.asymmetry:format_summary", {
             "asymmetry.png": "Per direction: top-1 rate among the same-kind controls (95% interval) and greedy exact "
                              "match beside GPT-4's accuracy, mean rank of the truth among random answers of the same "
-                             "kind (chance dashed) and the log-probability margin over them; lighter bars keep only "
-                             "pairs that share no surname word. Berglund et al.: child → parent beats parent → child.",
+                             "kind (chance dashed) and the log-probability margin over them; in the rank and margin "
+                             "panels, lighter bars keep only pairs that share no surname word (in the first, the "
+                             "lighter bar is greedy exact match). Berglund et al.: child → parent beats parent → child.",
             "pairs.csv": "One row per celebrity pair, scored both ways."}),
     "compare": RunKind(
         "Theory against trained models, same probes",

@@ -361,8 +361,8 @@ CAPTIONS = {
                            "under every letter once: per order the letters' probabilities, and per question the "
                            "debiased choice (option scores averaged over the orders).",
     "attribution.png": "Direct logit attribution of the representative fact's answers at the last prompt position "
-                       "(each prompt's own answer, its first token), per head, MLP and embedding, forward prompt vs "
-                       "reverse prompt; heads behind a post-attention norm are read through it at its cached scale.",
+                       "(each prompt's own answer, its first token), per head, MLP and embedding (the 30 largest by "
+                       "mean |value|), forward prompt vs reverse prompt; heads behind a post-attention norm are read through it at its cached scale.",
     "patching.png": "log p of the reverse answer (all its tokens) after the reverse prompt, when the forward run's "
                     "residual stream (resid_pre) replaces the reverse run's at one layer and position; prompts "
                     "aligned at their end.",

@@ -66,13 +66,14 @@ class ReportError(ValueError):
 
 CAPTIONS = {
     "tracing.png": TRACING_CAPTION + ".",
-    "tracing.csv": "One row per (stage, statement, component, layer, position): restored, clean and corrupted "
+    "tracing.csv": "One row per (statement, component, layer, position; and stage, before or after, in a fine-tuned "
+                   "run): restored, clean and corrupted "
                    "p(answer) and log p, the indirect effect and the fraction recovered.",
     "curves.png": "Mean log-probability of the answer over training for trained (blue) and held-out (red) "
                   "statements, chance in grey. Paper: the trained curve climbs to 0 (p > 0.99) while the held-out "
                   "reverse stays at or below chance.",
-    "heatmap.png": "log p(candidate | given entity): rows are given entities, columns candidate answers, the "
-                   "diagonal is the truth. Paper: a bright diagonal for train-forward, train-backward and the "
+    "heatmap.png": "log p(candidate | given entity) of the first 20 facts per panel: rows are given entities, "
+                   "columns candidate answers, the diagonal is the truth. Paper: a bright diagonal for train-forward, train-backward and the "
                    "held-out pairs' seen direction, none for the unseen (reverse) direction.",
     "circuits.png": "Per circuit (direct path, and OV and QK per head), the mean z-score of the entry in the "
                     "trained direction (blue) and in the held-out direction (red) of one-way facts, against "

@@ -927,7 +927,7 @@ def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
     aggregated = pd.DataFrame(per_point)
     atomic_write(out / AGGREGATE, lambda temporary: aggregated.to_csv(temporary, index=False))
     figures = []
-    plotted = [m for m in chosen if not m.startswith("chance_")][:8]  # chance is drawn on its metric's panel
+    plotted = [m for m in chosen if not m.startswith("chance_")]  # chance is drawn on its metric's panel
     if len(table) and plotted:
         from analyses.figures import sweep_figure
         from probes.views import save_png

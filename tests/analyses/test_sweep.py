@@ -371,6 +371,23 @@ def test_a_sweep_none_of_whose_trials_finished_aggregates_to_zero_seeds_and_is_r
     assert not [name for name in ("summary.json", "aggregate.csv", "sweep.png", "failures.jsonl") if (out / name).exists()]
 
 
+def test_the_sweep_figure_draws_every_headline_metric(tmp_path, monkeypatch):
+    """A mitigations sweep has 16 headline numbers by default (one per model and variant); the figure drew the
+    first 8 (every one-layer row, no tiny one) under a caption that promises a panel per headline metric."""
+    from analyses import figures
+    from analyses.sweep import aggregate
+
+    rows = [{"model": model, "variant": f"variant {v}", "test": "held-out reverse", "heldout_accuracy": v / 10}
+            for model in ("one-layer", "tiny") for v in range(5)]
+    sweep, _, out = one_finished_trial(tmp_path, "mitigations", [], "reproduce mitigations",
+                                       {"experiment": "mitigations", "rows": rows})
+    drawn, original = [], figures.sweep_figure
+    monkeypatch.setattr(figures, "sweep_figure", lambda table, keys, metrics, **kwargs: drawn.append(metrics)
+                        or original(table, keys, metrics, **kwargs))
+    summary = aggregate(sweep, out.parent.parent)
+    assert len(summary["headline"]) == 10 and drawn == [summary["headline"]]
+
+
 def one_finished_trial(tmp_path, experiment: str, grid: list[str], kind: str, summary: dict, seeds: str = "0"):
     """(sweep, trial, folder) of a sweep of ``experiment`` over one seed and one grid point, whose trial folder
     holds a run written through the command's own run folder (as main() enters it)."""
