@@ -73,8 +73,9 @@ CAPTIONS = {
                   "statements, chance in grey. Paper: the trained curve climbs to 0 (p > 0.99) while the held-out "
                   "reverse stays at or below chance.",
     "heatmap.png": "log p(candidate | given entity) of the first 20 facts per panel: rows are given entities, "
-                   "columns candidate answers, the diagonal is the truth. Paper: a bright diagonal for train-forward, train-backward and the "
-                   "held-out pairs' seen direction, none for the unseen (reverse) direction.",
+                   "columns candidate answers, the diagonal is the truth. Paper: a bright diagonal for "
+                   "train-forward, train-backward and the held-out pairs' trained direction, none for their "
+                   "untrained one (the reverse of a fact trained forward, the forward of one trained in reverse).",
     "circuits.png": "Per circuit (direct path, and OV and QK per head), the mean z-score of the entry in the "
                     "trained direction (blue) and in the held-out direction (red) of one-way facts, against "
                     "random controls of the same row. Paper: the OV entry Y[A, B] grows for trained A → B while "

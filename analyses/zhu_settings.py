@@ -33,7 +33,8 @@ KEYS = ("train_prob", "heldout_reverse_logprob", "heldout_reverse_accuracy", "ch
         "ov_z_heldout", "ov_asymmetry", "seconds")
 CAPTIONS = {
     "zhu_settings.png": "The reversal run under Zhu et al.'s other settings (tiny model unless the depth is "
-                        "changed): left, trained-sentence log p and held-out reverse log p against chance (dashed); "
+                        "changed): left, the trained sentences' log of their mean p and the held-out reverse's mean log p "
+                        "against chance (dashed); "
                         "right, mean z-score over heads of the OV entries Y[A,B] (trained direction) and Y[B,A] "
                         "(held out). The curse holds where the held-out bar sits at or below chance.",
 }
