@@ -702,9 +702,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
         if repeated:
             raise ValueError(f"{flag} {' '.join(map(str, values))}: {', '.join(repeated)} given more than once; give "
                              f"each value once")
-    if experiment is not None:
-        if experiment.check is not None:
-            experiment.check(args)  # e.g. reversal's --pairs, --k: what would fail only after training
+    if experiment is not None and experiment.check is not None:
+        experiment.check(args)  # e.g. reversal's --pairs, --k: what would fail only after training
     if args.command == "probe":
         model = Path(args.model)
         checkpoint = (model.is_dir() and any(model.glob("step-*.json"))) or (

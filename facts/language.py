@@ -215,20 +215,29 @@ class Rendered:
         return self.prompt + self.answer + self.suffix
 
 
+def prompt_problem(template: str) -> str | None:
+    """Why the words of ``template`` before its ``{answer}`` cannot ask a fact (none; no ``{given}`` among them, so
+    every fact would get one prompt), or None."""
+    prompt = template.split("{answer}")[0]
+    if not prompt.rstrip(" "):
+        return "starts with the answer, so its prompt is empty"
+    if "{given}" not in prompt:
+        return (f"names the given entity only after the answer, so every fact would be asked the same prompt "
+                f"{prompt.rstrip(' ')!r}; put a {{given}} before {{answer}}")
+    return None
+
+
 def render(template: str, given: str, answer: str) -> Rendered:
     """Fill ``template``; spaces before ``{answer}`` become the answer's leading space."""
     parts = template.split("{answer}")
     if len(parts) != 2 or "{given}" not in template:
         raise FactError(f"template {template!r} needs one {{answer}} slot and at least one {{given}} slot")
+    problem = prompt_problem(template)
+    if problem:
+        raise FactError(f"template {template!r} {problem}")
     before, after = (part.replace("{given}", given) for part in parts)
     stripped = before.rstrip(" ")
-    before, answer = stripped, before[len(stripped):] + answer
-    if not before:
-        raise FactError(f"template {template!r} starts with the answer, so its prompt is empty")
-    if "{given}" not in parts[0]:
-        raise FactError(f"template {template!r} names the given entity only after the answer, so every fact would be "
-                        f"asked the same prompt {before!r}; put a {{given}} before {{answer}}")
-    return Rendered(before, answer, after)
+    return Rendered(stripped, before[len(stripped):] + answer, after)
 
 
 def _statement_label(facts: FactSet, index: int, direction: str) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from facts.io import located, read_csv_rows, read_json_lines
-from facts.language import GROUP_SPLITS, render
+from facts.language import GROUP_SPLITS, prompt_problem, render
 from facts.schema import Fact, FactError, FactSet
 
 SETTINGS: tuple[str, ...] = (
@@ -124,12 +124,9 @@ def check_template(template: str, where: str) -> None:
     if unknown:
         raise FactError(f"{where}: template {template!r} has the unknown placeholder(s) {unknown}; a template fills "
                         f"only {{given}} and {{answer}}")
-    prompt = template.split("{answer}")[0]
-    if not prompt.rstrip(" "):
-        raise FactError(f"{where}: template {template!r} starts with the answer, so its prompt is empty")
-    if "{given}" not in prompt:
-        raise FactError(f"{where}: template {template!r} names the given entity only after the answer, so every "
-                        f"fact would be asked the same prompt {prompt.rstrip(' ')!r}; put a {{given}} before {{answer}}")
+    problem = prompt_problem(template)
+    if problem:
+        raise FactError(f"{where}: template {template!r} {problem}")
 
 
 class Templates(dict[str, tuple[str, ...]]):
