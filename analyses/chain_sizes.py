@@ -65,12 +65,11 @@ def reproduce_chain_sizes(out: str | Path, config: ChainSizesConfig = ChainSizes
     return summary
 
 
-def run_from_args(out: Path, args, progress: bool) -> dict[str, Any]:
-    """``revlens reproduce chain-sizes``: ``--seed``, ``--sizes``, ``--steps``."""
+def config_from_args(args) -> ChainSizesConfig:
+    """The settings of ``revlens reproduce chain-sizes``: ``--seed``, ``--sizes``, ``--steps``."""
     defaults = ChainSizesConfig()
     chain = replace(defaults.chain, seed=args.seed, steps=getattr(args, "steps", defaults.chain.steps))
-    return reproduce_chain_sizes(out, replace(defaults, chain=chain, sizes=tuple(getattr(args, "sizes", SIZES))),
-                                 progress)
+    return replace(defaults, chain=chain, sizes=tuple(getattr(args, "sizes", SIZES)))
 
 
 def sizes_figure(rows: dict[str, dict[str, Any]]):

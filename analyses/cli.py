@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=_seed, default=None, help="default 0 (generated worlds)")
     make.add_argument("--k", type=_positive_int, default=None, help="tokens per entity (reversal, chain; default 1)")
     make.add_argument("--size", type=_positive_int, default=None,
-                      help="pairs / triples (token worlds) or people per group (people world)")
+                      help="pairs (reversal), triples (chain), x entities of 10 y's each (in-context) or people per "
+                           "group (people world)")
     make.add_argument("--data", type=Path, default=None,
                       help="celebrity CSV (default: $REVLENS_CELEBRITY_CSV or the copy shipped in the package)")
     make.add_argument("--limit", type=_positive_int, default=None, help="only the first N facts (e.g. celebrity pairs)")
@@ -311,28 +312,10 @@ def _options(text: str) -> int:
     return value
 
 
-def _finetune_config(args: argparse.Namespace):
-    """The ``FinetuneConfig`` of a ``finetune-facts`` command line (defaults where an option is not given)."""
-    from analyses.finetune import FinetuneConfig
-
-    given = {"people": args.people, "templates": args.templates, "epochs": args.epochs, "lr": args.lr,
-             "batch_size": args.batch_size, "n_controls": args.controls, "tracing_facts": args.tracing_facts,
-             "multiple_choice": args.multiple_choice}
-    return FinetuneConfig(model=args.model, trainable_blocks=args.trainable_blocks,
-                   lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                   lora_targets=None if args.lora_targets is None else tuple(args.lora_targets),
-                   mitigation=args.mitigation, seed=args.seed,
-                   groups=None if args.groups is None else tuple(args.groups),
-                   facts=None if args.facts is None else str(args.facts),
-                   templates_file=None if args.templates_file is None else str(args.templates_file),
-                   device=args.device,
-                   **{name: value for name, value in given.items() if value is not None})
-
-
 def _finetune_facts(args: argparse.Namespace) -> int:
     from analyses.finetune import finetune_facts, format_summary
 
-    config = _finetune_config(args)
+    config = EXPERIMENTS["finetune-facts"].settings(args)
     summary = finetune_facts(args.out, config, progress=not args.quiet)
     print(format_summary(summary))
     print(f"wrote {args.out}/: summary.json questions.csv logits.csv in_context.csv before_*.csv "
@@ -588,7 +571,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         for name in chosen:
             out = args.out / name if args.experiment == "all" else args.out
             experiment = EXPERIMENTS[name]
-            with _run_folder(args, out, f"reproduce {name}"):
+            with _run_folder(args, out, f"reproduce {name}", name):
                 _set_threads(args.threads)
                 summary = experiment.run(out, args, not args.quiet)
             if len(chosen) > 1:
@@ -616,24 +599,27 @@ def _inputs(args: argparse.Namespace) -> dict[str, object]:
     return given
 
 
-def recorded_config(args: argparse.Namespace) -> dict[str, Any]:
+def recorded_config(args: argparse.Namespace, experiment: str | None = None) -> dict[str, Any]:
     """What a run's manifest records of its command line: the options as given (an option left out is None), and
-    for ``finetune-facts`` the :class:`~analyses.finetune.FinetuneConfig` they make (``finetune``), whose defaults a
-    later revlens may change. A sweep counts a trial finished only when its manifest records what the trial's
-    command line makes now (:func:`analyses.sweep.finished`), so a run under other defaults is run again."""
+    for an experiment (``experiment``, by default the command's own) the settings they make, every default filled in
+    (``settings``: :attr:`analyses.experiments.Experiment.settings`), which a later revlens may change. A sweep counts
+    a trial finished only when its manifest records what the trial's command line makes now
+    (:func:`analyses.sweep.finished`), so a run under other defaults is run again."""
     from dataclasses import asdict
 
     config = {k: v for k, v in vars(args).items() if k not in ("quiet", "debug", "force", "argv")}
-    if args.command == "finetune-facts":
-        config["finetune"] = asdict(_finetune_config(args))
+    name = experiment or (args.command if args.command != "reproduce" else args.experiment)
+    if name in EXPERIMENTS:
+        config["settings"] = asdict(EXPERIMENTS[name].settings(args))
     return config
 
 
-def _run_folder(args: argparse.Namespace, out: Path, kind: str):
-    """:func:`analyses.runfolder.run_folder` for this command's ``out``."""
+def _run_folder(args: argparse.Namespace, out: Path, kind: str, experiment: str | None = None):
+    """:func:`analyses.runfolder.run_folder` for this command's ``out`` (one of ``reproduce all``'s: ``experiment``'s)."""
     from analyses.runfolder import run_folder
 
-    return run_folder(out, kind, config=recorded_config(args), inputs=_inputs(args), force=args.force,
+    return run_folder(out, kind, config=lambda: recorded_config(args, experiment), inputs=_inputs(args),
+                      force=args.force,
                       resume=bool(getattr(args, "resume", False)), command=shlex.join(["revlens", *args.argv]))
 
 
@@ -686,7 +672,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
         if args.facts is not None and args.people is not None:
             raise ValueError(f"--people with --facts: --people sizes the built-in people world, so it would be "
                              f"ignored ({args.facts} holds the facts); leave it out")
-        config = _finetune_config(args)
+        config = EXPERIMENTS["finetune-facts"].settings(args)
         questions = read_questions(config)  # the facts and templates, read whole before the folder is touched
         draw_controls(questions, config.n_controls, config.seed)  # --controls above what the facts hold
         check_model_options(config)  # --trainable-blocks, --lora-targets against the model's config.json

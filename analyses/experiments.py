@@ -105,6 +105,8 @@ class Experiment:
     option of an experiment whose run trains several consecutive seeds from ``--seed`` (the identity
     bridge's ``--n-seeds``): a sweep spaces its trials' seeds that far apart, so no seed trains twice.
     ``check(args)``: refuses, before the run folder is touched, options the run would fail on only after training.
+    ``settings(args)``: the dataclass of settings the run is built from, every default filled in; the run's
+    manifest records it whole, so a run made under other defaults (a later revlens's) is never taken for this one.
     """
 
     name: str
@@ -123,6 +125,7 @@ class Experiment:
     cpu_seconds: float = 0.0
     seeds_option: str = ""
     check: Callable[[argparse.Namespace], None] | None = None
+    settings: Callable[[argparse.Namespace], Any] | None = None
 
     def seeds_per_run(self, options: Mapping[str, Any]) -> int:
         """How many consecutive seeds, ``--seed`` on, one run trains: the value of :attr:`seeds_option` in
@@ -189,6 +192,80 @@ def check_chain(args: argparse.Namespace) -> None:
         raise ValueError(f"--heldout {args.heldout}: must be below --triples {args.triples} (the rest train x ⇝ z)")
 
 
+def bilinear_config(args: argparse.Namespace):
+    from analyses.bilinear import BilinearConfig
+
+    defaults = BilinearConfig()
+    return BilinearConfig(dims=tuple(getattr(args, "dims", defaults.dims)), steps=getattr(args, "steps", defaults.steps),
+                          lr=getattr(args, "lr", defaults.lr), seed=args.seed)
+
+
+def chain_config(args: argparse.Namespace):
+    from analyses.paper import ChainConfig
+
+    return ChainConfig(seed=args.seed, n_triples=getattr(args, "triples", ChainConfig.n_triples),
+                       n_heldout=getattr(args, "heldout", None), related=bool(getattr(args, "related", False)))
+
+
+def in_context_config(args: argparse.Namespace):
+    from analyses.paper import InContextConfig
+
+    return InContextConfig(seed=args.seed)
+
+
+def multi_token_config(args: argparse.Namespace):
+    from analyses.paper import MultiTokenConfig
+    from analyses.reproduce import ReversalConfig
+
+    return MultiTokenConfig(reversal=ReversalConfig(seed=args.seed))
+
+
+def positional_config(args: argparse.Namespace):
+    from analyses.paper import PositionalConfig
+    from analyses.reproduce import ReversalConfig
+
+    return PositionalConfig(reversal=ReversalConfig(seed=args.seed))
+
+
+def embeddings_config(args: argparse.Namespace):
+    from analyses.paper import EmbeddingConfig
+
+    return EmbeddingConfig(seed=args.seed)
+
+
+def dynamics_config(args: argparse.Namespace):
+    from analyses.dynamics import DynamicsConfig
+    from analyses.reproduce import ReversalConfig
+
+    return DynamicsConfig(run=ReversalConfig(seed=args.seed))
+
+
+def mitigations_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from analyses.mitigations import MitigationConfig
+
+    config = MitigationConfig()
+    return replace(config, run=replace(config.run, seed=args.seed))
+
+
+def finetune_config(args: argparse.Namespace):
+    """The ``FinetuneConfig`` of a ``finetune-facts`` command line (defaults where an option is not given)."""
+    from analyses.finetune import FinetuneConfig
+
+    given = {"people": args.people, "templates": args.templates, "epochs": args.epochs, "lr": args.lr,
+             "batch_size": args.batch_size, "n_controls": args.controls, "tracing_facts": args.tracing_facts,
+             "multiple_choice": args.multiple_choice}
+    return FinetuneConfig(model=args.model, trainable_blocks=args.trainable_blocks,
+                          lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                          lora_targets=None if args.lora_targets is None else tuple(args.lora_targets),
+                          mitigation=args.mitigation, seed=args.seed,
+                          groups=None if args.groups is None else tuple(args.groups),
+                          facts=None if args.facts is None else str(args.facts),
+                          templates_file=None if args.templates_file is None else str(args.templates_file),
+                          device=args.device, **{name: value for name, value in given.items() if value is not None})
+
+
 def _reversal(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
     from analyses.reproduce import reproduce_reversal
 
@@ -197,73 +274,35 @@ def _reversal(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, 
 
 
 def _bilinear(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
-    from analyses.bilinear import BilinearConfig, reproduce_bilinear
+    from analyses.bilinear import reproduce_bilinear
 
-    defaults = BilinearConfig()
-    config = BilinearConfig(dims=tuple(getattr(args, "dims", defaults.dims)), steps=getattr(args, "steps", defaults.steps),
-                            lr=getattr(args, "lr", defaults.lr), seed=args.seed)
-    return reproduce_bilinear(out, config, progress=progress)
-
-
-def _chain(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
-    from analyses import paper
-
-    defaults = paper.ChainConfig()
-    return paper.reproduce_chain(out, paper.ChainConfig(
-        seed=args.seed, n_triples=getattr(args, "triples", defaults.n_triples),
-        n_heldout=getattr(args, "heldout", None), related=bool(getattr(args, "related", False))), progress)
-
-
-def _in_context(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
-    from analyses import paper
-
-    return paper.reproduce_in_context(out, paper.InContextConfig(seed=args.seed), progress)
-
-
-def _multi_token(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
-    from analyses import paper
-    from analyses.reproduce import ReversalConfig
-
-    return paper.reproduce_multi_token(out, paper.MultiTokenConfig(reversal=ReversalConfig(seed=args.seed)), progress)
-
-
-def _positional(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
-    from analyses import paper
-    from analyses.reproduce import ReversalConfig
-
-    return paper.reproduce_positional(out, paper.PositionalConfig(reversal=ReversalConfig(seed=args.seed)), progress)
-
-
-def _embeddings(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
-    from analyses import paper
-
-    return paper.reproduce_embeddings(out, paper.EmbeddingConfig(seed=args.seed), progress)
-
-
-def _dynamics(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
-    from analyses import dynamics
-    from analyses.reproduce import ReversalConfig
-
-    return dynamics.reproduce_dynamics(out, dynamics.DynamicsConfig(run=ReversalConfig(seed=args.seed)), progress)
+    return reproduce_bilinear(out, bilinear_config(args), progress=progress)
 
 
 def _mitigations(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
-    from dataclasses import replace
+    from analyses.mitigations import reproduce_mitigations
 
-    from analyses import mitigations
-
-    config = mitigations.MitigationConfig()
-    config = replace(config, run=replace(config.run, seed=args.seed))
-    return mitigations.reproduce_mitigations(out, config, progress, getattr(args, "finetuned", None) or [])
+    return reproduce_mitigations(out, mitigations_config(args), progress, getattr(args, "finetuned", None) or [])
 
 
-def _module_runner(target: str) -> Callable[[Path, argparse.Namespace, bool], dict[str, Any]]:
-    """The runner ``run(out, args, progress)`` of ``"module:function"``, imported when called
-    (an experiment kept in its own module brings its runner along)."""
+def _imported(target: str) -> Callable[..., Any]:
+    """The function ``"module:function"``, imported when called (an experiment kept in its own module brings its
+    settings and runner along, and ``revlens --help`` imports neither)."""
     module, name = target.split(":")
 
+    def call(*args: Any) -> Any:
+        return getattr(import_module(module), name)(*args)
+
+    return call
+
+
+def _runner(settings: Callable[[argparse.Namespace], Any], target: str
+            ) -> Callable[[Path, argparse.Namespace, bool], dict[str, Any]]:
+    """The runner ``run(out, args, progress)`` calling ``"module:function"(out, settings(args), progress)``."""
+    reproduce = _imported(target)
+
     def run(out: Path, args: argparse.Namespace, progress: bool) -> dict[str, Any]:
-        return getattr(import_module(module), name)(out, args, progress)
+        return reproduce(out, settings(args), progress)
 
     return run
 
@@ -304,16 +343,22 @@ TRACING_CAPTION = ("Causal tracing (Meng et al. 2022): the given entity's token 
                    "title")
 
 
-def _reproduce(name: str, help_text: str, formatter: str, headline: tuple[str, ...], run,
+def _reproduce(name: str, help_text: str, formatter: str, headline: tuple[str, ...],
+               settings: Callable[[argparse.Namespace], Any], run: Callable[[Path, argparse.Namespace, bool], Any] | str,
                options: tuple[Option, ...] = (), resumable: bool = False, **report: Any) -> Experiment:
-    """A ``reproduce NAME`` experiment; ``report``: its ``title``, ``prediction``, ``files``, ``captions``."""
-    return Experiment(name, ("reproduce", name), help_text, formatter, headline, options, run, resumable, **report)
+    """A ``reproduce NAME`` experiment built from ``settings(args)``; ``run``: its runner, or ``"module:function"``
+    of ``(out, settings, progress) → summary``; ``report``: its ``title``, ``prediction``, ``files``,
+    ``captions``."""
+    if isinstance(run, str):
+        run = _runner(settings, run)
+    return Experiment(name, ("reproduce", name), help_text, formatter, headline, options, run, resumable,
+                      settings=settings, **report)
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "reversal", "token-level reversal task: train A→B, test B→A (the default demo)",
-        "analyses.reproduce:format_summary", REVERSAL_HEADLINE, _reversal, REVERSAL_OPTIONS, resumable=True,
+        "analyses.reproduce:format_summary", REVERSAL_HEADLINE, reversal_config, _reversal, REVERSAL_OPTIONS, resumable=True,
         cpu_seconds=5, check=check_reversal,
         title="Reversal curse on the token world",
         prediction="Zhu et al. §4: trained sentences reach p > 0.99, while the held-out reverse direction stays at "
@@ -321,7 +366,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         files=("curves.png", "heatmap.png", "logits.csv")),
     _reproduce(
         "bilinear", "the bilinear model against Theorem 1, for several d", "analyses.bilinear:format_bilinear",
-        ("per_d.*.epsilon_hat", "per_d.*.final_reverse_loss_ratio", "per_d.*.theta_asymmetry"), _bilinear, (
+        ("per_d.*.epsilon_hat", "per_d.*.final_reverse_loss_ratio", "per_d.*.theta_asymmetry"), bilinear_config, _bilinear, (
             Option("--dims", {**_N, "nargs": "+", "default": [64, 128, 256, 512]}),
             Option("--steps", {**_N, "default": 400}),
             Option("--lr", {"type": positive_float, "default": 100.0,
@@ -341,7 +386,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                           "diagonal."}),
     _reproduce(
         "chain", "chain-of-thought intransitivity: A→B, B→C trained, A⇝C held out", "analyses.paper:format_chain",
-        ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "two_step_accuracy"), _chain, (
+        ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "two_step_accuracy"), chain_config, "analyses.paper:reproduce_chain", (
             Option("--triples", {**_N, "default": 200, "help": "(x, y, z) triples (default 200)"}),
             Option("--heldout", {**_N, "default": None,
                                  "help": "triples with x ⇝ z held out (default 30%%); the rest train it"}),
@@ -365,7 +410,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "in-context", "reversal with the fact in the prompt (no curse), against a one-partner control",
         "analyses.paper:format_in_context",
-        ("train_prob", "heldout_reverse_accuracy", "control.heldout_reverse_accuracy"), _in_context,
+        ("train_prob", "heldout_reverse_accuracy", "control.heldout_reverse_accuracy"), in_context_config,
+        "analyses.paper:reproduce_in_context",
         cpu_seconds=8,
         title="Reversal in context",
         prediction="Zhu et al. §4: with the fact in the prompt there is no curse, the held-out reverse is copied from "
@@ -377,7 +423,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                           "context (held-out rises), the control memorises pairs (held-out stays at or below chance)."}),
     _reproduce(
         "multi-token", "the reversal task with k = 2 and 3 tokens per entity", "analyses.paper:format_multi_token",
-        RUNS_HEADLINE, _multi_token,
+        RUNS_HEADLINE, multi_token_config, "analyses.paper:reproduce_multi_token",
         cpu_seconds=27,
         title="Reversal with multi-token entities",
         prediction="Zhu et al. §4: the curse holds for k = 2, 3 tokens per entity: trained p > 0.99, held-out reverse "
@@ -385,7 +431,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         files=("comparison.png",)),
     _reproduce(
         "positional", "the reversal task with absolute, rotary and no positional encodings",
-        "analyses.paper:format_positional", RUNS_HEADLINE, _positional,
+        "analyses.paper:format_positional", RUNS_HEADLINE, positional_config, "analyses.paper:reproduce_positional",
         cpu_seconds=14,
         title="Reversal with each positional encoding",
         prediction="Zhu et al. §4: the curse does not depend on the positional encoding (absolute, rotary, none).",
@@ -393,7 +439,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce(
         "embeddings", "cosine similarity of the embeddings of paired entities (no structure)",
         "analyses.paper:format_embeddings",
-        ("train_prob", "heldout_reverse_logprob", "paired_mean", "unpaired_mean"), _embeddings,
+        ("train_prob", "heldout_reverse_logprob", "paired_mean", "unpaired_mean"), embeddings_config,
+        "analyses.paper:reproduce_embeddings",
         cpu_seconds=4,
         title="Embedding similarity of paired entities",
         prediction="Zhu et al. §4: training leaves no pairing structure in the embeddings: cos(W_E[A_i], W_E[B_i]) "
@@ -404,7 +451,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                            "Paper: the two distributions overlap: no pairing structure."}),
     _reproduce(
         "dynamics", "OV (Y) and QK (Z) entries of the facts over training, one-layer and tiny models",
-        "analyses.dynamics:format_dynamics", ("final.*.train_prob", "final.*.heldout_accuracy"), _dynamics,
+        "analyses.dynamics:format_dynamics", ("final.*.train_prob", "final.*.heldout_accuracy"), dynamics_config,
+        "analyses.dynamics:reproduce_dynamics",
         cpu_seconds=10,
         title="Effective weights over training",
         prediction="Zhu et al. §4: a gradient step on A → B raises the OV entry Y[A, B] and leaves Y[B, A] where it "
@@ -416,7 +464,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                             "held-out ones."}),
     _reproduce(
         "mitigations", "augmentation, reverse training, in-context restatement and the Identity Bridge against the baseline",
-        "analyses.mitigations:format_mitigations", ("rows.*.heldout_accuracy",), _mitigations, (FINETUNED_OPTION,),
+        "analyses.mitigations:format_mitigations", ("rows.*.heldout_accuracy",), mitigations_config, _mitigations,
+        (FINETUNED_OPTION,),
         cpu_seconds=51,
         title="Mitigations on the held-out reverse",
         prediction="Only a reverse the model is given buys reverse accuracy back: trained (the restated pairs of "
@@ -434,7 +483,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce("identity-bridge", "Ma et al. 2026's Identity Bridge ('A → A' added): held-out reverse and OV Y[B,A] "
                "with vs without, one-layer and tiny, over seeds", "analyses.identity_bridge:format_identity_bridge",
                ("by_model.*.*.heldout_accuracy.mean", "by_model.*.*.z_heldout.mean"),
-               _module_runner("analyses.identity_bridge:run_from_args"), (
+               _imported("analyses.identity_bridge:config_from_args"),
+               "analyses.identity_bridge:reproduce_identity_bridge", (
                    Option("--n-seeds", {**_N, "default": 3, "help": "seeds SEED … SEED+N−1 (default 3)"}),
                    Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"})), in_all=False,
                cpu_seconds=50, seeds_option="--n-seeds", title="The Identity Bridge on the token world",
@@ -445,7 +495,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _reproduce("zhu-settings", "Zhu et al.'s other flags on the reversal run: loss on the whole sequence, frozen "
                "embeddings, depth 1/2/4/8", "analyses.zhu_settings:format_zhu_settings",
                ("settings.*.heldout_reverse_logprob", "settings.*.ov_z_heldout"),
-               _module_runner("analyses.zhu_settings:run_from_args"), (
+               _imported("analyses.zhu_settings:config_from_args"),
+               "analyses.zhu_settings:reproduce_zhu_settings", (
                    Option("--steps", {**_N, "default": 80, "help": "training steps (default 80)"}),
                    Option("--depths", {**_N, "nargs": "+", "default": [1, 2, 4, 8]})), in_all=False,
                cpu_seconds=40, title="Zhu et al.'s other settings",
@@ -454,7 +505,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                files=("zhu_settings.png",)),
     _reproduce("chain-sizes", "Zhu et al.'s related-token chain over num_train 10…500: held-out x ⇝ z and OV Y[x,z]",
                "analyses.chain_sizes:format_chain_sizes", ("sizes.*.heldout_logprob", "sizes.*.ov_z_heldout"),
-               _module_runner("analyses.chain_sizes:run_from_args"), (
+               _imported("analyses.chain_sizes:config_from_args"),
+               "analyses.chain_sizes:reproduce_chain_sizes", (
                    Option("--steps", {**_N, "default": 60, "help": "training steps (default 60)"}),
                    Option("--sizes", {**_N, "nargs": "+", "default": [10, 20, 50, 100, 200, 500]})), in_all=False,
                cpu_seconds=35, title="Related-token chain across training-set sizes",
@@ -465,7 +517,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         "finetune-facts", ("finetune-facts",),
         "fine-tune a pretrained LLM on fictitious people or your own facts, test both ways",
         "analyses.finetune:format_summary", ("groups.*.*.after.margin.mean", "groups.*.*.after.top1"),
-        title="A pretrained LLM fine-tuned on new facts",
+        settings=finetune_config, title="A pretrained LLM fine-tuned on new facts",
         prediction="Berglund et al. 2023, experiment 1: fine-tuned on \"<name> is <description>\" (group p2d), the "
                    "model completes the description from the name, also in paraphrases it never saw, but gains nothing "
                    "on the name from the description (margin gain ≈ 0); trained description → name (d2p), the same "

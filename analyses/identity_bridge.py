@@ -115,12 +115,11 @@ def reproduce_identity_bridge(out: str | Path, config: IdentityBridgeConfig = Id
     return summary
 
 
-def run_from_args(out: Path, args, progress: bool) -> dict[str, Any]:
-    """``revlens reproduce identity-bridge``: ``--seed``, ``--n-seeds``, ``--steps``."""
+def config_from_args(args) -> IdentityBridgeConfig:
+    """The settings of ``revlens reproduce identity-bridge``: ``--seed``, ``--n-seeds``, ``--steps``."""
     defaults = IdentityBridgeConfig()
     run = replace(defaults.run, seed=args.seed, steps=getattr(args, "steps", defaults.run.steps))
-    return reproduce_identity_bridge(out, replace(defaults, run=run, seeds=getattr(args, "n_seeds", defaults.seeds)),
-                                     progress)
+    return replace(defaults, run=run, seeds=getattr(args, "n_seeds", defaults.seeds))
 
 
 def identity_bridge_bars(rows: list[dict[str, Any]]):

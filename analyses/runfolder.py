@@ -35,7 +35,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from facts.io import file_sha256 as sha256
 from facts.io import remove_stale_temporaries, write_text_atomic
@@ -139,13 +139,16 @@ def _describe(manifest: Mapping[str, Any]) -> str:
 
 
 @contextmanager
-def run_folder(out: str | os.PathLike[str], kind: str, config: Mapping[str, Any] | None = None,
+def run_folder(out: str | os.PathLike[str], kind: str,
+               config: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
                inputs: Mapping[str, str | os.PathLike[str]] | None = None, force: bool = False,
                resume: bool = False, command: str | None = None) -> Iterator[Path]:
     """Write one run into ``out`` (see the module docstring); yields the folder.
 
-    ``kind`` names what runs here (``"reproduce reversal"``, ``"probe"``); ``inputs`` are files or
-    run folders whose hashes the manifest records; ``resume`` keeps the old run's files.
+    ``kind`` names what runs here (``"reproduce reversal"``, ``"probe"``); ``config``: what the manifest records of
+    the run's settings, or a function that makes it, called once the folder is locked (a command's settings may
+    import torch: a refusal of the lock answers before that); ``inputs`` are files or run folders whose hashes the
+    manifest records; ``resume`` keeps the old run's files.
     """
     out = Path(out)
     check_out_path(out)
@@ -179,6 +182,8 @@ def run_folder(out: str | os.PathLike[str], kind: str, config: Mapping[str, Any]
                                  f"earlier revlens); resuming it would mix two runs' batches; rerun without --resume")
         if not resume:
             _refuse_deleted_inputs(out, inputs or {}, set(known) - set(kept))
+        if callable(config):
+            config = config()
         run_id = uuid.uuid4().hex
         header = {"format": FORMAT, "draws": RANDOM_DRAWS, "run_id": run_id, "kind": kind,
                   "command": command or _command(), "config": _jsonable(config or {}),

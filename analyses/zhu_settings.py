@@ -87,12 +87,11 @@ def reproduce_zhu_settings(out: str | Path, config: ZhuSettingsConfig = ZhuSetti
     return summary
 
 
-def run_from_args(out: Path, args, progress: bool) -> dict[str, Any]:
-    """``revlens reproduce zhu-settings``: ``--seed``, ``--steps``, ``--depths``."""
+def config_from_args(args) -> ZhuSettingsConfig:
+    """The settings of ``revlens reproduce zhu-settings``: ``--seed``, ``--steps``, ``--depths``."""
     defaults = ZhuSettingsConfig()
     run = replace(defaults.run, seed=args.seed, steps=getattr(args, "steps", defaults.run.steps))
-    return reproduce_zhu_settings(out, ZhuSettingsConfig(run=run, depths=tuple(getattr(args, "depths", DEPTHS))),
-                                  progress)
+    return ZhuSettingsConfig(run=run, depths=tuple(getattr(args, "depths", DEPTHS)))
 
 
 def settings_figure(rows: dict[str, dict[str, Any]], run: ReversalConfig):

@@ -165,29 +165,30 @@ def test_the_default_run_is_the_core_and_ranks_each_answer_among_all_people(tmp_
     """The command line without options is ``FinetuneConfig()`` (the defaults live in one place): 16 people,
     each question's answer against every other answer of its kind (15 controls: a rank among all 16), and
     neither tracing nor multiple choice unless asked; asking for them reaches the config."""
-    from analyses.cli import _finetune_config, build_parser
+    from analyses.cli import build_parser
+    from analyses.experiments import finetune_config
     from analyses.finetune import draw_controls, read_questions
 
     parse = build_parser().parse_args
-    config = _finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out")]))
+    config = finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out")]))
     assert config == FinetuneConfig() and (config.tracing_facts, config.multiple_choice) == (0, 0)
     questions = read_questions(config)
     pools = questions.pool_answers()
     for question, controls in zip(questions.questions, draw_controls(questions, config.n_controls, config.seed)):
         assert sorted(c.strip() for c in [question.completion, *controls]) == sorted(pools[question.pool])
     assert {len(pool) for pool in pools.values()} == {16}
-    asked = _finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--tracing-facts", "2",
+    asked = finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--tracing-facts", "2",
                                     "--multiple-choice", "4"]))
     assert (asked.tracing_facts, asked.multiple_choice) == (2, 4)
     # fewer people: still every other answer (15 controls of 10 people had been refused); more: still 15
     for people, n_controls in ((10, 9), (2, 1), (30, 15)):
-        fewer = _finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--people", str(people)]))
+        fewer = finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--people", str(people)]))
         assert fewer.n_controls == n_controls
         questions = read_questions(fewer)
         drawn = draw_controls(questions, fewer.n_controls, fewer.seed)
         assert all(len(controls) == n_controls for controls in drawn)
     with pytest.raises(ValueError, match=r"n_controls \(12\) must be below the number of people \(10\)"):
-        _finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--people", "10", "--controls", "12"]))
+        finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--people", "10", "--controls", "12"]))
 
 
 def test_builtin_training_pairs_are_the_training_sentences(smollm2_tokenizer):

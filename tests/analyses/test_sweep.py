@@ -434,12 +434,12 @@ def test_a_trial_run_under_other_defaults_is_run_again(tmp_path, monkeypatch):
     sweep, trial, folder = one_finished_trial(tmp_path, "finetune-facts", ["epochs=1"], "finetune-facts",
                                               {"experiment": "finetune-facts", "margin": 1.0})
     expected = expected_config(sweep.experiment, trial, folder)
-    assert expected["finetune"] == json.loads(json.dumps(asdict(finetune.FinetuneConfig(epochs=1))))
-    assert expected["finetune"]["people"] == 16 and expected["finetune"]["n_controls"] == 15
+    assert expected["settings"] == json.loads(json.dumps(asdict(finetune.FinetuneConfig(epochs=1))))
+    assert expected["settings"]["people"] == 16 and expected["settings"]["n_controls"] == 15
     assert finished(folder, expected)
     manifest = json.loads((folder / MANIFEST).read_text())
     (folder / MANIFEST).write_text(json.dumps({**manifest, "config": {  # as written before: the options alone
-        k: v for k, v in manifest["config"].items() if k != "finetune"}}))
+        k: v for k, v in manifest["config"].items() if k != "settings"}}))
     assert not finished(folder, expected)
     (folder / MANIFEST).write_text(json.dumps(manifest))
     monkeypatch.setattr(finetune, "CONTROLS", 12)  # a later revlens with another default
@@ -447,6 +447,40 @@ def test_a_trial_run_under_other_defaults_is_run_again(tmp_path, monkeypatch):
     refused = make_sweep("finetune-facts", "0", ["people=10", "controls=15"])
     assert expected_config(refused.experiment, refused.trials()[0], folder) is None
     assert not finished(folder, None)
+
+
+def test_a_reproduce_trial_run_under_other_dataclass_defaults_is_run_again(tmp_path, monkeypatch):
+    """A reproduce experiment's settings that no option sets (the chain's 60 steps) live in its config dataclass,
+    and the manifest recorded only the options: a later revlens training 30 steps would have counted a 60-step
+    trial as finished and averaged the two. Every experiment's manifest records the settings its command line
+    makes (``reproduce all`` too, each experiment's own), and the sweep compares them."""
+    from dataclasses import asdict, dataclass
+
+    from analyses import paper
+    from analyses.cli import build_parser, recorded_config
+    from analyses.experiments import EXPERIMENTS, REPRODUCE
+    from analyses.sweep import expected_config, finished
+
+    sweep, trial, folder = one_finished_trial(tmp_path, "chain", ["triples=20"], "reproduce chain",
+                                              {"experiment": "chain", "train_prob": 0.5})
+    expected = expected_config(sweep.experiment, trial, folder)
+    assert expected["settings"] == json.loads(json.dumps(asdict(paper.ChainConfig(n_triples=20))))
+    assert finished(folder, expected)
+
+    @dataclass(frozen=True)
+    class ShorterChain(paper.ChainConfig):  # a later revlens with another default
+        steps: int = 30
+
+    monkeypatch.setattr(paper, "ChainConfig", ShorterChain)
+    assert expected_config(sweep.experiment, trial, folder)["settings"]["steps"] == 30
+    assert not finished(folder, expected_config(sweep.experiment, trial, folder))
+    monkeypatch.undo()
+    every = build_parser().parse_args(["reproduce", "all", "--out", str(tmp_path / "all"), "--seed", "4"])
+    for name in REPRODUCE:
+        own = build_parser().parse_args(["reproduce", name, "--out", str(tmp_path / name), "--seed", "4"])
+        assert recorded_config(every, name)["settings"] == recorded_config(own)["settings"] == asdict(
+            EXPERIMENTS[name].settings(own)), name
+    assert "settings" not in recorded_config(every)
 
 
 def test_a_trial_whose_random_draws_were_made_otherwise_is_run_again_and_never_resumed(tmp_path):

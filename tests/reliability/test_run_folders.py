@@ -383,23 +383,43 @@ def test_two_revlens_processes_on_one_out_one_run_and_one_refusal(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-    def start(seed: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "analyses.cli", "reproduce", "reversal", "--out", str(out),
-                                 "--seed", str(seed), "--steps", "60", "--pairs", "20", "--eval-every", "10",
-                                 "--checkpoint-every", "1", "--quiet"],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def argv(seed: int) -> list[str]:
+        return ["reproduce", "reversal", "--out", str(out), "--seed", str(seed), "--steps", "60", "--pairs", "20",
+                "--eval-every", "10", "--checkpoint-every", "1", "--quiet"]
 
-    first = start(0)
+    # The second has imported torch and revlens before the first starts, and runs `revlens` when told: on a slow
+    # machine its imports outlasted the first's whole run, and it found the folder free.
+    second = subprocess.Popen([sys.executable, "-c", "import sys, torch, analyses.cli; print('ready', flush=True); "
+                               "sys.stdin.readline(); sys.exit(analyses.cli.main(sys.argv[1:]))", *argv(1)],
+                              cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    assert second.stdout.readline() == "ready\n", second.communicate()
+    first = subprocess.Popen([sys.executable, "-m", "analyses.cli", *argv(0)], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list((out / "checkpoints").glob("step-*.json")):  # the first is writing: it holds the lock
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.01)
-    second = start(1)
-    _, err = second.communicate(timeout=120)
+    _, err = second.communicate("go\n", timeout=120)
     assert second.returncode == 2 and "another revlens process is writing this folder" in one_error_line(err)
     assert first.wait(timeout=300) == 0, first.communicate()
     manifest = check_run(out)
     assert manifest["complete"] and json.loads((out / "summary.json").read_text())["config"]["seed"] == 0
+
+
+def test_a_folder_another_process_holds_is_refused_before_torch_is_imported(tmp_path):
+    """The lock is taken before the run's settings are made (they import torch and TransformerLens, seconds on a
+    slow machine): a command refused because another revlens writes its folder answers at once."""
+    from analyses.runfolder import locked
+
+    out = tmp_path / "run"
+    code = ("import sys, analyses.cli; code = analyses.cli.main(['reproduce', 'reversal', '--out', sys.argv[1], "
+            "'--quiet']); print(code, 'torch' in sys.modules)")
+    with locked(out):
+        done = subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+    assert "another revlens process is writing this folder" in one_error_line(done.stderr)
 
 
 # --- refused before the folder is touched --------------------------------------------------------
