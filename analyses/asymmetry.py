@@ -307,9 +307,9 @@ def check_asymmetry(
     """Ask a pretrained model every celebrity pair both ways; write the results into ``out``.
 
     ``model_name_or_path``: anything :func:`models.pretrained.load` takes (loaded on ``backend``
-    and ``device``; the bridge by default, which scores by trie, :func:`probes.shared_prompt.scores_by_tree`:
-    ~1.3-1.5× faster than the hooked model's prefix cache and lighter to load, the same log-probabilities
-    within 1e-4), or a model already loaded (e.g. just fine-tuned; its own tokenizer is used
+    and ``device``; the bridge by default; both backends score each question and its answers' trie in one pass,
+    :func:`probes.shared_prompt.scores_by_tree`, the bridge several questions a pass, ~1.1-1.2× faster than the
+    hooked model and lighter to load, the same log-probabilities within 1e-4), or a model already loaded (e.g. just fine-tuned; its own tokenizer is used
     and ``backend``/``device`` are ignored). ``data``: the parent/child CSV (default:
     :func:`facts.celebrity.celebrity_csv_path`). ``limit``: only the first N pairs (controls still
     come from all pairs). ``n_controls``: K wrong answers per question. ``templates``:

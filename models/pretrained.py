@@ -350,7 +350,7 @@ def load_hf(
     Every call returns new objects the caller may fine-tune or modify. Reading and
     dequantising a GGUF file is slow (6.3 s for SmolLM2, 26.5 s for Gemma 3 270M on one 2 GHz core;
     1.0 and 4.9 s from the read kept on disk, :mod:`models.gguf_cache`), so ``load_hf`` also keeps
-    the model it read per process (keyed by path, size and modification time; one copy of the
+    the model it read per process (keyed by path, inode, size, and modification and change times; one copy of the
     weights stays in memory) and hands out deep copies (0.5-2 s); :func:`load` uses that copy when
     present but never adds one (a command loading one model keeps one copy of its weights; so does
     ``keep=False``, for a command that reads the model once). Hugging Face folders are read anew
