@@ -1,7 +1,8 @@
 """`revlens reproduce all`, experiment by experiment: wall and CPU seconds of each, in one process.
 
-Each experiment runs as ``revlens reproduce NAME --out DIR/NAME --seed S --quiet`` through
-:func:`analyses.cli.main` in this process (torch on one thread), so the first one also pays the
+Each experiment ``reproduce all`` runs (:data:`analyses.experiments.REPRODUCE_ALL`, or those ``--only`` names)
+runs as ``revlens reproduce NAME --out DIR/NAME --seed S --quiet --threads 1`` through
+:func:`analyses.cli.main` in this process (torch on one thread, whatever ``OMP_NUM_THREADS`` says), so the first one also pays the
 imports (printed apart: the cost of importing torch, TransformerLens and the toolkit before the
 first experiment). CPU seconds (``time.process_time``: user + system of this process) do not
 depend on what else the machine runs; wall seconds do, so the load average is printed beside them.
@@ -41,7 +42,7 @@ def run(seed: int, only: list[str] | None) -> dict:
 
     torch.set_num_threads(1)
     from analyses.cli import main
-    from analyses.experiments import EXPERIMENTS, REPRODUCE
+    from analyses.experiments import EXPERIMENTS, REPRODUCE_ALL
     from analyses.sweep import headline, numbers
 
     import models.backend  # noqa: F401  (TransformerLens: imported by the first experiment otherwise)
@@ -50,11 +51,11 @@ def run(seed: int, only: list[str] | None) -> dict:
               "imports": {"wall": time.perf_counter() - began_wall, "cpu": time.process_time() - began_cpu}}
     print(f"imports: {result['imports']['wall']:.1f} s wall, {result['imports']['cpu']:.1f} s CPU; load {load()}")
     with tempfile.TemporaryDirectory() as folder:
-        for name in only or REPRODUCE:
+        for name in only or REPRODUCE_ALL:
             out = Path(folder) / name
             wall, cpu = time.perf_counter(), time.process_time()
             with contextlib.redirect_stdout(io.StringIO()):
-                assert main(["reproduce", name, "--out", str(out), "--seed", str(seed), "--quiet"]) == 0
+                assert main(["reproduce", name, "--out", str(out), "--seed", str(seed), "--quiet", "--threads", "1"]) == 0
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             summary = json.loads((out / "summary.json").read_text())
             found = numbers(summary)
