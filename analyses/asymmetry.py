@@ -5,7 +5,8 @@ Each pair of the celebrity CSV (:func:`facts.celebrity.load_celebrity_pairs`) is
 
 * child → parent (the fact's forward direction), every pair;
 * parent → child (reverse), on each parent's first pair only (a later sibling would be a second
-  right answer to the same question, see :mod:`facts.celebrity`).
+  right answer to the same question, see :mod:`facts.celebrity`), and not where the parent's name begins with
+  the child's ("Robert De Niro Sr."): copying the prompt's name would score as knowing the child.
 
 Prompts are Berglund et al.'s questions by default (``"Q: Who is {child}'s mother?\nA:"`` /
 ``"Q: Name a child of {parent}.\nA:"``); ``templates="completion"`` uses ``"{child}'s mother

@@ -28,6 +28,13 @@ one answer each. How the file's irregularities are handled:
   sibling is one-to-many, as above (the shipped file's Tell Schreiber, mother and father of Pablo and
   father of Liev, is asked once, answer Pablo, and neither child is drawn as a control for the other).
 
+* a name that begins with the other one ("Robert De Niro Sr.", father of "Robert De Niro"; 9 pairs in the
+  shipped file): the question about the longer name, whose answer is the shorter ("Name a child of Robert De
+  Niro Sr."), is not asked (``forward`` or ``reverse`` None). An answer's log-probability sums its own tokens
+  only, so it counts every continuation, the prompt's own name among them: a model that copies the name it is
+  asked about would be scored right. ``meta["answer_in_question"]`` lists their lines; a pair neither of whose
+  questions is asked (a later sibling's whose forward answer begins its name) is left out.
+
 Blank lines are skipped; any other row needs all five fields on one line, non-empty names that
 differ (no one is their own parent), a parent type of mother/father and can_reverse True/False
 (any case), or :class:`FactError` names file:line. Header names must be distinct. A leading
@@ -108,6 +115,13 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
             for line, row in ((line, dict(zip(header, fields))) for line, fields in rows)]
 
 
+def begins_with(name: str, answer: str) -> bool:
+    """Whether ``name`` begins with the whole of ``answer`` and goes on after a word's end: "Robert De Niro Sr."
+    and "Stanley Tucci, Sr." begin with "Robert De Niro" and "Stanley Tucci"; "Anna Lee" does not begin with
+    "Ann"."""
+    return len(name) > len(answer) and name.startswith(answer) and not name[len(answer)].isalnum()
+
+
 def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
     """The parent/child pairs as a held-out fact set (see the module docstring for the rules)."""
     path = celebrity_csv_path(path)
@@ -120,6 +134,7 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
     reverse_answer: dict[str, tuple[str, str, int]] = {}
     duplicates: list[int] = []
     both: list[str] = []
+    in_question: list[int] = []
     for line, row in _read_rows(path):
         child, parent, parent_type = row["child"], row["parent"], row["parent_type"]
         if not child or not parent:
@@ -151,8 +166,15 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
                                 f"reverse question 'Name a child of {parent}.' would have two different answers; "
                                 f"fix the parent type")
             reverse = "heldout" if asked_line == line else None  # asked once, on the parent's first row
+        forward = None if begins_with(child, parent) else "heldout"
+        if begins_with(parent, child):
+            reverse = None
+        if begins_with(child, parent) or begins_with(parent, child):
+            in_question.append(line)
+            if forward is None and reverse is None:
+                continue
         try:
-            facts.append(Fact(child, parent_type, parent, f"{parent_type} of", "heldout", reverse, parent_type))
+            facts.append(Fact(child, parent_type, parent, f"{parent_type} of", forward, reverse, parent_type))
         except FactError as error:
             raise FactError(f"{path}:{line}: {error}") from None
         lines.append(line)
@@ -172,6 +194,7 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
         "duplicate_lines": duplicates,
         "one_to_many": one_to_many,
         "mother_and_father": both,
+        "answer_in_question": in_question,
     }
     try:
         return FactSet(tuple(facts), world="celebrity", meta=meta)

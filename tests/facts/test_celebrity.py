@@ -58,7 +58,8 @@ def test_real_file_counts(real):
     assert sum(meta["can_reverse"]) == 494
     assert {f.group for f in real} == {"mother", "father"}
     assert all(f.forward == "heldout" for f in real)
-    assert real.count("heldout") == 1511 + 1511 - 19 - 16  # later siblings; second rows of mother-and-father
+    assert real.count("heldout") == 1511 + 1511 - 19 - 16 - 9  # later siblings; second rows of mother-and-father;
+    # fathers whose name begins with the child's (test_a_question_whose_answer_begins_the_name_asked_about_is_not_asked)
     assert len(meta["one_to_many"]) == 17 and len(meta["mother_and_father"]) == 16
 
 
@@ -215,15 +216,36 @@ def test_one_parent_as_mother_and_father_of_one_child_still_loads(tmp_path, real
     assert len(real) == 1511 and "Tell Schreiber" in real.meta["mother_and_father"]  # the shipped file loads
 
 
+def test_a_question_whose_answer_begins_the_name_asked_about_is_not_asked(tmp_path, real):
+    """log p(" Robert De Niro" | "Name a child of Robert De Niro Sr.") sums the answer's own tokens only, so a model
+    that copies the prompt's name is scored right: the question was asked, and counted, for 9 shipped pairs. The
+    question about the longer name is not asked, either way round; a pair with neither question is left out."""
+    from facts.celebrity import begins_with
+
+    assert begins_with("Robert De Niro Sr.", "Robert De Niro") and begins_with("Stanley Tucci, Sr.", "Stanley Tucci")
+    assert not begins_with("Anna Lee", "Ann") and not begins_with("Ann", "Ann") and not begins_with("Ann", "Ann Lee")
+    path = write_csv(tmp_path / "names.csv", f"{HEADER}\nJo Day,Jo Day Sr.,father,,True\nAl Cole Jr.,Al Cole,father,,True\n"
+                                             f"Bo Ray,Cy Ray,mother,,True\nCy Ray Jr.,Cy Ray,mother,,True\n")
+    facts = load_celebrity_pairs(path)
+    assert [(f.subject, f.forward, f.reverse) for f in facts] == [
+        ("Jo Day", "heldout", None), ("Al Cole Jr.", None, "heldout"), ("Bo Ray", "heldout", "heldout")]
+    assert facts.meta["answer_in_question"] == [2, 3, 5]  # line 5: Cy Ray's later child, neither question asked
+    assert [real.meta["line"][i] for i, f in enumerate(real) if f.object.startswith(f.subject + " ")
+            or f.object.startswith(f.subject + ",")] == real.meta["answer_in_question"] == [
+        192, 512, 903, 1004, 1065, 1243, 1288, 1309, 1463]
+    assert all(real[real.meta["line"].index(line)].reverse is None for line in real.meta["answer_in_question"])
+
+
 @pytest.mark.parametrize("templates", [QUESTION_TEMPLATES, COMPLETION_TEMPLATES], ids=["questions", "completions"])
 def test_no_two_statements_of_the_shipped_file_are_one_prompt_and_answer(real, templates):
     """Every statement asked is asked once: 1,511 forward questions and one reverse per parent (1,511 less the
-    19 later siblings and the 16 second rows of a parent recorded as mother and father: 1,476)."""
+    19 later siblings, the 16 second rows of a parent recorded as mother and father, and the 9 fathers whose name
+    begins with their child's, "Robert De Niro Sr.": 1,467)."""
     from facts.language import render_statement
 
     asked = [(i, d) for i, fact in enumerate(real) for d in ("forward", "reverse") if fact.split(d) is not None]
     rendered = [render_statement(real, i, d, templates) for i, d in asked]
-    assert len({(r.prompt, r.answer) for r in rendered}) == len(asked) == 1511 + 1476
+    assert len({(r.prompt, r.answer) for r in rendered}) == len(asked) == 1511 + 1467
 
 
 def test_a_field_csv_cannot_read_is_named_with_file_and_line(tmp_path):
