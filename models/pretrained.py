@@ -90,7 +90,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 import transformers
@@ -288,13 +288,22 @@ def _package_folder(module: str) -> Path | None:
 
 
 def _concatenate(chunks: list[Path], target: Path) -> None:
-    """Write the chunks one after the other into ``target``, atomically (a temporary file renamed)."""
+    """Write the chunks one after the other into ``target``, atomically: through a temporary file of this call's
+    own, renamed (two processes assembling at once each write their own; they had truncated one shared file under
+    each other, and the first to finish then failed the checksum)."""
+    import tempfile
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    with partial.open("wb") as out:
-        for chunk in chunks:
-            with chunk.open("rb") as part:
-                shutil.copyfileobj(part, out, 1 << 24)
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=target.name + ".", suffix=".partial",
+                                     delete=False) as out:
+        partial = Path(out.name)
+        try:
+            for chunk in chunks:
+                with chunk.open("rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 24)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
     partial.replace(target)
 
 
@@ -694,14 +703,15 @@ def _read_gguf_model(path: Path) -> PreTrainedModel:
     """
     _refuse_unread_gguf_metadata(path)  # before any weight is read
     with _as_load_error(path, "it as a GGUF model (is it a GGUF file of an architecture transformers supports?)"):
-        model = AutoModelForCausalLM.from_pretrained(
+        model = _whole(path, AutoModelForCausalLM.from_pretrained(
             path.parent,
             gguf_file=path.name,
             quantization_config=GgufConfig(dequantize=True),
             dtype=torch.float32,
             attn_implementation="eager",
             local_files_only=True,
-        )
+            output_loading_info=True,
+        ))
     model.config.architectures = [type(model).__name__]
     return refuse_pass_dependent_rope(model, str(path)).eval()
 
@@ -728,10 +738,26 @@ def _refuse_unread_gguf_metadata(path: Path) -> None:
 def _read_hf_folder(folder: Path) -> PreTrainedModel:
     """A Hugging Face model folder as a float32 causal LM with eager attention."""
     with _as_load_error(folder, "it as a causal language model"):
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch.float32, attn_implementation="eager", local_files_only=True
-        )
+        model = _whole(folder, AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, attn_implementation="eager", local_files_only=True, output_loading_info=True
+        ))
     return refuse_pass_dependent_rope(model, str(folder))
+
+
+def _whole(path: Path, loaded: tuple[PreTrainedModel, dict[str, Any]]) -> PreTrainedModel:
+    """The model of ``from_pretrained(..., output_loading_info=True)``, refused (:class:`PretrainedLoadError`) when
+    its files lack a weight it needs: transformers fills such a weight with random values and only logs a
+    warning, and every number read from the model would then be noise. A weight tied to another one (an unembedding
+    tied to the embedding) is not missing."""
+    model, info = loaded
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise PretrainedLoadError(
+            f"{path}: its weights lack {len(missing)} tensor(s) the {type(model).__name__} needs "
+            f"({', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}); transformers would fill them with random "
+            f"values, so no number read from this model would be its own. Is the folder whole, and are its tensors "
+            f"named as transformers names them?")
+    return model
 
 
 @contextlib.contextmanager

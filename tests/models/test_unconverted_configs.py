@@ -390,9 +390,9 @@ def test_a_conversion_that_does_not_fit_is_named(case, smollm2_tokenizer, tmp_pa
     assert _difference(load(folder, backend="bridge", device="cpu"), hf) < TOLERANCE
 
 
-def _write_gguf(path, scaling=None, extra=None):
+def _write_gguf(path, scaling=None, extra=None, leave_out=()):
     """A tiny random Llama GGUF (a character-level BPE tokenizer), with RoPE scaling metadata (``scaling``: type,
-    factor) and ``extra`` tensors (name: array) where given."""
+    factor) and ``extra`` tensors (name: array) where given, without the tensors named in ``leave_out``."""
     import gguf
     import numpy as np
 
@@ -429,7 +429,8 @@ def _write_gguf(path, scaling=None, extra=None):
         for name, shape in (("attn_norm", (d,)), ("attn_q", (d, d)), ("attn_k", (kv * d // heads, d)),
                             ("attn_v", (kv * d // heads, d)), ("attn_output", (d, d)), ("ffn_norm", (d,)),
                             ("ffn_gate", (ff, d)), ("ffn_up", (ff, d)), ("ffn_down", (d, ff))):
-            writer.add_tensor(f"blk.{i}.{name}.weight", weight(*shape) + (1 if len(shape) == 1 else 0))
+            if f"blk.{i}.{name}.weight" not in leave_out:
+                writer.add_tensor(f"blk.{i}.{name}.weight", weight(*shape) + (1 if len(shape) == 1 else 0))
     writer.add_tensor("output_norm.weight", 1 + weight(d))
     for name, array in (extra or {}).items():
         writer.add_tensor(name, array)
@@ -438,6 +439,27 @@ def _write_gguf(path, scaling=None, extra=None):
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def test_a_model_whose_files_lack_a_weight_is_refused_not_filled_with_random_values(tmp_path, monkeypatch,
+                                                                                     smollm2_tokenizer):
+    """transformers fills a weight its files lack with random values and only logs it: a Hugging Face folder
+    without its untied unembedding, or a GGUF without one layer's MLP output, loaded, and every number read from it
+    was noise. Both are refused, naming the tensors; the whole files load (a tied unembedding is not missing)."""
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", "off")
+    folder = save_tiny(tmp_path / "untied", _config("llama", tie_word_embeddings=False), smollm2_tokenizer)
+    assert load_hf(folder, device="cpu", keep=False)[0].lm_head.weight is not None
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k != "lm_head.weight"}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(PretrainedLoadError, match=r"its weights lack 1 tensor\(s\) the LlamaForCausalLM needs "
+                                                  r"\(lm_head.weight\); transformers would fill them with random"):
+        load_hf(folder, device="cpu", keep=False)
+    load_hf(_write_gguf(tmp_path / "whole.gguf"), device="cpu", keep=False)  # no output.weight: tied
+    with pytest.raises(PretrainedLoadError, match=r"lack 1 tensor\(s\).*\(model.layers.1.mlp.down_proj.weight\)"):
+        load_hf(_write_gguf(tmp_path / "holed.gguf", leave_out=("blk.1.ffn_down.weight",)), device="cpu", keep=False)
 
 
 def test_a_gguf_whose_rope_scaling_transformers_drops_is_refused(tmp_path, monkeypatch):
