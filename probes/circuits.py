@@ -56,7 +56,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from facts.schema import FactError, FactSet
-from models.backend import HOOKED_HINT, POST_NORM_ARCHITECTURES, architecture_of, final_norm_centres, is_hooked
+from models.backend import (HOOKED_HINT, POST_NORM_ARCHITECTURES, TL_MAJOR, architecture_of, final_norm_centres,
+                            is_hooked)
 from models.bilinear import BilinearModel
 
 CIRCUITS = ("direct", "ov", "qk")
@@ -190,9 +191,9 @@ def _project(vectors: Float[Tensor, "n d_model"], weights: Float[Tensor, "head d
 def check_circuits_readable(model) -> None:
     """Refuse a model whose norm weights this module cannot read as the scale the norm applies.
 
-    A ``TransformerBridge`` runs Gemma 1/2/3's norms as their Hugging Face modules, which scale by
-    (1 + w) where the stored weight is w (TransformerLens's ``HookedTransformer`` converter adds
-    the 1). TransformerLens 4's bridge says so on each norm (``uses_weight_offset``), and
+    A ``TransformerBridge`` runs Gemma 1/2/3's norms (and VaultGemma's, Nemotron's: :func:`stores_norm_offset`) as
+    their Hugging Face modules, which scale by (1 + w) where the stored weight is w (TransformerLens's
+    ``HookedTransformer`` converter adds the 1). TransformerLens 4's bridge says so on each norm (``uses_weight_offset``), and
     :func:`_norm_scale` reads 1 + w there; 3.9's does not, so every OV and QK entry read from it
     would be wrong (a tiny random Gemma 3, whose w is 0: every entry 0): it is refused, naming the
     backend that reads them. OLMo 2 (and 3) normalise each attention layer's *output* and have no norm
@@ -203,12 +204,27 @@ def check_circuits_readable(model) -> None:
     if isinstance(model, BilinearModel):
         return
     check_circuits_architecture(model.cfg.model_name, architecture)
-    if is_hooked(model) or not architecture.startswith("Gemma"):
+    if is_hooked(model) or not stores_norm_offset(model):
         return
     if not all(getattr(getattr(block, "ln1", None), "uses_weight_offset", False) for block in model.blocks):
         raise ValueError(
             f"{model.cfg.model_name}: a TransformerBridge runs {architecture}'s norms as Hugging Face modules that "
-            f"scale by (1 + w), so its OV/QK circuits cannot be read from the stored weights w; {HOOKED_HINT}")
+            f"scale by (1 + w), so its OV/QK circuits cannot be read from the stored weights w; {HOOKED_HINT} where "
+            f"TransformerLens converts {architecture}"
+            + (", or read it on TransformerLens 4's bridge, whose norms say so" if TL_MAJOR < 4 else ""))
+
+
+ONE_PLUS_W_ARCHITECTURES = ("NemotronForCausalLM",)
+"""Architectures whose norms scale by 1 + w though TransformerLens 3.9's bridge config does not say so (Nemotron's
+``LayerNorm1P``); Gemma 1/2/3, VaultGemma and the others that do say it set ``cfg.rmsnorm_uses_offset``."""
+
+
+def stores_norm_offset(model) -> bool:
+    """Whether a bridge's norms hold w and scale by 1 + w: its config says so (``rmsnorm_uses_offset``: Gemma 1/2/3,
+    VaultGemma, RecurrentGemma, ...), or its architecture is a Gemma or one of :data:`ONE_PLUS_W_ARCHITECTURES`."""
+    architecture = architecture_of(model)
+    return (bool(getattr(model.cfg, "rmsnorm_uses_offset", False)) or architecture.startswith("Gemma")
+            or architecture in ONE_PLUS_W_ARCHITECTURES)
 
 
 def check_circuits_architecture(name: str, architecture: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gguf
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, perturbed, tiny_config
+from tiny_models import ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, VOCAB, perturbed, save_tiny, tiny_config
 
 from analyses.probe import probe
 from facts.celebrity import load_celebrity_pairs
@@ -91,6 +91,29 @@ def test_circuits_of_olmo2_are_refused_on_every_backend(tiny_models):
         with pytest.raises(ValueError, match=r"olmo2: Olmo2ForCausalLM normalises each attention layer's output"
                                              r".*OV/QK circuits would be wrong"):
             check_circuits_readable(model)
+
+
+def test_a_bridge_whose_config_says_its_norms_scale_by_one_plus_w_is_read_so_or_refused(tmp_path, smollm2_tokenizer):
+    """VaultGemma scales by 1 + w like Gemma, but its name does not begin with "Gemma": TransformerLens 3.9's bridge
+    over it was not refused, and every OV/QK entry read w as the scale (an untrained model, w = 0: every entry 0).
+    Its config says so (``rmsnorm_uses_offset``): 3.9's bridge is refused, 4's norms read 1 + w."""
+    import transformers
+
+    from models.pretrained import load
+    from probes.circuits import _norm_scale
+
+    config = transformers.VaultGemmaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                           head_dim=16, max_position_embeddings=128, query_pre_attn_scalar=16)
+    model = load(save_tiny(tmp_path / "vaultgemma", config, smollm2_tokenizer), backend="bridge", device="cpu")
+    if TL_MAJOR < 4:
+        with pytest.raises(ValueError, match=r"vaultgemma: a TransformerBridge runs VaultGemmaForCausalLM's norms as "
+                                             r"Hugging Face modules that scale by \(1 \+ w\)"):
+            check_circuits_readable(model)
+        return
+    check_circuits_readable(model)
+    for block in model.blocks:
+        assert torch.equal(_norm_scale(block.ln1), 1 + block.ln1.original_component.weight.detach())
 
 
 def weightless(tmp_path, kind: str) -> list:
