@@ -150,7 +150,9 @@ def unread_metadata(reader: object) -> list[str]:
     ``value_length`` 256). Fields transformers reads and deliberately ignores (``rope.dimension_count`` of Qwen2
     and Gemma 3) are returned where they differ from that head size (a partial rotary it would not apply). So is
     llama.cpp's ``rope_freqs.weight`` tensor (Llama 3's RoPE scaling, per frequency), which transformers maps to no
-    parameter, unless it is all ones. ``general.*`` and ``tokenizer.*`` fields describe the file and the tokenizer."""
+    parameter, unless it is all ones. ``general.*`` and ``tokenizer.*`` fields describe the file and the tokenizer.
+    A Gemma 2 or 3 whose heads are not 256 wide is returned too: llama.cpp scales its attention by the head size
+    (by d_model/heads for the 27B models), transformers by ``query_pre_attn_scalar``, which it leaves at 256."""
     from transformers.modeling_gguf_pytorch_utils import GGUF_TO_TRANSFORMERS_MAPPING
 
     fields = reader.fields  # type: ignore[attr-defined]
@@ -189,10 +191,24 @@ def unread_metadata(reader: object) -> list[str]:
         if rest in renames and rest != "rope.dimension_count":
             continue  # read, and deliberately not used, by transformers
         unread.append(f"{key} = {_short(value(key))}")
+    scalar = _query_pre_attn_scalar(mapped_as)
+    if scalar is not None and head_dim is not None and head_dim != scalar:
+        unread.append(f"{architecture}.attention.key_length = {head_dim} (llama.cpp scales attention by "
+                      f"{head_dim}^-1/2, by d_model/heads for the 27B models; transformers by its "
+                      f"query_pre_attn_scalar {scalar:g}^-1/2, which no GGUF field sets)")
     for tensor in reader.tensors:  # type: ignore[attr-defined]
         if tensor.name == "rope_freqs.weight" and not np.all(np.asarray(tensor.data) == 1):
             unread.append(f"tensor rope_freqs.weight = {_short(np.asarray(tensor.data).tolist())} (RoPE scaling)")
     return unread
+
+
+def _query_pre_attn_scalar(architecture: str) -> float | None:
+    """The ``query_pre_attn_scalar`` transformers gives a model of this GGUF architecture (Gemma 2 and 3: attention
+    scaled by its −1/2 power; the GGUF reader leaves it at the config's default, 256); None where there is none."""
+    import transformers
+
+    config = {"gemma2": "Gemma2Config", "gemma3": "Gemma3TextConfig"}.get(architecture)
+    return None if config is None else float(getattr(transformers, config)().query_pre_attn_scalar)
 
 
 def _transformers_architecture(architecture: str, name: str) -> str:

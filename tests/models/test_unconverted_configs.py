@@ -462,6 +462,34 @@ def test_a_model_whose_files_lack_a_weight_is_refused_not_filled_with_random_val
         load_hf(_write_gguf(tmp_path / "holed.gguf", leave_out=("blk.1.ffn_down.weight",)), device="cpu", keep=False)
 
 
+@pytest.mark.parametrize("architecture", ["gemma2", "gemma3"])
+def test_a_gemma_gguf_whose_heads_are_not_256_wide_is_refused(tmp_path, architecture):
+    """llama.cpp scales a Gemma 2/3 GGUF's attention by its head size (key_length), transformers by
+    query_pre_attn_scalar, which its GGUF reader leaves at 256: a Gemma 3 with 128-wide heads loaded with the
+    wrong scale. Refused from the metadata, before any weight is read; 256-wide heads (Gemma 3 270M's) pass."""
+    import gguf
+
+    from models.gguf_weights import unread_metadata
+
+    def metadata_only(width: int):
+        path = tmp_path / f"{architecture}-{width}.gguf"
+        writer = gguf.GGUFWriter(str(path), architecture)
+        writer.add_embedding_length(640)
+        writer.add_head_count(4)
+        writer.add_key_length(width)
+        writer.add_value_length(width)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.close()
+        return path
+
+    assert unread_metadata(gguf.GGUFReader(metadata_only(256))) == []
+    with pytest.raises(PretrainedLoadError, match=rf"its GGUF metadata sets {architecture}.attention.key_length = 128 "
+                                                  r"\(llama.cpp scales attention by 128\^-1/2.*query_pre_attn_scalar "
+                                                  r"256\^-1/2"):
+        pretrained.declared_config(metadata_only(128))
+
+
 def test_a_gguf_whose_rope_scaling_transformers_drops_is_refused(tmp_path, monkeypatch):
     """transformers' GGUF reader maps no ``{arch}.rope.scaling.*`` field (it logs them) and skips llama.cpp's
     ``rope_freqs.weight``: both backends would run the model unscaled (linear ×8: 13.3 nats from the scaled model
