@@ -227,8 +227,13 @@ def stores_norm_offset(model) -> bool:
             or architecture in ONE_PLUS_W_ARCHITECTURES)
 
 
+EMBEDDING_NORM_ARCHITECTURES = ("BloomForCausalLM",)
+"""Architectures whose residual stream starts from a normalised embedding (BLOOM's ``word_embeddings_layernorm``):
+the rows of W_E are not what the heads read."""
+
+
 def check_circuits_architecture(name: str, architecture: str) -> None:
-    """The refusal of :func:`check_circuits_readable` that the architecture alone decides (OLMo 2 and 3,
+    """The refusal of :func:`check_circuits_readable` that the architecture alone decides (OLMo 2 and 3, BLOOM,
     on every backend), from ``architecture``, the transformers class a model's files declare: asked
     before any weight is read."""
     if architecture in POST_NORM_ARCHITECTURES:
@@ -236,6 +241,11 @@ def check_circuits_architecture(name: str, architecture: str) -> None:
             f"{name}: {architecture} normalises each attention layer's output, not its input, so "
             "the norm this probe reads as the scale of the heads' input (ln1) is the one after them: its OV/QK "
             "circuits would be wrong and are refused on every backend")
+    if architecture in EMBEDDING_NORM_ARCHITECTURES:
+        raise ValueError(
+            f"{name}: {architecture} normalises its token embeddings before the first layer, so the rows of W_E "
+            "that this probe reads as the entities' residual states are not what the heads read: its OV/QK "
+            "circuits and direct path would be wrong and are refused on every backend")
 
 
 @torch.no_grad()

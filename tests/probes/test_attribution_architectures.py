@@ -116,6 +116,20 @@ def test_a_bridge_whose_config_says_its_norms_scale_by_one_plus_w_is_read_so_or_
         assert torch.equal(_norm_scale(block.ln1), 1 + block.ln1.original_component.weight.detach())
 
 
+def test_circuits_of_a_model_that_normalises_its_embeddings_are_refused(tmp_path, smollm2_tokenizer):
+    """BLOOM's residual stream starts from LayerNorm(W_E[token]): the circuits, which read the rows of W_E as the
+    entities' residual states, were computed on a bridge over it with nothing said. Refused by architecture."""
+    import transformers
+
+    from models.pretrained import load
+
+    config = transformers.BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4)
+    model = load(save_tiny(tmp_path / "bloom", config, smollm2_tokenizer), backend="bridge", device="cpu")
+    with pytest.raises(ValueError, match=r"bloom: BloomForCausalLM normalises its token embeddings before the first "
+                                         r"layer.*refused on every backend"):
+        check_circuits_readable(model)
+
+
 def weightless(tmp_path, kind: str) -> list:
     """A model folder of ``kind`` holding config.json only, and a GGUF holding its architecture only: files
     that declare an architecture and have no weight to read."""
