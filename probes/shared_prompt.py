@@ -14,10 +14,13 @@ equal teacher forcing every (prompt, answer) sequence with :func:`models.scoring
   passes of statements through transformers' layers with a 4D mask; a HookedTransformer converted from a
   checked architecture runs one statement a pass through its own forward (:mod:`models.hooked_tree`);
 - from a prefix cache: the prompts run once, then the continuations from their cached keys and values
-  (:class:`PrefixCache`). A TransformerLens model with a hook on a hook point (which would see the trie's
-  layout), one whose architecture the trie is not checked on (:func:`scores_by_tree`: a token-world
-  model, for one), and statements wider than a sliding window run so (a transformers model's are
-  teacher-forced); a transformers model the trie cannot run is refused.
+  (:class:`PrefixCache`). A TransformerLens model whose architecture the trie is not checked on
+  (:func:`scores_by_tree`: a token-world model, for one) and statements wider than a sliding window run so (a
+  transformers model's are teacher-forced); a transformers model the trie cannot run is refused.
+
+A TransformerLens model with a hook on a hook point (an edit, :func:`probes.hooks.editing`) is teacher-forced,
+every (prompt, answer) sequence at its own positions, as :func:`probes.logits.answer_table` scores the truth: the
+trie's or a prefix cache's layout would move a hook's positions.
 """
 
 from __future__ import annotations
@@ -355,7 +358,12 @@ def candidate_logprobs_cached(
     if n == 0:
         return CandidateScores(logprob, correct)
     device = model_device(model)
-    scorer = None if hf is model else PrefixCache(model)
+    from models.hf_training import CausalLM
+
+    # A hook sees each (prompt, answer) sequence teacher-forced, as it sees the truth's in answer_table, not a
+    # prefix cache's continuations (their positions start again at 0, their batch rows are (statement, answer)s).
+    forced = CausalLM(hf) if hf is model else model if _hooked_points(model) else None
+    scorer = None if forced is not None else PrefixCache(model)
     by_length: dict[int, list[int]] = {}
     for i, row in enumerate(candidates):
         by_length.setdefault(len(row[0].prompt), []).append(i)
@@ -367,8 +375,8 @@ def candidate_logprobs_cached(
             tries = [answer_trie(candidates[i]) for i in chunk] if tree else []
             if tree and _tree_fits(runs, max(len(t.tokens) for t in tries)):
                 _score_chunk_tree(runs, tries, torch.tensor(chunk), logprob, correct, device, bar)
-            elif scorer is None:  # a transformers model: each (prompt, answer) sequence teacher-forced
-                _score_chunk_teacher_forced(hf, [candidates[i] for i in chunk], torch.tensor(chunk), logprob,
+            elif scorer is None:  # each (prompt, answer) sequence teacher-forced
+                _score_chunk_teacher_forced(forced, [candidates[i] for i in chunk], torch.tensor(chunk), logprob,
                                             correct, bar)
             else:
                 _score_chunk(scorer, [candidates[i] for i in chunk], torch.tensor(chunk), logprob, correct,
@@ -443,20 +451,20 @@ def _score_chunk(
 
 
 def _score_chunk_teacher_forced(
-    hf: PreTrainedModel,
+    model: torch.nn.Module,
     rows: Sequence[Sequence[Example]],
     index: Int[Tensor, " s"],
     logprob: Float[Tensor, "n k"],
     correct: Bool[Tensor, "n k"],
     bar: tqdm,
 ) -> None:
-    """Score one chunk of a transformers model's statements by teacher forcing every (prompt, answer)
-    sequence (:func:`models.scoring.score_answers`, the answer positions' logits alone), in place."""
+    """Score one chunk of statements by teacher forcing every (prompt, answer) sequence on ``model`` (a transformers
+    model as :class:`models.hf_training.CausalLM`, or a TransformerLens model with hooks attached;
+    :func:`models.scoring.score_answers`, the answer positions' logits alone), in place."""
     from facts.tokens import collate
-    from models.hf_training import CausalLM
     from models.scoring import score_answers
 
-    scores = score_answers(CausalLM(hf), collate([e for row in rows for e in row], 0))
+    scores = score_answers(model, collate([e for row in rows for e in row], 0))
     logprob[index] = scores.logprob.view(len(rows), -1)
     correct[index] = scores.correct.view(len(rows), -1)
     bar.update(scores.logprob.numel())

@@ -79,6 +79,35 @@ def test_multi_token_answers_sum_over_tokens_and_rank_by_teacher_forcing(vocab):
     assert first == pytest.approx(expected, abs=1e-5)
 
 
+def test_under_an_edit_every_answer_is_scored_at_the_positions_the_truth_is(vocab):
+    """``with editing(model, ...): answer_table(model, ...)`` scored the truth teacher-forced and multi-token controls
+    from a prefix cache, whose continuation passes start again at position 0: an edit of position 1 also hit
+    each control's second answer position, and the margin compared two different edits. Every answer is now
+    teacher-forced under a hook: the controls' mean equals teacher forcing each (prompt, control) under the edit."""
+    from facts.language import controls_of
+    from facts.tokens import collate
+    from probes.hooks import editing
+
+    world = reversal_world(n_pairs=12, k=3, seed=2, alphabet_size=20)
+    model = build_model("tiny", vocab.d_vocab, seed=1).eval()
+
+    def zero_position_1(resid, hook):
+        resid[:, 1] = 0
+        return resid
+
+    with editing(model, "blocks.0.hook_resid_post", zero_position_1):
+        table = answer_table(model, world, vocab, rank_against="controls", n_controls=3)
+        statements = [(int(r.fact), r.direction) for r in table.itertuples()]
+        pairs = [vocab.example(world, i, d, a) for (i, d), row in zip(statements, controls_of(world, statements, 3))
+                 for a in row]
+        forced = score_answers(model, collate(pairs, 0)).logprob.view(len(statements), 3).mean(1)
+        truths = score_answers(model, collate([vocab.example(world, i, d) for i, d in statements], 0)).logprob
+    assert torch.allclose(torch.tensor(table.control_logprob.values).float(), forced, atol=1e-5)
+    assert torch.allclose(torch.tensor(table.logprob.values).float(), truths, atol=1e-5)
+    assert not torch.allclose(forced, torch.tensor(answer_table(model, world, vocab, rank_against="controls",
+                                                                n_controls=3).control_logprob.values).float())
+
+
 class WordsAfterCalled:
     """A word-level text tokenizer that reads "Bo" as another token after "called": an answer whose id depends on
     the prompt before it, as a subword tokenizer's can depend on a template's last characters."""
