@@ -68,7 +68,7 @@ chromium:
 
 bench: $(STAMP)
 	$(PY) benchmarks/trainer_throughput.py
-	$(PY) benchmarks/circuits_scaling.py
+	$(PY) benchmarks/circuits_scaling.py --threads 2
 	$(PY) benchmarks/finetune_throughput.py
 	$(PY) benchmarks/load_pretrained.py
 	$(PY) benchmarks/sweep_throughput.py

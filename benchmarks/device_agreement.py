@@ -10,8 +10,9 @@ global RoPE bases) over SmolLM2's tokenizer, built as ``tests/support/tiny_model
   choice and (hooked) tracing; then ``finetune-facts`` (4 people, 2 epochs) with tracing and multiple choice, once
   whole and once with LoRA (rank 2) and reverse training. Each command's last line is printed; a command that fails
   is reported and the others still run.
-* ``compare A B``: every CSV under ``A`` against the one at the same place under ``B``: the same rows, the same
-  text and missing values, and the largest |Δ| of each numeric column (the largest one printed per file). Before
+* ``compare A B [--tolerance T]``: every CSV under ``A`` against the one at the same place under ``B``: the same
+  files, rows, text and missing values (else exit status 1), and the largest |Δ| of each numeric column (the
+  largest one printed per file; with ``--tolerance``, one over T fails too). Before
   training the two devices differ by float32 sums in another order (session 30: ≤ 7.6e-5 in a log-probability);
   after training, by what a few steps make of that.
 
@@ -78,11 +79,17 @@ def run(models: Path, out: Path, device: str, threads: int) -> int:
     return 0 if all(ok) else 1
 
 
-def compare(first: Path, second: Path) -> int:
+def compare(first: Path, second: Path, tolerance: float | None = None) -> int:
+    """Exit status 1 when a CSV is in one folder only, differs in shape, text or missing values, or (``tolerance``)
+    differs in a number by more than that; every file's largest |Δ| is printed either way."""
     import numpy as np
     import pandas as pd
 
     problems = 0
+    for path in sorted(second.rglob("*.csv")):
+        if not (first / path.relative_to(second)).exists():
+            print(f"{path.relative_to(second)}: not in {first}")
+            problems += 1
     for path in sorted(first.rglob("*.csv")):
         other = second / path.relative_to(first)
         if not other.exists():
@@ -102,7 +109,10 @@ def compare(first: Path, second: Path) -> int:
         worst = max(gaps, key=gaps.get, default=None)
         print(f"{path.relative_to(first)}: {len(a)} rows; largest |Δ| "
               + (f"{gaps[worst]:.2e} ({worst})" if worst else "-") + (f"; text differs in {text}" if text else ""))
-        problems += bool(text)
+        over = tolerance is not None and worst is not None and gaps[worst] > tolerance
+        if over:
+            print(f"  over the tolerance {tolerance:g}: {', '.join(c for c, g in gaps.items() if g > tolerance)}")
+        problems += bool(text) or over
     return 1 if problems else 0
 
 
@@ -118,13 +128,15 @@ def main() -> int:
     compares = commands.add_parser("compare")
     compares.add_argument("first", type=Path)
     compares.add_argument("second", type=Path)
+    compares.add_argument("--tolerance", type=float, default=None,
+                          help="also fail when a number differs by more than this (default: print the |Δ| only)")
     args = parser.parse_args()
     if args.command == "build":
         build(args.models)
         return 0
     if args.command == "run":
         return run(args.models, args.out, args.device, args.threads)
-    return compare(args.first, args.second)
+    return compare(args.first, args.second, args.tolerance)
 
 
 if __name__ == "__main__":

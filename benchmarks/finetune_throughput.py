@@ -5,18 +5,24 @@ Every variant trains on the same batches of ``revlens finetune-facts --people 30
 same weights:
 
 * ``bare``: the transformers model (``LlamaForCausalLM``, eager attention) in a hand-written
-  loop, forward with ``labels`` (−100 on prompt and padding) → ``loss.backward()`` → ``step()``;
-* ``trainer/hf``: :func:`models.training.train` on that transformers model, full logits
-  (a three-line module returning ``.logits``): the trainer's own cost;
-* ``trainer/hooked``: the trainer on the HookedTransformer converted from the same weights
-  (what ``finetune-facts`` trained before): ÷ ``trainer/hf`` is TransformerLens's cost;
-* ``finetune-facts``: the trainer on :class:`models.hf_training.CausalLM` (what it trains now:
-  the transformers model, the unembedding only at the answer-predicting positions, each batch cut
-  after its last answer token).
+  loop, forward with ``labels`` (−100 on prompt and padding) → ``loss.backward()`` → ``step()``, with the
+  trainer's optimizer (fused AdamW, :func:`models.training.make_optimizer`), every column of the batch and full
+  logits;
+* ``trainer/hf``: :func:`models.training.train` on that transformers model seen as ``tokens → logits`` (full
+  logits, each batch cut after its last answer column, :func:`models.scoring.answer_inputs`);
+* ``trainer/hooked``: the trainer on the HookedTransformer converted from the same weights (what
+  ``finetune-facts`` trained before): the batch cut the same way, its final norm and unembedding run at the
+  answer-predicting rows alone (:func:`models.scoring.hooked_readout`);
+* ``finetune-facts``: the trainer on :class:`models.hf_training.CausalLM` (what it trains now): the transformers
+  model, the batch cut and the unembedding run at the answer-predicting rows alone, as ``trainer/hooked``.
 
-Rounds alternate the variants (one uncounted warm-up round first) so machine noise hits all of
-them; each figure is a median over rounds. Both wall time and the process's CPU time are taken:
-on a shared machine the CPU time of a one-thread run is the steadier of the two. Throughput counts
+So ``trainer/hooked`` against ``finetune-facts`` is the same work on the two implementations (TransformerLens's
+cost); ``bare`` and ``trainer/hf`` do more (every column and full logits, and full logits), and their ratios
+to the others are not overhead alone. Each round copies every variant's model before its timer starts.
+
+Rounds alternate the variants (one uncounted warm-up round first; the order reversed every round) so machine
+noise hits all of them; each figure is a median over rounds. Both wall time and the process's CPU time are
+taken: on a shared machine the CPU time of a one-thread run is the steadier of the two. Throughput counts
 the padded batch (27 tokens a row), the same for every variant.
 
 ``--profile`` prints torch.profiler's top operators of one forward + backward step of the
@@ -41,7 +47,7 @@ from analyses.finetune import FinetuneConfig, read_questions, training_examples
 from models.hf_training import CausalLM
 from models.pretrained import load_hf, to_hooked
 from models.scoring import answer_loss
-from models.training import TrainConfig, batch_rows, train
+from models.training import TrainConfig, batch_rows, make_optimizer, train
 
 
 class LogitsOf(torch.nn.Module):
@@ -55,9 +61,10 @@ class LogitsOf(torch.nn.Module):
         return self.model(input_ids=tokens).logits
 
 
-def bare_loop(model, sentences, steps: int, batch_size: int, lr: float, seed: int) -> None:
-    """A minimal transformers fine-tuning loop."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+def bare_loop(model, sentences, train_config: TrainConfig) -> None:
+    """A minimal transformers fine-tuning loop, with the trainer's optimizer."""
+    optimizer, steps = make_optimizer(model, train_config), train_config.steps
+    batch_size, seed = train_config.batch_size, train_config.seed
     for step in range(steps):
         rows = batch_rows(len(sentences), step, batch_size, seed)
         tokens = sentences.tokens[rows]
@@ -90,18 +97,21 @@ def throughput(args, config, hf_model, sentences, hooked) -> None:
                                eval_every=args.steps, seed=config.seed, progress=False)
     tokens_per_run = sentences.tokens.shape[1] * sum(
         len(batch_rows(len(sentences), s, config.batch_size, config.seed)) for s in range(args.steps))
-    variants = {
-        "bare": lambda: bare_loop(copy.deepcopy(hf_model).train(), sentences, args.steps, config.batch_size,
-                                  config.lr, config.seed),
-        "trainer/hf": lambda: train(LogitsOf(copy.deepcopy(hf_model)), sentences, train_config),
-        "trainer/hooked": lambda: train(copy.deepcopy(hooked), sentences, train_config),
-        "finetune-facts": lambda: train(CausalLM(copy.deepcopy(hf_model)), sentences, train_config),
+    variants = {  # name: (a fresh copy of its model, made before the timer starts; what is timed)
+        "bare": (lambda: copy.deepcopy(hf_model).train(), lambda model: bare_loop(model, sentences, train_config)),
+        "trainer/hf": (lambda: LogitsOf(copy.deepcopy(hf_model)), lambda model: train(model, sentences, train_config)),
+        "trainer/hooked": (lambda: copy.deepcopy(hooked), lambda model: train(model, sentences, train_config)),
+        "finetune-facts": (lambda: CausalLM(copy.deepcopy(hf_model)),
+                           lambda model: train(model, sentences, train_config)),
     }
     seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for round_ in range(-1, args.rounds):  # round -1 warms the allocator and kernels up and is not counted
         line = []
-        for name, run in variants.items():
-            wall, cpu = timed(run)
+        for name in list(variants)[:: 1 if round_ % 2 else -1]:
+            fresh, run = variants[name]
+            model = fresh()
+            wall, cpu = timed(lambda: run(model))
+            del model
             if round_ >= 0:
                 seconds[name].append((wall, cpu))
             line.append(f"{name} {tokens_per_run / cpu:,.0f} tok/CPU-s ({wall:.1f} s wall)")
@@ -112,9 +122,8 @@ def throughput(args, config, hf_model, sentences, hooked) -> None:
           f"{args.rounds} rounds: seconds per step (wall, CPU) and throughput ÷ the bare loop's (by CPU time)")
     for name, (wall, cpu) in median.items():
         print(f"  {name:16s} {wall / args.steps:6.2f} s  {cpu / args.steps:6.2f} s   ×{median['bare'][1] / cpu:.3f}")
-    ratio = median["trainer/hf"][1] / median["trainer/hooked"][1]
-    print(f"  hooked ÷ transformers (same trainer, full logits): ×{ratio:.3f}; finetune-facts now ÷ before "
-          f"(trainer/hooked): ×{median['trainer/hooked'][1] / median['finetune-facts'][1]:.3f}")
+    ratio = median["finetune-facts"][1] / median["trainer/hooked"][1]
+    print(f"  hooked ÷ transformers (the same trainer and work: the answer rows unembedded): ×{ratio:.3f}")
 
 
 def profile(config, hf_model, sentences, hooked) -> None:

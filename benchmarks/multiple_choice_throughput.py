@@ -34,7 +34,7 @@ from analyses.finetune import FinetuneConfig, read_questions
 from analyses.multiple_choice import multiple_choice_prompts
 from models.pretrained import load_hf, to_hooked
 from probes.multiple_choice import letter_probabilities, letter_tokens
-from scoring_throughput import FLOOR, alternating_rounds, print_against_floor
+from scoring_throughput import FLOOR, FLOOR_TOLERANCE, alternating_rounds, print_against_floor
 
 
 def by_question(prompts: Sequence[Sequence[int]], stems: Sequence[int]) -> list[tuple[list[int], list[list[int]]]]:
@@ -100,9 +100,12 @@ def main() -> None:
     print(f"{len(questions)} questions × {k} orders; floor positions {positions} (stems "
           f"{sum(len(s) for s, _ in questions)}, rests {positions - sum(len(s) for s, _ in questions)}); "
           f"every prompt whole {sum(map(len, prompts))}")
-    check = floor_pass(hf, questions[:4], letters)
-    print(f"floor vs the command (hooked, stems), first 4 questions: max |Δp| "
-          f"{(check - letter_probabilities(hooked, prompts[: 4 * k], letters, stems=stems[: 4 * k])).abs().max():.2e}")
+    check = (floor_pass(hf, questions[:4], letters)
+             - letter_probabilities(hooked, prompts[: 4 * k], letters, stems=stems[: 4 * k])).abs().max()
+    print(f"floor vs the command (hooked, stems), first 4 questions: max |Δp| {check:.2e}")
+    if not check < FLOOR_TOLERANCE:
+        raise SystemExit(f"the floor's probabilities are {check:.2e} from the command's (more than {FLOOR_TOLERANCE:g}): "
+                         f"it does not compute what the command does, and no ratio to it means anything")
     paths = {
         FLOOR: lambda: floor_pass(hf, questions, letters),
         "hooked, stems cached (the command)": lambda: letter_probabilities(hooked, prompts, letters, stems=stems),

@@ -162,6 +162,8 @@ def alternating_rounds(paths: dict, rounds: int, width: int = 34
 
 
 FLOOR = "floor (transformers, tree mask)"
+FLOOR_TOLERANCE = 1e-3
+"""How far the floor's numbers may be from the command's before no ratio to it is printed (float32: ~1e-5)."""
 
 
 def print_against_floor(cpu: dict[str, list[float]], wall: dict[str, list[float]], results: dict[str, torch.Tensor],
@@ -216,9 +218,12 @@ def main() -> None:
           f"(prompts {sum(len(r[0].prompt) for r in rows)}, trie nodes {positions - sum(len(r[0].prompt) for r in rows)}); "
           f"without sharing prefixes {fed}; the floor's batches of 16 run {padded} with their padding")
     reference = teacher_forced(hooked, rows[:8])
-    floor_check = floor_pass(hf, rows[:8])
-    print(f"floor vs teacher forcing (hooked), first 8 statements: max |Δ log p| "
-          f"{(floor_check - reference).abs().max():.2e}")
+    floor_check = (floor_pass(hf, rows[:8]) - reference).abs().max()
+    print(f"floor vs teacher forcing (hooked), first 8 statements: max |Δ log p| {floor_check:.2e}")
+    if not floor_check < FLOOR_TOLERANCE:
+        raise SystemExit(f"the floor's log-probabilities are {floor_check:.2e} from teacher forcing (more than "
+                         f"{FLOOR_TOLERANCE:g}): it does not compute what the command does, and no ratio to it means "
+                         f"anything")
     paths = {
         FLOOR: lambda: floor_pass(hf, rows),
         "hooked (by trie, now)": lambda: candidate_logprobs_cached(hooked, rows).logprob,

@@ -1,8 +1,10 @@
 """Trainer throughput as a ratio to a bare PyTorch loop, measured side by side in one run.
 
 Both train the same freshly built HookedTransformer (same seed) on the same batches of the
-reversal world with AdamW; the bare loop is forward → masked cross-entropy → backward → step
-and nothing else. Rounds alternate (trainer, bare, trainer, bare, …) so that machine noise
+reversal world with the trainer's optimizer (fused AdamW, :func:`models.training.make_optimizer`); the bare loop
+is forward → cross-entropy → backward → step and nothing else, on the same work as the trainer's step: the
+batch cut after its last answer column and the unembedding at the answer-predicting rows
+(:func:`models.scoring.answer_logits`), so the ratio is the trainer's own cost (schedule, history, checks). Rounds alternate (trainer, bare, trainer, bare, …) so that machine noise
 hits both; the figure is the median over rounds of trainer tokens/s ÷ bare tokens/s.
 
 ``--compile`` then times the bare loop once more on ``torch.compile(model)`` (inductor, static shapes):
@@ -23,34 +25,35 @@ import torch.nn.functional as F
 
 from facts.token_worlds import TokenVocab, reversal_world
 from facts.tokens import tokenize
-from models.training import TrainConfig, batch_rows, train
+from models.scoring import answer_logits
+from models.training import TrainConfig, batch_rows, make_optimizer, train
 from models.transformer import build_model
 
 
-def bare_loop(model, train_set, steps: int, batch_size: int, lr: float, seed: int) -> float:
-    """The reference: the minimum a hand-written loop does. Returns seconds."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+def bare_loop(model, train_set, config: TrainConfig) -> float:
+    """The reference: the minimum a hand-written loop does for the trainer's work under ``config``. Returns
+    seconds."""
+    optimizer = make_optimizer(model, config)
     began = time.perf_counter()
-    for step in range(steps):
-        rows = batch_rows(len(train_set), step, batch_size, seed)
-        tokens, mask = train_set.tokens[rows], train_set.answer_mask[rows][:, 1:]
-        logits = model(tokens)[:, :-1]
-        loss = F.cross_entropy(logits[mask], tokens[:, 1:][mask])
+    for step in range(config.steps):
+        rows = batch_rows(len(train_set), step, config.batch_size, config.seed)
+        tokens, mask = train_set.tokens[rows], train_set.answer_mask[rows]
+        loss = F.cross_entropy(answer_logits(model, tokens, mask), tokens[:, 1:][mask[:, 1:]])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return time.perf_counter() - began
 
 
-def compiled_bare_loop(args: argparse.Namespace, d_vocab: int, train_set, tokens_per_step: int,
+def compiled_bare_loop(args: argparse.Namespace, config: TrainConfig, d_vocab: int, train_set, tokens_per_step: int,
                        eager_tps: float) -> None:
     """The bare loop on ``torch.compile(model)`` twice: the first run compiles (every batch shape: the last batch
     of an epoch is smaller), the second is timed; and the compiled forward's largest logit difference from the
     eager one's on the same weights."""
     model = build_model(args.model, d_vocab, seed=0)
     compiled = torch.compile(model)
-    first = bare_loop(compiled, train_set, args.steps, args.batch_size, 1e-2, seed=0)  # compiles every batch shape
-    seconds = bare_loop(compiled, train_set, args.steps, args.batch_size, 1e-2, seed=0)
+    first = bare_loop(compiled, train_set, config)  # compiles every batch shape
+    seconds = bare_loop(compiled, train_set, config)
     with torch.no_grad():
         tokens = train_set.tokens[batch_rows(len(train_set), 0, args.batch_size, 0)]
         delta = (compiled(tokens) - model(tokens)).abs().max().item()
@@ -82,7 +85,7 @@ def main() -> None:
         trainer_seconds = train(model, train_set, config).seconds
         model = build_model(args.model, vocab.d_vocab, seed=0)
         torch.use_deterministic_algorithms(True, warn_only=True)  # the same kernels the trainer uses
-        bare_seconds = bare_loop(model, train_set, args.steps, args.batch_size, 1e-2, seed=0)
+        bare_seconds = bare_loop(model, train_set, config)
         torch.use_deterministic_algorithms(False)
         trainer_tps = args.steps * tokens_per_step / trainer_seconds
         bare_tps = args.steps * tokens_per_step / bare_seconds
@@ -91,7 +94,7 @@ def main() -> None:
         print(f"round {round_ + 1}: trainer {trainer_tps:,.0f} tok/s, bare loop {bare_tps:,.0f} tok/s, "
               f"ratio {ratios[-1]:.3f}")
     if args.compile:
-        compiled_bare_loop(args, vocab.d_vocab, train_set, tokens_per_step, statistics.median(bare))
+        compiled_bare_loop(args, config, vocab.d_vocab, train_set, tokens_per_step, statistics.median(bare))
     print(f"\ntrainer / bare-loop throughput ({args.model}, batch {args.batch_size}, {args.steps} steps, "
           f"{torch.get_num_threads()} threads): median ratio {statistics.median(ratios):.3f} (goal ≥ 0.95)")
 
