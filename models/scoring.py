@@ -83,8 +83,9 @@ attention ignores (their mask stays causal); Gemma 3's mask reads it."""
 
 
 def _hf_config(model: object) -> object | None:
-    """The transformers config of a transformers model or of the one a TransformerBridge wraps (None otherwise)."""
-    for holder in (model, getattr(model, "original_model", None)):
+    """The transformers config of a transformers model or of the one a TransformerBridge or a
+    :class:`models.hf_training.CausalLM` wraps (None otherwise)."""
+    for holder in (model, getattr(model, "original_model", None), getattr(model, "model", None)):
         config = getattr(holder, "config", None)
         if config is not None and hasattr(config, "to_dict") and hasattr(config, "model_type"):
             return config

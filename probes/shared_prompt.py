@@ -345,6 +345,10 @@ def candidate_logprobs_cached(
         if any(e.prompt != row[0].prompt for e in row):
             raise ValueError(f"fact {row[0].fact} ({row[0].direction}): its answers do not share one prompt")
     n, k = len(candidates), (widths.pop() if widths else 0)
+    if not isinstance(model, PreTrainedModel) and not hasattr(model, "hook_dict"):
+        raise TypeError(f"candidate_logprobs_cached scores a TransformerLens model (HookedTransformer, "
+                        f"TransformerBridge) or a transformers PreTrainedModel, not a {type(model).__name__}; score "
+                        f"another model by teacher forcing (models.scoring.score_answers)")
     tree, hf = scores_by_tree(model), _transformers_model(model)
     runs = model if is_hooked(model) else hf  # what a trie pass runs
     if hf is model and not tree:

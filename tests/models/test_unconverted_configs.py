@@ -21,7 +21,7 @@ from tiny_models import INIT, VOCAB, save_tiny, tiny_config
 from models import pretrained
 from models.backend import TL_MAJOR
 from analyses.cli import main
-from facts.tokens import Example
+from facts.tokens import Example, collate
 from models.pretrained import PretrainedLoadError, load, load_hf, to_hooked
 from models.rope_layout import PassDependentRopeError
 from probes.shared_prompt import candidate_logprobs_cached
@@ -328,9 +328,14 @@ def test_bidirectional_attention_is_not_scored(smollm2_tokenizer, tmp_path):
     bridge = load(folder, backend="bridge", device="cpu")
     assert bridge.cfg.attention_dir == "causal"
     assert _difference(bridge, hf) < TOLERANCE
-    for model in (bridge, hf):
+    from models.hf_training import CausalLM
+    from models.scoring import score_answers
+
+    for model in (bridge, hf, CausalLM(hf)):  # the trainer's wrapper too: score_answers(CausalLM(hf)) had scored it
         with pytest.raises(ValueError, match=r"sets use_bidirectional_attention = True, so its attention is not causal"):
             check_causal(model)
+    with pytest.raises(ValueError, match=r"not causal"):
+        score_answers(CausalLM(hf), collate([Example((5, 6, 7), (8, 9), fact=0, direction="forward", split="heldout")], 0))
     if TL_MAJOR < 4:
         with pytest.raises(PretrainedLoadError, match=r"use_bidirectional_attention = True"):
             load(folder, backend="hooked", device="cpu")

@@ -166,19 +166,24 @@ def test_a_transformers_model_the_trie_is_not_checked_on_is_refused(smollm2_toke
     assert not scores_by_tree(model)
     with pytest.raises(ValueError, match=r"Qwen3ForCausalLM \(qwen3\) is scored by trie only on .*to_hooked"):
         candidate_logprobs_cached(model, candidate_rows(smollm2_tokenizer, n_controls=1))
+    from models.hf_training import CausalLM  # a model of neither kind is named, not failed on an attribute
+
+    with pytest.raises(TypeError, match=r"scores a TransformerLens model .* not a CausalLM; score another model by "
+                                        r"teacher forcing"):
+        candidate_logprobs_cached(CausalLM(model), candidate_rows(smollm2_tokenizer, n_controls=1))
 
 
 @pytest.mark.parametrize("backend", ["bridge", "hooked"] if HookedTransformer is not None else ["bridge"])
-def test_a_model_with_a_hook_scores_from_its_prefix_cache(backend, request, smollm2_tokenizer):
-    """A hook would see the trie's layout, not the statements': the model then runs its cached passes, and
-    the hook sees them."""
+def test_a_model_with_a_hook_is_teacher_forced(backend, request, smollm2_tokenizer):
+    """A hook would see the trie's layout, or a prefix cache's (continuations from position 0), not the
+    statements': the model then runs every (prompt, answer) sequence whole, and the hook sees only those."""
     model = request.getfixturevalue(f"smollm2_{backend}")
     rows = candidate_rows(smollm2_tokenizer, n_controls=2)
     seen = []
     with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: seen.append(x.shape[1]))]):
         assert not scores_by_tree(model)
         assert_fast_equals_teacher_forcing(model, rows, by_tree=False)
-    assert set(seen) & {len(row[0].prompt) for row in rows}  # prompt passes, as cached scoring runs them
+    assert seen and min(seen) >= min(len(row[0].prompt) for row in rows)  # every pass from position 0: no continuation
     assert scores_by_tree(model)  # and by trie again once the hook is gone
 
 
