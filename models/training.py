@@ -383,4 +383,7 @@ def _train(
                 checkpoint(done)
     if start < config.steps:
         checkpoint(config.steps)
+    elif not history or history[-1]["step"] != start:  # an intermediate checkpoint resumed as the end: its
+        record(start, None)  # final evaluation, as an uninterrupted run of these steps makes (the loss was not kept)
+        checkpoint(start)
     return TrainResult(history=history, seconds=time.perf_counter() - began, steps=config.steps)

@@ -98,6 +98,26 @@ def test_a_finished_run_resumed_with_more_steps_has_the_longer_run_s_history(bat
     assert resumed.history == uninterrupted.history
 
 
+def test_a_run_resumed_to_an_intermediate_checkpoint_s_step_ends_with_its_evaluation(batch, vocab, tmp_path):
+    """A 12-step run killed after step 6 (checkpoints every 2, evaluated every 8) resumed with --steps 6 trained
+    nothing and kept the checkpoint's history, [0]: its last record, read as the final numbers, was the untrained
+    model's. It ends with step 6's evaluation, as the uninterrupted 6 steps do (the step's training loss is not
+    kept in a checkpoint: None), and a final checkpoint holding it."""
+    train_set = batch.where(split="train")
+    long = TrainConfig(**{**CONFIG.__dict__, "steps": 12, "eval_every": 8, "checkpoint_every": 2})
+    short = TrainConfig(**{**CONFIG.__dict__, "steps": 6, "eval_every": 8, "checkpoint_every": 2})
+    train(fresh(vocab), train_set, long, eval_sets={"all": batch}, checkpoint_dir=tmp_path)
+    for later in list_checkpoints(tmp_path)[3:]:  # killed after step 6
+        later.unlink()
+        later.with_suffix(".safetensors").unlink()
+    resumed = train(fresh(vocab), train_set, short, eval_sets={"all": batch}, checkpoint_dir=tmp_path, resume=True)
+    uninterrupted = train(fresh(vocab), train_set, short, eval_sets={"all": batch})
+    assert [h["step"] for h in resumed.history] == [h["step"] for h in uninterrupted.history] == [0, 6]
+    assert resumed.history[-1]["loss"] is None
+    assert resumed.history[-1]["eval"] == uninterrupted.history[-1]["eval"]
+    assert json.loads(list_checkpoints(tmp_path)[-1].read_text())["history"][-1]["step"] == 6
+
+
 def test_truncated_checkpoint_is_refused_whole(batch, vocab, tmp_path):
     train(fresh(vocab), batch.where(split="train"), TrainConfig(steps=2, progress=False), checkpoint_dir=tmp_path)
     tensors = tmp_path / "step-000002.safetensors"
