@@ -90,6 +90,14 @@ def architecture_of(model: object) -> str:
     return str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or "")
 
 
+def embedding_scale(model: object) -> float:
+    """The factor a model's embedding multiplies W_E rows by in its forward pass (what ``hook_embed`` outputs is
+    that times the row): Gemma's √d_model, ``embed_scale`` of the Hugging Face embedding a bridge wraps (TransformerLens
+    4's compatibility mode too); 1 for a HookedTransformer, which has it in W_E, and any other model."""
+    scale = getattr(getattr(getattr(model, "embed", None), "original_component", None), "embed_scale", None)
+    return float(scale) if scale is not None else 1.0
+
+
 def is_hooked(model: object) -> bool:
     """Whether ``model`` is a ``HookedTransformer`` (never under TransformerLens 4, which removed it)."""
     return HookedTransformer is not None and isinstance(model, HookedTransformer)

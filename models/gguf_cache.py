@@ -38,10 +38,10 @@ from typing import Iterator
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-FORMAT = 2
+FORMAT = 3
 """Bumped whenever what an entry holds, or how a GGUF's model is read, changes: older entries are then never read
 (2: a file whose metadata transformers' reader drops part of is refused, not read, so no entry of format 1 stands
-for such a file)."""
+for such a file; 3: so is a Gemma 2/3 whose heads are not 256 wide, and a file that lacks a weight)."""
 MARKER = "revlens-gguf.json"
 """In every entry: the metadata the loaders read from the file, and the file's SHA-256."""
 MAX_BYTES = 2 << 30

@@ -56,8 +56,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from facts.schema import FactError, FactSet
-from models.backend import (HOOKED_HINT, POST_NORM_ARCHITECTURES, TL_MAJOR, architecture_of, final_norm_centres,
-                            is_hooked)
+from models.backend import (HOOKED_HINT, POST_NORM_ARCHITECTURES, TL_MAJOR, architecture_of, embedding_scale,
+                            final_norm_centres, is_hooked)
 from models.bilinear import BilinearModel
 
 CIRCUITS = ("direct", "ov", "qk")
@@ -125,13 +125,6 @@ def _norm_scale(norm: torch.nn.Module | None) -> Tensor | None:
         if isinstance(value, Tensor):
             return 1 + value.detach() if getattr(norm, "uses_weight_offset", False) else value.detach()
     return None
-
-
-def _embedding_scale(model) -> float:
-    """The factor the model's embedding multiplies W_E rows by in its forward pass: Gemma's √d_model
-    (``embed_scale`` of the Hugging Face embedding a bridge wraps; a HookedTransformer has it in W_E), else 1."""
-    scale = getattr(getattr(getattr(model, "embed", None), "original_component", None), "embed_scale", None)
-    return float(scale) if scale is not None else 1.0
 
 
 def _prepare(vectors: Float[Tensor, "n d"], norm: torch.nn.Module | None, centre: bool) -> Float[Tensor, "n d"]:
@@ -266,7 +259,7 @@ def transformer_circuits(
     shared = _shared_heads(model, heads)
     W_E = model.W_E.detach()
     final = _unembedding_directions(model, tokens)
-    embedded = tokens.means(W_E[tokens.token_ids].float()) * _embedding_scale(model)
+    embedded = tokens.means(W_E[tokens.token_ids].float()) * embedding_scale(model)
     # what each layer's first norm makes of the embedding, its 1/σ scale aside: centred under LayerNorm blocks
     source = _prepare(embedded, None, str(getattr(model.cfg, "normalization_type", "")).startswith("LN"))
     if "direct" in kinds:  # the embedding reaches the final norm as it is (its centring, if any, is in `final`)

@@ -7,8 +7,9 @@ positions G ⊂ {0 … L−1}) three kinds of run are made:
 * **clean**: the model reads c;
 * **corrupted**: the token embeddings at G get Gaussian noise, e_p ← e_p + ε_p for p ∈ G,
   ε_p ~ N(0, (ν·σ)² I), where σ is the standard deviation of the entries of the model's own
-  token embedding matrix W_E (as its ``hook_embed`` outputs them; Gemma's √d_model is folded
-  into W_E by TransformerLens) and ν the noise multiple (default 3, Meng et al.'s); the noise
+  token embedding matrix W_E (as its ``hook_embed`` outputs them: Gemma's √d_model, which TransformerLens
+  3.9's HookedTransformer folds into W_E, is multiplied in where 4's bridge runs it in the embedding) and ν the
+  noise multiple (default 3, Meng et al.'s); the noise
   is drawn ``n_samples`` times (one draw per sample, shared by every site) from a generator seeded by a
   hash of the seed (:func:`noise_seed`);
 * **restored**: the corrupted run in which one site, the activation h^{(l)}_p of a component
@@ -73,7 +74,7 @@ from torch import Tensor
 from facts.language import render_statement
 from facts.schema import Direction, FactError, FactSet
 from facts.tokens import Example
-from models.backend import (TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry, is_hooked,
+from models.backend import (TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry, embedding_scale, is_hooked,
                             runs_from_layer)
 from models.scoring import answer_token_logprobs, check_causal, hooked_readout, token_logprobs
 from models.training import derived_seed
@@ -123,8 +124,10 @@ def noise_seed(seed: int) -> int:
 
 
 def noise_std(model: Any, multiple: float = NOISE_MULTIPLE) -> float:
-    """ν·σ: ``multiple`` times the standard deviation of the entries of the token embedding matrix."""
-    return multiple * float(model.W_E.detach().float().std())
+    """ν·σ: ``multiple`` times the standard deviation of the entries of the token embeddings as ``hook_embed``
+    outputs them: W_E's, times Gemma's √d_model where the forward multiplies it in (:func:`models.backend.embedding_scale`:
+    TransformerLens 4's bridge, whose W_E is the stored, unscaled matrix)."""
+    return multiple * float(model.W_E.detach().float().std()) * embedding_scale(model)
 
 
 def _check_model(model: Any) -> None:

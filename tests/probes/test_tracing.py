@@ -291,6 +291,20 @@ def test_gemma_identities_of_restoring_the_clean_run(architecture, tiny_models):
         assert same(traced.restored[len(clean_again) :], traced.corrupted)
 
 
+@pytest.mark.parametrize("architecture", ["llama", "gemma2", "gemma3"])
+def test_the_noise_is_scaled_to_the_embeddings_the_model_runs(architecture, tiny_models):
+    """σ is the spread of what ``hook_embed`` outputs, on every line: TransformerLens 4's bridge (what
+    backend='hooked' gives there) runs Gemma's √d_model inside its embedding and keeps W_E unscaled, and the noise
+    had been σ(W_E), √64 = 8 times too weak on a tiny Gemma (25 times on Gemma 3 270M)."""
+    from probes import tracing
+
+    model = tiny_models[architecture].backends["hooked"]
+    tokens = torch.arange(model.cfg.d_vocab).view(-1, 64)  # every token, in rows the context holds
+    _, cache = model.run_with_cache(tokens, names_filter="hook_embed", stop_at_layer=1)
+    embedded = cache["hook_embed"].float()
+    assert tracing.noise_std(model) == pytest.approx(tracing.NOISE_MULTIPLE * float(embedded.std()), rel=1e-4)
+
+
 @pytest.mark.parametrize("name", ["trained_tiny", "gpt2", "neox", "qwen2", "llama", "gemma2", "gemma3", "smollm2_hooked"])
 def test_restored_rows_read_earlier_positions_from_the_corrupted_cache(request, name, tiny_models, vocab, world):
     """A restored site at position p changes no earlier position: running each restored row from its chunk's first
