@@ -40,7 +40,7 @@ import numbers
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -53,7 +53,7 @@ from analyses.probe_patching import format_extras, write_logit_lens, write_patch
 from analyses.reproduce import _write_json, write_csv
 from facts import celebrity
 from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer
-from facts.questions import QuestionSet
+from facts.questions import Question, QuestionSet
 from facts.schema import FactSet
 from facts.sources import read_fact_source
 from facts.token_worlds import TokenVocab
@@ -183,6 +183,27 @@ class ProbedModel:
     info: dict[str, Any]
     trained_on_facts: bool = True
     """False for a pretrained model read with a fact file it was not trained on (:data:`PRIOR`)."""
+
+
+def in_fact_terms(questions: Sequence[Question], facts: FactSet) -> tuple[Question, ...]:
+    """``questions`` numbered and directed as ``facts`` number and direct them. A Berglund folder's questions
+    number the trained statements (``key``) and call the trained direction "forward"; its fact set
+    (:func:`facts.berglund.experiment_facts`, fact ``{group}:{key}``) holds the p2d and d2p facts with a reverse
+    question only, as name → description, so a d2p question asked the way it was trained (description → name) is
+    the fact's reverse. Its questions of no fact there (the ``both`` group's) are left out. Other sources' questions
+    are in their facts' terms already."""
+    if facts.world != "berglund":
+        return tuple(questions)
+    index = {fact.relation: i for i, fact in enumerate(facts)}
+    placed = []
+    for question in questions:
+        i = index.get(f"{question.group}:{question.key}")
+        if i is None:
+            continue
+        trained = "forward" if facts[i].forward == "train" else "reverse"
+        other = "reverse" if trained == "forward" else "forward"
+        placed.append(replace(question, fact=i, direction=trained if question.direction == "forward" else other))
+    return tuple(placed)
 
 
 def _is_checkpoint(path: str | os.PathLike[str]) -> bool:
@@ -556,7 +577,7 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
                              "text model questions in words")
         # one training paraphrase: multiple choice asks the test questions only, which do not depend on it
         asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
-        kept = tuple(q for q in asked.questions if q.fact < len(facts))
+        kept = tuple(q for q in in_fact_terms(asked.questions, facts) if q.fact < len(facts))
         choices = (QuestionSet(train=(), questions=kept, source=asked.source), multiple_choice)
     probed = load_probed(model_path, facts, device, backend, source.sentence_templates(None))
     # the CLI checks them before its folder where the files declare the count; here before any file is written

@@ -330,6 +330,24 @@ def tiny_llama_folder(smollm2_tokenizer, tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp("tiny-llama"), tiny_config("llama"), smollm2_tokenizer)
 
 
+def test_probe_cli_names_a_berglund_folder_s_multiple_choice_questions_by_their_facts(tiny_llama_folder, tmp_path,
+                                                                                        capsys):
+    """A Berglund folder's questions call the trained direction "forward": a d2p question asked as trained
+    (description → name) was labelled "forward" in multiple_choice.csv, where logits.csv calls that direction of
+    the same fact (name → description) "reverse", and its ``fact`` was the trained statement's number, not the
+    fact's row. Every question now asks for the answer logits.csv gives its fact and direction."""
+    folder = tmp_path / "berglund"
+    revlens_in_process(capsys, "make-facts", "people", "--size", "2", "--format", "berglund", "--out", str(folder))
+    out = tmp_path / "probe"
+    revlens_in_process(capsys, "probe", "--model", str(tiny_llama_folder), "--facts", str(folder), "--controls", "1",
+                       "--patch-layers", "0", "--multiple-choice", "2", "--threads", "1", "--out", str(out))
+    asked = pd.read_csv(out / "multiple_choice.csv")
+    logits = pd.read_csv(out / "logits.csv").set_index(["fact", "direction"])
+    assert {"p2d", "d2p"} <= set(asked.group) and {"forward", "reverse"} == set(asked.direction)
+    for row in asked.itertuples():
+        assert logits.loc[(row.fact, row.direction), "answer"].strip() == row.answer, row
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_probe_cli_asks_multiple_choice_on_a_fact_file(tiny_llama_folder, suffix, tmp_path, capsys):
     """`probe --multiple-choice K` of a text model on a fact JSONL or CSV: the questions are the facts' own in
