@@ -78,16 +78,23 @@ class MultipleChoicePrompts:
 def multiple_choice_prompts(questions: QuestionSet, tokenizer: Any, k: int = 4, seed: int = 0,
                             settings: Sequence[str] = MC_SETTINGS) -> MultipleChoicePrompts:
     """Each question of ``settings`` with its right answer and K − 1 others of its pool (drawn with
-    ``seed``), in each of the K cyclic orders (:func:`facts.questions.multiple_choice_orders`), tokenised."""
+    ``seed``), in each of the K cyclic orders (:func:`facts.questions.multiple_choice_orders`), tokenised. No other
+    option is a right answer to the same prompt (a parent of two children: the other child is no wrong option)."""
     k = options_count(questions, k, settings)
     letters = LETTERS[:k]
     pools = questions.pool_answers()
     prefix = bos_prefix(tokenizer)
     asked = MultipleChoicePrompts(letters, [], [], [])
+    right: dict[tuple[str, str], set[str]] = {}  # every answer of a prompt: a parent's two children both are
+    for question in questions.questions:
+        right.setdefault((question.pool, question.prompt), set()).add(question.completion.strip())
     for number, question in enumerate(questions.questions):
         if question.setting not in settings:
             continue
-        others = [a for a in pools[question.pool] if a != question.completion.strip()]
+        others = [a for a in pools[question.pool] if a not in right[question.pool, question.prompt]]
+        if len(others) < k - 1:
+            raise ValueError(f"{question.source}: {len(others)} wrong answers in pool {question.pool!r} for "
+                             f"{question.prompt!r}; {k} options need {k - 1} (ask fewer options)")
         distractors = random.Random(f"{seed}:multiple-choice:{number}").sample(others, k - 1)
         orders = multiple_choice_orders(question, distractors, seed, letters)
         encoded = [prefix + tuple(tokenizer.encode(order.prompt, add_special_tokens=False)) for order in orders]

@@ -35,6 +35,27 @@ def test_every_order_puts_the_right_answer_once_under_each_letter():
         multiple_choice_prompt("x", NAMES)
 
 
+def test_no_option_is_another_right_answer_to_the_same_question(tiny_models):
+    """A prompt with two right answers (a parent of two children: two facts, one question) was offered the other
+    right answer as a wrong option, which took probability from the "right" letter. It never is; a question
+    left with too few wrong answers is refused, naming it."""
+    from analyses.multiple_choice import multiple_choice_prompts
+
+    twins = tuple(Question(key=i, group="p2d", setting="reverse", prompt="Ann Lee's child is", completion=NAMES[i],
+                           pool="name", fact=i, direction="reverse", split="heldout", source=f"test:{i}")
+                  for i in (1, 2))
+    questions = QuestionSet(train=(), questions=(question(0), *twins, question(3), question(4)), source="test")
+    for seed in range(8):
+        asked = multiple_choice_prompts(questions, tiny_models["llama"].tokenizer, k=3, seed=seed)
+        for record in (r for r in asked.records if r["fact"] in (1, 2)):  # the two questions of one prompt
+            options = {record[f"option_{letter}"] for letter in asked.letters}
+            assert not {NAMES[1].strip(), NAMES[2].strip()} <= options, record
+    fewer = QuestionSet(train=(), questions=(question(0), *twins, question(3)), source="test")
+    with pytest.raises(ValueError, match=r"test:1: 2 wrong answers in pool 'name' for \"Ann Lee's child is\"; 4 "
+                                         r"options need 3"):
+        multiple_choice_prompts(fewer, tiny_models["llama"].tokenizer, k=4, seed=0)
+
+
 def test_letter_probabilities_are_the_softmax_over_the_letters_of_the_model(tiny_models):
     tiny = tiny_models["llama"]
     model, hf, tokenizer = tiny.backends["hooked"], tiny.hf, tiny.tokenizer
