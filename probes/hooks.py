@@ -91,20 +91,56 @@ def editing(model: Any, pattern: Pattern, fn: HookFn) -> Iterator[Any]:
     """Within the block, every forward pass of ``model`` runs ``fn`` at the matched hooks.
 
     ``with editing(model, "blocks.0.attn.hook_z", fn): answer_table(model, ...)`` scores any
-    probe under the edit; the hooks are removed on exit, also after an error.
+    probe under the edit; the hooks are removed on exit, also after an error. A matched hook that never fired
+    while the model ran forward is refused when the block ends (:func:`_refuse_silent`): the numbers made in the
+    block were not edited there.
     """
-    fwd_hooks = [(name, fn) for name in hook_names(model, pattern)]
-    with model.hooks(fwd_hooks=fwd_hooks):
-        yield model
+    names = hook_names(model, pattern)
+    fired: set[str] = set()
+    passes: list[int] = []
+    counting = model.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        with model.hooks(fwd_hooks=[(name, _noting(fn, name, fired)) for name in names]):
+            yield model
+    finally:
+        counting.remove()
+    if passes:
+        _refuse_silent(model, names, fired)
 
 
 @torch.no_grad()
 def edit(
     model: Any, tokens: Int[Tensor, "batch pos"], pattern: Pattern, fn: HookFn
 ) -> Float[Tensor, "batch pos d_vocab"]:
-    """Logits of one forward pass with ``fn`` applied at every hook matched by ``pattern``."""
-    fwd_hooks = [(name, fn) for name in hook_names(model, pattern)]
-    return model.run_with_hooks(_device_tokens(model, tokens), fwd_hooks=fwd_hooks)
+    """Logits of one forward pass with ``fn`` applied at every hook matched by ``pattern`` (a matched hook that
+    does not fire is refused, :func:`_refuse_silent`)."""
+    names = hook_names(model, pattern)
+    fired: set[str] = set()
+    logits = model.run_with_hooks(_device_tokens(model, tokens),
+                                  fwd_hooks=[(name, _noting(fn, name, fired)) for name in names])
+    _refuse_silent(model, names, fired)
+    return logits
+
+
+def _noting(fn: HookFn, name: str, fired: set[str]) -> HookFn:
+    """``fn``, noting in ``fired`` that the hook ``name`` ran."""
+    def noted(activation: Tensor, hook: Any) -> Tensor | None:
+        fired.add(name)
+        return fn(activation, hook)
+
+    return noted
+
+
+def _refuse_silent(model: Any, names: Sequence[str], fired: set[str]) -> None:
+    """Refuse an edit at hooks that exist but did not fire (``hook_result`` before ``set_use_attn_result(True)``;
+    ``hook_rot_q``/``hook_rot_k`` on TransformerLens 4's bridge over a token-world model, whose attention applies
+    rotary inside): nothing was edited there, and numbers made under the edit would pass for edited ones."""
+    silent = [name for name in names if name not in fired]
+    if silent:
+        raise ValueError(
+            f"hook(s) {silent[:_EXAMPLES_IN_ERROR]} of this {type(model).__name__} did not fire, so nothing was edited "
+            "there; some need a switch first (hook_result: model.set_use_attn_result(True); hook_*_input: "
+            "set_use_split_qkv_input), and some never fire on this model")
 
 
 def _integer(value: Any, what: str) -> int:

@@ -89,6 +89,30 @@ def test_editing_context_applies_inside_only_even_after_an_error(tiny, tokens):
     assert torch.equal(tiny(tokens), clean)
 
 
+def test_an_edit_at_a_hook_that_does_not_fire_is_refused(vocab, tokens):
+    """A hook that exists but does not fire took an edit without a word, and the numbers made under it passed for
+    edited ones: ``hook_result`` before ``set_use_attn_result(True)`` on 3.9; on 4's bridge over a rotary
+    token-world model ``hook_rot_q``, whose attention applies rotary inside. Refused, in ``editing`` once the
+    block ends (not when no forward pass ran) and in ``edit``; the hooks that fire still edit."""
+    from models.backend import TL_MAJOR
+
+    model = build_model("tiny", vocab.d_vocab, positional="rotary", seed=3).eval()
+    silent = "blocks.0.attn.hook_result" if TL_MAJOR < 4 else "blocks.0.attn.hook_rot_q"
+    assert silent in model.hook_dict
+    double = lambda x, hook: 2 * x  # noqa: E731
+    with pytest.raises(ValueError, match=rf"hook\(s\) \['{re.escape(silent)}'\] of this \w+ did not fire, so nothing "
+                                         r"was edited there"):
+        with editing(model, silent, double):
+            model(tokens)
+    with editing(model, silent, double):  # no forward pass: nothing to refuse
+        pass
+    with pytest.raises(ValueError, match="did not fire"):
+        edit(model, tokens, silent, double)
+    clean = model(tokens)
+    with editing(model, "blocks.0.hook_resid_post", double):
+        assert not torch.allclose(model(tokens), clean)
+
+
 def test_layer_and_head_out_of_range_name_the_valid_range(tiny, tokens):
     assert check_layer(tiny, 1) == 1 and check_head(tiny, 1, 3) == (1, 3)
     with pytest.raises(ValueError, match=r"layer 2 is out of range.*layers 0\.\.1"):
