@@ -114,6 +114,9 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: float | None = None, targ
 
     check_lora_options(rank, alpha)
     valid = lora_target_names(model)
+    if not valid:
+        raise ValueError(f"{type(model).__name__}'s blocks hold no torch Linear layer for LoRA to adapt (GPT-2's "
+                         f"projections are Conv1D); train every parameter, or the last blocks (--trainable-blocks N)")
     chosen = list(valid if targets is None else dict.fromkeys(targets))
     unknown = [name for name in chosen if name not in valid]
     if unknown or not chosen:

@@ -200,6 +200,11 @@ def test_bad_lora_options_are_refused(tiny_hf):
     with pytest.raises(ValueError, match=r"\['qkv'\] are not linear layers.*valid: down_proj, gate_proj, k_proj"):
         add_lora(hf, rank=2, targets=["q_proj", "qkv"])
     assert not any("lora_" in name for name, _ in hf.named_parameters())  # nothing was wrapped
+    import transformers  # GPT-2's projections are Conv1D: the refusal said "valid: " and nothing after it
+
+    gpt2 = transformers.AutoModelForCausalLM.from_config(tiny_config("gpt2"))
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel's blocks hold no torch Linear layer for LoRA to adapt"):
+        add_lora(gpt2, rank=2)
 
 
 def test_finetune_facts_with_lora_end_to_end(tiny_hf, tmp_path, capsys):
