@@ -351,13 +351,15 @@ def _declared_layers(model: str) -> int | None:
 
 
 def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, templates_file: Path | None = None,
-                       limit: int | None = None, world_sha256: str | None = None) -> None:
+                       limit: int | None = None, world_sha256: str | None = None, multiple_choice: int = 0,
+                       model: str = "") -> None:
     """Read the facts as ``probe`` will (:func:`facts.sources.read_fact_source`; the first ``limit``) and
     refuse, before a model loads, ``--controls`` above the wrong answers of one kind they hold (never capped
     silently), a templates file given with a checkpoint (token worlds have no sentences) and, for a
     checkpoint, a token entity outside the vocabulary (file:line) or facts that are not the world it was
     trained on (``world_sha256`` of its run card, when it has one: other splits would label trained
-    statements held out, or the reverse)."""
+    statements held out, or the reverse); and ``--multiple-choice`` questions that cannot be asked
+    (:func:`analyses.probe.multiple_choice_questions`)."""
     from facts.io import fact_line, facts_sha256
     from facts.language import wrong_answers
     from facts.schema import FactError
@@ -366,7 +368,8 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
 
     if checkpoint and templates_file is not None:
         raise ValueError(f"--templates-file {templates_file}: a checkpoint reads token ids, not sentences; leave it out")
-    facts = read_fact_source(facts_path, templates_file).facts
+    source = read_fact_source(facts_path, templates_file)
+    facts = source.facts
     if checkpoint and facts.world not in ("people", "celebrity"):
         vocab = TokenVocab()
         for index, fact in enumerate(facts):
@@ -389,6 +392,10 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
         verb = "hold" if len(facts) < total else "holds"
         raise ValueError(f"--controls {n_controls}: {which} {verb} only {available} wrong answers of one kind "
                          f"per question; {', or '.join(fixes) or 'give more facts'}")
+    if multiple_choice:
+        from analyses.probe import multiple_choice_questions
+
+        multiple_choice_questions(source, facts, multiple_choice, checkpoint, model)
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -696,7 +703,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
             model.is_file() and model.name.startswith("step-") and model.suffix == ".json")
         card = _checkpoint_meta(model) if checkpoint else None
         _check_probe_facts(args.facts, args.controls, checkpoint, args.templates_file, args.limit,
-                           None if card is None else (card.get("run") or {}).get("world_sha256"))
+                           None if card is None else (card.get("run") or {}).get("world_sha256"),
+                           args.multiple_choice or 0, args.model)
         if checkpoint and args.backend is not None:  # it would be recorded, and do nothing
             raise ValueError(f"--backend {args.backend}: {args.model} is a checkpoint, which loads as the model it was "
                              "trained as (a HookedTransformer under TransformerLens 3.9, a bridge under 4.x); --backend "

@@ -185,6 +185,24 @@ class ProbedModel:
     """False for a pretrained model read with a fact file it was not trained on (:data:`PRIOR`)."""
 
 
+def multiple_choice_questions(source: Any, facts: FactSet, k: int, checkpoint: bool, model: Any) -> QuestionSet:
+    """The questions ``probe --multiple-choice K`` asks of ``facts`` (the first ``--limit`` of ``source``'s), in
+    their terms (:func:`in_fact_terms`); refused (``ValueError``, ``FactError``) for a checkpoint (token ids), for
+    facts with no sentences to ask them in, or pools too small for one wrong option. The CLI asks it before the
+    run folder is touched."""
+    from analyses.multiple_choice import options_count
+
+    if checkpoint:
+        raise ValueError(f"--multiple-choice: {model} is a checkpoint of token ids; multiple choice asks a text "
+                         "model questions in words")
+    # one training paraphrase: multiple choice asks the test questions only, which do not depend on it
+    asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
+    kept = tuple(q for q in in_fact_terms(asked.questions, facts) if q.fact < len(facts))
+    questions = QuestionSet(train=(), questions=kept, source=asked.source)
+    options_count(questions, k)
+    return questions
+
+
 def in_fact_terms(questions: Sequence[Question], facts: FactSet) -> tuple[Question, ...]:
     """``questions`` numbered and directed as ``facts`` number and direct them. A Berglund folder's questions
     number the trained statements (``key``) and call the trained direction "forward"; its fact set
@@ -572,13 +590,8 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
         facts = facts.first(limit)
     choices = None
     if multiple_choice:
-        if _is_checkpoint(model_path):
-            raise ValueError(f"--multiple-choice: {model_path} is a checkpoint of token ids; multiple choice asks a "
-                             "text model questions in words")
-        # one training paraphrase: multiple choice asks the test questions only, which do not depend on it
-        asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
-        kept = tuple(q for q in in_fact_terms(asked.questions, facts) if q.fact < len(facts))
-        choices = (QuestionSet(train=(), questions=kept, source=asked.source), multiple_choice)
+        choices = (multiple_choice_questions(source, facts, multiple_choice, _is_checkpoint(model_path), model_path),
+                   multiple_choice)
     probed = load_probed(model_path, facts, device, backend, source.sentence_templates(None))
     # the CLI checks them before its folder where the files declare the count; here before any file is written
     n_layers = getattr(getattr(probed.model, "cfg", None), "n_layers", None)

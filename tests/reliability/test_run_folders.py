@@ -473,6 +473,10 @@ SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
      "--controls 3: the first 3 facts of run/facts.jsonl (--limit 3) hold only 2 wrong answers of one kind per "
      "question; use --controls 2"),
     ("probe", (*PROBE, "--patch-layers", "99"), "--patch-layers 99: out of range; this model has layers 0…1"),
+    # these had deleted the previous run first
+    ("probe", (*PROBE, "--multiple-choice", "2"), "--multiple-choice: run/checkpoints is a checkpoint of token ids"),
+    ("probe", ("probe", "--model", "tiny", "--facts", "celeb.jsonl", "--controls", "1", "--multiple-choice", "2"),
+     "no train template for relation 'mother'"),
     ("probe", (*PROBE, "--patch-layers", "0", "-1"), "--patch-layers -1: out of range"),
     *[(kind, args, "cannot convert LlamaForCausalLM (rope: its config sets rope_parameters['rope_type'] = 'linear'")
       for kind, args in (("probe", ("probe", "--model", "rope", "--facts", "people.jsonl", "--controls", "1")),
@@ -520,6 +524,7 @@ def test_a_refused_option_leaves_the_previous_run_byte_identical(finished, tmp_p
     copy_run(finished, tmp_path / "run")
     assert main(["make-facts", "people", "--size", "2", "--out", "people.jsonl"]) == 0
     assert main(["make-facts", "reversal", "--size", "20", "--seed", "1", "--out", "other.jsonl"]) == 0
+    assert main(["make-facts", "celebrity", "--limit", "4", "--out", "celeb.jsonl"]) == 0
     Path("bad_celeb.csv").write_text("child,parent,parent_type,child_prediction,can_reverse\nA,B,aunt,,True\n")
     transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                              num_attention_heads=2, num_key_value_heads=1).save_pretrained("tiny")  # no weights
