@@ -171,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--device", default=None)
     probe.add_argument("--tracing", action="store_true",
                        help="also causal tracing (tracing.csv, tracing.png) of the first --tracing-facts facts")
-    probe.add_argument("--tracing-facts", type=_positive_int, default=4, metavar="N", help="facts to trace (default 4)")
-    probe.add_argument("--tracing-samples", type=_positive_int, default=3, metavar="S",
-                       help="noise samples per traced statement (default 3)")
+    probe.add_argument("--tracing-facts", type=_positive_int, default=None, metavar="N",
+                       help="facts to trace (default 4; with --tracing)")
+    probe.add_argument("--tracing-samples", type=_positive_int, default=None, metavar="S",
+                       help="noise samples per traced statement (default 3; with --tracing)")
     probe.add_argument("--head-patching", action="store_true",
                        help="also forward → reverse patching of each head's output (head_patching.png; prompts of "
                             "one length)")
@@ -404,7 +405,8 @@ def _probe(args: argparse.Namespace) -> int:
     summary = probe(args.model, args.facts, args.out, device=args.device, n_controls=args.controls,
                     backend=args.backend or "hooked", patch_layers=args.patch_layers, limit=args.limit,
                     templates_file=args.templates_file,
-                    tracing={"n_facts": args.tracing_facts, "n_samples": args.tracing_samples} if args.tracing else None,
+                    tracing={"n_facts": args.tracing_facts or 4, "n_samples": args.tracing_samples or 3}
+                    if args.tracing else None,
                     head_patching=args.head_patching, attribution_patching=args.attribution_patching,
                     lens=args.logit_lens, multiple_choice=args.multiple_choice, seed=args.seed)
     print(format_probe(summary))
@@ -690,6 +692,13 @@ def _check_inputs(args: argparse.Namespace) -> None:
               for option in (experiment.options if experiment is not None else ()) if option.kwargs.get("nargs") == "+"]
     if args.command == "reproduce" and args.experiment == "all":
         listed.append(("--experiments", args.experiments))
+    if args.command == "probe":
+        listed.append(("--patch-layers", args.patch_layers))
+        ignored = [flag for flag, value in (("--tracing-facts", args.tracing_facts),
+                                            ("--tracing-samples", args.tracing_samples)) if value is not None]
+        if ignored and not args.tracing:
+            raise ValueError(f"{' and '.join(ignored)} without --tracing: nothing is traced, so it would be ignored; "
+                             f"add --tracing, or leave it out")
     for flag, values in listed:  # a value listed twice would be one run written twice (--dims 64 64)
         repeated = sorted({str(value) for value in values or () if values.count(value) > 1})
         if repeated:

@@ -195,8 +195,13 @@ def multiple_choice_questions(source: Any, facts: FactSet, k: int, checkpoint: b
     if checkpoint:
         raise ValueError(f"--multiple-choice: {model} is a checkpoint of token ids; multiple choice asks a text "
                          "model questions in words")
-    # one training paraphrase: multiple choice asks the test questions only, which do not depend on it
-    asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
+    from facts.schema import FactError
+
+    try:  # one training paraphrase: multiple choice asks the test questions only, which do not depend on it
+        asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
+    except FactError as error:
+        raise FactError(f"--multiple-choice: {error} (multiple choice asks the held-out paraphrases and reverses of "
+                        f"a fact file's trained statements, Berglund et al.'s questions)") from None
     kept = tuple(q for q in in_fact_terms(asked.questions, facts) if q.fact < len(facts))
     questions = QuestionSet(train=(), questions=kept, source=asked.source)
     options_count(questions, k)

@@ -473,10 +473,12 @@ SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
      "--controls 3: the first 3 facts of run/facts.jsonl (--limit 3) hold only 2 wrong answers of one kind per "
      "question; use --controls 2"),
     ("probe", (*PROBE, "--patch-layers", "99"), "--patch-layers 99: out of range; this model has layers 0…1"),
+    ("probe", (*PROBE, "--patch-layers", "0", "0"), "--patch-layers 0 0: 0 given more than once"),
+    ("probe", (*PROBE, "--tracing-facts", "2"), "--tracing-facts without --tracing: nothing is traced"),
     # these had deleted the previous run first
     ("probe", (*PROBE, "--multiple-choice", "2"), "--multiple-choice: run/checkpoints is a checkpoint of token ids"),
     ("probe", ("probe", "--model", "tiny", "--facts", "celeb.jsonl", "--controls", "1", "--multiple-choice", "2"),
-     "no train template for relation 'mother'"),
+     "--multiple-choice: celebrity facts: no statement is trained (multiple choice asks the held-out"),
     ("probe", (*PROBE, "--patch-layers", "0", "-1"), "--patch-layers -1: out of range"),
     *[(kind, args, "cannot convert LlamaForCausalLM (rope: its config sets rope_parameters['rope_type'] = 'linear'")
       for kind, args in (("probe", ("probe", "--model", "rope", "--facts", "people.jsonl", "--controls", "1")),
