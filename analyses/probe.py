@@ -483,7 +483,9 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
     figures, notes = ["margins.png"], {}
     if measured:
         drawn = _circuits_to_draw(measured)
-        title = "" if len(drawn) == len(per_circuit) else f"The {len(drawn)} of {len(per_circuit)} circuits with the largest gap"
+        title = "" if len(drawn) == len(per_circuit) else (
+            f"The {len(drawn)} of {len(per_circuit)} circuits with the largest gap" if len(drawn) < len(measured)
+            else f"The {len(drawn)} of {len(per_circuit)} circuits whose gap is defined")
         bars = (("z_trained", "trained direction"), ("z_heldout", "held-out direction")) if trained else (
             ("z_forward", "forward (A → B)"), ("z_reverse", "reverse (B → A)"))
         save_png(circuit_asymmetry_bars(drawn, title=title or ("" if trained else f"Effective weights, {PRIOR}"),
