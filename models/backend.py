@@ -105,8 +105,9 @@ def is_hooked(model: object) -> bool:
 
 def wrapper_name(model: object) -> str:
     """What a loaded model runs as, for summaries: "hooked" (a ``HookedTransformer``), "bridge (compatibility
-    mode)" (TransformerLens 4's bridge under HookedTransformer's hook names: what ``backend="hooked"`` gives
-    there) or "bridge"."""
+    mode)" (a bridge under HookedTransformer's hook names: what ``backend="hooked"`` gives under TransformerLens 4,
+    and any bridge loaded with ``process_weights=True``, on either line) or "bridge". The backend asked for is
+    the command's own option, which the run's manifest records."""
     if is_hooked(model):
         return "hooked"
     return "bridge (compatibility mode)" if getattr(model, "compatibility_mode", False) else "bridge"
