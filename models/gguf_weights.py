@@ -165,7 +165,7 @@ def unread_metadata(reader: object) -> list[str]:
     if not architecture:
         return []
     mapped_as = _transformers_architecture(architecture, str(value("general.name") or ""))
-    renames = GGUF_TO_TRANSFORMERS_MAPPING["config"].get(mapped_as, {})
+    renames = GGUF_TO_TRANSFORMERS_MAPPING["config"].get(mapped_as, {}) or _read_by_builder(reader, architecture)
     head_dim = next((value(f"{architecture}.{key}") for key, name in renames.items() if name == "head_dim"
                      and value(f"{architecture}.{key}") is not None), None)
     if head_dim is None:
@@ -200,6 +200,39 @@ def unread_metadata(reader: object) -> list[str]:
         if tensor.name == "rope_freqs.weight" and not np.all(np.asarray(tensor.data) == 1):
             unread.append(f"tensor rope_freqs.weight = {_short(np.asarray(tensor.data).tolist())} (RoPE scaling)")
     return unread
+
+
+def _read_by_builder(reader: object, architecture: str) -> dict[str, str]:
+    """The ``{architecture}.*`` fields transformers' config builder of this architecture reads (those it builds with
+    ``get_gguf_config`` rather than its mapping table: Qwen 3.5, LFM2), as a mapping table would name them (each
+    to itself); empty for any other architecture, or where the builder cannot run on these fields (the load then
+    fails with transformers' own error)."""
+    try:
+        from transformers.integrations.gguf import GGUF_CONFIG_ARCHS
+    except ImportError:
+        return {}
+    builder = GGUF_CONFIG_ARCHS.get(architecture)
+    if builder is None:
+        return {}
+
+    class Noting(dict):
+        def __getitem__(self, key):
+            self.read.add(key)
+            return super().__getitem__(key)
+
+        def get(self, key, default=None):
+            self.read.add(key)
+            return super().get(key, default)
+
+    fields = reader.fields  # type: ignore[attr-defined]
+    metadata = Noting({key: field.contents() for key, field in fields.items()})
+    metadata.read = set()
+    try:
+        builder(metadata, tuple(tensor.name for tensor in reader.tensors))  # type: ignore[attr-defined]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return {}
+    prefix = f"{architecture}."
+    return {key[len(prefix):]: key[len(prefix):] for key in metadata.read if key.startswith(prefix)}
 
 
 def _query_pre_attn_scalar(architecture: str) -> float | None:

@@ -467,6 +467,36 @@ def test_a_model_whose_files_lack_a_weight_is_refused_not_filled_with_random_val
         load_hf(_write_gguf(tmp_path / "holed.gguf", leave_out=("blk.1.ffn_down.weight",)), device="cpu", keep=False)
 
 
+def test_a_gguf_whose_config_transformers_builds_is_judged_by_the_fields_its_builder_reads(tmp_path):
+    """transformers builds a Qwen 3.5 (or LFM2) GGUF's config with a function of its own, not its mapping table, so
+    every qwen35.* field had counted as dropped and such a file was refused with a false reason. The fields the
+    builder reads are read; one it does not read is still named."""
+    import gguf
+
+    from models.gguf_weights import unread_metadata
+
+    def qwen35(path, extra: dict):
+        writer = gguf.GGUFWriter(str(path), "qwen35")
+        for key, value in {"context_length": 4096, "embedding_length": 64, "block_count": 4,
+                           "feed_forward_length": 128, "attention.head_count": 4, "attention.head_count_kv": 2,
+                           "attention.key_length": 16, "attention.value_length": 16,
+                           "attention.layer_norm_rms_epsilon": 1e-6, "full_attention_interval": 4,
+                           "ssm.conv_kernel": 4, "ssm.state_size": 16, "ssm.group_count": 2,
+                           "ssm.time_step_rank": 4, "ssm.inner_size": 64, "rope.freq_base": 1e6,
+                           "rope.dimension_count": 8, **extra}.items():
+            (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(f"qwen35.{key}", value)
+        writer.add_array("qwen35.rope.dimension_sections", [2, 2, 0, 0])
+        writer.add_token_list(["a", "b", "c"])
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.close()
+        return gguf.GGUFReader(path)
+
+    assert unread_metadata(qwen35(tmp_path / "plain.gguf", {})) == []
+    assert unread_metadata(qwen35(tmp_path / "extra.gguf", {"attention.new_scale": 2.0})) == [
+        "qwen35.attention.new_scale = 2.0"]
+
+
 @pytest.mark.parametrize("architecture", ["gemma2", "gemma3"])
 def test_a_gemma_gguf_whose_heads_are_not_256_wide_is_refused(tmp_path, architecture):
     """llama.cpp scales a Gemma 2/3 GGUF's attention by its head size (key_length), transformers by
