@@ -55,6 +55,14 @@ def hook_names(model: Any, pattern: Pattern) -> list[str]:
             f"valid names include {_suggestions(names, shown)} ({len(names)} hooks in all, on layers "
             f"0..{model.cfg.n_layers - 1})"
         )
+    from models.backend import is_native_bridge
+
+    scores = [name for name in chosen if name.endswith("attn.hook_attn_scores")]
+    if scores and is_native_bridge(model):
+        raise ValueError(
+            f"{scores[0]}: on TransformerLens 4's bridge over a from-scratch model this hook carries the attention "
+            "pattern (after the softmax), not the scores it carries on a HookedTransformer, and an edit there is "
+            "dropped; read blocks.L.attn.hook_pattern, or the scores from hook_q and hook_k")
     return chosen
 
 

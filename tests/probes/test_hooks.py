@@ -113,6 +113,23 @@ def test_an_edit_at_a_hook_that_does_not_fire_is_refused(vocab, tokens):
         assert not torch.allclose(model(tokens), clean)
 
 
+def test_attention_scores_are_read_as_scores_or_refused(tiny, tokens):
+    """On TransformerLens 4's bridge over a from-scratch model ``hook_attn_scores`` carried the pattern (rows summing
+    to 1), where 3.9's HookedTransformer gives the masked scores before the softmax: a read of it differed by line
+    with nothing said. It is refused there, naming what to read; elsewhere it holds the scores."""
+    from models.backend import is_native_bridge
+
+    name = "blocks.0.attn.hook_attn_scores"
+    if is_native_bridge(tiny):
+        with pytest.raises(ValueError, match=r"hook_attn_scores: on TransformerLens 4's bridge over a from-scratch "
+                                             r"model this hook carries the attention pattern"):
+            collect(tiny, tokens, name)
+        return
+    scores = collect(tiny, tokens, name)[name]
+    pattern = collect(tiny, tokens, "blocks.0.attn.hook_pattern")["blocks.0.attn.hook_pattern"]
+    assert torch.allclose(scores.softmax(-1), pattern, atol=1e-6)
+
+
 def test_layer_and_head_out_of_range_name_the_valid_range(tiny, tokens):
     assert check_layer(tiny, 1) == 1 and check_head(tiny, 1, 3) == (1, 3)
     with pytest.raises(ValueError, match=r"layer 2 is out of range.*layers 0\.\.1"):
