@@ -498,6 +498,8 @@ def direct_logit_attribution(
         # the model's own logits at the last position: a HookedTransformer's readout of the cached final residual
         # (the rows its forward would give, without unembedding every position), a bridge's forward output
         output = hooked_readout(plain, cache[_last_resid(plain)][:, -1]) if hooked else output[:, -1]
+        if plain is not model:
+            _check_same_logits(model, plain, _prompts(plain, chunk), output)
         components, stack = _decomposition(plain, cache, by)
         directions, offset = _answer_directions(plain, answers, wrong)
         normalised = _through_final_norm(plain, cache, stack)
@@ -507,6 +509,23 @@ def direct_logit_attribution(
         _check_sums(plain, attrs, output, answers, wrong, chunk)
         frames.append(_attribution_frame(rows, chunk, answers, wrong, components, attrs))
     return _in_input_order(frames)
+
+
+FOLD_TOLERANCE = 1e-3
+"""How far (max |Δ logit| at the last position) the folded copy may be from the model it stands for."""
+
+
+def _check_same_logits(model: Any, plain: Any, tokens: Int[Tensor, "batch pos"],
+                       output: Float[Tensor, "batch d_vocab"]) -> None:
+    """Refuse attributions read from a folded copy (:func:`folded`) whose logits are not the caller's model's: they
+    would sum exactly to another model's logit."""
+    with torch.no_grad():
+        own = model(tokens)[:, -1]
+    gap = float((own.double() - output.double().to(own.device)).abs().max())
+    if not gap <= FOLD_TOLERANCE:
+        raise ValueError(f"{model.cfg.model_name}: its copy with the norms folded gives logits {gap:.2e} from its own "
+                         f"(more than {FOLD_TOLERANCE:g}), so attributions read from the copy would be another "
+                         "model's; direct logit attribution is refused")
 
 
 def _last_resid(model: Any) -> str:

@@ -84,6 +84,29 @@ def test_attributions_sum_to_the_logit_difference_or_are_refused(architecture, b
         assert (unfolded.attribution - refolded.attribution).abs().max() < 1e-4
 
 
+def test_attributions_of_a_folded_copy_whose_logits_are_not_the_model_s_are_refused(tiny_models, monkeypatch):
+    """A bridge is attributed through a copy with its norms folded (``folded``), whose terms sum exactly to the
+    copy's own logit: a copy whose logits were not the caller's model's would have passed. The copy's logits are
+    now checked against the model's; a copy that differs is refused, the true one is not."""
+    from probes import attribution
+
+    model = perturbed(tiny_models["llama"].backends["bridge"])
+    examples = [Example((5, 6, 7, 8), (9,), 0, "forward", "train"), Example((3, 4, 5, 6), (7,), 1, "forward", "train")]
+    direct_logit_attribution(model, examples)
+    fold = attribution.folded
+
+    def off_by_a_little(model):
+        twin = fold(model)
+        with torch.no_grad():
+            for parameter in twin.blocks[-1].parameters():
+                parameter.add_(0.05)
+        return twin
+
+    monkeypatch.setattr(attribution, "folded", off_by_a_little)
+    with pytest.raises(ValueError, match=r"its copy with the norms folded gives logits .* from its own"):
+        direct_logit_attribution(model, examples)
+
+
 def test_circuits_of_olmo2_are_refused_on_every_backend(tiny_models):
     """OLMo 2 has a norm after attention and none before: its circuits (which read ln1 as the scale of the
     heads' input) cannot be exact on any backend."""
