@@ -85,6 +85,8 @@ def gguf_state_dict(
         if result.name is None:  # the processor kept it itself (e.g. experts stacked into one parameter)
             continue
         if result.name not in names:  # transformers would skip it: the model would run without it
+            if result.name == "rope_freqs.weight" and np.all(np.asarray(result.weights) == 1):
+                continue  # scales every frequency by 1: without it the model is the same (unread_metadata agrees)
             raise ValueError(f"{path} holds the tensor {result.name!r}, which transformers' GGUF reader maps to no "
                              f"parameter of {type(model).__name__}: the model would run without it")
         array = result.weights
