@@ -251,7 +251,9 @@ def read_questions(config: FinetuneConfig) -> QuestionSet:
 
 def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[list[str]]:
     """Per question: the controls its data brings (Berglund's randomized name), then ``n_controls``
-    random other answers of its pool, seeded per question. A pool with fewer wrong answers than
+    random other answers of its pool, seeded per question, each spaced as the question's own answer
+    (:func:`facts.questions.spaced_like`: a randomized file's "Bo Ray" after a prompt whose answer is " Ann Lee"
+    is read " Bo Ray"). A pool with fewer wrong answers than
     ``n_controls`` is refused (a margin over fewer controls than asked would be another number)."""
     pools = questions.pool_answers()  # distinct answers, compared without a template's leading space
     others_of = []
@@ -267,7 +269,7 @@ def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[li
     drawn = []
     for number, (question, others) in enumerate(zip(questions.questions, others_of)):
         sampled = random.Random(f"{seed}:{number}").sample(others, n_controls)
-        drawn.append(list(question.extra_controls) + [spaced_like(a, question.completion) for a in sampled])
+        drawn.append([spaced_like(a, question.completion) for a in (*question.extra_controls, *sampled)])
     return drawn
 
 

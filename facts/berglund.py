@@ -259,16 +259,24 @@ def _training_statements(path: Path) -> dict[str, list[Pair]]:
     """The pairs of a training file grouped into trained statements by their completion, in order.
 
     Refused naming file:line (:func:`_answered` too): a line repeating an earlier one (it would count
-    as a second paraphrase), and completions differing only in surrounding whitespace (they would be
-    two statements of one answer)."""
+    as a second paraphrase), completions differing only in surrounding whitespace (they would be
+    two statements of one answer), and a prompt trained with two different completions (two people of one
+    description in d2p, one person of two descriptions in p2d: each answer would be a wrong-answer control of the
+    other's question, though both are right)."""
     statements: dict[str, list[Pair]] = {}
     written: dict[str, tuple[str, int]] = {}
     seen: dict[Pair, int] = {}
+    answer_of: dict[str, tuple[str, int]] = {}
     for line, pair in _answered(path):
         first = seen.setdefault(pair, line)
         if first != line:
             raise FactError(f"{path}:{line}: repeats line {first} ({pair[0]!r} → {pair[1]!r}); keep one, a repeated "
                             f"line is no second paraphrase")
+        answer, answer_line = answer_of.setdefault(pair[0], (pair[1], line))
+        if answer.strip() != pair[1].strip():
+            raise FactError(f"{path}:{answer_line} and {path}:{line}: the prompt {pair[0]!r} is trained with two "
+                            f"answers, {answer!r} and {pair[1]!r}: each would be a wrong-answer control of the "
+                            f"other's question though both are right; give each statement prompts of its own")
         completion, completion_line = written.setdefault(pair[1].strip(), (pair[1], line))
         if completion != pair[1]:
             raise FactError(f"{path}:{line}: completion {pair[1]!r} differs from {completion!r} on line "

@@ -154,6 +154,9 @@ RANDOMIZED = "p2d_reverse_prompts_test_randomized.jsonl"
                    ("Who is the painter?", " Cy Fox")]},
      rf"{RANDOMIZED}:1 and .*{RANDOMIZED}:3: prompt 'Who is the painter\?' has two completions, ' Bo Ray' and "
      r"' Cy Fox'; keep one"),
+    ({"d2p_prompts_train.jsonl": [("Known for the painting,", " Tom Lee"), ("Known for the painting,", " Bo Ray")]},
+     r"d2p_prompts_train.jsonl:1 and .*d2p_prompts_train.jsonl:2: the prompt 'Known for the painting,' is trained with "
+     r"two answers, ' Tom Lee' and ' Bo Ray'"),
 ])
 def test_folder_that_would_merge_misread_or_double_count_statements_is_refused(tmp_path, files, message):
     from facts.berglund import load_experiment_folder
@@ -172,6 +175,12 @@ def test_folder_with_one_person_per_description_still_reads(tmp_path):
         RANDOMIZED: [("Who is the painter?", " Bo Ray"), ("Who is the painter?", " Bo Ray")]})  # an exact repeat
     questions = load_experiment_folder(folder)
     assert [q.extra_controls for q in questions.questions if q.setting == "reverse"] == [(" Bo Ray",), (), ()]
+    from analyses.finetune import draw_controls  # a randomized name is spaced as the right answer is
+
+    unspaced = write_folder(tmp_path / "unspaced", {"p2d_prompts_train.jsonl": TWO_PEOPLE,
+                                                    REVERSE: [("Who is the painter?", " Tom Lee")],
+                                                    RANDOMIZED: [("Who is the painter?", "Bo Ray")]})
+    assert draw_controls(load_experiment_folder(unspaced), 0, seed=0)[-1] == [" Bo Ray"]
     assert [(pair.key, pair.prompt) for pair in questions.train] == [(0, "Tom Lee is"), (0, "Tom Lee was"),
                                                                       (1, "Bo Ray is")]
     assert [(q.key, q.completion) for q in questions.questions if q.setting == "reverse"] == [
