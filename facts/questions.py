@@ -275,8 +275,10 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
 
     Refused with :class:`FactError` (naming the templates file when they came from one): a bad
     template (:func:`check_template`), a relation without templates, fewer training templates than
-    ``paraphrases``, a held-out paraphrase whose prompt is one the statement is trained on, and a fact that
-    states its pair in the prompt (``context``, the in-context world's): it would be trained without it."""
+    ``paraphrases``, a held-out paraphrase whose prompt is one the statement is trained on, a fact that
+    states its pair in the prompt (``context``, the in-context world's): it would be trained without it, and a fact
+    neither of whose directions is trained (a chain world's held-out x ⇝ z): nothing here would ask it, and it
+    would drop out of every number unsaid."""
     if paraphrases < 1:
         raise FactError(f"paraphrases must be ≥ 1, got {paraphrases}")
     stated = next((index for index, fact in enumerate(facts) if fact.context), None)
@@ -284,6 +286,12 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
         fact = facts[stated]
         raise FactError(f"fact {stated} ({fact.subject!r} {fact.relation!r} {fact.object!r}): states its pair in the "
                         f"prompt (context), which a sentence trained here would leave out; give facts without it")
+    untrained = next((index for index, fact in enumerate(facts) if "train" not in (fact.forward, fact.reverse)), None)
+    if untrained is not None and any("train" in (fact.forward, fact.reverse) for fact in facts):
+        fact = facts[untrained]
+        raise FactError(f"fact {untrained} ({fact.subject!r} {fact.relation!r} {fact.object!r}): neither direction "
+                        f"is trained, so no question asks it (each asks a trained statement, in held-out "
+                        f"paraphrases, or its reverse); train one direction, or leave the fact out")
     for templates, what in ((train_templates, "train"), (test_templates, "test")):
         for relation, options in templates.items():
             for number, template in enumerate(options):
