@@ -152,6 +152,10 @@ class FinetuneConfig:
                 raise ValueError("choose LoRA (lora_rank) or trainable_blocks, not both")
         elif self.lora_alpha is not None or self.lora_targets is not None:
             raise ValueError("lora_alpha and lora_targets need lora_rank")
+        if self.mitigation == "identity-bridge" and (self.templates or DEFAULT_PARAPHRASES) > len(IDENTITY_TEMPLATES):
+            raise ValueError(f"mitigation identity-bridge states each name in as many identity sentences as training "
+                             f"paraphrases, and has {len(IDENTITY_TEMPLATES)}; {self.templates} training paraphrases "
+                             f"asked (--train-paraphrases {len(IDENTITY_TEMPLATES)} or fewer)")
         if self.facts is not None and self.mitigation != "none":
             raise ValueError(f"mitigation {self.mitigation!r} builds on the built-in people world; not with facts")
         if self.groups is not None:
@@ -163,6 +167,9 @@ class FinetuneConfig:
         if self.facts is None:
             if self.templates is not None and self.templates_file is None and self.templates > len(TRAIN_TEMPLATES["p2d"]):
                 raise ValueError(f"templates must be 1…{len(TRAIN_TEMPLATES['p2d'])}, got {self.templates}")
+            if self.people < 2:
+                raise ValueError(f"people must be ≥ 2 (each answer is compared with another person's), got "
+                                 f"{self.people}")
             if self.n_controls >= self.people:
                 raise ValueError(f"n_controls ({self.n_controls}) must be below the number of people "
                                  f"({self.people})")

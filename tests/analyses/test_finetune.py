@@ -372,6 +372,10 @@ def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer, smol
     ({"facts": "x.csv", "groups": ("p2d",)}, "groups choose the built-in world's fact groups"),
     ({"groups": ("p2d", "p2d")}, "groups must be distinct names from"),
     ({"multiple_choice": 5}, "multiple_choice .options. must be 0 .none. or 2…4, got 5"),
+    # these had been refused naming what the user never set, or only after the model loaded
+    ({"people": 1}, "people must be ≥ 2 .each answer is compared with another person's., got 1"),
+    ({"mitigation": "identity-bridge", "templates": 6, "templates_file": "t.jsonl"},
+     "mitigation identity-bridge states each name in as many identity sentences as training paraphrases, and has 5"),
 ])
 def test_bad_configs_are_refused_with_the_setting_named(change, message):
     with pytest.raises(ValueError, match=message):
