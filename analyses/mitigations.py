@@ -76,6 +76,16 @@ DEFINITIONS = {
                        "('x ← x', 'y → y'; Ma et al. 2026); no held-out statement is trained",
 }
 """One line per variant, written into summary.json (the module docstring has the full definitions)."""
+FINETUNED_DEFINITIONS = {
+    "baseline": "finetune-facts on the built-in people world's p2d group (name → description)",
+    "augmentation": "finetune-facts --mitigation bidirectional: a second group of people trained both ways beside p2d "
+                    "('restated pairs (trained)' asks that group's reverse, 'pairs not restated' p2d's)",
+    "reverse-training": "finetune-facts --mitigation reverse-training: each training sentence also trained with its "
+                        "words reversed, every name and description kept whole",
+    "identity-bridge": "finetune-facts --mitigation identity-bridge: each p2d name also trained as its own answer "
+                       "('The name of X is X'), not every entity",
+}
+"""What a fine-tuned row of a variant trained, which is not the token world's data of that name."""
 
 
 @dataclass(frozen=True)
@@ -346,6 +356,8 @@ def reproduce_mitigations(out: str | Path, config: MitigationConfig = Mitigation
                "n_one_way": len(one_way_facts(world)),
                "variants": {v.name: v.training.count("train") for v in variants},
                "definitions": {v.name: DEFINITIONS[v.name] for v in variants},
+               "finetuned_definitions": {name: FINETUNED_DEFINITIONS[name] for name in
+                                         dict.fromkeys(row["variant"] for row in pretrained)},
                "finetuned": [str(run_dir) for run_dir in finetuned], "rows": rows,
                "seconds": time.perf_counter() - began}
     _write_json(out / "summary.json", summary)

@@ -227,6 +227,9 @@ def test_fine_tuned_runs_of_one_model_keep_their_own_rows_and_bars(tmp_path):
     assert names == ["one-layer", f"smollm2-135m (fine-tuned) [{folders[0]}]",
                      "smollm2-135m (fine-tuned, groups p2d d2p)", f"smollm2-135m (fine-tuned) [{folders[2]}]"]
     assert pd.read_csv(tmp_path / "m" / "mitigations.csv").groupby("model").size().to_dict() == dict.fromkeys(names, 2)
+    # the fine-tuned rows say what they trained, which is not the token world's data of the variant's name
+    assert list(summary["finetuned_definitions"]) == ["baseline"]
+    assert summary["finetuned_definitions"]["baseline"].startswith("finetune-facts on the built-in people world")
     accuracy = mitigation_bars(summary["rows"]).axes[0]
     assert accuracy.get_legend_handles_labels()[1] == names
     assert len(accuracy.patches) == 4 * 2  # a bar per model and test
