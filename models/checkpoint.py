@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from facts.io import atomic_write, file_sha256, remove_stale_temporaries
 
@@ -32,10 +32,13 @@ _OS_ERROR = re.compile(r"os error (\d+)")
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], temporary: Path, target: Path) -> None:
-    """safetensors' ``save_file`` into ``temporary``; an I/O failure it reports as text ("No space
-    left on device (os error 28)") is raised as the ``OSError`` it is, naming ``target``."""
+    """The tensors in safetensors' format, written into ``temporary`` (:func:`facts.io.atomic_write`'s, which a later
+    run recognises and removes if this process dies). Not ``save_file``: safetensors 0.8 writes through a temporary
+    of its own (``.tmpXXXXXX``) that a process killed mid-write left in the checkpoint folder, where nothing knew
+    it. An I/O failure it reports as text ("No space left on device (os error 28)") is raised as the ``OSError``
+    it is, naming ``target``."""
     try:
-        save_file(tensors, str(temporary))
+        temporary.write_bytes(save(tensors))
     except SafetensorError as error:
         code = _OS_ERROR.search(str(error))
         if code is None:

@@ -192,7 +192,7 @@ def test_pretrained_probe_on_people_facts(smollm2_hooked, smollm2_tokenizer, tmp
     assert attribution["forward"]["prompt_tokens"][-2:] == [" for", " being"]
     assert attribution["reverse"]["answer_token"] == " Barth"  # Bartholomew Holloway, held out
     assert attribution["patching"]["layers"] == [0, 29] and attribution["patching"]["positions_from_end"] == 13
-    assert_offline_view(tmp_path / "attention_reverse.html", '"L0H0"', '"L29H8"', "Willow")
+    assert_offline_view(tmp_path / "attention_reverse.html", '"L0H0"', '"L29H8"', "opera")  # 'Quiet Tide' of the opera
     # SmolLM2 never trained on these people: prior knowledge, never "train/forward"
     assert set(table.split) == {PRIOR} and set(summary["logits"]) == {f"{PRIOR}/forward", f"{PRIOR}/reverse"}
     assert not table.trained.any() and set(circuits.forward) | set(circuits.reverse) == {PRIOR}  # no file's split

@@ -338,7 +338,7 @@ def test_prompts_of_different_lengths_are_patched_aligned_at_the_end(smollm2_hoo
     is read by nothing after the last layer."""
     from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, people_world
 
-    facts = people_world(n_per_group=1, seed=1)
+    facts = people_world(n_per_group=3, seed=1)
     tokenizer = TemplateTokenizer(smollm2_tokenizer, TRAIN_TEMPLATES)
     clean, corrupt = tokenizer.example(facts, 0, "forward"), tokenizer.example(facts, 0, "reverse")
     assert (len(clean.prompt), len(corrupt.prompt)) == (13, 14)
