@@ -105,13 +105,14 @@ def editing(model: Any, pattern: Pattern, fn: HookFn) -> Iterator[Any]:
     """
     names = hook_names(model, pattern)
     fired: set[str] = set()
-    passes: list[int] = []
-    counting = model.register_forward_hook(lambda *_: passes.append(1))
+    passes: list[int] = []  # a pass runs at least one block, whether called as model(...) or by run_with_hooks
+    counting = [block.register_forward_hook(lambda *_: passes.append(1)) for block in model.blocks]
     try:
         with model.hooks(fwd_hooks=[(name, _noting(fn, name, fired)) for name in names]):
             yield model
     finally:
-        counting.remove()
+        for handle in counting:
+            handle.remove()
     if passes:
         _refuse_silent(model, names, fired)
 

@@ -104,6 +104,9 @@ def test_an_edit_at_a_hook_that_does_not_fire_is_refused(vocab, tokens):
                                          r"was edited there"):
         with editing(model, silent, double):
             model(tokens)
+    with pytest.raises(ValueError, match="did not fire"):  # a pass run_with_hooks makes (it calls forward itself)
+        with editing(model, silent, double):
+            model.run_with_hooks(tokens)
     with editing(model, silent, double):  # no forward pass: nothing to refuse
         pass
     with pytest.raises(ValueError, match="did not fire"):
