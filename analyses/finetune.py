@@ -127,7 +127,7 @@ class FinetuneConfig:
     three is their experiment-1 grid); None: the mitigation's (:data:`MITIGATIONS`, p2d alone by default)."""
     multiple_choice: int = 0
     """Options K of the questions asked as multiple choice before and after (:mod:`analyses.multiple_choice`;
-    fewer where a pool holds fewer answers); 0: none."""
+    fewer where a question has fewer wrong answers, :func:`analyses.multiple_choice.options_count`); 0: none."""
 
     def __post_init__(self) -> None:
         if self.n_controls is None:

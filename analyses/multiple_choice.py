@@ -48,19 +48,27 @@ MC_SETTINGS = ("forward_heldout_paraphrase", "reverse")
 """Settings asked as multiple choice: the trained direction in new words, and the held-out reverse."""
 
 
+def wrong_options(questions: QuestionSet) -> list[list[str]]:
+    """Per question, the answers of its pool that may be offered as wrong: every one but the right answers of its
+    prompt (its own, and a parent's other child where two facts give one prompt)."""
+    pools = questions.pool_answers()
+    right: dict[tuple[str, str], set[str]] = {}
+    for question in questions.questions:
+        right.setdefault((question.pool, question.prompt), set()).add(question.completion.strip())
+    return [[a for a in pools[q.pool] if a not in right[q.pool, q.prompt]] for q in questions.questions]
+
+
 def options_count(questions: QuestionSet, k: int, settings: Sequence[str] = MC_SETTINGS) -> int:
-    """K: ``k`` options, or fewer when a pool of the asked questions holds fewer distinct answers (≥ 2);
-    a K below 2, or above the letters, is refused."""
+    """K: ``k`` options, or fewer when an asked question has fewer wrong options (:func:`wrong_options`) than
+    K − 1 (at least one); a K below 2, or above the letters, is refused."""
     if not 2 <= k <= len(LETTERS):
         raise ValueError(f"multiple choice asks 2…{len(LETTERS)} options, not {k}")
-    pools = questions.pool_answers()
-    asked = {q.pool for q in questions.questions if q.setting in settings}
-    if not asked:
+    wrong = [len(others) for q, others in zip(questions.questions, wrong_options(questions)) if q.setting in settings]
+    if not wrong:
         raise ValueError(f"no question of the settings {list(settings)} to ask as multiple choice")
-    smallest = min(len(pools[pool]) for pool in asked)
-    if smallest < 2:
-        raise ValueError(f"a pool of answers holds {smallest} answer: no wrong option to offer")
-    return min(k, smallest)
+    if min(wrong) < 1:
+        raise ValueError("a question's pool holds no wrong answer to offer beside its right ones")
+    return min(k, min(wrong) + 1)
 
 
 @dataclass
@@ -82,19 +90,11 @@ def multiple_choice_prompts(questions: QuestionSet, tokenizer: Any, k: int = 4, 
     option is a right answer to the same prompt (a parent of two children: the other child is no wrong option)."""
     k = options_count(questions, k, settings)
     letters = LETTERS[:k]
-    pools = questions.pool_answers()
     prefix = bos_prefix(tokenizer)
     asked = MultipleChoicePrompts(letters, [], [], [])
-    right: dict[tuple[str, str], set[str]] = {}  # every answer of a prompt: a parent's two children both are
-    for question in questions.questions:
-        right.setdefault((question.pool, question.prompt), set()).add(question.completion.strip())
-    for number, question in enumerate(questions.questions):
+    for number, (question, others) in enumerate(zip(questions.questions, wrong_options(questions))):
         if question.setting not in settings:
             continue
-        others = [a for a in pools[question.pool] if a not in right[question.pool, question.prompt]]
-        if len(others) < k - 1:
-            raise ValueError(f"{question.source}: {len(others)} wrong answers in pool {question.pool!r} for "
-                             f"{question.prompt!r}; {k} options need {k - 1} (ask fewer options)")
         distractors = random.Random(f"{seed}:multiple-choice:{number}").sample(others, k - 1)
         orders = multiple_choice_orders(question, distractors, seed, letters)
         encoded = [prefix + tuple(tokenizer.encode(order.prompt, add_special_tokens=False)) for order in orders]
