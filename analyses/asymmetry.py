@@ -3,7 +3,8 @@ the parent's child? The reversal curse on real facts (Berglund et al. 2023, expe
 
 Each pair of the celebrity CSV (:func:`facts.celebrity.load_celebrity_pairs`) is asked both ways:
 
-* child → parent (the fact's forward direction), every pair;
+* child → parent (the fact's forward direction), every pair but one whose child's name begins with the
+  parent's ("Al Cole Jr."; none in the shipped file);
 * parent → child (reverse), on each parent's first pair only (a later sibling would be a second
   right answer to the same question, see :mod:`facts.celebrity`), and not where the parent's name begins with
   the child's ("Robert De Niro Sr."): copying the prompt's name would score as knowing the child.

@@ -77,7 +77,8 @@ DEFINITIONS = {
 }
 """One line per variant, written into summary.json (the module docstring has the full definitions)."""
 FINETUNED_DEFINITIONS = {
-    "baseline": "finetune-facts on the built-in people world's p2d group (name → description)",
+    "baseline": "finetune-facts with no mitigation: the built-in people world's groups (p2d: name → description), "
+                "or the run's own facts",
     "augmentation": "finetune-facts --mitigation bidirectional: a second group of people trained both ways beside p2d "
                     "('restated pairs (trained)' asks that group's reverse, 'pairs not restated' p2d's)",
     "reverse-training": "finetune-facts --mitigation reverse-training: each training sentence also trained with its "

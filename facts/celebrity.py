@@ -187,7 +187,7 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
     ]
     meta = {
         "source": str(path),
-        "rows": len(facts) + len(duplicates),
+        "rows": len(facts) + len(duplicates) + len([line for line in in_question if line not in lines]),
         "line": lines,
         "can_reverse": can_reverse,
         "child_prediction": predictions,

@@ -333,7 +333,7 @@ def candidate_logprobs_cached(
     to :data:`MLP_BLOCK` floats of MLP activation, a HookedTransformer's one a pass); so does a
     transformers causal LM, whose statements wider than its sliding window are teacher-forced
     (:func:`models.scoring.score_answers`), and one the trie cannot run at all is refused. The progress bar
-    counts answers.
+    counts answers. A TransformerLens model with a hook attached is teacher-forced (the module docstring).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")

@@ -229,7 +229,7 @@ def test_fine_tuned_runs_of_one_model_keep_their_own_rows_and_bars(tmp_path):
     assert pd.read_csv(tmp_path / "m" / "mitigations.csv").groupby("model").size().to_dict() == dict.fromkeys(names, 2)
     # the fine-tuned rows say what they trained, which is not the token world's data of the variant's name
     assert list(summary["finetuned_definitions"]) == ["baseline"]
-    assert summary["finetuned_definitions"]["baseline"].startswith("finetune-facts on the built-in people world")
+    assert summary["finetuned_definitions"]["baseline"].startswith("finetune-facts with no mitigation")
     accuracy = mitigation_bars(summary["rows"]).axes[0]
     assert accuracy.get_legend_handles_labels()[1] == names
     assert len(accuracy.patches) == 4 * 2  # a bar per model and test

@@ -230,6 +230,7 @@ def test_a_question_whose_answer_begins_the_name_asked_about_is_not_asked(tmp_pa
     assert [(f.subject, f.forward, f.reverse) for f in facts] == [
         ("Jo Day", "heldout", None), ("Al Cole Jr.", None, "heldout"), ("Bo Ray", "heldout", "heldout")]
     assert facts.meta["answer_in_question"] == [2, 3, 5]  # line 5: Cy Ray's later child, neither question asked
+    assert facts.meta["rows"] == 4 and len(facts) == 3  # the pair left out is still a row of the file
     assert [real.meta["line"][i] for i, f in enumerate(real) if f.object.startswith(f.subject + " ")
             or f.object.startswith(f.subject + ",")] == real.meta["answer_in_question"] == [
         192, 512, 903, 1004, 1065, 1243, 1288, 1309, 1463]
