@@ -35,10 +35,14 @@ def _save_tensors(tensors: dict[str, torch.Tensor], temporary: Path, target: Pat
     """The tensors in safetensors' format, written into ``temporary`` (:func:`facts.io.atomic_write`'s, which a later
     run recognises and removes if this process dies). Not ``save_file``: safetensors 0.8 writes through a temporary
     of its own (``.tmpXXXXXX``) that a process killed mid-write left in the checkpoint folder, where nothing knew
-    it. An I/O failure it reports as text ("No space left on device (os error 28)") is raised as the ``OSError``
-    it is, naming ``target``."""
+    it. An I/O failure (a full disk: the write names no file; safetensors' "No space left on device (os error 28)"
+    as text) is raised as an ``OSError`` naming ``target``."""
     try:
         temporary.write_bytes(save(tensors))
+    except OSError as error:  # a failed write names no file: name the checkpoint
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, str(target)) from error
     except SafetensorError as error:
         code = _OS_ERROR.search(str(error))
         if code is None:
