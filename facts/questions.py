@@ -342,6 +342,13 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
                     "heldout")
     if not train:
         raise FactError(f"{facts.world} facts: no statement is trained")
+    trained = {pair.prompt: pair.key for pair in train}
+    for question in questions:  # another statement's training prompt: no held-out question
+        if question.setting in ("forward_heldout_paraphrase", "reverse") and trained.get(question.prompt,
+                                                                                         question.key) != question.key:
+            raise FactError(f"{_from(test_templates)}{question.source}: its {question.setting} question "
+                            f"{question.prompt!r} is a training prompt of another statement, so it is not held out; "
+                            f"give the relations sentences that differ")
     return QuestionSet(tuple(train), tuple(questions), facts.world, facts)
 
 

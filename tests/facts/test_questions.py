@@ -175,6 +175,22 @@ def test_a_heldout_paraphrase_with_a_trained_prompt_is_refused_in_code_built_tem
         questions_from_facts(facts, train, test, 1)
 
 
+def test_a_heldout_question_that_is_another_statement_s_training_prompt_is_refused():
+    """A held-out question was checked against its own statement's training prompts only: the reverse of
+    (Tom, parent_of, John) asked "John's parent is", which another fact, (John, son_of, Tom), trains; the
+    "held-out" reverse was a trained sentence, and the curse was understated."""
+    from facts.schema import Fact, FactSet
+
+    facts = FactSet((Fact("Tom", "parent_of", "John", "child_of", "train", "heldout", "g"),
+                     Fact("John", "son_of", "Tom", None, "train", None, "g")), world="test")
+    train = {"parent_of": ("{given} is the parent of {answer}.",), "son_of": ("{given}'s parent is {answer}.",)}
+    test = {"parent_of": ("{given}, a parent, of {answer}.",), "child_of": ("{given}'s parent is {answer}.",),
+            "son_of": ("{given}, whose parent is {answer}.",)}
+    with pytest.raises(FactError, match=r"fact 0 \(forward\): its reverse question \"John's parent is\" is a training "
+                                        r"prompt of another statement"):
+        questions_from_facts(facts, train, test, 1)
+
+
 def test_a_relation_the_built_in_templates_lack_points_to_the_templates_file(tmp_path):
     """Own facts of a relation the built-in sentences do not state ("mother") are refused naming the relation and
     the option that gives sentences for it; a templates file's own gap names the file instead."""
