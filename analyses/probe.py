@@ -40,7 +40,7 @@ import numbers
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -53,7 +53,8 @@ from analyses.probe_patching import format_extras, write_logit_lens, write_patch
 from analyses.reproduce import _write_json, write_csv
 from facts import celebrity
 from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES, TemplateTokenizer
-from facts.questions import Question, QuestionSet
+from facts.berglund import in_fact_terms
+from facts.questions import QuestionSet
 from facts.schema import FactSet
 from facts.sources import read_fact_source
 from facts.token_worlds import TokenVocab
@@ -187,7 +188,7 @@ class ProbedModel:
 
 def multiple_choice_questions(source: Any, facts: FactSet, k: int, checkpoint: bool, model: Any) -> QuestionSet:
     """The questions ``probe --multiple-choice K`` asks of ``facts`` (the first ``--limit`` of ``source``'s), in
-    their terms (:func:`in_fact_terms`); refused (``ValueError``, ``FactError``) for a checkpoint (token ids), for
+    their terms (:func:`facts.berglund.in_fact_terms`); refused (``ValueError``, ``FactError``) for a checkpoint (token ids), for
     facts with no sentences to ask them in, or pools too small for one wrong option. The CLI asks it before the
     run folder is touched."""
     from analyses.multiple_choice import options_count
@@ -206,27 +207,6 @@ def multiple_choice_questions(source: Any, facts: FactSet, k: int, checkpoint: b
     questions = QuestionSet(train=(), questions=kept, source=asked.source)
     options_count(questions, k)
     return questions
-
-
-def in_fact_terms(questions: Sequence[Question], facts: FactSet) -> tuple[Question, ...]:
-    """``questions`` numbered and directed as ``facts`` number and direct them. A Berglund folder's questions
-    number the trained statements (``key``) and call the trained direction "forward"; its fact set
-    (:func:`facts.berglund.experiment_facts`, fact ``{group}:{key}``) holds the p2d and d2p facts with a reverse
-    question only, as name → description, so a d2p question asked the way it was trained (description → name) is
-    the fact's reverse. Its questions of no fact there (the ``both`` group's) are left out. Other sources' questions
-    are in their facts' terms already."""
-    if facts.world != "berglund":
-        return tuple(questions)
-    index = {fact.relation: i for i, fact in enumerate(facts)}
-    placed = []
-    for question in questions:
-        i = index.get(f"{question.group}:{question.key}")
-        if i is None:
-            continue
-        trained = "forward" if facts[i].forward == "train" else "reverse"
-        other = "reverse" if trained == "forward" else "forward"
-        placed.append(replace(question, fact=i, direction=trained if question.direction == "forward" else other))
-    return tuple(placed)
 
 
 def _is_checkpoint(path: str | os.PathLike[str]) -> bool:

@@ -8,6 +8,7 @@ not recorded, so the caller says which split and direction a whole file is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -292,6 +293,33 @@ def _numbered(path: Path) -> list[tuple[int, Pair]]:
             for number, record in read_json_lines(path, "prompt/completion")]
 
 
+def _relation(group: str, key: int) -> str:
+    """The relation of the fact :func:`experiment_facts` makes of trained statement ``key`` of ``group``."""
+    return f"{group}:{key}"
+
+
+def in_fact_terms(questions: Sequence["Question"], facts: "FactSet") -> tuple["Question", ...]:
+    """``questions`` numbered and directed as ``facts`` number and direct them. A Berglund folder's questions
+    number the trained statements (``key``) and call the trained direction "forward"; its fact set
+    (:func:`experiment_facts`, fact ``{group}:{key}``) holds the p2d and d2p facts with a reverse
+    question only, as name → description, so a d2p question asked the way it was trained (description → name) is
+    the fact's reverse. Its questions of no fact there (the ``both`` group's) are left out. Other sources' questions
+    are in their facts' terms already."""
+    if facts.world != "berglund":
+        return tuple(questions)
+    index = {fact.relation: i for i, fact in enumerate(facts)}  # experiment_facts' relation of each statement
+    placed = []
+    for question in questions:
+        i = index.get(_relation(question.group, question.key))
+        if i is None:
+            continue
+        trained = "forward" if facts[i].forward == "train" else "reverse"
+        other = "reverse" if trained == "forward" else "forward"
+        direction = trained if question.direction == "forward" else other
+        placed.append(dataclasses.replace(question, fact=i, direction=direction))
+    return tuple(placed)
+
+
 def experiment_facts(experiment) -> tuple["FactSet", dict[str, tuple[str, ...]]]:
     """The facts of a Berglund folder's question set (:func:`load_experiment_folder`) as a fact set,
     with one sentence template per direction of each fact, for the probes.
@@ -326,7 +354,7 @@ def experiment_facts(experiment) -> tuple["FactSet", dict[str, tuple[str, ...]]]
             lead = answer[: len(answer) - len(answer.lstrip())]
             return question.prompt.replace(given, "{given}") + lead + "{answer}"
 
-        relation = f"{trained.group}:{key}"
+        relation = _relation(trained.group, key)
         templates[relation] = (template(naming, name, naming.completion),)
         templates[f"{relation}:reverse"] = (template(stating, description, stating.completion),)
         forward, reverse = ("train", "heldout") if p2d else ("heldout", "train")
