@@ -16,9 +16,9 @@ Against it: :func:`probes.multiple_choice.letter_probabilities` on the HookedTra
 ``finetune-facts`` asks it (each stem once, then every order from its cached keys and values; the last
 position unembedded), and the same without stems (every prompt whole), for what the stems save.
 
-Each path runs on the same prompts in one process, rounds alternating, one torch thread unless
-``--threads``, timed in CPU seconds of the process (the wall time beside them); tokens/s = floor positions
-÷ CPU seconds, so the ratios are time ratios.
+Each path runs on the same prompts in one process, rounds alternating (every other round in reverse order), one
+torch thread unless ``--threads``, timed in CPU seconds of the process (the wall time beside them); tokens/s = floor
+positions ÷ CPU seconds, so the ratios are time ratios.
 
 Run: ``.venv/bin/python benchmarks/multiple_choice_throughput.py [--questions 40 --rounds 3 --threads 1]``.
 """

@@ -14,8 +14,8 @@ forcing before anything is timed. Statements run 16 to a pass, right-padded to t
 blocks run more positions than the floor counts (the first line says how many: 2,032 for 1,670 at
 8 pairs); the unembedding runs on the counted ones only.
 
-Each path is timed on the same statements in one process, rounds alternating, one torch thread
-unless ``--threads``, in CPU seconds of the process (user + system, ``time.process_time``: on a shared
+Each path is timed on the same statements in one process, rounds alternating (every other round in reverse order),
+one torch thread unless ``--threads``, in CPU seconds of the process (user + system, ``time.process_time``: on a shared
 machine the wall time follows the load) with the wall time beside them: tokens/s = floor positions ÷
 CPU seconds (the same numerator for all, so the ratios are time ratios).
 
@@ -147,13 +147,15 @@ def timed(function, *args) -> tuple[float, float, object]:
 
 def alternating_rounds(paths: dict, rounds: int, width: int = 34
                        ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, object]]:
-    """Run every path once a round, in order, ``rounds`` times (machine noise hits all of them alike), printing
-    each run; return each path's CPU seconds and wall seconds per round and its last result."""
+    """Run every path once a round, ``rounds`` times, the order reversed every other round (machine noise, a warm
+    cache and the allocator's state hit all of them alike, not the first or the last most), printing each run;
+    return each path's CPU seconds and wall seconds per round and its last result."""
     cpu: dict[str, list[float]] = {name: [] for name in paths}
     wall: dict[str, list[float]] = {name: [] for name in paths}
     results = {}
     for round_ in range(rounds):
-        for name, path in paths.items():
+        order = list(paths.items())
+        for name, path in (order if round_ % 2 == 0 else reversed(order)):
             elapsed, used, results[name] = timed(path)
             cpu[name].append(used)
             wall[name].append(elapsed)

@@ -11,10 +11,11 @@ samples. Two ways of running the restored rows:
 * ``every position``: ``earlier_from_cache=False`` with passes of 64 rows, every position of every row (the
   way before; sites before the given entity are skipped in both).
 
-Each is timed on the same statements in one process, rounds alternating, one torch thread unless ``--threads``,
-in CPU seconds of the process (``time.process_time``; the wall time beside); the largest log-probability
-difference between the two is printed (float32 rounding). An older checkout without ``earlier_from_cache`` runs
-its one way only (``every position`` is then its default), so the same script times main's code beside a branch.
+Each is timed on the same statements in one process, rounds alternating (every other round in reverse order), one
+torch thread unless ``--threads``, in CPU seconds of the process (``time.process_time``; the wall time beside); the
+largest log-probability difference between the two is printed (float32 rounding). An older checkout without
+``earlier_from_cache`` runs its one way only (``every position`` is then its default), so the same script times
+main's code beside a branch.
 
 Run: ``.venv/bin/python benchmarks/tracing_throughput.py [--model smollm2-135m --facts 2 --rounds 2 --threads 1]``.
 """
@@ -58,7 +59,8 @@ def main() -> None:
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     tables = {}
     for round_number in range(args.rounds):
-        for name, (trace_sites, rows) in ways.items():
+        order = list(ways.items())  # reversed every other round: neither way always runs first
+        for name, (trace_sites, rows) in (order if round_number % 2 == 0 else reversed(order)):
             tracing.trace_sites = trace_sites  # what tracing.trace calls
             cpu, wall = time.process_time(), time.perf_counter()
             tables[name] = tracing.trace_facts(model, facts, statements, chosen, components=("resid_post", "mlp_out"),
