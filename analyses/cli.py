@@ -676,18 +676,19 @@ def _check_inputs(args: argparse.Namespace) -> None:
         check_inputs(args.data, args.limit, args.controls, args.seed)  # the CSV and its controls, before the folder
         check_convertible(args.model, args.backend)  # a config the backend would compute otherwise
     if args.command == "finetune-facts":
-        from analyses.finetune import check_model_options, draw_controls, read_questions
+        from analyses.finetune import check_model_options, check_tokenised, draw_controls, read_questions
 
         if args.facts is not None and args.people is not None:
             raise ValueError(f"--people with --facts: --people sizes the built-in people world, so it would be "
                              f"ignored ({args.facts} holds the facts); leave it out")
         config = EXPERIMENTS["finetune-facts"].settings(args)
         questions = read_questions(config)  # the facts and templates, read whole before the folder is touched
-        draw_controls(questions, config.n_controls, config.seed)  # --controls above what the facts hold
+        controls = draw_controls(questions, config.n_controls, config.seed)  # --controls above what the facts hold
         check_model_options(config)  # --trainable-blocks, --lora-targets against the model's config.json
         check_convertible(config.model, advice="finetune-facts asks and traces the trained model as a "
                                  "HookedTransformer, so under TransformerLens 3.9 it cannot fine-tune this model "
                                  "(under 4.x, whose 'hooked' is the bridge, it can)")
+        check_tokenised(config, questions, controls)  # a sentence whose answer boundary the tokenizer merges
     listed = [(option.flag, getattr(args, option.flag.lstrip("-").replace("-", "_"), None))
               for option in (experiment.options if experiment is not None else ()) if option.kwargs.get("nargs") == "+"]
     if args.command == "reproduce" and args.experiment == "all":

@@ -144,6 +144,12 @@ class FinetuneConfig:
         for name in ("people", "epochs", "batch_size", "n_controls"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number ≥ 0, got {self.weight_decay}")
+        if self.lora_targets is not None and not self.lora_targets:
+            raise ValueError("lora_targets is empty: name at least one layer, or leave it None for all of them")
         if self.lora_rank is not None:
             from models.hf_training import check_lora_options
 
@@ -178,7 +184,9 @@ class FinetuneConfig:
 def training_sentences(facts: FactSet, tokenizer, templates: int, pad_id: int, reverse_training: bool = False
                        ) -> TokenizedFacts:
     """Every trained statement of ``facts`` in each of the first ``templates`` paraphrases; with
-    ``reverse_training``, each also once more in entity-preserving reversal (:func:`reversed_example`)."""
+    ``reverse_training``, each also once more in entity-preserving reversal (:func:`reversed_example`) of what is
+    trained, its prompt and answer (not the words a template puts after the answer), as :func:`training_examples`
+    reverses it."""
     examples = []
     for number in range(templates):
         asked = TemplateTokenizer(tokenizer, TRAIN_TEMPLATES, template=number)
@@ -186,8 +194,9 @@ def training_sentences(facts: FactSet, tokenizer, templates: int, pad_id: int, r
             if split == "train":
                 examples.append(asked.example(facts, index, direction))
                 if reverse_training:
-                    text = render_statement(facts, index, direction, TRAIN_TEMPLATES, number).text
-                    examples.append(reversed_example(facts, index, direction, text, number, tokenizer))
+                    rendered = render_statement(facts, index, direction, TRAIN_TEMPLATES, number)
+                    examples.append(reversed_example(facts, index, direction, rendered.prompt + rendered.answer,
+                                                     number, tokenizer))
     return collate(examples, pad_id)
 
 
@@ -258,14 +267,15 @@ def read_questions(config: FinetuneConfig) -> QuestionSet:
 
 def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[list[str]]:
     """Per question: the controls its data brings (Berglund's randomized name), then ``n_controls``
-    random other answers of its pool, seeded per question, each spaced as the question's own answer
+    random other answers of its pool (none an answer the set gives its prompt too:
+    :meth:`facts.questions.QuestionSet.right_answers`), seeded per question, each spaced as the question's own answer
     (:func:`facts.questions.spaced_like`: a randomized file's "Bo Ray" after a prompt whose answer is " Ann Lee"
     is read " Bo Ray"). A pool with fewer wrong answers than
     ``n_controls`` is refused (a margin over fewer controls than asked would be another number)."""
     pools = questions.pool_answers()  # distinct answers, compared without a template's leading space
     others_of = []
-    for question in questions.questions:
-        taken = {question.completion.strip(), *(control.strip() for control in question.extra_controls)}
+    for question, right in zip(questions.questions, questions.right_answers()):
+        taken = {*right, *(control.strip() for control in question.extra_controls)}
         others_of.append([a for a in pools[question.pool] if a not in taken])
     fewest = min(range(len(others_of)), key=lambda number: len(others_of[number]), default=None)
     if fewest is not None and len(others_of[fewest]) < n_controls:
@@ -280,6 +290,28 @@ def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[li
     return drawn
 
 
+def question_rows(questions: QuestionSet, tokenizer, controls: Sequence[Sequence[str]]) -> list[list[Example]]:
+    """Per question, its answer and then each of its ``controls`` after its prompt, tokenised
+    (:func:`facts.language.encode_pair`: a prompt whose last token would merge with an answer's is refused, naming
+    the question)."""
+    return [[asked(tokenizer, question.prompt, answer, question.source, question.fact, question.direction,
+                   question.split) for answer in (question.completion, *drawn)]
+            for question, drawn in zip(questions.questions, controls)]
+
+
+def check_tokenised(config: FinetuneConfig, questions: QuestionSet, controls: Sequence[Sequence[str]]) -> None:
+    """Tokenise every training sentence and every question with its controls in the model's tokenizer, as the run
+    will (:func:`training_examples`, :func:`question_rows`): a sentence the tokenizer cannot split at its answer is
+    refused here, before the run folder is touched, not after an earlier run's files were removed."""
+    from models.pretrained import load_tokenizer, one_parse
+
+    with one_parse(config.model):
+        tokenizer = load_tokenizer(config.model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    training_examples(questions, config, tokenizer, pad_id)
+    question_rows(questions, tokenizer, controls)
+
+
 def evaluate_questions(model, questions: QuestionSet, tokenizer, controls: Sequence[Sequence[str]],
                        ) -> pd.DataFrame:
     """One row per question: log p(answer | prompt) summed over its tokens, greedy exact match,
@@ -290,13 +322,7 @@ def evaluate_questions(model, questions: QuestionSet, tokenizer, controls: Seque
     architecture is checked, else from the prompts' cached keys and values)."""
     from probes.shared_prompt import candidate_logprobs_cached
 
-    rows: list[list[Example]] = []
-    for question, drawn in zip(questions.questions, controls):
-        row = []
-        for answer in (question.completion, *drawn):
-            row.append(asked(tokenizer, question.prompt, answer, question.source, question.fact, question.direction,
-                             question.split))
-        rows.append(row)
+    rows = question_rows(questions, tokenizer, controls)
     records: list[dict[str, Any]] = [{}] * len(rows)
     for width in sorted({len(row) for row in rows}):  # rows with a randomized name have one control more
         chosen = [i for i, row in enumerate(rows) if len(row) == width]

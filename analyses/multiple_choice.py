@@ -50,12 +50,10 @@ MC_SETTINGS = ("forward_heldout_paraphrase", "reverse")
 
 def wrong_options(questions: QuestionSet) -> list[list[str]]:
     """Per question, the answers of its pool that may be offered as wrong: every one but the right answers of its
-    prompt (its own, and a parent's other child where two facts give one prompt)."""
+    prompt (:meth:`facts.questions.QuestionSet.right_answers`)."""
     pools = questions.pool_answers()
-    right: dict[tuple[str, str], set[str]] = {}
-    for question in questions.questions:
-        right.setdefault((question.pool, question.prompt), set()).add(question.completion.strip())
-    return [[a for a in pools[q.pool] if a not in right[q.pool, q.prompt]] for q in questions.questions]
+    return [[a for a in pools[q.pool] if a not in right] for q, right in zip(questions.questions,
+                                                                           questions.right_answers())]
 
 
 def options_count(questions: QuestionSet, k: int, settings: Sequence[str] = MC_SETTINGS) -> int:

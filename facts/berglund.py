@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from facts.io import read_json_lines, write_text_atomic
-from facts.language import TextTokenizer, bos_prefix, encode_pair
+from facts.language import TextTokenizer, bos_prefix, encode_pair, in_words
 from facts.schema import DIRECTIONS, SPLITS, Direction, FactError, Split
 from facts.tokens import Example
 
@@ -156,6 +156,7 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
     train: list[TrainPair] = []
     questions: list[Question] = []
     present = [g for g in GROUPS if (folder / experiment_files(g)["train"]).is_file()]
+    trained_at: dict[str, str] = {}  # every group's kept training prompt (in words) → its file:line
     for group in GROUPS:
         files = {kind: folder / name for kind, name in experiment_files(group).items()}
         if group not in present:
@@ -165,8 +166,9 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
                                 f"missing, so it names no trained fact")
             continue
         by_completion = _training_statements(files["train"])
+        line_of = {in_words(prompt): line for line, (prompt, _) in reversed(_numbered(files["train"]))}
         base = len({pair.key for pair in train})
-        keys, trained_prompts = {}, set()
+        keys = {}
         for number, (completion, pairs) in enumerate(by_completion.items()):
             if paraphrases is not None and len(pairs) < paraphrases:
                 raise FactError(f"{files['train']}: {completion.strip()!r} has {len(pairs)} training prompt(s), "
@@ -174,26 +176,28 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
             keys[completion] = base + number
             kept = pairs[:paraphrases] if paraphrases is not None else pairs
             train.extend(TrainPair(base + number, p, prompt, completion) for p, (prompt, _) in enumerate(kept))
-            trained_prompts.update(prompt for prompt, _ in kept)
+            trained_at.update((in_words(prompt), f"{files['train']}:{line_of[in_words(prompt)]}") for prompt, _ in kept)
             questions.append(Question(base + number, group, "forward_trained_paraphrase", kept[0][0], completion,
                                       f"{group}/trained", base + number, "forward", "train",
                                       f"{files['train']}"))
+        held_out = []
         if files["test"].is_file():
             for line, (prompt, completion) in _answered(files["test"]):
                 if completion not in keys:
                     raise FactError(f"{files['test']}:{line}: completion {completion.strip()!r} matches no trained "
                                     f"statement of {files['train'].name}")
-                if prompt in trained_prompts:
-                    raise FactError(f"{files['test']}:{line}: prompt {prompt!r} is also a training prompt, so it "
-                                    f"is no held-out paraphrase")
-                questions.append(Question(keys[completion], group, "forward_heldout_paraphrase", prompt, completion,
-                                          f"{group}/trained", keys[completion], "forward", "train",
-                                          f"{files['test']}:{line}"))
+                held_out.append(Question(keys[completion], group, "forward_heldout_paraphrase", prompt, completion,
+                                         f"{group}/trained", keys[completion], "forward", "train",
+                                         f"{files['test']}:{line}"))
+            questions.extend(held_out)
         if group not in REVERSED_GROUPS or not files["reverse"].is_file():
+            if group in REVERSED_GROUPS and files["randomized"].is_file():
+                raise FactError(f"{files['randomized']}: controls of reverse questions, but {files['reverse'].name} "
+                                f"is missing, so it controls no question")
             continue
         randomized = _controls(files["randomized"]) if files["randomized"].is_file() else {}
         entities = {completion.strip(): completion for completion in keys}  # one per stripped text: checked on reading
-        asked_in_context, answered = set(), {}
+        asked_in_context, answered, answering, asked = set(), {}, {}, set()
         for line, (prompt, completion) in _answered(files["reverse"]):
             named = _entity_in(prompt, list(entities))
             if len(named) != 1:
@@ -214,9 +218,18 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
                                 + ("two people with one description are merged into one fact (training prompts are "
                                    "grouped by their completion); give each person their own description"
                                    if group == "p2d" else "a person has one description; keep one"))
+            owner, owner_line = answering.setdefault(answer, (key, line))
+            if owner != key:
+                raise FactError(f"{files['reverse']}:{owner_line} and {files['reverse']}:{line}: the answer {answer!r} "
+                                f"is the reverse of two trained statements of {files['train'].name}: "
+                                + ("one person with two descriptions" if group == "p2d" else
+                                   "two people with one description")
+                                + ", each a wrong-answer control of the other's question though both are right; "
+                                  "keep one statement")
             extra = randomized.get(prompt)
             extras = (extra,) if extra is not None and extra.strip() != completion.strip() else ()
             where = f"{files['reverse']}:{line}"
+            asked.add(prompt)
             questions.append(Question(key, group, "reverse", prompt, completion, f"{group}/reverse", key, "reverse",
                                       "heldout", where, extras))
             if key not in asked_in_context:
@@ -225,6 +238,23 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
                 stated = (first.prompt + first.completion).strip()
                 questions.append(Question(key, group, "in_context_reverse", f"{stated} {prompt}", completion,
                                           f"{group}/reverse", key, "reverse", "heldout", where, extras))
+        unasked = next(((line, prompt) for line, (prompt, _) in _answered(files["randomized"])
+                        if prompt not in asked), None) if randomized else None
+        if unasked is not None:
+            raise FactError(f"{files['randomized']}:{unasked[0]}: prompt {unasked[1]!r} is no question of "
+                            f"{files['reverse'].name}, so its control would be dropped; write it as the question is")
+        if group == "p2d":  # a held-out paraphrase names the person of its statement, known from the reverse file
+            people = {key: answer for key, (answer, _) in answered.items()}
+            for question in held_out:
+                named = _entity_in(question.prompt, list(people.values()))
+                if question.key in people and named != [people[question.key]]:
+                    raise FactError(f"{question.source}: the prompt names {named or 'no trained person'}, not "
+                                    f"{people[question.key]!r}, whose statement its completion "
+                                    f"{question.completion.strip()!r} is")
+    for question in questions:  # a prompt trained in any group, in the same words, is not held out
+        if question.setting in ("forward_heldout_paraphrase", "reverse") and in_words(question.prompt) in trained_at:
+            raise FactError(f"{question.source}: prompt {question.prompt!r} is also a training prompt "
+                            f"({trained_at[in_words(question.prompt)]}), so it is not held out")
     if not present:
         raise FactError(f"{folder}: no training file; expected at least one of "
                         f"{[experiment_files(g)['train'] for g in GROUPS]}")
@@ -269,11 +299,11 @@ def _training_statements(path: Path) -> dict[str, list[Pair]]:
     seen: dict[Pair, int] = {}
     answer_of: dict[str, tuple[str, int]] = {}
     for line, pair in _answered(path):
-        first = seen.setdefault(pair, line)
+        first = seen.setdefault((in_words(pair[0]), pair[1].strip()), line)
         if first != line:
             raise FactError(f"{path}:{line}: repeats line {first} ({pair[0]!r} → {pair[1]!r}); keep one, a repeated "
                             f"line is no second paraphrase")
-        answer, answer_line = answer_of.setdefault(pair[0], (pair[1], line))
+        answer, answer_line = answer_of.setdefault(in_words(pair[0]), (pair[1], line))
         if answer.strip() != pair[1].strip():
             raise FactError(f"{path}:{answer_line} and {path}:{line}: the prompt {pair[0]!r} is trained with two "
                             f"answers, {answer!r} and {pair[1]!r}: each would be a wrong-answer control of the "

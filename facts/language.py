@@ -331,6 +331,12 @@ class TextTokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
 
+def in_words(prompt: str) -> str:
+    """A prompt in its words: runs of whitespace as one space, none at the ends (a prompt's trailing space moves to
+    its answer when tokenised, :func:`encode_pair`, so "Tom is " asks what "Tom is" asks)."""
+    return " ".join(prompt.split())
+
+
 def encode_pair(
     tokenizer: TextTokenizer, prompt: str, answer: str, label: str
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:

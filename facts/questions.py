@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from facts.io import located, read_csv_rows, read_json_lines
-from facts.language import GROUP_SPLITS, prompt_problem, render
+from facts.language import GROUP_SPLITS, in_words, prompt_problem, render
 from facts.schema import Fact, FactError, FactSet
 
 SETTINGS: tuple[str, ...] = (
@@ -93,6 +93,17 @@ class QuestionSet:
         for question in self.questions:
             pools.setdefault(question.pool, {})[question.completion.strip()] = None
         return {pool: list(answers) for pool, answers in pools.items()}
+
+    def right_answers(self) -> list[set[str]]:
+        """Per question, every answer the set gives its prompt (compared in words: whitespace runs as one space,
+        :func:`facts.language.in_words`), its own and another question's or training pair's (a parent's other
+        child; two relations whose sentences read alike), each without its leading space: answers no control or
+        wrong option may be, as they are right too."""
+        right: dict[str, set[str]] = {}
+        for prompt, completion in ([(q.prompt, q.completion) for q in self.questions]
+                                   + [(pair.prompt, pair.completion) for pair in self.train]):
+            right.setdefault(in_words(prompt), set()).add(completion.strip())
+        return [right[in_words(question.prompt)] for question in self.questions]
 
     def groups(self) -> list[str]:
         return list(dict.fromkeys(question.group for question in self.questions))
@@ -192,8 +203,9 @@ def load_fact_csv(path: str | os.PathLike[str]) -> FactSet:
     """Facts from a CSV with columns subject, relation, object (+ inverse_relation, group).
 
     ``group`` sets which directions are trained (:data:`facts.language.GROUP_SPLITS`; default
-    ``p2d``: forward trained, reverse held out; without an ``inverse_relation`` column the reverse
-    is not asked). Rows whose fields are all empty are skipped. A missing, repeated, unnamed or
+    ``p2d``: forward trained, reverse held out; without an ``inverse_relation`` column, and then without a
+    ``group`` one, the reverse is not asked; with one, every row names its inverse relation: a blank cell is
+    refused). Rows whose fields are all empty are skipped. A missing, repeated, unnamed or
     unknown column (a typo such as ``inverse relation``, or ``forward``/``reverse``: a CSV states
     splits only through ``group``), a malformed row (:func:`facts.io.read_csv_rows`) or a bad fact
     raises :class:`FactError` naming file (and line)."""
@@ -208,6 +220,9 @@ def load_fact_csv(path: str | os.PathLike[str]) -> FactSet:
     if unknown:
         raise FactError(f"{path}:1: unknown column(s) {unknown}; a fact CSV has the columns {list(CSV_COLUMNS)} "
                         f"and optionally {list(CSV_OPTIONAL_COLUMNS)} (splits follow from group)")
+    if "group" in header and "inverse_relation" not in header:
+        raise FactError(f"{path}:1: a group column needs an inverse_relation column (a group trains or holds out the "
+                        f"reverse, which needs its relation's name); the header has {header}")
     facts, lines = [], []
     for number, fields in rows:
         if not any(field.strip() for field in fields):
@@ -217,9 +232,12 @@ def load_fact_csv(path: str | os.PathLike[str]) -> FactSet:
         if group not in GROUP_SPLITS:
             raise FactError(f"{path}:{number}: group must be one of {sorted(GROUP_SPLITS)}, got {group!r}")
         forward, reverse = GROUP_SPLITS[group]
-        inverse = row.get("inverse_relation") or None
-        if inverse is None and "group" not in row:
-            reverse = None  # no inverse relation, no group: the fact is trained forward, and asked only so
+        inverse = row.get("inverse_relation")
+        if inverse == "":
+            raise FactError(f"{path}:{number}: inverse_relation is blank; name the reverse relation (a fact asked "
+                            f"forward only belongs in a CSV without that column)")
+        if inverse is None:
+            reverse = None  # no inverse relation column (nor a group one): trained forward, and asked only so
         try:
             facts.append(Fact(row["subject"], row["relation"], row["object"], inverse, forward, reverse, group))
         except FactError as error:
@@ -275,7 +293,9 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
 
     Refused with :class:`FactError` (naming the templates file when they came from one): a bad
     template (:func:`check_template`), a relation without templates, fewer training templates than
-    ``paraphrases``, a held-out paraphrase whose prompt is one the statement is trained on, a fact that
+    ``paraphrases``, a held-out question whose prompt (in words, :func:`facts.language.in_words`) is a training
+    prompt, of its statement or another's, a training prompt given two answers (relations whose sentences read
+    alike), a fact that
     states its pair in the prompt (``context``, the in-context world's): it would be trained without it, and a fact
     neither of whose directions is trained (a chain world's held-out x ⇝ z): nothing here would ask it, and it
     would drop out of every number unsaid."""
@@ -312,7 +332,7 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
         for number in range(paraphrases):
             rendered = render(options[number], given, answer)
             train.append(TrainPair(key, number, rendered.prompt, rendered.answer))
-            trained_prompts.setdefault(rendered.prompt, options[number])
+            trained_prompts.setdefault(in_words(rendered.prompt), options[number])
         label = f"fact {index} ({direction})"
 
         def ask(setting: str, prompt: str, completion: str, pool_kind: str, asked_direction: str,
@@ -324,10 +344,10 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
         ask("forward_trained_paraphrase", first.prompt, first.answer, kind, direction, "train")
         for template in _pick(test_templates, relation, "test", facts, index):
             rendered = render(template, given, answer)
-            if rendered.prompt in trained_prompts:
+            if in_words(rendered.prompt) in trained_prompts:
                 raise FactError(f"{_from(test_templates)}{label}: test template {template!r} of relation {relation!r} "
                                 f"gives the prompt {rendered.prompt!r} of training template "
-                                f"{trained_prompts[rendered.prompt]!r}, so it is no held-out paraphrase")
+                                f"{trained_prompts[in_words(rendered.prompt)]!r}, so it is no held-out paraphrase")
             ask("forward_heldout_paraphrase", rendered.prompt, rendered.answer, kind, direction, "train")
         other = "reverse" if direction == "forward" else "forward"
         if fact.split(other) != "heldout":
@@ -342,10 +362,17 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
                     "heldout")
     if not train:
         raise FactError(f"{facts.world} facts: no statement is trained")
-    trained = {pair.prompt: pair.key for pair in train}
+    answer_of: dict[str, TrainPair] = {}
+    for pair in train:  # two relations whose sentences read alike would train one prompt toward two answers
+        first = answer_of.setdefault(in_words(pair.prompt), pair)
+        if first.completion.strip() != pair.completion.strip():
+            raise FactError(f"{_from(train_templates)}the training prompt {pair.prompt!r} is trained with two answers, "
+                            f"{first.completion.strip()!r} and {pair.completion.strip()!r} (statements {first.key} and "
+                            f"{pair.key}): each would be a control of the other's question though both are right; "
+                            f"give the relations sentences that differ")
     for question in questions:  # another statement's training prompt: no held-out question
-        if question.setting in ("forward_heldout_paraphrase", "reverse") and trained.get(question.prompt,
-                                                                                         question.key) != question.key:
+        if question.setting in ("forward_heldout_paraphrase", "reverse") and answer_of.get(
+                in_words(question.prompt), question).key != question.key:
             raise FactError(f"{_from(test_templates)}{question.source}: its {question.setting} question "
                             f"{question.prompt!r} is a training prompt of another statement, so it is not held out; "
                             f"give the relations sentences that differ")

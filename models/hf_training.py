@@ -26,6 +26,8 @@ weights (``merge_and_unload``), so the converted HookedTransformer is an ordinar
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 from typing import Iterator, Sequence
 
@@ -95,11 +97,12 @@ def lora_target_names(model: PreTrainedModel) -> list[str]:
 
 
 def check_lora_options(rank: int, alpha: float | None) -> None:
-    """Refuse a LoRA rank below 1 or a non-positive alpha (before any model loads)."""
+    """Refuse a LoRA rank below 1 or an alpha that is not a finite number > 0 (an infinite scale times the adapters'
+    zero start is NaN: every loss NaN), before any model loads."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"LoRA rank must be an integer ≥ 1, got {rank!r}")
-    if alpha is not None and not alpha > 0:
-        raise ValueError(f"LoRA alpha must be > 0, got {alpha!r}")
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"LoRA alpha must be a finite number > 0, got {alpha!r}")
 
 
 def add_lora(model: PreTrainedModel, rank: int, alpha: float | None = None, targets: Sequence[str] | None = None,

@@ -27,7 +27,8 @@ from analyses.finetune import (
 )
 from berglund_folder import write_experiment_folder
 from facts.io import load_jsonl
-from facts.language import people_world
+from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES, people_world
+from facts.questions import questions_from_facts
 from models.pretrained import freeze_except_last_blocks
 from models.training import TrainConfig, train
 from probes.stats import t_quantile
@@ -243,6 +244,25 @@ def test_reverse_training_adds_each_sentence_reversed_with_entities_whole(smollm
         assert text.index(fact.object) < text.index(fact.subject)
 
 
+def test_reverse_training_sentences_are_the_run_s_own(smollm2_tokenizer):
+    """training_sentences reversed each whole rendered sentence, the words a template puts after the answer too
+    ("... now lives a quiet life." reversed as "life quiet a lives now ..."), where the run reverses what it trains
+    (prompt and answer): the two rows of every d2p statement differed."""
+    config = FinetuneConfig(people=3, templates=2, n_controls=2, mitigation="reverse-training")
+    questions = read_questions(config)
+    run = training_examples(questions, config, smollm2_tokenizer, 0)
+    for groups in (("p2d",), ("d2p",)):
+        facts = people_world(n_per_group=3, groups=groups)
+        rows = training_sentences(facts, smollm2_tokenizer, 2, 0, reverse_training=True)
+        own = training_examples(questions_from_facts(facts, TRAIN_TEMPLATES, TEST_TEMPLATES, 2), config,
+                                smollm2_tokenizer, 0)
+        texts = sorted(smollm2_tokenizer.decode(r[: int(p + a)]) for r, p, a in
+                       zip(rows.tokens, rows.prompt_len, rows.answer_len))
+        assert texts == sorted(smollm2_tokenizer.decode(r[: int(p + a)]) for r, p, a in
+                               zip(own.tokens, own.prompt_len, own.answer_len))
+    assert len(run) == 2 * len(questions.train)
+
+
 def test_identity_bridge_adds_the_name_of_each_tested_person_given_and_answered(smollm2_tokenizer):
     from analyses.finetune import FinetuneConfig, read_questions, training_examples
 
@@ -376,6 +396,12 @@ def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer, smol
     ({"people": 1}, "people must be ≥ 2 .each answer is compared with another person's., got 1"),
     ({"mitigation": "identity-bridge", "templates": 6, "templates_file": "t.jsonl"},
      "mitigation identity-bridge states each name in as many identity sentences as training paraphrases, and has 5"),
+    # these the Python API had accepted, failing only once the model had loaded and the folder was written
+    ({"lr": 0.0}, "lr must be a finite number > 0, got 0.0"),
+    ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+    ({"weight_decay": -0.1}, "weight_decay must be a finite number ≥ 0, got -0.1"),
+    ({"lora_rank": 2, "lora_alpha": float("inf")}, "LoRA alpha must be a finite number > 0, got inf"),
+    ({"lora_rank": 2, "lora_targets": ()}, "lora_targets is empty"),
 ])
 def test_bad_configs_are_refused_with_the_setting_named(change, message):
     with pytest.raises(ValueError, match=message):

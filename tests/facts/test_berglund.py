@@ -157,6 +157,32 @@ RANDOMIZED = "p2d_reverse_prompts_test_randomized.jsonl"
     ({"d2p_prompts_train.jsonl": [("Known for the painting,", " Tom Lee"), ("Known for the painting,", " Bo Ray")]},
      r"d2p_prompts_train.jsonl:1 and .*d2p_prompts_train.jsonl:2: the prompt 'Known for the painting,' is trained with "
      r"two answers, ' Tom Lee' and ' Bo Ray'"),
+    ({"p2d_prompts_train.jsonl": TWO_PEOPLE, "p2d_prompts_test.jsonl": [("Bo Ray, known as", " the painter")],
+      REVERSE: [("Who is the painter?", " Tom Lee"), ("Who is the baker?", " Bo Ray")]},
+     r"p2d_prompts_test.jsonl:1: the prompt names \['Bo Ray'\], not 'Tom Lee', whose statement its completion "
+     r"'the painter' is"),
+    ({"p2d_prompts_train.jsonl": TWO_PEOPLE, REVERSE: [("Who is the painter?", " Tom Lee")],
+      "both_prompts_train.jsonl": [("Who is the painter?", " Tom Lee")]},
+     rf"{REVERSE}:1: prompt 'Who is the painter\?' is also a training prompt \(.*both_prompts_train.jsonl:1\), so "
+     r"it is not held out"),
+    ({"p2d_prompts_train.jsonl": TWO_PEOPLE, "p2d_prompts_test.jsonl": [("Tom Lee  is ", " the painter")]},
+     r"p2d_prompts_test.jsonl:1: prompt 'Tom Lee  is ' is also a training prompt \(.*p2d_prompts_train.jsonl:1\)"),
+    ({"p2d_prompts_train.jsonl": [*TWO_PEOPLE, ("Tom Lee is ", " the painter")]},
+     r"p2d_prompts_train.jsonl:3: repeats line 1 "),
+    ({"p2d_prompts_train.jsonl": [("Tom Lee is", " the painter"), ("Tom Lee, known as", " the baker")],
+      REVERSE: [("Who is the painter?", " Tom Lee"), ("Who is the baker?", " Tom Lee")]},
+     rf"{REVERSE}:1 and .*{REVERSE}:2: the answer 'Tom Lee' is the reverse of two trained statements of "
+     r"p2d_prompts_train.jsonl: one person with two descriptions"),
+    ({"d2p_prompts_train.jsonl": [("Known for the painting,", " Tom Lee"), ("Known for the picture,", " Bo Ray")],
+      "d2p_reverse_prompts_test.jsonl": [("Tom Lee is known for", " the painting"),
+                                         ("Bo Ray is known for", " the painting")]},
+     r"d2p_reverse_prompts_test.jsonl:1 and .*:2: the answer 'the painting' is the reverse of two trained statements "
+     r"of d2p_prompts_train.jsonl: two people with one description"),
+    ({"p2d_prompts_train.jsonl": TWO_PEOPLE, REVERSE: [("Who is the painter?", " Tom Lee")],
+      RANDOMIZED: [("Who is the painter? ", " Bo Ray")]},
+     rf"{RANDOMIZED}:1: prompt 'Who is the painter\? ' is no question of {REVERSE}, so its control would be dropped"),
+    ({"p2d_prompts_train.jsonl": TWO_PEOPLE, RANDOMIZED: [("Who is the painter?", " Bo Ray")]},
+     rf"{RANDOMIZED}: controls of reverse questions, but {REVERSE} is missing"),
 ])
 def test_folder_that_would_merge_misread_or_double_count_statements_is_refused(tmp_path, files, message):
     from facts.berglund import load_experiment_folder

@@ -79,8 +79,12 @@ def test_fact_csv_with_templates_file_gives_the_same_questions_as_the_world(tmp_
 @pytest.mark.parametrize("text, message", [
     ("subject,object\nA,B\n", r"facts.csv:1: missing column\(s\) \['relation'\]"),
     ("subject,relation,object\nA,r,B\nC,r\n", r"facts.csv:3: expected 3 fields, got 2"),
-    ("subject,relation,object,group\nA,r,B,sideways\n", r"facts.csv:2: group must be one of"),
-    ("subject,relation,object,group\nA,r,B,both\n", r"facts.csv:2: .*a reverse split needs an inverse_relation"),
+    ("subject,relation,object,inverse_relation,group\nA,r,B,q,sideways\n", r"facts.csv:2: group must be one of"),
+    # a group trains or holds out the reverse: without its relation's name every row had been refused, one by one
+    ("subject,relation,object,group\nA,r,B,both\n", r"facts.csv:1: a group column needs an inverse_relation column"),
+    # a blank inverse had made the row forward-only without a group column and refused it with one
+    ("subject,relation,object,inverse_relation\nAnn,founded,X,was founded by\nBo,founded,Y,\n",
+     r"facts.csv:3: inverse_relation is blank; name the reverse relation"),
     # repeated and unknown columns are refused rather than dropped (a typo would drop a direction)
     ("subject,relation,object,object\nTom,p2d,x,y\n", r"facts.csv:1: column\(s\) \['object'\] appear more than once"),
     ("subject,relation,object,inverse relation,group\nTom,p2d,x,d2p,p2d\n",
@@ -189,6 +193,44 @@ def test_a_heldout_question_that_is_another_statement_s_training_prompt_is_refus
     with pytest.raises(FactError, match=r"fact 0 \(forward\): its reverse question \"John's parent is\" is a training "
                                         r"prompt of another statement"):
         questions_from_facts(facts, train, test, 1)
+
+
+def test_two_relations_that_read_alike_are_refused_not_each_the_other_s_control():
+    """Two relations trained in one sentence ("Ann created") gave one prompt two trained answers, each drawn as the
+    other's wrong-answer control."""
+    from facts.schema import Fact, FactSet
+
+    facts = FactSet((Fact("Ann", "wrote", "Blue Sky", None, "train", None, "p2d"),
+                     Fact("Ann", "painted", "Red Sea", None, "train", None, "p2d")), world="test")
+    train = {"wrote": ("{given} created {answer}.",), "painted": ("{given} created {answer}.",)}
+    test = {"wrote": ("{given} wrote {answer}.",), "painted": ("{given} painted {answer}.",)}
+    with pytest.raises(FactError, match=r"the training prompt 'Ann created' is trained with two answers, 'Blue Sky' "
+                                        r"and 'Red Sea' \(statements 0 and 1\)"):
+        questions_from_facts(facts, train, test, 1)
+
+
+def test_no_control_or_wrong_option_is_another_right_answer_of_its_prompt():
+    """Held-out sentences of two relations that read alike ("Ann made") ask one prompt with two right answers: the
+    other's answer was drawn as a control (a right answer scored as wrong: margin too low, top-1 lost)."""
+    from analyses.finetune import draw_controls
+    from analyses.multiple_choice import wrong_options
+    from facts.schema import Fact, FactSet
+
+    people = ("Ann", "Bo", "Cy", "Di")
+    facts = FactSet(tuple(Fact(p, "wrote", f"{p} Book", None, "train", None, "p2d") for p in people)
+                    + (Fact("Ann", "painted", "Red Sea", None, "train", None, "p2d"),), world="test")
+    train = {"wrote": ("{given} wrote {answer}.",), "painted": ("{given} painted {answer}.",)}
+    test = {"wrote": ("{given} made {answer}.",), "painted": ("{given} made {answer}.",)}
+    questions = questions_from_facts(facts, train, test, 1)
+    right = {"Ann made": {"Ann Book", "Red Sea"}}
+    asked = [q for q in questions.questions if q.prompt == "Ann made"]
+    assert len(asked) == 2
+    for seed in range(10):
+        for question, controls in zip(questions.questions, draw_controls(questions, 3, seed)):
+            assert not {c.strip() for c in controls} & right.get(question.prompt, {question.completion.strip()})
+    for question, wrong in zip(questions.questions, wrong_options(questions)):
+        assert not set(wrong) & right.get(question.prompt, {question.completion.strip()})
+        assert len(wrong) == (3 if question.prompt == "Ann made" else 4)
 
 
 def test_a_relation_the_built_in_templates_lack_points_to_the_templates_file(tmp_path):

@@ -195,7 +195,7 @@ def test_bad_lora_options_are_refused(tiny_hf):
     assert valid == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
     with pytest.raises(ValueError, match="LoRA rank must be an integer ≥ 1, got 0"):
         add_lora(hf, rank=0)
-    with pytest.raises(ValueError, match="LoRA alpha must be > 0"):
+    with pytest.raises(ValueError, match="LoRA alpha must be a finite number > 0, got -1.0"):
         add_lora(hf, rank=2, alpha=-1.0)
     with pytest.raises(ValueError, match=r"\['qkv'\] are not linear layers.*valid: down_proj, gate_proj, k_proj"):
         add_lora(hf, rank=2, targets=["q_proj", "qkv"])

@@ -468,6 +468,10 @@ SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
      "--lora-targets bogus_proj: not linear layers of tiny's blocks; valid: down_proj"),
     ("finetune-facts", (*FT, "--trainable-blocks", "99"),
      "--trainable-blocks 99: tiny has 2 blocks; use 1…2"),
+    # a sentence whose answer boundary the tokenizer merges had been found once the folder was entered
+    ("finetune-facts", ("finetune-facts", "--model", "smollm2-135m", "--facts", "merge.csv", "--templates-file",
+                        "merge.jsonl", "--train-paraphrases", "1", "--controls", "1"),
+     "training pair 'Ann Lee says wor': prompt 'Ann Lee says wor' and answer 'ld' do not tokenize apart"),
     ("probe", (*PROBE, "--limit", "1"), "--controls 2: the first 1 facts of run/facts.jsonl (--limit 1) hold only 0"),
     ("probe", (*PROBE[:-1], "3", "--limit", "3"),
      "--controls 3: the first 3 facts of run/facts.jsonl (--limit 3) hold only 2 wrong answers of one kind per "
@@ -528,6 +532,10 @@ def test_a_refused_option_leaves_the_previous_run_byte_identical(finished, tmp_p
     assert main(["make-facts", "reversal", "--size", "20", "--seed", "1", "--out", "other.jsonl"]) == 0
     assert main(["make-facts", "celebrity", "--limit", "4", "--out", "celeb.jsonl"]) == 0
     Path("bad_celeb.csv").write_text("child,parent,parent_type,child_prediction,can_reverse\nA,B,aunt,,True\n")
+    Path("merge.csv").write_text("subject,relation,object\nAnn Lee,says,ld\nBo Kim,says,rd\n")
+    Path("merge.jsonl").write_text("".join(json.dumps({"relation": "says", "split": split, "template": template}) + "\n"
+                                           for split, template in (("train", "{given} says wor{answer}."),
+                                                                   ("test", "{given} said {answer}."))))
     transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                              num_attention_heads=2, num_key_value_heads=1).save_pretrained("tiny")  # no weights
     transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -568,8 +576,8 @@ def test_an_input_the_run_would_delete_before_reading_it_is_refused_and_the_old_
         Path("ft/summary.json").write_text('{"previous": true}\n')
     before = contents(Path("ft"))
     capsys.readouterr()
-    code, _, err = revlens(capsys, *FT[:3], "--facts", "ft/facts.jsonl", "--controls", "1", "--out", "ft",
-                           "--threads", "1")
+    code, _, err = revlens(capsys, FT[0], "--model", "smollm2-135m", "--facts", "ft/facts.jsonl", "--controls", "1",
+                           "--out", "ft", "--threads", "1")  # a model with a tokenizer: its sentences are checked first
     assert code == 2 and "ft: --facts ft/facts.jsonl is the run there, or one of its files, which this run replaces" \
         in one_error_line(err)
     assert contents(Path("ft")) == before
