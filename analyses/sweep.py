@@ -61,6 +61,9 @@ AGGREGATE = "aggregate.csv"
 FIGURE = "sweep.png"
 SUMMARY = "summary.json"
 RUNNING = ".running"
+RECORDS = ".records.json"
+"""Each trial's record (seconds, CPU seconds, host, the run it made), rewritten as each trial ends: the sweep's
+outputs are removed when it starts again, so a rerun cut short would lose the records of the trials run before."""
 """Per running trial, ``<name>.pid`` holds the Ray worker's process id (for a person, or a test, to find it)."""
 MAX_TRIALS = 10_000
 """The most trials one sweep may hold (seeds × grid points): more is a typo (``--seeds 0-99999999``), and
@@ -729,9 +732,13 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
         for trial in trials:
             folder = out / TRIALS / trial.name
             if finished(folder, expected_config(sweep.experiment, trial, folder)):  # its run's record kept
-                records[trial.name] = {**earlier.get(trial.name, {}), "trial": trial.name, "status": "finished before"}
+                made = _run_id(folder)
+                kept = earlier.get(trial.name, {})
+                kept = kept if kept.get("run_id") == made else {}  # a record of another run of the trial: not this one's
+                records[trial.name] = {**kept, "trial": trial.name, "status": "finished before", "run_id": made}
             else:
                 todo.append(trial)
+        _save_records(out, records)
         log(f"sweep {sweep.experiment}: {len(trials)} trials, {len(trials) - len(todo)} finished before, "
             f"{len(todo)} to run")
         failures: list[dict[str, Any]] = []
@@ -750,12 +757,25 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
 
 def _earlier_records(out: Path) -> dict[str, dict[str, Any]]:
     """The records (seconds, CPU seconds, host, ...) of the trials an earlier run of this sweep ran or found finished,
-    by trial, from its ``summary.json`` (none where it has none or cannot be read), so that a rerun keeps them."""
+    by trial, from its :data:`RECORDS` (none where it has none or cannot be read), so that a rerun keeps them."""
     try:
-        trials = json.loads((out / SUMMARY).read_text(encoding="utf-8")).get("trials", [])
+        trials = json.loads((out / RECORDS).read_text(encoding="utf-8"))
         return {r["trial"]: r for r in trials if isinstance(r, dict) and r.get("status") in ("ran", "finished before")}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return {}
+
+
+def _save_records(out: Path, records: dict[str, dict[str, Any]]) -> None:
+    from facts.io import write_text_atomic
+
+    write_text_atomic(out / RECORDS, json.dumps(list(records.values()), indent=1) + "\n")
+
+
+def _run_id(folder: Path) -> str | None:
+    """The id of the run a trial's folder holds (its manifest's), which a record names."""
+    from analyses.runfolder import read_manifest
+
+    return (read_manifest(folder) or {}).get("run_id")
 
 
 def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources, runners: Runners,
@@ -770,8 +790,10 @@ def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources
             ok, result["error"] = False, [f"{folder}: the trial reported success but its folder is not one "
                                           f"whole run from here (is DIR on a file system every node shares?)"]
         record = {"trial": trial.name, "status": "ran" if ok else "failed",
-                  **{k: result.get(k) for k in ("seconds", "cpu_seconds", "resumed", "host", "node", "pid")}}
+                  **{k: result.get(k) for k in ("seconds", "cpu_seconds", "resumed", "host", "node", "pid")},
+                  "run_id": _run_id(folder) if ok else None}
         records[trial.name] = record
+        _save_records(out, records)
         if not ok:
             failures.append({"trial": trial.name, "seed": trial.seed, **dict(trial.point),
                              "error": " ".join(result.get("error") or ["no error message"])})
@@ -785,7 +807,7 @@ def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources
 # --- aggregation -------------------------------------------------------------------------------
 
 def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float | bool]:
-    """Every number of a summary by dotted key (the config and its copies, timings and captions left out, at any
+    """Every number of a summary by dotted key (settings, counts, timings and captions left out, at any
     depth: :data:`NOT_MEASURED`; a boolean kept one, a verdict (:func:`metric_statistics`); a list of records keyed
     by :func:`record_label`, else its index).
     A ``seed`` is an identity, not a measurement: it labels its record and is never a number of its own; so are a
@@ -804,7 +826,7 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float | bool
         found.update(more)
 
     for key, value in summary.items():
-        if (not prefix and key == "config") or key in NOT_MEASURED:
+        if not_measured(key):
             continue
         name = f"{prefix}{key}"
         if isinstance(value, bool):
@@ -822,9 +844,19 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float | bool
     return found
 
 
-NOT_MEASURED = frozenset({"seed", "seconds", "seconds_per_statement", "captions", "lora", "peak_layer"})
-"""Summary keys :func:`numbers` leaves out wherever they sit: identities (a seed, the layer a peak is at), timings,
-captions, and ``lora`` (the adapters' settings and size: the config's)."""
+NOT_MEASURED = ("seed", "seconds", "seconds_per_statement", "captions", "peak_layer",
+                "config", "lora", "steps", "k", "layers", "freeze_embeddings", "num_train", "train_sentences",
+                "variants", "n_samples", "n", "n_*", "*_n", "statements", "children")
+"""Summary keys (``fnmatch`` patterns) :func:`numbers` leaves out wherever they sit: identities (a seed, the layer a
+peak is at), timings, captions; the settings a summary repeats (the config, the adapters' ``lora``, the steps, a
+multi-token run's ``k``, a Zhu setting's ``layers`` and ``freeze_embeddings``, a chain size's ``num_train``), and
+counts of what was asked or trained (``n_train``, ``heldout_n``, a variant's training sequences): a setting's mean
+over seeds with an interval of width 0 (or, for a yes/no setting, Wilson's) would read as a measurement."""
+
+
+def not_measured(key: str) -> bool:
+    """A summary key :func:`numbers` leaves out (:data:`NOT_MEASURED`)."""
+    return any(fnmatchcase(key, pattern) for pattern in NOT_MEASURED)
 NAMING_FIELDS = ("run", "name", "model", "d", "circuit")
 """A record's first field among these names it in its list (``positional``'s runs, the bilinear model's
 dimensions, dynamics' models, a fine-tune's circuits)."""
@@ -908,7 +940,11 @@ def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
         folder = out / TRIALS / trial.name
         if finished(folder, expected_config(sweep.experiment, trial, folder)):
             summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
-            rows.append({**numbers(summary), **dict(trial.point), "seed": trial.seed})  # a grid key names its column
+            try:
+                found = numbers(summary)
+            except ValueError as error:
+                raise ValueError(f"{folder / SUMMARY}: {error}") from None
+            rows.append({**found, **dict(trial.point), "seed": trial.seed})  # a grid key names its column
     keys = list(sweep.grid)
     table = pd.DataFrame(rows)
     metrics = [c for c in table.columns if c not in keys and c != "seed"]
@@ -920,7 +956,11 @@ def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
         point = point if isinstance(point, tuple) else (point,)
         row: dict[str, Any] = {**dict(zip(keys, point)), "n_seeds": len(part)}
         for metric in metrics:
-            row |= metric_statistics(metric, part[metric])
+            try:
+                row |= metric_statistics(metric, part[metric])
+            except ValueError as error:
+                raise ValueError(f"{out}: grid point {dict(zip(keys, point)) or 'of every trial'}, seeds "
+                                 f"{part['seed'].tolist()}: {error}") from None
         per_point.append(row)
     found = {tuple(row[k] for k in keys): row for row in per_point}  # a point none of whose trials finished: n_seeds 0
     per_point = [found.get(tuple(v for _, v in point), {**dict(point), "n_seeds": 0}) for point in sweep.points()]

@@ -289,9 +289,81 @@ def test_timings_settings_and_where_a_peak_is_are_no_metrics_and_a_layer_keys_it
                            "after": {"train/forward": {"components": {"mlp_out": {"peak_layer": 1, "peak_effect": 0.3}}}}},
                "per_layer": [{"layer": 0, "z": 1.0}, {"layer": 1, "z": 5.0}]}
     found = numbers(summary)
-    assert found == {"tracing.statements": 4.0, "tracing.after.train/forward.components.mlp_out.peak_effect": 0.3,
+    assert found == {"tracing.after.train/forward.components.mlp_out.peak_effect": 0.3,
                      "per_layer.layer=0.z": 1.0, "per_layer.layer=1.z": 5.0}
     assert numbers({"per_layer": summary["per_layer"][::-1]}) == {"per_layer.layer=0.z": 1.0, "per_layer.layer=1.z": 5.0}
+
+
+def test_settings_and_counts_a_summary_repeats_are_no_metrics_at_any_depth():
+    """Settings a summary repeats (steps, a run's k, a setting's layers and frozen embeddings, a chain size, a config
+    nested in a record) and counts of what was asked had been averaged over seeds: columns of mean ± 0, and a yes/no
+    setting given Wilson's interval as if it were a verdict."""
+    from analyses.sweep import numbers
+
+    found = numbers({"steps": 80, "n_train": 200, "n_candidates": 400, "train_prob": 0.9,
+                     "settings": {"frozen": {"layers": 2, "freeze_embeddings": True, "train_prob": 0.5}},
+                     "sizes": {"10": {"num_train": 10, "heldout_logprob": -4.0}},
+                     "rows": [{"run": "baseline", "heldout_n": 60, "n_train_sequences": 140,
+                               "heldout_accuracy": 0.0}],
+                     "runs": [{"run": "k=2", "k": 2, "config": {"lr": 0.01}, "train_prob": 0.7}],
+                     "groups": {"p2d": {"forward": {"n": 16, "after": {"margin": {"mean": 1.5, "n": 16}}}}}})
+    assert found == {"train_prob": 0.9, "settings.frozen.train_prob": 0.5, "sizes.10.heldout_logprob": -4.0,
+                     "rows.baseline.heldout_accuracy": 0.0, "runs.k=2.train_prob": 0.7,
+                     "groups.p2d.forward.after.margin.mean": 1.5}
+
+
+class InProcessRunners:
+    """Runs a sweep's trials one after another in this process (:func:`analyses.sweep.run_trial`, what each Ray
+    runner runs), or stops at the first as ^C would."""
+
+    workers = 1
+
+    def __init__(self, interrupt: bool = False) -> None:
+        from analyses.sweep import aggregate
+
+        self.interrupt, self.aggregate = interrupt, aggregate
+
+    def run(self, jobs, running_dir):
+        from analyses.sweep import run_trial
+
+        for trial, argv, folder, resumable in jobs:
+            if self.interrupt:
+                raise KeyboardInterrupt
+            yield trial, run_trial(argv, str(folder), str(running_dir), resumable)
+
+
+def test_a_rerun_cut_short_keeps_the_records_of_the_trials_run_before(tmp_path):
+    """A rerun removes the sweep's summary before its trials run, and the trials' records (seconds, host) lived only
+    there: a rerun cut short lost the records of every trial run before, and the next rerun listed them bare."""
+    from analyses.sweep import run_sweep
+
+    sweep = make_sweep("reversal", "0-1", ["model=one-layer", "pairs=30", "steps=2", "eval-every=2"])
+    out = tmp_path / "sweep"
+    first = {r["trial"]: r for r in run_sweep(sweep, out, runners=InProcessRunners(), log=lambda line: None)["trials"]}
+    kept, removed = (trial.name for trial in sweep.trials())
+    assert first[kept]["seconds"] > 0 and first[kept]["run_id"]
+    for path in sorted((out / "trials" / removed).rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, out, runners=InProcessRunners(interrupt=True), log=lambda line: None)
+    again = {r["trial"]: r for r in run_sweep(sweep, out, runners=InProcessRunners(), log=lambda line: None)["trials"]}
+    assert again[kept] == {**first[kept], "status": "finished before"}
+    assert again[removed]["status"] == "ran" and again[removed]["run_id"] != first[removed]["run_id"]
+
+
+def test_a_summary_that_cannot_be_aggregated_is_named(tmp_path, monkeypatch):
+    """Two records a label cannot tell apart were refused without naming the trial whose summary holds them."""
+    from analyses import sweep as sweeps
+
+    sweep = sweeps.Sweep("reversal", (0,), {})
+    out = tmp_path / "sweep"
+    sweeps.prepare(sweep, out)
+    folder = out / "trials" / sweep.trials()[0].name
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"start_end": [{"model": "tiny", "z_end": 1.0}] * 2}))
+    monkeypatch.setattr(sweeps, "finished", lambda folder, config: True)
+    with pytest.raises(ValueError, match=rf"{folder.name}/summary.json: two numbers of one summary under the key"):
+        sweeps.aggregate(sweep, out)
 
 
 def test_per_seed_records_are_kept_apart_and_a_seed_is_never_a_metric():
@@ -324,7 +396,7 @@ def test_records_of_one_model_are_told_apart_by_circuit_role_and_layer_and_a_cla
                for model in ("one-layer", "tiny") for circuit in ("ov", "qk") for layer in (0, 1)
                for role in ("trained", "held-out reverse")]
     found = numbers({"experiment": "dynamics", "start_end": records})
-    assert len(found) == 2 * len(records)  # n and z_end of each record
+    assert len(found) == len(records)  # z_end of each record (n counts what was read: no metric)
     assert found["start_end.one-layer/ov/trained/layer=0.z_end"] == 0.1
     assert found["start_end.tiny/qk/held-out reverse/layer=1.z_end"] == 11
     assert not any(key.endswith(".layer") for key in found)
