@@ -321,7 +321,7 @@ def _train(
     device = model_device(model)
     optimizer = make_optimizer(model, config)
     history: list[dict[str, Any]] = []
-    start = 0
+    start, checkpoint_loss = 0, None
     if resume and checkpoint_dir is None:
         raise TrainingError("resume=True needs a checkpoint_dir")
     if resume and list_checkpoints(checkpoint_dir):
@@ -332,6 +332,7 @@ def _train(
         if checkpoint.optimizer_state is not None:
             optimizer.load_state_dict(checkpoint.optimizer_state)
         start, history = checkpoint.step, list(checkpoint.meta.get("history", []))
+        checkpoint_loss = checkpoint.meta.get("last_loss")
         if start < config.steps and start % config.eval_every:  # a finished run's last record, off the schedule:
             history = [entry for entry in history if entry["step"] != start]  # a longer run never makes it
     elif checkpoint_dir is not None:
@@ -340,9 +341,9 @@ def _train(
     if _optimizer_layout(model):
         meta["optimizer_layout"] = _optimizer_layout(model)
 
-    def checkpoint(step: int) -> None:
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, step, model, optimizer, {**meta, "history": history})
+    def checkpoint(step: int, loss: float | None) -> None:
+        if checkpoint_dir is not None:  # the step's loss kept: a run resumed to this step as its end records it
+            save_checkpoint(checkpoint_dir, step, model, optimizer, {**meta, "history": history, "last_loss": loss})
 
     scored = _distinct_rows(eval_sets) if any(len(batch) for batch in eval_sets.values()) else None
 
@@ -350,7 +351,11 @@ def _train(
         entry: dict[str, Any] = {"step": step, "loss": loss, "eval": evaluate(model, eval_sets, scored)}
         for callback in callbacks:
             entry.update(callback(step, model) or {})
-        history.append(entry)
+        try:  # as a checkpoint keeps it, so a resumed run's history is the uninterrupted run's ({0: x} → {"0": x})
+            history.append(json.loads(json.dumps(entry)))
+        except (TypeError, ValueError) as error:
+            raise TrainingError(f"step {step}: a callback returned a value a history cannot hold ({error}); return "
+                                f"numbers, strings, lists and dicts") from None
 
     began = time.perf_counter()
     model.train()
@@ -380,10 +385,10 @@ def _train(
                 record(done, loss.item())
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
-                checkpoint(done)
+                checkpoint(done, loss.item())
     if start < config.steps:
-        checkpoint(config.steps)
+        checkpoint(config.steps, loss.item())
     elif not history or history[-1]["step"] != start:  # an intermediate checkpoint resumed as the end: its
-        record(start, None)  # final evaluation, as an uninterrupted run of these steps makes (the loss was not kept)
-        checkpoint(start)
+        record(start, checkpoint_loss)  # final evaluation and its step's loss, as an uninterrupted run's last record
+        checkpoint(start, checkpoint_loss)
     return TrainResult(history=history, seconds=time.perf_counter() - began, steps=config.steps)

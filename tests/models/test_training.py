@@ -101,8 +101,9 @@ def test_a_finished_run_resumed_with_more_steps_has_the_longer_run_s_history(bat
 def test_a_run_resumed_to_an_intermediate_checkpoint_s_step_ends_with_its_evaluation(batch, vocab, tmp_path):
     """A 12-step run killed after step 6 (checkpoints every 2, evaluated every 8) resumed with --steps 6 trained
     nothing and kept the checkpoint's history, [0]: its last record, read as the final numbers, was the untrained
-    model's. It ends with step 6's evaluation, as the uninterrupted 6 steps do (the step's training loss is not
-    kept in a checkpoint: None), and a final checkpoint holding it."""
+    model's. It ends with step 6's evaluation and training loss, as the uninterrupted 6 steps do (the loss had been
+    None: a checkpoint did not keep it), and a final checkpoint holding it. A callback's values read back as a
+    checkpoint keeps them ({0: x} as {"0": x}) in both runs."""
     train_set = batch.where(split="train")
     long = TrainConfig(**{**CONFIG.__dict__, "steps": 12, "eval_every": 8, "checkpoint_every": 2})
     short = TrainConfig(**{**CONFIG.__dict__, "steps": 6, "eval_every": 8, "checkpoint_every": 2})
@@ -110,11 +111,16 @@ def test_a_run_resumed_to_an_intermediate_checkpoint_s_step_ends_with_its_evalua
     for later in list_checkpoints(tmp_path)[3:]:  # killed after step 6
         later.unlink()
         later.with_suffix(".safetensors").unlink()
-    resumed = train(fresh(vocab), train_set, short, eval_sets={"all": batch}, checkpoint_dir=tmp_path, resume=True)
-    uninterrupted = train(fresh(vocab), train_set, short, eval_sets={"all": batch})
+    by_layer = [lambda step, model: {"by_layer": {0: float(step)}, "pair": (1, 2)}]
+    resumed = train(fresh(vocab), train_set, short, eval_sets={"all": batch}, checkpoint_dir=tmp_path, resume=True,
+                    callbacks=by_layer)
+    uninterrupted = train(fresh(vocab), train_set, short, eval_sets={"all": batch}, callbacks=by_layer)
     assert [h["step"] for h in resumed.history] == [h["step"] for h in uninterrupted.history] == [0, 6]
-    assert resumed.history[-1]["loss"] is None
-    assert resumed.history[-1]["eval"] == uninterrupted.history[-1]["eval"]
+    assert resumed.history[-1] == uninterrupted.history[-1]
+    assert uninterrupted.history[-1]["by_layer"] == {"0": 6.0} and uninterrupted.history[-1]["pair"] == [1, 2]
+    assert resumed.history[-1]["loss"] > 0
+    with pytest.raises(TrainingError, match=r"step 0: a callback returned a value a history cannot hold"):
+        train(fresh(vocab), train_set, short, callbacks=[lambda step, model: {"w": torch.ones(1)}])
     assert json.loads(list_checkpoints(tmp_path)[-1].read_text())["history"][-1]["step"] == 6
 
 
