@@ -254,8 +254,8 @@ def format_chain(summary: dict[str, Any]) -> str:
         f"  OV circuit Y[x, z], mean z-score over heads: trained x ⇝ z {summary['ov_z_trained']:.2f}, "
         f"held-out {summary['ov_z_heldout']:.2f}",
         "",
-        f"{'INTRANSITIVITY REPRODUCED' if holds else 'not reproduced (see numbers)'} "
-        f"in {summary['seconds']:.1f} s: chaining works, the direct x ⇝ z is not inferred",
+        f"{'INTRANSITIVITY REPRODUCED' if holds else 'not reproduced (see numbers)'} in {summary['seconds']:.1f} s"
+        + (": chaining works, the direct x ⇝ z is not inferred" if holds else ""),
     ])
 
 
@@ -351,7 +351,9 @@ def format_in_context(summary: dict[str, Any]) -> str:
                      f"{run['heldout_reverse_accuracy']:10.3f}{run['heldout_reverse_mean_rank']:11.1f}"
                      f"{run['chance_logprob']:14.2f}")
     verdict = "NO CURSE IN CONTEXT" if summary["heldout_reverse_accuracy"] > 0.9 else "not reproduced (see numbers)"
-    lines += ["", f"{verdict} in {summary['seconds']:.1f} s: the held-out reverse is copied from the prompt"]
+    lines += ["", f"{verdict} in {summary['seconds']:.1f} s"
+              + (": the held-out reverse is copied from the prompt" if summary["heldout_reverse_accuracy"] > 0.9
+                 else "")]
     if "control" in summary and summary["control"]["heldout_reverse_accuracy"] < 0.1:
         lines.append("control: when every x has one partner the model memorises pairs and fails on held-out ones")
     return "\n".join(lines)

@@ -67,6 +67,10 @@ def test_ov_entries_grow_for_trained_directions_and_stay_flat_for_held_out_rever
     assert summary["ov_grows_only_where_trained"] == {"one-layer": True, "tiny": True}
     assert summary["final"]["one-layer"]["heldout_accuracy"] == 0.0
     assert "Y[A,B] GROWS ONLY FOR TRAINED DIRECTIONS" in format_dynamics(summary)
+    assert "so the facts are not stored in Z[entity, entity]" in format_dynamics(summary)
+    moved = [{**r, "z_end": 4.0} if r["circuit"] == "qk" else r for r in summary["start_end"]]  # said whatever Z did
+    text = format_dynamics({**summary, "start_end": moved})
+    assert "not stored" not in text and "reach a z of 4.00" in text
 
 
 def test_dynamics_writes_history_with_circuit_records_and_a_figure(dynamics_run):

@@ -77,6 +77,8 @@ def test_chain_is_intransitive_but_chaining_works(tmp_path):
     assert set(_history(tmp_path / "history.jsonl")[-1]["eval"]) == {"train", "heldout", "train/x→y", "train/y→z",
                                                                      "train/x⇝z"}
     assert "INTRANSITIVITY REPRODUCED" in format_chain(summary)
+    failed = format_chain({**summary, "two_step_accuracy": 0.2})  # the conclusion was printed after either verdict
+    assert "not reproduced (see numbers)" in failed and "chaining works" not in failed
 
 
 def test_a_head_without_a_z_is_left_out_of_the_chain_s_ov_means():
@@ -119,7 +121,9 @@ def test_in_context_reversal_has_no_curse_but_one_partner_pairs_are_memorised(tm
     assert control["heldout_reverse_logprob"] <= control["chance_logprob"] + 0.5
     _written(tmp_path, "summary.json", "history.jsonl", "logits.csv", "curves.png", "control/history.jsonl")
     text = format_in_context(summary)
-    assert "NO CURSE IN CONTEXT" in text and "memorises" in text
+    assert "NO CURSE IN CONTEXT" in text and "memorises" in text and "copied from the prompt" in text
+    failed = format_in_context({**summary, "heldout_reverse_accuracy": 0.3})
+    assert "not reproduced (see numbers)" in failed and "copied from the prompt" not in failed
     # curves.png draws each world's own chance (the control's has 400 candidates, the grid's 110: one line for both
     # put the control's curve 4.6 nats under "chance")
     [axis] = drawn[0].axes
