@@ -56,6 +56,9 @@ THEORY = {
     "identity-bridge": "Ma et al. 2026 (Identity Bridge, arXiv 2602.02470): the one-layer model trained with 'A r A' "
                        "added for every entity breaks the curse (gradient descent's implicit bias puts both members "
                        "of a pair in one OV direction): reverse above chance, Y[B,A] grown without B → A trained",
+    "mitigated": "a token-world model trained on its world and added statements (reversed, restated or copy "
+                 "sentences): the plain model's prediction does not hold; the mitigations experiment measures how much "
+                 "each lifts the held-out reverse",
     "finetuned": "theory does not cover pretrained LLMs; Berglund et al. see the reverse at chance after "
                  "one-way fine-tuning (margin ≈ 0). The lookup may live in MLPs, so entity-level OV "
                  "asymmetry may be weak",
@@ -313,15 +316,22 @@ def finetuned_row(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The row of a ``revlens finetune-facts`` (or ``revlens probe``) folder, named by :func:`finetuned_label`;
     the one-way facts of every trained group are pooled (p2d and d2p: trained way against its reverse). A probe of
     a token-world checkpoint (its summary's ``model_card``) is a row of kind "checkpoint" named as that model, "tiny
-    transformer (checkpoint DIR, step N)", beside its model's theory: it was trained on its world, not fine-tuned."""
+    transformer (checkpoint DIR, step N)", beside its model's theory: it was trained on its world, not fine-tuned. A
+    checkpoint trained on its world and a mitigation's added statements (the world its run names, "reversal + identity
+    bridge") is named with them and stands beside the Identity Bridge's prediction, or none of a plain model's."""
     name, answers, circuits = read_probe_run(run_dir)
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     card = summary.get("model_card")
     if isinstance(card, dict) and card.get("kind") in ("hooked", "bilinear"):
         model = "bilinear" if card["kind"] == "bilinear" else str(card.get("name"))
         what = "bilinear Θ" if model == "bilinear" else f"{model} transformer"
+        added = str(summary.get("trained_world") or "").partition(" + ")[2]  # a mitigation's statements
+        theory = model if model in THEORY else "tiny"  # "paper" and other multi-layer models: as tiny
+        if added:
+            what += f" + {added}"
+            theory = "identity-bridge" if added == "identity bridge" else "mitigated"
         row = model_row(f"{what} (checkpoint {name}, step {summary.get('step')})", "checkpoint", answers, circuits,
-                        theory=model if model in THEORY else "tiny")  # "paper" and other multi-layer models: as tiny
+                        theory=theory)
     else:
         row = model_row(finetuned_label(name, summary.get("config") or {}), "finetuned", answers, circuits)
     return {**row, "source": str(run_dir), **tracing_columns(run_dir)}

@@ -233,7 +233,8 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
         model, checkpoint = load_trained(model_path, device)
         vocab = TokenVocab()
         return ProbedModel(model, vocab, vocab.entity_ids, vocab.token_name, "candidates",
-                           {"model_card": checkpoint.meta.get("model"), "step": checkpoint.step})
+                           {"model_card": checkpoint.meta.get("model"), "step": checkpoint.step,
+                            "trained_world": (checkpoint.meta.get("run") or {}).get("world")})
     if templates is None and facts.world not in TEXT_TEMPLATES:
         raise ValueError(
             f"{model_path}: not a reversal-lens checkpoint (no step-NNNNNN.json), and {facts.world!r} facts come "

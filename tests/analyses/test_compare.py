@@ -80,6 +80,17 @@ def test_a_row_read_from_csv_files_equals_the_same_model_measured_in_memory(comp
     assert from_files["asymmetry_index"] == pytest.approx(sum(c["asymmetry"] for c in ov) / len(ov))
 
 
+def test_a_probe_of_an_identity_bridge_checkpoint_stands_beside_the_bridge_s_theory(comparison, tmp_path):
+    """A probe of the one-layer model trained with the Identity Bridge was read as a plain one-layer checkpoint:
+    named "one-layer transformer", beside the prediction that its reverse stays at chance, which the bridge lifts."""
+    out, _ = comparison
+    folder = out / "identity-bridge"
+    probe(folder / "checkpoints", folder / "facts.jsonl", tmp_path / "probe")
+    row = finetuned_row(tmp_path / "probe")
+    assert row["model"].startswith("one-layer transformer + identity bridge (checkpoint ")
+    assert row["theory_predicts"] == THEORY["identity-bridge"] and row["kind"] == "checkpoint"
+
+
 def test_compare_refuses_a_half_written_or_broken_run_folder(probed_run, tmp_path, capsys):
     def refused(*folders) -> str:
         assert main(["compare", "--out", str(tmp_path / "o"), "--finetuned", *map(str, folders), "--quiet"]) == 2
