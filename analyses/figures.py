@@ -309,17 +309,20 @@ def _chance_column(metric: str, table) -> str | None:
 
 
 def sweep_figure(table, keys: Sequence[str], metrics: Sequence[str], title: str = "",
-                 ranges: Mapping[str, tuple[float, float]] | None = None):
+                 ranges: Mapping[str, tuple[float, float]] | None = None, varying: Sequence[str] | None = None):
     """One panel per metric: per grid point (x, the varying grid keys named below it), every seed's value (dots)
     and the mean with its 95% interval across seeds (error bar; Student's t cut to the metric's ``ranges`` entry,
     or Wilson's for a yes/no verdict, :func:`probes.stats.interval95`); chance, where the summary has it
-    (:func:`_chance_column`), as a grey tick."""
+    (:func:`_chance_column`), as a grey tick. ``varying``: the grid keys the sweep varies (default: those whose
+    values differ in ``table``; a sweep whose other points finished no trial passes its own, so its one point is
+    named, not called "all")."""
     from matplotlib.figure import Figure
 
     from probes.stats import interval95
 
     groups = list(table.groupby(list(keys), sort=False)) if keys else [((), table)]
-    varying = [i for i, key in enumerate(keys) if table[key].nunique() > 1]  # labels name only these
+    varying = [i for i, key in enumerate(keys) if (key in varying if varying is not None else  # labels name these
+                                                   table[key].nunique() > 1)]
     labels = ["\n".join(str((p if isinstance(p, tuple) else (p,))[i]) for i in varying) or "all" for p, _ in groups]
     columns = min(len(metrics), 4)
     rows = math.ceil(len(metrics) / columns)

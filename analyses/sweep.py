@@ -972,9 +972,12 @@ def aggregate(sweep: Sweep, out: Path, records: dict[str, Any] | None = None,
         from analyses.figures import sweep_figure
         from probes.views import save_png
 
+        empty = [point for point in per_point if not point["n_seeds"]]
         save_png(sweep_figure(table, keys, plotted, title=f"{sweep.experiment}: mean and 95% interval across "
-                                                             f"seeds (dots: seeds)",
-                              ranges={m: metric_range(m) for m in plotted}), out / FIGURE)
+                                                             f"seeds (dots: seeds)" + (
+                                  f"; {len(empty)} grid point(s) with no finished trial not shown" if empty else ""),
+                              ranges={m: metric_range(m) for m in plotted},
+                              varying=[key for key, values in sweep.grid.items() if len(values) > 1]), out / FIGURE)
         figures.append(FIGURE)
     n_trials = len(sweep.trials())
     summary = {

@@ -717,6 +717,9 @@ def test_each_sweep_panel_draws_its_own_chance_and_names_the_varying_key():
                      for segment in collection.get_segments() if segment[0][1] == segment[1][1]}
     assert round(1 / 3, 4) in chance_levels and 0.1 not in chance_levels
     assert top1.get_xlabel() == "lr" and [t.get_text() for t in top1.get_xticklabels()] == ["0.1", "0.2"]
+    # the grid's other point finished no trial: its one point is named, not called "all" (pooled over the grid)
+    alone = sweep_figure(table[table.lr == 0.1], ["lr"], ["train_prob"], varying=["lr"]).axes[0]
+    assert alone.get_xlabel() == "lr" and [t.get_text() for t in alone.get_xticklabels()] == ["0.1"]
 
 
 def test_a_probability_s_interval_across_seeds_stays_within_0_and_1():
