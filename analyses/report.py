@@ -48,7 +48,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analyses.experiments import KINDS, TRACING_CAPTION
-from analyses.runfolder import MANIFEST, RunFolderError, check_run, is_inside_run
+from analyses.runfolder import MANIFEST, RunFolderError, check_run, is_inside_run, read_manifest
 from facts.io import write_text_atomic
 from probes.views import remote_references
 
@@ -147,7 +147,8 @@ def _runs_of(folder: Path) -> list[Run]:
     if not folder.is_dir():
         raise ReportError(f"{folder}: not a folder (give the folder a revlens command wrote)")
     if (folder / SUMMARY).exists():
-        return _run_tree(folder, str(folder), _whole_run(folder))
+        manifest, root = _whole_run(folder)
+        return _run_tree(folder if root == folder else folder.absolute(), str(folder), manifest, root)
     entries = _entries(folder)
     if not entries:
         raise ReportError(f"{folder}: empty folder, not a run (a finished run has a {SUMMARY})")
@@ -160,16 +161,28 @@ def _runs_of(folder: Path) -> list[Run]:
         if not (sub / SUMMARY).exists():
             raise ReportError(f"{sub}: no {SUMMARY}, so this run of {folder} did not finish (half-written?); "
                               f"found {_listing(_entries(sub)) or 'nothing'}")
-        runs += _run_tree(sub, str(sub), _whole_run(sub))
+        manifest, root = _whole_run(sub)
+        runs += _run_tree(sub if root == sub else sub.absolute(), str(sub), manifest, root)
     return runs
 
 
-def _whole_run(folder: Path) -> dict[str, Any] | None:
-    """:func:`analyses.runfolder.check_run`, its refusal as a :class:`ReportError`."""
+def _whole_run(folder: Path) -> tuple[dict[str, Any] | None, Path]:
+    """:func:`analyses.runfolder.check_run`, its refusal as a :class:`ReportError`; returns the manifest that
+    governs ``folder`` and the folder it lies in: its own, or, for a part of a run (zhu-settings' ``default/``), the
+    enclosing run's, whose ``kept`` files (another run's, left by a rerun) are then left out here too. A folder that
+    is itself one of those kept files is refused: it is no part of the run it lies in."""
     try:
-        return check_run(folder, inputs=True)
+        manifest = check_run(folder, inputs=True)
     except RunFolderError as error:
         raise ReportError(str(error)) from None
+    enclosing = None if manifest is not None else is_inside_run(folder)
+    if enclosing is None:
+        return manifest, folder
+    manifest = read_manifest(enclosing) or {}
+    if (folder / SUMMARY).absolute() in {enclosing / name for name in manifest.get("kept", [])}:
+        raise ReportError(f"{folder}: files a rerun of {enclosing} kept in place (no run there wrote them), so not a "
+                          f"run of its own; give a folder revlens wrote")
+    return manifest, enclosing
 
 
 def _entries(folder: Path) -> list[Path]:

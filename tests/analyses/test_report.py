@@ -208,10 +208,17 @@ def test_a_nested_run_is_as_whole_as_the_run_that_holds_it_and_a_kept_copy_is_no
                                           r"default/summary.json changed"):
         find_runs([nested])
     shutil.copytree(tmp_path / "copy", run / "backup")  # another run's files, put in the folder by hand
+    shutil.copy(nested / "curves.png", nested / "old.png")  # and a figure no run wrote, in the nested run
     assert main([*command, "--out", str(run)]) == 0  # the rerun keeps them and lists them as kept
-    assert "backup/summary.json" in json.loads((run / "manifest.json").read_text())["kept"]
+    assert {"backup/summary.json", "default/old.png"} <= set(json.loads((run / "manifest.json").read_text())["kept"])
     labels = [r.label for r in find_runs([run])]
     assert str(nested) in labels and not any("backup" in label for label in labels)
+    # given alone, the nested run and the kept copy had been read without the enclosing run's kept files: old.png
+    # shown as the run's own figure, the copy rendered as a checked part of the run
+    [alone] = find_runs([nested])
+    assert "curves.png" in [p.name for p in alone.figures] and "old.png" not in [p.name for p in alone.figures]
+    with pytest.raises(ReportError, match=r"backup: files a rerun of .*settings kept in place"):
+        find_runs([run / "backup"])
     manifest = json.loads((run / "manifest.json").read_text())
     (run / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     with pytest.raises(ReportError, match=r"the run that holds .*default is incomplete"):
