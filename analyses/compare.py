@@ -160,8 +160,8 @@ def read_probe_run(run_dir: str | os.PathLike[str]) -> tuple[str, pd.DataFrame, 
         raise RunDirError(f"{run_dir}: missing {', '.join(missing)} (a finished `revlens finetune-facts` or "
                           f"`revlens probe` folder has {', '.join(PROBE_FILES)})")
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except json.JSONDecodeError as error:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunDirError(f"{run_dir / 'summary.json'}: not valid JSON ({error})") from None
     if not isinstance(summary, dict):
         raise RunDirError(f"{run_dir / 'summary.json'}: expected a JSON object of results, got a "
@@ -170,7 +170,7 @@ def read_probe_run(run_dir: str | os.PathLike[str]) -> tuple[str, pd.DataFrame, 
     for name, columns in (("logits.csv", LOGIT_COLUMNS), ("circuits.csv", CIRCUIT_COLUMNS)):
         try:
             table = pd.read_csv(run_dir / name)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
             raise RunDirError(f"{run_dir / name}: cannot be read as CSV ({error})") from None
         _require_columns(table, columns, run_dir / name)
         if table.empty:

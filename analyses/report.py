@@ -290,8 +290,15 @@ def _check_png(path: Path) -> None:
         raise ReportError(f"{path}: truncated PNG (no end chunk); the run may have been interrupted")
 
 
+def _utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ReportError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
 def _check_view(path: Path) -> None:
-    remote = remote_references(path.read_text(encoding="utf-8"))
+    remote = remote_references(_utf8(path))
     if remote:
         raise ReportError(f"{path}: the page loads from the network ({remote[:3]}); write views with "
                           f"probes.views.save_html")
@@ -381,9 +388,12 @@ def one_screen_text(run: Run) -> str | None:
     module, name = kind.formatter.split(":")
     try:
         return getattr(import_module(module), name)(run.summary)
-    except (KeyError, TypeError) as error:
+    except KeyError as error:
         raise ReportError(f"{run.folder / SUMMARY}: lacks {error} that a {run.kind!r} run writes "
                           f"(half-written, or from another version?)") from error
+    except (TypeError, ValueError) as error:  # a value of another type than a run writes ("n/a" for a number)
+        raise ReportError(f"{run.folder / SUMMARY}: holds a value a {run.kind!r} run does not write "
+                          f"({type(error).__name__}: {error}; edited by hand, or from another version?)") from error
 
 
 def csv_table(path: Path, max_rows: int = MAX_ROWS) -> str:
@@ -404,7 +414,7 @@ def _png_tag(path: Path) -> str:
 
 
 def _view_tag(path: Path) -> str:
-    page = html.escape(path.read_text(encoding="utf-8"), quote=True)
+    page = html.escape(_utf8(path), quote=True)
     return (f'<iframe sandbox="allow-scripts" srcdoc="{page}" title="{html.escape(path.name)}" '
             f'style="height:{VIEW_HEIGHT_PX}px"></iframe>')
 

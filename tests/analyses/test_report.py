@@ -187,6 +187,12 @@ def test_half_written_run_of_a_parent_folder_is_named(runs, tmp_path):
     (parent / "bilinear").rename(tmp_path / "elsewhere")
     with pytest.raises(ReportError, match=r"all/reversal/summary.json: lacks 'config'"):
         render_report(find_runs([parent]))
+    # a value of another type was worded as a missing key ("lacks unsupported format string passed to ...")
+    summary = json.loads((runs / "all" / "reversal" / "summary.json").read_text())
+    (parent / "reversal" / "summary.json").write_text(json.dumps({**summary, "train_prob": "n/a"}))
+    with pytest.raises(ReportError, match=r"all/reversal/summary.json: holds a value a 'reversal' run does not write "
+                                          r"\((TypeError|ValueError): "):
+        render_report(find_runs([parent]))
 
 
 def test_a_nested_run_is_as_whole_as_the_run_that_holds_it_and_a_kept_copy_is_no_run(tmp_path):
