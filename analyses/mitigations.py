@@ -57,6 +57,7 @@ import torch
 
 from analyses.compare import finetuned_folders, named_apart, row_metrics
 from analyses.reproduce import ReversalConfig, _write_json, train_run, write_csv
+from facts.language import controls_of, wrong_answers
 from facts.schema import Fact, FactError, FactSet
 from facts.token_worlds import TokenVocab, reversal_world
 from probes.circuits import circuit_table
@@ -206,23 +207,35 @@ def make_variant(name: str, world: FactSet, copy_partners: int = 3, seed: int = 
     raise ValueError(f"unknown mitigation variant {name!r}; choose from {VARIANTS}")
 
 
-def fact_in_prompt_table(model, world: FactSet, indices: Sequence[int], vocab: TokenVocab) -> pd.DataFrame:
+def fact_in_prompt_table(model, world: FactSet, indices: Sequence[int], vocab: TokenVocab,
+                         n_controls: int = 16, seed: int = 0) -> pd.DataFrame:
     """:func:`answer_table` of each fact's held-out direction asked after its trained statement.
 
     "x → y <-> y ←" → x when x → y was trained, "y ← x <-> x →" → y when y ← x was; each
-    orientation is its own fact set, so controls stay of the answer's kind; candidates are all
-    the world's entities, as for the plain questions.
+    orientation is its own fact set; candidates are all the world's entities and each statement's controls those
+    :func:`answer_table` draws for it in the whole world (``n_controls``, ``seed``), as for the plain question, so
+    the two margins differ by the prompt alone (the fact sets' own controls were the other one-way facts' answers
+    of that orientation, never answers in training: their margin sat near 0 without any copying). ``fact``: the
+    world's index.
     """
-    trained_forward, trained_reverse = [], []
+    held = [(i, "reverse" if world[i].forward == "train" else "forward") for i in indices]
+    everything = [(i, d) for i, d, _ in world.statements()]  # answer_table's rule for how many, over the world
+    k = min([n_controls] + [len(pool) for pool in wrong_answers(world, everything)])
+    drawn = dict(zip(indices, controls_of(world, held, k, seed)))
+    parts: dict[str, list[tuple[int, Fact]]] = {"forward": [], "reverse": []}
     for i in indices:
         fact = world[i]
         if fact.forward == "train":
-            trained_forward.append(replace(fact, forward=None, reverse="heldout", context=True))
+            parts["forward"].append((i, replace(fact, forward=None, reverse="heldout", context=True)))
         else:
-            trained_reverse.append(Fact(fact.object, fact.inverse_relation, fact.subject, fact.relation,
-                                        forward=None, reverse="heldout", group=fact.group, context=True))
-    tables = [answer_table(model, FactSet(tuple(part), world="fact in prompt"), vocab, candidates=world.entities())
-              for part in (trained_forward, trained_reverse) if part]
+            parts["reverse"].append((i, Fact(fact.object, fact.inverse_relation, fact.subject, fact.relation,
+                                             forward=None, reverse="heldout", group=fact.group, context=True)))
+    tables = []
+    for part in parts.values():
+        if part:
+            table = answer_table(model, FactSet(tuple(f for _, f in part), world="fact in prompt"), vocab,
+                                 candidates=world.entities(), controls=[drawn[i] for i, _ in part])
+            tables.append(table.assign(fact=[i for i, _ in part]))
     return pd.concat(tables, ignore_index=True)
 
 

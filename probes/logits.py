@@ -144,6 +144,7 @@ def answer_table(
     rank_against: Literal["candidates", "controls"] = "candidates",
     seed: int = 0,
     pad_id: int = 0,
+    controls: Sequence[Sequence[str]] | None = None,
 ) -> pd.DataFrame:
     """One row per directed statement in play: log-prob, rank, accuracy, margin over controls.
 
@@ -157,7 +158,8 @@ def answer_table(
     n_candidates, chance_logprob (−log n_candidates; NaN with ``"controls"``), correct, control_logprob (mean over
     ``n_controls`` random answers of the same kind, :func:`facts.language.controls_of`; fewer, for every
     statement, when one has fewer wrong answers: :func:`facts.language.wrong_answers`), margin (logprob −
-    control_logprob).
+    control_logprob). ``controls``: each statement's controls, drawn elsewhere (as many for each), in place of
+    those drawn here (a question asked of a sub-world, compared with the same statement's in the whole world).
     """
     if rank_against not in ("candidates", "controls"):
         raise ValueError(f"rank_against must be 'candidates' or 'controls', got {rank_against!r}")
@@ -174,10 +176,16 @@ def answer_table(
                              "candidates that include it")
     truths = collate([tokenizer.example(facts, i, d) for i, d in statements], pad_id)
     scores = score_answers(model, truths)
-    n_controls = min([n_controls] + [len(pool) for pool in wrong_answers(facts, statements)])
+    if controls is not None:
+        if len(controls) != len(statements) or len({len(c) for c in controls}) > 1:
+            raise ValueError(f"controls: one list of as many controls for each of the {len(statements)} statements, "
+                             f"got {len(controls)} lists of lengths {sorted({len(c) for c in controls})}")
+        n_controls = len(controls[0]) if controls else 0
+    else:
+        n_controls = min([n_controls] + [len(pool) for pool in wrong_answers(facts, statements)])
     control_scores = torch.full((len(statements), 0), float("nan"))
     if n_controls > 0:
-        drawn = controls_of(facts, statements, n_controls, seed)
+        drawn = controls if controls is not None else controls_of(facts, statements, n_controls, seed)
         control_scores = answers_logprobs(model, facts, tokenizer, statements, drawn, pad_id)
     elif rank_against == "controls":
         raise ValueError("rank_against='controls' needs n_controls ≥ 1 and a wrong answer of its kind for every "

@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+import torch
 
 from analyses.mitigations import (
     MitigationConfig, copy_facts, format_mitigations, make_variant, one_way_facts, reproduce_mitigations,
@@ -20,6 +21,37 @@ def _statements(facts, split):
 @pytest.fixture(scope="module")
 def small_world():
     return reversal_world(n_pairs=100, seed=0)
+
+
+class PromptBlind(torch.nn.Module):
+    """Next-token logits that ignore the prompt: an answer's log p is the same after any prompt."""
+
+    def __init__(self, d_vocab: int) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.randn(d_vocab, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, tokens):
+        return self.bias.expand(*tokens.shape, -1)
+
+
+def test_a_fact_in_the_prompt_is_scored_against_the_plain_question_s_own_controls(small_world):
+    """The fact-in-prompt question drew its controls from its own small fact set (the other one-way facts' answers
+    of its orientation, never an answer in training), the plain question from the whole world: their margins
+    differed by the pool as well as the prompt. For a model blind to the prompt, the two questions' controls now score
+    the same, fact by fact."""
+    from analyses.mitigations import fact_in_prompt_table
+    from facts.token_worlds import TokenVocab
+    from probes.logits import answer_table
+
+    vocab = TokenVocab()
+    model = PromptBlind(vocab.d_vocab)
+    one_way = one_way_facts(small_world)
+    plain = answer_table(model, small_world, vocab)
+    plain = plain[plain.fact.isin(one_way) & (plain.split == "heldout")].set_index("fact").sort_index()
+    in_prompt = fact_in_prompt_table(model, small_world, one_way, vocab).set_index("fact").sort_index()
+    assert list(in_prompt.index) == one_way and (in_prompt.answer == plain.answer).all()
+    assert torch.allclose(torch.tensor(in_prompt.control_logprob.values), torch.tensor(plain.control_logprob.values),
+                          atol=1e-5)
 
 
 def test_augmentation_trains_half_the_held_out_reverses_and_tests_both_halves(small_world):
