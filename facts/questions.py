@@ -289,7 +289,9 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
     asked in its first (``forward_trained_paraphrase``) and in every test template
     (``forward_heldout_paraphrase``); a held-out reverse is asked in every test template of the
     inverse relation (``reverse``) and, after the trained sentence, in the first
-    (``in_context_reverse``). Pools: the group with the answer's kind (``p2d/object``).
+    (``in_context_reverse``). Pools: the group with the answer's kind (``p2d/object``), and the fact's relation where
+    the group holds several (``p2d/object of founded``: a club's controls are no cities, which a model that knows only
+    what kind of answer a prompt wants would already rank below it).
 
     Refused with :class:`FactError` (naming the templates file when they came from one): a bad
     template (:func:`check_template`), a relation without templates, fewer training templates than
@@ -317,6 +319,9 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
             for number, template in enumerate(options):
                 check_template(template, f"{_from(templates)}{what} template {number} of relation {relation!r}")
     train, questions = [], []
+    relations: dict[str, set[str]] = {}
+    for fact in facts:
+        relations.setdefault(fact.group, set()).add(fact.relation)
     for index, direction, split in facts.statements():
         if split != "train":
             continue
@@ -337,8 +342,9 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
 
         def ask(setting: str, prompt: str, completion: str, pool_kind: str, asked_direction: str,
                 asked_split: str) -> None:
-            questions.append(Question(key, fact.group, setting, prompt, completion, f"{fact.group}/{pool_kind}",
-                                      index, asked_direction, asked_split, label))
+            pool = f"{fact.group}/{pool_kind}" + (f" of {fact.relation}" if len(relations[fact.group]) > 1 else "")
+            questions.append(Question(key, fact.group, setting, prompt, completion, pool, index, asked_direction,
+                                      asked_split, label))
 
         first = render(options[0], given, answer)
         ask("forward_trained_paraphrase", first.prompt, first.answer, kind, direction, "train")

@@ -195,6 +195,26 @@ def test_a_heldout_question_that_is_another_statement_s_training_prompt_is_refus
         questions_from_facts(facts, train, test, 1)
 
 
+def test_controls_are_answers_of_the_question_s_own_relation():
+    """A fact CSV's pools were by group and kind alone: "Ann Lee founded" drew " Paris" (a born-in answer) as a
+    control, which a model that knows only what kind of answer a prompt wants ranks below any club: margins and
+    top-1 too high."""
+    from analyses.finetune import draw_controls
+    from facts.schema import Fact, FactSet
+
+    clubs = [Fact(p, "founded", f"the {p} Club", None, "train", None, "p2d") for p in ("Ann", "Bo", "Cy")]
+    cities = [Fact(p, "born in", city, None, "train", None, "p2d") for p, city in (("Di", "Paris"), ("Ed", "Rome"))]
+    train = {"founded": ("{given} founded {answer}.",), "born in": ("{given} was born in {answer}.",)}
+    test = {"founded": ("{given} started {answer}.",), "born in": ("{given} comes from {answer}.",)}
+    questions = questions_from_facts(FactSet(tuple(clubs + cities), world="test"), train, test, 1)
+    kind = {q.completion.strip(): q.pool for q in questions.questions}
+    for question, controls in zip(questions.questions, draw_controls(questions, 1, seed=0)):
+        assert all(kind[c.strip()] == question.pool for c in controls)
+    assert {q.pool for q in questions.questions} == {"p2d/object of founded", "p2d/object of born in"}
+    world = questions_from_facts(people_world(n_per_group=3, groups=("p2d",)), TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
+    assert {q.pool for q in world.questions} == {"p2d/object", "p2d/subject"}  # one relation: named as before
+
+
 def test_two_relations_that_read_alike_are_refused_not_each_the_other_s_control():
     """Two relations trained in one sentence ("Ann created") gave one prompt two trained answers, each drawn as the
     other's wrong-answer control."""
@@ -209,28 +229,28 @@ def test_two_relations_that_read_alike_are_refused_not_each_the_other_s_control(
         questions_from_facts(facts, train, test, 1)
 
 
-def test_no_control_or_wrong_option_is_another_right_answer_of_its_prompt():
-    """Held-out sentences of two relations that read alike ("Ann made") ask one prompt with two right answers: the
-    other's answer was drawn as a control (a right answer scored as wrong: margin too low, top-1 lost)."""
+def test_no_control_or_wrong_option_is_another_right_answer_of_its_prompt(tmp_path):
+    """Two held-out paraphrases that read alike ("Famous as") ask one prompt with two right answers: the other's answer
+    was drawn as a control (a right answer scored as wrong: margin too low, top-1 lost) by finetune-facts; multiple
+    choice had left out only the right answers of its own pool."""
     from analyses.finetune import draw_controls
     from analyses.multiple_choice import wrong_options
-    from facts.schema import Fact, FactSet
 
-    people = ("Ann", "Bo", "Cy", "Di")
-    facts = FactSet(tuple(Fact(p, "wrote", f"{p} Book", None, "train", None, "p2d") for p in people)
-                    + (Fact("Ann", "painted", "Red Sea", None, "train", None, "p2d"),), world="test")
-    train = {"wrote": ("{given} wrote {answer}.",), "painted": ("{given} painted {answer}.",)}
-    test = {"wrote": ("{given} made {answer}.",), "painted": ("{given} made {answer}.",)}
-    questions = questions_from_facts(facts, train, test, 1)
-    right = {"Ann made": {"Ann Book", "Red Sea"}}
-    asked = [q for q in questions.questions if q.prompt == "Ann made"]
-    assert len(asked) == 2
+    people = [("Tom Lee is", " the painter"), ("Bo Ray is", " the baker"), ("Cy Fox is", " the cook"),
+              ("Di Ames is", " the smith")]
+    tmp_path.joinpath("p2d_prompts_train.jsonl").write_text(
+        "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in people))
+    tmp_path.joinpath("p2d_prompts_test.jsonl").write_text(
+        "".join(json.dumps({"prompt": "Famous as", "completion": c}) + "\n" for c in (" the painter", " the baker")))
+    questions = load_experiment_folder(tmp_path)
+    right = {"Famous as": {"the painter", "the baker"}}
+    assert sum(q.prompt == "Famous as" for q in questions.questions) == 2
     for seed in range(10):
-        for question, controls in zip(questions.questions, draw_controls(questions, 3, seed)):
+        for question, controls in zip(questions.questions, draw_controls(questions, 2, seed)):
             assert not {c.strip() for c in controls} & right.get(question.prompt, {question.completion.strip()})
     for question, wrong in zip(questions.questions, wrong_options(questions)):
         assert not set(wrong) & right.get(question.prompt, {question.completion.strip()})
-        assert len(wrong) == (3 if question.prompt == "Ann made" else 4)
+        assert len(wrong) == (2 if question.prompt == "Famous as" else 3)
 
 
 def test_a_relation_the_built_in_templates_lack_points_to_the_templates_file(tmp_path):
