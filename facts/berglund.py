@@ -179,7 +179,7 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
             trained_at.update((in_words(prompt), f"{files['train']}:{line_of[in_words(prompt)]}") for prompt, _ in kept)
             questions.append(Question(base + number, group, "forward_trained_paraphrase", kept[0][0], completion,
                                       f"{group}/trained", base + number, "forward", "train",
-                                      f"{files['train']}"))
+                                      f"{files['train']}:{line_of[in_words(kept[0][0])]}"))
         held_out = []
         if files["test"].is_file():
             for line, (prompt, completion) in _answered(files["test"]):

@@ -215,14 +215,16 @@ class FactSet:
                         f"keep one", (first[0], second[0]))
 
     def _check_normalisation(self) -> None:
-        seen: dict[str, str] = {}
-        for entity in self.entities():
-            key = unicodedata.normalize("NFC", entity)
-            if seen.setdefault(key, entity) != entity:
-                raise FactError(
-                    f"fact set {self.world!r}: entities {seen[key]!r} and {entity!r} differ only in Unicode "
-                    f"normalisation (NFC vs NFD); write both the same way"
-                )
+        seen: dict[str, tuple[str, int]] = {}
+        for index, fact in enumerate(self.facts):
+            for entity in (fact.subject, fact.object):
+                first, at = seen.setdefault(unicodedata.normalize("NFC", entity), (entity, index))
+                if first != entity:
+                    raise FactError(
+                        f"fact set {self.world!r}: entities {ascii(first)} (fact {at}) and {ascii(entity)} (fact "
+                        f"{index}) differ only in Unicode normalisation (NFC vs NFD); write both the same way",
+                        (at, index),
+                    )
 
     def __len__(self) -> int:
         return len(self.facts)

@@ -213,3 +213,17 @@ def test_folder_with_one_person_per_description_still_reads(tmp_path):
         (0, " Tom Lee"), (0, " Tom Lee"), (1, " Bo Ray")]
     with pytest.raises(FactError, match="paraphrases must be ≥ 1, got 0"):
         load_experiment_folder(folder, paraphrases=0)
+
+
+def test_a_statement_its_probes_cannot_read_a_template_from_is_named_with_its_line(tmp_path):
+    """experiment_facts refuses a trained prompt that does not hold the description its reverse question answers
+    verbatim (no sentence template follows from it); the refusal named the training file alone."""
+    from facts.berglund import experiment_facts, load_experiment_folder
+
+    folder = write_folder(tmp_path / "folder", {
+        "d2p_prompts_train.jsonl": [("Known for the painting,", " Tom Lee"), ("Famed for the bread,", " Bo Ray")],
+        "d2p_reverse_prompts_test.jsonl": [("Tom Lee is known for", " the painting"),
+                                           ("Bo Ray is known for", " his bread")]})
+    with pytest.raises(FactError, match=r"d2p_prompts_train.jsonl:2: prompt 'Famed for the bread,' does not contain "
+                                        r"'his bread' verbatim"):
+        experiment_facts(load_experiment_folder(folder))

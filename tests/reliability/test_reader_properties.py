@@ -293,9 +293,16 @@ def test_any_name_a_fact_accepts_survives_a_dataset(pairs):
     assert from_dataset(to_dataset(facts)) == facts
 
 
-def test_names_that_only_differ_in_normalisation_are_refused():
-    with pytest.raises(FactError, match="differ only in Unicode normalisation"):
+def test_names_that_only_differ_in_normalisation_are_refused_naming_both_lines(tmp_path):
+    """The refusal named neither fact, so no reader could name the lines, and showed both names alike."""
+    with pytest.raises(FactError, match=r"entities 'Jos\\xe9' \(fact 0\) and 'Jose\\u0301' \(fact 1\) differ only in "
+                                        r"Unicode normalisation"):
         FactSet((Fact("José", "→", "e1"), Fact("Jose\u0301", "→", "e2")))
+    from facts.questions import load_fact_csv
+
+    (tmp_path / "facts.csv").write_text("subject,relation,object\nAnn,r,Bo\nJosé,r,e1\nJose\u0301,r,e2\n")
+    with pytest.raises(FactError, match=r"facts.csv:3 and .*facts.csv:4: .*differ only in Unicode normalisation"):
+        load_fact_csv(tmp_path / "facts.csv")
 
 
 column_values = {

@@ -260,6 +260,8 @@ FACTS = ("--facts", "facts.jsonl")
     (("probe", "--model", "smollm2-135m", *FACTS, *OUT, "--controls", "100000"), "--controls 100000: "),
     (("probe", "--model", "smollm2-135m", "--facts", "FILE/under", *OUT), "no such fact file"),
     (("probe", "--model", "run/checkpoints", "--facts", "far.jsonl", *OUT), "far.jsonl:3: entity 'e9999"),
+    # a CSV's line had been looked up as a JSONL file's: "not valid JSON"
+    (("probe", "--model", "run/checkpoints", "--facts", "far.csv", *OUT), "far.csv:3: entity 'e9999"),
     (("report", "--runs", "FILE", "--out", "r.html"), "not a folder"),
     (("compare", *OUT, "--finetuned", "FILE"), "not a folder"),
 ])
@@ -270,6 +272,7 @@ def test_bad_arguments_are_one_line_and_nothing_is_written(tmp_path, capsys, mon
     lines = Path("facts.jsonl").read_text().splitlines()
     Path("far.jsonl").write_text("\n".join([lines[0], lines[1], lines[2].replace('"object": "e', '"object": "e9999', 1),
                                             *lines[3:]]) + "\n")  # an entity id past the vocabulary on line 3
+    Path("far.csv").write_text("subject,relation,object\ne1,r,e2\ne3,r,e9999\n")
     (Path("run") / "checkpoints").mkdir(parents=True)
     (Path("run") / "checkpoints" / "step-000001.json").write_text("{}")
     capsys.readouterr()
