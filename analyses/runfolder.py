@@ -43,12 +43,13 @@ from facts.io import remove_stale_temporaries, write_text_atomic
 MANIFEST = "manifest.json"
 LOCK = ".revlens.lock"
 FORMAT = 1
-RANDOM_DRAWS = 3
+RANDOM_DRAWS = 4
 """How a run's random draws follow from its seed, recorded in its manifest (``draws``); bumped whenever they change,
 so that a sweep never counts a trial drawn otherwise as finished (:func:`analyses.sweep.finished`) and no run
 resumes another's checkpoints (2: epochs' batch orders and causal tracing's noise from streams of their own,
 ``finetune-facts``' circuit controls from the run's seed; 3: the people world's groups drawn one after another,
-so a group's people do not depend on the groups after it)."""
+so a group's people do not depend on the groups after it; 4: a training step's draws (dropout) from a stream of their
+own, not the one that ordered the epoch of the same number)."""
 
 
 class RunFolderError(ValueError):

@@ -13,6 +13,7 @@ weights, the optimizer state and the history so far (:mod:`models.checkpoint`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -101,11 +102,19 @@ def derived_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) % (1 << 63)
 
 
+def stream_seed(stream: str, *parts: int) -> int:
+    """A seed of a stream of draws of its own: a hash of the stream's name and ``parts`` (63 bits), so that no two
+    kinds of draw made from one run's seed share a generator's sequence."""
+    return int.from_bytes(hashlib.sha256(":".join((stream, *map(str, parts))).encode()).digest()[:8], "big") >> 1
+
+
 def step_seed(seed: int, step: int) -> int:
     """The seed of torch's generator during training step ``step``: what a model draws inside its forward pass
     (dropout, as a transformers model in train mode does) is then a function of (seed, step), like the batches,
-    so a run is reproduced across processes and a resumed run draws what the uninterrupted one drew."""
-    return derived_seed(seed, step)
+    so a run is reproduced across processes and a resumed run draws what the uninterrupted one drew. A stream of
+    its own (:func:`stream_seed`): ``derived_seed(seed, e)`` seeds epoch e's batch order, so step e's dropout had
+    drawn from the generator that ordered epoch e."""
+    return stream_seed("training step", seed, step)
 
 
 def seed_generators(seed: int, device: torch.device) -> None:

@@ -60,7 +60,6 @@ statements, and over 2 the normal 1.96 would make the interval 6.5 times too nar
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -77,7 +76,7 @@ from facts.tokens import Example
 from models.backend import (TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry, embedding_scale, is_hooked,
                             runs_from_layer)
 from models.scoring import answer_token_logprobs, check_causal, hooked_readout, token_logprobs
-from models.training import derived_seed
+from models.training import derived_seed, stream_seed
 from probes.hooks import check_layer, hook_names
 from probes.stats import UNBOUNDED, t95
 
@@ -120,7 +119,7 @@ def noise_seed(seed: int) -> int:
     token embeddings of a token-world model built with seed n (``models.backend.hooked_init_state``): the noise
     of a seed-0 model's first statement was 3.6× its own initial embeddings of the relation tokens, still close
     to their trained values (cosine 0.89), and corrupted the statement less than independent noise does."""
-    return int.from_bytes(hashlib.sha256(f"causal tracing noise:{seed}".encode()).digest()[:8], "big") >> 1
+    return stream_seed("causal tracing noise", seed)
 
 
 def noise_std(model: Any, multiple: float = NOISE_MULTIPLE) -> float:

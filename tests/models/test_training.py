@@ -66,6 +66,20 @@ def test_runs_of_different_seeds_share_no_epoch_order():
     assert all(torch.equal(batch_rows(40, epoch * 4, 10, seed=0), seed_zero[epoch][:10]) for epoch in range(8))
 
 
+def test_a_step_s_dropout_draws_from_a_stream_of_its_own_not_its_epoch_s_batch_order():
+    """Step e's generator (dropout inside the forward pass) was seeded as epoch e's batch order: step 0 of every run
+    drew the permutation that ordered its first epoch."""
+    from models.training import derived_seed, seed_generators, step_seed
+
+    for seed in range(4):
+        for step in range(3):
+            seed_generators(step_seed(seed, step), torch.device("cpu"))
+            drawn = torch.randperm(40)
+            order = torch.randperm(40, generator=torch.Generator().manual_seed(derived_seed(seed, step)))
+            assert not torch.equal(drawn, order)
+    assert len({step_seed(seed, step) for seed in range(20) for step in range(20)}) == 400
+
+
 def test_resume_from_a_mid_run_checkpoint_gives_the_same_final_numbers(batch, vocab, tmp_path):
     train_set = batch.where(split="train")
     card = {"kind": "hooked", "name": "one-layer"}
