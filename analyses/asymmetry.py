@@ -29,12 +29,14 @@ a mother's child is asked; seeded; every right answer excluded):
 * ``margin`` = log p(a | c) − mean_j log p(a'_j | c).
 
 Ranking by summed log-probability favours short names; the controls are drawn without regard
-to length, so this bias is the same in both directions. A bigger confound: 74% of the pairs
-share a surname word ("Sasha Calle" / "Samira Calle", "Kate Winslet" / "Sally Bridges-Winslet";
-:func:`share_a_surname`), and a model that copies the surname of the prompt ranks the truth first
-against random controls without knowing the fact, in either direction. The summary therefore
-repeats accuracy, mean rank and margin on the pairs that share none (``no_shared_surname``), the
-cleaner test of knowing the parent or the child.
+to length, so this bias is the same in both directions. A bigger confound: most pairs share a name
+word ("Sasha Calle" / "Samira Calle", "Kate Winslet" / "Sally Bridges-Winslet", "Reese Witherspoon" / "Betty
+Reese"; :func:`share_a_surname`), and a model that copies a name of the prompt ranks the truth first against
+random controls without knowing the fact, in either direction. The summary therefore repeats accuracy, mean
+rank and margin on the pairs that share none (``no_shared_surname``), the cleaner test of knowing the parent or
+the child. A pair whose answer begins with the name asked about ("Robert De Niro" / "Robert De Niro Sr.") is
+asked neither way (:func:`facts.celebrity.load_celebrity_pairs`), and no question's control is the person it
+names (:func:`draw_controls`). Intervals are clustered by family (:func:`families`).
 
 Scoring shares each prompt's keys and values among its K+1 answers
 (:func:`probes.shared_prompt.candidate_logprobs_cached`), with float32 products on oneDNN's kernels where
@@ -95,18 +97,39 @@ direction (> 0.5: the parent is the likelier answer), not to the digit."""
 
 def logprob_win_rate(table: pd.DataFrame) -> dict[str, Any]:
     """Share of pairs asked both ways with log p(parent | child prompt) > log p(child | parent prompt),
-    with its 95% interval; the same on the pairs that share no surname word. Pairs asked one way (a
+    with its 95% interval; the same on the pairs that share no name word. Pairs asked one way (a
     parent's later children) are left out. A child's mother and father are two pairs that share the child's
     prompt, and their outcomes agree more often than chance would have them, so the interval is Wilson's over
-    pairs clustered by child (:func:`probes.stats.rate_ci95`); ``children`` counts the clusters."""
+    pairs clustered by family (:func:`families`, :func:`probes.stats.rate_ci95`); ``children`` counts the children,
+    ``families`` the clusters."""
+    table = table.assign(family=families(table))
     both = table[table.child_to_parent_logprob.notna() & table.parent_to_child_logprob.notna()]
 
     def rate(part: pd.DataFrame) -> dict[str, Any]:
         wins = (part.child_to_parent_logprob.astype(float) > part.parent_to_child_logprob.astype(float)).astype(float)
-        return {"n": int(len(part)), "children": int(part.child.nunique()),
-                "rate": float(wins.mean()) if len(part) else float("nan"), "ci95": rate_ci95(wins, part.child)}
+        return {"n": int(len(part)), "children": int(part.child.nunique()), "families": int(part.family.nunique()),
+                "rate": float(wins.mean()) if len(part) else float("nan"), "ci95": rate_ci95(wins, part.family)}
 
     return {**rate(both), "no_shared_surname": rate(both[~both.shares_surname.astype(bool)])}
+
+
+def families(table: pd.DataFrame) -> pd.Series:
+    """Each row's family: the connected component of its child and parent among every row's (a child with its
+    mother and father, their other children, those children's other parents), named by one of its members. The
+    questions of one family share a person (a child asked for its mother and for its father; a mother and a father
+    asked "Name a child of …" with one answer; siblings asked for one mother), so their outcomes go together:
+    clustering by the person a prompt names made each parent → child question a cluster of its own."""
+    parent_of: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent_of.setdefault(name, name) != name:
+            parent_of[name] = parent_of[parent_of[name]]
+            name = parent_of[name]
+        return name
+
+    for child, parent in zip(table.child, table.parent):
+        parent_of[root(child)] = root(parent)
+    return pd.Series([root(child) for child in table.child], index=table.index, name="family")
 
 
 # --- the celebrity table ------------------------------------------------------------------------
@@ -132,7 +155,9 @@ def draw_controls(
     Other mothers for "X's mother is", other children of mothers for "M is the mother of";
     every true answer of the same question (a sibling) is excluded (:func:`facts.language.controls`), and for
     the reverse question, asked alike of a mother and a father ("Name a child of P."), every child of P of
-    either parent type (a person recorded as both, with a child as the other type too).
+    either parent type (a person recorded as both, with a child as the other type too). Nor is the person the
+    question names ever its control ("Name a child of Johnny Depp." had drawn " Johnny Depp", a father and a
+    child in the file, which a model copying the prompt ranks above the truth).
     Each parent type's fact set is scanned once for all its statements (:func:`facts.language.controls_of`).
     """
     where = _by_parent_type(facts)
@@ -147,8 +172,8 @@ def draw_controls(
     drawn: list[list[str]] = [[] for _ in statements]
     for subset, numbers in by_subset.values():
         asked = [(where[statements[n][0]][1], statements[n][1]) for n in numbers]
-        also_right = [children[facts[statements[n][0]].object] if statements[n][1] == "reverse" else set()
-                      for n in numbers]
+        also_right = [(children[facts[statements[n][0]].object] if statements[n][1] == "reverse" else set())
+                      | {facts[statements[n][0]].given_and_answer(statements[n][1])[0]} for n in numbers]
         try:
             for number, wrong in zip(numbers, controls_of(subset, asked, k, seed, also_right)):
                 drawn[number] = wrong
@@ -222,9 +247,11 @@ def asymmetry_table(
 def summarize_directions(table: pd.DataFrame, n_controls: int) -> dict[str, dict[str, Any]]:
     """Per direction: n, accuracy (greedy exact match), mean rank (chance (K+2)/2), top-1 rate
     among the K+1 answers (the headline, chance 1/(K+1)) with its 95% interval, log-prob, margin,
-    and the same on the pairs whose names do not share a last name (no surname to copy). Every ``*_ci95`` is
-    [low, high]: Wilson's for the top-1 rate, Student's t for the mean rank and margin (:mod:`probes.stats`)."""
+    and the same on the pairs whose names share no word (no name to copy, :func:`share_a_surname`). Every ``*_ci95``
+    is [low, high]: Wilson's for the top-1 rate, Student's t for the mean rank and margin (:mod:`probes.stats`),
+    clustered by family (:func:`families`)."""
     out = {}
+    table = table.assign(family=families(table))
     for name in DIRECTION_NAMES.values():
         part = table[table[f"{name}_rank"].notna()]
         out[name] = {
@@ -237,11 +264,12 @@ def summarize_directions(table: pd.DataFrame, n_controls: int) -> dict[str, dict
 
 
 def _direction_stats(part: pd.DataFrame, name: str, n_controls: int) -> dict[str, Any]:
-    """One direction's numbers; intervals over statements clustered by the person the prompt names (a child asked
-    for its mother and for its father is one cluster), :mod:`probes.stats`; the mean rank's cut to the ranks there
-    are, [1, K + 1] (Student's t knows no bounds: over 2 statements it reached −77)."""
+    """One direction's numbers; intervals over statements clustered by family (:func:`families`: a child asked for its
+    mother and for its father, a mother and a father asked for their one child, siblings asked for one parent),
+    :mod:`probes.stats`; the mean rank's cut to the ranks there are, [1, K + 1] (Student's t knows no bounds: over 2
+    statements it reached −77)."""
     n = int(len(part))
-    asked = part.child if name == "child_to_parent" else part.parent
+    asked = part.family
     rank = part[f"{name}_rank"].astype(float)
     margin = part[f"{name}_margin"].astype(float)
     mean = lambda series: float(series.mean()) if n else float("nan")  # noqa: E731
@@ -255,19 +283,21 @@ def _direction_stats(part: pd.DataFrame, name: str, n_controls: int) -> dict[str
     }
 
 
-def surnames(name: str) -> frozenset[str]:
-    """The words of a name a model could copy as a surname, lower-cased: every word after the first, suffixes
-    such as "Jr." or "III" skipped and hyphenated names split ("Sally Bridges-Winslet" → {bridges, winslet};
-    "Sami Hayek Dominguez" → {hayek, dominguez}); a one-word name is its own surname."""
+def name_words(name: str) -> frozenset[str]:
+    """The words of a name a model could copy from a prompt into an answer, lower-cased: every word, suffixes such as
+    "Jr." or "III" skipped and hyphenated names split ("Sally Bridges-Winslet" → {sally, bridges, winslet})."""
     words = [w for w in re.split(r"[\s,]+", name) if w]
     kept = [w for w in words if w.rstrip(".").lower() not in _SUFFIXES] or words
-    return frozenset(part.lower() for word in kept[1:] or kept for part in word.split("-") if part)
+    return frozenset(part.lower() for word in kept for part in word.split("-") if part)
 
 
 def share_a_surname(child: str, parent: str) -> bool:
-    """Whether the two names have a surname word in common (:func:`surnames`): "Kate Winslet" and "Sally
-    Bridges-Winslet" do, though their last words differ, and a model can copy "Winslet" from either to the other."""
-    return bool(surnames(child) & surnames(parent))
+    """Whether the two names have a word in common (:func:`name_words`), what a model can copy from the prompt into
+    the answer: a surname ("Kate Winslet" and "Sally Bridges-Winslet", though their last words differ), one name's
+    surname as the other's first name ("Reese Witherspoon" and "Betty Reese"; "Michelle Yeoh" and "Yeoh Kian Teik",
+    surname first), or a first name ("Harold Perrineau" and "Harold Williams"). Only surnames had counted, so 8 of
+    the 378 pairs called clean held a word the prompt gives away."""
+    return bool(name_words(child) & name_words(parent))
 
 
 _SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv"})

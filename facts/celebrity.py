@@ -29,11 +29,12 @@ one answer each. How the file's irregularities are handled:
   father of Liev, is asked once, answer Pablo, and neither child is drawn as a control for the other).
 
 * a name that begins with the other one ("Robert De Niro Sr.", father of "Robert De Niro"; 9 pairs in the
-  shipped file): the question about the longer name, whose answer is the shorter ("Name a child of Robert De
-  Niro Sr."), is not asked (``forward`` or ``reverse`` None). An answer's log-probability sums its own tokens
-  only, so it counts every continuation, the prompt's own name among them: a model that copies the name it is
-  asked about would be scored right. ``meta["answer_in_question"]`` lists their lines; a pair neither of whose
-  questions is asked (a later sibling's whose forward answer begins its name) is left out.
+  shipped file): the pair is asked neither way and left out. Asked about the longer name ("Name a child of
+  Robert De Niro Sr."), the answer is the prompt's own name, and an answer's log-probability sums its own tokens
+  only, so it counts every continuation, the copied name among them: a model that copies the name it is asked
+  about would be scored right. Asked about the shorter ("Who is Robert De Niro's father?"), the answer is the
+  copied name and a suffix, against controls that share nothing with the prompt. ``meta["answer_in_question"]``
+  lists their lines.
 
 Blank lines are skipped; any other row needs all five fields on one line, non-empty names that
 differ (no one is their own parent), a parent type of mother/father and can_reverse True/False
@@ -166,13 +167,10 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
                                 f"reverse question 'Name a child of {parent}.' would have two different answers; "
                                 f"fix the parent type")
             reverse = "heldout" if asked_line == line else None  # asked once, on the parent's first row
-        forward = None if begins_with(child, parent) else "heldout"
-        if begins_with(parent, child):
-            reverse = None
-        if begins_with(child, parent) or begins_with(parent, child):
+        if begins_with(child, parent) or begins_with(parent, child):  # a copy of the name asked about: either way
             in_question.append(line)
-            if forward is None and reverse is None:
-                continue
+            continue
+        forward = "heldout"
         try:
             facts.append(Fact(child, parent_type, parent, f"{parent_type} of", forward, reverse, parent_type))
         except FactError as error:

@@ -15,6 +15,7 @@ from analyses.asymmetry import (
     asymmetry_bars,
     check_asymmetry,
     draw_controls,
+    families,
     format_summary,
 )
 from facts.celebrity import COLUMNS, COMPLETION_TEMPLATES, DEFAULT_CSV, load_celebrity_pairs
@@ -59,7 +60,7 @@ def test_summary_fields_and_files(run):
     assert summary["model"] == summary["model_name_or_path"] == "SmolLM2-135M-Instruct"
     # TL 4: "hooked" loads a bridge under HookedTransformer's hook names, and says so
     assert summary["backend"] == ("hooked" if HookedTransformer else "bridge (compatibility mode)")
-    assert (summary["rows"], summary["pairs"], summary["pairs_checked"]) == (1513, 1511, LIMIT)
+    assert (summary["rows"], summary["pairs"], summary["pairs_checked"]) == (1513, 1502, LIMIT)
     assert summary["prompts"] == {"child_to_parent": "Q: Who is Sasha Calle's mother?\nA:",
                                   "parent_to_child": "Q: Name a child of Samira Calle.\nA:"}
     assert summary["published"]["child_to_parent"] == 0.79 and summary["published"]["parent_to_child"] == 0.33
@@ -151,18 +152,56 @@ def test_no_control_of_a_reverse_question_is_a_child_of_its_parent_of_either_typ
         assert not set(wrong) & children[facts[index].object]
 
 
-def test_a_surname_word_in_common_counts_as_a_shared_surname():
-    """The cleaner subset is the pairs with no surname to copy: a hyphenated or double surname that holds the
-    other's shares one (38 of the 426 pairs the last-word rule called different did)."""
+def test_a_name_word_in_common_counts_as_a_shared_surname():
+    """The cleaner subset is the pairs with no name to copy: a hyphenated or double surname that holds the
+    other's shares one (38 of the 426 pairs the last-word rule called different did), and so does a word one name
+    has as surname and the other as first name, or a first name: only surnames had counted, and 8 of the 378
+    pairs called clean held a word the prompt gives away ("Name a child of Betty Reese." → " Reese Witherspoon")."""
     from analyses.asymmetry import share_a_surname
 
     for child, parent in (("Kate Winslet", "Sally Bridges-Winslet"), ("Aaron Taylor-Johnson", "Sarah Johnson"),
                           ("Jonah Hauer-King", "Jeremy King"), ("Salma Hayek", "Sami Hayek Dominguez"),
-                          ("Sasha Calle", "Samira Calle"), ("Ken Griffey Jr.", "Ken Griffey Sr.")):
+                          ("Sasha Calle", "Samira Calle"), ("Ken Griffey Jr.", "Ken Griffey Sr."),
+                          ("Reese Witherspoon", "Betty Reese"), ("Michelle Yeoh", "Yeoh Kian Teik"),
+                          ("Harold Perrineau", "Harold Williams"), ("Rooney Mara", "Kathleen McNulty Rooney"),
+                          ("Jean-Paul Belmondo", "Paul Smith")):
         assert share_a_surname(child, parent) and share_a_surname(parent, child)
-    for child, parent in (("Jennifer Lawrence", "Karen Koch"), ("Jean-Paul Belmondo", "Paul Smith"),
-                          ("Madonna", "Madonna Louise Fortin")):
+    for child, parent in (("Jennifer Lawrence", "Karen Koch"), ("Ken Griffey Jr.", "Bo Jr.")):
         assert not share_a_surname(child, parent)
+
+
+def test_intervals_are_clustered_by_family():
+    """A mother and a father asked "Name a child of …" have one answer, and siblings asked for one mother share her:
+    their outcomes go together. Parent → child questions were clustered by the parent the prompt names, one
+    question each: no clustering at all, intervals up to √2 too narrow."""
+    from analyses.asymmetry import families, summarize_directions
+
+    table = pd.DataFrame({"child": ["Jen", "Jen", "Chris", "Liam", "Bo", "Bo", "Cy", "Cy"],
+                          "parent": ["Karen", "Gary", "Leonie", "Leonie", "Ann", "Al", "Di", "Ed"]})
+    family = families(table)
+    assert family[0] == family[1] and family[2] == family[3] and family[4] == family[5] != family[0]
+    assert family.nunique() == 4
+    # four children, each with a mother and a father asked for them: outcomes agree within a child
+    ranks = [1, 1, 16, 16, 1, 1, 16, 16]
+    table = pd.DataFrame({"child": [c for c in "ABCD" for _ in (0, 1)], "parent": list("abcdefgh"),
+                          "shares_surname": False, "parent_to_child_rank": ranks, "child_to_parent_rank": ranks,
+                          "parent_to_child_margin": 0.0, "child_to_parent_margin": 0.0,
+                          "parent_to_child_correct": False, "child_to_parent_correct": False,
+                          "parent_to_child_logprob": 0.0, "child_to_parent_logprob": 0.0})
+    stats = summarize_directions(table, 15)
+    for name in ("parent_to_child", "child_to_parent"):
+        assert stats[name]["top1_rate_ci95"] == pytest.approx(rate_ci95(pd.Series([1.0, 0.0, 1.0, 0.0])))
+
+
+def test_no_question_s_control_is_the_person_it_names():
+    """Johnny Depp is a father (of Lily-Rose) and a child in the file: "Name a child of Johnny Depp." drew
+    " Johnny Depp" among the children, which a model copying the prompt ranks above the truth."""
+    facts = load_celebrity_pairs(REAL_CSV)
+    statements = [(i, d) for i, d, _ in facts.statements()]
+    asked = {facts[i].given_and_answer(d)[0] for i, d in statements}
+    assert {"Johnny Depp", "Ethan Hawke", "Meg Ryan"} <= asked & {f.subject for f in facts} & {f.object for f in facts}
+    for (index, direction), wrong in zip(statements, draw_controls(facts, statements, 200, seed=1)):
+        assert facts[index].given_and_answer(direction)[0] not in wrong
 
 
 def test_format_summary_shows_both_directions_beside_gpt4(run):
@@ -181,12 +220,15 @@ def test_logprob_win_rate_is_recomputed_from_the_pairs_and_printed_beside_berglu
     """P(parent | child) > P(child | parent) on the pairs asked both ways, from pairs.csv; the published
     per-model rates (LLaMA-7b/30b/65b, davinci) in the summary and on the screen with their source."""
     summary, out = run
-    pairs = pd.read_csv(out / "pairs.csv").dropna(subset=["child_to_parent_logprob", "parent_to_child_logprob"])
+    every = pd.read_csv(out / "pairs.csv")
+    family = families(every)
+    pairs = every.dropna(subset=["child_to_parent_logprob", "parent_to_child_logprob"])
     wins = (pairs.child_to_parent_logprob > pairs.parent_to_child_logprob).astype(float)
     win = summary["logprob_win_rate"]
     assert win["n"] == len(pairs) == summary["directions"]["parent_to_child"]["n"]
-    assert win["rate"] == pytest.approx(wins.mean()) and win["ci95"] == rate_ci95(wins, pairs.child)
+    assert win["rate"] == pytest.approx(wins.mean()) and win["ci95"] == rate_ci95(wins, family[pairs.index])
     assert win["children"] == pairs.child.nunique() < win["n"]  # a child's mother and father: one cluster
+    assert win["families"] == family[pairs.index].nunique() <= win["children"]
     different = ~pairs.shares_surname.astype(bool)
     assert win["no_shared_surname"]["rate"] == pytest.approx(wins[different].mean())
     assert summary["published_win_rate"]["LLaMA-7b"] == 0.78 and summary["published_win_rate"]["davinci"] == 0.52
@@ -198,13 +240,13 @@ def test_logprob_win_rate_is_recomputed_from_the_pairs_and_printed_beside_berglu
 def test_headline_is_top1_among_controls_with_its_interval(run):
     """The top-1 rate and its 95% interval, recomputed from pairs.csv (rank 1 of K+1): Wilson's interval of the
     0/1 outcomes (probes.stats.rate_ci95); rank and margin have Student's t intervals around their means; each
-    clustered by the person the prompt names (a child asked for its mother and its father)."""
+    clustered by family (a child asked for its mother and its father, parents asked for their one child)."""
     summary, out = run
     pairs = pd.read_csv(out / "pairs.csv")
     for name, row in summary["directions"].items():
         first = (pairs[f"{name}_rank"].dropna() == 1).astype(float)
         assert row["top1_rate"] == pytest.approx(first.mean())
-        asked = pairs.child if name == "child_to_parent" else pairs.parent  # the person the prompt names
+        asked = families(pairs)  # a child with its parents and siblings: one cluster
         assert row["top1_rate_ci95"] == rate_ci95(first, asked[first.index])
         margin = pairs[f"{name}_margin"].dropna()
         e = margin - margin.mean()  # cluster-robust: the residuals summed per person, against their squares

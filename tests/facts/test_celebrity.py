@@ -52,14 +52,13 @@ def fact_index(facts: FactSet, child: str, relation: str) -> int:
 def test_real_file_counts(real):
     meta = real.meta
     assert real.world == "celebrity"
-    assert meta["rows"] == 1513 and len(real) == 1511
+    assert meta["rows"] == 1513 and len(real) == 1502  # 1,511 distinct pairs, 9 whose names copy the other's
     assert meta["duplicate_lines"] == [81, 82]  # Rebecca Romijn's two rows, repeated
     assert len(meta["line"]) == len(meta["can_reverse"]) == len(meta["child_prediction"]) == len(real)
-    assert sum(meta["can_reverse"]) == 494
+    assert sum(meta["can_reverse"]) == 485  # 494 of the 1,511 distinct pairs; 9 of them left out
     assert {f.group for f in real} == {"mother", "father"}
     assert all(f.forward == "heldout" for f in real)
-    assert real.count("heldout") == 1511 + 1511 - 19 - 16 - 9  # later siblings; second rows of mother-and-father;
-    # fathers whose name begins with the child's (test_a_question_whose_answer_begins_the_name_asked_about_is_not_asked)
+    assert real.count("heldout") == 1502 + 1502 - 19 - 16  # later siblings; second rows of mother-and-father
     assert len(meta["one_to_many"]) == 17 and len(meta["mother_and_father"]) == 16
 
 
@@ -146,10 +145,17 @@ def test_names_with_commas_and_quotes_round_trip(tmp_path, people, flags):
         writer.writerow(COLUMNS)
         for i, (child, parent) in enumerate(pairs):
             writer.writerow([child, parent, "father", child, str(flags[i])])
+    from facts.celebrity import begins_with
+
+    kept = [i for i, (c, p) in enumerate(pairs) if not (begins_with(c, p) or begins_with(p, c))]  # a copied name
+    if not kept:
+        with pytest.raises(FactError, match="is empty"):
+            load_celebrity_pairs(path)
+        return
     facts = load_celebrity_pairs(path)
-    assert [(f.subject, f.object, f.relation) for f in facts] == [(c, p, "father") for c, p in pairs]
-    assert facts.meta["can_reverse"] == flags[: len(pairs)]
-    assert facts.meta["child_prediction"] == [c for c, _ in pairs]
+    assert [(f.subject, f.object, f.relation) for f in facts] == [(*pairs[i], "father") for i in kept]
+    assert facts.meta["can_reverse"] == [flags[i] for i in kept]
+    assert facts.meta["child_prediction"] == [pairs[i][0] for i in kept]
 
 
 @pytest.mark.parametrize(
@@ -213,13 +219,14 @@ def test_one_parent_as_mother_and_father_of_one_child_still_loads(tmp_path, real
     assert [(f.relation, f.forward, f.reverse) for f in facts] == [("mother", "heldout", "heldout"),
                                                                   ("father", "heldout", None)]
     assert facts.meta["mother_and_father"] == ["Pat Lee"]
-    assert len(real) == 1511 and "Tell Schreiber" in real.meta["mother_and_father"]  # the shipped file loads
+    assert len(real) == 1502 and "Tell Schreiber" in real.meta["mother_and_father"]  # the shipped file loads
 
 
 def test_a_question_whose_answer_begins_the_name_asked_about_is_not_asked(tmp_path, real):
     """log p(" Robert De Niro" | "Name a child of Robert De Niro Sr.") sums the answer's own tokens only, so a model
-    that copies the prompt's name is scored right: the question was asked, and counted, for 9 shipped pairs. The
-    question about the longer name is not asked, either way round; a pair with neither question is left out."""
+    that copies the prompt's name is scored right: the question was asked, and counted, for 9 shipped pairs. Then
+    the other question was still asked, "Who is Robert De Niro's father?", whose answer is the copied name and a
+    suffix against controls that share nothing with the prompt. Such a pair is asked neither way: left out."""
     from facts.celebrity import begins_with
 
     assert begins_with("Robert De Niro Sr.", "Robert De Niro") and begins_with("Stanley Tucci, Sr.", "Stanley Tucci")
@@ -227,26 +234,24 @@ def test_a_question_whose_answer_begins_the_name_asked_about_is_not_asked(tmp_pa
     path = write_csv(tmp_path / "names.csv", f"{HEADER}\nJo Day,Jo Day Sr.,father,,True\nAl Cole Jr.,Al Cole,father,,True\n"
                                              f"Bo Ray,Cy Ray,mother,,True\nCy Ray Jr.,Cy Ray,mother,,True\n")
     facts = load_celebrity_pairs(path)
-    assert [(f.subject, f.forward, f.reverse) for f in facts] == [
-        ("Jo Day", "heldout", None), ("Al Cole Jr.", None, "heldout"), ("Bo Ray", "heldout", "heldout")]
-    assert facts.meta["answer_in_question"] == [2, 3, 5]  # line 5: Cy Ray's later child, neither question asked
-    assert facts.meta["rows"] == 4 and len(facts) == 3  # the pair left out is still a row of the file
-    assert [real.meta["line"][i] for i, f in enumerate(real) if f.object.startswith(f.subject + " ")
-            or f.object.startswith(f.subject + ",")] == real.meta["answer_in_question"] == [
-        192, 512, 903, 1004, 1065, 1243, 1288, 1309, 1463]
-    assert all(real[real.meta["line"].index(line)].reverse is None for line in real.meta["answer_in_question"])
+    assert [(f.subject, f.forward, f.reverse) for f in facts] == [("Bo Ray", "heldout", "heldout")]
+    assert facts.meta["answer_in_question"] == [2, 3, 5]
+    assert facts.meta["rows"] == 4 and len(facts) == 1  # the pairs left out are still rows of the file
+    assert real.meta["answer_in_question"] == [192, 512, 903, 1004, 1065, 1243, 1288, 1309, 1463]
+    assert not set(real.meta["answer_in_question"]) & set(real.meta["line"])
+    assert not any(begins_with(f.subject, f.object) or begins_with(f.object, f.subject) for f in real)
 
 
 @pytest.mark.parametrize("templates", [QUESTION_TEMPLATES, COMPLETION_TEMPLATES], ids=["questions", "completions"])
 def test_no_two_statements_of_the_shipped_file_are_one_prompt_and_answer(real, templates):
-    """Every statement asked is asked once: 1,511 forward questions and one reverse per parent (1,511 less the
-    19 later siblings, the 16 second rows of a parent recorded as mother and father, and the 9 fathers whose name
-    begins with their child's, "Robert De Niro Sr.": 1,467)."""
+    """Every statement asked is asked once: 1,502 forward questions (the 1,511 distinct pairs less the 9 whose names
+    begin with the other's, "Robert De Niro Sr.") and one reverse per parent (1,502 less the 19 later siblings and
+    the 16 second rows of a parent recorded as mother and father: 1,467)."""
     from facts.language import render_statement
 
     asked = [(i, d) for i, fact in enumerate(real) for d in ("forward", "reverse") if fact.split(d) is not None]
     rendered = [render_statement(real, i, d, templates) for i, d in asked]
-    assert len({(r.prompt, r.answer) for r in rendered}) == len(asked) == 1511 + 1467
+    assert len({(r.prompt, r.answer) for r in rendered}) == len(asked) == 1502 + 1467
 
 
 def test_a_field_csv_cannot_read_is_named_with_file_and_line(tmp_path):
