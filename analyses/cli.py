@@ -377,9 +377,8 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
             try:
                 vocab.entity_ids(fact.subject), vocab.entity_ids(fact.object)
             except FactError as error:
-                lines = facts.meta.get("line") if isinstance(facts.meta, dict) else None  # a CSV's, by fact
-                where = (f"{facts_path}:{lines[index]}" if isinstance(lines, list) and isinstance(lines[index], int)
-                         else fact_line(facts_path, index))
+                lines = facts.meta.get("line") if Path(facts_path).suffix.lower() == ".csv" else None  # by fact
+                where = f"{facts_path}:{lines[index]}" if isinstance(lines, list) else fact_line(facts_path, index)
                 raise FactError(f"{where}: {error}") from None
     if checkpoint and world_sha256 is not None and facts_sha256(facts) != world_sha256:
         raise ValueError(f"--facts {facts_path}: not the facts the checkpoint was trained on (its run card's world "

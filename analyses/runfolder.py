@@ -49,7 +49,9 @@ so that a sweep never counts a trial drawn otherwise as finished (:func:`analyse
 resumes another's checkpoints (2: epochs' batch orders and causal tracing's noise from streams of their own,
 ``finetune-facts``' circuit controls from the run's seed; 3: the people world's groups drawn one after another,
 so a group's people do not depend on the groups after it; 4: a training step's draws (dropout) from a stream of their
-own, not the one that ordered the epoch of the same number)."""
+own, not the one that ordered the epoch of the same number; controls never another right answer of their prompt, nor,
+in check-asymmetry, the person the question names; a fact file's pools by relation where a group holds several; the
+mitigations' fact-in-prompt questions scored against the plain questions' controls)."""
 
 
 class RunFolderError(ValueError):

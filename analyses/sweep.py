@@ -13,9 +13,11 @@ The sweep folder ``DIR`` holds (and is locked while a sweep writes it):
 * ``sweep.toml``: the experiment, seeds and grid, so ``revlens sweep --out DIR`` reruns it exactly;
 * ``trials/<name>/``: one run folder per trial;
 * ``failures.jsonl``: one line per trial that failed in the latest sweep (its error), in the sweep's trial order;
-* ``aggregate.csv``: one row per grid point: ``n_seeds`` (its finished trials) and, for every number
-  of the trials' ``summary.json``, the seeds with a value (``.n``: a NaN is left out) and over those
+* ``aggregate.csv``: one row per grid point: ``n_seeds`` (its finished trials) and, for every measured number
+  of the trials' ``summary.json`` (settings, counts, timings and seeds left out: :data:`NOT_MEASURED`; rows read
+  from another run's folder too), the seeds with a value (``.n``: a NaN is left out) and over those
   its mean, sample sd and Student-t 95% interval (:func:`metric_statistics`);
+* ``.records.json``: each trial's record (:data:`RECORDS`), which a rerun keeps for the trials it finds finished;
 * ``sweep.png`` (the headline metrics per grid point, mean with its interval and each seed as a
   dot) and ``summary.json`` (written last), which make ``DIR`` one section of ``revlens report``.
 
@@ -61,10 +63,10 @@ AGGREGATE = "aggregate.csv"
 FIGURE = "sweep.png"
 SUMMARY = "summary.json"
 RUNNING = ".running"
+"""Per running trial, ``<name>.pid`` holds the Ray worker's process id (for a person, or a test, to find it)."""
 RECORDS = ".records.json"
 """Each trial's record (seconds, CPU seconds, host, the run it made), rewritten as each trial ends: the sweep's
 outputs are removed when it starts again, so a rerun cut short would lose the records of the trials run before."""
-"""Per running trial, ``<name>.pid`` holds the Ray worker's process id (for a person, or a test, to find it)."""
 MAX_TRIALS = 10_000
 """The most trials one sweep may hold (seeds × grid points): more is a typo (``--seeds 0-99999999``), and
 its ``sweep.toml`` and trial folders would fill the disk."""
@@ -734,7 +736,7 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
             if finished(folder, expected_config(sweep.experiment, trial, folder)):  # its run's record kept
                 made = _run_id(folder)
                 kept = earlier.get(trial.name, {})
-                kept = kept if kept.get("run_id") == made else {}  # a record of another run of the trial: not this one's
+                kept = kept if kept.get("run_id", made) == made else {}  # another run's record: not this one's
                 records[trial.name] = {**kept, "trial": trial.name, "status": "finished before", "run_id": made}
             else:
                 todo.append(trial)
@@ -757,12 +759,17 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
 
 def _earlier_records(out: Path) -> dict[str, dict[str, Any]]:
     """The records (seconds, CPU seconds, host, ...) of the trials an earlier run of this sweep ran or found finished,
-    by trial, from its :data:`RECORDS` (none where it has none or cannot be read), so that a rerun keeps them."""
-    try:
-        trials = json.loads((out / RECORDS).read_text(encoding="utf-8"))
-        return {r["trial"]: r for r in trials if isinstance(r, dict) and r.get("status") in ("ran", "finished before")}
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        return {}
+    by trial, from its :data:`RECORDS`, or, in a folder an earlier revlens wrote, from its ``summary.json``'s trials
+    (none where it has neither or they cannot be read), so that a rerun keeps them."""
+    for read in (lambda: json.loads((out / RECORDS).read_text(encoding="utf-8")),
+                 lambda: json.loads((out / SUMMARY).read_text(encoding="utf-8")).get("trials", [])):
+        try:
+            trials = read()
+            return {r["trial"]: r for r in trials
+                    if isinstance(r, dict) and r.get("status") in ("ran", "finished before")}
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            continue
+    return {}
 
 
 def _save_records(out: Path, records: dict[str, dict[str, Any]]) -> None:
@@ -846,7 +853,7 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, float | bool
 
 NOT_MEASURED = ("seed", "seconds", "seconds_per_statement", "captions", "peak_layer",
                 "config", "lora", "steps", "k", "layers", "freeze_embeddings", "num_train", "train_sentences",
-                "variants", "n_samples", "n", "n_*", "*_n", "statements", "children")
+                "variants", "n_samples", "n", "n_*", "*_n", "statements", "children", "facts", "options")
 """Summary keys (``fnmatch`` patterns) :func:`numbers` leaves out wherever they sit: identities (a seed, the layer a
 peak is at), timings, captions; the settings a summary repeats (the config, the adapters' ``lora``, the steps, a
 multi-token run's ``k``, a Zhu setting's ``layers`` and ``freeze_embeddings``, a chain size's ``num_train``), and

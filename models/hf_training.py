@@ -26,9 +26,8 @@ weights (``merge_and_unload``), so the converted HookedTransformer is an ordinar
 
 from __future__ import annotations
 
-import math
-
 import contextlib
+import math
 from typing import Iterator, Sequence
 
 import torch
