@@ -56,7 +56,8 @@ test: $(STAMP) chromium
 # (fact readers and worlds, argument parsing and refusals, the bilinear model, Ray's scheduling,
 # Chromium and the report's registry) and tests whose TransformerLens part another test of the run
 # makes the same way (the SmolLM2 fine-tunes and `probe` on SmolLM2, whose part the tiny models'
-# end-to-end commands make, the kill -9 resumes and run-folder tests, the notebooks).
+# end-to-end commands make, the kill -9 resumes and run-folder tests, the notebooks), and tests of code
+# paths only 3.9 has (hand-built HookedTransformer configs, tracing from its key/value cache).
 # The list and the reason for each entry:
 # tests/conftest.py SECOND_LINE_LEAVES_OUT; an entry that matches no test is an error.
 test-tl4: $(STAMP_TL4) chromium

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 PRETRAINED_HELP = ("smollm2-135m, gemma3-270m, a local Hugging Face folder, a .gguf file or a Hub id already in the "
                    "local Hugging Face cache")
 FOLDER_COMMANDS = ("reproduce", "check-asymmetry", "finetune-facts", "probe", "compare")
-"""Commands that write a run folder (:mod:`analyses.runfolder`); make-facts and report write one file."""
+"""Commands that write a run folder (:mod:`analyses.runfolder`); make-facts and report write one file (make-facts
+``--format berglund`` a folder of files, no run)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,11 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune-facts", help="fine-tune a pretrained LLM on fictitious people or your own facts, test both ways")
     finetune.add_argument("--model", default="smollm2-135m", help=PRETRAINED_HELP)
     finetune.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
-    finetune.add_argument("--people", type=_positive_int, default=None, help="fictitious people (default 16)")
+    finetune.add_argument("--people", type=_positive_int, default=None, help="fictitious people per fact group (default 16)")
     finetune.add_argument("--facts", type=Path, default=None,
                           help="your facts instead of the built-in people: a folder in Berglund et al.'s experiment-1 "
                                "layout (p2d_prompts_train.jsonl, ...), a CSV (subject,relation,object"
-                               "[,inverse_relation][,group]) or a fact JSONL")
+                               "[,inverse_relation[,group]]) or a fact JSONL")
     finetune.add_argument("--templates-file", type=Path, default=None,
                           help="sentence templates for --facts (JSONL: relation, split train/test, template)")
     finetune.add_argument("--train-paraphrases", "--templates", dest="templates", metavar="N", type=_positive_int,
@@ -191,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="bilinear, one-layer, tiny (and a fine-tuned LLM) side by side, same probes and metrics")
     compare.add_argument("--out", type=_out_path, required=True, help="output folder (created)")
     compare.add_argument("--finetuned", type=Path, nargs="+", default=None, metavar="FOLDER",
-                         help="`revlens finetune-facts` output folders (logits.csv, circuits.csv, summary.json), "
-                              "one row each (e.g. --mitigation none and identity-bridge side by side)")
+                         help="`revlens finetune-facts` or `revlens probe` output folders (logits.csv, circuits.csv, "
+                              "summary.json), one row each (e.g. --mitigation none and identity-bridge side by side)")
     compare.add_argument("--seed", type=_seed, default=0)
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -6,7 +6,7 @@ Each :class:`Experiment` names the command words that run it (``reproduce revers
 ``finetune-facts``), its own options (flag, type, default, choices, help: the ``revlens reproduce``
 subparsers are built from them), the function that runs it into a folder, the formatter of its
 one-screen text, the headline numbers of its ``summary.json`` (the metrics a sweep plots and
-prints; ``aggregate.csv`` keeps every number) and what the report shows for it: a title, what the
+prints; ``aggregate.csv`` keeps every measured number) and what the report shows for it: a title, what the
 paper predicts, the files every run writes and the captions of its own files. The run folders of
 the other commands (``probe``, ``compare``, ``check-asymmetry``, ``sweep``) are described by a
 :class:`RunKind` in :data:`COMMAND_RUNS`; :data:`KINDS` is both, by ``summary["experiment"]``. ``finetune-facts`` keeps its options in its own
@@ -585,7 +585,8 @@ COMMAND_RUNS: dict[str, RunKind] = {
             "sweep.png": "Per headline metric (panel) and grid point (x): each seed's value (grey dots) and the mean "
                          "with its 95% interval across seeds (blue; Student's t, Wilson's for a yes/no); chance as a grey tick where the "
                          "experiment has one.",
-            "aggregate.csv": "One row per grid point: for every number of the trials' summary.json, its mean, sample "
+            "aggregate.csv": "One row per grid point: for every measured number of the trials' summary.json (settings, "
+                             "counts and timings left out), its mean, sample "
                              "sd and 95% interval (Student's t; Wilson's for a yes/no verdict, whose mean is the share of "
                              "seeds saying yes) across the finished seeds (n_seeds) that have a value for it (.n); each trial's run folder is in trials/."}),
 }
@@ -605,7 +606,7 @@ ALL_OPTIONS = (FINETUNED_OPTION, Option("--seeds", {
             "headline number as mean ± 95%% interval"}), Option("--workers", {
     **_N, "default": None, "metavar": "N",
     "help": "experiments (or trials) at once, each on a Ray actor of --threads threads (default 1; workers by "
-            "default: the cores ÷ threads; 1: one after another in this process)"}), Option("--experiments", {
+            "default: the cores ÷ threads; 1 without --seeds: one after another in this process)"}), Option("--experiments", {
     "nargs": "+", "choices": REPRODUCE, "default": None, "metavar": "NAME",
     "help": f"only these (default: {', '.join(REPRODUCE_ALL)})"}))
 """The options of ``reproduce all`` beyond --out, --seed and --quiet."""
