@@ -420,7 +420,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         captions={
             "curves.png": "Training and held-out reverse log p over training for the in-context grid and the "
                           "one-partner control, each with its own chance line (its world's candidates). Paper: the grid learns to copy from "
-                          "context (held-out rises), the control memorises pairs (held-out stays at or below chance)."}),
+                          "context (held-out rises), the control memorises pairs (held-out stays at or below chance; its held-out "
+                          "pairs' tokens are in no training sequence, so it would fail at them even had it learnt to copy)."}),
     _reproduce(
         "multi-token", "the reversal task with k = 2 and 3 tokens per entity", "analyses.paper:format_multi_token",
         RUNS_HEADLINE, multi_token_config, "analyses.paper:reproduce_multi_token",

@@ -275,7 +275,11 @@ def one_partner_context_world(n_pairs: int = 200, seed: int = 0, vocab: TokenVoc
     """Control for the in-context task: "x → y <-> y ← x" where every x has ONE partner y.
 
     The pairs and split of :func:`reversal_world` (its "both" pairs, 70%, train; the rest are
-    held out): "y ←" alone names x, so the answer can be memorised instead of copied.
+    held out): "y ←" alone names x, so the answer can be memorised instead of copied. A confound to read it with:
+    each entity belongs to one pair, so a held-out pair's two tokens appear in no training sequence, and their
+    embeddings and unembeddings are never trained (the unembedding only pushed down). The control would fail at
+    them even if a copying circuit had been learnt on the trained tokens; the grid differs from it in two ways at
+    once (many partners per x, every token trained), so its failure does not by itself show memorising.
     """
     pairs = reversal_world(n_pairs=n_pairs, seed=seed, vocab=vocab)
     facts = tuple(replace(f, forward=None, reverse="train" if f.group == "both" else "heldout", group="one-partner",
