@@ -56,7 +56,7 @@ import pandas as pd
 
 from analyses.reproduce import _write_json, write_csv
 from facts.celebrity import COMPLETION_TEMPLATES, QUESTION_TEMPLATES, load_celebrity_pairs
-from facts.language import TemplateTokenizer, controls_of
+from facts.language import TemplateTokenizer, controls_of, wrong_answers
 from facts.schema import Direction, FactError, FactSet
 from models.backend import is_tl_model, wrapper_name
 from models.cpu_matmul import float32_matmul
@@ -174,13 +174,17 @@ def draw_controls(
         asked = [(where[statements[n][0]][1], statements[n][1]) for n in numbers]
         also_right = [(children[facts[statements[n][0]].object] if statements[n][1] == "reverse" else set())
                       | {facts[statements[n][0]].given_and_answer(statements[n][1])[0]} for n in numbers]
-        try:
-            for number, wrong in zip(numbers, controls_of(subset, asked, k, seed, also_right)):
-                drawn[number] = wrong
-        except FactError as error:
-            raise FactError(
-                f"{error} among {subset[0].group}s; fewer controls are needed (n_controls), or more pairs"
-            ) from None
+        short = next(((n, len(pool)) for n, pool in zip(numbers, wrong_answers(subset, asked, also_right))
+                      if len(pool) < k), None)
+        if short is not None:  # named by its fact's line, not its place among its parent type's
+            index, direction = statements[short[0]]
+            lines = facts.meta.get("line") or []
+            where = f"{facts.meta.get('source')}:{lines[index]}" if index < len(lines) else f"fact {index}"
+            raise FactError(f"{where}: {k} controls asked for {facts[index].given_and_answer(direction)[0]!r} "
+                            f"({direction}), but only {short[1]} wrong answers among {subset[0].group}s; fewer "
+                            f"controls are needed (n_controls), or more pairs")
+        for number, wrong in zip(numbers, controls_of(subset, asked, k, seed, also_right)):
+            drawn[number] = wrong
     return drawn
 
 
@@ -428,7 +432,7 @@ def _example_prompts(facts: FactSet, tokenizer: TemplateTokenizer) -> dict[str, 
 def asymmetry_bars(summary: dict[str, Any]):
     """Three panels per direction: accuracy (our top-1 among the controls with its 95% interval, our
     greedy exact match, GPT-4's published accuracy), mean rank vs chance, margin (the last two on all
-    pairs and, lighter, on the pairs that share no surname word)."""
+    pairs and, lighter, on the pairs that share no name word)."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -457,7 +461,7 @@ def asymmetry_bars(summary: dict[str, Any]):
             axis.bar([p + shift for p in positions], [v[key] for v in values], width=0.4, alpha=alpha,
                      yerr=_error_bars([v[key] for v in values], [v[f"{key}_ci95"] for v in values]), capsize=3,
                      color=["#1f77b4", "#d62728"],
-                     label="no surname in common" if subset else "all pairs")
+                     label="no name word in common" if subset else "all pairs")
         axis.axhline(chance, color="grey", linestyle="-.", linewidth=1, label="chance")
         axis.set_xticks(positions, labels)
     rank.set_ylim(1, summary["n_controls"] + 1)
@@ -512,7 +516,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
     for name, row in summary["directions"].items():
         lines.append(row_text(DIRECTION_LABELS[name], row, f"{published[name]:.2f}"))
-    lines.append("  no surname in common (none to copy):")
+    lines.append("  no name word in common (none to copy):")
     for name, row in summary["directions"].items():
         lines.append(row_text(DIRECTION_LABELS[name], row["no_shared_surname"], ""))
     lines += [
@@ -525,7 +529,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             "",
             f"log p(parent | child) > log p(child | parent): {win['rate']:.3f} {_interval_text(win['ci95'])} of {win['n']} pairs "
             f"asked both ways ({win['no_shared_surname']['rate']:.3f} of {win['no_shared_surname']['n']} with "
-            f"no surname in common); published: {published}",
+            f"no name word in common); published: {published}",
             f"  ({theirs['source']})",
         ]
     lines += [

@@ -556,7 +556,7 @@ COMMAND_RUNS: dict[str, RunKind] = {
             "asymmetry.png": "Per direction: top-1 rate among the same-kind controls (95% interval) and greedy exact "
                              "match beside GPT-4's accuracy, mean rank of the truth among random answers of the same "
                              "kind (chance dashed) and the log-probability margin over them; in the rank and margin "
-                             "panels, lighter bars keep only pairs that share no surname word (in the first, the "
+                             "panels, lighter bars keep only pairs that share no name word (in the first, the "
                              "lighter bar is greedy exact match). Berglund et al.: child → parent beats parent → child.",
             "pairs.csv": "One row per celebrity pair, scored both ways."}),
     "compare": RunKind(

@@ -274,6 +274,18 @@ def test_bad_input_gets_a_clear_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_too_many_controls_are_refused_naming_the_file_line(tmp_path):
+    """The refusal named "fact 2", a place among the question's parent type, and no file."""
+    from analyses.asymmetry import check_inputs
+
+    path = tmp_path / "pairs.csv"
+    path.write_text(",".join(COLUMNS) + "\nAnn Bo,Eve Bo,mother,,True\nCy Dee,Gil Dee,father,,True\n"
+                    "Di Ray,Fay Ray,mother,,True\nEd Fox,Hal Fox,father,,True\n")
+    with pytest.raises(FactError, match=rf"--controls 2: {path}:2: 2 controls asked for 'Ann Bo' \(forward\), but "
+                                        r"only 1 wrong answers among mothers"):
+        check_inputs(path, n_controls=2)
+
+
 def test_a_mean_ranks_interval_stays_among_the_ranks_there_are():
     """Two children ranked 1 and 16 of 16: Student's t over 2 statements reaches far past both ends (±95 around
     8.5); the interval is cut to [1, K + 1]. The margin, which has no bounds, keeps its width."""
