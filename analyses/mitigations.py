@@ -69,8 +69,9 @@ DEFINITIONS = {
     "baseline": "the reversal world as is",
     "augmentation": "every other one-way pair also trained in its reverse direction; 'restated pairs' asks those "
                     "trained statements (accuracy by construction), 'pairs not restated' asks the never-trained rest",
-    "reverse-training": "every training sentence also trained reversed ('x → y' adds 'y → x'); "
-                        "the held-out 'y ← x' itself is never trained",
+    "reverse-training": "every training sentence also trained reversed ('x → y' adds 'y → x': the pair the "
+                        "held-out 'y ← x' asks, under the other relation token, which in this world names no fact); "
+                        "'y ← x' itself is never trained",
     "in-context": "copy sequences 'a → b <-> b ← a' with wrong partners added; the held-out reverse asked "
                   "after its trained statement, and plainly",
     "identity-bridge": "every entity also trained as its own answer under the relation that answers its kind "
