@@ -57,7 +57,9 @@ def test_compare_has_five_rows_and_the_curse_in_every_trained_kind(comparison):
     assert bridge["heldout_n"] == plain["heldout_n"] and bridge["train_accuracy"] == 1.0
     assert bridge["heldout_accuracy"] > plain["heldout_accuracy"] + 0.3 and bridge["heldout_margin"] > 3
     assert bridge["z_heldout"] > plain["z_heldout"] + 1  # Y[B,A] grown, B → A never trained
-    assert all(row["theory_predicts"] for row in rows.values())
+    assert {kind: row["theory_predicts"] for kind, row in rows.items()} == {  # each row its own kind's prediction
+        **{kind: THEORY[kind] for kind in ("bilinear", "one-layer", "tiny", "identity-bridge")},
+        "checkpoint": THEORY["one-layer"]}
     assert (out / "compare.png").read_bytes()[:8] == PNG
     assert "what theory predicts" in format_compare(summary)
 

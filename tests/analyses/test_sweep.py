@@ -158,7 +158,9 @@ def test_a_failing_trial_is_recorded_and_the_rest_finish(cluster_sweep):
     assert aggregate.device.tolist() == ["cpu", "cuda:1000"] and aggregate.n_seeds.tolist() == [2, 0]
     assert aggregate.filter(like=".mean").iloc[1].isna().all() and aggregate.filter(like=".mean").iloc[0].notna().any()
     assert "n/a" in stdout
-    assert "FAILED device=cuda:1000" in stdout or "FAILED model=one-layer" in stdout
+    for failure in failures:  # each failed trial printed by name, and no other
+        assert f"FAILED {failure['trial']}: " in stdout
+    assert not [line for line in stdout.splitlines() if line.startswith("FAILED") and "device=cpu" in line]
 
 
 def _free_port() -> int:
@@ -212,9 +214,6 @@ def test_reproduce_all_refuses_more_threads_than_cores_naming_its_own_options(se
 
 def test_the_sweep_file_reads_back_as_written():
     sweep = Sweep("reversal", (0, 3, 7), {"lr": (1e-05, 0.01), "positional": ("none", "rotary"), "steps": (40,)})
-    assert sweep_toml(sweep) == sweep_toml(Sweep("reversal", (0, 3, 7), {"lr": (1e-05, 0.01),
-                                                                           "positional": ("none", "rotary"),
-                                                                           "steps": (40,)}))
     import tempfile
     from pathlib import Path
 

@@ -209,7 +209,7 @@ def test_controls_are_answers_of_the_question_s_own_relation():
     questions = questions_from_facts(FactSet(tuple(clubs + cities), world="test"), train, test, 1)
     kind = {q.completion.strip(): q.pool for q in questions.questions}
     for question, controls in zip(questions.questions, draw_controls(questions, 1, seed=0)):
-        assert all(kind[c.strip()] == question.pool for c in controls)
+        assert len(controls) == 1 and all(kind[c.strip()] == question.pool for c in controls)
     assert {q.pool for q in questions.questions} == {"p2d/object of founded", "p2d/object of born in"}
     world = questions_from_facts(people_world(n_per_group=3, groups=("p2d",)), TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
     assert {q.pool for q in world.questions} == {"p2d/object", "p2d/subject"}  # one relation: named as before
@@ -247,6 +247,7 @@ def test_no_control_or_wrong_option_is_another_right_answer_of_its_prompt(tmp_pa
     assert sum(q.prompt == "Famous as" for q in questions.questions) == 2
     for seed in range(10):
         for question, controls in zip(questions.questions, draw_controls(questions, 2, seed)):
+            assert len(controls) == 2
             assert not {c.strip() for c in controls} & right.get(question.prompt, {question.completion.strip()})
     for question, wrong in zip(questions.questions, wrong_options(questions)):
         assert not set(wrong) & right.get(question.prompt, {question.completion.strip()})

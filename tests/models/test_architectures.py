@@ -459,9 +459,10 @@ def test_every_command_takes_threads(tmp_path):
     walk(parser)
     assert len(leaves) >= 10 and all(any("--threads" in a.option_strings for a in p._actions) for p in leaves)
     before = torch.get_num_threads()
-    try:
-        assert main(["make-facts", "reversal", "--out", str(tmp_path / "facts.jsonl"), "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 1
+    try:  # from another count than the option's and the suite's own 1, so that an ignored option fails
+        torch.set_num_threads(3)
+        assert main(["make-facts", "reversal", "--out", str(tmp_path / "facts.jsonl"), "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
@@ -636,9 +637,10 @@ def test_threads_default_to_omp_num_threads_else_the_cores(monkeypatch):
 
     before = torch.get_num_threads()
     try:
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(3)  # not the variable's count, nor the suite's own 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
         _set_threads(None)
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
         monkeypatch.delenv("OMP_NUM_THREADS")
         _set_threads(None)
         assert torch.get_num_threads() == os.cpu_count()

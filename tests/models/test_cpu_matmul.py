@@ -72,3 +72,32 @@ def test_an_intel_unknown_or_avx2_cpu_keeps_mkl(monkeypatch):
         assert not uses_onednn("cpu")
         with float32_matmul("cpu") as kernels:
             assert kernels == DEFAULT
+
+
+def test_an_amd_cpu_with_avx512_gets_onednn_exactly_where_its_products_stay_float32(monkeypatch):
+    """The branch the machine running the tests may never take: an x86 CPU not Intel's, with the AVX-512 subsets.
+    oneDNN is used there exactly when its products stay float32 (:func:`cpu_matmul.onednn_keeps_float32`); then the
+    block sets the switch, its products are float32 and the setting is put back; where oneDNN rounds the inputs to
+    bfloat16 (a CPU with AMX), the guard's reason holds: a product under the switch misses float32's accuracy."""
+    monkeypatch.setattr(cpu_matmul, "_cpu_vendor_and_flags",
+                        lambda: ("AuthenticAMD", cpu_matmul.ONEDNN_NEEDS | {"avx2", "fma"}))
+    monkeypatch.setattr(cpu_matmul.platform, "machine", lambda: "x86_64")
+    keeps = torch.backends.mkldnn.is_available() and cpu_matmul.onednn_keeps_float32()
+    assert uses_onednn("cpu") == keeps
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    generator = torch.Generator().manual_seed(2)
+    a, b = torch.randn(96, 576, generator=generator), torch.randn(576, 1536, generator=generator)
+    exact = a.double() @ b.double()
+    if keeps:
+        with float32_matmul("cpu") as kernels:
+            assert kernels == ONEDNN and torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+            assert _relative_error(a @ b, exact) < FLOAT32_RELATIVE
+        assert torch.backends.mkldnn.matmul.fp32_precision == before
+    else:
+        with cpu_matmul.onednn_products():
+            assert _relative_error(a @ b, exact) > FLOAT32_RELATIVE  # bfloat16 inputs: why the guard said no
+        with float32_matmul("cpu") as kernels:
+            assert kernels == DEFAULT and torch.backends.mkldnn.matmul.fp32_precision == before
+    for machine in ("aarch64", "arm64"):  # an ARM CPU is never sent there
+        monkeypatch.setattr(cpu_matmul.platform, "machine", lambda name=machine: name)
+        assert not uses_onednn("cpu")

@@ -131,7 +131,14 @@ def test_a_seed_fixes_the_lora_start_and_the_dropout_of_training(tiny_hf, batch,
     def trained(noise: int) -> list[torch.Tensor]:
         hf, _ = load_hf(gpt2, device="cpu")
         torch.manual_seed(noise)
-        train(CausalLM(hf), batch, TrainConfig(steps=2, lr=1e-2, weight_decay=0.0, eval_every=2, progress=False))
+        dropped = []  # whether the embedding dropout ran in train mode, and what it dropped
+        hook = hf.transformer.drop.register_forward_hook(
+            lambda module, inputs, output: dropped.append((module.training, bool((output == 0).any()))))
+        try:
+            train(CausalLM(hf), batch, TrainConfig(steps=2, lr=1e-2, weight_decay=0.0, eval_every=2, progress=False))
+        finally:
+            hook.remove()
+        assert (True, True) in dropped  # dropout drew during training: the runs' equality is not eval mode's
         return [p.detach().clone() for p in hf.parameters()]
 
     assert all(torch.equal(a, b) for a, b in zip(trained(1), trained(2)))

@@ -34,13 +34,21 @@ def test_training_fits_trained_facts_and_not_heldout_reverse(batch, vocab):
 
 
 def test_loss_is_on_answer_tokens_only(batch, vocab):
-    """Changing a prompt token's target would change the loss if prompts carried loss: they don't."""
-    model = fresh(vocab)
-    train_set = batch.where(split="train")
-    scores = score_answers(model, train_set)
+    """Changing a prompt token's target would change the loss if prompts carried loss: they don't. The loss is
+    the mean −log p of the answer tokens, read at the positions before them, and the scorer's sum of the same."""
     from models.scoring import answer_loss
 
-    loss = answer_loss(model(train_set.tokens), train_set.tokens, train_set.answer_mask)
+    model = fresh(vocab)
+    train_set = batch.where(split="train")
+    logits = model(train_set.tokens).detach()
+    loss = answer_loss(logits, train_set.tokens, train_set.answer_mask)
+    other = torch.where(train_set.answer_mask, train_set.tokens, (train_set.tokens + 1) % vocab.d_vocab)
+    assert not torch.equal(other, train_set.tokens)  # every prompt target changed, the logits kept
+    assert torch.equal(answer_loss(logits, other, train_set.answer_mask), loss)
+    rows, columns = train_set.answer_mask.nonzero(as_tuple=True)  # by hand: the answer tokens and their positions
+    by_hand = -logits.log_softmax(-1)[rows, columns - 1, train_set.tokens[rows, columns]].mean()
+    assert torch.allclose(loss, by_hand, atol=1e-6)
+    scores = score_answers(model, train_set)  # one answer token a statement: the mean of the scorer's log p
     assert torch.allclose(loss.cpu(), -scores.logprob.mean().cpu(), atol=1e-5)
 
 

@@ -326,6 +326,11 @@ def test_bridge_attribution_and_lens_are_exact(bridge):
     assert "attn bias" not in set(table.kind)
     totals = torch.tensor(table.groupby("statement").attribution.sum().to_numpy()).float()
     assert torch.allclose(totals, first_answer_logits(plain, examples), atol=1e-4)
+    # the bridge's own path (its folded copy made inside, checked against its logits): its sums are its logits
+    assert torch.allclose(answer_logits(plain, examples), answer_logits(bridge, examples), atol=1e-3)
+    own = direct_logit_attribution(bridge, examples)
+    own_totals = torch.tensor(own.groupby("statement").attribution.sum().to_numpy()).float()
+    assert torch.allclose(own_totals, first_answer_logits(bridge, examples), atol=1e-3)
     final = logit_lens(bridge, examples).query("stage == 'final_post'")
     expected = answer_logits(bridge, examples).log_softmax(-1)[[0, 1], [e.answer[0] for e in examples]]
     assert torch.allclose(torch.tensor(final.logprob.to_numpy()), expected, atol=1e-4)

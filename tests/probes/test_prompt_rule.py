@@ -45,7 +45,6 @@ def logprobs_of_both_commands(model, tokenizer, celebrities):
     """Each statement's log p(answer | prompt) as `probe` computes it (its ProbedModel and answer_table)
     and as `check-asymmetry` does (asymmetry_table, prefix-cached scoring), on the first N_PAIRS pairs.
     One control each (the fewest both accept): only the answers' own log-probabilities are compared."""
-    torch.set_num_threads(1)
     first = FactSet(celebrities.facts[:N_PAIRS], world="celebrity")
     probed = pretrained_probed(model, tokenizer, "celebrity", {})
     probe = answer_table(model, first, probed.statements, n_controls=1, rank_against="controls")

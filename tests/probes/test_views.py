@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -37,8 +38,10 @@ def test_attention_view_shows_the_cached_attention_pattern(trained_one_layer, pr
     view = attention_view(trained_one_layer, tokens, 0, labels, heads=[1, 3])
     _, cache = trained_one_layer.run_with_cache(tokens[None])
     pattern = cache["blocks.0.attn.hook_pattern"][0, [1, 3]]
-    first_row = ", ".join(str(float(v)) for v in pattern[0, 0])
-    assert f"[[[{first_row}]" in view.local_src
+    # the whole pattern of both heads, read back from the page (a first row alone is [1, 0, 0] for every head)
+    shown = json.JSONDecoder().raw_decode(view.local_src, view.local_src.index('"attention": ') + len('"attention": '))[0]
+    torch.testing.assert_close(torch.tensor(shown), pattern, rtol=0, atol=1e-7)
+    assert not torch.allclose(pattern[0], pattern[1])  # the two heads differ, so a wrong head would show
     assert '"attentionHeadNames": ["L0H1", "L0H3"]' in view.local_src
     assert f'"tokens": ["{labels[0]}"' in view.local_src
 

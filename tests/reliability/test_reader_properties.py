@@ -17,7 +17,7 @@ import unicodedata
 import datasets
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from facts.berglund import load_prompt_completion_jsonl, save_prompt_completion_jsonl
@@ -275,6 +275,7 @@ names = st.text(st.characters(exclude_categories=()), min_size=1, max_size=8)
 
 @bounded
 @given(pairs=st.lists(st.tuples(names, names), min_size=1, max_size=4))
+@example(pairs=[("Ann Lee", "Bo Kim"), ("José", "北京")])  # names a fact accepts: the round trip always runs
 def test_any_name_a_fact_accepts_survives_jsonl(tmp_path, pairs):
     try:
         facts = FactSet(tuple(Fact(a, "is the parent of", b, "is the child of", "train", "heldout") for a, b in pairs))
@@ -285,6 +286,7 @@ def test_any_name_a_fact_accepts_survives_jsonl(tmp_path, pairs):
 
 @few
 @given(pairs=st.lists(st.tuples(names, names), min_size=1, max_size=3))
+@example(pairs=[("Ann Lee", "Bo Kim"), ("José", "北京")])  # names a fact accepts: the round trip always runs
 def test_any_name_a_fact_accepts_survives_a_dataset(pairs):
     try:
         facts = FactSet(tuple(Fact(a, "p2d", b, "d2p", "train", "heldout") for a, b in pairs), world="w", meta={"n": 1})

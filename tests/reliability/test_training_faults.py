@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -201,5 +202,7 @@ def test_resume_with_other_settings_is_refused(saved_run, train_set, vocab, tmp_
 
 def test_checkpoint_metadata_carries_its_own_checksum(saved_run):
     folder, _ = saved_run
-    record = json.loads((folder / "step-000004.json").read_text())
-    assert len(record["meta_sha256"]) == 64 and len(record["sha256"]) == 64
+    record = json.loads((folder / "step-000004.json").read_text())  # checked against the bytes, not their length
+    assert record["sha256"] == hashlib.sha256((folder / "step-000004.safetensors").read_bytes()).hexdigest()
+    body = {key: value for key, value in record.items() if key != "meta_sha256"}
+    assert record["meta_sha256"] == hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
