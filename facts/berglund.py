@@ -137,14 +137,18 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
 
     Refused with :class:`FactError` naming file (and line), before anything loads: no training
     file, a test file of a group without one, a test line matching no trained statement (or two),
-    a held-out prompt that is also trained, a statement with fewer than ``paraphrases``, an empty
-    completion, a training line repeated (it is no second paraphrase: not de-duplicated, refused), a
-    prompt of a randomized file given twice with different completions (an exact repeat is accepted),
-    completions differing only in surrounding whitespace, and reverse questions of one statement
+    a held-out or reverse prompt that is a training prompt of any group (compared in words,
+    :func:`facts.language.in_words`), a statement with fewer than ``paraphrases``, an empty
+    completion, a training line repeated (in words: it is no second paraphrase, not de-duplicated, refused), a
+    prompt of a randomized file given twice with different completions (an exact repeat is accepted), a randomized
+    prompt that is no reverse question (its control would be dropped) or a randomized file without its reverse file,
+    completions differing only in surrounding whitespace, reverse questions of one statement
     with different answers (in p2d: two people with one description, whom grouping by completion
     would merge) or, in p2d, with an answer that no training prompt of the statement names (not the
-    statement's person). Without a reverse file two people with one description cannot be told
-    from two paraphrases of one person.
+    statement's person), one answer to the reverse questions of two statements (one person with two descriptions,
+    two people with one), and, in p2d, a held-out paraphrase naming another statement's person (or none) where the
+    reverse file says who each statement's person is. Without a reverse file two people with one description
+    cannot be told from two paraphrases of one person.
     """
     from facts.questions import Question, QuestionSet, TrainPair
 
