@@ -152,6 +152,10 @@ def _runs_of(folder: Path) -> list[Run]:
     entries = _entries(folder)
     if not entries:
         raise ReportError(f"{folder}: empty folder, not a run (a finished run has a {SUMMARY})")
+    linked = next((e for e in entries if e.is_symlink() and e.is_dir() and (e / SUMMARY).exists()), None)
+    if linked is not None:  # never followed (a loop would recurse), and never dropped from the page unsaid
+        raise ReportError(f"{linked}: a link to a run folder, which the report does not follow; give "
+                          f"{linked.resolve()} itself, or copy the run into {folder}")
     subfolders = [e for e in entries if e.is_dir() and not e.is_symlink()]
     if not any((s / SUMMARY).exists() for s in subfolders):
         raise ReportError(f"{folder}: no {SUMMARY}, so the run did not finish (half-written?); found "

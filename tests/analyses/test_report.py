@@ -195,6 +195,19 @@ def test_half_written_run_of_a_parent_folder_is_named(runs, tmp_path):
         render_report(find_runs([parent]))
 
 
+def test_a_parent_folder_s_link_to_a_run_is_refused_not_left_out(runs, tmp_path):
+    """A parent folder's subfolder that is a link to a run was left off the page without a word ("N runs", one
+    missing); a link that holds no run (a loop back to the parent) is still passed over."""
+    parent = tmp_path / "all"
+    _copy_run(runs, parent)
+    (parent / "loop").symlink_to(".")
+    assert [r.label for r in find_runs([parent])] == [str(parent / "reversal")]
+    _copy_run(runs, tmp_path, "bilinear")
+    (parent / "bilinear").symlink_to(tmp_path / "bilinear")
+    with pytest.raises(ReportError, match=r"all/bilinear: a link to a run folder, which the report does not follow"):
+        find_runs([parent])
+
+
 def test_a_nested_run_is_as_whole_as_the_run_that_holds_it_and_a_kept_copy_is_no_run(tmp_path):
     """A run nested in a command's folder (zhu-settings' one reversal run per setting) has no manifest of its
     own: given alone to the report, its summary changed or its parent's run unfinished, it is refused (before, it was
