@@ -174,17 +174,18 @@ def draw_controls(
         asked = [(where[statements[n][0]][1], statements[n][1]) for n in numbers]
         also_right = [(children[facts[statements[n][0]].object] if statements[n][1] == "reverse" else set())
                       | {facts[statements[n][0]].given_and_answer(statements[n][1])[0]} for n in numbers]
-        short = next(((n, len(pool)) for n, pool in zip(numbers, wrong_answers(subset, asked, also_right))
-                      if len(pool) < k), None)
-        if short is not None:  # named by its fact's line, not its place among its parent type's
-            index, direction = statements[short[0]]
+        try:
+            for number, wrong in zip(numbers, controls_of(subset, asked, k, seed, also_right)):
+                drawn[number] = wrong
+        except FactError:  # named by its fact's line, not its place among its parent type's
+            n, fewest = next((n, len(pool)) for n, pool in zip(numbers, wrong_answers(subset, asked, also_right))
+                             if len(pool) < k)
+            index, direction = statements[n]
             lines = facts.meta.get("line") or []
             where = f"{facts.meta.get('source')}:{lines[index]}" if index < len(lines) else f"fact {index}"
             raise FactError(f"{where}: {k} controls asked for {facts[index].given_and_answer(direction)[0]!r} "
-                            f"({direction}), but only {short[1]} wrong answers among {subset[0].group}s; fewer "
-                            f"controls are needed (n_controls), or more pairs")
-        for number, wrong in zip(numbers, controls_of(subset, asked, k, seed, also_right)):
-            drawn[number] = wrong
+                            f"({direction}), but only {fewest} wrong answers among {subset[0].group}s; fewer "
+                            f"controls are needed (n_controls), or more pairs") from None
     return drawn
 
 

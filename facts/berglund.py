@@ -169,8 +169,7 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
                 raise FactError(f"{folder / stray[0]}: test file of group {group!r}, but {files['train'].name} is "
                                 f"missing, so it names no trained fact")
             continue
-        by_completion = _training_statements(files["train"])
-        line_of = {in_words(prompt): line for line, (prompt, _) in reversed(_numbered(files["train"]))}
+        by_completion, line_of = _training_statements(files["train"])
         base = len({pair.key for pair in train})
         keys = {}
         for number, (completion, pairs) in enumerate(by_completion.items()):
@@ -230,7 +229,7 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
                                    "two people with one description")
                                 + ", each a wrong-answer control of the other's question though both are right; "
                                   "keep one statement")
-            extra = randomized.get(prompt)
+            extra = randomized.get(prompt, (None, 0))[0]
             extras = (extra,) if extra is not None and extra.strip() != completion.strip() else ()
             where = f"{files['reverse']}:{line}"
             asked.add(prompt)
@@ -242,8 +241,7 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
                 stated = (first.prompt + first.completion).strip()
                 questions.append(Question(key, group, "in_context_reverse", f"{stated} {prompt}", completion,
                                           f"{group}/reverse", key, "reverse", "heldout", where, extras))
-        unasked = next(((line, prompt) for line, (prompt, _) in _answered(files["randomized"])
-                        if prompt not in asked), None) if randomized else None
+        unasked = next(((line, prompt) for prompt, (_, line) in randomized.items() if prompt not in asked), None)
         if unasked is not None:
             raise FactError(f"{files['randomized']}:{unasked[0]}: prompt {unasked[1]!r} is no question of "
                             f"{files['reverse'].name}, so its control would be dropped; write it as the question is")
@@ -274,8 +272,8 @@ def _answered(path: Path) -> list[tuple[int, Pair]]:
     return numbered
 
 
-def _controls(path: Path) -> dict[str, str]:
-    """The control completion of each prompt of a ``*_randomized`` file (:func:`_answered`).
+def _controls(path: Path) -> dict[str, tuple[str, int]]:
+    """The control completion of each prompt of a ``*_randomized`` file (:func:`_answered`), with its first line.
 
     A prompt given twice with different completions is refused naming file and both lines (a dict
     would keep the last silently). An exact repeat is accepted, as an exact repeat in the reverse file
@@ -287,11 +285,12 @@ def _controls(path: Path) -> dict[str, str]:
         if first != completion:
             raise FactError(f"{path}:{first_line} and {path}:{line}: prompt {prompt!r} has two completions, "
                             f"{first!r} and {completion!r}; keep one (the second would silently replace the first)")
-    return {prompt: completion for prompt, (completion, _) in controls.items()}
+    return controls
 
 
-def _training_statements(path: Path) -> dict[str, list[Pair]]:
-    """The pairs of a training file grouped into trained statements by their completion, in order.
+def _training_statements(path: Path) -> tuple[dict[str, list[Pair]], dict[str, int]]:
+    """The pairs of a training file grouped into trained statements by their completion, in order, and the first
+    line of each prompt (in words, :func:`facts.language.in_words`).
 
     Refused naming file:line (:func:`_answered` too): a line repeating an earlier one (it would count
     as a second paraphrase), completions differing only in surrounding whitespace (they would be
@@ -317,7 +316,7 @@ def _training_statements(path: Path) -> dict[str, list[Pair]]:
             raise FactError(f"{path}:{line}: completion {pair[1]!r} differs from {completion!r} on line "
                             f"{completion_line} only in surrounding whitespace; write both the same way")
         statements.setdefault(pair[1], []).append(pair)
-    return statements
+    return statements, {prompt: line for prompt, (_, line) in answer_of.items()}
 
 
 def _numbered(path: Path) -> list[tuple[int, Pair]]:
