@@ -272,11 +272,10 @@ def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[li
     (:func:`facts.questions.spaced_like`: a randomized file's "Bo Ray" after a prompt whose answer is " Ann Lee"
     is read " Bo Ray"). A pool with fewer wrong answers than
     ``n_controls`` is refused (a margin over fewer controls than asked would be another number)."""
-    pools = questions.pool_answers()  # distinct answers, compared without a template's leading space
-    others_of = []
-    for question, right in zip(questions.questions, questions.right_answers()):
-        taken = {*right, *(control.strip() for control in question.extra_controls)}
-        others_of.append([a for a in pools[question.pool] if a not in taken])
+    others_of = []  # distinct answers, compared without a template's leading space
+    for question, wrong in zip(questions.questions, questions.wrong_answers()):
+        taken = {control.strip() for control in question.extra_controls}
+        others_of.append([a for a in wrong if a not in taken])
     fewest = min(range(len(others_of)), key=lambda number: len(others_of[number]), default=None)
     if fewest is not None and len(others_of[fewest]) < n_controls:
         question, most = questions.questions[fewest], len(others_of[fewest])

@@ -57,11 +57,10 @@ import torch
 
 from analyses.compare import finetuned_folders, named_apart, row_metrics
 from analyses.reproduce import ReversalConfig, _write_json, train_run, write_csv
-from facts.language import controls_of, wrong_answers
 from facts.schema import Fact, FactError, FactSet
 from facts.token_worlds import TokenVocab, reversal_world
 from probes.circuits import circuit_table
-from probes.logits import answer_table
+from probes.logits import answer_controls, answer_table
 from probes.views import save_png
 
 VARIANTS = ("baseline", "augmentation", "reverse-training", "in-context", "identity-bridge")
@@ -219,10 +218,9 @@ def fact_in_prompt_table(model, world: FactSet, indices: Sequence[int], vocab: T
     of that orientation, never answers in training: their margin sat near 0 without any copying). ``fact``: the
     world's index.
     """
-    held = [(i, "reverse" if world[i].forward == "train" else "forward") for i in indices]
-    everything = [(i, d) for i, d, _ in world.statements()]  # answer_table's rule for how many, over the world
-    k = min([n_controls] + [len(pool) for pool in wrong_answers(world, everything)])
-    drawn = dict(zip(indices, controls_of(world, held, k, seed)))
+    everything = [(i, d) for i, d, _ in world.statements()]  # what answer_table draws for the world's statements
+    by_statement = dict(zip(everything, answer_controls(world, everything, n_controls, seed)))
+    drawn = {i: by_statement[i, "reverse" if world[i].forward == "train" else "forward"] for i in indices}
     parts: dict[str, list[tuple[int, Fact]]] = {"forward": [], "reverse": []}
     for i in indices:
         fact = world[i]

@@ -48,20 +48,13 @@ MC_SETTINGS = ("forward_heldout_paraphrase", "reverse")
 """Settings asked as multiple choice: the trained direction in new words, and the held-out reverse."""
 
 
-def wrong_options(questions: QuestionSet) -> list[list[str]]:
-    """Per question, the answers of its pool that may be offered as wrong: every one but the right answers of its
-    prompt (:meth:`facts.questions.QuestionSet.right_answers`)."""
-    pools = questions.pool_answers()
-    return [[a for a in pools[q.pool] if a not in right] for q, right in zip(questions.questions,
-                                                                           questions.right_answers())]
-
-
 def options_count(questions: QuestionSet, k: int, settings: Sequence[str] = MC_SETTINGS) -> int:
-    """K: ``k`` options, or fewer when an asked question has fewer wrong options (:func:`wrong_options`) than
+    """K: ``k`` options, or fewer when an asked question has fewer wrong options
+    (:meth:`facts.questions.QuestionSet.wrong_answers`) than
     K − 1 (at least one); a K below 2, or above the letters, is refused."""
     if not 2 <= k <= len(LETTERS):
         raise ValueError(f"multiple choice asks 2…{len(LETTERS)} options, not {k}")
-    wrong = [len(others) for q, others in zip(questions.questions, wrong_options(questions)) if q.setting in settings]
+    wrong = [len(others) for q, others in zip(questions.questions, questions.wrong_answers()) if q.setting in settings]
     if not wrong:
         raise ValueError(f"no question of the settings {list(settings)} to ask as multiple choice")
     if min(wrong) < 1:
@@ -90,7 +83,7 @@ def multiple_choice_prompts(questions: QuestionSet, tokenizer: Any, k: int = 4, 
     letters = LETTERS[:k]
     prefix = bos_prefix(tokenizer)
     asked = MultipleChoicePrompts(letters, [], [], [])
-    for number, (question, others) in enumerate(zip(questions.questions, wrong_options(questions))):
+    for number, (question, others) in enumerate(zip(questions.questions, questions.wrong_answers())):
         if question.setting not in settings:
             continue
         distractors = random.Random(f"{seed}:multiple-choice:{number}").sample(others, k - 1)

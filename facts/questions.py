@@ -105,6 +105,13 @@ class QuestionSet:
             right.setdefault(in_words(prompt), set()).add(completion.strip())
         return [right[in_words(question.prompt)] for question in self.questions]
 
+    def wrong_answers(self) -> list[list[str]]:
+        """Per question, the answers of its pool (:meth:`pool_answers`) that may stand as wrong: every one but the
+        right answers of its prompt (:meth:`right_answers`). A control and a multiple-choice option are drawn from
+        these."""
+        pools = self.pool_answers()
+        return [[a for a in pools[q.pool] if a not in right] for q, right in zip(self.questions, self.right_answers())]
+
     def groups(self) -> list[str]:
         return list(dict.fromkeys(question.group for question in self.questions))
 

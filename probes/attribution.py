@@ -498,7 +498,7 @@ def direct_logit_attribution(
         # the model's own logits at the last position: a HookedTransformer's readout of the cached final residual
         # (the rows its forward would give, without unembedding every position), a bridge's forward output
         output = hooked_readout(plain, cache[_last_resid(plain)][:, -1]) if hooked else output[:, -1]
-        if plain is not model:
+        if plain is not model and not frames:  # the copy's weights are one for every chunk: checked on the first
             _check_same_logits(model, plain, _prompts(plain, chunk), output)
         components, stack = _decomposition(plain, cache, by)
         directions, offset = _answer_directions(plain, answers, wrong)

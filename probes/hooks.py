@@ -105,15 +105,15 @@ def editing(model: Any, pattern: Pattern, fn: HookFn) -> Iterator[Any]:
     """
     names = hook_names(model, pattern)
     fired: set[str] = set()
-    passes: list[int] = []  # a pass runs at least one block, whether called as model(...) or by run_with_hooks
-    counting = [block.register_forward_hook(lambda *_: passes.append(1)) for block in model.blocks]
+    ran = [False]  # a pass runs at least one block, whether called as model(...) or by run_with_hooks (from any layer)
+    counting = [block.register_forward_hook(lambda *_: ran.__setitem__(0, True)) for block in model.blocks]
     try:
         with model.hooks(fwd_hooks=[(name, _noting(fn, name, fired)) for name in names]):
             yield model
     finally:
         for handle in counting:
             handle.remove()
-    if passes:
+    if ran[0]:
         _refuse_silent(model, names, fired)
 
 

@@ -135,6 +135,15 @@ def candidate_logprobs(
     return answers_logprobs(model, facts, tokenizer, statements, [list(candidates)] * len(statements), pad_id)
 
 
+def answer_controls(facts: FactSet, statements: Sequence[Statement], n_controls: int = 16, seed: int = 0
+                    ) -> list[list[str]]:
+    """The controls :func:`answer_table` draws for ``statements`` (:func:`facts.language.controls_of`): ``n_controls``
+    each, or, for every statement, as many as the statement with the fewest wrong answers has
+    (:func:`facts.language.wrong_answers`)."""
+    k = min([n_controls] + [len(pool) for pool in wrong_answers(facts, statements)])
+    return controls_of(facts, statements, k, seed)
+
+
 def answer_table(
     model: Model,
     facts: FactSet,
@@ -176,16 +185,13 @@ def answer_table(
                              "candidates that include it")
     truths = collate([tokenizer.example(facts, i, d) for i, d in statements], pad_id)
     scores = score_answers(model, truths)
-    if controls is not None:
-        if len(controls) != len(statements) or len({len(c) for c in controls}) > 1:
-            raise ValueError(f"controls: one list of as many controls for each of the {len(statements)} statements, "
-                             f"got {len(controls)} lists of lengths {sorted({len(c) for c in controls})}")
-        n_controls = len(controls[0]) if controls else 0
-    else:
-        n_controls = min([n_controls] + [len(pool) for pool in wrong_answers(facts, statements)])
+    if controls is not None and (len(controls) != len(statements) or len({len(c) for c in controls}) > 1):
+        raise ValueError(f"controls: one list of as many controls for each of the {len(statements)} statements, "
+                         f"got {len(controls)} lists of lengths {sorted({len(c) for c in controls})}")
+    drawn = controls if controls is not None else answer_controls(facts, statements, n_controls, seed)
+    n_controls = len(drawn[0]) if drawn else 0
     control_scores = torch.full((len(statements), 0), float("nan"))
     if n_controls > 0:
-        drawn = controls if controls is not None else controls_of(facts, statements, n_controls, seed)
         control_scores = answers_logprobs(model, facts, tokenizer, statements, drawn, pad_id)
     elif rank_against == "controls":
         raise ValueError("rank_against='controls' needs n_controls ≥ 1 and a wrong answer of its kind for every "

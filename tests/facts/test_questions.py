@@ -234,7 +234,6 @@ def test_no_control_or_wrong_option_is_another_right_answer_of_its_prompt(tmp_pa
     was drawn as a control (a right answer scored as wrong: margin too low, top-1 lost) by finetune-facts; multiple
     choice had left out only the right answers of its own pool."""
     from analyses.finetune import draw_controls
-    from analyses.multiple_choice import wrong_options
 
     people = [("Tom Lee is", " the painter"), ("Bo Ray is", " the baker"), ("Cy Fox is", " the cook"),
               ("Di Ames is", " the smith")]
@@ -249,7 +248,7 @@ def test_no_control_or_wrong_option_is_another_right_answer_of_its_prompt(tmp_pa
         for question, controls in zip(questions.questions, draw_controls(questions, 2, seed)):
             assert len(controls) == 2
             assert not {c.strip() for c in controls} & right.get(question.prompt, {question.completion.strip()})
-    for question, wrong in zip(questions.questions, wrong_options(questions)):
+    for question, wrong in zip(questions.questions, questions.wrong_answers()):
         assert not set(wrong) & right.get(question.prompt, {question.completion.strip()})
         assert len(wrong) == (2 if question.prompt == "Famous as" else 3)
 
