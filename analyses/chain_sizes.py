@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from analyses import paper
-from analyses.reproduce import _write_json
+from analyses.reproduce import _write_json, at_chance
 from probes.views import save_png
 
 SIZES = (10, 20, 50, 100, 200, 500)
@@ -57,12 +57,22 @@ def reproduce_chain_sizes(out: str | Path, config: ChainSizesConfig = ChainSizes
     for size in config.sizes:
         run = replace(config.chain, n_triples=size + config.n_heldout, n_heldout=config.n_heldout, related=True)
         summary = paper.reproduce_chain(out / f"num_train={size}", run, progress)
-        rows[str(size)] = {"num_train": size, **{k: summary[k] for k in KEYS}}
+        rows[str(size)] = {"num_train": size, "n_triples": run.n_triples, "n_heldout": summary["n_heldout"],
+                           **{k: summary[k] for k in KEYS}}
     save_png(sizes_figure(rows), out / "chain_sizes.png")
-    summary = {"experiment": "chain-sizes", "config": asdict(config), "sizes": rows, "captions": CAPTIONS,
+    summary = {"experiment": "chain-sizes", "config": recorded(config), "sizes": rows, "captions": CAPTIONS,
                "seconds": time.perf_counter() - began}
     _write_json(out / "summary.json", summary)
     return summary
+
+
+def recorded(config: ChainSizesConfig) -> dict[str, Any]:
+    """``config`` as the runs used it: each size's chain run is related-token, of ``size + n_heldout`` triples with
+    ``n_heldout`` held out (its own ``num_train=<size>/summary.json`` records them), so the chain settings keep no
+    ``n_triples``/``n_heldout`` of their own and say ``related``."""
+    settings = asdict(config)
+    chain = {key: value for key, value in settings["chain"].items() if key not in ("n_triples", "n_heldout")}
+    return {**settings, "chain": {**chain, "related": True}}
 
 
 def config_from_args(args) -> ChainSizesConfig:
@@ -111,7 +121,9 @@ def format_chain_sizes(summary: dict[str, Any]) -> str:
         lines.append(f"  {r['num_train']:9d}{r['train_prob']:9.4f}{r['heldout_logprob']:11.2f}{r['chance_logprob']:8.2f}"
                      f"{r['heldout_accuracy']:9.3f}{r['two_step_accuracy']:10.3f}{r['ov_z_trained']:13.2f}"
                      f"{r['ov_z_heldout']:14.2f}{r['seconds']:6.0f}")
-    cursed = [r for r in summary["sizes"].values() if r["heldout_logprob"] <= r["chance_logprob"] + 0.5]
+    cursed = [r for r in summary["sizes"].values() if at_chance(
+        r["heldout_logprob"], r["chance_logprob"], r["heldout_accuracy"], r.get("n_heldout", cfg["n_heldout"]),
+        r["chance_accuracy"])]
     lines += ["", f"held-out x ⇝ z at or below chance at {len(cursed)} of {len(summary['sizes'])} sizes "
                   f"in {summary['seconds']:.0f} s"]
     return "\n".join(lines)

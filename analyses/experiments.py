@@ -26,6 +26,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from facts.world_sizes import check_counts, check_related
+
 MODEL_NAMES = ("tiny", "one-layer", "paper")
 POSITIONALS = ("absolute", "rotary", "none")
 MAX_SEED = 2**32 - 1
@@ -167,6 +169,7 @@ def check_reversal(args: argparse.Namespace) -> None:
     if args.pairs < 2:
         raise ValueError(f"--pairs {args.pairs}: the reversal world needs at least 2 pairs (each answer is "
                          f"ranked against the other entities of its kind)")
+    _check_world_size(check_counts, (args.pairs, args.k, 2), f"--pairs {args.pairs} with --k {args.k}")
     if args.k == 1:
         return
     from facts.token_worlds import TokenVocab, reversal_world
@@ -190,6 +193,28 @@ def check_chain(args: argparse.Namespace) -> None:
                          f"each z ranked against the others)")
     if args.heldout is not None and args.heldout >= args.triples:
         raise ValueError(f"--heldout {args.heldout}: must be below --triples {args.triples} (the rest train x ⇝ z)")
+    if args.related:
+        _check_world_size(check_related, (args.triples,), f"--related --triples {args.triples}")
+    else:
+        _check_world_size(check_counts, (args.triples, 1, 3), f"--triples {args.triples}")
+
+
+def check_chain_sizes(args: argparse.Namespace) -> None:
+    """Refuse, before the first size trains, a ``--sizes`` value whose related-token chain of ``size`` trained and
+    :data:`analyses.chain_sizes.HELDOUT` held-out triples the vocabulary cannot hold."""
+    from analyses.chain_sizes import HELDOUT
+
+    for size in args.sizes:
+        _check_world_size(check_related, (size + HELDOUT,),
+                          f"--sizes {size} ({size} trained + {HELDOUT} held-out related-token triples)")
+
+
+def _check_world_size(check: Callable[..., None], counts: tuple[int, ...], what: str) -> None:
+    """``check(*counts)`` (:mod:`facts.world_sizes`), its refusal naming the options (``what``) that asked for it."""
+    try:
+        check(*counts)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from None
 
 
 def bilinear_config(args: argparse.Namespace):
@@ -510,7 +535,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "analyses.chain_sizes:reproduce_chain_sizes", (
                    Option("--steps", {**_N, "default": 60, "help": "training steps (default 60)"}),
                    Option("--sizes", {**_N, "nargs": "+", "default": [10, 20, 50, 100, 200, 500]})), in_all=False,
-               cpu_seconds=35, title="Related-token chain across training-set sizes",
+               cpu_seconds=35, check=check_chain_sizes,
+               title="Related-token chain across training-set sizes",
                prediction="Zhu et al.: with related tokens and more training triples the held-out x ⇝ z still stays "
                           "at chance, while the two-step chain succeeds; Y[x, z] grows only for trained x ⇝ z.",
                files=("chain_sizes.png",)),

@@ -31,8 +31,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from analyses.reproduce import (
-    EvalSets, ReversalConfig, RunConfig, _panel, _write_history, _write_json, curse_holds, reproduce_reversal,
-    summarize, train_run, write_csv,
+    EvalSets, ReversalConfig, RunConfig, _panel, _write_history, _write_json, at_chance, curse_holds,
+    reproduce_reversal, summarize, train_run, write_csv,
 )
 from facts.schema import FactSet
 from facts.token_worlds import FORWARD, LEADS_TO, TokenVocab, chain_world, in_context_world, reversal_world
@@ -234,7 +234,9 @@ def reproduce_chain(out: str | Path, config: ChainConfig = ChainConfig(), progre
 def format_chain(summary: dict[str, Any]) -> str:
     """One screen: held-out x ⇝ z at chance, the two-step chain working, the OV evidence."""
     cfg = summary["config"]
-    holds = summary["heldout_logprob"] <= summary["chance_logprob"] + 0.5 and summary["two_step_accuracy"] > 0.9
+    holds = summary["two_step_accuracy"] > 0.9 and at_chance(
+        summary["heldout_logprob"], summary["chance_logprob"], summary["heldout_accuracy"], summary["n_heldout"],
+        summary["chance_accuracy"])
     links = "  ".join(f"{link} {acc:.3f}" for link, acc in summary["train_accuracy_by_link"].items())
     return "\n".join([
         f"chain world: {summary['n_train']} trained sentences, {summary['n_heldout']} held-out x ⇝ z, "

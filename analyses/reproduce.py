@@ -28,6 +28,7 @@ from models.training import Callback, TrainConfig, TrainResult, train
 from models.transformer import SPECS, Positional, build_model, freeze_embeddings, model_card
 from probes.circuits import circuit_table
 from probes.logits import answer_table, candidate_logprobs
+from probes.stats import above_chance
 from probes.views import heatmap_panels, save_png
 
 PANEL_SIZE = 20
@@ -188,9 +189,19 @@ def train_run(
     return model.eval(), result
 
 
+def at_chance(logprob: float, chance_logprob: float, accuracy: float, n: int, chance_accuracy: float) -> bool:
+    """Held-out answers at chance: their mean log p at most chance + 0.5 nats, and their greedy accuracy over ``n``
+    statements not above chance (:func:`probes.stats.above_chance`, the exact binomial test at 5%). The mean log p
+    alone would pass a model that answers half the questions (log p ≈ 0) and scores the rest at −15."""
+    return logprob <= chance_logprob + 0.5 and not above_chance(round(accuracy * n), n, chance_accuracy)
+
+
 def curse_holds(summary: dict[str, Any]) -> bool:
-    """The reversal verdict: trained sentences learnt (mean p > 0.99), held-out reverse ≤ chance + 0.5 nats."""
-    return summary["train_prob"] > 0.99 and summary["heldout_reverse_logprob"] <= summary["chance_logprob"] + 0.5
+    """The reversal verdict: trained sentences learnt (mean p > 0.99), the held-out reverse at chance
+    (:func:`at_chance`)."""
+    return summary["train_prob"] > 0.99 and at_chance(
+        summary["heldout_reverse_logprob"], summary["chance_logprob"], summary["heldout_reverse_accuracy"],
+        summary["n_heldout"], summary["chance_accuracy"])
 
 
 def reproduce_reversal(out: str | Path, config: ReversalConfig = ReversalConfig(), progress: bool = True,

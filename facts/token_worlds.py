@@ -25,10 +25,10 @@ import torch
 
 from facts.schema import Direction, Fact, FactError, FactSet
 from facts.tokens import Example
+from facts.world_sizes import ALPHABET_SIZE, N_ENTITY_TOKENS, check_counts, check_related
 
 FORWARD, BACKWARD, LEADS_TO, RESTATE = "→", "←", "⇝", "<->"
 RELATIONS: tuple[str, ...] = (FORWARD, BACKWARD, LEADS_TO, RESTATE)
-N_ENTITY_TOKENS = 800
 _ENTITY_TOKEN = re.compile(r"e(?:0|[1-9][0-9]*)")
 TRAIN_FRACTION = 0.7
 
@@ -102,25 +102,6 @@ class TokenVocab:
         return Example(prompt, answer_ids, index, direction, split)
 
 
-def _check_counts(n: int, k: int, n_alphabets: int, alphabet_size: int, vocab: TokenVocab) -> None:
-    if k < 1:
-        raise FactError(f"entity length k must be ≥ 1, got {k}")
-    if n < 1:
-        raise FactError(f"the number of pairs must be ≥ 1, got {n}")
-    if alphabet_size < 1:
-        raise FactError(f"alphabet size must be ≥ 1, got {alphabet_size}")
-    if n_alphabets * alphabet_size > vocab.n_entity_tokens:
-        raise FactError(
-            f"{n_alphabets} disjoint alphabets of {alphabet_size} tokens need "
-            f"{n_alphabets * alphabet_size} entity tokens; the vocabulary has {vocab.n_entity_tokens}"
-        )
-    if n > alphabet_size**k:
-        raise FactError(
-            f"{n} distinct {k}-token words cannot be made from an alphabet of {alphabet_size} tokens "
-            f"(at most {alphabet_size ** k})"
-        )
-
-
 def _words(alphabet: list[int], n: int, k: int, generator: torch.Generator, vocab: TokenVocab) -> list[str]:
     """``n`` distinct k-token words over ``alphabet`` (k = 1: a permutation of the alphabet)."""
     if k == 1:
@@ -143,13 +124,13 @@ def _n_trained(n: int) -> int:
 
 
 def reversal_world(
-    n_pairs: int = 200, k: int = 1, seed: int = 0, alphabet_size: int = 200, vocab: TokenVocab = TokenVocab()
+    n_pairs: int = 200, k: int = 1, seed: int = 0, alphabet_size: int = ALPHABET_SIZE, vocab: TokenVocab = TokenVocab()
 ) -> FactSet:
     """The reversal task: forward "x → y", reverse "y ← x"; 70% both trained, 30% one held out.
 
     With the defaults (200 pairs, k = 1): 340 trained sentences and 60 held-out ones.
     """
-    _check_counts(n_pairs, k, 2, alphabet_size, vocab)
+    check_counts(n_pairs, k, 2, alphabet_size, vocab.n_entity_tokens)
     generator = torch.Generator().manual_seed(seed)
     x_alphabet, y_alphabet = _alphabets(2, alphabet_size, generator, vocab)
     xs = _words(x_alphabet, n_pairs, k, generator, vocab)
@@ -176,16 +157,16 @@ def related_words(n: int, generator: torch.Generator, vocab: TokenVocab) -> list
     each kind's first token K is one fixed token (the kind's, shared by all its entities), the second
     ``n`` distinct tokens drawn from every other entity token, independently per kind (so a second
     token may recur in another kind, told apart by K)."""
+    check_related(n, vocab.n_entity_tokens)
     tokens = torch.randperm(vocab.n_entity_tokens, generator=generator).tolist()
     kinds, pool = tokens[:3], tokens[3:]
-    if n > len(pool):
-        raise FactError(f"{n} related-token entities per kind need {n} second tokens; the vocabulary has {len(pool)}")
     return [[f"{vocab.entity_token(kind)} {vocab.entity_token(pool[i])}"
              for i in torch.randperm(len(pool), generator=generator)[:n].tolist()] for kind in kinds]
 
 
 def chain_world(
-    n_triples: int = 200, k: int = 1, seed: int = 0, alphabet_size: int = 200, vocab: TokenVocab = TokenVocab(),
+    n_triples: int = 200, k: int = 1, seed: int = 0, alphabet_size: int = ALPHABET_SIZE,
+    vocab: TokenVocab = TokenVocab(),
     n_heldout: int | None = None, related: bool = False,
 ) -> FactSet:
     """The chain task: "x → y" and "y → z" trained; "x ⇝ z" trained for 70%, held out for 30%.
@@ -199,12 +180,10 @@ def chain_world(
         raise FactError(f"n_heldout must be in 1…{n_triples - 1} (n_triples − 1), got {n_heldout}")
     generator = torch.Generator().manual_seed(seed)
     if related:
-        if n_triples < 1:
-            raise FactError(f"the number of triples must be ≥ 1, got {n_triples}")
         xs, ys, zs = related_words(n_triples, generator, vocab)
         k = 2
     else:
-        _check_counts(n_triples, k, 3, alphabet_size, vocab)
+        check_counts(n_triples, k, 3, alphabet_size, vocab.n_entity_tokens)
         alphabets = _alphabets(3, alphabet_size, generator, vocab)
         xs, ys, zs = (_words(a, n_triples, k, generator, vocab) for a in alphabets)
     order = torch.randperm(n_triples, generator=generator).tolist()

@@ -59,9 +59,16 @@ def test_cosine_stats_tell_structure_from_noise():
 
 
 def test_curse_verdict():
-    assert curse_holds({"train_prob": 0.995, "heldout_reverse_logprob": -9.0, "chance_logprob": -6.0})
-    assert not curse_holds({"train_prob": 0.9, "heldout_reverse_logprob": -9.0, "chance_logprob": -6.0})
-    assert not curse_holds({"train_prob": 0.995, "heldout_reverse_logprob": -2.0, "chance_logprob": -6.0})
+    base = {"train_prob": 0.995, "heldout_reverse_logprob": -9.0, "chance_logprob": -6.0,
+            "heldout_reverse_accuracy": 0.0, "n_heldout": 60, "chance_accuracy": 1 / 400}
+    assert curse_holds(base)
+    assert not curse_holds(base | {"train_prob": 0.9})
+    assert not curse_holds(base | {"heldout_reverse_logprob": -2.0})
+    # a mean log p below chance from half the answers right (log p ≈ 0) and half far below: not at chance
+    assert not curse_holds(base | {"heldout_reverse_logprob": -7.5, "heldout_reverse_accuracy": 0.5})
+    # one lucky answer of 60 at a chance of 1/400 is what 14% of models at chance do: still at chance; two are not
+    assert curse_holds(base | {"heldout_reverse_accuracy": 1 / 60})
+    assert not curse_holds(base | {"heldout_reverse_accuracy": 2 / 60})
 
 
 def test_chain_is_intransitive_but_chaining_works(tmp_path):

@@ -86,5 +86,12 @@ def test_related_chain_keeps_the_curse_at_every_size(tmp_path):
         assert row["ov_z_trained"] > 1 > 0.3 > row["ov_z_heldout"]
     facts = [json.loads(line) for line in (tmp_path / "num_train=40" / "facts.jsonl").read_text().splitlines()[1:]]
     assert sum(f.get("forward") == "heldout" for f in facts) == 20
+    # the config says what each size ran: related-token chains of size + 20 triples (it had said unrelated, 200)
+    chain = summary["config"]["chain"]
+    assert chain["related"] is True and "n_triples" not in chain and "n_heldout" not in chain
+    assert [(r["n_triples"], r["n_heldout"]) for r in summary["sizes"].values()] == [(30, 20), (60, 20)]
+    for size in ("10", "40"):
+        run = json.loads((tmp_path / f"num_train={size}" / "summary.json").read_text())["config"]
+        assert (run["related"], run["n_triples"], run["n_heldout"]) == (True, int(size) + 20, 20)
     assert (tmp_path / "chain_sizes.png").read_bytes()[:8] == PNG
     assert "held-out x ⇝ z at or below chance at 2 of 2 sizes" in format_chain_sizes(summary)

@@ -12,6 +12,7 @@ import pytest
 from probes.stats import (
     PROBABILITY,
     Z95,
+    above_chance,
     ci95_half_width,
     design_effect,
     interval95,
@@ -153,3 +154,14 @@ def test_clusters_whose_design_effect_cannot_be_estimated_count_once_each():
     centre, half = (2 / 3 + z2 / 2) / (1 + z2), Z95 * math.sqrt(2 / 9 + z2 / 4) / (1 + z2)
     assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-12)
     assert design_effect(pd.Series([1.0, None, 1.0, 1.0]), pd.Series(["a", "a", "b", "b"])) == (1.5, 2)  # missing left out
+
+
+def test_above_chance_is_the_exact_one_sided_binomial_test():
+    """P(X ≥ k) for X ~ Binomial(n, p) against 5%: at n = 60, p = 1/400, P(X ≥ 1) = 1 − (399/400)⁶⁰ = 0.139 and
+    P(X ≥ 2) = 0.0096; at n = 10, p = 1/2, P(X ≥ 9) = 11/1024 = 0.0107 and P(X ≥ 8) = 56/1024 = 0.0547."""
+    assert not above_chance(0, 60, 1 / 400) and not above_chance(1, 60, 1 / 400) and above_chance(2, 60, 1 / 400)
+    assert above_chance(9, 10, 0.5) and not above_chance(8, 10, 0.5)
+    assert above_chance(8, 10, 0.5, level=0.06)  # 0.0547 < 0.06
+    for bad in ((3, 2, 0.5), (-1, 2, 0.5), (1, 2, 0.0), (1, 2, 1.0)):
+        with pytest.raises(ValueError, match="above_chance needs"):
+            above_chance(*bad)
