@@ -268,6 +268,10 @@ def _make_facts(args: argparse.Namespace) -> int:
     form = args.format or ("csv" if args.out.suffix.lower() == ".csv" else "jsonl")
     if args.out.is_dir() and form != "berglund":
         raise ValueError(f"--out {args.out}: is a folder; give the JSONL file to write, e.g. {args.out / 'facts.jsonl'}")
+    if form != "berglund" and (form == "csv") != (args.out.suffix.lower() == ".csv"):
+        raise ValueError(f"--out {args.out} with --format {form}: readers tell a fact file's format by its name (.csv "
+                         f"is read as CSV, any other as JSONL), so this file would be read as the other; name it "
+                         f"{args.out.with_suffix('.csv' if form == 'csv' else '.jsonl').name}")
     from analyses.runfolder import MANIFEST, is_inside_run
 
     if is_inside_run(args.out):
@@ -276,6 +280,10 @@ def _make_facts(args: argparse.Namespace) -> int:
     if (args.out / MANIFEST).is_file():
         raise ValueError(f"--out {args.out}: is a run folder (it holds {MANIFEST}), whose files are the run's own; "
                          f"write the facts elsewhere")
+    if form == "berglund" and args.out.is_dir() and any(args.out.iterdir()):
+        raise ValueError(f"--out {args.out}: a folder that holds files already; a Berglund folder is written into a new "
+                         f"or empty folder (a group this world leaves out would keep an older write's files, and "
+                         f"finetune-facts --facts would read both)")
     if form == "csv":
         from facts.questions import save_fact_csv
 
@@ -308,7 +316,10 @@ def _check_asymmetry(args: argparse.Namespace) -> int:
 
 def _options(text: str) -> int:
     """Multiple-choice options K: 0 (not asked) or 2…4."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"options are 0 (none) or 2…4, got {text!r}") from None
     if value != 0 and not 2 <= value <= 4:
         raise argparse.ArgumentTypeError(f"options are 0 (none) or 2…4, got {value}")
     return value
@@ -600,12 +611,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inputs(args: argparse.Namespace) -> dict[str, object]:
-    """The files and run folders a command reads, for its manifest."""
+def _inputs(args: argparse.Namespace, experiment: str | None = None) -> dict[str, object]:
+    """The files and run folders a command reads, for its manifest (``reproduce all``'s ``experiment``: that one
+    experiment's; only mitigations reads ``--finetuned``)."""
     names = {"probe": ("model", "facts", "templates_file"), "check-asymmetry": ("model", "data"),
              "finetune-facts": ("model", "facts", "templates_file")}.get(args.command, ())
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    listed = args.command in ("reproduce", "compare")
+    listed = args.command == "compare" or (args.command == "reproduce" and experiment in (None, "mitigations"))
     for index, folder in enumerate(getattr(args, "finetuned", None) or [] if listed else []):
         given[f"finetuned[{index}]"] = folder
     return given
@@ -630,7 +642,7 @@ def _run_folder(args: argparse.Namespace, out: Path, kind: str, experiment: str 
     """:func:`analyses.runfolder.run_folder` for this command's ``out`` (one of ``reproduce all``'s: ``experiment``'s)."""
     from analyses.runfolder import run_folder
 
-    return run_folder(out, kind, config=lambda: recorded_config(args, experiment), inputs=_inputs(args),
+    return run_folder(out, kind, config=lambda: recorded_config(args, experiment), inputs=_inputs(args, experiment),
                       force=args.force,
                       resume=bool(getattr(args, "resume", False)), command=shlex.join(["revlens", *args.argv]))
 
@@ -655,6 +667,14 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
     if args.command in ("check-asymmetry", "finetune-facts", "probe"):
         from models.pretrained import check_convertible
+    if args.command == "reproduce" and args.experiment == "all":
+        if args.finetuned and "mitigations" not in (args.experiments or REPRODUCE_ALL):
+            raise ValueError("--finetuned: its rows join the mitigations table, and --experiments leaves mitigations "
+                             "out, so it would be ignored; add mitigations to --experiments, or leave --finetuned out")
+        if getattr(args, "seeds", None) and args.force:
+            raise ValueError("--force with --seeds: each experiment runs as a sweep, which reruns only the trials "
+                             "not finished and never writes over another kind of run, so it would be ignored; "
+                             "leave it out")
     finetuned = getattr(args, "finetuned", None)
     if finetuned:
         from analyses.compare import finetuned_folders

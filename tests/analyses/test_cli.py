@@ -103,3 +103,34 @@ def test_make_facts_celebrity_limit_keeps_the_first_pairs(tmp_path, capsys):
     facts, full = load_jsonl(tmp_path / "c.jsonl"), load_celebrity_pairs()
     assert tuple(facts) == tuple(full)[:5]
     assert facts.meta["limit"] == 5 and facts.meta["line"] == full.meta["line"][:5]
+
+
+def test_reproduce_all_records_finetuned_as_an_input_of_mitigations_only():
+    """Only mitigations reads --finetuned: recorded in every experiment's manifest, a rerun of that folder made
+    report refuse reversal, chain and the rest as "changed since"."""
+    from pathlib import Path
+
+    from analyses.cli import _inputs, build_parser
+
+    args = build_parser().parse_args(["reproduce", "all", "--out", "o", "--finetuned", "f", "--experiments",
+                                      "reversal", "mitigations"])
+    assert _inputs(args, "reversal") == {} and _inputs(args, "mitigations") == {"finetuned[0]": Path("f")}
+
+
+def test_make_facts_refuses_a_file_name_read_as_the_other_format(tmp_path, capsys):
+    for name, form in (("facts.jsonl", "csv"), ("facts.csv", "jsonl")):
+        result = revlens_in_process(capsys, "make-facts", "people", "--size", "2", "--format", form, "--out",
+                                    str(tmp_path / name), check=False)
+        assert result.returncode == 2 and "readers tell a fact file's format by its name" in result.stderr
+        assert not (tmp_path / name).exists()
+
+
+def test_make_facts_berglund_refuses_a_folder_that_holds_files(tmp_path, capsys):
+    """A second write of fewer groups (here p2d alone) kept the first write's other groups' files beside it."""
+    folder = tmp_path / "berglund"
+    revlens_in_process(capsys, "make-facts", "people", "--size", "2", "--format", "berglund", "--out", str(folder))
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    result = revlens_in_process(capsys, "make-facts", "people", "--size", "2", "--limit", "2", "--format", "berglund",
+                                "--out", str(folder), check=False)
+    assert result.returncode == 2 and "a folder that holds files already" in result.stderr
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
