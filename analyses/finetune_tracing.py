@@ -136,8 +136,10 @@ def _where_recovered(component: str, headline: dict[str, Any]) -> str:
         return f"{words}: nowhere (largest rise +{max(headline['peak_effect'], 0):.3f})"
     sites = " and ".join(f"layer{'s' if len(layers) > 1 else ''} {_layer_ranges(layers)} at {BUCKET_WORDS[bucket]}"
                          for bucket, layers in headline["half_peak_layers"].items())
+    statements = f", {headline['peak_n']} statement{'s' if headline['peak_n'] != 1 else ''}" \
+        if "peak_n" in headline else ""  # a summary written before peak_n was recorded
     return (f"{words}: {sites} (peak +{headline['peak_effect']:.3f} at L{headline['peak_layer']} "
-            f"{headline['peak_bucket']})")
+            f"{headline['peak_bucket']}{statements})")
 
 
 def tracing_words(entry: dict[str, Any]) -> str:

@@ -480,7 +480,9 @@ def tracing_headline(table: pd.DataFrame) -> dict[str, Any]:
     """Per "split/direction" (e.g. "train/forward", "heldout/reverse"): clean and corrupted
     probability (means over statements), and per component the site (layer, bucket) of the largest
     mean indirect effect with its interval, the largest mean restored probability anywhere (how
-    much of the answer is recoverable at all), and ``half_peak_layers``: per bucket, the layers whose
+    much of the answer is recoverable at all), ``peak_n``: the statements the peak's site averages (a bucket
+    such as "given middle" exists only for entities of three or more tokens, so it can be fewer than
+    ``n_statements``: one, with no interval), and ``half_peak_layers``: per bucket, the layers whose
     mean indirect effect is at least half the peak's (empty when the peak is not above 0). The peak is the
     largest of many sites' means, so it and its interval lean high (the site was chosen for being largest):
     read it as where the effect is, and the interval as that site's spread over statements, not as a test."""
@@ -500,7 +502,8 @@ def tracing_headline(table: pd.DataFrame) -> dict[str, Any]:
             strong = rows[rows["mean"] >= 0.5 * best["mean"]] if best["mean"] > 0 else rows.iloc[:0]
             entry["components"][component] = {
                 "peak_layer": int(best.layer), "peak_bucket": str(best.bucket), "peak_effect": float(best["mean"]),
-                "peak_effect_ci95": [float(best.ci_low), float(best.ci_high)], "max_restored_prob": float(most),
+                "peak_effect_ci95": [float(best.ci_low), float(best.ci_high)], "peak_n": int(best.n),
+                "max_restored_prob": float(most),
                 "half_peak_layers": {str(bucket): sorted(int(layer) for layer in part.layer)
                                      for bucket, part in strong.groupby("bucket", observed=True)}}
         out[f"{split}/{direction}"] = entry

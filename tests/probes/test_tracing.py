@@ -158,6 +158,13 @@ def test_the_trained_fact_is_recovered_where_it_lives(trained_tiny, world, vocab
     assert set(headline) == {"train/forward", "heldout/reverse"}
     assert headline["train/forward"]["components"]["resid_pre"]["peak_bucket"] in ("given last", "last")
     assert headline["heldout/reverse"]["components"]["resid_post"]["max_restored_prob"] < 0.05
+    for question, entry in headline.items():  # the statements behind each peak's mean: its site's own count
+        split, direction = question.split("/")
+        for component, peak in entry["components"].items():
+            site = (split, direction, component, peak["peak_layer"], peak["peak_bucket"])
+            assert peak["peak_n"] == full.loc[site, "n"] == table[
+                (table.split == split) & (table.direction == direction) & (table.component == component)
+                & (table.layer == peak["peak_layer"]) & (table.bucket == peak["peak_bucket"])].fact.nunique()
     # the sites of at least half the peak rise: resid_pre at layer 0 only at the given entity (the last position is
     # untouched before layer 0), resid_post of the last layer only at the last position (its state at the given
     # entity is never read)
@@ -183,7 +190,8 @@ def test_the_headline_in_words_before_and_after_training(tiny_before_after, worl
     assert before.startswith("Before fine-tuning, the forward answer (p 0.0")
     assert before.count(": nowhere (largest rise +0.00") == 2
     assert ("the residual stream entering the layer: layer 0 at the given entity's last token and layer 1 at the "
-            "last prompt token") in after
+            "last prompt token (peak +") in after
+    assert re.search(r"\(peak \+[0-9.]+ at L[01] (given last|last), 6 statements\)", after)  # its site's count
     assert "the hidden state: layers 0–1 at the last prompt token" in after
     most = re.search(r"held-out reverse answer \(p ([0-9.e-]+), noised ([0-9.e-]+)\) is restored to at most p "
                      r"([0-9.e-]+) anywhere", after)
