@@ -267,10 +267,15 @@ def _statement(probed: ProbedModel, example: Example, split: str) -> dict[str, A
 
 
 def _norm_note(model: Any) -> str:
-    """A second title line for models whose heads write through a norm after attention (Gemma 2/3)."""
-    if not getattr(model.cfg, "use_normalization_before_and_after", False):
-        return ""
-    return "\nheads through the post-attention RMSNorm, linear at its cached scale: w ⊙ (z_h W_O) / s"
+    """Title lines for models whose heads write through a norm after attention (Gemma 2/3) and for models that
+    cap their logits (Gemma 2), whose terms sum to the logit before its cap, c·artanh(logit / c)."""
+    notes = []
+    if getattr(model.cfg, "use_normalization_before_and_after", False):
+        notes.append("heads through the post-attention RMSNorm, linear at its cached scale: w ⊙ (z_h W_O) / s")
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    if cap is not None and cap > 0:
+        notes.append(f"terms sum to the logit before its soft cap, c·artanh(logit / c), c = {cap:g}")
+    return "".join("\n" + note for note in notes)
 
 
 def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
@@ -387,7 +392,9 @@ CAPTIONS = {
                            "debiased choice (option scores averaged over the orders).",
     "attribution.png": "Direct logit attribution of the representative fact's answers at the last prompt position "
                        "(each prompt's own answer, its first token), per head, MLP and embedding (the 30 largest by "
-                       "mean |value|), forward prompt vs reverse prompt; heads behind a post-attention norm are read through it at its cached scale.",
+                       "mean |value|), forward prompt vs reverse prompt; heads behind a post-attention norm are read "
+                       "through it at its cached scale; a model that soft-caps its logits (Gemma 2) is attributed "
+                       "before the cap (its title says so).",
     "patching.png": "log p of the reverse answer (all its tokens) after the reverse prompt, when the forward run's "
                     "residual stream (resid_pre) replaces the reverse run's at one layer and position; prompts "
                     "aligned at their end.",
@@ -552,8 +559,10 @@ def format_tracing(tracing: dict[str, Any]) -> str:
     lines = [f"causal tracing of {tracing['statements']} statements ({tracing['n_samples']} noise samples, "
              f"{tracing['seconds_per_statement']:.1f} s each):"]
     for question, entry in tracing["headline"].items():
-        peaks = "; ".join(f"{component} peak L{c['peak_layer']} {c['peak_bucket']} +{c['peak_effect']:.3f}, "
-                          f"max restored {c['max_restored_prob']:.3f}" for component, c in entry["components"].items())
+        peaks = "; ".join(f"{component} peak L{c['peak_layer']} {c['peak_bucket']} +{c['peak_effect']:.3f}"
+                          + (f" (n {c['peak_n']})" if "peak_n" in c else "")
+                          + f", max restored {c['max_restored_prob']:.3f}"
+                          for component, c in entry["components"].items())
         lines.append(f"  {question}: clean {entry['clean_prob']:.3f}, corrupted {entry['corrupted_prob']:.3f}; {peaks}")
     return "\n".join(lines)
 

@@ -75,10 +75,11 @@ def write_patching_extras(model: Any, forward: Example, reverse: Example, residu
     answer = "".join(label(t) for t in reverse.answer)
     heads, heads_seconds, heads_skipped = None, 0.0, None
     began = time.perf_counter()
-    try:
+    if len(forward.prompt) == len(reverse.prompt):
         heads = patch_heads(model, [forward], [reverse], layers=layers, targets=[reverse.answer])
-    except ValueError as error:
-        heads_skipped = str(error)
+    else:  # a head is patched at every position; any other refusal is an error, not a skip
+        heads_skipped = (f"the forward prompt has {len(forward.prompt)} tokens and the reverse one "
+                         f"{len(reverse.prompt)}: a head is patched at every position, so both need one length")
     heads_seconds = time.perf_counter() - began
     head_labels = [f"H{h}" for h in range(model.cfg.n_heads)]
     if head_patching:

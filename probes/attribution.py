@@ -644,13 +644,19 @@ class Patching:
 
     @property
     def recovered(self) -> Float[Tensor, "layer index"]:
-        """(metric − corrupt) / (clean − corrupt): 0 = no effect, 1 = the clean run's value
-        (undefined, inf or NaN, when the clean and corrupted runs score the same)."""
-        return (self.metric - self.corrupt) / (self.clean - self.corrupt)
+        """(metric − corrupt) / (clean − corrupt): 0 = no effect, 1 = the clean run's value. NaN where the clean
+        and corrupted runs score the same within float32 rounding (|clean − corrupt| ≤ 1.2e-5·(1 + |clean| +
+        |corrupt|)): there the ratio is rounding noise over rounding noise (±10⁵ at a gap of 1e-7), no share."""
+        gap = self.clean - self.corrupt
+        if abs(gap) <= _float_tolerance(torch.float32, abs(self.clean) + abs(self.corrupt)):
+            return torch.full_like(self.metric, float("nan"))
+        return (self.metric - self.corrupt) / gap
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy rows: layer, pos or head, metric, recovered."""
-        index = range(self.metric.shape[1])
+        """Tidy rows: layer, pos (counted from the prompts' end, −1 the last position: clean and corrupted prompts
+        of other lengths are aligned there) or head, metric, recovered."""
+        width = self.metric.shape[1]
+        index = range(-width, 0) if self.axis == "pos" else range(width)
         rows = list(itertools.product(self.layers, index))
         return pd.DataFrame({
             "site": self.site,

@@ -6,6 +6,7 @@ from facts.tokens import Example, tokenize
 from models.backend import hooked_state_dict, load_hooked_state_dict
 from models.transformer import build_model
 from probes.attribution import (
+    Patching,
     _last_position_head_results,
     as_examples,
     attribution_patch,
@@ -233,6 +234,14 @@ def test_patching_a_run_into_itself_changes_nothing(tiny, sample):
         assert torch.allclose(result.metric, torch.full_like(result.metric, result.clean), atol=1e-5)
     frame = patch_heads(tiny, clean, clean, layers=[0]).to_frame()
     assert list(frame.columns) == ["site", "layer", "head", "metric", "recovered"] and len(frame) == 4
+    # no gap between the runs: no share of it recovered (it had been 0/0, or noise over noise at a gap of 1e-7)
+    assert frame.recovered.isna().all() and list(frame["head"]) == [0, 1, 2, 3]
+    near = Patching(torch.tensor([[-3.0, -2.5]]), (0,), "pos", "resid_pre", clean=-2.0000001, corrupt=-2.0)
+    assert near.recovered.isnan().all()
+    far = Patching(torch.tensor([[-3.0, -2.5]]), (0,), "pos", "resid_pre", clean=-2.0, corrupt=-4.0)
+    assert far.recovered.tolist() == [[0.5, 0.75]]
+    # positions counted from the end, where clean and corrupted prompts of other lengths are aligned
+    assert list(far.to_frame().pos) == [-2, -1]
 
 
 def test_patching_reads_the_target_tokens_it_is_given(tiny, sample):

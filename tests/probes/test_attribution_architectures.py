@@ -219,6 +219,11 @@ def test_gemma2_is_attributed_before_its_logit_cap(tiny_models):
     raw = uncapped(model, capped)
     assert (totals - (raw[:, ANSWER] - raw[:, CONTROL])).abs().max() < 1e-3 * raw.abs().max()
     assert (totals - (capped[:, ANSWER] - capped[:, CONTROL])).abs().max() > 1.0
+    # probe's attribution.png says so in its title (its bars summed to what no plot of the logit shows)
+    from analyses.probe import _norm_note
+
+    assert "terms sum to the logit before its soft cap, c·artanh(logit / c), c = 30" in _norm_note(model)
+    assert "soft cap" not in _norm_note(tiny_models["gemma3"].backends["hooked"])  # Gemma 3 caps no logit
 
 
 def test_gemma_heads_are_read_through_the_post_attention_norm(tiny_models):
