@@ -157,7 +157,9 @@ class FinetuneConfig:
             if self.trainable_blocks is not None:
                 raise ValueError("choose LoRA (lora_rank) or trainable_blocks, not both")
         elif self.lora_alpha is not None or self.lora_targets is not None:
-            raise ValueError("lora_alpha and lora_targets need lora_rank")
+            given = " and ".join(name for name in ("lora_alpha", "lora_targets") if getattr(self, name) is not None)
+            raise ValueError(f"{given} (--{given.replace('_', '-').replace(' and ', ' and --')}) set without lora_rank "
+                             f"(--lora-rank): they configure LoRA, which only a rank turns on")
         if self.mitigation == "identity-bridge" and (self.templates or DEFAULT_PARAPHRASES) > len(IDENTITY_TEMPLATES):
             raise ValueError(f"mitigation identity-bridge states each name in as many identity sentences as training "
                              f"paraphrases, and has {len(IDENTITY_TEMPLATES)}; {self.templates} training paraphrases "

@@ -3,7 +3,8 @@
 For a right-padded batch (``facts.tokens.TokenizedFacts``) the answer log-probability of
 row i is ``Σ_{p : answer_mask[i, p]} log softmax(logits[i, p − 1])[tokens[i, p]]``, and the
 answer is *greedy-correct* when ``argmax logits[i, p − 1] = tokens[i, p]`` at every answer
-position: teacher forcing with the true prefix, which is exactly greedy decoding's success.
+position: teacher forcing with the true prefix, which is exactly whether greedy decoding writes the answer's
+tokens first (what it writes after them is not looked at: an answer that is a prefix of the greedy text counts).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ entity of the fact set, the paper's "chance" set):
 * ``logprob``  = log p(a | c), summed over a's tokens;
 * ``rank``     = 1 + #{a' ∈ C, a' ≠ a : log p(a' | c) ≥ log p(a | c)}  (1 is best; a tie ranks above the answer,
   so rank 1 means it outscores every other);
-* ``correct``  = greedy decoding from c produces exactly a;
+* ``correct``  = greedy decoding from c writes a's tokens first (the argmax at each of a's positions, teacher
+  forced); what it would write after a is not asked ("Tom Hanks" counts if greedy goes on with " Jr.");
 * ``chance_logprob`` = −log |C|, what a model that knows nothing about the pair would give, when
   C is the whole answer set (``rank_against="candidates"``); NaN when answers are ranked among a
   few random controls only, where −log(1 + K) is no chance level for a log p (the margin's 0 is);

@@ -233,7 +233,7 @@ def test_finetune_facts_with_lora_end_to_end(tiny_hf, tmp_path, capsys):
     assert questions != (out / "before_questions.csv").read_text()  # the adapters moved the answers
     capsys.readouterr()
     refused = {("--lora-rank", "2", "--lora-targets", "qkv"): "valid: down_proj, gate_proj, k_proj",
-               ("--lora-alpha", "4"): "lora_alpha and lora_targets need lora_rank",
+               ("--lora-alpha", "4"): "lora_alpha (--lora-alpha) set without lora_rank (--lora-rank)",
                ("--lora-rank", "2", "--trainable-blocks", "1"): "LoRA (lora_rank) or trainable_blocks, not both"}
     for number, (options, message) in enumerate(refused.items()):
         assert main(["finetune-facts", *small, *options, "--out", str(tmp_path / f"bad{number}")]) == 2
