@@ -9,8 +9,9 @@ tokens first (what it writes after them is not looked at: an answer that is a pr
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -26,6 +27,33 @@ batches to fit, cached scoring its continuation passes (:mod:`probes.shared_prom
 taken a block of rows at a time (:func:`chosen_logprobs`). Gemma 3's 262,144-token vocabulary makes it 64
 positions, SmolLM2's 341. (2**25 and a full-size log-softmax beside the logits made check-asymmetry on
 Gemma 3 270M peak 0.35 GiB above the loaded model.)"""
+
+
+Reader = TypeVar("Reader", bound=Callable[..., Any])
+
+
+def in_eval_mode(reader: Reader) -> Reader:
+    """``reader(model, ...)`` run with every module of ``model`` in eval mode, each module's mode put back after: a
+    score, a cache or an attribution is the model's, not one draw of its dropout (a transformers GPT-2, or a bridge
+    over it, left in training mode drops a tenth of its activations at random; a training run hands its callbacks
+    the model in training mode). A HookedTransformer has no dropout, so nothing changes for it. A TransformerBridge
+    runs modules of the transformers model it wraps that are not its own submodules (GPT-2's embedding dropout):
+    those are set too."""
+
+    @functools.wraps(reader)
+    def read(model: Any, *args: Any, **kwargs: Any) -> Any:
+        wrapped = getattr(model, "original_model", None)
+        trees = [tree for tree in (model, wrapped) if isinstance(tree, torch.nn.Module)]
+        training = list({id(module): module for tree in trees for module in tree.modules() if module.training}.values())
+        for module in training:
+            module.training = False
+        try:
+            return reader(model, *args, **kwargs)
+        finally:
+            for module in training:
+                module.training = True
+
+    return read  # type: ignore[return-value]
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -231,6 +259,7 @@ class AnswerScores:
     correct: Bool[Tensor, " n"]
 
 
+@in_eval_mode
 @torch.no_grad()
 def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) -> AnswerScores:
     """Answer log-probabilities and greedy correctness of every row, in chunks of ``batch_size`` rows,

@@ -40,7 +40,7 @@ from models.backend import (
     get_act_name, is_hooked, patching,
 )
 from models.bilinear import BilinearModel
-from models.scoring import check_causal, check_token_ids, hooked_readout
+from models.scoring import check_causal, check_token_ids, hooked_readout, in_eval_mode
 from probes.hooks import check_layer, hook_names
 
 Statements = Sequence[Example] | TokenizedFacts
@@ -433,6 +433,7 @@ def check_attribution_architecture(
             f"layer) would not be exact and is refused; {HOOKED_HINT}")
 
 
+@in_eval_mode
 @torch.no_grad()
 def direct_logit_attribution(
     model: Any,
@@ -749,6 +750,7 @@ def _layers(model: Any, layers: Sequence[int] | None) -> tuple[int, ...]:
     return tuple(check_layer(model, layer) for layer in layers)
 
 
+@in_eval_mode
 @torch.no_grad()
 def _patch(
     model: Any,
@@ -853,6 +855,7 @@ def patch_heads(
 AttributionSite = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z"]
 
 
+@in_eval_mode
 def attribution_patch(
     model: Any,
     clean: Statements,
@@ -991,6 +994,7 @@ def _float_tolerance(dtype: torch.dtype, scale: float) -> float:
     return 100 * max(eps, torch.finfo(torch.float32).eps) * (1.0 + scale)
 
 
+@in_eval_mode
 @torch.no_grad()
 def logit_lens(model: Any, statements: Statements, batch_size: int = 64) -> pd.DataFrame:
     """The answer's first token read off the residual stream before each layer and after the last.

@@ -59,6 +59,7 @@ from facts.schema import FactError, FactSet
 from models.backend import (HOOKED_HINT, POST_NORM_ARCHITECTURES, TL_MAJOR, architecture_of, embedding_scale,
                             final_norm_centres, is_hooked)
 from models.bilinear import BilinearModel
+from models.scoring import in_eval_mode
 
 CIRCUITS = ("direct", "ov", "qk")
 EntityIds = Callable[[str], Sequence[int]]
@@ -555,6 +556,7 @@ def directed_entries(table: pd.DataFrame) -> pd.DataFrame:
 WEIGHT_CHANGES = ("delta_mlp", "delta_ov")
 
 
+@in_eval_mode
 @torch.no_grad()
 def _given_states(model, facts: FactSet, statements, rows: Sequence[tuple[int, str]], layers: Sequence[int]
                   ) -> dict[str, Float[Tensor, "rows d_model"]]:

@@ -33,7 +33,7 @@ from facts.language import controls_of, wrong_answers
 from facts.schema import Direction, FactSet
 from facts.tokens import Example, FactTokenizer, collate, right_padded
 from models.backend import has_kv_cache
-from models.scoring import Model, model_device, score_answers
+from models.scoring import Model, in_eval_mode, model_device, score_answers
 from probes.shared_prompt import candidate_logprobs_cached
 
 Statement = tuple[int, Direction]
@@ -43,6 +43,7 @@ def _prompt_batch(examples: Sequence[Example], pad_id: int) -> tuple[Tensor, Ten
     return right_padded([e.prompt for e in examples], pad_id), torch.tensor([len(e.prompt) for e in examples])
 
 
+@in_eval_mode
 @torch.no_grad()
 def _next_token_gather(
     model: Model, examples: Sequence[Example], ids: Tensor, pad_id: int, batch_size: int = 512
@@ -58,6 +59,7 @@ def _next_token_gather(
     return torch.cat(out)
 
 
+@in_eval_mode
 @torch.no_grad()
 def answers_logprobs(
     model: Model,

@@ -20,7 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from models.backend import is_hooked
-from models.scoring import hooked_readout
+from models.scoring import hooked_readout, in_eval_mode
 
 
 def letter_tokens(tokenizer: Any, letters: str) -> tuple[int, ...]:
@@ -38,6 +38,7 @@ def letter_tokens(tokenizer: Any, letters: str) -> tuple[int, ...]:
     return tuple(ids)
 
 
+@in_eval_mode
 @torch.no_grad()
 def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: Sequence[int],
                          batch_size: int = 16, stems: Sequence[int] | None = None) -> Float[Tensor, "prompt letter"]:

@@ -48,7 +48,7 @@ from models.backend import (
 from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_residual, runs_hooked_tree
 from models.memory import release_freed_memory
 from models.scoring import (
-    LOG_SOFTMAX_BLOCK, LOGIT_BUDGET, check_causal, chosen_logprobs, hooked_readout, model_device,
+    LOG_SOFTMAX_BLOCK, LOGIT_BUDGET, check_causal, chosen_logprobs, hooked_readout, in_eval_mode, model_device,
 )
 
 SMALL_PRODUCT = 4
@@ -309,6 +309,7 @@ def _tree_batch(
     return ids, positions, allowed
 
 
+@in_eval_mode
 @torch.no_grad()
 def candidate_logprobs_cached(
     model: TLModel | PreTrainedModel,

@@ -75,7 +75,7 @@ from facts.schema import Direction, FactError, FactSet
 from facts.tokens import Example
 from models.backend import (TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry, embedding_scale, is_hooked,
                             runs_from_layer)
-from models.scoring import answer_token_logprobs, check_causal, hooked_readout, token_logprobs
+from models.scoring import answer_token_logprobs, check_causal, hooked_readout, in_eval_mode, token_logprobs
 from models.training import derived_seed, stream_seed
 from probes.hooks import check_layer, hook_names
 from probes.stats import UNBOUNDED, t95
@@ -151,6 +151,7 @@ def _check_sites(model: Any, sites: Sequence[Site], length: int) -> None:
             raise ValueError(f"site {site}: positions must be positions 0…{length - 1} of the prompt and answer")
 
 
+@in_eval_mode
 @torch.no_grad()
 def trace_sites(
     model: Any,

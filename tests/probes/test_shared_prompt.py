@@ -21,7 +21,7 @@ from analyses.asymmetry import draw_controls
 from facts.celebrity import QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer
 from facts.tokens import Example, collate
-from models.backend import HookedTransformer, is_hooked
+from models.backend import HookedTransformer, copy_model, is_hooked
 from models.cpu_matmul import float32_matmul
 from models.hooked_tree import HOOKED_TREE_ARCHITECTURES
 from models.pretrained import load
@@ -266,3 +266,45 @@ def test_smollm2_scores_agree_across_float32_kernels(smollm2_bridge, smollm2_tok
 
 def test_gemma3_scores_agree_across_float32_kernels(gemma3_bridge):
     assert_scores_agree_across_float32_kernels(gemma3_bridge, gemma3_bridge.tokenizer)
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_gemma3_270m_scores_by_trie_as_teacher_forcing_a_few_rows_of_readout_at_a_time(backend, gemma3_hooked,
+                                                                                      gemma3_bridge, monkeypatch):
+    """Gemma 3 270M (BOS before every prompt, a 262,144-token vocabulary) by trie against teacher forcing, with the
+    readout cut to 3 rows a block (64 at the default budget: one block on these statements, so the loop over
+    blocks had never run against a reference)."""
+    from probes import shared_prompt
+
+    model = gemma3_hooked if backend == "hooked" else gemma3_bridge
+    monkeypatch.setattr(shared_prompt, "LOGIT_BUDGET", 3 * model.cfg.d_vocab)
+    rows = candidate_rows(model.tokenizer, prefix=(model.tokenizer.bos_token_id,), n_controls=1)
+    assert_fast_equals_teacher_forcing(model, rows, by_tree=True)
+
+
+def test_scores_are_the_model_s_not_a_draw_of_its_dropout(tiny_models):
+    """A transformers GPT-2 (dropout 0.1) left in training mode, as a training run hands its callbacks a model,
+    scored twice: every path gives the eval-mode numbers (they had been two draws of the dropout), and each module's
+    own mode is put back, the one left in eval mode included."""
+    import copy
+
+    from probes.attribution import direct_logit_attribution
+
+    tiny = tiny_models["gpt2"]
+    rows = candidate_rows(tiny.tokenizer, n_controls=2)
+    truths = collate([row[0] for row in rows], 0)
+    model = copy.deepcopy(tiny.hf).eval()
+    assert model.config.resid_pdrop > 0
+    reference = candidate_logprobs_cached(model, rows).logprob
+    bridge = copy_model(tiny.backends["bridge"]).eval()  # the session's own stays as it is
+    attributed = direct_logit_attribution(bridge, [row[0] for row in rows]).attribution
+    model.train()
+    model.transformer.h[0].eval()
+    bridge_reference = score_answers(bridge.eval(), truths).logprob
+    bridge.train()  # the wrapped transformers model too: the bridge runs its embedding dropout, not a submodule
+    for _ in range(2):
+        assert torch.equal(candidate_logprobs_cached(model, rows).logprob, reference)
+        assert torch.equal(score_answers(bridge, truths).logprob, bridge_reference)
+        assert direct_logit_attribution(bridge, [row[0] for row in rows]).attribution.equals(attributed)
+    assert model.training and model.transformer.h[1].training and not model.transformer.h[0].training
+    assert bridge.training and bridge.original_model.transformer.drop.training
