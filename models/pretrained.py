@@ -170,10 +170,14 @@ _HOOKED_BIAS_FLAGS = {
     "Gemma3ForCausalLM": {"attention_bias": False},
     "Qwen3ForCausalLM": {"attention_bias": False},
     "GPTNeoXForCausalLM": {"attention_bias": True},
+    **{architecture: {"attention_bias": False} for architecture in (
+        "OlmoForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM", "OlmoeForCausalLM", "ApertusForCausalLM")},
 }
 """The bias switches of a config the converter carries, by architecture: the one value whose weights it reads
-(Llama's, Gemma's and Qwen3's converters read no bias; GPT-NeoX's reads the q/k/v and output biases and fails
-without them). Qwen2's q/k/v biases and Mistral's none are fixed by transformers, not switched: carried."""
+(Llama's, Gemma's, Qwen3's, OLMo's (1, 2, 3, OLMoE) and Apertus's converters read no bias, writing zeros; GPT-NeoX's
+reads the q/k/v and output biases and fails without them). Qwen2's q/k/v biases and Mistral's none are fixed by
+transformers, not switched: carried. A rule here refuses before any weight is read, in every dtype (a half-precision
+load has no reference check to catch what the rules miss)."""
 
 
 class PretrainedLoadError(ValueError):

@@ -209,6 +209,8 @@ RULE = [  # (kind, config overrides, what the converter does not carry: none, or
     ("gemma2", {"use_bidirectional_attention": True}, None),  # eager attention ignores it: causal, as converted
     ("gemma3", {"attn_logit_softcapping": 1.0}, "attn_logit_softcapping = 1.0"),
     ("gemma3", {"final_logit_softcapping": 1.0}, None),
+    ("olmo2", {}, None),
+    ("olmo2", {"attention_bias": True}, "attention_bias = True"),  # its converter writes zero biases
 ]
 
 
@@ -227,6 +229,17 @@ def test_the_rule_names_what_the_converter_does_not_carry(kind, overrides, gap):
         advice = "no backend computes it" if bridge_gaps else "backend='bridge'"
         with pytest.raises(PretrainedLoadError, match=f"tiny: its config sets .*{advice}"):
             pretrained.check_hooked_config("tiny", config)
+
+
+@pytest.mark.parametrize("config_class", ["OlmoConfig", "Olmo3Config", "OlmoeConfig", "ApertusConfig"])
+def test_a_bias_the_olmo_and_apertus_converters_write_as_zeros_is_named(config_class):
+    """OLMo (1, 3), OLMoE and Apertus: TransformerLens's converters write zero attention biases, so a config with
+    ``attention_bias`` is named by the rule (it had been left to the float32 reference check alone, which a
+    half-precision load skips)."""
+    config = getattr(transformers, config_class)(attention_bias=True)
+    assert "attention_bias = True" in pretrained.hooked_conversion_gaps(config)
+    unbiased = pretrained.hooked_conversion_gaps(getattr(transformers, config_class)(attention_bias=False))
+    assert not any("bias" in gap for gap in unbiased)  # (Apertus's default RoPE is llama3's: a gap of its own)
 
 
 @pytest.mark.parametrize(("rope", "limit"), [(DYNAMIC, 128), (LONGROPE, 32)], ids=["dynamic", "longrope"])
