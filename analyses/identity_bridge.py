@@ -40,6 +40,7 @@ import pandas as pd
 from analyses.mitigations import make_variant, measure
 from analyses.reproduce import ReversalConfig, _write_json, train_run, write_csv
 from facts.token_worlds import TokenVocab, reversal_world
+from probes.stats import above_chance
 from probes.views import save_png
 
 VARIANTS = ("baseline", "identity-bridge")
@@ -149,6 +150,17 @@ def identity_bridge_bars(rows: list[dict[str, Any]]):
     return figure
 
 
+def bridge_breaks_the_curse(variants: dict[str, Any], n: int, chance: float) -> bool:
+    """The verdict of one model: with the bridge its held-out reverse answers (``n`` statements over all seeds) are
+    above chance, without it they are not, each by the exact binomial test (:func:`probes.stats.above_chance`).
+    (Ten times chance had been enough: 2.5%, 5 of 180 statements, and one lucky baseline answer in 180 had
+    counted as the baseline answering.)"""
+    def above(variant: str) -> bool:
+        return above_chance(round(variants[variant]["heldout_accuracy"]["mean"] * n), n, chance)
+
+    return above("identity-bridge") and not above("baseline")
+
+
 def format_identity_bridge(summary: dict[str, Any]) -> str:
     """One screen: per model, the held-out reverse and Y[B, A] without and with the bridge."""
     cfg = summary["config"]
@@ -170,8 +182,7 @@ def format_identity_bridge(summary: dict[str, Any]) -> str:
                          f"{cell(m['heldout_margin'], 2):>16s}{cell(m['z_heldout'], 2):>15s}"
                          f"{cell(m['z_trained'], 2):>15s}{m['train_accuracy']['mean']:11.3f}")
     broken = [model for model, v in summary["by_model"].items()
-              if v["identity-bridge"]["heldout_accuracy"]["mean"] > 10 * summary["chance_accuracy"]
-              and v["baseline"]["heldout_accuracy"]["mean"] <= 2 * summary["chance_accuracy"]]
+              if bridge_breaks_the_curse(v, summary["n_heldout_reverse"] * cfg["seeds"], summary["chance_accuracy"])]
     lines += ["", f"chance: accuracy {summary['chance_accuracy']:.4f}, log p {summary['chance_logprob']:.2f}",
               f"source: {summary['source']}", "",
               (f"IDENTITY BRIDGE BREAKS THE CURSE for {', '.join(broken)}" if broken else

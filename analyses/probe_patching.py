@@ -54,11 +54,10 @@ def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
 
 
 def _frame(exact: Patching, estimate: Patching, labels: Sequence[str]) -> pd.DataFrame:
-    layers = np.repeat(exact.layers, exact.metric.shape[1])
-    width = exact.metric.shape[1]
-    index = np.tile(np.arange(width) - (width if exact.axis == "pos" else 0), len(exact.layers))
+    sites = exact.to_frame()  # its layer and its position from the end (or head) of every site
     return pd.DataFrame({
-        "site": exact.site, "layer": layers, "index": index, "what": np.tile(list(labels), len(exact.layers)),
+        "site": exact.site, "layer": sites.layer, "index": sites[exact.axis],
+        "what": np.tile(list(labels), len(exact.layers)),
         "exact_change": _change(exact).reshape(-1).numpy(), "estimated_change": _change(estimate).reshape(-1).numpy(),
     })
 

@@ -42,6 +42,7 @@ from models.backend import (
 from models.bilinear import BilinearModel
 from models.scoring import check_causal, check_token_ids, hooked_readout, in_eval_mode
 from probes.hooks import check_layer, hook_names
+from probes.stats import share_of_gap
 
 Statements = Sequence[Example] | TokenizedFacts
 PatchSite = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
@@ -645,13 +646,9 @@ class Patching:
 
     @property
     def recovered(self) -> Float[Tensor, "layer index"]:
-        """(metric − corrupt) / (clean − corrupt): 0 = no effect, 1 = the clean run's value. NaN where the clean
-        and corrupted runs score the same within float32 rounding (|clean − corrupt| ≤ 1.2e-5·(1 + |clean| +
-        |corrupt|)): there the ratio is rounding noise over rounding noise (±10⁵ at a gap of 1e-7), no share."""
-        gap = self.clean - self.corrupt
-        if abs(gap) <= _float_tolerance(torch.float32, abs(self.clean) + abs(self.corrupt)):
-            return torch.full_like(self.metric, float("nan"))
-        return (self.metric - self.corrupt) / gap
+        """(metric − corrupt) / (clean − corrupt): 0 = no effect, 1 = the clean run's value; NaN where the clean
+        and corrupted runs score the same within float32 rounding (:func:`probes.stats.share_of_gap`)."""
+        return share_of_gap(self.metric, self.corrupt, self.clean)
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy rows: layer, pos (counted from the prompts' end, −1 the last position: clean and corrupted prompts

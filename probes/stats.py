@@ -6,6 +6,7 @@
   sweep) the normal one is too narrow: by a factor 1.15 at 10, 1.62 at 4 and 6.5 at 2.
   :func:`mean_ci95` is the same over facts, each fact's questions averaged first.
 * :func:`above_chance`: the exact one-sided binomial test of k successes in n trials against a chance rate.
+* :func:`share_of_gap`: the share of a gap recovered (patching, tracing), undefined where the gap is rounding.
 * :func:`rate_ci95`: Wilson's score interval of a rate of k successes in n trials, the p with
   (k/n − p)² ≤ z²·p(1 − p)/n: never empty, never outside [0, 1], and not zero-wide at a rate of 0 or 1, where
   the t (or normal) interval of 0/1 outcomes has s = 0 and would claim certainty ("0.000 ± 0.000" of 4 pairs).
@@ -147,14 +148,35 @@ def rate_ci95(outcomes: pd.Series, clusters: pd.Series | None = None) -> list[fl
 
 def above_chance(successes: int, n: int, chance: float, level: float = 0.05) -> bool:
     """Whether ``successes`` of ``n`` trials are more than chance gives: the one-sided exact binomial test,
-    P(X ≥ successes | X ~ Binomial(n, chance)) = Σ_{i ≥ successes} C(n, i) pⁱ (1 − p)ⁿ⁻ⁱ < ``level``. Exact at
-    any n (where Wilson's interval, an approximation, calls 1 of 60 at a chance of 1/400 above it: 14% of
-    models at chance do that well)."""
+    P(X ≥ successes | X ~ Binomial(n, chance)) = Σ_{i ≥ successes} C(n, i) pⁱ (1 − p)ⁿ⁻ⁱ < ``level``, each term
+    taken through its logarithm (lgamma), so that no n overflows a float. Exact at any n (where Wilson's
+    interval, an approximation, calls 1 of 60 at a chance of 1/400 above it: 14% of models at chance do that
+    well)."""
     if not 0 <= successes <= n or not 0 < chance < 1:
         raise ValueError(f"above_chance needs 0 ≤ successes ≤ n and a chance in (0, 1), got {successes} of {n} at "
                          f"{chance}")
-    tail = sum(math.comb(n, i) * chance**i * (1 - chance) ** (n - i) for i in range(successes, n + 1))
+    log_p, log_q, log_n = math.log(chance), math.log1p(-chance), math.lgamma(n + 1)
+    tail = sum(math.exp(log_n - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
+               for i in range(successes, n + 1))
     return tail < level
+
+
+FLOAT32_ROUNDING = 100 * float(np.finfo(np.float32).eps)
+"""What float32 rounding may move a number by, relative to the size of what it was computed from (1.2e-5)."""
+
+
+def share_of_gap(value, start: float, end: float):
+    """(value − start) / (end − start): how much of the way from ``start`` to ``end`` ``value`` went (a patched
+    run's metric between the corrupted and the clean run's). NaN where the two ends differ by no more than
+    float32 rounding, |end − start| ≤ :data:`FLOAT32_ROUNDING`·(1 + |start| + |end|): there the share is rounding
+    noise over rounding noise (±10⁵ at a gap of 1e-7), no share of anything. (A half-precision model's ends are
+    noisier than that; their shares are only as good as its rounding.) For ends on a log scale or of the size
+    their values are, such as mean log-probabilities; not for probabilities, whose float32 rounding is relative
+    (causal tracing's p 1e-7 against 1e-6 is a real gap). ``value``: a number, array or tensor."""
+    gap = end - start
+    if abs(gap) <= FLOAT32_ROUNDING * (1 + abs(start) + abs(end)):
+        return (value - start) * math.nan
+    return (value - start) / gap
 
 
 def interval95(values: pd.Series, bounds: tuple[float, float] = UNBOUNDED) -> list[float]:

@@ -66,3 +66,19 @@ def test_one_seed_has_no_sd_and_the_screen_says_so(bridge_run):
     line = next(line for line in text.splitlines() if line.startswith("  one-layer  identity-bridge"))
     assert line.count("± n/a") == 4 and f"{bridge['mean']:.3f} ± n/a" in line
     assert "nan" not in text and "± 0.0" not in text
+
+
+def test_the_verdict_tests_each_variant_against_chance():
+    """Over 180 held-out statements at a chance of 1/400: 2 right answers with the bridge are what chance gives
+    (P(X ≥ 2) = 0.076), 5 are not; one right baseline answer is chance too, 3 are not. Ten times chance (2.5%)
+    had called 5 of 180 a broken curse and one lucky baseline answer (0.56% > 2 × chance) an answering baseline."""
+    from analyses.identity_bridge import bridge_breaks_the_curse
+
+    def variants(bridge: int, baseline: int) -> dict:
+        return {"identity-bridge": {"heldout_accuracy": {"mean": bridge / 180}},
+                "baseline": {"heldout_accuracy": {"mean": baseline / 180}}}
+
+    assert bridge_breaks_the_curse(variants(117, 0), 180, 1 / 400)  # 0.65, as measured on the one-layer model
+    assert bridge_breaks_the_curse(variants(5, 1), 180, 1 / 400)
+    assert not bridge_breaks_the_curse(variants(2, 0), 180, 1 / 400)
+    assert not bridge_breaks_the_curse(variants(117, 3), 180, 1 / 400)

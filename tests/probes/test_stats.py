@@ -162,6 +162,9 @@ def test_above_chance_is_the_exact_one_sided_binomial_test():
     assert not above_chance(0, 60, 1 / 400) and not above_chance(1, 60, 1 / 400) and above_chance(2, 60, 1 / 400)
     assert above_chance(9, 10, 0.5) and not above_chance(8, 10, 0.5)
     assert above_chance(8, 10, 0.5, level=0.06)  # 0.0547 < 0.06
+    # thousands of trials (identity-bridge over many seeds): C(n, i) pⁱ had overflowed a float past n ≈ 1030
+    assert not above_chance(9, 2000, 1 / 400) and above_chance(11, 2000, 1 / 400)  # mean 5: P(X ≥ 9) 0.068, ≥ 11 0.014
+    assert not above_chance(1030, 2000, 0.5) and above_chance(1050, 2000, 0.5)  # P(X ≥ 1030) 0.094, ≥ 1050 0.015
     for bad in ((3, 2, 0.5), (-1, 2, 0.5), (1, 2, 0.0), (1, 2, 1.0)):
         with pytest.raises(ValueError, match="above_chance needs"):
             above_chance(*bad)
