@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from analyses import paper
+from analyses.experiments import CHAIN_SIZES_HELDOUT as HELDOUT
 from analyses.reproduce import _write_json, at_chance
 from probes.views import save_png
 
 SIZES = (10, 20, 50, 100, 200, 500)
-HELDOUT = 50
 KEYS = ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "chance_accuracy",
         "two_step_accuracy", "ov_z_trained", "ov_z_heldout", "seconds")
 CAPTIONS = {
@@ -46,6 +46,15 @@ class ChainSizesConfig:
     sizes: tuple[int, ...] = SIZES
     n_heldout: int = HELDOUT
 
+    def recorded(self) -> dict[str, Any]:
+        """The settings as the runs used them (the summary's and the run folder's manifest's ``config``): each
+        size's chain run is related-token, of ``size + n_heldout`` triples with ``n_heldout`` held out (its own
+        ``num_train=<size>/summary.json`` records them), so the chain settings keep no ``n_triples``/``n_heldout``
+        of their own and say ``related``."""
+        settings = asdict(self)
+        chain = {key: value for key, value in settings["chain"].items() if key not in ("n_triples", "n_heldout")}
+        return {**settings, "chain": {**chain, "related": True}}
+
 
 def reproduce_chain_sizes(out: str | Path, config: ChainSizesConfig = ChainSizesConfig(), progress: bool = True
                           ) -> dict[str, Any]:
@@ -60,19 +69,10 @@ def reproduce_chain_sizes(out: str | Path, config: ChainSizesConfig = ChainSizes
         rows[str(size)] = {"num_train": size, "n_triples": run.n_triples, "n_heldout": summary["n_heldout"],
                            **{k: summary[k] for k in KEYS}}
     save_png(sizes_figure(rows), out / "chain_sizes.png")
-    summary = {"experiment": "chain-sizes", "config": recorded(config), "sizes": rows, "captions": CAPTIONS,
+    summary = {"experiment": "chain-sizes", "config": config.recorded(), "sizes": rows, "captions": CAPTIONS,
                "seconds": time.perf_counter() - began}
     _write_json(out / "summary.json", summary)
     return summary
-
-
-def recorded(config: ChainSizesConfig) -> dict[str, Any]:
-    """``config`` as the runs used it: each size's chain run is related-token, of ``size + n_heldout`` triples with
-    ``n_heldout`` held out (its own ``num_train=<size>/summary.json`` records them), so the chain settings keep no
-    ``n_triples``/``n_heldout`` of their own and say ``related``."""
-    settings = asdict(config)
-    chain = {key: value for key, value in settings["chain"].items() if key not in ("n_triples", "n_heldout")}
-    return {**settings, "chain": {**chain, "related": True}}
 
 
 def config_from_args(args) -> ChainSizesConfig:

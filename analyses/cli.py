@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "inverse_relation,group; people) or with --format berglund a folder in Berglund et al.'s "
                            "experiment-1 layout (people)")
     make.add_argument("--format", choices=("jsonl", "csv", "berglund"), default=None,
-                      help="default: csv for an --out ending in .csv, else jsonl")
+                      help="default: csv for an --out ending in .csv, else jsonl (readers tell the format by the "
+                           "name, so a csv file must end in .csv and a jsonl file must not; berglund: a new or "
+                           "empty folder)")
     make.add_argument("--seed", type=_seed, default=None, help="default 0 (generated worlds)")
     make.add_argument("--k", type=_positive_int, default=None, help="tokens per entity (reversal, chain; default 1)")
     make.add_argument("--size", type=_positive_int, default=None,
@@ -266,6 +268,9 @@ def _make_facts(args: argparse.Namespace) -> int:
     if args.limit is not None:
         facts = facts.first(args.limit)
     form = args.format or ("csv" if args.out.suffix.lower() == ".csv" else "jsonl")
+    if form == "berglund" and args.world != "people":
+        raise ValueError(f"make-facts {args.world} --format berglund: Berglund et al.'s layout states people "
+                         f"facts (name, description); use make-facts people")
     if args.out.is_dir() and form != "berglund":
         raise ValueError(f"--out {args.out}: is a folder; give the JSONL file to write, e.g. {args.out / 'facts.jsonl'}")
     if form != "berglund" and (form == "csv") != (args.out.suffix.lower() == ".csv"):
@@ -292,9 +297,6 @@ def _make_facts(args: argparse.Namespace) -> int:
         from facts.berglund import save_experiment_folder
         from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES
 
-        if args.world != "people":
-            raise ValueError(f"make-facts {args.world} --format berglund: Berglund et al.'s layout states people "
-                             f"facts (name, description); use make-facts people")
         save_experiment_folder(facts, args.out, TRAIN_TEMPLATES, TEST_TEMPLATES)
     else:
         save_jsonl(facts, args.out)
@@ -634,7 +636,8 @@ def recorded_config(args: argparse.Namespace, experiment: str | None = None) -> 
     config = {k: v for k, v in vars(args).items() if k not in ("quiet", "debug", "force", "argv")}
     name = experiment or (args.command if args.command != "reproduce" else args.experiment)
     if name in EXPERIMENTS:
-        config["settings"] = asdict(EXPERIMENTS[name].settings(args))
+        settings = EXPERIMENTS[name].settings(args)
+        config["settings"] = settings.recorded() if hasattr(settings, "recorded") else asdict(settings)
     return config
 
 

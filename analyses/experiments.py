@@ -163,8 +163,9 @@ def reversal_config(args: argparse.Namespace):
 
 def check_reversal(args: argparse.Namespace) -> None:
     """Refuse, before any folder is touched or any model built, a reversal run that would fail only after
-    training: fewer than two pairs (no control answer of an entity's kind), or sentences longer than the
-    model's context (too many tokens per entity, ``--k``). With k = 1 (3-token sentences, shorter than
+    training: fewer than two pairs (no control answer of an entity's kind), more than its alphabets' words
+    (:func:`facts.world_sizes.check_counts`), or sentences longer than the model's context (too many tokens per
+    entity, ``--k``). With k = 1 (3-token sentences, shorter than
     any model's context) nothing is imported: a refusal of the lock answers without torch."""
     if args.pairs < 2:
         raise ValueError(f"--pairs {args.pairs}: the reversal world needs at least 2 pairs (each answer is "
@@ -186,8 +187,8 @@ def check_reversal(args: argparse.Namespace) -> None:
 
 def check_chain(args: argparse.Namespace) -> None:
     """Refuse, before any folder is touched, a chain run that would fail only after training: fewer than two
-    triples (one triple is trained, none held out, and its z has no other z to be ranked against), or ``--heldout``
-    leaving no triple trained."""
+    triples (one triple is trained, none held out, and its z has no other z to be ranked against), more than the
+    world's tokens hold (:mod:`facts.world_sizes`), or ``--heldout`` leaving no triple trained."""
     if args.triples < 2:
         raise ValueError(f"--triples {args.triples}: the chain world needs at least 2 triples (one x ⇝ z held out, "
                          f"each z ranked against the others)")
@@ -199,14 +200,16 @@ def check_chain(args: argparse.Namespace) -> None:
         _check_world_size(check_counts, (args.triples, 1, 3), f"--triples {args.triples}")
 
 
+CHAIN_SIZES_HELDOUT = 50
+"""The held-out triples of every size of ``reproduce chain-sizes`` (:mod:`analyses.chain_sizes`)."""
+
+
 def check_chain_sizes(args: argparse.Namespace) -> None:
     """Refuse, before the first size trains, a ``--sizes`` value whose related-token chain of ``size`` trained and
-    :data:`analyses.chain_sizes.HELDOUT` held-out triples the vocabulary cannot hold."""
-    from analyses.chain_sizes import HELDOUT
-
+    :data:`CHAIN_SIZES_HELDOUT` held-out triples the vocabulary cannot hold."""
     for size in args.sizes:
-        _check_world_size(check_related, (size + HELDOUT,),
-                          f"--sizes {size} ({size} trained + {HELDOUT} held-out related-token triples)")
+        _check_world_size(check_related, (size + CHAIN_SIZES_HELDOUT,),
+                          f"--sizes {size} ({size} trained + {CHAIN_SIZES_HELDOUT} held-out related-token triples)")
 
 
 def _check_world_size(check: Callable[..., None], counts: tuple[int, ...], what: str) -> None:

@@ -177,9 +177,8 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Mean answer log-prob, mean probability and greedy accuracy of each evaluation set (every
     distinct row of all the sets scored once, in one batch: :func:`_distinct_rows`, or ``distinct``
-    when the caller made it already: a training run makes it once for all its evaluations)."""
-    was_training = model.training
-    model.eval()
+    when the caller made it already: a training run makes it once for all its evaluations). Scored in eval mode,
+    each module's mode put back (:func:`models.scoring.score_answers`)."""
     out = {}
     if any(len(batch) for batch in eval_sets.values()):
         distinct, rows = distinct or _distinct_rows(eval_sets)
@@ -192,7 +191,6 @@ def evaluate(
             "prob": logprob.exp().mean().item(),
             "accuracy": correct.float().mean().item(),
         }
-    model.train(was_training)
     return out
 
 

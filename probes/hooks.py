@@ -29,6 +29,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from models.scoring import in_eval_mode
+
 Pattern = str | re.Pattern[str]
 HookFn = Callable[..., Tensor | None]
 
@@ -75,6 +77,7 @@ def _device_tokens(model: Any, tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, 
     return tokens.to(model.cfg.device)
 
 
+@in_eval_mode
 @torch.no_grad()
 def collect(model: Any, tokens: Int[Tensor, "batch pos"], pattern: Pattern) -> dict[str, Tensor]:
     """Activations of every hook matched by ``pattern`` on one forward pass of ``tokens``.
@@ -117,6 +120,7 @@ def editing(model: Any, pattern: Pattern, fn: HookFn) -> Iterator[Any]:
         _refuse_silent(model, names, fired)
 
 
+@in_eval_mode
 @torch.no_grad()
 def edit(
     model: Any, tokens: Int[Tensor, "batch pos"], pattern: Pattern, fn: HookFn

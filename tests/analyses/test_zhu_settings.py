@@ -93,5 +93,9 @@ def test_related_chain_keeps_the_curse_at_every_size(tmp_path):
     for size in ("10", "40"):
         run = json.loads((tmp_path / f"num_train={size}" / "summary.json").read_text())["config"]
         assert (run["related"], run["n_triples"], run["n_heldout"]) == (True, int(size) + 20, 20)
+    from analyses.cli import build_parser, recorded_config  # and the run folder's manifest records the same
+
+    settings = recorded_config(build_parser().parse_args(["reproduce", "chain-sizes", "--out", "o"]))["settings"]
+    assert settings["chain"]["related"] is True and "n_triples" not in settings["chain"]
     assert (tmp_path / "chain_sizes.png").read_bytes()[:8] == PNG
     assert "held-out x ⇝ z at or below chance at 2 of 2 sizes" in format_chain_sizes(summary)

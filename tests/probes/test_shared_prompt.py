@@ -276,7 +276,7 @@ def test_gemma3_270m_scores_by_trie_as_teacher_forcing_a_few_rows_of_readout_at_
     blocks had never run against a reference)."""
     from probes import shared_prompt
 
-    model = gemma3_hooked if backend == "hooked" else gemma3_bridge
+    model = gemma3_hooked if backend == "hooked" else gemma3_bridge  # both named: the test joins the gemma3 group
     monkeypatch.setattr(shared_prompt, "LOGIT_BUDGET", 3 * model.cfg.d_vocab)
     rows = candidate_rows(model.tokenizer, prefix=(model.tokenizer.bos_token_id,), n_controls=1)
     assert_fast_equals_teacher_forcing(model, rows, by_tree=True)

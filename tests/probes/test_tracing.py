@@ -175,6 +175,23 @@ def test_the_trained_fact_is_recovered_where_it_lives(trained_tiny, world, vocab
     assert 1 not in forward["resid_post"]["half_peak_layers"].get("given last", [])
 
 
+def test_a_peak_of_one_statement_says_so():
+    """A "given middle" bucket exists only for entities of three or more tokens: here fact 0's alone. Its rise is
+    the largest, so it is the peak, the mean of one statement with no interval, under a headline of three."""
+    from analyses.finetune_tracing import tracing_words
+
+    rows = [{"fact": fact, "split": "train", "direction": "forward", "component": "resid_pre", "layer": 0,
+             "bucket": bucket, "effect": effect, "prob": 0.1 + effect, "clean_prob": 0.95, "corrupted_prob": 0.1}
+            for fact in range(3) for bucket, effect in (("given middle", 0.8), ("last", 0.3))
+            if bucket == "last" or fact == 0]
+    headline = tracing_headline(pd.DataFrame(rows))
+    peak = headline["train/forward"]["components"]["resid_pre"]
+    assert headline["train/forward"]["n_statements"] == 3
+    assert (peak["peak_bucket"], peak["peak_n"]) == ("given middle", 1) and math.isnan(peak["peak_effect_ci95"][0])
+    words = tracing_words({"after": headline})
+    assert "(peak +0.800 at L0 given middle, 1 statement)" in words
+
+
 def test_the_headline_in_words_before_and_after_training(tiny_before_after, world, vocab):
     """At initialisation nothing knows the fact (nothing to recover); after training the forward answer is
     recovered at the given entity's last token entering layer 0 and at the last position after layer 1, and the
