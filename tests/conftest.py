@@ -35,17 +35,19 @@ FIXTURE_GROUPS = (("tests/analyses/test_finetune.py", "smollm2-finetune", ("fine
                   ("tests/analyses/test_finetune.py", "finetune-berglund", ("berglund_run",)))
 """(module, group, fixtures): that module's tests using any of these fixtures form the group."""
 
-MODULE_GROUPS = {"tests/models/test_architectures.py": "tiny-architectures",
-                 "tests/probes/test_attribution_architectures.py": "tiny-architectures",
-                 "tests/probes/test_shared_prompt.py": "tiny-architectures"}
-"""Modules whose other tests (not in a model's group) share one group: each uses every tiny architecture
+MODULE_GROUPS = {module: "tiny-architectures" for module in (
+    "tests/models/test_architectures.py", "tests/probes/test_attribution_architectures.py",
+    "tests/probes/test_shared_prompt.py", "tests/probes/test_tracing.py", "tests/probes/test_attribution.py",
+    "tests/probes/test_attribution_patching.py", "tests/probes/test_attribution_output.py",
+    "tests/analyses/test_multiple_choice.py")}
+"""Modules whose other tests (not in a model's group) share one group: each uses tiny architectures
 (``tiny_models``, built on first use in each worker, 2–4 CPU s apiece in a test process), so they are
 built in one worker, not both."""
 
 HEAVIEST_FIRST = ("tests/analyses/test_sweep.py", "tiny-architectures", "smollm2-finetune", "cli-processes",
                   "gemma3", "tests/analyses/test_notebooks.py", "tests/analyses/test_probe_cli.py",
                   "tests/analyses/test_asymmetry.py",
-                  "tests/reliability/test_cli_fuzz.py", "tests/analyses/test_multiple_choice.py",
+                  "tests/reliability/test_cli_fuzz.py",
                   "tests/models/test_hf_training.py", "tests/probes/test_pretrained_probes.py",
                   "tests/reliability/test_run_folders.py", "tests/analyses/test_cli.py")
 """The groups holding the slowest items of 2026-12-01's quiet ``--durations=40`` run (each ≥ ~15 s in all;

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from analyses.bilinear import smallest_epsilon
-from tests_support import revlens
+from tests_support import revlens_in_process
 
 
 def test_smallest_epsilon():
@@ -14,9 +14,9 @@ def test_smallest_epsilon():
     assert smallest_epsilon([1.0, 0.2], [1.0, 1.5]) == 0.0  # reverse loss grew: holds for any ε ≥ 0
 
 
-def test_reverse_loss_stays_put_while_training_loss_vanishes(tmp_path):
-    result = revlens("reproduce", "bilinear", "--out", str(tmp_path), "--dims", "64", "512", "--steps", "150",
-                     "--quiet")
+def test_reverse_loss_stays_put_while_training_loss_vanishes(tmp_path, capsys):
+    result = revlens_in_process(capsys, "reproduce", "bilinear", "--out", str(tmp_path), "--dims", "64", "512",
+                                "--steps", "150", "--quiet")
     summary = json.loads((tmp_path / "summary.json").read_text())
     small, large = summary["per_d"]
     for row in (small, large):

