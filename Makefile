@@ -68,6 +68,7 @@ chromium:
 	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 bench: $(STAMP)
+	$(PY) benchmarks/scoring_throughput.py --pairs 8 --rounds 3
 	$(PY) benchmarks/trainer_throughput.py
 	$(PY) benchmarks/circuits_scaling.py --threads 2
 	$(PY) benchmarks/finetune_throughput.py

@@ -56,7 +56,7 @@ def token_world(n_facts: int) -> None:
 
     vocab = TokenVocab()
     batch = tokenize(reversal_world(seed=0, vocab=vocab), vocab)
-    model = build_model("tiny", vocab.d_vocab, seed=0)
+    model = build_model("tiny", vocab.d_vocab, seed=0, device="cpu")
     train(model, batch.where(split="train"), TrainConfig(steps=40, lr=1e-2, eval_every=40, progress=False))
     model.eval()
     clean, corrupt = forward_reverse_pairs(batch.take(range(2 * n_facts)))
@@ -75,7 +75,7 @@ def smollm2(n_facts: int) -> None:
     from facts.language import people_world
     from models.pretrained import load, load_tokenizer
 
-    model = load("smollm2-135m", backend="hooked")
+    model = load("smollm2-135m", backend="hooked", device="cpu")  # a CPU benchmark, on a machine with a GPU too
     probed = pretrained_probed(model, load_tokenizer("smollm2-135m"), "people", {})
     facts = people_world(n_per_group=n_facts, seed=1)
     both = [i for i, f in enumerate(facts) if f.forward is not None and f.reverse is not None][:n_facts]

@@ -82,7 +82,7 @@ def measure(mode: str, n: int, threads: int) -> dict:
     from probes.circuits import circuit_table
 
     torch.set_num_threads(threads)
-    model = load("smollm2-135m", backend="hooked")
+    model = load("smollm2-135m", backend="hooked", device="cpu")  # a CPU benchmark, on a machine with a GPU too
     facts = _facts(n, model.cfg.d_vocab)
     baseline = _reset_peak()
     began = time.perf_counter()

@@ -9,7 +9,9 @@ shared (attention is causal: a token's keys depend on everything before it).
 The *floor* is one bare transformers forward pass over exactly the positions that must be computed:
 each question's stem once and each order's rest once, laid out as one sequence ``stem ++ rest_1 ++ … ++
 rest_K`` with explicit position ids (rest_k's positions follow the stem's) and a 4D mask (a rest sees the
-stem and itself), questions right-padded 8 to a pass, and the unembedding at the K last positions only.
+stem and itself), questions of one width up to 8 to a pass (no padding: until 2026-12-05 they were right-padded
+8 to a pass in order, which ran positions the floor does not count), and the unembedding at the K last positions
+only.
 Its probabilities are checked against the command's before anything is timed.
 
 Against it: :func:`probes.multiple_choice.letter_probabilities` on the HookedTransformer conversion, as
@@ -51,15 +53,20 @@ def by_question(prompts: Sequence[Sequence[int]], stems: Sequence[int]) -> list[
 @torch.no_grad()
 def floor_pass(hf, questions: Sequence[tuple[list[int], list[list[int]]]], letters: Sequence[int],
                batch: int = 8) -> torch.Tensor:
-    """p_k (softmax over the letters' next-token logits after each order) from one tree-masked pass per question."""
-    out = []
+    """p_k (softmax over the letters' next-token logits after each order) from one tree-masked pass per question,
+    questions of one width together (no padding), in the questions' order."""
+    out: list[torch.Tensor | None] = [None] * len(questions)
     lm_head, index = hf.get_output_embeddings(), torch.tensor(list(letters))
-    for start in range(0, len(questions), batch):
-        chunk = questions[start : start + batch]
-        width = max(len(stem) + sum(map(len, rests)) for stem, rests in chunk)
+    by_width: dict[int, list[int]] = {}
+    for q, (stem, rests) in enumerate(questions):
+        by_width.setdefault(len(stem) + sum(map(len, rests)), []).append(q)
+    passes = [(width, group[start : start + batch]) for width, group in sorted(by_width.items())
+              for start in range(0, len(group), batch)]
+    for width, indices in passes:
+        chunk = [questions[q] for q in indices]
         ids = torch.zeros(len(chunk), width, dtype=torch.long)
         positions = torch.zeros(len(chunk), width, dtype=torch.long)
-        allowed = torch.eye(width, dtype=torch.bool).repeat(len(chunk), 1, 1)  # padding sees itself only
+        allowed = torch.zeros(len(chunk), width, width, dtype=torch.bool)
         ends = []
         for b, (stem, rests) in enumerate(chunk):
             length = len(stem)
@@ -76,7 +83,10 @@ def floor_pass(hf, questions: Sequence[tuple[list[int], list[list[int]]]], lette
         mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
         hidden = hf.model(input_ids=ids, position_ids=positions, attention_mask=mask).last_hidden_state
         last = hidden[[b for b, _ in ends], [p for _, p in ends]]
-        out.append(lm_head(last)[:, index].double().softmax(-1))
+        probabilities = lm_head(last)[:, index].double().softmax(-1)
+        rows = torch.tensor([b for b, _ in ends])
+        for b, q in enumerate(indices):
+            out[q] = probabilities[rows == b]
     return torch.cat(out)
 
 

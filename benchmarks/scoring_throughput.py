@@ -10,9 +10,10 @@ each statement as one sequence ``prompt ++ trie nodes`` with explicit position i
 depth j sits at position len(prompt) − 1 + j) and a 4D tree mask (a node sees the prompt and
 its ancestors), the final norm and unembedding only where a next token is scored (the last
 prompt position and every node). Its log-probabilities are checked against plain teacher
-forcing before anything is timed. Statements run 16 to a pass, right-padded to the longest, so its
-blocks run more positions than the floor counts (the first line says how many: 2,032 for 1,670 at
-8 pairs); the unembedding runs on the counted ones only.
+forcing before anything is timed. Statements of one width (prompt and trie nodes) run together, up to
+16 to a pass, so no pass holds padding: its blocks run exactly the positions the floor counts. (Until
+2026-12-05 they ran 16 to a pass in the workload's order, right-padded to the widest: 2,032 positions for
+the 1,670 counted at 8 pairs, 22% more, which made every ratio to the floor look better than it was.)
 
 Each path is timed on the same statements in one process, rounds alternating (every other round in reverse order),
 one torch thread unless ``--threads``, in CPU seconds of the process (user + system, ``time.process_time``: on a shared
@@ -79,23 +80,38 @@ def floor_positions(rows: Sequence[Sequence[Example]]) -> int:
     return sum(len(row[0].prompt) + len(trie_nodes(row)) for row in rows)
 
 
+def width(row: Sequence[Example]) -> int:
+    """Positions of a statement's layout: its prompt and its trie nodes."""
+    return len(row[0].prompt) + len(trie_nodes(row))
+
+
+def unpadded_chunks(rows: Sequence[Sequence[Example]], batch: int) -> list[list[int]]:
+    """Row indices in passes of up to ``batch`` statements of one width (no padding)."""
+    by_width: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_width.setdefault(width(row), []).append(i)
+    return [group[start : start + batch] for _, group in sorted(by_width.items())
+            for start in range(0, len(group), batch)]
+
+
 @torch.no_grad()
 def floor_pass(hf, rows: Sequence[Sequence[Example]], batch: int = 16, body=None) -> torch.Tensor:
-    """log p(candidate | prompt) for every row and candidate from one tree-masked pass per statement
-    (``body``: what runs the transformer blocks, by default ``hf.model``)."""
+    """log p(candidate | prompt) for every row and candidate from one tree-masked pass per statement, statements of
+    one width together (:func:`unpadded_chunks`; ``body``: what runs the transformer blocks, by default
+    ``hf.model``)."""
     body = hf.model if body is None else body
     out = torch.zeros(len(rows), len(rows[0]))
     lm_head = hf.get_output_embeddings()
-    for start in range(0, len(rows), batch):
-        chunk = rows[start : start + batch]
+    for indices in unpadded_chunks(rows, batch):
+        chunk = [rows[i] for i in indices]
         layouts = []
         for row in chunk:
             nodes = trie_nodes(row)
             layouts.append((list(row[0].prompt), nodes, {node: n for n, node in enumerate(nodes)}))
-        width = max(len(p) + len(nodes) for p, nodes, _ in layouts)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        positions = torch.zeros(len(chunk), width, dtype=torch.long)
-        allowed = torch.zeros(len(chunk), 1, width, width, dtype=torch.bool)
+        size = width(chunk[0])  # every statement of the pass has it
+        ids = torch.zeros(len(chunk), size, dtype=torch.long)
+        positions = torch.zeros(len(chunk), size, dtype=torch.long)
+        allowed = torch.zeros(len(chunk), 1, size, size, dtype=torch.bool)
         for b, (prompt, nodes, index) in enumerate(layouts):
             length = len(prompt)
             ids[b, :length] = torch.tensor(prompt)
@@ -107,8 +123,6 @@ def floor_pass(hf, rows: Sequence[Sequence[Example]], batch: int = 16, body=None
                 allowed[b, 0, at, :length] = True
                 for depth in range(1, len(node) + 1):
                     allowed[b, 0, at, length + index[node[:depth]]] = True
-            for at in range(length + len(nodes), width):
-                allowed[b, 0, at, at] = True  # padding sees itself only (no empty softmax row)
         mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
         hidden = body(input_ids=ids, position_ids=positions, attention_mask=mask).last_hidden_state
         for b, (prompt, nodes, index) in enumerate(layouts):
@@ -116,7 +130,7 @@ def floor_pass(hf, rows: Sequence[Sequence[Example]], batch: int = 16, body=None
             logprobs = lm_head(hidden[b, length - 1 : length + len(nodes)]).float().log_softmax(-1)
             for j, example in enumerate(chunk[b]):
                 at = [0] + [1 + index[example.answer[:d]] for d in range(1, len(example.answer))]
-                out[start + b, j] = logprobs[at, list(example.answer)].sum()
+                out[indices[b], j] = logprobs[at, list(example.answer)].sum()
     return out
 
 
@@ -214,11 +228,11 @@ def main() -> None:
     rows = workload(tokenizer, args.pairs)
     positions = floor_positions(rows)
     fed = sum(len(row[0].prompt) + sum(len(e.answer) - 1 for e in row) for row in rows)
-    sizes = [len(row[0].prompt) + len(trie_nodes(row)) for row in rows]
-    padded = sum(len(sizes[i : i + 16]) * max(sizes[i : i + 16]) for i in range(0, len(sizes), 16))
+    passes = unpadded_chunks(rows, 16)
+    assert sum(len(chunk) * width(rows[chunk[0]]) for chunk in passes) == positions  # no padding anywhere
     print(f"{len(rows)} statements × {len(rows[0])} answers; floor positions {positions} "
           f"(prompts {sum(len(r[0].prompt) for r in rows)}, trie nodes {positions - sum(len(r[0].prompt) for r in rows)}); "
-          f"without sharing prefixes {fed}; the floor's batches of 16 run {padded} with their padding")
+          f"without sharing prefixes {fed}; the floor runs them in {len(passes)} unpadded passes")
     reference = teacher_forced(hooked, rows[:8])
     floor_check = (floor_pass(hf, rows[:8]) - reference).abs().max()
     print(f"floor vs teacher forcing (hooked), first 8 statements: max |Δ log p| {floor_check:.2e}")

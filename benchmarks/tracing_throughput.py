@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load(args.model)
+    model = load(args.model, device="cpu")  # a CPU benchmark, on a machine with a GPU too
     facts = people_world(n_per_group=30, seed=0, groups=("p2d",))
     statements = TemplateTokenizer(model.tokenizer, TRAIN_TEMPLATES)
     tested = [i for i, f in enumerate(facts) if f.forward == "train" and f.reverse == "heldout"][: args.facts]

@@ -5,8 +5,9 @@ reversal world with the trainer's optimizer (fused AdamW, :func:`models.training
 is forward → cross-entropy → backward → step and nothing else, on the same work as the trainer's step: the
 batch cut after its last answer column and the unembedding at the answer-predicting rows
 (:func:`models.scoring.answer_logits`), so the ratio is the trainer's own cost (schedule, history, checks).
-Rounds alternate (trainer, bare, trainer, bare, …) so that machine noise hits both; the figure is the median over
-rounds of trainer tokens/s ÷ bare tokens/s.
+Both run on the CPU. A warm-up round of both, not counted, comes first; then each round runs both, the order
+reversed every other round (trainer then bare, bare then trainer, …), so that machine noise and a warm cache hit both
+alike; the figure is the median over rounds of trainer tokens/s ÷ bare tokens/s.
 
 ``--compile`` then times the bare loop once more on ``torch.compile(model)`` (inductor, static shapes): a first
 run that compiles, then a second against an eager run of the same work (the whole forward's logits: a compiled
@@ -97,13 +98,25 @@ def main() -> None:
     tokens_per_step = args.batch_size * train_set.tokens.shape[1]
     config = TrainConfig(steps=args.steps, lr=1e-2, batch_size=args.batch_size, eval_every=args.steps, progress=False)
     ratios = []
-    for round_ in range(args.rounds):
-        model = build_model(args.model, vocab.d_vocab, seed=0)
-        trainer_seconds = train(model, train_set, config).seconds
-        model = build_model(args.model, vocab.d_vocab, seed=0)
+
+    def trainer() -> float:
+        return train(build_model(args.model, vocab.d_vocab, seed=0, device="cpu"), train_set, config).seconds
+
+    def bare() -> float:
+        model = build_model(args.model, vocab.d_vocab, seed=0, device="cpu")
         torch.use_deterministic_algorithms(True, warn_only=True)  # the same kernels the trainer uses
-        bare_seconds = bare_loop(model, train_set, config)
-        torch.use_deterministic_algorithms(False)
+        try:
+            return bare_loop(model, train_set, config)
+        finally:
+            torch.use_deterministic_algorithms(False)
+
+    trainer(), bare()  # warm-up, not counted
+    for round_ in range(args.rounds):
+        if round_ % 2 == 0:
+            trainer_seconds, bare_seconds = trainer(), bare()
+        else:
+            bare_seconds = bare()
+            trainer_seconds = trainer()
         trainer_tps = args.steps * tokens_per_step / trainer_seconds
         bare_tps = args.steps * tokens_per_step / bare_seconds
         ratios.append(trainer_tps / bare_tps)
