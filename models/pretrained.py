@@ -1184,6 +1184,12 @@ def _hooked_config_and_weights(
         return cfg, _convert_weights(family, cfg, hf_model, dtype)
     n_ctx = getattr(hf_model.config, "max_position_embeddings", None)
     with tempfile.TemporaryDirectory(prefix="revlens-config-") as folder:
+        guessed = next((word for word in _TL_NAME_GUESSES if word in folder.lower()), None)
+        if guessed is not None:  # TransformerLens would take the architecture from the path, not the file
+            raise PretrainedLoadError(
+                f"{name}: the temporary folder {folder} has {guessed!r} in its path, from which TransformerLens "
+                f"3.9 guesses a model's architecture without reading its config.json; set TMPDIR to a folder "
+                f"whose path has neither 'llama' nor 'gemma' in it")
         _config_for_tl(hf_model.config, architecture).save_pretrained(folder)
         try:
             cfg = tl_loading.get_pretrained_model_config(
@@ -1192,6 +1198,11 @@ def _hooked_config_and_weights(
         except NotImplementedError as error:
             raise _hooked_refusal(hf_model, error) from error
         return cfg, _convert_weights(folder, cfg, hf_model, dtype)
+
+
+_TL_NAME_GUESSES = ("llama", "gemma")
+"""Words TransformerLens 3.9's ``convert_hf_model_config`` takes an architecture from, anywhere in a local folder's
+path (its Llama and Gemma branches run before the folder's config.json is read)."""
 
 
 def _config_for_tl(config: PretrainedConfig, architecture: str) -> PretrainedConfig:
@@ -1262,7 +1273,9 @@ def _gemma_config(
         n_ctx=config.max_position_embeddings,
         d_vocab=config.vocab_size,
         eps=config.rms_norm_eps,
-        act_fn=getattr(config, "hidden_activation", None) or config.hidden_act,
+        # the field transformers' own MLP reads: Gemma 1's hidden_act, Gemma 2/3's hidden_activation (a Gemma 1
+        # config may carry a stale hidden_activation: "gelu", exact, where it runs tanh's approximation)
+        act_fn=config.hidden_act if config.model_type == "gemma" else config.hidden_activation,
         rotary_base=full.get("rope_theta", cfg["rotary_base"]),
         attn_scale=float(getattr(config, "query_pre_attn_scalar", config.head_dim)) ** 0.5,
         attn_scores_soft_cap=getattr(config, "attn_logit_softcapping", None) or -1.0,

@@ -150,6 +150,36 @@ def test_llama3_rope_scaling_converts_exactly(smollm2_tokenizer, tmp_path):
     assert _difference(plain, hf) > 0.1
 
 
+def test_gemma_1_runs_the_activation_transformers_runs(smollm2_tokenizer, tmp_path):
+    """A Gemma 1 config carrying a stale ``hidden_activation`` ("gelu", exact) beside its ``hidden_act`` (tanh's
+    approximation, what transformers' Gemma 1 MLP reads): the conversion runs tanh's too, within 1e-4 of
+    transformers (exact GELU had moved log-probabilities by less than the reference check's 1e-3)."""
+    folder = tmp_path / "gemma-stale-activation"
+    hf = _build(folder, "gemma", smollm2_tokenizer, hidden_activation="gelu")
+    assert hf.config.hidden_act == "gelu_pytorch_tanh" and hf.config.hidden_activation == "gelu"
+    model = load(folder, backend="hooked", device="cpu")
+    assert _difference(model, hf) < TOLERANCE
+    if TL_MAJOR < 4:  # 4.x's "hooked" is the bridge, which runs transformers' own MLP
+        assert model.cfg.act_fn == "gelu_pytorch_tanh"
+
+
+def test_a_temporary_folder_whose_path_names_an_architecture_is_refused(smollm2_tokenizer, tmp_path, monkeypatch):
+    """TransformerLens 3.9 takes "llama" or "gemma" anywhere in a local folder's path for the architecture: with
+    TMPDIR under such a folder a Qwen2 model was refused as Gemma. The load says what to change instead."""
+    import tempfile
+
+    folder = tmp_path / "qwen2"
+    _build(folder, "qwen2", smollm2_tokenizer)
+    scratch = tmp_path / "my-gemma-scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    if TL_MAJOR >= 4:  # its "hooked" is the bridge, which writes no config for TransformerLens to read
+        load(folder, backend="hooked", device="cpu")
+        return
+    with pytest.raises(PretrainedLoadError, match="has 'gemma' in its path.*set TMPDIR to a folder"):
+        load(folder, backend="hooked", device="cpu")
+
+
 def test_qwen2_query_key_value_biases_convert_exactly(smollm2_tokenizer, tmp_path):
     """Qwen2's q/k/v biases (fixed by the architecture, not switched by its config) are carried: with random
     biases, hooked = transformers within 1e-4, where the same weights without them differ by nats."""
