@@ -33,7 +33,11 @@ between W_Q and W_Kᵀ); their per-dimension scales change which answers an enti
 out moved z-scores by up to 21 on Gemma 3 270M. The per-token 1/σ normalisation, biases, rotary
 positions (QK is the score at relative distance 0, before any soft cap: Gemma 2's tanh) and all
 nonlinear paths through earlier layers are left out, so for layers > 0 the OV and QK entries are the
-embedding-to-head ("first-order") circuits.
+embedding-to-head ("first-order") circuits. Leaving 1/σ out changes no OV or direct-path z-score (a row's
+source, and the readout, have one σ for every answer it compares), but it does change QK's: a row compares
+keys, each of its own σ (and, under a key norm, its own per-head σ_k), so a QK entry is the circuit's
+W_E W_Q W_Kᵀ W_Eᵀ entry, the field's (TransformerLens's ``model.QK``), not the attention score the model
+computes, and its z-score ranks keys partly by their norms.
 
 Entities of several tokens. An entity is read as the mean of its tokens' vectors, on either
 side: by bilinearity ``M[mean_i s_i, mean_j t_j] = mean_{i,j} M[s_i, t_j]``, the entry averaged
@@ -316,7 +320,8 @@ def _qk_norm_scales(model, layer: int) -> tuple[Float[Tensor, " d_head"] | None,
     """The learned scales of the norms a layer applies to each head's query and key (Gemma 3's, Qwen 3's
     ``q_norm``/``k_norm``), or (None, None). The query and key are normalised per head, so the score is
     (s_q ⊙ q / σ_q) · (s_k ⊙ k / σ_k): the per-dimension scales change which keys a query favours and are applied
-    to the factors' rank axis; the 1/σ's are left out, as the input norm's is."""
+    to the factors' rank axis; the 1/σ's are left out, as the input norm's is (σ_q is one number per row; σ_k is
+    each key's own, so the entries are the circuit's, not the scores: the module docstring)."""
     attention = model.blocks[layer].attn
     norms = [getattr(attention, name, None) for name in ("q_norm", "k_norm")]
     if all(norm is None for norm in norms):
