@@ -113,7 +113,7 @@ from models import gguf_cache
 from models.gguf_weights import lean_gguf_weights, plain_array_reader
 from models.memory import release_after_loading
 from models.rope_layout import refuse_pass_dependent_rope
-from models.scoring import bidirectional_setting
+from models.scoring import bidirectional_setting, evaluating
 from models.transformer import default_device
 from models.backend import (
     OFFICIAL_MODEL_NAMES,
@@ -832,7 +832,8 @@ def _transformers_reference(hf_model: PreTrainedModel, tokenizer: PreTrainedToke
     if dtype not in (torch.float32, torch.float64):
         return None
     ids = tokenizer(REFERENCE_TEXT, return_tensors="pt").input_ids
-    return ids, _log_probs(hf_model(ids.to(hf_model.device)).logits)
+    with evaluating(hf_model):  # a model handed over in training mode (dropout) gives its own numbers
+        return ids, _log_probs(hf_model(ids.to(hf_model.device)).logits)
 
 
 @torch.no_grad()
@@ -1416,7 +1417,8 @@ def check_equivalence(
     """
     if not prompts:
         raise ValueError("check_equivalence needs at least one prompt")
-    return max(_prompt_difference(model, hf_model, prompt, tokenizer) for prompt in prompts)
+    with evaluating(model, hf_model):  # the models' own numbers, not draws of their dropout
+        return max(_prompt_difference(model, hf_model, prompt, tokenizer) for prompt in prompts)
 
 
 @torch.inference_mode()

@@ -9,9 +9,10 @@ tokens first (what it writes after them is not looked at: an answer that is a pr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -42,18 +43,26 @@ def in_eval_mode(reader: Reader) -> Reader:
 
     @functools.wraps(reader)
     def read(model: Any, *args: Any, **kwargs: Any) -> Any:
-        wrapped = getattr(model, "original_model", None)
-        trees = [tree for tree in (model, wrapped) if isinstance(tree, torch.nn.Module)]
-        training = list({id(module): module for tree in trees for module in tree.modules() if module.training}.values())
-        for module in training:
-            module.training = False
-        try:
+        with evaluating(model):
             return reader(model, *args, **kwargs)
-        finally:
-            for module in training:
-                module.training = True
 
     return read  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def evaluating(*models: Any) -> Iterator[None]:
+    """Within the block, every module of each of ``models`` (and of the transformers model a bridge wraps) in eval
+    mode; each module's own mode put back after (:func:`in_eval_mode`)."""
+    trees = [tree for model in models for tree in (model, getattr(model, "original_model", None))
+             if isinstance(tree, torch.nn.Module)]
+    training = list({id(module): module for tree in trees for module in tree.modules() if module.training}.values())
+    for module in training:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module in training:
+            module.training = True
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

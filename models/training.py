@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -68,10 +69,16 @@ class TrainConfig:
     optimizer: str = "adamw"
 
     def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "seed"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise TrainingError(f"{name} must be an integer, got {value!r}")
         if self.steps < 1:
             raise TrainingError(f"steps must be ≥ 1, got {self.steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainingError(f"lr must be a positive finite number, got {self.lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise TrainingError(f"weight_decay must be a finite number ≥ 0, got {self.weight_decay}")
         if self.batch_size is not None and self.batch_size < 1:
             raise TrainingError(f"batch_size must be ≥ 1 or None (full batch), got {self.batch_size}")
         if self.eval_every < 1:

@@ -89,10 +89,18 @@ def _first_answer_tokens(model: Any, examples: Sequence[Example]) -> Int[Tensor,
     return torch.tensor([e.answer[0] for e in examples], dtype=torch.long, device=model.cfg.device)
 
 
+def _refuse_bilinear(model: Any, what: str) -> None:
+    """The bilinear model has no layers, heads or residual stream for ``what`` to read: refused by name."""
+    if isinstance(model, BilinearModel):
+        raise ValueError(f"{what} reads a transformer's layers, heads and residual stream; the bilinear model has "
+                         "none (read its Θ with probes.circuits.circuit_table)")
+
+
 def _check_ids(model: Any, examples: Sequence[Example], where: str) -> None:
     """Refuse token ids outside the model's vocabulary (a negative id would silently index from the end of
     W_U or W_E) and answer ids outside its output vocabulary: ``models.scoring.check_token_ids`` on the
-    statements, naming the first offending fact."""
+    statements, naming the first offending fact. The bilinear model is refused first (:func:`_refuse_bilinear`)."""
+    _refuse_bilinear(model, where)
     if examples:
         check_token_ids(model, collate(examples), f"{model.cfg.model_name}, {where}")
 
@@ -481,6 +489,7 @@ def direct_logit_attribution(
     """
     if by not in ("head", "layer"):
         raise ValueError(f"by must be 'head' or 'layer', not {by!r}")
+    _refuse_bilinear(model, "direct logit attribution")
     check_attribution_readable(model)  # before any work: the refusals `revlens probe` gives right after loading
     examples = as_examples(statements)
     _check_ids(model, examples, "direct logit attribution")

@@ -380,7 +380,10 @@ def _controls(pool: Sequence[str], answer: str, index_of: dict[str, int], k: int
     control for Y[x, z], its entry was trained).
 
     Drawn by rejection from random picks (O(K) per fact, so N facts cost O(N·K), not O(N²));
-    without replacement when the kind is large enough, with replacement otherwise. When every
+    without replacement when the kind is large enough; otherwise every eligible entity in turn, the kind's
+    shuffled order repeated until K are drawn, so each is a control ⌊K/m⌋ or ⌈K/m⌉ times and the controls'
+    mean and spread are the kind's own (a fine-tune's 16 people against K = 64: each of the 15 others 4 or
+    5 times, where independent draws had weighted them 0 to 10 times at random). When every
     other entity of the kind has the answer's tokens (two spellings the tokenizer merges), the
     entry cannot single the answer out: the controls then equal it, their spread is 0 and the
     z-score comes out NaN rather than a made-up number.
@@ -399,10 +402,8 @@ def _controls(pool: Sequence[str], answer: str, index_of: dict[str, int], k: int
                "a control")
         raise FactError(f"no control answers for {answer!r}: {why}")
     candidates = [e for e in others if index_of[e] != index_of[answer]] or others
-    if len(candidates) >= k:
-        order = torch.randperm(len(candidates), generator=generator)[:k]
-    else:
-        order = torch.randint(len(candidates), (k,), generator=generator)
+    rounds = -(-k // len(candidates))  # ⌈k / m⌉ shuffles of the whole kind
+    order = torch.cat([torch.randperm(len(candidates), generator=generator) for _ in range(rounds)])[:k]
     return [candidates[i] for i in order.tolist()]
 
 
@@ -676,8 +677,12 @@ def weight_change_table(
     check_circuits_readable(before)
     check_circuits_readable(after)
     check_layer_head(before, layers, None)
-    if before.cfg.n_layers != after.cfg.n_layers or before.cfg.d_model != after.cfg.d_model:
-        raise ValueError("the models before and after fine-tuning differ in shape; one must be the other fine-tuned")
+    shapes = [{name: tuple(p.shape) for name, p in model.named_parameters()} for model in (before, after)]
+    if type(before) is not type(after) or shapes[0] != shapes[1]:
+        differ = next((name for name in shapes[0] if shapes[0][name] != shapes[1].get(name)), None)
+        raise ValueError(f"the models before and after fine-tuning differ ({type(before).__name__} and "
+                         f"{type(after).__name__}" + (f"; first in {differ}" if differ else "") + "): one must be "
+                         "the other fine-tuned, loaded the same way")
     tokens = _entity_tokens(facts, entity_ids, before.cfg.d_vocab)
     sources, targets = _rows(facts, tokens, n_controls, seed)
     final = _unembedding_directions(before, tokens)

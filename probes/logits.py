@@ -33,7 +33,8 @@ from facts.language import controls_of, wrong_answers
 from facts.schema import Direction, FactSet
 from facts.tokens import Example, FactTokenizer, collate, right_padded
 from models.backend import has_kv_cache
-from models.scoring import Model, in_eval_mode, model_device, score_answers
+from models.scoring import (Model, check_causal, check_token_ids, in_eval_mode, model_device, score_answers,
+                            vocab_size)
 from probes.shared_prompt import candidate_logprobs_cached
 
 Statement = tuple[int, Direction]
@@ -48,7 +49,19 @@ def _prompt_batch(examples: Sequence[Example], pad_id: int) -> tuple[Tensor, Ten
 def _next_token_gather(
     model: Model, examples: Sequence[Example], ids: Tensor, pad_id: int, batch_size: int = 512
 ) -> Float[Tensor, "n k"]:
-    """``log p(ids[i, j] | prompt_i)`` from one forward pass over the prompts (answers not fed)."""
+    """``log p(ids[i, j] | prompt_i)`` from one forward pass over the prompts (answers not fed); the model must be
+    causal (its last prompt position reads no padding after it) and every id inside its vocabulary, as every other
+    scorer checks (:func:`models.scoring.check_causal`, :func:`models.scoring.check_token_ids`)."""
+    check_causal(model)
+    if isinstance(model, torch.nn.Module) and len(examples):
+        check_token_ids(model, collate(list(examples), pad_id), "candidate_logprobs")  # the prompts
+        size = getattr(getattr(model, "cfg", None), "d_vocab_out", None)
+        size = size if isinstance(size, int) and size > 0 else vocab_size(model)
+        bad = (ids < 0) | (ids >= size) if size else torch.zeros_like(ids, dtype=torch.bool)
+        if bad.any():
+            row = int(bad.any(1).nonzero()[0])
+            raise ValueError(f"candidate_logprobs: fact {examples[row].fact} ({examples[row].direction}): candidate "
+                             f"token id {int(ids[row][bad[row]][0])} is outside the model's output vocabulary of {size}")
     device = model_device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
     out = []
     for start in range(0, len(examples), batch_size):
@@ -77,6 +90,9 @@ def answers_logprobs(
     prompt once and reuses its keys and values (:mod:`probes.shared_prompt`); otherwise each
     (prompt, answer) pair is scored by teacher forcing.
     """
+    if len(answers) != len(statements):
+        raise ValueError(f"answers_logprobs: {len(statements)} statements but {len(answers)} rows of answers; give one "
+                         "row of answers per statement")
     width = {len(row) for row in answers}
     if len(width) != 1:
         raise ValueError(f"every statement needs the same number of answers to score, got {sorted(width)}")
@@ -175,8 +191,17 @@ def answer_table(
     """
     if rank_against not in ("candidates", "controls"):
         raise ValueError(f"rank_against must be 'candidates' or 'controls', got {rank_against!r}")
+    if n_controls < 0:
+        raise ValueError(f"n_controls must be ≥ 0, got {n_controls}")
     statements = [(i, d) for i, d, _ in facts.statements()]
     answers = [facts[i].given_and_answer(d)[2] for i, d in statements]
+    if controls is not None and (len(controls) != len(statements) or len({len(c) for c in controls}) > 1):
+        raise ValueError(f"controls: one list of as many controls for each of the {len(statements)} statements, "
+                         f"got {len(controls)} lists of lengths {sorted({len(c) for c in controls})}")
+    for row, ((index, direction), given) in enumerate(zip(statements, controls or [])):
+        if answers[row] in given:  # it would tie the truth: a rank one too low and a margin pulled towards 0
+            raise ValueError(f"controls: fact {index} ({direction})'s controls include its own answer "
+                             f"{answers[row]!r}; a control is a wrong answer")
     if rank_against == "candidates":  # checked before any pass
         candidates = list(dict.fromkeys(candidates if candidates is not None else facts.entities()))
         column = {candidate: j for j, candidate in enumerate(candidates)}
@@ -188,9 +213,6 @@ def answer_table(
                              "candidates that include it")
     truths = collate([tokenizer.example(facts, i, d) for i, d in statements], pad_id)
     scores = score_answers(model, truths)
-    if controls is not None and (len(controls) != len(statements) or len({len(c) for c in controls}) > 1):
-        raise ValueError(f"controls: one list of as many controls for each of the {len(statements)} statements, "
-                         f"got {len(controls)} lists of lengths {sorted({len(c) for c in controls})}")
     drawn = controls if controls is not None else answer_controls(facts, statements, n_controls, seed)
     n_controls = len(drawn[0]) if drawn else 0
     control_scores = torch.full((len(statements), 0), float("nan"))

@@ -56,6 +56,18 @@ def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: 
         raise ValueError("no multiple-choice prompts to score")
     if stems is not None and len(stems) != len(prompts):
         raise ValueError(f"{len(stems)} stems for {len(prompts)} prompts")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    size = model.cfg.d_vocab_out if getattr(model.cfg, "d_vocab_out", 0) and model.cfg.d_vocab_out > 0 \
+        else model.cfg.d_vocab
+    if len(set(letters)) != len(letters) or any(not 0 <= letter < size for letter in letters):
+        raise ValueError(f"letters {list(letters)}: distinct token ids in the model's output vocabulary of {size} "
+                         "(a negative id would read a letter from the end, a repeated one split its probability)")
+    if stems is not None and any(stems):
+        from probes.shared_prompt import _hooked_points
+
+        if _hooked_points(model):  # a hook sees every prompt whole, at its own positions, as a forward pass gives it
+            stems = None
     index = torch.tensor(list(letters), device=model.cfg.device)
     out = torch.empty(len(prompts), len(letters), dtype=torch.float64)
     whole = [row for row in range(len(prompts)) if stems is None or not stems[row]]

@@ -37,7 +37,8 @@ reach (a position before G, at any layer) gives the corrupted probability.
 Speed. The restored runs of layer l share everything below l with the corrupted run, so they
 start at layer l from the corrupted run's cached ``resid_pre`` (``start_at_layer``), and the
 (site, sample) pairs of one layer go through the model in batches of ``batch_size`` rows, sites in
-order of position: about half the cost of running every row from the embeddings. A restored site at
+order of position: about half the cost of running every row from the embeddings (on a HookedTransformer;
+TransformerLens 4.3's bridge still runs the blocks below l, so there the saving is the batching alone). A restored site at
 position p changes no position before p, so on a HookedTransformer a batch runs positions p₀ on (p₀
 its first site's position, at most the last prompt position) and attention reads the keys and values
 of positions before p₀ from the corrupted run (:func:`reads_earlier_from_cache`). A site before the
@@ -75,6 +76,7 @@ from facts.schema import Direction, FactError, FactSet
 from facts.tokens import Example
 from models.backend import (TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry, embedding_scale, is_hooked,
                             runs_from_layer)
+from models.bilinear import BilinearModel
 from models.scoring import answer_token_logprobs, check_causal, hooked_readout, in_eval_mode, token_logprobs
 from models.training import derived_seed, stream_seed
 from probes.hooks import check_layer, hook_names
@@ -126,15 +128,21 @@ def noise_std(model: Any, multiple: float = NOISE_MULTIPLE) -> float:
     """ν·σ: ``multiple`` times the standard deviation of the entries of the token embeddings as ``hook_embed``
     outputs them: W_E's, times Gemma's √d_model where the forward multiplies it in (:func:`models.backend.embedding_scale`:
     TransformerLens 4's bridge, whose W_E is the stored, unscaled matrix)."""
+    if not (math.isfinite(multiple) and multiple >= 0):
+        raise ValueError(f"noise_multiple must be a finite number ≥ 0, got {multiple}")
     return multiple * float(model.W_E.detach().float().std()) * embedding_scale(model)
 
 
 def _check_model(model: Any) -> None:
+    if isinstance(model, BilinearModel):
+        raise ValueError("causal tracing restores a layer's hidden states; the bilinear model has no layers (trace a "
+                         "transformer)")
     check_causal(model)  # the answer is teacher-forced after the prompt
     if not runs_from_layer(model):
         raise ValueError(
-            f"causal tracing runs the restored runs from their layer (start_at_layer), which a "
-            f"{type(model).__name__} does not offer; load the model with backend='hooked'")
+            f"causal tracing runs the restored runs from their layer (start_at_layer) under HookedTransformer's "
+            f"hook names, which a {type(model).__name__} outside compatibility mode does not offer; load the model "
+            f"with backend='hooked'")
 
 
 def _check_sites(model: Any, sites: Sequence[Site], length: int) -> None:
@@ -342,6 +350,7 @@ def trace(
     ``clean_logprob``, ``corrupted_prob``, ``corrupted_logprob``, ``effect`` (IE = prob −
     corrupted_prob), ``recovered`` ((prob − corrupted) / (clean − corrupted); NaN when the two are
     equal), ``bucket`` and ``token``."""
+    _check_model(model)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     length = len(example.prompt)
     sites = [Site(c, layer, (p,)) for c in components for layer in layers for p in range(length)]

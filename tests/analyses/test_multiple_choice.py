@@ -75,6 +75,10 @@ def test_letter_probabilities_are_the_softmax_over_the_letters_of_the_model(tiny
             assert torch.allclose(probabilities[row], logits[list(letters)].softmax(-1), atol=1e-4)
     with pytest.raises(ValueError, match="splits option letter 'Ω'"):
         letter_tokens(tokenizer, "AΩ")
+    # a negative id had read a letter from the vocabulary's end, a repeated one split its probability
+    for bad in ((-1, 389), (330, 330), (330, model.cfg.d_vocab)):
+        with pytest.raises(ValueError, match=r"distinct token ids in the model's output vocabulary"):
+            letter_probabilities(model, prompts, bad)
 
 
 def test_a_shared_stem_runs_once_and_gives_the_whole_prompts_probabilities(tiny_models):

@@ -173,10 +173,19 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(batc
     assert list_checkpoints(tmp_path / "next") == []
 
 
-@pytest.mark.parametrize("kwargs", [dict(steps=0), dict(lr=0.0), dict(lr=float("nan")), dict(batch_size=0)])
-def test_bad_train_config(kwargs):
-    with pytest.raises(TrainingError):
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(steps=0), "steps must be ≥ 1"), (dict(lr=0.0), "lr must be"), (dict(lr=float("nan")), "lr must be"),
+    (dict(batch_size=0), "batch_size must be ≥ 1"),
+    # a NaN weight decay passed torch's SGD and made the loss NaN ("lower the learning rate"); a float step count
+    # failed later inside range()
+    (dict(weight_decay=float("nan")), "weight_decay must be a finite number ≥ 0"),
+    (dict(weight_decay=-0.1), "weight_decay must be a finite number ≥ 0"),
+    (dict(steps=2.5), "steps must be an integer"), (dict(eval_every=True), "eval_every must be an integer"),
+])
+def test_bad_train_config(kwargs, named):
+    with pytest.raises(TrainingError, match=named):
         TrainConfig(**kwargs)
+    assert TrainConfig(steps=__import__("numpy").int64(3)).steps == 3  # a numpy integer is an integer
 
 
 def test_chosen_logprobs_equal_one_log_softmax_over_all_rows(monkeypatch):

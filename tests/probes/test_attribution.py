@@ -390,3 +390,21 @@ def test_patching_scores_a_whole_reverse_answer(smollm2_hooked, smollm2_tokenize
     from_forward, from_reverse = answer_logprobs(clean.prompt), answer_logprobs(corrupt.prompt)
     assert result.clean == pytest.approx(from_forward.sum().item(), abs=1e-4)
     assert result.metric[0, -1].item() == pytest.approx(from_forward[0].item() + from_reverse[1:].sum().item(), abs=1e-4)
+
+
+def test_the_bilinear_model_is_refused_by_every_probe_that_reads_layers(sample, vocab):
+    """It has no layers, heads or residual stream: each probe names itself and what to read instead (an
+    AttributeError on ``cfg`` had come from deep inside)."""
+    from models.bilinear import BilinearModel
+    from probes.tracing import trace
+
+    model = BilinearModel(vocab.d_vocab, 16)
+    clean, corrupt = forward_reverse_pairs(sample)
+    for probe, name in ((lambda: direct_logit_attribution(model, clean), "direct logit attribution"),
+                        (lambda: logit_lens(model, clean), "logit lens"),
+                        (lambda: patch_residual(model, clean, corrupt), "clean statements"),
+                        (lambda: attribution_patch(model, clean, corrupt), "clean statements")):
+        with pytest.raises(ValueError, match=f"{name} reads a transformer's layers.*bilinear model has none"):
+            probe()
+    with pytest.raises(ValueError, match="the bilinear model has no layers"):
+        trace(model, clean[0], (0,), n_samples=1)

@@ -177,3 +177,21 @@ def test_a_row_never_takes_an_entity_its_given_one_is_paired_with_as_a_control()
     expected = [[plain.index_of[e] for e in (answer, *_controls(pool, answer, plain.index_of, 8, generator))]
                 for fact in world for answer, pool in ((fact.object, objects), (fact.subject, subjects))]
     assert drawn.tolist() == expected
+
+
+def test_a_kind_smaller_than_k_gives_each_entity_as_a_control_equally_often():
+    """16 people's descriptions against K = 64 controls (a fine-tune's circuits): each of the 15 other descriptions
+    is a control 4 or 5 times, so the controls' mean and spread are the kind's own; independent draws had
+    weighted them 0 to 10 times at random. A kind of K or more is drawn without replacement, as before."""
+    from collections import Counter
+
+    from probes.circuits import _controls
+
+    pool = [f"d{i}" for i in range(16)]
+    index_of = {name: i for i, name in enumerate(pool)}
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        counts = Counter(_controls(pool, "d0", index_of, 64, generator))
+        assert set(counts) == set(pool[1:]) and set(counts.values()) <= {4, 5} and sum(counts.values()) == 64
+    large = _controls(pool, "d0", index_of, 8, generator)
+    assert len(set(large)) == 8 and "d0" not in large

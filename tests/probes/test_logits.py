@@ -234,3 +234,25 @@ def test_a_model_attending_both_ways_is_refused_by_every_answer_score(world, voc
     for call in calls.values():
         with pytest.raises(ValueError, match="attention is 'bidirectional', not causal"):
             call()
+
+
+def test_scoring_refuses_what_would_be_silently_wrong(trained_one_layer, world, vocab):
+    """answers_logprobs with fewer rows of answers than statements had returned fewer rows; a control equal to the
+    statement's own answer had tied the truth (a rank one too low, a margin pulled to 0); a negative n_controls had
+    blamed fact 0; a candidate id outside the vocabulary had failed inside gather."""
+    from probes.logits import answers_logprobs
+
+    statements = [(i, d) for i, d, _ in world.statements()][:3]
+    with pytest.raises(ValueError, match="3 statements but 2 rows of answers"):
+        answers_logprobs(trained_one_layer, world, vocab, statements, [[world[0].object]] * 2)
+    rows = list(world.statements())
+    controls = [[world[i].given_and_answer(d)[2]] for i, d, _ in rows]
+    with pytest.raises(ValueError, match=r"fact 0 \(forward\)'s controls include its own answer"):
+        answer_table(trained_one_layer, world, vocab, controls=controls)
+    with pytest.raises(ValueError, match="n_controls must be ≥ 0, got -3"):
+        answer_table(trained_one_layer, world, vocab, n_controls=-3)
+    from probes.logits import _next_token_gather
+
+    truths = [vocab.example(world, 0, "forward")]
+    with pytest.raises(ValueError, match=f"candidate token id {vocab.d_vocab} is outside"):
+        _next_token_gather(trained_one_layer, truths, torch.tensor([[vocab.d_vocab]]), 0)

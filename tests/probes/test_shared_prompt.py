@@ -308,3 +308,11 @@ def test_scores_are_the_model_s_not_a_draw_of_its_dropout(tiny_models):
         assert direct_logit_attribution(bridge, [row[0] for row in rows]).attribution.equals(attributed)
     assert model.training and model.transformer.h[1].training and not model.transformer.h[0].training
     assert bridge.training and bridge.original_model.transformer.drop.training
+    # converting or comparing a model handed over in training mode reads its own numbers, not dropout's (the
+    # conversion's reference check had refused it as "other log-probabilities than transformers'")
+    from models.pretrained import check_equivalence, to_hooked
+
+    prompts = ["The capital of France is", "Q: Who is Tom Cruise's mother?\nA:"]
+    assert check_equivalence(bridge, model, prompts, tiny.tokenizer) < 1e-4
+    converted = to_hooked(model, tiny.tokenizer, tiny.folder, device="cpu")
+    assert check_equivalence(converted, model, prompts, tiny.tokenizer) < 1e-4 and model.training
