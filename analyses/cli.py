@@ -750,8 +750,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
         if args.tracing and args.backend == "bridge" and not checkpoint:
             raise ValueError("--tracing runs on --backend hooked only: it restarts the forward pass at a layer under "
                              "HookedTransformer's hook names, which --backend bridge does not offer (3.9's bridge "
-                             "cannot start at a layer; 4.x's does so only in compatibility mode, what 4.x's "
-                             "--backend hooked loads)")
+                             "cannot start at a layer; 4.x's caches its activations under its own names outside "
+                             "compatibility mode, what 4.x's --backend hooked loads)")
         if args.patch_layers is not None:
             n_layers = (((card or {}).get("model") or {}).get("spec") or {}).get("n_layers") if checkpoint \
                 else _declared_layers(args.model)

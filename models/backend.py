@@ -24,8 +24,8 @@ checkpoints                 the HookedTransformer state dict    the same keys an
 ==========================  ==================================  =========================================
 
 Pretrained models (``models.pretrained``): 3.9 converts them to ``HookedTransformer`` or wraps
-them in a ``TransformerBridge``; 4.x only wraps (``backend="hooked"`` is refused there with the
-reason).
+them in a ``TransformerBridge``; 4.x only wraps (``backend="hooked"`` gives the bridge in compatibility
+mode, HookedTransformer's hook names and semantics).
 """
 
 from __future__ import annotations
@@ -120,9 +120,10 @@ def is_native_bridge(model: object) -> bool:
 
 def runs_from_layer(model: object) -> bool:
     """Whether ``model.run_with_hooks(resid, start_at_layer=l, ...)`` runs its blocks from layer ``l``
-    with HookedTransformer's hook names: a ``HookedTransformer``, or under TransformerLens 4 a bridge in
-    compatibility mode (what ``backend="hooked"`` and the named configs give there); 3.9's bridge has
-    no ``start_at_layer``."""
+    with HookedTransformer's hook names, as causal tracing reads them: a ``HookedTransformer``, or under
+    TransformerLens 4 a bridge in compatibility mode (what ``backend="hooked"`` and the named configs give
+    there). A 4.x bridge outside compatibility mode starts at a layer too, but its ``run_with_cache`` keys the
+    cache by its own canonical names, which tracing does not read; 3.9's bridge has no ``start_at_layer``."""
     if is_hooked(model):
         return True
     return TL_MAJOR >= 4 and isinstance(model, TransformerBridge) and bool(getattr(model, "compatibility_mode", False))
