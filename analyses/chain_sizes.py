@@ -24,6 +24,7 @@ from typing import Any
 
 from analyses import paper
 from analyses.experiments import CHAIN_SIZES_HELDOUT as HELDOUT
+from analyses.experiments import recorded_settings
 from analyses.reproduce import _write_json, at_chance
 from probes.views import save_png
 
@@ -69,7 +70,7 @@ def reproduce_chain_sizes(out: str | Path, config: ChainSizesConfig = ChainSizes
         rows[str(size)] = {"num_train": size, "n_triples": run.n_triples, "n_heldout": summary["n_heldout"],
                            **{k: summary[k] for k in KEYS}}
     save_png(sizes_figure(rows), out / "chain_sizes.png")
-    summary = {"experiment": "chain-sizes", "config": config.recorded(), "sizes": rows, "captions": CAPTIONS,
+    summary = {"experiment": "chain-sizes", "config": recorded_settings(config), "sizes": rows, "captions": CAPTIONS,
                "seconds": time.perf_counter() - began}
     _write_json(out / "summary.json", summary)
     return summary

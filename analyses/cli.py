@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from analyses.experiments import ALL_OPTIONS, EXPERIMENTS, REPRODUCE, REPRODUCE_ALL
+from analyses.experiments import ALL_OPTIONS, EXPERIMENTS, REPRODUCE, REPRODUCE_ALL, recorded_settings
 from analyses.experiments import non_negative_float as _non_negative_float
 from analyses.experiments import non_negative_int as _non_negative_int
 from analyses.experiments import positive_float as _positive_float
@@ -631,13 +631,10 @@ def recorded_config(args: argparse.Namespace, experiment: str | None = None) -> 
     (``settings``: :attr:`analyses.experiments.Experiment.settings`), which a later revlens may change. A sweep counts
     a trial finished only when its manifest records what the trial's command line makes now
     (:func:`analyses.sweep.finished`), so a run under other defaults is run again."""
-    from dataclasses import asdict
-
     config = {k: v for k, v in vars(args).items() if k not in ("quiet", "debug", "force", "argv")}
     name = experiment or (args.command if args.command != "reproduce" else args.experiment)
     if name in EXPERIMENTS:
-        settings = EXPERIMENTS[name].settings(args)
-        config["settings"] = settings.recorded() if hasattr(settings, "recorded") else asdict(settings)
+        config["settings"] = recorded_settings(EXPERIMENTS[name].settings(args))
     return config
 
 

@@ -313,6 +313,14 @@ def _mitigations(out: Path, args: argparse.Namespace, progress: bool) -> dict[st
     return reproduce_mitigations(out, mitigations_config(args), progress, getattr(args, "finetuned", None) or [])
 
 
+def recorded_settings(settings: Any) -> dict[str, Any]:
+    """An experiment's settings as its run folder's manifest and its summary record them: the dataclass's fields,
+    or what its ``recorded()`` says its runs used (chain-sizes: the chain settings of every size's run)."""
+    from dataclasses import asdict
+
+    return settings.recorded() if hasattr(settings, "recorded") else asdict(settings)
+
+
 def _imported(target: str) -> Callable[..., Any]:
     """The function ``"module:function"``, imported when called (an experiment kept in its own module brings its
     settings and runner along, and ``revlens --help`` imports neither)."""

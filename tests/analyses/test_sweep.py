@@ -529,7 +529,7 @@ def test_a_reproduce_trial_run_under_other_dataclass_defaults_is_run_again(tmp_p
 
     from analyses import paper
     from analyses.cli import build_parser, recorded_config
-    from analyses.experiments import EXPERIMENTS, REPRODUCE
+    from analyses.experiments import EXPERIMENTS, REPRODUCE, recorded_settings
     from analyses.sweep import expected_config, finished
 
     sweep, trial, folder = one_finished_trial(tmp_path, "chain", ["triples=20"], "reproduce chain",
@@ -549,7 +549,7 @@ def test_a_reproduce_trial_run_under_other_dataclass_defaults_is_run_again(tmp_p
     every = build_parser().parse_args(["reproduce", "all", "--out", str(tmp_path / "all"), "--seed", "4"])
     for name in REPRODUCE:
         own = build_parser().parse_args(["reproduce", name, "--out", str(tmp_path / name), "--seed", "4"])
-        assert recorded_config(every, name)["settings"] == recorded_config(own)["settings"] == asdict(
+        assert recorded_config(every, name)["settings"] == recorded_config(own)["settings"] == recorded_settings(
             EXPERIMENTS[name].settings(own)), name
     assert "settings" not in recorded_config(every)
 
