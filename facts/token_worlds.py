@@ -98,7 +98,9 @@ class TokenVocab:
         except FactError as error:
             raise FactError(f"fact {index} ({direction}): {error}", (index,)) from None
         split = fact.split(direction)
-        assert split is not None, "statements() only yields directions in play"
+        if split is None:  # an assert would let split=None through under python -O
+            raise FactError(f"fact {index} ({direction}): this direction is not in play (neither trained nor held "
+                            f"out), so it has no statement to score", (index,))
         return Example(prompt, answer_ids, index, direction, split)
 
 

@@ -73,6 +73,8 @@ def _by_prompt_length(examples: Sequence[Example], batch_size: int) -> Iterator[
     """Row indices in chunks of ≤ ``batch_size`` whose prompts share one length (no padding)."""
     if not examples:
         raise ValueError("no statements to probe: the selection is empty")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     groups: dict[int, list[int]] = defaultdict(list)
     for row, example in enumerate(examples):
         groups[len(example.prompt)].append(row)

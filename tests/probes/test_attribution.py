@@ -408,3 +408,17 @@ def test_the_bilinear_model_is_refused_by_every_probe_that_reads_layers(sample, 
             probe()
     with pytest.raises(ValueError, match="the bilinear model has no layers"):
         trace(model, clean[0], (0,), n_samples=1)
+
+
+def test_a_batch_size_below_one_and_a_direction_not_in_play_are_named(tiny, sample, vocab):
+    """A batch size of 0 had failed inside range(); a statement of a direction not in play (trained forward, its
+    reverse neither trained nor held out) had been made with split None under python -O, where an assert is
+    skipped."""
+    from facts.schema import Fact, FactError, FactSet
+
+    clean, _ = forward_reverse_pairs(sample)
+    for probe in (lambda: direct_logit_attribution(tiny, clean, batch_size=0), lambda: logit_lens(tiny, clean, 0)):
+        with pytest.raises(ValueError, match="batch_size must be ≥ 1, got 0"):
+            probe()
+    with pytest.raises(FactError, match=r"fact 0 \(reverse\): this direction is not in play"):
+        vocab.example(FactSet((Fact("e1", "→", "e2", "←", "train", None, "one-way"),)), 0, "reverse")
