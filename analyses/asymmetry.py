@@ -369,6 +369,9 @@ def check_asymmetry(
     facts = load_celebrity_pairs(data)  # before the model: a bad file fails in milliseconds
     if is_tl_model(model_name_or_path):
         model, tokenizer, name = model_name_or_path, model_name_or_path.tokenizer, model_name_or_path.cfg.model_name
+        if tokenizer is None:  # the questions are text: a model built without one cannot be asked them
+            raise ValueError(f"{name}: this model has no tokenizer (model.tokenizer is None), so the celebrity "
+                             "questions cannot be put to it; load it with models.pretrained.load, or set its tokenizer")
     else:
         model = load(model_name_or_path, backend=backend, device=device)
         tokenizer, name = model.tokenizer, os.fspath(model_name_or_path)  # the model's own: no second copy

@@ -146,7 +146,10 @@ def candidate_logprobs(
     candidates: Sequence[str],
     pad_id: int = 0,
 ) -> Float[Tensor, "n_statements n_candidates"]:
-    """``log p(candidate | prompt of statement)`` for every statement × candidate pair."""
+    """``log p(candidate | prompt of statement)`` for every statement × candidate pair (an empty table for no
+    statements or no candidates)."""
+    if not statements or not candidates:
+        return torch.zeros(len(statements), len(candidates))
     truths = [tokenizer.example(facts, i, d) for i, d in statements]
     shared = _shared_answer_ids(facts, tokenizer, statements, truths, candidates)
     if shared is not None:

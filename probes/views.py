@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import operator
 import os
 import re
 from pathlib import Path
@@ -78,11 +79,13 @@ def attention_view(
     ``blocks.{layer}.attn.hook_pattern``; ``layer`` is one layer or several (their heads side
     by side, named "L{layer}H{head}"); ``heads`` selects heads in each layer (default: all).
     """
-    layers = [layer] if isinstance(layer, int) else list(layer)
+    try:  # one layer: a Python, NumPy or 0-d tensor integer (``df.layer.unique()``'s too)
+        layers = [operator.index(layer)]
+    except TypeError:
+        layers = list(layer)
     if not layers:
         raise ValueError("attention_view needs at least one layer")
-    for chosen_layer in layers:
-        check_layer(model, chosen_layer)
+    layers = [check_layer(model, chosen_layer) for chosen_layer in layers]
     chosen = list(range(model.cfg.n_heads)) if heads is None else [check_head(model, layers[0], h)[1] for h in heads]
     if tokens.ndim == 1:
         tokens = tokens[None]

@@ -271,6 +271,12 @@ def test_bad_input_gets_a_clear_error(tmp_path):
         check_asymmetry(tmp_path / "no-such-model", REAL_CSV, tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="templates must be one of"):
         check_asymmetry("smollm2-135m", REAL_CSV, tmp_path / "out", templates="chat", progress=False)
+    from models.transformer import build_model  # a TransformerLens model built without a tokenizer
+
+    untokenized = build_model("tiny", 64)
+    assert untokenized.tokenizer is None
+    with pytest.raises(ValueError, match="this model has no tokenizer"):  # an AttributeError had come from deep inside
+        check_asymmetry(untokenized, REAL_CSV, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 

@@ -253,6 +253,10 @@ def test_scoring_refuses_what_would_be_silently_wrong(trained_one_layer, world, 
         answer_table(trained_one_layer, world, vocab, n_controls=-3)
     from probes.logits import _next_token_gather
 
+    # no statements or no candidates: an empty table (statements[0] had raised an IndexError)
+    assert candidate_logprobs(trained_one_layer, world, vocab, [], ["e1"]).shape == (0, 1)
+    assert candidate_logprobs(trained_one_layer, world, vocab, statements, []).shape == (3, 0)
+
     truths = [vocab.example(world, 0, "forward")]
     with pytest.raises(ValueError, match=f"candidate token id {vocab.d_vocab} is outside"):
         _next_token_gather(trained_one_layer, truths, torch.tensor([[vocab.d_vocab]]), 0)

@@ -44,6 +44,12 @@ def test_attention_view_shows_the_cached_attention_pattern(trained_one_layer, pr
     assert not torch.allclose(pattern[0], pattern[1])  # the two heads differ, so a wrong head would show
     assert '"attentionHeadNames": ["L0H1", "L0H3"]' in view.local_src
     assert f'"tokens": ["{labels[0]}"' in view.local_src
+    # a layer as a table gives it (a NumPy integer: pandas' unique()) is one layer, as an int is; it had failed in list()
+    import numpy as np
+
+    again = attention_view(trained_one_layer, tokens, np.int64(0), labels, heads=[1, 3]).local_src
+    read = json.JSONDecoder().raw_decode(again, again.index('"attention": ') + len('"attention": '))[0]
+    assert read == shown and '"attentionHeadNames": ["L0H1", "L0H3"]' in again
 
 
 def test_saved_page_is_self_contained(trained_one_layer, prompt, tmp_path):
