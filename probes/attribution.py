@@ -491,7 +491,6 @@ def direct_logit_attribution(
     """
     if by not in ("head", "layer"):
         raise ValueError(f"by must be 'head' or 'layer', not {by!r}")
-    _refuse_bilinear(model, "direct logit attribution")
     check_attribution_readable(model)  # before any work: the refusals `revlens probe` gives right after loading
     examples = as_examples(statements)
     _check_ids(model, examples, "direct logit attribution")

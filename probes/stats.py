@@ -6,7 +6,7 @@
   sweep) the normal one is too narrow: by a factor 1.15 at 10, 1.62 at 4 and 6.5 at 2.
   :func:`mean_ci95` is the same over facts, each fact's questions averaged first.
 * :func:`above_chance`: the exact one-sided binomial test of k successes in n trials against a chance rate.
-* :func:`share_of_gap`: the share of a gap recovered (patching, tracing), undefined where the gap is rounding.
+* :func:`share_of_gap`: the share of a gap recovered (activation patching), undefined where the gap is rounding.
 * :func:`rate_ci95`: Wilson's score interval of a rate of k successes in n trials, the p with
   (k/n − p)² ≤ z²·p(1 − p)/n: never empty, never outside [0, 1], and not zero-wide at a rate of 0 or 1, where
   the t (or normal) interval of 0/1 outcomes has s = 0 and would claim certainty ("0.000 ± 0.000" of 4 pairs).

@@ -38,8 +38,8 @@ Speed. The restored runs of layer l share everything below l with the corrupted 
 start at layer l from the corrupted run's cached ``resid_pre`` (``start_at_layer``), and the
 (site, sample) pairs of one layer go through the model in batches of ``batch_size`` rows, sites in
 order of position: about half the cost of running every row from the embeddings (on a HookedTransformer;
-TransformerLens 4.3's bridge still runs the blocks below l, so there the saving is the batching alone). A restored site at
-position p changes no position before p, so on a HookedTransformer a batch runs positions p₀ on (p₀
+TransformerLens 4.3's bridge still runs the blocks below l, so there the saving is the batching alone). A
+restored site at position p changes no position before p, so on a HookedTransformer a batch runs positions p₀ on (p₀
 its first site's position, at most the last prompt position) and attention reads the keys and values
 of positions before p₀ from the corrupted run (:func:`reads_earlier_from_cache`). A site before the
 given entity is the corrupted run itself (its activation is the same in both runs) and is not run.
