@@ -152,6 +152,17 @@ def prefix_cached(model, rows) -> torch.Tensor:
         shared_prompt.scores_by_tree = by_tree
 
 
+def one_statement_a_pass(model, rows) -> torch.Tensor:
+    """The hooked trie as it ran until 2026-12-05: each statement a pass of its own (HOOKED_TREE_PASS = 1)."""
+    from probes import shared_prompt
+
+    saved, shared_prompt.HOOKED_TREE_PASS = shared_prompt.HOOKED_TREE_PASS, 1
+    try:
+        return shared_prompt.candidate_logprobs_cached(model, rows).logprob
+    finally:
+        shared_prompt.HOOKED_TREE_PASS = saved
+
+
 def timed(function, *args) -> tuple[float, float, object]:
     """Wall seconds, CPU seconds of this process (user + system, ``time.process_time``) and the result."""
     began, began_cpu = time.perf_counter(), time.process_time()
@@ -159,7 +170,7 @@ def timed(function, *args) -> tuple[float, float, object]:
     return time.perf_counter() - began, time.process_time() - began_cpu, result
 
 
-def alternating_rounds(paths: dict, rounds: int, width: int = 34
+def alternating_rounds(paths: dict, rounds: int, width: int = 38
                        ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, object]]:
     """Run every path once a round, ``rounds`` times, the order reversed every other round (machine noise, a warm
     cache and the allocator's state hit all of them alike, not the first or the last most), printing each run;
@@ -183,7 +194,7 @@ FLOOR_TOLERANCE = 1e-3
 
 
 def print_against_floor(cpu: dict[str, list[float]], wall: dict[str, list[float]], results: dict[str, torch.Tensor],
-                        positions: int, floor_of=lambda name: FLOOR, width: int = 34) -> None:
+                        positions: int, floor_of=lambda name: FLOOR, width: int = 38) -> None:
     """Per path (medians over the rounds): CPU seconds, floor positions per CPU second, the ratio to its floor
     (``floor_of(name)``, by default :data:`FLOOR`) and the largest difference of its numbers from :data:`FLOOR`'s."""
     for name in cpu:
@@ -243,6 +254,7 @@ def main() -> None:
     paths = {
         FLOOR: lambda: floor_pass(hf, rows),
         "hooked (by trie, now)": lambda: candidate_logprobs_cached(hooked, rows).logprob,
+        "hooked, one statement a pass (before)": lambda: one_statement_a_pass(hooked, rows),
         "hooked, prefix cache (before)": lambda: prefix_cached(hooked, rows),
         "bridge (by trie, the default)": lambda: candidate_logprobs_cached(bridge, rows).logprob,
         "bridge, prefix cache (before)": lambda: prefix_cached(bridge, rows),

@@ -17,9 +17,10 @@ for the duration of one pass:
   outside M to −∞.
 
 Everything else (norms, soft-caps, grouped-query heads, post-norms, parallel blocks) is the model's own
-forward. The pass is one sequence (the rotary table is shared by the batch); a layout wider than a
-sliding window, or than the model's rotary table, is not run (:func:`runs_hooked_tree`): a window
-counts sequence indices, not positions.
+forward. The pass is one sequence (the rotary table is shared by the batch), which may hold several
+statements one after another under a block-diagonal M; a layout wider than a sliding window, or than the
+model's rotary table, is not run (:func:`hooked_tree_width`): a window counts sequence indices, not
+positions.
 """
 
 from __future__ import annotations
@@ -41,25 +42,31 @@ forcing (a tiny model of each, SmolLM2 and Gemma 3 270M: tests/probes/test_share
 3.9 converts no OLMo 2, so none is listed."""
 
 
-def runs_hooked_tree(model: object, width: int) -> bool:
-    """Whether :func:`hooked_tree_residual` runs ``model`` on a layout of ``width`` positions: a
-    HookedTransformer converted from one of :data:`HOOKED_TREE_ARCHITECTURES`, causal, with rotary or
-    absolute positions (no position-dependent rescaling), and ``width`` inside every layer's sliding
-    window and rotary table."""
+def hooked_tree_width(model: object) -> int:
+    """The widest layout :func:`hooked_tree_residual` runs ``model`` on (0: none): a HookedTransformer
+    converted from one of :data:`HOOKED_TREE_ARCHITECTURES`, causal, with rotary or absolute positions (no
+    position-dependent rescaling), on layouts inside its context, every local layer's sliding window (a
+    window counts sequence indices, not positions) and every rotary table."""
     if not is_hooked(model):
-        return False
+        return 0
     cfg = model.cfg
     if (cfg.original_architecture not in HOOKED_TREE_ARCHITECTURES or cfg.attention_dir != "causal"
-            or cfg.positional_embedding_type not in ("rotary", "standard") or width > cfg.n_ctx
+            or cfg.positional_embedding_type not in ("rotary", "standard")
             or getattr(cfg, "use_dynamic_ntk_rope", False) or getattr(cfg, "use_logn_attn", False)):
-        return False
+        return 0
+    widths = [cfg.n_ctx]
     for block in model.blocks:
-        attn = block.attn
-        if attn.attn_type == "local" and width > cfg.window_size:
-            return False
-        if cfg.positional_embedding_type == "rotary" and width > attn.rotary_cos.shape[0]:
-            return False
-    return True
+        if block.attn.attn_type == "local":
+            widths.append(cfg.window_size)
+        if cfg.positional_embedding_type == "rotary":
+            widths.append(block.attn.rotary_cos.shape[0])
+    return min(widths)
+
+
+def runs_hooked_tree(model: object, width: int) -> bool:
+    """Whether :func:`hooked_tree_residual` runs ``model`` on a layout of ``width`` positions
+    (:func:`hooked_tree_width`)."""
+    return 0 < width <= hooked_tree_width(model)
 
 
 @contextmanager

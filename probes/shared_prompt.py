@@ -12,7 +12,8 @@ equal teacher forcing every (prompt, answer) sequence with :func:`models.scoring
   exactly the positions that must be computed, in one pass (the floor of
   ``benchmarks/scoring_throughput.py``). A transformers causal LM, or a TransformerBridge over one, runs
   passes of statements through transformers' layers with a 4D mask; a HookedTransformer converted from a
-  checked architecture runs one statement a pass through its own forward (:mod:`models.hooked_tree`);
+  checked architecture runs statements one after another in one sequence through its own forward
+  (:mod:`models.hooked_tree`);
 - from a prefix cache: the prompts run once, then the continuations from their cached keys and values
   (:class:`PrefixCache`). A TransformerLens model whose architecture the trie is not checked on
   (:func:`scores_by_tree`: a token-world model, for one) and statements wider than a sliding window run so (a
@@ -45,7 +46,7 @@ from models.backend import (
     TransformerLensKeyValueCacheEntry,
     is_hooked,
 )
-from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_residual, runs_hooked_tree
+from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_residual, hooked_tree_width, runs_hooked_tree
 from models.memory import release_freed_memory
 from models.scoring import (
     LOG_SOFTMAX_BLOCK, LOGIT_BUDGET, check_causal, chosen_logprobs, hooked_readout, in_eval_mode, model_device,
@@ -59,6 +60,12 @@ this project's CPUs sums them in another order), so inside a bundle their rows w
 MLP_BLOCK = LOG_SOFTMAX_BLOCK
 """Floats of one MLP activation (positions × d_mlp) a bundle of continuation passes may hold at once
 (:meth:`PrefixCache.extend_bundle`; 16 MiB: 2,730 positions of SmolLM2, 2,048 of Gemma 3)."""
+
+HOOKED_TREE_PASS = 256
+"""Positions of one HookedTransformer trie pass: statements (~100 positions each in ``check-asymmetry``) run
+one after another in one sequence up to this width. One pass's fixed cost is what it saves: SmolLM2's blocks,
+one thread, ran 193 positions a CPU second at 25 positions a pass, 301 at 50, 379 at 100, 419 at 200 and
+403 at 300 (2026-12-05, an AMX Xeon)."""
 
 
 TREE_ARCHITECTURES = frozenset({"gpt2", "gpt_neox", "qwen2", "llama", "mistral", "gemma", "gemma2", "gemma3_text",
@@ -487,13 +494,14 @@ def _score_chunk_tree(
     """Score one chunk of statements by trie, in place. A transformers model (a bridge's: its layers are the
     bridge's own modules) runs passes of statements (narrowest first) through its body with position ids
     and a 4D additive mask, then ``lm_head`` (and the soft-cap where the config has one: what the causal
-    LM's forward does) on the readout rows alone; a HookedTransformer runs one statement a pass
-    (:func:`models.hooked_tree.hooked_tree_residual`), then ``ln_final`` and its unembedding on those rows
+    LM's forward does) on the readout rows alone; a HookedTransformer runs passes of statements one after
+    another in one sequence of up to :data:`HOOKED_TREE_PASS` positions, a block-diagonal mask keeping each
+    to itself (:func:`models.hooked_tree.hooked_tree_residual`), then ``ln_final`` and its unembedding on those rows
     (:func:`models.scoring.hooked_readout`). The readout goes :data:`~models.scoring.LOGIT_BUDGET` rows at
     a time, each row's log-softmax read at every token an answer continues with there."""
     hooked = is_hooked(model)
     if hooked:
-        vocab, passes = model.cfg.d_vocab, [[s] for s in sorted(range(len(tries)), key=lambda s: len(tries[s].tokens))]
+        vocab, passes = model.cfg.d_vocab, _hooked_tree_passes(model, tries)
 
         def readout(rows: Float[Tensor, "r d_model"]) -> Float[Tensor, "r d_vocab"]:
             return hooked_readout(model, rows)
@@ -509,13 +517,19 @@ def _score_chunk_tree(
     positions = max(1, LOGIT_BUDGET // vocab)
     for group in passes:
         ids, position_ids, allowed = _tree_batch([tries[s] for s in group])
-        if hooked:
-            hidden = hooked_tree_residual(model, ids[0], position_ids[0], allowed[0])[None]
+        if hooked:  # the statements one after another in one sequence, each seeing itself only
+            lengths = [len(tries[s].tokens) for s in group]
+            hidden = hooked_tree_residual(model, torch.cat([ids[b, :n] for b, n in enumerate(lengths)]),
+                                          torch.cat([position_ids[b, :n] for b, n in enumerate(lengths)]),
+                                          torch.block_diag(*[allowed[b, :n, :n] for b, n in enumerate(lengths)]))
+            starts = [sum(lengths[:b]) for b in range(len(group))]
         else:
             mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
             hidden = model.base_model(input_ids=ids.to(device), position_ids=position_ids.to(device),
-                                      attention_mask=mask.to(device), use_cache=False).last_hidden_state
-        rows = torch.cat([hidden[b, tries[s].prompt_length - 1 : len(tries[s].tokens)] for b, s in enumerate(group)])
+                                      attention_mask=mask.to(device), use_cache=False).last_hidden_state.flatten(0, 1)
+            starts = [b * ids.shape[1] for b in range(len(group))]
+        rows = torch.cat([hidden[start + tries[s].prompt_length - 1 : start + len(tries[s].tokens)]
+                          for start, s in zip(starts, group)])
         del hidden
         # the tokens read at each readout row, and where each answer's tokens sit among them
         wanted: list[dict[int, int]] = [{} for _ in range(len(rows))]
@@ -557,6 +571,16 @@ def _tree_passes(tries: Sequence[AnswerTrie], d_mlp: int) -> list[list[int]]:
         else:
             passes.append([s])
     return passes
+
+
+def _hooked_tree_passes(model: TLModel, tries: Sequence[AnswerTrie]) -> list[list[int]]:
+    """Statements (indices of ``tries``) grouped into a HookedTransformer's trie passes, widths ascending, each
+    pass's statements one after another in one sequence of up to :data:`HOOKED_TREE_PASS` positions and no wider
+    than the model runs (:func:`models.hooked_tree.hooked_tree_width`: a sliding window counts the sequence's
+    indices); a statement wider than that alone."""
+    order = sorted(range(len(tries)), key=lambda s: len(tries[s].tokens))
+    room = min(HOOKED_TREE_PASS, hooked_tree_width(model))
+    return [[order[i] for i in run] for run in _runs([len(tries[s].tokens) for s in order], room)]
 
 
 def _runs(sizes: Sequence[int], room: int, alone: int = 0) -> list[list[int]]:

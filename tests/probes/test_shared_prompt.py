@@ -3,8 +3,8 @@ answer's continuation once, the unembedding only where a next token is scored) g
 the straightforward one (:func:`models.scoring.score_answers`: teacher forcing every prompt ++ answer
 through the model's own forward), on SmolLM2 (Llama, no BOS) and on a tiny random Gemma 2 (BOS before
 every prompt, logit soft-cap, a 4-token sliding window the prompts pass), on both backends; both
-backends score by trie (a bridge: passes of statements with a 4D mask; a HookedTransformer: one statement
-a pass, :mod:`models.hooked_tree`) on every tiny architecture, and by their prefix cache where a hook or a
+backends score by trie (a bridge: passes of statements with a 4D mask; a HookedTransformer: statements one
+after another in one sequence, :mod:`models.hooked_tree`) on every tiny architecture, and by their prefix cache where a hook or a
 sliding window rules the trie out; and on a HookedTransformer, continuation passes run together
 (``extend_bundle``) give the numbers of the same passes run one by one (``extend``; bitwise on this
 project's CPUs)."""
@@ -30,6 +30,7 @@ from probes.shared_prompt import (
     SMALL_PRODUCT,
     TREE_ARCHITECTURES,
     PrefixCache,
+    _hooked_tree_passes,
     _tree_batch,
     _tree_fits,
     answer_trie,
@@ -137,6 +138,32 @@ def test_the_hooked_trie_lists_exactly_the_conversions_checked_above(tiny_models
     converted = {model.cfg.original_architecture for architecture in BACKENDS_BY_ARCHITECTURE
                  for model in tiny_models[architecture].backends.values() if is_hooked(model)}
     assert converted == (set(HOOKED_TREE_ARCHITECTURES) if HookedTransformer is not None else set())
+
+
+def test_a_hooked_transformer_runs_statements_together_inside_its_sliding_window(tiny_models, tmp_path):
+    """A HookedTransformer's trie runs several statements one after another in one sequence, each seeing itself
+    only, in passes no wider than its sliding window (which counts sequence indices): on a Gemma 2 whose window
+    holds the widest statement and the two narrowest but not the two widest, by trie in passes of up to the window, several of them holding more
+    than one statement, with teacher forcing's numbers; with a wide window, in fewer passes than statements, each
+    inside the model's context."""
+    tiny = tiny_models["gemma2"]
+    rows = candidate_rows(tiny.tokenizer, prefix=(tiny.tokenizer.bos_token_id,))
+    tries = [answer_trie(row) for row in rows]
+    widths = sorted(len(t.tokens) for t in tries)
+    config = tiny_config("gemma2")
+    for window in (max(widths[-1], widths[0] + widths[1]), 8192):
+        config.sliding_window = window
+        model = load(save_tiny(tmp_path / str(window), config, tiny.tokenizer), backend="hooked", device="cpu")
+        passes = _hooked_tree_passes(model, tries)
+        assert sorted(s for group in passes for s in group) == list(range(len(tries)))
+        assert all(sum(len(tries[s].tokens) for s in group) <= window for group in passes)
+        if window < 8192:
+            assert widths[-2] + widths[-1] > window and max(map(len, passes)) > 1 and len(passes) > 1
+        else:  # narrowest first, as many a pass as its context holds
+            assert [s for group in passes for s in group] == sorted(range(len(tries)), key=lambda s: len(tries[s].tokens))
+            assert len(passes) < len(tries) and all(sum(len(tries[s].tokens) for s in group) <= model.cfg.n_ctx
+                                                    for group in passes)
+        assert_fast_equals_teacher_forcing(model, rows, by_tree=True)
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma2"])
