@@ -57,3 +57,26 @@ def test_training_raises_trained_scores_and_not_their_reverse(world, vocab):
 def test_bad_sizes():
     with pytest.raises(ValueError, match="d_vocab ≥ 2"):
         BilinearModel(d_vocab=1, d_model=4)
+
+
+def test_asymmetry_is_the_antisymmetric_part_over_the_whole_on_known_thetas():
+    """asymmetry = ‖Θ − Θᵀ‖_F / ‖Θ‖_F. Writing Θ = S + A (symmetric and antisymmetric parts, orthogonal under
+    the Frobenius product) it is 2‖A‖ / √(‖S‖² + ‖A‖²): 0 for a symmetric Θ, 2 for an antisymmetric one, √2 for
+    one learnt direction Θ = e_i e_jᵀ (i ≠ j: A = (e_i e_jᵀ − e_j e_iᵀ)/2), 2·4/5 = 1.6 for ‖S‖ = 3, ‖A‖ = 4;
+    unchanged by scaling Θ (by −2.5 too); 0 at Θ = 0 (no 0/0)."""
+    model = BilinearModel(d_vocab=10, d_model=6, seed=0)
+    assert model.asymmetry() == 0.0
+    generator = torch.Generator().manual_seed(0)
+    random = torch.randn(6, 6, generator=generator)
+    symmetric, antisymmetric = random + random.T, random - random.T
+    one_way = torch.zeros(6, 6)
+    one_way[1, 4] = 0.7
+    mixed = 3 * symmetric / symmetric.norm() + 4 * antisymmetric / antisymmetric.norm()
+    cases = [(symmetric, 0.0), (antisymmetric, 2.0), (one_way, 2**0.5), (mixed, 1.6), (-2.5 * mixed, 1.6)]
+    for theta, expected in cases:
+        with torch.no_grad():
+            model.theta.copy_(theta)
+        assert model.asymmetry() == pytest.approx(expected, abs=1e-6)
+    with torch.no_grad():
+        model.theta.copy_(symmetric)
+    assert model.asymmetry() == 0.0  # exactly: (R + Rᵀ) − (R + Rᵀ)ᵀ is 0 entry by entry

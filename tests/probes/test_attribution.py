@@ -1,6 +1,8 @@
+import itertools
+
 import pytest
 import torch
-from tiny_models import BACKENDS_BY_ARCHITECTURE
+from tiny_models import BACKENDS_BY_ARCHITECTURE, perturbed
 
 from facts.tokens import Example, tokenize
 from models.backend import hooked_state_dict, load_hooked_state_dict
@@ -93,6 +95,116 @@ def test_heads_and_the_attention_bias_add_up_to_their_layer(tiny, sample):
     shared = ["embed", "pos_embed", "mlp", "unembed bias"]
     assert torch.allclose(torch.tensor(by_head[by_head.kind.isin(shared)].attribution.to_numpy()),
                           torch.tensor(by_layer[by_layer.kind.isin(shared)].attribution.to_numpy()))
+
+
+def final_norm_terms(model, cache, vectors, answers, centre, centre_terms=None):
+    """What each vector in ``vectors`` ([component, batch, d_model], written at the last position) adds to the
+    answer logit, by the docstring's math done by hand: ``(v − mean(v)) / s · (w ⊙ W_U[:, t])`` (no mean for
+    RMSNorm: ``centre`` False), with s recomputed here from the final residual stream r at the last position
+    (√(var(r) + ε) for LayerNorm, √(mean(r²) + ε) for RMSNorm) and asserted to be the scale of the run. Float64;
+    no helper of the probe is called. ``centre_terms=False`` leaves the mean of each term in (a wrong reading
+    of a LayerNorm, to show that the rows tell it apart)."""
+    resid = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][:, -1].double()
+    centred = resid - resid.mean(-1, keepdim=True) if centre else resid
+    scale = (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()  # [batch, 1]
+    assert torch.allclose(scale, cache["ln_final.hook_scale"][:, -1].double(), rtol=1e-6)
+    vectors = vectors.double()
+    if centre if centre_terms is None else centre_terms:
+        vectors = vectors - vectors.mean(-1, keepdim=True)
+    directions = model.ln_final.w.double()[:, None] * model.W_U.double()[:, answers]  # [d_model, batch]
+    return torch.einsum("cbd,db->cb", vectors / scale, directions)
+
+
+def rows_by_component(table, labels, n_statements):
+    """The table's attributions as [label, statement], in the order of ``labels``."""
+    rows = table.set_index(["statement", "component"]).attribution
+    return torch.tensor([[float(rows[(s, label)]) for s in range(n_statements)] for label in labels],
+                        dtype=torch.float64)
+
+
+def assert_labels_tell_apart(expected, labels):
+    """Every two labels' values differ by > 1e-3 on some statement: so any relabelling (heads permuted, layers
+    swapped) moves at least one row by more than the tolerance of 1e-5, and fails the row-by-row check."""
+    for (a, x), (b, y) in itertools.combinations(zip(labels, expected), 2):
+        assert (x - y).abs().max() > 1e-3, f"{a} and {b} write the same: a swap of their labels would pass"
+
+
+def test_each_component_row_is_its_own_write_through_the_final_norm(tiny, sample):
+    """Row by row, not by sums: each "L{l}H{h}" row is TransformerLens's ``stack_head_results`` for that label
+    (z_h W_O^h at the last position), each "L{l} mlp", "L{l} attn bias", "embed" and "pos_embed" row that
+    component's own write, projected by hand as ``(v − mean(v)) / s · (w ⊙ W_U[:, t])``; the "unembed bias" row
+    is b · W_U[:, t] + b_U[t]. ``tiny`` has random LayerNorm weights and biases and a nonzero b_O, so the
+    centring, the scale and every row kind matter; the answers differ by statement."""
+    examples = as_examples(sample)[:8]
+    answers = [e.answer[0] for e in examples]
+    assert len(set(answers)) == len(answers) and tiny.cfg.normalization_type == "LN"
+    table = direct_logit_attribution(tiny, examples, by="head")
+    with torch.no_grad():
+        _, cache = tiny.run_with_cache(torch.tensor([e.prompt for e in examples]))
+        heads, head_labels = cache.stack_head_results(layer=-1, pos_slice=-1, return_labels=True)
+        layers = range(tiny.cfg.n_layers)
+        others = {"embed": cache["hook_embed"][:, -1], "pos_embed": cache["hook_pos_embed"][:, -1]}
+        for layer in layers:
+            others[f"L{layer} attn bias"] = tiny.blocks[layer].attn.b_O.expand(len(examples), -1)
+            others[f"L{layer} mlp"] = cache[f"blocks.{layer}.hook_mlp_out"][:, -1]
+        labels = head_labels + list(others)
+        expected = final_norm_terms(tiny, cache, torch.cat([heads, torch.stack(list(others.values()))]), answers,
+                                    centre=True)
+        unembed_bias = tiny.ln_final.b.double() @ tiny.W_U.double()[:, answers] + tiny.b_U.double()[answers]
+        uncentred = final_norm_terms(tiny, cache, heads, answers, centre=True, centre_terms=False)
+    assert head_labels == [f"L{l}H{h}" for l in layers for h in range(tiny.cfg.n_heads)]
+    assert set(table.component) == set(labels) | {"unembed bias"}
+    got = rows_by_component(table, labels, len(examples))
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
+    assert torch.allclose(rows_by_component(table, ["unembed bias"], len(examples))[0], unembed_bias, atol=1e-5)
+    heads_table = table[table.kind == "head"].drop_duplicates("component")
+    assert [f"L{l}H{h}" for l, h in zip(heads_table.layer, heads_table["head"])] == list(heads_table.component)
+    assert_labels_tell_apart(expected, labels)
+    assert (uncentred - expected[: len(head_labels)]).abs().max() > 1e-2  # a probe that did not centre would fail
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_models):
+    """The tiny Llama (RMSNorm, 4 query heads sharing 2 key/value heads) as a HookedTransformer, with random
+    norm weights, b_O and b_U."""
+    return perturbed(tiny_models["llama"].backends["hooked"])
+
+
+def test_grouped_query_heads_are_attributed_by_query_head(llama):
+    """Under grouped-query attention (4 query heads, 2 key/value groups: query head h reads group h // 2) each
+    query head is its own row. Recomputed by hand from the cached attention pattern and the cached values of
+    the *groups*, z_h = Σ_k pattern[h, −1, k] · v[k, h // 2] and then z_h W_O^h / s · (w ⊙ W_U[:, t]) (RMSNorm:
+    no mean): it matches each "L{l}H{h}" row, L1H3 (the second query head of the second group) included; reading
+    head 3 from the first group instead would move its row by more than the tolerance."""
+    cfg = llama.cfg
+    assert (cfg.n_heads, cfg.n_key_value_heads, cfg.normalization_type) == (4, 2, "RMS")
+    prompts = torch.randint(0, 1000, (3, 7), generator=torch.Generator().manual_seed(2))
+    answers = [11, 500, 4242]
+    examples = [Example(tuple(p), (a,), i, "forward", "heldout")
+                for i, (p, a) in enumerate(zip(prompts.tolist(), answers))]
+    table = direct_logit_attribution(llama, examples, by="head")
+    group_size = cfg.n_heads // cfg.n_key_value_heads
+    labels, writes, wrong_group = [], [], {}
+    with torch.no_grad():
+        _, cache = llama.run_with_cache(prompts)
+        for layer, head in itertools.product(range(cfg.n_layers), range(cfg.n_heads)):
+            pattern = cache[f"blocks.{layer}.attn.hook_pattern"][:, head, -1].double()  # [batch, key]
+            values = cache[f"blocks.{layer}.attn.hook_v"].double()  # [batch, key, kv_head, d_head]
+            assert values.shape[2] == cfg.n_key_value_heads
+            z = torch.einsum("bk,bkd->bd", pattern, values[:, :, head // group_size])
+            W_O = llama.blocks[layer].attn.W_O[head].double()
+            labels.append(f"L{layer}H{head}")
+            writes.append(z @ W_O)
+            other = (head // group_size + 1) % cfg.n_key_value_heads
+            wrong_group[labels[-1]] = torch.einsum("bk,bkd->bd", pattern, values[:, :, other]) @ W_O
+        stacked, tl_labels = cache.stack_head_results(layer=-1, pos_slice=-1, return_labels=True)
+        assert tl_labels == labels and torch.allclose(torch.stack(writes), stacked.double(), atol=1e-5)
+        expected = final_norm_terms(llama, cache, torch.stack(writes), answers, centre=False)
+        misread = final_norm_terms(llama, cache, wrong_group["L1H3"][None], answers, centre=False)[0]
+    got = rows_by_component(table, labels, len(examples))
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (got - expected).abs().max()
+    assert_labels_tell_apart(expected, labels)
+    assert (misread - expected[labels.index("L1H3")]).abs().max() > 1e-2
 
 
 def test_last_position_head_results_are_transformer_lens_stack_head_results(tiny, sample):
@@ -275,6 +387,46 @@ def test_patching_refuses_what_it_cannot_patch(tiny, trained_one_layer, sample):
 
 
 # --- logit lens -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny", "llama"])
+def test_every_lens_stage_is_the_final_norm_on_its_own_residual(request, sample, name):
+    """Every stage, not only the last: stage l ("{l}_pre", the residual before layer l; "final_post", after the
+    last layer) is log_softmax(unembed(ln_final(r_l)))[t] at the last position, with the final norm's statistics
+    recomputed from r_l itself (the module ``model.ln_final`` run on r_l), and the rank is 1 + the number of
+    tokens with a higher logit. Normalising every stage by the final residual's cached scale instead (the
+    statistics of the last stage) gives log-probabilities that differ by over 0.01 before the last stage:
+    the rows show which normalisation ran. ``tiny`` has a LayerNorm, the Llama an RMSNorm."""
+    model = request.getfixturevalue(name)
+    examples = as_examples(sample)[:6] if name == "tiny" else [
+        Example(tuple(p), (7 + 300 * i,), i, "forward", "heldout")
+        for i, p in enumerate(torch.randint(0, 1000, (3, 6), generator=torch.Generator().manual_seed(3)).tolist())]
+    answers = torch.tensor([e.answer[0] for e in examples])
+    n_layers, pick = model.cfg.n_layers, torch.arange(len(examples))
+    lens = logit_lens(model, examples).set_index(["statement", "stage"])
+    stages = {f"{layer}_pre": f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)}
+    stages["final_post"] = f"blocks.{n_layers - 1}.hook_resid_post"
+    assert list(lens.loc[0].index) == list(stages)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.tensor([e.prompt for e in examples]))
+        final_scale = cache["ln_final.hook_scale"][:, -1:]  # [batch, 1, 1]: the last stage's statistics
+        for number, (stage, hook) in enumerate(stages.items()):
+            resid = cache[hook][:, -1:]
+            logits = model.unembed(model.ln_final(resid))[:, 0]
+            logprob = logits.log_softmax(-1)[pick, answers]
+            rank = 1 + (logits > logits[pick, answers][:, None]).sum(-1)
+            centred = resid - resid.mean(-1, keepdim=True) if model.cfg.normalization_type == "LN" else resid
+            cached = centred / final_scale * model.ln_final.w + getattr(model.ln_final, "b", 0.0)
+            cached_logprob = model.unembed(cached)[:, 0].log_softmax(-1)[pick, answers]
+            rows = lens.xs(stage, level="stage").loc[range(len(examples))]
+            assert (rows.layer == number).all()
+            assert torch.allclose(torch.tensor(rows.logprob.to_numpy()), logprob, atol=1e-5), stage
+            assert rows["rank"].tolist() == rank.tolist(), stage
+            gap = (cached_logprob - logprob).abs().max()
+            if stage == "final_post":  # the same statistics: the two normalisations agree
+                assert gap < 1e-5
+            else:
+                assert gap > 1e-2, f"{stage}: the cached final scale and r_l's own agree; the check tells nothing"
 
 
 def test_the_last_lens_stage_is_the_model_output(tiny, sample):

@@ -1,5 +1,6 @@
 """Effective-weight circuits on the real one-layer HookedTransformer and the bilinear model."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -195,3 +196,144 @@ def test_a_kind_smaller_than_k_gives_each_entity_as_a_control_equally_often():
         assert set(counts) == set(pool[1:]) and set(counts.values()) <= {4, 5} and sum(counts.values()) == 64
     large = _controls(pool, "d0", index_of, 8, generator)
     assert len(set(large)) == 8 and "d0" not in large
+
+
+def materialised_circuits(model, entities, entity_ids, layer, head):
+    """Each circuit's matrix over ``entities``, the slow way, in float64: x_E and u_E the mean embedding and
+    unembedding over E's tokens, P the centring (under LayerNorm; the identity under RMSNorm),
+    s_E = P(x_E) ⊙ w_ln1 and ũ_E = P(w_final ⊙ u_E):
+    direct[A, B] = P(x_A)·ũ_B, ov[A, B] = s_A·OV[l,h]·ũ_B, qk[A, B] = s_A·QK[l,h]·s_B, with TransformerLens's
+    ``FactoredMatrix`` factors (its own repetition of key/value heads)."""
+    layer_norm = str(model.cfg.normalization_type).startswith("LN")
+    centre = (lambda v: v - v.mean(-1, keepdim=True)) if layer_norm else (lambda v: v)  # noqa: E731
+    with torch.no_grad():
+        x = torch.stack([model.W_E[list(entity_ids(e))].double().mean(0) for e in entities])
+        u = torch.stack([model.W_U[:, list(entity_ids(e))].double().mean(1) for e in entities])
+        unembedded = centre(model.ln_final.w.double() * u)
+        given = centre(x) * model.blocks[layer].ln1.w.double()
+        ov, qk = model.OV[layer, head], model.QK[layer, head]
+        return {"direct": centre(x) @ unembedded.T,
+                "ov": given @ ov.A.double() @ ov.B.double() @ unembedded.T,
+                "qk": given @ qk.A.double() @ qk.B.double() @ given.T}
+
+
+def expected_rows(matrix, facts, entity_ids, n_controls, seed):
+    """Per fact, (M[A,B], M[B,A], z_ab, z_ba) from the materialised ``matrix`` (over ``facts.entities()``), each
+    row z-scored against the controls ``_rows`` draws: z = (M[g,a] − mean_c M[g,c]) / std_c M[g,c] with the
+    unbiased (n − 1) std over the K controls alone (the answer is not one of them)."""
+    from probes.circuits import _entity_tokens, _rows
+
+    entities = list(facts.entities())
+    tokens = _entity_tokens(facts, entity_ids, 1 << 30)
+    position = {}  # a token sequence's index → the matrix row of an entity that spells it
+    for i, entity in enumerate(entities):
+        position.setdefault(tokens.index_of[entity], i)
+    sources, targets = _rows(facts, tokens, n_controls, seed)
+    m = matrix.numpy()
+    entries, zs = [], []
+    for source, row in zip(sources.tolist(), targets.tolist()):
+        given, (answer, *controls) = position[source], [position[t] for t in row]
+        assert len(controls) == n_controls
+        assert row[0] not in row[1:] or len(position) < len(entities)  # only where two entities share tokens
+        values = m[given, controls]
+        entries.append(m[given, answer])
+        varies = values.std() > 1e-9 * np.abs(values).max()  # float64 rounding aside
+        zs.append((m[given, answer] - values.mean()) / values.std(ddof=1) if varies else float("nan"))
+    entries, zs = np.array(entries), np.array(zs)
+    return entries[0::2], entries[1::2], zs[0::2], zs[1::2]
+
+
+def assert_table_matches_the_slow_way(table, model, facts, entity_ids, layer, heads, n_controls, seed=0):
+    """Every (fact, circuit) row of ``table`` at ``layer`` and ``heads`` (and the direct path) against
+    :func:`expected_rows`: entries to 1e-4 (relative), z-scores and asymmetry to 1e-5 (absolute, or relative
+    for a large z: the table's are float32 arithmetic). Returns the number of (circuit, head) blocks checked."""
+    n_checked = 0
+    for head in heads:
+        matrices = materialised_circuits(model, list(facts.entities()), entity_ids, layer, head)
+        for kind in sorted(set(table.circuit)):
+            rows = table[(table.circuit == kind)
+                         & ((table["head"] == head) if kind != "direct" else table["head"].isna())
+                         & ((table.layer == layer) if kind != "direct" else table.layer.isna())]
+            rows = rows.sort_values("fact")
+            assert list(rows.fact) == list(range(len(facts)))
+            entry_ab, entry_ba, z_ab, z_ba = expected_rows(matrices[kind], facts, entity_ids, n_controls, seed)
+            scale = np.abs(entry_ab).max()
+            np.testing.assert_allclose(rows.entry_ab, entry_ab, rtol=1e-4, atol=1e-5 * scale)
+            np.testing.assert_allclose(rows.entry_ba, entry_ba, rtol=1e-4, atol=1e-5 * scale)
+            np.testing.assert_allclose(rows.z_ab, z_ab, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(rows.z_ba, z_ba, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(rows.asymmetry, z_ab - z_ba, rtol=1e-5, atol=1e-5)
+            n_checked += 1
+    return n_checked
+
+
+def test_z_scores_and_asymmetry_equal_the_materialised_rows_against_their_controls(trained_one_layer, world, vocab):
+    """For every fact and circuit (direct; OV and QK of heads 0 and 2), with M the circuit materialised in
+    float64 (:func:`materialised_circuits`) and each row's K = 64 controls as ``_rows`` draws them:
+    z_ab = (M[A,B] − mean_c M[A,c]) / std_c M[A,c], z_ba = (M[B,A] − mean_c M[B,c]) / std_c M[B,c] (unbiased std of
+    the controls alone), asymmetry = z_ab − z_ba, to 1e-5. A biased std moves a z of 3 by 0.023; the answer among
+    its own controls, or the asymmetry's sign or a z of the other direction, by more."""
+    table = circuit_table(trained_one_layer, world, vocab.entity_ids, heads=[0, 2])
+    assert set(table.circuit) == {"direct", "ov", "qk"} and table.z_ab.notna().all() and table.z_ba.notna().all()
+    assert (table.z_ab.abs() > 2.5).sum() > 100  # trained entries stand out: the z-scores are not all near 0
+    n_checked = assert_table_matches_the_slow_way(table, trained_one_layer, world, vocab.entity_ids, 0, [0, 2], 64)
+    assert n_checked == 2 * 3
+
+
+def test_z_scores_and_asymmetry_on_a_grouped_query_rms_norm_model(tiny_models):
+    """The same identities on a tiny random Llama (RMSNorm: no centring; 4 query heads over 2 key/value heads),
+    layer 1, heads 1 and 3 (the second of each key/value group), K = 5 controls from 11 candidates."""
+    from facts.schema import Fact, FactSet
+
+    model = tiny_models["llama"].backends["hooked"]
+    names = [f"e{i}" for i in range(24)]
+    facts = FactSet(tuple(Fact(a, "r", b) for a, b in zip(names[::2], names[1::2])), world="tiny")
+    token = {name: [1000 + 37 * i] for i, name in enumerate(names)}
+    table = circuit_table(model, facts, lambda entity: token[entity], layers=[1], heads=[1, 3], n_controls=5)
+    assert set(table.circuit) == {"direct", "ov", "qk"} and table.z_ab.notna().all() and table.z_ba.notna().all()
+    assert assert_table_matches_the_slow_way(table, model, facts, lambda entity: token[entity], 1, [1, 3], 5) == 2 * 3
+
+
+def test_a_row_whose_controls_spell_the_answer_has_no_z_score(trained_one_layer, world, vocab):
+    """Three facts whose objects all map to one token (two spellings a tokenizer merges): the forward rows'
+    controls are the other objects, whose entries equal the answer's, so std_c = 0 and z_ab (and the
+    asymmetry) is NaN, not a made-up number; the reverse rows' controls, the other subjects, vary, and z_ba
+    is the materialised one."""
+    from facts.schema import FactSet
+
+    facts = FactSet(world.facts[:3], world="merged objects")
+    objects = {fact.object for fact in facts}
+    merged = vocab.entity_ids(facts[0].object)
+
+    def ids(entity):
+        return merged if entity in objects else vocab.entity_ids(entity)
+
+    table = circuit_table(trained_one_layer, facts, ids, heads=[1], n_controls=4)
+    assert table.z_ab.isna().all() and table.asymmetry.isna().all()
+    assert table.z_ba.notna().all()
+    for kind in ("direct", "ov", "qk"):
+        rows = table[table.circuit == kind].sort_values("fact")
+        matrix = materialised_circuits(trained_one_layer, list(facts.entities()), ids, 0, 1)[kind]
+        _, _, z_ab, z_ba = expected_rows(matrix, facts, ids, 4, 0)
+        assert np.isnan(z_ab).all()
+        np.testing.assert_allclose(rows.z_ba, z_ba, rtol=1e-5, atol=1e-5)
+
+
+def test_controls_that_vary_only_by_rounding_give_no_z_score():
+    """``_zscores``, per row (entry, controls...): controls one float32 ulp apart do not vary (their spread is
+    rounding, ≲ 1e-6 of their size), so NaN, where a cut-off at std > 0 would give z ≈ 10⁷; controls all 0
+    and controls equal to the entry, NaN; controls varying by 1e-4 of their size, the exact unbiased z."""
+    from probes.circuits import _zscores
+
+    ulp = float(torch.nextafter(torch.tensor(3.0), torch.tensor(4.0)))  # 3 + 2⁻²²
+    step = 2.0**-12  # ≈ 8e-5 of 3; every value below is exact in float32
+    varying = [3.0, 3.0 + step, 3.0 - step, 3.0 + 2 * step]
+    rows = torch.tensor([[5.0, 3.0, ulp, 3.0, ulp],
+                         [1.0, 0.0, 0.0, 0.0, 0.0],
+                         [3.0, 3.0, 3.0, 3.0, 3.0],
+                         [3.0 + 4 * step, *varying]], dtype=torch.float32)[..., None]
+    z = _zscores(rows)[:, 0]
+    assert torch.isnan(z[:3]).all()
+    controls = np.array(varying)
+    expected = (3.0 + 4 * step - controls.mean()) / controls.std(ddof=1)  # (7/4)·step / (√(11/12)·step)
+    assert float(z[3]) == pytest.approx(expected, rel=1e-6)
