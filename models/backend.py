@@ -73,7 +73,7 @@ __all__ = [
     "OFFICIAL_MODEL_NAMES", "POST_NORM_ARCHITECTURES", "loading_from_pretrained",
     "TL_MAJOR", "TL_MODEL_TYPES", "TL_VERSION", "TLModel", "TransformerBridge", "TransformerLensKeyValueCache",
     "TransformerLensKeyValueCacheEntry", "architecture_of", "build_native", "copy_model", "get_act_name",
-    "final_norm_centres", "has_kv_cache", "hooked_init_state", "hooked_state_dict", "is_hooked", "is_native_bridge", "is_tl_model", "load_hooked_state_dict", "patching",
+    "final_norm_centres", "has_kv_cache", "hooked_init_state", "hooked_state_dict", "hooks_attached", "is_hooked", "is_native_bridge", "is_tl_model", "load_hooked_state_dict", "patching",
     "runs_from_layer",
 ]
 
@@ -101,6 +101,12 @@ def embedding_scale(model: object) -> float:
 def is_hooked(model: object) -> bool:
     """Whether ``model`` is a ``HookedTransformer`` (never under TransformerLens 4, which removed it)."""
     return HookedTransformer is not None and isinstance(model, HookedTransformer)
+
+
+def hooks_attached(model: TLModel) -> bool:
+    """Whether a hook is attached to any of the model's hook points (a layout other than the statements' own,
+    a trie's or a prefix cache's, would move the positions it sees)."""
+    return any(point._forward_hooks or point._forward_pre_hooks for point in model.hook_dict.values())
 
 
 def wrapper_name(model: object) -> str:

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from models.backend import is_hooked
+from models.backend import hooks_attached, is_hooked
 from models.scoring import hooked_readout, in_eval_mode
 
 
@@ -64,9 +64,7 @@ def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: 
         raise ValueError(f"letters {list(letters)}: distinct token ids in the model's output vocabulary of {size} "
                          "(a negative id would read a letter from the end, a repeated one split its probability)")
     if stems is not None and any(stems):
-        from probes.shared_prompt import _hooked_points
-
-        if _hooked_points(model):  # a hook sees every prompt whole, at its own positions, as a forward pass gives it
+        if hooks_attached(model):  # a hook sees every prompt whole, at its own positions, as a forward pass gives it
             stems = None
     index = torch.tensor(list(letters), device=model.cfg.device)
     out = torch.empty(len(prompts), len(letters), dtype=torch.float64)

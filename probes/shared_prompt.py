@@ -44,6 +44,7 @@ from models.backend import (
     TLModel,
     TransformerLensKeyValueCache,
     TransformerLensKeyValueCacheEntry,
+    hooks_attached,
     is_hooked,
 )
 from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_residual, hooked_tree_width, runs_hooked_tree
@@ -160,7 +161,7 @@ class PrefixCache:
                 or cfg.use_hook_mlp_in or cfg.original_architecture in POST_NORM_ARCHITECTURES
                 or cfg.positional_embedding_type == "shortformer"):
             return False
-        return not _hooked_points(self.model)
+        return not hooks_attached(self.model)
 
     def extend_bundle(
         self, cache: Any, parts: Sequence[tuple[Int[Tensor, " r"], Int[Tensor, "r pos"]]]
@@ -226,11 +227,11 @@ def scores_by_tree(model: TLModel | PreTrainedModel) -> bool:
     transformers' modules feed those points). Statements that reach a sliding window run cached, or on a
     transformers model teacher-forced, instead (:func:`_tree_fits`)."""
     if is_hooked(model):
-        return model.cfg.original_architecture in HOOKED_TREE_ARCHITECTURES and not _hooked_points(model)
+        return model.cfg.original_architecture in HOOKED_TREE_ARCHITECTURES and not hooks_attached(model)
     hf = _transformers_model(model)
     if getattr(getattr(hf, "config", None), "model_type", None) not in TREE_ARCHITECTURES:
         return False
-    return hf is model or not _hooked_points(model)
+    return hf is model or not hooks_attached(model)
 
 
 def _transformers_model(model: TLModel | PreTrainedModel) -> PreTrainedModel | None:
@@ -239,11 +240,6 @@ def _transformers_model(model: TLModel | PreTrainedModel) -> PreTrainedModel | N
         return model
     wrapped = None if is_hooked(model) else getattr(model, "original_model", None)
     return wrapped if isinstance(wrapped, PreTrainedModel) else None
-
-
-def _hooked_points(model: TLModel) -> bool:
-    """Whether a hook is attached to any of the model's hook points."""
-    return any(point._forward_hooks or point._forward_pre_hooks for point in model.hook_dict.values())
 
 
 def _tree_fits(model: TLModel | PreTrainedModel, width: int) -> bool:
@@ -374,7 +370,7 @@ def candidate_logprobs_cached(
 
     # A hook sees each (prompt, answer) sequence teacher-forced, as it sees the truth's in answer_table, not a
     # prefix cache's continuations (their positions start again at 0, their batch rows are (statement, answer)s).
-    forced = CausalLM(hf) if hf is model else model if _hooked_points(model) else None
+    forced = CausalLM(hf) if hf is model else model if hooks_attached(model) else None
     scorer = None if forced is not None else PrefixCache(model)
     by_length: dict[int, list[int]] = {}
     for i, row in enumerate(candidates):
