@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -18,14 +19,14 @@ from analyses.asymmetry import (
     families,
     format_summary,
 )
-from facts.celebrity import COLUMNS, COMPLETION_TEMPLATES, DEFAULT_CSV, load_celebrity_pairs
+from facts.celebrity import COLUMNS, COMPLETION_TEMPLATES, DEFAULT_CSV, QUESTION_TEMPLATES, load_celebrity_pairs
 from facts.language import TemplateTokenizer
 from facts.schema import FactError
-from facts.tokens import collate
+from facts.tokens import Example, collate
 from models.backend import HookedTransformer
 from models.pretrained import PretrainedLoadError, load_tokenizer
 from models.scoring import score_answers
-from probes.shared_prompt import candidate_logprobs_cached
+from probes.shared_prompt import CandidateScores, candidate_logprobs_cached
 from probes.stats import rate_ci95, t_quantile
 
 REAL_CSV = DEFAULT_CSV  # the copy shipped as package data
@@ -110,6 +111,72 @@ def test_cached_scoring_equals_teacher_forcing_on_both_backends(hooked, smollm2_
         reference = score_answers(model, collate([e for row in rows for e in row]))
         assert cached.logprob.flatten().tolist() == pytest.approx(reference.logprob.tolist(), abs=1e-3)
         assert cached.correct.flatten().tolist() == reference.correct.tolist()
+
+
+def test_pairs_csv_numbers_are_the_model_s_own_by_teacher_forcing(run, hooked):
+    """pairs.csv's logprob, margin, rank and exact match of pair 0 (Sasha Calle / Samira Calle, a name in common) and
+    pair 2 (Golshifteh Farahani / Fahimeh Rahim Nia, none), each direction asked anew: the question written here from
+    the CSV line (child → parent asks for the parent), the controls drawn with the run's seed, truth and controls
+    teacher-forced (models.scoring.score_answers). The other tests recompute statistics from pairs.csv, which the code
+    under test wrote: a swap of the two directions' columns, or another margin, passed them (the tie rule, which no
+    real pair here puts to the test: the next test).
+    Measured: ranks 1 and 1 (pair 0), 14 and 16 of 16 (pair 2); the two directions' log-probabilities 3.8 and 4.9
+    nats apart; the nearest control 0.99 nats from the truth; pairs.csv within 1e-5 of teacher forcing."""
+    summary, out = run
+    pairs = pd.read_csv(out / "pairs.csv")
+    facts = load_celebrity_pairs(REAL_CSV)
+    statements = [(i, d) for i, d, _ in facts.statements() if i < LIMIT]
+    drawn = dict(zip(statements, draw_controls(facts, statements, K, seed=summary["seed"])))
+    tokenizer, source = hooked.tokenizer, REAL_CSV.read_text(encoding="utf-8").splitlines()
+    for index in (0, 2):
+        pair = pairs.iloc[index]
+        child, parent, parent_type = next(csv.reader([source[pair.line - 1]]))[:3]  # the file's own line
+        assert (pair.fact, pair.child, pair.parent, pair.parent_type) == (index, child, parent, parent_type)
+        parents = {f.object for f in facts if f.group == parent_type}
+        for name, direction, question, truth, kind in (
+            ("child_to_parent", "forward", f"Q: Who is {child}'s {parent_type}?\nA:", parent, parents),
+            ("parent_to_child", "reverse", f"Q: Name a child of {parent}.\nA:", child, {f.subject for f in facts}),
+        ):
+            controls = drawn[(index, direction)]  # the parent's kind for child → parent, children the other way
+            assert len(controls) == K and set(controls) <= kind - {child, parent}
+            prompt = tuple(tokenizer(question).input_ids)  # with whatever the tokenizer adds before a text (a BOS)
+            scores = score_answers(hooked, collate([
+                Example(prompt, tuple(tokenizer.encode(" " + answer, add_special_tokens=False)), index, direction,
+                        "heldout") for answer in (truth, *controls)]))  # one statement a call: no padding to run
+            right, wrong = float(scores.logprob[0]), scores.logprob[1:].double()
+            assert (wrong - right).abs().min() > 1e-3  # no near tie: the rank does not hang on rounding
+            assert pair[f"{name}_logprob"] == pytest.approx(right, abs=1e-4)
+            assert pair[f"{name}_margin"] == pytest.approx(right - float(wrong.mean()), abs=1e-4)
+            assert pair[f"{name}_rank"] == 1 + int((wrong >= right).sum())
+            assert bool(pair[f"{name}_correct"]) == bool(scores.correct[0])
+    for pair in pairs.iloc[[0, 2]].itertuples():  # the directions differ, so a swap of their columns shows
+        assert abs(pair.child_to_parent_logprob - pair.parent_to_child_logprob) > 1
+
+
+def test_a_control_tied_with_the_truth_ranks_above_it_and_the_margin_leaves_the_truth_out(monkeypatch):
+    """The rank's tie rule (1 + #{controls ≥ truth}: a tie ranks above the truth) and the margin's mean (over the
+    controls alone) on made-up scores with ties: a real model's log-probabilities do not tie, so on SmolLM2 the
+    rule ≥ and the rule > rank every pair alike, and SmolLM2 answers no question exactly, so which answer's greedy
+    success is the pair's did not show either. Each direction gets scores of its own, so a swap shows too."""
+    from analyses import asymmetry
+
+    tokenizer = TemplateTokenizer(load_tokenizer(), QUESTION_TEMPLATES)
+    facts = load_celebrity_pairs(REAL_CSV)
+    made_up = {"forward": ([-5.0, -5.0, -4.0, -9.0], [True, False, False, False]),
+               "reverse": ([-7.0, -8.0, -7.0, -7.0], [False, True, True, True])}  # (log-probabilities, greedy)
+
+    def scores(model, candidates, **_):
+        for row in candidates:  # the truth first, then the controls
+            assert row[0] == tokenizer.example(facts, row[0].fact, row[0].direction)
+        return CandidateScores(torch.tensor([made_up[row[0].direction][0] for row in candidates]),
+                               torch.tensor([made_up[row[0].direction][1] for row in candidates]))
+
+    monkeypatch.setattr(asymmetry, "candidate_logprobs_cached", scores)
+    pair = asymmetry.asymmetry_table(None, facts, tokenizer, limit=1, n_controls=3).iloc[0]
+    assert (pair.child_to_parent_logprob, pair.child_to_parent_rank, pair.child_to_parent_correct) == (-5.0, 3, True)
+    assert pair.child_to_parent_margin == pytest.approx(-5.0 - (-5.0 - 4.0 - 9.0) / 3)  # 1.0; with the truth 0.75
+    assert (pair.parent_to_child_logprob, pair.parent_to_child_rank, pair.parent_to_child_correct) == (-7.0, 3, False)
+    assert pair.parent_to_child_margin == pytest.approx(-7.0 - (-8.0 - 7.0 - 7.0) / 3)  # 1/3; with the truth 0.25
 
 
 def test_cached_scoring_refuses_a_bridge_under_a_transformers_that_hides_its_cache(smollm2_bridge, monkeypatch):
