@@ -373,7 +373,9 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
     silently), a templates file given with a checkpoint (token worlds have no sentences) and, for a
     checkpoint, a token entity outside the vocabulary (file:line) or facts that are not the world it was
     trained on (``world_sha256`` of its run card, when it has one: other splits would label trained
-    statements held out, or the reverse); and ``--multiple-choice`` questions that cannot be asked
+    statements held out, or the reverse); for a pretrained model, facts without sentences (a CSV or a token world
+    with no templates file: :func:`analyses.probe.text_templates`) and a statement its templates cannot render (a
+    relation the templates file lacks, named by file:line); and ``--multiple-choice`` questions that cannot be asked
     (:func:`analyses.probe.multiple_choice_questions`)."""
     from facts.io import fact_line, facts_sha256
     from facts.language import wrong_answers
@@ -385,15 +387,21 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
         raise ValueError(f"--templates-file {templates_file}: a checkpoint reads token ids, not sentences; leave it out")
     source = read_fact_source(facts_path, templates_file)
     facts = source.facts
+
+    def where(index: int) -> str:
+        """``file:line`` of fact ``index`` (a Berglund folder: the folder)."""
+        if Path(facts_path).is_dir():
+            return str(facts_path)
+        lines = facts.meta.get("line") if Path(facts_path).suffix.lower() == ".csv" else None  # by fact
+        return f"{facts_path}:{lines[index]}" if isinstance(lines, list) else fact_line(facts_path, index)
+
     if checkpoint and facts.world not in ("people", "celebrity"):
         vocab = TokenVocab()
         for index, fact in enumerate(facts):
             try:
                 vocab.entity_ids(fact.subject), vocab.entity_ids(fact.object)
             except FactError as error:
-                lines = facts.meta.get("line") if Path(facts_path).suffix.lower() == ".csv" else None  # by fact
-                where = f"{facts_path}:{lines[index]}" if isinstance(lines, list) else fact_line(facts_path, index)
-                raise FactError(f"{where}: {error}") from None
+                raise FactError(f"{where(index)}: {error}") from None
     if checkpoint and world_sha256 is not None and facts_sha256(facts) != world_sha256:
         raise ValueError(f"--facts {facts_path}: not the facts the checkpoint was trained on (its run card's world "
                          f"differs), so their trained/held-out splits would mislabel what the model saw; give the "
@@ -401,6 +409,18 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
     total = len(facts)
     if limit is not None:
         facts = facts.first(limit)
+    if not checkpoint:  # a pretrained model reads them in sentences: every statement rendered as probe will render it
+        from analyses.probe import text_templates
+        from facts.language import render_statement
+
+        templates = text_templates(model, facts, source.sentence_templates(None))  # facts without sentences refused
+        for index, direction, _ in facts.statements():
+            try:
+                render_statement(facts, index, direction, templates)
+            except FactError as error:
+                fix = f"; add a train template of that relation to --templates-file {templates_file}" \
+                    if templates_file is not None else ""
+                raise FactError(f"{where(index)}: {error}{fix}") from None
     available = min(map(len, wrong_answers(facts, [(i, d) for i, d, _ in facts.statements()])))
     if n_controls > available:
         which = f"the first {len(facts)} facts of {facts_path} (--limit {limit})" if len(facts) < total else facts_path
@@ -619,6 +639,10 @@ def _inputs(args: argparse.Namespace, experiment: str | None = None) -> dict[str
     names = {"probe": ("model", "facts", "templates_file"), "check-asymmetry": ("model", "data"),
              "finetune-facts": ("model", "facts", "templates_file")}.get(args.command, ())
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if args.command == "check-asymmetry":  # the CSV it reads, given or not ($REVLENS_CELEBRITY_CSV, the package's)
+        from facts.celebrity import celebrity_csv_path
+
+        given["data"] = celebrity_csv_path(args.data)
     listed = args.command == "compare" or (args.command == "reproduce" and experiment in (None, "mitigations"))
     for index, folder in enumerate(getattr(args, "finetuned", None) or [] if listed else []):
         given[f"finetuned[{index}]"] = folder
@@ -663,7 +687,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     templates and celebrity CSV read whole, ``--controls`` above what they hold (after ``--limit``),
     ``--pairs``/``--k`` a reversal run cannot train, ``--trainable-blocks``/``--lora-targets``/``--patch-layers``
     against the layers a model's files declare, facts other than a checkpoint's trained world."""
-    from analyses.runfolder import check_run, find_run_root
+    from analyses.runfolder import check_run, find_run_root, is_inside_run
 
     if args.command in ("check-asymmetry", "finetune-facts", "probe"):
         from models.pretrained import check_convertible
@@ -758,7 +782,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
                         "layers count from 0"
                     raise ValueError(f"--patch-layers {layer}: out of range; {known}")
     if args.command == "probe" and Path(args.model).exists():
-        root = find_run_root(args.model)
+        # the run that holds it, however deep (identity-bridge's RUN/one-layer/baseline/seed-0/checkpoints)
+        root = find_run_root(args.model, levels=0) or is_inside_run(args.model)
         if root is not None:
             check_run(root, "the run folder of --model")
     if getattr(args, "device", None):

@@ -223,6 +223,22 @@ def pretrained_probed(model: Any, text_tokenizer: Any, world: str, info: dict[st
                        "controls", info, trained_on_facts=False)
 
 
+def text_templates(model_path: str | os.PathLike[str], facts: FactSet,
+                   templates: Mapping[str, Sequence[str]] | None = None) -> Mapping[str, Sequence[str]]:
+    """The sentence templates a pretrained model reads ``facts`` in: ``templates`` (a templates file's, a Berglund
+    folder's) when given, else their world's own (:data:`TEXT_TEMPLATES`); refused (``ValueError``) for facts that
+    come without sentences (a token world, a CSV). The CLI asks it before the run folder is touched."""
+    if templates is not None:
+        return templates
+    if facts.world not in TEXT_TEMPLATES:
+        raise ValueError(
+            f"{model_path}: not a reversal-lens checkpoint (no step-NNNNNN.json), and {facts.world!r} facts come "
+            f"without sentences: pass a run's checkpoints/ folder for token ids, or give a pretrained model a "
+            f"natural-language fact set ({sorted(TEXT_TEMPLATES)}), a Berglund folder, or --templates-file"
+        )
+    return TEXT_TEMPLATES[facts.world]
+
+
 def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str | None = None,
                 backend: str = "hooked", templates: Mapping[str, Sequence[str]] | None = None) -> ProbedModel:
     """A trained checkpoint (token worlds) or a pretrained model (natural-language facts, in
@@ -235,12 +251,7 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
         return ProbedModel(model, vocab, vocab.entity_ids, vocab.token_name, "candidates",
                            {"model_card": checkpoint.meta.get("model"), "step": checkpoint.step,
                             "trained_world": (checkpoint.meta.get("run") or {}).get("world")})
-    if templates is None and facts.world not in TEXT_TEMPLATES:
-        raise ValueError(
-            f"{model_path}: not a reversal-lens checkpoint (no step-NNNNNN.json), and {facts.world!r} facts come "
-            f"without sentences: pass a run's checkpoints/ folder for token ids, or give a pretrained model a "
-            f"natural-language fact set ({sorted(TEXT_TEMPLATES)}), a Berglund folder, or --templates-file"
-        )
+    templates = text_templates(model_path, facts, templates)
     from models.pretrained import declared_architecture, gives_hooked_transformer, load, one_parse, resolve
 
     with one_parse(model_path):  # a GGUF's metadata read once, for the architecture and then the load

@@ -134,3 +134,102 @@ def test_make_facts_berglund_refuses_a_folder_that_holds_files(tmp_path, capsys)
                                 "--out", str(folder), check=False)
     assert result.returncode == 2 and "a folder that holds files already" in result.stderr
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+
+def test_check_asymmetry_records_the_celebrity_csv_it_read_as_an_input(tmp_path, capsys, monkeypatch):
+    """With --data left out the CSV comes from $REVLENS_CELEBRITY_CSV (or the package's copy): the manifest
+    recorded no input for it, so a run over a CSV edited since passed ``check_run(inputs=True)``."""
+    from analyses.runfolder import RunFolderError, check_run
+    from facts.celebrity import DEFAULT_CSV
+
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("".join(DEFAULT_CSV.read_text(encoding="utf-8").splitlines(keepends=True)[:7]), encoding="utf-8")
+    monkeypatch.setenv("REVLENS_CELEBRITY_CSV", str(csv))
+    out = tmp_path / "out"
+    revlens_in_process(capsys, "check-asymmetry", "--model", "smollm2-135m", "--limit", "2", "--controls", "1",
+                       "--out", str(out), "--quiet", "--threads", "1")
+    manifest = check_run(out, inputs=True)
+    assert manifest["config"]["data"] is None and str(csv) in manifest["inputs"]
+    csv.write_text(csv.read_text(encoding="utf-8").replace("Samira Calle", "Samira Callé"), encoding="utf-8")
+    with pytest.raises(RunFolderError, match="changed since the run read them"):
+        check_run(out, inputs=True)
+
+
+def test_probe_refuses_a_checkpoint_nested_deep_in_an_incomplete_run(tmp_path, capsys, monkeypatch):
+    """identity-bridge writes its checkpoints four folders below its manifest (RUN/<model>/<variant>/seed-S/
+    checkpoints): probe looked for the manifest only two folders up, so a checkpoint of a killed run was probed
+    as if the run were whole."""
+    import analyses.identity_bridge as identity_bridge
+
+    def killed(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(identity_bridge, "write_csv", killed)  # killed once every model has trained
+    run = tmp_path / "run"
+    result = revlens_in_process(capsys, "reproduce", "identity-bridge", "--out", str(run), "--steps", "2",
+                                "--n-seeds", "1", "--quiet", "--threads", "1", check=False)
+    assert result.returncode == 130 and json.loads((run / "manifest.json").read_text())["complete"] is False
+    seed = run / "tiny" / "baseline" / "seed-0"
+    for model in (seed / "checkpoints", seed / "checkpoints" / "step-000002.json"):
+        assert model.exists()
+        result = revlens_in_process(capsys, "probe", "--model", str(model), "--facts", str(seed / "facts.jsonl"),
+                                    "--controls", "2", "--limit", "4", "--out", str(tmp_path / "probe"),
+                                    "--threads", "1", check=False)
+        assert result.returncode == 2 and "incomplete" in result.stderr, result.stderr
+        assert f"{run}: the run folder of --model is incomplete" in result.stderr
+        assert not (tmp_path / "probe").exists()
+
+
+@pytest.fixture(scope="module")
+def probe_inputs(tmp_path_factory):
+    """What the refused probes below read: a weightless Llama folder (its files declare a convertible model), a
+    people CSV, a token-world JSONL and a templates file of the CSV's p2d relation only (no d2p)."""
+    import transformers
+
+    from analyses.cli import main
+
+    folder = tmp_path_factory.mktemp("probe-inputs")
+    for argv in (["people", "--size", "2", "--out", "facts.csv"], ["reversal", "--size", "20", "--out", "tokens.jsonl"]):
+        argv[-1] = str(folder / argv[-1])
+        assert main(["make-facts", *argv]) == 0
+    (folder / "p2d.jsonl").write_text("".join(
+        json.dumps({"relation": "p2d", "split": split, "template": template}) + "\n"
+        for split, template in (("train", "{given} is {answer}."), ("test", "{given} was {answer}."))))
+    transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1).save_pretrained(folder / "tiny")
+    return folder
+
+
+@pytest.mark.parametrize("args, named", [
+    (("--facts", "facts.csv"), "tiny: not a reversal-lens checkpoint (no step-NNNNNN.json), and 'csv' facts come "
+                               "without sentences"),
+    (("--facts", "tokens.jsonl"), "tiny: not a reversal-lens checkpoint (no step-NNNNNN.json), and 'reversal' facts "
+                                  "come without sentences"),
+    (("--facts", "facts.csv", "--templates-file", "p2d.jsonl"),
+     "facts.csv:2: fact 0 ('Fenella Umber' 'p2d' \"the painter of the mural 'Restless Citadel'\", reverse): no "
+     "template number 0 for relation 'd2p' (0 given; templates cover ['p2d']); add a train template of that "
+     "relation to --templates-file p2d.jsonl"),
+], ids=["csv-without-templates", "token-world-jsonl", "templates-file-without-a-relation"])
+def test_probe_refuses_facts_without_sentences_before_the_previous_run_is_touched(probe_inputs, tmp_path, capsys,
+                                                                                  monkeypatch, args, named):
+    """A CSV or token-world JSONL with no --templates-file was refused only once the run folder had deleted the
+    previous run's files (analyses.probe.load_probed), and a templates file lacking a relation of the facts only
+    after the model loaded, as "fact N" with no file:line: both now before the folder is touched."""
+    import shutil
+
+    from analyses.runfolder import run_folder
+
+    shutil.copytree(probe_inputs, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "previous"
+    with run_folder(out, "probe", config={"previous": True}, command="revlens probe (previous)"):
+        (out / "summary.json").write_text('{"previous": true}\n')
+        (out / "logits.csv").write_text("a,b\n1,2\n")
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    for target in (out, tmp_path / "new"):
+        result = revlens_in_process(capsys, "probe", "--model", "tiny", *args, "--controls", "1", "--out", str(target),
+                                    "--threads", "1", check=False)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1 and named in lines[0], result.stderr
+    assert {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert not (tmp_path / "new").exists()
