@@ -35,9 +35,16 @@ def test_a_checkpoint_trained_under_3_9_gives_3_9s_numbers():
 @pytest.mark.parametrize("positional", POSITIONALS)
 @pytest.mark.parametrize("name", ["tiny", "one-layer"])
 def test_a_seed_gives_3_9s_initial_weights(name, positional):
-    """HookedTransformer's own init under 3.9 (the replay is checked against it), the replay under 4.x."""
+    """The weights a seed gives (HookedTransformer's own init under 3.9, the replay under 4.x) are the ones 3.9
+    gave when ``tests/data/tl39/`` was written (every parameter's sum and first four entries), and the replay
+    :func:`models.backend.hooked_init_state` is them whole."""
     model = build_model(name, 50, positional, seed=11, device="cpu")
     state = {k: v for k, v in hooked_state_dict(model).items() if not _is_constant_buffer(k)}
+    recorded = json.loads((FOLDER / "expected.json").read_text())["initial_weights"][f"{name}/{positional}"]
+    assert set(state) == set(recorded)
+    for key, (total, *first) in recorded.items():
+        assert state[key].flatten()[:4].tolist() == pytest.approx(first, abs=1e-7), key
+        assert state[key].double().sum().item() == pytest.approx(total, rel=1e-9, abs=1e-9), key
     replay = hooked_init_state(model_fields(name, 50, positional), seed=11)
     if positional == "none":
         replay["pos_embed.W_pos"] = torch.zeros_like(replay["pos_embed.W_pos"])

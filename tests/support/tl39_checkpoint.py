@@ -2,7 +2,8 @@
 
 Run once with the 3.9 line (``python tests/support/tl39_checkpoint.py`` from the repository root);
 ``tests/models/test_tl_lines.py`` then checks, under whichever line is installed, that the checkpoint
-loads and gives the same log-probs, OV/QK circuit entries and direct logit attribution.
+loads and gives the same log-probs, OV/QK circuit entries and direct logit attribution, and that a seed gives
+3.9's initial weights.
 """
 
 from __future__ import annotations
@@ -47,6 +48,24 @@ def probe_numbers(model) -> dict[str, list[float]]:
             "entry_ba": circuits.entry_ba.tolist(), "attribution": dla.attribution.tolist()}
 
 
+def initial_weights() -> dict[str, dict[str, list[float]]]:
+    """What a seed gives: for each named config and positional embedding, every parameter of
+    ``build_model(name, 50, positional, seed=11)`` as its float64 sum and first four entries (under 3.9,
+    HookedTransformer's own init)."""
+    from models.backend import hooked_state_dict
+    from models.checkpoint import _is_constant_buffer
+    from models.transformer import POSITIONALS
+
+    weights = {}
+    for name in ("tiny", "one-layer"):
+        for positional in POSITIONALS:
+            model = build_model(name, 50, positional, seed=11, device="cpu")
+            weights[f"{name}/{positional}"] = {
+                key: [value.double().sum().item(), *value.flatten()[:4].tolist()]
+                for key, value in hooked_state_dict(model).items() if not _is_constant_buffer(key)}
+    return weights
+
+
 def main() -> None:
     if TL_MAJOR != 3:
         raise SystemExit(f"run this under TransformerLens 3.9 (found {TL_VERSION})")
@@ -56,7 +75,7 @@ def main() -> None:
     train(model, batch.where(split="train"), TrainConfig(steps=30, lr=1e-2, progress=False))
     remove_checkpoints(FOLDER)  # weights only (no optimizer state): ~70 KB
     save_checkpoint(FOLDER, 30, model, None, {"model": model_card("one-layer", VOCAB.d_vocab, "absolute", 0)})
-    expected = {"transformer_lens": TL_VERSION, **probe_numbers(model.eval())}
+    expected = {"transformer_lens": TL_VERSION, **probe_numbers(model.eval()), "initial_weights": initial_weights()}
     (FOLDER / "expected.json").write_text(json.dumps(expected, indent=0))
 
 
