@@ -176,5 +176,18 @@ def test_bridge_hooks_match_run_with_cache_and_edits_take_effect(bridge):
     ablated = ablate_head(bridge, tokens, 3, 2)
     assert (ablated - clean).abs().max() > 1e-3
     assert torch.allclose(bridge(tokens), clean)
+    # the query head's own output, no other: the model with that head's 64 input columns of o_proj zeroed
+    # (head 2 is the last of key/value head 0's three query heads)
+    out = bridge.original_model.model.layers[3].self_attn.o_proj.weight
+    kept = out.detach().clone()
+    try:
+        with torch.no_grad():
+            out[:, 2 * 64 : 3 * 64] = 0
+            zeroed = bridge(tokens)
+    finally:
+        with torch.no_grad():
+            out.copy_(kept)
+    assert (ablated - zeroed).abs().max() < 1e-4 * clean.abs().max()
+    assert (ablate_head(bridge, tokens, 3, 3) - zeroed).abs().max() > 1e-3  # another head is another edit
     with pytest.raises(ValueError, match=r"head 9 is out of range.*heads 0\.\.8"):
         ablate_head(bridge, tokens, 3, 9)
