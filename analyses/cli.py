@@ -754,6 +754,12 @@ def _check_inputs(args: argparse.Namespace) -> None:
                              f"each value once")
     if experiment is not None and experiment.check is not None:
         experiment.check(args)  # e.g. reversal's --pairs, --k: what would fail only after training
+    if args.command == "probe" and Path(args.model).exists():
+        # first, the run that holds it, however deep (identity-bridge's RUN/one-layer/baseline/seed-0/checkpoints): a
+        # failed run's checkpoints may be gone, and its token facts would be refused as facts without sentences
+        root = find_run_root(args.model, levels=0) or is_inside_run(args.model)
+        if root is not None:
+            check_run(root, "the run folder of --model")
     if args.command == "probe":
         model = Path(args.model)
         checkpoint = (model.is_dir() and any(model.glob("step-*.json"))) or (
@@ -781,11 +787,6 @@ def _check_inputs(args: argparse.Namespace) -> None:
                     known = f"this model has layers 0…{n_layers - 1}" if isinstance(n_layers, int) else \
                         "layers count from 0"
                     raise ValueError(f"--patch-layers {layer}: out of range; {known}")
-    if args.command == "probe" and Path(args.model).exists():
-        # the run that holds it, however deep (identity-bridge's RUN/one-layer/baseline/seed-0/checkpoints)
-        root = find_run_root(args.model, levels=0) or is_inside_run(args.model)
-        if root is not None:
-            check_run(root, "the run folder of --model")
     if getattr(args, "device", None):
         _check_device(args.device)
 
@@ -881,8 +882,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         resume = " with --resume" if args.command == "reproduce" and args.experiment == "reversal" else ""
-        print(f"revlens: interrupted; the folder's manifest marks the run unfinished: rerun the same command{resume} "
-              f"to finish it", file=sys.stderr)
+        print(f"revlens: interrupted; rerun the same command{resume} to finish it (a run stopped once it had "
+              f"written is marked unfinished in its folder's manifest, one stopped before left as it was)",
+              file=sys.stderr)
         return 130
     except Exception as error:
         if args.debug:

@@ -4,14 +4,18 @@ Every ``revlens`` command that writes a folder does so inside :func:`run_folder`
 
 1. it takes ``OUT/.revlens.lock`` (:mod:`filelock`, not waiting): a second writer is refused;
 2. it reads the old ``manifest.json``: a folder holding another kind of run (or files no
-   manifest lists) is refused unless ``force``; then it *invalidates* the manifest, rewriting it
-   atomically as ``{"complete": false, ...}`` that still lists the old run's files;
+   manifest lists) is refused unless ``force``; a folder without a manifest holding files of the kinds a run
+   writes (:data:`WRITTEN_SUFFIXES`, ``checkpoints/``: a run written by the Python API) is refused even so, as
+   the run would write over them or delete them; then it *invalidates* the manifest, rewriting it
+   atomically as ``{"complete": false, ...}`` that still lists the old run's files (a command refused or
+   stopped before it writes or deletes a file puts the old manifest back: ``--resume`` of a checkpoint that
+   does not match leaves a finished run finished);
 3. a fresh run (not ``resume``) deletes the files the old run wrote, and nothing else: those its
    complete manifest lists, or, after a run that was killed or failed (``complete: false``),
    every file but the ``kept`` ones; files no run wrote are never deleted, they are recorded
    as ``kept`` (and left out of reports);
 4. the command writes its files; on success the manifest is written last, atomically:
-   ``{"complete": true, "draws", "run_id", "command", "kind", "config", "inputs": {path: sha256},
+   ``{"complete": true, "draws", "run_id", "command", "kind", "config", "inputs": {absolute path: sha256},
    "files": {relative path: sha256}, "kept": [...]}``; ``files`` is every file under the folder
    but the lock, the manifest and the ``kept`` ones.
 
@@ -164,6 +168,13 @@ def run_folder(out: str | os.PathLike[str], kind: str,
         old = read_manifest(out)
         present = _files(out)
         if old is None:
+            clashing = {name: path for name, path in present.items() if _may_be_written(name)}
+            if clashing:  # --force or not: a run would write over them, or delete them (a fresh run's checkpoints/)
+                raise RunFolderError(
+                    f"{out}: holds files no revlens run manifest lists ({_few(clashing)}), of the kinds a run writes "
+                    f"({' '.join('*' + suffix for suffix in WRITTEN_SUFFIXES)} checkpoints/), which it would write over "
+                    f"or delete{'; --resume: no manifest says how their random draws were made' if resume else ''}; "
+                    f"move them out of {out} (or delete them), or choose an empty or new --out")
             if present and not force:
                 raise RunFolderError(f"{out}: holds files no revlens run manifest lists ({_few(present)}); "
                                      f"choose an empty or new --out, or add --force to write beside them (they are "
@@ -192,22 +203,53 @@ def run_folder(out: str | os.PathLike[str], kind: str,
         header = {"format": FORMAT, "draws": RANDOM_DRAWS, "run_id": run_id, "kind": kind,
                   "command": command or _command(), "config": _jsonable(config or {}),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        original = {name: _stamp(path) for name, path in present.items()}
+        old_text = (out / MANIFEST).read_text(encoding="utf-8") if old is not None else None
         _write_manifest(out, {**header, "complete": False, "previous": known, "kept": kept, "files": {}})
-        if not resume:
-            for name in known:
-                path = out / name
-                if name not in kept and _plainly_inside(out, name) and (path.is_file() or path.is_symlink()):
-                    path.unlink()
-        remove_stale_temporaries(out)
-        before = {name: _stamp(present[name]) for name in kept}
-        input_hashes = {str(p): _input_hash(Path(p)) for p in (inputs or {}).values() if p is not None}
-        yield out
+        try:
+            if not resume:
+                for name in known:
+                    path = out / name
+                    if name not in kept and _plainly_inside(out, name) and (path.is_file() or path.is_symlink()):
+                        path.unlink()
+            remove_stale_temporaries(out)
+            before = {name: _stamp(present[name]) for name in kept}
+            input_hashes = {_input_key(p): _input_hash(Path(p)) for p in (inputs or {}).values() if p is not None}
+            yield out
+        except BaseException:
+            # Refused or stopped before it wrote or deleted anything (a --resume whose checkpoint does not match):
+            # the folder is as it was, so is its manifest (a finished run stays finished, readable as before).
+            if _untouched(out, original):
+                if old_text is None:
+                    (out / MANIFEST).unlink(missing_ok=True)
+                else:
+                    write_text_atomic(out / MANIFEST, old_text)
+            raise
         now = _files(out)
         kept = sorted(name for name in kept if name in now and _stamp(now[name]) == before[name])
         files = {name: sha256(path) for name, path in sorted(now.items())
                  if name not in kept and not path.is_symlink()}
         _write_manifest(out, {**header, "complete": True, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               "inputs": input_hashes, "files": files, "kept": kept})
+
+
+WRITTEN_SUFFIXES = (".json", ".jsonl", ".csv", ".png", ".html", ".safetensors", ".toml")
+"""The kinds of file a revlens run writes (a run's own names are many, and some are made from its options:
+``history-d8.jsonl``, ``tracing_before.png``); with ``checkpoints*/``, which a fresh run empties, what a folder
+without a manifest may not hold for a run to be written beside its files (:func:`run_folder`)."""
+
+
+def _may_be_written(name: str) -> bool:
+    """Whether a run could write over, or delete, the file ``name`` (a relative POSIX path) of its folder."""
+    return name.split("/")[0].startswith("checkpoints") or Path(name).suffix.lower() in WRITTEN_SUFFIXES
+
+
+def _untouched(folder: Path, stamps: Mapping[str, tuple[int, int, int]]) -> bool:
+    """Whether ``folder`` holds exactly the files of ``stamps`` (relative path → :func:`_stamp`), none changed."""
+    try:
+        return {name: _stamp(path) for name, path in _files(folder).items()} == stamps
+    except OSError:
+        return False
 
 
 def _refuse_deleted_inputs(out: Path, inputs: Mapping[str, str | os.PathLike[str]], deleted: set[str]) -> None:
@@ -251,23 +293,42 @@ def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 HASHED_FOLDER_BYTES = 64 << 20
-"""A folder input (a Berglund experiment folder, a model folder) is hashed whole up to this size; a larger one
-(a model's weights) is recorded by name only, as a model name is."""
+"""A folder input (a Berglund experiment folder, a model folder) is hashed whole up to this size; of a larger one
+(a model's weights) the files up to :data:`HASHED_FILE_BYTES` are hashed (its config, its tokenizer), the others
+stand by their size and modification time (a model retrained or replaced there changes them)."""
+HASHED_FILE_BYTES = 1 << 20
 
 
 def _input_hash(path: Path) -> str | None:
     """A file's SHA-256; a run folder's manifest's; a folder's files' (names and hashes, up to
-    :data:`HASHED_FOLDER_BYTES`); None for a name that is no local path (a model name) or a larger folder."""
+    :data:`HASHED_FOLDER_BYTES`; above it, the larger files by size and modification time); None for a name that
+    is no local path (a model name)."""
     if path.is_file():
         return sha256(path)
     if (path / MANIFEST).is_file():
         return sha256(path / MANIFEST)
     if path.is_dir():
-        files = _files(path)
-        if sum(f.stat().st_size for f in files.values() if f.is_file()) <= HASHED_FOLDER_BYTES:
-            listing = "".join(f"{name}\0{sha256(f) if f.is_file() else 'link'}\n" for name, f in sorted(files.items()))
-            return hashlib.sha256(listing.encode()).hexdigest()
+        files = sorted(_files(path).items())
+        whole = sum(f.stat().st_size for _, f in files if f.is_file()) <= HASHED_FOLDER_BYTES
+
+        def of(f: Path) -> str:
+            if not f.is_file():
+                return "link"
+            if whole or f.stat().st_size <= HASHED_FILE_BYTES:
+                return sha256(f)
+            info = f.stat()
+            return f"size {info.st_size} modified {info.st_mtime_ns}"
+
+        listing = "".join(f"{name}\0{of(f)}\n" for name, f in files)
+        return hashlib.sha256(listing.encode()).hexdigest()
     return None
+
+
+def _input_key(given: str | os.PathLike[str]) -> str:
+    """How a manifest names an input: a local file or folder by its absolute path (so that it is checked, from any
+    folder, as the file that was read), anything else (a model name) as given."""
+    path = Path(given)
+    return str(path.resolve()) if path.exists() else str(given)
 
 
 def inputs_unchanged(manifest: dict[str, Any]) -> bool:

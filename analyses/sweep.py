@@ -788,6 +788,7 @@ def _run_id(folder: Path) -> str | None:
 def _run_on_ray(sweep: Sweep, out: Path, todo: list[Trial], resources: Resources, runners: Runners,
                 records: dict[str, Any], failures: list[dict[str, Any]], log) -> None:
     experiment = EXPERIMENTS[sweep.experiment]
+    out = out.absolute()  # a trial runs in its runner's folder, on any node: a relative --out would be written there
     jobs = [(trial, trial.argv(sweep.experiment, out / TRIALS / trial.name, resources.threads),
              out / TRIALS / trial.name, experiment.resumable) for trial in todo]
     for trial, result in runners.run(jobs, out / RUNNING):

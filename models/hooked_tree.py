@@ -98,7 +98,7 @@ def hooked_tree_residual(
     outside = ~allowed.to(device)
 
     def mask(scores: Float[Tensor, "1 head w w"], hook) -> Float[Tensor, "1 head w w"]:
-        return scores.masked_fill(outside.to(scores.device), float("-inf"))
+        return scores.masked_fill_(outside.to(scores.device), float("-inf"))  # the causal mask's own new tensor
 
     hooks = [(lambda name: name.endswith("attn.hook_attn_scores"), mask)]
     if model.cfg.positional_embedding_type == "standard":

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -348,6 +349,46 @@ def test_a_rerun_cut_short_keeps_the_records_of_the_trials_run_before(tmp_path):
     again = {r["trial"]: r for r in run_sweep(sweep, out, runners=InProcessRunners(), log=lambda line: None)["trials"]}
     assert again[kept] == {**first[kept], "status": "finished before"}
     assert again[removed]["status"] == "ran" and again[removed]["run_id"] != first[removed]["run_id"]
+
+
+class ElsewhereRunners(InProcessRunners):
+    """Runs each trial from another current folder, as a Ray runner on another node does."""
+
+    def __init__(self, elsewhere: Path) -> None:
+        super().__init__()
+        self.elsewhere, self.jobs = elsewhere, []
+
+    def run(self, jobs, running_dir):
+        from analyses.sweep import run_trial
+
+        for trial, argv, folder, resumable in jobs:
+            self.jobs.append((argv, folder, running_dir))
+            here = os.getcwd()
+            os.chdir(self.elsewhere)
+            try:
+                result = run_trial(argv, str(folder), str(running_dir), resumable)
+            finally:
+                os.chdir(here)
+            yield trial, result
+
+
+def test_a_sweep_with_a_relative_out_hands_its_trials_absolute_folders(tmp_path, monkeypatch):
+    """`sweep --out sweep` gave the trials `sweep/trials/...` as typed, while the sweep read them back from its
+    own folder: a trial on a node whose current folder is another wrote its run there, and was counted failed."""
+    from analyses import sweep as sweeps
+
+    monkeypatch.setattr(sweeps, "_node_id", lambda: None)  # asking Ray would start a local Ray (seconds)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)
+    sweep = make_sweep("reversal", "0", ["pairs=20", "steps=2", "eval-every=2"])
+    runners = ElsewhereRunners(elsewhere)
+    (record,) = sweeps.run_sweep(sweep, Path("sweep"), runners=runners, log=lambda line: None)["trials"]
+    assert record["status"] == "ran", record
+    ((argv, folder, running_dir),) = runners.jobs
+    assert Path(argv[argv.index("--out") + 1]).is_absolute() and folder.is_absolute() and running_dir.is_absolute()
+    assert (tmp_path / "sweep" / "trials" / record["trial"] / "summary.json").is_file()
+    assert not list(elsewhere.iterdir())
 
 
 def test_a_summary_that_cannot_be_aggregated_is_named(tmp_path, monkeypatch):

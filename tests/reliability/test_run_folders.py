@@ -18,7 +18,7 @@ import pytest
 
 from analyses.cli import main
 from analyses.report import ReportError, write_report
-from analyses.runfolder import LOCK, MANIFEST, RunFolderError, check_run, run_folder
+from analyses.runfolder import LOCK, MANIFEST, RunFolderError, check_run, inputs_unchanged, run_folder
 from facts.io import atomic_write, load_jsonl, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,6 +158,32 @@ def test_a_folder_of_unknown_files_is_refused_and_force_keeps_them(tmp_path, cap
     assert check_run(out)["kept"] == ["thesis.tex"] and (out / "thesis.tex").read_text() == "keep me"
 
 
+def test_force_refuses_a_folder_without_a_manifest_holding_files_a_run_would_write_over(tmp_path, capsys):
+    """A run written by the Python API has no manifest: `--force` promised to keep its files ("kept, never
+    deleted"), then train() deleted every checkpoints/step-*, and summary.json was written over and listed as the
+    new run's own; `--force --resume` resumed its checkpoints unchecked. Both are refused, naming the files, before
+    anything is written; a folder holding other files only is still written beside them."""
+    from analyses.reproduce import ReversalConfig, reproduce_reversal
+
+    out = tmp_path / "api"
+    reproduce_reversal(out, ReversalConfig(steps=2, n_pairs=20, eval_every=1), progress=False)
+    (out / "notes.txt").write_text("mine")
+    before = contents(out)
+    assert "summary.json" in before and "checkpoints/step-000002.safetensors" in before and MANIFEST not in before
+    for extra in ((), ("--resume",)):
+        code, _, err = revlens(capsys, "reproduce", "reversal", "--out", out, *TINY, "--force", *extra)
+        line = one_error_line(err)
+        assert code == 2 and "holds files no revlens run manifest lists (checkpoints/step-000002.json, " in line, line
+        assert "which it would write over or delete" in line and f"move them out of {out}" in line
+        assert ("no manifest says how their random draws were made" in line) == bool(extra)
+        assert {name: data for name, data in contents(out).items() if name != LOCK} == before  # not even a manifest
+    for name in sorted(before, reverse=True):
+        if name != "notes.txt":
+            (out / name).unlink()
+    assert revlens(capsys, "reproduce", "reversal", "--out", out, *TINY, "--force")[0] == 0
+    assert check_run(out)["kept"] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+
+
 def test_report_refuses_to_write_into_a_run_and_never_inlines_its_own_output(finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path / "run")
     before = snapshot(run)
@@ -200,12 +226,66 @@ def test_reproduce_all_writes_one_run_per_folder_and_refuses_a_run_folder(finish
 def test_resume_names_what_differs_from_the_checkpoint(finished, tmp_path, capsys, change, named):
     """Issue case 1: `--resume` with another --pairs reported accuracy 0.800 and exited 0."""
     run = copy_run(finished, tmp_path / "run")
+    before = contents(run)
     args = ["reproduce", "reversal", "--out", run, "--steps", "4", "--eval-every", "1", "--quiet", *change, "--resume"]
     code, _, err = revlens(capsys, *args)
     assert code == 2 and named in one_error_line(err)
+    # refused before it wrote anything: the finished run stays finished (its manifest had been left unfinished, so
+    # report, compare and sweeps refused a run whose files were never touched)
+    assert check_run(run)["complete"] is True and contents(run) == before
     assert revlens(capsys, "reproduce", "reversal", "--out", run, "--steps", "4", "--pairs", "20", "--eval-every",
                    "1", "--quiet", "--resume")[0] == 0
     assert check_run(run)["config"]["steps"] == 4
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+def test_inputs_are_recorded_by_absolute_path_and_checked_as_the_file_read_from_any_folder(tmp_path, monkeypatch):
+    """`--facts facts.jsonl` was recorded as typed: checked from another folder it named nothing there (an edit
+    went unnoticed) or another file (here an unedited copy, which passed). A model name stays as given."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    (first / "facts.jsonl").write_text('{"subject": "a"}\n')
+    (second / "facts.jsonl").write_text('{"subject": "a"}\n')
+    monkeypatch.chdir(first)
+    with run_folder(tmp_path / "run", "probe", inputs={"model": "smollm2-135m", "facts": "facts.jsonl"}):
+        (tmp_path / "run" / "summary.json").write_text("{}\n")
+    manifest = check_run(tmp_path / "run", inputs=True)
+    assert sorted(manifest["inputs"]) == sorted([str((first / "facts.jsonl").resolve()), "smollm2-135m"])
+    assert manifest["inputs"]["smollm2-135m"] is None
+    (first / "facts.jsonl").write_text('{"subject": "b"}\n')
+    for folder in (second, tmp_path):
+        monkeypatch.chdir(folder)
+        with pytest.raises(RunFolderError, match=r"first/facts.jsonl, changed since the run read them"):
+            check_run(tmp_path / "run", inputs=True)
+        assert not inputs_unchanged(manifest)
+
+
+def test_a_model_folder_too_large_to_hash_is_still_told_apart_when_it_changes(tmp_path, monkeypatch):
+    """A folder over HASHED_FOLDER_BYTES (a model's weights) was recorded with hash None, and a sweep compared
+    None with None: the trials of a model retrained in place counted as finished. Its small files are hashed, its
+    large ones stand by size and modification time."""
+    from analyses import runfolder
+    from analyses import sweep as sweeps
+
+    monkeypatch.setattr(runfolder, "HASHED_FOLDER_BYTES", 0)
+    monkeypatch.setattr(runfolder, "HASHED_FILE_BYTES", 16)
+    model, run = tmp_path / "model", tmp_path / "run"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden_size": 16}')
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"\0" * 64)
+    with run_folder(run, "probe", config={}, inputs={"model": model}):
+        (run / "summary.json").write_text("{}\n")
+    manifest = check_run(run, inputs=True)
+    assert list(manifest["inputs"].values())[0] is not None
+    assert inputs_unchanged(manifest) and sweeps.finished(run, {})
+    modified = weights.stat().st_mtime_ns
+    weights.write_bytes(b"\1" * 64)  # retrained: the same size, written later
+    os.utime(weights, ns=(modified + 10**9, modified + 10**9))
+    assert not inputs_unchanged(manifest) and not sweeps.finished(run, {})
+    with pytest.raises(RunFolderError, match="changed since the run read them"):
+        check_run(run, inputs=True)
 
 
 # --- temporary files ---------------------------------------------------------------------------
@@ -257,7 +337,8 @@ FACTS = ("--facts", "facts.jsonl")
     (("reproduce", "reversal", "--out", "FILE/sub", *TINY), "is a file, so no folder can be made under it"),
     (("reproduce", "reversal", *OUT, "--steps", "0"), "--steps: must be ≥ 1, got 0"),
     (("reproduce", "reversal", *OUT, "--steps"), "--steps: expected one argument"),
-    (("probe", "--model", "smollm2-135m", *FACTS, *OUT, "--controls", "100000"), "--controls 100000: "),
+    (("probe", "--model", "run/checkpoints", *FACTS, *OUT, "--controls", "100000"), "--controls 100000: "),
+    (("probe", "--model", "smollm2-135m", *FACTS, *OUT), "'reversal' facts come without sentences"),
     (("probe", "--model", "smollm2-135m", "--facts", "FILE/under", *OUT), "no such fact file"),
     (("probe", "--model", "run/checkpoints", "--facts", "far.jsonl", *OUT), "far.jsonl:3: entity 'e9999"),
     # a CSV's line had been looked up as a JSONL file's: "not valid JSON"
