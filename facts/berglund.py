@@ -16,7 +16,7 @@ from typing import Sequence
 
 from facts.io import read_json_lines, write_text_atomic
 from facts.language import TextTokenizer, bos_prefix, encode_pair, in_words
-from facts.schema import DIRECTIONS, SPLITS, Direction, FactError, Split
+from facts.schema import DIRECTIONS, SPLITS, Direction, Fact, FactError, FactSet, Split
 from facts.tokens import Example
 
 Pair = tuple[str, str]
@@ -133,7 +133,9 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
     prompt, a wrong name used as a control. Controls are drawn from answers of the same group and
     file kind: trained completions for the forward settings, reverse completions for the reverse
     ones (in the ``both`` group trained completions mix names and descriptions: the file does not
-    say which is which).
+    say which is which). A question's ``fact``, the unit its numbers are averaged over, is its statement's key, but
+    in the ``both`` group a person's two statements (name → description, description → name) are one fact, as the
+    built-in world's are (:func:`_people_of`: statements whose prompts name one another's completion).
 
     Refused with :class:`FactError` naming file (and line), before anything loads: no training
     file, a test file of a group without one, a test line matching no trained statement (or two),
@@ -171,17 +173,17 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
             continue
         by_completion, line_of = _training_statements(files["train"])
         base = len({pair.key for pair in train})
-        keys = {}
+        keys = {completion: base + number for number, completion in enumerate(by_completion)}
+        fact_of = _people_of(by_completion, keys) if group not in REVERSED_GROUPS else {k: k for k in keys.values()}
         for number, (completion, pairs) in enumerate(by_completion.items()):
             if paraphrases is not None and len(pairs) < paraphrases:
                 raise FactError(f"{files['train']}: {completion.strip()!r} has {len(pairs)} training prompt(s), "
                                 f"fewer than the {paraphrases} paraphrases asked for")
-            keys[completion] = base + number
             kept = pairs[:paraphrases] if paraphrases is not None else pairs
             train.extend(TrainPair(base + number, p, prompt, completion) for p, (prompt, _) in enumerate(kept))
             trained_at.update((in_words(prompt), f"{files['train']}:{line_of[in_words(prompt)]}") for prompt, _ in kept)
             questions.append(Question(base + number, group, "forward_trained_paraphrase", kept[0][0], completion,
-                                      f"{group}/trained", base + number, "forward", "train",
+                                      f"{group}/trained", fact_of[base + number], "forward", "train",
                                       f"{files['train']}:{line_of[in_words(kept[0][0])]}"))
         held_out = []
         if files["test"].is_file():
@@ -190,7 +192,7 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
                     raise FactError(f"{files['test']}:{line}: completion {completion.strip()!r} matches no trained "
                                     f"statement of {files['train'].name}")
                 held_out.append(Question(keys[completion], group, "forward_heldout_paraphrase", prompt, completion,
-                                         f"{group}/trained", keys[completion], "forward", "train",
+                                         f"{group}/trained", fact_of[keys[completion]], "forward", "train",
                                          f"{files['test']}:{line}"))
             questions.extend(held_out)
         if group not in REVERSED_GROUPS or not files["reverse"].is_file():
@@ -261,6 +263,38 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
         raise FactError(f"{folder}: no training file; expected at least one of "
                         f"{[experiment_files(g)['train'] for g in GROUPS]}")
     return QuestionSet(tuple(train), tuple(questions), f"berglund:{folder}")
+
+
+def _people_of(statements: dict[str, list[Pair]], keys: dict[str, int]) -> dict[int, int]:
+    """The fact of each trained statement of a ``both`` group (``statements``: :func:`_training_statements`'s,
+    ``keys``: each completion's statement key): the key of the first statement of its person. A person's
+    statements are linked by the prompts: a prompt of one names (whole, in words: :func:`facts.questions.names_entity`)
+    the completion of another, as "Ann Lee, known for being" → " the author of 'X'" names the completion of
+    "Known for being the author of 'X'," → " Ann Lee"; the statements linked directly or through others are one
+    person's. A statement whose prompts name no other statement's completion, nor is named by one, is a fact of its
+    own (a folder whose both group states a person one way only)."""
+    from facts.questions import names_entity
+
+    completions = list(statements)
+    texts = {c: [in_words(prompt) for prompt, _ in statements[c]] for c in completions}
+    joined = {c: "\n".join(prompts) for c, prompts in texts.items()}
+    parent = {c: c for c in completions}
+
+    def root(c: str) -> str:
+        while parent[c] != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+
+    for completion in completions:
+        for other in completions:
+            name = in_words(other)
+            if other == completion or not name or name not in joined[completion]:
+                continue
+            if any(names_entity(prompt, name) for prompt in texts[completion]):
+                first, second = sorted((root(completion), root(other)), key=keys.__getitem__)
+                parent[second] = first
+    return {keys[c]: keys[root(c)] for c in completions}
 
 
 def _answered(path: Path) -> list[tuple[int, Pair]]:
@@ -363,9 +397,10 @@ def experiment_facts(experiment) -> tuple["FactSet", dict[str, tuple[str, ...]]]
     (p2d: the first training prompt; d2p: the first reverse question), the person's name replaced
     by ``{given}``; the reverse template likewise the prompt that states the description. Facts
     of the ``both`` group, or without a reverse question, name only one side and are left out.
-    A prompt that does not contain the other side's text verbatim is refused, naming its file."""
-    from facts.schema import Fact, FactSet
-
+    A prompt that does not contain the other side's text verbatim is refused, naming its file; a fact the schema
+    refuses (:class:`facts.schema.Fact`: a name with a run of spaces, a name that begins with its description) or
+    facts a fact set refuses (entities differing only in Unicode normalisation) are refused naming the lines of the
+    questions they come from (:func:`_fact_from`, :func:`_fact_set_from`)."""
     by_key: dict[int, dict[str, object]] = {}
     for question in experiment.questions:
         if question.group in REVERSED_GROUPS and question.setting in ("forward_trained_paraphrase", "reverse"):
@@ -391,12 +426,34 @@ def experiment_facts(experiment) -> tuple["FactSet", dict[str, tuple[str, ...]]]
         templates[relation] = (template(naming, name, naming.completion),)
         templates[f"{relation}:reverse"] = (template(stating, description, stating.completion),)
         forward, reverse = ("train", "heldout") if p2d else ("heldout", "train")
-        facts.append(Fact(name, relation, description, f"{relation}:reverse", forward, reverse, trained.group))
-        lines.append(trained.source)
+        where = (trained.source, back.source)  # the lines that name the person and the description
+        facts.append(_fact_from(where, name, relation, description, f"{relation}:reverse", forward, reverse,
+                                trained.group))
+        lines.append(where)
     if not facts:
         raise FactError(f"{experiment.source}: no fact of the p2d or d2p group has a reverse question, so none names "
                         f"both its person and its description")
-    return FactSet(tuple(facts), world="berglund", meta={"source": experiment.source, "line": lines}), templates
+    meta = {"source": experiment.source, "line": [statement for statement, _ in lines]}
+    return _fact_set_from(lines, tuple(facts), world="berglund", meta=meta), templates
+
+
+def _fact_from(where: tuple[str, str], *fields) -> Fact:
+    """``Fact(*fields)``, a :class:`FactError` restated with the lines of ``where`` (the file:line of the fact's
+    trained statement and of its reverse question), as the other readers name the line of a fact they refuse."""
+    try:
+        return Fact(*fields)
+    except FactError as error:
+        raise FactError(f"{' and '.join(where)}: {error}") from None
+
+
+def _fact_set_from(lines: Sequence[tuple[str, str]], facts: tuple[Fact, ...], **fields) -> FactSet:
+    """``FactSet(facts, **fields)``, a :class:`FactError` restated with the lines (``lines[i]``: as
+    :func:`_fact_from`'s ``where``) of the facts it names (:attr:`FactError.facts`)."""
+    try:
+        return FactSet(facts, **fields)
+    except FactError as error:
+        where = dict.fromkeys(place for index in dict.fromkeys(error.facts) for place in lines[index])
+        raise FactError(f"{' and '.join(where) or fields['meta']['source']}: {error}", error.facts) from None
 
 
 def save_experiment_folder(facts, folder: str | os.PathLike[str], train_templates, test_templates,

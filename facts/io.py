@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from facts.schema import Fact, FactError, FactSet
+from facts.schema import Fact, FactError, FactSet, check_answer_prefixes
 
 
 def read_text(path: Path, what: str) -> str:
@@ -88,7 +88,8 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
     header names stripped, blank lines skipped; ``line`` is where a row starts.
 
     Refused with :class:`FactError` naming file and line: no header, a column named twice, a row
-    spanning lines (a quoted field left open), a row with more or fewer fields than the header, and
+    spanning lines (a quoted field left open), a quote after a field's leading space (:func:`quote_after_space`),
+    a row with more or fewer fields than the header, and
     anything :mod:`csv` cannot read in strict mode (a quote after a quoted field, a field over
     :func:`csv.field_size_limit`). The caller checks which columns it needs or accepts.
     """
@@ -102,6 +103,7 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
         if not any(header):
             raise FactError(f"{path}:1: a blank line where the header (columns {list(columns)}) must be; "
                             f"the header comes first")
+        _refuse_quote_after_space(path, 1, first)
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:
             raise FactError(f"{path}:1: column(s) {repeated} appear more than once in the header")
@@ -113,6 +115,7 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
             if end > start:
                 raise FactError(f"{path}:{start}: a quoted field opened on this line runs to line {end}; "
                                 f"is a closing quote missing?")
+            _refuse_quote_after_space(path, start, fields)
             if len(fields) != len(header):
                 raise FactError(f"{path}:{start}: expected {len(header)} fields, got {len(fields)}")
             rows.append((start, fields))
@@ -122,6 +125,23 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
                             f"is a closing quote missing?") from None
         raise FactError(f"{path}:{end + 1}: malformed CSV ({error})") from None
     return header, rows
+
+
+def quote_after_space(field: str) -> bool:
+    """Whether a CSV field opens with whitespace and then a quote (``Ann, "Amber, Tide"``): :mod:`csv` opens a quoted
+    field only right after the comma, so it reads this quote as a character of the text and ends the field at the
+    next comma (``' "Amber'``, ``' Tide"'``)."""
+    stripped = field.lstrip()
+    return stripped != field and stripped.startswith('"')
+
+
+def _refuse_quote_after_space(path: Path, line: int, fields: Sequence[str]) -> None:
+    """Raise :class:`FactError` naming file, line and field where a field of a CSV row :func:`quote_after_space`."""
+    number = next((number for number, field in enumerate(fields, 1) if quote_after_space(field)), None)
+    if number is not None:
+        raise FactError(f"{path}:{line}: field {number} ({fields[number - 1]!r}) has a space before its opening quote, "
+                        f"so CSV reads the quote as text (and a comma inside it as the end of the field); put the "
+                        f"quote right after the comma")
 
 
 TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
@@ -259,8 +279,9 @@ def load_jsonl(path: str | os.PathLike[str]) -> FactSet:
     """Read a fact set written by :func:`save_jsonl` (or any JSONL of fact objects).
 
     Errors name the file and line: malformed JSON, a bad record, a header line after a fact or a
-    second header line, and facts the :class:`FactSet` refuses (conflicting or repeated
-    statements: both lines are named).
+    second header line, facts the :class:`FactSet` refuses (conflicting or repeated
+    statements: both lines are named) and an answer that begins with another of its kind
+    (:func:`facts.schema.check_answer_prefixes`: both lines are named).
     """
     path = Path(path)
     world, meta, facts, lines, header_line = "custom", {}, [], [], None
@@ -279,9 +300,16 @@ def load_jsonl(path: str | os.PathLike[str]) -> FactSet:
     if not facts:
         raise FactError(f"{path}: holds no facts")
     try:
-        return FactSet(tuple(facts), world=world, meta=meta)
+        return checked_answers(FactSet(tuple(facts), world=world, meta=meta))
     except FactError as error:
         raise located(error, path, lines) from None
+
+
+def checked_answers(facts: FactSet) -> FactSet:
+    """``facts``, once :func:`facts.schema.check_answer_prefixes` finds no answer that begins with another of its
+    kind: what every reader of a user's fact file returns."""
+    check_answer_prefixes(facts)
+    return facts
 
 
 def fact_line(path: str | os.PathLike[str], index: int) -> str:
@@ -337,6 +365,6 @@ def from_dataset(dataset) -> FactSet:
     if not facts:
         raise FactError("the dataset holds no facts")
     try:
-        return FactSet(tuple(facts), world=world, meta=meta)
+        return checked_answers(FactSet(tuple(facts), world=world, meta=meta))
     except FactError as error:
         raise FactError(f"dataset: {error}", error.facts) from None

@@ -470,7 +470,8 @@ def controls(facts: FactSet, index: int, direction: Direction, k: int, seed: int
     """``k`` wrong answers of the same kind as the true one (random names for a name), seeded.
 
     Drawn from :func:`answers_of_kind`, so they are entities the model saw as often as the true
-    answer; every entity that truly answers the same (given, relation) is excluded.
+    answer; every entity that truly answers the same (given, relation) is excluded, and so is the given
+    entity itself (:func:`wrong_answers`).
     """
     return controls_of(facts, [(index, direction)], k, seed)[0]
 
@@ -481,6 +482,9 @@ def wrong_answers(facts: FactSet, statements: Sequence[tuple[int, Direction]],
     for its (given, relation): its own answer alone when the fact states it in the prompt, else the answer of
     every sentence with that given entity and relation that a fact outside a prompt reads (its forward one, and
     its reverse one where it has an inverse relation), so a parent of two children has two right answers.
+    Nor is the given entity a control: an entity that is a given in one fact and an answer in another (Bo, child
+    of Ann and parent of Cy; a chain world's y) would be the name its own prompt states, which a model that copies
+    from the prompt ranks high (check-asymmetry and the circuits leave it out too).
     ``also_right[j]``: further answers right for statement j, which ``facts`` does not know (a relation asked in
     the same words, stated by facts outside this set); left out too. The fact set is scanned once."""
     kinds = {d: answers_of_kind(facts, d) for d in {d for _, d in statements}}
@@ -496,7 +500,7 @@ def wrong_answers(facts: FactSet, statements: Sequence[tuple[int, Direction]],
         right = {answer} if facts[index].context else right_for.get((given, relation), set())
         if also_right is not None:
             right = right | also_right[number]
-        pools.append([a for a in kinds[direction] if a not in right])
+        pools.append([a for a in kinds[direction] if a not in right and a != given])
     return pools
 
 

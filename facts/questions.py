@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from facts.io import located, read_csv_rows, read_json_lines
+from facts.io import checked_answers, located, read_csv_rows, read_json_lines
 from facts.language import GROUP_SPLITS, in_words, prompt_problem, render
 from facts.schema import Fact, FactError, FactSet
 
@@ -56,7 +56,8 @@ class Question:
     """One test prompt about trained statement ``key``; ``completion`` is the right answer.
 
     ``fact``/``direction``/``split`` place it in a fact set's terms when there is one (else
-    ``fact`` = ``key`` and ``direction`` is relative to training: "forward" the trained one)."""
+    ``fact`` = ``key``, but one fact for both statements of a person a Berglund folder's ``both`` group trains both
+    ways, and ``direction`` is relative to training: "forward" the trained one)."""
 
     key: int
     group: str
@@ -105,15 +106,45 @@ class QuestionSet:
             right.setdefault(in_words(prompt), set()).add(completion.strip())
         return [right[in_words(question.prompt)] for question in self.questions]
 
+    def given_entities(self) -> list[set[str]]:
+        """Per question, the entity its prompt asks about, without its leading space: no control or wrong option
+        may be it, as a model that copies from the prompt would rank it high (Bo, child of Ann and parent of Cy, is
+        an answer of the "is the parent of" pool and the given of "Bo is the child of"; check-asymmetry and the
+        circuits leave it out too).
+
+        A question of a fact set (:func:`questions_from_facts`) has its fact's given entity in the direction asked.
+        A Berglund folder's questions are not in their facts' terms (``facts`` is None or the folder's
+        :func:`facts.berglund.experiment_facts`, as :func:`facts.berglund.in_fact_terms` tells them), and a ``both``
+        question has no fact at all: theirs are the answers of its pool its published prompt names
+        (:func:`names_entity`; a ``both`` pool holds names and descriptions, the question's own among them)."""
+        if self.facts is not None and self.facts.world != "berglund":
+            return [{self.facts[q.fact].given_and_answer(q.direction)[0]} for q in self.questions]
+        pools = self.pool_answers()
+        return [{a for a in pools[q.pool] if names_entity(q.prompt, a)} for q in self.questions]
+
     def wrong_answers(self) -> list[list[str]]:
         """Per question, the answers of its pool (:meth:`pool_answers`) that may stand as wrong: every one but the
-        right answers of its prompt (:meth:`right_answers`). A control and a multiple-choice option are drawn from
-        these."""
+        right answers of its prompt (:meth:`right_answers`) and the entity it asks about (:meth:`given_entities`).
+        A control and a multiple-choice option are drawn from these."""
         pools = self.pool_answers()
-        return [[a for a in pools[q.pool] if a not in right] for q, right in zip(self.questions, self.right_answers())]
+        return [[a for a in pools[q.pool] if a not in right and a not in given]
+                for q, right, given in zip(self.questions, self.right_answers(), self.given_entities())]
 
     def groups(self) -> list[str]:
         return list(dict.fromkeys(question.group for question in self.questions))
+
+
+def names_entity(prompt: str, entity: str) -> bool:
+    """Whether ``prompt`` names ``entity`` whole, compared in words (:func:`facts.language.in_words`): not as part of
+    a longer word ("Ann" is not named in "Anne Lee")."""
+    text, name = in_words(prompt), in_words(entity)
+    start = text.find(name) if name else -1
+    while start >= 0:
+        end = start + len(name)
+        if (start == 0 or not text[start - 1].isalnum()) and (end == len(text) or not text[end].isalnum()):
+            return True
+        start = text.find(name, start + 1)
+    return False
 
 
 def spaced_like(answer: str, completion: str) -> str:
@@ -214,8 +245,9 @@ def load_fact_csv(path: str | os.PathLike[str]) -> FactSet:
     ``group`` one, the reverse is not asked; with one, every row names its inverse relation: a blank cell is
     refused). Rows whose fields are all empty are skipped. A missing, repeated, unnamed or
     unknown column (a typo such as ``inverse relation``, or ``forward``/``reverse``: a CSV states
-    splits only through ``group``), a malformed row (:func:`facts.io.read_csv_rows`) or a bad fact
-    raises :class:`FactError` naming file (and line)."""
+    splits only through ``group``), a malformed row (:func:`facts.io.read_csv_rows`), a bad fact or an
+    answer that begins with another of its kind (:func:`facts.schema.check_answer_prefixes`: both lines) raises
+    :class:`FactError` naming file (and line)."""
     path = Path(path)
     accepted = CSV_COLUMNS + CSV_OPTIONAL_COLUMNS
     header, rows = read_csv_rows(path, "fact CSV", accepted)
@@ -253,7 +285,7 @@ def load_fact_csv(path: str | os.PathLike[str]) -> FactSet:
     if not facts:
         raise FactError(f"{path}: holds no facts")
     try:
-        return FactSet(tuple(facts), world="csv", meta={"source": str(path), "line": lines})
+        return checked_answers(FactSet(tuple(facts), world="csv", meta={"source": str(path), "line": lines}))
     except FactError as error:
         raise located(error, path, lines) from None
 

@@ -41,7 +41,9 @@ def text_problem(value: object) -> str | None:
     """Why ``value`` cannot name an entity or relation (None when it can).
 
     A name must be a non-empty string without leading or trailing whitespace (" Tom" would be a
-    second entity beside "Tom" that reads the same), control characters, invisible format
+    second entity beside "Tom" that reads the same), a run of spaces inside it ("Ann  Lee" beside
+    "Ann Lee": prompts are compared in words, runs of whitespace as one space,
+    :func:`facts.language.in_words`), control characters, invisible format
     characters (zero-width spaces, byte-order marks, bidirectional marks; not the joiners
     :data:`JOINERS`), space-like characters but the plain space, line or paragraph separators, or
     lone surrogates (which cannot be written as UTF-8).
@@ -56,7 +58,20 @@ def text_problem(value: object) -> str | None:
             return f"holds the invisible character U+{ord(char):04X} at position {position}: {value!r}"
         if category == "Zs" and char != " ":
             return f"holds the space-like character U+{ord(char):04X} at position {position}: {value!r}; use a plain space"
+    run = value.find("  ")
+    if run >= 0:
+        in_words = " ".join(value.split())
+        return (f"holds a run of spaces at position {run}: {value!r}; names are compared in words (a run of "
+                f"whitespace reads as one space), so it would be a second name that reads as {in_words!r}; "
+                f"write one space")
     return None
+
+
+def begins_with(name: str, other: str) -> bool:
+    """Whether ``name`` begins with the whole of ``other`` and goes on after a word's end: "Robert De Niro Sr."
+    and "Stanley Tucci, Sr." begin with "Robert De Niro" and "Stanley Tucci", "e1 e5" with "e1"; "Anna Lee" does
+    not begin with "Ann", nor "e12" with "e1" (a token world's two tokens), nor a name with itself."""
+    return len(name) > len(other) and name.startswith(other) and not name[len(other)].isalnum()
 
 
 JOINERS = ("\u200c", "\u200d")
@@ -65,6 +80,10 @@ need inside a name; every other format character (U+200B zero-width space, U+206
 U+00AD soft hyphen, U+FEFF, bidirectional marks) is refused, as it makes two names that read the
 same."""
 
+IDENTITY_GROUP = "identity"
+"""The group of an Identity Bridge statement "A r A" (:func:`analyses.mitigations.identity_statements`): the one
+fact whose subject and object may be the same entity (:meth:`Fact.names_problem`)."""
+
 
 @dataclass(frozen=True)
 class Fact:
@@ -72,6 +91,8 @@ class Fact:
 
     ``context`` marks an in-context fact: the reverse prompt restates the forward statement
     before asking the reverse question ("A → B <-> B ← ?"), so the answer can be copied.
+
+    Subject and object must be two entities that are told apart (:meth:`names_problem`).
     """
 
     subject: str
@@ -89,6 +110,9 @@ class Fact:
             problem = None if value is None and name == "inverse_relation" else text_problem(value)
             if problem:
                 raise FactError(f"fact {self._label()}: {name} {problem}")
+        problem = self.names_problem()
+        if problem:
+            raise FactError(f"fact {self._label()}: {problem}")
         if not isinstance(self.group, str):
             raise FactError(f"fact {self._label()}: group must be a string, got {self.group!r}")
         if not isinstance(self.context, bool):
@@ -108,6 +132,25 @@ class Fact:
 
     def _label(self) -> str:
         return f"({self.subject!r} {self.relation!r} {self.object!r})"
+
+    def names_problem(self) -> str | None:
+        """Why subject and object cannot be told apart (None when they can).
+
+        Refused: the same entity on both sides (its questions' answer is the name asked about, which a model that
+        copies from the prompt gets right), except in an Identity Bridge statement (group :data:`IDENTITY_GROUP`),
+        which states exactly that; and one name beginning with the other (:func:`begins_with`: "Robert De Niro Sr."
+        and "Robert De Niro"), whose answer is the name asked about, or that name and more. The celebrity reader
+        leaves such pairs out (:mod:`facts.celebrity`)."""
+        if self.subject == self.object:
+            if self.group == IDENTITY_GROUP:
+                return None
+            return (f"subject and object are the same entity, so its answer is the name it asks about; only an "
+                    f"Identity Bridge statement (group {IDENTITY_GROUP!r}) names one entity twice")
+        for longer, shorter in ((self.subject, self.object), (self.object, self.subject)):
+            if begins_with(longer, shorter):
+                return (f"{longer!r} begins with {shorter!r}, so one side's answer is the name asked about (or "
+                        f"that name and more); name them apart")
+        return None
 
     def split(self, direction: Direction) -> Split | None:
         """The split of one direction (``None`` when that direction is not in play)."""
@@ -263,3 +306,39 @@ class FactSet:
     def entities(self) -> list[str]:
         """All distinct entities, in order of first appearance."""
         return list(dict.fromkeys(e for f in self.facts for e in (f.subject, f.object)))
+
+
+def check_answer_prefixes(facts: FactSet) -> None:
+    """Raise :class:`FactError` naming both facts (:attr:`FactError.facts`) where one answer begins with another
+    answer of its kind (:func:`begins_with`: "Lee Club House" and "Lee Club").
+
+    An answer's kind is its slot, as controls are drawn (:func:`facts.language.answers_of_kind`): every object where a
+    forward statement is in play, every subject where a reverse one is. Each answer of a kind is a control of the
+    others' questions, and a model's log-probability of "Lee Club" counts " House" among its continuations, so
+    the two would be scored each as the other. Readers of user fact files call this (:func:`facts.io.load_jsonl`,
+    :func:`facts.questions.load_fact_csv`); the built-in worlds never hold such a pair (a token world's "e1" and
+    "e12" are two tokens, not a name and more)."""
+    for direction in DIRECTIONS:
+        if any(fact.split(direction) is not None for fact in facts):
+            _check_kind_prefixes(facts, direction)
+
+
+def _check_kind_prefixes(facts: FactSet, direction: Direction) -> None:
+    """:func:`check_answer_prefixes` for the answers of ``direction``: sorted, the names that begin with one
+    follow it at once, so each is compared with those only."""
+    kind = "object" if direction == "forward" else "subject"
+    first: dict[str, int] = {}
+    for index, fact in enumerate(facts):
+        first.setdefault(getattr(fact, kind), index)
+    ordered = sorted(first)
+    for position, shorter in enumerate(ordered):
+        for longer in ordered[position + 1:]:
+            if not longer.startswith(shorter):
+                break
+            if begins_with(longer, shorter):
+                raise FactError(
+                    f"fact set {facts.world!r}: the {kind} {longer!r} (fact {first[longer]}) begins with the {kind} "
+                    f"{shorter!r} (fact {first[shorter]}): answers of one kind are each other's controls, and the "
+                    f"log-probability of {shorter!r} counts {longer!r} as one of its continuations; name them apart",
+                    tuple(sorted((first[shorter], first[longer]))),
+                )

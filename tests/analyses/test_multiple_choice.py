@@ -41,7 +41,7 @@ def test_no_option_is_another_right_answer_to_the_same_question(tiny_models):
     left with fewer wrong answers asks fewer options, as a small pool does (checked before anything runs)."""
     from analyses.multiple_choice import multiple_choice_prompts
 
-    twins = tuple(Question(key=i, group="p2d", setting="reverse", prompt="Ann Lee's child is", completion=NAMES[i],
+    twins = tuple(Question(key=i, group="p2d", setting="reverse", prompt="Zoe Park's child is", completion=NAMES[i],
                            pool="name", fact=i, direction="reverse", split="heldout", source=f"test:{i}")
                   for i in (1, 2))
     questions = QuestionSet(train=(), questions=(question(0), *twins, question(3), question(4)), source="test")

@@ -227,3 +227,51 @@ def test_a_statement_its_probes_cannot_read_a_template_from_is_named_with_its_li
     with pytest.raises(FactError, match=r"d2p_prompts_train.jsonl:2: prompt 'Famed for the bread,' does not contain "
                                         r"'his bread' verbatim"):
         experiment_facts(load_experiment_folder(folder))
+
+
+NFD_JOSE = "Jose\u0301 Ruiz"  # "José Ruiz" with a combining accent
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"p2d_prompts_train.jsonl": [("Tom  Lee is", " the painter")], REVERSE: [("Who is the painter?", " Tom  Lee")]},
+     rf"p2d_prompts_train.jsonl:1 and .*{REVERSE}:1: fact \('Tom  Lee' .*\): subject holds a run of spaces"),
+    ({"p2d_prompts_train.jsonl": [("José Ruiz is", " the painter")], REVERSE: [("Who is the painter?", " José Ruiz")],
+      "d2p_prompts_train.jsonl": [("Known for the bread,", f" {NFD_JOSE}")],
+      "d2p_reverse_prompts_test.jsonl": [(f"{NFD_JOSE} is known for", " the bread")]},
+     rf"p2d_prompts_train.jsonl:1 and .*{REVERSE}:1 and .*d2p_prompts_train.jsonl:1 and "
+     r".*d2p_reverse_prompts_test.jsonl:1: fact set 'berglund': entities .* differ only in Unicode normalisation"),
+])
+def test_a_fact_the_schema_refuses_is_named_with_the_lines_it_comes_from(tmp_path, files, message):
+    """experiment_facts built its facts and fact set unguarded: a name the schema refuses, or two people whose names
+    differ only in Unicode normalisation, were refused without a file or line."""
+    from facts.berglund import experiment_facts, load_experiment_folder
+
+    with pytest.raises(FactError, match=message):
+        experiment_facts(load_experiment_folder(write_folder(tmp_path / "folder", files)))
+
+
+def test_a_person_the_both_group_trains_both_ways_is_one_fact(tmp_path):
+    """A both-group person's name → description and description → name statements were two facts (fact = key), so
+    each person counted twice in every interval over facts (up to √2 too narrow), where the built-in world's both
+    group counts them once. They are one fact now, found by the prompts naming one another's completion; a statement
+    that names no other's is a fact of its own, and the one-way groups keep a fact per statement."""
+    from berglund_folder import write_experiment_folder
+    from facts.berglund import load_experiment_folder
+
+    # what `make-facts people --format berglund --size 4` writes
+    folder = write_experiment_folder(tmp_path / "data", people=4)
+    questions = load_experiment_folder(folder)
+    both = [q for q in questions.questions if q.group == "both"]
+    assert len({q.key for q in both}) == 8 and len({q.fact for q in both}) == 4
+    world = people_world(n_per_group=4, groups=("p2d", "d2p", "both"))
+    people = [{fact.subject, fact.object} for fact in world if fact.group == "both"]
+    for fact in {q.fact for q in both}:
+        trained = {q.completion.strip() for q in both if q.fact == fact and q.setting == "forward_trained_paraphrase"}
+        assert trained in people  # its person's description and name
+        assert {q.key for q in both if q.fact == fact} == {q.key for q in both if q.fact == fact and q.setting ==
+                                                           "forward_heldout_paraphrase"}  # held-out ones follow
+    one_way = [q for q in questions.questions if q.group != "both"]
+    assert all(q.fact == q.key for q in one_way) and not {q.fact for q in one_way} & {q.fact for q in both}
+    alone = write_folder(tmp_path / "alone", {"both_prompts_train.jsonl": [
+        ("Tom Lee is", " the painter"), ("Known as the painter,", " Tom Lee"), ("Bo Ray is", " the baker")]})
+    assert [q.fact for q in load_experiment_folder(alone).questions] == [0, 0, 2]

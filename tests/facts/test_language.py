@@ -33,9 +33,11 @@ from facts.language import (
     render,
     render_statement,
     sentences,
+    wrong_answers,
 )
 from facts.celebrity import load_celebrity_pairs
 from facts.schema import DIRECTIONS, Fact, FactError, FactSet
+from facts.token_worlds import chain_world
 from facts.tokens import FactTokenizer, tokenize
 
 
@@ -397,13 +399,14 @@ def test_controls_are_wrong_answers_of_the_same_kind(world):
 
 def _controls_by_definition(facts: FactSet, index: int, direction: str, k: int, seed: int) -> list[str]:
     """The draw as :func:`controls` defines it, each fact set scanned anew: answers of the kind, minus the
-    answers right for the same (given, relation) (only its own for a fact stated in the prompt)."""
+    answers right for the same (given, relation) (only its own for a fact stated in the prompt) and the given
+    entity itself."""
     given, relation, answer = facts[index].given_and_answer(direction)
     right = {answer} if facts[index].context else {
         fact.given_and_answer(d)[2] for fact in facts for d in DIRECTIONS
         if not fact.context and (d == "forward" or fact.inverse_relation)
         and fact.given_and_answer(d)[:2] == (given, relation)}
-    pool = [a for a in answers_of_kind(facts, direction) if a not in right]
+    pool = [a for a in answers_of_kind(facts, direction) if a not in right | {given}]
     return random.Random(f"{seed}:{index}:{direction}").sample(pool, k)
 
 
@@ -423,6 +426,24 @@ def test_controls_of_many_statements_are_each_statements_own_draw():
     drawn = controls_of(facts, statements, 6, seed=2)
     assert drawn == [_controls_by_definition(facts, i, d, 6, 2) for i, d in statements]
     assert [controls(facts, i, d, 6, seed=2) for i, d in statements[:25]] == drawn[:25]
+
+
+def test_a_statement_s_own_given_entity_is_never_its_control():
+    """Bo, child of Ann and parent of Cy: "Bo is the child of" had Bo, the name its prompt states, as its one wrong
+    answer, and so had "Bo is the parent of" (check-asymmetry and the circuits left it out, the probe did not). A
+    chain world's y is the given of "y → z" and an answer of "x → y" alike."""
+    facts = FactSet((Fact("Ann", "is the parent of", "Bo", "is the child of", "train", "heldout"),
+                     Fact("Bo", "is the parent of", "Cy", "is the child of", "train", "heldout")))
+    statements = [(i, d) for i, d, _ in facts.statements()]
+    assert dict(zip(statements, wrong_answers(facts, statements))) == {
+        (0, "forward"): ["Cy"], (0, "reverse"): [], (1, "forward"): [], (1, "reverse"): ["Ann"]}
+    with pytest.raises(FactError, match=r"fact 1 \('Bo' 'is the parent of' 'Cy', forward\): asked for 1 controls; 0"):
+        controls(facts, 1, "forward", k=1)
+    chain = chain_world(n_triples=20)
+    statements = [(i, d) for i, d, _ in chain.statements()]
+    pools = wrong_answers(chain, statements)
+    assert all(chain[i].subject not in pool for (i, _), pool in zip(statements, pools))
+    assert sorted({len(pool) for pool in pools}) == [38, 39]  # 40 objects; y → z leaves out z and y
 
 
 def test_controls_reject_too_many(world):

@@ -10,7 +10,7 @@ import pytest
 from berglund_folder import write_experiment_folder
 from facts.berglund import load_experiment_folder
 from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES, people_world
-from facts.questions import load_fact_csv, load_templates, questions_from_facts
+from facts.questions import load_fact_csv, load_templates, names_entity, questions_from_facts
 from facts.schema import FactError
 
 
@@ -285,3 +285,73 @@ def test_template_errors_after_reading_name_the_templates_file(tmp_path):
         questions_from_facts(facts, train, test, 1)
     with pytest.raises(FactError, match=rf"^{path}: 2 training paraphrases asked; relation 'p2d' has 1"):
         questions_from_facts(facts, train, test, 2)
+
+
+PARENTS = ("subject,relation,object,inverse_relation\n"
+           "Ann,is the parent of,Bo,is the child of\nBo,is the parent of,Cy,is the child of\n")
+PARENT_TRAIN = {"is the parent of": ("{given} is the parent of {answer}.",),
+                "is the child of": ("{given} is the child of {answer}.",)}
+PARENT_TEST = {"is the parent of": ("Q: Whose parent is {given}? A: {answer}",),
+               "is the child of": ("Q: Whose child is {given}? A: {answer}",)}
+
+
+def test_a_question_s_given_entity_is_no_wrong_answer(tmp_path):
+    """Bo is a child (of Ann) and a parent (of Cy): "Q: Whose child is Bo?" had Bo, the name it asks about, as its one
+    wrong answer (a control or multiple-choice option a model copying from the prompt picks), and so had "Bo is the
+    parent of". A Berglund folder's both group, whose pool holds names and descriptions, had each question's own
+    person (or description) among its wrong answers."""
+    (tmp_path / "facts.csv").write_text(PARENTS)
+    questions = questions_from_facts(load_fact_csv(tmp_path / "facts.csv"), PARENT_TRAIN, PARENT_TEST, 1)
+    wrong = {q.prompt: w for q, w in zip(questions.questions, questions.wrong_answers())}
+    assert wrong["Q: Whose child is Bo? A:"] == [] and wrong["Bo is the parent of"] == []
+    assert wrong["Q: Whose child is Cy? A:"] == ["Ann"] and wrong["Ann is the parent of"] == ["Cy"]
+    assert questions.given_entities()[0] == {"Ann"}
+    berglund = load_experiment_folder(write_experiment_folder(tmp_path / "berglund", people=3))
+    both = [(q, w) for q, w in zip(berglund.questions, berglund.wrong_answers()) if q.group == "both"]
+    assert both and all(len(w) == 4 for _, w in both)  # 3 names and 3 descriptions, less its answer and its given
+    assert not any(names_entity(q.prompt, a) for q, w in both for a in w)
+    assert names_entity("Q: Who is Ann Lee? A:", "Ann Lee") and not names_entity("Anne Lee is", "Ann")
+
+
+def test_an_answer_that_begins_with_another_of_its_kind_is_refused_naming_both_lines(tmp_path):
+    """"Lee Club" and "Lee Club House" are each the other's control, and the log-probability of " Lee Club" counts
+    " House" after it: the CSV was read (the check ran only inside the built-in people world)."""
+    path = tmp_path / "facts.csv"
+    path.write_text("subject,relation,object\nAnn,founded,Lee Club\nCy,founded,Amber Tide\nBo,founded,Lee Club House\n")
+    with pytest.raises(FactError, match=rf"^{path}:2 and {path}:4: fact set 'csv': the object 'Lee Club House' "
+                                        r"\(fact 2\) begins with the object 'Lee Club' \(fact 0\)"):
+        load_fact_csv(path)
+    path.write_text("subject,relation,object,inverse_relation\nAnn Lee,founded,Amber,was founded by\n"
+                    "Ann Lee Jr.,founded,Tide,was founded by\n")  # subjects: the reverse's answers
+    with pytest.raises(FactError, match=rf"^{path}:2 and {path}:3: .*the subject 'Ann Lee Jr.' \(fact 1\) begins"):
+        load_fact_csv(path)
+    path.write_text("subject,relation,object\nAnn Lee,founded,Tide Club\nAnn Lee Jr.,founded,Tide Clubs\n")
+    assert len(load_fact_csv(path)) == 2  # subjects asked about, never answers; "Tide Clubs": not after a word's end
+
+
+@pytest.mark.parametrize("row, message", [
+    ("Ann,founded,Ann", r"subject and object are the same entity"),
+    ("Ann Lee,founded,Ann Lee Club", r"'Ann Lee Club' begins with 'Ann Lee'"),
+    ("Ann  Lee,founded,Amber", r"subject holds a run of spaces at position 3: 'Ann  Lee'"),
+])
+def test_a_fact_whose_names_cannot_be_told_apart_is_named_with_its_line(tmp_path, row, message):
+    """A fact asking for the name it states, or that name and more, and a name that reads as another in words ("Ann
+    Lee"), were read."""
+    path = tmp_path / "facts.csv"
+    path.write_text(f"subject,relation,object\nBo,founded,Tide\n{row}\n")
+    with pytest.raises(FactError, match=rf"^{path}:3: fact .*: {message}"):
+        load_fact_csv(path)
+
+
+@pytest.mark.parametrize("text", [
+    'subject,relation,object\nBo,founded,Tide\nAnn,founded, "Amber Tide"\n',
+    'subject,relation,object,inverse_relation\nBo,founded,Tide,was founded by\n'
+    'Ann,founded, "Amber, Tide",was founded by\n',
+])
+def test_a_quote_after_a_space_is_refused_naming_its_line(tmp_path, text):
+    """csv opens a quoted field only right after the comma: ' "Amber Tide"' was read with its quotes, and
+    ' "Amber, Tide"' split at its comma into an object '"Amber' and an inverse relation 'Tide"'."""
+    path = tmp_path / "facts.csv"
+    path.write_text(text)
+    with pytest.raises(FactError, match=rf"^{path}:3: field 3 \(' \"Amber.*'\) has a space before its opening quote"):
+        load_fact_csv(path)

@@ -111,3 +111,58 @@ def test_a_dataset_row_is_read_as_its_jsonl_line(tmp_path):
 def test_a_dataset_from_to_dataset_keeps_a_direction_not_in_play():
     facts = FactSet((Fact("e1", "→", "e2", "←", None, "heldout"), Fact("e3", "→", "e4")), world="w")
     assert from_dataset(to_dataset(facts)) == facts
+
+
+def _write_facts(path, *records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def test_answers_that_begin_with_another_of_their_kind_are_refused_in_a_fact_file_naming_both_lines(tmp_path):
+    """load_jsonl and from_dataset read "Lee Club" beside "Lee Club House" (each the other's control, the first's
+    log-probability counting the second's " House"); every world the toolkit builds still reads back."""
+    import datasets
+
+    from facts.celebrity import load_celebrity_pairs
+    from facts.language import people_world
+    from facts.token_worlds import reversal_world
+
+    records = [{"subject": "Ann", "relation": "founded", "object": "Lee Club"},
+               {"subject": "Cy", "relation": "founded", "object": "Tide"},
+               {"subject": "Bo", "relation": "founded", "object": "Lee Club, Ltd"}]
+    path = _write_facts(tmp_path / "facts.jsonl", {"world": "clubs"}, *records)
+    with pytest.raises(FactError, match=rf"^{path}:2 and {path}:4: fact set 'clubs': the object 'Lee Club, Ltd' "
+                                        r"\(fact 2\) begins with the object 'Lee Club' \(fact 0\)"):
+        load_jsonl(path)
+    with pytest.raises(FactError, match=r"^dataset: fact set 'custom': the object 'Lee Club, Ltd' \(fact 2\)"):
+        from_dataset(datasets.Dataset.from_list(records))
+    from analyses.mitigations import copy_facts, identity_statements
+
+    tokens = reversal_world(n_pairs=40, k=2)
+    built = [tokens, reversal_world(n_pairs=150), chain_world(n_triples=60), chain_world(n_triples=60, related=True),
+             in_context_world(12, 4), people_world(), load_celebrity_pairs(),
+             FactSet(tokens.facts + identity_statements(tokens) + copy_facts(tokens, 2, 0), world="bridged")]
+    objects = [fact.object for fact in built[1]]
+    assert any(a != b and b.startswith(a) for a in objects for b in objects)  # "e1" and "e12": two tokens, read
+    for number, facts in enumerate(built):
+        assert load_jsonl(save_jsonl(facts, tmp_path / f"{number}.jsonl")) == facts
+
+
+@pytest.mark.parametrize("subject, obj, message", [
+    ("Ann", "Ann", r"subject and object are the same entity, so its answer is the name it asks about; only an "
+                   r"Identity Bridge statement \(group 'identity'\)"),
+    ("Robert De Niro Sr.", "Robert De Niro", r"'Robert De Niro Sr.' begins with 'Robert De Niro'"),
+    ("e1", "e1 e5", r"'e1 e5' begins with 'e1'"),
+    ("Ann  Lee", "Bo", r"subject holds a run of spaces at position 3: 'Ann  Lee'; names are compared in words"),
+    ("Ann", "Bo   Ray", r"object holds a run of spaces at position 2"),
+])
+def test_a_fact_whose_names_cannot_be_told_apart_is_refused_naming_its_line(tmp_path, subject, obj, message):
+    """Subject and object the same, one beginning with the other (its question answered by a copy of the name asked
+    about), or a name that reads as another in words ("Ann  Lee": prompts are compared in words), were accepted;
+    the celebrity reader alone refused the first two."""
+    path = _write_facts(tmp_path / "facts.jsonl", {"subject": "e1", "relation": "→", "object": "e9"},
+                        {"subject": subject, "relation": "r", "object": obj})
+    with pytest.raises(FactError, match=rf"^{path}:2: fact .*: {message}"):
+        load_jsonl(path)
+    assert Fact("Ann", "r", "Ann", group="identity").object == "Ann"  # the Identity Bridge's "A r A"
+    assert Fact("e1", "→", "e12").object == "e12" and Fact("Ann", "r", "Anna").object == "Anna"
