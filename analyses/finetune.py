@@ -18,7 +18,8 @@ Per question: greedy exact match; top-1 (the answer's log p beats every control'
 m_i = log p(answer_i | prompt) − mean_j log p(control_ij | prompt), ≈ 0 when the curse holds,
 reported as mean ± t₀.₉₇₅(n − 1)·s/√n over the n facts (Student's t, :mod:`probes.stats`; each fact's
 questions averaged first: its paraphrases are not independent samples); and the paired gain m_i(after) − m_i(before), the effect
-of training itself: ≈ 0 for the reverse, large for the forward.
+of training itself: ≈ 0 for the reverse, large for the forward. Exact match, top-1, log p and rank are
+averaged the same way (:func:`setting_summary`): per fact first, then over the facts.
 
 How it runs: the transformers model is trained (:class:`models.hf_training.CausalLM`: the loss's
 logits only, tied embeddings kept tied) and converted to a HookedTransformer by the loader's own
@@ -272,7 +273,11 @@ def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[li
     random other answers of its pool (none an answer the set gives its prompt too:
     :meth:`facts.questions.QuestionSet.right_answers`), seeded per question, each spaced as the question's own answer
     (:func:`facts.questions.spaced_like`: a randomized file's "Bo Ray" after a prompt whose answer is " Ann Lee"
-    is read " Bo Ray"). A pool with fewer wrong answers than
+    is read " Bo Ray"). An ``in_context_reverse`` question takes the controls of its statement's first ``reverse``
+    question (the one it restates after the trained sentence: same key), not a draw of its own, so the two margins
+    differ by the prompt alone, as the token world's fact in the prompt is scored against its plain question's
+    controls (same answer, pool and given entity; its prompt is no other question's, so those controls are wrong
+    answers of it too). A pool with fewer wrong answers than
     ``n_controls`` is refused (a margin over fewer controls than asked would be another number)."""
     others_of = []  # distinct answers, compared without a template's leading space
     for question, wrong in zip(questions.questions, questions.wrong_answers()):
@@ -284,11 +289,19 @@ def draw_controls(questions: QuestionSet, n_controls: int, seed: int) -> list[li
         raise FactError(f"{question.source}: {n_controls} controls asked, but the {question.pool!r} answers hold "
                         f"only {most} other(s); use --controls {most} or fewer" if most else
                         f"{question.source}: its {question.pool!r} answers hold no other answer to compare it with")
-    drawn = []
+    plain: dict[int, int] = {}  # key → its first reverse question's number
+    for number, question in enumerate(questions.questions):
+        if question.setting == "reverse":
+            plain.setdefault(question.key, number)
+    drawn: list[list[str] | None] = [None] * len(others_of)
     for number, (question, others) in enumerate(zip(questions.questions, others_of)):
-        sampled = random.Random(f"{seed}:{number}").sample(others, n_controls)
-        drawn.append([spaced_like(a, question.completion) for a in (*question.extra_controls, *sampled)])
-    return drawn
+        if question.setting != "in_context_reverse" or question.key not in plain:
+            sampled = random.Random(f"{seed}:{number}").sample(others, n_controls)
+            drawn[number] = [spaced_like(a, question.completion) for a in (*question.extra_controls, *sampled)]
+    for number, question in enumerate(questions.questions):
+        if drawn[number] is None:  # an in-context reverse question: its plain reverse question's controls
+            drawn[number] = [spaced_like(a, question.completion) for a in drawn[plain[question.key]]]
+    return drawn  # type: ignore[return-value]
 
 
 def question_rows(questions: QuestionSet, tokenizer, controls: Sequence[Sequence[str]]) -> list[list[Example]]:
@@ -365,13 +378,16 @@ def write_tables(table: pd.DataFrame, out: Path, prefix: str = "") -> None:
 
 
 def setting_summary(table: pd.DataFrame) -> dict[str, Any]:
-    """Exact match and top-1 among the controls (fractions of the questions; top-1's chance, the
-    mean of 1 / candidates), margin (with its interval over facts, :func:`mean_ci95`) and mean log p
-    of one setting."""
-    return {"exact_match": float(table.correct.mean()), "top1": float(table.top1.mean()),
-            "chance_top1": float((1 / table.n_candidates).mean()),
-            "margin": mean_ci95(table.margin, table.fact), "logprob": float(table.logprob.mean()),
-            "mean_rank": float(table["rank"].mean())}
+    """Exact match and top-1 among the controls (top-1's chance: 1 / candidates), margin (with its interval over
+    facts, :func:`mean_ci95`), log p and rank of one setting, every one a mean over the facts of each fact's mean
+    over its questions, the margin's unit: a fact asked in more paraphrases weighs no more than one asked in fewer
+    (where every fact is asked equally often, as in the built-in world, this is the mean over the questions)."""
+    per_fact = table.assign(chance=1 / table.n_candidates).groupby("fact", sort=False)[
+        ["correct", "top1", "chance", "logprob", "rank"]].mean()
+    return {"exact_match": float(per_fact.correct.mean()), "top1": float(per_fact.top1.mean()),
+            "chance_top1": float(per_fact.chance.mean()),
+            "margin": mean_ci95(table.margin, table.fact), "logprob": float(per_fact.logprob.mean()),
+            "mean_rank": float(per_fact["rank"].mean())}
 
 
 def above_zero(ci95: Sequence[float]) -> bool | None:
@@ -467,7 +483,8 @@ def berglund_files(before: pd.DataFrame, after: pd.DataFrame, source: str) -> di
     A ``_randomized`` file holds the reverse questions with a wrong name in place of the right one;
     its entry compares the two: the share of reverse questions whose right name is likelier than the
     randomized one (``beats_randomized``) and the mean log p difference, on the questions that bring a
-    randomized name (a Berglund folder's; the built-in world brings none: n 0)."""
+    randomized name (a Berglund folder's; the built-in world brings none: n 0), each a mean over facts of each
+    fact's questions first, as :func:`setting_summary`'s are."""
     out = {}
     for group in dict.fromkeys(after.group):
         for kind, name in experiment_files(group).items():
@@ -486,7 +503,8 @@ def berglund_files(before: pd.DataFrame, after: pd.DataFrame, source: str) -> di
             for stage, table in (("before", before), ("after", after)):
                 if chosen.any():
                     difference = table.logprob[chosen] - table.randomized_logprob[chosen]
-                    entry[stage] = {"beats_randomized": float((difference > 0).mean()),
+                    entry[stage] = {"beats_randomized": mean_ci95((difference > 0).astype(float),
+                                                                  table.fact[chosen])["mean"],
                                     "logprob_minus_randomized": mean_ci95(difference, table.fact[chosen])}
             out[name] = entry
     return out

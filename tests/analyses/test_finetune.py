@@ -127,8 +127,9 @@ def assert_summary_matches_questions(out, summary, counts):
         for setting, row in settings.items():
             chosen = (after.group == group) & (after.setting == setting)
             assert row["margin_gain"]["n"] == after.fact[chosen].nunique() == row["after"]["margin"]["n"]
-            assert row["after"]["exact_match"] == pytest.approx(after.correct[chosen].mean())
-            assert row["after"]["top1"] == pytest.approx(after.top1[chosen].mean())
+            per_fact_mean = lambda values: values.groupby(after.fact[chosen]).mean().mean()  # noqa: E731
+            assert row["after"]["exact_match"] == pytest.approx(per_fact_mean(after.correct[chosen]))
+            assert row["after"]["top1"] == pytest.approx(per_fact_mean(after.top1[chosen]))
             assert row["before"]["margin"]["mean"] == pytest.approx(before.margin[chosen].mean())
             gain = pd.Series(after.margin[chosen].to_numpy() - before.margin[chosen].to_numpy())
             assert row["margin_gain"]["mean"] == pytest.approx(gain.mean(), abs=1e-9)
@@ -513,6 +514,9 @@ def test_finetune_on_a_berglund_folder_follows_their_protocol(berglund_run):
         "p2d": {"forward_heldout_paraphrase": 9, "forward_trained_paraphrase": 3, "reverse": 9,
                 "in_context_reverse": 3},
         "both": {"forward_heldout_paraphrase": 18, "forward_trained_paraphrase": 6}})
+    both = summary["groups"]["both"]  # a person trained both ways is one fact, as in the built-in world
+    assert both["forward_heldout_paraphrase"]["margin_gain"]["n"] == both["forward_trained_paraphrase"]["after"][
+        "margin"]["n"] == 3
     questions = pd.read_csv(out / "questions.csv")
     reverse = questions[questions.setting.isin(("reverse", "in_context_reverse"))]
     forward = questions[~questions.setting.isin(("reverse", "in_context_reverse"))]
@@ -565,6 +569,46 @@ def test_berglund_files_grid_reads_each_test_file_from_its_questions(berglund_ru
         "both ways, trained, in held-out words"]
     assert ("  p2d_reverse_prompts_test_randomized.jsonl (description → name, held out: the right name against the "
             "randomized one): right answer likelier than the randomized one") in format_summary(summary)
+
+
+def test_an_in_context_question_is_scored_against_its_plain_reverse_question_s_controls(tmp_path):
+    """The in-context reverse restates the trained sentence before its statement's first reverse question; scored
+    against that question's own controls, the two margins differ by the prompt alone (as the token world's fact in
+    the prompt is scored). It drew its own where a pool holds more wrong answers than controls: 10 people, 3
+    controls; a Berglund folder, whose randomized name comes first, with 2."""
+    from analyses.finetune import draw_controls
+
+    folder = write_experiment_folder(tmp_path / "data", people=6, groups=("p2d", "d2p"))
+    for config in (FinetuneConfig(people=10, n_controls=3), FinetuneConfig(facts=str(folder), n_controls=2)):
+        questions = read_questions(config)
+        drawn = draw_controls(questions, config.n_controls, config.seed)
+        plain, restated = {}, []
+        for question, controls in zip(questions.questions, drawn):
+            if question.setting == "reverse":
+                plain.setdefault(question.key, controls)
+            elif question.setting == "in_context_reverse":
+                restated.append((question.key, controls))
+        assert len(restated) == len(plain) >= 6
+        assert all(controls == plain[key] for key, controls in restated)
+        assert len({tuple(controls) for controls in plain.values()}) > 1  # drawn per question still
+
+
+def test_every_mean_of_a_summary_row_is_over_facts_each_fact_s_questions_first():
+    """The margin was averaged per fact first, exact match, top-1, log p and rank over the questions: a fact
+    asked three times weighed three times as much in those (top-1 0.75 here, not the 0.5 of its facts)."""
+    from analyses.finetune import berglund_files, setting_summary
+
+    table = pd.DataFrame({"fact": [0, 0, 0, 1], "group": "p2d", "setting": "reverse",
+                          "correct": [True, True, True, False], "top1": [True, True, True, False],
+                          "n_candidates": [2, 2, 2, 4], "margin": [3.0, 3.0, 3.0, -1.0],
+                          "logprob": [-1.0, -1.0, -1.0, -5.0], "rank": [1, 1, 1, 3],
+                          "randomized_logprob": [-2.0, -2.0, -2.0, -4.0]})
+    row = setting_summary(table)
+    assert row["top1"] == row["exact_match"] == 0.5
+    assert row["chance_top1"] == pytest.approx((1 / 2 + 1 / 4) / 2)
+    assert (row["logprob"], row["mean_rank"], row["margin"]["mean"], row["margin"]["n"]) == (-3.0, 2.0, 1.0, 2)
+    randomized = berglund_files(table, table, "berglund:x")["p2d_reverse_prompts_test_randomized.jsonl"]["after"]
+    assert randomized["beats_randomized"] == 0.5 and randomized["logprob_minus_randomized"]["mean"] == 0.0
 
 
 def test_builtin_world_trains_berglunds_three_groups_when_asked():
