@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from facts.berglund import load_prompt_completion_jsonl, save_prompt_completion_jsonl
 from facts.celebrity import COLUMNS, DEFAULT_CSV, load_celebrity_pairs
 from facts.io import from_dataset, load_jsonl, save_jsonl, to_dataset
-from facts.schema import DIRECTIONS, Fact, FactError, FactSet
+from facts.schema import DIRECTIONS, Fact, FactError, FactSet, check_answer_prefixes
 from facts.token_worlds import TokenVocab, reversal_world
 from facts.tokens import collate, tokenize
 from models.scoring import score_answers
@@ -276,9 +276,11 @@ names = st.text(st.characters(exclude_categories=()), min_size=1, max_size=8)
 @bounded
 @given(pairs=st.lists(st.tuples(names, names), min_size=1, max_size=4))
 @example(pairs=[("Ann Lee", "Bo Kim"), ("José", "北京")])  # names a fact accepts: the round trip always runs
+@example(pairs=[("Ann", "Bo"), ("Ann Lee", "Cy")])  # two subjects, one the other and more: refused by both
 def test_any_name_a_fact_accepts_survives_jsonl(tmp_path, pairs):
     try:
         facts = FactSet(tuple(Fact(a, "is the parent of", b, "is the child of", "train", "heldout") for a, b in pairs))
+        check_answer_prefixes(facts)  # what a reader refuses beyond FactSet: "Ann" and "Ann Lee" as two answers
     except FactError:
         return
     assert load_jsonl(save_jsonl(facts, tmp_path / "facts.jsonl")) == facts
@@ -290,6 +292,7 @@ def test_any_name_a_fact_accepts_survives_jsonl(tmp_path, pairs):
 def test_any_name_a_fact_accepts_survives_a_dataset(pairs):
     try:
         facts = FactSet(tuple(Fact(a, "p2d", b, "d2p", "train", "heldout") for a, b in pairs), world="w", meta={"n": 1})
+        check_answer_prefixes(facts)
     except FactError:
         return
     assert from_dataset(to_dataset(facts)) == facts
