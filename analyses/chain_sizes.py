@@ -9,7 +9,9 @@ trained; here each against the same number (50) of held-out triples, one :func:`
 run per size into ``out/num_train=<n>/``.
 
 Per size: the held-out x ⇝ z log-probability (summed over its two tokens) against chance
-(−log of the number of candidate z's), its greedy accuracy (the argmax over the whole vocabulary), the two-step chain x → ŷ → ẑ, and
+(−log of the number of candidate z's, the answer's kind), its greedy accuracy (the argmax over the
+whole vocabulary) and mean rank among the z's, at chance or not by :func:`analyses.reproduce.at_chance`,
+the two-step chain x → ŷ → ẑ, and
 the OV circuit's mean z-score of Y[x, z] (each entity read as the mean of its two tokens,
 :mod:`probes.circuits`) for trained and for held-out "x ⇝ z" facts. The paper shows curves of
 held-out probability, not a table; does the curse weaken as more x ⇝ z pairs are trained?
@@ -17,6 +19,7 @@ held-out probability, not a table; does the curse weaken as more x ⇝ z pairs a
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +33,7 @@ from probes.views import save_png
 
 SIZES = (10, 20, 50, 100, 200, 500)
 KEYS = ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "chance_accuracy",
-        "two_step_accuracy", "ov_z_trained", "ov_z_heldout", "seconds")
+        "heldout_mean_rank", "chance_mean_rank", "two_step_accuracy", "ov_z_trained", "ov_z_heldout", "seconds")
 CAPTIONS = {
     "chain_sizes.png": "Related-token chain (Zhu et al.'s train_chain_related_tokens): per number of triples with "
                        "x ⇝ z trained (num_train, log scale), left: held-out x ⇝ z log p (summed over its two "
@@ -124,7 +127,7 @@ def format_chain_sizes(summary: dict[str, Any]) -> str:
                      f"{r['ov_z_heldout']:14.2f}{r['seconds']:6.0f}")
     cursed = [r for r in summary["sizes"].values() if at_chance(
         r["heldout_logprob"], r["chance_logprob"], r["heldout_accuracy"], r.get("n_heldout", cfg["n_heldout"]),
-        r["chance_accuracy"])]
+        r["chance_accuracy"], r.get("heldout_mean_rank", math.nan), r.get("chance_mean_rank", math.nan))]
     lines += ["", f"held-out x ⇝ z at or below chance at {len(cursed)} of {len(summary['sizes'])} sizes "
-                  f"in {summary['seconds']:.0f} s"]
+                  f"(log p, accuracy and mean rank against the z's) in {summary['seconds']:.0f} s"]
     return "\n".join(lines)

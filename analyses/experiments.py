@@ -398,7 +398,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         cpu_seconds=5, check=check_reversal,
         title="Reversal curse on the token world",
         prediction="Zhu et al. §4: trained sentences reach p > 0.99, while the held-out reverse direction stays at "
-                   "chance (log p ≈ −log #entities, accuracy ≈ 0).",
+                   "chance (log p ≈ −log #entities of the answer's kind, accuracy ≈ 0, mean rank not near the top).",
         files=("curves.png", "heatmap.png", "logits.csv")),
     _reproduce(
         "bilinear", "the bilinear model against Theorem 1, for several d", "analyses.bilinear:format_bilinear",
@@ -410,16 +410,18 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         cpu_seconds=18,
         title="Bilinear model against Theorem 1",
         prediction="Zhu et al. Theorem 1: as the training loss L(t) → 0, L_rev(t)/L_rev(0) ≥ (L(t)/L(0))^ε with ε → 0 "
-                   "as d grows, so the held-out reverse loss stays put; Θ becomes asymmetric from the first step.",
+                   "as d grows, so the loss of the held-out direction (of each one-way pair: B → A for some, "
+                   "A → B for the others) stays put; Θ becomes asymmetric from the first step.",
         captions={
-            "loss_ratios.png": "Held-out reverse loss ratio L_rev(t)/L_rev(0) against the training loss ratio "
+            "loss_ratios.png": "Held-out loss ratio L_rev(t)/L_rev(0) (the untrained direction of each one-way "
+                               "pair, whichever it is) against the training loss ratio "
                                "L(t)/L(0), one curve per d, with the bound x^ε in grey. Theorem 1: the curves hug 1 "
                                "more closely as d grows.",
             "theta_asymmetry.png": "‖Θ − Θᵀ‖/‖Θ‖ over training for each d. Paper: gradient steps add u_A u_Bᵀ "
                                    "terms, so Θ is asymmetric from the first step.",
-            "scores.png": "u_Aᵀ Θ u_B (trained A → B) against u_Bᵀ Θ u_A (held-out B → A) for one-way facts at the "
-                          "largest d. Paper: trained scores grow while reverse scores stay near 0, far below the "
-                          "diagonal."}),
+            "scores.png": "u_Aᵀ Θ u_B (trained A → B) against u_Bᵀ Θ u_A (held-out B → A) for the one-way facts "
+                          "whose trained direction is A → B, at the largest d. Paper: trained scores grow while "
+                          "reverse scores stay near 0, far below the diagonal."}),
     _reproduce(
         "chain", "chain-of-thought intransitivity: A→B, B→C trained, A⇝C held out", "analyses.paper:format_chain",
         ("train_prob", "heldout_logprob", "chance_logprob", "heldout_accuracy", "two_step_accuracy"), chain_config, "analyses.paper:reproduce_chain", (
@@ -451,13 +453,15 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         cpu_seconds=8,
         title="Reversal in context",
         prediction="Zhu et al. §4: with the fact in the prompt there is no curse, the held-out reverse is copied from "
-                   "context (high accuracy); a world where each x has one partner is memorised instead and fails.",
+                   "context (high accuracy); a world where each x has one partner fails on its held-out pairs, whose "
+                   "tokens are in no training sequence (so that failure alone does not show memorising).",
         files=("curves.png", "logits.csv"),
         captions={
             "curves.png": "Training and held-out reverse log p over training for the in-context grid and the "
-                          "one-partner control, each with its own chance line (its world's candidates). Paper: the grid learns to copy from "
-                          "context (held-out rises), the control memorises pairs (held-out stays at or below chance; its held-out "
-                          "pairs' tokens are in no training sequence, so it would fail at them even had it learnt to copy)."}),
+                          "one-partner control, each with its own chance line (its world's answer kind). Paper: the grid learns to copy from "
+                          "context (held-out rises), the control learns its trained pairs but not the held-out ones (held-out stays "
+                          "at or below chance; its held-out pairs' tokens are in no training sequence, so it would fail at them "
+                          "even had it learnt to copy)."}),
     _reproduce(
         "multi-token", "the reversal task with k = 2 and 3 tokens per entity", "analyses.paper:format_multi_token",
         RUNS_HEADLINE, multi_token_config, "analyses.paper:reproduce_multi_token",

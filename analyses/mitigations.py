@@ -57,6 +57,7 @@ import torch
 
 from analyses.compare import finetuned_folders, named_apart, row_metrics
 from analyses.reproduce import ReversalConfig, _write_json, train_run, write_csv
+from facts.language import answers_of_kind
 from facts.schema import Fact, FactError, FactSet
 from facts.token_worlds import TokenVocab, reversal_world
 from probes.circuits import circuit_table
@@ -230,10 +231,11 @@ def fact_in_prompt_table(model, world: FactSet, indices: Sequence[int], vocab: T
             parts["reverse"].append((i, Fact(fact.object, fact.inverse_relation, fact.subject, fact.relation,
                                              forward=None, reverse="heldout", group=fact.group, context=True)))
     tables = []
-    for part in parts.values():
-        if part:
+    for name, part in parts.items():
+        if part:  # ranked among the answer's kind in the world: subjects for a fact trained forward, else objects
+            kind = answers_of_kind(world, "reverse" if name == "forward" else "forward")
             table = answer_table(model, FactSet(tuple(f for _, f in part), world="fact in prompt"), vocab,
-                                 candidates=world.entities(), controls=[drawn[i] for i, _ in part])
+                                 candidates=kind, controls=[drawn[i] for i, _ in part])
             tables.append(table.assign(fact=[i for i, _ in part]))
     return pd.concat(tables, ignore_index=True)
 

@@ -4,11 +4,16 @@
   70% of "x ⇝ z", the held-out "x ⇝ z" stays at chance while the two-step chain x → ŷ → ẑ
   works; the OV circuit Y[x, z] grows only for the trained "⇝" facts.
 * :func:`reproduce_in_context`: "x → y <-> y ← x" over a 100 × 10 grid: the held-out reverse
-  IS predicted (no curse in context); a one-partner control world is memorised instead.
+  IS predicted (no curse in context); a one-partner control world fails on its held-out pairs, whose
+  tokens are in no training sequence (so the failure alone does not show that it memorises).
 * :func:`reproduce_multi_token`: the reversal run for k-token entities (k = 2, 3).
 * :func:`reproduce_positional`: the reversal run with absolute, rotary and no positions.
 * :func:`reproduce_embeddings`: cosine similarity of the embeddings of paired A_i, B_i
   against unpaired A_i, B_j: training leaves no pairing structure in W_E.
+
+Chance, wherever one is reported, is the answer's own kind's (:mod:`probes.logits`): −log of the number of
+candidates its answer is drawn from (the z's of the chain, the subjects for a reverse question, the objects for a
+forward one), and at chance is :func:`analyses.reproduce.at_chance` (log p, accuracy and mean rank).
 
 Each writes ``summary.json``, ``history.jsonl`` and PNG figures into ``out`` and returns the
 summary; ``format_<name>(summary)`` renders it as one screen of text. Runs that train a model
@@ -23,7 +28,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -236,7 +241,7 @@ def format_chain(summary: dict[str, Any]) -> str:
     cfg = summary["config"]
     holds = summary["two_step_accuracy"] > 0.9 and at_chance(
         summary["heldout_logprob"], summary["chance_logprob"], summary["heldout_accuracy"], summary["n_heldout"],
-        summary["chance_accuracy"])
+        summary["chance_accuracy"], summary["heldout_mean_rank"], summary["chance_mean_rank"])
     links = "  ".join(f"{link} {acc:.3f}" for link, acc in summary["train_accuracy_by_link"].items())
     return "\n".join([
         f"chain world: {summary['n_train']} trained sentences, {summary['n_heldout']} held-out x ⇝ z, "
@@ -361,7 +366,8 @@ def format_in_context(summary: dict[str, Any]) -> str:
               + (": the held-out reverse is copied from the prompt" if summary["heldout_reverse_accuracy"] > 0.9
                  else "")]
     if "control" in summary and summary["control"]["heldout_reverse_accuracy"] < 0.1:
-        lines.append("control: when every x has one partner the model memorises pairs and fails on held-out ones")
+        lines.append("control: when every x has one partner the held-out reverse is not answered; its held-out pairs' "
+                     "tokens are in no training sequence, so this failure alone does not show memorising")
     return "\n".join(lines)
 
 
@@ -387,7 +393,11 @@ def reversal_sweep(out: Path, runs: dict[str, ReversalConfig], progress: bool) -
     """One reversal run per labelled config into ``out/<label>/``; their headline rows.
 
     A k-token answer's log-prob sums its tokens, log p(a | c) = Σ_j log p(a_j | c, a_<j); each
-    row also gives the per-token mean (the summed log p's chance is −log #entities; a token's, that over k). ``out/history.jsonl``
+    row also gives the per-token mean and its chance. The summed log p's chance is −log of the entities of the
+    answer's kind, ``chance_logprob`` (a model uniform over the kind's k-token words gives each 1/#kind, whatever
+    k); the per-token mean's, ``chance_logprob_per_token``, is that over k, the same model's per-token mean.
+    (−log of an alphabet per token would be a model that knows only which tokens a kind's words are spelt
+    with: its summed log p, −k·log |alphabet|, lies below the entity chance the verdict uses.) ``out/history.jsonl``
     holds every run's records, each tagged with ``"run": label``.
     """
     rows, history = [], []
@@ -397,6 +407,7 @@ def reversal_sweep(out: Path, runs: dict[str, ReversalConfig], progress: bool) -
         history += [{"run": label, **record} for record in records]
         rows.append({"run": label, "k": config.k, "positional": config.positional, **_headline(summary),
                      "heldout_reverse_logprob_per_token": summary["heldout_reverse_logprob"] / config.k,
+                     "chance_logprob_per_token": summary["chance_logprob"] / config.k,
                      "train_logprob": records[-1]["eval"]["train"]["logprob"], "seconds": summary["seconds"]})
     _write_history(out / "history.jsonl", history)
     return rows
@@ -434,14 +445,16 @@ def reproduce_positional(out: str | Path, config: PositionalConfig = PositionalC
                             title=f"Reversal with each positional encoding ({config.reversal.model})")
 
 
-def _sweep_table(summary: dict[str, Any], extra: tuple[str, str] | None = None) -> list[str]:
-    """Per run: train p, held-out log p beside its chance, then ``extra`` (a heading and a row key), accuracy, ranks."""
+def _sweep_table(summary: dict[str, Any],
+                 extra: tuple[tuple[str, Callable[[dict[str, Any]], float]], ...] = ()) -> list[str]:
+    """Per run: train p, held-out log p beside its chance, then each of ``extra`` (a heading and the row's value),
+    accuracy, ranks."""
     head = f"  {'run':10s}{'train p':>9s}{'held-out log p':>16s}{'chance':>9s}"
-    head += f"{extra[0]:>12s}" if extra else ""
+    head += "".join(f"{heading:>14s}" for heading, _ in extra)
     lines = [head + f"{'accuracy':>10s}{'mean rank':>11s}{'chance rank':>13s}"]
     for row in summary["runs"]:
         line = f"  {row['run']:10s}{row['train_prob']:9.4f}{row['heldout_reverse_logprob']:16.2f}"
-        line += f"{row['chance_logprob']:9.2f}" + (f"{row[extra[1]]:12.2f}" if extra else "")
+        line += f"{row['chance_logprob']:9.2f}" + "".join(f"{value(row):14.2f}" for _, value in extra)
         lines.append(line + f"{row['heldout_reverse_accuracy']:10.3f}"
                             f"{row['heldout_reverse_mean_rank']:11.1f}{row['chance_mean_rank']:13.1f}")
     return lines
@@ -458,9 +471,11 @@ def format_multi_token(summary: dict[str, Any]) -> str:
     return "\n".join([
         f"reversal world with k-token entities, {cfg['n_pairs']} pairs · model {cfg['model']} · "
         f"{cfg['steps']} steps · lr {cfg['lr']}",
-        "log p sums the k answer tokens; chance is −log(#entities); per token: log p / k (its chance: chance / k)",
+        "log p sums the k answer tokens; chance is −log(#entities of the answer's kind); per token: log p / k, "
+        "against chance / k",
         "",
-        *_sweep_table(summary, extra=("per token", "heldout_reverse_logprob_per_token")),
+        *_sweep_table(summary, extra=(("log p / token", lambda row: row["heldout_reverse_logprob_per_token"]),
+                                      ("chance/token", lambda row: row["chance_logprob"] / row["k"]))),
         "",
         _sweep_verdict(summary, "EVERY k"),
     ])
@@ -544,7 +559,7 @@ def reproduce_embeddings(out: str | Path, config: EmbeddingConfig = EmbeddingCon
         "n_pairs": len(world),
         "train_prob": final["train"]["prob"],
         "heldout_reverse_logprob": final["heldout"]["logprob"],
-        "chance_logprob": -math.log(len(world.entities())),
+        "chance_logprob": -math.log(len(world)),  # each answer's kind: the n_pairs subjects or the n_pairs objects
         **cosine_stats(cosines),
         "paired_mean_both_trained": cosines.diagonal()[both].mean().item(),
         "paired_mean_one_way": cosines.diagonal()[~both].mean().item(),

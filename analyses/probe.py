@@ -69,7 +69,7 @@ from probes.attribution import (
     check_attribution_architecture, check_attribution_readable, direct_logit_attribution, patch_residual,
 )
 from probes.circuits import EntityIds, check_circuits_architecture, check_circuits_readable, circuit_table
-from probes.logits import answer_table
+from probes.logits import answer_table, kind_candidates
 from probes.views import attention_view, attribution_bar, patching_heatmap, save_html, save_png
 
 MAX_CIRCUIT_BARS = 40
@@ -455,8 +455,9 @@ def write_probe(probed: ProbedModel, facts: FactSet, out: str | os.PathLike[str]
     circuit summary that no fact defines writes no circuits.png and says why. ``choices``: (questions,
     K) to ask the forward and reverse questions as multiple choice with K options
     (:mod:`analyses.multiple_choice`; multiple_choice.csv). ``candidates``: the answers a statement is ranked
-    among where the model ranks against every candidate (default: the entities of ``facts``; a fact file cut
-    by ``--limit`` passes its whole file's, so a rank and its chance level do not depend on the cut). ``seed``
+    among where the model ranks against every candidate (default: each answer's kind in ``facts``,
+    :func:`probes.logits.kind_candidates`; a fact file cut by ``--limit`` passes its whole file's, so a rank and its
+    chance level do not depend on the cut). ``seed``
     draws the controls (of the margins and the circuits' z-scores), tracing's noise and multiple choice's options.
     """
     out = Path(out)
@@ -617,4 +618,4 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
                                   **({} if templates_file is None else {"templates_file": str(templates_file)}),
                                   "float32_matmul": kernels},
                            tracing=tracing, head_patching=head_patching, attribution_patching=attribution_patching,
-                           lens=lens, choices=choices, candidates=source.facts.entities(), seed=seed)
+                           lens=lens, choices=choices, candidates=kind_candidates(source.facts), seed=seed)

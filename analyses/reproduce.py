@@ -7,6 +7,11 @@ log-probability heatmap: train-forward, train-backward, held-out seen and unseen
 
 "Held-out reverse" is the untrained direction of a one-way pair, whichever sentence form it
 takes ("x → y" or "y ← x"): the direction whose converse alone was trained.
+
+Chance is that of a model that knows which kind of entity the relation token asks for and nothing about
+the pair (:mod:`probes.logits`): "→" only ever answers an object and "←" a subject, so each answer is
+ranked among the 200 entities of its own kind (:func:`probes.logits.kind_candidates`; not all 400), and
+chance is log p = −log 200, accuracy 1/200 and mean rank 100.5.
 """
 
 from __future__ import annotations
@@ -115,24 +120,38 @@ def ov_asymmetry(model, world: FactSet, vocab: TokenVocab) -> dict[str, float]:
     return {"ov_z_trained": y["z_trained"], "ov_z_heldout": y["z_heldout"], "ov_asymmetry": y["asymmetry_index"]}
 
 
+def chance_levels(rows: pd.DataFrame) -> dict[str, Any]:
+    """Chance for the statements of ``rows`` (an :func:`probes.logits.answer_table`), each at its own candidate
+    set's, the entities of its answer's kind (n of them): ``chance_logprob`` the mean of −log n, ``chance_accuracy``
+    of 1/n (the binomial test's rate), ``chance_mean_rank`` of (n + 1)/2 (the mean of a rank uniform on 1…n);
+    ``n_candidates`` n, or [smallest, largest] where the rows' kinds differ in size (the reversal world's do not:
+    200 subjects, 200 objects)."""
+    sizes = rows.n_candidates.astype(float)
+    among = sorted({int(n) for n in rows.n_candidates})
+    return {"n_candidates": among[0] if len(among) == 1 else [among[0], among[-1]],
+            "chance_logprob": float(rows.chance_logprob.mean()), "chance_accuracy": float((1 / sizes).mean()),
+            "chance_mean_rank": float(((sizes + 1) / 2).mean())}
+
+
 def summarize(table: pd.DataFrame, config: ReversalConfig, seconds: float, steps: int) -> dict[str, Any]:
-    """The headline numbers (docs/SCIENCE.md §4): training probability vs held-out reverse at chance."""
+    """The headline numbers (docs/SCIENCE.md §4): training probability vs held-out reverse at chance, the chance
+    of the held-out statements' own answer kinds (:func:`chance_levels`)."""
     train_rows, heldout_rows = table[table.trained], table[table.split == "heldout"]
-    chance = float(table.chance_logprob.iloc[0])
+    chance = chance_levels(heldout_rows)
     return {
         "experiment": "reversal",
         "config": asdict(config),
         "n_train": int(len(train_rows)),
         "n_heldout": int(len(heldout_rows)),
-        "n_candidates": int(table.n_candidates.iloc[0]),
+        "n_candidates": chance["n_candidates"],
         "train_prob": float(train_rows.prob.mean()),
         "train_accuracy": float(train_rows.correct.mean()),
         "heldout_reverse_logprob": float(heldout_rows.logprob.mean()),
         "heldout_reverse_accuracy": float(heldout_rows.correct.mean()),
         "heldout_reverse_mean_rank": float(heldout_rows["rank"].mean()),
-        "chance_logprob": chance,
-        "chance_accuracy": 1.0 / int(table.n_candidates.iloc[0]),
-        "chance_mean_rank": (int(table.n_candidates.iloc[0]) + 1) / 2,
+        "chance_logprob": chance["chance_logprob"],
+        "chance_accuracy": chance["chance_accuracy"],
+        "chance_mean_rank": chance["chance_mean_rank"],
         "steps": steps,
         "seconds": seconds,
     }
@@ -189,19 +208,41 @@ def train_run(
     return model.eval(), result
 
 
-def at_chance(logprob: float, chance_logprob: float, accuracy: float, n: int, chance_accuracy: float) -> bool:
-    """Held-out answers at chance: their mean log p at most chance + 0.5 nats, and their greedy accuracy over ``n``
-    statements not above chance (:func:`probes.stats.above_chance`, the exact binomial test at 5%). The mean log p
-    alone would pass a model that answers half the questions (log p ≈ 0) and scores the rest at −15."""
-    return logprob <= chance_logprob + 0.5 and not above_chance(round(accuracy * n), n, chance_accuracy)
+RANK_FRACTION = 0.5
+"""At chance, the held-out mean rank is no better (lower) than this share of chance's mean rank (:func:`at_chance`)."""
+
+
+def at_chance(logprob: float, chance_logprob: float, accuracy: float, n: int, chance_accuracy: float,
+              mean_rank: float, chance_mean_rank: float) -> bool:
+    """Held-out answers at chance (chance: the answer's own kind, :mod:`probes.logits`), all three of:
+
+    * their mean log p at most chance + 0.5 nats;
+    * their greedy accuracy over ``n`` statements not above chance (:func:`probes.stats.above_chance`, the exact
+      binomial test at 5%). The mean log p alone would pass a model that answers half the questions (log p ≈ 0)
+      and scores the rest at −15;
+    * their mean rank no better than half of chance's: ``mean_rank ≥`` :data:`RANK_FRACTION` × ``chance_mean_rank``
+      ((n + 1)/4 among n candidates: 50.25 of 200). Log p and accuracy alone pass a model that puts the true
+      answer second of the candidates everywhere at 0.4% (log p −5.5, about chance; accuracy 0): it knows the
+      pairs, and only its rank (2) shows it. Why half: a model that ignores the pair ranks the answer uniformly,
+      mean (n + 1)/2; one that has only narrowed the answer to a subset S of its kind (uniform there) has log p
+      −log |S| and mean rank about (|S| + 1)/2, so at the log p condition's bound (|S| = n·e^−0.5) its rank is
+      0.61 of chance's: at 1/2 the rank condition refuses no model the log p condition lets through for that
+      reason, only what log p is blind to, a right answer near the top of a flat distribution. Sampling noise
+      does not reach it: a chance model's mean rank over m statements falls below half chance's with a
+      probability under 5% from m = 4 on (1/24 there), at 60 statements it sits ~7 standard deviations away.
+      A NaN ``mean_rank`` (a summary written before ranks were kept) leaves this condition out.
+    """
+    return (logprob <= chance_logprob + 0.5 and not above_chance(round(accuracy * n), n, chance_accuracy)
+            and not mean_rank < RANK_FRACTION * chance_mean_rank)
 
 
 def curse_holds(summary: dict[str, Any]) -> bool:
     """The reversal verdict: trained sentences learnt (mean p > 0.99), the held-out reverse at chance
-    (:func:`at_chance`)."""
+    (:func:`at_chance`: log p, accuracy and mean rank against the chance of each answer's own kind)."""
     return summary["train_prob"] > 0.99 and at_chance(
         summary["heldout_reverse_logprob"], summary["chance_logprob"], summary["heldout_reverse_accuracy"],
-        summary["n_heldout"], summary["chance_accuracy"])
+        summary["n_heldout"], summary["chance_accuracy"], summary["heldout_reverse_mean_rank"],
+        summary["chance_mean_rank"])
 
 
 def reproduce_reversal(out: str | Path, config: ReversalConfig = ReversalConfig(), progress: bool = True,
@@ -213,7 +254,7 @@ def reproduce_reversal(out: str | Path, config: ReversalConfig = ReversalConfig(
     vocab = TokenVocab()
     world = reversal_world(n_pairs=config.n_pairs, k=config.k, seed=config.seed, vocab=vocab)
     model, result = train_run(world, vocab, config, out, progress, resume=resume)
-    table = answer_table(model, world, vocab)
+    table = answer_table(model, world, vocab)  # each answer ranked among its own kind
     circuits = ov_asymmetry(model, world, vocab)
     seconds = time.perf_counter() - began
     summary = {**summarize(table, config, seconds, result.steps), **circuits}
@@ -234,7 +275,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     verdict = "REVERSAL CURSE REPRODUCED" if curse_holds(summary) else "not reproduced (see numbers)"
     lines = [
         f"reversal world: {summary['n_train']} trained sentences, {summary['n_heldout']} held-out reverse, "
-        f"{summary['n_candidates']} candidate entities",
+        f"each answer ranked among the {summary['n_candidates']} entities of its kind",
         f"model {cfg['model']} · positional {cfg['positional']} · seed {cfg['seed']} · "
         f"{summary['steps']} steps · lr {cfg['lr']}",
         "",
@@ -242,7 +283,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  {'trained sentences':26s}{summary['train_prob']:16.4f}{'':>10s}{summary['train_accuracy']:10.3f}",
         f"  {'held-out reverse':26s}{'':16s}{summary['heldout_reverse_logprob']:10.2f}"
         f"{summary['heldout_reverse_accuracy']:10.3f}{summary['heldout_reverse_mean_rank']:11.1f}",
-        f"  {'chance':26s}{'':16s}{summary['chance_logprob']:10.2f}"
+        f"  {'chance (answer kind)':26s}{'':16s}{summary['chance_logprob']:10.2f}"
         f"{summary['chance_accuracy']:10.3f}{summary['chance_mean_rank']:11.1f}",
         "",
         f"{verdict} in {summary['seconds']:.1f} s (world + training + probes)",

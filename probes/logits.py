@@ -1,16 +1,23 @@
 """A→B versus B→A: the answer's log-probability, rank and greedy accuracy per fact direction.
 
-For a statement with prompt c and true answer a, among candidate answers C (by default every
-entity of the fact set, the paper's "chance" set):
+For a statement with prompt c and true answer a, among candidate answers C (by default :func:`kind_candidates`,
+the answers of a's own kind in the fact set: the objects for a forward question, the subjects for a reverse one,
+the set a statement's answer is drawn from and so the paper's "chance" set; a caller may give every entity, or
+any set that holds the answer):
 
 * ``logprob``  = log p(a | c), summed over a's tokens;
 * ``rank``     = 1 + #{a' ∈ C, a' ≠ a : log p(a' | c) ≥ log p(a | c)}  (1 is best; a tie ranks above the answer,
   so rank 1 means it outscores every other);
 * ``correct``  = greedy decoding from c writes a's tokens first (the argmax at each of a's positions, teacher
   forced); what it would write after a is not asked ("Tom Hanks" counts if greedy goes on with " Jr.");
-* ``chance_logprob`` = −log |C|, what a model that knows nothing about the pair would give, when
-  C is the whole answer set (``rank_against="candidates"``); NaN when answers are ranked among a
-  few random controls only, where −log(1 + K) is no chance level for a log p (the margin's 0 is);
+* ``chance_logprob`` = −log |C| (``rank_against="candidates"``), what a model that knows nothing about the pair
+  would give when C is the answer's kind (:func:`kind_candidates`): such a model still knows which kind the
+  relation token asks for (in the reversal world "←" only ever answers a subject), so it spreads its
+  probability over that kind, not over every entity (−log 200, not −log 400, for the reversal world's
+  200 pairs); over every entity it is the chance of a model that does not know the kind either.
+  NaN when answers are ranked among a few random controls only, where −log(1 + K) is no
+  chance level for a log p (the margin's 0 is). A k-token answer's chance is the same −log |C| for
+  its summed log p: a model uniform over C gives each answer 1/|C|, whatever its length;
 * ``margin`` = log p(a | c) − mean_j log p(a'_j | c) over K random control answers a'_j of
   the same kind (other objects for a forward question, other subjects for a reverse one):
   ≈ 0 means the model prefers the true answer no more than a random name.
@@ -22,15 +29,15 @@ candidate by teacher forcing, in batches.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from facts.language import controls_of, wrong_answers
-from facts.schema import Direction, FactSet
+from facts.language import answers_of_kind, controls_of, wrong_answers
+from facts.schema import DIRECTIONS, Direction, FactSet
 from facts.tokens import Example, FactTokenizer, collate, right_padded
 from models.backend import has_kv_cache
 from models.scoring import (Model, check_causal, check_token_ids, in_eval_mode, model_device, score_answers,
@@ -166,11 +173,34 @@ def answer_controls(facts: FactSet, statements: Sequence[Statement], n_controls:
     return controls_of(facts, statements, k, seed)
 
 
+Candidates = Sequence[str] | Mapping[Direction, Sequence[str]]
+
+
+def kind_candidates(facts: FactSet) -> dict[Direction, list[str]]:
+    """Per direction, the answers of its kind in ``facts`` (:func:`facts.language.answers_of_kind`): the objects for
+    a forward question, the subjects for a reverse one, the candidates a statement's answer is drawn from.
+    :func:`answer_table`'s default: each answer ranked among its own kind, where chance is that of a model that
+    knows which kind is asked and nothing about the pair."""
+    return {d: answers_of_kind(facts, d) for d in DIRECTIONS}
+
+
+def _candidate_sets(facts: FactSet, candidates: Candidates | None) -> dict[Direction, list[str]]:
+    """Per direction, the set a statement of that direction is ranked among (a name listed twice counts once):
+    ``None``: the answer's kind in ``facts`` (:func:`kind_candidates`); a sequence: that one set for both
+    directions; a mapping: its entry per direction."""
+    if candidates is None:
+        candidates = kind_candidates(facts)
+    if isinstance(candidates, Mapping):
+        return {d: list(dict.fromkeys(candidates.get(d, ()))) for d in DIRECTIONS}
+    among = list(dict.fromkeys(candidates))
+    return {d: among for d in DIRECTIONS}
+
+
 def answer_table(
     model: Model,
     facts: FactSet,
     tokenizer: FactTokenizer,
-    candidates: Sequence[str] | None = None,
+    candidates: Candidates | None = None,
     n_controls: int = 16,
     rank_against: Literal["candidates", "controls"] = "candidates",
     seed: int = 0,
@@ -179,14 +209,17 @@ def answer_table(
 ) -> pd.DataFrame:
     """One row per directed statement in play: log-prob, rank, accuracy, margin over controls.
 
-    ``rank_against="candidates"`` ranks the answer among ``candidates`` (default: every entity
-    of the fact set), a set: a name listed twice counts once, and one that leaves out a statement's
-    answer is refused; ``"controls"`` ranks it among its K controls only (1..K+1), the cheap
+    ``rank_against="candidates"`` ranks the answer among ``candidates`` (default: :func:`kind_candidates`, the
+    answer's own kind, where rank, n_candidates and chance are those of a model that knows which kind is asked and
+    nothing about the pair; a mapping: a set per direction; a sequence: that set for every statement, e.g. every
+    entity of both kinds), a set: a name listed twice counts once, and one that
+    leaves out a statement's answer is refused; ``"controls"`` ranks it among its K controls only (1..K+1), the cheap
     choice for multi-token answers on a large model, where scoring every entity costs
     statements × entities teacher-forced passes.
 
     Columns: fact, direction, split, trained, group, given, answer, logprob, prob, rank,
-    n_candidates, chance_logprob (−log n_candidates; NaN with ``"controls"``), correct, control_logprob (mean over
+    n_candidates (per row: the size of its statement's candidate set), chance_logprob (−log n_candidates; NaN with
+    ``"controls"``), correct, control_logprob (mean over
     ``n_controls`` random answers of the same kind, :func:`facts.language.controls_of`; fewer, for every
     statement, when one has fewer wrong answers: :func:`facts.language.wrong_answers`), margin (logprob −
     control_logprob). ``controls``: each statement's controls, drawn elsewhere (as many for each), in place of
@@ -206,13 +239,14 @@ def answer_table(
             raise ValueError(f"controls: fact {index} ({direction})'s controls include its own answer "
                              f"{answers[row]!r}; a control is a wrong answer")
     if rank_against == "candidates":  # checked before any pass
-        candidates = list(dict.fromkeys(candidates if candidates is not None else facts.entities()))
-        column = {candidate: j for j, candidate in enumerate(candidates)}
-        missing = next((row for row, answer in enumerate(answers) if answer not in column), None)
+        among = _candidate_sets(facts, candidates)
+        columns = {d: {candidate: j for j, candidate in enumerate(among[d])} for d in DIRECTIONS}
+        missing = next((row for row, (answer, (_, d)) in enumerate(zip(answers, statements))
+                        if answer not in columns[d]), None)
         if missing is not None:
             index, direction = statements[missing]
             raise ValueError(f"fact {index} ({direction}): its answer {answers[missing]!r} is not among the "
-                             f"{len(candidates)} candidates; rank_against='candidates' ranks each answer among "
+                             f"{len(among[direction])} candidates; rank_against='candidates' ranks each answer among "
                              "candidates that include it")
     truths = collate([tokenizer.example(facts, i, d) for i, d in statements], pad_id)
     scores = score_answers(model, truths)
@@ -226,13 +260,22 @@ def answer_table(
                          "statement")
     if rank_against == "controls":
         better = (control_scores >= scores.logprob[:, None]).sum(1)
-        n_candidates = n_controls + 1
+        n_candidates = [n_controls + 1] * len(statements)
     else:
-        matrix = candidate_logprobs(model, facts, tokenizer, statements, candidates, pad_id)
-        is_truth = torch.zeros(len(answers), len(candidates), dtype=torch.bool)
-        is_truth[torch.arange(len(answers)), [column[answer] for answer in answers]] = True
-        better = ((matrix >= scores.logprob[:, None]) & ~is_truth).sum(1)
-        n_candidates = len(candidates)
+        better = torch.zeros(len(statements), dtype=torch.long)
+        n_candidates = [0] * len(statements)
+        groups: dict[tuple[str, ...], list[int]] = {}  # statements ranked among the same set: scored in one call
+        for row, (_, direction) in enumerate(statements):
+            groups.setdefault(tuple(among[direction]), []).append(row)
+        for members in groups.values():
+            direction = statements[members[0]][1]
+            matrix = candidate_logprobs(model, facts, tokenizer, [statements[r] for r in members], among[direction],
+                                        pad_id)
+            is_truth = torch.zeros(len(members), len(among[direction]), dtype=torch.bool)
+            is_truth[torch.arange(len(members)), [columns[direction][answers[r]] for r in members]] = True
+            better[members] = ((matrix >= scores.logprob[members][:, None]) & ~is_truth).sum(1)
+            for r in members:
+                n_candidates[r] = len(among[direction])
     control_mean = control_scores.mean(1) if n_controls > 0 else torch.full((len(statements),), float("nan"))
     rows = []
     for row, (index, direction) in enumerate(statements):
@@ -244,8 +287,8 @@ def answer_table(
             "fact": index, "direction": direction, "split": split, "trained": split == "train",
             "group": fact.group, "given": given, "answer": answer,
             "logprob": logprob, "prob": math.exp(logprob),
-            "rank": int(better[row]) + 1, "n_candidates": n_candidates,
-            "chance_logprob": -math.log(n_candidates) if rank_against == "candidates" else math.nan,
+            "rank": int(better[row]) + 1, "n_candidates": n_candidates[row],
+            "chance_logprob": -math.log(n_candidates[row]) if rank_against == "candidates" else math.nan,
             "correct": bool(scores.correct[row]),
             "control_logprob": float(control_mean[row]), "margin": logprob - float(control_mean[row]),
         })

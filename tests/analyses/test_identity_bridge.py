@@ -1,6 +1,7 @@
 """`revlens reproduce identity-bridge` (analyses.identity_bridge) on real one-layer HookedTransformers."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -43,6 +44,8 @@ def test_identity_bridge_writes_table_figure_caption_and_summary(bridge_run):
     assert written["experiment"] == "identity-bridge" and "identity_bridge.png" in written["captions"]
     assert (out / "one-layer" / "identity-bridge" / "seed-1" / "facts.jsonl").stat().st_size > 0
     assert "IDENTITY BRIDGE BREAKS THE CURSE for one-layer" in format_identity_bridge(summary)
+    assert written["chance_accuracy"] == pytest.approx(1 / 100)  # a held-out answer's kind: 100 subjects or objects
+    assert written["chance_logprob"] == pytest.approx(-math.log(100))
 
 
 def test_one_seed_has_no_sd_and_the_screen_says_so(bridge_run):
@@ -68,17 +71,42 @@ def test_one_seed_has_no_sd_and_the_screen_says_so(bridge_run):
     assert "nan" not in text and "± 0.0" not in text
 
 
-def test_the_verdict_tests_each_variant_against_chance():
-    """Over 180 held-out statements at a chance of 1/400: 2 right answers with the bridge are what chance gives
-    (P(X ≥ 2) = 0.076), 5 are not; one right baseline answer is chance too, 3 are not. Ten times chance (2.5%)
-    had called 5 of 180 a broken curse and one lucky baseline answer (0.56% > 2 × chance) an answering baseline."""
+def _rows(bridge: list[int], baseline: list[int], n: int = 60) -> list[dict]:
+    """Summary rows of one model: per seed, the held-out reverse answered right ``bridge[s]`` / ``baseline[s]`` times
+    of ``n``."""
+    return [{"model": "one-layer", "seed": seed, "variant": variant, "heldout_accuracy": right / n, "heldout_n": n}
+            for seed, (with_bridge, without) in enumerate(zip(bridge, baseline))
+            for variant, right in (("baseline", without), ("identity-bridge", with_bridge))]
+
+
+def test_the_verdict_tests_each_seed_of_each_variant_against_chance():
+    """Each seed by its own exact binomial test over its 60 statements at a chance of 1/200 (the answer's kind):
+    1 right is what chance gives (P(X ≥ 1) = 0.26), 2 are not (0.036). The bridge must be above chance in every seed
+    and the baseline in none."""
     from analyses.identity_bridge import bridge_breaks_the_curse
 
-    def variants(bridge: int, baseline: int) -> dict:
-        return {"identity-bridge": {"heldout_accuracy": {"mean": bridge / 180}},
-                "baseline": {"heldout_accuracy": {"mean": baseline / 180}}}
+    chance = 1 / 200
+    assert bridge_breaks_the_curse(_rows([39, 40, 38], [0, 0, 0]), chance)  # 0.65, as measured on the one-layer model
+    assert bridge_breaks_the_curse(_rows([2, 3, 2], [1, 0, 1]), chance)
+    assert not bridge_breaks_the_curse(_rows([39, 40, 1], [0, 0, 0]), chance)  # one seed at chance
+    assert not bridge_breaks_the_curse(_rows([39, 40, 38], [0, 2, 0]), chance)  # one baseline seed answers
+    assert not bridge_breaks_the_curse([], chance)
 
-    assert bridge_breaks_the_curse(variants(117, 0), 180, 1 / 400)  # 0.65, as measured on the one-layer model
-    assert bridge_breaks_the_curse(variants(5, 1), 180, 1 / 400)
-    assert not bridge_breaks_the_curse(variants(2, 0), 180, 1 / 400)
-    assert not bridge_breaks_the_curse(variants(117, 3), 180, 1 / 400)
+
+def test_one_lucky_seed_does_not_break_the_curse_for_the_model():
+    """Bridge seeds at 6/60, 0 and 0 had been pooled into one count, 6 of 180 (their mean accuracy times every
+    statement), above chance by one binomial test: "IDENTITY BRIDGE BREAKS THE CURSE". Two of the three seeds are at
+    chance, so the verdict is not given, and the screen says what it asks."""
+    from analyses.identity_bridge import aggregate, format_identity_bridge
+
+    rows = [{**row, "heldout_margin": 0.0, "heldout_logprob": -9.0, "z_heldout": 0.0, "z_trained": 2.0,
+             "train_accuracy": 1.0} for row in _rows([6, 0, 0], [0, 0, 0])]
+    summary = {"config": {"run": {"seed": 0, "n_pairs": 200, "steps": 80}, "seeds": 3},
+               "n_heldout_reverse": 60, "n_bridge_statements": 400, "chance_accuracy": 1 / 200,
+               "chance_logprob": -5.3, "by_model": aggregate(rows), "rows": rows, "source": "source", "seconds": 1.0}
+    text = format_identity_bridge(summary)
+    assert "IDENTITY BRIDGE BREAKS THE CURSE" not in text and "the bridge did not break the curse here" in text
+    assert "in every seed with the bridge and in none without" in text
+    fixed = [{**row, "heldout_accuracy": 0.5} if row["variant"] == "identity-bridge" else row for row in rows]
+    assert "IDENTITY BRIDGE BREAKS THE CURSE for one-layer" in format_identity_bridge(
+        {**summary, "rows": fixed, "by_model": aggregate(fixed)})

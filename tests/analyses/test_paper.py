@@ -13,7 +13,7 @@ from analyses.paper import (
     reproduce_positional,
 )
 from analyses.reproduce import ReversalConfig
-from facts.token_worlds import FORWARD, LEADS_TO, chain_world
+from facts.token_worlds import BACKWARD, FORWARD, LEADS_TO, chain_world
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SMALL_REVERSAL = ReversalConfig(n_pairs=100, steps=60, eval_every=20)
@@ -59,16 +59,73 @@ def test_cosine_stats_tell_structure_from_noise():
 
 
 def test_curse_verdict():
-    base = {"train_prob": 0.995, "heldout_reverse_logprob": -9.0, "chance_logprob": -6.0,
-            "heldout_reverse_accuracy": 0.0, "n_heldout": 60, "chance_accuracy": 1 / 400}
+    base = {"train_prob": 0.995, "heldout_reverse_logprob": -9.0, "chance_logprob": -math.log(200),
+            "heldout_reverse_accuracy": 0.0, "n_heldout": 60, "chance_accuracy": 1 / 200,
+            "heldout_reverse_mean_rank": 150.0, "chance_mean_rank": 100.5}
     assert curse_holds(base)
     assert not curse_holds(base | {"train_prob": 0.9})
     assert not curse_holds(base | {"heldout_reverse_logprob": -2.0})
     # a mean log p below chance from half the answers right (log p ≈ 0) and half far below: not at chance
     assert not curse_holds(base | {"heldout_reverse_logprob": -7.5, "heldout_reverse_accuracy": 0.5})
-    # one lucky answer of 60 at a chance of 1/400 is what 14% of models at chance do: still at chance; two are not
+    # one lucky answer of 60 at a chance of 1/200 is what 26% of models at chance do: still at chance; two (3.7%) are not
     assert curse_holds(base | {"heldout_reverse_accuracy": 1 / 60})
     assert not curse_holds(base | {"heldout_reverse_accuracy": 2 / 60})
+    # the true answer second of the candidates everywhere, at 0.4% each: log p about chance, accuracy 0, but it knows
+    # the pairs; its mean rank gives it away (at chance: no better than half of chance's, 50.25)
+    second = base | {"heldout_reverse_logprob": math.log(0.004), "heldout_reverse_mean_rank": 2.0}
+    assert second["heldout_reverse_logprob"] <= second["chance_logprob"] + 0.5 and not curse_holds(second)
+    assert not curse_holds(base | {"heldout_reverse_mean_rank": 50.0})
+    assert curse_holds(base | {"heldout_reverse_mean_rank": 50.25})
+
+
+class KindOnly(torch.nn.Module):
+    """Knows its trained statements (all its probability on the answer) and, for a held-out one, only the kind its
+    relation token asks for: equal logits on the 200 entities of that kind ("→": the objects, "←": the subjects),
+    −1e9 elsewhere. Its held-out answers are at log p = −log 200, a kind's chance."""
+
+    def __init__(self, world, vocab):
+        super().__init__()
+        self.d_vocab = vocab.d_vocab
+        self.trained, kinds = {}, {FORWARD: set(), BACKWARD: set()}
+        for fact in world:
+            kinds[fact.relation].add(vocab.entity_ids(fact.object)[0])
+            kinds[fact.inverse_relation].add(vocab.entity_ids(fact.subject)[0])
+            for direction in ("forward", "reverse"):
+                if fact.split(direction) == "train":
+                    given, relation, answer = fact.given_and_answer(direction)
+                    self.trained[vocab.entity_ids(given)[0], vocab.relation_id(relation)] = vocab.entity_ids(answer)[0]
+        self.kinds = {vocab.relation_id(r): sorted(ids) for r, ids in kinds.items()}
+
+    def forward(self, tokens):
+        logits = torch.full((*tokens.shape, self.d_vocab), -1e9)
+        for i, row in enumerate(tokens.tolist()):
+            for p in range(1, len(row)):
+                if row[p] in self.kinds:
+                    answer = self.trained.get((row[p - 1], row[p]))
+                    logits[i, p, [answer] if answer is not None else self.kinds[row[p]]] = 0.0
+        return logits
+
+
+def test_a_model_that_knows_only_the_answer_s_kind_is_at_chance():
+    """Chance is the answer's own kind: "←" only ever answers a subject, so a model that learnt nothing of a held-out
+    pair but the kind asked for spreads over the 200 subjects (log p −log 200 = −5.30). Chance over both kinds,
+    −log 400 = −5.99, had put it 0.7 nats above chance and failed the verdict (threshold −5.49); its mean rank
+    chance, 200.5, had been that of 400 candidates."""
+    from analyses.reproduce import format_summary, summarize
+    from probes.logits import answer_table
+    from facts.token_worlds import TokenVocab, reversal_world
+
+    vocab = TokenVocab()
+    world = reversal_world(seed=0, vocab=vocab)
+    table = answer_table(KindOnly(world, vocab), world, vocab)  # the run's logits.csv: its ranks among the kind
+    heldout = table[table.split == "heldout"]
+    assert heldout.logprob.to_numpy() == pytest.approx(-math.log(200))
+    summary = summarize(table, ReversalConfig(), 0.0, 0)
+    assert summary["train_prob"] == pytest.approx(1.0)
+    assert summary["n_candidates"] == 200 and summary["chance_logprob"] == pytest.approx(-math.log(200))
+    assert summary["chance_accuracy"] == pytest.approx(1 / 200) and summary["chance_mean_rank"] == 100.5
+    assert summary["heldout_reverse_mean_rank"] == 200  # every other entity of its kind ties it, and a tie ranks above
+    assert curse_holds(summary) and "REVERSAL CURSE REPRODUCED" in format_summary(summary)
 
 
 def test_chain_is_intransitive_but_chaining_works(tmp_path):
@@ -128,15 +185,18 @@ def test_in_context_reversal_has_no_curse_but_one_partner_pairs_are_memorised(tm
     assert control["heldout_reverse_logprob"] <= control["chance_logprob"] + 0.5
     _written(tmp_path, "summary.json", "history.jsonl", "logits.csv", "curves.png", "control/history.jsonl")
     text = format_in_context(summary)
-    assert "NO CURSE IN CONTEXT" in text and "memorises" in text and "copied from the prompt" in text
+    assert "NO CURSE IN CONTEXT" in text and "copied from the prompt" in text
+    # the control's held-out tokens are in no training sequence: its failure does not by itself show memorising
+    assert "memorises" not in text and "does not show memorising" in text
     failed = format_in_context({**summary, "heldout_reverse_accuracy": 0.3})
     assert "not reproduced (see numbers)" in failed and "copied from the prompt" not in failed
-    # curves.png draws each world's own chance (the control's has 400 candidates, the grid's 110: one line for both
-    # put the control's curve 4.6 nats under "chance")
+    # curves.png draws each world's own chance, its answers' kind: the grid's "y ←" asks for one of its 50 x's, the
+    # control's for one of its 100 subjects (one line for both put one curve under the other's chance)
     [axis] = drawn[0].axes
     chances = {line.get_label(): line.get_ydata()[0] for line in axis.lines if line.get_label().startswith("chance")}
     assert list(chances.values()) == [summary["chance_logprob"], control["chance_logprob"]]
-    assert control["chance_logprob"] < summary["chance_logprob"] - 1
+    assert summary["chance_logprob"] == pytest.approx(-math.log(50))
+    assert control["chance_logprob"] == pytest.approx(-math.log(100))
 
 
 def test_logprob_curves_draw_the_chance_line_of_every_run():
@@ -155,13 +215,34 @@ def test_multi_token_entities_keep_the_curse(tmp_path):
     summary = reproduce_multi_token(tmp_path, MultiTokenConfig(ks=(2, 3), reversal=SMALL_REVERSAL), progress=False)
     assert summary["curse_holds_for_all"]
     for row, k in zip(summary["runs"], (2, 3)):
-        assert row["k"] == k and row["n_candidates"] == 200
+        assert row["k"] == k and row["n_candidates"] == 100  # the 100 entities of the answer's kind
         assert row["heldout_reverse_accuracy"] == 0.0
         assert row["heldout_reverse_logprob_per_token"] == pytest.approx(row["heldout_reverse_logprob"] / k)
+        assert row["chance_logprob"] == pytest.approx(-math.log(100))
+        assert row["chance_logprob_per_token"] == pytest.approx(-math.log(100) / k)
         _written(tmp_path / f"k{k}", "summary.json", "heatmap.png")
     _written(tmp_path, "summary.json", "history.jsonl", "comparison.png")
     assert {r["run"] for r in _history(tmp_path / "history.jsonl")} == {"k2", "k3"}
     assert "REVERSAL CURSE HOLDS FOR EVERY k" in format_multi_token(summary)
+
+
+def test_the_multi_token_screen_prints_each_run_s_per_token_chance():
+    """Per token the screen shows log p / k against the chance of the same per-token mean, −log(#entities of the
+    answer's kind) / k (a model uniform over the kind's k-token words); it had named "chance / k" without printing
+    it, and that chance was over both kinds (−log 400 / k)."""
+    def row(k: int) -> dict:
+        return {"run": f"k{k}", "k": k, "train_prob": 0.999, "heldout_reverse_logprob": -12.0,
+                "heldout_reverse_logprob_per_token": -12.0 / k, "chance_logprob": -math.log(100),
+                "heldout_reverse_accuracy": 0.0, "heldout_reverse_mean_rank": 80.0, "chance_mean_rank": 50.5}
+
+    summary = {"config": {"reversal": {"n_pairs": 100, "model": "tiny", "steps": 60, "lr": 0.01}},
+               "runs": [row(2), row(3)], "curse_holds_for_all": True, "seconds": 1.0}
+    text = format_multi_token(summary)
+    header = next(line for line in text.splitlines() if line.lstrip().startswith("run"))
+    assert "chance/token" in header
+    for k in (2, 3):
+        line = next(line for line in text.splitlines() if line.lstrip().startswith(f"k{k} "))
+        assert line.split()[4:6] == [f"{-12.0 / k:.2f}", f"{-math.log(100) / k:.2f}"], line
 
 
 def test_curse_holds_for_every_positional_encoding(tmp_path):

@@ -264,9 +264,9 @@ def test_probe_limit_takes_the_first_facts_and_records_it(run, world, tmp_path, 
     table = pd.read_csv(tmp_path / "cut" / "logits.csv")
     assert summary["limit"] == 7 and sorted(set(table.fact)) == list(range(7))
     assert len(table) == sum(1 for index, _, _ in world.statements() if index < 7)
-    # ranked among the whole file's entities, as without --limit: the rank and chance do not depend on the cut
-    assert set(table.n_candidates) == {len(world.entities())} and len(world.entities()) > 2 * 7
-    assert all(row["n_candidates"] == len(world.entities()) for row in summary["logits"].values())
+    # ranked among the whole file's answers of each kind, as without --limit: the rank and chance do not depend on the cut
+    assert set(table.n_candidates) == {len(world.facts)} and len(world.facts) > 2 * 7
+    assert all(row["n_candidates"] == len(world.facts) for row in summary["logits"].values())
     whole = pd.read_csv(tmp_path / "whole" / "logits.csv")
     merged = table.merge(whole, on=["fact", "direction"], suffixes=("", "_whole"))
     assert len(merged) == len(table) and (merged["rank"] == merged["rank_whole"]).all()

@@ -25,7 +25,8 @@ def test_one_row_per_directed_statement(table, world):
     assert len(table) == 400
     assert (table.split == "train").sum() == 340 and (table.split == "heldout").sum() == 60
     assert set(table.columns) >= {"fact", "direction", "split", "trained", "logprob", "rank", "correct", "chance_logprob"}
-    assert table.chance_logprob.iloc[0] == pytest.approx(-math.log(400))
+    assert (table.n_candidates == 200).all()  # each answer among its kind: 200 objects, or 200 subjects
+    assert table.chance_logprob.iloc[0] == pytest.approx(-math.log(200))
 
 
 def test_the_curse_in_the_table(table):
@@ -42,7 +43,8 @@ def test_logprob_and_rank_agree_with_a_direct_forward_pass(table, trained_one_la
     with torch.no_grad():
         logprobs = trained_one_layer(torch.tensor([example.prompt]))[0, -1].log_softmax(-1)
     assert row.logprob == pytest.approx(float(logprobs[example.answer[0]]), abs=1e-5)
-    entity_ids = torch.tensor([vocab.entity_ids(e)[0] for e in world.entities()])
+    kind = [f.subject if row.direction == "reverse" else f.object for f in world]  # the answer's kind
+    entity_ids = torch.tensor([vocab.entity_ids(e)[0] for e in kind])
     assert row["rank"] == int((logprobs[entity_ids] >= logprobs[example.answer[0]]).sum())  # the truth counts once
     assert row.correct == (int(logprobs.argmax()) == example.answer[0])
 
@@ -205,6 +207,29 @@ def test_candidates_are_a_set_and_must_hold_every_answer(trained_one_layer, worl
     finally:
         hook.remove()
     assert not passes
+
+
+def test_kind_candidates_rank_each_answer_among_its_own_kind(trained_one_layer, world, vocab):
+    """``candidates=kind_candidates(facts)`` (the default) ranks each answer among its own kind (objects for a forward
+    question, subjects for a reverse one), the set its answer is drawn from, where a model that knows only which kind
+    "→" or "←" asks for is at chance; a list holding both kinds ranks among both. The rank among the kind is the rank
+    among both kinds less the other kind's entities that score at least the answer."""
+    from probes.logits import kind_candidates
+
+    facts = FactSet(world.facts[-12:], world="the last 12 pairs", meta=world.meta)
+    kinds = kind_candidates(facts)
+    assert kinds == {"forward": [f.object for f in facts], "reverse": [f.subject for f in facts]}
+    kind = answer_table(trained_one_layer, facts, vocab, n_controls=2)
+    pd.testing.assert_frame_equal(kind, answer_table(trained_one_layer, facts, vocab, candidates=kinds, n_controls=2))
+    both = answer_table(trained_one_layer, facts, vocab, candidates=facts.entities(), n_controls=2)
+    assert (kind.n_candidates == 12).all() and kind.chance_logprob.to_numpy() == pytest.approx(-math.log(12))
+    assert (both.n_candidates == 24).all() and both.chance_logprob.to_numpy() == pytest.approx(-math.log(24))
+    statements = [(int(r.fact), r.direction) for r in both.itertuples()]
+    scores = candidate_logprobs(trained_one_layer, facts, vocab, statements, facts.entities())
+    for row, (index, direction) in enumerate(statements):
+        other = [j for j, e in enumerate(facts.entities()) if e not in kinds[direction]]
+        above = int((scores[row, other] >= both.logprob[row]).sum())
+        assert kind["rank"][row] == both["rank"][row] - above
 
 
 def bidirectional_tiny(vocab):
