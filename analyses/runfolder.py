@@ -47,7 +47,7 @@ from facts.io import remove_stale_temporaries, write_text_atomic
 MANIFEST = "manifest.json"
 LOCK = ".revlens.lock"
 FORMAT = 1
-RANDOM_DRAWS = 4
+RANDOM_DRAWS = 5
 """How a run's random draws follow from its seed, recorded in its manifest (``draws``); bumped whenever they change,
 so that a sweep never counts a trial drawn otherwise as finished (:func:`analyses.sweep.finished`) and no run
 resumes another's checkpoints (2: epochs' batch orders and causal tracing's noise from streams of their own,
@@ -55,7 +55,10 @@ resumes another's checkpoints (2: epochs' batch orders and causal tracing's nois
 so a group's people do not depend on the groups after it; 4: a training step's draws (dropout) from a stream of their
 own, not the one that ordered the epoch of the same number; controls never another right answer of their prompt, nor,
 in check-asymmetry, the person the question names; a fact file's pools by relation where a group holds several; the
-mitigations' fact-in-prompt questions scored against the plain questions' controls)."""
+mitigations' fact-in-prompt questions scored against the plain questions' controls; 5: controls never the entity a
+question asks about, in probe and finetune-facts too, and finetune-facts' in-context questions scored against their
+plain reverse question's controls; bumped with it, so that no sweep averages them with a trial made before: ranks and
+chance among the answer's own kind, not every entity)."""
 
 
 class RunFolderError(ValueError):
