@@ -137,7 +137,7 @@ def format_zhu_settings(summary: dict[str, Any]) -> str:
                      f"{'yes' if r['curse_holds'] else 'no':>7s}{r['seconds']:6.0f}")
     chance = next(iter(summary["settings"].values()))["chance_logprob"]
     held = sum(r["curse_holds"] for r in summary["settings"].values())
-    lines += ["", f"chance log p {chance:.2f}; curse: trained p > 0.99, held-out reverse log p ≤ chance + 0.5 and "
-                  f"its accuracy not above chance",
+    lines += ["", f"chance log p {chance:.2f} (the answer's kind); curse: trained p > 0.99, held-out reverse log p ≤ "
+                  f"chance + 0.5, its accuracy not above chance and its mean rank at least half of chance's",
               f"THE CURSE HOLDS IN {held} OF {len(summary['settings'])} SETTINGS in {summary['seconds']:.0f} s"]
     return "\n".join(lines)
