@@ -228,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--max-rows", type=_positive_int, default=20, help="rows shown per table (default 20)")
     for writer in (*writers, check, finetune, probe, compare):
         writer.add_argument("--force", action="store_true",
-                            help="write over a folder holding another kind of run (its files are deleted) or files "
-                                 "no run wrote (kept)")
+                            help="write over a folder holding another kind of run (its files are deleted), or beside "
+                                 "files no run wrote (kept; a folder without a manifest that holds files of the kinds "
+                                 "a run writes, .json .csv .png checkpoints/ …, is refused even so)")
     _add_threads_option(parser)
     return parser
 
@@ -569,12 +570,12 @@ def _reproduce_all_on_ray(args: argparse.Namespace, workers: int) -> int:
     began = time.perf_counter()
     resources = sweeps.Resources(workers=workers, threads=args.threads or 1)
     sweeps.check_resources(resources, ("--workers", "--threads"))
-    jobs = []
+    jobs, out = [], args.out.absolute()  # a runner may run in another folder, or on another node
     for name in sorted(args.experiments or REPRODUCE_ALL, key=lambda name: -EXPERIMENTS[name].cpu_seconds):
-        argv = ["reproduce", name, "--out", str(args.out / name), "--seed", str(args.seed), "--quiet",
+        argv = ["reproduce", name, "--out", str(out / name), "--seed", str(args.seed), "--quiet",
                 "--threads", str(resources.threads), *(["--force"] if args.force else []),
                 *(["--finetuned", *map(str, args.finetuned)] if name == "mitigations" and args.finetuned else [])]
-        jobs.append((name, argv, args.out / name, False))
+        jobs.append((name, argv, out / name, False))
     failed = []
     with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources) as runners:
         for name, result in runners.run(jobs, args.out / sweeps.RUNNING):

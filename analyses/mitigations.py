@@ -3,7 +3,7 @@
 Every variant trains a fresh model on the reversal world (docs/SCIENCE.md §4: 70% of pairs trained
 both ways, 30% "one-way" with one direction held out) plus the variant's extra data, and is
 measured the same way: on the *baseline's* held-out reverse statements B → A of the one-way
-pairs, with :func:`probes.logits.answer_table` (all entities as candidates, 16 same-kind
+pairs, with :func:`probes.logits.answer_table` (each answer ranked among its own kind, 16 same-kind
 controls) and the OV entries Y[A, B] / Y[B, A] of :func:`probes.circuits.circuit_table`,
 through :func:`analyses.compare.row_metrics` (the numbers ``revlens compare`` reports).
 
@@ -213,7 +213,8 @@ def fact_in_prompt_table(model, world: FactSet, indices: Sequence[int], vocab: T
     """:func:`answer_table` of each fact's held-out direction asked after its trained statement.
 
     "x → y <-> y ←" → x when x → y was trained, "y ← x <-> x →" → y when y ← x was; each
-    orientation is its own fact set; candidates are all the world's entities and each statement's controls those
+    orientation is its own fact set; candidates are the world's entities of the answer's kind (its subjects where
+    x → y was trained, its objects where y ← x was) and each statement's controls those
     :func:`answer_table` draws for it in the whole world (``n_controls``, ``seed``), as for the plain question, so
     the two margins differ by the prompt alone (the fact sets' own controls were the other one-way facts' answers
     of that orientation, never answers in training: their margin sat near 0 without any copying). ``fact``: the

@@ -175,7 +175,7 @@ def run_folder(out: str | os.PathLike[str], kind: str,
             if clashing:  # --force or not: a run would write over them, or delete them (a fresh run's checkpoints/)
                 raise RunFolderError(
                     f"{out}: holds files no revlens run manifest lists ({_few(clashing)}), of the kinds a run writes "
-                    f"({' '.join('*' + suffix for suffix in WRITTEN_SUFFIXES)} checkpoints/), which it would write over "
+                    f"({' '.join('*' + suffix for suffix in WRITTEN_SUFFIXES)} checkpoints/), which it could write over "
                     f"or delete{'; --resume: no manifest says how their random draws were made' if resume else ''}; "
                     f"move them out of {out} (or delete them), or choose an empty or new --out")
             if present and not force:

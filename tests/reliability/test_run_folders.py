@@ -174,7 +174,7 @@ def test_force_refuses_a_folder_without_a_manifest_holding_files_a_run_would_wri
         code, _, err = revlens(capsys, "reproduce", "reversal", "--out", out, *TINY, "--force", *extra)
         line = one_error_line(err)
         assert code == 2 and "holds files no revlens run manifest lists (checkpoints/step-000002.json, " in line, line
-        assert "which it would write over or delete" in line and f"move them out of {out}" in line
+        assert "which it could write over or delete" in line and f"move them out of {out}" in line
         assert ("no manifest says how their random draws were made" in line) == bool(extra)
         assert {name: data for name, data in contents(out).items() if name != LOCK} == before  # not even a manifest
     for name in sorted(before, reverse=True):
