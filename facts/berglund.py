@@ -398,8 +398,9 @@ def experiment_facts(experiment) -> tuple["FactSet", dict[str, tuple[str, ...]]]
     by ``{given}``; the reverse template likewise the prompt that states the description. Facts
     of the ``both`` group, or without a reverse question, name only one side and are left out.
     A prompt that does not contain the other side's text verbatim is refused, naming its file; a fact the schema
-    refuses (:class:`facts.schema.Fact`: a name with a run of spaces, a name that begins with its description) or
-    facts a fact set refuses (entities differing only in Unicode normalisation) are refused naming the lines of the
+    refuses (:class:`facts.schema.Fact`: a name with a run of spaces, a name that begins with its description),
+    facts a fact set refuses (entities differing only in Unicode normalisation) and two answers of a kind of which
+    one begins with the other (:func:`facts.schema.check_answer_prefixes`) are refused naming the lines of the
     questions they come from (:func:`_fact_from`, :func:`_fact_set_from`)."""
     by_key: dict[int, dict[str, object]] = {}
     for question in experiment.questions:
@@ -447,10 +448,13 @@ def _fact_from(where: tuple[str, str], *fields) -> Fact:
 
 
 def _fact_set_from(lines: Sequence[tuple[str, str]], facts: tuple[Fact, ...], **fields) -> FactSet:
-    """``FactSet(facts, **fields)``, a :class:`FactError` restated with the lines (``lines[i]``: as
+    """``FactSet(facts, **fields)`` with no answer that begins with another of its kind (as the other fact readers
+    return, :func:`facts.io.checked_answers`), a :class:`FactError` restated with the lines (``lines[i]``: as
     :func:`_fact_from`'s ``where``) of the facts it names (:attr:`FactError.facts`)."""
+    from facts.io import checked_answers
+
     try:
-        return FactSet(facts, **fields)
+        return checked_answers(FactSet(facts, **fields))
     except FactError as error:
         where = dict.fromkeys(place for index in dict.fromkeys(error.facts) for place in lines[index])
         raise FactError(f"{' and '.join(where) or fields['meta']['source']}: {error}", error.facts) from None

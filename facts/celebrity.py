@@ -53,7 +53,7 @@ import unicodedata
 from importlib import resources
 from pathlib import Path
 
-from facts.io import located, read_csv_rows
+from facts.io import checked_answers, located, read_csv_rows
 from facts.schema import Fact, FactError, FactSet, begins_with  # begins_with: the rule the schema refuses too
 
 CSV_ENV = "REVLENS_CELEBRITY_CSV"
@@ -188,6 +188,6 @@ def load_celebrity_pairs(path: str | os.PathLike[str] | None = None) -> FactSet:
         "answer_in_question": in_question,
     }
     try:
-        return FactSet(tuple(facts), world="celebrity", meta=meta)
+        return checked_answers(FactSet(tuple(facts), world="celebrity", meta=meta))  # no answer begins with another
     except FactError as error:
         raise located(error, path, lines) from None

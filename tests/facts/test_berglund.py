@@ -240,10 +240,15 @@ NFD_JOSE = "Jose\u0301 Ruiz"  # "José Ruiz" with a combining accent
       "d2p_reverse_prompts_test.jsonl": [(f"{NFD_JOSE} is known for", " the bread")]},
      rf"p2d_prompts_train.jsonl:1 and .*{REVERSE}:1 and .*d2p_prompts_train.jsonl:1 and "
      r".*d2p_reverse_prompts_test.jsonl:1: fact set 'berglund': entities .* differ only in Unicode normalisation"),
+    ({"p2d_prompts_train.jsonl": [("Tom Lee is", " the clock maker"), ("Ann Bo is", " the clock maker of Bern")],
+      REVERSE: [("Who is the clock maker?", " Tom Lee"), ("Who is the clock maker of Bern?", " Ann Bo")]},
+     rf"p2d_prompts_train.jsonl:1 and .*{REVERSE}:1 and .*p2d_prompts_train.jsonl:2 and .*{REVERSE}:2: .*the object "
+     r"'the clock maker of Bern' \(fact 1\) begins with the object 'the clock maker' \(fact 0\)"),
 ])
 def test_a_fact_the_schema_refuses_is_named_with_the_lines_it_comes_from(tmp_path, files, message):
     """experiment_facts built its facts and fact set unguarded: a name the schema refuses, or two people whose names
-    differ only in Unicode normalisation, were refused without a file or line."""
+    differ only in Unicode normalisation, were refused without a file or line; and two descriptions one of which
+    begins with the other (each the other's control), which the other fact readers refuse, were accepted."""
     from facts.berglund import experiment_facts, load_experiment_folder
 
     with pytest.raises(FactError, match=message):
