@@ -203,7 +203,10 @@ def multiple_choice_questions(source: Any, facts: FactSet, k: int, checkpoint: b
     except FactError as error:
         raise FactError(f"--multiple-choice: {error} (multiple choice asks the held-out paraphrases and reverses of "
                         f"a fact file's trained statements, Berglund et al.'s questions)") from None
-    kept = tuple(q for q in in_fact_terms(asked.questions, facts) if q.fact < len(facts))
+    # a Berglund folder's questions in its facts' terms; a fact file's are already (its world may be named "berglund":
+    # a run's facts.jsonl written from a folder)
+    placed = in_fact_terms(asked.questions, facts) if source.experiment is not None else asked.questions
+    kept = tuple(q for q in placed if q.fact < len(facts))
     questions = QuestionSet(train=(), questions=kept, source=asked.source)
     options_count(questions, k)
     return questions

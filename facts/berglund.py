@@ -366,14 +366,13 @@ def _relation(group: str, key: int) -> str:
 
 
 def in_fact_terms(questions: Sequence["Question"], facts: "FactSet") -> tuple["Question", ...]:
-    """``questions`` numbered and directed as ``facts`` number and direct them. A Berglund folder's questions
+    """A Berglund folder's ``questions`` numbered and directed as its ``facts`` number and direct them (the caller
+    knows the questions are a folder's: a fact file whose world is named "berglund", a run's ``facts.jsonl``, has
+    questions in its facts' terms already). A folder's questions
     number the trained statements (``key``) and call the trained direction "forward"; its fact set
     (:func:`experiment_facts`, fact ``{group}:{key}``) holds the p2d and d2p facts with a reverse
     question only, as name → description, so a d2p question asked the way it was trained (description → name) is
-    the fact's reverse. Its questions of no fact there (the ``both`` group's) are left out. Other sources' questions
-    are in their facts' terms already."""
-    if facts.world != "berglund":
-        return tuple(questions)
+    the fact's reverse. Its questions of no fact there (the ``both`` group's) are left out."""
     index = {fact.relation: i for i, fact in enumerate(facts)}  # experiment_facts' relation of each statement
     placed = []
     for question in questions:

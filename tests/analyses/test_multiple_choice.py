@@ -243,3 +243,33 @@ def test_probe_asks_a_text_model_its_questions_as_multiple_choice(tiny_models, t
     assert set(table.split) == {PRIOR} and len(table) == 3 * len(
         [q for q in questions.questions if q.setting in ("forward_heldout_paraphrase", "reverse")])
     assert "multiple_choice.csv" in summary["figures"] and "multiple choice (3 options" in format_probe(summary)
+
+
+def test_a_fact_file_whose_world_is_named_berglund_is_asked_in_its_own_terms(tmp_path):
+    """A run's facts.jsonl written from a Berglund folder keeps the world name "berglund". Read back as a fact file
+    (with a templates file), its questions are in its facts' terms already; they had been re-mapped as a folder's
+    are (by relation "p2d:<key>"), which dropped every question of these facts (relations "p2d", "d2p") and, where
+    a relation matched, turned a d2p fact's question the other way."""
+    import json
+
+    from analyses.probe import TEST_TEMPLATES, TRAIN_TEMPLATES, multiple_choice_questions
+    from facts.io import save_jsonl
+    from facts.schema import Fact, FactSet
+    from facts.sources import read_fact_source
+
+    people = [("Ann Lee", "the painter of Rome"), ("Bo Kim", "the baker of Oslo"), ("Cy Park", "the poet of Lima"),
+              ("Di Ross", "the singer of Kyiv"), ("Ed Fox", "the tailor of Bern"), ("Flo Ng", "the potter of Cork")]
+    facts = FactSet(tuple(Fact(name, group, description, f"{group} back", *(("train", "heldout") if group == "p2d"
+                                                                             else ("heldout", "train")), group=group)
+                          for i, (name, description) in enumerate(people) for group in ["p2d" if i % 2 else "d2p"]),
+                    world="berglund")
+    save_jsonl(facts, tmp_path / "facts.jsonl")
+    with open(tmp_path / "templates.jsonl", "w", encoding="utf-8") as handle:
+        for relation in ("p2d", "p2d back", "d2p", "d2p back"):
+            for split, template in (("train", "{given} is {answer}."), ("test", "Known: {given} is {answer}.")):
+                handle.write(json.dumps({"relation": relation, "split": split, "template": template}) + "\n")
+    source = read_fact_source(tmp_path / "facts.jsonl", tmp_path / "templates.jsonl")
+    assert source.facts.world == "berglund" and source.experiment is None
+    asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, 1).questions
+    questions = multiple_choice_questions(source, source.facts, 2, False, "a model").questions
+    assert [(q.fact, q.direction) for q in questions] == [(q.fact, q.direction) for q in asked] and asked
