@@ -262,7 +262,7 @@ def load_experiment_folder(folder: str | os.PathLike[str], paraphrases: int | No
     if not present:
         raise FactError(f"{folder}: no training file; expected at least one of "
                         f"{[experiment_files(g)['train'] for g in GROUPS]}")
-    return QuestionSet(tuple(train), tuple(questions), f"berglund:{folder}")
+    return QuestionSet(tuple(train), tuple(questions), f"berglund:{folder}", from_folder=True)
 
 
 def _people_of(statements: dict[str, list[Pair]], keys: dict[str, int]) -> dict[int, int]:
@@ -367,8 +367,8 @@ def _relation(group: str, key: int) -> str:
 
 def in_fact_terms(questions: Sequence["Question"], facts: "FactSet") -> tuple["Question", ...]:
     """A Berglund folder's ``questions`` numbered and directed as its ``facts`` number and direct them (the caller
-    knows the questions are a folder's: a fact file whose world is named "berglund", a run's ``facts.jsonl``, has
-    questions in its facts' terms already). A folder's questions
+    knows the questions are a folder's, :attr:`facts.questions.QuestionSet.from_folder`: a fact file whose world is
+    named "berglund", a run's ``facts.jsonl``, has questions in its facts' terms already). A folder's questions
     number the trained statements (``key``) and call the trained direction "forward"; its fact set
     (:func:`experiment_facts`, fact ``{group}:{key}``) holds the p2d and d2p facts with a reverse
     question only, as name → description, so a d2p question asked the way it was trained (description → name) is

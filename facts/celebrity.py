@@ -43,7 +43,9 @@ byte-order mark and CRLF line ends are accepted; names are stripped and NFC-norm
 "José" typed with a combining accent is the same person as "José").
 
 ``meta["line"][i]``, ``meta["can_reverse"][i]`` (GPT-4 named this child, as recorded) and
-``meta["child_prediction"][i]`` (the child GPT-4 named, "" when it failed) belong to fact ``i``.
+``meta["child_prediction"][i]`` (the child GPT-4 named, "" when it failed) belong to fact ``i``
+(:data:`facts.schema.PER_FACT_META`: :meth:`facts.schema.FactSet.first` cuts them with the facts, and keeps the
+other lists whole).
 """
 
 from __future__ import annotations

@@ -93,7 +93,8 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
     anything :mod:`csv` cannot read in strict mode (a quote after a quoted field, a field over
     :func:`csv.field_size_limit`). The caller checks which columns it needs or accepts.
     """
-    reader = csv.reader(io.StringIO(read_text(path, what), newline=""), strict=True)  # "Ann "Smith" refused
+    lines = list(io.StringIO(read_text(path, what), newline=""))  # as csv reads them: ends \n, \r\n or \r kept
+    reader = csv.reader(lines, strict=True)  # "Ann "Smith" refused
     end = 0
     try:
         first = next(reader, None)
@@ -103,7 +104,7 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
         if not any(header):
             raise FactError(f"{path}:1: a blank line where the header (columns {list(columns)}) must be; "
                             f"the header comes first")
-        _refuse_quote_after_space(path, 1, first)
+        _refuse_quote_after_space(path, 1, first, "".join(lines[: reader.line_num]))
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:
             raise FactError(f"{path}:1: column(s) {repeated} appear more than once in the header")
@@ -115,7 +116,7 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
             if end > start:
                 raise FactError(f"{path}:{start}: a quoted field opened on this line runs to line {end}; "
                                 f"is a closing quote missing?")
-            _refuse_quote_after_space(path, start, fields)
+            _refuse_quote_after_space(path, start, fields, lines[start - 1])
             if len(fields) != len(header):
                 raise FactError(f"{path}:{start}: expected {len(header)} fields, got {len(fields)}")
             rows.append((start, fields))
@@ -127,17 +128,35 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
     return header, rows
 
 
-def quote_after_space(field: str) -> bool:
-    """Whether a CSV field opens with whitespace and then a quote (``Ann, "Amber, Tide"``): :mod:`csv` opens a quoted
-    field only right after the comma, so it reads this quote as a character of the text and ends the field at the
-    next comma (``' "Amber'``, ``' Tide"'``)."""
-    stripped = field.lstrip()
-    return stripped != field and stripped.startswith('"')
+def written_fields(row: str, fields: Sequence[str]) -> list[str]:
+    """How each of ``fields`` is written in ``row``, the text :mod:`csv` (its default dialect, strict) read them from.
+
+    A field written with a quote first is quoted: that quote, the text with each quote doubled, a closing quote (2 +
+    len + quotes characters); any other is written as it reads (len characters). A comma follows each but the last.
+    """
+    written, start = [], 0
+    for field in fields:
+        length = len(field) + field.count('"') + 2 if row.startswith('"', start) else len(field)
+        written.append(row[start : start + length])
+        start += length + 1
+    return written
 
 
-def _refuse_quote_after_space(path: Path, line: int, fields: Sequence[str]) -> None:
-    """Raise :class:`FactError` naming file, line and field where a field of a CSV row :func:`quote_after_space`."""
-    number = next((number for number, field in enumerate(fields, 1) if quote_after_space(field)), None)
+def quote_after_space(written: str) -> bool:
+    """Whether a CSV field is written with whitespace and then a quote first (``Ann, "Amber, Tide"``): :mod:`csv`
+    opens a quoted field only right after the comma, so it reads this quote as a character of the text and ends the
+    field at the next comma (``' "Amber'``, ``' Tide"'``). A field quoted right after its comma is read as quoted,
+    whatever its text opens with (``," ""Amber"" Tide"``: ``' "Amber" Tide'``); ``written`` is the field as the file
+    writes it (:func:`written_fields`), which tells the two apart where the text read does not."""
+    stripped = written.lstrip()
+    return stripped != written and stripped.startswith('"')
+
+
+def _refuse_quote_after_space(path: Path, line: int, fields: Sequence[str], row: str) -> None:
+    """Raise :class:`FactError` naming file, line and field where a field of a CSV row (``row``: its text in the file)
+    is written as :func:`quote_after_space` tells."""
+    number = next((number for number, written in enumerate(written_fields(row, fields), 1)
+                   if quote_after_space(written)), None)
     if number is not None:
         raise FactError(f"{path}:{line}: field {number} ({fields[number - 1]!r}) has a space before its opening quote, "
                         f"so CSV reads the quote as text (and a comma inside it as the end of the field); put the "

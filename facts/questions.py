@@ -78,13 +78,17 @@ class QuestionSet:
     for the circuits, causal tracing and the weight change (a Berglund folder's: the facts of its p2d and d2p
     groups whose reverse is asked, :func:`facts.berglund.experiment_facts`), and ``sentence_templates``, the
     templates its statements are read in where they are not the run's training templates (that folder's own
-    prompts)."""
+    prompts). ``from_folder``: the questions are a Berglund folder's own
+    (:func:`facts.berglund.load_experiment_folder`), numbered by trained statement and directed relative to
+    training, not in ``facts``' terms; a fact file whose world is named "berglund" (a run's ``facts.jsonl`` written
+    from a folder) is asked in its facts' terms."""
 
     train: tuple[TrainPair, ...]
     questions: tuple[Question, ...]
     source: str
     facts: FactSet | None = None
     sentence_templates: Templates | None = None
+    from_folder: bool = False
 
     def pool_answers(self) -> dict[str, list[str]]:
         """Every pool's distinct answers, in order of first appearance, without the leading space a template
@@ -113,11 +117,12 @@ class QuestionSet:
         circuits leave it out too).
 
         A question of a fact set (:func:`questions_from_facts`) has its fact's given entity in the direction asked.
-        A Berglund folder's questions are not in their facts' terms (``facts`` is None or the folder's
-        :func:`facts.berglund.experiment_facts`, as :func:`facts.berglund.in_fact_terms` tells them), and a ``both``
-        question has no fact at all: theirs are the answers of its pool its published prompt names
-        (:func:`names_entity`; a ``both`` pool holds names and descriptions, the question's own among them)."""
-        if self.facts is not None and self.facts.world != "berglund":
+        A Berglund folder's questions (:attr:`from_folder`) are not in their facts' terms (``facts`` is None or the
+        folder's :func:`facts.berglund.experiment_facts`, as :func:`facts.berglund.in_fact_terms` tells them), and a
+        ``both`` question has no fact at all: theirs, and those of a set without facts, are the answers of its pool
+        its published prompt names (:func:`names_entity`; a ``both`` pool holds names and descriptions, the
+        question's own among them)."""
+        if self.facts is not None and not self.from_folder:
             return [{self.facts[q.fact].given_and_answer(q.direction)[0]} for q in self.questions]
         pools = self.pool_answers()
         return [{a for a in pools[q.pool] if names_entity(q.prompt, a)} for q in self.questions]

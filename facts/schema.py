@@ -15,6 +15,7 @@ that made it and free-form metadata (generator parameters, seed).
 
 from __future__ import annotations
 
+import operator
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Literal
@@ -79,6 +80,13 @@ JOINERS = ("\u200c", "\u200d")
 need inside a name; every other format character (U+200B zero-width space, U+2060 word joiner,
 U+00AD soft hyphen, U+FEFF, bidirectional marks) is refused, as it makes two names that read the
 same."""
+
+PER_FACT_META: tuple[str, ...] = ("line", "can_reverse", "child_prediction")
+"""The meta keys that hold one entry per fact, in fact order, which :meth:`FactSet.first` cuts with the facts: the
+file line each fact was read from (``line``: :func:`facts.celebrity.load_celebrity_pairs`,
+:func:`facts.questions.load_fact_csv`, :func:`facts.berglund.experiment_facts`) and the celebrity file's two
+columns that are no part of a fact (``can_reverse``, ``child_prediction``). Every other meta list (a world's
+``groups``, the celebrity reader's ``duplicate_lines``) is about the set as a whole, whatever its length."""
 
 IDENTITY_GROUP = "identity"
 """The group of an Identity Bridge statement "A r A" (:func:`analyses.mitigations.identity_statements`): the one
@@ -276,7 +284,18 @@ class FactSet:
         return iter(self.facts)
 
     def __getitem__(self, index: int) -> Fact:
-        return self.facts[index]
+        """Fact number ``index`` (0 to ``len − 1``; any integer type, such as a table's numpy column). A negative
+        index, which a tuple reads from the end (-1: the last fact), and one past the last fact are refused with
+        :class:`FactError` naming it and the count: a fact number given from outside that is wrong would else
+        answer for another fact."""
+        try:
+            number = operator.index(index)
+        except TypeError:
+            raise FactError(f"fact set {self.world!r}: a fact index is an integer, got {index!r}") from None
+        if not 0 <= number < len(self.facts):
+            raise FactError(f"fact set {self.world!r}: no fact {number} among its {len(self.facts)} (numbered 0 to "
+                            f"{len(self.facts) - 1})")
+        return self.facts[number]
 
     def statements(self) -> Iterable[tuple[int, Direction, Split]]:
         """Every ``(fact index, direction, split)`` in play, in a fixed order."""
@@ -289,15 +308,25 @@ class FactSet:
     def first(self, n: int) -> "FactSet":
         """The first ``n`` facts (every fact if there are fewer), for a quick look at a large set.
 
-        ``meta`` is kept with ``meta["limit"] = n``; a meta list holding one entry per fact (the
-        celebrity reader's ``line``, ``can_reverse``, ...) is cut to the facts kept.
+        ``meta`` is kept with ``meta["limit"] = n``; its lists of one entry per fact (:data:`PER_FACT_META`) are cut
+        to the facts kept, and one of those that is no list of one entry per fact is refused (it could not be cut to
+        the facts kept).
         """
         if n < 1:
             raise FactError(f"limit must be ≥ 1, got {n}")
         kept = self.facts[:n]
-        meta = {key: value[: len(kept)] if isinstance(value, list) and len(value) == len(self.facts) else value
+        meta = {key: self._per_fact(key)[: len(kept)] if key in PER_FACT_META else value
                 for key, value in self.meta.items()}
         return FactSet(kept, world=self.world, meta={**meta, "limit": n})
+
+    def _per_fact(self, key: str) -> list[Any]:
+        """``meta[key]``, a key of :data:`PER_FACT_META`, or :class:`FactError` unless it holds one entry per fact."""
+        value = self.meta[key]
+        if not isinstance(value, list) or len(value) != len(self.facts):
+            held = f"{len(value)} entries" if isinstance(value, list) else f"a {type(value).__name__}"
+            raise FactError(f"fact set {self.world!r}: meta {key!r} holds {held} for {len(self.facts)} facts; it "
+                            f"holds one entry per fact (PER_FACT_META), so it cannot be cut to the facts kept")
+        return value
 
     def count(self, split: Split) -> int:
         """Number of directed statements in ``split``."""

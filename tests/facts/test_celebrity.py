@@ -265,3 +265,13 @@ def test_a_field_csv_cannot_read_is_named_with_file_and_line(tmp_path):
     path = write_csv(tmp_path / "huge.csv", f"{HEADER}\nAnn,Bea,mother,,False\n{'C' * 200_000},Di,father,,True\n")
     with pytest.raises(FactError, match=rf"^{path}:3: malformed CSV \(field larger than field limit"):
         load_celebrity_pairs(path)
+
+
+def test_first_keeps_the_lists_that_are_not_one_entry_per_fact_whole(tmp_path):
+    """Two pairs, each repeated once: ``duplicate_lines`` [4, 5] is as long as the facts, and first(1) cut it to
+    [4], taking it for one entry per fact; ``line``, ``can_reverse`` and ``child_prediction`` are cut."""
+    text = f"{HEADER}\nAnn,Bea,mother,Ann,False\nCy,Di,father,,True\nAnn,Bea,mother,Ann,False\nCy,Di,father,,True\n"
+    facts = load_celebrity_pairs(write_csv(tmp_path / "twice.csv", text))
+    assert len(facts) == len(facts.meta["duplicate_lines"]) == 2
+    assert facts.first(1).meta == {**facts.meta, "line": [2], "can_reverse": [False], "child_prediction": ["Ann"],
+                                   "limit": 1}

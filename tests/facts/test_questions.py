@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -355,3 +356,55 @@ def test_a_quote_after_a_space_is_refused_naming_its_line(tmp_path, text):
     path.write_text(text)
     with pytest.raises(FactError, match=rf"^{path}:3: field 3 \(' \"Amber.*'\) has a space before its opening quote"):
         load_fact_csv(path)
+
+
+def test_first_cuts_the_line_of_each_fact_of_a_csv_and_a_berglund_folder(tmp_path):
+    """The readers that write a list of one entry per fact (``line``) declare it (PER_FACT_META), so first cuts it;
+    their other meta (``source``) is kept."""
+    from facts.berglund import experiment_facts
+    from facts.schema import PER_FACT_META
+
+    (tmp_path / "facts.csv").write_text(PARENTS)
+    folder = experiment_facts(load_experiment_folder(write_experiment_folder(tmp_path / "berglund", people=3)))[0]
+    for facts in (load_fact_csv(tmp_path / "facts.csv"), folder):
+        assert [key for key, value in facts.meta.items() if isinstance(value, list)] == ["line"] == list(
+            set(facts.meta) & set(PER_FACT_META))
+        assert facts.first(1).meta == {**facts.meta, "line": facts.meta["line"][:1], "limit": 1}
+
+
+def test_a_quoted_field_whose_text_opens_with_a_space_and_a_quote_is_read(tmp_path):
+    """'" ""Amber"" Tide"' is quoted right after its comma, and csv reads it as ' "Amber" Tide'; it was refused as a
+    quote after a space that csv read as text, which only a field opening with whitespace and then a quote in the
+    file is (a space or a tab, then '"He said ""hi""'...: csv keeps its quotes, doubled ones too)."""
+    path = tmp_path / "facts.csv"
+    path.write_text('subject,relation,object\nBo,founded,Tide\nAnn,founded," ""Amber"" Tide"\n')
+    assert load_fact_csv(path)[1].object == '"Amber" Tide'
+    for misread in (' "He said ""hi"""', '\t"He said ""hi"""'):
+        path.write_text(f'subject,relation,object\nBo,founded,Tide\nAnn,founded,{misread}\n')
+        opening = rf"^{path}:3: field 3 \({re.escape(repr(misread))}\) has a space before its opening quote"
+        with pytest.raises(FactError, match=opening):
+            load_fact_csv(path)
+
+
+def test_a_fact_file_whose_world_is_named_berglund_asks_about_its_facts_given_entities(tmp_path):
+    """A run's facts.jsonl written from a Berglund folder keeps the world name "berglund", but its questions are made
+    from its facts (questions_from_facts), in their terms. given_entities took them for a folder's own and gave each
+    question the answers of its pool its prompt names: "the friend of Ann Lee is" asks about the description, yet
+    "Ann Lee" was no wrong answer of it, and a forward question's given name (no description) was none at all."""
+    from facts.io import load_jsonl, save_jsonl
+    from facts.schema import Fact, FactSet
+
+    people = [("Ann Lee", "the painter of Rome"), ("Bo Kim", "the friend of Ann Lee"), ("Cy Park", "the poet of Lima")]
+    train = {"p2d": ("{given} is {answer}.",)}
+    test = {"p2d": ("Known: {given} is {answer}.",), "d2p": ("Known: {given} is {answer}.",)}
+    custom = FactSet(tuple(Fact(name, "p2d", description, "d2p", "train", "heldout", "p2d")
+                           for name, description in people), world="custom")
+    save_jsonl(FactSet(custom.facts, world="berglund"), tmp_path / "facts.jsonl")
+    read_back = load_jsonl(tmp_path / "facts.jsonl")
+    assert read_back.world == "berglund"
+    theirs, ours = (questions_from_facts(facts, train, test, 1) for facts in (read_back, custom))
+    assert theirs.questions == ours.questions
+    assert theirs.given_entities() == [{read_back[q.fact].given_and_answer(q.direction)[0]} for q in theirs.questions]
+    assert theirs.wrong_answers() == ours.wrong_answers()
+    friend = next(i for i, q in enumerate(theirs.questions) if q.prompt == "Known: the friend of Ann Lee is")
+    assert "Ann Lee" in theirs.wrong_answers()[friend]

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -166,3 +167,48 @@ def test_a_fact_whose_names_cannot_be_told_apart_is_refused_naming_its_line(tmp_
         load_jsonl(path)
     assert Fact("Ann", "r", "Ann", group="identity").object == "Ann"  # the Identity Bridge's "A r A"
     assert Fact("e1", "→", "e12").object == "e12" and Fact("Ann", "r", "Anna").object == "Anna"
+
+
+def test_first_cuts_only_the_per_fact_meta_lists():
+    """people_world with one person per group holds three facts and the list of its three groups: first(2) cut the
+    groups to two, as it cut every meta list as long as the facts, taking it for one entry per fact."""
+    from facts.language import people_world
+
+    world = people_world(n_per_group=1)
+    assert len(world) == len(world.meta["groups"]) == 3
+    assert world.first(2).meta == {**world.meta, "limit": 2}
+
+
+def test_first_cuts_the_declared_per_fact_lists_and_refuses_one_not_of_one_entry_per_fact():
+    """The meta keys :data:`facts.schema.PER_FACT_META` hold one entry per fact: first cuts them with the facts. One
+    of another length cannot be cut to the facts kept, so it is refused, naming the key and both lengths."""
+    from facts.schema import PER_FACT_META
+
+    facts = (Fact("e1", "→", "e2"), Fact("e3", "→", "e4"), Fact("e5", "→", "e6"))
+    meta = {"source": "f.csv", "line": [2, 3, 5], "notes": ["a", "b", "c"]}
+    assert "line" in PER_FACT_META and "notes" not in PER_FACT_META
+    assert FactSet(facts, meta=meta).first(2).meta == {"source": "f.csv", "line": [2, 3], "notes": ["a", "b", "c"],
+                                                       "limit": 2}
+    with pytest.raises(FactError, match=r"meta 'line' holds 2 entries for 3 facts.*one entry per fact"):
+        FactSet(facts, world="w", meta={"line": [2, 3]}).first(2)
+
+
+@pytest.mark.parametrize("index", [-1, -3, 3, 7])
+def test_a_fact_index_outside_the_facts_is_refused_naming_it_and_the_count(index):
+    """facts[-1] was the last fact (a tuple reads a negative index from the end) and facts[3] an IndexError that
+    named neither the fact set nor its size."""
+    facts = FactSet((Fact("e1", "→", "e2"), Fact("e3", "→", "e4"), Fact("e5", "→", "e6")), world="w")
+    with pytest.raises(FactError, match=rf"^fact set 'w': no fact {index} among its 3 \(numbered 0 to 2\)$"):
+        facts[index]
+    assert [facts[i] for i in range(3)] == list(facts)
+
+
+def test_a_fact_index_that_is_no_integer_is_refused():
+    import numpy as np
+
+    facts = FactSet((Fact("e1", "→", "e2"), Fact("e3", "→", "e4")), world="w")
+    assert facts[np.int64(1)] == facts.facts[1]  # a table's column of fact numbers
+    for index in (slice(0, 1), 1.0, "1"):
+        refusal = rf"^fact set 'w': a fact index is an integer, got {re.escape(repr(index))}$"
+        with pytest.raises(FactError, match=refusal):
+            facts[index]

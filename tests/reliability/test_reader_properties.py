@@ -379,7 +379,7 @@ def test_celebrity_any_row_is_read_or_named(tmp_path, row, extra, drop):
         assert_names(result, path, len(GOOD_ROWS) + 2)
     else:
         assert len(result) == 3 or result.meta["duplicate_lines"] == [4]
-        last = result[-1]
+        last = result[len(result) - 1]
         assert unicodedata.is_normalized("NFC", last.subject) and last.subject == last.subject.strip()
 
 
