@@ -313,6 +313,18 @@ def question_rows(questions: QuestionSet, tokenizer, controls: Sequence[Sequence
             for question, drawn in zip(questions.questions, controls)]
 
 
+def padding_id(tokenizer) -> int:
+    """The token id that right-pads the training and evaluation batches: the tokenizer's pad token, else its end of
+    text, else 0 (a tokenizer may have neither). Which one changes no number: a row is ``prompt ++ answer ++ padding``,
+    a causal model's logits at position p read the tokens ≤ p alone, and the loss and the evaluation read only the
+    positions that predict an answer token (:func:`models.scoring.answer_inputs`), every one before the row's
+    padding. So any id of the vocabulary pads (0 is in every vocabulary)."""
+    for special in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if special is not None:
+            return int(special)
+    return 0
+
+
 def check_tokenised(config: FinetuneConfig, questions: QuestionSet, controls: Sequence[Sequence[str]]) -> None:
     """Tokenise every training sentence and every question with its controls in the model's tokenizer, as the run
     will (:func:`training_examples`, :func:`question_rows`): a sentence the tokenizer cannot split at its answer is
@@ -321,8 +333,7 @@ def check_tokenised(config: FinetuneConfig, questions: QuestionSet, controls: Se
 
     with one_parse(config.model):
         tokenizer = load_tokenizer(config.model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    training_examples(questions, config, tokenizer, pad_id)
+    training_examples(questions, config, tokenizer, padding_id(tokenizer))
     question_rows(questions, tokenizer, controls)
 
 
@@ -446,10 +457,13 @@ def summarize(tables: dict[str, pd.DataFrame], config: FinetuneConfig, seconds: 
         findings["in_context_reverse_above_chance"] = above_zero(in_context)
     out["tested_group"] = TESTED if TESTED in out["groups"] else next(iter(out["groups"]))
     out["findings"] = findings
-    out["berglund_files"] = berglund_files(before, after, source)
+    if config.facts is None or source.startswith(BERGLUND_SOURCE):  # a fact file (JSONL, CSV) has none of their files
+        out["berglund_files"] = berglund_files(before, after, source)
     return out
 
 
+BERGLUND_SOURCE = "berglund:"
+"""How a Berglund folder's questions name their source: ``berglund:`` and the folder."""
 BERGLUND_SETTINGS = {"test": "forward_heldout_paraphrase", "reverse": "reverse", "randomized": "reverse"}
 """Which questions stand for each of Berglund et al.'s experiment-1 test files (seven: three
 ``*_prompts_test``, two ``*_reverse_prompts_test`` and their two ``_randomized`` twins)."""
@@ -479,16 +493,19 @@ def berglund_file_asks(group: str, kind: str, source: str) -> str:
 def berglund_files(before: pd.DataFrame, after: pd.DataFrame, source: str) -> dict[str, dict[str, Any]]:
     """Per test file of Berglund et al.'s experiment 1 whose group was trained: what it asks in
     words (:func:`berglund_file_asks`), the questions that stand for it (:data:`BERGLUND_SETTINGS`),
-    exact match, top-1 and margin before and after.
+    exact match, top-1 and margin before and after. Of a Berglund folder (``source`` "berglund:<folder>"), the
+    files the folder has; of the built-in world, which stands for their three groups, each of a trained group's.
+    (:func:`summarize` asks it of no fact file, a JSONL or CSV: it has none of their files.)
     A ``_randomized`` file holds the reverse questions with a wrong name in place of the right one;
     its entry compares the two: the share of reverse questions whose right name is likelier than the
     randomized one (``beats_randomized``) and the mean log p difference, on the questions that bring a
     randomized name (a Berglund folder's; the built-in world brings none: n 0), each a mean over facts of each
     fact's questions first, as :func:`setting_summary`'s are."""
+    folder = Path(source.removeprefix(BERGLUND_SOURCE)) if source.startswith(BERGLUND_SOURCE) else None
     out = {}
     for group in dict.fromkeys(after.group):
         for kind, name in experiment_files(group).items():
-            if kind not in BERGLUND_SETTINGS:
+            if kind not in BERGLUND_SETTINGS or (folder is not None and not (folder / name).is_file()):
                 continue
             chosen = (after.group == group) & (after.setting == BERGLUND_SETTINGS[kind])
             asks = berglund_file_asks(group, kind, source)
@@ -571,7 +588,7 @@ def read_inputs_and_model(config: FinetuneConfig) -> tuple[QuestionSet, list[lis
     controls = draw_controls(questions, config.n_controls, config.seed)
     with one_parse(config.model):
         tokenizer = load_tokenizer(config.model)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad_id = padding_id(tokenizer)
         sentences = training_examples(questions, config, tokenizer, pad_id)
         eval_sets = {name: collate([asked(tokenizer, q.prompt, q.completion, q.source, q.fact, q.direction, q.split)
                                     for q in questions.questions if q.setting == setting], pad_id)

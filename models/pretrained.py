@@ -41,6 +41,8 @@ How a model is built. transformers reads the weights (GGUF files dequantised to 
   ``scale_attn_weights``, Gemma 3's ``attn_logit_softcapping``), a folder's before any weight is read.
 A GGUF whose metadata says what transformers' reader drops (RoPE scaling among it) is refused on both backends
 before any weight is read (:func:`models.gguf_weights.unread_metadata`).
+A config with sliding-window attention but no window (Gemma 2/3's ``sliding_window`` null), which transformers'
+own model cannot run, is refused on both backends, a folder's before any weight is read (:func:`check_sliding_window`).
 A GGUF is parsed once per load: config, weights and tokenizer share one ``gguf.GGUFReader``
 (:func:`_one_gguf_parse`; transformers alone parses it three times), and its weights are read one
 tensor at a time into the model's own parameters (:mod:`models.gguf_weights`). The first load of a
@@ -160,6 +162,9 @@ _HOOKED_SLIDING_WINDOW = frozenset({"MistralForCausalLM", "Gemma2ForCausalLM", "
 _TRANSFORMERS_IGNORES = {"Gemma3ForCausalLM": ("attn_logit_softcapping",)}
 """Config fields transformers' own modeling code of an architecture never applies, though TransformerLens would
 (Gemma 3's attention has no soft cap: a bridge or hooked model would apply one, 2.7 nats off on a tiny model)."""
+_ALWAYS_SLIDING_MASK = frozenset({"Gemma2ForCausalLM", "Gemma3ForCausalLM"})
+"""Architectures whose transformers model builds a sliding-window mask whatever its ``layer_types`` say (with
+``sliding_window`` null its first forward raises "Could not find a `sliding_window` argument in the config")."""
 _BRIDGE_FIXED_FLAGS = {"GPT2LMHeadModel": {"scale_attn_weights": True}}
 """Config switches TransformerBridge's own attention of an architecture does not read (3.9 and 4.3): the one value
 it computes (GPT-2's attention scale 1/sqrt(d_head): with ``scale_attn_weights`` False, 7.45 nats off)."""
@@ -802,6 +807,7 @@ def load(
     else:
         hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
     release_after_loading(hf_model)  # what reading the file freed, before the conversion allocates
+    check_sliding_window(f"{source.name} ({source.path})", hf_model.config, type(hf_model).__name__)  # a GGUF's too
     reference = _transformers_reference(hf_model, tokenizer, dtype)  # before the model is converted or wrapped
     if gives_hooked_transformer(backend):
         prepend_bos = prepends_bos(tokenizer, hf_model.config, source)
@@ -883,6 +889,7 @@ def to_hooked(
     values and layout: the same numbers; SmolLM2: 0.3 CPU-s and 0.5 GB less). Under TransformerLens 4
     the bridge still wraps a deep copy (wrapping a LoRA-merged model itself moved its log-probs by 4e-6)."""
     device, source = torch.device(device or default_device()), resolve(name_or_path)
+    check_sliding_window(source.name, hf_model.config, type(hf_model).__name__)  # before transformers runs it
     reference = _transformers_reference(hf_model, tokenizer, dtype)
     if TL_MAJOR < 4:
         model = _to_hooked(hf_model, tokenizer, source, device, dtype, process_weights, take)
@@ -1093,6 +1100,30 @@ NO_BACKEND_ADVICE = ("no backend computes it as transformers does (the bridge re
 """What a refusal advises where neither backend computes the model."""
 
 
+def check_sliding_window(name: str, config: PretrainedConfig, architecture: str | None = None) -> None:
+    """Refuse, with :class:`PretrainedLoadError`, a model ``name`` whose ``config`` has sliding-window attention
+    (a layer of ``layer_types`` "sliding_attention", or a Gemma 2/3, :data:`_ALWAYS_SLIDING_MASK`) but no window of
+    at least one token in ``sliding_window`` (null, 0 or negative): transformers' own model cannot run it (its first
+    forward fails: a TypeError building the cache, a ValueError or a shape mismatch building the mask), and
+    TransformerLens's Gemma conversion would take its family's window and layer pattern instead (4096 on every
+    other layer of Gemma 2, :func:`_gemma_config`), so neither backend could give the model's log-probabilities.
+    Asked before any weight is read (a folder's ``config.json``, :func:`check_convertible`) or converted
+    (:func:`load`, :func:`to_hooked`), on both backends."""
+    architecture = architecture or _config_architecture(config)
+    window = getattr(config, "sliding_window", None)
+    sliding = [layer for layer, kind in enumerate(getattr(config, "layer_types", None) or [])
+               if kind == "sliding_attention"]
+    if not sliding and architecture not in _ALWAYS_SLIDING_MASK:
+        return
+    if isinstance(window, int) and not isinstance(window, bool) and window >= 1:
+        return
+    layers = f"its layers {sliding} are 'sliding_attention'" if sliding else f"{architecture} always slides a window"
+    raise PretrainedLoadError(
+        f"{name}: its config sets sliding_window = {window!r}, but {layers}, which needs a window of at least one "
+        f"token: transformers' own {architecture} cannot run it, so no backend loads it; set sliding_window in its "
+        f"config.json to the window the model was trained with.")
+
+
 def check_hooked_config(name: str, config: PretrainedConfig, architecture: str | None = None,
                         advice: str = BRIDGE_ADVICE) -> None:
     """Refuse, with :class:`PretrainedLoadError`, a model ``name`` whose ``config`` holds something TransformerLens
@@ -1150,6 +1181,7 @@ def _check_declared_config(source: ModelSource, advice: str = BRIDGE_ADVICE, bac
     ``source``'s files declare, where they declare one."""
     config = declared_config(source.path)
     if config is not None:
+        check_sliding_window(f"{source.name} ({source.path})", config)
         if backend == "hooked":
             check_hooked_config(source.name, config, advice=advice)
         else:

@@ -12,8 +12,10 @@
   the t (or normal) interval of 0/1 outcomes has s = 0 and would claim certainty ("0.000 ± 0.000" of 4 pairs).
 
 Samples that come in clusters (a celebrity's mother and father asked with the same child's name) are not
-independent either. With ``clusters``, both intervals widen by the clusters' design effect (:func:`design_effect`),
-never narrow; a mean over facts whose paraphrases should count once is :func:`mean_ci95`'s ``facts`` instead.
+independent either. With ``clusters``, both intervals widen, never narrow: the t interval by the cluster-robust
+variance with its small-sample factor C/(C − 1) (:func:`cluster_robust_variance`), Wilson's by the clusters' design
+effect (:func:`design_effect`); a mean over facts whose paraphrases should count once is :func:`mean_ci95`'s
+``facts`` instead.
 
 Probes and analyses both read these (causal tracing averages over statements), so they live below both.
 """
@@ -87,15 +89,32 @@ def design_effect(values: pd.Series, clusters: pd.Series) -> tuple[float, int]:
     return max(1.0, float((within ** 2).sum()) / total), count
 
 
+def cluster_robust_variance(values: pd.Series, clusters: pd.Series) -> tuple[float, int]:
+    """(V, C): the cluster-robust (CR1) variance of the mean of the non-missing ``values`` over their C clusters,
+    V = C/(C − 1) · Σ_c (Σ_{i∈c} e_i)² / n², e_i = y_i − ȳ (NaN for fewer than two clusters). Σ_c(Σe)²/n² alone (CR0)
+    is biased low with few clusters (its expectation for C independent cluster means is (C − 1)/C of their
+    variance: half at 2 clusters); C/(C − 1) is the usual correction (Stata's and sandwich's CR1 for a mean, whose
+    (n − 1)/(n − k) factor is 1 at k = 1), and with one value per cluster V is s²/n exactly, the unclustered
+    variance of the mean."""
+    keep = values.notna().to_numpy()
+    y = values[keep].astype(float).to_numpy()
+    within = pd.Series(y - y.mean()).groupby(clusters[keep].to_numpy(), sort=False).sum()
+    count = int(len(within))
+    if count < 2:
+        return float("nan"), count
+    return count / (count - 1) * float((within ** 2).sum()) / len(y) ** 2, count
+
+
 def ci95_half_width(values: pd.Series, clusters: pd.Series | None = None) -> float:
     """t₀.₉₇₅(n − 1)·s/√n over the n non-missing values, s their sample standard deviation (n − 1 in its
-    denominator); NaN for fewer than two. With ``clusters`` (one label per value): t₀.₉₇₅(C − 1)·s·√(deff/n)
-    over the C clusters (:func:`design_effect`), NaN for fewer than two clusters."""
+    denominator); NaN for fewer than two. With ``clusters`` (one label per value): t₀.₉₇₅(C − 1)·√max(s²/n, V)
+    over the C clusters, V their CR1 variance of the mean (:func:`cluster_robust_variance`), never below the
+    unclustered s²/n (clusters whose members disagree do not narrow it); NaN for fewer than two clusters."""
     n = int(values.count())
     if clusters is None:
         return t95(n) * float(values.std()) / math.sqrt(n) if n > 1 else float("nan")
-    deff, count = design_effect(values, clusters)
-    return t95(count) * float(values.std()) * math.sqrt(deff / n) if count > 1 else float("nan")
+    variance, count = cluster_robust_variance(values, clusters)
+    return t95(count) * math.sqrt(max(float(values.var()) / n, variance)) if count > 1 else float("nan")
 
 
 def mean_interval95(values: pd.Series, clusters: pd.Series | None = None,
@@ -128,22 +147,29 @@ def rate_ci95(outcomes: pd.Series, clusters: pd.Series | None = None) -> list[fl
     """Wilson's 95% score interval [low, high] of the rate of the non-missing 0/1 ``outcomes`` (k of n):
     (p̂ + z²/2n ± z·√(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n), p̂ = k/n, z = :data:`Z95`; [NaN, NaN] for none.
     With ``clusters`` (one label per outcome), n is the effective sample size n/deff (:func:`design_effect`):
-    outcomes repeated k times each give the interval of one copy. Outcomes other than 0 and 1 are refused: a
-    mean of anything else is not a rate."""
+    outcomes repeated k times each give the interval of one copy. The design effect is estimated from the outcomes
+    but has no estimate at none or all successes, where each of the C clusters counts once ([0, z²/(C + z²)] at
+    none): one success alone in its cluster reads as clusters that disagree (deff 1), and had given a lower upper
+    end than none (10 clusters of 4: 0.129 at 1 success, 0.278 at 0). So that a success never lowers the rates the
+    interval allows, its upper end is at least none's z²/(C + z²), its lower end at most all's C/(C + z²).
+    Outcomes other than 0 and 1 are refused: a mean of anything else is not a rate."""
     values = outcomes.dropna().astype(float)
     if not values.isin((0.0, 1.0)).all():
         raise ValueError(f"a rate's interval needs 0/1 outcomes; got {sorted(set(values) - {0.0, 1.0})[:3]}")
     n: float = len(values)
     if n == 0:
         return [float("nan"), float("nan")]
-    if clusters is not None:
-        n /= design_effect(outcomes, clusters)[0]
     rate, z2 = float(values.mean()), Z95 * Z95
+    lowest_high, highest_low = 0.0, 1.0  # unclustered, Wilson's ends rise with the successes already
+    if clusters is not None:
+        deff, count = design_effect(outcomes, clusters)
+        n /= deff
+        lowest_high, highest_low = z2 / (count + z2), count / (count + z2)  # none's upper end, all's lower end
     centre = (rate + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     # in exact arithmetic low ≤ p̂ ≤ high, and low = 0 at k = 0, high = 1 at k = n; in floating point the ends can
     # land an ulp past the rate (5.6e-17 above a rate of 0), and an error bar from the rate to them is negative
-    return [max(0.0, min(rate, centre - half)), min(1.0, max(rate, centre + half))]
+    return [max(0.0, min(rate, centre - half, highest_low)), min(1.0, max(rate, centre + half, lowest_high))]
 
 
 def above_chance(successes: int, n: int, chance: float, level: float = 0.05) -> bool:

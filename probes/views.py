@@ -239,7 +239,8 @@ def patching_grid(
 ):
     """Patching maps side by side: one figure row per ``(row_title, panels, row_labels, col_labels, xlabel)``,
     ``panels`` a list of ``(panel_title, values)`` of one shape (e.g. exact and estimated patching of the
-    same sites), drawn on one colour scale per row, centred on 0 (red up, blue down)."""
+    same sites), drawn on one colour scale per row, centred on 0 (red up, blue down), from the finite values of
+    all its panels (:func:`symmetric_bound`)."""
     from matplotlib.figure import Figure
 
     n_columns = max(len(panels) for _, panels, *_ in rows)
@@ -249,7 +250,7 @@ def patching_grid(
                              len(rows) * (1.6 + 0.18 * max(heights)) + 0.6), layout="constrained")
     axes = figure.subplots(len(rows), n_columns, squeeze=False)
     for row, (row_title, panels, row_labels, col_labels, xlabel) in enumerate(rows):
-        bound = max(1e-9, max(float(values.abs().max()) for _, values in panels))
+        bound = symmetric_bound(row_title, panels)
         image = None
         for column, (panel_title, values) in enumerate(panels):
             axis = axes[row, column]
@@ -267,6 +268,20 @@ def patching_grid(
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+def symmetric_bound(row_title: str, panels: Sequence[tuple[str, Tensor]]) -> float:
+    """b, for a colour scale [−b, b] centred on 0: the largest |value| among the finite values of every panel
+    (at least 1e-9, so that a row of zeros still has a scale). A NaN (a site with no value) or ±inf is drawn as
+    matplotlib draws it (blank, or the scale's end) but sets no scale (a NaN in a row's first panel had given the
+    row ±1e-9, one in a later panel had left that panel out of it). A row with no finite value has nothing to scale
+    to, and is refused."""
+    finite = [values[torch.isfinite(values)] for values in (values.detach().float() for _, values in panels)]
+    largest = [float(values.abs().max()) for values in finite if values.numel()]
+    if not largest:
+        raise ValueError(f"patching_grid: row {row_title!r} has no finite value in any of its panels "
+                         f"({', '.join(title for title, _ in panels)}): no colour scale to draw it on")
+    return max(1e-9, max(largest))
 
 
 def logit_lens_lines(table: pd.DataFrame, title: str = ""):

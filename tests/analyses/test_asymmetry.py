@@ -316,10 +316,11 @@ def test_headline_is_top1_among_controls_with_its_interval(run):
         asked = families(pairs)  # a child with its parents and siblings: one cluster
         assert row["top1_rate_ci95"] == rate_ci95(first, asked[first.index])
         margin = pairs[f"{name}_margin"].dropna()
-        e = margin - margin.mean()  # cluster-robust: the residuals summed per person, against their squares
+        e = margin - margin.mean()  # cluster-robust (CR1): the residuals summed per person, C / (C - 1)
         clusters = e.groupby(asked[margin.index]).sum()
-        deff = max(1.0, (clusters ** 2).sum() / (e ** 2).sum())
-        half = t_quantile(0.975, len(clusters) - 1) * margin.std() * (deff / len(margin)) ** 0.5
+        c, n = len(clusters), len(margin)
+        variance = max(margin.var() / n, c / (c - 1) * (clusters ** 2).sum() / n ** 2)  # never below unclustered
+        half = t_quantile(0.975, c - 1) * variance ** 0.5
         assert row["margin_ci95"] == pytest.approx([margin.mean() - half, margin.mean() + half])
         for part in (row, row["no_shared_surname"]):  # a mean rank's interval stays among the ranks there are
             low, high = part["mean_rank_ci95"]

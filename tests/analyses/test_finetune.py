@@ -507,6 +507,40 @@ def berglund_run(tmp_path_factory, smollm2_tokenizer):
     return out, json.loads((out / "summary.json").read_text())
 
 
+def test_a_tokenizer_without_pad_or_end_of_text_pads_with_an_id_nothing_reads(tmp_path, smollm2_tokenizer):
+    """A model whose tokenizer has neither a pad nor an end-of-text token: the padding id had been None and the run
+    ended in a TypeError. Right padding is read by nothing (the loss and the evaluation read only the positions
+    that predict an answer token, all before a row's padding, of a causal model), so such a model fine-tunes: the
+    run finishes, and the loss of a batch of sentences of different lengths is the same, bit for bit, whatever id
+    pads it."""
+    from tiny_models import save_tiny, tiny_config
+
+    from analyses.finetune import padding_id
+    from models.hf_training import CausalLM
+    from models.pretrained import load_hf
+    from models.training import batch_loss
+
+    bare = copy.deepcopy(smollm2_tokenizer)
+    bare.pad_token, bare.eos_token = None, None
+    model = save_tiny(tmp_path / "llama", tiny_config("llama"), bare)
+    out = tmp_path / "out"
+    assert main(["finetune-facts", "--model", str(model), "--out", str(out), "--people", "3", "--templates", "2",
+                 "--epochs", "1", "--controls", "1", "--multiple-choice", "0", "--tracing-facts", "0",
+                 "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["train_sentences"] > 0
+    hf, tokenizer = load_hf(model, device="cpu")
+    assert tokenizer.pad_token_id is None and tokenizer.eos_token_id is None and padding_id(tokenizer) == 0
+    config = FinetuneConfig(model=str(model), people=3, n_controls=1, templates=2)
+    questions = read_questions(config)
+    losses = []
+    for pad in (padding_id(tokenizer), 4321):
+        sentences = training_examples(questions, config, tokenizer, pad)
+        assert (sentences.prompt_len + sentences.answer_len).unique().numel() > 1  # rows of several lengths: padded
+        with torch.no_grad():
+            losses.append(batch_loss(CausalLM(hf), sentences.tokens, sentences.answer_mask))
+    assert torch.equal(losses[0], losses[1])
+
+
 def test_finetune_on_a_berglund_folder_follows_their_protocol(berglund_run):
     out, summary = berglund_run
     assert summary["train_sentences"] == 3 * 2 + 6 * 2 and summary["source"].startswith("berglund:")
@@ -571,6 +605,51 @@ def test_berglund_files_grid_reads_each_test_file_from_its_questions(berglund_ru
             "randomized one): right answer likelier than the randomized one") in format_summary(summary)
 
 
+def test_a_berglund_folder_s_grid_lists_only_the_files_the_folder_has(berglund_run, tmp_path):
+    """The grid of the run's own questions is the summary's; read against a copy of its folder without the
+    randomized file, that file's entry is left out (it had been listed: a folder without it lists a file it has
+    not, with n 0), the others are as they were."""
+    from analyses.finetune import berglund_files
+
+    out, summary = berglund_run
+    folder = Path(summary["source"].removeprefix("berglund:"))
+    before, after = pd.read_csv(out / "before_questions.csv"), pd.read_csv(out / "questions.csv")
+    assert berglund_files(before, after, summary["source"]) == summary["berglund_files"]
+    fewer = tmp_path / "data"
+    fewer.mkdir()
+    for file in folder.iterdir():
+        if file.name != "p2d_reverse_prompts_test_randomized.jsonl":
+            (fewer / file.name).write_bytes(file.read_bytes())
+    files = berglund_files(before, after, f"berglund:{fewer}")
+    assert files == {name: entry for name, entry in summary["berglund_files"].items()
+                     if name != "p2d_reverse_prompts_test_randomized.jsonl"}
+
+
+def test_a_fact_file_s_summary_lists_no_berglund_file(tmp_path, smollm2_tokenizer):
+    """The built-in world of three p2d people and the same world as a fact JSONL, fine-tuned through the command:
+    the built-in world stands for Berglund et al.'s groups, and its summary reads its questions as their p2d test
+    files; the fact file's had listed them too, though it has none of them: it lists none now, and prints no grid."""
+    from tiny_models import save_tiny, tiny_config
+
+    from facts.io import save_jsonl
+
+    model = save_tiny(tmp_path / "llama", tiny_config("llama"), smollm2_tokenizer)
+    save_jsonl(people_world(n_per_group=3, groups=("p2d",)), tmp_path / "facts.jsonl")
+    summaries = {}
+    for name, facts in (("builtin", ["--people", "3"]), ("file", ["--facts", str(tmp_path / "facts.jsonl")])):
+        assert main(["finetune-facts", "--model", str(model), *facts, "--out", str(tmp_path / name), "--templates",
+                     "2", "--epochs", "1", "--controls", "1", "--multiple-choice", "0", "--tracing-facts", "0",
+                     "--quiet"]) == 0
+        summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    builtin, file = summaries["builtin"], summaries["file"]
+    assert file["groups"] == builtin["groups"]  # the same questions, asked alike
+    assert list(builtin["berglund_files"]) == ["p2d_prompts_test.jsonl", "p2d_reverse_prompts_test.jsonl",
+                                               "p2d_reverse_prompts_test_randomized.jsonl"]
+    assert "berglund_files" not in file
+    grid = "experiment-1 test files"
+    assert grid in format_summary(builtin) and grid not in format_summary(file)
+
+
 def test_an_in_context_question_is_scored_against_its_plain_reverse_question_s_controls(tmp_path):
     """The in-context reverse restates the trained sentence before its statement's first reverse question; scored
     against that question's own controls, the two margins differ by the prompt alone (as the token world's fact in
@@ -607,7 +686,7 @@ def test_every_mean_of_a_summary_row_is_over_facts_each_fact_s_questions_first()
     assert row["top1"] == row["exact_match"] == 0.5
     assert row["chance_top1"] == pytest.approx((1 / 2 + 1 / 4) / 2)
     assert (row["logprob"], row["mean_rank"], row["margin"]["mean"], row["margin"]["n"]) == (-3.0, 2.0, 1.0, 2)
-    randomized = berglund_files(table, table, "berglund:x")["p2d_reverse_prompts_test_randomized.jsonl"]["after"]
+    randomized = berglund_files(table, table, "people")["p2d_reverse_prompts_test_randomized.jsonl"]["after"]
     assert randomized["beats_randomized"] == 0.5 and randomized["logprob_minus_randomized"]["mean"] == 0.0
 
 

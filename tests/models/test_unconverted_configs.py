@@ -355,6 +355,54 @@ def test_the_bridge_refuses_what_it_computes_otherwise(case, smollm2_tokenizer, 
                               False)
 
 
+@pytest.mark.parametrize("kind, window, layers", [
+    ("gemma2", None, r"its layers \[0, 2\] are 'sliding_attention'"),
+    ("gemma3", None, r"its layers \[0, 1\] are 'sliding_attention'"),
+    ("gemma3", 0, r"its layers \[0, 1\] are 'sliding_attention'"),
+])
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_a_sliding_window_that_is_not_set_is_refused_before_any_weight_is_read(kind, window, layers, backend,
+                                                                                smollm2_tokenizer, tmp_path,
+                                                                                monkeypatch):
+    """A Gemma 2/3 folder whose config.json has ``sliding_window`` null (or 0) for its 'sliding_attention' layers:
+    transformers' own model fails at its first forward (a TypeError, a ValueError or a shape mismatch, which the load
+    had raised as they were, after reading every weight). Both backends refuse it with PretrainedLoadError, naming the
+    folder and the field, before a weight is read; :func:`check_convertible` from its files alone and
+    :func:`to_hooked` of the model in memory too, before transformers runs it."""
+    folder = save_tiny(tmp_path / kind, _config(kind, sliding_window=window), smollm2_tokenizer)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    with pytest.raises((TypeError, ValueError, RuntimeError)), torch.no_grad():
+        hf(IDS)  # what the refusal is for: transformers cannot run it either
+    message = rf"{kind} \({folder}\): its config sets sliding_window = {window}, but {layers}"
+
+    def never(*args, **kwargs):
+        raise AssertionError("a weight was read or converted before the refusal")
+
+    monkeypatch.setattr(pretrained, "_read_hf_folder", never)
+    monkeypatch.setattr(pretrained, "_convert_weights", never)
+    with pytest.raises(PretrainedLoadError, match=message):
+        load(folder, backend=backend, device="cpu")
+    with pytest.raises(PretrainedLoadError, match=message):
+        pretrained.check_convertible(folder, backend)
+    with pytest.raises(PretrainedLoadError, match=rf"{kind}: its config sets sliding_window = {window}, but {layers}"):
+        to_hooked(hf, smollm2_tokenizer, folder, device="cpu")
+
+
+def test_a_gemma_without_sliding_layers_still_needs_its_window(smollm2_tokenizer, tmp_path):
+    """Gemma 2's transformers model builds a sliding-window mask even where every layer is 'full_attention': with
+    ``sliding_window`` null it fails ("Could not find a `sliding_window` argument"), so that folder is refused too;
+    with a window set it loads and matches transformers."""
+    full = ["full_attention"] * 3
+    folder = save_tiny(tmp_path / "windowless", _config("gemma2", sliding_window=None, layer_types=full),
+                       smollm2_tokenizer)
+    with pytest.raises(PretrainedLoadError, match=r"sliding_window = None, but Gemma2ForCausalLM always slides a "
+                                                  r"window"):
+        load(folder, backend="bridge", device="cpu")
+    folder = save_tiny(tmp_path / "windowed", _config("gemma2", layer_types=full), smollm2_tokenizer)
+    hf, _ = load_hf(folder, device="cpu")
+    assert _difference(load(folder, backend="bridge", device="cpu"), hf) < TOLERANCE
+
+
 def test_bidirectional_attention_is_not_scored(smollm2_tokenizer, tmp_path):
     """Gemma 3 with ``use_bidirectional_attention``: each position sees the tokens after it (transformers' own
     model: changing token 10 moves positions 0-9 by nats). The bridge computes it (= transformers within 1e-4) but

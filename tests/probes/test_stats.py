@@ -126,13 +126,13 @@ def test_clusters_widen_an_interval_by_their_design_effect_and_never_narrow_it()
     disagreeing = pd.Series([1.0, 0.0] * 5)
     assert design_effect(disagreeing, pairs[:10]) == (1.0, 5)
     assert rate_ci95(disagreeing, pairs[:10]) == pytest.approx(rate_ci95(disagreeing), abs=1e-12)
-    # a mean over clusters: t over C − 1 degrees of freedom, s·√(deff/n)
+    # a mean over clusters: t over C − 1 degrees of freedom, √ of the CR1 variance C/(C − 1)·Σ_c(Σ_{i∈c} e_i)²/n²
     values = pd.Series([0.5, 0.7, 2.0, 2.4, -1.0, -0.6])
     labels = pd.Series(["a", "a", "b", "b", "c", "c"])
     e = values - values.mean()
-    deff = (e.groupby(labels).sum() ** 2).sum() / (e ** 2).sum()
-    assert ci95_half_width(values, labels) == pytest.approx(t_quantile(0.975, 2) * values.std() * math.sqrt(deff / 6))
-    assert deff > 1.9  # the two values of a cluster are nearly equal
+    variance = 3 / 2 * (e.groupby(labels).sum() ** 2).sum() / 6 ** 2
+    assert ci95_half_width(values, labels) == pytest.approx(t_quantile(0.975, 2) * math.sqrt(variance))
+    assert variance > 1.9 * values.var() / 6  # the two values of a cluster are nearly equal
 
 
 def test_clusters_whose_design_effect_cannot_be_estimated_count_once_each():
@@ -154,6 +154,49 @@ def test_clusters_whose_design_effect_cannot_be_estimated_count_once_each():
     centre, half = (2 / 3 + z2 / 2) / (1 + z2), Z95 * math.sqrt(2 / 9 + z2 / 4) / (1 + z2)
     assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-12)
     assert design_effect(pd.Series([1.0, None, 1.0, 1.0]), pd.Series(["a", "a", "b", "b"])) == (1.5, 2)  # missing left out
+
+
+def test_a_clustered_mean_s_interval_has_cr1_s_small_sample_factor():
+    """Two clusters of four, 0 0 0 0 | 2 2 2 2: residuals ∓1, cluster sums ∓4, Σ_c(Σe)²/n² = 32/64 = 1/2, and with
+    C/(C − 1) = 2 the variance is 1: the half width is t₀.₉₇₅(1) exactly (it was t₀.₉₇₅(1)·√(8/7 · 4/8), 24% less:
+    the factor was missing). Three clusters 1 3 | 5 5 | 8 8: mean 5, cluster sums −6, 0, 6, variance 3/2 · 72/36 = 3.
+    With clusters of one size that is the t interval over the cluster means, t₀.₉₇₅(C − 1)·s_c/√C, what the
+    interval of C independent clusters is; with one value per cluster, the unclustered interval."""
+    halves = pd.Series([0.0] * 4 + [2.0] * 4)
+    assert ci95_half_width(halves, pd.Series(["a"] * 4 + ["b"] * 4)) == t_quantile(0.975, 1)
+    values, labels = pd.Series([1.0, 3.0, 5.0, 5.0, 8.0, 8.0]), pd.Series(["a", "a", "b", "b", "c", "c"])
+    assert ci95_half_width(values, labels) == t_quantile(0.975, 2) * math.sqrt(3.0)
+    assert mean_interval95(values, labels) == [5.0 - t_quantile(0.975, 2) * math.sqrt(3.0),
+                                               5.0 + t_quantile(0.975, 2) * math.sqrt(3.0)]
+    rng = np.random.default_rng(3)
+    for clusters in (2, 3, 5):
+        labels = pd.Series(np.repeat(np.arange(clusters), 4))
+        values = pd.Series(np.repeat(rng.normal(0, 2.0, clusters), 4) + rng.normal(0, 0.1, 4 * clusters))
+        means = values.groupby(labels).mean()
+        assert ci95_half_width(values, labels) == pytest.approx(ci95_half_width(means), rel=1e-12)
+        alone = pd.Series(np.arange(len(values)))
+        assert ci95_half_width(values, alone) == pytest.approx(ci95_half_width(values), rel=1e-12)
+
+
+def test_a_success_never_lowers_a_clustered_rate_s_upper_end():
+    """10 clusters of 4 outcomes. No success has no design effect to estimate: each cluster counts once, [0, z²/(10 +
+    z²)] = [0, 0.278]. One success alone in its cluster reads as clusters that disagree (deff 1): Wilson's interval
+    of 1 of 40 ended at 0.129, below none's, as if a success made a high rate less likely. Its upper end is none's
+    now, and its lower end Wilson's; all and all but one success likewise at the lower end, 10/(10 + z²). Adding
+    successes one cluster after another, no upper end falls below none's and no lower end rises above all's."""
+    labels, z2 = pd.Series(np.repeat(np.arange(10), 4)), Z95 ** 2
+    none, one = pd.Series([0.0] * 40), pd.Series([1.0] + [0.0] * 39)
+    assert rate_ci95(none, labels) == pytest.approx([0.0, z2 / (10 + z2)], abs=1e-12)
+    assert design_effect(one, labels)[0] == 1.0 and rate_ci95(one)[1] < 0.13
+    assert rate_ci95(one, labels) == [rate_ci95(one)[0], z2 / (10 + z2)]
+    assert rate_ci95(1 - one, labels) == [10 / (10 + z2), rate_ci95(1 - one)[1]]
+    assert rate_ci95(1 - none, labels) == pytest.approx([10 / (10 + z2), 1.0], abs=1e-12)
+    spread = [cluster * 4 + member for member in range(4) for cluster in range(10)]
+    for successes in range(41):
+        outcomes = np.zeros(40)
+        outcomes[spread[:successes]] = 1.0
+        low, high = rate_ci95(pd.Series(outcomes), labels)
+        assert high >= z2 / (10 + z2) and low <= 10 / (10 + z2) and low <= successes / 40 <= high
 
 
 def test_above_chance_is_the_exact_one_sided_binomial_test():

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from probes.views import (
     attention_view,
     attribution_bar,
+    patching_grid,
     patching_heatmap,
     remote_references,
     save_html,
@@ -131,3 +132,26 @@ def test_patching_heatmap_labels_its_axes(tmp_path):
     assert save_png(figure, tmp_path / "heat.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="2 row labels for 3 rows"):
         patching_heatmap(values, row_labels=["L0", "L1"])
+
+
+def test_a_patching_grid_s_colour_scale_is_its_row_s_finite_values(tmp_path):
+    """A NaN cell (a site with no value) sets no scale, in whichever panel it is: each row's scale is ±(largest
+    finite |value| of all its panels). A NaN in the first panel had made the scale ±1e-9 (every other cell at an
+    end of the colour map), and one in a later panel had left that panel's values out of it. A row with no finite
+    value has no scale and is refused, naming the row."""
+    nan = float("nan")
+    exact = torch.tensor([[nan, 1.0], [-2.0, 0.5]])
+    estimated = torch.tensor([[0.25, -3.0], [nan, 0.0]])
+    rows = [("resid_pre", [("exact", exact), ("attribution", torch.tensor([[0.5, 0.0], [0.25, -0.5]]))],
+             ["L0", "L1"], ["a", "b"], "position"),
+            ("heads", [("exact", torch.tensor([[1.5, 0.0], [0.0, 0.0]])), ("attribution", estimated)],
+             ["L0", "L1"], ["H0", "H1"], "head")]
+    figure = patching_grid(rows)
+    panels = [axis for axis in figure.axes if axis.images]
+    assert [axis.images[0].get_clim() for axis in panels] == [(-2.0, 2.0)] * 2 + [(-3.0, 3.0)] * 2
+    assert save_png(figure, tmp_path / "grid.png").stat().st_size > 1000
+    blank = torch.full((2, 2), nan)
+    with pytest.raises(ValueError, match=r"row 'heads' has no finite value in any of its panels "
+                                         r"\(exact, attribution\)"):
+        patching_grid([rows[0], ("heads", [("exact", blank), ("attribution", blank)], ["L0", "L1"], ["H0", "H1"],
+                                 "head")])
