@@ -205,9 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"one of {', '.join(EXPERIMENTS)} (or give --file, or rerun OUT's sweep.toml)")
     sweep.add_argument("--out", type=_out_path, required=True,
                        help="sweep folder: sweep.toml, trials/<key=value,...,seed=S>/, aggregate.csv, sweep.png")
-    sweep.add_argument("--seeds", default=None, help="seeds: 0-4, 0,3,7 or 0-2,10 (default 0-4)")
+    sweep.add_argument("--seeds", default=None, help="seeds: 0-4, 0,3,7 or 0-2,10 (default 0-4, or OUT's sweep's)")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                       help="an option of the experiment and its values, e.g. model=one-layer,tiny (repeatable)")
+                       help="an option of the experiment and its values, e.g. model=one-layer,tiny (repeatable; "
+                            "default: none, or OUT's sweep's grid)")
     sweep.add_argument("--file", type=Path, default=None, help="a sweep.toml (experiment, seeds, [grid]) instead")
     sweep.add_argument("--address", default=None,
                        help="a Ray cluster: host:port of its head, ray://host:port (needs ray[client]) or auto "
@@ -217,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--threads-per-trial", type=_positive_int, default=None,
                        help="torch threads per trial (default: --threads, else 1)")
     sweep.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0,
-                       help="GPUs per trial, at most 1 (default 0: CPU; 0.5: two trials share a GPU)")
+                       help="GPUs per trial, at most 1 (default 0: CPU, or what OUT's sweep reserved; 0.5: two "
+                            "trials share a GPU)")
     sweep.add_argument("--retries", type=_non_negative_int, default=3,
                        help="reruns of a trial whose runner died (default 3)")
 
@@ -471,7 +473,6 @@ def _report(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from analyses import sweep as sweeps
 
-    saved = args.out / sweeps.SWEEP_FILE
     threads = args.threads_per_trial or args.threads or 1  # torch runs only in the trials: --threads is theirs
     if args.threads is not None and args.threads_per_trial is not None and args.threads != args.threads_per_trial:
         raise sweeps.SweepError(f"--threads {args.threads} and --threads-per-trial {args.threads_per_trial}: a sweep's "
@@ -480,14 +481,10 @@ def _sweep(args: argparse.Namespace) -> int:
         raise sweeps.SweepError("give the sweep either as --file or as EXPERIMENT --seeds --grid, not both")
     if args.file is not None:
         sweep = sweeps.read_sweep_file(args.file)
-    elif args.experiment is not None:
-        sweep = sweeps.make_sweep(args.experiment, "0-4" if args.seeds is None else args.seeds, args.grid)
-    elif saved.is_file() and args.seeds is None and not args.grid:
-        sweep = sweeps.read_sweep_file(saved)
-    else:
-        raise sweeps.SweepError(f"name the EXPERIMENT to sweep (or give --file; {saved} does not exist to rerun)")
-    resources = sweeps.Resources(address=args.address, workers=args.workers, threads=threads,
-                                 gpus=args.gpus_per_trial, retries=args.retries)
+    else:  # what is left out is OUT's own sweep's, where it holds one
+        sweep = sweeps.sweep_for(args.out, args.experiment, args.seeds, args.grid)
+    resources = sweeps.reserved(sweep, sweeps.Resources(address=args.address, workers=args.workers, threads=threads,
+                                                        gpus=args.gpus_per_trial, retries=args.retries))
     sweeps.check_resources(resources)
     _check_grid_points(sweep, on_cluster=args.address is not None)
     if args.address:
@@ -540,9 +537,11 @@ def _reproduce_all_seeds(args: argparse.Namespace) -> int:
         raise ValueError("--finetuned with --seeds: give one folder (it joins every seed's mitigations table)")
     resources = sweeps.Resources(workers=args.workers, threads=args.threads or 1)
     sweeps.check_resources(resources, ("--workers", "--threads"))
-    plans = {name: sweeps.make_sweep(name, f"0-{args.seeds - 1}", [f"finetuned={args.finetuned[0]}"]
-                                     if name == "mitigations" and args.finetuned else [])
+    plans = {name: sweeps.make_sweep(name, f"0-{args.seeds - 1}", [], {"finetuned": args.finetuned[0]}
+                                     if name == "mitigations" and args.finetuned else None)
              for name in args.experiments or REPRODUCE_ALL}
+    for name, plan in plans.items():  # before Ray starts: a folder holding another sweep is refused
+        sweeps.check_folder(plan, args.out / name)
     failed = []
     with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources) as runners:
         for name, plan in plans.items():

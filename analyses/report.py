@@ -7,7 +7,9 @@ its new files beside the old ones); files the manifest marks ``kept`` (no run wr
 not shown. A folder without a summary whose subfolders are runs (``revlens reproduce all --out
 OUT`` writes ``OUT/<name>/``) is expanded into them, and runs nested inside a run (the sweeps'
 ``OUT/k2/``, ``OUT/rotary/``) follow their parent. Symbolic links to folders are never followed,
-and the report is never written inside a run folder.
+and the report is never written inside a run folder (:func:`run_holding`): one with a manifest, one with a
+``summary.json`` (a sweep's folder has no manifest, and its every file is read as the run's), or a sweep's folder
+before its ``summary.json``.
 
 What a run shows is read from its files, so new kinds of run render without code changes:
 
@@ -49,6 +51,7 @@ import pandas as pd
 
 from analyses.experiments import KINDS, TRACING_CAPTION
 from analyses.runfolder import MANIFEST, RunFolderError, check_run, is_inside_run, read_manifest
+from analyses.sweep import SWEEP_FILE
 from facts.io import write_text_atomic
 from probes.views import remote_references
 
@@ -495,16 +498,30 @@ def render_report(runs: Sequence[Run], max_rows: int = MAX_ROWS, title: str = "r
     return page
 
 
+def run_holding(path: Path) -> tuple[Path, str] | None:
+    """The nearest folder above ``path`` whose files are a run's, and the file that says so, or None: a manifest
+    (:func:`analyses.runfolder.is_inside_run`), a ``summary.json`` (a run to the report, whose every file, a report
+    written there too, it then reads as the run's: a sweep's folder has no manifest) or a ``sweep.toml`` (a sweep's
+    folder, whose ``summary.json`` comes last)."""
+    for folder in Path(path).absolute().parents:
+        marker = next((name for name in (MANIFEST, SUMMARY, SWEEP_FILE) if (folder / name).is_file()), None)
+        if marker is not None:
+            return folder, marker
+    return None
+
+
 def write_report(folders: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
                  max_rows: int = MAX_ROWS) -> list[Run]:
     """Check every run folder, render the page, then write it to ``out`` atomically; returns the runs."""
     out = Path(out)
     if out.is_dir():
         raise ReportError(f"{out}: is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
-    inside = is_inside_run(out)
+    inside = run_holding(out)
     if inside is not None:
-        raise ReportError(f"{out}: inside the run folder {inside}, whose files are the run's own (a report there "
-                          f"would replace them or be read as part of the run); write the report elsewhere")
+        folder, marker = inside
+        raise ReportError(f"{out}: inside the run folder {folder} (it holds {marker}), whose files are the run's own "
+                          f"(a report there would replace them or be read as part of the run); write the report "
+                          f"elsewhere")
     runs = find_runs(folders)
     page = render_report(runs, max_rows)
     write_text_atomic(out, page)

@@ -10,7 +10,10 @@ of :mod:`analyses.runfolder`) that ``report`` and ``compare`` read as they read 
 
 The sweep folder ``DIR`` holds (and is locked while a sweep writes it):
 
-* ``sweep.toml``: the experiment, seeds and grid, so ``revlens sweep --out DIR`` reruns it exactly;
+* ``sweep.toml``: the experiment, seeds, grid and GPUs per trial, so ``revlens sweep --out DIR`` (or ``revlens sweep
+  EXPERIMENT --out DIR``) reruns it exactly, reserving what its first run reserved (:func:`sweep_for`,
+  :func:`reserved`); a sweep that extends it (more seeds, more values) takes its place, reusing its finished trials,
+  and one that leaves out some of its trials is refused, naming what (:func:`check_folder`);
 * ``trials/<name>/``: one run folder per trial;
 * ``failures.jsonl``: one line per trial that failed in the latest sweep (its error), in the sweep's trial order;
 * ``aggregate.csv``: one row per grid point: ``n_seeds`` (its finished trials) and, for every measured number
@@ -48,7 +51,7 @@ import socket
 import sys
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Sequence
@@ -113,11 +116,13 @@ def _shown(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Sweep:
-    """An experiment, its seeds and a grid of its options (values typed as its parser types them)."""
+    """An experiment, its seeds and a grid of its options (values typed as its parser types them), and the GPUs each
+    of its trials reserves (``--gpus-per-trial``; 0: none), kept so that a rerun reserves them too."""
 
     experiment: str
     seeds: tuple[int, ...]
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    gpus_per_trial: float = 0.0
 
     def points(self) -> list[tuple[tuple[str, Any], ...]]:
         keys = list(self.grid)
@@ -203,10 +208,36 @@ def check_size(sweep: Sweep, where: str = "the sweep") -> Sweep:
     return sweep
 
 
-def make_sweep(experiment: str, seeds: str, grid: Sequence[str]) -> Sweep:
+def make_sweep(experiment: str, seeds: str, grid: Sequence[str], fixed: dict[str, Any] | None = None) -> Sweep:
+    """The sweep of ``experiment`` over ``seeds`` (as ``--seeds`` writes them) and ``grid`` (``--grid`` items, whose
+    values are split at commas). ``fixed``: options of one value each, taken whole and typed and checked as a grid's
+    (``reproduce all --seeds``'s ``--finetuned`` folder: a folder whose name holds a comma is one value, not two)."""
     if experiment not in EXPERIMENTS:
         raise SweepError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
-    return check_size(Sweep(experiment, parse_seeds(seeds), parse_grid(experiment, grid)))
+    typed = parse_grid(experiment, grid)
+    for key, value in (fixed or {}).items():
+        if key in typed:
+            raise SweepError(f"--{key} {value}: also given as --grid {key}=...; give it once")
+        typed[key] = (_typed(experiment, key, value, f"--{key} {value}"),)
+    return check_size(Sweep(experiment, parse_seeds(seeds), typed))
+
+
+def sweep_for(out: Path, experiment: str | None, seeds: str | None, grid: Sequence[str]) -> Sweep:
+    """The sweep ``revlens sweep [EXPERIMENT] [--seeds S] [--grid KEY=V1,V2 ...] --out DIR`` runs. Where ``DIR`` holds
+    a sweep (its ``sweep.toml``) and no other EXPERIMENT is named, what is left out is that sweep's: its experiment,
+    its seeds, its whole grid (when no ``--grid`` is given) and the GPUs its trials reserve; so ``revlens sweep --out
+    DIR`` and ``revlens sweep EXPERIMENT --out DIR`` rerun it as saved, its unfinished trials only. Elsewhere the seeds
+    are 0-4 and the grid empty. A sweep given that leaves out some of the trials of the one ``DIR`` holds is refused
+    by :func:`check_folder`."""
+    saved_file = out / SWEEP_FILE
+    saved = read_sweep_file(saved_file) if saved_file.is_file() else None
+    experiment = experiment or (saved.experiment if saved else None)
+    if experiment is None:
+        raise SweepError(f"name the EXPERIMENT to sweep (or give --file; {saved_file} does not exist to rerun)")
+    if saved is None or saved.experiment != experiment:
+        return make_sweep(experiment, "0-4" if seeds is None else seeds, grid)
+    return check_size(Sweep(experiment, saved.seeds if seeds is None else parse_seeds(seeds),
+                            parse_grid(experiment, grid) if grid else saved.grid, saved.gpus_per_trial))
 
 
 def _toml_value(value: Any) -> str:
@@ -221,25 +252,34 @@ def _toml_value(value: Any) -> str:
 
 
 def sweep_toml(sweep: Sweep) -> str:
-    """The sweep as TOML (read back by :func:`read_sweep_file`)."""
+    """The sweep as TOML (read back by :func:`read_sweep_file`); ``gpus_per_trial`` only where its trials reserve
+    GPUs."""
     lines = ["# revlens sweep: rerun with `revlens sweep --file sweep.toml --out DIR`",
              f"experiment = {_toml_value(sweep.experiment)}",
-             f"seeds = [{', '.join(map(str, sweep.seeds))}]", "", "[grid]"]
+             f"seeds = [{', '.join(map(str, sweep.seeds))}]"]
+    lines += [f"gpus_per_trial = {_toml_value(float(sweep.gpus_per_trial))}"] if sweep.gpus_per_trial else []
+    lines += ["", "[grid]"]
     lines += [f"{json.dumps(key)} = [{', '.join(map(_toml_value, values))}]" for key, values in sweep.grid.items()]
     return "\n".join(lines) + "\n"
 
 
 def read_sweep_file(path: Path) -> Sweep:
-    """A ``sweep.toml``: ``experiment``, ``seeds`` (a list, or a string like ``"0-4"``) and a
+    """A ``sweep.toml``: ``experiment``, ``seeds`` (a list, or a string like ``"0-4"``), optionally
+    ``gpus_per_trial`` (the GPUs each trial reserves, 0 to 1, as ``--gpus-per-trial`` gives them) and a
     ``[grid]`` table of value lists; every key and value is checked as ``--grid`` checks it."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise SweepError(f"{path}: not valid TOML ({error})") from None
-    unknown = set(data) - {"experiment", "seeds", "grid"}
+    unknown = set(data) - {"experiment", "seeds", "gpus_per_trial", "grid"}
     if unknown or not isinstance(data.get("experiment"), str):
-        raise SweepError(f"{path}: a sweep file holds experiment = \"NAME\", seeds = [...] and a [grid] table"
+        raise SweepError(f"{path}: a sweep file holds experiment = \"NAME\", seeds = [...], optionally "
+                         f"gpus_per_trial = G, and a [grid] table"
                          + (f"; unknown keys: {', '.join(sorted(unknown))}" if unknown else ""))
+    gpus = data.get("gpus_per_trial", 0.0)
+    if not (type(gpus) in (int, float) and 0 <= gpus <= 1):  # a bool is no number of GPUs; NaN fails both bounds
+        raise SweepError(f"{path}: gpus_per_trial = {gpus!r}: give the GPUs each trial reserves, a number from 0 to 1 "
+                         f"(as --gpus-per-trial)")
     experiment = data["experiment"]
     if experiment not in EXPERIMENTS:
         raise SweepError(f"{path}: unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
@@ -253,7 +293,7 @@ def read_sweep_file(path: Path) -> Sweep:
         raise SweepError(f"{path}: [grid] maps each option to a non-empty list of values")
     typed = {key: tuple(dict.fromkeys(_typed(experiment, key, v, f"{path}: grid.{key}") for v in values))
              for key, values in grid.items()}
-    return check_size(Sweep(experiment, seeds, typed), str(path))
+    return check_size(Sweep(experiment, seeds, typed, float(gpus)), str(path))
 
 
 # --- one trial ---------------------------------------------------------------------------------
@@ -470,8 +510,7 @@ class Runners:
         import ray
 
         self.workers, self.nodes = workers, {}
-        self._runner = ray.remote(TrialRunner).options(num_cpus=resources.threads, num_gpus=resources.gpus,
-                                                       max_restarts=-1, max_task_retries=resources.retries)
+        self._runner = ray.remote(TrialRunner).options(**runner_options(resources))
         self.actors = [self._runner.remote() for _ in range(workers)]
 
     def run(self, jobs: Sequence[tuple[Any, list[str], Path, bool]], running_dir: Path):
@@ -536,6 +575,14 @@ class Runners:
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+
+
+def runner_options(resources: Resources) -> dict[str, Any]:
+    """What Ray is asked for each :class:`TrialRunner` (``ray.remote(TrialRunner).options``): ``threads`` CPUs and
+    ``gpus`` GPUs, held while it lives (Ray shows a runner only the GPUs it reserved: with none, a trial on cuda finds
+    no device); brought back whenever its process dies, its trial retried ``retries`` times."""
+    return {"num_cpus": resources.threads, "num_gpus": resources.gpus, "max_restarts": -1,
+            "max_task_retries": resources.retries}
 
 
 def _ray_error_text(error: Exception) -> str:
@@ -653,12 +700,22 @@ def _lean_local_head():
         Node.__init__, Node.start_api_server = create, api_server
 
 
+def reserved(sweep: Sweep, resources: Resources) -> Resources:
+    """The resources ``sweep`` runs on: each trial reserves the GPUs given (``--gpus-per-trial``), else those the sweep
+    recorded when it ran before (:attr:`Sweep.gpus_per_trial`, from its ``sweep.toml``). That run set its trials to
+    ``device=cuda`` (:func:`with_resources`), and Ray shows a trial that reserves no GPU none (:func:`runner_options`):
+    a rerun reserves what the first run reserved, or every trial fails."""
+    return replace(resources, gpus=resources.gpus or sweep.gpus_per_trial)
+
+
 def with_resources(sweep: Sweep, resources: Resources) -> Sweep:
-    """The sweep as it runs on these resources: with GPUs, ``device=cuda`` joins the grid of an
-    experiment that has --device (Ray gives each trial its GPUs as ``cuda:0``…)."""
-    if resources.gpus and "device" in grid_options(sweep.experiment) and "device" not in sweep.grid:
-        return Sweep(sweep.experiment, sweep.seeds, {**sweep.grid, "device": ("cuda",)})
-    return sweep
+    """The sweep as it runs on these resources, recording the GPUs each trial reserves (for a rerun: :func:`reserved`):
+    with GPUs, ``device=cuda`` joins the grid of an experiment that has --device (Ray gives each trial its GPUs as
+    ``cuda:0``…)."""
+    grid = sweep.grid
+    if resources.gpus and "device" in grid_options(sweep.experiment) and "device" not in grid:
+        grid = {**grid, "device": ("cuda",)}
+    return replace(sweep, grid=grid, gpus_per_trial=resources.gpus)
 
 
 def local_gpus() -> int:
@@ -698,21 +755,56 @@ def _write_failures(out: Path, failures: list[dict[str, Any]]) -> None:
         (out / FAILURES).unlink(missing_ok=True)
 
 
-def prepare(sweep: Sweep, out: Path) -> None:
-    """Check ``out`` may hold this sweep, write its ``sweep.toml``; remove the sweep's own outputs
-    (a sweep cut short never leaves an aggregate, or a list of failures, of an earlier one behind)."""
-    from facts.io import write_text_atomic
+def dropped(saved: Sweep, given: Sweep) -> list[str]:
+    """What ``given`` leaves out of the ``saved`` sweep, one item each: another experiment, a seed, a grid key or a
+    value of one that it does not run, a grid key the saved sweep has not (its trials' folders do not name it), or
+    the grid's keys in another order (which names the trials' folders). Empty where ``given`` extends ``saved``
+    (more seeds, more values of its keys): every trial of the saved sweep is one of the given sweep's. The GPUs a
+    trial reserves change no number of it, so they are not compared."""
+    def shown(values) -> str:
+        return ", ".join(map(_shown, values))
 
+    if saved.experiment != given.experiment:
+        return [f"experiment {saved.experiment}, given {given.experiment}"]
+    found = [f"seeds {shown(s for s in saved.seeds if s not in given.seeds)} not given"] if set(saved.seeds) - set(
+        given.seeds) else []
+    for key in dict.fromkeys([*saved.grid, *given.grid]):
+        if key not in given.grid:
+            found.append(f"grid {key} {shown(saved.grid[key])}, given not set")
+        elif key not in saved.grid:
+            found.append(f"grid {key} not set, given {shown(given.grid[key])}")
+        elif set(saved.grid[key]) - set(given.grid[key]):
+            found.append(f"grid {key} {shown(v for v in saved.grid[key] if v not in given.grid[key])} not given")
+    if not found and list(saved.grid) != list(given.grid):
+        found.append(f"grid keys in the order {', '.join(saved.grid)}, given {', '.join(given.grid)}")
+    return found
+
+
+def check_folder(sweep: Sweep, out: Path) -> None:
+    """Refuse ``out`` where it holds a sweep (its ``sweep.toml``) of which ``sweep`` leaves something out
+    (:func:`dropped`), or files but no ``sweep.toml`` (no sweep folder). A sweep folder describes every trial in it:
+    a sweep that extends the saved one (more seeds, more values) takes its place and reuses its finished trials; one
+    that dropped some would leave trials the folder no longer describes, with nothing said of the change."""
     saved = out / SWEEP_FILE
     if saved.is_file():
-        previous = read_sweep_file(saved)
-        if previous.experiment != sweep.experiment:
-            raise SweepError(f"{out}: holds a sweep of {previous.experiment}, not {sweep.experiment}; "
-                             f"choose another --out")
+        left_out = dropped(read_sweep_file(saved), sweep)
+        if left_out:
+            raise SweepError(f"{out}: holds another sweep, of which this one leaves out some trials (its {SWEEP_FILE}: "
+                             f"{'; '.join(left_out)}); a sweep folder keeps every trial of the sweep it was made for: "
+                             f"rerun that one (revlens sweep --out {out}), extend it (more seeds or values of its "
+                             f"keys) or choose another --out")
     elif out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
         raise SweepError(f"{out}: holds files but no {SWEEP_FILE}, so it is not a sweep folder; choose an empty or "
                          f"new --out")
-    write_text_atomic(saved, sweep_toml(sweep))
+
+
+def prepare(sweep: Sweep, out: Path) -> None:
+    """Check ``out`` may hold this sweep (:func:`check_folder`), write its ``sweep.toml``; remove the sweep's own
+    outputs (a sweep cut short never leaves an aggregate, or a list of failures, of an earlier one behind)."""
+    from facts.io import write_text_atomic
+
+    check_folder(sweep, out)
+    write_text_atomic(out / SWEEP_FILE, sweep_toml(sweep))
     for name in (SUMMARY, AGGREGATE, FIGURE, FAILURES):
         (out / name).unlink(missing_ok=True)
     (out / TRIALS).mkdir(exist_ok=True)

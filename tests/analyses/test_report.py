@@ -257,6 +257,33 @@ def test_cli_refuses_a_missing_folder_with_exit_2(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_report_is_never_written_into_a_sweep_folder(tmp_path, capsys):
+    """A sweep's folder has a summary.json but no manifest, so `report --out SWEEP/report.html` was written there, and
+    the next `report --runs SWEEP` showed it as one of the sweep's own files (an iframe of the last page, and so on).
+    Like a run's folder it is refused as the report's place, by name; so is a sweep's folder before its first summary
+    (the sweep writes it last), and one not given to --runs."""
+    from analyses.sweep import Sweep, aggregate, prepare
+
+    sweep, other = tmp_path / "sweep", tmp_path / "other"
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({"experiment": "weight-dynamics", "final_entry": 0.9}))
+
+    def refused(runs, out, marker):
+        code = main(["report", "--runs", *map(str, runs), "--out", str(out)])
+        error = capsys.readouterr().err
+        assert code == 2 and f"{out}: inside the run folder {sweep} (it holds {marker})" in error, error
+        assert not out.exists()
+
+    prepare(Sweep("reversal", (0,), {"lr": (1e30,)}), sweep)
+    refused([other], sweep / "report.html", "sweep.toml")  # its summary not written yet
+    aggregate(Sweep("reversal", (0,), {"lr": (1e30,)}), sweep)
+    refused([sweep], sweep / "report.html", "summary.json")
+    refused([other], sweep / "trials" / "r.html", "summary.json")
+    assert main(["report", "--runs", str(sweep), "--out", str(tmp_path / "report.html")]) == 0
+    [run] = find_runs([sweep])
+    assert run.views == [] and run.others == ["sweep.toml", "trials/"]
+
+
 def test_a_registry_entry_is_all_the_report_needs(tmp_path, monkeypatch):
     """One experiment declared in analyses.experiments (title, prediction, files, own captions, formatter) renders
     without touching the report; a file its entry says every run writes, when missing, refuses the run."""

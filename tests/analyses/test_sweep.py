@@ -23,6 +23,8 @@ from tests_support import ROOT, revlens
 SMALL = ["--grid", "model=one-layer", "--grid", "pairs=30", "--grid", "eval-every=20"]
 """A one-layer model on 30 pairs: a trial trains in about a second."""
 KILLED = "model=one-layer,pairs=30,eval-every=20,steps=200,checkpoint-every=20,seed=0"
+TINY = ["model=one-layer", "pairs=20", "steps=2", "eval-every=2"]
+"""A sweep's --grid items of a one-layer model on 20 pairs for 2 steps: a trial runs in well under a second."""
 
 
 def _sweep(*args: str) -> subprocess.Popen:
@@ -149,6 +151,25 @@ def test_trials_no_node_can_hold_are_refused_not_left_waiting(cluster, tmp_path)
     assert "no node of the Ray session can hold a trial of 2 CPU(s) (the largest has 1 CPU(s)" in stderr, stderr
 
 
+def test_a_rerun_reserves_the_gpus_its_first_run_reserved(cluster, tmp_path, capsys):
+    """`sweep --gpus-per-trial 0.5` runs its trials on device=cuda, which joins the grid of its sweep.toml; `sweep --out
+    DIR` reran them reserving no GPU, and Ray shows a runner that reserves none no GPU, so every trial failed. The
+    rerun asks Ray for what the first run asked: this cluster has no GPU, so no node can hold its trials, and it says
+    so (before, its trials ran and failed on their device)."""
+    from analyses import sweep as sweeps
+
+    out = tmp_path / "sweep"
+    first = sweeps.Resources(address=cluster, gpus=0.5)
+    sweeps.prepare(sweeps.with_resources(make_sweep("reversal", "0", TINY), first), out)  # as the first run left it
+    assert read_sweep_file(out / "sweep.toml").grid["device"] == ("cuda",)
+    assert main(["sweep", "--out", str(out), "--address", cluster]) == 2
+    error = capsys.readouterr().err
+    assert "no node of the Ray session can hold a trial of 1 CPU(s) and 0.5 GPU(s)" in error, error
+    rerun = sweeps.reserved(sweeps.sweep_for(out, None, None, []), sweeps.Resources(address=cluster))
+    assert sweeps.runner_options(rerun) == sweeps.runner_options(first)
+    assert sweeps.runner_options(rerun)["num_gpus"] == 0.5
+
+
 def test_a_failing_trial_is_recorded_and_the_rest_finish(cluster_sweep):
     out, code, stdout, stderr = cluster_sweep
     assert code == 2 and "2 of 4 trials failed" in stderr and "rerun the same command" in stderr
@@ -220,8 +241,9 @@ def test_the_sweep_file_reads_back_as_written():
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "sweep.toml"
-        path.write_text(sweep_toml(sweep))
-        assert read_sweep_file(path) == sweep
+        for written in (sweep, Sweep(sweep.experiment, sweep.seeds, sweep.grid, gpus_per_trial=0.5)):
+            path.write_text(sweep_toml(written))
+            assert read_sweep_file(path) == written
     assert Trial((("lr", 1e-05), ("facts", "a/b c")), 2).name == "lr=1e-05,facts=a%2Fb%20c,seed=2"
 
 
@@ -253,6 +275,9 @@ def test_an_on_off_flag_is_a_grid_key_passed_when_on_and_left_out_when_off(tmp_p
     ("experiment = \"reversal\"\nseeds = 3\n", "seeds = 3: give a list of integers"),  # was a TypeError
     ("experiment = \"reversal\"\nseeds = [0, \"1\"]\n", "seeds = [0, '1']: give a list of integers"),
     (b"experiment = \"r\xe9versal\"\n", "sweep.toml: not valid TOML ('utf-8' codec"),  # named, not a bare codec error
+    ("experiment = \"reversal\"\ngpus_per_trial = 2\n", "gpus_per_trial = 2: give the GPUs each trial reserves, a "
+                                                        "number from 0 to 1"),
+    ("experiment = \"reversal\"\ngpus_per_trial = true\n", "gpus_per_trial = True: give the GPUs each trial"),
 ])
 def test_a_bad_sweep_file_is_refused_naming_it(text, message, tmp_path):
     from analyses.sweep import SweepError
@@ -349,6 +374,94 @@ def test_a_rerun_cut_short_keeps_the_records_of_the_trials_run_before(tmp_path):
     again = {r["trial"]: r for r in run_sweep(sweep, out, runners=InProcessRunners(), log=lambda line: None)["trials"]}
     assert again[kept] == {**first[kept], "status": "finished before"}
     assert again[removed]["status"] == "ran" and again[removed]["run_id"] != first[removed]["run_id"]
+
+
+def _no_ray(*_, **__):
+    raise AssertionError("Ray started: the sweep had trials to run")
+
+
+@pytest.fixture
+def saved_sweep(tmp_path, monkeypatch):
+    """(sweep, folder, its sweep.toml's bytes) of a finished `--grid` sweep of one trial, run in this process; Ray is
+    kept from starting after it (nothing of the saved sweep is left to run)."""
+    from analyses import sweep as sweeps
+
+    monkeypatch.setattr(sweeps, "_node_id", lambda: None)  # asking Ray would start a local Ray (seconds)
+    sweep, out = make_sweep("reversal", "0", TINY), tmp_path / "sweep"
+    sweeps.run_sweep(sweep, out, runners=InProcessRunners(), log=lambda line: None)
+    monkeypatch.setattr(sweeps, "ray_session", _no_ray)
+    return sweep, out, (out / "sweep.toml").read_bytes()
+
+
+def test_a_sweep_named_without_its_grid_reruns_the_sweep_its_folder_holds(saved_sweep, capsys):
+    """`revlens sweep EXPERIMENT --out DIR` without --grid, into the folder of an earlier `--grid` sweep, replaced its
+    sweep.toml by a sweep of seeds 0-4 and no grid (the trials kept, the aggregate rebuilt as the new sweep's): the
+    folder came to describe another sweep, unsaid, and Ray ran five new trials. What is left out is the saved sweep's,
+    as `revlens sweep --out DIR` reruns it: nothing left to run, the folder as it was."""
+    sweep, out, saved = saved_sweep
+    assert main(["sweep", "reversal", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert "sweep reversal: 1 trials, 1 finished before, 0 to run" in capsys.readouterr().out
+    assert (out / "sweep.toml").read_bytes() == saved
+    grid = json.loads((out / "summary.json").read_text())["config"]["grid"]
+    assert grid == {key: list(values) for key, values in sweep.grid.items()}
+
+
+@pytest.mark.parametrize("given, named", [
+    (["reversal", "--grid", "model=one-layer", "--grid", "pairs=20", "--grid", "steps=2"],
+     "(its sweep.toml: grid eval-every 2, given not set);"),
+    (["reversal", "--grid", "model=tiny", "--grid", "pairs=20", "--grid", "steps=2", "--grid", "eval-every=2"],
+     "(its sweep.toml: grid model one-layer not given);"),
+    (["reversal", *[item for pair in zip(["--grid"] * 5, [*TINY, "lr=0.001"]) for item in pair]],
+     "(its sweep.toml: grid lr not set, given 0.001);"),
+    (["reversal", "--grid", "pairs=20", "--grid", "model=one-layer", "--grid", "steps=2", "--grid", "eval-every=2"],
+     "(its sweep.toml: grid keys in the order model, pairs, steps, eval-every, given pairs, model, steps, eval-every);"),
+    (["chain"], "(its sweep.toml: experiment reversal, given chain);"),
+])
+def test_a_sweep_that_leaves_out_trials_of_its_folder_s_sweep_is_refused_naming_them(saved_sweep, given, named,
+                                                                                   capsys):
+    """A sweep folder describes every trial in it: another sweep given into it that leaves some of them out (a grid
+    key or a value it does not run, a key the trials' folders do not name, the keys in another order, another
+    experiment; only another experiment was refused before) rewrote its sweep.toml. It is refused, naming the folder
+    and what it leaves out, before Ray starts or the folder is touched."""
+    _, out, saved = saved_sweep
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["sweep", *given, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"revlens: error: {out}: holds another sweep, of which this one leaves out some trials {named}" in error
+    assert "rerun that one" in error, error
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert (out / "sweep.toml").read_bytes() == saved
+
+
+def test_a_sweep_that_extends_its_folder_s_sweep_reuses_its_trials(saved_sweep):
+    """More seeds and more values of the saved sweep's keys extend it: its sweep.toml becomes the larger sweep's, its
+    finished trial is reused and only the new ones run."""
+    from analyses import sweep as sweeps
+
+    sweep, out, _ = saved_sweep
+    extended = make_sweep("reversal", "0-1", ["model=one-layer,tiny", *TINY[1:]])
+    result = sweeps.run_sweep(extended, out, runners=InProcessRunners(), log=lambda line: None)
+    status = {record["trial"]: record["status"] for record in result["trials"]}
+    [reused] = sweep.trials()
+    assert status.pop(reused.name) == "finished before" and set(status.values()) == {"ran"} and len(status) == 3
+    assert read_sweep_file(out / "sweep.toml") == extended
+
+
+def test_reproduce_all_across_fewer_seeds_is_refused_before_ray_starts(tmp_path, monkeypatch, capsys):
+    """`reproduce all --seeds N` into an OUT whose sweeps ran more seeds rewrote each sweep.toml as it came to it, and
+    the folder no longer described its trials of the seeds left out; each folder is checked first, and one holding a
+    sweep of which this one leaves trials out is refused by name before Ray starts."""
+    from analyses import sweep as sweeps
+
+    sweeps.prepare(make_sweep("chain", "0-1", []), tmp_path / "all" / "chain")
+    saved = (tmp_path / "all" / "chain" / "sweep.toml").read_bytes()
+    monkeypatch.setattr(sweeps, "ray_session", _no_ray)
+    assert main(["reproduce", "all", "--experiments", "chain", "--seeds", "1", "--workers", "1",
+                 "--out", str(tmp_path / "all")]) == 2
+    error = capsys.readouterr().err
+    assert (f"{tmp_path / 'all' / 'chain'}: holds another sweep, of which this one leaves out some trials (its "
+            "sweep.toml: seeds 1 not given)") in error
+    assert (tmp_path / "all" / "chain" / "sweep.toml").read_bytes() == saved
 
 
 class ElsewhereRunners(InProcessRunners):
@@ -503,17 +616,42 @@ def test_the_sweep_figure_draws_every_headline_metric(tmp_path, monkeypatch):
 def one_finished_trial(tmp_path, experiment: str, grid: list[str], kind: str, summary: dict, seeds: str = "0"):
     """(sweep, trial, folder) of a sweep of ``experiment`` over one seed and one grid point, whose trial folder
     holds a run written through the command's own run folder (as main() enters it)."""
-    from analyses.cli import _run_folder, build_parser
-    from analyses.sweep import make_sweep
+    return finished_trial(tmp_path, make_sweep(experiment, seeds, grid), kind, summary)
 
-    sweep = make_sweep(experiment, seeds, grid)
+
+def finished_trial(out: Path, sweep: Sweep, kind: str, summary: dict):
+    """(sweep, trial, folder) of the one trial of ``sweep``, its folder ``out/trials/<name>`` holding a run written
+    through the command's own run folder (as main() enters it), its ``summary.json`` being ``summary``."""
+    from analyses.cli import _run_folder, build_parser
+
     [trial] = sweep.trials()
-    folder = tmp_path / "trials" / trial.name
+    folder = out / "trials" / trial.name
     args = build_parser().parse_args(trial.argv(sweep.experiment, folder, 1))
     args.argv = trial.argv(sweep.experiment, folder, 1)
     with _run_folder(args, folder, kind):
         (folder / "summary.json").write_text(json.dumps(summary))
     return sweep, trial, folder
+
+
+def test_reproduce_all_across_seeds_keeps_a_finetuned_folder_whose_name_holds_a_comma(tmp_path, capsys):
+    """`reproduce all --seeds N --finetuned DIR` handed the mitigations sweep `--grid finetuned=DIR`, whose values are
+    split at commas: a folder named `ft,run` became two grid points, folders `ft` and `run` that do not exist, whose
+    trials all failed. The folder is one value, whole: one grid point, whose trial (finished here, as a run of its own
+    command line) reads that folder, so nothing is left to run."""
+    from test_mitigations import _finetune_folder
+
+    from analyses.sweep import prepare
+
+    finetuned = _finetune_folder(tmp_path / "ft,run")
+    out = tmp_path / "all"
+    sweep = Sweep("mitigations", (0,), {"finetuned": (str(finetuned),)})
+    prepare(sweep, out / "mitigations")
+    _, trial, _ = finished_trial(out / "mitigations", sweep, "reproduce mitigations", {"experiment": "mitigations"})
+    assert main(["reproduce", "all", "--experiments", "mitigations", "--seeds", "1", "--finetuned", str(finetuned),
+                 "--workers", "1", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert "1 of 1 trials finished" in capsys.readouterr().out
+    assert read_sweep_file(out / "mitigations" / "sweep.toml") == sweep
+    assert [p.name for p in (out / "mitigations" / "trials").iterdir()] == [trial.name]
 
 
 def test_a_trial_whose_facts_changed_since_it_ran_is_run_again(tmp_path):
