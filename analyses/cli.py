@@ -537,7 +537,7 @@ def _reproduce_all_seeds(args: argparse.Namespace) -> int:
         raise ValueError("--finetuned with --seeds: give one folder (it joins every seed's mitigations table)")
     resources = sweeps.Resources(workers=args.workers, threads=args.threads or 1)
     sweeps.check_resources(resources, ("--workers", "--threads"))
-    plans = {name: sweeps.make_sweep(name, f"0-{args.seeds - 1}", [], {"finetuned": args.finetuned[0]}
+    plans = {name: sweeps.make_sweep(name, f"0-{args.seeds - 1}", [], {"finetuned": args.finetuned[0].absolute()}
                                      if name == "mitigations" and args.finetuned else None)
              for name in args.experiments or REPRODUCE_ALL}
     for name, plan in plans.items():  # before Ray starts: a folder holding another sweep is refused
@@ -573,7 +573,8 @@ def _reproduce_all_on_ray(args: argparse.Namespace, workers: int) -> int:
     for name in sorted(args.experiments or REPRODUCE_ALL, key=lambda name: -EXPERIMENTS[name].cpu_seconds):
         argv = ["reproduce", name, "--out", str(out / name), "--seed", str(args.seed), "--quiet",
                 "--threads", str(resources.threads), *(["--force"] if args.force else []),
-                *(["--finetuned", *map(str, args.finetuned)] if name == "mitigations" and args.finetuned else [])]
+                *(["--finetuned", *(str(Path(f).absolute()) for f in args.finetuned)]
+                  if name == "mitigations" and args.finetuned else [])]
         jobs.append((name, argv, out / name, False))
     failed = []
     with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources) as runners:

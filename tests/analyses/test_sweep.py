@@ -1,6 +1,7 @@
 """`revlens sweep` on real Ray: a worker killed mid-trial, a resumed sweep, a failing trial, a
 two-node local cluster, and bad input refused before anything starts."""
 
+import contextlib
 import json
 import math
 import os
@@ -942,3 +943,43 @@ def test_a_verdict_across_seeds_is_a_share_with_wilsons_interval():
     assert mixed["v.n"] == 2 and mixed["v.mean"] == 0.5 and 0 < mixed["v.ci95_low"] < 0.5 < mixed["v.ci95_high"] < 1
     same = metric_statistics("a", [1.0, 1.0, 1.0])
     assert (same["a.ci95_low"], same["a.ci95_high"]) == (1.0, 1.0)
+
+
+class RecordingRunners:
+    """Ray's runners as `reproduce all` sees them, recording each job's command line and failing it (nothing runs)."""
+
+    workers = 1
+
+    def __init__(self) -> None:
+        self.argvs = []
+
+    def run(self, jobs, running_dir):
+        for job, argv, folder, resumable in jobs:
+            self.argvs.append(argv)
+            yield job, {"exit_code": 1, "error": ["not run"]}
+
+    def aggregate(self, *args, **kwargs):
+        from analyses.sweep import aggregate
+
+        return aggregate(*args, **kwargs)
+
+
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "1"]])
+def test_reproduce_all_hands_its_runners_the_finetuned_folder_as_an_absolute_path(tmp_path, monkeypatch, seeds):
+    """`reproduce all --finetuned ft` handed the runners `--finetuned ft` as typed: a runner whose current folder is
+    another (a Ray worker on another node) read another folder or none. Every runner gets the folder's absolute path,
+    with --seeds (a sweep's grid value) and without."""
+    from test_mitigations import _finetune_folder
+
+    from analyses import sweep as sweeps
+
+    _finetune_folder(tmp_path / "ft")
+    monkeypatch.chdir(tmp_path)
+    runners = RecordingRunners()
+    monkeypatch.setattr(sweeps, "ray_session", lambda resources: contextlib.nullcontext(runners))
+    monkeypatch.setattr(sweeps, "_node_id", lambda: None)
+    assert main(["reproduce", "all", "--experiments", "mitigations", "chain", "--workers", "2", *seeds,
+                 "--finetuned", "ft", "--out", "all"]) == 2
+    [given] = [(argv[i + 1] if item == "--finetuned" else item.removeprefix("--finetuned="))
+               for argv in runners.argvs for i, item in enumerate(argv) if item.startswith("--finetuned")]
+    assert Path(given) == tmp_path / "ft", runners.argvs
