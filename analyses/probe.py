@@ -246,8 +246,8 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
                 backend: str = "hooked", templates: Mapping[str, Sequence[str]] | None = None) -> ProbedModel:
     """A trained checkpoint (token worlds) or a pretrained model (natural-language facts, in
     ``templates``' sentences or, for the built-in worlds, their own). A pretrained model whose circuits or
-    attribution would not be exact on ``backend`` (OLMo 2 on any; Gemma on a bridge) is refused from the
-    architecture its files declare, before any weight is read."""
+    attribution would not be exact on ``backend`` (OLMo 2 on any; the circuits of a Gemma on TransformerLens 3.9's
+    bridge) is refused from the architecture its files declare, before any weight is read."""
     if _is_checkpoint(model_path):
         model, checkpoint = load_trained(model_path, device)
         vocab = TokenVocab()
@@ -259,8 +259,9 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
 
     with one_parse(model_path):  # a GGUF's metadata read once, for the architecture and then the load
         architecture, name = declared_architecture(model_path), resolve(model_path).name
-        check_circuits_architecture(name, architecture)  # before any weight is read: OLMo 2 on any backend,
-        check_attribution_architecture(name, architecture, gives_hooked_transformer(backend))  # Gemma's bridge
+        hooked = gives_hooked_transformer(backend)  # before any weight is read: OLMo 2 on any backend, a Gemma's
+        check_circuits_architecture(name, architecture, hooked)  # circuits on 3.9's bridge, Granite's attribution
+        check_attribution_architecture(name, architecture, hooked)
         model = load(model_path, backend=backend, device=device)  # with its tokenizer, BOS as the files declare
     return pretrained_probed(model, model.tokenizer, facts.world, {"backend": wrapper_name(model)}, templates)
 
@@ -284,7 +285,7 @@ def _norm_note(model: Any) -> str:
     """Title lines for models whose heads write through a norm after attention (Gemma 2/3) and for models that
     cap their logits (Gemma 2), whose terms sum to the logit before its cap, c·artanh(logit / c)."""
     notes = []
-    if getattr(model.cfg, "use_normalization_before_and_after", False):
+    if getattr(model.cfg, "use_normalization_before_and_after", False) or hasattr(model.blocks[0], "ln1_post"):
         notes.append("heads through the post-attention RMSNorm, linear at its cached scale: w ⊙ (z_h W_O) / s")
     cap = getattr(model.cfg, "output_logits_soft_cap", None)
     if cap is not None and cap > 0:
@@ -611,7 +612,7 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
         if isinstance(n_layers, int) and not 0 <= layer < n_layers:
             raise ValueError(f"--patch-layers {layer}: out of range; this model has layers 0…{n_layers - 1}")
     check_circuits_readable(probed.model)  # before any probe runs: a Gemma on 3.9's bridge, OLMo 2 on any backend,
-    check_attribution_readable(probed.model)  # and for attribution a Gemma or OLMo 2 on either line's bridge
+    check_attribution_readable(probed.model)  # and for attribution OLMo 2 or Granite's multipliers on a bridge
     # a pretrained model's products on oneDNN where MKL's are the slower float32 ones; a token-world
     # checkpoint's are too small to gain (models.cpu_matmul)
     kernels_for = nullcontext(DEFAULT) if probed.trained_on_facts else float32_matmul(model_device(probed.model))

@@ -111,22 +111,34 @@ def _check_ids(model: Any, examples: Sequence[Example], where: str) -> None:
 # Direct logit attribution
 
 
+def _stores_offset(model: Any, norm: Any) -> bool:
+    """Whether ``norm`` holds w and scales by 1 + w (Gemma 1/2/3's Hugging Face RMSNorm on a TransformerBridge;
+    TransformerLens's ``HookedTransformer`` converter adds the 1 itself). TransformerLens 4 marks each such norm
+    (``uses_weight_offset``); 3.9's bridge norm scales by 1 + w where its config says so (``rmsnorm_uses_offset``),
+    which is also what its ``fold_ln`` reads: it folds 1 + w into the next layer's weights and leaves w = 0."""
+    marked = getattr(norm, "uses_weight_offset", None)
+    if marked is not None:
+        return bool(marked)
+    return not is_hooked(model) and bool(getattr(model.cfg, "rmsnorm_uses_offset", False))
+
+
+def _norm_weight(model: Any, norm: Any, weight: Tensor) -> Tensor:
+    """The scale ``norm`` multiplies its normalised input by, given its stored ``weight`` w: 1 + w for a norm that
+    stores the offset from 1 (:func:`_stores_offset`), else w."""
+    return 1 + weight if _stores_offset(model, norm) else weight
+
+
 def _final_norm_is_plain(model: Any) -> bool:
-    """True when the final norm has no affine part left (weights all 1, biases all 0)."""
+    """True when the final norm has no affine part left: it scales by 1 (a stored w of 1, or of 0 where the norm
+    scales by 1 + w, as TransformerLens's ``fold_ln`` leaves Gemma's) and adds 0."""
     norm = getattr(model, "ln_final", None)
     if norm is None:
         return True
-    for name, parameter in norm.named_parameters():
-        kind = name.rsplit(".", 1)[-1]
-        if kind in ("w", "weight"):
-            if not bool((parameter == 1).all()):
-                return False
-        elif kind in ("b", "bias"):
-            if not bool((parameter == 0).all()):
-                return False
-        else:
-            return False
-    return True
+    kinds = {name.rsplit(".", 1)[-1] for name, _ in norm.named_parameters()}
+    if not kinds <= {"w", "weight", "b", "bias"}:
+        return False
+    weight, bias = _final_norm_affine(model)
+    return (weight is None or bool((weight == 1).all())) and (bias is None or bool((bias == 0).all()))
 
 
 def folded(model: Any) -> Any:
@@ -136,7 +148,9 @@ def folded(model: Any) -> Any:
     folding), so every head, MLP and embedding writes the same vector as in ``model`` and the
     logits agree to float precision. :func:`direct_logit_attribution` needs it only for a
     ``TransformerBridge`` (a ``HookedTransformer`` is attributed as it is); it costs a second copy
-    of the weights, so fold a large model once and reuse the copy.
+    of the weights, so fold a large model once and reuse the copy. A bridge's Gemma norm, which
+    scales by 1 + w, is folded by TransformerLens (both lines) into the weights after it and left
+    with w = 0: a scale of 1, which :func:`_final_norm_is_plain` reads as plain.
     """
     if _final_norm_is_plain(model):
         return model
@@ -156,7 +170,7 @@ def folded(model: Any) -> Any:
     if not _final_norm_is_plain(twin):
         remedy = ("were its weights already processed without fold_ln?" if hasattr(twin, "load_and_process_state_dict")
                   else "TransformerBridge leaves this architecture's final norm unfolded; where TransformerLens "
-                       f"converts the architecture (Gemma 1/2/3 yes, OLMo 2 no), {HOOKED_HINT}")
+                       f"converts the architecture, {HOOKED_HINT}")
         raise ValueError(f"{model.cfg.model_name}: could not fold the final norm of this {type(model).__name__} "
                          f"({remedy}); direct logit attribution would be wrong, so it is refused")
     return twin.eval()
@@ -166,16 +180,17 @@ def _post_attention_norm(model: Any) -> str | None:
     """The norm between the heads and the residual stream, by its module name in each block
     ("ln1_post" for Gemma 2/3's sandwich norms, "ln1" for OLMo 2's post-norm), or None.
 
-    A model wrapped by TransformerBridge runs its Hugging Face norms as they are, so the scale
-    and weight cannot be read the way this module reads them: a post-norm there is refused
-    (:func:`check_attribution_readable`).
+    A ``TransformerBridge`` over Gemma 2/3 runs that norm as its Hugging Face module, which scales by 1 + w,
+    and caches its scale as ``blocks.L.ln1_post.hook_scale`` (both TransformerLens lines): its heads are
+    read through it as a ``HookedTransformer``'s are (:func:`_head_terms`). OLMo 2's post-norm on a bridge
+    is refused (:func:`check_attribution_readable`).
     """
     if hasattr(model, "load_and_process_state_dict"):  # HookedTransformer
         if getattr(model.cfg, "use_normalization_before_and_after", False):
             return "ln1_post"
         return "ln1" if model.cfg.original_architecture in POST_NORM_ARCHITECTURES else None
     check_attribution_readable(model)
-    return None
+    return "ln1_post" if hasattr(model.blocks[0], "ln1_post") else None
 
 
 def _dla_cache_names(model: Any, by: Literal["head", "layer"]) -> list[str]:
@@ -222,7 +237,8 @@ def _head_terms(
     Without a norm after attention, attn_out = Σ_h z_h W_O^h + b_O. With one (an RMSNorm with
     weight w and, cached from the actual run, scale s = √(mean(x²) + ε) of its input
     x = Σ_h z_h W_O^h + b_O), attn_out = w ⊙ x / s, which is linear in x given s: head h's term
-    is w ⊙ (z_h W_O^h) / s and the bias's w ⊙ b_O / s. The terms are checked to add up to the
+    is w ⊙ (z_h W_O^h) / s and the bias's w ⊙ b_O / s, w being the scale the norm applies (1 + w
+    stored on a bridge's Gemma norm: :func:`_norm_weight`). The terms are checked to add up to the
     cached attn_out; a model whose attention output is something else is refused.
     """
     attention = model.blocks[layer].attn
@@ -238,7 +254,8 @@ def _head_terms(
             raise ValueError(f"{model.cfg.model_name}: L{layer}'s norm after attention ({norm}, "
                              f"{type(module).__name__}) is not an RMSNorm; its heads cannot be attributed one by one")
         scale = cache[f"blocks.{layer}.{norm}.hook_scale"][:, -1]  # [batch, 1]
-        vectors = [module.w * vector / scale for vector in vectors]
+        weight = _norm_weight(model, module, module.w)
+        vectors = [weight * vector / scale for vector in vectors]
     total, cached = torch.stack(vectors).sum(0), cache[f"blocks.{layer}.hook_attn_out"][:, -1]
     deviation = float((total - cached).abs().max())
     if deviation > 1e-4 * (1.0 + float(cached.abs().max())):
@@ -301,10 +318,12 @@ def _check_controls(examples: Sequence[Example], controls: Sequence[Example]) ->
 
 
 def _final_norm_affine(model: Any) -> tuple[Tensor | None, Tensor | None]:
-    """The final norm's weight w and bias b (None where it has none, or no final norm at all)."""
+    """The final norm's weight w, as the scale it applies (1 + w where it stores the offset from 1:
+    :func:`_norm_weight`), and bias b (None where it has none, or no final norm at all)."""
     norm = getattr(model, "ln_final", None)
     parameters = {} if norm is None else {name.rsplit(".", 1)[-1]: p for name, p in norm.named_parameters()}
-    return parameters.get("w", parameters.get("weight")), parameters.get("b", parameters.get("bias"))
+    weight = parameters.get("w", parameters.get("weight"))
+    return (None if weight is None else _norm_weight(model, norm, weight)), parameters.get("b", parameters.get("bias"))
 
 
 def _answer_directions(
@@ -339,17 +358,16 @@ def _through_final_norm(
 
 def check_attribution_readable(model: Any) -> None:
     """Refuse, before any work, a model whose direct logit attribution would not be exact: a
-    ``TransformerBridge`` (either TransformerLens line) over an architecture whose norms it runs as
-    Hugging Face modules that TransformerLens does not fold: Gemma 1/2/3 (final norm scaling by 1 + w;
-    Gemma 2/3 also a norm after attention, whose scale the bridge does not cache) and OLMo 2/3 (a norm
-    after attention and no norm before it; TransformerLens 3.9's HookedTransformer cannot convert it
+    ``TransformerBridge`` (either TransformerLens line) over OLMo 2/3 (a norm after attention and no norm
+    before it, run as Hugging Face modules; TransformerLens 3.9's HookedTransformer cannot convert it
     either); and a bridge that does more between its final residual stream and its logits than the
     unembedding and a soft cap: one whose config declares the Granite family's embedding, attention or
     residual multipliers, or whose architecture adapter overrides ``apply_output_logits_transform``
     (Granite's 1 / logits_scaling, Cohere's logit_scale, Falcon-H1's multiplier). :func:`direct_logit_attribution`
     asks it first; ``revlens probe`` asks :func:`check_attribution_architecture` from the model's files before
     loading it, and this right after. A ``HookedTransformer`` passes (read through its norms exactly), and so
-    does the bilinear model (no heads: it is never attributed). Whatever passes is still checked, statement by
+    do a bridge over Gemma 1/2/3 (its norms, scaling by 1 + w, read as such: :func:`folded`, :func:`_head_terms`)
+    and the bilinear model (no heads: it is never attributed). Whatever passes is still checked, statement by
     statement, against the logits of the run it attributes (:func:`direct_logit_attribution`)."""
     if isinstance(model, BilinearModel):
         return
@@ -370,8 +388,7 @@ def check_attribution_readable(model: Any) -> None:
                 "apply_output_logits_transform: a scale such as Granite's 1 / logits_scaling or Cohere's "
                 "logit_scale), which terms read off W_U and b_U leave out, so direct logit attribution (by head or "
                 "by layer) is refused")
-    check_attribution_architecture(name, architecture, is_hooked(model),
-                                   post_attention_norm=hasattr(model.blocks[0], "ln1_post"))
+    check_attribution_architecture(name, architecture, is_hooked(model))
 
 
 OUTPUT_TRANSFORM_ARCHITECTURES = ("Cohere", "FalconH1", "Granite", "MuseGlimmer")
@@ -410,15 +427,14 @@ def _residual_multipliers(model: Any) -> dict[str, float]:
     return found
 
 
-def check_attribution_architecture(
-    name: str, architecture: str, hooked: bool, post_attention_norm: bool | None = None
-) -> None:
+def check_attribution_architecture(name: str, architecture: str, hooked: bool) -> None:
     """:func:`check_attribution_readable` from what a model's files declare, before any weight is read:
     ``architecture`` its transformers class ("Olmo2ForCausalLM"), ``hooked`` whether it will be a
-    ``HookedTransformer`` (3.9's ``backend="hooked"``), ``post_attention_norm`` whether its blocks have a
-    norm after attention (default: Gemma 2/3, by name). The same refusals by architecture, with the same words;
+    ``HookedTransformer`` (3.9's ``backend="hooked"``). The same refusals by architecture, with the same words;
     what only a model in hand shows (its adapter's output transform, its config's multipliers) is refused here by
-    name (:data:`OUTPUT_TRANSFORM_ARCHITECTURES`)."""
+    name (:data:`OUTPUT_TRANSFORM_ARCHITECTURES`). A Gemma 1/2/3 bridge passes: its final norm is read folded, as
+    the scale 1 + w it applies (:func:`folded`), and Gemma 2/3's heads through the norm after attention at its
+    cached scale (:func:`_post_attention_norm`)."""
     if hooked:
         return
     if architecture.startswith(OUTPUT_TRANSFORM_ARCHITECTURES):
@@ -427,8 +443,6 @@ def check_attribution_architecture(
             "(its adapter's apply_output_logits_transform), which the terms read off W_U would leave out, so direct "
             "logit attribution (by head or by layer) is refused; TransformerLens's HookedTransformer does not "
             f"convert {architecture}")
-    if post_attention_norm is None:
-        post_attention_norm = architecture.startswith(("Gemma2", "Gemma3"))
     if architecture in POST_NORM_ARCHITECTURES:
         raise ValueError(
             f"{name}: {architecture} normalises each attention layer's output (a norm after attention, none "
@@ -436,12 +450,6 @@ def check_attribution_architecture(
             "folds nor caches the scale of, so direct logit attribution (by head or by layer) would not be exact "
             "and is refused; no TransformerLens model of it gives one (3.9's HookedTransformer cannot convert "
             f"{architecture})")
-    if architecture.startswith("Gemma") or post_attention_norm:
-        after = " and a norm after attention whose scale it does not cache" if post_attention_norm else ""
-        raise ValueError(
-            f"{name}: a TransformerBridge over {architecture} runs its final norm (scaling by 1 + w){after} as "
-            "Hugging Face modules that TransformerLens does not fold, so direct logit attribution (by head or by "
-            f"layer) would not be exact and is refused; {HOOKED_HINT}")
 
 
 @in_eval_mode
@@ -465,7 +473,8 @@ def direct_logit_attribution(
     sum to its raw (uncentred) answer logit. This is *linear given the scale s*: s depends on all
     components together, and the attribution of a component is not what the logit would lose
     without it (use patching for that). A ``TransformerBridge`` runs its norms as Hugging Face
-    modules, whose scale it does not cache: it is read through a folded copy (:func:`folded`).
+    modules: it is read through a copy with its norms folded (:func:`folded`; Gemma's, which scale by
+    1 + w, folded as such by TransformerLens).
 
     The sums are checked against the model's own logits of the same run (a ``HookedTransformer``'s readout
     of its cached final residual, a bridge's output), statement by statement, within float rounding: a model

@@ -205,11 +205,15 @@ def check_circuits_readable(model) -> None:
     if is_hooked(model) or not stores_norm_offset(model):
         return
     if not all(getattr(getattr(block, "ln1", None), "uses_weight_offset", False) for block in model.blocks):
-        raise ValueError(
-            f"{model.cfg.model_name}: a TransformerBridge runs {architecture}'s norms as Hugging Face modules that "
-            f"scale by (1 + w), so its OV/QK circuits cannot be read from the stored weights w; {HOOKED_HINT} where "
-            f"TransformerLens converts {architecture}"
-            + (", or read it on TransformerLens 4's bridge, whose norms say so" if TL_MAJOR < 4 else ""))
+        raise ValueError(_unread_offset_message(model.cfg.model_name, architecture))
+
+
+def _unread_offset_message(name: str, architecture: str) -> str:
+    """Why a bridge whose norms do not say they scale by 1 + w has no readable circuits."""
+    return (f"{name}: a TransformerBridge runs {architecture}'s norms as Hugging Face modules that scale by (1 + w), "
+            f"so its OV/QK circuits cannot be read from the stored weights w; {HOOKED_HINT} where TransformerLens "
+            f"converts {architecture}" + (", or read it on TransformerLens 4's bridge, whose norms say so"
+                                          if TL_MAJOR < 4 else ""))
 
 
 ONE_PLUS_W_ARCHITECTURES = ("NemotronForCausalLM",)
@@ -230,10 +234,14 @@ EMBEDDING_NORM_ARCHITECTURES = ("BloomForCausalLM",)
 the rows of W_E are not what the heads read."""
 
 
-def check_circuits_architecture(name: str, architecture: str) -> None:
-    """The refusal of :func:`check_circuits_readable` that the architecture alone decides (OLMo 2 and 3, BLOOM,
-    on every backend), from ``architecture``, the transformers class a model's files declare: asked
-    before any weight is read."""
+def check_circuits_architecture(name: str, architecture: str, hooked: bool = True) -> None:
+    """The refusals of :func:`check_circuits_readable` that the architecture alone decides, from ``architecture``, the
+    transformers class a model's files declare: asked before any weight is read. OLMo 2 and 3 and BLOOM on every
+    backend; where the model will not be a ``HookedTransformer`` (``hooked`` False), a Gemma (or another of
+    :func:`stores_norm_offset`'s architectures) on TransformerLens 3.9's bridge, whose norms do not say they scale by
+    1 + w."""
+    if not hooked and TL_MAJOR < 4 and (architecture.startswith("Gemma") or architecture in ONE_PLUS_W_ARCHITECTURES):
+        raise ValueError(_unread_offset_message(name, architecture))
     if architecture in POST_NORM_ARCHITECTURES:
         raise ValueError(
             f"{name}: {architecture} normalises each attention layer's output, not its input, so "

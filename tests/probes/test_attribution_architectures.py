@@ -17,12 +17,12 @@ from facts.celebrity import load_celebrity_pairs
 from facts.io import save_jsonl
 from facts.tokens import Example
 from models.backend import TL_MAJOR, is_hooked
-from probes.attribution import check_attribution_readable, direct_logit_attribution, folded
+from probes.attribution import (
+    check_attribution_architecture, check_attribution_readable, direct_logit_attribution, folded,
+)
 from probes.circuits import check_circuits_readable
 
 ANSWER, CONTROL = 5, 9
-POST_NORM = {"gemma2", "gemma3", "olmo2"}
-"""Architectures with a norm between the attention heads and the residual stream."""
 WRAPPED = [(a, b) for a in ARCHITECTURES for b in BACKENDS_BY_ARCHITECTURE[a]]
 
 
@@ -49,16 +49,15 @@ def sum_deviation(model, examples, controls, by) -> tuple[float, set[str]]:
 
 @pytest.mark.parametrize("architecture, backend", WRAPPED)
 def test_attributions_sum_to_the_logit_difference_or_are_refused(architecture, backend, tiny_models):
+    """Every architecture on every backend sums exactly, by head and by layer, Gemma 1/2/3 on either line's bridge
+    included (its norms scale by 1 + w: the final one read folded, Gemma 2/3's heads through the norm after
+    attention at its cached scale); OLMo 2 on a bridge is refused."""
     model = perturbed(tiny_models[architecture].backends[backend])
     examples, controls = statements()
-    if not is_hooked(model) and architecture in POST_NORM | {"gemma"}:
-        # a bridge (either backend under TransformerLens 4) runs these norms as Hugging Face modules
-        # (Gemma's with its 1 + w offset), which TransformerLens does not fold: refused by name before any
-        # work (no folded copy, no forward pass), pointing to 3.9's HookedTransformer where it converts the
-        # architecture (Gemma 1/2/3), and saying no TransformerLens model attributes it where none does (OLMo 2)
-        why = ("Olmo2ForCausalLM normalises each attention layer's output.*no TransformerLens model" if architecture
-               == "olmo2" else f"TransformerBridge over {tiny_models[architecture].hf.config.architectures[0]}.*"
-               "backend='hooked'")
+    if not is_hooked(model) and architecture == "olmo2":
+        # a bridge runs OLMo 2's norm after attention (and none before) as a Hugging Face module: refused by name
+        # before any work (no folded copy, no forward pass), saying no TransformerLens model attributes it
+        why = "Olmo2ForCausalLM normalises each attention layer's output.*no TransformerLens model"
         forward_passes = []
         model.register_forward_pre_hook(lambda *_: forward_passes.append(1))
         with pytest.raises(ValueError, match=why):  # what `probe` asks right after loading
@@ -105,6 +104,24 @@ def test_attributions_of_a_folded_copy_whose_logits_are_not_the_model_s_are_refu
     monkeypatch.setattr(attribution, "folded", off_by_a_little)
     with pytest.raises(ValueError, match=r"its copy with the norms folded gives logits .* from its own"):
         direct_logit_attribution(model, examples)
+
+
+@pytest.mark.parametrize("architecture", ["gemma", "gemma2", "gemma3"])
+def test_a_gemma_bridge_s_final_norm_is_folded_as_the_1_plus_w_it_applies(architecture, tiny_models):
+    """A bridge runs Gemma's Hugging Face norms, which store w and scale by 1 + w; TransformerLens's fold_ln (either
+    line) folds 1 + w into the weights after each norm and leaves w = 0, a scale of 1. Read as w, that folded final
+    norm scaled by 0 and every Gemma bridge was refused ("could not fold the final norm"); read as 1 + w, the copy
+    is plain (folded again: itself) with the model's logits, and a bridge whose stored w is 0 (a fresh Gemma's) has
+    nothing to fold."""
+    bridge = tiny_models[architecture].backends["bridge"]
+    model = perturbed(bridge)
+    twin = folded(model)
+    assert twin is not model and folded(twin) is twin
+    assert bool((twin.ln_final.original_component.weight == 0).all())
+    tokens = torch.tensor([e.prompt for e in statements()[0]])
+    with torch.no_grad():
+        assert (twin(tokens) - model(tokens)).abs().max() < 1e-4
+    assert bool((bridge.ln_final.original_component.weight == 0).all()) and folded(bridge) is bridge
 
 
 def test_circuits_of_olmo2_are_refused_on_every_backend(tiny_models):
@@ -180,37 +197,43 @@ def test_probe_refuses_olmo2_from_its_files_before_reading_any_weight(backend, t
         assert not out.exists()
 
 
-def test_probe_refuses_a_gemma_bridge_from_its_files_before_reading_any_weight(tmp_path):
-    """A bridge runs Gemma's norms as Hugging Face modules TransformerLens does not fold: `probe` refuses it from
-    the files (under TransformerLens 4 "hooked" is a bridge too), as direct_logit_attribution refuses it loaded."""
+def test_probe_attributes_a_gemma_bridge_and_refuses_only_3_9_s_circuits(tiny_models, tmp_path):
+    """`probe` refused a Gemma bridge from its files, for a direct logit attribution now read exactly there (the
+    tests above). Under TransformerLens 4 it runs whole on a tiny Gemma 3 on either backend (both bridges) and draws
+    attribution.png; under 3.9 the bridge's circuits are still refused (its norms do not say they scale by 1 + w:
+    probes.circuits), from the files (a config.json or a GGUF header without weights) before any weight is read,
+    and loaded, before anything is written."""
     facts = tmp_path / "celebrity.jsonl"
-    save_jsonl(load_celebrity_pairs().first(2), facts)
+    save_jsonl(load_celebrity_pairs().first(4), facts)
     out = tmp_path / "probe"
-    for backend in ("bridge",) if TL_MAJOR < 4 else ("hooked", "bridge"):
-        for model in weightless(tmp_path, "gemma3"):
-            with pytest.raises(ValueError, match=r"gemma3: a TransformerBridge over Gemma3ForCausalLM runs its final norm"
-                                                 r" \(scaling by 1 \+ w\) and a norm after attention"):
-                probe(model, facts, out, backend=backend, n_controls=1)
+    check_attribution_architecture("gemma3", "Gemma3ForCausalLM", hooked=False)
+    folder = tiny_models["gemma3"].folder
+    if TL_MAJOR < 4:
+        refusal = r"gemma3: a TransformerBridge runs Gemma3ForCausalLM's norms .* OV/QK"
+        for model in [*weightless(tmp_path, "gemma3"), folder]:
+            with pytest.raises(ValueError, match=refusal):
+                probe(model, facts, out, backend="bridge", n_controls=1, patch_layers=[0])
             assert not out.exists()
-
-
-def refused_without_a_hooked_transformer(model) -> bool:
-    """Under TransformerLens 4 (no HookedTransformer) per-head attribution through a post-attention
-    norm is refused by name, pointing to 3.9; True when it was (the test has nothing more to check)."""
-    if is_hooked(model):
-        return False
-    examples, controls = statements(n=1)
-    with pytest.raises(ValueError, match="no HookedTransformer.*transformer-lens>=3.9,<4"):
-        direct_logit_attribution(model, examples, controls=controls, by="head")
-    return True
-
-
-def test_gemma2_is_attributed_before_its_logit_cap(tiny_models):
-    model = perturbed(tiny_models["gemma2"].backends["hooked"])
-    if refused_without_a_hooked_transformer(model):
+        with pytest.raises(ValueError, match=refusal):  # what probe asks of a model in hand
+            check_circuits_readable(tiny_models["gemma3"].backends["bridge"])
         return
-    with torch.no_grad():
-        model.ln_final.w.mul_(40.0)  # logits of tens: far from the cap's linear range
+    for backend in ("hooked", "bridge"):
+        summary = probe(folder, facts, out / backend, backend=backend, n_controls=1, patch_layers=[0])
+        assert "skipped" not in summary["attribution"] and (out / backend / "attribution.png").is_file()
+
+
+def applied_scale(model, norm) -> torch.Tensor:
+    """The scale a Gemma norm multiplies by, as transformers defines it: 1 + its Hugging Face module's weight on a
+    bridge (which runs that module); a HookedTransformer's converter stores it, 1 added, as its w."""
+    return norm.w if is_hooked(model) else 1 + norm.original_component.weight
+
+
+@pytest.mark.parametrize("backend", BACKENDS_BY_ARCHITECTURE["gemma2"])
+def test_gemma2_is_attributed_before_its_logit_cap(backend, tiny_models):
+    model = perturbed(tiny_models["gemma2"].backends[backend])
+    with torch.no_grad():  # the final norm's scale γ × 40: logits of tens, far from the cap's linear range
+        stored_offset = 0.0 if is_hooked(model) else 1.0  # a bridge stores w = γ − 1
+        model.ln_final.w.copy_(40.0 * applied_scale(model, model.ln_final) - stored_offset)
     examples, controls = statements()
     table = direct_logit_attribution(model, examples, controls=controls)
     totals = torch.tensor(table.groupby("statement").attribution.sum().to_numpy()).float()
@@ -223,27 +246,29 @@ def test_gemma2_is_attributed_before_its_logit_cap(tiny_models):
     from analyses.probe import _norm_note
 
     assert "terms sum to the logit before its soft cap, c·artanh(logit / c), c = 30" in _norm_note(model)
-    assert "soft cap" not in _norm_note(tiny_models["gemma3"].backends["hooked"])  # Gemma 3 caps no logit
+    assert "soft cap" not in _norm_note(tiny_models["gemma3"].backends[backend])  # Gemma 3 caps no logit
 
 
-def test_gemma_heads_are_read_through_the_post_attention_norm(tiny_models):
-    """Gemma's heads write through an RMSNorm (weight w, scale s): head h's term is w ⊙ (z_h W_O^h) / s.
-    Recomputed here from the cache by hand, it matches the head's row, and the heads (and bias) of a
-    layer add up to that layer's whole attention output's term."""
-    if refused_without_a_hooked_transformer(perturbed(tiny_models["gemma3"].backends["hooked"])):
-        return
-    model = folded(perturbed(tiny_models["gemma3"].backends["hooked"]))
+@pytest.mark.parametrize("architecture, backend", [(a, b) for a in ("gemma2", "gemma3")
+                                                   for b in BACKENDS_BY_ARCHITECTURE[a]])
+def test_gemma_heads_are_read_through_the_post_attention_norm(architecture, backend, tiny_models):
+    """Gemma 2/3's heads write through an RMSNorm (applied scale γ, cached scale s): head h's term is
+    γ ⊙ (z_h W_O^h) / s. Recomputed here from the cache by hand, γ as transformers defines it (``applied_scale``),
+    it matches the head's row on every backend of either line (a bridge's included: it stores w, applies 1 + w and
+    caches s), and the heads (and bias) of a layer add up to that layer's whole attention output's term."""
+    model = folded(perturbed(tiny_models[architecture].backends[backend]))
     examples, _ = statements(n=1)
     heads = direct_logit_attribution(model, examples, by="head")
     layers = direct_logit_attribution(model, examples, by="layer")
     for layer in range(model.cfg.n_layers):
-        # the perturbed copy has an output bias b_O, read through the norm like a head
+        # the perturbed HookedTransformer has an output bias b_O, read through the norm like a head
         per_head = heads[heads.kind.isin(["head", "attn bias"]) & (heads.layer == layer)].attribution.sum()
         assert per_head == pytest.approx(layers[layers.component == f"L{layer} attn"].attribution.item(), abs=1e-5)
     with torch.no_grad():
         _, cache = model.run_with_cache(torch.tensor([examples[0].prompt]))
         z = cache["blocks.1.attn.hook_z"][0, -1, 2]  # head 2 of layer 1, last position
-        written = z @ model.blocks[1].attn.W_O[2] * model.blocks[1].ln1_post.w / cache["blocks.1.ln1_post.hook_scale"][0, -1]
+        gamma = applied_scale(model, model.blocks[1].ln1_post)
+        written = z @ model.blocks[1].attn.W_O[2] * gamma / cache["blocks.1.ln1_post.hook_scale"][0, -1]
         expected = float((written / cache["ln_final.hook_scale"][0, -1]) @ model.W_U[:, ANSWER])
     assert heads[heads.component == "L1H2"].attribution.item() == pytest.approx(expected, abs=1e-5)
     assert abs(expected) > 1e-3
@@ -260,19 +285,26 @@ def test_smollm2_attributions_sum_to_the_logit_difference(smollm2_hooked, smollm
     assert "attn bias" not in set(table.kind)
 
 
-def test_gemma3_270m_attributions_sum_to_the_logit_difference(gemma3_hooked):
-    """The real Gemma 3 270M: per head through its post-attention norms, BOS first as its tokenizer adds it."""
+def test_gemma3_270m_attributions_sum_to_the_logit_difference(gemma3_hooked, gemma3_bridge):
+    """The real Gemma 3 270M: per head through its post-attention norms, BOS first as its tokenizer adds it; a
+    HookedTransformer read as it is (no folded copy of the model's 1.6 GiB), a bridge (either backend under
+    TransformerLens 4) through its folded copy, its norms read as the 1 + w they apply. Both backends give the
+    same term for every component (under 3.9 the HookedTransformer's converter adds Gemma's 1 itself)."""
     tokenizer = gemma3_hooked.tokenizer
     prompt = tuple(tokenizer.encode("The capital of France is"))
     assert prompt[0] == tokenizer.bos_token_id
     answer, control = (tokenizer.encode(w, add_special_tokens=False)[0] for w in (" Paris", " Rome"))
     examples = [Example(prompt, (answer,), 0, "forward", "train")]
     controls = [Example(prompt, (control,), 0, "forward", "train")]
-    if refused_without_a_hooked_transformer(gemma3_hooked):
-        return
-    with torch.no_grad():
-        logits = gemma3_hooked(torch.tensor([prompt]))[0, -1]
-    for by in ("head", "layer"):  # read as it is: no folded copy of the model's 1.6 GiB
-        table = direct_logit_attribution(gemma3_hooked, examples, controls=controls, by=by)
-        assert table.attribution.sum() == pytest.approx(float(logits[answer] - logits[control]), abs=1e-4)
-        assert "attn bias" not in set(table.kind)
+    for by in ("head", "layer"):
+        tables = []
+        for model in (gemma3_hooked, gemma3_bridge):
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt]))[0, -1]
+            table = direct_logit_attribution(model, examples, controls=controls, by=by)
+            assert table.attribution.sum() == pytest.approx(float(logits[answer] - logits[control]), abs=1e-4)
+            assert "attn bias" not in set(table.kind)
+            tables.append(table)
+        hooked, bridge = tables
+        assert list(hooked.component) == list(bridge.component)
+        assert (hooked.attribution - bridge.attribution).abs().max() < 1e-4

@@ -125,12 +125,13 @@ def test_every_architecture_whose_adapter_scales_its_logits_is_refused_from_its_
     check_attribution_architecture("m", "LlamaForCausalLM", hooked=False)
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "gemma3"])
 @pytest.mark.parametrize("controls", [False, True])
 def test_attributions_that_do_not_sum_to_the_run_s_logits_are_refused(tiny_models, architecture, controls):
     """An output transform nobody announces (the unembedding's output halved by a forward hook: W_U and b_U
     unchanged, the logits not): the terms still sum to the unhalved logit (difference), which the check against
-    the run's own logits catches, on every backend. Without the hook the same call passes."""
+    the run's own logits catches, on every backend (a Gemma bridge, read through its 1 + w norms, included).
+    Without the hook the same call passes."""
     examples = statements()
     wrong = [Example(e.prompt, (9,), e.fact, e.direction, e.split) for e in examples] if controls else None
     for backend in BACKENDS_BY_ARCHITECTURE[architecture]:
