@@ -1,17 +1,19 @@
-"""Probes on HookedTransformer configurations that only a researcher's own ``HookedTransformerConfig`` builds
-(TransformerLens 3.9; 4.x's native model builds neither): exact there too, as on every architecture we load.
+"""Probes on TransformerLens configurations that only a researcher's own config builds (a ``HookedTransformerConfig``
+under TransformerLens 3.9, a ``TransformerBridgeConfig`` for 4.x's native model): exact there too, as on every
+architecture we load.
 
-* shortformer positions: the positional embedding feeds queries and keys, never the residual stream, so
-  direct logit attribution has no ``pos_embed`` term;
-* LayerNorm blocks under an RMS final norm (``final_rms``, as TransformerLens's SoLU models): the final norm
-  scales without centring, so neither attribution nor the circuits centre the unembedding side.
+* shortformer positions (3.9 only: 4.x's native model has standard and rotary positions, so tests/conftest.py's
+  ``SECOND_LINE_LEAVES_OUT`` leaves these cases out of the 4.x run): the positional embedding feeds queries and
+  keys, never the residual stream, so direct logit attribution has no ``pos_embed`` term;
+* LayerNorm blocks under an RMS final norm (``final_rms``, as TransformerLens's SoLU models), and LNPre blocks
+  under an RMSPre one: the final norm scales without centring, so neither attribution nor the circuits centre
+  the unembedding side;
+* an output vocabulary narrower than the input one (``d_vocab_out`` < ``d_vocab``): answers it cannot predict.
 
 Each model is random (norm weights and biases perturbed, so every term shows), two layers, on the reversal
 world's vocabulary."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
@@ -19,7 +21,7 @@ from tiny_models import perturbed
 
 from facts.token_worlds import reversal_world
 from facts.tokens import Example, tokenize
-from models.backend import HookedTransformer, HookedTransformerConfig
+from models.backend import TL_MAJOR, HookedTransformer, HookedTransformerConfig, TLModel, TransformerBridge, copy_model
 from models.scoring import score_answers
 from models.transformer import model_fields
 from probes.attribution import direct_logit_attribution
@@ -33,9 +35,23 @@ CONFIGS = {
 }
 
 
-def hand_built(vocab, **changes) -> HookedTransformer:
+def hand_built(vocab, **changes) -> TLModel:
+    """The tiny spec over ``vocab`` with ``changes`` to its config, seeded, then :func:`perturbed`: under 3.9 a
+    ``HookedTransformer``; under 4.x the bridge over TransformerLens's native model in compatibility mode without
+    weight processing (HookedTransformer's hook names, the weights as built), its unembedding bias (a fixed zero
+    buffer there) made a parameter as :func:`models.backend.build_native` makes it, so that it is perturbed too.
+    Not ``build_native`` itself: it loads 3.9's initial state, whose final norm has a bias and whose W_U has
+    ``d_vocab`` columns, which these configs do not."""
     fields = {**model_fields("tiny", vocab.d_vocab, "absolute", None), **changes}
-    return perturbed(HookedTransformer(HookedTransformerConfig(**fields, seed=0, device="cpu")))
+    if TL_MAJOR < 4:
+        return perturbed(HookedTransformer(HookedTransformerConfig(**fields, seed=0, device="cpu")))
+    from transformer_lens import TransformerBridgeConfig
+
+    bridge = TransformerBridge.boot_native(TransformerBridgeConfig(**fields, seed=0, device="cpu"), device="cpu")
+    head = bridge.unembed.original_component
+    head.bias = torch.nn.Parameter(head._buffers.pop("bias").clone())
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    return perturbed(bridge)
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +103,12 @@ def test_a_weight_change_under_an_rms_final_norm_is_read_uncentred(vocab, facts)
     difference of the two MLPs' outputs at the subject's state, dotted with the object's unembedding scaled
     by the final RMSNorm's weight (not centred)."""
     before = hand_built(vocab, final_rms=True)
-    after = copy.deepcopy(before)
+    after = copy_model(before)
     with torch.no_grad():
+        # HookedTransformer's parameter; under 4.x a transposed view of the bridge's nn.Linear weight, changed in place
         after.blocks[1].mlp.W_out.add_(0.1 * torch.randn(after.blocks[1].mlp.W_out.shape,
                                                          generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(after.blocks[1].mlp.W_out, before.blocks[1].mlp.W_out)  # the copy changed, not both
     table = weight_change_table(before, after, facts, vocab, vocab.entity_ids, layers=[1], n_controls=4)
     mlp = table[table.circuit == "delta_mlp"].set_index("fact")
     for index in (0, 5):
@@ -100,8 +118,9 @@ def test_a_weight_change_under_an_rms_final_norm_is_read_uncentred(vocab, facts)
             x = before.blocks[1].ln2(cache["blocks.1.hook_resid_mid"][:, 0])
             change = (after.blocks[1].mlp(x[:, None]) - before.blocks[1].mlp(x[:, None]))[0, 0]
             target = before.W_U[:, vocab.entity_ids(facts[index].object)[0]] * before.ln_final.w
-        assert float(mlp.entry_ab[index]) == pytest.approx(float(change @ target), rel=1e-4, abs=1e-6)
-        assert abs(float(change @ (target - target.mean())) - float(change @ target)) > 1e-3 * abs(float(change @ target))
+        read = float(change @ target)
+        assert float(mlp.entry_ab[index]) == pytest.approx(read, rel=1e-4, abs=1e-6)
+        assert abs(float(change @ (target - target.mean())) - read) > 1e-3 * abs(read)  # centring would have shown
 
 
 def test_an_answer_outside_a_narrower_output_vocabulary_is_named(vocab, facts):
