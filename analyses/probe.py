@@ -286,7 +286,7 @@ def _norm_note(model: Any) -> str:
     cap their logits (Gemma 2), whose terms sum to the logit before its cap, c·artanh(logit / c)."""
     notes = []
     if getattr(model.cfg, "use_normalization_before_and_after", False) or hasattr(model.blocks[0], "ln1_post"):
-        notes.append("heads through the post-attention RMSNorm, linear at its cached scale: w ⊙ (z_h W_O) / s")
+        notes.append("heads through the post-attention RMSNorm, linear at its cached scale: γ ⊙ (z_h W_O) / s")
     cap = getattr(model.cfg, "output_logits_soft_cap", None)
     if cap is not None and cap > 0:
         notes.append(f"terms sum to the logit before its soft cap, c·artanh(logit / c), c = {cap:g}")

@@ -7,9 +7,8 @@ its new files beside the old ones); files the manifest marks ``kept`` (no run wr
 not shown. A folder without a summary whose subfolders are runs (``revlens reproduce all --out
 OUT`` writes ``OUT/<name>/``) is expanded into them, and runs nested inside a run (the sweeps'
 ``OUT/k2/``, ``OUT/rotary/``) follow their parent. Symbolic links to folders are never followed,
-and the report is never written inside a run folder (:func:`run_holding`): one with a manifest, one with a
-``summary.json`` (a sweep's folder has no manifest, and its every file is read as the run's), or a sweep's folder
-before its ``summary.json``.
+and the report is never written inside a run folder (:func:`run_holding`): one with a manifest, or a sweep's
+folder (its ``sweep.toml``; it has no manifest, and its every file is read as the sweep's).
 
 What a run shows is read from its files, so new kinds of run render without code changes:
 
@@ -500,11 +499,11 @@ def render_report(runs: Sequence[Run], max_rows: int = MAX_ROWS, title: str = "r
 
 def run_holding(path: Path) -> tuple[Path, str] | None:
     """The nearest folder above ``path`` whose files are a run's, and the file that says so, or None: a manifest
-    (:func:`analyses.runfolder.is_inside_run`), a ``summary.json`` (a run to the report, whose every file, a report
-    written there too, it then reads as the run's: a sweep's folder has no manifest) or a ``sweep.toml`` (a sweep's
-    folder, whose ``summary.json`` comes last)."""
+    (:func:`analyses.runfolder.is_inside_run`) or a ``sweep.toml`` (a sweep's folder, which has no manifest and
+    whose every file, a report written there too, the report reads as the sweep's). A ``summary.json`` alone says
+    nothing: another tool's may sit in any folder above."""
     for folder in Path(path).absolute().parents:
-        marker = next((name for name in (MANIFEST, SUMMARY, SWEEP_FILE) if (folder / name).is_file()), None)
+        marker = next((name for name in (MANIFEST, SWEEP_FILE) if (folder / name).is_file()), None)
         if marker is not None:
             return folder, marker
     return None

@@ -47,7 +47,7 @@ from facts.io import remove_stale_temporaries, write_text_atomic
 MANIFEST = "manifest.json"
 LOCK = ".revlens.lock"
 FORMAT = 1
-RANDOM_DRAWS = 5
+RANDOM_DRAWS = 6
 """How a run's random draws follow from its seed, recorded in its manifest (``draws``); bumped whenever they change,
 so that a sweep never counts a trial drawn otherwise as finished (:func:`analyses.sweep.finished`) and no run
 resumes another's checkpoints (2: epochs' batch orders and causal tracing's noise from streams of their own,
@@ -58,7 +58,8 @@ in check-asymmetry, the person the question names; a fact file's pools by relati
 mitigations' fact-in-prompt questions scored against the plain questions' controls; 5: controls never the entity a
 question asks about, in probe and finetune-facts too, and finetune-facts' in-context questions scored against their
 plain reverse question's controls; bumped with it, so that no sweep averages them with a trial made before: ranks and
-chance among the answer's own kind, not every entity)."""
+chance among the answer's own kind, not every entity; 6: the controls of a fact file whose world is named "berglund"
+(a run's facts.jsonl written from a Berglund folder) leave out its facts' given entities, as any fact file's do)."""
 
 
 class RunFolderError(ValueError):

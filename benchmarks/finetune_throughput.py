@@ -43,7 +43,7 @@ import time
 
 import torch
 
-from analyses.finetune import FinetuneConfig, read_questions, training_examples
+from analyses.finetune import FinetuneConfig, padding_id, read_questions, training_examples
 from models.hf_training import CausalLM
 from models.pretrained import load_hf, to_hooked
 from models.scoring import answer_loss
@@ -86,7 +86,7 @@ def setup():
     config = FinetuneConfig(people=30, n_controls=16)  # the workload the table's numbers were measured on
     hf_model, tokenizer = load_hf(config.model, device="cpu", keep=False)
     questions = read_questions(config)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     sentences = training_examples(questions, config, tokenizer, pad)
     hooked = to_hooked(hf_model, tokenizer, config.model, device="cpu")
     return config, hf_model, tokenizer, questions, pad, sentences, hooked

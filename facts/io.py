@@ -299,8 +299,9 @@ def load_jsonl(path: str | os.PathLike[str]) -> FactSet:
 
     Errors name the file and line: malformed JSON, a bad record, a header line after a fact or a
     second header line, facts the :class:`FactSet` refuses (conflicting or repeated
-    statements: both lines are named) and an answer that begins with another of its kind
-    (:func:`facts.schema.check_answer_prefixes`: both lines are named).
+    statements: both lines are named), an answer that begins with another of its kind
+    (:func:`facts.schema.check_answer_prefixes`: both lines are named) and a header's meta list of one entry per
+    fact that does not hold one per fact (:meth:`facts.schema.FactSet.check_per_fact_meta`: the header's line).
     """
     path = Path(path)
     world, meta, facts, lines, header_line = "custom", {}, [], [], None
@@ -319,9 +320,14 @@ def load_jsonl(path: str | os.PathLike[str]) -> FactSet:
     if not facts:
         raise FactError(f"{path}: holds no facts")
     try:
-        return checked_answers(FactSet(tuple(facts), world=world, meta=meta))
+        fact_set = checked_answers(FactSet(tuple(facts), world=world, meta=meta))
     except FactError as error:
         raise located(error, path, lines) from None
+    try:
+        fact_set.check_per_fact_meta()
+    except FactError as error:
+        raise FactError(f"{path}:{header_line}: {error}") from None
+    return fact_set
 
 
 def checked_answers(facts: FactSet) -> FactSet:
@@ -384,6 +390,8 @@ def from_dataset(dataset) -> FactSet:
     if not facts:
         raise FactError("the dataset holds no facts")
     try:
-        return checked_answers(FactSet(tuple(facts), world=world, meta=meta))
+        fact_set = checked_answers(FactSet(tuple(facts), world=world, meta=meta))
+        fact_set.check_per_fact_meta()
     except FactError as error:
         raise FactError(f"dataset: {error}", error.facts) from None
+    return fact_set

@@ -325,8 +325,17 @@ class FactSet:
         if not isinstance(value, list) or len(value) != len(self.facts):
             held = f"{len(value)} entries" if isinstance(value, list) else f"a {type(value).__name__}"
             raise FactError(f"fact set {self.world!r}: meta {key!r} holds {held} for {len(self.facts)} facts; it "
-                            f"holds one entry per fact (PER_FACT_META), so it cannot be cut to the facts kept")
+                            f"holds one entry per fact (PER_FACT_META): remove it from the header if the facts were "
+                            f"edited since it was written")
         return value
+
+    def check_per_fact_meta(self) -> None:
+        """Refuse, with :class:`FactError`, a meta list of :data:`PER_FACT_META` that does not hold one entry per
+        fact (a file's facts edited by hand after its header was written): what reads it (:meth:`first`, a line
+        named in an error) would read another fact's entry, or fail late."""
+        for key in PER_FACT_META:
+            if key in self.meta:
+                self._per_fact(key)
 
     def count(self, split: Split) -> int:
         """Number of directed statements in ``split``."""

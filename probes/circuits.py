@@ -237,9 +237,9 @@ the rows of W_E are not what the heads read."""
 def check_circuits_architecture(name: str, architecture: str, hooked: bool = True) -> None:
     """The refusals of :func:`check_circuits_readable` that the architecture alone decides, from ``architecture``, the
     transformers class a model's files declare: asked before any weight is read. OLMo 2 and 3 and BLOOM on every
-    backend; where the model will not be a ``HookedTransformer`` (``hooked`` False), a Gemma (or another of
-    :func:`stores_norm_offset`'s architectures) on TransformerLens 3.9's bridge, whose norms do not say they scale by
-    1 + w."""
+    backend; where the model will not be a ``HookedTransformer`` (``hooked`` False), a Gemma or Nemotron
+    (:data:`ONE_PLUS_W_ARCHITECTURES`) on TransformerLens 3.9's bridge, whose norms do not say they scale by 1 + w
+    (another architecture whose config says so, :func:`stores_norm_offset`, is refused once loaded)."""
     if not hooked and TL_MAJOR < 4 and (architecture.startswith("Gemma") or architecture in ONE_PLUS_W_ARCHITECTURES):
         raise ValueError(_unread_offset_message(name, architecture))
     if architecture in POST_NORM_ARCHITECTURES:

@@ -277,8 +277,10 @@ def test_a_report_is_never_written_into_a_sweep_folder(tmp_path, capsys):
     prepare(Sweep("reversal", (0,), {"lr": (1e30,)}), sweep)
     refused([other], sweep / "report.html", "sweep.toml")  # its summary not written yet
     aggregate(Sweep("reversal", (0,), {"lr": (1e30,)}), sweep)
-    refused([sweep], sweep / "report.html", "summary.json")
-    refused([other], sweep / "trials" / "r.html", "summary.json")
+    refused([sweep], sweep / "report.html", "sweep.toml")
+    refused([other], sweep / "trials" / "r.html", "sweep.toml")
+    # a summary.json alone (another tool's, in a folder above) does not make a folder a run's
+    assert main(["report", "--runs", str(sweep), "--out", str(other / "report.html")]) == 0
     assert main(["report", "--runs", str(sweep), "--out", str(tmp_path / "report.html")]) == 0
     [run] = find_runs([sweep])
     assert run.views == [] and run.others == ["sweep.toml", "trials/"]

@@ -212,3 +212,22 @@ def test_a_fact_index_that_is_no_integer_is_refused():
         refusal = rf"^fact set 'w': a fact index is an integer, got {re.escape(repr(index))}$"
         with pytest.raises(FactError, match=refusal):
             facts[index]
+
+
+def test_a_header_whose_per_fact_list_no_longer_matches_its_facts_is_refused_at_once(tmp_path):
+    """A run's facts.jsonl keeps each fact's file line in its header (meta "line"); a fact deleted by hand left that
+    list one entry longer, which was read without a word and refused only when a command later cut the facts
+    (`probe --tracing`, after the model had loaded). The reader refuses it, naming the header's line; a dataset's the
+    same."""
+    facts = FactSet((Fact("Ann Lee", "parent_of", "Bo Kim"), Fact("Cy Park", "parent_of", "Di Ross")),
+                    world="custom", meta={"line": [2, 3]})
+    path = tmp_path / "facts.jsonl"
+    save_jsonl(facts, path)
+    assert load_jsonl(path).meta["line"] == [2, 3]
+    header, first, _ = path.read_text(encoding="utf-8").splitlines()
+    path.write_text(f"{header}\n{first}\n", encoding="utf-8")
+    with pytest.raises(FactError, match=rf"{path}:1: fact set 'custom': meta 'line' holds 2 entries for 1 facts"):
+        load_jsonl(path)
+    edited = FactSet(facts.facts[:1], world="custom", meta={"line": [2, 3]})
+    with pytest.raises(FactError, match=r"dataset: fact set 'custom': meta 'line' holds 2 entries for 1 facts"):
+        from_dataset(to_dataset(edited))
