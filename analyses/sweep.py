@@ -772,7 +772,9 @@ def dropped(saved: Sweep, given: Sweep) -> list[str]:
         if key not in given.grid:
             found.append(f"grid {key} {shown(saved.grid[key])}, given not set")
         elif key not in saved.grid:
-            found.append(f"grid {key} not set, given {shown(given.grid[key])}")
+            why = (" (--gpus-per-trial runs every trial on cuda, a grid key of its own, which renames every trial's "
+                   "folder)" if key == "device" and given.gpus_per_trial and not saved.gpus_per_trial else "")
+            found.append(f"grid {key} not set, given {shown(given.grid[key])}{why}")
         elif set(saved.grid[key]) - set(given.grid[key]):
             found.append(f"grid {key} {shown(v for v in saved.grid[key] if v not in given.grid[key])} not given")
     if not found and list(saved.grid) != list(given.grid):

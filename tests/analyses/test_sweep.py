@@ -983,3 +983,16 @@ def test_reproduce_all_hands_its_runners_the_finetuned_folder_as_an_absolute_pat
     [given] = [(argv[i + 1] if item == "--finetuned" else item.removeprefix("--finetuned="))
                for argv in runners.argvs for i, item in enumerate(argv) if item.startswith("--finetuned")]
     assert Path(given) == tmp_path / "ft", runners.argvs
+
+
+def test_a_cpu_sweep_given_gpus_is_told_why_its_trials_are_left_out(tmp_path):
+    """A CPU sweep rerun with --gpus-per-trial gains device=cuda in its grid (with_resources), so none of its trials
+    is one of the new sweep's: the refusal says that is why, not only that a key was added."""
+    from analyses.sweep import Resources, SweepError, check_folder, prepare, with_resources
+
+    sweep = make_sweep("reversal", "0", TINY)
+    prepare(sweep, tmp_path / "sweep")
+    on_gpus = with_resources(make_sweep("reversal", "0-9", TINY), Resources(gpus=1.0))
+    with pytest.raises(SweepError, match=r"grid device not set, given cuda \(--gpus-per-trial runs every trial on "
+                                         r"cuda, a grid key of its own, which renames every trial's folder\)"):
+        check_folder(on_gpus, tmp_path / "sweep")
