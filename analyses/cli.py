@@ -775,11 +775,12 @@ def _check_inputs(args: argparse.Namespace) -> None:
                              "chooses the wrapper of a pretrained model; leave it out")
         if not checkpoint:
             check_convertible(args.model, args.backend or "hooked")  # a config the backend would compute otherwise
-        if args.tracing and args.backend == "bridge" and not checkpoint:
-            raise ValueError("--tracing runs on --backend hooked only: it restarts the forward pass at a layer under "
-                             "HookedTransformer's hook names, which --backend bridge does not offer (3.9's bridge "
-                             "cannot start at a layer; 4.x's caches its activations under its own names outside "
-                             "compatibility mode, what 4.x's --backend hooked loads)")
+        from models.backend import bridge_starts_at_layer
+
+        if args.tracing and args.backend == "bridge" and not checkpoint and not bridge_starts_at_layer():
+            raise ValueError("--tracing runs on --backend hooked only under TransformerLens 3.9: it restarts the "
+                             "forward pass at a layer, which 3.9's bridge cannot (4.x's bridges can, on either "
+                             "backend)")
         if args.patch_layers is not None:
             n_layers = (((card or {}).get("model") or {}).get("spec") or {}).get("n_layers") if checkpoint \
                 else _declared_layers(args.model)

@@ -124,15 +124,29 @@ def is_native_bridge(model: object) -> bool:
     return isinstance(model, TransformerBridge) and type(model.adapter).__name__ == "NativeArchitectureAdapter"
 
 
+def bridge_starts_at_layer() -> bool:
+    """Whether this TransformerLens line's ``TransformerBridge`` runs its blocks from a layer (``start_at_layer``), as
+    causal tracing's restored runs need: 4.x's does, 3.9's does not. For a refusal made before a model is loaded
+    (:func:`runs_from_layer` asks a model in hand)."""
+    return TL_MAJOR >= 4
+
+
+def bridge_norms_say_offset() -> bool:
+    """Whether this TransformerLens line's ``TransformerBridge`` norms say they scale by 1 + w where they store w
+    (``uses_weight_offset``, which circuits read): 4.x's do, 3.9's do not. For a refusal made before a model is
+    loaded."""
+    return TL_MAJOR >= 4
+
+
 def runs_from_layer(model: object) -> bool:
     """Whether ``model.run_with_hooks(resid, start_at_layer=l, ...)`` runs its blocks from layer ``l``
-    with HookedTransformer's hook names, as causal tracing reads them: a ``HookedTransformer``, or under
-    TransformerLens 4 a bridge in compatibility mode (what ``backend="hooked"`` and the named configs give
-    there). A 4.x bridge outside compatibility mode starts at a layer too, but its ``run_with_cache`` keys the
-    cache by its own canonical names, which tracing does not read; 3.9's bridge has no ``start_at_layer``."""
+    with HookedTransformer's hook names, as causal tracing reads them: a ``HookedTransformer``, or any
+    TransformerLens 4 bridge, in compatibility mode or not (outside it, ``hook_dict``, ``run_with_hooks`` and
+    ``run_with_cache(names_filter=[...])`` still answer to HookedTransformer's names, the cache keyed by the
+    name asked for). 3.9's bridge has no ``start_at_layer``."""
     if is_hooked(model):
         return True
-    return TL_MAJOR >= 4 and isinstance(model, TransformerBridge) and bool(getattr(model, "compatibility_mode", False))
+    return TL_MAJOR >= 4 and isinstance(model, TransformerBridge)
 
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -60,8 +60,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from facts.schema import FactError, FactSet
-from models.backend import (HOOKED_HINT, POST_NORM_ARCHITECTURES, TL_MAJOR, architecture_of, embedding_scale,
-                            final_norm_centres, is_hooked)
+from models.backend import (HOOKED_HINT, POST_NORM_ARCHITECTURES, TL_MAJOR, architecture_of, bridge_norms_say_offset,
+                            embedding_scale, final_norm_centres, is_hooked)
 from models.bilinear import BilinearModel
 from models.scoring import in_eval_mode
 
@@ -240,7 +240,8 @@ def check_circuits_architecture(name: str, architecture: str, hooked: bool = Tru
     backend; where the model will not be a ``HookedTransformer`` (``hooked`` False), a Gemma or Nemotron
     (:data:`ONE_PLUS_W_ARCHITECTURES`) on TransformerLens 3.9's bridge, whose norms do not say they scale by 1 + w
     (another architecture whose config says so, :func:`stores_norm_offset`, is refused once loaded)."""
-    if not hooked and TL_MAJOR < 4 and (architecture.startswith("Gemma") or architecture in ONE_PLUS_W_ARCHITECTURES):
+    if not hooked and not bridge_norms_say_offset() and (architecture.startswith("Gemma")
+                                                         or architecture in ONE_PLUS_W_ARCHITECTURES):
         raise ValueError(_unread_offset_message(name, architecture))
     if architecture in POST_NORM_ARCHITECTURES:
         raise ValueError(

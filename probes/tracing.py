@@ -48,8 +48,9 @@ predict an answer token go through the final norm and W_U (each per position: th
 logits). On SmolLM2, W_U is 28 M multiply-adds a position against ~3.5 M for a block, so a restored
 run that starts in the top 8 of its 30 layers was mostly unembedding; on Gemma 3 (a 262,144-token
 vocabulary) it was for every layer. TransformerLens 3.9's TransformerBridge has no
-``start_at_layer`` and is refused (load the model with ``backend="hooked"``: a HookedTransformer
-under 3.9, the bridge in compatibility mode under 4.x, :func:`models.backend.runs_from_layer`).
+``start_at_layer`` and is refused (load the model with ``backend="hooked"``, a HookedTransformer); under 4.x
+either backend's bridge is traced, in compatibility mode or not, with the same numbers
+(:func:`models.backend.runs_from_layer`).
 
 Averaging over facts. Prompts differ in length, so positions are put in Meng et al.'s buckets
 (:data:`BUCKETS`): tokens before the given entity, its first, middle and last tokens, the first
@@ -74,8 +75,8 @@ from torch import Tensor
 from facts.language import render_statement
 from facts.schema import Direction, FactError, FactSet
 from facts.tokens import Example
-from models.backend import (TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry, embedding_scale, is_hooked,
-                            runs_from_layer)
+from models.backend import (TL_VERSION, TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry,
+                            embedding_scale, is_hooked, runs_from_layer)
 from models.bilinear import BilinearModel
 from models.scoring import answer_token_logprobs, check_causal, hooked_readout, in_eval_mode, token_logprobs
 from models.training import derived_seed, stream_seed
@@ -141,8 +142,8 @@ def _check_model(model: Any) -> None:
     if not runs_from_layer(model):
         raise ValueError(
             f"causal tracing runs the restored runs from their layer (start_at_layer) under HookedTransformer's "
-            f"hook names, which a {type(model).__name__} outside compatibility mode does not offer; load the model "
-            f"with backend='hooked'")
+            f"hook names, which a {type(model).__name__} of TransformerLens {TL_VERSION} does not offer; load the "
+            f"model with backend='hooked'")
 
 
 def _check_sites(model: Any, sites: Sequence[Site], length: int) -> None:

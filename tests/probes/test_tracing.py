@@ -371,12 +371,29 @@ def test_restored_rows_read_earlier_positions_from_the_corrupted_cache(request, 
         assert same(cached.restored, whole.restored)
 
 
-def test_tracing_a_bridge_is_refused_with_the_backend_to_use(tiny_models, tmp_path):
+@pytest.mark.parametrize("architecture", ["llama", "gemma3", "qwen2"])
+def test_tracing_a_bridge_outside_compatibility_mode_gives_the_hooked_backends_table(architecture, tiny_models):
+    """Under TransformerLens 4 both backends are bridges over the same Hugging Face modules, ``"bridge"`` outside
+    compatibility mode: its ``start_at_layer``, and HookedTransformer's hook names in ``run_with_cache`` and
+    ``run_with_hooks``, give every number of the table as ``"hooked"`` does (to float32 rounding). 3.9's bridge
+    cannot start at a layer and is refused, naming the backend to use."""
     from facts.tokens import Example
+    from models.backend import TL_MAJOR
 
-    example = Example((1, 2, 3, 4), (5,), 0, "forward", "train")
-    with pytest.raises(ValueError, match="TransformerBridge .*backend='hooked'"):
-        trace_sites(tiny_models["gemma3"].backends["bridge"], example, (1,), [Site("resid_post", 0, (1,))])
+    backends = tiny_models[architecture].backends
+    prompt = torch.randint(0, 1000, (7,), generator=torch.Generator().manual_seed(2)).tolist()
+    example, given = Example(tuple(prompt), (5, 9), 0, "forward", "train"), (2, 3)
+    if TL_MAJOR < 4:
+        with pytest.raises(ValueError, match="TransformerBridge .*backend='hooked'"):
+            trace(backends["bridge"], example, given, n_samples=2)
+        return
+    assert not backends["bridge"].compatibility_mode and backends["hooked"].compatibility_mode
+    bridge, hooked = (trace(backends[b], example, given, n_samples=2) for b in ("bridge", "hooked"))
+    assert (hooked.logprob - hooked.corrupted_logprob).abs().max() > 1e-3  # restoring does move the answer
+    numbers = ["prob", "logprob", "clean_prob", "clean_logprob", "corrupted_prob", "corrupted_logprob", "effect",
+               "recovered", "noise_std"]
+    pd.testing.assert_frame_equal(bridge.drop(columns=numbers), hooked.drop(columns=numbers))
+    pd.testing.assert_frame_equal(bridge[numbers], hooked[numbers], check_exact=False, rtol=0, atol=1e-5)  # NaN alike
 
 
 # --- the weight change read at the entities --------------------------------------------------------
