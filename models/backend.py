@@ -124,6 +124,22 @@ def is_native_bridge(model: object) -> bool:
     return isinstance(model, TransformerBridge) and type(model.adapter).__name__ == "NativeArchitectureAdapter"
 
 
+def norm_scale(model: object, norm: object) -> Tensor | None:
+    """The scale a LayerNorm/RMSNorm ``norm`` of ``model`` multiplies its normalised input by, from its stored weight
+    w (None where it has none: folded into the next weights): 1 + w for a norm that stores the offset from 1 (Gemma
+    1/2/3's Hugging Face RMSNorm on a TransformerBridge, which TransformerLens 4 marks ``uses_weight_offset`` and 3.9's
+    bridge applies where its config sets ``rmsnorm_uses_offset``; TransformerLens's ``HookedTransformer`` converter
+    stores 1 + w itself), else w."""
+    weight = next((value for value in (getattr(norm, name, None) for name in ("w", "weight"))
+                   if isinstance(value, Tensor)), None)
+    if weight is None:
+        return None
+    marked = getattr(norm, "uses_weight_offset", None)
+    offset = bool(marked) if marked is not None else (
+        not is_hooked(model) and bool(getattr(getattr(model, "cfg", None), "rmsnorm_uses_offset", False)))
+    return 1 + weight if offset else weight
+
+
 def bridge_starts_at_layer() -> bool:
     """Whether this TransformerLens line's ``TransformerBridge`` runs its blocks from a layer (``start_at_layer``), as
     causal tracing's restored runs need: 4.x's does, 3.9's does not. For a refusal made before a model is loaded
@@ -146,7 +162,7 @@ def runs_from_layer(model: object) -> bool:
     name asked for). 3.9's bridge has no ``start_at_layer``."""
     if is_hooked(model):
         return True
-    return TL_MAJOR >= 4 and isinstance(model, TransformerBridge)
+    return bridge_starts_at_layer() and isinstance(model, TransformerBridge)
 
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -37,7 +37,7 @@ from torch import Tensor
 from facts.tokens import Example, TokenizedFacts, collate
 from models.backend import (
     HOOKED_HINT, POST_NORM_ARCHITECTURES, ActivationCache, apply_softcap, architecture_of, final_norm_centres,
-    get_act_name, is_hooked, patching,
+    get_act_name, is_hooked, norm_scale, patching,
 )
 from models.bilinear import BilinearModel
 from models.scoring import check_causal, check_token_ids, hooked_readout, in_eval_mode
@@ -109,23 +109,6 @@ def _check_ids(model: Any, examples: Sequence[Example], where: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Direct logit attribution
-
-
-def _stores_offset(model: Any, norm: Any) -> bool:
-    """Whether ``norm`` holds w and scales by 1 + w (Gemma 1/2/3's Hugging Face RMSNorm on a TransformerBridge;
-    TransformerLens's ``HookedTransformer`` converter adds the 1 itself). TransformerLens 4 marks each such norm
-    (``uses_weight_offset``); 3.9's bridge norm scales by 1 + w where its config says so (``rmsnorm_uses_offset``),
-    which is also what its ``fold_ln`` reads: it folds 1 + w into the next layer's weights and leaves w = 0."""
-    marked = getattr(norm, "uses_weight_offset", None)
-    if marked is not None:
-        return bool(marked)
-    return not is_hooked(model) and bool(getattr(model.cfg, "rmsnorm_uses_offset", False))
-
-
-def _norm_weight(model: Any, norm: Any, weight: Tensor) -> Tensor:
-    """The scale ``norm`` multiplies its normalised input by, given its stored ``weight`` w: 1 + w for a norm that
-    stores the offset from 1 (:func:`_stores_offset`), else w."""
-    return 1 + weight if _stores_offset(model, norm) else weight
 
 
 def _final_norm_is_plain(model: Any) -> bool:
@@ -238,7 +221,7 @@ def _head_terms(
     weight w and, cached from the actual run, scale s = √(mean(x²) + ε) of its input
     x = Σ_h z_h W_O^h + b_O), attn_out = w ⊙ x / s, which is linear in x given s: head h's term
     is w ⊙ (z_h W_O^h) / s and the bias's w ⊙ b_O / s, w being the scale the norm applies (1 + w
-    stored on a bridge's Gemma norm: :func:`_norm_weight`). The terms are checked to add up to the
+    stored on a bridge's Gemma norm: :func:`models.backend.norm_scale`). The terms are checked to add up to the
     cached attn_out; a model whose attention output is something else is refused.
     """
     attention = model.blocks[layer].attn
@@ -254,7 +237,7 @@ def _head_terms(
             raise ValueError(f"{model.cfg.model_name}: L{layer}'s norm after attention ({norm}, "
                              f"{type(module).__name__}) is not an RMSNorm; its heads cannot be attributed one by one")
         scale = cache[f"blocks.{layer}.{norm}.hook_scale"][:, -1]  # [batch, 1]
-        weight = _norm_weight(model, module, module.w)
+        weight = norm_scale(model, module)
         vectors = [weight * vector / scale for vector in vectors]
     total, cached = torch.stack(vectors).sum(0), cache[f"blocks.{layer}.hook_attn_out"][:, -1]
     deviation = float((total - cached).abs().max())
@@ -319,11 +302,10 @@ def _check_controls(examples: Sequence[Example], controls: Sequence[Example]) ->
 
 def _final_norm_affine(model: Any) -> tuple[Tensor | None, Tensor | None]:
     """The final norm's weight w, as the scale it applies (1 + w where it stores the offset from 1:
-    :func:`_norm_weight`), and bias b (None where it has none, or no final norm at all)."""
+    :func:`models.backend.norm_scale`), and bias b (None where it has none, or no final norm at all)."""
     norm = getattr(model, "ln_final", None)
     parameters = {} if norm is None else {name.rsplit(".", 1)[-1]: p for name, p in norm.named_parameters()}
-    weight = parameters.get("w", parameters.get("weight"))
-    return (None if weight is None else _norm_weight(model, norm, weight)), parameters.get("b", parameters.get("bias"))
+    return (None if norm is None else norm_scale(model, norm)), parameters.get("b", parameters.get("bias"))
 
 
 def _answer_directions(

@@ -61,7 +61,7 @@ from torch import Tensor
 
 from facts.schema import FactError, FactSet
 from models.backend import (HOOKED_HINT, POST_NORM_ARCHITECTURES, TL_MAJOR, architecture_of, bridge_norms_say_offset,
-                            embedding_scale, final_norm_centres, is_hooked)
+                            embedding_scale, final_norm_centres, is_hooked, norm_scale)
 from models.bilinear import BilinearModel
 from models.scoring import in_eval_mode
 
@@ -121,22 +121,18 @@ def _entity_tokens(facts: FactSet, entity_ids: EntityIds, d_vocab: int) -> Entit
     return EntityTokens(torch.tensor(list(position_of)), torch.tensor(bags), offsets, index_of)
 
 
-def _norm_scale(norm: torch.nn.Module | None) -> Tensor | None:
-    """The learned scale of a LayerNorm/RMSNorm (None once folded into the weights): its weight w, or
-    1 + w for a norm that says it stores the offset from 1 (``uses_weight_offset``: TransformerLens 4's
-    bridge over Gemma 1/2/3, whose Hugging Face norms scale by 1 + w)."""
-    for name in ("w", "weight"):
-        value = getattr(norm, name, None)
-        if isinstance(value, Tensor):
-            return 1 + value.detach() if getattr(norm, "uses_weight_offset", False) else value.detach()
-    return None
+def _norm_scale(model, norm: torch.nn.Module | None) -> Tensor | None:
+    """The learned scale of a LayerNorm/RMSNorm (None once folded into the weights): its weight w, or 1 + w for a
+    norm that stores the offset from 1 (:func:`models.backend.norm_scale`), detached."""
+    scale = None if norm is None else norm_scale(model, norm)
+    return None if scale is None else scale.detach()
 
 
-def _prepare(vectors: Float[Tensor, "n d"], norm: torch.nn.Module | None, centre: bool) -> Float[Tensor, "n d"]:
+def _prepare(model, vectors: Float[Tensor, "n d"], norm: torch.nn.Module | None, centre: bool) -> Float[Tensor, "n d"]:
     """What a norm does to a residual vector, minus the 1/σ scale: centre, then scale."""
     if centre:
         vectors = vectors - vectors.mean(-1, keepdim=True)
-    scale = _norm_scale(norm)
+    scale = _norm_scale(model, norm)
     return vectors * scale if scale is not None else vectors
 
 
@@ -145,7 +141,7 @@ def _unembedding_directions(model, tokens: EntityTokens) -> Float[Tensor, "entit
     1/σ aside: scaled by that norm's weight and, where it centres (a LayerNorm, not an RMS final norm:
     :func:`models.backend.final_norm_centres`), centred: o · P·(w ⊙ u) = P·o · (w ⊙ u), P being symmetric."""
     W_U = model.W_U.detach()
-    final = _prepare(tokens.means(W_U[:, tokens.token_ids].T.float()), getattr(model, "ln_final", None), False)
+    final = _prepare(model, tokens.means(W_U[:, tokens.token_ids].T.float()), getattr(model, "ln_final", None), False)
     return final - final.mean(-1, keepdim=True) if final_norm_centres(model) else final
 
 
@@ -275,14 +271,14 @@ def transformer_circuits(
     final = _unembedding_directions(model, tokens)
     embedded = tokens.means(W_E[tokens.token_ids].float()) * embedding_scale(model)
     # what each layer's first norm makes of the embedding, its 1/σ scale aside: centred under LayerNorm blocks
-    source = _prepare(embedded, None, str(getattr(model.cfg, "normalization_type", "")).startswith("LN"))
+    source = _prepare(model, embedded, None, str(getattr(model.cfg, "normalization_type", "")).startswith("LN"))
     if "direct" in kinds:  # the embedding reaches the final norm as it is (its centring, if any, is in `final`)
         yield [Circuit("direct", None, [None], (source if final_norm_centres(model) else embedded)[:, None],
                        final[:, None])]
     stacked = {} if is_hooked(model) else {"ov": model.OV if "ov" in kinds else None,
                                             "qk": model.QK if "qk" in kinds else None}
     for layer in layers:
-        scale = _norm_scale(getattr(model.blocks[layer], "ln1", None))
+        scale = _norm_scale(model, getattr(model.blocks[layer], "ln1", None))
         block = []
         if "ov" in kinds:
             W_V, W_O = _layer_factors(model, stacked, "ov", layer)
@@ -318,7 +314,7 @@ def _post_norm_scale(model, layer: int, sublayer: str) -> Float[Tensor, " d_mode
             raise ValueError(f"{model.cfg.model_name}: layer {layer} normalises its {sublayer} output, but its "
                              f"block has no {POST_NORMS[sublayer]} to read the norm's scale from")
         return None
-    scale = _norm_scale(norm)
+    scale = _norm_scale(model, norm)
     if scale is None or scale.shape != (model.cfg.d_model,):
         raise ValueError(f"{model.cfg.model_name}: the scale of layer {layer}'s {POST_NORMS[sublayer]} cannot be read "
                          f"as one weight per residual dimension ({None if scale is None else tuple(scale.shape)})")
@@ -338,7 +334,7 @@ def _qk_norm_scales(model, layer: int) -> tuple[Float[Tensor, " d_head"] | None,
             raise ValueError(f"{model.cfg.model_name}: layer {layer} normalises queries and keys, but its attention "
                              "has no q_norm/k_norm to read the scales from")
         return None, None
-    scales = [_norm_scale(norm) for norm in norms]
+    scales = [_norm_scale(model, norm) for norm in norms]
     for name, scale in zip(("q_norm", "k_norm"), scales):
         if scale is None or scale.shape != (model.cfg.d_head,):
             raise ValueError(f"{model.cfg.model_name}: the scale of layer {layer}'s {name} cannot be read as one "

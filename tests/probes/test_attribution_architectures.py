@@ -153,7 +153,7 @@ def test_a_bridge_whose_config_says_its_norms_scale_by_one_plus_w_is_read_so_or_
         return
     check_circuits_readable(model)
     for block in model.blocks:
-        assert torch.equal(_norm_scale(block.ln1), 1 + block.ln1.original_component.weight.detach())
+        assert torch.equal(_norm_scale(model, block.ln1), 1 + block.ln1.original_component.weight.detach())
 
 
 def test_circuits_of_a_model_that_normalises_its_embeddings_are_refused(tmp_path, smollm2_tokenizer):
