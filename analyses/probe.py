@@ -246,8 +246,8 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
                 backend: str = "hooked", templates: Mapping[str, Sequence[str]] | None = None) -> ProbedModel:
     """A trained checkpoint (token worlds) or a pretrained model (natural-language facts, in
     ``templates``' sentences or, for the built-in worlds, their own). A pretrained model whose circuits or
-    attribution would not be exact on ``backend`` (OLMo 2 on any; the circuits of a Gemma on TransformerLens 3.9's
-    bridge) is refused from the architecture its files declare, before any weight is read."""
+    attribution would not be exact on ``backend`` (OLMo 2's and Gemma 4's circuits on any; Granite's attribution)
+    is refused from the architecture its files declare, before any weight is read."""
     if _is_checkpoint(model_path):
         model, checkpoint = load_trained(model_path, device)
         vocab = TokenVocab()
@@ -259,9 +259,8 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
 
     with one_parse(model_path):  # a GGUF's metadata read once, for the architecture and then the load
         architecture, name = declared_architecture(model_path), resolve(model_path).name
-        hooked = gives_hooked_transformer(backend)  # before any weight is read: OLMo 2 on any backend, a Gemma's
-        check_circuits_architecture(name, architecture, hooked)  # circuits on 3.9's bridge, Granite's attribution
-        check_attribution_architecture(name, architecture, hooked)
+        check_circuits_architecture(name, architecture)  # before any weight is read: OLMo 2's circuits on any backend,
+        check_attribution_architecture(name, architecture, gives_hooked_transformer(backend))  # Granite's attribution
         model = load(model_path, backend=backend, device=device)  # with its tokenizer, BOS as the files declare
     return pretrained_probed(model, model.tokenizer, facts.world, {"backend": wrapper_name(model)}, templates)
 
@@ -611,7 +610,7 @@ def probe(model_path: str | os.PathLike[str], facts_path: str | os.PathLike[str]
     for layer in patch_layers or ():
         if isinstance(n_layers, int) and not 0 <= layer < n_layers:
             raise ValueError(f"--patch-layers {layer}: out of range; this model has layers 0…{n_layers - 1}")
-    check_circuits_readable(probed.model)  # before any probe runs: a Gemma on 3.9's bridge, OLMo 2 on any backend,
+    check_circuits_readable(probed.model)  # before any probe runs: OLMo 2 and Gemma 4 on any backend,
     check_attribution_readable(probed.model)  # and for attribution OLMo 2 or Granite's multipliers on a bridge
     # a pretrained model's products on oneDNN where MKL's are the slower float32 ones; a token-world
     # checkpoint's are too small to gain (models.cpu_matmul)

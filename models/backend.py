@@ -125,32 +125,58 @@ def is_native_bridge(model: object) -> bool:
 
 
 def norm_scale(model: object, norm: object) -> Tensor | None:
-    """The scale a LayerNorm/RMSNorm ``norm`` of ``model`` multiplies its normalised input by, from its stored weight
-    w (None where it has none: folded into the next weights): 1 + w for a norm that stores the offset from 1 (Gemma
-    1/2/3's Hugging Face RMSNorm on a TransformerBridge, which TransformerLens 4 marks ``uses_weight_offset`` and 3.9's
-    bridge applies where its config sets ``rmsnorm_uses_offset``; TransformerLens's ``HookedTransformer`` converter
-    stores 1 + w itself), else w."""
+    """The scale s a LayerNorm/RMSNorm ``norm`` of ``model`` multiplies its normalised input by, from its stored
+    weight w (None where it has none: folded into the next weights).
+
+    A ``HookedTransformer`` stores s itself (TransformerLens's converter adds Gemma's 1). A ``TransformerBridge``
+    runs the Hugging Face module, which stores either s (Llama, GPT-2, Gemma 4, ...) or its offset from 1,
+    s = 1 + w (Gemma 1/2/3, VaultGemma, Nemotron's LayerNorm1P): which of the two, is measured on the module
+    (:func:`_scales_by_one_plus_w`), not taken from TransformerLens's marks (3.9's bridge sets
+    ``rmsnorm_uses_offset`` in some architectures' configs only, and in its Gemma 3n adapter, whose transformers
+    module scales by w). A module that scales by neither is refused."""
     weight = next((value for value in (getattr(norm, name, None) for name in ("w", "weight"))
                    if isinstance(value, Tensor)), None)
     if weight is None:
         return None
-    marked = getattr(norm, "uses_weight_offset", None)
-    offset = bool(marked) if marked is not None else (
-        not is_hooked(model) and bool(getattr(getattr(model, "cfg", None), "rmsnorm_uses_offset", False)))
-    return 1 + weight if offset else weight
+    module = getattr(norm, "original_component", None)
+    if is_hooked(model) or not isinstance(module, torch.nn.Module):
+        return weight
+    return 1 + weight if _scales_by_one_plus_w(model, module, weight) else weight
+
+
+@torch.no_grad()
+def _scales_by_one_plus_w(model: object, module: torch.nn.Module, weight: Tensor) -> bool:
+    """Whether the norm ``module`` multiplies its normalised input by 1 + w rather than by w (its stored ``weight``).
+
+    Measured on x and −x, x a vector of ±1 (and one −2 where the width d is odd) with mean 0 and mean square m:
+    a LayerNorm or RMSNorm of it is s ⊙ x/√(m + ε) + b, so r = (norm(x) − norm(−x)) ⊙ √m / (2x) = s·√(m/(m + ε)),
+    s to within ε/2m. The two readings of s differ by 1 in every coordinate; the one r matches to 1% is taken,
+    and a module r matches neither (not a norm over the last dimension, or one scaling by something else) is
+    refused."""
+    d = weight.shape[-1]
+    x = torch.ones(d, dtype=torch.float64)
+    x[1::2] = -1.0
+    if d % 2:
+        x[-3:] = torch.tensor([1.0, 1.0, -2.0])  # the alternating signs end +1: these three sum to 0 instead
+    signed = x.to(weight.dtype).to(weight.device).view(1, 1, d)
+    w = weight.detach().double().reshape(-1).cpu()
+    try:
+        measured = (module(signed) - module(-signed)).double().reshape(-1, d)[0].cpu()
+    except (RuntimeError, TypeError, ValueError):  # not a module of one tensor, or not over the last dimension
+        measured = torch.full_like(w, float("nan"))
+    r = measured * x.pow(2).mean().sqrt() / (2 * x)
+    fits = {offset: bool(((r - (w + offset)).abs() <= 1e-2 * (1 + (w + offset).abs())).all()) for offset in (0, 1)}
+    if fits[0] == fits[1]:
+        name = getattr(getattr(model, "cfg", None), "model_name", type(model).__name__)
+        raise ValueError(f"{name}: its norm {type(module).__name__} scales its normalised input by neither its "
+                         "weight w nor 1 + w, so no scale of it can be read from its weights")
+    return fits[1]
 
 
 def bridge_starts_at_layer() -> bool:
     """Whether this TransformerLens line's ``TransformerBridge`` runs its blocks from a layer (``start_at_layer``), as
     causal tracing's restored runs need: 4.x's does, 3.9's does not. For a refusal made before a model is loaded
     (:func:`runs_from_layer` asks a model in hand)."""
-    return TL_MAJOR >= 4
-
-
-def bridge_norms_say_offset() -> bool:
-    """Whether this TransformerLens line's ``TransformerBridge`` norms say they scale by 1 + w where they store w
-    (``uses_weight_offset``, which circuits read): 4.x's do, 3.9's do not. For a refusal made before a model is
-    loaded."""
     return TL_MAJOR >= 4
 
 

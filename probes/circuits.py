@@ -60,8 +60,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from facts.schema import FactError, FactSet
-from models.backend import (HOOKED_HINT, POST_NORM_ARCHITECTURES, TL_MAJOR, architecture_of, bridge_norms_say_offset,
-                            embedding_scale, final_norm_centres, is_hooked, norm_scale)
+from models.backend import (POST_NORM_ARCHITECTURES, architecture_of, embedding_scale, final_norm_centres, is_hooked,
+                            norm_scale)
 from models.bilinear import BilinearModel
 from models.scoring import in_eval_mode
 
@@ -183,46 +183,16 @@ def _project(vectors: Float[Tensor, "n d_model"], weights: Float[Tensor, "head d
 
 
 def check_circuits_readable(model) -> None:
-    """Refuse a model whose norm weights this module cannot read as the scale the norm applies.
-
-    A ``TransformerBridge`` runs Gemma 1/2/3's norms (and VaultGemma's, Nemotron's: :func:`stores_norm_offset`) as
-    their Hugging Face modules, which scale by (1 + w) where the stored weight is w (TransformerLens's
-    ``HookedTransformer`` converter adds the 1). TransformerLens 4's bridge says so on each norm (``uses_weight_offset``), and
-    :func:`_norm_scale` reads 1 + w there; 3.9's does not, so every OV and QK entry read from it
-    would be wrong (a tiny random Gemma 3, whose w is 0: every entry 0): it is refused, naming the
-    backend that reads them. OLMo 2 (and 3) normalise each attention layer's *output* and have no norm
-    before attention: the ``ln1`` read here as the scale of the heads' input is the norm after them,
-    so their circuits are refused on any backend.
-    """
-    architecture = architecture_of(model)
+    """Refuse a model whose circuits this module cannot read (:func:`check_circuits_architecture`), or one of whose
+    norms before attention scales by neither its stored weight w nor 1 + w (:func:`models.backend.norm_scale`, which
+    measures it on a bridge: Gemma 1/2/3's Hugging Face norms store w and scale by 1 + w, on either
+    TransformerLens line; a ``HookedTransformer``'s converter adds the 1 itself). Asked before any circuit is read,
+    so a refusal leaves nothing half written."""
     if isinstance(model, BilinearModel):
         return
-    check_circuits_architecture(model.cfg.model_name, architecture)
-    if is_hooked(model) or not stores_norm_offset(model):
-        return
-    if not all(getattr(getattr(block, "ln1", None), "uses_weight_offset", False) for block in model.blocks):
-        raise ValueError(_unread_offset_message(model.cfg.model_name, architecture))
-
-
-def _unread_offset_message(name: str, architecture: str) -> str:
-    """Why a bridge whose norms do not say they scale by 1 + w has no readable circuits."""
-    return (f"{name}: a TransformerBridge runs {architecture}'s norms as Hugging Face modules that scale by (1 + w), "
-            f"so its OV/QK circuits cannot be read from the stored weights w; {HOOKED_HINT} where TransformerLens "
-            f"converts {architecture}" + (", or read it on TransformerLens 4's bridge, whose norms say so"
-                                          if TL_MAJOR < 4 else ""))
-
-
-ONE_PLUS_W_ARCHITECTURES = ("NemotronForCausalLM",)
-"""Architectures whose norms scale by 1 + w though TransformerLens 3.9's bridge config does not say so (Nemotron's
-``LayerNorm1P``); Gemma 1/2/3, VaultGemma and the others that do say it set ``cfg.rmsnorm_uses_offset``."""
-
-
-def stores_norm_offset(model) -> bool:
-    """Whether a bridge's norms hold w and scale by 1 + w: its config says so (``rmsnorm_uses_offset``: Gemma 1/2/3,
-    VaultGemma, RecurrentGemma, ...), or its architecture is a Gemma or one of :data:`ONE_PLUS_W_ARCHITECTURES`."""
-    architecture = architecture_of(model)
-    return (bool(getattr(model.cfg, "rmsnorm_uses_offset", False)) or architecture.startswith("Gemma")
-            or architecture in ONE_PLUS_W_ARCHITECTURES)
+    check_circuits_architecture(model.cfg.model_name, architecture_of(model))
+    for block in model.blocks:
+        _norm_scale(model, getattr(block, "ln1", None))
 
 
 EMBEDDING_NORM_ARCHITECTURES = ("BloomForCausalLM",)
@@ -230,15 +200,22 @@ EMBEDDING_NORM_ARCHITECTURES = ("BloomForCausalLM",)
 the rows of W_E are not what the heads read."""
 
 
-def check_circuits_architecture(name: str, architecture: str, hooked: bool = True) -> None:
+RESIDUAL_SCALING_ARCHITECTURES = ("Gemma4ForCausalLM",)
+"""Architectures that multiply the whole residual stream by a learned number after each layer (Gemma 4's
+``layer_scalar``) and normalise each head's values (``v_norm``): what an earlier layer writes reaches the unembedding
+and the later heads scaled by every later layer's number, which the circuits do not read."""
+
+
+def check_circuits_architecture(name: str, architecture: str) -> None:
     """The refusals of :func:`check_circuits_readable` that the architecture alone decides, from ``architecture``, the
-    transformers class a model's files declare: asked before any weight is read. OLMo 2 and 3 and BLOOM on every
-    backend; where the model will not be a ``HookedTransformer`` (``hooked`` False), a Gemma or Nemotron
-    (:data:`ONE_PLUS_W_ARCHITECTURES`) on TransformerLens 3.9's bridge, whose norms do not say they scale by 1 + w
-    (another architecture whose config says so, :func:`stores_norm_offset`, is refused once loaded)."""
-    if not hooked and not bridge_norms_say_offset() and (architecture.startswith("Gemma")
-                                                         or architecture in ONE_PLUS_W_ARCHITECTURES):
-        raise ValueError(_unread_offset_message(name, architecture))
+    transformers class a model's files declare, on every backend: asked before any weight is read. OLMo 2 and 3
+    (:data:`~models.backend.POST_NORM_ARCHITECTURES`), BLOOM (:data:`EMBEDDING_NORM_ARCHITECTURES`) and Gemma 4
+    (:data:`RESIDUAL_SCALING_ARCHITECTURES`)."""
+    if architecture in RESIDUAL_SCALING_ARCHITECTURES:
+        raise ValueError(
+            f"{name}: {architecture} multiplies its residual stream by a learned number after each layer and "
+            "normalises each head's values, neither of which the OV/QK circuits read: they would be wrong and are "
+            "refused on every backend")
     if architecture in POST_NORM_ARCHITECTURES:
         raise ValueError(
             f"{name}: {architecture} normalises each attention layer's output, not its input, so "
@@ -670,7 +647,7 @@ def weight_change_table(
     In a sandwich-norm block (Gemma 2/3) each change passes through the norm after its sublayer, at the
     scale of the model before (its 1/σ aside, one number per row: :func:`_post_norm_scale`), as the OV
     circuits do. Both models' norm weights must be readable as the circuits read them
-    (:func:`check_circuits_readable`: TransformerLens 3.9's bridge over a Gemma is refused).
+    (:func:`check_circuits_readable`).
 
     Forward rows read M[A, B] at the subject in the forward prompt, reverse rows M[B, A] at the object
     in the reverse prompt; each entry is z-scored against the same vector read at K random control

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 
 from facts.language import bos_prefix
 from facts.schema import Fact, FactSet
-from models.backend import TL_MAJOR, copy_model
+from models.backend import copy_model
 from models.hf_training import CausalLM
 from models.pretrained import PretrainedLoadError, check_equivalence, declared_bos, load, load_tokenizer, resolve
 from models.scoring import answer_logits, answer_loss, score_answers, token_logprobs
@@ -187,18 +187,13 @@ def test_gemma_circuit_entries_equal_the_hugging_face_weights(architecture, back
     1 + w: x_s = √d · E[s] ⊙ (1 + w_ln1), OV = ((1 + w_post) ⊙ W_O^h W_V^g x_a) · ((1 + w_final) ⊙ U[b])
     with the norm after attention, QK = ((1 + w_q) ⊙ W_Q^h x_a) · ((1 + w_k) ⊙ W_K^g x_b) with Gemma 3's
     query and key norms, g the key/value head of query head h (each norm's 1/σ left out, as documented).
-    Under TransformerLens 3.9 the bridge, whose norms do not say they store w, is refused by name instead
-    (it would read w)."""
+    On either line's bridge too (TransformerLens 3.9's bridge was refused: its norms do not say they store w,
+    which is now measured on each norm's module)."""
     hf, folder = gemmas_with_norm_weights[architecture]
     model = load(folder, backend=backend, device="cpu")
     names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
     facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
     token = {name: smollm2_tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
-    if backend == "bridge" and TL_MAJOR < 4:
-        refusal = r"TransformerBridge runs Gemma.*ForCausalLM's norms .*\(1 \+ w\).*backend='hooked'"
-        with pytest.raises(ValueError, match=refusal):
-            circuit_table(model, facts, lambda entity: token[entity], n_controls=2)
-        return
     table = circuit_table(model, facts, lambda entity: token[entity], kinds=("ov", "qk"), n_controls=2)
     config = hf.config
     heads, groups, d_head = config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -235,8 +230,8 @@ def test_a_gemma_weight_change_is_read_through_the_norms_after_attention_and_mlp
                                                                                  smollm2_tokenizer):
     """Gemma 3, W_O and W_out of layer 1 changed: both outputs are linear in the change, so each read is exact,
     the change of the sublayer's output at the subject's state scaled by the norm after it (its scale; 1/σ, one
-    number per row, left out) and dotted with the object's unembedding (final norm's scale). Under
-    TransformerLens 3.9 the bridge, whose norm weights read as w instead of 1 + w, is refused by name."""
+    number per row, left out) and dotted with the object's unembedding (final norm's scale); on either line's
+    bridge too (TransformerLens 3.9's bridge, whose norms do not say they store w, was refused)."""
     from facts.language import TemplateTokenizer
     from probes.circuits import weight_change_table
     from probes.tracing import given_positions
@@ -247,10 +242,6 @@ def test_a_gemma_weight_change_is_read_through_the_norms_after_attention_and_mlp
     facts = FactSet([Fact(subject=a, relation="parent", object=b, forward="train")
                      for a, b in zip(names[::2], names[1::2])])
     statements = TemplateTokenizer(smollm2_tokenizer, {"parent": ("{given} is the parent of {answer}",)})
-    if backend == "bridge" and TL_MAJOR < 4:
-        with pytest.raises(ValueError, match=r"TransformerBridge runs Gemma.*norms .*\(1 \+ w\)"):
-            weight_change_table(before, copy_model(before), facts, statements, statements.entity_ids)
-        return
     after = copy_model(before)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():

@@ -16,7 +16,7 @@ from analyses.probe import probe
 from facts.celebrity import load_celebrity_pairs
 from facts.io import save_jsonl
 from facts.tokens import Example
-from models.backend import TL_MAJOR, is_hooked
+from models.backend import architecture_of, is_hooked, norm_scale
 from probes.attribution import (
     check_attribution_architecture, check_attribution_readable, direct_logit_attribution, folded,
 )
@@ -133,27 +133,63 @@ def test_circuits_of_olmo2_are_refused_on_every_backend(tiny_models):
             check_circuits_readable(model)
 
 
-def test_a_bridge_whose_config_says_its_norms_scale_by_one_plus_w_is_read_so_or_refused(tmp_path, smollm2_tokenizer):
+def test_a_bridge_norm_is_read_as_the_scale_its_module_applies(tmp_path, smollm2_tokenizer):
     """VaultGemma scales by 1 + w like Gemma, but its name does not begin with "Gemma": TransformerLens 3.9's bridge
-    over it was not refused, and every OV/QK entry read w as the scale (an untrained model, w = 0: every entry 0).
-    Its config says so (``rmsnorm_uses_offset``): 3.9's bridge is refused, 4's norms read 1 + w."""
+    over it read w (an untrained model, w = 0: every OV/QK entry 0), and once its config was read, refused it. Which
+    of w and 1 + w a bridge's norm applies is now measured on its module (``models.backend.norm_scale``), on either
+    line: VaultGemma's 1 + w; a Llama whose config says its norms store the offset (as TransformerLens 3.9's Gemma 3n
+    adapter says over transformers' Gemma 3n norms, which scale by w; a 4.x norm then says ``uses_weight_offset``)
+    its w; and a norm module that scales by neither is refused, naming it."""
     import transformers
 
     from models.pretrained import load
-    from probes.circuits import _norm_scale
 
     config = transformers.VaultGemmaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                            head_dim=16, max_position_embeddings=128, query_pre_attn_scalar=16)
-    model = load(save_tiny(tmp_path / "vaultgemma", config, smollm2_tokenizer), backend="bridge", device="cpu")
-    if TL_MAJOR < 4:
-        with pytest.raises(ValueError, match=r"vaultgemma: a TransformerBridge runs VaultGemmaForCausalLM's norms as "
-                                             r"Hugging Face modules that scale by \(1 \+ w\)"):
-            check_circuits_readable(model)
-        return
-    check_circuits_readable(model)
-    for block in model.blocks:
-        assert torch.equal(_norm_scale(model, block.ln1), 1 + block.ln1.original_component.weight.detach())
+    vault = load(save_tiny(tmp_path / "vaultgemma", config, smollm2_tokenizer), backend="bridge", device="cpu")
+    check_circuits_readable(vault)
+    for block in vault.blocks:
+        assert torch.equal(norm_scale(vault, block.ln1), 1 + block.ln1.original_component.weight)
+    llama = load(save_tiny(tmp_path / "llama", tiny_config("llama"), smollm2_tokenizer), backend="bridge",
+                 device="cpu")
+    llama.cfg.rmsnorm_uses_offset = True
+    with torch.no_grad():
+        for block in llama.blocks:
+            block.ln1.original_component.weight.normal_(1.0, 0.5, generator=torch.Generator().manual_seed(0))
+    for norm in [*(block.ln1 for block in llama.blocks), llama.ln_final]:
+        assert torch.equal(norm_scale(llama, norm), norm.original_component.weight)
+    check_circuits_readable(llama)
+    llama.blocks[1].ln1.original_component.forward = lambda hidden: hidden  # scales by 1, its weight w ~ N(1, 0.5²)
+    with pytest.raises(ValueError, match=r"llama: its norm LlamaRMSNorm scales its normalised input by neither its "):
+        check_circuits_readable(llama)
+
+
+def test_circuits_of_gemma4_are_refused_before_and_after_it_loads(tmp_path, smollm2_tokenizer):
+    """Gemma 4 multiplies its whole residual stream by a learned number after every layer (``layer_scalar``) and
+    normalises each head's values: circuits read as for Gemma 3 would be wrong. Its norms scale by w (no offset),
+    which a name-based rule ("Gemma" stores w, scales by 1 + w) had refused for the wrong reason. Refused by
+    architecture, from its files before any weight is read and on a loaded bridge (both lines)."""
+    import transformers
+
+    from models.pretrained import load
+
+    config = transformers.Gemma4TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                           head_dim=16, max_position_embeddings=128)
+    folder = save_tiny(tmp_path / "gemma4", config, smollm2_tokenizer)
+    model = load(folder, backend="bridge", device="cpu")
+    assert architecture_of(model) == "Gemma4ForCausalLM"
+    refusal = r"gemma4: Gemma4ForCausalLM multiplies its residual stream by a learned number after each layer"
+    with pytest.raises(ValueError, match=refusal):
+        check_circuits_readable(model)
+    weights = folder / "model.safetensors"
+    weights.unlink()  # its files declare the architecture; no weight is left to read
+    facts = tmp_path / "celebrity.jsonl"
+    save_jsonl(load_celebrity_pairs().first(2), facts)
+    with pytest.raises(ValueError, match=refusal):
+        probe(folder, facts, tmp_path / "probe", backend="bridge", n_controls=1)
+    assert not (tmp_path / "probe").exists()
 
 
 def test_circuits_of_a_model_that_normalises_its_embeddings_are_refused(tmp_path, smollm2_tokenizer):
@@ -197,29 +233,20 @@ def test_probe_refuses_olmo2_from_its_files_before_reading_any_weight(backend, t
         assert not out.exists()
 
 
-def test_probe_attributes_a_gemma_bridge_and_refuses_only_3_9_s_circuits(tiny_models, tmp_path):
-    """`probe` refused a Gemma bridge from its files, for a direct logit attribution now read exactly there (the
-    tests above). Under TransformerLens 4 it runs whole on a tiny Gemma 3 on either backend (both bridges) and draws
-    attribution.png; under 3.9 the bridge's circuits are still refused (its norms do not say they scale by 1 + w:
-    probes.circuits), from the files (a config.json or a GGUF header without weights) before any weight is read,
-    and loaded, before anything is written."""
+def test_probe_runs_whole_on_a_gemma_on_either_backend(tiny_models, tmp_path):
+    """`probe` refused a Gemma bridge from its files, first for its direct logit attribution, then (under
+    TransformerLens 3.9) for its circuits, both now read exactly there (the tests above; the circuits against the
+    Hugging Face weights in models/test_architectures.py). It runs whole on a tiny Gemma 3 on either backend of
+    either line and draws attribution.png."""
     facts = tmp_path / "celebrity.jsonl"
     save_jsonl(load_celebrity_pairs().first(4), facts)
     out = tmp_path / "probe"
     check_attribution_architecture("gemma3", "Gemma3ForCausalLM", hooked=False)
-    folder = tiny_models["gemma3"].folder
-    if TL_MAJOR < 4:
-        refusal = r"gemma3: a TransformerBridge runs Gemma3ForCausalLM's norms .* OV/QK"
-        for model in [*weightless(tmp_path, "gemma3"), folder]:
-            with pytest.raises(ValueError, match=refusal):
-                probe(model, facts, out, backend="bridge", n_controls=1, patch_layers=[0])
-            assert not out.exists()
-        with pytest.raises(ValueError, match=refusal):  # what probe asks of a model in hand
-            check_circuits_readable(tiny_models["gemma3"].backends["bridge"])
-        return
     for backend in ("hooked", "bridge"):
-        summary = probe(folder, facts, out / backend, backend=backend, n_controls=1, patch_layers=[0])
+        summary = probe(tiny_models["gemma3"].folder, facts, out / backend, backend=backend, n_controls=1,
+                        patch_layers=[0])
         assert "skipped" not in summary["attribution"] and (out / backend / "attribution.png").is_file()
+        assert (out / backend / "circuits.csv").is_file()
 
 
 def applied_scale(model, norm) -> torch.Tensor:

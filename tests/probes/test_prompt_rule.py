@@ -18,9 +18,8 @@ from analyses.probe import pretrained_probed
 from facts.celebrity import load_celebrity_pairs
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix, people_world, render_statement
 from facts.schema import FactSet
-from models.backend import TL_MAJOR
 from models.pretrained import ModelSource, declared_bos, load, resolve
-from probes.circuits import check_circuits_readable
+from probes.circuits import check_circuits_readable, circuit_table
 from probes.logits import answer_table
 from probes.shared_prompt import scores_by_tree
 
@@ -86,12 +85,12 @@ def test_gemma3_270m_gets_its_bos_and_one_logprob_per_fact(gemma3_hooked, celebr
     assert (probe_lp - check_lp).abs().max() < 1e-4
 
 
-def test_gemma3_270m_on_the_bridge_scores_as_hooked_and_refuses_circuits(gemma3_hooked, gemma3_bridge, celebrities):
+def test_gemma3_270m_on_the_bridge_scores_and_reads_circuits_as_hooked(gemma3_hooked, gemma3_bridge, celebrities):
     """check-asymmetry's scoring on the bridge (by trie: one pass a statement) gives the hooked model's
-    log-probs (under TransformerLens 4.x both are bridges, the "hooked" one in compatibility mode); under
-    TransformerLens 3.9 `probe --backend bridge` is refused before any probe runs (its circuits would read
-    Gemma's norm weights w where it scales by 1 + w); 4.x's bridge says its norms store w and its circuits
-    read 1 + w (checked against the Hugging Face weights on tiny Gemmas: models/test_architectures.py)."""
+    log-probs (under TransformerLens 4.x both are bridges, the "hooked" one in compatibility mode), and so do its OV
+    and QK circuits: the bridge runs Gemma's Hugging Face norms, which store w and scale by 1 + w (measured on each
+    norm's module: ``models.backend.norm_scale``), where TransformerLens's HookedTransformer stores 1 + w. Under
+    TransformerLens 3.9 `probe --backend bridge` had been refused for its circuits (its norms do not say so)."""
     asked = TemplateTokenizer(gemma3_bridge.tokenizer, TEMPLATE_FAMILIES[DEFAULT_TEMPLATES])
     assert asked.prefix == (gemma3_bridge.tokenizer.bos_token_id,)
     assert scores_by_tree(gemma3_bridge) and gemma3_bridge.original_model.config.sliding_window == 512
@@ -100,11 +99,14 @@ def test_gemma3_270m_on_the_bridge_scores_as_hooked_and_refuses_circuits(gemma3_
     columns = ["child_to_parent_logprob", "parent_to_child_logprob"]
     hooked, bridge = (torch.tensor(t[columns].to_numpy(dtype=float)) for t in tables)
     assert hooked.isfinite().sum() >= 3 and (hooked - bridge).nan_to_num().abs().max() < 1e-4
-    if TL_MAJOR < 4:
-        with pytest.raises(ValueError, match="TransformerBridge runs Gemma3ForCausalLM's norms"):
-            check_circuits_readable(gemma3_bridge)
-    else:
-        check_circuits_readable(gemma3_bridge)
+    check_circuits_readable(gemma3_bridge)
+    facts = FactSet(celebrities.facts[:6], world="celebrity")
+    circuits = [circuit_table(model, facts, asked.entity_ids, layers=[0, 8, 17], n_controls=2).set_index(
+        ["fact", "circuit", "layer", "head"])[["entry_ab", "entry_ba"]] for model in (gemma3_hooked, gemma3_bridge)]
+    entries = [torch.tensor(table.to_numpy(dtype=float)) for table in circuits]
+    assert circuits[0].index.equals(circuits[1].index) and len(circuits[0]) == 6 * (1 + 3 * 4 * 2)
+    largest = float(entries[0].abs().max())
+    assert largest > 1.0 and float((entries[0] - entries[1]).abs().max()) < 1e-4 * largest
 
 
 def test_a_tokenizer_that_adds_bos_gets_it_in_both_commands(bos_tokenizer, celebrities, tiny_models):
