@@ -939,7 +939,8 @@ def _hooked_from(
         cfg.init_weights = False  # replaced before they are read: their memory is never touched
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_HOOKED_DEPRECATION, category=DeprecationWarning)
-        model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+        with _taken_as_given(tokenizer):
+            model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     _keep_tokenizer(model, tokenizer)
     _refuse_misconverted(model, state_dict, source)
     if not process_weights:
@@ -1350,9 +1351,10 @@ def _to_bridge(
     check_bridge_config(source.name, hf_model.config, type(hf_model).__name__)  # before the bridge wraps it
     refuse_pass_dependent_rope(hf_model, source.name)  # a model of the caller's (to_hooked under 4.x) too
     try:
-        bridge = TransformerBridge.boot_transformers(
-            str(source.path), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
-        )
+        with _taken_as_given(tokenizer):
+            bridge = TransformerBridge.boot_transformers(
+                str(source.path), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+            )
     except ValueError as error:  # architecture without a bridge adapter
         raise PretrainedLoadError(f"TransformerBridge cannot wrap {type(hf_model).__name__}: {error}") from error
     _keep_tokenizer(bridge, tokenizer)
@@ -1361,6 +1363,28 @@ def _to_bridge(
     if process_weights or compatible:
         bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not process_weights)
     return bridge.eval()
+
+
+@contextlib.contextmanager
+def _taken_as_given(tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
+    """Within the block, TransformerLens keeps the tokenizer it is given instead of reading the model's folder again.
+
+    TransformerLens (3.9 and 4.x, both model classes) reloads a tokenizer from ``tokenizer.name_or_path`` with
+    ``add_bos_token=True`` unless the tokenizer's ``init_kwargs`` say ``add_bos_token`` (its
+    ``get_tokenizer_with_bos``), and :func:`_keep_tokenizer` then puts the given one back: a second read of the
+    tokenizer files on every load, thrown away (SmolLM2's 49,152 tokens: ~0.1 s; ~15 CPU s of the test suite). The
+    mark is taken off again after, whatever it was; what TransformerLens fills in (padding side, a missing pad or
+    end-of-text token) it then sets on the given tokenizer itself, as :func:`_keep_tokenizer` would have copied it."""
+    kwargs = tokenizer.init_kwargs
+    had, before = "add_bos_token" in kwargs, kwargs.get("add_bos_token")
+    kwargs["add_bos_token"] = True
+    try:
+        yield
+    finally:
+        if had:
+            kwargs["add_bos_token"] = before
+        else:
+            kwargs.pop("add_bos_token", None)
 
 
 def _keep_tokenizer(model: TLModel, tokenizer: PreTrainedTokenizerBase) -> None:

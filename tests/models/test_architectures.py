@@ -513,6 +513,32 @@ def test_the_tokenizer_config_s_add_bos_token_decides_over_the_tokenizer_s_own_h
             assert bos_prefix(model.tokenizer) == (1,) * declared  # what every command's prompts start with
 
 
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_a_load_reads_its_folder_s_tokenizer_once(architecture, smollm2_tokenizer, tmp_path, monkeypatch):
+    """TransformerLens read a folder's tokenizer again on every load (``add_bos_token=True``), and the toolkit then
+    put its own back: the model's tokenizer is read once now, on either backend, as the files declare it (its
+    ``init_kwargs`` as ``load_tokenizer`` gives them, BOS or not as before)."""
+    from transformers import AutoTokenizer
+
+    folder = save_tiny(tmp_path / architecture, tiny_config(architecture), smollm2_tokenizer)
+    read = AutoTokenizer.from_pretrained.__func__
+    reads = []
+
+    def counted(cls, *args, **kwargs):
+        reads.append(args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+        return read(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(counted))
+    alone = load_tokenizer(folder)
+    for backend in ("hooked", "bridge"):
+        reads.clear()
+        model = load(folder, backend=backend, device="cpu")
+        assert len(reads) == 1, reads
+        assert model.tokenizer.init_kwargs == alone.init_kwargs
+        assert bos_prefix(model.tokenizer) == bos_prefix(alone) == () and model.cfg.default_prepend_bos is False
+        assert model.to_tokens("The capital")[0].tolist() == alone.encode("The capital")
+
+
 def transformers_tokenizer(folder):
     from transformers import AutoTokenizer
 
