@@ -204,10 +204,10 @@ def multiple_choice_questions(source: Any, facts: FactSet, k: int, checkpoint: b
         raise FactError(f"--multiple-choice: {error} (multiple choice asks the held-out paraphrases and reverses of "
                         f"a fact file's trained statements, Berglund et al.'s questions)") from None
     # a Berglund folder's questions in its facts' terms; a fact file's are already (its world may be named "berglund":
-    # a run's facts.jsonl written from a folder)
+    # a run's facts.jsonl written from a folder); each asks about its fact's given entity, which no option may be
     placed = in_fact_terms(asked.questions, facts) if source.experiment is not None else asked.questions
     kept = tuple(q for q in placed if q.fact < len(facts))
-    questions = QuestionSet(train=(), questions=kept, source=asked.source)
+    questions = QuestionSet(train=(), questions=kept, source=asked.source, facts=facts)
     options_count(questions, k)
     return questions
 

@@ -273,3 +273,28 @@ def test_a_fact_file_whose_world_is_named_berglund_is_asked_in_its_own_terms(tmp
     asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, 1).questions
     questions = multiple_choice_questions(source, source.facts, 2, False, "a model").questions
     assert [(q.fact, q.direction) for q in questions] == [(q.fact, q.direction) for q in asked] and asked
+
+
+def test_probe_s_multiple_choice_leaves_out_each_question_s_given_entity_as_finetune_facts_does(tmp_path):
+    """`probe --multiple-choice` built its questions without their facts, so a question's given entity (no option may
+    be it) came from the answers its prompt names: "Known: the friend of Ann Lee is" asks about the description "the
+    friend of Ann Lee", yet "Ann Lee" could be no wrong option of it, and a forward question's given name (not an
+    answer of its pool) was none. Its options are now those of finetune-facts' questions of the same facts."""
+    from analyses.probe import TEST_TEMPLATES, TRAIN_TEMPLATES, multiple_choice_questions
+    from facts.io import save_jsonl
+    from facts.schema import Fact, FactSet
+    from facts.sources import read_fact_source
+
+    people = [("Ann Lee", "the painter of Rome"), ("Bo Kim", "the friend of Ann Lee"), ("Cy Park", "the poet of Lima")]
+    save_jsonl(FactSet(tuple(Fact(name, "p2d", description, "d2p", "train", "heldout", "p2d")
+                             for name, description in people), world="custom"), tmp_path / "facts.jsonl")
+    source = read_fact_source(tmp_path / "facts.jsonl")
+    asked = source.questions(TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
+    questions = multiple_choice_questions(source, source.facts, 2, False, "a model")
+    assert questions.questions == asked.questions
+    assert questions.given_entities() == [{source.facts[q.fact].given_and_answer(q.direction)[0]}
+                                          for q in questions.questions]
+    assert questions.wrong_answers() == asked.wrong_answers()
+    friend = next(i for i, q in enumerate(questions.questions) if "the friend of Ann Lee" in q.prompt
+                  and q.completion.strip() == "Bo Kim")
+    assert "Ann Lee" in questions.wrong_answers()[friend]
