@@ -154,6 +154,10 @@ def _scales_by_one_plus_w(model: object, module: torch.nn.Module, weight: Tensor
     and a module r matches neither (not a norm over the last dimension, or one scaling by something else) is
     refused."""
     d = weight.shape[-1]
+    if weight.dim() != 1 or d < 2:
+        name = getattr(getattr(model, "cfg", None), "model_name", type(model).__name__)
+        raise ValueError(f"{name}: its norm {type(module).__name__} holds a weight of shape {tuple(weight.shape)}, "
+                         "not one scale for each of two or more dimensions of its input, so no scale of it is read")
     x = torch.ones(d, dtype=torch.float64)
     x[1::2] = -1.0
     if d % 2:

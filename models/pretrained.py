@@ -1373,8 +1373,13 @@ def _taken_as_given(tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
     ``add_bos_token=True`` unless the tokenizer's ``init_kwargs`` say ``add_bos_token`` (its
     ``get_tokenizer_with_bos``), and :func:`_keep_tokenizer` then puts the given one back: a second read of the
     tokenizer files on every load, thrown away (SmolLM2's 49,152 tokens: ~0.1 s; ~15 CPU s of the test suite). The
-    mark is taken off again after, whatever it was; what TransformerLens fills in (padding side, a missing pad or
-    end-of-text token) it then sets on the given tokenizer itself, as :func:`_keep_tokenizer` would have copied it."""
+    mark is taken off again after, whatever it was. TransformerLens then sets the padding side and a missing pad
+    token (the end-of-text one) on the given tokenizer itself, as :func:`_keep_tokenizer` would have copied them. A
+    tokenizer without an end-of-text token is not marked: TransformerLens would add its own ("<|endoftext|>") to the
+    vocabulary of the tokenizer it keeps, past the model's; that one stays its re-read copy."""
+    if tokenizer.eos_token_id is None or (tokenizer.bos_token is not None and tokenizer.bos_token_id is None):
+        yield
+        return
     kwargs = tokenizer.init_kwargs
     had, before = "add_bos_token" in kwargs, kwargs.get("add_bos_token")
     kwargs["add_bos_token"] = True

@@ -183,16 +183,22 @@ def _project(vectors: Float[Tensor, "n d_model"], weights: Float[Tensor, "head d
 
 
 def check_circuits_readable(model) -> None:
-    """Refuse a model whose circuits this module cannot read (:func:`check_circuits_architecture`), or one of whose
+    """Refuse a model whose circuits this module cannot read (:func:`check_circuits_architecture`), one with a block
+    that has no attention or no norm before it (RecurrentGemma's recurrent blocks), or one of whose
     norms before attention scales by neither its stored weight w nor 1 + w (:func:`models.backend.norm_scale`, which
     measures it on a bridge: Gemma 1/2/3's Hugging Face norms store w and scale by 1 + w, on either
     TransformerLens line; a ``HookedTransformer``'s converter adds the 1 itself). Asked before any circuit is read,
     so a refusal leaves nothing half written."""
     if isinstance(model, BilinearModel):
         return
-    check_circuits_architecture(model.cfg.model_name, architecture_of(model))
-    for block in model.blocks:
-        _norm_scale(model, getattr(block, "ln1", None))
+    name, architecture = model.cfg.model_name, architecture_of(model)
+    check_circuits_architecture(name, architecture)
+    for layer, block in enumerate(model.blocks):
+        missing = [part for part in ("ln1", "attn") if getattr(block, part, None) is None]
+        if missing:
+            raise ValueError(f"{name}: layer {layer} of this {architecture or 'model'} has no {' or '.join(missing)} "
+                             "(an attention layer and the norm before it), so its OV/QK circuits cannot be read")
+        _norm_scale(model, block.ln1)
 
 
 EMBEDDING_NORM_ARCHITECTURES = ("BloomForCausalLM",)
@@ -200,22 +206,25 @@ EMBEDDING_NORM_ARCHITECTURES = ("BloomForCausalLM",)
 the rows of W_E are not what the heads read."""
 
 
-RESIDUAL_SCALING_ARCHITECTURES = ("Gemma4ForCausalLM",)
-"""Architectures that multiply the whole residual stream by a learned number after each layer (Gemma 4's
-``layer_scalar``) and normalise each head's values (``v_norm``): what an earlier layer writes reaches the unembedding
-and the later heads scaled by every later layer's number, which the circuits do not read."""
+UNREAD_RESIDUAL_ARCHITECTURES = {
+    "Gemma4": "multiplies its residual stream by a learned number after each layer and normalises each head's values",
+    "Gemma3n": "runs several residual streams that it predicts and corrects between layers (AltUp), and adds "
+               "per-layer input embeddings",
+}
+"""transformers class-name prefixes (their causal LMs and multimodal models alike) whose residual stream is more than
+the sum the circuits read, one sublayer's output after another: what an earlier layer writes reaches the
+unembedding and the later heads otherwise (Gemma 4's ``layer_scalar`` and ``v_norm``; Gemma 3n's AltUp)."""
 
 
 def check_circuits_architecture(name: str, architecture: str) -> None:
     """The refusals of :func:`check_circuits_readable` that the architecture alone decides, from ``architecture``, the
     transformers class a model's files declare, on every backend: asked before any weight is read. OLMo 2 and 3
-    (:data:`~models.backend.POST_NORM_ARCHITECTURES`), BLOOM (:data:`EMBEDDING_NORM_ARCHITECTURES`) and Gemma 4
-    (:data:`RESIDUAL_SCALING_ARCHITECTURES`)."""
-    if architecture in RESIDUAL_SCALING_ARCHITECTURES:
-        raise ValueError(
-            f"{name}: {architecture} multiplies its residual stream by a learned number after each layer and "
-            "normalises each head's values, neither of which the OV/QK circuits read: they would be wrong and are "
-            "refused on every backend")
+    (:data:`~models.backend.POST_NORM_ARCHITECTURES`), BLOOM (:data:`EMBEDDING_NORM_ARCHITECTURES`), Gemma 4 and
+    Gemma 3n (:data:`UNREAD_RESIDUAL_ARCHITECTURES`)."""
+    for prefix, why in UNREAD_RESIDUAL_ARCHITECTURES.items():
+        if architecture.startswith(prefix):
+            raise ValueError(f"{name}: {architecture} {why}, which the OV/QK circuits do not read: they would be "
+                             "wrong and are refused on every backend")
     if architecture in POST_NORM_ARCHITECTURES:
         raise ValueError(
             f"{name}: {architecture} normalises each attention layer's output, not its input, so "

@@ -539,6 +539,29 @@ def test_a_load_reads_its_folder_s_tokenizer_once(architecture, smollm2_tokenize
         assert model.to_tokens("The capital")[0].tolist() == alone.encode("The capital")
 
 
+def test_a_tokenizer_without_end_of_text_gets_no_token_past_the_model_s_vocabulary(tmp_path):
+    """TransformerLens gives a tokenizer without an end-of-text token its own ("<|endoftext|>", and pads with it),
+    registering it as a new token on the tokenizer it keeps (where no unknown-word token stands for it): handed ours
+    as given, that token's id was 95 in a vocabulary of 95, past the model's embedding. Such a tokenizer stays TransformerLens's re-read copy, ours gets the
+    token's name only, as before: its vocabulary is the files' on either backend."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<bos>", *(chr(code) for code in range(33, 127))]  # characters, no merges, no unknown-word token
+    backend = Tokenizer(models.BPE({word: index for index, word in enumerate(words)}, []))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>")
+    assert tokenizer.eos_token is None and tokenizer.unk_token is None
+    config = tiny_config("llama")
+    config.vocab_size = len(words)
+    folder = save_tiny(tmp_path / "tiny-llama-no-eos", config, tokenizer)
+    for backend_name in ("hooked", "bridge"):
+        model = load(folder, backend=backend_name, device="cpu")
+        assert len(model.tokenizer) == len(words) == model.cfg.d_vocab
+        ids = (model.tokenizer.eos_token_id, model.tokenizer.pad_token_id, model.tokenizer.bos_token_id)
+        assert all(i is None or i < model.cfg.d_vocab for i in ids), ids
+
+
 def transformers_tokenizer(folder):
     from transformers import AutoTokenizer
 

@@ -192,6 +192,38 @@ def test_circuits_of_gemma4_are_refused_before_and_after_it_loads(tmp_path, smol
     assert not (tmp_path / "probe").exists()
 
 
+def test_circuits_of_a_model_whose_layers_they_do_not_describe_are_refused_naming_why(tmp_path, smollm2_tokenizer):
+    """Gemma 4 (its causal LM and its multimodal model alike) and Gemma 3n are refused by name before any weight is
+    read; a RecurrentGemma's recurrent blocks have no attention and no norm before it (they had passed, and
+    circuit_table failed inside TransformerLens); a bridge norm with a weight per head and dimension (Cohere's query
+    and key norms under use_qk_norm: n_heads × d_head) is refused, naming the shape, where its scale was measured
+    against the wrong width and failed with a shape error mid-table."""
+    import transformers
+
+    from models.pretrained import load
+    from probes.circuits import check_circuits_architecture
+
+    for architecture in ("Gemma4ForCausalLM", "Gemma4ForConditionalGeneration", "Gemma3nForCausalLM",
+                         "Gemma3nForConditionalGeneration"):
+        with pytest.raises(ValueError, match=rf"x: {architecture} .*refused on every backend"):
+            check_circuits_architecture("x", architecture)
+    check_circuits_architecture("x", "Gemma3ForCausalLM")
+    recurrent = transformers.RecurrentGemmaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
+                                                  lru_width=64, attention_window_size=16,
+                                                  block_types=["recurrent", "attention"])
+    model = load(save_tiny(tmp_path / "recurrentgemma", recurrent, smollm2_tokenizer), backend="bridge", device="cpu")
+    with pytest.raises(ValueError, match=r"recurrentgemma: layer 0 of this RecurrentGemmaForCausalLM has no ln1"):
+        check_circuits_readable(model)
+    from types import SimpleNamespace
+
+    from transformers.models.cohere.modeling_cohere import CohereLayerNorm
+
+    per_head = CohereLayerNorm((4, 16))  # a Cohere's q_norm under use_qk_norm (TransformerLens 4.3's bridge wraps it)
+    with pytest.raises(ValueError, match=r"recurrentgemma: its norm CohereLayerNorm holds a weight of shape \(4, 16\)"):
+        norm_scale(model, SimpleNamespace(weight=per_head.weight, original_component=per_head))
+
+
 def test_circuits_of_a_model_that_normalises_its_embeddings_are_refused(tmp_path, smollm2_tokenizer):
     """BLOOM's residual stream starts from LayerNorm(W_E[token]): the circuits, which read the rows of W_E as the
     entities' residual states, were computed on a bridge over it with nothing said. Refused by architecture."""
