@@ -36,6 +36,7 @@ from typing import Any
 
 import einops
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from transformer_lens import ActivationCache, FactoredMatrix, patching
@@ -158,10 +159,7 @@ def _scales_by_one_plus_w(model: object, module: torch.nn.Module, weight: Tensor
         name = getattr(getattr(model, "cfg", None), "model_name", type(model).__name__)
         raise ValueError(f"{name}: its norm {type(module).__name__} holds a weight of shape {tuple(weight.shape)}, "
                          "not one scale for each of two or more dimensions of its input, so no scale of it is read")
-    x = torch.ones(d, dtype=torch.float64)
-    x[1::2] = -1.0
-    if d % 2:
-        x[-3:] = torch.tensor([1.0, 1.0, -2.0])  # the alternating signs end +1: these three sum to 0 instead
+    x = _zero_mean_signs(d)
     signed = x.to(weight.dtype).to(weight.device).view(1, 1, d)
     w = weight.detach().double().reshape(-1).cpu()
     try:
@@ -175,6 +173,38 @@ def _scales_by_one_plus_w(model: object, module: torch.nn.Module, weight: Tensor
         raise ValueError(f"{name}: its norm {type(module).__name__} scales its normalised input by neither its "
                          "weight w nor 1 + w, so no scale of it can be read from its weights")
     return fits[1]
+
+
+def _zero_mean_signs(d: int) -> Float[Tensor, " d"]:
+    """d ≥ 2 numbers ±1 (and one −2 where d is odd) with mean 0: a probe of a norm over d dimensions."""
+    x = torch.ones(d, dtype=torch.float64)
+    x[1::2] = -1.0
+    if d % 2:
+        x[-3:] = torch.tensor([1.0, 1.0, -2.0])  # the alternating signs end +1: these three sum to 0 instead
+    return x
+
+
+@torch.no_grad()
+def norm_centres(norm: object) -> bool | None:
+    """Whether the Hugging Face module a bridge's norm runs subtracts the mean of its input (a LayerNorm) or not (an
+    RMSNorm), measured: it centres when it maps x + 1 to what it maps x to (x: :func:`_zero_mean_signs`); None for a
+    norm that runs no such module (a ``HookedTransformer``'s, whose ``normalization_type`` says) or fails on the
+    probe."""
+    module = getattr(norm, "original_component", None)
+    if not isinstance(module, torch.nn.Module):
+        return None
+    weight = next((p for p in module.parameters()), None)
+    d = getattr(getattr(norm, "cfg", None), "d_model", None) if weight is None else weight.shape[-1]
+    if not isinstance(d, int) or d < 2:
+        return None
+    x = _zero_mean_signs(d).view(1, 1, d)
+    if weight is not None:
+        x = x.to(weight.dtype).to(weight.device)
+    try:
+        plain, shifted = module(x).double(), module(x + 1).double()
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    return bool(((plain - shifted).abs() <= 1e-3 * (1 + plain.abs())).all())
 
 
 def bridge_starts_at_layer() -> bool:

@@ -61,7 +61,7 @@ from torch import Tensor
 
 from facts.schema import FactError, FactSet
 from models.backend import (POST_NORM_ARCHITECTURES, architecture_of, embedding_scale, final_norm_centres, is_hooked,
-                            norm_scale)
+                            norm_centres, norm_scale)
 from models.bilinear import BilinearModel
 from models.scoring import in_eval_mode
 
@@ -184,7 +184,9 @@ def _project(vectors: Float[Tensor, "n d_model"], weights: Float[Tensor, "head d
 
 def check_circuits_readable(model) -> None:
     """Refuse a model whose circuits this module cannot read (:func:`check_circuits_architecture`), one with a block
-    that has no attention or no norm before it (RecurrentGemma's recurrent blocks), or one of whose
+    that has no attention or no norm before it (RecurrentGemma's recurrent blocks), one whose norms before attention
+    or before the unembedding centre where its config says they do not, or the reverse (measured on a bridge's
+    modules: :func:`models.backend.norm_centres`; the circuits centre by the config), or one of whose
     norms before attention scales by neither its stored weight w nor 1 + w (:func:`models.backend.norm_scale`, which
     measures it on a bridge: Gemma 1/2/3's Hugging Face norms store w and scale by 1 + w, on either
     TransformerLens line; a ``HookedTransformer``'s converter adds the 1 itself). Asked before any circuit is read,
@@ -193,12 +195,21 @@ def check_circuits_readable(model) -> None:
         return
     name, architecture = model.cfg.model_name, architecture_of(model)
     check_circuits_architecture(name, architecture)
+    blocks_centre = str(getattr(model.cfg, "normalization_type", "")).startswith("LN")
+    norms = [("ln_final", getattr(model, "ln_final", None), final_norm_centres(model))]
     for layer, block in enumerate(model.blocks):
         missing = [part for part in ("ln1", "attn") if getattr(block, part, None) is None]
         if missing:
             raise ValueError(f"{name}: layer {layer} of this {architecture or 'model'} has no {' or '.join(missing)} "
                              "(an attention layer and the norm before it), so its OV/QK circuits cannot be read")
         _norm_scale(model, block.ln1)
+        norms.append((f"blocks.{layer}.ln1", block.ln1, blocks_centre))
+    for where, norm, read_as_centring in norms:
+        centres = None if norm is None else norm_centres(norm)
+        if centres is not None and centres != read_as_centring:
+            raise ValueError(f"{name}: its norm {where} {'subtracts' if centres else 'does not subtract'} the mean of "
+                             f"its input, but its config (normalization_type {model.cfg.normalization_type!r}) says "
+                             "otherwise, so the circuits would centre the residual stream where it does not: refused")
 
 
 EMBEDDING_NORM_ARCHITECTURES = ("BloomForCausalLM",)

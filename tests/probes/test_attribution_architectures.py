@@ -224,6 +224,22 @@ def test_circuits_of_a_model_whose_layers_they_do_not_describe_are_refused_namin
         norm_scale(model, SimpleNamespace(weight=per_head.weight, original_component=per_head))
 
 
+@pytest.mark.parametrize("architecture, claimed", [("gpt2", "RMS"), ("llama", "LN")])
+def test_a_bridge_whose_config_misstates_whether_its_norms_centre_is_refused(architecture, claimed, tiny_models,
+                                                                           monkeypatch):
+    """The circuits centre the residual stream where the config's ``normalization_type`` says its norms are
+    LayerNorms; a bridge runs the Hugging Face modules, whatever the config says. Whether each norm before attention
+    and before the unembedding centres is measured on its module (``models.backend.norm_centres``): a GPT-2 whose
+    config says RMS and a Llama whose config says LN are refused, naming the norm; as they are, both pass."""
+    model = tiny_models[architecture].backends["bridge"]
+    check_circuits_readable(model)
+    monkeypatch.setattr(model.cfg, "normalization_type", claimed)
+    centres = "subtracts" if claimed == "RMS" else "does not subtract"
+    with pytest.raises(ValueError, match=rf"{architecture}: its norm (ln_final|blocks.0.ln1) {centres} the mean of its "
+                                         rf"input, but its config \(normalization_type '{claimed}'\) says otherwise"):
+        check_circuits_readable(model)
+
+
 def test_circuits_of_a_model_that_normalises_its_embeddings_are_refused(tmp_path, smollm2_tokenizer):
     """BLOOM's residual stream starts from LayerNorm(W_E[token]): the circuits, which read the rows of W_E as the
     entities' residual states, were computed on a bridge over it with nothing said. Refused by architecture."""
