@@ -246,8 +246,8 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
                 backend: str = "hooked", templates: Mapping[str, Sequence[str]] | None = None) -> ProbedModel:
     """A trained checkpoint (token worlds) or a pretrained model (natural-language facts, in
     ``templates``' sentences or, for the built-in worlds, their own). A pretrained model whose circuits or
-    attribution would not be exact on ``backend`` (the circuits of OLMo 2, BLOOM, Gemma 4 or Gemma 3n on any; Granite's attribution)
-    is refused from the architecture its files declare, before any weight is read."""
+    attribution would not be exact on ``backend`` (the circuits of OLMo 2, BLOOM, Gemma 4 or Gemma 3n on any;
+    Granite's attribution) is refused from the architecture its files declare, before any weight is read."""
     if _is_checkpoint(model_path):
         model, checkpoint = load_trained(model_path, device)
         vocab = TokenVocab()
