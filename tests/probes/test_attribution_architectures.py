@@ -16,7 +16,7 @@ from analyses.probe import probe
 from facts.celebrity import load_celebrity_pairs
 from facts.io import save_jsonl
 from facts.tokens import Example
-from models.backend import architecture_of, is_hooked, norm_scale
+from models.backend import architecture_of, is_hooked, norm_centres, norm_scale
 from probes.attribution import (
     check_attribution_architecture, check_attribution_readable, direct_logit_attribution, folded,
 )
@@ -137,9 +137,10 @@ def test_a_bridge_norm_is_read_as_the_scale_its_module_applies(tmp_path, smollm2
     """VaultGemma scales by 1 + w like Gemma, but its name does not begin with "Gemma": TransformerLens 3.9's bridge
     over it read w (an untrained model, w = 0: every OV/QK entry 0), and once its config was read, refused it. Which
     of w and 1 + w a bridge's norm applies is now measured on its module (``models.backend.norm_scale``), on either
-    line: VaultGemma's 1 + w; a Llama whose config says its norms store the offset (as TransformerLens 3.9's Gemma 3n
-    adapter says over transformers' Gemma 3n norms, which scale by w; a 4.x norm then says ``uses_weight_offset``)
-    its w; and a norm module that scales by neither is refused, naming it."""
+    line: VaultGemma's 1 + w; Nemotron's LayerNorm1P 1 + w, centring (3.9 had refused it by name); a Llama whose
+    config says its norms store the offset (as TransformerLens 3.9's Gemma 3n adapter says over transformers'
+    Gemma 3n norms, which scale by w; a 4.x norm then says ``uses_weight_offset``) its w; and a norm module that
+    scales by neither is refused, naming it."""
     import transformers
 
     from models.pretrained import load
@@ -151,6 +152,14 @@ def test_a_bridge_norm_is_read_as_the_scale_its_module_applies(tmp_path, smollm2
     check_circuits_readable(vault)
     for block in vault.blocks:
         assert torch.equal(norm_scale(vault, block.ln1), 1 + block.ln1.original_component.weight)
+    nemotron = transformers.NemotronConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                           max_position_embeddings=128)
+    nemotron = load(save_tiny(tmp_path / "nemotron", nemotron, smollm2_tokenizer), backend="bridge", device="cpu")
+    check_circuits_readable(nemotron)  # its LayerNorm1P centres (as its config says, LN) and scales by 1 + w
+    for norm in [*(block.ln1 for block in nemotron.blocks), nemotron.ln_final]:
+        assert norm_centres(norm) is True
+        assert torch.equal(norm_scale(nemotron, norm), 1 + norm.original_component.weight)
     llama = load(save_tiny(tmp_path / "llama", tiny_config("llama"), smollm2_tokenizer), backend="bridge",
                  device="cpu")
     llama.cfg.rmsnorm_uses_offset = True
