@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models.memory import numpy_without_huge_pages
+
 
 @contextlib.contextmanager
 def lean_gguf_weights(release_reader: Callable[[Path], None]) -> Iterator[None]:
@@ -39,9 +41,10 @@ def lean_gguf_weights(release_reader: Callable[[Path], None]) -> Iterator[None]:
     original = GgufHfQuantizer.get_state_dict
 
     def get_state_dict(self, checkpoint_file: str, model: torch.nn.Module) -> dict[str, Tensor]:
-        if self.supported:  # transformers' fast path streams its own packed tensors
-            return original(self, checkpoint_file, model)
-        return gguf_state_dict(Path(checkpoint_file), model, self.dtype, release_reader)
+        with numpy_without_huge_pages():  # the dequantised arrays are fresh, and each huge page of them costly
+            if self.supported:  # transformers' fast path streams its own packed tensors
+                return original(self, checkpoint_file, model)
+            return gguf_state_dict(Path(checkpoint_file), model, self.dtype, release_reader)
 
     GgufHfQuantizer.get_state_dict = get_state_dict
     try:

@@ -15,6 +15,7 @@ import shutil
 
 import pytest
 import torch
+from numpy._core import multiarray as numpy_multiarray
 from tiny_models import (ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, WINDOW, padded_answers, save_tiny, tiny_config,
                          word_tokenizer)
 
@@ -600,14 +601,21 @@ def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smo
     monkeypatch.setenv("REVLENS_GGUF_CACHE", str(cache))
     monkeypatch.setattr(pretrained, "_GGUF_MODELS", {})
     monkeypatch.setattr(pretrained, "_GGUF_TOKENIZERS", {})
-    opened, configs = [], []
+    opened, configs, huge_pages = [], [], []
+    before = numpy_multiarray._get_madvise_hugepage()
     with monkeypatch.context() as counting:
         init, checkpoint = gguf.GGUFReader.__init__, modeling_gguf_pytorch_utils.load_gguf_checkpoint
         counting.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: opened.append(a) or init(self, *a, **k))
         counting.setattr(modeling_gguf_pytorch_utils, "load_gguf_checkpoint",
                          lambda *a, **k: configs.append(a) or checkpoint(*a, **k))
+        dequantize = gguf.dequantize
+        counting.setattr(gguf, "dequantize",
+                         lambda *a: huge_pages.append(numpy_multiarray._get_madvise_hugepage()) or dequantize(*a))
         parsed = pretrained.load_hf("smollm2-135m", keep=False)
     assert len(opened) == 1 and len(configs) == 1
+    # every tensor dequantised on ordinary pages (models.memory.numpy_without_huge_pages), numpy's setting after
+    assert huge_pages and not any(huge_pages)
+    assert numpy_multiarray._get_madvise_hugepage() == before
     [weights] = cache.glob("*/model.safetensors")
     whole = weights.stat().st_size
     with monkeypatch.context() as reading:
@@ -662,6 +670,22 @@ def test_gguf_weights_are_the_ones_transformers_reads(smollm2_hf):
     assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
     assert theirs.keys() == ours.keys() - {"lm_head.weight"}  # the file holds the tied embedding once
     assert all(torch.equal(ours[name], tensor) for name, tensor in theirs.items())
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_numpy_uses_ordinary_pages_inside_the_block_and_its_own_setting_after(setting):
+    """models.memory.numpy_without_huge_pages turns numpy's huge-page advice off inside the block and gives back
+    the setting it found, also when the block raises."""
+    from models.memory import numpy_without_huge_pages
+
+    before = numpy_multiarray._set_madvise_hugepage(setting)
+    try:
+        with pytest.raises(KeyError), numpy_without_huge_pages():
+            assert numpy_multiarray._get_madvise_hugepage() is False
+            raise KeyError("inside")
+        assert numpy_multiarray._get_madvise_hugepage() is setting
+    finally:
+        numpy_multiarray._set_madvise_hugepage(before)
 
 
 def test_threads_default_to_omp_num_threads_else_the_cores(monkeypatch):
