@@ -48,8 +48,8 @@ def numpy_without_huge_pages() -> Iterator[None]:
     (``madvise(MADV_HUGEPAGE)``, its default on Linux). Where the kernel's huge-page ``defrag`` setting is
     ``madvise`` (the usual default), each fault of such an array may compact memory first to find a free 2 MiB
     page. Dequantising a GGUF makes arrays of a whole tensor several times over (Gemma 3 270M's 262,144 × 640
-    embedding: 671 MB each): on a 2-core VM (2026-12-06) that one tensor took 8.4 s with huge pages, 7.8 s of it
-    the kernel's, and 1.1 s without; Gemma 3's whole first read 29.6 → 18.9 s, SmolLM2's 3.7 → 2.5 s. The
+    embedding: 671 MB each): on a 2-core VM (2026-12-06) that one tensor took 8.4 s with huge pages, most of it
+    the kernel's, and 1.1 s without; Gemma 3's whole first read 29.6 → ~20 s, SmolLM2's 3.7 → 2.3 s. The
     arrays' values are the same either way: only the pages behind them differ. A numpy without the switch is
     left as it is."""
     try:
