@@ -588,9 +588,10 @@ def smollm2_cache(tmp_path):
 
 def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smollm2_cache):
     """SmolLM2's first load writes its entry (the file read, with no earlier entry: config, weights and tokenizer
-    from one gguf.GGUFReader, where transformers alone opens three, its metadata made a config once), its second
-    reads it; a tokenizer class that refuses the Rust tokenizer handed to it reads the entry through AutoTokenizer,
-    the same tokenizer; an entry that cannot be read (its weights cut short, or its tokenizer.json broken) is
+    from one gguf.GGUFReader, where transformers alone opens three, its metadata made a config once; every tensor
+    dequantised with numpy's huge-page advice off, the advice as before after), its second reads it; a tokenizer
+    class that refuses the Rust tokenizer handed to it reads the entry through AutoTokenizer, the same tokenizer; an
+    entry that cannot be read (its weights cut short, or its tokenizer.json broken) is
     removed, the file read again and the entry written anew."""
     import gguf
     from transformers import modeling_gguf_pytorch_utils
