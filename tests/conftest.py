@@ -320,6 +320,22 @@ def smollm2_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def tiny_tokenizer(smollm2_tokenizer, tmp_path_factory):
+    """SmolLM2's tokenizer kept to the tiny models' vocabulary (``tiny_models.cut_vocabulary``), saved to a folder
+    and read back from it as every tiny model's load reads its own."""
+    from tiny_models import VOCAB, cut_vocabulary
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-tokenizer")
+    cut_vocabulary(smollm2_tokenizer).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    text = "Ann Lee, known for writing the first book in Zürich"
+    ids = tokenizer(text).input_ids
+    assert len(tokenizer) == VOCAB and max(ids) < VOCAB and tokenizer.decode(ids) == text
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
 def smollm2_hf():
     """SmolLM2-135M-Instruct in transformers (float32, eval) and its tokenizer. ``load_hf`` keeps the
     model it read for the process, so every later SmolLM2 load of the session (the fixtures below,
@@ -374,10 +390,10 @@ class TinyModels(Mapping):
 
 
 @pytest.fixture(scope="session")
-def tiny_models(smollm2_tokenizer, tmp_path_factory) -> TinyModels:
+def tiny_models(tiny_tokenizer, tmp_path_factory) -> TinyModels:
     """Every tiny random architecture of ``tests/support/tiny_models.py``, by name: a ``TinyModel``
     with its folder, transformers model, tokenizer and the TransformerLens backends that wrap it."""
-    return TinyModels(tmp_path_factory.mktemp("tiny-models"), smollm2_tokenizer)
+    return TinyModels(tmp_path_factory.mktemp("tiny-models"), tiny_tokenizer)
 
 
 @pytest.fixture(scope="session")

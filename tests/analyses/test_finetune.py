@@ -1,5 +1,5 @@
 """Fine-tuning the real SmolLM2-135M on fictitious people: a short run through the CLI's code path (and a
-Berglund folder's protocol on a tiny Llama with SmolLM2's tokenizer)."""
+Berglund folder's protocol on a tiny Llama with SmolLM2's tokenizer cut to its first tokens)."""
 
 from __future__ import annotations
 
@@ -490,15 +490,15 @@ def test_reproduce_mitigations_tables_and_draws_the_fine_tuned_rows_beside_the_t
 
 
 @pytest.fixture(scope="module")
-def berglund_run(tmp_path_factory, smollm2_tokenizer):
+def berglund_run(tmp_path_factory, tiny_tokenizer):
     """A Berglund-layout folder (3 people in p2d and in both, 3 training paraphrases each), trained
     on the first 2 of them, one epoch of the last block only (no multiple choice: checked on ``finetune_run``).
-    The model is a tiny random Llama with SmolLM2's tokenizer (SmolLM2's architecture: the same questions,
-    tokens and code path; what fine-tuning SmolLM2 itself does is ``finetune_run``'s): the protocol's
+    The model is a tiny random Llama with SmolLM2's tokenizer cut to its first tokens (SmolLM2's architecture: the
+    same questions and code path; what fine-tuning SmolLM2 itself does is ``finetune_run``'s): the protocol's
     bookkeeping is what this checks, at 39 → ~5 CPU s."""
     from tiny_models import save_tiny, tiny_config
 
-    model = save_tiny(tmp_path_factory.mktemp("tiny-llama") / "llama", tiny_config("llama"), smollm2_tokenizer)
+    model = save_tiny(tmp_path_factory.mktemp("tiny-llama") / "llama", tiny_config("llama"), tiny_tokenizer)
     folder = write_experiment_folder(tmp_path_factory.mktemp("berglund") / "data", people=3, groups=("p2d", "both"))
     out = tmp_path_factory.mktemp("finetune-berglund")
     assert main(["finetune-facts", "--model", str(model), "--facts", str(folder), "--out", str(out),
@@ -507,7 +507,7 @@ def berglund_run(tmp_path_factory, smollm2_tokenizer):
     return out, json.loads((out / "summary.json").read_text())
 
 
-def test_a_tokenizer_without_pad_or_end_of_text_pads_with_an_id_nothing_reads(tmp_path, smollm2_tokenizer):
+def test_a_tokenizer_without_pad_or_end_of_text_pads_with_an_id_nothing_reads(tmp_path, tiny_tokenizer):
     """A model whose tokenizer has neither a pad nor an end-of-text token: the padding id had been None and the run
     ended in a TypeError. Right padding is read by nothing (the loss and the evaluation read only the positions
     that predict an answer token, all before a row's padding, of a causal model), so such a model fine-tunes: the
@@ -520,7 +520,7 @@ def test_a_tokenizer_without_pad_or_end_of_text_pads_with_an_id_nothing_reads(tm
     from models.pretrained import load_hf
     from models.training import batch_loss
 
-    bare = copy.deepcopy(smollm2_tokenizer)
+    bare = copy.deepcopy(tiny_tokenizer)
     bare.pad_token, bare.eos_token = None, None
     model = save_tiny(tmp_path / "llama", tiny_config("llama"), bare)
     out = tmp_path / "out"
@@ -533,7 +533,7 @@ def test_a_tokenizer_without_pad_or_end_of_text_pads_with_an_id_nothing_reads(tm
     config = FinetuneConfig(model=str(model), people=3, n_controls=1, templates=2)
     questions = read_questions(config)
     losses = []
-    for pad in (padding_id(tokenizer), 4321):
+    for pad in (padding_id(tokenizer), 1234):
         sentences = training_examples(questions, config, tokenizer, pad)
         assert (sentences.prompt_len + sentences.answer_len).unique().numel() > 1  # rows of several lengths: padded
         with torch.no_grad():
@@ -625,7 +625,7 @@ def test_a_berglund_folder_s_grid_lists_only_the_files_the_folder_has(berglund_r
                      if name != "p2d_reverse_prompts_test_randomized.jsonl"}
 
 
-def test_a_fact_file_s_summary_lists_no_berglund_file(tmp_path, smollm2_tokenizer):
+def test_a_fact_file_s_summary_lists_no_berglund_file(tmp_path, tiny_tokenizer):
     """The built-in world of three p2d people and the same world as a fact JSONL, fine-tuned through the command:
     the built-in world stands for Berglund et al.'s groups, and its summary reads its questions as their p2d test
     files; the fact file's had listed them too, though it has none of them: it lists none now, and prints no grid."""
@@ -633,7 +633,7 @@ def test_a_fact_file_s_summary_lists_no_berglund_file(tmp_path, smollm2_tokenize
 
     from facts.io import save_jsonl
 
-    model = save_tiny(tmp_path / "llama", tiny_config("llama"), smollm2_tokenizer)
+    model = save_tiny(tmp_path / "llama", tiny_config("llama"), tiny_tokenizer)
     save_jsonl(people_world(n_per_group=3, groups=("p2d",)), tmp_path / "facts.jsonl")
     summaries = {}
     for name, facts in (("builtin", ["--people", "3"]), ("file", ["--facts", str(tmp_path / "facts.jsonl")])):

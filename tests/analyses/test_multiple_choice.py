@@ -1,6 +1,6 @@
 """Multiple choice: prompts (facts.questions), letter probabilities (probes.multiple_choice) and the
-table (analyses.multiple_choice), on a tiny random Llama with SmolLM2's tokenizer: its HookedTransformer
-scores the letters, its transformers model checks them."""
+table (analyses.multiple_choice), on a tiny random Llama with SmolLM2's tokenizer (cut to its first tokens): its
+HookedTransformer scores the letters, its transformers model checks them."""
 
 from __future__ import annotations
 
@@ -133,7 +133,8 @@ def test_the_table_moves_the_right_letter_with_the_options_and_summarises_per_qu
 def test_the_summary_intervals_are_over_facts_not_over_their_paraphrases(tiny_models):
     """Two questions ask each fact: the summary's means and intervals average each fact's questions first, as
     the fine-tuning summary's margins do (counting paraphrases as independent narrowed the interval); a
-    probability's interval is cut to [0, 1]."""
+    probability's interval is cut to [0, 1] (shown on the same table with one fact's probabilities made ten times
+    smaller, so that t's interval with one degree of freedom reaches past 0 whatever the random model gives)."""
     import dataclasses
 
     from probes.stats import ci95_half_width
@@ -142,14 +143,19 @@ def test_the_summary_intervals_are_over_facts_not_over_their_paraphrases(tiny_mo
     questions = QuestionSet(train=(), source="test", questions=tuple(
         dataclasses.replace(question(i), fact=i // 2) for i in range(4)))
     table = multiple_choice_table(tiny.backends["hooked"], questions, tiny.tokenizer, k=4, seed=0)
-    row = multiple_choice_summary(table)["groups"]["p2d"]["reverse"]
-    per_fact = table.groupby("question").agg(p=("p_correct", "mean"), fact=("fact", "first")).groupby("fact").p.mean()
-    assert (row["n"], row["facts"]) == (4, 2)
-    assert row["p_correct"] == pytest.approx(per_fact.mean(), abs=1e-12)
-    half = ci95_half_width(per_fact)  # t with one degree of freedom: past 0, where a probability cannot be
-    assert per_fact.mean() - half < 0
-    assert row["p_correct_ci95"] == pytest.approx([0.0, min(1.0, per_fact.mean() + half)], abs=1e-12)
+    spread = table.assign(p_correct=table.p_correct.where(table.fact == 0, table.p_correct / 10))
+    for scored in (table, spread):
+        row = multiple_choice_summary(scored)["groups"]["p2d"]["reverse"]
+        per_fact = (scored.groupby("question").agg(p=("p_correct", "mean"), fact=("fact", "first"))
+                    .groupby("fact").p.mean())
+        assert (row["n"], row["facts"]) == (4, 2)
+        assert row["p_correct"] == pytest.approx(per_fact.mean(), abs=1e-12)
+        half = ci95_half_width(per_fact)
+        assert row["p_correct_ci95"] == pytest.approx([max(0.0, per_fact.mean() - half),
+                                                       min(1.0, per_fact.mean() + half)], abs=1e-12)
+    assert per_fact.mean() - half < 0 and row["p_correct_ci95"][0] == 0.0  # the spread table's interval, cut at 0
     fair = debiased_choices(table).groupby("fact").p_debiased.mean()
+    row = multiple_choice_summary(table)["groups"]["p2d"]["reverse"]
     assert row["p_debiased_ci95"] == pytest.approx([max(0.0, fair.mean() - ci95_half_width(fair)),
                                                     min(1.0, fair.mean() + ci95_half_width(fair))], abs=1e-12)
 

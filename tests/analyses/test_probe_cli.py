@@ -330,11 +330,11 @@ def test_probe_cli_patches_heads_estimates_by_attribution_and_reads_the_logit_le
 
 
 @pytest.fixture(scope="module")
-def tiny_llama_folder(smollm2_tokenizer, tmp_path_factory):
-    """A two-layer random Llama with SmolLM2's tokenizer, as a local Hugging Face folder."""
+def tiny_llama_folder(tiny_tokenizer, tmp_path_factory):
+    """A two-layer random Llama with SmolLM2's tokenizer cut to its first tokens, as a local Hugging Face folder."""
     from tiny_models import save_tiny, tiny_config
 
-    return save_tiny(tmp_path_factory.mktemp("tiny-llama"), tiny_config("llama"), smollm2_tokenizer)
+    return save_tiny(tmp_path_factory.mktemp("tiny-llama"), tiny_config("llama"), tiny_tokenizer)
 
 
 def test_probe_cli_names_a_berglund_folder_s_multiple_choice_questions_by_their_facts(tiny_llama_folder, tmp_path,

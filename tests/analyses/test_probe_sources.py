@@ -13,8 +13,8 @@ from analyses.probe import PRIOR, probe
 from facts.berglund import experiment_facts, load_experiment_folder
 
 
-def test_probe_reads_a_berglund_folder_and_a_csv_with_templates(tmp_path, smollm2_tokenizer):
-    model = save_tiny(tmp_path / "llama", tiny_config("llama"), smollm2_tokenizer)
+def test_probe_reads_a_berglund_folder_and_a_csv_with_templates(tmp_path, tiny_tokenizer):
+    model = save_tiny(tmp_path / "llama", tiny_config("llama"), tiny_tokenizer)
     folder = write_experiment_folder(tmp_path / "berglund", people=3, groups=("p2d", "d2p"))
     summary = probe(model, folder, tmp_path / "out", n_controls=2, patch_layers=[0])
     table = pd.read_csv(tmp_path / "out" / "logits.csv")

@@ -16,7 +16,7 @@ import shutil
 import pytest
 import torch
 from numpy._core import multiarray as numpy_multiarray
-from tiny_models import (ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, WINDOW, padded_answers, save_tiny, tiny_config,
+from tiny_models import (ARCHITECTURES, BACKENDS_BY_ARCHITECTURE, VOCAB, WINDOW, padded_answers, save_tiny, tiny_config,
                          word_tokenizer)
 
 from transformers import AutoModelForCausalLM
@@ -160,7 +160,7 @@ GEMMAS = ["gemma", "gemma2", "gemma3"]
 
 
 @pytest.fixture(scope="module")
-def gemmas_with_norm_weights(smollm2_tokenizer, tmp_path_factory):
+def gemmas_with_norm_weights(tiny_tokenizer, tmp_path_factory):
     """Each tiny Gemma with its norm weights drawn N(0, 0.5²) (Gemma initialises them to 0, where w and
     1 + w read apart only by a constant), saved to a folder: architecture → (transformers model, folder)."""
     built = {}
@@ -174,7 +174,7 @@ def gemmas_with_norm_weights(smollm2_tokenizer, tmp_path_factory):
                     parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
         folder = tmp_path_factory.mktemp(architecture)
         hf.save_pretrained(folder)
-        smollm2_tokenizer.save_pretrained(folder)
+        tiny_tokenizer.save_pretrained(folder)
         built[architecture] = (hf, folder)
     return built
 
@@ -182,7 +182,7 @@ def gemmas_with_norm_weights(smollm2_tokenizer, tmp_path_factory):
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
 @pytest.mark.parametrize("architecture", GEMMAS)
 def test_gemma_circuit_entries_equal_the_hugging_face_weights(architecture, backend, gemmas_with_norm_weights,
-                                                               smollm2_tokenizer):
+                                                               tiny_tokenizer):
     """OV and QK entries of ``circuit_table`` on a Gemma equal, on every head, the same products computed
     by hand from the Hugging Face weights, where the embedding is scaled by √d_model and each norm by
     1 + w: x_s = √d · E[s] ⊙ (1 + w_ln1), OV = ((1 + w_post) ⊙ W_O^h W_V^g x_a) · ((1 + w_final) ⊙ U[b])
@@ -194,7 +194,7 @@ def test_gemma_circuit_entries_equal_the_hugging_face_weights(architecture, back
     model = load(folder, backend=backend, device="cpu")
     names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
     facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
-    token = {name: smollm2_tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
+    token = {name: tiny_tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
     table = circuit_table(model, facts, lambda entity: token[entity], kinds=("ov", "qk"), n_controls=2)
     config = hf.config
     heads, groups, d_head = config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -228,7 +228,7 @@ def test_gemma_circuit_entries_equal_the_hugging_face_weights(architecture, back
 
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
 def test_a_gemma_weight_change_is_read_through_the_norms_after_attention_and_mlp(backend, gemmas_with_norm_weights,
-                                                                                 smollm2_tokenizer):
+                                                                                 tiny_tokenizer):
     """Gemma 3, W_O and W_out of layer 1 changed: both outputs are linear in the change, so each read is exact,
     the change of the sublayer's output at the subject's state scaled by the norm after it (its scale; 1/σ, one
     number per row, left out) and dotted with the object's unembedding (final norm's scale); on either line's
@@ -242,7 +242,7 @@ def test_a_gemma_weight_change_is_read_through_the_norms_after_attention_and_mlp
     names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
     facts = FactSet([Fact(subject=a, relation="parent", object=b, forward="train")
                      for a, b in zip(names[::2], names[1::2])])
-    statements = TemplateTokenizer(smollm2_tokenizer, {"parent": ("{given} is the parent of {answer}",)})
+    statements = TemplateTokenizer(tiny_tokenizer, {"parent": ("{given} is the parent of {answer}",)})
     after = copy_model(before)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -273,13 +273,13 @@ def test_a_gemma_weight_change_is_read_through_the_norms_after_attention_and_mlp
 
 
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
-def test_qwen3_qk_entries_read_its_query_and_key_norms(backend, smollm2_tokenizer, tmp_path):
+def test_qwen3_qk_entries_read_its_query_and_key_norms(backend, tiny_tokenizer, tmp_path):
     """Qwen 3 normalises each head's query and key (``q_norm``/``k_norm``, scale w): its QK entries are
     (w_q ⊙ W_Q^h x_a) · (w_k ⊙ W_K^g x_b), computed here by hand from the Hugging Face weights (norm weights
     drawn N(1, 0.5²), so leaving them out shows); its OV entries have no norm between W_O and the stream."""
     import transformers
 
-    from tiny_models import INIT, VOCAB
+    from tiny_models import INIT
 
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(transformers.Qwen3Config(
@@ -291,11 +291,11 @@ def test_qwen3_qk_entries_read_its_query_and_key_norms(backend, smollm2_tokenize
             if "norm" in name:
                 parameter.copy_(1 + 0.5 * torch.randn(parameter.shape, generator=generator))
     hf.save_pretrained(tmp_path)
-    smollm2_tokenizer.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
     model = load(tmp_path, backend=backend, device="cpu")
     names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
     facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
-    token = {name: smollm2_tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
+    token = {name: tiny_tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
     table = circuit_table(model, facts, lambda entity: token[entity], kinds=("ov", "qk"), n_controls=2)
     config, d_head = hf.config, hf.config.head_dim
     E = hf.model.embed_tokens.weight.detach().double()
@@ -462,12 +462,12 @@ def test_every_command_takes_threads(tmp_path):
 # --- refusals and the cost of a load --------------------------------------------------------------
 
 
-def test_an_architecture_neither_backend_wraps_is_refused_by_name(smollm2_tokenizer, tmp_path):
+def test_an_architecture_neither_backend_wraps_is_refused_by_name(tiny_tokenizer, tmp_path):
     from transformers import BioGptConfig
 
-    config = BioGptConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    config = BioGptConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                           num_attention_heads=2, max_position_embeddings=64)
-    folder = save_tiny(tmp_path / "tiny-biogpt", config, smollm2_tokenizer)
+    folder = save_tiny(tmp_path / "tiny-biogpt", config, tiny_tokenizer)
     # TransformerLens 3.9 refuses the conversion; 4.x, where "hooked" is a bridge too, refuses the wrapping
     with pytest.raises(PretrainedLoadError, match="(HookedTransformer cannot convert|TransformerBridge cannot wrap) "
                                                   "BioGptForCausalLM"):
@@ -515,13 +515,13 @@ def test_the_tokenizer_config_s_add_bos_token_decides_over_the_tokenizer_s_own_h
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
-def test_a_load_reads_its_folder_s_tokenizer_once(architecture, smollm2_tokenizer, tmp_path, monkeypatch):
+def test_a_load_reads_its_folder_s_tokenizer_once(architecture, tiny_tokenizer, tmp_path, monkeypatch):
     """TransformerLens read a folder's tokenizer again on every load (``add_bos_token=True``), and the toolkit then
     put its own back: the model's tokenizer is read once now, on either backend, as the files declare it (its
     ``init_kwargs`` as ``load_tokenizer`` gives them, BOS or not as before)."""
     from transformers import AutoTokenizer
 
-    folder = save_tiny(tmp_path / architecture, tiny_config(architecture), smollm2_tokenizer)
+    folder = save_tiny(tmp_path / architecture, tiny_config(architecture), tiny_tokenizer)
     read = AutoTokenizer.from_pretrained.__func__
     reads = []
 

@@ -32,22 +32,22 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def tiny_hf(smollm2_tokenizer, tmp_path_factory):
+def tiny_hf(tiny_tokenizer, tmp_path_factory):
     """Folders of tiny random models: a Llama with tied embeddings (as SmolLM2), Qwen2, Gemma 2, and a
     Gemma 3 whose tokenizer_config.json declares BOS before every encoding (as Gemma's files do)."""
     root = tmp_path_factory.mktemp("hf-training")
     configs = {"llama": tiny_config("llama"), "qwen2": tiny_config("qwen2"), "gemma2": tiny_config("gemma2"),
                "gemma3": tiny_config("gemma3")}
     configs["llama"].tie_word_embeddings = True
-    folders = {name: save_tiny(root / name, config, smollm2_tokenizer) for name, config in configs.items()}
+    folders = {name: save_tiny(root / name, config, tiny_tokenizer) for name, config in configs.items()}
     settings = folders["gemma3"] / "tokenizer_config.json"
     settings.write_text(json.dumps(dict(json.loads(settings.read_text()), add_bos_token=True)))
     return folders
 
 
 @pytest.fixture(scope="module")
-def batch(smollm2_tokenizer):
-    return padded_answers(smollm2_tokenizer)
+def batch(tiny_tokenizer):
+    return padded_answers(tiny_tokenizer)
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3"])
@@ -110,7 +110,7 @@ def test_lora_changes_only_adapted_matrices_and_merges_exactly(tiny_hf, batch):
         assert (hooked(ids).log_softmax(-1) - reference).abs().max() < TOLERANCE
 
 
-def test_a_seed_fixes_the_lora_start_and_the_dropout_of_training(tiny_hf, batch, smollm2_tokenizer, tmp_path):
+def test_a_seed_fixes_the_lora_start_and_the_dropout_of_training(tiny_hf, batch, tiny_tokenizer, tmp_path):
     """The same seed gives the same LoRA adapters and the same trained weights under dropout, whatever state
     torch's generator was in (another process's, or one a sweep's earlier trial moved): peft draws the adapters'
     start and transformers' dropout draws in train mode from that generator. Before, two runs of one seed
@@ -125,7 +125,7 @@ def test_a_seed_fixes_the_lora_start_and_the_dropout_of_training(tiny_hf, batch,
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first)  # the seed is what chose them
 
-    gpt2 = save_tiny(tmp_path / "gpt2", tiny_config("gpt2"), smollm2_tokenizer)
+    gpt2 = save_tiny(tmp_path / "gpt2", tiny_config("gpt2"), tiny_tokenizer)
     assert load_hf(gpt2, device="cpu")[0].config.resid_pdrop > 0  # dropout in train mode
 
     def trained(noise: int) -> list[torch.Tensor]:

@@ -133,8 +133,8 @@ def test_saved_hf_folder_loads_back(backend, smollm2, smollm2_folder):
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
-def test_processed_weights_keep_the_log_softmax(backend, tokenizer, tmp_path):
-    folder = save_tiny(tmp_path / "tiny-llama", tiny_config("llama"), tokenizer)
+def test_processed_weights_keep_the_log_softmax(backend, tiny_tokenizer, tmp_path):
+    folder = save_tiny(tmp_path / "tiny-llama", tiny_config("llama"), tiny_tokenizer)
     hf_model, hf_tokenizer = load_hf(folder)
     model = load(folder, backend=backend, process_weights=True)
     assert check_equivalence(model, hf_model, PROMPTS, hf_tokenizer) < 1e-4  # weights at initializer_range 0.3: log-probs spread over ~2.4 nats
@@ -143,8 +143,8 @@ def test_processed_weights_keep_the_log_softmax(backend, tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
-def test_dtype_and_no_deprecation_warnings(backend, tokenizer, tmp_path):
-    folder = save_tiny(tmp_path / "tiny", tiny_config("llama"), tokenizer)
+def test_dtype_and_no_deprecation_warnings(backend, tiny_tokenizer, tmp_path):
+    folder = save_tiny(tmp_path / "tiny", tiny_config("llama"), tiny_tokenizer)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load(folder, backend=backend, dtype=torch.bfloat16)
@@ -152,11 +152,11 @@ def test_dtype_and_no_deprecation_warnings(backend, tokenizer, tmp_path):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
-def test_hub_id_in_the_local_cache_resolves_to_its_snapshot(tokenizer, empty_hub_cache):
+def test_hub_id_in_the_local_cache_resolves_to_its_snapshot(tiny_tokenizer, empty_hub_cache):
     repo = empty_hub_cache / "models--someorg--tiny-llama"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("0123abcd")
-    snapshot = save_tiny(repo / "snapshots" / "0123abcd", tiny_config("llama"), tokenizer)
+    snapshot = save_tiny(repo / "snapshots" / "0123abcd", tiny_config("llama"), tiny_tokenizer)
     source = resolve("someorg/tiny-llama")
     assert source.path == snapshot and source.name == "tiny-llama"
     assert isinstance(load("someorg/tiny-llama"), BACKENDS["hooked"])

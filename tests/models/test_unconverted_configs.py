@@ -102,7 +102,7 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("case", REFUSED)
-def test_hooked_refuses_what_its_converter_drops_and_the_bridge_computes_it(case, smollm2_tokenizer, tmp_path,
+def test_hooked_refuses_what_its_converter_drops_and_the_bridge_computes_it(case, tiny_tokenizer, tmp_path,
                                                                             monkeypatch):
     """3.9: ``load(backend="hooked")`` refuses the folder before reading a weight, ``to_hooked`` the model before
     converting one, and :func:`check_convertible` from its files alone, each naming the model, the field, its
@@ -110,7 +110,7 @@ def test_hooked_refuses_what_its_converter_drops_and_the_bridge_computes_it(case
     is the bridge, and matches."""
     kind, overrides, field = REFUSED[case]
     folder = tmp_path / case
-    hf = _build(folder, kind, smollm2_tokenizer, **overrides)
+    hf = _build(folder, kind, tiny_tokenizer, **overrides)
     if overrides.get("rope_parameters") is not DYNAMIC:  # dynamic RoPE changes it past the context alone, where
         # every pass is refused (test_rope_that_depends_on_the_pass_is_refused_past_its_first_positions)
         plain = transformers.AutoModelForCausalLM.from_config(tiny_config(kind), attn_implementation="eager").eval()
@@ -132,30 +132,30 @@ def test_hooked_refuses_what_its_converter_drops_and_the_bridge_computes_it(case
     with pytest.raises(PretrainedLoadError, match=message):
         load(folder, backend="hooked", device="cpu")
     with pytest.raises(PretrainedLoadError, match=message):
-        to_hooked(hf, smollm2_tokenizer, folder, device="cpu")
+        to_hooked(hf, tiny_tokenizer, folder, device="cpu")
     with pytest.raises(PretrainedLoadError, match=message):
         pretrained.check_convertible(folder)
 
 
-def test_llama3_rope_scaling_converts_exactly(smollm2_tokenizer, tmp_path):
+def test_llama3_rope_scaling_converts_exactly(tiny_tokenizer, tmp_path):
     """Llama's llama3 RoPE scaling is carried (NTK-by-parts): hooked = transformers within 1e-4 past its original
     16 positions, where the same weights with plain RoPE differ by nats."""
     folder = tmp_path / "llama-llama3"
-    hf = _build(folder, "llama", smollm2_tokenizer, rope_parameters=LLAMA3)
+    hf = _build(folder, "llama", tiny_tokenizer, rope_parameters=LLAMA3)
     hooked = load(folder, backend="hooked", device="cpu")
     assert _difference(hooked, hf) < TOLERANCE
-    assert _difference(to_hooked(hf, smollm2_tokenizer, folder, device="cpu"), hf) < TOLERANCE
+    assert _difference(to_hooked(hf, tiny_tokenizer, folder, device="cpu"), hf) < TOLERANCE
     plain = transformers.AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="eager").eval()
     plain.load_state_dict(hf.state_dict())
     assert _difference(plain, hf) > 0.1
 
 
-def test_gemma_1_runs_the_activation_transformers_runs(smollm2_tokenizer, tmp_path):
+def test_gemma_1_runs_the_activation_transformers_runs(tiny_tokenizer, tmp_path):
     """A Gemma 1 config carrying a stale ``hidden_activation`` ("gelu", exact) beside its ``hidden_act`` (tanh's
     approximation, what transformers' Gemma 1 MLP reads): the conversion runs tanh's too, within 1e-4 of
     transformers (exact GELU had moved log-probabilities by less than the reference check's 1e-3)."""
     folder = tmp_path / "gemma-stale-activation"
-    hf = _build(folder, "gemma", smollm2_tokenizer, hidden_activation="gelu")
+    hf = _build(folder, "gemma", tiny_tokenizer, hidden_activation="gelu")
     assert hf.config.hidden_act == "gelu_pytorch_tanh" and hf.config.hidden_activation == "gelu"
     model = load(folder, backend="hooked", device="cpu")
     assert _difference(model, hf) < TOLERANCE
@@ -163,13 +163,13 @@ def test_gemma_1_runs_the_activation_transformers_runs(smollm2_tokenizer, tmp_pa
         assert model.cfg.act_fn == "gelu_pytorch_tanh"
 
 
-def test_a_temporary_folder_whose_path_names_an_architecture_is_refused(smollm2_tokenizer, tmp_path, monkeypatch):
+def test_a_temporary_folder_whose_path_names_an_architecture_is_refused(tiny_tokenizer, tmp_path, monkeypatch):
     """TransformerLens 3.9 takes "llama" or "gemma" anywhere in a local folder's path for the architecture: with
     TMPDIR under such a folder a Qwen2 model was refused as Gemma. The load says what to change instead."""
     import tempfile
 
     folder = tmp_path / "qwen2"
-    _build(folder, "qwen2", smollm2_tokenizer)
+    _build(folder, "qwen2", tiny_tokenizer)
     scratch = tmp_path / "my-gemma-scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -180,14 +180,14 @@ def test_a_temporary_folder_whose_path_names_an_architecture_is_refused(smollm2_
         load(folder, backend="hooked", device="cpu")
 
 
-def test_qwen2_query_key_value_biases_convert_exactly(smollm2_tokenizer, tmp_path):
+def test_qwen2_query_key_value_biases_convert_exactly(tiny_tokenizer, tmp_path):
     """Qwen2's q/k/v biases (fixed by the architecture, not switched by its config) are carried: with random
     biases, hooked = transformers within 1e-4, where the same weights without them differ by nats."""
     folder = tmp_path / "qwen2-biases"
-    hf = _build(folder, "qwen2", smollm2_tokenizer)
+    hf = _build(folder, "qwen2", tiny_tokenizer)
     assert {name.rsplit(".", 2)[-2] for name, _ in hf.named_parameters() if name.endswith(".bias")} \
         == {"q_proj", "k_proj", "v_proj"}
-    for model in (load(folder, backend="hooked", device="cpu"), to_hooked(hf, smollm2_tokenizer, folder, device="cpu")):
+    for model in (load(folder, backend="hooked", device="cpu"), to_hooked(hf, tiny_tokenizer, folder, device="cpu")):
         assert _difference(model, hf) < TOLERANCE
     unbiased = transformers.AutoModelForCausalLM.from_config(tiny_config("qwen2"), attn_implementation="eager").eval()
     unbiased.load_state_dict({k: v for k, v in hf.state_dict().items() if not k.endswith(".bias")}, strict=False)
@@ -273,14 +273,14 @@ def test_a_bias_the_olmo_and_apertus_converters_write_as_zeros_is_named(config_c
 
 
 @pytest.mark.parametrize(("rope", "limit"), [(DYNAMIC, 128), (LONGROPE, 32)], ids=["dynamic", "longrope"])
-def test_rope_that_depends_on_the_pass_is_refused_past_its_first_positions(rope, limit, smollm2_tokenizer, tmp_path):
+def test_rope_that_depends_on_the_pass_is_refused_past_its_first_positions(rope, limit, tiny_tokenizer, tmp_path):
     """``dynamic`` RoPE (frequencies grown from the pass's longest position past the 128-position context) and
     ``longrope`` (long factors past its original 32): transformers' own model gives one token another log-probability
     in a longer pass of the same prefix (what scoring by trie against teacher forcing meets). Every model the toolkit
     reads (transformers' and the bridge) runs a pass within the first ``limit`` positions as transformers does and
     refuses one past them, naming the RoPE and the limit, by trie as well as in a plain forward."""
     folder = tmp_path / rope["rope_type"]
-    save_tiny(folder, _config("llama", rope_parameters=rope), smollm2_tokenizer)
+    save_tiny(folder, _config("llama", rope_parameters=rope), tiny_tokenizer)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     ids = _ids(limit + 8)
     within, longer = _log_probs(theirs, ids[:, :limit])[0, -1], _log_probs(theirs, ids)[0, limit - 1]
@@ -309,14 +309,14 @@ BRIDGE_REFUSED = {
 
 
 @pytest.mark.parametrize("case", BRIDGE_REFUSED)
-def test_the_bridge_refuses_what_it_computes_otherwise(case, smollm2_tokenizer, tmp_path, monkeypatch):
+def test_the_bridge_refuses_what_it_computes_otherwise(case, tiny_tokenizer, tmp_path, monkeypatch):
     """``load(backend="bridge")`` refuses, before reading a weight, a config its own attention computes otherwise
     than transformers (unchecked, the bridge is nats off transformers), naming the model, the field and its
     value, and the backend that is exact: 3.9's HookedTransformer for GPT-2 without the attention scale (= transformers
     within 1e-4), none for Gemma 3's attention soft cap (refused by both, under both lines)."""
     kind, overrides, field, hooked_exact = BRIDGE_REFUSED[case]
     folder = tmp_path / case
-    hf = _build(folder, kind, smollm2_tokenizer, **overrides)
+    hf = _build(folder, kind, tiny_tokenizer, **overrides)
     assert any(gap.startswith(field.replace("\\", "")[:20]) for gap in pretrained.bridge_conversion_gaps(hf.config))
     with monkeypatch.context() as unchecked:
         unchecked.setattr(pretrained, "check_bridge_config", lambda *args, **kwargs: None)
@@ -351,7 +351,7 @@ def test_the_bridge_refuses_what_it_computes_otherwise(case, smollm2_tokenizer, 
                  "--out", str(out)]) == 2
     assert not out.exists()
     with pytest.raises(PretrainedLoadError, match=field):
-        pretrained._to_bridge(hf, smollm2_tokenizer, pretrained.resolve(folder), torch.device("cpu"), torch.float32,
+        pretrained._to_bridge(hf, tiny_tokenizer, pretrained.resolve(folder), torch.device("cpu"), torch.float32,
                               False)
 
 
@@ -362,14 +362,14 @@ def test_the_bridge_refuses_what_it_computes_otherwise(case, smollm2_tokenizer, 
 ])
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
 def test_a_sliding_window_that_is_not_set_is_refused_before_any_weight_is_read(kind, window, layers, backend,
-                                                                                smollm2_tokenizer, tmp_path,
+                                                                                tiny_tokenizer, tmp_path,
                                                                                 monkeypatch):
     """A Gemma 2/3 folder whose config.json has ``sliding_window`` null (or 0) for its 'sliding_attention' layers:
     transformers' own model fails at its first forward (a TypeError, a ValueError or a shape mismatch, which the load
     had raised as they were, after reading every weight). Both backends refuse it with PretrainedLoadError, naming the
     folder and the field, before a weight is read; :func:`check_convertible` from its files alone and
     :func:`to_hooked` of the model in memory too, before transformers runs it."""
-    folder = save_tiny(tmp_path / kind, _config(kind, sliding_window=window), smollm2_tokenizer)
+    folder = save_tiny(tmp_path / kind, _config(kind, sliding_window=window), tiny_tokenizer)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     with pytest.raises((TypeError, ValueError, RuntimeError)), torch.no_grad():
         hf(IDS)  # what the refusal is for: transformers cannot run it either
@@ -385,25 +385,25 @@ def test_a_sliding_window_that_is_not_set_is_refused_before_any_weight_is_read(k
     with pytest.raises(PretrainedLoadError, match=message):
         pretrained.check_convertible(folder, backend)
     with pytest.raises(PretrainedLoadError, match=rf"{kind}: its config sets sliding_window = {window}, but {layers}"):
-        to_hooked(hf, smollm2_tokenizer, folder, device="cpu")
+        to_hooked(hf, tiny_tokenizer, folder, device="cpu")
 
 
-def test_a_gemma_without_sliding_layers_still_needs_its_window(smollm2_tokenizer, tmp_path):
+def test_a_gemma_without_sliding_layers_still_needs_its_window(tiny_tokenizer, tmp_path):
     """Gemma 2's transformers model builds a sliding-window mask even where every layer is 'full_attention': with
     ``sliding_window`` null it fails ("Could not find a `sliding_window` argument"), so that folder is refused too;
     with a window set it loads and matches transformers."""
     full = ["full_attention"] * 3
     folder = save_tiny(tmp_path / "windowless", _config("gemma2", sliding_window=None, layer_types=full),
-                       smollm2_tokenizer)
+                       tiny_tokenizer)
     with pytest.raises(PretrainedLoadError, match=r"sliding_window = None, but Gemma2ForCausalLM always slides a "
                                                   r"window"):
         load(folder, backend="bridge", device="cpu")
-    folder = save_tiny(tmp_path / "windowed", _config("gemma2", layer_types=full), smollm2_tokenizer)
+    folder = save_tiny(tmp_path / "windowed", _config("gemma2", layer_types=full), tiny_tokenizer)
     hf, _ = load_hf(folder, device="cpu")
     assert _difference(load(folder, backend="bridge", device="cpu"), hf) < TOLERANCE
 
 
-def test_bidirectional_attention_is_not_scored(smollm2_tokenizer, tmp_path):
+def test_bidirectional_attention_is_not_scored(tiny_tokenizer, tmp_path):
     """Gemma 3 with ``use_bidirectional_attention``: each position sees the tokens after it (transformers' own
     model: changing token 10 moves positions 0-9 by nats). The bridge computes it (= transformers within 1e-4) but
     ``check_causal`` refuses to score it or transformers' model, naming the model and the field, although the bridge's
@@ -412,7 +412,7 @@ def test_bidirectional_attention_is_not_scored(smollm2_tokenizer, tmp_path):
     from models.scoring import check_causal
 
     folder = tmp_path / "gemma3-bidirectional"
-    hf = _build(folder, "gemma3", smollm2_tokenizer, use_bidirectional_attention=True)
+    hf = _build(folder, "gemma3", tiny_tokenizer, use_bidirectional_attention=True)
     changed = IDS.clone()
     changed[0, 10] += 1
     assert (_log_probs(hf, IDS)[0, :10] - _log_probs(hf, changed)[0, :10]).abs().max() > 0.1
@@ -430,23 +430,23 @@ def test_bidirectional_attention_is_not_scored(smollm2_tokenizer, tmp_path):
     if TL_MAJOR < 4:
         with pytest.raises(PretrainedLoadError, match=r"use_bidirectional_attention = True"):
             load(folder, backend="hooked", device="cpu")
-    gemma2 = _build(tmp_path / "gemma2-bidirectional", "gemma2", smollm2_tokenizer, use_bidirectional_attention=True)
+    gemma2 = _build(tmp_path / "gemma2-bidirectional", "gemma2", tiny_tokenizer, use_bidirectional_attention=True)
     assert (_log_probs(gemma2, IDS)[0, :10] - _log_probs(gemma2, changed)[0, :10]).abs().max() == 0
     check_causal(gemma2)
     check_causal(load(tmp_path / "gemma2-bidirectional", backend="bridge", device="cpu"))
 
 
-def test_processed_weights_keep_log_probs_under_an_output_soft_cap(smollm2_tokenizer, tmp_path):
+def test_processed_weights_keep_log_probs_under_an_output_soft_cap(tiny_tokenizer, tmp_path):
     """Gemma 2 caps its logits (final_logit_softcapping 30): centring the unembedding shifts the logits before the
     cap squashes them unevenly, so ``process_weights=True`` leaves it out (as TransformerLens's from_pretrained
     does). Before: 7.5e-2 nats off transformers; now within 1e-4, where centring is still done without a cap."""
     folder = tmp_path / "gemma2"
-    hf = _build(folder, "gemma2", smollm2_tokenizer)
+    hf = _build(folder, "gemma2", tiny_tokenizer)
     model = load(folder, backend="hooked", device="cpu", process_weights=True)
     assert _difference(model, hf) < TOLERANCE
     if TL_MAJOR < 4:
         assert model.cfg.output_logits_soft_cap == 30.0
-        _build(tmp_path / "llama", "llama", smollm2_tokenizer)
+        _build(tmp_path / "llama", "llama", tiny_tokenizer)
         centred = load(tmp_path / "llama", backend="hooked", device="cpu", process_weights=True)
         assert centred.W_U.mean(-1).abs().max() < 1e-6  # no cap: centred as before
 
@@ -458,22 +458,22 @@ MISCONVERTED = {
                                                               r"\[4, 64, 16\]"),
     "gpt2-n-inner": (lambda: _config("gpt2", n_inner=100), r"blocks.0.mlp.W_in \[64, 100\]"),
     "opt-projection": (lambda: transformers.OPTConfig(
-        vocab_size=49152, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=128, word_embed_proj_dim=32, init_std=0.3), r"embed.W_E \[49152, 32\]"),
+        vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128, word_embed_proj_dim=32, init_std=0.3), rf"embed.W_E \[{VOCAB}, 32\]"),
     "phi3": (lambda: transformers.Phi3Config(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=4, max_position_embeddings=128, initializer_range=0.3, pad_token_id=0, bos_token_id=1,
         eos_token_id=2), r"parameters it has none of \(blocks.0.ln1.b"),
 }
 
 
 @pytest.mark.parametrize("case", MISCONVERTED)
-def test_a_conversion_that_does_not_fit_is_named(case, smollm2_tokenizer, tmp_path):
+def test_a_conversion_that_does_not_fit_is_named(case, tiny_tokenizer, tmp_path):
     """3.9: a converter that does not fit the model it built is a :class:`PretrainedLoadError` naming the model, the
     parameter and both shapes, and pointing to the bridge, which computes the model (= transformers within 1e-4).
     4.x: "hooked" is the bridge, and matches."""
     make, what = MISCONVERTED[case]
-    folder = save_tiny(tmp_path / case, make(), smollm2_tokenizer)
+    folder = save_tiny(tmp_path / case, make(), tiny_tokenizer)
     hf, _ = load_hf(folder, device="cpu")
     if TL_MAJOR >= 4:
         assert _difference(load(folder, backend="hooked", device="cpu"), hf) < TOLERANCE
@@ -538,14 +538,14 @@ def _write_gguf(path, scaling=None, extra=None, leave_out=()):
 
 
 def test_a_model_whose_files_lack_a_weight_is_refused_not_filled_with_random_values(tmp_path, monkeypatch,
-                                                                                     smollm2_tokenizer):
+                                                                                     tiny_tokenizer):
     """transformers fills a weight its files lack with random values and only logs it: a Hugging Face folder
     without its untied unembedding, or a GGUF without one layer's MLP output, loaded, and every number read from it
     was noise. Both are refused, naming the tensors; the whole files load (a tied unembedding is not missing)."""
     from safetensors.torch import load_file, save_file
 
     monkeypatch.setenv("REVLENS_GGUF_CACHE", "off")
-    folder = save_tiny(tmp_path / "untied", _config("llama", tie_word_embeddings=False), smollm2_tokenizer)
+    folder = save_tiny(tmp_path / "untied", _config("llama", tie_word_embeddings=False), tiny_tokenizer)
     assert load_hf(folder, device="cpu", keep=False)[0].lm_head.weight is not None
     weights = load_file(folder / "model.safetensors")
     save_file({k: v for k, v in weights.items() if k != "lm_head.weight"}, folder / "model.safetensors",
@@ -695,7 +695,7 @@ def test_a_gguf_link_to_a_file_without_the_suffix_loads(tmp_path, monkeypatch):
         load(tmp_path / "notes.gguf")  # read as a folder or Hub id (no GGUF magic), not as a GGUF
 
 
-def test_a_bridge_that_computes_another_model_than_transformers_is_refused_at_load(smollm2_tokenizer, tmp_path):
+def test_a_bridge_that_computes_another_model_than_transformers_is_refused_at_load(tiny_tokenizer, tmp_path):
     """No rule names what TransformerLens 3.9's bridge over Cohere computes otherwise (its log-probabilities are 1.3
     nats from transformers' on a tiny random Cohere), so the load's own comparison on a short text refuses it, naming
     the difference (4.3's bridge computes Cohere as transformers does, and loads it); a model both compute alike (a
@@ -703,15 +703,15 @@ def test_a_bridge_that_computes_another_model_than_transformers_is_refused_at_lo
     cohere = transformers.CohereConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                        initializer_range=INIT, logit_scale=0.25)
-    folder = save_tiny(tmp_path / "cohere", cohere, smollm2_tokenizer)
+    folder = save_tiny(tmp_path / "cohere", cohere, tiny_tokenizer)
     if TL_MAJOR < 4:
         with pytest.raises(PretrainedLoadError, match=r"cohere: TransformerLens's TransformerBridge computes other "
                                                       r"log-probabilities .* \(max \|Δ log-softmax\| (\d\.\d+) over a"):
             load(folder, backend="bridge", device="cpu")
     else:
         assert _difference(load(folder, backend="bridge", device="cpu"), load_hf(folder, device="cpu")[0]) < TOLERANCE
-    llama = save_tiny(tmp_path / "llama", tiny_config("llama"), smollm2_tokenizer)
+    llama = save_tiny(tmp_path / "llama", tiny_config("llama"), tiny_tokenizer)
     hf = load_hf(llama, device="cpu")[0]
     for model in (load(llama, backend="bridge", device="cpu"), load(llama, backend="hooked", device="cpu"),
-                  to_hooked(hf, smollm2_tokenizer, llama, device="cpu")):
+                  to_hooked(hf, tiny_tokenizer, llama, device="cpu")):
         assert _difference(model, hf) < TOLERANCE

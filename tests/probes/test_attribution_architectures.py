@@ -133,7 +133,7 @@ def test_circuits_of_olmo2_are_refused_on_every_backend(tiny_models):
             check_circuits_readable(model)
 
 
-def test_a_bridge_norm_is_read_as_the_scale_its_module_applies(tmp_path, smollm2_tokenizer):
+def test_a_bridge_norm_is_read_as_the_scale_its_module_applies(tmp_path, tiny_tokenizer):
     """VaultGemma scales by 1 + w like Gemma, but its name does not begin with "Gemma": TransformerLens 3.9's bridge
     over it read w (an untrained model, w = 0: every OV/QK entry 0), and once its config was read, refused it. Which
     of w and 1 + w a bridge's norm applies is now measured on its module (``models.backend.norm_scale``), on either
@@ -148,19 +148,19 @@ def test_a_bridge_norm_is_read_as_the_scale_its_module_applies(tmp_path, smollm2
     config = transformers.VaultGemmaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                            head_dim=16, max_position_embeddings=128, query_pre_attn_scalar=16)
-    vault = load(save_tiny(tmp_path / "vaultgemma", config, smollm2_tokenizer), backend="bridge", device="cpu")
+    vault = load(save_tiny(tmp_path / "vaultgemma", config, tiny_tokenizer), backend="bridge", device="cpu")
     check_circuits_readable(vault)
     for block in vault.blocks:
         assert torch.equal(norm_scale(vault, block.ln1), 1 + block.ln1.original_component.weight)
     nemotron = transformers.NemotronConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                                            max_position_embeddings=128)
-    nemotron = load(save_tiny(tmp_path / "nemotron", nemotron, smollm2_tokenizer), backend="bridge", device="cpu")
+    nemotron = load(save_tiny(tmp_path / "nemotron", nemotron, tiny_tokenizer), backend="bridge", device="cpu")
     check_circuits_readable(nemotron)  # its LayerNorm1P centres (as its config says, LN) and scales by 1 + w
     for norm in [*(block.ln1 for block in nemotron.blocks), nemotron.ln_final]:
         assert norm_centres(norm) is True
         assert torch.equal(norm_scale(nemotron, norm), 1 + norm.original_component.weight)
-    llama = load(save_tiny(tmp_path / "llama", tiny_config("llama"), smollm2_tokenizer), backend="bridge",
+    llama = load(save_tiny(tmp_path / "llama", tiny_config("llama"), tiny_tokenizer), backend="bridge",
                  device="cpu")
     llama.cfg.rmsnorm_uses_offset = True
     with torch.no_grad():
@@ -174,7 +174,7 @@ def test_a_bridge_norm_is_read_as_the_scale_its_module_applies(tmp_path, smollm2
         check_circuits_readable(llama)
 
 
-def test_circuits_of_gemma4_are_refused_before_and_after_it_loads(tmp_path, smollm2_tokenizer):
+def test_circuits_of_gemma4_are_refused_before_and_after_it_loads(tmp_path, tiny_tokenizer):
     """Gemma 4 multiplies its whole residual stream by a learned number after every layer (``layer_scalar``) and
     normalises each head's values: circuits read as for Gemma 3 would be wrong. Its norms scale by w (no offset),
     which a name-based rule ("Gemma" stores w, scales by 1 + w) had refused for the wrong reason. Refused by
@@ -186,7 +186,7 @@ def test_circuits_of_gemma4_are_refused_before_and_after_it_loads(tmp_path, smol
     config = transformers.Gemma4TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                            head_dim=16, max_position_embeddings=128)
-    folder = save_tiny(tmp_path / "gemma4", config, smollm2_tokenizer)
+    folder = save_tiny(tmp_path / "gemma4", config, tiny_tokenizer)
     model = load(folder, backend="bridge", device="cpu")
     assert architecture_of(model) == "Gemma4ForCausalLM"
     refusal = r"gemma4: Gemma4ForCausalLM multiplies its residual stream by a learned number after each layer"
@@ -201,7 +201,7 @@ def test_circuits_of_gemma4_are_refused_before_and_after_it_loads(tmp_path, smol
     assert not (tmp_path / "probe").exists()
 
 
-def test_circuits_of_a_model_whose_layers_they_do_not_describe_are_refused_naming_why(tmp_path, smollm2_tokenizer):
+def test_circuits_of_a_model_whose_layers_they_do_not_describe_are_refused_naming_why(tmp_path, tiny_tokenizer):
     """Gemma 4 (its causal LM and its multimodal model alike) and Gemma 3n are refused by name before any weight is
     read; a RecurrentGemma's recurrent blocks have no attention and no norm before it (they had passed, and
     circuit_table failed inside TransformerLens); a bridge norm with a weight per head and dimension (Cohere's query
@@ -221,7 +221,7 @@ def test_circuits_of_a_model_whose_layers_they_do_not_describe_are_refused_namin
                                                   num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
                                                   lru_width=64, attention_window_size=16,
                                                   block_types=["recurrent", "attention"])
-    model = load(save_tiny(tmp_path / "recurrentgemma", recurrent, smollm2_tokenizer), backend="bridge", device="cpu")
+    model = load(save_tiny(tmp_path / "recurrentgemma", recurrent, tiny_tokenizer), backend="bridge", device="cpu")
     with pytest.raises(ValueError, match=r"recurrentgemma: layer 0 of this RecurrentGemmaForCausalLM has no ln1"):
         check_circuits_readable(model)
     from types import SimpleNamespace
@@ -249,7 +249,7 @@ def test_a_bridge_whose_config_misstates_whether_its_norms_centre_is_refused(arc
         check_circuits_readable(model)
 
 
-def test_circuits_of_a_model_that_normalises_its_embeddings_are_refused(tmp_path, smollm2_tokenizer):
+def test_circuits_of_a_model_that_normalises_its_embeddings_are_refused(tmp_path, tiny_tokenizer):
     """BLOOM's residual stream starts from LayerNorm(W_E[token]): the circuits, which read the rows of W_E as the
     entities' residual states, were computed on a bridge over it with nothing said. Refused by architecture."""
     import transformers
@@ -257,7 +257,7 @@ def test_circuits_of_a_model_that_normalises_its_embeddings_are_refused(tmp_path
     from models.pretrained import load
 
     config = transformers.BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4)
-    model = load(save_tiny(tmp_path / "bloom", config, smollm2_tokenizer), backend="bridge", device="cpu")
+    model = load(save_tiny(tmp_path / "bloom", config, tiny_tokenizer), backend="bridge", device="cpu")
     with pytest.raises(ValueError, match=r"bloom: BloomForCausalLM normalises its token embeddings before the first "
                                          r"layer.*refused on every backend"):
         check_circuits_readable(model)

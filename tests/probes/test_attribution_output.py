@@ -4,8 +4,8 @@ A TransformerBridge may do more between its final residual stream and its logits
 a soft cap: Granite divides the logits by ``logits_scaling`` (and scales its embeddings, attention and each
 layer's residual contribution by multipliers), Cohere multiplies them by ``logit_scale``; the bridge's
 architecture adapter declares this in ``apply_output_logits_transform``. Tiny random Granite and Cohere
-models (SmolLM2's tokenizer, as ``tests/support/tiny_models.py`` builds the others), and an unannounced
-transform put on a tiny Llama's unembedding, on every backend that wraps them (TransformerLens 3.9's
+models (SmolLM2's tokenizer cut to its first tokens, as ``tests/support/tiny_models.py`` builds the others), and an
+unannounced transform put on a tiny Llama's unembedding, on every backend that wraps them (TransformerLens 3.9's
 HookedTransformer converts neither Granite nor Cohere: there they are bridges only)."""
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ BACKENDS = ("bridge",) if HookedTransformer is not None else ("hooked", "bridge"
 
 
 @pytest.fixture(scope="module")
-def scaled(smollm2_tokenizer, tmp_path_factory):
+def scaled(tiny_tokenizer, tmp_path_factory):
     """name → (transformers model, {backend: TransformerLens model}) of each config above."""
     root = tmp_path_factory.mktemp("scaled-logits")
     models = {}
     for name, config in CONFIGS.items():
-        folder = save_tiny(root / name, config(), smollm2_tokenizer)
+        folder = save_tiny(root / name, config(), tiny_tokenizer)
         with pytest.MonkeyPatch.context() as unchecked:
             if name == "cohere" and HookedTransformer is not None:  # 3.9's load refuses its bridge over Cohere (1.3
                 # nats off transformers: test_unconverted_configs); one built past that comparison is what attribution

@@ -32,9 +32,10 @@ def celebrities():
 
 
 @pytest.fixture(scope="module")
-def bos_tokenizer(smollm2_tokenizer):
-    """SmolLM2's tokenizer told to start every encoding with its BOS token, as Gemma's does."""
-    tokenizer = copy.deepcopy(smollm2_tokenizer)
+def bos_tokenizer(tiny_tokenizer):
+    """SmolLM2's tokenizer cut to the tiny models' vocabulary, told to start every encoding with its BOS token, as
+    Gemma's does."""
+    tokenizer = copy.deepcopy(tiny_tokenizer)
     tokenizer.add_bos_token = True
     assert tokenizer.encode("a")[0] == tokenizer.bos_token_id
     return tokenizer

@@ -15,7 +15,7 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_models import BACKENDS_BY_ARCHITECTURE, save_tiny, tiny_config
+from tiny_models import BACKENDS_BY_ARCHITECTURE, VOCAB, save_tiny, tiny_config
 
 from analyses.asymmetry import draw_controls
 from facts.celebrity import QUESTION_TEMPLATES, load_celebrity_pairs
@@ -184,20 +184,20 @@ def test_a_transformers_model_scores_by_trie_or_teacher_forced_as_teacher_forcin
     assert fast.correct.flatten().tolist() == reference.correct.tolist()
 
 
-def test_a_transformers_model_the_trie_is_not_checked_on_is_refused(smollm2_tokenizer):
+def test_a_transformers_model_the_trie_is_not_checked_on_is_refused(tiny_tokenizer):
     import transformers
 
-    config = transformers.Qwen3Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+    config = transformers.Qwen3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     assert not scores_by_tree(model)
     with pytest.raises(ValueError, match=r"Qwen3ForCausalLM \(qwen3\) is scored by trie only on .*to_hooked"):
-        candidate_logprobs_cached(model, candidate_rows(smollm2_tokenizer, n_controls=1))
+        candidate_logprobs_cached(model, candidate_rows(tiny_tokenizer, n_controls=1))
     from models.hf_training import CausalLM  # a model of neither kind is named, not failed on an attribute
 
     with pytest.raises(TypeError, match=r"scores a TransformerLens model .* not a CausalLM; score another model by "
                                         r"teacher forcing"):
-        candidate_logprobs_cached(CausalLM(model), candidate_rows(smollm2_tokenizer, n_controls=1))
+        candidate_logprobs_cached(CausalLM(model), candidate_rows(tiny_tokenizer, n_controls=1))
 
 
 @pytest.mark.parametrize("backend", ["bridge", "hooked"] if HookedTransformer is not None else ["bridge"])

@@ -504,22 +504,22 @@ def test_a_layer_whose_weights_did_not_change_is_never_the_most_asymmetric(tiny_
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(smollm2_tokenizer, tmp_path_factory):
-    """A tiny random Llama over SmolLM2's tokenizer, as a HookedTransformer."""
+def tiny_llama(tiny_tokenizer, tmp_path_factory):
+    """A tiny random Llama over SmolLM2's tokenizer cut to its first tokens, as a HookedTransformer."""
     from models.pretrained import load
     from tiny_models import save_tiny, tiny_config
 
-    folder = save_tiny(tmp_path_factory.mktemp("llama"), tiny_config("llama"), smollm2_tokenizer)
+    folder = save_tiny(tmp_path_factory.mktemp("llama"), tiny_config("llama"), tiny_tokenizer)
     return load(folder, backend="hooked", device="cpu")
 
 
-def test_finetune_tracing_records_before_and_after(tiny_llama, smollm2_tokenizer, tmp_path):
+def test_finetune_tracing_records_before_and_after(tiny_llama, tiny_tokenizer, tmp_path):
     from analyses.finetune_tracing import FinetuneTracing, format_finetune_tracing
     from facts.language import people_world
 
     model = copy.deepcopy(tiny_llama)
     facts = people_world(n_per_group=4, seed=0, groups=("p2d",))
-    tracer = FinetuneTracing(model, facts, smollm2_tokenizer, n_facts=1, n_samples=2)
+    tracer = FinetuneTracing(model, facts, tiny_tokenizer, n_facts=1, n_samples=2)
     with torch.no_grad():  # "fine-tuning" that moves the MLPs' output weights only
         for block in model.blocks:
             block.mlp.W_out.add_(0.2 * torch.randn(block.mlp.W_out.shape, generator=torch.Generator().manual_seed(0)))
@@ -551,7 +551,7 @@ def test_finetune_tracing_records_before_and_after(tiny_llama, smollm2_tokenizer
 
 
 def test_facts_that_train_the_reverse_are_not_traced_and_say_so_while_their_weight_change_is_read(
-        tiny_llama, smollm2_tokenizer, tmp_path):
+        tiny_llama, tiny_tokenizer, tmp_path):
     """d2p facts (description → name trained, the name's forward held out) have no trained forward answer to
     follow: the run traced nothing and said nothing, and compare then dropped the weight change it had read."""
     from analyses.compare import tracing_columns
@@ -559,7 +559,7 @@ def test_facts_that_train_the_reverse_are_not_traced_and_say_so_while_their_weig
     from facts.language import people_world
 
     model = copy.deepcopy(tiny_llama)
-    tracer = FinetuneTracing(model, people_world(n_per_group=4, seed=0, groups=("d2p",)), smollm2_tokenizer,
+    tracer = FinetuneTracing(model, people_world(n_per_group=4, seed=0, groups=("d2p",)), tiny_tokenizer,
                              n_facts=1, n_samples=2)
     with torch.no_grad():
         model.blocks[0].mlp.W_out.add_(0.2)
@@ -572,7 +572,7 @@ def test_facts_that_train_the_reverse_are_not_traced_and_say_so_while_their_weig
     assert columns["forward_peak_mlp"] is None and columns["delta_mlp_peak_layer"] == "delta_mlp L0"
 
 
-def test_finetune_tracing_traces_the_trained_sentence_of_a_templates_file(tiny_llama, smollm2_tokenizer):
+def test_finetune_tracing_traces_the_trained_sentence_of_a_templates_file(tiny_llama, tiny_tokenizer):
     """A run trained from a templates file is traced in that file's first (trained) paraphrase, for relations
     the built-in templates do not know (before: "no template number 0 for relation 'job'", after the model
     loaded) and for p2d alike (before: the built-in wording, never trained, reported as the trained sentence)."""
@@ -583,9 +583,9 @@ def test_finetune_tracing_traces_the_trained_sentence_of_a_templates_file(tiny_l
                      for name, job in (("Ann Lee", "the author of 'X'"), ("Tom Hardy", "the painter of 'Y'"),
                                        ("Ivy Moss", "the maker of 'Z'"))])
     templates = {"job": ("{given} works as {answer}.",), "job_of": ("Known for being {given}, {answer} lives.",)}
-    tracer = FinetuneTracing(copy.deepcopy(tiny_llama), facts, smollm2_tokenizer, n_facts=1, n_samples=1,
+    tracer = FinetuneTracing(copy.deepcopy(tiny_llama), facts, tiny_tokenizer, n_facts=1, n_samples=1,
                              templates=templates)
-    prompt = smollm2_tokenizer.decode(tracer.statements.example(facts, 0, "forward").prompt)
+    prompt = tiny_tokenizer.decode(tracer.statements.example(facts, 0, "forward").prompt)
     assert prompt.endswith("Ann Lee works as") and set(tracer.tables["before"].direction) == {"forward", "reverse"}
 
 

@@ -1,8 +1,9 @@
 """Tiny randomly initialised Hugging Face models of several decoder architectures, built offline.
 
-Each is a config object (no download) over SmolLM2's 49,152-token vocabulary, initialised with a
+Each is a config object (no download) over the first 2,048 tokens of SmolLM2's vocabulary
+(``cut_vocabulary``: its byte-level BPE kept to the merges that make those tokens), initialised with a
 fixed seed and a large ``initializer_range`` (0.3, so log-probabilities vary by several nats and
-a wrong mask or rotary base shows), and saved with SmolLM2's tokenizer into a folder that
+a wrong mask or rotary base shows), and saved with that tokenizer into a folder that
 ``models.pretrained.load(folder, backend=...)`` reads. Gemma 2 and Gemma 3 slide a 4-token window
 (Gemma 3 with a full-attention layer and separate local/global RoPE bases), so any prompt of more
 than four tokens goes past it.
@@ -26,7 +27,7 @@ import transformers
 from facts.tokens import Example, TokenizedFacts, collate
 from models.backend import HookedTransformer, copy_model
 
-VOCAB = 49152
+VOCAB = 2048
 WINDOW = 4
 INIT = 0.3
 
@@ -110,6 +111,27 @@ def word_tokenizer(bos_token: str | None = None, add_bos_token: bool = False):
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>", bos_token=bos_token, add_bos_token=add_bos_token
     )
+
+
+def cut_vocabulary(tokenizer: transformers.PreTrainedTokenizerFast, size: int = VOCAB):
+    """``tokenizer`` (a byte-level BPE whose ids follow its merges, as SmolLM2's) kept to its first ``size`` ids:
+    the same special tokens and bytes, and only the merges whose parts and result are among them. Any text still
+    tokenizes (into more, shorter tokens where a longer one was cut), and every id is below ``size``, so a model
+    over ``size`` tokens reads it: a tiny model's embedding and unembedding are then ``size`` rows, not 49,152."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    bpe = spec["model"]
+    if bpe["type"] != "BPE":
+        raise ValueError(f"cut_vocabulary needs a BPE tokenizer, not {bpe['type']}")
+    bpe["vocab"] = {token: index for token, index in bpe["vocab"].items() if index < size}
+    bpe["merges"] = [pair for pair in bpe["merges"] if {*pair, "".join(pair)} <= bpe["vocab"].keys()]
+    spec["added_tokens"] = [token for token in spec["added_tokens"] if token["id"] < size]
+    cut = Tokenizer.from_str(json.dumps(spec))
+    special = {name: getattr(tokenizer, name) for name in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=cut, **special)
 
 
 def save_tiny(folder: Path, config: transformers.PretrainedConfig, tokenizer) -> Path:
