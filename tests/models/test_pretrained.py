@@ -6,6 +6,7 @@ on every backend is in ``test_architectures.py``.
 """
 
 import os
+import shutil
 import time
 import warnings
 
@@ -113,12 +114,13 @@ def test_load_tokenizer_reads_the_gguf_vocabulary(tokenizer):
 
 @pytest.fixture(scope="module")
 def smollm2_folder(smollm2, tmp_path_factory):
-    """SmolLM2 written by save_pretrained: a local Hugging Face folder."""
+    """SmolLM2 written by save_pretrained: a local Hugging Face folder, removed after the module's tests (0.5 GB)."""
     folder = tmp_path_factory.mktemp("smollm2-folder")
     hf_model, tokenizer = smollm2
     hf_model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return folder
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
