@@ -372,21 +372,28 @@ def test_smollm2_attributions_sum_to_the_logit_difference(smollm2_hooked, smollm
 def test_gemma3_270m_attributions_sum_to_the_logit_difference(gemma3_hooked, gemma3_bridge):
     """The real Gemma 3 270M: per head through its post-attention norms, BOS first as its tokenizer adds it; a
     HookedTransformer read as it is (no folded copy of the model's 1.6 GiB), a bridge (either backend under
-    TransformerLens 4) through its folded copy, its norms read as the 1 + w they apply. Both backends give the
-    same term for every component (under 3.9 the HookedTransformer's converter adds Gemma's 1 itself)."""
+    TransformerLens 4) through its folded copy, its norms read as the 1 + w they apply (``folded``, made once for
+    both readings, as its docstring advises for a large model; the copy made inside ``direct_logit_attribution``
+    is the tiny Gemmas'), its sums checked against the bridge's own logits. Both backends give the same term for
+    every component (under 3.9 the HookedTransformer's converter adds Gemma's 1 itself)."""
     tokenizer = gemma3_hooked.tokenizer
     prompt = tuple(tokenizer.encode("The capital of France is"))
     assert prompt[0] == tokenizer.bos_token_id
     answer, control = (tokenizer.encode(w, add_special_tokens=False)[0] for w in (" Paris", " Rome"))
     examples = [Example(prompt, (answer,), 0, "forward", "train")]
     controls = [Example(prompt, (control,), 0, "forward", "train")]
+    logits = {}
+    for model in (gemma3_hooked, gemma3_bridge):
+        with torch.no_grad():
+            logits[id(model)] = model(torch.tensor([prompt]))[0, -1]
+    bridge_folded = folded(gemma3_bridge)
+    assert bridge_folded is not gemma3_bridge
     for by in ("head", "layer"):
         tables = []
-        for model in (gemma3_hooked, gemma3_bridge):
-            with torch.no_grad():
-                logits = model(torch.tensor([prompt]))[0, -1]
-            table = direct_logit_attribution(model, examples, controls=controls, by=by)
-            assert table.attribution.sum() == pytest.approx(float(logits[answer] - logits[control]), abs=1e-4)
+        for model, attributed in ((gemma3_hooked, gemma3_hooked), (gemma3_bridge, bridge_folded)):
+            table = direct_logit_attribution(attributed, examples, controls=controls, by=by)
+            difference = logits[id(model)][answer] - logits[id(model)][control]
+            assert table.attribution.sum() == pytest.approx(float(difference), abs=1e-4)
             assert "attn bias" not in set(table.kind)
             tables.append(table)
         hooked, bridge = tables
