@@ -661,12 +661,17 @@ def test_gguf_weights_are_the_ones_transformers_reads(smollm2_hf):
     test_smollm2_read_from_the_gguf_cache_is_the_file finds bitwise the same) equals transformers' own
     reading of the file, bit for bit. Transformers' reading is the state dict its ``from_pretrained``
     loads a GGUF from (``load_gguf_checkpoint`` with the model to load and float32, as its GGUF quantizer
-    calls it), taken directly: ``from_pretrained`` would parse the file a second time for the config."""
+    calls it), taken directly: ``from_pretrained`` would parse the file a second time for the config. (Read on
+    ordinary pages, as ours is: numpy's huge pages change where the arrays lie, not their values, and cost
+    seconds here.)"""
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
+    from models.memory import numpy_without_huge_pages
+
     model = smollm2_hf[0]
-    theirs = load_gguf_checkpoint(str(resolve("smollm2-135m").path), return_tensors=True, model_to_load=model,
-                                  torch_dtype=torch.float32)["tensors"]
+    with numpy_without_huge_pages():
+        theirs = load_gguf_checkpoint(str(resolve("smollm2-135m").path), return_tensors=True, model_to_load=model,
+                                      torch_dtype=torch.float32)["tensors"]
     ours = model.state_dict()
     assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
     assert theirs.keys() == ours.keys() - {"lm_head.weight"}  # the file holds the tied embedding once
