@@ -578,6 +578,7 @@ def _reproduce_all_on_ray(args: argparse.Namespace, workers: int) -> int:
         jobs.append((name, argv, out / name, False))
     failed = []
     with runfolder.locked(args.out, parent=True), sweeps.ray_session(resources) as runners:
+        sweeps.meanwhile(lambda: [EXPERIMENTS[name].formatter_module() for name, *_ in jobs])  # printed as each ends
         for name, result in runners.run(jobs, args.out / sweeps.RUNNING):
             if result["exit_code"] != 0:
                 failed.append(f"{name}: {' '.join(result.get('error') or ['no error message'])}")

@@ -139,9 +139,12 @@ class Experiment:
         key = self.seeds_option.lstrip("-")
         return int(options.get(key, options.get(key.replace("-", "_"), option.kwargs["default"])))
 
+    def formatter_module(self):
+        """The module of :attr:`formatter`, imported."""
+        return import_module(self.formatter.split(":")[0])
+
     def format(self, summary: dict[str, Any]) -> str:
-        module, name = self.formatter.split(":")
-        return getattr(import_module(module), name)(summary)
+        return getattr(self.formatter_module(), self.formatter.split(":")[1])(summary)
 
 
 # --- runners (heavy imports inside, so --help stays light) -----------------------------------

@@ -360,7 +360,11 @@ class InProcessRunners:
 
 def test_a_rerun_cut_short_keeps_the_records_of_the_trials_run_before(tmp_path):
     """A rerun removes the sweep's summary before its trials run, and the trials' records (seconds, host) lived only
-    there: a rerun cut short lost the records of every trial run before, and the next rerun listed them bare."""
+    there: a rerun cut short lost the records of every trial run before, and the next rerun listed them bare. A
+    trial run outside Ray records no node: asking Ray for one had connected this process to the cluster this
+    machine started last, or started a local Ray (seconds), and left it connected."""
+    import ray
+
     from analyses.sweep import run_sweep
 
     sweep = make_sweep("reversal", "0-1", ["model=one-layer", "pairs=30", "steps=2", "eval-every=2"])
@@ -368,6 +372,7 @@ def test_a_rerun_cut_short_keeps_the_records_of_the_trials_run_before(tmp_path):
     first = {r["trial"]: r for r in run_sweep(sweep, out, runners=InProcessRunners(), log=lambda line: None)["trials"]}
     kept, removed = (trial.name for trial in sweep.trials())
     assert first[kept]["seconds"] > 0 and first[kept]["run_id"]
+    assert first[kept]["node"] is None and not ray.is_initialized()
     for path in sorted((out / "trials" / removed).rglob("*"), reverse=True):
         path.rmdir() if path.is_dir() else path.unlink()
     with pytest.raises(KeyboardInterrupt):
@@ -387,7 +392,6 @@ def saved_sweep(tmp_path, monkeypatch):
     kept from starting after it (nothing of the saved sweep is left to run)."""
     from analyses import sweep as sweeps
 
-    monkeypatch.setattr(sweeps, "_node_id", lambda: None)  # asking Ray would start a local Ray (seconds)
     sweep, out = make_sweep("reversal", "0", TINY), tmp_path / "sweep"
     sweeps.run_sweep(sweep, out, runners=InProcessRunners(), log=lambda line: None)
     monkeypatch.setattr(sweeps, "ray_session", _no_ray)
@@ -491,7 +495,6 @@ def test_a_sweep_with_a_relative_out_hands_its_trials_absolute_folders(tmp_path,
     own folder: a trial on a node whose current folder is another wrote its run there, and was counted failed."""
     from analyses import sweep as sweeps
 
-    monkeypatch.setattr(sweeps, "_node_id", lambda: None)  # asking Ray would start a local Ray (seconds)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(tmp_path)
@@ -977,7 +980,6 @@ def test_reproduce_all_hands_its_runners_the_finetuned_folder_as_an_absolute_pat
     monkeypatch.chdir(tmp_path)
     runners = RecordingRunners()
     monkeypatch.setattr(sweeps, "ray_session", lambda resources: contextlib.nullcontext(runners))
-    monkeypatch.setattr(sweeps, "_node_id", lambda: None)
     assert main(["reproduce", "all", "--experiments", "mitigations", "chain", "--workers", "2", *seeds,
                  "--finetuned", "ft", "--out", "all"]) == 2
     [given] = [(argv[i + 1] if item == "--finetuned" else item.removeprefix("--finetuned="))
@@ -996,3 +998,27 @@ def test_a_cpu_sweep_given_gpus_is_told_why_its_trials_are_left_out(tmp_path):
     with pytest.raises(SweepError, match=r"grid device not set, given cuda \(--gpus-per-trial runs every trial on "
                                          r"cuda, a grid key of its own, which renames every trial's folder\)"):
         check_folder(on_gpus, tmp_path / "sweep")
+
+
+def test_work_done_meanwhile_runs_beside_the_caller_and_its_errors_stay_silent(capfd):
+    """:func:`analyses.sweep.meanwhile` (a sweep's driver imports its experiment's module while Ray starts) runs its
+    work in another thread and returns at once; an error there is dropped, not printed: whoever needs the result
+    makes it again and meets the error itself."""
+    import threading
+
+    from analyses.sweep import meanwhile
+
+    release, seen = threading.Event(), []
+
+    def work() -> None:
+        seen.append(threading.current_thread() is not threading.main_thread())
+        release.wait(10)
+        raise ModuleNotFoundError("No module named 'elsewhere'")
+
+    meanwhile(work)  # returns while the work waits
+    assert [t for t in threading.enumerate() if t.name == "revlens-meanwhile" and t.is_alive()]
+    release.set()
+    for thread in [t for t in threading.enumerate() if t.name == "revlens-meanwhile"]:
+        thread.join(10)
+    assert seen == [True]
+    assert capfd.readouterr().err == ""
