@@ -845,10 +845,10 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
         log(f"sweep {sweep.experiment}: {len(trials)} trials, {len(trials) - len(todo)} finished before, "
             f"{len(todo)} to run")
         failures: list[dict[str, Any]] = []
-        if todo and (runners is None or isinstance(runners, Runners)):  # on Ray: this process only waits meanwhile
-            meanwhile(lambda: expected_config(sweep.experiment, todo[0], out / TRIALS / todo[0].name))
         with contextlib.nullcontext(runners) if runners or not todo else ray_session(resources, len(todo)) as runners:
             if todo:
+                if isinstance(runners, Runners):  # Ray is up (imported here first): this process only waits now
+                    meanwhile(lambda: expected_config(sweep.experiment, todo[0], out / TRIALS / todo[0].name))
                 log(f"Ray: {runners.workers} trial(s) at once, {resources.threads} thread(s) each"
                     + (f", {resources.gpus} GPU(s) each" if resources.gpus else ""))
                 _run_on_ray(sweep, out, todo, resources, runners, records, failures, log)
@@ -863,10 +863,12 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
 def meanwhile(work: Callable[[], Any]) -> None:
     """Run ``work`` in a background thread, its errors dropped (whoever needs its result makes it again and meets
     them there): for the imports this process would otherwise make only after Ray's runners have finished their first
-    job, made while Ray starts and this process waits on the runners. :func:`run_sweep` makes the first trial's
-    config (:func:`expected_config`, whose import of the experiment's module, torch and TransformerLens, is ~6 CPU
-    s); measured on 2 cores: a local sweep of one 2-step trial 12.2 → 8.2 s, of two on two runners 12.3 → 10.7 s.
-    ``reproduce all`` imports the experiments' formatters so: chain and embeddings at once 13.0-13.3 → 11.6-12.2 s."""
+    job, made while it waits on the runners. Called once Ray is up, so that this thread has imported Ray's modules
+    before the other imports anything (two threads importing at once can each meet a module the other has half
+    imported). :func:`run_sweep` makes the first trial's config (:func:`expected_config`, whose import of the
+    experiment's module, torch and TransformerLens, is ~6 CPU s); measured on 2 cores: a local sweep of one 2-step
+    trial 12.2 → 7.8-8.2 s, of two on two runners 12.3 → 10.3-10.7 s. ``reproduce all`` imports the experiments'
+    formatters so: chain and embeddings at once 13.0-13.3 → 11.6-12.2 s."""
     import threading
 
     def run() -> None:
