@@ -1001,9 +1001,9 @@ def test_a_cpu_sweep_given_gpus_is_told_why_its_trials_are_left_out(tmp_path):
 
 
 def test_work_done_meanwhile_runs_beside_the_caller_and_its_errors_stay_silent(capfd):
-    """:func:`analyses.sweep.meanwhile` (a sweep's driver imports its experiment's module while Ray starts) runs its
-    work in another thread and returns at once; an error there is dropped, not printed: whoever needs the result
-    makes it again and meets the error itself."""
+    """:func:`analyses.sweep.meanwhile` (a sweep's driver imports its experiment's module while its Ray runners work)
+    runs its work in another thread and returns at once; an error there is dropped, not printed: whoever needs the
+    result makes it again and meets the error itself."""
     import threading
 
     from analyses.sweep import meanwhile
