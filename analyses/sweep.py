@@ -822,15 +822,23 @@ def prepare(sweep: Sweep, out: Path) -> None:
 def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=None,
               runners: Runners | None = None) -> dict[str, Any]:
     """Run the sweep's unfinished trials on Ray (on ``runners`` of a session already open, else in
-    a session of its own), then aggregate; returns the sweep's summary."""
+    a session of its own), then aggregate; returns the sweep's summary.
+
+    A session of its own opens before the trials whose folders hold a summary are checked, when some trial's
+    folder holds none (so it surely runs; the session holds one runner per such trial at most): checking a trial
+    makes its config, which imports the experiment's module (~6 CPU s), and that import then overlaps the runners'
+    own. Measured on 2 cores, a local sweep of two 2-step trials, one finished before: 10.9-11.0 → 7.9 s."""
     from analyses.runfolder import locked
 
     log = log or (lambda line: print(line, flush=True))
     began = time.perf_counter()
-    with locked(out, parent=True):
+    with locked(out, parent=True), contextlib.ExitStack() as session:
         earlier = _earlier_records(out)
         prepare(sweep, out)
         trials = sweep.trials()
+        unsummarised = [trial for trial in trials if not (out / TRIALS / trial.name / SUMMARY).is_file()]
+        if runners is None and unsummarised:
+            runners = session.enter_context(ray_session(resources, len(unsummarised)))
         todo, records = [], {}
         for trial in trials:
             folder = out / TRIALS / trial.name
@@ -845,18 +853,19 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
         log(f"sweep {sweep.experiment}: {len(trials)} trials, {len(trials) - len(todo)} finished before, "
             f"{len(todo)} to run")
         failures: list[dict[str, Any]] = []
-        with contextlib.nullcontext(runners) if runners or not todo else ray_session(resources, len(todo)) as runners:
-            if todo:
-                if isinstance(runners, Runners):  # Ray is up (imported here first): this process only waits now
-                    meanwhile(lambda: expected_config(sweep.experiment, todo[0], out / TRIALS / todo[0].name))
-                log(f"Ray: {runners.workers} trial(s) at once, {resources.threads} thread(s) each"
-                    + (f", {resources.gpus} GPU(s) each" if resources.gpus else ""))
-                _run_on_ray(sweep, out, todo, resources, runners, records, failures, log)
-            order = {trial.name: index for index, trial in enumerate(trials)}
-            failures.sort(key=lambda failure: order[failure["trial"]])  # trials finish in any order
-            _write_failures(out, failures)
-            summary = (runners.aggregate if runners else aggregate)(sweep, out, records, failures,
-                                                                    time.perf_counter() - began)
+        if runners is None and todo:  # every folder held a summary, and some trial's run is not this sweep's
+            runners = session.enter_context(ray_session(resources, len(todo)))
+        if todo:
+            if isinstance(runners, Runners):  # Ray is up (imported here first): this process only waits now
+                meanwhile(lambda: expected_config(sweep.experiment, todo[0], out / TRIALS / todo[0].name))
+            log(f"Ray: {runners.workers} trial(s) at once, {resources.threads} thread(s) each"
+                + (f", {resources.gpus} GPU(s) each" if resources.gpus else ""))
+            _run_on_ray(sweep, out, todo, resources, runners, records, failures, log)
+        order = {trial.name: index for index, trial in enumerate(trials)}
+        failures.sort(key=lambda failure: order[failure["trial"]])  # trials finish in any order
+        _write_failures(out, failures)
+        summary = (runners.aggregate if runners else aggregate)(sweep, out, records, failures,
+                                                                time.perf_counter() - began)
     return summary
 
 

@@ -1022,3 +1022,46 @@ def test_work_done_meanwhile_runs_beside_the_caller_and_its_errors_stay_silent(c
         thread.join(10)
     assert seen == [True]
     assert capfd.readouterr().err == ""
+
+
+def test_a_rerun_starts_ray_before_it_checks_the_trials_that_ran_and_opens_it_for_a_stale_one(tmp_path, monkeypatch):
+    """Checking that a trial's folder holds this sweep's run makes the trial's config, which imports the experiment's
+    module (seconds): a rerun with a trial surely left to run (its folder holds no summary) opens its Ray session
+    first, one runner per such trial, so that the import overlaps the runners' own. Where every folder holds a
+    summary, Ray opens only if a check finds a run that is not this sweep's (here its random draws were made
+    otherwise), with a runner for it."""
+    from analyses import sweep as sweeps
+    from analyses.runfolder import MANIFEST
+
+    sweep, out = make_sweep("reversal", "0-2", TINY), tmp_path / "sweep"
+    sweeps.run_sweep(sweep, out, runners=InProcessRunners(), log=lambda line: None)
+    first, second, third = (out / "trials" / trial.name for trial in sweep.trials())
+    events = []
+
+    @contextlib.contextmanager
+    def session(resources, jobs=None):
+        events.append(("Ray", jobs))
+        yield InProcessRunners()
+
+    def config(experiment, trial, folder):
+        events.append(("config", trial.name))
+        return expected(experiment, trial, folder)
+
+    expected = sweeps.expected_config
+    monkeypatch.setattr(sweeps, "ray_session", session)
+    monkeypatch.setattr(sweeps, "expected_config", config)
+    for path in sorted(third.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    manifest = json.loads((second / MANIFEST).read_text())
+    (second / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != "draws"}))
+    result = sweeps.run_sweep(sweep, out, log=lambda line: None)
+    assert events[:3] == [("Ray", 1), ("config", first.name), ("config", second.name)]
+    status = lambda result: {r["trial"]: r["status"] for r in result["trials"]}  # noqa: E731
+    assert status(result) == {first.name: "finished before", second.name: "ran", third.name: "ran"}
+
+    events.clear()
+    (second / MANIFEST).write_text(json.dumps({k: v for k, v in json.loads((second / MANIFEST).read_text()).items()
+                                               if k != "draws"}))
+    result = sweeps.run_sweep(sweep, out, log=lambda line: None)
+    assert events[:4] == [("config", first.name), ("config", second.name), ("config", third.name), ("Ray", 1)]
+    assert status(result) == {first.name: "finished before", second.name: "ran", third.name: "finished before"}
