@@ -319,6 +319,61 @@ def test_qwen3_qk_entries_read_its_query_and_key_norms(backend, tiny_tokenizer, 
                     assert float(row.entry_ab.iloc[0]) == pytest.approx(value, rel=1e-4, abs=1e-4)
 
 
+
+def test_nemotron_circuit_entries_equal_the_hugging_face_weights(tiny_tokenizer, tmp_path):
+    """Nemotron's norms are LayerNorm1P: centre, divide by σ, scale by 1 + w (its weight stored as the offset, as
+    Gemma's), add a bias. Its OV and QK entries on the bridge (the backend both lines give it) equal, on every head,
+    the products computed here by hand from the Hugging Face weights, with norm weights drawn N(0, 0.5²) so that
+    reading w for 1 + w, or leaving out the centring, shows: x_s = centre(E[s]) ⊙ (1 + w_ln1),
+    OV = (W_O^h W_V^g x_a) · centre((1 + w_final) ⊙ U[b]), QK = (W_Q^h x_a) · (W_K^g x_b), g the key/value head of
+    query head h (the norms' 1/σ and biases left out, as documented; rotary positions are not in a QK circuit)."""
+    import transformers
+
+    from tiny_models import INIT
+
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(transformers.NemotronConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, initializer_range=INIT))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in hf.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    hf.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    model = load(tmp_path, backend="bridge", device="cpu")
+    names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
+    facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
+    token = {name: tiny_tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
+    table = circuit_table(model, facts, lambda entity: token[entity], kinds=("ov", "qk"), n_controls=2)
+    config, d_head = hf.config, hf.config.head_dim
+
+    def centre(v: torch.Tensor) -> torch.Tensor:
+        return v - v.mean(-1, keepdim=True)
+
+    E = centre(hf.model.embed_tokens.weight.detach().double())
+    final = centre((1 + hf.model.norm.weight.detach().double()) * hf.lm_head.weight.detach().double())
+    largest = {"ov": 0.0, "qk": 0.0}
+    for layer, block in enumerate(hf.model.layers):
+        x = E * (1 + block.input_layernorm.weight.detach().double())
+        attention = block.self_attn
+        W_Q, W_K, W_V = (projection.weight.detach().double().view(-1, d_head, config.hidden_size)
+                         for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
+        W_O = attention.o_proj.weight.detach().double().view(config.hidden_size, -1, d_head)
+        for head in range(config.num_attention_heads):
+            group = head // 2
+            for fact_index, fact in enumerate(facts):
+                a, b = token[fact.subject][0], token[fact.object][0]
+                expected = {"ov": float(W_O[:, head] @ (W_V[group] @ x[a]) @ final[b]),
+                            "qk": float((W_Q[head] @ x[a]) @ (W_K[group] @ x[b]))}
+                for kind, value in expected.items():
+                    row = table[(table.circuit == kind) & (table.layer == layer) & (table["head"] == head)
+                                & (table.fact == fact_index)]
+                    assert float(row.entry_ab.iloc[0]) == pytest.approx(value, rel=1e-4, abs=1e-4)
+                    largest[kind] = max(largest[kind], abs(value))
+    assert min(largest.values()) > 1.0  # the entries are not all zero: the identity is not vacuous
+
 # --- Gemma 3 270M, the second real model ------------------------------------------------------------
 
 LONG = " ".join(f"Fact {n}: the river town of Example{n} lies north of the hills." for n in range(31))  # 545 tokens
