@@ -17,7 +17,7 @@ from analyses.finetune import reversed_example, training_sentences
 from analyses.probe import pretrained_probed
 from facts.celebrity import load_celebrity_pairs
 from facts.language import TRAIN_TEMPLATES, TemplateTokenizer, bos_prefix, people_world, render_statement
-from facts.schema import FactSet
+from facts.schema import Fact, FactSet
 from models.pretrained import ModelSource, declared_bos, load, resolve
 from probes.circuits import check_circuits_readable, circuit_table
 from probes.logits import answer_table
@@ -86,12 +86,18 @@ def test_gemma3_270m_gets_its_bos_and_one_logprob_per_fact(gemma3_hooked, celebr
     assert (probe_lp - check_lp).abs().max() < 1e-4
 
 
-def test_gemma3_270m_on_the_bridge_scores_and_reads_circuits_as_hooked(gemma3_hooked, gemma3_bridge, celebrities):
+def test_gemma3_270m_on_the_bridge_scores_and_reads_circuits_as_hooked(gemma3_hooked, gemma3_bridge, gemma3_hf,
+                                                                     celebrities):
     """check-asymmetry's scoring on the bridge (by trie: one pass a statement) gives the hooked model's
     log-probs (under TransformerLens 4.x both are bridges, the "hooked" one in compatibility mode), and so do its OV
     and QK circuits: the bridge runs Gemma's Hugging Face norms, which store w and scale by 1 + w (measured on each
     norm's module: ``models.backend.norm_scale``), where TransformerLens's HookedTransformer stores 1 + w. Under
-    TransformerLens 3.9 `probe --backend bridge` had been refused for its circuits (its norms do not say so)."""
+    TransformerLens 3.9 `probe --backend bridge` had been refused for its circuits (its norms do not say so).
+    Both models' entries also equal the products computed by hand from the Hugging Face weights (so that under 4.x,
+    where both are bridges, the entries are checked against something other than a bridge): an entity is the mean
+    of its tokens' rows, x_s = √d · mean(E[s]) ⊙ (1 + w_ln1), OV = ((1 + w_post) ⊙ W_O^h W_V^g x_a) ·
+    mean((1 + w_final) ⊙ E[b]) (the unembedding is the embedding), QK = ((1 + w_q) ⊙ W_Q^h x_a) · ((1 + w_k) ⊙
+    W_K^g x_b), g the key/value head of query head h (1/σ left out, as documented)."""
     asked = TemplateTokenizer(gemma3_bridge.tokenizer, TEMPLATE_FAMILIES[DEFAULT_TEMPLATES])
     assert asked.prefix == (gemma3_bridge.tokenizer.bos_token_id,)
     assert scores_by_tree(gemma3_bridge) and gemma3_bridge.original_model.config.sliding_window == 512
@@ -108,6 +114,39 @@ def test_gemma3_270m_on_the_bridge_scores_and_reads_circuits_as_hooked(gemma3_ho
     assert circuits[0].index.equals(circuits[1].index) and len(circuits[0]) == 6 * (1 + 3 * 4 * 2)
     largest = float(entries[0].abs().max())
     assert largest > 1.0 and float((entries[0] - entries[1]).abs().max()) < 1e-4 * largest
+    by_hand = torch.tensor([by_hand_entries(gemma3_hf[0], asked.entity_ids, facts[fact], circuit, layer, head)
+                            for fact, circuit, layer, head in circuits[0].index], dtype=torch.float64)
+    for table in entries:
+        assert float((table - by_hand).abs().max()) < 1e-4 * largest
+
+
+def by_hand_entries(hf, entity_ids, fact: Fact, circuit: str, layer: int, head: int) -> tuple[float, float]:
+    """A Gemma 3's (M[A, B], M[B, A]) for ``fact`` from its Hugging Face weights in float64, as the test above
+    states them (``circuit`` "direct": √d · mean(E[a]) · mean((1 + w_final) ⊙ E[b]))."""
+    config, model = hf.config, hf.model
+    E = model.embed_tokens.weight.detach()
+    mean = {name: E[list(entity_ids(name))].double().mean(0) for name in (fact.subject, fact.object)}
+    final = {name: (1 + model.norm.weight.detach().double()) * row for name, row in mean.items()}
+    if circuit == "direct":
+        x = {name: config.hidden_size ** 0.5 * row for name, row in mean.items()}
+        return (float(x[fact.subject] @ final[fact.object]), float(x[fact.object] @ final[fact.subject]))
+    block = model.layers[layer]
+    attention, d_head = block.self_attn, config.head_dim
+    x = {name: config.hidden_size ** 0.5 * row * (1 + block.input_layernorm.weight.detach().double())
+         for name, row in mean.items()}
+    group = head // (config.num_attention_heads // config.num_key_value_heads)
+    W_Q, W_K, W_V = (projection.weight.detach().double().view(-1, d_head, config.hidden_size)[index]
+                     for projection, index in ((attention.q_proj, head), (attention.k_proj, group),
+                                               (attention.v_proj, group)))
+    W_O = attention.o_proj.weight.detach().double().view(config.hidden_size, -1, d_head)[:, head]
+    if circuit == "ov":
+        written = 1 + block.post_attention_layernorm.weight.detach().double()
+        ov = {name: written * (W_O @ (W_V @ row)) for name, row in x.items()}
+        return float(ov[fact.subject] @ final[fact.object]), float(ov[fact.object] @ final[fact.subject])
+    query, key = (1 + norm.weight.detach().double() for norm in (attention.q_norm, attention.k_norm))
+    q = {name: query * (W_Q @ row) for name, row in x.items()}
+    k = {name: key * (W_K @ row) for name, row in x.items()}
+    return float(q[fact.subject] @ k[fact.object]), float(q[fact.object] @ k[fact.subject])
 
 
 def test_a_tokenizer_that_adds_bos_gets_it_in_both_commands(bos_tokenizer, celebrities, tiny_models):
