@@ -20,7 +20,6 @@ last position only) and work on ``HookedTransformer`` and ``TransformerBridge``.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import re
 from collections import defaultdict
@@ -36,7 +35,7 @@ from torch import Tensor
 
 from facts.tokens import Example, TokenizedFacts, collate
 from models.backend import (
-    HOOKED_HINT, POST_NORM_ARCHITECTURES, ActivationCache, apply_softcap, architecture_of, final_norm_centres,
+    POST_NORM_ARCHITECTURES, ActivationCache, apply_softcap, architecture_of, final_norm_centres,
     get_act_name, is_hooked, norm_scale, patching,
 )
 from models.bilinear import BilinearModel
@@ -109,54 +108,6 @@ def _check_ids(model: Any, examples: Sequence[Example], where: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Direct logit attribution
-
-
-def _final_norm_is_plain(model: Any) -> bool:
-    """True when the final norm has no affine part left: it scales by 1 (a stored w of 1, or of 0 where the norm
-    scales by 1 + w, as TransformerLens's ``fold_ln`` leaves Gemma's) and adds 0."""
-    norm = getattr(model, "ln_final", None)
-    if norm is None:
-        return True
-    kinds = {name.rsplit(".", 1)[-1] for name, _ in norm.named_parameters()}
-    if not kinds <= {"w", "weight", "b", "bias"}:
-        return False
-    weight, bias = _final_norm_affine(model)
-    return (weight is None or bool((weight == 1).all())) and (bias is None or bool((bias == 0).all()))
-
-
-def folded(model: Any) -> Any:
-    """``model`` itself if its final norm has no affine part, else a deep copy with the norms folded.
-
-    The copy gets TransformerLens's ``fold_ln`` and nothing else (no centring, no value-bias
-    folding), so every head, MLP and embedding writes the same vector as in ``model`` and the
-    logits agree to float precision. :func:`direct_logit_attribution` needs it only for a
-    ``TransformerBridge`` (a ``HookedTransformer`` is attributed as it is); it costs a second copy
-    of the weights, so fold a large model once and reuse the copy. A bridge's Gemma norm, which
-    scales by 1 + w, is folded by TransformerLens (both lines) into the weights after it and left
-    with w = 0: a scale of 1, which :func:`_final_norm_is_plain` reads as plain.
-    """
-    if _final_norm_is_plain(model):
-        return model
-    tokenizer = getattr(model, "tokenizer", None)  # shared, not copied (Gemma's 262,144-token one is ~0.2 GiB)
-    memo: dict[int, Any] = {id(tokenizer): tokenizer} if tokenizer is not None else {}
-    hooked = hasattr(model, "load_and_process_state_dict")
-    if hooked:  # the copy's weights are written once, by the fold below: never copied first
-        memo.update({id(p): torch.nn.Parameter(torch.empty_like(p), requires_grad=p.requires_grad)
-                     for p in model.parameters()})
-    twin = copy.deepcopy(model, memo)
-    if hooked:  # HookedTransformer: TransformerLens folds a clone of ``model``'s weights into the copy
-        twin.load_and_process_state_dict(dict(model.state_dict()), fold_ln=True, center_writing_weights=False,
-                                         center_unembed=False, fold_value_biases=False)
-    else:  # TransformerBridge
-        twin.enable_compatibility_mode(disable_warnings=True, fold_ln=True, center_writing_weights=False,
-                                       center_unembed=False, fold_value_biases=False)
-    if not _final_norm_is_plain(twin):
-        remedy = ("were its weights already processed without fold_ln?" if hasattr(twin, "load_and_process_state_dict")
-                  else "TransformerBridge leaves this architecture's final norm unfolded; where TransformerLens "
-                       f"converts the architecture, {HOOKED_HINT}")
-        raise ValueError(f"{model.cfg.model_name}: could not fold the final norm of this {type(model).__name__} "
-                         f"({remedy}); direct logit attribution would be wrong, so it is refused")
-    return twin.eval()
 
 
 def _post_attention_norm(model: Any) -> str | None:
@@ -348,7 +299,8 @@ def check_attribution_readable(model: Any) -> None:
     (Granite's 1 / logits_scaling, Cohere's logit_scale, Falcon-H1's multiplier). :func:`direct_logit_attribution`
     asks it first; ``revlens probe`` asks :func:`check_attribution_architecture` from the model's files before
     loading it, and this right after. A ``HookedTransformer`` passes (read through its norms exactly), and so
-    do a bridge over Gemma 1/2/3 (its norms, scaling by 1 + w, read as such: :func:`folded`, :func:`_head_terms`),
+    do a bridge over Gemma 1/2/3 (its norms, scaling by 1 + w, read as such: :func:`_answer_directions`,
+    :func:`_head_terms`),
     any other bridge whose blocks hold a norm after attention named ``ln1_post`` (read the same way; tested on Gemma
     2/3 only, so the checks below are what vouch for it: the heads must add up to each layer's cached attention
     output) and the bilinear model (no heads: it is never attributed). Whatever passes is still checked, statement by
@@ -416,8 +368,8 @@ def check_attribution_architecture(name: str, architecture: str, hooked: bool) -
     ``architecture`` its transformers class ("Olmo2ForCausalLM"), ``hooked`` whether it will be a
     ``HookedTransformer`` (3.9's ``backend="hooked"``). The same refusals by architecture, with the same words;
     what only a model in hand shows (its adapter's output transform, its config's multipliers) is refused here by
-    name (:data:`OUTPUT_TRANSFORM_ARCHITECTURES`). A Gemma 1/2/3 bridge passes: its final norm is read folded, as
-    the scale 1 + w it applies (:func:`folded`), and Gemma 2/3's heads through the norm after attention at its
+    name (:data:`OUTPUT_TRANSFORM_ARCHITECTURES`). A Gemma 1/2/3 bridge passes: its final norm is read as the scale
+    1 + w it applies (:func:`_answer_directions`), and Gemma 2/3's heads through the norm after attention at its
     cached scale (:func:`_post_attention_norm`)."""
     if hooked:
         return
@@ -451,14 +403,14 @@ def direct_logit_attribution(
     run, w and b its weight and bias and t the answer token, the answer logit is exactly
     ``logit_t = Σ_c (r_c − mean(r_c)) / s · (w ⊙ W_U[:, t]) + b · W_U[:, t] + b_U[t]``  (no mean
     for RMSNorm), the final norm folded into the unembedding columns of the scored tokens only
-    (:func:`_answer_directions`; a ``HookedTransformer`` is read as it is, with no folded copy of
-    the model: Gemma 3 270M's copy alone would be 1.6 GiB). Each row is one term: a component's
+    (:func:`_answer_directions`), w being the scale the norm applies (1 + w where it stores the offset from 1,
+    as a bridge's Gemma norms do: ``models.backend.norm_scale``). Either model class is read as it is, with no
+    folded copy of the model (Gemma 3 270M's copy alone would be 1.6 GiB); a ``TransformerBridge``, which runs
+    its norms as Hugging Face modules, caches their scales s all the same. Each row is one term: a component's
     term, plus one "unembed bias" row with b · W_U[:, t] + b_U[t], so a statement's attributions
     sum to its raw (uncentred) answer logit. This is *linear given the scale s*: s depends on all
     components together, and the attribution of a component is not what the logit would lose
-    without it (use patching for that). A ``TransformerBridge`` runs its norms as Hugging Face
-    modules: it is read through a copy with its norms folded (:func:`folded`; Gemma's, which scale by
-    1 + w, folded as such by TransformerLens).
+    without it (use patching for that).
 
     The sums are checked against the model's own logits of the same run (a ``HookedTransformer``'s readout
     of its cached final residual, a bridge's output), statement by statement, within float rounding: a model
@@ -490,47 +442,27 @@ def direct_logit_attribution(
     if controls is not None:
         _check_controls(examples, controls)
         _check_ids(model, list(controls), "direct logit attribution's controls")
-    plain = model if is_hooked(model) else folded(model)
+    hooked = is_hooked(model)
     frames = []
     for rows in _by_prompt_length(examples, batch_size):
         chunk = [examples[r] for r in rows]
-        answers = _first_answer_tokens(plain, chunk)
-        wrong = None if controls is None else _first_answer_tokens(plain, [controls[r] for r in rows])
-        hooked = is_hooked(plain)
-        names = _dla_cache_names(plain, by) + ([_last_resid(plain)] if hooked else [])
+        answers = _first_answer_tokens(model, chunk)
+        wrong = None if controls is None else _first_answer_tokens(model, [controls[r] for r in rows])
+        names = _dla_cache_names(model, by) + ([_last_resid(model)] if hooked else [])
         no_logits = {"return_type": None} if hooked else {}  # the cache is all it reads (ln_final's scale included)
-        output, cache = plain.run_with_cache(_prompts(plain, chunk), names_filter=names, **no_logits)
+        output, cache = model.run_with_cache(_prompts(model, chunk), names_filter=names, **no_logits)
         # the model's own logits at the last position: a HookedTransformer's readout of the cached final residual
         # (the rows its forward would give, without unembedding every position), a bridge's forward output
-        output = hooked_readout(plain, cache[_last_resid(plain)][:, -1]) if hooked else output[:, -1]
-        if plain is not model and not frames:  # the copy's weights are one for every chunk: checked on the first
-            _check_same_logits(model, plain, _prompts(plain, chunk), output)
-        components, stack = _decomposition(plain, cache, by)
-        directions, offset = _answer_directions(plain, answers, wrong)
-        normalised = _through_final_norm(plain, cache, stack)
+        output = hooked_readout(model, cache[_last_resid(model)][:, -1]) if hooked else output[:, -1]
+        components, stack = _decomposition(model, cache, by)
+        directions, offset = _answer_directions(model, answers, wrong)
+        normalised = _through_final_norm(model, cache, stack)
         attrs = einops.einsum(normalised, directions, "component batch d_model, d_model batch -> component batch")
         components.append(_Component("unembed bias", "unembed bias"))
         attrs = torch.cat([attrs, offset[None]])
-        _check_sums(plain, attrs, output, answers, wrong, chunk)
+        _check_sums(model, attrs, output, answers, wrong, chunk)
         frames.append(_attribution_frame(rows, chunk, answers, wrong, components, attrs))
     return _in_input_order(frames)
-
-
-FOLD_TOLERANCE = 1e-3
-"""How far (max |Δ logit| at the last position) the folded copy may be from the model it stands for."""
-
-
-def _check_same_logits(model: Any, plain: Any, tokens: Int[Tensor, "batch pos"],
-                       output: Float[Tensor, "batch d_vocab"]) -> None:
-    """Refuse attributions read from a folded copy (:func:`folded`) whose logits are not the caller's model's: they
-    would sum exactly to another model's logit."""
-    with torch.no_grad():
-        own = model(tokens)[:, -1]
-    gap = float((own.double() - output.double().to(own.device)).abs().max())
-    if not gap <= FOLD_TOLERANCE:
-        raise ValueError(f"{model.cfg.model_name}: its copy with the norms folded gives logits {gap:.2e} from its own "
-                         f"(more than {FOLD_TOLERANCE:g}), so attributions read from the copy would be another "
-                         "model's; direct logit attribution is refused")
 
 
 def _last_resid(model: Any) -> str:
@@ -1059,6 +991,6 @@ def _check_last_stage(
 
 __all__ = [
     "PATCH_SITES", "AttributionSite", "PatchSite", "Patching", "Statements", "as_examples", "attribution_patch",
-    "check_attribution_architecture", "check_attribution_readable", "direct_logit_attribution", "folded",
+    "check_attribution_architecture", "check_attribution_readable", "direct_logit_attribution",
     "forward_reverse_pairs", "logit_lens", "patch_heads", "patch_residual",
 ]

@@ -13,7 +13,6 @@ from probes.attribution import (
     as_examples,
     attribution_patch,
     direct_logit_attribution,
-    folded,
     forward_reverse_pairs,
     logit_lens,
     patch_heads,
@@ -238,15 +237,6 @@ def test_trained_answers_get_larger_logits_than_held_out_ones(trained_one_layer,
     table = direct_logit_attribution(trained_one_layer, batch)
     logit = table.groupby(["statement", "split"]).attribution.sum().groupby("split").mean()
     assert logit["train"] > logit["heldout"] + 5.0
-
-
-def test_folding_copies_only_when_needed_and_keeps_the_logits(trained_one_layer, sample, vocab):
-    plain = folded(trained_one_layer)
-    assert plain is not trained_one_layer and trained_one_layer.cfg.normalization_type == "LN"
-    assert folded(plain) is plain  # its final norm has no affine part left
-    assert torch.allclose(plain(sample.tokens), trained_one_layer(sample.tokens), atol=1e-5)
-    fresh = build_model("one-layer", vocab.d_vocab, seed=5)  # LayerNorm weights 1, biases 0: nothing to fold
-    assert folded(fresh) is fresh
 
 
 def test_bad_controls_are_refused(tiny, world, vocab):
@@ -475,23 +465,19 @@ def bridge(smollm2_bridge):
     return smollm2_bridge
 
 
-def test_bridge_attribution_and_lens_are_exact(bridge):
+def test_bridge_attribution_and_lens_are_exact(bridge, smollm2_hooked):
     prompts = {"The capital of France is": " Paris", "The capital of Italy is": " Rome"}
     examples = [Example(tuple(bridge.to_tokens(p)[0].tolist()), tuple(bridge.to_tokens(a)[0].tolist()), i,
                         "forward", "train") for i, (p, a) in enumerate(prompts.items())]
-    plain = folded(bridge)
-    assert plain is not bridge and folded(plain) is plain
-    table = direct_logit_attribution(plain, examples)
+    table = direct_logit_attribution(bridge, examples)  # read as it is: its final norm's scale cached, w in W_U
     # embed, 9 heads and the MLP per layer, the unembed bias: SmolLM2 has no attention output bias, so no row for one
     assert table.groupby("statement").size().tolist() == [1 + 30 * (9 + 1) + 1] * 2
     assert "attn bias" not in set(table.kind)
     totals = torch.tensor(table.groupby("statement").attribution.sum().to_numpy()).float()
-    assert torch.allclose(totals, first_answer_logits(plain, examples), atol=1e-4)
-    # the bridge's own path (its folded copy made inside, checked against its logits): its sums are its logits
-    assert torch.allclose(answer_logits(plain, examples), answer_logits(bridge, examples), atol=1e-3)
-    own = direct_logit_attribution(bridge, examples)
-    own_totals = torch.tensor(own.groupby("statement").attribution.sum().to_numpy()).float()
-    assert torch.allclose(own_totals, first_answer_logits(bridge, examples), atol=1e-3)
+    assert torch.allclose(totals, first_answer_logits(bridge, examples), atol=1e-4)
+    hooked = direct_logit_attribution(smollm2_hooked, examples)  # the other backend, term by term
+    assert list(hooked.component) == list(table.component)
+    assert (hooked.attribution - table.attribution).abs().max() < 1e-4
     final = logit_lens(bridge, examples).query("stage == 'final_post'")
     expected = answer_logits(bridge, examples).log_softmax(-1)[[0, 1], [e.answer[0] for e in examples]]
     assert torch.allclose(torch.tensor(final.logprob.to_numpy()), expected, atol=1e-4)

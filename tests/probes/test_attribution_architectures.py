@@ -16,9 +16,9 @@ from analyses.probe import probe
 from facts.celebrity import load_celebrity_pairs
 from facts.io import save_jsonl
 from facts.tokens import Example
-from models.backend import architecture_of, is_hooked, norm_centres, norm_scale
+from models.backend import architecture_of, copy_model, is_hooked, norm_centres, norm_scale
 from probes.attribution import (
-    check_attribution_architecture, check_attribution_readable, direct_logit_attribution, folded,
+    check_attribution_architecture, check_attribution_readable, direct_logit_attribution,
 )
 from probes.circuits import check_circuits_readable
 
@@ -50,13 +50,14 @@ def sum_deviation(model, examples, controls, by) -> tuple[float, set[str]]:
 @pytest.mark.parametrize("architecture, backend", WRAPPED)
 def test_attributions_sum_to_the_logit_difference_or_are_refused(architecture, backend, tiny_models):
     """Every architecture on every backend sums exactly, by head and by layer, Gemma 1/2/3 on either line's bridge
-    included (its norms scale by 1 + w: the final one read folded, Gemma 2/3's heads through the norm after
-    attention at its cached scale); OLMo 2 on a bridge is refused."""
+    included (its norms scale by 1 + w: the final one read as such, Gemma 2/3's heads through the norm after
+    attention at its cached scale); OLMo 2 on a bridge is refused. Every model is read as it is, and gives term by
+    term what a copy with TransformerLens's own ``fold_ln`` gives (its final norm's scale then in W_U)."""
     model = perturbed(tiny_models[architecture].backends[backend])
     examples, controls = statements()
     if not is_hooked(model) and architecture == "olmo2":
         # a bridge runs OLMo 2's norm after attention (and none before) as a Hugging Face module: refused by name
-        # before any work (no folded copy, no forward pass), saying no TransformerLens model attributes it
+        # before any work (no forward pass), saying no TransformerLens model attributes it
         why = "Olmo2ForCausalLM normalises each attention layer's output.*no TransformerLens model"
         forward_passes = []
         model.register_forward_pre_hook(lambda *_: forward_passes.append(1))
@@ -71,57 +72,33 @@ def test_attributions_sum_to_the_logit_difference_or_are_refused(architecture, b
     for by in ("head", "layer"):
         deviation, kinds = sum_deviation(model, examples, controls, by)
         assert deviation < 1e-4, f"{architecture} ({backend}, by {by}): off by {deviation:.2e}"
-        biases = [getattr(block.attn, "b_O", None) for block in folded(model).blocks]
+        biases = [getattr(block.attn, "b_O", None) for block in model.blocks]
         has_bias = any(b is not None and bool((b != 0).any()) for b in biases)
         assert ("attn bias" in kinds) == (by == "head" and has_bias)  # a bar only for what the model has
-    if is_hooked(model):  # read unfolded, term by term what TransformerLens's fold_ln copy gives
-        unfolded = direct_logit_attribution(model, examples, controls=controls)
-        twin = folded(model)
-        assert twin is not model  # the perturbed final norm has an affine part to fold
-        refolded = direct_logit_attribution(twin, examples, controls=controls)
-        assert list(unfolded.component) == list(refolded.component)
-        assert (unfolded.attribution - refolded.attribution).abs().max() < 1e-4
+    unfolded = direct_logit_attribution(model, examples, controls=controls)
+    assert not bool((norm_scale(model, model.ln_final) == 1).all())  # the perturbed final norm has a scale to fold
+    twin = fold_ln_copy(model)
+    refolded = direct_logit_attribution(twin, examples, controls=controls)
+    assert list(unfolded.component) == list(refolded.component)
+    assert (unfolded.attribution - refolded.attribution).abs().max() < 1e-4
 
 
-def test_attributions_of_a_folded_copy_whose_logits_are_not_the_model_s_are_refused(tiny_models, monkeypatch):
-    """A bridge is attributed through a copy with its norms folded (``folded``), whose terms sum exactly to the
-    copy's own logit: a copy whose logits were not the caller's model's would have passed. The copy's logits are
-    now checked against the model's; a copy that differs is refused, the true one is not."""
-    from probes import attribution
-
-    model = perturbed(tiny_models["llama"].backends["bridge"])
-    examples = [Example((5, 6, 7, 8), (9,), 0, "forward", "train"), Example((3, 4, 5, 6), (7,), 1, "forward", "train")]
-    direct_logit_attribution(model, examples)
-    fold = attribution.folded
-
-    def off_by_a_little(model):
-        twin = fold(model)
-        with torch.no_grad():
-            for parameter in twin.blocks[-1].parameters():
-                parameter.add_(0.05)
-        return twin
-
-    monkeypatch.setattr(attribution, "folded", off_by_a_little)
-    with pytest.raises(ValueError, match=r"its copy with the norms folded gives logits .* from its own"):
-        direct_logit_attribution(model, examples)
-
-
-@pytest.mark.parametrize("architecture", ["gemma", "gemma2", "gemma3"])
-def test_a_gemma_bridge_s_final_norm_is_folded_as_the_1_plus_w_it_applies(architecture, tiny_models):
-    """A bridge runs Gemma's Hugging Face norms, which store w and scale by 1 + w; TransformerLens's fold_ln (either
-    line) folds 1 + w into the weights after each norm and leaves w = 0, a scale of 1. Read as w, that folded final
-    norm scaled by 0 and every Gemma bridge was refused ("could not fold the final norm"); read as 1 + w, the copy
-    is plain (folded again: itself) with the model's logits, and a bridge whose stored w is 0 (a fresh Gemma's) has
-    nothing to fold."""
-    bridge = tiny_models[architecture].backends["bridge"]
-    model = perturbed(bridge)
-    twin = folded(model)
-    assert twin is not model and folded(twin) is twin
-    assert bool((twin.ln_final.original_component.weight == 0).all())
+def fold_ln_copy(model):
+    """A copy of ``model`` with TransformerLens's ``fold_ln`` and no other processing (either line, either model
+    class): each norm's scale (1 + w for a Gemma bridge's, which is left storing w = 0) moved into the weights after
+    it, the final one's into W_U; checked to leave the final norm scaling by 1 and the logits as they were."""
+    twin = copy_model(model)
+    options = dict(fold_ln=True, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
+    if hasattr(twin, "load_and_process_state_dict"):  # HookedTransformer
+        twin.load_and_process_state_dict(dict(model.state_dict()), **options)
+    else:
+        twin.enable_compatibility_mode(disable_warnings=True, **options)
+    scale = norm_scale(twin, twin.ln_final)
+    assert scale is None or bool((scale == 1).all())
     tokens = torch.tensor([e.prompt for e in statements()[0]])
     with torch.no_grad():
         assert (twin(tokens) - model(tokens)).abs().max() < 1e-4
-    assert bool((bridge.ln_final.original_component.weight == 0).all()) and folded(bridge) is bridge
+    return twin.eval()
 
 
 def test_circuits_of_olmo2_are_refused_on_every_backend(tiny_models):
@@ -340,7 +317,7 @@ def test_gemma_heads_are_read_through_the_post_attention_norm(architecture, back
     γ ⊙ (z_h W_O^h) / s. Recomputed here from the cache by hand, γ as transformers defines it (``applied_scale``),
     it matches the head's row on every backend of either line (a bridge's included: it stores w, applies 1 + w and
     caches s), and the heads (and bias) of a layer add up to that layer's whole attention output's term."""
-    model = folded(perturbed(tiny_models[architecture].backends[backend]))
+    model = perturbed(tiny_models[architecture].backends[backend])
     examples, _ = statements(n=1)
     heads = direct_logit_attribution(model, examples, by="head")
     layers = direct_logit_attribution(model, examples, by="layer")
@@ -353,7 +330,8 @@ def test_gemma_heads_are_read_through_the_post_attention_norm(architecture, back
         z = cache["blocks.1.attn.hook_z"][0, -1, 2]  # head 2 of layer 1, last position
         gamma = applied_scale(model, model.blocks[1].ln1_post)
         written = z @ model.blocks[1].attn.W_O[2] * gamma / cache["blocks.1.ln1_post.hook_scale"][0, -1]
-        expected = float((written / cache["ln_final.hook_scale"][0, -1]) @ model.W_U[:, ANSWER])
+        final = applied_scale(model, model.ln_final) * model.W_U[:, ANSWER]
+        expected = float((written / cache["ln_final.hook_scale"][0, -1]) @ final)
     assert heads[heads.component == "L1H2"].attribution.item() == pytest.approx(expected, abs=1e-5)
     assert abs(expected) > 1e-3
 
@@ -371,11 +349,10 @@ def test_smollm2_attributions_sum_to_the_logit_difference(smollm2_hooked, smollm
 
 def test_gemma3_270m_attributions_sum_to_the_logit_difference(gemma3_hooked, gemma3_bridge):
     """The real Gemma 3 270M: per head through its post-attention norms, BOS first as its tokenizer adds it; a
-    HookedTransformer read as it is (no folded copy of the model's 1.6 GiB), a bridge (either backend under
-    TransformerLens 4) through its folded copy, its norms read as the 1 + w they apply (``folded``, made once for
-    both readings, as its docstring advises for a large model; the copy made inside ``direct_logit_attribution``
-    is the tiny Gemmas'), its sums checked against the bridge's own logits. Both backends give the same term for
-    every component (under 3.9 the HookedTransformer's converter adds Gemma's 1 itself)."""
+    HookedTransformer and a bridge (either backend under TransformerLens 4) each read as it is (no folded copy of
+    the model's 1.6 GiB), the bridge's norms read as the 1 + w they apply, each one's sums checked against its own
+    logits. Both backends give the same term for every component (under 3.9 the HookedTransformer's converter adds
+    Gemma's 1 itself)."""
     tokenizer = gemma3_hooked.tokenizer
     prompt = tuple(tokenizer.encode("The capital of France is"))
     assert prompt[0] == tokenizer.bos_token_id
@@ -386,12 +363,10 @@ def test_gemma3_270m_attributions_sum_to_the_logit_difference(gemma3_hooked, gem
     for model in (gemma3_hooked, gemma3_bridge):
         with torch.no_grad():
             logits[id(model)] = model(torch.tensor([prompt]))[0, -1]
-    bridge_folded = folded(gemma3_bridge)
-    assert bridge_folded is not gemma3_bridge
     for by in ("head", "layer"):
         tables = []
-        for model, attributed in ((gemma3_hooked, gemma3_hooked), (gemma3_bridge, bridge_folded)):
-            table = direct_logit_attribution(attributed, examples, controls=controls, by=by)
+        for model in (gemma3_hooked, gemma3_bridge):
+            table = direct_logit_attribution(model, examples, controls=controls, by=by)
             difference = logits[id(model)][answer] - logits[id(model)][control]
             assert table.attribution.sum() == pytest.approx(float(difference), abs=1e-4)
             assert "attn bias" not in set(table.kind)

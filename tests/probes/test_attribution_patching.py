@@ -199,7 +199,7 @@ def test_a_frozen_bridge_gives_the_hooked_models_estimates_at_every_site(tiny_mo
             assert torch.allclose(frozen.metric - frozen.corrupt, change, atol=1e-4 * scale), (site, frozen.metric, change)
     assert all(not p.requires_grad and p.grad is None for p in frozen_bridge.parameters())
     # a bridge over GPT-2 keeps its last attention pattern (JointQKVAttentionBridge._pattern), which the passes with
-    # gradients left in their graph: copy_model (and folded()) failed on it ("only graph leaves"); now it copies
+    # gradients left in their graph: copy_model failed on it ("only graph leaves"); now it copies
     twin, ids = copy_model(frozen_bridge), torch.tensor([list(clean[0].prompt)])
     with torch.no_grad():
         assert torch.equal(twin(ids), frozen_bridge(ids))
