@@ -162,7 +162,9 @@ def test_circuits_of_gemma4_are_refused_before_and_after_it_loads(tmp_path, tiny
 
     config = transformers.Gemma4TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                           head_dim=16, max_position_embeddings=128)
+                                           head_dim=16, max_position_embeddings=128,
+                                           # its per-layer embeddings' own vocabulary (default 262,144: 0.5 GB)
+                                           vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=16)
     folder = save_tiny(tmp_path / "gemma4", config, tiny_tokenizer)
     model = load(folder, backend="bridge", device="cpu")
     assert architecture_of(model) == "Gemma4ForCausalLM"
