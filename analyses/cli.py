@@ -486,6 +486,7 @@ def _sweep(args: argparse.Namespace) -> int:
     resources = sweeps.reserved(sweep, sweeps.Resources(address=args.address, workers=args.workers, threads=threads,
                                                         gpus=args.gpus_per_trial, retries=args.retries))
     sweeps.check_resources(resources)
+    sweeps.check_devices(sweep, resources)
     _check_grid_points(sweep, on_cluster=args.address is not None)
     if args.address:
         sweeps.check_address(args.address)

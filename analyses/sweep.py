@@ -725,6 +725,16 @@ def with_resources(sweep: Sweep, resources: Resources) -> Sweep:
     return replace(sweep, grid=grid, gpus_per_trial=resources.gpus)
 
 
+def check_devices(sweep: Sweep, resources: Resources) -> None:
+    """Refuse, before Ray starts, a grid that runs trials on CUDA (``device=cuda``, ``cuda:N``) whose trials reserve no
+    GPU: Ray hides every GPU from a task or actor that reserves none (it sets ``CUDA_VISIBLE_DEVICES`` to nothing),
+    so each such trial would fail on its own once started, one after another."""
+    cuda = [value for value in sweep.grid.get("device", ()) if str(value).startswith("cuda")]
+    if cuda and not resources.gpus:
+        raise SweepError(f"--grid device={_shown(cuda[0])}: a trial that reserves no GPU sees none under Ray, so it "
+                         "would fail; give --gpus-per-trial (1: a GPU each; 0.5: two trials share one)")
+
+
 def local_gpus() -> int:
     """The CUDA devices torch sees on this machine (0 without CUDA)."""
     import torch

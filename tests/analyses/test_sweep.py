@@ -211,6 +211,9 @@ def _free_port() -> int:
     (["reversal", "--gpus-per-trial", "inf"], "--gpus-per-trial: must be a finite number ≥ 0, got inf"),
     (["reversal", "--retries", "-1"], "--retries: must be ≥ 0, got -1"),
     (["reversal", "--grid", "device=-cpu"], "--grid device=-cpu: "),  # was "--device: expected one argument"
+    # Ray hides the GPUs from a trial that reserves none: each trial had failed on its own (and here, where the
+    # machine has no CUDA, the refusal named the device, not the reservation)
+    (["reversal", "--grid", "device=cpu,cuda:0"], "--grid device=cuda:0: a trial that reserves no GPU sees none under"),
     (["reversal", "--grid", "freeze-embeddings=maybe"], "--freeze-embeddings 'maybe': an on/off flag; give on or off"),
     (["reversal", "--threads", "2", "--threads-per-trial", "1"], "--threads 2 and --threads-per-trial 1: a sweep's"),
     (["reversal", "--threads", "100000"], "--workers 1 × --threads-per-trial 100000 > the"),  # --threads is the trials'
