@@ -699,15 +699,17 @@ def test_a_bridge_that_computes_another_model_than_transformers_is_refused_at_lo
     """No rule names what TransformerLens 3.9's bridge over Cohere computes otherwise (its log-probabilities are 1.3
     nats from transformers' on a tiny random Cohere), so the load's own comparison on a short text refuses it, naming
     the difference (4.3's bridge computes Cohere as transformers does, and loads it); a model both compute alike (a
-    tiny Llama) loads on both backends, and to_hooked is compared too."""
+    tiny Llama) loads on both backends, and to_hooked is compared too. A half-precision load is compared as well (in
+    float32, before its cast): it had been compared by nothing, and 3.9's Cohere bridge loaded in bfloat16."""
     cohere = transformers.CohereConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                        initializer_range=INIT, logit_scale=0.25)
     folder = save_tiny(tmp_path / "cohere", cohere, tiny_tokenizer)
     if TL_MAJOR < 4:
-        with pytest.raises(PretrainedLoadError, match=r"cohere: TransformerLens's TransformerBridge computes other "
-                                                      r"log-probabilities .* \(max \|Δ log-softmax\| (\d\.\d+) over a"):
-            load(folder, backend="bridge", device="cpu")
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            with pytest.raises(PretrainedLoadError, match=r"cohere: TransformerLens's TransformerBridge computes other "
+                                                          r"log-probabilities .* \(max \|Δ log-softmax\| (\d\.\d+) over a"):
+                load(folder, backend="bridge", device="cpu", dtype=dtype)
     else:
         assert _difference(load(folder, backend="bridge", device="cpu"), load_hf(folder, device="cpu")[0]) < TOLERANCE
     llama = save_tiny(tmp_path / "llama", tiny_config("llama"), tiny_tokenizer)
