@@ -272,6 +272,59 @@ def test_a_gemma_weight_change_is_read_through_the_norms_after_attention_and_mlp
             assert abs(float(change @ target) - read) > 1e-2 * abs(read)  # the scale shows
 
 
+def saved_with_drawn_norms(config, tokenizer, folder, draw):
+    """A seeded random transformers model of ``config`` whose norm weights are ``draw(shape, generator)``, saved
+    with ``tokenizer`` to ``folder``."""
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in hf.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                parameter.copy_(draw(parameter.shape, generator))
+    hf.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return hf
+
+
+def assert_entries_by_hand(model, hf, tokenizer, source, final, query_key) -> None:
+    """Every head's OV and QK entries of ``circuit_table`` on ``model`` equal the products computed by hand from
+    ``hf``'s weights in float64, on three facts of one-token names: ``source(E, block)`` the rows x_s a layer's
+    heads read, ``final`` the unembedding rows as the final norm scales them, ``query_key(attention)`` the scales
+    of the query and the key (1.0 without per-head norms); OV = (W_O^h W_V^g x_a) · final[b], QK = (q ⊙ W_Q^h x_a)
+    · (k ⊙ W_K^g x_b), g the key/value head of query head h. The entries are checked not to be all zero."""
+    names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
+    facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
+    token = {name: tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
+    table = circuit_table(model, facts, lambda entity: token[entity], kinds=("ov", "qk"), n_controls=2)
+    config, d_head = hf.config, hf.config.head_dim
+    E = hf.model.embed_tokens.weight.detach().double()
+    largest = {"ov": 0.0, "qk": 0.0}
+    for layer, block in enumerate(hf.model.layers):
+        x = source(E, block)
+        attention = block.self_attn
+        W_Q, W_K, W_V = (projection.weight.detach().double().view(-1, d_head, config.hidden_size)
+                         for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
+        W_O = attention.o_proj.weight.detach().double().view(config.hidden_size, -1, d_head)
+        query, key = query_key(attention)
+        for head in range(config.num_attention_heads):
+            group = head // (config.num_attention_heads // config.num_key_value_heads)
+            for fact_index, fact in enumerate(facts):
+                a, b = token[fact.subject][0], token[fact.object][0]
+                expected = {"ov": float(W_O[:, head] @ (W_V[group] @ x[a]) @ final[b]),
+                            "qk": float((query * (W_Q[head] @ x[a])) @ (key * (W_K[group] @ x[b])))}
+                for kind, value in expected.items():
+                    row = table[(table.circuit == kind) & (table.layer == layer) & (table["head"] == head)
+                                & (table.fact == fact_index)]
+                    assert float(row.entry_ab.iloc[0]) == pytest.approx(value, rel=1e-4, abs=1e-4)
+                    largest[kind] = max(largest[kind], abs(value))
+    assert min(largest.values()) > 1.0  # the entries are not all zero: the identity is not vacuous
+
+
+def weight(module) -> torch.Tensor:
+    return module.weight.detach().double()
+
+
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
 def test_qwen3_qk_entries_read_its_query_and_key_norms(backend, tiny_tokenizer, tmp_path):
     """Qwen 3 normalises each head's query and key (``q_norm``/``k_norm``, scale w): its QK entries are
@@ -281,43 +334,14 @@ def test_qwen3_qk_entries_read_its_query_and_key_norms(backend, tiny_tokenizer, 
 
     from tiny_models import INIT
 
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(transformers.Qwen3Config(
+    hf = saved_with_drawn_norms(transformers.Qwen3Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, initializer_range=INIT))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in hf.named_parameters():
-            if "norm" in name:
-                parameter.copy_(1 + 0.5 * torch.randn(parameter.shape, generator=generator))
-    hf.save_pretrained(tmp_path)
-    tiny_tokenizer.save_pretrained(tmp_path)
-    model = load(tmp_path, backend=backend, device="cpu")
-    names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
-    facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
-    token = {name: tiny_tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
-    table = circuit_table(model, facts, lambda entity: token[entity], kinds=("ov", "qk"), n_controls=2)
-    config, d_head = hf.config, hf.config.head_dim
-    E = hf.model.embed_tokens.weight.detach().double()
-    final = hf.model.norm.weight.detach().double() * hf.lm_head.weight.detach().double()
-    for layer, block in enumerate(hf.model.layers):
-        x = E * block.input_layernorm.weight.detach().double()
-        attention = block.self_attn
-        W_Q, W_K, W_V = (projection.weight.detach().double().view(-1, d_head, config.hidden_size)
-                         for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
-        W_O = attention.o_proj.weight.detach().double().view(config.hidden_size, -1, d_head)
-        query, key = (norm.weight.detach().double() for norm in (attention.q_norm, attention.k_norm))
-        for head in range(config.num_attention_heads):
-            group = head // 2
-            for fact_index, fact in enumerate(facts):
-                a, b = token[fact.subject][0], token[fact.object][0]
-                expected = {"ov": float(W_O[:, head] @ (W_V[group] @ x[a]) @ final[b]),
-                            "qk": float((query * (W_Q[head] @ x[a])) @ (key * (W_K[group] @ x[b])))}
-                for kind, value in expected.items():
-                    row = table[(table.circuit == kind) & (table.layer == layer) & (table["head"] == head)
-                                & (table.fact == fact_index)]
-                    assert float(row.entry_ab.iloc[0]) == pytest.approx(value, rel=1e-4, abs=1e-4)
-
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, initializer_range=INIT), tiny_tokenizer,
+        tmp_path, lambda shape, generator: 1 + 0.5 * torch.randn(shape, generator=generator))
+    assert_entries_by_hand(load(tmp_path, backend=backend, device="cpu"), hf, tiny_tokenizer,
+                           source=lambda E, block: E * weight(block.input_layernorm),
+                           final=weight(hf.model.norm) * weight(hf.lm_head),
+                           query_key=lambda attention: (weight(attention.q_norm), weight(attention.k_norm)))
 
 
 def test_nemotron_circuit_entries_equal_the_hugging_face_weights(tiny_tokenizer, tmp_path):
@@ -331,48 +355,17 @@ def test_nemotron_circuit_entries_equal_the_hugging_face_weights(tiny_tokenizer,
 
     from tiny_models import INIT
 
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(transformers.NemotronConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, initializer_range=INIT))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in hf.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
-    hf.save_pretrained(tmp_path)
-    tiny_tokenizer.save_pretrained(tmp_path)
-    model = load(tmp_path, backend="bridge", device="cpu")
-    names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
-    facts = FactSet([Fact(subject=a, relation="parent", object=b) for a, b in zip(names[::2], names[1::2])])
-    token = {name: tiny_tokenizer.encode(" " + name, add_special_tokens=False)[:1] for name in names}
-    table = circuit_table(model, facts, lambda entity: token[entity], kinds=("ov", "qk"), n_controls=2)
-    config, d_head = hf.config, hf.config.head_dim
-
     def centre(v: torch.Tensor) -> torch.Tensor:
         return v - v.mean(-1, keepdim=True)
 
-    E = centre(hf.model.embed_tokens.weight.detach().double())
-    final = centre((1 + hf.model.norm.weight.detach().double()) * hf.lm_head.weight.detach().double())
-    largest = {"ov": 0.0, "qk": 0.0}
-    for layer, block in enumerate(hf.model.layers):
-        x = E * (1 + block.input_layernorm.weight.detach().double())
-        attention = block.self_attn
-        W_Q, W_K, W_V = (projection.weight.detach().double().view(-1, d_head, config.hidden_size)
-                         for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
-        W_O = attention.o_proj.weight.detach().double().view(config.hidden_size, -1, d_head)
-        for head in range(config.num_attention_heads):
-            group = head // 2
-            for fact_index, fact in enumerate(facts):
-                a, b = token[fact.subject][0], token[fact.object][0]
-                expected = {"ov": float(W_O[:, head] @ (W_V[group] @ x[a]) @ final[b]),
-                            "qk": float((W_Q[head] @ x[a]) @ (W_K[group] @ x[b]))}
-                for kind, value in expected.items():
-                    row = table[(table.circuit == kind) & (table.layer == layer) & (table["head"] == head)
-                                & (table.fact == fact_index)]
-                    assert float(row.entry_ab.iloc[0]) == pytest.approx(value, rel=1e-4, abs=1e-4)
-                    largest[kind] = max(largest[kind], abs(value))
-    assert min(largest.values()) > 1.0  # the entries are not all zero: the identity is not vacuous
+    hf = saved_with_drawn_norms(transformers.NemotronConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, initializer_range=INIT), tiny_tokenizer,
+        tmp_path, lambda shape, generator: 0.5 * torch.randn(shape, generator=generator))
+    assert_entries_by_hand(load(tmp_path, backend="bridge", device="cpu"), hf, tiny_tokenizer,
+                           source=lambda E, block: centre(E) * (1 + weight(block.input_layernorm)),
+                           final=centre((1 + weight(hf.model.norm)) * weight(hf.lm_head)),
+                           query_key=lambda attention: (1.0, 1.0))
 
 # --- Gemma 3 270M, the second real model ------------------------------------------------------------
 
