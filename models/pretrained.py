@@ -831,7 +831,7 @@ def _checked_dtype(dtype: torch.dtype) -> torch.dtype:
     cast to ``dtype``: ``dtype`` itself in float32 or float64, else float32. A half-precision model's rounding alone
     moves log-probabilities by more than :data:`REFERENCE_TOLERANCE`, so it is checked in float32 and then cast
     (its peak memory is then the float32 load's). The cast gives the model a direct half-precision conversion gives:
-    the same logits bitwise, measured on tiny Llama, Gemma 3, GPT-2 and GPT-NeoX, both backends, both
+    the same logits bitwise, measured on tiny Llama, Gemma 3, GPT-2, GPT-NeoX and Qwen2, both backends, both
     TransformerLens lines (bfloat16, 2026-12-06)."""
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
