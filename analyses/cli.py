@@ -486,10 +486,10 @@ def _sweep(args: argparse.Namespace) -> int:
     resources = sweeps.reserved(sweep, sweeps.Resources(address=args.address, workers=args.workers, threads=threads,
                                                         gpus=args.gpus_per_trial, retries=args.retries))
     sweeps.check_resources(resources)
-    sweeps.check_devices(sweep, resources)
     _check_grid_points(sweep, on_cluster=args.address is not None)
     if args.address:
         sweeps.check_address(args.address)
+    sweeps.check_devices(sweep, resources)  # where a point's device is a node's CUDA (a cluster, or this machine's)
     summary = sweeps.run_sweep(sweeps.with_resources(sweep, resources), args.out, resources)
     print(sweeps.format_sweep(summary))
     print(f"\nwrote {args.out}/: sweep.toml trials/ aggregate.csv {' '.join(summary['figures'])} summary.json "

@@ -121,12 +121,13 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def cluster_sweep(cluster, tmp_path_factory):
-    """device=cpu trains; device=cuda:1000 (no node has such a GPU) fails inside the trial: on a cluster the
-    trials' device is the nodes', so the sweep does not check it before Ray starts (a grid value every node
-    would refuse, such as k=16, is refused before: test_run_folders)."""
+    """device=cpu trains; device=mps (no node of this Linux machine has one) fails inside the trial: on a cluster
+    the trials' device is the nodes', so the sweep does not check it before Ray starts (a grid value every node
+    would refuse, such as k=16, is refused before: test_run_folders; a CUDA device whose trials reserve no GPU,
+    which Ray would hide from them, too: below)."""
     out = tmp_path_factory.mktemp("cluster") / "sweep"
     process = _sweep("reversal", "--out", str(out), "--seeds", "0-1", *SMALL, "--grid", "steps=20",
-                     "--grid", "device=cpu,cuda:1000", "--address", cluster)
+                     "--grid", "device=cpu,mps", "--address", cluster)
     stdout, stderr = process.communicate(timeout=600)
     return out, process.returncode, stdout, stderr
 
@@ -171,14 +172,29 @@ def test_a_rerun_reserves_the_gpus_its_first_run_reserved(cluster, tmp_path, cap
     assert sweeps.runner_options(rerun)["num_gpus"] == 0.5
 
 
+def test_a_cuda_grid_whose_trials_reserve_no_gpu_is_refused_before_ray_starts(cluster, tmp_path, capsys):
+    """Ray hides every GPU from a trial that reserves none (CUDA_VISIBLE_DEVICES set to nothing), so each trial of
+    `--grid device=cuda` without `--gpus-per-trial` had started and failed on its own; the sweep is refused before
+    Ray starts, naming the option to give. On a cluster, where a point's device is left to the nodes."""
+    import ray
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "reversal", "--out", str(out), "--seeds", "0", *SMALL, "--grid", "steps=2",
+                 "--grid", "device=cpu,cuda:0", "--address", cluster]) == 2
+    error = capsys.readouterr().err
+    assert "--grid device=cuda:0: a trial that reserves no GPU sees none under Ray, so it would fail; give " \
+           "--gpus-per-trial" in error and len(error.strip().splitlines()) == 1, error
+    assert not out.exists() and not ray.is_initialized()
+
+
 def test_a_failing_trial_is_recorded_and_the_rest_finish(cluster_sweep):
     out, code, stdout, stderr = cluster_sweep
     assert code == 2 and "2 of 4 trials failed" in stderr and "rerun the same command" in stderr
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
-    assert [(f["device"], f["seed"]) for f in failures] == [("cuda:1000", 0), ("cuda:1000", 1)]
-    assert all("--device cuda:1000: " in f["error"] for f in failures)
+    assert [(f["device"], f["seed"]) for f in failures] == [("mps", 0), ("mps", 1)]
+    assert all("--device mps: " in f["error"] for f in failures)
     aggregate = pd.read_csv(out / "aggregate.csv")  # only whole runs aggregated; a point with none says so
-    assert aggregate.device.tolist() == ["cpu", "cuda:1000"] and aggregate.n_seeds.tolist() == [2, 0]
+    assert aggregate.device.tolist() == ["cpu", "mps"] and aggregate.n_seeds.tolist() == [2, 0]
     assert aggregate.filter(like=".mean").iloc[1].isna().all() and aggregate.filter(like=".mean").iloc[0].notna().any()
     assert "n/a" in stdout
     for failure in failures:  # each failed trial printed by name, and no other
@@ -211,9 +227,6 @@ def _free_port() -> int:
     (["reversal", "--gpus-per-trial", "inf"], "--gpus-per-trial: must be a finite number ≥ 0, got inf"),
     (["reversal", "--retries", "-1"], "--retries: must be ≥ 0, got -1"),
     (["reversal", "--grid", "device=-cpu"], "--grid device=-cpu: "),  # was "--device: expected one argument"
-    # Ray hides the GPUs from a trial that reserves none: each trial had failed on its own (and here, where the
-    # machine has no CUDA, the refusal named the device, not the reservation)
-    (["reversal", "--grid", "device=cpu,cuda:0"], "--grid device=cuda:0: a trial that reserves no GPU sees none under"),
     (["reversal", "--grid", "freeze-embeddings=maybe"], "--freeze-embeddings 'maybe': an on/off flag; give on or off"),
     (["reversal", "--threads", "2", "--threads-per-trial", "1"], "--threads 2 and --threads-per-trial 1: a sweep's"),
     (["reversal", "--threads", "100000"], "--workers 1 × --threads-per-trial 100000 > the"),  # --threads is the trials'
