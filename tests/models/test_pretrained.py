@@ -26,6 +26,7 @@ from models.pretrained import (
     load_hf,
     load_tokenizer,
     resolve,
+    to_hooked,
 )
 
 PROMPTS = [
@@ -152,6 +153,14 @@ def test_dtype_and_no_deprecation_warnings(backend, tiny_tokenizer, tmp_path):
         model = load(folder, backend=backend, dtype=torch.bfloat16)
     assert not [w for w in caught if "HookedTransformer is deprecated" in str(w.message)]
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    # a bfloat16 transformers model handed to to_hooked converts (uncompared: its own forward is more than the check's
+    # 1e-3 from any float32 model), in either dtype asked for, and is left as it was
+    hf_model, tokenizer = load_hf(folder, device="cpu")
+    hf_model = hf_model.to(torch.bfloat16)
+    for dtype in (torch.bfloat16, torch.float32):
+        converted = to_hooked(hf_model, tokenizer, folder, device="cpu", dtype=dtype)
+        assert {p.dtype for p in converted.parameters()} == {dtype}
+    assert {p.dtype for p in hf_model.parameters()} == {torch.bfloat16}
 
 
 def test_hub_id_in_the_local_cache_resolves_to_its_snapshot(tiny_tokenizer, empty_hub_cache):
