@@ -9,9 +9,10 @@ names the class, and the tokenizer) with ``revlens-gguf.json`` (the file's SHA-2
 loads read that folder instead: 1.0 s and 4.9 s. The weights, the config and every token id are the
 ones the file gives (tested on both models: the weights bitwise).
 
-An entry is keyed by the file's SHA-256 and the versions of transformers and gguf that read it (and
-:data:`FORMAT`), so an edited file, or a file read by other code, never meets an entry it did not
-write. An entry is written into a temporary folder and renamed into place, so a reader finds a whole
+An entry is keyed by the file's SHA-256, the versions of transformers, gguf and safetensors that read it,
+and the source of this toolkit's modules that read it (:func:`reading_code`), so an edited file, or a
+file read by other code (another release of these libraries, or of ours), never meets an entry it did
+not write. An entry is written into a temporary folder and renamed into place, so a reader finds a whole
 entry or none; one that cannot be read is removed and the file is read again. Writing is best
 effort: a full or read-only disk leaves the load as it was, without an entry (and with a warning).
 A model whose float32 weights exceed :data:`MAX_BYTES` is not kept, nor one that would leave less
@@ -25,6 +26,7 @@ Where: ``$REVLENS_GGUF_CACHE`` when set (``off`` turns the cache off), else
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -38,10 +40,8 @@ from typing import Iterator
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-FORMAT = 3
-"""Bumped whenever what an entry holds, or how a GGUF's model is read, changes: older entries are then never read
-(2: a file whose metadata transformers' reader drops part of is refused, not read, so no entry of format 1 stands
-for such a file; 3: so is a Gemma 2/3 whose heads are not 256 wide, and a file that lacks a weight)."""
+READING_MODULES = ("gguf_cache.py", "gguf_weights.py", "pretrained.py")
+"""The modules of this package whose code decides what an entry holds: this one, the weights' reader and the loader."""
 MARKER = "revlens-gguf.json"
 """In every entry: the metadata the loaders read from the file, and the file's SHA-256."""
 MAX_BYTES = 2 << 30
@@ -70,10 +70,21 @@ def root() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reversal-lens" / "gguf"
 
 
+@functools.cache
+def reading_code() -> str:
+    """The SHA-256 of the source of :data:`READING_MODULES`, one after the other: any change to how a file is read
+    or an entry written (a refusal added, a tensor read otherwise) gives new keys, with no number to bump by hand."""
+    digest = hashlib.sha256()
+    for name in READING_MODULES:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()
+
+
 def entry_name(path: Path, sha256: str) -> str:
-    """``<file stem>-<16 hex digits>``: the file's SHA-256 with the versions that read it and :data:`FORMAT`."""
+    """``<file stem>-<16 hex digits>``: the file's SHA-256 with the versions and the code that read it."""
     versions = {name: importlib.metadata.version(name) for name in ("transformers", "gguf", "safetensors")}
-    key = hashlib.sha256(json.dumps({"sha256": sha256, "format": FORMAT, **versions}, sort_keys=True).encode())
+    key = hashlib.sha256(json.dumps({"sha256": sha256, "reading_code": reading_code(), **versions},
+                                    sort_keys=True).encode())
     return f"{path.name.removesuffix('.gguf')}-{key.hexdigest()[:16]}"
 
 
@@ -115,7 +126,8 @@ def keep(path: Path, sha256: str, model: PreTrainedModel, tokenizer: PreTrainedT
         with _no_progress_bar():
             model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        marker = {"gguf": str(path), "sha256": sha256, "add_bos_token": add_bos_token, "format": FORMAT}
+        marker = {"gguf": str(path), "sha256": sha256, "add_bos_token": add_bos_token,
+                  "reading_code": reading_code()}
         (partial / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
     except (OSError, RuntimeError, ValueError) as error:
         shutil.rmtree(partial, ignore_errors=True)

@@ -634,6 +634,29 @@ def smollm2_cache(tmp_path):
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
 
 
+def test_a_gguf_cache_entry_is_keyed_by_the_source_of_the_code_that_read_it(tmp_path, monkeypatch):
+    """An entry's key holds the SHA-256 of the reading modules' source (the cache, the weights' reader and the
+    loader), so an entry another release of that code wrote is never found, and one this code wrote is."""
+    import hashlib
+    from pathlib import Path
+
+    from models import gguf_cache
+
+    modules = Path(gguf_cache.__file__).parent
+    assert {"pretrained.py", "gguf_weights.py", "gguf_cache.py"} == set(gguf_cache.READING_MODULES)
+    source = b"".join((modules / name).read_bytes() for name in gguf_cache.READING_MODULES)
+    assert gguf_cache.reading_code() == hashlib.sha256(source).hexdigest()
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", str(tmp_path))
+    file, sha256 = tmp_path / "model.gguf", "a" * 64  # the key takes the file's name and its SHA-256
+    entry = tmp_path / gguf_cache.entry_name(file, sha256)
+    entry.mkdir()
+    (entry / gguf_cache.MARKER).write_text(json.dumps({"sha256": sha256, "add_bos_token": True}))
+    assert gguf_cache.find(file, sha256) == gguf_cache.Entry(entry, True)
+    edited = hashlib.sha256(source + b"\n").hexdigest()  # the same modules with one more line
+    monkeypatch.setattr(gguf_cache, "reading_code", lambda: edited)
+    assert gguf_cache.entry_name(file, sha256) != entry.name and gguf_cache.find(file, sha256) is None
+
+
 def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smollm2_cache):
     """SmolLM2's first load writes its entry (the file read, with no earlier entry: config, weights and tokenizer
     from one gguf.GGUFReader, where transformers alone opens three, its metadata made a config once; every tensor
