@@ -81,6 +81,14 @@ def _send_heaviest_first(items: list[pytest.Item]) -> None:
 GGUF_CACHE = "REVLENS_GGUF_CACHE"
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """The libraries the numbers depend on, as installed (a torch pulled in by another package, e.g. a CUDA build
+    with torchvision, would otherwise go unseen in a run's log)."""
+    import importlib.metadata
+
+    return ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("torch", "transformer-lens", "transformers"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """In a pytest-xdist worker, torch and the processes a test starts use one CPU thread each: the
     workers share the machine's cores. With ``--dist loadgroup``, groups are sent in collection order
