@@ -807,6 +807,7 @@ def load(
         hf_model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=False)
     else:
         hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
+    _check_encodes_text(tokenizer, f"{source.name} ({source.path})")
     release_after_loading(hf_model)  # what reading the file freed, before the conversion allocates
     check_sliding_window(f"{source.name} ({source.path})", hf_model.config, type(hf_model).__name__)  # a GGUF's too
     reference = _transformers_reference(hf_model, tokenizer)  # before the model is converted or wrapped
@@ -856,6 +857,19 @@ REFERENCE_TEXT = "The capital of France is Paris, and the capital of Italy is"
 REFERENCE_TOLERANCE = 1e-3
 """The largest |Δ log-softmax| a TransformerLens model may show against transformers' on :data:`REFERENCE_TEXT`
 (float32 kernels in another order: ~1e-5 on the models tested; a dropped feature: nats)."""
+
+
+def _check_encodes_text(tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+    """Refuse, with :class:`PretrainedLoadError` naming the model, a tokenizer that cannot encode plain English
+    (:data:`REFERENCE_TEXT`): a word-level vocabulary without an unknown token raises on the first word it lacks,
+    and every command asks the model questions in text."""
+    try:
+        tokenizer(REFERENCE_TEXT)
+    except Exception as error:  # noqa: BLE001 -- the Rust tokenizers raise a bare Exception ("Missing [UNK] ...")
+        raise PretrainedLoadError(
+            f"{where}: its tokenizer ({type(tokenizer).__name__}) cannot encode {REFERENCE_TEXT!r} ({error}); the "
+            f"toolkit asks a model questions in text, so its tokenizer must encode any text (an unknown token in a "
+            f"word-level vocabulary, or byte-level pieces)") from error
 
 
 @torch.no_grad()  # not inference mode: nothing it makes (ids, a lazily built buffer) may be an inference tensor
@@ -916,6 +930,7 @@ def to_hooked(
     copy of it is not the model either (its rotary frequencies, buffers, were rounded with it: 0.04 nats on a tiny
     Llama), so such a conversion is not compared."""
     device, source = torch.device(device or default_device()), resolve(name_or_path)
+    _check_encodes_text(tokenizer, source.name)
     check_sliding_window(source.name, hf_model.config, type(hf_model).__name__)  # before transformers runs it
     full_precision = hf_model.dtype in (torch.float32, torch.float64)
     reference = _transformers_reference(hf_model, tokenizer) if full_precision else None

@@ -611,6 +611,33 @@ def test_a_tokenizer_without_end_of_text_gets_no_token_past_the_model_s_vocabula
         assert all(i is None or i < model.cfg.d_vocab for i in ids), ids
 
 
+def test_a_tokenizer_that_cannot_encode_text_is_refused_by_name(tmp_path):
+    """A word-level tokenizer without an unknown-word token raises on the first word it lacks (a bare Exception from
+    the Rust tokenizers, naming no model): ``load`` on either backend and ``to_hooked`` refuse it naming the model,
+    the text and the tokenizer's own message. The same vocabulary with an unknown token loads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from models.pretrained import to_hooked
+
+    def words_only(unknown: bool):
+        words = ["<unk>"] * unknown + ["The", "capital", "of", "France", "is"]  # WordLevel's unknown token: <unk>
+        backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}))
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>" if unknown else None)
+
+    config = tiny_config("llama")
+    folder = save_tiny(tmp_path / "tiny-llama-words", config, words_only(False))
+    refused = r"tiny-llama-words.*cannot encode 'The capital of France is Paris.*WordLevel error: Missing"
+    for backend in ("hooked", "bridge"):
+        with pytest.raises(PretrainedLoadError, match=refused):
+            load(folder, backend=backend, device="cpu")
+    with pytest.raises(PretrainedLoadError, match=refused):
+        to_hooked(AutoModelForCausalLM.from_pretrained(folder), words_only(False), folder, device="cpu")
+    known = save_tiny(tmp_path / "tiny-llama-words-unk", config, words_only(True))
+    assert load(known, backend="hooked", device="cpu").to_tokens("The capital of Italy")[0].tolist() == [1, 2, 3, 0]
+
+
 def transformers_tokenizer(folder):
     from transformers import AutoTokenizer
 
