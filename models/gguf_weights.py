@@ -152,8 +152,9 @@ def unread_metadata(reader: object) -> list[str]:
     ``.factor``, ...; linear ×8 on a tiny Llama: 13.3 nats), or anything else it does not know. Each such field
     is returned, except the ones that provably change nothing: RoPE scaling that is off (type ``none``, factor 1),
     ``attention.key_length``/``value_length`` equal to the head size transformers uses (Gemma 3 270M's
-    ``value_length`` 256). Fields transformers reads and deliberately ignores (``rope.dimension_count`` of Qwen2
-    and Gemma 3) are returned where they differ from that head size (a partial rotary it would not apply). So is
+    ``value_length`` 256). Fields transformers' table maps to nothing are returned too: ``rope.dimension_count``
+    (Qwen2, Gemma 3, ...) where it differs from that head size (a partial rotary it would not apply), any other
+    always (Gemma 4's ``rope.freq_base``: its config keeps its own default base whatever the file says). So is
     llama.cpp's ``rope_freqs.weight`` tensor (Llama 3's RoPE scaling, per frequency), which transformers maps to no
     parameter, unless it is all ones. ``general.*`` and ``tokenizer.*`` fields describe the file and the tokenizer.
     A Gemma 2 or 3 whose heads are not 256 wide is returned too: llama.cpp scales its attention by the head size
@@ -193,8 +194,9 @@ def unread_metadata(reader: object) -> list[str]:
         if rest in ("attention.key_length", "attention.value_length", "rope.dimension_count") \
                 and head_dim is not None and value(key) == head_dim:
             continue
-        if rest in renames and rest != "rope.dimension_count":
-            continue  # read, and deliberately not used, by transformers
+        if rest in renames and renames[rest] is None and rest != "rope.dimension_count":
+            unread.append(f"{key} = {_short(value(key))} (transformers reads it into nothing)")
+            continue
         unread.append(f"{key} = {_short(value(key))}")
     scalar = _query_pre_attn_scalar(mapped_as)
     if scalar is not None and head_dim is not None and head_dim != scalar:

@@ -616,6 +616,36 @@ def test_a_gemma_gguf_whose_heads_are_not_256_wide_is_refused(tmp_path, architec
         pretrained.declared_config(metadata_only(128))
 
 
+def test_a_gguf_field_transformers_reads_into_nothing_is_refused(tmp_path):
+    """transformers' GGUF table maps Gemma 4's ``rope.freq_base`` to nothing: its config keeps its own default base,
+    whatever the file sets, so the model built would not be the file's. Named, and the file refused from its
+    metadata before any weight is read; ``rope.dimension_count`` equal to the head size (read into nothing, and
+    nothing to apply) still passes."""
+    import gguf
+
+    from models.gguf_weights import unread_metadata
+
+    def gemma4(path, **fields):
+        writer = gguf.GGUFWriter(str(path), "gemma4")
+        writer.add_embedding_length(640)
+        writer.add_head_count(4)
+        writer.add_rope_dimension_count(160)
+        for key, value in fields.items():
+            writer.add_float32(f"gemma4.{key}", value)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.close()
+        return path
+
+    assert unread_metadata(gguf.GGUFReader(gemma4(tmp_path / "plain.gguf"))) == []
+    based = gemma4(tmp_path / "based.gguf", **{"rope.freq_base": 20_000.0})
+    assert unread_metadata(gguf.GGUFReader(based)) == ["gemma4.rope.freq_base = 20000.0 (transformers reads it into "
+                                                       "nothing)"]
+    with pytest.raises(PretrainedLoadError, match=r"based \(.*based.gguf\): its GGUF metadata sets "
+                                                  r"gemma4.rope.freq_base = 20000.0"):
+        pretrained.declared_config(based)
+
+
 def test_a_gguf_whose_rope_scaling_transformers_drops_is_refused(tmp_path, monkeypatch):
     """transformers' GGUF reader maps no ``{arch}.rope.scaling.*`` field (it logs them) and skips llama.cpp's
     ``rope_freqs.weight``: both backends would run the model unscaled (linear ×8: 13.3 nats from the scaled model
