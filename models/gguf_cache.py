@@ -5,7 +5,7 @@ building a tokenizer from them and dequantising every tensor: ``load_hf`` on one
 for SmolLM2-135M and 26.5 s for Gemma 3 270M. The first load of a file writes what it read as a Hugging
 Face folder (``save_pretrained``: the float32 weights as safetensors, the config, whose ``architectures``
 names the class, and the tokenizer) with ``revlens-gguf.json`` (the file's SHA-256 and its
-``tokenizer.ggml.add_bos_token``, which the loaders otherwise read from the file's metadata); later
+BOS rule, which the loaders otherwise read from the file's metadata); later
 loads read that folder instead: 1.0 s and 4.9 s. The weights, the config and every token id are the
 ones the file gives (tested on both models: the weights bitwise).
 
@@ -56,8 +56,9 @@ class Entry:
     """A whole entry: the Hugging Face folder and the file metadata the loaders read."""
 
     folder: Path
-    add_bos_token: bool | None
-    """The GGUF's ``tokenizer.ggml.add_bos_token`` (None: the file does not say)."""
+    declared_bos: tuple[bool, str] | None
+    """Whether every encoding starts with BOS, and why (the GGUF's ``tokenizer.ggml.add_bos_token``, else llama.cpp's
+    default for its vocabulary), as the loaders read it from the file; None where neither says."""
 
 
 def root() -> Path | None:
@@ -100,7 +101,8 @@ def find(path: Path, sha256: str) -> Entry | None:
         return None
     if marker.get("sha256") != sha256:
         return None
-    return Entry(folder, marker.get("add_bos_token"))
+    declared = marker.get("declared_bos")
+    return Entry(folder, None if declared is None else (bool(declared[0]), str(declared[1])))
 
 
 def discard(entry: Entry) -> None:
@@ -109,7 +111,7 @@ def discard(entry: Entry) -> None:
 
 
 def keep(path: Path, sha256: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-         add_bos_token: bool | None) -> None:
+         declared_bos: tuple[bool, str] | None) -> None:
     """Write the entry of ``path`` from the model and tokenizer just read from it, unless the cache is off, the
     model too large or the disk too full. A write that fails (a read-only or full disk) leaves no entry and a
     warning; where another process wrote the same entry first, that one stays."""
@@ -126,7 +128,7 @@ def keep(path: Path, sha256: str, model: PreTrainedModel, tokenizer: PreTrainedT
         with _no_progress_bar():
             model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        marker = {"gguf": str(path), "sha256": sha256, "add_bos_token": add_bos_token,
+        marker = {"gguf": str(path), "sha256": sha256, "declared_bos": declared_bos,
                   "reading_code": reading_code()}
         (partial / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
     except (OSError, RuntimeError, ValueError) as error:

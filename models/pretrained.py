@@ -401,7 +401,7 @@ def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, *, keep
         entry = _cached_entry(source.path)
         tokenizer = None if entry is None else _entry_tokenizer(entry)
         if tokenizer is not None:
-            _GGUF_DECLARED_BOS[key] = _gguf_bos(source.path, entry.add_bos_token)
+            _GGUF_DECLARED_BOS[key] = _entry_bos(entry)
         else:
             with _one_gguf_parse(source.path), _as_load_error(source.path, "its tokenizer from the GGUF metadata"):
                 tokenizer = AutoTokenizer.from_pretrained(source.path.parent, gguf_file=source.path.name,
@@ -429,8 +429,8 @@ class DeclaredBos:
 def declared_bos(source: ModelSource) -> DeclaredBos | None:
     """Whether the model's files say every encoding starts with BOS, or None where they say nothing.
 
-    A GGUF: its ``tokenizer.ggml.add_bos_token`` field (read with the tokenizer, in the same parse
-    of the file: :func:`load_tokenizer`). A folder: ``add_bos_token`` in its
+    A GGUF: its ``tokenizer.ggml.add_bos_token`` field, else llama.cpp's rule for its vocabulary (read with the
+    tokenizer, in the same parse of the file: :func:`load_tokenizer`; :func:`_gguf_declared_bos`). A folder: ``add_bos_token`` in its
     ``tokenizer_config.json`` (transformers itself ignores that key when a ``tokenizer.json``
     is there, and follows the latter's post-processor).
     """
@@ -439,7 +439,7 @@ def declared_bos(source: ModelSource) -> DeclaredBos | None:
         if key not in _GGUF_DECLARED_BOS:
             entry = _cached_entry(source.path)
             if entry is not None:
-                return _gguf_bos(source.path, entry.add_bos_token)
+                return _entry_bos(entry)
             load_tokenizer(source.path, keep=False)
         return _GGUF_DECLARED_BOS[key]
     tokenizer_config = source.path / "tokenizer_config.json"
@@ -490,18 +490,45 @@ def _folder_architecture(folder: Path) -> str:
 
 
 def _gguf_declared_bos(path: Path) -> DeclaredBos | None:
-    """The GGUF's ``tokenizer.ggml.add_bos_token``, from the reader of the enclosing one-parse block."""
+    """Whether a GGUF's model reads every text after BOS: its ``tokenizer.ggml.add_bos_token``, else what llama.cpp
+    (whose format it is) does for its vocabulary (:func:`_llama_cpp_bos`). From the reader of the enclosing
+    one-parse block."""
     import gguf
 
-    field = gguf.GGUFReader(path).fields.get("tokenizer.ggml.add_bos_token")
-    return _gguf_bos(path, None if field is None else bool(field.contents()))
-
-
-def _gguf_bos(path: Path, add_bos_token: bool | None) -> DeclaredBos | None:
-    """What a GGUF's ``tokenizer.ggml.add_bos_token`` (None: absent) declares."""
-    if add_bos_token is None:
+    fields = gguf.GGUFReader(path).fields
+    text = lambda key: None if fields.get(key) is None else fields[key].contents()  # noqa: E731
+    declared = text("tokenizer.ggml.add_bos_token")
+    if declared is not None:
+        return DeclaredBos(bool(declared), f"{path} sets tokenizer.ggml.add_bos_token: {str(bool(declared)).lower()}")
+    vocabulary, pre = text("tokenizer.ggml.model"), text("tokenizer.ggml.pre")
+    add = _llama_cpp_bos(str(vocabulary), str(pre))
+    if add is None:
         return None
-    return DeclaredBos(add_bos_token, f"{path} sets tokenizer.ggml.add_bos_token: {str(add_bos_token).lower()}")
+    return DeclaredBos(add, f"{path} sets no tokenizer.ggml.add_bos_token, and llama.cpp then "
+                            f"{'starts' if add else 'does not start'} every text with BOS for its vocabulary "
+                            f"({vocabulary!r}, pre-tokenizer {pre!r})")
+
+
+LLAMA_CPP_BOS_BY_VOCABULARY = {"llama": True, "bert": True, "t5": False, "rwkv": False}
+"""Whether llama.cpp starts every text with BOS for a GGUF vocabulary (``tokenizer.ggml.model``) whose file does not
+set ``tokenizer.ggml.add_bos_token``: SentencePiece and WordPiece yes, Unigram and RWKV no (llama-vocab.cpp)."""
+LLAMA_CPP_BOS_PRE_TOKENIZERS = frozenset({"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+                                          "midm-2.0", "lfm2", "jina-v5-nano", "tekken", "chameleon"})
+"""The pre-tokenizers (``tokenizer.ggml.pre``) of a BPE vocabulary (``gpt2``) for which llama.cpp starts every text
+with BOS when the file does not say (Llama 3's among them); other BPE vocabularies get none."""
+
+
+def _llama_cpp_bos(vocabulary: str, pre: str) -> bool | None:
+    """llama.cpp's own rule for a GGUF that does not set ``tokenizer.ggml.add_bos_token``: whether it starts every
+    text with BOS for this vocabulary and pre-tokenizer; None for a vocabulary it has no rule for."""
+    if vocabulary == "gpt2":
+        return pre in LLAMA_CPP_BOS_PRE_TOKENIZERS
+    return LLAMA_CPP_BOS_BY_VOCABULARY.get(vocabulary)
+
+
+def _entry_bos(entry: gguf_cache.Entry) -> DeclaredBos | None:
+    """What a GGUF's cached read (:mod:`models.gguf_cache`) kept of :func:`_gguf_declared_bos`."""
+    return None if entry.declared_bos is None else DeclaredBos(*entry.declared_bos)
 
 
 def _follow_declared_bos(tokenizer: PreTrainedTokenizerBase, declared: DeclaredBos | None, source: ModelSource) -> None:
@@ -540,7 +567,8 @@ def _gguf_model_and_tokenizer(path: Path, keep: bool) -> tuple[PreTrainedModel, 
             with lean_gguf_weights(_release_shared_reader):
                 model = _read_gguf_model(path)
         declared = _GGUF_DECLARED_BOS.get(key)
-        gguf_cache.keep(path, _sha256(path, key[1]), model, tokenizer, None if declared is None else declared.add)
+        gguf_cache.keep(path, _sha256(path, key[1]), model, tokenizer,
+                        None if declared is None else (declared.add, declared.where))
     if keep:
         for old in list(_GGUF_MODELS)[: max(0, len(_GGUF_MODELS) - 1)]:
             del _GGUF_MODELS[old]

@@ -677,8 +677,8 @@ def test_a_gguf_cache_entry_is_keyed_by_the_source_of_the_code_that_read_it(tmp_
     file, sha256 = tmp_path / "model.gguf", "a" * 64  # the key takes the file's name and its SHA-256
     entry = tmp_path / gguf_cache.entry_name(file, sha256)
     entry.mkdir()
-    (entry / gguf_cache.MARKER).write_text(json.dumps({"sha256": sha256, "add_bos_token": True}))
-    assert gguf_cache.find(file, sha256) == gguf_cache.Entry(entry, True)
+    (entry / gguf_cache.MARKER).write_text(json.dumps({"sha256": sha256, "declared_bos": [True, "its file says"]}))
+    assert gguf_cache.find(file, sha256) == gguf_cache.Entry(entry, (True, "its file says"))
     edited = hashlib.sha256(source + b"\n").hexdigest()  # the same modules with one more line
     monkeypatch.setattr(gguf_cache, "reading_code", lambda: edited)
     assert gguf_cache.entry_name(file, sha256) != entry.name and gguf_cache.find(file, sha256) is None
@@ -750,7 +750,7 @@ def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smo
     monkeypatch.setenv("REVLENS_GGUF_CACHE", str(blocked))
     source = resolve("smollm2-135m")
     with pytest.warns(UserWarning, match="was not kept in .*a-file.*the next load reads the file again"):
-        gguf_cache.keep(source.path, "0" * 64, again, parsed[1], False)
+        gguf_cache.keep(source.path, "0" * 64, again, parsed[1], None)
 
 
 def test_gguf_weights_are_the_ones_transformers_reads(smollm2_hf):

@@ -13,6 +13,8 @@ log-probabilities equal transformers'.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import transformers
@@ -22,7 +24,7 @@ from models import pretrained
 from models.backend import TL_MAJOR
 from analyses.cli import main
 from facts.tokens import Example, collate
-from models.pretrained import PretrainedLoadError, load, load_hf, to_hooked
+from models.pretrained import PretrainedLoadError, declared_bos, load, load_hf, load_tokenizer, resolve, to_hooked
 from models.rope_layout import PassDependentRopeError
 from probes.shared_prompt import candidate_logprobs_cached
 
@@ -486,9 +488,11 @@ def test_a_conversion_that_does_not_fit_is_named(case, tiny_tokenizer, tmp_path)
     assert _difference(load(folder, backend="bridge", device="cpu"), hf) < TOLERANCE
 
 
-def _write_gguf(path, scaling=None, extra=None, leave_out=()):
-    """A tiny random Llama GGUF (a character-level BPE tokenizer), with RoPE scaling metadata (``scaling``: type,
-    factor) and ``extra`` tensors (name: array) where given, without the tensors named in ``leave_out``."""
+def _write_gguf(path, scaling=None, extra=None, leave_out=(), pre="default", add_bos=None):
+    """A tiny random Llama GGUF (a character-level BPE tokenizer, BOS ``<s>`` id 0, of pre-tokenizer ``pre``, its
+    ``tokenizer.ggml.add_bos_token`` set only where ``add_bos`` is not None), with RoPE scaling metadata
+    (``scaling``: type, factor) and ``extra`` tensors (name: array) where given, without the tensors named in
+    ``leave_out``."""
     import gguf
     import numpy as np
 
@@ -511,7 +515,9 @@ def _write_gguf(path, scaling=None, extra=None, leave_out=()):
     chars = [chr(c) for c in range(33, 127)] + ["Ġ", "Ġa"]
     tokens = ["<s>", "</s>"] + chars
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre)
+    if add_bos is not None:
+        writer.add_add_bos_token(add_bos)
     writer.add_token_list(tokens)
     writer.add_token_types([gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.NORMAL] * len(chars))
     writer.add_token_merges(["Ġ a"])
@@ -644,6 +650,29 @@ def test_a_gguf_field_transformers_reads_into_nothing_is_refused(tmp_path):
     with pytest.raises(PretrainedLoadError, match=r"based \(.*based.gguf\): its GGUF metadata sets "
                                                   r"gemma4.rope.freq_base = 20000.0"):
         pretrained.declared_config(based)
+
+
+def test_a_gguf_that_does_not_say_whether_to_add_bos_follows_llama_cpp(tmp_path, monkeypatch):
+    """A GGUF that does not set ``tokenizer.ggml.add_bos_token`` means what llama.cpp, whose format it is, does: a BPE
+    vocabulary with Llama 3's pre-tokenizer (``llama-bpe``) starts every text with BOS, one with the ``default``
+    pre-tokenizer does not; a file that sets the field is followed. The tokenizer, both backends' prompts and a
+    read from the cache of GGUF reads say the same, and where the rule comes from."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("REVLENS_GGUF_CACHE", str(cache))
+    for pre, add_bos, starts in (("llama-bpe", None, True), ("default", None, False), ("llama-bpe", False, False)):
+        path = _write_gguf(tmp_path / f"{pre}-{add_bos}.gguf", pre=pre, add_bos=add_bos)
+        declared = declared_bos(resolve(path))
+        assert declared.add is starts
+        assert ("llama.cpp then" in declared.where) is (add_bos is None), declared.where
+        assert (load_tokenizer(path, keep=False).encode("a b")[0] == 0) is starts
+        for backend in ("hooked", "bridge"):
+            model = load(path, backend=backend, device="cpu")
+            assert model.cfg.default_prepend_bos is starts and (int(model.to_tokens("a b")[0, 0]) == 0) is starts
+        for per_process in ("_GGUF_MODELS", "_GGUF_TOKENIZERS", "_GGUF_DECLARED_BOS"):
+            monkeypatch.setattr(pretrained, per_process, {})  # the next reads come from the cache's entry
+        assert declared_bos(resolve(path)) == declared
+        assert (load_tokenizer(path, keep=False).encode("a b")[0] == 0) is starts
+    shutil.rmtree(cache)
 
 
 def test_a_gguf_whose_rope_scaling_transformers_drops_is_refused(tmp_path, monkeypatch):
