@@ -101,6 +101,34 @@ def fold_ln_copy(model):
     return twin.eval()
 
 
+def test_glm4_attributions_through_its_norm_after_attention_sum_to_the_logit_difference(tmp_path, tiny_tokenizer):
+    """GLM-4 normalises each attention output and each MLP output (a bridge's ``ln1_post``, scaling by w where Gemma
+    2/3's scale by 1 + w): its bridge is read through that norm at its cached scale, on either line, and the terms,
+    by head and by layer, sum to the logit difference (its norms perturbed; TransformerLens's ``fold_ln`` does not
+    fold GLM-4, so no folded copy is compared). 3.9's HookedTransformer refuses it by name (its partial rotary)."""
+    import transformers
+
+    from models.backend import TL_MAJOR
+    from models.pretrained import PretrainedLoadError, load
+
+    config = transformers.Glm4Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                     max_position_embeddings=128, pad_token_id=0)
+    folder = save_tiny(tmp_path / "glm4", config, tiny_tokenizer)
+    if TL_MAJOR < 4:
+        with pytest.raises(PretrainedLoadError, match=r"cannot convert Glm4ForCausalLM .*partial_rotary_factor"):
+            load(folder, backend="hooked", device="cpu")
+    model = perturbed(load(folder, backend="bridge", device="cpu"))
+    norms = [block.ln1_post.original_component.weight for block in model.blocks]
+    assert all(not bool((w == 1).all()) for w in norms)  # a scale other than 1 after every attention layer
+    check_attribution_readable(model)
+    examples, controls = statements()
+    for by in ("head", "layer"):
+        deviation, kinds = sum_deviation(model, examples, controls, by)
+        assert deviation < 1e-4, f"glm4 (by {by}): off by {deviation:.2e}"
+        assert ("head" in kinds) is (by == "head") and ("attn" in kinds) is (by == "layer")
+
+
 def test_circuits_of_olmo2_are_refused_on_every_backend(tiny_models):
     """OLMo 2 has a norm after attention and none before: its circuits (which read ln1 as the scale of the
     heads' input) cannot be exact on any backend."""
