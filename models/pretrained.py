@@ -430,9 +430,9 @@ def declared_bos(source: ModelSource) -> DeclaredBos | None:
     """Whether the model's files say every encoding starts with BOS, or None where they say nothing.
 
     A GGUF: its ``tokenizer.ggml.add_bos_token`` field, else llama.cpp's rule for its vocabulary (read with the
-    tokenizer, in the same parse of the file: :func:`load_tokenizer`; :func:`_gguf_declared_bos`). A folder: ``add_bos_token`` in its
-    ``tokenizer_config.json`` (transformers itself ignores that key when a ``tokenizer.json``
-    is there, and follows the latter's post-processor).
+    tokenizer, in the same parse of the file: :func:`load_tokenizer`; :func:`_gguf_declared_bos`). A folder:
+    ``add_bos_token`` in its ``tokenizer_config.json`` (transformers itself ignores that key when a
+    ``tokenizer.json`` is there, and follows the latter's post-processor).
     """
     if source.is_gguf:
         key = (source.path, _file_stamp(source.path))

@@ -302,9 +302,9 @@ def check_attribution_readable(model: Any) -> None:
     do a bridge over Gemma 1/2/3 (its norms, scaling by 1 + w, read as such: :func:`_answer_directions`,
     :func:`_head_terms`), any other bridge whose blocks hold a norm after attention named ``ln1_post`` (read the
     same way; tested on Gemma 2/3 and GLM-4, whose norm scales by w; elsewhere the checks below are what vouch for
-    it: the heads must add up to each layer's cached attention output) and the bilinear model (no heads: it is never attributed). Whatever passes is
-    still checked, statement by statement, against the logits of the run it attributes
-    (:func:`direct_logit_attribution`)."""
+    it: the heads must add up to each layer's cached attention output) and the bilinear model (no heads: it is
+    never attributed). Whatever passes is still checked, statement by statement, against the logits of the run it
+    attributes (:func:`direct_logit_attribution`)."""
     if isinstance(model, BilinearModel):
         return
     name, architecture = model.cfg.model_name, architecture_of(model)

@@ -86,7 +86,8 @@ def pytest_report_header(config: pytest.Config) -> str:
     with torchvision, would otherwise go unseen in a run's log)."""
     import importlib.metadata
 
-    return ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("torch", "transformer-lens", "transformers"))
+    names = ("torch", "transformer-lens", "transformers")
+    return ", ".join(f"{name} {importlib.metadata.version(name)}" for name in names)
 
 
 def pytest_configure(config: pytest.Config) -> None:
