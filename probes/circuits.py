@@ -64,6 +64,7 @@ from models.backend import (POST_NORM_ARCHITECTURES, architecture_of, embedding_
                             norm_centres, norm_scale)
 from models.bilinear import BilinearModel
 from models.scoring import in_eval_mode
+from probes.logits import check_fact_tokenizer
 
 CIRCUITS = ("direct", "ov", "qk")
 EntityIds = Callable[[str], Sequence[int]]
@@ -489,6 +490,7 @@ def circuit_table(
     d_vocab = model.d_vocab if isinstance(model, BilinearModel) else model.cfg.d_vocab
     if isinstance(model, BilinearModel):
         _require_single_tokens(facts, entity_ids)
+    check_fact_tokenizer(model, entity_ids)
     tokens = _entity_tokens(facts, entity_ids, d_vocab)
     sources, targets = _rows(facts, tokens, n_controls, seed)
     blocks = (bilinear_circuits(model, tokens) if isinstance(model, BilinearModel)
@@ -685,6 +687,7 @@ def weight_change_table(
         raise ValueError(f"the models before and after fine-tuning differ ({type(before).__name__} and "
                          f"{type(after).__name__}" + (f"; first in {differ}" if differ else "") + "): one must be "
                          "the other fine-tuned, loaded the same way")
+    check_fact_tokenizer(before, entity_ids)
     tokens = _entity_tokens(facts, entity_ids, before.cfg.d_vocab)
     sources, targets = _rows(facts, tokens, n_controls, seed)
     final = _unembedding_directions(before, tokens)

@@ -79,6 +79,31 @@ def _next_token_gather(
     return torch.cat(out)
 
 
+TOKENIZER_PROBE = "The capital of France is Paris, and Tom Cruise's mother is Mary Lee Pfeiffer."
+"""The text :func:`check_fact_tokenizer` encodes with both tokenizers."""
+
+
+def check_fact_tokenizer(model: Model, tokenizer: object) -> None:
+    """Refuse, with ``ValueError``, a text fact tokenizer (a :class:`facts.language.TemplateTokenizer`, or an object
+    holding one, such as its bound ``entity_ids``) whose tokenizer is not the model's own: another model's ids may
+    all lie inside this model's vocabulary, and every number read with them would then be about other tokens. Two
+    tokenizers are the same here when they have as many tokens and encode :data:`TOKENIZER_PROBE` alike (a copy of
+    the model's, or one that adds BOS where the model's does not, passes). A model without a tokenizer, or a fact
+    tokenizer without a text one (a token world's), is not checked."""
+    text = getattr(getattr(tokenizer, "__self__", tokenizer), "tokenizer", None)
+    own = getattr(model, "tokenizer", None)
+    if text is None or own is None or text is own:
+        return
+    sizes = [len(t) if hasattr(t, "__len__") else None for t in (text, own)]
+    ids = [list(t.encode(TOKENIZER_PROBE, add_special_tokens=False)) for t in (text, own)]
+    if sizes[0] != sizes[1] or ids[0] != ids[1]:
+        name = getattr(getattr(model, "cfg", None), "model_name", type(model).__name__)
+        raise ValueError(
+            f"{name}: the facts are tokenized with another tokenizer than the model's own ({sizes[0]} tokens against "
+            f"{sizes[1]}; {TOKENIZER_PROBE!r} as {ids[0][:8]}... against {ids[1][:8]}...), so the ids asked would "
+            f"be other tokens to this model; build the fact tokenizer from model.tokenizer")
+
+
 @in_eval_mode
 @torch.no_grad()
 def answers_logprobs(
@@ -100,6 +125,7 @@ def answers_logprobs(
     if len(answers) != len(statements):
         raise ValueError(f"answers_logprobs: {len(statements)} statements but {len(answers)} rows of answers; give one "
                          "row of answers per statement")
+    check_fact_tokenizer(model, tokenizer)
     width = {len(row) for row in answers}
     if len(width) != 1:
         raise ValueError(f"every statement needs the same number of answers to score, got {sorted(width)}")
@@ -157,6 +183,7 @@ def candidate_logprobs(
     statements or no candidates)."""
     if not statements or not candidates:
         return torch.zeros(len(statements), len(candidates))
+    check_fact_tokenizer(model, tokenizer)
     truths = [tokenizer.example(facts, i, d) for i, d in statements]
     shared = _shared_answer_ids(facts, tokenizer, statements, truths, candidates)
     if shared is not None:
@@ -229,6 +256,7 @@ def answer_table(
         raise ValueError(f"rank_against must be 'candidates' or 'controls', got {rank_against!r}")
     if n_controls < 0:
         raise ValueError(f"n_controls must be ≥ 0, got {n_controls}")
+    check_fact_tokenizer(model, tokenizer)
     statements = [(i, d) for i, d, _ in facts.statements()]
     answers = [facts[i].given_and_answer(d)[2] for i, d in statements]
     if controls is not None and (len(controls) != len(statements) or len({len(c) for c in controls}) > 1):

@@ -149,6 +149,37 @@ def by_hand_entries(hf, entity_ids, fact: Fact, circuit: str, layer: int, head: 
     return float(q[fact.subject] @ k[fact.object]), float(q[fact.object] @ k[fact.subject])
 
 
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_facts_tokenized_with_another_model_s_tokenizer_are_refused(architecture, celebrities, tiny_models):
+    """A word-level tokenizer's ids all lie inside a tiny model's 2,048-token vocabulary: the log-probabilities and
+    circuits read with it were of other tokens, silently. answer_table, candidate scoring and circuit_table refuse
+    facts tokenized so, naming both tokenizers' sizes; a copy of the model's own tokenizer, told to add BOS or not,
+    is the same tokenizer and passes."""
+    from tiny_models import word_tokenizer
+
+    from probes.logits import candidate_logprobs
+
+    model = tiny_models[architecture].backends["hooked"]
+    first = FactSet(celebrities.facts[:N_PAIRS], world="celebrity")
+    templates = TEMPLATE_FAMILIES[DEFAULT_TEMPLATES]
+    other = TemplateTokenizer(word_tokenizer("<bos>"), templates)
+    assert max(max(other.example(first, 0, d).prompt) for d in ("forward", "reverse")) < model.cfg.d_vocab
+    refused = rf"{model.cfg.model_name}: the facts are tokenized with another tokenizer than the model's own \(10 tokens"
+    with pytest.raises(ValueError, match=refused):
+        answer_table(model, first, other, n_controls=1, rank_against="controls")
+    with pytest.raises(ValueError, match=refused):
+        candidate_logprobs(model, first, other, [(0, "forward")], [first[1].object])
+    with pytest.raises(ValueError, match=refused):
+        circuit_table(model, first, other.entity_ids, kinds=("direct",))
+    for adds_bos in (False, True):
+        own = copy.deepcopy(model.tokenizer)
+        own.add_bos_token = adds_bos
+        table = answer_table(model, first, TemplateTokenizer(own, templates), n_controls=1, rank_against="controls")
+        assert len(table) == 2 * N_PAIRS and table.logprob.notna().all()
+    assert len(circuit_table(model, first, TemplateTokenizer(model.tokenizer, templates).entity_ids,
+                             kinds=("direct",))) == N_PAIRS
+
+
 def test_a_tokenizer_that_adds_bos_gets_it_in_both_commands(bos_tokenizer, celebrities, tiny_models):
     gemma = tiny_models["gemma3"].backends["hooked"]
     bos = bos_tokenizer.bos_token_id
