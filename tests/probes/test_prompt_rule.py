@@ -164,7 +164,8 @@ def test_facts_tokenized_with_another_model_s_tokenizer_are_refused(architecture
     templates = TEMPLATE_FAMILIES[DEFAULT_TEMPLATES]
     other = TemplateTokenizer(word_tokenizer("<bos>"), templates)
     assert max(max(other.example(first, 0, d).prompt) for d in ("forward", "reverse")) < model.cfg.d_vocab
-    refused = rf"{model.cfg.model_name}: the facts are tokenized with another tokenizer than the model's own \(10 tokens"
+    refused = rf"{model.cfg.model_name}: the facts are tokenized with another tokenizer than the model's own " \
+              r"\(10 tokens"
     with pytest.raises(ValueError, match=refused):
         answer_table(model, first, other, n_controls=1, rank_against="controls")
     with pytest.raises(ValueError, match=refused):
