@@ -3,7 +3,9 @@
 Each (model, backend) is loaded in a fresh Python process (peak RSS is per process), with one
 torch thread and ``OMP_NUM_THREADS=1``, and reports:
 
-* ``seconds``: wall time of ``models.pretrained.load(model, backend=...)`` (imports excluded);
+* ``seconds``: wall time of ``models.pretrained.load(model, backend=...)`` (imports excluded), and of it
+  ``user_s`` and ``kernel_s``, the process's CPU time in its own code and in the kernel's (writing a cache
+  entry, :func:`models.tensor_file.write_safetensors`, is mostly the kernel's);
 * ``peak_rss``: the process's peak resident set (``ru_maxrss``), and its ratio to the model's
   float32 size: ``rss_over_hf_float32`` (4 bytes × the parameter count of the transformers model,
   tied weights once: the goal, ≤ 2.5) and ``rss_over_float32`` (4 bytes × the loaded model's
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 READS = ("file", "first", "cached")
 
 CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
 import torch
 torch.set_num_threads(1)
 import gguf
@@ -61,12 +63,13 @@ pretrained._hooked_config_and_weights = counting(pretrained._hooked_config_and_w
 pretrained._to_bridge = counting(pretrained._to_bridge)
 
 name, backend = sys.argv[1], sys.argv[2]
-began = time.perf_counter()
+began, cpu = time.perf_counter(), os.times()
 model = pretrained.load(name, backend=backend, device="cpu")
-seconds = time.perf_counter() - began
+seconds, after = time.perf_counter() - began, os.times()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 n_params = sum(p.numel() for p in model.parameters())
 print(json.dumps({"model": name, "backend": backend, "seconds": round(seconds, 1),
+                  "user_s": round(after.user - cpu.user, 1), "kernel_s": round(after.system - cpu.system, 1),
                   "peak_rss_gib": round(peak / 2**30, 2), "float32_gib": round(4 * n_params / 2**30, 3),
                   "hf_float32_gib": round(4 * hf_params["n"] / 2**30, 3),
                   "gguf_full_parses": counts["full"], "gguf_header_reads": counts["header"], "n_ctx": model.cfg.n_ctx}))

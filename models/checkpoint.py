@@ -22,32 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from facts.io import atomic_write, file_sha256, remove_stale_temporaries
+from models.tensor_file import write_safetensors
 
 _NAME = re.compile(r"^step-(\d{6,})\.json$")
-_OS_ERROR = re.compile(r"os error (\d+)")
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], temporary: Path, target: Path) -> None:
-    """The tensors in safetensors' format, written into ``temporary`` (:func:`facts.io.atomic_write`'s, which a later
-    run recognises and removes if this process dies). Not ``save_file``: safetensors 0.8 writes through a temporary
-    of its own (``.tmpXXXXXX``) that a process killed mid-write left in the checkpoint folder, where nothing knew
-    it. An I/O failure (a full disk: the write names no file; safetensors' "No space left on device (os error 28)"
-    as text) is raised as an ``OSError`` naming ``target``."""
+    """The tensors in safetensors' format (:func:`models.tensor_file.write_safetensors`), written into ``temporary``
+    (:func:`facts.io.atomic_write`'s, which a later run recognises and removes if this process dies). A failed
+    write (a full disk) names no file: it is raised naming ``target``."""
     try:
-        temporary.write_bytes(save(tensors))
-    except OSError as error:  # a failed write names no file: name the checkpoint
+        write_safetensors(tensors, temporary)
+    except OSError as error:
         if error.filename is not None:
             raise
         raise OSError(error.errno, error.strerror, str(target)) from error
-    except SafetensorError as error:
-        code = _OS_ERROR.search(str(error))
-        if code is None:
-            raise
-        raise OSError(int(code[1]), os.strerror(int(code[1])), str(target)) from error
 
 
 class CheckpointError(RuntimeError):

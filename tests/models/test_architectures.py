@@ -662,15 +662,16 @@ def smollm2_cache(tmp_path):
 
 
 def test_a_gguf_cache_entry_is_keyed_by_the_source_of_the_code_that_read_it(tmp_path, monkeypatch):
-    """An entry's key holds the SHA-256 of the reading modules' source (the cache, the weights' reader and the
-    loader), so an entry another release of that code wrote is never found, and one this code wrote is."""
+    """An entry's key holds the SHA-256 of the reading modules' source (the cache, the weights' reader, the loader
+    and the weights' writer), so an entry another release of that code wrote is never found, and one this code
+    wrote is."""
     import hashlib
     from pathlib import Path
 
     from models import gguf_cache
 
     modules = Path(gguf_cache.__file__).parent
-    assert {"pretrained.py", "gguf_weights.py", "gguf_cache.py"} == set(gguf_cache.READING_MODULES)
+    assert {"pretrained.py", "gguf_weights.py", "gguf_cache.py", "tensor_file.py"} == set(gguf_cache.READING_MODULES)
     source = b"".join((modules / name).read_bytes() for name in gguf_cache.READING_MODULES)
     assert gguf_cache.reading_code() == hashlib.sha256(source).hexdigest()
     monkeypatch.setenv("REVLENS_GGUF_CACHE", str(tmp_path))

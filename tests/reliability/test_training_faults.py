@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from facts import io as io_module
 from facts.tokens import tokenize
 from models import checkpoint as checkpoint_module
 from models.backend import hooked_state_dict
@@ -140,17 +141,29 @@ def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint(saved_run, v
     folder = copy_of(saved_run, tmp_path)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
-    real_write = Path.write_bytes
+    real_open = open
 
-    def disk_full(path, data):  # the tensors' temporary file (atomic_write's) fills the disk half-way
-        if not path.name.endswith(".tmp"):
-            return real_write(path, data)
-        real_write(path, data[:100])
-        raise OSError(28, "No space left on device")
+    class FillsUp:  # the tensors' temporary file (atomic_write's) fills the disk after its first 100 bytes
+        def __init__(self, path, mode):
+            self.handle, self.left = real_open(path, mode), 100
 
-    monkeypatch.setattr(Path, "write_bytes", disk_full)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            if len(data) > self.left:
+                self.handle.write(data[: self.left])
+                raise OSError(28, "No space left on device")
+            self.left -= len(data)
+            return self.handle.write(data)
+
+    monkeypatch.setattr(io_module, "open", lambda path, mode: FillsUp(path, mode) if str(path).endswith(".tmp")
+                        else real_open(path, mode), raising=False)
     for step in (4, 6):  # overwrite the latest, or add a new one
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(OSError, match=rf"No space left on device: '.*step-00000{step}.safetensors'"):
             save_checkpoint(folder, step, fresh(vocab), None, {})
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no temporary file left either
     assert load_checkpoint(folder).step == 4
