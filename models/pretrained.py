@@ -110,6 +110,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from facts.io import WRITE_PIECE
 from facts.language import bos_prefix
 from models import gguf_cache
 from models.gguf_weights import lean_gguf_weights, plain_array_reader
@@ -299,7 +300,8 @@ def _package_folder(module: str) -> Path | None:
 def _concatenate(chunks: list[Path], target: Path) -> None:
     """Write the chunks one after the other into ``target``, atomically: through a temporary file of this call's
     own, renamed (two processes assembling at once each write their own; they had truncated one shared file under
-    each other, and the first to finish then failed the checksum)."""
+    each other, and the first to finish then failed the checksum). Gemma 3's 253 MB took 2.8 s in writes of 16 MiB
+    on a Linux 6.18 VM, 0.12-0.14 s in writes of 64 KiB."""
     import tempfile
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -309,7 +311,7 @@ def _concatenate(chunks: list[Path], target: Path) -> None:
         try:
             for chunk in chunks:
                 with chunk.open("rb") as part:
-                    shutil.copyfileobj(part, out, 1 << 24)
+                    shutil.copyfileobj(part, out, WRITE_PIECE)  # small writes: facts.io.write_in_pieces says why
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
