@@ -183,11 +183,12 @@ WRITE_PIECE = 64 << 10
 def write_in_pieces(path: str | os.PathLike[str], parts: Iterable[bytes | memoryview]) -> None:
     """``parts`` one after another into ``path`` (created or emptied), by writes of at most :data:`WRITE_PIECE` bytes.
 
-    One large ``write`` can cost far more than its bytes: Linux 6.x caches an ext4 file in folios as large
-    as each write asks (up to 2 MiB), and where free memory is fragmented every such folio is found by
-    compacting memory, in the writer's time. Measured on a Linux 6.18 VM, a GiB written in one write per
-    64 MiB took 7.8-14.7 s of kernel time, in writes of 1 MiB 7.1-12.1 s, and in writes of 64 or 256 KiB
-    0.26-0.28 s.
+    One large ``write`` can cost far more than its bytes. Linux 6.x caches an ext4 file in folios as large as
+    each write asks (up to 2 MiB); a virtual machine whose balloon reports free memory to its host (free page
+    reporting, in blocks of 2 MiB) has handed exactly such blocks back, so every page of a large folio is first
+    touched through a fault on the host, inside the copy into the cache. Measured on such a VM (Linux 6.18,
+    Firecracker): a GiB written in one write per 64 MiB took 7.8-14.7 s of kernel time, in writes of 1 MiB
+    7.1-12.1 s, and in writes of 64 or 256 KiB 0.26-0.28 s. On other machines small writes cost no more.
     """
     with open(path, "wb") as handle:
         for part in parts:

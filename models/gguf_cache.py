@@ -165,9 +165,10 @@ def _no_progress_bar() -> Iterator[None]:
 @contextlib.contextmanager
 def _weights_written_in_pieces() -> Iterator[None]:
     """transformers' ``save_pretrained`` writing each weights file by :func:`models.tensor_file.write_safetensors`
-    (the same bytes, in small writes from the weights' memory), as it was after. With its own ``save_file``, Gemma
-    3 270M's first load took 14.3 s (a bridge) and 22.0 s (a HookedTransformer) on a Linux 6.18 VM, 3.5 and 10.5 s
-    more kernel time; with this, 9.8 and 10.8 s, at the same peak memory (2.1 and 2.4 GB). A transformers that
+    (the same bytes, in small writes from the weights' memory), as it was after. Gemma 3 270M's first load, on a
+    VM that hands free memory back to its host (``benchmarks/load_pretrained.py``, two rounds): as a
+    HookedTransformer 21.1-21.4 s with transformers' ``save_file`` (12.2-12.4 s of it the kernel's), 10.3-11.2 s
+    with this (1.5-1.9 s); as a bridge 16.1-16.4 s, then 9.9-11.1 s; the same peak memory. A transformers that
     writes through another function keeps its own."""
     from transformers import modeling_utils
 

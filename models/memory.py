@@ -45,13 +45,14 @@ def numpy_without_huge_pages() -> Iterator[None]:
     setting before is restored after).
 
     numpy asks the kernel to back every array of 4 MiB or more with transparent huge pages
-    (``madvise(MADV_HUGEPAGE)``, its default on Linux). Where the kernel's huge-page ``defrag`` setting is
-    ``madvise`` (the usual default), each fault of such an array may compact memory first to find a free 2 MiB
-    page. Dequantising a GGUF makes arrays of a whole tensor several times over (Gemma 3 270M's 262,144 × 640
-    embedding: 671 MB each): on a 2-core VM (2026-12-06) that one tensor took 8.4 s with huge pages, most of it
-    the kernel's, and 1.1 s without; Gemma 3's whole first read 29.6 → ~20 s, SmolLM2's 3.7 → 2.3 s. The
-    arrays' values are the same either way: only the pages behind them differ. A numpy without the switch is
-    left as it is."""
+    (``madvise(MADV_HUGEPAGE)``, its default on Linux). On a VM whose balloon reports free memory to its host
+    (free page reporting, in blocks of 2 MiB: the host takes their memory back), a huge page is such a block, and
+    each of its pages is first touched through a fault on the host: a 1 GiB ``np.ones`` took 14.1 s there with
+    huge pages and 0.43 s without, with no compaction counted (``compact_stall``). Dequantising a GGUF makes
+    arrays of a whole tensor several times over (Gemma 3 270M's 262,144 × 640 embedding: 671 MB each): on that
+    2-core VM (2026-12-06) that one tensor took 8.4 s with huge pages, most of it the kernel's, and 1.1 s
+    without; Gemma 3's whole first read 29.6 → ~20 s, SmolLM2's 3.7 → 2.3 s. The arrays' values are the same
+    either way: only the pages behind them differ. A numpy without the switch is left as it is."""
     try:
         from numpy._core import multiarray
     except ImportError:  # numpy 1.x

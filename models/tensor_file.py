@@ -1,8 +1,9 @@
 """Tensors into a safetensors file, written in small pieces from the tensors' own memory.
 
-``safetensors.torch.save_file`` writes each tensor in one ``write`` call, which on a recent Linux can cost
-many times the bytes (:func:`facts.io.write_in_pieces`); ``safetensors.torch.save`` gives the file's bytes
-but as a copy (two, while it runs: Gemma 3 270M's first load peaked 1.5-1.8 GB higher with it).
+``safetensors.torch.save_file`` writes each tensor in one ``write`` call, which on a VM that hands free
+memory back to its host can cost many times the bytes (:func:`facts.io.write_in_pieces`);
+``safetensors.torch.save`` gives the file's bytes but as a copy (two, while it runs: Gemma 3 270M's first load
+peaked 1.5-1.8 GB higher with it).
 :func:`write_safetensors` writes the bytes ``save`` gives, with no copy of the weights:
 
 - an 8-byte little-endian length ``N``, then ``N`` bytes of JSON: ``__metadata__`` (when given) and, per
