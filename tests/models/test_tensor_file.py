@@ -73,7 +73,7 @@ def test_a_dtype_without_a_safetensors_name_is_refused_before_anything_is_writte
 def test_a_gguf_cache_entry_holds_the_weights_file_save_pretrained_writes(tmp_path, kind):
     """The cache writes an entry with transformers' ``save_pretrained``, its weights through write_safetensors: the
     file is byte for byte the one transformers' own writer gives (Gemma 3's embedding tied to its unembedding, so
-    stored once), and transformers' writer is its own again after, also where the save fails."""
+    stored once), and transformers' writer is its own again after, also after a block that raises."""
     from transformers import modeling_utils
 
     own = modeling_utils.safe_save_file
