@@ -24,8 +24,9 @@ Model = Callable[[Int[Tensor, "batch pos"]], Float[Tensor, "batch pos d_vocab"]]
 
 LOGIT_BUDGET = 2**24
 """Logits (positions × d_vocab floats, 64 MiB) one forward pass may produce: :func:`score_answers` cuts its
-batches to fit, cached scoring its continuation passes (:mod:`probes.shared_prompt`); their log-softmax is
-taken a block of rows at a time (:func:`chosen_logprobs`). Gemma 3's 262,144-token vocabulary makes it 64
+batches to fit, cached scoring its continuation passes (:mod:`probes.shared_prompt`; scoring by trie holds no
+whole logits: :func:`unembedded_logprobs`); their log-softmax is read a slice at a time
+(:func:`chosen_logprobs`). Gemma 3's 262,144-token vocabulary makes it 64
 positions, SmolLM2's 341. (2**25 and a full-size log-softmax beside the logits made check-asymmetry on
 Gemma 3 270M peak 0.35 GiB above the loaded model.)"""
 
@@ -88,10 +89,14 @@ def hooked_readout(model: torch.nn.Module, residual: Float[Tensor, "n d_model"])
     the positions they read)."""
     from models.backend import apply_softcap
 
-    residual = residual[None]  # [1, n, d_model]: the modules' own shapes, so their hooks fire as in a forward
-    if model.cfg.normalization_type is not None:
-        residual = model.ln_final(residual)
-    return apply_softcap(model.unembed(residual), model.cfg.output_logits_soft_cap)[0]
+    return apply_softcap(model.unembed(hooked_final_norm(model, residual)[None]), model.cfg.output_logits_soft_cap)[0]
+
+
+def hooked_final_norm(model: torch.nn.Module, residual: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
+    """A HookedTransformer's ``ln_final`` on chosen residual rows (the rows as they are where it has none)."""
+    if model.cfg.normalization_type is None:
+        return residual
+    return model.ln_final(residual[None])[0]  # [1, n, d_model]: the module's own shape, so its hooks fire as in a forward
 
 
 def check_causal(model: object) -> None:
@@ -177,38 +182,151 @@ def answer_token_logprobs(
 ) -> tuple[Float[Tensor, "batch pos_minus_1"], Bool[Tensor, "batch pos_minus_1"]]:
     """:func:`token_logprobs` from the logits of the answer-predicting positions alone, row-major (what
     ``logits[:, :-1][answer_mask[:, 1:]]`` selects)."""
-    target_mask = answer_mask[:, 1:]
-    logprob, hit = chosen_logprobs(logits, tokens[:, 1:][target_mask])
-    per_position = torch.zeros(target_mask.shape, dtype=logprob.dtype, device=logits.device)
+    return _per_position(*chosen_logprobs(logits, tokens[:, 1:][answer_mask[:, 1:]]), answer_mask)
+
+
+def _per_position(
+    logprob: Float[Tensor, " n_answer"], hit: Bool[Tensor, " n_answer"], answer_mask: Bool[Tensor, "batch pos"]
+) -> tuple[Float[Tensor, "batch pos_minus_1"], Bool[Tensor, "batch pos_minus_1"]]:
+    """Answer positions' values (row-major) put at their places: 0 and True off the answer."""
+    target_mask = answer_mask[:, 1:].to(logprob.device)
+    per_position = torch.zeros(target_mask.shape, dtype=logprob.dtype, device=logprob.device)
     per_position[target_mask] = logprob
-    hits = torch.ones(target_mask.shape, dtype=torch.bool, device=logits.device)
+    hits = torch.ones(target_mask.shape, dtype=torch.bool, device=logprob.device)
     hits[target_mask] = hit
     return per_position, hits
 
 
-LOG_SOFTMAX_BLOCK = 2**22
-"""Floats of log-softmax :func:`chosen_logprobs` holds at once (16 MiB: 16 rows of Gemma 3's vocabulary)."""
+def answer_scores(
+    model: Model, tokens: Int[Tensor, "batch pos"], answer_mask: Bool[Tensor, "batch pos"]
+) -> tuple[Float[Tensor, "batch pos_minus_1"], Bool[Tensor, "batch pos_minus_1"]]:
+    """:func:`token_logprobs` of ``model(tokens)``: of :func:`answer_logits`, or, on a HookedTransformer with no hook
+    attached, of its last residual stream at the answer-predicting positions through ``ln_final`` and
+    :func:`unembedded_logprobs` (a slice of the vocabulary at a time: what scoring by trie reads)."""
+    from models.backend import hooks_attached, is_hooked
+
+    if not is_hooked(model) or hooks_attached(model):
+        return answer_token_logprobs(answer_logits(model, tokens, answer_mask), tokens, answer_mask)
+    check_causal(model)
+    inputs, predicting = answer_inputs(tokens, answer_mask)
+    residual = model(inputs, stop_at_layer=model.cfg.n_layers)[predicting]
+    chosen = tokens[:, 1:][answer_mask[:, 1:]].to(residual.device)
+    return _per_position(*unembedded_logprobs(hooked_final_norm(model, residual), model_unembedding(model), chosen),
+                         answer_mask)
+
+
+UNEMBED_ROWS = 512
+UNEMBED_SLICE = 1024
+""":func:`unembedded_logprobs` multiplies at most :data:`UNEMBED_ROWS` residual rows by :data:`UNEMBED_SLICE` columns
+of the unembedding at a time (a 2 MiB float32 block of logits). One thread of a 2-core AMX Xeon (2026-12-06, MKL)
+took 2.5 ms a row for Gemma 3's 640 × 262,144 unembedding and its log-softmax so, against 4.8 ms in 64-row blocks of
+whole-vocabulary logits (the same product streams the 671 MB matrix once per block of rows), and SmolLM2's
+576 × 49,152 0.48 against 0.64 ms; rows of 128 or 2,048, or slices of 512 or 2,048 columns, were slower."""
+
+
+@dataclass(frozen=True)
+class Unembedding:
+    """A model's logits from its final-normed residual stream: ``softcap(x · weight + bias)`` with
+    ``softcap(z) = c · tanh(z / c)`` (none where ``softcap`` is None)."""
+
+    weight: Float[Tensor, "d_model d_vocab"]
+    bias: Float[Tensor, " d_vocab"] | None
+    softcap: float | None
 
 
 def chosen_logprobs(
     logits: Float[Tensor, "n d_vocab"], chosen: Int[Tensor, "n *k"]
 ) -> tuple[Float[Tensor, "n *k"], Bool[Tensor, "n *k"]]:
     """``log softmax(logits[i])[chosen[i]]`` and whether that token is the argmax, row by row
-    (``chosen[i]`` one token id or k of them).
-
-    Log-softmax is computed per row, so it runs over blocks of rows (at most :data:`LOG_SOFTMAX_BLOCK`
-    floats): the same numbers as over all rows at once, without a second full-size tensor beside the
-    logits (Gemma 3: 1 MiB a row). Logits are read in float32.
-    """
+    (``chosen[i]`` one token id or k of them), read in float32: :func:`_chosen_by_slices` over slices of the
+    given logits, with no second full-size tensor beside them (Gemma 3: 1 MiB a row)."""
     picked = chosen.reshape(len(chosen), -1)
-    rows = max(1, LOG_SOFTMAX_BLOCK // max(1, logits.shape[-1]))
     logprob = torch.empty(picked.shape, dtype=torch.float32, device=logits.device)
     hit = torch.empty(picked.shape, dtype=torch.bool, device=logits.device)
-    for start in range(0, len(picked), rows):
-        block, ids = logits[start : start + rows].float(), picked[start : start + rows]
-        logprob[start : start + rows] = block.log_softmax(-1).gather(-1, ids)
-        hit[start : start + rows] = block.argmax(-1, keepdim=True) == ids
+    for start in range(0, len(picked), UNEMBED_ROWS):
+        block = logits[start : start + UNEMBED_ROWS]
+        logprob[start : start + len(block)], hit[start : start + len(block)] = _chosen_by_slices(
+            lambda first, last: block[:, first:last].float(), block.shape[-1], picked[start : start + len(block)],
+            owned=False)
     return logprob.view(chosen.shape), hit.view(chosen.shape)
+
+
+def unembedded_logprobs(
+    residual: Float[Tensor, "n d_model"], unembedding: Unembedding, chosen: Int[Tensor, "n *k"]
+) -> tuple[Float[Tensor, "n *k"], Bool[Tensor, "n *k"]]:
+    """:func:`chosen_logprobs` of the logits ``z = softcap(residual · W + b)`` (``unembedding``), without
+    holding them: the product runs a slice of :data:`UNEMBED_SLICE` columns at a time (rows :data:`UNEMBED_ROWS`
+    at a time), each slice's logits read by :func:`_chosen_by_slices` as they come. A block of logits then fits a
+    core's cache, and the matrix is read once per block of rows. Logits are computed in the unembedding's
+    dtype, soft-capped there, and read in float32, as :func:`chosen_logprobs` reads them (a TransformerLens 3.9
+    ``Unembed`` also copies W_U transposed at every call: Gemma 3's 671 MB)."""
+    weight, bias, cap = unembedding.weight, unembedding.bias, unembedding.softcap
+    picked = chosen.reshape(len(chosen), -1)
+    logprob = torch.empty(picked.shape, dtype=torch.float32, device=residual.device)
+    hit = torch.empty(picked.shape, dtype=torch.bool, device=residual.device)
+    for start in range(0, len(picked), UNEMBED_ROWS):
+        rows = residual[start : start + UNEMBED_ROWS].to(weight.dtype)
+        block = torch.empty(len(rows), UNEMBED_SLICE, dtype=weight.dtype, device=rows.device)
+
+        def logits_of(first: int, last: int) -> Float[Tensor, "r w"]:
+            columns = weight[:, first:last]
+            logits = torch.mm(rows, columns, out=block if columns.shape[1] == UNEMBED_SLICE else None)
+            if bias is not None:
+                logits += bias[first:last]
+            return (cap * torch.tanh(logits / cap) if cap else logits).float()
+
+        logprob[start : start + len(rows)], hit[start : start + len(rows)] = _chosen_by_slices(
+            logits_of, weight.shape[1], picked[start : start + len(rows)], owned=True)
+    return logprob.view(chosen.shape), hit.view(chosen.shape)
+
+
+def _chosen_by_slices(
+    logits_of: Callable[[int, int], Float[Tensor, "r w"]], vocab: int, chosen: Int[Tensor, "r k"], owned: bool
+) -> tuple[Float[Tensor, "r k"], Bool[Tensor, "r k"]]:
+    """``log softmax(z_i)[t] = (z_it − m_i) − log Σ_v exp(z_iv − m_i)``, m_i = max_v z_iv, and whether t is
+    ``argmax z_i`` (the lowest id among tied maxima, as ``argmax``), for each chosen t, from the logits' columns
+    ``[first, last)`` (``logits_of``, float32) :data:`UNEMBED_SLICE` at a time. Over the slices so far each row
+    keeps its maximum m and ``s = Σ exp(z_v − m)`` (a new maximum m' rescales s by ``exp(m − m')``), the first
+    index of its maximum, and the chosen tokens' logits as their slice passes. Summing a slice at a time is
+    also the more exact float32 sum: SmolLM2's 49,152 terms one after another (PyTorch's ``log_softmax`` on the
+    CPU) were up to 1.9e-5 from float64, slices of 1,024 then their 48 sums up to 8.7e-6 (2026-12-06). ``owned``:
+    whether the slices ``logits_of`` gives may be overwritten."""
+    n = len(chosen)
+    top = torch.full((n,), -torch.inf, device=chosen.device)
+    total = torch.zeros(n, device=chosen.device)
+    best = torch.zeros(n, dtype=torch.long, device=chosen.device)
+    at = torch.zeros(chosen.shape, device=chosen.device)
+    for first in range(0, vocab, UNEMBED_SLICE):
+        logits = logits_of(first, min(first + UNEMBED_SLICE, vocab))
+        width = logits.shape[1]
+        inside = (chosen >= first) & (chosen < first + width)
+        at = torch.where(inside, logits.gather(-1, (chosen - first).clamp(0, width - 1)), at)
+        slice_top, slice_best = logits.max(-1)
+        best = torch.where(slice_top > top, slice_best + first, best)
+        new_top = torch.maximum(top, slice_top)
+        shifted = logits.sub_(new_top[:, None]) if owned else logits - new_top[:, None]
+        total = total * torch.exp(top - new_top) + shifted.exp_().sum(-1)
+        top = new_top
+    return (at - top[:, None]) - total.log()[:, None], best[:, None] == chosen
+
+
+def model_unembedding(model: torch.nn.Module) -> Unembedding:
+    """The :class:`Unembedding` a HookedTransformer (``W_U``, ``b_U``, ``cfg.output_logits_soft_cap``) or a
+    transformers causal LM (its output embedding, a ``Linear``, and ``config.final_logit_softcapping``) applies
+    after its final norm. Under a TransformerBridge the output embedding is the bridge's wrapper, whose forward is
+    the ``Linear`` it holds (with the zero bias the bridge gives it) between two hooks: that ``Linear`` is read."""
+    from models.backend import is_hooked
+
+    if is_hooked(model):
+        cap = model.cfg.output_logits_soft_cap
+        return Unembedding(model.W_U, model.b_U, cap if cap is not None and cap > 0 else None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") and hasattr(model, "config") \
+        else None
+    head = getattr(head, "original_component", head)  # a bridge's wrapper runs the transformers Linear it holds
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"a {type(model).__name__}'s unembedding is not read here: a HookedTransformer's W_U and "
+                        f"b_U, or a transformers causal LM's output embedding (a Linear) are")
+    return Unembedding(head.weight.T, head.bias, getattr(model.config, "final_logit_softcapping", None) or None)
 
 
 def answer_loss(
@@ -272,11 +390,11 @@ class AnswerScores:
 @torch.no_grad()
 def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) -> AnswerScores:
     """Answer log-probabilities and greedy correctness of every row, in chunks of ``batch_size`` rows,
-    fewer where their logits would pass :data:`LOGIT_BUDGET` (at least one row a chunk). Each chunk's
-    logits are :func:`answer_logits`, as the trainer's loss reads them: the same numbers as the full
-    logits, without the last answer column (an input to nothing) and, for a HookedTransformer or a
-    :class:`models.hf_training.CausalLM`, without the unembedding of the prompt and padding positions
-    (SmolLM2 evaluation sets: a fifth of a pass)."""
+    fewer where their logits would pass :data:`LOGIT_BUDGET` (at least one row a chunk). Each chunk is read as
+    :func:`answer_scores` reads it: the logits the trainer's loss reads (:func:`answer_logits`: the full logits'
+    numbers, without the last answer column, an input to nothing, and, for a HookedTransformer or a
+    :class:`models.hf_training.CausalLM`, without the unembedding of the prompt and padding positions; SmolLM2
+    evaluation sets: a fifth of a pass), a HookedTransformer's a slice of the vocabulary at a time."""
     device = model_device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
     if isinstance(model, torch.nn.Module):
         check_token_ids(model, batch)
@@ -285,8 +403,7 @@ def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) ->
     logprobs, correct = [], []
     for start in range(0, len(batch), batch_size):
         chunk = batch.take(range(start, min(start + batch_size, len(batch)))).to(device)
-        logits = answer_logits(model, chunk.tokens, chunk.answer_mask)
-        per_position, hits = answer_token_logprobs(logits, chunk.tokens, chunk.answer_mask)
+        per_position, hits = answer_scores(model, chunk.tokens, chunk.answer_mask)
         logprobs.append(per_position.sum(1).cpu())
         correct.append(hits.all(1).cpu())
     return AnswerScores(torch.cat(logprobs), torch.cat(correct))

@@ -48,9 +48,10 @@ from models.backend import (
     is_hooked,
 )
 from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_residual, hooked_tree_width, runs_hooked_tree
-from models.memory import release_freed_memory
+from models.memory import heap_kept
 from models.scoring import (
-    LOG_SOFTMAX_BLOCK, LOGIT_BUDGET, check_causal, chosen_logprobs, hooked_readout, in_eval_mode, model_device,
+    LOGIT_BUDGET, check_causal, chosen_logprobs, hooked_final_norm, hooked_readout, in_eval_mode, model_device,
+    model_unembedding, unembedded_logprobs,
 )
 
 SMALL_PRODUCT = 4
@@ -58,7 +59,7 @@ SMALL_PRODUCT = 4
 this project's CPUs sums them in another order), so inside a bundle their rows would differ from
 ``extend``'s in the last bits; from 4 rows on, a row's product does not depend on the other rows."""
 
-MLP_BLOCK = LOG_SOFTMAX_BLOCK
+MLP_BLOCK = 2**22
 """Floats of one MLP activation (positions × d_mlp) a bundle of continuation passes may hold at once
 (:meth:`PrefixCache.extend_bundle`; 16 MiB: 2,730 positions of SmolLM2, 2,048 of Gemma 3)."""
 
@@ -376,19 +377,20 @@ def candidate_logprobs_cached(
     for i, row in enumerate(candidates):
         by_length.setdefault(len(row[0].prompt), []).append(i)
     bar = tqdm(total=n * k, unit="answer", desc="scoring", disable=not progress)
-    for length in sorted(by_length):
-        members = by_length[length]
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            tries = [answer_trie(candidates[i]) for i in chunk] if tree else []
-            if tree and _tree_fits(runs, max(len(t.tokens) for t in tries)):
-                _score_chunk_tree(runs, tries, torch.tensor(chunk), logprob, correct, device, bar)
-            elif scorer is None:  # each (prompt, answer) sequence teacher-forced
-                _score_chunk_teacher_forced(forced, [candidates[i] for i in chunk], torch.tensor(chunk), logprob,
-                                            correct, bar)
-            else:
-                _score_chunk(scorer, [candidates[i] for i in chunk], torch.tensor(chunk), logprob, correct,
-                             batch_size, device, bar)
+    with heap_kept():  # pass after pass of tensors of the same sizes: their freed memory is the next pass's
+        for length in sorted(by_length):
+            members = by_length[length]
+            for start in range(0, len(members), batch_size):
+                chunk = members[start : start + batch_size]
+                tries = [answer_trie(candidates[i]) for i in chunk] if tree else []
+                if tree and _tree_fits(runs, max(len(t.tokens) for t in tries)):
+                    _score_chunk_tree(runs, tries, torch.tensor(chunk), logprob, correct, device, bar)
+                elif scorer is None:  # each (prompt, answer) sequence teacher-forced
+                    _score_chunk_teacher_forced(forced, [candidates[i] for i in chunk], torch.tensor(chunk),
+                                                logprob, correct, bar)
+                else:
+                    _score_chunk(scorer, [candidates[i] for i in chunk], torch.tensor(chunk), logprob, correct,
+                                 batch_size, device, bar)
     bar.close()
     return CandidateScores(logprob, correct)
 
@@ -455,7 +457,6 @@ def _score_chunk(
             logprob[where] += lp_part.view(tokens.shape).sum(1)
             correct[where] &= hit_part.view(tokens.shape).all(1)
             bar.update(len(batch))
-        release_freed_memory(collect=False)  # the pass's freed tensors, before the next one allocates
 
 
 def _score_chunk_teacher_forced(
@@ -492,25 +493,16 @@ def _score_chunk_tree(
     and a 4D additive mask, then ``lm_head`` (and the soft-cap where the config has one: what the causal
     LM's forward does) on the readout rows alone; a HookedTransformer runs passes of statements one after
     another in one sequence of up to :data:`HOOKED_TREE_PASS` positions, a block-diagonal mask keeping each
-    to itself (:func:`models.hooked_tree.hooked_tree_residual`), then ``ln_final`` and its unembedding on those rows
-    (:func:`models.scoring.hooked_readout`). The readout goes :data:`~models.scoring.LOGIT_BUDGET` rows at
-    a time, each row's log-softmax read at every token an answer continues with there."""
+    to itself (:func:`models.hooked_tree.hooked_tree_residual`), then ``ln_final`` and its unembedding on those rows.
+    Each readout row's log-softmax is read at every token an answer continues with there, a slice of the vocabulary
+    at a time (:func:`models.scoring.unembedded_logprobs`: the whole logits are never held)."""
     hooked = is_hooked(model)
     if hooked:
-        vocab, passes = model.cfg.d_vocab, _hooked_tree_passes(model, tries)
-
-        def readout(rows: Float[Tensor, "r d_model"]) -> Float[Tensor, "r d_vocab"]:
-            return hooked_readout(model, rows)
+        passes = _hooked_tree_passes(model, tries)
     else:
-        head, cap, vocab = model.get_output_embeddings(), getattr(model.config, "final_logit_softcapping", None), \
-            model.config.vocab_size
         dtype = next(model.parameters()).dtype
         passes = _tree_passes(tries, getattr(model.config, "intermediate_size", None) or 4 * model.config.hidden_size)
-
-        def readout(rows: Float[Tensor, "r d_model"]) -> Float[Tensor, "r d_vocab"]:
-            logits = head(rows)
-            return torch.tanh(logits / cap) * cap if cap else logits
-    positions = max(1, LOGIT_BUDGET // vocab)
+    unembedding = model_unembedding(model)
     for group in passes:
         ids, position_ids, allowed = _tree_batch([tries[s] for s in group])
         if hooked:  # the statements one after another in one sequence, each seeing itself only
@@ -540,20 +532,13 @@ def _score_chunk_tree(
             offset += 1 + len(trie.parent)
         width = max(len(w) for w in wanted)
         targets = torch.tensor([list(w) + [next(iter(w))] * (width - len(w)) for w in wanted], device=rows.device)
-        lp = torch.empty(targets.shape, device=rows.device)
-        hit = torch.empty(targets.shape, dtype=torch.bool, device=rows.device)
-        for start in range(0, len(rows), positions):
-            logits = readout(rows[start : start + positions])
-            lp[start : start + positions], hit[start : start + positions] = chosen_logprobs(
-                logits, targets[start : start + positions])
-            del logits
+        lp, hit = unembedded_logprobs(hooked_final_norm(model, rows) if hooked else rows, unembedding, targets)
         lp, hit = lp.cpu(), hit.cpu()
         for s, j, cells in where:
             at = tuple(torch.tensor(axis) for axis in zip(*cells))
             logprob[index[s], j] = lp[at].sum()
             correct[index[s], j] = bool(hit[at].all())
         bar.update(sum(len(tries[s].reads) for s in group))
-        release_freed_memory(collect=False)
 
 
 def _tree_passes(tries: Sequence[AnswerTrie], d_mlp: int) -> list[list[int]]:

@@ -188,18 +188,67 @@ def test_bad_train_config(kwargs, named):
     assert TrainConfig(steps=__import__("numpy").int64(3)).steps == 3  # a numpy integer is an integer
 
 
-def test_chosen_logprobs_equal_one_log_softmax_over_all_rows(monkeypatch):
-    """Taken a block of rows at a time (here 3 rows a block, 8 rows: blocks of 3, 3 and 2), the chosen
-    tokens' log-probabilities and argmax hits are bitwise those of one log-softmax over every row."""
+@pytest.mark.parametrize("cap", [None, 3.0])
+def test_chosen_logprobs_equal_the_full_logits_log_softmax(monkeypatch, cap):
+    """A slice of the vocabulary at a time (here 3 rows and 16 columns a block: 7 rows and 50 tokens make row
+    blocks of 3, 3 and 1 and slices of 16, 16, 16 and 2), from given logits (``chosen_logprobs``) or from the
+    residual stream and the unembedding (``unembedded_logprobs``, the logits never held), the chosen tokens'
+    log-probabilities are those of one log-softmax over ``softcap(x · W + b)`` computed in float64 (to 1e-5), and
+    the hits are argmax's, ties going to the lowest token id: columns 5 and 40 are the same, so a row whose
+    maximum they are hits 5 and not 40."""
     import models.scoring as scoring
 
-    generator = torch.Generator().manual_seed(0)
-    logits = 4 * torch.randn(8, 50, generator=generator)
-    chosen = torch.randint(0, 50, (8, 3), generator=generator)
-    chosen[0, 0] = logits[0].argmax()
-    monkeypatch.setattr(scoring, "LOG_SOFTMAX_BLOCK", 3 * 50)
-    logprob, hit = scoring.chosen_logprobs(logits, chosen)
-    assert torch.equal(logprob, logits.log_softmax(-1).gather(-1, chosen))
-    assert torch.equal(hit, logits.argmax(-1, keepdim=True) == chosen) and hit[0, 0]
-    one, one_hit = scoring.chosen_logprobs(logits, chosen[:, 0])  # one id a row: shape [n]
-    assert torch.equal(one, logprob[:, 0]) and torch.equal(one_hit, hit[:, 0])
+    generator = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(8, 50, generator=generator), torch.randn(50, generator=generator)
+    weight[:, 40], bias[40] = weight[:, 5], bias[5]
+    residual = torch.randn(7, 8, generator=generator)
+    residual[0] = 3 * weight[:, 5] / weight[:, 5].norm()  # row 0's largest logit: tokens 5 and 40, tied
+    chosen = torch.randint(0, 50, (7, 4), generator=generator)
+    chosen[0, :2] = torch.tensor([5, 40])
+    exact = residual.double() @ weight.double() + bias.double()
+    exact = cap * torch.tanh(exact / cap) if cap else exact
+    assert exact[0].argmax() == 5 and exact[0, 40] == exact[0, 5]
+    logits = residual @ weight + bias
+    logits = cap * torch.tanh(logits / cap) if cap else logits
+    given = logits.clone()
+    monkeypatch.setattr(scoring, "UNEMBED_ROWS", 3)
+    monkeypatch.setattr(scoring, "UNEMBED_SLICE", 16)
+    for logprob, hit in (scoring.chosen_logprobs(logits, chosen),
+                         scoring.unembedded_logprobs(residual, scoring.Unembedding(weight, bias, cap), chosen)):
+        assert (logprob.double() - exact.log_softmax(-1).gather(-1, chosen)).abs().max() < 1e-5
+        assert torch.equal(hit, exact.argmax(-1, keepdim=True) == chosen) and hit[0, 0] and not hit[0, 1]
+    assert torch.equal(logits, given)  # the logits given are read, not written
+    for scores in (lambda ids: scoring.chosen_logprobs(logits, ids),
+                   lambda ids: scoring.unembedded_logprobs(residual, scoring.Unembedding(weight, bias, cap), ids)):
+        many, many_hit = scores(chosen)
+        one, one_hit = scores(chosen[:, 0])  # one id a row: shape [n]
+        assert torch.equal(one, many[:, 0]) and torch.equal(one_hit, many_hit[:, 0])
+
+
+def test_the_unembedding_read_is_the_one_each_model_applies(tiny_models):
+    """What :func:`models.scoring.model_unembedding` reads gives each model's own logits: a HookedTransformer's
+    ``ln_final`` output through W_U and b_U, a transformers model's (and a bridge's, under its wrapper) last hidden
+    state through its head; soft-capped Gemma 2 included. A model with no such head is refused by name."""
+    from models.backend import is_hooked
+    from models.bilinear import BilinearModel
+    from models.scoring import hooked_final_norm, model_unembedding
+
+    tokens = torch.tensor([[1, 5, 9, 3, 7]])
+    for name in ("llama", "gemma2"):
+        tiny = tiny_models[name]
+        for model in [*tiny.backends.values(), tiny.hf]:
+            runs = getattr(model, "original_model", model)  # a bridge's transformers model
+            unembedding = model_unembedding(runs)
+            with torch.no_grad():
+                if is_hooked(model):
+                    logits = model(tokens)[0]
+                    final = hooked_final_norm(model, model(tokens, stop_at_layer=model.cfg.n_layers)[0])
+                else:
+                    logits = runs(input_ids=tokens).logits[0]
+                    final = runs.base_model(input_ids=tokens).last_hidden_state[0]
+                z = final @ unembedding.weight + (0 if unembedding.bias is None else unembedding.bias)
+                z = unembedding.softcap * torch.tanh(z / unembedding.softcap) if unembedding.softcap else z
+            assert (unembedding.softcap is not None) == (name == "gemma2"), (name, type(model).__name__)
+            torch.testing.assert_close(z, logits, rtol=0, atol=1e-5)
+    with pytest.raises(TypeError, match="BilinearModel"):
+        model_unembedding(BilinearModel(10, 4))

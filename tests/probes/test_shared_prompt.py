@@ -302,15 +302,16 @@ def test_gemma3_scores_agree_across_float32_kernels(gemma3_bridge):
 
 
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
-def test_gemma3_270m_scores_by_trie_as_teacher_forcing_a_few_rows_of_readout_at_a_time(backend, gemma3_hooked,
-                                                                                      gemma3_bridge, monkeypatch):
+def test_gemma3_270m_scores_by_trie_as_teacher_forcing_a_block_of_the_readout_at_a_time(backend, gemma3_hooked,
+                                                                                       gemma3_bridge, monkeypatch):
     """Gemma 3 270M (BOS before every prompt, a 262,144-token vocabulary) by trie against teacher forcing, with the
-    readout cut to 3 rows a block (64 at the default budget: one block on these statements, so the loop over
-    blocks had never run against a reference)."""
-    from probes import shared_prompt
+    readout cut to blocks of 3 rows and slices of 10,000 tokens, the last one 2,144 (at the default 512 rows these
+    statements are one block, and 1,024 divides the vocabulary)."""
+    from models import scoring
 
     model = gemma3_hooked if backend == "hooked" else gemma3_bridge  # both named: the test joins the gemma3 group
-    monkeypatch.setattr(shared_prompt, "LOGIT_BUDGET", 3 * model.cfg.d_vocab)
+    monkeypatch.setattr(scoring, "UNEMBED_ROWS", 3)
+    monkeypatch.setattr(scoring, "UNEMBED_SLICE", 10_000)
     rows = candidate_rows(model.tokenizer, prefix=(model.tokenizer.bos_token_id,), n_controls=1)
     assert_fast_equals_teacher_forcing(model, rows, by_tree=True)
 
