@@ -96,7 +96,7 @@ def hooked_final_norm(model: torch.nn.Module, residual: Float[Tensor, "n d_model
     """A HookedTransformer's ``ln_final`` on chosen residual rows (the rows as they are where it has none)."""
     if model.cfg.normalization_type is None:
         return residual
-    return model.ln_final(residual[None])[0]  # [1, n, d_model]: the module's own shape, so its hooks fire as in a forward
+    return model.ln_final(residual[None])[0]  # [1, n, d_model]: the module's own shape, so its hooks fire as always
 
 
 def check_causal(model: object) -> None:
