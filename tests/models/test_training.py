@@ -190,9 +190,9 @@ def test_bad_train_config(kwargs, named):
 
 @pytest.mark.parametrize("cap", [None, 3.0])
 def test_chosen_logprobs_equal_the_full_logits_log_softmax(monkeypatch, cap):
-    """A slice of the vocabulary at a time (here 3 rows and 16 columns a block: 7 rows and 50 tokens make row
-    blocks of 3, 3 and 1 and slices of 16, 16, 16 and 2), from given logits (``chosen_logprobs``) or from the
-    residual stream and the unembedding (``unembedded_logprobs``, the logits never held), the chosen tokens'
+    """A slice of the vocabulary at a time (here 16 columns: 50 tokens make slices of 16, 16, 16 and 2), from given
+    logits (``chosen_logprobs``) or from the residual stream and the unembedding (``unembedded_logprobs``, the
+    logits never held, its products 3 rows at a time: 7 rows make blocks of 3, 3 and 1), the chosen tokens'
     log-probabilities are those of one log-softmax over ``softcap(x · W + b)`` computed in float64 (to 1e-5), and
     the hits are argmax's, ties going to the lowest token id: columns 5 and 40 are the same, so a row whose
     maximum they are hits 5 and not 40."""
