@@ -245,21 +245,25 @@ def chosen_logprobs(
     return logprob.view(chosen.shape), hit.view(chosen.shape)
 
 
+@torch.no_grad()
 def unembedded_logprobs(
     residual: Float[Tensor, "n d_model"], unembedding: Unembedding, chosen: Int[Tensor, "n *k"]
 ) -> tuple[Float[Tensor, "n *k"], Bool[Tensor, "n *k"]]:
     """:func:`chosen_logprobs` of the logits ``z = softcap(residual · W + b)`` (``unembedding``), without
-    holding them: the product runs a slice of :data:`UNEMBED_SLICE` columns at a time (rows :data:`UNEMBED_ROWS`
-    at a time), each slice's logits read by :func:`_chosen_by_slices` as they come. A block of logits then fits a
-    core's cache, and the matrix is read once per block of rows. Logits are computed in the unembedding's
-    dtype, soft-capped there, and read in float32, as :func:`chosen_logprobs` reads them (a TransformerLens 3.9
-    ``Unembed`` also copies W_U transposed at every call: Gemma 3's 671 MB)."""
+    holding them: the product runs a slice of :data:`UNEMBED_SLICE` columns at a time (rows in even blocks of at
+    most :data:`UNEMBED_ROWS`), each slice's logits read by :func:`_chosen_by_slices` as they come. A block of
+    logits then fits a core's cache, and the matrix is read once per block of rows. Logits are computed in the
+    unembedding's dtype, soft-capped there, and read in float32, as :func:`chosen_logprobs` reads them (a
+    TransformerLens 3.9 ``Unembed`` also copies W_U transposed at every call: Gemma 3's 671 MB). Scores, not a
+    loss: no gradient flows through them."""
     weight, bias, cap = unembedding.weight, unembedding.bias, unembedding.softcap
     picked = chosen.reshape(len(chosen), -1)
     logprob = torch.empty(picked.shape, dtype=torch.float32, device=residual.device)
     hit = torch.empty(picked.shape, dtype=torch.bool, device=residual.device)
-    for start in range(0, len(picked), UNEMBED_ROWS):
-        rows = residual[start : start + UNEMBED_ROWS].to(weight.dtype)
+    blocks = max(1, -(-len(picked) // UNEMBED_ROWS))
+    per_block = max(1, -(-len(picked) // blocks))  # 700 rows: two blocks of 350
+    for start in range(0, len(picked), per_block):
+        rows = residual[start : start + per_block].to(weight.dtype)
         block = torch.empty(len(rows), UNEMBED_SLICE, dtype=weight.dtype, device=rows.device)
 
         def logits_of(first: int, last: int) -> Float[Tensor, "r w"]:

@@ -109,7 +109,7 @@ def _shared_stem_letters(model: Any, prompts: Sequence[Sequence[int]], stems: Se
         for start in range(0, len(stems_of_length), batch_size):
             chunk = stems_of_length[start : start + batch_size]
             # no letter reads the stem's last logits: its keys and values alone
-            _, cache = scorer.prefix(torch.tensor(chunk, device=device), read_out=False)
+            _, cache = scorer.prefix(torch.tensor(chunk, device=device), read_out=None)
             rests: dict[int, list[tuple[int, int]]] = defaultdict(list)  # rest length -> (stem in chunk, prompt)
             for position, stem in enumerate(chunk):
                 for row in shared[stem]:

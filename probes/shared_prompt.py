@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -50,8 +50,8 @@ from models.backend import (
 from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_residual, hooked_tree_width, runs_hooked_tree
 from models.memory import heap_kept
 from models.scoring import (
-    LOGIT_BUDGET, check_causal, chosen_logprobs, hooked_final_norm, hooked_readout, in_eval_mode, model_device,
-    model_unembedding, unembedded_logprobs,
+    LOGIT_BUDGET, UNEMBED_ROWS, check_causal, chosen_logprobs, hooked_final_norm, hooked_readout, in_eval_mode,
+    model_device, model_unembedding, unembedded_logprobs,
 )
 
 SMALL_PRODUCT = 4
@@ -62,6 +62,9 @@ this project's CPUs sums them in another order), so inside a bundle their rows w
 MLP_BLOCK = 2**22
 """Floats of one MLP activation (positions × d_mlp) a bundle of continuation passes may hold at once
 (:meth:`PrefixCache.extend_bundle`; 16 MiB: 2,730 positions of SmolLM2, 2,048 of Gemma 3)."""
+
+ReadOut = Literal["logits", "scores"]
+"""What :class:`PrefixCache` gives at the positions it reads: logits, or what :meth:`PrefixCache.scores` reads."""
 
 HOOKED_TREE_PASS = 256
 """Positions of one HookedTransformer trie pass: statements (~100 positions each in ``check-asymmetry``) run
@@ -95,22 +98,24 @@ class PrefixCache:
     length (no padding inside the cache); continuations are right-padded, which never changes the
     logits of earlier positions in a causal model.
 
-    The unembedding (d_model × d_vocab, a fifth of SmolLM2's work per position) runs only where a
-    next token is scored: the last prompt position and the valid continuation positions. On a
-    HookedTransformer the blocks run through its own forward (``stop_at_layer=n_layers``, hooks
-    fire), then ``ln_final`` and ``x W_U + b_U`` (and the logit soft-cap where the model has one)
-    on the kept rows: the same operations as its forward on those positions. On a
-    TransformerBridge the prompt pass asks transformers for the last position's logits only
-    (``logits_to_keep=1``).
+    The unembedding (d_model × d_vocab, a fifth of SmolLM2's work per position, more than half of
+    Gemma 3's) runs only where a next token is scored: the last prompt position and the valid continuation
+    positions. On a HookedTransformer the blocks run through its own forward (``stop_at_layer=n_layers``,
+    hooks fire), then ``ln_final`` and ``x W_U + b_U`` (and the logit soft-cap where the model has one) on
+    the kept rows: the same operations as its forward on those positions. On a TransformerBridge the prompt
+    pass asks transformers for the last position's logits only (``logits_to_keep=1``).
+
+    Scoring asks both with ``read_out="scores"``: what :meth:`scores` reads, the final residual stream
+    (before ``ln_final``) of a HookedTransformer, whose unembedding is then read a slice of the vocabulary at
+    a time and never held whole (:func:`models.scoring.unembedded_logprobs`), or a TransformerBridge's logits.
 
     ``extend_bundle`` runs several continuation passes of one cache at once on a HookedTransformer
     without hooks (:meth:`bundles`): layer by layer, each pass's attention on its own (its own shapes,
     so the same operations as ``extend``) and the position-wise rest of the block (the MLP and its
-    norms) on all their positions together, then the unembedding a :data:`~models.scoring.LOGIT_BUDGET`
-    of positions at a time. A linear layer's row does not depend on the other rows of its input (from
-    :data:`SMALL_PRODUCT` rows on), so the logits are ``extend``'s (bitwise on SmolLM2 and Gemma 3 here);
-    what it saves is the fixed cost of each pass's matrix products (~0.1 CPU s a SmolLM2 pass whatever
-    its size).
+    norms) on all their positions together. A linear layer's row does not depend on the other rows of
+    its input (from :data:`SMALL_PRODUCT` rows on), so its final residual stream is ``extend``'s (bitwise on
+    SmolLM2 and Gemma 3 here); what it saves is the fixed cost of each pass's matrix products (~0.1 CPU s a
+    SmolLM2 pass whatever its size).
     """
 
     def __init__(self, model: TLModel):
@@ -120,21 +125,41 @@ class PrefixCache:
             _check_bridge_transformers()
 
     def prefix(
-        self, tokens: Int[Tensor, "s pos"], read_out: bool = True
-    ) -> tuple[Float[Tensor, "s d_vocab"] | None, Any]:
-        """``read_out=False``: the cache alone (None for the logits; a HookedTransformer then skips the last
-        position's unembedding, which a TransformerBridge computes anyway)."""
+        self, tokens: Int[Tensor, "s pos"], read_out: ReadOut | None = "logits"
+    ) -> tuple[Float[Tensor, "s d"] | None, Any]:
+        """The last position's logits (``read_out="logits"``), or what :meth:`scores` reads there (``"scores"``),
+        and the cache. ``read_out=None``: the cache alone (a HookedTransformer then skips the last position's
+        unembedding, which a TransformerBridge computes anyway)."""
         if self.hooked:
             cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, tokens.device, len(tokens))
             residual = self.model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache,
                                   stop_at_layer=self.model.cfg.n_layers)
-            return (hooked_readout(self.model, residual[:, -1]) if read_out else None), cache
+            return self._read_out(residual[:, -1], read_out), cache
         logits, cache = self.model(tokens, return_type="logits_and_cache", use_cache=True, logits_to_keep=1)
-        return logits[:, -1], cache
+        return (logits[:, -1] if read_out else None), cache
+
+    def scores(
+        self, out: Float[Tensor, "n d"], chosen: Int[Tensor, "n *k"]
+    ) -> tuple[Float[Tensor, "n *k"], Bool[Tensor, "n *k"]]:
+        """log p of the ``chosen`` tokens and whether each is the argmax, from what :meth:`prefix`, :meth:`extend`
+        (``read_out="scores"``) or :meth:`extend_bundle` gave: a HookedTransformer's final residual stream through
+        ``ln_final`` and :func:`models.scoring.unembedded_logprobs`, a TransformerBridge's logits through
+        :func:`models.scoring.chosen_logprobs`."""
+        if self.hooked:
+            return unembedded_logprobs(hooked_final_norm(self.model, out), model_unembedding(self.model),
+                                       chosen.to(out.device))
+        return chosen_logprobs(out, chosen.to(out.device))
+
+    def _read_out(self, residual: Float[Tensor, "n d_model"], read_out: ReadOut | None) -> Float[Tensor, "n d"] | None:
+        """A HookedTransformer's final residual rows as ``read_out`` asks: their logits, themselves, or nothing."""
+        if read_out == "logits":
+            return hooked_readout(self.model, residual)
+        return residual if read_out == "scores" else None
 
     def extend(
-        self, cache: Any, rows: Int[Tensor, " r"], tokens: Int[Tensor, "r pos"], positions: Bool[Tensor, "r pos"]
-    ) -> Float[Tensor, "n_kept d_vocab"]:
+        self, cache: Any, rows: Int[Tensor, " r"], tokens: Int[Tensor, "r pos"], positions: Bool[Tensor, "r pos"],
+        read_out: ReadOut = "logits",
+    ) -> Float[Tensor, "n_kept d"]:
         if self.hooked:
             picked = TransformerLensKeyValueCache(
                 entries=[
@@ -146,7 +171,7 @@ class PrefixCache:
             )
             residual = self.model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=picked,
                                   stop_at_layer=self.model.cfg.n_layers)
-            return hooked_readout(self.model, residual[positions])
+            return self._read_out(residual[positions], read_out)
         picked = copy.deepcopy(cache)
         picked.reorder_cache(rows)
         return self.model(tokens, past_key_values=picked, use_cache=True)[positions]
@@ -205,6 +230,43 @@ class PrefixCache:
             resid_post = block.hook_resid_post(resid_mid + block.apply_mlp(block.ln2(resid_mid)))[0]
             residuals = [part.view(r.shape) for part, r in zip(resid_post.split(sizes), residuals)]
         return torch.cat([r.reshape(-1, d_model) for r in residuals])
+
+
+class _Readout:
+    """Readout rows of several passes read out together. The unembedding streams through memory once per block
+    of rows it reads (:func:`models.scoring.unembedded_logprobs`), and one pass holds few rows: a
+    HookedTransformer's trie pass ~180 of Gemma 3's, read at 3.2 ms a row, against 2.8 ms in blocks of
+    :data:`~models.scoring.UNEMBED_ROWS` (one thread, 2026-12-06); its prefix-cache passes 64, at 4.9 ms.
+    :meth:`add` keeps a pass's rows (what ``read`` takes), the token ids to read at each (k a row, k may differ
+    between passes) and what to do with their log-probabilities and hits; they are read once ``at_once`` rows
+    wait (1: each pass at once, as a bridge's logits must be), and at :meth:`flush`."""
+
+    def __init__(self, read: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], at_once: int = UNEMBED_ROWS):
+        self.read, self.at_once = read, at_once
+        self.waiting: list[tuple[Tensor, Int[Tensor, "r k"], Callable[[Tensor, Tensor], None]]] = []
+
+    def add(self, rows: Float[Tensor, "r d"], chosen: Int[Tensor, "r k"],
+            done: Callable[[Float[Tensor, "r k"], Bool[Tensor, "r k"]], None]) -> None:
+        self.waiting.append((rows, chosen, done))
+        if sum(len(r) for r, _, _ in self.waiting) >= self.at_once:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read every waiting row, each row's ids padded to the widest with its first (read twice, used once),
+        and hand each pass its own (on the CPU)."""
+        if not self.waiting:
+            return
+        width = max(chosen.shape[1] for _, chosen, _ in self.waiting)
+        chosen = torch.cat([torch.cat([ids, ids[:, :1].expand(-1, width - ids.shape[1])], 1)
+                            for _, ids, _ in self.waiting])
+        rows = self.waiting[0][0] if len(self.waiting) == 1 else torch.cat([r for r, _, _ in self.waiting])
+        lp, hit = self.read(rows, chosen)
+        lp, hit = lp.cpu(), hit.cpu()
+        start = 0
+        for part, ids, done in self.waiting:
+            done(lp[start : start + len(part), : ids.shape[1]], hit[start : start + len(part), : ids.shape[1]])
+            start += len(part)
+        self.waiting = []
 
 
 def _check_bridge_transformers() -> None:
@@ -331,8 +393,9 @@ def candidate_logprobs_cached(
     ``LOGIT_BUDGET // d_vocab`` positions (at least one row) of answers of one length and ``4 · batch_size`` rows,
     each row carrying a copy of its prompt's keys and values; 2**27 made Gemma 3's passes hold 1 GiB of logits and
     log-probabilities at once). On a HookedTransformer without hooks, consecutive passes of one chunk run
-    together (:meth:`PrefixCache.extend_bundle`, up to :data:`MLP_BLOCK` floats of MLP activation), their
-    unembedding again :data:`~models.scoring.LOGIT_BUDGET` at a time: the same numbers, fewer matrix products.
+    together (:meth:`PrefixCache.extend_bundle`, up to :data:`MLP_BLOCK` floats of MLP activation): the same
+    numbers, fewer matrix products. A HookedTransformer's answers are read from its final residual stream a
+    slice of the vocabulary at a time (:meth:`PrefixCache.scores`), a bridge's from the logits of a pass.
     A TransformerBridge or a HookedTransformer runs by trie instead where :func:`scores_by_tree` and
     :func:`_tree_fits` say so (statements of one prompt length sorted by width; a bridge's in passes of up
     to :data:`MLP_BLOCK` floats of MLP activation, a HookedTransformer's one a pass); so does a
@@ -405,15 +468,19 @@ def _score_chunk(
     device: torch.device,
     bar: tqdm,
 ) -> None:
-    """Score one chunk of statements whose prompts have one length, in place."""
+    """Score one chunk of statements whose prompts have one length, in place. A HookedTransformer's readout rows
+    (each prompt's last position, then every continuation position) are read out together (:class:`_Readout`)."""
+    readout = _Readout(scorer.scores, UNEMBED_ROWS if scorer.hooked else 1)
     prompts = torch.tensor([row[0].prompt for row in rows])
-    first_logits, cache = scorer.prefix(prompts.to(device))
-    first_ids = torch.tensor([[e.answer[0] for e in row] for row in rows])
-    first, first_hit = chosen_logprobs(first_logits, first_ids.to(first_logits.device))
-    del first_logits
-    logprob[index] = first.cpu()
-    correct[index] = first_hit.cpu()
-    bar.update(sum(1 for row in rows for e in row if len(e.answer) == 1))
+    first_out, cache = scorer.prefix(prompts.to(device), read_out="scores")
+
+    def first_read(lp: Float[Tensor, "s k"], hit: Bool[Tensor, "s k"]) -> None:
+        logprob[index], correct[index] = lp, hit
+        bar.update(sum(1 for row in rows for e in row if len(e.answer) == 1))
+
+    readout.add(first_out, torch.tensor([[e.answer[0] for e in row] for row in rows], device=first_out.device),
+                first_read)
+    del first_out  # read before the continuations (a flush hands out rows in the order they came), which add to it
     by_width: dict[int, list[tuple[int, int]]] = {}
     for s, row in enumerate(rows):
         for j, e in enumerate(row):
@@ -431,32 +498,26 @@ def _score_chunk(
     for bundle in bundles:
         fed = [torch.tensor([rows[s][j].answer[:-1] for s, j in passes[p]]) for p in bundle]
         statements = [torch.tensor([s for s, _ in passes[p]]) for p in bundle]
-        targets = [torch.tensor([rows[s][j].answer[1:] for s, j in passes[p]]).view(-1) for p in bundle]
+        targets = torch.cat([torch.tensor([rows[s][j].answer[1:] for s, j in passes[p]]).view(-1) for p in bundle])
         if len(bundle) == 1:
             out = scorer.extend(cache, statements[0].to(device), fed[0].to(device),
-                                torch.ones(fed[0].shape, dtype=torch.bool, device=device))
-            lp, hit = chosen_logprobs(out, targets[0].to(device))
-            del out
-        else:  # every pass's final residual, then the unembedding of whole passes, `positions` rows at a time
-            residual = scorer.extend_bundle(cache, [(s.to(device), f.to(device)) for s, f in zip(statements, fed)])
-            lp = torch.empty(len(residual), device=device)
-            hit = torch.empty(len(residual), dtype=torch.bool, device=device)
-            start = 0
-            for reads in _runs([sizes[p] for p in bundle], positions):
-                end = start + sum(sizes[bundle[q]] for q in reads)
-                out = hooked_readout(scorer.model, residual[start:end])
-                lp[start:end], hit[start:end] = chosen_logprobs(out, torch.cat([targets[q] for q in reads]).to(device))
-                del out
-                start = end
-            del residual
-        for p, tokens, lp_part, hit_part in zip(bundle, fed, lp.cpu().split([f.numel() for f in fed]),
-                                                    hit.cpu().split([f.numel() for f in fed])):
-            batch = passes[p]
-            statement = torch.tensor([s for s, _ in batch])
-            where = index[statement], torch.tensor([j for _, j in batch])
-            logprob[where] += lp_part.view(tokens.shape).sum(1)
-            correct[where] &= hit_part.view(tokens.shape).all(1)
-            bar.update(len(batch))
+                                torch.ones(fed[0].shape, dtype=torch.bool, device=device), read_out="scores")
+        else:  # every pass's final residual stream at once
+            out = scorer.extend_bundle(cache, [(s.to(device), f.to(device)) for s, f in zip(statements, fed)])
+
+        def continuation_read(lp: Float[Tensor, "n 1"], hit: Bool[Tensor, "n 1"],
+                              bundle: list[int] = bundle, fed: list[Tensor] = fed) -> None:
+            for p, tokens, lp_part, hit_part in zip(bundle, fed, lp.split([f.numel() for f in fed]),
+                                                        hit.split([f.numel() for f in fed])):
+                batch = passes[p]
+                where = index[torch.tensor([s for s, _ in batch])], torch.tensor([j for _, j in batch])
+                logprob[where] += lp_part.view(tokens.shape).sum(1)
+                correct[where] &= hit_part.view(tokens.shape).all(1)
+                bar.update(len(batch))
+
+        readout.add(out, targets[:, None].to(out.device), continuation_read)
+        del out
+    readout.flush()
 
 
 def _score_chunk_teacher_forced(
@@ -495,7 +556,8 @@ def _score_chunk_tree(
     another in one sequence of up to :data:`HOOKED_TREE_PASS` positions, a block-diagonal mask keeping each
     to itself (:func:`models.hooked_tree.hooked_tree_residual`), then ``ln_final`` and its unembedding on those rows.
     Each readout row's log-softmax is read at every token an answer continues with there, a slice of the vocabulary
-    at a time (:func:`models.scoring.unembedded_logprobs`: the whole logits are never held)."""
+    at a time (:func:`models.scoring.unembedded_logprobs`: the whole logits are never held), the rows of several
+    passes together (:class:`_Readout`)."""
     hooked = is_hooked(model)
     if hooked:
         passes = _hooked_tree_passes(model, tries)
@@ -503,6 +565,7 @@ def _score_chunk_tree(
         dtype = next(model.parameters()).dtype
         passes = _tree_passes(tries, getattr(model.config, "intermediate_size", None) or 4 * model.config.hidden_size)
     unembedding = model_unembedding(model)
+    readout = _Readout(lambda rows, chosen: unembedded_logprobs(rows, unembedding, chosen))
     for group in passes:
         ids, position_ids, allowed = _tree_batch([tries[s] for s in group])
         if hooked:  # the statements one after another in one sequence, each seeing itself only
@@ -532,13 +595,18 @@ def _score_chunk_tree(
             offset += 1 + len(trie.parent)
         width = max(len(w) for w in wanted)
         targets = torch.tensor([list(w) + [next(iter(w))] * (width - len(w)) for w in wanted], device=rows.device)
-        lp, hit = unembedded_logprobs(hooked_final_norm(model, rows) if hooked else rows, unembedding, targets)
-        lp, hit = lp.cpu(), hit.cpu()
-        for s, j, cells in where:
-            at = tuple(torch.tensor(axis) for axis in zip(*cells))
-            logprob[index[s], j] = lp[at].sum()
-            correct[index[s], j] = bool(hit[at].all())
-        bar.update(sum(len(tries[s].reads) for s in group))
+
+        def place(lp: Float[Tensor, "r w"], hit: Bool[Tensor, "r w"], where: list = where, group: list[int] = group
+                  ) -> None:
+            for s, j, cells in where:
+                at = tuple(torch.tensor(axis) for axis in zip(*cells))
+                logprob[index[s], j] = lp[at].sum()
+                correct[index[s], j] = bool(hit[at].all())
+            bar.update(sum(len(tries[s].reads) for s in group))
+
+        readout.add(hooked_final_norm(model, rows) if hooked else rows, targets, place)
+        del rows
+    readout.flush()
 
 
 def _tree_passes(tries: Sequence[AnswerTrie], d_mlp: int) -> list[list[int]]:

@@ -25,11 +25,12 @@ from models.backend import HookedTransformer, copy_model, is_hooked
 from models.cpu_matmul import float32_matmul
 from models.hooked_tree import HOOKED_TREE_ARCHITECTURES
 from models.pretrained import load
-from models.scoring import hooked_readout, score_answers
+from models.scoring import chosen_logprobs, hooked_readout, score_answers
 from probes.shared_prompt import (
     SMALL_PRODUCT,
     TREE_ARCHITECTURES,
     PrefixCache,
+    _Readout,
     _hooked_tree_passes,
     _tree_batch,
     _tree_fits,
@@ -266,6 +267,34 @@ def test_bundled_continuations_equal_pass_by_pass(name, request):
         one_by_one = candidate_logprobs_cached(model, rows, batch_size=3)
     torch.testing.assert_close(bundled.logprob, one_by_one.logprob, rtol=0, atol=1e-4)
     assert torch.equal(bundled.correct, one_by_one.correct)
+
+
+def test_readout_rows_of_several_passes_read_together_are_each_pass_s_own():
+    """Passes of 2, 3 and 4 readout rows reading 1, 3 and 2 token ids a row, gathered until 5 rows wait: the
+    first two are read in one call (the first's ids padded to three), the last at the flush, and each pass is
+    handed, in the order they came, exactly what reading it alone gives. With ``at_once=1`` each pass is read
+    as it comes."""
+    generator = torch.Generator().manual_seed(0)
+    passes = [(torch.randn(rows, 50, generator=generator), torch.randint(0, 50, (rows, k), generator=generator))
+              for rows, k in ((2, 1), (3, 3), (4, 2))]
+    for at_once, reads_expected in ((5, [(5, 3), (4, 2)]), (1, [(2, 1), (3, 3), (4, 2)])):
+        reads, handed = [], []
+
+        def read(rows, chosen):
+            reads.append(tuple(chosen.shape))
+            return chosen_logprobs(rows, chosen)
+
+        readout = _Readout(read, at_once)
+        for number, (rows, chosen) in enumerate(passes):
+            readout.add(rows, chosen, lambda lp, hit, number=number: handed.append((number, lp, hit)))
+        assert reads == reads_expected[:len(reads)] and len(reads) == len(reads_expected) - (at_once == 5)
+        readout.flush()
+        readout.flush()  # nothing waits: no read
+        assert reads == reads_expected
+        assert [number for number, _, _ in handed] == [0, 1, 2]
+        for (number, lp, hit), (rows, chosen) in zip(handed, passes):
+            alone = chosen_logprobs(rows, chosen)
+            assert torch.equal(lp, alone[0]) and torch.equal(hit, alone[1]), number
 
 
 def assert_scores_agree_across_float32_kernels(model, tokenizer):
