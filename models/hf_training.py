@@ -26,14 +26,15 @@ weights (``merge_and_unload``), so the converted HookedTransformer is an ordinar
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformers import PreTrainedModel
+
+from models.scoring import head_reads
 
 
 class CausalLM(nn.Module):
@@ -55,22 +56,8 @@ class CausalLM(nn.Module):
         self, tokens: Int[Tensor, "batch pos"], positions: Bool[Tensor, "batch pos"]
     ) -> Float[Tensor, "n d_vocab"]:
         """``forward(tokens)[positions]`` (row-major), with the unembedding run at those positions alone."""
-        with _unembed_only(self.model.get_output_embeddings(), positions):
+        with head_reads(self.model.get_output_embeddings(), positions):
             return self.model(input_ids=tokens).logits[0]
-
-
-@contextlib.contextmanager
-def _unembed_only(head: nn.Module, positions: Bool[Tensor, "batch pos"]) -> Iterator[None]:
-    """Within the block, ``head`` sees only the hidden states at ``positions``, as one [1, n, d] row."""
-
-    def gather(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        return (args[0][positions][None], *args[1:])
-
-    handle = head.register_forward_pre_hook(gather)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:

@@ -31,6 +31,21 @@ positions, SmolLM2's 341. (2**25 and a full-size log-softmax beside the logits m
 Gemma 3 270M peak 0.35 GiB above the loaded model.)"""
 
 
+PLAIN_HEAD_MODEL_TYPES = frozenset({"gpt2", "gpt_neox", "qwen2", "llama", "mistral", "gemma", "gemma2", "gemma3_text",
+                                    "olmo2"})
+"""transformers ``model_type``s whose causal LM's logits are its output embedding (a ``Linear``) applied to the
+last hidden state, then ``config.final_logit_softcapping`` where set: the :class:`Unembedding` that
+:func:`model_unembedding` reads (checked against each one's own logits by scoring a tiny model of each by trie and by
+teacher forcing: tests/probes/test_shared_prompt.py). Another type's head may scale its logits (Cohere's
+``logit_scale``, Granite's ``logits_scaling``), so it is not read this way."""
+
+ACTIVATION_BUDGET = 2**22
+"""Floats of a pass's widest activation (positions × the MLP's width, 16 MiB) where no whole logits are held:
+:func:`score_answers`' chunks where :func:`answer_scores` reads the final hidden state, and cached scoring's passes
+(:mod:`probes.shared_prompt`). One thread, a transformers SmolLM2 teacher-forcing 384 sequences of 26 positions
+(2026-12-06): 13 rows a chunk (their logits within :data:`LOGIT_BUDGET`) ~17.7 CPU s, 105 rows (this budget) ~16.6 s,
+all 384 at once ~20 s."""
+
 Reader = TypeVar("Reader", bound=Callable[..., Any])
 
 
@@ -200,19 +215,56 @@ def _per_position(
 def answer_scores(
     model: Model, tokens: Int[Tensor, "batch pos"], answer_mask: Bool[Tensor, "batch pos"]
 ) -> tuple[Float[Tensor, "batch pos_minus_1"], Bool[Tensor, "batch pos_minus_1"]]:
-    """:func:`token_logprobs` of ``model(tokens)``: of :func:`answer_logits`, or, on a HookedTransformer with no hook
-    attached, of its last residual stream at the answer-predicting positions through ``ln_final`` and
-    :func:`unembedded_logprobs` (a slice of the vocabulary at a time: what scoring by trie reads)."""
-    from models.backend import hooks_attached, is_hooked
+    """:func:`token_logprobs` of ``model(tokens)``, read by :func:`unembedded_logprobs` (a slice of the vocabulary at a
+    time: what scoring by trie reads) from the final-normed hidden state at the answer-predicting positions alone
+    where the model allows it: a HookedTransformer with no hook attached (its last residual stream through
+    ``ln_final``), and a transformers causal LM of :data:`PLAIN_HEAD_MODEL_TYPES`, as a
+    :class:`models.hf_training.CausalLM` or under a TransformerBridge with no hook attached (its head's input,
+    :func:`head_reads`). Any other model: of :func:`answer_logits`."""
+    from models.backend import is_hooked
 
-    if not is_hooked(model) or hooks_attached(model):
+    reads = _final_hidden_of(model)
+    if reads is None:
         return answer_token_logprobs(answer_logits(model, tokens, answer_mask), tokens, answer_mask)
     check_causal(model)
     inputs, predicting = answer_inputs(tokens, answer_mask)
-    residual = model(inputs, stop_at_layer=model.cfg.n_layers)[predicting]
-    chosen = tokens[:, 1:][answer_mask[:, 1:]].to(residual.device)
-    return _per_position(*unembedded_logprobs(hooked_final_norm(model, residual), model_unembedding(model), chosen),
-                         answer_mask)
+    if is_hooked(reads):
+        final = hooked_final_norm(reads, reads(inputs, stop_at_layer=reads.cfg.n_layers)[predicting])
+    else:
+        kept: list[Tensor] = []
+        with head_reads(reads.get_output_embeddings(), predicting, kept):
+            reads(input_ids=inputs)
+        final = kept[0]
+    chosen = tokens[:, 1:][answer_mask[:, 1:]].to(final.device)
+    return _per_position(*unembedded_logprobs(final, model_unembedding(reads), chosen), answer_mask)
+
+
+def _final_hidden_of(model: Any) -> torch.nn.Module | None:
+    """The model whose final-normed hidden state :func:`answer_scores` reads out itself: a HookedTransformer with no
+    hook attached, or the transformers causal LM of :data:`PLAIN_HEAD_MODEL_TYPES` of a
+    :class:`models.hf_training.CausalLM` or of a TransformerBridge with no hook attached (a hook on the unembedding
+    must see the logits); None for any other model."""
+    from models.backend import hooks_attached, is_hooked
+
+    if is_hooked(model):
+        return None if hooks_attached(model) else model
+    if hasattr(model, "logits_at"):  # a CausalLM
+        inner = model.model
+    elif hasattr(model, "hook_dict") and not hooks_attached(model):
+        inner = getattr(model, "original_model", None)
+    else:
+        return None
+    return inner if isinstance(inner, torch.nn.Module) and _plain_head(inner) is not None else None
+
+
+def _widest_activation(model: torch.nn.Module) -> int:
+    """Floats a position holds at once inside ``model``'s blocks: the wider of d_model and the MLP's hidden width."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None:
+        return max(cfg.d_model, getattr(cfg, "d_mlp", None) or 0)
+    hidden = model.config.hidden_size
+    return max(hidden, getattr(model.config, "intermediate_size", None) or getattr(model.config, "n_inner", None)
+               or 4 * hidden)
 
 
 UNEMBED_ROWS = 512
@@ -318,13 +370,47 @@ def model_unembedding(model: torch.nn.Module) -> Unembedding:
     if is_hooked(model):
         cap = model.cfg.output_logits_soft_cap
         return Unembedding(model.W_U, model.b_U, cap if cap is not None and cap > 0 else None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") and hasattr(model, "config") \
-        else None
-    head = getattr(head, "original_component", head)  # a bridge's wrapper runs the transformers Linear it holds
-    if not isinstance(head, torch.nn.Linear):
-        raise TypeError(f"a {type(model).__name__}'s unembedding is not read here: a HookedTransformer's W_U and "
-                        f"b_U, or a transformers causal LM's output embedding (a Linear) are")
+    head = _plain_head(model)
+    if head is None:
+        kind = getattr(getattr(model, "config", None), "model_type", None)
+        raise TypeError(f"a {type(model).__name__}{f' ({kind})' if kind else ''}'s unembedding is not read here: a "
+                        f"HookedTransformer's W_U and b_U, or the output embedding (a Linear) of a transformers causal "
+                        f"LM of {sorted(PLAIN_HEAD_MODEL_TYPES)} are")
     return Unembedding(head.weight.T, head.bias, getattr(model.config, "final_logit_softcapping", None) or None)
+
+
+def _plain_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The ``Linear`` a transformers causal LM of :data:`PLAIN_HEAD_MODEL_TYPES` (or a ``peft`` model around one)
+    applies to its last hidden state (under a TransformerBridge's wrapper, the one the wrapper holds); None for any
+    other model or head."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    if not hasattr(model, "get_output_embeddings"):
+        return None
+    head = model.get_output_embeddings()
+    head = getattr(head, "original_component", head)  # a bridge's wrapper runs the transformers Linear it holds
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
+@contextlib.contextmanager
+def head_reads(head: torch.nn.Module, positions: Bool[Tensor, "batch pos"],
+               kept: list[Tensor] | None = None) -> Iterator[None]:
+    """Within the block, ``head`` (a causal LM's output embedding) sees only the hidden states at ``positions``, as
+    one [1, n, d] row (row-major). With ``kept``: those rows are appended to it and the head sees none ([batch, 0,
+    d]: the model's logits come back empty), for the caller to read out itself."""
+
+    def gather(module: torch.nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        if kept is None:
+            return (args[0][positions][None], *args[1:])
+        kept.append(args[0][positions])
+        return (args[0][:, :0], *args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def answer_loss(
@@ -388,16 +474,21 @@ class AnswerScores:
 @torch.no_grad()
 def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) -> AnswerScores:
     """Answer log-probabilities and greedy correctness of every row, in chunks of ``batch_size`` rows,
-    fewer where their logits would pass :data:`LOGIT_BUDGET` (at least one row a chunk). Each chunk is read as
+    fewer where their logits would pass :data:`LOGIT_BUDGET` (at least one row a chunk; where :func:`answer_scores`
+    holds no logits, its widest activation, positions × the MLP's width, within :data:`ACTIVATION_BUDGET`). Each
+    chunk is read as
     :func:`answer_scores` reads it: the logits the trainer's loss reads (:func:`answer_logits`: the full logits'
     numbers, without the last answer column, an input to nothing, and, for a HookedTransformer or a
     :class:`models.hf_training.CausalLM`, without the unembedding of the prompt and padding positions; SmolLM2
-    evaluation sets: a fifth of a pass), a HookedTransformer's a slice of the vocabulary at a time."""
+    evaluation sets: a fifth of a pass), a slice of the vocabulary at a time where :func:`answer_scores` reads the
+    final hidden state (a HookedTransformer, a transformers causal LM, a bridge; none with a hook attached)."""
     device = model_device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
     if isinstance(model, torch.nn.Module):
         check_token_ids(model, batch)
-        positions = max(1, batch.tokens.shape[1]) * (vocab_size(model) or 1)
-        batch_size = max(1, min(batch_size, LOGIT_BUDGET // positions))
+        reads = _final_hidden_of(model)
+        per_position = _widest_activation(reads) if reads is not None else vocab_size(model) or 1
+        budget = LOGIT_BUDGET if reads is None else ACTIVATION_BUDGET
+        batch_size = max(1, min(batch_size, budget // (max(1, batch.tokens.shape[1]) * per_position)))
     logprobs, correct = [], []
     for start in range(0, len(batch), batch_size):
         chunk = batch.take(range(start, min(start + batch_size, len(batch)))).to(device)

@@ -50,8 +50,8 @@ from models.backend import (
 from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_residual, hooked_tree_width, runs_hooked_tree
 from models.memory import heap_kept
 from models.scoring import (
-    LOGIT_BUDGET, UNEMBED_ROWS, check_causal, chosen_logprobs, hooked_final_norm, hooked_readout, in_eval_mode,
-    model_device, model_unembedding, unembedded_logprobs,
+    ACTIVATION_BUDGET, LOGIT_BUDGET, PLAIN_HEAD_MODEL_TYPES, UNEMBED_ROWS, check_causal, chosen_logprobs,
+    hooked_final_norm, hooked_readout, in_eval_mode, model_device, model_unembedding, unembedded_logprobs,
 )
 
 SMALL_PRODUCT = 4
@@ -59,9 +59,9 @@ SMALL_PRODUCT = 4
 this project's CPUs sums them in another order), so inside a bundle their rows would differ from
 ``extend``'s in the last bits; from 4 rows on, a row's product does not depend on the other rows."""
 
-MLP_BLOCK = 2**22
-"""Floats of one MLP activation (positions × d_mlp) a bundle of continuation passes may hold at once
-(:meth:`PrefixCache.extend_bundle`; 16 MiB: 2,730 positions of SmolLM2, 2,048 of Gemma 3)."""
+MLP_BLOCK = ACTIVATION_BUDGET
+"""Floats of one MLP activation (positions × d_mlp) a bundle of continuation passes, or a bridge's trie pass, may
+hold at once (:meth:`PrefixCache.extend_bundle`; 16 MiB: 2,730 positions of SmolLM2, 2,048 of Gemma 3)."""
 
 ReadOut = Literal["logits", "scores"]
 """What :class:`PrefixCache` gives at the positions it reads: logits, or what :meth:`PrefixCache.scores` reads."""
@@ -73,12 +73,11 @@ one thread, ran 193 positions a CPU second at 25 positions a pass, 301 at 50, 37
 403 at 300 (2026-12-05, an AMX Xeon)."""
 
 
-TREE_ARCHITECTURES = frozenset({"gpt2", "gpt_neox", "qwen2", "llama", "mistral", "gemma", "gemma2", "gemma3_text",
-                                "olmo2"})
+TREE_ARCHITECTURES = PLAIN_HEAD_MODEL_TYPES
 """transformers ``model_type``s whose bridge scores by trie (:func:`scores_by_tree`): their causal-LM head is
-``lm_head`` then the config's ``final_logit_softcapping`` (none elsewhere), and their attention reads a 4D
-mask and position ids as given (checked against teacher forcing on a tiny model of each and on SmolLM2 and
-Gemma 3 270M: tests/probes/test_shared_prompt.py)."""
+``lm_head`` then the config's ``final_logit_softcapping`` (none elsewhere; all of
+:data:`models.scoring.PLAIN_HEAD_MODEL_TYPES`), and their attention reads a 4D mask and position ids as given (checked
+against teacher forcing on a tiny model of each and on SmolLM2 and Gemma 3 270M: tests/probes/test_shared_prompt.py)."""
 
 
 @dataclass

@@ -225,6 +225,48 @@ def test_chosen_logprobs_equal_the_full_logits_log_softmax(monkeypatch, cap):
         assert torch.equal(one, many[:, 0]) and torch.equal(one_hit, many_hit[:, 0])
 
 
+def test_teacher_forcing_reads_a_transformers_head_input_as_its_logits_and_refuses_a_head_it_cannot_read(tiny_models):
+    """``score_answers`` of a transformers causal LM (as ``CausalLM``) and of a bridge with no hook reads the head's
+    input at the answer-predicting rows a slice of the vocabulary at a time: the same log-probabilities and hits as
+    the model's own full logits (Llama; Gemma 2, soft-capped), and the same through a bridge with a hook, which
+    runs its logits. A Cohere's head scales its logits (``logit_scale`` 0.5 here): its unembedding is refused by
+    name, and its scores are read from its logits, so they are still its own."""
+    import transformers
+
+    from facts.tokens import Example, collate
+    from models.hf_training import CausalLM
+    from models.scoring import model_unembedding, score_answers, token_logprobs
+
+    examples = [Example((3, 17, 5, 9), (11, 4, 8), 0, "forward", "train"), Example((3, 2), (30, 7), 1, "forward", "train"),
+                Example((6, 1, 12), (40,), 2, "reverse", "train")]
+    batch = collate(examples, 0)
+
+    def own(hf):
+        with torch.no_grad():
+            logprob, hit = token_logprobs(hf(input_ids=batch.tokens).logits, batch.tokens, batch.answer_mask)
+        return logprob.sum(1), hit.all(1)
+
+    for name in ("llama", "gemma2"):
+        tiny = tiny_models[name]
+        reference = own(tiny.hf)
+        bridge = tiny.backends["bridge"]
+        read = [score_answers(CausalLM(tiny.hf), batch), score_answers(bridge, batch)]
+        with bridge.hooks(fwd_hooks=[("unembed.hook_out", lambda x, hook: x)]):
+            read.append(score_answers(bridge, batch))
+        for scores in read:
+            torch.testing.assert_close(scores.logprob, reference[0], rtol=0, atol=1e-5)
+            assert torch.equal(scores.correct, reference[1]), name
+
+    config = transformers.CohereConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=2, logit_scale=0.5)
+    cohere = transformers.CohereForCausalLM(config).eval()
+    with pytest.raises(TypeError, match=r"CohereForCausalLM \(cohere\)'s unembedding is not read here"):
+        model_unembedding(cohere)
+    scores, reference = score_answers(CausalLM(cohere), batch), own(cohere)
+    torch.testing.assert_close(scores.logprob, reference[0], rtol=0, atol=1e-5)
+    assert torch.equal(scores.correct, reference[1])
+
+
 def test_the_unembedding_read_is_the_one_each_model_applies(tiny_models):
     """What :func:`models.scoring.model_unembedding` reads gives each model's own logits: a HookedTransformer's
     ``ln_final`` output through W_U and b_U, a transformers model's (and a bridge's, under its wrapper) last hidden
