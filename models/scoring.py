@@ -473,12 +473,11 @@ class AnswerScores:
 @in_eval_mode
 @torch.no_grad()
 def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) -> AnswerScores:
-    """Answer log-probabilities and greedy correctness of every row, in chunks of ``batch_size`` rows,
-    fewer where their logits would pass :data:`LOGIT_BUDGET` (at least one row a chunk; where :func:`answer_scores`
-    holds no logits, its widest activation, positions × the MLP's width, within :data:`ACTIVATION_BUDGET`). Each
-    chunk is read as
-    :func:`answer_scores` reads it: the logits the trainer's loss reads (:func:`answer_logits`: the full logits'
-    numbers, without the last answer column, an input to nothing, and, for a HookedTransformer or a
+    """Answer log-probabilities and greedy correctness of every row, in chunks of ``batch_size`` rows, fewer where
+    their logits would pass :data:`LOGIT_BUDGET` (at least one row a chunk; where :func:`answer_scores` holds no
+    logits, where their widest activation, positions × the MLP's width, would pass :data:`ACTIVATION_BUDGET`). Each
+    chunk is read as :func:`answer_scores` reads it: the logits the trainer's loss reads (:func:`answer_logits`: the
+    full logits' numbers, without the last answer column, an input to nothing, and, for a HookedTransformer or a
     :class:`models.hf_training.CausalLM`, without the unembedding of the prompt and padding positions; SmolLM2
     evaluation sets: a fifth of a pass), a slice of the vocabulary at a time where :func:`answer_scores` reads the
     final hidden state (a HookedTransformer, a transformers causal LM, a bridge; none with a hook attached)."""
