@@ -305,9 +305,8 @@ def unembedded_logprobs(
     holding them: the product runs a slice of :data:`UNEMBED_SLICE` columns at a time (rows in even blocks of at
     most :data:`UNEMBED_ROWS`), each slice's logits read by :func:`_chosen_by_slices` as they come. A block of
     logits then fits a core's cache, and the matrix is read once per block of rows. Logits are computed in the
-    unembedding's dtype, soft-capped there, and read in float32, as :func:`chosen_logprobs` reads them (a
-    TransformerLens 3.9 ``Unembed`` also copies W_U transposed at every call: Gemma 3's 671 MB). Scores, not a
-    loss: no gradient flows through them."""
+    unembedding's dtype, soft-capped there, and read in float32, as :func:`chosen_logprobs` reads them. Scores, not
+    a loss: no gradient flows through them."""
     weight, bias, cap = unembedding.weight, unembedding.bias, unembedding.softcap
     picked = chosen.reshape(len(chosen), -1)
     logprob = torch.empty(picked.shape, dtype=torch.float32, device=residual.device)
