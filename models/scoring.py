@@ -257,7 +257,7 @@ def _final_hidden_of(model: Any) -> torch.nn.Module | None:
     return inner if isinstance(inner, torch.nn.Module) and _plain_head(inner) is not None else None
 
 
-def _widest_activation(model: torch.nn.Module) -> int:
+def widest_activation(model: torch.nn.Module) -> int:
     """Floats a position holds at once inside ``model``'s blocks: the wider of d_model and the MLP's hidden width."""
     cfg = getattr(model, "cfg", None)
     if cfg is not None:
@@ -484,7 +484,7 @@ def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) ->
     if isinstance(model, torch.nn.Module):
         check_token_ids(model, batch)
         reads = _final_hidden_of(model)
-        per_position = _widest_activation(reads) if reads is not None else vocab_size(model) or 1
+        per_position = widest_activation(reads) if reads is not None else vocab_size(model) or 1
         budget = LOGIT_BUDGET if reads is None else ACTIVATION_BUDGET
         batch_size = max(1, min(batch_size, budget // (max(1, batch.tokens.shape[1]) * per_position)))
     logprobs, correct = [], []

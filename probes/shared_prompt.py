@@ -52,6 +52,7 @@ from models.memory import heap_kept
 from models.scoring import (
     ACTIVATION_BUDGET, LOGIT_BUDGET, PLAIN_HEAD_MODEL_TYPES, UNEMBED_ROWS, check_causal, chosen_logprobs,
     hooked_final_norm, hooked_readout, in_eval_mode, model_device, model_unembedding, unembedded_logprobs,
+    widest_activation,
 )
 
 SMALL_PRODUCT = 4
@@ -562,7 +563,7 @@ def _score_chunk_tree(
         passes = _hooked_tree_passes(model, tries)
     else:
         dtype = next(model.parameters()).dtype
-        passes = _tree_passes(tries, getattr(model.config, "intermediate_size", None) or 4 * model.config.hidden_size)
+        passes = _tree_passes(tries, widest_activation(model))
     unembedding = model_unembedding(model)
     readout = _Readout(lambda rows, chosen: unembedded_logprobs(rows, unembedding, chosen))
     for group in passes:
