@@ -14,12 +14,14 @@ reverse ("B ← ?") prompts of the same facts sit side by side in every table.
   before every layer and after the last one.
 
 They are thin over TransformerLens (``ActivationCache.decompose_resid``, ``apply_ln_to_stack``,
-``accumulated_resid`` and ``transformer_lens.patching``; ``stack_head_results`` on a cache of the
-last position only) and work on ``HookedTransformer`` and ``TransformerBridge``.
+``accumulated_resid``; ``stack_head_results`` on a cache of the last position only; exact patching gives
+``transformer_lens.patching.generic_activation_patch``'s numbers, several sites a pass) and work on
+``HookedTransformer`` and ``TransformerBridge``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections import defaultdict
@@ -36,10 +38,12 @@ from torch import Tensor
 from facts.tokens import Example, TokenizedFacts, collate
 from models.backend import (
     POST_NORM_ARCHITECTURES, ActivationCache, apply_softcap, architecture_of, final_norm_centres,
-    get_act_name, is_hooked, norm_scale, patching,
+    get_act_name, hooks_attached, is_hooked, norm_scale,
 )
 from models.bilinear import BilinearModel
-from models.scoring import check_causal, check_token_ids, hooked_readout, in_eval_mode
+from models.scoring import (
+    ACTIVATION_BUDGET, LOGIT_BUDGET, check_causal, check_token_ids, hooked_readout, in_eval_mode, widest_activation,
+)
 from probes.hooks import check_layer, hook_names
 from probes.stats import share_of_gap
 
@@ -663,17 +667,79 @@ def _target_tokens(model: Any, clean: Sequence[Example], targets: Targets | None
     return torch.tensor(rows, dtype=torch.long, device=model.cfg.device)
 
 
+def _answer_logprobs(logits: Float[Tensor, "batch answer d_vocab"], targets: Int[Tensor, "batch answer"]
+                     ) -> Float[Tensor, " batch"]:
+    """log p(target sequence | prompt) = Σ_k log p(t_k | prompt, t_<k) of each row, from the logits of the last
+    ``answer`` positions of a run whose input is the prompt followed by t_1 … t_{A−1}."""
+    logprobs = (logits if logits.dtype == torch.float64 else logits.float()).log_softmax(-1)
+    return logprobs.gather(-1, targets[..., None])[..., 0].sum(-1)
+
+
 def _answer_logprob(targets: Int[Tensor, "batch answer"]) -> Metric:
-    """Metric: mean over the batch of log p(target sequence | prompt) = Σ_k log p(t_k | prompt, t_<k), read
-    at the last ``answer`` positions of a run whose input is the prompt followed by t_1 … t_{A−1}."""
+    """Metric: the mean over the batch of :func:`_answer_logprobs`, read off a run's whole logits."""
     length = targets.shape[1]
 
     def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
-        chosen = logits[:, -length:]
-        logprobs = (chosen if chosen.dtype == torch.float64 else chosen.float()).log_softmax(-1)
-        return logprobs.gather(-1, targets[..., None])[..., 0].sum(-1).mean()
+        return _answer_logprobs(logits[:, -length:], targets).mean()
 
     return metric
+
+
+PATCHED_ROWS = 16
+"""Patches one pass runs at most, each on its own copy of the corrupted statements (:func:`_patched_logprobs`;
+fewer where a pass's activations or logits would pass :data:`models.scoring.ACTIVATION_BUDGET` or
+:data:`models.scoring.LOGIT_BUDGET`). SmolLM2, one thread, every resid_pre patch of one 16-token statement
+(390 passes one at a time): 8 a pass ×2.96, 16 ×3.42 (2026-12-06, an AMD EPYC)."""
+
+
+def _patched_logprobs(
+    model: Any, corrupt_tokens: Int[Tensor, "batch pos"], clean_cache: Any, goal: Int[Tensor, "batch answer"],
+    activation: str, axis: Literal["pos", "head"], sites: Sequence[tuple[int, int]],
+) -> Float[Tensor, " site"]:
+    """For each (layer, index) of ``sites``: the mean over the statements of log p(``goal`` | the corrupted prompt)
+    with ``activation`` at that layer and position (``axis="pos"``: ``[:, index]``) or head (``"head"``:
+    ``[:, :, index]``) taken from ``clean_cache``: what ``transformer_lens.patching.generic_activation_patch`` gives
+    with the position or head setter, one forward pass per site.
+
+    Here several sites share a pass: the corrupted statements repeated once per site, and each copy patched at
+    its own site alone (a hook per layer writes only the copies of its sites), so each copy's forward is the
+    one-site pass's, row for row (bitwise on SmolLM2 and the tiny architectures). A HookedTransformer with no
+    other hook reads out the scored positions only (:func:`models.scoring.hooked_readout`); anything else
+    gives its whole logits."""
+    statements, length = corrupt_tokens.shape[0], goal.shape[1]
+    readout = is_hooked(model) and not hooks_attached(model)
+    vocabulary = max(getattr(model.cfg, "d_vocab_out", 0) or 0, model.cfg.d_vocab)  # -1 where it is d_vocab
+    logits_per_site = statements * (length if readout else corrupt_tokens.shape[1]) * vocabulary
+    per_pass = max(1, min(PATCHED_ROWS, LOGIT_BUDGET // logits_per_site,
+                          ACTIVATION_BUDGET // (statements * corrupt_tokens.shape[1] * widest_activation(model))))
+
+    def patch(value: Tensor, hook: Any, patches: list[tuple[int, int]]) -> Tensor:
+        """Copy ``c`` of the corrupted statements (rows c·statements …) gets the clean value at its ``index``."""
+        clean = clean_cache[hook.name]
+        for copy, index in patches:
+            rows = slice(copy * statements, (copy + 1) * statements)
+            if axis == "pos":
+                value[rows, index] = clean[:, index]
+            else:
+                value[rows, :, index] = clean[:, :, index]
+        return value
+
+    out = []
+    for start in range(0, len(sites), per_pass):
+        chunk = sites[start:start + per_pass]
+        by_layer: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for copy, (layer, index) in enumerate(chunk):
+            by_layer[layer].append((copy, index))
+        hooks = [(get_act_name(activation, layer), functools.partial(patch, patches=patches))
+                 for layer, patches in by_layer.items()]
+        tokens = corrupt_tokens.repeat(len(chunk), 1)
+        if readout:
+            residual = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)[:, -length:]
+            logits = hooked_readout(model, residual.reshape(-1, residual.shape[-1])).view(len(tokens), length, -1)
+        else:
+            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, -length:]
+        out.append(_answer_logprobs(logits, goal.repeat(len(chunk), 1)).view(len(chunk), statements).mean(-1))
+    return torch.cat(out)
 
 
 def _layers(model: Any, layers: Sequence[int] | None) -> tuple[int, ...]:
@@ -690,7 +756,6 @@ def _patch(
     corrupt: Sequence[Example],
     activation: str,
     axis: Literal["pos", "head"],
-    setter: Callable[..., Tensor],
     layers: Sequence[int] | None,
     targets: Targets | None,
 ) -> Patching:
@@ -713,10 +778,8 @@ def _patch(
     else:
         width = model.cfg.n_heads
         index = range(width)
-    index_df = pd.DataFrame(list(itertools.product(chosen, index)), columns=["layer", axis])
-    flat = patching.generic_activation_patch(
-        model, corrupt_tokens, clean_cache, metric, setter, activation, index_df=index_df
-    )
+    flat = _patched_logprobs(model, corrupt_tokens, clean_cache, goal, activation, axis,
+                             list(itertools.product(chosen, index)))
     return Patching(
         metric=flat.view(len(chosen), width).cpu(),
         layers=chosen,
@@ -743,7 +806,8 @@ def patch_residual(
     answer), scored as Σ_k log p(t_k | prompt, t_<k) with t_1 … t_{A−1} appended to both runs
     (they come after every patched position, so the patch is the same). This is
     ``transformer_lens.patching.get_act_patch_resid_pre`` (and its siblings for the other
-    sites) restricted to ``layers``. Row i of the clean and corrupted statements are one pair;
+    sites) restricted to ``layers``, with up to :data:`PATCHED_ROWS` sites a forward pass
+    (:func:`_patched_logprobs`). Row i of the clean and corrupted statements are one pair;
     all clean prompts share one length L_c and all corrupted ones one length L_r.
 
     Positions are aligned at the end: column j patches position j − W (counted from the end)
@@ -759,8 +823,7 @@ def patch_residual(
     """
     if site not in PATCH_SITES:
         raise ValueError(f"site must be one of {PATCH_SITES}, not {site!r}")
-    return _patch(model, as_examples(clean), as_examples(corrupt), site, "pos", patching.layer_pos_patch_setter,
-                  layers, targets)
+    return _patch(model, as_examples(clean), as_examples(corrupt), site, "pos", layers, targets)
 
 
 def patch_heads(
@@ -773,11 +836,11 @@ def patch_heads(
     """Patch one head's output (its ``hook_z``, all positions) at a time from clean into corrupted.
 
     Same metric and pairing as :func:`patch_residual`; this is
-    ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` restricted to ``layers``.
+    ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` restricted to ``layers``, with up to
+    :data:`PATCHED_ROWS` heads a forward pass.
     Under grouped-query attention the heads are the query heads.
     """
-    return _patch(model, as_examples(clean), as_examples(corrupt), "z", "head",
-                  patching.layer_head_vector_patch_setter, layers, targets)
+    return _patch(model, as_examples(clean), as_examples(corrupt), "z", "head", layers, targets)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -376,6 +376,70 @@ def test_patching_refuses_what_it_cannot_patch(tiny, trained_one_layer, sample):
         patch_heads(tiny, clean[:1], [shorter])
 
 
+def one_site_a_pass(model, clean, corrupt, site, targets, layers):
+    """TransformerLens's own activation patching, ``patching.generic_activation_patch``: one forward pass per site
+    (layer and position from the prompts' end, or layer and head), the metric read off the whole logits."""
+    import pandas as pd
+
+    from models.backend import get_act_name, patching
+
+    goal = torch.tensor(targets)
+    teacher = goal[:, :-1]
+    clean_tokens = torch.cat([torch.tensor([e.prompt for e in clean]), teacher], 1)
+    corrupt_tokens = torch.cat([torch.tensor([e.prompt for e in corrupt]), teacher], 1)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean_tokens, names_filter=[get_act_name(site, layer) for layer in layers])
+    if site == "z":
+        index, setter, axis = range(model.cfg.n_heads), patching.layer_head_vector_patch_setter, "head"
+    else:
+        width, shift = min(len(clean[0].prompt), len(corrupt[0].prompt)), teacher.shape[1]
+        index, setter, axis = range(-width - shift, -shift), patching.layer_pos_patch_setter, "pos"
+
+    def metric(logits):
+        logprobs = logits[:, -goal.shape[1]:].float().log_softmax(-1)
+        return logprobs.gather(-1, goal[..., None])[..., 0].sum(-1).mean()
+
+    sites = pd.DataFrame(list(itertools.product(layers, index)), columns=["layer", axis])
+    with torch.no_grad():
+        return patching.generic_activation_patch(model, corrupt_tokens, cache, metric, setter, site, index_df=sites)
+
+
+@pytest.mark.parametrize("architecture, backend", [("llama", "hooked"), ("llama", "bridge"), ("gemma2", "bridge"),
+                                                   ("gpt2", "hooked"), ("gemma3", "hooked")])
+def test_patches_sharing_a_pass_give_transformer_lens_s_one_site_a_pass(architecture, backend, tiny_models):
+    """Exact patching runs up to PATCHED_ROWS sites in one pass, each on its own copy of the corrupted statements; each
+    site's number is the one TransformerLens's ``generic_activation_patch`` gives running that site alone: every
+    resid_pre position (prompts of 7 and 9 tokens, past the tiny Gemmas' 4-token window, aligned at their end: 2 or 3
+    layers × 9 sites, more than one pass) and every head's z, two statements with two-token targets, on several
+    architectures and both backends; and on a HookedTransformer with a hook of its own attached (then read off its
+    whole logits, which the hook may change)."""
+    from probes.attribution import PATCHED_ROWS
+
+    model = perturbed(tiny_models[architecture].backends[backend])
+    generator = torch.Generator().manual_seed(3)
+    prompts = lambda length: torch.randint(10, 1000, (2, length), generator=generator).tolist()  # noqa: E731
+    clean = [Example(tuple(p), (5, 6), i, "forward", "train") for i, p in enumerate(prompts(7))]
+    corrupt = [Example(tuple(p), (7, 8), i, "reverse", "heldout") for i, p in enumerate(prompts(9))]
+    targets = [[7, 8], [9, 11]]
+    layers = tuple(range(model.cfg.n_layers))
+    assert len(layers) * 9 > PATCHED_ROWS  # the positions take more than one pass
+    result = patch_residual(model, clean, corrupt, site="resid_pre", targets=targets)
+    reference = one_site_a_pass(model, clean, corrupt, "resid_pre", targets, layers)
+    torch.testing.assert_close(result.metric.flatten(), reference.flatten().cpu(), atol=2e-6, rtol=0)
+    same_length = [Example(e.prompt[:7], e.answer, e.fact, e.direction, e.split) for e in corrupt]
+    heads = patch_heads(model, clean, same_length, targets=targets)
+    torch.testing.assert_close(heads.metric.flatten(), one_site_a_pass(model, clean, same_length, "z", targets,
+                                                                       layers).flatten().cpu(), atol=2e-6, rtol=0)
+    if backend == "hooked":
+        halve = lambda value, hook: value / 2  # noqa: E731
+        with model.hooks(fwd_hooks=[("ln_final.hook_normalized", halve)] if model.cfg.normalization_type else
+                         [(f"blocks.{layers[-1]}.hook_resid_post", halve)]):
+            hooked = patch_residual(model, clean, corrupt, site="resid_pre", targets=targets)
+            torch.testing.assert_close(hooked.metric.flatten(), one_site_a_pass(
+                model, clean, corrupt, "resid_pre", targets, layers).flatten().cpu(), atol=2e-6, rtol=0)
+        assert (hooked.metric - result.metric).abs().max() > 0.01  # the hook was read
+
+
 # --- logit lens -----------------------------------------------------------------------------------
 
 
