@@ -223,7 +223,7 @@ def answer_scores(
     :func:`head_reads`). Any other model: of :func:`answer_logits`."""
     from models.backend import is_hooked
 
-    reads = _final_hidden_of(model)
+    reads = final_hidden_of(model)
     if reads is None:
         return answer_token_logprobs(answer_logits(model, tokens, answer_mask), tokens, answer_mask)
     check_causal(model)
@@ -239,7 +239,7 @@ def answer_scores(
     return _per_position(*unembedded_logprobs(final, model_unembedding(reads), chosen), answer_mask)
 
 
-def _final_hidden_of(model: Any) -> torch.nn.Module | None:
+def final_hidden_of(model: Any) -> torch.nn.Module | None:
     """The model whose final-normed hidden state :func:`answer_scores` reads out itself: a HookedTransformer with no
     hook attached, or the transformers causal LM of :data:`PLAIN_HEAD_MODEL_TYPES` of a
     :class:`models.hf_training.CausalLM` or of a TransformerBridge with no hook attached (a hook on the unembedding
@@ -483,7 +483,7 @@ def score_answers(model: Model, batch: TokenizedFacts, batch_size: int = 512) ->
     device = model_device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
     if isinstance(model, torch.nn.Module):
         check_token_ids(model, batch)
-        reads = _final_hidden_of(model)
+        reads = final_hidden_of(model)
         per_position = widest_activation(reads) if reads is not None else vocab_size(model) or 1
         budget = LOGIT_BUDGET if reads is None else ACTIVATION_BUDGET
         batch_size = max(1, min(batch_size, budget // (max(1, batch.tokens.shape[1]) * per_position)))

@@ -38,11 +38,12 @@ from torch import Tensor
 from facts.tokens import Example, TokenizedFacts, collate
 from models.backend import (
     POST_NORM_ARCHITECTURES, ActivationCache, apply_softcap, architecture_of, final_norm_centres,
-    get_act_name, hooks_attached, is_hooked, norm_scale,
+    get_act_name, is_hooked, norm_scale,
 )
 from models.bilinear import BilinearModel
 from models.scoring import (
-    ACTIVATION_BUDGET, LOGIT_BUDGET, check_causal, check_token_ids, hooked_readout, in_eval_mode, widest_activation,
+    ACTIVATION_BUDGET, LOGIT_BUDGET, check_causal, check_token_ids, final_hidden_of, head_reads, hooked_readout,
+    in_eval_mode, widest_activation,
 )
 from probes.hooks import check_layer, hook_names
 from probes.stats import share_of_gap
@@ -703,11 +704,15 @@ def _patched_logprobs(
 
     Here several sites share a pass: the corrupted statements repeated once per site, and each copy patched at
     its own site alone (a hook per layer writes only the copies of its sites), so each copy's forward is the
-    one-site pass's, row for row (bitwise on SmolLM2 and the tiny architectures). A HookedTransformer with no
-    other hook reads out the scored positions only (:func:`models.scoring.hooked_readout`); anything else
-    gives its whole logits."""
+    one-site pass's, row for row (bitwise on SmolLM2 and the tiny architectures). Where the model allows it, only
+    the scored positions are unembedded: a HookedTransformer with no other hook (its last residual stream through
+    :func:`models.scoring.hooked_readout`), and a TransformerBridge with no other hook over a transformers model
+    whose head is a plain ``Linear`` (:func:`models.scoring.final_hidden_of`; the head's input cut to those
+    positions, :func:`models.scoring.head_reads`, the model's own head and soft cap then applied to them). Anything
+    else gives its whole logits."""
     statements, length = corrupt_tokens.shape[0], goal.shape[1]
-    readout = is_hooked(model) and not hooks_attached(model)
+    reads = final_hidden_of(model)  # before the patches' hooks are attached: another hook reads whole logits
+    readout = reads is not None
     vocabulary = max(getattr(model.cfg, "d_vocab_out", 0) or 0, model.cfg.d_vocab)  # -1 where it is d_vocab
     logits_per_site = statements * (length if readout else corrupt_tokens.shape[1]) * vocabulary
     per_pass = max(1, min(PATCHED_ROWS, LOGIT_BUDGET // logits_per_site,
@@ -733,9 +738,14 @@ def _patched_logprobs(
         hooks = [(get_act_name(activation, layer), functools.partial(patch, patches=patches))
                  for layer, patches in by_layer.items()]
         tokens = corrupt_tokens.repeat(len(chunk), 1)
-        if readout:
+        if readout and reads is model:  # a HookedTransformer
             residual = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)[:, -length:]
             logits = hooked_readout(model, residual.reshape(-1, residual.shape[-1])).view(len(tokens), length, -1)
+        elif readout:  # a bridge: its head sees the last `length` positions, as one [1, n, d] row (row-major)
+            scored = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+            scored[:, -length:] = True
+            with head_reads(reads.get_output_embeddings(), scored):
+                logits = model.run_with_hooks(tokens, fwd_hooks=hooks).view(len(tokens), length, -1)
         else:
             logits = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, -length:]
         out.append(_answer_logprobs(logits, goal.repeat(len(chunk), 1)).view(len(chunk), statements).mean(-1))

@@ -411,8 +411,9 @@ def test_patches_sharing_a_pass_give_transformer_lens_s_one_site_a_pass(architec
     site's number is the one TransformerLens's ``generic_activation_patch`` gives running that site alone: every
     resid_pre position (prompts of 7 and 9 tokens, past the tiny Gemmas' 4-token window, aligned at their end: 2 or 3
     layers × 9 sites, more than one pass) and every head's z, two statements with two-token targets, on several
-    architectures and both backends; and on a HookedTransformer with a hook of its own attached (then read off its
-    whole logits, which the hook may change)."""
+    architectures and both backends (each unembedding only the scored positions: the Gemma 2 bridge's soft cap
+    too); and on a model with a hook of its own attached (then read off its whole logits, which the hook may
+    change: on a HookedTransformer's final norm, on a bridge's unembedding)."""
     from probes.attribution import PATCHED_ROWS
 
     model = perturbed(tiny_models[architecture].backends[backend])
@@ -430,14 +431,16 @@ def test_patches_sharing_a_pass_give_transformer_lens_s_one_site_a_pass(architec
     heads = patch_heads(model, clean, same_length, targets=targets)
     torch.testing.assert_close(heads.metric.flatten(), one_site_a_pass(model, clean, same_length, "z", targets,
                                                                        layers).flatten().cpu(), atol=2e-6, rtol=0)
-    if backend == "hooked":
-        halve = lambda value, hook: value / 2  # noqa: E731
-        with model.hooks(fwd_hooks=[("ln_final.hook_normalized", halve)] if model.cfg.normalization_type else
-                         [(f"blocks.{layers[-1]}.hook_resid_post", halve)]):
-            hooked = patch_residual(model, clean, corrupt, site="resid_pre", targets=targets)
-            torch.testing.assert_close(hooked.metric.flatten(), one_site_a_pass(
-                model, clean, corrupt, "resid_pre", targets, layers).flatten().cpu(), atol=2e-6, rtol=0)
-        assert (hooked.metric - result.metric).abs().max() > 0.01  # the hook was read
+    def halve_the_last(value, hook):  # a hook that reads positions: it sees every row only when logits are whole
+        return torch.cat([value[:, :-1], value[:, -1:] / 2], 1)
+
+    name = ("unembed.hook_in" if backend == "bridge" else
+            "ln_final.hook_normalized" if model.cfg.normalization_type else f"blocks.{layers[-1]}.hook_resid_post")
+    with model.hooks(fwd_hooks=[(name, halve_the_last)]):
+        hooked = patch_residual(model, clean, corrupt, site="resid_pre", targets=targets)
+        torch.testing.assert_close(hooked.metric.flatten(), one_site_a_pass(
+            model, clean, corrupt, "resid_pre", targets, layers).flatten().cpu(), atol=2e-6, rtol=0)
+    assert (hooked.metric - result.metric).abs().max() > 0.01  # the hook was read
 
 
 # --- logit lens -----------------------------------------------------------------------------------
