@@ -689,8 +689,8 @@ def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smo
     """SmolLM2's first load writes its entry (the file read, with no earlier entry: config, weights and tokenizer
     from one gguf.GGUFReader, where transformers alone opens three, its metadata made a config once; every tensor
     dequantised with numpy's huge-page advice off, the advice as before after), its second reads it; a tokenizer
-    class that refuses the Rust tokenizer handed to it reads the entry through AutoTokenizer, the same tokenizer; an
-    entry that cannot be read (its weights cut short, or its tokenizer.json broken) is
+    class that refuses the settings handed to it reads the entry through AutoTokenizer, the same tokenizer; an
+    entry that cannot be read (its weights cut short, or its tokenizer.json broken or gone) is
     removed, the file read again and the entry written anew."""
     import gguf
     from transformers import modeling_gguf_pytorch_utils
@@ -724,17 +724,21 @@ def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smo
         hooked = load("smollm2-135m", backend="hooked", device="cpu")
         assert bos_prefix(hooked.tokenizer) == () and hooked.cfg.n_ctx == 8192  # SmolLM2's llama.context_length
         assert hooked.cfg.d_vocab == 49152
-        # a tokenizer class that refuses the Rust tokenizer handed to it is read by AutoTokenizer: the same one
+        # a tokenizer class that refuses the settings handed to it is read by AutoTokenizer: the same one
         refusing = type(parsed[1])
         init = refusing.__init__
 
-        def refuse_tokenizer_object(self, *args, **kwargs):
-            if "tokenizer_object" in kwargs:
-                raise TypeError("unexpected keyword argument 'tokenizer_object'")
+        refused = []
+
+        def refuse_the_first(self, *args, **kwargs):  # the entry's own construction; AutoTokenizer's then goes on
+            if not refused:
+                refused.append(kwargs)
+                raise TypeError("unexpected keyword argument")
             init(self, *args, **kwargs)
 
-        reading.setattr(refusing, "__init__", refuse_tokenizer_object)
+        reading.setattr(refusing, "__init__", refuse_the_first)
         assert_same_tokenizer(load_tokenizer("smollm2-135m", keep=False), parsed[1])
+        assert refused and refused[0]["tokenizer_file"].endswith("tokenizer.json")
     # an entry whose weights are cut short is removed, the file read again and the entry written anew
     weights.write_bytes(weights.read_bytes()[: whole // 2])
     again, _ = pretrained.load_hf("smollm2-135m", keep=False)
@@ -743,6 +747,13 @@ def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smo
     assert [path.stat().st_size for path in cache.glob("*/model.safetensors")] == [whole]
     # an entry whose tokenizer cannot be read is removed, and the tokenizer read from the file
     [tokenizer_file] = cache.glob("*/tokenizer.json")
+    # an entry whose tokenizer.json is gone is removed, not read by its class alone: Gemma 3's, GemmaTokenizer, would
+    # build a tokenizer of 5 tokens
+    without = tmp_path / "without-tokenizer-json"
+    without.mkdir()
+    settings = json.loads((tokenizer_file.parent / "tokenizer_config.json").read_text())
+    (without / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "GemmaTokenizer"}))
+    assert pretrained._entry_tokenizer(gguf_cache.Entry(without, None)) is None and not without.exists()
     tokenizer_file.write_text("{")
     assert_same_tokenizer(load_tokenizer("smollm2-135m", keep=False), parsed[1])
     assert not tokenizer_file.parent.exists()
