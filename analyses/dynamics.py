@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 
@@ -32,8 +32,10 @@ from analyses.reproduce import ReversalConfig, _write_json, train_run, write_csv
 from facts.schema import FactSet
 from facts.token_worlds import TokenVocab, reversal_world
 from models.training import Callback
-from probes.circuits import EntityIds, circuit_table, directed_entries
 from probes.views import save_png
+
+if TYPE_CHECKING:
+    from probes.circuits import EntityIds
 
 ROLES = {("train", "heldout"): "trained", ("heldout", "train"): "held-out reverse", ("train", "train"): "both"}
 """(split of the statement's direction, split of the opposite direction) → role."""
@@ -63,6 +65,8 @@ def role_stats(table: pd.DataFrame) -> pd.DataFrame:
     ``table`` is a :func:`probes.circuits.circuit_table`; rows with head NA average each
     statement over the layer's heads before taking the mean and std.
     """
+    from probes.circuits import directed_entries
+
     entries = directed_entries(table)
     roles = [ROLES.get((s, p)) for s, p in zip(entries.split, entries.partner_split)]
     entries["role"] = pd.Categorical(roles, categories=list(ROLES.values()))  # groups come out in ROLES order
@@ -78,6 +82,8 @@ def role_stats(table: pd.DataFrame) -> pd.DataFrame:
 
 def circuit_tracker(facts: FactSet, entity_ids: EntityIds, kinds: Sequence[str] = ("ov", "qk")) -> Callback:
     """A trainer callback: at every evaluation, ``{"circuits": [role_stats rows]}`` joins the record."""
+
+    from probes.circuits import circuit_table
 
     def track(step: int, model) -> dict[str, Any]:
         stats = role_stats(circuit_table(model, facts, entity_ids, kinds=kinds))

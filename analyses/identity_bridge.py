@@ -47,7 +47,6 @@ from analyses.mitigations import make_variant, measure
 from analyses.reproduce import ReversalConfig, _write_json, train_run, write_csv
 from facts.schema import FactSet
 from facts.token_worlds import TokenVocab, reversal_world
-from probes.logits import kind_candidates
 from probes.stats import above_chance
 from probes.views import save_png
 
@@ -95,6 +94,8 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
 def heldout_chance_accuracy(world: FactSet) -> float:
     """The chance accuracy of ``world``'s held-out statements: the mean over them of 1 / the size of their answer's
     kind (:func:`probes.logits.kind_candidates`), 1/200 in the reversal world of 200 pairs."""
+    from probes.logits import kind_candidates
+
     kinds = kind_candidates(world)
     return statistics.fmean(1 / len(kinds[d]) for _, d, split in world.statements() if split == "heldout")
 

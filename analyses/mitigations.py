@@ -55,13 +55,10 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from analyses.compare import finetuned_folders, named_apart, row_metrics
 from analyses.reproduce import ReversalConfig, _write_json, train_run, write_csv
 from facts.language import answers_of_kind
 from facts.schema import Fact, FactError, FactSet
 from facts.token_worlds import TokenVocab, reversal_world
-from probes.circuits import circuit_table
-from probes.logits import answer_controls, answer_table
 from probes.views import save_png
 
 VARIANTS = ("baseline", "augmentation", "reverse-training", "in-context", "identity-bridge")
@@ -220,6 +217,8 @@ def fact_in_prompt_table(model, world: FactSet, indices: Sequence[int], vocab: T
     of that orientation, never answers in training: their margin sat near 0 without any copying). ``fact``: the
     world's index.
     """
+    from probes.logits import answer_controls, answer_table
+
     everything = [(i, d) for i, d, _ in world.statements()]  # what answer_table draws for the world's statements
     by_statement = dict(zip(everything, answer_controls(world, everything, n_controls, seed)))
     drawn = {i: by_statement[i, "reverse" if world[i].forward == "train" else "forward"] for i in indices}
@@ -249,6 +248,8 @@ def mitigation_row(model: str, variant: str, test: str, answers: pd.DataFrame, c
     ``circuits`` the same facts' circuit rows. ``heldout_*`` is the test, ``train_*`` the
     trained direction, ``z_heldout`` the OV entry Y[B,A] of the tested direction.
     """
+    from analyses.compare import row_metrics
+
     return {"model": model, "variant": variant, "test": test, "tested_trained": tested_trained,
             "n_train_sequences": n_train_sequences, **row_metrics(answers, circuits)}
 
@@ -325,6 +326,9 @@ def _require_tested_group(run_dir: Path, answers: pd.DataFrame, tested: str) -> 
 
 def measure(model, model_name: str, world: FactSet, variant: Variant, vocab: TokenVocab) -> list[dict[str, Any]]:
     """Every test of ``variant`` on a model trained on its data: one :func:`mitigation_row` each."""
+    from probes.circuits import circuit_table
+    from probes.logits import answer_table
+
     answers = answer_table(model, world, vocab)
     circuits = circuit_table(model, world, vocab.entity_ids, kinds=("ov",))
     rows = []
@@ -347,6 +351,8 @@ def reproduce_mitigations(out: str | Path, config: MitigationConfig = Mitigation
     (:func:`finetuned_rows`, :func:`analyses.compare.named_apart`) join the table; they are read before any training,
     so a bad folder fails at once, and one given twice is refused (:func:`analyses.compare.finetuned_folders`).
     """
+    from analyses.compare import finetuned_folders, named_apart
+
     pretrained = named_apart([(run_dir, finetuned_rows(run_dir)) for run_dir in finetuned_folders(list(finetuned))])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

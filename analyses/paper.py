@@ -44,8 +44,6 @@ from facts.token_worlds import FORWARD, LEADS_TO, TokenVocab, chain_world, in_co
 from facts.tokens import TokenizedFacts
 from models.scoring import model_device
 from models.transformer import POSITIONALS, Positional
-from probes.circuits import circuit_table
-from probes.logits import answer_table
 from probes.views import heatmap_panels, save_png
 
 # --- shared pieces --------------------------------------------------------------------------
@@ -154,6 +152,8 @@ def two_step_chain(model, world: FactSet, vocab: TokenVocab) -> dict[str, float]
 def leads_to_circuits(model, leads_to: FactSet, vocab: TokenVocab) -> list[dict[str, Any]]:
     """Per circuit (direct path W_E·W_U, each head's OV = Y), the mean z-score of M[x, z] over
     trained and over held-out "x ⇝ z" facts; z is against 64 other z's of the same row."""
+    from probes.circuits import circuit_table
+
     table = circuit_table(model, leads_to, vocab.entity_ids, kinds=("direct", "ov"))
     rows = []
     for (kind, layer, head), part in table.groupby(["circuit", "layer", "head"], dropna=False, sort=False):
@@ -190,6 +190,8 @@ def reproduce_chain(out: str | Path, config: ChainConfig = ChainConfig(), progre
     Writes summary.json, history.jsonl, facts.jsonl, checkpoints/, curves.png, heatmap.png
     and circuits.png (mean z of Y[x, z], trained vs held-out facts).
     """
+    from probes.logits import answer_table
+
     out = Path(out)
     began = time.perf_counter()
     vocab = TokenVocab()
@@ -315,6 +317,8 @@ def reproduce_in_context(out: str | Path, config: InContextConfig = InContextCon
     Writes summary.json, history.jsonl, facts.jsonl, checkpoints/, logits.csv, curves.png;
     the control run goes to ``out/control/``.
     """
+    from probes.logits import answer_table
+
     out = Path(out)
     began = time.perf_counter()
     vocab = TokenVocab()

@@ -31,8 +31,6 @@ from facts.token_worlds import TokenVocab, reversal_world
 from facts.tokens import TokenizedFacts, tokenize
 from models.training import Callback, TrainConfig, TrainResult, train
 from models.transformer import SPECS, Positional, build_model, freeze_embeddings, model_card
-from probes.circuits import circuit_table
-from probes.logits import answer_table, candidate_logprobs
 from probes.stats import above_chance
 from probes.views import heatmap_panels, save_png
 
@@ -87,6 +85,8 @@ def eval_sets(batch: TokenizedFacts) -> dict[str, TokenizedFacts]:
 
 
 def _panel(model, world: FactSet, vocab: TokenVocab, statements: list[tuple[int, str]]) -> torch.Tensor:
+    from probes.logits import candidate_logprobs
+
     statements = statements[:PANEL_SIZE]
     if not statements:
         return torch.zeros(0, 0)
@@ -115,6 +115,7 @@ def ov_asymmetry(model, world: FactSet, vocab: TokenVocab) -> dict[str, float]:
     controls of the same row), averaged over the heads that have one (:func:`analyses.compare.y_circuit_metrics`:
     a head whose z is undefined, NaN, is left out, not made the mean); ``ov_asymmetry`` = z_trained − z_heldout."""
     from analyses.compare import y_circuit_metrics
+    from probes.circuits import circuit_table
 
     y = y_circuit_metrics(circuit_table(model, world, vocab.entity_ids, kinds=("ov",)))
     return {"ov_z_trained": y["z_trained"], "ov_z_heldout": y["z_heldout"], "ov_asymmetry": y["asymmetry_index"]}
@@ -248,6 +249,8 @@ def curse_holds(summary: dict[str, Any]) -> bool:
 def reproduce_reversal(out: str | Path, config: ReversalConfig = ReversalConfig(), progress: bool = True,
                        resume: bool = False) -> dict[str, Any]:
     """Run the experiment and write its files into ``out``; returns the summary."""
+    from probes.logits import answer_table
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()

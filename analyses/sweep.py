@@ -327,7 +327,8 @@ def expected_config(experiment: str, trial: Trial, out: Path) -> dict[str, Any] 
 
 def trial_finished(experiment: str, trial: Trial, folder: Path) -> bool:
     """:func:`finished` for the trial's own command line; its config (:func:`expected_config`, which imports the
-    experiment's module: torch and TransformerLens, ~6 CPU s) is made only for a folder holding a summary."""
+    experiment's module: torch and pandas, ~2 CPU s; not TransformerLens, which its probes import where they run) is
+    made only for a folder holding a summary."""
     return (folder / SUMMARY).is_file() and finished(folder, expected_config(experiment, trial, folder))
 
 
@@ -836,8 +837,8 @@ def run_sweep(sweep: Sweep, out: Path, resources: Resources = Resources(), log=N
 
     A session of its own opens before the trials whose folders hold a summary are checked, when some trial's
     folder holds none (so it surely runs; the session holds one runner per such trial at most): checking a trial
-    makes its config, which imports the experiment's module (~6 CPU s), and that import then overlaps the runners'
-    own. Measured on 2 cores, a local sweep of two 2-step trials, one finished before: 10.9-11.0 → 7.9 s."""
+    makes its config, which imports the experiment's module (~2 CPU s; ~6 when it imported TransformerLens), and that
+    import then overlaps the runners' own. Measured on 2 cores, a local sweep of two 2-step trials, one finished before: 10.9-11.0 → 7.9 s."""
     from analyses.runfolder import locked
 
     log = log or (lambda line: print(line, flush=True))
@@ -885,9 +886,10 @@ def meanwhile(work: Callable[[], Any]) -> None:
     job, made while it waits on the runners. Called once Ray is up, so that this thread has imported Ray's modules
     before the other imports anything (two threads importing at once can each meet a module the other has half
     imported). :func:`run_sweep` makes the first trial's config (:func:`expected_config`, whose import of the
-    experiment's module, torch and TransformerLens, is ~6 CPU s); measured on 2 cores: a local sweep of one 2-step
-    trial 12.2 → 7.8-8.2 s, of two on two runners 12.3 → 10.3-10.7 s. ``reproduce all`` imports the experiments'
-    formatters so: chain and embeddings at once 13.0-13.3 → 11.6-12.2 s."""
+    experiment's module, torch and pandas, is ~2 CPU s; ~6 when it imported TransformerLens); measured on 2 cores,
+    with that import at ~6 CPU s: a local sweep of one 2-step trial 12.2 → 7.8-8.2 s, of two on two runners
+    12.3 → 10.3-10.7 s. ``reproduce all`` imports the experiments' formatters so: chain and embeddings at once
+    13.0-13.3 → 11.6-12.2 s."""
     import threading
 
     def run() -> None:

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from analyses.cli import main
+from analyses.experiments import EXPERIMENTS
 from analyses.sweep import Sweep, Trial, make_sweep, read_sweep_file, sweep_toml
 from probes.stats import t_quantile
 from tests_support import ROOT, revlens
@@ -306,7 +307,6 @@ def test_a_bad_sweep_file_is_refused_naming_it(text, message, tmp_path):
 
 
 def test_every_number_of_a_summary_is_aggregated_by_a_dotted_key():
-    from analyses.experiments import EXPERIMENTS
     from analyses.sweep import headline, numbers
 
     summary = {"experiment": "positional", "config": {"steps": 80}, "seconds": 3.0, "curse_holds_for_all": True,
@@ -728,7 +728,7 @@ def test_a_reproduce_trial_run_under_other_dataclass_defaults_is_run_again(tmp_p
 
     from analyses import paper
     from analyses.cli import build_parser, recorded_config
-    from analyses.experiments import EXPERIMENTS, REPRODUCE, recorded_settings
+    from analyses.experiments import REPRODUCE, recorded_settings
     from analyses.sweep import expected_config, finished
 
     sweep, trial, folder = one_finished_trial(tmp_path, "chain", ["triples=20"], "reproduce chain",
@@ -1015,6 +1015,29 @@ def test_a_cpu_sweep_given_gpus_is_told_why_its_trials_are_left_out(tmp_path):
     with pytest.raises(SweepError, match=r"grid device not set, given cuda \(--gpus-per-trial runs every trial on "
                                          r"cuda, a grid key of its own, which renames every trial's folder\)"):
         check_folder(on_gpus, tmp_path / "sweep")
+
+
+def test_every_experiment_s_settings_and_summary_are_made_without_transformer_lens():
+    """A sweep's driver makes each trial's settings (what its manifest must record) and ``reproduce all``'s prints
+    each summary; neither runs a model, so neither imports TransformerLens and transformers (~4.5 CPU s in a fresh
+    process, beside the runners importing them for the trials): each experiment's module imports its probes where
+    they run."""
+    script = """
+import json, sys
+from analyses.cli import build_parser, recorded_config
+from analyses.experiments import EXPERIMENTS
+made = {}
+for name, experiment in EXPERIMENTS.items():
+    args = build_parser().parse_args([*experiment.command, "--out", "out"])
+    made[name] = (bool(recorded_config(args)["settings"]), callable(getattr(experiment.formatter_module(),
+                                                                            experiment.formatter.split(":")[1])))
+print(json.dumps({"made": made, "imported": sorted(m for m in ("transformer_lens", "transformers") if m in sys.modules)}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["made"] == {name: [True, True] for name in EXPERIMENTS}
+    assert report["imported"] == []
 
 
 def test_work_done_meanwhile_runs_beside_the_caller_and_its_errors_stay_silent(capfd):
