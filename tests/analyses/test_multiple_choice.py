@@ -81,14 +81,16 @@ def test_letter_probabilities_are_the_softmax_over_the_letters_of_the_model(tiny
             letter_probabilities(model, prompts, bad)
 
 
-def test_a_shared_stem_runs_once_and_gives_the_whole_prompts_probabilities(tiny_models):
+@pytest.mark.parametrize("architecture, backend", [("llama", "hooked"), ("llama", "bridge"), ("gemma2", "bridge")])
+def test_a_shared_stem_runs_once_and_gives_the_whole_prompts_probabilities(architecture, backend, tiny_models):
     """The K orders of a question share their stem ("Complete the sentence: ... ___" and the first letter):
-    run once from its cache, the probabilities are the whole prompts' (float32 rounding apart); a stem
+    run once from its cache, the probabilities are the whole prompts' (float32 rounding apart), on either
+    backend (a bridge's continuation unembeds its last position alone; the Gemma 2's soft cap too); a stem
     of 0 tokens runs that prompt whole, and a stem that leaves no token to continue is refused."""
     from analyses.multiple_choice import shared_length
 
-    tiny = tiny_models["llama"]
-    model, tokenizer = tiny.backends["hooked"], tiny.tokenizer
+    tiny = tiny_models[architecture]
+    model, tokenizer = tiny.backends[backend], tiny.tokenizer
     letters = letter_tokens(tokenizer, "ABCD")
     prompts, stems = [], []
     for number, others in ((1, (0, 2, 3)), (4, (0, 1, 2))):
