@@ -412,6 +412,21 @@ def head_reads(head: torch.nn.Module, positions: Bool[Tensor, "batch pos"],
         handle.remove()
 
 
+def kept_logits(model: torch.nn.Module, positions: Bool[Tensor, "batch pos"], forward: Callable[[], Tensor]
+                ) -> Float[Tensor, "n d_vocab"]:
+    """``forward()[positions]`` (row-major), where ``forward`` runs ``model`` on a batch of that shape: a
+    TransformerBridge of :func:`final_hidden_of` (no hook of its own, a plain ``Linear`` head) runs its head (and
+    soft cap) on those positions alone (:func:`head_reads`), the same rows; any other model gives its whole
+    logits, indexed. ``forward`` may attach hooks of its own (``run_with_hooks``): the model is checked before."""
+    from models.backend import is_hooked
+
+    reads = final_hidden_of(model)
+    if reads is None or is_hooked(reads):
+        return forward()[positions]
+    with head_reads(reads.get_output_embeddings(), positions):
+        return forward()[0]
+
+
 def answer_loss(
     logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"], answer_mask: Bool[Tensor, "batch pos"]
 ) -> Float[Tensor, ""]:

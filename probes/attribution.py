@@ -42,8 +42,8 @@ from models.backend import (
 )
 from models.bilinear import BilinearModel
 from models.scoring import (
-    ACTIVATION_BUDGET, LOGIT_BUDGET, check_causal, check_token_ids, final_hidden_of, head_reads, hooked_readout,
-    in_eval_mode, widest_activation,
+    ACTIVATION_BUDGET, LOGIT_BUDGET, check_causal, check_token_ids, final_hidden_of, hooked_readout, in_eval_mode,
+    kept_logits, widest_activation,
 )
 from probes.hooks import check_layer, hook_names
 from probes.stats import share_of_gap
@@ -707,9 +707,8 @@ def _patched_logprobs(
     one-site pass's, row for row (bitwise on SmolLM2 and the tiny architectures). Where the model allows it, only
     the scored positions are unembedded: a HookedTransformer with no other hook (its last residual stream through
     :func:`models.scoring.hooked_readout`), and a TransformerBridge with no other hook over a transformers model
-    whose head is a plain ``Linear`` (:func:`models.scoring.final_hidden_of`; the head's input cut to those
-    positions, :func:`models.scoring.head_reads`, the model's own head and soft cap then applied to them). Anything
-    else gives its whole logits."""
+    whose head is a plain ``Linear`` (:func:`models.scoring.kept_logits`: its own head and soft cap on those
+    positions). Anything else gives its whole logits."""
     statements, length = corrupt_tokens.shape[0], goal.shape[1]
     reads = final_hidden_of(model)  # before the patches' hooks are attached: another hook reads whole logits
     readout = reads is not None
@@ -741,13 +740,11 @@ def _patched_logprobs(
         if readout and reads is model:  # a HookedTransformer
             residual = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)[:, -length:]
             logits = hooked_readout(model, residual.reshape(-1, residual.shape[-1])).view(len(tokens), length, -1)
-        elif readout:  # a bridge: its head sees the last `length` positions, as one [1, n, d] row (row-major)
+        else:  # a bridge's head runs on the last `length` positions alone where it can (kept_logits)
             scored = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
             scored[:, -length:] = True
-            with head_reads(reads.get_output_embeddings(), scored):
-                logits = model.run_with_hooks(tokens, fwd_hooks=hooks).view(len(tokens), length, -1)
-        else:
-            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, -length:]
+            logits = kept_logits(model, scored, functools.partial(model.run_with_hooks, tokens, fwd_hooks=hooks)
+                                 ).view(len(tokens), length, -1)
         out.append(_answer_logprobs(logits, goal.repeat(len(chunk), 1)).view(len(chunk), statements).mean(-1))
     return torch.cat(out)
 

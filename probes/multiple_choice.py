@@ -12,6 +12,7 @@ its choice argmax_k l_k (correct when it is the right letter); chance is 1 / K f
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -20,7 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from models.backend import hooks_attached, is_hooked
-from models.scoring import hooked_readout, in_eval_mode
+from models.scoring import hooked_readout, in_eval_mode, kept_logits
 
 
 def letter_tokens(tokenizer: Any, letters: str) -> tuple[int, ...]:
@@ -45,7 +46,8 @@ def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: 
     """p_k for every prompt (rows in input order) and letter token (columns): the softmax over the
     letters' next-token logits at the last prompt position (see the module docstring). Prompts run in
     groups of one length (no padding), ``batch_size`` at a time. A HookedTransformer unembeds the last
-    position only (:func:`models.scoring.hooked_readout`: exactly that row of its full logits).
+    position only (:func:`models.scoring.hooked_readout`: exactly that row of its full logits), and so does a
+    TransformerBridge where it can (:func:`models.scoring.kept_logits`).
 
     ``stems[i]`` (on a HookedTransformer or TransformerBridge): the first ``stems[i]`` tokens of prompt i
     are a stem other prompts share (a multiple-choice question's, the same in each of its orders), at
@@ -81,7 +83,9 @@ def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: 
             if is_hooked(model):
                 logits = hooked_readout(model, model(tokens, stop_at_layer=model.cfg.n_layers)[:, -1])
             else:
-                logits = model(tokens)[:, -1]
+                last = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+                last[:, -1] = True
+                logits = kept_logits(model, last, functools.partial(model, tokens))
             out[chunk] = logits[:, index].cpu().double().softmax(-1)  # float64 on the CPU: MPS has none
     return out
 

@@ -27,6 +27,7 @@ trie's or a prefix cache's layout would move a hook's positions.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
@@ -51,8 +52,8 @@ from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_residual, 
 from models.memory import heap_kept
 from models.scoring import (
     ACTIVATION_BUDGET, LOGIT_BUDGET, PLAIN_HEAD_MODEL_TYPES, UNEMBED_ROWS, check_causal, chosen_logprobs,
-    final_hidden_of, head_reads, hooked_final_norm, hooked_readout, in_eval_mode, model_device, model_unembedding,
-    unembedded_logprobs, widest_activation,
+    hooked_final_norm, hooked_readout, in_eval_mode, kept_logits, model_device, model_unembedding, unembedded_logprobs,
+    widest_activation,
 )
 
 SMALL_PRODUCT = 4
@@ -104,8 +105,7 @@ class PrefixCache:
     hooks fire), then ``ln_final`` and ``x W_U + b_U`` (and the logit soft-cap where the model has one) on
     the kept rows: the same operations as its forward on those positions. On a TransformerBridge the prompt
     pass asks transformers for the last position's logits only (``logits_to_keep=1``), and a continuation pass
-    cuts its head's input to the kept positions (:func:`models.scoring.head_reads`) where the bridge has no hook
-    of its own and its head is a plain ``Linear`` (:func:`models.scoring.final_hidden_of`).
+    runs its head on the kept positions alone where it can (:func:`models.scoring.kept_logits`).
 
     Scoring asks both with ``read_out="scores"``: what :meth:`scores` reads, the final residual stream
     (before ``ln_final``) of a HookedTransformer, whose unembedding is then read a slice of the vocabulary at
@@ -176,11 +176,8 @@ class PrefixCache:
             return self._read_out(residual[positions], read_out)
         picked = copy.deepcopy(cache)
         picked.reorder_cache(rows)
-        reads = final_hidden_of(self.model)
-        if reads is None:  # a hook of its own, or a head that is no plain Linear: the whole logits
-            return self.model(tokens, past_key_values=picked, use_cache=True)[positions]
-        with head_reads(reads.get_output_embeddings(), positions):  # the head runs on the kept positions alone
-            return self.model(tokens, past_key_values=picked, use_cache=True)[0]
+        return kept_logits(self.model, positions,
+                           functools.partial(self.model, tokens, past_key_values=picked, use_cache=True))
 
     def bundles(self) -> bool:
         """Whether :meth:`extend_bundle` runs this model: a HookedTransformer without hooks whose blocks

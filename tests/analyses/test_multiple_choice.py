@@ -102,6 +102,9 @@ def test_a_shared_stem_runs_once_and_gives_the_whole_prompts_probabilities(archi
     assert prompts[0][stems[0]] != prompts[1][stems[0]]  # the first option: where the orders part
     whole = letter_probabilities(model, prompts, letters, batch_size=3)
     shared = letter_probabilities(model, prompts, letters, batch_size=3, stems=stems)
+    with torch.no_grad():  # the model's own forward pass over each whole prompt, its last position's letters
+        own = torch.stack([model(torch.tensor([p]))[0, -1, letters] for p in prompts]).double().softmax(-1)
+    assert (whole - own).abs().max() < 1e-6
     assert (shared - whole).abs().max() < 1e-6
     mixed = letter_probabilities(model, prompts, letters, batch_size=3, stems=[0] + stems[1:])
     assert (mixed[0] - whole[0]).abs().max() < 1e-6 and (mixed[1:] - shared[1:]).abs().max() < 1e-6
