@@ -417,14 +417,16 @@ def kept_logits(model: torch.nn.Module, positions: Bool[Tensor, "batch pos"], fo
     """``forward()[positions]`` (row-major), where ``forward`` runs ``model`` on a batch of that shape: a
     TransformerBridge of :func:`final_hidden_of` (no hook of its own, a plain ``Linear`` head) runs its head (and
     soft cap) on those positions alone (:func:`head_reads`), the same rows; any other model gives its whole
-    logits, indexed. ``forward`` may attach hooks of its own (``run_with_hooks``): the model is checked before."""
+    logits, indexed, and so does a forward that reaches the logits without calling that head (they come back
+    whole). ``forward`` may attach hooks of its own (``run_with_hooks``): the model is checked before."""
     from models.backend import is_hooked
 
     reads = final_hidden_of(model)
     if reads is None or is_hooked(reads):
         return forward()[positions]
     with head_reads(reads.get_output_embeddings(), positions):
-        return forward()[0]
+        logits = forward()
+    return logits[positions] if logits.shape[:2] == positions.shape else logits[0]
 
 
 def answer_loss(

@@ -62,6 +62,7 @@ statements, and over 2 the normal 1.96 would make the interval 6.5 times too nar
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -78,7 +79,8 @@ from facts.tokens import Example
 from models.backend import (TL_VERSION, TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry,
                             embedding_scale, is_hooked, runs_from_layer)
 from models.bilinear import BilinearModel
-from models.scoring import answer_token_logprobs, check_causal, hooked_readout, in_eval_mode, token_logprobs
+from models.scoring import (answer_token_logprobs, check_causal, hooked_readout, in_eval_mode, kept_logits,
+                            token_logprobs)
 from models.training import derived_seed, stream_seed
 from probes.hooks import check_layer, hook_names
 from probes.stats import UNBOUNDED, t95
@@ -196,16 +198,20 @@ def trace_sites(
 
     def run_restored(resid: Float[Tensor, "batch pos d_model"], layer: int, hooks: list, first: int = 0,
                      past: Any = None) -> Float[Tensor, " batch"]:
-        """The restored rows' answer log-probabilities. A HookedTransformer stops after its blocks and unembeds
-        the answer-predicting positions alone (:func:`models.scoring.hooked_readout`: those rows of the full
-        logits); a bridge's ``stop_at_layer`` still unembeds, so it gives full logits. ``resid`` holds positions
-        ``first`` on, and ``past`` the keys and values of the positions before it."""
+        """The restored rows' answer log-probabilities, the answer-predicting positions alone unembedded: a
+        HookedTransformer stops after its blocks (:func:`models.scoring.hooked_readout`: those rows of the full
+        logits), a bridge runs its head on them where it can (:func:`models.scoring.kept_logits`). ``resid`` holds
+        positions ``first`` on, and ``past`` the keys and values of the positions before it."""
         rows = len(resid)
-        if not is_hooked(model):
-            return score(model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=hooks))
-        final = model.run_with_hooks(resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers, fwd_hooks=hooks,
-                                     past_kv_cache=past)
-        logits = hooked_readout(model, final[:, length - 1 - first : -1].reshape(-1, final.shape[-1]))
+        if is_hooked(model):
+            final = model.run_with_hooks(resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers,
+                                         fwd_hooks=hooks, past_kv_cache=past)
+            logits = hooked_readout(model, final[:, length - 1 - first : -1].reshape(-1, final.shape[-1]))
+        else:
+            predicting = torch.zeros(resid.shape[:2], dtype=torch.bool, device=resid.device)
+            predicting[:, length - 1 - first : -1] = True
+            logits = kept_logits(model, predicting,
+                                 functools.partial(model.run_with_hooks, resid, start_at_layer=layer, fwd_hooks=hooks))
         return answer_token_logprobs(logits, sequence.expand(rows, -1), mask.expand(rows, -1))[0].sum(1).float().cpu()
 
     scale = noise_std(model, noise_multiple)
