@@ -393,9 +393,11 @@ def _node_id() -> str | None:
 
 # --- the sweep on Ray --------------------------------------------------------------------------
 
-WARM_MODULES = ("analyses.cli", "analyses.reproduce", "matplotlib.figure", "matplotlib.backends.backend_agg")
-"""What a trial runner imports when it starts, before its first trial: torch, TransformerLens,
-pandas, circuitsvis and matplotlib (~5 CPU s cold, the bulk of a cold trial's extra cost)."""
+WARM_MODULES = ("analyses.cli", "analyses.reproduce", "probes.circuits", "probes.logits", "matplotlib.figure",
+                "matplotlib.backends.backend_agg")
+"""What a trial runner imports when it starts, before its first trial: torch, TransformerLens (through the probes:
+an experiment's own module imports them where they run), pandas, circuitsvis and matplotlib (~5 CPU s cold, the
+bulk of a cold trial's extra cost)."""
 
 
 class TrialRunner:
