@@ -412,18 +412,22 @@ def head_reads(head: torch.nn.Module, positions: Bool[Tensor, "batch pos"],
         handle.remove()
 
 
-def kept_logits(model: torch.nn.Module, positions: Bool[Tensor, "batch pos"], forward: Callable[[], Tensor]
+def kept_logits(model: torch.nn.Module, positions: Bool[Tensor, "batch pos"], forward: Callable[..., Tensor]
                 ) -> Float[Tensor, "n d_vocab"]:
-    """``forward()[positions]`` (row-major), where ``forward`` runs ``model`` on a batch of that shape: a
-    TransformerBridge of :func:`final_hidden_of` (no hook of its own, a plain ``Linear`` head) runs its head (and
-    soft cap) on those positions alone (:func:`head_reads`), the same rows; any other model gives its whole
-    logits, indexed, and so does a forward that reaches the logits without calling that head (they come back
-    whole). ``forward`` may attach hooks of its own (``run_with_hooks``): the model is checked before."""
+    """``forward()[positions]`` (row-major), where ``forward(**options)`` runs ``model`` on a batch of that shape,
+    unembedded at those positions alone where :func:`final_hidden_of` allows it (no hook of its own): a
+    HookedTransformer stops after its blocks (``forward(stop_at_layer=n_layers)``) and reads those rows out
+    (:func:`hooked_readout`); a TransformerBridge over a plain ``Linear`` head runs its head (and soft cap) on them
+    (:func:`head_reads`). The same rows either way. Any other model gives its whole logits, indexed, and so does a
+    forward that reaches the logits without calling that head (they come back whole). ``forward`` may attach hooks
+    of its own (``run_with_hooks``): the model is checked before."""
     from models.backend import is_hooked
 
     reads = final_hidden_of(model)
-    if reads is None or is_hooked(reads):
+    if reads is None:
         return forward()[positions]
+    if is_hooked(reads):
+        return hooked_readout(reads, forward(stop_at_layer=reads.cfg.n_layers)[positions])
     with head_reads(reads.get_output_embeddings(), positions):
         logits = forward()
     return logits[positions] if logits.shape[:2] == positions.shape else logits[0]

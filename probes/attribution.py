@@ -704,14 +704,11 @@ def _patched_logprobs(
 
     Here several sites share a pass: the corrupted statements repeated once per site, and each copy patched at
     its own site alone (a hook per layer writes only the copies of its sites), so each copy's forward is the
-    one-site pass's, row for row (bitwise on SmolLM2 and the tiny architectures). Where the model allows it, only
-    the scored positions are unembedded: a HookedTransformer with no other hook (its last residual stream through
-    :func:`models.scoring.hooked_readout`), and a TransformerBridge with no other hook over a transformers model
-    whose head is a plain ``Linear`` (:func:`models.scoring.kept_logits`: its own head and soft cap on those
-    positions). Anything else gives its whole logits."""
+    one-site pass's, row for row (bitwise on SmolLM2 and the tiny architectures). Where the model allows it (a
+    HookedTransformer, or a bridge over a plain ``Linear`` head, with no other hook), only the scored positions are
+    unembedded (:func:`models.scoring.kept_logits`); anything else gives its whole logits."""
     statements, length = corrupt_tokens.shape[0], goal.shape[1]
-    reads = final_hidden_of(model)  # before the patches' hooks are attached: another hook reads whole logits
-    readout = reads is not None
+    readout = final_hidden_of(model) is not None  # what kept_logits reads out (its hooks not attached yet)
     vocabulary = max(getattr(model.cfg, "d_vocab_out", 0) or 0, model.cfg.d_vocab)  # -1 where it is d_vocab
     logits_per_site = statements * (length if readout else corrupt_tokens.shape[1]) * vocabulary
     per_pass = max(1, min(PATCHED_ROWS, LOGIT_BUDGET // logits_per_site,
@@ -737,14 +734,10 @@ def _patched_logprobs(
         hooks = [(get_act_name(activation, layer), functools.partial(patch, patches=patches))
                  for layer, patches in by_layer.items()]
         tokens = corrupt_tokens.repeat(len(chunk), 1)
-        if readout and reads is model:  # a HookedTransformer
-            residual = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)[:, -length:]
-            logits = hooked_readout(model, residual.reshape(-1, residual.shape[-1])).view(len(tokens), length, -1)
-        else:  # a bridge's head runs on the last `length` positions alone where it can (kept_logits)
-            scored = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
-            scored[:, -length:] = True
-            logits = kept_logits(model, scored, functools.partial(model.run_with_hooks, tokens, fwd_hooks=hooks)
-                                 ).view(len(tokens), length, -1)
+        scored = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+        scored[:, -length:] = True
+        logits = kept_logits(model, scored, functools.partial(model.run_with_hooks, tokens, fwd_hooks=hooks)
+                             ).view(len(tokens), length, -1)
         out.append(_answer_logprobs(logits, goal.repeat(len(chunk), 1)).view(len(chunk), statements).mean(-1))
     return torch.cat(out)
 

@@ -20,8 +20,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from models.backend import hooks_attached, is_hooked
-from models.scoring import hooked_readout, in_eval_mode, kept_logits
+from models.backend import hooks_attached
+from models.scoring import in_eval_mode, kept_logits
 
 
 def letter_tokens(tokenizer: Any, letters: str) -> tuple[int, ...]:
@@ -45,9 +45,8 @@ def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: 
                          batch_size: int = 16, stems: Sequence[int] | None = None) -> Float[Tensor, "prompt letter"]:
     """p_k for every prompt (rows in input order) and letter token (columns): the softmax over the
     letters' next-token logits at the last prompt position (see the module docstring). Prompts run in
-    groups of one length (no padding), ``batch_size`` at a time. A HookedTransformer unembeds the last
-    position only (:func:`models.scoring.hooked_readout`: exactly that row of its full logits), and so does a
-    TransformerBridge where it can (:func:`models.scoring.kept_logits`).
+    groups of one length (no padding), ``batch_size`` at a time, the last position alone unembedded where the
+    model allows it (:func:`models.scoring.kept_logits`: exactly that row of its full logits).
 
     ``stems[i]`` (on a HookedTransformer or TransformerBridge): the first ``stems[i]`` tokens of prompt i
     are a stem other prompts share (a multiple-choice question's, the same in each of its orders), at
@@ -80,12 +79,9 @@ def letter_probabilities(model: Any, prompts: Sequence[Sequence[int]], letters: 
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             tokens: Int[Tensor, "batch pos"] = torch.tensor([list(prompts[r]) for r in chunk], device=model.cfg.device)
-            if is_hooked(model):
-                logits = hooked_readout(model, model(tokens, stop_at_layer=model.cfg.n_layers)[:, -1])
-            else:
-                last = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
-                last[:, -1] = True
-                logits = kept_logits(model, last, functools.partial(model, tokens))
+            last = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+            last[:, -1] = True
+            logits = kept_logits(model, last, functools.partial(model, tokens))
             out[chunk] = logits[:, index].cpu().double().softmax(-1)  # float64 on the CPU: MPS has none
     return out
 

@@ -79,8 +79,7 @@ from facts.tokens import Example
 from models.backend import (TL_VERSION, TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry,
                             embedding_scale, is_hooked, runs_from_layer)
 from models.bilinear import BilinearModel
-from models.scoring import (answer_token_logprobs, check_causal, hooked_readout, in_eval_mode, kept_logits,
-                            token_logprobs)
+from models.scoring import answer_token_logprobs, check_causal, in_eval_mode, kept_logits, token_logprobs
 from models.training import derived_seed, stream_seed
 from probes.hooks import check_layer, hook_names
 from probes.stats import UNBOUNDED, t95
@@ -198,20 +197,15 @@ def trace_sites(
 
     def run_restored(resid: Float[Tensor, "batch pos d_model"], layer: int, hooks: list, first: int = 0,
                      past: Any = None) -> Float[Tensor, " batch"]:
-        """The restored rows' answer log-probabilities, the answer-predicting positions alone unembedded: a
-        HookedTransformer stops after its blocks (:func:`models.scoring.hooked_readout`: those rows of the full
-        logits), a bridge runs its head on them where it can (:func:`models.scoring.kept_logits`). ``resid`` holds
+        """The restored rows' answer log-probabilities, the answer-predicting positions alone unembedded where the
+        model allows it (:func:`models.scoring.kept_logits`: those rows of the full logits). ``resid`` holds
         positions ``first`` on, and ``past`` the keys and values of the positions before it."""
         rows = len(resid)
-        if is_hooked(model):
-            final = model.run_with_hooks(resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers,
-                                         fwd_hooks=hooks, past_kv_cache=past)
-            logits = hooked_readout(model, final[:, length - 1 - first : -1].reshape(-1, final.shape[-1]))
-        else:
-            predicting = torch.zeros(resid.shape[:2], dtype=torch.bool, device=resid.device)
-            predicting[:, length - 1 - first : -1] = True
-            logits = kept_logits(model, predicting,
-                                 functools.partial(model.run_with_hooks, resid, start_at_layer=layer, fwd_hooks=hooks))
+        predicting = torch.zeros(resid.shape[:2], dtype=torch.bool, device=resid.device)
+        predicting[:, length - 1 - first : -1] = True
+        earlier = {} if past is None else {"past_kv_cache": past}
+        logits = kept_logits(model, predicting, functools.partial(model.run_with_hooks, resid, start_at_layer=layer,
+                                                                  fwd_hooks=hooks, **earlier))
         return answer_token_logprobs(logits, sequence.expand(rows, -1), mask.expand(rows, -1))[0].sum(1).float().cpu()
 
     scale = noise_std(model, noise_multiple)
