@@ -57,6 +57,8 @@ from facts.tokens import Example, TokenizedFacts, collate
 from probes.stats import mean_ci95
 
 STAGES = ("before", "after")
+HISTORY_SETS = {"forward": "forward_trained_paraphrase", "reverse": "reverse"}
+"""history.jsonl's evaluation sets: each the answers of the questions of one setting (:data:`facts.questions.SETTINGS`)."""
 TESTED = "p2d"
 """The group whose facts every setting asks: trained name → description, reverse held out."""
 MITIGATIONS = {
@@ -588,12 +590,8 @@ def read_inputs_and_model(config: FinetuneConfig) -> tuple[QuestionSet, list[lis
     controls = draw_controls(questions, config.n_controls, config.seed)
     with one_parse(config.model):
         tokenizer = load_tokenizer(config.model)
-        pad_id = padding_id(tokenizer)
-        sentences = training_examples(questions, config, tokenizer, pad_id)
-        eval_sets = {name: collate([asked(tokenizer, q.prompt, q.completion, q.source, q.fact, q.direction, q.split)
-                                    for q in questions.questions if q.setting == setting], pad_id)
-                     for name, setting in (("forward", "forward_trained_paraphrase"), ("reverse", "reverse"))
-                     if any(q.setting == setting for q in questions.questions)}
+        sentences = training_examples(questions, config, tokenizer, padding_id(tokenizer))
+        eval_sets = evaluation_sets(questions, tokenizer)
         hf_model, _ = load_hf(config.model, device=config.device, keep=False)
     return questions, controls, tokenizer, sentences, eval_sets, hf_model
 
@@ -659,11 +657,12 @@ def _finetune_loaded(out: str | Path, config: FinetuneConfig, progress: bool, be
     del model  # the "before" copy; training runs on the transformers model, converted again after
     per_epoch = math.ceil(len(sentences) / config.batch_size)
     trained = time.perf_counter()
+    steps = per_epoch * config.epochs
     result = train(
         CausalLM(hf_model), sentences,
-        TrainConfig(steps=per_epoch * config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+        TrainConfig(steps=steps, lr=config.lr, weight_decay=config.weight_decay,
                     batch_size=config.batch_size, eval_every=per_epoch, seed=config.seed, progress=progress),
-        eval_sets=eval_sets,
+        callbacks=[_evaluation_between(eval_sets, steps)],
     )
     if config.lora_rank is not None:
         hf_model = merge_lora(hf_model)
@@ -712,11 +711,46 @@ def _finetune_loaded(out: str | Path, config: FinetuneConfig, progress: bool, be
         tracing_began = time.perf_counter()
         summary["tracing"] = tracing.finish(model, out)
         seconds["trace"] += time.perf_counter() - tracing_began
+    for record, stage in ((result.history[0], "before"), (result.history[-1], "after")):
+        record["eval"] = history_evaluation(tables[stage])
     _write_history(out / "history.jsonl", result.history)
     save_png(finetune_bars(summary), out / "finetune.png")
     seconds["total"] = time.perf_counter() - began
     _write_json(out / "summary.json", summary)
     return summary
+
+
+def evaluation_sets(questions: QuestionSet, tokenizer) -> dict[str, TokenizedFacts]:
+    """The history's evaluation sets (:data:`HISTORY_SETS`, those with questions): each question's prompt and
+    answer tokenised as its table row's first candidate (:func:`question_rows`)."""
+    return {name: collate([asked(tokenizer, q.prompt, q.completion, q.source, q.fact, q.direction, q.split)
+                           for q in questions.questions if q.setting == setting], padding_id(tokenizer))
+            for name, setting in HISTORY_SETS.items() if any(q.setting == setting for q in questions.questions)}
+
+
+def _evaluation_between(eval_sets: dict[str, TokenizedFacts], steps: int):
+    """A training callback: each record's ``eval`` (:func:`models.training.evaluate` of ``eval_sets``) but the
+    first's and the last's (step 0 and ``steps``), which :func:`history_evaluation` reads from the question tables
+    asked before and after training: the same prompts and answers, so they are not scored twice."""
+    from models.training import evaluate
+
+    def evaluation(step: int, model) -> dict[str, Any]:
+        return {"eval": {} if step in (0, steps) else evaluate(model, eval_sets)}
+
+    return evaluation
+
+
+def history_evaluation(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """A history record's ``eval`` read from a question table (:func:`evaluate_questions`), as
+    :func:`models.training.evaluate` computes it from :data:`HISTORY_SETS`' answers: per set, the mean answer
+    log p, the mean probability exp(log p) and the share answered greedily right (exact match)."""
+    evaluation = {}
+    for name, setting in HISTORY_SETS.items():
+        rows = table[table.setting == setting]
+        if len(rows):
+            evaluation[name] = {"logprob": float(rows.logprob.mean()), "prob": float(rows.logprob.map(math.exp).mean()),
+                                "accuracy": float(rows.correct.mean())}
+    return evaluation
 
 
 def _ask_multiple_choice(model, questions: QuestionSet, tokenizer, config: FinetuneConfig) -> pd.DataFrame | str | None:

@@ -26,6 +26,7 @@ from analyses.finetune import (
     training_sentences,
 )
 from berglund_folder import write_experiment_folder
+from tests_support import assert_first_record_is_the_model_s_evaluation
 from facts.io import load_jsonl
 from facts.language import TEST_TEMPLATES, TRAIN_TEMPLATES, people_world
 from facts.questions import questions_from_facts
@@ -47,7 +48,7 @@ def finetune_run(tmp_path_factory, smollm2_hf):
     return out, json.loads((out / "summary.json").read_text())
 
 
-def test_short_finetune_raises_the_trained_facts_logprob(finetune_run):
+def test_short_finetune_raises_the_trained_facts_logprob(finetune_run, smollm2_hf):
     out, summary = finetune_run
     assert summary["steps"] == 3 and summary["train_sentences"] == 6  # 3 people × 2 paraphrases, one batch
     assert summary["questions_asked_of"] == "transformers model, by trie"  # the trained model itself
@@ -59,6 +60,11 @@ def test_short_finetune_raises_the_trained_facts_logprob(finetune_run):
     forward = [r["eval"]["forward"]["logprob"] for r in history]
     assert forward[-1] > forward[0]
     assert after["logprob"] == pytest.approx(forward[-1], abs=1e-3)
+    # the first record is read from the questions asked before training (not scored again): the untrained model's
+    # own evaluation of the same answers
+    assert_first_record_is_the_model_s_evaluation(history[0], *smollm2_hf, FinetuneConfig(people=3, templates=2,
+                                                                                          n_controls=2))
+
 
 
 def test_finetune_writes_probe_format_tables_and_figure(finetune_run):

@@ -21,8 +21,10 @@ import math
 import pandas as pd
 import pytest
 import torch
+from tests_support import assert_first_record_is_the_model_s_evaluation
 from tiny_models import padded_answers, save_tiny, tiny_config
 
+from analyses.finetune import FinetuneConfig
 from models.hf_training import CausalLM, add_lora, lora_target_names, merge_lora
 from models.pretrained import check_equivalence, freeze_except_last_blocks, load_hf, load_tokenizer, to_hooked
 from models.training import TrainConfig, train
@@ -188,6 +190,10 @@ def test_finetune_facts_runs_on_gemma3_end_to_end(tiny_hf, tmp_path):
     for setting in summary["groups"]["p2d"].values():
         assert all(math.isfinite(setting[stage]["logprob"]) for stage in ("before", "after"))
     assert (out / "questions.csv").read_text() != (out / "before_questions.csv").read_text()  # training moved them
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in history] == [0, summary["steps"]]
+    assert_first_record_is_the_model_s_evaluation(history[0], *load_hf(folder), FinetuneConfig(
+        model=str(folder), people=4, n_controls=2))
     assert summary["tracing"]["headline"] and (out / "tracing_after.png").is_file()
     # the stages' times are disjoint intervals of the run, so the total holds them all, the tracing after
     # fine-tuning (the run's last stage) too

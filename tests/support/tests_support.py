@@ -1,4 +1,4 @@
-"""Helpers shared by tests: run `revlens` as a user would, in a subprocess."""
+"""Helpers shared by tests: run `revlens` as a user would, in a subprocess; check a fine-tune's history."""
 
 from __future__ import annotations
 
@@ -35,3 +35,21 @@ def revlens_in_process(capsys, *args: str, check: bool = True) -> subprocess.Com
     if check and code != 0:
         raise AssertionError(captured.err)
     return subprocess.CompletedProcess(["revlens", *map(str, args)], code, captured.out, captured.err)
+
+
+def assert_first_record_is_the_model_s_evaluation(record, hf_model, tokenizer, config):
+    """``record`` (history.jsonl's step 0, :func:`analyses.finetune.history_evaluation` of the questions asked
+    before training) is :func:`models.training.evaluate` of ``hf_model`` (untrained) on the evaluation sets of
+    ``config``'s questions: log-probs within 1e-4, the same exact matches."""
+    import pytest
+
+    from analyses.finetune import evaluation_sets, read_questions
+    from models.hf_training import CausalLM
+    from models.training import evaluate
+
+    expected = evaluate(CausalLM(hf_model), evaluation_sets(read_questions(config), tokenizer))
+    assert set(record["eval"]) == set(expected) == {"forward", "reverse"}
+    for name, numbers in expected.items():
+        assert record["eval"][name]["logprob"] == pytest.approx(numbers["logprob"], abs=1e-4), name
+        assert record["eval"][name]["prob"] == pytest.approx(numbers["prob"], rel=1e-4, abs=1e-12), name
+        assert record["eval"][name]["accuracy"] == numbers["accuracy"], name
