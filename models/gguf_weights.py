@@ -120,16 +120,26 @@ def _tensor_name_map_built_once() -> Iterator[None]:
 
 
 def plain_array_reader(reader: Callable[..., object]) -> Callable[..., object]:
-    """``reader`` (``gguf.GGUFReader`` or a subclass) reading through a plain ndarray view of the file.
+    """``reader`` (``gguf.GGUFReader`` or a subclass) reading through a plain ndarray view of the file, an array
+    field at a time.
 
     The reader slices its ``np.memmap`` once or twice per metadata element, and each slice of a
     memmap runs ``memmap.__getitem__`` and ``__array_finalize__`` in Python: most of the parse of a
     vocabulary's metadata (Gemma 3's 262,144 tokens: ~14 s of CPU). A plain view of the same
     memory map (read-only, as the memmap is) slices in C; the fields and tensors are the same bytes.
+    An array field of strings or scalars (a vocabulary's tokens, scores and types, BPE merges) is then read
+    in one loop over its elements instead of a recursive call and two typed reads per element: the same
+    parts (each string's length and bytes, each scalar a one-element view), data indices and types as the
+    reader's own (3.3 → 0.4 CPU s for Gemma 3's metadata, 0.7 → 0.1 for SmolLM2's); anything else (an
+    array of arrays, an empty one, a file of the other byte order) is read by the reader's own code.
     Anything that is not a class (an enclosing block's shared reader) is returned as it is.
     """
     if not isinstance(reader, type):
         return reader
+    import struct
+    import sys
+
+    from gguf import GGUFValueType
 
     class PlainArrayReader(reader):  # type: ignore[misc, valid-type]
         @property
@@ -139,6 +149,27 @@ def plain_array_reader(reader: Callable[..., object]) -> Callable[..., object]:
         @data.setter
         def data(self, memory_map: np.ndarray) -> None:
             self._plain_data = np.asarray(memory_map)  # no copy: a base-class view of the map
+
+        def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list, list[int], list]:
+            if raw_type != GGUFValueType.ARRAY or self.byte_order != "I" or sys.byteorder != "little":
+                return super()._get_field_parts(orig_offs, raw_type)
+            data, raw_itype, alen = self.data, self._get(orig_offs, np.uint32), self._get(orig_offs + 4, np.uint64)
+            item_type, count, offset = GGUFValueType(int(raw_itype[0])), int(alen[0]), orig_offs + 12
+            parts, types = [raw_itype, alen], [GGUFValueType.ARRAY, item_type]
+            scalar = self.gguf_scalar_to_np.get(item_type)
+            if count and item_type == GGUFValueType.STRING:  # per element: its length (uint64), then its bytes
+                length, memory, append = struct.Struct("<Q").unpack_from, memoryview(data), parts.append
+                for _ in range(count):
+                    (size,) = length(memory, offset)
+                    append(data[offset:offset + 8].view(np.uint64))
+                    append(data[offset + 8:offset + 8 + size])
+                    offset += 8 + size
+                return offset - orig_offs, parts, list(range(3, 2 + 2 * count, 2)), types
+            if count and scalar is not None:
+                values = data[offset:offset + np.dtype(scalar).itemsize * count].view(scalar)
+                parts += [values[i:i + 1] for i in range(count)]
+                return 12 + values.nbytes, parts, list(range(2, 2 + count)), types
+            return super()._get_field_parts(orig_offs, raw_type)
 
     return PlainArrayReader
 

@@ -219,6 +219,50 @@ def test_gguf_of_an_unknown_architecture(tmp_path):
         load(path)
 
 
+def assert_same_fields(ours, theirs) -> None:
+    """Two parsed GGUFs hold the same metadata fields (names, offsets, types, data indices, every part's dtype,
+    shape and bytes) and tensors."""
+    assert list(ours.fields) == list(theirs.fields)
+    for name, field in theirs.fields.items():
+        read = ours.fields[name]
+        assert (read.offset, read.name, list(read.types), list(read.data)) == (
+            field.offset, field.name, list(field.types), list(field.data)), name
+        assert len(read.parts) == len(field.parts), name
+        for mine, own in zip(read.parts, field.parts):
+            assert (mine.dtype, mine.shape, mine.tobytes()) == (own.dtype, own.shape, own.tobytes()), name
+    assert [(t.name, t.data_offset, t.n_bytes, t.data.tobytes()) for t in ours.tensors] == [
+        (t.name, t.data_offset, t.n_bytes, t.data.tobytes()) for t in theirs.tensors]
+
+
+def test_the_plain_array_reader_parses_every_field_as_the_gguf_reader_does(tmp_path):
+    """``plain_array_reader`` reads array fields in one loop each: on a file with an array of every value type
+    (strings of 0 to 300 bytes, every scalar width, bools), an empty array, an array of arrays and scalars, and
+    on SmolLM2's own file (49,152 tokens, their scores and types, 48,900 merges), the fields and tensors are the
+    gguf library's own, part for part."""
+    from models.gguf_weights import plain_array_reader
+
+    path = tmp_path / "every-type.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("test.strings", ["", "a", "é" * 150, "tab\tnew\nline", "x" * 300])
+    for name, values in {"ints": [-3, 0, 2**31 - 1], "floats": [0.5, -1e30, 3.25], "bools": [True, False, True],
+                         "empty": [], "nested": [[1, 2], [3]]}.items():
+        writer.add_array(f"test.{name}", values)
+    for kind in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"):
+        writer.add_key_value(f"test.{kind}s", list(range(1, 6)), gguf.GGUFValueType.ARRAY,
+                             sub_type=gguf.GGUFValueType[kind.upper()])
+    writer.add_string("test.name", "every type")
+    writer.add_uint32("test.count", 7)
+    writer.add_tensor("token_embd.weight", np.arange(16, dtype=np.float32).reshape(4, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    for file in (path, resolve("smollm2-135m").path):
+        ours, theirs = plain_array_reader(gguf.GGUFReader)(file), gguf.GGUFReader(file)
+        assert_same_fields(ours, theirs)
+    assert ours.fields["tokenizer.ggml.tokens"].contents()[:3] == theirs.fields["tokenizer.ggml.tokens"].contents()[:3]
+
+
 def test_bad_arguments(smollm2_tl, smollm2):
     _, model = smollm2_tl
     hf_model, tokenizer = smollm2
