@@ -156,16 +156,24 @@ def plain_array_reader(reader: Callable[..., object]) -> Callable[..., object]:
             data, raw_itype, alen = self.data, self._get(orig_offs, np.uint32), self._get(orig_offs + 4, np.uint64)
             item_type, count, offset = GGUFValueType(int(raw_itype[0])), int(alen[0]), orig_offs + 12
             parts, types = [raw_itype, alen], [GGUFValueType.ARRAY, item_type]
-            scalar = self.gguf_scalar_to_np.get(item_type)
+            scalar, end = self.gguf_scalar_to_np.get(item_type), len(data)
+            cut_short = ValueError(f"its metadata array at byte {orig_offs} ({count} elements) runs past the end of "
+                                   f"the file ({end} bytes): the file is cut short")
             if count and item_type == GGUFValueType.STRING:  # per element: its length (uint64), then its bytes
                 length, memory, append = struct.Struct("<Q").unpack_from, memoryview(data), parts.append
                 for _ in range(count):
+                    if offset + 8 > end:
+                        raise cut_short
                     (size,) = length(memory, offset)
+                    if offset + 8 + size > end:
+                        raise cut_short
                     append(data[offset:offset + 8].view(np.uint64))
                     append(data[offset + 8:offset + 8 + size])
                     offset += 8 + size
                 return offset - orig_offs, parts, list(range(3, 2 + 2 * count, 2)), types
             if count and scalar is not None:
+                if offset + np.dtype(scalar).itemsize * count > end:
+                    raise cut_short
                 values = data[offset:offset + np.dtype(scalar).itemsize * count].view(scalar)
                 parts += [values[i:i + 1] for i in range(count)]
                 return 12 + values.nbytes, parts, list(range(2, 2 + count)), types

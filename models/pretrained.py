@@ -88,6 +88,7 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -676,6 +677,8 @@ def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | 
         return copy.deepcopy(_GGUF_DECLARED_CONFIGS[key])
     except PretrainedLoadError:
         raise
+    except struct.error as error:  # transformers' GGUF metadata reader on a file that ends too soon
+        raise _cut_short(source.path, "its configuration from the GGUF metadata", error) from error
     except (ValueError, OSError, KeyError):
         return None
 
@@ -804,13 +807,22 @@ def _whole(path: Path, loaded: tuple[PreTrainedModel, dict[str, Any]]) -> PreTra
 
 @contextlib.contextmanager
 def _as_load_error(path: Path, what: str) -> Iterator[None]:
-    """Re-raise transformers' ValueError/OSError while reading ``path`` as :class:`PretrainedLoadError`."""
+    """Re-raise transformers' ValueError/OSError while reading ``path`` as :class:`PretrainedLoadError`, and the
+    ``struct.error`` its GGUF metadata reader raises on a file that ends too soon (an unfinished download or copy)."""
     try:
         yield
     except PretrainedLoadError:
         raise
     except (ValueError, OSError) as error:
         raise PretrainedLoadError(f"could not read {what} from {path}: {error}") from error
+    except struct.error as error:
+        raise _cut_short(path, what, error) from error
+
+
+def _cut_short(path: Path, what: str, error: struct.error) -> PretrainedLoadError:
+    """The error for a file transformers' GGUF metadata reader ran off the end of (``struct.error``)."""
+    return PretrainedLoadError(f"could not read {what} from {path}: it ends before its contents do ({error}); the "
+                               "file is cut short: copy or download it again")
 
 
 def load(

@@ -6,6 +6,7 @@ on every backend is in ``test_architectures.py``.
 """
 
 import os
+import re
 import shutil
 import time
 import warnings
@@ -204,6 +205,34 @@ def test_garbage_gguf_file(tmp_path):
     garbage.write_bytes(b"definitely not a GGUF file" * 8)
     with pytest.raises(PretrainedLoadError, match="GGUF"):
         load(garbage)
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_a_gguf_cut_short_is_refused_naming_the_file(name, tmp_path, capsys):
+    """A GGUF that ends inside its metadata (an unfinished download or copy: here its first 1.5 MB, inside the
+    vocabulary) is refused by ``load_hf`` as the file cut short, not with transformers' ``struct.error``; the
+    metadata parse every load shares (``plain_array_reader``) says which array runs past the end; the commands
+    that read a model refuse it in one line naming the file, before their folder is made."""
+    from tests_support import revlens_in_process
+
+    from models.gguf_weights import plain_array_reader
+
+    cut = tmp_path / f"{name}-cut.gguf"
+    with open(resolve(name).path, "rb") as file:
+        cut.write_bytes(file.read(1_500_000))
+    with pytest.raises(PretrainedLoadError, match=f"{re.escape(str(cut))}: it ends before its contents do .*cut short"):
+        load_hf(cut, keep=False)
+    with pytest.raises(ValueError, match=r"metadata array at byte \d+ \(\d+ elements\) runs past the end of the file "
+                                         r"\(1500000 bytes\)"):
+        plain_array_reader(gguf.GGUFReader)(cut)
+    facts = tmp_path / "facts.jsonl"
+    revlens_in_process(capsys, "make-facts", "people", "--size", "4", "--out", facts)
+    for command in (["check-asymmetry", "--limit", "1"], ["probe", "--facts", facts, "--controls", "4"],
+                    ["finetune-facts", "--people", "2", "--controls", "1"]):
+        result = revlens_in_process(capsys, *command, "--model", cut, "--out", tmp_path / "out", check=False)
+        assert result.returncode == 2 and str(cut) in result.stderr, (command, result.stderr)
+        assert "cut short" in result.stderr, (command, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists(), command
 
 
 def test_gguf_of_an_unknown_architecture(tmp_path):
