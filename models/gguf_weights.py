@@ -172,9 +172,10 @@ def plain_array_reader(reader: Callable[..., object]) -> Callable[..., object]:
                     offset += 8 + size
                 return offset - orig_offs, parts, list(range(3, 2 + 2 * count, 2)), types
             if count and scalar is not None:
-                if offset + np.dtype(scalar).itemsize * count > end:
+                stop = offset + np.dtype(scalar).itemsize * count
+                if stop > end:
                     raise cut_short
-                values = data[offset:offset + np.dtype(scalar).itemsize * count].view(scalar)
+                values = data[offset:stop].view(scalar)
                 parts += [values[i:i + 1] for i in range(count)]
                 return 12 + values.nbytes, parts, list(range(2, 2 + count)), types
             return super()._get_field_parts(orig_offs, raw_type)
