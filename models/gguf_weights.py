@@ -28,6 +28,11 @@ from torch import Tensor
 from models.memory import numpy_without_huge_pages
 
 
+class FileCutShort(ValueError):
+    """A GGUF whose metadata, tensor table or tensor data runs past the end of the file: an unfinished
+    download or copy. Raised by the reader :func:`plain_array_reader` makes, at the first read past the end."""
+
+
 @contextlib.contextmanager
 def lean_gguf_weights(release_reader: Callable[[Path], None]) -> Iterator[None]:
     """Within the block, transformers reads a GGUF's weights with :func:`gguf_state_dict`.
@@ -150,6 +155,18 @@ def plain_array_reader(reader: Callable[..., object]) -> Callable[..., object]:
         def data(self, memory_map: np.ndarray) -> None:
             self._plain_data = np.asarray(memory_map)  # no copy: a base-class view of the map
 
+        def _get(self, offset: int, dtype: object, count: int = 1, override_order: str | None = None) -> np.ndarray:
+            stop = int(offset) + np.dtype(dtype).itemsize * int(count)
+            if stop > len(self.data):  # the library's read would hand back fewer elements than it asked for
+                raise FileCutShort(f"bytes {offset} to {stop} run past the end of the file ({len(self.data)} bytes)")
+            return super()._get(offset, dtype, count, override_order)
+
+        def _build_tensors(self, start_offs: int, fields: list) -> None:
+            try:
+                super()._build_tensors(start_offs, fields)
+            except FileCutShort as error:
+                raise FileCutShort(f"its tensor data, from byte {start_offs}, is incomplete: {error}") from None
+
         def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list, list[int], list]:
             if raw_type != GGUFValueType.ARRAY or self.byte_order != "I" or sys.byteorder != "little":
                 return super()._get_field_parts(orig_offs, raw_type)
@@ -157,8 +174,8 @@ def plain_array_reader(reader: Callable[..., object]) -> Callable[..., object]:
             item_type, count, offset = GGUFValueType(int(raw_itype[0])), int(alen[0]), orig_offs + 12
             parts, types = [raw_itype, alen], [GGUFValueType.ARRAY, item_type]
             scalar, end = self.gguf_scalar_to_np.get(item_type), len(data)
-            cut_short = ValueError(f"its metadata array at byte {orig_offs} ({count} elements) runs past the end of "
-                                   f"the file ({end} bytes): the file is cut short")
+            cut_short = FileCutShort(f"its metadata array at byte {orig_offs} ({count} elements) runs past the end "
+                                     f"of the file ({end} bytes)")
             if count and item_type == GGUFValueType.STRING:  # per element: its length (uint64), then its bytes
                 length, memory, append = struct.Struct("<Q").unpack_from, memoryview(data), parts.append
                 for _ in range(count):

@@ -114,7 +114,7 @@ from transformers import (
 from facts.io import WRITE_PIECE
 from facts.language import bos_prefix
 from models import gguf_cache
-from models.gguf_weights import lean_gguf_weights, plain_array_reader
+from models.gguf_weights import FileCutShort, lean_gguf_weights, plain_array_reader
 from models.memory import release_after_loading
 from models.rope_layout import refuse_pass_dependent_rope
 from models.scoring import bidirectional_setting, evaluating
@@ -677,7 +677,7 @@ def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | 
         return copy.deepcopy(_GGUF_DECLARED_CONFIGS[key])
     except PretrainedLoadError:
         raise
-    except struct.error as error:  # transformers' GGUF metadata reader on a file that ends too soon
+    except (struct.error, FileCutShort) as error:  # a GGUF reader on a file that ends too soon
         raise _cut_short(source.path, "its configuration from the GGUF metadata", error) from error
     except (ValueError, OSError, KeyError):
         return None
@@ -807,20 +807,21 @@ def _whole(path: Path, loaded: tuple[PreTrainedModel, dict[str, Any]]) -> PreTra
 
 @contextlib.contextmanager
 def _as_load_error(path: Path, what: str) -> Iterator[None]:
-    """Re-raise transformers' ValueError/OSError while reading ``path`` as :class:`PretrainedLoadError`, and the
-    ``struct.error`` its GGUF metadata reader raises on a file that ends too soon (an unfinished download or copy)."""
+    """Re-raise transformers' ValueError/OSError while reading ``path`` as :class:`PretrainedLoadError`, and a GGUF
+    reader's error on a file that ends too soon (an unfinished download or copy) as the file cut short."""
     try:
         yield
     except PretrainedLoadError:
         raise
+    except (struct.error, FileCutShort) as error:
+        raise _cut_short(path, what, error) from error
     except (ValueError, OSError) as error:
         raise PretrainedLoadError(f"could not read {what} from {path}: {error}") from error
-    except struct.error as error:
-        raise _cut_short(path, what, error) from error
 
 
-def _cut_short(path: Path, what: str, error: struct.error) -> PretrainedLoadError:
-    """The error for a file transformers' GGUF metadata reader ran off the end of (``struct.error``)."""
+def _cut_short(path: Path, what: str, error: struct.error | FileCutShort) -> PretrainedLoadError:
+    """The error for a GGUF file a reader ran off the end of: transformers' metadata reader (``struct.error``) or
+    ours (:class:`models.gguf_weights.FileCutShort`: the metadata, tensor table or tensor data)."""
     return PretrainedLoadError(f"could not read {what} from {path}: it ends before its contents do ({error}); the "
                                "file is cut short: copy or download it again")
 

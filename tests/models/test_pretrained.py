@@ -208,22 +208,26 @@ def test_garbage_gguf_file(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
-def test_a_gguf_cut_short_is_refused_naming_the_file(name, tmp_path, capsys):
-    """A GGUF that ends inside its metadata (an unfinished download or copy: here its first 1.5 MB, inside the
-    vocabulary) is refused by ``load_hf`` as the file cut short, not with transformers' ``struct.error``; the
-    metadata parse every load shares (``plain_array_reader``) says which array runs past the end; the commands
-    that read a model refuse it in one line naming the file, before their folder is made."""
+@pytest.mark.parametrize("where", ["metadata", "tensor data"])
+def test_a_gguf_cut_short_is_refused_naming_the_file(name, where, tmp_path, capsys):
+    """A GGUF that ends too soon (an unfinished download or copy: its first 1.5 MB, inside the vocabulary, or all
+    but its last 1,000 bytes, inside the last tensor) is refused by ``load_hf`` as the file cut short, not with
+    transformers' ``struct.error`` or numpy's "cannot reshape"; the metadata parse every load shares
+    (``plain_array_reader``) says which bytes run past the end; the commands that read a model refuse it in one
+    line naming the file, before their folder is made."""
     from tests_support import revlens_in_process
 
-    from models.gguf_weights import plain_array_reader
+    from models.gguf_weights import FileCutShort, plain_array_reader
 
-    cut = tmp_path / f"{name}-cut.gguf"
-    with open(resolve(name).path, "rb") as file:
-        cut.write_bytes(file.read(1_500_000))
+    cut, whole = tmp_path / f"{name}-cut.gguf", resolve(name).path
+    size = 1_500_000 if where == "metadata" else whole.stat().st_size - 1_000
+    with open(whole, "rb") as file:
+        cut.write_bytes(file.read(size))
     with pytest.raises(PretrainedLoadError, match=f"{re.escape(str(cut))}: it ends before its contents do .*cut short"):
         load_hf(cut, keep=False)
-    with pytest.raises(ValueError, match=r"metadata array at byte \d+ \(\d+ elements\) runs past the end of the file "
-                                         r"\(1500000 bytes\)"):
+    says = (r"metadata array at byte \d+ \(\d+ elements\) runs" if where == "metadata" else
+            r"tensor data, from byte \d+, is incomplete: bytes \d+ to \d+ run")
+    with pytest.raises(FileCutShort, match=rf"{says} past the end of the file \({size} bytes\)"):
         plain_array_reader(gguf.GGUFReader)(cut)
     facts = tmp_path / "facts.jsonl"
     revlens_in_process(capsys, "make-facts", "people", "--size", "4", "--out", facts)
