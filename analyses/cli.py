@@ -380,7 +380,7 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
     with no templates file: :func:`analyses.probe.text_templates`) and a statement its templates cannot render (a
     relation the templates file lacks, named by file:line); and ``--multiple-choice`` questions that cannot be asked
     (:func:`analyses.probe.multiple_choice_questions`)."""
-    from facts.io import fact_line, facts_sha256
+    from facts.io import facts_sha256
     from facts.language import wrong_answers
     from facts.schema import FactError
     from facts.sources import read_fact_source
@@ -389,14 +389,7 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
     if checkpoint and templates_file is not None:
         raise ValueError(f"--templates-file {templates_file}: a checkpoint reads token ids, not sentences; leave it out")
     source = read_fact_source(facts_path, templates_file)
-    facts = source.facts
-
-    def where(index: int) -> str:
-        """``file:line`` of fact ``index`` (a Berglund folder: the folder)."""
-        if Path(facts_path).is_dir():
-            return str(facts_path)
-        lines = facts.meta.get("line") if Path(facts_path).suffix.lower() == ".csv" else None  # by fact
-        return f"{facts_path}:{lines[index]}" if isinstance(lines, list) else fact_line(facts_path, index)
+    facts, where = source.facts, source.where
 
     if checkpoint and facts.world not in ("people", "celebrity"):
         vocab = TokenVocab()

@@ -321,7 +321,7 @@ def _pick(templates: Mapping[str, Sequence[str]], relation: str, what: str, fact
         fact = facts[index]
         raise FactError(f"{_from(templates)}fact {index} ({fact.subject!r} {fact.relation!r} {fact.object!r}): no "
                         f"{what} template for relation {relation!r} (templates cover {sorted(templates)})"
-                        + ("" if _from(templates) else "; give sentences for your relations with --templates-file"))
+                        + ("" if _from(templates) else "; give sentences for your relations with --templates-file"), (index,))
     return options
 
 
@@ -351,13 +351,14 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
     if stated is not None:
         fact = facts[stated]
         raise FactError(f"fact {stated} ({fact.subject!r} {fact.relation!r} {fact.object!r}): states its pair in the "
-                        f"prompt (context), which a sentence trained here would leave out; give facts without it")
+                        f"prompt (context), which a sentence trained here would leave out; give facts without it",
+                        (stated,))
     untrained = next((index for index, fact in enumerate(facts) if "train" not in (fact.forward, fact.reverse)), None)
     if untrained is not None and any("train" in (fact.forward, fact.reverse) for fact in facts):
         fact = facts[untrained]
         raise FactError(f"fact {untrained} ({fact.subject!r} {fact.relation!r} {fact.object!r}): neither direction "
                         f"is trained, so no question asks it (each asks a trained statement, in held-out "
-                        f"paraphrases, or its reverse); train one direction, or leave the fact out")
+                        f"paraphrases, or its reverse); train one direction, or leave the fact out", (untrained,))
     for templates, what in ((train_templates, "train"), (test_templates, "test")):
         for relation, options in templates.items():
             for number, template in enumerate(options):
@@ -375,7 +376,7 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
         options = _pick(train_templates, relation, "train", facts, index)
         if paraphrases > len(options):
             raise FactError(f"{_from(train_templates)}{paraphrases} training paraphrases asked; relation {relation!r} "
-                            f"has {len(options)}")
+                            f"has {len(options)} (--train-paraphrases {len(options)} trains on those)")
         key = len({pair.key for pair in train})
         trained_prompts = {}
         for number in range(paraphrases):
@@ -397,7 +398,7 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
             if in_words(rendered.prompt) in trained_prompts:
                 raise FactError(f"{_from(test_templates)}{label}: test template {template!r} of relation {relation!r} "
                                 f"gives the prompt {rendered.prompt!r} of training template "
-                                f"{trained_prompts[in_words(rendered.prompt)]!r}, so it is no held-out paraphrase")
+                                f"{trained_prompts[in_words(rendered.prompt)]!r}, so it is no held-out paraphrase", (index,))
             ask("forward_heldout_paraphrase", rendered.prompt, rendered.answer, kind, direction, "train")
         other = "reverse" if direction == "forward" else "forward"
         if fact.split(other) != "heldout":

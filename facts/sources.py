@@ -46,7 +46,21 @@ class FactSource:
         if self.experiment is not None:  # its questions as published, and the facts they ask
             return replace(self.experiment, facts=self.facts, sentence_templates=self.templates[0])
         train, test = self.templates or (train_templates, test_templates)
-        return questions_from_facts(self.facts, train, test, paraphrases)
+        try:
+            return questions_from_facts(self.facts, train, test, paraphrases)
+        except FactError as error:
+            if not error.facts:
+                raise
+            raise FactError(f"{self.where(error.facts[0])}: {error}", error.facts) from None
+
+    def where(self, index: int) -> str:
+        """``file:line`` of fact ``index`` (a Berglund folder: the folder)."""
+        from facts.io import fact_line
+
+        if self.path.is_dir():
+            return str(self.path)
+        lines = self.facts.meta.get("line") if self.path.suffix.lower() == ".csv" else None  # by fact
+        return f"{self.path}:{lines[index]}" if isinstance(lines, list) else fact_line(self.path, index)
 
     def sentence_templates(self, default: Mapping[str, Sequence[str]] | None) -> Mapping[str, Sequence[str]] | None:
         """The templates ``probe`` renders the facts' statements with (their first per relation)."""

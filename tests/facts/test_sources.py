@@ -67,6 +67,17 @@ def test_bad_input_is_refused_with_file_and_line(tmp_path):
     templates.write_text(json.dumps({"relation": "p2d", "split": "train", "template": "{given} wrote"}) + "\n")
     with pytest.raises(FactError, match=rf"{templates}:1: template .* needs one {{answer}} slot"):
         read_fact_source(_csv(tmp_path), templates)
+    mentors = tmp_path / "mentors.csv"  # the third fact's relation has no sentences: named by its line
+    mentors.write_text("subject,relation,object,inverse_relation\nAnn Lee,p2d,the author of 'X',d2p\n\n"
+                       "Bo Ray,p2d,the painter of 'Y',d2p\nCy Orr,is the mentor of,Di Poe,is the student of\n")
+    with pytest.raises(FactError, match=rf"^{mentors}:5: fact 2 \('Cy Orr' 'is the mentor of' 'Di Poe'\): no train "
+                                        r"template for relation 'is the mentor of'"):
+        read_fact_source(mentors).questions(TRAIN_TEMPLATES, TEST_TEMPLATES, 1)
+    main(["make-facts", "people", "--size", "2", "--out", str(tmp_path / "people.jsonl"), "--threads", "1"])
+    jsonl = read_fact_source(tmp_path / "people.jsonl")
+    with pytest.raises(FactError, match=rf"^{tmp_path / 'people.jsonl'}:4: fact 2 .*: no train template for relation "
+                                        r"'d2p'"):  # the first fact trained in its reverse (the header is line 1)
+        jsonl.questions({**TRAIN_TEMPLATES, "d2p": ()}, TEST_TEMPLATES, 1)
     folder = write_experiment_folder(tmp_path / "folder", people=2)
     with pytest.raises(FactError, match="brings its own prompts"):
         read_fact_source(folder, templates)
