@@ -174,12 +174,14 @@ TEXT_TEMPLATES = {"people": TRAIN_TEMPLATES, "celebrity": celebrity.TEMPLATES}
 class ProbedModel:
     """A loaded model and how it reads a fact set: ``statements`` turns a directed statement into
     prompt and answer tokens, ``entity_ids`` an entity into tokens (for the circuits),
-    ``token_label`` one token into text (for the figures)."""
+    ``token_label`` one token into text (for the figures), ``text`` tokens into text as a whole (an answer:
+    a character a byte-level BPE splits over two tokens is no character in either alone)."""
 
     model: Any
     statements: FactTokenizer
     entity_ids: EntityIds
     token_label: Callable[[int], str]
+    text: Callable[[Sequence[int]], str]
     rank_against: Literal["candidates", "controls"]
     info: dict[str, Any]
     trained_on_facts: bool = True
@@ -223,7 +225,7 @@ def pretrained_probed(model: Any, text_tokenizer: Any, world: str, info: dict[st
     of " " + name. It was not trained on the facts (its answers are :data:`PRIOR`)."""
     statements = TemplateTokenizer(text_tokenizer, TEXT_TEMPLATES[world] if templates is None else templates)
     return ProbedModel(model, statements, statements.entity_ids, lambda token: text_tokenizer.decode([token]),
-                       "controls", info, trained_on_facts=False)
+                       lambda tokens: text_tokenizer.decode(list(tokens)), "controls", info, trained_on_facts=False)
 
 
 def text_templates(model_path: str | os.PathLike[str], facts: FactSet,
@@ -251,7 +253,8 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
     if _is_checkpoint(model_path):
         model, checkpoint = load_trained(model_path, device)
         vocab = TokenVocab()
-        return ProbedModel(model, vocab, vocab.entity_ids, vocab.token_name, "candidates",
+        return ProbedModel(model, vocab, vocab.entity_ids, vocab.token_name,
+                           lambda tokens: "".join(map(vocab.token_name, tokens)), "candidates",
                            {"model_card": checkpoint.meta.get("model"), "step": checkpoint.step,
                             "trained_world": (checkpoint.meta.get("run") or {}).get("world")})
     templates = text_templates(model_path, facts, templates)
@@ -277,7 +280,7 @@ def _statement(probed: ProbedModel, example: Example, split: str) -> dict[str, A
     return {"split": split if probed.trained_on_facts else PRIOR,
             "prompt_tokens": [probed.token_label(t) for t in example.prompt],
             "answer_token": probed.token_label(example.answer[0]),
-            "answer": "".join(probed.token_label(t) for t in example.answer)}
+            "answer": probed.text(example.answer)}
 
 
 def _norm_note(model: Any) -> str:
@@ -329,7 +332,7 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
     residual_seconds = time.perf_counter() - began
     width = patched.metric.shape[1]
     columns = [f"{label(f)!r} / {label(r)!r}" for f, r in zip(forward.prompt[-width:], reverse.prompt[-width:])]
-    answer = "".join(label(t) for t in reverse.answer)
+    answer = probed.text(reverse.answer)
     tokens = f"{len(reverse.answer)} token{'s' * (len(reverse.answer) > 1)}"
     figure = patching_heatmap(
         patched.metric, [f"L{layer}" for layer in patched.layers], columns,
@@ -344,7 +347,7 @@ def attribution_figures(probed: ProbedModel, facts: FactSet, out: Path,
 
     extras = {"figures": []}
     if head_patching or attribution_patching:
-        extras = write_patching_extras(model, forward, reverse, patched, residual_seconds, name, label, out,
+        extras = write_patching_extras(model, forward, reverse, patched, residual_seconds, name, label, answer, out,
                                        patch_layers, head_patching, attribution_patching)
     layers = range(model.cfg.n_layers)
     for direction, example in (("forward", forward), ("reverse", reverse)):

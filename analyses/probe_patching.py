@@ -63,15 +63,14 @@ def _frame(exact: Patching, estimate: Patching, labels: Sequence[str]) -> pd.Dat
 
 
 def write_patching_extras(model: Any, forward: Example, reverse: Example, residual: Patching, residual_seconds: float,
-                          name: str, label: Callable[[int], str], out: Path, layers: Sequence[int] | None,
-                          head_patching: bool, attribution: bool) -> dict[str, Any]:
+                          name: str, label: Callable[[int], str], answer: str, out: Path,
+                          layers: Sequence[int] | None, head_patching: bool, attribution: bool) -> dict[str, Any]:
     """Exact head patching (``head_patching``) and attribution patching checked against the exact
     patching of the same sites (``attribution``) of one fact; ``residual`` is the exact resid_pre
-    patching already run for patching.png, ``residual_seconds`` its time. Heads need forward and
-    reverse prompts of one length (a head is patched at every position); otherwise they are left out
-    and the entry says why. Returns the summary entries and the files written."""
+    patching already run for patching.png, ``residual_seconds`` its time, ``answer`` the reverse answer's
+    text. Heads need forward and reverse prompts of one length (a head is patched at every position);
+    otherwise they are left out and the entry says why. Returns the summary entries and the files written."""
     entry: dict[str, Any] = {"figures": []}
-    answer = "".join(label(t) for t in reverse.answer)
     heads, heads_seconds, heads_skipped = None, 0.0, None
     began = time.perf_counter()
     if len(forward.prompt) == len(reverse.prompt):

@@ -218,13 +218,17 @@ def test_pretrained_probe_on_celebrity_facts_defines_every_summary(smollm2_hooke
     from facts.schema import FactSet
 
     celebrities = load_celebrity_pairs()
-    first = FactSet(celebrities.facts[:6], world="celebrity")
+    oscar = celebrities.facts[429]  # his father "Óscar Gonzalo Hernández-Cano": SmolLM2 splits the Ó over two tokens
+    assert (oscar.subject, oscar.object, oscar.reverse) == ("Oscar Isaac", "Óscar Gonzalo Hernández-Cano", "heldout")
+    first = FactSet((oscar, *celebrities.facts[:5]), world="celebrity")
     probed = pretrained_probed(smollm2_hooked, smollm2_tokenizer, "celebrity", {"backend": "hooked"})
     summary = write_probe(probed, first, tmp_path / "pairs", n_controls=3, patch_layers=[29])
     assert summary["mean_asymmetry_index"] is not None and np.isfinite(summary["mean_asymmetry_index"])
     assert "circuits.png" in summary["figures"]
     assert_drawn(tmp_path / "pairs" / "circuits.png")
-    assert summary["attribution"]["reverse"]["answer"] == " " + first[0].subject  # "Name a child of ...": the child
+    forward, reverse = summary["attribution"]["forward"], summary["attribution"]["reverse"]
+    assert reverse["answer"] == " Oscar Isaac"  # "Name a child of ...": the child
+    assert forward["answer"] == " Óscar Gonzalo Hernández-Cano" and forward["answer_token"] == " �"  # decoded whole
 
     later_siblings = {fact.object: fact for fact in celebrities.facts if fact.reverse is None}  # one per parent
     one_way = FactSet(tuple(later_siblings.values())[:4], world="celebrity")
