@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from analyses.experiments import ALL_OPTIONS, EXPERIMENTS, REPRODUCE, REPRODUCE_ALL, recorded_settings
+from analyses.experiments import ALL_OPTIONS, DEVICE_HELP, EXPERIMENTS, REPRODUCE, REPRODUCE_ALL, recorded_settings
 from analyses.experiments import non_negative_float as _non_negative_float
 from analyses.experiments import non_negative_int as _non_negative_int
 from analyses.experiments import positive_float as _positive_float
@@ -95,11 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--backend", choices=("hooked", "bridge"), default="bridge",
                        help="TransformerLens wrapper (default bridge: it scores at the floor's speed, one pass a "
                             "statement; hooked gives the same log-probabilities within 1e-4)")
-    check.add_argument("--templates", choices=("question", "completion"), default="question")
+    check.add_argument("--templates", choices=("question", "completion"), default="question",
+                       help="question: 'Q: Who is X's mother?\\nA: Y' (default; as probe asks); completion: "
+                            "'X's mother is Y.', for base models that do not follow questions")
     check.add_argument("--controls", type=_positive_int, default=31, help="random answers of the same parent type")
-    check.add_argument("--batch-size", type=_positive_int, default=128)
-    check.add_argument("--seed", type=_seed, default=0)
-    check.add_argument("--device", default=None)
+    check.add_argument("--batch-size", type=_positive_int, default=128,
+                       help="statements (prompts of one length) scored a chunk (default 128)")
+    check.add_argument("--seed", type=_seed, default=0, help="draws the controls (default 0)")
+    check.add_argument("--device", default=None, help=DEVICE_HELP)
     check.add_argument("--quiet", action="store_true", help="no progress bar")
 
     finetune = commands.add_parser(
@@ -138,14 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--groups", nargs="+", choices=("p2d", "d2p", "both"), default=None, metavar="GROUP",
                           help="built-in world: Berglund et al.'s fact groups to train (p2d d2p both: their experiment-1 "
                                "grid; default p2d)")
-    finetune.add_argument("--seed", type=_seed, default=0)
+    finetune.add_argument("--seed", type=_seed, default=0,
+                          help="draws the built-in world's people, the controls, the batches' order, the circuits' "
+                               "controls, tracing's noise and multiple choice's options (default 0)")
     finetune.add_argument("--tracing-facts", type=_non_negative_int, default=None, metavar="N",
                           help="facts traced before and after, with the weight change read at the entities "
                                "(tracing*.csv/png, weight_change.*; default 0: none)")
     finetune.add_argument("--multiple-choice", type=_options, default=None, metavar="K",
                           help="also ask the forward and reverse questions as multiple choice with K options, before "
                                "and after (multiple_choice.csv; default 0: none)")
-    finetune.add_argument("--device", default=None)
+    finetune.add_argument("--device", default=None, help=DEVICE_HELP)
     finetune.add_argument("--quiet", action="store_true", help="no progress bar")
 
     probe = commands.add_parser(
@@ -171,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--patch-layers", type=int, nargs="+", default=None, metavar="L",
                        help="layers of the forward → reverse patching figure (default: all; one forward pass "
                             "per layer and position)")
-    probe.add_argument("--device", default=None)
+    probe.add_argument("--device", default=None, help=DEVICE_HELP)
     probe.add_argument("--tracing", action="store_true",
                        help="also causal tracing (tracing.csv, tracing.png) of the first --tracing-facts facts")
     probe.add_argument("--tracing-facts", type=_positive_int, default=None, metavar="N",
@@ -196,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--finetuned", type=Path, nargs="+", default=None, metavar="FOLDER",
                          help="`revlens finetune-facts` or `revlens probe` output folders (logits.csv, circuits.csv, "
                               "summary.json), one row each (e.g. --mitigation none and identity-bridge side by side)")
-    compare.add_argument("--seed", type=_seed, default=0)
+    compare.add_argument("--seed", type=_seed, default=0,
+                         help="draws the world and initialises and trains the three models (default 0)")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sweep = commands.add_parser(

@@ -348,6 +348,9 @@ def _runner(settings: Callable[[argparse.Namespace], Any], target: str
 
 # --- the table ---------------------------------------------------------------------------------
 
+DEVICE_HELP = "cpu, cuda, ... (default: cuda if present)"
+"""What ``--device`` says in every command's help."""
+
 _N = {"type": positive_int}
 REVERSAL_OPTIONS = (
     Option("--model", {"choices": MODEL_NAMES, "default": "tiny", "help": "HookedTransformer config (default tiny)"}),
@@ -359,7 +362,7 @@ REVERSAL_OPTIONS = (
     Option("--batch-size", {**_N, "default": None, "help": "default: full batch"}),
     Option("--eval-every", {**_N, "default": 4,
                             "help": "evaluate for the curves every N steps (default 4; no final number depends on it)"}),
-    Option("--device", {"default": None, "help": "cpu, cuda, ... (default: cuda if present)"}),
+    Option("--device", {"default": None, "help": DEVICE_HELP}),
     Option("--checkpoint-every", {**_N, "default": None,
                                   "help": "also checkpoint every N steps, so a killed run resumes from there"}),
     Option("--resume", {"action": "store_true", "help": "continue from OUT/checkpoints"}),

@@ -18,6 +18,18 @@ def test_help_does_not_import_torch():
     assert "reproduce" in revlens("--help").stdout
 
 
+def test_every_option_of_every_command_says_what_it_does():
+    """`revlens COMMAND --help` explains each option (reproduce's own experiments' options among them)."""
+    import argparse
+
+    from analyses.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    silent = [f"{name} {action.option_strings[0]}" for name, parser in commands.choices.items()
+              for action in parser._actions if action.option_strings and not (action.help or "").strip()]
+    assert len(commands.choices) >= 8 and not silent
+
+
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
