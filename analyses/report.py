@@ -166,7 +166,8 @@ def _runs_of(folder: Path) -> list[Run]:
     for sub in subfolders:
         if not (sub / SUMMARY).exists():
             raise ReportError(f"{sub}: no {SUMMARY}, so this run of {folder} did not finish (half-written?); "
-                              f"found {_listing(_entries(sub)) or 'nothing'}")
+                              f"found {_listing(_entries(sub)) or 'nothing'}; if it is no run, give --runs the "
+                              f"run folders beside it instead of {folder}")
         manifest, root = _whole_run(sub)
         runs += _run_tree(sub if root == sub else sub.absolute(), str(sub), manifest, root)
     return runs

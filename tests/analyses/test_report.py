@@ -181,7 +181,8 @@ def test_half_written_run_of_a_parent_folder_is_named(runs, tmp_path):
     _copy_run(runs, parent)
     _copy_run(runs, parent, "bilinear")
     (parent / "bilinear" / "summary.json").unlink()
-    with pytest.raises(ReportError, match=r"all/bilinear: no summary.json, so this run of .*all did not finish"):
+    with pytest.raises(ReportError, match=r"all/bilinear: no summary.json, so this run of .*all did not finish .*; if "
+                                          r"it is no run, give --runs the run folders beside it instead of .*all$"):
         find_runs([parent])
     (parent / "reversal" / "summary.json").write_text(json.dumps({"experiment": "reversal", "train_prob": 1.0}))
     (parent / "bilinear").rename(tmp_path / "elsewhere")
