@@ -656,7 +656,8 @@ def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | 
     its metadata parsed for the configuration alone (1.2 CPU s for SmolLM2, 4.8 s for Gemma 3, once per process:
     the configuration is kept for later calls; the load parses the file again). None when the name does not
     resolve or the files give no configuration (the load then says why). A new object each call. A GGUF whose
-    metadata transformers' reader would drop part of is refused (:func:`_refuse_unread_gguf_metadata`)."""
+    metadata transformers' reader would drop part of is refused (:func:`_refuse_unread_gguf_metadata`), and so are
+    a GGUF and a folder's ``*.safetensors`` cut short (:func:`_refuse_unreadable_weight_files`)."""
     try:
         source = resolve(name_or_path)
     except PretrainedLoadError:
@@ -665,6 +666,8 @@ def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | 
     folder = source.path if not source.is_gguf else None if entry is None else entry.folder
     try:
         if folder is not None:
+            if entry is None:
+                _refuse_unreadable_weight_files(folder)
             return AutoConfig.from_pretrained(folder, local_files_only=True) if (folder / "config.json").is_file() \
                 else None
         key = (source.path, _file_stamp(source.path))
@@ -684,6 +687,26 @@ def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | 
 
 
 _GGUF_DECLARED_CONFIGS: dict[tuple[Path, FileStamp], PretrainedConfig] = {}  # kept by declared_config
+
+
+def _refuse_unreadable_weight_files(folder: Path) -> None:
+    """Each ``*.safetensors`` file of a model folder opened for its header and table of tensors (milliseconds: no
+    tensor is read), so that one cut short (an unfinished download or copy: safetensors checks that its data
+    covers every tensor the table lists) is refused before a command touches its output folder, as a GGUF cut
+    short is, and not at the load with safetensors' own message."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise _unreadable_weights(file, error) from error
+
+
+def _unreadable_weights(file: Path, error: SafetensorError) -> PretrainedLoadError:
+    return PretrainedLoadError(f"could not read the weights in {file}: {error}; the file is cut short or damaged: "
+                               "copy or download it again")
 
 
 def _entry_model(entry: gguf_cache.Entry) -> PreTrainedModel | None:
@@ -807,14 +830,17 @@ def _whole(path: Path, loaded: tuple[PreTrainedModel, dict[str, Any]]) -> PreTra
 
 @contextlib.contextmanager
 def _as_load_error(path: Path, what: str) -> Iterator[None]:
-    """Re-raise transformers' ValueError/OSError while reading ``path`` as :class:`PretrainedLoadError`, and a GGUF
-    reader's error on a file that ends too soon (an unfinished download or copy) as the file cut short."""
+    """Re-raise transformers' ValueError/OSError and safetensors' errors while reading ``path`` as
+    :class:`PretrainedLoadError`, and a GGUF reader's error on a file that ends too soon (an unfinished download or
+    copy) as the file cut short."""
     try:
         yield
     except PretrainedLoadError:
         raise
     except (struct.error, FileCutShort) as error:
         raise _cut_short(path, what, error) from error
+    except SafetensorError as error:  # a weights file made unreadable after the configuration check
+        raise _unreadable_weights(path, error) from error
     except (ValueError, OSError) as error:
         raise PretrainedLoadError(f"could not read {what} from {path}: {error}") from error
 
