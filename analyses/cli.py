@@ -692,7 +692,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     from analyses.runfolder import check_run, find_run_root, is_inside_run
 
     if args.command in ("check-asymmetry", "finetune-facts", "probe"):
-        from models.pretrained import check_convertible
+        from models.pretrained import check_convertible, check_tokenizer
     if args.command == "reproduce" and args.experiment == "all":
         if args.finetuned and "mitigations" not in (args.experiments or REPRODUCE_ALL):
             raise ValueError("--finetuned: its rows join the mitigations table, and --experiments leaves mitigations "
@@ -724,6 +724,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
         check_inputs(args.data, args.limit, args.controls, args.seed)  # the CSV and its controls, before the folder
         check_convertible(args.model, args.backend)  # a config the backend would compute otherwise
+        check_tokenizer(args.model)  # a folder's tokenizer missing or damaged
     if args.command == "finetune-facts":
         from analyses.finetune import check_model_options, check_tokenised, draw_controls, read_questions
 
@@ -776,6 +777,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
                              "chooses the wrapper of a pretrained model; leave it out")
         if not checkpoint:
             check_convertible(args.model, args.backend or "hooked")  # a config the backend would compute otherwise
+            check_tokenizer(args.model)  # a folder's tokenizer missing or damaged
         from models.backend import bridge_starts_at_layer
 
         if args.tracing and args.backend == "bridge" and not checkpoint and not bridge_starts_at_layer():

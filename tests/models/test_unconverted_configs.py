@@ -564,28 +564,33 @@ def test_a_model_whose_files_lack_a_weight_is_refused_not_filled_with_random_val
         load_hf(_write_gguf(tmp_path / "holed.gguf", leave_out=("blk.1.ffn_down.weight",)), device="cpu", keep=False)
 
 
-def test_a_folder_whose_weights_file_is_cut_short_is_refused_before_any_output_folder(tmp_path, capsys, tiny_tokenizer):
-    """A Hugging Face folder whose model.safetensors ends early (an unfinished download or copy) is refused naming
-    the file, by the configuration check every command runs before its output folder (each in one line, no folder
-    made) and by the load itself where the file is damaged after that check; it was "SafetensorError ...
-    (unexpected; rerun with --debug)" after the output folder's lock was made."""
+@pytest.mark.parametrize("cut", ["model.safetensors", "tokenizer.json"])
+def test_a_folder_whose_file_is_cut_short_is_refused_before_any_output_folder(cut, tmp_path, capsys, tiny_tokenizer):
+    """A Hugging Face folder whose model.safetensors or tokenizer.json ends early (an unfinished download or copy)
+    is refused by the checks every command runs before its output folder (each in one line naming the folder or
+    file, no folder made: entering one deletes an earlier run's files) and by the load itself where the file is
+    damaged after those checks. The weights had failed as "SafetensorError ... (unexpected; rerun with --debug)",
+    and check-asymmetry and probe had read a damaged tokenizer only after the model, both inside the output folder."""
     from tests_support import revlens_in_process
 
     folder = save_tiny(tmp_path / "llama", _config("llama"), tiny_tokenizer)
-    weights = folder / "model.safetensors"
-    with open(weights, "r+b") as file:
-        file.truncate(weights.stat().st_size - 100)
-    with pytest.raises(PretrainedLoadError, match=rf"could not read the weights in {folder}/model.safetensors: .*not "
-                                                  r"fully covered; the file is cut short or damaged"):
-        pretrained.declared_config(folder)  # what every command checks first
-    with pytest.raises(PretrainedLoadError, match=rf"could not read the weights in {folder}: .*not fully covered"):
+    with open(folder / cut, "r+b") as file:
+        file.truncate((folder / cut).stat().st_size - 100)
+    if cut == "model.safetensors":
+        with pytest.raises(PretrainedLoadError, match=rf"could not read the weights in {folder}/model.safetensors: "
+                                                      r".*not fully covered; the file is cut short or damaged"):
+            pretrained.declared_config(folder)  # what every command checks first
+        said = rf"could not read the weights in {folder}: .*not fully covered"
+    else:
+        said = rf"could not read its tokenizer .* from {folder}: "
+    with pytest.raises(PretrainedLoadError, match=said):
         load_hf(folder, device="cpu", keep=False)
     facts = tmp_path / "facts.jsonl"
     revlens_in_process(capsys, "make-facts", "people", "--size", "4", "--out", facts)
     for command in (["check-asymmetry", "--limit", "1"], ["probe", "--facts", facts, "--controls", "4"],
                     ["finetune-facts", "--people", "2", "--controls", "1"]):
         result = revlens_in_process(capsys, *command, "--model", folder, "--out", tmp_path / "out", check=False)
-        assert result.returncode == 2 and "model.safetensors" in result.stderr, (command, result.stderr)
+        assert result.returncode == 2 and str(folder) in result.stderr, (command, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists(), command
 
 
