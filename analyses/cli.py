@@ -803,8 +803,12 @@ def _check_device(name: str) -> None:
         device = torch.device(name)
     except RuntimeError as error:
         raise ValueError(f"--device {name!r}: not a device torch knows ({error}); use cpu or cuda") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(device.type, True):
+    if device.type == "meta":
+        raise ValueError(f"--device {name}: a meta tensor holds no values, so no number could be computed; "
+                         f"use --device cpu")
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available,
+                 "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available()}
+    if not available.get(device.type, lambda: False)():  # a kind this project does not run on is refused too
         raise ValueError(f"--device {name}: no {device.type} device on this machine (or torch built without it); "
                          f"use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

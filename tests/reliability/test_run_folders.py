@@ -333,6 +333,8 @@ FACTS = ("--facts", "facts.jsonl")
     (("reproduce", "reversal", "--out", "", *TINY), "--out: empty path"),
     (("reproduce", "reversal", *OUT, "--device", "cuda:7", *TINY), "--device cuda:7"),
     (("reproduce", "reversal", *OUT, "--device", "nonsense", *TINY), "--device 'nonsense': not a device torch knows"),
+    (("reproduce", "reversal", *OUT, "--device", "meta", *TINY), "--device meta: a meta tensor holds no values"),
+    (("reproduce", "reversal", *OUT, "--device", "hpu", *TINY), "--device hpu: no hpu device on this machine"),
     (("reproduce", "reversal", "--out", "FILE", *TINY), "is a file, not a folder"),
     (("reproduce", "reversal", "--out", "FILE/sub", *TINY), "is a file, so no folder can be made under it"),
     (("reproduce", "reversal", *OUT, "--steps", "0"), "--steps: must be ≥ 1, got 0"),
