@@ -376,7 +376,7 @@ def _declared_layers(model: str) -> int | None:
 
 def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, templates_file: Path | None = None,
                        limit: int | None = None, world_sha256: str | None = None, multiple_choice: int = 0,
-                       model: str = "") -> None:
+                       model: str = "", tracing_facts: int | None = None) -> None:
     """Read the facts as ``probe`` will (:func:`facts.sources.read_fact_source`; the first ``limit``) and
     refuse, before a model loads, ``--controls`` above the wrong answers of one kind they hold (never capped
     silently), a templates file given with a checkpoint (token worlds have no sentences) and, for a
@@ -384,8 +384,8 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
     trained on (``world_sha256`` of its run card, when it has one: other splits would label trained
     statements held out, or the reverse); for a pretrained model, facts without sentences (a CSV or a token world
     with no templates file: :func:`analyses.probe.text_templates`) and a statement its templates cannot render (a
-    relation the templates file lacks, named by file:line); and ``--multiple-choice`` questions that cannot be asked
-    (:func:`analyses.probe.multiple_choice_questions`)."""
+    relation the templates file lacks, named by file:line); ``--multiple-choice`` questions that cannot be asked
+    (:func:`analyses.probe.multiple_choice_questions`); and ``--tracing-facts`` above the facts read."""
     from facts.io import facts_sha256
     from facts.language import wrong_answers
     from facts.schema import FactError
@@ -411,6 +411,10 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
     total = len(facts)
     if limit is not None:
         facts = facts.first(limit)
+    if tracing_facts is not None and tracing_facts > len(facts):
+        which = f"the first {len(facts)} facts of {facts_path} (--limit {limit})" if len(facts) < total else facts_path
+        raise ValueError(f"--tracing-facts {tracing_facts}: {which} {'hold' if len(facts) < total else 'holds'} only "
+                         f"{len(facts)} facts; use --tracing-facts {len(facts)} or fewer")
     if not checkpoint:  # a pretrained model reads them in sentences: every statement rendered as probe will render it
         from analyses.probe import text_templates
         from facts.language import render_statement
@@ -735,6 +739,15 @@ def _check_inputs(args: argparse.Namespace) -> None:
         questions = read_questions(config)  # the facts and templates, read whole before the folder is touched
         controls = draw_controls(questions, config.n_controls, config.seed)  # --controls above what the facts hold
         check_model_options(config)  # --trainable-blocks, --lora-targets against the model's config.json
+        if config.tracing_facts:  # more facts asked for than tracing reads would be traced fewer, unsaid
+            from analyses.finetune_tracing import traceable_facts
+
+            available = len(traceable_facts(questions.facts)) if questions.facts is not None else 0
+            if config.tracing_facts > available:
+                held = args.facts or "the built-in people world (--people)"
+                fix = f"use --tracing-facts {available} or fewer" if available else "leave --tracing-facts out"
+                raise ValueError(f"--tracing-facts {config.tracing_facts}: {held} holds {available} fact(s) trained "
+                                 f"forward with the reverse held out, the facts tracing reads; {fix}")
         check_convertible(config.model, advice="finetune-facts asks and traces the trained model as a "
                                  "HookedTransformer, so under TransformerLens 3.9 it cannot fine-tune this model "
                                  "(under 4.x, whose 'hooked' is the bridge, it can)")
@@ -770,7 +783,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
         card = _checkpoint_meta(model) if checkpoint else None
         _check_probe_facts(args.facts, args.controls, checkpoint, args.templates_file, args.limit,
                            None if card is None else (card.get("run") or {}).get("world_sha256"),
-                           args.multiple_choice or 0, args.model)
+                           args.multiple_choice or 0, args.model, args.tracing_facts if args.tracing else None)
         if checkpoint and args.backend is not None:  # it would be recorded, and do nothing
             raise ValueError(f"--backend {args.backend}: {args.model} is a checkpoint, which loads as the model it was "
                              "trained as (a HookedTransformer under TransformerLens 3.9, a bridge under 4.x); --backend "

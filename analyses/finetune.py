@@ -158,7 +158,7 @@ class FinetuneConfig:
 
             check_lora_options(self.lora_rank, self.lora_alpha)
             if self.trainable_blocks is not None:
-                raise ValueError("choose LoRA (lora_rank) or trainable_blocks, not both")
+                raise ValueError("LoRA (lora_rank, --lora-rank) and trainable_blocks (--trainable-blocks): choose one")
         elif self.lora_alpha is not None or self.lora_targets is not None:
             given = " and ".join(name for name in ("lora_alpha", "lora_targets") if getattr(self, name) is not None)
             raise ValueError(f"{given} (--{given.replace('_', '-').replace(' and ', ' and --')}) set without lora_rank "

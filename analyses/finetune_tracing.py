@@ -34,6 +34,12 @@ def weight_change_summary(table: pd.DataFrame) -> list[dict[str, Any]]:
     return circuit_summary(table)
 
 
+def traceable_facts(facts: FactSet) -> list[int]:
+    """The facts tracing reads, in order: each trained forward with its reverse held out (a traced fact's
+    statements are its trained answer and the reverse it was never taught)."""
+    return [i for i, f in enumerate(facts) if f.forward == "train" and f.reverse == "heldout"]
+
+
 class FinetuneTracing:
     """Tracing before fine-tuning at construction, after it in :meth:`finish`."""
 
@@ -46,7 +52,7 @@ class FinetuneTracing:
         (a templates file's, when the run had one): each statement is traced in its first, trained, paraphrase."""
         self.statements = TemplateTokenizer(tokenizer, templates)
         self.facts, self.tokenizer, self.n_samples, self.seed = facts, tokenizer, n_samples, seed
-        tested = [i for i, f in enumerate(facts) if f.forward == "train" and f.reverse == "heldout"][:n_facts]
+        tested = traceable_facts(facts)[:n_facts]
         self.chosen = [(i, d) for i in tested for d in ("forward", "reverse")]
         if handed_over:
             self.before = model

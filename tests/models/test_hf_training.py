@@ -240,7 +240,8 @@ def test_finetune_facts_with_lora_end_to_end(tiny_hf, tmp_path, capsys):
     capsys.readouterr()
     refused = {("--lora-rank", "2", "--lora-targets", "qkv"): "valid: down_proj, gate_proj, k_proj",
                ("--lora-alpha", "4"): "lora_alpha (--lora-alpha) set without lora_rank (--lora-rank)",
-               ("--lora-rank", "2", "--trainable-blocks", "1"): "LoRA (lora_rank) or trainable_blocks, not both"}
+               ("--lora-rank", "2", "--trainable-blocks", "1"):
+                   "LoRA (lora_rank, --lora-rank) and trainable_blocks (--trainable-blocks): choose one"}
     for number, (options, message) in enumerate(refused.items()):
         assert main(["finetune-facts", *small, *options, "--out", str(tmp_path / f"bad{number}")]) == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]  # (after transformers' loading bar, if any)

@@ -584,6 +584,13 @@ def refused_inputs(finished, tmp_path_factory) -> Path:
      "--lora-targets bogus_proj: not linear layers of tiny's blocks; valid: down_proj"),
     ("finetune-facts", (*FT, "--trainable-blocks", "99"),
      "--trainable-blocks 99: tiny has 2 blocks; use 1…2"),
+    # more facts to trace than the facts hold had been traced fewer, unsaid
+    ("finetune-facts", (*FT, "--tracing-facts", "3"), "--tracing-facts 3: people.jsonl holds 2 fact(s) trained "
+                                                      "forward with the reverse held out, the facts tracing reads; use "
+                                                      "--tracing-facts 2 or fewer"),
+    ("probe", (*PROBE, "--tracing", "--tracing-facts", "999"), "--tracing-facts 999: run/facts.jsonl holds only "),
+    ("probe", (*PROBE, "--tracing", "--tracing-facts", "3", "--limit", "2"),
+     "--tracing-facts 3: the first 2 facts of run/facts.jsonl (--limit 2) hold only 2 facts; use --tracing-facts 2"),
     # a sentence whose answer boundary the tokenizer merges had been found once the folder was entered
     ("finetune-facts", ("finetune-facts", "--model", "smollm2-135m", "--facts", "merge.csv", "--templates-file",
                         "merge.jsonl", "--train-paraphrases", "1", "--controls", "1"),
