@@ -411,10 +411,12 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
     total = len(facts)
     if limit is not None:
         facts = facts.first(limit)
+    limited = len(facts) < total
+    which, verb = (f"the first {len(facts)} facts of {facts_path} (--limit {limit})", "hold") if limited else \
+        (facts_path, "holds")  # what a refusal below says the facts are
     if tracing_facts is not None and tracing_facts > len(facts):
-        which = f"the first {len(facts)} facts of {facts_path} (--limit {limit})" if len(facts) < total else facts_path
-        raise ValueError(f"--tracing-facts {tracing_facts}: {which} {'hold' if len(facts) < total else 'holds'} only "
-                         f"{len(facts)} facts; use --tracing-facts {len(facts)} or fewer")
+        raise ValueError(f"--tracing-facts {tracing_facts}: {which} {verb} only {len(facts)} facts; use "
+                         f"--tracing-facts {len(facts)} or fewer")
     if not checkpoint:  # a pretrained model reads them in sentences: every statement rendered as probe will render it
         from analyses.probe import text_templates
         from facts.language import render_statement
@@ -429,10 +431,8 @@ def _check_probe_facts(facts_path: Path, n_controls: int, checkpoint: bool, temp
                 raise FactError(f"{where(index)}: {error}{fix}") from None
     available = min(map(len, wrong_answers(facts, [(i, d) for i, d, _ in facts.statements()])))
     if n_controls > available:
-        which = f"the first {len(facts)} facts of {facts_path} (--limit {limit})" if len(facts) < total else facts_path
         fixes = ([f"use --controls {available} or fewer"] if available > 0 else []) + (
-            ["give a larger --limit"] if len(facts) < total else [])
-        verb = "hold" if len(facts) < total else "holds"
+            ["give a larger --limit"] if limited else [])
         raise ValueError(f"--controls {n_controls}: {which} {verb} only {available} wrong answers of one kind "
                          f"per question; {', or '.join(fixes) or 'give more facts'}")
     if multiple_choice:
