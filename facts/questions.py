@@ -321,7 +321,8 @@ def _pick(templates: Mapping[str, Sequence[str]], relation: str, what: str, fact
         fact = facts[index]
         raise FactError(f"{_from(templates)}fact {index} ({fact.subject!r} {fact.relation!r} {fact.object!r}): no "
                         f"{what} template for relation {relation!r} (templates cover {sorted(templates)})"
-                        + ("" if _from(templates) else "; give sentences for your relations with --templates-file"), (index,))
+                        + ("" if _from(templates) else "; give sentences for your relations with --templates-file"),
+                        (index,))
     return options
 
 
@@ -398,7 +399,8 @@ def questions_from_facts(facts: FactSet, train_templates: Mapping[str, Sequence[
             if in_words(rendered.prompt) in trained_prompts:
                 raise FactError(f"{_from(test_templates)}{label}: test template {template!r} of relation {relation!r} "
                                 f"gives the prompt {rendered.prompt!r} of training template "
-                                f"{trained_prompts[in_words(rendered.prompt)]!r}, so it is no held-out paraphrase", (index,))
+                                f"{trained_prompts[in_words(rendered.prompt)]!r}, so it is no held-out paraphrase",
+                                (index,))
             ask("forward_heldout_paraphrase", rendered.prompt, rendered.answer, kind, direction, "train")
         other = "reverse" if direction == "forward" else "forward"
         if fact.split(other) != "heldout":
