@@ -215,7 +215,7 @@ def test_a_gguf_cut_short_is_refused_naming_the_file(name, where, tmp_path, caps
     transformers' ``struct.error`` or numpy's "cannot reshape"; the metadata parse every load shares
     (``plain_array_reader``) says which bytes run past the end; the commands that read a model refuse it in one
     line naming the file, before their folder is made."""
-    from tests_support import revlens_in_process
+    from tests_support import assert_model_refused_before_any_folder
 
     from models.gguf_weights import FileCutShort, plain_array_reader
 
@@ -229,14 +229,7 @@ def test_a_gguf_cut_short_is_refused_naming_the_file(name, where, tmp_path, caps
             r"tensor data, from byte \d+, is incomplete: bytes \d+ to \d+ run")
     with pytest.raises(FileCutShort, match=rf"{says} past the end of the file \({size} bytes\)"):
         plain_array_reader(gguf.GGUFReader)(cut)
-    facts = tmp_path / "facts.jsonl"
-    revlens_in_process(capsys, "make-facts", "people", "--size", "4", "--out", facts)
-    for command in (["check-asymmetry", "--limit", "1"], ["probe", "--facts", facts, "--controls", "4"],
-                    ["finetune-facts", "--people", "2", "--controls", "1"]):
-        result = revlens_in_process(capsys, *command, "--model", cut, "--out", tmp_path / "out", check=False)
-        assert result.returncode == 2 and str(cut) in result.stderr, (command, result.stderr)
-        assert "cut short" in result.stderr, (command, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists(), command
+    assert_model_refused_before_any_folder(capsys, cut, tmp_path, "cut short")
 
 
 def test_gguf_of_an_unknown_architecture(tmp_path):

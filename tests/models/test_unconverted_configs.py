@@ -571,7 +571,7 @@ def test_a_folder_whose_file_is_cut_short_is_refused_before_any_output_folder(cu
     file, no folder made: entering one deletes an earlier run's files) and by the load itself where the file is
     damaged after those checks. The weights had failed as "SafetensorError ... (unexpected; rerun with --debug)",
     and check-asymmetry and probe had read a damaged tokenizer only after the model, both inside the output folder."""
-    from tests_support import revlens_in_process
+    from tests_support import assert_model_refused_before_any_folder
 
     folder = save_tiny(tmp_path / "llama", _config("llama"), tiny_tokenizer)
     with open(folder / cut, "r+b") as file:
@@ -585,13 +585,7 @@ def test_a_folder_whose_file_is_cut_short_is_refused_before_any_output_folder(cu
         said = rf"could not read its tokenizer .* from {folder}: "
     with pytest.raises(PretrainedLoadError, match=said):
         load_hf(folder, device="cpu", keep=False)
-    facts = tmp_path / "facts.jsonl"
-    revlens_in_process(capsys, "make-facts", "people", "--size", "4", "--out", facts)
-    for command in (["check-asymmetry", "--limit", "1"], ["probe", "--facts", facts, "--controls", "4"],
-                    ["finetune-facts", "--people", "2", "--controls", "1"]):
-        result = revlens_in_process(capsys, *command, "--model", folder, "--out", tmp_path / "out", check=False)
-        assert result.returncode == 2 and str(folder) in result.stderr, (command, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists(), command
+    assert_model_refused_before_any_folder(capsys, folder, tmp_path)
 
 
 def test_a_gguf_whose_config_transformers_builds_is_judged_by_the_fields_its_builder_reads(tmp_path):

@@ -1,4 +1,5 @@
-"""Helpers shared by tests: run `revlens` as a user would, in a subprocess; check a fine-tune's history."""
+"""Helpers shared by tests: run `revlens` as a user would, in a subprocess; check a fine-tune's history and a bad
+model's refusal."""
 
 from __future__ import annotations
 
@@ -35,6 +36,18 @@ def revlens_in_process(capsys, *args: str, check: bool = True) -> subprocess.Com
     if check and code != 0:
         raise AssertionError(captured.err)
     return subprocess.CompletedProcess(["revlens", *map(str, args)], code, captured.out, captured.err)
+
+
+def assert_model_refused_before_any_folder(capsys, model: Path, tmp_path: Path, *named: str) -> None:
+    """The three commands that read a pretrained model (check-asymmetry, probe, finetune-facts) refuse ``model`` in
+    one line (exit 2) naming it and each of ``named``, before their output folder is made."""
+    facts = tmp_path / "facts.jsonl"
+    revlens_in_process(capsys, "make-facts", "people", "--size", "4", "--out", facts)
+    for command in (["check-asymmetry", "--limit", "1"], ["probe", "--facts", facts, "--controls", "4"],
+                    ["finetune-facts", "--people", "2", "--controls", "1"]):
+        result = revlens_in_process(capsys, *command, "--model", model, "--out", tmp_path / "out", check=False)
+        assert result.returncode == 2 and all(s in result.stderr for s in (str(model), *named)), (command, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists(), command
 
 
 def assert_first_record_is_the_model_s_evaluation(record, hf_model, tokenizer, config):
