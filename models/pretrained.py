@@ -842,7 +842,20 @@ def _as_load_error(path: Path, what: str) -> Iterator[None]:
     except SafetensorError as error:  # a weights file made unreadable after the configuration check
         raise _unreadable_weights(path, error) from error
     except (ValueError, OSError) as error:
-        raise PretrainedLoadError(f"could not read {what} from {path}: {error}") from error
+        raise PretrainedLoadError(f"could not read {what} from {path}: {error}{_invalid_json(path, error)}") from error
+
+
+def _invalid_json(path: Path, error: Exception) -> str:
+    """Which JSON file of a model folder the JSON error ``error`` came from (its message names none): the first of
+    the folder's ``*.json`` that does not parse, as `` (NAME is no valid JSON …)``; "" for any other error."""
+    if not isinstance(error, json.JSONDecodeError) or not path.is_dir():
+        return ""
+    for file in sorted(path.glob("*.json")):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            return f" ({file.name} is no valid JSON: cut short or damaged; copy or download it again)"
+    return ""
 
 
 def _cut_short(path: Path, what: str, error: struct.error | FileCutShort) -> PretrainedLoadError:
