@@ -657,7 +657,7 @@ def declared_config(name_or_path: str | os.PathLike[str]) -> PretrainedConfig | 
     the configuration is kept for later calls; the load parses the file again). None when the name does not
     resolve or the files give no configuration (the load then says why). A new object each call. A GGUF whose
     metadata transformers' reader would drop part of is refused (:func:`_refuse_unread_gguf_metadata`), and so are
-    a GGUF and a folder's ``*.safetensors`` cut short (:func:`_refuse_unreadable_weight_files`)."""
+    a GGUF and a folder's weight files cut short or missing (:func:`_refuse_unreadable_weight_files`)."""
     try:
         source = resolve(name_or_path)
     except PretrainedLoadError:
@@ -690,21 +690,41 @@ _GGUF_DECLARED_CONFIGS: dict[tuple[Path, FileStamp], PretrainedConfig] = {}  # k
 
 
 def _refuse_unreadable_weight_files(folder: Path) -> None:
-    """Each ``*.safetensors`` file of a model folder opened for its header and table of tensors (milliseconds: no
-    tensor is read), so that one cut short (an unfinished download or copy: safetensors checks that its data
-    covers every tensor the table lists) is refused before a command touches its output folder, as a GGUF cut
-    short is, and not at the load with safetensors' own message."""
+    """A model folder's weight files checked before a command touches its output folder, as a GGUF cut short is
+    (milliseconds: no tensor is read), and not at the load with safetensors', torch's or transformers' own message:
+    every shard a ``*.index.json`` lists is there; each ``*.safetensors`` file opens for its header and table of
+    tensors (safetensors checks that its data covers every tensor the table lists: a file cut short by an
+    unfinished download or copy fails); each ``*.bin`` written as a zip archive (torch's format since 1.6) has its
+    central directory, which a zip keeps at its end."""
+    import zipfile
+
     from safetensors import safe_open
 
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:
+            raise PretrainedLoadError(f"could not read the list of weight files {index}: {error!r}; the file is cut "
+                                      "short or damaged: copy or download it again") from error
+        missing = sorted(shard for shard in shards if not (folder / shard).is_file())
+        if missing:
+            raise PretrainedLoadError(f"{index} lists {len(shards)} weight files, {len(missing)} of which are not in "
+                                      f"{folder}: {', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}; copy "
+                                      "or download them")
     for file in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(file, framework="pt"):
                 pass
         except SafetensorError as error:
             raise _unreadable_weights(file, error) from error
+    for file in sorted(folder.glob("*.bin")):
+        with open(file, "rb") as opened:
+            zipped = opened.read(4) == b"PK\x03\x04"
+        if zipped and not zipfile.is_zipfile(file):
+            raise _unreadable_weights(file, "a zip archive without its central directory")
 
 
-def _unreadable_weights(file: Path, error: SafetensorError) -> PretrainedLoadError:
+def _unreadable_weights(file: Path, error: SafetensorError | str) -> PretrainedLoadError:
     return PretrainedLoadError(f"could not read the weights in {file}: {error}; the file is cut short or damaged: "
                                "copy or download it again")
 
@@ -804,8 +824,10 @@ def _refuse_unread_gguf_metadata(path: Path) -> None:
 
 
 def _read_hf_folder(folder: Path) -> PreTrainedModel:
-    """A Hugging Face model folder as a float32 causal LM with eager attention."""
+    """A Hugging Face model folder as a float32 causal LM with eager attention, its weight files checked first
+    (:func:`_refuse_unreadable_weight_files`)."""
     with _as_load_error(folder, "it as a causal language model"):
+        _refuse_unreadable_weight_files(folder)
         model = _whole(folder, AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, attn_implementation="eager", local_files_only=True, output_loading_info=True
         ))

@@ -564,26 +564,53 @@ def test_a_model_whose_files_lack_a_weight_is_refused_not_filled_with_random_val
         load_hf(_write_gguf(tmp_path / "holed.gguf", leave_out=("blk.1.ffn_down.weight",)), device="cpu", keep=False)
 
 
-@pytest.mark.parametrize("cut", ["model.safetensors", "tokenizer.json"])
-def test_a_folder_whose_file_is_cut_short_is_refused_before_any_output_folder(cut, tmp_path, capsys, tiny_tokenizer):
-    """A Hugging Face folder whose model.safetensors or tokenizer.json ends early (an unfinished download or copy)
-    is refused by the checks every command runs before its output folder (each in one line naming the folder or
-    file, no folder made: entering one deletes an earlier run's files) and by the load itself where the file is
-    damaged after those checks. The weights had failed as "SafetensorError ... (unexpected; rerun with --debug)",
-    and check-asymmetry and probe had read a damaged tokenizer only after the model, both inside the output folder."""
+def _damage(folder, damage: str) -> None:
+    """``folder``'s files damaged as ``damage`` says: a file cut 100 bytes short (its weights first written as
+    torch's ``pytorch_model.bin`` for that one), or one shard of its weights, written in three, missing."""
+    if damage == "a shard missing":
+        hf = transformers.AutoModelForCausalLM.from_pretrained(folder)
+        size = (folder / "model.safetensors").stat().st_size
+        (folder / "model.safetensors").unlink()
+        hf.save_pretrained(folder, max_shard_size=size // 4)
+        shards = sorted(folder.glob("model-*.safetensors"))
+        assert len(shards) >= 3, shards
+        shards[1].unlink()
+        return
+    if damage == "pytorch_model.bin":
+        from safetensors.torch import load_file
+
+        torch.save(load_file(folder / "model.safetensors"), folder / damage)
+        (folder / "model.safetensors").unlink()
+    with open(folder / damage, "r+b") as file:
+        file.truncate((folder / damage).stat().st_size - 100)
+
+
+@pytest.mark.parametrize("damage", ["model.safetensors", "tokenizer.json", "pytorch_model.bin", "a shard missing"])
+def test_a_folder_whose_file_is_damaged_is_refused_before_any_output_folder(damage, tmp_path, capsys, tiny_tokenizer):
+    """A Hugging Face folder whose model.safetensors, tokenizer.json or pytorch_model.bin ends early (an unfinished
+    download or copy), or whose weights' index lists a shard that is not there, is refused by the checks every
+    command runs before its output folder (each in one line naming the folder or file, no folder made: entering one
+    deletes an earlier run's files) and by the load itself where the file is damaged after those checks. The
+    safetensors file had failed as "SafetensorError ... (unexpected; rerun with --debug)", the .bin file as torch's
+    "PytorchStreamReader failed reading zip archive" naming no file, and the missing shard inside the output
+    folder; check-asymmetry and probe had read a damaged tokenizer only after the model, inside the output
+    folder."""
     from tests_support import assert_model_refused_before_any_folder
 
     folder = save_tiny(tmp_path / "llama", _config("llama"), tiny_tokenizer)
-    with open(folder / cut, "r+b") as file:
-        file.truncate((folder / cut).stat().st_size - 100)
-    if cut == "model.safetensors":
-        with pytest.raises(PretrainedLoadError, match=rf"could not read the weights in {folder}/model.safetensors: "
-                                                      r".*not fully covered; the file is cut short or damaged"):
+    _damage(folder, damage)
+    said = {"model.safetensors": rf"could not read the weights in {folder}/model.safetensors: "
+                                 r".*not fully covered; the file is cut short or damaged",
+            "pytorch_model.bin": rf"could not read the weights in {folder}/pytorch_model.bin: a zip archive without "
+                                 r"its central directory; the file is cut short or damaged",
+            "a shard missing": rf"{folder}/model.safetensors.index.json lists \d+ weight files, 1 of which are not in "
+                               rf"{folder}: model-00002-of-\d+.safetensors; copy or download them"}
+    if damage in said:
+        with pytest.raises(PretrainedLoadError, match=said[damage]):
             pretrained.declared_config(folder)  # what every command checks first
-        said = rf"could not read the weights in {folder}: .*not fully covered"
     else:
-        said = rf"could not read its tokenizer .* from {folder}: .* \(tokenizer.json is no valid JSON: cut short"
-    with pytest.raises(PretrainedLoadError, match=said):
+        said[damage] = rf"could not read its tokenizer .* from {folder}: .* \(tokenizer.json is no valid JSON: cut short"
+    with pytest.raises(PretrainedLoadError, match=said[damage]):
         load_hf(folder, device="cpu", keep=False)
     assert_model_refused_before_any_folder(capsys, folder, tmp_path)
 
