@@ -184,8 +184,9 @@ def draw_controls(
             lines = facts.meta.get("line") or []
             where = f"{facts.meta.get('source')}:{lines[index]}" if index < len(lines) else f"fact {index}"
             raise FactError(f"{where}: {k} controls asked for {facts[index].given_and_answer(direction)[0]!r} "
-                            f"({direction}), but only {fewest} wrong answers among {subset[0].group}s; fewer "
-                            f"controls are needed (n_controls), or more pairs") from None
+                            f"({direction}), but the pairs hold only {fewest} wrong answer(s) among {subset[0].group}s: "
+                            f"ask for fewer (--controls; n_controls in Python) or give more pairs of that parent "
+                            f"type") from None
     return drawn
 
 

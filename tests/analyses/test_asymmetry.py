@@ -349,14 +349,16 @@ def test_bad_input_gets_a_clear_error(tmp_path):
 
 
 def test_too_many_controls_are_refused_naming_the_file_line(tmp_path):
-    """The refusal named "fact 2", a place among the question's parent type, and no file."""
+    """The refusal named "fact 2", a place among the question's parent type, and no file; it says what to change
+    by the command's option."""
     from analyses.asymmetry import check_inputs
 
     path = tmp_path / "pairs.csv"
     path.write_text(",".join(COLUMNS) + "\nAnn Bo,Eve Bo,mother,,True\nCy Dee,Gil Dee,father,,True\n"
                     "Di Ray,Fay Ray,mother,,True\nEd Fox,Hal Fox,father,,True\n")
     with pytest.raises(FactError, match=rf"--controls 2: {path}:2: 2 controls asked for 'Ann Bo' \(forward\), but "
-                                        r"only 1 wrong answers among mothers"):
+                                        r"the pairs hold only 1 wrong answer\(s\) among mothers: ask for fewer "
+                                        r"\(--controls; n_controls in Python\) or give more pairs of that parent type"):
         check_inputs(path, n_controls=2)
 
 
