@@ -254,7 +254,7 @@ def load_probed(model_path: str | os.PathLike[str], facts: FactSet, device: str 
         model, checkpoint = load_trained(model_path, device)
         vocab = TokenVocab()
         return ProbedModel(model, vocab, vocab.entity_ids, vocab.token_name,
-                           lambda tokens: "".join(map(vocab.token_name, tokens)), "candidates",
+                           lambda tokens: " ".join(map(vocab.token_name, tokens)), "candidates",
                            {"model_card": checkpoint.meta.get("model"), "step": checkpoint.step,
                             "trained_world": (checkpoint.meta.get("run") or {}).get("world")})
     templates = text_templates(model_path, facts, templates)

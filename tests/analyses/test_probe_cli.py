@@ -87,6 +87,26 @@ def test_probe_cli_writes_tables_summary_and_figures(run, world, tmp_path, capsy
         assert_offline_view(tmp_path / f"attention_{direction}.html", '"L0H3"', f'"tokens": {json.dumps(tokens)}')
 
 
+def test_a_probe_of_a_multi_token_world_names_each_answer_as_its_facts_do(vocab, tmp_path, capsys):
+    """An answer of a 2-token world is written as its fact names it ("e26 e480"): the tokens' names were joined
+    with nothing between them ("e26e480"), in the summary's statements, the patching metric and its figure."""
+    from facts.token_worlds import reversal_world
+
+    world = reversal_world(n_pairs=12, k=2, seed=1, alphabet_size=20)
+    model = build_model("one-layer", vocab.d_vocab, seed=0)
+    train(model, tokenize(world, vocab).where(split="train"), TrainConfig(steps=5, progress=False),
+          checkpoint_dir=tmp_path / "run" / "checkpoints", model_card=model_card("one-layer", vocab.d_vocab, "absolute", 0))
+    save_jsonl(world, tmp_path / "facts.jsonl")
+    revlens_in_process(capsys, "probe", "--model", tmp_path / "run" / "checkpoints", "--facts", tmp_path / "facts.jsonl",
+                       "--controls", "4", "--out", tmp_path / "probe")
+    attribution = json.loads((tmp_path / "probe" / "summary.json").read_text())["attribution"]
+    fact = world[attribution["fact"]]
+    for direction in ("forward", "reverse"):
+        answer = fact.given_and_answer(direction)[2]
+        assert " " in answer and attribution[direction]["answer"] == answer, direction
+    assert repr(fact.subject) in attribution["patching"]["metric"]
+
+
 def test_probe_cli_traces_facts(run, world, tmp_path, capsys):
     result = revlens_in_process(capsys, "probe", "--model", str(run / "checkpoints"), "--facts",
                                 str(run / "facts.jsonl"), "--limit", "20", "--tracing", "--tracing-facts", "3",
