@@ -15,9 +15,11 @@ equal teacher forcing every (prompt, answer) sequence with :func:`models.scoring
   checked architecture runs statements one after another in one sequence through its own forward
   (:mod:`models.hooked_tree`);
 - from a prefix cache: the prompts run once, then the continuations from their cached keys and values
-  (:class:`PrefixCache`). A TransformerLens model whose architecture the trie is not checked on
-  (:func:`scores_by_tree`: a token-world model, for one) and statements wider than a sliding window run so (a
-  transformers model's are teacher-forced); a transformers model the trie cannot run is refused.
+  (:class:`PrefixCache`), one continuation row for a statement's answers fed the same tokens (all but their
+  last: for two-token answers, one row per distinct first token, the trie's nodes). A TransformerLens model
+  whose architecture the trie is not checked on (:func:`scores_by_tree`: a token-world model, for one) and
+  statements wider than a sliding window run so (a transformers model's are teacher-forced, and so is a bridge
+  over TransformerLens 4's own model, which keeps no cache); a transformers model the trie cannot run is refused.
 
 A TransformerLens model with a hook on a hook point (an edit, :func:`probes.hooks.editing`) is teacher-forced,
 every (prompt, answer) sequence at its own positions, as :func:`probes.logits.answer_table` scores the truth: the
@@ -45,6 +47,7 @@ from models.backend import (
     TLModel,
     TransformerLensKeyValueCache,
     TransformerLensKeyValueCacheEntry,
+    has_kv_cache,
     hooks_attached,
     is_hooked,
 )
@@ -391,8 +394,9 @@ def candidate_logprobs_cached(
     ``candidates[i]`` are examples that share one prompt (e.g. the truth and its controls);
     every row must have the same number k of them. Log-probabilities sum over answer tokens:
     ``Σ_j log p(a_j | c, a_<j)``. Prompts are grouped by length and run ``batch_size`` at a time;
-    continuations (answer tokens but the last) are grouped by length, so no pass holds padding, and
-    run from the prompts' cached keys and values (:data:`models.scoring.LOGIT_BUDGET` bounds a pass: up to
+    continuations (answer tokens but the last; answers of one statement fed the same tokens share one) are grouped
+    by length, so no pass holds padding, and run from the prompts' cached keys and values
+    (:data:`models.scoring.LOGIT_BUDGET` bounds a pass: up to
     ``LOGIT_BUDGET // d_vocab`` positions (at least one row) of answers of one length and ``4 · batch_size`` rows,
     each row carrying a copy of its prompt's keys and values; 2**27 made Gemma 3's passes hold 1 GiB of logits and
     log-probabilities at once). On a HookedTransformer without hooks, consecutive passes of one chunk run
@@ -404,7 +408,8 @@ def candidate_logprobs_cached(
     to :data:`MLP_BLOCK` floats of MLP activation, a HookedTransformer's one a pass); so does a
     transformers causal LM, whose statements wider than its sliding window are teacher-forced
     (:func:`models.scoring.score_answers`), and one the trie cannot run at all is refused. The progress bar
-    counts answers. A TransformerLens model with a hook attached is teacher-forced (the module docstring).
+    counts answers. A TransformerLens model with a hook attached, and a bridge over TransformerLens 4's own model,
+    are teacher-forced (the module docstring).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -436,8 +441,10 @@ def candidate_logprobs_cached(
     from models.hf_training import CausalLM
 
     # A hook sees each (prompt, answer) sequence teacher-forced, as it sees the truth's in answer_table, not a
-    # prefix cache's continuations (their positions start again at 0, their batch rows are (statement, answer)s).
-    forced = CausalLM(hf) if hf is model else model if hooks_attached(model) else None
+    # prefix cache's continuations (their positions start again at 0, their batch rows are (statement, answer)s);
+    # a bridge over TransformerLens 4's own model keeps no cache to continue from.
+    forced = (CausalLM(hf) if hf is model else model if hooks_attached(model) or not has_kv_cache(model)
+              else None)
     scorer = None if forced is not None else PrefixCache(model)
     by_length: dict[int, list[int]] = {}
     for i, row in enumerate(candidates):
@@ -471,8 +478,10 @@ def _score_chunk(
     device: torch.device,
     bar: tqdm,
 ) -> None:
-    """Score one chunk of statements whose prompts have one length, in place. A HookedTransformer's readout rows
-    (each prompt's last position, then every continuation position) are read out together (:class:`_Readout`)."""
+    """Score one chunk of statements whose prompts have one length, in place. A statement's answers fed the same
+    tokens (``answer[:-1]``) share one continuation row, read at each position for each of them. A HookedTransformer's
+    readout rows (each prompt's last position, then every continuation position) are read out together
+    (:class:`_Readout`)."""
     readout = _Readout(scorer.scores, UNEMBED_ROWS if scorer.hooked else 1)
     prompts = torch.tensor([row[0].prompt for row in rows])
     first_out, cache = scorer.prefix(prompts.to(device), read_out="scores")
@@ -484,41 +493,56 @@ def _score_chunk(
     readout.add(first_out, torch.tensor([[e.answer[0] for e in row] for row in rows], device=first_out.device),
                 first_read)
     del first_out  # read before the continuations (a flush hands out rows in the order they came), which add to it
-    by_width: dict[int, list[tuple[int, int]]] = {}
+    # each statement's answers fed the same tokens (all but their last) share one continuation row
+    sharing: dict[tuple[int, tuple[int, ...]], list[int]] = {}  # (statement, fed tokens) → the answers fed them
     for s, row in enumerate(rows):
         for j, e in enumerate(row):
             if len(e.answer) > 1:
-                by_width.setdefault(len(e.answer) - 1, []).append((s, j))
+                sharing.setdefault((s, tuple(e.answer[:-1])), []).append(j)
+    by_width: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+    for key in sharing:
+        by_width.setdefault(len(key[1]), []).append(key)
     positions = max(1, LOGIT_BUDGET // (getattr(scorer.model.cfg, "d_vocab", None) or 1))
     per_pass = {width: max(1, min(positions // width, 4 * batch_size)) for width in by_width}
     passes = [group[start : start + per_pass[width]]
               for width, group in sorted(by_width.items()) for start in range(0, len(group), per_pass[width])]
-    sizes = [len(batch) * (len(rows[batch[0][0]][batch[0][1]].answer) - 1) for batch in passes]
+    sizes = [len(batch) * len(batch[0][1]) for batch in passes]
     # passes that run together (one pass: PrefixCache.extend, as it always did): consecutive passes of at least
     # SMALL_PRODUCT positions, up to MLP_BLOCK floats of MLP activation
     bundles = (_runs(sizes, max(positions, MLP_BLOCK // scorer.model.cfg.d_mlp), alone=SMALL_PRODUCT)
                if scorer.bundles() else [[p] for p in range(len(passes))])
     for bundle in bundles:
-        fed = [torch.tensor([rows[s][j].answer[:-1] for s, j in passes[p]]) for p in bundle]
+        fed = [torch.tensor([key[1] for key in passes[p]]) for p in bundle]
         statements = [torch.tensor([s for s, _ in passes[p]]) for p in bundle]
-        targets = torch.cat([torch.tensor([rows[s][j].answer[1:] for s, j in passes[p]]).view(-1) for p in bundle])
+        most = max(len(sharing[key]) for p in bundle for key in passes[p])
+
+        def scored(key: tuple[int, tuple[int, ...]], most: int = most) -> list[Sequence[int]]:
+            """The tokens each answer fed ``key``'s tokens is scored on, one answer a column, padded to ``most``
+            columns with the first's (read and not used)."""
+            answers = [rows[key[0]][j].answer[1:] for j in sharing[key]]
+            return answers + answers[:1] * (most - len(answers))
+
+        targets = torch.cat([torch.tensor([scored(key) for key in passes[p]]).transpose(1, 2).reshape(-1, most)
+                             for p in bundle])  # a row per fed position, in the order of the passes' positions
         if len(bundle) == 1:
             out = scorer.extend(cache, statements[0].to(device), fed[0].to(device),
                                 torch.ones(fed[0].shape, dtype=torch.bool, device=device), read_out="scores")
         else:  # every pass's final residual stream at once
             out = scorer.extend_bundle(cache, [(s.to(device), f.to(device)) for s, f in zip(statements, fed)])
 
-        def continuation_read(lp: Float[Tensor, "n 1"], hit: Bool[Tensor, "n 1"],
+        def continuation_read(lp: Float[Tensor, "n most"], hit: Bool[Tensor, "n most"],
                               bundle: list[int] = bundle, fed: list[Tensor] = fed) -> None:
             for p, tokens, lp_part, hit_part in zip(bundle, fed, lp.split([f.numel() for f in fed]),
                                                         hit.split([f.numel() for f in fed])):
-                batch = passes[p]
-                where = index[torch.tensor([s for s, _ in batch])], torch.tensor([j for _, j in batch])
-                logprob[where] += lp_part.view(tokens.shape).sum(1)
-                correct[where] &= hit_part.view(tokens.shape).all(1)
-                bar.update(len(batch))
+                cells = [(r, column, s, j) for r, (s, f) in enumerate(passes[p])
+                         for column, j in enumerate(sharing[s, f])]
+                r, column, s, j = (torch.tensor(c) for c in zip(*cells))
+                where = index[s], j
+                logprob[where] += lp_part.view(*tokens.shape, -1).sum(1)[r, column]
+                correct[where] &= hit_part.view(*tokens.shape, -1).all(1)[r, column]
+                bar.update(len(cells))
 
-        readout.add(out, targets[:, None].to(out.device), continuation_read)
+        readout.add(out, targets.to(out.device), continuation_read)
         del out
     readout.flush()
 

@@ -215,13 +215,70 @@ def test_a_model_with_a_hook_is_teacher_forced(backend, request, smollm2_tokeniz
     assert scores_by_tree(model)  # and by trie again once the hook is gone
 
 
-def test_a_token_world_model_scores_from_its_prefix_cache():
-    """A model built from a named config (a HookedTransformer under 3.9), not converted from a checked
-    architecture, runs cached."""
+@pytest.mark.parametrize("k", [2, 3])
+def test_a_token_world_model_scores_multi_token_answers_as_teacher_forcing(k):
+    """A model built from a named config (a HookedTransformer under 3.9, a bridge over TransformerLens 4's own
+    model under 4.x), not converted from a checked architecture, does not run by trie: every entity of a k-token
+    world after every statement's prompt (from a prefix cache under 3.9; teacher-forced under 4.x, whose own
+    model keeps no cache) gives teacher forcing's numbers."""
+    from facts.token_worlds import TokenVocab, reversal_world
     from models.transformer import build_model
 
-    model = build_model("one-layer", 40, seed=0)
+    vocab = TokenVocab()
+    world = reversal_world(n_pairs=10, k=k, seed=2, alphabet_size=12)
+    model = build_model("tiny", vocab.d_vocab, seed=1).eval()
     assert getattr(model.cfg, "original_architecture", None) is None and not scores_by_tree(model)
+    rows = [[vocab.example(world, i, d, answer) for answer in world.entities()] for i, d, _ in world.statements()]
+    fast = candidate_logprobs_cached(model, rows, batch_size=8)
+    reference = score_answers(model, collate([e for row in rows for e in row], 0))
+    torch.testing.assert_close(fast.logprob.flatten(), reference.logprob, rtol=0, atol=1e-4)
+    assert fast.correct.flatten().tolist() == reference.correct.tolist()
+
+
+def last_mlp(model) -> torch.nn.Module:
+    """The module of ``model``'s last MLP, as the model runs it (a bridge: the transformers model's own)."""
+    from probes.shared_prompt import _transformers_model
+
+    hf = _transformers_model(model)
+    return hf.model.layers[-1].mlp if hf is not None else model.blocks[-1].mlp
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_answers_fed_the_same_tokens_share_one_continuation_from_the_prefix_cache(backend, tiny_models):
+    """From a prefix cache (the tiny Gemma 2, whose prompts pass its window), a statement's answers fed the same
+    tokens (all but their last) run one continuation row: the model's last MLP sees each prompt position once and
+    each statement's distinct fed tokens once (for two-token answers, one position per distinct first token: the
+    trie's nodes, what the floor counts; each three-token answer two), and every answer's log-prob and greedy
+    success are teacher forcing's."""
+    tiny = tiny_models["gemma2"]
+    model = tiny.backends[backend]
+    generator = torch.Generator().manual_seed(0)
+
+    def tokens(n: int) -> tuple[int, ...]:
+        return tuple(torch.randint(1, VOCAB, (n,), generator=generator).tolist())
+
+    rows = []
+    for statement in range(6):
+        prompt = tokens(7 + statement % 2)  # two lengths, both past the 4-token window
+        firsts = [tokens(1) for _ in range(3)]  # 8 two-token answers over 3 first tokens
+        pairs = [firsts[int(torch.randint(3, (1,), generator=generator))] + tokens(1) for _ in range(8)]
+        stems = [tokens(2) for _ in range(2)]  # 4 three-token answers over 2 fed pairs
+        triples = [stems[n % 2] + tokens(1) for n in range(4)]
+        rows.append([Example(prompt, answer, statement, "forward", "train") for answer in pairs + triples])
+    expected = sum(len(row[0].prompt) + len({e.answer[:-1] for e in row[:8]}) + 2 * len({e.answer[:-1] for e in row[8:]})
+                   for row in rows)
+    assert expected < sum(len(row[0].prompt) + sum(len(e.answer) - 1 for e in row) for row in rows)  # answers share
+    seen = []
+    handle = last_mlp(model).register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:-1].numel()))
+    try:
+        assert not scores_by_tree(model) or not _tree_fits(model, max(len(answer_trie(r).tokens) for r in rows))
+        fast = candidate_logprobs_cached(model, rows, batch_size=4)
+    finally:
+        handle.remove()
+    assert sum(seen) == expected
+    reference = score_answers(model, collate([e for row in rows for e in row], 0))
+    torch.testing.assert_close(fast.logprob.flatten(), reference.logprob, rtol=0, atol=1e-4)
+    assert fast.correct.flatten().tolist() == reference.correct.tolist()
 
 
 def hooked_models(request):
