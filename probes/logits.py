@@ -248,7 +248,8 @@ def answer_table(
     n_candidates (per row: the size of its statement's candidate set), chance_logprob (−log n_candidates; NaN with
     ``"controls"``), correct, control_logprob (mean over
     ``n_controls`` random answers of the same kind, :func:`facts.language.controls_of`; fewer, for every
-    statement, when one has fewer wrong answers: :func:`facts.language.wrong_answers`), margin (logprob −
+    statement, when one has fewer wrong answers: :func:`facts.language.wrong_answers`; read from the candidates'
+    log-probs where every control is among its statement's candidates, else scored apart), margin (logprob −
     control_logprob). ``controls``: each statement's controls, drawn elsewhere (as many for each), in place of
     those drawn here (a question asked of a sub-world, compared with the same statement's in the whole world).
     """
@@ -280,25 +281,33 @@ def answer_table(
     scores = score_answers(model, truths)
     drawn = controls if controls is not None else answer_controls(facts, statements, n_controls, seed)
     n_controls = len(drawn[0]) if drawn else 0
-    control_scores = torch.full((len(statements), 0), float("nan"))
-    if n_controls > 0:
-        control_scores = answers_logprobs(model, facts, tokenizer, statements, drawn, pad_id)
-    elif rank_against == "controls":
+    if n_controls == 0 and rank_against == "controls":
         raise ValueError("rank_against='controls' needs n_controls ≥ 1 and a wrong answer of its kind for every "
                          "statement")
+    ranked: list[tuple[list[int], Direction, Tensor]] = []  # statements ranked among one set, and their matrix
+    if rank_against == "candidates":
+        groups: dict[tuple[str, ...], list[int]] = {}  # statements ranked among the same set: scored in one call
+        for row, (_, direction) in enumerate(statements):
+            groups.setdefault(tuple(among[direction]), []).append(row)
+        for members in groups.values():
+            direction = statements[members[0]][1]
+            ranked.append((members, direction, candidate_logprobs(
+                model, facts, tokenizer, [statements[r] for r in members], among[direction], pad_id)))
+    control_scores = torch.full((len(statements), 0), float("nan"))
+    if n_controls > 0 and ranked and all(c in columns[d] for given, (_, d) in zip(drawn, statements) for c in given):
+        control_scores = torch.empty(len(statements), n_controls)  # each control is a candidate: its column
+        for members, direction, matrix in ranked:
+            control_scores[members] = matrix.gather(1, torch.tensor([[columns[direction][c] for c in drawn[r]]
+                                                                     for r in members]))
+    elif n_controls > 0:
+        control_scores = answers_logprobs(model, facts, tokenizer, statements, drawn, pad_id)
     if rank_against == "controls":
         better = (control_scores >= scores.logprob[:, None]).sum(1)
         n_candidates = [n_controls + 1] * len(statements)
     else:
         better = torch.zeros(len(statements), dtype=torch.long)
         n_candidates = [0] * len(statements)
-        groups: dict[tuple[str, ...], list[int]] = {}  # statements ranked among the same set: scored in one call
-        for row, (_, direction) in enumerate(statements):
-            groups.setdefault(tuple(among[direction]), []).append(row)
-        for members in groups.values():
-            direction = statements[members[0]][1]
-            matrix = candidate_logprobs(model, facts, tokenizer, [statements[r] for r in members], among[direction],
-                                        pad_id)
+        for members, direction, matrix in ranked:
             is_truth = torch.zeros(len(members), len(among[direction]), dtype=torch.bool)
             is_truth[torch.arange(len(members)), [columns[direction][answers[r]] for r in members]] = True
             better[members] = ((matrix >= scores.logprob[members][:, None]) & ~is_truth).sum(1)

@@ -7,12 +7,12 @@ import torch
 from facts.schema import FactSet
 from facts.token_worlds import reversal_world
 from facts.tokens import tokenize
-from models.backend import TL_MAJOR, HookedTransformer, HookedTransformerConfig, build_native
+from models.backend import TL_MAJOR, HookedTransformer, HookedTransformerConfig, build_native, is_hooked
 from models.scoring import score_answers
 from models.training import TrainConfig, train
 from models.transformer import build_model, model_fields
 from probes.attribution import patch_residual
-from probes.logits import answer_table, candidate_logprobs
+from probes.logits import answer_controls, answer_table, candidate_logprobs, kind_candidates
 from probes.shared_prompt import candidate_logprobs_cached
 
 
@@ -79,6 +79,34 @@ def test_multi_token_answers_sum_over_tokens_and_rank_by_teacher_forcing(vocab):
     expected = sum(float(logprobs[len(example.prompt) - 1 + j, t]) for j, t in enumerate(example.answer))
     first = table[(table.fact == 0) & (table.direction == "forward")].logprob.item()
     assert first == pytest.approx(expected, abs=1e-5)
+
+
+def test_controls_are_read_from_the_candidates_they_are_among(vocab):
+    """Ranked among its kind, a statement's controls are candidates: their log-probs are read from the candidate
+    matrix, not scored again. The model's last MLP sees the truths teacher-forced (prompt and answer but its last
+    token) and the candidates' floor (each prompt, each distinct first token after it) and nothing more, and each
+    control's log-prob is teacher forcing's."""
+    from facts.tokens import collate
+
+    world = reversal_world(n_pairs=12, k=2, seed=2, alphabet_size=20)
+    model = build_model("tiny", vocab.d_vocab, seed=1).eval()
+    seen = []
+    handle = model.blocks[-1].mlp.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:-1].numel()))
+    try:
+        table = answer_table(model, world, vocab, n_controls=4)
+    finally:
+        handle.remove()
+    statements = [(int(r.fact), r.direction) for r in table.itertuples()]
+    among = kind_candidates(world)
+    truths = [vocab.example(world, i, d) for i, d in statements]
+    floor = sum(len(t.prompt) + len({vocab.example(world, i, d, a).answer[:1] for a in among[d]})
+                for t, (i, d) in zip(truths, statements))
+    if is_hooked(model):  # TransformerLens 4's own model keeps no cache: every answer teacher-forced there
+        assert sum(seen) == sum(len(t.prompt) + 1 for t in truths) + floor
+    controls = answer_controls(world, statements, 4)
+    forced = score_answers(model, collate([vocab.example(world, i, d, a) for (i, d), row in zip(statements, controls)
+                                           for a in row], 0)).logprob.view(len(statements), 4).mean(1)
+    torch.testing.assert_close(torch.tensor(table.control_logprob.values).float(), forced, rtol=0, atol=1e-5)
 
 
 def test_under_an_edit_every_answer_is_scored_at_the_positions_the_truth_is(vocab):
