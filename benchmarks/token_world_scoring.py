@@ -3,15 +3,16 @@
 The workload is ``revlens reproduce reversal --k K``'s final table's largest part: every statement of a K-token
 reversal world (``--pairs`` pairs, both directions in play) with every entity of its answer's kind as a candidate
 (:func:`probes.logits.answer_table`'s default ranking), scored by :func:`probes.shared_prompt.candidate_logprobs_cached`
-on an untrained model of ``--model``'s size (training changes the numbers, not the work). A token-world model is
-not converted from a checked architecture, so it runs from its prefix cache (on TransformerLens 3.9).
+on an untrained model of ``--model``'s size (training changes the numbers, not the work). It runs by trie, statements
+as rows of a pass, a statement wider than the model's context as several tries (since 2026-12-07; before, from its
+prefix cache under TransformerLens 3.9 and teacher-forced under 4.x). Run it with ``.venv-tl4/bin/python`` for 4.x.
 
 The *floor* counts the positions that must be computed: every prompt once, and each statement's trie of its
 candidates' fed tokens (every distinct ``answer[:d]``, 1 ≤ d < K) once. The positions the model computes are
 counted by a forward hook on its last MLP (every position of every pass runs through it once). The floor's time is
 that of the model's own forward over as many positions, in plain causal rows of its whole context (``n_ctx``
-tokens, 64 rows a pass), with a log-softmax at every position: one bare pass over the floor's work (the trie's own
-layout does not fit a token-world model's context). Printed: both counts and their ratio, and CPU seconds of the
+tokens, 64 rows a pass), with a log-softmax at every position: one bare pass over the floor's work. The positions
+computed count a trie pass's padding and each prompt once per trie of its statement. Printed: both counts and their ratio, and CPU seconds of the
 scoring and of the floor pass (``time.process_time``, one torch thread unless ``--threads``), medians of
 ``--rounds``, scoring first in each round. The script runs on an older checkout too (``PYTHONPATH`` at a
 ``git worktree``), so the same workload times two versions side by side.

@@ -17,9 +17,10 @@ for the duration of one pass:
   outside M to −∞.
 
 Everything else (norms, soft-caps, grouped-query heads, post-norms, parallel blocks) is the model's own
-forward. The pass is one sequence (the rotary table is shared by the batch), which may hold several
-statements one after another under a block-diagonal M; a layout wider than a sliding window, or than the
-model's rotary table, is not run (:func:`hooked_tree_width`): a window counts sequence indices, not
+forward. With rotary positions the pass is one sequence (the rotary table is shared by the batch), which may
+hold several statements one after another under a block-diagonal M; with absolute positions it may be a batch of
+rows, each its own layout (:func:`batches_rows`). A layout wider than a sliding window, or than the model's
+rotary table or context, is not run (:func:`hooked_tree_width`): a window counts sequence indices, not
 positions.
 """
 
@@ -39,18 +40,21 @@ HOOKED_TREE_ARCHITECTURES = frozenset({
     "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"})
 """``cfg.original_architecture``s of the HookedTransformer conversions this is checked on against teacher
 forcing (a tiny model of each, SmolLM2 and Gemma 3 270M: tests/probes/test_shared_prompt.py). TransformerLens
-3.9 converts no OLMo 2, so none is listed."""
+3.9 converts no OLMo 2, so none is listed. A model built from a config (``original_architecture`` None: a
+token-world model) runs too where its positions are absolute (:func:`scores_by_tree` of
+:mod:`probes.shared_prompt`)."""
 
 
 def hooked_tree_width(model: object) -> int:
     """The widest layout :func:`hooked_tree_residual` runs ``model`` on (0: none): a HookedTransformer
-    converted from one of :data:`HOOKED_TREE_ARCHITECTURES`, causal, with rotary or absolute positions (no
-    position-dependent rescaling), on layouts inside its context, every local layer's sliding window (a
-    window counts sequence indices, not positions) and every rotary table."""
+    converted from one of :data:`HOOKED_TREE_ARCHITECTURES` or built from a config, causal, with rotary or
+    absolute positions (no position-dependent rescaling), on layouts inside its context, every local layer's
+    sliding window (a window counts sequence indices, not positions) and every rotary table."""
     if not is_hooked(model):
         return 0
     cfg = model.cfg
-    if (cfg.original_architecture not in HOOKED_TREE_ARCHITECTURES or cfg.attention_dir != "causal"
+    if ((cfg.original_architecture is not None and cfg.original_architecture not in HOOKED_TREE_ARCHITECTURES)
+            or cfg.attention_dir != "causal"
             or cfg.positional_embedding_type not in ("rotary", "standard")
             or getattr(cfg, "use_dynamic_ntk_rope", False) or getattr(cfg, "use_logn_attn", False)):
         return 0
@@ -61,6 +65,12 @@ def hooked_tree_width(model: object) -> int:
         if cfg.positional_embedding_type == "rotary":
             widths.append(block.attn.rotary_cos.shape[0])
     return min(widths)
+
+
+def batches_rows(model: object) -> bool:
+    """Whether :func:`hooked_tree_residual` runs ``model`` on a batch of rows, each its own layout: absolute
+    positions (``W_pos[p]`` row by row through ``hook_pos_embed``); rotary ones share one table a pass."""
+    return model.cfg.positional_embedding_type == "standard"
 
 
 def runs_hooked_tree(model: object, width: int) -> bool:
@@ -85,28 +95,29 @@ def _rotary_rows(model: torch.nn.Module, positions: Int[Tensor, " w"]) -> Iterat
 @torch.no_grad()
 def hooked_tree_residual(
     model: torch.nn.Module,
-    tokens: Int[Tensor, " w"],
-    positions: Int[Tensor, " w"],
-    allowed: Bool[Tensor, "w w"],
-) -> Float[Tensor, "w d_model"]:
-    """The residual stream after the last block (before ``ln_final``) at every token, for the layout of
-    the module docstring; read it out with :func:`models.scoring.hooked_readout`. ``model`` must pass
-    :func:`runs_hooked_tree` for ``len(tokens)``."""
-    if not runs_hooked_tree(model, len(tokens)):
-        raise ValueError(f"this model does not run a layout of {len(tokens)} positions by trie (runs_hooked_tree)")
+    tokens: Int[Tensor, "b w"],
+    positions: Int[Tensor, "b w"],
+    allowed: Bool[Tensor, "b w w"],
+) -> Float[Tensor, "b w d_model"]:
+    """The residual stream after the last block (before ``ln_final``) at every token of every row, for the layout
+    of the module docstring; read it out with :func:`models.scoring.hooked_readout`. ``model`` must pass
+    :func:`runs_hooked_tree` for the rows' width, and :func:`batches_rows` for more than one row."""
+    rows, width = tokens.shape
+    if not runs_hooked_tree(model, width):
+        raise ValueError(f"this model does not run a layout of {width} positions by trie (runs_hooked_tree)")
+    if rows > 1 and not batches_rows(model):
+        raise ValueError(f"this model runs one layout a pass (its rotary table is shared by the batch), not {rows}")
     device = model.cfg.device or tokens.device
-    outside = ~allowed.to(device)
+    outside = ~allowed[:, None].to(device)
 
-    def mask(scores: Float[Tensor, "1 head w w"], hook) -> Float[Tensor, "1 head w w"]:
+    def mask(scores: Float[Tensor, "b head w w"], hook) -> Float[Tensor, "b head w w"]:
         return scores.masked_fill_(outside.to(scores.device), float("-inf"))  # the causal mask's own new tensor
 
     hooks = [(lambda name: name.endswith("attn.hook_attn_scores"), mask)]
     if model.cfg.positional_embedding_type == "standard":
-        hooks.append(("hook_pos_embed", lambda embed, hook: model.W_pos[positions.to(model.W_pos.device)][None]))
-    rotary = _rotary_rows(model, positions) if model.cfg.positional_embedding_type == "rotary" else nullcontext()
+        hooks.append(("hook_pos_embed", lambda embed, hook: model.W_pos[positions.to(model.W_pos.device)]))
+    rotary = _rotary_rows(model, positions[0]) if model.cfg.positional_embedding_type == "rotary" else nullcontext()
     with rotary, model.hooks(fwd_hooks=hooks):
-        residual = model(tokens[None].to(device), attention_mask=torch.ones(1, len(tokens), dtype=torch.long,
-                                                                           device=device),
-                         stop_at_layer=model.cfg.n_layers)
-    return residual[0]
+        return model(tokens.to(device), attention_mask=torch.ones(tokens.shape, dtype=torch.long, device=device),
+                     stop_at_layer=model.cfg.n_layers)
 

@@ -11,15 +11,20 @@ equal teacher forcing every (prompt, answer) sequence with :func:`models.scoring
   and a mask in which a trie node sees the prompt and its own ancestors only (:func:`_score_chunk_tree`):
   exactly the positions that must be computed, in one pass (the floor of
   ``benchmarks/scoring_throughput.py``). A transformers causal LM, or a TransformerBridge over one, runs
-  passes of statements through transformers' layers with a 4D mask; a HookedTransformer converted from a
-  checked architecture runs statements one after another in one sequence through its own forward
-  (:mod:`models.hooked_tree`);
+  passes of statements as rows through transformers' layers with a 4D mask, and so do a bridge over
+  TransformerLens 4's own model (a token-world model there) through its own layers and a HookedTransformer with
+  absolute positions (a token-world model under 3.9, or a converted GPT-2) through its own forward
+  (:mod:`models.hooked_tree`), those two a statement wider than the model's context as several tries of its
+  answers (:func:`answer_tries`); a HookedTransformer with rotary positions converted from a checked architecture
+  runs statements one after another in one sequence (its rotary table is shared by the batch);
 - from a prefix cache: the prompts run once, then the continuations from their cached keys and values
   (:class:`PrefixCache`), one continuation row for a statement's answers fed the same tokens (all but their
   last: for two-token answers, one row per distinct first token, the trie's nodes). A TransformerLens model
-  whose architecture the trie is not checked on (:func:`scores_by_tree`: a token-world model, for one) and
-  statements wider than a sliding window run so (a transformers model's are teacher-forced, and so is a bridge
-  over TransformerLens 4's own model, which keeps no cache); a transformers model the trie cannot run is refused.
+  whose architecture the trie is not checked on (:func:`scores_by_tree`), a token-world model with rotary
+  positions under 3.9 (as one sequence of statements its trie ran a 2-token world's ranking at 1.26× a bare forward,
+  its prefix cache at 1.12×) and statements wider than a sliding window run so (a transformers model's are
+  teacher-forced, and so is a statement a bridge over TransformerLens 4's own model, which keeps no cache, cannot
+  fit in its context); a transformers model the trie cannot run is refused.
 
 A TransformerLens model with a hook on a hook point (an edit, :func:`probes.hooks.editing`) is teacher-forced,
 every (prompt, answer) sequence at its own positions, as :func:`probes.logits.answer_table` scores the truth: the
@@ -50,8 +55,11 @@ from models.backend import (
     has_kv_cache,
     hooks_attached,
     is_hooked,
+    is_native_bridge,
 )
-from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_residual, hooked_tree_width, runs_hooked_tree
+from models.hooked_tree import (
+    HOOKED_TREE_ARCHITECTURES, batches_rows, hooked_tree_residual, hooked_tree_width, runs_hooked_tree,
+)
 from models.memory import heap_kept
 from models.scoring import (
     ACTIVATION_BUDGET, LOGIT_BUDGET, PLAIN_HEAD_MODEL_TYPES, UNEMBED_ROWS, check_causal, chosen_logprobs,
@@ -72,10 +80,10 @@ ReadOut = Literal["logits", "scores"]
 """What :class:`PrefixCache` gives at the positions it reads: logits, or what :meth:`PrefixCache.scores` reads."""
 
 HOOKED_TREE_PASS = 256
-"""Positions of one HookedTransformer trie pass: statements (~100 positions each in ``check-asymmetry``) run
-one after another in one sequence up to this width. One pass's fixed cost is what it saves: SmolLM2's blocks,
-one thread, ran 193 positions a CPU second at 25 positions a pass, 301 at 50, 379 at 100, 419 at 200 and
-403 at 300 (2026-12-05, an AMX Xeon)."""
+"""Positions of one trie pass of a HookedTransformer with rotary positions: statements (~100 positions each in
+``check-asymmetry``) run one after another in one sequence up to this width. One pass's fixed cost is what it
+saves: SmolLM2's blocks, one thread, ran 193 positions a CPU second at 25 positions a pass, 301 at 50, 379 at 100,
+419 at 200 and 403 at 300 (2026-12-05, an AMX Xeon)."""
 
 
 TREE_ARCHITECTURES = PLAIN_HEAD_MODEL_TYPES
@@ -291,12 +299,20 @@ def scores_by_tree(model: TLModel | PreTrainedModel) -> bool:
     """Whether :func:`candidate_logprobs_cached` runs ``model`` by trie (:func:`_score_chunk_tree`): a
     transformers model of :data:`TREE_ARCHITECTURES` (``finetune-facts`` asks its trained model so), a
     TransformerBridge over one, or a HookedTransformer converted from one of
-    :data:`models.hooked_tree.HOOKED_TREE_ARCHITECTURES`, the last two with no hook on any of their hook
+    :data:`models.hooked_tree.HOOKED_TREE_ARCHITECTURES` or built from a config with absolute positions (a
+    token-world model: its statements as rows of a pass; with rotary ones it would run them one after another in
+    one sequence, slower than from its prefix cache), the last two with no hook on any of their hook
     points (a hook would see the trie's layout, not the statements'; the bridge's own capture hooks on
-    transformers' modules feed those points). Statements that reach a sliding window run cached, or on a
-    transformers model teacher-forced, instead (:func:`_tree_fits`)."""
+    transformers' modules feed those points). So does a bridge over TransformerLens 4's own model without hooks
+    (a token-world model: a 4D mask and position ids through its own layers, checked against teacher forcing with
+    both positional kinds). Statements that reach a sliding window run cached, or on a transformers model
+    teacher-forced, instead (:func:`_tree_fits`); so are those of the last that do not fit its context."""
+    if is_native_bridge(model):
+        return not hooks_attached(model)
     if is_hooked(model):
-        return model.cfg.original_architecture in HOOKED_TREE_ARCHITECTURES and not hooks_attached(model)
+        architecture = model.cfg.original_architecture
+        return ((architecture in HOOKED_TREE_ARCHITECTURES or (architecture is None and batches_rows(model)))
+                and not hooks_attached(model))
     hf = _transformers_model(model)
     if getattr(getattr(hf, "config", None), "model_type", None) not in TREE_ARCHITECTURES:
         return False
@@ -311,10 +327,23 @@ def _transformers_model(model: TLModel | PreTrainedModel) -> PreTrainedModel | N
     return wrapped if isinstance(wrapped, PreTrainedModel) else None
 
 
+def _row_width(model: TLModel | PreTrainedModel) -> int | None:
+    """How wide a statement's trie may be where ``model`` runs tries as rows of a pass no wider than its context, a
+    wider statement as several tries (:func:`answer_tries`): TransformerLens 4's own model's context, and a
+    HookedTransformer's with absolute positions (:func:`models.hooked_tree.batches_rows`); None elsewhere (a
+    statement is one trie)."""
+    if is_native_bridge(model):
+        return model.cfg.n_ctx
+    return hooked_tree_width(model) if is_hooked(model) and batches_rows(model) else None
+
+
 def _tree_fits(model: TLModel | PreTrainedModel, width: int) -> bool:
     """A trie layout of ``width`` positions (position ids below ``width``) stays inside the model's sliding
     window, where a given mask and the model's own windowed one agree (a HookedTransformer:
-    :func:`models.hooked_tree.runs_hooked_tree`)."""
+    :func:`models.hooked_tree.runs_hooked_tree`; TransformerLens 4's own model: inside its context, which it
+    does not run past)."""
+    if is_native_bridge(model):
+        return width <= model.cfg.n_ctx
     if is_hooked(model):
         return runs_hooked_tree(model, width)
     window = getattr(_transformers_model(model).config, "sliding_window", None)
@@ -327,21 +356,24 @@ class AnswerTrie:
     answer prefix ``a[:d]``, 1 ≤ d < len(a), parents first, holding ``a[d − 1]``), their ``positions``
     (a node of depth d sits at len(prompt) − 1 + d, where teacher forcing puts that token), each node's
     ``parent`` (-1: the prompt), and ``reads[j]``: the rows of the readout (0: the last prompt position;
-    1 + n: node n) whose next-token distributions score ``answers[j]``'s tokens, one row a token."""
+    1 + n: node n) whose next-token distributions score ``answers[j]``'s tokens, one row a token; ``columns[j]``:
+    which of the statement's candidates ``answers[j]`` is."""
 
     tokens: list[int]
     positions: list[int]
     parent: list[int]
     answers: list[tuple[int, ...]]
     reads: list[list[int]]
+    columns: list[int]
 
     @property
     def prompt_length(self) -> int:
         return len(self.tokens) - len(self.parent)
 
 
-def answer_trie(row: Sequence[Example]) -> AnswerTrie:
-    """:class:`AnswerTrie` of a statement's candidates (one shared prompt)."""
+def answer_trie(row: Sequence[Example], columns: Sequence[int] | None = None) -> AnswerTrie:
+    """:class:`AnswerTrie` of a statement's candidates (one shared prompt), ``columns`` their places among all of
+    the statement's (default: 0, 1, …)."""
     prompt = list(row[0].prompt)
     node: dict[tuple[int, ...], int] = {}
     parent: list[int] = []
@@ -356,7 +388,32 @@ def answer_trie(row: Sequence[Example]) -> AnswerTrie:
         reads.append([0] + [1 + node[answer[:d]] for d in range(1, len(answer))])
     tokens = prompt + [prefix[-1] for prefix in node]
     positions = list(range(len(prompt))) + [len(prompt) - 1 + len(prefix) for prefix in node]
-    return AnswerTrie(tokens, positions, parent, answers, reads)
+    return AnswerTrie(tokens, positions, parent, answers, reads, list(columns or range(len(row))))
+
+
+def answer_tries(row: Sequence[Example], width: int) -> list[AnswerTrie]:
+    """The statement's :func:`answer_trie`, or where that is wider than ``width`` positions, the tries of consecutive
+    groups of its answers, whole first-token subtrees (answers of different first tokens share no node), each group
+    with the prompt again, each at most ``width`` wide where one first token's answers fit (a wider group alone).
+    A 2-token world's statement ranked among 200 entities (~130 positions) runs in a 64-token context as 3 tries,
+    each with its ~4 prompt tokens."""
+    whole = answer_trie(row)
+    if len(whole.tokens) <= width:
+        return [whole]
+    by_first: dict[int, list[int]] = {}
+    for j, example in enumerate(row):
+        by_first.setdefault(example.answer[0], []).append(j)
+    groups: list[list[int]] = []
+    nodes: list[int] = []
+    for columns in by_first.values():
+        size = len({row[j].answer[:d] for j in columns for d in range(1, len(row[j].answer))})
+        if groups and whole.prompt_length + nodes[-1] + size <= width:
+            groups[-1] += columns
+            nodes[-1] += size
+        else:
+            groups.append(list(columns))
+            nodes.append(size)
+    return [answer_trie([row[j] for j in columns], columns) for columns in groups]
 
 
 def _tree_batch(
@@ -404,12 +461,14 @@ def candidate_logprobs_cached(
     numbers, fewer matrix products. A HookedTransformer's answers are read from its final residual stream a
     slice of the vocabulary at a time (:meth:`PrefixCache.scores`), a bridge's from the logits of a pass.
     A TransformerBridge or a HookedTransformer runs by trie instead where :func:`scores_by_tree` and
-    :func:`_tree_fits` say so (statements of one prompt length sorted by width; a bridge's in passes of up
-    to :data:`MLP_BLOCK` floats of MLP activation, a HookedTransformer's one a pass); so does a
+    :func:`_tree_fits` say so (statements of one prompt length sorted by width; a bridge's, and a
+    HookedTransformer's with absolute positions, as rows of passes of up to :data:`MLP_BLOCK` floats of MLP
+    activation, a HookedTransformer's with rotary ones one after another in one sequence); so does a
     transformers causal LM, whose statements wider than its sliding window are teacher-forced
     (:func:`models.scoring.score_answers`), and one the trie cannot run at all is refused. The progress bar
-    counts answers. A TransformerLens model with a hook attached, and a bridge over TransformerLens 4's own model,
-    are teacher-forced (the module docstring).
+    counts answers. A TransformerLens model with a hook attached is teacher-forced, and so are a bridge over
+    TransformerLens 4's own model's statements that do not fit its context as :func:`answer_tries` (the module
+    docstring).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -425,8 +484,9 @@ def candidate_logprobs_cached(
         raise TypeError(f"candidate_logprobs_cached scores a TransformerLens model (HookedTransformer, "
                         f"TransformerBridge) or a transformers PreTrainedModel, not a {type(model).__name__}; score "
                         f"another model by teacher forcing (models.scoring.score_answers)")
-    tree, hf = scores_by_tree(model), _transformers_model(model)
-    runs = model if is_hooked(model) else hf  # what a trie pass runs
+    tree, hf, native = scores_by_tree(model), _transformers_model(model), is_native_bridge(model)
+    runs = model if is_hooked(model) or native else hf  # what a trie pass runs
+    split = _row_width(runs) if tree else None
     if hf is model and not tree:
         raise ValueError(f"a {type(model).__name__} ({hf.config.model_type}) is scored by trie only on "
                          f"{sorted(TREE_ARCHITECTURES)}: convert it (models.pretrained.to_hooked) or load it as a "
@@ -455,9 +515,12 @@ def candidate_logprobs_cached(
             members = by_length[length]
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
-                tries = [answer_trie(candidates[i]) for i in chunk] if tree else []
-                if tree and _tree_fits(runs, max(len(t.tokens) for t in tries)):
-                    _score_chunk_tree(runs, tries, torch.tensor(chunk), logprob, correct, device, bar)
+                # where rows are as wide as a context at most, a wider statement runs as several tries
+                owned = ([(i, trie) for i in chunk for trie in answer_tries(candidates[i], split)] if split
+                         else [(i, answer_trie(candidates[i])) for i in chunk] if tree else [])
+                if tree and _tree_fits(runs, max(len(trie.tokens) for _, trie in owned)):
+                    _score_chunk_tree(runs, [trie for _, trie in owned], torch.tensor([i for i, _ in owned]), logprob,
+                                      correct, device, bar)
                 elif scorer is None:  # each (prompt, answer) sequence teacher-forced
                     _score_chunk_teacher_forced(forced, [candidates[i] for i in chunk], torch.tensor(chunk),
                                                 logprob, correct, bar)
@@ -576,31 +639,46 @@ def _score_chunk_tree(
     device: torch.device,
     bar: tqdm,
 ) -> None:
-    """Score one chunk of statements by trie, in place. A transformers model (a bridge's: its layers are the
-    bridge's own modules) runs passes of statements (narrowest first) through its body with position ids
-    and a 4D additive mask, then ``lm_head`` (and the soft-cap where the config has one: what the causal
-    LM's forward does) on the readout rows alone; a HookedTransformer runs passes of statements one after
-    another in one sequence of up to :data:`HOOKED_TREE_PASS` positions, a block-diagonal mask keeping each
-    to itself (:func:`models.hooked_tree.hooked_tree_residual`), then ``ln_final`` and its unembedding on those rows.
+    """Score one chunk of tries in place, trie s the candidates ``columns`` of statement ``index[s]``. A transformers
+    model (a bridge's: its layers are the bridge's own modules) runs passes of statements (narrowest first) through
+    its body with position ids and a 4D additive mask, then ``lm_head`` (and the soft-cap where the config has one:
+    what the causal LM's forward does) on the readout rows alone; TransformerLens 4's own model runs such passes
+    through its whole forward (a boolean mask; its logits at every position, a token world's vocabulary of a few
+    hundred being a sliver of its work), read at the readout rows; a HookedTransformer runs such passes through its
+    own forward where its positions are absolute, else passes of statements one after another in one sequence of up
+    to :data:`HOOKED_TREE_PASS` positions, a block-diagonal mask keeping each to itself
+    (:func:`models.hooked_tree.hooked_tree_residual`), then ``ln_final`` and its unembedding on the readout rows.
     Each readout row's log-softmax is read at every token an answer continues with there, a slice of the vocabulary
     at a time (:func:`models.scoring.unembedded_logprobs`: the whole logits are never held), the rows of several
     passes together (:class:`_Readout`)."""
-    hooked = is_hooked(model)
-    if hooked:
+    hooked, native = is_hooked(model), is_native_bridge(model)
+    in_rows = hooked and batches_rows(model)
+    if hooked and not in_rows:
         passes = _hooked_tree_passes(model, tries)
     else:
         dtype = next(model.parameters()).dtype
-        passes = _tree_passes(tries, widest_activation(model))
-    unembedding = model_unembedding(model)
-    readout = _Readout(lambda rows, chosen: unembedded_logprobs(rows, unembedding, chosen))
+        passes = _tree_passes(tries, max(widest_activation(model), model.cfg.d_vocab if native else 0))
+    if native:
+        readout = _Readout(chosen_logprobs)
+    else:
+        unembedding = model_unembedding(model)
+        readout = _Readout(lambda rows, chosen: unembedded_logprobs(rows, unembedding, chosen))
     for group in passes:
         ids, position_ids, allowed = _tree_batch([tries[s] for s in group])
-        if hooked:  # the statements one after another in one sequence, each seeing itself only
+        if in_rows:
+            hidden = hooked_tree_residual(model, ids, position_ids, allowed).flatten(0, 1)
+            starts = [b * ids.shape[1] for b in range(len(group))]
+        elif hooked:  # the statements one after another in one sequence, each seeing itself only
             lengths = [len(tries[s].tokens) for s in group]
-            hidden = hooked_tree_residual(model, torch.cat([ids[b, :n] for b, n in enumerate(lengths)]),
-                                          torch.cat([position_ids[b, :n] for b, n in enumerate(lengths)]),
-                                          torch.block_diag(*[allowed[b, :n, :n] for b, n in enumerate(lengths)]))
+            one = [torch.cat([ids[b, :n] for b, n in enumerate(lengths)])[None],
+                   torch.cat([position_ids[b, :n] for b, n in enumerate(lengths)])[None],
+                   torch.block_diag(*[allowed[b, :n, :n] for b, n in enumerate(lengths)])[None]]
+            hidden = hooked_tree_residual(model, *one)[0]
             starts = [sum(lengths[:b]) for b in range(len(group))]
+        elif native:  # its logits (True in its mask: not seen)
+            hidden = model.original_model(ids.to(device), attention_mask=~allowed[:, None].to(device),
+                                          position_ids=position_ids.to(device)).flatten(0, 1)
+            starts = [b * ids.shape[1] for b in range(len(group))]
         else:
             mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
             hidden = model.base_model(input_ids=ids.to(device), position_ids=position_ids.to(device),
@@ -627,8 +705,8 @@ def _score_chunk_tree(
                   ) -> None:
             for s, j, cells in where:
                 at = tuple(torch.tensor(axis) for axis in zip(*cells))
-                logprob[index[s], j] = lp[at].sum()
-                correct[index[s], j] = bool(hit[at].all())
+                logprob[index[s], tries[s].columns[j]] = lp[at].sum()
+                correct[index[s], tries[s].columns[j]] = bool(hit[at].all())
             bar.update(sum(len(tries[s].reads) for s in group))
 
         readout.add(hooked_final_norm(model, rows) if hooked else rows, targets, place)

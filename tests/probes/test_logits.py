@@ -7,7 +7,7 @@ import torch
 from facts.schema import FactSet
 from facts.token_worlds import reversal_world
 from facts.tokens import tokenize
-from models.backend import TL_MAJOR, HookedTransformer, HookedTransformerConfig, build_native, is_hooked
+from models.backend import TL_MAJOR, HookedTransformer, HookedTransformerConfig, build_native
 from models.scoring import score_answers
 from models.training import TrainConfig, train
 from models.transformer import build_model, model_fields
@@ -84,8 +84,9 @@ def test_multi_token_answers_sum_over_tokens_and_rank_by_teacher_forcing(vocab):
 def test_controls_are_read_from_the_candidates_they_are_among(vocab):
     """Ranked among its kind, a statement's controls are candidates: their log-probs are read from the candidate
     matrix, not scored again. The model's last MLP sees the truths teacher-forced (prompt and answer but its last
-    token) and the candidates' floor (each prompt, each distinct first token after it) and nothing more, and each
-    control's log-prob is teacher forcing's."""
+    token) and the candidates' floor (each prompt, each distinct first token after it) and nothing more, on both
+    lines (by trie: a direction's statements rank the same candidates, so their rows are as wide and hold no
+    padding), and each control's log-prob is teacher forcing's."""
     from facts.tokens import collate
 
     world = reversal_world(n_pairs=12, k=2, seed=2, alphabet_size=20)
@@ -101,8 +102,7 @@ def test_controls_are_read_from_the_candidates_they_are_among(vocab):
     truths = [vocab.example(world, i, d) for i, d in statements]
     floor = sum(len(t.prompt) + len({vocab.example(world, i, d, a).answer[:1] for a in among[d]})
                 for t, (i, d) in zip(truths, statements))
-    if is_hooked(model):  # TransformerLens 4's own model keeps no cache: every answer teacher-forced there
-        assert sum(seen) == sum(len(t.prompt) + 1 for t in truths) + floor
+    assert sum(seen) == sum(len(t.prompt) + 1 for t in truths) + floor
     controls = answer_controls(world, statements, 4)
     forced = score_answers(model, collate([vocab.example(world, i, d, a) for (i, d), row in zip(statements, controls)
                                            for a in row], 0)).logprob.view(len(statements), 4).mean(1)

@@ -35,6 +35,7 @@ from probes.shared_prompt import (
     _tree_batch,
     _tree_fits,
     answer_trie,
+    answer_tries,
     candidate_logprobs_cached,
     scores_by_tree,
 )
@@ -215,24 +216,61 @@ def test_a_model_with_a_hook_is_teacher_forced(backend, request, smollm2_tokeniz
     assert scores_by_tree(model)  # and by trie again once the hook is gone
 
 
-@pytest.mark.parametrize("k", [2, 3])
-def test_a_token_world_model_scores_multi_token_answers_as_teacher_forcing(k):
+@pytest.mark.parametrize(("k", "positional"), [(2, "absolute"), (3, "absolute"), (3, "rotary")])
+def test_a_token_world_model_scores_multi_token_answers_as_teacher_forcing(k, positional):
     """A model built from a named config (a HookedTransformer under 3.9, a bridge over TransformerLens 4's own
-    model under 4.x), not converted from a checked architecture, does not run by trie: every entity of a k-token
-    world after every statement's prompt (from a prefix cache under 3.9; teacher-forced under 4.x, whose own
-    model keeps no cache) gives teacher forcing's numbers."""
+    model under 4.x) ranks every entity of a k-token world after every statement's prompt with teacher forcing's
+    numbers. By trie, statements as rows of a pass, under 4.x (its own model keeps no cache) and under 3.9 with
+    absolute positions (its rotary one from its prefix cache), a 3-token world's statements, wider than the model's
+    32-token context, as several tries of their answers each: its last MLP then sees the tries' positions (and
+    some padding), less than half of teacher forcing's."""
     from facts.token_worlds import TokenVocab, reversal_world
     from models.transformer import build_model
 
     vocab = TokenVocab()
-    world = reversal_world(n_pairs=10, k=k, seed=2, alphabet_size=12)
-    model = build_model("tiny", vocab.d_vocab, seed=1).eval()
-    assert getattr(model.cfg, "original_architecture", None) is None and not scores_by_tree(model)
+    world = reversal_world(n_pairs=12, k=k, seed=2, alphabet_size=12)
+    model = build_model("tiny", vocab.d_vocab, positional=positional, seed=1).eval()
+    assert getattr(model.cfg, "original_architecture", None) is None
     rows = [[vocab.example(world, i, d, answer) for answer in world.entities()] for i, d, _ in world.statements()]
-    fast = candidate_logprobs_cached(model, rows, batch_size=8)
+    tries = [trie for row in rows for trie in answer_tries(row, model.cfg.n_ctx)]
+    assert (len(tries) > len(rows)) == (k == 3) and max(len(t.tokens) for t in tries) <= model.cfg.n_ctx
+    seen = []
+    handle = last_mlp(model).register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:-1].numel()))
+    try:
+        fast = candidate_logprobs_cached(model, rows, batch_size=8)
+    finally:
+        handle.remove()
+    by_tree = HookedTransformer is None or positional == "absolute"
+    assert scores_by_tree(model) == by_tree
+    if by_tree:
+        forced = sum(len(e.prompt) + len(e.answer) for row in rows for e in row)
+        assert sum(len(t.tokens) for t in tries) <= sum(seen) < forced / 2
     reference = score_answers(model, collate([e for row in rows for e in row], 0))
     torch.testing.assert_close(fast.logprob.flatten(), reference.logprob, rtol=0, atol=1e-4)
     assert fast.correct.flatten().tolist() == reference.correct.tolist()
+
+
+def test_a_statement_wider_than_a_context_splits_into_tries_of_whole_first_token_groups():
+    """``answer_tries``: a statement that fits is its one trie; a wider one splits into tries of consecutive groups
+    of its answers, no answer's first token in two of them, each no wider than asked and holding the prompt, every
+    candidate in exactly one, scored at the rows its own trie gives it; a first token whose answers alone are wider
+    stays one (too wide) trie."""
+    prompt = (1, 2, 3)
+    answers = [(10 + n % 4, 20 + n, 30) for n in range(12)]  # 4 first tokens of 3 answers: 1 + 3 nodes each
+    row = [Example(prompt, answer, 0, "forward", "train") for answer in answers]
+    assert [len(t.tokens) for t in answer_tries(row, 3 + 16)] == [3 + 16]
+    tries = answer_tries(row, 3 + 9)
+    assert [len(t.tokens) for t in tries] == [3 + 8, 3 + 8]
+    assert sorted(c for t in tries for c in t.columns) == list(range(12))
+    assert all(t.tokens[:3] == list(prompt) and len({a[0] for a in t.answers}) == 2 for t in tries)
+    for trie in tries:
+        assert trie.answers == [answers[c] for c in trie.columns]
+        for answer, read in zip(trie.answers, trie.reads):  # each token read after its own prefix, at its position
+            nodes = [trie.prompt_length + r - 1 for r in read[1:]]
+            assert [trie.tokens[n] for n in nodes] == list(answer[:-1])
+            assert [trie.positions[n] for n in nodes] == [len(prompt) - 1 + d for d in range(1, len(answer))]
+    assert [len(t.tokens) for t in answer_tries(row, 3 + 7)] == [3 + 4] * 4
+    assert [len(t.tokens) for t in answer_tries(row, 3 + 3)] == [3 + 4] * 4  # wider than asked: the caller checks
 
 
 def last_mlp(model) -> torch.nn.Module:
