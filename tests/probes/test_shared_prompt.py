@@ -250,6 +250,25 @@ def test_a_token_world_model_scores_multi_token_answers_as_teacher_forcing(k, po
     assert fast.correct.flatten().tolist() == reference.correct.tolist()
 
 
+def test_a_first_token_whose_answers_are_wider_than_the_context_is_scored_without_the_trie():
+    """A token-world model's statement whose answers after one first token alone pass its 32-token context (40
+    three-token answers after one first token) cannot run as tries (a layout past the context fails in either
+    line's forward): it is scored from the prefix cache (3.9) or teacher-forced (4.x), with teacher forcing's
+    numbers, as is a narrower statement of the same call, which runs as two tries."""
+    from models.transformer import build_model
+
+    model = build_model("tiny", 64, seed=1).eval()
+    wide = [Example((1, 2), (5, 10 + n, 7), 0, "forward", "train") for n in range(40)]
+    narrow = [Example((3, 4), (5 + n % 2, 10 + n, 7), 1, "forward", "train") for n in range(40)]
+    assert [len(t.tokens) for t in answer_tries(wide, model.cfg.n_ctx)] == [2 + 41]
+    assert [len(t.tokens) for t in answer_tries(narrow, model.cfg.n_ctx)] == [2 + 21, 2 + 21]
+    rows = [wide, narrow]
+    fast = candidate_logprobs_cached(model, rows, batch_size=1)  # one statement a chunk
+    reference = score_answers(model, collate([e for row in rows for e in row], 0))
+    torch.testing.assert_close(fast.logprob.flatten(), reference.logprob, rtol=0, atol=1e-4)
+    assert fast.correct.flatten().tolist() == reference.correct.tolist()
+
+
 def test_a_statement_wider_than_a_context_splits_into_tries_of_whole_first_token_groups():
     """``answer_tries``: a statement that fits is its one trie; a wider one splits into tries of consecutive groups
     of its answers, no answer's first token in two of them, each no wider than asked and holding the prompt, every
