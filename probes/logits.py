@@ -135,7 +135,8 @@ def answers_logprobs(
         if all(e.prompt == row[0].prompt for row in examples for e in row):
             ids = torch.tensor([[e.answer[0] for e in row] for row in examples])
             return _next_token_gather(model, prompts, ids, pad_id)
-    if (has_kv_cache(model) or scores_by_tree(model)) and all(e.prompt == row[0].prompt for row in examples for e in row):
+    shared = all(e.prompt == row[0].prompt for row in examples for e in row)
+    if shared and (has_kv_cache(model) or scores_by_tree(model)):
         return candidate_logprobs_cached(model, examples).logprob
     flat = [e for row in examples for e in row]
     scores = score_answers(model, collate(flat, pad_id), batch_size=batch_size)

@@ -466,8 +466,8 @@ def candidate_logprobs_cached(
     activation, a HookedTransformer's with rotary ones one after another in one sequence); so does a
     transformers causal LM, whose statements wider than its sliding window are teacher-forced
     (:func:`models.scoring.score_answers`), and one the trie cannot run at all is refused. The progress bar
-    counts answers. A TransformerLens model with a hook attached is teacher-forced, and so are a bridge over
-    TransformerLens 4's own model's statements that do not fit its context as :func:`answer_tries` (the module
+    counts answers. A TransformerLens model with a hook attached is teacher-forced, and so are the statements that a
+    bridge over TransformerLens 4's own model cannot fit in its context as :func:`answer_tries` (the module
     docstring).
     """
     if batch_size < 1:
