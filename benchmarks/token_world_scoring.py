@@ -14,8 +14,8 @@ that of the model's own forward over as many positions, in plain causal rows of 
 tokens, 64 rows a pass), with a log-softmax at every position: one bare pass over the floor's work. The positions
 computed count a trie pass's padding and each prompt once per trie of its statement. Printed: both counts and their
 ratio, and CPU seconds of the scoring and of the floor pass (``time.process_time``, one torch thread unless
-``--threads``), medians of ``--rounds``, scoring first in each round. The script runs on an older checkout too (``PYTHONPATH`` at a
-``git worktree``), so the same workload times two versions side by side.
+``--threads``), medians of ``--rounds``, scoring first in each round. The script runs on an older checkout too
+(``PYTHONPATH`` at a ``git worktree``), so the same workload times two versions side by side.
 
 Run: ``.venv/bin/python benchmarks/token_world_scoring.py [--model paper --k 2 --pairs 200 --rounds 1]``.
 """
