@@ -39,10 +39,10 @@ from torch import Tensor
 from facts.language import answers_of_kind, controls_of, wrong_answers
 from facts.schema import DIRECTIONS, Direction, FactSet
 from facts.tokens import Example, FactTokenizer, collate, right_padded
-from models.backend import has_kv_cache
+from models.backend import is_tl_model
 from models.scoring import (Model, check_causal, check_token_ids, in_eval_mode, model_device, score_answers,
                             vocab_size)
-from probes.shared_prompt import candidate_logprobs_cached, scores_by_tree
+from probes.shared_prompt import candidate_logprobs_cached
 
 Statement = tuple[int, Direction]
 
@@ -119,8 +119,8 @@ def answers_logprobs(
 
     When every answer is one token whatever the prompt, one forward pass over the prompts
     serves all of them; when a row's answers share its prompt, a TransformerLens model runs the
-    prompt once and each answer prefix once (:mod:`probes.shared_prompt`: by trie, or from the prompt's keys and
-    values); otherwise each (prompt, answer) pair is scored by teacher forcing.
+    prompt once and each answer prefix once where it can (:mod:`probes.shared_prompt` chooses: by trie, from the
+    prompt's keys and values, or teacher forcing); otherwise each (prompt, answer) pair is scored by teacher forcing.
     """
     if len(answers) != len(statements):
         raise ValueError(f"answers_logprobs: {len(statements)} statements but {len(answers)} rows of answers; give one "
@@ -135,8 +135,7 @@ def answers_logprobs(
         if all(e.prompt == row[0].prompt for row in examples for e in row):
             ids = torch.tensor([[e.answer[0] for e in row] for row in examples])
             return _next_token_gather(model, prompts, ids, pad_id)
-    shared = all(e.prompt == row[0].prompt for row in examples for e in row)
-    if shared and (has_kv_cache(model) or scores_by_tree(model)):
+    if is_tl_model(model) and all(e.prompt == row[0].prompt for row in examples for e in row):
         return candidate_logprobs_cached(model, examples).logprob
     flat = [e for row in examples for e in row]
     scores = score_answers(model, collate(flat, pad_id), batch_size=batch_size)

@@ -656,7 +656,6 @@ def _score_chunk_tree(
     if hooked and not in_rows:
         passes = _hooked_tree_passes(model, tries)
     else:
-        dtype = next(model.parameters()).dtype
         passes = _tree_passes(tries, max(widest_activation(model), model.cfg.d_vocab if native else 0))
     if native:
         readout = _Readout(chosen_logprobs)
@@ -665,9 +664,9 @@ def _score_chunk_tree(
         readout = _Readout(lambda rows, chosen: unembedded_logprobs(rows, unembedding, chosen))
     for group in passes:
         ids, position_ids, allowed = _tree_batch([tries[s] for s in group])
+        starts = [b * ids.shape[1] for b in range(len(group))]  # where each row's statement starts in ``hidden``
         if in_rows:
             hidden = hooked_tree_residual(model, ids, position_ids, allowed).flatten(0, 1)
-            starts = [b * ids.shape[1] for b in range(len(group))]
         elif hooked:  # the statements one after another in one sequence, each seeing itself only
             lengths = [len(tries[s].tokens) for s in group]
             one = [torch.cat([ids[b, :n] for b, n in enumerate(lengths)])[None],
@@ -678,12 +677,11 @@ def _score_chunk_tree(
         elif native:  # its logits (True in its mask: not seen)
             hidden = model.original_model(ids.to(device), attention_mask=~allowed[:, None].to(device),
                                           position_ids=position_ids.to(device)).flatten(0, 1)
-            starts = [b * ids.shape[1] for b in range(len(group))]
         else:
+            dtype = next(model.parameters()).dtype
             mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
             hidden = model.base_model(input_ids=ids.to(device), position_ids=position_ids.to(device),
                                       attention_mask=mask.to(device), use_cache=False).last_hidden_state.flatten(0, 1)
-            starts = [b * ids.shape[1] for b in range(len(group))]
         rows = torch.cat([hidden[start + tries[s].prompt_length - 1 : start + len(tries[s].tokens)]
                           for start, s in zip(starts, group)])
         del hidden
