@@ -152,17 +152,6 @@ def prefix_cached(model, rows) -> torch.Tensor:
         shared_prompt.scores_by_tree = by_tree
 
 
-def one_statement_a_pass(model, rows) -> torch.Tensor:
-    """The hooked trie as it ran until 2026-12-05: each statement a pass of its own (HOOKED_TREE_PASS = 1)."""
-    from probes import shared_prompt
-
-    saved, shared_prompt.HOOKED_TREE_PASS = shared_prompt.HOOKED_TREE_PASS, 1
-    try:
-        return shared_prompt.candidate_logprobs_cached(model, rows).logprob
-    finally:
-        shared_prompt.HOOKED_TREE_PASS = saved
-
-
 def timed(function, *args) -> tuple[float, float, object]:
     """Wall seconds, CPU seconds of this process (user + system, ``time.process_time``) and the result."""
     began, began_cpu = time.perf_counter(), time.process_time()
@@ -254,7 +243,6 @@ def main() -> None:
     paths = {
         FLOOR: lambda: floor_pass(hf, rows),
         "hooked (by trie, now)": lambda: candidate_logprobs_cached(hooked, rows).logprob,
-        "hooked, one statement a pass (before)": lambda: one_statement_a_pass(hooked, rows),
         "hooked, prefix cache (before)": lambda: prefix_cached(hooked, rows),
         "bridge (by trie, the default)": lambda: candidate_logprobs_cached(bridge, rows).logprob,
         "bridge, prefix cache (before)": lambda: prefix_cached(bridge, rows),

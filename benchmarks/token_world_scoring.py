@@ -4,8 +4,9 @@ The workload is ``revlens reproduce reversal --k K``'s final table's largest par
 reversal world (``--pairs`` pairs, both directions in play) with every entity of its answer's kind as a candidate
 (:func:`probes.logits.answer_table`'s default ranking), scored by :func:`probes.shared_prompt.candidate_logprobs_cached`
 on an untrained model of ``--model``'s size (training changes the numbers, not the work). It runs by trie, statements
-as rows of a pass, a statement wider than the model's context as several tries (since 2026-12-07; before, from its
-prefix cache under TransformerLens 3.9 and teacher-forced under 4.x). Run it with ``.venv-tl4/bin/python`` for 4.x.
+as rows of a pass, a statement wider than the model's context as several tries (since 2026-12-07, a model with rotary
+positions under TransformerLens 3.9 since later that day; before, from its prefix cache under 3.9 and teacher-forced
+under 4.x). Run it with ``.venv-tl4/bin/python`` for 4.x.
 
 The *floor* counts the positions that must be computed: every prompt once, and each statement's trie of its
 candidates' fed tokens (every distinct ``answer[:d]``, 1 ≤ d < K) once. The positions the model computes are
@@ -17,7 +18,8 @@ ratio, and CPU seconds of the scoring and of the floor pass (``time.process_time
 ``--threads``), medians of ``--rounds``, scoring first in each round. The script runs on an older checkout too
 (``PYTHONPATH`` at a ``git worktree``), so the same workload times two versions side by side.
 
-Run: ``.venv/bin/python benchmarks/token_world_scoring.py [--model paper --k 2 --pairs 200 --rounds 1]``.
+Run: ``.venv/bin/python benchmarks/token_world_scoring.py [--model paper --k 2 --positional absolute --pairs 200
+--rounds 1]``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="paper")
     parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--positional", default="absolute", choices=["absolute", "rotary"])
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
@@ -46,7 +49,7 @@ def main() -> None:
 
     vocab = TokenVocab()
     world = reversal_world(n_pairs=args.pairs, k=args.k, seed=0)
-    model = build_model(args.model, vocab.d_vocab, seed=0).eval()
+    model = build_model(args.model, vocab.d_vocab, positional=args.positional, seed=0).eval()
     among = kind_candidates(world)
     rows = [[vocab.example(world, i, d, answer) for answer in among[d]] for i, d, _ in world.statements()]
     floor = sum(len(row[0].prompt) + len({e.answer[:depth] for e in row for depth in range(1, args.k)})
@@ -69,7 +72,7 @@ def main() -> None:
                 model(batch).log_softmax(-1)
         floor_seconds.append(time.process_time() - start)
     cpu, floor_cpu = statistics.median(seconds), statistics.median(floor_seconds)
-    print(f"{args.model}, k={args.k}, {len(rows)} statements × {len(rows[0])} candidates, {args.threads} thread(s)")
+    print(f"{args.model} ({args.positional} positions), k={args.k}, {len(rows)} statements × {len(rows[0])} candidates, {args.threads} thread(s)")
     print(f"positions computed {computed:,}, floor {floor:,}: ×{computed / floor:.3f}")
     print(f"CPU s {cpu:.1f} (rounds {', '.join(f'{s:.1f}' for s in seconds)}; wall "
           f"{', '.join(f'{w:.1f}' for w in walls)}); {floor / cpu:,.0f} floor positions per CPU s")

@@ -2,26 +2,25 @@
 attention mask, which its forward does not take (its positions are 0, 1, … or a 2D mask's running count,
 and its mask is causal).
 
-For one sequence of w tokens with positions p (p_i ≤ i) and a boolean mask M (M ⊆ causal, every row
-sees itself), each layer computes ``softmax(q_i·k_j / √d + (0 if M_ij else −∞))`` with ``q_i = R(p_i)
-W_Q x_i`` and ``k_j = R(p_j) W_K x_j``, R the model's rotary rotation, or adds ``W_pos[p_i]`` to the
-embedding (absolute positions): what teacher forcing computes at token i for the sequence of the
-tokens i sees, at the positions they have there. Two things make the model's own forward do that,
-for the duration of one pass:
+For a batch of rows, row r of w tokens with positions p_r (p_ri ≤ i) and a boolean mask M_r (M_r ⊆ causal, every
+token sees itself), each layer computes ``softmax(q_i·k_j / √d + (0 if M_r,ij else −∞))`` with ``q_i = R(p_ri) W_Q
+x_i`` and ``k_j = R(p_rj) W_K x_j``, R the model's rotary rotation, or adds ``W_pos[p_ri]`` to the embedding
+(absolute positions): what teacher forcing computes at token i for the sequence of the tokens i sees, at the
+positions they have there. Three things make the model's own forward do that, for the duration of one pass:
 
-- each attention layer's rotary tables (``rotary_cos``, ``rotary_sin``: row t is the rotation of
-  position t, per layer, so Gemma 3's local and global bases both hold) are replaced by their rows
-  ``p``, so that the forward, which reads rows 0..w−1, reads the rotations of ``p``; absolute
-  positions go through ``hook_pos_embed`` (``W_pos[p]``);
-- a hook on each layer's ``hook_attn_scores`` (after the causal and sliding-window mask) sets the scores
-  outside M to −∞.
+- each attention layer's rotary tables (``rotary_cos``, ``rotary_sin``: row t is the rotation of position t, per
+  layer, so Gemma 3's local and global bases both hold) are replaced by their rows p_1, …, p_b stacked (row r's
+  token i at r·w + i), and the 2D attention mask handed to the forward is all ones but for each row's first entry,
+  1 + r·w: the forward reads a token's rotation at its row's running count of that mask, less one, which is then
+  r·w + i (TransformerLens's ``get_offset_position_ids``; the mask's other use, padding, sees only that every entry
+  is nonzero);
+- absolute positions go through ``hook_pos_embed`` (``W_pos[p_r]``), with an all-ones mask;
+- a hook on each layer's ``hook_attn_scores`` (after the causal and sliding-window mask) sets the scores outside M_r
+  to −∞.
 
-Everything else (norms, soft-caps, grouped-query heads, post-norms, parallel blocks) is the model's own
-forward. With rotary positions the pass is one sequence (the rotary table is shared by the batch), which may
-hold several statements one after another under a block-diagonal M; with absolute positions it may be a batch of
-rows, each its own layout (:func:`batches_rows`). A layout wider than a sliding window, or than the model's
-rotary table or context, is not run (:func:`hooked_tree_width`): a window counts sequence indices, not
-positions.
+Everything else (norms, soft-caps, grouped-query heads, post-norms, parallel blocks) is the model's own forward. A
+row wider than a sliding window, or than the model's rotary table or context, is not run
+(:func:`hooked_tree_width`): a window counts sequence indices, not positions.
 """
 
 from __future__ import annotations
@@ -41,8 +40,7 @@ HOOKED_TREE_ARCHITECTURES = frozenset({
 """``cfg.original_architecture``s of the HookedTransformer conversions this is checked on against teacher
 forcing (a tiny model of each, SmolLM2 and Gemma 3 270M: tests/probes/test_shared_prompt.py). TransformerLens
 3.9 converts no OLMo 2, so none is listed. A model built from a config (``original_architecture`` None: a
-token-world model) runs too where its positions are absolute (:func:`scores_by_tree` of
-:mod:`probes.shared_prompt`)."""
+token-world model) runs too, with either positional kind (:func:`scores_by_tree` of :mod:`probes.shared_prompt`)."""
 
 
 def hooked_tree_width(model: object) -> int:
@@ -67,12 +65,6 @@ def hooked_tree_width(model: object) -> int:
     return min(widths)
 
 
-def batches_rows(model: object) -> bool:
-    """Whether :func:`hooked_tree_residual` runs ``model`` on a batch of rows, each its own layout: absolute
-    positions (``W_pos[p]`` row by row through ``hook_pos_embed``); rotary ones share one table a pass."""
-    return model.cfg.positional_embedding_type == "standard"
-
-
 def runs_hooked_tree(model: object, width: int) -> bool:
     """Whether :func:`hooked_tree_residual` runs ``model`` on a layout of ``width`` positions
     (:func:`hooked_tree_width`)."""
@@ -80,16 +72,34 @@ def runs_hooked_tree(model: object, width: int) -> bool:
 
 
 @contextmanager
-def _rotary_rows(model: torch.nn.Module, positions: Int[Tensor, " w"]) -> Iterator[None]:
-    """Each attention layer's rotary tables replaced by their rows ``positions``, for the block's duration."""
+def _rotary_rows(model: torch.nn.Module, positions: Int[Tensor, "b w"]) -> Iterator[None]:
+    """Each attention layer's rotary tables replaced, for the block's duration, by their rows ``positions``
+    stacked row after row (row r's token i at r·w + i: :func:`_running_count` points it there); layers whose
+    rows are equal share one copy."""
+    flat = positions.flatten()
     saved = [(block.attn, block.attn.rotary_cos, block.attn.rotary_sin) for block in model.blocks]
+    distinct: list[tuple[Tensor, Tensor]] = []
     try:
         for attn, cos, sin in saved:
-            attn.rotary_cos, attn.rotary_sin = cos[positions.to(cos.device)], sin[positions.to(sin.device)]
+            rows = (cos[flat.to(cos.device)], sin[flat.to(sin.device)])
+            same = next((d for d in distinct if d[0].device == rows[0].device
+                         and torch.equal(d[0], rows[0]) and torch.equal(d[1], rows[1])), None)
+            if same is None:
+                distinct.append(same := rows)
+            attn.rotary_cos, attn.rotary_sin = same
         yield
     finally:
         for attn, cos, sin in saved:
             attn.rotary_cos, attn.rotary_sin = cos, sin
+
+
+def _running_count(rows: int, width: int) -> Int[Tensor, "b w"]:
+    """A 2D attention mask (every token attended: all entries ≥ 1) whose running count, less one, is r·w + i at row
+    r's token i: where a rotary layer reads its table (``get_offset_position_ids``), and so where
+    :func:`_rotary_rows` put that token's rotation."""
+    count = torch.ones(rows, width, dtype=torch.long)
+    count[:, 0] += torch.arange(rows) * width
+    return count
 
 
 @torch.no_grad()
@@ -101,12 +111,10 @@ def hooked_tree_residual(
 ) -> Float[Tensor, "b w d_model"]:
     """The residual stream after the last block (before ``ln_final``) at every token of every row, for the layout
     of the module docstring; read it out with :func:`models.scoring.hooked_readout`. ``model`` must pass
-    :func:`runs_hooked_tree` for the rows' width, and :func:`batches_rows` for more than one row."""
+    :func:`runs_hooked_tree` for the rows' width."""
     rows, width = tokens.shape
     if not runs_hooked_tree(model, width):
         raise ValueError(f"this model does not run a layout of {width} positions by trie (runs_hooked_tree)")
-    if rows > 1 and not batches_rows(model):
-        raise ValueError(f"this model runs one layout a pass (its rotary table is shared by the batch), not {rows}")
     device = model.cfg.device or tokens.device
     outside = ~allowed[:, None].to(device)
 
@@ -116,8 +124,10 @@ def hooked_tree_residual(
     hooks = [(lambda name: name.endswith("attn.hook_attn_scores"), mask)]
     if model.cfg.positional_embedding_type == "standard":
         hooks.append(("hook_pos_embed", lambda embed, hook: model.W_pos[positions.to(model.W_pos.device)]))
-    rotary = _rotary_rows(model, positions[0]) if model.cfg.positional_embedding_type == "rotary" else nullcontext()
+    if model.cfg.positional_embedding_type == "rotary":
+        rotary, attended = _rotary_rows(model, positions), _running_count(rows, width)
+    else:
+        rotary, attended = nullcontext(), torch.ones(tokens.shape, dtype=torch.long)
     with rotary, model.hooks(fwd_hooks=hooks):
-        return model(tokens.to(device), attention_mask=torch.ones(tokens.shape, dtype=torch.long, device=device),
-                     stop_at_layer=model.cfg.n_layers)
+        return model(tokens.to(device), attention_mask=attended.to(device), stop_at_layer=model.cfg.n_layers)
 

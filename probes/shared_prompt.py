@@ -12,19 +12,18 @@ equal teacher forcing every (prompt, answer) sequence with :func:`models.scoring
   exactly the positions that must be computed, in one pass (the floor of
   ``benchmarks/scoring_throughput.py``). A transformers causal LM, or a TransformerBridge over one, runs
   passes of statements as rows through transformers' layers with a 4D mask, and so do a bridge over
-  TransformerLens 4's own model (a token-world model there) through its own layers and a HookedTransformer with
-  absolute positions (a token-world model under 3.9, or a converted GPT-2) through its own forward
-  (:mod:`models.hooked_tree`), those two a statement wider than the model's context as several tries of its
-  answers (:func:`answer_tries`); a HookedTransformer with rotary positions converted from a checked architecture
-  runs statements one after another in one sequence (its rotary table is shared by the batch);
+  TransformerLens 4's own model (a token-world model there) through its own layers and a HookedTransformer
+  (converted from a checked architecture, or a token-world model under 3.9) through its own forward
+  (:mod:`models.hooked_tree`), those two a statement wider than the model's context (or sliding window) as several
+  tries of its answers (:func:`answer_tries`);
 - from a prefix cache: the prompts run once, then the continuations from their cached keys and values
   (:class:`PrefixCache`), one continuation row for a statement's answers fed the same tokens (all but their
   last: for two-token answers, one row per distinct first token, the trie's nodes). A TransformerLens model
-  whose architecture the trie is not checked on (:func:`scores_by_tree`), a token-world model with rotary
-  positions under 3.9 (as one sequence of statements its trie ran a 2-token world's ranking at 1.26× a bare forward,
-  its prefix cache at 1.12×) and statements wider than a sliding window run so (a transformers model's are
-  teacher-forced, and so is a statement a bridge over TransformerLens 4's own model, which keeps no cache, cannot
-  fit in its context); a transformers model the trie cannot run is refused.
+  whose architecture the trie is not checked on (:func:`scores_by_tree`), and statements whose answers after one
+  first token alone are wider than a HookedTransformer's context or sliding window run so (a transformers model's
+  statements wider than its sliding window are teacher-forced, and so is a statement a bridge over TransformerLens
+  4's own model, which keeps no cache, cannot fit in its context); a transformers model the trie cannot run is
+  refused.
 
 A TransformerLens model with a hook on a hook point (an edit, :func:`probes.hooks.editing`) is teacher-forced,
 every (prompt, answer) sequence at its own positions, as :func:`probes.logits.answer_table` scores the truth: the
@@ -58,7 +57,7 @@ from models.backend import (
     is_native_bridge,
 )
 from models.hooked_tree import (
-    HOOKED_TREE_ARCHITECTURES, batches_rows, hooked_tree_residual, hooked_tree_width, runs_hooked_tree,
+    hooked_tree_residual, hooked_tree_width, runs_hooked_tree,
 )
 from models.memory import heap_kept
 from models.scoring import (
@@ -78,13 +77,6 @@ hold at once (:meth:`PrefixCache.extend_bundle`; 16 MiB: 2,730 positions of Smol
 
 ReadOut = Literal["logits", "scores"]
 """What :class:`PrefixCache` gives at the positions it reads: logits, or what :meth:`PrefixCache.scores` reads."""
-
-HOOKED_TREE_PASS = 256
-"""Positions of one trie pass of a HookedTransformer with rotary positions: statements (~100 positions each in
-``check-asymmetry``) run one after another in one sequence up to this width. One pass's fixed cost is what it
-saves: SmolLM2's blocks, one thread, ran 193 positions a CPU second at 25 positions a pass, 301 at 50, 379 at 100,
-419 at 200 and 403 at 300 (2026-12-05, an AMX Xeon)."""
-
 
 TREE_ARCHITECTURES = PLAIN_HEAD_MODEL_TYPES
 """transformers ``model_type``s whose bridge scores by trie (:func:`scores_by_tree`): their causal-LM head is
@@ -299,9 +291,8 @@ def scores_by_tree(model: TLModel | PreTrainedModel) -> bool:
     """Whether :func:`candidate_logprobs_cached` runs ``model`` by trie (:func:`_score_chunk_tree`): a
     transformers model of :data:`TREE_ARCHITECTURES` (``finetune-facts`` asks its trained model so), a
     TransformerBridge over one, or a HookedTransformer converted from one of
-    :data:`models.hooked_tree.HOOKED_TREE_ARCHITECTURES` or built from a config with absolute positions (a
-    token-world model: its statements as rows of a pass; with rotary ones it would run them one after another in
-    one sequence, slower than from its prefix cache), the last two with no hook on any of their hook
+    :data:`models.hooked_tree.HOOKED_TREE_ARCHITECTURES` or built from a config (a token-world model), with rotary
+    or absolute positions (:func:`models.hooked_tree.hooked_tree_width`), the last two with no hook on any of their hook
     points (a hook would see the trie's layout, not the statements'; the bridge's own capture hooks on
     transformers' modules feed those points). So does a bridge over TransformerLens 4's own model without hooks
     (a token-world model: a 4D mask and position ids through its own layers, checked against teacher forcing with
@@ -310,9 +301,7 @@ def scores_by_tree(model: TLModel | PreTrainedModel) -> bool:
     if is_native_bridge(model):
         return not hooks_attached(model)
     if is_hooked(model):
-        architecture = model.cfg.original_architecture
-        return ((architecture in HOOKED_TREE_ARCHITECTURES or (architecture is None and batches_rows(model)))
-                and not hooks_attached(model))
+        return hooked_tree_width(model) > 0 and not hooks_attached(model)
     hf = _transformers_model(model)
     if getattr(getattr(hf, "config", None), "model_type", None) not in TREE_ARCHITECTURES:
         return False
@@ -330,11 +319,11 @@ def _transformers_model(model: TLModel | PreTrainedModel) -> PreTrainedModel | N
 def _row_width(model: TLModel | PreTrainedModel) -> int | None:
     """How wide a statement's trie may be where ``model`` runs tries as rows of a pass no wider than its context, a
     wider statement as several tries (:func:`answer_tries`): TransformerLens 4's own model's context, and a
-    HookedTransformer's with absolute positions (:func:`models.hooked_tree.batches_rows`); None elsewhere (a
+    HookedTransformer's context or sliding window (:func:`models.hooked_tree.hooked_tree_width`); None elsewhere (a
     statement is one trie)."""
     if is_native_bridge(model):
         return model.cfg.n_ctx
-    return hooked_tree_width(model) if is_hooked(model) and batches_rows(model) else None
+    return hooked_tree_width(model) if is_hooked(model) else None
 
 
 def _tree_fits(model: TLModel | PreTrainedModel, width: int) -> bool:
@@ -461,10 +450,8 @@ def candidate_logprobs_cached(
     numbers, fewer matrix products. A HookedTransformer's answers are read from its final residual stream a
     slice of the vocabulary at a time (:meth:`PrefixCache.scores`), a bridge's from the logits of a pass.
     A TransformerBridge or a HookedTransformer runs by trie instead where :func:`scores_by_tree` and
-    :func:`_tree_fits` say so (statements of one prompt length sorted by width; a bridge's, and a
-    HookedTransformer's with absolute positions, as rows of passes of up to :data:`MLP_BLOCK` floats of MLP
-    activation, a HookedTransformer's with rotary ones one after another in one sequence); so does a
-    transformers causal LM, whose statements wider than its sliding window are teacher-forced
+    :func:`_tree_fits` say so (statements of one prompt length sorted by width, as rows of passes of up to
+    :data:`MLP_BLOCK` floats of MLP activation); so does a transformers causal LM, whose statements wider than its sliding window are teacher-forced
     (:func:`models.scoring.score_answers`), and one the trie cannot run at all is refused. The progress bar
     counts answers. A TransformerLens model with a hook attached is teacher-forced, and so are the statements that a
     bridge over TransformerLens 4's own model cannot fit in its context as :func:`answer_tries` (the module
@@ -645,18 +632,13 @@ def _score_chunk_tree(
     what the causal LM's forward does) on the readout rows alone; TransformerLens 4's own model runs such passes
     through its whole forward (a boolean mask; its logits at every position, a token world's vocabulary of a few
     hundred being a sliver of its work), read at the readout rows; a HookedTransformer runs such passes through its
-    own forward where its positions are absolute, else passes of statements one after another in one sequence of up
-    to :data:`HOOKED_TREE_PASS` positions, a block-diagonal mask keeping each to itself
-    (:func:`models.hooked_tree.hooked_tree_residual`), then ``ln_final`` and its unembedding on the readout rows.
+    own forward (:func:`models.hooked_tree.hooked_tree_residual`), then ``ln_final`` and its unembedding on the
+    readout rows.
     Each readout row's log-softmax is read at every token an answer continues with there, a slice of the vocabulary
     at a time (:func:`models.scoring.unembedded_logprobs`: the whole logits are never held), the rows of several
     passes together (:class:`_Readout`)."""
     hooked, native = is_hooked(model), is_native_bridge(model)
-    in_rows = hooked and batches_rows(model)
-    if hooked and not in_rows:
-        passes = _hooked_tree_passes(model, tries)
-    else:
-        passes = _tree_passes(tries, max(widest_activation(model), model.cfg.d_vocab if native else 0))
+    passes = _tree_passes(tries, max(widest_activation(model), model.cfg.d_vocab if native else 0))
     if native:
         readout = _Readout(chosen_logprobs)
     else:
@@ -665,15 +647,8 @@ def _score_chunk_tree(
     for group in passes:
         ids, position_ids, allowed = _tree_batch([tries[s] for s in group])
         starts = [b * ids.shape[1] for b in range(len(group))]  # where each row's statement starts in ``hidden``
-        if in_rows:
+        if hooked:
             hidden = hooked_tree_residual(model, ids, position_ids, allowed).flatten(0, 1)
-        elif hooked:  # the statements one after another in one sequence, each seeing itself only
-            lengths = [len(tries[s].tokens) for s in group]
-            one = [torch.cat([ids[b, :n] for b, n in enumerate(lengths)])[None],
-                   torch.cat([position_ids[b, :n] for b, n in enumerate(lengths)])[None],
-                   torch.block_diag(*[allowed[b, :n, :n] for b, n in enumerate(lengths)])[None]]
-            hidden = hooked_tree_residual(model, *one)[0]
-            starts = [sum(lengths[:b]) for b in range(len(group))]
         elif native:  # its logits (True in its mask: not seen)
             hidden = model.original_model(ids.to(device), attention_mask=~allowed[:, None].to(device),
                                           position_ids=position_ids.to(device)).flatten(0, 1)
@@ -723,16 +698,6 @@ def _tree_passes(tries: Sequence[AnswerTrie], d_mlp: int) -> list[list[int]]:
         else:
             passes.append([s])
     return passes
-
-
-def _hooked_tree_passes(model: TLModel, tries: Sequence[AnswerTrie]) -> list[list[int]]:
-    """Statements (indices of ``tries``) grouped into a HookedTransformer's trie passes, widths ascending, each
-    pass's statements one after another in one sequence of up to :data:`HOOKED_TREE_PASS` positions and no wider
-    than the model runs (:func:`models.hooked_tree.hooked_tree_width`: a sliding window counts the sequence's
-    indices); a statement wider than that alone."""
-    order = sorted(range(len(tries)), key=lambda s: len(tries[s].tokens))
-    room = min(HOOKED_TREE_PASS, hooked_tree_width(model))
-    return [[order[i] for i in run] for run in _runs([len(tries[s].tokens) for s in order], room)]
 
 
 def _runs(sizes: Sequence[int], room: int, alone: int = 0) -> list[list[int]]:

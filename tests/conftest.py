@@ -164,7 +164,7 @@ SECOND_LINE_LEAVES_OUT: dict[str, str] = {
     "tests/probes/test_hand_built_configs.py::test_attributions_sum_to_the_logit_difference[shortformer-": "a "
         "shortformer's positions, which 4.x's native model does not build (standard and rotary only): no 4.x model "
         "has them (the file's RMS final norms and narrower output vocabulary run under it)",
-    "tests/probes/test_shared_prompt.py::test_a_hooked_transformer_runs_statements_together": "a "
+    "tests/probes/test_shared_prompt.py::test_a_hooked_transformer_runs_statements_as_rows": "a "
         "HookedTransformer's trie passes; 4.x has no HookedTransformer (its \"hooked\" bridge's passes are the "
         "bridge's, which the architecture tests check under it)",
     "tests/probes/test_tracing.py::test_restored_rows_read_earlier_positions_from_the_corrupted_cache": "restored "

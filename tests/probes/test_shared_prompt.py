@@ -3,8 +3,8 @@ answer's continuation once, the unembedding only where a next token is scored) g
 the straightforward one (:func:`models.scoring.score_answers`: teacher forcing every prompt ++ answer
 through the model's own forward), on SmolLM2 (Llama, no BOS) and on a tiny random Gemma 2 (BOS before
 every prompt, logit soft-cap, a 4-token sliding window the prompts pass), on both backends; both
-backends score by trie (a bridge: passes of statements with a 4D mask; a HookedTransformer: statements one
-after another in one sequence, :mod:`models.hooked_tree`) on every tiny architecture, and by their prefix cache where a hook or a
+backends score by trie (passes of statements as rows, each with its own positions and mask; a HookedTransformer
+through :mod:`models.hooked_tree`) on every tiny architecture, and by their prefix cache where a hook or a
 sliding window rules the trie out; and on a HookedTransformer, continuation passes run together
 (``extend_bundle``) give the numbers of the same passes run one by one (``extend``; bitwise on this
 project's CPUs)."""
@@ -23,7 +23,7 @@ from facts.language import TemplateTokenizer
 from facts.tokens import Example, collate
 from models.backend import HookedTransformer, copy_model, is_hooked
 from models.cpu_matmul import float32_matmul
-from models.hooked_tree import HOOKED_TREE_ARCHITECTURES
+from models.hooked_tree import HOOKED_TREE_ARCHITECTURES, hooked_tree_width
 from models.pretrained import load
 from models.scoring import chosen_logprobs, hooked_readout, score_answers
 from probes.shared_prompt import (
@@ -31,7 +31,6 @@ from probes.shared_prompt import (
     TREE_ARCHITECTURES,
     PrefixCache,
     _Readout,
-    _hooked_tree_passes,
     _tree_batch,
     _tree_fits,
     answer_trie,
@@ -142,30 +141,32 @@ def test_the_hooked_trie_lists_exactly_the_conversions_checked_above(tiny_models
     assert converted == (set(HOOKED_TREE_ARCHITECTURES) if HookedTransformer is not None else set())
 
 
-def test_a_hooked_transformer_runs_statements_together_inside_its_sliding_window(tiny_models, tmp_path):
-    """A HookedTransformer's trie runs several statements one after another in one sequence, each seeing itself
-    only, in passes no wider than its sliding window (which counts sequence indices): on a Gemma 2 whose window
-    holds the widest statement and the two narrowest but not the two widest, by trie in passes of up to the window, several of them holding more
-    than one statement, with teacher forcing's numbers; with a wide window, in fewer passes than statements, each
-    inside the model's context."""
+def test_a_hooked_transformer_runs_statements_as_rows_inside_its_sliding_window(tiny_models, tmp_path):
+    """A HookedTransformer's trie runs statements as rows of a pass, each row no wider than its sliding window (which
+    counts sequence indices): on a Gemma 2 (rotary, local and global layers) whose window just holds the widest
+    statement, every statement whole, in fewer passes than statements; with a window one narrower, the widest as
+    several tries of its answers, each with its prompt again; teacher forcing's numbers either way."""
     tiny = tiny_models["gemma2"]
     rows = candidate_rows(tiny.tokenizer, prefix=(tiny.tokenizer.bos_token_id,))
-    tries = [answer_trie(row) for row in rows]
-    widths = sorted(len(t.tokens) for t in tries)
+    widest = max(len(answer_trie(row).tokens) for row in rows)
     config = tiny_config("gemma2")
-    for window in (max(widths[-1], widths[0] + widths[1]), 8192):
+    for window in (widest, widest - 1):
         config.sliding_window = window
         model = load(save_tiny(tmp_path / str(window), config, tiny.tokenizer), backend="hooked", device="cpu")
-        passes = _hooked_tree_passes(model, tries)
-        assert sorted(s for group in passes for s in group) == list(range(len(tries)))
-        assert all(sum(len(tries[s].tokens) for s in group) <= window for group in passes)
-        if window < 8192:
-            assert widths[-2] + widths[-1] > window and max(map(len, passes)) > 1 and len(passes) > 1
-        else:  # narrowest first, as many a pass as its context holds
-            assert [s for group in passes for s in group] == sorted(range(len(tries)), key=lambda s: len(tries[s].tokens))
-            assert len(passes) < len(tries) and all(sum(len(tries[s].tokens) for s in group) <= model.cfg.n_ctx
-                                                    for group in passes)
-        assert_fast_equals_teacher_forcing(model, rows, by_tree=True)
+        assert model.cfg.positional_embedding_type == "rotary" and hooked_tree_width(model) == window
+        tries = [trie for row in rows for trie in answer_tries(row, window)]
+        assert (len(tries) > len(rows)) == (window < widest) and max(len(t.tokens) for t in tries) <= window
+        passes = []
+        handle = model.blocks[-1].mlp.register_forward_hook(lambda module, args, out: passes.append(args[0].shape))
+        try:
+            fast = candidate_logprobs_cached(model, rows, batch_size=len(rows))
+        finally:
+            handle.remove()
+        assert scores_by_tree(model) and 1 <= len(passes) < len(tries)
+        assert sum(shape[0] for shape in passes) == len(tries) and max(shape[1] for shape in passes) <= window
+        reference = score_answers(model, collate([e for row in rows for e in row], 0))
+        torch.testing.assert_close(fast.logprob.flatten(), reference.logprob, rtol=0, atol=1e-4)
+        assert fast.correct.flatten().tolist() == reference.correct.tolist()
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma2"])
@@ -220,10 +221,9 @@ def test_a_model_with_a_hook_is_teacher_forced(backend, request, smollm2_tokeniz
 def test_a_token_world_model_scores_multi_token_answers_as_teacher_forcing(k, positional):
     """A model built from a named config (a HookedTransformer under 3.9, a bridge over TransformerLens 4's own
     model under 4.x) ranks every entity of a k-token world after every statement's prompt with teacher forcing's
-    numbers. By trie, statements as rows of a pass, under 4.x (its own model keeps no cache) and under 3.9 with
-    absolute positions (its rotary one from its prefix cache), a 3-token world's statements, wider than the model's
-    32-token context, as several tries of their answers each: its last MLP then sees the tries' positions (and
-    some padding), less than half of teacher forcing's."""
+    numbers. By trie, statements as rows of a pass, on either line with either positional kind, a 3-token world's
+    statements, wider than the model's 32-token context, as several tries of their answers each: its last MLP then
+    sees the tries' positions (and some padding), less than half of teacher forcing's."""
     from facts.token_worlds import TokenVocab, reversal_world
     from models.transformer import build_model
 
@@ -240,11 +240,9 @@ def test_a_token_world_model_scores_multi_token_answers_as_teacher_forcing(k, po
         fast = candidate_logprobs_cached(model, rows, batch_size=8)
     finally:
         handle.remove()
-    by_tree = HookedTransformer is None or positional == "absolute"
-    assert scores_by_tree(model) == by_tree
-    if by_tree:
-        forced = sum(len(e.prompt) + len(e.answer) for row in rows for e in row)
-        assert sum(len(t.tokens) for t in tries) <= sum(seen) < forced / 2
+    assert scores_by_tree(model)
+    forced = sum(len(e.prompt) + len(e.answer) for row in rows for e in row)
+    assert sum(len(t.tokens) for t in tries) <= sum(seen) < forced / 2
     reference = score_answers(model, collate([e for row in rows for e in row], 0))
     torch.testing.assert_close(fast.logprob.flatten(), reference.logprob, rtol=0, atol=1e-4)
     assert fast.correct.flatten().tolist() == reference.correct.tolist()
