@@ -72,7 +72,8 @@ def main() -> None:
                 model(batch).log_softmax(-1)
         floor_seconds.append(time.process_time() - start)
     cpu, floor_cpu = statistics.median(seconds), statistics.median(floor_seconds)
-    print(f"{args.model} ({args.positional} positions), k={args.k}, {len(rows)} statements × {len(rows[0])} candidates, {args.threads} thread(s)")
+    print(f"{args.model} ({args.positional} positions), k={args.k}, {len(rows)} statements × {len(rows[0])} candidates, "
+          f"{args.threads} thread(s)")
     print(f"positions computed {computed:,}, floor {floor:,}: ×{computed / floor:.3f}")
     print(f"CPU s {cpu:.1f} (rounds {', '.join(f'{s:.1f}' for s in seconds)}; wall "
           f"{', '.join(f'{w:.1f}' for w in walls)}); {floor / cpu:,.0f} floor positions per CPU s")

@@ -3,10 +3,10 @@ attention mask, which its forward does not take (its positions are 0, 1, … or 
 and its mask is causal).
 
 For a batch of rows, row r of w tokens with positions p_r (p_ri ≤ i) and a boolean mask M_r (M_r ⊆ causal, every
-token sees itself), each layer computes ``softmax(q_i·k_j / √d + (0 if M_r,ij else −∞))`` with ``q_i = R(p_ri) W_Q
-x_i`` and ``k_j = R(p_rj) W_K x_j``, R the model's rotary rotation, or adds ``W_pos[p_ri]`` to the embedding
-(absolute positions): what teacher forcing computes at token i for the sequence of the tokens i sees, at the
-positions they have there. Three things make the model's own forward do that, for the duration of one pass:
+token sees itself), each layer computes ``softmax(q_i·k_j / √d + (0 if M_r,ij else −∞))`` with
+``q_i = R(p_ri) W_Q x_i`` and ``k_j = R(p_rj) W_K x_j``, R the model's rotary rotation, or adds ``W_pos[p_ri]`` to
+the embedding (absolute positions): what teacher forcing computes at token i for the sequence of the tokens i sees,
+at the positions they have there. Three things make the model's own forward do that, for the duration of one pass:
 
 - each attention layer's rotary tables (``rotary_cos``, ``rotary_sin``: row t is the rotation of position t, per
   layer, so Gemma 3's local and global bases both hold) are replaced by their rows p_1, …, p_b stacked (row r's

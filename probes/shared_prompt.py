@@ -56,9 +56,7 @@ from models.backend import (
     is_hooked,
     is_native_bridge,
 )
-from models.hooked_tree import (
-    hooked_tree_residual, hooked_tree_width, runs_hooked_tree,
-)
+from models.hooked_tree import hooked_tree_residual, hooked_tree_width, runs_hooked_tree
 from models.memory import heap_kept
 from models.scoring import (
     ACTIVATION_BUDGET, LOGIT_BUDGET, PLAIN_HEAD_MODEL_TYPES, UNEMBED_ROWS, check_causal, chosen_logprobs,
@@ -451,8 +449,9 @@ def candidate_logprobs_cached(
     slice of the vocabulary at a time (:meth:`PrefixCache.scores`), a bridge's from the logits of a pass.
     A TransformerBridge or a HookedTransformer runs by trie instead where :func:`scores_by_tree` and
     :func:`_tree_fits` say so (statements of one prompt length sorted by width, as rows of passes of up to
-    :data:`MLP_BLOCK` floats of MLP activation); so does a transformers causal LM, whose statements wider than its sliding window are teacher-forced
-    (:func:`models.scoring.score_answers`), and one the trie cannot run at all is refused. The progress bar
+    :data:`MLP_BLOCK` floats of MLP activation); so does a transformers causal LM, whose statements wider than its
+    sliding window are teacher-forced (:func:`models.scoring.score_answers`), and one the trie cannot run at all is
+    refused. The progress bar
     counts answers. A TransformerLens model with a hook attached is teacher-forced, and so are the statements that a
     bridge over TransformerLens 4's own model cannot fit in its context as :func:`answer_tries` (the module
     docstring).
