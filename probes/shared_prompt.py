@@ -645,19 +645,17 @@ def _score_chunk_tree(
         readout = _Readout(lambda rows, chosen: unembedded_logprobs(rows, unembedding, chosen))
     for group in passes:
         ids, position_ids, allowed = _tree_batch([tries[s] for s in group])
-        starts = [b * ids.shape[1] for b in range(len(group))]  # where each row's statement starts in ``hidden``
         if hooked:
-            hidden = hooked_tree_residual(model, ids, position_ids, allowed).flatten(0, 1)
+            hidden = hooked_tree_residual(model, ids, position_ids, allowed)
         elif native:  # its logits (True in its mask: not seen)
             hidden = model.original_model(ids.to(device), attention_mask=~allowed[:, None].to(device),
-                                          position_ids=position_ids.to(device)).flatten(0, 1)
+                                          position_ids=position_ids.to(device))
         else:
             dtype = next(model.parameters()).dtype
             mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
             hidden = model.base_model(input_ids=ids.to(device), position_ids=position_ids.to(device),
-                                      attention_mask=mask.to(device), use_cache=False).last_hidden_state.flatten(0, 1)
-        rows = torch.cat([hidden[start + tries[s].prompt_length - 1 : start + len(tries[s].tokens)]
-                          for start, s in zip(starts, group)])
+                                      attention_mask=mask.to(device), use_cache=False).last_hidden_state
+        rows = torch.cat([hidden[b, tries[s].prompt_length - 1 : len(tries[s].tokens)] for b, s in enumerate(group)])
         del hidden
         # the tokens read at each readout row, and where each answer's tokens sit among them
         wanted: list[dict[int, int]] = [{} for _ in range(len(rows))]
