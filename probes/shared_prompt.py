@@ -56,7 +56,7 @@ from models.backend import (
     is_hooked,
     is_native_bridge,
 )
-from models.hooked_tree import hooked_tree_residual, hooked_tree_width, runs_hooked_tree
+from models.hooked_tree import hooked_tree_residual, hooked_tree_width
 from models.memory import heap_kept
 from models.scoring import (
     ACTIVATION_BUDGET, LOGIT_BUDGET, PLAIN_HEAD_MODEL_TYPES, UNEMBED_ROWS, check_causal, chosen_logprobs,
@@ -326,13 +326,11 @@ def _row_width(model: TLModel | PreTrainedModel) -> int | None:
 
 def _tree_fits(model: TLModel | PreTrainedModel, width: int) -> bool:
     """A trie layout of ``width`` positions (position ids below ``width``) stays inside the model's sliding
-    window, where a given mask and the model's own windowed one agree (a HookedTransformer:
-    :func:`models.hooked_tree.runs_hooked_tree`; TransformerLens 4's own model: inside its context, which it
-    does not run past)."""
-    if is_native_bridge(model):
-        return width <= model.cfg.n_ctx
-    if is_hooked(model):
-        return runs_hooked_tree(model, width)
+    window, where a given mask and the model's own windowed one agree, and inside its context (where rows are at
+    most :func:`_row_width` wide: a HookedTransformer, TransformerLens 4's own model, which does not run past it)."""
+    room = _row_width(model)
+    if room is not None:
+        return width <= room
     window = getattr(_transformers_model(model).config, "sliding_window", None)
     return not window or width <= window
 
@@ -451,10 +449,9 @@ def candidate_logprobs_cached(
     :func:`_tree_fits` say so (statements of one prompt length sorted by width, as rows of passes of up to
     :data:`MLP_BLOCK` floats of MLP activation); so does a transformers causal LM, whose statements wider than its
     sliding window are teacher-forced (:func:`models.scoring.score_answers`), and one the trie cannot run at all is
-    refused. The progress bar
-    counts answers. A TransformerLens model with a hook attached is teacher-forced, and so are the statements that a
-    bridge over TransformerLens 4's own model cannot fit in its context as :func:`answer_tries` (the module
-    docstring).
+    refused. The progress bar counts answers. A TransformerLens model with a hook attached is teacher-forced, and so
+    are the statements that a bridge over TransformerLens 4's own model cannot fit in its context as
+    :func:`answer_tries` (the module docstring).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
