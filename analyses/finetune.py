@@ -330,7 +330,8 @@ def padding_id(tokenizer) -> int:
 def check_tokenised(config: FinetuneConfig, questions: QuestionSet, controls: Sequence[Sequence[str]]) -> None:
     """Tokenise every training sentence and every question with its controls in the model's tokenizer, as the run
     will (:func:`training_examples`, :func:`question_rows`): a sentence the tokenizer cannot split at its answer is
-    refused here, before the run folder is touched, not after an earlier run's files were removed."""
+    refused here, before the run folder is touched, not after an earlier run's files were removed. The tokenizer
+    stays kept for the run, whose :func:`read_inputs_and_model` takes it over."""
     from models.pretrained import load_tokenizer, one_parse
 
     with one_parse(config.model):
@@ -583,16 +584,18 @@ def read_inputs_and_model(config: FinetuneConfig) -> tuple[QuestionSet, list[lis
                                                             dict[str, TokenizedFacts], Any]:
     """The questions and their controls, the tokenizer, the training sentences and evaluation sets,
     then the transformers model: every input is read and tokenised before the model loads, and a
-    GGUF model's file is parsed once for both tokenizer and model (:func:`models.pretrained.one_parse`)."""
+    GGUF model's file is parsed once for both tokenizer and model (:func:`models.pretrained.one_parse`). The
+    tokenizer is read once and kept by none: one :func:`check_tokenised` kept is handed over, not copied, and the
+    model is read without one of its own (``load_hf``'s ``tokenizer``)."""
     from models.pretrained import load_hf, load_tokenizer, one_parse
 
     questions = read_questions(config)
     controls = draw_controls(questions, config.n_controls, config.seed)
     with one_parse(config.model):
-        tokenizer = load_tokenizer(config.model)
+        tokenizer = load_tokenizer(config.model, keep=False)
         sentences = training_examples(questions, config, tokenizer, padding_id(tokenizer))
         eval_sets = evaluation_sets(questions, tokenizer)
-        hf_model, _ = load_hf(config.model, device=config.device, keep=False)
+        hf_model, _ = load_hf(config.model, device=config.device, keep=False, tokenizer=tokenizer)
     return questions, controls, tokenizer, sentences, eval_sets, hf_model
 
 

@@ -364,7 +364,7 @@ def _hub_cache_folder(repo_id: str) -> Path | None:
 
 def load_hf(
     name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, device: str | torch.device | None = None,
-    *, keep: bool = True,
+    *, keep: bool = True, tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The transformers model (float32, eval mode, eager attention) and its tokenizer.
 
@@ -376,13 +376,16 @@ def load_hf(
     present but never adds one (a command loading one model keeps one copy of its weights; so does
     ``keep=False``, for a command that reads the model once). Hugging Face folders are read anew
     each time (safetensors load in well under a second), so a folder rewritten by training is never
-    served stale.
+    served stale. ``tokenizer``: the model's tokenizer where the caller has read it already (with
+    :func:`load_tokenizer`, to tokenise its input before the model loads): returned as the model's own, not read
+    or copied again (Gemma 3's copy alone is ~1.9 s).
     """
     source = resolve(name_or_path)
     if source.is_gguf:
-        model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=keep)
+        model, tokenizer = _gguf_model_and_tokenizer(source, keep, tokenizer)
     else:
-        model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
+        model = _read_hf_folder(source.path)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source.path)
     return model.to(device or default_device()).eval(), tokenizer
 
 
@@ -393,31 +396,38 @@ def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, *, keep
     ``tokenizer.ggml.add_bos_token``, a folder's ``tokenizer_config.json`` ``add_bos_token``;
     :func:`declared_bos`), the tokenizer is made to follow it. A GGUF's tokenizer is kept per
     process and handed out as deep copies (read from the file's metadata and built again
-    otherwise: seconds for Gemma 3's 262,144 tokens); ``keep=False`` (a command that reads the
-    model once) keeps none, so only the returned tokenizer stays in memory (Gemma 3's is ~0.23 GiB).
+    otherwise: seconds for Gemma 3's 262,144 tokens; a copy of Gemma 3's ~1.9 s); ``keep=False`` (a command's
+    last read of it) keeps none, so only the returned tokenizer stays in memory (Gemma 3's is ~0.23 GiB): one an
+    earlier call kept is handed over itself, not copied, and kept no longer.
     """
     source = resolve(name_or_path)
     if source.is_gguf:
-        key = (source.path, _file_stamp(source.path))
-        if key in _GGUF_TOKENIZERS:
-            return copy.deepcopy(_GGUF_TOKENIZERS[key])
-        entry = _cached_entry(source.path)
-        tokenizer = None if entry is None else _entry_tokenizer(entry)
-        if tokenizer is not None:
-            _GGUF_DECLARED_BOS[key] = _entry_bos(entry)
-        else:
-            with _one_gguf_parse(source.path), _as_load_error(source.path, "its tokenizer from the GGUF metadata"):
-                tokenizer = AutoTokenizer.from_pretrained(source.path.parent, gguf_file=source.path.name,
-                                                          local_files_only=True)
-                _GGUF_DECLARED_BOS[key] = _gguf_declared_bos(source.path)
-        _follow_declared_bos(tokenizer, _GGUF_DECLARED_BOS[key], source)
-        if keep:
-            _GGUF_TOKENIZERS[key] = tokenizer
-            return copy.deepcopy(tokenizer)
-        return tokenizer
+        return _gguf_tokenizer(source, keep, hand_over=not keep)
     with _as_load_error(source.path, "its tokenizer (save one next to it with tokenizer.save_pretrained)"):
         tokenizer = AutoTokenizer.from_pretrained(source.path, local_files_only=True)
     _follow_declared_bos(tokenizer, declared_bos(source), source)
+    return tokenizer
+
+
+def _gguf_tokenizer(source: ModelSource, keep: bool, hand_over: bool) -> PreTrainedTokenizerBase:
+    """:func:`load_tokenizer` of a GGUF: one kept by an earlier call deep-copied, or with ``hand_over`` the kept
+    one itself, kept no longer; else read from the cache entry or the file and, with ``keep``, kept (and copied)."""
+    key = (source.path, _file_stamp(source.path))
+    if key in _GGUF_TOKENIZERS:
+        return _GGUF_TOKENIZERS.pop(key) if hand_over else copy.deepcopy(_GGUF_TOKENIZERS[key])
+    entry = _cached_entry(source.path)
+    tokenizer = None if entry is None else _entry_tokenizer(entry)
+    if tokenizer is not None:
+        _GGUF_DECLARED_BOS[key] = _entry_bos(entry)
+    else:
+        with _one_gguf_parse(source.path), _as_load_error(source.path, "its tokenizer from the GGUF metadata"):
+            tokenizer = AutoTokenizer.from_pretrained(source.path.parent, gguf_file=source.path.name,
+                                                      local_files_only=True)
+            _GGUF_DECLARED_BOS[key] = _gguf_declared_bos(source.path)
+    _follow_declared_bos(tokenizer, _GGUF_DECLARED_BOS[key], source)
+    if keep:
+        _GGUF_TOKENIZERS[key] = tokenizer
+        return copy.deepcopy(tokenizer)
     return tokenizer
 
 
@@ -550,23 +560,29 @@ _GGUF_TOKENIZERS: dict[tuple[Path, FileStamp], PreTrainedTokenizerBase] = {}  # 
 _GGUF_DECLARED_BOS: dict[tuple[Path, FileStamp], DeclaredBos | None] = {}
 
 
-def _gguf_model_and_tokenizer(path: Path, keep: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _gguf_model_and_tokenizer(source: ModelSource, keep: bool, tokenizer: PreTrainedTokenizerBase | None = None,
+                              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A fresh float32 transformers model and tokenizer from a GGUF file, the file parsed at most once.
 
     A model kept by an earlier ``keep=True`` call is deep-copied; otherwise the file is read
     (config, weights and, unless cached, tokenizer from one parse of its metadata) and, with
-    ``keep``, the model is kept for later calls (at most two files).
+    ``keep``, the model is kept for later calls (at most two files). ``tokenizer``: the caller's, read from this
+    file already (:func:`load_hf`): none is read or copied. Otherwise a kept tokenizer is deep-copied, ``keep`` or
+    not: :func:`load` keeps nothing, and leaves what an earlier :func:`load_hf` kept as it found it.
     """
+    path = source.path
     key = (path, _file_stamp(path))
+    read_tokenizer = (lambda: tokenizer) if tokenizer is not None else (
+        lambda: _gguf_tokenizer(source, keep, hand_over=False))
     if key in _GGUF_MODELS:
-        return copy.deepcopy(_GGUF_MODELS[key]), load_tokenizer(path, keep=keep)
+        return copy.deepcopy(_GGUF_MODELS[key]), read_tokenizer()
     entry = _cached_entry(path)
     model = None if entry is None else _entry_model(entry)
     if model is not None:
-        tokenizer = load_tokenizer(path, keep=keep)
+        tokenizer = read_tokenizer()
     else:
         with _one_gguf_parse(path):
-            tokenizer = load_tokenizer(path, keep=keep)  # first: reading the weights releases the parsed metadata
+            tokenizer = read_tokenizer()  # first: reading the weights releases the parsed metadata
             with lean_gguf_weights(_release_shared_reader):
                 model = _read_gguf_model(path)
         declared = _GGUF_DECLARED_BOS.get(key)
@@ -911,7 +927,7 @@ def load(
     if not source.is_gguf:  # config.json, before any weight is read (a GGUF's: before any is converted)
         _check_declared_config(source, backend=backend)
     if source.is_gguf:
-        hf_model, tokenizer = _gguf_model_and_tokenizer(source.path, keep=False)
+        hf_model, tokenizer = _gguf_model_and_tokenizer(source, keep=False)
     else:
         hf_model, tokenizer = _read_hf_folder(source.path), load_tokenizer(source.path)
     _check_encodes_text(tokenizer, f"{source.name} ({source.path})")
