@@ -178,7 +178,7 @@ def test_the_command_copies_a_gguf_tokenizer_once_and_keeps_none_for_its_run(mon
     rest of the run (Gemma 3's holds ~0.23 GiB)."""
     from models import pretrained
 
-    monkeypatch.setattr(pretrained, "_GGUF_TOKENIZERS", dict(pretrained._GGUF_TOKENIZERS))  # this test's to empty
+    monkeypatch.setattr(pretrained, "_GGUF_TOKENIZERS", dict(pretrained._GGUF_TOKENIZERS))  # the run empties a copy
     deepcopy, copied = copy.deepcopy, []
 
     def counted(value, *args):
