@@ -560,20 +560,19 @@ _GGUF_TOKENIZERS: dict[tuple[Path, FileStamp], PreTrainedTokenizerBase] = {}  # 
 _GGUF_DECLARED_BOS: dict[tuple[Path, FileStamp], DeclaredBos | None] = {}
 
 
-def _gguf_model_and_tokenizer(source: ModelSource, keep: bool, tokenizer: PreTrainedTokenizerBase | None = None,
+def _gguf_model_and_tokenizer(source: ModelSource, keep: bool, given: PreTrainedTokenizerBase | None = None,
                               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A fresh float32 transformers model and tokenizer from a GGUF file, the file parsed at most once.
 
     A model kept by an earlier ``keep=True`` call is deep-copied; otherwise the file is read
     (config, weights and, unless cached, tokenizer from one parse of its metadata) and, with
-    ``keep``, the model is kept for later calls (at most two files). ``tokenizer``: the caller's, read from this
-    file already (:func:`load_hf`): none is read or copied. Otherwise a kept tokenizer is deep-copied, ``keep`` or
+    ``keep``, the model is kept for later calls (at most two files). ``given``: the caller's tokenizer, read from
+    this file already (:func:`load_hf`): none is read or copied. Otherwise a kept tokenizer is deep-copied, ``keep`` or
     not: :func:`load` keeps nothing, and leaves what an earlier :func:`load_hf` kept as it found it.
     """
     path = source.path
     key = (path, _file_stamp(path))
-    read_tokenizer = (lambda: tokenizer) if tokenizer is not None else (
-        lambda: _gguf_tokenizer(source, keep, hand_over=False))
+    read_tokenizer = (lambda: given) if given is not None else (lambda: _gguf_tokenizer(source, keep, hand_over=False))
     if key in _GGUF_MODELS:
         return copy.deepcopy(_GGUF_MODELS[key]), read_tokenizer()
     entry = _cached_entry(path)
