@@ -20,7 +20,9 @@ at the positions they have there. Three things make the model's own forward do t
 
 Everything else (norms, soft-caps, grouped-query heads, post-norms, parallel blocks) is the model's own forward. A
 row wider than a sliding window, or than the model's rotary table or context, is not run
-(:func:`hooked_tree_width`): a window counts sequence indices, not positions.
+(:func:`hooked_tree_width`): a window counts sequence indices, not positions. (TransformerLens 3.9 builds its causal
+mask at each forward's width, so only the position tables tie a row to the context; rows past it, tried in session
+59, computed fewer positions in no less time: ``benchmarks/README.md``.)
 """
 
 from __future__ import annotations
