@@ -11,6 +11,7 @@ the file, BOS as its tokenizer adds it.
 
 import argparse
 import json
+import os
 import shutil
 
 import pytest
@@ -758,7 +759,7 @@ def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smo
         assert_same_tokenizer(load_tokenizer("smollm2-135m", keep=False), parsed[1])
         assert refused and refused[0]["tokenizer_file"].endswith("tokenizer.json")
     # an entry whose weights are cut short is removed, the file read again and the entry written anew
-    weights.write_bytes(weights.read_bytes()[: whole // 2])
+    os.truncate(weights, whole // 2)
     again, _ = pretrained.load_hf("smollm2-135m", keep=False)
     ours, theirs = parsed[0].state_dict(), again.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
