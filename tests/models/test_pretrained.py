@@ -221,8 +221,8 @@ def test_a_gguf_cut_short_is_refused_naming_the_file(name, where, tmp_path, caps
 
     cut, whole = tmp_path / f"{name}-cut.gguf", resolve(name).path
     size = 1_500_000 if where == "metadata" else whole.stat().st_size - 1_000
-    with open(whole, "rb") as file:
-        cut.write_bytes(file.read(size))
+    shutil.copyfile(whole, cut)  # in the kernel, no 253 MB read into Python
+    os.truncate(cut, size)
     with pytest.raises(PretrainedLoadError, match=f"{re.escape(str(cut))}: it ends before its contents do .*cut short"):
         load_hf(cut, keep=False)
     says = (r"metadata array at byte \d+ \(\d+ elements\) runs" if where == "metadata" else
