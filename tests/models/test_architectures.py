@@ -370,7 +370,7 @@ def test_nemotron_circuit_entries_equal_the_hugging_face_weights(tiny_tokenizer,
 
 # --- Gemma 3 270M, the second real model ------------------------------------------------------------
 
-LONG = " ".join(f"Fact {n}: the river town of Example{n} lies north of the hills." for n in range(31))  # 539 Gemma 3 tokens
+LONG = " ".join(f"Fact {n}: the river town of Example{n} lies north of the hills." for n in range(31))  # 539 tokens
 
 
 def test_gemma3_resolves_to_the_assembled_gguf():
