@@ -18,6 +18,26 @@ def test_help_does_not_import_torch():
     assert "reproduce" in revlens("--help").stdout
 
 
+def test_the_revlens_program_returns_main_s_code_with_its_objects_frozen_for_the_exit(tmp_path, monkeypatch, capsys):
+    """The console script and ``python -m analyses.cli`` run :func:`analyses.cli.run`: main's exit code (here a
+    refusal's, 2), its one error line, then ``gc.freeze`` (the interpreter's exit then skips ~1 s of garbage
+    collection over torch's and TransformerLens's modules); :func:`analyses.cli.main` itself freezes nothing, as tests
+    and notebooks call it in a process that goes on."""
+    import gc
+    import importlib.metadata
+
+    from analyses import cli
+
+    [script] = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "revlens"]
+    assert script.value == "analyses.cli:run"
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(len(capsys.readouterr().err.splitlines())))
+    monkeypatch.setattr(sys, "argv", ["revlens", "make-facts", "people", "--size", "2", "--format", "csv", "--out",
+                                      str(tmp_path / "facts.jsonl")])  # a csv named .jsonl: refused
+    assert cli.main() == 2 and frozen == [] and "revlens: error: " in capsys.readouterr().err
+    assert cli.run() == 2 and frozen == [1]  # after main's one error line
+
+
 def test_every_option_of_every_command_says_what_it_does():
     """`revlens COMMAND --help` explains each option (reproduce's own experiments' options among them)."""
     import argparse
