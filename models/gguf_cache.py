@@ -129,7 +129,7 @@ def keep(path: Path, sha256: str, model: PreTrainedModel, tokenizer: PreTrainedT
         folder.mkdir(parents=True, exist_ok=True)
         if size > MAX_BYTES or shutil.disk_usage(folder).free < size + MAX_BYTES:
             return
-        with _no_progress_bar(), _weights_written_in_pieces():
+        with no_progress_bars(), _weights_written_in_pieces():
             model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         marker = {"gguf": str(path), "sha256": sha256, "declared_bos": declared_bos,
@@ -149,8 +149,10 @@ def keep(path: Path, sha256: str, model: PreTrainedModel, tokenizer: PreTrainedT
 
 
 @contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """transformers' progress bars off (``save_pretrained`` draws one), as they were after."""
+def no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off within the block, as they were after: ``save_pretrained`` and
+    ``from_pretrained`` draw one over a model's weight files and weights ("Loading weights: 272/272"), on standard
+    error even where a command was asked for none (``--quiet``)."""
     from transformers.utils import logging
 
     shown = logging.is_progress_bar_enabled()

@@ -805,7 +805,8 @@ def _read_gguf_model(path: Path) -> PreTrainedModel:
     and TransformerBridge picks its adapter from it).
     """
     _refuse_unread_gguf_metadata(path)  # before any weight is read
-    with _as_load_error(path, "it as a GGUF model (is it a GGUF file of an architecture transformers supports?)"):
+    with _as_load_error(path, "it as a GGUF model (is it a GGUF file of an architecture transformers supports?)"), \
+            gguf_cache.no_progress_bars():
         model = _whole(path, AutoModelForCausalLM.from_pretrained(
             path.parent,
             gguf_file=path.name,
@@ -841,7 +842,7 @@ def _refuse_unread_gguf_metadata(path: Path) -> None:
 def _read_hf_folder(folder: Path) -> PreTrainedModel:
     """A Hugging Face model folder as a float32 causal LM with eager attention, its weight files checked first
     (:func:`_refuse_unreadable_weight_files`)."""
-    with _as_load_error(folder, "it as a causal language model"):
+    with _as_load_error(folder, "it as a causal language model"), gguf_cache.no_progress_bars():
         _refuse_unreadable_weight_files(folder)
         model = _whole(folder, AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, attn_implementation="eager", local_files_only=True, output_loading_info=True

@@ -445,16 +445,17 @@ def test_gemma3_context_and_bos_come_from_the_file(backend, gemma3_hf, gemma3_ho
 
 
 
-def test_gemma3_read_from_the_gguf_cache_is_the_file(gemma3_hf, gemma3_cache, monkeypatch):
+def test_gemma3_read_from_the_gguf_cache_is_the_file(gemma3_hf, gemma3_cache, monkeypatch, capsys):
     """Gemma 3's second load reads the entry its first (``gemma3_hf``) wrote: the same model, tokenizer and
     BOS rule, the file not parsed again."""
-    assert_cached_read_is_the_file("gemma3-270m", gemma3_hf, gemma3_cache, monkeypatch)
+    assert_cached_read_is_the_file("gemma3-270m", gemma3_hf, gemma3_cache, monkeypatch, capsys)
 
 
-def assert_cached_read_is_the_file(name: str, parsed, cache, monkeypatch) -> None:
+def assert_cached_read_is_the_file(name: str, parsed, cache, monkeypatch, capsys) -> None:
     """A load of ``name`` with the per-process copies forgotten and ``gguf.GGUFReader`` refused comes from the one
     entry in ``cache`` (written by the read that gave ``parsed``) and equals ``parsed``: every weight bit for bit,
-    the config, the token ids of text with and without special tokens, what the file declares (BOS, the class)."""
+    the config, the token ids of text with and without special tokens, what the file declares (BOS, the class);
+    it prints nothing (transformers' "Loading weights" bar had shown on every command's load, ``--quiet`` or not)."""
     import gguf
 
     from models import gguf_cache, pretrained
@@ -474,7 +475,9 @@ def assert_cached_read_is_the_file(name: str, parsed, cache, monkeypatch) -> Non
 
     monkeypatch.setattr(gguf, "GGUFReader", refuse)
     assert pretrained.declared_architecture(name) == type(model).__name__ and declared_bos(source) == declared
+    capsys.readouterr()
     cached, cached_tokenizer = pretrained.load_hf(name, keep=False)
+    assert capsys.readouterr() == ("", "")
     ours, theirs = model.state_dict(), cached.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
     assert type(cached) is type(model)
@@ -704,13 +707,13 @@ def test_a_gguf_cache_entry_is_keyed_by_the_source_of_the_code_that_read_it(tmp_
     assert gguf_cache.entry_name(file, sha256) != entry.name and gguf_cache.find(file, sha256) is None
 
 
-def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smollm2_cache):
+def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smollm2_cache, capsys):
     """SmolLM2's first load writes its entry (the file read, with no earlier entry: config, weights and tokenizer
     from one gguf.GGUFReader, where transformers alone opens three, its metadata made a config once; every tensor
     dequantised with numpy's huge-page advice off, the advice as before after), its second reads it; a tokenizer
     class that refuses the settings handed to it reads the entry through AutoTokenizer, the same tokenizer; an
     entry that cannot be read (its weights cut short, or its tokenizer.json broken or gone) is
-    removed, the file read again and the entry written anew."""
+    removed, the file read again and the entry written anew. Neither read prints anything."""
     import gguf
     from transformers import modeling_gguf_pytorch_utils
 
@@ -730,15 +733,16 @@ def test_smollm2_read_from_the_gguf_cache_is_the_file(monkeypatch, tmp_path, smo
         dequantize = gguf.dequantize
         counting.setattr(gguf, "dequantize",
                          lambda *a: huge_pages.append(numpy_multiarray._get_madvise_hugepage()) or dequantize(*a))
+        capsys.readouterr()
         parsed = pretrained.load_hf("smollm2-135m", keep=False)
-    assert len(opened) == 1 and len(configs) == 1
+    assert len(opened) == 1 and len(configs) == 1 and capsys.readouterr() == ("", "")
     # every tensor dequantised on ordinary pages (models.memory.numpy_without_huge_pages), numpy's setting after
     assert huge_pages and not any(huge_pages)
     assert numpy_multiarray._get_madvise_hugepage() == before
     [weights] = cache.glob("*/model.safetensors")
     whole = weights.stat().st_size
     with monkeypatch.context() as reading:
-        assert_cached_read_is_the_file("smollm2-135m", parsed, cache, reading)
+        assert_cached_read_is_the_file("smollm2-135m", parsed, cache, reading, capsys)
         # the entry is a loadable folder, from which TransformerLens would take a BOS-adding tokenizer
         hooked = load("smollm2-135m", backend="hooked", device="cpu")
         assert bos_prefix(hooked.tokenizer) == () and hooked.cfg.n_ctx == 8192  # SmolLM2's llama.context_length
