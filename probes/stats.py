@@ -77,16 +77,22 @@ def design_effect(values: pd.Series, clusters: pd.Series) -> tuple[float, int]:
     be estimated (every value the same, so no residual; or one cluster, whose residuals sum to 0) it is n/C: each
     cluster counts as one value, what clusters whose members agree are worth (a rate of 0 over pairs asked twice
     is a rate of 0 over the pairs)."""
+    residual, within = _residuals_by_cluster(values, clusters)
+    total, count = float((residual ** 2).sum()), int(len(within))
+    if total == 0 or count < 2:
+        return max(1.0, len(residual) / count) if count else 1.0, count
+    return max(1.0, float((within ** 2).sum()) / total), count
+
+
+def _residuals_by_cluster(values: pd.Series, clusters: pd.Series) -> tuple[np.ndarray, pd.Series]:
+    """(e, Σ_{i∈c} e_i for each cluster c): the residuals e_i = y_i − ȳ of the non-missing ``values`` and their sums
+    within each cluster, clusters in their first-seen order; both empty where no value is there (no mean to take)."""
     keep = values.notna().to_numpy()
     y = values[keep].astype(float).to_numpy()
-    groups = clusters[keep].to_numpy()
-    residual = pd.Series(y - y.mean())
-    total = float((residual ** 2).sum())
-    within = residual.groupby(groups, sort=False).sum()
-    count = int(len(within))
-    if total == 0 or count < 2:
-        return max(1.0, len(y) / count) if count else 1.0, count
-    return max(1.0, float((within ** 2).sum()) / total), count
+    if not len(y):
+        return y, pd.Series(dtype=float)
+    residual = y - y.mean()
+    return residual, pd.Series(residual).groupby(clusters[keep].to_numpy(), sort=False).sum()
 
 
 def cluster_robust_variance(values: pd.Series, clusters: pd.Series) -> tuple[float, int]:
@@ -96,13 +102,11 @@ def cluster_robust_variance(values: pd.Series, clusters: pd.Series) -> tuple[flo
     variance: half at 2 clusters); C/(C − 1) is the usual correction (Stata's and sandwich's CR1 for a mean, whose
     (n − 1)/(n − k) factor is 1 at k = 1), and with one value per cluster V is s²/n exactly, the unclustered
     variance of the mean."""
-    keep = values.notna().to_numpy()
-    y = values[keep].astype(float).to_numpy()
-    within = pd.Series(y - y.mean()).groupby(clusters[keep].to_numpy(), sort=False).sum()
+    residual, within = _residuals_by_cluster(values, clusters)
     count = int(len(within))
     if count < 2:
         return float("nan"), count
-    return count / (count - 1) * float((within ** 2).sum()) / len(y) ** 2, count
+    return count / (count - 1) * float((within ** 2).sum()) / len(residual) ** 2, count
 
 
 def ci95_half_width(values: pd.Series, clusters: pd.Series | None = None) -> float:

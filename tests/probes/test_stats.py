@@ -156,6 +156,22 @@ def test_clusters_whose_design_effect_cannot_be_estimated_count_once_each():
     assert design_effect(pd.Series([1.0, None, 1.0, 1.0]), pd.Series(["a", "a", "b", "b"])) == (1.5, 2)  # missing left out
 
 
+def test_no_values_give_no_interval_and_no_warning():
+    """A split no statement falls in (`check-asymmetry --limit 2` on SmolLM2: no pair of one kind) has no mean: its
+    intervals are [NaN, NaN] (a mean's and a rate's), its design effect 1 over no cluster, and none of it
+    may print numpy's "Mean of empty slice" to a `--quiet` command's standard error (it did, eight lines a run)."""
+    import warnings
+
+    for empty in (pd.Series([], dtype=float), pd.Series([None, None], dtype=float)):
+        clusters = pd.Series(["a"] * len(empty))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert design_effect(empty, clusters) == (1.0, 0)
+            assert all(math.isnan(end) for end in mean_interval95(empty, clusters))
+            assert math.isnan(ci95_half_width(empty, clusters)) and math.isnan(ci95_half_width(empty))
+            assert all(math.isnan(end) for end in rate_ci95(empty, clusters))
+
+
 def test_a_clustered_mean_s_interval_has_cr1_s_small_sample_factor():
     """Two clusters of four, 0 0 0 0 | 2 2 2 2: residuals ∓1, cluster sums ∓4, Σ_c(Σe)²/n² = 32/64 = 1/2, and with
     C/(C − 1) = 2 the variance is 1: the half width is t₀.₉₇₅(1) exactly (it was t₀.₉₇₅(1)·√(8/7 · 4/8), 24% less:
