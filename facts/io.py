@@ -87,7 +87,8 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
     """``(header, [(line, fields), ...])`` of a CSV file (the ``what`` file, with ``columns``),
     header names stripped, blank lines skipped; ``line`` is where a row starts.
 
-    Refused with :class:`FactError` naming file and line: no header, a column named twice, a row
+    Refused with :class:`FactError` naming file and line: no header, a JSON first line (a JSONL file given where a
+    CSV is read), a column named twice, a row
     spanning lines (a quoted field left open), a quote after a field's leading space (:func:`quote_after_space`),
     a row with more or fewer fields than the header, and
     anything :mod:`csv` cannot read in strict mode (a quote after a quoted field, a field over
@@ -104,6 +105,9 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
         if not any(header):
             raise FactError(f"{path}:1: a blank line where the header (columns {list(columns)}) must be; "
                             f"the header comes first")
+        if lines[0].lstrip().startswith(("{", "[")):  # else read as CSV: "field 2 has a space before its quote"
+            raise FactError(f"{path}:1: JSON where a {what}'s header (columns {list(columns)}) must be; this reads "
+                            f"a {what}, and the file looks like JSON or JSONL (a fact file's .jsonl?)")
         _refuse_quote_after_space(path, 1, first, "".join(lines[: reader.line_num]))
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:

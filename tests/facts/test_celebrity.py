@@ -167,6 +167,9 @@ def test_names_with_commas_and_quotes_round_trip(tmp_path, people, flags):
     [
         ("child,parent,parent_type\nAnn,Bea,mother\n", r"missing column\(s\) \['child_prediction', 'can_reverse'\]"),
         ("", "empty file"),
+        # a fact file given to check-asymmetry --data: its JSON read as CSV ("field 2 ... space before its quote")
+        ('{"world": "people", "meta": {"seed": 0}}\n', r":1: JSON where a celebrity CSV's header \(columns \['child', "
+                                                       r".*\) must be; .* looks like JSON or JSONL"),
         (f"{HEADER}\n", "holds no pairs"),
         (f"{HEADER}\nAnn,Bea,mother,,False\n,,,,\n", r":3: child and parent must be non-empty"),
         (f"{HEADER}\nAnn,Bea,mother,,maybe\n", r":2: can_reverse must be True or False, got 'maybe'"),

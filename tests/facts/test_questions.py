@@ -96,6 +96,10 @@ def test_fact_csv_with_templates_file_gives_the_same_questions_as_the_world(tmp_
     # a blank first line had been read as an empty file
     ("\nsubject,relation,object\nA,r,B\n", r"facts.csv:1: a blank line where the header \(columns .*\) must be"),
     ("", r"facts.csv: empty file, expected a header"),
+    # a JSONL fact file's first line had been read as CSV: "field 2 (' \"relation\": ...') has a space before its
+    # opening quote"
+    ('{"subject": "A", "relation": "r", "object": "B"}\n', r"facts.csv:1: JSON where a fact CSV's header \(columns "
+                                                          r".*\) must be; .* looks like JSON or JSONL"),
 ])
 def test_bad_fact_csvs_are_named_with_file_and_line(tmp_path, text, message):
     (tmp_path / "facts.csv").write_text(text)
