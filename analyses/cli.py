@@ -876,9 +876,12 @@ def _set_threads(threads: int | None) -> None:
     """Set torch's intra-op and inter-op thread counts before any work runs (None: the default).
 
     Called once the inputs are checked and the output folder is held, right before the work: a
-    refusal (bad input, a folder another process writes, a read-only disk) answers without the
-    ~2 s torch import. Sweeps and ``reproduce all`` on Ray never call it (torch runs only in their
-    workers, each given ``--threads``)."""
+    refusal of the folder (another process writes it, a read-only disk) or of a token-world run's
+    options answers without the ~2 s torch import. (The pretrained-model commands' input checks,
+    ``check-asymmetry``, ``finetune-facts`` and ``probe``, read the facts through modules that import
+    torch and TransformerLens, and the model's config and tokenizer through transformers: their
+    refusals take 5–7 s.) Sweeps and ``reproduce all`` on Ray never call it (torch runs only in
+    their workers, each given ``--threads``)."""
     import torch
 
     if threads is None:

@@ -182,8 +182,8 @@ class FinetuneConfig:
                 raise ValueError(f"people must be ≥ 2 (each answer is compared with another person's), got "
                                  f"{self.people}")
             if self.n_controls >= self.people:
-                raise ValueError(f"n_controls ({self.n_controls}) must be below the number of people "
-                                 f"({self.people})")
+                raise ValueError(f"n_controls ({self.n_controls}, --controls) must be below the number of people "
+                                 f"({self.people}, --people): each question's controls are other people's answers")
 
 
 def training_sentences(facts: FactSet, tokenizer, templates: int, pad_id: int, reverse_training: bool = False

@@ -222,7 +222,7 @@ def test_the_default_run_is_the_core_and_ranks_each_answer_among_all_people(tmp_
         questions = read_questions(fewer)
         drawn = draw_controls(questions, fewer.n_controls, fewer.seed)
         assert all(len(controls) == n_controls for controls in drawn)
-    with pytest.raises(ValueError, match=r"n_controls \(12\) must be below the number of people \(10\)"):
+    with pytest.raises(ValueError, match=r"n_controls \(12, --controls\) must be below the number of people \(10, --people\)"):
         finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--people", "10", "--controls", "12"]))
 
 
@@ -419,7 +419,7 @@ def test_memory_light_option_trains_only_the_last_blocks(smollm2_tokenizer, smol
 @pytest.mark.parametrize("change, message", [
     ({"templates": 0}, "templates .training paraphrases. must be ≥ 1"),
     ({"templates": 6}, "templates must be 1…5"),
-    ({"people": 4, "n_controls": 4}, "n_controls .4. must be below the number of people .4."),
+    ({"people": 4, "n_controls": 4}, "n_controls .4, --controls. must be below the number of people .4, --people."),
     ({"epochs": 0}, "epochs must be ≥ 1"),
     ({"mitigation": "reverse"}, "mitigation must be one of"),
     ({"facts": "x.csv", "mitigation": "bidirectional"}, "builds on the built-in people world"),
