@@ -88,11 +88,10 @@ def read_csv_rows(path: Path, what: str, columns: Sequence[str]) -> tuple[list[s
     header names stripped, blank lines skipped; ``line`` is where a row starts.
 
     Refused with :class:`FactError` naming file and line: no header, a JSON first line (a JSONL file given where a
-    CSV is read), a column named twice, a row
-    spanning lines (a quoted field left open), a quote after a field's leading space (:func:`quote_after_space`),
-    a row with more or fewer fields than the header, and
-    anything :mod:`csv` cannot read in strict mode (a quote after a quoted field, a field over
-    :func:`csv.field_size_limit`). The caller checks which columns it needs or accepts.
+    CSV is read), a column named twice, a row spanning lines (a quoted field left open), a quote after a field's
+    leading space (:func:`quote_after_space`), a row with more or fewer fields than the header, and anything
+    :mod:`csv` cannot read in strict mode (a quote after a quoted field, a field over :func:`csv.field_size_limit`).
+    The caller checks which columns it needs or accepts.
     """
     lines = list(io.StringIO(read_text(path, what), newline=""))  # as csv reads them: ends \n, \r\n or \r kept
     reader = csv.reader(lines, strict=True)  # "Ann "Smith" refused
