@@ -222,7 +222,8 @@ def test_the_default_run_is_the_core_and_ranks_each_answer_among_all_people(tmp_
         questions = read_questions(fewer)
         drawn = draw_controls(questions, fewer.n_controls, fewer.seed)
         assert all(len(controls) == n_controls for controls in drawn)
-    with pytest.raises(ValueError, match=r"n_controls \(12, --controls\) must be below the number of people \(10, --people\)"):
+    with pytest.raises(ValueError, match=r"n_controls \(12, --controls\) must be below the number of people "
+                                         r"\(10, --people\)"):
         finetune_config(parse(["finetune-facts", "--out", str(tmp_path / "out"), "--people", "10", "--controls", "12"]))
 
 
